@@ -1,0 +1,142 @@
+from cretoai.v1 import vertex_pb2 as _vertex_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PrePrepare(_message.Message):
+    __slots__ = ("view", "seq", "batch_digest", "vertex_hashes")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERTEX_HASHES_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    batch_digest: bytes
+    vertex_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., batch_digest: _Optional[bytes] = ..., vertex_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class Prepare(_message.Message):
+    __slots__ = ("view", "seq", "batch_digest")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    batch_digest: bytes
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., batch_digest: _Optional[bytes] = ...) -> None: ...
+
+class Commit(_message.Message):
+    __slots__ = ("view", "seq", "batch_digest")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    batch_digest: bytes
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., batch_digest: _Optional[bytes] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("seq", "state_digest")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    state_digest: bytes
+    def __init__(self, seq: _Optional[int] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
+
+class PreparedCertificate(_message.Message):
+    __slots__ = ("pre_prepare", "prepares")
+    PRE_PREPARE_FIELD_NUMBER: _ClassVar[int]
+    PREPARES_FIELD_NUMBER: _ClassVar[int]
+    pre_prepare: _vertex_pb2.SignedMessage
+    prepares: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.SignedMessage]
+    def __init__(self, pre_prepare: _Optional[_Union[_vertex_pb2.SignedMessage, _Mapping]] = ..., prepares: _Optional[_Iterable[_Union[_vertex_pb2.SignedMessage, _Mapping]]] = ...) -> None: ...
+
+class ViewChange(_message.Message):
+    __slots__ = ("new_view", "stable_seq", "checkpoint_proof", "prepared")
+    NEW_VIEW_FIELD_NUMBER: _ClassVar[int]
+    STABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PROOF_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    new_view: int
+    stable_seq: int
+    checkpoint_proof: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.SignedMessage]
+    prepared: _containers.RepeatedCompositeFieldContainer[PreparedCertificate]
+    def __init__(self, new_view: _Optional[int] = ..., stable_seq: _Optional[int] = ..., checkpoint_proof: _Optional[_Iterable[_Union[_vertex_pb2.SignedMessage, _Mapping]]] = ..., prepared: _Optional[_Iterable[_Union[PreparedCertificate, _Mapping]]] = ...) -> None: ...
+
+class NewView(_message.Message):
+    __slots__ = ("view", "view_changes", "pre_prepares")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    PRE_PREPARES_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    view_changes: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.SignedMessage]
+    pre_prepares: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.SignedMessage]
+    def __init__(self, view: _Optional[int] = ..., view_changes: _Optional[_Iterable[_Union[_vertex_pb2.SignedMessage, _Mapping]]] = ..., pre_prepares: _Optional[_Iterable[_Union[_vertex_pb2.SignedMessage, _Mapping]]] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("first", "second")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    SECOND_FIELD_NUMBER: _ClassVar[int]
+    first: _vertex_pb2.SignedMessage
+    second: _vertex_pb2.SignedMessage
+    def __init__(self, first: _Optional[_Union[_vertex_pb2.SignedMessage, _Mapping]] = ..., second: _Optional[_Union[_vertex_pb2.SignedMessage, _Mapping]] = ...) -> None: ...
+
+class PbftMessage(_message.Message):
+    __slots__ = ("pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view")
+    PRE_PREPARE_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VIEW_FIELD_NUMBER: _ClassVar[int]
+    pre_prepare: PrePrepare
+    prepare: Prepare
+    commit: Commit
+    checkpoint: Checkpoint
+    view_change: ViewChange
+    new_view: NewView
+    def __init__(self, pre_prepare: _Optional[_Union[PrePrepare, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., view_change: _Optional[_Union[ViewChange, _Mapping]] = ..., new_view: _Optional[_Union[NewView, _Mapping]] = ...) -> None: ...
+
+class ConsensusEnvelope(_message.Message):
+    __slots__ = ("signed", "request", "batch", "evidence", "state_request", "state_response")
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    STATE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    signed: _vertex_pb2.SignedMessage
+    request: _vertex_pb2.Vertex
+    batch: Batch
+    evidence: Evidence
+    state_request: StateRequest
+    state_response: StateResponse
+    def __init__(self, signed: _Optional[_Union[_vertex_pb2.SignedMessage, _Mapping]] = ..., request: _Optional[_Union[_vertex_pb2.Vertex, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., state_request: _Optional[_Union[StateRequest, _Mapping]] = ..., state_response: _Optional[_Union[StateResponse, _Mapping]] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("batch_digest", "vertices")
+    BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERTICES_FIELD_NUMBER: _ClassVar[int]
+    batch_digest: bytes
+    vertices: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.Vertex]
+    def __init__(self, batch_digest: _Optional[bytes] = ..., vertices: _Optional[_Iterable[_Union[_vertex_pb2.Vertex, _Mapping]]] = ...) -> None: ...
+
+class StateRequest(_message.Message):
+    __slots__ = ("from_seq", "max_batches")
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    max_batches: int
+    def __init__(self, from_seq: _Optional[int] = ..., max_batches: _Optional[int] = ...) -> None: ...
+
+class StateResponse(_message.Message):
+    __slots__ = ("batches", "checkpoint_proof")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PROOF_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.FinalizedBatch]
+    checkpoint_proof: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.SignedMessage]
+    def __init__(self, batches: _Optional[_Iterable[_Union[_vertex_pb2.FinalizedBatch, _Mapping]]] = ..., checkpoint_proof: _Optional[_Iterable[_Union[_vertex_pb2.SignedMessage, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# Sourced by the README commands: creates or reuses ./.venv and installs the
+# package (editable, with dev extras) whenever pyproject.toml changed.
+# Safe to source repeatedly; prints what it does.
+set -euo pipefail
+
+CRETOAI_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CRETOAI_VENV:-$CRETOAI_ROOT/.venv}"
+PYTHON="${CRETOAI_PYTHON:-}"
+
+_find_python() {
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    if [ -z "$PYTHON" ]; then
+        PYTHON="$(_find_python)" || {
+            echo "error: Python 3.11 is required (looked for python3.11 and python3)." >&2
+            exit 1
+        }
+    fi
+    echo "==> creating virtualenv $VENV with $PYTHON"
+    if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+        # Debian splits venv/ensurepip into python3.11-venv.
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing python3.11-venv (Debian)"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-venv >/dev/null
+            rm -rf "$VENV"
+            "$PYTHON" -m venv "$VENV"
+        else
+            echo "error: '$PYTHON -m venv' failed; on Debian run: sudo apt-get install python3.11-venv" >&2
+            exit 1
+        fi
+    fi
+fi
+
+STAMP="$VENV/.cretoai-installed"
+WANT="$(sha256sum "$CRETOAI_ROOT/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    echo "==> installing cretoai-node and its dependencies into $VENV (first run takes a minute)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e "$CRETOAI_ROOT[dev]"
+    echo "$WANT" > "$STAMP"
+fi
+
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,1 @@
+"""The four services of a CretoAI node (consensus, transport, storage, gateway)."""
