@@ -66,9 +66,10 @@ class CryptographyBackend:
             raise ValueError(f"an ML-DSA-87 seed is {SEED_SIZE} bytes, got {len(seed)}")
         return _OpenSSLPrivateKey(seed)
 
-    def verify(self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes) -> bool:
+    def verify(
+        self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes
+    ) -> bool:
         from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric import mldsa
 
         if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
             return False
@@ -134,7 +135,9 @@ class OqsBackend:
             raise ValueError(f"an ML-DSA-87 seed is {SEED_SIZE} bytes, got {len(seed)}")
         return _OqsPrivateKey(self._oqs, seed)
 
-    def verify(self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes) -> bool:
+    def verify(
+        self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes
+    ) -> bool:
         if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
             return False
         if len(context) > MAX_CONTEXT:

@@ -1,0 +1,403 @@
+"""Node configuration: one TOML file per node, with ``CRETOAI_*`` environment overrides.
+
+Every setting has a type and a default (see docs/config.md and
+``cretoai-node cluster init``, which writes complete files). A wrong, missing
+or mistyped field raises :class:`ConfigError` whose message names the file and
+the field; the CLI prints it and exits 2 — never a traceback.
+
+Environment overrides: ``CRETOAI_<SECTION>_<FIELD>`` (upper case), e.g.
+``CRETOAI_CONSENSUS_BATCH_MAX_COUNT=512`` or ``CRETOAI_TELEMETRY_OTLP_ENDPOINT=...``.
+Values are parsed as TOML scalars when possible (numbers, booleans), else strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cretoai.crypto.backend import PUBLIC_KEY_SIZE
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message fit for an operator."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSection:
+    #: Human-readable name of this node; must match one entry of [[validators]].
+    name: str
+    #: Private key file (PKCS#8 PEM, mode 0600); relative paths are relative to the config file.
+    key: Path
+    #: Data directory (RocksDB lives under it by default).
+    data_dir: Path = Path("data")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Validator:
+    name: str
+    #: ML-DSA-87 public key, hex.
+    public_key: str
+    #: QUIC address host:port where this member listens.
+    address: str
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        return bytes.fromhex(self.public_key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySection:
+    http: str = "127.0.0.1:8080"
+    grpc: str = "127.0.0.1:9080"
+    metrics: str = "127.0.0.1:9180"
+    #: Largest accepted request body (bytes) and vertex payload (bytes).
+    max_body_bytes: int = 1_048_576
+    max_payload_bytes: int = 262_144
+    #: How long POST /v1/vertices?wait=true waits for finality before answering 504.
+    wait_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsensusSection:
+    listen: str = "127.0.0.1:7001"
+    metrics: str = "127.0.0.1:9181"
+    tick_ms: int = 10
+    batch_max_count: int = 256
+    batch_max_bytes: int = 1_048_576
+    batch_timeout_ms: int = 20
+    checkpoint_interval: int = 64
+    watermark_window: int = 256
+    view_change_timeout_ms: int = 2_000
+    request_timeout_ms: int = 4_000
+    pool_max: int = 20_000
+    #: Peers whose reputation falls below this score are banned.
+    reputation_threshold: int = -100
+    #: Threads that verify ML-DSA-87 signatures (verification releases the GIL).
+    verify_threads: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportSection:
+    #: gRPC endpoint offered to the local consensus service.
+    listen: str = "127.0.0.1:7002"
+    metrics: str = "127.0.0.1:9182"
+    #: QUIC listen address; empty means this node's [[validators]] address.
+    quic_listen: str = ""
+    max_frame_bytes: int = 4 * 1024 * 1024
+    send_queue_max: int = 4096
+    idle_timeout_ms: int = 30_000
+    keepalive_ms: int = 5_000
+    reconnect_min_ms: int = 200
+    reconnect_max_ms: int = 10_000
+    #: Optional discovery; both off by default (no public servers preconfigured).
+    mdns: bool = False
+    stun_server: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageSection:
+    listen: str = "127.0.0.1:7003"
+    metrics: str = "127.0.0.1:9183"
+    #: RocksDB directory; empty means <data_dir>/db.
+    path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetrySection:
+    #: OTLP/gRPC endpoint (e.g. http://127.0.0.1:4317); empty disables export.
+    otlp_endpoint: str = ""
+    sampling_ratio: float = 1.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CryptoSection:
+    #: "auto" (liboqs when its library loads, else cryptography), "cryptography" or "oqs".
+    backend: str = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultInjectionSection:
+    #: Lets the transport's fault-injection RPCs (drop, delay, partition) act. Tests only.
+    enabled: bool = False
+    #: Byzantine behaviour of this node for cluster tests ("" = honest).
+    byzantine: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    node: NodeSection
+    validators: tuple[Validator, ...]
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    consensus: ConsensusSection = field(default_factory=ConsensusSection)
+    transport: TransportSection = field(default_factory=TransportSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    telemetry: TelemetrySection = field(default_factory=TelemetrySection)
+    crypto: CryptoSection = field(default_factory=CryptoSection)
+    fault_injection: FaultInjectionSection = field(default_factory=FaultInjectionSection)
+    #: The file this was loaded from (for messages and relative paths).
+    source: Path = Path("<memory>")
+
+    @property
+    def replica_index(self) -> int:
+        """This node's position in the validator set (its replica id)."""
+        for index, member in enumerate(self.validators):
+            if member.name == self.node.name:
+                return index
+        raise ConfigError(f"{self.source}: node.name {self.node.name!r} is not in [[validators]]")
+
+    @property
+    def key_path(self) -> Path:
+        return self._resolve(self.node.key)
+
+    @property
+    def data_dir(self) -> Path:
+        return self._resolve(self.node.data_dir)
+
+    @property
+    def storage_path(self) -> Path:
+        return self._resolve(Path(self.storage.path)) if self.storage.path else self.data_dir / "db"
+
+    @property
+    def quic_listen(self) -> str:
+        return self.transport.quic_listen or self.validators[self.replica_index].address
+
+    @property
+    def validator_public_keys(self) -> tuple[bytes, ...]:
+        return tuple(v.public_key_bytes for v in self.validators)
+
+    def _resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.source.parent / path
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "node": NodeSection,
+    "gateway": GatewaySection,
+    "consensus": ConsensusSection,
+    "transport": TransportSection,
+    "storage": StorageSection,
+    "telemetry": TelemetrySection,
+    "crypto": CryptoSection,
+    "fault_injection": FaultInjectionSection,
+}
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "a path string" if tp is Path else str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Path and isinstance(value, str) and value:
+        return Path(value)
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(fields))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{name}: missing (required)")
+    return cls(**kwargs)
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Merge ``CRETOAI_<SECTION>_<FIELD>`` variables into ``data``; return the names applied."""
+    applied = []
+    by_length = sorted(SECTIONS, key=len, reverse=True)
+    for var, text in sorted(environ.items()):
+        if not var.startswith("CRETOAI_"):
+            continue
+        rest = var[len("CRETOAI_") :].lower()
+        for section in by_length:
+            if rest.startswith(section + "_"):
+                name = rest[len(section) + 1 :]
+                known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+                if name not in known:
+                    raise ConfigError(f"environment {var}: [{section}] has no field {name!r}")
+                data.setdefault(section, {})[name] = _parse_env_value(text)
+                applied.append(var)
+                break
+    return applied
+
+
+def _check_address(value: str, where: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: expected host:port, got {value!r}")
+
+
+def _validate(cfg: NodeConfig) -> None:
+    src = cfg.source
+    if not cfg.validators:
+        raise ConfigError(f"{src}: [[validators]] is empty; a cluster needs at least one member")
+    names = [v.name for v in cfg.validators]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{src}: [[validators]] has duplicate names")
+    keys: set[str] = set()
+    for i, v in enumerate(cfg.validators):
+        where = f"{src}: validators[{i}]"
+        try:
+            raw = bytes.fromhex(v.public_key)
+        except ValueError:
+            raise ConfigError(f"{where}.public_key: not hex") from None
+        if len(raw) != PUBLIC_KEY_SIZE:
+            raise ConfigError(
+                f"{where}.public_key: {len(raw)} bytes, an ML-DSA-87 key is {PUBLIC_KEY_SIZE}"
+            )
+        if v.public_key in keys:
+            raise ConfigError(f"{where}.public_key: the same key appears twice")
+        keys.add(v.public_key)
+        _check_address(v.address, f"{where}.address")
+    cfg.replica_index  # noqa: B018 - raises when node.name is not a member
+    for section, attr in (
+        ("gateway", "http"),
+        ("gateway", "grpc"),
+        ("consensus", "listen"),
+        ("transport", "listen"),
+        ("storage", "listen"),
+    ):
+        _check_address(getattr(getattr(cfg, section), attr), f"{src}: {section}.{attr}")
+    c = cfg.consensus
+    for name in (
+        "tick_ms",
+        "batch_max_count",
+        "batch_max_bytes",
+        "batch_timeout_ms",
+        "checkpoint_interval",
+        "watermark_window",
+        "view_change_timeout_ms",
+        "request_timeout_ms",
+        "pool_max",
+        "verify_threads",
+    ):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"{src}: consensus.{name}: must be positive")
+    if c.watermark_window < c.checkpoint_interval:
+        raise ConfigError(
+            f"{src}: consensus.watermark_window: must be >= checkpoint_interval "
+            f"({c.checkpoint_interval})"
+        )
+    if not 0.0 <= cfg.telemetry.sampling_ratio <= 1.0:
+        raise ConfigError(f"{src}: telemetry.sampling_ratio: must be within [0, 1]")
+    if cfg.crypto.backend not in ("auto", "cryptography", "oqs"):
+        raise ConfigError(f"{src}: crypto.backend: expected auto, cryptography or oqs")
+    if cfg.transport.max_frame_bytes < 1024:
+        raise ConfigError(f"{src}: transport.max_frame_bytes: must be at least 1024")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def parse_config(data: Mapping[str, Any], source: Path) -> NodeConfig:
+    where = str(source)
+    allowed = set(SECTIONS) | {"validators"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section [{unknown[0]}] (known: {', '.join(sorted(allowed))})"
+        )
+    if "node" not in data:
+        raise ConfigError(f"{where}: missing section [node]")
+    raw_validators = data.get("validators", [])
+    if not isinstance(raw_validators, list):
+        raise ConfigError(f"{where}: validators: expected [[validators]] entries")
+    validators = tuple(
+        _build(Validator, v, f"{where}: validators[{i}]") for i, v in enumerate(raw_validators)
+    )
+    sections = {
+        name: _build(cls, data[name], f"{where}: {name}")
+        for name, cls in SECTIONS.items()
+        if name in data
+    }
+    cfg = NodeConfig(validators=validators, source=source, **sections)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read, override from the environment, and validate a node's TOML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    apply_env_overrides(data, os.environ if environ is None else environ)
+    return parse_config(data, path.resolve())
+
+
+def to_toml_dict(cfg: NodeConfig) -> dict[str, Any]:
+    """A plain dict of ``cfg`` suitable for tomli_w (paths as strings)."""
+
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, Path):
+            return str(obj)
+        if isinstance(obj, tuple | list):
+            return [plain(x) for x in obj]
+        return obj
+
+    out = plain(cfg)
+    out.pop("source")
+    return typing.cast(dict[str, Any], out)
+
+
+__all__ = [
+    "ConfigError",
+    "NodeConfig",
+    "Validator",
+    "load_config",
+    "parse_config",
+    "to_toml_dict",
+]

@@ -1,0 +1,279 @@
+"""One way to run a gRPC service: health, reflection, interceptors, metrics, shutdown.
+
+Every service's ``__main__`` builds a :class:`GrpcService` and calls
+:meth:`GrpcService.run`. Startup order: interceptors, servicers, health,
+reflection, start, metrics endpoint, *then* mark SERVING. Shutdown order (on
+SIGTERM/SIGINT or :meth:`stop`): mark NOT_SERVING, stop accepting and drain
+in-flight calls for ``grace`` seconds, run the service's own cleanup, then
+flush telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram
+
+from cretoai.telemetry import Telemetry, extract_context, setup_tracing, start_metrics
+
+log = logging.getLogger(__name__)
+
+RPC_LATENCY = Histogram(
+    "cretoai_grpc_server_handling_seconds",
+    "Time to handle a gRPC call (to the last message for streams)",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+RPC_TOTAL = Counter(
+    "cretoai_grpc_server_handled_total", "gRPC calls handled", ["service", "method", "code"]
+)
+SERVING = Gauge("cretoai_service_serving", "1 while the service reports SERVING", ["service"])
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+Registrar = Callable[[grpc.aio.Server], None]
+Cleanup = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Servicer:
+    """A servicer to mount: its full service name (for health and reflection) and its adder."""
+
+    name: str
+    register: Registrar
+
+
+def _code_of(exc: BaseException | None, context: Any) -> str:
+    if exc is None:
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "OK"
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Tracing (a server span per call, parent from metadata), metrics and an access log."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._tracer = trace.get_tracer("cretoai.serving")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        if method.startswith("/grpc.health.v1.") or method.startswith("/grpc.reflection."):
+            return handler
+        metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
+        return _wrap_handler(handler, self, method, metadata)
+
+    def observe(self, method: str, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        RPC_LATENCY.labels(self._service, method).observe(elapsed)
+        RPC_TOTAL.labels(self._service, method, code).inc()
+        log.debug(
+            "rpc", extra={"fields": {"method": method, "code": code, "ms": round(elapsed * 1e3, 3)}}
+        )
+
+
+def _wrap_handler(
+    handler: Any,
+    icpt: ObservabilityInterceptor,
+    method: str,
+    metadata: dict[str, Any],
+) -> Any:
+    parent = extract_context({k: v for k, v in metadata.items() if isinstance(v, str)})
+
+    def start_span() -> tuple[Any, object]:
+        token = otel_context.attach(parent)  # type: ignore[arg-type]
+        span = icpt._tracer.start_span(method, kind=trace.SpanKind.SERVER)
+        otel_context.detach(token)
+        return span, otel_context.attach(trace.set_span_in_context(span))
+
+    def finish(span: Any, token: object, exc: BaseException | None, ctx: Any, t0: float) -> None:
+        code = _code_of(exc, ctx)
+        span.set_attribute("rpc.grpc.status_code", code)
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            span.record_exception(exc)
+        span.end()
+        otel_context.detach(token)  # type: ignore[arg-type]
+        icpt.observe(method, code, t0)
+
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary_response(request: Any, ctx: Any) -> Any:
+            t0 = time.perf_counter()
+            span, token = start_span()
+            try:
+                result = await inner(request, ctx)
+            except BaseException as exc:
+                finish(span, token, exc, ctx, t0)
+                raise
+            finish(span, token, None, ctx, t0)
+            return result
+
+        factory = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return factory(
+            unary_response,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    inner_stream = handler.unary_stream or handler.stream_stream
+
+    async def stream_response(request: Any, ctx: Any) -> Any:
+        t0 = time.perf_counter()
+        span, token = start_span()
+        try:
+            async for item in inner_stream(request, ctx):
+                yield item
+        except BaseException as exc:
+            finish(span, token, exc, ctx, t0)
+            raise
+        finish(span, token, None, ctx, t0)
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(
+        stream_response,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+@dataclass(kw_only=True)
+class GrpcService:
+    """A gRPC server with health, reflection, observability and ordered shutdown.
+
+    ``bind`` is ``host:port`` (port 0 picks a free one; read :attr:`port` after
+    :meth:`start`). ``metrics_bind`` serves Prometheus ``/metrics`` (None disables).
+    ``cleanup`` coroutines run after the server has drained, before telemetry flushes.
+    """
+
+    name: str
+    bind: str
+    servicers: Sequence[Servicer]
+    node: str = ""
+    metrics_bind: str | None = None
+    otlp_endpoint: str = ""
+    sampling_ratio: float = 1.0
+    grace: float = 5.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    cleanup: list[Cleanup] = field(default_factory=list)
+    port: int = 0
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._telemetry: Telemetry | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self._health
+
+    async def start(self) -> None:
+        provider = setup_tracing(
+            service=self.name,
+            node=self.node,
+            otlp_endpoint=self.otlp_endpoint,
+            sampling_ratio=self.sampling_ratio,
+        )
+        self._telemetry = Telemetry(tracer_provider=provider)
+        server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(self.name)],
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for servicer in self.servicers:
+            servicer.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [s.name for s in self.servicers]
+        reflection.enable_server_reflection(
+            [*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+        )
+        try:
+            self.port = server.add_insecure_port(self.bind)
+        except RuntimeError as exc:
+            raise OSError(f"{self.name}: cannot listen on {self.bind}: {exc}") from None
+        if self.port == 0:
+            raise OSError(f"{self.name}: cannot listen on {self.bind} (address in use?)")
+        await server.start()
+        self._server = server
+        started = start_metrics(self.metrics_bind)
+        if started is not None:
+            self._telemetry.metrics_server, self._telemetry.metrics_thread = started
+            self.metrics_port = self._telemetry.metrics_port
+        for name in ("", *names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        SERVING.labels(self.name).set(1)
+        host = self.bind.rpartition(":")[0]
+        log.info(
+            "serving",
+            extra={"fields": {"address": f"{host}:{self.port}", "metrics_port": self.metrics_port}},
+        )
+
+    async def stop(self) -> None:
+        """Not serving → drain and stop → service cleanup → flush telemetry. Idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        log.info("shutting down", extra={"fields": {"grace_s": self.grace}})
+        await self._health.enter_graceful_shutdown()
+        SERVING.labels(self.name).set(0)
+        if self._server is not None:
+            await self._server.stop(self.grace)
+        for cleanup in self.cleanup:
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("cleanup failed")
+        if self._telemetry is not None:
+            self._telemetry.shutdown()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop in order."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()
