@@ -1,0 +1,48 @@
+"""The ``__main__`` of every service: ``python -m services.NAME --config FILE``.
+
+Loads the node config (clear one-line errors, exit 2), sets up logs, builds the
+service's :class:`~cretoai.serving.GrpcService` and runs it until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+from cretoai.config import ConfigError, NodeConfig, load_config
+from cretoai.crypto import KeyFileError
+from cretoai.logs import setup_logging
+from cretoai.serving import GrpcService
+
+Builder = Callable[[NodeConfig], Awaitable[GrpcService]]
+
+log = logging.getLogger(__name__)
+
+
+def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{name}", description=f"Run the {name} service of one node."
+    )
+    parser.add_argument("--config", required=True, help="the node's TOML config file")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(service=name, node=cfg.node.name, level=cfg.telemetry.log_level)
+
+    async def main() -> None:
+        service = await build(cfg)
+        await service.run()
+
+    try:
+        asyncio.run(main())
+    except (ConfigError, KeyFileError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
