@@ -63,7 +63,8 @@ def setup_tracing(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
         )
         log.info("exporting traces over OTLP", extra={"fields": {"endpoint": endpoint}})
-    trace.set_tracer_provider(provider)
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)  # once per process; tests start several services
     return provider
 
 

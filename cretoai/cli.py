@@ -1,0 +1,223 @@
+"""``cretoai-node``: the operator's command line.
+
+Every command prints a one-line ``error: ...`` and exits non-zero on bad input
+(2 for usage/config errors, 1 for a failed operation) — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cretoai import __version__
+from cretoai.config import ConfigError, NodeConfig, load_config
+from cretoai.crypto import KeyFileError, write_keypair
+
+SERVICES = ("storage", "transport", "consensus", "gateway")
+DEFAULT_CLUSTER_DIR = Path("cluster")
+
+
+class CommandError(Exception):
+    """A failed operation (exit code 1)."""
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    path, nid = write_keypair(Path(args.output), force=args.force)
+    print(f"private key: {path} (mode 0600)")
+    print(f"public key:  {path.with_name('node.pub')}")
+    print(f"node id:     {nid}")
+    return 0
+
+
+def _cmd_cluster_init(args: argparse.Namespace) -> int:
+    from cretoai.clusterinit import init_cluster
+
+    layout = init_cluster(
+        Path(args.dir),
+        args.nodes,
+        host=args.host,
+        http_port=args.http_port,
+        base_port=args.base_port,
+        force=args.force,
+    )
+    print(f"initialised a {len(layout.nodes)}-node cluster in {layout.directory}")
+    for node in layout.nodes:
+        print(f"  {node.name}  id {node.node_id[:16]}…  config {node.config}")
+    print(f"endpoints: {layout.cluster_file}")
+    return 0
+
+
+def _cmd_cluster_up(args: argparse.Namespace) -> int:
+    try:
+        module = importlib.import_module("cretoai.supervisor")
+    except ModuleNotFoundError:
+        print(
+            "error: running a local cluster is not yet available in this version "
+            "(the node supervisor lands with issue #7); "
+            "use 'cretoai-node cluster init' to prepare keys and configs",
+            file=sys.stderr,
+        )
+        return 3
+    result: int = module.cluster_up(args)
+    return result
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.service:
+        module = importlib.import_module(f"services.{args.service}.__main__")
+        result: int = module.main(["--config", str(cfg.source)])
+        return result
+    try:
+        supervisor = importlib.import_module("cretoai.supervisor")
+    except ModuleNotFoundError:
+        raise CommandError(
+            "supervising all four services is not yet available in this version; "
+            "run each with --service NAME"
+        ) from None
+    started: int = supervisor.start_node(cfg)
+    return started
+
+
+def _health_of(target: str, timeout: float) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            return "UNREACHABLE" if code == grpc.StatusCode.UNAVAILABLE else code.name
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def service_targets(cfg: NodeConfig) -> dict[str, str]:
+    return {
+        "storage": cfg.storage.listen,
+        "transport": cfg.transport.listen,
+        "consensus": cfg.consensus.listen,
+        "gateway": cfg.gateway.grpc,
+    }
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    statuses = {
+        name: _health_of(target, args.timeout) for name, target in service_targets(cfg).items()
+    }
+    if args.json:
+        print(json.dumps({"node": cfg.node.name, "services": statuses}))
+    else:
+        for name, status in statuses.items():
+            print(f"{cfg.node.name} {name:<10} {service_targets(cfg)[name]:<22} {status}")
+    return 0 if all(s == "SERVING" for s in statuses.values()) else 1
+
+
+def _delegate(module_name: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            raise CommandError(f"'{args.command}' is not available in this version") from None
+        result: int = getattr(module, func)(args)
+        return result
+
+    return run
+
+
+def _cmd_sim(argv: Sequence[str]) -> int:
+    try:
+        module = importlib.import_module("services.consensus.sim.__main__")
+    except ModuleNotFoundError:
+        raise CommandError("the simulator is not available in this version") from None
+    result: int = module.main(list(argv))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cretoai-node",
+        description="CretoAI node: a PBFT consensus node for a DAG of ML-DSA-87-signed vertices.",
+    )
+    parser.add_argument("--version", action="version", version=f"cretoai-node {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("keygen", help="generate an ML-DSA-87 node key pair")
+    p.add_argument("--output", required=True, metavar="DIR", help="directory for node.key/node.pub")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=_cmd_keygen)
+
+    cluster = sub.add_parser("cluster", help="a local multi-node cluster on this machine")
+    csub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    p = csub.add_parser("init", help="write keys, one config per node and cluster.json")
+    p.add_argument("--nodes", type=int, default=4, help="number of nodes (default 4)")
+    p.add_argument("--dir", default=str(DEFAULT_CLUSTER_DIR), help="output directory")
+    p.add_argument("--host", default="127.0.0.1", help="address every service binds")
+    p.add_argument("--http-port", type=int, default=8080, help="node 1's gateway HTTP port")
+    p.add_argument("--base-port", type=int, default=17000, help="first internal port")
+    p.add_argument("--force", action="store_true", help="overwrite an existing cluster")
+    p.set_defaults(func=_cmd_cluster_init)
+    p = csub.add_parser("up", help="run a whole local cluster in the foreground (Ctrl-C stops)")
+    p.add_argument("--nodes", type=int, default=4, help="number of nodes (default 4)")
+    p.add_argument("--dir", default=str(DEFAULT_CLUSTER_DIR), help="cluster directory")
+    p.add_argument("--http-port", type=int, default=8080, help="node 1's gateway HTTP port")
+    p.add_argument("--base-port", type=int, default=17000, help="first internal port")
+    p.set_defaults(func=_cmd_cluster_up)
+
+    p = sub.add_parser("start", help="run one node (all four services), or one service of it")
+    p.add_argument("--config", required=True, help="the node's TOML config")
+    p.add_argument("--service", choices=SERVICES, help="run only this service (containers)")
+    p.set_defaults(func=_cmd_start)
+
+    p = sub.add_parser("health", help="check every service of a node (exit 0 when all serve)")
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per check")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser("backup", help="back up a node's database (RocksDB checkpoint)")
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument("--output", required=True, metavar="DIR", help="backup directory (new)")
+    p.set_defaults(func=_delegate("services.storage.admin", "backup_command"))
+
+    p = sub.add_parser("restore", help="restore a node's database from a backup")
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR", help="backup dir")
+    p.add_argument("--force", action="store_true", help="replace an existing database")
+    p.set_defaults(func=_delegate("services.storage.admin", "restore_command"))
+
+    sub.add_parser(
+        "sim",
+        help="run the deterministic PBFT simulator (see: cretoai-node sim --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list[:1] == ["sim"]:
+            return _cmd_sim(args_list[1:])
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        result: int = args.func(args)
+        return result
+    except (ConfigError, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Keys and configs for an N-node local cluster (``cretoai-node cluster init``).
+
+Layout written under DIR::
+
+    DIR/cluster.json          every node's service endpoints (machine-readable)
+    DIR/node1/node.key        private key, mode 0600
+    DIR/node1/node.pub        public key, hex
+    DIR/node1/node.toml       the node's config (validator set, ports, paths)
+    DIR/node1/data/           created by the node at start
+
+Ports: node i (1-based) gets gateway HTTP ``http_port + i - 1`` (node 1 on
+8080 by default) and a block of internal ports ``base_port + 20 * (i - 1)``:
++0 QUIC, +1 consensus, +2 transport, +3 storage, +4 gateway gRPC,
++10..+13 metrics of gateway, consensus, transport, storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cretoai.config import ConfigError, load_config, parse_config, to_toml_dict
+from cretoai.crypto.keys import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    KeyFileError,
+    node_id,
+    read_public_key,
+    write_keypair,
+)
+
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_BASE_PORT = 17000
+PORTS_PER_NODE = 20
+CLUSTER_FILE = "cluster.json"
+CONFIG_FILE = "node.toml"
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    name: str
+    directory: Path
+    config: Path
+    node_id: str
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    directory: Path
+    nodes: tuple[NodeLayout, ...]
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.directory / CLUSTER_FILE
+
+
+def ports_free(host: str, ports: list[int]) -> list[int]:
+    """The subset of ``ports`` that cannot be bound on ``host`` right now (TCP or UDP)."""
+    busy = []
+    for port in ports:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    busy.append(port)
+                    break
+    return busy
+
+
+def _node_sections(
+    *, name: str, host: str, http_port: int, block: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "node": {"name": name, "key": PRIVATE_KEY_FILE, "data_dir": "data"},
+        "gateway": {
+            "http": f"{host}:{http_port}",
+            "grpc": f"{host}:{block + 4}",
+            "metrics": f"{host}:{block + 10}",
+        },
+        "consensus": {"listen": f"{host}:{block + 1}", "metrics": f"{host}:{block + 11}"},
+        "transport": {"listen": f"{host}:{block + 2}", "metrics": f"{host}:{block + 12}"},
+        "storage": {"listen": f"{host}:{block + 3}", "metrics": f"{host}:{block + 13}"},
+    }
+    for section, values in extra.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def init_cluster(
+    directory: Path,
+    nodes: int,
+    *,
+    host: str = "127.0.0.1",
+    http_port: int = DEFAULT_HTTP_PORT,
+    base_port: int = DEFAULT_BASE_PORT,
+    force: bool = False,
+    reuse_keys: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> ClusterLayout:
+    """Write keys, one config per node and ``cluster.json`` for an ``nodes``-node cluster.
+
+    Existing files are not overwritten unless ``force``; with ``reuse_keys``,
+    existing key pairs are kept and only configs are (re)written. ``extra``
+    adds settings to every node's config, e.g. ``{"fault_injection": {"enabled": True}}``.
+    """
+    if nodes < 1:
+        raise ConfigError(f"--nodes must be at least 1, got {nodes}")
+    if not (http_port >= 1 and http_port + nodes - 1 <= 65535):
+        raise ConfigError(f"--http-port {http_port} leaves no room for {nodes} gateways")
+    if not (base_port >= 1024 and base_port + PORTS_PER_NODE * nodes <= 65535):
+        raise ConfigError(f"--base-port {base_port} leaves no room for {nodes} nodes")
+    directory = directory.resolve()
+    cluster_file = directory / CLUSTER_FILE
+    if cluster_file.exists() and not (force or reuse_keys):
+        raise ConfigError(f"{cluster_file}: already exists (use --force to overwrite)")
+    names = [f"node{i}" for i in range(1, nodes + 1)]
+    public_keys: list[bytes] = []
+    for name in names:
+        node_dir = directory / name
+        if reuse_keys and (node_dir / PRIVATE_KEY_FILE).exists():
+            public_keys.append(read_public_key(node_dir / PUBLIC_KEY_FILE))
+            continue
+        write_keypair(node_dir, force=force)
+        public_keys.append(read_public_key(node_dir / PUBLIC_KEY_FILE))
+    validators = [
+        {
+            "name": name,
+            "public_key": public_keys[i].hex(),
+            "address": f"{host}:{base_port + PORTS_PER_NODE * i}",
+        }
+        for i, name in enumerate(names)
+    ]
+    layouts = []
+    summary: dict[str, Any] = {"nodes": []}
+    for i, name in enumerate(names):
+        node_dir = directory / name
+        data = _node_sections(
+            name=name,
+            host=host,
+            http_port=http_port + i,
+            block=base_port + PORTS_PER_NODE * i,
+            extra=extra or {},
+        )
+        data["validators"] = validators
+        config_path = node_dir / CONFIG_FILE
+        cfg = parse_config(data, config_path)  # validate before writing
+        tmp = config_path.with_suffix(".toml.tmp")
+        tmp.write_bytes(tomli_w.dumps(to_toml_dict(cfg)).encode())
+        os.replace(tmp, config_path)
+        nid = node_id(public_keys[i])
+        layouts.append(NodeLayout(name=name, directory=node_dir, config=config_path, node_id=nid))
+        summary["nodes"].append(describe_node(cfg, nid))
+    tmp = cluster_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, cluster_file)
+    return ClusterLayout(directory=directory, nodes=tuple(layouts))
+
+
+def describe_node(cfg: Any, nid: str) -> dict[str, Any]:
+    """The endpoints of one node, as written to cluster.json."""
+    return {
+        "name": cfg.node.name,
+        "node_id": nid,
+        "config": str(cfg.source),
+        "gateway_url": f"http://{cfg.gateway.http}",
+        "gateway_grpc": cfg.gateway.grpc,
+        "quic": cfg.quic_listen,
+        "consensus": cfg.consensus.listen,
+        "transport": cfg.transport.listen,
+        "storage": cfg.storage.listen,
+        "metrics": {
+            "gateway": cfg.gateway.metrics,
+            "consensus": cfg.consensus.metrics,
+            "transport": cfg.transport.metrics,
+            "storage": cfg.storage.metrics,
+        },
+    }
+
+
+def load_cluster(directory: Path) -> list[Path]:
+    """The config files of an initialised cluster directory, in node order."""
+    cluster_file = directory / CLUSTER_FILE
+    try:
+        data = json.loads(cluster_file.read_text())
+        configs = [Path(n["config"]) for n in data["nodes"]]
+    except FileNotFoundError:
+        raise ConfigError(f"{cluster_file}: not found (run: cretoai-node cluster init)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{cluster_file}: malformed ({exc})") from None
+    for config in configs:
+        load_config(config)
+    return configs
+
+
+__all__ = ["ClusterLayout", "KeyFileError", "NodeLayout", "init_cluster", "load_cluster"]

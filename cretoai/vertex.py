@@ -1,0 +1,77 @@
+"""Vertices: canonical encoding, hash, signature and shape checks.
+
+Canonical encoding (big-endian), over which the hash and the signature are made::
+
+    u32 len(payload) ‖ payload
+    ‖ u32 count(parents) ‖ parent_1 ‖ … ‖ parent_k      (32 bytes each, in order)
+    ‖ u32 len(creator) ‖ creator                        (ML-DSA-87 public key)
+    ‖ u64 timestamp_ms
+
+hash = SHA3-256("cretoai.v1.vertex\\0" ‖ canonical). The signature is
+ML-DSA-87 over ``canonical`` with context string ``cretoai.v1.vertex``. The
+signature is not part of the hash, so re-signing the same content cannot make a
+second vertex (deduplication is by content). Height is derived, not signed: one
+more than the highest parent's, 0 without parents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from cretoai.crypto.backend import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Backend
+from cretoai.crypto.keys import NodeKey
+from cretoai.v1 import vertex_pb2
+
+CONTEXT = b"cretoai.v1.vertex"
+_HASH_DOMAIN = CONTEXT + b"\x00"
+HASH_SIZE = 32
+MAX_PARENTS = 64
+
+
+def canonical_bytes(vertex: vertex_pb2.Vertex) -> bytes:
+    parts = [struct.pack(">I", len(vertex.payload)), vertex.payload]
+    parts.append(struct.pack(">I", len(vertex.parents)))
+    parts.extend(vertex.parents)
+    parts += [struct.pack(">I", len(vertex.creator)), vertex.creator]
+    parts.append(struct.pack(">Q", vertex.timestamp_ms))
+    return b"".join(parts)
+
+
+def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
+    return hashlib.sha3_256(_HASH_DOMAIN + canonical_bytes(vertex)).digest()
+
+
+def make_vertex(
+    key: NodeKey, payload: bytes, parents: list[bytes], timestamp_ms: int
+) -> vertex_pb2.Vertex:
+    """A vertex signed by ``key``."""
+    vertex = vertex_pb2.Vertex(
+        payload=payload, parents=parents, creator=key.public_key, timestamp_ms=timestamp_ms
+    )
+    vertex.signature = key.sign(canonical_bytes(vertex), context=CONTEXT)
+    return vertex
+
+
+def shape_error(vertex: vertex_pb2.Vertex, *, max_payload_bytes: int) -> str | None:
+    """Why ``vertex`` is malformed (a stateless check), or None when its shape is fine."""
+    if len(vertex.payload) > max_payload_bytes:
+        return f"payload is {len(vertex.payload)} bytes; the limit is {max_payload_bytes}"
+    if len(vertex.parents) > MAX_PARENTS:
+        return f"{len(vertex.parents)} parents; the limit is {MAX_PARENTS}"
+    for i, parent in enumerate(vertex.parents):
+        if len(parent) != HASH_SIZE:
+            return f"parents[{i}] is {len(parent)} bytes; a vertex hash is {HASH_SIZE}"
+    if len(set(vertex.parents)) != len(vertex.parents):
+        return "duplicate parent"
+    if len(vertex.creator) != PUBLIC_KEY_SIZE:
+        return f"creator is {len(vertex.creator)} bytes; an ML-DSA-87 key is {PUBLIC_KEY_SIZE}"
+    if len(vertex.signature) != SIGNATURE_SIZE:
+        return f"signature is {len(vertex.signature)} bytes; ML-DSA-87 is {SIGNATURE_SIZE}"
+    return None
+
+
+def verify_vertex(vertex: vertex_pb2.Vertex, backend: Backend) -> bool:
+    return backend.verify(
+        vertex.creator, canonical_bytes(vertex), vertex.signature, context=CONTEXT
+    )

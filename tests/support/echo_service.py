@@ -1,0 +1,65 @@
+"""A minimal real gRPC service built on cretoai.serving, run as a process by tests.
+
+It serves ``/test.Echo/Slow``: waits for the requested milliseconds, then echoes
+the request bytes; its cleanup writes a marker line to stdout so tests can
+check shutdown order. Usage: python -m tests.support.echo_service PORTFILE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cretoai.logs import setup_logging
+from cretoai.serving import GrpcService, Servicer
+
+SERVICE = "test.Echo"
+
+
+def echo_servicer(events: list[str] | None = None) -> Servicer:
+    """The echo servicer; appends "handled" to ``events`` when a call completes."""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(int.from_bytes(request[:4], "big") / 1000)
+        if events is not None:
+            events.append("handled")
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {"Slow": grpc.unary_unary_rpc_method_handler(slow)},
+    )
+    return Servicer(
+        name=SERVICE, register=lambda server: server.add_generic_rpc_handlers([handler])
+    )
+
+
+async def _main(port_file: Path) -> None:
+    async def cleanup() -> None:
+        print("cleanup-ran", flush=True)
+
+    service = GrpcService(
+        name="echo",
+        bind="127.0.0.1:0",
+        metrics_bind="127.0.0.1:0",
+        servicers=[echo_servicer()],
+        grace=5.0,
+        cleanup=[cleanup],
+    )
+    original_start = service.start
+
+    async def start_and_report() -> None:
+        await original_start()
+        await asyncio.to_thread(port_file.write_text, f"{service.port} {service.metrics_port}")
+
+    service.start = start_and_report  # type: ignore[method-assign]
+    await service.run()
+
+
+if __name__ == "__main__":
+    setup_logging(service="echo", node="test")
+    asyncio.run(_main(Path(sys.argv[1])))

@@ -1,0 +1,110 @@
+"""The cretoai-node command line: help, cluster init, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cretoai.clusterinit import load_cluster
+from cretoai.config import load_config
+from cretoai.crypto import load_private_key
+from tests.conftest import cli, free_base_port
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("keygen",),
+        ("cluster",),
+        ("cluster", "init"),
+        ("cluster", "up"),
+        ("start",),
+        ("health",),
+        ("backup",),
+        ("restore",),
+    ],
+)
+def test_help_everywhere(args: tuple[str, ...]) -> None:
+    proc = run(*args, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: cretoai-node" in proc.stdout
+
+
+def test_cluster_init_writes_a_consistent_cluster(tmp_path: Path) -> None:
+    base = free_base_port()
+    target = tmp_path / "c"
+    proc = run(
+        "cluster", "init", "--nodes", "4", "--dir", str(target), "--base-port", str(base),
+        "--http-port", str(base + 100),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "4-node cluster" in proc.stdout
+    summary = json.loads((target / "cluster.json").read_text())
+    assert [n["name"] for n in summary["nodes"]] == ["node1", "node2", "node3", "node4"]
+    configs = load_cluster(target)
+    assert len(configs) == 4
+    ports: list[str] = []
+    validator_sets = set()
+    for i, path in enumerate(configs):
+        cfg = load_config(path, environ={})
+        assert cfg.replica_index == i
+        key = load_private_key(cfg.key_path)
+        assert key.public_key == cfg.validators[i].public_key_bytes
+        assert key.node_id == summary["nodes"][i]["node_id"]
+        assert (cfg.key_path.stat().st_mode & 0o777) == 0o600
+        validator_sets.add(tuple(v.public_key for v in cfg.validators))
+        ports += [
+            cfg.gateway.http, cfg.gateway.grpc, cfg.gateway.metrics, cfg.consensus.listen,
+            cfg.consensus.metrics, cfg.transport.listen, cfg.transport.metrics,
+            cfg.storage.listen, cfg.storage.metrics, cfg.quic_listen,
+        ]  # fmt: skip
+        assert summary["nodes"][i]["gateway_url"] == f"http://{cfg.gateway.http}"
+    assert len(validator_sets) == 1, "every node must share one validator set"
+    assert len(ports) == len(set(ports)), "every endpoint must be distinct"
+    assert all(p.startswith("127.0.0.1:") for p in ports)
+
+
+def test_cluster_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    base = str(free_base_port())
+    created = run("cluster", "init", "--nodes", "1", "--dir", str(tmp_path), "--base-port", base)
+    assert created.returncode == 0, created.stderr
+    first = (tmp_path / "node1" / "node.pub").read_text()
+    proc = run("cluster", "init", "--nodes", "1", "--dir", str(tmp_path), "--base-port", base)
+    assert proc.returncode == 2
+    assert "already exists" in proc.stderr and "--force" in proc.stderr
+    assert (tmp_path / "node1" / "node.pub").read_text() == first
+    forced = run(
+        "cluster", "init", "--nodes", "1", "--dir", str(tmp_path), "--base-port", base, "--force"
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "node1" / "node.pub").read_text() != first
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("cluster", "init", "--nodes", "0"), "--nodes must be at least 1"),
+        (("cluster", "init", "--nodes", "4", "--base-port", "65500"), "--base-port"),
+    ],
+)
+def test_cluster_init_bad_arguments(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    proc = run(*args, "--dir", str(tmp_path / "x"))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_health_fails_when_services_are_down(cluster_factory: object) -> None:
+    layout = cluster_factory(1)  # type: ignore[operator]
+    proc = run("health", "--config", str(layout.nodes[0].config), "--timeout", "0.5", "--json")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert set(report["services"]) == {"storage", "transport", "consensus", "gateway"}
+    assert all(status != "SERVING" for status in report["services"].values())

@@ -1,0 +1,120 @@
+"""Node configuration: loading, validation errors that name file and field, env overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from cretoai.clusterinit import ClusterLayout
+from cretoai.config import ConfigError, load_config, parse_config
+from tests.conftest import cli
+
+
+@pytest.fixture
+def node_config(cluster_factory: Any) -> Path:
+    layout: ClusterLayout = cluster_factory(4)
+    return layout.nodes[1].config
+
+
+def _rewrite(path: Path, mutate: Any) -> None:
+    data = tomllib.loads(path.read_text())
+    mutate(data)
+    path.write_text(tomli_w.dumps(data))
+
+
+def test_generated_config_loads(node_config: Path) -> None:
+    cfg = load_config(node_config, environ={})
+    assert cfg.node.name == "node2"
+    assert cfg.replica_index == 1
+    assert len(cfg.validators) == 4
+    assert cfg.key_path == node_config.parent / "node.key"
+    assert cfg.storage_path == node_config.parent / "data" / "db"
+    assert cfg.quic_listen == cfg.validators[1].address
+    assert cfg.fault_injection.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["consensus"].update(batch_max_count="many"), "consensus.batch_max_count"),
+        (lambda d: d["consensus"].update(batch_max_count=True), "consensus.batch_max_count"),
+        (lambda d: d["consensus"].update(batch_max_count=0), "consensus.batch_max_count"),
+        (lambda d: d["consensus"].update(bogus=1), "'bogus'"),
+        (lambda d: d.update(extra={"a": 1}), "unknown section [extra]"),
+        (lambda d: d["node"].pop("key"), "node.key: missing"),
+        (lambda d: d.pop("node"), "missing section [node]"),
+        (lambda d: d["node"].update(name="node9"), "not in [[validators]]"),
+        (lambda d: d["validators"][0].update(public_key="zz"), "validators[0].public_key"),
+        (lambda d: d["validators"][2].update(public_key="ab" * 10), "validators[2].public_key"),
+        (lambda d: d["validators"][1].update(address="nowhere"), "validators[1].address"),
+        (lambda d: d["storage"].update(listen="127.0.0.1:99999"), "storage.listen"),
+        (lambda d: d["telemetry"].update(sampling_ratio=2), "telemetry.sampling_ratio"),
+        (lambda d: d["crypto"].update(backend="rsa"), "crypto.backend"),
+        (lambda d: d["consensus"].update(watermark_window=8), "consensus.watermark_window"),
+        (lambda d: d.update(validators=[]), "[[validators]] is empty"),
+    ],
+)
+def test_bad_field_is_named_with_file(node_config: Path, mutate: Any, expected: str) -> None:
+    _rewrite(node_config, mutate)
+    with pytest.raises(ConfigError) as err:
+        load_config(node_config, environ={})
+    message = str(err.value)
+    assert expected in message
+    assert str(node_config) in message
+
+
+def test_missing_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.toml", environ={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[node\nname = 1\n")
+    with pytest.raises(ConfigError, match="invalid TOML") as err:
+        load_config(broken, environ={})
+    assert str(broken) in str(err.value)
+
+
+def test_env_overrides(node_config: Path) -> None:
+    cfg = load_config(
+        node_config,
+        environ={
+            "CRETOAI_CONSENSUS_BATCH_MAX_COUNT": "512",
+            "CRETOAI_TELEMETRY_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+            "CRETOAI_FAULT_INJECTION_ENABLED": "true",
+            "CRETOAI_VENV": "/not/a/setting",  # not a section: ignored
+        },
+    )
+    assert cfg.consensus.batch_max_count == 512
+    assert cfg.telemetry.otlp_endpoint == "http://127.0.0.1:4317"
+    assert cfg.fault_injection.enabled is True
+
+
+def test_env_override_typos_and_types_are_errors(node_config: Path) -> None:
+    with pytest.raises(ConfigError, match="CRETOAI_CONSENSUS_BATCH_MAX"):
+        load_config(node_config, environ={"CRETOAI_CONSENSUS_BATCH_MAX": "5"})
+    with pytest.raises(ConfigError, match=r"consensus\.batch_max_count"):
+        load_config(node_config, environ={"CRETOAI_CONSENSUS_BATCH_MAX_COUNT": "lots"})
+
+
+def test_parse_config_minimal(node_config: Path) -> None:
+    data = tomllib.loads(node_config.read_text())
+    minimal = {"node": {"name": "node1", "key": "k"}, "validators": data["validators"]}
+    cfg = parse_config(minimal, Path("/etc/cretoai/node.toml"))
+    assert cfg.consensus.checkpoint_interval > 0
+    assert cfg.key_path == Path("/etc/cretoai/k")
+
+
+def test_cli_reports_config_error_without_traceback(node_config: Path) -> None:
+    _rewrite(node_config, lambda d: d["consensus"].update(view_change_timeout_ms="soon"))
+    proc = subprocess.run(
+        cli("health", "--config", str(node_config)), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ")
+    assert "consensus.view_change_timeout_ms" in proc.stderr
+    assert str(node_config) in proc.stderr
+    assert "Traceback" not in proc.stderr

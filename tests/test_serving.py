@@ -1,0 +1,157 @@
+"""The shared gRPC serving helper: health, reflection, metrics, ordered graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from cretoai.serving import GrpcService
+from tests.conftest import REPO
+from tests.support.echo_service import SERVICE, echo_servicer
+
+
+def _slow_request(ms: int) -> bytes:
+    return ms.to_bytes(4, "big") + b"payload"
+
+
+async def _health(channel: grpc.aio.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return int(reply.status)
+
+
+async def test_health_reflection_and_metrics() -> None:
+    service = GrpcService(
+        name="echo", bind="127.0.0.1:0", metrics_bind="127.0.0.1:0", servicers=[echo_servicer()]
+    )
+    await service.start()
+    try:
+        assert service.port > 0 and service.metrics_port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
+            assert await _health(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
+
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+            async def requests():
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+            names = []
+            async for reply in stub.ServerReflectionInfo(requests()):
+                names = [s.name for s in reply.list_services_response.service]
+            assert SERVICE in names and "grpc.health.v1.Health" in names
+
+            echo = channel.unary_unary(f"/{SERVICE}/Slow")
+            assert await echo(_slow_request(1), timeout=5) == _slow_request(1)
+
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5
+            ).read()
+        )
+        text = body.decode()
+        assert 'cretoai_grpc_server_handled_total{code="OK",method="/test.Echo/Slow"' in text
+        assert 'cretoai_service_serving{service="echo"} 1.0' in text
+    finally:
+        await service.stop()
+
+
+async def test_graceful_shutdown_drains_then_cleans_up() -> None:
+    events: list[str] = []
+
+    async def cleanup() -> None:
+        events.append("cleanup")
+
+    service = GrpcService(
+        name="echo",
+        bind="127.0.0.1:0",
+        servicers=[echo_servicer(events)],
+        grace=5.0,
+        cleanup=[cleanup],
+    )
+    await service.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        echo = channel.unary_unary(f"/{SERVICE}/Slow")
+        in_flight = asyncio.ensure_future(echo(_slow_request(400), timeout=10))
+        await asyncio.sleep(0.1)  # let the call reach the server before stopping
+        await service.stop()
+        assert await in_flight == _slow_request(400)
+        assert events == ["handled", "cleanup"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await echo(_slow_request(1), timeout=2)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_not_serving_during_drain() -> None:
+    service = GrpcService(name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()], grace=3.0)
+    await service.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        echo = channel.unary_unary(f"/{SERVICE}/Slow")
+        in_flight = asyncio.ensure_future(echo(_slow_request(600), timeout=10))
+        await asyncio.sleep(0.1)
+        await service.health.enter_graceful_shutdown()
+        assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await service.stop()
+        assert await in_flight == _slow_request(600)
+
+
+async def test_port_in_use_is_a_clear_error() -> None:
+    first = GrpcService(name="a", bind="127.0.0.1:0", servicers=[])
+    await first.start()
+    try:
+        second = GrpcService(name="b", bind=f"127.0.0.1:{first.port}", servicers=[])
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            await second.start()
+    finally:
+        await first.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_process_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.echo_service", str(port_file)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            echo = channel.unary_unary(f"/{SERVICE}/Slow")
+            future = echo.future(_slow_request(500), timeout=10)
+            time.sleep(0.1)
+            proc.send_signal(sig)
+            assert future.result() == _slow_request(500)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "cleanup-ran" in stdout
+    lines = stderr.splitlines()
+    order = [
+        next(i for i, line in enumerate(lines) if marker in line)
+        for marker in ('msg="shutting down"', "msg=stopped")
+    ]
+    assert order == sorted(order)
+    assert "Traceback" not in stderr
