@@ -45,8 +45,9 @@ STAMP="$VENV/.cretoai-installed"
 WANT="$(sha256sum "$CRETOAI_ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "==> installing cretoai-node and its dependencies into $VENV (first run takes a minute)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$CRETOAI_ROOT[dev]"
+    # (Some machines' pip configs point at local mirrors that may be absent; hide that noise.)
+    "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    "$VENV/bin/python" -m pip install -q -e "$CRETOAI_ROOT[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
     echo "$WANT" > "$STAMP"
 fi
 
