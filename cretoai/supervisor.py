@@ -1,0 +1,289 @@
+"""Run and supervise the four service processes of one node, or of a whole local cluster.
+
+Each service is a child process (``python -m services.NAME --config FILE``) in
+its own session, so a terminal's Ctrl-C reaches only the supervisor, which then
+stops the children in order. Children are started in dependency order
+(storage, transport, consensus, gateway), each once the previous serves;
+an unexpected exit is restarted with exponential backoff (reset after a minute
+of uptime). Stopping sends SIGTERM in reverse order and SIGKILL after a grace
+period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cretoai.clusterinit import CLUSTER_FILE, describe_node, init_cluster, load_cluster
+from cretoai.config import ConfigError, NodeConfig, load_config
+from cretoai.crypto import load_private_key
+
+log = logging.getLogger(__name__)
+
+START_ORDER = ("storage", "transport", "consensus", "gateway")
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_UPTIME_S = 60.0
+STOP_GRACE_S = 10.0
+READY_TIMEOUT_S = 90.0
+
+
+def missing_services() -> list[str]:
+    """Services whose entry point is not part of this installation."""
+    return [s for s in START_ORDER if importlib.util.find_spec(f"services.{s}.__main__") is None]
+
+
+def health_target(cfg: NodeConfig, service: str) -> str:
+    return {
+        "storage": cfg.storage.listen,
+        "transport": cfg.transport.listen,
+        "consensus": cfg.consensus.listen,
+        "gateway": cfg.gateway.grpc,
+    }[service]
+
+
+async def check_health(target: str, timeout: float = 1.0) -> bool:
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class Child:
+    """One supervised service process."""
+
+    node: str
+    service: str
+    config: Path
+    log_file: Path | None
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    _log_handle: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.node}/{self.service}"
+
+    async def spawn(self) -> None:
+        if self.log_file is not None and self._log_handle is None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = self.log_file.open("ab")
+        out = self._log_handle if self._log_handle is not None else None
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"services.{self.service}",
+            "--config",
+            str(self.config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+
+    def close_log(self) -> None:
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+
+class Supervisor:
+    """Supervises the children of one or more nodes."""
+
+    def __init__(self, configs: list[NodeConfig], *, log_dir: Callable[[NodeConfig], Path | None]):
+        self.configs = configs
+        self.children: list[Child] = []
+        for cfg in configs:
+            directory = log_dir(cfg)
+            for service in START_ORDER:
+                self.children.append(
+                    Child(
+                        node=cfg.node.name,
+                        service=service,
+                        config=cfg.source,
+                        log_file=directory / f"{service}.log" if directory else None,
+                    )
+                )
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+        self.on_event: Callable[[str], None] = lambda message: log.info(message)
+
+    def _cfg(self, child: Child) -> NodeConfig:
+        return next(c for c in self.configs if c.node.name == child.node)
+
+    async def start(self, *, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start every child in dependency order (per node, nodes in parallel); wait until all
+        serve. Raises TimeoutError naming what is not serving."""
+        for service in START_ORDER:
+            batch = [c for c in self.children if c.service == service]
+            for child in batch:
+                await child.spawn()
+                self._watchers.append(asyncio.create_task(self._watch(child)))
+            await self._wait_serving(batch, timeout)
+            self.on_event(f"{service:<10} serving on {len(batch)} node(s)")
+
+    async def _wait_serving(self, children: list[Child], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(children)
+        while pending:
+            results = await asyncio.gather(
+                *(check_health(health_target(self._cfg(c), c.service)) for c in pending)
+            )
+            pending = [c for c, ok in zip(pending, results, strict=True) if not ok]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(c.label for c in pending)
+                hint = f" (see {pending[0].log_file})" if pending[0].log_file else ""
+                raise TimeoutError(f"not serving after {timeout:.0f}s: {names}{hint}")
+            await asyncio.sleep(0.2)
+
+    async def _watch(self, child: Child) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            uptime = time.monotonic() - child.started_at
+            if uptime > STABLE_UPTIME_S:
+                backoff = BACKOFF_MIN_S
+            self.on_event(
+                f"{child.label} exited with code {code} after {uptime:.1f}s; "
+                f"restarting in {backoff:.1f}s"
+            )
+            await asyncio.sleep(backoff)
+            if self._stopping:
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            child.restarts += 1
+            await child.spawn()
+
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM in reverse start order (gateway first), SIGKILL after ``grace``."""
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        for service in reversed(START_ORDER):
+            batch = [
+                c
+                for c in self.children
+                if c.service == service and c.process and c.process.returncode is None
+            ]
+            for child in batch:
+                assert child.process is not None
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+            for child in batch:
+                assert child.process is not None
+                try:
+                    await asyncio.wait_for(child.process.wait(), grace)
+                except TimeoutError:
+                    self.on_event(f"{child.label} did not stop in {grace:.0f}s; killing it")
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
+                    await child.process.wait()
+        for child in self.children:
+            child.close_log()
+
+
+async def _run_until_signal(supervisor: Supervisor, ready: Callable[[], None]) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    start = asyncio.create_task(supervisor.start())
+    stop_wait = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if start in done:
+        try:
+            start.result()
+        except TimeoutError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = 1
+        else:
+            ready()
+            await stop_wait
+    else:
+        start.cancel()
+    print("stopping…", file=sys.stderr, flush=True)
+    await supervisor.stop()
+    print("stopped", file=sys.stderr, flush=True)
+    return code
+
+
+def _check_runnable() -> None:
+    missing = missing_services()
+    if missing:
+        raise ConfigError(
+            "running a node is not yet available in this version: missing service(s) "
+            + ", ".join(missing)
+            + " (they land with issue #7); 'cretoai-node start --service NAME' runs one service"
+        )
+
+
+def start_node(cfg: NodeConfig) -> int:
+    """``cretoai-node start --config FILE``: the node's four services, in the foreground."""
+    _check_runnable()
+    load_private_key(cfg.key_path, cfg.crypto.backend)  # fail now, clearly, not in four children
+    supervisor = Supervisor([cfg], log_dir=lambda _: None)
+
+    def ready() -> None:
+        print(f"{cfg.node.name} ready: gateway http://{cfg.gateway.http}", flush=True)
+
+    return asyncio.run(_run_until_signal(supervisor, ready))
+
+
+def cluster_up(args: argparse.Namespace) -> int:
+    """``cretoai-node cluster up``: init the cluster if needed, run it, stop on Ctrl-C."""
+    _check_runnable()
+    directory = Path(args.dir).resolve()
+    if not (directory / CLUSTER_FILE).exists():
+        print(f"initialising a {args.nodes}-node cluster in {directory}", flush=True)
+        init_cluster(directory, args.nodes, http_port=args.http_port, base_port=args.base_port)
+    configs = [load_config(p) for p in load_cluster(directory)]
+    if len(configs) != args.nodes:
+        raise ConfigError(
+            f"{directory / CLUSTER_FILE}: holds {len(configs)} nodes, not {args.nodes} "
+            f"(use another --dir, or 'cretoai-node cluster init --nodes {args.nodes} "
+            f"--dir {directory} --force')"
+        )
+    for cfg in configs:
+        load_private_key(cfg.key_path, cfg.crypto.backend)
+    supervisor = Supervisor(configs, log_dir=lambda cfg: cfg.data_dir.parent / "logs")
+    supervisor.on_event = lambda message: print(f"  {message}", flush=True)
+    print(f"starting {len(configs)} node(s), 4 services each (logs in {directory}/node*/logs)…")
+
+    def ready() -> None:
+        summary = {"nodes": [describe_node(c, "") for c in configs]}
+        for node, cfg in zip(summary["nodes"], configs, strict=True):
+            node["node_id"] = load_private_key(cfg.key_path, cfg.crypto.backend).node_id
+        (directory / CLUSTER_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        print("cluster ready:")
+        for node in summary["nodes"]:
+            print(f"  {node['name']}  {node['gateway_url']}")
+        print(f"endpoints: {directory / CLUSTER_FILE}")
+        print("press Ctrl-C to stop", flush=True)
+
+    return asyncio.run(_run_until_signal(supervisor, ready))
