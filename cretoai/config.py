@@ -99,6 +99,26 @@ class TransportSection:
     #: Optional discovery; both off by default (no public servers preconfigured).
     mdns: bool = False
     stun_server: str = ""
+    #: Bytes bound of one peer's send queue (besides send_queue_max messages); oldest dropped.
+    send_queue_max_bytes: int = 64 * 1024 * 1024
+    #: Bytes sent to one peer but not yet acknowledged by its transport (backpressure window).
+    inflight_max_bytes: int = 1_048_576
+    #: Inbound messages buffered per peer for consensus before the oldest are dropped.
+    recv_queue_max: int = 4096
+    #: Deadline for the QUIC handshake plus the ML-DSA-87 peer authentication.
+    handshake_timeout_ms: int = 5_000
+    #: Connections not yet authenticated, at most (a flood bound).
+    max_pending_connections: int = 64
+    #: Largest UDP payload QUIC sends (no path MTU discovery in aioquic).
+    max_datagram_bytes: int = 1350
+    #: Address announced in peer exchange; empty: the STUN-learned one, else quic_listen.
+    advertise_address: str = ""
+    #: How often signed address records are exchanged with connected members.
+    peer_exchange_ms: int = 15_000
+    #: How often the STUN server (when set) is asked for this node's public address.
+    stun_interval_ms: int = 300_000
+    #: Comma-separated interface addresses mDNS binds to; empty: all interfaces.
+    mdns_interfaces: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
