@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/transport.proto\x12\ncretoai.v1\"\xa9\x01\n\x08\x45nvelope\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.cretoai.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0cSendResponse\x12\x0e\n\x06queued\x18\x01 \x01(\x08\"\x12\n\x10ListPeersRequest\"[\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x04 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\"4\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.cretoai.v1.Peer\"1\n\x0e\x42\x61nPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0f\x42\x61nPeerResponse2\x8d\x02\n\tTransport\x12:\n\x08\x45xchange\x12\x14.cretoai.v1.Envelope\x1a\x14.cretoai.v1.Envelope(\x01\x30\x01\x12\x36\n\x04Send\x12\x14.cretoai.v1.Envelope\x1a\x18.cretoai.v1.SendResponse\x12H\n\tListPeers\x12\x1c.cretoai.v1.ListPeersRequest\x1a\x1d.cretoai.v1.ListPeersResponse\x12\x42\n\x07\x42\x61nPeer\x12\x1a.cretoai.v1.BanPeerRequest\x1a\x1b.cretoai.v1.BanPeerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/transport.proto\x12\ncretoai.v1\"\xa9\x01\n\x08\x45nvelope\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.cretoai.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x0cSendResponse\x12\x0e\n\x06queued\x18\x01 \x01(\x08\x12\r\n\x05peers\x18\x02 \x01(\r\"\x12\n\x10ListPeersRequest\"\xea\x02\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x04 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x11\n\tdirection\x18\x07 \x01(\t\x12\x18\n\x10send_queue_depth\x18\x08 \x01(\r\x12\x18\n\x10send_queue_bytes\x18\t \x01(\x04\x12\x16\n\x0einflight_bytes\x18\n \x01(\x04\x12\x14\n\x0cmessages_out\x18\x0b \x01(\x04\x12\x13\n\x0bmessages_in\x18\x0c \x01(\x04\x12\x11\n\tbytes_out\x18\r \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0e \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x13\n\x0bpartitioned\x18\x11 \x01(\x08\x12\x16\n\x0e\x61\x64\x64ress_source\x18\x12 \x01(\t\"f\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.cretoai.v1.Peer\x12\x14\n\x0cself_node_id\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64vertised_address\x18\x03 \x01(\t\"F\n\x0e\x42\x61nPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x04\"\x11\n\x0f\x42\x61nPeerResponse\"#\n\x10UnbanPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x13\n\x11UnbanPeerResponse\"6\n\x0fPingPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\"\n\x10PingPeerResponse\x12\x0e\n\x06rtt_ms\x18\x01 \x01(\x01\"\x1a\n\x18GetTransportStatsRequest\"}\n\x0eTransportStats\x12:\n\x08\x63ounters\x18\x01 \x03(\x0b\x32(.cretoai.v1.TransportStats.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"]\n\x10SetFaultsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdrop_rate\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0bpartitioned\x18\x04 \x01(\x08\"\x13\n\x11SetFaultsResponse\"\x14\n\x12\x43learFaultsRequest\"\x15\n\x13\x43learFaultsResponse\"M\n\tWireHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\x0c\"\x1d\n\x08WireAuth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x16\n\x08WirePing\x12\n\n\x02id\x18\x01 \x01(\x04\"\x1b\n\x07WireAck\x12\x10\n\x08\x63onsumed\x18\x01 \x01(\x04\"\\\n\rAddressRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"7\n\tWirePeers\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.AddressRecord2\x86\x05\n\tTransport\x12:\n\x08\x45xchange\x12\x14.cretoai.v1.Envelope\x1a\x14.cretoai.v1.Envelope(\x01\x30\x01\x12\x36\n\x04Send\x12\x14.cretoai.v1.Envelope\x1a\x18.cretoai.v1.SendResponse\x12H\n\tListPeers\x12\x1c.cretoai.v1.ListPeersRequest\x1a\x1d.cretoai.v1.ListPeersResponse\x12\x42\n\x07\x42\x61nPeer\x12\x1a.cretoai.v1.BanPeerRequest\x1a\x1b.cretoai.v1.BanPeerResponse\x12H\n\tUnbanPeer\x12\x1c.cretoai.v1.UnbanPeerRequest\x1a\x1d.cretoai.v1.UnbanPeerResponse\x12\x45\n\x08PingPeer\x12\x1b.cretoai.v1.PingPeerRequest\x1a\x1c.cretoai.v1.PingPeerResponse\x12L\n\x08GetStats\x12$.cretoai.v1.GetTransportStatsRequest\x1a\x1a.cretoai.v1.TransportStats\x12H\n\tSetFaults\x12\x1c.cretoai.v1.SetFaultsRequest\x1a\x1d.cretoai.v1.SetFaultsResponse\x12N\n\x0b\x43learFaults\x12\x1e.cretoai.v1.ClearFaultsRequest\x1a\x1f.cretoai.v1.ClearFaultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._loaded_options = None
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_ENVELOPE']._serialized_start=43
   _globals['_ENVELOPE']._serialized_end=212
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_start=161
   _globals['_ENVELOPE_TRACECONTEXTENTRY']._serialized_end=212
   _globals['_SENDRESPONSE']._serialized_start=214
-  _globals['_SENDRESPONSE']._serialized_end=244
-  _globals['_LISTPEERSREQUEST']._serialized_start=246
-  _globals['_LISTPEERSREQUEST']._serialized_end=264
-  _globals['_PEER']._serialized_start=266
-  _globals['_PEER']._serialized_end=357
-  _globals['_LISTPEERSRESPONSE']._serialized_start=359
-  _globals['_LISTPEERSRESPONSE']._serialized_end=411
-  _globals['_BANPEERREQUEST']._serialized_start=413
-  _globals['_BANPEERREQUEST']._serialized_end=462
-  _globals['_BANPEERRESPONSE']._serialized_start=464
-  _globals['_BANPEERRESPONSE']._serialized_end=481
-  _globals['_TRANSPORT']._serialized_start=484
-  _globals['_TRANSPORT']._serialized_end=753
+  _globals['_SENDRESPONSE']._serialized_end=259
+  _globals['_LISTPEERSREQUEST']._serialized_start=261
+  _globals['_LISTPEERSREQUEST']._serialized_end=279
+  _globals['_PEER']._serialized_start=282
+  _globals['_PEER']._serialized_end=644
+  _globals['_LISTPEERSRESPONSE']._serialized_start=646
+  _globals['_LISTPEERSRESPONSE']._serialized_end=748
+  _globals['_BANPEERREQUEST']._serialized_start=750
+  _globals['_BANPEERREQUEST']._serialized_end=820
+  _globals['_BANPEERRESPONSE']._serialized_start=822
+  _globals['_BANPEERRESPONSE']._serialized_end=839
+  _globals['_UNBANPEERREQUEST']._serialized_start=841
+  _globals['_UNBANPEERREQUEST']._serialized_end=876
+  _globals['_UNBANPEERRESPONSE']._serialized_start=878
+  _globals['_UNBANPEERRESPONSE']._serialized_end=897
+  _globals['_PINGPEERREQUEST']._serialized_start=899
+  _globals['_PINGPEERREQUEST']._serialized_end=953
+  _globals['_PINGPEERRESPONSE']._serialized_start=955
+  _globals['_PINGPEERRESPONSE']._serialized_end=989
+  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_start=991
+  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_end=1017
+  _globals['_TRANSPORTSTATS']._serialized_start=1019
+  _globals['_TRANSPORTSTATS']._serialized_end=1144
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_start=1097
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_end=1144
+  _globals['_SETFAULTSREQUEST']._serialized_start=1146
+  _globals['_SETFAULTSREQUEST']._serialized_end=1239
+  _globals['_SETFAULTSRESPONSE']._serialized_start=1241
+  _globals['_SETFAULTSRESPONSE']._serialized_end=1260
+  _globals['_CLEARFAULTSREQUEST']._serialized_start=1262
+  _globals['_CLEARFAULTSREQUEST']._serialized_end=1282
+  _globals['_CLEARFAULTSRESPONSE']._serialized_start=1284
+  _globals['_CLEARFAULTSRESPONSE']._serialized_end=1305
+  _globals['_WIREHELLO']._serialized_start=1307
+  _globals['_WIREHELLO']._serialized_end=1384
+  _globals['_WIREAUTH']._serialized_start=1386
+  _globals['_WIREAUTH']._serialized_end=1415
+  _globals['_WIREPING']._serialized_start=1417
+  _globals['_WIREPING']._serialized_end=1439
+  _globals['_WIREACK']._serialized_start=1441
+  _globals['_WIREACK']._serialized_end=1468
+  _globals['_ADDRESSRECORD']._serialized_start=1470
+  _globals['_ADDRESSRECORD']._serialized_end=1562
+  _globals['_WIREPEERS']._serialized_start=1564
+  _globals['_WIREPEERS']._serialized_end=1619
+  _globals['_TRANSPORT']._serialized_start=1622
+  _globals['_TRANSPORT']._serialized_end=2268
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,31 @@ class TransportStub:
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.BanPeerRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_transport__pb2.BanPeerResponse.FromString,
                 _registered_method=True)
+        self.UnbanPeer = channel.unary_unary(
+                '/cretoai.v1.Transport/UnbanPeer',
+                request_serializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerResponse.FromString,
+                _registered_method=True)
+        self.PingPeer = channel.unary_unary(
+                '/cretoai.v1.Transport/PingPeer',
+                request_serializer=cretoai_dot_v1_dot_transport__pb2.PingPeerRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_transport__pb2.PingPeerResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/cretoai.v1.Transport/GetStats',
+                request_serializer=cretoai_dot_v1_dot_transport__pb2.GetTransportStatsRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_transport__pb2.TransportStats.FromString,
+                _registered_method=True)
+        self.SetFaults = channel.unary_unary(
+                '/cretoai.v1.Transport/SetFaults',
+                request_serializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsResponse.FromString,
+                _registered_method=True)
+        self.ClearFaults = channel.unary_unary(
+                '/cretoai.v1.Transport/ClearFaults',
+                request_serializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsResponse.FromString,
+                _registered_method=True)
 
 
 class TransportServicer:
@@ -61,15 +86,20 @@ class TransportServicer:
 
     def Exchange(self, request_iterator, context):
         """Consensus opens one stream: it sends outbound envelopes (with `to` set,
-        or empty for broadcast) and receives inbound ones tagged with the
-        authenticated sender.
+        or empty for broadcast to every member) and receives inbound ones tagged
+        with the authenticated sender in `from`. Opening a second stream
+        supersedes the first (it ends with ABORTED). Inbound messages that arrive
+        while no stream is open are buffered per peer (bounded, oldest dropped).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Send(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Queue one envelope (`to` one peer, or empty for broadcast).
+        NOT_FOUND: `to` is not a member. INVALID_ARGUMENT: `to` is this node, or the
+        payload exceeds the maximum frame size.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -81,6 +111,43 @@ class TransportServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BanPeer(self, request, context):
+        """Close the peer's connection at once and refuse its reconnects until the ban
+        expires or UnbanPeer. Bans live in memory: consensus re-issues them after a
+        transport restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbanPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PingPeer(self, request, context):
+        """One application-level round trip to a connected peer (keep-alive frames are
+        the same PING/PONG). UNAVAILABLE when not connected, DEADLINE_EXCEEDED on timeout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Counters of the whole service (auth failures, garbage, drops by reason, ...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFaults(self, request, context):
+        """Fault injection for tests: FAILED_PRECONDITION unless [fault_injection] enabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearFaults(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +175,31 @@ def add_TransportServicer_to_server(servicer, server):
                     servicer.BanPeer,
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.BanPeerRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_transport__pb2.BanPeerResponse.SerializeToString,
+            ),
+            'UnbanPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbanPeer,
+                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerResponse.SerializeToString,
+            ),
+            'PingPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PingPeer,
+                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.PingPeerRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_transport__pb2.PingPeerResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.GetTransportStatsRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_transport__pb2.TransportStats.SerializeToString,
+            ),
+            'SetFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFaults,
+                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsResponse.SerializeToString,
+            ),
+            'ClearFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearFaults,
+                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +310,141 @@ class Transport:
             '/cretoai.v1.Transport/BanPeer',
             cretoai_dot_v1_dot_transport__pb2.BanPeerRequest.SerializeToString,
             cretoai_dot_v1_dot_transport__pb2.BanPeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbanPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Transport/UnbanPeer',
+            cretoai_dot_v1_dot_transport__pb2.UnbanPeerRequest.SerializeToString,
+            cretoai_dot_v1_dot_transport__pb2.UnbanPeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PingPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Transport/PingPeer',
+            cretoai_dot_v1_dot_transport__pb2.PingPeerRequest.SerializeToString,
+            cretoai_dot_v1_dot_transport__pb2.PingPeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Transport/GetStats',
+            cretoai_dot_v1_dot_transport__pb2.GetTransportStatsRequest.SerializeToString,
+            cretoai_dot_v1_dot_transport__pb2.TransportStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Transport/SetFaults',
+            cretoai_dot_v1_dot_transport__pb2.SetFaultsRequest.SerializeToString,
+            cretoai_dot_v1_dot_transport__pb2.SetFaultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Transport/ClearFaults',
+            cretoai_dot_v1_dot_transport__pb2.ClearFaultsRequest.SerializeToString,
+            cretoai_dot_v1_dot_transport__pb2.ClearFaultsResponse.FromString,
             options,
             channel_credentials,
             insecure,
