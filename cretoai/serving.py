@@ -55,21 +55,20 @@ class Servicer:
 
 
 def _code_of(exc: BaseException | None, context: Any) -> str:
-    if exc is None:
-        code = context.code()
-        return code.name if isinstance(code, grpc.StatusCode) else "OK"
     if isinstance(exc, asyncio.CancelledError):
         return "CANCELLED"
     code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "OK" if exc is None else "UNKNOWN"
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Tracing (a server span per call, parent from metadata), metrics and an access log."""
+class _CallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every application call (health and reflection excluded) in ``begin``/``end``.
 
-    def __init__(self, service: str) -> None:
-        self._service = service
-        self._tracer = trace.get_tracer("cretoai.serving")
+    Subclasses implement one concern each; ``begin`` runs just before the
+    handler and returns a state that ``end`` receives with the status code.
+    """
 
     async def intercept_service(
         self,
@@ -77,58 +76,91 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method: str = handler_call_details.method
-        if method.startswith("/grpc.health.v1.") or method.startswith("/grpc.reflection."):
+        if handler is None or method.startswith(("/grpc.health.v1.", "/grpc.reflection.")):
             return handler
-        metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()}
+        metadata = {
+            key: value
+            for key, value in handler_call_details.invocation_metadata or ()
+            if isinstance(value, str)
+        }
         return _wrap_handler(handler, self, method, metadata)
 
-    def observe(self, method: str, code: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        RPC_LATENCY.labels(self._service, method).observe(elapsed)
-        RPC_TOTAL.labels(self._service, method, code).inc()
-        log.debug(
-            "rpc", extra={"fields": {"method": method, "code": code, "ms": round(elapsed * 1e3, 3)}}
+    def begin(self, method: str, metadata: dict[str, str]) -> Any:
+        raise NotImplementedError
+
+    def end(self, state: Any, method: str, code: str, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class TracingInterceptor(_CallInterceptor):
+    """A server span per call, child of the caller's trace context (from metadata)."""
+
+    def __init__(self) -> None:
+        self._tracer = trace.get_tracer("cretoai.serving")
+
+    def begin(self, method: str, metadata: dict[str, str]) -> Any:
+        parent = extract_context(metadata)
+        span = self._tracer.start_span(
+            method,
+            context=parent,  # type: ignore[arg-type]
+            kind=trace.SpanKind.SERVER,
         )
-
-
-def _wrap_handler(
-    handler: Any,
-    icpt: ObservabilityInterceptor,
-    method: str,
-    metadata: dict[str, Any],
-) -> Any:
-    parent = extract_context({k: v for k, v in metadata.items() if isinstance(v, str)})
-
-    def start_span() -> tuple[Any, object]:
-        token = otel_context.attach(parent)  # type: ignore[arg-type]
-        span = icpt._tracer.start_span(method, kind=trace.SpanKind.SERVER)
-        otel_context.detach(token)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
-    def finish(span: Any, token: object, exc: BaseException | None, ctx: Any, t0: float) -> None:
-        code = _code_of(exc, ctx)
+    def end(self, state: Any, method: str, code: str, exc: BaseException | None) -> None:
+        span, token = state
         span.set_attribute("rpc.grpc.status_code", code)
         if exc is not None and not isinstance(exc, asyncio.CancelledError):
             span.record_exception(exc)
         span.end()
-        otel_context.detach(token)  # type: ignore[arg-type]
-        icpt.observe(method, code, t0)
+        otel_context.detach(token)
 
+
+class MetricsInterceptor(_CallInterceptor):
+    """Call counts by status code and latency histograms, per method."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def begin(self, method: str, metadata: dict[str, str]) -> Any:
+        return time.perf_counter()
+
+    def end(self, state: Any, method: str, code: str, exc: BaseException | None) -> None:
+        RPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - state)
+        RPC_TOTAL.labels(self._service, method, code).inc()
+
+
+class AccessLogInterceptor(_CallInterceptor):
+    """One debug line per call; failures other than client-side ones at info."""
+
+    def begin(self, method: str, metadata: dict[str, str]) -> Any:
+        return time.perf_counter()
+
+    def end(self, state: Any, method: str, code: str, exc: BaseException | None) -> None:
+        fields = {
+            "method": method,
+            "code": code,
+            "ms": round((time.perf_counter() - state) * 1e3, 3),
+        }
+        level = logging.INFO if code in ("INTERNAL", "UNKNOWN", "DATA_LOSS") else logging.DEBUG
+        log.log(level, "rpc", extra={"fields": fields})
+
+
+def _wrap_handler(
+    handler: Any, icpt: _CallInterceptor, method: str, metadata: dict[str, str]
+) -> Any:
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
 
         async def unary_response(request: Any, ctx: Any) -> Any:
-            t0 = time.perf_counter()
-            span, token = start_span()
+            state = icpt.begin(method, metadata)
             try:
                 result = await inner(request, ctx)
             except BaseException as exc:
-                finish(span, token, exc, ctx, t0)
+                icpt.end(state, method, _code_of(exc, ctx), exc)
                 raise
-            finish(span, token, None, ctx, t0)
+            icpt.end(state, method, _code_of(None, ctx), None)
             return result
 
         factory = (
@@ -145,15 +177,14 @@ def _wrap_handler(
     inner_stream = handler.unary_stream or handler.stream_stream
 
     async def stream_response(request: Any, ctx: Any) -> Any:
-        t0 = time.perf_counter()
-        span, token = start_span()
+        state = icpt.begin(method, metadata)
         try:
             async for item in inner_stream(request, ctx):
                 yield item
         except BaseException as exc:
-            finish(span, token, exc, ctx, t0)
+            icpt.end(state, method, _code_of(exc, ctx), exc)
             raise
-        finish(span, token, None, ctx, t0)
+        icpt.end(state, method, _code_of(None, ctx), None)
 
     factory = (
         grpc.unary_stream_rpc_method_handler
@@ -209,7 +240,12 @@ class GrpcService:
         )
         self._telemetry = Telemetry(tracer_provider=provider)
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.name)],
+            # Outermost first: the span covers the metrics and the log line.
+            interceptors=[
+                TracingInterceptor(),
+                MetricsInterceptor(self.name),
+                AccessLogInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),

@@ -155,3 +155,32 @@ def test_process_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) ->
     ]
     assert order == sorted(order)
     assert "Traceback" not in stderr
+
+
+async def test_server_span_continues_the_callers_trace() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    service = GrpcService(name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()])
+    await service.start()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            echo = channel.unary_unary(f"/{SERVICE}/Slow")
+            await echo(_slow_request(1), metadata=(("traceparent", traceparent),), timeout=5)
+    finally:
+        await service.stop()
+    spans = [s for s in exporter.get_finished_spans() if s.name == f"/{SERVICE}/Slow"]
+    assert len(spans) == 1
+    span = spans[0]
+    assert span.context is not None and span.parent is not None
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == "OK"
