@@ -184,3 +184,29 @@ async def test_server_span_continues_the_callers_trace() -> None:
     assert f"{span.context.trace_id:032x}" == trace_id
     assert f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == "OK"
+
+
+async def test_service_channel_propagates_the_current_span() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cretoai.channels import service_channel
+
+    service = GrpcService(name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()])
+    await service.start()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        async with service_channel(f"127.0.0.1:{service.port}") as channel:
+            echo = channel.unary_unary(f"/{SERVICE}/Slow")
+            with trace.get_tracer("test").start_as_current_span("client") as client_span:
+                await echo(_slow_request(1), timeout=5)
+    finally:
+        await service.stop()
+    server = next(s for s in exporter.get_finished_spans() if s.name == f"/{SERVICE}/Slow")
+    assert server.parent is not None
+    assert server.parent.span_id == client_span.get_span_context().span_id

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/consensus.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"9\n\x13SubmitVertexRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"N\n\x14SubmitVertexResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\"\x12\n\x10GetStatusRequest\"\xa6\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0c\n\x04view\x18\x03 \x01(\x04\x12\x0f\n\x07primary\x18\x04 \x01(\r\x12\x19\n\x11last_executed_seq\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x11\n\tpool_size\x18\x07 \x01(\r\x12\x0e\n\x06\x62\x61nned\x18\x08 \x03(\t\")\n\x15WatchFinalizedRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x32\xf4\x01\n\tConsensus\x12Q\n\x0cSubmitVertex\x12\x1f.cretoai.v1.SubmitVertexRequest\x1a .cretoai.v1.SubmitVertexResponse\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatus\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/consensus.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"9\n\x13SubmitVertexRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"a\n\x14SubmitVertexResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"!\n\x11GetPendingRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\"G\n\x12GetPendingResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\"\n\x06vertex\x18\x02 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"\x12\n\x10GetStatusRequest\"\x83\x01\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x05 \x01(\x08\x12\x12\n\nreputation\x18\x06 \x01(\x03\x12\x0e\n\x06rtt_ms\x18\x07 \x01(\x01\"\xb2\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0c\n\x04view\x18\x03 \x01(\x04\x12\x0f\n\x07primary\x18\x04 \x01(\r\x12\x19\n\x11last_executed_seq\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x11\n\tpool_size\x18\x07 \x01(\r\x12\x0e\n\x06\x62\x61nned\x18\x08 \x03(\t\x12\x11\n\tnode_name\x18\t \x01(\t\x12\t\n\x01n\x18\n \x01(\r\x12\t\n\x01\x66\x18\x0b \x01(\r\x12\r\n\x05ready\x18\x0c \x01(\x08\x12\x14\n\x0cview_changes\x18\r \x01(\x04\x12%\n\x05peers\x18\x0e \x03(\x0b\x32\x16.cretoai.v1.PeerStatus\x12\x15\n\rview_changing\x18\x0f \x01(\x08\")\n\x15WatchFinalizedRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x32\xc1\x02\n\tConsensus\x12Q\n\x0cSubmitVertex\x12\x1f.cretoai.v1.SubmitVertexRequest\x1a .cretoai.v1.SubmitVertexResponse\x12K\n\nGetPending\x12\x1d.cretoai.v1.GetPendingRequest\x1a\x1e.cretoai.v1.GetPendingResponse\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatus\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITVERTEXREQUEST']._serialized_start=67
   _globals['_SUBMITVERTEXREQUEST']._serialized_end=124
   _globals['_SUBMITVERTEXRESPONSE']._serialized_start=126
-  _globals['_SUBMITVERTEXRESPONSE']._serialized_end=204
-  _globals['_GETSTATUSREQUEST']._serialized_start=206
-  _globals['_GETSTATUSREQUEST']._serialized_end=224
-  _globals['_NODESTATUS']._serialized_start=227
-  _globals['_NODESTATUS']._serialized_end=393
-  _globals['_WATCHFINALIZEDREQUEST']._serialized_start=395
-  _globals['_WATCHFINALIZEDREQUEST']._serialized_end=436
-  _globals['_CONSENSUS']._serialized_start=439
-  _globals['_CONSENSUS']._serialized_end=683
+  _globals['_SUBMITVERTEXRESPONSE']._serialized_end=223
+  _globals['_GETPENDINGREQUEST']._serialized_start=225
+  _globals['_GETPENDINGREQUEST']._serialized_end=258
+  _globals['_GETPENDINGRESPONSE']._serialized_start=260
+  _globals['_GETPENDINGRESPONSE']._serialized_end=331
+  _globals['_GETSTATUSREQUEST']._serialized_start=333
+  _globals['_GETSTATUSREQUEST']._serialized_end=351
+  _globals['_PEERSTATUS']._serialized_start=354
+  _globals['_PEERSTATUS']._serialized_end=485
+  _globals['_NODESTATUS']._serialized_start=488
+  _globals['_NODESTATUS']._serialized_end=794
+  _globals['_WATCHFINALIZEDREQUEST']._serialized_start=796
+  _globals['_WATCHFINALIZEDREQUEST']._serialized_end=837
+  _globals['_CONSENSUS']._serialized_start=840
+  _globals['_CONSENSUS']._serialized_end=1161
 # @@protoc_insertion_point(module_scope)

@@ -14,19 +14,53 @@ class SubmitVertexRequest(_message.Message):
     def __init__(self, vertex: _Optional[_Union[_vertex_pb2.Vertex, _Mapping]] = ...) -> None: ...
 
 class SubmitVertexResponse(_message.Message):
-    __slots__ = ("hash", "status")
+    __slots__ = ("hash", "status", "duplicate")
     HASH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     hash: bytes
     status: _vertex_pb2.VertexStatus
-    def __init__(self, hash: _Optional[bytes] = ..., status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, hash: _Optional[bytes] = ..., status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class GetPendingRequest(_message.Message):
+    __slots__ = ("hash",)
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    hash: bytes
+    def __init__(self, hash: _Optional[bytes] = ...) -> None: ...
+
+class GetPendingResponse(_message.Message):
+    __slots__ = ("found", "vertex")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VERTEX_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    vertex: _vertex_pb2.Vertex
+    def __init__(self, found: _Optional[bool] = ..., vertex: _Optional[_Union[_vertex_pb2.Vertex, _Mapping]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class PeerStatus(_message.Message):
+    __slots__ = ("name", "node_id", "replica", "connected", "banned", "reputation", "rtt_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    BANNED_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    node_id: str
+    replica: int
+    connected: bool
+    banned: bool
+    reputation: int
+    rtt_ms: float
+    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., replica: _Optional[int] = ..., connected: _Optional[bool] = ..., banned: _Optional[bool] = ..., reputation: _Optional[int] = ..., rtt_ms: _Optional[float] = ...) -> None: ...
+
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "replica", "view", "primary", "last_executed_seq", "stable_checkpoint", "pool_size", "banned")
+    __slots__ = ("node_id", "replica", "view", "primary", "last_executed_seq", "stable_checkpoint", "pool_size", "banned", "node_name", "n", "f", "ready", "view_changes", "peers", "view_changing")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +69,13 @@ class NodeStatus(_message.Message):
     STABLE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
     BANNED_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    F_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     replica: int
     view: int
@@ -43,7 +84,14 @@ class NodeStatus(_message.Message):
     stable_checkpoint: int
     pool_size: int
     banned: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., replica: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., last_executed_seq: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., pool_size: _Optional[int] = ..., banned: _Optional[_Iterable[str]] = ...) -> None: ...
+    node_name: str
+    n: int
+    f: int
+    ready: bool
+    view_changes: int
+    peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
+    view_changing: bool
+    def __init__(self, node_id: _Optional[str] = ..., replica: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., last_executed_seq: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., pool_size: _Optional[int] = ..., banned: _Optional[_Iterable[str]] = ..., node_name: _Optional[str] = ..., n: _Optional[int] = ..., f: _Optional[int] = ..., ready: _Optional[bool] = ..., view_changes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., view_changing: _Optional[bool] = ...) -> None: ...
 
 class WatchFinalizedRequest(_message.Message):
     __slots__ = ("from_seq",)

@@ -40,6 +40,11 @@ class ConsensusStub:
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.FromString,
                 _registered_method=True)
+        self.GetPending = channel.unary_unary(
+                '/cretoai.v1.Consensus/GetPending',
+                request_serializer=cretoai_dot_v1_dot_consensus__pb2.GetPendingRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_consensus__pb2.GetPendingResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/cretoai.v1.Consensus/GetStatus',
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.GetStatusRequest.SerializeToString,
@@ -56,7 +61,18 @@ class ConsensusServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitVertex(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Admit a vertex into the request pool (forwarded to the primary).
+        Errors: INVALID_ARGUMENT (malformed, bad signature), FAILED_PRECONDITION
+        (a parent is neither finalized nor pending), RESOURCE_EXHAUSTED (pool
+        full), UNAVAILABLE (not ready, e.g. catching up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPending(self, request, context):
+        """A vertex this node holds but has not finalized yet.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -68,7 +84,9 @@ class ConsensusServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchFinalized(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Finalized batches with seq >= from_seq: first those already executed (from
+        storage), then each new one as it is executed. Resumable by seq.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -80,6 +98,11 @@ def add_ConsensusServicer_to_server(servicer, server):
                     servicer.SubmitVertex,
                     request_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.SerializeToString,
+            ),
+            'GetPending': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPending,
+                    request_deserializer=cretoai_dot_v1_dot_consensus__pb2.GetPendingRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_consensus__pb2.GetPendingResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -119,6 +142,33 @@ class Consensus:
             '/cretoai.v1.Consensus/SubmitVertex',
             cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.SerializeToString,
             cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Consensus/GetPending',
+            cretoai_dot_v1_dot_consensus__pb2.GetPendingRequest.SerializeToString,
+            cretoai_dot_v1_dot_consensus__pb2.GetPendingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,17 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from cretoai.v1 import consensus_pb2 as cretoai_dot_v1_dot_consensus__pb2
-from cretoai.v1 import storage_pb2 as cretoai_dot_v1_dot_storage__pb2
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63retoai/v1/gateway.proto\x12\ncretoai.v1\x1a\x1a\x63retoai/v1/consensus.proto\x1a\x18\x63retoai/v1/storage.proto\x1a\x17\x63retoai/v1/vertex.proto2\xb7\x02\n\x07Gateway\x12Q\n\x0cSubmitVertex\x12\x1f.cretoai.v1.SubmitVertexRequest\x1a .cretoai.v1.SubmitVertexResponse\x12\x43\n\tGetVertex\x12\x1c.cretoai.v1.GetVertexRequest\x1a\x18.cretoai.v1.VertexRecord\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63retoai/v1/gateway.proto\x12\ncretoai.v1\x1a\x1a\x63retoai/v1/consensus.proto\x1a\x17\x63retoai/v1/vertex.proto\"H\n\x14GatewaySubmitRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"y\n\x15GatewaySubmitResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12(\n\x06record\x18\x03 \x01(\x0b\x32\x18.cretoai.v1.VertexRecord\"\'\n\x17GatewayGetVertexRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x32\xc0\x02\n\x07Gateway\x12S\n\x0cSubmitVertex\x12 .cretoai.v1.GatewaySubmitRequest\x1a!.cretoai.v1.GatewaySubmitResponse\x12J\n\tGetVertex\x12#.cretoai.v1.GatewayGetVertexRequest\x1a\x18.cretoai.v1.VertexRecord\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cretoai.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GATEWAY']._serialized_start=120
-  _globals['_GATEWAY']._serialized_end=431
+  _globals['_GATEWAYSUBMITREQUEST']._serialized_start=93
+  _globals['_GATEWAYSUBMITREQUEST']._serialized_end=165
+  _globals['_GATEWAYSUBMITRESPONSE']._serialized_start=167
+  _globals['_GATEWAYSUBMITRESPONSE']._serialized_end=288
+  _globals['_GATEWAYGETVERTEXREQUEST']._serialized_start=290
+  _globals['_GATEWAYGETVERTEXREQUEST']._serialized_end=329
+  _globals['_GATEWAY']._serialized_start=332
+  _globals['_GATEWAY']._serialized_end=652
 # @@protoc_insertion_point(module_scope)

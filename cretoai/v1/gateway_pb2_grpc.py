@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from cretoai.v1 import consensus_pb2 as cretoai_dot_v1_dot_consensus__pb2
-from cretoai.v1 import storage_pb2 as cretoai_dot_v1_dot_storage__pb2
+from cretoai.v1 import gateway_pb2 as cretoai_dot_v1_dot_gateway__pb2
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -38,12 +38,12 @@ class GatewayStub:
         """
         self.SubmitVertex = channel.unary_unary(
                 '/cretoai.v1.Gateway/SubmitVertex',
-                request_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.FromString,
+                request_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitResponse.FromString,
                 _registered_method=True)
         self.GetVertex = channel.unary_unary(
                 '/cretoai.v1.Gateway/GetVertex',
-                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.SerializeToString,
+                request_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewayGetVertexRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
                 _registered_method=True)
         self.WatchFinalized = channel.unary_stream(
@@ -62,7 +62,10 @@ class GatewayServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitVertex(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Submit a vertex. A vertex without `signature` (and `creator`) is signed by
+        the node's key. With `wait`, answers once the vertex is final (or
+        DEADLINE_EXCEEDED after the configured bounded wait).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -90,12 +93,12 @@ def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SubmitVertex': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitVertex,
-                    request_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.SerializeToString,
+                    request_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitResponse.SerializeToString,
             ),
             'GetVertex': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVertex,
-                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.FromString,
+                    request_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewayGetVertexRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.SerializeToString,
             ),
             'WatchFinalized': grpc.unary_stream_rpc_method_handler(
@@ -134,8 +137,8 @@ class Gateway:
             request,
             target,
             '/cretoai.v1.Gateway/SubmitVertex',
-            cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.SerializeToString,
-            cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.FromString,
+            cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitRequest.SerializeToString,
+            cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -161,7 +164,7 @@ class Gateway:
             request,
             target,
             '/cretoai.v1.Gateway/GetVertex',
-            cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.SerializeToString,
+            cretoai_dot_v1_dot_gateway__pb2.GatewayGetVertexRequest.SerializeToString,
             cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
             options,
             channel_credentials,
