@@ -77,7 +77,10 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
+    #: While held, an exit is not restarted (tests kill a service and restart it later).
+    held: bool = False
     _log_handle: IO[bytes] | None = field(default=None, repr=False)
+    released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def label(self) -> str:
@@ -165,6 +168,15 @@ class Supervisor:
             code = await child.process.wait()
             if self._stopping:
                 return
+            if child.held:
+                self.on_event(f"{child.label} exited with code {code} (held: not restarting)")
+                await child.released.wait()
+                child.released.clear()
+                if self._stopping:
+                    return
+                child.restarts += 1
+                await child.spawn()
+                continue
             uptime = time.monotonic() - child.started_at
             if uptime > STABLE_UPTIME_S:
                 backoff = BACKOFF_MIN_S
@@ -179,11 +191,46 @@ class Supervisor:
             child.restarts += 1
             await child.spawn()
 
+    def children_of(self, node: str, service: str | None = None) -> list[Child]:
+        found = [
+            c for c in self.children if c.node == node and (service is None or c.service == service)
+        ]
+        if not found:
+            raise KeyError(f"no such node/service: {node}/{service or '*'}")
+        return found
+
+    def signal(self, node: str, sig: signal.Signals, service: str | None = None) -> None:
+        """Send ``sig`` to a node's services (all, or one); SIGKILL holds them (no restart)."""
+        for child in self.children_of(node, service):
+            if sig == signal.SIGKILL:
+                child.held = True
+            if child.process is not None and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(sig)
+
+    async def wait_exited(self, node: str, service: str | None = None, timeout: float = 30) -> None:
+        for child in self.children_of(node, service):
+            assert child.process is not None
+            await asyncio.wait_for(child.process.wait(), timeout)
+
+    async def release(self, node: str, service: str | None = None, timeout: float = 60) -> None:
+        """Restart held services of ``node`` (in start order) and wait until they serve."""
+        for name in START_ORDER:
+            for child in self.children_of(node, service):
+                if child.service == name and child.held:
+                    child.held = False
+                    child.released.set()
+                    await self._wait_serving([child], timeout)
+
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM in reverse start order (gateway first), SIGKILL after ``grace``."""
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()
+        for child in self.children:
+            if child.process is not None and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGCONT)  # a stopped child can't exit
         for service in reversed(START_ORDER):
             batch = [
                 c

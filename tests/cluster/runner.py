@@ -1,0 +1,380 @@
+"""Cluster tests as data: a scenario file names the nodes, the load and the faults; one
+runner carries it out on a real multi-process cluster on loopback and checks it through
+the public REST API only (in the style of CometBFT's e2e manifests).
+
+Stages: setup (keys and configs on free ports) → start (every service of every node as a
+process) → load (vertices spread over the gateways of the honest nodes) with perturbations
+fired at given points of the load → wait (everything required is final everywhere) → check
+(identical finalized logs on all honest nodes; every vertex acknowledged as final is in
+them once; certificates verify against the validator set) → stop.
+
+Scenario format (TOML)::
+
+    description = "SIGKILL the primary; view change; restart; catch up"
+    nodes = 4
+    vertices = 60          # submitted in total
+    wait_every = 10        # every Nth submission uses ?wait=true (and becomes a parent)
+    timeout_s = 120        # bound for the wait stage
+    byzantine = {node = "node4", mode = "equivocate"}   # optional
+
+    [[step]]
+    after = 20             # fires once this many vertices were submitted
+    action = "kill"        # kill | restart | stop | cont | partition | heal
+    node = "primary"       # a node name, "primary" (asked at fire time) or a label
+    service = "consensus"  # optional: one service instead of the whole node
+    label = "victim"       # optional: name the chosen node for later steps
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import tomli_w
+
+from cretoai.clusterinit import ClusterLayout, init_cluster
+from cretoai.config import NodeConfig, load_config
+from cretoai.supervisor import Supervisor
+
+ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal"}
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+class ScenarioFailed(AssertionError):
+    """An invariant or a bounded wait failed; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class Step:
+    after: int
+    action: str
+    node: str
+    service: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    nodes: int
+    vertices: int
+    wait_every: int
+    timeout_s: float
+    steps: tuple[Step, ...]
+    byzantine_node: str | None = None
+    byzantine_mode: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        data = tomllib.loads(path.read_text())
+        steps = tuple(Step(**raw) for raw in data.get("step", []))
+        for step in steps:
+            if step.action not in ACTIONS:
+                raise ValueError(f"{path}: unknown action {step.action!r}")
+        byz = data.get("byzantine", {})
+        return cls(
+            name=path.stem,
+            description=data["description"],
+            nodes=int(data["nodes"]),
+            vertices=int(data.get("vertices", 40)),
+            wait_every=int(data.get("wait_every", 10)),
+            timeout_s=float(data.get("timeout_s", 120)),
+            steps=steps,
+            byzantine_node=byz.get("node"),
+            byzantine_mode=byz.get("mode", ""),
+            settings=data.get("settings", {}),
+        )
+
+
+@dataclass
+class Ledger:
+    """What the clients were told: accepted (202) and acknowledged-final (200) vertices."""
+
+    accepted: dict[str, str] = field(default_factory=dict)  # hash -> node it was given to
+    final: set[str] = field(default_factory=set)
+    at_risk: set[str] = field(default_factory=set)  # given to a node that was then killed
+
+
+class ClusterRun:
+    """One scenario on one real cluster; use as ``async with ClusterRun(...) as run``."""
+
+    def __init__(self, scenario: Scenario, directory: Path, base_port: int) -> None:
+        self.scenario = scenario
+        self.directory = directory
+        self.base_port = base_port
+        self.layout: ClusterLayout | None = None
+        self.configs: list[NodeConfig] = []
+        self.supervisor: Supervisor | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.ledger = Ledger()
+        self.down: set[str] = set()  # nodes killed or stopped right now
+        self.partitioned: set[str] = set()
+        self.labels: dict[str, str] = {}
+        self.events: list[str] = []
+
+    # -- setup / start / stop ---------------------------------------------------------
+
+    async def __aenter__(self) -> ClusterRun:
+        s = self.scenario
+        extra: dict[str, Any] = {"fault_injection": {"enabled": True}}
+        for section, values in s.settings.items():
+            extra.setdefault(section, {}).update(values)
+        self.layout = init_cluster(
+            self.directory,
+            s.nodes,
+            http_port=self.base_port + 20 * s.nodes,
+            base_port=self.base_port,
+            extra=extra,
+        )
+        if s.byzantine_node:
+            node = next(n for n in self.layout.nodes if n.name == s.byzantine_node)
+            data = tomllib.loads(node.config.read_text())
+            data["fault_injection"]["byzantine"] = s.byzantine_mode
+            node.config.write_text(tomli_w.dumps(data))
+        self.configs = [load_config(n.config, environ={}) for n in self.layout.nodes]
+        self.supervisor = Supervisor(self.configs, log_dir=lambda c: c.data_dir.parent / "logs")
+        self.supervisor.on_event = self.events.append
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        try:
+            await self.supervisor.start(timeout=120)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+    def logs_tail(self, lines: int = 15) -> str:
+        """The last lines of every service log (for failure messages)."""
+        out = []
+        for cfg in self.configs:
+            for log_file in sorted((cfg.data_dir.parent / "logs").glob("*.log")):
+                tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {cfg.node.name}/{log_file.name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    # -- the public API -----------------------------------------------------------------
+
+    def url(self, node: str, path: str) -> str:
+        cfg = next(c for c in self.configs if c.node.name == node)
+        return f"http://{cfg.gateway.http}{path}"
+
+    @property
+    def honest(self) -> list[str]:
+        return [c.node.name for c in self.configs if c.node.name != self.scenario.byzantine_node]
+
+    async def get_json(self, node: str, path: str) -> Any:
+        assert self.session is not None
+        async with self.session.get(self.url(node, path)) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise ScenarioFailed(f"GET {path} on {node}: {resp.status} {body}")
+            return body
+
+    async def status(self, node: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json(node, "/v1/status")
+        return result
+
+    async def submit(self, index: int, parents: list[str]) -> str | None:
+        """Submit one vertex to a live honest gateway (retrying others); None if none took it."""
+        assert self.session is not None
+        wait = self.scenario.wait_every > 0 and index % self.scenario.wait_every == 0
+        body = {
+            "payload": base64.b64encode(f"{self.scenario.name}-{index}".encode()).decode(),
+            "parents": parents,
+        }
+        candidates = [n for n in self.honest if n not in self.down | self.partitioned]
+        for attempt in range(2 * len(candidates)):
+            node = candidates[(index + attempt) % len(candidates)]
+            url = self.url(node, "/v1/vertices") + ("?wait=true" if wait else "")
+            try:
+                async with self.session.post(url, json=body) as resp:
+                    reply = await resp.json(content_type=None)
+                    if resp.status == 200:
+                        self.ledger.accepted[reply["hash"]] = node
+                        self.ledger.final.add(reply["hash"])
+                        return str(reply["hash"]) if wait else None
+                    if resp.status == 202:
+                        self.ledger.accepted[reply["hash"]] = node
+                        return None
+                    if resp.status in (429, 503, 504):
+                        await asyncio.sleep(0.2 * (attempt + 1))
+                        continue
+                    raise ScenarioFailed(f"submit {index} to {node}: {resp.status} {reply}")
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.2 * (attempt + 1))
+        self.events.append(f"vertex {index}: no gateway accepted it")
+        return None
+
+    # -- perturbations ------------------------------------------------------------------
+
+    async def resolve(self, step: Step) -> str:
+        if step.node == "primary":
+            live = next(n for n in self.honest if n not in self.down)
+            status = await self.status(live)
+            return self.configs[int(status["primary"])].node.name
+        return self.labels.get(step.node, step.node)
+
+    async def fire(self, step: Step) -> None:
+        assert self.supervisor is not None
+        node = await self.resolve(step)
+        if step.label:
+            self.labels[step.label] = node
+        self.events.append(f"step {step.action} {node}/{step.service or '*'}")
+        if step.action == "kill":
+            self.down.add(node)
+            self.ledger.at_risk |= {
+                h
+                for h, n in self.ledger.accepted.items()
+                if n == node and h not in self.ledger.final
+            }
+            self.supervisor.signal(node, signal.SIGKILL, step.service)
+            await self.supervisor.wait_exited(node, step.service)
+        elif step.action == "restart":
+            await self.supervisor.release(node, step.service)
+            self.down.discard(node)
+        elif step.action == "stop":
+            self.down.add(node)
+            self.supervisor.signal(node, signal.SIGSTOP, step.service)
+        elif step.action == "cont":
+            self.supervisor.signal(node, signal.SIGCONT, step.service)
+            self.down.discard(node)
+        elif step.action in ("partition", "heal"):
+            await self.set_partition(node, step.action == "partition")
+
+    async def set_partition(self, node: str, cut: bool) -> None:
+        """Cut (or heal) every link of ``node`` in both directions, via transport faults."""
+        from cretoai.channels import service_channel
+        from cretoai.crypto.keys import node_id
+        from cretoai.v1 import transport_pb2, transport_pb2_grpc
+
+        ids = {
+            c.node.name: node_id(c.validators[c.replica_index].public_key_bytes)
+            for c in self.configs
+        }
+        for cfg in self.configs:
+            peers = [p for p in ids if p != cfg.node.name and (cfg.node.name == node or p == node)]
+            if not peers:
+                continue
+            async with service_channel(cfg.transport.listen) as channel:
+                stub = transport_pb2_grpc.TransportStub(channel)
+                for peer in peers:
+                    await stub.SetFaults(
+                        transport_pb2.SetFaultsRequest(node_id=ids[peer], partitioned=cut),
+                        timeout=10,
+                    )
+        (self.partitioned.add if cut else self.partitioned.discard)(node)
+
+    # -- load, wait, check --------------------------------------------------------------
+
+    async def load(self) -> None:
+        steps = sorted(self.scenario.steps, key=lambda s: s.after)
+        parents: list[str] = []
+        for index in range(self.scenario.vertices):
+            while steps and steps[0].after <= index:
+                await self.fire(steps.pop(0))
+            final_hash = await self.submit(index, parents)
+            if final_hash:
+                parents = [final_hash]
+        for step in steps:
+            await self.fire(step)
+
+    def required(self) -> set[str]:
+        """Vertices that must end up final: every acknowledged-final one, and every accepted
+        one that was given to a node that stayed up (liveness for honest replicas)."""
+        return self.ledger.final | (set(self.ledger.accepted) - self.ledger.at_risk)
+
+    async def finalized_log(self, node: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        from_seq = 1
+        while True:
+            page = await self.get_json(node, f"/v1/finalized?from_seq={from_seq}&limit=100")
+            batches = page["batches"]
+            if not batches:
+                return entries
+            entries += batches
+            from_seq = int(batches[-1]["seq"]) + 1
+
+    async def wait_all_final(self) -> None:
+        deadline = time.monotonic() + self.scenario.timeout_s
+        required = self.required()
+        nodes = [n for n in self.honest if n not in self.down]
+        while True:
+            missing: dict[str, int] = {}
+            for node in nodes:
+                with contextlib.suppress(ScenarioFailed, aiohttp.ClientError, TimeoutError):
+                    final = {
+                        v["hash"] for b in await self.finalized_log(node) for v in b["vertices"]
+                    }
+                    missing[node] = len(required - final)
+                    continue
+                missing[node] = -1
+            if all(count == 0 for count in missing.values()):
+                return
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(
+                    f"not final after {self.scenario.timeout_s:.0f}s (missing per node "
+                    f"{missing}); events: {self.events}\n{self.logs_tail()}"
+                )
+            await asyncio.sleep(0.5)
+
+    async def check(self) -> dict[str, Any]:
+        """Agreement, no loss, no duplicates, valid certificates. Returns a summary."""
+        # The client-side check of a finality certificate (needs only the validator set).
+        verify_certificate_json = importlib.import_module(
+            "services.consensus.core.certificate"
+        ).verify_certificate_json
+
+        nodes = [n for n in self.honest if n not in self.down]
+        logs = {node: await self.finalized_log(node) for node in nodes}
+        reference = logs[nodes[0]]
+        shortest = min(len(log) for log in logs.values())
+        for node, log in logs.items():
+            for a, b in zip(reference[:shortest], log[:shortest], strict=True):
+                if a["seq"] != b["seq"] or a["batch_digest"] != b["batch_digest"]:
+                    raise ScenarioFailed(
+                        f"agreement violated at seq {a['seq']}: {nodes[0]} has "
+                        f"{a['batch_digest']}, {node} has {b['batch_digest']}"
+                    )
+        hashes = [v["hash"] for batch in reference for v in batch["vertices"]]
+        if len(hashes) != len(set(hashes)):
+            raise ScenarioFailed("a vertex was finalized twice")
+        lost = self.required() - set(hashes)
+        if lost:
+            raise ScenarioFailed(
+                f"{len(lost)} acknowledged vertices are not final: {sorted(lost)[:3]}"
+            )
+        keys = self.configs[0].validator_public_keys
+        for batch in reference:
+            if not verify_certificate_json(batch["certificate"], keys):
+                raise ScenarioFailed(f"the certificate of seq {batch['seq']} does not verify")
+        return {
+            "batches": len(reference),
+            "vertices": len(hashes),
+            "accepted": len(self.ledger.accepted),
+            "acknowledged_final": len(self.ledger.final),
+            "events": self.events,
+        }
+
+
+async def run_scenario(path: Path, directory: Path, base_port: int) -> dict[str, Any]:
+    scenario = Scenario.load(path)
+    async with ClusterRun(scenario, directory, base_port) as run:
+        await run.load()
+        await run.wait_all_final()
+        return await run.check()
