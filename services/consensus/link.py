@@ -1,0 +1,103 @@
+"""The consensus service's link to its transport: one long-lived Exchange stream.
+
+Outbound envelopes go into a bounded queue that the stream drains; inbound
+envelopes are handed to a callback. When the transport restarts, the link
+reconnects with backoff and resumes (PBFT tolerates the messages lost
+meanwhile: retransmission is the core's business, via timers and state
+transfer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from cretoai.channels import service_channel
+from cretoai.telemetry import inject_context
+from cretoai.v1 import transport_pb2, transport_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+LINK_UP = Gauge("cretoai_consensus_transport_link_up", "1 while the transport stream is open")
+LINK_DROPS = Counter(
+    "cretoai_consensus_outbound_dropped_total",
+    "Outbound envelopes dropped because the link queue was full",
+)
+LINK_RECONNECTS = Counter(
+    "cretoai_consensus_transport_reconnects_total", "Transport stream reconnections"
+)
+
+Inbound = Callable[[transport_pb2.Envelope], Awaitable[None]]
+
+
+class TransportLink:
+    """Send envelopes to peers and receive theirs through the local transport service."""
+
+    def __init__(self, target: str, on_inbound: Inbound, *, queue_max: int = 10_000) -> None:
+        self._target = target
+        self._on_inbound = on_inbound
+        self._outbound: asyncio.Queue[transport_pb2.Envelope] = asyncio.Queue(queue_max)
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self.connected = asyncio.Event()
+
+    def send(self, payload: bytes, to: str = "") -> None:
+        """Queue ``payload`` for one peer (node id) or, with ``to=""``, for every peer.
+
+        Never blocks: when the queue is full the envelope is dropped and counted
+        (consensus recovers lost messages through its timers).
+        """
+        envelope = transport_pb2.Envelope(to=to, payload=payload, trace_context=inject_context())
+        try:
+            self._outbound.put_nowait(envelope)
+        except asyncio.QueueFull:
+            LINK_DROPS.inc()
+
+    @property
+    def stub(self) -> transport_pb2_grpc.TransportStub:
+        if self._channel is None:
+            self._channel = service_channel(self._target)
+        return transport_pb2_grpc.TransportStub(self._channel)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="transport-link")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _outbound_stream(self) -> AsyncIterator[transport_pb2.Envelope]:
+        while True:
+            yield await self._outbound.get()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                call = self.stub.Exchange(self._outbound_stream())
+                self.connected.set()
+                LINK_UP.set(1)
+                log.info("transport stream open", extra={"fields": {"target": self._target}})
+                backoff = 0.1
+                async for envelope in call:
+                    await self._on_inbound(envelope)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "transport stream failed",
+                    extra={"fields": {"code": exc.code().name, "detail": exc.details()}},
+                )
+            self.connected.clear()
+            LINK_UP.set(0)
+            LINK_RECONNECTS.inc()
+            await asyncio.sleep(backoff * (1 + random.random()))
+            backoff = min(backoff * 2, 5.0)
