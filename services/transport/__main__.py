@@ -1,0 +1,11 @@
+"""python -m services.transport --config FILE"""
+
+from __future__ import annotations
+
+import sys
+
+from cretoai.entry import run_service
+from services.transport.service import build
+
+if __name__ == "__main__":
+    sys.exit(run_service("transport", build))

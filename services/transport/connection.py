@@ -1,0 +1,580 @@
+"""One QUIC connection to a peer, sans I/O: bytes and ``now`` in, events and datagrams out.
+
+A :class:`PeerConnection` wraps aioquic's :class:`~aioquic.quic.connection.QuicConnection`
+(itself sans-I/O) and adds, on the single bidirectional stream 0 that the
+dialer opens:
+
+* the frame codec (:mod:`services.transport.framing`), with a small frame limit
+  until the peer is authenticated;
+* the authentication state machine (:mod:`services.transport.auth`):
+  client HELLO → server HELLO → client AUTH → server AUTH. The dialer proves
+  itself first, so an unauthenticated stranger can make us verify one
+  signature but never sign;
+* the application window: MSG bytes sent minus the bytes the peer reported as
+  taken (ACK frames); the owner only hands over a message when it fits
+  (:meth:`can_send`), which is the backpressure aioquic's buffers lack;
+* keep-alive PINGs under the idle timeout, RTT from PONGs, a liveness deadline.
+
+The owner drives it: :meth:`receive_datagram` / :meth:`handle_timer`, then
+drains :meth:`next_event` and sends :meth:`datagrams_to_send`; it re-arms one
+timer at :meth:`get_timer`. Nothing here raises for what the peer does: every
+peer fault closes the connection and is reported as a :class:`Closed` event
+carrying a :class:`~services.transport.errors.PeerFault`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from aioquic.quic import events as qe
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from google.protobuf.message import DecodeError
+
+from cretoai.v1 import transport_pb2
+from services.transport import auth
+from services.transport.errors import CloseCode, PeerFault
+from services.transport.framing import Frame, FrameDecoder, FrameType, encode_frame
+from services.transport.tls import ChannelBindingUnavailable, channel_binding
+
+STREAM_ID = 0
+#: Frames before authentication (HELLO, AUTH) are small; a larger one is a fault.
+UNAUTHENTICATED_MAX_FRAME = 16 * 1024
+#: QUIC error code for closes that are not ours (transport errors, idle timeout).
+_ACK_DIVISOR = 8
+
+
+class Authority(Protocol):
+    """What a connection asks of its node while authenticating."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def boot_id(self) -> bytes: ...
+
+    def member_key(self, node_id: str) -> bytes | None: ...
+
+    def refusal(self, node_id: str) -> CloseCode | None:
+        """BANNED or PARTITIONED when this peer must not connect now, else None."""
+
+    def sign(self, message: bytes) -> bytes: ...
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionSettings:
+    max_frame_bytes: int
+    inflight_max_bytes: int
+    handshake_timeout: float
+    keepalive_interval: float
+    liveness_timeout: float
+
+
+# ---- events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    body: bytes
+    wire_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeersReceived:
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    ping_id: int
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened:
+    """The peer acknowledged MSG bytes: more may be sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    code: int
+    reason: str
+    by_peer: bool
+    #: Set when the peer did something wrong.
+    fault: PeerFault | None
+    was_authenticated: bool
+
+
+ConnectionEvent = (
+    Authenticated | MessageReceived | PeersReceived | PongReceived | WindowOpened | Closed
+)
+
+
+class State(enum.Enum):
+    QUIC_HANDSHAKE = "quic_handshake"
+    AWAIT_HELLO = "await_hello"
+    AWAIT_AUTH = "await_auth"
+    AUTHENTICATED = "authenticated"
+    CLOSED = "closed"
+
+
+_ping_ids = itertools.count(1)
+
+
+class PeerConnection:
+    def __init__(
+        self,
+        *,
+        quic: QuicConnection,
+        authority: Authority,
+        settings: ConnectionSettings,
+        now: float,
+        expected_peer: str | None = None,
+    ) -> None:
+        self.quic = quic
+        self.is_client: bool = quic.configuration.is_client
+        self.authority = authority
+        self.settings = settings
+        self.expected_peer = expected_peer
+        self.state = State.QUIC_HANDSHAKE
+        self.peer_id: str | None = None
+        self.peer_boot_id: bytes = b""
+        self.created_at = now
+        self.authenticated_at: float | None = None
+        self.address: NetworkAddress | None = None
+        #: Connection ids the endpoint must route to this connection / forget.
+        self.cids_issued: list[bytes] = [quic.host_cid]
+        self.cids_retired: list[bytes] = []
+        #: Set once aioquic has fully terminated the connection (endpoint forgets it).
+        self.terminated = False
+        self._decoder = FrameDecoder(max_frame_bytes=UNAUTHENTICATED_MAX_FRAME)
+        self._events: deque[ConnectionEvent] = deque()
+        self._nonce = os.urandom(auth.NONCE_SIZE)
+        self._binding = b""
+        self._client_hello = b""
+        self._server_hello = b""
+        self._deadline = now + settings.handshake_timeout
+        self._last_rx = now
+        self._next_ping_at: float | None = None
+        self._pings: dict[int, float] = {}
+        self.srtt: float | None = None
+        # application window
+        self.sent_msg_bytes = 0
+        self.acked_msg_bytes = 0
+        self.consumed_msg_bytes = 0
+        self._ack_sent_for = 0
+        self._close_reported = False
+
+    # ---- properties -------------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state is State.AUTHENTICATED
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def inflight(self) -> int:
+        return self.sent_msg_bytes - self.acked_msg_bytes
+
+    def can_send(self, size: int) -> bool:
+        """True when a MSG frame of ``size`` wire bytes fits the window (one always fits)."""
+        inflight = self.inflight
+        return self.authenticated and (
+            inflight == 0 or inflight + size <= self.settings.inflight_max_bytes
+        )
+
+    # ---- inputs -------------------------------------------------------------
+
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        self.address = addr
+        self.quic.connect(addr, now=now)
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        if self.address is None:
+            self.address = addr
+        self.quic.receive_datagram(data, addr, now=now)
+        self._process(now)
+
+    def handle_timer(self, now: float) -> None:
+        self.quic.handle_timer(now=now)
+        self._process(now)
+        if self.state is State.CLOSED:
+            return
+        if not self.authenticated and now >= self._deadline:
+            self._fail(
+                PeerFault(
+                    reason="handshake_timeout",
+                    detail="not authenticated in time",
+                    close=CloseCode.HANDSHAKE_TIMEOUT,
+                )
+            )
+            return
+        if self.authenticated:
+            if now - self._last_rx >= self.settings.liveness_timeout:
+                self.close(CloseCode.KEEPALIVE_TIMEOUT, "no frames from peer", now=now)
+                return
+            if self._next_ping_at is not None and now >= self._next_ping_at:
+                self.send_ping(now)
+
+    def send_message(self, frame: bytes) -> None:
+        """Hand one encoded MSG frame to QUIC (the caller checked :meth:`can_send`)."""
+        if not self.authenticated:
+            raise RuntimeError("send_message before authentication")
+        self.sent_msg_bytes += len(frame)
+        self.quic.send_stream_data(STREAM_ID, frame)
+
+    def send_messages(self, frames: list[bytes]) -> None:
+        if not self.authenticated:
+            raise RuntimeError("send_messages before authentication")
+        data = b"".join(frames)
+        self.sent_msg_bytes += len(data)
+        self.quic.send_stream_data(STREAM_ID, data)
+
+    def send_peers(self, body: bytes) -> None:
+        if self.authenticated:
+            self._send_frame(FrameType.PEERS, body)
+
+    def send_ping(self, now: float) -> int:
+        if not self.authenticated:
+            raise RuntimeError("send_ping before authentication")
+        ping_id = next(_ping_ids)
+        if len(self._pings) >= 64:  # peer does not answer: forget the oldest
+            self._pings.pop(next(iter(self._pings)))
+        self._pings[ping_id] = now
+        self._send_frame(FrameType.PING, transport_pb2.WirePing(id=ping_id).SerializeToString())
+        self._next_ping_at = now + self.settings.keepalive_interval
+        return ping_id
+
+    def close(self, code: CloseCode, reason: str, *, now: float | None = None) -> None:
+        """Close now (idempotent); a :class:`Closed` event is reported once."""
+        del now
+        self._close(code, reason, by_peer=False, fault=None)
+
+    # ---- outputs ------------------------------------------------------------
+
+    def next_event(self) -> ConnectionEvent | None:
+        try:
+            return self._events.popleft()
+        except IndexError:
+            return None
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        return self.quic.datagrams_to_send(now=now)
+
+    def get_timer(self) -> float | None:
+        timers = [self.quic.get_timer()]
+        if self.state is not State.CLOSED:
+            if not self.authenticated:
+                timers.append(self._deadline)
+            else:
+                timers.append(self._last_rx + self.settings.liveness_timeout)
+                if self._next_ping_at is not None:
+                    timers.append(self._next_ping_at)
+        present = [t for t in timers if t is not None]
+        return min(present) if present else None
+
+    # ---- internals ----------------------------------------------------------
+
+    def _process(self, now: float) -> None:
+        event = self.quic.next_event()
+        while event is not None:
+            self._on_quic_event(event, now)
+            event = self.quic.next_event()
+
+    def _on_quic_event(self, event: qe.QuicEvent, now: float) -> None:
+        if isinstance(event, qe.ConnectionIdIssued):
+            self.cids_issued.append(event.connection_id)
+        elif isinstance(event, qe.ConnectionIdRetired):
+            self.cids_retired.append(event.connection_id)
+        elif isinstance(event, qe.ConnectionTerminated):
+            self.terminated = True
+            by_peer = not self._close_reported
+            self._close(
+                event.error_code,
+                event.reason_phrase or "connection terminated",
+                by_peer=by_peer,
+                fault=None,
+            )
+        elif isinstance(event, qe.HandshakeCompleted):
+            self._on_handshake_completed(now)
+        elif isinstance(event, qe.StreamDataReceived):
+            self._on_stream_data(event, now)
+        elif isinstance(event, qe.StreamReset) and event.stream_id == STREAM_ID:
+            self._fail(PeerFault(reason="stream_reset", detail="peer reset the stream"))
+
+    def _on_handshake_completed(self, now: float) -> None:
+        if self.state is not State.QUIC_HANDSHAKE:
+            return
+        try:
+            self._binding = channel_binding(self.quic)
+        except ChannelBindingUnavailable as exc:  # our environment, not the peer
+            self.close(CloseCode.AUTH_FAILED, str(exc))
+            return
+        self.state = State.AWAIT_HELLO
+        if self.is_client:
+            self._client_hello = self._hello_body()
+            self._send_frame(FrameType.HELLO, self._client_hello)
+
+    def _hello_body(self) -> bytes:
+        return transport_pb2.WireHello(
+            version=auth.PROTOCOL_VERSION,
+            node_id=self.authority.node_id,
+            nonce=self._nonce,
+            boot_id=self.authority.boot_id,
+        ).SerializeToString()
+
+    def _on_stream_data(self, event: qe.StreamDataReceived, now: float) -> None:
+        if self.state is State.CLOSED:
+            return
+        if event.stream_id != STREAM_ID:
+            self._fail(
+                PeerFault(reason="unexpected_stream", detail=f"data on stream {event.stream_id}")
+            )
+            return
+        if event.end_stream:
+            self._fail(PeerFault(reason="stream_finished", detail="peer ended the stream"))
+            return
+        if self.state is State.QUIC_HANDSHAKE:
+            self._fail(PeerFault(reason="early_data", detail="stream data before handshake"))
+            return
+        self._last_rx = now
+        frames, error = self._decoder.feed(event.data)
+        for frame in frames:
+            self._on_frame(frame, now)
+            if self.closed:
+                return
+        if error is not None:
+            self._fail(PeerFault(reason=error.kind.value, detail=error.detail))
+            return
+        if self.authenticated:
+            self._maybe_ack(force=False)
+
+    def _on_frame(self, frame: Frame, now: float) -> None:
+        if self.state is State.AUTHENTICATED:
+            self._on_authenticated_frame(frame, now)
+        elif frame.type == FrameType.HELLO and self.state is State.AWAIT_HELLO:
+            self._on_hello(frame.body)
+        elif frame.type == FrameType.AUTH and self.state is State.AWAIT_AUTH:
+            self._on_auth(frame.body, now)
+        else:
+            self._fail(
+                PeerFault(
+                    reason="unauthenticated_frame",
+                    detail=f"frame type {frame.type} in state {self.state.value}",
+                )
+            )
+
+    def _on_hello(self, body: bytes) -> None:
+        hello = transport_pb2.WireHello()
+        try:
+            hello.ParseFromString(body)
+        except DecodeError:
+            self._fail(PeerFault(reason="malformed_hello", detail="undecodable HELLO"))
+            return
+        if hello.version != auth.PROTOCOL_VERSION:
+            self._fail(
+                PeerFault(
+                    reason="unsupported_version",
+                    detail=f"protocol version {hello.version}",
+                    close=CloseCode.UNSUPPORTED_VERSION,
+                )
+            )
+            return
+        if len(hello.nonce) != auth.NONCE_SIZE or len(hello.boot_id) != auth.BOOT_ID_SIZE:
+            self._fail(PeerFault(reason="malformed_hello", detail="bad nonce or boot id size"))
+            return
+        claimed = hello.node_id
+        if claimed == self.authority.node_id:
+            self._fail(
+                PeerFault(
+                    reason="self_connection",
+                    detail="peer claims our own node id",
+                    close=CloseCode.SELF_CONNECTION,
+                )
+            )
+            return
+        if self.authority.member_key(claimed) is None:
+            self._fail(
+                PeerFault(
+                    reason="non_member",
+                    detail=f"node id {claimed[:16]!r} is not a member",
+                    close=CloseCode.NOT_MEMBER,
+                )
+            )
+            return
+        if self.expected_peer is not None and claimed != self.expected_peer:
+            self._fail(
+                PeerFault(
+                    reason="wrong_peer",
+                    detail=f"dialed {self.expected_peer[:16]}, answered by {claimed[:16]}",
+                    close=CloseCode.WRONG_PEER,
+                )
+            )
+            return
+        refusal = self.authority.refusal(claimed)
+        if refusal is not None:
+            self._fail(PeerFault(reason=refusal.name.lower(), detail="refused", close=refusal))
+            return
+        self.peer_id = claimed
+        self.peer_boot_id = hello.boot_id
+        self.state = State.AWAIT_AUTH
+        if self.is_client:
+            self._server_hello = body
+            signature = self.authority.sign(self._transcript(auth.CLIENT))
+            self._send_frame(
+                FrameType.AUTH, transport_pb2.WireAuth(signature=signature).SerializeToString()
+            )
+        else:
+            self._client_hello = body
+            self._server_hello = self._hello_body()
+            self._send_frame(FrameType.HELLO, self._server_hello)
+
+    def _transcript(self, role: bytes) -> bytes:
+        return auth.auth_transcript(
+            role=role,
+            binding=self._binding,
+            client_hello=self._client_hello,
+            server_hello=self._server_hello,
+        )
+
+    def _on_auth(self, body: bytes, now: float) -> None:
+        message = transport_pb2.WireAuth()
+        try:
+            message.ParseFromString(body)
+        except DecodeError:
+            self._fail(PeerFault(reason="malformed_auth", detail="undecodable AUTH"))
+            return
+        assert self.peer_id is not None
+        public_key = self.authority.member_key(self.peer_id)
+        peer_role = auth.SERVER if self.is_client else auth.CLIENT
+        if public_key is None or not self.authority.verify(
+            public_key, self._transcript(peer_role), message.signature
+        ):
+            self._fail(
+                PeerFault(
+                    reason="bad_signature",
+                    detail="the peer did not prove the member's key",
+                    close=CloseCode.AUTH_FAILED,
+                )
+            )
+            return
+        if not self.is_client:
+            signature = self.authority.sign(self._transcript(auth.SERVER))
+            self._send_frame(
+                FrameType.AUTH, transport_pb2.WireAuth(signature=signature).SerializeToString()
+            )
+        self.state = State.AUTHENTICATED
+        self.authenticated_at = now
+        self._decoder.max_frame_bytes = self.settings.max_frame_bytes
+        self._next_ping_at = now + self.settings.keepalive_interval
+        self._events.append(Authenticated(peer_id=self.peer_id))
+
+    def _on_authenticated_frame(self, frame: Frame, now: float) -> None:
+        kind = frame.type
+        if kind == FrameType.MSG:
+            size = frame.wire_size
+            self.consumed_msg_bytes += size
+            self._events.append(MessageReceived(body=frame.body, wire_size=size))
+        elif kind == FrameType.PING:
+            ping = self._parse_ping(frame.body)
+            if ping is not None:
+                self._maybe_ack(force=True)
+                self._send_frame(FrameType.PONG, frame.body)
+        elif kind == FrameType.PONG:
+            pong = self._parse_ping(frame.body)
+            if pong is not None:
+                sent = self._pings.pop(pong.id, None)
+                if sent is not None:
+                    rtt = max(0.0, now - sent)
+                    self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+                    self._events.append(PongReceived(ping_id=pong.id, rtt=rtt))
+        elif kind == FrameType.ACK:
+            ack = transport_pb2.WireAck()
+            try:
+                ack.ParseFromString(frame.body)
+            except DecodeError:
+                self._fail(PeerFault(reason="malformed_ack", detail="undecodable ACK"))
+                return
+            if not self.acked_msg_bytes <= ack.consumed <= self.sent_msg_bytes:
+                self._fail(
+                    PeerFault(
+                        reason="bad_ack",
+                        detail=f"ACK {ack.consumed} outside [{self.acked_msg_bytes}, "
+                        f"{self.sent_msg_bytes}]",
+                    )
+                )
+                return
+            if ack.consumed > self.acked_msg_bytes:
+                self.acked_msg_bytes = ack.consumed
+                self._events.append(WindowOpened())
+        elif kind == FrameType.PEERS:
+            self._events.append(PeersReceived(body=frame.body))
+        elif kind in (FrameType.HELLO, FrameType.AUTH):
+            self._fail(PeerFault(reason="unexpected_frame", detail="handshake frame after auth"))
+        # Unknown frame types are ignored: a later protocol version may add some.
+
+    def _parse_ping(self, body: bytes) -> transport_pb2.WirePing | None:
+        ping = transport_pb2.WirePing()
+        try:
+            ping.ParseFromString(body)
+        except DecodeError:
+            self._fail(PeerFault(reason="malformed_ping", detail="undecodable PING/PONG"))
+            return None
+        return ping
+
+    def _maybe_ack(self, *, force: bool) -> None:
+        pending = self.consumed_msg_bytes - self._ack_sent_for
+        if pending <= 0:
+            return
+        if force or pending >= max(1, self.settings.inflight_max_bytes // _ACK_DIVISOR):
+            self._ack_sent_for = self.consumed_msg_bytes
+            self._send_frame(
+                FrameType.ACK,
+                transport_pb2.WireAck(consumed=self.consumed_msg_bytes).SerializeToString(),
+            )
+
+    def flush_acks(self) -> None:
+        """Acknowledge everything taken so far (called when a burst of input is done)."""
+        if self.authenticated:
+            self._maybe_ack(force=True)
+
+    def _send_frame(self, kind: FrameType, body: bytes) -> None:
+        self.quic.send_stream_data(
+            STREAM_ID, encode_frame(kind, body, max_frame_bytes=self.settings.max_frame_bytes)
+        )
+
+    def _fail(self, fault: PeerFault) -> None:
+        self._close(fault.close, fault.reason, by_peer=False, fault=fault)
+
+    def _close(self, code: int, reason: str, *, by_peer: bool, fault: PeerFault | None) -> None:
+        if self.state is State.CLOSED:
+            return
+        was_authenticated = self.authenticated
+        self.state = State.CLOSED
+        self._pings.clear()
+        if not by_peer:
+            self.quic.close(error_code=int(code), reason_phrase=reason[:100])
+        self._close_reported = True
+        self._events.append(
+            Closed(
+                code=int(code),
+                reason=reason,
+                by_peer=by_peer,
+                fault=fault,
+                was_authenticated=was_authenticated,
+            )
+        )

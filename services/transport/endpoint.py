@@ -1,0 +1,259 @@
+"""The asyncio shell: one UDP socket for every connection of the node, both directions.
+
+Dialing and listening share the socket, so a peer sees connections from this
+node coming from its listen address, and a STUN answer describes the mapping of
+the very socket QUIC uses. Datagrams are routed by destination connection id;
+STUN responses (first two bits 00 and the magic cookie, RFC 8489 §6 / RFC 9443)
+go to the STUN client. Everything else that does not parse or belongs to no
+connection is dropped and counted. The endpoint only moves bytes and timers;
+what a connection means is the owner's business (``on_activity``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+from services.transport import stun
+from services.transport.connection import Authority, ConnectionSettings, PeerConnection
+
+log = logging.getLogger(__name__)
+
+Activity = Callable[[PeerConnection], None]
+Counter = Callable[[str], None]
+StunHandler = Callable[[bytes, NetworkAddress], None]
+
+
+class QuicEndpoint(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        *,
+        server_config: QuicConfiguration,
+        client_config: QuicConfiguration,
+        authority: Authority,
+        settings: ConnectionSettings,
+        on_activity: Activity,
+        count: Counter,
+        max_pending: int,
+    ) -> None:
+        self._server_config = server_config
+        self._client_config = client_config
+        self._authority = authority
+        self._settings = settings
+        self._on_activity = on_activity
+        self._count = count
+        self._max_pending = max_pending
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._by_cid: dict[bytes, PeerConnection] = {}
+        self._connections: set[PeerConnection] = set()
+        self._timers: dict[PeerConnection, asyncio.TimerHandle] = {}
+        self._timer_at: dict[PeerConnection, float] = {}
+        self._transmit_scheduled: set[PeerConnection] = set()
+        self._family = socket.AF_INET
+        self.stun_handler: StunHandler | None = None
+        self.local_address: tuple[str, int] = ("", 0)
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    async def bind(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"transport: cannot bind QUIC to {host}:{port}: {exc}") from None
+        self._family = family
+        transport, _ = await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._transport = transport
+        bound = sock.getsockname()
+        self.local_address = (str(bound[0]), int(bound[1]))
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def connections(self) -> frozenset[PeerConnection]:
+        return frozenset(self._connections)
+
+    @property
+    def pending_count(self) -> int:
+        return sum(1 for c in self._connections if not c.authenticated and not c.closed)
+
+    # ---- sending ------------------------------------------------------------
+
+    def connect(self, addr: tuple[str, int], expected_peer: str) -> PeerConnection:
+        now = self._loop.time()
+        quic = QuicConnection(configuration=self._client_config)
+        conn = PeerConnection(
+            quic=quic,
+            authority=self._authority,
+            settings=self._settings,
+            now=now,
+            expected_peer=expected_peer,
+        )
+        self._register(conn)
+        conn.connect(self._target(addr), now)
+        self.transmit(conn)
+        return conn
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, self._target(addr))
+
+    def _target(self, addr: tuple[str, int]) -> NetworkAddress:
+        host, port = addr
+        if self._family == socket.AF_INET6:
+            if ":" not in host:
+                host = "::ffff:" + host
+            return (host, port, 0, 0)
+        return (host, port)
+
+    def transmit_soon(self, conn: PeerConnection) -> None:
+        if conn not in self._transmit_scheduled:
+            self._transmit_scheduled.add(conn)
+            self._loop.call_soon(self._transmit_scheduled_one, conn)
+
+    def _transmit_scheduled_one(self, conn: PeerConnection) -> None:
+        self._transmit_scheduled.discard(conn)
+        self.transmit(conn)
+
+    def transmit(self, conn: PeerConnection) -> None:
+        """Send what the connection has, re-arm its timer, forget it once terminated."""
+        transport = self._transport
+        if transport is not None:
+            for data, addr in conn.datagrams_to_send(now=self._loop.time()):
+                transport.sendto(data, addr)
+        self._sync_cids(conn)
+        if conn.terminated:
+            self._forget(conn)
+            return
+        timer_at = conn.get_timer()
+        current = self._timer_at.get(conn)
+        if current != timer_at:
+            handle = self._timers.pop(conn, None)
+            if handle is not None:
+                handle.cancel()
+            self._timer_at.pop(conn, None)
+            if timer_at is not None:
+                self._timers[conn] = self._loop.call_at(timer_at, self._on_timer, conn)
+                self._timer_at[conn] = timer_at
+
+    # ---- receiving ----------------------------------------------------------
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        data = cast(bytes, data)
+        if stun.looks_like_stun(data):
+            if self.stun_handler is not None:
+                self.stun_handler(data, addr)
+            else:
+                self._count("unexpected_stun")
+            return
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._server_config.connection_id_length
+            )
+        except ValueError:
+            self._count("garbage_datagram")
+            return
+        conn = self._by_cid.get(header.destination_cid)
+        if conn is None:
+            if (
+                header.packet_type == QuicPacketType.INITIAL
+                and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
+                and header.version in self._server_config.supported_versions
+            ):
+                conn = self._accept(header.destination_cid)
+                if conn is None:
+                    return
+            else:
+                self._count("unknown_connection_datagram")
+                return
+        try:
+            conn.receive_datagram(data, addr, now=self._loop.time())
+        except Exception:  # aioquic should never raise on input; never let it kill us
+            log.exception("QUIC connection failed on input; closing it")
+            self._count("quic_internal_error")
+            conn.terminated = True
+            self._forget(conn)
+            return
+        self._on_activity(conn)
+        self.transmit(conn)
+
+    def _accept(self, original_dcid: bytes) -> PeerConnection | None:
+        if self.pending_count >= self._max_pending:
+            self._count("pending_limit")
+            return None
+        quic = QuicConnection(
+            configuration=self._server_config,
+            original_destination_connection_id=original_dcid,
+        )
+        conn = PeerConnection(
+            quic=quic, authority=self._authority, settings=self._settings, now=self._loop.time()
+        )
+        self._register(conn)
+        self._by_cid[original_dcid] = conn
+        return conn
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable while a peer is down): nothing to do,
+        # QUIC loss recovery and our reconnection deal with it.
+        log.debug("udp error: %s", exc)
+
+    # ---- timers and bookkeeping -------------------------------------------
+
+    def _on_timer(self, conn: PeerConnection) -> None:
+        self._timers.pop(conn, None)
+        self._timer_at.pop(conn, None)
+        if conn not in self._connections:
+            return
+        now = self._loop.time()
+        try:
+            conn.handle_timer(now)
+        except Exception:
+            log.exception("QUIC timer failed; closing the connection")
+            self._count("quic_internal_error")
+            conn.terminated = True
+            self._forget(conn)
+            return
+        self._on_activity(conn)
+        self.transmit(conn)
+
+    def _register(self, conn: PeerConnection) -> None:
+        self._connections.add(conn)
+        self._sync_cids(conn)
+
+    def _sync_cids(self, conn: PeerConnection) -> None:
+        for cid in conn.cids_issued:
+            self._by_cid[cid] = conn
+        conn.cids_issued.clear()
+        for cid in conn.cids_retired:
+            if self._by_cid.get(cid) is conn:
+                del self._by_cid[cid]
+        conn.cids_retired.clear()
+
+    def _forget(self, conn: PeerConnection) -> None:
+        self._connections.discard(conn)
+        handle = self._timers.pop(conn, None)
+        if handle is not None:
+            handle.cancel()
+        self._timer_at.pop(conn, None)
+        for cid in [c for c, owner in self._by_cid.items() if owner is conn]:
+            del self._by_cid[cid]

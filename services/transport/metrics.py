@@ -1,0 +1,81 @@
+"""Prometheus metrics of the transport (``cretoai_transport_*``) and the service's counters.
+
+Peer labels are member *names* from the validator set, so cardinality is bounded
+by the cluster size; events from non-members are never labelled by peer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PEERS_CONNECTED = Gauge("cretoai_transport_peers_connected", "Authenticated peer connections")
+RTT = Histogram(
+    "cretoai_transport_rtt_seconds",
+    "Application-level round trip (PING/PONG) per peer",
+    ["peer"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+MESSAGES = Counter(
+    "cretoai_transport_messages_total", "Envelopes carried, per peer", ["peer", "direction"]
+)
+BYTES = Counter(
+    "cretoai_transport_bytes_total", "MSG frame bytes carried, per peer", ["peer", "direction"]
+)
+SEND_QUEUE_DEPTH = Gauge(
+    "cretoai_transport_send_queue_depth", "Messages waiting in a peer's send queue", ["peer"]
+)
+SEND_QUEUE_BYTES = Gauge(
+    "cretoai_transport_send_queue_bytes", "Bytes waiting in a peer's send queue", ["peer"]
+)
+INFLIGHT_BYTES = Gauge(
+    "cretoai_transport_inflight_bytes", "Bytes sent to a peer and not yet acknowledged", ["peer"]
+)
+RECV_QUEUE_DEPTH = Gauge(
+    "cretoai_transport_recv_queue_depth", "Inbound messages waiting for consensus", ["peer"]
+)
+DROPPED = Counter(
+    "cretoai_transport_dropped_total", "Messages dropped, by peer and reason", ["peer", "reason"]
+)
+RECONNECTS = Counter(
+    "cretoai_transport_reconnects_total", "Connections re-established to a peer", ["peer"]
+)
+AUTH_FAILURES = Counter(
+    "cretoai_transport_auth_failures_total", "Peers that failed authentication", ["reason"]
+)
+PROTOCOL_ERRORS = Counter(
+    "cretoai_transport_protocol_errors_total",
+    "Bad input: garbage datagrams, bad frames, floods (by reason)",
+    ["reason"],
+)
+REFUSED = Counter(
+    "cretoai_transport_refused_total", "Connections refused (banned, partitioned)", ["reason"]
+)
+BANS = Counter("cretoai_transport_bans_total", "Bans requested by consensus")
+
+
+class Stats:
+    """Service-wide counters (GetStats) mirrored into Prometheus."""
+
+    def __init__(self) -> None:
+        self.counters: Tally[str] = Tally()
+
+    def auth_failure(self, reason: str) -> None:
+        self.counters[f"auth_failures.{reason}"] += 1
+        AUTH_FAILURES.labels(reason).inc()
+
+    def protocol_error(self, reason: str) -> None:
+        self.counters[f"protocol_errors.{reason}"] += 1
+        PROTOCOL_ERRORS.labels(reason).inc()
+
+    def refused(self, reason: str) -> None:
+        self.counters[f"refused.{reason}"] += 1
+        REFUSED.labels(reason).inc()
+
+    def dropped(self, peer: str, reason: str, count: int = 1) -> None:
+        self.counters[f"dropped.{reason}"] += count
+        DROPPED.labels(peer, reason).inc(count)
+
+    def inc(self, name: str, count: int = 1) -> None:
+        self.counters[name] += count

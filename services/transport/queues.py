@@ -1,0 +1,129 @@
+"""Bounded queues with a documented drop policy: pure data structures, no I/O.
+
+* :class:`SendQueue` — one per peer, encoded MSG frames waiting for the peer's
+  window. Bounded by message count *and* bytes. When a new message does not
+  fit, the **oldest** messages are dropped until it does (drop-oldest: for
+  consensus the newest messages matter most, and a peer that comes back gets
+  the most recent traffic; older state is recovered by PBFT's retransmission,
+  view change and state transfer). Each entry carries the time before which it
+  must not be sent (fault injection's delay).
+* :class:`InboundMux` — one bounded FIFO per peer of messages for consensus,
+  drained round-robin so that a flooding peer cannot starve the others; also
+  drop-oldest.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    frame: bytes
+    ready_at: float
+
+
+class SendQueue:
+    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("queue bounds must be positive")
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._items: deque[Outgoing] = deque()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, frame: bytes, *, ready_at: float = 0.0) -> int:
+        """Append ``frame``; return how many older messages were dropped to make room.
+
+        A frame larger than ``max_bytes`` on its own is dropped itself (returns 1
+        and queues nothing): the caller checks frame sizes first.
+        """
+        size = len(frame)
+        if size > self.max_bytes:
+            return 1
+        dropped = 0
+        while self._items and (
+            len(self._items) >= self.max_messages or self.bytes + size > self.max_bytes
+        ):
+            self.bytes -= len(self._items.popleft().frame)
+            dropped += 1
+        self._items.append(Outgoing(frame=frame, ready_at=ready_at))
+        self.bytes += size
+        return dropped
+
+    def peek(self) -> Outgoing | None:
+        return self._items[0] if self._items else None
+
+    def pop(self) -> Outgoing:
+        item = self._items.popleft()
+        self.bytes -= len(item.frame)
+        return item
+
+    def clear(self) -> int:
+        count = len(self._items)
+        self._items.clear()
+        self.bytes = 0
+        return count
+
+
+class InboundMux(Generic[T]):
+    """Per-source bounded FIFOs, taken round-robin across sources."""
+
+    def __init__(self, *, max_per_source: int) -> None:
+        if max_per_source < 1:
+            raise ValueError("max_per_source must be positive")
+        self.max_per_source = max_per_source
+        self._queues: dict[str, deque[T]] = {}
+        self._ready: OrderedDict[str, None] = OrderedDict()
+        self._total = 0
+
+    def __len__(self) -> int:
+        return self._total
+
+    def depth(self, source: str) -> int:
+        queue = self._queues.get(source)
+        return len(queue) if queue is not None else 0
+
+    def push(self, source: str, item: T) -> int:
+        """Queue ``item``; return how many (0 or 1) of the source's oldest were dropped."""
+        queue = self._queues.get(source)
+        if queue is None:
+            queue = self._queues[source] = deque()
+        dropped = 0
+        if len(queue) >= self.max_per_source:
+            queue.popleft()
+            self._total -= 1
+            dropped = 1
+        queue.append(item)
+        self._total += 1
+        self._ready[source] = None
+        return dropped
+
+    def take(self, limit: int) -> list[T]:
+        """Up to ``limit`` items, one per source in turn."""
+        out: list[T] = []
+        while self._ready and len(out) < limit:
+            source = next(iter(self._ready))
+            queue = self._queues[source]
+            out.append(queue.popleft())
+            self._total -= 1
+            if queue:
+                self._ready.move_to_end(source)
+            else:
+                del self._ready[source]
+        return out
+
+    def clear(self, source: str) -> int:
+        queue = self._queues.pop(source, None)
+        self._ready.pop(source, None)
+        if queue is None:
+            return 0
+        self._total -= len(queue)
+        return len(queue)

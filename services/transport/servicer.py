@@ -1,0 +1,177 @@
+"""The consensus-facing gRPC service (cretoai.v1.Transport).
+
+All exceptions of the local error family are mapped to status codes in one
+place (:func:`_status`); anything else is a bug and surfaces as INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+
+from cretoai.serving import Servicer
+from cretoai.v1 import transport_pb2, transport_pb2_grpc
+from services.transport.errors import (
+    FaultInjectionDisabled,
+    InvalidRequest,
+    PeerTimeout,
+    PeerUnavailable,
+    TransportError,
+    UnknownPeer,
+)
+from services.transport.node import Superseded, TransportNode
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = transport_pb2.DESCRIPTOR.services_by_name["Transport"].full_name
+DEFAULT_PING_TIMEOUT = 2.0
+
+_STATUS: list[tuple[type[TransportError], grpc.StatusCode]] = [
+    (UnknownPeer, grpc.StatusCode.NOT_FOUND),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (PeerTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (FaultInjectionDisabled, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def _status(exc: TransportError) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TransportError) -> NoReturn:
+    await context.abort(_status(exc), str(exc))
+    raise AssertionError("unreachable")  # abort raises
+
+
+class TransportServicer(transport_pb2_grpc.TransportServicer):
+    def __init__(self, node: TransportNode) -> None:
+        self._node = node
+
+    async def Exchange(
+        self,
+        request_iterator: AsyncIterator[transport_pb2.Envelope],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[transport_pb2.Envelope]:
+        consumer = self._node.attach_consumer()
+        reader = asyncio.create_task(self._read_outbound(request_iterator), name="exchange-in")
+        try:
+            while True:
+                try:
+                    batch = await consumer.get_batch()
+                except Superseded:
+                    await context.abort(
+                        grpc.StatusCode.ABORTED, "superseded by a newer Exchange stream"
+                    )
+                for envelope in batch:
+                    yield envelope
+        finally:
+            consumer.detach()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read_outbound(self, request_iterator: AsyncIterator[transport_pb2.Envelope]) -> None:
+        send = self._node.send_quietly
+        async for envelope in request_iterator:
+            send(envelope)
+
+    async def Send(
+        self, request: transport_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> transport_pb2.SendResponse:
+        try:
+            queued, peers = self._node.send(request)
+        except TransportError as exc:
+            await _abort(context, exc)
+        return transport_pb2.SendResponse(queued=queued, peers=peers)
+
+    async def ListPeers(
+        self, request: transport_pb2.ListPeersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> transport_pb2.ListPeersResponse:
+        return transport_pb2.ListPeersResponse(
+            peers=self._node.peers(),
+            self_node_id=self._node.node_id,
+            advertised_address=self._node.advertised_address,
+        )
+
+    async def BanPeer(
+        self, request: transport_pb2.BanPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> transport_pb2.BanPeerResponse:
+        try:
+            self._node.ban(
+                request.node_id,
+                duration=request.duration_ms / 1000 if request.duration_ms else None,
+                reason=request.reason or "requested by consensus",
+            )
+        except TransportError as exc:
+            await _abort(context, exc)
+        return transport_pb2.BanPeerResponse()
+
+    async def UnbanPeer(
+        self, request: transport_pb2.UnbanPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> transport_pb2.UnbanPeerResponse:
+        try:
+            self._node.unban(request.node_id)
+        except TransportError as exc:
+            await _abort(context, exc)
+        return transport_pb2.UnbanPeerResponse()
+
+    async def PingPeer(
+        self, request: transport_pb2.PingPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> transport_pb2.PingPeerResponse:
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_PING_TIMEOUT
+        try:
+            rtt = await self._node.ping(request.node_id, timeout)
+        except TransportError as exc:
+            await _abort(context, exc)
+        return transport_pb2.PingPeerResponse(rtt_ms=rtt * 1000)
+
+    async def GetStats(
+        self,
+        request: transport_pb2.GetTransportStatsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> transport_pb2.TransportStats:
+        return transport_pb2.TransportStats(counters=self._node.counters())
+
+    async def SetFaults(
+        self, request: transport_pb2.SetFaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> transport_pb2.SetFaultsResponse:
+        try:
+            self._node.set_faults(
+                request.node_id,
+                drop_rate=request.drop_rate,
+                delay=request.delay_ms / 1000,
+                partitioned=request.partitioned,
+            )
+        except TransportError as exc:
+            await _abort(context, exc)
+        return transport_pb2.SetFaultsResponse()
+
+    async def ClearFaults(
+        self,
+        request: transport_pb2.ClearFaultsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> transport_pb2.ClearFaultsResponse:
+        try:
+            self._node.clear_faults()
+        except TransportError as exc:
+            await _abort(context, exc)
+        return transport_pb2.ClearFaultsResponse()
+
+
+def transport_servicer(node: TransportNode) -> Servicer:
+    servicer = TransportServicer(node)
+    return Servicer(
+        name=SERVICE_NAME,
+        register=lambda server: transport_pb2_grpc.add_TransportServicer_to_server(
+            servicer, server
+        ),
+    )

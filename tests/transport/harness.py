@@ -1,0 +1,187 @@
+"""Real transport services on loopback for tests and benchmarks: keys, configs, stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import tomli_w
+
+from cretoai.config import NodeConfig, parse_config, to_toml_dict
+from cretoai.crypto import write_keypair
+from cretoai.crypto.keys import read_public_key
+from cretoai.serving import GrpcService
+from cretoai.v1 import transport_pb2, transport_pb2_grpc
+from services.transport.node import TransportNode
+from services.transport.service import build_node
+from services.transport.servicer import transport_servicer
+
+#: Fast timers so that tests see reconnections and timeouts quickly.
+FAST_TRANSPORT: dict[str, Any] = {
+    "reconnect_min_ms": 50,
+    "reconnect_max_ms": 500,
+    "handshake_timeout_ms": 2_000,
+    "keepalive_ms": 1_000,
+    "idle_timeout_ms": 10_000,
+}
+
+
+def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct loopback UDP ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class ClusterSpec:
+    """Keys and per-node config dicts for an n-member cluster on loopback."""
+
+    directory: Path
+    names: list[str]
+    ports: list[int]
+    public_keys: list[bytes]
+    node_ids: list[str]
+    data: list[dict[str, Any]] = field(default_factory=list)
+
+    def config(self, index: int) -> NodeConfig:
+        return parse_config(self.data[index], self.directory / self.names[index] / "node.toml")
+
+    def write(self, index: int) -> Path:
+        cfg = self.config(index)
+        path = cfg.source
+        path.write_text(tomli_w.dumps(to_toml_dict(cfg)))
+        return path
+
+
+def make_cluster(
+    directory: Path,
+    n: int,
+    *,
+    transport: dict[str, Any] | None = None,
+    fault_injection: bool = False,
+    extra_members: int = 0,
+) -> ClusterSpec:
+    """``n`` nodes (plus ``extra_members`` listed members that tests may leave down)."""
+    total = n + extra_members
+    names = [f"node{i + 1}" for i in range(total)]
+    ports = free_udp_ports(total)
+    public_keys = []
+    node_ids = []
+    for name in names:
+        _, nid = write_keypair(directory / name)
+        public_keys.append(read_public_key(directory / name / "node.pub"))
+        node_ids.append(nid)
+    validators = [
+        {"name": names[i], "public_key": public_keys[i].hex(), "address": f"127.0.0.1:{ports[i]}"}
+        for i in range(total)
+    ]
+    spec = ClusterSpec(
+        directory=directory, names=names, ports=ports, public_keys=public_keys, node_ids=node_ids
+    )
+    for name in names:
+        spec.data.append(
+            {
+                "node": {"name": name, "key": str(directory / name / "node.key")},
+                "validators": [dict(v) for v in validators],
+                "transport": {
+                    "listen": "127.0.0.1:0",
+                    "metrics": "",
+                    **FAST_TRANSPORT,
+                    **(transport or {}),
+                },
+                "crypto": {"backend": "cryptography"},
+                "fault_injection": {"enabled": fault_injection},
+            }
+        )
+    return spec
+
+
+@dataclass
+class RunningTransport:
+    cfg: NodeConfig
+    node: TransportNode
+    service: GrpcService
+    channel: grpc.aio.Channel
+    stub: transport_pb2_grpc.TransportStub
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.service.stop()
+
+    async def peers(self) -> dict[str, transport_pb2.Peer]:
+        reply = await self.stub.ListPeers(transport_pb2.ListPeersRequest(), timeout=5)
+        return {p.node_id: p for p in reply.peers}
+
+    async def counters(self) -> dict[str, int]:
+        reply = await self.stub.GetStats(transport_pb2.GetTransportStatsRequest(), timeout=5)
+        return dict(reply.counters)
+
+
+async def start_transport(cfg: NodeConfig) -> RunningTransport:
+    node = await build_node(cfg)
+    service = GrpcService(
+        name="transport",
+        bind="127.0.0.1:0",
+        servicers=[transport_servicer(node)],
+        node=cfg.node.name,
+        grace=1.0,
+        cleanup=[node.stop],
+    )
+    await service.start()
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{service.port}",
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    return RunningTransport(
+        cfg=cfg,
+        node=node,
+        service=service,
+        channel=channel,
+        stub=transport_pb2_grpc.TransportStub(channel),
+    )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` (an RPC-level observation) until true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def all_connected(nodes: list[RunningTransport], timeout: float = 15.0) -> None:
+    async def check() -> bool:
+        for node in nodes:
+            peers = await node.peers()
+            for other in nodes:
+                if other is not node and not peers[other.node_id].connected:
+                    return False
+        return True
+
+    await eventually(check, timeout=timeout, what="every pair connected")
