@@ -210,6 +210,8 @@ class PeerConnection:
         self._process(now)
 
     def handle_timer(self, now: float) -> None:
+        if self.terminated:  # aioquic's timer must not run once it has terminated
+            return
         self.quic.handle_timer(now=now)
         self._process(now)
         if self.state is State.CLOSED:

@@ -282,14 +282,19 @@ class TransportNode:
             keepalive_interval=s.keepalive,
             liveness_timeout=s.liveness_timeout,
         )
-        common = {
-            "idle_timeout": s.idle_timeout,
-            "max_datagram_size": s.max_datagram_bytes,
-            "flow_window": s.quic_flow_window,
-        }
+        server_config, client_config = (
+            quic_configuration(
+                is_client=is_client,
+                identity=None if is_client else identity,
+                idle_timeout=s.idle_timeout,
+                max_datagram_size=s.max_datagram_bytes,
+                flow_window=s.quic_flow_window,
+            )
+            for is_client in (False, True)
+        )
         endpoint = QuicEndpoint(
-            server_config=quic_configuration(is_client=False, identity=identity, **common),  # type: ignore[arg-type]
-            client_config=quic_configuration(is_client=True, identity=None, **common),  # type: ignore[arg-type]
+            server_config=server_config,
+            client_config=client_config,
             authority=self,
             settings=conn_settings,
             on_activity=self._on_activity,

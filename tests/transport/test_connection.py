@@ -1,0 +1,340 @@
+"""PeerConnection without sockets: two connections joined by an in-memory link.
+
+Authentication (success, non-member, wrong key, wrong peer, refusal), frames
+before authentication, oversized and garbage frames, extra streams, the
+application window and keep-alive — all driven with an explicit clock.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
+
+from cretoai.crypto import get_backend, node_id
+from cretoai.crypto.backend import PrivateKey
+from services.transport import auth
+from services.transport.connection import (
+    Authenticated,
+    Closed,
+    ConnectionEvent,
+    ConnectionSettings,
+    MessageReceived,
+    PeerConnection,
+    PongReceived,
+    WindowOpened,
+)
+from services.transport.errors import CloseCode
+from services.transport.framing import FrameType, encode_frame
+from services.transport.tls import ephemeral_identity, quic_configuration
+
+BACKEND = get_backend("cryptography")
+SETTINGS = ConnectionSettings(
+    max_frame_bytes=64 * 1024,
+    inflight_max_bytes=8 * 1024,
+    handshake_timeout=2.0,
+    keepalive_interval=1.0,
+    liveness_timeout=3.0,
+)
+CLIENT_ADDR = ("127.0.0.1", 1001)
+SERVER_ADDR = ("127.0.0.1", 1002)
+
+
+def new_key() -> PrivateKey:
+    return BACKEND.private_key_from_seed(os.urandom(32))
+
+
+@dataclass
+class FakeAuthority:
+    key: PrivateKey
+    members: dict[str, bytes]
+    claimed_id: str = ""
+    refused: dict[str, CloseCode] = field(default_factory=dict)
+    boot_id: bytes = field(default_factory=lambda: os.urandom(auth.BOOT_ID_SIZE))
+
+    @property
+    def node_id(self) -> str:
+        return self.claimed_id or node_id(self.key.public_key)
+
+    def member_key(self, nid: str) -> bytes | None:
+        return self.members.get(nid)
+
+    def refusal(self, nid: str) -> CloseCode | None:
+        return self.refused.get(nid)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message, context=auth.AUTH_CONTEXT)
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        return BACKEND.verify(public_key, message, signature, context=auth.AUTH_CONTEXT)
+
+
+def qconfig(*, is_client: bool) -> QuicConfiguration:
+    return quic_configuration(
+        is_client=is_client,
+        identity=None if is_client else ephemeral_identity(),
+        idle_timeout=30.0,
+        max_datagram_size=1350,
+        flow_window=1 << 20,
+    )
+
+
+class Link:
+    """A client and a server PeerConnection, pumped by hand with a fake clock."""
+
+    def __init__(
+        self, client: FakeAuthority, server: FakeAuthority, *, expected: str | None = None
+    ) -> None:
+        self.now = 100.0
+        self.client = PeerConnection(
+            quic=QuicConnection(configuration=qconfig(is_client=True)),
+            authority=client,
+            settings=SETTINGS,
+            now=self.now,
+            expected_peer=expected if expected is not None else server.node_id,
+        )
+        self._server_auth = server
+        self._server_config = qconfig(is_client=False)
+        self.server: PeerConnection | None = None
+        self.events: dict[str, list[ConnectionEvent]] = {"client": [], "server": []}
+        self.client.connect(SERVER_ADDR, self.now)
+
+    def pump(self, rounds: int = 400) -> None:
+        """Exchange datagrams until quiet; short timers (pacing, delayed ACKs) are run."""
+        for _ in range(rounds):
+            if self._exchange():
+                continue
+            timers = [t for t in (self.client.get_timer(), self._server_timer()) if t is not None]
+            soon = min(timers, default=None)
+            if soon is None or soon > self.now + 0.2:
+                break
+            self.now = max(self.now, soon)
+            self.client.handle_timer(self.now)
+            if self.server is not None:
+                self.server.handle_timer(self.now)
+            self._drain()
+
+    def _server_timer(self) -> float | None:
+        return self.server.get_timer() if self.server is not None else None
+
+    def _exchange(self) -> bool:
+        moved = False
+        for data, _ in self.client.datagrams_to_send(self.now):
+            moved = True
+            if self.server is None:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+                self.server = PeerConnection(
+                    quic=QuicConnection(
+                        configuration=self._server_config,
+                        original_destination_connection_id=header.destination_cid,
+                    ),
+                    authority=self._server_auth,
+                    settings=SETTINGS,
+                    now=self.now,
+                )
+            self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+        if self.server is not None:
+            for data, _ in self.server.datagrams_to_send(self.now):
+                moved = True
+                self.client.receive_datagram(data, SERVER_ADDR, self.now)
+        self._drain()
+        return moved
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.client.handle_timer(self.now)
+        if self.server is not None:
+            self.server.handle_timer(self.now)
+        self.pump()
+
+    def _drain(self) -> None:
+        for side, conn in (("client", self.client), ("server", self.server)):
+            while conn is not None and (event := conn.next_event()) is not None:
+                self.events[side].append(event)
+
+    def closed(self, side: str) -> Closed:
+        found = [e for e in self.events[side] if isinstance(e, Closed)]
+        assert len(found) == 1, self.events[side]
+        return found[0]
+
+
+def two_members() -> tuple[FakeAuthority, FakeAuthority]:
+    a, b = new_key(), new_key()
+    members = {node_id(a.public_key): a.public_key, node_id(b.public_key): b.public_key}
+    return FakeAuthority(key=a, members=members), FakeAuthority(key=b, members=dict(members))
+
+
+def test_members_authenticate_each_other() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    assert link.client.authenticated and link.server is not None and link.server.authenticated
+    assert link.events["client"] == [Authenticated(peer_id=server.node_id)]
+    assert link.events["server"] == [Authenticated(peer_id=client.node_id)]
+    assert link.server.peer_boot_id == client.boot_id
+    assert link.client.peer_boot_id == server.boot_id
+
+
+def test_message_frames_flow_in_order_and_the_window_opens() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    frames = [
+        encode_frame(FrameType.MSG, b"%04d" % i + b"x" * 500, max_frame_bytes=1 << 16)
+        for i in range(40)
+    ]
+    sent = 0
+    while sent < len(frames):
+        batch = []
+        while sent < len(frames) and link.client.can_send(len(frames[sent])):
+            batch.append(frames[sent])
+            link.client.send_messages([frames[sent]])
+            sent += 1
+        assert batch, "the window must open again"
+        assert link.client.inflight <= SETTINGS.inflight_max_bytes + len(frames[0])
+        link.pump()
+    got = [e.body[:4] for e in link.events["server"] if isinstance(e, MessageReceived)]
+    assert got == [b"%04d" % i for i in range(40)]
+    assert any(isinstance(e, WindowOpened) for e in link.events["client"])
+
+
+def test_non_member_is_rejected_at_hello() -> None:
+    client, server = two_members()
+    stranger = FakeAuthority(key=new_key(), members=dict(client.members))
+    stranger.members[stranger.node_id] = stranger.key.public_key
+    link = Link(stranger, server)
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "non_member"
+    assert closed.code == CloseCode.NOT_MEMBER
+    assert link.closed("client").code == CloseCode.NOT_MEMBER  # told why
+    assert not any(isinstance(e, Authenticated) for e in link.events["server"])
+
+
+def test_member_with_the_wrong_key_fails_the_signature() -> None:
+    client, server = two_members()
+    impostor = FakeAuthority(key=new_key(), members=dict(client.members), claimed_id=client.node_id)
+    link = Link(impostor, server)
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "bad_signature"
+    assert closed.code == CloseCode.AUTH_FAILED
+    assert not any(isinstance(e, Authenticated) for e in link.events["server"])
+
+
+def test_server_with_the_wrong_key_fails_the_client_check() -> None:
+    client, server = two_members()
+    impostor = FakeAuthority(key=new_key(), members=dict(server.members), claimed_id=server.node_id)
+    link = Link(client, impostor)
+    link.pump()
+    closed = link.closed("client")
+    assert closed.fault is not None and closed.fault.reason == "bad_signature"
+    assert not link.client.authenticated
+
+
+def test_dialing_one_member_and_reaching_another_is_rejected() -> None:
+    client, server = two_members()
+    third = new_key()
+    client.members[node_id(third.public_key)] = third.public_key
+    link = Link(client, server, expected=node_id(third.public_key))
+    link.pump()
+    closed = link.closed("client")
+    assert closed.fault is not None and closed.fault.reason == "wrong_peer"
+
+
+def test_refused_peer_is_closed_with_the_refusal_code() -> None:
+    client, server = two_members()
+    server.refused[client.node_id] = CloseCode.BANNED
+    link = Link(client, server)
+    link.pump()
+    assert link.closed("server").code == CloseCode.BANNED
+    assert link.closed("client").code == CloseCode.BANNED
+
+
+def test_frames_before_authentication_close_the_connection() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    # finish only the QUIC handshake, then push a MSG frame instead of waiting for AUTH
+    link.client.quic.send_stream_data(
+        0, encode_frame(FrameType.MSG, b"sneaky", max_frame_bytes=1024)
+    )
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "unauthenticated_frame"
+    assert not any(isinstance(e, MessageReceived) for e in link.events["server"])
+
+
+def test_oversized_frame_after_auth_closes_with_a_fault_value() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    link.client.quic.send_stream_data(0, (SETTINGS.max_frame_bytes + 1).to_bytes(4, "big"))
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "oversized_frame"
+    assert closed.was_authenticated
+
+
+def test_large_frame_before_auth_is_oversized() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    link.client.quic.send_stream_data(0, (64 * 1024).to_bytes(4, "big"))
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "oversized_frame"
+
+
+def test_garbage_hello_is_a_fault() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    # queued before the handshake completes, so it goes out ahead of the real HELLO
+    link.client.quic.send_stream_data(0, b"\x00\x00\x00\x05\x01\xff\xff\xff\xff")
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "malformed_hello"
+
+
+def test_data_on_another_stream_is_a_fault() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    link.client.quic.send_stream_data(4, b"hello?")
+    link.pump()
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "unexpected_stream"
+
+
+def test_keepalive_pings_measure_rtt_and_silence_closes() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    link.advance(SETTINGS.keepalive_interval + 0.01)
+    assert any(isinstance(e, PongReceived) for e in link.events["client"])
+    assert link.client.srtt is not None
+    # the server goes silent (we stop delivering its datagrams): the client gives up
+    silent_for = 0.0
+    while not link.client.closed and silent_for < 10:
+        link.now += 0.5
+        silent_for += 0.5
+        link.client.handle_timer(link.now)
+        link.client.datagrams_to_send(link.now)  # lost
+        while (event := link.client.next_event()) is not None:
+            link.events["client"].append(event)
+    closed = link.closed("client")
+    assert closed.code == CloseCode.KEEPALIVE_TIMEOUT
+    assert SETTINGS.liveness_timeout <= silent_for <= SETTINGS.liveness_timeout + 1.5
+
+
+def test_handshake_deadline() -> None:
+    client, server = two_members()
+    link = Link(client, server)
+    # nothing is ever delivered: the client's deadline closes it
+    link.client.datagrams_to_send(link.now)
+    link.now += SETTINGS.handshake_timeout + 0.1
+    link.client.handle_timer(link.now)
+    event = link.client.next_event()
+    assert isinstance(event, Closed) and event.code == CloseCode.HANDSHAKE_TIMEOUT
