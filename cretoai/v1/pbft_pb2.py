@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63retoai/v1/pbft.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"T\n\nPrePrepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\x12\x15\n\rvertex_hashes\x18\x04 \x03(\x0c\":\n\x07Prepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\"9\n\x06\x43ommit\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\"/\n\nCheckpoint\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0cstate_digest\x18\x02 \x01(\x0c\"r\n\x13PreparedCertificate\x12.\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x19.cretoai.v1.SignedMessage\x12+\n\x08prepares\x18\x02 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"\x9a\x01\n\nViewChange\x12\x10\n\x08new_view\x18\x01 \x01(\x04\x12\x12\n\nstable_seq\x18\x02 \x01(\x04\x12\x33\n\x10\x63heckpoint_proof\x18\x03 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\x12\x31\n\x08prepared\x18\x04 \x03(\x0b\x32\x1f.cretoai.v1.PreparedCertificate\"y\n\x07NewView\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12/\n\x0cview_changes\x18\x02 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\x12/\n\x0cpre_prepares\x18\x03 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"_\n\x08\x45vidence\x12(\n\x05\x66irst\x18\x01 \x01(\x0b\x32\x19.cretoai.v1.SignedMessage\x12)\n\x06second\x18\x02 \x01(\x0b\x32\x19.cretoai.v1.SignedMessage\"\x98\x02\n\x0bPbftMessage\x12-\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x16.cretoai.v1.PrePrepareH\x00\x12&\n\x07prepare\x18\x02 \x01(\x0b\x32\x13.cretoai.v1.PrepareH\x00\x12$\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x12.cretoai.v1.CommitH\x00\x12,\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x16.cretoai.v1.CheckpointH\x00\x12-\n\x0bview_change\x18\x05 \x01(\x0b\x32\x16.cretoai.v1.ViewChangeH\x00\x12\'\n\x08new_view\x18\x06 \x01(\x0b\x32\x13.cretoai.v1.NewViewH\x00\x42\x06\n\x04kind\"\xa5\x02\n\x11\x43onsensusEnvelope\x12+\n\x06signed\x18\x01 \x01(\x0b\x32\x19.cretoai.v1.SignedMessageH\x00\x12%\n\x07request\x18\x02 \x01(\x0b\x32\x12.cretoai.v1.VertexH\x00\x12\"\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x11.cretoai.v1.BatchH\x00\x12(\n\x08\x65vidence\x18\x04 \x01(\x0b\x32\x14.cretoai.v1.EvidenceH\x00\x12\x31\n\rstate_request\x18\x05 \x01(\x0b\x32\x18.cretoai.v1.StateRequestH\x00\x12\x33\n\x0estate_response\x18\x06 \x01(\x0b\x32\x19.cretoai.v1.StateResponseH\x00\x42\x06\n\x04kind\"C\n\x05\x42\x61tch\x12\x14\n\x0c\x62\x61tch_digest\x18\x01 \x01(\x0c\x12$\n\x08vertices\x18\x02 \x03(\x0b\x32\x12.cretoai.v1.Vertex\"5\n\x0cStateRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\x13\n\x0bmax_batches\x18\x02 \x01(\r\"q\n\rStateResponse\x12+\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x1a.cretoai.v1.FinalizedBatch\x12\x33\n\x10\x63heckpoint_proof\x18\x02 \x03(\x0b\x32\x19.cretoai.v1.SignedMessageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63retoai/v1/pbft.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"U\n\nPrePrepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\x12\x16\n\x0erequest_hashes\x18\x04 \x03(\x0c\":\n\x07Prepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\"9\n\x06\x43ommit\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\"/\n\nCheckpoint\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0cstate_digest\x18\x02 \x01(\x0c\"r\n\x13PreparedCertificate\x12.\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x19.cretoai.v1.SignedMessage\x12+\n\x08prepares\x18\x02 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"\x9a\x01\n\nViewChange\x12\x10\n\x08new_view\x18\x01 \x01(\x04\x12\x12\n\nstable_seq\x18\x02 \x01(\x04\x12\x33\n\x10\x63heckpoint_proof\x18\x03 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\x12\x31\n\x08prepared\x18\x04 \x03(\x0b\x32\x1f.cretoai.v1.PreparedCertificate\"y\n\x07NewView\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12/\n\x0cview_changes\x18\x02 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\x12/\n\x0cpre_prepares\x18\x03 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"\x98\x02\n\x0bPbftMessage\x12-\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x16.cretoai.v1.PrePrepareH\x00\x12&\n\x07prepare\x18\x02 \x01(\x0b\x32\x13.cretoai.v1.PrepareH\x00\x12$\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x12.cretoai.v1.CommitH\x00\x12,\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x16.cretoai.v1.CheckpointH\x00\x12-\n\x0bview_change\x18\x05 \x01(\x0b\x32\x16.cretoai.v1.ViewChangeH\x00\x12\'\n\x08new_view\x18\x06 \x01(\x0b\x32\x13.cretoai.v1.NewViewH\x00\x42\x06\n\x04kind\"_\n\x08\x45vidence\x12(\n\x05\x66irst\x18\x01 \x01(\x0b\x32\x19.cretoai.v1.SignedMessage\x12)\n\x06second\x18\x02 \x01(\x0b\x32\x19.cretoai.v1.SignedMessage\"A\n\x0f\x43heckpointProof\x12.\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"Q\n\x06Status\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x15\n\rlast_executed\x18\x03 \x01(\x04\x12\x12\n\nstable_seq\x18\x04 \x01(\x04\"\x1a\n\x08Requests\x12\x0e\n\x06\x62odies\x18\x01 \x03(\x0c\"\x1d\n\x0b\x42\x61tchBodies\x12\x0e\n\x06\x62odies\x18\x01 \x03(\x0c\"0\n\x0cStateRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\x0e\n\x06to_seq\x18\x02 \x01(\x04\"]\n\rTransferBatch\x12\x16\n\x0erequest_bodies\x18\x01 \x03(\x0c\x12\x34\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x1f.cretoai.v1.FinalityCertificate\";\n\rStateResponse\x12*\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.TransferBatch\"\xa5\x03\n\x11\x43onsensusEnvelope\x12+\n\x06signed\x18\x01 \x01(\x0b\x32\x19.cretoai.v1.SignedMessageH\x00\x12(\n\x08requests\x18\x02 \x01(\x0b\x32\x14.cretoai.v1.RequestsH\x00\x12(\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x17.cretoai.v1.BatchBodiesH\x00\x12(\n\x08\x65vidence\x18\x04 \x01(\x0b\x32\x14.cretoai.v1.EvidenceH\x00\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x12.cretoai.v1.StatusH\x00\x12\x37\n\x10\x63heckpoint_proof\x18\x06 \x01(\x0b\x32\x1b.cretoai.v1.CheckpointProofH\x00\x12\x31\n\rstate_request\x18\x07 \x01(\x0b\x32\x18.cretoai.v1.StateRequestH\x00\x12\x33\n\x0estate_response\x18\x08 \x01(\x0b\x32\x19.cretoai.v1.StateResponseH\x00\x12\x16\n\x0erequest_bodies\x18\t \x03(\x0c\x42\x06\n\x04kind\")\n\tViewState\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,29 +33,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cretoai.v1.pbft_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREPREPARE']._serialized_start=62
-  _globals['_PREPREPARE']._serialized_end=146
-  _globals['_PREPARE']._serialized_start=148
-  _globals['_PREPARE']._serialized_end=206
-  _globals['_COMMIT']._serialized_start=208
-  _globals['_COMMIT']._serialized_end=265
-  _globals['_CHECKPOINT']._serialized_start=267
-  _globals['_CHECKPOINT']._serialized_end=314
-  _globals['_PREPAREDCERTIFICATE']._serialized_start=316
-  _globals['_PREPAREDCERTIFICATE']._serialized_end=430
-  _globals['_VIEWCHANGE']._serialized_start=433
-  _globals['_VIEWCHANGE']._serialized_end=587
-  _globals['_NEWVIEW']._serialized_start=589
-  _globals['_NEWVIEW']._serialized_end=710
-  _globals['_EVIDENCE']._serialized_start=712
-  _globals['_EVIDENCE']._serialized_end=807
-  _globals['_PBFTMESSAGE']._serialized_start=810
-  _globals['_PBFTMESSAGE']._serialized_end=1090
-  _globals['_CONSENSUSENVELOPE']._serialized_start=1093
-  _globals['_CONSENSUSENVELOPE']._serialized_end=1386
-  _globals['_BATCH']._serialized_start=1388
-  _globals['_BATCH']._serialized_end=1455
-  _globals['_STATEREQUEST']._serialized_start=1457
-  _globals['_STATEREQUEST']._serialized_end=1510
-  _globals['_STATERESPONSE']._serialized_start=1512
-  _globals['_STATERESPONSE']._serialized_end=1625
+  _globals['_PREPREPARE']._serialized_end=147
+  _globals['_PREPARE']._serialized_start=149
+  _globals['_PREPARE']._serialized_end=207
+  _globals['_COMMIT']._serialized_start=209
+  _globals['_COMMIT']._serialized_end=266
+  _globals['_CHECKPOINT']._serialized_start=268
+  _globals['_CHECKPOINT']._serialized_end=315
+  _globals['_PREPAREDCERTIFICATE']._serialized_start=317
+  _globals['_PREPAREDCERTIFICATE']._serialized_end=431
+  _globals['_VIEWCHANGE']._serialized_start=434
+  _globals['_VIEWCHANGE']._serialized_end=588
+  _globals['_NEWVIEW']._serialized_start=590
+  _globals['_NEWVIEW']._serialized_end=711
+  _globals['_PBFTMESSAGE']._serialized_start=714
+  _globals['_PBFTMESSAGE']._serialized_end=994
+  _globals['_EVIDENCE']._serialized_start=996
+  _globals['_EVIDENCE']._serialized_end=1091
+  _globals['_CHECKPOINTPROOF']._serialized_start=1093
+  _globals['_CHECKPOINTPROOF']._serialized_end=1158
+  _globals['_STATUS']._serialized_start=1160
+  _globals['_STATUS']._serialized_end=1241
+  _globals['_REQUESTS']._serialized_start=1243
+  _globals['_REQUESTS']._serialized_end=1269
+  _globals['_BATCHBODIES']._serialized_start=1271
+  _globals['_BATCHBODIES']._serialized_end=1300
+  _globals['_STATEREQUEST']._serialized_start=1302
+  _globals['_STATEREQUEST']._serialized_end=1350
+  _globals['_TRANSFERBATCH']._serialized_start=1352
+  _globals['_TRANSFERBATCH']._serialized_end=1445
+  _globals['_STATERESPONSE']._serialized_start=1447
+  _globals['_STATERESPONSE']._serialized_end=1506
+  _globals['_CONSENSUSENVELOPE']._serialized_start=1509
+  _globals['_CONSENSUSENVELOPE']._serialized_end=1930
+  _globals['_VIEWSTATE']._serialized_start=1932
+  _globals['_VIEWSTATE']._serialized_end=1973
 # @@protoc_insertion_point(module_scope)
