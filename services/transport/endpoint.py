@@ -135,16 +135,21 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._transmit_scheduled.discard(conn)
         self.transmit(conn)
 
-    def transmit(self, conn: PeerConnection) -> None:
-        """Send what the connection has, re-arm its timer, forget it once terminated."""
+    def transmit(self, conn: PeerConnection) -> int:
+        """Send what the connection has, re-arm its timer, forget it once terminated.
+
+        Returns the number of datagrams sent.
+        """
         transport = self._transport
+        sent = 0
         if transport is not None:
             for data, addr in conn.datagrams_to_send(now=self._loop.time()):
                 transport.sendto(data, addr)
+                sent += 1
         self._sync_cids(conn)
         if conn.terminated:
             self._forget(conn)
-            return
+            return sent
         timer_at = conn.get_timer()
         current = self._timer_at.get(conn)
         if current != timer_at:
@@ -155,6 +160,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if timer_at is not None:
                 self._timers[conn] = self._loop.call_at(timer_at, self._on_timer, conn)
                 self._timer_at[conn] = timer_at
+        return sent
 
     # ---- receiving ----------------------------------------------------------
 
@@ -174,6 +180,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self._count("garbage_datagram")
             return
         conn = self._by_cid.get(header.destination_cid)
+        accepted = False
         if conn is None:
             if (
                 header.packet_type == QuicPacketType.INITIAL
@@ -183,6 +190,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 conn = self._accept(header.destination_cid)
                 if conn is None:
                     return
+                accepted = True
             else:
                 self._count("unknown_connection_datagram")
                 return
@@ -195,7 +203,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self._forget(conn)
             return
         self._on_activity(conn)
-        self.transmit(conn)
+        sent = self.transmit(conn)
+        if accepted and not sent:
+            # an Initial that did not decrypt (garbage with a plausible header):
+            # forget it now rather than hold a pending slot until the deadline
+            self._count("bad_initial")
+            conn.terminated = True
+            self._forget(conn)
 
     def _accept(self, original_dcid: bytes) -> PeerConnection | None:
         if self.pending_count >= self._max_pending:

@@ -22,6 +22,8 @@ from services.transport.node import TransportNode
 from services.transport.service import build_node
 from services.transport.servicer import transport_servicer
 
+REPO = str(Path(__file__).resolve().parents[2])
+
 #: Fast timers so that tests see reconnections and timeouts quickly.
 FAST_TRANSPORT: dict[str, Any] = {
     "reconnect_min_ms": 50,
@@ -185,3 +187,83 @@ async def all_connected(nodes: list[RunningTransport], timeout: float = 15.0) ->
         return True
 
     await eventually(check, timeout=timeout, what="every pair connected")
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TransportProcess:
+    """``python -m services.transport --config F`` as a real child process."""
+
+    config: Path
+    grpc_port: int
+    node_id: str
+    proc: asyncio.subprocess.Process | None = None
+    channel: grpc.aio.Channel | None = None
+
+    @property
+    def stub(self) -> transport_pb2_grpc.TransportStub:
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        return transport_pb2_grpc.TransportStub(self.channel)
+
+    async def start(self, timeout: float = 20.0) -> None:
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.transport",
+            "--config",
+            str(self.config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=REPO,
+        )
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                raise AssertionError(f"transport process exited with {self.proc.returncode}")
+            try:
+                await self.stub.ListPeers(transport_pb2.ListPeersRequest(), timeout=0.5)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await eventually(ready, timeout=timeout, what="transport process serving")
+
+    async def peers(self) -> dict[str, transport_pb2.Peer]:
+        reply = await self.stub.ListPeers(transport_pb2.ListPeersRequest(), timeout=5)
+        return {p.node_id: p for p in reply.peers}
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.returncode is None
+        self.proc.send_signal(sig)
+
+    async def stop(self, *, kill: bool = False, timeout: float = 10.0) -> int:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return proc.returncode if proc is not None and proc.returncode is not None else 0
+        import signal as signals
+
+        proc.send_signal(signals.SIGKILL if kill else signals.SIGTERM)
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            return await proc.wait()
+
+
+def spawnable(spec: ClusterSpec, index: int) -> TransportProcess:
+    """Write node ``index``'s config with a fixed gRPC port, ready to run as a process."""
+    port = free_tcp_port()
+    spec.data[index]["transport"]["listen"] = f"127.0.0.1:{port}"
+    return TransportProcess(config=spec.write(index), grpc_port=port, node_id=spec.node_ids[index])

@@ -1,0 +1,325 @@
+"""The transport service over real QUIC on loopback: auth failures, bad input, bans, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cretoai.config import parse_config
+from cretoai.crypto import write_keypair
+from cretoai.crypto.keys import read_public_key
+from cretoai.v1 import transport_pb2
+from services.transport.errors import CloseCode
+from services.transport.framing import FrameType, encode_frame
+from services.transport.service import build_node
+from tests.transport.conftest import Starter
+from tests.transport.harness import RunningTransport, all_connected, eventually
+
+
+async def read_n(call: object, n: int, timeout: float = 10.0) -> list[transport_pb2.Envelope]:
+    async def go() -> list[transport_pb2.Envelope]:
+        out = []
+        while len(out) < n:
+            out.append(await call.read())  # type: ignore[attr-defined]
+        return out
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def counter(node: RunningTransport, name: str) -> int:
+    return (await node.counters()).get(name, 0)
+
+
+async def test_non_member_is_rejected_and_counted(transports: Starter, tmp_path: Path) -> None:
+    spec, nodes = await transports(2)
+    await all_connected(nodes)
+    # a stranger: its own config lists the cluster plus itself, so it dials them
+    _, _ = write_keypair(tmp_path / "stranger")
+    stranger_pub = read_public_key(tmp_path / "stranger" / "node.pub")
+    data = spec.data[0] | {
+        "node": {"name": "stranger", "key": str(tmp_path / "stranger" / "node.key")},
+        "validators": [
+            *spec.data[0]["validators"],
+            {"name": "stranger", "public_key": stranger_pub.hex(), "address": "127.0.0.1:0"},
+        ],
+    }
+    stranger = await build_node(parse_config(data, tmp_path / "stranger" / "node.toml"))
+    try:
+        await eventually(
+            lambda: _has(nodes[0], "auth_failures.non_member"), what="non-member rejected"
+        )
+        peers = await nodes[0].peers()
+        assert stranger.node_id not in peers
+        assert all(p.connected for p in peers.values())  # the members are unaffected
+        assert not any(p.connected for p in stranger.peers())
+    finally:
+        await stranger.stop()
+
+
+async def _has(node: RunningTransport, name: str, at_least: int = 1) -> bool:
+    return await counter(node, name) >= at_least
+
+
+async def test_member_presenting_the_wrong_key_is_rejected(
+    transports: Starter, tmp_path: Path
+) -> None:
+    # node3 is listed but never started; an impostor holds another key and claims node3
+    spec, nodes = await transports(2, extra_members=1)
+    await all_connected(nodes)
+    _, _ = write_keypair(tmp_path / "impostor")
+    fake_pub = read_public_key(tmp_path / "impostor" / "node.pub")
+    validators = [dict(v) for v in spec.data[2]["validators"]]
+    validators[2]["public_key"] = fake_pub.hex()  # the impostor's own (wrong) view
+    data = spec.data[2] | {
+        "node": {"name": "node3", "key": str(tmp_path / "impostor" / "node.key")},
+        "validators": validators,
+    }
+    impostor = await build_node(parse_config(data, tmp_path / "impostor" / "node.toml"))
+    impostor._node_id = spec.node_ids[2]  # claim the real node3's id
+    try:
+        await eventually(
+            lambda: _has(nodes[0], "auth_failures.bad_signature"),
+            what="wrong key rejected by node1",
+        )
+        await eventually(
+            lambda: _has(nodes[1], "auth_failures.bad_signature"),
+            what="wrong key rejected by node2",
+        )
+        for node in nodes:
+            assert not (await node.peers())[spec.node_ids[2]].connected
+    finally:
+        await impostor.stop()
+
+
+async def test_garbage_datagrams_and_floods_are_counted_and_harmless(
+    transports: Starter,
+) -> None:
+    _, nodes = await transports(2)
+    await all_connected(nodes)
+    a, b = nodes
+    host, port = b.node.quic_address
+    rng = os.urandom
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        deadline = time.monotonic() + 5
+        for i in range(3000):  # bounded in count and time
+            if time.monotonic() > deadline:
+                break
+            size = 1 + (i * 37) % 1400
+            payload = rng(size)
+            if i % 3 == 0:  # looks like a QUIC short header for an unknown connection
+                payload = bytes([0x40 | (payload[0] & 0x3F)]) + payload[1:]
+            if i % 5 == 0:  # a fake Initial from a stranger
+                payload = b"\xc0\x00\x00\x00\x01\x08" + rng(8) + b"\x08" + rng(8) + rng(1200)
+            sock.sendto(payload, (host, port))
+            if i % 10 == 0:  # let the service read (one event loop here)
+                await asyncio.sleep(0)
+    counters = await b.counters()
+    bad = sum(v for k, v in counters.items() if k.startswith("protocol_errors."))
+    assert bad > 100, counters
+    # still alive and delivering, connection intact
+    call = b.stub.Exchange()
+    await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"after the storm"), timeout=5)
+    got = await read_n(call, 1)
+    assert got[0].payload == b"after the storm"
+    call.cancel()
+    assert (await a.peers())[b.node_id].connected
+
+
+async def test_oversized_frame_from_a_member_closes_only_that_connection(
+    transports: Starter,
+) -> None:
+    _, nodes = await transports(3)
+    await all_connected(nodes)
+    a, b, c = nodes
+    # a (Byzantine, white-box) writes a frame header announcing more than max_frame_bytes
+    conn = a.node._peers[b.node_id].conn
+    assert conn is not None and a.node._endpoint is not None
+    conn.quic.send_stream_data(0, (b.cfg.transport.max_frame_bytes + 1).to_bytes(4, "big"))
+    a.node._endpoint.transmit(conn)
+    await eventually(lambda: _has(b, "protocol_errors.oversized_frame"), what="oversized counted")
+    # c is unaffected; a and b reconnect on their own
+    assert (await b.peers())[c.node_id].connected
+    await eventually(
+        lambda: _connected(b, a.node_id), what="a and b reconnected after the protocol error"
+    )
+    # and a malformed message body (valid frame) is dropped and counted, not fatal
+    conn = a.node._peers[b.node_id].conn
+    assert conn is not None
+    conn.send_messages([encode_frame(FrameType.MSG, b"\xff\xff\xff", max_frame_bytes=1 << 20)])
+    a.node._endpoint.transmit(conn)
+    await eventually(lambda: _has(b, "protocol_errors.malformed_message"), what="malformed")
+    assert (await b.peers())[a.node_id].connected
+
+
+async def _connected(node: RunningTransport, peer_id: str) -> bool:
+    return (await node.peers())[peer_id].connected
+
+
+async def test_ban_closes_at_once_and_refuses_reconnects(transports: Starter) -> None:
+    _, nodes = await transports(3)
+    await all_connected(nodes)
+    a, b, c = nodes
+    await a.stub.BanPeer(transport_pb2.BanPeerRequest(node_id=b.node_id, reason="test"), timeout=5)
+    peers = await a.peers()
+    assert peers[b.node_id].banned and not peers[b.node_id].connected  # at once
+    # b keeps trying (its dialer backs off) and is refused every time
+    await eventually(lambda: _has(a, "refused.banned", 2), what="b's reconnects refused")
+    assert not (await a.peers())[b.node_id].connected
+    reply = await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"x"), timeout=5)
+    assert not reply.queued
+    # a and c still talk
+    call = c.stub.Exchange()
+    await a.stub.Send(transport_pb2.Envelope(to=c.node_id, payload=b"still here"), timeout=5)
+    assert (await read_n(call, 1))[0].payload == b"still here"
+    call.cancel()
+    # errors for bad requests
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await a.stub.BanPeer(transport_pb2.BanPeerRequest(node_id="00" * 32), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # unban: the link comes back
+    await a.stub.UnbanPeer(transport_pb2.UnbanPeerRequest(node_id=b.node_id), timeout=5)
+    await eventually(lambda: _connected(a, b.node_id), what="reconnected after unban")
+
+
+async def test_timed_ban_expires(transports: Starter) -> None:
+    _, nodes = await transports(2)
+    await all_connected(nodes)
+    a, b = nodes
+    started = time.monotonic()
+    await a.stub.BanPeer(
+        transport_pb2.BanPeerRequest(node_id=b.node_id, duration_ms=500), timeout=5
+    )
+    assert (await a.peers())[b.node_id].banned
+    await eventually(lambda: _connected(a, b.node_id), what="reconnected after the ban expired")
+    assert time.monotonic() - started >= 0.5
+
+
+async def test_fault_injection_is_refused_unless_enabled(transports: Starter) -> None:
+    _, nodes = await transports(2)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await nodes[0].stub.SetFaults(transport_pb2.SetFaultsRequest(drop_rate=1.0), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await nodes[0].stub.ClearFaults(transport_pb2.ClearFaultsRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_partition_cuts_the_link_for_real_and_heals(transports: Starter) -> None:
+    _, nodes = await transports(3, fault_injection=True)
+    await all_connected(nodes)
+    a, b, c = nodes
+    await a.stub.SetFaults(
+        transport_pb2.SetFaultsRequest(node_id=b.node_id, partitioned=True), timeout=5
+    )
+    # both ends see the link down (b learns it from the QUIC close)
+    await eventually(lambda: _disconnected(b, a.node_id), what="b sees the cut")
+    assert not (await a.peers())[b.node_id].connected
+    await eventually(lambda: _has(a, "refused.partitioned"), what="b's redials refused")
+    reply = await a.stub.Send(transport_pb2.Envelope(payload=b"bcast"), timeout=5)
+    assert reply.peers == 1  # only c
+    call = c.stub.Exchange()
+    assert (await read_n(call, 1))[0].payload == b"bcast"
+    call.cancel()
+    await a.stub.ClearFaults(transport_pb2.ClearFaultsRequest(), timeout=5)
+    await eventually(lambda: _connected(a, b.node_id), what="healed")
+
+
+async def _disconnected(node: RunningTransport, peer_id: str) -> bool:
+    return not (await node.peers())[peer_id].connected
+
+
+async def test_drop_and_delay_faults(transports: Starter) -> None:
+    _, nodes = await transports(2, fault_injection=True)
+    await all_connected(nodes)
+    a, b = nodes
+    call = b.stub.Exchange()
+    await a.stub.SetFaults(
+        transport_pb2.SetFaultsRequest(node_id=b.node_id, drop_rate=1.0), timeout=5
+    )
+    for i in range(20):
+        reply = await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"%d" % i))
+        assert not reply.queued
+    assert await counter(a, "dropped.fault_drop") == 20
+    await a.stub.SetFaults(
+        transport_pb2.SetFaultsRequest(node_id=b.node_id, delay_ms=300), timeout=5
+    )
+    sent = time.monotonic()
+    await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"late"), timeout=5)
+    got = await read_n(call, 1)
+    assert got[0].payload == b"late"  # nothing of the dropped ones arrived first
+    assert time.monotonic() - sent >= 0.3
+    call.cancel()
+
+
+async def test_bad_requests_map_to_status_codes(transports: Starter) -> None:
+    _, nodes = await transports(2)
+    a, b = nodes
+    cases = [
+        (transport_pb2.Envelope(to="ab" * 32, payload=b"x"), grpc.StatusCode.NOT_FOUND),
+        (transport_pb2.Envelope(to=a.node_id, payload=b"x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            transport_pb2.Envelope(to=b.node_id, payload=b"x" * (4 * 1024 * 1024)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ]
+    for envelope, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await a.stub.Send(envelope, timeout=5)
+        assert info.value.code() == code
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await a.stub.PingPeer(transport_pb2.PingPeerRequest(node_id="cd" * 32), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    await all_connected(nodes)
+    reply = await a.stub.PingPeer(transport_pb2.PingPeerRequest(node_id=b.node_id), timeout=5)
+    assert 0 < reply.rtt_ms < 1000
+
+
+async def test_a_second_exchange_stream_supersedes_the_first(transports: Starter) -> None:
+    _, nodes = await transports(2)
+    await all_connected(nodes)
+    a, b = nodes
+    first = b.stub.Exchange()
+    await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"one"), timeout=5)
+    assert (await read_n(first, 1))[0].payload == b"one"
+    second = b.stub.Exchange()
+    await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"two"), timeout=5)
+    assert (await read_n(second, 1))[0].payload == b"two"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await read_n(first, 1)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    second.cancel()
+
+
+async def test_exchange_sends_outbound_and_carries_trace_context(transports: Starter) -> None:
+    _, nodes = await transports(2)
+    await all_connected(nodes)
+    a, b = nodes
+    inbound = b.stub.Exchange()
+    outbound = a.stub.Exchange()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    await outbound.write(
+        transport_pb2.Envelope(
+            to=b.node_id, payload=b"traced", trace_context={"traceparent": parent}
+        )
+    )
+    got = (await read_n(inbound, 1))[0]
+    assert got.payload == b"traced"
+    assert getattr(got, "from") == a.node_id
+    # same trace, a new span (the transport's receive span) as parent
+    traceparent = got.trace_context["traceparent"]
+    assert traceparent.split("-")[1] == trace_id
+    assert traceparent != parent
+    inbound.cancel()
+    outbound.cancel()
+
+
+def test_close_codes_are_stable() -> None:
+    # part of the wire protocol (docs/transport.md): never renumber
+    assert CloseCode.BANNED == 4 and CloseCode.AUTH_FAILED == 2 and CloseCode.NOT_MEMBER == 3
