@@ -22,40 +22,87 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cretoai.v1 import pbft_pb2 as cretoai_dot_v1_dot_pbft__pb2
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63retoai/v1/storage.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"?\n\x12\x43ommitBatchRequest\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.cretoai.v1.FinalizedBatch\"\'\n\x13\x43ommitBatchResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\" \n\x10GetVertexRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\"L\n\x11GetVertexResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12(\n\x06record\x18\x02 \x01(\x0b\x32\x18.cretoai.v1.VertexRecord\"6\n\x13GetFinalizedRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"K\n\x0fPutStateRequest\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cretoai.v1.StateEntry\x12\x0f\n\x07\x64\x65letes\x18\x02 \x03(\t\"(\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x12\n\x10PutStateResponse\"!\n\x0fGetStateRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\";\n\x10GetStateResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cretoai.v1.StateEntry\"\x11\n\x0fGetStatsRequest\"F\n\x0cStorageStats\x12\x10\n\x08vertices\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\x32\xc3\x03\n\x07Storage\x12N\n\x0b\x43ommitBatch\x12\x1e.cretoai.v1.CommitBatchRequest\x1a\x1f.cretoai.v1.CommitBatchResponse\x12H\n\tGetVertex\x12\x1c.cretoai.v1.GetVertexRequest\x1a\x1d.cretoai.v1.GetVertexResponse\x12M\n\x0cGetFinalized\x12\x1f.cretoai.v1.GetFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12\x45\n\x08PutState\x12\x1b.cretoai.v1.PutStateRequest\x1a\x1c.cretoai.v1.PutStateResponse\x12\x45\n\x08GetState\x12\x1b.cretoai.v1.GetStateRequest\x1a\x1c.cretoai.v1.GetStateResponse\x12\x41\n\x08GetStats\x12\x1b.cretoai.v1.GetStatsRequest\x1a\x18.cretoai.v1.StorageStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63retoai/v1/storage.proto\x12\ncretoai.v1\x1a\x15\x63retoai/v1/pbft.proto\x1a\x17\x63retoai/v1/vertex.proto\"H\n\x0f\x45xecutionResult\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x10\n\x08rejected\x18\x02 \x01(\x08\x12\x15\n\rreject_reason\x18\x03 \x01(\t\"m\n\x12\x43ommitBatchRequest\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.cretoai.v1.FinalizedBatch\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.cretoai.v1.ExecutionResult\"S\n\x13\x43ommitBatchResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x19\n\x11\x61lready_committed\x18\x02 \x01(\x08\x12\x0f\n\x07heights\x18\x03 \x03(\x04\"(\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"&\n\x08KeyRange\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\"\x90\x01\n\x11WriteStateRequest\x12$\n\x04puts\x18\x01 \x03(\x0b\x32\x16.cretoai.v1.StateEntry\x12\x0f\n\x07\x64\x65letes\x18\x02 \x03(\x0c\x12\x17\n\x0f\x64\x65lete_prefixes\x18\x03 \x03(\x0c\x12+\n\rdelete_ranges\x18\x04 \x03(\x0b\x32\x14.cretoai.v1.KeyRange\"\x14\n\x12WriteStateResponse\"\x1f\n\x0fGetStateRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"7\n\nStateValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\":\n\x10GetStateResponse\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.cretoai.v1.StateValue\"@\n\x10ScanStateRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\"<\n\x11ScanStateResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cretoai.v1.StateEntry\"M\n\x15\x41ppendEvidenceRequest\x12&\n\x08\x65vidence\x18\x01 \x01(\x0b\x32\x14.cretoai.v1.Evidence\x12\x0c\n\x04kind\x18\x02 \x01(\t\"7\n\x16\x41ppendEvidenceResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"5\n\x13ListEvidenceRequest\x12\x0f\n\x07\x66rom_id\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\x89\x01\n\x0e\x45videnceRecord\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x10\n\x08offender\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12&\n\x08\x65vidence\x18\x05 \x01(\x0b\x32\x14.cretoai.v1.Evidence\x12\x13\n\x0brecorded_ms\x18\x06 \x01(\x04\" \n\x10GetVertexRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\"L\n\x11GetVertexResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12(\n\x06record\x18\x02 \x01(\x0b\x32\x18.cretoai.v1.VertexRecord\"*\n\x18GetVertexStatusesRequest\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"F\n\x19GetVertexStatusesResponse\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.cretoai.v1.VertexRecord\"=\n\x12ListParentsRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x19\n\x11with_certificates\x18\x02 \x01(\x08\"\\\n\x13ListChildrenRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x19\n\x11with_certificates\x18\x04 \x01(\x08\"]\n\x13GetFinalizedRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\x0e\n\x06to_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x15\n\romit_vertices\x18\x04 \x01(\x08\"f\n\x0e\x46inalizedEntry\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.cretoai.v1.FinalizedBatch\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.cretoai.v1.VertexRecord\"~\n\x1bListVerticesByHeightRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x11\n\tto_height\x18\x02 \x01(\x04\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x19\n\x11with_certificates\x18\x05 \x01(\x08\"t\n\x19ListVerticesByTimeRequest\x12\x0f\n\x07\x66rom_ms\x18\x01 \x01(\x04\x12\r\n\x05to_ms\x18\x02 \x01(\x04\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x19\n\x11with_certificates\x18\x05 \x01(\x08\"\x11\n\x0fGetStatsRequest\"d\n\x11\x43olumnFamilyStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x65stimated_keys\x18\x02 \x01(\x04\x12\x11\n\tsst_bytes\x18\x03 \x01(\x04\x12\x16\n\x0ememtable_bytes\x18\x04 \x01(\x04\"\xa1\x02\n\x0cStorageStats\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x10\n\x08vertices\x18\x02 \x01(\x04\x12\x1a\n\x12\x66inalized_vertices\x18\x03 \x01(\x04\x12\x19\n\x11rejected_vertices\x18\x04 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x05 \x01(\x04\x12\x10\n\x08\x65vidence\x18\x06 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x07 \x01(\x04\x12\x36\n\x0f\x63olumn_families\x18\x08 \x03(\x0b\x32\x1d.cretoai.v1.ColumnFamilyStats\x12\x0c\n\x04path\x18\t \x01(\t\x12\x16\n\x0eschema_version\x18\n \x01(\r\x12\x0e\n\x06halted\x18\x0b \x01(\x08\x12\x13\n\x0bhalt_reason\x18\x0c \x01(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"V\n\x0e\x42\x61\x63kupResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x10\n\x08vertices\x18\x03 \x01(\x04\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\"\x7f\n\x10StoredVertexMeta\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06height\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\r\x12\x15\n\rreject_reason\x18\x05 \x01(\t\"\x84\x01\n\x0bStoredBatch\x12\x14\n\x0c\x62\x61tch_digest\x18\x01 \x01(\x0c\x12\x34\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x1f.cretoai.v1.FinalityCertificate\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.cretoai.v1.StoredResult\"U\n\x0cStoredResult\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x10\n\x08rejected\x18\x02 \x01(\x08\x12\x0e\n\x06height\x18\x03 \x01(\x04\x12\x15\n\rreject_reason\x18\x04 \x01(\t\"\x8c\x01\n\x0eStoredCounters\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x10\n\x08vertices\x18\x02 \x01(\x04\x12\x1a\n\x12\x66inalized_vertices\x18\x03 \x01(\x04\x12\x19\n\x11rejected_vertices\x18\x04 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x05 \x01(\x04\x12\x10\n\x08\x65vidence\x18\x06 \x01(\x04\x32\xae\t\n\x07Storage\x12N\n\x0b\x43ommitBatch\x12\x1e.cretoai.v1.CommitBatchRequest\x1a\x1f.cretoai.v1.CommitBatchResponse\x12K\n\nWriteState\x12\x1d.cretoai.v1.WriteStateRequest\x1a\x1e.cretoai.v1.WriteStateResponse\x12\x45\n\x08GetState\x12\x1b.cretoai.v1.GetStateRequest\x1a\x1c.cretoai.v1.GetStateResponse\x12J\n\tScanState\x12\x1c.cretoai.v1.ScanStateRequest\x1a\x1d.cretoai.v1.ScanStateResponse0\x01\x12W\n\x0e\x41ppendEvidence\x12!.cretoai.v1.AppendEvidenceRequest\x1a\".cretoai.v1.AppendEvidenceResponse\x12M\n\x0cListEvidence\x12\x1f.cretoai.v1.ListEvidenceRequest\x1a\x1a.cretoai.v1.EvidenceRecord0\x01\x12H\n\tGetVertex\x12\x1c.cretoai.v1.GetVertexRequest\x1a\x1d.cretoai.v1.GetVertexResponse\x12`\n\x11GetVertexStatuses\x12$.cretoai.v1.GetVertexStatusesRequest\x1a%.cretoai.v1.GetVertexStatusesResponse\x12I\n\x0bListParents\x12\x1e.cretoai.v1.ListParentsRequest\x1a\x18.cretoai.v1.VertexRecord0\x01\x12K\n\x0cListChildren\x12\x1f.cretoai.v1.ListChildrenRequest\x1a\x18.cretoai.v1.VertexRecord0\x01\x12M\n\x0cGetFinalized\x12\x1f.cretoai.v1.GetFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedEntry0\x01\x12[\n\x14ListVerticesByHeight\x12\'.cretoai.v1.ListVerticesByHeightRequest\x1a\x18.cretoai.v1.VertexRecord0\x01\x12W\n\x12ListVerticesByTime\x12%.cretoai.v1.ListVerticesByTimeRequest\x1a\x18.cretoai.v1.VertexRecord0\x01\x12\x41\n\x08GetStats\x12\x1b.cretoai.v1.GetStatsRequest\x1a\x18.cretoai.v1.StorageStats\x12?\n\x06\x42\x61\x63kup\x12\x19.cretoai.v1.BackupRequest\x1a\x1a.cretoai.v1.BackupResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cretoai.v1.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMITBATCHREQUEST']._serialized_start=65
-  _globals['_COMMITBATCHREQUEST']._serialized_end=128
-  _globals['_COMMITBATCHRESPONSE']._serialized_start=130
-  _globals['_COMMITBATCHRESPONSE']._serialized_end=169
-  _globals['_GETVERTEXREQUEST']._serialized_start=171
-  _globals['_GETVERTEXREQUEST']._serialized_end=203
-  _globals['_GETVERTEXRESPONSE']._serialized_start=205
-  _globals['_GETVERTEXRESPONSE']._serialized_end=281
-  _globals['_GETFINALIZEDREQUEST']._serialized_start=283
-  _globals['_GETFINALIZEDREQUEST']._serialized_end=337
-  _globals['_PUTSTATEREQUEST']._serialized_start=339
-  _globals['_PUTSTATEREQUEST']._serialized_end=414
-  _globals['_STATEENTRY']._serialized_start=416
-  _globals['_STATEENTRY']._serialized_end=456
-  _globals['_PUTSTATERESPONSE']._serialized_start=458
-  _globals['_PUTSTATERESPONSE']._serialized_end=476
-  _globals['_GETSTATEREQUEST']._serialized_start=478
-  _globals['_GETSTATEREQUEST']._serialized_end=511
-  _globals['_GETSTATERESPONSE']._serialized_start=513
-  _globals['_GETSTATERESPONSE']._serialized_end=572
-  _globals['_GETSTATSREQUEST']._serialized_start=574
-  _globals['_GETSTATSREQUEST']._serialized_end=591
-  _globals['_STORAGESTATS']._serialized_start=593
-  _globals['_STORAGESTATS']._serialized_end=663
-  _globals['_STORAGE']._serialized_start=666
-  _globals['_STORAGE']._serialized_end=1117
+  _globals['_EXECUTIONRESULT']._serialized_start=88
+  _globals['_EXECUTIONRESULT']._serialized_end=160
+  _globals['_COMMITBATCHREQUEST']._serialized_start=162
+  _globals['_COMMITBATCHREQUEST']._serialized_end=271
+  _globals['_COMMITBATCHRESPONSE']._serialized_start=273
+  _globals['_COMMITBATCHRESPONSE']._serialized_end=356
+  _globals['_STATEENTRY']._serialized_start=358
+  _globals['_STATEENTRY']._serialized_end=398
+  _globals['_KEYRANGE']._serialized_start=400
+  _globals['_KEYRANGE']._serialized_end=438
+  _globals['_WRITESTATEREQUEST']._serialized_start=441
+  _globals['_WRITESTATEREQUEST']._serialized_end=585
+  _globals['_WRITESTATERESPONSE']._serialized_start=587
+  _globals['_WRITESTATERESPONSE']._serialized_end=607
+  _globals['_GETSTATEREQUEST']._serialized_start=609
+  _globals['_GETSTATEREQUEST']._serialized_end=640
+  _globals['_STATEVALUE']._serialized_start=642
+  _globals['_STATEVALUE']._serialized_end=697
+  _globals['_GETSTATERESPONSE']._serialized_start=699
+  _globals['_GETSTATERESPONSE']._serialized_end=757
+  _globals['_SCANSTATEREQUEST']._serialized_start=759
+  _globals['_SCANSTATEREQUEST']._serialized_end=823
+  _globals['_SCANSTATERESPONSE']._serialized_start=825
+  _globals['_SCANSTATERESPONSE']._serialized_end=885
+  _globals['_APPENDEVIDENCEREQUEST']._serialized_start=887
+  _globals['_APPENDEVIDENCEREQUEST']._serialized_end=964
+  _globals['_APPENDEVIDENCERESPONSE']._serialized_start=966
+  _globals['_APPENDEVIDENCERESPONSE']._serialized_end=1021
+  _globals['_LISTEVIDENCEREQUEST']._serialized_start=1023
+  _globals['_LISTEVIDENCEREQUEST']._serialized_end=1076
+  _globals['_EVIDENCERECORD']._serialized_start=1079
+  _globals['_EVIDENCERECORD']._serialized_end=1216
+  _globals['_GETVERTEXREQUEST']._serialized_start=1218
+  _globals['_GETVERTEXREQUEST']._serialized_end=1250
+  _globals['_GETVERTEXRESPONSE']._serialized_start=1252
+  _globals['_GETVERTEXRESPONSE']._serialized_end=1328
+  _globals['_GETVERTEXSTATUSESREQUEST']._serialized_start=1330
+  _globals['_GETVERTEXSTATUSESREQUEST']._serialized_end=1372
+  _globals['_GETVERTEXSTATUSESRESPONSE']._serialized_start=1374
+  _globals['_GETVERTEXSTATUSESRESPONSE']._serialized_end=1444
+  _globals['_LISTPARENTSREQUEST']._serialized_start=1446
+  _globals['_LISTPARENTSREQUEST']._serialized_end=1507
+  _globals['_LISTCHILDRENREQUEST']._serialized_start=1509
+  _globals['_LISTCHILDRENREQUEST']._serialized_end=1601
+  _globals['_GETFINALIZEDREQUEST']._serialized_start=1603
+  _globals['_GETFINALIZEDREQUEST']._serialized_end=1696
+  _globals['_FINALIZEDENTRY']._serialized_start=1698
+  _globals['_FINALIZEDENTRY']._serialized_end=1800
+  _globals['_LISTVERTICESBYHEIGHTREQUEST']._serialized_start=1802
+  _globals['_LISTVERTICESBYHEIGHTREQUEST']._serialized_end=1928
+  _globals['_LISTVERTICESBYTIMEREQUEST']._serialized_start=1930
+  _globals['_LISTVERTICESBYTIMEREQUEST']._serialized_end=2046
+  _globals['_GETSTATSREQUEST']._serialized_start=2048
+  _globals['_GETSTATSREQUEST']._serialized_end=2065
+  _globals['_COLUMNFAMILYSTATS']._serialized_start=2067
+  _globals['_COLUMNFAMILYSTATS']._serialized_end=2167
+  _globals['_STORAGESTATS']._serialized_start=2170
+  _globals['_STORAGESTATS']._serialized_end=2459
+  _globals['_BACKUPREQUEST']._serialized_start=2461
+  _globals['_BACKUPREQUEST']._serialized_end=2490
+  _globals['_BACKUPRESPONSE']._serialized_start=2492
+  _globals['_BACKUPRESPONSE']._serialized_end=2578
+  _globals['_STOREDVERTEXMETA']._serialized_start=2580
+  _globals['_STOREDVERTEXMETA']._serialized_end=2707
+  _globals['_STOREDBATCH']._serialized_start=2710
+  _globals['_STOREDBATCH']._serialized_end=2842
+  _globals['_STOREDRESULT']._serialized_start=2844
+  _globals['_STOREDRESULT']._serialized_end=2929
+  _globals['_STOREDCOUNTERS']._serialized_start=2932
+  _globals['_STOREDCOUNTERS']._serialized_end=3072
+  _globals['_STORAGE']._serialized_start=3075
+  _globals['_STORAGE']._serialized_end=4273
 # @@protoc_insertion_point(module_scope)

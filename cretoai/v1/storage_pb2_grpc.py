@@ -40,30 +40,75 @@ class StorageStub:
                 request_serializer=cretoai_dot_v1_dot_storage__pb2.CommitBatchRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_storage__pb2.CommitBatchResponse.FromString,
                 _registered_method=True)
-        self.GetVertex = channel.unary_unary(
-                '/cretoai.v1.Storage/GetVertex',
-                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexResponse.FromString,
-                _registered_method=True)
-        self.GetFinalized = channel.unary_stream(
-                '/cretoai.v1.Storage/GetFinalized',
-                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetFinalizedRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.FromString,
-                _registered_method=True)
-        self.PutState = channel.unary_unary(
-                '/cretoai.v1.Storage/PutState',
-                request_serializer=cretoai_dot_v1_dot_storage__pb2.PutStateRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_storage__pb2.PutStateResponse.FromString,
+        self.WriteState = channel.unary_unary(
+                '/cretoai.v1.Storage/WriteState',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.WriteStateRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.WriteStateResponse.FromString,
                 _registered_method=True)
         self.GetState = channel.unary_unary(
                 '/cretoai.v1.Storage/GetState',
                 request_serializer=cretoai_dot_v1_dot_storage__pb2.GetStateRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_storage__pb2.GetStateResponse.FromString,
                 _registered_method=True)
+        self.ScanState = channel.unary_stream(
+                '/cretoai.v1.Storage/ScanState',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.ScanStateRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.ScanStateResponse.FromString,
+                _registered_method=True)
+        self.AppendEvidence = channel.unary_unary(
+                '/cretoai.v1.Storage/AppendEvidence',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceResponse.FromString,
+                _registered_method=True)
+        self.ListEvidence = channel.unary_stream(
+                '/cretoai.v1.Storage/ListEvidence',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.ListEvidenceRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.EvidenceRecord.FromString,
+                _registered_method=True)
+        self.GetVertex = channel.unary_unary(
+                '/cretoai.v1.Storage/GetVertex',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexResponse.FromString,
+                _registered_method=True)
+        self.GetVertexStatuses = channel.unary_unary(
+                '/cretoai.v1.Storage/GetVertexStatuses',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexStatusesRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexStatusesResponse.FromString,
+                _registered_method=True)
+        self.ListParents = channel.unary_stream(
+                '/cretoai.v1.Storage/ListParents',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.ListParentsRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+                _registered_method=True)
+        self.ListChildren = channel.unary_stream(
+                '/cretoai.v1.Storage/ListChildren',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.ListChildrenRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+                _registered_method=True)
+        self.GetFinalized = channel.unary_stream(
+                '/cretoai.v1.Storage/GetFinalized',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetFinalizedRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.FinalizedEntry.FromString,
+                _registered_method=True)
+        self.ListVerticesByHeight = channel.unary_stream(
+                '/cretoai.v1.Storage/ListVerticesByHeight',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.ListVerticesByHeightRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+                _registered_method=True)
+        self.ListVerticesByTime = channel.unary_stream(
+                '/cretoai.v1.Storage/ListVerticesByTime',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.ListVerticesByTimeRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/cretoai.v1.Storage/GetStats',
                 request_serializer=cretoai_dot_v1_dot_storage__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_storage__pb2.StorageStats.FromString,
+                _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/cretoai.v1.Storage/Backup',
+                request_serializer=cretoai_dot_v1_dot_storage__pb2.BackupRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_storage__pb2.BackupResponse.FromString,
                 _registered_method=True)
 
 
@@ -71,27 +116,21 @@ class StorageServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CommitBatch(self, request, context):
-        """Writes one executed batch atomically (vertices, edges, indexes, the
-        finalized entry and its certificate), synced before it answers.
+        """Executes one finalized batch: its vertices, edges, per-vertex metadata,
+        height and time indexes and the finalized entry with its certificate, as
+        ONE atomic, synced RocksDB write. `batch.seq` must be last_seq + 1
+        (FAILED_PRECONDITION otherwise, so the finalized log never has a gap); an
+        identical batch re-sent at a seq already committed succeeds again with
+        `already_committed` (idempotent). Heights are computed here from the
+        parents (one more than the highest parent, 0 without parents).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetVertex(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetFinalized(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PutState(self, request, context):
-        """Consensus durable state: a small key/value space, written synced.
+    def WriteState(self, request, context):
+        """Consensus durable state: an opaque key/value space. One request is one
+        atomic, synced write (deletes, then prefix and range deletes, then puts).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,8 +142,87 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScanState(self, request, context):
+        """Every entry under `prefix`, in key order, in pages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendEvidence(self, request, context):
+        """Byzantine evidence: appended once (deduplicated by content), listed in
+        the order it was recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvidence(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVertex(self, request, context):
+        """A vertex with its status, seq, height and the finality certificate of its batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVertexStatuses(self, request, context):
+        """Status, seq and height of many vertices at once (no bodies, no certificates).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListParents(self, request, context):
+        """The parents of a vertex, in the vertex's order; a parent that is not
+        stored comes back with only its hash and status UNSPECIFIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChildren(self, request, context):
+        """The finalized children of a vertex, in hash order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFinalized(self, request, context):
+        """The finalized log, in seq order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVerticesByHeight(self, request, context):
+        """Finalized vertices by height, then by finalization order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVerticesByTime(self, request, context):
+        """Finalized vertices by their timestamp_ms, then by finalization order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backup(self, request, context):
+        """A consistent RocksDB checkpoint of the live database in `path` (on the
+        storage service's host), taken while serving.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -117,30 +235,75 @@ def add_StorageServicer_to_server(servicer, server):
                     request_deserializer=cretoai_dot_v1_dot_storage__pb2.CommitBatchRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_storage__pb2.CommitBatchResponse.SerializeToString,
             ),
-            'GetVertex': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetVertex,
-                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexResponse.SerializeToString,
-            ),
-            'GetFinalized': grpc.unary_stream_rpc_method_handler(
-                    servicer.GetFinalized,
-                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetFinalizedRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.SerializeToString,
-            ),
-            'PutState': grpc.unary_unary_rpc_method_handler(
-                    servicer.PutState,
-                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.PutStateRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_storage__pb2.PutStateResponse.SerializeToString,
+            'WriteState': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteState,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.WriteStateRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.WriteStateResponse.SerializeToString,
             ),
             'GetState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetState,
                     request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetStateRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_storage__pb2.GetStateResponse.SerializeToString,
             ),
+            'ScanState': grpc.unary_stream_rpc_method_handler(
+                    servicer.ScanState,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ScanStateRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.ScanStateResponse.SerializeToString,
+            ),
+            'AppendEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvidence,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceResponse.SerializeToString,
+            ),
+            'ListEvidence': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListEvidence,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ListEvidenceRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.EvidenceRecord.SerializeToString,
+            ),
+            'GetVertex': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVertex,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexResponse.SerializeToString,
+            ),
+            'GetVertexStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVertexStatuses,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetVertexStatusesRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.GetVertexStatusesResponse.SerializeToString,
+            ),
+            'ListParents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListParents,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ListParentsRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.SerializeToString,
+            ),
+            'ListChildren': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListChildren,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ListChildrenRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.SerializeToString,
+            ),
+            'GetFinalized': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetFinalized,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetFinalizedRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.FinalizedEntry.SerializeToString,
+            ),
+            'ListVerticesByHeight': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListVerticesByHeight,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ListVerticesByHeightRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.SerializeToString,
+            ),
+            'ListVerticesByTime': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListVerticesByTime,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ListVerticesByTimeRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_vertex__pb2.VertexRecord.SerializeToString,
+            ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
                     request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetStatsRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_storage__pb2.StorageStats.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.BackupRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_storage__pb2.BackupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,7 +344,7 @@ class Storage:
             _registered_method=True)
 
     @staticmethod
-    def GetVertex(request,
+    def WriteState(request,
             target,
             options=(),
             channel_credentials=None,
@@ -194,63 +357,9 @@ class Storage:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cretoai.v1.Storage/GetVertex',
-            cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.SerializeToString,
-            cretoai_dot_v1_dot_storage__pb2.GetVertexResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetFinalized(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/cretoai.v1.Storage/GetFinalized',
-            cretoai_dot_v1_dot_storage__pb2.GetFinalizedRequest.SerializeToString,
-            cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PutState(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cretoai.v1.Storage/PutState',
-            cretoai_dot_v1_dot_storage__pb2.PutStateRequest.SerializeToString,
-            cretoai_dot_v1_dot_storage__pb2.PutStateResponse.FromString,
+            '/cretoai.v1.Storage/WriteState',
+            cretoai_dot_v1_dot_storage__pb2.WriteStateRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.WriteStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -289,6 +398,276 @@ class Storage:
             _registered_method=True)
 
     @staticmethod
+    def ScanState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/ScanState',
+            cretoai_dot_v1_dot_storage__pb2.ScanStateRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.ScanStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Storage/AppendEvidence',
+            cretoai_dot_v1_dot_storage__pb2.AppendEvidenceRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.AppendEvidenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/ListEvidence',
+            cretoai_dot_v1_dot_storage__pb2.ListEvidenceRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.EvidenceRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVertex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Storage/GetVertex',
+            cretoai_dot_v1_dot_storage__pb2.GetVertexRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.GetVertexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVertexStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Storage/GetVertexStatuses',
+            cretoai_dot_v1_dot_storage__pb2.GetVertexStatusesRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.GetVertexStatusesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/ListParents',
+            cretoai_dot_v1_dot_storage__pb2.ListParentsRequest.SerializeToString,
+            cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChildren(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/ListChildren',
+            cretoai_dot_v1_dot_storage__pb2.ListChildrenRequest.SerializeToString,
+            cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFinalized(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/GetFinalized',
+            cretoai_dot_v1_dot_storage__pb2.GetFinalizedRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.FinalizedEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVerticesByHeight(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/ListVerticesByHeight',
+            cretoai_dot_v1_dot_storage__pb2.ListVerticesByHeightRequest.SerializeToString,
+            cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVerticesByTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Storage/ListVerticesByTime',
+            cretoai_dot_v1_dot_storage__pb2.ListVerticesByTimeRequest.SerializeToString,
+            cretoai_dot_v1_dot_vertex__pb2.VertexRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStats(request,
             target,
             options=(),
@@ -305,6 +684,33 @@ class Storage:
             '/cretoai.v1.Storage/GetStats',
             cretoai_dot_v1_dot_storage__pb2.GetStatsRequest.SerializeToString,
             cretoai_dot_v1_dot_storage__pb2.StorageStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Storage/Backup',
+            cretoai_dot_v1_dot_storage__pb2.BackupRequest.SerializeToString,
+            cretoai_dot_v1_dot_storage__pb2.BackupResponse.FromString,
             options,
             channel_credentials,
             insecure,
