@@ -1,0 +1,85 @@
+"""The replica's configuration: one frozen, keyword-only dataclass (time in ticks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.consensus.core import quorum
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Parameters of one replica. Every duration is a number of ticks.
+
+    ``n`` is the size of the validator set; replica ``i`` is the i-th validator,
+    and the primary of view ``v`` is replica ``v mod n``.
+    """
+
+    n: int
+    replica_id: int
+    #: A batch (one sequence number) holds at most this many requests ...
+    batch_max_count: int = 256
+    #: ... and at most this many request bytes (a lone larger request is refused).
+    batch_max_bytes: int = 1_048_576
+    #: The primary cuts a partial batch once its oldest pending request waited this long.
+    batch_timeout: int = 2
+    #: K: a checkpoint every K sequence numbers.
+    checkpoint_interval: int = 64
+    #: L: sequence numbers accepted lie in (h, h + L], h = the stable checkpoint.
+    watermark_window: int = 256
+    #: Base wait for a NEW-VIEW once q VIEW-CHANGEs are in; doubles per failed view.
+    view_change_timeout: int = 200
+    #: The doubling stops after this many consecutive failed view changes.
+    max_backoff: int = 6
+    #: A request unexecuted this long is relayed to every replica; after as
+    #: long again the replica suspects the primary and starts a view change.
+    request_timeout: int = 400
+    #: Period of STATUS broadcasts (retransmission) and of VIEW-CHANGE resends.
+    status_interval: int = 20
+    #: At most this many requests wait in the pool.
+    pool_max: int = 20_000
+    #: Largest number of batches served or fetched per state-transfer request.
+    transfer_max_batches: int = 64
+    #: A peer whose reputation falls below this score is banned.
+    reputation_threshold: int = -100
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if not 0 <= self.replica_id < self.n:
+            raise ValueError(f"replica_id must be in [0, {self.n}), got {self.replica_id}")
+        positive = (
+            "batch_max_count",
+            "batch_max_bytes",
+            "checkpoint_interval",
+            "watermark_window",
+            "view_change_timeout",
+            "request_timeout",
+            "status_interval",
+            "pool_max",
+            "transfer_max_batches",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_timeout", "max_backoff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.watermark_window < self.checkpoint_interval:
+            raise ValueError(
+                f"watermark_window ({self.watermark_window}) must be >= "
+                f"checkpoint_interval ({self.checkpoint_interval})"
+            )
+        if self.reputation_threshold >= 0:
+            raise ValueError("reputation_threshold must be negative (scores start at 0)")
+
+    @property
+    def f(self) -> int:
+        return quorum.max_faulty(self.n)
+
+    @property
+    def q(self) -> int:
+        return quorum.quorum_size(self.n)
+
+    def primary(self, view: int) -> int:
+        return view % self.n

@@ -1,0 +1,82 @@
+"""The output of the state machine, drained as one :class:`Ready` value.
+
+The fields are in the order of the driver's obligations: write ``persist``
+(synced) before sending anything in ``send``; execute ``execute`` after that,
+in order; then act on the rest (serve state transfer, report metrics, tell
+the transport about bans).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.consensus.core.messages import Certificate, Envelope, EvidenceEnvelope, Request
+from services.consensus.core.reputation import Fault
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A durable key/value record; ``value`` None deletes the key."""
+
+    key: str
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """An envelope for replica ``to``, or for every other replica when ``to`` is None."""
+
+    to: int | None
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A batch to execute at ``seq`` (they come strictly in sequence order).
+
+    ``state_digest`` is the hash chain after this batch; the driver stores it
+    with the batch and hands the last one back to ``Replica.restore``.
+    """
+
+    seq: int
+    digest: bytes
+    requests: tuple[Request, ...]
+    certificate: Certificate
+    state_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServeState:
+    """A peer asked for the finalized batches ``from_seq..to_seq`` (all executed here).
+
+    The driver reads them (with their certificates) from storage and sends a
+    ``StateResponseEnvelope`` to ``peer``.
+    """
+
+    peer: int
+    from_seq: int
+    to_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    persist: tuple[Record, ...] = ()
+    send: tuple[Outbound, ...] = ()
+    execute: tuple[Committed, ...] = ()
+    serve: tuple[ServeState, ...] = ()
+    #: New equivocation evidence (already in ``persist`` and ``send``).
+    evidence: tuple[EvidenceEnvelope, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    #: Peers banned by this Ready (their later messages are dropped).
+    bans: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.persist
+            or self.send
+            or self.execute
+            or self.serve
+            or self.evidence
+            or self.faults
+            or self.bans
+        )

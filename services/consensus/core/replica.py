@@ -1,0 +1,1125 @@
+"""The PBFT replica: a pure state machine (Castro & Liskov, OSDI '99 / TOCS '02).
+
+Inputs go in through a few verbs — :meth:`Replica.step` (a message whose outer
+signature the driver verified), :meth:`Replica.propose` (a client request),
+:meth:`Replica.tick` (logical time) and :meth:`Replica.report_fault` (a fault
+the driver saw, e.g. a bad signature). Output accumulates and is drained with
+:meth:`Replica.ready`: persist, then send, then execute. Nothing here does I/O,
+reads a clock or draws random numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from services.consensus.core import durable
+from services.consensus.core.codec import encode_body
+from services.consensus.core.config import Config
+from services.consensus.core.crypto import (
+    NULL_DIGEST,
+    Signer,
+    Verifier,
+    batch_digest,
+    next_state_digest,
+)
+from services.consensus.core.durable import ExecutedState, parse_records
+from services.consensus.core.messages import (
+    BatchEnvelope,
+    Certificate,
+    Checkpoint,
+    CheckpointProofEnvelope,
+    Commit,
+    Envelope,
+    EvidenceEnvelope,
+    Message,
+    NewView,
+    Prepare,
+    PreparedCert,
+    PrePrepare,
+    Request,
+    RequestsEnvelope,
+    Signed,
+    SignedEnvelope,
+    StateRequestEnvelope,
+    StateResponseEnvelope,
+    StatusEnvelope,
+    TransferBatch,
+    ViewChange,
+)
+from services.consensus.core.pool import Pool
+from services.consensus.core.proofs import NewViewPlan, ProofError, Proofs
+from services.consensus.core.ready import Committed, Outbound, Ready, Record, ServeState
+from services.consensus.core.reputation import Fault, FaultKind, Reputation
+
+
+class ConsensusHalted(Exception):
+    """The replica's state contradicts a quorum-certified fact.
+
+    Only possible with more than f faulty replicas or lost storage: the driver
+    must stop rather than risk signing anything wrong.
+    """
+
+
+class ProposeResult(enum.Enum):
+    ACCEPTED = "accepted"
+    #: Already in the pool, or executed recently.
+    DUPLICATE = "duplicate"
+    POOL_FULL = "pool_full"
+    #: Larger than a whole batch may be.
+    TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    replica: int
+    view: int
+    active: bool
+    primary: int
+    last_executed: int
+    stable_seq: int
+    pool_size: int
+    banned: frozenset[int]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The log entry of one sequence number."""
+
+    created: int
+    #: The accepted PRE-PREPARE of the current view.
+    pre_prepare: Signed[PrePrepare] | None = None
+    #: PREPAREs of the current view, by signer.
+    prepares: dict[int, Signed[Prepare]] = field(default_factory=dict)
+    #: COMMITs by view, then by signer (a quorum in any one view commits).
+    commits: dict[int, dict[int, Signed[Commit]]] = field(default_factory=dict)
+    #: The certificate of the highest view in which this replica prepared.
+    prepared: PreparedCert | None = None
+    committed: Certificate | None = None
+    executed_at: int | None = None
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """State transfer towards a stable checkpoint that others proved."""
+
+    seq: int
+    digest: bytes
+    proof: tuple[Signed[Checkpoint], ...]
+    candidates: tuple[int, ...]
+    attempt: int = 0
+    next_at: int = 0
+
+
+def _own_key(msg: Message) -> tuple[str, int, int]:
+    kind = durable.message_kind(msg)
+    if isinstance(msg, Checkpoint):
+        return kind, 0, msg.seq
+    if isinstance(msg, ViewChange):
+        return kind, msg.new_view, 0
+    if isinstance(msg, NewView):
+        return kind, msg.view, 0
+    return kind, msg.view, msg.seq
+
+
+class Replica:
+    """One PBFT replica.
+
+    ``records`` and ``executed`` restore a replica after a restart: the
+    records it persisted (every ``Ready.persist`` applied in order) and what
+    the application executed (the last ``Committed.seq`` and ``state_digest``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        signer: Signer,
+        verifier: Verifier,
+        records: Mapping[str, bytes] | None = None,
+        executed: ExecutedState | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.replica_id
+        self._n = config.n
+        self._f = config.f
+        self._q = config.q
+        self._k = config.checkpoint_interval
+        self._window = config.watermark_window
+        self._signer = signer
+        self._proofs = Proofs(
+            n=config.n,
+            q=self._q,
+            verifier=verifier,
+            checkpoint_interval=config.checkpoint_interval,
+            window=config.watermark_window,
+        )
+        self._rep = Reputation(
+            n=config.n,
+            threshold=config.reputation_threshold,
+            flood_allowance=64 + 4 * config.watermark_window,
+        )
+        self._pool = Pool(capacity=config.pool_max, per_peer=max(1, config.pool_max // config.n))
+        self._now = 0
+        self._view = 0
+        self._active = True
+        self._backoff = 0
+        self._nv_deadline: int | None = None
+        self._new_view_msg: Signed[NewView] | None = None
+        self._vcs: dict[int, Signed[ViewChange]] = {}
+        self._slots: dict[int, _Slot] = {}
+        self._checkpoints: dict[int, dict[int, Signed[Checkpoint]]] = {}
+        self._low = 0
+        self._stable_proof: tuple[Signed[Checkpoint], ...] = ()
+        self._next_seq = 1
+        self._batches: dict[bytes, tuple[Request, ...]] = {NULL_DIGEST: ()}
+        self._recent: dict[bytes, int] = {}
+        self._recent_order: deque[tuple[int, tuple[bytes, ...]]] = deque()
+        self._own: dict[tuple[str, int, int], Signed[Message]] = {}
+        self._evidence: dict[int, EvidenceEnvelope] = {}
+        self._future: dict[int, deque[SignedEnvelope]] = {}
+        self._transfer: _Transfer | None = None
+        executed = executed or ExecutedState()
+        self._last_exec = executed.seq
+        self._state_digest = executed.state_digest
+        # Output of the current Ready.
+        self._persist: list[Record] = []
+        self._send: list[Outbound] = []
+        self._execute_out: list[Committed] = []
+        self._serve: list[ServeState] = []
+        self._evidence_out: list[EvidenceEnvelope] = []
+        self._faults: list[Fault] = []
+        self._bans: list[int] = []
+        self._forward: list[Request] = []
+        if records:
+            self._restore(parse_records(records))
+
+    # --- public surface ---------------------------------------------------------------
+
+    @property
+    def view(self) -> int:
+        return self._view
+
+    @property
+    def active(self) -> bool:
+        """False while waiting for the NEW-VIEW of :attr:`view`."""
+        return self._active
+
+    @property
+    def primary(self) -> int:
+        return self.config.primary(self._view)
+
+    @property
+    def last_executed(self) -> int:
+        return self._last_exec
+
+    @property
+    def stable_seq(self) -> int:
+        return self._low
+
+    @property
+    def banned(self) -> frozenset[int]:
+        return frozenset(self._rep.banned)
+
+    def fault_counts(self) -> dict[tuple[int, FaultKind], int]:
+        """How many faults of each kind were charged to each peer."""
+        return dict(self._rep.counts)
+
+    def reputation(self, peer: int) -> int:
+        return self._rep.scores[peer]
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(
+            replica=self.id,
+            view=self._view,
+            active=self._active,
+            primary=self.primary,
+            last_executed=self._last_exec,
+            stable_seq=self._low,
+            pool_size=len(self._pool),
+            banned=self.banned,
+        )
+
+    def propose(self, request: Request) -> ProposeResult:
+        """A client request submitted to this replica."""
+        if request.size > self.config.batch_max_bytes:
+            return ProposeResult.TOO_LARGE
+        if request.hash in self._pool or request.hash in self._recent:
+            return ProposeResult.DUPLICATE
+        if self._pool.full_for(None):
+            return ProposeResult.POOL_FULL
+        self._pool.add(request, now=self._now, origin=None, relayed=False)
+        if self._active:
+            if self.primary == self.id:
+                self._maybe_propose()
+            else:
+                self._forward.append(request)
+        return ProposeResult.ACCEPTED
+
+    def tick(self) -> None:
+        """One unit of logical time."""
+        self._now += 1
+        now = self._now
+        if now % self.config.status_interval == 0:
+            self._status_tick()
+        if not self._active:
+            if self._nv_deadline is not None and now >= self._nv_deadline:
+                self._backoff = min(self._backoff + 1, self.config.max_backoff)
+                self._start_view_change(self._view + 1)
+        elif self._transfer is None:
+            self._check_request_timers()
+            self._maybe_propose()
+        if self._transfer is not None and now >= self._transfer.next_at:
+            self._request_state(None)
+
+    def report_fault(self, peer: int, kind: FaultKind) -> None:
+        """A fault the driver detected (bad outer signature, undecodable bytes)."""
+        self._fault(peer, kind)
+
+    def step(self, sender: int, envelope: Envelope) -> None:
+        """An envelope from peer ``sender`` (any signed message's outer signature verified)."""
+        if not 0 <= sender < self._n or sender == self.id or sender in self._rep.banned:
+            return
+        if isinstance(envelope, SignedEnvelope):
+            self._on_signed(sender, envelope)
+        elif isinstance(envelope, RequestsEnvelope):
+            self._on_requests(sender, envelope.requests)
+        elif isinstance(envelope, BatchEnvelope):
+            self._on_batch(envelope.requests)
+        elif isinstance(envelope, EvidenceEnvelope):
+            self._on_evidence(sender, envelope)
+        elif isinstance(envelope, StatusEnvelope):
+            self._on_status(sender, envelope)
+        elif isinstance(envelope, CheckpointProofEnvelope):
+            self._on_checkpoint_proof(sender, envelope.checkpoints)
+        elif isinstance(envelope, StateRequestEnvelope):
+            self._on_state_request(sender, envelope)
+        else:
+            self._on_state_response(sender, envelope)
+
+    def ready(self) -> Ready:
+        """Drain the accumulated output (persist, then send, then execute)."""
+        if self._forward:
+            if self._active and self.primary != self.id:
+                self._send.append(Outbound(self.primary, RequestsEnvelope(tuple(self._forward))))
+            self._forward = []
+        rd = Ready(
+            persist=tuple(self._persist),
+            send=tuple(self._send),
+            execute=tuple(self._execute_out),
+            serve=tuple(self._serve),
+            evidence=tuple(self._evidence_out),
+            faults=tuple(self._faults),
+            bans=tuple(self._bans),
+        )
+        self._persist.clear()
+        self._send.clear()
+        self._execute_out.clear()
+        self._serve.clear()
+        self._evidence_out.clear()
+        self._faults.clear()
+        self._bans.clear()
+        return rd
+
+    # --- signing, faults, evidence ----------------------------------------------------
+
+    def _make_signed(self, msg: Message) -> Signed[Message]:
+        body = encode_body(msg)
+        return Signed(body=body, signature=self._signer.sign(body), signer=self.id, msg=msg)
+
+    def _sign_once(
+        self, msg: Message, *, requests: tuple[Request, ...] = ()
+    ) -> Signed[Message] | None:
+        """Sign, persist and broadcast ``msg``, unless it conflicts with what we signed.
+
+        A message signed before (possibly before a restart) is re-sent as it was;
+        a different message for the same (kind, view, seq) is never signed.
+        """
+        key = _own_key(msg)
+        signed = self._own.get(key)
+        if signed is None:
+            signed = self._make_signed(msg)
+            self._own[key] = signed
+            self._persist.append(Record(durable.own_key(*key), durable.encode_signed(signed)))
+        elif signed.msg != msg and not isinstance(msg, ViewChange | NewView):
+            return None
+        self._send.append(Outbound(None, SignedEnvelope(signed, requests)))
+        return signed
+
+    def _fault(self, peer: int, kind: FaultKind) -> None:
+        if peer == self.id or not 0 <= peer < self._n:
+            return
+        faults, banned = self._rep.charge(peer, kind)
+        self._faults.extend(faults)
+        if banned:
+            self._bans.append(peer)
+            self._future.pop(peer, None)
+
+    def _equivocation(self, first: Signed[Message], second: Signed[Message]) -> None:
+        """Two conflicting messages signed by one replica: persist, gossip, ban."""
+        signer = first.signer
+        if signer == self.id or signer in self._evidence:
+            return
+        evidence = EvidenceEnvelope(first=first, second=second)
+        self._evidence[signer] = evidence
+        self._persist.append(
+            Record(durable.evidence_key(signer), durable.encode_evidence(evidence))
+        )
+        self._send.append(Outbound(None, evidence))
+        self._evidence_out.append(evidence)
+        self._fault(signer, FaultKind.EQUIVOCATION)
+
+    def _on_evidence(self, sender: int, ev: EvidenceEnvelope) -> None:
+        signer = ev.first.signer
+        if signer == self.id or signer in self._evidence:
+            return
+        try:
+            self._proofs.evidence(ev.first, ev.second)
+        except ProofError:
+            self._fault(sender, FaultKind.INVALID_PROOF)
+            return
+        self._equivocation(ev.first, ev.second)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _slot(self, seq: int) -> _Slot:
+        slot = self._slots.get(seq)
+        if slot is None:
+            slot = self._slots[seq] = _Slot(created=self._now)
+        return slot
+
+    def _in_window(self, sender: int, seq: int) -> bool:
+        if seq <= self._low:
+            self._fault(sender, FaultKind.STALE)
+            return False
+        if seq > self._low + self._window:
+            self._fault(sender, FaultKind.OUT_OF_WINDOW)
+            return False
+        return True
+
+    def _defer(self, sender: int, env: SignedEnvelope) -> None:
+        """Keep a message for a view this replica has not entered yet (bounded per sender)."""
+        queue = self._future.get(sender)
+        if queue is None:
+            queue = self._future[sender] = deque(maxlen=2 * self._window + 16)
+        queue.append(env)
+
+    def _persist_view(self) -> None:
+        self._persist.append(
+            Record(durable.VIEW_KEY, durable.encode_view(self._view, self._active))
+        )
+
+    # --- normal case (§4.2) -----------------------------------------------------------
+
+    def _on_signed(self, sender: int, env: SignedEnvelope) -> None:
+        signed = env.signed
+        signer = signed.signer
+        if signer >= self._n:
+            self._fault(sender, FaultKind.NON_MEMBER)
+            return
+        if signer == self.id or signer in self._rep.banned:
+            return
+        self._proofs.remember(signed)
+        msg = signed.msg
+        if isinstance(msg, PrePrepare):
+            self._on_pre_prepare(sender, env)
+        elif isinstance(msg, Prepare):
+            self._on_prepare(sender, env)
+        elif isinstance(msg, Commit):
+            self._on_commit(sender, env)
+        elif isinstance(msg, Checkpoint):
+            self._on_checkpoint(sender, signed)  # type: ignore[arg-type]
+        elif isinstance(msg, ViewChange):
+            self._on_view_change(sender, signed)  # type: ignore[arg-type]
+        else:
+            self._on_new_view(sender, signed)  # type: ignore[arg-type]
+
+    def _current_view(self, sender: int, env: SignedEnvelope, view: int) -> bool:
+        """Whether a normal-case message is for the view we are active in (else defer or drop)."""
+        if self._active and view == self._view:
+            return True
+        if view > self._view or (view == self._view and not self._active):
+            self._defer(sender, env)
+        else:
+            self._fault(sender, FaultKind.STALE)
+        return False
+
+    def _on_pre_prepare(self, sender: int, env: SignedEnvelope) -> None:
+        signed: Signed[PrePrepare] = env.signed  # type: ignore[assignment]
+        pp = signed.msg
+        if signed.signer != self.config.primary(pp.view):
+            self._fault(signed.signer, FaultKind.PROTOCOL)
+            return
+        if not self._current_view(sender, env, pp.view) or not self._in_window(sender, pp.seq):
+            return
+        hashes = pp.request_hashes
+        if (
+            len(hashes) > self.config.batch_max_count
+            or len(set(hashes)) != len(hashes)
+            or batch_digest(hashes) != pp.digest
+        ):
+            self._fault(signed.signer, FaultKind.PROTOCOL)
+            return
+        slot = self._slot(pp.seq)
+        if slot.pre_prepare is not None:
+            if slot.pre_prepare.msg.digest != pp.digest:
+                self._equivocation(slot.pre_prepare, signed)
+                return
+        else:
+            slot.pre_prepare = signed
+            self._pool.assign(hashes)
+        if pp.digest not in self._batches:
+            bodies = {r.hash: r for r in env.requests}
+            self._learn_batch(pp.digest, hashes, bodies, blame=signed.signer)
+        self._try_prepare(pp.seq, slot)
+        self._check_prepared(pp.seq, slot)
+
+    def _learn_batch(
+        self,
+        digest: bytes,
+        hashes: tuple[bytes, ...],
+        bodies: Mapping[bytes, Request],
+        *,
+        blame: int,
+    ) -> bool:
+        """Store the batch if every body is at hand (beside the message or in the pool)."""
+        requests = []
+        for h in hashes:
+            request = bodies.get(h) or self._pool.get(h)
+            if request is None:
+                return False
+            requests.append(request)
+        if sum(r.size for r in requests) > self.config.batch_max_bytes:
+            self._fault(blame, FaultKind.PROTOCOL)
+            return False
+        self._batches[digest] = tuple(requests)
+        return True
+
+    def _on_batch(self, requests: tuple[Request, ...]) -> None:
+        """Bodies of a batch some slot is waiting for (self-verifying: digest of the hashes)."""
+        hashes = tuple(r.hash for r in requests)
+        digest = batch_digest(hashes)
+        if digest in self._batches:
+            return
+        waiting = [
+            (seq, slot)
+            for seq, slot in self._slots.items()
+            if (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
+            or (slot.committed is not None and slot.committed.digest == digest)
+        ]
+        if not waiting or len(hashes) != len(set(hashes)):
+            return
+        if sum(r.size for r in requests) > self.config.batch_max_bytes:
+            return
+        self._batches[digest] = requests
+        for seq, slot in waiting:
+            self._try_prepare(seq, slot)
+            self._check_prepared(seq, slot)
+        self._try_execute()
+
+    def _try_prepare(self, seq: int, slot: _Slot) -> None:
+        """A backup that accepted a PRE-PREPARE and holds its bodies multicasts PREPARE."""
+        pp = slot.pre_prepare
+        if pp is None or not self._active or pp.msg.view != self._view:
+            return
+        if self.primary == self.id or pp.msg.digest not in self._batches:
+            return
+        if ("prepare", self._view, seq) in self._own and self.id in slot.prepares:
+            return
+        signed = self._sign_once(Prepare(view=self._view, seq=seq, digest=pp.msg.digest))
+        if signed is not None:
+            self._add_prepare(seq, slot, signed)  # type: ignore[arg-type]
+
+    def _on_prepare(self, sender: int, env: SignedEnvelope) -> None:
+        signed: Signed[Prepare] = env.signed  # type: ignore[assignment]
+        p = signed.msg
+        if signed.signer == self.config.primary(p.view):
+            self._fault(signed.signer, FaultKind.PROTOCOL)
+            return
+        if not self._current_view(sender, env, p.view) or not self._in_window(sender, p.seq):
+            return
+        self._add_prepare(p.seq, self._slot(p.seq), signed)
+
+    def _add_prepare(self, seq: int, slot: _Slot, signed: Signed[Prepare]) -> None:
+        old = slot.prepares.get(signed.signer)
+        if old is not None:
+            if old.msg.digest != signed.msg.digest:
+                self._equivocation(old, signed)
+            return
+        slot.prepares[signed.signer] = signed
+        self._check_prepared(seq, slot)
+
+    def _check_prepared(self, seq: int, slot: _Slot) -> None:
+        """prepared(m, v, n): the PRE-PREPARE and q-1 matching PREPAREs from backups."""
+        pp = slot.pre_prepare
+        if pp is None or not self._active or pp.msg.view != self._view:
+            return
+        if slot.prepared is not None and slot.prepared.view == self._view:
+            return
+        digest = pp.msg.digest
+        if digest not in self._batches:
+            return
+        votes = [slot.prepares[s] for s in sorted(slot.prepares)]
+        matching = tuple(p for p in votes if p.msg.digest == digest)
+        if len(matching) < self._q - 1:
+            return
+        cert = PreparedCert(pre_prepare=pp, prepares=matching[: self._q - 1])
+        slot.prepared = cert
+        self._persist.append(Record(durable.prepared_key(seq), durable.encode_prepared(cert)))
+        signed = self._sign_once(Commit(view=self._view, seq=seq, digest=digest))
+        if signed is not None:
+            self._add_commit(seq, slot, signed)  # type: ignore[arg-type]
+
+    def _on_commit(self, sender: int, env: SignedEnvelope) -> None:
+        signed: Signed[Commit] = env.signed  # type: ignore[assignment]
+        c = signed.msg
+        if c.view > self._view:
+            self._defer(sender, env)
+            return
+        if not self._in_window(sender, c.seq):
+            return
+        self._add_commit(c.seq, self._slot(c.seq), signed)
+
+    def _add_commit(self, seq: int, slot: _Slot, signed: Signed[Commit]) -> None:
+        view = signed.msg.view
+        votes = slot.commits.get(view)
+        if votes is None:
+            votes = slot.commits[view] = {}
+        old = votes.get(signed.signer)
+        if old is not None:
+            if old.msg.digest != signed.msg.digest:
+                self._equivocation(old, signed)
+            return
+        votes[signed.signer] = signed
+        if slot.committed is None:
+            matching = [votes[s] for s in sorted(votes) if votes[s].msg.digest == signed.msg.digest]
+            if len(matching) >= self._q:
+                slot.committed = Certificate(
+                    view=view,
+                    seq=seq,
+                    digest=signed.msg.digest,
+                    commits=tuple(matching[: self._q]),
+                )
+                self._try_execute()
+
+    def _try_execute(self) -> None:
+        """Execute committed batches strictly in sequence order."""
+        while True:
+            seq = self._last_exec + 1
+            slot = self._slots.get(seq)
+            if slot is None or slot.committed is None:
+                return
+            requests = self._batches.get(slot.committed.digest)
+            if requests is None:
+                return
+            self._execute(seq, slot.committed, requests)
+
+    def _execute(self, seq: int, cert: Certificate, requests: tuple[Request, ...]) -> None:
+        state = next_state_digest(self._state_digest, seq, cert.digest)
+        self._last_exec = seq
+        self._state_digest = state
+        if seq > self._low:
+            slot = self._slot(seq)
+            if slot.committed is None:
+                slot.committed = cert
+            slot.executed_at = self._now
+            self._batches.setdefault(cert.digest, requests)
+        self._execute_out.append(
+            Committed(
+                seq=seq,
+                digest=cert.digest,
+                requests=requests,
+                certificate=cert,
+                state_digest=state,
+            )
+        )
+        hashes = tuple(r.hash for r in requests)
+        self._pool.remove(hashes)
+        for h in hashes:
+            self._recent[h] = seq
+        self._recent_order.append((seq, hashes))
+        if self._active and cert.view == self._view:
+            self._backoff = 0
+        if seq % self._k == 0 and seq > self._low:
+            signed = self._sign_once(Checkpoint(seq=seq, state_digest=state))
+            if signed is not None:
+                self._add_checkpoint(signed)  # type: ignore[arg-type]
+        transfer = self._transfer
+        if transfer is not None and seq == transfer.seq:
+            if state != transfer.digest:
+                raise ConsensusHalted(
+                    f"state digest at seq {seq} differs from the stable checkpoint's"
+                )
+            self._transfer = None
+
+    def _maybe_propose(self) -> None:
+        """The primary packs pending requests into batches while the window has room."""
+        if not self._active or self.primary != self.id or self._transfer is not None:
+            return
+        cfg = self.config
+        while self._pool.pending_count and self._next_seq <= self._low + self._window:
+            oldest = self._pool.oldest_arrival()
+            if not (
+                self._pool.pending_count >= cfg.batch_max_count
+                or self._pool.pending_bytes >= cfg.batch_max_bytes
+                or (oldest is not None and self._now - oldest >= cfg.batch_timeout)
+            ):
+                return
+            requests = self._pool.take_batch(
+                max_count=cfg.batch_max_count, max_bytes=cfg.batch_max_bytes
+            )
+            hashes = tuple(r.hash for r in requests)
+            digest = batch_digest(hashes)
+            seq = self._next_seq
+            pp = PrePrepare(view=self._view, seq=seq, digest=digest, request_hashes=hashes)
+            signed = self._sign_once(pp, requests=requests)
+            if signed is None:
+                return
+            self._next_seq += 1
+            self._batches[digest] = requests
+            slot = self._slot(seq)
+            slot.pre_prepare = signed  # type: ignore[assignment]
+            self._check_prepared(seq, slot)
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _on_requests(self, sender: int, requests: tuple[Request, ...]) -> None:
+        """Requests forwarded to us as primary, or relayed by a replica that timed out."""
+        for request in requests:
+            if request.hash in self._pool or request.hash in self._recent:
+                continue
+            if request.size > self.config.batch_max_bytes:
+                self._fault(sender, FaultKind.PROTOCOL)
+                continue
+            if self._pool.full_for(sender):
+                break
+            self._pool.add(request, now=self._now, origin=sender, relayed=True)
+            if self._active and self.primary != self.id:
+                self._forward.append(request)
+        self._maybe_propose()
+
+    def _check_request_timers(self) -> None:
+        """Relay requests unexecuted for a request timeout; suspect the primary after two."""
+        expired = self._pool.expired(self._now, self.config.request_timeout)
+        if not expired:
+            return
+        if any(e.relayed for e in expired):
+            self._start_view_change(self._view + 1)
+            return
+        self._send.append(Outbound(None, RequestsEnvelope(tuple(e.request for e in expired))))
+        self._pool.restart(expired, self._now)
+
+    # --- checkpoints and garbage collection (§4.3) -----------------------------------
+
+    def _on_checkpoint(self, sender: int, signed: Signed[Checkpoint]) -> None:
+        cp = signed.msg
+        if cp.seq % self._k:
+            self._fault(signed.signer, FaultKind.PROTOCOL)
+            return
+        if self._in_window(sender, cp.seq):
+            self._add_checkpoint(signed)
+
+    def _add_checkpoint(self, signed: Signed[Checkpoint]) -> None:
+        cp = signed.msg
+        if cp.seq <= self._low:
+            return
+        votes = self._checkpoints.get(cp.seq)
+        if votes is None:
+            votes = self._checkpoints[cp.seq] = {}
+        old = votes.get(signed.signer)
+        if old is not None:
+            if old.msg.state_digest != cp.state_digest:
+                self._equivocation(old, signed)
+            return
+        votes[signed.signer] = signed
+        matching = tuple(
+            votes[s] for s in sorted(votes) if votes[s].msg.state_digest == cp.state_digest
+        )
+        if len(matching) >= self._q:
+            self._checkpoint_stable(cp.seq, cp.state_digest, matching[: self._q])
+
+    def _on_checkpoint_proof(self, sender: int, proof: tuple[Signed[Checkpoint], ...]) -> None:
+        try:
+            seq, digest = self._proofs.checkpoint_proof(proof)
+        except ProofError:
+            self._fault(sender, FaultKind.INVALID_PROOF)
+            return
+        self._checkpoint_stable(seq, digest, proof)
+
+    def _checkpoint_stable(
+        self, seq: int, digest: bytes, proof: tuple[Signed[Checkpoint], ...]
+    ) -> None:
+        """A proven stable checkpoint: adopt it, and fetch the state up to it if behind."""
+        if seq <= self._low:
+            return
+        own = self._own.get(("checkpoint", 0, seq))
+        if own is not None and own.msg.state_digest != digest:  # type: ignore[union-attr]
+            raise ConsensusHalted(f"our state at seq {seq} differs from a quorum's checkpoint")
+        # The watermarks move even when this replica is behind: what lies below
+        # a stable checkpoint comes only from state transfer, never from the log.
+        self._stabilize(seq, proof)
+        if self._last_exec < seq:
+            self._start_transfer(seq, digest, proof)
+
+    def _stabilize(self, seq: int, proof: tuple[Signed[Checkpoint], ...]) -> None:
+        """Make ``seq`` the stable checkpoint: advance the watermarks, collect garbage."""
+        if seq <= self._low:
+            return
+        self._low = seq
+        self._stable_proof = proof
+        self._persist.append(Record(durable.STABLE_KEY, durable.encode_stable(proof)))
+        for s in [s for s in self._slots if s <= seq]:
+            if self._slots.pop(s).prepared is not None:
+                self._persist.append(Record(durable.prepared_key(s), None))
+        for key in [k for k in self._own if k[2] and k[2] <= seq]:
+            del self._own[key]
+            self._persist.append(Record(durable.own_key(*key), None))
+        for s in [s for s in self._checkpoints if s <= seq]:
+            del self._checkpoints[s]
+        keep = {NULL_DIGEST}
+        for slot in self._slots.values():
+            if slot.pre_prepare is not None:
+                keep.add(slot.pre_prepare.msg.digest)
+            if slot.prepared is not None:
+                keep.add(slot.prepared.digest)
+            if slot.committed is not None:
+                keep.add(slot.committed.digest)
+        self._batches = {d: b for d, b in self._batches.items() if d in keep}
+        while self._recent_order and self._recent_order[0][0] <= seq - self._window:
+            _, hashes = self._recent_order.popleft()
+            for h in hashes:
+                self._recent.pop(h, None)
+        self._next_seq = max(self._next_seq, seq + 1)
+
+    # --- state transfer -----------------------------------------------------------------
+
+    def _start_transfer(
+        self, seq: int, digest: bytes, proof: tuple[Signed[Checkpoint], ...]
+    ) -> None:
+        if self._transfer is not None and self._transfer.seq >= seq:
+            return
+        candidates = tuple(c.signer for c in proof if c.signer != self.id)
+        self._transfer = _Transfer(seq=seq, digest=digest, proof=proof, candidates=candidates)
+        self._request_state(None)
+
+    def _request_state(self, peer: int | None) -> None:
+        """Ask ``peer`` (or the next signer of the checkpoint proof) for missing batches."""
+        t = self._transfer
+        if t is None:
+            return
+        if peer is None:
+            eligible = [c for c in t.candidates if c not in self._rep.banned] or list(t.candidates)
+            peer = eligible[t.attempt % len(eligible)]
+            t.attempt += 1
+        t.next_at = self._now + 2 * self.config.status_interval
+        first = self._last_exec + 1
+        last = min(t.seq, self._last_exec + self.config.transfer_max_batches)
+        self._send.append(Outbound(peer, StateRequestEnvelope(from_seq=first, to_seq=last)))
+
+    def _on_state_request(self, sender: int, req: StateRequestEnvelope) -> None:
+        first = max(req.from_seq, 1)
+        last = min(req.to_seq, self._last_exec, first + self.config.transfer_max_batches - 1)
+        if first <= last:
+            self._serve.append(ServeState(peer=sender, from_seq=first, to_seq=last))
+
+    def _on_state_response(self, sender: int, resp: StateResponseEnvelope) -> None:
+        """Finalized batches with their certificates: verify each, execute in order."""
+        progressed = False
+        for batch in resp.batches:
+            cert = batch.certificate
+            if cert.seq <= self._last_exec:
+                continue
+            if cert.seq != self._last_exec + 1:
+                break
+            if batch_digest(r.hash for r in batch.requests) != cert.digest:
+                self._fault(sender, FaultKind.INVALID_PROOF)
+                break
+            try:
+                self._proofs.certificate(cert)
+            except ProofError:
+                self._fault(sender, FaultKind.INVALID_PROOF)
+                break
+            self._execute(cert.seq, cert, batch.requests)
+            progressed = True
+        if progressed:
+            self._try_execute()
+            if self._transfer is not None:
+                self._request_state(sender)
+
+    # --- retransmission -----------------------------------------------------------------
+
+    def _status_tick(self) -> None:
+        self._send.append(
+            Outbound(
+                None,
+                StatusEnvelope(
+                    view=self._view,
+                    active=self._active,
+                    last_executed=self._last_exec,
+                    stable_seq=self._low,
+                ),
+            )
+        )
+        if not self._active:
+            own_vc = self._own.get(("view_change", self._view, 0))
+            if own_vc is not None:
+                self._send.append(Outbound(None, SignedEnvelope(own_vc)))
+        self._rep.new_window()
+
+    def _on_status(self, sender: int, st: StatusEnvelope) -> None:
+        """Send a peer what its status shows it lacks (lost messages, restarts, lag)."""
+        settled = self._now - self.config.status_interval
+        if st.last_executed < self._last_exec:
+            if st.last_executed < self._low:
+                self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
+            else:
+                self._push_batches(sender, st.last_executed, settled)
+        if not self._active:
+            return
+        behind = st.view < self._view or (st.view == self._view and not st.active)
+        if behind and self._new_view_msg is not None:
+            self._send.append(Outbound(sender, SignedEnvelope(self._new_view_msg)))
+        if st.view != self._view or not st.active:
+            return
+        last = min(max(self._slots, default=0), st.stable_seq + self._window)
+        for seq in range(max(st.last_executed, self._low) + 1, last + 1):
+            slot = self._slots.get(seq)
+            if slot is None or slot.created > settled or slot.executed_at is not None:
+                continue
+            pp = slot.pre_prepare
+            if pp is not None:
+                bodies = self._batches.get(pp.msg.digest, ())
+                self._send.append(Outbound(sender, SignedEnvelope(pp, bodies)))
+            for kind in ("prepare", "commit"):
+                own = self._own.get((kind, self._view, seq))
+                if own is not None:
+                    self._send.append(Outbound(sender, SignedEnvelope(own)))
+
+    def _push_batches(self, peer: int, after: int, settled: int) -> None:
+        batches: list[TransferBatch] = []
+        for seq in range(after + 1, self._last_exec + 1):
+            slot = self._slots.get(seq)
+            if slot is None or slot.committed is None or slot.executed_at is None:
+                break
+            if slot.executed_at > settled or len(batches) == self.config.transfer_max_batches:
+                break
+            requests = self._batches.get(slot.committed.digest)
+            if requests is None:
+                break
+            batches.append(TransferBatch(requests=requests, certificate=slot.committed))
+        if batches:
+            self._send.append(Outbound(peer, StateResponseEnvelope(tuple(batches))))
+
+    # --- view change (§4.4) -----------------------------------------------------------
+
+    def _start_view_change(self, target: int) -> None:
+        """Stop accepting messages of the current view; multicast VIEW-CHANGE for ``target``."""
+        own = self._own.get(("view_change", target, 0))
+        if own is None:
+            prepared = tuple(
+                cert
+                for s in sorted(self._slots)
+                if s > self._low and (cert := self._slots[s].prepared) is not None
+            )
+            vc = ViewChange(
+                new_view=target,
+                stable_seq=self._low,
+                checkpoint_proof=self._stable_proof,
+                prepared=prepared,
+            )
+            own = self._sign_once(vc)
+        else:
+            self._send.append(Outbound(None, SignedEnvelope(own)))
+        self._view = target
+        self._active = False
+        self._nv_deadline = None
+        self._new_view_msg = None
+        self._persist_view()
+        assert own is not None
+        self._vcs[self.id] = own  # type: ignore[assignment]
+        self._view_change_progress()
+
+    def _on_view_change(self, sender: int, signed: Signed[ViewChange]) -> None:
+        vc = signed.msg
+        if vc.new_view < self._view or (vc.new_view == self._view and self._active):
+            self._fault(sender, FaultKind.STALE)
+            return
+        try:
+            self._proofs.view_change(signed)
+        except ProofError:
+            self._fault(signed.signer, FaultKind.INVALID_PROOF)
+            return
+        self._add_view_change(signed)
+
+    def _add_view_change(self, signed: Signed[ViewChange]) -> None:
+        current = self._vcs.get(signed.signer)
+        if current is not None:
+            if current.msg.new_view == signed.msg.new_view:
+                if current.body != signed.body:
+                    self._equivocation(current, signed)
+                return
+            if current.msg.new_view > signed.msg.new_view:
+                return
+        self._vcs[signed.signer] = signed
+        self._view_change_progress()
+
+    def _view_change_progress(self) -> None:
+        # Join: f+1 replicas want a view above ours, so at least one honest does.
+        higher = sorted(
+            (vc.msg.new_view for j, vc in self._vcs.items() if j != self.id),
+            reverse=True,
+        )
+        if len(higher) > self._f and higher[self._f] > self._view:
+            self._start_view_change(higher[self._f])
+            return
+        if self._active:
+            return
+        support = [vc for vc in self._vcs.values() if vc.msg.new_view == self._view]
+        if len(support) < self._q:
+            return
+        if self.primary == self.id:
+            self._send_new_view(sorted(support, key=lambda s: s.signer)[: self._q])
+        elif self._nv_deadline is None:
+            timeout = self.config.view_change_timeout << self._backoff
+            self._nv_deadline = self._now + timeout
+
+    def _send_new_view(self, view_changes: list[Signed[ViewChange]]) -> None:
+        view = self._view
+        own = self._own.get(("new_view", view, 0))
+        if own is None:
+            plan = self._proofs.plan_new_view(view_changes)
+            pre_prepares = tuple(
+                self._make_signed(
+                    PrePrepare(
+                        view=view, seq=r.seq, digest=r.digest, request_hashes=r.request_hashes
+                    )
+                )
+                for r in plan.reissues
+            )
+            nv = NewView(
+                view=view,
+                view_changes=tuple(view_changes),
+                pre_prepares=pre_prepares,  # type: ignore[arg-type]
+            )
+            own = self._sign_once(nv)
+        else:
+            plan = self._proofs.plan_new_view(own.msg.view_changes)  # type: ignore[union-attr]
+            self._send.append(Outbound(None, SignedEnvelope(own)))
+        assert own is not None
+        self._enter_view(own, plan)  # type: ignore[arg-type]
+
+    def _on_new_view(self, sender: int, signed: Signed[NewView]) -> None:
+        nv = signed.msg
+        if signed.signer != self.config.primary(nv.view):
+            self._fault(signed.signer, FaultKind.PROTOCOL)
+            return
+        accepted = self._new_view_msg
+        if accepted is not None and accepted.msg.view == nv.view and accepted.body != signed.body:
+            self._equivocation(accepted, signed)
+            return
+        if nv.view < self._view or (nv.view == self._view and self._active):
+            self._fault(sender, FaultKind.STALE)
+            return
+        try:
+            plan = self._proofs.new_view(signed)
+        except ProofError:
+            self._fault(signed.signer, FaultKind.INVALID_PROOF)
+            return
+        self._enter_view(signed, plan)
+
+    def _enter_view(self, nv: Signed[NewView], plan: NewViewPlan) -> None:
+        """Install a valid NEW-VIEW: its checkpoint, its re-issued PRE-PREPAREs, the pool."""
+        view = nv.msg.view
+        self._view = view
+        self._active = True
+        self._nv_deadline = None
+        self._new_view_msg = nv
+        self._persist_view()
+        self._persist.append(Record(durable.NEW_VIEW_KEY, durable.encode_signed(nv)))
+        for key in [k for k in self._own if k[0] in ("view_change", "new_view") and k[1] < view]:
+            del self._own[key]
+            self._persist.append(Record(durable.own_key(*key), None))
+        if plan.stable_seq > self._low:
+            digest = plan.stable_proof[0].msg.state_digest
+            self._checkpoint_stable(plan.stable_seq, digest, plan.stable_proof)
+        for slot in self._slots.values():
+            slot.pre_prepare = None
+            slot.prepares = {}
+        self._pool.unassign_all()
+        last = self._install_reissued(nv)
+        self._next_seq = max(self._low, plan.stable_seq, last) + 1
+        self._pool.restart_timers(self._now)
+        if self.primary != self.id:
+            self._forward.extend(self._pool.pending())
+        self._replay_deferred()
+        for pp in nv.msg.pre_prepares:
+            reissued = self._slots.get(pp.msg.seq)
+            if reissued is not None:
+                self._try_prepare(pp.msg.seq, reissued)
+                self._check_prepared(pp.msg.seq, reissued)
+        self._maybe_propose()
+
+    def _install_reissued(self, nv: Signed[NewView]) -> int:
+        """Accept the NEW-VIEW's PRE-PREPAREs; return the highest seq they cover.
+
+        The new primary never signs another PRE-PREPARE for their seqs.
+        """
+        last = 0
+        for pp in nv.msg.pre_prepares:
+            seq = pp.msg.seq
+            last = max(last, seq)
+            if nv.signer == self.id:
+                self._own["pre_prepare", nv.msg.view, seq] = pp
+            if seq > self._low:
+                self._slot(seq).pre_prepare = pp
+                self._pool.assign(pp.msg.request_hashes)
+        return last
+
+    def _replay_deferred(self) -> None:
+        deferred = self._future
+        self._future = {}
+        for sender, queue in deferred.items():
+            for env in queue:
+                msg = env.signed.msg
+                assert isinstance(msg, PrePrepare | Prepare | Commit)
+                if msg.view >= self._view:
+                    self._on_signed(sender, env)
+
+    # --- restart ------------------------------------------------------------------------
+
+    def _restore(self, state: durable.DurableState) -> None:
+        if state.stable_proof:
+            self._low = state.stable_proof[0].msg.seq
+            self._stable_proof = state.stable_proof
+        self._view, self._active = state.view, state.active
+        self._own = dict(state.own)
+        self._evidence = dict(state.evidence)
+        for signer in self._evidence:
+            self._rep.banned.add(signer)
+        for seq, cert in state.prepared.items():
+            if seq > self._low:
+                self._slot(seq).prepared = cert
+        for (_, view, seq), signed in state.own.items():
+            msg = signed.msg
+            if isinstance(msg, Prepare) and view == self._view and seq > self._low:
+                self._slot(seq).prepares[self.id] = signed  # type: ignore[assignment]
+            elif isinstance(msg, Commit) and seq > self._low:
+                self._slot(seq).commits.setdefault(view, {})[self.id] = signed  # type: ignore[assignment]
+            elif isinstance(msg, Checkpoint) and seq > self._low:
+                self._checkpoints.setdefault(seq, {})[self.id] = signed  # type: ignore[assignment]
+            elif isinstance(msg, PrePrepare) and view == self._view and seq > self._low:
+                self._slot(seq).pre_prepare = signed  # type: ignore[assignment]
+                self._next_seq = max(self._next_seq, seq + 1)
+            elif isinstance(msg, ViewChange) and view == self._view:
+                self._vcs[self.id] = signed  # type: ignore[assignment]
+        nv = state.new_view
+        if nv is not None and nv.msg.view == self._view and self._active:
+            self._new_view_msg = nv
+            self._next_seq = max(self._next_seq, self._install_reissued(nv) + 1)
+        self._next_seq = max(self._next_seq, self._low + 1)
+        if self._last_exec < self._low:
+            digest = self._stable_proof[0].msg.state_digest
+            self._start_transfer(self._low, digest, self._stable_proof)
+        self._status_tick()

@@ -1,0 +1,1 @@
+"""A deterministic, seeded simulator for the PBFT core (see docs/consensus.md)."""
