@@ -1,0 +1,77 @@
+"""Prometheus metrics of the storage service (all prefixed ``cretoai_storage_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_FAST = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    5.0,
+)
+
+COMMIT_LATENCY = Histogram(
+    "cretoai_storage_commit_seconds",
+    "CommitBatch latency in the service: queued, written and synced",
+    buckets=_FAST,
+)
+BATCH_VERTICES = Histogram(
+    "cretoai_storage_batch_vertices",
+    "Vertices per committed batch",
+    buckets=(0, 1, 4, 16, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_BYTES = Histogram(
+    "cretoai_storage_batch_bytes",
+    "Serialized vertex bytes per committed batch",
+    buckets=(0, 1024, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 16777216),
+)
+WRITE_APPLY = Histogram(
+    "cretoai_storage_write_apply_seconds",
+    "Time to build and apply one write (unsynced) on the writer thread",
+    ["op"],
+    buckets=_FAST,
+)
+WRITER_WAIT = Histogram(
+    "cretoai_storage_writer_wait_seconds",
+    "Time a write waited in the writer queue",
+    ["op"],
+    buckets=_FAST,
+)
+WAL_SYNC = Histogram(
+    "cretoai_storage_wal_sync_seconds", "Time of one WAL sync (once per group)", buckets=_FAST
+)
+GROUP_SIZE = Histogram(
+    "cretoai_storage_write_group_size",
+    "Writes made durable by one WAL sync",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+WRITER_QUEUE = Gauge("cretoai_storage_writer_queue_depth", "Writes queued or in progress")
+WRITE_ERRORS = Counter(
+    "cretoai_storage_write_errors_total", "Writes that failed on disk or in RocksDB", ["kind"]
+)
+HALTED = Gauge("cretoai_storage_halted", "1 while writes are refused after a write error")
+LOOP_LAG = Histogram(
+    "cretoai_storage_event_loop_lag_seconds",
+    "How late the event loop wakes a 10 ms timer (time the loop was blocked)",
+    buckets=_FAST,
+)
+LAST_SEQ = Gauge("cretoai_storage_last_seq", "Highest committed (synced) sequence number")
+VERTICES = Gauge("cretoai_storage_vertices", "Vertices stored, by status", ["status"])
+EDGES = Gauge("cretoai_storage_edges", "Parent-child edges of finalized vertices")
+EVIDENCE = Gauge("cretoai_storage_evidence", "Evidence records stored")
+DB_BYTES = Gauge("cretoai_storage_db_bytes", "Bytes of every file in the database directory")
+KEYS = Gauge("cretoai_storage_keys", "Keys per column family (RocksDB estimate)", ["column_family"])

@@ -1,0 +1,115 @@
+"""RocksDB options of the node's database.
+
+Why these settings (measured on the development VM, see docs/storage.md):
+
+* The WAL is synced once per group of writes (``flush_wal(sync=True)``, which
+  releases the GIL), not with ``WriteOptions.sync`` (which holds it for the
+  whole fsync).
+* A memtable flush writes a 64 MiB SST and fsyncs it at the end; a WAL sync
+  that lands then waits ~100 ms behind it. ``strict_bytes_per_sync`` makes the
+  flush sync every 256 KiB instead, so a WAL sync waits for at most that much.
+  The RocksDB inside rocksdict is built without ``sync_file_range``, so plain
+  ``bytes_per_sync`` does nothing, and rocksdict has no setter for
+  ``strict_bytes_per_sync``: we load those two from an OPTIONS file template
+  (:func:`_template_options`), the format RocksDB itself persists.
+* Recycled WAL files are overwritten in place, so a WAL sync needs no
+  file-size metadata commit in the filesystem journal.
+* ``max_total_wal_size`` forces the small column families (consensus state,
+  evidence) to flush, so old WAL files do not pile up.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBRecoveryMode,
+    Options,
+    ReadOptions,
+    WriteOptions,
+)
+
+from services.storage.keys import COLUMN_FAMILIES
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_SYNC = 256 * 1024
+WRITE_BUFFER_BYTES = 64 * 1024 * 1024
+MAX_TOTAL_WAL_BYTES = 256 * 1024 * 1024
+BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+RECYCLED_WAL_FILES = 4
+
+_TEMPLATE = f"""\
+[Version]
+  rocksdb_version=9.8.4
+  options_file_version=1.1
+[DBOptions]
+  strict_bytes_per_sync=true
+  bytes_per_sync={BYTES_PER_SYNC}
+[CFOptions "default"]
+"""
+
+
+def _template_options() -> Options:
+    """Raw-mode options with strict_bytes_per_sync (see the module docstring)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="cretoai-rocksdb-options-") as tmp:
+            (Path(tmp) / "OPTIONS-000001").write_text(_TEMPLATE)
+            options, _ = Options.load_latest(tmp)
+            return options
+    except Exception as exc:  # an unexpected rocksdict: run without, but say so
+        log.warning(
+            "cannot load the RocksDB options template; flushes may delay WAL syncs",
+            extra={"fields": {"error": str(exc)}},
+        )
+        options = Options(raw_mode=True)
+        options.set_bytes_per_sync(BYTES_PER_SYNC)
+        return options
+
+
+def db_options(*, create: bool) -> Options:
+    options = _template_options()
+    options.create_if_missing(create)
+    options.create_missing_column_families(True)
+    options.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
+    options.set_paranoid_checks(True)
+    options.set_recycle_log_file_num(RECYCLED_WAL_FILES)
+    options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES)
+    options.set_max_background_jobs(2)
+    options.set_keep_log_file_num(4)
+    options.set_max_log_file_size(16 * 1024 * 1024)
+    return options
+
+
+def cf_options(cache: Cache) -> Options:
+    options = Options(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_bloom_filter(10, False)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    return options
+
+
+def column_families(existing: list[str]) -> dict[str, Options]:
+    """Options for our column families plus any other that already exists in the DB."""
+    cache = Cache(BLOCK_CACHE_BYTES)
+    names = [*COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
+    return {name: cf_options(cache) for name in names if name != "default"}
+
+
+def unsynced_write() -> WriteOptions:
+    """Writes go to the WAL unsynced; the writer syncs the WAL once per group."""
+    options = WriteOptions()
+    options.sync = False
+    return options
+
+
+def read_options() -> ReadOptions:
+    options = ReadOptions()
+    options.set_verify_checksums(True)
+    return options

@@ -1,0 +1,94 @@
+"""Build the storage service of one node: open the database, start the writer, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from grpc_health.v1 import health_pb2
+
+from cretoai.config import NodeConfig
+from cretoai.serving import GrpcService, Servicer
+from cretoai.v1 import storage_pb2_grpc
+from services.storage import metrics
+from services.storage.servicer import SERVICE_NAME, StorageServicer
+from services.storage.store import Store
+from services.storage.writer import Writer
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 0.01
+GAUGE_INTERVAL_S = 10.0
+#: The largest request: a batch of up to consensus.batch_max_bytes plus certificates.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+async def watch_loop_lag(interval: float = LAG_INTERVAL_S) -> None:
+    """Observe how late the loop wakes a timer: the time it was blocked (e.g. by a GIL holder)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval)
+        metrics.LOOP_LAG.observe(max(0.0, loop.time() - before - interval))
+
+
+async def refresh_gauges(store: Store, servicer: StorageServicer, interval: float) -> None:
+    while True:
+        servicer.refresh_gauges()
+        try:
+            size = await asyncio.to_thread(store.disk_bytes)
+            metrics.DB_BYTES.set(size)
+        except OSError as exc:
+            log.warning("cannot measure the database size", extra={"fields": {"error": str(exc)}})
+        await asyncio.sleep(interval)
+
+
+async def build(cfg: NodeConfig) -> GrpcService:
+    """The storage service for ``cfg`` (raises :class:`DatabaseError`, an OSError, at start)."""
+    store = await asyncio.to_thread(Store.open, cfg.storage_path)
+    writer = Writer(store)
+    writer.start()
+    service: GrpcService | None = None
+
+    async def halted() -> None:
+        if service is not None:
+            for name in ("", SERVICE_NAME):
+                await service.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    servicer = StorageServicer(store, writer, node=cfg.node.name, on_halt=halted)
+    tasks = [
+        asyncio.create_task(watch_loop_lag(), name="storage-loop-lag"),
+        asyncio.create_task(
+            refresh_gauges(store, servicer, GAUGE_INTERVAL_S), name="storage-gauges"
+        ),
+    ]
+
+    async def cleanup() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await writer.stop()
+        await asyncio.to_thread(store.close)
+
+    service = GrpcService(
+        name="storage",
+        bind=cfg.storage.listen,
+        servicers=[
+            Servicer(
+                name=SERVICE_NAME,
+                register=lambda server: storage_pb2_grpc.add_StorageServicer_to_server(
+                    servicer, server
+                ),
+            )
+        ],
+        node=cfg.node.name,
+        metrics_bind=cfg.storage.metrics or None,
+        otlp_endpoint=cfg.telemetry.otlp_endpoint,
+        sampling_ratio=cfg.telemetry.sampling_ratio,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        cleanup=[cleanup],
+    )
+    return service

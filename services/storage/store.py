@@ -1,0 +1,877 @@
+"""The node's RocksDB: one synchronous :class:`Store`, used by the service and by backup tools.
+
+Threading: every *write* method runs on the one writer thread
+(:mod:`services.storage.writer`), which syncs the WAL once per group of writes
+and only then calls :meth:`Store.publish`. Reads may run on any thread; they
+see only *published* (synced) data: everything stored under a seq above the
+published ``last_seq`` is invisible, even though RocksDB already holds it.
+
+Column families and key encodings are in :mod:`services.storage.keys`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
+
+from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
+from services.storage import keys
+from services.storage.errors import (
+    AlreadyExists,
+    DatabaseCorrupt,
+    DatabaseError,
+    DatabaseLocked,
+    FailedPrecondition,
+    Halted,
+    InvalidArgument,
+    WriteFailed,
+    write_error,
+)
+from services.storage.options import column_families, db_options, read_options, unsynced_write
+
+log = logging.getLogger(__name__)
+
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
+UNSPECIFIED = vertex_pb2.VERTEX_STATUS_UNSPECIFIED
+
+#: A file written into every backup directory beside the RocksDB files.
+BACKUP_MANIFEST = "CRETOAI-BACKUP.json"
+
+#: Names RocksDB (and rocksdict) put in a database directory.
+_ROCKSDB_FILES = ("LOCK", "LOG", "IDENTITY", "CURRENT", "rocksdict-config.json")
+_ROCKSDB_PREFIXES = ("LOG.old", "MANIFEST-", "OPTIONS-")
+_ROCKSDB_SUFFIXES = (".log", ".sst", ".blob", ".dbtmp")
+
+#: Databases opened by this process (RocksDB's LOCK only excludes other processes).
+_OPEN_PATHS: set[Path] = set()
+_OPEN_LOCK = threading.Lock()
+
+STATE_PAGE_ENTRIES = 256
+STATE_PAGE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Counters:
+    """What the ``counters`` record holds; :attr:`Store.published` is the synced one."""
+
+    last_seq: int = 0
+    vertices: int = 0
+    finalized_vertices: int = 0
+    rejected_vertices: int = 0
+    edges: int = 0
+    evidence: int = 0
+
+    def to_bytes(self) -> bytes:
+        return storage_pb2.StoredCounters(**dataclasses.asdict(self)).SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Counters:
+        stored = storage_pb2.StoredCounters.FromString(raw)
+        return cls(**{f.name: getattr(stored, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommitOutcome:
+    last_seq: int
+    already_committed: bool
+    heights: list[int]
+    vertices: int
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseInfo:
+    path: Path
+    last_seq: int
+    vertices: int
+    schema_version: int
+
+
+def evidence_digest(evidence: pbft_pb2.Evidence) -> bytes:
+    """SHA3-256 over both signed messages, independent of their order."""
+    parts = sorted(
+        m.SerializeToString(deterministic=True) for m in (evidence.first, evidence.second)
+    )
+    h = hashlib.sha3_256(b"cretoai.v1.evidence\x00")
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def _looks_like_rocksdb(path: Path) -> bool:
+    for entry in path.iterdir():
+        name = entry.name
+        if name == BACKUP_MANIFEST or name in _ROCKSDB_FILES:
+            continue
+        if name.startswith(_ROCKSDB_PREFIXES) or name.endswith(_ROCKSDB_SUFFIXES):
+            continue
+        return False
+    return True
+
+
+def _classify_open_error(path: Path, exc: Exception) -> DatabaseError:
+    message = str(exc)
+    lowered = message.lower()
+    if "lock" in lowered and (
+        "hold" in lowered or "unavailable" in lowered or "lock file" in lowered
+    ):
+        return DatabaseLocked(
+            f"the database at {path} is in use by another process (its RocksDB LOCK is held); "
+            f"is another storage service of this node running? ({message})"
+        )
+    if "corruption" in lowered or "checksum" in lowered:
+        return DatabaseCorrupt(
+            f"the database at {path} is corrupt: {message}; restore it from a backup "
+            "(cretoai-node restore --from DIR --force) or move it aside to start empty"
+        )
+    return DatabaseError(f"cannot open the database at {path}: {message}")
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of every file under ``path`` (files deleted meanwhile are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a file RocksDB just deleted
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+class Store:
+    """The database of one node. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, path: Path, db: Rdict, *, read_only: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._db = db
+        self._read = read_options()
+        self._write = unsynced_write()
+        self._cf = {name: db.get_column_family(name) for name in keys.COLUMN_FAMILIES}
+        self._handle = {name: db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES}
+        self._closed = False
+        self.halt_reason: str | None = None
+        #: True when something was written since the last sync.
+        self.dirty = False
+        self.schema_version = keys.SCHEMA_VERSION
+        self._written = Counters()
+        self.published = Counters()
+
+    def _load(self, is_new: bool) -> None:
+        counters = self._load_counters()
+        self._written = counters
+        self.published = counters
+        self._check_schema(is_new)
+
+    # ------------------------------------------------------------------ open/close
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True, read_only: bool = False) -> Store:
+        """Open (and, with ``create``, make) the database at ``path``; :class:`DatabaseError`."""
+        path = Path(path).absolute()
+        if path.exists() and not path.is_dir():
+            raise DatabaseError(f"the database path {path} exists and is not a directory")
+        is_new = not (path / "CURRENT").exists()
+        if is_new:
+            if not create or read_only:
+                raise DatabaseError(f"there is no database at {path}")
+            if path.exists() and not _looks_like_rocksdb(path):
+                raise DatabaseError(
+                    f"the database path {path} is a non-empty directory that holds no "
+                    "RocksDB database; refusing to create one among other files"
+                )
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the database directory {path}: {exc}") from None
+        with _OPEN_LOCK:
+            if path in _OPEN_PATHS and not read_only:
+                raise DatabaseLocked(f"the database at {path} is already open in this process")
+            try:
+                existing = [] if is_new else Rdict.list_cf(str(path))
+                access = (
+                    AccessType.read_only(error_if_log_file_exist=False)
+                    if read_only
+                    else AccessType.read_write()
+                )
+                db = Rdict(
+                    str(path),
+                    db_options(create=not read_only),
+                    column_families=column_families(existing),
+                    access_type=access,
+                )
+            except DatabaseError:
+                raise
+            except Exception as exc:
+                raise _classify_open_error(path, exc) from None
+            store = cls(path, db, read_only=read_only)
+            try:
+                store._load(is_new)
+            except DatabaseError:
+                store.close()
+                raise
+            except Exception as exc:
+                store.close()
+                raise _classify_open_error(path, exc) from None
+            if not read_only:
+                _OPEN_PATHS.add(path)
+        if is_new:
+            log.warning("created a new, empty database", extra={"fields": {"path": str(path)}})
+        log.info(
+            "database open",
+            extra={
+                "fields": {
+                    "path": str(path),
+                    "last_seq": store.published.last_seq,
+                    "vertices": store.published.vertices,
+                    "read_only": read_only,
+                }
+            },
+        )
+        return store
+
+    def _load_counters(self) -> Counters:
+        raw = self._db.get(keys.COUNTERS_KEY, read_opt=self._read)
+        if raw is None:
+            return Counters()
+        try:
+            return Counters.from_bytes(raw)
+        except Exception as exc:
+            raise DatabaseCorrupt(
+                f"the database at {self.path}: unreadable counters: {exc}"
+            ) from None
+
+    def _check_schema(self, is_new: bool) -> None:
+        raw = self._db.get(keys.SCHEMA_VERSION_KEY, read_opt=self._read)
+        if raw is None:
+            if not is_new and self._any_data():
+                raise DatabaseCorrupt(
+                    f"the database at {self.path} holds data but no schema version; "
+                    "it was not written by this service or is damaged"
+                )
+            if self.read_only:
+                raise DatabaseError(f"the database at {self.path} was never initialised")
+            batch = WriteBatch(raw_mode=True)
+            batch.put(keys.SCHEMA_VERSION_KEY, keys.u32(keys.SCHEMA_VERSION))
+            batch.put(keys.COUNTERS_KEY, Counters().to_bytes())
+            self._db.write(batch, self._write)
+            self._db.flush_wal(True)
+            return
+        version = keys.read_u32(raw)
+        self.schema_version = version
+        if version != keys.SCHEMA_VERSION:
+            raise DatabaseError(
+                f"the database at {self.path} has schema version {version}; "
+                f"this build reads version {keys.SCHEMA_VERSION}"
+            )
+        last = self.published.last_seq
+        if last and self._cf[keys.FINALIZED].get(keys.seq_key(last), read_opt=self._read) is None:
+            raise DatabaseCorrupt(
+                f"the database at {self.path} is corrupt: last_seq is {last} "
+                "but its finalized entry is missing"
+            )
+        if self._cf[keys.FINALIZED].get(keys.seq_key(last + 1), read_opt=self._read) is not None:
+            raise DatabaseCorrupt(
+                f"the database at {self.path} is corrupt: a finalized entry exists "
+                f"beyond last_seq {last}"
+            )
+
+    def _any_data(self) -> bool:
+        for name in keys.COLUMN_FAMILIES:
+            it = self._cf[name].iter(self._read)
+            it.seek_to_first()
+            if it.valid():
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close every handle so that RocksDB releases the LOCK. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for cf in self._cf.values():
+            cf.close()
+        self._cf.clear()
+        self._handle.clear()
+        self._db.close()
+        with _OPEN_LOCK:
+            _OPEN_PATHS.discard(self.path)
+        log.info("database closed", extra={"fields": {"path": str(self.path)}})
+
+    def info(self) -> DatabaseInfo:
+        return DatabaseInfo(
+            path=self.path,
+            last_seq=self.published.last_seq,
+            vertices=self.published.vertices,
+            schema_version=self.schema_version,
+        )
+
+    # ------------------------------------------------------------------ writes (writer thread)
+
+    def _check_writable(self) -> None:
+        if self.halt_reason is not None:
+            raise Halted(
+                f"writes are halted after a write error ({self.halt_reason}); fix the cause "
+                "(e.g. free disk space) and restart the storage service"
+            )
+        if self.read_only:
+            raise Halted(f"the database at {self.path} is open read-only")
+
+    def _apply(self, batch: WriteBatch, written: Counters) -> None:
+        batch.put(keys.COUNTERS_KEY, written.to_bytes())
+        try:
+            self._db.write(batch, self._write)
+        except Exception as exc:
+            failure = write_error(str(exc))
+            self.halt(str(failure))
+            raise failure from None
+        self._written = written
+        self.dirty = True
+
+    def sync(self) -> None:
+        """Make every write so far durable (fsync the WAL), then publish it to readers."""
+        if not self.dirty:
+            return
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:
+            failure = write_error(f"WAL sync: {exc}")
+            self.halt(str(failure))
+            raise failure from None
+        self.dirty = False
+        self.published = self._written
+
+    def halt(self, reason: str) -> None:
+        if self.halt_reason is None:
+            self.halt_reason = reason
+            log.error("storage writes halted", extra={"fields": {"reason": reason}})
+
+    def commit_batch(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
+        """Write one executed batch (unsynced). The request passed :func:`check_commit`."""
+        self._check_writable()
+        batch = request.batch
+        written = self._written
+        if batch.seq <= written.last_seq:
+            return self._recommit(request)
+        if batch.seq != written.last_seq + 1:
+            raise FailedPrecondition(
+                f"batch.seq {batch.seq} does not follow last_seq {written.last_seq} "
+                f"(expected {written.last_seq + 1}); the finalized log has no gaps"
+            )
+        seq = batch.seq
+        results = request.results
+        lookups = list({r.hash for r in results} | {p for v in batch.vertices for p in v.parents})
+        stored = dict(zip(lookups, self._metas(lookups), strict=True))
+        # this batch's own decisions so far: hash -> height (accepted) or None (rejected)
+        local: dict[bytes, int | None] = {}
+        wb = WriteBatch(raw_mode=True)
+        h_vertices, h_meta = self._handle[keys.VERTICES], self._handle[keys.METADATA]
+        h_edges = self._handle[keys.EDGES]
+        h_height, h_time = self._handle[keys.INDEX_HEIGHT], self._handle[keys.INDEX_TIMESTAMP]
+        vertices, finalized, rejected, edges = (
+            written.vertices,
+            written.finalized_vertices,
+            written.rejected_vertices,
+            written.edges,
+        )
+        heights: list[int] = []
+        stored_results = []
+        size = 0
+        for index, (result, vertex) in enumerate(zip(results, batch.vertices, strict=True)):
+            h = result.hash
+            previous = stored[h]
+            in_batch = h in local
+            if result.rejected:
+                heights.append(0)
+                stored_results.append(
+                    storage_pb2.StoredResult(
+                        hash=h, rejected=True, reject_reason=result.reject_reason
+                    )
+                )
+                if previous is None and not in_batch:
+                    body = vertex.SerializeToString()
+                    size += len(body)
+                    wb.put(h, body, h_vertices)
+                    meta = storage_pb2.StoredVertexMeta(
+                        status=REJECTED, seq=seq, index=index, reject_reason=result.reject_reason
+                    )
+                    wb.put(h, meta.SerializeToString(), h_meta)
+                    vertices += 1
+                    rejected += 1
+                    local[h] = None
+                continue
+            if in_batch and local[h] is not None:
+                at = seq
+            elif previous is not None and previous.status == FINALIZED:
+                at = previous.seq
+            else:
+                at = 0
+            if at:
+                raise FailedPrecondition(
+                    f"results[{index}]: vertex {h.hex()} is already finalized (seq {at}); "
+                    "a duplicate must be rejected"
+                )
+            height = 0
+            for parent in vertex.parents:
+                if local.get(parent) is not None:
+                    parent_height = local[parent]
+                else:
+                    parent_meta = stored[parent]
+                    if parent_meta is None or parent_meta.status != FINALIZED or parent in local:
+                        raise FailedPrecondition(
+                            f"results[{index}]: vertex {h.hex()} is accepted but its parent "
+                            f"{parent.hex()} is not finalized"
+                        )
+                    parent_height = parent_meta.height
+                assert parent_height is not None
+                height = max(height, parent_height + 1)
+            body = vertex.SerializeToString()
+            size += len(body)
+            wb.put(h, body, h_vertices)
+            meta = storage_pb2.StoredVertexMeta(
+                status=FINALIZED, seq=seq, height=height, index=index
+            )
+            wb.put(h, meta.SerializeToString(), h_meta)
+            for parent in vertex.parents:
+                wb.put(keys.edge_key(parent, h), b"", h_edges)
+            wb.put(keys.position_key(height, seq, index), h, h_height)
+            wb.put(keys.position_key(vertex.timestamp_ms, seq, index), h, h_time)
+            if in_batch or previous is not None:  # was rejected: now finalized
+                rejected -= 1
+            else:
+                vertices += 1
+            finalized += 1
+            edges += len(vertex.parents)
+            local[h] = height
+            heights.append(height)
+            stored_results.append(storage_pb2.StoredResult(hash=h, height=height))
+        record = storage_pb2.StoredBatch(
+            batch_digest=batch.batch_digest, certificate=batch.certificate, results=stored_results
+        )
+        wb.put(keys.seq_key(seq), record.SerializeToString(), self._handle[keys.FINALIZED])
+        self._apply(
+            wb,
+            dataclasses.replace(
+                written,
+                last_seq=seq,
+                vertices=vertices,
+                finalized_vertices=finalized,
+                rejected_vertices=rejected,
+                edges=edges,
+            ),
+        )
+        return CommitOutcome(
+            last_seq=seq,
+            already_committed=False,
+            heights=heights,
+            vertices=len(results),
+            bytes=size,
+        )
+
+    def _recommit(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
+        batch = request.batch
+        record = self._stored_batch(batch.seq)
+        if record is None:  # pragma: no cover - excluded by the open-time and gap checks
+            raise DatabaseCorrupt(f"finalized entry {batch.seq} is missing")
+        same = record.batch_digest == batch.batch_digest and [
+            (r.hash, r.rejected) for r in record.results
+        ] == [(r.hash, r.rejected) for r in request.results]
+        if not same:
+            raise AlreadyExists(
+                f"seq {batch.seq} already holds batch {record.batch_digest.hex()} "
+                f"(this request is {batch.batch_digest.hex()} or has other results)"
+            )
+        return CommitOutcome(
+            last_seq=self._written.last_seq,
+            already_committed=True,
+            heights=[r.height for r in record.results],
+            vertices=len(request.results),
+            bytes=0,
+        )
+
+    def write_state(self, request: storage_pb2.WriteStateRequest) -> None:
+        """Consensus durable state, one atomic write (the request passed check_write_state)."""
+        self._check_writable()
+        cf = self._handle[keys.CONSENSUS_STATE]
+        wb = WriteBatch(raw_mode=True)
+        # keys are at most 1024 bytes, so this is above every key that starts with a prefix
+        beyond = b"\xff" * 1026
+        for key in request.deletes:
+            wb.delete(key, cf)
+        for prefix in request.delete_prefixes:
+            wb.delete_range(prefix, keys.prefix_end(prefix) or prefix + beyond, cf)
+        for key_range in request.delete_ranges:
+            wb.delete_range(key_range.start, key_range.end or beyond, cf)
+        for entry in request.puts:
+            wb.put(entry.key, entry.value, cf)
+        self._apply(wb, self._written)
+
+    def append_evidence(
+        self, request: storage_pb2.AppendEvidenceRequest, *, now_ms: int
+    ) -> tuple[int, bool]:
+        """Record evidence once; returns (id, duplicate). The request passed check_evidence."""
+        self._check_writable()
+        evidence = request.evidence
+        digest = evidence_digest(evidence)
+        cf = self._cf[keys.EVIDENCE]
+        known = cf.get(keys.evidence_digest_key(digest), read_opt=self._read)
+        if known is not None:
+            return keys.read_u64(known), True
+        written = self._written
+        evidence_id = written.evidence + 1
+        record = storage_pb2.EvidenceRecord(
+            id=evidence_id,
+            digest=digest,
+            offender=evidence.first.signer,
+            kind=request.kind,
+            evidence=evidence,
+            recorded_ms=now_ms,
+        )
+        handle = self._handle[keys.EVIDENCE]
+        wb = WriteBatch(raw_mode=True)
+        wb.put(keys.evidence_key(evidence_id), record.SerializeToString(), handle)
+        wb.put(keys.evidence_digest_key(digest), keys.u64(evidence_id), handle)
+        self._apply(wb, dataclasses.replace(written, evidence=evidence_id))
+        return evidence_id, False
+
+    def checkpoint(self, target: Path) -> DatabaseInfo:
+        """A consistent RocksDB checkpoint in ``target`` (which must not exist). Writer thread."""
+        self._check_writable()
+        if self.dirty:
+            self.sync()
+        target = Path(target)
+        if not target.is_absolute():
+            raise InvalidArgument(f"path: {target} is not absolute")
+        if target.exists():
+            raise AlreadyExists(
+                f"path: {target} already exists; a backup goes into a new directory"
+            )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Checkpoint(self._db).create_checkpoint(str(target))
+        except Exception as exc:
+            raise write_error(f"checkpoint into {target}: {exc}") from None
+        return dataclasses.replace(self.info(), path=target)
+
+    # ------------------------------------------------------------------ reads (any thread)
+
+    def _metas(self, hashes: Sequence[bytes]) -> list[storage_pb2.StoredVertexMeta | None]:
+        if not hashes:
+            return []
+        raws = self._multi_get(keys.METADATA, hashes)
+        return [
+            None if raw is None else storage_pb2.StoredVertexMeta.FromString(raw) for raw in raws
+        ]
+
+    def _multi_get(self, cf_name: str, wanted: Sequence[bytes]) -> list[bytes | None]:
+        if not wanted:
+            return []
+        got = self._cf[cf_name].get(list[Any](wanted), read_opt=self._read)
+        assert isinstance(got, list)
+        return got
+
+    def _visible(self, meta: storage_pb2.StoredVertexMeta | None) -> bool:
+        return meta is not None and meta.seq <= self.published.last_seq
+
+    def _stored_batch(self, seq: int) -> storage_pb2.StoredBatch | None:
+        raw = self._cf[keys.FINALIZED].get(keys.seq_key(seq), read_opt=self._read)
+        return None if raw is None else storage_pb2.StoredBatch.FromString(raw)
+
+    def _certificates(self, seqs: Iterable[int]) -> dict[int, vertex_pb2.FinalityCertificate]:
+        out = {}
+        for seq in set(seqs):
+            record = self._stored_batch(seq)
+            if record is not None:
+                out[seq] = record.certificate
+        return out
+
+    def _records(
+        self,
+        hashes: Sequence[bytes],
+        metas: Sequence[storage_pb2.StoredVertexMeta | None],
+        *,
+        bodies: bool,
+        certificates: bool,
+    ) -> list[vertex_pb2.VertexRecord]:
+        """Records for visible ``metas``; an invisible one gives hash + UNSPECIFIED."""
+        visible = [self._visible(m) for m in metas]
+        raws: list[Any] = [None] * len(hashes)
+        if bodies:
+            wanted = [h for h, ok in zip(hashes, visible, strict=True) if ok]
+            it = iter(self._multi_get(keys.VERTICES, wanted))
+            raws = [next(it) if ok else None for ok in visible]
+        certs = (
+            self._certificates(m.seq for m, ok in zip(metas, visible, strict=True) if ok and m)
+            if certificates
+            else {}
+        )
+        out = []
+        for h, meta, ok, raw in zip(hashes, metas, visible, raws, strict=True):
+            if not ok or meta is None:
+                out.append(vertex_pb2.VertexRecord(hash=h, status=UNSPECIFIED))
+                continue
+            record = vertex_pb2.VertexRecord(
+                hash=h,
+                status=meta.status,
+                seq=meta.seq,
+                height=meta.height,
+                reject_reason=meta.reject_reason,
+            )
+            if raw is not None:
+                record.vertex.ParseFromString(raw)
+            if meta.seq in certs:
+                record.certificate.CopyFrom(certs[meta.seq])
+            out.append(record)
+        return out
+
+    def get_vertex(self, h: bytes, *, certificate: bool = True) -> vertex_pb2.VertexRecord | None:
+        metas = self._metas([h])
+        if not self._visible(metas[0]):
+            return None
+        return self._records([h], metas, bodies=True, certificates=certificate)[0]
+
+    def vertex_statuses(self, hashes: Sequence[bytes]) -> list[vertex_pb2.VertexRecord]:
+        return self._records(hashes, self._metas(hashes), bodies=False, certificates=False)
+
+    def parents(self, h: bytes, *, certificates: bool) -> list[vertex_pb2.VertexRecord] | None:
+        record = self.get_vertex(h, certificate=False)
+        if record is None:
+            return None
+        parents = list(record.vertex.parents)
+        return self._records(parents, self._metas(parents), bodies=True, certificates=certificates)
+
+    def _scan(
+        self, cf_name: str, start: bytes, end: bytes | None, limit: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, value) pairs with start <= key < end, in order."""
+        it = self._cf[cf_name].iter(self._read)
+        it.seek(start)
+        count = 0
+        while count < limit and it.valid():
+            key = it.key()
+            if end is not None and key >= end:
+                break
+            yield key, it.value()
+            count += 1
+            it.next()
+        del it
+
+    def children(
+        self, h: bytes, *, after: bytes | None, limit: int, certificates: bool
+    ) -> list[vertex_pb2.VertexRecord]:
+        start = keys.successor(h + after) if after else h
+        end = keys.prefix_end(h)
+        hashes = [key[keys.HASH_SIZE :] for key, _ in self._scan(keys.EDGES, start, end, limit)]
+        metas = self._metas(hashes)
+        records = self._records(hashes, metas, bodies=True, certificates=certificates)
+        return [r for r in records if r.status != UNSPECIFIED]
+
+    def _position_of(self, h: bytes, what: str) -> tuple[int, int, int]:
+        meta = self._metas([h])[0]
+        if meta is None or not self._visible(meta) or meta.status != FINALIZED:
+            raise InvalidArgument(f"{what}: {h.hex()} is not a finalized vertex")
+        return meta.height, meta.seq, meta.index
+
+    def _by_index(
+        self,
+        cf_name: str,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        certificates: bool,
+    ) -> tuple[list[vertex_pb2.VertexRecord], bytes | None]:
+        """One page of an index; returns the records and the key to continue from (or None)."""
+        cap = self.published.last_seq
+        hashes, last_key, seen = [], None, 0
+        for key, value in self._scan(cf_name, start, end, limit):
+            seen += 1
+            last_key = key
+            if keys.read_u64(key[8:16]) <= cap:
+                hashes.append(value)
+        metas = self._metas(hashes)
+        records = self._records(hashes, metas, bodies=True, certificates=certificates)
+        more = keys.successor(last_key) if last_key is not None and seen == limit else None
+        return [r for r in records if r.status != UNSPECIFIED], more
+
+    def by_height(
+        self,
+        *,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        certificates: bool,
+    ) -> tuple[list[vertex_pb2.VertexRecord], bytes | None]:
+        return self._by_index(keys.INDEX_HEIGHT, start, end, limit, certificates)
+
+    def by_time(
+        self,
+        *,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        certificates: bool,
+    ) -> tuple[list[vertex_pb2.VertexRecord], bytes | None]:
+        return self._by_index(keys.INDEX_TIMESTAMP, start, end, limit, certificates)
+
+    def height_cursor(self, after: bytes) -> bytes:
+        height, seq, index = self._position_of(after, "after")
+        return keys.successor(keys.position_key(height, seq, index))
+
+    def time_cursor(self, after: bytes) -> bytes:
+        _, seq, index = self._position_of(after, "after")
+        body = self._cf[keys.VERTICES].get(after, read_opt=self._read)
+        assert body is not None
+        timestamp = vertex_pb2.Vertex.FromString(body).timestamp_ms
+        return keys.successor(keys.position_key(timestamp, seq, index))
+
+    def finalized_entry(self, seq: int, *, vertices: bool) -> storage_pb2.FinalizedEntry | None:
+        if seq < 1 or seq > self.published.last_seq:
+            return None
+        record = self._stored_batch(seq)
+        if record is None:
+            raise DatabaseCorrupt(f"the database at {self.path}: finalized entry {seq} is missing")
+        entry = storage_pb2.FinalizedEntry()
+        batch = entry.batch
+        batch.seq = seq
+        batch.batch_digest = record.batch_digest
+        batch.certificate.CopyFrom(record.certificate)
+        hashes = [r.hash for r in record.results]
+        if vertices and hashes:
+            for raw in self._multi_get(keys.VERTICES, hashes):
+                assert raw is not None, "a finalized batch's vertex is missing"
+                batch.vertices.add().ParseFromString(raw)
+        for r in record.results:
+            if r.rejected:
+                batch.rejected.append(r.hash)
+            entry.results.add(
+                hash=r.hash,
+                status=REJECTED if r.rejected else FINALIZED,
+                seq=seq,
+                height=r.height,
+                reject_reason=r.reject_reason,
+            )
+        return entry
+
+    def get_state(self, state_keys: Sequence[bytes]) -> list[storage_pb2.StateValue]:
+        if not state_keys:
+            return []
+        raws = self._multi_get(keys.CONSENSUS_STATE, state_keys)
+        return [
+            storage_pb2.StateValue(key=k, found=v is not None, value=v or b"")
+            for k, v in zip(state_keys, raws, strict=True)
+        ]
+
+    def scan_state(
+        self, prefix: bytes, *, after: bytes | None, limit: int
+    ) -> list[storage_pb2.StateEntry]:
+        """One page (at most ``limit`` entries and about 1 MiB) of the keys under ``prefix``."""
+        start = keys.successor(after) if after and after >= prefix else prefix
+        end = keys.prefix_end(prefix) if prefix else None
+        out, size = [], 0
+        for key, value in self._scan(keys.CONSENSUS_STATE, start, end, limit):
+            out.append(storage_pb2.StateEntry(key=key, value=value))
+            size += len(key) + len(value)
+            if size >= STATE_PAGE_BYTES:
+                break
+        return out
+
+    def evidence(self, *, from_id: int, limit: int) -> list[storage_pb2.EvidenceRecord]:
+        cap = self.published.evidence
+        first = max(from_id, 1)
+        if first > cap:
+            return []
+        end = keys.evidence_key(cap + 1)
+        return [
+            storage_pb2.EvidenceRecord.FromString(value)
+            for _, value in self._scan(keys.EVIDENCE, keys.evidence_key(first), end, limit)
+        ]
+
+    def disk_bytes(self) -> int:
+        return dir_bytes(self.path)
+
+    def stats(self) -> storage_pb2.StorageStats:
+        counters = self.published
+        stats = storage_pb2.StorageStats(
+            last_seq=counters.last_seq,
+            vertices=counters.vertices,
+            finalized_vertices=counters.finalized_vertices,
+            rejected_vertices=counters.rejected_vertices,
+            edges=counters.edges,
+            evidence=counters.evidence,
+            disk_bytes=self.disk_bytes(),
+            path=str(self.path),
+            schema_version=self.schema_version,
+            halted=self.halt_reason is not None,
+            halt_reason=self.halt_reason or "",
+        )
+        for name in keys.COLUMN_FAMILIES:
+            cf = self._cf[name]
+            stats.column_families.add(
+                name=name,
+                estimated_keys=cf.property_int_value("rocksdb.estimate-num-keys") or 0,
+                sst_bytes=cf.property_int_value("rocksdb.total-sst-files-size") or 0,
+                memtable_bytes=cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0,
+            )
+        return stats
+
+
+def open_in_this_process(path: Path) -> bool:
+    """Whether this process holds ``path`` open for writing (RocksDB's LOCK cannot tell)."""
+    with _OPEN_LOCK:
+        return Path(path).absolute() in _OPEN_PATHS
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def write_backup_manifest(info: DatabaseInfo, *, node: str, source: Path) -> None:
+    """Describe a backup beside its RocksDB files (:data:`BACKUP_MANIFEST`, read by restore)."""
+    manifest = {
+        "format": 1,
+        "node": node,
+        "source": str(source),
+        "last_seq": info.last_seq,
+        "vertices": info.vertices,
+        "schema_version": info.schema_version,
+        "created_ms": now_ms(),
+    }
+    (info.path / BACKUP_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def inspect(path: Path) -> DatabaseInfo:
+    """Open ``path`` read-only (no lock, no writes) and describe it; :class:`DatabaseError`."""
+    store = Store.open(path, create=False, read_only=True)
+    try:
+        return store.info()
+    finally:
+        store.close()
+
+
+__all__ = [
+    "BACKUP_MANIFEST",
+    "CommitOutcome",
+    "Counters",
+    "DatabaseInfo",
+    "Store",
+    "WriteFailed",
+    "dir_bytes",
+    "evidence_digest",
+    "inspect",
+    "now_ms",
+    "open_in_this_process",
+    "write_backup_manifest",
+]

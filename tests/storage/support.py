@@ -1,0 +1,276 @@
+"""Helpers for the storage tests: configs, realistic vertices and batches, a service handle."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import tomli_w
+
+from cretoai.config import NodeConfig, parse_config
+from cretoai.crypto import get_backend
+from cretoai.serving import GrpcService
+from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
+from services.storage.service import build
+
+REPO = Path(__file__).resolve().parents[2]
+PUBLIC_KEY_SIZE = 2592
+SIGNATURE_SIZE = 4627
+
+_PUBLIC_KEY: str | None = None
+
+
+def validator_key() -> str:
+    """A real ML-DSA-87 public key, hex (generated once per test process)."""
+    global _PUBLIC_KEY
+    if _PUBLIC_KEY is None:
+        backend = get_backend("cryptography")
+        _PUBLIC_KEY = backend.private_key_from_seed(os.urandom(32)).public_key.hex()
+    return _PUBLIC_KEY
+
+
+def config_dict(tmp: Path, *, port: int = 0, db: Path | None = None) -> dict[str, Any]:
+    return {
+        "node": {"name": "node1", "key": "node.key", "data_dir": str(tmp / "data")},
+        "validators": [
+            {"name": "node1", "public_key": validator_key(), "address": "127.0.0.1:7000"}
+        ],
+        "storage": {
+            "listen": f"127.0.0.1:{port}",
+            "metrics": "127.0.0.1:0",
+            "path": str(db) if db else "",
+        },
+        "telemetry": {"log_level": "info"},
+    }
+
+
+def make_config(tmp: Path, *, port: int = 0, db: Path | None = None) -> NodeConfig:
+    return parse_config(config_dict(tmp, port=port, db=db), tmp / "node.toml")
+
+
+def write_config(tmp: Path, *, port: int, db: Path | None = None) -> Path:
+    path = tmp / "node.toml"
+    path.write_bytes(tomli_w.dumps(config_dict(tmp, port=port, db=db)).encode())
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------- DAG data
+
+CREATOR = os.urandom(PUBLIC_KEY_SIZE)
+
+
+def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
+    """The tests' own hash (storage takes hashes as given)."""
+    return hashlib.sha3_256(vertex.SerializeToString(deterministic=True)).digest()
+
+
+def make_vertex(
+    parents: Sequence[bytes] = (),
+    *,
+    payload: bytes | None = None,
+    timestamp_ms: int | None = None,
+    payload_size: int = 64,
+) -> vertex_pb2.Vertex:
+    return vertex_pb2.Vertex(
+        payload=os.urandom(payload_size) if payload is None else payload,
+        parents=list(parents),
+        creator=CREATOR,
+        timestamp_ms=int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+        signature=os.urandom(SIGNATURE_SIZE),
+    )
+
+
+def digest_of(hashes: Sequence[bytes]) -> bytes:
+    return hashlib.sha3_256(b"batch" + b"".join(hashes)).digest()
+
+
+def certificate(seq: int, digest: bytes, view: int = 0) -> vertex_pb2.FinalityCertificate:
+    return vertex_pb2.FinalityCertificate(
+        view=view,
+        seq=seq,
+        batch_digest=digest,
+        commits=[
+            vertex_pb2.SignedMessage(body=b"commit-%d-%d" % (seq, i), signature=b"s" * 64, signer=i)
+            for i in range(3)
+        ],
+    )
+
+
+def commit_request(
+    seq: int,
+    vertices: Sequence[vertex_pb2.Vertex],
+    *,
+    rejected: Sequence[int] = (),
+    reasons: dict[int, str] | None = None,
+    hashes: Sequence[bytes] | None = None,
+) -> storage_pb2.CommitBatchRequest:
+    """A CommitBatch request; ``rejected`` are positions the executor rejected."""
+    hashes = list(hashes) if hashes is not None else [vertex_hash(v) for v in vertices]
+    digest = digest_of(hashes)
+    reasons = reasons or {}
+    results = [
+        storage_pb2.ExecutionResult(
+            hash=h,
+            rejected=i in rejected,
+            reject_reason=reasons.get(i, "invalid signature") if i in rejected else "",
+        )
+        for i, h in enumerate(hashes)
+    ]
+    batch = vertex_pb2.FinalizedBatch(
+        seq=seq,
+        batch_digest=digest,
+        vertices=list(vertices),
+        rejected=[hashes[i] for i in sorted(rejected)],
+        certificate=certificate(seq, digest),
+    )
+    return storage_pb2.CommitBatchRequest(batch=batch, results=results)
+
+
+@dataclass
+class Dag:
+    """Builds batches of a growing DAG: each vertex has up to two finalized parents."""
+
+    payload_size: int = 64
+    tips: list[bytes] = field(default_factory=list)
+    seq: int = 0
+
+    def next_batch(self, count: int) -> storage_pb2.CommitBatchRequest:
+        self.seq += 1
+        vertices = []
+        new_tips: list[bytes] = []
+        for _ in range(count):
+            parents = self.tips[-2:] if self.tips else []
+            vertex = make_vertex(parents, payload_size=self.payload_size)
+            vertices.append(vertex)
+            new_tips.append(vertex_hash(vertex))
+        self.tips = (self.tips + new_tips)[-8:]
+        return commit_request(self.seq, vertices)
+
+
+# ---------------------------------------------------------------------------- a running service
+
+
+@dataclass
+class Running:
+    """An in-process storage service on port 0 and a stub to it."""
+
+    service: GrpcService
+    channel: grpc.aio.Channel
+    stub: storage_pb2_grpc.StorageStub
+    cfg: NodeConfig
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.service.stop()
+
+
+async def start_service(cfg: NodeConfig) -> Running:
+    service = await build(cfg)
+    service.grace = 1.0
+    await service.start()
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{service.port}",
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    return Running(
+        service=service, channel=channel, stub=storage_pb2_grpc.StorageStub(channel), cfg=cfg
+    )
+
+
+async def collect(call: Any, timeout: float = 30.0) -> list[Any]:
+    async def go() -> list[Any]:
+        return [item async for item in call]
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+# ---------------------------------------------------------------------------- a service process
+
+
+@dataclass
+class ServiceProcess:
+    """``python -m services.storage`` as a child process, for crash and startup tests."""
+
+    config: Path
+    port: int
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    stderr_path: Path | None = None
+
+    def spawn(self, *, preexec: Any = None) -> subprocess.Popen[bytes]:
+        self.stderr_path = self.config.parent / f"storage-{time.monotonic_ns()}.log"
+        env = {**os.environ, **(self.env or {})}
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.storage", "--config", str(self.config)],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                preexec_fn=preexec,
+            )
+        return self.proc
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path else ""
+
+    async def wait_serving(self, timeout: float = 30.0) -> None:
+        """Until the health check answers SERVING (or the process exits: AssertionError)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"storage exited {self.proc.returncode}: {self.stderr()}")
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"storage did not serve within {timeout}s: {self.stderr()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
