@@ -39,7 +39,9 @@ def validator_key() -> str:
     return _PUBLIC_KEY
 
 
-def config_dict(tmp: Path, *, port: int = 0, db: Path | None = None) -> dict[str, Any]:
+def config_dict(
+    tmp: Path, *, port: int = 0, db: Path | None = None, metrics: bool = False
+) -> dict[str, Any]:
     return {
         "node": {"name": "node1", "key": "node.key", "data_dir": str(tmp / "data")},
         "validators": [
@@ -47,15 +49,18 @@ def config_dict(tmp: Path, *, port: int = 0, db: Path | None = None) -> dict[str
         ],
         "storage": {
             "listen": f"127.0.0.1:{port}",
-            "metrics": "127.0.0.1:0",
+            # the Prometheus endpoint takes 0.5 s to shut down: only where a test reads it
+            "metrics": "127.0.0.1:0" if metrics else "",
             "path": str(db) if db else "",
         },
         "telemetry": {"log_level": "info"},
     }
 
 
-def make_config(tmp: Path, *, port: int = 0, db: Path | None = None) -> NodeConfig:
-    return parse_config(config_dict(tmp, port=port, db=db), tmp / "node.toml")
+def make_config(
+    tmp: Path, *, port: int = 0, db: Path | None = None, metrics: bool = False
+) -> NodeConfig:
+    return parse_config(config_dict(tmp, port=port, db=db, metrics=metrics), tmp / "node.toml")
 
 
 def write_config(tmp: Path, *, port: int, db: Path | None = None) -> Path:

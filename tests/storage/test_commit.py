@@ -1,0 +1,366 @@
+"""CommitBatch over real gRPC on a real RocksDB: ordering, heights, idempotency, every refusal."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from cretoai.v1 import storage_pb2, vertex_pb2
+from tests.storage.support import (
+    Dag,
+    Running,
+    collect,
+    commit_request,
+    make_config,
+    make_vertex,
+    start_service,
+    vertex_hash,
+)
+
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
+UNSPECIFIED = vertex_pb2.VERTEX_STATUS_UNSPECIFIED
+
+
+async def stats(running: Running) -> storage_pb2.StorageStats:
+    return await running.stub.GetStats(storage_pb2.GetStatsRequest())
+
+
+async def get(running: Running, h: bytes) -> vertex_pb2.VertexRecord | None:
+    reply = await running.stub.GetVertex(storage_pb2.GetVertexRequest(hash=h))
+    return reply.record if reply.found else None
+
+
+async def expect(code: grpc.StatusCode, call: object, *needles: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    details = info.value.details() or ""
+    for needle in needles:
+        assert needle in details, details
+    return details
+
+
+async def test_batches_commit_in_order_with_heights_from_parents(running: Running) -> None:
+    a = make_vertex()
+    b = make_vertex()
+    ha, hb = vertex_hash(a), vertex_hash(b)
+    first = await running.stub.CommitBatch(commit_request(1, [a, b]))
+    assert (first.last_seq, first.already_committed, list(first.heights)) == (1, False, [0, 0])
+
+    # parents from an earlier batch and from earlier positions of the same batch
+    c = make_vertex([ha])
+    hc = vertex_hash(c)
+    d = make_vertex([hc, hb])
+    hd = vertex_hash(d)
+    e = make_vertex([hd, ha])
+    second = await running.stub.CommitBatch(commit_request(2, [c, d, e]))
+    assert second.last_seq == 2
+    assert list(second.heights) == [1, 2, 3]
+
+    record = await get(running, hd)
+    assert record is not None
+    assert (record.status, record.seq, record.height) == (FINALIZED, 2, 2)
+    assert record.vertex == d
+    assert record.certificate.seq == 2
+    assert record.certificate.batch_digest == commit_request(2, [c, d, e]).batch.batch_digest
+    s = await stats(running)
+    assert (s.last_seq, s.vertices, s.finalized_vertices, s.rejected_vertices) == (2, 5, 5, 0)
+    assert s.edges == 5
+
+
+async def test_an_empty_batch_is_a_valid_null_request(running: Running) -> None:
+    reply = await running.stub.CommitBatch(commit_request(1, []))
+    assert reply.last_seq == 1 and list(reply.heights) == []
+    entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+    assert [e.batch.seq for e in entries] == [1]
+    assert list(entries[0].batch.vertices) == []
+
+
+async def test_a_gap_is_refused_and_nothing_is_written(running: Running) -> None:
+    dag = Dag()
+    await running.stub.CommitBatch(dag.next_batch(3))
+    dag.seq += 1  # skip seq 2
+    skipped = dag.next_batch(3)
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(skipped),
+        "batch.seq 3 does not follow last_seq 1",
+        "expected 2",
+    )
+    assert (await stats(running)).last_seq == 1
+    assert await get(running, skipped.results[0].hash) is None
+
+
+async def test_a_resent_identical_batch_is_acknowledged_again(running: Running) -> None:
+    dag = Dag()
+    first = dag.next_batch(4)
+    second = dag.next_batch(4)
+    reply1 = await running.stub.CommitBatch(first)
+    reply2 = await running.stub.CommitBatch(second)
+    before = await stats(running)
+
+    again = await running.stub.CommitBatch(first)
+    assert again.already_committed
+    assert again.last_seq == 2
+    assert list(again.heights) == list(reply1.heights)
+    assert list((await running.stub.CommitBatch(second)).heights) == list(reply2.heights)
+    after = await stats(running)
+    assert (after.last_seq, after.vertices, after.edges) == (
+        before.last_seq,
+        before.vertices,
+        before.edges,
+    )
+    # a different certificate (another quorum) for the same batch is still the same batch
+    other_proof = storage_pb2.CommitBatchRequest()
+    other_proof.CopyFrom(first)
+    del other_proof.batch.certificate.commits[1:]
+    assert (await running.stub.CommitBatch(other_proof)).already_committed
+
+
+async def test_a_different_batch_at_a_committed_seq_is_refused(running: Running) -> None:
+    dag = Dag()
+    first = dag.next_batch(2)
+    await running.stub.CommitBatch(first)
+    other = commit_request(1, [make_vertex(), make_vertex()])
+    await expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        running.stub.CommitBatch(other),
+        "seq 1 already holds batch",
+    )
+    # the same digest with other execution results is a different batch too
+    changed = storage_pb2.CommitBatchRequest()
+    changed.CopyFrom(first)
+    changed.results[0].rejected = True
+    changed.results[0].reject_reason = "invalid signature"
+    changed.batch.rejected.append(changed.results[0].hash)
+    await expect(grpc.StatusCode.ALREADY_EXISTS, running.stub.CommitBatch(changed))
+    assert (await stats(running)).last_seq == 1
+    record = await get(running, first.results[0].hash)
+    assert record is not None and record.status == FINALIZED
+
+
+async def test_an_accepted_vertex_with_an_unknown_parent_fails_the_whole_batch(
+    running: Running,
+) -> None:
+    good = make_vertex()
+    orphan = make_vertex([os.urandom(32)])
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(commit_request(1, [good, orphan])),
+        "is accepted but its parent",
+        "is not finalized",
+    )
+    s = await stats(running)
+    assert (s.last_seq, s.vertices) == (0, 0)
+    assert await get(running, vertex_hash(good)) is None
+    # the executor's rejection of the orphan is what makes the batch valid
+    reply = await running.stub.CommitBatch(
+        commit_request(1, [good, orphan], rejected=[1], reasons={1: "unknown parent"})
+    )
+    assert list(reply.heights) == [0, 0]
+    record = await get(running, vertex_hash(orphan))
+    assert record is not None
+    assert (record.status, record.seq, record.reject_reason) == (REJECTED, 1, "unknown parent")
+
+
+async def test_a_vertex_is_finalized_at_most_once(running: Running) -> None:
+    v = make_vertex()
+    h = vertex_hash(v)
+    await running.stub.CommitBatch(commit_request(1, [v]))
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(commit_request(2, [v])),
+        "already finalized (seq 1)",
+    )
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(commit_request(2, [make_vertex(), make_vertex([h])] * 2)),
+        "a duplicate must be rejected",
+    )
+    # rejected as a duplicate: the batch is stored, the first record stays
+    reply = await running.stub.CommitBatch(
+        commit_request(2, [v], rejected=[0], reasons={0: "duplicate"})
+    )
+    assert reply.last_seq == 2
+    record = await get(running, h)
+    assert record is not None
+    assert (record.status, record.seq) == (FINALIZED, 1)
+    entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest(from_seq=2)))
+    assert [(r.hash, r.status, r.reject_reason) for r in entries[0].results] == [
+        (h, REJECTED, "duplicate")
+    ]
+    assert list(entries[0].batch.rejected) == [h]
+    s = await stats(running)
+    assert (s.vertices, s.finalized_vertices, s.rejected_vertices) == (1, 1, 0)
+
+
+async def test_a_rejected_vertex_can_be_finalized_later(running: Running) -> None:
+    parent = make_vertex()
+    hp = vertex_hash(parent)
+    child = make_vertex([hp])
+    hc = vertex_hash(child)
+    # the child arrives first and is rejected; its parent is finalized in the same batch after it
+    await running.stub.CommitBatch(
+        commit_request(1, [child, parent], rejected=[0], reasons={0: "unknown parent"})
+    )
+    record = await get(running, hc)
+    assert record is not None and record.status == REJECTED
+    s = await stats(running)
+    assert (s.vertices, s.finalized_vertices, s.rejected_vertices, s.edges) == (2, 1, 1, 0)
+    children = await collect(running.stub.ListChildren(storage_pb2.ListChildrenRequest(hash=hp)))
+    assert children == []
+
+    reply = await running.stub.CommitBatch(commit_request(2, [child]))
+    assert list(reply.heights) == [1]
+    record = await get(running, hc)
+    assert record is not None
+    assert (record.status, record.seq, record.height, record.reject_reason) == (
+        FINALIZED,
+        2,
+        1,
+        "",
+    )
+    s = await stats(running)
+    assert (s.vertices, s.finalized_vertices, s.rejected_vertices, s.edges) == (2, 2, 0, 1)
+    children = await collect(running.stub.ListChildren(storage_pb2.ListChildrenRequest(hash=hp)))
+    assert [c.hash for c in children] == [hc]
+
+
+async def test_a_child_of_a_rejected_vertex_cannot_be_accepted(running: Running) -> None:
+    bad = make_vertex()
+    hb = vertex_hash(bad)
+    child = make_vertex([hb])
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(commit_request(1, [bad, child], rejected=[0])),
+        f"parent {hb.hex()} is not finalized",
+    )
+    await running.stub.CommitBatch(commit_request(1, [bad], rejected=[0]))
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(commit_request(2, [child])),
+        "is not finalized",
+    )
+
+
+async def test_a_vertex_cannot_be_its_own_parent(running: Running) -> None:
+    v = make_vertex()
+    h = vertex_hash(v)
+    selfish = make_vertex([h])
+    await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        running.stub.CommitBatch(commit_request(1, [selfish], hashes=[h])),
+        "is not finalized",
+    )
+
+
+def _mutations() -> list[tuple[str, Callable[[storage_pb2.CommitBatchRequest], None], str]]:
+    def no_batch(r: storage_pb2.CommitBatchRequest) -> None:
+        r.ClearField("batch")
+
+    def seq0(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.seq = 0
+        r.batch.certificate.seq = 0
+
+    def short_digest(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.batch_digest = b"x" * 31
+
+    def no_certificate(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.ClearField("certificate")
+
+    def cert_seq(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.certificate.seq = 7
+
+    def cert_digest(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.certificate.batch_digest = b"y" * 32
+
+    def no_commits(r: storage_pb2.CommitBatchRequest) -> None:
+        del r.batch.certificate.commits[:]
+
+    def missing_result(r: storage_pb2.CommitBatchRequest) -> None:
+        del r.results[-1]
+
+    def short_hash(r: storage_pb2.CommitBatchRequest) -> None:
+        r.results[1].hash = b"z" * 33
+
+    def rejected_mismatch(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.rejected.append(r.results[0].hash)
+
+    def reason_on_accepted(r: storage_pb2.CommitBatchRequest) -> None:
+        r.results[0].reject_reason = "why?"
+
+    def long_reason(r: storage_pb2.CommitBatchRequest) -> None:
+        r.results[0].rejected = True
+        r.results[0].reject_reason = "x" * 1025
+        r.batch.rejected.append(r.results[0].hash)
+
+    def bad_parent(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.vertices[1].parents.append(b"p" * 20)
+
+    return [
+        ("no batch", no_batch, "batch: missing"),
+        ("seq 0", seq0, "sequence numbers start at 1"),
+        ("short digest", short_digest, "batch.batch_digest: 31 bytes"),
+        ("no certificate", no_certificate, "batch.certificate: missing"),
+        ("certificate seq", cert_seq, "batch.certificate.seq: 7"),
+        ("certificate digest", cert_digest, "batch.certificate.batch_digest"),
+        ("no commits", no_commits, "batch.certificate.commits: empty"),
+        ("missing result", missing_result, "results: 2 for 3 vertices"),
+        ("short hash", short_hash, "results[1].hash: 33 bytes"),
+        ("rejected mismatch", rejected_mismatch, "batch.rejected"),
+        ("reason on accepted", reason_on_accepted, "results[0].reject_reason"),
+        ("long reason", long_reason, "longer than 1024 bytes"),
+        ("bad parent", bad_parent, "batch.vertices[1].parents[0]: 20 bytes"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "needle"), _mutations(), ids=[m[0] for m in _mutations()]
+)
+async def test_malformed_batches_are_invalid_arguments(
+    running: Running,
+    name: str,
+    mutate: Callable[[storage_pb2.CommitBatchRequest], None],
+    needle: str,
+) -> None:
+    request = commit_request(1, [make_vertex(), make_vertex(), make_vertex()])
+    mutate(request)
+    await expect(grpc.StatusCode.INVALID_ARGUMENT, running.stub.CommitBatch(request), needle)
+    assert (await stats(running)).last_seq == 0
+
+
+async def test_committed_data_survives_a_restart(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    cfg = make_config(tmp_path)
+    dag = Dag(payload_size=1024)
+    running = await start_service(cfg)
+    try:
+        requests = [dag.next_batch(20) for _ in range(5)]
+        for request in requests:
+            await running.stub.CommitBatch(request)
+        state = storage_pb2.WriteStateRequest(
+            puts=[storage_pb2.StateEntry(key=b"view", value=b"\x00\x07")]
+        )
+        await running.stub.WriteState(state)
+    finally:
+        await running.stop()
+    running = await start_service(cfg)
+    try:
+        s = await stats(running)
+        assert (s.last_seq, s.vertices) == (5, 100)
+        entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+        assert [list(e.batch.vertices) for e in entries] == [
+            list(r.batch.vertices) for r in requests
+        ]
+        value = await running.stub.GetState(storage_pb2.GetStateRequest(keys=[b"view"]))
+        assert value.values[0].value == b"\x00\x07"
+        reply = await running.stub.CommitBatch(dag.next_batch(20))
+        assert reply.last_seq == 6
+    finally:
+        await running.stop()
