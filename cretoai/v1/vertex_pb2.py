@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63retoai/v1/vertex.proto\x12\ncretoai.v1\"d\n\x06Vertex\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07parents\x18\x02 \x03(\x0c\x12\x0f\n\x07\x63reator\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"@\n\rSignedMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\r\"r\n\x13\x46inalityCertificate\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\x12*\n\x07\x63ommits\x18\x04 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"\xa1\x01\n\x0e\x46inalizedBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x02 \x01(\x0c\x12$\n\x08vertices\x18\x03 \x03(\x0b\x32\x12.cretoai.v1.Vertex\x12\x10\n\x08rejected\x18\x04 \x03(\x0c\x12\x34\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0b\x32\x1f.cretoai.v1.FinalityCertificate\"\xd4\x01\n\x0cVertexRecord\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\"\n\x06vertex\x18\x02 \x01(\x0b\x32\x12.cretoai.v1.Vertex\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0e\n\x06height\x18\x05 \x01(\x04\x12\x34\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0b\x32\x1f.cretoai.v1.FinalityCertificate\x12\x15\n\rreject_reason\x18\x07 \x01(\t*\x81\x01\n\x0cVertexStatus\x12\x1d\n\x19VERTEX_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15VERTEX_STATUS_PENDING\x10\x01\x12\x1b\n\x17VERTEX_STATUS_FINALIZED\x10\x02\x12\x1a\n\x16VERTEX_STATUS_REJECTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63retoai/v1/vertex.proto\x12\ncretoai.v1\"d\n\x06Vertex\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07parents\x18\x02 \x03(\x0c\x12\x0f\n\x07\x63reator\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"@\n\rSignedMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\r\"r\n\x13\x46inalityCertificate\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x03 \x01(\x0c\x12*\n\x07\x63ommits\x18\x04 \x03(\x0b\x32\x19.cretoai.v1.SignedMessage\"\xb7\x01\n\x0e\x46inalizedBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61tch_digest\x18\x02 \x01(\x0c\x12$\n\x08vertices\x18\x03 \x03(\x0b\x32\x12.cretoai.v1.Vertex\x12\x10\n\x08rejected\x18\x04 \x03(\x0c\x12\x34\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0b\x32\x1f.cretoai.v1.FinalityCertificate\x12\x14\n\x0cstate_digest\x18\x06 \x01(\x0c\"\xd4\x01\n\x0cVertexRecord\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\"\n\x06vertex\x18\x02 \x01(\x0b\x32\x12.cretoai.v1.Vertex\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0e\n\x06height\x18\x05 \x01(\x04\x12\x34\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0b\x32\x1f.cretoai.v1.FinalityCertificate\x12\x15\n\rreject_reason\x18\x07 \x01(\t*\x81\x01\n\x0cVertexStatus\x12\x1d\n\x19VERTEX_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15VERTEX_STATUS_PENDING\x10\x01\x12\x1b\n\x17VERTEX_STATUS_FINALIZED\x10\x02\x12\x1a\n\x16VERTEX_STATUS_REJECTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cretoai.v1.vertex_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERTEXSTATUS']._serialized_start=703
-  _globals['_VERTEXSTATUS']._serialized_end=832
+  _globals['_VERTEXSTATUS']._serialized_start=725
+  _globals['_VERTEXSTATUS']._serialized_end=854
   _globals['_VERTEX']._serialized_start=39
   _globals['_VERTEX']._serialized_end=139
   _globals['_SIGNEDMESSAGE']._serialized_start=141
@@ -40,7 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINALITYCERTIFICATE']._serialized_start=207
   _globals['_FINALITYCERTIFICATE']._serialized_end=321
   _globals['_FINALIZEDBATCH']._serialized_start=324
-  _globals['_FINALIZEDBATCH']._serialized_end=485
-  _globals['_VERTEXRECORD']._serialized_start=488
-  _globals['_VERTEXRECORD']._serialized_end=700
+  _globals['_FINALIZEDBATCH']._serialized_end=507
+  _globals['_VERTEXRECORD']._serialized_start=510
+  _globals['_VERTEXRECORD']._serialized_end=722
 # @@protoc_insertion_point(module_scope)

@@ -55,18 +55,20 @@ class FinalityCertificate(_message.Message):
     def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., batch_digest: _Optional[bytes] = ..., commits: _Optional[_Iterable[_Union[SignedMessage, _Mapping]]] = ...) -> None: ...
 
 class FinalizedBatch(_message.Message):
-    __slots__ = ("seq", "batch_digest", "vertices", "rejected", "certificate")
+    __slots__ = ("seq", "batch_digest", "vertices", "rejected", "certificate", "state_digest")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
     VERTICES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     seq: int
     batch_digest: bytes
     vertices: _containers.RepeatedCompositeFieldContainer[Vertex]
     rejected: _containers.RepeatedScalarFieldContainer[bytes]
     certificate: FinalityCertificate
-    def __init__(self, seq: _Optional[int] = ..., batch_digest: _Optional[bytes] = ..., vertices: _Optional[_Iterable[_Union[Vertex, _Mapping]]] = ..., rejected: _Optional[_Iterable[bytes]] = ..., certificate: _Optional[_Union[FinalityCertificate, _Mapping]] = ...) -> None: ...
+    state_digest: bytes
+    def __init__(self, seq: _Optional[int] = ..., batch_digest: _Optional[bytes] = ..., vertices: _Optional[_Iterable[_Union[Vertex, _Mapping]]] = ..., rejected: _Optional[_Iterable[bytes]] = ..., certificate: _Optional[_Union[FinalityCertificate, _Mapping]] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
 
 class VertexRecord(_message.Message):
     __slots__ = ("hash", "vertex", "status", "seq", "height", "certificate", "reject_reason")
