@@ -62,6 +62,9 @@ class GatewaySection:
     max_payload_bytes: int = 262_144
     #: How long POST /v1/vertices?wait=true waits for finality before answering 504.
     wait_timeout_ms: int = 10_000
+    #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
+    #: a subscriber that falls further behind is disconnected (it resumes by seq).
+    stream_buffer_bytes: int = 16 * 1_048_576
 
 
 @dataclass(frozen=True, kw_only=True)
