@@ -55,7 +55,7 @@ class Cluster:
         #: Every wire sent, in order: (from, wire).
         self.sent: list[tuple[int, Wire]] = []
 
-    def replica(self, i: int):  # noqa: ANN201 - the Replica
+    def replica(self, i: int):
         return self.nodes[i].replica
 
     def log(self, i: int) -> list[Committed]:

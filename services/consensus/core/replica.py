@@ -168,7 +168,10 @@ class Replica:
         self._backoff = 0
         self._nv_deadline: int | None = None
         self._new_view_msg: Signed[NewView] | None = None
-        self._vcs: dict[int, Signed[ViewChange]] = {}
+        #: VIEW-CHANGEs by new view, then signer (a few views per signer at most).
+        self._vcs: dict[int, dict[int, Signed[ViewChange]]] = {}
+        #: The last view this replica was active in.
+        self._active_view = 0
         self._slots: dict[int, _Slot] = {}
         self._checkpoints: dict[int, dict[int, Signed[Checkpoint]]] = {}
         self._low = 0
@@ -264,11 +267,10 @@ class Replica:
         now = self._now
         if now % self.config.status_interval == 0:
             self._status_tick()
-        if not self._active:
-            if self._nv_deadline is not None and now >= self._nv_deadline:
-                self._backoff = min(self._backoff + 1, self.config.max_backoff)
-                self._start_view_change(self._view + 1)
-        elif self._transfer is None:
+        if not self._active and self._nv_deadline is not None and now >= self._nv_deadline:
+            self._backoff = min(self._backoff + 1, self.config.max_backoff)
+            self._start_view_change(self._view + 1)
+        if self._transfer is None:
             self._check_request_timers()
             self._maybe_propose()
         if self._transfer is not None and now >= self._transfer.next_at:
@@ -701,11 +703,15 @@ class Replica:
         self._maybe_propose()
 
     def _check_request_timers(self) -> None:
-        """Relay requests unexecuted for a request timeout; suspect the primary after two."""
+        """Relay requests unexecuted for a request timeout; suspect the primary after two.
+
+        While waiting for a NEW-VIEW the replica only relays (the primary of the
+        view the others are in, if any, then orders them).
+        """
         expired = self._pool.expired(self._now, self.config.request_timeout)
         if not expired:
             return
-        if any(e.relayed for e in expired):
+        if self._active and any(e.relayed for e in expired):
             self._start_view_change(self._view + 1)
             return
         self._send.append(Outbound(None, RequestsEnvelope(tuple(e.request for e in expired))))
@@ -871,11 +877,15 @@ class Replica:
     def _on_status(self, sender: int, st: StatusEnvelope) -> None:
         """Send a peer what its status shows it lacks (lost messages, restarts, lag)."""
         settled = self._now - self.config.status_interval
-        if st.last_executed < self._last_exec:
-            if st.last_executed < self._low:
-                self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
-            else:
-                self._push_batches(sender, st.last_executed, settled)
+        if st.stable_seq < self._low:
+            self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
+        if self._low <= st.last_executed < self._last_exec:
+            self._push_batches(sender, st.last_executed, settled)
+        if not st.active and sender == self.config.primary(st.view):
+            # A new primary still waiting: relay the VIEW-CHANGEs we hold for its view.
+            for signer, vc in self._vcs.get(st.view, {}).items():
+                if signer != sender:
+                    self._send.append(Outbound(sender, SignedEnvelope(vc)))
         if not self._active:
             return
         behind = st.view < self._view or (st.view == self._view and not st.active)
@@ -938,12 +948,12 @@ class Replica:
         self._new_view_msg = None
         self._persist_view()
         assert own is not None
-        self._vcs[self.id] = own  # type: ignore[assignment]
+        self._vcs.setdefault(target, {})[self.id] = own  # type: ignore[assignment]
         self._view_change_progress()
 
     def _on_view_change(self, sender: int, signed: Signed[ViewChange]) -> None:
         vc = signed.msg
-        if vc.new_view < self._view or (vc.new_view == self._view and self._active):
+        if vc.new_view <= self._active_view:
             self._fault(sender, FaultKind.STALE)
             return
         try:
@@ -953,30 +963,38 @@ class Replica:
             return
         self._add_view_change(signed)
 
+    _VIEWS_PER_SIGNER = 4
+
     def _add_view_change(self, signed: Signed[ViewChange]) -> None:
-        current = self._vcs.get(signed.signer)
+        """Keep a valid VIEW-CHANGE (even once its signer moved on: it still counts)."""
+        view, signer = signed.msg.new_view, signed.signer
+        current = self._vcs.get(view, {}).get(signer)
         if current is not None:
-            if current.msg.new_view == signed.msg.new_view:
-                if current.body != signed.body:
-                    self._equivocation(current, signed)
+            if current.body != signed.body:
+                self._equivocation(current, signed)
+            return
+        held = sorted(v for v, by in self._vcs.items() if signer in by)
+        if len(held) >= self._VIEWS_PER_SIGNER:
+            if view < held[0]:
                 return
-            if current.msg.new_view > signed.msg.new_view:
-                return
-        self._vcs[signed.signer] = signed
+            del self._vcs[held[0]][signer]
+        self._vcs.setdefault(view, {})[signer] = signed
         self._view_change_progress()
 
     def _view_change_progress(self) -> None:
         # Join: f+1 replicas want a view above ours, so at least one honest does.
-        higher = sorted(
-            (vc.msg.new_view for j, vc in self._vcs.items() if j != self.id),
-            reverse=True,
-        )
+        highest: dict[int, int] = {}
+        for view, by in self._vcs.items():
+            for j in by:
+                if j != self.id and view > highest.get(j, -1):
+                    highest[j] = view
+        higher = sorted(highest.values(), reverse=True)
         if len(higher) > self._f and higher[self._f] > self._view:
             self._start_view_change(higher[self._f])
             return
         if self._active:
             return
-        support = [vc for vc in self._vcs.values() if vc.msg.new_view == self._view]
+        support = list(self._vcs.get(self._view, {}).values())
         if len(support) < self._q:
             return
         if self.primary == self.id:
@@ -1034,7 +1052,9 @@ class Replica:
         view = nv.msg.view
         self._view = view
         self._active = True
+        self._active_view = view
         self._nv_deadline = None
+        self._vcs = {v: by for v, by in self._vcs.items() if v > view}
         self._new_view_msg = nv
         self._persist_view()
         self._persist.append(Record(durable.NEW_VIEW_KEY, durable.encode_signed(nv)))
@@ -1094,6 +1114,7 @@ class Replica:
             self._low = state.stable_proof[0].msg.seq
             self._stable_proof = state.stable_proof
         self._view, self._active = state.view, state.active
+        self._active_view = state.view if state.active else max(0, state.view - 1)
         self._own = dict(state.own)
         self._evidence = dict(state.evidence)
         for signer in self._evidence:
@@ -1113,7 +1134,7 @@ class Replica:
                 self._slot(seq).pre_prepare = signed  # type: ignore[assignment]
                 self._next_seq = max(self._next_seq, seq + 1)
             elif isinstance(msg, ViewChange) and view == self._view:
-                self._vcs[self.id] = signed  # type: ignore[assignment]
+                self._vcs[view] = {self.id: signed}  # type: ignore[dict-item]
         nv = state.new_view
         if nv is not None and nv.msg.view == self._view and self._active:
             self._new_view_msg = nv

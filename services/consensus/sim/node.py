@@ -95,12 +95,12 @@ class Node:
                 self.records.pop(record.key, None)
             else:
                 self.records[record.key] = record.value
-        wires = [
-            Wire(out.to, codec.encode_envelope(out.envelope), out.envelope) for out in rd.send
-        ]
+        wires = [Wire(out.to, codec.encode_envelope(out.envelope), out.envelope) for out in rd.send]
         for committed in rd.execute:
             if committed.seq != len(self.log) + 1:
-                raise AssertionError(f"replica {self.index} executed seq {committed.seq} out of order")
+                raise AssertionError(
+                    f"replica {self.index} executed seq {committed.seq} out of order"
+                )
             self.log.append(committed)
             if self._on_execute is not None:
                 self._on_execute(self, committed)
