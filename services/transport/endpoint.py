@@ -12,6 +12,7 @@ what a connection means is the owner's business (``on_activity``).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -38,6 +39,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         *,
         server_config: QuicConfiguration,
         client_config: QuicConfiguration,
+        loopback_server_config: QuicConfiguration | None = None,
+        loopback_client_config: QuicConfiguration | None = None,
         authority: Authority,
         settings: ConnectionSettings,
         on_activity: Activity,
@@ -46,6 +49,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     ) -> None:
         self._server_config = server_config
         self._client_config = client_config
+        # Loopback carries 64 KiB datagrams: peers on this host get larger packets.
+        self._loopback_server_config = loopback_server_config or server_config
+        self._loopback_client_config = loopback_client_config or client_config
         self._authority = authority
         self._settings = settings
         self._on_activity = on_activity
@@ -101,7 +107,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def connect(self, addr: tuple[str, int], expected_peer: str) -> PeerConnection:
         now = self._loop.time()
-        quic = QuicConnection(configuration=self._client_config)
+        config = self._loopback_client_config if _is_loopback(addr[0]) else self._client_config
+        quic = QuicConnection(configuration=config)
         conn = PeerConnection(
             quic=quic,
             authority=self._authority,
@@ -187,7 +194,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
                 and header.version in self._server_config.supported_versions
             ):
-                conn = self._accept(header.destination_cid)
+                conn = self._accept(header.destination_cid, addr)
                 if conn is None:
                     return
                 accepted = True
@@ -211,12 +218,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             conn.terminated = True
             self._forget(conn)
 
-    def _accept(self, original_dcid: bytes) -> PeerConnection | None:
+    def _accept(self, original_dcid: bytes, addr: NetworkAddress) -> PeerConnection | None:
         if self.pending_count >= self._max_pending:
             self._count("pending_limit")
             return None
+        loopback = _is_loopback(str(addr[0]))
         quic = QuicConnection(
-            configuration=self._server_config,
+            configuration=self._loopback_server_config if loopback else self._server_config,
             original_destination_connection_id=original_dcid,
         )
         conn = PeerConnection(
@@ -271,3 +279,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._timer_at.pop(conn, None)
         for cid in [c for c, owner in self._by_cid.items() if owner is conn]:
             del self._by_cid[cid]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback

@@ -282,19 +282,22 @@ class TransportNode:
             keepalive_interval=s.keepalive,
             liveness_timeout=s.liveness_timeout,
         )
-        server_config, client_config = (
-            quic_configuration(
+        configs = {
+            (is_client, size): quic_configuration(
                 is_client=is_client,
                 identity=None if is_client else identity,
                 idle_timeout=s.idle_timeout,
-                max_datagram_size=s.max_datagram_bytes,
+                max_datagram_size=size,
                 flow_window=s.quic_flow_window,
             )
             for is_client in (False, True)
-        )
+            for size in {s.max_datagram_bytes, s.loopback_datagram_bytes}
+        }
         endpoint = QuicEndpoint(
-            server_config=server_config,
-            client_config=client_config,
+            server_config=configs[False, s.max_datagram_bytes],
+            client_config=configs[True, s.max_datagram_bytes],
+            loopback_server_config=configs[False, s.loopback_datagram_bytes],
+            loopback_client_config=configs[True, s.loopback_datagram_bytes],
             authority=self,
             settings=conn_settings,
             on_activity=self._on_activity,

@@ -8,6 +8,10 @@ from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import node_id
 from services.transport.auth import parse_host_port
 
+LOOPBACK_DATAGRAM_BYTES = 9000
+#: aioquic writes packet lengths as 2-byte varints: larger packets corrupt.
+MAX_DATAGRAM_BYTES = 16000
+
 
 @dataclass(frozen=True, kw_only=True)
 class Member:
@@ -41,6 +45,15 @@ class TransportSettings:
     mdns: bool = False
     mdns_interfaces: tuple[str, ...] = ()
     fault_injection: bool = False
+
+    @property
+    def loopback_datagram_bytes(self) -> int:
+        """Datagram size towards peers on this host (loopback MTU is 64 KiB).
+
+        9000 bytes (a jumbo frame) carries a 5 KB message in one packet; aioquic
+        encodes packet lengths in two bytes, so packets must stay below 16 KiB.
+        """
+        return max(self.max_datagram_bytes, LOOPBACK_DATAGRAM_BYTES)
 
     @property
     def liveness_timeout(self) -> float:
@@ -91,8 +104,10 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         raise ConfigError(f"{src}: transport.keepalive_ms: must be below idle_timeout_ms")
     if t.reconnect_max_ms < t.reconnect_min_ms:
         raise ConfigError(f"{src}: transport.reconnect_max_ms: must be >= reconnect_min_ms")
-    if not 1200 <= t.max_datagram_bytes <= 65_000:
-        raise ConfigError(f"{src}: transport.max_datagram_bytes: must be within [1200, 65000]")
+    if not 1200 <= t.max_datagram_bytes <= MAX_DATAGRAM_BYTES:
+        raise ConfigError(
+            f"{src}: transport.max_datagram_bytes: must be within [1200, {MAX_DATAGRAM_BYTES}]"
+        )
     if t.send_queue_max_bytes < t.max_frame_bytes:
         raise ConfigError(f"{src}: transport.send_queue_max_bytes: must be >= max_frame_bytes")
     listen = parse_host_port(cfg.quic_listen) if not cfg.quic_listen.endswith(":0") else None

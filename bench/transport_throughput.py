@@ -1,0 +1,223 @@
+"""Transport benchmark: idle peer RTT and one-way messages/s over QUIC on loopback.
+
+    .venv/bin/python -m bench.transport_throughput [--messages-300 N] [--messages-5k N]
+
+Starts two real transport services as processes (``python -m services.transport``,
+keys and configs in a temporary directory, loopback only), then:
+
+* **RTT** — ``PingPeer`` on an idle connection, sequentially: the transport's
+  own measurement (PING frame handed to QUIC → PONG processed) and, for
+  reference, the round trip seen by the gRPC caller;
+* **throughput** — one Exchange stream writes N envelopes to the peer as fast as
+  the transport accepts them; another Exchange stream on the peer reads them;
+  messages/s = N / (time from the first write to the last message read).
+
+Every loop is bounded in count and in time. Writes
+``bench/results/transport_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cretoai.v1 import transport_pb2
+from tests.transport.harness import TransportProcess, eventually, make_cluster, spawnable
+
+RESULT = Path(__file__).resolve().parent / "results" / "transport_throughput.json"
+TARGET_RTT_P99_MS = 2.0
+TARGET_MSGS_5K = 4000.0
+TIME_LIMIT_S = 60.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("aioquic", "grpcio", "cryptography", "protobuf"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+    }
+
+
+async def measure_rtt(sender: TransportProcess, peer_id: str, samples: int) -> dict[str, Any]:
+    transport_ms: list[float] = []
+    caller_ms: list[float] = []
+    deadline = time.monotonic() + TIME_LIMIT_S
+    for _ in range(samples):
+        if time.monotonic() > deadline:
+            break
+        t0 = time.perf_counter()
+        reply = await sender.stub.PingPeer(
+            transport_pb2.PingPeerRequest(node_id=peer_id, timeout_ms=2000), timeout=5
+        )
+        caller_ms.append((time.perf_counter() - t0) * 1000)
+        transport_ms.append(reply.rtt_ms)
+        await asyncio.sleep(0.002)  # idle between probes
+    return {
+        "samples": len(transport_ms),
+        "p50_ms": round(percentile(transport_ms, 50), 4),
+        "p99_ms": round(percentile(transport_ms, 99), 4),
+        "mean_ms": round(statistics.fmean(transport_ms), 4),
+        "max_ms": round(max(transport_ms), 4),
+        "grpc_caller_p50_ms": round(percentile(caller_ms, 50), 4),
+        "grpc_caller_p99_ms": round(percentile(caller_ms, 99), 4),
+    }
+
+
+async def measure_throughput(
+    sender: TransportProcess, receiver: TransportProcess, *, size: int, count: int
+) -> dict[str, Any]:
+    inbound = receiver.stub.Exchange()
+    outbound = sender.stub.Exchange()
+    # warm-up: one message end to end, so the streams are open on both sides
+    await outbound.write(transport_pb2.Envelope(to=receiver.node_id, payload=b"warm-up"))
+    first = await asyncio.wait_for(inbound.read(), 10)
+    assert first.payload == b"warm-up"
+    payload = os.urandom(size - 8)
+    received = 0
+    in_order = True
+
+    async def read_all() -> None:
+        nonlocal received, in_order
+        while received < count:
+            envelope = await inbound.read()
+            if int.from_bytes(envelope.payload[:8], "big") != received:
+                in_order = False
+            received += 1
+
+    started = time.perf_counter()
+    reader = asyncio.create_task(read_all())
+    for i in range(count):
+        await outbound.write(
+            transport_pb2.Envelope(to=receiver.node_id, payload=i.to_bytes(8, "big") + payload)
+        )
+    sent_s = time.perf_counter() - started
+    timed_out = False
+    try:
+        await asyncio.wait_for(reader, TIME_LIMIT_S)
+    except TimeoutError:
+        timed_out = True
+    elapsed = time.perf_counter() - started
+    inbound.cancel()
+    outbound.cancel()
+    peers = await sender.peers()
+    dropped = peers[receiver.node_id].dropped
+    return {
+        "message_bytes": size,
+        "messages": count,
+        "received": received,
+        "in_order": in_order,
+        "dropped": dropped,
+        "timed_out": timed_out,
+        "elapsed_s": round(elapsed, 3),
+        "write_s": round(sent_s, 3),
+        "messages_per_s": round(received / elapsed, 1),
+        "megabytes_per_s": round(received * size / elapsed / 1e6, 2),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="cretoai-bench-") as tmp:
+        spec = make_cluster(Path(tmp), 2, transport={"reconnect_min_ms": 50})
+        # default timers and windows (make_cluster's test-speed timers reset to defaults)
+        for data in spec.data:
+            for key in ("reconnect_max_ms", "handshake_timeout_ms", "keepalive_ms"):
+                data["transport"].pop(key, None)
+            data["transport"]["idle_timeout_ms"] = 30_000
+            data["telemetry"] = {"log_level": "warning"}
+        sender, receiver = spawnable(spec, 0), spawnable(spec, 1)
+        await sender.start()
+        await receiver.start()
+        try:
+
+            async def connected() -> bool:
+                return (await sender.peers())[receiver.node_id].connected
+
+            await eventually(connected, timeout=20, what="peers connected")
+            await asyncio.sleep(0.5)
+            rtt = await measure_rtt(sender, receiver.node_id, args.rtt_samples)
+            small = await measure_throughput(
+                sender, receiver, size=300, count=args.messages_300
+            )
+            large = await measure_throughput(
+                sender, receiver, size=5 * 1024, count=args.messages_5k
+            )
+        finally:
+            await sender.stop()
+            await receiver.stop()
+    return {
+        "benchmark": "transport_throughput",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "setup": "two transport processes on 127.0.0.1, default transport settings; "
+        "the benchmark process drives both over gRPC",
+        "rtt_idle": rtt,
+        "throughput": {"300B": small, "5KB": large},
+        "targets": {
+            "rtt_p99_ms": {
+                "target": TARGET_RTT_P99_MS,
+                "measured": rtt["p99_ms"],
+                "met": rtt["p99_ms"] <= TARGET_RTT_P99_MS,
+            },
+            "messages_per_s_5KB": {
+                "target": TARGET_MSGS_5K,
+                "measured": large["messages_per_s"],
+                "met": large["messages_per_s"] >= TARGET_MSGS_5K,
+            },
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rtt-samples", type=int, default=1000)
+    parser.add_argument("--messages-300", type=int, default=20_000)
+    parser.add_argument("--messages-5k", type=int, default=20_000)
+    parser.add_argument("--output", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    for name in ("rtt_samples", "messages_300", "messages_5k"):
+        if not 1 <= getattr(args, name) <= 200_000:
+            parser.error(f"--{name.replace('_', '-')} must be within [1, 200000]")
+    result = asyncio.run(run(args))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.output)
+    print(json.dumps({"rtt_idle": result["rtt_idle"], "throughput": result["throughput"]}, indent=2))
+    print(json.dumps(result["targets"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
