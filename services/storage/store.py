@@ -57,7 +57,7 @@ _ROCKSDB_SUFFIXES = (".log", ".sst", ".blob", ".dbtmp")
 
 #: Databases opened by this process (RocksDB's LOCK only excludes other processes).
 _OPEN_PATHS: set[Path] = set()
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = threading.RLock()
 
 STATE_PAGE_ENTRIES = 256
 STATE_PAGE_BYTES = 1024 * 1024
@@ -459,7 +459,10 @@ class Store:
             heights.append(height)
             stored_results.append(storage_pb2.StoredResult(hash=h, height=height))
         record = storage_pb2.StoredBatch(
-            batch_digest=batch.batch_digest, certificate=batch.certificate, results=stored_results
+            batch_digest=batch.batch_digest,
+            certificate=batch.certificate,
+            results=stored_results,
+            state_digest=batch.state_digest,
         )
         wb.put(keys.seq_key(seq), record.SerializeToString(), self._handle[keys.FINALIZED])
         self._apply(
@@ -748,6 +751,7 @@ class Store:
         batch.seq = seq
         batch.batch_digest = record.batch_digest
         batch.certificate.CopyFrom(record.certificate)
+        batch.state_digest = record.state_digest
         hashes = [r.hash for r in record.results]
         if vertices and hashes:
             for raw in self._multi_get(keys.VERTICES, hashes):

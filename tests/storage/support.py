@@ -223,6 +223,15 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes] | None = None
     stderr_path: Path | None = None
 
+    @classmethod
+    def create(
+        cls, directory: Path, *, db: Path | None = None, env: dict[str, str] | None = None
+    ) -> ServiceProcess:
+        """A process whose config (in ``directory``) listens on a free loopback port."""
+        directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        return cls(write_config(directory, port=port, db=db), port, env)
+
     def spawn(self, *, preexec: Any = None) -> subprocess.Popen[bytes]:
         self.stderr_path = self.config.parent / f"storage-{time.monotonic_ns()}.log"
         env = {**os.environ, **(self.env or {})}
@@ -279,3 +288,38 @@ class ServiceProcess:
     def wait_exit(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
+
+
+# ---------------------------------------------------------------------------- raw RocksDB access
+
+
+class RawDb:
+    """The database opened directly with rocksdict (all column families, raw mode)."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        from rocksdict import AccessType, Options, Rdict
+
+        names = Rdict.list_cf(str(path))
+        access = AccessType.read_only(False) if read_only else AccessType.read_write()
+        self.db = Rdict(
+            str(path),
+            Options(raw_mode=True),
+            column_families={n: Options(raw_mode=True) for n in names if n != "default"},
+            access_type=access,
+        )
+        self.cfs = {n: self.db.get_column_family(n) for n in names if n != "default"}
+
+    def items(self, cf: str) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for k, v in self.cfs[cf].items()]
+
+    def close(self) -> None:
+        for cf in self.cfs.values():
+            cf.close()
+        self.cfs.clear()
+        self.db.close()
+
+    def __enter__(self) -> RawDb:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

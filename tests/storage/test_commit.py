@@ -26,7 +26,8 @@ UNSPECIFIED = vertex_pb2.VERTEX_STATUS_UNSPECIFIED
 
 
 async def stats(running: Running) -> storage_pb2.StorageStats:
-    return await running.stub.GetStats(storage_pb2.GetStatsRequest())
+    reply: storage_pb2.StorageStats = await running.stub.GetStats(storage_pb2.GetStatsRequest())
+    return reply
 
 
 async def get(running: Running, h: bytes) -> vertex_pb2.VertexRecord | None:
