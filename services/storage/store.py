@@ -298,18 +298,31 @@ class Store:
         return False
 
     def close(self) -> None:
-        """Close every handle so that RocksDB releases the LOCK. Idempotent."""
+        """Close every handle so that RocksDB releases the LOCK. Idempotent, never raises."""
         if self._closed:
             return
         self._closed = True
+        errors = []
         for cf in self._cf.values():
-            cf.close()
+            try:
+                cf.close()
+            except Exception as exc:  # e.g. the flush at close fails after a write error
+                errors.append(str(exc))
         self._cf.clear()
         self._handle.clear()
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as exc:
+            errors.append(str(exc))
         with _OPEN_LOCK:
             _OPEN_PATHS.discard(self.path)
-        log.info("database closed", extra={"fields": {"path": str(self.path)}})
+        if errors:
+            log.warning(
+                "database closed with errors",
+                extra={"fields": {"path": str(self.path), "error": errors[0]}},
+            )
+        else:
+            log.info("database closed", extra={"fields": {"path": str(self.path)}})
 
     def info(self) -> DatabaseInfo:
         return DatabaseInfo(

@@ -40,7 +40,7 @@ def validator_key() -> str:
 
 
 def config_dict(
-    tmp: Path, *, port: int = 0, db: Path | None = None, metrics: bool = False
+    tmp: Path, *, port: int = 0, db: Path | None = None, metrics: bool | int = False
 ) -> dict[str, Any]:
     return {
         "node": {"name": "node1", "key": "node.key", "data_dir": str(tmp / "data")},
@@ -50,7 +50,7 @@ def config_dict(
         "storage": {
             "listen": f"127.0.0.1:{port}",
             # the Prometheus endpoint takes 0.5 s to shut down: only where a test reads it
-            "metrics": "127.0.0.1:0" if metrics else "",
+            "metrics": f"127.0.0.1:{0 if metrics is True else int(metrics)}" if metrics else "",
             "path": str(db) if db else "",
         },
         "telemetry": {"log_level": "info"},
@@ -63,9 +63,10 @@ def make_config(
     return parse_config(config_dict(tmp, port=port, db=db, metrics=metrics), tmp / "node.toml")
 
 
-def write_config(tmp: Path, *, port: int, db: Path | None = None) -> Path:
+def write_config(tmp: Path, *, port: int, db: Path | None = None, metrics: int = 0) -> Path:
     path = tmp / "node.toml"
-    path.write_bytes(tomli_w.dumps(config_dict(tmp, port=port, db=db)).encode())
+    data = config_dict(tmp, port=port, db=db, metrics=metrics or False)
+    path.write_bytes(tomli_w.dumps(data).encode())
     return path
 
 
@@ -220,24 +221,34 @@ class ServiceProcess:
     config: Path
     port: int
     env: dict[str, str] | None = None
+    metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     stderr_path: Path | None = None
 
     @classmethod
     def create(
-        cls, directory: Path, *, db: Path | None = None, env: dict[str, str] | None = None
+        cls,
+        directory: Path,
+        *,
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
+        metrics: bool = False,
     ) -> ServiceProcess:
-        """A process whose config (in ``directory``) listens on a free loopback port."""
+        """A process whose config (in ``directory``) listens on free loopback ports."""
         directory.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        return cls(write_config(directory, port=port, db=db), port, env)
+        metrics_port = free_port() if metrics else 0
+        config = write_config(directory, port=port, db=db, metrics=metrics_port)
+        return cls(config, port, env, metrics_port)
 
-    def spawn(self, *, preexec: Any = None) -> subprocess.Popen[bytes]:
+    def spawn(self, *, preexec: Any = None, wrapper: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Start it; ``wrapper`` is a command prefix (e.g. a mount namespace)."""
         self.stderr_path = self.config.parent / f"storage-{time.monotonic_ns()}.log"
         env = {**os.environ, **(self.env or {})}
+        command = [sys.executable, "-m", "services.storage", "--config", str(self.config)]
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.storage", "--config", str(self.config)],
+                [*wrapper, *command],
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -268,6 +279,27 @@ class ServiceProcess:
                     pass
                 await asyncio.sleep(0.05)
         raise AssertionError(f"storage did not serve within {timeout}s: {self.stderr()}")
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(
+            f"127.0.0.1:{self.port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        )
+
+    async def health(self) -> int:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            return int(reply.status)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return str(reply.read().decode())
 
     def kill(self) -> None:
         assert self.proc is not None
