@@ -317,14 +317,16 @@ class StoredVertexMeta(_message.Message):
     def __init__(self, status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., seq: _Optional[int] = ..., height: _Optional[int] = ..., index: _Optional[int] = ..., reject_reason: _Optional[str] = ...) -> None: ...
 
 class StoredBatch(_message.Message):
-    __slots__ = ("batch_digest", "certificate", "results")
+    __slots__ = ("batch_digest", "certificate", "results", "state_digest")
     BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     batch_digest: bytes
     certificate: _vertex_pb2.FinalityCertificate
     results: _containers.RepeatedCompositeFieldContainer[StoredResult]
-    def __init__(self, batch_digest: _Optional[bytes] = ..., certificate: _Optional[_Union[_vertex_pb2.FinalityCertificate, _Mapping]] = ..., results: _Optional[_Iterable[_Union[StoredResult, _Mapping]]] = ...) -> None: ...
+    state_digest: bytes
+    def __init__(self, batch_digest: _Optional[bytes] = ..., certificate: _Optional[_Union[_vertex_pb2.FinalityCertificate, _Mapping]] = ..., results: _Optional[_Iterable[_Union[StoredResult, _Mapping]]] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
 
 class StoredResult(_message.Message):
     __slots__ = ("hash", "rejected", "height", "reject_reason")
