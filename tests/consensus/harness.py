@@ -42,7 +42,7 @@ class Cluster:
         self.scheme = FastScheme(n, seed=1)
         self.nodes = [
             Node(
-                replace(BASE, n=n, replica_id=i, **overrides),  # type: ignore[arg-type]
+                replace(BASE, n=n, replica_id=i, **overrides),
                 self.scheme,
                 fast_request_hash,
             )

@@ -275,10 +275,12 @@ class Replica:
             self._maybe_propose()
         if self._transfer is not None and now >= self._transfer.next_at:
             self._request_state(None)
+        self._skip_banned_primary()
 
     def report_fault(self, peer: int, kind: FaultKind) -> None:
         """A fault the driver detected (bad outer signature, undecodable bytes)."""
         self._fault(peer, kind)
+        self._skip_banned_primary()
 
     def step(self, sender: int, envelope: Envelope) -> None:
         """An envelope from peer ``sender`` (any signed message's outer signature verified)."""
@@ -300,6 +302,7 @@ class Replica:
             self._on_state_request(sender, envelope)
         else:
             self._on_state_response(sender, envelope)
+        self._skip_banned_primary()
 
     def ready(self) -> Ready:
         """Drain the accumulated output (persist, then send, then execute)."""
@@ -358,6 +361,11 @@ class Replica:
         if banned:
             self._bans.append(peer)
             self._future.pop(peer, None)
+
+    def _skip_banned_primary(self) -> None:
+        """Never wait on a primary this replica banned: move on to the next view."""
+        while self.primary in self._rep.banned:
+            self._start_view_change(self._view + 1)
 
     def _equivocation(self, first: Signed[Message], second: Signed[Message]) -> None:
         """Two conflicting messages signed by one replica: persist, gossip, ban."""
@@ -908,16 +916,26 @@ class Replica:
                     self._send.append(Outbound(sender, SignedEnvelope(own)))
 
     def _push_batches(self, peer: int, after: int, settled: int) -> None:
+        """Send a lagging peer the batches it misses, with their certificates.
+
+        From memory where the log still holds them; batches executed before a
+        restart are only in storage, so the driver serves those.
+        """
         batches: list[TransferBatch] = []
-        for seq in range(after + 1, self._last_exec + 1):
+        limit = self.config.transfer_max_batches
+        for seq in range(after + 1, min(self._last_exec, after + limit) + 1):
             slot = self._slots.get(seq)
-            if slot is None or slot.committed is None or slot.executed_at is None:
+            requests = None
+            if slot is not None and slot.committed is not None and slot.executed_at is not None:
+                if slot.executed_at > settled:
+                    break
+                requests = self._batches.get(slot.committed.digest)
+            if slot is None or slot.executed_at is None or requests is None:
+                if not batches:
+                    last = min(self._last_exec, seq + limit - 1)
+                    self._serve.append(ServeState(peer=peer, from_seq=seq, to_seq=last))
                 break
-            if slot.executed_at > settled or len(batches) == self.config.transfer_max_batches:
-                break
-            requests = self._batches.get(slot.committed.digest)
-            if requests is None:
-                break
+            assert slot.committed is not None
             batches.append(TransferBatch(requests=requests, certificate=slot.committed))
         if batches:
             self._send.append(Outbound(peer, StateResponseEnvelope(tuple(batches))))

@@ -150,8 +150,9 @@ class Simulation:
         self.signed: dict[tuple[object, ...], bytes] = {}
         self.executors: dict[int, Executor] = {i: Executor() for i in scenario.honest}
         self.submitted: dict[bytes, Request] = {}
-        self.targets: dict[bytes, int] = {}
-        self.crashed_since: dict[int, int] = {}
+        #: Request hash -> (the replica it was submitted to, when).
+        self.targets: dict[bytes, tuple[int, int]] = {}
+        self.crash_times: dict[int, list[int]] = {}
         self.actors: list[Actor] = []
         self.by_index: dict[int, list[Actor]] = {i: [] for i in range(n)}
         for i in range(n):
@@ -242,14 +243,14 @@ class Simulation:
             self._trace(f"r{src} -> {dst} {kind}")
         self.network.send(self.now, src, wire.to, wire.data)
 
-    def _input(self, actor: Actor, action: Callable[[], object]) -> None:
+    def _input(self, actor: Actor, action: Callable[..., object], *args: object) -> None:
         """Feed one input to an actor and carry out its Ready.
 
         An exception from an honest replica is a violation; a Byzantine actor
         that breaks itself just stops.
         """
         try:
-            action()
+            action(*args)
             self._pump(actor)
         except Violation:
             raise
@@ -267,10 +268,10 @@ class Simulation:
             return
         target = self.rng.choice(up)
         self.submitted[request.hash] = request
-        self.targets[request.hash] = target
+        self.targets[request.hash] = (target, self.now)
         self._trace(f"submit request {number} to r{target}")
         actor = self.by_index[target][0]
-        self._input(actor, lambda: actor.propose(request))
+        self._input(actor, actor.propose, request)
 
     def _events(self, now: int) -> None:
         sc = self.sc
@@ -285,7 +286,7 @@ class Simulation:
             actor = self.by_index[c.replica][0]
             if now == c.at and actor.up:
                 actor.node.crash()
-                self.crashed_since[c.replica] = now
+                self.crash_times.setdefault(c.replica, []).append(now)
                 self._trace(f"crash r{c.replica}")
             elif now == c.restart_at and not actor.up:
                 self._trace(f"restart r{c.replica} from its durable state")
@@ -304,12 +305,10 @@ class Simulation:
             if not actor.up:
                 self._input(actor, actor.node.restart)
         # A client whose replica crashed after taking its request submits it again.
-        for h, target in self.targets.items():
-            since = self.crashed_since.get(target)
-            if since is not None:
+        for h, (target, at) in self.targets.items():
+            if any(crash >= at for crash in self.crash_times.get(target, ())):
                 actor = self.by_index[self.rng.choice(self.sc.honest)][0]
-                request = self.submitted[h]
-                self._input(actor, lambda a=actor, r=request: a.propose(r))
+                self._input(actor, actor.propose, self.submitted[h])
         self._trace("heal: no drops, no partitions, every replica up")
 
     def _live(self) -> bool:
@@ -325,7 +324,7 @@ class Simulation:
                 for src, dst, data in self.network.due(now):
                     for actor in self.by_index[dst]:
                         if actor.up:
-                            self._input(actor, lambda a=actor, s=src, d=data: a.receive(s, d))
+                            self._input(actor, actor.receive, src, data)
                 for actor in self.actors:
                     if actor.up:
                         self._input(actor, actor.tick)
