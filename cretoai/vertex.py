@@ -27,6 +27,9 @@ CONTEXT = b"cretoai.v1.vertex"
 _HASH_DOMAIN = CONTEXT + b"\x00"
 HASH_SIZE = 32
 MAX_PARENTS = 64
+#: The largest payload any node accepts in a vertex (a protocol constant, the same on
+#: every node, so that validity at execution is deterministic; gateways may accept less).
+PROTOCOL_MAX_PAYLOAD_BYTES = 1_048_576
 
 
 def canonical_bytes(vertex: vertex_pb2.Vertex) -> bytes:

@@ -1,0 +1,382 @@
+"""The async driver around the pure replica: one task owns it and carries out its Ready.
+
+Inputs (peer envelopes, client requests, ticks, driver-detected faults) go
+through one queue, in order. After each burst of inputs the task drains
+``replica.ready()`` and carries it out in the order of obligation:
+
+1. **persist** the records (one synced storage write) — before anything is sent;
+2. **send** the envelopes through the transport;
+3. **execute** committed batches in sequence order (one atomic storage write
+   each) and publish them to watchers;
+4. serve state transfer, record evidence, count faults, ban peers.
+
+Signatures are verified *before* the replica sees a message, in a thread pool,
+concurrently but delivered in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from cretoai.crypto.keys import node_id
+from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
+from cretoai.vertex import vertex_hash
+from services.consensus.core.codec import (
+    DecodeError,
+    certificate_from_pb,
+    decode_envelope,
+    encode_envelope,
+    signed_to_pb,
+)
+from services.consensus.core.crypto import CONTEXT
+from services.consensus.core.messages import (
+    BatchEnvelope,
+    Envelope,
+    EvidenceEnvelope,
+    Request,
+    RequestsEnvelope,
+    SignedEnvelope,
+    StateResponseEnvelope,
+    TransferBatch,
+)
+from services.consensus.core.ready import Ready, ServeState
+from services.consensus.core.replica import ConsensusHalted, ProposeResult, Replica
+from services.consensus.core.reputation import FaultKind
+from services.consensus.executor import Executor
+from services.consensus.feed import FinalizedFeed
+from services.consensus.link import TransportLink
+from services.consensus.retry import call_until_done
+from services.consensus.verify import Verifier
+
+log = logging.getLogger(__name__)
+
+VIEW = Gauge("cretoai_consensus_view", "Current view")
+LAST_EXECUTED = Gauge("cretoai_consensus_last_executed_seq", "Last executed sequence number")
+STABLE = Gauge("cretoai_consensus_stable_checkpoint_seq", "Stable checkpoint sequence number")
+POOL = Gauge("cretoai_consensus_pool_size", "Requests waiting in the pool")
+INBOX = Gauge("cretoai_consensus_inbox_depth", "Inputs waiting for the replica task")
+VIEW_CHANGES = Counter("cretoai_consensus_view_changes_total", "Views this replica moved to")
+BYZANTINE = Counter(
+    "cretoai_consensus_byzantine_events_total", "Faults charged to peers", ["peer", "kind"]
+)
+BANS = Counter("cretoai_consensus_bans_total", "Peers banned")
+EVIDENCE = Counter("cretoai_consensus_evidence_total", "Equivocation evidence recorded")
+FINALITY = Histogram(
+    "cretoai_consensus_finality_seconds",
+    "From a local client's submission to execution of its vertex",
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PERSIST = Histogram(
+    "cretoai_consensus_persist_seconds",
+    "Synced durable-state write before sending",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+#: Inputs taken per burst before the Ready is drained (bounds latency under load).
+BURST = 256
+
+
+def request_hash(body: bytes) -> bytes:
+    """The hash the core uses for a request: the vertex hash of the serialized vertex."""
+    try:
+        vertex = vertex_pb2.Vertex.FromString(body)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ValueError(f"not a vertex: {exc}") from None
+    return vertex_hash(vertex)
+
+
+@dataclass(frozen=True)
+class _Step:
+    sender: int
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class _Propose:
+    request: Request
+    result: asyncio.Future[ProposeResult]
+
+
+@dataclass(frozen=True)
+class _Fault:
+    sender: int
+    kind: FaultKind
+
+
+class _Tick:
+    pass
+
+
+_TICK = _Tick()
+_Input = _Step | _Propose | _Fault | _Tick
+
+
+class Driver:
+    def __init__(
+        self,
+        *,
+        replica: Replica,
+        public_keys: Sequence[bytes],
+        storage: storage_pb2_grpc.StorageStub,
+        transport_target: str,
+        verifier: Verifier,
+        feed: FinalizedFeed,
+        tick_ms: int,
+        pending_max: int,
+    ) -> None:
+        self.replica = replica
+        self._keys = tuple(public_keys)
+        self.node_ids = tuple(node_id(k) for k in self._keys)
+        self._index = {nid: i for i, nid in enumerate(self.node_ids)}
+        self._storage = storage
+        self._verifier = verifier
+        self._executor = Executor(storage, verifier)
+        self.feed = feed
+        self.link = TransportLink(transport_target, self._on_inbound)
+        self._tick_s = tick_ms / 1000
+        self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
+        self._tick_pending = False
+        self._verifying: asyncio.Queue[asyncio.Task[_Input | None]] = asyncio.Queue(512)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        #: Vertices known here but not executed (for GetPending and parent checks), bounded.
+        self.pending: OrderedDict[bytes, vertex_pb2.Vertex] = OrderedDict()
+        self._pending_max = pending_max
+        self._submitted_at: dict[bytes, float] = {}
+        self.halted: str | None = None
+        self.view_changes = 0
+        self._last_view = replica.view
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.link.start()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="replica"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._deliver_verified(), name="verified"),
+        ]
+        self._publish_gauges()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.link.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.halted is None and self.link.connected.is_set()
+
+    async def verify_vertex(self, vertex: vertex_pb2.Vertex, digest: bytes) -> bool:
+        return await self._verifier.verify_vertex(vertex, digest)
+
+    # --- inputs ----------------------------------------------------------------------
+
+    async def propose(self, vertex: vertex_pb2.Vertex, digest: bytes) -> ProposeResult:
+        """A local client's vertex (already validated and verified)."""
+        self._remember(digest, vertex)
+        future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(
+            _Propose(Request(hash=digest, body=vertex.SerializeToString()), future)
+        )
+        result = await future
+        if result == ProposeResult.ACCEPTED:
+            self._submitted_at.setdefault(digest, time.monotonic())
+        return result
+
+    def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex) -> None:
+        self.pending[digest] = vertex
+        self.pending.move_to_end(digest)
+        while len(self.pending) > self._pending_max:
+            self.pending.popitem(last=False)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            if not self._tick_pending:  # never let ticks pile up behind a slow Ready
+                self._tick_pending = True
+                self._inbox.put_nowait(_TICK)
+
+    async def _on_inbound(self, envelope: transport_pb2.Envelope) -> None:
+        sender = self._index.get(envelope.__getattribute__("from"))
+        if sender is None:
+            return  # the transport delivers only authenticated members
+        task = asyncio.create_task(self._check(sender, envelope.payload))
+        await self._verifying.put(task)  # bounded: back-pressure on the transport stream
+
+    async def _check(self, sender: int, payload: bytes) -> _Input | None:
+        """Decode and verify one envelope from ``sender``; a fault instead when it is bad."""
+        try:
+            env = decode_envelope(payload, request_hash=request_hash)
+        except DecodeError as exc:
+            log.info("undecodable envelope", extra={"fields": {"peer": sender, "error": str(exc)}})
+            return _Fault(sender, FaultKind.MALFORMED)
+        if isinstance(env, SignedEnvelope):
+            signed = env.signed
+            if not 0 <= signed.signer < len(self._keys):
+                return _Fault(sender, FaultKind.NON_MEMBER)
+            ok = await self._verifier.verify(
+                self._keys[signed.signer], signed.body, signed.signature, context=CONTEXT,
+                kind="consensus",
+            )  # fmt: skip
+            if not ok:
+                return _Fault(sender, FaultKind.INVALID_SIGNATURE)
+        if isinstance(env, RequestsEnvelope):
+            valid = []
+            for request in env.requests:
+                vertex = vertex_pb2.Vertex.FromString(request.body)
+                if await self._verifier.verify_vertex(vertex, request.hash):
+                    valid.append(request)
+                    self._remember(request.hash, vertex)
+            if len(valid) < len(env.requests):
+                self._inbox.put_nowait(_Fault(sender, FaultKind.INVALID_SIGNATURE))
+            if not valid:
+                return None
+            env = RequestsEnvelope(tuple(valid))
+        elif isinstance(env, SignedEnvelope | BatchEnvelope):
+            # Pre-verify batch bodies so execution hits the cache (validity is decided there).
+            for request in env.requests:
+                vertex = vertex_pb2.Vertex.FromString(request.body)
+                self._remember(request.hash, vertex)
+                await self._verifier.verify_vertex(vertex, request.hash)
+        return _Step(sender, env)
+
+    async def _deliver_verified(self) -> None:
+        while True:
+            task = await self._verifying.get()
+            item = await task
+            if item is not None:
+                self._inbox.put_nowait(item)
+
+    # --- the replica task ------------------------------------------------------------
+
+    def _apply(self, item: _Input) -> None:
+        if isinstance(item, _Tick):
+            self._tick_pending = False
+            self.replica.tick()
+        elif isinstance(item, _Step):
+            self.replica.step(item.sender, item.envelope)
+        elif isinstance(item, _Propose):
+            item.result.set_result(self.replica.propose(item.request))
+        else:
+            self.replica.report_fault(item.sender, item.kind)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._apply(await self._inbox.get())
+                for _ in range(BURST):
+                    try:
+                        item = self._inbox.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    self._apply(item)
+                INBOX.set(self._inbox.qsize())
+                ready = self.replica.ready()
+                if ready:
+                    await self._carry_out(ready)
+                self._publish_gauges()
+        except ConsensusHalted as exc:
+            self.halted = str(exc)
+            log.critical("consensus halted", extra={"fields": {"reason": str(exc)}})
+
+    async def _carry_out(self, rd: Ready) -> None:
+        if rd.persist:
+            started = time.perf_counter()
+            write = storage_pb2.WriteStateRequest(
+                puts=[
+                    storage_pb2.StateEntry(key=r.key.encode(), value=r.value)
+                    for r in rd.persist
+                    if r.value is not None
+                ],
+                deletes=[r.key.encode() for r in rd.persist if r.value is None],
+            )
+            await call_until_done(
+                lambda: self._storage.WriteState(write, timeout=30), what="persist"
+            )
+            PERSIST.observe(time.perf_counter() - started)
+        for out in rd.send:
+            to = "" if out.to is None else self.node_ids[out.to]
+            self.link.send(encode_envelope(out.envelope), to=to)
+        for committed in rd.execute:
+            executed = await self._executor.execute(committed)
+            now = time.monotonic()
+            for request in committed.requests:
+                self.pending.pop(request.hash, None)
+                submitted = self._submitted_at.pop(request.hash, None)
+                if submitted is not None:
+                    FINALITY.observe(now - submitted)
+            self.feed.publish(executed.batch)
+        for serve in rd.serve:
+            self._background(self._serve_state(serve))
+        for evidence in rd.evidence:
+            self._background(self._record_evidence(evidence))
+        for fault in rd.faults:
+            BYZANTINE.labels(str(fault.peer), fault.kind.value).inc()
+        for peer in rd.bans:
+            BANS.inc()
+            log.warning("banning peer", extra={"fields": {"peer": peer}})
+            self._background(self._ban(peer))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _publish_gauges(self) -> None:
+        status = self.replica.status()
+        if status.view != self._last_view:
+            self.view_changes += 1
+            VIEW_CHANGES.inc()
+            self._last_view = status.view
+        VIEW.set(status.view)
+        LAST_EXECUTED.set(status.last_executed)
+        STABLE.set(status.stable_seq)
+        POOL.set(status.pool_size)
+
+    # --- side effects that need not hold up the replica ------------------------------
+
+    async def _serve_state(self, serve: ServeState) -> None:
+        """Send finalized batches ``from_seq..to_seq`` (with certificates) to a lagging peer."""
+        batches = []
+        async for batch in self.feed._from_storage(serve.from_seq, serve.to_seq):
+            requests = tuple(
+                Request(hash=vertex_hash(v), body=v.SerializeToString()) for v in batch.vertices
+            )
+            batches.append(
+                TransferBatch(requests=requests, certificate=certificate_from_pb(batch.certificate))
+            )
+        if batches:
+            payload = encode_envelope(StateResponseEnvelope(tuple(batches)))
+            self.link.send(payload, to=self.node_ids[serve.peer])
+
+    async def _record_evidence(self, evidence: EvidenceEnvelope) -> None:
+        EVIDENCE.inc()
+        pb = pbft_pb2.Evidence(
+            first=signed_to_pb(evidence.first), second=signed_to_pb(evidence.second)
+        )
+        await call_until_done(
+            lambda: self._storage.AppendEvidence(
+                storage_pb2.AppendEvidenceRequest(evidence=pb, kind="equivocation"), timeout=30
+            ),
+            what="append evidence",
+        )
+
+    async def _ban(self, peer: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.link.stub.BanPeer(
+                transport_pb2.BanPeerRequest(node_id=self.node_ids[peer], reason="reputation"),
+                timeout=10,
+            )

@@ -1,0 +1,50 @@
+"""Calls to the node's own services that must eventually succeed (storage writes).
+
+Consensus halts rather than skip a write: a persist or an execution that fails
+is retried with backoff until the storage service answers, and the replica's
+loop waits meanwhile (nothing that depends on the write is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRIES = Counter(
+    "cretoai_consensus_storage_retries_total", "Storage calls retried, by operation", ["what"]
+)
+
+#: Errors worth retrying: the service is restarting, overloaded or slow.
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+async def call_until_done(call: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Await ``call()``, retrying transient gRPC errors with capped exponential backoff."""
+    backoff = 0.05
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in TRANSIENT:
+                raise
+            RETRIES.labels(what).inc()
+            log.warning(
+                "storage call failed; retrying",
+                extra={"fields": {"what": what, "code": exc.code().name, "in_s": backoff}},
+            )
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 2.0)

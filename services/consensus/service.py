@@ -1,0 +1,148 @@
+"""Wiring of the consensus service: restore the replica from storage, start its driver."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from cretoai.channels import service_channel
+from cretoai.config import ConfigError, NodeConfig
+from cretoai.crypto import get_backend, load_private_key
+from cretoai.serving import GrpcService, Servicer
+from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, storage_pb2_grpc
+from services.consensus.core.config import Config
+from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
+from services.consensus.core.durable import ExecutedState
+from services.consensus.core.replica import Replica
+from services.consensus.driver import Driver
+from services.consensus.feed import FinalizedFeed
+from services.consensus.retry import call_until_done
+from services.consensus.servicer import ConsensusServicer
+from services.consensus.verify import Verifier
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = consensus_pb2.DESCRIPTOR.services_by_name["Consensus"].full_name
+
+
+def core_config(cfg: NodeConfig) -> Config:
+    """The replica's parameters: durations in ms become ticks of ``tick_ms``."""
+    c = cfg.consensus
+
+    def ticks(ms: int) -> int:
+        return max(1, math.ceil(ms / c.tick_ms))
+
+    return Config(
+        n=len(cfg.validators),
+        replica_id=cfg.replica_index,
+        batch_max_count=c.batch_max_count,
+        batch_max_bytes=c.batch_max_bytes,
+        batch_timeout=ticks(c.batch_timeout_ms),
+        checkpoint_interval=c.checkpoint_interval,
+        watermark_window=c.watermark_window,
+        view_change_timeout=ticks(c.view_change_timeout_ms),
+        request_timeout=ticks(c.request_timeout_ms),
+        status_interval=ticks(200),
+        pool_max=c.pool_max,
+        reputation_threshold=c.reputation_threshold,
+    )
+
+
+async def load_records(storage: storage_pb2_grpc.StorageStub) -> dict[str, bytes]:
+    """Every durable record the replica persisted (its consensus state)."""
+    records: dict[str, bytes] = {}
+    after = b""
+    while True:
+        page = 0
+        request = storage_pb2.ScanStateRequest(prefix=b"", after=after, limit=1000)
+        async for chunk in storage.ScanState(request, timeout=60):
+            for entry in chunk.entries:
+                records[entry.key.decode()] = entry.value
+                after = entry.key
+                page += 1
+        if page < 1000:
+            return records
+
+
+async def load_executed(storage: storage_pb2_grpc.StorageStub) -> ExecutedState:
+    """The last executed seq and the state digest after it (from the finalized log)."""
+    stats = await storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
+    if stats.last_seq == 0:
+        return ExecutedState()
+    request = storage_pb2.GetFinalizedRequest(
+        from_seq=stats.last_seq, to_seq=stats.last_seq, limit=1, omit_vertices=True
+    )
+    async for entry in storage.GetFinalized(request, timeout=30):
+        if not entry.batch.state_digest:
+            raise ConfigError(f"storage: batch {stats.last_seq} has no state digest")
+        return ExecutedState(seq=stats.last_seq, state_digest=entry.batch.state_digest)
+    raise ConfigError(f"storage: last_seq {stats.last_seq} has no finalized entry")
+
+
+async def build(cfg: NodeConfig) -> GrpcService:
+    key = load_private_key(cfg.key_path, cfg.crypto.backend)
+    index = cfg.replica_index
+    if key.public_key != cfg.validator_public_keys[index]:
+        raise ConfigError(
+            f"{cfg.source}: {cfg.key_path} is not the key of validators[{index}] ({cfg.node.name})"
+        )
+    backend = get_backend(cfg.crypto.backend)
+    storage_channel = service_channel(cfg.storage.listen)
+    storage = storage_pb2_grpc.StorageStub(storage_channel)
+    log.info("restoring from storage", extra={"fields": {"storage": cfg.storage.listen}})
+    records = await call_until_done(lambda: load_records(storage), what="load records")
+    executed = await call_until_done(lambda: load_executed(storage), what="load executed")
+    replica = Replica(
+        core_config(cfg),
+        signer=MlDsaSigner(key.private),
+        verifier=MlDsaVerifier(cfg.validator_public_keys, backend),
+        records=records,
+        executed=executed,
+    )
+    log.info(
+        "replica restored",
+        extra={
+            "fields": {
+                "view": replica.view,
+                "seq": replica.last_executed,
+                "stable": replica.stable_seq,
+                "records": len(records),
+            }
+        },
+    )
+    verifier = Verifier(backend, threads=cfg.consensus.verify_threads)
+    driver = Driver(
+        replica=replica,
+        public_keys=cfg.validator_public_keys,
+        storage=storage,
+        transport_target=cfg.transport.listen,
+        verifier=verifier,
+        feed=FinalizedFeed(storage),
+        tick_ms=cfg.consensus.tick_ms,
+        pending_max=2 * cfg.consensus.pool_max,
+    )
+    servicer = ConsensusServicer(cfg, driver, storage)
+    driver.start()
+
+    async def cleanup() -> None:
+        await driver.stop()
+        verifier.close()
+        await storage_channel.close()
+
+    return GrpcService(
+        name="consensus",
+        bind=cfg.consensus.listen,
+        servicers=[
+            Servicer(
+                name=SERVICE_NAME,
+                register=lambda server: consensus_pb2_grpc.add_ConsensusServicer_to_server(
+                    servicer, server
+                ),
+            )
+        ],
+        node=cfg.node.name,
+        metrics_bind=cfg.consensus.metrics,
+        otlp_endpoint=cfg.telemetry.otlp_endpoint,
+        sampling_ratio=cfg.telemetry.sampling_ratio,
+        cleanup=[cleanup],
+    )

@@ -1,0 +1,145 @@
+"""The Consensus gRPC service (submit, pending lookup, status, finalized stream)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from cretoai.config import NodeConfig
+from cretoai.crypto.keys import node_id
+from cretoai.v1 import (
+    consensus_pb2,
+    consensus_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+    transport_pb2,
+    vertex_pb2,
+)
+from cretoai.vertex import HASH_SIZE, PROTOCOL_MAX_PAYLOAD_BYTES, shape_error, vertex_hash
+from services.consensus.core.replica import ProposeResult
+from services.consensus.driver import Driver
+from services.consensus.feed import WatcherTooSlow
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
+PENDING = vertex_pb2.VERTEX_STATUS_PENDING
+
+
+class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
+    def __init__(
+        self, cfg: NodeConfig, driver: Driver, storage: storage_pb2_grpc.StorageStub
+    ) -> None:
+        self._cfg = cfg
+        self._driver = driver
+        self._storage = storage
+        self._own_id = node_id(cfg.validator_public_keys[cfg.replica_index])
+
+    async def SubmitVertex(
+        self, request: consensus_pb2.SubmitVertexRequest, context: Context
+    ) -> consensus_pb2.SubmitVertexResponse:
+        vertex = request.vertex
+        problem = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed vertex: {problem}")
+        if not self._driver.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "consensus is not ready")
+        digest = vertex_hash(vertex)
+        if not await self._driver.verify_vertex(vertex, digest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid vertex signature")
+        lookup = [digest, *vertex.parents]
+        statuses = await self._storage.GetVertexStatuses(
+            storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=10
+        )
+        status = {r.hash: r.status for r in statuses.records}
+        if status.get(digest) in (FINALIZED, REJECTED):
+            return consensus_pb2.SubmitVertexResponse(
+                hash=digest, status=status[digest], duplicate=True
+            )
+        for parent in vertex.parents:
+            if status.get(parent) != FINALIZED and parent not in self._driver.pending:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"unknown parent {parent.hex()}: neither finalized nor pending here",
+                )
+        result = await self._driver.propose(vertex, digest)
+        if result == ProposeResult.POOL_FULL:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the request pool is full")
+        if result == ProposeResult.TOO_LARGE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vertex exceeds the batch size")
+        return consensus_pb2.SubmitVertexResponse(
+            hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE
+        )
+
+    async def GetPending(
+        self, request: consensus_pb2.GetPendingRequest, context: Context
+    ) -> consensus_pb2.GetPendingResponse:
+        if len(request.hash) != HASH_SIZE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hash must be {HASH_SIZE} bytes")
+        vertex = self._driver.pending.get(request.hash)
+        if vertex is None:
+            return consensus_pb2.GetPendingResponse(found=False)
+        return consensus_pb2.GetPendingResponse(found=True, vertex=vertex)
+
+    async def GetStatus(
+        self, request: consensus_pb2.GetStatusRequest, context: Context
+    ) -> consensus_pb2.NodeStatus:
+        replica = self._driver.replica
+        status = replica.status()
+        names = {
+            node_id(v.public_key_bytes): (i, v.name) for i, v in enumerate(self._cfg.validators)
+        }
+        peers = []
+        try:
+            listed = await self._driver.link.stub.ListPeers(
+                transport_pb2.ListPeersRequest(), timeout=2
+            )
+            transport_peers = {p.node_id: p for p in listed.peers}
+        except grpc.aio.AioRpcError:
+            transport_peers = {}
+        for nid, (index, name) in names.items():
+            if index == replica.id:
+                continue
+            tp = transport_peers.get(nid)
+            peers.append(
+                consensus_pb2.PeerStatus(
+                    name=name,
+                    node_id=nid,
+                    replica=index,
+                    connected=bool(tp and tp.connected),
+                    banned=index in status.banned or bool(tp and tp.banned),
+                    reputation=replica.reputation(index),
+                    rtt_ms=tp.rtt_ms if tp else 0.0,
+                )
+            )
+        return consensus_pb2.NodeStatus(
+            node_id=self._own_id,
+            node_name=self._cfg.node.name,
+            replica=replica.id,
+            view=status.view,
+            primary=status.primary,
+            last_executed_seq=status.last_executed,
+            stable_checkpoint=status.stable_seq,
+            pool_size=status.pool_size,
+            banned=[self._driver.node_ids[i] for i in sorted(status.banned)],
+            n=replica.config.n,
+            f=replica.config.f,
+            ready=self._driver.ready,
+            view_changes=self._driver.view_changes,
+            peers=peers,
+            view_changing=not status.active,
+        )
+
+    async def WatchFinalized(
+        self, request: consensus_pb2.WatchFinalizedRequest, context: Context
+    ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
+        try:
+            async for batch in self._driver.feed.watch(request.from_seq):
+                yield batch
+        except WatcherTooSlow as exc:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; resume from your last seq"
+            )
