@@ -10,8 +10,9 @@ import hashlib
 from collections import deque
 from dataclasses import replace
 
+from services.consensus.core.codec import encode_body, encode_envelope
 from services.consensus.core.config import Config
-from services.consensus.core.messages import Request
+from services.consensus.core.messages import Envelope, Message, Request, Signed, SignedEnvelope
 from services.consensus.core.ready import Committed, Ready
 from services.consensus.sim.crypto import FastScheme, fast_request_hash
 from services.consensus.sim.node import Node, Wire
@@ -128,3 +129,24 @@ class Cluster:
 
 def digest_of(data: bytes) -> bytes:
     return hashlib.sha3_256(data).digest()
+
+
+def sign(cluster: Cluster, signer: int, msg: Message) -> Signed[Message]:
+    """``msg`` signed by replica ``signer`` of ``cluster``."""
+    body = encode_body(msg)
+    return Signed(
+        body=body, signature=cluster.scheme.signer(signer).sign(body), signer=signer, msg=msg
+    )
+
+
+def wire(env: Envelope) -> bytes:
+    return encode_envelope(env)
+
+
+def sent_kinds(cluster: Cluster, src: int | None = None) -> list[str]:
+    """Names of the signed messages sent so far (optionally by one replica), in order."""
+    out = []
+    for who, w in cluster.sent:
+        if (src is None or who == src) and isinstance(w.envelope, SignedEnvelope):
+            out.append(type(w.envelope.signed.msg).__name__)
+    return out

@@ -1,0 +1,202 @@
+"""Normal-case operation (paper §4.2): PRE-PREPARE, PREPARE, COMMIT, batching, pipelining."""
+
+from __future__ import annotations
+
+from services.consensus.core.crypto import NULL_DIGEST, batch_digest
+from services.consensus.core.messages import (
+    BatchEnvelope,
+    Commit,
+    Prepare,
+    PrePrepare,
+    Request,
+    RequestsEnvelope,
+    SignedEnvelope,
+)
+from services.consensus.core.replica import ProposeResult
+from services.consensus.core.reputation import FaultKind
+from services.consensus.sim.crypto import fast_request_hash
+from tests.consensus.harness import Cluster, request, sent_kinds, sign, wire
+
+
+def assert_agreement(c: Cluster) -> None:
+    logs = [c.digests(i) for i in range(c.n) if c.nodes[i].up]
+    longest = max(logs, key=len)
+    for log in logs:
+        assert log == longest[: len(log)]
+
+
+def test_requests_execute_once_in_sequence_order_everywhere() -> None:
+    c = Cluster(4)
+    reqs = [request(i) for i in range(10)]
+    for i, r in enumerate(reqs):
+        assert c.propose(i % 4, r) is ProposeResult.ACCEPTED
+    c.tick(10)
+    for i in range(4):
+        assert [x.seq for x in c.log(i)] == list(range(1, len(c.log(i)) + 1))
+        assert sorted(c.executed_hashes(i)) == sorted(r.hash for r in reqs)
+    assert_agreement(c)
+
+
+def test_each_batch_carries_a_quorum_of_commits() -> None:
+    c = Cluster(4)
+    c.propose(0, request(1))
+    c.tick(3)
+    cert = c.log(2)[0].certificate
+    assert cert.seq == 1 and len({m.signer for m in cert.commits}) == 3
+    assert all(m.msg == Commit(view=0, seq=1, digest=cert.digest) for m in cert.commits)
+
+
+def test_backups_forward_requests_to_the_primary() -> None:
+    c = Cluster(4)
+    c.propose(2, request("fwd"))
+    forwards = [w for who, w in c.sent if who == 2 and isinstance(w.envelope, RequestsEnvelope)]
+    assert forwards and forwards[0].to == 0
+    c.tick(3)
+    assert c.executed_hashes(0) == [request("fwd").hash]
+
+
+def test_batches_are_bounded_by_count() -> None:
+    c = Cluster(4, batch_max_count=4)
+    for i in range(10):
+        c.propose(0, request(i))
+    c.tick(5)
+    assert [len(x.requests) for x in c.log(1)] == [4, 4, 2]
+
+
+def test_batches_are_bounded_by_bytes() -> None:
+    c = Cluster(4, batch_max_bytes=4096)
+    big = [
+        Request(hash=fast_request_hash(bytes([i]) * 1500), body=bytes([i]) * 1500) for i in range(5)
+    ]
+    for r in big:
+        c.propose(0, r)
+    c.tick(5)
+    assert [len(x.requests) for x in c.log(3)] == [2, 2, 1]
+    huge = b"x" * 5000
+    assert c.propose(0, Request(fast_request_hash(huge), huge)) is ProposeResult.TOO_LARGE
+
+
+def test_a_partial_batch_waits_for_the_batch_timeout() -> None:
+    c = Cluster(4, batch_timeout=5, batch_max_count=8)
+    c.propose(0, request("lonely"))
+    for _ in range(4):
+        c.tick()
+        assert "PrePrepare" not in sent_kinds(c, 0)
+    c.tick()
+    assert "PrePrepare" in sent_kinds(c, 0)
+
+
+def test_several_sequence_numbers_are_in_flight_at_once() -> None:
+    """Pipelining: the primary issues PRE-PREPAREs before earlier batches commit."""
+    c = Cluster(4, batch_max_count=2)
+    c.isolate(0)  # nothing comes back to the primary
+    for i in range(8):
+        c.propose(0, request(i))
+    c.tick(2)
+    pps = [
+        w.envelope.signed.msg
+        for who, w in c.sent
+        if who == 0 and isinstance(w.envelope, SignedEnvelope)
+    ]
+    assert [m.seq for m in pps if isinstance(m, PrePrepare)] == [1, 2, 3, 4]
+    assert c.replica(0).last_executed == 0
+
+
+def test_the_window_bounds_the_pipeline() -> None:
+    c = Cluster(4, batch_max_count=1, watermark_window=4, checkpoint_interval=4)
+    c.isolate(0)
+    for i in range(7):
+        c.propose(0, request(i))
+    c.tick(3)
+    seqs = [
+        w.envelope.signed.msg.seq
+        for who, w in c.sent
+        if who == 0
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, PrePrepare)
+    ]
+    assert seqs == [1, 2, 3, 4]  # h = 0, L = 4
+
+
+def test_execution_waits_for_earlier_sequence_numbers() -> None:
+    c = Cluster(4)
+    r1, r2 = request("first"), request("second")
+    batches = {1: (r1,), 2: (r2,)}
+    for seq in (2, 1):
+        reqs = batches[seq]
+        hashes = tuple(r.hash for r in reqs)
+        d = batch_digest(hashes)
+        pp = sign(c, 0, PrePrepare(view=0, seq=seq, digest=d, request_hashes=hashes))
+        c.inject(0, 3, wire(SignedEnvelope(pp, reqs)))
+        for j in (1, 2):
+            c.inject(j, 3, wire(SignedEnvelope(sign(c, j, Prepare(view=0, seq=seq, digest=d)))))
+        for j in (0, 1):
+            c.inject(j, 3, wire(SignedEnvelope(sign(c, j, Commit(view=0, seq=seq, digest=d)))))
+        if seq == 2:
+            assert c.log(3) == []  # committed, but seq 1 is missing
+    assert [x.seq for x in c.log(3)] == [1, 2]
+    assert c.executed_hashes(3) == [r1.hash, r2.hash]
+
+
+def test_a_backup_prepares_only_once_it_holds_the_bodies() -> None:
+    c = Cluster(4)
+    r = request("body")
+    pp = sign(
+        c, 0, PrePrepare(view=0, seq=1, digest=batch_digest((r.hash,)), request_hashes=(r.hash,))
+    )
+    c.inject(0, 1, wire(SignedEnvelope(pp)))  # bodies missing
+    assert "Prepare" not in sent_kinds(c, 1)
+    c.inject(2, 1, wire(BatchEnvelope((r,))))
+    assert "Prepare" in sent_kinds(c, 1)
+
+
+def test_pre_prepare_from_a_backup_is_a_protocol_fault() -> None:
+    c = Cluster(4)
+    pp = sign(c, 2, PrePrepare(view=0, seq=1, digest=NULL_DIGEST, request_hashes=()))
+    c.inject(2, 1, wire(SignedEnvelope(pp)))
+    assert c.replica(1).fault_counts()[2, FaultKind.PROTOCOL] == 1
+    assert "Prepare" not in sent_kinds(c, 1)
+
+
+def test_pre_prepare_with_a_wrong_digest_is_a_protocol_fault() -> None:
+    c = Cluster(4)
+    r = request("x")
+    pp = sign(c, 0, PrePrepare(view=0, seq=1, digest=bytes(32), request_hashes=(r.hash,)))
+    c.inject(0, 1, wire(SignedEnvelope(pp, (r,))))
+    assert c.replica(1).fault_counts()[0, FaultKind.PROTOCOL] == 1
+
+
+def test_duplicate_requests_are_refused() -> None:
+    c = Cluster(4)
+    r = request("dup")
+    assert c.propose(1, r) is ProposeResult.ACCEPTED
+    assert c.propose(1, r) is ProposeResult.DUPLICATE
+    c.tick(4)
+    assert c.propose(1, r) is ProposeResult.DUPLICATE  # executed
+    assert c.executed_hashes(1) == [r.hash]
+
+
+def test_the_pool_is_bounded() -> None:
+    c = Cluster(4, pool_max=3)
+    c.isolate(1)
+    results = [c.propose(1, request(i)) for i in range(4)]
+    assert results[-1] is ProposeResult.POOL_FULL
+    assert results[:3] == [ProposeResult.ACCEPTED] * 3
+
+
+def test_a_single_replica_cluster_orders_alone() -> None:
+    c = Cluster(1)
+    for i in range(3):
+        c.propose(0, request(i))
+    c.tick(3)
+    assert len(c.executed_hashes(0)) == 3
+
+
+def test_two_and_three_replica_clusters() -> None:
+    for n in (2, 3):
+        c = Cluster(n)
+        for i in range(5):
+            c.propose(i % n, request(i))
+        c.tick(5)
+        for i in range(n):
+            assert len(c.executed_hashes(i)) == 5
