@@ -345,6 +345,13 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"{src}: telemetry.sampling_ratio: must be within [0, 1]")
     if cfg.crypto.backend not in ("auto", "cryptography", "oqs"):
         raise ConfigError(f"{src}: crypto.backend: expected auto, cryptography or oqs")
+    fi = cfg.fault_injection
+    if fi.byzantine and fi.byzantine not in ("equivocate", "forge", "flood"):
+        raise ConfigError(
+            f"{src}: fault_injection.byzantine: expected equivocate, forge or flood (or empty)"
+        )
+    if fi.byzantine and not fi.enabled:
+        raise ConfigError(f"{src}: fault_injection.byzantine: requires fault_injection.enabled")
     if cfg.transport.max_frame_bytes < 1024:
         raise ConfigError(f"{src}: transport.max_frame_bytes: must be at least 1024")
 

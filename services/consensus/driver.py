@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from cretoai.crypto.keys import node_id
 from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
+from services.consensus.byzantine import Byzantine
 from services.consensus.core.codec import (
     DecodeError,
     certificate_from_pb,
@@ -132,8 +133,10 @@ class Driver:
         feed: FinalizedFeed,
         tick_ms: int,
         pending_max: int,
+        byzantine: Byzantine | None = None,
     ) -> None:
         self.replica = replica
+        self.byzantine = byzantine
         self._keys = tuple(public_keys)
         self.node_ids = tuple(node_id(k) for k in self._keys)
         self._index = {nid: i for i, nid in enumerate(self.node_ids)}
@@ -308,6 +311,11 @@ class Driver:
             )
             PERSIST.observe(time.perf_counter() - started)
         for out in rd.send:
+            if self.byzantine is not None:  # test clusters only (fault injection)
+                for to_index, payload in self.byzantine.rewrite(out):
+                    to = "" if to_index is None else self.node_ids[to_index]
+                    self.link.send(payload, to=to)
+                continue
             to = "" if out.to is None else self.node_ids[out.to]
             self.link.send(encode_envelope(out.envelope), to=to)
         for committed in rd.execute:

@@ -10,6 +10,7 @@ from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend, load_private_key
 from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, storage_pb2_grpc
+from services.consensus.byzantine import Byzantine
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
 from services.consensus.core.durable import ExecutedState
@@ -92,9 +93,16 @@ async def build(cfg: NodeConfig) -> GrpcService:
     log.info("restoring from storage", extra={"fields": {"storage": cfg.storage.listen}})
     records = await call_until_done(lambda: load_records(storage), what="load records")
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
+    signer = MlDsaSigner(key.private)
+    byzantine = None
+    if cfg.fault_injection.enabled and cfg.fault_injection.byzantine:
+        byzantine = Byzantine(
+            cfg.fault_injection.byzantine, replica_id=index, n=len(cfg.validators), signer=signer
+        )
+        log.warning("BYZANTINE TEST MODE", extra={"fields": {"mode": byzantine.mode}})
     replica = Replica(
         core_config(cfg),
-        signer=MlDsaSigner(key.private),
+        signer=signer,
         verifier=MlDsaVerifier(cfg.validator_public_keys, backend),
         records=records,
         executed=executed,
@@ -120,6 +128,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         feed=FinalizedFeed(storage),
         tick_ms=cfg.consensus.tick_ms,
         pending_max=2 * cfg.consensus.pool_max,
+        byzantine=byzantine,
     )
     servicer = ConsensusServicer(cfg, driver, storage)
     driver.start()

@@ -1,0 +1,102 @@
+"""Byzantine behaviours for cluster tests: a node that lies on purpose.
+
+Active only when the node's config has ``[fault_injection] enabled = true`` and
+``byzantine`` set to one of :data:`MODES`; never in a production config. They
+act on what the honest replica would send:
+
+- ``equivocate``: as primary, send half the replicas a conflicting PRE-PREPARE
+  (a different batch for the same view and seq) and a COMMIT for it;
+- ``forge``: corrupt the signature of every other signed message;
+- ``flood``: besides the honest traffic, send each peer garbage and replays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from services.consensus.core.codec import encode_body, encode_envelope
+from services.consensus.core.crypto import Signer, batch_digest
+from services.consensus.core.messages import (
+    Commit,
+    Envelope,
+    Message,
+    PrePrepare,
+    Signed,
+    SignedEnvelope,
+)
+from services.consensus.core.ready import Outbound
+
+MODES = ("equivocate", "forge", "flood")
+FLOOD_COPIES = 20
+
+
+class Byzantine:
+    """Rewrites a replica's outbound envelopes into ``(to, payload)`` pairs that lie."""
+
+    def __init__(self, mode: str, *, replica_id: int, n: int, signer: Signer) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown byzantine mode {mode!r} (expected one of {MODES})")
+        self.mode = mode
+        self._id = replica_id
+        self._n = n
+        self._signer = signer
+        self._rng = random.Random(replica_id)
+        self._count = 0
+
+    def _sign(self, msg: Message) -> Signed[Message]:
+        body = encode_body(msg)
+        return Signed(body=body, signature=self._signer.sign(body), signer=self._id, msg=msg)
+
+    def rewrite(self, out: Outbound) -> Iterator[tuple[int | None, bytes]]:
+        env = out.envelope
+        honest = encode_envelope(env)
+        self._count += 1
+        if self.mode == "forge" and isinstance(env, SignedEnvelope) and self._count % 2:
+            signature = bytearray(env.signed.signature)
+            signature[len(signature) // 2] ^= 0xFF
+            forged = Signed(
+                body=env.signed.body,
+                signature=bytes(signature),
+                signer=env.signed.signer,
+                msg=env.signed.msg,
+            )
+            yield out.to, encode_envelope(SignedEnvelope(forged, env.requests))
+            return
+        if self.mode == "flood":
+            yield out.to, honest
+            for _ in range(FLOOD_COPIES):
+                yield out.to, honest  # replays
+                yield out.to, self._rng.randbytes(self._rng.randint(1, 512))  # garbage
+            return
+        if (
+            self.mode == "equivocate"
+            and out.to is None
+            and isinstance(env, SignedEnvelope)
+            and isinstance(env.signed.msg, PrePrepare)
+            and env.requests
+        ):
+            yield from self._equivocate(env, env.signed.msg, honest)
+            return
+        yield out.to, honest
+
+    def _equivocate(
+        self, env: SignedEnvelope, pp: PrePrepare, honest: bytes
+    ) -> Iterator[tuple[int | None, bytes]]:
+        requests = env.requests[:-1] if len(env.requests) > 1 else ()
+        hashes = tuple(r.hash for r in requests)
+        alt = PrePrepare(
+            view=pp.view, seq=pp.seq, digest=batch_digest(hashes), request_hashes=hashes
+        )
+        alt_env: Envelope = SignedEnvelope(self._sign(alt), requests)
+        commit: Envelope = SignedEnvelope(
+            self._sign(Commit(view=pp.view, seq=pp.seq, digest=alt.digest))
+        )
+        others = [j for j in range(self._n) if j != self._id]
+        victims = set(others[: max(1, len(others) // 2)])
+        for j in others:
+            if j in victims:
+                yield j, encode_envelope(alt_env)
+                yield j, encode_envelope(commit)
+            else:
+                yield j, honest
