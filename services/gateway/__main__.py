@@ -1,0 +1,16 @@
+"""python -m services.gateway --config FILE"""
+
+from __future__ import annotations
+
+import sys
+
+from cretoai.entry import run_service
+from services.gateway.service import build
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service("gateway", build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

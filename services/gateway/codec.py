@@ -1,0 +1,260 @@
+"""JSON for the REST and WebSocket APIs: parsing submissions, rendering records and batches.
+
+Byte strings are lower-case hex (hashes, keys, signatures, certificates), except
+vertex payloads, which are standard base64 (RFC 4648 §4, with padding).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
+from cretoai.vertex import HASH_SIZE
+from services.gateway.errors import ApiError
+
+STATUS_NAMES = {
+    vertex_pb2.VERTEX_STATUS_PENDING: "pending",
+    vertex_pb2.VERTEX_STATUS_FINALIZED: "finalized",
+    vertex_pb2.VERTEX_STATUS_REJECTED: "rejected",
+}
+SIGNING_FIELDS = ("public_key", "signature", "timestamp_ms")
+SUBMIT_FIELDS = frozenset({"payload", "parents", *SIGNING_FIELDS})
+MAX_TIMESTAMP = 2**64 - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Draft:
+    """A vertex as submitted: complete when client-signed, else to be signed by the node."""
+
+    payload: bytes
+    parents: list[bytes]
+    creator: bytes = b""
+    signature: bytes = b""
+    timestamp_ms: int = 0
+    signed: bool = False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (UTF-8, no NaN/Infinity); ApiError ``malformed_json`` otherwise."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError("malformed_json", "the body is not UTF-8") from None
+    except RecursionError:
+        raise ApiError("malformed_json", "the body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError("malformed_json", f"the body is not valid JSON: {exc}") from None
+
+
+def decode_hex(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise ApiError("bad_request", f"{what}: expected a hex string, got {_kind(value)}")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ApiError("bad_hex", f"{what}: not a hex string") from None
+
+
+def decode_hash(value: Any, what: str) -> bytes:
+    """A vertex hash: 64 hex digits."""
+    raw = decode_hex(value, what)
+    if len(raw) != HASH_SIZE:
+        raise ApiError("bad_hex", f"{what}: {len(raw)} bytes; a vertex hash is {HASH_SIZE}")
+    return raw
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def parse_submission(data: Any) -> Draft:
+    """The body of ``POST /v1/vertices`` as a :class:`Draft` (ApiError 400 when malformed)."""
+    if not isinstance(data, dict):
+        raise ApiError("bad_request", f"the body must be a JSON object, got {_kind(data)}")
+    unknown = sorted(set(data) - SUBMIT_FIELDS)
+    if unknown:
+        raise ApiError(
+            "bad_request",
+            f"unknown field {unknown[0]!r} (known: {', '.join(sorted(SUBMIT_FIELDS))})",
+        )
+    if "payload" not in data:
+        raise ApiError("bad_request", "payload: missing (base64; may be empty)")
+    payload = data["payload"]
+    if not isinstance(payload, str):
+        raise ApiError("bad_request", f"payload: expected a base64 string, got {_kind(payload)}")
+    try:
+        payload_bytes = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError("bad_base64", "payload: not standard base64 (with padding)") from None
+    parents = data.get("parents")
+    if parents is None:
+        parents = []
+    if not isinstance(parents, list):
+        raise ApiError("bad_request", f"parents: expected an array, got {_kind(parents)}")
+    parent_hashes = [decode_hex(p, f"parents[{i}]") for i, p in enumerate(parents)]
+    present = [name for name in SIGNING_FIELDS if data.get(name) is not None]
+    if not present:
+        return Draft(payload=payload_bytes, parents=parent_hashes)
+    if len(present) != len(SIGNING_FIELDS):
+        missing = [name for name in SIGNING_FIELDS if name not in present]
+        raise ApiError(
+            "partial_signature",
+            f"a client-signed vertex needs public_key, signature and timestamp_ms "
+            f"(missing: {', '.join(missing)}); omit all three to have the node sign it",
+        )
+    timestamp = data["timestamp_ms"]
+    if (
+        not isinstance(timestamp, int)
+        or isinstance(timestamp, bool)
+        or not 0 <= timestamp <= MAX_TIMESTAMP
+    ):
+        raise ApiError(
+            "bad_request", "timestamp_ms: expected an integer in [0, 2^64) (milliseconds)"
+        )
+    return Draft(
+        payload=payload_bytes,
+        parents=parent_hashes,
+        creator=decode_hex(data["public_key"], "public_key"),
+        signature=decode_hex(data["signature"], "signature"),
+        timestamp_ms=timestamp,
+        signed=True,
+    )
+
+
+def parse_seq(value: str | None, what: str, *, default: int | None) -> int | None:
+    """A query parameter holding a non-negative integer."""
+    if value is None or value == "":
+        return default
+    if not value.isascii() or not value.isdigit() or len(value) > 20:
+        raise ApiError("bad_request", f"{what}: expected a non-negative integer, got {value!r}")
+    number = int(value)
+    if number > MAX_TIMESTAMP:
+        raise ApiError("bad_request", f"{what}: out of range")
+    return number
+
+
+def parse_bool(value: str | None, what: str) -> bool:
+    if value is None or value.lower() in ("", "false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise ApiError("bad_request", f"{what}: expected true or false, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def certificate_json(cert: vertex_pb2.FinalityCertificate) -> dict[str, Any] | None:
+    if not cert.commits:
+        return None
+    return {
+        "view": cert.view,
+        "seq": cert.seq,
+        "batch_digest": cert.batch_digest.hex(),
+        "commits": [
+            {"signer": c.signer, "body": c.body.hex(), "signature": c.signature.hex()}
+            for c in cert.commits
+        ],
+    }
+
+
+def vertex_json(vertex: vertex_pb2.Vertex) -> dict[str, Any]:
+    return {
+        "payload": base64.b64encode(vertex.payload).decode("ascii"),
+        "parents": [p.hex() for p in vertex.parents],
+        "public_key": vertex.creator.hex(),
+        "timestamp_ms": vertex.timestamp_ms,
+        "signature": vertex.signature.hex(),
+    }
+
+
+def _outcome_json(record: vertex_pb2.VertexRecord) -> dict[str, Any]:
+    status = record.status
+    executed = status in (vertex_pb2.VERTEX_STATUS_FINALIZED, vertex_pb2.VERTEX_STATUS_REJECTED)
+    return {
+        "hash": record.hash.hex(),
+        "status": STATUS_NAMES.get(status, "unknown"),
+        "seq": record.seq if executed else None,
+        "height": record.height if status == vertex_pb2.VERTEX_STATUS_FINALIZED else None,
+        "reject_reason": (
+            record.reject_reason if status == vertex_pb2.VERTEX_STATUS_REJECTED else None
+        ),
+    }
+
+
+def record_json(record: vertex_pb2.VertexRecord) -> dict[str, Any]:
+    """A vertex with what this node knows about it (``GET /v1/vertices/{hash}``)."""
+    return {
+        **_outcome_json(record),
+        **vertex_json(record.vertex),
+        "certificate": certificate_json(record.certificate),
+    }
+
+
+def batch_json(entry: storage_pb2.FinalizedEntry) -> dict[str, Any]:
+    """One finalized batch: its vertices (records without certificate) and one certificate."""
+    batch = entry.batch
+    return {
+        "seq": batch.seq,
+        "batch_digest": batch.batch_digest.hex(),
+        "state_digest": batch.state_digest.hex(),
+        "certificate": certificate_json(batch.certificate),
+        "vertices": [
+            {**_outcome_json(result), **vertex_json(vertex)}
+            for vertex, result in zip(batch.vertices, entry.results, strict=True)
+        ],
+        "rejected": [h.hex() for h in batch.rejected],
+    }
+
+
+def status_json(status: consensus_pb2.NodeStatus, services: dict[str, str]) -> dict[str, Any]:
+    return {
+        "node_id": status.node_id,
+        "node_name": status.node_name,
+        "replica": status.replica,
+        "n": status.n,
+        "f": status.f,
+        "view": status.view,
+        "primary": status.primary,
+        "view_changing": status.view_changing,
+        "view_changes": status.view_changes,
+        "last_executed_seq": status.last_executed_seq,
+        "stable_checkpoint": status.stable_checkpoint,
+        "pool_size": status.pool_size,
+        "ready": status.ready,
+        "banned": list(status.banned),
+        "peers": [
+            {
+                "name": p.name,
+                "node_id": p.node_id,
+                "replica": p.replica,
+                "connected": p.connected,
+                "banned": p.banned,
+                "reputation": p.reputation,
+                "rtt_ms": p.rtt_ms,
+            }
+            for p in status.peers
+        ],
+        "services": services,
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))

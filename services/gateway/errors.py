@@ -1,0 +1,92 @@
+"""Gateway errors and the one place that maps them to HTTP and gRPC status codes.
+
+Every failure the gateway reports is an :class:`ApiError` with a stable
+machine-readable ``code``. :data:`CODES` gives each code its HTTP status and
+the gRPC status of the public gRPC API; :func:`from_backend` is the only
+translation of a consensus or storage gRPC error into an :class:`ApiError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import grpc
+
+#: code -> (HTTP status, gRPC status of the public API)
+CODES: dict[str, tuple[int, grpc.StatusCode]] = {
+    # 400: the request cannot be parsed
+    "malformed_json": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "bad_request": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "bad_base64": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "bad_hex": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "partial_signature": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "not_found": (404, grpc.StatusCode.NOT_FOUND),
+    "method_not_allowed": (405, grpc.StatusCode.UNIMPLEMENTED),
+    # 413: too large
+    "body_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),
+    "payload_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),
+    # 422: well-formed but invalid
+    "invalid_vertex": (422, grpc.StatusCode.INVALID_ARGUMENT),
+    "bad_signature": (422, grpc.StatusCode.INVALID_ARGUMENT),
+    "unknown_parent": (422, grpc.StatusCode.FAILED_PRECONDITION),
+    # 429, 5xx: the node cannot take it now
+    "overloaded": (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "internal": (500, grpc.StatusCode.INTERNAL),
+    "backend_error": (502, grpc.StatusCode.INTERNAL),
+    "not_ready": (503, grpc.StatusCode.UNAVAILABLE),
+    "consensus_unavailable": (503, grpc.StatusCode.UNAVAILABLE),
+    "storage_unavailable": (503, grpc.StatusCode.UNAVAILABLE),
+    "shutting_down": (503, grpc.StatusCode.UNAVAILABLE),
+    "wait_timeout": (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+}
+
+Backend = Literal["consensus", "storage"]
+
+
+class ApiError(Exception):
+    """A failure reported to the client as ``{"error": {"code": ..., "message": ...}}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return CODES[self.code][0]
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        return CODES[self.code][1]
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def from_backend(exc: grpc.aio.AioRpcError, backend: Backend) -> ApiError:
+    """The error a client sees when the node's consensus or storage service fails a call.
+
+    The gateway validates input before it calls a backend, so a backend's
+    INVALID_ARGUMENT means the vertex is invalid (consensus) or the read was
+    malformed (storage); FAILED_PRECONDITION from consensus is an unknown parent.
+    """
+    code = exc.code()
+    detail = exc.details() or code.name
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ApiError("invalid_vertex" if backend == "consensus" else "bad_request", detail)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and backend == "consensus":
+        return ApiError("unknown_parent", detail)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ApiError("not_found", detail)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and backend == "consensus":
+        return ApiError("overloaded", f"consensus is overloaded: {detail}")
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ):
+        return ApiError(f"{backend}_unavailable", f"{backend} is unavailable: {detail}")
+    return ApiError("backend_error", f"{backend} failed: {code.name}: {detail}")

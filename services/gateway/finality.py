@@ -1,0 +1,350 @@
+"""One subscription to the consensus service's finalized stream, fanned out in the gateway.
+
+The :class:`FinalityHub` holds the gateway process's only ``WatchFinalized``
+call. Each finalized batch resolves the callers waiting for one of its
+vertices and is offered to every stream subscriber (WebSocket or gRPC). When
+the call fails or ends, the hub subscribes again with backoff, from the seq
+after the last one it saw, so no batch is skipped.
+
+A subscriber (:class:`Stream`) first catches up from storage, from the seq it
+asked for, then follows the live batches in its bounded buffer, filling any
+gap from storage. While it catches up, a full buffer drops its oldest batches
+(storage has them); once it is live, a full buffer means it cannot keep up:
+:attr:`Stream.overflowed` turns true, :attr:`Stream.ended` is set, and the API
+disconnects it, to resume by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from cretoai.v1 import storage_pb2, vertex_pb2
+from cretoai.vertex import vertex_hash
+from services.gateway import metrics
+from services.gateway.backends import ConsensusClient, StorageClient, WatchCall
+from services.gateway.codec import batch_json, dumps
+from services.gateway.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 0.05
+RECONNECT_MAX_S = 5.0
+#: Finalized batches read from storage at once while a subscriber catches up.
+CATCH_UP_PAGE = 8
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What execution decided about a vertex a caller waits for."""
+
+    seq: int
+    rejected: bool
+
+
+class SlowConsumer(Exception):
+    """A live subscriber's buffer overflowed; it may resume from ``resume_seq``."""
+
+    def __init__(self, resume_seq: int | None) -> None:
+        super().__init__(f"slow consumer; resume with from_seq={resume_seq}")
+        self.resume_seq = resume_seq
+
+
+class Entry:
+    """A finalized batch and, once known, what execution decided about each vertex.
+
+    Shared by every subscriber it is offered to; its JSON text is built once.
+    """
+
+    __slots__ = ("_text", "entry", "size")
+
+    def __init__(self, entry: storage_pb2.FinalizedEntry) -> None:
+        self.entry = entry
+        self.size = entry.ByteSize()
+        self._text: str | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.entry.batch.seq
+
+    @property
+    def complete(self) -> bool:
+        return len(self.entry.results) == len(self.entry.batch.vertices)
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = dumps(batch_json(self.entry))
+        return self._text
+
+
+class Stream:
+    """One subscriber of the finalized stream: a bounded buffer and its catch-up logic."""
+
+    def __init__(
+        self,
+        hub: FinalityHub,
+        *,
+        from_seq: int | None,
+        complete: bool,
+        limit_bytes: int,
+        api: str,
+    ) -> None:
+        self._hub = hub
+        self._items: deque[Entry] = deque()
+        self._bytes = 0
+        self._limit = limit_bytes
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._registered = True
+        self._api = api
+        #: Whether entries need results (heights, statuses) from storage.
+        self.needs_results = complete
+        #: Set once the subscriber follows live batches (overflow is then fatal).
+        self.live = False
+        self.overflowed = False
+        #: Set when the stream cannot go on: overflowed, or the gateway shuts down.
+        self.ended = asyncio.Event()
+        #: The next seq this subscriber needs (None: the first live one).
+        self.next_seq = max(from_seq, 1) if from_seq is not None else hub.next_seq
+
+    def offer(self, entry: Entry) -> None:
+        if self._closed or self.overflowed:
+            return
+        while self._items and self._bytes + entry.size > self._limit:
+            if self.live:
+                self.overflowed = True
+                self._items.clear()
+                self._bytes = 0
+                self._wake.set()
+                self.ended.set()
+                return
+            dropped = self._items.popleft()  # catching up: storage has it
+            self._bytes -= dropped.size
+        self._items.append(entry)
+        self._bytes += entry.size
+        self._wake.set()
+
+    def shut(self) -> None:
+        """The gateway is shutting down: end the stream."""
+        self._closed = True
+        self._items.clear()
+        self._wake.set()
+        self.ended.set()
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        self.shut()
+        if self._registered:
+            self._registered = False
+            self._hub.unsubscribe(self)
+            metrics.SUBSCRIBERS.labels(self._api).dec()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ApiError("shutting_down", "the gateway is shutting down")
+
+    async def _next_live(self) -> Entry:
+        while True:
+            if self.overflowed:
+                raise SlowConsumer(self.next_seq)
+            self._check_open()
+            if self._items:
+                entry = self._items.popleft()
+                self._bytes -= entry.size
+                return entry
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _catch_up(self, end: int) -> AsyncIterator[Entry]:
+        """Batches from storage, from :attr:`next_seq` up to ``end`` (exclusive; 0: the head)."""
+        assert self.next_seq is not None
+        while end == 0 or self.next_seq < end:
+            limit = CATCH_UP_PAGE if end == 0 else min(CATCH_UP_PAGE, end - self.next_seq)
+            page = await self._hub.storage.finalized(self.next_seq, limit=limit, to_seq=end)
+            if not page:
+                return
+            for raw in page:
+                self._check_open()
+                yield Entry(raw)
+                self.next_seq = raw.batch.seq + 1
+
+    async def entries(self) -> AsyncGenerator[Entry, None]:
+        """Every finalized batch from :attr:`next_seq` on, in order, without end.
+
+        Raises :class:`SlowConsumer` once a live subscriber's buffer overflowed,
+        and :class:`ApiError` when storage is needed but unavailable, or at shutdown.
+        """
+        if self.next_seq is not None:
+            async for entry in self._catch_up(0):
+                yield entry
+        self.live = True
+        while True:
+            entry = await self._next_live()
+            if self.next_seq is None:
+                self.next_seq = entry.seq
+            if entry.seq < self.next_seq:
+                continue
+            if entry.seq > self.next_seq:
+                async for missed in self._catch_up(entry.seq):
+                    yield missed
+                if self.next_seq != entry.seq:
+                    raise ApiError(
+                        "storage_unavailable",
+                        f"finalized batches from seq {self.next_seq} are not in storage yet",
+                    )
+            if self.needs_results and not entry.complete:
+                entry = await self._hub.with_results(entry)
+            self._check_open()
+            yield entry
+            self.next_seq = entry.seq + 1
+
+
+class FinalityHub:
+    """The gateway's one ``WatchFinalized`` subscription, for waiters and subscribers."""
+
+    def __init__(
+        self, consensus: ConsensusClient, storage: StorageClient, *, buffer_bytes: int
+    ) -> None:
+        self.consensus = consensus
+        self.storage = storage
+        self._buffer_bytes = buffer_bytes
+        self._waiters: dict[bytes, set[asyncio.Future[Outcome]]] = {}
+        self._streams: set[Stream] = set()
+        self._next_seq: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def next_seq(self) -> int | None:
+        """The seq of the next batch expected from consensus (None before the first status)."""
+        return self._next_seq
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gateway-watch-finalized")
+
+    async def close(self) -> None:
+        """Stop watching; waiting callers and subscribers get ``shutting_down``."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(ApiError("shutting_down", "the gateway is shutting down"))
+        for stream in list(self._streams):
+            stream.shut()
+
+    @contextlib.contextmanager
+    def waiter(self, h: bytes) -> Iterator[asyncio.Future[Outcome]]:
+        """A future resolved when the vertex ``h`` is executed (register before submitting)."""
+        if self._closed:
+            raise ApiError("shutting_down", "the gateway is shutting down")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(h, set()).add(future)
+        metrics.WAITERS.inc()
+        try:
+            yield future
+        finally:
+            metrics.WAITERS.dec()
+            futures = self._waiters.get(h)
+            if futures is not None:
+                futures.discard(future)
+                if not futures:
+                    del self._waiters[h]
+
+    def open_stream(self, from_seq: int | None, *, complete: bool, api: str) -> Stream:
+        """Subscribe; call :meth:`Stream.close` when done. ``from_seq`` None: live batches only."""
+        if self._closed:
+            raise ApiError("shutting_down", "the gateway is shutting down")
+        stream = Stream(
+            self, from_seq=from_seq, complete=complete, limit_bytes=self._buffer_bytes, api=api
+        )
+        self._streams.add(stream)
+        metrics.SUBSCRIBERS.labels(api).inc()
+        return stream
+
+    def unsubscribe(self, stream: Stream) -> None:
+        self._streams.discard(stream)
+
+    async def with_results(self, entry: Entry) -> Entry:
+        """``entry`` with the results of execution read from storage."""
+        page = await self.storage.finalized(
+            entry.seq, limit=1, to_seq=entry.seq + 1, omit_vertices=True
+        )
+        if not page:
+            raise ApiError(
+                "storage_unavailable", f"finalized batch {entry.seq} is not in storage yet"
+            )
+        return Entry(storage_pb2.FinalizedEntry(batch=entry.entry.batch, results=page[0].results))
+
+    async def _run(self) -> None:
+        backoff = RECONNECT_MIN_S
+        failing = False
+        while True:
+            call: WatchCall | None = None
+            try:
+                if self._next_seq is None:
+                    status = await self.consensus.status()
+                    self._next_seq = status.last_executed_seq + 1
+                if failing:
+                    metrics.WATCH_RECONNECTS.inc()
+                call = self.consensus.watch(self._next_seq)
+                async for batch in call:
+                    if failing:
+                        log.info("finalized stream resumed", extra={"fields": {"seq": batch.seq}})
+                    failing = False
+                    backoff = RECONNECT_MIN_S
+                    await self._on_batch(batch)
+                log.info("consensus ended the finalized stream; subscribing again")
+            except (grpc.aio.AioRpcError, ApiError) as exc:
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(
+                    level,
+                    "finalized stream unavailable; retrying",
+                    extra={"fields": {"error": str(exc), "resume_seq": self._next_seq}},
+                )
+            finally:
+                if call is not None:
+                    call.cancel()
+            failing = True
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, RECONNECT_MAX_S)
+
+    async def _on_batch(self, batch: vertex_pb2.FinalizedBatch) -> None:
+        expected = self._next_seq
+        if expected is not None and batch.seq < expected:
+            return  # already seen before a reconnect
+        if expected is not None and batch.seq > expected:
+            fields = {"expected": expected, "got": batch.seq}
+            log.warning("gap in the finalized stream", extra={"fields": fields})
+        self._next_seq = batch.seq + 1
+        metrics.WATCH_SEQ.set(batch.seq)
+        if self._waiters:
+            rejected = set(batch.rejected)
+            for vertex in batch.vertices:
+                h = vertex_hash(vertex)
+                for future in self._waiters.get(h, ()):
+                    if not future.done():
+                        future.set_result(Outcome(seq=batch.seq, rejected=h in rejected))
+        if not self._streams:
+            return
+        entry = Entry(storage_pb2.FinalizedEntry(batch=batch))
+        if not entry.complete and any(s.needs_results for s in self._streams):
+            try:
+                entry = await self.with_results(entry)
+            except ApiError as exc:  # each subscriber retries, or closes
+                log.warning(
+                    "cannot read execution results",
+                    extra={"fields": {"seq": batch.seq, "error": exc.message}},
+                )
+        for stream in list(self._streams):
+            stream.offer(entry)

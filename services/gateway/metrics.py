@@ -1,0 +1,49 @@
+"""Prometheus metrics of the gateway (``cretoai_gateway_*``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "cretoai_gateway_http_requests_total",
+    "HTTP requests by route, method and status",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "cretoai_gateway_http_request_seconds",
+    "Time to answer an HTTP request (to the upgrade for WebSockets)",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SUBMISSIONS = Counter(
+    "cretoai_gateway_submissions_total",
+    "Vertex submissions by API and outcome (accepted, duplicate, or the error code)",
+    ["api", "outcome"],
+)
+FINALITY_WAIT = Histogram(
+    "cretoai_gateway_finality_wait_seconds",
+    "From submission to the answer of a waiting caller, by outcome",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WAITERS = Gauge("cretoai_gateway_finality_waiters", "Callers waiting for a vertex to be final")
+SUBSCRIBERS = Gauge(
+    "cretoai_gateway_stream_subscribers", "Subscribers of the finalized stream", ["api"]
+)
+STREAM_CLOSED = Counter(
+    "cretoai_gateway_stream_disconnects_total",
+    "Finalized-stream subscribers disconnected by the gateway, by reason",
+    ["reason"],
+)
+WATCH_SEQ = Gauge(
+    "cretoai_gateway_watch_seq", "Last finalized seq received from the consensus service"
+)
+WATCH_RECONNECTS = Counter(
+    "cretoai_gateway_watch_reconnects_total",
+    "Times the gateway re-subscribed to the consensus finalized stream",
+)
+SIGNATURE_CHECKS = Counter(
+    "cretoai_gateway_signature_checks_total",
+    "Client vertex signatures checked, by result",
+    ["result"],
+)

@@ -1,0 +1,326 @@
+"""The HTTP API of a node: REST, the WebSocket stream, probes, and the OpenAPI document.
+
+Two middlewares wrap every request: :func:`observe` (outermost: a server span
+continuing the caller's ``traceparent``, request metrics, a debug log line)
+and :func:`errors` (every failure becomes ``{"error": {"code", "message"}}``
+with its status; an unexpected exception is logged and answered 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from cretoai.telemetry import extract_context
+from services.gateway import metrics
+from services.gateway.codec import (
+    STATUS_NAMES,
+    batch_json,
+    decode_hash,
+    dumps,
+    parse_bool,
+    parse_json,
+    parse_seq,
+    parse_submission,
+    record_json,
+    status_json,
+)
+from services.gateway.core import MAX_PAGE, Gateway
+from services.gateway.errors import ApiError
+from services.gateway.finality import SlowConsumer, Stream
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Close code sent to a WebSocket subscriber that fell too far behind (it may resume by seq).
+WS_SLOW_CONSUMER = 4008
+#: How long a closing WebSocket may take before its connection is aborted.
+WS_CLOSE_TIMEOUT_S = 5.0
+WS_HEARTBEAT_S = 20.0
+#: Subscribers send nothing meaningful; bound what they may send.
+WS_MAX_CLIENT_MESSAGE = 4096
+#: In-flight HTTP requests get this long to finish at shutdown.
+SHUTDOWN_TIMEOUT_S = 5.0
+WS_CLOSE_CODES = {
+    "shutting_down": WSCloseCode.GOING_AWAY,
+    "storage_unavailable": WSCloseCode.TRY_AGAIN_LATER,
+    "consensus_unavailable": WSCloseCode.TRY_AGAIN_LATER,
+}
+_AIOHTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def _resource(name: str) -> bytes:
+    return importlib.resources.files("services.gateway").joinpath(name).read_bytes()
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(data), status=status, content_type="application/json")
+
+
+def error_response(exc: ApiError, **extra: Any) -> web.Response:
+    return json_response({**exc.body(), **extra}, exc.http_status)
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (bounded label cardinality), or ``unmatched``."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = route_of(request)
+    carrier = {key.lower(): value for key, value in request.headers.items()}
+    span = trace.get_tracer("cretoai.gateway").start_span(
+        f"{request.method} {route}",
+        context=extract_context(carrier),  # type: ignore[arg-type]
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "http.route": route},
+    )
+    token = otel_context.attach(trace.set_span_in_context(span))
+    started = time.perf_counter()
+    status = 499  # the client went away before an answer
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
+        span.end()
+        otel_context.detach(token)
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        if route != "/v1/stream":  # a stream lasts as long as its subscriber
+            metrics.HTTP_LATENCY.labels(route, request.method).observe(elapsed)
+        fields = {"method": request.method, "route": route, "status": status}
+        log.log(
+            logging.INFO if status >= 500 else logging.DEBUG,
+            "http",
+            extra={"fields": {**fields, "ms": round(elapsed * 1e3, 3)}},
+        )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _AIOHTTP_CODES.get(exc.status, "bad_request")
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no route {request.method} {request.path}"
+        return json_response({"error": {"code": code, "message": message}}, exc.status)
+    except Exception:
+        log.exception("request failed", extra={"fields": {"path": request.path}})
+        return error_response(ApiError("internal", "internal error"))
+
+
+@dataclass(frozen=True)
+class Closing:
+    code: int
+    reason: str
+    label: str
+
+
+class RestApi:
+    """The aiohttp application of one gateway and its listening site."""
+
+    def __init__(self, gateway: Gateway, *, max_body_bytes: int) -> None:
+        self._gw = gateway
+        self._max_body = max_body_bytes
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self._openapi = _resource("openapi.json")
+        self._docs = _resource("docs.html")
+        app = web.Application(middlewares=[observe, errors], client_max_size=max_body_bytes)
+        app.router.add_post("/v1/vertices", self.submit)
+        app.router.add_get("/v1/vertices/{hash}", self.vertex)
+        app.router.add_get("/v1/finalized", self.finalized)
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/v1/stream", self.stream)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get("/docs", self.docs)
+        self.app = app
+
+    async def start(self, bind: str) -> None:
+        host, _, port = bind.rpartition(":")
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=False
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"gateway: cannot listen on {bind}: {exc.strerror}") from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("http serving", extra={"fields": {"address": f"{host}:{self.port}"}})
+
+    async def stop(self) -> None:
+        """Stop listening, then let in-flight requests finish (bounded)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------ REST
+
+    async def submit(self, request: web.Request) -> web.Response:
+        wait = parse_bool(request.query.get("wait"), "wait")
+        too_large = ApiError("body_too_large", f"the body exceeds {self._max_body} bytes")
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise too_large
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        draft = parse_submission(parse_json(raw))
+        result = await self._gw.submit(draft, wait=wait, api="http")
+        if result.record is not None:
+            return json_response(record_json(result.record))
+        return json_response(
+            {
+                "hash": result.hash.hex(),
+                "status": STATUS_NAMES.get(result.status, "pending"),
+                "duplicate": result.duplicate,
+            },
+            202,
+        )
+
+    async def vertex(self, request: web.Request) -> web.Response:
+        h = decode_hash(request.match_info["hash"], "hash")
+        return json_response(record_json(await self._gw.vertex(h)))
+
+    async def finalized(self, request: web.Request) -> web.Response:
+        from_seq = parse_seq(request.query.get("from_seq"), "from_seq", default=1)
+        limit = parse_seq(request.query.get("limit"), "limit", default=MAX_PAGE)
+        assert from_seq is not None and limit is not None
+        entries = await self._gw.finalized(from_seq, limit)
+        next_seq = entries[-1].batch.seq + 1 if entries else max(from_seq, 1)
+        return json_response(
+            {"batches": [batch_json(e) for e in entries], "next_from_seq": next_seq}
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        services = asyncio.ensure_future(self._gw.services())
+        try:
+            status = await self._gw.status()
+        except ApiError as exc:
+            return error_response(exc, services=await services)
+        return json_response(status_json(status, await services))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, checks = await self._gw.readiness()
+        if ready:
+            return json_response({"ready": True, "checks": checks})
+        problems = ", ".join(f"{name} {state}" for name, state in checks.items())
+        return error_response(ApiError("not_ready", problems), ready=False, checks=checks)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def docs(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._docs, content_type="text/html", charset="utf-8")
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Finalized batches as JSON text messages, from ``from_seq`` (else live ones)."""
+        from_seq = parse_seq(request.query.get("from_seq"), "from_seq", default=None)
+        ws = web.WebSocketResponse(
+            heartbeat=WS_HEARTBEAT_S,
+            max_msg_size=WS_MAX_CLIENT_MESSAGE,
+            compress=False,
+            timeout=WS_CLOSE_TIMEOUT_S,
+        )
+        if not ws.can_prepare(request).ok:
+            raise ApiError("bad_request", "/v1/stream is a WebSocket: send an Upgrade request")
+        stream = self._gw.hub.open_stream(from_seq, complete=True, api="websocket")
+        try:
+            await ws.prepare(request)
+            reader = asyncio.create_task(self._read_until_closed(ws))
+            try:
+                closing = await self._pump_until_ended(ws, stream, reader)
+                if closing is not None and not ws.closed:
+                    metrics.STREAM_CLOSED.labels(closing.label).inc()
+                    if closing.code == WS_SLOW_CONSUMER and request.transport is not None:
+                        # It may not read its close frame either: abort the connection then.
+                        asyncio.get_running_loop().call_later(
+                            WS_CLOSE_TIMEOUT_S, request.transport.abort
+                        )
+                    await ws.close(
+                        code=closing.code, message=closing.reason.encode()[:123], drain=False
+                    )
+            finally:
+                reader.cancel()
+                await asyncio.wait((reader,))
+        finally:
+            stream.close()
+        return ws
+
+    @staticmethod
+    async def _read_until_closed(ws: web.WebSocketResponse) -> None:
+        """Reading answers pings and the client's close; subscribers' messages are ignored."""
+        async for _message in ws:
+            pass
+
+    async def _pump_until_ended(
+        self, ws: web.WebSocketResponse, stream: Stream, reader: asyncio.Task[None]
+    ) -> Closing | None:
+        """Send until the client leaves (None) or the stream ends (how to close it)."""
+        pump = asyncio.create_task(self._pump(ws, stream))
+        ended = asyncio.create_task(stream.ended.wait())
+        try:
+            await asyncio.wait((reader, pump, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, ended):
+                task.cancel()
+            await asyncio.wait((pump, ended))
+        if reader.done():
+            return None
+        if stream.overflowed:
+            reason = f"slow consumer; resume with from_seq={stream.next_seq}"
+            return Closing(WS_SLOW_CONSUMER, reason, "slow_consumer")
+        if not pump.cancelled():
+            return pump.result()
+        return Closing(WSCloseCode.GOING_AWAY, "the gateway is shutting down", "shutting_down")
+
+    @staticmethod
+    async def _pump(ws: web.WebSocketResponse, stream: Stream) -> Closing | None:
+        try:
+            async with contextlib.aclosing(stream.entries()) as entries:
+                async for entry in entries:
+                    await ws.send_str(entry.text())
+        except SlowConsumer as exc:
+            return Closing(WS_SLOW_CONSUMER, str(exc), "slow_consumer")
+        except ApiError as exc:
+            code = WS_CLOSE_CODES.get(exc.code, WSCloseCode.INTERNAL_ERROR)
+            return Closing(code, f"{exc.code}: {exc.message}", exc.code)
+        except ConnectionResetError:
+            return None  # the client is gone
+        except Exception:
+            log.exception("finalized stream failed")
+            return Closing(WSCloseCode.INTERNAL_ERROR, "internal error", "internal")
+        return None

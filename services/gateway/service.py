@@ -1,0 +1,110 @@
+"""Build the gateway of one node: backend channels, the finality hub, HTTP and gRPC APIs.
+
+Startup: channels to consensus, storage and transport (for health), the one
+``WatchFinalized`` subscription, the HTTP site on ``gateway.http``; the
+returned :class:`GrpcService` then serves the public gRPC API on
+``gateway.grpc``. Shutdown (the GrpcService's order): not serving → gRPC drain
+→ cleanup here (waiters and subscribers told, HTTP stopped, channels closed,
+crypto pool shut down) → telemetry flushed.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cretoai.channels import service_channel
+from cretoai.config import NodeConfig
+from cretoai.crypto import get_backend, load_private_key
+from cretoai.serving import GrpcService, Servicer
+from cretoai.v1 import gateway_pb2_grpc
+from services.gateway.backends import ConsensusClient, StorageClient
+from services.gateway.core import Gateway, Limits
+from services.gateway.finality import FinalityHub
+from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer
+from services.gateway.rest import RestApi
+
+#: Threads that verify client signatures and sign unsigned vertices (both release the GIL).
+CRYPTO_THREADS = 2
+
+
+@dataclass
+class GatewayNode:
+    """A built gateway: its gRPC service (start/stop it) and what tests need to reach."""
+
+    service: GrpcService
+    rest: RestApi
+    gateway: Gateway
+
+    @property
+    def http_port(self) -> int:
+        return self.rest.port
+
+
+async def create(cfg: NodeConfig) -> GatewayNode:
+    """The gateway for ``cfg`` with its HTTP site listening (KeyFileError, OSError)."""
+    backend = get_backend(cfg.crypto.backend)
+    key = load_private_key(cfg.key_path, backend)
+    pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
+    channels = {
+        "consensus": service_channel(cfg.consensus.listen),
+        "transport": service_channel(cfg.transport.listen),
+        "storage": service_channel(cfg.storage.listen),
+    }
+    consensus = ConsensusClient(channels["consensus"])
+    storage = StorageClient(channels["storage"])
+    hub = FinalityHub(consensus, storage, buffer_bytes=cfg.gateway.stream_buffer_bytes)
+    gateway = Gateway(
+        key=key,
+        backend=backend,
+        consensus=consensus,
+        storage=storage,
+        hub=hub,
+        pool=pool,
+        limits=Limits(
+            max_payload_bytes=cfg.gateway.max_payload_bytes,
+            wait_timeout_s=cfg.gateway.wait_timeout_ms / 1000,
+        ),
+        probes=channels,
+    )
+    rest = RestApi(gateway, max_body_bytes=cfg.gateway.max_body_bytes)
+
+    async def cleanup() -> None:
+        await hub.close()
+        await rest.stop()
+        for channel in channels.values():
+            await channel.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    servicer = GatewayServicer(gateway)
+    service = GrpcService(
+        name="gateway",
+        bind=cfg.gateway.grpc,
+        servicers=[
+            Servicer(
+                name=SERVICE_NAME,
+                register=lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(
+                    servicer, server
+                ),
+            )
+        ],
+        node=cfg.node.name,
+        metrics_bind=cfg.gateway.metrics or None,
+        otlp_endpoint=cfg.telemetry.otlp_endpoint,
+        sampling_ratio=cfg.telemetry.sampling_ratio,
+        cleanup=[cleanup],
+    )
+    try:
+        await rest.start(cfg.gateway.http)
+    except OSError:
+        for channel in channels.values():
+            await channel.close()
+        pool.shutdown(wait=False)
+        raise
+    hub.start()
+    return GatewayNode(service=service, rest=rest, gateway=gateway)
+
+
+async def build(cfg: NodeConfig) -> GrpcService:
+    """The gateway's GrpcService (the HTTP site already listens; cleanup stops it)."""
+    return (await create(cfg)).service
