@@ -265,7 +265,9 @@ class ServiceProcess:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.proc is not None
@@ -281,14 +283,21 @@ class ServiceProcess:
         raise AssertionError(f"storage did not serve within {timeout}s: {self.stderr()}")
 
     def channel(self) -> grpc.aio.Channel:
+        # a private subchannel pool: a shared one may still be backing off from the last process
         return grpc.aio.insecure_channel(
-            f"127.0.0.1:{self.port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            f"127.0.0.1:{self.port}",
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
         )
 
     async def health(self) -> int:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
@@ -342,7 +351,7 @@ class RawDb:
         self.cfs = {n: self.db.get_column_family(n) for n in names if n != "default"}
 
     def items(self, cf: str) -> list[tuple[bytes, bytes]]:
-        return [(k, v) for k, v in self.cfs[cf].items()]
+        return [(bytes(k), bytes(v)) for k, v in self.cfs[cf].items()]  # type: ignore[arg-type]
 
     def close(self) -> None:
         for cf in self.cfs.values():
