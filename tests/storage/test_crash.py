@@ -83,7 +83,9 @@ def check_database(db: Path, history: History, seed: int) -> int:
     """Reopen the killed database and check it key by key; returns its last_seq."""
     why = f"(seed {seed})"
     with RawDb(db, read_only=True) as raw:
-        counters = Counters.from_bytes(raw.db[keys.COUNTERS_KEY])
+        raw_counters = raw.db[keys.COUNTERS_KEY]
+        assert isinstance(raw_counters, bytes), why
+        counters = Counters.from_bytes(raw_counters)
         last = counters.last_seq
         assert last >= history.acked_seq, f"an acknowledged batch was lost {why}"
         assert last <= max(history.sent, default=0), why
