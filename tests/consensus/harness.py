@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 
 from services.consensus.core.codec import encode_body, encode_envelope
@@ -53,8 +54,12 @@ class Cluster:
         self.cut: set[tuple[int, int]] = set()
         #: Every Ready drained, per replica (for assertions on faults, bans, evidence).
         self.readies: list[list[Ready]] = [[] for _ in range(n)]
-        #: Every wire sent, in order: (from, wire).
+        #: Every wire sent, in order: (from, wire), and the tick it was sent at.
         self.sent: list[tuple[int, Wire]] = []
+        self.sent_at: list[int] = []
+        #: Drops a message when it returns True for (from, to, envelope).
+        self.blocked: Callable[[int, int, Envelope | None], bool] | None = None
+        self.now = 0
 
     def replica(self, i: int):
         return self.nodes[i].replica
@@ -66,12 +71,13 @@ class Cluster:
         node = self.nodes[i]
         rd, wires = node.drain()
         self.readies[i].append(rd)
-        for wire in wires:
-            self.sent.append((i, wire))
-            targets = range(self.n) if wire.to is None else [wire.to]
+        for w in wires:
+            self.sent.append((i, w))
+            self.sent_at.append(self.now)
+            targets = range(self.n) if w.to is None else [w.to]
             for j in targets:
-                if j != i:
-                    self.queue.append((i, j, wire.data))
+                if j != i and not (self.blocked and self.blocked(i, j, w.envelope)):
+                    self.queue.append((i, j, w.data))
 
     def deliver(self, max_messages: int = 100_000) -> int:
         """Deliver queued messages (and what they cause) until quiet."""
@@ -94,6 +100,7 @@ class Cluster:
 
     def tick(self, ticks: int = 1) -> None:
         for _ in range(ticks):
+            self.now += 1
             for i, node in enumerate(self.nodes):
                 if node.up:
                     node.replica.tick()

@@ -165,7 +165,9 @@ class Replica:
         self._now = 0
         self._view = 0
         self._active = True
-        self._backoff = 0
+        #: The last view in which this replica executed a batch ordered in that view;
+        #: the NEW-VIEW wait doubles with every view since (exponential backoff).
+        self._progress_view = 0
         self._nv_deadline: int | None = None
         self._new_view_msg: Signed[NewView] | None = None
         #: VIEW-CHANGEs by new view, then signer (a few views per signer at most).
@@ -268,7 +270,6 @@ class Replica:
         if now % self.config.status_interval == 0:
             self._status_tick()
         if not self._active and self._nv_deadline is not None and now >= self._nv_deadline:
-            self._backoff = min(self._backoff + 1, self.config.max_backoff)
             self._start_view_change(self._view + 1)
         if self._transfer is None:
             self._check_request_timers()
@@ -651,7 +652,7 @@ class Replica:
             self._recent[h] = seq
         self._recent_order.append((seq, hashes))
         if self._active and cert.view == self._view:
-            self._backoff = 0
+            self._progress_view = self._view
         if seq % self._k == 0 and seq > self._low:
             signed = self._sign_once(Checkpoint(seq=seq, state_digest=state))
             if signed is not None:
@@ -1018,7 +1019,8 @@ class Replica:
         if self.primary == self.id:
             self._send_new_view(sorted(support, key=lambda s: s.signer)[: self._q])
         elif self._nv_deadline is None:
-            timeout = self.config.view_change_timeout << self._backoff
+            failed = min(max(0, self._view - self._progress_view - 1), self.config.max_backoff)
+            timeout = self.config.view_change_timeout << failed
             self._nv_deadline = self._now + timeout
 
     def _send_new_view(self, view_changes: list[Signed[ViewChange]]) -> None:
@@ -1133,6 +1135,7 @@ class Replica:
             self._stable_proof = state.stable_proof
         self._view, self._active = state.view, state.active
         self._active_view = state.view if state.active else max(0, state.view - 1)
+        self._progress_view = self._active_view
         self._own = dict(state.own)
         self._evidence = dict(state.evidence)
         for signer in self._evidence:
