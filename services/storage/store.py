@@ -199,7 +199,9 @@ class Store:
                 raise DatabaseError(f"cannot create the database directory {path}: {exc}") from None
         with _OPEN_LOCK:
             if path in _OPEN_PATHS and not read_only:
-                raise DatabaseLocked(f"the database at {path} is already open in this process")
+                raise DatabaseLocked(
+                    f"the database at {path} is in use (already open in this process)"
+                )
             try:
                 existing = [] if is_new else Rdict.list_cf(str(path))
                 access = (

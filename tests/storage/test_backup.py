@@ -1,0 +1,257 @@
+"""Backup (RocksDB checkpoints, online and offline) and restore, through the RPC, the
+functions the CLI mounts, and the CLI itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cretoai.v1 import storage_pb2
+from services.storage import backup as backup_module
+from services.storage.backup import (
+    BackupError,
+    backup,
+    backup_offline,
+    backup_via_service,
+    restore,
+)
+from services.storage.store import BACKUP_MANIFEST, inspect
+from tests.storage.support import (
+    REPO,
+    Dag,
+    RawDb,
+    Running,
+    ServiceProcess,
+    collect,
+    free_port,
+    make_config,
+    start_service,
+)
+from tests.storage.test_commit import expect, stats
+
+
+def check_whole(db: Path, last_seq: int) -> None:
+    """The database holds exactly the whole batches 1..last_seq."""
+    from services.storage import keys
+
+    with RawDb(db, read_only=True) as raw:
+        seqs = [keys.read_u64(k) for k, _ in raw.items(keys.FINALIZED)]
+        assert seqs == list(range(1, last_seq + 1))
+        expected = sum(
+            len(storage_pb2.StoredBatch.FromString(v).results) for _, v in raw.items(keys.FINALIZED)
+        )
+        assert len(raw.items(keys.METADATA)) == expected
+        assert len(raw.items(keys.INDEX_HEIGHT)) == expected
+
+
+async def test_backup_rpc_while_commits_go_on(tmp_path: Path, running: Running) -> None:
+    dag = Dag(payload_size=1024)
+    for _ in range(5):
+        await running.stub.CommitBatch(dag.next_batch(50))
+
+    async def keep_committing() -> int:
+        for _ in range(20):
+            await running.stub.CommitBatch(dag.next_batch(50))
+        return dag.seq
+
+    writer = asyncio.create_task(keep_committing())
+    target = tmp_path / "backups" / "one"
+    reply = await running.stub.Backup(storage_pb2.BackupRequest(path=str(target)))
+    assert await writer == 25
+    assert 5 <= reply.last_seq <= 25
+    assert reply.path == str(target)
+    assert reply.vertices == reply.last_seq * 50
+    assert reply.size_bytes > reply.vertices * 8000
+    info = inspect(target)
+    assert (info.last_seq, info.vertices) == (reply.last_seq, reply.vertices)
+    check_whole(target, reply.last_seq)
+    manifest = json.loads((target / BACKUP_MANIFEST).read_text())
+    assert manifest["last_seq"] == reply.last_seq and manifest["node"] == "node1"
+    assert manifest["source"] == str(running.cfg.storage_path)
+    # the live database went on
+    assert (await stats(running)).last_seq == 25
+
+    await expect(
+        grpc.StatusCode.ALREADY_EXISTS,
+        running.stub.Backup(storage_pb2.BackupRequest(path=str(target))),
+        "already exists",
+    )
+    await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        running.stub.Backup(storage_pb2.BackupRequest(path="relative/dir")),
+        "is not absolute",
+    )
+    await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        running.stub.Backup(storage_pb2.BackupRequest()),
+        "path: missing",
+    )
+
+
+async def fill(running: Running, dag: Dag, batches: int) -> list[storage_pb2.CommitBatchRequest]:
+    requests = [dag.next_batch(10) for _ in range(batches)]
+    for request in requests:
+        await running.stub.CommitBatch(request)
+    return requests
+
+
+async def test_backup_functions_online_offline_and_the_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_config(tmp_path, port=free_port())
+    dag = Dag()
+    running = await start_service(cfg)
+    try:
+        await fill(running, dag, 4)
+        online = await asyncio.to_thread(backup_via_service, cfg, tmp_path / "online")
+        assert (online.last_seq, online.vertices, online.path) == (4, 40, tmp_path / "online")
+        assert "last_seq 4, 40 vertices" in str(online)
+        with pytest.raises(BackupError, match="is in use"):
+            backup_offline(cfg, tmp_path / "offline")
+        assert not (tmp_path / "offline").exists()
+        with pytest.raises(BackupError, match="already exists"):
+            await asyncio.to_thread(backup_via_service, cfg, tmp_path / "online")
+        await fill(running, dag, 1)
+    finally:
+        await running.stop()
+
+    monkeypatch.setattr(backup_module, "CONNECT_TIMEOUT_S", 0.3)
+    with pytest.raises(backup_module.ServiceUnavailable, match="does not answer"):
+        backup_via_service(cfg, tmp_path / "unreachable")
+    offline = backup_offline(cfg, tmp_path / "offline")
+    assert (offline.last_seq, offline.vertices) == (5, 50)
+    check_whole(tmp_path / "offline", 5)
+    fallback = backup(cfg, tmp_path / "fallback")
+    assert fallback.last_seq == 5
+    with pytest.raises(BackupError, match="there is no database"):
+        backup_offline(make_config(tmp_path / "other"), tmp_path / "nothing")
+
+
+async def test_restore_round_trip_keeps_the_previous_database_and_catches_up(
+    tmp_path: Path,
+) -> None:
+    cfg = make_config(tmp_path)
+    dag = Dag()
+    running = await start_service(cfg)
+    try:
+        early = await fill(running, dag, 5)
+        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b5")))
+        late = await fill(running, dag, 5)
+    finally:
+        await running.stop()
+
+    with pytest.raises(BackupError, match="already holds a database \\(last_seq 10\\)"):
+        restore(cfg, tmp_path / "b5", force=False)
+    info = restore(cfg, tmp_path / "b5", force=True)
+    assert (info.path, info.last_seq, info.vertices) == (cfg.storage_path, 5, 50)
+    assert info.previous is not None and info.previous.name.startswith("db.before-restore-")
+    assert inspect(info.previous).last_seq == 10  # kept, not deleted
+    assert "the previous database is kept at" in str(info)
+
+    running = await start_service(cfg)
+    try:
+        assert (await stats(running)).last_seq == 5
+        entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+        assert [e.batch for e in entries] == [r.batch for r in early]
+        gone = await running.stub.GetVertex(
+            storage_pb2.GetVertexRequest(hash=late[0].results[0].hash)
+        )
+        assert not gone.found
+        # catching up: the batches after the backup are executed again, in order
+        for request in late:
+            reply = await running.stub.CommitBatch(request)
+            assert not reply.already_committed
+        assert (await stats(running)).last_seq == 10
+        with pytest.raises(BackupError, match="in use"):
+            restore(cfg, tmp_path / "b5", force=True)
+    finally:
+        await running.stop()
+
+
+async def test_restore_refuses_bad_sources_and_restores_into_an_empty_node(
+    tmp_path: Path,
+) -> None:
+    cfg = make_config(tmp_path)
+    with pytest.raises(BackupError, match="no such backup directory"):
+        restore(cfg, tmp_path / "absent", force=False)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "file").write_text("x")
+    with pytest.raises(BackupError, match="is not a usable backup"):
+        restore(cfg, junk, force=True)
+    assert not cfg.storage_path.exists()
+
+    source_cfg = make_config(tmp_path / "source")
+    running = await start_service(source_cfg)
+    try:
+        await fill(running, Dag(), 3)
+        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b3")))
+    finally:
+        await running.stop()
+    info = restore(cfg, tmp_path / "b3", force=False)
+    assert (info.last_seq, info.previous) == (3, None)
+    check_whole(cfg.storage_path, 3)
+    # the backup itself is untouched by the restored node's writes
+    running = await start_service(cfg)
+    try:
+        reply = await running.stub.CommitBatch(Dag(seq=3).next_batch(2))
+        assert reply.last_seq == 4
+    finally:
+        await running.stop()
+    assert inspect(tmp_path / "b3").last_seq == 3
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cretoai.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+async def test_the_cli_backs_up_a_running_node_and_restores_a_stopped_one(
+    tmp_path: Path,
+) -> None:
+    proc = ServiceProcess.create(tmp_path / "node")
+    proc.spawn()
+    try:
+        await proc.wait_serving()
+        async with proc.channel() as channel:
+            from cretoai.v1 import storage_pb2_grpc
+
+            stub = storage_pb2_grpc.StorageStub(channel)
+            dag = Dag()
+            for _ in range(3):
+                await stub.CommitBatch(dag.next_batch(5))
+        out = tmp_path / "backup"
+        done = await asyncio.to_thread(
+            run_cli, "backup", "--config", str(proc.config), "--output", str(out)
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"backup written to {out}: last_seq 3, 15 vertices" in done.stdout
+        refused = await asyncio.to_thread(
+            run_cli, "restore", "--config", str(proc.config), "--from", str(out), "--force"
+        )
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("error: the database at")
+        assert "stop the node's storage service" in refused.stderr
+    finally:
+        assert proc.terminate() == 0
+    exists = run_cli("restore", "--config", str(proc.config), "--from", str(out))
+    assert exists.returncode == 1 and "pass --force" in exists.stderr
+    restored = run_cli("restore", "--config", str(proc.config), "--from", str(out), "--force")
+    assert restored.returncode == 0, restored.stderr
+    assert "last_seq 3, 15 vertices" in restored.stdout
+    again = run_cli("backup", "--config", str(proc.config), "--output", str(tmp_path / "b2"))
+    assert again.returncode == 0 and "last_seq 3" in again.stdout  # offline this time
+    bad = run_cli("backup", "--config", str(tmp_path / "missing.toml"), "--output", "x")
+    assert bad.returncode == 2 and "config file not found" in bad.stderr
