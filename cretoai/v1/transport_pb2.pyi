@@ -24,6 +24,12 @@ class Envelope(_message.Message):
     trace_context: _containers.ScalarMap[str, str]
     def __init__(self, to: _Optional[str] = ..., payload: _Optional[bytes] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., **kwargs) -> None: ...
 
+class EnvelopeBatch(_message.Message):
+    __slots__ = ("envelopes",)
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
 class SendResponse(_message.Message):
     __slots__ = ("queued", "peers")
     QUEUED_FIELD_NUMBER: _ClassVar[int]

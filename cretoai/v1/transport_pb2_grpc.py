@@ -39,6 +39,11 @@ class TransportStub:
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.Envelope.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_transport__pb2.Envelope.FromString,
                 _registered_method=True)
+        self.ExchangeBatches = channel.stream_stream(
+                '/cretoai.v1.Transport/ExchangeBatches',
+                request_serializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.FromString,
+                _registered_method=True)
         self.Send = channel.unary_unary(
                 '/cretoai.v1.Transport/Send',
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.Envelope.SerializeToString,
@@ -90,6 +95,16 @@ class TransportServicer:
         with the authenticated sender in `from`. Opening a second stream
         supersedes the first (it ends with ABORTED). Inbound messages that arrive
         while no stream is open are buffered per peer (bounded, oldest dropped).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExchangeBatches(self, request_iterator, context):
+        """Exchange, several envelopes per gRPC message: the same contract (and the
+        same single consumer: either kind of stream supersedes the other), with far
+        less per-message gRPC cost at high rates. Inbound batches hold what is
+        waiting, up to 256 envelopes, taken round-robin across peers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +176,11 @@ def add_TransportServicer_to_server(servicer, server):
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.Envelope.FromString,
                     response_serializer=cretoai_dot_v1_dot_transport__pb2.Envelope.SerializeToString,
             ),
+            'ExchangeBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExchangeBatches,
+                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.FromString,
+                    response_serializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
+            ),
             'Send': grpc.unary_unary_rpc_method_handler(
                     servicer.Send,
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.Envelope.FromString,
@@ -229,6 +249,33 @@ class Transport:
             '/cretoai.v1.Transport/Exchange',
             cretoai_dot_v1_dot_transport__pb2.Envelope.SerializeToString,
             cretoai_dot_v1_dot_transport__pb2.Envelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeBatches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cretoai.v1.Transport/ExchangeBatches',
+            cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
+            cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,6 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -28,12 +27,17 @@ from services.transport.connection import Authority, ConnectionSettings, PeerCon
 
 log = logging.getLogger(__name__)
 
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+#: Datagrams read per wake-up before the connections act (bounded work per turn).
+READ_BURST = 64
+RECV_BUFFER_BYTES = 65536
+
 Activity = Callable[[PeerConnection], None]
 Counter = Callable[[str], None]
 StunHandler = Callable[[bytes, NetworkAddress], None]
 
 
-class QuicEndpoint(asyncio.DatagramProtocol):
+class QuicEndpoint:
     def __init__(
         self,
         *,
@@ -58,7 +62,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._count = count
         self._max_pending = max_pending
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._by_cid: dict[bytes, PeerConnection] = {}
         self._connections: set[PeerConnection] = set()
         self._timers: dict[PeerConnection, asyncio.TimerHandle] = {}
@@ -77,13 +81,18 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((host, port))
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                # bursts of large datagrams overflow the default buffer: a loss
+                # there halves QUIC's congestion window (the kernel caps this
+                # at net.core.rmem_max / wmem_max)
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise OSError(f"transport: cannot bind QUIC to {host}:{port}: {exc}") from None
         self._family = family
-        transport, _ = await self._loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self._transport = transport
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._read_ready)
         bound = sock.getsockname()
         self.local_address = (str(bound[0]), int(bound[1]))
 
@@ -91,9 +100,10 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     @property
     def connections(self) -> frozenset[PeerConnection]:
@@ -122,8 +132,22 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         return conn
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._transport is not None:
-            self._transport.sendto(data, self._target(addr))
+        self._send(data, self._target(addr))
+
+    def _send(self, data: bytes, addr: NetworkAddress) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.sendto(data, addr)
+        except BlockingIOError:
+            # the socket buffer is full: like a loss on the path, QUIC recovers
+            self._count("send_buffer_full")
+            return False
+        except OSError as exc:  # unreachable host, no route: QUIC's timers deal with it
+            log.debug("udp send failed: %s", exc)
+            return False
+        return True
 
     def _target(self, addr: tuple[str, int]) -> NetworkAddress:
         host, port = addr
@@ -147,11 +171,10 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
         Returns the number of datagrams sent.
         """
-        transport = self._transport
         sent = 0
-        if transport is not None:
+        if self._sock is not None:
             for data, addr in conn.datagrams_to_send(now=self._loop.time()):
-                transport.sendto(data, addr)
+                self._send(data, addr)
                 sent += 1
         self._sync_cids(conn)
         if conn.terminated:
@@ -171,21 +194,64 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     # ---- receiving ----------------------------------------------------------
 
-    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
-        data = cast(bytes, data)
+    def _read_ready(self) -> None:
+        """Read what the socket holds (bounded), feed it, then act once per connection.
+
+        Reading a burst before transmitting lets one ACK cover several packets
+        and lets the node see several messages per wake-up.
+        """
+        sock = self._sock
+        if sock is None:
+            return
+        touched: dict[PeerConnection, bool] = {}
+        for _ in range(READ_BURST):
+            try:
+                data, addr = sock.recvfrom(RECV_BUFFER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("udp receive error: %s", exc)
+                continue
+            conn, accepted = self._route(data, addr)
+            if conn is not None:
+                touched[conn] = touched.get(conn, False) or accepted
+        for conn, accepted in touched.items():
+            self._on_activity(conn)
+            sent = self.transmit(conn)
+            if accepted and not sent:
+                # an Initial that did not decrypt (garbage with a plausible header):
+                # forget it now rather than hold a pending slot until the deadline
+                self._count("bad_initial")
+                conn.terminated = True
+                self._forget(conn)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """Feed one datagram and act on it at once (tests use this directly)."""
+        conn, accepted = self._route(data, addr)
+        if conn is None:
+            return
+        self._on_activity(conn)
+        sent = self.transmit(conn)
+        if accepted and not sent:
+            self._count("bad_initial")
+            conn.terminated = True
+            self._forget(conn)
+
+    def _route(self, data: bytes, addr: NetworkAddress) -> tuple[PeerConnection | None, bool]:
+        """Hand ``data`` to its connection; (the connection, whether it is new)."""
         if stun.looks_like_stun(data):
             if self.stun_handler is not None:
                 self.stun_handler(data, addr)
             else:
                 self._count("unexpected_stun")
-            return
+            return None, False
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._server_config.connection_id_length
             )
         except ValueError:
             self._count("garbage_datagram")
-            return
+            return None, False
         conn = self._by_cid.get(header.destination_cid)
         accepted = False
         if conn is None:
@@ -196,11 +262,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             ):
                 conn = self._accept(header.destination_cid, addr)
                 if conn is None:
-                    return
+                    return None, False
                 accepted = True
             else:
                 self._count("unknown_connection_datagram")
-                return
+                return None, False
         try:
             conn.receive_datagram(data, addr, now=self._loop.time())
         except Exception:  # aioquic should never raise on input; never let it kill us
@@ -208,15 +274,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self._count("quic_internal_error")
             conn.terminated = True
             self._forget(conn)
-            return
-        self._on_activity(conn)
-        sent = self.transmit(conn)
-        if accepted and not sent:
-            # an Initial that did not decrypt (garbage with a plausible header):
-            # forget it now rather than hold a pending slot until the deadline
-            self._count("bad_initial")
-            conn.terminated = True
-            self._forget(conn)
+            return None, False
+        return conn, accepted
 
     def _accept(self, original_dcid: bytes, addr: NetworkAddress) -> PeerConnection | None:
         if self.pending_count >= self._max_pending:
@@ -233,11 +292,6 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._register(conn)
         self._by_cid[original_dcid] = conn
         return conn
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable while a peer is down): nothing to do,
-        # QUIC loss recovery and our reconnection deal with it.
-        log.debug("udp error: %s", exc)
 
     # ---- timers and bookkeeping -------------------------------------------
 

@@ -55,6 +55,20 @@ REFUSED = Counter(
 BANS = Counter("cretoai_transport_bans_total", "Bans requested by consensus")
 
 
+class PeerMetrics:
+    """One peer's labelled children, resolved once (labels() is costly per message)."""
+
+    def __init__(self, peer: str) -> None:
+        self.messages_in = MESSAGES.labels(peer, "in")
+        self.messages_out = MESSAGES.labels(peer, "out")
+        self.bytes_in = BYTES.labels(peer, "in")
+        self.bytes_out = BYTES.labels(peer, "out")
+        self.send_depth = SEND_QUEUE_DEPTH.labels(peer)
+        self.send_bytes = SEND_QUEUE_BYTES.labels(peer)
+        self.inflight = INFLIGHT_BYTES.labels(peer)
+        self.recv_depth = RECV_QUEUE_DEPTH.labels(peer)
+
+
 class Stats:
     """Service-wide counters (GetStats) mirrored into Prometheus."""
 

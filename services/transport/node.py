@@ -93,6 +93,7 @@ class Faults:
 class Peer:
     member: Member
     queue: SendQueue
+    m: metrics.PeerMetrics
     address: str
     address_source: str = "config"
     record: transport_pb2.AddressRecord | None = None
@@ -200,6 +201,7 @@ class TransportNode:
         self._peers: dict[str, Peer] = {
             m.node_id: Peer(
                 member=m,
+                m=metrics.PeerMetrics(m.name),
                 address=m.address,
                 queue=SendQueue(
                     max_messages=settings.send_queue_max, max_bytes=settings.send_queue_max_bytes
@@ -517,7 +519,7 @@ class TransportNode:
         dropped = self._inbound.clear(peer.node_id)
         if dropped:
             self._drop(peer, "banned", dropped)
-        metrics.RECV_QUEUE_DEPTH.labels(peer.name).set(0)
+        peer.m.recv_depth.set(0)
         if duration is not None:
             loop.call_at(peer.banned_until, peer.wake.set)
 
@@ -731,7 +733,7 @@ class TransportNode:
             if lived >= STABLE_CONNECTION:
                 peer.attempts = 0
             self._update_connected_gauge()
-            metrics.INFLIGHT_BYTES.labels(peer.name).set(0)
+            peer.m.inflight.set(0)
             log.info(
                 "peer disconnected",
                 extra={
@@ -775,8 +777,8 @@ class TransportNode:
                 envelope.trace_context.update(inject_context())
         peer.messages_in += 1
         peer.bytes_in += event.wire_size
-        metrics.MESSAGES.labels(peer.name, "in").inc()
-        metrics.BYTES.labels(peer.name, "in").inc(event.wire_size)
+        peer.m.messages_in.inc()
+        peer.m.bytes_in.inc(event.wire_size)
         if self._inbound.push(peer.node_id, envelope):
             self._drop(peer, "recv_queue_full")
             self._limiter.warning(
@@ -784,15 +786,15 @@ class TransportNode:
                 "inbound queue full (consensus is slow or absent): dropped the oldest",
                 {"peer": peer.name},
             )
-        metrics.RECV_QUEUE_DEPTH.labels(peer.name).set(self._inbound.depth(peer.node_id))
+        peer.m.recv_depth.set(self._inbound.depth(peer.node_id))
         if self._consumer is not None:
             self._consumer.notify()
 
     def _after_take(self, items: list[transport_pb2.Envelope]) -> None:
         for source in {getattr(item, "from") for item in items}:
-            name = self._labels.get(source)
-            if name is not None:
-                metrics.RECV_QUEUE_DEPTH.labels(name).set(self._inbound.depth(source))
+            peer = self._peers.get(source)
+            if peer is not None:
+                peer.m.recv_depth.set(self._inbound.depth(source))
 
     def _on_pong(self, conn: PeerConnection, event: PongReceived) -> None:
         name = self._labels.get(conn.peer_id or "")
@@ -842,14 +844,14 @@ class TransportNode:
         if batch:
             self._hand_over(peer, conn, batch, batch_bytes)
         self._update_queue_gauges(peer)
-        metrics.INFLIGHT_BYTES.labels(peer.name).set(conn.inflight)
+        peer.m.inflight.set(conn.inflight)
 
     def _hand_over(self, peer: Peer, conn: PeerConnection, batch: list[bytes], size: int) -> None:
         conn.send_messages(batch)
         peer.messages_out += len(batch)
         peer.bytes_out += size
-        metrics.MESSAGES.labels(peer.name, "out").inc(len(batch))
-        metrics.BYTES.labels(peer.name, "out").inc(size)
+        peer.m.messages_out.inc(len(batch))
+        peer.m.bytes_out.inc(size)
         assert self._endpoint is not None
         self._endpoint.transmit_soon(conn)
 
@@ -864,8 +866,8 @@ class TransportNode:
         peer.pump_handle = asyncio.get_running_loop().call_at(when, run)
 
     def _update_queue_gauges(self, peer: Peer) -> None:
-        metrics.SEND_QUEUE_DEPTH.labels(peer.name).set(len(peer.queue))
-        metrics.SEND_QUEUE_BYTES.labels(peer.name).set(peer.queue.bytes)
+        peer.m.send_depth.set(len(peer.queue))
+        peer.m.send_bytes.set(peer.queue.bytes)
 
     def _update_connected_gauge(self) -> None:
         metrics.PEERS_CONNECTED.set(sum(1 for p in self._peers.values() if p.connected))

@@ -84,6 +84,36 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
         async for envelope in request_iterator:
             send(envelope)
 
+    async def ExchangeBatches(
+        self,
+        request_iterator: AsyncIterator[transport_pb2.EnvelopeBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[transport_pb2.EnvelopeBatch]:
+        consumer = self._node.attach_consumer()
+        reader = asyncio.create_task(self._read_batches(request_iterator), name="exchange-in")
+        try:
+            while True:
+                try:
+                    batch = await consumer.get_batch()
+                except Superseded:
+                    await context.abort(
+                        grpc.StatusCode.ABORTED, "superseded by a newer Exchange stream"
+                    )
+                yield transport_pb2.EnvelopeBatch(envelopes=batch)
+        finally:
+            consumer.detach()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read_batches(
+        self, request_iterator: AsyncIterator[transport_pb2.EnvelopeBatch]
+    ) -> None:
+        send = self._node.send_quietly
+        async for batch in request_iterator:
+            for envelope in batch.envelopes:
+                send(envelope)
+
     async def Send(
         self, request: transport_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.SendResponse:

@@ -323,3 +323,33 @@ async def test_exchange_sends_outbound_and_carries_trace_context(transports: Sta
 def test_close_codes_are_stable() -> None:
     # part of the wire protocol (docs/transport.md): never renumber
     assert CloseCode.BANNED == 4 and CloseCode.AUTH_FAILED == 2 and CloseCode.NOT_MEMBER == 3
+
+
+async def test_exchange_batches(transports: Starter) -> None:
+    _, nodes = await transports(3)
+    await all_connected(nodes)
+    a, b, c = nodes
+    inbound = b.stub.ExchangeBatches()
+    outbound = a.stub.ExchangeBatches()
+    envelopes = [transport_pb2.Envelope(to=b.node_id, payload=b"%04d" % i) for i in range(300)]
+    await outbound.write(transport_pb2.EnvelopeBatch(envelopes=envelopes[:150]))
+    await outbound.write(transport_pb2.EnvelopeBatch(envelopes=envelopes[150:]))
+    got: list[bytes] = []
+
+    async def collect() -> None:
+        while len(got) < 300:
+            batch = await inbound.read()
+            assert all(getattr(e, "from") == a.node_id for e in batch.envelopes)
+            got.extend(e.payload for e in batch.envelopes)
+
+    await asyncio.wait_for(collect(), 10)
+    assert got == [b"%04d" % i for i in range(300)]
+    # one consumer at a time: a plain Exchange now supersedes the batch stream
+    plain = b.stub.Exchange()
+    await c.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"plain"), timeout=5)
+    assert (await read_n(plain, 1))[0].payload == b"plain"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(inbound.read(), 5)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    plain.cancel()
+    outbound.cancel()
