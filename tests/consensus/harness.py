@@ -10,10 +10,22 @@ import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from services.consensus.core.codec import encode_body, encode_envelope
 from services.consensus.core.config import Config
-from services.consensus.core.messages import Envelope, Message, Request, Signed, SignedEnvelope
+from services.consensus.core.messages import (
+    Checkpoint,
+    Commit,
+    Envelope,
+    NewView,
+    Prepare,
+    PrePrepare,
+    Request,
+    Signed,
+    SignedEnvelope,
+    ViewChange,
+)
 from services.consensus.core.ready import Committed, Ready
 from services.consensus.sim.crypto import FastScheme, fast_request_hash
 from services.consensus.sim.node import Node, Wire
@@ -138,7 +150,10 @@ def digest_of(data: bytes) -> bytes:
     return hashlib.sha3_256(data).digest()
 
 
-def sign(cluster: Cluster, signer: int, msg: Message) -> Signed[Message]:
+M = TypeVar("M", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+
+
+def sign(cluster: Cluster, signer: int, msg: M) -> Signed[M]:
     """``msg`` signed by replica ``signer`` of ``cluster``."""
     body = encode_body(msg)
     return Signed(

@@ -7,8 +7,10 @@ from dataclasses import replace
 from services.consensus.core.crypto import NULL_DIGEST, batch_digest
 from services.consensus.core.messages import (
     Commit,
+    Message,
     NewView,
     PrePrepare,
+    Signed,
     SignedEnvelope,
     ViewChange,
 )
@@ -17,7 +19,7 @@ from services.consensus.sim.actors import censored
 from tests.consensus.harness import Cluster, request, sent_kinds, sign, wire
 
 
-def signed_messages(c: Cluster, src: int, kind: type) -> list:
+def signed_messages(c: Cluster, src: int, kind: type) -> list[Signed[Message]]:
     return [
         w.envelope.signed
         for who, w in c.sent

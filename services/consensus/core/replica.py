@@ -14,6 +14,7 @@ import enum
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from services.consensus.core import durable
 from services.consensus.core.codec import encode_body
@@ -53,6 +54,8 @@ from services.consensus.core.pool import Pool
 from services.consensus.core.proofs import NewViewPlan, ProofError, Proofs
 from services.consensus.core.ready import Committed, Outbound, Ready, Record, ServeState
 from services.consensus.core.reputation import Fault, FaultKind, Reputation
+
+M = TypeVar("M", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
 
 
 class ConsensusHalted(Exception):
@@ -111,6 +114,13 @@ class _Transfer:
     candidates: tuple[int, ...]
     attempt: int = 0
     next_at: int = 0
+
+
+def _typed(signed: Signed[Message], kind: type[M]) -> Signed[M]:
+    """``signed`` as a signed ``kind`` (checked)."""
+    if not isinstance(signed.msg, kind):
+        raise TypeError(f"expected a signed {kind.__name__}, got {type(signed.msg).__name__}")
+    return cast(Signed[M], signed)
 
 
 def _own_key(msg: Message) -> tuple[str, int, int]:
@@ -331,25 +341,25 @@ class Replica:
 
     # --- signing, faults, evidence ----------------------------------------------------
 
-    def _make_signed(self, msg: Message) -> Signed[Message]:
+    def _make_signed(self, msg: M) -> Signed[M]:
         body = encode_body(msg)
         return Signed(body=body, signature=self._signer.sign(body), signer=self.id, msg=msg)
 
-    def _sign_once(
-        self, msg: Message, *, requests: tuple[Request, ...] = ()
-    ) -> Signed[Message] | None:
+    def _sign_once(self, msg: M, *, requests: tuple[Request, ...] = ()) -> Signed[M] | None:
         """Sign, persist and broadcast ``msg``, unless it conflicts with what we signed.
 
         A message signed before (possibly before a restart) is re-sent as it was;
         a different message for the same (kind, view, seq) is never signed.
         """
         key = _own_key(msg)
-        signed = self._own.get(key)
-        if signed is None:
+        existing = self._own.get(key)
+        if existing is None:
             signed = self._make_signed(msg)
             self._own[key] = signed
             self._persist.append(Record(durable.own_key(*key), durable.encode_signed(signed)))
-        elif signed.msg != msg and not isinstance(msg, ViewChange | NewView):
+        elif existing.msg == msg or isinstance(msg, ViewChange | NewView):
+            signed = _typed(existing, type(msg))
+        else:
             return None
         self._send.append(Outbound(None, SignedEnvelope(signed, requests)))
         return signed
@@ -441,11 +451,11 @@ class Replica:
         elif isinstance(msg, Commit):
             self._on_commit(sender, env)
         elif isinstance(msg, Checkpoint):
-            self._on_checkpoint(sender, signed)  # type: ignore[arg-type]
+            self._on_checkpoint(sender, _typed(signed, Checkpoint))
         elif isinstance(msg, ViewChange):
-            self._on_view_change(sender, signed)  # type: ignore[arg-type]
+            self._on_view_change(sender, _typed(signed, ViewChange))
         else:
-            self._on_new_view(sender, signed)  # type: ignore[arg-type]
+            self._on_new_view(sender, _typed(signed, NewView))
 
     def _current_view(self, sender: int, env: SignedEnvelope, view: int) -> bool:
         """Whether a normal-case message is for the view we are active in (else defer or drop)."""
@@ -458,7 +468,7 @@ class Replica:
         return False
 
     def _on_pre_prepare(self, sender: int, env: SignedEnvelope) -> None:
-        signed: Signed[PrePrepare] = env.signed  # type: ignore[assignment]
+        signed = _typed(env.signed, PrePrepare)
         pp = signed.msg
         if signed.signer != self.config.primary(pp.view):
             self._fault(signed.signer, FaultKind.PROTOCOL)
@@ -541,10 +551,10 @@ class Replica:
             return
         signed = self._sign_once(Prepare(view=self._view, seq=seq, digest=pp.msg.digest))
         if signed is not None:
-            self._add_prepare(seq, slot, signed)  # type: ignore[arg-type]
+            self._add_prepare(seq, slot, signed)
 
     def _on_prepare(self, sender: int, env: SignedEnvelope) -> None:
-        signed: Signed[Prepare] = env.signed  # type: ignore[assignment]
+        signed = _typed(env.signed, Prepare)
         p = signed.msg
         if signed.signer == self.config.primary(p.view):
             self._fault(signed.signer, FaultKind.PROTOCOL)
@@ -581,10 +591,10 @@ class Replica:
         self._persist.append(Record(durable.prepared_key(seq), durable.encode_prepared(cert)))
         signed = self._sign_once(Commit(view=self._view, seq=seq, digest=digest))
         if signed is not None:
-            self._add_commit(seq, slot, signed)  # type: ignore[arg-type]
+            self._add_commit(seq, slot, signed)
 
     def _on_commit(self, sender: int, env: SignedEnvelope) -> None:
-        signed: Signed[Commit] = env.signed  # type: ignore[assignment]
+        signed = _typed(env.signed, Commit)
         c = signed.msg
         if c.view > self._view:
             self._defer(sender, env)
@@ -656,7 +666,7 @@ class Replica:
         if seq % self._k == 0 and seq > self._low:
             signed = self._sign_once(Checkpoint(seq=seq, state_digest=state))
             if signed is not None:
-                self._add_checkpoint(signed)  # type: ignore[arg-type]
+                self._add_checkpoint(signed)
         transfer = self._transfer
         if transfer is not None and seq == transfer.seq:
             if state != transfer.digest:
@@ -691,7 +701,7 @@ class Replica:
             self._next_seq += 1
             self._batches[digest] = requests
             slot = self._slot(seq)
-            slot.pre_prepare = signed  # type: ignore[assignment]
+            slot.pre_prepare = signed
             self._check_prepared(seq, slot)
 
     # --- requests -----------------------------------------------------------------------
@@ -770,7 +780,7 @@ class Replica:
         if seq <= self._low:
             return
         own = self._own.get(("checkpoint", 0, seq))
-        if own is not None and own.msg.state_digest != digest:  # type: ignore[union-attr]
+        if own is not None and _typed(own, Checkpoint).msg.state_digest != digest:
             raise ConsensusHalted(f"our state at seq {seq} differs from a quorum's checkpoint")
         # The watermarks move even when this replica is behind: what lies below
         # a stable checkpoint comes only from state transfer, never from the log.
@@ -967,7 +977,7 @@ class Replica:
         self._new_view_msg = None
         self._persist_view()
         assert own is not None
-        self._vcs.setdefault(target, {})[self.id] = own  # type: ignore[assignment]
+        self._vcs.setdefault(target, {})[self.id] = _typed(own, ViewChange)
         self._view_change_progress()
 
     def _on_view_change(self, sender: int, signed: Signed[ViewChange]) -> None:
@@ -1039,14 +1049,14 @@ class Replica:
             nv = NewView(
                 view=view,
                 view_changes=tuple(view_changes),
-                pre_prepares=pre_prepares,  # type: ignore[arg-type]
+                pre_prepares=pre_prepares,
             )
             own = self._sign_once(nv)
         else:
-            plan = self._proofs.plan_new_view(own.msg.view_changes)  # type: ignore[union-attr]
+            plan = self._proofs.plan_new_view(_typed(own, NewView).msg.view_changes)
             self._send.append(Outbound(None, SignedEnvelope(own)))
         assert own is not None
-        self._enter_view(own, plan)  # type: ignore[arg-type]
+        self._enter_view(_typed(own, NewView), plan)
 
     def _on_new_view(self, sender: int, signed: Signed[NewView]) -> None:
         nv = signed.msg
@@ -1146,16 +1156,16 @@ class Replica:
         for (_, view, seq), signed in state.own.items():
             msg = signed.msg
             if isinstance(msg, Prepare) and view == self._view and seq > self._low:
-                self._slot(seq).prepares[self.id] = signed  # type: ignore[assignment]
+                self._slot(seq).prepares[self.id] = _typed(signed, Prepare)
             elif isinstance(msg, Commit) and seq > self._low:
-                self._slot(seq).commits.setdefault(view, {})[self.id] = signed  # type: ignore[assignment]
+                self._slot(seq).commits.setdefault(view, {})[self.id] = _typed(signed, Commit)
             elif isinstance(msg, Checkpoint) and seq > self._low:
-                self._checkpoints.setdefault(seq, {})[self.id] = signed  # type: ignore[assignment]
+                self._checkpoints.setdefault(seq, {})[self.id] = _typed(signed, Checkpoint)
             elif isinstance(msg, PrePrepare) and view == self._view and seq > self._low:
-                self._slot(seq).pre_prepare = signed  # type: ignore[assignment]
+                self._slot(seq).pre_prepare = _typed(signed, PrePrepare)
                 self._next_seq = max(self._next_seq, seq + 1)
             elif isinstance(msg, ViewChange) and view == self._view:
-                self._vcs[view] = {self.id: signed}  # type: ignore[dict-item]
+                self._vcs[view] = {self.id: _typed(signed, ViewChange)}
         nv = state.new_view
         if nv is not None and nv.msg.view == self._view and self._active:
             self._new_view_msg = nv
