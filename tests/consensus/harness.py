@@ -27,7 +27,7 @@ from services.consensus.core.messages import (
     ViewChange,
 )
 from services.consensus.core.ready import Committed, Ready
-from services.consensus.sim.crypto import FastScheme, fast_request_hash
+from services.consensus.sim.crypto import FastScheme, Scheme, fast_request_hash
 from services.consensus.sim.node import Node, Wire
 
 BASE = Config(
@@ -51,9 +51,9 @@ def request(i: int | str) -> Request:
 
 
 class Cluster:
-    def __init__(self, n: int = 4, **overrides: int) -> None:
+    def __init__(self, n: int = 4, *, scheme: Scheme | None = None, **overrides: int) -> None:
         self.n = n
-        self.scheme = FastScheme(n, seed=1)
+        self.scheme = scheme or FastScheme(n, seed=1)
         self.nodes = [
             Node(
                 replace(BASE, n=n, replica_id=i, **overrides),
