@@ -1,0 +1,226 @@
+"""The writer thread (ordering, group commit, failures, shutdown), loop responsiveness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cretoai.v1 import storage_pb2
+from services.storage.errors import InvalidArgument, ShuttingDown, WriteFailed
+from services.storage.store import Store
+from services.storage.writer import Writer
+from tests.storage.support import Dag, Running, make_config, start_service
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    value = REGISTRY.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+@pytest.fixture
+async def store_and_writer(tmp_path: Path) -> Any:
+    store = Store.open(tmp_path / "db")
+    writer = Writer(store)
+    writer.start()
+    try:
+        yield store, writer
+    finally:
+        await writer.stop()
+        store.close()
+
+
+async def test_writes_apply_in_submission_order_and_report_their_errors(
+    store_and_writer: tuple[Store, Writer],
+) -> None:
+    _, writer = store_and_writer
+    order: list[int] = []
+    threads: set[str] = set()
+
+    def op(i: int) -> int:
+        threads.add(threading.current_thread().name)
+        order.append(i)
+        if i == 7:
+            raise InvalidArgument("seven")
+        if i == 8:
+            raise RuntimeError("a bug")
+        return i * 10
+
+    results = await asyncio.gather(
+        *(writer.submit(lambda i=i: op(i), kind="test") for i in range(40)),
+        return_exceptions=True,
+    )
+    assert order == list(range(40))
+    assert threads == {"storage-writer"}
+    assert isinstance(results[7], InvalidArgument)
+    assert isinstance(results[8], RuntimeError)
+    assert [r for i, r in enumerate(results) if i not in (7, 8)] == [
+        i * 10 for i in range(40) if i not in (7, 8)
+    ]
+
+
+async def test_concurrent_writes_share_wal_syncs(store_and_writer: tuple[Store, Writer]) -> None:
+    store, writer = store_and_writer
+    groups_before = sample("cretoai_storage_write_group_size_count")
+    syncs_before = sample("cretoai_storage_wal_sync_seconds_count")
+
+    def put(i: int) -> None:
+        store.write_state(
+            storage_pb2.WriteStateRequest(
+                puts=[storage_pb2.StateEntry(key=b"k%03d" % i, value=b"x" * 1000)]
+            )
+        )
+
+    await asyncio.gather(*(writer.submit(lambda i=i: put(i), kind="state") for i in range(200)))
+    groups = sample("cretoai_storage_write_group_size_count") - groups_before
+    syncs = sample("cretoai_storage_wal_sync_seconds_count") - syncs_before
+    assert 1 <= syncs <= groups < 200  # queued writes were grouped under one sync
+    assert not store.dirty
+    values = store.get_state([b"k000", b"k199"])
+    assert all(v.found for v in values)
+
+
+async def test_a_barrier_runs_alone_after_the_previous_writes_are_synced(
+    store_and_writer: tuple[Store, Writer],
+) -> None:
+    store, writer = store_and_writer
+    seen: list[bool] = []
+
+    def put() -> None:
+        store.write_state(
+            storage_pb2.WriteStateRequest(puts=[storage_pb2.StateEntry(key=b"k", value=b"v")])
+        )
+
+    writes = [writer.submit(put, kind="state") for _ in range(5)]
+    barrier = writer.submit(lambda: seen.append(store.dirty), kind="backup", barrier=True)
+    await asyncio.gather(*writes, barrier)
+    assert seen == [False]
+
+
+class FailingSyncStore:
+    """Applies writes, then fails the WAL sync (as a dying disk would)."""
+
+    dirty = False
+    halt_reason: str | None = None
+
+    def sync(self) -> None:
+        if self.dirty:
+            self.halt_reason = "sync failed"
+            raise WriteFailed("write failed: WAL sync: I/O error")
+
+    def write(self) -> str:
+        self.dirty = True
+        return "written"
+
+
+async def test_a_failed_sync_fails_every_write_of_its_group() -> None:
+    store = FailingSyncStore()
+    writer = Writer(store)  # type: ignore[arg-type]
+    writer.start()
+    try:
+        results = await asyncio.gather(
+            *(writer.submit(store.write, kind="test") for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, WriteFailed) for r in results)
+        assert "WAL sync" in str(results[0])
+    finally:
+        await writer.stop()
+
+
+async def test_stop_finishes_queued_writes_then_refuses_new_ones(
+    store_and_writer: tuple[Store, Writer],
+) -> None:
+    _, writer = store_and_writer
+    done: list[int] = []
+
+    def slow(i: int) -> None:
+        time.sleep(0.002)
+        done.append(i)
+
+    pending = [
+        asyncio.ensure_future(writer.submit(lambda i=i: slow(i), kind="t")) for i in range(20)
+    ]
+    await asyncio.sleep(0)
+    await writer.stop()
+    await asyncio.gather(*pending)
+    assert done == list(range(20))
+    with pytest.raises(ShuttingDown):
+        await writer.submit(lambda: None, kind="t")
+
+
+async def test_a_cancelled_caller_does_not_break_the_writer(
+    store_and_writer: tuple[Store, Writer],
+) -> None:
+    _, writer = store_and_writer
+    gate = threading.Event()
+    call = asyncio.ensure_future(writer.submit(lambda: gate.wait(5), kind="t"))
+    await asyncio.sleep(0.01)
+    call.cancel()
+    gate.set()
+    assert await writer.submit(lambda: 42, kind="t") == 42
+
+
+async def test_reads_are_served_while_large_batches_commit(running: Running) -> None:
+    """Writes run off the event loop: reads keep completing between commits."""
+    dag = Dag(payload_size=1024)
+    first = dag.next_batch(100)
+    await running.stub.CommitBatch(first)
+    probe = storage_pb2.GetVertexRequest(hash=first.results[0].hash)
+    lag_before = sample("cretoai_storage_event_loop_lag_seconds_count")
+    commits_done = asyncio.Event()
+    reads = 0
+    slowest = 0.0
+
+    async def read_loop() -> None:
+        nonlocal reads, slowest
+        while not commits_done.is_set():
+            t0 = time.perf_counter()
+            reply = await running.stub.GetVertex(probe)
+            slowest = max(slowest, time.perf_counter() - t0)
+            assert reply.found
+            reads += 1
+
+    reader = asyncio.create_task(read_loop())
+    for _ in range(15):  # ~830 KB each
+        await running.stub.CommitBatch(dag.next_batch(100))
+    commits_done.set()
+    await reader
+    assert reads >= 15, f"reads starved by writes: {reads} reads during 15 commits"
+    assert slowest < 1.0
+    assert sample("cretoai_storage_event_loop_lag_seconds_count") > lag_before
+
+
+async def test_metrics_endpoint_exposes_the_storage_metrics(tmp_path: Path) -> None:
+    running = await start_service(make_config(tmp_path, metrics=True))
+    try:
+        dag = Dag()
+        for _ in range(3):
+            await running.stub.CommitBatch(dag.next_batch(7))
+        await running.stub.GetStats(storage_pb2.GetStatsRequest())
+        url = f"http://127.0.0.1:{running.service.metrics_port}/metrics"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+    finally:
+        await running.stop()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("cretoai_storage_")
+    }
+    assert values["cretoai_storage_commit_seconds_count"] >= 3
+    assert values["cretoai_storage_batch_vertices_sum"] >= 21
+    assert values["cretoai_storage_batch_bytes_count"] >= 3
+    assert values["cretoai_storage_wal_sync_seconds_count"] >= 3
+    assert values["cretoai_storage_last_seq"] == 3
+    assert values['cretoai_storage_vertices{status="finalized"}'] == 21
+    assert values["cretoai_storage_db_bytes"] > 0
+    assert values['cretoai_storage_keys{column_family="vertices"}'] == 21
+    assert "cretoai_storage_event_loop_lag_seconds_bucket" in text
