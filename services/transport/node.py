@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
@@ -59,6 +60,9 @@ from services.transport.framing import FrameType, encode_frame
 from services.transport.queues import InboundMux, SendQueue
 from services.transport.settings import Member, TransportSettings
 from services.transport.tls import ephemeral_identity, quic_configuration
+
+if TYPE_CHECKING:
+    from services.transport.mdns import MdnsDiscovery
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("cretoai.transport")
@@ -105,6 +109,8 @@ class Peer:
     attempts: int = 0
     ever_connected: bool = False
     dialing: PeerConnection | None = None
+    #: An unauthenticated address hint (mDNS) to try on the next dial.
+    candidate: str = ""
     pump_handle: asyncio.TimerHandle | None = None
     messages_out: int = 0
     messages_in: int = 0
@@ -224,7 +230,7 @@ class TransportNode:
         self._self_record: transport_pb2.AddressRecord | None = None
         self._stun_address = ""
         self._stun_waiters: dict[bytes, asyncio.Future[stun.StunAddress | stun.StunError]] = {}
-        self._mdns: object | None = None
+        self._mdns: MdnsDiscovery | None = None
         self._rng = random.Random()
         self._labels = {p.node_id: p.name for p in self._peers.values()}
 
@@ -326,7 +332,7 @@ class TransportNode:
         if s.stun_server:
             self._spawn(self._stun_loop(), "stun")
         if s.mdns:
-            from services.transport.mdns import MdnsDiscovery
+            from services.transport.mdns import MdnsDiscovery  # zeroconf only when asked
 
             mdns = MdnsDiscovery(node=self, interfaces=s.mdns_interfaces)
             await mdns.start()
@@ -349,9 +355,6 @@ class TransportNode:
                 await task
         self._tasks.clear()
         if self._mdns is not None:
-            from services.transport.mdns import MdnsDiscovery
-
-            assert isinstance(self._mdns, MdnsDiscovery)
             await self._mdns.stop()
             self._mdns = None
         endpoint = self._endpoint
@@ -913,7 +916,9 @@ class TransportNode:
     async def _dial_once(self, peer: Peer) -> bool:
         endpoint = self._endpoint
         assert endpoint is not None
-        parsed = auth.parse_host_port(peer.address)
+        address, peer.candidate = peer.candidate or peer.address, ""
+        from_candidate = address != peer.address
+        parsed = auth.parse_host_port(address)
         if parsed is None:
             log.warning("bad peer address", extra={"fields": {"peer": peer.name}})
             return False
@@ -934,7 +939,17 @@ class TransportNode:
         self._dial_waiters[conn] = fut
         self.stats.inc("dials")
         try:
-            return await asyncio.wait_for(fut, self.settings.handshake_timeout + 1.0)
+            ok = await asyncio.wait_for(fut, self.settings.handshake_timeout + 1.0)
+            if ok and from_candidate and peer.conn is conn:
+                # the member proved its key at this address: adopt it
+                log.info(
+                    "adopted a discovered address",
+                    extra={"fields": {"peer": peer.name, "address": address, "was": peer.address}},
+                )
+                peer.address = address
+                peer.address_source = "mdns"
+                self.stats.inc("addresses_learned.mdns")
+            return ok
         except TimeoutError:
             conn.close(CloseCode.HANDSHAKE_TIMEOUT, "dial timed out")
             self._on_activity(conn)
@@ -1060,6 +1075,19 @@ class TransportNode:
                 peer.attempts = 0
                 peer.wake.set()
         return True
+
+    def mdns_candidate(self, node_id: str, address: str) -> None:
+        """An unauthenticated hint that member ``node_id`` listens at ``address``."""
+        peer = self._peers.get(node_id)
+        if peer is None or auth.parse_host_port(address) is None:
+            self.stats.inc("mdns.ignored")
+            return
+        self.stats.inc("mdns.seen")
+        if peer.connected or address == peer.address:
+            return
+        peer.candidate = address
+        peer.attempts = 0
+        peer.wake.set()
 
     @property
     def self_record(self) -> transport_pb2.AddressRecord | None:

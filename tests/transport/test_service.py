@@ -322,7 +322,22 @@ async def test_exchange_sends_outbound_and_carries_trace_context(transports: Sta
 
 def test_close_codes_are_stable() -> None:
     # part of the wire protocol (docs/transport.md): never renumber
-    assert CloseCode.BANNED == 4 and CloseCode.AUTH_FAILED == 2 and CloseCode.NOT_MEMBER == 3
+    assert {code.name: int(code) for code in CloseCode} == {
+        "NO_ERROR": 0,
+        "PROTOCOL_VIOLATION": 1,
+        "AUTH_FAILED": 2,
+        "NOT_MEMBER": 3,
+        "BANNED": 4,
+        "DUPLICATE": 5,
+        "PEER_RESTARTED": 6,
+        "HANDSHAKE_TIMEOUT": 7,
+        "SHUTDOWN": 8,
+        "PARTITIONED": 9,
+        "KEEPALIVE_TIMEOUT": 10,
+        "WRONG_PEER": 11,
+        "UNSUPPORTED_VERSION": 12,
+        "SELF_CONNECTION": 13,
+    }
 
 
 async def test_exchange_batches(transports: Starter) -> None:
