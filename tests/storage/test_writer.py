@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import urllib.request
@@ -53,7 +54,7 @@ async def test_writes_apply_in_submission_order_and_report_their_errors(
         return i * 10
 
     results = await asyncio.gather(
-        *(writer.submit(lambda i=i: op(i), kind="test") for i in range(40)),
+        *(writer.submit(functools.partial(op, i), kind="test") for i in range(40)),
         return_exceptions=True,
     )
     assert order == list(range(40))
@@ -77,7 +78,9 @@ async def test_concurrent_writes_share_wal_syncs(store_and_writer: tuple[Store, 
             )
         )
 
-    await asyncio.gather(*(writer.submit(lambda i=i: put(i), kind="state") for i in range(200)))
+    await asyncio.gather(
+        *(writer.submit(functools.partial(put, i), kind="state") for i in range(200))
+    )
     groups = sample("cretoai_storage_write_group_size_count") - groups_before
     syncs = sample("cretoai_storage_wal_sync_seconds_count") - syncs_before
     assert 1 <= syncs <= groups < 200  # queued writes were grouped under one sync
@@ -145,7 +148,8 @@ async def test_stop_finishes_queued_writes_then_refuses_new_ones(
         done.append(i)
 
     pending = [
-        asyncio.ensure_future(writer.submit(lambda i=i: slow(i), kind="t")) for i in range(20)
+        asyncio.ensure_future(writer.submit(functools.partial(slow, i), kind="t"))
+        for i in range(20)
     ]
     await asyncio.sleep(0)
     await writer.stop()
