@@ -111,7 +111,8 @@ async def probe(channel: grpc.aio.Channel, service: str = "") -> str:
         reply = await stub.Check(
             health_pb2.HealthCheckRequest(service=service), timeout=PROBE_TIMEOUT_S
         )
-    except grpc.aio.AioRpcError:
-        return "unreachable"
+    except grpc.aio.AioRpcError as exc:
+        down = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        return "unreachable" if exc.code() in down else "not_serving"
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     return "serving" if serving else "not_serving"

@@ -1,0 +1,362 @@
+"""Harness of the gateway tests: the real gateway and storage services, a stand-in consensus.
+
+The consensus service is built in parallel with the gateway, so these tests run
+:class:`FakeConsensus`, a minimal servicer of ``consensus.proto`` over real gRPC,
+in its place. It records submissions, holds them pending, and finalizes them on
+demand the way the real one does: one atomic ``CommitBatch`` to the REAL storage
+service (RocksDB in the test's temp dir) first, then the batch on every
+``WatchFinalized`` stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+from cretoai.config import NodeConfig, load_config
+from cretoai.crypto import NodeKey, get_backend
+from cretoai.serving import GrpcService
+from cretoai.v1 import (
+    consensus_pb2,
+    consensus_pb2_grpc,
+    gateway_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+    vertex_pb2,
+)
+from cretoai.vertex import make_vertex, vertex_hash
+from services.gateway.service import GatewayNode, create
+from services.storage.service import build as build_storage
+
+PENDING = vertex_pb2.VERTEX_STATUS_PENDING
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
+
+#: Every wait in these tests is bounded by this (seconds).
+TIMEOUT = 15.0
+
+
+def client_key() -> NodeKey:
+    """A fresh ML-DSA-87 key for a client that signs its own vertices."""
+    private = get_backend("cryptography").private_key_from_seed(os.urandom(32))
+    return NodeKey(private=private, path=Path("<client>"))
+
+
+def signed_body(
+    key: NodeKey, payload: bytes, parents: Iterable[bytes] = (), timestamp_ms: int | None = None
+) -> tuple[dict[str, Any], vertex_pb2.Vertex]:
+    """A client-signed submission body and its vertex."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    vertex = make_vertex(key, payload, list(parents), ts)
+    body = {
+        "payload": base64.b64encode(payload).decode(),
+        "parents": [p.hex() for p in vertex.parents],
+        "public_key": vertex.creator.hex(),
+        "signature": vertex.signature.hex(),
+        "timestamp_ms": ts,
+    }
+    return body, vertex
+
+
+class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
+    """The tests' stand-in for the consensus service (see the module docstring)."""
+
+    def __init__(self, storage: storage_pb2_grpc.StorageStub) -> None:
+        self._storage = storage
+        self.submissions: list[vertex_pb2.Vertex] = []
+        self.submit_metadata: list[dict[str, str]] = []
+        self.pending: dict[bytes, vertex_pb2.Vertex] = {}
+        self.executed: dict[bytes, vertex_pb2.VertexStatus] = {}
+        self.batches: list[vertex_pb2.FinalizedBatch] = []
+        self.watch_requests: list[int] = []
+        self.submit_error: grpc.StatusCode | None = None
+        self.ready = True
+        self._watchers: set[asyncio.Queue[bool]] = set()
+        self._changed = asyncio.Condition()
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        """Until ``predicate()`` holds (checked at every change of this fake), bounded."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    # ------------------------------------------------------------------ RPCs
+
+    async def SubmitVertex(
+        self, request: consensus_pb2.SubmitVertexRequest, context: Any
+    ) -> consensus_pb2.SubmitVertexResponse:
+        self.submit_metadata.append(
+            {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        )
+        if self.submit_error is not None:
+            await context.abort(self.submit_error, "set by the test")
+        vertex = request.vertex
+        h = vertex_hash(vertex)
+        if h in self.executed:
+            return consensus_pb2.SubmitVertexResponse(
+                hash=h, status=self.executed[h], duplicate=True
+            )
+        duplicate = h in self.pending
+        self.pending[h] = vertex
+        self.submissions.append(vertex)
+        await self._notify()
+        return consensus_pb2.SubmitVertexResponse(hash=h, status=PENDING, duplicate=duplicate)
+
+    async def GetPending(
+        self, request: consensus_pb2.GetPendingRequest, context: Any
+    ) -> consensus_pb2.GetPendingResponse:
+        vertex = self.pending.get(request.hash)
+        if vertex is None:
+            return consensus_pb2.GetPendingResponse(found=False)
+        return consensus_pb2.GetPendingResponse(found=True, vertex=vertex)
+
+    async def GetStatus(
+        self, request: consensus_pb2.GetStatusRequest, context: Any
+    ) -> consensus_pb2.NodeStatus:
+        return consensus_pb2.NodeStatus(
+            node_id="fake-node-id",
+            node_name="node1",
+            replica=0,
+            view=3,
+            primary=3 % 4,
+            last_executed_seq=len(self.batches),
+            pool_size=len(self.pending),
+            n=4,
+            f=1,
+            ready=self.ready,
+            peers=[
+                consensus_pb2.PeerStatus(
+                    name="node2", node_id="peer", replica=1, connected=True, rtt_ms=0.5
+                )
+            ],
+        )
+
+    async def WatchFinalized(
+        self, request: consensus_pb2.WatchFinalizedRequest, context: Any
+    ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
+        self.watch_requests.append(request.from_seq)
+        wake: asyncio.Queue[bool] = asyncio.Queue()
+        self._watchers.add(wake)
+        await self._notify()
+        try:
+            seq = max(request.from_seq, 1)
+            while True:
+                while seq <= len(self.batches):
+                    yield self.batches[seq - 1]
+                    seq += 1
+                if not await wake.get():
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "dropped by the test")
+        finally:
+            self._watchers.discard(wake)
+            await self._notify()
+
+    # ------------------------------------------------------------------ test controls
+
+    def drop_watchers(self) -> None:
+        """Fail every WatchFinalized stream (UNAVAILABLE)."""
+        for wake in self._watchers:
+            wake.put_nowait(False)
+
+    async def finalize(
+        self, vertices: list[vertex_pb2.Vertex], *, rejected: Iterable[bytes] = ()
+    ) -> vertex_pb2.FinalizedBatch:
+        """Execute ``vertices`` as the next batch: commit to storage, then publish."""
+        rejected = set(rejected)
+        seq = len(self.batches) + 1
+        hashes = [vertex_hash(v) for v in vertices]
+        digest = hashlib.sha3_256(b"batch%d" % seq + b"".join(hashes)).digest()
+        certificate = vertex_pb2.FinalityCertificate(
+            view=0,
+            seq=seq,
+            batch_digest=digest,
+            commits=[
+                vertex_pb2.SignedMessage(
+                    body=b"commit-%d-%d" % (seq, i), signature=b"s" * 8, signer=i
+                )
+                for i in range(3)
+            ],
+        )
+        batch = vertex_pb2.FinalizedBatch(
+            seq=seq,
+            batch_digest=digest,
+            vertices=vertices,
+            rejected=[h for h in hashes if h in rejected],
+            certificate=certificate,
+            state_digest=hashlib.sha3_256(b"state" + digest).digest(),
+        )
+        results = [
+            storage_pb2.ExecutionResult(
+                hash=h,
+                rejected=h in rejected,
+                reject_reason="test: rejected" if h in rejected else "",
+            )
+            for h in hashes
+        ]
+        await self._storage.CommitBatch(
+            storage_pb2.CommitBatchRequest(batch=batch, results=results), timeout=TIMEOUT
+        )
+        for h in hashes:
+            self.pending.pop(h, None)
+            self.executed[h] = REJECTED if h in rejected else FINALIZED
+        self.batches.append(batch)
+        for wake in self._watchers:
+            wake.put_nowait(True)
+        await self._notify()
+        return batch
+
+    async def finalize_pending(self, **kwargs: Any) -> vertex_pb2.FinalizedBatch:
+        return await self.finalize(list(self.pending.values()), **kwargs)
+
+
+@dataclass
+class Node:
+    """One node under test: real storage and gateway, the fake consensus, clients."""
+
+    cfg: NodeConfig
+    storage: GrpcService
+    consensus: FakeConsensus
+    consensus_server: grpc.aio.Server
+    gateway: GatewayNode
+    http: aiohttp.ClientSession
+    channel: grpc.aio.Channel
+    stub: gateway_pb2_grpc.GatewayStub
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.http_port}"
+
+    @property
+    def node_key(self) -> NodeKey:
+        from cretoai.crypto import load_private_key
+
+        return load_private_key(self.cfg.key_path, "cryptography")
+
+    async def request(
+        self, method: str, path: str, *, body: Any = None, data: Any = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """(status, parsed JSON body) of one HTTP request; bounded."""
+        async with self.http.request(
+            method,
+            self.url + path,
+            json=body,
+            data=data,
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+            **kwargs,
+        ) as resp:
+            body = await resp.read()
+            parsed = json.loads(body) if body else None
+            return resp.status, parsed
+
+    async def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        return await self.request("POST", path, body=body, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return await self.request("GET", path, **kwargs)
+
+    async def stop_consensus(self) -> None:
+        await self.consensus_server.stop(0)
+
+
+def node_config(path: Any, **gateway: Any) -> NodeConfig:
+    """The cluster config of node 1, with metrics off and ``gateway`` settings applied."""
+    cfg = load_config(path, environ={})
+    return dataclasses.replace(
+        cfg,
+        gateway=dataclasses.replace(cfg.gateway, **{"metrics": "", **gateway}),
+        storage=dataclasses.replace(cfg.storage, metrics=""),
+    )
+
+
+def with_listen(cfg: NodeConfig, section: str, address: str) -> NodeConfig:
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), listen=address)}
+    )
+
+
+@contextlib.asynccontextmanager
+async def start_node(cfg: NodeConfig) -> AsyncIterator[Node]:
+    """Storage, the fake consensus and the gateway, each on a port picked by the OS.
+
+    The transport address is a bound socket that does not listen: nothing answers there.
+    """
+    stack = contextlib.AsyncExitStack()
+    try:
+        silent = stack.enter_context(socket.socket())
+        silent.bind(("127.0.0.1", 0))
+        cfg = with_listen(cfg, "transport", f"127.0.0.1:{silent.getsockname()[1]}")
+        cfg = dataclasses.replace(
+            cfg,
+            gateway=dataclasses.replace(cfg.gateway, http="127.0.0.1:0", grpc="127.0.0.1:0"),
+        )
+        storage = await build_storage(with_listen(cfg, "storage", "127.0.0.1:0"))
+        storage.grace = 0.5
+        await storage.start()
+        stack.push_async_callback(storage.stop)
+        cfg = with_listen(cfg, "storage", f"127.0.0.1:{storage.port}")
+        storage_channel = grpc.aio.insecure_channel(cfg.storage.listen)
+        stack.push_async_callback(storage_channel.close)
+        fake = FakeConsensus(storage_pb2_grpc.StorageStub(storage_channel))
+        server = grpc.aio.server()
+        consensus_pb2_grpc.add_ConsensusServicer_to_server(fake, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stack.push_async_callback(server.stop, 0)
+        cfg = with_listen(cfg, "consensus", f"127.0.0.1:{port}")
+        gateway = await create(cfg)
+        gateway.service.grace = 0.5
+        await gateway.service.start()
+        stack.push_async_callback(gateway.service.stop)
+        http = aiohttp.ClientSession()
+        stack.push_async_callback(http.close)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.service.port}")
+        stack.push_async_callback(channel.close)
+        node = Node(
+            cfg=cfg,
+            storage=storage,
+            consensus=fake,
+            consensus_server=server,
+            gateway=gateway,
+            http=http,
+            channel=channel,
+            stub=gateway_pb2_grpc.GatewayStub(channel),
+        )
+        await fake.wait_for(lambda: fake.watchers == 1)  # the gateway subscribed
+        yield node
+    finally:
+        await stack.aclose()
+
+
+def small_rcvbuf_connector() -> aiohttp.TCPConnector:
+    """A client whose sockets have a tiny receive buffer (a slow reader fills up fast)."""
+
+    def make(addr_info: Any) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return sock
+
+    return aiohttp.TCPConnector(socket_factory=make)

@@ -1,0 +1,443 @@
+"""The REST API over real HTTP: submission, validation, waiting, reads, status and probes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from cretoai.config import NodeConfig
+from cretoai.crypto import get_backend
+from cretoai.vertex import verify_vertex, vertex_hash
+from services.gateway.errors import CODES
+from tests.gateway.support import TIMEOUT, Node, client_key, signed_body, start_node
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def submit_pending(node: Node, payload: bytes = b"p") -> bytes:
+    status, body = await node.post("/v1/vertices", {"payload": b64(payload)})
+    assert status == 202, body
+    return bytes.fromhex(body["hash"])
+
+
+def assert_error(status: int, body: Any, expected_status: int, code: str) -> None:
+    assert (status, body["error"]["code"]) == (expected_status, code), body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert CODES[code][0] == expected_status
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+async def test_submit_unsigned_is_signed_by_the_node(node: Node) -> None:
+    before = int(time.time() * 1000)
+    status, body = await node.post("/v1/vertices", {"payload": b64(b"hi")})
+    assert status == 202, body
+    assert body == {"hash": body["hash"], "status": "pending", "duplicate": False}
+    [vertex] = node.consensus.submissions
+    assert vertex_hash(vertex).hex() == body["hash"]
+    assert vertex.payload == b"hi" and list(vertex.parents) == []
+    assert vertex.creator == node.node_key.public_key
+    assert before <= vertex.timestamp_ms <= int(time.time() * 1000)
+    assert verify_vertex(vertex, get_backend("cryptography"))
+
+
+async def test_submit_client_signed(node: Node) -> None:
+    body, vertex = signed_body(client_key(), b"mine", timestamp_ms=1234)
+    status, reply = await node.post("/v1/vertices", body)
+    assert status == 202, reply
+    assert reply["hash"] == vertex_hash(vertex).hex()
+    assert node.consensus.submissions == [vertex]  # exactly as signed, not re-signed
+
+
+async def test_submit_same_vertex_twice_is_a_duplicate(node: Node) -> None:
+    body, _ = signed_body(client_key(), b"twice")
+    first = await node.post("/v1/vertices", body)
+    second = await node.post("/v1/vertices", body)
+    assert (first[0], first[1]["duplicate"]) == (202, False)
+    assert (second[0], second[1]["duplicate"]) == (202, True)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda b: {**b, "payload": b64(b"other")},
+        lambda b: {**b, "timestamp_ms": b["timestamp_ms"] + 1},
+        lambda b: {**b, "signature": "00" + b["signature"][2:]},
+        lambda b: {**b, "public_key": signed_body(client_key(), b"x")[0]["public_key"]},
+    ],
+    ids=["payload", "timestamp", "signature", "key"],
+)
+async def test_tampered_client_signature_is_422(node: Node, tamper: Callable[..., Any]) -> None:
+    body, _ = signed_body(client_key(), b"mine")
+    status, reply = await node.post("/v1/vertices", tamper(body))
+    assert_error(status, reply, 422, "bad_signature")
+    assert node.consensus.submissions == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("public_key", "ab" * 100), ("signature", "ab" * 100), ("parents", ["ab" * 31])],
+)
+async def test_wrong_lengths_are_422(node: Node, field: str, value: Any) -> None:
+    body, _ = signed_body(client_key(), b"mine")
+    status, reply = await node.post("/v1/vertices", {**body, field: value})
+    assert_error(status, reply, 422, "invalid_vertex")
+
+
+async def test_too_many_or_duplicate_parents_are_422(node: Node) -> None:
+    h = await submit_pending(node)
+    status, reply = await node.post("/v1/vertices", {"payload": "", "parents": [h.hex()] * 2})
+    assert_error(status, reply, 422, "invalid_vertex")
+    many = [bytes([i]) * 32 for i in range(65)]
+    status, reply = await node.post(
+        "/v1/vertices", {"payload": "", "parents": [p.hex() for p in many]}
+    )
+    assert_error(status, reply, 422, "invalid_vertex")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"not json", "malformed_json"),
+        (b"{", "malformed_json"),
+        (b"\xff\xfe", "malformed_json"),
+        (b'{"payload": NaN}', "malformed_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
+        (b"", "malformed_json"),
+        (b"[]", "bad_request"),
+        (b'"payload"', "bad_request"),
+        (b"{}", "bad_request"),
+        (b'{"payload": 5}', "bad_request"),
+        (b'{"payload": null}', "bad_request"),
+        (b'{"payload": "", "extra": 1}', "bad_request"),
+        (b'{"payload": "!!notbase64"}', "bad_base64"),
+        (b'{"payload": "YQ"}', "bad_base64"),
+        (b'{"payload": "", "parents": "ab"}', "bad_request"),
+        (b'{"payload": "", "parents": [1]}', "bad_request"),
+        (b'{"payload": "", "parents": ["zz"]}', "bad_hex"),
+        (b'{"payload": "", "public_key": "ab"}', "partial_signature"),
+        (b'{"payload": "", "public_key": "ab", "signature": "cd"}', "partial_signature"),
+        (b'{"payload": "", "timestamp_ms": 5}', "partial_signature"),
+        (b'{"payload": "", "public_key": "xy", "signature": "cd", "timestamp_ms": 1}', "bad_hex"),
+        (b'{"payload": "", "public_key": 1, "signature": "cd", "timestamp_ms": 1}', "bad_request"),
+        (
+            b'{"payload": "", "public_key": "ab", "signature": "cd", "timestamp_ms": -1}',
+            "bad_request",
+        ),
+        (
+            b'{"payload": "", "public_key": "ab", "signature": "cd", "timestamp_ms": 1.5}',
+            "bad_request",
+        ),
+        (
+            b'{"payload": "", "public_key": "ab", "signature": "cd", "timestamp_ms": true}',
+            "bad_request",
+        ),
+        (
+            b'{"payload": "", "public_key": "ab", "signature": "cd", "timestamp_ms": 1e999}',
+            "bad_request",
+        ),
+        (
+            b'{"payload": "", "public_key": "ab", "signature": "cd", '
+            b'"timestamp_ms": 18446744073709551616}',
+            "bad_request",
+        ),
+    ],
+)
+async def test_malformed_bodies_are_400(node: Node, raw: bytes, code: str) -> None:
+    status, reply = await node.post(
+        "/v1/vertices", data=raw, headers={"Content-Type": "application/json"}
+    )
+    assert_error(status, reply, 400, code)
+    assert node.consensus.submissions == []
+
+
+async def test_bad_wait_parameter_is_400(node: Node) -> None:
+    status, reply = await node.post("/v1/vertices?wait=maybe", {"payload": ""})
+    assert_error(status, reply, 400, "bad_request")
+
+
+async def test_oversized_body_and_payload_are_413(make_config: Callable[..., NodeConfig]) -> None:
+    async with start_node(make_config(max_body_bytes=4096, max_payload_bytes=1000)) as node:
+        status, reply = await node.post("/v1/vertices", data=b"x" * 5000)
+        assert_error(status, reply, 413, "body_too_large")
+
+        async def chunked() -> Any:  # no Content-Length: the limit applies while reading
+            for _ in range(10):
+                yield b"x" * 1000
+
+        status, reply = await node.post("/v1/vertices", data=chunked())
+        assert_error(status, reply, 413, "body_too_large")
+        status, reply = await node.post("/v1/vertices", {"payload": b64(b"x" * 1001)})
+        assert_error(status, reply, 413, "payload_too_large")
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"x" * 1000)})
+        assert status == 202
+
+
+async def test_unknown_parent_is_422_and_known_parents_are_accepted(node: Node) -> None:
+    status, reply = await node.post("/v1/vertices", {"payload": "", "parents": ["ab" * 32]})
+    assert_error(status, reply, 422, "unknown_parent")
+    pending = await submit_pending(node, b"pending parent")
+    status, reply = await node.post("/v1/vertices", {"payload": "", "parents": [pending.hex()]})
+    assert status == 202, reply
+    await node.consensus.finalize_pending()
+    status, reply = await node.post(
+        "/v1/vertices", {"payload": b64(b"a"), "parents": [pending.hex()]}
+    )
+    assert status == 202, reply  # now a finalized parent
+
+
+async def test_rejected_parent_is_422(node: Node) -> None:
+    h = await submit_pending(node)
+    await node.consensus.finalize_pending(rejected=[h])
+    status, reply = await node.post("/v1/vertices", {"payload": "", "parents": [h.hex()]})
+    assert_error(status, reply, 422, "unknown_parent")
+    assert "rejected" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded"),
+        (grpc.StatusCode.UNAVAILABLE, 503, "consensus_unavailable"),
+        (grpc.StatusCode.FAILED_PRECONDITION, 422, "unknown_parent"),
+        (grpc.StatusCode.INVALID_ARGUMENT, 422, "invalid_vertex"),
+        (grpc.StatusCode.INTERNAL, 502, "backend_error"),
+    ],
+)
+async def test_consensus_refusals_are_mapped(
+    node: Node, code: grpc.StatusCode, status: int, error: str
+) -> None:
+    node.consensus.submit_error = code
+    got, reply = await node.post("/v1/vertices", {"payload": ""})
+    assert_error(got, reply, status, error)
+
+
+async def test_consensus_down_is_503_and_not_ready(node: Node) -> None:
+    await node.stop_consensus()
+    status, reply = await node.post("/v1/vertices", {"payload": ""})
+    assert_error(status, reply, 503, "consensus_unavailable")
+    status, reply = await node.get("/readyz")
+    assert_error(status, reply, 503, "not_ready")
+    assert reply["ready"] is False
+    assert reply["checks"] == {"consensus": "unreachable", "storage": "serving"}
+    status, reply = await node.get("/v1/status")
+    assert_error(status, reply, 503, "consensus_unavailable")
+    assert reply["services"]["consensus"] == "unreachable"
+    assert (await node.get("/healthz"))[0] == 200
+
+
+async def test_storage_down_is_503(node: Node) -> None:
+    await node.storage.stop()
+    status, reply = await node.post("/v1/vertices", {"payload": "", "parents": ["ab" * 32]})
+    assert_error(status, reply, 503, "storage_unavailable")
+    status, reply = await node.get("/v1/vertices/" + "ab" * 32)
+    assert_error(status, reply, 503, "storage_unavailable")
+    status, reply = await node.get("/readyz")
+    assert_error(status, reply, 503, "not_ready")
+    assert reply["checks"]["storage"] == "unreachable"
+
+
+# ---------------------------------------------------------------------------- wait
+
+
+async def test_wait_answers_200_once_final(node: Node) -> None:
+    waiting = asyncio.create_task(node.post("/v1/vertices?wait=true", {"payload": b64(b"w")}))
+    await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+    assert not waiting.done()
+    batch = await node.consensus.finalize_pending()
+    status, record = await asyncio.wait_for(waiting, TIMEOUT)
+    assert status == 200, record
+    assert record["status"] == "finalized" and record["seq"] == batch.seq == 1
+    assert record["height"] == 0 and record["reject_reason"] is None
+    assert record["hash"] == vertex_hash(batch.vertices[0]).hex()
+    assert base64.b64decode(record["payload"]) == b"w"
+    assert record["certificate"]["seq"] == 1
+    assert record["certificate"]["batch_digest"] == batch.batch_digest.hex()
+    assert len(record["certificate"]["commits"]) == 3
+
+
+async def test_wait_reports_a_rejection(node: Node) -> None:
+    waiting = asyncio.create_task(node.post("/v1/vertices?wait=true", {"payload": b64(b"r")}))
+    await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+    [h] = node.consensus.pending
+    await node.consensus.finalize_pending(rejected=[h])
+    status, record = await asyncio.wait_for(waiting, TIMEOUT)
+    assert (status, record["status"], record["reject_reason"]) == (
+        200,
+        "rejected",
+        "test: rejected",
+    )
+
+
+async def test_wait_times_out_with_504_and_the_vertex_stays_pending(node: Node) -> None:
+    started = time.monotonic()
+    status, reply = await node.post("/v1/vertices?wait=true", {"payload": b64(b"slow")})
+    assert_error(status, reply, 504, "wait_timeout")
+    assert 1.4 <= time.monotonic() - started < TIMEOUT  # wait_timeout_ms = 1500
+    [h] = node.consensus.pending
+    status, record = await node.get(f"/v1/vertices/{h.hex()}")
+    assert (status, record["status"]) == (200, "pending")
+
+
+async def test_submitting_an_executed_vertex_answers_its_record(node: Node) -> None:
+    body, vertex = signed_body(client_key(), b"again")
+    assert (await node.post("/v1/vertices", body))[0] == 202
+    await node.consensus.finalize_pending()
+    status, record = await node.post("/v1/vertices", body)
+    assert (status, record["status"], record["seq"]) == (200, "finalized", 1)
+    status, record = await node.post("/v1/vertices?wait=true", body)
+    assert (status, record["hash"]) == (200, vertex_hash(vertex).hex())
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+async def test_get_vertex_pending_finalized_and_unknown(node: Node) -> None:
+    key = client_key()
+    body, vertex = signed_body(key, b"read me", timestamp_ms=42)
+    h = vertex_hash(vertex).hex()
+    assert (await node.post("/v1/vertices", body))[0] == 202
+    status, record = await node.get(f"/v1/vertices/{h}")
+    assert status == 200
+    assert record == {
+        "hash": h,
+        "status": "pending",
+        "seq": None,
+        "height": None,
+        "reject_reason": None,
+        "payload": b64(b"read me"),
+        "parents": [],
+        "public_key": key.public_key.hex(),
+        "timestamp_ms": 42,
+        "signature": vertex.signature.hex(),
+        "certificate": None,
+    }
+    await node.consensus.finalize_pending()
+    child = await submit_pending(node, b"child")
+    status, reply = await node.post("/v1/vertices", {"payload": "", "parents": [h]})
+    await node.consensus.finalize_pending()
+    status, record = await node.get(f"/v1/vertices/{h.upper()}")
+    assert (status, record["status"], record["seq"], record["height"]) == (200, "finalized", 1, 0)
+    assert record["certificate"]["commits"][0] == {
+        "signer": 0,
+        "body": b"commit-1-0".hex(),
+        "signature": (b"s" * 8).hex(),
+    }
+    status, record = await node.get(f"/v1/vertices/{reply['hash']}")
+    assert (record["seq"], record["height"], record["parents"]) == (2, 1, [h])
+    assert (await node.get(f"/v1/vertices/{child.hex()}"))[1]["status"] == "finalized"
+    status, reply = await node.get("/v1/vertices/" + "cd" * 32)
+    assert_error(status, reply, 404, "not_found")
+    for bad in ("xyz", "ab" * 31, "ab" * 33):
+        status, reply = await node.get(f"/v1/vertices/{bad}")
+        assert_error(status, reply, 400, "bad_hex")
+
+
+async def test_finalized_log_in_pages(node: Node) -> None:
+    hashes = []
+    for i in range(5):
+        hashes.append(await submit_pending(node, b"v%d" % i))
+        await node.consensus.finalize_pending()
+    status, page = await node.get("/v1/finalized?from_seq=1&limit=2")
+    assert status == 200
+    assert [b["seq"] for b in page["batches"]] == [1, 2] and page["next_from_seq"] == 3
+    batch = page["batches"][0]
+    assert batch["vertices"][0]["hash"] == hashes[0].hex()
+    assert batch["vertices"][0]["status"] == "finalized" and batch["vertices"][0]["height"] == 0
+    assert batch["certificate"]["seq"] == 1 and batch["rejected"] == []
+    assert batch["batch_digest"] == node.consensus.batches[0].batch_digest.hex()
+    assert "certificate" not in batch["vertices"][0]
+    status, page = await node.get("/v1/finalized?from_seq=3")
+    assert [b["seq"] for b in page["batches"]] == [3, 4, 5] and page["next_from_seq"] == 6
+    status, page = await node.get("/v1/finalized?from_seq=6")
+    assert page == {"batches": [], "next_from_seq": 6}
+    status, page = await node.get("/v1/finalized")
+    assert [b["seq"] for b in page["batches"]] == [1, 2, 3, 4, 5]
+    for query in ("limit=0", "limit=101", "limit=-1", "from_seq=x", "from_seq=1.5"):
+        status, reply = await node.get(f"/v1/finalized?{query}")
+        assert_error(status, reply, 400, "bad_request")
+
+
+# ---------------------------------------------------------------------------- node
+
+
+async def test_status(node: Node) -> None:
+    await submit_pending(node)
+    await node.consensus.finalize_pending()
+    status, reply = await node.get("/v1/status")
+    assert status == 200, reply
+    assert reply["node_id"] == "fake-node-id" and reply["view"] == 3 and reply["primary"] == 3
+    assert reply["last_executed_seq"] == 1 and reply["n"] == 4 and reply["f"] == 1
+    assert reply["peers"][0]["name"] == "node2" and reply["peers"][0]["connected"] is True
+    # no transport service runs in these tests
+    assert reply["services"] == {
+        "gateway": "serving",
+        "consensus": "serving",
+        "transport": "unreachable",
+        "storage": "serving",
+    }
+
+
+async def test_healthz_and_readyz(node: Node) -> None:
+    assert await node.get("/healthz") == (200, {"status": "ok"})
+    assert await node.get("/readyz") == (
+        200,
+        {"ready": True, "checks": {"consensus": "ready", "storage": "serving"}},
+    )
+    node.consensus.ready = False
+    status, reply = await node.get("/readyz")
+    assert_error(status, reply, 503, "not_ready")
+    assert reply["checks"]["consensus"] == "not_ready"
+
+
+async def test_unknown_routes_and_methods_are_json(node: Node) -> None:
+    status, reply = await node.get("/v2/nothing")
+    assert_error(status, reply, 404, "not_found")
+    status, reply = await node.request("DELETE", "/v1/vertices")
+    assert_error(status, reply, 405, "method_not_allowed")
+
+
+async def test_openapi_document_lists_every_route(node: Node) -> None:
+    status, doc = await node.get("/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    routes = {
+        (route.method.lower(), route.resource.canonical)
+        for route in node.gateway.rest.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {(m, path) for path, item in doc["paths"].items() for m in item}
+    assert documented == routes
+    text = json.dumps(doc)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert ref in doc["components"]["schemas"], ref
+    assert set(
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    ) == set(CODES)
+
+
+async def test_docs_page_is_self_contained(node: Node) -> None:
+    async with node.http.get(node.url + "/docs") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        html = await resp.text()
+    assert "/openapi.json" in html
+    assert "http://" not in html and "https://" not in html and "<script src" not in html
+
+
+async def test_trace_context_continues_into_consensus(node: Node) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    status, _ = await node.post("/v1/vertices", {"payload": ""}, headers=headers)
+    assert status == 202
+    [metadata] = node.consensus.submit_metadata
+    _version, got_trace, parent, _flags = metadata["traceparent"].split("-")
+    assert got_trace == trace_id and parent != "00f067aa0ba902b7"
