@@ -43,7 +43,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from tests.storage.support import ServiceProcess
 
