@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from cretoai.v1 import transport_pb2
 from services.transport import auth
 from services.transport.errors import CloseCode, PeerFault
-from services.transport.framing import Frame, FrameDecoder, FrameType, encode_frame
+from services.transport.framing import Frame, FrameDecoder, FrameError, FrameType, encode_frame
 from services.transport.tls import ChannelBindingUnavailable, channel_binding
 
 STREAM_ID = 0
@@ -354,14 +354,15 @@ class PeerConnection:
             self._fail(PeerFault(reason="early_data", detail="stream data before handshake"))
             return
         self._last_rx = now
-        frames, error = self._decoder.feed(event.data)
-        for frame in frames:
-            self._on_frame(frame, now)
+        decoder = self._decoder
+        decoder.receive(event.data)
+        while (item := decoder.next_frame()) is not None:
+            if isinstance(item, FrameError):
+                self._fail(PeerFault(reason=item.kind.value, detail=item.detail))
+                return
+            self._on_frame(item, now)  # may raise the frame limit (authenticated)
             if self.closed:
                 return
-        if error is not None:
-            self._fail(PeerFault(reason=error.kind.value, detail=error.detail))
-            return
         if self.authenticated:
             self._maybe_ack(force=False)
 

@@ -87,6 +87,7 @@ class FrameDecoder:
             raise ValueError("max_frame_bytes must be positive")
         self.max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
+        self._pos = 0  # start of the first unparsed frame in _buffer
         self._error: FrameError | None = None
 
     @property
@@ -95,42 +96,66 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for an incomplete frame."""
-        return len(self._buffer)
+        """Bytes received and not yet returned as frames."""
+        return len(self._buffer) - self._pos
 
     def feed(self, data: bytes) -> tuple[list[Frame], FrameError | None]:
         """Add ``data``; return the frames it completes and the error, if the stream broke.
 
         Frames completed before the bad bytes are still returned.
         """
-        if self._error is not None:
-            return [], self._error
-        buf = self._buffer
-        buf += data
+        self.receive(data)
         frames: list[Frame] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(buf, pos)
-            if length == 0:
-                self._fail(FrameErrorKind.EMPTY, "frame length 0")
-                break
-            if length > self.max_frame_bytes:
-                self._fail(
-                    FrameErrorKind.OVERSIZED,
-                    f"frame length {length} exceeds the maximum of {self.max_frame_bytes}",
-                )
-                break
-            stop = pos + LENGTH.size + length
-            if stop > end:
-                break
-            frames.append(Frame(type=buf[pos + LENGTH.size], body=bytes(buf[pos + 5 : stop])))
-            pos = stop
-        if self._error is not None:
-            self._buffer = bytearray()
-        elif pos:
-            del buf[:pos]
-        return frames, self._error
+        while True:
+            item = self.next_frame()
+            if item is None:
+                return frames, None
+            if isinstance(item, FrameError):
+                return frames, item
+            frames.append(item)
 
-    def _fail(self, kind: FrameErrorKind, detail: str) -> None:
+    def receive(self, data: bytes) -> None:
+        """Add ``data`` (nothing is parsed until :meth:`next_frame`)."""
+        if self._error is None:
+            self._buffer += data
+
+    def next_frame(self) -> Frame | FrameError | None:
+        """The next whole frame, the error if the stream broke, or None for "need more".
+
+        Taking frames one at a time lets the caller change :attr:`max_frame_bytes`
+        between them (the limit grows once the peer is authenticated).
+        """
+        if self._error is not None:
+            return self._error
+        buf = self._buffer
+        pos = self._pos
+        end = len(buf)
+        if end - pos < LENGTH.size:
+            self._compact()
+            return None
+        (length,) = LENGTH.unpack_from(buf, pos)
+        if length == 0:
+            return self._fail(FrameErrorKind.EMPTY, "frame length 0")
+        if length > self.max_frame_bytes:
+            return self._fail(
+                FrameErrorKind.OVERSIZED,
+                f"frame length {length} exceeds the maximum of {self.max_frame_bytes}",
+            )
+        stop = pos + LENGTH.size + length
+        if stop > end:
+            self._compact()
+            return None
+        frame = Frame(type=buf[pos + LENGTH.size], body=bytes(buf[pos + 5 : stop]))
+        self._pos = stop
+        return frame
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
+
+    def _fail(self, kind: FrameErrorKind, detail: str) -> FrameError:
         self._error = FrameError(kind=kind, detail=detail)
+        self._buffer = bytearray()
+        self._pos = 0
+        return self._error

@@ -37,3 +37,41 @@ async def test_three_nodes_connect_and_deliver_in_order(transports: Starter) -> 
     assert got_c[0].payload == b"to-all" and getattr(got_c[0], "from") == a.node_id
     stream_b.cancel()
     stream_c.cancel()
+
+
+async def test_four_nodes_all_to_all_in_order_per_sender(transports: Starter) -> None:
+    _, nodes = await transports(4)
+    await all_connected(nodes)
+    streams = {n.node_id: n.stub.ExchangeBatches() for n in nodes}
+    count = 150
+    # every node broadcasts `count` numbered messages, interleaved with the others
+    for i in range(count):
+        for node in nodes:
+            await node.stub.Send(
+                transport_pb2.Envelope(payload=node.node_id[:8].encode() + b":%05d" % i),
+                timeout=5,
+            )
+
+    async def collect(node_id: str) -> dict[str, list[int]]:
+        per_sender: dict[str, list[int]] = {}
+        received = 0
+        while received < count * 3:
+            batch = await streams[node_id].read()
+            for envelope in batch.envelopes:
+                sender = getattr(envelope, "from")
+                prefix, number = envelope.payload.split(b":")
+                assert prefix == sender[:8].encode()  # tagged with the authenticated sender
+                assert envelope.to == node_id
+                per_sender.setdefault(sender, []).append(int(number))
+                received += 1
+        return per_sender
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(collect(n.node_id) for n in nodes)), timeout=20
+    )
+    for node, per_sender in zip(nodes, results, strict=True):
+        assert set(per_sender) == {n.node_id for n in nodes if n is not node}
+        for numbers in per_sender.values():
+            assert numbers == list(range(count))  # complete and in order, per peer
+    for stream in streams.values():
+        stream.cancel()

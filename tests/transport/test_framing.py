@@ -145,3 +145,18 @@ def test_random_garbage_never_raises_and_stays_bounded(garbage: bytes, chunk: in
         if error is not None:
             assert error.kind in (FrameErrorKind.OVERSIZED, FrameErrorKind.EMPTY)
             assert decoder.buffered == 0
+
+
+def test_limit_can_grow_between_frames_of_one_chunk() -> None:
+    # a small handshake frame and a large frame arrive together: the large one is
+    # judged by the limit in force once the small one has been handled
+    decoder = FrameDecoder(max_frame_bytes=64)
+    small = encode_frame(FrameType.AUTH, b"a" * 10, max_frame_bytes=MAX)
+    large = encode_frame(FrameType.PEERS, b"p" * 1000, max_frame_bytes=MAX)
+    decoder.receive(small + large)
+    first = decoder.next_frame()
+    assert first == Frame(type=FrameType.AUTH, body=b"a" * 10)
+    decoder.max_frame_bytes = MAX
+    assert decoder.next_frame() == Frame(type=FrameType.PEERS, body=b"p" * 1000)
+    assert decoder.next_frame() is None
+    assert decoder.buffered == 0
