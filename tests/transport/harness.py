@@ -137,13 +137,14 @@ class RunningTransport:
         return dict(reply.counters)
 
 
-async def start_transport(cfg: NodeConfig) -> RunningTransport:
+async def start_transport(cfg: NodeConfig, *, metrics: bool = False) -> RunningTransport:
     node = await build_node(cfg)
     service = GrpcService(
         name="transport",
         bind="127.0.0.1:0",
         servicers=[transport_servicer(node)],
         node=cfg.node.name,
+        metrics_bind="127.0.0.1:0" if metrics else None,
         grace=1.0,
         cleanup=[node.stop],
     )

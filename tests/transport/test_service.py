@@ -368,3 +368,38 @@ async def test_exchange_batches(transports: Starter) -> None:
     assert info.value.code() == grpc.StatusCode.ABORTED
     plain.cancel()
     outbound.cancel()
+
+
+async def test_prometheus_metrics_are_exported(tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.transport.harness import make_cluster, start_transport
+
+    spec = make_cluster(tmp_path, 2)
+    a = await start_transport(spec.config(0), metrics=True)
+    b = await start_transport(spec.config(1))
+    try:
+        await all_connected([a, b])
+        await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"m"), timeout=5)
+        await a.stub.PingPeer(transport_pb2.PingPeerRequest(node_id=b.node_id), timeout=5)
+        url = f"http://127.0.0.1:{a.service.metrics_port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=5) as reply:  # loopback only
+                return str(reply.read().decode())
+
+        text = await asyncio.to_thread(scrape)
+        for name in (
+            "cretoai_transport_peers_connected",
+            "cretoai_transport_rtt_seconds_bucket",
+            'cretoai_transport_messages_total{direction="out",peer="node2"}',
+            "cretoai_transport_bytes_total",
+            "cretoai_transport_send_queue_depth",
+            "cretoai_transport_dropped_total",
+            "cretoai_transport_reconnects_total",
+            "cretoai_transport_auth_failures_total",
+        ):
+            assert name in text, name
+    finally:
+        await a.stop()
+        await b.stop()
