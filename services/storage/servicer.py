@@ -299,7 +299,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         h = check_hash(request.hash, "hash")
         after = check_optional_hash(request.after, "after")
         remaining = limit_of(request.limit)
-        if self._store.get_vertex(h, certificate=False) is None:
+        if not self._store.exists(h):
             raise NotFound(f"vertex {h.hex()} is not stored")
         while remaining > 0:
             page = min(remaining, PAGE)

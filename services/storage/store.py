@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -167,6 +168,8 @@ class Store:
         #: True when something was written since the last sync.
         self.dirty = False
         self.schema_version = keys.SCHEMA_VERSION
+        # a published batch's certificate never changes; lists repeat the same few seqs
+        self._certificate_cache = functools.lru_cache(maxsize=1024)(self._certificate)
         self._written = Counters()
         self.published = Counters()
 
@@ -608,13 +611,19 @@ class Store:
         raw = self._cf[keys.FINALIZED].get(keys.seq_key(seq), read_opt=self._read)
         return None if raw is None else storage_pb2.StoredBatch.FromString(raw)
 
+    def _certificate(self, seq: int) -> vertex_pb2.FinalityCertificate:
+        record = self._stored_batch(seq)
+        if record is None:  # never cached: lru_cache does not keep exceptions
+            raise DatabaseCorrupt(f"the database at {self.path}: finalized entry {seq} is missing")
+        return record.certificate
+
     def _certificates(self, seqs: Iterable[int]) -> dict[int, vertex_pb2.FinalityCertificate]:
-        out = {}
-        for seq in set(seqs):
-            record = self._stored_batch(seq)
-            if record is not None:
-                out[seq] = record.certificate
-        return out
+        """Certificates of published batches (immutable, so cached: see __init__)."""
+        return {seq: self._certificate_cache(seq) for seq in set(seqs)}
+
+    def exists(self, h: bytes) -> bool:
+        """Whether a vertex is stored (and published)."""
+        return self._visible(self._metas([h])[0])
 
     def _records(
         self,
