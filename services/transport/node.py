@@ -82,6 +82,14 @@ AUTH_CLOSE_CODES = {
 REFUSAL_CODES = {CloseCode.BANNED, CloseCode.PARTITIONED}
 
 
+#: Bytes of envelopes in one inbound batch (gRPC messages are limited to 16 MiB).
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+
+
+def _envelope_size(envelope: transport_pb2.Envelope) -> int:
+    return len(envelope.payload) + 256
+
+
 class Superseded(Exception):
     """A newer Exchange stream took over inbound delivery (or the node stopped)."""
 
@@ -151,7 +159,7 @@ class Consumer:
         while True:
             if self.superseded:
                 raise Superseded
-            items = self._node._inbound.take(limit)
+            items = self._node._inbound.take(limit, max_bytes=BATCH_MAX_BYTES, size=_envelope_size)
             if items:
                 self._node._after_take(items)
                 return items

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -106,12 +107,23 @@ class InboundMux(Generic[T]):
         self._ready[source] = None
         return dropped
 
-    def take(self, limit: int) -> list[T]:
-        """Up to ``limit`` items, one per source in turn."""
+    def take(
+        self, limit: int, *, max_bytes: int = 0, size: Callable[[T], int] | None = None
+    ) -> list[T]:
+        """Up to ``limit`` items, one per source in turn.
+
+        With ``max_bytes`` and ``size``, stop before the items would exceed
+        ``max_bytes`` in total (at least one item is always taken).
+        """
         out: list[T] = []
+        total = 0
         while self._ready and len(out) < limit:
             source = next(iter(self._ready))
             queue = self._queues[source]
+            if max_bytes and size is not None:
+                total += size(queue[0])
+                if out and total > max_bytes:
+                    break
             out.append(queue.popleft())
             self._total -= 1
             if queue:
