@@ -134,9 +134,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @dataclass(frozen=True)
 class Closing:
+    """How the gateway closes a WebSocket: code, reason text, and the metric label."""
+
     code: int
     reason: str
     label: str
+
+    @classmethod
+    def of(cls, exc: ApiError) -> Closing:
+        code = WS_CLOSE_CODES.get(exc.code, WSCloseCode.INTERNAL_ERROR)
+        return cls(code, f"{exc.code}: {exc.message}", exc.code)
 
 
 class RestApi:
@@ -305,7 +312,7 @@ class RestApi:
             return Closing(WS_SLOW_CONSUMER, reason, "slow_consumer")
         if not pump.cancelled():
             return pump.result()
-        return Closing(WSCloseCode.GOING_AWAY, "the gateway is shutting down", "shutting_down")
+        return Closing.of(ApiError("shutting_down", "the gateway is shutting down"))
 
     @staticmethod
     async def _pump(ws: web.WebSocketResponse, stream: Stream) -> Closing | None:
@@ -316,8 +323,7 @@ class RestApi:
         except SlowConsumer as exc:
             return Closing(WS_SLOW_CONSUMER, str(exc), "slow_consumer")
         except ApiError as exc:
-            code = WS_CLOSE_CODES.get(exc.code, WSCloseCode.INTERNAL_ERROR)
-            return Closing(code, f"{exc.code}: {exc.message}", exc.code)
+            return Closing.of(exc)
         except ConnectionResetError:
             return None  # the client is gone
         except Exception:

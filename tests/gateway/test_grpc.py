@@ -1,0 +1,135 @@
+"""The public gRPC API (cretoai.v1.Gateway) over real gRPC, and its reflection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from cretoai.config import NodeConfig
+from cretoai.v1 import consensus_pb2, gateway_pb2, vertex_pb2
+from cretoai.vertex import vertex_hash
+from tests.gateway.support import (
+    FINALIZED,
+    PENDING,
+    TIMEOUT,
+    Node,
+    client_key,
+    signed_body,
+    start_node,
+)
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def grpc_error(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+async def test_submit_and_get_vertex(node: Node) -> None:
+    reply = await node.stub.SubmitVertex(
+        gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"g")), timeout=TIMEOUT
+    )
+    assert reply.status == PENDING and not reply.HasField("record")
+    [vertex] = node.consensus.submissions
+    assert reply.hash == vertex_hash(vertex) and vertex.creator == node.node_key.public_key
+    record = await node.stub.GetVertex(
+        gateway_pb2.GatewayGetVertexRequest(hash=reply.hash), timeout=TIMEOUT
+    )
+    assert record.status == PENDING and record.vertex == vertex
+    await node.consensus.finalize_pending()
+    record = await node.stub.GetVertex(
+        gateway_pb2.GatewayGetVertexRequest(hash=reply.hash), timeout=TIMEOUT
+    )
+    assert (record.status, record.seq, record.certificate.seq) == (FINALIZED, 1, 1)
+
+
+async def test_submit_client_signed_and_wait(node: Node) -> None:
+    _, vertex = signed_body(client_key(), b"signed")
+    call = node.stub.SubmitVertex(
+        gateway_pb2.GatewaySubmitRequest(vertex=vertex, wait=True), timeout=TIMEOUT
+    )
+    waiting = asyncio.ensure_future(call)
+    await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+    assert node.consensus.submissions == [vertex]
+    await node.consensus.finalize_pending()
+    reply = await waiting
+    assert reply.status == FINALIZED and reply.record.seq == 1
+    assert reply.record.vertex == vertex and reply.hash == vertex_hash(vertex)
+
+
+async def test_errors_have_grpc_status_codes(node: Node) -> None:
+    _, vertex = signed_body(client_key(), b"signed")
+    vertex.payload = b"tampered"
+    cases = [
+        (vertex, INVALID, "bad_signature: "),
+        (vertex_pb2.Vertex(creator=b"k"), INVALID, "partial_signature: "),
+        (vertex_pb2.Vertex(timestamp_ms=5), INVALID, "partial_signature: "),
+        (vertex_pb2.Vertex(parents=[b"\x01" * 32]), PRECONDITION, "unknown_parent: "),
+        (vertex_pb2.Vertex(parents=[b"\x01"]), INVALID, "invalid_vertex: "),
+    ]
+    for bad, code, prefix in cases:
+        exc = await grpc_error(
+            node.stub.SubmitVertex(gateway_pb2.GatewaySubmitRequest(vertex=bad), timeout=TIMEOUT)
+        )
+        assert exc.code() == code and (exc.details() or "").startswith(prefix), exc
+    node.consensus.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    exc = await grpc_error(
+        node.stub.SubmitVertex(gateway_pb2.GatewaySubmitRequest(), timeout=TIMEOUT)
+    )
+    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for h, code in (
+        (b"\x02" * 32, grpc.StatusCode.NOT_FOUND),
+        (b"x", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        exc = await grpc_error(
+            node.stub.GetVertex(gateway_pb2.GatewayGetVertexRequest(hash=h), timeout=TIMEOUT)
+        )
+        assert exc.code() == code
+
+
+async def test_wait_deadline(make_config: Callable[..., NodeConfig]) -> None:
+    async with start_node(make_config(wait_timeout_ms=200)) as node:
+        exc = await grpc_error(
+            node.stub.SubmitVertex(gateway_pb2.GatewaySubmitRequest(wait=True), timeout=TIMEOUT)
+        )
+        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (exc.details() or "").startswith("wait_timeout: ")
+
+
+async def test_get_status(node: Node) -> None:
+    status = await node.stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=TIMEOUT)
+    assert (status.node_id, status.view, status.ready) == ("fake-node-id", 3, True)
+    await node.stop_consensus()
+    exc = await grpc_error(node.stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=TIMEOUT))
+    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_watch_finalized_replays_then_follows(node: Node) -> None:
+    first = await node.consensus.finalize([vertex_pb2.Vertex(payload=b"a")])
+    call = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=0))
+    try:
+        got = await asyncio.wait_for(call.read(), TIMEOUT)
+        assert got == first
+        second = await node.consensus.finalize([vertex_pb2.Vertex(payload=b"b")])
+        assert await asyncio.wait_for(call.read(), TIMEOUT) == second
+    finally:
+        call.cancel()
+
+
+async def test_reflection_lists_the_gateway_service(node: Node) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(node.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    call = stub.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)
+    [reply] = [r async for r in call]
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"cretoai.v1.Gateway", "grpc.health.v1.Health"} <= names
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="cretoai.v1.Gateway")
+    [reply] = [r async for r in stub.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)]
+    assert reply.file_descriptor_response.file_descriptor_proto

@@ -1,0 +1,182 @@
+"""The finalized stream: WebSocket replay and resume, one shared consensus subscription,
+re-subscription after a failure, and slow subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import REGISTRY
+
+from cretoai.config import NodeConfig
+from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
+from cretoai.v1 import vertex_pb2
+from cretoai.vertex import vertex_hash
+from services.gateway.rest import WS_SLOW_CONSUMER
+from tests.gateway.support import TIMEOUT, Node, small_rcvbuf_connector, start_node
+
+
+def raw_vertex(payload: bytes) -> vertex_pb2.Vertex:
+    """A vertex as consensus would execute it (storage does not check signatures)."""
+    return vertex_pb2.Vertex(
+        payload=payload,
+        creator=os.urandom(PUBLIC_KEY_SIZE),
+        timestamp_ms=1,
+        signature=os.urandom(SIGNATURE_SIZE),
+    )
+
+
+async def finalize(node: Node, payload: bytes = b"x") -> vertex_pb2.FinalizedBatch:
+    return await node.consensus.finalize([raw_vertex(payload)])
+
+
+async def receive_batch(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    message = await ws.receive(timeout=TIMEOUT)
+    assert message.type == aiohttp.WSMsgType.TEXT, message
+    batch: dict[str, Any] = message.json()
+    return batch
+
+
+def disconnects(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "cretoai_gateway_stream_disconnects_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_stream_replays_from_seq_then_follows_live(node: Node) -> None:
+    batches = [await finalize(node, b"v%d" % i) for i in range(3)]
+    async with node.http.ws_connect(node.url + "/v1/stream?from_seq=2") as ws:
+        first = await receive_batch(ws)
+        assert first["seq"] == 2
+        assert first["batch_digest"] == batches[1].batch_digest.hex()
+        [vertex] = first["vertices"]
+        assert vertex["hash"] == vertex_hash(batches[1].vertices[0]).hex()
+        assert (vertex["status"], vertex["seq"], vertex["height"]) == ("finalized", 2, 0)
+        assert first["certificate"]["seq"] == 2
+        assert (await receive_batch(ws))["seq"] == 3
+        await finalize(node)
+        live = await receive_batch(ws)
+        assert live["seq"] == 4 and live["vertices"][0]["height"] == 0  # results from storage
+    # resume where the last connection stopped
+    async with node.http.ws_connect(node.url + "/v1/stream?from_seq=4") as ws:
+        assert (await receive_batch(ws))["seq"] == 4
+        await finalize(node)
+        assert (await receive_batch(ws))["seq"] == 5
+
+
+async def test_stream_without_from_seq_sends_new_batches_only(node: Node) -> None:
+    async with node.http.ws_connect(node.url + "/v1/stream") as first:
+        await finalize(node)
+        assert (await receive_batch(first))["seq"] == 1  # the gateway has seen batch 1
+        async with node.http.ws_connect(node.url + "/v1/stream") as ws:
+            await finalize(node)
+            assert (await receive_batch(ws))["seq"] == 2
+
+
+async def test_stream_reports_rejections(node: Node) -> None:
+    good, bad = raw_vertex(b"good"), raw_vertex(b"bad")
+    async with node.http.ws_connect(node.url + "/v1/stream") as ws:
+        await node.consensus.finalize([good, bad], rejected=[vertex_hash(bad)])
+        batch = await receive_batch(ws)
+    statuses = [(v["status"], v["reject_reason"]) for v in batch["vertices"]]
+    assert statuses == [("finalized", None), ("rejected", "test: rejected")]
+    assert batch["rejected"] == [vertex_hash(bad).hex()]
+
+
+async def test_one_watch_subscription_serves_every_waiter_and_subscriber(node: Node) -> None:
+    sockets = [await node.http.ws_connect(node.url + "/v1/stream") for _ in range(3)]
+    try:
+        waiting = asyncio.create_task(node.post("/v1/vertices?wait=true", {"payload": ""}))
+        await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+        assert node.consensus.watchers == 1 and len(node.consensus.watch_requests) == 1
+        batch = await node.consensus.finalize_pending()
+        for ws in sockets:
+            assert (await receive_batch(ws))["seq"] == batch.seq
+        status, record = await asyncio.wait_for(waiting, TIMEOUT)
+        assert (status, record["seq"]) == (200, batch.seq)
+        assert len(node.consensus.watch_requests) == 1
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_gateway_resubscribes_from_the_last_seq_it_saw(node: Node) -> None:
+    async with node.http.ws_connect(node.url + "/v1/stream") as ws:
+        await finalize(node)
+        await finalize(node)
+        assert [(await receive_batch(ws))["seq"] for _ in range(2)] == [1, 2]
+        node.consensus.drop_watchers()
+        await finalize(node)  # executed while the gateway is not subscribed
+        await node.consensus.wait_for(lambda: len(node.consensus.watch_requests) == 2)
+        assert node.consensus.watch_requests == [1, 3]
+        assert (await receive_batch(ws))["seq"] == 3
+        waiting = asyncio.create_task(node.post("/v1/vertices?wait=true", {"payload": ""}))
+        await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+        await node.consensus.finalize_pending()
+        assert (await asyncio.wait_for(waiting, TIMEOUT))[0] == 200
+        assert (await receive_batch(ws))["seq"] == 4
+
+
+async def test_slow_subscriber_is_disconnected_and_resumes(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    async with (
+        start_node(make_config(stream_buffer_bytes=256 * 1024)) as node,
+        aiohttp.ClientSession(connector=small_rcvbuf_connector()) as slow,
+    ):
+        before = disconnects("slow_consumer")
+        ws = await slow.ws_connect(node.url + "/v1/stream", max_msg_size=0)
+        payload = os.urandom(200_000)
+        for _ in range(200):  # it does not read: kernel buffers, then its own buffer fill
+            await finalize(node, payload)
+            if disconnects("slow_consumer") > before:
+                break
+        assert disconnects("slow_consumer") == before + 1
+        seqs = []
+        while True:  # what was sent before the disconnection, then the close frame
+            message = await ws.receive(timeout=TIMEOUT)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            seqs.append(message.json()["seq"])
+        assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, WS_SLOW_CONSUMER)
+        reason = str(message.extra)
+        assert reason.startswith("slow consumer; resume with from_seq=")
+        resume = int(reason.rsplit("=", 1)[1])
+        assert seqs == list(range(1, len(seqs) + 1)) and resume <= len(seqs) + 1
+        await ws.close()
+        async with node.http.ws_connect(node.url + f"/v1/stream?from_seq={resume}") as again:
+            assert (await receive_batch(again))["seq"] == resume
+
+
+async def test_stream_closes_when_storage_is_unavailable(node: Node) -> None:
+    await finalize(node)
+    await node.storage.stop()
+    async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as ws:
+        message = await ws.receive(timeout=TIMEOUT)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert message.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+        assert "storage_unavailable" in str(message.extra)
+
+
+async def test_stream_closes_going_away_at_shutdown(node: Node) -> None:
+    async with node.http.ws_connect(node.url + "/v1/stream") as ws:
+        await node.gateway.service.stop()
+        message = await ws.receive(timeout=TIMEOUT)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert message.data == aiohttp.WSCloseCode.GOING_AWAY
+        assert message.extra == "shutting_down: the gateway is shutting down"
+
+
+async def test_stream_bad_requests(node: Node) -> None:
+    status, reply = await node.get("/v1/stream")
+    assert (status, reply["error"]["code"]) == (400, "bad_request")
+    try:
+        await node.http.ws_connect(node.url + "/v1/stream?from_seq=abc")
+    except aiohttp.WSServerHandshakeError as exc:
+        assert exc.status == 400
+    else:
+        raise AssertionError("the handshake should fail")
