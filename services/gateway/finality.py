@@ -119,6 +119,7 @@ class Stream:
             return
         while self._items and self._bytes + entry.size > self._limit:
             if self.live:
+                metrics.STREAM_OVERFLOWS.labels(self._api).inc()
                 self.overflowed = True
                 self._items.clear()
                 self._bytes = 0

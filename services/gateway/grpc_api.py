@@ -15,6 +15,7 @@ import grpc
 
 from cretoai.v1 import consensus_pb2, gateway_pb2, gateway_pb2_grpc, vertex_pb2
 from cretoai.vertex import HASH_SIZE
+from services.gateway import metrics
 from services.gateway.codec import Draft
 from services.gateway.core import Gateway
 from services.gateway.errors import ApiError
@@ -116,8 +117,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 async for entry in entries:
                     yield entry.entry.batch
         except SlowConsumer as exc:
+            metrics.STREAM_CLOSED.labels("slow_consumer").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except ApiError as exc:
+            metrics.STREAM_CLOSED.labels(exc.code).inc()
             await _abort(context, exc)
         finally:
             stream.close()

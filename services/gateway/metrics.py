@@ -30,6 +30,11 @@ WAITERS = Gauge("cretoai_gateway_finality_waiters", "Callers waiting for a verte
 SUBSCRIBERS = Gauge(
     "cretoai_gateway_stream_subscribers", "Subscribers of the finalized stream", ["api"]
 )
+STREAM_OVERFLOWS = Counter(
+    "cretoai_gateway_stream_overflows_total",
+    "Live subscribers whose buffer overflowed (they are disconnected, to resume by seq)",
+    ["api"],
+)
 STREAM_CLOSED = Counter(
     "cretoai_gateway_stream_disconnects_total",
     "Finalized-stream subscribers disconnected by the gateway, by reason",

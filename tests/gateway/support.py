@@ -29,7 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from cretoai.config import NodeConfig, load_config
-from cretoai.crypto import NodeKey, get_backend
+from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, get_backend
 from cretoai.serving import GrpcService
 from cretoai.v1 import (
     consensus_pb2,
@@ -71,6 +71,16 @@ def signed_body(
         "timestamp_ms": ts,
     }
     return body, vertex
+
+
+def raw_vertex(payload: bytes) -> vertex_pb2.Vertex:
+    """A unique vertex as consensus would execute it (storage does not check signatures)."""
+    return vertex_pb2.Vertex(
+        payload=payload,
+        creator=os.urandom(PUBLIC_KEY_SIZE),
+        timestamp_ms=1,
+        signature=os.urandom(SIGNATURE_SIZE),
+    )
 
 
 class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):

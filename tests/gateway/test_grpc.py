@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2, vertex_pb2
@@ -18,6 +20,7 @@ from tests.gateway.support import (
     TIMEOUT,
     Node,
     client_key,
+    raw_vertex,
     signed_body,
     start_node,
 )
@@ -133,3 +136,32 @@ async def test_reflection_lists_the_gateway_service(node: Node) -> None:
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="cretoai.v1.Gateway")
     [reply] = [r async for r in stub.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)]
     assert reply.file_descriptor_response.file_descriptor_proto
+
+
+def overflows(api: str) -> float:
+    value = REGISTRY.get_sample_value("cretoai_gateway_stream_overflows_total", {"api": api})
+    return value or 0.0
+
+
+async def test_slow_watcher_gets_resource_exhausted(make_config: Callable[..., NodeConfig]) -> None:
+    async with start_node(make_config(stream_buffer_bytes=256 * 1024)) as node:
+        before = overflows("grpc")
+        call = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        await node.consensus.finalize([vertex_pb2.Vertex(payload=b"first")])
+        assert (await asyncio.wait_for(call.read(), TIMEOUT)).seq == 1  # then it stops reading
+        payload = os.urandom(200_000)
+        for _ in range(300):  # HTTP/2 flow control, then the subscriber's buffer fill up
+            await node.consensus.finalize([raw_vertex(payload)])
+            if overflows("grpc") > before:
+                break
+        assert overflows("grpc") == before + 1
+        seqs = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while True:
+                batch = await asyncio.wait_for(call.read(), TIMEOUT)
+                seqs.append(batch.seq)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = caught.value.details() or ""
+        assert details.startswith("slow consumer; resume with from_seq=")
+        assert seqs == list(range(2, len(seqs) + 2))
+        assert int(details.rsplit("=", 1)[1]) == len(seqs) + 2

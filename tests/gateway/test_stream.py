@@ -12,21 +12,16 @@ import aiohttp
 from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
-from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import vertex_hash
 from services.gateway.rest import WS_SLOW_CONSUMER
-from tests.gateway.support import TIMEOUT, Node, small_rcvbuf_connector, start_node
-
-
-def raw_vertex(payload: bytes) -> vertex_pb2.Vertex:
-    """A vertex as consensus would execute it (storage does not check signatures)."""
-    return vertex_pb2.Vertex(
-        payload=payload,
-        creator=os.urandom(PUBLIC_KEY_SIZE),
-        timestamp_ms=1,
-        signature=os.urandom(SIGNATURE_SIZE),
-    )
+from tests.gateway.support import (
+    TIMEOUT,
+    Node,
+    raw_vertex,
+    small_rcvbuf_connector,
+    start_node,
+)
 
 
 async def finalize(node: Node, payload: bytes = b"x") -> vertex_pb2.FinalizedBatch:
