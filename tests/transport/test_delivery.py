@@ -6,7 +6,7 @@ import asyncio
 
 from cretoai.v1 import transport_pb2
 from tests.transport.conftest import Starter
-from tests.transport.harness import all_connected
+from tests.transport.harness import all_connected, eventually
 
 
 async def test_three_nodes_connect_and_deliver_in_order(transports: Starter) -> None:
@@ -75,3 +75,41 @@ async def test_four_nodes_all_to_all_in_order_per_sender(transports: Starter) ->
             assert numbers == list(range(count))  # complete and in order, per peer
     for stream in streams.values():
         stream.cancel()
+
+
+async def test_simultaneous_dials_leave_one_working_connection(transports: Starter) -> None:
+    # dialers parked (a minute of backoff), then both sides dial each other at once
+    _, nodes = await transports(
+        2, transport={"reconnect_min_ms": 60_000, "reconnect_max_ms": 60_000}
+    )
+    a, b = nodes
+    results = await asyncio.gather(
+        a.node._dial_once(a.node._peers[b.node_id]),
+        b.node._dial_once(b.node._peers[a.node_id]),
+    )
+    assert any(results)
+
+    async def settled() -> bool:
+        live = []
+        for n in nodes:
+            endpoint = n.node._endpoint
+            assert endpoint is not None
+            live.append(sum(1 for c in endpoint.connections if c.authenticated))
+        return live == [1, 1]
+
+    await eventually(settled, what="one connection left on each side")
+    duplicates = [(await n.counters()).get("duplicate_connections", 0) for n in nodes]
+    assert duplicates[0] >= 1 and duplicates[1] >= 1  # both saw two and resolved them
+    pa, pb = (await a.peers())[b.node_id], (await b.peers())[a.node_id]
+    assert pa.connected and pb.connected
+    assert {pa.direction, pb.direction} == {"inbound", "outbound"}  # the same connection
+    # the kept one is the one dialed by the lower node id
+    lower = min(a.node_id, b.node_id)
+    assert (pa.direction == "outbound") == (a.node_id == lower)
+    inbound_b, inbound_a = b.stub.Exchange(), a.stub.Exchange()
+    await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"a->b"), timeout=5)
+    await b.stub.Send(transport_pb2.Envelope(to=a.node_id, payload=b"b->a"), timeout=5)
+    assert (await asyncio.wait_for(inbound_b.read(), 5)).payload == b"a->b"
+    assert (await asyncio.wait_for(inbound_a.read(), 5)).payload == b"b->a"
+    inbound_a.cancel()
+    inbound_b.cancel()
