@@ -8,7 +8,8 @@ column family           key                                      value
 ======================  =======================================  ==========================
 ``default``             ``b"schema_version"``                    u32
 ``default``             ``b"counters"``                          ``StoredCounters``
-``vertices``            hash (32)                                ``Vertex`` (as executed)
+``default``             ``b"creator/"`` ‖ SHA3-256(key) (32)     the creator's public key
+``vertices``            hash (32)                                ``StoredVertex``
 ``metadata``            hash (32)                                ``StoredVertexMeta``
 ``edges``               parent (32) ‖ child (32)                 empty
 ``index_height``        height u64 ‖ seq u64 ‖ index u32         hash (32)
@@ -52,6 +53,10 @@ COLUMN_FAMILIES = (
 SCHEMA_VERSION_KEY = b"schema_version"
 COUNTERS_KEY = b"counters"
 
+CREATOR_PREFIX = b"creator/"
+#: Creator keys at least this long are stored once and referenced (shorter ones inline).
+CREATOR_INTERN_BYTES = 64
+
 EVIDENCE_RECORD_PREFIX = b"e"
 EVIDENCE_DIGEST_PREFIX = b"d"
 
@@ -90,6 +95,10 @@ def edge_key(parent: bytes, child: bytes) -> bytes:
 def position_key(leading: int, seq: int, index: int) -> bytes:
     """``index_height`` / ``index_timestamp`` key: height or timestamp, then seq, then index."""
     return _POSITION.pack(leading, seq, index)
+
+
+def creator_key(creator_id: bytes) -> bytes:
+    return CREATOR_PREFIX + creator_id
 
 
 def evidence_key(evidence_id: int) -> bytes:

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,9 @@ _ROCKSDB_SUFFIXES = (".log", ".sst", ".blob", ".dbtmp")
 #: Databases opened by this process (RocksDB's LOCK only excludes other processes).
 _OPEN_PATHS: set[Path] = set()
 _OPEN_LOCK = threading.RLock()
+
+#: Creator keys remembered by each cache (a creator key is 2592 bytes).
+CREATOR_CACHE = 4096
 
 STATE_PAGE_ENTRIES = 256
 STATE_PAGE_BYTES = 1024 * 1024
@@ -99,6 +102,18 @@ class DatabaseInfo:
     last_seq: int
     vertices: int
     schema_version: int
+
+
+def decode_vertex(
+    raw: bytes, creator_of: Callable[[bytes], bytes], into: vertex_pb2.Vertex | None = None
+) -> vertex_pb2.Vertex:
+    """A ``vertices`` value (``StoredVertex``) back into the vertex; ``creator_of`` resolves ids."""
+    stored = storage_pb2.StoredVertex.FromString(raw)
+    vertex = vertex_pb2.Vertex() if into is None else into
+    vertex.ParseFromString(stored.vertex)
+    if stored.creator_id:
+        vertex.creator = creator_of(stored.creator_id)
+    return vertex
 
 
 def evidence_digest(evidence: pbft_pb2.Evidence) -> bytes:
@@ -170,6 +185,9 @@ class Store:
         self.schema_version = keys.SCHEMA_VERSION
         # a published batch's certificate never changes; lists repeat the same few seqs
         self._certificate_cache = functools.lru_cache(maxsize=1024)(self._certificate)
+        # creator key -> id (writer thread) and id -> key (readers), bounded
+        self._creator_ids: dict[bytes, bytes] = {}
+        self._creators: dict[bytes, bytes] = {}
         self._written = Counters()
         self.published = Counters()
 
@@ -408,6 +426,7 @@ class Store:
         heights: list[int] = []
         stored_results = []
         size = 0
+        new_creators: dict[bytes, bytes] = {}
         for index, (result, vertex) in enumerate(zip(results, batch.vertices, strict=True)):
             h = result.hash
             previous = stored[h]
@@ -420,9 +439,8 @@ class Store:
                     )
                 )
                 if previous is None and not in_batch:
-                    body = vertex.SerializeToString()
-                    size += len(body)
-                    wb.put(h, body, h_vertices)
+                    size += vertex.ByteSize()
+                    wb.put(h, self._encode_vertex(vertex, wb, new_creators), h_vertices)
                     meta = storage_pb2.StoredVertexMeta(
                         status=REJECTED, seq=seq, index=index, reject_reason=result.reject_reason
                     )
@@ -456,9 +474,8 @@ class Store:
                     parent_height = parent_meta.height
                 assert parent_height is not None
                 height = max(height, parent_height + 1)
-            body = vertex.SerializeToString()
-            size += len(body)
-            wb.put(h, body, h_vertices)
+            size += vertex.ByteSize()
+            wb.put(h, self._encode_vertex(vertex, wb, new_creators), h_vertices)
             meta = storage_pb2.StoredVertexMeta(
                 status=FINALIZED, seq=seq, height=height, index=index
             )
@@ -483,6 +500,8 @@ class Store:
             state_digest=batch.state_digest,
         )
         wb.put(keys.seq_key(seq), record.SerializeToString(), self._handle[keys.FINALIZED])
+        if len(self._creator_ids) + len(new_creators) > CREATOR_CACHE:
+            self._creator_ids.clear()
         self._apply(
             wb,
             dataclasses.replace(
@@ -494,6 +513,7 @@ class Store:
                 edges=edges,
             ),
         )
+        self._creator_ids.update(new_creators)  # only once they are written
         return CommitOutcome(
             last_seq=seq,
             already_committed=False,
@@ -501,6 +521,44 @@ class Store:
             vertices=len(results),
             bytes=size,
         )
+
+    def _encode_vertex(
+        self, vertex: vertex_pb2.Vertex, wb: WriteBatch, new_creators: dict[bytes, bytes]
+    ) -> bytes:
+        """The ``vertices`` value; a long creator key is written once and referenced."""
+        creator = vertex.creator
+        if len(creator) < keys.CREATOR_INTERN_BYTES:
+            return storage_pb2.StoredVertex(vertex=vertex.SerializeToString()).SerializeToString()
+        creator_id = self._creator_ids.get(creator) or new_creators.get(creator)
+        if creator_id is None:
+            creator_id = hashlib.sha3_256(creator).digest()
+            key = keys.creator_key(creator_id)
+            if self._db.get(key, read_opt=self._read) is None:
+                wb.put(key, creator)
+            new_creators[creator] = creator_id
+        vertex.ClearField("creator")  # serialize without it, then put it back
+        try:
+            body = vertex.SerializeToString()
+        finally:
+            vertex.creator = creator
+        return storage_pb2.StoredVertex(vertex=body, creator_id=creator_id).SerializeToString()
+
+    def _creator(self, creator_id: bytes) -> bytes:
+        creator = self._creators.get(creator_id)
+        if creator is None:
+            creator = self._db.get(keys.creator_key(creator_id), read_opt=self._read)
+            if creator is None:
+                raise DatabaseCorrupt(
+                    f"the database at {self.path}: creator {creator_id.hex()} is missing"
+                )
+            if len(self._creators) >= CREATOR_CACHE:
+                self._creators.clear()
+            self._creators[creator_id] = creator
+        return creator
+
+    def decode_vertex(self, raw: bytes, into: vertex_pb2.Vertex | None = None) -> vertex_pb2.Vertex:
+        """A ``vertices`` value back into the vertex as executed."""
+        return decode_vertex(raw, self._creator, into)
 
     def _recommit(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
         batch = request.batch
@@ -658,7 +716,7 @@ class Store:
                 reject_reason=meta.reject_reason,
             )
             if raw is not None:
-                record.vertex.ParseFromString(raw)
+                self.decode_vertex(raw, record.vertex)
             if meta.seq in certs:
                 record.certificate.CopyFrom(certs[meta.seq])
             out.append(record)
@@ -761,7 +819,7 @@ class Store:
         _, seq, index = self._position_of(after, "after")
         body = self._cf[keys.VERTICES].get(after, read_opt=self._read)
         assert body is not None
-        timestamp = vertex_pb2.Vertex.FromString(body).timestamp_ms
+        timestamp = self.decode_vertex(body).timestamp_ms
         return keys.successor(keys.position_key(timestamp, seq, index))
 
     def finalized_entry(self, seq: int, *, vertices: bool) -> storage_pb2.FinalizedEntry | None:
@@ -780,7 +838,7 @@ class Store:
         if vertices and hashes:
             for raw in self._multi_get(keys.VERTICES, hashes):
                 assert raw is not None, "a finalized batch's vertex is missing"
-                batch.vertices.add().ParseFromString(raw)
+                self.decode_vertex(raw, batch.vertices.add())
         for r in record.results:
             if r.rejected:
                 batch.rejected.append(r.hash)
@@ -896,6 +954,7 @@ __all__ = [
     "DatabaseInfo",
     "Store",
     "WriteFailed",
+    "decode_vertex",
     "dir_bytes",
     "evidence_digest",
     "inspect",

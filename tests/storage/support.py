@@ -351,7 +351,8 @@ class RawDb:
         self.cfs = {n: self.db.get_column_family(n) for n in names if n != "default"}
 
     def items(self, cf: str) -> list[tuple[bytes, bytes]]:
-        return [(bytes(k), bytes(v)) for k, v in self.cfs[cf].items()]  # type: ignore[arg-type]
+        source = self.db if cf == "default" else self.cfs[cf]
+        return [(bytes(k), bytes(v)) for k, v in source.items()]  # type: ignore[arg-type]
 
     def close(self) -> None:
         for cf in self.cfs.values():

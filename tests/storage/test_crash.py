@@ -25,7 +25,7 @@ import pytest
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
 from services.storage import keys
-from services.storage.store import Counters
+from services.storage.store import Counters, decode_vertex
 from tests.storage.support import Dag, RawDb, ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -100,6 +100,11 @@ def check_database(db: Path, history: History, seed: int) -> int:
         by_height = dict(raw.items(keys.INDEX_HEIGHT))
         by_time = dict(raw.items(keys.INDEX_TIMESTAMP))
 
+        def creator_of(creator_id: bytes) -> bytes:
+            creator = raw.db[keys.creator_key(creator_id)]
+            assert isinstance(creator, bytes), f"a creator is missing {why}"
+            return creator
+
         expected_vertices = 0
         expected_edges = set()
         for seq_key, value in finalized:
@@ -115,7 +120,7 @@ def check_database(db: Path, history: History, seed: int) -> int:
                 meta = metas.get(result.hash)
                 assert meta is not None, f"seq {seq} is missing a vertex {why}"
                 assert (meta.seq, meta.index, meta.height) == (seq, index, result.height), why
-                assert bodies[result.hash] == vertex.SerializeToString(), why
+                assert decode_vertex(bodies[result.hash], creator_of) == vertex, why
                 assert by_height[keys.position_key(meta.height, seq, index)] == result.hash, why
                 assert by_time[keys.position_key(vertex.timestamp_ms, seq, index)] == result.hash
                 for parent in vertex.parents:

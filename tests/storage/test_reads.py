@@ -319,3 +319,33 @@ async def test_rejected_vertices_keep_the_certificate_of_their_batch(running: Ru
     assert record.status == vertex_pb2.VERTEX_STATUS_REJECTED
     assert record.reject_reason == "bad signature"
     assert record.certificate == request.batch.certificate
+
+
+async def test_creator_keys_are_stored_once_and_read_back_whole(running: Running) -> None:
+    alice, bob = os.urandom(2592), os.urandom(2592)
+    vertices = []
+    for i in range(6):
+        v = make_vertex()
+        v.creator = alice if i % 2 else bob
+        vertices.append(v)
+    short = make_vertex()
+    short.creator = b"tiny"  # a malformed creator, rejected: stored inline as it came
+    await running.stub.CommitBatch(commit_request(1, [*vertices, short], rejected=[6]))
+    entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+    assert list(entries[0].batch.vertices) == [*vertices, short]
+    for v in [*vertices, short]:
+        record = await get(running, vertex_hash(v))
+        assert record is not None and record.vertex == v
+    await running.stop()
+
+    from services.storage import keys
+    from tests.storage.support import RawDb
+
+    with RawDb(running.cfg.storage_path, read_only=True) as raw:
+        creators = [k for k, _ in raw.items("default") if k.startswith(keys.CREATOR_PREFIX)]
+        assert len(creators) == 2
+        stored = dict(raw.items(keys.VERTICES))
+        body = storage_pb2.StoredVertex.FromString(stored[vertex_hash(vertices[0])])
+        assert len(body.creator_id) == 32
+        assert len(stored[vertex_hash(vertices[0])]) < vertices[0].ByteSize() - 2500
+        assert not storage_pb2.StoredVertex.FromString(stored[vertex_hash(short)]).creator_id
