@@ -116,6 +116,9 @@ class _Transfer:
     next_at: int = 0
 
 
+_NOTHING = Ready()
+
+
 def _typed(signed: Signed[Message], kind: type[M]) -> Signed[M]:
     """``signed`` as a signed ``kind`` (checked)."""
     if not isinstance(signed.msg, kind):
@@ -282,8 +285,10 @@ class Replica:
         if not self._active and self._nv_deadline is not None and now >= self._nv_deadline:
             self._start_view_change(self._view + 1)
         if self._transfer is None:
-            self._check_request_timers()
-            self._maybe_propose()
+            if len(self._pool):
+                self._check_request_timers()
+            if self._pool.pending_count:
+                self._maybe_propose()
         if self._transfer is not None and now >= self._transfer.next_at:
             self._request_state(None)
         self._skip_banned_primary()
@@ -317,6 +322,15 @@ class Replica:
 
     def ready(self) -> Ready:
         """Drain the accumulated output (persist, then send, then execute)."""
+        if not (
+            self._send
+            or self._persist
+            or self._forward
+            or self._execute_out
+            or self._serve
+            or self._faults
+        ):
+            return _NOTHING
         if self._forward:
             if self._active and self.primary != self.id:
                 self._send.append(Outbound(self.primary, RequestsEnvelope(tuple(self._forward))))
@@ -375,7 +389,7 @@ class Replica:
 
     def _skip_banned_primary(self) -> None:
         """Never wait on a primary this replica banned: move on to the next view."""
-        while self.primary in self._rep.banned:
+        while self._rep.banned and self.primary in self._rep.banned:
             self._start_view_change(self._view + 1)
 
     def _equivocation(self, first: Signed[Message], second: Signed[Message]) -> None:

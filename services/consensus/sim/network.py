@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -26,13 +26,9 @@ class NetworkStats:
     cut: int = 0
 
 
-@dataclass(order=True, slots=True)
-class _InFlight:
-    due: int
-    order: int
-    src: int = field(compare=False)
-    dst: int = field(compare=False)
-    data: bytes = field(compare=False)
+#: A message in flight: (due tick, send order, src, dst, bytes); unique send order
+#: means tuples never compare beyond it.
+_InFlight = tuple[int, int, int, int, bytes]
 
 
 class Network:
@@ -73,19 +69,19 @@ class Network:
             for _ in range(copies):
                 delay = rng.randint(model.min_delay, model.max_delay)
                 self._order += 1
-                heapq.heappush(self._heap, _InFlight(now + delay, self._order, src, dst, data))
+                heapq.heappush(self._heap, (now + delay, self._order, src, dst, data))
 
     def due(self, now: int) -> list[tuple[int, int, bytes]]:
         """Messages to deliver at tick ``now`` (a partition also cuts those in flight)."""
         out = []
         heap = self._heap
-        while heap and heap[0].due <= now:
-            m = heapq.heappop(heap)
-            if self.separated(m.src, m.dst):
+        while heap and heap[0][0] <= now:
+            _, _, src, dst, data = heapq.heappop(heap)
+            if self.groups is not None and self.separated(src, dst):
                 self.stats.cut += 1
                 continue
             self.stats.delivered += 1
-            out.append((m.src, m.dst, m.data))
+            out.append((src, dst, data))
         return out
 
     @property

@@ -42,12 +42,16 @@ class Node:
         request_hash: Callable[[bytes], bytes],
         *,
         on_execute: Callable[[Node, Committed], None] | None = None,
+        decoded: dict[bytes, tuple[Envelope | None, bool]] | None = None,
     ) -> None:
         self.config = config
         self.index = config.replica_id
         self._scheme = scheme
         self._request_hash = request_hash
         self._on_execute = on_execute
+        #: Decoding and signature checks are pure: a simulation shares their results
+        #: between replicas (a broadcast is decoded once, not n-1 times).
+        self._decoded = {} if decoded is None else decoded
         self.records: dict[str, bytes] = {}
         self.log: list[Committed] = []
         self.replica = self._make()
@@ -73,23 +77,36 @@ class Node:
 
     def receive(self, sender: int, data: bytes) -> None:
         """What the driver does with bytes from a peer: decode, verify, step."""
+        cached = self._decoded.get(data)
+        if cached is None:
+            cached = self._decode(data)
+            if len(self._decoded) > 50_000:
+                self._decoded.clear()
+            self._decoded[data] = cached
+        envelope, signature_ok = cached
+        if envelope is None:
+            self.replica.report_fault(sender, FaultKind.MALFORMED)
+        elif not signature_ok:
+            self.replica.report_fault(sender, FaultKind.INVALID_SIGNATURE)
+        else:
+            self.replica.step(sender, envelope)
+
+    def _decode(self, data: bytes) -> tuple[Envelope | None, bool]:
         try:
             envelope = codec.decode_envelope(data, request_hash=self._request_hash)
         except codec.DecodeError:
-            self.replica.report_fault(sender, FaultKind.MALFORMED)
-            return
+            return None, False
         if isinstance(envelope, SignedEnvelope):
             s = envelope.signed
-            if s.signer < self.config.n and not self._scheme.verifier.verify(
-                s.signer, s.body, s.signature
-            ):
-                self.replica.report_fault(sender, FaultKind.INVALID_SIGNATURE)
-                return
-        self.replica.step(sender, envelope)
+            if s.signer < self.config.n:
+                return envelope, self._scheme.verifier.verify(s.signer, s.body, s.signature)
+        return envelope, True
 
     def drain(self) -> tuple[Ready, list[Wire]]:
         """Carry out one Ready: persist, then send (returned), then execute, then serve."""
         rd = self.replica.ready()
+        if not (rd.persist or rd.send or rd.execute or rd.serve):
+            return rd, []
         for record in rd.persist:
             if record.value is None:
                 self.records.pop(record.key, None)

@@ -26,6 +26,7 @@ from services.consensus.core.config import Config
 from services.consensus.core.crypto import batch_digest
 from services.consensus.core.messages import (
     Checkpoint,
+    Envelope,
     Message,
     NewView,
     Request,
@@ -144,6 +145,12 @@ class Simulation:
         self.network.model.duplicate = scenario.duplicate
         self.network.model.max_delay = scenario.max_delay
         self.tracing = trace
+        self._event_ticks = {scenario.heal_at}
+        for p in scenario.partitions:
+            self._event_ticks |= {p.start, p.end}
+        for c in scenario.crashes:
+            self._event_ticks |= {c.at, c.restart_at}
+        self._event_ticks |= {s.at for s in scenario.submissions}
         self.result = SeedResult(seed=scenario.seed, n=n, faults=scenario.faults())
         self.now = 0
         self.decided: dict[int, bytes] = {}
@@ -155,12 +162,17 @@ class Simulation:
         self.crash_times: dict[int, list[int]] = {}
         self.actors: list[Actor] = []
         self.by_index: dict[int, list[Actor]] = {i: [] for i in range(n)}
+        decoded: dict[bytes, tuple[Envelope | None, bool]] = {}
         for i in range(n):
             kind = scenario.byzantine.get(i)
             copies = 2 if kind == "twin" else 1
             for _ in range(copies):
                 node = Node(
-                    sim_config(n, i), self.scheme, fast_request_hash, on_execute=self._executed
+                    sim_config(n, i),
+                    self.scheme,
+                    fast_request_hash,
+                    on_execute=self._executed,
+                    decoded=decoded,
                 )
                 actor = (BYZANTINE[kind] if kind else Actor)(node, self.scheme, self.rng)
                 self.actors.append(actor)
@@ -274,6 +286,8 @@ class Simulation:
         self._input(actor, actor.propose, request)
 
     def _events(self, now: int) -> None:
+        if now not in self._event_ticks:
+            return
         sc = self.sc
         for p in sc.partitions:
             if now == p.start:
