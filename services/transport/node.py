@@ -56,7 +56,7 @@ from services.transport.errors import (
     PeerUnavailable,
     UnknownPeer,
 )
-from services.transport.framing import FrameType, encode_frame
+from services.transport.framing import FrameTooLarge, FrameType, encode_frame
 from services.transport.queues import InboundMux, SendQueue
 from services.transport.settings import Member, TransportSettings
 from services.transport.tls import ephemeral_identity, quic_configuration
@@ -409,11 +409,6 @@ class TransportNode:
         else:
             targets = list(self._peers.values())
         frame = self._encode_outbound(envelope)
-        if len(frame) - 4 > self.settings.max_frame_bytes:
-            raise InvalidRequest(
-                f"message of {len(frame)} bytes exceeds max_frame_bytes "
-                f"({self.settings.max_frame_bytes})"
-            )
         queued = 0
         for peer in targets:
             if self._enqueue(peer, frame):
@@ -443,9 +438,13 @@ class TransportNode:
                 span.set_attribute("messaging.destination", envelope.to or "broadcast")
                 wire.trace_context.update(inject_context())
         body = wire.SerializeToString()
-        if len(body) + 1 > self.settings.max_frame_bytes:
-            return b"\x00" * (len(body) + 5)  # only its size matters: send() refuses it
-        return encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
+        try:
+            return encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
+        except FrameTooLarge:
+            raise InvalidRequest(
+                f"message of {len(body)} bytes exceeds max_frame_bytes "
+                f"({self.settings.max_frame_bytes})"
+            ) from None
 
     def _enqueue(self, peer: Peer, frame: bytes) -> bool:
         faults = peer.faults
