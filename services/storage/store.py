@@ -313,10 +313,13 @@ class Store:
             )
 
     def _any_data(self) -> bool:
-        for name in keys.COLUMN_FAMILIES:
-            it = self._cf[name].iter(self._read)
+        """Whether any column family (``default`` included) holds a key."""
+        for source in (self._db, *self._cf.values()):
+            it = source.iter(self._read)
             it.seek_to_first()
-            if it.valid():
+            found = it.valid()
+            del it
+            if found:
                 return True
         return False
 

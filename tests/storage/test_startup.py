@@ -142,3 +142,16 @@ async def test_read_only_inspection_of_a_missing_database(tmp_path: Path) -> Non
     with pytest.raises(DatabaseError, match="there is no database at"):
         Store.open(tmp_path / "nothing", read_only=True)
     assert not (tmp_path / "nothing").exists()
+
+
+async def test_a_foreign_rocksdb_database_is_not_adopted(tmp_path: Path) -> None:
+    from rocksdict import Options, Rdict
+
+    path = tmp_path / "db"
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    foreign = Rdict(str(path), options)
+    foreign[b"someone"] = b"else's data"
+    foreign.close()
+    with pytest.raises(DatabaseCorrupt, match="holds data but no schema version"):
+        Store.open(path)
