@@ -359,7 +359,7 @@ class Driver:
     async def _serve_state(self, serve: ServeState) -> None:
         """Send finalized batches ``from_seq..to_seq`` (with certificates) to a lagging peer."""
         batches = []
-        async for batch in self.feed._from_storage(serve.from_seq, serve.to_seq):
+        async for batch in self.feed.read(serve.from_seq, serve.to_seq):
             requests = tuple(
                 Request(hash=vertex_hash(v), body=v.SerializeToString()) for v in batch.vertices
             )

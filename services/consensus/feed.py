@@ -49,13 +49,15 @@ class FinalizedFeed:
                 queue.get_nowait()  # make room for the end marker
                 queue.put_nowait(None)
 
-    async def _from_storage(
+    async def read(
         self, from_seq: int, to_seq: int = 0
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
+        """Executed batches ``from_seq..to_seq`` (inclusive; ``to_seq=0``: to the last one)."""
         next_seq = from_seq
+        end = to_seq + 1 if to_seq else 0  # storage's to_seq is exclusive
         while True:
             count = 0
-            request = storage_pb2.GetFinalizedRequest(from_seq=next_seq, to_seq=to_seq, limit=PAGE)
+            request = storage_pb2.GetFinalizedRequest(from_seq=next_seq, to_seq=end, limit=PAGE)
             async for entry in self._storage.GetFinalized(request, timeout=60):
                 count += 1
                 next_seq = entry.batch.seq + 1
@@ -69,7 +71,7 @@ class FinalizedFeed:
         WATCHERS.inc()
         next_seq = max(from_seq, 1)
         try:
-            async for batch in self._from_storage(next_seq):
+            async for batch in self.read(next_seq):
                 next_seq = batch.seq + 1
                 yield batch
             while True:
@@ -79,7 +81,7 @@ class FinalizedFeed:
                 if live.seq < next_seq:
                     continue
                 if live.seq > next_seq:  # cannot happen unless storage lagged: fill the gap
-                    async for missed in self._from_storage(next_seq, live.seq - 1):
+                    async for missed in self.read(next_seq, live.seq - 1):
                         yield missed
                 yield live
                 next_seq = live.seq + 1

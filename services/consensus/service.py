@@ -71,7 +71,7 @@ async def load_executed(storage: storage_pb2_grpc.StorageStub) -> ExecutedState:
     if stats.last_seq == 0:
         return ExecutedState()
     request = storage_pb2.GetFinalizedRequest(
-        from_seq=stats.last_seq, to_seq=stats.last_seq, limit=1, omit_vertices=True
+        from_seq=stats.last_seq, to_seq=stats.last_seq + 1, limit=1, omit_vertices=True
     )
     async for entry in storage.GetFinalized(request, timeout=30):
         if not entry.batch.state_digest:

@@ -233,6 +233,10 @@ class ClusterRun:
                     if resp.status in (429, 503, 504):
                         await asyncio.sleep(0.2 * (attempt + 1))
                         continue
+                    if resp.status == 422 and reply["error"]["code"] == "unknown_parent":
+                        # The parent is final at another node; this one is still catching up.
+                        await asyncio.sleep(0.2 * (attempt + 1))
+                        continue
                     raise ScenarioFailed(f"submit {index} to {node}: {resp.status} {reply}")
             except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.2 * (attempt + 1))

@@ -1158,7 +1158,11 @@ class Replica:
             self._low = state.stable_proof[0].msg.seq
             self._stable_proof = state.stable_proof
         self._view, self._active = state.view, state.active
-        self._active_view = state.view if state.active else max(0, state.view - 1)
+        nv = state.new_view
+        if state.active:
+            self._active_view = state.view
+        else:
+            self._active_view = 0 if nv is None else nv.msg.view
         self._progress_view = self._active_view
         self._own = dict(state.own)
         self._evidence = dict(state.evidence)
@@ -1178,9 +1182,8 @@ class Replica:
             elif isinstance(msg, PrePrepare) and view == self._view and seq > self._low:
                 self._slot(seq).pre_prepare = _typed(signed, PrePrepare)
                 self._next_seq = max(self._next_seq, seq + 1)
-            elif isinstance(msg, ViewChange) and view == self._view:
+            elif isinstance(msg, ViewChange) and view > self._active_view:
                 self._vcs[view] = {self.id: _typed(signed, ViewChange)}
-        nv = state.new_view
         if nv is not None and nv.msg.view == self._view and self._active:
             self._new_view_msg = nv
             self._next_seq = max(self._next_seq, self._install_reissued(nv) + 1)
