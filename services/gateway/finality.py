@@ -21,7 +21,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -163,7 +163,7 @@ class Stream:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _catch_up(self, end: int) -> AsyncIterator[Entry]:
+    async def _catch_up(self, end: int) -> AsyncGenerator[Entry, None]:
         """Batches from storage, from :attr:`next_seq` up to ``end`` (exclusive; 0: the head)."""
         assert self.next_seq is not None
         while end == 0 or self.next_seq < end:
@@ -183,8 +183,9 @@ class Stream:
         and :class:`ApiError` when storage is needed but unavailable, or at shutdown.
         """
         if self.next_seq is not None:
-            async for entry in self._catch_up(0):
-                yield entry
+            async with contextlib.aclosing(self._catch_up(0)) as stored:
+                async for entry in stored:
+                    yield entry
         self.live = True
         while True:
             entry = await self._next_live()
@@ -193,8 +194,9 @@ class Stream:
             if entry.seq < self.next_seq:
                 continue
             if entry.seq > self.next_seq:
-                async for missed in self._catch_up(entry.seq):
-                    yield missed
+                async with contextlib.aclosing(self._catch_up(entry.seq)) as missed:
+                    async for earlier in missed:
+                        yield earlier
                 if self.next_seq != entry.seq:
                     raise ApiError(
                         "storage_unavailable",
@@ -255,6 +257,8 @@ class FinalityHub:
         try:
             yield future
         finally:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the caller may not have awaited it
             metrics.WAITERS.dec()
             futures = self._waiters.get(h)
             if futures is not None:
@@ -313,6 +317,8 @@ class FinalityHub:
                     "finalized stream unavailable; retrying",
                     extra={"fields": {"error": str(exc), "resume_seq": self._next_seq}},
                 )
+            except Exception:  # a bug must not end finality for the whole gateway
+                log.exception("finalized stream failed; retrying")
             finally:
                 if call is not None:
                     call.cancel()
