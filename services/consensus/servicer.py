@@ -115,7 +115,13 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                     rtt_ms=tp.rtt_ms if tp else 0.0,
                 )
             )
+        try:
+            stats = await self._storage.GetStats(storage_pb2.GetStatsRequest(), timeout=2)
+            evidence = stats.evidence
+        except grpc.aio.AioRpcError:
+            evidence = 0
         return consensus_pb2.NodeStatus(
+            evidence=evidence,
             node_id=self._own_id,
             node_name=self._cfg.node.name,
             replica=replica.id,

@@ -92,6 +92,10 @@ class Scenario:
     byzantine_node: str | None = None
     byzantine_mode: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The Byzantine node must end up banned by every honest node.
+    expect_banned: bool = False
+    #: Every honest node must hold equivocation evidence.
+    expect_evidence: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -112,6 +116,8 @@ class Scenario:
             byzantine_node=byz.get("node"),
             byzantine_mode=byz.get("mode", ""),
             settings=data.get("settings", {}),
+            expect_banned=bool(data.get("expect", {}).get("banned", False)),
+            expect_evidence=bool(data.get("expect", {}).get("evidence", False)),
         )
 
 
@@ -384,6 +390,7 @@ class ClusterRun:
                 raise ScenarioFailed(f"the certificate of seq {batch['seq']}: {exc}") from None
             if cert.seq != int(batch["seq"]) or cert.digest.hex() != batch["batch_digest"]:
                 raise ScenarioFailed(f"the certificate of seq {batch['seq']} is for another batch")
+        await self.check_byzantine_detected(nodes)
         return {
             "batches": len(reference),
             "vertices": len(hashes),
@@ -391,6 +398,32 @@ class ClusterRun:
             "acknowledged_final": len(self.ledger.final),
             "events": self.events,
         }
+
+    async def check_byzantine_detected(self, nodes: list[str]) -> None:
+        """The Byzantine node is banned (and its equivocation proven) on every honest node."""
+        s = self.scenario
+        if not s.byzantine_node or not (s.expect_banned or s.expect_evidence):
+            return
+        deadline = time.monotonic() + 30
+        while True:
+            statuses = {node: await self.status(node) for node in nodes}
+            unbanned = [
+                node
+                for node, st in statuses.items()
+                if s.expect_banned
+                and not any(p["name"] == s.byzantine_node and p["banned"] for p in st["peers"])
+            ]
+            no_evidence = [
+                node for node, st in statuses.items() if s.expect_evidence and not st["evidence"]
+            ]
+            if not unbanned and not no_evidence:
+                return
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(
+                    f"{s.byzantine_node} ({s.byzantine_mode}) not banned by {unbanned}; "
+                    f"no evidence at {no_evidence}; events: {self.events}"
+                )
+            await asyncio.sleep(0.5)
 
 
 async def run_scenario(path: Path, directory: Path, base_port: int) -> dict[str, Any]:
