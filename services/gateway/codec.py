@@ -240,6 +240,7 @@ def status_json(status: consensus_pb2.NodeStatus, services: dict[str, str]) -> d
         "pool_size": status.pool_size,
         "ready": status.ready,
         "banned": list(status.banned),
+        "evidence": status.evidence,
         "peers": [
             {
                 "name": p.name,

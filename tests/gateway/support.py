@@ -156,6 +156,7 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
             n=4,
             f=1,
             ready=self.ready,
+            evidence=2,
             peers=[
                 consensus_pb2.PeerStatus(
                     name="node2", node_id="peer", replica=1, connected=True, rtt_ms=0.5

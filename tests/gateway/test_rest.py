@@ -373,6 +373,7 @@ async def test_status(node: Node) -> None:
     assert status == 200, reply
     assert reply["node_id"] == "fake-node-id" and reply["view"] == 3 and reply["primary"] == 3
     assert reply["last_executed_seq"] == 1 and reply["n"] == 4 and reply["f"] == 1
+    assert reply["evidence"] == 2 and reply["banned"] == []
     assert reply["peers"][0]["name"] == "node2" and reply["peers"][0]["connected"] is True
     # no transport service runs in these tests
     assert reply["services"] == {
