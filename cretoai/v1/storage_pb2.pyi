@@ -325,16 +325,12 @@ class StoredVertexMeta(_message.Message):
     def __init__(self, status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., seq: _Optional[int] = ..., height: _Optional[int] = ..., index: _Optional[int] = ..., reject_reason: _Optional[str] = ...) -> None: ...
 
 class StoredBatch(_message.Message):
-    __slots__ = ("batch_digest", "certificate", "results", "state_digest")
-    BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("header", "results")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
-    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    batch_digest: bytes
-    certificate: _vertex_pb2.FinalityCertificate
+    header: _vertex_pb2.FinalizedBatch
     results: _containers.RepeatedCompositeFieldContainer[StoredResult]
-    state_digest: bytes
-    def __init__(self, batch_digest: _Optional[bytes] = ..., certificate: _Optional[_Union[_vertex_pb2.FinalityCertificate, _Mapping]] = ..., results: _Optional[_Iterable[_Union[StoredResult, _Mapping]]] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[_vertex_pb2.FinalizedBatch, _Mapping]] = ..., results: _Optional[_Iterable[_Union[StoredResult, _Mapping]]] = ...) -> None: ...
 
 class StoredResult(_message.Message):
     __slots__ = ("hash", "rejected", "height", "reject_reason")

@@ -116,6 +116,31 @@ def decode_vertex(
     return vertex
 
 
+def batch_header(batch: vertex_pb2.FinalizedBatch) -> vertex_pb2.FinalizedBatch:
+    """Every field of ``batch`` but its vertices (without copying them)."""
+    header = vertex_pb2.FinalizedBatch()
+    for field, value in batch.ListFields():
+        if field.name == "vertices":
+            continue
+        target = getattr(header, field.name)
+        if field.is_repeated:
+            target.extend(value)
+        elif field.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(header, field.name, value)
+    return header
+
+
+def _identity(header: vertex_pb2.FinalizedBatch) -> bytes:
+    """What makes two headers the same batch: everything but the certificate (another
+    quorum of COMMITs proves the same batch)."""
+    copy = vertex_pb2.FinalizedBatch()
+    copy.CopyFrom(header)
+    copy.ClearField("certificate")
+    return copy.SerializeToString(deterministic=True)
+
+
 def evidence_digest(evidence: pbft_pb2.Evidence) -> bytes:
     """SHA3-256 over both signed messages, independent of their order."""
     parts = sorted(
@@ -496,12 +521,7 @@ class Store:
             local[h] = height
             heights.append(height)
             stored_results.append(storage_pb2.StoredResult(hash=h, height=height))
-        record = storage_pb2.StoredBatch(
-            batch_digest=batch.batch_digest,
-            certificate=batch.certificate,
-            results=stored_results,
-            state_digest=batch.state_digest,
-        )
+        record = storage_pb2.StoredBatch(header=batch_header(batch), results=stored_results)
         wb.put(keys.seq_key(seq), record.SerializeToString(), self._handle[keys.FINALIZED])
         if len(self._creator_ids) + len(new_creators) > CREATOR_CACHE:
             self._creator_ids.clear()
@@ -568,13 +588,14 @@ class Store:
         record = self._stored_batch(batch.seq)
         if record is None:  # pragma: no cover - excluded by the open-time and gap checks
             raise DatabaseCorrupt(f"finalized entry {batch.seq} is missing")
-        same = record.batch_digest == batch.batch_digest and [
+        same = _identity(record.header) == _identity(batch_header(batch)) and [
             (r.hash, r.rejected) for r in record.results
         ] == [(r.hash, r.rejected) for r in request.results]
         if not same:
             raise AlreadyExists(
-                f"seq {batch.seq} already holds batch {record.batch_digest.hex()} "
-                f"(this request is {batch.batch_digest.hex()} or has other results)"
+                f"seq {batch.seq} already holds batch {record.header.batch_digest.hex()} "
+                f"(this request is {batch.batch_digest.hex()} or differs in its results, "
+                "rejected list or state digest)"
             )
         return CommitOutcome(
             last_seq=self._written.last_seq,
@@ -676,7 +697,7 @@ class Store:
         record = self._stored_batch(seq)
         if record is None:  # never cached: lru_cache does not keep exceptions
             raise DatabaseCorrupt(f"the database at {self.path}: finalized entry {seq} is missing")
-        return record.certificate
+        return record.header.certificate
 
     def _certificates(self, seqs: Iterable[int]) -> dict[int, vertex_pb2.FinalityCertificate]:
         """Certificates of published batches (immutable, so cached: see __init__)."""
@@ -831,20 +852,14 @@ class Store:
         record = self._stored_batch(seq)
         if record is None:
             raise DatabaseCorrupt(f"the database at {self.path}: finalized entry {seq} is missing")
-        entry = storage_pb2.FinalizedEntry()
+        entry = storage_pb2.FinalizedEntry(batch=record.header)
         batch = entry.batch
-        batch.seq = seq
-        batch.batch_digest = record.batch_digest
-        batch.certificate.CopyFrom(record.certificate)
-        batch.state_digest = record.state_digest
         hashes = [r.hash for r in record.results]
         if vertices and hashes:
             for raw in self._multi_get(keys.VERTICES, hashes):
                 assert raw is not None, "a finalized batch's vertex is missing"
                 self.decode_vertex(raw, batch.vertices.add())
         for r in record.results:
-            if r.rejected:
-                batch.rejected.append(r.hash)
             entry.results.add(
                 hash=r.hash,
                 status=REJECTED if r.rejected else FINALIZED,

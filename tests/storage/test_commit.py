@@ -365,3 +365,18 @@ async def test_committed_data_survives_a_restart(tmp_path: object) -> None:
         assert reply.last_seq == 6
     finally:
         await running.stop()
+
+
+async def test_every_header_field_is_kept_and_part_of_the_batch_identity(
+    running: Running,
+) -> None:
+    request = commit_request(1, [make_vertex(), make_vertex()], rejected=[1])
+    request.batch.state_digest = b"s" * 32
+    await running.stub.CommitBatch(request)
+    entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+    assert entries[0].batch == request.batch  # state_digest and rejected included
+    other = storage_pb2.CommitBatchRequest()
+    other.CopyFrom(request)
+    other.batch.state_digest = b"t" * 32
+    await expect(grpc.StatusCode.ALREADY_EXISTS, running.stub.CommitBatch(other), "state digest")
+    assert (await running.stub.CommitBatch(request)).already_committed

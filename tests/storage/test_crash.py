@@ -111,8 +111,8 @@ def check_database(db: Path, history: History, seed: int) -> int:
             seq = keys.read_u64(seq_key)
             request = history.sent[seq]
             stored = storage_pb2.StoredBatch.FromString(value)
-            assert stored.batch_digest == request.batch.batch_digest, why
-            assert stored.certificate == request.batch.certificate, why
+            assert stored.header.batch_digest == request.batch.batch_digest, why
+            assert stored.header.certificate == request.batch.certificate, why
             assert [r.hash for r in stored.results] == [r.hash for r in request.results], why
             for index, (result, vertex) in enumerate(
                 zip(stored.results, request.batch.vertices, strict=True)
