@@ -182,3 +182,11 @@ class ViewState(_message.Message):
     view: int
     active: bool
     def __init__(self, view: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class VotedBatch(_message.Message):
+    __slots__ = ("request_hashes", "request_bodies")
+    REQUEST_HASHES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BODIES_FIELD_NUMBER: _ClassVar[int]
+    request_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    request_bodies: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, request_hashes: _Optional[_Iterable[bytes]] = ..., request_bodies: _Optional[_Iterable[bytes]] = ...) -> None: ...

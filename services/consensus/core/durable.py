@@ -7,6 +7,7 @@ Keys (ASCII, fixed-width numbers so that they sort)::
     new_view                              SignedMessage: the NEW-VIEW accepted for `view`
     own/<kind>/<view:020>/<seq:020>       SignedMessage that this replica signed
     prepared/<seq:020>                    PreparedCertificate (highest view prepared)
+    batch/<digest hex>                    VotedBatch: the requests of a batch voted for
     evidence/<signer:010>                 Evidence against a replica
 
 ``kind`` is pre_prepare, prepare, commit, checkpoint, view_change or new_view
@@ -39,6 +40,7 @@ from services.consensus.core.messages import (
     Prepare,
     PreparedCert,
     PrePrepare,
+    Request,
     Signed,
     ViewChange,
 )
@@ -71,6 +73,16 @@ def own_key(kind: str, view: int, seq: int) -> str:
 
 def prepared_key(seq: int) -> str:
     return f"prepared/{seq:020d}"
+
+
+def batch_key(digest: bytes) -> str:
+    return f"batch/{digest.hex()}"
+
+
+def encode_batch(requests: tuple[Request, ...]) -> bytes:
+    return pbft_pb2.VotedBatch(
+        request_hashes=[r.hash for r in requests], request_bodies=[r.body for r in requests]
+    ).SerializeToString()
 
 
 def evidence_key(signer: int) -> str:
@@ -120,6 +132,7 @@ class DurableState:
     prepared: dict[int, PreparedCert] = field(default_factory=dict)
     evidence: dict[int, EvidenceEnvelope] = field(default_factory=dict)
     new_view: Signed[NewView] | None = None
+    batches: dict[bytes, tuple[Request, ...]] = field(default_factory=dict)
 
 
 def parse_records(records: Mapping[str, bytes]) -> DurableState:
@@ -150,6 +163,14 @@ def _parse_one(state: DurableState, key: str, value: bytes) -> None:
         state.own[kind, int(view), int(seq)] = signed
     elif key.startswith("prepared/"):
         state.prepared[int(key.split("/")[1])] = prepared_from_bytes(value)
+    elif key.startswith("batch/"):
+        vb = pbft_pb2.VotedBatch.FromString(value)
+        if len(vb.request_hashes) != len(vb.request_bodies):
+            raise CorruptState(f"record {key} pairs {len(vb.request_hashes)} hashes with bodies")
+        state.batches[bytes.fromhex(key.split("/")[1])] = tuple(
+            Request(hash=h, body=b)
+            for h, b in zip(vb.request_hashes, vb.request_bodies, strict=True)
+        )
     elif key.startswith("evidence/"):
         ev = pbft_pb2.Evidence.FromString(value)
         state.evidence[int(key.split("/")[1])] = EvidenceEnvelope(

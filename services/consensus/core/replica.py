@@ -193,6 +193,8 @@ class Replica:
         self._stable_proof: tuple[Signed[Checkpoint], ...] = ()
         self._next_seq = 1
         self._batches: dict[bytes, tuple[Request, ...]] = {NULL_DIGEST: ()}
+        #: Digests of the batches whose bodies are in the durable records.
+        self._stored: set[bytes] = set()
         self._recent: dict[bytes, int] = {}
         self._recent_order: deque[tuple[int, tuple[bytes, ...]]] = deque()
         self._own: dict[tuple[str, int, int], Signed[Message]] = {}
@@ -563,9 +565,22 @@ class Replica:
             return
         if ("prepare", self._view, seq) in self._own and self.id in slot.prepares:
             return
+        self._store_batch(pp.msg.digest)
         signed = self._sign_once(Prepare(view=self._view, seq=seq, digest=pp.msg.digest))
         if signed is not None:
             self._add_prepare(seq, slot, signed)
+
+    def _store_batch(self, digest: bytes) -> None:
+        """Persist a batch's bodies before the first vote for it.
+
+        A batch that may commit was voted for by a quorum; its bodies must
+        survive their crashes, or its sequence number could never execute.
+        """
+        if digest in self._stored or digest == NULL_DIGEST:
+            return
+        self._stored.add(digest)
+        value = durable.encode_batch(self._batches[digest])
+        self._persist.append(Record(durable.batch_key(digest), value))
 
     def _on_prepare(self, sender: int, env: SignedEnvelope) -> None:
         signed = _typed(env.signed, Prepare)
@@ -602,6 +617,7 @@ class Replica:
             return
         cert = PreparedCert(pre_prepare=pp, prepares=matching[: self._q - 1])
         slot.prepared = cert
+        self._store_batch(digest)
         self._persist.append(Record(durable.prepared_key(seq), durable.encode_prepared(cert)))
         signed = self._sign_once(Commit(view=self._view, seq=seq, digest=digest))
         if signed is not None:
@@ -826,6 +842,9 @@ class Replica:
             if slot.committed is not None:
                 keep.add(slot.committed.digest)
         self._batches = {d: b for d, b in self._batches.items() if d in keep}
+        for digest in self._stored - keep:
+            self._stored.discard(digest)
+            self._persist.append(Record(durable.batch_key(digest), None))
         while self._recent_order and self._recent_order[0][0] <= seq - self._window:
             _, hashes = self._recent_order.popleft()
             for h in hashes:
@@ -1165,6 +1184,8 @@ class Replica:
             self._active_view = 0 if nv is None else nv.msg.view
         self._progress_view = self._active_view
         self._own = dict(state.own)
+        self._batches.update(state.batches)
+        self._stored = set(state.batches)
         self._evidence = dict(state.evidence)
         for signer in self._evidence:
             self._rep.banned.add(signer)
