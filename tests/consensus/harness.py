@@ -6,7 +6,6 @@ and restarted from what they persisted. Every message crosses the real codec.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -144,10 +143,6 @@ class Cluster:
 
     def digests(self, i: int) -> list[bytes]:
         return [c.digest for c in self.log(i)]
-
-
-def digest_of(data: bytes) -> bytes:
-    return hashlib.sha3_256(data).digest()
 
 
 M = TypeVar("M", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
-from services.consensus.core import durable
+from services.consensus.core import durable, quorum
 from services.consensus.core.codec import encode_body
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import (
@@ -1051,8 +1051,9 @@ class Replica:
                 if j != self.id and view > highest.get(j, -1):
                     highest[j] = view
         higher = sorted(highest.values(), reverse=True)
-        if len(higher) > self._f and higher[self._f] > self._view:
-            self._start_view_change(higher[self._f])
+        weak = quorum.weak_quorum_size(self._n)
+        if len(higher) >= weak and higher[weak - 1] > self._view:
+            self._start_view_change(higher[weak - 1])
             return
         if self._active:
             return

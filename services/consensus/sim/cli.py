@@ -36,6 +36,8 @@ class Summary:
     batches: int = 0
     messages: int = 0
     max_view: int = 0
+    rejected: int = 0
+    duplicates: int = 0
     recovery: list[int] = field(default_factory=list)
     elapsed: float = 0.0
 
@@ -51,6 +53,8 @@ class Summary:
         self.batches += r.executed_batches
         self.messages += r.messages
         self.max_view = max(self.max_view, r.max_view)
+        self.rejected += r.rejected
+        self.duplicates += r.duplicates
         if r.recovery_ticks is not None:
             self.recovery.append(r.recovery_ticks)
 
@@ -75,6 +79,8 @@ class Summary:
             "batches": self.batches,
             "messages": self.messages,
             "max_view": self.max_view,
+            "rejected_at_execution": self.rejected,
+            "repeats_skipped_at_execution": self.duplicates,
             "liveness_bound_ticks": LIVENESS_BOUND,
             "recovery_ticks_max": recovery[-1] if recovery else None,
             "recovery_ticks_p99": recovery[(len(recovery) * 99) // 100] if recovery else None,

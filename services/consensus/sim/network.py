@@ -83,7 +83,3 @@ class Network:
             self.stats.delivered += 1
             out.append((src, dst, data))
         return out
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._heap)

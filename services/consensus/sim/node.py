@@ -105,7 +105,7 @@ class Node:
     def drain(self) -> tuple[Ready, list[Wire]]:
         """Carry out one Ready: persist, then send (returned), then execute, then serve."""
         rd = self.replica.ready()
-        if not (rd.persist or rd.send or rd.execute or rd.serve):
+        if not rd:
             return rd, []
         for record in rd.persist:
             if record.value is None:

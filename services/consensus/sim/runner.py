@@ -105,6 +105,9 @@ class SeedResult:
     executed_batches: int = 0
     max_view: int = 0
     messages: int = 0
+    #: Requests rejected at execution (invalid) and repeats skipped (already applied).
+    rejected: int = 0
+    duplicates: int = 0
     attacks: dict[str, int] = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
 
@@ -362,6 +365,8 @@ class Simulation:
         res.requests = len(self.submitted)
         res.messages = self.network.stats.sent
         res.max_view = max(a.node.replica.view for a in self.actors)
+        res.rejected = sum(ex.rejected for ex in self.executors.values())
+        res.duplicates = sum(ex.duplicates for ex in self.executors.values())
         for actor in self.actors:
             if isinstance(actor, Forger):
                 for name, count in actor.attacks.items():
