@@ -119,6 +119,86 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 0 if all(s == "SERVING" for s in statuses.values()) else 1
 
 
+def _gateway_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    return f"http://{load_config(args.config).gateway.http}"
+
+
+def _http(method: str, url: str, body: dict[str, object] | None, timeout: float) -> object:
+    """One JSON request to a gateway; errors become CommandError with the server's message."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+            detail = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            detail = exc.reason
+        raise CommandError(f"{method} {url}: HTTP {exc.code} {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise CommandError(f"{method} {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    status = _http("GET", _gateway_url(args) + "/v1/status", None, args.timeout)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    assert isinstance(status, dict)
+    print(
+        f"{status['node_name']} (replica {status['replica']} of n={status['n']}, f={status['f']}) "
+        f"view {status['view']} primary {status['primary']}"
+        f"{' [view change]' if status['view_changing'] else ''}"
+    )
+    print(
+        f"executed seq {status['last_executed_seq']}, stable checkpoint "
+        f"{status['stable_checkpoint']}, pool {status['pool_size']}, "
+        f"ready {status['ready']}, evidence {status.get('evidence', 0)}"
+    )
+    for peer in status["peers"]:
+        flags = "connected" if peer["connected"] else "DISCONNECTED"
+        if peer["banned"]:
+            flags += " BANNED"
+        print(
+            f"  peer {peer['name']:<8} {flags:<20} reputation {peer['reputation']:>5} "
+            f"rtt {peer['rtt_ms']:.2f} ms"
+        )
+    services = status.get("services", {})
+    print("services: " + ", ".join(f"{k} {v}" for k, v in services.items()))
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import base64
+
+    if args.file:
+        try:
+            payload = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise CommandError(f"{args.file}: {exc.strerror}") from None
+    else:
+        payload = args.payload.encode()
+    body = {"payload": base64.b64encode(payload).decode(), "parents": args.parent or []}
+    url = _gateway_url(args) + "/v1/vertices" + ("?wait=true" if args.wait else "")
+    reply = _http("POST", url, body, args.timeout)
+    assert isinstance(reply, dict)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        where = f" at seq {reply['seq']}" if reply.get("seq") else ""
+        print(f"{reply['hash']} {reply['status']}{where}")
+    return 0
+
+
 def _delegate(module_name: str, func: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -180,6 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per check")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser("status", help="a node's view of the cluster (through its gateway)")
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument("--url", help="a gateway URL instead of --config, e.g. http://127.0.0.1:8080")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("submit", help="submit a vertex (signed by the node's key)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--payload", help="the payload, as text")
+    what.add_argument("--file", help="read the payload from this file")
+    p.add_argument("--parent", action="append", metavar="HASH", help="a parent hash (repeat)")
+    p.add_argument("--wait", action="store_true", help="wait until the vertex is final")
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument("--url", help="a gateway URL instead of --config")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    p.add_argument("--json", action="store_true", help="print the gateway's whole answer")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("backup", help="back up a node's database (RocksDB checkpoint)")
     p.add_argument("--config", default="node.toml", help="the node's TOML config")

@@ -1,0 +1,104 @@
+"""The operator's path: `cluster up` as a real process, the node commands against it,
+the supervisor's restart of a killed service, and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli, free_base_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _wait_for(proc: subprocess.Popen[str], marker: str, lines: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"cluster up exited early: {lines}")
+        lines.append(line.rstrip())
+        if marker in line:
+            return
+    raise AssertionError(f"no {marker!r} within {timeout}s: {lines}")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def _service_pid(config: Path, service: str) -> int:
+    out = subprocess.run(
+        ["pgrep", "-f", f"services.{service} --config {config}"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def test_single_node_cluster_up_submit_status_restart_stop(tmp_path: Path) -> None:
+    base = free_base_port(40)
+    directory = tmp_path / "c"
+    proc = subprocess.Popen(
+        cli("cluster", "up", "--nodes", "1", "--dir", str(directory),
+            "--base-port", str(base), "--http-port", str(base + 30)),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        _wait_for(proc, "press Ctrl-C", lines, 120)
+        assert f"http://127.0.0.1:{base + 30}" in "\n".join(lines)
+        summary = json.loads((directory / "cluster.json").read_text())
+        assert summary["nodes"][0]["gateway_url"] == f"http://127.0.0.1:{base + 30}"
+        config = directory / "node1" / "node.toml"
+
+        submitted = _run("submit", "--config", str(config), "--payload", "hello", "--wait")
+        assert submitted.returncode == 0, submitted.stderr
+        digest, status = submitted.stdout.split()[:2]
+        assert status == "finalized" and len(digest) == 64
+
+        status_json = _run("status", "--config", str(config), "--json")
+        assert status_json.returncode == 0, status_json.stderr
+        report = json.loads(status_json.stdout)
+        assert report["last_executed_seq"] >= 1 and report["n"] == 1 and report["ready"]
+
+        bad = _run("submit", "--config", str(config), "--payload", "x", "--parent", "ab")
+        assert bad.returncode == 1 and "HTTP 422" in bad.stderr
+
+        # The supervisor restarts a service that dies.
+        old_pid = _service_pid(config, "consensus")
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            health = _run("health", "--config", str(config), "--timeout", "1")
+            if health.returncode == 0 and _service_pid(config, "consensus") != old_pid:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("consensus was not restarted")
+        again = _run("submit", "--config", str(config), "--payload", "after restart", "--wait")
+        assert again.returncode == 0 and "finalized" in again.stdout, again.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        remaining, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, remaining
+    assert "stopped" in remaining
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"--config {directory}"], capture_output=True, text=True
+    ).stdout.split()
+    assert leftovers == [], "every service process must be gone after Ctrl-C"
+
+
+def test_cluster_up_refuses_a_different_size(tmp_path: Path) -> None:
+    base = free_base_port(40)
+    made = _run("cluster", "init", "--nodes", "1", "--dir", str(tmp_path), "--base-port", str(base))
+    assert made.returncode == 0, made.stderr
+    proc = _run("cluster", "up", "--nodes", "4", "--dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "holds 1 nodes, not 4" in proc.stderr and "Traceback" not in proc.stderr
