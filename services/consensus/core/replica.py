@@ -157,7 +157,6 @@ class Replica:
         self.config = config
         self.id = config.replica_id
         self._n = config.n
-        self._f = config.f
         self._q = config.q
         self._k = config.checkpoint_interval
         self._window = config.watermark_window
