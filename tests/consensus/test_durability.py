@@ -147,3 +147,32 @@ def test_corrupt_records_are_refused() -> None:
                 verifier=scheme.verifier,
                 records=records,
             )
+
+
+def test_storage_behind_the_stable_checkpoint_is_fetched_from_peers() -> None:
+    """A replica restarted with its executor behind its stable checkpoint transfers state."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+    for i in range(5):
+        c.propose(0, request(i))
+    c.tick(5)
+    node = c.nodes[2]
+    assert node.replica.stable_seq == 4
+    c.crash(2)
+    node.log = node.log[:2]  # the executor lost its last batches
+    c.restart(2)
+    c.tick(20)
+    assert c.digests(2) == c.digests(0)
+
+
+def test_a_lone_replica_whose_storage_lost_data_halts() -> None:
+    from services.consensus.core.replica import ConsensusHalted
+
+    c = Cluster(1, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+    for i in range(4):
+        c.propose(0, request(i))
+    c.tick(3)
+    node = c.nodes[0]
+    assert node.replica.stable_seq == 4
+    node.log = node.log[:1]
+    with pytest.raises(ConsensusHalted, match="no peer"):
+        c.restart(0)

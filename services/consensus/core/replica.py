@@ -858,6 +858,10 @@ class Replica:
         if self._transfer is not None and self._transfer.seq >= seq:
             return
         candidates = tuple(c.signer for c in proof if c.signer != self.id)
+        if not candidates:
+            raise ConsensusHalted(
+                f"storage is behind this replica's own stable checkpoint {seq}, and no peer has it"
+            )
         self._transfer = _Transfer(seq=seq, digest=digest, proof=proof, candidates=candidates)
         self._request_state(None)
 

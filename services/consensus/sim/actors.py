@@ -16,6 +16,7 @@ from cretoai.v1 import pbft_pb2, vertex_pb2
 from services.consensus.core import codec
 from services.consensus.core.crypto import batch_digest
 from services.consensus.core.messages import (
+    Certificate,
     Commit,
     EvidenceEnvelope,
     Message,
@@ -268,8 +269,6 @@ class Forger(Actor):
         )
 
     def _bogus_state_response(self) -> StateResponseEnvelope:
-        from services.consensus.core.messages import Certificate
-
         replica = self.node.replica
         seq = replica.last_executed + 1
         req = self._junk_request()
