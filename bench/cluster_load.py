@@ -1,0 +1,1308 @@
+"""Cluster benchmark: finalized throughput and client-observed finality latency of a real
+local cluster at fixed offered loads (open loop), with RSS and CPU per node.
+
+    .venv/bin/python -m bench.cluster_load [--rates 50,100,200,400,800,1000] [--duration 20]
+                                           [--warmup 3] [--nodes 4] [--quick]
+
+What it does:
+
+* **cluster** — ``init_cluster`` + ``Supervisor`` (as ``cretoai-node cluster up`` does) in a
+  temporary directory on free loopback ports: ``--nodes`` nodes x four service processes,
+  default settings (``--set SECTION.FIELD=VALUE`` overrides one, e.g.
+  ``--set consensus.batch_timeout_ms=10``). Stopped at the end, whatever happens.
+* **vertices** — 1 KB random payloads, client-signed with ML-DSA-87 (``public_key``,
+  ``signature``, ``timestamp_ms``; one client key per gateway), two parents each, chosen
+  among vertices finalized on every node before the step (the previous step's, or 8
+  anchors submitted first). Every step's vertices are **pre-signed** in a pool of
+  ``--sign-workers`` processes (and encoded to JSON) before the step starts, while the
+  cluster idles, so the generator's signing is not on the measured path.
+* **load** — open loop: vertex *i* of a step is due at ``t0 + i / rate``, whatever the
+  completions; submissions go round-robin to every node's gateway as
+  ``POST /v1/vertices?wait=true`` (the response arrives once the vertex is executed, with
+  its certificate). Each step runs ``--warmup`` seconds then ``--duration`` measured
+  seconds at the same rate, then waits for the answers still outstanding (bounded by the
+  gateway's wait timeout) and for every node to execute the same last sequence number.
+* **finality latency** — from the vertex's *due* time (not the moment the generator got to
+  send it, so a late generator cannot hide queueing: no coordinated omission) to the moment
+  the client has read the 200 answer, for vertices due inside the measured window.
+* **finalized throughput** — 200-finalized answers received inside the measured window /
+  its length; the executed-vertex counters of every node are reported beside it.
+* **max sustained throughput** — the highest offered load whose step finalized ≥ 95 % of the
+  offered rate, with p99 ≤ 1 s, and at least 99 % of the window's submissions finalized
+  (so that failures cannot hide outside the latency percentiles).
+* **resources** — per node, its four service processes together: RSS (``VmRSS``, sampled
+  every second; the maximum is reported) and CPU (``utime + stime`` delta over the window,
+  in cores); the generator's own CPU and what the rest of the machine used meanwhile (from
+  ``/proc/stat``), since everything shares the same cores.
+* **errors** — HTTP status and error codes, client-side failures, consensus / transport /
+  gateway counters from each node's Prometheus endpoints, warning and error lines of the
+  services' logs.
+
+Every loop is bounded in count and time (``--max-seconds`` for the whole run; a step is
+skipped, not started, once the budget is spent, and the steps above one that finalized
+less than half its offered load are skipped unless ``--no-skip``). Writes
+``bench/results/cluster_load.json`` and a plot, ``bench/results/cluster_load.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from cretoai.clusterinit import init_cluster
+from cretoai.config import NodeConfig, load_config
+from cretoai.crypto import get_backend
+from cretoai.crypto.keys import NodeKey
+from cretoai.supervisor import Supervisor
+from cretoai.vertex import make_vertex, vertex_hash
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RESULT = RESULTS / "cluster_load.json"
+PLOT = RESULTS / "cluster_load.png"
+
+DEFAULT_RATES = (50, 100, 200, 400, 800, 1000)
+QUICK_RATES = (25, 50)
+PAYLOAD_BYTES = 1024
+PARENTS = 2
+ANCHORS = 8
+
+#: Targets (the node's performance goals).
+TARGET_P99_MS = 100.0
+TARGET_P99_AT_RATE = 200
+TARGET_SUSTAINED = 1000.0
+TARGET_RSS_MB = 400.0
+TARGET_CORES = 0.25
+TARGET_CORES_AT_RATE = 200
+
+#: What "sustained" means.
+SUSTAIN_SHARE = 0.95
+SUSTAIN_P99_MS = 1000.0
+SUSTAIN_FINALIZED_SHARE = 0.99
+#: Steps above one that finalized less than this share of its offered load are skipped.
+SATURATED_SHARE = 0.5
+
+#: Submissions outstanding at once, at most (beyond it the generator counts a
+#: "generator_cap" miss instead of sending; the open file limit is the real bound).
+INFLIGHT_CAP = 12_000
+STATUS_RE = re.compile(rb'"status":\s*"([a-z_]+)"')
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVICES = ("gateway", "consensus", "transport", "storage")
+
+
+# -- machine and process figures --------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
+    if not seconds:
+        return {"count": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "count": len(seconds),
+        "p50_ms": round(percentile(seconds, 50) * 1e3, 2),
+        "p90_ms": round(percentile(seconds, 90) * 1e3, 2),
+        "p99_ms": round(percentile(seconds, 99) * 1e3, 2),
+        "max_ms": round(max(seconds) * 1e3, 2),
+        "mean_ms": round(sum(seconds) / len(seconds) * 1e3, 2),
+    }
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process, from /proc/<pid>/stat; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in (
+        "cretoai-node",
+        "aiohttp",
+        "grpcio",
+        "protobuf",
+        "cryptography",
+        "aioquic",
+        "rocksdict",
+        "opentelemetry-sdk",
+        "liboqs-python",
+        "matplotlib",
+    ):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    mem_mb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_mb = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mb": mem_mb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "crypto_backend": str(getattr(get_backend("auto"), "name", "?")),
+        "packages": versions,
+        "git": git_revision(),
+    }
+
+
+def git_revision() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    changed = sorted({line[3:] for line in dirty if line.strip()})
+    return {"commit": head, "uncommitted_changes": changed}
+
+
+# -- pre-signing ------------------------------------------------------------------------
+
+_SIGNING_KEYS: list[NodeKey] = []
+
+
+def _sign_init(seeds: list[bytes]) -> None:
+    backend = get_backend("auto")
+    _SIGNING_KEYS[:] = [
+        NodeKey(private=backend.private_key_from_seed(s), path=Path("<bench client>"))
+        for s in seeds
+    ]
+
+
+@dataclass(frozen=True)
+class SignJob:
+    nonce: int
+    start: int
+    count: int
+    targets: int
+    parents: tuple[str, ...]
+
+
+def _sign_chunk(job: SignJob) -> list[tuple[bytes, str]]:
+    """Vertices ``start .. start+count`` of a step: (JSON body, hash hex). In a worker."""
+    out = []
+    for index in range(job.start, job.start + job.count):
+        rng = random.Random(job.nonce * 1_000_003 + index)
+        payload = job.nonce.to_bytes(8, "big") + index.to_bytes(8, "big")
+        payload += rng.randbytes(PAYLOAD_BYTES - len(payload))
+        parents = rng.sample(job.parents, min(PARENTS, len(job.parents)))
+        key = _SIGNING_KEYS[index % job.targets % len(_SIGNING_KEYS)]
+        vertex = make_vertex(
+            key, payload, [bytes.fromhex(p) for p in parents], int(time.time() * 1000)
+        )
+        body = {
+            "payload": base64.b64encode(payload).decode(),
+            "parents": parents,
+            "public_key": vertex.creator.hex(),
+            "signature": vertex.signature.hex(),
+            "timestamp_ms": vertex.timestamp_ms,
+        }
+        out.append((json.dumps(body, separators=(",", ":")).encode(), vertex_hash(vertex).hex()))
+    return out
+
+
+class Signer:
+    """A pool of processes that sign vertices (spawned: no forked event loop or children)."""
+
+    def __init__(self, workers: int, keys: int) -> None:
+        self.seeds = [os.urandom(32) for _ in range(keys)]
+        context = multiprocessing.get_context("spawn")
+        self.pool = context.Pool(workers, initializer=_sign_init, initargs=(self.seeds,))
+        self.workers = workers
+        self.nonce = int.from_bytes(os.urandom(6), "big")
+
+    async def sign(
+        self, count: int, targets: int, parents: Sequence[str]
+    ) -> list[tuple[bytes, str]]:
+        self.nonce += 1
+        chunk = 100
+        jobs = [
+            SignJob(self.nonce, start, min(chunk, count - start), targets, tuple(parents))
+            for start in range(0, count, chunk)
+        ]
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(None, lambda: self.pool.map(_sign_chunk, jobs))
+        return [item for part in results for item in part]
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+# -- the cluster ------------------------------------------------------------------------
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``SECTION.FIELD=VALUE`` (VALUE a TOML scalar, else a string) into init_cluster extra."""
+    extra: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        section, dot, fieldname = name.partition(".")
+        if not sep or not dot or not section or not fieldname:
+            raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        extra.setdefault(section, {})[fieldname] = value
+    return extra
+
+
+class Cluster:
+    """A real local cluster in a temporary directory: ``async with Cluster(...) as c``."""
+
+    def __init__(self, directory: Path, nodes: int, extra: dict[str, dict[str, Any]]) -> None:
+        self.directory = directory
+        self.nodes = nodes
+        self.extra = extra
+        self.configs: list[NodeConfig] = []
+        self.supervisor: Supervisor | None = None
+        self.events: list[str] = []
+
+    async def __aenter__(self) -> Cluster:
+        from tests.conftest import free_base_port
+
+        base = free_base_port(20 * self.nodes + 20)
+        layout = init_cluster(
+            self.directory,
+            self.nodes,
+            http_port=base + 20 * self.nodes,
+            base_port=base,
+            extra=self.extra,
+        )
+        self.configs = [load_config(n.config, environ={}) for n in layout.nodes]
+        self.supervisor = Supervisor(self.configs, log_dir=lambda c: c.data_dir.parent / "logs")
+        self.supervisor.on_event = lambda m: self.events.append(f"{time.time():.1f} {m}")
+        try:
+            await self.supervisor.start(timeout=120)
+        except BaseException:
+            await self.supervisor.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+    @property
+    def names(self) -> list[str]:
+        return [c.node.name for c in self.configs]
+
+    def gateway(self, index: int) -> str:
+        return f"http://{self.configs[index].gateway.http}"
+
+    def pids(self) -> dict[str, dict[str, int]]:
+        assert self.supervisor is not None
+        out: dict[str, dict[str, int]] = {}
+        for child in self.supervisor.children:
+            if child.process is not None and child.process.returncode is None:
+                out.setdefault(child.node, {})[child.service] = child.process.pid
+        return out
+
+    def restarts(self) -> dict[str, int]:
+        assert self.supervisor is not None
+        out: dict[str, int] = {}
+        for child in self.supervisor.children:
+            out[child.node] = out.get(child.node, 0) + child.restarts
+        return out
+
+    def metrics_urls(self) -> dict[str, dict[str, str]]:
+        return {
+            c.node.name: {
+                "gateway": f"http://{c.gateway.metrics}/metrics",
+                "consensus": f"http://{c.consensus.metrics}/metrics",
+                "transport": f"http://{c.transport.metrics}/metrics",
+            }
+            for c in self.configs
+        }
+
+    def settings(self) -> dict[str, Any]:
+        cfg = self.configs[0]
+        return {
+            "consensus": {
+                k: getattr(cfg.consensus, k)
+                for k in (
+                    "batch_max_count",
+                    "batch_max_bytes",
+                    "batch_timeout_ms",
+                    "checkpoint_interval",
+                    "watermark_window",
+                    "pool_max",
+                    "verify_threads",
+                    "tick_ms",
+                )
+            },
+            "gateway": {"wait_timeout_ms": cfg.gateway.wait_timeout_ms},
+            "telemetry": {
+                "sampling_ratio": cfg.telemetry.sampling_ratio,
+                "log_level": cfg.telemetry.log_level,
+                "otlp_endpoint": cfg.telemetry.otlp_endpoint,
+            },
+            "overrides": self.extra,
+        }
+
+    def log_summary(self, samples: int = 6) -> dict[str, Any]:
+        """Warning/error lines per node and service, with a few distinct messages."""
+        out: dict[str, Any] = {}
+        msg_re = re.compile(r'msg=("(?:[^"\\]|\\.)*"|\S+)')
+        for cfg in self.configs:
+            for path in sorted((cfg.data_dir.parent / "logs").glob("*.log")):
+                counts: Counter[str] = Counter()
+                seen: Counter[str] = Counter()
+                for line in path.read_text(errors="replace").splitlines():
+                    if "level=error" in line or "Traceback" in line:
+                        level = "error"
+                    elif "level=warning" in line:
+                        level = "warning"
+                    else:
+                        continue
+                    counts[level] += 1
+                    match = msg_re.search(line)
+                    seen[f"{level}: {match.group(1) if match else line[:160]}"] += 1
+                if counts:
+                    out[f"{cfg.node.name}/{path.stem}"] = {
+                        **counts,
+                        "top": [f"{n} x {m}" for m, n in seen.most_common(samples)],
+                    }
+        return out
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+Scrape = dict[str, float]  # "name{label=value,...}" -> value
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> Scrape:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return {}
+    out: Scrape = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("cretoai_"):
+            continue
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = float(sample.value)
+    return out
+
+
+async def scrape_all(
+    session: aiohttp.ClientSession, urls: dict[str, dict[str, str]]
+) -> dict[str, Scrape]:
+    """Per node: the union of its gateway, consensus and transport metrics."""
+    keys = [(node, url) for node, by_service in urls.items() for url in by_service.values()]
+    results = await asyncio.gather(*(scrape(session, url) for _, url in keys))
+    out: dict[str, Scrape] = {node: {} for node in urls}
+    for (node, _), result in zip(keys, results, strict=True):
+        out[node].update(result)
+    return out
+
+
+def total(snapshot: Scrape, name: str, **match: str) -> float:
+    """Sum of every sample of ``name`` whose labels include ``match``."""
+    result = 0.0
+    for key, value in snapshot.items():
+        base, _, labels = key.partition("{")
+        if base != name:
+            continue
+        pairs = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
+        if all(pairs.get(k) == v for k, v in match.items()):
+            result += value
+    return result
+
+
+def by_label(before: Scrape, after: Scrape, name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in after.items():
+        base, _, labels = key.partition("{")
+        if base != name:
+            continue
+        pairs = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
+        delta = value - before.get(key, 0.0)
+        if delta:
+            out[pairs.get(label, "")] = out.get(pairs.get(label, ""), 0.0) + delta
+    return {k: round(v) for k, v in sorted(out.items())}
+
+
+def histogram(before: Scrape, after: Scrape, name: str) -> dict[str, Any]:
+    """A histogram's delta between two scrapes: count, mean, and bucket upper bounds of p50/p99."""
+    buckets: dict[float, float] = {}
+    for key, value in after.items():
+        if not key.startswith(f"{name}_bucket{{"):
+            continue
+        le = re.search(r"le=([^,}]+)", key)
+        if le is None:
+            continue
+        bound = float(le.group(1))
+        buckets[bound] = buckets.get(bound, 0.0) + value - before.get(key, 0.0)
+    count = total(after, f"{name}_count") - total(before, f"{name}_count")
+    sum_s = total(after, f"{name}_sum") - total(before, f"{name}_sum")
+    if count <= 0:
+        return {"count": 0}
+    result: dict[str, Any] = {"count": int(count), "mean_ms": round(sum_s / count * 1e3, 2)}
+    for q in (50, 99):
+        bound = next((b for b, c in sorted(buckets.items()) if c >= count * q / 100), math.inf)
+        result[f"p{q}_at_most_ms"] = None if math.isinf(bound) else round(bound * 1e3, 1)
+    return result
+
+
+def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any]:
+    def delta(name: str, **match: str) -> float:
+        return total(after, name, **match) - total(before, name, **match)
+
+    batches = delta("cretoai_consensus_batches_executed_total")
+    vertices = delta("cretoai_consensus_vertices_executed_total")
+    sent = delta("cretoai_transport_bytes_total", direction="out")
+    return {
+        "executed_vertices_per_s": round(vertices / seconds, 1),
+        "executed_by_outcome": by_label(
+            before, after, "cretoai_consensus_vertices_executed_total", "outcome"
+        ),
+        "batches": int(batches),
+        "vertices_per_batch": round(vertices / batches, 1) if batches else None,
+        "view_changes": int(delta("cretoai_consensus_view_changes_total")),
+        "view_end": int(total(after, "cretoai_consensus_view")),
+        "last_executed_seq_end": int(total(after, "cretoai_consensus_last_executed_seq")),
+        "pool_size_end": int(total(after, "cretoai_consensus_pool_size")),
+        "inbox_depth_end": int(total(after, "cretoai_consensus_inbox_depth")),
+        "consensus_finality": histogram(before, after, "cretoai_consensus_finality_seconds"),
+        "execute": histogram(before, after, "cretoai_consensus_execute_seconds"),
+        "persist": histogram(before, after, "cretoai_consensus_persist_seconds"),
+        "gateway_finality_wait": histogram(before, after, "cretoai_gateway_finality_wait_seconds"),
+        "signature_verifications": by_label(
+            before, after, "cretoai_consensus_signature_verifications_total", "kind"
+        ),
+        "verify_cache_hits": int(delta("cretoai_consensus_vertex_verify_cache_hits_total")),
+        "retries": int(delta("cretoai_consensus_retries_total")),
+        "byzantine_events": int(delta("cretoai_consensus_byzantine_events_total")),
+        "gateway_submissions": by_label(
+            before, after, "cretoai_gateway_submissions_total", "outcome"
+        ),
+        "transport_bytes_out_per_s": round(sent / seconds),
+        "transport_bytes_out_per_vertex": round(sent / vertices) if vertices else None,
+        "transport_messages_out_per_s": round(
+            delta("cretoai_transport_messages_total", direction="out") / seconds, 1
+        ),
+        "transport_dropped": by_label(before, after, "cretoai_transport_dropped_total", "reason"),
+        "transport_reconnects": int(delta("cretoai_transport_reconnects_total")),
+        "send_queue_depth_end": int(total(after, "cretoai_transport_send_queue_depth")),
+    }
+
+
+# -- one step ---------------------------------------------------------------------------
+
+
+@dataclass
+class Outcomes:
+    """What happened to each submission of a step (indexed like the pre-signed vertices)."""
+
+    due: list[float]
+    sent: list[float] = field(default_factory=list)
+    done: list[float] = field(default_factory=list)
+    status: list[int] = field(default_factory=list)  # HTTP status; 0 = no answer
+    outcome: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.due)
+        self.sent = [math.nan] * n
+        self.done = [math.nan] * n
+        self.status = [0] * n
+        self.outcome = ["not_sent"] * n
+
+
+@dataclass
+class Snapshot:
+    at: float
+    cpu: dict[str, dict[str, float]]  # node -> service -> cpu seconds (by pid)
+    pids: dict[str, dict[str, int]]
+    machine_busy: float
+    own_cpu: float
+    metrics: dict[str, Scrape]
+
+
+async def snapshot(cluster: Cluster, session: aiohttp.ClientSession) -> Snapshot:
+    metrics = await scrape_all(session, cluster.metrics_urls())
+    pids = cluster.pids()
+    cpu = {
+        node: {s: proc_cpu_seconds(pid) or 0.0 for s, pid in services.items()}
+        for node, services in pids.items()
+    }
+    return Snapshot(
+        at=time.perf_counter(),
+        cpu=cpu,
+        pids=pids,
+        machine_busy=machine_busy_seconds()[0],
+        own_cpu=time.process_time(),
+        metrics=metrics,
+    )
+
+
+async def submit(
+    session: aiohttp.ClientSession, url: str, body: bytes, index: int, out: Outcomes
+) -> None:
+    out.sent[index] = time.perf_counter()
+    out.outcome[index] = "in_flight"
+    try:
+        async with session.post(
+            url, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            raw = await resp.read()
+            out.status[index] = resp.status
+            if resp.status == 200:
+                match = STATUS_RE.search(raw)
+                out.outcome[index] = match.group(1).decode() if match else "unparsed_200"
+            else:
+                try:
+                    out.outcome[index] = str(json.loads(raw)["error"]["code"])
+                except (ValueError, KeyError, TypeError):
+                    out.outcome[index] = f"http_{resp.status}"
+    except TimeoutError:
+        out.outcome[index] = "client_timeout"
+    except aiohttp.ClientError as exc:
+        out.outcome[index] = f"client_{type(exc).__name__}"
+    out.done[index] = time.perf_counter()
+
+
+async def sample_rss(cluster: Cluster, peaks: dict[str, float], stop: asyncio.Event) -> None:
+    """Every second: each node's summed VmRSS; keep the maximum."""
+    while not stop.is_set():
+        for node, services in cluster.pids().items():
+            rss = sum(proc_rss_mb(pid) or 0.0 for pid in services.values())
+            peaks[node] = max(peaks.get(node, 0.0), rss)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def wait_quiet(
+    cluster: Cluster, session: aiohttp.ClientSession, timeout: float
+) -> dict[str, Any]:
+    """Until every node has executed the same last seq and holds an empty pool (bounded)."""
+    started = time.perf_counter()
+    seqs: list[int] = []
+    while time.perf_counter() - started < timeout:
+        seqs, pools = [], []
+        for i in range(cluster.nodes):
+            try:
+                async with session.get(
+                    cluster.gateway(i) + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)
+                ) as resp:
+                    status = await resp.json()
+                seqs.append(int(status["last_executed_seq"]))
+                pools.append(int(status["pool_size"]))
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                seqs.append(-1)
+                pools.append(-1)
+        if len(set(seqs)) == 1 and seqs[0] >= 0 and not any(pools):
+            return {
+                "quiet": True,
+                "seconds": round(time.perf_counter() - started, 2),
+                "seq": seqs[0],
+            }
+        await asyncio.sleep(0.25)
+    return {"quiet": False, "seconds": round(time.perf_counter() - started, 2), "seqs": seqs}
+
+
+async def run_step(
+    cluster: Cluster,
+    session: aiohttp.ClientSession,
+    signer: Signer,
+    *,
+    rate: float,
+    warmup: float,
+    duration: float,
+    parents: Sequence[str],
+    drain_timeout: float,
+) -> tuple[dict[str, Any], list[str]]:
+    """One offered load. Returns the step's figures and hashes usable as the next parents."""
+    count = math.ceil(rate * (warmup + duration))
+    t_sign = time.perf_counter()
+    signed = await signer.sign(count, cluster.nodes, parents)
+    sign_s = time.perf_counter() - t_sign
+    urls = [cluster.gateway(i) + "/v1/vertices?wait=true" for i in range(cluster.nodes)]
+    load_before = os.getloadavg()[0]
+    await asyncio.sleep(1.0)  # let the machine settle after signing
+
+    t0 = time.perf_counter() + 0.2
+    out = Outcomes(due=[t0 + i / rate for i in range(count)])
+    window = (t0 + warmup, t0 + warmup + duration)
+    stop_sampling = asyncio.Event()
+    rss_peak: dict[str, float] = {}
+    sampler = asyncio.create_task(sample_rss(cluster, rss_peak, stop_sampling))
+    snaps: list[Snapshot] = []
+
+    async def window_edges() -> None:
+        for edge in window:
+            await asyncio.sleep(max(0.0, edge - time.perf_counter()))
+            snaps.append(await snapshot(cluster, session))
+
+    edges = asyncio.create_task(window_edges())
+    tasks: set[asyncio.Task[None]] = set()
+    lag: list[float] = []
+    capped = 0
+    for index, (body, _) in enumerate(signed):
+        delay = out.due[index] - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag.append(time.perf_counter() - out.due[index])
+        if len(tasks) >= INFLIGHT_CAP:
+            out.outcome[index] = "generator_cap"
+            capped += 1
+            continue
+        task = asyncio.create_task(submit(session, urls[index % len(urls)], body, index, out))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await edges
+    if tasks:
+        _, still = await asyncio.wait(set(tasks), timeout=drain_timeout)
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+    stop_sampling.set()
+    await sampler
+    quiet = await wait_quiet(cluster, session, timeout=60)
+
+    start, end = snaps
+    seconds = end.at - start.at
+    in_window = [i for i, due in enumerate(out.due) if window[0] <= due < window[1]]
+    finalized_in_window = [i for i in in_window if out.outcome[i] == "finalized"]
+    latencies = [out.done[i] - out.due[i] for i in finalized_in_window]
+    completed_in_window = sum(
+        1
+        for i, outcome in enumerate(out.outcome)
+        if outcome == "finalized" and window[0] <= out.done[i] < window[1]
+    )
+    throughput = completed_in_window / duration
+    statuses = Counter(str(out.status[i]) for i in in_window if out.outcome[i] != "not_sent")
+    outcomes = Counter(out.outcome[i] for i in in_window)
+    all_outcomes = Counter(out.outcome)
+    nodes: dict[str, Any] = {}
+    for node in cluster.names:
+        cpu_by_service: dict[str, float | None] = {}
+        for service in SERVICES:
+            pid_a = start.pids.get(node, {}).get(service)
+            pid_b = end.pids.get(node, {}).get(service)
+            if pid_a is None or pid_a != pid_b:
+                cpu_by_service[service] = None  # restarted: the delta is meaningless
+                continue
+            spent = end.cpu[node][service] - start.cpu[node][service]
+            cpu_by_service[service] = round(spent / seconds, 3)
+        rss_by_service = {
+            s: round(proc_rss_mb(pid) or 0.0, 1) for s, pid in end.pids.get(node, {}).items()
+        }
+        known = [v for v in cpu_by_service.values() if v is not None]
+        nodes[node] = {
+            "cpu_cores": round(sum(known), 3),
+            "cpu_cores_by_service": cpu_by_service,
+            "rss_mb_max": round(rss_peak.get(node, 0.0), 1),
+            "rss_mb_end": round(sum(rss_by_service.values()), 1),
+            "rss_mb_end_by_service": rss_by_service,
+            "metrics": node_metrics(
+                start.metrics.get(node, {}), end.metrics.get(node, {}), seconds
+            ),
+        }
+    cluster_cores = sum(n["cpu_cores"] for n in nodes.values())
+    own_cores = (end.own_cpu - start.own_cpu) / seconds
+    busy_cores = (end.machine_busy - start.machine_busy) / seconds
+    finalized_share = len(finalized_in_window) / len(in_window) if in_window else 0.0
+    latency = summary_ms(latencies)
+    p99 = latency["p99_ms"]
+    sustained = bool(
+        throughput >= SUSTAIN_SHARE * rate
+        and p99 is not None
+        and p99 <= SUSTAIN_P99_MS
+        and finalized_share >= SUSTAIN_FINALIZED_SHARE
+    )
+    executed = [n["metrics"]["executed_vertices_per_s"] for n in nodes.values()]
+    timeline = []
+    for second in range(math.ceil(warmup + duration) + int(drain_timeout) + 1):
+        lo, hi = t0 + second, t0 + second + 1
+        done_here = [
+            out.done[i] - out.due[i]
+            for i in range(count)
+            if out.outcome[i] == "finalized" and lo <= out.done[i] < hi
+        ]
+        if not done_here and lo > window[1]:
+            break
+        timeline.append(
+            {
+                "t": second,
+                "finalized": len(done_here),
+                "p99_ms": round(percentile(done_here, 99) * 1e3, 1) if done_here else None,
+            }
+        )
+    step = {
+        "offered_rate": rate,
+        "window_s": round(seconds, 3),
+        "warmup_s": warmup,
+        "submitted_in_window": sum(1 for i in in_window if out.outcome[i] != "not_sent"),
+        "submitted_rate": round(
+            sum(1 for i in in_window if out.outcome[i] not in ("not_sent", "generator_cap"))
+            / duration,
+            1,
+        ),
+        "finalized_throughput": round(throughput, 1),
+        "finalized_share_of_offered": round(throughput / rate, 3),
+        "finalized_share_of_window_submissions": round(finalized_share, 4),
+        "executed_vertices_per_s_by_node": executed,
+        "latency": latency,
+        "sustained": sustained,
+        "http_status": dict(sorted(statuses.items())),
+        "outcomes": dict(sorted(outcomes.items())),
+        "outcomes_whole_step": dict(sorted(all_outcomes.items())),
+        "errors_429": statuses.get("429", 0),
+        "errors_503": statuses.get("503", 0),
+        "errors_504": statuses.get("504", 0),
+        "generator": {
+            "presign_s": round(sign_s, 2),
+            "presigned": count,
+            "send_lag_ms": summary_ms(lag),
+            "inflight_capped": capped,
+            "cpu_cores": round(own_cores, 3),
+        },
+        "cpu": {
+            "cluster_cores": round(cluster_cores, 3),
+            "generator_cores": round(own_cores, 3),
+            "machine_busy_cores": round(busy_cores, 3),
+            "other_processes_cores": round(max(0.0, busy_cores - cluster_cores - own_cores), 3),
+            "load_average_1m_before": round(load_before, 2),
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        },
+        "nodes": nodes,
+        "quiesce": quiet,
+        "restarts": cluster.restarts(),
+        "timeline_per_s": timeline,
+    }
+    final_hashes = [signed[i][1] for i in range(count) if out.outcome[i] == "finalized"]
+    return step, final_hashes[-64:]
+
+
+async def anchors(
+    cluster: Cluster, session: aiohttp.ClientSession, signer: Signer
+) -> tuple[list[str], dict[str, Any]]:
+    """Vertices without parents, finalized everywhere: the first step's parents."""
+    signed = await signer.sign(ANCHORS, cluster.nodes, [])
+    codes: Counter[int] = Counter()
+    final: list[str] = []
+    for index, (body, h) in enumerate(signed):
+        url = cluster.gateway(index % cluster.nodes) + "/v1/vertices?wait=true"
+        for _ in range(5):
+            try:
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                ) as resp:
+                    await resp.read()
+                    codes[resp.status] += 1
+                    if resp.status == 200:
+                        final.append(h)
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                codes[0] += 1
+            await asyncio.sleep(1.0)
+    quiet = await wait_quiet(cluster, session, timeout=60)
+    if not final:
+        raise RuntimeError(f"no anchor vertex was finalized (HTTP statuses {dict(codes)})")
+    return final, {"finalized": len(final), "http_status": dict(codes), "quiesce": quiet}
+
+
+async def idle_baseline(
+    cluster: Cluster, session: aiohttp.ClientSession, seconds: float
+) -> dict[str, Any]:
+    """CPU and RSS per node with no load at all (the cost of timers, keep-alives, pings)."""
+    start = await snapshot(cluster, session)
+    await asyncio.sleep(seconds)
+    end = await snapshot(cluster, session)
+    elapsed = end.at - start.at
+    nodes: dict[str, dict[str, Any]] = {}
+    for node, services in end.pids.items():
+        cores = {
+            s: round((end.cpu[node][s] - start.cpu[node].get(s, 0.0)) / elapsed, 3)
+            for s in services
+        }
+        rss = {s: round(proc_rss_mb(pid) or 0.0, 1) for s, pid in services.items()}
+        nodes[node] = {
+            "cpu_cores": round(sum(cores.values()), 3),
+            "cpu_cores_by_service": cores,
+            "rss_mb": round(sum(rss.values()), 1),
+            "rss_mb_by_service": rss,
+        }
+    cluster_cores = sum(n["cpu_cores"] for n in nodes.values())
+    busy = (end.machine_busy - start.machine_busy) / elapsed
+    own = (end.own_cpu - start.own_cpu) / elapsed
+    return {
+        "seconds": round(elapsed, 2),
+        "nodes": nodes,
+        "cluster_cores": round(cluster_cores, 3),
+        "machine_busy_cores": round(busy, 3),
+        "other_processes_cores": round(max(0.0, busy - cluster_cores - own), 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def raise_priority(step: int) -> int | None:
+    """Lower this process's nice value by ``step`` (after the cluster started, so that the
+    services keep the default); the new nice value, or None when not permitted."""
+    if step <= 0:
+        return None
+    try:
+        return os.nice(-step)
+    except OSError:
+        return None
+
+
+async def wait_ready(cluster: Cluster, session: aiohttp.ClientSession, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    for i in range(cluster.nodes):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(cluster.gateway(i) + "/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{cluster.names[i]} not ready after {timeout:.0f}s")
+            await asyncio.sleep(0.25)
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def targets(steps: list[dict[str, Any]], sustained: float | None) -> dict[str, Any]:
+    by_rate = {s["offered_rate"]: s for s in steps}
+    at_p99 = by_rate.get(TARGET_P99_AT_RATE)
+    at_cpu = by_rate.get(TARGET_CORES_AT_RATE)
+    rss = max((n["rss_mb_max"] for s in steps for n in s["nodes"].values()), default=None)
+    p99 = at_p99["latency"]["p99_ms"] if at_p99 else None
+    cores = max(n["cpu_cores"] for n in at_cpu["nodes"].values()) if at_cpu else None
+    highest = max((s["offered_rate"] for s in steps), default=0)
+    return {
+        "finality_p99_ms_at_200": {
+            "target": f"<= {TARGET_P99_MS:g} ms at {TARGET_P99_AT_RATE} vertices/s",
+            "measured": p99,
+            "met": p99 is not None and p99 <= TARGET_P99_MS,
+            **({} if at_p99 else {"note": f"no step at {TARGET_P99_AT_RATE} vertices/s"}),
+        },
+        "sustained_vertices_per_s": {
+            "target": f">= {TARGET_SUSTAINED:g} vertices/s",
+            "measured": sustained,
+            "met": sustained is not None and sustained >= TARGET_SUSTAINED,
+            **(
+                {"note": f"the highest offered load was {highest} vertices/s"}
+                if highest < TARGET_SUSTAINED
+                else {}
+            ),
+        },
+        "rss_mb_per_node": {
+            "target": f"<= {TARGET_RSS_MB:g} MB per node (4 services), at every offered load",
+            "measured": rss,
+            "met": rss is not None and rss <= TARGET_RSS_MB,
+        },
+        "cpu_cores_per_node_at_200": {
+            "target": f"<= {TARGET_CORES:g} core per node at {TARGET_CORES_AT_RATE} vertices/s",
+            "measured": cores,
+            "met": cores is not None and cores <= TARGET_CORES,
+            **({} if at_cpu else {"note": f"no step at {TARGET_CORES_AT_RATE} vertices/s"}),
+        },
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    deadline = started + args.max_seconds
+    load_start = os.getloadavg()
+    extra = parse_overrides(args.set)
+    signer = Signer(args.sign_workers, keys=args.nodes)
+    steps: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="cretoai-cluster-load-") as tmp:
+            async with Cluster(Path(tmp), args.nodes, extra) as cluster:
+                startup_s = time.perf_counter() - started
+                connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+                wait_s = cluster.configs[0].gateway.wait_timeout_ms / 1000
+                timeout = aiohttp.ClientTimeout(total=wait_s + 10, connect=10)
+                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                    await wait_ready(cluster, session, timeout=60)
+                    parents, anchor_info = await anchors(cluster, session, signer)
+                    idle = await idle_baseline(cluster, session, args.idle)
+                    generator_nice = raise_priority(args.generator_priority)
+                    saturated = False
+                    for rate in args.rates:
+                        needed = args.warmup + args.duration + wait_s + 60
+                        if saturated and not args.no_skip:
+                            skipped.append({"offered_rate": rate, "reason": "saturated below"})
+                            continue
+                        if time.perf_counter() + needed > deadline:
+                            skipped.append({"offered_rate": rate, "reason": "time budget"})
+                            continue
+                        print(f"step {rate} vertices/s …", file=sys.stderr, flush=True)
+                        step, last = await run_step(
+                            cluster,
+                            session,
+                            signer,
+                            rate=rate,
+                            warmup=args.warmup,
+                            duration=args.duration,
+                            parents=parents,
+                            drain_timeout=wait_s + 5,
+                        )
+                        steps.append(step)
+                        print(
+                            f"  finalized {step['finalized_throughput']}/s, "
+                            f"p50 {step['latency']['p50_ms']} ms, "
+                            f"p99 {step['latency']['p99_ms']} ms, "
+                            f"cpu/node {max(n['cpu_cores'] for n in step['nodes'].values())}, "
+                            f"statuses {step['http_status']}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        if last:
+                            parents = last
+                        if step["finalized_share_of_offered"] < SATURATED_SHARE:
+                            saturated = True
+                settings = cluster.settings()
+                events = cluster.events
+                logs = cluster.log_summary()
+    finally:
+        signer.close()
+    passing = [s["offered_rate"] for s in steps if s["sustained"]]
+    sustained = float(max(passing)) if passing else None
+    return {
+        "benchmark": "cluster_load",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            **machine(),
+            "load_average_at_start": [round(x, 2) for x in load_start],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "parameters": {
+            "nodes": args.nodes,
+            "rates": list(args.rates),
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "quick": args.quick,
+            "payload_bytes": PAYLOAD_BYTES,
+            "parents_per_vertex": PARENTS,
+            "client": "aiohttp, POST /v1/vertices?wait=true, open loop, round-robin over "
+            "every gateway, no connection limit",
+            "generator_nice": generator_nice,
+            "signing": f"ML-DSA-87 client signatures, pre-signed before each step by "
+            f"{args.sign_workers} processes; one client key per gateway",
+            "settings": settings,
+        },
+        "definitions": {
+            "latency": "vertex due time (open-loop schedule) -> 200 answer read by the client, "
+            "over the vertices due in the measured window that were finalized",
+            "finalized_throughput": "200-finalized answers received inside the measured window "
+            "/ its length",
+            "sustained": f"finalized throughput >= {SUSTAIN_SHARE:.0%} of the offered load, "
+            f"p99 <= {SUSTAIN_P99_MS:g} ms and >= {SUSTAIN_FINALIZED_SHARE:.0%} of the "
+            "window's submissions finalized; max_sustained_throughput is the highest offered "
+            "load that meets all three",
+            "cpu_cores": "utime+stime of the node's 4 service processes over the window / window",
+            "rss_mb_max": "max over 1 s samples of the sum of the 4 processes' VmRSS",
+        },
+        "startup_s": round(startup_s, 1),
+        "anchors": anchor_info,
+        "idle_baseline": idle,
+        "steps": steps,
+        "skipped": skipped,
+        "max_sustained_throughput": sustained,
+        "targets": targets(steps, sustained),
+        "supervisor_events": events,
+        "service_logs": logs,
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+
+
+# -- plot -------------------------------------------------------------------------------
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["steps"]
+    rates = [s["offered_rate"] for s in steps]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    ax = axes[0][0]
+    top = max([*rates, 1])
+    ax.plot([0, top], [0, top], color="0.7", linestyle="--", label="offered (ideal)")
+    ax.plot(
+        [0, top],
+        [0, SUSTAIN_SHARE * top],
+        color="0.85",
+        linestyle=":",
+        label=f"{SUSTAIN_SHARE:.0%} of offered",
+    )
+    ax.plot(rates, [s["finalized_throughput"] for s in steps], "o-", label="finalized (client)")
+    for rate, step in zip(rates, steps, strict=True):
+        if step["sustained"]:
+            ax.annotate(
+                "✓",
+                (rate, step["finalized_throughput"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                color="green",
+            )
+    if result["max_sustained_throughput"]:
+        ax.axvline(
+            result["max_sustained_throughput"],
+            color="green",
+            alpha=0.3,
+            label=f"max sustained {result['max_sustained_throughput']:g}/s",
+        )
+    ax.axhline(
+        TARGET_SUSTAINED,
+        color="red",
+        alpha=0.4,
+        linestyle="-.",
+        label=f"target {TARGET_SUSTAINED:g}/s",
+    )
+    ax.set_xlabel("offered load (vertices/s)")
+    ax.set_ylabel("finalized throughput (vertices/s)")
+    ax.set_title("Throughput")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[0][1]
+    for key, style in (("p50_ms", "o-"), ("p99_ms", "s-"), ("max_ms", "^:")):
+        values = [s["latency"][key] for s in steps]
+        points = [(r, v) for r, v in zip(rates, values, strict=True) if v is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=key.replace("_ms", ""))
+    ax.axhline(
+        TARGET_P99_MS,
+        color="red",
+        alpha=0.5,
+        linestyle="-.",
+        label=f"target p99 {TARGET_P99_MS:g} ms @ {TARGET_P99_AT_RATE}/s",
+    )
+    ax.axhline(SUSTAIN_P99_MS, color="0.6", linestyle=":", label="sustained bound 1 s")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (vertices/s)")
+    ax.set_ylabel("client-observed finality latency (ms)")
+    ax.set_title("Finality latency (submit → 200 final)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+    ax = axes[1][0]
+    names = sorted({n for s in steps for n in s["nodes"]})
+    for name in names:
+        ax.plot(rates, [s["nodes"][name]["cpu_cores"] for s in steps], "o-", label=name)
+    ax.plot(rates, [s["cpu"]["generator_cores"] for s in steps], "k:", label="load generator")
+    ax.plot(
+        rates,
+        [s["cpu"]["other_processes_cores"] for s in steps],
+        color="0.6",
+        linestyle="--",
+        label="other processes",
+    )
+    ax.axhline(
+        TARGET_CORES,
+        color="red",
+        alpha=0.5,
+        linestyle="-.",
+        label=f"target {TARGET_CORES:g} core/node @ {TARGET_CORES_AT_RATE}/s",
+    )
+    ax.set_xlabel("offered load (vertices/s)")
+    ax.set_ylabel("CPU (cores)")
+    ax.set_title("CPU per node (4 services) and the rest of the machine")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[1][1]
+    for name in names:
+        ax.plot(rates, [s["nodes"][name]["rss_mb_max"] for s in steps], "o-", label=name)
+    ax.axhline(
+        TARGET_RSS_MB,
+        color="red",
+        alpha=0.5,
+        linestyle="-.",
+        label=f"target {TARGET_RSS_MB:g} MB/node",
+    )
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("offered load (vertices/s)")
+    ax.set_ylabel("RSS (MB, max during the step)")
+    ax.set_title("Memory per node (4 services)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    m = result["machine"]
+    fig.suptitle(
+        f"cretoai cluster_load — {result['parameters']['nodes']} nodes, "
+        f"{result['parameters']['duration_s']:g} s per step, 1 KB client-signed vertices — "
+        f"{result['when']}\n{m['cpu']}, {m['cores']} cores, load average at start "
+        f"{m['load_average_at_start'][0]}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",") if x.strip()],
+        default=None,
+        help="offered loads, vertices/s, comma-separated (default "
+        + ",".join(map(str, DEFAULT_RATES))
+        + "; --quick: "
+        + ",".join(map(str, QUICK_RATES))
+        + ")",
+    )
+    parser.add_argument("--duration", type=float, default=None, help="measured s per step (20)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up s per step (3)")
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
+    parser.add_argument("--no-skip", action="store_true", help="run steps above saturation too")
+    parser.add_argument("--sign-workers", type=int, default=2)
+    parser.add_argument("--idle", type=float, default=None, help="idle baseline s (5)")
+    parser.add_argument(
+        "--generator-priority",
+        type=int,
+        default=5,
+        help="lower the generator's nice value by this much once the cluster runs, so that "
+        "its open-loop schedule holds on a busy machine (0: off; needs the privilege)",
+    )
+    parser.add_argument("--max-seconds", type=float, default=900.0, help="budget for the run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="a node setting for every node (repeatable)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument(
+        "--plot", default=None, help="PNG path (default: beside --output; '' for none)"
+    )
+    args = parser.parse_args(argv)
+    if args.rates is None:
+        args.rates = list(QUICK_RATES if args.quick else DEFAULT_RATES)
+    if args.duration is None:
+        args.duration = 5.0 if args.quick else 20.0
+    if args.idle is None:
+        args.idle = 2.0 if args.quick else 5.0
+    if not 1 <= args.idle <= 60 or not 0 <= args.generator_priority <= 19:
+        parser.error("--idle must be within [1, 60] and --generator-priority within [0, 19]")
+    if args.warmup is None:
+        args.warmup = 1.0 if args.quick else 3.0
+    if not args.rates or any(not 1 <= r <= 5000 for r in args.rates):
+        parser.error("--rates must be within [1, 5000]")
+    if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--duration must be within [1, 600] and --warmup within [0, 60]")
+    if not 1 <= args.nodes <= 7:
+        parser.error("--nodes must be within [1, 7]")
+    if not 1 <= args.sign_workers <= 16:
+        parser.error("--sign-workers must be within [1, 16]")
+    if not 30 <= args.max_seconds <= 7200:
+        parser.error("--max-seconds must be within [30, 7200]")
+    try:
+        parse_overrides(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.rates = [int(r) if float(r).is_integer() else r for r in args.rates]
+    result = asyncio.run(run(args))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    tmp.replace(args.output)
+    plot_path = args.output.with_suffix(".png") if args.plot is None else args.plot
+    if plot_path and result["steps"]:
+        plot(result, Path(plot_path))
+    table = [
+        {
+            "offered": s["offered_rate"],
+            "finalized/s": s["finalized_throughput"],
+            "p50": s["latency"]["p50_ms"],
+            "p99": s["latency"]["p99_ms"],
+            "max": s["latency"]["max_ms"],
+            "cpu/node": max(n["cpu_cores"] for n in s["nodes"].values()),
+            "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
+            "status": s["http_status"],
+            "sustained": s["sustained"],
+        }
+        for s in result["steps"]
+    ]
+    for row in table:
+        print(json.dumps(row))
+    print(json.dumps({"max_sustained_throughput": result["max_sustained_throughput"]}))
+    print(json.dumps(result["targets"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
