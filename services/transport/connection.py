@@ -483,7 +483,7 @@ class PeerConnection:
         self.state = State.AUTHENTICATED
         self.authenticated_at = now
         self._decoder.max_frame_bytes = self.settings.max_frame_bytes
-        self._next_ping_at = now + self.settings.keepalive_interval
+        self._next_ping_at = now  # a first RTT sample right away, then every keepalive
         self._events.append(Authenticated(peer_id=self.peer_id))
 
     def _on_authenticated_frame(self, frame: Frame, now: float) -> None:
