@@ -36,7 +36,7 @@ BATCH_VERTICES = Histogram(
 )
 BATCH_BYTES = Histogram(
     "cretoai_storage_batch_bytes",
-    "Serialized vertex bytes per committed batch",
+    "Bytes written for the vertices of a committed batch (creator keys stored once)",
     buckets=(0, 1024, 16384, 65536, 262144, 524288, 1048576, 2097152, 4194304, 16777216),
 )
 WRITE_APPLY = Histogram(

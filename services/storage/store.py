@@ -104,6 +104,24 @@ class DatabaseInfo:
     schema_version: int
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def stored_vertex(body: bytes, creator_id: bytes = b"") -> bytes:
+    """``StoredVertex(vertex=body, creator_id=creator_id)`` serialized, without copying the
+    body through a message: field 1 and field 2, both length-delimited (wire type 2)."""
+    parts = [b"\x0a", _varint(len(body)), body] if body else []
+    if creator_id:
+        parts += [b"\x12", _varint(len(creator_id)), creator_id]
+    return b"".join(parts)
+
+
 def decode_vertex(
     raw: bytes, creator_of: Callable[[bytes], bytes], into: vertex_pb2.Vertex | None = None
 ) -> vertex_pb2.Vertex:
@@ -467,8 +485,9 @@ class Store:
                     )
                 )
                 if previous is None and not in_batch:
-                    size += vertex.ByteSize()
-                    wb.put(h, self._encode_vertex(vertex, wb, new_creators), h_vertices)
+                    body = self._encode_vertex(vertex, wb, new_creators)
+                    size += len(body)
+                    wb.put(h, body, h_vertices)
                     meta = storage_pb2.StoredVertexMeta(
                         status=REJECTED, seq=seq, index=index, reject_reason=result.reject_reason
                     )
@@ -502,8 +521,9 @@ class Store:
                     parent_height = parent_meta.height
                 assert parent_height is not None
                 height = max(height, parent_height + 1)
-            size += vertex.ByteSize()
-            wb.put(h, self._encode_vertex(vertex, wb, new_creators), h_vertices)
+            body = self._encode_vertex(vertex, wb, new_creators)
+            size += len(body)
+            wb.put(h, body, h_vertices)
             meta = storage_pb2.StoredVertexMeta(
                 status=FINALIZED, seq=seq, height=height, index=index
             )
@@ -551,7 +571,7 @@ class Store:
         """The ``vertices`` value; a long creator key is written once and referenced."""
         creator = vertex.creator
         if len(creator) < keys.CREATOR_INTERN_BYTES:
-            return storage_pb2.StoredVertex(vertex=vertex.SerializeToString()).SerializeToString()
+            return stored_vertex(vertex.SerializeToString())
         creator_id = self._creator_ids.get(creator) or new_creators.get(creator)
         if creator_id is None:
             creator_id = hashlib.sha3_256(creator).digest()
@@ -564,7 +584,7 @@ class Store:
             body = vertex.SerializeToString()
         finally:
             vertex.creator = creator
-        return storage_pb2.StoredVertex(vertex=body, creator_id=creator_id).SerializeToString()
+        return stored_vertex(body, creator_id)
 
     def _creator(self, creator_id: bytes) -> bytes:
         creator = self._creators.get(creator_id)
@@ -978,5 +998,6 @@ __all__ = [
     "inspect",
     "now_ms",
     "open_in_this_process",
+    "stored_vertex",
     "write_backup_manifest",
 ]

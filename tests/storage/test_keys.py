@@ -52,3 +52,14 @@ def test_evidence_and_edge_keys() -> None:
     # the two kinds of evidence keys never interleave: a scan of records sees no digest key
     assert keys.evidence_digest_key(b"\xff" * 32) < keys.evidence_key(0)
     assert keys.u32(1) == b"\x00\x00\x00\x01" and keys.read_u32(keys.u32(7)) == 7
+
+
+@given(st.binary(max_size=20_000), st.sampled_from([b"", b"\x01" * 32]))
+def test_stored_vertex_encoding_is_the_protobuf_encoding(body: bytes, creator_id: bytes) -> None:
+    from cretoai.v1 import storage_pb2
+    from services.storage.store import stored_vertex
+
+    expected = storage_pb2.StoredVertex(vertex=body, creator_id=creator_id).SerializeToString()
+    assert stored_vertex(body, creator_id) == expected
+    parsed = storage_pb2.StoredVertex.FromString(stored_vertex(body, creator_id))
+    assert (parsed.vertex, parsed.creator_id) == (body, creator_id)
