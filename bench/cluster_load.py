@@ -41,8 +41,8 @@ What it does:
 Every loop is bounded in count and time (``--max-seconds`` for the whole run; a step is
 skipped, not started, once the budget is spent, and the steps above one that finalized
 less than half its offered load are skipped, above 200 vertices/s, unless ``--no-skip``;
-when a step leaves a backlog that does not drain in 60 s, the next step gets a fresh
-cluster). Writes ``bench/results/cluster_load.json`` and a plot,
+when a step leaves a backlog that does not drain in ``--quiesce-timeout`` s, the next step
+gets a fresh cluster). Writes ``bench/results/cluster_load.json`` and a plot,
 ``bench/results/cluster_load.png``.
 """
 
@@ -705,6 +705,7 @@ async def run_step(
     duration: float,
     parents: Sequence[str],
     drain_timeout: float,
+    quiesce_timeout: float,
 ) -> tuple[dict[str, Any], list[str]]:
     """One offered load. Returns the step's figures and hashes usable as the next parents."""
     count = math.ceil(rate * (warmup + duration))
@@ -750,9 +751,10 @@ async def run_step(
         for task in still:
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
+    out.outcome = ["no_answer_in_drain" if o == "in_flight" else o for o in out.outcome]
     stop_sampling.set()
     await sampler
-    quiet = await wait_quiet(cluster, session, timeout=60)
+    quiet = await wait_quiet(cluster, session, timeout=quiesce_timeout)
 
     start, end = snaps
     seconds = end.at - start.at
@@ -793,6 +795,10 @@ async def run_step(
                 start.metrics.get(node, {}), end.metrics.get(node, {}), seconds
             ),
         }
+    for figures in nodes.values():
+        figures["cpu_ms_per_finalized_vertex"] = (
+            round(figures["cpu_cores"] / throughput * 1e3, 2) if throughput else None
+        )
     cluster_cores = sum(n["cpu_cores"] for n in nodes.values())
     own_cores = (end.own_cpu - start.own_cpu) / seconds
     busy_cores = (end.machine_busy - start.machine_busy) / seconds
@@ -1019,7 +1025,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     generator_nice = raise_priority(args.generator_priority)
                     saturated = False
                     for rate in args.rates:
-                        needed = args.warmup + args.duration + wait_s + 60
+                        needed = args.warmup + args.duration + wait_s + args.quiesce_timeout
                         if saturated and rate > ALWAYS_RUN_UP_TO and not args.no_skip:
                             skipped.append({"offered_rate": rate, "reason": "saturated below"})
                             continue
@@ -1036,6 +1042,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             duration=args.duration,
                             parents=parents,
                             drain_timeout=wait_s + 5,
+                            quiesce_timeout=args.quiesce_timeout,
                         )
                         steps.append(step)
                         print(
@@ -1275,6 +1282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
     parser.add_argument("--no-skip", action="store_true", help="run steps above saturation too")
     parser.add_argument("--sign-workers", type=int, default=2)
+    parser.add_argument(
+        "--quiesce-timeout",
+        type=float,
+        default=60.0,
+        help="s to wait after a step for every node to execute its backlog; else the next "
+        "step gets a fresh cluster",
+    )
     parser.add_argument("--idle", type=float, default=None, help="idle baseline s (5)")
     parser.add_argument(
         "--generator-priority",
@@ -1302,6 +1316,8 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = 5.0 if args.quick else 20.0
     if args.idle is None:
         args.idle = 2.0 if args.quick else 5.0
+    if not 1 <= args.quiesce_timeout <= 600:
+        parser.error("--quiesce-timeout must be within [1, 600]")
     if not 1 <= args.idle <= 60 or not 0 <= args.generator_priority <= 19:
         parser.error("--idle must be within [1, 60] and --generator-priority within [0, 19]")
     if args.warmup is None:
