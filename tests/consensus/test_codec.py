@@ -113,7 +113,7 @@ envelopes = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(messages)
 def test_signed_body_round_trips(msg) -> None:
     body = codec.encode_body(msg)
@@ -122,14 +122,14 @@ def test_signed_body_round_trips(msg) -> None:
     assert codec.encode_body(codec.decode_body(body)) == body
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(envelopes)
 def test_envelope_round_trips(env) -> None:
     data = codec.encode_envelope(env)
     assert codec.decode_envelope(data, request_hash=fast_request_hash) == env
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(certificates)
 def test_certificate_round_trips_through_the_shared_proto(cert) -> None:
     pb = codec.certificate_to_pb(cert)
