@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 
 from services.transport import stun
 from services.transport.connection import Authority, ConnectionSettings, PeerConnection
@@ -69,6 +72,7 @@ class QuicEndpoint:
         self._timer_at: dict[PeerConnection, float] = {}
         self._transmit_scheduled: set[PeerConnection] = set()
         self._family = socket.AF_INET
+        self._retry = QuicRetryTokenHandler()
         self.stun_handler: StunHandler | None = None
         self.local_address: tuple[str, int] = ("", 0)
 
@@ -260,7 +264,7 @@ class QuicEndpoint:
                 and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
                 and header.version in self._server_config.supported_versions
             ):
-                conn = self._accept(header.destination_cid, addr)
+                conn = self._accept_initial(header, addr)
                 if conn is None:
                     return None, False
                 accepted = True
@@ -277,7 +281,55 @@ class QuicEndpoint:
             return None, False
         return conn, accepted
 
-    def _accept(self, original_dcid: bytes, addr: NetworkAddress) -> PeerConnection | None:
+    def _accept_initial(self, header: Any, addr: NetworkAddress) -> PeerConnection | None:
+        """A new connection for a client Initial, with address validation under pressure.
+
+        Once half of ``max_pending`` connections are unauthenticated, a client
+        must first echo a Retry token (RFC 9000 §8.1.2): a flood from spoofed
+        addresses then holds no connection state at all.
+        """
+        retry_scid: bytes | None = None
+        original_dcid: bytes = header.destination_cid
+        if header.token:
+            try:
+                original_dcid = self._retry.validate_token(
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=self._loop.time(),
+                )
+            except ValueError:
+                self._count("bad_retry_token")
+                return None
+            retry_scid = header.destination_cid
+        elif self.pending_count >= max(1, self._max_pending // 2):
+            source_cid = os.urandom(8)
+            self._count("retry_sent")
+            self._send(
+                encode_quic_retry(
+                    version=header.version,
+                    source_cid=source_cid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid,
+                    retry_token=self._retry.create_token(
+                        address=addr,
+                        original_destination_connection_id=header.destination_cid,
+                        retry_source_connection_id=source_cid,
+                        now=self._loop.time(),
+                    ),
+                ),
+                addr,
+            )
+            return None
+        return self._accept(original_dcid, addr, retry_scid, header.destination_cid)
+
+    def _accept(
+        self,
+        original_dcid: bytes,
+        addr: NetworkAddress,
+        retry_scid: bytes | None,
+        dcid: bytes,
+    ) -> PeerConnection | None:
         if self.pending_count >= self._max_pending:
             self._count("pending_limit")
             return None
@@ -285,12 +337,13 @@ class QuicEndpoint:
         quic = QuicConnection(
             configuration=self._loopback_server_config if loopback else self._server_config,
             original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_scid,
         )
         conn = PeerConnection(
             quic=quic, authority=self._authority, settings=self._settings, now=self._loop.time()
         )
         self._register(conn)
-        self._by_cid[original_dcid] = conn
+        self._by_cid[dcid] = conn
         return conn
 
     # ---- timers and bookkeeping -------------------------------------------

@@ -51,9 +51,17 @@ async def test_reconnection_after_a_peer_restarts(tmp_path: Path) -> None:
 
         assert await proc.stop(kill=True) == -signal.SIGKILL
         await proc.start(timeout=40)
-        await eventually(c_connected_to_both, timeout=40, what="reconnected after restart")
-        peers = await a.peers()
-        assert peers[proc.node_id].reconnects >= 1
+
+        async def reconnected() -> bool:
+            # a *new* connection on both survivors (the old one may still look alive
+            # until its keep-alive deadline: the process was killed, it said nothing)
+            peers_a, peers_b = await a.peers(), await b.peers()
+            return all(
+                p[proc.node_id].connected and p[proc.node_id].reconnects >= 1
+                for p in (peers_a, peers_b)
+            )
+
+        await eventually(reconnected, timeout=40, what="reconnected after restart")
         # delivery works again, in order, from both survivors
         call = proc.stub.Exchange()
         for i in range(50):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -403,3 +404,37 @@ async def test_prometheus_metrics_are_exported(tmp_path: Path) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_handshakes_that_never_authenticate_trigger_address_validation(
+    transports: Starter,
+) -> None:
+    from aioquic.asyncio.client import connect
+
+    from services.transport.tls import quic_configuration
+
+    # b accepts at most 4 unauthenticated connections; from 2 on it demands a Retry
+    _, nodes = await transports(
+        2,
+        transport={
+            "max_pending_connections": 4,
+            "handshake_timeout_ms": 20_000,
+            "reconnect_min_ms": 60_000,
+            "reconnect_max_ms": 60_000,
+        },
+    )
+    a, b = nodes
+    host, port = b.node.quic_address
+    config = quic_configuration(
+        is_client=True, identity=None, idle_timeout=10, max_datagram_size=1350, flow_window=1 << 20
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        # strangers that complete QUIC and then say nothing
+        for _ in range(3):
+            await stack.enter_async_context(connect(host, port, configuration=config))
+        counters = await b.counters()
+        assert counters.get("protocol_errors.retry_sent", 0) >= 1  # the 3rd had to retry
+        assert counters["pending_connections"] == 3
+        # a member still gets in (aioquic answers the Retry), and authenticates
+        assert await a.node._dial_once(a.node._peers[b.node_id])
+        assert (await b.peers())[a.node_id].connected
