@@ -57,5 +57,10 @@ def service_channel(target: str, *, max_message_bytes: int = 16 * 1024 * 1024) -
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
+            # A sibling service that restarts is back within a second or two: reconnect
+            # quickly instead of gRPC's default backoff (1 s doubling to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
     )

@@ -82,7 +82,14 @@ def test_single_node_cluster_up_submit_status_restart_stop(tmp_path: Path) -> No
             time.sleep(0.5)
         else:
             raise AssertionError("consensus was not restarted")
-        again = _run("submit", "--config", str(config), "--payload", "after restart", "--wait")
+        # The gateway answers 503 until its channel to the new consensus reconnects.
+        deadline = time.monotonic() + 30
+        while True:
+            again = _run("submit", "--config", str(config), "--payload", "after", "--wait")
+            if again.returncode == 0 or "HTTP 503" not in again.stderr:
+                break
+            assert time.monotonic() < deadline, again.stderr
+            time.sleep(0.2)
         assert again.returncode == 0 and "finalized" in again.stdout, again.stderr
     finally:
         proc.send_signal(signal.SIGINT)
