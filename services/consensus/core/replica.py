@@ -200,6 +200,8 @@ class Replica:
         self._evidence: dict[int, EvidenceEnvelope] = {}
         self._future: dict[int, deque[SignedEnvelope]] = {}
         self._transfer: _Transfer | None = None
+        #: Each peer's last STATUS (to resend only to peers that stopped progressing).
+        self._peer_status: dict[int, StatusEnvelope] = {}
         executed = executed or ExecutedState()
         self._last_exec = executed.seq
         self._state_digest = executed.state_digest
@@ -930,11 +932,19 @@ class Replica:
         self._rep.new_window()
 
     def _on_status(self, sender: int, st: StatusEnvelope) -> None:
-        """Send a peer what its status shows it lacks (lost messages, restarts, lag)."""
+        """Send a peer what its status shows it lacks (lost messages, restarts, lag).
+
+        Batches and slots are resent only to a peer that made no progress since its
+        previous STATUS: a peer that is merely slower (still executing) gets nothing
+        extra, so an overloaded cluster is not buried under retransmissions.
+        """
+        previous = self._peer_status.get(sender)
+        self._peer_status[sender] = st
+        stalled = previous == st
         settled = self._now - self.config.status_interval
         if st.stable_seq < self._low:
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
-        if self._low <= st.last_executed < self._last_exec:
+        if stalled and self._low <= st.last_executed < self._last_exec:
             self._push_batches(sender, st.last_executed, settled)
         if not st.active and sender == self.config.primary(st.view):
             # A new primary still waiting: relay the VIEW-CHANGEs we hold for its view.
@@ -946,7 +956,7 @@ class Replica:
         behind = st.view < self._view or (st.view == self._view and not st.active)
         if behind and self._new_view_msg is not None:
             self._send.append(Outbound(sender, SignedEnvelope(self._new_view_msg)))
-        if st.view != self._view or not st.active:
+        if st.view != self._view or not st.active or not stalled:
             return
         last = min(max(self._slots, default=0), st.stable_seq + self._window)
         for seq in range(max(st.last_executed, self._low) + 1, last + 1):
