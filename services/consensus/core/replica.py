@@ -521,19 +521,18 @@ class Replica:
         bodies: Mapping[bytes, Request],
         *,
         blame: int,
-    ) -> bool:
+    ) -> None:
         """Store the batch if every body is at hand (beside the message or in the pool)."""
         requests = []
         for h in hashes:
             request = bodies.get(h) or self._pool.get(h)
             if request is None:
-                return False
+                return
             requests.append(request)
         if sum(r.size for r in requests) > self.config.batch_max_bytes:
             self._fault(blame, FaultKind.PROTOCOL)
-            return False
+            return
         self._batches[digest] = tuple(requests)
-        return True
 
     def _on_batch(self, requests: tuple[Request, ...]) -> None:
         """Bodies of a batch some slot is waiting for (self-verifying: digest of the hashes)."""
