@@ -219,3 +219,38 @@ def test_a_view_change_with_a_forged_certificate_is_rejected() -> None:
     )
     c.inject(2, 3, wire(SignedEnvelope(sign(c, 2, vc))))
     assert c.replica(3).fault_counts()[2, FaultKind.INVALID_PROOF] == 1
+
+
+def test_requests_are_deduplicated_across_views() -> None:
+    from services.consensus.core.replica import ProposeResult
+
+    c = Cluster(4, request_timeout=10)
+    r = request("once")
+    c.propose(1, r)
+    c.tick(3)
+    c.crash(0)
+    c.propose(2, request("trigger"))
+    c.tick(40)
+    assert c.replica(1).view == 1
+    assert c.propose(1, r) is ProposeResult.DUPLICATE
+    assert c.propose(2, r) is ProposeResult.DUPLICATE
+    c.tick(5)
+    for j in (1, 2, 3):
+        assert c.executed_hashes(j).count(r.hash) == 1
+
+
+def test_messages_for_a_left_view_are_stale() -> None:
+    c = Cluster(4, request_timeout=10)
+    c.crash(0)
+    c.propose(1, request("r"))
+    c.tick(40)
+    replica = c.replica(2)
+    assert replica.view == 1
+    old = sign(c, 3, PrePrepare(view=0, seq=5, digest=NULL_DIGEST, request_hashes=()))
+    c.inject(3, 2, wire(SignedEnvelope(old)))  # signed by a non-primary of view 0: protocol
+    from services.consensus.core.messages import Prepare
+
+    c.inject(3, 2, wire(SignedEnvelope(sign(c, 3, Prepare(view=0, seq=5, digest=NULL_DIGEST)))))
+    counts = replica.fault_counts()
+    assert counts[3, FaultKind.STALE] == 1 and counts[3, FaultKind.PROTOCOL] == 1
+    assert replica.reputation(3) == -25
