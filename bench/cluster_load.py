@@ -1,7 +1,7 @@
 """Cluster benchmark: finalized throughput and client-observed finality latency of a real
 local cluster at fixed offered loads (open loop), with RSS and CPU per node.
 
-    .venv/bin/python -m bench.cluster_load [--rates 50,100,200,400,800,1000] [--duration 20]
+    .venv/bin/python -m bench.cluster_load [--rates 10,25,50,100,200,400,800,1000] [--duration 20]
                                            [--warmup 3] [--nodes 4] [--quick]
 
 What it does:
@@ -85,7 +85,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RESULT = RESULTS / "cluster_load.json"
 PLOT = RESULTS / "cluster_load.png"
 
-DEFAULT_RATES = (50, 100, 200, 400, 800, 1000)
+DEFAULT_RATES = (10, 25, 50, 100, 200, 400, 800, 1000)
 QUICK_RATES = (25, 50)
 PAYLOAD_BYTES = 1024
 PARENTS = 2
@@ -566,7 +566,8 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
             before, after, "cretoai_consensus_signature_verifications_total", "kind"
         ),
         "verify_cache_hits": int(delta("cretoai_consensus_vertex_verify_cache_hits_total")),
-        "retries": int(delta("cretoai_consensus_retries_total")),
+        "storage_retries": int(delta("cretoai_consensus_storage_retries_total")),
+        "outbound_dropped": int(delta("cretoai_consensus_outbound_dropped_total")),
         "byzantine_events": int(delta("cretoai_consensus_byzantine_events_total")),
         "gateway_submissions": by_label(
             before, after, "cretoai_gateway_submissions_total", "outcome"
@@ -576,6 +577,11 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
         "transport_messages_out_per_s": round(
             delta("cretoai_transport_messages_total", direction="out") / seconds, 1
         ),
+        "transport_bytes_per_message_out": round(
+            sent / delta("cretoai_transport_messages_total", direction="out")
+        )
+        if delta("cretoai_transport_messages_total", direction="out")
+        else None,
         "transport_dropped": by_label(before, after, "cretoai_transport_dropped_total", "reason"),
         "transport_reconnects": int(delta("cretoai_transport_reconnects_total")),
         "send_queue_depth_end": int(total(after, "cretoai_transport_send_queue_depth")),
@@ -656,14 +662,99 @@ async def submit(
     out.done[index] = time.perf_counter()
 
 
-async def sample_rss(cluster: Cluster, peaks: dict[str, float], stop: asyncio.Event) -> None:
-    """Every second: each node's summed VmRSS; keep the maximum."""
-    while not stop.is_set():
-        for node, services in cluster.pids().items():
-            rss = sum(proc_rss_mb(pid) or 0.0 for pid in services.values())
-            peaks[node] = max(peaks.get(node, 0.0), rss)
+def runqueue_wait_s() -> float:
+    """Time this process's main thread spent runnable but waiting for a CPU (schedstat)."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Sampler:
+    """Once a second during a step: each node's RSS (summed over its processes; the maximum
+    is kept) and a few consensus/transport figures (a time series, to see stalls and
+    storms); and, every 20 ms, how late the generator's event loop wakes up."""
+
+    def __init__(self, cluster: Cluster, session: aiohttp.ClientSession, t0: float) -> None:
+        self.cluster = cluster
+        self.session = session
+        self.t0 = t0
+        self.rss_peak: dict[str, float] = {}
+        self.series: list[dict[str, Any]] = []
+        self.loop_lag: list[float] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._previous: dict[str, tuple[float, float]] = {}
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._rss()),
+            asyncio.create_task(self._scrapes()),
+            asyncio.create_task(self._lag()),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _lag(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.02)
+            self.loop_lag.append(time.perf_counter() - before - 0.02)
+
+    async def _pause(self, since: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            await asyncio.wait_for(
+                self._stop.wait(), max(0.05, 1.0 - (time.perf_counter() - since))
+            )
+
+    async def _rss(self) -> None:
+        while not self._stop.is_set():
+            now = time.perf_counter()
+            for node, services in self.cluster.pids().items():
+                rss = sum(proc_rss_mb(pid) or 0.0 for pid in services.values())
+                self.rss_peak[node] = max(self.rss_peak.get(node, 0.0), rss)
+            await self._pause(now)
+
+    async def _scrapes(self) -> None:
+        """The metrics endpoints answer late when a service is starved: rows are then sparse."""
+        urls = {
+            n: {k: u[k] for k in ("consensus", "transport")}
+            for n, u in self.cluster.metrics_urls().items()
+        }
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            scrapes = await scrape_all(self.session, urls)
+            now = time.perf_counter()
+            row: dict[str, Any] = {"t": round(now - self.t0, 1)}
+            pids = self.cluster.pids()
+            for node, snap in scrapes.items():
+                if not snap:
+                    row[node] = None
+                    continue
+                sent = total(snap, "cretoai_transport_bytes_total", direction="out")
+                last_t, last_sent = self._previous.get(node, (now, sent))
+                self._previous[node] = (now, sent)
+                row[node] = {
+                    "seq": int(total(snap, "cretoai_consensus_last_executed_seq")),
+                    "view": int(total(snap, "cretoai_consensus_view")),
+                    "pool": int(total(snap, "cretoai_consensus_pool_size")),
+                    "inbox": int(total(snap, "cretoai_consensus_inbox_depth")),
+                    "send_queue": int(total(snap, "cretoai_transport_send_queue_depth")),
+                    "send_queue_mb": round(
+                        total(snap, "cretoai_transport_send_queue_bytes") / 1e6, 1
+                    ),
+                    "out_mb_s": round((sent - last_sent) / (now - last_t) / 1e6, 2)
+                    if now > last_t
+                    else None,
+                    "dropped_total": int(total(snap, "cretoai_transport_dropped_total")),
+                    "rss_mb": round(
+                        sum(proc_rss_mb(pid) or 0.0 for pid in pids.get(node, {}).values()), 1
+                    ),
+                }
+            self.series.append(row)
+            await self._pause(started)
 
 
 async def wait_quiet(
@@ -719,9 +810,9 @@ async def run_step(
     t0 = time.perf_counter() + 0.2
     out = Outcomes(due=[t0 + i / rate for i in range(count)])
     window = (t0 + warmup, t0 + warmup + duration)
-    stop_sampling = asyncio.Event()
-    rss_peak: dict[str, float] = {}
-    sampler = asyncio.create_task(sample_rss(cluster, rss_peak, stop_sampling))
+    sampler = Sampler(cluster, session, t0)
+    sampler.start()
+    runqueue_before = runqueue_wait_s()
     snaps: list[Snapshot] = []
 
     async def window_edges() -> None:
@@ -752,8 +843,9 @@ async def run_step(
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
     out.outcome = ["no_answer_in_drain" if o == "in_flight" else o for o in out.outcome]
-    stop_sampling.set()
-    await sampler
+    await sampler.stop()
+    runqueue = runqueue_wait_s() - runqueue_before
+    rss_peak = sampler.rss_peak
     quiet = await wait_quiet(cluster, session, timeout=quiesce_timeout)
 
     start, end = snaps
@@ -855,6 +947,8 @@ async def run_step(
             "presign_s": round(sign_s, 2),
             "presigned": count,
             "send_lag_ms": summary_ms(lag),
+            "event_loop_lag_ms": summary_ms(sampler.loop_lag),
+            "runqueue_wait_s": round(runqueue, 2),
             "inflight_capped": capped,
             "cpu_cores": round(own_cores, 3),
         },
@@ -870,6 +964,7 @@ async def run_step(
         "quiesce": quiet,
         "restarts": cluster.restarts(),
         "timeline_per_s": timeline,
+        "cluster_series_per_s": sampler.series,
     }
     final_hashes = [signed[i][1] for i in range(count) if out.outcome[i] == "finalized"]
     return step, final_hashes[-64:]
@@ -1058,7 +1153,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             parents = last
                         if step["finalized_share_of_offered"] < SATURATED_SHARE:
                             saturated = True
-                        if not step["quiesce"]["quiet"] and rate != args.rates[-1]:
+                        later = args.rates[args.rates.index(rate) + 1 :]
+                        runs_again = any(
+                            not saturated or args.no_skip or r <= ALWAYS_RUN_UP_TO for r in later
+                        )
+                        if not step["quiesce"]["quiet"] and runs_again:
                             # a backlog would spill into the next step: start afresh
                             print("  backlog left: fresh cluster", file=sys.stderr, flush=True)
                             step["fresh_cluster_after"] = True
@@ -1285,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiesce-timeout",
         type=float,
-        default=60.0,
+        default=20.0,
         help="s to wait after a step for every node to execute its backlog; else the next "
         "step gets a fresh cluster",
     )
@@ -1293,7 +1392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--generator-priority",
         type=int,
-        default=5,
+        default=15,
         help="lower the generator's nice value by this much once the cluster runs, so that "
         "its open-loop schedule holds on a busy machine (0: off; needs the privilege)",
     )
