@@ -54,6 +54,12 @@ class DiskFull(WriteFailed):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class BackupFailed(StorageError):
+    """A checkpoint could not be written (the target, not the database, is at fault)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class Halted(StorageError):
     """Writes are refused after an earlier write error, until the service restarts."""
 
@@ -68,6 +74,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message for an exception raised while serving a call."""
     if isinstance(exc, StorageError):
         return exc.code, str(exc)
+    if isinstance(exc, DatabaseError):  # e.g. corruption found while reading
+        return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 

@@ -31,6 +31,7 @@ from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 from services.storage import keys
 from services.storage.errors import (
     AlreadyExists,
+    BackupFailed,
     DatabaseCorrupt,
     DatabaseError,
     DatabaseLocked,
@@ -686,7 +687,7 @@ class Store:
             target.parent.mkdir(parents=True, exist_ok=True)
             Checkpoint(self._db).create_checkpoint(str(target))
         except Exception as exc:
-            raise write_error(f"checkpoint into {target}: {exc}") from None
+            raise BackupFailed(f"backup into {target} failed: {exc}") from None
         return dataclasses.replace(self.info(), path=target)
 
     # ------------------------------------------------------------------ reads (any thread)

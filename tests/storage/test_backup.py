@@ -92,6 +92,16 @@ async def test_backup_rpc_while_commits_go_on(tmp_path: Path, running: Running) 
         running.stub.Backup(storage_pb2.BackupRequest()),
         "path: missing",
     )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    await expect(
+        grpc.StatusCode.INTERNAL,
+        running.stub.Backup(storage_pb2.BackupRequest(path=str(blocker / "backup"))),
+        f"backup into {blocker / 'backup'} failed",
+    )
+    # a failed backup is not a database write error: writes go on
+    assert not (await stats(running)).halted
+    await running.stub.CommitBatch(dag.next_batch(1))
 
 
 async def fill(running: Running, dag: Dag, batches: int) -> list[storage_pb2.CommitBatchRequest]:
