@@ -75,6 +75,8 @@ class ConsensusSection:
     batch_max_count: int = 256
     batch_max_bytes: int = 1_048_576
     batch_timeout_ms: int = 20
+    #: Pipelining depth: partial batches are cut only while fewer are unexecuted.
+    max_inflight_batches: int = 4
     checkpoint_interval: int = 64
     watermark_window: int = 256
     view_change_timeout_ms: int = 2_000
@@ -333,6 +335,7 @@ def _validate(cfg: NodeConfig) -> None:
         "request_timeout_ms",
         "pool_max",
         "verify_threads",
+        "max_inflight_batches",
     ):
         if getattr(c, name) <= 0:
             raise ConfigError(f"{src}: consensus.{name}: must be positive")

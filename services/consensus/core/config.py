@@ -23,6 +23,10 @@ class Config:
     batch_max_bytes: int = 1_048_576
     #: The primary cuts a partial batch once its oldest pending request waited this long.
     batch_timeout: int = 2
+    #: Pipelining depth: the primary cuts a partial batch only while fewer than this
+    #: many of its batches are unexecuted (full batches go out within the window). Under
+    #: load, requests then gather into larger batches instead of many tiny ones.
+    max_inflight: int = 4
     #: K: a checkpoint every K sequence numbers.
     checkpoint_interval: int = 64
     #: L: sequence numbers accepted lie in (h, h + L], h = the stable checkpoint.
@@ -58,6 +62,7 @@ class Config:
             "status_interval",
             "pool_max",
             "transfer_max_batches",
+            "max_inflight",
         )
         for name in positive:
             if getattr(self, name) < 1:

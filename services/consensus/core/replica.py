@@ -712,11 +712,13 @@ class Replica:
         cfg = self.config
         while self._pool.pending_count and self._next_seq <= self._low + self._window:
             oldest = self._pool.oldest_arrival()
-            if not (
+            full = (
                 self._pool.pending_count >= cfg.batch_max_count
                 or self._pool.pending_bytes >= cfg.batch_max_bytes
-                or (oldest is not None and self._now - oldest >= cfg.batch_timeout)
-            ):
+            )
+            inflight = self._next_seq - 1 - self._last_exec
+            due = oldest is not None and self._now - oldest >= cfg.batch_timeout
+            if not (full or (due and inflight < cfg.max_inflight)):
                 return
             requests = self._pool.take_batch(
                 max_count=cfg.batch_max_count, max_bytes=cfg.batch_max_bytes
