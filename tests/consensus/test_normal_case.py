@@ -200,3 +200,18 @@ def test_two_and_three_replica_clusters() -> None:
         c.tick(5)
         for i in range(n):
             assert len(c.executed_hashes(i)) == 5
+
+
+def test_partial_batches_wait_while_too_many_are_in_flight() -> None:
+    """max_inflight: under load, requests gather into larger batches instead of tiny ones."""
+    c = Cluster(4, batch_max_count=8, batch_timeout=1, max_inflight=1)
+    c.isolate(0)  # the first batch cannot execute yet
+    c.propose(0, request(0))
+    c.tick(2)
+    for i in range(1, 4):
+        c.propose(0, request(i))
+    c.tick(3)
+    assert sent_kinds(c, 0).count("PrePrepare") == 1  # one partial batch in flight: wait
+    c.heal()
+    c.tick(25)  # retransmission completes the first; the rest go out as one batch
+    assert [len(x.requests) for x in c.log(2)] == [1, 3]
