@@ -1,4 +1,4 @@
-"""The consensus service's link to its transport: one long-lived Exchange stream.
+"""The consensus service's link to its transport: one long-lived ExchangeBatches stream.
 
 Outbound envelopes go into a bounded queue that the stream drains; inbound
 envelopes are handed to a callback. When the transport restarts, the link
@@ -32,6 +32,9 @@ LINK_DROPS = Counter(
 LINK_RECONNECTS = Counter(
     "cretoai_consensus_transport_reconnects_total", "Transport stream reconnections"
 )
+
+#: Envelopes per gRPC message on the batched stream.
+BATCH_MAX = 256
 
 Inbound = Callable[[transport_pb2.Envelope], Awaitable[None]]
 
@@ -76,21 +79,29 @@ class TransportLink:
         if self._channel is not None:
             await self._channel.close()
 
-    async def _outbound_stream(self) -> AsyncIterator[transport_pb2.Envelope]:
+    async def _outbound_stream(self) -> AsyncIterator[transport_pb2.EnvelopeBatch]:
+        """Everything queued so far, as one batch per gRPC message (per-message cost is high)."""
         while True:
-            yield await self._outbound.get()
+            envelopes = [await self._outbound.get()]
+            while len(envelopes) < BATCH_MAX:
+                try:
+                    envelopes.append(self._outbound.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            yield transport_pb2.EnvelopeBatch(envelopes=envelopes)
 
     async def _run(self) -> None:
         backoff = 0.1
         while True:
             try:
-                call = self.stub.Exchange(self._outbound_stream())
+                call = self.stub.ExchangeBatches(self._outbound_stream())
                 self.connected.set()
                 LINK_UP.set(1)
                 log.info("transport stream open", extra={"fields": {"target": self._target}})
                 backoff = 0.1
-                async for envelope in call:
-                    await self._on_inbound(envelope)
+                async for batch in call:
+                    for envelope in batch.envelopes:
+                        await self._on_inbound(envelope)
             except grpc.aio.AioRpcError as exc:
                 log.warning(
                     "transport stream failed",
