@@ -108,6 +108,9 @@ SUSTAIN_FINALIZED_SHARE = 0.99
 SATURATED_SHARE = 0.5
 ALWAYS_RUN_UP_TO = max(TARGET_P99_AT_RATE, TARGET_CORES_AT_RATE)
 
+#: A step during which other processes used more than this many cores is flagged
+#: ("machine_shared"): its figures say less about the node.
+OTHER_LOAD_WARNING = 0.15
 #: Submissions outstanding at once, at most (beyond it the generator counts a
 #: "generator_cap" miss instead of sending; the open file limit is the real bound).
 INFLIGHT_CAP = 12_000
@@ -960,6 +963,7 @@ async def run_step(
             "load_average_1m_before": round(load_before, 2),
             "load_average_1m_after": round(os.getloadavg()[0], 2),
         },
+        "machine_shared": busy_cores - cluster_cores - own_cores > OTHER_LOAD_WARNING,
         "nodes": nodes,
         "quiesce": quiet,
         "restarts": cluster.restarts(),
@@ -1160,7 +1164,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"p50 {step['latency']['p50_ms']} ms, "
                             f"p99 {step['latency']['p99_ms']} ms, "
                             f"cpu/node {max(n['cpu_cores'] for n in step['nodes'].values())}, "
-                            f"statuses {step['http_status']}",
+                            f"statuses {step['http_status']}, other processes "
+                            f"{step['cpu']['other_processes_cores']} cores",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -1256,7 +1261,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_major_locator(FixedLocator(rates))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{r:g}" for r in rates])
-        ax.set_xlim(min(rates) / 1.3, max(rates) * 1.3)
+        ax.set_xlim(min(rates) / 1.5, max(rates) * 1.5)
         ax.set_xlabel("offered load (vertices/s, open loop)")
         ax.grid(alpha=0.3, which="both")
 
@@ -1276,12 +1281,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.plot(rates, executed, "x:", color="C1", label="executed (node counters, mean)")
     for rate, step in zip(rates, steps, strict=True):
         mark, colour = ("pass", "green") if step["sustained"] else ("fail", "red")
+        if step["machine_shared"]:
+            mark += "\n(busy machine)"
         ax.annotate(
             mark,
             (rate, max(step["finalized_throughput"], 0.1)),
             textcoords="offset points",
-            xytext=(0, -14),
+            xytext=(0, -8),
             ha="center",
+            va="top",
             fontsize=8,
             color=colour,
         )
@@ -1295,6 +1303,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     best = result["max_sustained_throughput"]
     ax.set_title(f"Throughput (max sustained: {f'{best:g}/s' if best else 'none'})")
     ax.set_yscale("log")
+    ax.set_ylim(min(finalized) / 4, TARGET_SUSTAINED * 2)
     ax.set_ylabel("vertices/s")
     offered_axis(ax)
     ax.legend(fontsize=8, loc="upper left")
@@ -1320,7 +1329,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("ms")
     ax.set_title("Client-observed finality latency (due time -> 200 final)")
     offered_axis(ax)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[1][0]
     for name in names:
