@@ -1327,9 +1327,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.axhline(SUSTAIN_P99_MS, color="0.6", linestyle=":", label="sustained: p99 <= 1 s")
     ax.set_yscale("log")
     ax.set_ylabel("ms")
+    for rate, step in zip(rates, steps, strict=True):
+        if step["latency"]["p50_ms"] is None:
+            ax.annotate(
+                "no vertex due in the\nwindow was finalized",
+                (rate, SUSTAIN_P99_MS),
+                textcoords="offset points",
+                xytext=(10, 12),
+                ha="right",
+                fontsize=8,
+                color="red",
+            )
     ax.set_title("Client-observed finality latency (due time -> 200 final)")
     offered_axis(ax)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
 
     ax = axes[1][0]
     for name in names:
