@@ -59,6 +59,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -328,8 +329,15 @@ class Cluster:
     ``restart_fresh()`` replaces it with a new, empty one (new keys, ports and data) when
     an overloaded step left a backlog that would spill into the next step."""
 
-    def __init__(self, directory: Path, nodes: int, extra: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nodes: int,
+        extra: dict[str, dict[str, Any]],
+        keep_logs: Path | None = None,
+    ) -> None:
         self.root = directory
+        self.keep_logs = keep_logs
         self.nodes = nodes
         self.extra = extra
         self.configs: list[NodeConfig] = []
@@ -365,6 +373,13 @@ class Cluster:
             await supervisor.stop()
             for name, summary in self.log_summary().items():
                 self.logs[f"cluster{self.incarnations}/{name}"] = summary
+            if self.keep_logs is not None:
+                for cfg in self.configs:
+                    shutil.copytree(
+                        cfg.data_dir.parent / "logs",
+                        self.keep_logs / f"cluster{self.incarnations}" / cfg.node.name,
+                        dirs_exist_ok=True,
+                    )
 
     async def restart_fresh(self) -> None:
         self.events.append(f"{time.time():.1f} benchmark: replacing the cluster by a fresh one")
@@ -1127,7 +1142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     skipped: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="cretoai-cluster-load-") as tmp:
-            async with Cluster(Path(tmp), args.nodes, extra) as cluster:
+            async with Cluster(Path(tmp), args.nodes, extra, args.keep_logs) as cluster:
                 startup_s = time.perf_counter() - started
                 connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
                 wait_s = cluster.configs[0].gateway.wait_timeout_ms / 1000
@@ -1438,6 +1453,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SECTION.FIELD=VALUE",
         help="a node setting for every node (repeatable)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, metavar="DIR", help="copy the services' logs here"
     )
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument(
