@@ -116,6 +116,21 @@ class _Transfer:
     next_at: int = 0
 
 
+@dataclass(slots=True)
+class _Resend:
+    """Resends to one peer stuck at ``status``: allowed again at ``next_at``."""
+
+    status: StatusEnvelope
+    next_at: int
+    backoff: int
+
+
+#: Resends to a peer stuck at one place back off up to this many status intervals.
+RESEND_MAX_BACKOFF = 8
+#: At most this many unexecuted slots are resent to a stalled peer at once (it
+#: needs them in order; the next ones follow once it moves).
+RESEND_MAX_SLOTS = 16
+
 _NOTHING = Ready()
 
 
@@ -202,6 +217,7 @@ class Replica:
         self._transfer: _Transfer | None = None
         #: Each peer's last STATUS (to resend only to peers that stopped progressing).
         self._peer_status: dict[int, StatusEnvelope] = {}
+        self._resend: dict[int, _Resend] = {}
         executed = executed or ExecutedState()
         self._last_exec = executed.seq
         self._state_digest = executed.state_digest
@@ -941,7 +957,7 @@ class Replica:
         """
         previous = self._peer_status.get(sender)
         self._peer_status[sender] = st
-        stalled = previous == st
+        stalled = previous == st and self._may_resend(sender, st)
         settled = self._now - self.config.status_interval
         if st.stable_seq < self._low:
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
@@ -959,8 +975,13 @@ class Replica:
             self._send.append(Outbound(sender, SignedEnvelope(self._new_view_msg)))
         if st.view != self._view or not st.active or not stalled:
             return
-        last = min(max(self._slots, default=0), st.stable_seq + self._window)
-        for seq in range(max(st.last_executed, self._low) + 1, last + 1):
+        first = max(st.last_executed, self._low) + 1
+        last = min(
+            max(self._slots, default=0),
+            st.stable_seq + self._window,
+            first + RESEND_MAX_SLOTS - 1,
+        )
+        for seq in range(first, last + 1):
             slot = self._slots.get(seq)
             if slot is None or slot.created > settled or slot.executed_at is not None:
                 continue
@@ -972,6 +993,25 @@ class Replica:
                 own = self._own.get((kind, self._view, seq))
                 if own is not None:
                     self._send.append(Outbound(sender, SignedEnvelope(own)))
+
+    def _may_resend(self, peer: int, st: StatusEnvelope) -> bool:
+        """Whether to resend to ``peer``, stalled at ``st``, now.
+
+        The first time at once; while it stays stuck at the same place, after 2, 4,
+        ... up to :data:`RESEND_MAX_BACKOFF` status intervals. A peer that is only
+        overloaded (its CPU, not the network, is short) is then not buried under
+        copies of what it already has queued, which would starve it further.
+        """
+        interval = self.config.status_interval
+        entry = self._resend.get(peer)
+        if entry is None or entry.status != st:
+            self._resend[peer] = _Resend(status=st, next_at=self._now + interval, backoff=interval)
+            return True
+        if self._now < entry.next_at:
+            return False
+        entry.backoff = min(entry.backoff * 2, RESEND_MAX_BACKOFF * interval)
+        entry.next_at = self._now + entry.backoff
+        return True
 
     def _push_batches(self, peer: int, after: int, settled: int) -> None:
         """Send a lagging peer the batches it misses, with their certificates.
