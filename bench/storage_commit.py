@@ -15,7 +15,7 @@ through ``CommitBatch``, one at a time as the consensus executor does:
 
 During both, a reader calls ``GetVertex`` every 5 ms: its latency is what the
 GIL-holding RocksDB writes cost the service's other callers. The service's own
-event-loop lag (``cretoai_storage_event_loop_lag_seconds``, a 10 ms timer's
+event-loop lag (``cretoai_storage_event_loop_lag_seconds``, a 50 ms timer's
 lateness), WAL-sync and apply times are read from its Prometheus endpoint. For
 scale, the raw cost of appending and fsyncing the same number of bytes to a
 file on the same filesystem is measured first.

@@ -76,7 +76,7 @@ class ConsensusSection:
     batch_max_bytes: int = 1_048_576
     batch_timeout_ms: int = 20
     #: Pipelining depth: partial batches are cut only while fewer are unexecuted.
-    max_inflight_batches: int = 4
+    max_inflight_batches: int = 1
     checkpoint_interval: int = 64
     watermark_window: int = 256
     view_change_timeout_ms: int = 2_000

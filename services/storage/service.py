@@ -18,7 +18,7 @@ from services.storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
-LAG_INTERVAL_S = 0.01
+LAG_INTERVAL_S = 0.05
 GAUGE_INTERVAL_S = 10.0
 #: The largest request: a batch of up to consensus.batch_max_bytes plus certificates.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
