@@ -81,6 +81,10 @@ class ConsensusSection:
     watermark_window: int = 256
     view_change_timeout_ms: int = 2_000
     request_timeout_ms: int = 4_000
+    #: New submissions get 429 while a pending request waited longer than this
+    #: (admission control: below request_timeout_ms, so overload sheds load instead
+    #: of ending in relays and view changes).
+    admission_max_wait_ms: int = 2_000
     pool_max: int = 20_000
     #: Peers whose reputation falls below this score are banned.
     reputation_threshold: int = -100
@@ -333,12 +337,18 @@ def _validate(cfg: NodeConfig) -> None:
         "watermark_window",
         "view_change_timeout_ms",
         "request_timeout_ms",
+        "admission_max_wait_ms",
         "pool_max",
         "verify_threads",
         "max_inflight_batches",
     ):
         if getattr(c, name) <= 0:
             raise ConfigError(f"{src}: consensus.{name}: must be positive")
+    if c.admission_max_wait_ms >= c.request_timeout_ms:
+        raise ConfigError(
+            f"{src}: consensus.admission_max_wait_ms: must be below request_timeout_ms "
+            f"({c.request_timeout_ms})"
+        )
     if c.watermark_window < c.checkpoint_interval:
         raise ConfigError(
             f"{src}: consensus.watermark_window: must be >= checkpoint_interval "

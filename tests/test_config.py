@@ -56,6 +56,10 @@ def test_generated_config_loads(node_config: Path) -> None:
         (lambda d: d["telemetry"].update(sampling_ratio=2), "telemetry.sampling_ratio"),
         (lambda d: d["crypto"].update(backend="rsa"), "crypto.backend"),
         (lambda d: d["consensus"].update(watermark_window=8), "consensus.watermark_window"),
+        (
+            lambda d: d["consensus"].update(admission_max_wait_ms=4000),
+            "consensus.admission_max_wait_ms",
+        ),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
     ],
 )

@@ -44,6 +44,8 @@ def core_config(cfg: NodeConfig) -> Config:
         watermark_window=c.watermark_window,
         view_change_timeout=ticks(c.view_change_timeout_ms),
         request_timeout=ticks(c.request_timeout_ms),
+        admission_max_wait=min(ticks(c.admission_max_wait_ms), ticks(c.request_timeout_ms) - 1)
+        or None,
         status_interval=ticks(200),
         pool_max=c.pool_max,
         reputation_threshold=c.reputation_threshold,

@@ -68,6 +68,12 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         result = await self._driver.propose(vertex, digest)
         if result == ProposeResult.POOL_FULL:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the request pool is full")
+        if result == ProposeResult.OVERLOADED:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this node is behind its offered load (a pending vertex waited longer than "
+                "consensus.admission_max_wait_ms); retry later",
+            )
         if result == ProposeResult.TOO_LARGE:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vertex exceeds the batch size")
         return consensus_pb2.SubmitVertexResponse(

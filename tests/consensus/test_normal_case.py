@@ -184,6 +184,22 @@ def test_the_pool_is_bounded() -> None:
     assert results[:3] == [ProposeResult.ACCEPTED] * 3
 
 
+def test_local_requests_are_shed_while_the_oldest_waited_too_long() -> None:
+    """Admission control: a replica behind its load refuses new local requests."""
+    c = Cluster(4, request_timeout=50, admission_max_wait=5)
+    c.crash(0)  # nothing executes: the pool only ages
+    assert c.propose(1, request("first")) is ProposeResult.ACCEPTED
+    c.tick(5)
+    assert c.propose(1, request("in time")) is ProposeResult.ACCEPTED
+    c.tick(1)
+    assert c.propose(1, request("late")) is ProposeResult.OVERLOADED
+    assert c.propose(2, request("elsewhere")) is ProposeResult.ACCEPTED  # its pool is young
+    c.restart(0)
+    c.tick(120)  # a new view executes the backlog; the pool is empty again
+    assert request("first").hash in c.executed_hashes(1)
+    assert c.propose(1, request("after")) is ProposeResult.ACCEPTED
+
+
 def test_a_single_replica_cluster_orders_alone() -> None:
     c = Cluster(1)
     for i in range(3):

@@ -38,6 +38,9 @@ class Config:
     #: A request unexecuted this long is relayed to every replica; after as
     #: long again the replica suspects the primary and starts a view change.
     request_timeout: int = 400
+    #: Local requests are refused (OVERLOADED) while a pending request's timer has
+    #: run longer than this; None: never (only ``pool_max`` bounds the pool).
+    admission_max_wait: int | None = None
     #: Period of STATUS broadcasts (retransmission) and of VIEW-CHANGE resends.
     status_interval: int = 20
     #: At most this many requests wait in the pool.
@@ -74,6 +77,12 @@ class Config:
             raise ValueError(
                 f"watermark_window ({self.watermark_window}) must be >= "
                 f"checkpoint_interval ({self.checkpoint_interval})"
+            )
+        if self.admission_max_wait is not None and not (
+            1 <= self.admission_max_wait < self.request_timeout
+        ):
+            raise ValueError(
+                f"admission_max_wait must be in [1, request_timeout), got {self.admission_max_wait}"
             )
         if self.reputation_threshold >= 0:
             raise ValueError("reputation_threshold must be negative (scores start at 0)")

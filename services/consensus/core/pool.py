@@ -79,6 +79,12 @@ class Pool:
             if entry.origin is not None:
                 self._from_peer[entry.origin] -= 1
 
+    def oldest_timer(self) -> int | None:
+        """Start tick of the oldest running request timer (any entry, assigned or not)."""
+        for entry in self._entries.values():
+            return entry.timer
+        return None
+
     def oldest_arrival(self) -> int | None:
         """Arrival tick of the oldest unassigned request."""
         for entry in self._pending.values():

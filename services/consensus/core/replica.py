@@ -71,6 +71,9 @@ class ProposeResult(enum.Enum):
     #: Already in the pool, or executed recently.
     DUPLICATE = "duplicate"
     POOL_FULL = "pool_full"
+    #: Refused to shed load: the oldest pending request waited longer than
+    #: ``admission_max_wait`` (the replica is behind its offered load).
+    OVERLOADED = "overloaded"
     #: Larger than a whole batch may be.
     TOO_LARGE = "too_large"
 
@@ -287,6 +290,8 @@ class Replica:
             return ProposeResult.DUPLICATE
         if self._pool.full_for(None):
             return ProposeResult.POOL_FULL
+        if self._overloaded():
+            return ProposeResult.OVERLOADED
         self._pool.add(request, now=self._now, origin=None, relayed=False)
         if self._active:
             if self.primary == self.id:
@@ -294,6 +299,19 @@ class Replica:
             else:
                 self._forward.append(request)
         return ProposeResult.ACCEPTED
+
+    def _overloaded(self) -> bool:
+        """Whether a pending request has waited longer than ``admission_max_wait``.
+
+        Admission control: shedding new local requests while the replica is this far
+        behind keeps the wait of those it took under the request timeout. Without it,
+        an offered load above capacity makes every request time out, be relayed to
+        every replica (multiplying the traffic) and end in view changes: throughput
+        collapses instead of staying at capacity.
+        """
+        limit = self.config.admission_max_wait
+        oldest = self._pool.oldest_timer()
+        return limit is not None and oldest is not None and self._now - oldest > limit
 
     def tick(self) -> None:
         """One unit of logical time."""
