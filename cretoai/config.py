@@ -77,6 +77,8 @@ class ConsensusSection:
     batch_timeout_ms: int = 20
     #: Pipelining depth: partial batches are cut only while fewer are unexecuted.
     max_inflight_batches: int = 1
+    #: ... and full batches only while fewer than this many are unexecuted.
+    max_inflight_full_batches: int = 4
     checkpoint_interval: int = 64
     watermark_window: int = 256
     view_change_timeout_ms: int = 2_000
@@ -341,6 +343,7 @@ def _validate(cfg: NodeConfig) -> None:
         "pool_max",
         "verify_threads",
         "max_inflight_batches",
+        "max_inflight_full_batches",
     ):
         if getattr(c, name) <= 0:
             raise ConfigError(f"{src}: consensus.{name}: must be positive")

@@ -40,6 +40,7 @@ def core_config(cfg: NodeConfig) -> Config:
         batch_max_bytes=c.batch_max_bytes,
         batch_timeout=ticks(c.batch_timeout_ms),
         max_inflight=c.max_inflight_batches,
+        max_inflight_full=c.max_inflight_full_batches,
         checkpoint_interval=c.checkpoint_interval,
         watermark_window=c.watermark_window,
         view_change_timeout=ticks(c.view_change_timeout_ms),

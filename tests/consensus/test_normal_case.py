@@ -118,6 +118,25 @@ def test_the_window_bounds_the_pipeline() -> None:
     assert seqs == [1, 2, 3, 4]  # h = 0, L = 4
 
 
+def test_full_batches_are_bounded_by_max_inflight_full() -> None:
+    c = Cluster(4, batch_max_count=1, max_inflight=1, max_inflight_full=2)
+    c.isolate(0)
+    for i in range(5):
+        c.propose(0, request(i))
+    c.tick(3)
+    seqs = [
+        w.envelope.signed.msg.seq
+        for who, w in c.sent
+        if who == 0
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, PrePrepare)
+    ]
+    assert seqs == [1, 2]  # full batches, but only two unexecuted at a time
+    c.heal()
+    c.tick(20)
+    assert len(c.executed_hashes(1)) == 5
+
+
 def test_execution_waits_for_earlier_sequence_numbers() -> None:
     c = Cluster(4)
     r1, r2 = request("first"), request("second")

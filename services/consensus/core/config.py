@@ -27,6 +27,10 @@ class Config:
     #: many of its batches are unexecuted (full batches go out within the window). Under
     #: load, requests then gather into larger batches instead of many tiny ones.
     max_inflight: int = 4
+    #: ... and a full batch only while fewer than this many are unexecuted: what the
+    #: primary has multicast but not executed stays bounded in bytes (a window of
+    #: L 1 MiB batches would be hundreds of MB queued towards slow peers).
+    max_inflight_full: int = 8
     #: K: a checkpoint every K sequence numbers.
     checkpoint_interval: int = 64
     #: L: sequence numbers accepted lie in (h, h + L], h = the stable checkpoint.
@@ -66,6 +70,7 @@ class Config:
             "pool_max",
             "transfer_max_batches",
             "max_inflight",
+            "max_inflight_full",
         )
         for name in positive:
             if getattr(self, name) < 1:

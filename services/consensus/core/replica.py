@@ -752,7 +752,9 @@ class Replica:
             )
             inflight = self._next_seq - 1 - self._last_exec
             due = oldest is not None and self._now - oldest >= cfg.batch_timeout
-            if not (full or (due and inflight < cfg.max_inflight)):
+            if inflight >= cfg.max_inflight_full or not (
+                full or (due and inflight < cfg.max_inflight)
+            ):
                 return
             requests = self._pool.take_batch(
                 max_count=cfg.batch_max_count, max_bytes=cfg.batch_max_bytes
