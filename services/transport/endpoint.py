@@ -221,6 +221,10 @@ class QuicEndpoint:
                 touched[conn] = touched.get(conn, False) or accepted
         for conn, accepted in touched.items():
             self._on_activity(conn)
+            # Acknowledge every message taken in this burst. Without it a sender whose
+            # window holds a few unacknowledged bytes could not send a message that
+            # needs the whole window until the next keep-alive PING (seconds).
+            conn.flush_acks()
             sent = self.transmit(conn)
             if accepted and not sent:
                 # an Initial that did not decrypt (garbage with a plausible header):
@@ -235,6 +239,7 @@ class QuicEndpoint:
         if conn is None:
             return
         self._on_activity(conn)
+        conn.flush_acks()
         sent = self.transmit(conn)
         if accepted and not sent:
             self._count("bad_initial")

@@ -39,6 +39,31 @@ async def test_three_nodes_connect_and_deliver_in_order(transports: Starter) -> 
     stream_c.cancel()
 
 
+async def test_a_message_needing_the_whole_window_follows_a_small_one_at_once(
+    transports: Starter,
+) -> None:
+    """The receiver acknowledges each burst: a few unacknowledged bytes must not hold back
+    a message larger than the window (sent only into an empty one) until the next
+    keep-alive. Regression: the cluster's 1 MB pre-prepares stalled for seconds."""
+    window = 64 * 1024
+    _, nodes = await transports(
+        2,
+        transport={"inflight_max_bytes": window, "keepalive_ms": 8_000, "idle_timeout_ms": 30_000},
+    )
+    await all_connected(nodes)
+    a, b = nodes
+    stream = b.stub.Exchange()
+    for i in range(5):
+        small = transport_pb2.Envelope(to=b.node_id, payload=b"s%d" % i)
+        big = transport_pb2.Envelope(to=b.node_id, payload=bytes(window + 1000))
+        assert (await a.stub.Send(small, timeout=5)).queued
+        assert (await a.stub.Send(big, timeout=5)).queued
+        first = await asyncio.wait_for(stream.read(), 2)
+        second = await asyncio.wait_for(stream.read(), 2)  # a keep-alive is 8 s away
+        assert first.payload == b"s%d" % i and len(second.payload) == window + 1000
+    stream.cancel()
+
+
 async def test_four_nodes_all_to_all_in_order_per_sender(transports: Starter) -> None:
     _, nodes = await transports(4)
     await all_connected(nodes)
