@@ -62,6 +62,9 @@ class GatewaySection:
     max_payload_bytes: int = 262_144
     #: How long POST /v1/vertices?wait=true waits for finality before answering 504.
     wait_timeout_ms: int = 10_000
+    #: Submissions being validated (signature, parents) at once; more get 429 at once
+    #: instead of queueing without bound in front of an overloaded node.
+    max_submissions_in_progress: int = 256
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).
     stream_buffer_bytes: int = 16 * 1_048_576
@@ -329,6 +332,15 @@ def _validate(cfg: NodeConfig) -> None:
         ("storage", "listen"),
     ):
         _check_address(getattr(getattr(cfg, section), attr), f"{src}: {section}.{attr}")
+    for name in (
+        "max_body_bytes",
+        "max_payload_bytes",
+        "wait_timeout_ms",
+        "max_submissions_in_progress",
+        "stream_buffer_bytes",
+    ):
+        if getattr(cfg.gateway, name) <= 0:
+            raise ConfigError(f"{src}: gateway.{name}: must be positive")
     c = cfg.consensus
     for name in (
         "tick_ms",

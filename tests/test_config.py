@@ -57,6 +57,10 @@ def test_generated_config_loads(node_config: Path) -> None:
         (lambda d: d["crypto"].update(backend="rsa"), "crypto.backend"),
         (lambda d: d["consensus"].update(watermark_window=8), "consensus.watermark_window"),
         (
+            lambda d: d["gateway"].update(max_submissions_in_progress=0),
+            "gateway.max_submissions_in_progress",
+        ),
+        (
             lambda d: d["consensus"].update(admission_max_wait_ms=4000),
             "consensus.admission_max_wait_ms",
         ),

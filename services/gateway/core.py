@@ -42,6 +42,8 @@ READ_CHUNK = 16
 class Limits:
     max_payload_bytes: int
     wait_timeout_s: float
+    #: Submissions validated at once; more are refused (429 overloaded).
+    max_in_progress: int = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +81,7 @@ class Gateway:
         #: Channels to the node's other services, by name, for health probes.
         self._probes = probes
         self.hub = hub
+        self._in_progress = 0
 
     @property
     def node_id(self) -> str:
@@ -102,8 +105,18 @@ class Gateway:
             raise ApiError(
                 "payload_too_large", f"payload is {len(draft.payload)} bytes; the limit is {limit}"
             )
-        vertex, h = await self._vertex_of(draft)
-        await self._check_parents(list(vertex.parents))
+        if self._in_progress >= self._limits.max_in_progress:
+            raise ApiError(
+                "overloaded",
+                f"{self._in_progress} submissions are being validated here "
+                "(gateway.max_submissions_in_progress); retry with backoff",
+            )
+        self._in_progress += 1
+        try:
+            vertex, h = await self._vertex_of(draft)
+            await self._check_parents(list(vertex.parents))
+        finally:
+            self._in_progress -= 1
         if not wait:
             reply = await self._consensus.submit(vertex)
             record = await self._stored(h) if reply.status in (FINALIZED, REJECTED) else None

@@ -64,6 +64,7 @@ async def create(cfg: NodeConfig) -> GatewayNode:
         limits=Limits(
             max_payload_bytes=cfg.gateway.max_payload_bytes,
             wait_timeout_s=cfg.gateway.wait_timeout_ms / 1000,
+            max_in_progress=cfg.gateway.max_submissions_in_progress,
         ),
         probes=channels,
     )

@@ -204,6 +204,22 @@ async def test_rejected_parent_is_422(node: Node) -> None:
     assert "rejected" in reply["error"]["message"]
 
 
+async def test_submissions_beyond_the_validation_limit_get_429(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    async with start_node(make_config(max_submissions_in_progress=1)) as node:
+        replies = await asyncio.gather(
+            *(node.post("/v1/vertices", {"payload": b64(b"burst %d" % i)}) for i in range(20))
+        )
+        statuses = sorted(status for status, _ in replies)
+        assert 202 in statuses and 429 in statuses, statuses
+        assert all(
+            reply["error"]["code"] == "overloaded" for status, reply in replies if status == 429
+        )
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"after the burst")})
+        assert status == 202  # the slots were given back
+
+
 async def test_consensus_refusals_are_mapped(node: Node) -> None:
     for code, status, error in [
         (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded"),
