@@ -27,6 +27,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
 PENDING = vertex_pb2.VERTEX_STATUS_PENDING
+OVERLOADED_MESSAGE = (
+    "this node is behind its offered load (a pending vertex waited longer than "
+    "consensus.admission_max_wait_ms); retry later"
+)
 
 
 class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
@@ -47,6 +51,8 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed vertex: {problem}")
         if not self._driver.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "consensus is not ready")
+        if self._driver.replica.overloaded():  # before any work: shedding must be cheap
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE)
         digest = vertex_hash(vertex)
         if not await self._driver.verify_vertex(vertex, digest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid vertex signature")
@@ -69,11 +75,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         if result == ProposeResult.POOL_FULL:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the request pool is full")
         if result == ProposeResult.OVERLOADED:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "this node is behind its offered load (a pending vertex waited longer than "
-                "consensus.admission_max_wait_ms); retry later",
-            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE)
         if result == ProposeResult.TOO_LARGE:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vertex exceeds the batch size")
         return consensus_pb2.SubmitVertexResponse(

@@ -44,6 +44,9 @@ class Limits:
     wait_timeout_s: float
     #: Submissions validated at once; more are refused (429 overloaded).
     max_in_progress: int = 256
+    #: After consensus refused a vertex as overloaded, new submissions are refused
+    #: here for this long without any work (no signature check, no storage read).
+    shed_hold_s: float = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +85,8 @@ class Gateway:
         self._probes = probes
         self.hub = hub
         self._in_progress = 0
+        #: Monotonic time until which submissions are shed (consensus said overloaded).
+        self._shed_until = 0.0
 
     @property
     def node_id(self) -> str:
@@ -105,6 +110,11 @@ class Gateway:
             raise ApiError(
                 "payload_too_large", f"payload is {len(draft.payload)} bytes; the limit is {limit}"
             )
+        if time.monotonic() < self._shed_until:
+            raise ApiError(
+                "overloaded",
+                "consensus at this node is behind its offered load; retry with backoff",
+            )
         if self._in_progress >= self._limits.max_in_progress:
             raise ApiError(
                 "overloaded",
@@ -118,17 +128,27 @@ class Gateway:
         finally:
             self._in_progress -= 1
         if not wait:
-            reply = await self._consensus.submit(vertex)
+            reply = await self._submit_to_consensus(vertex)
             record = await self._stored(h) if reply.status in (FINALIZED, REJECTED) else None
             return Submitted(hash=h, status=reply.status, duplicate=reply.duplicate, record=record)
         started = time.perf_counter()
         with self.hub.waiter(h) as final:
-            reply = await self._consensus.submit(vertex)
+            reply = await self._submit_to_consensus(vertex)
             if reply.status in (FINALIZED, REJECTED):
                 record = await self._stored(h)
             else:
                 record = await self._await_final(h, final, started)
         return Submitted(hash=h, status=record.status, duplicate=reply.duplicate, record=record)
+
+    async def _submit_to_consensus(
+        self, vertex: vertex_pb2.Vertex
+    ) -> consensus_pb2.SubmitVertexResponse:
+        try:
+            return await self._consensus.submit(vertex)
+        except ApiError as exc:
+            if exc.code == "overloaded":
+                self._shed_until = time.monotonic() + self._limits.shed_hold_s
+            raise
 
     async def _vertex_of(self, draft: Draft) -> tuple[vertex_pb2.Vertex, bytes]:
         loop = asyncio.get_running_loop()

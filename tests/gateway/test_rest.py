@@ -220,13 +220,30 @@ async def test_submissions_beyond_the_validation_limit_get_429(
         assert status == 202  # the slots were given back
 
 
+async def test_after_consensus_says_overloaded_submissions_are_shed_for_a_moment(
+    node: Node,
+) -> None:
+    node.consensus.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"refused")})
+    assert_error(status, reply, 429, "overloaded")
+    node.consensus.submit_error = None
+    calls = len(node.consensus.submit_metadata)
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"shed")})
+    assert_error(status, reply, 429, "overloaded")
+    assert len(node.consensus.submit_metadata) == calls  # shed without asking consensus
+    deadline = time.monotonic() + TIMEOUT
+    while status == 429 and time.monotonic() < deadline:  # the hold is 0.1 s
+        status, reply = await node.post("/v1/vertices", {"payload": b64(b"later")})
+    assert status == 202, reply
+
+
 async def test_consensus_refusals_are_mapped(node: Node) -> None:
     for code, status, error in [
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded"),
         (grpc.StatusCode.UNAVAILABLE, 503, "consensus_unavailable"),
         (grpc.StatusCode.FAILED_PRECONDITION, 422, "unknown_parent"),
         (grpc.StatusCode.INVALID_ARGUMENT, 422, "invalid_vertex"),
         (grpc.StatusCode.INTERNAL, 502, "backend_error"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded"),  # last: it sheds a while
     ]:
         node.consensus.submit_error = code
         got, reply = await node.post("/v1/vertices", {"payload": ""})

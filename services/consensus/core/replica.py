@@ -290,7 +290,7 @@ class Replica:
             return ProposeResult.DUPLICATE
         if self._pool.full_for(None):
             return ProposeResult.POOL_FULL
-        if self._overloaded():
+        if self.overloaded():
             return ProposeResult.OVERLOADED
         self._pool.add(request, now=self._now, origin=None, relayed=False)
         if self._active:
@@ -300,7 +300,7 @@ class Replica:
                 self._forward.append(request)
         return ProposeResult.ACCEPTED
 
-    def _overloaded(self) -> bool:
+    def overloaded(self) -> bool:
         """Whether a pending request has waited longer than ``admission_max_wait``.
 
         Admission control: shedding new local requests while the replica is this far
