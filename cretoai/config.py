@@ -52,6 +52,10 @@ class Validator:
         return bytes.fromhex(self.public_key)
 
 
+#: Room for signatures, certificates and framing beside the request bytes of a message.
+FRAME_MARGIN_BYTES = 262_144
+
+
 @dataclass(frozen=True, kw_only=True)
 class GatewaySection:
     http: str = "127.0.0.1:8080"
@@ -382,6 +386,13 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"{src}: fault_injection.byzantine: requires fault_injection.enabled")
     if cfg.transport.max_frame_bytes < 1024:
         raise ConfigError(f"{src}: transport.max_frame_bytes: must be at least 1024")
+    least = 2 * c.batch_max_bytes + FRAME_MARGIN_BYTES
+    if cfg.transport.max_frame_bytes < least:
+        raise ConfigError(
+            f"{src}: transport.max_frame_bytes: must be at least {least} (twice "
+            "consensus.batch_max_bytes plus signatures): state transfer sends up to two "
+            "batches per message"
+        )
 
 
 def is_loopback(host: str) -> bool:

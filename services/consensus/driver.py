@@ -359,13 +359,17 @@ class Driver:
     async def _serve_state(self, serve: ServeState) -> None:
         """Send finalized batches ``from_seq..to_seq`` (with certificates) to a lagging peer."""
         batches = []
-        async for batch in self.feed.read(serve.from_seq, serve.to_seq):
-            requests = tuple(
-                Request(hash=vertex_hash(v), body=v.SerializeToString()) for v in batch.vertices
-            )
-            batches.append(
-                TransferBatch(requests=requests, certificate=certificate_from_pb(batch.certificate))
-            )
+        budget = self.replica.config.transfer_max_bytes
+        async with contextlib.aclosing(self.feed.read(serve.from_seq, serve.to_seq)) as read:
+            async for batch in read:
+                requests = tuple(
+                    Request(hash=vertex_hash(v), body=v.SerializeToString()) for v in batch.vertices
+                )
+                certificate = certificate_from_pb(batch.certificate)
+                batches.append(TransferBatch(requests=requests, certificate=certificate))
+                budget -= sum(r.size for r in requests)
+                if budget <= 0:  # the peer asks again from where this ends
+                    break
         if batches:
             payload = encode_envelope(StateResponseEnvelope(tuple(batches)))
             self.link.send(payload, to=self.node_ids[serve.peer])

@@ -10,7 +10,7 @@ memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from prometheus_client import Gauge
 
@@ -51,7 +51,7 @@ class FinalizedFeed:
 
     async def read(
         self, from_seq: int, to_seq: int = 0
-    ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
+    ) -> AsyncGenerator[vertex_pb2.FinalizedBatch, None]:
         """Executed batches ``from_seq..to_seq`` (inclusive; ``to_seq=0``: to the last one)."""
         next_seq = from_seq
         end = to_seq + 1 if to_seq else 0  # storage's to_seq is exclusive

@@ -49,6 +49,7 @@ def core_config(cfg: NodeConfig) -> Config:
         or None,
         status_interval=ticks(200),
         pool_max=c.pool_max,
+        transfer_max_bytes=2 * c.batch_max_bytes,
         reputation_threshold=c.reputation_threshold,
     )
 

@@ -34,6 +34,23 @@ def test_a_cut_off_replica_catches_up_through_checkpoints_and_certificates() -> 
     assert c.replica(3).stable_seq == 12
 
 
+def test_transfers_are_bounded_in_bytes_and_still_complete() -> None:
+    """With a byte budget of one request, each transfer message carries one batch."""
+    c = Cluster(
+        4, batch_max_count=1, checkpoint_interval=4, watermark_window=8, transfer_max_bytes=1
+    )
+    c.isolate(3)
+    for i in range(10):
+        c.propose(0, request(i))
+        c.tick()
+    c.tick(5)
+    c.heal()
+    c.tick(60)
+    assert c.digests(3) == c.digests(0)
+    sent = [env for src in (0, 1, 2) for env in envelopes(c, src, StateResponseEnvelope)]
+    assert sent and all(len(env.batches) == 1 for env in sent)  # type: ignore[attr-defined]
+
+
 def test_a_restarted_replica_catches_up() -> None:
     c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
     c.propose(0, request("before"))

@@ -49,8 +49,11 @@ class Config:
     status_interval: int = 20
     #: At most this many requests wait in the pool.
     pool_max: int = 20_000
-    #: Largest number of batches served or fetched per state-transfer request.
+    #: Largest number of batches served or fetched per state-transfer request ...
     transfer_max_batches: int = 64
+    #: ... and request bytes per transfer or resend message (one batch always goes):
+    #: a message must stay far below the transport's frame limit.
+    transfer_max_bytes: int = 2_097_152
     #: A peer whose reputation falls below this score is banned.
     reputation_threshold: int = -100
 
@@ -69,6 +72,7 @@ class Config:
             "status_interval",
             "pool_max",
             "transfer_max_batches",
+            "transfer_max_bytes",
             "max_inflight",
             "max_inflight_full",
         )

@@ -1001,13 +1001,17 @@ class Replica:
             st.stable_seq + self._window,
             first + RESEND_MAX_SLOTS - 1,
         )
+        budget = self.config.transfer_max_bytes
         for seq in range(first, last + 1):
             slot = self._slots.get(seq)
             if slot is None or slot.created > settled or slot.executed_at is not None:
                 continue
             pp = slot.pre_prepare
             if pp is not None:
-                bodies = self._batches.get(pp.msg.digest, ())
+                # Bodies within a byte budget per STATUS; beyond it the bare PRE-PREPARE
+                # (the peer may hold the requests in its pool; if not, the next resend).
+                bodies = self._batches.get(pp.msg.digest, ()) if budget > 0 else ()
+                budget -= sum(r.size for r in bodies)
                 self._send.append(Outbound(sender, SignedEnvelope(pp, bodies)))
             for kind in ("prepare", "commit"):
                 own = self._own.get((kind, self._view, seq))
@@ -1041,7 +1045,10 @@ class Replica:
         """
         batches: list[TransferBatch] = []
         limit = self.config.transfer_max_batches
+        budget = self.config.transfer_max_bytes
         for seq in range(after + 1, min(self._last_exec, after + limit) + 1):
+            if budget <= 0:
+                break
             slot = self._slots.get(seq)
             requests = None
             if slot is not None and slot.committed is not None and slot.executed_at is not None:
@@ -1055,6 +1062,7 @@ class Replica:
                 break
             assert slot.committed is not None
             batches.append(TransferBatch(requests=requests, certificate=slot.committed))
+            budget -= sum(r.size for r in requests)
         if batches:
             self._send.append(Outbound(peer, StateResponseEnvelope(tuple(batches))))
 

@@ -122,10 +122,14 @@ class Node:
             if self._on_execute is not None:
                 self._on_execute(self, committed)
         for serve in rd.serve:
-            batches = tuple(
-                TransferBatch(requests=c.requests, certificate=c.certificate)
-                for c in self.log[serve.from_seq - 1 : serve.to_seq]
-            )
-            env = StateResponseEnvelope(batches)
+            # as the driver does: up to transfer_max_bytes of requests (one batch always)
+            budget = self.replica.config.transfer_max_bytes
+            batches = []
+            for c in self.log[serve.from_seq - 1 : serve.to_seq]:
+                if budget <= 0:
+                    break
+                batches.append(TransferBatch(requests=c.requests, certificate=c.certificate))
+                budget -= sum(r.size for r in c.requests)
+            env = StateResponseEnvelope(tuple(batches))
             wires.append(Wire(serve.peer, codec.encode_envelope(env), env))
         return rd, wires
