@@ -61,7 +61,7 @@ def test_generated_config_loads(node_config: Path) -> None:
             "gateway.max_submissions_in_progress",
         ),
         (
-            lambda d: d["consensus"].update(admission_max_wait_ms=4000),
+            lambda d: d["consensus"].update(admission_max_wait_ms=4000),  # = request timeout
             "consensus.admission_max_wait_ms",
         ),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
@@ -126,3 +126,26 @@ def test_cli_reports_config_error_without_traceback(node_config: Path) -> None:
     assert "consensus.view_change_timeout_ms" in proc.stderr
     assert str(node_config) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> None:
+    from services.consensus.service import FRAME_MARGIN_BYTES, core_config
+
+    _rewrite(
+        node_config,
+        lambda d: d["consensus"].update(tick_ms=10, request_timeout_ms=1500, batch_max_bytes=65536),
+    )
+    core = core_config(load_config(node_config, environ={}))
+    assert core.request_timeout == 150
+    assert core.admission_max_wait == 75  # 0: half of the request timeout
+    assert core.transfer_max_bytes == 2 * 65536
+    _rewrite(
+        node_config,
+        lambda d: (
+            d["consensus"].update(admission_max_wait_ms=300, batch_max_bytes=1_048_576),
+            d["transport"].update(max_frame_bytes=1_048_576 + FRAME_MARGIN_BYTES),
+        ),
+    )
+    core = core_config(load_config(node_config, environ={}))
+    assert core.admission_max_wait == 30
+    assert core.transfer_max_bytes == 1_048_576  # bounded by the transport's frame limit

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = consensus_pb2.DESCRIPTOR.services_by_name["Consensus"].full_name
 
 
+#: Room for signatures, certificates and framing beside the request bytes of a message.
+FRAME_MARGIN_BYTES = 262_144
+
+
 def core_config(cfg: NodeConfig) -> Config:
     """The replica's parameters: durations in ms become ticks of ``tick_ms``."""
     c = cfg.consensus
@@ -45,11 +49,17 @@ def core_config(cfg: NodeConfig) -> Config:
         watermark_window=c.watermark_window,
         view_change_timeout=ticks(c.view_change_timeout_ms),
         request_timeout=ticks(c.request_timeout_ms),
-        admission_max_wait=min(ticks(c.admission_max_wait_ms), ticks(c.request_timeout_ms) - 1)
+        admission_max_wait=min(
+            ticks(c.admission_max_wait_ms or c.request_timeout_ms // 2),
+            ticks(c.request_timeout_ms) - 1,
+        )
         or None,
         status_interval=ticks(200),
         pool_max=c.pool_max,
-        transfer_max_bytes=2 * c.batch_max_bytes,
+        # two batches per transfer message, within the transport's frame limit
+        transfer_max_bytes=max(
+            1, min(2 * c.batch_max_bytes, cfg.transport.max_frame_bytes - FRAME_MARGIN_BYTES)
+        ),
         reputation_threshold=c.reputation_threshold,
     )
 
