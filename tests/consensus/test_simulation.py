@@ -46,9 +46,9 @@ def test_two_thousand_seeds_at_n4() -> None:
 
 
 @pytest.mark.slow
-def test_two_hundred_seeds_at_n7() -> None:
-    summary = run_seeds(7, range(200), jobs=2).as_dict()
-    assert summary["seeds"] == 200
+def test_three_hundred_seeds_at_n7() -> None:
+    summary = run_seeds(7, range(300), jobs=2).as_dict()
+    assert summary["seeds"] == 300
     assert_clean(summary)
     counts = summary["fault_counts"]
     assert isinstance(counts, dict) and set(counts) == FAULTS
