@@ -5,8 +5,12 @@ Why these settings (measured on the development VM, see docs/storage.md):
 * The WAL is synced once per group of writes (``flush_wal(sync=True)``, which
   releases the GIL), not with ``WriteOptions.sync`` (which holds it for the
   whole fsync).
-* A memtable flush writes a 64 MiB SST and fsyncs it at the end; a WAL sync
-  that lands then waits ~100 ms behind it. ``strict_bytes_per_sync`` makes the
+* Memtables are 16 MiB per column family and 48 MiB for all together (the write
+  buffer manager), the block cache 32 MiB: the service's memory stays bounded
+  (at 200 vertices/s its RSS was 185 MB with 64 MiB memtables and a 64 MiB cache,
+  121 MB with these; commit latency unchanged, p50 6.3 ms / p99 13.0 ms).
+* A memtable flush writes an SST and fsyncs it at the end; a WAL sync that
+  lands then waits behind it (~100 ms for 64 MiB). ``strict_bytes_per_sync`` makes the
   flush sync every 256 KiB instead, so a WAL sync waits for at most that much.
   The RocksDB inside rocksdict is built without ``sync_file_range``, so plain
   ``bytes_per_sync`` does nothing, and rocksdict has no setter for
@@ -38,9 +42,11 @@ from services.storage.keys import COLUMN_FAMILIES
 log = logging.getLogger(__name__)
 
 BYTES_PER_SYNC = 256 * 1024
-WRITE_BUFFER_BYTES = 64 * 1024 * 1024
+WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+#: All memtables together (RocksDB's write buffer manager): bounds the service's memory.
+DB_WRITE_BUFFER_BYTES = 48 * 1024 * 1024
 MAX_TOTAL_WAL_BYTES = 256 * 1024 * 1024
-BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024
 RECYCLED_WAL_FILES = 4
 
 _TEMPLATE = f"""\
@@ -80,6 +86,7 @@ def db_options(*, create: bool) -> Options:
     options.set_recycle_log_file_num(RECYCLED_WAL_FILES)
     options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES)
     options.set_max_background_jobs(2)
+    options.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES)
     options.set_keep_log_file_num(4)
     options.set_max_log_file_size(16 * 1024 * 1024)
     return options
