@@ -102,19 +102,24 @@ def test_several_sequence_numbers_are_in_flight_at_once() -> None:
     assert c.replica(0).last_executed == 0
 
 
+def pre_prepare_seqs(c: Cluster, src: int) -> list[int]:
+    """Sequence numbers of the PRE-PREPAREs ``src`` sent, in order."""
+    return [
+        w.envelope.signed.msg.seq
+        for who, w in c.sent
+        if who == src
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, PrePrepare)
+    ]
+
+
 def test_the_window_bounds_the_pipeline() -> None:
     c = Cluster(4, batch_max_count=1, watermark_window=4, checkpoint_interval=4)
     c.isolate(0)
     for i in range(7):
         c.propose(0, request(i))
     c.tick(3)
-    seqs = [
-        w.envelope.signed.msg.seq
-        for who, w in c.sent
-        if who == 0
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, PrePrepare)
-    ]
+    seqs = pre_prepare_seqs(c, 0)
     assert seqs == [1, 2, 3, 4]  # h = 0, L = 4
 
 
@@ -124,13 +129,7 @@ def test_full_batches_are_bounded_by_max_inflight_full() -> None:
     for i in range(5):
         c.propose(0, request(i))
     c.tick(3)
-    seqs = [
-        w.envelope.signed.msg.seq
-        for who, w in c.sent
-        if who == 0
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, PrePrepare)
-    ]
+    seqs = pre_prepare_seqs(c, 0)
     assert seqs == [1, 2]  # full batches, but only two unexecuted at a time
     c.heal()
     c.tick(20)
