@@ -218,6 +218,16 @@ def test_local_requests_are_shed_while_the_oldest_waited_too_long() -> None:
     assert c.propose(1, request("after")) is ProposeResult.ACCEPTED
 
 
+def test_a_relay_does_not_make_an_old_request_look_young() -> None:
+    c = Cluster(4, request_timeout=10, admission_max_wait=8)
+    c.crash(0)
+    assert c.propose(1, request("stuck")) is ProposeResult.ACCEPTED
+    c.tick(12)  # relayed to every replica at 10: its timer restarted, its wait did not
+    relayed = [w for who, w in c.sent if who == 1 and isinstance(w.envelope, RequestsEnvelope)]
+    assert any(w.to is None for w in relayed)  # the relay to every replica
+    assert c.propose(1, request("new")) is ProposeResult.OVERLOADED
+
+
 def test_a_single_replica_cluster_orders_alone() -> None:
     c = Cluster(1)
     for i in range(3):

@@ -42,8 +42,8 @@ class Config:
     #: A request unexecuted this long is relayed to every replica; after as
     #: long again the replica suspects the primary and starts a view change.
     request_timeout: int = 400
-    #: Local requests are refused (OVERLOADED) while a pending request's timer has
-    #: run longer than this; None: never (only ``pool_max`` bounds the pool).
+    #: Local requests are refused (OVERLOADED) while a pending request has waited
+    #: (since it arrived) longer than this; None: never (only ``pool_max`` bounds it).
     admission_max_wait: int | None = None
     #: Period of STATUS broadcasts (retransmission) and of VIEW-CHANGE resends.
     status_interval: int = 20

@@ -38,6 +38,8 @@ class Pool:
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         #: Unassigned entries in arrival order (what the primary batches).
         self._pending: OrderedDict[bytes, Entry] = OrderedDict()
+        #: Every entry in arrival order (timers restart; arrivals do not).
+        self._by_arrival: OrderedDict[bytes, Entry] = OrderedDict()
         self.pending_bytes = 0
         self._from_peer: dict[int, int] = {}
 
@@ -63,6 +65,7 @@ class Pool:
     def add(self, request: Request, *, now: int, origin: int | None, relayed: bool) -> None:
         entry = Entry(request=request, arrived=now, timer=now, relayed=relayed, origin=origin)
         self._entries[request.hash] = entry
+        self._by_arrival[request.hash] = entry
         self._pending[request.hash] = entry
         self.pending_bytes += request.size
         if origin is not None:
@@ -73,16 +76,17 @@ class Pool:
             entry = self._entries.pop(h, None)
             if entry is None:
                 continue
+            del self._by_arrival[h]
             if not entry.assigned:
                 del self._pending[h]
                 self.pending_bytes -= entry.request.size
             if entry.origin is not None:
                 self._from_peer[entry.origin] -= 1
 
-    def oldest_timer(self) -> int | None:
-        """Start tick of the oldest running request timer (any entry, assigned or not)."""
-        for entry in self._entries.values():
-            return entry.timer
+    def oldest_waiting_since(self) -> int | None:
+        """Arrival tick of the oldest entry, assigned or not (relays do not reset it)."""
+        for entry in self._by_arrival.values():
+            return entry.arrived
         return None
 
     def oldest_arrival(self) -> int | None:

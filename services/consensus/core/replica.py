@@ -310,7 +310,7 @@ class Replica:
         collapses instead of staying at capacity.
         """
         limit = self.config.admission_max_wait
-        oldest = self._pool.oldest_timer()
+        oldest = self._pool.oldest_waiting_since()
         return limit is not None and oldest is not None and self._now - oldest > limit
 
     def tick(self) -> None:
