@@ -88,7 +88,7 @@ class ConsensusSection:
     request_timeout_ms: int = 4_000
     #: New submissions get 429 while a pending request waited longer than this
     #: (admission control: below request_timeout_ms, so overload sheds load instead
-    #: of ending in relays and view changes). 0: half of request_timeout_ms.
+    #: of ending in relays and view changes). 0: a quarter of request_timeout_ms.
     admission_max_wait_ms: int = 0
     pool_max: int = 20_000
     #: Peers whose reputation falls below this score are banned.
@@ -361,7 +361,7 @@ def _validate(cfg: NodeConfig) -> None:
     if not 0 <= c.admission_max_wait_ms < c.request_timeout_ms:
         raise ConfigError(
             f"{src}: consensus.admission_max_wait_ms: must be within [0, request_timeout_ms) "
-            f"(request_timeout_ms is {c.request_timeout_ms}; 0 means half of it)"
+            f"(request_timeout_ms is {c.request_timeout_ms}; 0 means a quarter of it)"
         )
     if c.watermark_window < c.checkpoint_interval:
         raise ConfigError(

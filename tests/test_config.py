@@ -137,7 +137,7 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
     )
     core = core_config(load_config(node_config, environ={}))
     assert core.request_timeout == 150
-    assert core.admission_max_wait == 75  # 0: half of the request timeout
+    assert core.admission_max_wait == 38  # 0: a quarter of the request timeout, 375 ms
     assert core.transfer_max_bytes == 2 * 65536
     _rewrite(
         node_config,

@@ -50,7 +50,7 @@ def core_config(cfg: NodeConfig) -> Config:
         view_change_timeout=ticks(c.view_change_timeout_ms),
         request_timeout=ticks(c.request_timeout_ms),
         admission_max_wait=min(
-            ticks(c.admission_max_wait_ms or c.request_timeout_ms // 2),
+            ticks(c.admission_max_wait_ms or c.request_timeout_ms // 4),
             ticks(c.request_timeout_ms) - 1,
         )
         or None,
