@@ -8,7 +8,8 @@ Why these settings (measured on the development VM, see docs/storage.md):
 * Memtables are 16 MiB per column family and 48 MiB for all together (the write
   buffer manager), the block cache 32 MiB: the service's memory stays bounded
   (at 200 vertices/s its RSS was 185 MB with 64 MiB memtables and a 64 MiB cache,
-  121 MB with these; commit latency unchanged, p50 6.3 ms / p99 13.0 ms).
+  121 MB with these; the storage benchmark's commit latency was the same with
+  both, back to back: p99 19.3 ms).
 * A memtable flush writes an SST and fsyncs it at the end; a WAL sync that
   lands then waits behind it (~100 ms for 64 MiB). ``strict_bytes_per_sync`` makes the
   flush sync every 256 KiB instead, so a WAL sync waits for at most that much.
