@@ -40,6 +40,10 @@ RPC_TOTAL = Counter(
 )
 SERVING = Gauge("cretoai_service_serving", "1 while the service reports SERVING", ["service"])
 
+#: Trailing metadata key with the client-facing error code of a refusal (e.g.
+#: ``bad_signature``), for a caller that must report more than the gRPC status.
+ERROR_CODE_KEY = "cretoai-error-code"
+
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 Registrar = Callable[[grpc.aio.Server], None]

@@ -26,6 +26,11 @@ from cretoai.v1 import vertex_pb2
 CONTEXT = b"cretoai.v1.vertex"
 _HASH_DOMAIN = CONTEXT + b"\x00"
 HASH_SIZE = 32
+#: What a client is told when a vertex's signature does not verify.
+BAD_SIGNATURE_MESSAGE = (
+    "the signature does not verify: ML-DSA-87 by public_key over the vertex's "
+    "canonical encoding, context 'cretoai.v1.vertex'"
+)
 MAX_PARENTS = 64
 #: The largest payload any node accepts in a vertex (a protocol constant, the same on
 #: every node, so that validity at execution is deterministic; gateways may accept less).

@@ -3,16 +3,21 @@ the supervisor's restart of a killed service, and a clean stop on Ctrl-C."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, cli, free_base_port
+from tests.gateway.support import client_key, signed_body
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -32,6 +37,17 @@ def _wait_for(proc: subprocess.Popen[str], marker: str, lines: list[str], timeou
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cli(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def _post(url: str, body: dict[str, object]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def _service_pid(config: Path, service: str) -> int:
@@ -70,6 +86,13 @@ def test_single_node_cluster_up_submit_status_restart_stop(tmp_path: Path) -> No
 
         bad = _run("submit", "--config", str(config), "--payload", "x", "--parent", "ab")
         assert bad.returncode == 1 and "HTTP 422" in bad.stderr
+
+        # A client-signed vertex whose signature does not verify: the real consensus
+        # refuses it (it verifies once for the node) and the gateway says why.
+        body, _ = signed_body(client_key(), b"signed")
+        body["payload"] = base64.b64encode(b"tampered").decode()
+        code, reply = _post(f"http://127.0.0.1:{base + 30}/v1/vertices", body)
+        assert (code, reply["error"]["code"]) == (422, "bad_signature"), reply
 
         # The supervisor restarts a service that dies.
         old_pid = _service_pid(config, "consensus")

@@ -9,6 +9,7 @@ import grpc
 
 from cretoai.config import NodeConfig
 from cretoai.crypto.keys import node_id
+from cretoai.serving import ERROR_CODE_KEY
 from cretoai.v1 import (
     consensus_pb2,
     consensus_pb2_grpc,
@@ -17,7 +18,13 @@ from cretoai.v1 import (
     transport_pb2,
     vertex_pb2,
 )
-from cretoai.vertex import HASH_SIZE, PROTOCOL_MAX_PAYLOAD_BYTES, shape_error, vertex_hash
+from cretoai.vertex import (
+    BAD_SIGNATURE_MESSAGE,
+    HASH_SIZE,
+    PROTOCOL_MAX_PAYLOAD_BYTES,
+    shape_error,
+    vertex_hash,
+)
 from services.consensus.core.replica import ProposeResult
 from services.consensus.driver import Driver
 from services.consensus.feed import WatcherTooSlow
@@ -55,7 +62,11 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE)
         digest = vertex_hash(vertex)
         if not await self._driver.verify_vertex(vertex, digest):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid vertex signature")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                BAD_SIGNATURE_MESSAGE,
+                trailing_metadata=((ERROR_CODE_KEY, "bad_signature"),),
+            )
         lookup = [digest, *vertex.parents]
         statuses = await self._storage.GetVertexStatuses(
             storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=10

@@ -1,10 +1,10 @@
 """What the gateway does, shared by its REST, WebSocket and gRPC APIs.
 
 A submission is checked in this order, cheapest first: payload size (413),
-shape (422), then the client's signature (422, verified in a thread pool; an
-unsigned vertex is signed by the node key there instead), then its parents
-(each finalized in storage or pending at this node, else 422), and only then
-handed to consensus, whose refusals are mapped by
+shape (422; an unsigned vertex is then signed by the node key in a thread
+pool), its parents (each finalized in storage or pending at this node, else
+422), and only then handed to consensus, which verifies the client's signature
+once for the node (422 ``bad_signature``) and whose refusals are mapped by
 :func:`services.gateway.errors.from_backend`.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from cretoai.crypto import SIGNATURE_SIZE, Backend, NodeKey
+from cretoai.crypto import SIGNATURE_SIZE, NodeKey
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
-from cretoai.vertex import make_vertex, shape_error, verify_vertex, vertex_hash
+from cretoai.vertex import make_vertex, shape_error, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
 from services.gateway.codec import Draft
@@ -67,7 +67,6 @@ class Gateway:
         self,
         *,
         key: NodeKey,
-        backend: Backend,
         consensus: ConsensusClient,
         storage: StorageClient,
         hub: FinalityHub,
@@ -76,7 +75,6 @@ class Gateway:
         probes: dict[str, grpc.aio.Channel],
     ) -> None:
         self._key = key
-        self._backend = backend
         self._consensus = consensus
         self._storage = storage
         self._pool = pool
@@ -161,15 +159,8 @@ class Gateway:
                 signature=draft.signature,
             )
             self._check_shape(vertex)
-            ok, h = await loop.run_in_executor(self._pool, self._verify, vertex)
-            metrics.SIGNATURE_CHECKS.labels("ok" if ok else "bad").inc()
-            if not ok:
-                raise ApiError(
-                    "bad_signature",
-                    "the signature does not verify: ML-DSA-87 by public_key over the "
-                    "vertex's canonical encoding, context 'cretoai.v1.vertex'",
-                )
-            return vertex, h
+            # Consensus verifies the signature (once per node, with its cache).
+            return vertex, vertex_hash(vertex)
         # Check the shape before spending a signature on it.
         self._check_shape(
             vertex_pb2.Vertex(
@@ -185,10 +176,6 @@ class Gateway:
         problem = shape_error(vertex, max_payload_bytes=self._limits.max_payload_bytes)
         if problem is not None:
             raise ApiError("invalid_vertex", problem)
-
-    def _verify(self, vertex: vertex_pb2.Vertex) -> tuple[bool, bytes]:
-        """In the pool: ML-DSA-87 verification releases the GIL."""
-        return verify_vertex(vertex, self._backend), vertex_hash(vertex)
 
     def _sign(self, draft: Draft, timestamp_ms: int) -> tuple[vertex_pb2.Vertex, bytes]:
         vertex = make_vertex(self._key, draft.payload, draft.parents, timestamp_ms)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import grpc
 
+from cretoai.serving import ERROR_CODE_KEY
+
 #: code -> (HTTP status, gRPC status of the public API)
 CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     # 400: the request cannot be parsed
@@ -74,6 +76,9 @@ def from_backend(exc: grpc.aio.AioRpcError, backend: Backend) -> ApiError:
     """
     code = exc.code()
     detail = exc.details() or code.name
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_CODE_KEY and value in CODES:
+            return ApiError(str(value), detail)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ApiError("invalid_vertex" if backend == "consensus" else "bad_request", detail)
     if code == grpc.StatusCode.FAILED_PRECONDITION and backend == "consensus":

@@ -47,8 +47,3 @@ WATCH_RECONNECTS = Counter(
     "cretoai_gateway_watch_reconnects_total",
     "Times the gateway re-subscribed to the consensus finalized stream",
 )
-SIGNATURE_CHECKS = Counter(
-    "cretoai_gateway_signature_checks_total",
-    "Client vertex signatures checked, by result",
-    ["result"],
-)

@@ -24,7 +24,7 @@ from services.gateway.finality import FinalityHub
 from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer
 from services.gateway.rest import RestApi
 
-#: Threads that verify client signatures and sign unsigned vertices (both release the GIL).
+#: Threads that sign unsigned vertices with the node key (signing releases the GIL).
 CRYPTO_THREADS = 2
 
 
@@ -56,7 +56,6 @@ async def create(cfg: NodeConfig) -> GatewayNode:
     hub = FinalityHub(consensus, storage, buffer_bytes=cfg.gateway.stream_buffer_bytes)
     gateway = Gateway(
         key=key,
-        backend=backend,
         consensus=consensus,
         storage=storage,
         hub=hub,

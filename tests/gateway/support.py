@@ -2,7 +2,9 @@
 
 The consensus service is built in parallel with the gateway, so these tests run
 :class:`FakeConsensus`, a minimal servicer of ``consensus.proto`` over real gRPC,
-in its place. It records submissions, holds them pending, and finalizes them on
+in its place. Like the real one it verifies client signatures (answering
+``bad_signature`` in the trailing metadata). It records submissions, holds them
+pending, and finalizes them on
 demand the way the real one does: one atomic ``CommitBatch`` to the REAL storage
 service (RocksDB in the test's temp dir) first, then the batch on every
 ``WatchFinalized`` stream.
@@ -30,7 +32,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, get_backend
-from cretoai.serving import GrpcService
+from cretoai.serving import ERROR_CODE_KEY, GrpcService
 from cretoai.v1 import (
     consensus_pb2,
     consensus_pb2_grpc,
@@ -39,7 +41,7 @@ from cretoai.v1 import (
     storage_pb2_grpc,
     vertex_pb2,
 )
-from cretoai.vertex import make_vertex, vertex_hash
+from cretoai.vertex import BAD_SIGNATURE_MESSAGE, make_vertex, verify_vertex, vertex_hash
 from services.gateway.service import GatewayNode, create
 from services.storage.service import build as build_storage
 
@@ -88,6 +90,7 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
 
     def __init__(self, storage: storage_pb2_grpc.StorageStub) -> None:
         self._storage = storage
+        self._backend = get_backend("cryptography")
         self.submissions: list[vertex_pb2.Vertex] = []
         self.submit_metadata: list[dict[str, str]] = []
         self.pending: dict[bytes, vertex_pb2.Vertex] = {}
@@ -123,6 +126,12 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         if self.submit_error is not None:
             await context.abort(self.submit_error, "set by the test")
         vertex = request.vertex
+        if not verify_vertex(vertex, self._backend):  # as the real one: once per node
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                BAD_SIGNATURE_MESSAGE,
+                trailing_metadata=((ERROR_CODE_KEY, "bad_signature"),),
+            )
         h = vertex_hash(vertex)
         if h in self.executed:
             return consensus_pb2.SubmitVertexResponse(
