@@ -4,10 +4,9 @@ The consensus service is built in parallel with the gateway, so these tests run
 :class:`FakeConsensus`, a minimal servicer of ``consensus.proto`` over real gRPC,
 in its place. Like the real one it verifies client signatures (answering
 ``bad_signature`` in the trailing metadata). It records submissions, holds them
-pending, and finalizes them on
-demand the way the real one does: one atomic ``CommitBatch`` to the REAL storage
-service (RocksDB in the test's temp dir) first, then the batch on every
-``WatchFinalized`` stream.
+pending, and finalizes them on demand the way the real one does: one atomic
+``CommitBatch`` to the REAL storage service (RocksDB in the test's temp dir)
+first, then the batch on every ``WatchFinalized`` stream.
 """
 
 from __future__ import annotations
