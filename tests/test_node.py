@@ -93,6 +93,10 @@ def test_single_node_cluster_up_submit_status_restart_stop(tmp_path: Path) -> No
         body["payload"] = base64.b64encode(b"tampered").decode()
         code, reply = _post(f"http://127.0.0.1:{base + 30}/v1/vertices", body)
         assert (code, reply["error"]["code"]) == (422, "bad_signature"), reply
+        # A parent the node does not know: consensus checks parents, the gateway maps it.
+        orphan = {"payload": "", "parents": ["ab" * 32]}
+        code, reply = _post(f"http://127.0.0.1:{base + 30}/v1/vertices", orphan)
+        assert (code, reply["error"]["code"]) == (422, "unknown_parent"), reply
 
         # The supervisor restarts a service that dies.
         old_pid = _service_pid(config, "consensus")

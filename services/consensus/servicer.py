@@ -68,19 +68,35 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                 trailing_metadata=((ERROR_CODE_KEY, "bad_signature"),),
             )
         lookup = [digest, *vertex.parents]
-        statuses = await self._storage.GetVertexStatuses(
-            storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=10
-        )
-        status = {r.hash: r.status for r in statuses.records}
-        if status.get(digest) in (FINALIZED, REJECTED):
+        try:
+            statuses = await self._storage.GetVertexStatuses(
+                storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"storage is unavailable: {exc.details()}",
+                trailing_metadata=((ERROR_CODE_KEY, "storage_unavailable"),),
+            )
+        records = {r.hash: r for r in statuses.records}
+        own = records.get(digest)
+        if own is not None and own.status in (FINALIZED, REJECTED):
             return consensus_pb2.SubmitVertexResponse(
-                hash=digest, status=status[digest], duplicate=True
+                hash=digest, status=own.status, duplicate=True
             )
         for parent in vertex.parents:
-            if status.get(parent) != FINALIZED and parent not in self._driver.pending:
+            record = records.get(parent)
+            if record is not None and record.status == REJECTED:
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"unknown parent {parent.hex()}: neither finalized nor pending here",
+                    f"parent {parent.hex()} was rejected at execution ({record.reject_reason}); "
+                    "a parent must be finalized or pending",
+                )
+            finalized = record is not None and record.status == FINALIZED
+            if not finalized and parent not in self._driver.pending:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"parent {parent.hex()} is neither finalized nor pending at this node",
                 )
         result = await self._driver.propose(vertex, digest)
         if result == ProposeResult.POOL_FULL:

@@ -2,9 +2,9 @@
 
 A submission is checked in this order, cheapest first: payload size (413),
 shape (422; an unsigned vertex is then signed by the node key in a thread
-pool), its parents (each finalized in storage or pending at this node, else
-422), and only then handed to consensus, which verifies the client's signature
-once for the node (422 ``bad_signature``) and whose refusals are mapped by
+pool), and only then handed to consensus, which verifies the client's signature
+once for the node (422 ``bad_signature``) and its parents (each finalized or
+pending at this node, else 422 ``unknown_parent``); its refusals are mapped by
 :func:`services.gateway.errors.from_backend`.
 """
 
@@ -122,7 +122,6 @@ class Gateway:
         self._in_progress += 1
         try:
             vertex, h = await self._vertex_of(draft)
-            await self._check_parents(list(vertex.parents))
         finally:
             self._in_progress -= 1
         if not wait:
@@ -180,32 +179,6 @@ class Gateway:
     def _sign(self, draft: Draft, timestamp_ms: int) -> tuple[vertex_pb2.Vertex, bytes]:
         vertex = make_vertex(self._key, draft.payload, draft.parents, timestamp_ms)
         return vertex, vertex_hash(vertex)
-
-    async def _check_parents(self, parents: list[bytes]) -> None:
-        """Each parent must be finalized (storage) or pending at this node (consensus)."""
-        if not parents:
-            return
-        records = await self._storage.statuses(parents)
-        for parent, record in zip(parents, records, strict=True):
-            if record.status == REJECTED:
-                raise ApiError(
-                    "unknown_parent",
-                    f"parent {parent.hex()} was rejected at execution "
-                    f"({record.reject_reason}); a parent must be finalized or pending",
-                )
-        open_parents = [p for p, r in zip(parents, records, strict=True) if r.status != FINALIZED]
-        if not open_parents:
-            return
-        pending = await asyncio.gather(*(self._consensus.pending(p) for p in open_parents))
-        missing = [p for p, v in zip(open_parents, pending, strict=True) if v is None]
-        if missing:  # finalized between the two reads?
-            again = await self._storage.statuses(missing)
-            missing = [p for p, r in zip(missing, again, strict=True) if r.status != FINALIZED]
-        if missing:
-            raise ApiError(
-                "unknown_parent",
-                f"parent {missing[0].hex()} is neither finalized nor pending at this node",
-            )
 
     async def _stored(self, h: bytes) -> vertex_pb2.VertexRecord:
         record = await self._storage.vertex(h)

@@ -3,7 +3,8 @@
 The consensus service is built in parallel with the gateway, so these tests run
 :class:`FakeConsensus`, a minimal servicer of ``consensus.proto`` over real gRPC,
 in its place. Like the real one it verifies client signatures (answering
-``bad_signature`` in the trailing metadata). It records submissions, holds them
+``bad_signature`` in the trailing metadata) and checks parents (finalized in
+storage or pending here, else FAILED_PRECONDITION). It records submissions, holds them
 pending, and finalizes them on demand the way the real one does: one atomic
 ``CommitBatch`` to the REAL storage service (RocksDB in the test's temp dir)
 first, then the batch on every ``WatchFinalized`` stream.
@@ -136,6 +137,31 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
             return consensus_pb2.SubmitVertexResponse(
                 hash=h, status=self.executed[h], duplicate=True
             )
+        if vertex.parents:  # as the real one: finalized (storage) or pending here
+            try:
+                reply = await self._storage.GetVertexStatuses(
+                    storage_pb2.GetVertexStatusesRequest(hashes=list(vertex.parents))
+                )
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"storage is unavailable: {exc.details()}",
+                    trailing_metadata=((ERROR_CODE_KEY, "storage_unavailable"),),
+                )
+            for parent, record in zip(vertex.parents, reply.records, strict=True):
+                if record.status == vertex_pb2.VERTEX_STATUS_REJECTED:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"parent {parent.hex()} was rejected at execution ({record.reject_reason})",
+                    )
+                if (
+                    record.status != vertex_pb2.VERTEX_STATUS_FINALIZED
+                    and parent not in self.pending
+                ):
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"parent {parent.hex()} is neither finalized nor pending at this node",
+                    )
         duplicate = h in self.pending
         self.pending[h] = vertex
         self.submissions.append(vertex)
