@@ -39,7 +39,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cli(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
-def _post(url: str, body: dict[str, object]) -> tuple[int, dict[str, Any]]:
+def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
