@@ -62,8 +62,8 @@ class GatewaySection:
     max_payload_bytes: int = 262_144
     #: How long POST /v1/vertices?wait=true waits for finality before answering 504.
     wait_timeout_ms: int = 10_000
-    #: Submissions being validated (signature, parents) at once; more get 429 at once
-    #: instead of queueing without bound in front of an overloaded node.
+    #: Submissions being prepared (shape checked, node-signed when unsigned) at once;
+    #: more get 429 at once instead of queueing without bound in front of the node.
     max_submissions_in_progress: int = 256
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).

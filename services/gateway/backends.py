@@ -81,16 +81,6 @@ class StorageClient:
             raise from_backend(exc, "storage") from None
         return reply.record if reply.found else None
 
-    async def statuses(self, hashes: list[bytes]) -> list[vertex_pb2.VertexRecord]:
-        """Status of each hash, in order (VERTEX_STATUS_UNSPECIFIED: not stored)."""
-        try:
-            reply: storage_pb2.GetVertexStatusesResponse = await self._stub.GetVertexStatuses(
-                storage_pb2.GetVertexStatusesRequest(hashes=hashes), timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_backend(exc, "storage") from None
-        return list(reply.records)
-
     async def finalized(
         self, from_seq: int, *, limit: int, to_seq: int = 0, omit_vertices: bool = False
     ) -> list[storage_pb2.FinalizedEntry]:

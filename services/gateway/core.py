@@ -42,10 +42,10 @@ READ_CHUNK = 16
 class Limits:
     max_payload_bytes: int
     wait_timeout_s: float
-    #: Submissions validated at once; more are refused (429 overloaded).
+    #: Submissions prepared at once (shape, node signature); more get 429 overloaded.
     max_in_progress: int = 256
     #: After consensus refused a vertex as overloaded, new submissions are refused
-    #: here for this long without any work (no signature check, no storage read).
+    #: here for this long without any work (no signing, no call to consensus).
     shed_hold_s: float = 0.1
 
 

@@ -121,9 +121,8 @@ class _Transfer:
 
 @dataclass(slots=True)
 class _Resend:
-    """Resends to one peer stuck at ``status``: allowed again at ``next_at``."""
+    """Resends to one peer stuck at its last STATUS: allowed again at ``next_at``."""
 
-    status: StatusEnvelope
     next_at: int
     backoff: int
 
@@ -220,6 +219,7 @@ class Replica:
         self._transfer: _Transfer | None = None
         #: Each peer's last STATUS (to resend only to peers that stopped progressing).
         self._peer_status: dict[int, StatusEnvelope] = {}
+        #: Backoff of resends to each peer stuck at its last STATUS (reset when it moves).
         self._resend: dict[int, _Resend] = {}
         executed = executed or ExecutedState()
         self._last_exec = executed.seq
@@ -977,7 +977,9 @@ class Replica:
         """
         previous = self._peer_status.get(sender)
         self._peer_status[sender] = st
-        stalled = previous == st and self._may_resend(sender, st)
+        if previous != st:
+            self._resend.pop(sender, None)
+        stalled = previous == st and self._may_resend(sender)
         settled = self._now - self.config.status_interval
         if st.stable_seq < self._low:
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
@@ -1018,8 +1020,8 @@ class Replica:
                 if own is not None:
                     self._send.append(Outbound(sender, SignedEnvelope(own)))
 
-    def _may_resend(self, peer: int, st: StatusEnvelope) -> bool:
-        """Whether to resend to ``peer``, stalled at ``st``, now.
+    def _may_resend(self, peer: int) -> bool:
+        """Whether to resend to ``peer``, stalled at its last STATUS, now.
 
         The first time at once; while it stays stuck at the same place, after 2, 4,
         ... up to :data:`RESEND_MAX_BACKOFF` status intervals. A peer that is only
@@ -1028,8 +1030,8 @@ class Replica:
         """
         interval = self.config.status_interval
         entry = self._resend.get(peer)
-        if entry is None or entry.status != st:
-            self._resend[peer] = _Resend(status=st, next_at=self._now + interval, backoff=interval)
+        if entry is None:
+            self._resend[peer] = _Resend(next_at=self._now + interval, backoff=interval)
             return True
         if self._now < entry.next_at:
             return False
