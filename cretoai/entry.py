@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import KeyFileError
 from cretoai.logs import setup_logging
-from cretoai.serving import GrpcService
+from cretoai.serving import GrpcService, ServiceFailed
 
 Builder = Callable[[NodeConfig], Awaitable[GrpcService]]
 
@@ -43,6 +43,9 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
         asyncio.run(main())
     except (ConfigError, KeyFileError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ServiceFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -230,6 +230,10 @@ class GrpcService:
         self._telemetry: Telemetry | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._failed = asyncio.Event()
+        self._fail_task: asyncio.Task[None] | None = None
+        #: Why the service failed (see :meth:`fail`), or None.
+        self.failure: str | None = None
 
     @property
     def health(self) -> health.aio.HealthServicer:
@@ -308,12 +312,40 @@ class GrpcService:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def fail(self, reason: str) -> None:
+        """The service cannot go on: NOT_SERVING now, then :meth:`run` stops and raises.
+
+        Safe to call from any task of the event loop; the first reason wins.
+        """
+        if self.failure is None:
+            self.failure = reason
+            SERVING.labels(self.name).set(0)
+            self._failed.set()
+            self._fail_task = asyncio.get_running_loop().create_task(
+                self._health.enter_graceful_shutdown()
+            )
+
     async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop in order."""
+        """Start, serve until SIGTERM/SIGINT or :meth:`fail`, then stop in order.
+
+        Raises :class:`ServiceFailed` after the stop when the service failed.
+        """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
         await self.start()
-        await stop_requested.wait()
+        waits = [
+            asyncio.create_task(stop_requested.wait()),
+            asyncio.create_task(self._failed.wait()),
+        ]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
         await self.stop()
+        if self.failure is not None:
+            raise ServiceFailed(f"{self.name} failed: {self.failure}")
+
+
+class ServiceFailed(Exception):
+    """A service stopped because it could not go on (the process exits non-zero)."""

@@ -10,8 +10,13 @@ Canonical encoding (big-endian), over which the hash and the signature are made:
 hash = SHA3-256("cretoai.v1.vertex\\0" ‖ canonical). The signature is
 ML-DSA-87 over ``canonical`` with context string ``cretoai.v1.vertex``. The
 signature is not part of the hash, so re-signing the same content cannot make a
-second vertex (deduplication is by content). Height is derived, not signed: one
+second vertex (the DAG deduplicates by content). Height is derived, not signed: one
 more than the highest parent's, 0 without parents.
+
+Consensus orders *signed copies*, not contents: a copy is identified by
+:func:`signed_digest`, which covers the signature too. Two copies of one content
+with different signatures are two requests; whether a copy is valid is a function
+of its exact bytes, never of another copy's verdict (docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cretoai.v1 import vertex_pb2
 
 CONTEXT = b"cretoai.v1.vertex"
 _HASH_DOMAIN = CONTEXT + b"\x00"
+_SIGNED_DOMAIN = b"cretoai.v1.signed-vertex\x00"
 HASH_SIZE = 32
 #: What a client is told when a vertex's signature does not verify.
 BAD_SIGNATURE_MESSAGE = (
@@ -48,6 +54,20 @@ def canonical_bytes(vertex: vertex_pb2.Vertex) -> bytes:
 
 def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
     return hashlib.sha3_256(_HASH_DOMAIN + canonical_bytes(vertex)).digest()
+
+
+def signed_digest(vertex: vertex_pb2.Vertex) -> bytes:
+    """The identity of one signed copy of a vertex: its content and its signature.
+
+    SHA3-256("cretoai.v1.signed-vertex\\0" ‖ canonical ‖ u32 len(signature) ‖ signature).
+    Consensus batches and signature verdicts are keyed by it.
+    """
+    return hashlib.sha3_256(
+        _SIGNED_DOMAIN
+        + canonical_bytes(vertex)
+        + struct.pack(">I", len(vertex.signature))
+        + vertex.signature
+    ).digest()
 
 
 def make_vertex(

@@ -12,6 +12,11 @@ through one queue, in order. After each burst of inputs the task drains
 
 Signatures are verified *before* the replica sees a message, in a thread pool,
 concurrently but delivered in arrival order.
+
+A failure of the replica task is never silent: a halt (``ConsensusHalted``) or any
+unexpected exception is logged with its cause, counted, turns health NOT_SERVING
+and calls ``on_fatal`` so that the process exits non-zero and its supervisor
+restarts it (from durable state).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +34,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai.crypto.keys import node_id
 from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
-from cretoai.vertex import vertex_hash
+from cretoai.vertex import signed_digest, vertex_hash
 from services.consensus.byzantine import Byzantine
 from services.consensus.core.codec import (
     DecodeError,
@@ -39,6 +44,7 @@ from services.consensus.core.codec import (
     signed_to_pb,
 )
 from services.consensus.core.crypto import CONTEXT
+from services.consensus.core.durable import ExecutedState
 from services.consensus.core.messages import (
     BatchEnvelope,
     Envelope,
@@ -71,6 +77,11 @@ BYZANTINE = Counter(
 )
 BANS = Counter("cretoai_consensus_bans_total", "Peers banned")
 EVIDENCE = Counter("cretoai_consensus_evidence_total", "Equivocation evidence recorded")
+FAILURES = Counter(
+    "cretoai_consensus_replica_failures_total",
+    "Times the replica task stopped (halted, or an unexpected error)",
+    ["kind"],
+)
 FINALITY = Histogram(
     "cretoai_consensus_finality_seconds",
     "From a local client's submission to execution of its vertex",
@@ -87,12 +98,15 @@ BURST = 256
 
 
 def request_hash(body: bytes) -> bytes:
-    """The hash the core uses for a request: the vertex hash of the serialized vertex."""
+    """The hash the core uses for a request: the signed digest of the serialized vertex.
+
+    It covers the signature, so a batch digest commits to the exact signed copies.
+    """
     try:
         vertex = vertex_pb2.Vertex.FromString(body)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ValueError(f"not a vertex: {exc}") from None
-    return vertex_hash(vertex)
+    return signed_digest(vertex)
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,9 @@ class Driver:
         feed: FinalizedFeed,
         tick_ms: int,
         pending_max: int,
+        executed: ExecutedState | None = None,
         byzantine: Byzantine | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.replica = replica
         self.byzantine = byzantine
@@ -142,7 +158,8 @@ class Driver:
         self._index = {nid: i for i, nid in enumerate(self.node_ids)}
         self._storage = storage
         self._verifier = verifier
-        self._executor = Executor(storage, verifier)
+        self._executor = Executor(storage, verifier, executed=executed or ExecutedState())
+        self.on_fatal = on_fatal
         self.feed = feed
         self.link = TransportLink(transport_target, self._on_inbound)
         self._tick_s = tick_ms / 1000
@@ -151,7 +168,8 @@ class Driver:
         self._verifying: asyncio.Queue[asyncio.Task[_Input | None]] = asyncio.Queue(512)
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
-        #: Vertices known here but not executed (for GetPending and parent checks), bounded.
+        #: Vertices known here but not executed (for GetPending and parent checks), bounded;
+        #: by content hash.
         self.pending: OrderedDict[bytes, vertex_pb2.Vertex] = OrderedDict()
         self._pending_max = pending_max
         self._submitted_at: dict[bytes, float] = {}
@@ -182,21 +200,21 @@ class Driver:
     def ready(self) -> bool:
         return self.halted is None and self.link.connected.is_set()
 
-    async def verify_vertex(self, vertex: vertex_pb2.Vertex, digest: bytes) -> bool:
-        return await self._verifier.verify_vertex(vertex, digest)
+    async def verify_vertex(self, vertex: vertex_pb2.Vertex, content: bytes) -> bool:
+        """Whether this exact signed copy verifies (``content`` is its vertex hash)."""
+        return await self._verifier.verify_vertex(vertex, signed_digest(vertex), content)
 
     # --- inputs ----------------------------------------------------------------------
 
-    async def propose(self, vertex: vertex_pb2.Vertex, digest: bytes) -> ProposeResult:
-        """A local client's vertex (already validated and verified)."""
-        self._remember(digest, vertex)
+    async def propose(self, vertex: vertex_pb2.Vertex, content: bytes) -> ProposeResult:
+        """A local client's vertex (already validated and verified); ``content`` its hash."""
+        self._remember(content, vertex)
         future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(
-            _Propose(Request(hash=digest, body=vertex.SerializeToString()), future)
-        )
+        body = vertex.SerializeToString()
+        self._inbox.put_nowait(_Propose(Request(hash=signed_digest(vertex), body=body), future))
         result = await future
         if result == ProposeResult.ACCEPTED:
-            self._submitted_at.setdefault(digest, time.monotonic())
+            self._submitted_at.setdefault(content, time.monotonic())
         return result
 
     def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex) -> None:
@@ -237,23 +255,29 @@ class Driver:
             if not ok:
                 return _Fault(sender, FaultKind.INVALID_SIGNATURE)
         if isinstance(env, RequestsEnvelope):
+            # Forwarded or relayed requests: an honest replica sends only copies it
+            # verified itself, and a verdict is a function of the copy's exact bytes,
+            # so a copy that fails here is the sender's own fault.
             valid = []
             for request in env.requests:
                 vertex = vertex_pb2.Vertex.FromString(request.body)
-                if await self._verifier.verify_vertex(vertex, request.hash):
+                content = vertex_hash(vertex)
+                if await self._verifier.verify_vertex(vertex, request.hash, content):
                     valid.append(request)
-                    self._remember(request.hash, vertex)
+                    self._remember(content, vertex)
             if len(valid) < len(env.requests):
                 self._inbox.put_nowait(_Fault(sender, FaultKind.INVALID_SIGNATURE))
             if not valid:
                 return None
             env = RequestsEnvelope(tuple(valid))
         elif isinstance(env, SignedEnvelope | BatchEnvelope):
-            # Pre-verify batch bodies so execution hits the cache (validity is decided there).
+            # Pre-verify batch bodies so execution hits the cache (validity is decided
+            # there; a primary may order an invalid copy, which is then rejected).
             for request in env.requests:
                 vertex = vertex_pb2.Vertex.FromString(request.body)
-                self._remember(request.hash, vertex)
-                await self._verifier.verify_vertex(vertex, request.hash)
+                content = vertex_hash(vertex)
+                self._remember(content, vertex)
+                await self._verifier.verify_vertex(vertex, request.hash, content)
         return _Step(sender, env)
 
     async def _deliver_verified(self) -> None:
@@ -287,13 +311,25 @@ class Driver:
                         break
                     self._apply(item)
                 INBOX.set(self._inbox.qsize())
-                ready = self.replica.ready()
-                if ready:
+                # Carrying out a Ready can make more (a checkpoint over applied state).
+                while ready := self.replica.ready():
                     await self._carry_out(ready)
                 self._publish_gauges()
+        except asyncio.CancelledError:
+            raise
         except ConsensusHalted as exc:
-            self.halted = str(exc)
-            log.critical("consensus halted", extra={"fields": {"reason": str(exc)}})
+            self._fail("halted", str(exc))
+        except Exception as exc:
+            log.critical("replica task failed", exc_info=True)
+            self._fail("error", f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, kind: str, reason: str) -> None:
+        """Stop for good: NOT ready (health NOT_SERVING), counted, and the process told."""
+        self.halted = reason
+        FAILURES.labels(kind).inc()
+        log.critical("consensus halted", extra={"fields": {"reason": reason, "kind": kind}})
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     async def _carry_out(self, rd: Ready) -> None:
         if rd.persist:
@@ -320,10 +356,11 @@ class Driver:
             self.link.send(encode_envelope(out.envelope), to=to)
         for committed in rd.execute:
             executed = await self._executor.execute(committed)
+            self.replica.applied(committed.seq, executed.state_digest)
             now = time.monotonic()
-            for request in committed.requests:
-                self.pending.pop(request.hash, None)
-                submitted = self._submitted_at.pop(request.hash, None)
+            for content in executed.contents:
+                self.pending.pop(content, None)
+                submitted = self._submitted_at.pop(content, None)
                 if submitted is not None:
                     FINALITY.observe(now - submitted)
             self.feed.publish(executed.batch)
@@ -363,7 +400,8 @@ class Driver:
         async with contextlib.aclosing(self.feed.read(serve.from_seq, serve.to_seq)) as read:
             async for batch in read:
                 requests = tuple(
-                    Request(hash=vertex_hash(v), body=v.SerializeToString()) for v in batch.vertices
+                    Request(hash=signed_digest(v), body=v.SerializeToString())
+                    for v in batch.vertices
                 )
                 certificate = certificate_from_pb(batch.certificate)
                 batches.append(TransferBatch(requests=requests, certificate=certificate))

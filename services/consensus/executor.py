@@ -1,13 +1,8 @@
 """Execution of committed batches: deterministic validity, then one atomic storage write.
 
-Every honest replica executes the same batches in the same order against the
-same finalized DAG, so the decisions below are the same everywhere. A vertex
-of a committed batch is **rejected** (stored as such, never a parent) when:
-
-- its shape is wrong (``cretoai.vertex.shape_error`` with the protocol limits);
-- it is already finalized (an earlier batch, or earlier in this batch);
-- its signature does not verify;
-- a parent is not finalized (by an earlier batch, or accepted earlier in this batch).
+The decisions are :mod:`services.consensus.execution`'s (pure, shared with the
+simulator). This module gathers their inputs (finalized statuses from storage,
+signature verdicts), extends the state digest over the outcomes, and commits.
 """
 
 from __future__ import annotations
@@ -19,9 +14,12 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Histogram
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
-from cretoai.vertex import PROTOCOL_MAX_PAYLOAD_BYTES, shape_error
+from cretoai.vertex import PROTOCOL_MAX_PAYLOAD_BYTES, shape_error, vertex_hash
 from services.consensus.core.codec import certificate_to_pb
+from services.consensus.core.crypto import next_state_digest, outcome_bytes
+from services.consensus.core.durable import ExecutedState
 from services.consensus.core.ready import Committed
+from services.consensus.execution import Candidate, decide
 from services.consensus.retry import call_until_done
 from services.consensus.verify import Verifier
 
@@ -46,18 +44,36 @@ class Executed:
 
     batch: vertex_pb2.FinalizedBatch
     heights: tuple[int, ...]
+    #: The content hash of each vertex, in batch order.
+    contents: tuple[bytes, ...]
+
+    @property
+    def state_digest(self) -> bytes:
+        return self.batch.state_digest
 
 
 class Executor:
-    def __init__(self, storage: storage_pb2_grpc.StorageStub, verifier: Verifier) -> None:
+    """Executes committed batches in order and keeps the state digest chain after them."""
+
+    def __init__(
+        self,
+        storage: storage_pb2_grpc.StorageStub,
+        verifier: Verifier,
+        *,
+        executed: ExecutedState,
+    ) -> None:
         self._storage = storage
         self._verifier = verifier
+        self.seq = executed.seq
+        self.state_digest = executed.state_digest
 
     async def execute(self, committed: Committed) -> Executed:
+        if committed.seq != self.seq + 1:
+            raise RuntimeError(f"execute({committed.seq}) after {self.seq}: out of order")
         started = time.perf_counter()
         vertices = [vertex_pb2.Vertex.FromString(r.body) for r in committed.requests]
-        hashes = [r.hash for r in committed.requests]
-        lookup = sorted(set(hashes) | {p for v in vertices for p in v.parents})
+        contents = [vertex_hash(v) for v in vertices]
+        lookup = sorted(set(contents) | {p for v in vertices for p in v.parents})
         finalized: set[bytes] = set()
         if lookup:
             reply = await call_until_done(
@@ -67,49 +83,51 @@ class Executor:
                 what="read vertex statuses",
             )
             finalized = {r.hash for r in reply.records if r.status == FINALIZED}
-        accepted: set[bytes] = set()
+        candidates = []
+        for req, vertex, content in zip(committed.requests, vertices, contents, strict=True):
+            malformed = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
+            ok = malformed is None and await self._verifier.verify_vertex(vertex, req.hash, content)
+            candidates.append(
+                Candidate(
+                    content=content,
+                    parents=tuple(vertex.parents),
+                    malformed=malformed,
+                    signature_ok=ok,
+                )
+            )
+        reasons = decide(candidates, finalized)
         results = []
         rejected = []
-        for digest, vertex in zip(hashes, vertices, strict=True):
-            reason = await self._reject_reason(digest, vertex, finalized | accepted)
+        for content, reason in zip(contents, reasons, strict=True):
             if reason is None:
-                accepted.add(digest)
                 EXECUTED_VERTICES.labels("finalized").inc()
             else:
-                rejected.append(digest)
+                rejected.append(content)
                 EXECUTED_VERTICES.labels("rejected").inc()
             results.append(
                 storage_pb2.ExecutionResult(
-                    hash=digest, rejected=reason is not None, reject_reason=reason or ""
+                    hash=content, rejected=reason is not None, reject_reason=reason or ""
                 )
             )
+        state = next_state_digest(
+            self.state_digest,
+            committed.seq,
+            committed.digest,
+            outcome_bytes(r is not None for r in reasons),
+        )
         batch = vertex_pb2.FinalizedBatch(
             seq=committed.seq,
             batch_digest=committed.digest,
             vertices=vertices,
             rejected=rejected,
             certificate=certificate_to_pb(committed.certificate),
-            state_digest=committed.state_digest,
+            state_digest=state,
         )
         request = storage_pb2.CommitBatchRequest(batch=batch, results=results)
         response = await call_until_done(
             lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
         )
+        self.seq, self.state_digest = committed.seq, state
         EXECUTED_BATCHES.inc()
         EXECUTE_SECONDS.observe(time.perf_counter() - started)
-        return Executed(batch=batch, heights=tuple(response.heights))
-
-    async def _reject_reason(
-        self, digest: bytes, vertex: vertex_pb2.Vertex, finalized: set[bytes]
-    ) -> str | None:
-        shape = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
-        if shape is not None:
-            return f"malformed: {shape}"
-        if digest in finalized:
-            return "duplicate: already finalized"
-        if not await self._verifier.verify_vertex(vertex, digest):
-            return "invalid signature"
-        for parent in vertex.parents:
-            if parent not in finalized:
-                return f"unknown parent {parent.hex()}"
-        return None
+        return Executed(batch=batch, heights=tuple(response.heights), contents=tuple(contents))

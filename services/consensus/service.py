@@ -143,6 +143,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         feed=FinalizedFeed(storage),
         tick_ms=cfg.consensus.tick_ms,
         pending_max=2 * cfg.consensus.pool_max,
+        executed=executed,
         byzantine=byzantine,
     )
     servicer = ConsensusServicer(cfg, driver, storage)
@@ -153,7 +154,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         verifier.close()
         await storage_channel.close()
 
-    return GrpcService(
+    service = GrpcService(
         name="consensus",
         bind=cfg.consensus.listen,
         servicers=[
@@ -170,3 +171,5 @@ async def build(cfg: NodeConfig) -> GrpcService:
         sampling_ratio=cfg.telemetry.sampling_ratio,
         cleanup=[cleanup],
     )
+    driver.on_fatal = service.fail
+    return service

@@ -80,10 +80,13 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             )
         records = {r.hash: r for r in statuses.records}
         own = records.get(digest)
-        if own is not None and own.status in (FINALIZED, REJECTED):
+        if own is not None and own.status == FINALIZED:
             return consensus_pb2.SubmitVertexResponse(
                 hash=digest, status=own.status, duplicate=True
             )
+        # A REJECTED record does not answer for this copy: validity is a function of
+        # the exact signed bytes, and another copy of the content may have been the one
+        # rejected (a bad signature), so this one is ordered and decided on its own.
         for parent in vertex.parents:
             record = records.get(parent)
             if record is not None and record.status == REJECTED:

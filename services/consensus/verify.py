@@ -1,22 +1,22 @@
-"""Signature verification off the event loop, with a cache by hash.
+"""Signature verification off the event loop, with a cache of verdicts.
 
 ML-DSA-87 verification (about 0.5 ms) releases the GIL inside OpenSSL, so a
 small thread pool lets both cores work while the event loop keeps serving.
-A vertex's signature is checked once per node: results are cached by vertex
-hash (bounded LRU).
+A signed copy of a vertex is checked once per node: verdicts are cached by the
+copy's signed digest (``execution.Verdicts``), never by content alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Counter
 
 from cretoai.crypto import Backend
 from cretoai.v1 import vertex_pb2
-from cretoai.vertex import verify_vertex, vertex_hash
+from cretoai.vertex import signed_digest, verify_vertex, vertex_hash
+from services.consensus.execution import Verdicts
 
 VERIFICATIONS = Counter(
     "cretoai_consensus_signature_verifications_total",
@@ -32,8 +32,7 @@ class Verifier:
     def __init__(self, backend: Backend, *, threads: int, cache_size: int = 100_000) -> None:
         self._backend = backend
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
-        self._cache_size = cache_size
+        self._verdicts = Verdicts(cache_size)
 
     async def verify(
         self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes, kind: str
@@ -46,20 +45,24 @@ class Verifier:
         VERIFICATIONS.labels(kind, "ok" if ok else "bad").inc()
         return ok
 
-    async def verify_vertex(self, vertex: vertex_pb2.Vertex, digest: bytes | None = None) -> bool:
-        """Whether ``vertex``'s signature is valid; computed once per hash on this node."""
-        key = digest if digest is not None else vertex_hash(vertex)
-        cached = self._cache.get(key)
+    async def verify_vertex(
+        self, vertex: vertex_pb2.Vertex, copy: bytes | None = None, content: bytes | None = None
+    ) -> bool:
+        """Whether this signed copy's signature is valid; computed once per copy on this node.
+
+        ``copy`` is the vertex's :func:`signed_digest` and ``content`` its hash, when
+        the caller has them already.
+        """
+        copy = copy if copy is not None else signed_digest(vertex)
+        content = content if content is not None else vertex_hash(vertex)
+        cached = self._verdicts.get(copy, content)
         if cached is not None:
-            self._cache.move_to_end(key)
             CACHE_HITS.inc()
             return cached
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(self._pool, verify_vertex, vertex, self._backend)
         VERIFICATIONS.labels("vertex", "ok" if ok else "bad").inc()
-        self._cache[key] = ok
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._verdicts.put(copy, content, ok)
         return ok
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import grpc
 
 from cretoai.crypto import SIGNATURE_SIZE, NodeKey
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
-from cretoai.vertex import make_vertex, shape_error, vertex_hash
+from cretoai.vertex import make_vertex, shape_error, signed_digest, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
 from services.gateway.codec import Draft
@@ -129,7 +129,7 @@ class Gateway:
             record = await self._stored(h) if reply.status in (FINALIZED, REJECTED) else None
             return Submitted(hash=h, status=reply.status, duplicate=reply.duplicate, record=record)
         started = time.perf_counter()
-        with self.hub.waiter(h) as final:
+        with self.hub.waiter(h, signed_digest(vertex)) as final:
             reply = await self._submit_to_consensus(vertex)
             if reply.status in (FINALIZED, REJECTED):
                 record = await self._stored(h)
@@ -206,7 +206,9 @@ class Gateway:
                 ) from None
         else:
             record = await self._stored(h)
-            if outcome.seq != record.seq:
+            # A rejected copy says nothing of the content: another copy may be (or have
+            # been) finalized, and the stored record tells. A finalized one must match.
+            if not outcome.rejected and (record.status != FINALIZED or outcome.seq != record.seq):
                 raise ApiError(
                     "backend_error",
                     f"vertex {h.hex()}: finalized at seq {outcome.seq}, stored at {record.seq}",

@@ -20,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 
 import grpc
 
 from cretoai.v1 import storage_pb2, vertex_pb2
-from cretoai.vertex import vertex_hash
+from cretoai.vertex import signed_digest, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import ConsensusClient, StorageClient, WatchCall
 from services.gateway.codec import batch_json, dumps
@@ -218,7 +218,8 @@ class FinalityHub:
         self.consensus = consensus
         self.storage = storage
         self._buffer_bytes = buffer_bytes
-        self._waiters: dict[bytes, set[asyncio.Future[Outcome]]] = {}
+        #: Content hash -> the futures waiting for it, each with the signed copy it submitted.
+        self._waiters: dict[bytes, dict[asyncio.Future[Outcome], bytes]] = {}
         self._streams: set[Stream] = set()
         self._next_seq: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -247,12 +248,16 @@ class FinalityHub:
             stream.shut()
 
     @contextlib.contextmanager
-    def waiter(self, h: bytes) -> Iterator[asyncio.Future[Outcome]]:
-        """A future resolved when the vertex ``h`` is executed (register before submitting)."""
+    def waiter(self, h: bytes, copy: bytes) -> Iterator[asyncio.Future[Outcome]]:
+        """A future resolved when vertex ``h`` is finalized, or the submitted ``copy``
+        (its signed digest) is rejected. Register before submitting.
+
+        Another copy of the content being rejected (a bad signature) does not resolve it.
+        """
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(h, set()).add(future)
+        self._waiters.setdefault(h, {})[future] = copy
         metrics.WAITERS.inc()
         try:
             yield future
@@ -262,7 +267,7 @@ class FinalityHub:
             metrics.WAITERS.dec()
             futures = self._waiters.get(h)
             if futures is not None:
-                futures.discard(future)
+                futures.pop(future, None)
                 if not futures:
                     del self._waiters[h]
 
@@ -336,12 +341,23 @@ class FinalityHub:
         self._next_seq = batch.seq + 1
         metrics.WATCH_SEQ.set(batch.seq)
         if self._waiters:
-            rejected = set(batch.rejected)
+            # One content can come as several copies: it is finalized by this batch when
+            # fewer of its copies were rejected than it has in the batch.
+            finalized = Counter(vertex_hash(v) for v in batch.vertices)
+            finalized.subtract(batch.rejected)
             for vertex in batch.vertices:
                 h = vertex_hash(vertex)
-                for future in self._waiters.get(h, ()):
+                waiting = self._waiters.get(h)
+                if not waiting:
+                    continue
+                if finalized[h] > 0:
+                    resolve = list(waiting)
+                else:
+                    copy = signed_digest(vertex)
+                    resolve = [f for f, c in waiting.items() if c == copy]
+                for future in resolve:
                     if not future.done():
-                        future.set_result(Outcome(seq=batch.seq, rejected=h in rejected))
+                        future.set_result(Outcome(seq=batch.seq, rejected=finalized[h] <= 0))
         if not self._streams:
             return
         entry = Entry(storage_pb2.FinalizedEntry(batch=batch))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cretoai.v1 import pbft_pb2
 from services.consensus.core import durable
 from services.consensus.core.crypto import batch_digest
@@ -119,3 +121,29 @@ def test_honest_duplicates_cost_nothing() -> None:
             if j != src:
                 c.inject(src, j, w.data)
     assert all(c.replica(j).reputation(k) == 0 for j in range(4) for k in range(4))
+
+
+def test_evidence_in_the_records_is_checked_again_on_restart() -> None:
+    """Records are not trusted: planted or damaged evidence bans nobody after a restart."""
+    c = Cluster(4)
+    (pp1, _), (pp2, _) = two_pre_prepares(c)
+    node = c.nodes[1]
+    # Planted: "evidence" against replica 2 whose second message is forged (bad signature).
+    honest = sign(c, 2, Prepare(view=0, seq=1, digest=bytes(32)))
+    forged = dataclasses.replace(
+        sign(c, 2, Prepare(view=0, seq=1, digest=b"\x01" * 32)), signature=bytes(32)
+    )
+    node.records[durable.evidence_key(2)] = durable.encode_evidence(
+        EvidenceEnvelope(honest, forged)
+    )
+    # Filed under the wrong signer: real evidence against 0, stored as if against 3.
+    node.records[durable.evidence_key(3)] = durable.encode_evidence(EvidenceEnvelope(pp1, pp2))
+    # Real evidence against 0, where it belongs.
+    node.records[durable.evidence_key(0)] = durable.encode_evidence(EvidenceEnvelope(pp1, pp2))
+    c.crash(1)
+    c.restart(1)
+    replica = c.replica(1)
+    assert replica.banned == frozenset({0})
+    for signer in (2, 3):  # dropped from the records too
+        assert durable.evidence_key(signer) not in node.records
+    assert durable.evidence_key(0) in node.records

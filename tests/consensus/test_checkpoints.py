@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from services.consensus.core.crypto import GENESIS_STATE, batch_digest, next_state_digest
+import pytest
+
+from services.consensus.core.crypto import (
+    GENESIS_STATE,
+    batch_digest,
+    next_state_digest,
+    outcome_bytes,
+)
 from services.consensus.core.messages import (
     Checkpoint,
     CheckpointProofEnvelope,
@@ -10,7 +17,9 @@ from services.consensus.core.messages import (
     PrePrepare,
     SignedEnvelope,
 )
+from services.consensus.core.replica import ConsensusHalted
 from services.consensus.core.reputation import FaultKind
+from services.consensus.sim.node import Requests
 from tests.consensus.harness import Cluster, request, sent_kinds, sign, wire
 
 
@@ -30,13 +39,19 @@ def test_a_checkpoint_every_k_sequence_numbers_becomes_stable() -> None:
     assert sent_kinds(c, 1).count("Checkpoint") == 2  # at 4 and 8
 
 
-def test_the_state_digest_chains_every_executed_batch() -> None:
+def test_the_state_digest_chains_every_executed_batch_and_its_outcomes() -> None:
     c = Cluster(4, batch_max_count=1)
     run(c, 3)
+    app = c.nodes[2].app
     state = GENESIS_STATE
-    for committed in c.log(2):
-        state = next_state_digest(state, committed.seq, committed.digest)
-        assert committed.state_digest == state
+    for committed, reasons, stored in zip(app.log, app.outcomes, app.states, strict=True):
+        outcomes = outcome_bytes(r is not None for r in reasons)
+        state = next_state_digest(state, committed.seq, committed.digest, outcomes)
+        assert stored == state
+        # the same order with another outcome is another state
+        flipped = outcome_bytes(r is None for r in reasons)
+        assert next_state_digest(state, committed.seq, committed.digest, flipped) != state
+    assert c.replica(2).last_executed == len(app.log) == 3
 
 
 def test_garbage_collection_below_the_stable_checkpoint() -> None:
@@ -115,3 +130,32 @@ def test_pre_prepares_for_collected_sequence_numbers_are_stale() -> None:
     pp = sign(c, 0, PrePrepare(view=0, seq=2, digest=batch_digest(()), request_hashes=()))
     c.inject(0, 2, wire(SignedEnvelope(pp)))
     assert c.replica(2).fault_counts()[0, FaultKind.STALE] == 1
+
+
+class _DistrustOne(Requests):
+    """A replica whose execution wrongly finds one request's signature bad."""
+
+    def __init__(self, bad: bytes) -> None:
+        self.bad = bad
+
+    def signature_ok(self, body: bytes) -> bool:
+        return body != self.bad
+
+
+def test_a_replica_that_decided_differently_halts_at_the_next_checkpoint() -> None:
+    """Checkpoints cover execution outcomes: a silent divergence cannot outlive one."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+    odd = request("judged differently")
+    c.nodes[3].requests = _DistrustOne(odd.body)
+    c.propose(0, odd)
+    c.tick()
+    for i in range(1, 3):
+        c.propose(0, request(i))
+        c.tick()
+    assert [r is None for r in c.nodes[0].app.outcomes[0]] == [True]
+    assert [r is None for r in c.nodes[3].app.outcomes[0]] == [False]  # the divergence
+    with pytest.raises(ConsensusHalted, match="differs from"):
+        c.propose(0, request(3))  # seq 4: the checkpoint
+        c.tick(5)
+    for i in range(3):
+        assert c.replica(i).stable_seq == 4  # the others agree and move on

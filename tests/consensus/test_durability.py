@@ -158,7 +158,7 @@ def test_storage_behind_the_stable_checkpoint_is_fetched_from_peers() -> None:
     node = c.nodes[2]
     assert node.replica.stable_seq == 4
     c.crash(2)
-    node.log = node.log[:2]  # the executor lost its last batches
+    node.app.truncate(2, node.requests)  # the executor lost its last batches
     c.restart(2)
     c.tick(20)
     assert c.digests(2) == c.digests(0)
@@ -173,6 +173,6 @@ def test_a_lone_replica_whose_storage_lost_data_halts() -> None:
     c.tick(3)
     node = c.nodes[0]
     assert node.replica.stable_seq == 4
-    node.log = node.log[:1]
+    node.app.truncate(1, node.requests)
     with pytest.raises(ConsensusHalted, match="no peer"):
         c.restart(0)

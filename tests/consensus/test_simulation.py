@@ -12,6 +12,7 @@ import json
 import pytest
 
 from services.consensus.core import quorum
+from services.consensus.execution import Verdicts
 from services.consensus.sim.actors import ATTACKS
 from services.consensus.sim.cli import main, run_seeds
 from services.consensus.sim.runner import run_seed
@@ -23,6 +24,7 @@ FAULTS = {
     "delay_reorder",
     "partition_heal",
     "crash_restart",
+    "byzantine_client",
     *(f"byzantine_{kind}" for kind in BYZANTINE_KINDS),
 }
 
@@ -79,6 +81,31 @@ def test_a_quorum_of_f_plus_1_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
         pytest.fail("no seed out of 100 caught a wrong quorum size")
     # The command line reports it and fails.
     assert main(["--nodes", "4", "--seeds", "1", "--start", str(seed), "--json"]) == 1
+
+
+def test_a_verdict_cache_keyed_by_content_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: signature verdicts cached by content let one copy decide another's.
+
+    The Byzantine client sends a badly signed copy to one replica and the valid copy
+    to another; with the mutation the first replica rejects what the others finalize.
+    """
+    monkeypatch.setattr(Verdicts, "key", staticmethod(lambda request_hash, content: content))
+    caught = []
+    for seed in range(60):
+        result = run_seed(seed, 4)
+        if result.violation is not None:
+            caught.append(result.violation)
+    assert any(v.startswith("agreement") and "outcomes" in v for v in caught), caught
+
+
+def test_the_byzantine_client_is_exercised_and_harmless() -> None:
+    """Without the mutation, the same seeds are clean, and split copies were sent."""
+    split = 0
+    for seed in range(60):
+        result = run_seed(seed, 4)
+        assert result.ok, (seed, result.violation, result.liveness_failure)
+        split += "byzantine_client" in result.faults
+    assert split >= 10
 
 
 def test_a_seed_replays_exactly() -> None:

@@ -31,6 +31,7 @@ from services.consensus.core.crypto import (
     Verifier,
     batch_digest,
     next_state_digest,
+    outcome_bytes,
 )
 from services.consensus.core.durable import CorruptState, ExecutedState
 from services.consensus.core.messages import Certificate, Envelope, Request, TransferBatch
@@ -80,6 +81,7 @@ __all__ = [
     "encode_envelope",
     "max_faulty",
     "next_state_digest",
+    "outcome_bytes",
     "quorum_size",
     "verify_certificate",
 ]

@@ -31,12 +31,27 @@ def batch_digest(request_hashes: Iterable[bytes]) -> bytes:
 NULL_DIGEST = batch_digest(())
 
 
-def next_state_digest(previous: bytes, seq: int, digest: bytes) -> bytes:
+def next_state_digest(previous: bytes, seq: int, digest: bytes, outcomes: bytes) -> bytes:
     """The state digest after executing batch ``digest`` at ``seq``: a hash chain.
 
-    Execution is deterministic, so the chain identifies the executed state.
+    ``outcomes`` is what execution decided, one byte per request in batch order
+    (:func:`outcome_bytes`). The chain covers the outcomes, not only the order, so
+    two replicas that executed the same batches but decided differently about a
+    vertex disagree at the next checkpoint instead of diverging silently.
     """
-    return hashlib.sha3_256(_STATE_DOMAIN + previous + seq.to_bytes(8, "big") + digest).digest()
+    return hashlib.sha3_256(
+        _STATE_DOMAIN
+        + previous
+        + seq.to_bytes(8, "big")
+        + digest
+        + len(outcomes).to_bytes(4, "big")
+        + outcomes
+    ).digest()
+
+
+def outcome_bytes(rejected: Iterable[bool]) -> bytes:
+    """Execution outcomes in batch order: ``0`` finalized, ``1`` rejected."""
+    return bytes(1 if r else 0 for r in rejected)
 
 
 class Signer(Protocol):

@@ -34,15 +34,15 @@ class Outbound:
 class Committed:
     """A batch to execute at ``seq`` (they come strictly in sequence order).
 
-    ``state_digest`` is the hash chain after this batch; the driver stores it
-    with the batch and hands the last one back to ``Replica.restore``.
+    The application decides each request's outcome, extends the state digest
+    (``crypto.next_state_digest`` over the outcomes), stores it with the batch, and
+    reports it with ``Replica.applied(seq, state_digest)``, in sequence order.
     """
 
     seq: int
     digest: bytes
     requests: tuple[Request, ...]
     certificate: Certificate
-    state_digest: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ from services.consensus.core.crypto import (
     Signer,
     Verifier,
     batch_digest,
-    next_state_digest,
 )
 from services.consensus.core.durable import ExecutedState, parse_records
 from services.consensus.core.messages import (
@@ -222,7 +221,9 @@ class Replica:
         #: Backoff of resends to each peer stuck at its last STATUS (reset when it moves).
         self._resend: dict[int, _Resend] = {}
         executed = executed or ExecutedState()
+        #: The last seq handed to the application (``Committed``) and the last it applied.
         self._last_exec = executed.seq
+        self._applied = executed.seq
         self._state_digest = executed.state_digest
         # Output of the current Ready.
         self._persist: list[Record] = []
@@ -702,9 +703,8 @@ class Replica:
             self._execute(seq, slot.committed, requests)
 
     def _execute(self, seq: int, cert: Certificate, requests: tuple[Request, ...]) -> None:
-        state = next_state_digest(self._state_digest, seq, cert.digest)
+        """Hand the batch at ``seq`` to the application (which reports back with ``applied``)."""
         self._last_exec = seq
-        self._state_digest = state
         if seq > self._low:
             slot = self._slot(seq)
             if slot.committed is None:
@@ -712,13 +712,7 @@ class Replica:
             slot.executed_at = self._now
             self._batches.setdefault(cert.digest, requests)
         self._execute_out.append(
-            Committed(
-                seq=seq,
-                digest=cert.digest,
-                requests=requests,
-                certificate=cert,
-                state_digest=state,
-            )
+            Committed(seq=seq, digest=cert.digest, requests=requests, certificate=cert)
         )
         hashes = tuple(r.hash for r in requests)
         self._pool.remove(hashes)
@@ -727,13 +721,33 @@ class Replica:
         self._recent_order.append((seq, hashes))
         if self._active and cert.view == self._view:
             self._progress_view = self._view
+
+    def applied(self, seq: int, state_digest: bytes) -> None:
+        """The application executed the batch at ``seq``; ``state_digest`` covers its outcomes.
+
+        Reports come in sequence order, one per :class:`Committed`. A checkpoint is
+        signed only over applied state, so it attests to what execution decided;
+        a state that differs from a quorum's stable checkpoint halts the replica.
+        """
+        if seq != self._applied + 1 or seq > self._last_exec:
+            raise ValueError(
+                f"applied({seq}) out of order: last applied {self._applied}, "
+                f"handed out up to {self._last_exec}"
+            )
+        self._applied = seq
+        self._state_digest = state_digest
+        stable = self._stable_proof[0].msg if self._stable_proof else None
+        if stable is not None and stable.seq == seq and stable.state_digest != state_digest:
+            raise ConsensusHalted(
+                f"our state at seq {seq} differs from the quorum's stable checkpoint"
+            )
         if seq % self._k == 0 and seq > self._low:
-            signed = self._sign_once(Checkpoint(seq=seq, state_digest=state))
+            signed = self._sign_once(Checkpoint(seq=seq, state_digest=state_digest))
             if signed is not None:
                 self._add_checkpoint(signed)
         transfer = self._transfer
         if transfer is not None and seq == transfer.seq:
-            if state != transfer.digest:
+            if state_digest != transfer.digest:
                 raise ConsensusHalted(
                     f"state digest at seq {seq} differs from the stable checkpoint's"
                 )
@@ -907,7 +921,7 @@ class Replica:
     def _request_state(self, peer: int | None) -> None:
         """Ask ``peer`` (or the next signer of the checkpoint proof) for missing batches."""
         t = self._transfer
-        if t is None:
+        if t is None or self._last_exec >= t.seq:  # all fetched: waiting for the application
             return
         if peer is None:
             eligible = [c for c in t.candidates if c not in self._rep.banned] or list(t.candidates)
@@ -920,7 +934,7 @@ class Replica:
 
     def _on_state_request(self, sender: int, req: StateRequestEnvelope) -> None:
         first = max(req.from_seq, 1)
-        last = min(req.to_seq, self._last_exec, first + self.config.transfer_max_batches - 1)
+        last = min(req.to_seq, self._applied, first + self.config.transfer_max_batches - 1)
         if first <= last:
             self._serve.append(ServeState(peer=sender, from_seq=first, to_seq=last))
 
@@ -1271,8 +1285,18 @@ class Replica:
         self._own = dict(state.own)
         self._batches.update(state.batches)
         self._stored = set(state.batches)
-        self._evidence = dict(state.evidence)
-        for signer in self._evidence:
+        for signer, evidence in state.evidence.items():
+            # Records are not trusted: evidence bans a peer only if it proves itself
+            # (two valid, conflicting signatures of that peer), and is dropped otherwise.
+            try:
+                self._proofs.evidence(evidence.first, evidence.second)
+            except ProofError:
+                self._persist.append(Record(durable.evidence_key(signer), None))
+                continue
+            if evidence.first.signer != signer or signer == self.id:
+                self._persist.append(Record(durable.evidence_key(signer), None))
+                continue
+            self._evidence[signer] = evidence
             self._rep.banned.add(signer)
         for seq, cert in state.prepared.items():
             if seq > self._low:

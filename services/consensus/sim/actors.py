@@ -59,7 +59,8 @@ class Actor:
         self.node.replica.tick()
 
     def propose(self, request: Request) -> None:
-        self.node.replica.propose(request)
+        """A client's submission (verified first, as the consensus service does)."""
+        self.node.submit(request)
 
     def drain(self) -> tuple[Ready, list[Wire]]:
         return self.node.drain()

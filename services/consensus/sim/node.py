@@ -1,15 +1,25 @@
-"""What a driver does around one Replica: durable records, executed log, Ready handling."""
+"""What a driver does around one Replica: durable records, execution, Ready handling.
+
+Execution is the real one (:mod:`services.consensus.execution`): each node decides
+outcomes with its own signature verdict cache and its own finalized set, extends
+the state digest over them and reports it to the replica, as the driver does.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.consensus.core import codec
 from services.consensus.core.config import Config
+from services.consensus.core.crypto import GENESIS_STATE, next_state_digest, outcome_bytes
 from services.consensus.core.durable import ExecutedState
 from services.consensus.core.messages import (
+    BatchEnvelope,
     Envelope,
+    Request,
+    RequestsEnvelope,
     SignedEnvelope,
     StateResponseEnvelope,
     TransferBatch,
@@ -17,7 +27,51 @@ from services.consensus.core.messages import (
 from services.consensus.core.ready import Committed, Ready
 from services.consensus.core.replica import Replica
 from services.consensus.core.reputation import FaultKind
+from services.consensus.execution import Candidate, Verdicts, decide
 from services.consensus.sim.crypto import Scheme
+
+
+class Requests:
+    """How a simulation's requests are read: their content and their signature check.
+
+    The default treats the whole body as content, validly signed (unit tests).
+    """
+
+    def content(self, body: bytes) -> bytes:
+        return hashlib.sha3_256(body).digest()
+
+    def signature_ok(self, body: bytes) -> bool:
+        return True
+
+
+@dataclass(slots=True)
+class Application:
+    """What execution keeps (in storage, so it survives a crash): the executed log,
+    the state digest after each batch, the finalized contents."""
+
+    log: list[Committed] = field(default_factory=list)
+    states: list[bytes] = field(default_factory=list)
+    #: Reject reason (None: finalized) of each request, per executed batch.
+    outcomes: list[list[str | None]] = field(default_factory=list)
+    finalized: set[bytes] = field(default_factory=set)
+
+    @property
+    def executed(self) -> ExecutedState:
+        return ExecutedState(len(self.log), self.states[-1]) if self.log else ExecutedState()
+
+    @property
+    def state_digest(self) -> bytes:
+        return self.states[-1] if self.states else GENESIS_STATE
+
+    def truncate(self, seq: int, requests: Requests) -> None:
+        """Lose every batch after ``seq`` (a storage rollback)."""
+        del self.log[seq:], self.states[seq:], self.outcomes[seq:]
+        self.finalized = {
+            requests.content(r.body)
+            for c, reasons in zip(self.log, self.outcomes, strict=True)
+            for r, reason in zip(c.requests, reasons, strict=True)
+            if reason is None
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +95,9 @@ class Node:
         scheme: Scheme,
         request_hash: Callable[[bytes], bytes],
         *,
-        on_execute: Callable[[Node, Committed], None] | None = None,
+        on_execute: Callable[[Node, Committed, list[str | None]], None] | None = None,
         decoded: dict[bytes, tuple[Envelope | None, bool]] | None = None,
+        requests: Requests | None = None,
     ) -> None:
         self.config = config
         self.index = config.replica_id
@@ -52,28 +107,52 @@ class Node:
         #: Decoding and signature checks are pure: a simulation shares their results
         #: between replicas (a broadcast is decoded once, not n-1 times).
         self._decoded = {} if decoded is None else decoded
+        self.requests = requests or Requests()
         self.records: dict[str, bytes] = {}
-        self.log: list[Committed] = []
+        self.app = Application()
+        #: Signature verdicts (in memory: a restart starts with an empty cache).
+        self.verdicts = Verdicts()
         self.replica = self._make()
         self.up = True
 
+    @property
+    def log(self) -> list[Committed]:
+        return self.app.log
+
     def _make(self) -> Replica:
-        last = self.log[-1] if self.log else None
-        executed = ExecutedState() if last is None else ExecutedState(last.seq, last.state_digest)
         return Replica(
             self.config,
             signer=self._scheme.signer(self.index),
             verifier=self._scheme.verifier,
             records=self.records,
-            executed=executed,
+            executed=self.app.executed,
         )
 
     def crash(self) -> None:
         self.up = False
 
     def restart(self) -> None:
+        self.verdicts = Verdicts()
         self.replica = self._make()
         self.up = True
+
+    # --- what the consensus service does with requests ----------------------------
+
+    def signature_ok(self, request: Request) -> bool:
+        """This copy's verdict, verified once per node (the driver's ``Verifier``)."""
+        content = self.requests.content(request.body)
+        verdict = self.verdicts.get(request.hash, content)
+        if verdict is None:
+            verdict = self.requests.signature_ok(request.body)
+            self.verdicts.put(request.hash, content, verdict)
+        return verdict
+
+    def submit(self, request: Request) -> bool:
+        """A client's submission: verified, then proposed; False when refused (bad signature)."""
+        if not self.signature_ok(request):
+            return False
+        self.replica.propose(request)
+        return True
 
     def receive(self, sender: int, data: bytes) -> None:
         """What the driver does with bytes from a peer: decode, verify, step."""
@@ -88,7 +167,16 @@ class Node:
             self.replica.report_fault(sender, FaultKind.MALFORMED)
         elif not signature_ok:
             self.replica.report_fault(sender, FaultKind.INVALID_SIGNATURE)
+        elif isinstance(envelope, RequestsEnvelope):
+            valid = tuple(r for r in envelope.requests if self.signature_ok(r))
+            if len(valid) < len(envelope.requests):
+                self.replica.report_fault(sender, FaultKind.INVALID_SIGNATURE)
+            if valid:
+                self.replica.step(sender, RequestsEnvelope(valid))
         else:
+            if isinstance(envelope, SignedEnvelope | BatchEnvelope):
+                for request in envelope.requests:  # pre-verified, as the driver does
+                    self.signature_ok(request)
             self.replica.step(sender, envelope)
 
     def _decode(self, data: bytes) -> tuple[Envelope | None, bool]:
@@ -103,6 +191,23 @@ class Node:
         return envelope, True
 
     def drain(self) -> tuple[Ready, list[Wire]]:
+        """Carry out Readies until none is left; return them merged, and the wires to send.
+
+        Executing a batch can make more output (a checkpoint over the applied state),
+        which the next Ready holds: the driver carries that out at once too.
+        """
+        merged, wires = self._drain_one()
+        while merged:
+            rd, more = self._drain_one()
+            if not rd:
+                break
+            merged = Ready(
+                **{f: getattr(merged, f) + getattr(rd, f) for f in Ready.__dataclass_fields__}
+            )
+            wires.extend(more)
+        return merged, wires
+
+    def _drain_one(self) -> tuple[Ready, list[Wire]]:
         """Carry out one Ready: persist, then send (returned), then execute, then serve."""
         rd = self.replica.ready()
         if not rd:
@@ -114,13 +219,7 @@ class Node:
                 self.records[record.key] = record.value
         wires = [Wire(out.to, codec.encode_envelope(out.envelope), out.envelope) for out in rd.send]
         for committed in rd.execute:
-            if committed.seq != len(self.log) + 1:
-                raise AssertionError(
-                    f"replica {self.index} executed seq {committed.seq} out of order"
-                )
-            self.log.append(committed)
-            if self._on_execute is not None:
-                self._on_execute(self, committed)
+            self._execute(committed)
         for serve in rd.serve:
             # as the driver does: up to transfer_max_bytes of requests (one batch always)
             budget = self.replica.config.transfer_max_bytes
@@ -133,3 +232,34 @@ class Node:
             env = StateResponseEnvelope(tuple(batches))
             wires.append(Wire(serve.peer, codec.encode_envelope(env), env))
         return rd, wires
+
+    def _execute(self, committed: Committed) -> None:
+        """Decide, extend the state digest, store, report ``applied`` (the executor's job)."""
+        app = self.app
+        if committed.seq != len(app.log) + 1:
+            raise AssertionError(f"replica {self.index} executed seq {committed.seq} out of order")
+        candidates = [
+            Candidate(
+                content=self.requests.content(r.body),
+                parents=(),
+                malformed=None,
+                signature_ok=self.signature_ok(r),
+            )
+            for r in committed.requests
+        ]
+        reasons = decide(candidates, app.finalized)
+        state = next_state_digest(
+            app.state_digest,
+            committed.seq,
+            committed.digest,
+            outcome_bytes(r is not None for r in reasons),
+        )
+        app.log.append(committed)
+        app.states.append(state)
+        app.outcomes.append(reasons)
+        app.finalized.update(
+            c.content for c, r in zip(candidates, reasons, strict=True) if r is None
+        )
+        if self._on_execute is not None:
+            self._on_execute(self, committed, reasons)
+        self.replica.applied(committed.seq, state)

@@ -2,15 +2,20 @@
 
 Invariants, checked as the run goes:
 
-- agreement: no two honest replicas execute different batches at one seq;
-- validity: batches hold what their digest commits to; only submitted requests
-  are applied, each at most once per replica (invalid or repeated requests are
-  rejected at execution, deterministically);
+- agreement: no two honest replicas execute different batches at one seq, nor
+  decide differently about any request of one (finalized or rejected);
+- validity: batches hold what their digest commits to; only validly signed,
+  submitted contents are finalized, each at most once per replica (invalid or
+  repeated copies are rejected at execution, deterministically);
 - certificates: every executed batch carries a valid finality certificate;
 - durability: no honest replica ever signs two conflicting messages (across
   restarts too), no honest replica is banned, none halts or raises;
-- liveness: after the heal, every submitted request is applied by every honest
+- liveness: after the heal, every submitted content is finalized by every honest
   replica within the bound.
+
+A Byzantine *client* takes part too: for some submissions it sends a badly signed
+copy of the content to one replica before the validly signed copy to another, or
+two validly (differently) signed copies to two replicas.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from services.consensus.core.ready import Committed, Ready
 from services.consensus.sim.actors import BYZANTINE, Actor, Forger
 from services.consensus.sim.crypto import FastScheme, MlDsaScheme, Scheme, fast_request_hash
 from services.consensus.sim.network import Network
-from services.consensus.sim.node import Node, Wire
+from services.consensus.sim.node import Node, Requests, Wire
 from services.consensus.sim.scenario import Scenario
 
 _CLIENT_KEY = b"cretoai-sim-client"
@@ -62,19 +67,43 @@ def sim_config(n: int, replica_id: int) -> Config:
     )
 
 
-def client_request(seed: int, number: int) -> Request:
-    """A request as a client makes it: content plus a tag only clients can produce."""
+#: A simulated signature: a nonce (signatures are randomized, like ML-DSA's) and a MAC
+#: over content and nonce that only clients can make.
+_NONCE, _MAC = 4, 8
+
+
+def client_request(seed: int, number: int, *, nonce: int = 0, valid: bool = True) -> Request:
+    """A signed copy of request ``number``'s content (``valid=False``: a bad signature).
+
+    Copies with another nonce have the same content and another request hash.
+    """
     content = f"req/{seed}/{number}/".encode()
-    tag = hmac.new(_CLIENT_KEY, content, hashlib.sha256).digest()[:8]
-    body = content + tag
+    salt = nonce.to_bytes(_NONCE, "big")
+    mac = hmac.new(_CLIENT_KEY, content + salt, hashlib.sha256).digest()[:_MAC]
+    if not valid:
+        mac = bytes(b ^ 0xFF for b in mac)
+    body = content + salt + mac
     return Request(hash=fast_request_hash(body), body=body)
 
 
+def content_of(body: bytes) -> bytes:
+    """A request's content hash (the vertex hash): the body without its signature."""
+    return hashlib.sha3_256(body[: -(_NONCE + _MAC)]).digest()
+
+
 def valid_request(body: bytes) -> bool:
-    """The executor's validity check (like a vertex signature check)."""
-    content, tag = body[:-8], body[-8:]
-    expected = hmac.new(_CLIENT_KEY, content, hashlib.sha256).digest()[:8]
-    return body.startswith(b"req/") and hmac.compare_digest(tag, expected)
+    """The signature check of a copy (like a vertex signature check)."""
+    content, salt, mac = body[: -(_NONCE + _MAC)], body[-(_NONCE + _MAC) : -_MAC], body[-_MAC:]
+    expected = hmac.new(_CLIENT_KEY, content + salt, hashlib.sha256).digest()[:_MAC]
+    return body.startswith(b"req/") and hmac.compare_digest(mac, expected)
+
+
+class ClientRequests(Requests):
+    def content(self, body: bytes) -> bytes:
+        return content_of(body)
+
+    def signature_ok(self, body: bytes) -> bool:
+        return valid_request(body)
 
 
 class Violation(Exception):
@@ -85,6 +114,7 @@ class Violation(Exception):
 class Executor:
     """The application state of one replica (survives crashes, as storage does)."""
 
+    #: Contents finalized, in order.
     applied: list[bytes] = field(default_factory=list)
     applied_set: set[bytes] = field(default_factory=set)
     rejected: int = 0
@@ -157,10 +187,12 @@ class Simulation:
         self.result = SeedResult(seed=scenario.seed, n=n, faults=scenario.faults())
         self.now = 0
         self.decided: dict[int, bytes] = {}
+        self.outcomes: dict[int, tuple[bool, ...]] = {}
         self.signed: dict[tuple[object, ...], bytes] = {}
         self.executors: dict[int, Executor] = {i: Executor() for i in scenario.honest}
+        #: Content hash -> the valid copy the client submitted.
         self.submitted: dict[bytes, Request] = {}
-        #: Request hash -> (the replica it was submitted to, when).
+        #: Content hash -> (the replica it was submitted to, when).
         self.targets: dict[bytes, tuple[int, int]] = {}
         self.crash_times: dict[int, list[int]] = {}
         self.actors: list[Actor] = []
@@ -176,6 +208,7 @@ class Simulation:
                     fast_request_hash,
                     on_execute=self._executed,
                     decoded=decoded,
+                    requests=ClientRequests(),
                 )
                 actor = (BYZANTINE[kind] if kind else Actor)(node, self.scheme, self.rng)
                 self.actors.append(actor)
@@ -189,7 +222,7 @@ class Simulation:
 
     # --- invariants -----------------------------------------------------------------
 
-    def _executed(self, node: Node, c: Committed) -> None:
+    def _executed(self, node: Node, c: Committed, reasons: list[str | None]) -> None:
         actor = next(a for a in self.by_index[node.index] if a.node is node)
         if not actor.honest:
             return
@@ -205,19 +238,31 @@ class Simulation:
             check_certificate(cert, n=self.sc.n, verifier=self.scheme.verifier)
         except InvalidCertificate as exc:
             raise Violation(f"certificate: replica {i} seq {c.seq}: {exc}") from None
+        outcomes = tuple(r is not None for r in reasons)
+        if self.outcomes.setdefault(c.seq, outcomes) != outcomes:
+            raise Violation(
+                f"agreement: replica {i} decided other outcomes at seq {c.seq} "
+                f"(rejected {outcomes}, others {self.outcomes[c.seq]})"
+            )
         ex = self.executors[i]
-        for r in c.requests:
+        for r, reason in zip(c.requests, reasons, strict=True):
             if fast_request_hash(r.body) != r.hash:
                 raise Violation(f"validity: replica {i} executed a body unlike its hash")
-            if not valid_request(r.body):
-                ex.rejected += 1
-            elif r.hash in ex.applied_set:
-                ex.duplicates += 1
-            elif r.hash not in self.submitted:
+            content = content_of(r.body)
+            if reason is not None:
+                if reason.startswith("duplicate"):
+                    ex.duplicates += 1
+                else:
+                    ex.rejected += 1
+            elif not valid_request(r.body):
+                raise Violation(f"validity: replica {i} finalized a badly signed copy")
+            elif content in ex.applied_set:
+                raise Violation(f"validity: replica {i} finalized one content twice")
+            elif content not in self.submitted:
                 raise Violation(f"validity: replica {i} applied a request nobody submitted")
             else:
-                ex.applied.append(r.hash)
-                ex.applied_set.add(r.hash)
+                ex.applied.append(content)
+                ex.applied_set.add(content)
         self.result.executed_batches = max(self.result.executed_batches, c.seq)
         self._trace(f"r{i} execute seq={c.seq} view={cert.view} requests={len(c.requests)}")
 
@@ -282,8 +327,19 @@ class Simulation:
         if not up:
             return
         target = self.rng.choice(up)
-        self.submitted[request.hash] = request
-        self.targets[request.hash] = (target, self.now)
+        content = content_of(request.body)
+        self.submitted[content] = request
+        self.targets[content] = (target, self.now)
+        split = self.sc.split_submissions.get(number)
+        others = [i for i in range(self.sc.n) if i != target and self.by_index[i][0].up]
+        if split is not None and others:
+            # The Byzantine client: another copy of the content to another replica, first.
+            other = self.rng.choice(others)
+            copy = client_request(self.sc.seed, number, nonce=1, valid=split == "valid")
+            self._trace(f"client sends a {split}ly signed copy of request {number} to r{other}")
+            for actor in self.by_index[other]:
+                if actor.up:
+                    self._input(actor, actor.propose, copy)
         self._trace(f"submit request {number} to r{target}")
         actor = self.by_index[target][0]
         self._input(actor, actor.propose, request)

@@ -7,7 +7,7 @@ always produces the same scenario and the same run.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.consensus.core.quorum import max_faulty
 
@@ -50,6 +50,9 @@ class Scenario:
     partitions: tuple[Partition, ...]
     crashes: tuple[Crash, ...]
     submissions: tuple[Submission, ...]
+    #: Submissions the Byzantine client also sends as another copy to another replica:
+    #: number -> "bad" (a bad signature, sent first) or "valid" (another valid signature).
+    split_submissions: dict[int, str] = field(default_factory=dict)
     heal_at: int = CHAOS_TICKS
     deadline: int = CHAOS_TICKS + LIVENESS_BOUND
 
@@ -71,6 +74,8 @@ class Scenario:
         if self.crashes:
             kinds.append("crash_restart")
         kinds.extend(f"byzantine_{kind}" for kind in sorted(set(self.byzantine.values())))
+        if self.split_submissions:
+            kinds.append("byzantine_client")
         return kinds
 
 
@@ -115,6 +120,10 @@ def make_scenario(seed: int, n: int) -> Scenario:
     count = rng.randint(6, 14)
     times = sorted(rng.randint(0, CHAOS_TICKS + 40) for _ in range(count))
     submissions = tuple(Submission(at=t, number=i) for i, t in enumerate(times))
+    split: dict[int, str] = {}
+    if n > 1 and rng.random() < 0.4:  # drawn last: the rest of a seed's scenario is unchanged
+        for s in rng.sample(submissions, rng.randint(1, 3)):
+            split[s.number] = rng.choice(("bad", "bad", "valid"))
     return Scenario(
         seed=seed,
         n=n,
@@ -125,4 +134,5 @@ def make_scenario(seed: int, n: int) -> Scenario:
         partitions=tuple(partitions),
         crashes=tuple(crashes),
         submissions=submissions,
+        split_submissions=split,
     )
