@@ -79,9 +79,11 @@ def _template_options() -> Options:
 
 
 def db_options(*, create: bool) -> Options:
+    """``create`` only for a new database (a missing or empty directory): an existing one
+    is opened as it is, never completed with an empty database or empty column families."""
     options = _template_options()
     options.create_if_missing(create)
-    options.create_missing_column_families(True)
+    options.create_missing_column_families(create)
     options.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
     options.set_paranoid_checks(True)
     options.set_recycle_log_file_num(RECYCLED_WAL_FILES)

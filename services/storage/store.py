@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,6 +57,14 @@ BACKUP_MANIFEST = "CRETOAI-BACKUP.json"
 _ROCKSDB_FILES = ("LOCK", "LOG", "IDENTITY", "CURRENT", "rocksdict-config.json")
 _ROCKSDB_PREFIXES = ("LOG.old", "MANIFEST-", "OPTIONS-")
 _ROCKSDB_SUFFIXES = (".log", ".sst", ".blob", ".dbtmp")
+#: What RocksDB writes into CURRENT: the name of the live MANIFEST and a newline.
+_CURRENT = re.compile(rb"MANIFEST-[0-9]+\n")
+
+#: What an operator can do about a database that does not open (in every such error).
+REMEDY = (
+    "restore it from a backup (cretoai-node restore --from DIR --force) or move the directory "
+    "aside to start with an empty database (the node then rejoins the cluster by state transfer)"
+)
 
 #: Databases opened by this process (RocksDB's LOCK only excludes other processes).
 _OPEN_PATHS: set[Path] = set()
@@ -172,15 +181,22 @@ def evidence_digest(evidence: pbft_pb2.Evidence) -> bytes:
     return h.digest()
 
 
-def _looks_like_rocksdb(path: Path) -> bool:
-    for entry in path.iterdir():
-        name = entry.name
-        if name == BACKUP_MANIFEST or name in _ROCKSDB_FILES:
-            continue
-        if name.startswith(_ROCKSDB_PREFIXES) or name.endswith(_ROCKSDB_SUFFIXES):
-            continue
-        return False
-    return True
+def _is_rocksdb_file(name: str) -> bool:
+    return (
+        name == BACKUP_MANIFEST
+        or name in _ROCKSDB_FILES
+        or name.startswith(_ROCKSDB_PREFIXES)
+        or name.endswith(_ROCKSDB_SUFFIXES)
+    )
+
+
+def _some(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, … ({len(names)} in all)" if len(names) > limit else shown
+
+
+def _corrupt(path: Path, what: str) -> DatabaseCorrupt:
+    return DatabaseCorrupt(f"the database at {path} is corrupt: {what}; {REMEDY}")
 
 
 def _classify_open_error(path: Path, exc: Exception) -> DatabaseError:
@@ -194,11 +210,53 @@ def _classify_open_error(path: Path, exc: Exception) -> DatabaseError:
             f"is another storage service of this node running? ({message})"
         )
     if "corruption" in lowered or "checksum" in lowered:
-        return DatabaseCorrupt(
-            f"the database at {path} is corrupt: {message}; restore it from a backup "
-            "(cretoai-node restore --from DIR --force) or move it aside to start empty"
-        )
+        return _corrupt(path, message)
     return DatabaseError(f"cannot open the database at {path}: {message}")
+
+
+def _check_existing(path: Path, entries: list[str]) -> list[str]:
+    """Check, reading only, that the non-empty directory ``path`` holds a database of this
+    service: a CURRENT naming a MANIFEST that exists and that RocksDB reads, and every column
+    family. Returns the column families; raises :class:`DatabaseError`.
+
+    RocksDB writes into the directory (LOCK, LOG, rocksdict's config) even when an open
+    fails, and with ``create_if_missing`` it makes a new, empty database beside the files of
+    an old one: so nothing is opened until this passes, and an existing database is never
+    opened with ``create_if_missing`` or ``create_missing_column_families``."""
+    if "CURRENT" not in entries:
+        ours = [name for name in entries if _is_rocksdb_file(name)]
+        if not ours:
+            raise DatabaseError(
+                f"the database path {path} is a non-empty directory that holds no RocksDB "
+                f"database (it holds {_some(entries)}); refusing to create one among other "
+                "files: set [storage] path to a missing or empty directory, or, if this "
+                f"was the node's database, {REMEDY}"
+            )
+        raise _corrupt(path, f"it holds RocksDB files ({_some(ours)}) but no CURRENT file")
+    try:
+        with (path / "CURRENT").open("rb") as f:
+            current = f.read(256)
+    except OSError as exc:
+        raise _corrupt(path, f"its CURRENT file cannot be read ({exc})") from None
+    if not _CURRENT.fullmatch(current):
+        raise _corrupt(path, f"its CURRENT file does not name a MANIFEST ({current!r})")
+    manifest = current.decode().strip()
+    if manifest not in entries or not (path / manifest).is_file():
+        raise _corrupt(path, f"its CURRENT file names {manifest}, which is missing")
+    if (path / manifest).stat().st_size == 0:
+        raise _corrupt(path, f"its CURRENT file names {manifest}, which is empty")
+    try:
+        existing: list[str] = Rdict.list_cf(str(path))
+    except Exception as exc:
+        raise _classify_open_error(path, exc) from None
+    missing = [name for name in keys.COLUMN_FAMILIES if name not in existing]
+    if missing:
+        raise _corrupt(
+            path,
+            f"it lacks the column families {', '.join(missing)} (it was not written by "
+            "this service, its first start was interrupted, or it is damaged)",
+        )
+    return existing
 
 
 def dir_bytes(path: Path) -> int:
@@ -245,30 +303,37 @@ class Store:
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True, read_only: bool = False) -> Store:
-        """Open (and, with ``create``, make) the database at ``path``; :class:`DatabaseError`."""
+        """Open the database at ``path``; :class:`DatabaseError`.
+
+        With ``create``, a missing or empty directory gets a new, empty database. A directory
+        that holds anything else must hold an intact database of this service, checked
+        before RocksDB touches it (:func:`_check_existing`): a damaged one fails every open
+        and is left exactly as it is."""
         path = Path(path).absolute()
         if path.exists() and not path.is_dir():
             raise DatabaseError(f"the database path {path} exists and is not a directory")
-        is_new = not (path / "CURRENT").exists()
+        try:
+            entries = sorted(os.listdir(path)) if path.exists() else []
+        except OSError as exc:
+            raise DatabaseError(f"cannot read the database directory {path}: {exc}") from None
+        # a new database only where nothing is: never beside the files of a damaged one
+        is_new = not entries
+        existing: list[str] = []
         if is_new:
             if not create or read_only:
                 raise DatabaseError(f"there is no database at {path}")
-            if path.exists() and not _looks_like_rocksdb(path):
-                raise DatabaseError(
-                    f"the database path {path} is a non-empty directory that holds no "
-                    "RocksDB database; refusing to create one among other files"
-                )
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DatabaseError(f"cannot create the database directory {path}: {exc}") from None
+        else:
+            existing = _check_existing(path, entries)
         with _OPEN_LOCK:
             if path in _OPEN_PATHS and not read_only:
                 raise DatabaseLocked(
                     f"the database at {path} is in use (already open in this process)"
                 )
             try:
-                existing = [] if is_new else Rdict.list_cf(str(path))
                 access = (
                     AccessType.read_only(error_if_log_file_exist=False)
                     if read_only
@@ -276,7 +341,7 @@ class Store:
                 )
                 db = Rdict(
                     str(path),
-                    db_options(create=not read_only),
+                    db_options(create=is_new),
                     column_families=column_families(existing),
                     access_type=access,
                 )

@@ -1,16 +1,25 @@
-"""Opening the database: created when missing, refused clearly when locked, corrupt or foreign."""
+"""Opening the database: created when missing or empty, refused clearly when locked, corrupt
+or foreign — and a refused directory is left exactly as it was."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from cretoai.v1 import storage_pb2
 from services.storage.errors import DatabaseCorrupt, DatabaseError, DatabaseLocked
 from services.storage.keys import FINALIZED, SCHEMA_VERSION_KEY, seq_key, u32
 from services.storage.service import build
-from services.storage.store import Store
+from services.storage.store import Store, inspect
+from tests.conftest import cli
 from tests.storage.support import (
+    REPO,
     Dag,
     RawDb,
     ServiceProcess,
@@ -20,14 +29,75 @@ from tests.storage.support import (
 
 
 async def fill(db: Path, batches: int = 3) -> None:
-    """Commit a few batches through a short-lived in-process service."""
+    """Commit a few batches and a consensus-state record through a short-lived in-process
+    service."""
     running = await start_service(make_config(db.parent, db=db))
     try:
         dag = Dag(payload_size=1024)
         for _ in range(batches):
             await running.stub.CommitBatch(dag.next_batch(50))
+        vote = storage_pb2.StateEntry(key=b"own/commit/0/1", value=b"signed")
+        await running.stub.WriteState(storage_pb2.WriteStateRequest(puts=[vote]))
     finally:
         await running.stop()
+
+
+def snapshot(directory: Path) -> dict[str, bytes | None]:
+    """Every entry under ``directory``: a file's bytes, None for a directory."""
+    entries: dict[str, bytes | None] = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            entries[os.path.relpath(os.path.join(root, name), directory)] = None
+        for name in files:
+            full = os.path.join(root, name)
+            entries[os.path.relpath(full, directory)] = Path(full).read_bytes()
+    return entries
+
+
+def assert_says_what_to_do(message: str) -> None:
+    assert "restore it from a backup (cretoai-node restore --from DIR --force)" in message
+    assert "move the directory aside to start with an empty database" in message
+    assert "rejoins the cluster by state transfer" in message
+
+
+def _manifest(db: Path) -> Path:
+    return db / (db / "CURRENT").read_text().strip()
+
+
+DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "no CURRENT": (lambda db: (db / "CURRENT").unlink(), "but no CURRENT file"),
+    "CURRENT names a missing MANIFEST": (
+        lambda db: _manifest(db).unlink(),
+        "its CURRENT file names MANIFEST-",
+    ),
+    "an empty MANIFEST": (lambda db: _manifest(db).write_bytes(b""), "which is empty"),
+    "CURRENT holds garbage": (
+        lambda db: (db / "CURRENT").write_bytes(b"\x00" * 16),
+        "its CURRENT file does not name a MANIFEST",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+async def test_a_damaged_database_fails_every_open_and_is_left_unchanged(
+    tmp_path: Path, damage: str
+) -> None:
+    db = tmp_path / "db"
+    await fill(db, batches=2)
+    do_damage, what = DAMAGES[damage]
+    do_damage(db)
+    before = snapshot(db)
+    for _ in range(2):  # the first failed open must not turn the next one into a new database
+        with pytest.raises(DatabaseCorrupt) as info:
+            Store.open(db)
+        message = str(info.value)
+        assert f"the database at {db} is corrupt: " in message and what in message, message
+        assert_says_what_to_do(message)
+        assert snapshot(db) == before
+    # read-only inspection (backup, restore) refuses it too, and touches nothing either
+    with pytest.raises(DatabaseCorrupt, match=what):
+        inspect(db)
+    assert snapshot(db) == before
 
 
 async def test_a_missing_database_directory_is_created(tmp_path: Path) -> None:
@@ -79,15 +149,63 @@ async def test_a_file_where_the_database_should_be(tmp_path: Path) -> None:
         await build(make_config(tmp_path, db=path))
 
 
-async def test_a_foreign_non_empty_directory_is_not_turned_into_a_database(
+async def test_a_directory_with_an_unrelated_file_fails_every_open_and_is_left_unchanged(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "db"
     path.mkdir()
     (path / "notes.txt").write_text("mine")
-    with pytest.raises(DatabaseError, match="holds no RocksDB database"):
-        Store.open(path)
-    assert sorted(p.name for p in path.iterdir()) == ["notes.txt"]
+    before = snapshot(path)
+    for _ in range(2):
+        with pytest.raises(DatabaseError) as info:
+            Store.open(path)
+        message = str(info.value)
+        assert message.startswith(
+            f"the database path {path} is a non-empty directory that holds no RocksDB database "
+            "(it holds notes.txt); refusing to create one among other files: "
+            "set [storage] path to a missing or empty directory"
+        ), message
+        assert_says_what_to_do(message)
+        assert snapshot(path) == before
+
+
+async def test_an_empty_directory_gets_a_new_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "db"
+    path.mkdir()
+    with caplog.at_level(logging.WARNING, logger="services.storage.store"):
+        store = Store.open(path)
+    try:
+        assert store.published.last_seq == 0 and (path / "CURRENT").exists()
+    finally:
+        store.close()
+    assert "created a new, empty database" in caplog.messages
+    Store.open(path).close()  # and opens as an existing one afterwards
+
+
+def test_the_storage_service_refuses_a_damaged_database_at_every_start(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    asyncio.run(fill(db, batches=2))
+    (db / "CURRENT").unlink()
+    before = snapshot(db)
+    config = ServiceProcess.create(tmp_path / "proc", db=db).config
+    for _ in range(2):
+        proc = subprocess.run(
+            cli("start", "--config", str(config), "--service", "storage"),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, proc.stderr
+        assert errors[0].startswith(f"error: the database at {db} is corrupt: "), errors
+        assert "but no CURRENT file" in errors[0]
+        assert_says_what_to_do(errors[0])
+        assert "Traceback" not in proc.stderr
+        assert snapshot(db) == before
 
 
 async def test_a_corrupt_manifest_is_reported_at_start(tmp_path: Path) -> None:
@@ -153,5 +271,16 @@ async def test_a_foreign_rocksdb_database_is_not_adopted(tmp_path: Path) -> None
     foreign = Rdict(str(path), options)
     foreign[b"someone"] = b"else's data"
     foreign.close()
-    with pytest.raises(DatabaseCorrupt, match="holds data but no schema version"):
+    before = snapshot(path)
+    with pytest.raises(DatabaseCorrupt, match="it lacks the column families vertices, "):
         Store.open(path)
+    assert snapshot(path) == before  # no column family was added to it
+
+
+async def test_data_without_a_schema_version_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    await fill(db, batches=1)
+    with RawDb(db) as raw:
+        raw.db.delete(SCHEMA_VERSION_KEY)
+    with pytest.raises(DatabaseCorrupt, match="holds data but no schema version"):
+        Store.open(db)
