@@ -4,7 +4,8 @@ Inputs (peer envelopes, client requests, ticks, driver-detected faults) go
 through one queue, in order. After each burst of inputs the task drains
 ``replica.ready()`` and carries it out in the order of obligation:
 
-1. **persist** the records (one synced storage write) — before anything is sent;
+1. **persist** the records (one synced storage write) and the signing mark (its own
+   file, outside storage; both concurrently) — before anything is sent;
 2. **send** the envelopes through the transport;
 3. **execute** committed batches in sequence order (one atomic storage write
    each) and publish them to watchers;
@@ -61,6 +62,7 @@ from services.consensus.core.reputation import FaultKind
 from services.consensus.executor import Executor
 from services.consensus.feed import FinalizedFeed
 from services.consensus.link import TransportLink
+from services.consensus.mark import MarkFile
 from services.consensus.retry import call_until_done
 from services.consensus.verify import Verifier
 
@@ -148,6 +150,7 @@ class Driver:
         tick_ms: int,
         pending_max: int,
         executed: ExecutedState | None = None,
+        mark_file: MarkFile | None = None,
         byzantine: Byzantine | None = None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
@@ -160,6 +163,7 @@ class Driver:
         self._verifier = verifier
         self._executor = Executor(storage, verifier, executed=executed or ExecutedState())
         self.on_fatal = on_fatal
+        self._mark_file = mark_file
         self.feed = feed
         self.link = TransportLink(transport_target, self._on_inbound)
         self._tick_s = tick_ms / 1000
@@ -332,8 +336,9 @@ class Driver:
             self.on_fatal(reason)
 
     async def _carry_out(self, rd: Ready) -> None:
+        writes: list[Coroutine[Any, Any, object]] = []
+        started = time.perf_counter()
         if rd.persist:
-            started = time.perf_counter()
             write = storage_pb2.WriteStateRequest(
                 puts=[
                     storage_pb2.StateEntry(key=r.key.encode(), value=r.value)
@@ -342,9 +347,13 @@ class Driver:
                 ],
                 deletes=[r.key.encode() for r in rd.persist if r.value is None],
             )
-            await call_until_done(
-                lambda: self._storage.WriteState(write, timeout=30), what="persist"
+            writes.append(
+                call_until_done(lambda: self._storage.WriteState(write, timeout=30), what="persist")
             )
+        if rd.signed_mark is not None and self._mark_file is not None:
+            writes.append(asyncio.to_thread(self._mark_file.store, rd.signed_mark))
+        if writes:
+            await asyncio.gather(*writes)
             PERSIST.observe(time.perf_counter() - started)
         for out in rd.send:
             if self.byzantine is not None:  # test clusters only (fault injection)

@@ -17,6 +17,7 @@ from services.consensus.core.durable import ExecutedState
 from services.consensus.core.replica import Replica
 from services.consensus.driver import Driver
 from services.consensus.feed import FinalizedFeed
+from services.consensus.mark import MarkFile, MarkFileError
 from services.consensus.retry import call_until_done
 from services.consensus.servicer import ConsensusServicer
 from services.consensus.verify import Verifier
@@ -108,6 +109,11 @@ async def build(cfg: NodeConfig) -> GrpcService:
     log.info("restoring from storage", extra={"fields": {"storage": cfg.storage.listen}})
     records = await call_until_done(lambda: load_records(storage), what="load records")
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
+    mark_file = MarkFile.in_dir(cfg.data_dir / "consensus")
+    try:
+        signing_mark = mark_file.load()
+    except MarkFileError as exc:
+        raise ConfigError(str(exc)) from None
     signer = MlDsaSigner(key.private)
     byzantine = None
     if cfg.fault_injection.enabled and cfg.fault_injection.byzantine:
@@ -121,7 +127,23 @@ async def build(cfg: NodeConfig) -> GrpcService:
         verifier=MlDsaVerifier(cfg.validator_public_keys, backend),
         records=records,
         executed=executed,
+        signing_mark=signing_mark,
     )
+    if replica.signing_floor is not None:
+        floor = replica.signing_floor
+        log.warning(
+            "storage is older than what this replica signed (restored backup or reset "
+            "database?): it signs nothing at or below the signing floor and rejoins by "
+            "state transfer",
+            extra={
+                "fields": {
+                    "floor_view": floor.view,
+                    "floor_seq": floor.seq,
+                    "storage_seq": executed.seq,
+                    "mark_file": str(mark_file.path),
+                }
+            },
+        )
     log.info(
         "replica restored",
         extra={
@@ -144,6 +166,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         tick_ms=cfg.consensus.tick_ms,
         pending_max=2 * cfg.consensus.pool_max,
         executed=executed,
+        mark_file=mark_file,
         byzantine=byzantine,
     )
     servicer = ConsensusServicer(cfg, driver, storage)

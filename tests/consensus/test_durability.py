@@ -6,7 +6,7 @@ import pytest
 
 from services.consensus.core import durable
 from services.consensus.core.crypto import batch_digest
-from services.consensus.core.durable import CorruptState
+from services.consensus.core.durable import CorruptState, SigningMark
 from services.consensus.core.messages import (
     Prepare,
     PrePrepare,
@@ -176,3 +176,89 @@ def test_a_lone_replica_whose_storage_lost_data_halts() -> None:
     node.app.truncate(1, node.requests)
     with pytest.raises(ConsensusHalted, match="no peer"):
         c.restart(0)
+
+
+# --- rollback of storage: the signing mark kept outside it -------------------------
+
+
+def _signed_by(c: Cluster, i: int) -> dict[tuple[str, int, int], object]:
+    """(kind, view, seq) -> what replica ``i`` signed there, checked for conflicts."""
+    seen: dict[tuple[str, int, int], object] = {}
+    for who, w in c.sent:
+        if who == i and isinstance(w.envelope, SignedEnvelope):
+            signed = w.envelope.signed
+            key = _own_key(signed.msg)
+            value = getattr(signed.msg, "digest", None) or getattr(
+                signed.msg, "state_digest", signed.body
+            )
+            assert seen.setdefault(key, value) == value, f"replica {i} signed conflicting {key}"
+    return seen
+
+
+def test_every_signature_raises_the_mark_before_it_is_sent() -> None:
+    c = Cluster(4, batch_max_count=1)
+    for i in range(5):
+        c.propose(0, request(i))
+        c.tick()
+    mark = SigningMark()
+    for rd in c.readies[1]:
+        if rd.signed_mark is not None:
+            mark = rd.signed_mark
+        for out in rd.send:
+            env = out.envelope
+            if isinstance(env, SignedEnvelope) and env.signed.signer == 1:
+                _, view, seq = _own_key(env.signed.msg)
+                assert view <= mark.view and seq <= mark.seq
+    assert c.nodes[1].mark_file == mark == SigningMark(0, 5)
+    assert durable.SigningMark.decode(c.nodes[1].records[durable.SIGNED_MARK_KEY]) == mark
+
+
+def test_a_replica_restored_from_an_old_backup_signs_nothing_that_could_conflict() -> None:
+    """Storage restored to before seq 3..6 were voted; the mark file remembers 6."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+    for i in range(2):
+        c.propose(0, request(i))
+        c.tick()
+    backup = c.nodes[0].snapshot()  # the primary's storage at seq 2
+    for i in range(2, 6):
+        c.propose(0, request(i))
+        c.tick()
+    assert c.nodes[0].mark_file == SigningMark(0, 6)
+    c.crash(0)
+    c.nodes[0].roll_back(backup)
+    c.restart(0)
+    replica = c.replica(0)
+    assert replica.signing_floor == SigningMark(0, 6)
+    assert durable.SIGNING_FLOOR_KEY in c.nodes[0].records
+    # New requests to the (rolled back) primary: it may not re-propose seqs 3..6.
+    for i in range(6, 12):
+        c.propose(1, request(i))
+        c.tick(5)
+    c.tick(200)
+    for i in range(4):
+        _signed_by(c, i)  # no replica signed two conflicting messages
+    assert replica.refused_by_floor > 0
+    # It caught up (state transfer and the new view) and agrees with everyone.
+    assert c.nodes[0].app.states == c.nodes[1].app.states
+    assert c.replica(0).last_executed == c.replica(1).last_executed >= 12
+    # The floor is in the records: another restart keeps it, even with the records' mark
+    # now above the file's.
+    c.crash(0)
+    c.restart(0)
+    assert c.replica(0).signing_floor == SigningMark(0, 6)
+
+
+def test_intact_storage_or_no_mark_file_sets_no_floor() -> None:
+    c = Cluster(4, batch_max_count=1)
+    for i in range(3):
+        c.propose(0, request(i))
+        c.tick()
+    node = c.nodes[2]
+    c.crash(2)
+    c.restart(2)
+    assert c.replica(2).signing_floor is None
+    node.mark_file = None  # e.g. the first start after an upgrade: written again at once
+    c.crash(2)
+    c.restart(2)
+    assert c.replica(2).signing_floor is None
+    assert node.mark_file == c.replica(2).signed_mark == SigningMark(0, 3)

@@ -12,11 +12,12 @@ import json
 import pytest
 
 from services.consensus.core import quorum
+from services.consensus.core.replica import Replica
 from services.consensus.execution import Verdicts
 from services.consensus.sim.actors import ATTACKS
 from services.consensus.sim.cli import main, run_seeds
 from services.consensus.sim.runner import run_seed
-from services.consensus.sim.scenario import BYZANTINE_KINDS
+from services.consensus.sim.scenario import BYZANTINE_KINDS, make_scenario
 
 FAULTS = {
     "drop",
@@ -25,6 +26,7 @@ FAULTS = {
     "partition_heal",
     "crash_restart",
     "byzantine_client",
+    "storage_rollback",
     *(f"byzantine_{kind}" for kind in BYZANTINE_KINDS),
 }
 
@@ -106,6 +108,26 @@ def test_the_byzantine_client_is_exercised_and_harmless() -> None:
         assert result.ok, (seed, result.violation, result.liveness_failure)
         split += "byzantine_client" in result.faults
     assert split >= 10
+
+
+def _rollback_seeds(count: int) -> list[int]:
+    return [s for s in range(400) if make_scenario(s, 4).rollbacks][:count]
+
+
+def test_restoring_an_old_backup_is_safe_with_the_signing_floor() -> None:
+    refusals = 0
+    for seed in _rollback_seeds(30):
+        result = run_seed(seed, 4)
+        assert result.ok, (seed, result.violation, result.liveness_failure)
+        refusals += result.floor_refusals
+    assert refusals > 0  # the floor was needed, not just present
+
+
+def test_a_rollback_without_the_signing_floor_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: ignore the floor, and a restored replica signs what conflicts."""
+    monkeypatch.setattr(Replica, "_forbidden", lambda self, msg: False)
+    violations = [run_seed(seed, 4).violation for seed in _rollback_seeds(30)]
+    assert any(v and v.startswith("durability") for v in violations), violations
 
 
 def test_a_seed_replays_exactly() -> None:

@@ -9,6 +9,8 @@ Keys (ASCII, fixed-width numbers so that they sort)::
     prepared/<seq:020>                    PreparedCertificate (highest view prepared)
     batch/<digest hex>                    VotedBatch: the requests of a batch voted for
     evidence/<signer:010>                 Evidence against a replica
+    signed_mark                           SigningMark: the highest view and seq signed
+    signing_floor                         SigningMark: never sign at or below (a rollback)
 
 ``kind`` is pre_prepare, prepare, commit, checkpoint, view_change or new_view
 (seq 0 for the last two).
@@ -48,6 +50,8 @@ from services.consensus.core.messages import (
 VIEW_KEY = "view"
 STABLE_KEY = "stable"
 NEW_VIEW_KEY = "new_view"
+SIGNED_MARK_KEY = "signed_mark"
+SIGNING_FLOOR_KEY = "signing_floor"
 
 _KINDS: dict[type, str] = {
     PrePrepare: "pre_prepare",
@@ -113,6 +117,37 @@ def encode_evidence(evidence: EvidenceEnvelope) -> bytes:
     ).SerializeToString()
 
 
+@dataclass(frozen=True, slots=True, order=False)
+class SigningMark:
+    """The highest view and the highest seq of anything a replica signed (separately).
+
+    Every message it ever signed lies at or below both (a VIEW-CHANGE or NEW-VIEW at
+    its view; a CHECKPOINT at its seq; a NEW-VIEW's re-issued PRE-PREPAREs too).
+    The driver keeps a copy outside storage: when storage comes back older than
+    that copy (a restored backup, a reset database), the copy becomes a *floor*
+    below which the replica signs nothing (``Replica``).
+    """
+
+    view: int = 0
+    seq: int = 0
+
+    def join(self, other: SigningMark) -> SigningMark:
+        return SigningMark(max(self.view, other.view), max(self.seq, other.seq))
+
+    def exceeds(self, other: SigningMark) -> bool:
+        """Whether this mark is above ``other`` in view or in seq."""
+        return self.view > other.view or self.seq > other.seq
+
+    def encode(self) -> bytes:
+        return self.view.to_bytes(8, "big") + self.seq.to_bytes(8, "big")
+
+    @classmethod
+    def decode(cls, value: bytes) -> SigningMark:
+        if len(value) != 16:
+            raise ValueError(f"a signing mark is 16 bytes, not {len(value)}")
+        return cls(int.from_bytes(value[:8], "big"), int.from_bytes(value[8:], "big"))
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutedState:
     """What the application has executed: the last seq and the state digest after it."""
@@ -133,6 +168,8 @@ class DurableState:
     evidence: dict[int, EvidenceEnvelope] = field(default_factory=dict)
     new_view: Signed[NewView] | None = None
     batches: dict[bytes, tuple[Request, ...]] = field(default_factory=dict)
+    signed_mark: SigningMark | None = None
+    signing_floor: SigningMark | None = None
 
 
 def parse_records(records: Mapping[str, bytes]) -> DurableState:
@@ -171,6 +208,10 @@ def _parse_one(state: DurableState, key: str, value: bytes) -> None:
             Request(hash=h, body=b)
             for h, b in zip(vb.request_hashes, vb.request_bodies, strict=True)
         )
+    elif key == SIGNED_MARK_KEY:
+        state.signed_mark = SigningMark.decode(value)
+    elif key == SIGNING_FLOOR_KEY:
+        state.signing_floor = SigningMark.decode(value)
     elif key.startswith("evidence/"):
         ev = pbft_pb2.Evidence.FromString(value)
         state.evidence[int(key.split("/")[1])] = EvidenceEnvelope(

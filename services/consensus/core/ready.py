@@ -1,7 +1,8 @@
 """The output of the state machine, drained as one :class:`Ready` value.
 
 The fields are in the order of the driver's obligations: write ``persist``
-(synced) before sending anything in ``send``; execute ``execute`` after that,
+(synced) and ``signed_mark`` (to its file outside storage) before sending
+anything in ``send``; execute ``execute`` after that,
 in order; then act on the rest (serve state transfer, report metrics, tell
 the transport about bans).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.consensus.core.durable import SigningMark
 from services.consensus.core.messages import Certificate, Envelope, EvidenceEnvelope, Request
 from services.consensus.core.reputation import Fault
 
@@ -69,10 +71,13 @@ class Ready:
     faults: tuple[Fault, ...] = ()
     #: Peers banned by this Ready (their later messages are dropped).
     bans: tuple[int, ...] = ()
+    #: The new signing mark, when it rose: write it durably before sending.
+    signed_mark: SigningMark | None = None
 
     def __bool__(self) -> bool:
         return bool(
-            self.persist
+            self.signed_mark is not None
+            or self.persist
             or self.send
             or self.execute
             or self.serve

@@ -25,7 +25,7 @@ from services.consensus.core.crypto import (
     Verifier,
     batch_digest,
 )
-from services.consensus.core.durable import ExecutedState, parse_records
+from services.consensus.core.durable import ExecutedState, SigningMark, parse_records
 from services.consensus.core.messages import (
     BatchEnvelope,
     Certificate,
@@ -159,6 +159,13 @@ class Replica:
     ``records`` and ``executed`` restore a replica after a restart: the
     records it persisted (every ``Ready.persist`` applied in order) and what
     the application executed (the last ``Committed.seq`` and ``state_digest``).
+
+    ``signing_mark`` is the driver's copy of the highest view and seq this replica
+    ever signed, kept outside storage (every ``Ready.signed_mark``). When it is
+    above what the records hold, the records were rolled back (an old backup, a
+    reset database) and may miss messages already sent: the mark becomes a floor,
+    and the replica never signs a message that could conflict with one below it
+    (see :meth:`_forbidden`); it rejoins by state transfer.
     """
 
     def __init__(
@@ -169,6 +176,7 @@ class Replica:
         verifier: Verifier,
         records: Mapping[str, bytes] | None = None,
         executed: ExecutedState | None = None,
+        signing_mark: SigningMark | None = None,
     ) -> None:
         self.config = config
         self.id = config.replica_id
@@ -234,8 +242,17 @@ class Replica:
         self._faults: list[Fault] = []
         self._bans: list[int] = []
         self._forward: list[Request] = []
+        #: The highest view and seq signed (persisted), and whether the driver's copy lags.
+        self._mark = SigningMark()
+        self._mark_out = False
+        #: Never sign at or below this (set when the records turned out rolled back).
+        self._floor: SigningMark | None = None
+        #: Messages not signed because of the floor (for status and tests).
+        self.refused_by_floor = 0
+        state = parse_records(records) if records else durable.DurableState()
+        self._init_mark(state, signing_mark)
         if records:
-            self._restore(parse_records(records))
+            self._restore(state)
 
     # --- public surface ---------------------------------------------------------------
 
@@ -259,6 +276,15 @@ class Replica:
     @property
     def stable_seq(self) -> int:
         return self._low
+
+    @property
+    def signing_floor(self) -> SigningMark | None:
+        """The floor below which nothing is signed (a rollback was detected), or None."""
+        return self._floor
+
+    @property
+    def signed_mark(self) -> SigningMark:
+        return self._mark
 
     @property
     def banned(self) -> frozenset[int]:
@@ -361,7 +387,8 @@ class Replica:
     def ready(self) -> Ready:
         """Drain the accumulated output (persist, then send, then execute)."""
         if not (
-            self._send
+            self._mark_out
+            or self._send
             or self._persist
             or self._forward
             or self._execute_out
@@ -373,7 +400,10 @@ class Replica:
             if self._active and self.primary != self.id:
                 self._send.append(Outbound(self.primary, RequestsEnvelope(tuple(self._forward))))
             self._forward = []
+        mark = self._mark if self._mark_out else None
+        self._mark_out = False
         rd = Ready(
+            signed_mark=mark,
             persist=tuple(self._persist),
             send=tuple(self._send),
             execute=tuple(self._execute_out),
@@ -406,6 +436,10 @@ class Replica:
         key = _own_key(msg)
         existing = self._own.get(key)
         if existing is None:
+            if self._forbidden(msg):
+                self.refused_by_floor += 1
+                return None
+            self._raise_mark(msg)
             signed = self._make_signed(msg)
             self._own[key] = signed
             self._persist.append(Record(durable.own_key(*key), durable.encode_signed(signed)))
@@ -415,6 +449,65 @@ class Replica:
             return None
         self._send.append(Outbound(None, SignedEnvelope(signed, requests)))
         return signed
+
+    def _init_mark(self, state: durable.DurableState, file_mark: SigningMark | None) -> None:
+        recorded = state.signed_mark
+        if recorded is None:  # records from before the mark existed: derive it
+            recorded = SigningMark()
+            for _, view, seq in state.own:
+                recorded = recorded.join(SigningMark(view, seq))
+        self._mark = recorded
+        self._floor = state.signing_floor
+        if file_mark is None:
+            self._mark_out = bool(state.own)
+            return
+        if file_mark.exceeds(recorded):
+            # Storage is older than what we signed: whatever lies at or below the
+            # file's mark may have been signed and sent, and is not in the records.
+            floor = file_mark if self._floor is None else self._floor.join(file_mark)
+            self._floor = floor
+            self._persist.append(Record(durable.SIGNING_FLOOR_KEY, floor.encode()))
+            self._mark = recorded.join(file_mark)
+            self._persist.append(Record(durable.SIGNED_MARK_KEY, self._mark.encode()))
+        elif recorded.exceeds(file_mark):
+            self._mark_out = True
+
+    def _forbidden(self, msg: Message) -> bool:
+        """Whether signing ``msg`` could conflict with a message lost in a rollback.
+
+        Below the floor (view V, seq S) anything may have been signed: no PRE-PREPARE,
+        PREPARE or COMMIT at view <= V and seq <= S; no CHECKPOINT at seq <= S; and no
+        VIEW-CHANGE or NEW-VIEW at view <= V, nor at all until the stable checkpoint
+        reaches S (a VIEW-CHANGE must carry every prepared certificate above the
+        stable checkpoint, and those at or below S may be among what was lost).
+        """
+        floor = self._floor
+        if floor is None:
+            return False
+        if isinstance(msg, Checkpoint):
+            return msg.seq <= floor.seq
+        if isinstance(msg, ViewChange):
+            return msg.new_view <= floor.view or self._low < floor.seq
+        if isinstance(msg, NewView):
+            return msg.view <= floor.view or self._low < floor.seq
+        return msg.view <= floor.view and msg.seq <= floor.seq
+
+    def _raise_mark(self, msg: Message) -> None:
+        """Raise the signing mark to cover ``msg`` (persisted, and handed to the driver)."""
+        if isinstance(msg, Checkpoint):
+            covered = SigningMark(0, msg.seq)
+        elif isinstance(msg, ViewChange):
+            covered = SigningMark(msg.new_view, 0)
+        elif isinstance(msg, NewView):
+            seqs = [pp.msg.seq for pp in msg.pre_prepares]
+            covered = SigningMark(msg.view, max(seqs, default=0))
+        else:
+            covered = SigningMark(msg.view, msg.seq)
+        mark = self._mark.join(covered)
+        if mark != self._mark:
+            self._mark = mark
+            self._mark_out = True
+            self._persist.append(Record(durable.SIGNED_MARK_KEY, mark.encode()))
 
     def _fault(self, peer: int, kind: FaultKind) -> None:
         if peer == self.id or not 0 <= peer < self._n:
@@ -1107,8 +1200,8 @@ class Replica:
         self._nv_deadline = None
         self._new_view_msg = None
         self._persist_view()
-        assert own is not None
-        self._vcs.setdefault(target, {})[self.id] = _typed(own, ViewChange)
+        if own is not None:  # None: refused below the signing floor; others may go on
+            self._vcs.setdefault(target, {})[self.id] = _typed(own, ViewChange)
         self._view_change_progress()
 
     def _on_view_change(self, sender: int, signed: Signed[ViewChange]) -> None:
@@ -1184,10 +1277,11 @@ class Replica:
                 pre_prepares=pre_prepares,
             )
             own = self._sign_once(nv)
+            if own is None:  # refused below the signing floor: the others move on
+                return
         else:
             plan = self._proofs.plan_new_view(_typed(own, NewView).msg.view_changes)
             self._send.append(Outbound(None, SignedEnvelope(own)))
-        assert own is not None
         self._enter_view(_typed(own, NewView), plan)
 
     def _on_new_view(self, sender: int, signed: Signed[NewView]) -> None:

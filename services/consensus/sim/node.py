@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from services.consensus.core import codec
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import GENESIS_STATE, next_state_digest, outcome_bytes
-from services.consensus.core.durable import ExecutedState
+from services.consensus.core.durable import ExecutedState, SigningMark
 from services.consensus.core.messages import (
     BatchEnvelope,
     Envelope,
@@ -63,6 +63,11 @@ class Application:
     def state_digest(self) -> bytes:
         return self.states[-1] if self.states else GENESIS_STATE
 
+    def copy(self) -> Application:
+        return Application(
+            list(self.log), list(self.states), [list(o) for o in self.outcomes], set(self.finalized)
+        )
+
     def truncate(self, seq: int, requests: Requests) -> None:
         """Lose every batch after ``seq`` (a storage rollback)."""
         del self.log[seq:], self.states[seq:], self.outcomes[seq:]
@@ -72,6 +77,9 @@ class Application:
             for r, reason in zip(c.requests, reasons, strict=True)
             if reason is None
         }
+
+
+_TUPLE_FIELDS = [f for f in Ready.__dataclass_fields__ if f != "signed_mark"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,8 @@ class Node:
         self.requests = requests or Requests()
         self.records: dict[str, bytes] = {}
         self.app = Application()
+        #: The driver's signing-mark file: outside storage, it survives a rollback.
+        self.mark_file: SigningMark | None = None
         #: Signature verdicts (in memory: a restart starts with an empty cache).
         self.verdicts = Verdicts()
         self.replica = self._make()
@@ -126,6 +136,7 @@ class Node:
             verifier=self._scheme.verifier,
             records=self.records,
             executed=self.app.executed,
+            signing_mark=self.mark_file,
         )
 
     def crash(self) -> None:
@@ -135,6 +146,15 @@ class Node:
         self.verdicts = Verdicts()
         self.replica = self._make()
         self.up = True
+
+    def snapshot(self) -> tuple[dict[str, bytes], Application]:
+        """A copy of what storage holds (a backup)."""
+        return dict(self.records), self.app.copy()
+
+    def roll_back(self, backup: tuple[dict[str, bytes], Application]) -> None:
+        """Storage replaced by an older copy (a restored backup); the mark file stays."""
+        records, app = backup
+        self.records, self.app = dict(records), app.copy()
 
     # --- what the consensus service does with requests ----------------------------
 
@@ -201,9 +221,8 @@ class Node:
             rd, more = self._drain_one()
             if not rd:
                 break
-            merged = Ready(
-                **{f: getattr(merged, f) + getattr(rd, f) for f in Ready.__dataclass_fields__}
-            )
+            fields = {f: getattr(merged, f) + getattr(rd, f) for f in _TUPLE_FIELDS}
+            merged = Ready(**fields, signed_mark=rd.signed_mark or merged.signed_mark)
             wires.extend(more)
         return merged, wires
 
@@ -212,6 +231,8 @@ class Node:
         rd = self.replica.ready()
         if not rd:
             return rd, []
+        if rd.signed_mark is not None:  # before anything is sent
+            self.mark_file = rd.signed_mark
         for record in rd.persist:
             if record.value is None:
                 self.records.pop(record.key, None)

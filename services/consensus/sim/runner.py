@@ -42,8 +42,8 @@ from services.consensus.core.ready import Committed, Ready
 from services.consensus.sim.actors import BYZANTINE, Actor, Forger
 from services.consensus.sim.crypto import FastScheme, MlDsaScheme, Scheme, fast_request_hash
 from services.consensus.sim.network import Network
-from services.consensus.sim.node import Node, Requests, Wire
-from services.consensus.sim.scenario import Scenario
+from services.consensus.sim.node import Application, Node, Requests, Wire
+from services.consensus.sim.scenario import Rollback, Scenario
 
 _CLIENT_KEY = b"cretoai-sim-client"
 
@@ -138,6 +138,8 @@ class SeedResult:
     #: Requests rejected at execution (invalid) and repeats skipped (already applied).
     rejected: int = 0
     duplicates: int = 0
+    #: Messages honest replicas did not sign because of a signing floor (after a rollback).
+    floor_refusals: int = 0
     attacks: dict[str, int] = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
 
@@ -183,6 +185,9 @@ class Simulation:
             self._event_ticks |= {p.start, p.end}
         for c in scenario.crashes:
             self._event_ticks |= {c.at, c.restart_at}
+        for rb in scenario.rollbacks:
+            self._event_ticks |= {rb.backup_at, rb.at, rb.restart_at}
+        self._backups: dict[int, tuple[dict[str, bytes], Application]] = {}
         self._event_ticks |= {s.at for s in scenario.submissions}
         self.result = SeedResult(seed=scenario.seed, n=n, faults=scenario.faults())
         self.now = 0
@@ -364,11 +369,35 @@ class Simulation:
             elif now == c.restart_at and not actor.up:
                 self._trace(f"restart r{c.replica} from its durable state")
                 self._input(actor, actor.node.restart)
+        for rb in sc.rollbacks:
+            self._rollback_event(rb, now)
         if now == sc.heal_at:
             self._heal()
         for s in sc.submissions:
             if s.at == now:
                 self._submit(s.number)
+
+    def _rollback_event(self, rb: Rollback, now: int) -> None:
+        actor = self.by_index[rb.replica][0]
+        if now == rb.backup_at:
+            self._backups[rb.replica] = actor.node.snapshot()
+            self._trace(f"backup of r{rb.replica}")
+        if now == rb.at:
+            actor.node.crash()
+            self.crash_times.setdefault(rb.replica, []).append(now)
+            actor.node.roll_back(self._backups[rb.replica])
+            # The application state is the backup's too (what it finalized is redone).
+            ex = Executor()
+            for c, reasons in zip(actor.node.app.log, actor.node.app.outcomes, strict=True):
+                for r, reason in zip(c.requests, reasons, strict=True):
+                    if reason is None:
+                        ex.applied.append(content_of(r.body))
+            ex.applied_set = set(ex.applied)
+            self.executors[rb.replica] = ex
+            self._trace(f"r{rb.replica} down; its storage restored from the backup")
+        if now == rb.restart_at and not actor.up:
+            self._trace(f"restart r{rb.replica} from the restored storage")
+            self._input(actor, actor.node.restart)
 
     def _heal(self) -> None:
         self.network.groups = None
@@ -423,6 +452,7 @@ class Simulation:
         res.max_view = max(a.node.replica.view for a in self.actors)
         res.rejected = sum(ex.rejected for ex in self.executors.values())
         res.duplicates = sum(ex.duplicates for ex in self.executors.values())
+        res.floor_refusals = sum(a.node.replica.refused_by_floor for a in self.actors if a.honest)
         for actor in self.actors:
             if isinstance(actor, Forger):
                 for name, count in actor.attacks.items():

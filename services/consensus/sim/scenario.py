@@ -34,6 +34,17 @@ class Crash:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """A backup of ``replica``'s storage taken at ``backup_at`` is restored at ``at``
+    (the replica is down from ``at`` to ``restart_at``)."""
+
+    replica: int
+    backup_at: int
+    at: int
+    restart_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Submission:
     at: int
     number: int
@@ -53,6 +64,7 @@ class Scenario:
     #: Submissions the Byzantine client also sends as another copy to another replica:
     #: number -> "bad" (a bad signature, sent first) or "valid" (another valid signature).
     split_submissions: dict[int, str] = field(default_factory=dict)
+    rollbacks: tuple[Rollback, ...] = ()
     heal_at: int = CHAOS_TICKS
     deadline: int = CHAOS_TICKS + LIVENESS_BOUND
 
@@ -76,6 +88,8 @@ class Scenario:
         kinds.extend(f"byzantine_{kind}" for kind in sorted(set(self.byzantine.values())))
         if self.split_submissions:
             kinds.append("byzantine_client")
+        if self.rollbacks:
+            kinds.append("storage_rollback")
         return kinds
 
 
@@ -124,6 +138,15 @@ def make_scenario(seed: int, n: int) -> Scenario:
     if n > 1 and rng.random() < 0.4:  # drawn last: the rest of a seed's scenario is unchanged
         for s in rng.sample(submissions, rng.randint(1, 3)):
             split[s.number] = rng.choice(("bad", "bad", "valid"))
+    rollbacks = []
+    # An operator restores an old backup on an honest replica. Losing signed state is
+    # a fault of its own (it counts towards f), so it is drawn only where f >= 1 and
+    # no replica is Byzantine.
+    if not byzantine and f >= 1 and rng.random() < 0.5:
+        replica = rng.choice(honest)
+        backup_at = rng.randint(0, CHAOS_TICKS - 80)
+        at = rng.randint(backup_at + 20, CHAOS_TICKS - 40)
+        rollbacks.append(Rollback(replica, backup_at, at, rng.randint(at + 1, at + 30)))
     return Scenario(
         seed=seed,
         n=n,
@@ -135,4 +158,5 @@ def make_scenario(seed: int, n: int) -> Scenario:
         crashes=tuple(crashes),
         submissions=submissions,
         split_submissions=split,
+        rollbacks=tuple(rollbacks),
     )
