@@ -5,8 +5,8 @@ the public REST API only (in the style of CometBFT's e2e manifests).
 Stages: setup (keys and configs on free ports) → start (every service of every node as a
 process) → load (vertices spread over the gateways of the honest nodes) with perturbations
 fired at given points of the load → wait (everything required is final everywhere) → check
-(identical finalized logs on all honest nodes; every vertex acknowledged as final is in
-them once; certificates verify against the validator set) → stop.
+(identical finalized logs on all honest nodes, outcomes included; every vertex acknowledged
+as final is in them, finalized once; certificates verify against the validator set) → stop.
 
 Scenario format (TOML)::
 
@@ -23,6 +23,32 @@ Scenario format (TOML)::
     node = "primary"       # a node name, "primary" (asked at fire time) or a label
     service = "consensus"  # optional: one service instead of the whole node
     label = "victim"       # optional: name the chosen node for later steps
+
+Client-signed copies (signed with a fresh ML-DSA-87 client key, not a validator's; the
+vertices have no parents and do not count towards ``after``)::
+
+    [[step]]
+    after = 5
+    action = "split_copies"  # a copy with a corrupted signature to `node`, which must
+    node = "node2"           #   answer 422 bad_signature; then the valid copy to `to`
+    to = "node1"             #   with ?wait=true, which must answer 200 finalized
+    count = 2                # optional: this many vertices, one after the other (1)
+
+    [[step]]
+    after = 30
+    action = "twin_copies"   # one content signed twice (ML-DSA-87 signing is randomized):
+    node = "node2"           #   both valid copies at once, one to `node` and one to `to`,
+    to = "node3"             #   ?wait=true: both 200 finalized, at one seq
+
+    [expect]                 # optional
+    banned = true            # the Byzantine node ends up banned by every honest node
+    evidence = true          # every honest node holds equivocation evidence
+    reputation_intact = true # no honest node charged an honest peer: each one keeps the
+                             #   starting reputation (services/consensus/core/reputation.py)
+                             #   and is not banned
+
+Every vertex of a copies step must end up ``finalized`` at one seq on every live honest
+node (``GET /v1/vertices/{hash}`` on each gateway), and its content be finalized once.
 """
 
 from __future__ import annotations
@@ -30,9 +56,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import signal
 import time
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +70,59 @@ import tomli_w
 
 from cretoai.clusterinit import ClusterLayout, init_cluster
 from cretoai.config import NodeConfig, load_config
+from cretoai.crypto import NodeKey, get_backend
 from cretoai.supervisor import Supervisor
 from cretoai.v1 import vertex_pb2
+from cretoai.vertex import CONTEXT as VERTEX_CONTEXT
+from cretoai.vertex import canonical_bytes, make_vertex, vertex_hash
 from services.consensus.core.certificate import InvalidCertificate, verify_certificate
+from services.consensus.core.reputation import Reputation
 
-ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal"}
+#: Steps that post client-signed copies of a vertex (they need ``to``).
+COPY_ACTIONS = {"split_copies", "twin_copies"}
+ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal", *COPY_ACTIONS}
 SCENARIOS = Path(__file__).parent / "scenarios"
+#: Answers after which a POST is sent again (the node sheds load, or is briefly down).
+RETRY_STATUSES = {429, 503, 504}
+
+
+def starting_reputation() -> int:
+    """The score every peer starts with (scores only fall: any charge lowers it)."""
+    return Reputation(n=1, threshold=0, flood_allowance=0).scores[0]
+
+
+def client_key() -> NodeKey:
+    """A fresh ML-DSA-87 key of a client that signs its own vertices (not a validator's)."""
+    private = get_backend("cryptography").private_key_from_seed(os.urandom(32))
+    return NodeKey(private=private, path=Path("<scenario client>"))
+
+
+def signed_body(vertex: vertex_pb2.Vertex, signature: bytes) -> dict[str, Any]:
+    """The REST body of a client-signed vertex, carrying ``signature`` as its signature."""
+    return {
+        "payload": base64.b64encode(vertex.payload).decode(),
+        "parents": [p.hex() for p in vertex.parents],
+        "public_key": vertex.creator.hex(),
+        "signature": signature.hex(),
+        "timestamp_ms": vertex.timestamp_ms,
+    }
+
+
+def corrupted(signature: bytes) -> bytes:
+    """The same signature with one bit flipped in the middle (same length: a valid shape)."""
+    flipped = bytearray(signature)
+    flipped[len(flipped) // 2] ^= 0x01
+    return bytes(flipped)
+
+
+def batch_outcome(batch: dict[str, Any]) -> dict[str, Any]:
+    """What every honest node must agree on about one finalized batch."""
+    return {
+        "batch_digest": batch["batch_digest"],
+        "state_digest": batch["state_digest"],
+        "vertices": [v["hash"] for v in batch["vertices"]],
+        "rejected": batch["rejected"],
+    }
 
 
 def certificate_from_json(data: dict[str, Any]) -> vertex_pb2.FinalityCertificate:
@@ -78,6 +153,10 @@ class Step:
     node: str
     service: str | None = None
     label: str | None = None
+    #: Copies steps: the node that gets the (other) valid copy.
+    to: str | None = None
+    #: Copies steps: how many vertices, one after the other.
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -96,6 +175,8 @@ class Scenario:
     expect_banned: bool = False
     #: Every honest node must hold equivocation evidence.
     expect_evidence: bool = False
+    #: No honest node may charge (or ban) an honest peer.
+    expect_reputation_intact: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -104,7 +185,10 @@ class Scenario:
         for step in steps:
             if step.action not in ACTIONS:
                 raise ValueError(f"{path}: unknown action {step.action!r}")
+            if step.action in COPY_ACTIONS and (step.to is None or step.count < 1):
+                raise ValueError(f"{path}: {step.action} needs `to` and a count of at least 1")
         byz = data.get("byzantine", {})
+        expect = data.get("expect", {})
         return cls(
             name=path.stem,
             description=data["description"],
@@ -116,8 +200,9 @@ class Scenario:
             byzantine_node=byz.get("node"),
             byzantine_mode=byz.get("mode", ""),
             settings=data.get("settings", {}),
-            expect_banned=bool(data.get("expect", {}).get("banned", False)),
-            expect_evidence=bool(data.get("expect", {}).get("evidence", False)),
+            expect_banned=bool(expect.get("banned", False)),
+            expect_evidence=bool(expect.get("evidence", False)),
+            expect_reputation_intact=bool(expect.get("reputation_intact", False)),
         )
 
 
@@ -128,6 +213,7 @@ class Ledger:
     accepted: dict[str, str] = field(default_factory=dict)  # hash -> node it was given to
     final: set[str] = field(default_factory=set)
     at_risk: set[str] = field(default_factory=set)  # given to a node that was then killed
+    copies: dict[str, str] = field(default_factory=dict)  # hash -> the copies step's tag
 
 
 class ClusterRun:
@@ -146,6 +232,7 @@ class ClusterRun:
         self.partitioned: set[str] = set()
         self.labels: dict[str, str] = {}
         self.events: list[str] = []
+        self.client = client_key()
 
     # -- setup / start / stop ---------------------------------------------------------
 
@@ -251,18 +338,30 @@ class ClusterRun:
 
     # -- perturbations ------------------------------------------------------------------
 
-    async def resolve(self, step: Step) -> str:
-        if step.node == "primary":
+    async def resolve(self, name: str) -> str:
+        """A node name, "primary" (asked at fire time) or a label, to a node name."""
+        if name == "primary":
             live = next(n for n in self.honest if n not in self.down)
             status = await self.status(live)
             return self.configs[int(status["primary"])].node.name
-        return self.labels.get(step.node, step.node)
+        return self.labels.get(name, name)
 
     async def fire(self, step: Step) -> None:
         assert self.supervisor is not None
-        node = await self.resolve(step)
+        node = await self.resolve(step.node)
         if step.label:
             self.labels[step.label] = node
+        if step.action in COPY_ACTIONS:
+            assert step.to is not None
+            to = await self.resolve(step.to)
+            self.events.append(f"step {step.action} {node} {to} x{step.count}")
+            for _ in range(step.count):
+                tag = f"{step.action} #{len(self.ledger.copies) + 1} ({node}, {to})"
+                if step.action == "split_copies":
+                    await self.split_copies(tag, node, to)
+                else:
+                    await self.twin_copies(tag, node, to)
+            return
         self.events.append(f"step {step.action} {node}/{step.service or '*'}")
         if step.action == "kill":
             self.down.add(node)
@@ -284,6 +383,76 @@ class ClusterRun:
             self.down.discard(node)
         elif step.action in ("partition", "heal"):
             await self.set_partition(node, step.action == "partition")
+
+    # -- client-signed copies -----------------------------------------------------------
+
+    def client_vertex(self, tag: str) -> vertex_pb2.Vertex:
+        payload = f"{self.scenario.name} {tag}".encode()
+        return make_vertex(self.client, payload, [], int(time.time() * 1000))
+
+    async def post_vertex(
+        self, node: str, body: dict[str, Any], *, wait: bool
+    ) -> tuple[int, dict[str, Any]]:
+        """POST one vertex to ``node`` (again while it sheds load or is briefly down)."""
+        assert self.session is not None
+        url = self.url(node, "/v1/vertices") + ("?wait=true" if wait else "")
+        answer: tuple[int, dict[str, Any]] | str = "no answer"
+        for attempt in range(8):
+            try:
+                async with self.session.post(url, json=body) as resp:
+                    answer = resp.status, await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = repr(exc)
+            if not isinstance(answer, str) and answer[0] not in RETRY_STATUSES:
+                return answer
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise ScenarioFailed(f"POST /v1/vertices to {node}: still {answer} after 8 attempts")
+
+    def expect_finalized(self, tag: str, node: str, h: str, answer: tuple[int, Any]) -> int:
+        """Check a ?wait=true answer is 200 finalized for ``h``, record it; its seq."""
+        status, reply = answer
+        if status != 200 or reply.get("hash") != h or reply.get("status") != "finalized":
+            raise ScenarioFailed(
+                f"{tag}: the valid copy to {node} with ?wait=true: expected 200 finalized "
+                f"{h[:16]}…, got {status} {reply}"
+            )
+        self.ledger.accepted[h] = node
+        self.ledger.final.add(h)
+        self.ledger.copies[h] = tag
+        return int(reply["seq"])
+
+    async def split_copies(self, tag: str, bad_node: str, good_node: str) -> None:
+        """A corrupted copy to ``bad_node`` (refused), then the valid one to ``good_node``."""
+        vertex = self.client_vertex(tag)
+        h = vertex_hash(vertex).hex()
+        status, reply = await self.post_vertex(
+            bad_node, signed_body(vertex, corrupted(vertex.signature)), wait=False
+        )
+        if status != 422 or reply.get("error", {}).get("code") != "bad_signature":
+            raise ScenarioFailed(
+                f"{tag}: the corrupted copy to {bad_node}: expected 422 bad_signature, "
+                f"got {status} {reply}"
+            )
+        answer = await self.post_vertex(good_node, signed_body(vertex, vertex.signature), wait=True)
+        self.expect_finalized(tag, good_node, h, answer)
+
+    async def twin_copies(self, tag: str, first: str, second: str) -> None:
+        """Two valid, differently signed copies of one content to two nodes at once."""
+        vertex = self.client_vertex(tag)
+        h = vertex_hash(vertex).hex()
+        resigned = self.client.sign(canonical_bytes(vertex), context=VERTEX_CONTEXT)
+        if resigned == vertex.signature:
+            raise ScenarioFailed(f"{tag}: signing twice gave one signature (not randomized)")
+        one, other = await asyncio.gather(
+            self.post_vertex(first, signed_body(vertex, vertex.signature), wait=True),
+            self.post_vertex(second, signed_body(vertex, resigned), wait=True),
+        )
+        seqs = (
+            self.expect_finalized(tag, first, h, one),
+            self.expect_finalized(tag, second, h, other),
+        )
+        if seqs[0] != seqs[1]:
+            raise ScenarioFailed(f"{tag}: {first} and {second} answered seqs {seqs}")
 
     async def set_partition(self, node: str, cut: bool) -> None:
         """Cut (or heal) every link of ``node`` in both directions, via transport faults."""
@@ -369,14 +538,21 @@ class ClusterRun:
         shortest = min(len(log) for log in logs.values())
         for node, log in logs.items():
             for a, b in zip(reference[:shortest], log[:shortest], strict=True):
-                if a["seq"] != b["seq"] or a["batch_digest"] != b["batch_digest"]:
+                if a["seq"] != b["seq"] or batch_outcome(a) != batch_outcome(b):
                     raise ScenarioFailed(
                         f"agreement violated at seq {a['seq']}: {nodes[0]} has "
-                        f"{a['batch_digest']}, {node} has {b['batch_digest']}"
+                        f"{batch_outcome(a)}, {node} has {batch_outcome(b)}"
                     )
-        hashes = [v["hash"] for batch in reference for v in batch["vertices"]]
-        if len(hashes) != len(set(hashes)):
-            raise ScenarioFailed("a vertex was finalized twice")
+        # A content may be ordered more than once (differently signed copies): every
+        # copy after the first is rejected at execution, so it is finalized once.
+        finalized: Counter[str] = Counter()
+        for batch in reference:
+            finalized.update(v["hash"] for v in batch["vertices"])
+            finalized.subtract(batch["rejected"])
+        twice = sorted(h for h, times in finalized.items() if times > 1)
+        if twice:
+            raise ScenarioFailed(f"{len(twice)} vertices were finalized twice: {twice[:3]}")
+        hashes = [h for h, times in finalized.items() if times == 1]
         lost = self.required() - set(hashes)
         if lost:
             raise ScenarioFailed(
@@ -391,13 +567,50 @@ class ClusterRun:
             if cert.seq != int(batch["seq"]) or cert.digest.hex() != batch["batch_digest"]:
                 raise ScenarioFailed(f"the certificate of seq {batch['seq']} is for another batch")
         await self.check_byzantine_detected(nodes)
+        await self.check_copies(nodes)
+        await self.check_reputation(nodes)
         return {
             "batches": len(reference),
             "vertices": len(hashes),
             "accepted": len(self.ledger.accepted),
             "acknowledged_final": len(self.ledger.final),
+            "copies": len(self.ledger.copies),
+            "rejected": sum(len(batch["rejected"]) for batch in reference),
             "events": self.events,
         }
+
+    async def check_copies(self, nodes: list[str]) -> None:
+        """Every vertex of a copies step is finalized at one seq on every node."""
+        for h, tag in self.ledger.copies.items():
+            records = {node: await self.get_json(node, f"/v1/vertices/{h}") for node in nodes}
+            outcomes = {
+                node: (r["status"], r["seq"], r["reject_reason"]) for node, r in records.items()
+            }
+            if len(set(outcomes.values())) != 1 or outcomes[nodes[0]][0] != "finalized":
+                raise ScenarioFailed(
+                    f"{tag}: vertex {h[:16]}… is not finalized at one seq on every node: {outcomes}"
+                )
+
+    async def check_reputation(self, nodes: list[str]) -> None:
+        """No honest node charged or banned an honest peer."""
+        if not self.scenario.expect_reputation_intact:
+            return
+        start = starting_reputation()
+        honest = set(self.honest)
+        for node in nodes:
+            peers = {p["name"]: p for p in (await self.status(node))["peers"]}
+            if not honest - {node} <= set(peers):
+                raise ScenarioFailed(f"{node}'s status lists peers {sorted(peers)} only")
+            charged = {
+                name: {"reputation": p["reputation"], "banned": p["banned"]}
+                for name, p in peers.items()
+                if name in honest and (p["reputation"] != start or p["banned"])
+            }
+            if charged:
+                raise ScenarioFailed(
+                    f"{node} charged honest peers (starting reputation {start}): {charged}; "
+                    f"events: {self.events}"
+                )
 
     async def check_byzantine_detected(self, nodes: list[str]) -> None:
         """The Byzantine node is banned (and its equivocation proven) on every honest node."""
