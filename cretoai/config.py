@@ -200,6 +200,11 @@ class NodeConfig:
         return self._resolve(Path(self.storage.path)) if self.storage.path else self.data_dir / "db"
 
     @property
+    def signing_mark_path(self) -> Path:
+        """The consensus signing mark (outside storage; never restored from a backup)."""
+        return self.data_dir / "consensus" / "signing-mark.json"
+
+    @property
     def quic_listen(self) -> str:
         return self.transport.quic_listen or self.validators[self.replica_index].address
 

@@ -333,16 +333,18 @@ class StoredBatch(_message.Message):
     def __init__(self, header: _Optional[_Union[_vertex_pb2.FinalizedBatch, _Mapping]] = ..., results: _Optional[_Iterable[_Union[StoredResult, _Mapping]]] = ...) -> None: ...
 
 class StoredResult(_message.Message):
-    __slots__ = ("hash", "rejected", "height", "reject_reason")
+    __slots__ = ("hash", "rejected", "height", "reject_reason", "signature")
     HASH_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     REJECT_REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     hash: bytes
     rejected: bool
     height: int
     reject_reason: str
-    def __init__(self, hash: _Optional[bytes] = ..., rejected: _Optional[bool] = ..., height: _Optional[int] = ..., reject_reason: _Optional[str] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, hash: _Optional[bytes] = ..., rejected: _Optional[bool] = ..., height: _Optional[int] = ..., reject_reason: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class StoredCounters(_message.Message):
     __slots__ = ("last_seq", "vertices", "finalized_vertices", "rejected_vertices", "edges", "evidence")

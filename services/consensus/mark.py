@@ -18,8 +18,6 @@ from pathlib import Path
 
 from services.consensus.core.durable import SigningMark
 
-FILE_NAME = "signing-mark.json"
-
 
 class MarkFileError(Exception):
     """The mark file exists but cannot be read or written; the message says what to do."""
@@ -28,10 +26,6 @@ class MarkFileError(Exception):
 class MarkFile:
     def __init__(self, path: Path) -> None:
         self.path = path
-
-    @classmethod
-    def in_dir(cls, directory: Path) -> MarkFile:
-        return cls(directory / FILE_NAME)
 
     def load(self) -> SigningMark | None:
         """The stored mark; None when there is no file yet (a new replica)."""

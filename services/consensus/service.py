@@ -109,7 +109,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
     log.info("restoring from storage", extra={"fields": {"storage": cfg.storage.listen}})
     records = await call_until_done(lambda: load_records(storage), what="load records")
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
-    mark_file = MarkFile.in_dir(cfg.data_dir / "consensus")
+    mark_file = MarkFile(cfg.signing_mark_path)
     try:
         signing_mark = mark_file.load()
     except MarkFileError as exc:

@@ -7,6 +7,7 @@ ConfigError, which the CLI reports with exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,4 +36,29 @@ def restore_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(info)
+    print(signing_mark_notice(cfg.signing_mark_path, info.last_seq))
     return 0
+
+
+def signing_mark_notice(path: Path, last_seq: int) -> str:
+    """What the node's consensus replica will do with the restored (older) database."""
+    try:
+        mark = json.loads(path.read_text())
+        view, seq = int(mark["view"]), int(mark["seq"])
+    except FileNotFoundError:
+        return (
+            f"no signing mark at {path}: this node's consensus never signed anything here, "
+            "or the file was lost; if the replica did sign before, nothing stops it from "
+            "signing a conflicting message now (see docs/security.md)"
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the signing mark {path} is unreadable ({exc}); consensus will refuse to start"
+    if seq <= last_seq:
+        return f"signing mark {path}: view {view}, seq {seq} (the database covers it)"
+    return (
+        f"this node's consensus signed up to view {view}, seq {seq} ({path}); the restored "
+        f"database ends at seq {last_seq}. On start the replica signs nothing at or below "
+        f"that mark (so it cannot contradict what it sent before the restore), fetches "
+        f"seqs {last_seq + 1}..{seq} and later from its peers by state transfer, and votes "
+        f"again above seq {seq}. Keep {path}: never delete it or restore it from a backup."
+    )

@@ -547,7 +547,10 @@ class Store:
                 heights.append(0)
                 stored_results.append(
                     storage_pb2.StoredResult(
-                        hash=h, rejected=True, reject_reason=result.reject_reason
+                        hash=h,
+                        rejected=True,
+                        reject_reason=result.reject_reason,
+                        signature=vertex.signature,
                     )
                 )
                 if previous is None and not in_batch:
@@ -942,9 +945,12 @@ class Store:
         batch = entry.batch
         hashes = [r.hash for r in record.results]
         if vertices and hashes:
-            for raw in self._multi_get(keys.VERTICES, hashes):
+            raws = self._multi_get(keys.VERTICES, hashes)
+            for raw, r in zip(raws, record.results, strict=True):
                 assert raw is not None, "a finalized batch's vertex is missing"
-                self.decode_vertex(raw, batch.vertices.add())
+                vertex = self.decode_vertex(raw, batch.vertices.add())
+                if r.rejected and r.signature:  # the exact copy executed here
+                    vertex.signature = r.signature
         for r in record.results:
             entry.results.add(
                 hash=r.hash,

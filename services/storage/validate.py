@@ -6,6 +6,7 @@ What needs the database (a seq gap, an unknown parent) is checked by the store.
 from __future__ import annotations
 
 from cretoai.v1 import pbft_pb2, storage_pb2
+from cretoai.vertex import vertex_hash
 from services.storage.errors import InvalidArgument
 from services.storage.keys import HASH_SIZE
 
@@ -70,11 +71,13 @@ def check_commit(request: storage_pb2.CommitBatchRequest) -> None:
                 raise InvalidArgument(
                     f"results[{i}].reject_reason: longer than {MAX_REASON_BYTES} bytes"
                 )
-            continue
-        if result.reject_reason:
-            raise InvalidArgument(f"results[{i}].reject_reason: set on an accepted vertex")
-        for j, parent in enumerate(vertex.parents):
-            check_hash(parent, f"batch.vertices[{i}].parents[{j}]")
+        else:
+            if result.reject_reason:
+                raise InvalidArgument(f"results[{i}].reject_reason: set on an accepted vertex")
+            for j, parent in enumerate(vertex.parents):
+                check_hash(parent, f"batch.vertices[{i}].parents[{j}]")
+        if vertex_hash(vertex) != result.hash:
+            raise InvalidArgument(f"results[{i}].hash: not the hash of batch.vertices[{i}]")
     if rejected != list(batch.rejected):
         raise InvalidArgument(
             "batch.rejected: must list the hashes of the rejected results, in batch order"

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import tomli_w
 
+import cretoai.vertex
 from cretoai.config import NodeConfig, parse_config
 from cretoai.crypto import get_backend
 from cretoai.serving import GrpcService
@@ -84,8 +85,8 @@ CREATOR = os.urandom(PUBLIC_KEY_SIZE)
 
 
 def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
-    """The tests' own hash (storage takes hashes as given)."""
-    return hashlib.sha3_256(vertex.SerializeToString(deterministic=True)).digest()
+    """The vertex's content hash (storage checks each result's hash against its vertex)."""
+    return cretoai.vertex.vertex_hash(vertex)
 
 
 def make_vertex(

@@ -248,14 +248,15 @@ async def test_a_child_of_a_rejected_vertex_cannot_be_accepted(running: Running)
     )
 
 
-async def test_a_vertex_cannot_be_its_own_parent(running: Running) -> None:
+async def test_a_result_hash_must_be_its_vertex_hash(running: Running) -> None:
+    """A vertex filed under another hash (e.g. claiming to be its own parent) is refused."""
     v = make_vertex()
     h = vertex_hash(v)
     selfish = make_vertex([h])
     await expect(
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
         running.stub.CommitBatch(commit_request(1, [selfish], hashes=[h])),
-        "is not finalized",
+        "not the hash of batch.vertices[0]",
     )
 
 
@@ -302,6 +303,9 @@ def _mutations() -> list[tuple[str, Callable[[storage_pb2.CommitBatchRequest], N
     def bad_parent(r: storage_pb2.CommitBatchRequest) -> None:
         r.batch.vertices[1].parents.append(b"p" * 20)
 
+    def unlike_its_hash(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.vertices[2].payload += b"!"
+
     return [
         ("no batch", no_batch, "batch: missing"),
         ("seq 0", seq0, "sequence numbers start at 1"),
@@ -316,6 +320,7 @@ def _mutations() -> list[tuple[str, Callable[[storage_pb2.CommitBatchRequest], N
         ("reason on accepted", reason_on_accepted, "results[0].reject_reason"),
         ("long reason", long_reason, "longer than 1024 bytes"),
         ("bad parent", bad_parent, "batch.vertices[1].parents[0]: 20 bytes"),
+        ("unlike its hash", unlike_its_hash, "results[2].hash: not the hash"),
     ]
 
 
@@ -380,3 +385,24 @@ async def test_every_header_field_is_kept_and_part_of_the_batch_identity(
     other.batch.state_digest = b"t" * 32
     await expect(grpc.StatusCode.ALREADY_EXISTS, running.stub.CommitBatch(other), "state digest")
     assert (await running.stub.CommitBatch(request)).already_committed
+
+
+async def test_a_batch_is_given_back_with_the_exact_copies_it_executed(running: Running) -> None:
+    """Copies of one content differ only in their signature: a batch must come back (for
+    state transfer) with the copies it had, though the DAG keeps one copy per content."""
+    good = make_vertex()
+    bad = vertex_pb2.Vertex()
+    bad.CopyFrom(good)
+    bad.signature = bytes(len(good.signature))  # another copy: same content, bad signature
+    again = vertex_pb2.Vertex()
+    again.CopyFrom(good)
+    again.signature = b"\x01" * len(good.signature)  # a third copy, rejected as a duplicate
+    # seq 1: the bad copy, rejected; seq 2: the good copy, finalized, then a duplicate.
+    await running.stub.CommitBatch(commit_request(1, [bad], rejected=[0]))
+    await running.stub.CommitBatch(
+        commit_request(2, [good, again], rejected=[1], reasons={1: "duplicate: already finalized"})
+    )
+    entries = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+    assert [list(e.batch.vertices) for e in entries] == [[bad], [good, again]]
+    record = await get(running, vertex_hash(good))
+    assert record is not None and record.status == FINALIZED and record.vertex == good
