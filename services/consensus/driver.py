@@ -79,6 +79,14 @@ BYZANTINE = Counter(
 )
 BANS = Counter("cretoai_consensus_bans_total", "Peers banned")
 EVIDENCE = Counter("cretoai_consensus_evidence_total", "Equivocation evidence recorded")
+SIGNING_FLOOR = Gauge(
+    "cretoai_consensus_signing_floor_seq",
+    "The seq at or below which this replica signs nothing after a storage rollback (0: none)",
+)
+FLOOR_REFUSALS = Gauge(
+    "cretoai_consensus_signing_floor_refusals",
+    "Messages not signed because of the signing floor since the replica started",
+)
 FAILURES = Counter(
     "cretoai_consensus_replica_failures_total",
     "Times the replica task stopped (halted, or an unexpected error)",
@@ -399,6 +407,9 @@ class Driver:
         LAST_EXECUTED.set(status.last_executed)
         STABLE.set(status.stable_seq)
         POOL.set(status.pool_size)
+        floor = self.replica.signing_floor
+        SIGNING_FLOOR.set(0 if floor is None else floor.seq)
+        FLOOR_REFUSALS.set(self.replica.refused_by_floor)
 
     # --- side effects that need not hold up the replica ------------------------------
 
