@@ -335,6 +335,19 @@ class ServiceProcess:
 # ---------------------------------------------------------------------------- raw RocksDB access
 
 
+def snapshot(directory: Path) -> dict[str, bytes | None]:
+    """Every entry under ``directory``: a file's bytes, None for a directory (to check that
+    a refused database was left exactly as it was)."""
+    entries: dict[str, bytes | None] = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            entries[os.path.relpath(os.path.join(root, name), directory)] = None
+        for name in files:
+            full = os.path.join(root, name)
+            entries[os.path.relpath(full, directory)] = Path(full).read_bytes()
+    return entries
+
+
 class RawDb:
     """The database opened directly with rocksdict (all column families, raw mode)."""
 

@@ -31,6 +31,7 @@ from tests.storage.support import (
     collect,
     free_port,
     make_config,
+    snapshot,
     start_service,
 )
 from tests.storage.test_commit import expect, stats
@@ -215,6 +216,28 @@ async def test_restore_refuses_bad_sources_and_restores_into_an_empty_node(
     finally:
         await running.stop()
     assert inspect(tmp_path / "b3").last_seq == 3
+
+
+async def test_restore_force_replaces_a_damaged_database_and_keeps_it_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """What the storage service's error advises for a database that lost its CURRENT."""
+    cfg = make_config(tmp_path)
+    running = await start_service(cfg)
+    try:
+        await fill(running, Dag(), 3)
+        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b3")))
+        await fill(running, Dag(seq=3), 2)
+    finally:
+        await running.stop()
+    (cfg.storage_path / "CURRENT").unlink()
+    damaged = snapshot(cfg.storage_path)
+    with pytest.raises(BackupError, match="already holds a database \\(unreadable\\)"):
+        restore(cfg, tmp_path / "b3", force=False)
+    info = restore(cfg, tmp_path / "b3", force=True)
+    assert info.last_seq == 3 and info.previous is not None
+    assert snapshot(info.previous) == damaged  # kept aside exactly as it was
+    check_whole(cfg.storage_path, 3)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.storage.support import (
     RawDb,
     ServiceProcess,
     make_config,
+    snapshot,
     start_service,
 )
 
@@ -40,18 +40,6 @@ async def fill(db: Path, batches: int = 3) -> None:
         await running.stub.WriteState(storage_pb2.WriteStateRequest(puts=[vote]))
     finally:
         await running.stop()
-
-
-def snapshot(directory: Path) -> dict[str, bytes | None]:
-    """Every entry under ``directory``: a file's bytes, None for a directory."""
-    entries: dict[str, bytes | None] = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            entries[os.path.relpath(os.path.join(root, name), directory)] = None
-        for name in files:
-            full = os.path.join(root, name)
-            entries[os.path.relpath(full, directory)] = Path(full).read_bytes()
-    return entries
 
 
 def assert_says_what_to_do(message: str) -> None:
