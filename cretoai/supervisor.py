@@ -5,8 +5,10 @@ its own session, so a terminal's Ctrl-C reaches only the supervisor, which then
 stops the children in order. Children are started in dependency order
 (storage, transport, consensus, gateway), each once the previous serves;
 an unexpected exit is restarted with exponential backoff (reset after a minute
-of uptime). Stopping sends SIGTERM in reverse order and SIGKILL after a grace
-period.
+of uptime). A child that fails to start several times in a row (each run
+shorter than a few seconds) is given up: it is not restarted again, the event
+says so, and ``cretoai-node start`` then stops the node and exits 1. Stopping
+sends SIGTERM in reverse order and SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -38,8 +40,16 @@ START_ORDER = ("storage", "transport", "consensus", "gateway")
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_UPTIME_S = 60.0
+#: Consecutive failed starts after which a child is given up (not restarted again).
+MAX_FAILED_STARTS = 5
+#: A run shorter than this is a failed start; a longer one resets the count.
+FAILED_START_UPTIME_S = 10.0
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 90.0
+
+
+class GaveUp(Exception):
+    """A child failed to start too many times in a row; the supervisor no longer restarts it."""
 
 
 def missing_services() -> list[str]:
@@ -77,6 +87,10 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
+    #: Consecutive runs shorter than the supervisor's ``failed_start_uptime``.
+    failed_starts: int = 0
+    #: Why the supervisor gave up on it (no more restarts); None while supervised.
+    gave_up: str | None = None
     #: While held, an exit is not restarted (tests kill a service and restart it later).
     held: bool = False
     _log_handle: IO[bytes] | None = field(default=None, repr=False)
@@ -113,8 +127,19 @@ class Child:
 class Supervisor:
     """Supervises the children of one or more nodes."""
 
-    def __init__(self, configs: list[NodeConfig], *, log_dir: Callable[[NodeConfig], Path | None]):
+    def __init__(
+        self,
+        configs: list[NodeConfig],
+        *,
+        log_dir: Callable[[NodeConfig], Path | None],
+        max_failed_starts: int = MAX_FAILED_STARTS,
+        failed_start_uptime: float = FAILED_START_UPTIME_S,
+    ):
         self.configs = configs
+        self.max_failed_starts = max_failed_starts
+        self.failed_start_uptime = failed_start_uptime
+        #: Set once any child is given up (see :attr:`given_up`).
+        self.gave_up = asyncio.Event()
         self.children: list[Child] = []
         for cfg in configs:
             directory = log_dir(cfg)
@@ -131,12 +156,16 @@ class Supervisor:
         self._watchers: list[asyncio.Task[None]] = []
         self.on_event: Callable[[str], None] = lambda message: log.info(message)
 
+    @property
+    def given_up(self) -> list[Child]:
+        return [c for c in self.children if c.gave_up is not None]
+
     def _cfg(self, child: Child) -> NodeConfig:
         return next(c for c in self.configs if c.node.name == child.node)
 
     async def start(self, *, timeout: float = READY_TIMEOUT_S) -> None:
         """Start every child in dependency order (per node, nodes in parallel); wait until all
-        serve. Raises TimeoutError naming what is not serving."""
+        serve. Raises TimeoutError naming what is not serving, GaveUp when a child is given up."""
         for service in START_ORDER:
             batch = [c for c in self.children if c.service == service]
             for child in batch:
@@ -149,6 +178,8 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         pending = list(children)
         while pending:
+            if self.given_up:
+                raise GaveUp(self.given_up[0].gave_up)
             results = await asyncio.gather(
                 *(check_health(health_target(self._cfg(c), c.service)) for c in pending)
             )
@@ -180,6 +211,20 @@ class Supervisor:
             uptime = time.monotonic() - child.started_at
             if uptime > STABLE_UPTIME_S:
                 backoff = BACKOFF_MIN_S
+            if uptime < self.failed_start_uptime:
+                child.failed_starts += 1
+            else:  # it did start: only consecutive failed starts count
+                child.failed_starts = 0
+            if child.failed_starts >= self.max_failed_starts:
+                where = child.log_file or "its output above"
+                child.gave_up = (
+                    f"{child.label} failed to start {child.failed_starts} times in a row "
+                    f"(last exit code {code} after {uptime:.1f}s); giving up, not restarting it "
+                    f"(see {where})"
+                )
+                self.on_event(child.gave_up)
+                self.gave_up.set()
+                return
             self.on_event(
                 f"{child.label} exited with code {code} after {uptime:.1f}s; "
                 f"restarting in {backoff:.1f}s"
@@ -254,30 +299,49 @@ class Supervisor:
             child.close_log()
 
 
-async def _run_until_signal(supervisor: Supervisor, ready: Callable[[], None]) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+async def run_until(
+    supervisor: Supervisor, ready: Callable[[], None], stop: asyncio.Event, *, stop_on_give_up: bool
+) -> int:
+    """Start every child, call ``ready`` once all serve, run until ``stop`` is set (or, with
+    ``stop_on_give_up``, until a child is given up), then stop them all. Returns the exit
+    code: 0, or 1 when the start failed or a child was given up (a given-up child also fails
+    the start, whatever ``stop_on_give_up``)."""
     start = asyncio.create_task(supervisor.start())
     stop_wait = asyncio.create_task(stop.wait())
+    gave_up = asyncio.create_task(supervisor.gave_up.wait())
     done, _ = await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if start in done:
         try:
             start.result()
-        except TimeoutError as exc:
+        except (TimeoutError, GaveUp) as exc:
             print(f"error: {exc}", file=sys.stderr)
             code = 1
         else:
             ready()
-            await stop_wait
+            ends = {stop_wait, gave_up} if stop_on_give_up else {stop_wait}
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                print(f"error: {supervisor.given_up[0].gave_up}", file=sys.stderr)
+                code = 1
     else:
         start.cancel()
+    for task in (start, stop_wait, gave_up):
+        task.cancel()
     print("stopping…", file=sys.stderr, flush=True)
     await supervisor.stop()
     print("stopped", file=sys.stderr, flush=True)
     return code
+
+
+async def _run_until_signal(
+    supervisor: Supervisor, ready: Callable[[], None], *, stop_on_give_up: bool
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await run_until(supervisor, ready, stop, stop_on_give_up=stop_on_give_up)
 
 
 def _check_runnable() -> None:
@@ -295,11 +359,13 @@ def start_node(cfg: NodeConfig) -> int:
     _check_runnable()
     load_private_key(cfg.key_path, cfg.crypto.backend)  # fail now, clearly, not in four children
     supervisor = Supervisor([cfg], log_dir=lambda _: None)
+    supervisor.on_event = lambda message: print(f"  {message}", flush=True)
 
     def ready() -> None:
         print(f"{cfg.node.name} ready: gateway http://{cfg.gateway.http}", flush=True)
 
-    return asyncio.run(_run_until_signal(supervisor, ready))
+    # one node cannot run without one of its services: a given-up service stops the node
+    return asyncio.run(_run_until_signal(supervisor, ready, stop_on_give_up=True))
 
 
 def cluster_up(args: argparse.Namespace) -> int:
@@ -333,4 +399,5 @@ def cluster_up(args: argparse.Namespace) -> int:
         print(f"endpoints: {directory / CLUSTER_FILE}")
         print("press Ctrl-C to stop", flush=True)
 
-    return asyncio.run(_run_until_signal(supervisor, ready))
+    # the other nodes keep running when a service of one is given up (the event is printed)
+    return asyncio.run(_run_until_signal(supervisor, ready, stop_on_give_up=False))

@@ -1,0 +1,133 @@
+"""The supervisor gives up on a service that keeps failing to start, and then a single node
+stops: real service processes, a storage service on a damaged database as the failing child."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cretoai.clusterinit import ClusterLayout
+from cretoai.config import NodeConfig, load_config
+from cretoai.supervisor import GaveUp, Supervisor, run_until
+from services.storage.store import Store
+from tests.storage.support import snapshot
+
+pytestmark = pytest.mark.timeout(300)
+
+MAX_FAILED_STARTS = 3
+
+
+def one_node(cluster_factory: Callable[..., ClusterLayout]) -> NodeConfig:
+    layout = cluster_factory(1)
+    return load_config(layout.nodes[0].config)
+
+
+def supervise(cfg: NodeConfig, logs: Path, events: list[str]) -> Supervisor:
+    supervisor = Supervisor([cfg], log_dir=lambda _: logs, max_failed_starts=MAX_FAILED_STARTS)
+    supervisor.on_event = events.append
+    return supervisor
+
+
+async def finish(run: asyncio.Task[int], stop: asyncio.Event) -> None:
+    """However the test went, stop every service the supervisor started."""
+    stop.set()
+    await asyncio.wait_for(run, 120)
+
+
+def assert_gave_up_on_storage(event: str, logs: Path) -> None:
+    assert event.startswith(
+        f"node1/storage failed to start {MAX_FAILED_STARTS} times in a row (last exit code 1 after "
+    ), event
+    assert event.endswith(f"s); giving up, not restarting it (see {logs / 'storage.log'})"), event
+
+
+async def test_a_service_that_never_starts_is_given_up_and_the_node_stops(
+    cluster_factory: Callable[..., ClusterLayout],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = one_node(cluster_factory)
+    db = cfg.storage_path
+    Store.open(db).close()
+    (db / "CURRENT").unlink()
+    before = snapshot(db)
+    logs = tmp_path / "logs"
+    events: list[str] = []
+    supervisor = supervise(cfg, logs, events)
+    readied: list[bool] = []
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        run_until(supervisor, lambda: readied.append(True), stop, stop_on_give_up=True)
+    )
+    try:
+        code = await asyncio.wait_for(asyncio.shield(run), 120)
+    finally:
+        await finish(run, stop)
+
+    assert code == 1 and not readied
+    storage = supervisor.children_of("node1", "storage")[0]
+    assert (storage.restarts, storage.failed_starts) == (MAX_FAILED_STARTS - 1, MAX_FAILED_STARTS)
+    assert storage.process is not None and storage.process.returncode == 1
+    assert len(events) == MAX_FAILED_STARTS, events
+    for event in events[:-1]:
+        assert event.startswith("node1/storage exited with code 1 after "), event
+        assert "; restarting in " in event
+    assert_gave_up_on_storage(events[-1], logs)
+    assert supervisor.given_up == [storage] and storage.gave_up == events[-1]
+    # nothing was started after storage
+    assert [c.service for c in supervisor.children if c.process is not None] == ["storage"]
+    assert f"error: {events[-1]}" in capsys.readouterr().err
+    # every attempt failed the same way, and none touched the database
+    log = (logs / "storage.log").read_text()
+    assert log.count(f"error: the database at {db} is corrupt: ") == MAX_FAILED_STARTS, log
+    assert snapshot(db) == before
+
+
+@pytest.mark.slow
+async def test_a_running_node_whose_storage_cannot_restart_stops_with_an_error(
+    cluster_factory: Callable[..., ClusterLayout],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = one_node(cluster_factory)
+    logs = tmp_path / "logs"
+    events: list[str] = []
+    supervisor = supervise(cfg, logs, events)
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    try:
+        readiness = asyncio.create_task(ready.wait())
+        await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        readiness.cancel()
+        assert ready.is_set(), events
+        # storage dies (held: not restarted yet) and its database loses CURRENT meanwhile
+        supervisor.signal("node1", signal.SIGKILL, "storage")
+        await supervisor.wait_exited("node1", "storage")
+        db = cfg.storage_path
+        (db / "CURRENT").unlink()
+        before = snapshot(db)
+
+        with pytest.raises(GaveUp) as info:
+            await supervisor.release("node1", "storage", timeout=120)
+        code = await asyncio.wait_for(asyncio.shield(run), 120)
+    finally:
+        await finish(run, stop)
+
+    assert code == 1
+    assert_gave_up_on_storage(str(info.value), logs)
+    assert str(info.value) in events
+    storage = supervisor.children_of("node1", "storage")[0]
+    assert storage.failed_starts == MAX_FAILED_STARTS
+    # the other services were stopped cleanly (SIGTERM, exit 0), none had to be killed
+    for child in supervisor.children:
+        if child.service != "storage":
+            assert child.process is not None and child.process.returncode == 0, child.label
+    assert not [e for e in events if "killing it" in e], events
+    err = capsys.readouterr().err
+    assert f"error: {info.value}" in err and "stopped" in err
+    assert snapshot(db) == before
