@@ -2,7 +2,10 @@
 
 Consensus halts rather than skip a write: a persist or an execution that fails
 is retried with backoff until the storage service answers, and the replica's
-loop waits meanwhile (nothing that depends on the write is sent).
+loop waits meanwhile (nothing that depends on the write is sent). An error that
+retrying cannot fix (e.g. INTERNAL for a failed disk write) is raised as
+:class:`StorageCallFailed`, one line naming the call, the status and the details,
+and the consensus process stops (see ``Driver._run``).
 """
 
 from __future__ import annotations
@@ -32,15 +35,30 @@ TRANSIENT = {
 }
 
 
+class StorageCallFailed(Exception):
+    """A storage call failed with a status that is not worth retrying."""
+
+    def __init__(self, what: str, error: grpc.aio.AioRpcError) -> None:
+        self.what = what
+        self.code = error.code()
+        self.details = error.details() or ""
+        # one line: it ends up in the process's ``error: ...`` line and in log fields
+        details = " ".join(self.details.split())
+        super().__init__(f"storage call {what!r} failed: {self.code.name}: {details}")
+
+
 async def call_until_done(call: Callable[[], Awaitable[T]], *, what: str) -> T:
-    """Await ``call()``, retrying transient gRPC errors with capped exponential backoff."""
+    """Await ``call()``, retrying transient gRPC errors with capped exponential backoff.
+
+    Raises :class:`StorageCallFailed` (from the gRPC error) for any other status.
+    """
     backoff = 0.05
     while True:
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in TRANSIENT:
-                raise
+                raise StorageCallFailed(what, exc) from exc
             RETRIES.labels(what).inc()
             log.warning(
                 "storage call failed; retrying",
