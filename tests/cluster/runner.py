@@ -49,6 +49,47 @@ vertices have no parents and do not count towards ``after``)::
 
 Every vertex of a copies step must end up ``finalized`` at one seq on every live honest
 node (``GET /v1/vertices/{hash}`` on each gateway), and its content be finalized once.
+
+Backup and restore (the operator's commands, as child processes: ``cretoai-node backup``
+through the running storage service, ``cretoai-node restore --force`` while the node is
+stopped)::
+
+    [[step]]
+    after = 10
+    action = "backup"        # cretoai-node backup --config F --output DIR of a running node
+    node = "primary"         #   (DIR under the scenario's directory; its last_seq recorded)
+    label = "restored"
+
+    [[step]]
+    after = 40
+    action = "stop_node"     # SIGTERM every service (or `service`) in reverse start order,
+    node = "restored"        #   each waited for: a clean stop, held (not restarted)
+    settle = true            # optional, any step: first wait until every accepted vertex is
+                             #   final on every live honest node (no request left pending)
+    off_checkpoint = true    # optional, with settle: if the last seq is a checkpoint (a
+                             #   multiple of consensus.checkpoint_interval), finalize one more
+                             #   vertex, so peers keep slots above their stable checkpoint
+
+    [[step]]
+    after = 40
+    action = "restore"       # cretoai-node restore --force from the node's last backup (the
+    node = "restored"        #   node must be stopped); its output is kept for [expect]
+
+    [[step]]
+    after = 40
+    action = "start_node"    # start the stopped services again, in start order; wait serving
+    node = "restored"
+
+    [expect]
+    evidence = 0             # no live node holds equivocation evidence (/v1/status), none
+                             #   counted (cretoai_consensus_evidence_total), nobody banned
+    signing_floor = true     # every restored node: restore's output explains the signing
+                             #   mark and state transfer; the consensus log warns of the
+                             #   floor; cretoai_consensus_signing_floor_seq (its consensus
+                             #   /metrics) is above the backup's last_seq; no node bans it;
+                             #   it reaches the others' last seq
+    floor_refusals = true    # ... and cretoai_consensus_signing_floor_refusals > 0: it did
+                             #   decline to sign something at or below the floor
 """
 
 from __future__ import annotations
@@ -56,8 +97,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
+import sys
 import time
 import tomllib
 from collections import Counter
@@ -71,19 +114,27 @@ import tomli_w
 from cretoai.clusterinit import ClusterLayout, init_cluster
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import NodeKey, get_backend
-from cretoai.supervisor import Supervisor
+from cretoai.supervisor import START_ORDER, Supervisor
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import CONTEXT as VERTEX_CONTEXT
 from cretoai.vertex import canonical_bytes, make_vertex, vertex_hash
 from services.consensus.core.certificate import InvalidCertificate, verify_certificate
 from services.consensus.core.reputation import Reputation
+from services.storage.store import BACKUP_MANIFEST
 
 #: Steps that post client-signed copies of a vertex (they need ``to``).
 COPY_ACTIONS = {"split_copies", "twin_copies"}
+#: Steps of an operator: back up a running node, stop it cleanly, restore, start it again.
+OPERATOR_ACTIONS = {"backup", "stop_node", "restore", "start_node"}
 ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal", *COPY_ACTIONS}
+ACTIONS |= OPERATOR_ACTIONS
 SCENARIOS = Path(__file__).parent / "scenarios"
 #: Answers after which a POST is sent again (the node sheds load, or is briefly down).
 RETRY_STATUSES = {429, 503, 504}
+#: What the consensus service logs when it starts on storage older than its signing mark.
+FLOOR_WARNING = "storage is older than what this replica signed"
+#: How long a service may take to stop on SIGTERM before it counts as an unclean stop.
+STOP_GRACE_S = 15.0
 
 
 def starting_reputation() -> int:
@@ -157,6 +208,10 @@ class Step:
     to: str | None = None
     #: Copies steps: how many vertices, one after the other.
     count: int = 1
+    #: First wait until every accepted vertex is final on every live honest node.
+    settle: bool = False
+    #: With settle: when the last seq is a checkpoint, finalize one more vertex first.
+    off_checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,6 +232,12 @@ class Scenario:
     expect_evidence: bool = False
     #: No honest node may charge (or ban) an honest peer.
     expect_reputation_intact: bool = False
+    #: No node may hold (or count) equivocation evidence, nor ban anyone.
+    expect_no_evidence: bool = False
+    #: Every restored node set a signing floor above its backup and rejoined.
+    expect_signing_floor: bool = False
+    #: ... and declined to sign something because of it.
+    expect_floor_refusals: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -187,8 +248,13 @@ class Scenario:
                 raise ValueError(f"{path}: unknown action {step.action!r}")
             if step.action in COPY_ACTIONS and (step.to is None or step.count < 1):
                 raise ValueError(f"{path}: {step.action} needs `to` and a count of at least 1")
+            if step.off_checkpoint and not step.settle:
+                raise ValueError(f"{path}: off_checkpoint needs settle")
         byz = data.get("byzantine", {})
         expect = data.get("expect", {})
+        evidence = expect.get("evidence", False)
+        if not isinstance(evidence, bool) and evidence != 0:
+            raise ValueError(f"{path}: [expect] evidence is true (everywhere) or 0 (nowhere)")
         return cls(
             name=path.stem,
             description=data["description"],
@@ -201,8 +267,11 @@ class Scenario:
             byzantine_mode=byz.get("mode", ""),
             settings=data.get("settings", {}),
             expect_banned=bool(expect.get("banned", False)),
-            expect_evidence=bool(expect.get("evidence", False)),
+            expect_evidence=evidence is True,
             expect_reputation_intact=bool(expect.get("reputation_intact", False)),
+            expect_no_evidence=not isinstance(evidence, bool) and evidence == 0,
+            expect_signing_floor=bool(expect.get("signing_floor", False)),
+            expect_floor_refusals=bool(expect.get("floor_refusals", False)),
         )
 
 
@@ -214,6 +283,22 @@ class Ledger:
     final: set[str] = field(default_factory=set)
     at_risk: set[str] = field(default_factory=set)  # given to a node that was then killed
     copies: dict[str, str] = field(default_factory=dict)  # hash -> the copies step's tag
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A backup taken by a ``backup`` step."""
+
+    path: Path
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A ``restore`` step: the backup it put back, and what ``cretoai-node restore`` said."""
+
+    backup: Backup
+    output: str
 
 
 class ClusterRun:
@@ -233,6 +318,9 @@ class ClusterRun:
         self.labels: dict[str, str] = {}
         self.events: list[str] = []
         self.client = client_key()
+        self.backups: dict[str, Backup] = {}  # node -> its last backup
+        self.restored: dict[str, Restored] = {}  # node -> its last restore
+        self.extra_vertices = 0  # finalized by off_checkpoint (outside the scenario's count)
 
     # -- setup / start / stop ---------------------------------------------------------
 
@@ -348,9 +436,25 @@ class ClusterRun:
 
     async def fire(self, step: Step) -> None:
         assert self.supervisor is not None
+        if step.settle:
+            await self.settle(off_checkpoint=step.off_checkpoint)
         node = await self.resolve(step.node)
         if step.label:
             self.labels[step.label] = node
+        if step.action in OPERATOR_ACTIONS:
+            self.events.append(f"step {step.action} {node}/{step.service or '*'}")
+            if step.action == "backup":
+                await self.backup(node)
+            elif step.action == "stop_node":
+                self.ledger.at_risk |= self.unfinished_at(node)
+                self.down.add(node)
+                await self.stop_node(node, step.service)
+            elif step.action == "restore":
+                await self.restore(node)
+            else:
+                await self.supervisor.release(node, step.service)
+                self.down.discard(node)
+            return
         if step.action in COPY_ACTIONS:
             assert step.to is not None
             to = await self.resolve(step.to)
@@ -365,11 +469,7 @@ class ClusterRun:
         self.events.append(f"step {step.action} {node}/{step.service or '*'}")
         if step.action == "kill":
             self.down.add(node)
-            self.ledger.at_risk |= {
-                h
-                for h, n in self.ledger.accepted.items()
-                if n == node and h not in self.ledger.final
-            }
+            self.ledger.at_risk |= self.unfinished_at(node)
             self.supervisor.signal(node, signal.SIGKILL, step.service)
             await self.supervisor.wait_exited(node, step.service)
         elif step.action == "restart":
@@ -383,6 +483,117 @@ class ClusterRun:
             self.down.discard(node)
         elif step.action in ("partition", "heal"):
             await self.set_partition(node, step.action == "partition")
+
+    def unfinished_at(self, node: str) -> set[str]:
+        """Vertices given to ``node`` not yet acknowledged final (lost if it goes down)."""
+        return {
+            h for h, n in self.ledger.accepted.items() if n == node and h not in self.ledger.final
+        }
+
+    # -- operator steps: backup, clean stop, restore, start ----------------------------
+
+    def config_of(self, node: str) -> NodeConfig:
+        return next(c for c in self.configs if c.node.name == node)
+
+    async def cli(self, *args: str) -> tuple[int, str]:
+        """Run ``cretoai-node ARGS`` (this interpreter, this import path); code, output."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cretoai.cli",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 300)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace")
+
+    async def backup(self, node: str) -> None:
+        """``cretoai-node backup`` of a running node, through its storage service."""
+        output = self.directory / "backups" / f"{node}-{len(self.backups) + 1}"
+        output.parent.mkdir(exist_ok=True)
+        cfg = self.config_of(node)
+        code, out = await self.cli("backup", "--config", str(cfg.source), "--output", str(output))
+        if code != 0:
+            raise ScenarioFailed(f"cretoai-node backup of {node}: exit {code}: {out}")
+        manifest = json.loads((output / BACKUP_MANIFEST).read_text())
+        self.backups[node] = Backup(path=output, last_seq=int(manifest["last_seq"]))
+        self.events.append(f"backup of {node} at last_seq {manifest['last_seq']}")
+
+    async def stop_node(self, node: str, service: str | None) -> None:
+        """SIGTERM the services in reverse start order, each waited for, held afterwards."""
+        assert self.supervisor is not None
+        children = self.supervisor.children_of(node, service)
+        for child in children:
+            child.held = True  # an exit is not restarted until start_node
+        for name in reversed(START_ORDER):
+            for child in children:
+                if child.service != name or child.process is None:
+                    continue
+                if child.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.send_signal(signal.SIGTERM)
+                try:
+                    code = await asyncio.wait_for(child.process.wait(), STOP_GRACE_S)
+                except TimeoutError:
+                    child.process.kill()
+                    await child.process.wait()
+                    raise ScenarioFailed(
+                        f"{child.label} did not stop within {STOP_GRACE_S:.0f}s of SIGTERM"
+                    ) from None
+                self.events.append(f"{child.label} stopped (exit code {code})")
+
+    async def restore(self, node: str) -> None:
+        """``cretoai-node restore --force`` of the node's last backup (node stopped)."""
+        assert self.supervisor is not None
+        backup = self.backups.get(node)
+        if backup is None:
+            raise ScenarioFailed(f"restore {node}: no backup of it was taken")
+        running = [
+            c.label
+            for c in self.supervisor.children_of(node)
+            if c.process is not None and c.process.returncode is None
+        ]
+        if running:
+            raise ScenarioFailed(f"restore {node}: still running: {running}")
+        cfg = self.config_of(node)
+        code, out = await self.cli(
+            "restore", "--config", str(cfg.source), "--from", str(backup.path), "--force"
+        )
+        if code != 0:
+            raise ScenarioFailed(f"cretoai-node restore of {node}: exit {code}: {out}")
+        self.restored[node] = Restored(backup=backup, output=out)
+        self.events.append(f"restore of {node}: {out.strip()}")
+
+    async def settle(self, *, off_checkpoint: bool) -> None:
+        """Wait until nothing accepted is pending; optionally leave the last seq off a
+        checkpoint (one more finalized vertex)."""
+        await self.wait_all_final()
+        if not off_checkpoint:
+            return
+        interval = self.configs[0].consensus.checkpoint_interval
+        if interval < 2:
+            raise ScenarioFailed("off_checkpoint: every seq is a checkpoint (interval 1)")
+        nodes = [n for n in self.honest if n not in self.down | self.partitioned]
+        last = max([int((await self.status(n))["last_executed_seq"]) for n in nodes])
+        while last % interval == 0:
+            self.extra_vertices += 1
+            tag = f"off-checkpoint-{self.extra_vertices}"
+            body = {
+                "payload": base64.b64encode(f"{self.scenario.name}-{tag}".encode()).decode(),
+                "parents": [],
+            }
+            status, reply = await self.post_vertex(nodes[0], body, wait=True)
+            if status != 200:
+                raise ScenarioFailed(f"{tag} to {nodes[0]}: {status} {reply}")
+            self.ledger.accepted[reply["hash"]] = nodes[0]
+            self.ledger.final.add(reply["hash"])
+            await self.wait_all_final()
+            self.events.append(f"seq {last} is a checkpoint: {tag} finalized at {reply['seq']}")
+            last = int(reply["seq"])
+        self.events.append(f"settled at seq {last}")
 
     # -- client-signed copies -----------------------------------------------------------
 
@@ -523,6 +734,8 @@ class ClusterRun:
                 missing[node] = -1
             if all(count == 0 for count in missing.values()):
                 return
+            if self.scenario.expect_no_evidence:  # fail at once, not at the deadline
+                await self.check_no_evidence(nodes, strict=False)
             if time.monotonic() > deadline:
                 raise ScenarioFailed(
                     f"not final after {self.scenario.timeout_s:.0f}s (missing per node "
@@ -569,6 +782,8 @@ class ClusterRun:
         await self.check_byzantine_detected(nodes)
         await self.check_copies(nodes)
         await self.check_reputation(nodes)
+        await self.check_no_evidence(nodes)
+        await self.check_signing_floor(nodes)
         return {
             "batches": len(reference),
             "vertices": len(hashes),
@@ -576,6 +791,8 @@ class ClusterRun:
             "acknowledged_final": len(self.ledger.final),
             "copies": len(self.ledger.copies),
             "rejected": sum(len(batch["rejected"]) for batch in reference),
+            "restored": {node: r.backup.last_seq for node, r in self.restored.items()},
+            "views": {node: (await self.status(node))["view"] for node in nodes},
             "events": self.events,
         }
 
@@ -611,6 +828,111 @@ class ClusterRun:
                     f"{node} charged honest peers (starting reputation {start}): {charged}; "
                     f"events: {self.events}"
                 )
+
+    async def metrics(self, node: str) -> dict[str, float]:
+        """The consensus service's Prometheus samples (name with labels -> value)."""
+        assert self.session is not None
+        url = f"http://{self.config_of(node).consensus.metrics}/metrics"
+        async with self.session.get(url) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise ScenarioFailed(f"GET {url}: {resp.status}")
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    async def check_no_evidence(self, nodes: list[str], *, strict: bool = True) -> None:
+        """No node holds or counted equivocation evidence, and none bans anyone (not
+        ``strict``: a node that does not answer right now is skipped)."""
+        if not self.scenario.expect_no_evidence:
+            return
+        found = {}
+        for node in nodes:
+            try:
+                status = await self.status(node)
+                samples = await self.metrics(node)
+            except (ScenarioFailed, aiohttp.ClientError, TimeoutError):
+                if strict:
+                    raise
+                continue
+            counted = samples.get("cretoai_consensus_evidence_total", 0.0)
+            banned = sorted(p["name"] for p in status["peers"] if p["banned"])
+            if status["evidence"] or counted or banned or status["banned"]:
+                found[node] = {
+                    "evidence": status["evidence"],
+                    "evidence_total": counted,
+                    "bans": banned or status["banned"],
+                }
+        if found:
+            raise ScenarioFailed(
+                f"equivocation evidence or bans: {found}; events: {self.events}\n"
+                + self.logs_tail()
+            )
+
+    async def check_signing_floor(self, nodes: list[str]) -> None:
+        """Every restored node: told, logged, floored above its backup, trusted, caught up."""
+        s = self.scenario
+        if not (s.expect_signing_floor or s.expect_floor_refusals):
+            return
+        if not self.restored:
+            raise ScenarioFailed("[expect] signing_floor, but no node was restored")
+        for node, restored in self.restored.items():
+            cfg = self.config_of(node)
+            mark = str(cfg.signing_mark_path)
+            if mark not in restored.output or "state transfer" not in restored.output:
+                raise ScenarioFailed(
+                    f"restore of {node} does not explain the signing mark {mark} and state "
+                    f"transfer: {restored.output}"
+                )
+            log_file = cfg.data_dir.parent / "logs" / "consensus.log"
+            warnings = [
+                line
+                for line in log_file.read_text(errors="replace").splitlines()
+                if FLOOR_WARNING in line
+            ]
+            if not warnings:
+                raise ScenarioFailed(f"{log_file} has no line with {FLOOR_WARNING!r}")
+            samples = await self.metrics(node)
+            floor = samples.get("cretoai_consensus_signing_floor_seq", 0.0)
+            refusals = samples.get("cretoai_consensus_signing_floor_refusals", 0.0)
+            self.events.append(
+                f"{node}: signing floor seq {floor:.0f} (backup last_seq "
+                f"{restored.backup.last_seq}), refusals {refusals:.0f}; {warnings[-1]}"
+            )
+            if floor <= restored.backup.last_seq:
+                raise ScenarioFailed(
+                    f"{node}: cretoai_consensus_signing_floor_seq {floor:.0f} is not above the "
+                    f"backup's last_seq {restored.backup.last_seq}"
+                )
+            if s.expect_floor_refusals and refusals < 1:
+                raise ScenarioFailed(
+                    f"{node}: cretoai_consensus_signing_floor_refusals is {refusals:.0f}; "
+                    f"events: {self.events}"
+                )
+            banning = [
+                other
+                for other in nodes
+                if any(
+                    p["name"] == node and p["banned"] for p in (await self.status(other))["peers"]
+                )
+            ]
+            if banning:
+                raise ScenarioFailed(f"the restored {node} is banned by {banning}")
+            await self.wait_caught_up(node, nodes)
+
+    async def wait_caught_up(self, node: str, nodes: list[str]) -> None:
+        """``node`` reaches the highest last executed seq of ``nodes`` (bounded)."""
+        deadline = time.monotonic() + 30
+        while True:
+            seqs = {n: int((await self.status(n))["last_executed_seq"]) for n in nodes}
+            if seqs[node] >= max(seqs.values()):
+                return
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(f"the restored {node} did not catch up: {seqs}")
+            await asyncio.sleep(0.5)
 
     async def check_byzantine_detected(self, nodes: list[str]) -> None:
         """The Byzantine node is banned (and its equivocation proven) on every honest node."""
