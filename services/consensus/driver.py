@@ -4,8 +4,9 @@ Inputs (peer envelopes, client requests, ticks, driver-detected faults) go
 through one queue, in order. After each burst of inputs the task drains
 ``replica.ready()`` and carries it out in the order of obligation:
 
-1. **persist** the records (one synced storage write) and the signing mark (its own
-   file, outside storage; both concurrently) — before anything is sent;
+1. **persist** the records (one synced storage write), then the signing mark (its
+   own file, outside storage) — both before anything is sent, the mark after the
+   records so that a failed persist never leaves the mark above them;
 2. **send** the envelopes through the transport;
 3. **execute** committed batches in sequence order (one atomic storage write
    each) and publish them to watchers;
@@ -308,7 +309,9 @@ class Driver:
         elif isinstance(item, _Step):
             self.replica.step(item.sender, item.envelope)
         elif isinstance(item, _Propose):
-            item.result.set_result(self.replica.propose(item.request))
+            result = self.replica.propose(item.request)
+            if not item.result.done():  # the caller may have given up (its deadline passed)
+                item.result.set_result(result)
         else:
             self.replica.report_fault(item.sender, item.kind)
 
@@ -337,6 +340,7 @@ class Driver:
 
     def _fail(self, kind: str, reason: str) -> None:
         """Stop for good: NOT ready (health NOT_SERVING), counted, and the process told."""
+        reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
         self.halted = reason
         FAILURES.labels(kind).inc()
         log.critical("consensus halted", extra={"fields": {"reason": reason, "kind": kind}})
@@ -344,7 +348,6 @@ class Driver:
             self.on_fatal(reason)
 
     async def _carry_out(self, rd: Ready) -> None:
-        writes: list[Coroutine[Any, Any, object]] = []
         started = time.perf_counter()
         if rd.persist:
             write = storage_pb2.WriteStateRequest(
@@ -355,13 +358,12 @@ class Driver:
                 ],
                 deletes=[r.key.encode() for r in rd.persist if r.value is None],
             )
-            writes.append(
-                call_until_done(lambda: self._storage.WriteState(write, timeout=30), what="persist")
+            await call_until_done(
+                lambda: self._storage.WriteState(write, timeout=30), what="persist"
             )
         if rd.signed_mark is not None and self._mark_file is not None:
-            writes.append(asyncio.to_thread(self._mark_file.store, rd.signed_mark))
-        if writes:
-            await asyncio.gather(*writes)
+            await asyncio.to_thread(self._mark_file.store, rd.signed_mark)
+        if rd.persist or rd.signed_mark is not None:
             PERSIST.observe(time.perf_counter() - started)
         for out in rd.send:
             if self.byzantine is not None:  # test clusters only (fault injection)
@@ -395,7 +397,17 @@ class Driver:
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        task.add_done_callback(self._side_task_done)
+
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        """Side effects (serving state, recording evidence, bans) never fail silently."""
+        self._side_tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            FAILURES.labels("side_task").inc()
+            log.error("background task failed", exc_info=exc)
 
     def _publish_gauges(self) -> None:
         status = self.replica.status()

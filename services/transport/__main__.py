@@ -7,5 +7,9 @@ import sys
 from cretoai.entry import run_service
 from services.transport.service import build
 
+def main(argv: list[str] | None = None) -> int:
+    return run_service("transport", build, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_service("transport", build))
+    sys.exit(main())

@@ -234,10 +234,20 @@ def test_a_replica_restored_from_an_old_backup_signs_nothing_that_could_conflict
     for i in range(6, 12):
         c.propose(1, request(i))
         c.tick(5)
+    sent_before = len(c.sent)
     c.tick(200)
     for i in range(4):
         _signed_by(c, i)  # no replica signed two conflicting messages
-    assert replica.refused_by_floor > 0
+    # Its new PRE-PREPAREs in view 0 go on after the floor instead of reusing seqs 3..6.
+    reissued = [
+        w.envelope.signed.msg
+        for who, w in c.sent[sent_before:]
+        if who == 0
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, PrePrepare)
+        and w.envelope.signed.msg.view == 0
+    ]
+    assert all(pp.seq > 6 for pp in reissued), reissued
     # It caught up (state transfer and the new view) and agrees with everyone.
     assert c.nodes[0].app.states == c.nodes[1].app.states
     assert c.replica(0).last_executed == c.replica(1).last_executed >= 12

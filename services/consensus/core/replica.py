@@ -850,6 +850,12 @@ class Replica:
         """The primary packs pending requests into batches while the window has room."""
         if not self._active or self.primary != self.id or self._transfer is not None:
             return
+        # Seqs below a signing floor were (or may have been) pre-prepared before a
+        # rollback and are with the others: go on after them instead of stalling.
+        while self._forbidden(
+            PrePrepare(view=self._view, seq=self._next_seq, digest=NULL_DIGEST, request_hashes=())
+        ):
+            self._next_seq += 1
         cfg = self.config
         while self._pool.pending_count and self._next_seq <= self._low + self._window:
             oldest = self._pool.oldest_arrival()
