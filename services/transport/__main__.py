@@ -7,6 +7,7 @@ import sys
 from cretoai.entry import run_service
 from services.transport.service import build
 
+
 def main(argv: list[str] | None = None) -> int:
     return run_service("transport", build, argv)
 

@@ -856,6 +856,7 @@ class Replica:
             PrePrepare(view=self._view, seq=self._next_seq, digest=NULL_DIGEST, request_hashes=())
         ):
             self._next_seq += 1
+            self.refused_by_floor += 1
         cfg = self.config
         while self._pool.pending_count and self._next_seq <= self._low + self._window:
             oldest = self._pool.oldest_arrival()
