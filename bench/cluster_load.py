@@ -75,12 +75,12 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from cretoai.clusterinit import init_cluster
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import get_backend
 from cretoai.crypto.keys import NodeKey
-from cretoai.supervisor import Supervisor
 from cretoai.vertex import make_vertex, vertex_hash
+from node.clusterinit import init_cluster
+from node.supervisor import Supervisor
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULT = RESULTS / "cluster_load.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cretoai.clusterinit import ClusterLayout, init_cluster
+from node.clusterinit import ClusterLayout, init_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def free_base_port(count: int = 20 * 8) -> int:
     """A base port whose next ``count`` TCP+UDP loopback ports are free right now."""
     import random
 
-    from cretoai.clusterinit import ports_free
+    from node.clusterinit import ports_free
 
     rng = random.Random(os.getpid() ^ os.urandom(2)[0])
     for _ in range(200):
@@ -46,4 +46,4 @@ def cluster_factory(tmp_path: Path):
 
 def cli(*args: str) -> list[str]:
     """Argv running the installed CLI with this interpreter."""
-    return [sys.executable, "-m", "cretoai.cli", *args]
+    return [sys.executable, "-m", "node.cli", *args]

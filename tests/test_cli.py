@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cretoai.clusterinit import load_cluster
 from cretoai.config import load_config
 from cretoai.crypto import load_private_key
+from node.clusterinit import load_cluster
 from tests.conftest import cli, free_base_port
 
 

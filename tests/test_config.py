@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import tomli_w
 
-from cretoai.clusterinit import ClusterLayout
 from cretoai.config import ConfigError, load_config, parse_config
+from node.clusterinit import ClusterLayout
 from tests.conftest import cli
 
 

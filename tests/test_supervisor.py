@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cretoai.clusterinit import ClusterLayout
 from cretoai.config import NodeConfig, load_config
-from cretoai.supervisor import GaveUp, Supervisor, run_until
+from node.clusterinit import ClusterLayout
+from node.supervisor import GaveUp, Supervisor, run_until
 from services.storage.store import Store
 from tests.storage.support import snapshot
 

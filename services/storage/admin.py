@@ -1,4 +1,4 @@
-"""``cretoai-node backup`` and ``cretoai-node restore`` (mounted by cretoai/cli.py).
+"""``cretoai-node backup`` and ``cretoai-node restore`` (mounted by node/cli.py).
 
 A failure prints one ``error: ...`` line and returns 1; a bad config raises
 ConfigError, which the CLI reports with exit code 2.

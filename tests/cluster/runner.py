@@ -111,13 +111,13 @@ from typing import Any
 import aiohttp
 import tomli_w
 
-from cretoai.clusterinit import ClusterLayout, init_cluster
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import NodeKey, get_backend
-from cretoai.supervisor import START_ORDER, Supervisor
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import CONTEXT as VERTEX_CONTEXT
 from cretoai.vertex import canonical_bytes, make_vertex, vertex_hash
+from node.clusterinit import ClusterLayout, init_cluster
+from node.supervisor import START_ORDER, Supervisor
 from services.consensus.core.certificate import InvalidCertificate, verify_certificate
 from services.consensus.core.reputation import Reputation
 from services.storage.store import BACKUP_MANIFEST
@@ -500,7 +500,7 @@ class ClusterRun:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "cretoai.cli",
+            "node.cli",
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

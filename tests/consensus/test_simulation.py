@@ -155,7 +155,7 @@ def test_command_line_rejects_nonsense(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_mounted_as_cretoai_node_sim(capsys: pytest.CaptureFixture[str]) -> None:
-    from cretoai.cli import main as cretoai_main
+    from node.cli import main as cretoai_main
 
     assert cretoai_main(["sim", "--nodes", "4", "--seeds", "2"]) == 0
     assert "2 seeds, n=4" in capsys.readouterr().out

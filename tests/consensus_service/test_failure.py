@@ -37,9 +37,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cretoai.clusterinit import ClusterLayout
 from cretoai.config import NodeConfig, load_config
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
+from node.clusterinit import ClusterLayout
 from tests.conftest import cli, free_base_port
 from tests.gateway.support import client_key, signed_body
 

@@ -242,7 +242,7 @@ async def test_restore_force_replaces_a_damaged_database_and_keeps_it_as_it_was(
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cretoai.cli", *args],
+        [sys.executable, "-m", "node.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -30,9 +30,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cretoai.clusterinit import CLUSTER_FILE, describe_node, init_cluster, load_cluster
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import load_private_key
+from node.clusterinit import CLUSTER_FILE, describe_node, init_cluster, load_cluster
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_init(args: argparse.Namespace) -> int:
-    from cretoai.clusterinit import init_cluster
+    from node.clusterinit import init_cluster
 
     layout = init_cluster(
         Path(args.dir),
@@ -53,7 +53,7 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
 
 def _cmd_cluster_up(args: argparse.Namespace) -> int:
     try:
-        module = importlib.import_module("cretoai.supervisor")
+        module = importlib.import_module("node.supervisor")
     except ModuleNotFoundError:
         print(
             "error: running a local cluster is not yet available in this version "
@@ -73,7 +73,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         result: int = module.main(["--config", str(cfg.source)])
         return result
     try:
-        supervisor = importlib.import_module("cretoai.supervisor")
+        supervisor = importlib.import_module("node.supervisor")
     except ModuleNotFoundError:
         raise CommandError(
             "supervising all four services is not yet available in this version; "
