@@ -11,7 +11,9 @@ from typing import Any
 
 import grpc
 
+from cretoai.config import NodeConfig
 from cretoai.telemetry import inject_context
+from cretoai.tls import InternalTls
 
 
 class _TraceContextInterceptor(
@@ -48,19 +50,62 @@ class _TraceContextInterceptor(
         return await continuation(self._with_context(client_call_details), request_iterator)
 
 
-def service_channel(target: str, *, max_message_bytes: int = 16 * 1024 * 1024) -> grpc.aio.Channel:
-    """An insecure (localhost) channel to another service of this node, trace-propagating."""
+def service_channel(
+    target: str,
+    *,
+    tls: InternalTls | None = None,
+    max_message_bytes: int = 16 * 1024 * 1024,
+) -> grpc.aio.Channel:
+    """A channel to another service of this node, trace-propagating.
+
+    With ``tls`` (the node's internal TLS) it presents the node's certificate and
+    accepts only a server certified by the node's CA; without, it is plaintext
+    (loopback only: services refuse other addresses without TLS).
+    """
+    options = _options(max_message_bytes)
+    if tls is not None:
+        return grpc.aio.secure_channel(
+            target,
+            tls.channel_credentials(),
+            interceptors=[_TraceContextInterceptor()],
+            options=options + tls.channel_options(),
+        )
     return grpc.aio.insecure_channel(
-        target,
-        interceptors=[_TraceContextInterceptor()],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            # A sibling service that restarts is back within a second or two: reconnect
-            # quickly instead of gRPC's default backoff (1 s doubling to 120 s).
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
+        target, interceptors=[_TraceContextInterceptor()], options=options
     )
+
+
+def blocking_channel(target: str, *, tls: InternalTls | None = None) -> grpc.Channel:
+    """A synchronous channel (command-line tools) to a service of this node."""
+    if tls is not None:
+        return grpc.secure_channel(target, tls.channel_credentials(), tls.channel_options())
+    return grpc.insecure_channel(target)
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        # A sibling service that restarts is back within a second or two: reconnect
+        # quickly instead of gRPC's default backoff (1 s doubling to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
+
+def service_endpoint(cfg: NodeConfig, service: str) -> tuple[str, InternalTls | None]:
+    """Where a service of the node of ``cfg`` is reached, and the TLS to reach it with.
+
+    The gateway's gRPC API is public (plaintext); the internal services use the
+    node's mutual TLS when it is configured.
+    """
+    if service == "gateway":
+        return cfg.gateway.grpc, None
+    targets = {
+        "storage": cfg.storage_target,
+        "transport": cfg.transport_target,
+        "consensus": cfg.consensus_target,
+    }
+    return targets[service], cfg.internal_tls

@@ -13,7 +13,6 @@ Values are parsed as TOML scalars when possible (numbers, booleans), else string
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 import typing
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cretoai.crypto.backend import PUBLIC_KEY_SIZE
+from cretoai.tls import InternalTls, TlsError, is_loopback, load_internal_tls
 
 
 class ConfigError(Exception):
@@ -72,7 +72,10 @@ class GatewaySection:
 
 @dataclass(frozen=True, kw_only=True)
 class ConsensusSection:
+    #: Bind address of the internal gRPC service.
     listen: str = "127.0.0.1:7001"
+    #: What this node's other services dial (e.g. a container name); empty: ``listen``.
+    advertise: str = ""
     metrics: str = "127.0.0.1:9181"
     tick_ms: int = 10
     batch_max_count: int = 256
@@ -99,8 +102,10 @@ class ConsensusSection:
 
 @dataclass(frozen=True, kw_only=True)
 class TransportSection:
-    #: gRPC endpoint offered to the local consensus service.
+    #: gRPC endpoint offered to the local consensus service (bind address).
     listen: str = "127.0.0.1:7002"
+    #: What this node's other services dial; empty: ``listen``.
+    advertise: str = ""
     metrics: str = "127.0.0.1:9182"
     #: QUIC listen address; empty means this node's [[validators]] address.
     quic_listen: str = ""
@@ -137,10 +142,27 @@ class TransportSection:
 
 @dataclass(frozen=True, kw_only=True)
 class StorageSection:
+    #: Bind address of the internal gRPC service.
     listen: str = "127.0.0.1:7003"
+    #: What this node's other services dial; empty: ``listen``.
+    advertise: str = ""
     metrics: str = "127.0.0.1:9183"
     #: RocksDB directory; empty means <data_dir>/db.
     path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSection:
+    """Mutual TLS between this node's services (``cluster init`` writes the files).
+
+    All three paths, or none. Without them an internal service listens only on
+    loopback (it refuses any other address)."""
+
+    #: The node's CA certificate (PEM): callers must present a certificate it signed.
+    ca: str = ""
+    #: The certificate and key (PEM, key mode 0600) this node's services present.
+    cert: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +198,7 @@ class NodeConfig:
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     crypto: CryptoSection = field(default_factory=CryptoSection)
     fault_injection: FaultInjectionSection = field(default_factory=FaultInjectionSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     #: The file this was loaded from (for messages and relative paths).
     source: Path = Path("<memory>")
 
@@ -205,6 +228,32 @@ class NodeConfig:
         return self.data_dir / "consensus" / "signing-mark.json"
 
     @property
+    def storage_target(self) -> str:
+        """Where this node's services reach its storage service."""
+        return self.storage.advertise or self.storage.listen
+
+    @property
+    def consensus_target(self) -> str:
+        return self.consensus.advertise or self.consensus.listen
+
+    @property
+    def transport_target(self) -> str:
+        return self.transport.advertise or self.transport.listen
+
+    @property
+    def internal_tls(self) -> InternalTls | None:
+        """The node's internal TLS material (read from disk), or None when not configured."""
+        t = self.tls
+        if not t.ca:
+            return None
+        try:
+            return load_internal_tls(
+                self._resolve(Path(t.ca)), self._resolve(Path(t.cert)), self._resolve(Path(t.key))
+            )
+        except TlsError as exc:
+            raise ConfigError(f"{self.source}: tls: {exc}") from None
+
+    @property
     def quic_listen(self) -> str:
         return self.transport.quic_listen or self.validators[self.replica_index].address
 
@@ -225,6 +274,7 @@ SECTIONS: dict[str, type[Any]] = {
     "telemetry": TelemetrySection,
     "crypto": CryptoSection,
     "fault_injection": FaultInjectionSection,
+    "tls": TlsSection,
 }
 
 T = TypeVar("T")
@@ -337,6 +387,21 @@ def _validate(cfg: NodeConfig) -> None:
         ("storage", "listen"),
     ):
         _check_address(getattr(getattr(cfg, section), attr), f"{src}: {section}.{attr}")
+    for section in ("consensus", "transport", "storage"):
+        advertise = getattr(cfg, section).advertise
+        if advertise:
+            _check_address(advertise, f"{src}: {section}.advertise")
+    tls = [cfg.tls.ca, cfg.tls.cert, cfg.tls.key]
+    if any(tls) and not all(tls):
+        raise ConfigError(f"{src}: tls: set ca, cert and key together (or none of them)")
+    if not all(tls):
+        for section in ("consensus", "transport", "storage"):
+            listen = getattr(cfg, section).listen
+            if not is_loopback(listen):
+                raise ConfigError(
+                    f"{src}: {section}.listen: {listen} is not a loopback address; an internal "
+                    "service listens beyond loopback only with mutual TLS ([tls] ca, cert, key)"
+                )
     for name in (
         "max_body_bytes",
         "max_payload_bytes",
@@ -386,13 +451,6 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"{src}: fault_injection.byzantine: requires fault_injection.enabled")
     if cfg.transport.max_frame_bytes < 1024:
         raise ConfigError(f"{src}: transport.max_frame_bytes: must be at least 1024")
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def parse_config(data: Mapping[str, Any], source: Path) -> NodeConfig:

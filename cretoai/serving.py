@@ -26,6 +26,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai.telemetry import Telemetry, extract_context, setup_tracing, start_metrics
+from cretoai.tls import InternalTls, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,10 @@ class GrpcService:
     grace: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
     cleanup: list[Cleanup] = field(default_factory=list)
+    #: Mutual TLS with the node's certificates; None: plain, and then only on loopback
+    #: unless ``public`` (the gateway's client API is public by design).
+    tls: InternalTls | None = None
+    public: bool = False
     port: int = 0
     metrics_port: int | None = None
 
@@ -268,7 +273,15 @@ class GrpcService:
             [*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server
         )
         try:
-            self.port = server.add_insecure_port(self.bind)
+            if self.tls is not None:
+                self.port = server.add_secure_port(self.bind, self.tls.server_credentials())
+            elif self.public or is_loopback(self.bind):
+                self.port = server.add_insecure_port(self.bind)
+            else:
+                raise OSError(
+                    f"{self.name}: refusing to listen on {self.bind} without TLS: an internal "
+                    "service listens beyond loopback only with mutual TLS ([tls] in the config)"
+                )
         except RuntimeError as exc:
             raise OSError(f"{self.name}: cannot listen on {self.bind}: {exc}") from None
         if self.port == 0:

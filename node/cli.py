@@ -83,11 +83,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return started
 
 
-def _health_of(target: str, timeout: float) -> str:
+def _health_of(cfg: NodeConfig, service: str, timeout: float) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    from cretoai.channels import blocking_channel, service_endpoint
+
+    target, tls = service_endpoint(cfg, service)
+    with blocking_channel(target, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -99,18 +102,16 @@ def _health_of(target: str, timeout: float) -> str:
 
 def service_targets(cfg: NodeConfig) -> dict[str, str]:
     return {
-        "storage": cfg.storage.listen,
-        "transport": cfg.transport.listen,
-        "consensus": cfg.consensus.listen,
+        "storage": cfg.storage_target,
+        "transport": cfg.transport_target,
+        "consensus": cfg.consensus_target,
         "gateway": cfg.gateway.grpc,
     }
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    statuses = {
-        name: _health_of(target, args.timeout) for name, target in service_targets(cfg).items()
-    }
+    statuses = {name: _health_of(cfg, name, args.timeout) for name in service_targets(cfg)}
     if args.json:
         print(json.dumps({"node": cfg.node.name, "services": statuses}))
     else:

@@ -34,6 +34,7 @@ from cretoai.crypto.keys import (
     read_public_key,
     write_keypair,
 )
+from cretoai.tls import CA_FILE, CERT_FILE, KEY_FILE, generate_node_tls
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_BASE_PORT = 17000
@@ -58,6 +59,10 @@ class ClusterLayout:
     @property
     def cluster_file(self) -> Path:
         return self.directory / CLUSTER_FILE
+
+
+#: Each node's internal TLS files live in this folder of the node's directory.
+TLS_DIR = "tls"
 
 
 def ports_free(host: str, ports: list[int]) -> list[int]:
@@ -103,12 +108,15 @@ def init_cluster(
     force: bool = False,
     reuse_keys: bool = False,
     extra: dict[str, Any] | None = None,
+    tls: bool = True,
 ) -> ClusterLayout:
     """Write keys, one config per node and ``cluster.json`` for an ``nodes``-node cluster.
 
     Existing files are not overwritten unless ``force``; with ``reuse_keys``,
     existing key pairs are kept and only configs are (re)written. ``extra``
     adds settings to every node's config, e.g. ``{"fault_injection": {"enabled": True}}``.
+    ``tls``: give each node its own CA and certificate for mutual TLS between its
+    services (``<node>/tls/``); kept as they are with ``reuse_keys``.
     """
     if nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {nodes}")
@@ -149,6 +157,8 @@ def init_cluster(
             extra=extra or {},
         )
         data["validators"] = validators
+        if tls:
+            data.setdefault("tls", {}).update(_node_tls(node_dir, name, reuse=reuse_keys))
         config_path = node_dir / CONFIG_FILE
         cfg = parse_config(data, config_path)  # validate before writing
         tmp = config_path.with_suffix(".toml.tmp")
@@ -161,6 +171,19 @@ def init_cluster(
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, cluster_file)
     return ClusterLayout(directory=directory, nodes=tuple(layouts))
+
+
+def _node_tls(node_dir: Path, name: str, *, reuse: bool) -> dict[str, str]:
+    """The node's internal TLS files (made unless ``reuse`` finds them), relative paths."""
+    tls_dir = node_dir / TLS_DIR
+    files = (tls_dir / CA_FILE, tls_dir / CERT_FILE, tls_dir / KEY_FILE)
+    if not (reuse and all(f.exists() for f in files)):
+        generate_node_tls(tls_dir, name)
+    return {
+        "ca": f"{TLS_DIR}/{CA_FILE}",
+        "cert": f"{TLS_DIR}/{CERT_FILE}",
+        "key": f"{TLS_DIR}/{KEY_FILE}",
+    }
 
 
 def describe_node(cfg: Any, nid: str) -> dict[str, Any]:

@@ -30,8 +30,10 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import load_private_key
+from cretoai.tls import InternalTls
 from node.clusterinit import CLUSTER_FILE, describe_node, init_cluster, load_cluster
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,14 @@ def missing_services() -> list[str]:
     return [s for s in START_ORDER if importlib.util.find_spec(f"services.{s}.__main__") is None]
 
 
-def health_target(cfg: NodeConfig, service: str) -> str:
-    return {
-        "storage": cfg.storage.listen,
-        "transport": cfg.transport.listen,
-        "consensus": cfg.consensus.listen,
-        "gateway": cfg.gateway.grpc,
-    }[service]
+def health_target(cfg: NodeConfig, service: str) -> tuple[str, InternalTls | None]:
+    return service_endpoint(cfg, service)
 
 
-async def check_health(target: str, timeout: float = 1.0) -> bool:
+async def check_health(endpoint: tuple[str, InternalTls | None], timeout: float = 1.0) -> bool:
+    target, tls = endpoint
     try:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with service_channel(target, tls=tls) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
     except grpc.aio.AioRpcError:

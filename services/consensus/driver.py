@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai.crypto.keys import node_id
+from cretoai.tls import InternalTls
 from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
 from cretoai.vertex import signed_digest, vertex_hash
 from services.consensus.byzantine import Byzantine
@@ -154,6 +155,7 @@ class Driver:
         public_keys: Sequence[bytes],
         storage: storage_pb2_grpc.StorageStub,
         transport_target: str,
+        tls: InternalTls | None = None,
         verifier: Verifier,
         feed: FinalizedFeed,
         tick_ms: int,
@@ -174,7 +176,7 @@ class Driver:
         self.on_fatal = on_fatal
         self._mark_file = mark_file
         self.feed = feed
-        self.link = TransportLink(transport_target, self._on_inbound)
+        self.link = TransportLink(transport_target, self._on_inbound, tls=tls)
         self._tick_s = tick_ms / 1000
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
         self._tick_pending = False

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge
 
 from cretoai.channels import service_channel
 from cretoai.telemetry import inject_context
+from cretoai.tls import InternalTls
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,15 @@ Inbound = Callable[[transport_pb2.Envelope], Awaitable[None]]
 class TransportLink:
     """Send envelopes to peers and receive theirs through the local transport service."""
 
-    def __init__(self, target: str, on_inbound: Inbound, *, queue_max: int = 10_000) -> None:
+    def __init__(
+        self,
+        target: str,
+        on_inbound: Inbound,
+        *,
+        queue_max: int = 10_000,
+        tls: InternalTls | None = None,
+    ) -> None:
+        self._tls = tls
         self._target = target
         self._on_inbound = on_inbound
         self._outbound: asyncio.Queue[transport_pb2.Envelope] = asyncio.Queue(queue_max)
@@ -65,7 +74,7 @@ class TransportLink:
     @property
     def stub(self) -> transport_pb2_grpc.TransportStub:
         if self._channel is None:
-            self._channel = service_channel(self._target)
+            self._channel = service_channel(self._target, tls=self._tls)
         return transport_pb2_grpc.TransportStub(self._channel)
 
     def start(self) -> None:

@@ -104,9 +104,10 @@ async def build(cfg: NodeConfig) -> GrpcService:
             f"{cfg.source}: {cfg.key_path} is not the key of validators[{index}] ({cfg.node.name})"
         )
     backend = get_backend(cfg.crypto.backend)
-    storage_channel = service_channel(cfg.storage.listen)
+    tls = cfg.internal_tls
+    storage_channel = service_channel(cfg.storage_target, tls=tls)
     storage = storage_pb2_grpc.StorageStub(storage_channel)
-    log.info("restoring from storage", extra={"fields": {"storage": cfg.storage.listen}})
+    log.info("restoring from storage", extra={"fields": {"storage": cfg.storage_target}})
     records = await call_until_done(lambda: load_records(storage), what="load records")
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
     mark_file = MarkFile(cfg.signing_mark_path)
@@ -160,7 +161,8 @@ async def build(cfg: NodeConfig) -> GrpcService:
         replica=replica,
         public_keys=cfg.validator_public_keys,
         storage=storage,
-        transport_target=cfg.transport.listen,
+        transport_target=cfg.transport_target,
+        tls=tls,
         verifier=verifier,
         feed=FinalizedFeed(storage),
         tick_ms=cfg.consensus.tick_ms,
@@ -193,6 +195,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
         sampling_ratio=cfg.telemetry.sampling_ratio,
         cleanup=[cleanup],
+        tls=tls,
     )
     driver.on_fatal = service.fail
     return service

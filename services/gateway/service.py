@@ -46,10 +46,11 @@ async def create(cfg: NodeConfig) -> GatewayNode:
     backend = get_backend(cfg.crypto.backend)
     key = load_private_key(cfg.key_path, backend)
     pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
+    tls = cfg.internal_tls
     channels = {
-        "consensus": service_channel(cfg.consensus.listen),
-        "transport": service_channel(cfg.transport.listen),
-        "storage": service_channel(cfg.storage.listen),
+        "consensus": service_channel(cfg.consensus_target, tls=tls),
+        "transport": service_channel(cfg.transport_target, tls=tls),
+        "storage": service_channel(cfg.storage_target, tls=tls),
     }
     consensus = ConsensusClient(channels["consensus"])
     storage = StorageClient(channels["storage"])
@@ -93,6 +94,7 @@ async def create(cfg: NodeConfig) -> GatewayNode:
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
         sampling_ratio=cfg.telemetry.sampling_ratio,
         cleanup=[cleanup],
+        public=True,  # the client API; it calls the internal services with the node's TLS
     )
     try:
         await rest.start(cfg.gateway.http)

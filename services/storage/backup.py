@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from cretoai.channels import blocking_channel, service_endpoint
 from cretoai.config import NodeConfig
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.errors import DatabaseError, DatabaseLocked
@@ -103,8 +104,8 @@ def _verify(path: Path, last_seq: int) -> None:
 def backup_via_service(cfg: NodeConfig, output: Path) -> BackupInfo:
     """Ask the node's running storage service to write a checkpoint into ``output`` (new dir)."""
     target = _absolute(output)
-    address = cfg.storage.listen
-    with grpc.insecure_channel(address) as channel:
+    address, tls = service_endpoint(cfg, "storage")
+    with blocking_channel(address, tls=tls) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:

@@ -90,5 +90,6 @@ async def build(cfg: NodeConfig) -> GrpcService:
         sampling_ratio=cfg.telemetry.sampling_ratio,
         max_message_bytes=MAX_MESSAGE_BYTES,
         cleanup=[cleanup],
+        tls=cfg.internal_tls,
     )
     return service

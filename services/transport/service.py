@@ -47,4 +47,5 @@ async def build(cfg: NodeConfig) -> GrpcService:
         sampling_ratio=cfg.telemetry.sampling_ratio,
         max_message_bytes=max(16 * 1024 * 1024, 2 * cfg.transport.max_frame_bytes),
         cleanup=[node.stop],
+        tls=cfg.internal_tls,
     )

@@ -37,6 +37,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import NodeConfig, load_config
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
 from node.clusterinit import ClusterLayout
@@ -225,18 +226,15 @@ async def wait_until(
 # ------------------------------------------------------------------------------ health
 
 
-def target(cfg: NodeConfig, service: str) -> str:
-    return {
-        "storage": cfg.storage.listen,
-        "transport": cfg.transport.listen,
-        "consensus": cfg.consensus.listen,
-        "gateway": cfg.gateway.grpc,
-    }[service]
+def channel_to(cfg: NodeConfig, service: str) -> grpc.aio.Channel:
+    """A channel to a service of the node, with the node's internal TLS (as its peers)."""
+    address, tls = service_endpoint(cfg, service)
+    return service_channel(address, tls=tls)
 
 
-async def health(address: str) -> str:
+async def health(cfg: NodeConfig, service: str) -> str:
     """The service's overall health: SERVING, NOT_SERVING, ... or UNREACHABLE."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with channel_to(cfg, service) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1
@@ -247,14 +245,14 @@ async def health(address: str) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-async def wait_serving(address: str, proc: Process, timeout: float = 60) -> None:
-    """Until the service at ``address`` (run by ``proc``) serves; fails at once if it exits."""
+async def wait_serving(cfg: NodeConfig, service: str, proc: Process, timeout: float = 60) -> None:
+    """Until ``service`` (run by ``proc``) serves; fails at once if it exits."""
 
     async def serving() -> bool:
         assert proc.proc.returncode is None, f"it exited\n{proc.output()}"
-        return await health(address) == "SERVING"
+        return await health(cfg, service) == "SERVING"
 
-    await wait_until(f"{address} SERVING", serving, timeout)
+    await wait_until(f"{service} SERVING", serving, timeout)
 
 
 async def node_health(config: Path, cwd: Path) -> tuple[int, dict[str, str]]:
@@ -357,7 +355,7 @@ async def start_service(config: Path, cfg: NodeConfig, service: str) -> Process:
         else [sys.executable, "-m", f"services.{service}", "--config", str(config)]
     )
     proc = await Process.start(service, argv, config.parent)
-    await wait_serving(target(cfg, service), proc)
+    await wait_serving(cfg, service, proc)
     return proc
 
 
@@ -391,7 +389,7 @@ async def test_a_storage_write_error_makes_the_consensus_process_fail(
             started[service] = await start_service(config, cfg, service)
         storage, consensus = started["storage"], started["consensus"]
 
-        async with grpc.aio.insecure_channel(cfg.consensus.listen) as channel:
+        async with channel_to(cfg, "consensus") as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             assert await next_status(watch, 10) == "SERVING"
 
@@ -436,13 +434,13 @@ async def test_a_client_giving_up_while_storage_is_halted_does_not_kill_the_cons
         for service in ("storage", "transport", "consensus"):
             started[service] = await start_service(config, cfg, service)
         fail_file_writes(started["storage"].pid)
-        async with grpc.aio.insecure_channel(cfg.consensus.listen) as channel:
+        async with channel_to(cfg, "consensus") as channel:
             await accept(consensus_pb2_grpc.ConsensusStub(channel), b"written to a failing disk")
         assert await started["consensus"].wait(timeout=30) == 1
 
         # Restarted while storage is still halted: its writes are retried meanwhile.
         consensus = started["consensus"] = await start_service(config, cfg, "consensus")
-        async with grpc.aio.insecure_channel(cfg.consensus.listen) as channel:
+        async with channel_to(cfg, "consensus") as channel:
             stub = consensus_pb2_grpc.ConsensusStub(channel)
             tries = iter(range(1000))
 
@@ -475,7 +473,7 @@ async def test_a_client_giving_up_while_storage_is_halted_does_not_kill_the_cons
             await wait_until("a submission is accepted after storage is back", accepted_after, 30)
             assert replies[-1].status == vertex_pb2.VERTEX_STATUS_PENDING, replies
         assert consensus.proc.returncode is None
-        assert await health(cfg.consensus.listen) == "SERVING"
+        assert await health(cfg, "consensus") == "SERVING"
     finally:
         for proc in reversed(started.values()):
             await proc.stop()
@@ -505,7 +503,7 @@ async def fail_and_recover(
     assert sorted(before) == sorted(SERVICES), before
     assert (await submit(gateway, b"before the fault", wait=True))["status"] == "finalized"
 
-    async with grpc.aio.insecure_channel(cfg.consensus.listen) as channel:
+    async with channel_to(cfg, "consensus") as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
         assert await next_status(watch, 10) == "SERVING"
         fail_file_writes(before["storage"])
@@ -530,7 +528,7 @@ async def fail_and_recover(
         return pid is not None and pid != before["consensus"]
 
     await wait_until("a new consensus process", restarted, 30)
-    await wait_serving(cfg.consensus.listen, supervisor, 30)
+    await wait_serving(cfg, "consensus", supervisor, 30)
     consensus = services()["consensus"]
 
     # Storage stays halted until it restarts: the node does not serve, and the new

@@ -1,0 +1,176 @@
+"""Mutual TLS between the services of one node (internal gRPC).
+
+Each node has its own certificate authority, made by ``cretoai-node cluster init``
+(:func:`generate_node_tls`): ``tls/ca.crt`` and one certificate for the node's
+services, ``tls/node.crt`` with its key ``tls/node.key`` (0600). The CA's private
+key is not kept: nobody can mint another certificate for the node. Every
+internal service requires a client certificate signed by its node's CA, so a
+caller without one, or with another node's, is refused during the handshake.
+
+Certificates name the fixed host :data:`SERVER_NAME`; clients verify against it
+whatever address they dial (a loopback port, a container name), so one
+certificate serves every deployment of the node.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+#: The name every internal certificate is issued to and every client checks.
+SERVER_NAME = "cretoai-internal"
+CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "node.crt", "node.key"
+VALIDITY = datetime.timedelta(days=3650)
+
+
+class TlsError(Exception):
+    """Internal TLS material that is missing, unreadable or unsafe; the message says which."""
+
+
+@dataclass(frozen=True)
+class InternalTls:
+    """The node's CA and its services' certificate and key (PEM)."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Serve with the node certificate; require a client certificate from the node's CA."""
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    @staticmethod
+    def channel_options() -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", SERVER_NAME)]
+
+
+def load_internal_tls(ca: Path, cert: Path, key: Path) -> InternalTls:
+    """Read the three files; the key must not be readable by group or others."""
+    try:
+        mode = key.stat().st_mode
+    except OSError as exc:
+        raise TlsError(f"internal TLS key {key}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TlsError(
+            f"internal TLS key {key} is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {key}"
+        )
+    parts = []
+    for what, path in (("CA certificate", ca), ("certificate", cert), ("key", key)):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TlsError(f"internal TLS {what} {path}: {exc.strerror or exc}") from None
+        if b"-----BEGIN" not in data:
+            raise TlsError(f"internal TLS {what} {path}: not a PEM file")
+        parts.append(data)
+    return InternalTls(ca=parts[0], cert=parts[1], key=parts[2])
+
+
+def generate_node_tls(directory: Path, node_name: str) -> tuple[Path, Path, Path]:
+    """A new CA and service certificate for one node under ``directory``; their paths."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cretoai {node_name} CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cretoai {node_name} services")])
+        )
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(SERVER_NAME),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE))
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pem)
+    finally:
+        os.close(fd)
+    os.chmod(key_path, 0o600)
+    return ca_path, cert_path, key_path
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is a loopback interface."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` binds only a loopback interface."""
+    return is_loopback_host(address.rpartition(":")[0])
