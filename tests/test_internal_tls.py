@@ -1,0 +1,155 @@
+"""Internal gRPC is authenticated: each node's services accept only callers holding a
+certificate of that node's CA, and never listen beyond loopback without TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cretoai.channels import service_channel, service_endpoint
+from cretoai.config import ConfigError, NodeConfig, load_config, parse_config, to_toml_dict
+from cretoai.serving import GrpcService
+from cretoai.tls import InternalTls
+from node.clusterinit import ClusterLayout
+
+INTERNAL = ("storage", "transport", "consensus")
+
+
+async def _health(target: str, tls: InternalTls | None) -> str:
+    """SERVING, or the gRPC status code's name when the call is refused."""
+    async with service_channel(target, tls=tls) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=3
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def _wait_serving(cfg: NodeConfig, service: str, proc: subprocess.Popen[bytes]) -> None:
+    target, tls = service_endpoint(cfg, service)
+    deadline = time.monotonic() + 60
+    while await _health(target, tls) != "SERVING":
+        assert proc.poll() is None, f"{service} exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{service} not serving within 60 s"
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def node1_services(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> Iterator[tuple[NodeConfig, NodeConfig, dict[str, subprocess.Popen[bytes]]]]:
+    """node1's internal services of a 2-node cluster, each its own process (node2 is down)."""
+    layout = cluster_factory(2)
+    cfg1, cfg2 = (load_config(n.config) for n in layout.nodes)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    config = layout.nodes[0].config
+    try:
+        for service in INTERNAL:
+            procs[service] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    f"services.{service}",
+                    "--config",
+                    str(config),
+                ],
+                cwd=layout.nodes[0].directory,
+                stdout=subprocess.DEVNULL,
+                stderr=(layout.nodes[0].directory / f"{service}.err").open("wb"),
+            )
+            asyncio.run(_wait_serving(cfg1, service, procs[service]))
+        yield cfg1, cfg2, procs
+    finally:
+        for proc in reversed(list(procs.values())):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.slow
+async def test_every_internal_service_refuses_a_caller_without_the_nodes_certificate(
+    node1_services: tuple[NodeConfig, NodeConfig, dict[str, subprocess.Popen[bytes]]],
+) -> None:
+    cfg1, cfg2, _ = node1_services
+    own, other = cfg1.internal_tls, cfg2.internal_tls
+    assert own is not None and other is not None
+    for service in INTERNAL:
+        target, _ = service_endpoint(cfg1, service)
+        assert await _health(target, own) == "SERVING", service
+        # plaintext: the TLS handshake never happens
+        assert await _health(target, None) == "UNAVAILABLE", service
+        # a certificate of another node's CA: refused during the handshake
+        assert await _health(target, other) == "UNAVAILABLE", service
+        # the right CA to check the server, but no client certificate of ours
+        stranger = InternalTls(ca=own.ca, cert=other.cert, key=other.key)
+        assert await _health(target, stranger) == "UNAVAILABLE", service
+
+
+async def test_an_internal_service_refuses_a_public_address_without_tls() -> None:
+    service = GrpcService(name="storage", bind="0.0.0.0:0", servicers=[])
+    with pytest.raises(OSError, match=r"refusing to listen on 0\.0\.0\.0:0 without TLS"):
+        await service.start()
+    # the gateway's client API is public by design; loopback is always allowed
+    for public, bind in ((True, "0.0.0.0:0"), (False, "127.0.0.1:0")):
+        ok = GrpcService(name="gateway", bind=bind, servicers=[], public=public)
+        await ok.start()
+        assert ok.port > 0
+        await ok.stop()
+
+
+def test_a_config_with_a_public_internal_address_needs_tls(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    layout = cluster_factory(1)
+    cfg = load_config(layout.nodes[0].config)
+    data = to_toml_dict(cfg)
+    data["storage"]["listen"] = "0.0.0.0:7003"
+    parse_config(data, cfg.source)  # with [tls]: fine
+    data.pop("tls")
+    with pytest.raises(ConfigError, match=r"storage.listen: 0.0.0.0:7003 is not a loopback"):
+        parse_config(data, cfg.source)
+    data["tls"] = {"ca": "tls/ca.crt"}
+    with pytest.raises(ConfigError, match="set ca, cert and key together"):
+        parse_config(data, cfg.source)
+
+
+def test_cluster_init_gives_each_node_its_own_ca_and_a_private_key(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    layout = cluster_factory(2)
+    tls = [load_config(n.config).internal_tls for n in layout.nodes]
+    assert tls[0] is not None and tls[1] is not None
+    assert tls[0].ca != tls[1].ca
+    for n in layout.nodes:
+        key = n.directory / "tls" / "node.key"
+        assert (key.stat().st_mode & 0o777) == 0o600
+        assert not (n.directory / "tls" / "ca.key").exists()  # nobody can mint more
+    # a group-readable key is refused with the fix in the message
+    key = layout.nodes[0].directory / "tls" / "node.key"
+    os.chmod(key, 0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        _ = load_config(layout.nodes[0].config).internal_tls
+
+
+def test_tls_paths_resolve_next_to_the_config(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path
+) -> None:
+    layout = cluster_factory(1)
+    cfg = load_config(layout.nodes[0].config)
+    assert cfg.tls.ca == "tls/ca.crt"
+    assert cfg.internal_tls is not None  # read relative to the config file, from anywhere
