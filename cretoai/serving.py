@@ -6,6 +6,10 @@ reflection, start, metrics endpoint, *then* mark SERVING. Shutdown order (on
 SIGTERM/SIGINT or :meth:`stop`): mark NOT_SERVING, stop accepting and drain
 in-flight calls for ``grace`` seconds, run the service's own cleanup, then
 flush telemetry.
+
+A servicer reports a failed call by raising a :class:`cretoai.errors.ServiceError`;
+the one place that turns it into the call's status is :func:`_call_status`
+(every interceptor layer of a call runs it; the innermost one does the work).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
+from cretoai.errors import ServiceError
 from cretoai.telemetry import Telemetry, extract_context, setup_tracing, start_metrics
 from cretoai.tls import InternalTls, is_loopback
 
@@ -40,10 +45,6 @@ RPC_TOTAL = Counter(
     "cretoai_grpc_server_handled_total", "gRPC calls handled", ["service", "method", "code"]
 )
 SERVING = Gauge("cretoai_service_serving", "1 while the service reports SERVING", ["service"])
-
-#: Trailing metadata key with the client-facing error code of a refusal (e.g.
-#: ``bad_signature``), for a caller that must report more than the gRPC status.
-ERROR_CODE_KEY = "cretoai-error-code"
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -152,6 +153,23 @@ class AccessLogInterceptor(_CallInterceptor):
         log.log(level, "rpc", extra={"fields": fields})
 
 
+async def _call_status(exc: Exception, ctx: Any) -> NoReturn:
+    """The one place where what a servicer raised becomes the status of its call.
+
+    A :class:`~cretoai.errors.ServiceError` aborts with its status, details and error
+    code; an abort already made (by the servicer, or by an inner layer) goes on as
+    it is; anything else is a bug: logged with its traceback, INTERNAL to the caller.
+    """
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, ServiceError):
+        await ctx.abort(exc.grpc_status, exc.grpc_details(), exc.trailing_metadata())
+    else:
+        log.error("call failed", exc_info=exc)
+        await ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    raise AssertionError("unreachable")  # abort raises
+
+
 def _wrap_handler(
     handler: Any, icpt: _CallInterceptor, method: str, metadata: dict[str, str]
 ) -> Any:
@@ -161,7 +179,10 @@ def _wrap_handler(
         async def unary_response(request: Any, ctx: Any) -> Any:
             state = icpt.begin(method, metadata)
             try:
-                result = await inner(request, ctx)
+                try:
+                    result = await inner(request, ctx)
+                except Exception as exc:
+                    await _call_status(exc, ctx)
             except BaseException as exc:
                 icpt.end(state, method, _code_of(exc, ctx), exc)
                 raise
@@ -184,8 +205,11 @@ def _wrap_handler(
     async def stream_response(request: Any, ctx: Any) -> Any:
         state = icpt.begin(method, metadata)
         try:
-            async for item in inner_stream(request, ctx):
-                yield item
+            try:
+                async for item in inner_stream(request, ctx):
+                    yield item
+            except Exception as exc:
+                await _call_status(exc, ctx)
         except BaseException as exc:
             icpt.end(state, method, _code_of(exc, ctx), exc)
             raise

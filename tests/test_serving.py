@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cretoai.errors import ERROR_CODE_KEY
 from cretoai.serving import GrpcService
 from tests.conftest import REPO
 from tests.support.echo_service import SERVICE, echo_servicer
@@ -62,6 +63,39 @@ async def test_health_reflection_and_metrics() -> None:
         text = body.decode()
         assert 'cretoai_grpc_server_handled_total{code="OK",method="/test.Echo/Slow"' in text
         assert 'cretoai_service_serving{service="echo"} 1.0' in text
+    finally:
+        await service.stop()
+
+
+async def test_raised_errors_become_statuses_in_one_place() -> None:
+    service = GrpcService(name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()])
+    await service.start()
+    expected = {
+        b"not-found": (grpc.StatusCode.NOT_FOUND, "no such thing", None),
+        b"bad-signature": (grpc.StatusCode.INVALID_ARGUMENT, "signature invalid", "bad_signature"),
+        b"overloaded": (grpc.StatusCode.RESOURCE_EXHAUSTED, "too much", None),
+        b"bug": (grpc.StatusCode.INTERNAL, "internal error: ValueError: a bug", None),
+    }
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            fail = channel.unary_unary(f"/{SERVICE}/Fail")
+            fail_later = channel.unary_stream(f"/{SERVICE}/FailLater")
+            for request, (code, details, error_code) in expected.items():
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await fail(request, timeout=5)
+                assert (info.value.code(), info.value.details()) == (code, details)
+                trailing = dict(info.value.trailing_metadata() or ())
+                assert trailing.get(ERROR_CODE_KEY) == error_code
+                # a stream fails the same way, after what it sent
+                call = fail_later(request, timeout=5)
+                assert await call.read() == request
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call.read()
+                assert (info.value.code(), info.value.details()) == (code, details)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await fail(b"abort", timeout=5)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert info.value.details() == "aborted by the servicer"
     finally:
         await service.stop()
 

@@ -1,4 +1,8 @@
-"""The Consensus gRPC service (submit, pending lookup, status, finalized stream)."""
+"""The Consensus gRPC service (submit, pending lookup, status, finalized stream).
+
+A refused call raises a :mod:`cretoai.errors` class; :mod:`cretoai.serving` turns
+it into the status (and the ``bad_signature`` / ``storage_unavailable`` error code
+the gateway reports)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import grpc
 
 from cretoai.config import NodeConfig
 from cretoai.crypto.keys import node_id
-from cretoai.serving import ERROR_CODE_KEY
+from cretoai.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from cretoai.v1 import (
     consensus_pb2,
     consensus_pb2_grpc,
@@ -55,29 +59,23 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         vertex = request.vertex
         problem = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
         if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed vertex: {problem}")
+            raise InvalidArgument(f"malformed vertex: {problem}")
         if not self._driver.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "consensus is not ready")
+            raise Unavailable("consensus is not ready")
         if self._driver.replica.overloaded():  # before any work: shedding must be cheap
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE)
+            raise ResourceExhausted(OVERLOADED_MESSAGE)
         digest = vertex_hash(vertex)
         if not await self._driver.verify_vertex(vertex, digest):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                BAD_SIGNATURE_MESSAGE,
-                trailing_metadata=((ERROR_CODE_KEY, "bad_signature"),),
-            )
+            raise InvalidArgument(BAD_SIGNATURE_MESSAGE, error_code="bad_signature")
         lookup = [digest, *vertex.parents]
         try:
             statuses = await self._storage.GetVertexStatuses(
                 storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"storage is unavailable: {exc.details()}",
-                trailing_metadata=((ERROR_CODE_KEY, "storage_unavailable"),),
-            )
+            raise Unavailable(
+                f"storage is unavailable: {exc.details()}", error_code="storage_unavailable"
+            ) from None
         records = {r.hash: r for r in statuses.records}
         own = records.get(digest)
         if own is not None and own.status == FINALIZED:
@@ -90,24 +88,22 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         for parent in vertex.parents:
             record = records.get(parent)
             if record is not None and record.status == REJECTED:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise FailedPrecondition(
                     f"parent {parent.hex()} was rejected at execution ({record.reject_reason}); "
-                    "a parent must be finalized or pending",
+                    "a parent must be finalized or pending"
                 )
             finalized = record is not None and record.status == FINALIZED
             if not finalized and parent not in self._driver.pending:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"parent {parent.hex()} is neither finalized nor pending at this node",
+                raise FailedPrecondition(
+                    f"parent {parent.hex()} is neither finalized nor pending at this node"
                 )
         result = await self._driver.propose(vertex, digest)
         if result == ProposeResult.POOL_FULL:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the request pool is full")
+            raise ResourceExhausted("the request pool is full")
         if result == ProposeResult.OVERLOADED:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE)
+            raise ResourceExhausted(OVERLOADED_MESSAGE)
         if result == ProposeResult.TOO_LARGE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vertex exceeds the batch size")
+            raise InvalidArgument("vertex exceeds the batch size")
         return consensus_pb2.SubmitVertexResponse(
             hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE
         )
@@ -116,7 +112,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         self, request: consensus_pb2.GetPendingRequest, context: Context
     ) -> consensus_pb2.GetPendingResponse:
         if len(request.hash) != HASH_SIZE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hash must be {HASH_SIZE} bytes")
+            raise InvalidArgument(f"hash must be {HASH_SIZE} bytes")
         vertex = self._driver.pending.get(request.hash)
         if vertex is None:
             return consensus_pb2.GetPendingResponse(found=False)
@@ -184,6 +180,4 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             async for batch in self._driver.feed.watch(request.from_seq):
                 yield batch
         except WatcherTooSlow as exc:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; resume from your last seq"
-            )
+            raise ResourceExhausted(f"{exc}; resume from your last seq") from None

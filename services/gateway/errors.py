@@ -2,7 +2,9 @@
 
 Every failure the gateway reports is an :class:`ApiError` with a stable
 machine-readable ``code``. :data:`CODES` gives each code its HTTP status and
-the gRPC status of the public gRPC API; :func:`from_backend` is the only
+the gRPC status of the public gRPC API (an ApiError is a
+:class:`cretoai.errors.ServiceError`: a gRPC call that raises it ends with that
+status, details ``"<code>: <message>"``); :func:`from_backend` is the only
 translation of a consensus or storage gRPC error into an :class:`ApiError`.
 """
 
@@ -12,7 +14,7 @@ from typing import Any, Literal
 
 import grpc
 
-from cretoai.serving import ERROR_CODE_KEY
+from cretoai.errors import ERROR_CODE_KEY, ServiceError
 
 #: code -> (HTTP status, gRPC status of the public API)
 CODES: dict[str, tuple[int, grpc.StatusCode]] = {
@@ -30,6 +32,7 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     # 422: well-formed but invalid
     "invalid_vertex": (422, grpc.StatusCode.INVALID_ARGUMENT),
     "bad_signature": (422, grpc.StatusCode.INVALID_ARGUMENT),
+    "signature_required": (422, grpc.StatusCode.INVALID_ARGUMENT),
     "unknown_parent": (422, grpc.StatusCode.FAILED_PRECONDITION),
     # 429, 5xx: the node cannot take it now
     "overloaded": (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -45,13 +48,13 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
 Backend = Literal["consensus", "storage"]
 
 
-class ApiError(Exception):
+class ApiError(ServiceError):
     """A failure reported to the client as ``{"error": {"code": ..., "message": ...}}``."""
 
     def __init__(self, code: str, message: str) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
-        super().__init__(message)
+        super().__init__(message, status=CODES[code][1])
         self.code = code
         self.message = message
 
@@ -59,9 +62,8 @@ class ApiError(Exception):
     def http_status(self) -> int:
         return CODES[self.code][0]
 
-    @property
-    def grpc_status(self) -> grpc.StatusCode:
-        return CODES[self.code][1]
+    def grpc_details(self) -> str:
+        return f"{self.code}: {self.message}"
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from cretoai.errors import ResourceExhausted
 from cretoai.v1 import storage_pb2, vertex_pb2
 from cretoai.vertex import signed_digest, vertex_hash
 from services.gateway import metrics
@@ -49,7 +50,7 @@ class Outcome:
     rejected: bool
 
 
-class SlowConsumer(Exception):
+class SlowConsumer(ResourceExhausted):
     """A live subscriber's buffer overflowed; it may resume from ``resume_seq``."""
 
     def __init__(self, resume_seq: int | None) -> None:

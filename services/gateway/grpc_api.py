@@ -1,15 +1,15 @@
 """The public gRPC API (``cretoai.v1.Gateway``): the REST operations over gRPC.
 
-An :class:`~services.gateway.errors.ApiError` becomes the status given by
-:data:`services.gateway.errors.CODES`, with details ``"<code>: <message>"``.
+An :class:`~services.gateway.errors.ApiError` raised by a call becomes the status
+given by :data:`services.gateway.errors.CODES`, with details ``"<code>: <message>"``
+(:mod:`cretoai.serving` does it, as for every service).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -24,27 +24,6 @@ from services.gateway.finality import SlowConsumer
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Self = TypeVar("Self", bound="GatewayServicer")
-
-
-async def _abort(context: Context, exc: ApiError) -> NoReturn:
-    await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
-    raise AssertionError("unreachable")  # abort raises
-
-
-def _unary(
-    fn: Callable[[Self, Req, Context], Awaitable[Resp]],
-) -> Callable[[Self, Req, Context], Awaitable[Resp]]:
-    @functools.wraps(fn)
-    async def call(self: Self, request: Req, context: Context) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except ApiError as exc:
-            await _abort(context, exc)
-
-    return call
 
 
 def draft_of(vertex: vertex_pb2.Vertex) -> Draft:
@@ -78,7 +57,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway) -> None:
         self._gw = gateway
 
-    @_unary
     async def SubmitVertex(
         self, request: gateway_pb2.GatewaySubmitRequest, context: Context
     ) -> gateway_pb2.GatewaySubmitResponse:
@@ -88,7 +66,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             reply.record.CopyFrom(result.record)
         return reply
 
-    @_unary
     async def GetVertex(
         self, request: gateway_pb2.GatewayGetVertexRequest, context: Context
     ) -> vertex_pb2.VertexRecord:
@@ -98,7 +75,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
         return await self._gw.vertex(request.hash)
 
-    @_unary
     async def GetStatus(
         self, request: consensus_pb2.GetStatusRequest, context: Context
     ) -> consensus_pb2.NodeStatus:
@@ -108,19 +84,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: consensus_pb2.WatchFinalizedRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
         """Finalized batches with seq >= from_seq (0 reads as 1), then each new one."""
-        try:
-            stream = self._gw.hub.open_stream(request.from_seq, complete=False, api="grpc")
-        except ApiError as exc:
-            await _abort(context, exc)
+        stream = self._gw.hub.open_stream(request.from_seq, complete=False, api="grpc")
         try:
             async with contextlib.aclosing(stream.entries()) as entries:
                 async for entry in entries:
                     yield entry.entry.batch
-        except SlowConsumer as exc:
+        except SlowConsumer:
             metrics.STREAM_CLOSED.labels("slow_consumer").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
         except ApiError as exc:
             metrics.STREAM_CLOSED.labels(exc.code).inc()
-            await _abort(context, exc)
+            raise
         finally:
             stream.close()

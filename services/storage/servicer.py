@@ -2,8 +2,8 @@
 
 Requests are checked on the event loop (:mod:`services.storage.validate`),
 writes go to the one writer thread (:mod:`services.storage.writer`), reads run
-on the event loop in bounded pages. Every exception is turned into a status in
-one place, :func:`_abort` (codes from :func:`services.storage.errors.status_of`).
+on the event loop in bounded pages. Failures are raised as the errors of
+:mod:`services.storage.errors`; :mod:`cretoai.serving` turns them into statuses.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from services.storage import keys, metrics
-from services.storage.errors import InvalidArgument, NotFound, StorageError, WriteFailed, status_of
+from services.storage.errors import InvalidArgument, NotFound, WriteFailed
 from services.storage.store import Store, dir_bytes, now_ms, write_backup_manifest
 from services.storage.validate import (
     MAX_STATE_KEY_BYTES,
@@ -48,38 +48,18 @@ Resp = TypeVar("Resp")
 Self = TypeVar("Self", bound="StorageServicer")
 
 
-async def _abort(context: Context, exc: BaseException) -> NoReturn:
-    code, message = status_of(exc)
-    if not isinstance(exc, StorageError):
-        log.error("request failed", exc_info=exc)
-    await context.abort(code, message)
-    raise AssertionError("unreachable")  # abort raises
-
-
 def _unary(
     fn: Callable[[Self, Req, Context], Awaitable[Resp]],
 ) -> Callable[[Self, Req, Context], Awaitable[Resp]]:
+    """A call that may write: its failure is checked for a halt (see :meth:`on_error`)."""
+
     @functools.wraps(fn)
     async def call(self: Self, request: Req, context: Context) -> Resp:
         try:
             return await fn(self, request, context)
         except Exception as exc:
             await self.on_error(exc)
-            await _abort(context, exc)
-
-    return call
-
-
-def _stream(
-    fn: Callable[[Self, Req, Context], AsyncIterator[Resp]],
-) -> Callable[[Self, Req, Context], AsyncIterator[Resp]]:
-    @functools.wraps(fn)
-    async def call(self: Self, request: Req, context: Context) -> AsyncIterator[Resp]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as exc:
-            await _abort(context, exc)
+            raise
 
     return call
 
@@ -248,7 +228,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     # ------------------------------------------------------------------ streams
 
-    @_stream
     async def ScanState(
         self, request: storage_pb2.ScanStateRequest, context: Context
     ) -> AsyncIterator[storage_pb2.ScanStateResponse]:
@@ -266,7 +245,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 remaining -= len(entries)
             after = entries[-1].key
 
-    @_stream
     async def ListEvidence(
         self, request: storage_pb2.ListEvidenceRequest, context: Context
     ) -> AsyncIterator[storage_pb2.EvidenceRecord]:
@@ -281,7 +259,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             remaining -= len(records)
             next_id = records[-1].id + 1
 
-    @_stream
     async def ListParents(
         self, request: storage_pb2.ListParentsRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.VertexRecord]:
@@ -292,7 +269,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         for record in records:
             yield record
 
-    @_stream
     async def ListChildren(
         self, request: storage_pb2.ListChildrenRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.VertexRecord]:
@@ -313,7 +289,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 break
             after = records[-1].hash
 
-    @_stream
     async def GetFinalized(
         self, request: storage_pb2.GetFinalizedRequest, context: Context
     ) -> AsyncIterator[storage_pb2.FinalizedEntry]:
@@ -348,7 +323,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 yield record
             remaining -= len(records)
 
-    @_stream
     async def ListVerticesByHeight(
         self, request: storage_pb2.ListVerticesByHeightRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.VertexRecord]:
@@ -365,7 +339,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ):
             yield record
 
-    @_stream
     async def ListVerticesByTime(
         self, request: storage_pb2.ListVerticesByTimeRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.VertexRecord]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from services.storage import metrics
-from services.storage.errors import ShuttingDown, StorageError, WriteFailed
+from services.storage.errors import ServiceError, ShuttingDown, WriteFailed
 from services.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Writer:
                 if op.barrier:
                     self._store.sync()
                 outcomes.append((op.fn(), None))
-            except StorageError as exc:
+            except ServiceError as exc:
                 outcomes.append((None, exc))
             except Exception as exc:  # a bug: never leave a caller waiting
                 log.exception("write operation failed unexpectedly")

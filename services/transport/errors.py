@@ -1,8 +1,9 @@
 """The two error families of the transport.
 
 * :class:`TransportError` and its subclasses are raised for *our own* misuse or
-  a request the local caller (consensus, an operator) got wrong; the gRPC layer
-  maps each to one status code.
+  a request the local caller (consensus, an operator) got wrong; each is one of
+  the shared :mod:`cretoai.errors` classes, so a call that raises it ends with
+  that class's status.
 * A *peer's* fault is never raised: it is a :class:`PeerFault` value that is
   counted, logged (rate limited) and answered by closing the connection with a
   :class:`CloseCode`.
@@ -13,28 +14,37 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from cretoai.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
 
-class TransportError(Exception):
+
+class TransportError(ServiceError):
     """A local error: bad request from the caller, or an impossible local state."""
 
 
-class UnknownPeer(TransportError):
+class UnknownPeer(NotFound, TransportError):
     """The node id is not a member of the cluster."""
 
 
-class InvalidRequest(TransportError):
+class InvalidRequest(InvalidArgument, TransportError):
     """The request cannot be carried out as given (e.g. sending to ourselves)."""
 
 
-class PeerUnavailable(TransportError):
+class PeerUnavailable(Unavailable, TransportError):
     """The peer is a member but not connected (or banned, or partitioned)."""
 
 
-class PeerTimeout(TransportError):
+class PeerTimeout(DeadlineExceeded, TransportError):
     """The peer did not answer in time."""
 
 
-class FaultInjectionDisabled(TransportError):
+class FaultInjectionDisabled(FailedPrecondition, TransportError):
     """Fault injection was requested but [fault_injection] enabled is false."""
 
 

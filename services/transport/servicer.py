@@ -1,7 +1,8 @@
 """The consensus-facing gRPC service (cretoai.v1.Transport).
 
-All exceptions of the local error family are mapped to status codes in one
-place (:func:`_status`); anything else is a bug and surfaces as INTERNAL.
+Local errors are raised as the :mod:`services.transport.errors` family (each a
+:mod:`cretoai.errors` class with its status); anything else is a bug and
+surfaces as INTERNAL (:mod:`cretoai.serving`).
 """
 
 from __future__ import annotations
@@ -10,46 +11,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
+from cretoai.errors import Aborted
 from cretoai.serving import Servicer
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
-from services.transport.errors import (
-    FaultInjectionDisabled,
-    InvalidRequest,
-    PeerTimeout,
-    PeerUnavailable,
-    TransportError,
-    UnknownPeer,
-)
 from services.transport.node import Superseded, TransportNode
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = transport_pb2.DESCRIPTOR.services_by_name["Transport"].full_name
 DEFAULT_PING_TIMEOUT = 2.0
-
-_STATUS: list[tuple[type[TransportError], grpc.StatusCode]] = [
-    (UnknownPeer, grpc.StatusCode.NOT_FOUND),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (PeerTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (FaultInjectionDisabled, grpc.StatusCode.FAILED_PRECONDITION),
-]
-
-
-def _status(exc: TransportError) -> grpc.StatusCode:
-    for kind, code in _STATUS:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: TransportError) -> NoReturn:
-    await context.abort(_status(exc), str(exc))
-    raise AssertionError("unreachable")  # abort raises
+SUPERSEDED_MESSAGE = "superseded by a newer Exchange stream"
 
 
 class TransportServicer(transport_pb2_grpc.TransportServicer):
@@ -68,9 +43,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
                 try:
                     batch = await consumer.get_batch()
                 except Superseded:
-                    await context.abort(
-                        grpc.StatusCode.ABORTED, "superseded by a newer Exchange stream"
-                    )
+                    raise Aborted(SUPERSEDED_MESSAGE) from None
                 for envelope in batch:
                     yield envelope
         finally:
@@ -96,9 +69,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
                 try:
                     batch = await consumer.get_batch()
                 except Superseded:
-                    await context.abort(
-                        grpc.StatusCode.ABORTED, "superseded by a newer Exchange stream"
-                    )
+                    raise Aborted(SUPERSEDED_MESSAGE) from None
                 yield transport_pb2.EnvelopeBatch(envelopes=batch)
         finally:
             consumer.detach()
@@ -117,10 +88,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
     async def Send(
         self, request: transport_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.SendResponse:
-        try:
-            queued, peers = self._node.send(request)
-        except TransportError as exc:
-            await _abort(context, exc)
+        queued, peers = self._node.send(request)
         return transport_pb2.SendResponse(queued=queued, peers=peers)
 
     async def ListPeers(
@@ -135,33 +103,24 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
     async def BanPeer(
         self, request: transport_pb2.BanPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.BanPeerResponse:
-        try:
-            self._node.ban(
-                request.node_id,
-                duration=request.duration_ms / 1000 if request.duration_ms else None,
-                reason=request.reason or "requested by consensus",
-            )
-        except TransportError as exc:
-            await _abort(context, exc)
+        self._node.ban(
+            request.node_id,
+            duration=request.duration_ms / 1000 if request.duration_ms else None,
+            reason=request.reason or "requested by consensus",
+        )
         return transport_pb2.BanPeerResponse()
 
     async def UnbanPeer(
         self, request: transport_pb2.UnbanPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.UnbanPeerResponse:
-        try:
-            self._node.unban(request.node_id)
-        except TransportError as exc:
-            await _abort(context, exc)
+        self._node.unban(request.node_id)
         return transport_pb2.UnbanPeerResponse()
 
     async def PingPeer(
         self, request: transport_pb2.PingPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.PingPeerResponse:
         timeout = request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_PING_TIMEOUT
-        try:
-            rtt = await self._node.ping(request.node_id, timeout)
-        except TransportError as exc:
-            await _abort(context, exc)
+        rtt = await self._node.ping(request.node_id, timeout)
         return transport_pb2.PingPeerResponse(rtt_ms=rtt * 1000)
 
     async def GetStats(
@@ -174,15 +133,12 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
     async def SetFaults(
         self, request: transport_pb2.SetFaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.SetFaultsResponse:
-        try:
-            self._node.set_faults(
-                request.node_id,
-                drop_rate=request.drop_rate,
-                delay=request.delay_ms / 1000,
-                partitioned=request.partitioned,
-            )
-        except TransportError as exc:
-            await _abort(context, exc)
+        self._node.set_faults(
+            request.node_id,
+            drop_rate=request.drop_rate,
+            delay=request.delay_ms / 1000,
+            partitioned=request.partitioned,
+        )
         return transport_pb2.SetFaultsResponse()
 
     async def ClearFaults(
@@ -190,10 +146,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
         request: transport_pb2.ClearFaultsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> transport_pb2.ClearFaultsResponse:
-        try:
-            self._node.clear_faults()
-        except TransportError as exc:
-            await _abort(context, exc)
+        self._node.clear_faults()
         return transport_pb2.ClearFaultsResponse()
 
 

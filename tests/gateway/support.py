@@ -32,7 +32,8 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, get_backend
-from cretoai.serving import ERROR_CODE_KEY, GrpcService
+from cretoai.errors import ERROR_CODE_KEY
+from cretoai.serving import GrpcService
 from cretoai.v1 import (
     consensus_pb2,
     consensus_pb2_grpc,

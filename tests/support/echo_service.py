@@ -2,7 +2,9 @@
 
 It serves ``/test.Echo/Slow``: waits for the requested milliseconds, then echoes
 the request bytes; its cleanup writes a marker line to stdout so tests can
-check shutdown order. Usage: python -m tests.support.echo_service PORTFILE
+check shutdown order. ``/test.Echo/Fail`` (unary) and ``/test.Echo/FailLater``
+(a stream: one message, then the failure) fail as the request names (see
+:data:`FAILURES`). Usage: python -m tests.support.echo_service PORTFILE
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ from typing import Any
 
 import grpc
 
+from cretoai import errors
 from cretoai.logs import setup_logging
 from cretoai.serving import GrpcService, Servicer
 
 SERVICE = "test.Echo"
+
+#: What ``Fail`` and ``FailLater`` raise, by request bytes.
+FAILURES: dict[bytes, Exception] = {
+    b"not-found": errors.NotFound("no such thing"),
+    b"bad-signature": errors.InvalidArgument("signature invalid", error_code="bad_signature"),
+    b"overloaded": errors.ResourceExhausted("too much"),
+    b"bug": ValueError("a bug"),
+}
 
 
 def echo_servicer(events: list[str] | None = None) -> Servicer:
@@ -29,9 +40,22 @@ def echo_servicer(events: list[str] | None = None) -> Servicer:
             events.append("handled")
         return request
 
+    async def fail(request: bytes, context: Any) -> bytes:
+        if request == b"abort":  # a servicer may still abort by itself
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted by the servicer")
+        raise FAILURES[request]
+
+    async def fail_later(request: bytes, context: Any) -> Any:
+        yield request
+        raise FAILURES[request]
+
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
-        {"Slow": grpc.unary_unary_rpc_method_handler(slow)},
+        {
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "FailLater": grpc.unary_stream_rpc_method_handler(fail_later),
+        },
     )
     return Servicer(
         name=SERVICE, register=lambda server: server.add_generic_rpc_handlers([handler])
