@@ -75,6 +75,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import get_backend
 from cretoai.crypto.keys import NodeKey
@@ -117,7 +118,6 @@ OTHER_LOAD_WARNING = 0.15
 INFLIGHT_CAP = 12_000
 STATUS_RE = re.compile(rb'"status":\s*"([a-z_]+)"')
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVICES = ("gateway", "consensus", "transport", "storage")
 
 
 # -- machine and process figures --------------------------------------------------------
@@ -883,7 +883,7 @@ async def run_step(
     nodes: dict[str, Any] = {}
     for node in cluster.names:
         cpu_by_service: dict[str, float | None] = {}
-        for service in SERVICES:
+        for service in reversed(registry.NAMES):  # stop order: the gateway first
             pid_a = start.pids.get(node, {}).get(service)
             pid_b = end.pids.get(node, {}).get(service)
             if pid_a is None or pid_a != pid_b:

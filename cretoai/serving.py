@@ -1,11 +1,12 @@
 """One way to run a gRPC service: health, reflection, interceptors, metrics, shutdown.
 
-Every service's ``__main__`` builds a :class:`GrpcService` and calls
-:meth:`GrpcService.run`. Startup order: interceptors, servicers, health,
-reflection, start, metrics endpoint, *then* mark SERVING. Shutdown order (on
-SIGTERM/SIGINT or :meth:`stop`): mark NOT_SERVING, stop accepting and drain
-in-flight calls for ``grace`` seconds, run the service's own cleanup, then
-flush telemetry.
+Every service's ``build(cfg)`` returns a :class:`GrpcService` (made with
+:meth:`GrpcService.for_node` from the node config), and
+:func:`cretoai.entry.run_service` calls :meth:`GrpcService.run`. Startup order:
+interceptors, servicers, health, reflection, start, metrics endpoint, *then*
+mark SERVING. Shutdown order (on SIGTERM/SIGINT or :meth:`stop`): mark
+NOT_SERVING, stop accepting and drain in-flight calls for ``grace`` seconds,
+run the service's own cleanup, then flush telemetry.
 
 A servicer reports a failed call by raising a :class:`cretoai.errors.ServiceError`;
 the one place that turns it into the call's status is :func:`_call_status`
@@ -20,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +30,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
+from cretoai import registry
+from cretoai.config import NodeConfig
 from cretoai.errors import ServiceError
 from cretoai.telemetry import Telemetry, extract_context, setup_tracing, start_metrics
 from cretoai.tls import InternalTls, is_loopback
@@ -252,6 +255,29 @@ class GrpcService:
     public: bool = False
     port: int = 0
     metrics_port: int | None = None
+
+    @classmethod
+    def for_node(
+        cls, cfg: NodeConfig, name: str, *, servicers: Sequence[Servicer], **options: Any
+    ) -> Self:
+        """Service ``name`` of the node of ``cfg``, as every service is built: bound where
+        its config section says (:mod:`cretoai.registry`), with the node's name, its
+        metrics endpoint, the node's telemetry settings, and the node's internal TLS
+        unless its API is public. ``options`` are the other fields (``cleanup``,
+        ``max_message_bytes``, a subclass's own fields, ...)."""
+        spec = registry.service(name)
+        return cls(
+            name=name,
+            bind=spec.listen(cfg),
+            servicers=servicers,
+            node=cfg.node.name,
+            metrics_bind=spec.metrics(cfg),
+            otlp_endpoint=cfg.telemetry.otlp_endpoint,
+            sampling_ratio=cfg.telemetry.sampling_ratio,
+            tls=None if spec.public else cfg.internal_tls,
+            public=spec.public,
+            **options,
+        )
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None

@@ -13,11 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cretoai import __version__
+from cretoai import __version__, registry
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import KeyFileError, write_keypair
 
-SERVICES = ("storage", "transport", "consensus", "gateway")
 DEFAULT_CLUSTER_DIR = Path("cluster")
 
 
@@ -52,35 +51,21 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_up(args: argparse.Namespace) -> int:
-    try:
-        module = importlib.import_module("node.supervisor")
-    except ModuleNotFoundError:
-        print(
-            "error: running a local cluster is not yet available in this version "
-            "(the node supervisor lands with issue #7); "
-            "use 'cretoai-node cluster init' to prepare keys and configs",
-            file=sys.stderr,
-        )
-        return 3
-    result: int = module.cluster_up(args)
-    return result
+    from node.supervisor import cluster_up
+
+    return cluster_up(args)
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.service:
-        module = importlib.import_module(f"services.{args.service}.__main__")
+        # the service's own entry point, in this process (what its container runs)
+        module = importlib.import_module(registry.service(args.service).module + ".__main__")
         result: int = module.main(["--config", str(cfg.source)])
         return result
-    try:
-        supervisor = importlib.import_module("node.supervisor")
-    except ModuleNotFoundError:
-        raise CommandError(
-            "supervising all four services is not yet available in this version; "
-            "run each with --service NAME"
-        ) from None
-    started: int = supervisor.start_node(cfg)
-    return started
+    from node.supervisor import start_node
+
+    return start_node(cfg)
 
 
 def _health_of(cfg: NodeConfig, service: str, timeout: float) -> str:
@@ -101,12 +86,10 @@ def _health_of(cfg: NodeConfig, service: str, timeout: float) -> str:
 
 
 def service_targets(cfg: NodeConfig) -> dict[str, str]:
-    return {
-        "storage": cfg.storage_target,
-        "transport": cfg.transport_target,
-        "consensus": cfg.consensus_target,
-        "gateway": cfg.gateway.grpc,
-    }
+    """Where each service of the node is reached, in start order."""
+    from cretoai.channels import service_endpoint
+
+    return {name: service_endpoint(cfg, name)[0] for name in registry.NAMES}
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -201,24 +184,19 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _delegate(module_name: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """A command carried out by ``module_name.func(args)``, imported only when it runs."""
+
     def run(args: argparse.Namespace) -> int:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            raise CommandError(f"'{args.command}' is not available in this version") from None
-        result: int = getattr(module, func)(args)
+        result: int = getattr(importlib.import_module(module_name), func)(args)
         return result
 
     return run
 
 
 def _cmd_sim(argv: Sequence[str]) -> int:
-    try:
-        module = importlib.import_module("services.consensus.sim.__main__")
-    except ModuleNotFoundError:
-        raise CommandError("the simulator is not available in this version") from None
-    result: int = module.main(list(argv))
-    return result
+    from services.consensus.sim.__main__ import main as sim_main
+
+    return sim_main(list(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("start", help="run one node (all four services), or one service of it")
     p.add_argument("--config", required=True, help="the node's TOML config")
-    p.add_argument("--service", choices=SERVICES, help="run only this service (containers)")
+    p.add_argument("--service", choices=registry.NAMES, help="run only this service (containers)")
     p.set_defaults(func=_cmd_start)
 
     p = sub.add_parser("health", help="check every service of a node (exit 0 when all serve)")

@@ -3,7 +3,8 @@
 Each service is a child process (``python -m services.NAME --config FILE``) in
 its own session, so a terminal's Ctrl-C reaches only the supervisor, which then
 stops the children in order. Children are started in dependency order
-(storage, transport, consensus, gateway), each once the previous serves;
+(:data:`cretoai.registry.SERVICES`: storage, transport, consensus, gateway),
+each once the previous serves;
 an unexpected exit is restarted with exponential backoff (reset after a minute
 of uptime). A child that fails to start several times in a row (each run
 shorter than a few seconds) is given up: it is not restarted again, the event
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import signal
@@ -30,6 +30,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cretoai import registry
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import load_private_key
@@ -38,7 +39,6 @@ from node.clusterinit import CLUSTER_FILE, describe_node, init_cluster, load_clu
 
 log = logging.getLogger(__name__)
 
-START_ORDER = ("storage", "transport", "consensus", "gateway")
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_UPTIME_S = 60.0
@@ -52,11 +52,6 @@ READY_TIMEOUT_S = 90.0
 
 class GaveUp(Exception):
     """A child failed to start too many times in a row; the supervisor no longer restarts it."""
-
-
-def missing_services() -> list[str]:
-    """Services whose entry point is not part of this installation."""
-    return [s for s in START_ORDER if importlib.util.find_spec(f"services.{s}.__main__") is None]
 
 
 def health_target(cfg: NodeConfig, service: str) -> tuple[str, InternalTls | None]:
@@ -104,11 +99,7 @@ class Child:
             self._log_handle = self.log_file.open("ab")
         out = self._log_handle if self._log_handle is not None else None
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            f"services.{self.service}",
-            "--config",
-            str(self.config),
+            *registry.service(self.service).command(self.config),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -141,7 +132,7 @@ class Supervisor:
         self.children: list[Child] = []
         for cfg in configs:
             directory = log_dir(cfg)
-            for service in START_ORDER:
+            for service in registry.NAMES:
                 self.children.append(
                     Child(
                         node=cfg.node.name,
@@ -164,7 +155,7 @@ class Supervisor:
     async def start(self, *, timeout: float = READY_TIMEOUT_S) -> None:
         """Start every child in dependency order (per node, nodes in parallel); wait until all
         serve. Raises TimeoutError naming what is not serving, GaveUp when a child is given up."""
-        for service in START_ORDER:
+        for service in registry.NAMES:
             batch = [c for c in self.children if c.service == service]
             for child in batch:
                 await child.spawn()
@@ -258,7 +249,7 @@ class Supervisor:
 
     async def release(self, node: str, service: str | None = None, timeout: float = 60) -> None:
         """Restart held services of ``node`` (in start order) and wait until they serve."""
-        for name in START_ORDER:
+        for name in registry.NAMES:
             for child in self.children_of(node, service):
                 if child.service == name and child.held:
                     child.held = False
@@ -274,7 +265,7 @@ class Supervisor:
             if child.process is not None and child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(signal.SIGCONT)  # a stopped child can't exit
-        for service in reversed(START_ORDER):
+        for service in reversed(registry.NAMES):
             batch = [
                 c
                 for c in self.children
@@ -342,19 +333,8 @@ async def _run_until_signal(
     return await run_until(supervisor, ready, stop, stop_on_give_up=stop_on_give_up)
 
 
-def _check_runnable() -> None:
-    missing = missing_services()
-    if missing:
-        raise ConfigError(
-            "running a node is not yet available in this version: missing service(s) "
-            + ", ".join(missing)
-            + " (they land with issue #7); 'cretoai-node start --service NAME' runs one service"
-        )
-
-
 def start_node(cfg: NodeConfig) -> int:
     """``cretoai-node start --config FILE``: the node's four services, in the foreground."""
-    _check_runnable()
     load_private_key(cfg.key_path, cfg.crypto.backend)  # fail now, clearly, not in four children
     supervisor = Supervisor([cfg], log_dir=lambda _: None)
     supervisor.on_event = lambda message: print(f"  {message}", flush=True)
@@ -368,7 +348,6 @@ def start_node(cfg: NodeConfig) -> int:
 
 def cluster_up(args: argparse.Namespace) -> int:
     """``cretoai-node cluster up``: init the cluster if needed, run it, stop on Ctrl-C."""
-    _check_runnable()
     directory = Path(args.dir).resolve()
     if not (directory / CLUSTER_FILE).exists():
         print(f"initialising a {args.nodes}-node cluster in {directory}", flush=True)
@@ -384,7 +363,10 @@ def cluster_up(args: argparse.Namespace) -> int:
         load_private_key(cfg.key_path, cfg.crypto.backend)
     supervisor = Supervisor(configs, log_dir=lambda cfg: cfg.data_dir.parent / "logs")
     supervisor.on_event = lambda message: print(f"  {message}", flush=True)
-    print(f"starting {len(configs)} node(s), 4 services each (logs in {directory}/node*/logs)…")
+    print(
+        f"starting {len(configs)} node(s), {len(registry.SERVICES)} services each "
+        f"(logs in {directory}/node*/logs)…"
+    )
 
     def ready() -> None:
         summary = {"nodes": [describe_node(c, "") for c in configs]}

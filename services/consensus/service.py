@@ -97,6 +97,8 @@ async def load_executed(storage: storage_pb2_grpc.StorageStub) -> ExecutedState:
 
 
 async def build(cfg: NodeConfig) -> GrpcService:
+    """The consensus service for ``cfg``: the replica restored from storage (waits for
+    storage to answer), its driver started."""
     key = load_private_key(cfg.key_path, cfg.crypto.backend)
     index = cfg.replica_index
     if key.public_key != cfg.validator_public_keys[index]:
@@ -179,9 +181,9 @@ async def build(cfg: NodeConfig) -> GrpcService:
         verifier.close()
         await storage_channel.close()
 
-    service = GrpcService(
-        name="consensus",
-        bind=cfg.consensus.listen,
+    service = GrpcService.for_node(
+        cfg,
+        "consensus",
         servicers=[
             Servicer(
                 name=SERVICE_NAME,
@@ -190,12 +192,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
                 ),
             )
         ],
-        node=cfg.node.name,
-        metrics_bind=cfg.consensus.metrics,
-        otlp_endpoint=cfg.telemetry.otlp_endpoint,
-        sampling_ratio=cfg.telemetry.sampling_ratio,
         cleanup=[cleanup],
-        tls=tls,
     )
     driver.on_fatal = service.fail
     return service

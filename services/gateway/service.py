@@ -2,8 +2,8 @@
 
 Startup: channels to consensus, storage and transport (for health), the one
 ``WatchFinalized`` subscription, the HTTP site on ``gateway.http``; the
-returned :class:`GrpcService` then serves the public gRPC API on
-``gateway.grpc``. Shutdown (the GrpcService's order): not serving → gRPC drain
+returned :class:`GatewayService` (a :class:`GrpcService`) then serves the
+public gRPC API on ``gateway.grpc``. Shutdown (the GrpcService's order): not serving → gRPC drain
 → cleanup here (waiters and subscribers told, HTTP stopped, channels closed,
 crypto pool shut down) → telemetry flushed.
 """
@@ -28,11 +28,10 @@ from services.gateway.rest import RestApi
 CRYPTO_THREADS = 2
 
 
-@dataclass
-class GatewayNode:
-    """A built gateway: its gRPC service (start/stop it) and what tests need to reach."""
+@dataclass(kw_only=True)
+class GatewayService(GrpcService):
+    """The gateway's GrpcService, its HTTP API (already listening) and its core."""
 
-    service: GrpcService
     rest: RestApi
     gateway: Gateway
 
@@ -41,8 +40,9 @@ class GatewayNode:
         return self.rest.port
 
 
-async def create(cfg: NodeConfig) -> GatewayNode:
-    """The gateway for ``cfg`` with its HTTP site listening (KeyFileError, OSError)."""
+async def build(cfg: NodeConfig) -> GatewayService:
+    """The gateway for ``cfg`` with its HTTP site listening (KeyFileError, OSError); its
+    cleanup stops the HTTP site."""
     backend = get_backend(cfg.crypto.backend)
     key = load_private_key(cfg.key_path, backend)
     pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
@@ -78,9 +78,10 @@ async def create(cfg: NodeConfig) -> GatewayNode:
         pool.shutdown(wait=False, cancel_futures=True)
 
     servicer = GatewayServicer(gateway)
-    service = GrpcService(
-        name="gateway",
-        bind=cfg.gateway.grpc,
+    # public (cretoai.registry): the client API; it calls the internal services with TLS
+    service = GatewayService.for_node(
+        cfg,
+        "gateway",
         servicers=[
             Servicer(
                 name=SERVICE_NAME,
@@ -89,12 +90,9 @@ async def create(cfg: NodeConfig) -> GatewayNode:
                 ),
             )
         ],
-        node=cfg.node.name,
-        metrics_bind=cfg.gateway.metrics or None,
-        otlp_endpoint=cfg.telemetry.otlp_endpoint,
-        sampling_ratio=cfg.telemetry.sampling_ratio,
         cleanup=[cleanup],
-        public=True,  # the client API; it calls the internal services with the node's TLS
+        rest=rest,
+        gateway=gateway,
     )
     try:
         await rest.start(cfg.gateway.http)
@@ -104,9 +102,4 @@ async def create(cfg: NodeConfig) -> GatewayNode:
         pool.shutdown(wait=False)
         raise
     hub.start()
-    return GatewayNode(service=service, rest=rest, gateway=gateway)
-
-
-async def build(cfg: NodeConfig) -> GrpcService:
-    """The gateway's GrpcService (the HTTP site already listens; cleanup stops it)."""
-    return (await create(cfg)).service
+    return service

@@ -73,9 +73,9 @@ async def build(cfg: NodeConfig) -> GrpcService:
         await writer.stop()
         await asyncio.to_thread(store.close)
 
-    service = GrpcService(
-        name="storage",
-        bind=cfg.storage.listen,
+    service = GrpcService.for_node(
+        cfg,
+        "storage",
         servicers=[
             Servicer(
                 name=SERVICE_NAME,
@@ -84,12 +84,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
                 ),
             )
         ],
-        node=cfg.node.name,
-        metrics_bind=cfg.storage.metrics or None,
-        otlp_endpoint=cfg.telemetry.otlp_endpoint,
-        sampling_ratio=cfg.telemetry.sampling_ratio,
         max_message_bytes=MAX_MESSAGE_BYTES,
         cleanup=[cleanup],
-        tls=cfg.internal_tls,
     )
     return service

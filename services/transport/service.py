@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend, load_private_key
@@ -33,19 +34,23 @@ async def build_node(cfg: NodeConfig) -> TransportNode:
     return node
 
 
-async def build(cfg: NodeConfig) -> GrpcService:
+@dataclass(kw_only=True)
+class TransportService(GrpcService):
+    """The transport's GrpcService, and its QUIC node (for tests and benchmarks)."""
+
+    transport: TransportNode
+
+
+async def build(cfg: NodeConfig) -> TransportService:
+    """The transport service for ``cfg``; its QUIC node is already bound and dialing."""
     # aioquic logs every handshake at INFO; our own lines say what matters.
     logging.getLogger("quic").setLevel(logging.WARNING)
     node = await build_node(cfg)
-    return GrpcService(
-        name="transport",
-        bind=cfg.transport.listen,
+    return TransportService.for_node(
+        cfg,
+        "transport",
         servicers=[transport_servicer(node)],
-        node=cfg.node.name,
-        metrics_bind=cfg.transport.metrics or None,
-        otlp_endpoint=cfg.telemetry.otlp_endpoint,
-        sampling_ratio=cfg.telemetry.sampling_ratio,
         max_message_bytes=max(16 * 1024 * 1024, 2 * cfg.transport.max_frame_bytes),
         cleanup=[node.stop],
-        tls=cfg.internal_tls,
+        transport=node,
     )

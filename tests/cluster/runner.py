@@ -111,13 +111,14 @@ from typing import Any
 import aiohttp
 import tomli_w
 
+from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import NodeKey, get_backend
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import CONTEXT as VERTEX_CONTEXT
 from cretoai.vertex import canonical_bytes, make_vertex, vertex_hash
 from node.clusterinit import ClusterLayout, init_cluster
-from node.supervisor import START_ORDER, Supervisor
+from node.supervisor import Supervisor
 from services.consensus.core.certificate import InvalidCertificate, verify_certificate
 from services.consensus.core.reputation import Reputation
 from services.storage.store import BACKUP_MANIFEST
@@ -528,7 +529,7 @@ class ClusterRun:
         children = self.supervisor.children_of(node, service)
         for child in children:
             child.held = True  # an exit is not restarted until start_node
-        for name in reversed(START_ORDER):
+        for name in reversed(registry.NAMES):
             for child in children:
                 if child.service != name or child.process is None:
                     continue

@@ -37,6 +37,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cretoai import registry
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import NodeConfig, load_config
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
@@ -46,7 +47,6 @@ from tests.gateway.support import client_key, signed_body
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-SERVICES = ("storage", "transport", "consensus", "gateway")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 #: How the consensus's one-line error starts (``cretoai.entry``, ``GrpcService.run``).
 FAILED = "error: consensus failed: "
@@ -385,7 +385,7 @@ async def test_a_storage_write_error_makes_the_consensus_process_fail(
     config, cfg = node
     started: dict[str, Process] = {}
     try:
-        for service in ("storage", "transport", "consensus"):
+        for service in registry.NAMES[:-1]:  # in start order, all but the gateway
             started[service] = await start_service(config, cfg, service)
         storage, consensus = started["storage"], started["consensus"]
 
@@ -431,7 +431,7 @@ async def test_a_client_giving_up_while_storage_is_halted_does_not_kill_the_cons
     config, cfg = node
     started: dict[str, Process] = {}
     try:
-        for service in ("storage", "transport", "consensus"):
+        for service in registry.NAMES[:-1]:  # in start order, all but the gateway
             started[service] = await start_service(config, cfg, service)
         fail_file_writes(started["storage"].pid)
         async with channel_to(cfg, "consensus") as channel:
@@ -500,7 +500,7 @@ async def fail_and_recover(
         return services_of(supervisor.pid, config)
 
     before = services()
-    assert sorted(before) == sorted(SERVICES), before
+    assert sorted(before) == sorted(registry.NAMES), before
     assert (await submit(gateway, b"before the fault", wait=True))["status"] == "finalized"
 
     async with channel_to(cfg, "consensus") as channel:

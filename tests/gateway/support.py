@@ -43,7 +43,8 @@ from cretoai.v1 import (
     vertex_pb2,
 )
 from cretoai.vertex import BAD_SIGNATURE_MESSAGE, make_vertex, verify_vertex, vertex_hash
-from services.gateway.service import GatewayNode, create
+from services.gateway.service import GatewayService
+from services.gateway.service import build as build_gateway
 from services.storage.service import build as build_storage
 
 PENDING = vertex_pb2.VERTEX_STATUS_PENDING
@@ -284,7 +285,7 @@ class Node:
     storage: GrpcService
     consensus: FakeConsensus
     consensus_server: grpc.aio.Server
-    gateway: GatewayNode
+    gateway: GatewayService
     http: aiohttp.ClientSession
     channel: grpc.aio.Channel
     stub: gateway_pb2_grpc.GatewayStub
@@ -372,13 +373,13 @@ async def start_node(cfg: NodeConfig) -> AsyncIterator[Node]:
         await server.start()
         stack.push_async_callback(server.stop, 0)
         cfg = with_listen(cfg, "consensus", f"127.0.0.1:{port}")
-        gateway = await create(cfg)
-        gateway.service.grace = 0.5
-        await gateway.service.start()
-        stack.push_async_callback(gateway.service.stop)
+        gateway = await build_gateway(cfg)
+        gateway.grace = 0.5
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
         http = aiohttp.ClientSession()
         stack.push_async_callback(http.close)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.service.port}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
         stack.push_async_callback(channel.close)
         node = Node(
             cfg=cfg,

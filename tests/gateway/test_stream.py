@@ -159,7 +159,7 @@ async def test_stream_closes_when_storage_is_unavailable(node: Node) -> None:
 
 async def test_stream_closes_going_away_at_shutdown(node: Node) -> None:
     async with node.http.ws_connect(node.url + "/v1/stream") as ws:
-        await node.gateway.service.stop()
+        await node.gateway.stop()
         message = await ws.receive(timeout=TIMEOUT)
         assert message.type == aiohttp.WSMsgType.CLOSE
         assert message.data == aiohttp.WSCloseCode.GOING_AWAY

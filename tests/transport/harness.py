@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,7 @@ from cretoai.crypto.keys import read_public_key
 from cretoai.serving import GrpcService
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 from services.transport.node import TransportNode
-from services.transport.service import build_node
-from services.transport.servicer import transport_servicer
+from services.transport.service import build
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -138,16 +138,14 @@ class RunningTransport:
 
 
 async def start_transport(cfg: NodeConfig, *, metrics: bool = False) -> RunningTransport:
-    node = await build_node(cfg)
-    service = GrpcService(
-        name="transport",
-        bind="127.0.0.1:0",
-        servicers=[transport_servicer(node)],
-        node=cfg.node.name,
-        metrics_bind="127.0.0.1:0" if metrics else None,
-        grace=1.0,
-        cleanup=[node.stop],
+    """The transport service of ``cfg`` as it runs in a node (its ``build``), in this
+    process, its gRPC API on a free port (and its metrics on one, with ``metrics``)."""
+    transport = dataclasses.replace(
+        cfg.transport, listen="127.0.0.1:0", metrics="127.0.0.1:0" if metrics else ""
     )
+    cfg = dataclasses.replace(cfg, transport=transport)
+    service = await build(cfg)
+    service.grace = 1.0
     await service.start()
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{service.port}",
@@ -158,7 +156,7 @@ async def start_transport(cfg: NodeConfig, *, metrics: bool = False) -> RunningT
     )
     return RunningTransport(
         cfg=cfg,
-        node=node,
+        node=service.transport,
         service=service,
         channel=channel,
         stub=transport_pb2_grpc.TransportStub(channel),
