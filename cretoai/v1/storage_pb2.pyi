@@ -68,28 +68,6 @@ class WriteStateResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class GetStateRequest(_message.Message):
-    __slots__ = ("keys",)
-    KEYS_FIELD_NUMBER: _ClassVar[int]
-    keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
-
-class StateValue(_message.Message):
-    __slots__ = ("key", "found", "value")
-    KEY_FIELD_NUMBER: _ClassVar[int]
-    FOUND_FIELD_NUMBER: _ClassVar[int]
-    VALUE_FIELD_NUMBER: _ClassVar[int]
-    key: bytes
-    found: bool
-    value: bytes
-    def __init__(self, key: _Optional[bytes] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
-
-class GetStateResponse(_message.Message):
-    __slots__ = ("values",)
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    values: _containers.RepeatedCompositeFieldContainer[StateValue]
-    def __init__(self, values: _Optional[_Iterable[_Union[StateValue, _Mapping]]] = ...) -> None: ...
-
 class ScanStateRequest(_message.Message):
     __slots__ = ("prefix", "after", "limit")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -121,14 +99,6 @@ class AppendEvidenceResponse(_message.Message):
     id: int
     duplicate: bool
     def __init__(self, id: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
-
-class ListEvidenceRequest(_message.Message):
-    __slots__ = ("from_id", "limit")
-    FROM_ID_FIELD_NUMBER: _ClassVar[int]
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
-    from_id: int
-    limit: int
-    def __init__(self, from_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class EvidenceRecord(_message.Message):
     __slots__ = ("id", "digest", "offender", "kind", "evidence", "recorded_ms")

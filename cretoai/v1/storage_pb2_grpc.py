@@ -45,11 +45,6 @@ class StorageStub:
                 request_serializer=cretoai_dot_v1_dot_storage__pb2.WriteStateRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_storage__pb2.WriteStateResponse.FromString,
                 _registered_method=True)
-        self.GetState = channel.unary_unary(
-                '/cretoai.v1.Storage/GetState',
-                request_serializer=cretoai_dot_v1_dot_storage__pb2.GetStateRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_storage__pb2.GetStateResponse.FromString,
-                _registered_method=True)
         self.ScanState = channel.unary_stream(
                 '/cretoai.v1.Storage/ScanState',
                 request_serializer=cretoai_dot_v1_dot_storage__pb2.ScanStateRequest.SerializeToString,
@@ -59,11 +54,6 @@ class StorageStub:
                 '/cretoai.v1.Storage/AppendEvidence',
                 request_serializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceResponse.FromString,
-                _registered_method=True)
-        self.ListEvidence = channel.unary_stream(
-                '/cretoai.v1.Storage/ListEvidence',
-                request_serializer=cretoai_dot_v1_dot_storage__pb2.ListEvidenceRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_storage__pb2.EvidenceRecord.FromString,
                 _registered_method=True)
         self.GetVertex = channel.unary_unary(
                 '/cretoai.v1.Storage/GetVertex',
@@ -136,12 +126,6 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ScanState(self, request, context):
         """Every entry under `prefix`, in key order, in pages.
         """
@@ -150,15 +134,9 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AppendEvidence(self, request, context):
-        """Byzantine evidence: appended once (deduplicated by content), listed in
-        the order it was recorded.
+        """Byzantine evidence: appended once (deduplicated by content), numbered in
+        the order it was recorded (GetStats counts it).
         """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListEvidence(self, request, context):
-        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -240,11 +218,6 @@ def add_StorageServicer_to_server(servicer, server):
                     request_deserializer=cretoai_dot_v1_dot_storage__pb2.WriteStateRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_storage__pb2.WriteStateResponse.SerializeToString,
             ),
-            'GetState': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetState,
-                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.GetStateRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_storage__pb2.GetStateResponse.SerializeToString,
-            ),
             'ScanState': grpc.unary_stream_rpc_method_handler(
                     servicer.ScanState,
                     request_deserializer=cretoai_dot_v1_dot_storage__pb2.ScanStateRequest.FromString,
@@ -254,11 +227,6 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.AppendEvidence,
                     request_deserializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_storage__pb2.AppendEvidenceResponse.SerializeToString,
-            ),
-            'ListEvidence': grpc.unary_stream_rpc_method_handler(
-                    servicer.ListEvidence,
-                    request_deserializer=cretoai_dot_v1_dot_storage__pb2.ListEvidenceRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_storage__pb2.EvidenceRecord.SerializeToString,
             ),
             'GetVertex': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVertex,
@@ -371,33 +339,6 @@ class Storage:
             _registered_method=True)
 
     @staticmethod
-    def GetState(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cretoai.v1.Storage/GetState',
-            cretoai_dot_v1_dot_storage__pb2.GetStateRequest.SerializeToString,
-            cretoai_dot_v1_dot_storage__pb2.GetStateResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def ScanState(request,
             target,
             options=(),
@@ -441,33 +382,6 @@ class Storage:
             '/cretoai.v1.Storage/AppendEvidence',
             cretoai_dot_v1_dot_storage__pb2.AppendEvidenceRequest.SerializeToString,
             cretoai_dot_v1_dot_storage__pb2.AppendEvidenceResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListEvidence(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/cretoai.v1.Storage/ListEvidence',
-            cretoai_dot_v1_dot_storage__pb2.ListEvidenceRequest.SerializeToString,
-            cretoai_dot_v1_dot_storage__pb2.EvidenceRecord.FromString,
             options,
             channel_credentials,
             insecure,

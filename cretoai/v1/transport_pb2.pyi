@@ -30,14 +30,6 @@ class EnvelopeBatch(_message.Message):
     envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
     def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
 
-class SendResponse(_message.Message):
-    __slots__ = ("queued", "peers")
-    QUEUED_FIELD_NUMBER: _ClassVar[int]
-    PEERS_FIELD_NUMBER: _ClassVar[int]
-    queued: bool
-    peers: int
-    def __init__(self, queued: _Optional[bool] = ..., peers: _Optional[int] = ...) -> None: ...
-
 class ListPeersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -106,16 +98,6 @@ class BanPeerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class UnbanPeerRequest(_message.Message):
-    __slots__ = ("node_id",)
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
-
-class UnbanPeerResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class PingPeerRequest(_message.Message):
     __slots__ = ("node_id", "timeout_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -160,14 +142,6 @@ class SetFaultsRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., drop_rate: _Optional[float] = ..., delay_ms: _Optional[int] = ..., partitioned: _Optional[bool] = ...) -> None: ...
 
 class SetFaultsResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class ClearFaultsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class ClearFaultsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -44,11 +44,6 @@ class TransportStub:
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.FromString,
                 _registered_method=True)
-        self.Send = channel.unary_unary(
-                '/cretoai.v1.Transport/Send',
-                request_serializer=cretoai_dot_v1_dot_transport__pb2.Envelope.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_transport__pb2.SendResponse.FromString,
-                _registered_method=True)
         self.ListPeers = channel.unary_unary(
                 '/cretoai.v1.Transport/ListPeers',
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.ListPeersRequest.SerializeToString,
@@ -58,11 +53,6 @@ class TransportStub:
                 '/cretoai.v1.Transport/BanPeer',
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.BanPeerRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_transport__pb2.BanPeerResponse.FromString,
-                _registered_method=True)
-        self.UnbanPeer = channel.unary_unary(
-                '/cretoai.v1.Transport/UnbanPeer',
-                request_serializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerResponse.FromString,
                 _registered_method=True)
         self.PingPeer = channel.unary_unary(
                 '/cretoai.v1.Transport/PingPeer',
@@ -78,11 +68,6 @@ class TransportStub:
                 '/cretoai.v1.Transport/SetFaults',
                 request_serializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsResponse.FromString,
-                _registered_method=True)
-        self.ClearFaults = channel.unary_unary(
-                '/cretoai.v1.Transport/ClearFaults',
-                request_serializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsRequest.SerializeToString,
-                response_deserializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsResponse.FromString,
                 _registered_method=True)
 
 
@@ -110,15 +95,6 @@ class TransportServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Send(self, request, context):
-        """Queue one envelope (`to` one peer, or empty for broadcast).
-        NOT_FOUND: `to` is not a member. INVALID_ARGUMENT: `to` is this node, or the
-        payload exceeds the maximum frame size.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ListPeers(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -127,15 +103,9 @@ class TransportServicer:
 
     def BanPeer(self, request, context):
         """Close the peer's connection at once and refuse its reconnects until the ban
-        expires or UnbanPeer. Bans live in memory: consensus re-issues them after a
-        transport restart.
+        expires. Bans live in memory: consensus re-issues them after a transport
+        restart.
         """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UnbanPeer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -157,13 +127,8 @@ class TransportServicer:
 
     def SetFaults(self, request, context):
         """Fault injection for tests: FAILED_PRECONDITION unless [fault_injection] enabled.
+        All zero (and not partitioned) heals the link.
         """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ClearFaults(self, request, context):
-        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -181,11 +146,6 @@ def add_TransportServicer_to_server(servicer, server):
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.FromString,
                     response_serializer=cretoai_dot_v1_dot_transport__pb2.EnvelopeBatch.SerializeToString,
             ),
-            'Send': grpc.unary_unary_rpc_method_handler(
-                    servicer.Send,
-                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.Envelope.FromString,
-                    response_serializer=cretoai_dot_v1_dot_transport__pb2.SendResponse.SerializeToString,
-            ),
             'ListPeers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPeers,
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.ListPeersRequest.FromString,
@@ -195,11 +155,6 @@ def add_TransportServicer_to_server(servicer, server):
                     servicer.BanPeer,
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.BanPeerRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_transport__pb2.BanPeerResponse.SerializeToString,
-            ),
-            'UnbanPeer': grpc.unary_unary_rpc_method_handler(
-                    servicer.UnbanPeer,
-                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_transport__pb2.UnbanPeerResponse.SerializeToString,
             ),
             'PingPeer': grpc.unary_unary_rpc_method_handler(
                     servicer.PingPeer,
@@ -215,11 +170,6 @@ def add_TransportServicer_to_server(servicer, server):
                     servicer.SetFaults,
                     request_deserializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_transport__pb2.SetFaultsResponse.SerializeToString,
-            ),
-            'ClearFaults': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClearFaults,
-                    request_deserializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsRequest.FromString,
-                    response_serializer=cretoai_dot_v1_dot_transport__pb2.ClearFaultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -287,33 +237,6 @@ class Transport:
             _registered_method=True)
 
     @staticmethod
-    def Send(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cretoai.v1.Transport/Send',
-            cretoai_dot_v1_dot_transport__pb2.Envelope.SerializeToString,
-            cretoai_dot_v1_dot_transport__pb2.SendResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def ListPeers(request,
             target,
             options=(),
@@ -357,33 +280,6 @@ class Transport:
             '/cretoai.v1.Transport/BanPeer',
             cretoai_dot_v1_dot_transport__pb2.BanPeerRequest.SerializeToString,
             cretoai_dot_v1_dot_transport__pb2.BanPeerResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UnbanPeer(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cretoai.v1.Transport/UnbanPeer',
-            cretoai_dot_v1_dot_transport__pb2.UnbanPeerRequest.SerializeToString,
-            cretoai_dot_v1_dot_transport__pb2.UnbanPeerResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -465,33 +361,6 @@ class Transport:
             '/cretoai.v1.Transport/SetFaults',
             cretoai_dot_v1_dot_transport__pb2.SetFaultsRequest.SerializeToString,
             cretoai_dot_v1_dot_transport__pb2.SetFaultsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ClearFaults(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cretoai.v1.Transport/ClearFaults',
-            cretoai_dot_v1_dot_transport__pb2.ClearFaultsRequest.SerializeToString,
-            cretoai_dot_v1_dot_transport__pb2.ClearFaultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

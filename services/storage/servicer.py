@@ -29,7 +29,6 @@ from services.storage.validate import (
     check_hash,
     check_keys,
     check_optional_hash,
-    check_state_keys,
     check_write_state,
     limit_of,
 )
@@ -209,14 +208,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.GetVertexStatusesResponse(records=self._store.vertex_statuses(hashes))
 
     @_unary
-    async def GetState(
-        self, request: storage_pb2.GetStateRequest, context: Context
-    ) -> storage_pb2.GetStateResponse:
-        state_keys = list(request.keys)
-        check_state_keys(state_keys)
-        return storage_pb2.GetStateResponse(values=self._store.get_state(state_keys))
-
-    @_unary
     async def GetStats(
         self, request: storage_pb2.GetStatsRequest, context: Context
     ) -> storage_pb2.StorageStats:
@@ -244,20 +235,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             if remaining is not None:
                 remaining -= len(entries)
             after = entries[-1].key
-
-    async def ListEvidence(
-        self, request: storage_pb2.ListEvidenceRequest, context: Context
-    ) -> AsyncIterator[storage_pb2.EvidenceRecord]:
-        remaining = limit_of(request.limit)
-        next_id = max(request.from_id, 1)
-        while remaining > 0:
-            records = self._store.evidence(from_id=next_id, limit=min(remaining, PAGE))
-            if not records:
-                break
-            for record in records:
-                yield record
-            remaining -= len(records)
-            next_id = records[-1].id + 1
 
     async def ListParents(
         self, request: storage_pb2.ListParentsRequest, context: Context

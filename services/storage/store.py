@@ -961,15 +961,6 @@ class Store:
             )
         return entry
 
-    def get_state(self, state_keys: Sequence[bytes]) -> list[storage_pb2.StateValue]:
-        if not state_keys:
-            return []
-        raws = self._multi_get(keys.CONSENSUS_STATE, state_keys)
-        return [
-            storage_pb2.StateValue(key=k, found=v is not None, value=v or b"")
-            for k, v in zip(state_keys, raws, strict=True)
-        ]
-
     def scan_state(
         self, prefix: bytes, *, after: bytes | None, limit: int
     ) -> list[storage_pb2.StateEntry]:
@@ -983,17 +974,6 @@ class Store:
             if size >= STATE_PAGE_BYTES:
                 break
         return out
-
-    def evidence(self, *, from_id: int, limit: int) -> list[storage_pb2.EvidenceRecord]:
-        cap = self.published.evidence
-        first = max(from_id, 1)
-        if first > cap:
-            return []
-        end = keys.evidence_key(cap + 1)
-        return [
-            storage_pb2.EvidenceRecord.FromString(value)
-            for _, value in self._scan(keys.EVIDENCE, keys.evidence_key(first), end, limit)
-        ]
 
     def disk_bytes(self) -> int:
         return dir_bytes(self.path)

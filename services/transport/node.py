@@ -533,14 +533,6 @@ class TransportNode:
         if duration is not None:
             loop.call_at(peer.banned_until, peer.wake.set)
 
-    def unban(self, node_id: str) -> None:
-        peer = self._peer(node_id)
-        if peer.banned_until is not None:
-            log.info("peer unbanned", extra={"fields": {"peer": peer.name}})
-        peer.banned_until = None
-        peer.attempts = 0
-        peer.wake.set()
-
     def _is_banned(self, peer: Peer) -> bool:
         until = peer.banned_until
         if until is None:
@@ -609,13 +601,6 @@ class TransportNode:
             elif was_partitioned and not partitioned:
                 peer.attempts = 0
                 peer.wake.set()
-
-    def clear_faults(self) -> None:
-        if not self.settings.fault_injection:
-            raise FaultInjectionDisabled("fault injection is disabled ([fault_injection] enabled)")
-        for peer in self._peers.values():
-            if peer.faults != Faults():
-                self.set_faults(peer.node_id, drop_rate=0.0, delay=0.0, partitioned=False)
 
     def counters(self) -> dict[str, int]:
         out = dict(self.stats.counters)

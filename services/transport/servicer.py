@@ -85,12 +85,6 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
             for envelope in batch.envelopes:
                 send(envelope)
 
-    async def Send(
-        self, request: transport_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> transport_pb2.SendResponse:
-        queued, peers = self._node.send(request)
-        return transport_pb2.SendResponse(queued=queued, peers=peers)
-
     async def ListPeers(
         self, request: transport_pb2.ListPeersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> transport_pb2.ListPeersResponse:
@@ -109,12 +103,6 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
             reason=request.reason or "requested by consensus",
         )
         return transport_pb2.BanPeerResponse()
-
-    async def UnbanPeer(
-        self, request: transport_pb2.UnbanPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> transport_pb2.UnbanPeerResponse:
-        self._node.unban(request.node_id)
-        return transport_pb2.UnbanPeerResponse()
 
     async def PingPeer(
         self, request: transport_pb2.PingPeerRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -140,14 +128,6 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
             partitioned=request.partitioned,
         )
         return transport_pb2.SetFaultsResponse()
-
-    async def ClearFaults(
-        self,
-        request: transport_pb2.ClearFaultsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> transport_pb2.ClearFaultsResponse:
-        self._node.clear_faults()
-        return transport_pb2.ClearFaultsResponse()
 
 
 def transport_servicer(node: TransportNode) -> Servicer:

@@ -364,8 +364,8 @@ async def test_committed_data_survives_a_restart(tmp_path: object) -> None:
         assert [list(e.batch.vertices) for e in entries] == [
             list(r.batch.vertices) for r in requests
         ]
-        value = await running.stub.GetState(storage_pb2.GetStateRequest(keys=[b"view"]))
-        assert value.values[0].value == b"\x00\x07"
+        pages = await collect(running.stub.ScanState(storage_pb2.ScanStateRequest(prefix=b"v")))
+        assert [(e.key, e.value) for p in pages for e in p.entries] == [(b"view", b"\x00\x07")]
         reply = await running.stub.CommitBatch(dag.next_batch(20))
         assert reply.last_seq == 6
     finally:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import grpc
 
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
-from tests.storage.support import Running, collect
+from tests.storage.support import RawDb, Running, collect
 from tests.storage.test_commit import expect
 
 Entry = storage_pb2.StateEntry
 
 
 async def state(running: Running, *keys: bytes) -> list[bytes | None]:
-    reply = await running.stub.GetState(storage_pb2.GetStateRequest(keys=list(keys)))
-    return [v.value if v.found else None for v in reply.values]
+    """Each key's value (None: absent), as consensus reads them: by ScanState."""
+    values: list[bytes | None] = []
+    for key in keys:
+        found = await scan(running, key, limit=1)
+        values.append(found[0][1] if found and found[0][0] == key else None)
+    return values
 
 
 async def scan(running: Running, prefix: bytes = b"", **kw: object) -> list[tuple[bytes, bytes]]:
@@ -119,11 +123,6 @@ async def test_malformed_state_requests(running: Running) -> None:
     )
     await expect(
         invalid,
-        running.stub.GetState(storage_pb2.GetStateRequest(keys=[b"k"] * 1025)),
-        "keys: 1025 keys",
-    )
-    await expect(
-        invalid,
         collect(running.stub.ScanState(storage_pb2.ScanStateRequest(prefix=b"p" * 2000))),
         "prefix: 2000 bytes",
     )
@@ -137,7 +136,17 @@ def evidence(a: bytes, b: bytes, signer: int = 2) -> pbft_pb2.Evidence:
     return pbft_pb2.Evidence(first=signed(a, signer), second=signed(b, signer))
 
 
-async def test_evidence_is_recorded_once_and_listed_in_order(running: Running) -> None:
+def stored_evidence(running: Running) -> list[storage_pb2.EvidenceRecord]:
+    """The evidence records in the database, in id order (read once the service stopped)."""
+    with RawDb(running.cfg.storage_path, read_only=True) as db:
+        return [
+            storage_pb2.EvidenceRecord.FromString(value)
+            for key, value in db.items("evidence")
+            if key.startswith(b"e")
+        ]
+
+
+async def test_evidence_is_recorded_once_in_order(running: Running) -> None:
     first = await running.stub.AppendEvidence(
         storage_pb2.AppendEvidenceRequest(
             evidence=evidence(b"prepare v1 s7 d1", b"prepare v1 s7 d2"), kind="equivocation"
@@ -158,18 +167,15 @@ async def test_evidence_is_recorded_once_and_listed_in_order(running: Running) -
             )
         )
         assert reply.id == i + 2
-    records = await collect(running.stub.ListEvidence(storage_pb2.ListEvidenceRequest()))
+    stats = await running.stub.GetStats(storage_pb2.GetStatsRequest())
+    assert stats.evidence == 6
+    await running.stop()
+    records = stored_evidence(running)
     assert [r.id for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[0].offender == 2 and records[0].kind == "equivocation"
     assert records[0].evidence == evidence(b"prepare v1 s7 d1", b"prepare v1 s7 d2")
     assert records[3].offender == 2 and len(records[3].digest) == 32
     assert records[0].recorded_ms > 0
-    page = await collect(
-        running.stub.ListEvidence(storage_pb2.ListEvidenceRequest(from_id=3, limit=2))
-    )
-    assert [r.id for r in page] == [3, 4]
-    stats = await running.stub.GetStats(storage_pb2.GetStatsRequest())
-    assert stats.evidence == 6
 
 
 async def test_malformed_evidence(running: Running) -> None:
@@ -209,9 +215,7 @@ async def test_malformed_evidence(running: Running) -> None:
     ]
     for request, needle in cases:
         await expect(invalid, running.stub.AppendEvidence(request), needle)
-    assert await collect(running.stub.ListEvidence(storage_pb2.ListEvidenceRequest())) == []
-    await expect(
-        invalid,
-        collect(running.stub.ListEvidence(storage_pb2.ListEvidenceRequest(limit=1001))),
-        "limit: 1001",
-    )
+    stats = await running.stub.GetStats(storage_pb2.GetStatsRequest())
+    assert stats.evidence == 0
+    await running.stop()
+    assert stored_evidence(running) == []

@@ -112,6 +112,14 @@ def make_cluster(
     return spec
 
 
+@dataclass(frozen=True)
+class Sent:
+    #: Queued for every destination.
+    queued: bool
+    #: How many peers it was queued for (broadcast: up to n - 1).
+    peers: int
+
+
 @dataclass
 class RunningTransport:
     cfg: NodeConfig
@@ -127,6 +135,13 @@ class RunningTransport:
     async def stop(self) -> None:
         await self.channel.close()
         await self.service.stop()
+
+    async def send(self, envelope: transport_pb2.Envelope) -> Sent:
+        """Queue ``envelope`` as the Exchange stream does, but raising for a bad destination
+        or size (UnknownPeer, InvalidRequest); then let the loop run (the transport sends)."""
+        queued, peers = self.node.send(envelope)
+        await asyncio.sleep(0)
+        return Sent(queued=queued, peers=peers)
 
     async def peers(self) -> dict[str, transport_pb2.Peer]:
         reply = await self.stub.ListPeers(transport_pb2.ListPeersRequest(), timeout=5)

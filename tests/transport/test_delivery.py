@@ -17,11 +17,9 @@ async def test_three_nodes_connect_and_deliver_in_order(transports: Starter) -> 
     stream_c = c.stub.Exchange()
     count = 200
     for i in range(count):
-        reply = await a.stub.Send(
-            transport_pb2.Envelope(to=b.node_id, payload=b"b%05d" % i), timeout=5
-        )
+        reply = await a.send(transport_pb2.Envelope(to=b.node_id, payload=b"b%05d" % i))
         assert reply.queued and reply.peers == 1
-    reply = await a.stub.Send(transport_pb2.Envelope(payload=b"to-all"), timeout=5)
+    reply = await a.send(transport_pb2.Envelope(payload=b"to-all"))
     assert reply.queued and reply.peers == 2
 
     async def read(stream: object, n: int) -> list[transport_pb2.Envelope]:
@@ -56,8 +54,8 @@ async def test_a_message_needing_the_whole_window_follows_a_small_one_at_once(
     for i in range(5):
         small = transport_pb2.Envelope(to=b.node_id, payload=b"s%d" % i)
         big = transport_pb2.Envelope(to=b.node_id, payload=bytes(window + 1000))
-        assert (await a.stub.Send(small, timeout=5)).queued
-        assert (await a.stub.Send(big, timeout=5)).queued
+        assert (await a.send(small)).queued
+        assert (await a.send(big)).queued
         first = await asyncio.wait_for(stream.read(), 2)
         second = await asyncio.wait_for(stream.read(), 2)  # a keep-alive is 8 s away
         assert first.payload == b"s%d" % i and len(second.payload) == window + 1000
@@ -72,9 +70,8 @@ async def test_four_nodes_all_to_all_in_order_per_sender(transports: Starter) ->
     # every node broadcasts `count` numbered messages, interleaved with the others
     for i in range(count):
         for node in nodes:
-            await node.stub.Send(
-                transport_pb2.Envelope(payload=node.node_id[:8].encode() + b":%05d" % i),
-                timeout=5,
+            await node.send(
+                transport_pb2.Envelope(payload=node.node_id[:8].encode() + b":%05d" % i)
             )
 
     async def collect(node_id: str) -> dict[str, list[int]]:
@@ -132,8 +129,8 @@ async def test_simultaneous_dials_leave_one_working_connection(transports: Start
     lower = min(a.node_id, b.node_id)
     assert (pa.direction == "outbound") == (a.node_id == lower)
     inbound_b, inbound_a = b.stub.Exchange(), a.stub.Exchange()
-    await a.stub.Send(transport_pb2.Envelope(to=b.node_id, payload=b"a->b"), timeout=5)
-    await b.stub.Send(transport_pb2.Envelope(to=a.node_id, payload=b"b->a"), timeout=5)
+    await a.send(transport_pb2.Envelope(to=b.node_id, payload=b"a->b"))
+    await b.send(transport_pb2.Envelope(to=a.node_id, payload=b"b->a"))
     assert (await asyncio.wait_for(inbound_b.read(), 5)).payload == b"a->b"
     assert (await asyncio.wait_for(inbound_a.read(), 5)).payload == b"b->a"
     inbound_a.cancel()

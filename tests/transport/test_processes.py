@@ -45,7 +45,7 @@ async def test_reconnection_after_a_peer_restarts(tmp_path: Path) -> None:
 
         await eventually(c_connected_to_both, timeout=40, what="process peer connected")
         call = proc.stub.Exchange()
-        await a.stub.Send(transport_pb2.Envelope(to=proc.node_id, payload=b"before"), timeout=5)
+        await a.send(transport_pb2.Envelope(to=proc.node_id, payload=b"before"))
         assert (await read_n(call, 1))[0].payload == b"before"
         call.cancel()
 
@@ -65,8 +65,8 @@ async def test_reconnection_after_a_peer_restarts(tmp_path: Path) -> None:
         # delivery works again, in order, from both survivors
         call = proc.stub.Exchange()
         for i in range(50):
-            await a.stub.Send(transport_pb2.Envelope(to=proc.node_id, payload=b"a%02d" % i))
-            await b.stub.Send(transport_pb2.Envelope(to=proc.node_id, payload=b"b%02d" % i))
+            await a.send(transport_pb2.Envelope(to=proc.node_id, payload=b"a%02d" % i))
+            await b.send(transport_pb2.Envelope(to=proc.node_id, payload=b"b%02d" % i))
         got = await read_n(call, 100)
         from_a = [e.payload for e in got if getattr(e, "from") == a.node_id]
         from_b = [e.payload for e in got if getattr(e, "from") == b.node_id]
@@ -118,9 +118,7 @@ async def test_a_stalled_peer_blocks_nobody_and_memory_stays_bounded(tmp_path: P
         reading = asyncio.create_task(reader())
         for i in range(total):
             # broadcast: every message goes to b *and* to the stalled process
-            reply = await a.stub.Send(
-                transport_pb2.Envelope(payload=b"%06d" % i + payload), timeout=5
-            )
+            reply = await a.send(transport_pb2.Envelope(payload=b"%06d" % i + payload))
             assert reply.peers == 2
         await asyncio.wait_for(reading, 60)
         elapsed = time.monotonic() - started
