@@ -80,6 +80,7 @@ from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import get_backend
 from cretoai.crypto.keys import NodeKey
 from cretoai.vertex import make_vertex, vertex_hash
+from devkit.ports import free_base_port
 from node.clusterinit import init_cluster
 from node.supervisor import Supervisor
 
@@ -347,8 +348,6 @@ class Cluster:
         self.logs: dict[str, Any] = {}
 
     async def start(self) -> None:
-        from tests.conftest import free_base_port
-
         self.incarnations += 1
         base = free_base_port(20 * self.nodes + 20)
         layout = init_cluster(

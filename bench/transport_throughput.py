@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cretoai.v1 import transport_pb2
-from tests.transport.harness import TransportProcess, eventually, make_cluster, spawnable
+from devkit.transport import TransportProcess, eventually, make_cluster, spawnable
 
 RESULT = Path(__file__).resolve().parent / "results" / "transport_throughput.json"
 TARGET_RTT_P99_MS = 2.0

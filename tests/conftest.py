@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from devkit.ports import free_base_port
 from node.clusterinit import ClusterLayout, init_cluster
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_base_port(count: int = 20 * 8) -> int:
-    """A base port whose next ``count`` TCP+UDP loopback ports are free right now."""
-    import random
-
-    from node.clusterinit import ports_free
-
-    rng = random.Random(os.getpid() ^ os.urandom(2)[0])
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - count, 20)
-        if not ports_free("127.0.0.1", list(range(base, base + count, 7))):
-            return base
-    raise RuntimeError("no free port range on loopback")
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import pytest
 from cretoai import registry
 from cretoai.config import load_config
 from cretoai.crypto import load_private_key
+from devkit.ports import free_base_port
 from node.clusterinit import load_cluster
-from tests.conftest import cli, free_base_port
+from tests.conftest import cli
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

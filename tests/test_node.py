@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, cli, free_base_port
+from devkit.ports import free_base_port
+from tests.conftest import REPO, cli
 from tests.gateway.support import client_key, signed_body
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.ports import free_base_port
 from tests.cluster.runner import SCENARIOS, Scenario, run_scenario
-from tests.conftest import free_base_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 

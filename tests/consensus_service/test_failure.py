@@ -41,8 +41,9 @@ from cretoai import registry
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import NodeConfig, load_config
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
+from devkit.ports import free_base_port
 from node.clusterinit import ClusterLayout
-from tests.conftest import cli, free_base_port
+from tests.conftest import cli
 from tests.gateway.support import client_key, signed_body
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.transport.harness import ClusterSpec, RunningTransport, make_cluster, start_transport
+from devkit.transport import ClusterSpec, RunningTransport, make_cluster, start_transport
 
 Starter = Callable[..., Awaitable[tuple[ClusterSpec, list[RunningTransport]]]]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from cretoai.v1 import transport_pb2
+from devkit.transport import all_connected, eventually
 from tests.transport.conftest import Starter
-from tests.transport.harness import all_connected, eventually
 
 
 async def test_three_nodes_connect_and_deliver_in_order(transports: Starter) -> None:

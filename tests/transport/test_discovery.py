@@ -13,15 +13,15 @@ from typing import cast
 import pytest
 
 from cretoai.v1 import transport_pb2
-from services.transport import auth, stun
-from tests.transport.harness import (
+from devkit.ports import free_udp_ports
+from devkit.transport import (
     RunningTransport,
     all_connected,
     eventually,
-    free_udp_ports,
     make_cluster,
     start_transport,
 )
+from services.transport import auth, stun
 
 
 def stale(port: int) -> str:

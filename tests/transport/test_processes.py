@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cretoai.v1 import transport_pb2
-from tests.transport.harness import (
+from devkit.transport import (
     TransportProcess,
     eventually,
     make_cluster,

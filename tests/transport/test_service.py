@@ -16,11 +16,11 @@ from cretoai.config import parse_config
 from cretoai.crypto import write_keypair
 from cretoai.crypto.keys import read_public_key
 from cretoai.v1 import transport_pb2
+from devkit.transport import RunningTransport, all_connected, eventually
 from services.transport.errors import CloseCode, InvalidRequest, UnknownPeer
 from services.transport.framing import FrameType, encode_frame
 from services.transport.service import build_node
 from tests.transport.conftest import Starter
-from tests.transport.harness import RunningTransport, all_connected, eventually
 
 
 async def read_n(call: object, n: int, timeout: float = 10.0) -> list[transport_pb2.Envelope]:
@@ -387,7 +387,7 @@ async def test_exchange_batches(transports: Starter) -> None:
 async def test_prometheus_metrics_are_exported(tmp_path: Path) -> None:
     import urllib.request
 
-    from tests.transport.harness import make_cluster, start_transport
+    from devkit.transport import make_cluster, start_transport
 
     spec = make_cluster(tmp_path, 2)
     a = await start_transport(spec.config(0), metrics=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,15 +13,17 @@ from typing import Any
 import grpc
 import tomli_w
 
+from cretoai import registry
 from cretoai.config import NodeConfig, parse_config, to_toml_dict
 from cretoai.crypto import write_keypair
 from cretoai.crypto.keys import read_public_key
 from cretoai.serving import GrpcService
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
+from devkit.ports import free_tcp_port, free_udp_ports
 from services.transport.node import TransportNode
 from services.transport.service import build
 
-REPO = str(Path(__file__).resolve().parents[2])
+REPO = str(Path(__file__).resolve().parents[1])
 
 #: Fast timers so that tests see reconnections and timeouts quickly.
 FAST_TRANSPORT: dict[str, Any] = {
@@ -32,20 +33,6 @@ FAST_TRANSPORT: dict[str, Any] = {
     "keepalive_ms": 1_000,
     "idle_timeout_ms": 10_000,
 }
-
-
-def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Distinct loopback UDP ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass
@@ -203,12 +190,6 @@ async def all_connected(nodes: list[RunningTransport], timeout: float = 15.0) ->
     await eventually(check, timeout=timeout, what="every pair connected")
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class TransportProcess:
     """``python -m services.transport --config F`` as a real child process."""
@@ -226,14 +207,8 @@ class TransportProcess:
         return transport_pb2_grpc.TransportStub(self.channel)
 
     async def start(self, timeout: float = 20.0) -> None:
-        import sys
-
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.transport",
-            "--config",
-            str(self.config),
+            *registry.service("transport").command(self.config),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             cwd=REPO,
