@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +44,7 @@ from devkit.ports import free_base_port
 from node.clusterinit import ClusterLayout
 from tests.conftest import cli
 from tests.gateway.support import client_key, signed_body
+from tests.support.processes import Process, wait_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -54,96 +54,6 @@ FAILED = "error: consensus failed: "
 
 
 # ------------------------------------------------------------------------------ processes
-
-
-class Process:
-    """A child process (own session) whose stdout and stderr are read line by line."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        self.name = name
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = asyncio.Condition()
-        assert proc.stdout is not None and proc.stderr is not None
-        self._pumps = [
-            asyncio.create_task(self._pump(proc.stdout, self.out)),
-            asyncio.create_task(self._pump(proc.stderr, self.err)),
-        ]
-
-    @classmethod
-    async def start(cls, name: str, argv: list[str], cwd: Path) -> Process:
-        # Pipes, not files: RLIMIT_FSIZE does not apply to them, so the storage
-        # service's own log lines after the fault are kept. The working directory is
-        # not the repository, so that PYTHONPATH decides which code runs.
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            limit=1 << 20,  # a log line with a traceback is long
-        )
-        return cls(name, proc)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def _pump(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
-        while raw := await stream.readline():
-            async with self._changed:
-                lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._changed.notify_all()
-
-    def output(self) -> str:
-        return "\n".join([f"--- {self.name} stdout", *self.out, "--- stderr", *self.err])
-
-    async def wait_line(self, needle: str, *, stderr: bool = False, timeout: float) -> str:
-        """The first line (of stdout, or stderr) containing ``needle``, as soon as it is out."""
-        lines = self.err if stderr else self.out
-
-        def found() -> str | None:
-            return next((line for line in lines if needle in line), None)
-
-        try:
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: found() is not None)
-        except TimeoutError:
-            raise AssertionError(
-                f"{self.name}: no line with {needle!r} within {timeout:.0f}s\n{self.output()}"
-            ) from None
-        line = found()
-        assert line is not None
-        return line
-
-    async def wait(self, timeout: float) -> int:
-        """The exit code, once the process has exited and its output is read."""
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"{self.name} still running after {timeout:.0f}s\n{self.output()}"
-            ) from None
-        await asyncio.wait_for(asyncio.gather(*self._pumps), 10)
-        return code
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
-        """Signal it (if still running) and wait; SIGKILL when it does not exit in time."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        # its last lines (a child that outlived it would hold the pipes open)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._pumps), 10)
-        for pump in self._pumps:
-            pump.cancel()
-        return self.proc.returncode if self.proc.returncode is not None else -1
 
 
 def children_of(parent: int) -> dict[int, bytes]:
@@ -246,16 +156,6 @@ async def health(cfg: NodeConfig, service: str) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-async def wait_serving(cfg: NodeConfig, service: str, proc: Process, timeout: float = 60) -> None:
-    """Until ``service`` (run by ``proc``) serves; fails at once if it exits."""
-
-    async def serving() -> bool:
-        assert proc.proc.returncode is None, f"it exited\n{proc.output()}"
-        return await health(cfg, service) == "SERVING"
-
-    await wait_until(f"{service} SERVING", serving, timeout)
-
-
 async def node_health(config: Path, cwd: Path) -> tuple[int, dict[str, str]]:
     """``cretoai-node health --json``: its exit code and each service's status."""
     proc = await asyncio.create_subprocess_exec(
@@ -353,7 +253,7 @@ async def start_service(config: Path, cfg: NodeConfig, service: str) -> Process:
         # the consensus as an operator runs one service (e.g. in a container)
         cli("start", "--config", str(config), "--service", service)
         if service == "consensus"
-        else [sys.executable, "-m", f"services.{service}", "--config", str(config)]
+        else registry.service(service).command(config)
     )
     proc = await Process.start(service, argv, config.parent)
     await wait_serving(cfg, service, proc)
