@@ -68,6 +68,10 @@ class GatewaySection:
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).
     stream_buffer_bytes: int = 16 * 1_048_576
+    #: ML-DSA-87 key file (0600) the gateway signs *unsigned* submissions with: a client
+    #: identity of this gateway, never a validator key. Empty: unsigned submissions are
+    #: refused (422 signature_required); clients then sign their vertices themselves.
+    submitter_key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +217,13 @@ class NodeConfig:
     @property
     def key_path(self) -> Path:
         return self._resolve(self.node.key)
+
+    @property
+    def submitter_key_path(self) -> Path | None:
+        """The gateway's submitter key file, or None (unsigned submissions refused)."""
+        return (
+            self._resolve(Path(self.gateway.submitter_key)) if self.gateway.submitter_key else None
+        )
 
     @property
     def data_dir(self) -> Path:

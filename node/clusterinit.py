@@ -61,6 +61,8 @@ class ClusterLayout:
         return self.directory / CLUSTER_FILE
 
 
+#: The gateway's key for unsigned submissions (a client identity, not a validator's).
+SUBMITTER_KEY_FILE = "submitter.key"
 #: Each node's internal TLS files live in this folder of the node's directory.
 TLS_DIR = "tls"
 
@@ -88,6 +90,7 @@ def _node_sections(
             "http": f"{host}:{http_port}",
             "grpc": f"{host}:{block + 4}",
             "metrics": f"{host}:{block + 10}",
+            "submitter_key": SUBMITTER_KEY_FILE,
         },
         "consensus": {"listen": f"{host}:{block + 1}", "metrics": f"{host}:{block + 11}"},
         "transport": {"listen": f"{host}:{block + 2}", "metrics": f"{host}:{block + 12}"},
@@ -137,6 +140,10 @@ def init_cluster(
             continue
         write_keypair(node_dir, force=force)
         public_keys.append(read_public_key(node_dir / PUBLIC_KEY_FILE))
+    for name in names:  # the gateways' own keys for unsigned submissions (not validators)
+        node_dir = directory / name
+        if not (reuse_keys and (node_dir / SUBMITTER_KEY_FILE).exists()):
+            write_keypair(node_dir, force=True, stem="submitter")
     validators = [
         {
             "name": name,

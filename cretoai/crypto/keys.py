@@ -78,14 +78,15 @@ def _pem_to_seed(pem: bytes, path: Path) -> bytes:
     return bytes(seed)
 
 
-def write_keypair(directory: Path, *, force: bool = False) -> tuple[Path, str]:
-    """Generate a key pair into ``directory``; return the private key path and the node id.
+def write_keypair(directory: Path, *, force: bool = False, stem: str = "node") -> tuple[Path, str]:
+    """Generate a key pair into ``directory`` (``<stem>.key``, ``<stem>.pub``); return the
+    private key path and the key's id.
 
     Refuses to overwrite existing key files unless ``force``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    private_path = directory / PRIVATE_KEY_FILE
-    public_path = directory / PUBLIC_KEY_FILE
+    private_path = directory / f"{stem}.key"
+    public_path = directory / f"{stem}.pub"
     if not force:
         for existing in (private_path, public_path):
             if existing.exists():

@@ -1,10 +1,11 @@
 """What the gateway does, shared by its REST, WebSocket and gRPC APIs.
 
 A submission is checked in this order, cheapest first: payload size (413),
-shape (422; an unsigned vertex is then signed by the node key in a thread
-pool), and only then handed to consensus, which verifies the client's signature
-once for the node (422 ``bad_signature``) and its parents (each finalized or
-pending at this node, else 422 ``unknown_parent``); its refusals are mapped by
+shape (422; an unsigned vertex is then signed by the gateway's submitter key,
+never a validator key, in a thread pool), and only then handed to consensus,
+which verifies the client's signature once for the node (422 ``bad_signature``)
+and its parents (each finalized or pending at this node, else 422
+``unknown_parent``); its refusals are mapped by
 :func:`services.gateway.errors.from_backend`.
 """
 
@@ -66,7 +67,7 @@ class Gateway:
     def __init__(
         self,
         *,
-        key: NodeKey,
+        key: NodeKey | None,
         consensus: ConsensusClient,
         storage: StorageClient,
         hub: FinalityHub,
@@ -85,10 +86,6 @@ class Gateway:
         self._in_progress = 0
         #: Monotonic time until which submissions are shed (consensus said overloaded).
         self._shed_until = 0.0
-
-    @property
-    def node_id(self) -> str:
-        return self._key.node_id
 
     # ------------------------------------------------------------------ submit
 
@@ -160,6 +157,12 @@ class Gateway:
             self._check_shape(vertex)
             # Consensus verifies the signature (once per node, with its cache).
             return vertex, vertex_hash(vertex)
+        if self._key is None:
+            raise ApiError(
+                "signature_required",
+                "this gateway does not sign submissions (gateway.submitter_key is unset): "
+                "sign the vertex yourself and send public_key, signature and timestamp_ms",
+            )
         # Check the shape before spending a signature on it.
         self._check_shape(
             vertex_pb2.Vertex(
@@ -177,6 +180,7 @@ class Gateway:
             raise ApiError("invalid_vertex", problem)
 
     def _sign(self, draft: Draft, timestamp_ms: int) -> tuple[vertex_pb2.Vertex, bytes]:
+        assert self._key is not None
         vertex = make_vertex(self._key, draft.payload, draft.parents, timestamp_ms)
         return vertex, vertex_hash(vertex)
 

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cretoai.channels import service_channel
-from cretoai.config import NodeConfig
-from cretoai.crypto import get_backend, load_private_key
+from cretoai.config import ConfigError, NodeConfig
+from cretoai.crypto import NodeKey, get_backend, load_private_key
+from cretoai.crypto.backend import Backend
 from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import gateway_pb2_grpc
 from services.gateway.backends import ConsensusClient, StorageClient
@@ -24,8 +25,26 @@ from services.gateway.finality import FinalityHub
 from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer
 from services.gateway.rest import RestApi
 
-#: Threads that sign unsigned vertices with the node key (signing releases the GIL).
+#: Threads that sign unsigned vertices with the submitter key (signing releases the GIL).
 CRYPTO_THREADS = 2
+
+
+def submitter_key(cfg: NodeConfig, backend: Backend) -> NodeKey | None:
+    """The key unsigned submissions are signed with, or None when they are turned off.
+
+    The gateway is the node's public process: it never loads the validator key, and a
+    submitter key that is a validator's is refused.
+    """
+    path = cfg.submitter_key_path
+    if path is None:
+        return None
+    key = load_private_key(path, backend)
+    if key.public_key in cfg.validator_public_keys:
+        raise ConfigError(
+            f"{cfg.source}: gateway.submitter_key {path} is a validator key; the gateway "
+            "must not hold one (make a key of its own: cretoai-node keygen)"
+        )
+    return key
 
 
 @dataclass(kw_only=True)
@@ -44,7 +63,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
     """The gateway for ``cfg`` with its HTTP site listening (KeyFileError, OSError); its
     cleanup stops the HTTP site."""
     backend = get_backend(cfg.crypto.backend)
-    key = load_private_key(cfg.key_path, backend)
+    key = submitter_key(cfg, backend)
     pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
     tls = cfg.internal_tls
     channels = {

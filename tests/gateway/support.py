@@ -295,10 +295,13 @@ class Node:
         return f"http://127.0.0.1:{self.gateway.http_port}"
 
     @property
-    def node_key(self) -> NodeKey:
+    def submitter_key(self) -> NodeKey:
+        """The gateway's key for unsigned submissions (cluster init makes one per node)."""
         from cretoai.crypto import load_private_key
 
-        return load_private_key(self.cfg.key_path, "cryptography")
+        path = self.cfg.submitter_key_path
+        assert path is not None
+        return load_private_key(path, "cryptography")
 
     async def request(
         self, method: str, path: str, *, body: Any = None, data: Any = None, **kwargs: Any
@@ -327,12 +330,17 @@ class Node:
 
 
 def node_config(path: Any, **gateway: Any) -> NodeConfig:
-    """The cluster config of node 1, with metrics off and ``gateway`` settings applied."""
+    """The cluster config of node 1, with metrics off and ``gateway`` settings applied.
+
+    Internal TLS is off: these tests run the gateway against a fake consensus on
+    loopback (tests/test_internal_tls.py covers TLS).
+    """
     cfg = load_config(path, environ={})
     return dataclasses.replace(
         cfg,
         gateway=dataclasses.replace(cfg.gateway, **{"metrics": "", **gateway}),
         storage=dataclasses.replace(cfg.storage, metrics=""),
+        tls=dataclasses.replace(cfg.tls, ca="", cert="", key=""),
     )
 
 

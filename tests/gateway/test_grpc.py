@@ -41,7 +41,7 @@ async def test_submit_and_get_vertex(node: Node) -> None:
     )
     assert reply.status == PENDING and not reply.HasField("record")
     [vertex] = node.consensus.submissions
-    assert reply.hash == vertex_hash(vertex) and vertex.creator == node.node_key.public_key
+    assert reply.hash == vertex_hash(vertex) and vertex.creator == node.submitter_key.public_key
     record = await node.stub.GetVertex(
         gateway_pb2.GatewayGetVertexRequest(hash=reply.hash), timeout=TIMEOUT
     )

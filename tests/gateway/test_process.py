@@ -61,7 +61,9 @@ async def until(check: Callable[[], Any], proc: subprocess.Popen[bytes]) -> None
     raise AssertionError("the gateway did not come up")
 
 
-async def test_gateway_process_serves_and_stops_cleanly(cluster_factory: Any) -> None:
+async def test_gateway_process_serves_and_stops_cleanly_without_a_validator_key(
+    cluster_factory: Any,
+) -> None:
     config = cluster_factory(1).nodes[0].config
     http, grpc_port, metrics, consensus, storage = free_ports(5)
     env = {
@@ -71,6 +73,8 @@ async def test_gateway_process_serves_and_stops_cleanly(cluster_factory: Any) ->
         "CRETOAI_GATEWAY_METRICS": f"127.0.0.1:{metrics}",
         "CRETOAI_CONSENSUS_LISTEN": f"127.0.0.1:{consensus}",
         "CRETOAI_STORAGE_LISTEN": f"127.0.0.1:{storage}",
+        # The gateway never loads the validator key: here there is none to load.
+        "CRETOAI_NODE_KEY": str(config.parent / "no-such-validator.key"),
     }
     log = config.parent / "gateway.log"
     proc = spawn(config, env, log)

@@ -10,12 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 
-from cretoai.config import NodeConfig
+from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend
 from cretoai.vertex import verify_vertex, vertex_hash
 from services.gateway.errors import CODES
-from tests.gateway.support import TIMEOUT, Node, client_key, signed_body, start_node
+from tests.gateway.support import (
+    TIMEOUT,
+    Node,
+    client_key,
+    node_config,
+    signed_body,
+    start_node,
+)
 
 
 def b64(data: bytes) -> str:
@@ -37,7 +45,7 @@ def assert_error(status: int, body: Any, expected_status: int, code: str) -> Non
 # ---------------------------------------------------------------------------- submit
 
 
-async def test_submit_unsigned_is_signed_by_the_node(node: Node) -> None:
+async def test_submit_unsigned_is_signed_by_the_gateways_submitter_key(node: Node) -> None:
     before = int(time.time() * 1000)
     status, body = await node.post("/v1/vertices", {"payload": b64(b"hi")})
     assert status == 202, body
@@ -45,7 +53,8 @@ async def test_submit_unsigned_is_signed_by_the_node(node: Node) -> None:
     [vertex] = node.consensus.submissions
     assert vertex_hash(vertex).hex() == body["hash"]
     assert vertex.payload == b"hi" and list(vertex.parents) == []
-    assert vertex.creator == node.node_key.public_key
+    assert vertex.creator == node.submitter_key.public_key
+    assert vertex.creator not in node.cfg.validator_public_keys  # never a validator key
     assert before <= vertex.timestamp_ms <= int(time.time() * 1000)
     assert verify_vertex(vertex, get_backend("cryptography"))
 
@@ -291,7 +300,7 @@ async def test_wait_answers_200_once_final(node: Node) -> None:
     assert base64.b64decode(record["payload"]) == b"w"
     assert record["certificate"]["seq"] == 1
     assert record["certificate"]["batch_digest"] == batch.batch_digest.hex()
-    assert len(record["certificate"]["commits"]) == 3
+    assert len(record["certificate"]["commits"]) == 1  # a one-node cluster: q = 1
 
 
 async def test_wait_reports_a_rejection(node: Node) -> None:
@@ -356,11 +365,10 @@ async def test_get_vertex_pending_finalized_and_unknown(node: Node) -> None:
     await node.consensus.finalize_pending()
     status, record = await node.get(f"/v1/vertices/{h.upper()}")
     assert (status, record["status"], record["seq"], record["height"]) == (200, "finalized", 1, 0)
-    assert record["certificate"]["commits"][0] == {
-        "signer": 0,
-        "body": b"commit-1-0".hex(),
-        "signature": (b"s" * 8).hex(),
-    }
+    [commit] = node.consensus.batches[0].certificate.commits
+    assert record["certificate"]["commits"] == [
+        {"signer": 0, "body": commit.body.hex(), "signature": commit.signature.hex()}
+    ]
     status, record = await node.get(f"/v1/vertices/{reply['hash']}")
     assert (record["seq"], record["height"], record["parents"]) == (2, 1, [h])
     assert (await node.get(f"/v1/vertices/{child.hex()}"))[1]["status"] == "finalized"
@@ -470,3 +478,26 @@ async def test_trace_context_continues_into_consensus(node: Node) -> None:
     [metadata] = node.consensus.submit_metadata
     _version, got_trace, parent, _flags = metadata["traceparent"].split("-")
     assert got_trace == trace_id and parent != "00f067aa0ba902b7"
+
+
+async def test_unsigned_submissions_can_be_turned_off(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    async with start_node(make_config(submitter_key="")) as node:
+        status, body = await node.post("/v1/vertices", {"payload": b64(b"hi")})
+        assert status == 422 and body["error"]["code"] == "signature_required", body
+        assert "sign the vertex yourself" in body["error"]["message"]
+        assert node.consensus.submissions == []
+        signed, _ = signed_body(client_key(), b"mine")
+        status, body = await node.post("/v1/vertices", signed)
+        assert status == 202, body
+
+
+async def test_a_validator_key_as_submitter_key_is_refused(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    cfg = make_config()
+    bad = node_config(cfg.source, submitter_key=str(cfg.key_path))
+    with pytest.raises(ConfigError, match="is a validator key"):
+        async with start_node(bad):
+            pass
