@@ -20,24 +20,45 @@ import tomli_w
 import cretoai.vertex
 from cretoai.config import NodeConfig, parse_config
 from cretoai.crypto import get_backend
+from cretoai.crypto.backend import PrivateKey
 from cretoai.serving import GrpcService
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
+from services.consensus.core import crypto as pbft_crypto
+from services.consensus.core.codec import encode_body
+from services.consensus.core.messages import Commit
 from services.storage.service import build
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC_KEY_SIZE = 2592
 SIGNATURE_SIZE = 4627
 
-_PUBLIC_KEY: str | None = None
+#: The test validator set: n = 4 (q = 3), keys derived from fixed seeds.
+VALIDATORS = 4
+QUORUM = 3
+
+_KEYS: dict[int, PrivateKey] = {}
 
 
-def validator_key() -> str:
-    """A real ML-DSA-87 public key, hex (generated once per test process)."""
-    global _PUBLIC_KEY
-    if _PUBLIC_KEY is None:
-        backend = get_backend("cryptography")
-        _PUBLIC_KEY = backend.private_key_from_seed(os.urandom(32)).public_key.hex()
-    return _PUBLIC_KEY
+def _key(index: int) -> PrivateKey:
+    """Validator ``index``'s ML-DSA-87 key (``index >= VALIDATORS``: a key of no member)."""
+    if index not in _KEYS:
+        seed = hashlib.sha3_256(b"cretoai tests: validator %d" % index).digest()
+        _KEYS[index] = get_backend("cryptography").private_key_from_seed(seed)
+    return _KEYS[index]
+
+
+def validator_keys() -> list[PrivateKey]:
+    """The private keys of the test validator set, in replica order."""
+    return [_key(i) for i in range(VALIDATORS)]
+
+
+def outsider_key() -> PrivateKey:
+    """A real ML-DSA-87 key that is not in the validator set."""
+    return _key(VALIDATORS)
+
+
+def validator_public_keys() -> tuple[bytes, ...]:
+    return tuple(key.public_key for key in validator_keys())
 
 
 def config_dict(
@@ -46,7 +67,12 @@ def config_dict(
     return {
         "node": {"name": "node1", "key": "node.key", "data_dir": str(tmp / "data")},
         "validators": [
-            {"name": "node1", "public_key": validator_key(), "address": "127.0.0.1:7000"}
+            {
+                "name": f"node{i + 1}",
+                "public_key": public_key.hex(),
+                "address": f"127.0.0.1:{7000 + i}",
+            }
+            for i, public_key in enumerate(validator_public_keys())
         ],
         "storage": {
             "listen": f"127.0.0.1:{port}",
@@ -105,19 +131,29 @@ def make_vertex(
     )
 
 
-def digest_of(hashes: Sequence[bytes]) -> bytes:
-    return hashlib.sha3_256(b"batch" + b"".join(hashes)).digest()
+def batch_digest(vertices: Sequence[vertex_pb2.Vertex]) -> bytes:
+    """The consensus digest of a batch: over the signed digest of each copy, in order."""
+    return pbft_crypto.batch_digest(cretoai.vertex.signed_digest(v) for v in vertices)
 
 
-def certificate(seq: int, digest: bytes, view: int = 0) -> vertex_pb2.FinalityCertificate:
+def signed_commit(
+    seq: int, digest: bytes, *, signer: int, view: int = 0, key: PrivateKey | None = None
+) -> vertex_pb2.SignedMessage:
+    """A COMMIT signed as a replica signs it (``key`` defaults to validator ``signer``'s)."""
+    body = encode_body(Commit(view=view, seq=seq, digest=digest))
+    signature = pbft_crypto.MlDsaSigner(key or _key(signer)).sign(body)
+    return vertex_pb2.SignedMessage(body=body, signature=signature, signer=signer)
+
+
+def certificate(
+    seq: int, digest: bytes, view: int = 0, signers: Sequence[int] = range(QUORUM)
+) -> vertex_pb2.FinalityCertificate:
+    """A real finality certificate: COMMITs of ``signers`` (a quorum by default)."""
     return vertex_pb2.FinalityCertificate(
         view=view,
         seq=seq,
         batch_digest=digest,
-        commits=[
-            vertex_pb2.SignedMessage(body=b"commit-%d-%d" % (seq, i), signature=b"s" * 64, signer=i)
-            for i in range(3)
-        ],
+        commits=[signed_commit(seq, digest, signer=s, view=view) for s in signers],
     )
 
 
@@ -129,9 +165,11 @@ def commit_request(
     reasons: dict[int, str] | None = None,
     hashes: Sequence[bytes] | None = None,
 ) -> storage_pb2.CommitBatchRequest:
-    """A CommitBatch request; ``rejected`` are positions the executor rejected."""
+    """A CommitBatch request as consensus sends it: the batch digest over the copies' signed
+    digests and a real certificate; ``rejected`` are positions the executor rejected,
+    ``hashes`` (default: each vertex's hash) the results' hashes."""
     hashes = list(hashes) if hashes is not None else [vertex_hash(v) for v in vertices]
-    digest = digest_of(hashes)
+    digest = batch_digest(vertices)
     reasons = reasons or {}
     results = [
         storage_pb2.ExecutionResult(
