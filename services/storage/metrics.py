@@ -63,6 +63,18 @@ WRITER_QUEUE = Gauge("cretoai_storage_writer_queue_depth", "Writes queued or in 
 WRITE_ERRORS = Counter(
     "cretoai_storage_write_errors_total", "Writes that failed on disk or in RocksDB", ["kind"]
 )
+PROOF_CHECK = Histogram(
+    "cretoai_storage_commit_proof_seconds",
+    "Time to check a CommitBatch's proof of finality (the digest of its vertices and its "
+    "certificate's signatures, on the certify threads), until it may go on to the writer",
+    buckets=_FAST,
+)
+COMMIT_REFUSALS = Counter(
+    "cretoai_storage_commit_refusals_total",
+    "CommitBatch requests refused for want of a valid proof of finality (nothing written), "
+    "by the check that failed: missing, seq, digest, certificate",
+    ["check"],
+)
 HALTED = Gauge("cretoai_storage_halted", "1 while writes are refused after a write error")
 LOOP_LAG = Histogram(
     "cretoai_storage_event_loop_lag_seconds",

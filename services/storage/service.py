@@ -9,9 +9,11 @@ import logging
 from grpc_health.v1 import health_pb2
 
 from cretoai.config import NodeConfig
+from cretoai.crypto import get_backend
 from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import storage_pb2_grpc
 from services.storage import metrics
+from services.storage.certify import Certifier
 from services.storage.servicer import SERVICE_NAME, StorageServicer
 from services.storage.store import Store
 from services.storage.writer import Writer
@@ -56,7 +58,11 @@ async def build(cfg: NodeConfig) -> GrpcService:
             for name in ("", SERVICE_NAME):
                 await service.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    servicer = StorageServicer(store, writer, node=cfg.node.name, on_halt=halted)
+    # a finalized batch is stored only with a certificate of this validator set
+    certifier = Certifier(cfg.validator_public_keys, get_backend(cfg.crypto.backend))
+    servicer = StorageServicer(
+        store, writer, certifier=certifier, node=cfg.node.name, on_halt=halted
+    )
     tasks = [
         asyncio.create_task(watch_loop_lag(), name="storage-loop-lag"),
         asyncio.create_task(
@@ -71,6 +77,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await writer.stop()
+        certifier.close()
         await asyncio.to_thread(store.close)
 
     service = GrpcService.for_node(

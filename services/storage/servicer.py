@@ -20,6 +20,7 @@ import grpc
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from services.storage import keys, metrics
+from services.storage.certify import Certifier
 from services.storage.errors import InvalidArgument, NotFound, WriteFailed
 from services.storage.store import Store, dir_bytes, now_ms, write_backup_manifest
 from services.storage.validate import (
@@ -74,11 +75,13 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         store: Store,
         writer: Writer,
         *,
+        certifier: Certifier,
         node: str = "",
         on_halt: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._writer = writer
+        self._certifier = certifier
         self._node = node
         self._on_halt = on_halt
         self._halted = False
@@ -110,6 +113,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     ) -> storage_pb2.CommitBatchResponse:
         started = time.perf_counter()
         check_commit(request)
+        await self._certifier.check(request.batch)  # the proof of finality, off the loop
         store = self._store
         outcome = await self._writer.submit(lambda: store.commit_batch(request), kind="commit")
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)

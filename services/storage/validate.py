@@ -39,6 +39,8 @@ def limit_of(value: int, what: str = "limit") -> int:
 
 
 def check_commit(request: storage_pb2.CommitBatchRequest) -> None:
+    """The shape of a CommitBatch request. Its proof of finality (the certificate, and the
+    digest of the vertices) is checked next, by :mod:`services.storage.certify`."""
     if not request.HasField("batch"):
         raise InvalidArgument("batch: missing")
     batch = request.batch
@@ -48,15 +50,6 @@ def check_commit(request: storage_pb2.CommitBatchRequest) -> None:
         raise InvalidArgument(
             f"batch.batch_digest: {len(batch.batch_digest)} bytes; a digest is {HASH_SIZE} bytes"
         )
-    if not batch.HasField("certificate"):
-        raise InvalidArgument("batch.certificate: missing (a finalized batch needs its proof)")
-    cert = batch.certificate
-    if cert.seq != batch.seq:
-        raise InvalidArgument(f"batch.certificate.seq: {cert.seq}, the batch is {batch.seq}")
-    if cert.batch_digest != batch.batch_digest:
-        raise InvalidArgument("batch.certificate.batch_digest: differs from batch.batch_digest")
-    if not cert.commits:
-        raise InvalidArgument("batch.certificate.commits: empty")
     if len(request.results) != len(batch.vertices):
         raise InvalidArgument(
             f"results: {len(request.results)} for {len(batch.vertices)} vertices; "

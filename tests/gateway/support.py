@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from cretoai.config import NodeConfig, load_config
-from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, get_backend
+from cretoai.crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, NodeKey, get_backend, load_private_key
 from cretoai.errors import ERROR_CODE_KEY
 from cretoai.serving import GrpcService
 from cretoai.v1 import (
@@ -42,7 +42,16 @@ from cretoai.v1 import (
     storage_pb2_grpc,
     vertex_pb2,
 )
-from cretoai.vertex import BAD_SIGNATURE_MESSAGE, make_vertex, verify_vertex, vertex_hash
+from cretoai.vertex import (
+    BAD_SIGNATURE_MESSAGE,
+    make_vertex,
+    signed_digest,
+    verify_vertex,
+    vertex_hash,
+)
+from services.consensus.core.codec import encode_body
+from services.consensus.core.crypto import MlDsaSigner, batch_digest
+from services.consensus.core.messages import Commit
 from services.gateway.service import GatewayService
 from services.gateway.service import build as build_gateway
 from services.storage.service import build as build_storage
@@ -90,8 +99,11 @@ def raw_vertex(payload: bytes) -> vertex_pb2.Vertex:
 class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
     """The tests' stand-in for the consensus service (see the module docstring)."""
 
-    def __init__(self, storage: storage_pb2_grpc.StorageStub) -> None:
+    def __init__(self, storage: storage_pb2_grpc.StorageStub, validator: NodeKey) -> None:
         self._storage = storage
+        #: The node's validator key: it signs the COMMIT of each batch (a one-node cluster's
+        #: quorum), since storage stores a batch only with a valid finality certificate.
+        self._signer = MlDsaSigner(validator.private)
         self._backend = get_backend("cryptography")
         self.submissions: list[vertex_pb2.Vertex] = []
         self.submit_metadata: list[dict[str, str]] = []
@@ -233,16 +245,14 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         rejected = set(rejected)
         seq = len(self.batches) + 1
         hashes = [vertex_hash(v) for v in vertices]
-        digest = hashlib.sha3_256(b"batch%d" % seq + b"".join(hashes)).digest()
+        digest = batch_digest(signed_digest(v) for v in vertices)
+        commit = encode_body(Commit(view=0, seq=seq, digest=digest))
         certificate = vertex_pb2.FinalityCertificate(
             view=0,
             seq=seq,
             batch_digest=digest,
             commits=[
-                vertex_pb2.SignedMessage(
-                    body=b"commit-%d-%d" % (seq, i), signature=b"s" * 8, signer=i
-                )
-                for i in range(3)
+                vertex_pb2.SignedMessage(body=commit, signature=self._signer.sign(commit), signer=0)
             ],
         )
         batch = vertex_pb2.FinalizedBatch(
@@ -372,7 +382,10 @@ async def start_node(cfg: NodeConfig) -> AsyncIterator[Node]:
         cfg = with_listen(cfg, "storage", f"127.0.0.1:{storage.port}")
         storage_channel = grpc.aio.insecure_channel(cfg.storage.listen)
         stack.push_async_callback(storage_channel.close)
-        fake = FakeConsensus(storage_pb2_grpc.StorageStub(storage_channel))
+        fake = FakeConsensus(
+            storage_pb2_grpc.StorageStub(storage_channel),
+            load_private_key(cfg.key_path, "cryptography"),
+        )
         server = grpc.aio.server()
         consensus_pb2_grpc.add_ConsensusServicer_to_server(fake, server)
         health_servicer = health.aio.HealthServicer()

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
+from cretoai.crypto import get_backend
 from cretoai.v1 import storage_pb2, vertex_pb2
+from services.consensus.core.codec import encode_body
+from services.consensus.core.messages import Commit
+from services.storage.certify import Certifier
 from tests.storage.support import (
     Dag,
     Running,
+    certificate,
     collect,
     commit_request,
     make_config,
     make_vertex,
+    outsider_key,
+    signed_commit,
     start_service,
+    validator_keys,
+    validator_public_keys,
     vertex_hash,
 )
 
@@ -118,8 +132,17 @@ async def test_a_resent_identical_batch_is_acknowledged_again(running: Running) 
     # a different certificate (another quorum) for the same batch is still the same batch
     other_proof = storage_pb2.CommitBatchRequest()
     other_proof.CopyFrom(first)
-    del other_proof.batch.certificate.commits[1:]
+    other_proof.batch.certificate.CopyFrom(
+        certificate(1, first.batch.batch_digest, view=2, signers=[3, 1, 0])
+    )
     assert (await running.stub.CommitBatch(other_proof)).already_committed
+    # ... but a re-sent batch needs a valid proof too
+    del other_proof.batch.certificate.commits[1:]
+    await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        running.stub.CommitBatch(other_proof),
+        "certificate has 1 COMMITs, need 3",
+    )
 
 
 async def test_a_different_batch_at_a_committed_seq_is_refused(running: Running) -> None:
@@ -337,6 +360,218 @@ async def test_malformed_batches_are_invalid_arguments(
     mutate(request)
     await expect(grpc.StatusCode.INVALID_ARGUMENT, running.stub.CommitBatch(request), needle)
     assert (await stats(running)).last_seq == 0
+
+
+# ---------------------------------------------------------------------------- forged batches
+
+
+def _refusals(check: str) -> float:
+    value = REGISTRY.get_sample_value("cretoai_storage_commit_refusals_total", {"check": check})
+    return 0.0 if value is None else value
+
+
+Forgery = Callable[[storage_pb2.CommitBatchRequest], storage_pb2.CommitBatchRequest | None]
+
+
+def _forgeries() -> list[tuple[str, Forgery, str, str]]:
+    """(name, forge the genuine seq-1 request, what the refusal says, the metric's check)."""
+
+    def outsider(r: storage_pb2.CommitBatchRequest) -> None:
+        # a real ML-DSA-87 COMMIT for this very batch, by a key of no member, claiming index 2
+        r.batch.certificate.commits[2].CopyFrom(
+            signed_commit(1, r.batch.batch_digest, signer=2, key=outsider_key())
+        )
+
+    def outsiders(r: storage_pb2.CommitBatchRequest) -> None:
+        # a whole quorum of non-members, under their own (out-of-set) indexes
+        del r.batch.certificate.commits[:]
+        r.batch.certificate.commits.extend(
+            signed_commit(1, r.batch.batch_digest, signer=i, key=outsider_key()) for i in (4, 5, 6)
+        )
+
+    def below_quorum(r: storage_pb2.CommitBatchRequest) -> None:
+        del r.batch.certificate.commits[2:]  # 2 valid COMMITs of 4 validators; q = 3
+
+    def duplicate_signer(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.certificate.commits[2].CopyFrom(
+            signed_commit(1, r.batch.batch_digest, signer=1)  # replica 1 again, freshly signed
+        )
+
+    def other_vertices(r: storage_pb2.CommitBatchRequest) -> storage_pb2.CommitBatchRequest:
+        # the genuine (valid) certificate and digest, with vertices it does not prove
+        forged = commit_request(1, [make_vertex(), make_vertex(), make_vertex()])
+        forged.batch.batch_digest = r.batch.batch_digest
+        forged.batch.certificate.CopyFrom(r.batch.certificate)
+        return forged
+
+    def other_copy(r: storage_pb2.CommitBatchRequest) -> None:
+        # the same contents (and hashes), another signature on one copy: another batch
+        r.batch.vertices[1].signature = os.urandom(len(r.batch.vertices[1].signature))
+
+    def other_seq(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.certificate.CopyFrom(certificate(2, r.batch.batch_digest))
+
+    def other_seq_relabelled(r: storage_pb2.CommitBatchRequest) -> None:
+        # valid COMMITs for seq 2 in a certificate that claims seq 1
+        r.batch.certificate.CopyFrom(certificate(2, r.batch.batch_digest))
+        r.batch.certificate.seq = 1
+
+    def tampered_body(r: storage_pb2.CommitBatchRequest) -> None:
+        # still decodes to the same COMMIT (an unknown field appended), but is not what was signed
+        r.batch.certificate.commits[0].body += b"\x78\x01"
+
+    def body_for_another_view(r: storage_pb2.CommitBatchRequest) -> None:
+        for commit in r.batch.certificate.commits:
+            commit.body = encode_body(Commit(view=5, seq=1, digest=r.batch.batch_digest))
+        r.batch.certificate.view = 5
+
+    def tampered_signature(r: storage_pb2.CommitBatchRequest) -> None:
+        signature = bytearray(r.batch.certificate.commits[1].signature)
+        signature[100] ^= 1
+        r.batch.certificate.commits[1].signature = bytes(signature)
+
+    def malformed_body(r: storage_pb2.CommitBatchRequest) -> None:
+        r.batch.certificate.commits[0].body = b"not a PbftMessage"
+
+    invalid_signature = "has an invalid signature"
+    return [
+        ("non-member key", outsider, "COMMIT from replica 2 " + invalid_signature, "certificate"),
+        (
+            "non-member indexes",
+            outsiders,
+            "COMMIT from replica 4 " + invalid_signature,
+            "certificate",
+        ),
+        ("below quorum", below_quorum, "certificate has 2 COMMITs, need 3", "certificate"),
+        ("duplicate signer", duplicate_signer, "two COMMITs from one replica", "certificate"),
+        ("other vertices", other_vertices, "not the digest of batch.vertices", "digest"),
+        ("other copy", other_copy, "not the digest of batch.vertices", "digest"),
+        ("other seq", other_seq, "batch.certificate.seq: 2, the batch is 1", "seq"),
+        ("other seq relabelled", other_seq_relabelled, "does not match", "certificate"),
+        (
+            "tampered body",
+            tampered_body,
+            "COMMIT from replica 0 " + invalid_signature,
+            "certificate",
+        ),
+        ("body for another view", body_for_another_view, invalid_signature, "certificate"),
+        (
+            "tampered signature",
+            tampered_signature,
+            "COMMIT from replica 1 " + invalid_signature,
+            "certificate",
+        ),
+        ("malformed body", malformed_body, "malformed certificate", "certificate"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "forge", "needle", "check"), _forgeries(), ids=[f[0] for f in _forgeries()]
+)
+async def test_a_forged_finalized_batch_is_refused_and_nothing_is_written(
+    running: Running,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    forge: Forgery,
+    needle: str,
+    check: str,
+) -> None:
+    genuine = commit_request(1, [make_vertex(), make_vertex(), make_vertex()])
+    forged = storage_pb2.CommitBatchRequest()
+    forged.CopyFrom(genuine)
+    forged = forge(forged) or forged
+    refusals = _refusals(check)
+    with caplog.at_level(logging.WARNING, logger="services.storage.certify"):
+        details = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT, running.stub.CommitBatch(forged), needle
+        )
+    assert _refusals(check) == refusals + 1
+    [line] = [r for r in caplog.records if r.name == "services.storage.certify"]
+    assert line.fields["check"] == check and line.fields["seq"] == 1  # type: ignore[attr-defined]
+    assert line.fields["error"] == details  # type: ignore[attr-defined]
+    s = await stats(running)
+    assert (s.last_seq, s.vertices, s.finalized_vertices, s.rejected_vertices) == (0, 0, 0, 0)
+    for h in {r.hash for r in forged.results} | {r.hash for r in genuine.results}:
+        assert await get(running, h) is None
+    assert await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest())) == []
+    # the genuine batch, with its valid proof, still commits at that seq
+    reply = await running.stub.CommitBatch(genuine)
+    assert (reply.last_seq, reply.already_committed) == (1, False)
+
+
+async def test_a_certificate_of_another_validator_set_is_refused(tmp_path: Path) -> None:
+    """The same batch proven by a quorum of some other cluster is no proof here."""
+    cfg = make_config(tmp_path)
+    others = [outsider_key(), *validator_keys()[1:]]
+    cfg = dataclasses.replace(
+        cfg,
+        validators=tuple(
+            dataclasses.replace(v, public_key=k.public_key.hex())
+            for v, k in zip(cfg.validators, others, strict=True)
+        ),
+    )
+    running = await start_service(cfg)
+    try:
+        request = commit_request(1, [make_vertex()])  # signed by validators 0, 1, 2 of the tests
+        await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            running.stub.CommitBatch(request),
+            "COMMIT from replica 0 has an invalid signature",
+        )
+        assert (await stats(running)).last_seq == 0
+        request.batch.certificate.CopyFrom(
+            certificate(1, request.batch.batch_digest, signers=[1, 2, 3])
+        )
+        assert (await running.stub.CommitBatch(request)).last_seq == 1
+    finally:
+        await running.stop()
+
+
+async def test_a_single_validator_proves_a_batch_alone(tmp_path: Path) -> None:
+    """n = 1 (single-node mode): q = 1, its own COMMIT is the certificate."""
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, validators=cfg.validators[:1])
+    running = await start_service(cfg)
+    try:
+        request = commit_request(1, [make_vertex()])
+        request.batch.certificate.CopyFrom(certificate(1, request.batch.batch_digest, signers=[0]))
+        assert (await running.stub.CommitBatch(request)).last_seq == 1
+        request = commit_request(2, [make_vertex()])  # replicas 1 and 2 are not members here
+        await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            running.stub.CommitBatch(request),
+            "COMMIT from replica 1 has an invalid signature",
+        )
+    finally:
+        await running.stop()
+
+
+async def test_batches_leave_the_check_in_arrival_order() -> None:
+    """Digest and signatures are checked on two threads: a small batch behind a large one
+    still reaches the writer second, and a caller that went away holds up nobody."""
+    certifier = Certifier(validator_public_keys(), get_backend("cryptography"))
+    try:
+        dag = Dag(payload_size=1024)
+        batches = [dag.next_batch(300).batch, *(dag.next_batch(1).batch for _ in range(5))]
+        finished: list[int] = []
+
+        async def check(batch: vertex_pb2.FinalizedBatch) -> None:
+            await certifier.check(batch)
+            finished.append(batch.seq)
+
+        tasks = [asyncio.create_task(check(b)) for b in batches]
+        await asyncio.gather(*tasks)
+        assert finished == [1, 2, 3, 4, 5, 6]
+
+        finished.clear()
+        batches = [dag.next_batch(300).batch, dag.next_batch(1).batch]
+        first, second = (asyncio.create_task(check(b)) for b in batches)
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.wait_for(second, 10)
+        assert finished == [8]
+    finally:
+        certifier.close()
 
 
 async def test_committed_data_survives_a_restart(tmp_path: object) -> None:
