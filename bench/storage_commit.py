@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
-from tests.storage.support import ServiceProcess, commit_request, vertex_hash
+from devkit.storage import ServiceProcess, commit_request, vertex_hash
 
 RESULT = Path(__file__).resolve().parent / "results" / "storage_commit.json"
 TARGET_P99_MS = 5.0

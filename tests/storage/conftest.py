@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.support import Running, make_config, start_service
+from devkit.storage import make_config
+from tests.storage.support import Running, start_service
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import grpc
 import pytest
 
 from cretoai.v1 import storage_pb2
+from devkit.ports import free_tcp_port
+from devkit.storage import ServiceProcess, make_config
 from services.storage import backup as backup_module
 from services.storage.backup import (
     BackupError,
@@ -22,18 +24,7 @@ from services.storage.backup import (
     restore,
 )
 from services.storage.store import BACKUP_MANIFEST, inspect
-from tests.storage.support import (
-    REPO,
-    Dag,
-    RawDb,
-    Running,
-    ServiceProcess,
-    collect,
-    free_port,
-    make_config,
-    snapshot,
-    start_service,
-)
+from tests.storage.support import REPO, Dag, RawDb, Running, collect, snapshot, start_service
 from tests.storage.test_commit import expect, stats
 
 
@@ -115,7 +106,7 @@ async def fill(running: Running, dag: Dag, batches: int) -> list[storage_pb2.Com
 async def test_backup_functions_online_offline_and_the_fallback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = make_config(tmp_path, port=free_port())
+    cfg = make_config(tmp_path, port=free_tcp_port())
     dag = Dag()
     running = await start_service(cfg)
     try:

@@ -15,24 +15,20 @@ from prometheus_client import REGISTRY
 
 from cretoai.crypto import get_backend
 from cretoai.v1 import storage_pb2, vertex_pb2
-from services.consensus.core.codec import encode_body
-from services.consensus.core.messages import Commit
-from services.storage.certify import Certifier
-from tests.storage.support import (
-    Dag,
-    Running,
+from devkit.storage import (
     certificate,
-    collect,
     commit_request,
     make_config,
-    make_vertex,
     outsider_key,
     signed_commit,
-    start_service,
     validator_keys,
     validator_public_keys,
     vertex_hash,
 )
+from services.consensus.core.codec import encode_body
+from services.consensus.core.messages import Commit
+from services.storage.certify import Certifier
+from tests.storage.support import Dag, Running, collect, make_vertex, start_service
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED

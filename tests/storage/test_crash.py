@@ -24,9 +24,10 @@ import grpc
 import pytest
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
+from devkit.storage import ServiceProcess
 from services.storage import keys
 from services.storage.store import Counters, decode_vertex
-from tests.storage.support import Dag, RawDb, ServiceProcess
+from tests.storage.support import Dag, RawDb
 
 pytestmark = pytest.mark.slow
 

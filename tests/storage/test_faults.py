@@ -11,7 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
-from tests.storage.support import Dag, ServiceProcess, collect
+from devkit.storage import ServiceProcess
+from tests.storage.support import Dag, collect
 from tests.storage.test_commit import expect
 
 pytestmark = pytest.mark.slow

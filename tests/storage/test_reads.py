@@ -7,14 +7,8 @@ import os
 import grpc
 
 from cretoai.v1 import storage_pb2, vertex_pb2
-from tests.storage.support import (
-    Dag,
-    Running,
-    collect,
-    commit_request,
-    make_vertex,
-    vertex_hash,
-)
+from devkit.storage import commit_request, vertex_hash
+from tests.storage.support import Dag, Running, collect, make_vertex
 from tests.storage.test_commit import FINALIZED, REJECTED, UNSPECIFIED, expect, get
 
 

@@ -12,20 +12,13 @@ from pathlib import Path
 import pytest
 
 from cretoai.v1 import storage_pb2
+from devkit.storage import ServiceProcess, make_config
 from services.storage.errors import DatabaseCorrupt, DatabaseError, DatabaseLocked
 from services.storage.keys import FINALIZED, SCHEMA_VERSION_KEY, seq_key, u32
 from services.storage.service import build
 from services.storage.store import Store, inspect
 from tests.conftest import cli
-from tests.storage.support import (
-    REPO,
-    Dag,
-    RawDb,
-    ServiceProcess,
-    make_config,
-    snapshot,
-    start_service,
-)
+from tests.storage.support import REPO, Dag, RawDb, snapshot, start_service
 
 
 async def fill(db: Path, batches: int = 3) -> None:

@@ -14,10 +14,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cretoai.v1 import storage_pb2
+from devkit.storage import make_config
 from services.storage.errors import InvalidArgument, ShuttingDown, WriteFailed
 from services.storage.store import Store
 from services.storage.writer import Writer
-from tests.storage.support import Dag, Running, make_config, start_service
+from tests.storage.support import Dag, Running, start_service
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
