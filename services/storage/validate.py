@@ -114,12 +114,6 @@ def check_keys(keys: list[bytes], what: str) -> None:
         raise InvalidArgument(f"{what}: {len(keys)} keys; the limit is {MAX_KEYS}")
 
 
-def check_state_keys(keys: list[bytes]) -> None:
-    check_keys(keys, "keys")
-    for i, key in enumerate(keys):
-        _check_state_key(key, f"keys[{i}]")
-
-
 def check_evidence(request: storage_pb2.AppendEvidenceRequest) -> pbft_pb2.Evidence:
     if not request.HasField("evidence"):
         raise InvalidArgument("evidence: missing")
