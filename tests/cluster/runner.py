@@ -668,7 +668,7 @@ class ClusterRun:
 
     async def set_partition(self, node: str, cut: bool) -> None:
         """Cut (or heal) every link of ``node`` in both directions, via transport faults."""
-        from cretoai.channels import service_channel
+        from cretoai.channels import service_channel, service_endpoint
         from cretoai.crypto.keys import node_id
         from cretoai.v1 import transport_pb2, transport_pb2_grpc
 
@@ -680,7 +680,8 @@ class ClusterRun:
             peers = [p for p in ids if p != cfg.node.name and (cfg.node.name == node or p == node)]
             if not peers:
                 continue
-            async with service_channel(cfg.transport.listen) as channel:
+            target, tls = service_endpoint(cfg, "transport")
+            async with service_channel(target, tls=tls) as channel:
                 stub = transport_pb2_grpc.TransportStub(channel)
                 for peer in peers:
                     await stub.SetFaults(
