@@ -33,7 +33,12 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(service=name, node=cfg.node.name, level=cfg.telemetry.log_level)
+    setup_logging(
+        service=name,
+        node=cfg.node.name,
+        level=cfg.telemetry.log_level,
+        log_format=cfg.telemetry.log_format,
+    )
 
     async def main() -> None:
         service = await build(cfg)
@@ -47,5 +52,10 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
         return 1
     except ServiceFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. a storage error while consensus restores its state
+        log.critical("failed", exc_info=True)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {name} failed: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,78 @@
+"""A consensus that cannot restore its state says why in one line and exits non-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cretoai.channels import service_channel, service_endpoint
+from cretoai.config import load_config
+from cretoai.v1 import storage_pb2, storage_pb2_grpc
+from node.clusterinit import ClusterLayout
+
+pytestmark = pytest.mark.slow
+
+
+async def _serving(target: str, tls: object) -> bool:
+    async with service_channel(target, tls=tls) as channel:  # type: ignore[arg-type]
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def test_damaged_consensus_records_stop_the_consensus_with_one_line(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    layout = cluster_factory(1)
+    node = layout.nodes[0]
+    cfg = load_config(node.config)
+    storage = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.storage",
+        "--config",
+        str(node.config),
+        cwd=node.directory,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        target, tls = service_endpoint(cfg, "storage")
+        deadline = time.monotonic() + 60
+        while not await _serving(target, tls):
+            assert storage.returncode is None and time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        async with service_channel(target, tls=tls) as channel:
+            await storage_pb2_grpc.StorageStub(channel).WriteState(
+                storage_pb2.WriteStateRequest(
+                    puts=[storage_pb2.StateEntry(key=b"view", value=b"\xff\xff not a ViewState")]
+                ),
+                timeout=10,
+            )
+        consensus = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.consensus",
+            "--config",
+            str(node.config),
+            cwd=node.directory,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(consensus.communicate(), 60)
+        assert consensus.returncode == 1
+        last = err.decode().strip().splitlines()[-1]
+        assert last.startswith("error: consensus failed: CorruptState: unreadable consensus record")
+    finally:
+        storage.terminate()
+        await asyncio.wait_for(storage.wait(), 30)
