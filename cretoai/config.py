@@ -175,6 +175,8 @@ class TelemetrySection:
     otlp_endpoint: str = ""
     sampling_ratio: float = 1.0
     log_level: str = "info"
+    #: Log lines as "logfmt" (key=value) or "json" (one object per line).
+    log_format: str = "logfmt"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -451,6 +453,11 @@ def _validate(cfg: NodeConfig) -> None:
         )
     if not 0.0 <= cfg.telemetry.sampling_ratio <= 1.0:
         raise ConfigError(f"{src}: telemetry.sampling_ratio: must be within [0, 1]")
+    if cfg.telemetry.log_format not in ("logfmt", "json"):
+        raise ConfigError(
+            f"{src}: telemetry.log_format: expected logfmt or json, "
+            f"got {cfg.telemetry.log_format!r}"
+        )
     if cfg.crypto.backend not in ("auto", "cryptography", "oqs"):
         raise ConfigError(f"{src}: crypto.backend: expected auto, cryptography or oqs")
     fi = cfg.fault_injection

@@ -54,6 +54,7 @@ def test_generated_config_loads(node_config: Path) -> None:
         (lambda d: d["validators"][1].update(address="nowhere"), "validators[1].address"),
         (lambda d: d["storage"].update(listen="127.0.0.1:99999"), "storage.listen"),
         (lambda d: d["telemetry"].update(sampling_ratio=2), "telemetry.sampling_ratio"),
+        (lambda d: d["telemetry"].update(log_format="xml"), "telemetry.log_format"),
         (lambda d: d["crypto"].update(backend="rsa"), "crypto.backend"),
         (lambda d: d["consensus"].update(watermark_window=8), "consensus.watermark_window"),
         (
@@ -99,6 +100,17 @@ def test_env_overrides(node_config: Path) -> None:
     assert cfg.consensus.batch_max_count == 512
     assert cfg.telemetry.otlp_endpoint == "http://127.0.0.1:4317"
     assert cfg.fault_injection.enabled is True
+
+
+def test_log_format_default_env_override_and_one_line_error(node_config: Path) -> None:
+    assert load_config(node_config, environ={}).telemetry.log_format == "logfmt"
+    cfg = load_config(node_config, environ={"CRETOAI_TELEMETRY_LOG_FORMAT": "json"})
+    assert cfg.telemetry.log_format == "json"
+    with pytest.raises(ConfigError) as err:
+        load_config(node_config, environ={"CRETOAI_TELEMETRY_LOG_FORMAT": "yaml"})
+    message = str(err.value)
+    assert "telemetry.log_format: expected logfmt or json, got 'yaml'" in message
+    assert "\n" not in message
 
 
 def test_env_override_typos_and_types_are_errors(node_config: Path) -> None:
