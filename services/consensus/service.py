@@ -178,6 +178,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
 
     async def cleanup() -> None:
         await driver.stop()
+        mark_file.close()
         verifier.close()
         await storage_channel.close()
 

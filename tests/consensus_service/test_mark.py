@@ -1,0 +1,45 @@
+"""The signing mark's file: durable, in place, readable by an operator, refused when damaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.consensus.core.durable import SigningMark
+from services.consensus.mark import RECORD_BYTES, MarkFile, MarkFileError
+
+
+def test_marks_round_trip_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "consensus" / "signing-mark.json"
+    mark = MarkFile(path)
+    assert mark.load() is None  # a new replica
+    for seq in (1, 2, 10_000_000_000):
+        mark.store(SigningMark(3, seq))
+        assert MarkFile(path).load() == SigningMark(3, seq)
+    mark.close()
+    assert path.stat().st_size == RECORD_BYTES
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert json.loads(path.read_text()) == {"view": 3, "seq": 10_000_000_000}
+
+
+def test_a_hand_written_mark_is_read_and_then_rewritten_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "signing-mark.json"
+    path.write_text('{"view": 1, "seq": 99}')
+    mark = MarkFile(path)
+    assert mark.load() == SigningMark(1, 99)
+    mark.store(SigningMark(1, 100))
+    mark.close()
+    assert MarkFile(path).load() == SigningMark(1, 100)
+    assert path.stat().st_size == RECORD_BYTES
+
+
+@pytest.mark.parametrize(
+    "content", ["", "not json", '{"view": 1}', '{"view": -1, "seq": 2}', '{"view": "1", "seq": 2}']
+)
+def test_a_damaged_mark_is_refused_with_advice(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "signing-mark.json"
+    path.write_text(content)
+    with pytest.raises(MarkFileError, match="is damaged"):
+        MarkFile(path).load()
