@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from cretoai import registry
 from cretoai.config import NodeConfig
 from cretoai.telemetry import inject_context
 from cretoai.tls import InternalTls
@@ -101,11 +102,11 @@ def service_endpoint(cfg: NodeConfig, service: str) -> tuple[str, InternalTls | 
     The gateway's gRPC API is public (plaintext); the internal services use the
     node's mutual TLS when it is configured.
     """
-    if service == "gateway":
-        return cfg.gateway.grpc, None
-    targets = {
-        "storage": cfg.storage_target,
-        "transport": cfg.transport_target,
-        "consensus": cfg.consensus_target,
-    }
-    return targets[service], cfg.internal_tls
+    spec = registry.service(service)
+    return spec.target(cfg), None if spec.public else cfg.internal_tls
+
+
+def internal_channel(cfg: NodeConfig, service: str) -> grpc.aio.Channel:
+    """A channel to another service of the node of ``cfg`` (see :func:`service_endpoint`)."""
+    target, tls = service_endpoint(cfg, service)
+    return service_channel(target, tls=tls)

@@ -13,6 +13,7 @@ Values are parsed as TOML scalars when possible (numbers, booleans), else string
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
 import typing
@@ -240,22 +241,9 @@ class NodeConfig:
         """The consensus signing mark (outside storage; never restored from a backup)."""
         return self.data_dir / "consensus" / "signing-mark.json"
 
-    @property
-    def storage_target(self) -> str:
-        """Where this node's services reach its storage service."""
-        return self.storage.advertise or self.storage.listen
-
-    @property
-    def consensus_target(self) -> str:
-        return self.consensus.advertise or self.consensus.listen
-
-    @property
-    def transport_target(self) -> str:
-        return self.transport.advertise or self.transport.listen
-
-    @property
+    @functools.cached_property
     def internal_tls(self) -> InternalTls | None:
-        """The node's internal TLS material (read from disk), or None when not configured."""
+        """The node's internal TLS material (read from disk once), or None when not configured."""
         t = self.tls
         if not t.ca:
             return None

@@ -50,6 +50,11 @@ class ServiceSpec:
         """The address its gRPC server binds."""
         return str(getattr(self.section(cfg), self.listen_field))
 
+    def target(self, cfg: NodeConfig) -> str:
+        """The address the node's other services (and tools) dial: ``advertise`` when
+        the section has one set, else the bind address."""
+        return str(getattr(self.section(cfg), "advertise", "")) or self.listen(cfg)
+
     def metrics(self, cfg: NodeConfig) -> str | None:
         """The address of its Prometheus ``/metrics`` endpoint; None: none."""
         return str(self.section(cfg).metrics) or None

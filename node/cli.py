@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("submit", help="submit a vertex (signed by the node's key)")
+    p = sub.add_parser("submit", help="submit a vertex (signed by the gateway's submitter key)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--payload", help="the payload, as text")
     what.add_argument("--file", help="read the payload from this file")

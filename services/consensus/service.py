@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
-from cretoai.channels import service_channel
+from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend, load_private_key
 from cretoai.serving import GrpcService, Servicer
@@ -106,10 +106,10 @@ async def build(cfg: NodeConfig) -> GrpcService:
             f"{cfg.source}: {cfg.key_path} is not the key of validators[{index}] ({cfg.node.name})"
         )
     backend = get_backend(cfg.crypto.backend)
-    tls = cfg.internal_tls
-    storage_channel = service_channel(cfg.storage_target, tls=tls)
+    storage_target, tls = service_endpoint(cfg, "storage")
+    storage_channel = service_channel(storage_target, tls=tls)
     storage = storage_pb2_grpc.StorageStub(storage_channel)
-    log.info("restoring from storage", extra={"fields": {"storage": cfg.storage_target}})
+    log.info("restoring from storage", extra={"fields": {"storage": storage_target}})
     records = await call_until_done(lambda: load_records(storage), what="load records")
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
     mark_file = MarkFile(cfg.signing_mark_path)
@@ -163,7 +163,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         replica=replica,
         public_keys=cfg.validator_public_keys,
         storage=storage,
-        transport_target=cfg.transport_target,
+        transport_target=service_endpoint(cfg, "transport")[0],
         tls=tls,
         verifier=verifier,
         feed=FinalizedFeed(storage),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cretoai.channels import service_channel
+from cretoai.channels import internal_channel
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import NodeKey, get_backend, load_private_key
 from cretoai.crypto.backend import Backend
@@ -65,12 +65,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
     backend = get_backend(cfg.crypto.backend)
     key = submitter_key(cfg, backend)
     pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
-    tls = cfg.internal_tls
-    channels = {
-        "consensus": service_channel(cfg.consensus_target, tls=tls),
-        "transport": service_channel(cfg.transport_target, tls=tls),
-        "storage": service_channel(cfg.storage_target, tls=tls),
-    }
+    channels = {name: internal_channel(cfg, name) for name in ("consensus", "transport", "storage")}
     consensus = ConsensusClient(channels["consensus"])
     storage = StorageClient(channels["storage"])
     hub = FinalityHub(consensus, storage, buffer_bytes=cfg.gateway.stream_buffer_bytes)
