@@ -236,3 +236,21 @@ def test_every_address_a_config_dials_is_a_service_of_the_cluster(
             host, port = member["address"].rsplit(":", 1)
             assert (int(port), "UDP") in services[host], member
         assert set(config["tls"]) == {"ca", "cert", "key"}, "internal TLS is a must off loopback"
+
+
+def test_every_port_a_service_binds_is_a_port_of_its_container(
+    rendered: dict[Any, dict[str, Any]],
+) -> None:
+    for owner, pod in _pods(rendered):
+        node = owner.split("-")[0]
+        config = _config_of(rendered, node)
+        for c in pod["spec"]["containers"]:
+            declared = {(p["containerPort"], p.get("protocol", "TCP")) for p in c["ports"]}
+            section = config[c["name"]]
+            binds = [section["metrics"]] + [
+                section[k] for k in ("listen", "http", "grpc") if k in section
+            ]
+            expected = {(int(b.rsplit(":", 1)[1]), "TCP") for b in binds}
+            if c["name"] == "transport":
+                expected.add((int(section["quic_listen"].rsplit(":", 1)[1]), "UDP"))
+            assert declared == expected, (owner, c["name"])
