@@ -573,7 +573,7 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
         "view_changes": int(delta("cretoai_consensus_view_changes_total")),
         "view_end": int(total(after, "cretoai_consensus_view")),
         "last_executed_seq_end": int(total(after, "cretoai_consensus_last_executed_seq")),
-        "pool_size_end": int(total(after, "cretoai_consensus_pool_size")),
+        "pool_size_end": int(total(after, "cretoai_consensus_pool_requests")),
         "inbox_depth_end": int(total(after, "cretoai_consensus_inbox_depth")),
         "consensus_finality": histogram(before, after, "cretoai_consensus_finality_seconds"),
         "execute": histogram(before, after, "cretoai_consensus_execute_seconds"),
@@ -756,7 +756,7 @@ class Sampler:
                 row[node] = {
                     "seq": int(total(snap, "cretoai_consensus_last_executed_seq")),
                     "view": int(total(snap, "cretoai_consensus_view")),
-                    "pool": int(total(snap, "cretoai_consensus_pool_size")),
+                    "pool": int(total(snap, "cretoai_consensus_pool_requests")),
                     "inbox": int(total(snap, "cretoai_consensus_inbox_depth")),
                     "send_queue": int(total(snap, "cretoai_transport_send_queue_depth")),
                     "send_queue_mb": round(

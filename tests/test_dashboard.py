@@ -141,7 +141,7 @@ def test_the_issue_asks_for_these_panels() -> None:
         "cretoai_consensus_view{",
         "cretoai_consensus_view_changes_total",
         "cretoai_transport_peers_connected",
-        "cretoai_consensus_pool_size",
+        "cretoai_consensus_pool_requests",
         "cretoai_consensus_inbox_depth",
         "cretoai_transport_send_queue_depth",
         "cretoai_storage_commit_seconds_bucket",

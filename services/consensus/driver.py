@@ -73,11 +73,13 @@ log = logging.getLogger(__name__)
 VIEW = Gauge("cretoai_consensus_view", "Current view")
 LAST_EXECUTED = Gauge("cretoai_consensus_last_executed_seq", "Last executed sequence number")
 STABLE = Gauge("cretoai_consensus_stable_checkpoint_seq", "Stable checkpoint sequence number")
-POOL = Gauge("cretoai_consensus_pool_size", "Requests waiting in the pool")
+POOL = Gauge("cretoai_consensus_pool_requests", "Requests waiting in the pool")
 INBOX = Gauge("cretoai_consensus_inbox_depth", "Inputs waiting for the replica task")
 VIEW_CHANGES = Counter("cretoai_consensus_view_changes_total", "Views this replica moved to")
 BYZANTINE = Counter(
-    "cretoai_consensus_byzantine_events_total", "Faults charged to peers", ["peer", "kind"]
+    "cretoai_consensus_byzantine_events_total",
+    "Faults charged to peers (peer: the member's name, as in the transport's metrics)",
+    ["peer", "kind"],
 )
 BANS = Counter("cretoai_consensus_bans_total", "Peers banned")
 EVIDENCE = Counter("cretoai_consensus_evidence_total", "Equivocation evidence recorded")
@@ -85,9 +87,9 @@ SIGNING_FLOOR = Gauge(
     "cretoai_consensus_signing_floor_seq",
     "The seq at or below which this replica signs nothing after a storage rollback (0: none)",
 )
-FLOOR_REFUSALS = Gauge(
-    "cretoai_consensus_signing_floor_refusals",
-    "Messages not signed because of the signing floor since the replica started",
+FLOOR_REFUSALS = Counter(
+    "cretoai_consensus_signing_floor_refusals_total",
+    "Messages not signed because of the signing floor",
 )
 FAILURES = Counter(
     "cretoai_consensus_replica_failures_total",
@@ -164,12 +166,15 @@ class Driver:
         mark_file: MarkFile | None = None,
         byzantine: Byzantine | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        peer_names: Sequence[str] = (),
     ) -> None:
         self.replica = replica
         self.byzantine = byzantine
         self._keys = tuple(public_keys)
         self.node_ids = tuple(node_id(k) for k in self._keys)
         self._index = {nid: i for i, nid in enumerate(self.node_ids)}
+        #: Members' names by replica index (metric labels and logs); the index without them.
+        self.names = tuple(peer_names) or tuple(str(i) for i in range(len(self._keys)))
         self._storage = storage
         self._verifier = verifier
         self._executor = Executor(storage, verifier, executed=executed or ExecutedState())
@@ -191,6 +196,7 @@ class Driver:
         self.halted: str | None = None
         self.view_changes = 0
         self._last_view = replica.view
+        self._floor_refusals = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -390,7 +396,7 @@ class Driver:
         for evidence in rd.evidence:
             self._background(self._record_evidence(evidence))
         for fault in rd.faults:
-            BYZANTINE.labels(str(fault.peer), fault.kind.value).inc()
+            BYZANTINE.labels(self.names[fault.peer], fault.kind.value).inc()
         for peer in rd.bans:
             BANS.inc()
             log.warning("banning peer", extra={"fields": {"peer": peer}})
@@ -423,7 +429,10 @@ class Driver:
         POOL.set(status.pool_size)
         floor = self.replica.signing_floor
         SIGNING_FLOOR.set(0 if floor is None else floor.seq)
-        FLOOR_REFUSALS.set(self.replica.refused_by_floor)
+        refused = self.replica.refused_by_floor
+        if refused > self._floor_refusals:
+            FLOOR_REFUSALS.inc(refused - self._floor_refusals)
+            self._floor_refusals = refused
 
     # --- side effects that need not hold up the replica ------------------------------
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRIES = Counter(
-    "cretoai_consensus_storage_retries_total", "Storage calls retried, by operation", ["what"]
+    "cretoai_consensus_storage_retries_total", "Storage calls retried, by operation", ["op"]
 )
 
 #: Errors worth retrying: the service is restarting, overloaded or slow.

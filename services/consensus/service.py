@@ -172,6 +172,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         executed=executed,
         mark_file=mark_file,
         byzantine=byzantine,
+        peer_names=[v.name for v in cfg.validators],
     )
     servicer = ConsensusServicer(cfg, driver, storage)
     driver.start()

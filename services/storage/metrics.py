@@ -55,7 +55,7 @@ WAL_SYNC = Histogram(
     "cretoai_storage_wal_sync_seconds", "Time of one WAL sync (once per group)", buckets=_FAST
 )
 GROUP_SIZE = Histogram(
-    "cretoai_storage_write_group_size",
+    "cretoai_storage_writes_per_sync",
     "Writes made durable by one WAL sync",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )

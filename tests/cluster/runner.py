@@ -88,7 +88,7 @@ stopped)::
                              #   floor; cretoai_consensus_signing_floor_seq (its consensus
                              #   /metrics) is above the backup's last_seq; no node bans it;
                              #   it reaches the others' last seq
-    floor_refusals = true    # ... and cretoai_consensus_signing_floor_refusals > 0: it did
+    floor_refusals = true    # ... and cretoai_consensus_signing_floor_refusals_total > 0: it did
                              #   decline to sign something at or below the floor
 """
 
@@ -899,7 +899,7 @@ class ClusterRun:
                 raise ScenarioFailed(f"{log_file} has no line with {FLOOR_WARNING!r}")
             samples = await self.metrics(node)
             floor = samples.get("cretoai_consensus_signing_floor_seq", 0.0)
-            refusals = samples.get("cretoai_consensus_signing_floor_refusals", 0.0)
+            refusals = samples.get("cretoai_consensus_signing_floor_refusals_total", 0.0)
             self.events.append(
                 f"{node}: signing floor seq {floor:.0f} (backup last_seq "
                 f"{restored.backup.last_seq}), refusals {refusals:.0f}; {warnings[-1]}"
@@ -911,7 +911,7 @@ class ClusterRun:
                 )
             if s.expect_floor_refusals and refusals < 1:
                 raise ScenarioFailed(
-                    f"{node}: cretoai_consensus_signing_floor_refusals is {refusals:.0f}; "
+                    f"{node}: cretoai_consensus_signing_floor_refusals_total is {refusals:.0f}; "
                     f"events: {self.events}"
                 )
             banning = [

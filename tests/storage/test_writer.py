@@ -69,7 +69,7 @@ async def test_writes_apply_in_submission_order_and_report_their_errors(
 
 async def test_concurrent_writes_share_wal_syncs(store_and_writer: tuple[Store, Writer]) -> None:
     store, writer = store_and_writer
-    groups_before = sample("cretoai_storage_write_group_size_count")
+    groups_before = sample("cretoai_storage_writes_per_sync_count")
     syncs_before = sample("cretoai_storage_wal_sync_seconds_count")
 
     def put(i: int) -> None:
@@ -82,7 +82,7 @@ async def test_concurrent_writes_share_wal_syncs(store_and_writer: tuple[Store, 
     await asyncio.gather(
         *(writer.submit(functools.partial(put, i), kind="state") for i in range(200))
     )
-    groups = sample("cretoai_storage_write_group_size_count") - groups_before
+    groups = sample("cretoai_storage_writes_per_sync_count") - groups_before
     syncs = sample("cretoai_storage_wal_sync_seconds_count") - syncs_before
     assert 1 <= syncs <= groups < 200  # queued writes were grouped under one sync
     assert not store.dirty
