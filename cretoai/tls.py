@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,13 @@ def load_internal_tls(ca: Path, cert: Path, key: Path) -> InternalTls:
     return InternalTls(ca=parts[0], cert=parts[1], key=parts[2])
 
 
-def generate_node_tls(directory: Path, node_name: str) -> tuple[Path, Path, Path]:
-    """A new CA and service certificate for one node under ``directory``; their paths."""
+def generate_node_tls(
+    directory: Path, node_name: str, *, hostnames: Iterable[str] = ()
+) -> tuple[Path, Path, Path]:
+    """A new CA and service certificate for one node under ``directory``; their paths.
+
+    ``hostnames``: more DNS names for the certificate (the names its services are
+    reached by, e.g. container names), for tools that check the name they dial."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -134,6 +140,7 @@ def generate_node_tls(directory: Path, node_name: str) -> tuple[Path, Path, Path
                     x509.DNSName("localhost"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.IPAddress(ipaddress.ip_address("::1")),
+                    *(x509.DNSName(h) for h in hostnames if h not in (SERVER_NAME, "localhost")),
                 ]
             ),
             critical=False,

@@ -35,15 +35,21 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_cluster_init(args: argparse.Namespace) -> int:
     from node.clusterinit import init_cluster
 
+    host = args.host or ("0.0.0.0" if args.service_host else "127.0.0.1")
+    reuse = args.reuse_keys and (Path(args.dir) / "cluster.json").exists()
     layout = init_cluster(
         Path(args.dir),
         args.nodes,
-        host=args.host,
+        host=host,
         http_port=args.http_port,
         base_port=args.base_port,
         force=args.force,
+        reuse_keys=args.reuse_keys,
+        service_host=args.service_host,
+        data_dir=args.data_dir,
     )
-    print(f"initialised a {len(layout.nodes)}-node cluster in {layout.directory}")
+    done = "reused the keys of" if reuse else "initialised"
+    print(f"{done} a {len(layout.nodes)}-node cluster in {layout.directory}")
     for node in layout.nodes:
         print(f"  {node.name}  id {node.node_id[:16]}…  config {node.config}")
     print(f"endpoints: {layout.cluster_file}")
@@ -68,13 +74,26 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return start_node(cfg)
 
 
-def _health_of(cfg: NodeConfig, service: str, timeout: float) -> str:
+def local_target(listen: str) -> str:
+    """Where a process on the service's own host reaches a service bound to ``listen``:
+    a wildcard bind (``0.0.0.0``, ``::``) is reached on loopback."""
+    host, _, port = listen.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        host = "[::1]" if ":" in host else "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def _health_of(cfg: NodeConfig, service: str, timeout: float, *, local: bool = False) -> str:
+    """The gRPC health of ``service``: where its siblings reach it, or with ``local``
+    at its bind address (a container checking itself, before any name resolves to it)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from cretoai.channels import blocking_channel, service_endpoint
 
     target, tls = service_endpoint(cfg, service)
+    if local:
+        target = local_target(registry.service(service).listen(cfg))
     with blocking_channel(target, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -94,6 +113,14 @@ def service_targets(cfg: NodeConfig) -> dict[str, str]:
 
 def _cmd_health(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    if args.service:
+        status = _health_of(cfg, args.service, args.timeout, local=True)
+        where = local_target(registry.service(args.service).listen(cfg))
+        if args.json:
+            print(json.dumps({"node": cfg.node.name, "services": {args.service: status}}))
+        else:
+            print(f"{cfg.node.name} {args.service:<10} {where:<22} {status}")
+        return 0 if status == "SERVING" else 1
     statuses = {name: _health_of(cfg, name, args.timeout) for name in service_targets(cfg)}
     if args.json:
         print(json.dumps({"node": cfg.node.name, "services": statuses}))
@@ -217,10 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("init", help="write keys, one config per node and cluster.json")
     p.add_argument("--nodes", type=int, default=4, help="number of nodes (default 4)")
     p.add_argument("--dir", default=str(DEFAULT_CLUSTER_DIR), help="output directory")
-    p.add_argument("--host", default="127.0.0.1", help="address every service binds")
+    p.add_argument(
+        "--host",
+        help="address every service binds (default 127.0.0.1; 0.0.0.0 with --service-host)",
+    )
     p.add_argument("--http-port", type=int, default=8080, help="node 1's gateway HTTP port")
     p.add_argument("--base-port", type=int, default=17000, help="first internal port")
     p.add_argument("--force", action="store_true", help="overwrite an existing cluster")
+    p.add_argument(
+        "--reuse-keys",
+        action="store_true",
+        help="keep existing keys and TLS files, (re)write only the configs (idempotent)",
+    )
+    p.add_argument(
+        "--service-host",
+        metavar="TEMPLATE",
+        help="each service is its own host (containers, Kubernetes), named by TEMPLATE from "
+        "{node} and {service}, e.g. '{node}-{service}' -> node1-consensus: every service "
+        "binds --host on the same ports on every node (gateway HTTP --http-port; QUIC "
+        "--base-port, then +1 consensus, +2 transport, +3 storage, +4 gateway gRPC, "
+        "+10..+13 metrics of gateway, consensus, transport, storage), its siblings and "
+        "peers dial it by that name, and the node's TLS certificate names them",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        help="every node's data directory (default: data, next to its config); an absolute "
+        "path suits containers, where it is a volume",
+    )
     p.set_defaults(func=_cmd_cluster_init)
     p = csub.add_parser("up", help="run a whole local cluster in the foreground (Ctrl-C stops)")
     p.add_argument("--nodes", type=int, default=4, help="number of nodes (default 4)")
@@ -236,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="check every service of a node (exit 0 when all serve)")
     p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument(
+        "--service",
+        choices=registry.NAMES,
+        help="check only this service, at its bind address on this host (a 0.0.0.0 bind "
+        "on loopback): what a container's HEALTHCHECK or a readiness probe runs",
+    )
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per check")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_health)

@@ -12,6 +12,14 @@ Ports: node i (1-based) gets gateway HTTP ``http_port + i - 1`` (node 1 on
 8080 by default) and a block of internal ports ``base_port + 20 * (i - 1)``:
 +0 QUIC, +1 consensus, +2 transport, +3 storage, +4 gateway gRPC,
 +10..+13 metrics of gateway, consensus, transport, storage.
+
+With ``service_host`` (containers, Kubernetes: ``--service-host '{node}-{service}'``)
+every service is its own host: each binds ``0.0.0.0`` (unless ``host`` says
+otherwise) on the same ports on every node — HTTP ``http_port`` and the block
+``base_port`` — and is reached by the name the template gives it
+(``node1-consensus:17001``). Siblings dial those names (``advertise``), peers
+dial ``<node>-transport`` on the QUIC port (``[[validators]] address``), and
+the node's certificate names every one of them.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 
 import tomli_w
 
+from cretoai import registry
 from cretoai.config import ConfigError, load_config, parse_config, to_toml_dict
 from cretoai.crypto.keys import (
     PRIVATE_KEY_FILE,
@@ -81,6 +90,63 @@ def ports_free(host: str, ports: list[int]) -> list[int]:
     return busy
 
 
+def service_hostname(template: str, node: str, service: str) -> str:
+    """The host name ``template`` gives ``service`` of ``node`` (ConfigError when malformed)."""
+    try:
+        name = template.format(node=node, service=service)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"--service-host {template!r}: use only {{node}} and {{service}} ({exc})"
+        ) from None
+    if not name or any(c.isspace() or c in ":/[]" for c in name):
+        raise ConfigError(f"--service-host {template!r}: {name!r} is not a host name")
+    return name
+
+
+def _check_service_host(template: str, nodes: int) -> None:
+    if nodes > 1 and "{node}" not in template:
+        raise ConfigError(
+            f"--service-host {template!r}: must contain {{node}} (every node's services "
+            "use the same ports, so each node needs host names of its own)"
+        )
+    for service in registry.NAMES:
+        service_hostname(template, "node1", service)
+
+
+def _container_sections(
+    *, name: str, template: str, bind: str, http_port: int, block: int
+) -> dict[str, Any]:
+    """A node's sections when each service is its own host (see the module docstring)."""
+
+    def named(service: str, port: int) -> str:
+        return f"{service_hostname(template, name, service)}:{port}"
+
+    return {
+        "gateway": {
+            "http": f"{bind}:{http_port}",
+            "grpc": f"{bind}:{block + 4}",
+            "metrics": f"{bind}:{block + 10}",
+        },
+        "consensus": {
+            "listen": f"{bind}:{block + 1}",
+            "advertise": named("consensus", block + 1),
+            "metrics": f"{bind}:{block + 11}",
+        },
+        "transport": {
+            "listen": f"{bind}:{block + 2}",
+            "advertise": named("transport", block + 2),
+            "metrics": f"{bind}:{block + 12}",
+            "quic_listen": f"{bind}:{block}",
+            "advertise_address": named("transport", block),
+        },
+        "storage": {
+            "listen": f"{bind}:{block + 3}",
+            "advertise": named("storage", block + 3),
+            "metrics": f"{bind}:{block + 13}",
+        },
+    }
+
+
 def _node_sections(
     *, name: str, host: str, http_port: int, block: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -112,6 +178,8 @@ def init_cluster(
     reuse_keys: bool = False,
     extra: dict[str, Any] | None = None,
     tls: bool = True,
+    service_host: str | None = None,
+    data_dir: str | None = None,
 ) -> ClusterLayout:
     """Write keys, one config per node and ``cluster.json`` for an ``nodes``-node cluster.
 
@@ -120,6 +188,9 @@ def init_cluster(
     adds settings to every node's config, e.g. ``{"fault_injection": {"enabled": True}}``.
     ``tls``: give each node its own CA and certificate for mutual TLS between its
     services (``<node>/tls/``); kept as they are with ``reuse_keys``.
+    ``service_host``: a template such as ``"{node}-{service}"``: each service is its own
+    host (containers; see the module docstring); needs ``tls``. ``data_dir``: every
+    node's ``node.data_dir`` (default ``data``, next to its config).
     """
     if nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {nodes}")
@@ -127,6 +198,10 @@ def init_cluster(
         raise ConfigError(f"--http-port {http_port} leaves no room for {nodes} gateways")
     if not (base_port >= 1024 and base_port + PORTS_PER_NODE * nodes <= 65535):
         raise ConfigError(f"--base-port {base_port} leaves no room for {nodes} nodes")
+    if service_host is not None:
+        _check_service_host(service_host, nodes)
+        if not tls:
+            raise ConfigError("--service-host: services on other hosts need internal TLS")
     directory = directory.resolve()
     cluster_file = directory / CLUSTER_FILE
     if cluster_file.exists() and not (force or reuse_keys):
@@ -148,7 +223,11 @@ def init_cluster(
         {
             "name": name,
             "public_key": public_keys[i].hex(),
-            "address": f"{host}:{base_port + PORTS_PER_NODE * i}",
+            "address": (
+                f"{service_hostname(service_host, name, 'transport')}:{base_port}"
+                if service_host is not None
+                else f"{host}:{base_port + PORTS_PER_NODE * i}"
+            ),
         }
         for i, name in enumerate(names)
     ]
@@ -156,16 +235,32 @@ def init_cluster(
     summary: dict[str, Any] = {"nodes": []}
     for i, name in enumerate(names):
         node_dir = directory / name
-        data = _node_sections(
-            name=name,
-            host=host,
-            http_port=http_port + i,
-            block=base_port + PORTS_PER_NODE * i,
-            extra=extra or {},
-        )
+        if service_host is None:
+            data = _node_sections(
+                name=name,
+                host=host,
+                http_port=http_port + i,
+                block=base_port + PORTS_PER_NODE * i,
+                extra=extra or {},
+            )
+            hostnames: list[str] = []
+        else:
+            data = _node_sections(
+                name=name, host=host, http_port=http_port, block=base_port, extra={}
+            )
+            containers = _container_sections(
+                name=name, template=service_host, bind=host, http_port=http_port, block=base_port
+            )
+            for section, values in {**containers, **(extra or {})}.items():
+                data.setdefault(section, {}).update(values)
+            hostnames = sorted({service_hostname(service_host, name, s) for s in registry.NAMES})
+        if data_dir is not None:
+            data["node"]["data_dir"] = data_dir
         data["validators"] = validators
         if tls:
-            data.setdefault("tls", {}).update(_node_tls(node_dir, name, reuse=reuse_keys))
+            data.setdefault("tls", {}).update(
+                _node_tls(node_dir, name, reuse=reuse_keys, hostnames=hostnames)
+            )
         config_path = node_dir / CONFIG_FILE
         cfg = parse_config(data, config_path)  # validate before writing
         tmp = config_path.with_suffix(".toml.tmp")
@@ -173,19 +268,24 @@ def init_cluster(
         os.replace(tmp, config_path)
         nid = node_id(public_keys[i])
         layouts.append(NodeLayout(name=name, directory=node_dir, config=config_path, node_id=nid))
-        summary["nodes"].append(describe_node(cfg, nid))
+        gateway_host = (
+            None if service_host is None else service_hostname(service_host, name, "gateway")
+        )
+        summary["nodes"].append(describe_node(cfg, nid, gateway_host=gateway_host))
     tmp = cluster_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, cluster_file)
     return ClusterLayout(directory=directory, nodes=tuple(layouts))
 
 
-def _node_tls(node_dir: Path, name: str, *, reuse: bool) -> dict[str, str]:
+def _node_tls(
+    node_dir: Path, name: str, *, reuse: bool, hostnames: list[str] | None = None
+) -> dict[str, str]:
     """The node's internal TLS files (made unless ``reuse`` finds them), relative paths."""
     tls_dir = node_dir / TLS_DIR
     files = (tls_dir / CA_FILE, tls_dir / CERT_FILE, tls_dir / KEY_FILE)
     if not (reuse and all(f.exists() for f in files)):
-        generate_node_tls(tls_dir, name)
+        generate_node_tls(tls_dir, name, hostnames=hostnames or ())
     return {
         "ca": f"{TLS_DIR}/{CA_FILE}",
         "cert": f"{TLS_DIR}/{CERT_FILE}",
@@ -193,18 +293,22 @@ def _node_tls(node_dir: Path, name: str, *, reuse: bool) -> dict[str, str]:
     }
 
 
-def describe_node(cfg: Any, nid: str) -> dict[str, Any]:
-    """The endpoints of one node, as written to cluster.json."""
+def describe_node(cfg: Any, nid: str, *, gateway_host: str | None = None) -> dict[str, Any]:
+    """The endpoints of one node, as written to cluster.json: where each is reached
+    (``advertise`` when set); ``gateway_host`` names the gateway's host (containers)."""
+    http = cfg.gateway.http
+    if gateway_host is not None:
+        http = f"{gateway_host}:{http.rpartition(':')[2]}"
     return {
         "name": cfg.node.name,
         "node_id": nid,
         "config": str(cfg.source),
-        "gateway_url": f"http://{cfg.gateway.http}",
+        "gateway_url": f"http://{http}",
         "gateway_grpc": cfg.gateway.grpc,
         "quic": cfg.quic_listen,
-        "consensus": cfg.consensus.listen,
-        "transport": cfg.transport.listen,
-        "storage": cfg.storage.listen,
+        "consensus": registry.service("consensus").target(cfg),
+        "transport": registry.service("transport").target(cfg),
+        "storage": registry.service("storage").target(cfg),
         "metrics": {
             "gateway": cfg.gateway.metrics,
             "consensus": cfg.consensus.metrics,
