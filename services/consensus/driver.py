@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from services.consensus.core.messages import (
     Request,
     RequestsEnvelope,
     SignedEnvelope,
+    StateRequestEnvelope,
     StateResponseEnvelope,
     TransferBatch,
 )
@@ -197,6 +199,10 @@ class Driver:
         self.view_changes = 0
         self._last_view = replica.view
         self._floor_refusals = 0
+        self._last_active = replica.active
+        self._last_stable = replica.stable_seq
+        #: Faults per (peer, kind): logged at the 1st, 2nd, 4th, 8th, ... (bounded lines).
+        self._faults_seen: Tally[tuple[int, str]] = Tally()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -263,7 +269,10 @@ class Driver:
         try:
             env = decode_envelope(payload, request_hash=request_hash)
         except DecodeError as exc:
-            log.info("undecodable envelope", extra={"fields": {"peer": sender, "error": str(exc)}})
+            log.info(
+                "undecodable envelope",
+                extra={"fields": {"peer": self.names[sender], "error": str(exc)}},
+            )
             return _Fault(sender, FaultKind.MALFORMED)
         if isinstance(env, SignedEnvelope):
             signed = env.signed
@@ -343,7 +352,7 @@ class Driver:
         except ConsensusHalted as exc:
             self._fail("halted", str(exc))
         except Exception as exc:
-            log.critical("replica task failed", exc_info=True)
+            log.critical("replica task failed", exc_info=True, extra={"fields": self._where()})
             self._fail("error", f"{type(exc).__name__}: {exc}")
 
     def _fail(self, kind: str, reason: str) -> None:
@@ -351,7 +360,9 @@ class Driver:
         reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
         self.halted = reason
         FAILURES.labels(kind).inc()
-        log.critical("consensus halted", extra={"fields": {"reason": reason, "kind": kind}})
+        log.critical(
+            "consensus halted", extra={"fields": {**self._where(), "reason": reason, "kind": kind}}
+        )
         if self.on_fatal is not None:
             self.on_fatal(reason)
 
@@ -374,6 +385,8 @@ class Driver:
         if rd.persist or rd.signed_mark is not None:
             PERSIST.observe(time.perf_counter() - started)
         for out in rd.send:
+            if isinstance(out.envelope, StateRequestEnvelope):
+                self._log_state_request(out.to, out.envelope)
             if self.byzantine is not None:  # test clusters only (fault injection)
                 for to_index, payload in self.byzantine.rewrite(out):
                     to = "" if to_index is None else self.node_ids[to_index]
@@ -391,15 +404,29 @@ class Driver:
                 if submitted is not None:
                     FINALITY.observe(now - submitted)
             self.feed.publish(executed.batch)
+            log.debug(
+                "batch executed",
+                extra={
+                    "fields": {
+                        "view": committed.certificate.view,
+                        "seq": committed.seq,
+                        "vertices": len(committed.requests),
+                        "rejected": len(executed.batch.rejected),
+                    }
+                },
+            )
         for serve in rd.serve:
             self._background(self._serve_state(serve))
         for evidence in rd.evidence:
             self._background(self._record_evidence(evidence))
         for fault in rd.faults:
             BYZANTINE.labels(self.names[fault.peer], fault.kind.value).inc()
+            self._log_fault(fault.peer, fault.kind.value)
         for peer in rd.bans:
             BANS.inc()
-            log.warning("banning peer", extra={"fields": {"peer": peer}})
+            log.warning(
+                "banning peer", extra={"fields": {**self._where(), "peer": self.names[peer]}}
+            )
             self._background(self._ban(peer))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -417,12 +444,50 @@ class Driver:
             FAILURES.labels("side_task").inc()
             log.error("background task failed", exc_info=exc)
 
+    def _where(self) -> dict[str, int]:
+        """The log fields of where the replica is: its view and last executed seq."""
+        return {"view": self.replica.view, "seq": self.replica.last_executed}
+
+    def _log_fault(self, peer: int, kind: str) -> None:
+        """A fault charged to ``peer``: logged at its 1st, 2nd, 4th, 8th... occurrence."""
+        seen = self._faults_seen[peer, kind] = self._faults_seen[peer, kind] + 1
+        if seen & (seen - 1) == 0:
+            fields = {**self._where(), "peer": self.names[peer], "kind": kind, "count": seen}
+            log.warning("fault charged to peer", extra={"fields": fields})
+
+    def _log_state_request(self, peer: int | None, request: StateRequestEnvelope) -> None:
+        fields = {
+            **self._where(),
+            "peer": "*" if peer is None else self.names[peer],
+            "from_seq": request.from_seq,
+            "to_seq": request.to_seq,
+        }
+        log.info("state transfer requested", extra={"fields": fields})
+
     def _publish_gauges(self) -> None:
         status = self.replica.status()
+        if status.view != self._last_view or status.active != self._last_active:
+            fields = {
+                "view": status.view,
+                "seq": status.last_executed,
+                "primary": self.names[status.primary],
+                "stable_seq": status.stable_seq,
+            }
+            if status.view != self._last_view:
+                fields["from_view"] = self._last_view
+            msg = "new view active" if status.active else "view change"
+            log.info(msg, extra={"fields": fields})
+            self._last_active = status.active
         if status.view != self._last_view:
             self.view_changes += 1
             VIEW_CHANGES.inc()
             self._last_view = status.view
+        if status.stable_seq != self._last_stable:
+            self._last_stable = status.stable_seq
+            log.info(
+                "stable checkpoint",
+                extra={"fields": {"view": status.view, "seq": status.stable_seq}},
+            )
         VIEW.set(status.view)
         LAST_EXECUTED.set(status.last_executed)
         STABLE.set(status.stable_seq)
@@ -452,11 +517,24 @@ class Driver:
                 if budget <= 0:  # the peer asks again from where this ends
                     break
         if batches:
+            fields = {
+                **self._where(),
+                "peer": self.names[serve.peer],
+                "from_seq": serve.from_seq,
+                "to_seq": serve.from_seq + len(batches) - 1,
+            }
+            log.info("state transfer served", extra={"fields": fields})
             payload = encode_envelope(StateResponseEnvelope(tuple(batches)))
             self.link.send(payload, to=self.node_ids[serve.peer])
 
     async def _record_evidence(self, evidence: EvidenceEnvelope) -> None:
         EVIDENCE.inc()
+        signer = evidence.first.signer
+        fields = {
+            **self._where(),
+            "peer": self.names[signer] if 0 <= signer < len(self.names) else signer,
+        }
+        log.warning("equivocation evidence recorded", extra={"fields": fields})
         pb = pbft_pb2.Evidence(
             first=signed_to_pb(evidence.first), second=signed_to_pb(evidence.second)
         )
