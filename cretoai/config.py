@@ -174,7 +174,10 @@ class TlsSection:
 class TelemetrySection:
     #: OTLP/gRPC endpoint (e.g. http://127.0.0.1:4317); empty disables export.
     otlp_endpoint: str = ""
-    sampling_ratio: float = 1.0
+    #: The share of traces started here that are recorded (parent-based: a sampled
+    #: caller's trace is always continued). 0 turns tracing off. Keep equal to
+    #: ``cretoai.telemetry.DEFAULT_SAMPLING_RATIO``.
+    sampling_ratio: float = 0.01
     log_level: str = "info"
     #: Log lines as "logfmt" (key=value) or "json" (one object per line).
     log_format: str = "logfmt"

@@ -33,7 +33,13 @@ from prometheus_client import Counter, Gauge, Histogram
 from cretoai import registry
 from cretoai.config import NodeConfig
 from cretoai.errors import ServiceError
-from cretoai.telemetry import Telemetry, extract_context, setup_tracing, start_metrics
+from cretoai.telemetry import (
+    DEFAULT_SAMPLING_RATIO,
+    Telemetry,
+    extract_context,
+    setup_tracing,
+    start_metrics,
+)
 from cretoai.tls import InternalTls, is_loopback
 
 log = logging.getLogger(__name__)
@@ -103,12 +109,20 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 class TracingInterceptor(_CallInterceptor):
-    """A server span per call, child of the caller's trace context (from metadata)."""
+    """A server span per call, child of the caller's trace context (from metadata).
 
-    def __init__(self) -> None:
+    With ``roots`` False (internal services) a call that carries no trace context
+    gets no span: the consensus' own storage writes and streams would otherwise each
+    start a trace of their own; calls made on behalf of a vertex carry its context.
+    """
+
+    def __init__(self, *, roots: bool = True) -> None:
         self._tracer = trace.get_tracer("cretoai.serving")
+        self._roots = roots
 
     def begin(self, method: str, metadata: dict[str, str]) -> Any:
+        if not self._roots and "traceparent" not in metadata:
+            return None
         parent = extract_context(metadata)
         span = self._tracer.start_span(
             method,
@@ -118,6 +132,8 @@ class TracingInterceptor(_CallInterceptor):
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     def end(self, state: Any, method: str, code: str, exc: BaseException | None) -> None:
+        if state is None:
+            return
         span, token = state
         span.set_attribute("rpc.grpc.status_code", code)
         if exc is not None and not isinstance(exc, asyncio.CancelledError):
@@ -245,7 +261,7 @@ class GrpcService:
     node: str = ""
     metrics_bind: str | None = None
     otlp_endpoint: str = ""
-    sampling_ratio: float = 1.0
+    sampling_ratio: float = DEFAULT_SAMPLING_RATIO
     grace: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
     cleanup: list[Cleanup] = field(default_factory=list)
@@ -305,7 +321,7 @@ class GrpcService:
         server = grpc.aio.server(
             # Outermost first: the span covers the metrics and the log line.
             interceptors=[
-                TracingInterceptor(),
+                TracingInterceptor(roots=self.public),
                 MetricsInterceptor(self.name),
                 AccessLogInterceptor(),
             ],

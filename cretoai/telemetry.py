@@ -3,8 +3,17 @@
 Tracing exports over OTLP/gRPC when an endpoint is configured (the
 ``[telemetry] otlp_endpoint`` setting, or the standard
 ``OTEL_EXPORTER_OTLP_ENDPOINT``); otherwise spans are created but dropped.
-Sampling is a parent-based ratio, so a trace started by a sampled client stays
-sampled across services and nodes.
+Sampling is a parent-based ratio (``[telemetry] sampling_ratio``, default
+:data:`DEFAULT_SAMPLING_RATIO`), so a trace started by a sampled client stays
+sampled across services and nodes; the standard ``OTEL_TRACES_SAMPLER`` /
+``OTEL_TRACES_SAMPLER_ARG`` override it when set. Every span's resource names its
+service (``service.name`` = ``cretoai-<service>``) and node
+(``service.instance.id`` = the node's name).
+
+Trace context crosses processes as W3C ``traceparent`` (gRPC metadata, and the
+``trace_context`` map of transport envelopes). What a peer sends is untrusted:
+:func:`sanitize_carrier` and :func:`parse_traceparent` drop anything malformed or
+oversized instead of failing.
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 log = logging.getLogger(__name__)
@@ -47,14 +58,29 @@ class Telemetry:
         self.tracer_provider.shutdown()
 
 
+#: The default ``[telemetry] sampling_ratio``: 1 vertex in 100 is traced (each traced
+#: vertex makes some 60-100 spans across a 4-node cluster).
+DEFAULT_SAMPLING_RATIO = 0.01
+
+
+def sampler(sampling_ratio: float) -> Sampler | None:
+    """Parent-based ``sampling_ratio``; None (the SDK then reads the standard variables)
+    when ``OTEL_TRACES_SAMPLER`` is set."""
+    if os.environ.get("OTEL_TRACES_SAMPLER", "").strip():
+        return None
+    return ParentBased(TraceIdRatioBased(sampling_ratio))
+
+
 def setup_tracing(
-    *, service: str, node: str, otlp_endpoint: str = "", sampling_ratio: float = 1.0
+    *,
+    service: str,
+    node: str,
+    otlp_endpoint: str = "",
+    sampling_ratio: float = DEFAULT_SAMPLING_RATIO,
 ) -> TracerProvider:
     endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     resource = Resource.create({"service.name": f"cretoai-{service}", "service.instance.id": node})
-    provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(sampling_ratio))
-    )
+    provider = TracerProvider(resource=resource, sampler=sampler(sampling_ratio))
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -89,3 +115,57 @@ def inject_context() -> dict[str, str]:
 
 def extract_context(carrier: Mapping[str, str]) -> object:
     return propagate.extract(dict(carrier))
+
+
+# --- trace context from untrusted carriers ------------------------------------------
+
+#: A carrier with more keys, or a longer key or value, is dropped whole.
+CARRIER_MAX_KEYS = 66
+CARRIER_MAX_KEY = 16
+CARRIER_MAX_VALUE = 256
+_HEX = frozenset("0123456789abcdef")
+
+
+def sanitize_carrier(carrier: Mapping[str, str]) -> dict[str, str]:
+    """``carrier`` as a dict, or ``{}`` when it is too large to be an honest one."""
+    if len(carrier) > CARRIER_MAX_KEYS:
+        return {}
+    out = {}
+    for key, value in carrier.items():
+        if len(key) > CARRIER_MAX_KEY or len(value) > CARRIER_MAX_VALUE:
+            return {}
+        out[key] = value
+    return out
+
+
+def parse_traceparent(value: str | None) -> SpanContext | None:
+    """A remote span context from a W3C ``traceparent`` (version 00), or None if malformed."""
+    if value is None or len(value) != 55:
+        return None
+    parts = value.split("-")
+    if [len(p) for p in parts] != [2, 32, 16, 2] or parts[0] != "00":
+        return None
+    if not all(c in _HEX for c in value.replace("-", "")):
+        return None
+    trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    flags = TraceFlags(int(parts[3], 16) & TraceFlags.SAMPLED)
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+
+
+def format_traceparent(span_context: SpanContext) -> str:
+    """The W3C ``traceparent`` of ``span_context``."""
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{int(span_context.trace_flags) & TraceFlags.SAMPLED:02x}"
+    )
+
+
+def remote_parent(carrier: Mapping[str, str]) -> otel_context.Context | None:
+    """A context to start spans in, from a peer's carrier; None when it carries none, or
+    garbage, or an unsampled trace (nothing to record then)."""
+    span_context = parse_traceparent(carrier.get("traceparent"))
+    if span_context is None or not span_context.trace_flags.sampled:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(span_context))

@@ -237,7 +237,21 @@ async def test_service_channel_propagates_the_current_span() -> None:
     try:
         async with service_channel(f"127.0.0.1:{service.port}") as channel:
             echo = channel.unary_unary(f"/{SERVICE}/Slow")
-            with trace.get_tracer("test").start_as_current_span("client") as client_span:
+            # under a sampled remote parent: the client span is recorded whatever the
+            # process's sampling ratio (the default samples 1 trace in 100)
+            sampled = trace.set_span_in_context(
+                trace.NonRecordingSpan(
+                    trace.SpanContext(
+                        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+                        0x00F067AA0BA902B7,
+                        is_remote=True,
+                        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+                    )
+                )
+            )
+            with trace.get_tracer("test").start_as_current_span(
+                "client", context=sampled
+            ) as client_span:
                 await echo(_slow_request(1), timeout=5)
     finally:
         await service.stop()

@@ -29,10 +29,12 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai.crypto.keys import node_id
@@ -60,14 +62,15 @@ from services.consensus.core.messages import (
     StateResponseEnvelope,
     TransferBatch,
 )
-from services.consensus.core.ready import Ready, ServeState
+from services.consensus.core.ready import Committed, Ready, ServeState
 from services.consensus.core.replica import ConsensusHalted, ProposeResult, Replica
 from services.consensus.core.reputation import FaultKind
-from services.consensus.executor import Executor
+from services.consensus.executor import Executed, Executor
 from services.consensus.feed import FinalizedFeed
 from services.consensus.link import TransportLink
 from services.consensus.mark import MarkFile
 from services.consensus.retry import call_until_done
+from services.consensus.tracing import BatchTraces, now_ns, tracer
 from services.consensus.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -125,10 +128,16 @@ def request_hash(body: bytes) -> bytes:
     return signed_digest(vertex)
 
 
+_NO_CARRIER: Mapping[str, str] = {}
+
+
 @dataclass(frozen=True)
 class _Step:
     sender: int
     envelope: Envelope
+    #: When the envelope reached this process (monotonic ns), and its trace context.
+    arrived: int
+    carrier: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,8 @@ class Driver:
         self.pending: OrderedDict[bytes, vertex_pb2.Vertex] = OrderedDict()
         self._pending_max = pending_max
         self._submitted_at: dict[bytes, float] = {}
+        #: Span contexts and stage timestamps of vertices and batches (tracing.py).
+        self.traces = BatchTraces(replica.id)
         self.halted: str | None = None
         self.view_changes = 0
         self._last_view = replica.view
@@ -237,8 +248,9 @@ class Driver:
         """A local client's vertex (already validated and verified); ``content`` its hash."""
         self._remember(content, vertex)
         future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
-        body = vertex.SerializeToString()
-        self._inbox.put_nowait(_Propose(Request(hash=signed_digest(vertex), body=body), future))
+        request = Request(hash=signed_digest(vertex), body=vertex.SerializeToString())
+        self.traces.submitted(request.hash)
+        self._inbox.put_nowait(_Propose(request, future))
         result = await future
         if result == ProposeResult.ACCEPTED:
             self._submitted_at.setdefault(content, time.monotonic())
@@ -261,10 +273,17 @@ class Driver:
         sender = self._index.get(envelope.__getattribute__("from"))
         if sender is None:
             return  # the transport delivers only authenticated members
-        task = asyncio.create_task(self._check(sender, envelope.payload))
+        carrier = dict(envelope.trace_context) if envelope.trace_context else _NO_CARRIER
+        task = asyncio.create_task(self._check(sender, envelope.payload, now_ns(), carrier))
         await self._verifying.put(task)  # bounded: back-pressure on the transport stream
 
-    async def _check(self, sender: int, payload: bytes) -> _Input | None:
+    async def _check(
+        self,
+        sender: int,
+        payload: bytes,
+        arrived: int = 0,
+        carrier: Mapping[str, str] = _NO_CARRIER,
+    ) -> _Input | None:
         """Decode and verify one envelope from ``sender``; a fault instead when it is bad."""
         try:
             env = decode_envelope(payload, request_hash=request_hash)
@@ -288,6 +307,8 @@ class Driver:
             # Forwarded or relayed requests: an honest replica sends only copies it
             # verified itself, and a verdict is a function of the copy's exact bytes,
             # so a copy that fails here is the sender's own fault.
+            if carrier:
+                self.traces.forwarded(env.requests, carrier)
             valid = []
             for request in env.requests:
                 vertex = vertex_pb2.Vertex.FromString(request.body)
@@ -308,7 +329,7 @@ class Driver:
                 content = vertex_hash(vertex)
                 self._remember(content, vertex)
                 await self._verifier.verify_vertex(vertex, request.hash, content)
-        return _Step(sender, env)
+        return _Step(sender, env, arrived, carrier)
 
     async def _deliver_verified(self) -> None:
         while True:
@@ -324,9 +345,11 @@ class Driver:
             self._tick_pending = False
             self.replica.tick()
         elif isinstance(item, _Step):
+            self.traces.received(item.envelope, item.arrived, item.carrier)
             self.replica.step(item.sender, item.envelope)
         elif isinstance(item, _Propose):
             result = self.replica.propose(item.request)
+            self.traces.pooled(item.request.hash, result == ProposeResult.ACCEPTED)
             if not item.result.done():  # the caller may have given up (its deadline passed)
                 item.result.set_result(result)
         else:
@@ -368,6 +391,14 @@ class Driver:
 
     async def _carry_out(self, rd: Ready) -> None:
         started = time.perf_counter()
+        sends = tuple(out.envelope for out in rd.send)
+        self.traces.ready(sends, tuple(c.seq for c in rd.execute))
+        persist_span = None
+        if rd.persist or rd.signed_mark is not None:
+            persist_span = self.traces.persist_span(sends)
+        token = None
+        if persist_span is not None:
+            token = otel_context.attach(trace.set_span_in_context(persist_span))
         if rd.persist:
             write = storage_pb2.WriteStateRequest(
                 puts=[
@@ -384,18 +415,23 @@ class Driver:
             await asyncio.to_thread(self._mark_file.store, rd.signed_mark)
         if rd.persist or rd.signed_mark is not None:
             PERSIST.observe(time.perf_counter() - started)
+            BatchTraces.persisted(time.perf_counter() - started)
+        if persist_span is not None and token is not None:
+            otel_context.detach(token)
+            persist_span.end()
         for out in rd.send:
+            carrier = self.traces.sending(out.envelope, out.to)
             if isinstance(out.envelope, StateRequestEnvelope):
                 self._log_state_request(out.to, out.envelope)
             if self.byzantine is not None:  # test clusters only (fault injection)
                 for to_index, payload in self.byzantine.rewrite(out):
                     to = "" if to_index is None else self.node_ids[to_index]
-                    self.link.send(payload, to=to)
+                    self.link.send(payload, to=to, trace_context=carrier)
                 continue
             to = "" if out.to is None else self.node_ids[out.to]
-            self.link.send(encode_envelope(out.envelope), to=to)
+            self.link.send(encode_envelope(out.envelope), to=to, trace_context=carrier)
         for committed in rd.execute:
-            executed = await self._executor.execute(committed)
+            executed = await self._execute(committed)
             self.replica.applied(committed.seq, executed.state_digest)
             now = time.monotonic()
             for content in executed.contents:
@@ -404,6 +440,7 @@ class Driver:
                 if submitted is not None:
                     FINALITY.observe(now - submitted)
             self.feed.publish(executed.batch)
+            self.traces.executed(committed.seq, executed.storage_started, executed.storage_done)
             log.debug(
                 "batch executed",
                 extra={
@@ -428,6 +465,20 @@ class Driver:
                 "banning peer", extra={"fields": {**self._where(), "peer": self.names[peer]}}
             )
             self._background(self._ban(peer))
+
+    async def _execute(self, committed: Committed) -> Executed:
+        """Execute ``committed``; when its batch is traced, in a ``consensus.execute`` span
+        that starts when it was committed-local."""
+        parent, committed_at = self.traces.execute_parent(committed.seq)
+        if parent is None:
+            return await self._executor.execute(committed)
+        with tracer.start_as_current_span(
+            "consensus.execute",
+            context=parent,
+            start_time=self.traces.epoch(committed_at),
+            attributes={"pbft.seq": committed.seq},
+        ):
+            return await self._executor.execute(committed)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

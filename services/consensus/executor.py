@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
@@ -21,6 +22,7 @@ from services.consensus.core.durable import ExecutedState
 from services.consensus.core.ready import Committed
 from services.consensus.execution import Candidate, decide
 from services.consensus.retry import call_until_done
+from services.consensus.tracing import now_ns, tracer
 from services.consensus.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class Executed:
     heights: tuple[int, ...]
     #: The content hash of each vertex, in batch order.
     contents: tuple[bytes, ...]
+    #: When storage's CommitBatch was called and answered (monotonic ns).
+    storage_started: int = 0
+    storage_done: int = 0
 
     @property
     def state_digest(self) -> bytes:
@@ -124,10 +129,26 @@ class Executor:
             state_digest=state,
         )
         request = storage_pb2.CommitBatchRequest(batch=batch, results=results)
-        response = await call_until_done(
-            lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
-        )
+        storage_started = now_ns()
+        if trace.get_current_span().is_recording():  # a traced batch (driver.py)
+            with tracer.start_as_current_span(
+                "consensus.storage_commit", attributes={"pbft.seq": committed.seq}
+            ):
+                response = await call_until_done(
+                    lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
+                )
+        else:
+            response = await call_until_done(
+                lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
+            )
+        storage_done = now_ns()
         self.seq, self.state_digest = committed.seq, state
         EXECUTED_BATCHES.inc()
         EXECUTE_SECONDS.observe(time.perf_counter() - started)
-        return Executed(batch=batch, heights=tuple(response.heights), contents=tuple(contents))
+        return Executed(
+            batch=batch,
+            heights=tuple(response.heights),
+            contents=tuple(contents),
+            storage_started=storage_started,
+            storage_done=storage_done,
+        )

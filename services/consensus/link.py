@@ -13,13 +13,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
 from prometheus_client import Counter, Gauge
 
 from cretoai.channels import service_channel
-from cretoai.telemetry import inject_context
 from cretoai.tls import InternalTls
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 
@@ -59,13 +58,17 @@ class TransportLink:
         self._channel: grpc.aio.Channel | None = None
         self.connected = asyncio.Event()
 
-    def send(self, payload: bytes, to: str = "") -> None:
-        """Queue ``payload`` for one peer (node id) or, with ``to=""``, for every peer.
+    def send(
+        self, payload: bytes, to: str = "", trace_context: Mapping[str, str] | None = None
+    ) -> None:
+        """Queue ``payload`` for one peer (node id) or, with ``to=""``, for every peer;
+        ``trace_context``: the trace it continues (a traced batch's or vertices'; see
+        tracing.py), none otherwise.
 
         Never blocks: when the queue is full the envelope is dropped and counted
         (consensus recovers lost messages through its timers).
         """
-        envelope = transport_pb2.Envelope(to=to, payload=payload, trace_context=inject_context())
+        envelope = transport_pb2.Envelope(to=to, payload=payload, trace_context=trace_context)
         try:
             self._outbound.put_nowait(envelope)
         except asyncio.QueueFull:

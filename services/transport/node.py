@@ -26,7 +26,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from cretoai.crypto import Backend, NodeKey
-from cretoai.telemetry import extract_context, inject_context
+from cretoai.telemetry import format_traceparent, remote_parent, sanitize_carrier
 from cretoai.v1 import transport_pb2
 from services.transport import auth, metrics, stun
 from services.transport.connection import (
@@ -66,6 +66,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("cretoai.transport")
+
+
+def _continue_trace(
+    name: str,
+    carrier: Mapping[str, str],
+    out: MutableMapping[str, str],
+    kind: trace.SpanKind,
+    attributes: dict[str, str],
+) -> None:
+    """A span ``name`` continuing ``carrier``'s trace; ``out`` gets the span's context and
+    the carrier's other keys (the consensus' per-request contexts). Nothing when the
+    carrier is malformed, oversized or unsampled."""
+    clean = sanitize_carrier(carrier)
+    parent = remote_parent(clean)
+    if parent is None:
+        return
+    with tracer.start_as_current_span(
+        name, context=parent, kind=kind, attributes=attributes
+    ) as span:
+        out.update({k: v for k, v in clean.items() if k not in ("traceparent", "tracestate")})
+        out["traceparent"] = format_traceparent(span.get_span_context())
+
 
 #: Bytes handed to QUIC in one go when pumping a queue.
 PUMP_CHUNK = 256 * 1024
@@ -428,15 +450,14 @@ class TransportNode:
 
     def _encode_outbound(self, envelope: transport_pb2.Envelope) -> bytes:
         wire = transport_pb2.Envelope(payload=envelope.payload)
-        if envelope.trace_context:
-            parent = extract_context(envelope.trace_context)
-            with tracer.start_as_current_span(
+        if envelope.trace_context:  # only sampled envelopes carry one
+            _continue_trace(
                 "transport.send",
-                context=parent,  # type: ignore[arg-type]
-                kind=trace.SpanKind.PRODUCER,
-            ) as span:
-                span.set_attribute("messaging.destination", envelope.to or "broadcast")
-                wire.trace_context.update(inject_context())
+                envelope.trace_context,
+                wire.trace_context,
+                trace.SpanKind.PRODUCER,
+                {"messaging.destination": envelope.to or "broadcast"},
+            )
         body = wire.SerializeToString()
         try:
             return encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
@@ -760,16 +781,16 @@ class TransportNode:
             return
         envelope.to = self._node_id
         setattr(envelope, "from", peer.node_id)
-        if envelope.trace_context:
-            parent = extract_context(envelope.trace_context)
-            with tracer.start_as_current_span(
+        if envelope.trace_context:  # a peer's: untrusted (garbage or oversized is dropped)
+            carrier = dict(envelope.trace_context)
+            envelope.trace_context.clear()
+            _continue_trace(
                 "transport.receive",
-                context=parent,  # type: ignore[arg-type]
-                kind=trace.SpanKind.CONSUMER,
-            ) as span:
-                span.set_attribute("messaging.source", peer.name)
-                envelope.trace_context.clear()
-                envelope.trace_context.update(inject_context())
+                carrier,
+                envelope.trace_context,
+                trace.SpanKind.CONSUMER,
+                {"messaging.source": peer.name},
+            )
         peer.messages_in += 1
         peer.bytes_in += event.wire_size
         peer.m.messages_in.inc()
