@@ -55,6 +55,20 @@ def promtool_check(text: str, *, timeout: float = 60) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
 
 
+def promtool_check_config(path: Path, *, timeout: float = 60) -> tuple[int, str]:
+    """``promtool check config`` of a Prometheus config file: (exit code, its output)."""
+    promtool = tool("promtool")
+    if promtool is None:
+        raise FileNotFoundError("promtool (Debian package prometheus) is not installed")
+    done = subprocess.run(
+        [promtool, "check", "config", str(path)],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
+
+
 def scrape_config(cluster: Mapping[str, Any], *, interval: str = "1s") -> dict[str, Any]:
     """A Prometheus config scraping every service of every node in ``cluster`` (cluster.json)."""
     jobs = []
@@ -168,13 +182,15 @@ class PrometheusServer:
         data = await self.api("targets", state="active")
         return list(data["activeTargets"])
 
-    async def query(self, expr: str) -> dict[str, float]:
-        """An instant vector query: ``node/job`` (or the labels' text) -> value."""
+    async def query(self, expr: str, *, by: str = "node") -> dict[str, float]:
+        """An instant vector query: the label ``by``'s value -> the sample's value (one
+        series per value, else ValueError; a series without the label is keyed "")."""
         data = await self.api("query", query=expr)
         out: dict[str, float] = {}
         for item in data["result"]:
-            labels = item["metric"]
-            key = "/".join(labels[k] for k in ("node", "job") if k in labels) or json.dumps(labels)
+            key = item["metric"].get(by, "")
+            if key in out:
+                raise ValueError(f"{expr}: several series with {by}={key!r}: {data['result']}")
             out[key] = float(item["value"][1])
         return out
 
