@@ -234,6 +234,8 @@ class BatchTraces:
             parent = trace.set_span_in_context(NonRecordingSpan(contexts.pop(0)))
         if parent is None:
             return
+        own = trace.get_current_span(parent).get_span_context().trace_id
+        contexts = [c for c in contexts if c.trace_id != own]  # already in the batch's trace
         batch.attributes = {
             "pbft.seq": msg.seq,
             "pbft.view": msg.view,

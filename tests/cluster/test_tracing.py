@@ -53,18 +53,19 @@ def problems(spans: list[ReceivedSpan], root: ReceivedSpan) -> list[str]:
     """Why ``spans`` (one vertex's) are not yet the complete, connected trace; [] if they are."""
     out = []
     ids = {s.span_id for s in spans}
-    linked_to = {sid for s in spans for _, sid in s.links}
-    roots = [s for s in spans if not s.parent_span_id]
-    if [s.span_id for s in roots] != [root.span_id]:
-        # a root of a linked trace is fine when a span of ours links it (or it links ours)
-        others = [r for r in roots if r.span_id != root.span_id]
-        unlinked = [
-            r
-            for r in others
-            if r.span_id not in linked_to and not ({sid for _, sid in r.links} & ids)
-        ]
-        if unlinked or root not in roots:
-            out.append(f"roots: {[f'{r.service_name}@{r.node} {r.name}' for r in roots]}")
+    # one root per trace (the linked traces of the batch's other vertices have theirs);
+    # trace_of joined those traces through span links, so links connect the trees
+    roots: dict[str, list[ReceivedSpan]] = defaultdict(list)
+    for s in spans:
+        if not s.parent_span_id:
+            roots[s.trace_id].append(s)
+    if (
+        roots.get(root.trace_id) != [root]
+        or any(len(r) != 1 for r in roots.values())
+        or set(roots) != {s.trace_id for s in spans}
+    ):
+        named = {t: [f"{r.service_name}@{r.node} {r.name}" for r in rs] for t, rs in roots.items()}
+        out.append(f"roots by trace: {named}")
     dangling = [s for s in spans if s.parent_span_id and s.parent_span_id not in ids]
     if dangling:
         out.append(f"{len(dangling)} spans whose parent is missing, e.g. {dangling[0].name}")
@@ -104,6 +105,39 @@ def tree(spans: list[ReceivedSpan], width: int = 200) -> str:
     return "\n".join(lines)
 
 
+async def vertex_traces(
+    receiver: OtlpReceiver, node: str, count: int = 1
+) -> list[tuple[ReceivedSpan, list[ReceivedSpan]]]:
+    """The gateway spans of the ``count`` POST /v1/vertices made to ``node``, each with its
+    vertex's trace, once all are complete (a test failure with the trees otherwise)."""
+
+    def posts(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [
+            s
+            for s in spans
+            if s.service_name == "cretoai-gateway"
+            and s.node == node
+            and s.name == "POST /v1/vertices"
+        ]
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        roots = posts(spans)
+        return len(roots) == count and not any(problems(trace_of(spans, r), r) for r in roots)
+
+    try:
+        spans = await asyncio.to_thread(receiver.wait_for, complete, 30)
+    except TimeoutError:
+        spans = receiver.spans()
+        roots = posts(spans)
+        assert roots, f"no gateway span for POST /v1/vertices on {node}"
+        pytest.fail(
+            "\n".join(
+                f"{problems(trace_of(spans, r), r)}\n{tree(trace_of(spans, r))}" for r in roots
+            )
+        )
+    return [(r, trace_of(spans, r)) for r in posts(spans)]
+
+
 @pytest.fixture
 def receiver():
     r = OtlpReceiver()
@@ -112,8 +146,10 @@ def receiver():
     r.stop()
 
 
-async def post_vertex(session: aiohttp.ClientSession, url: str) -> dict[str, object]:
-    body = {"payload": base64.b64encode(b"one traced vertex").decode(), "parents": []}
+async def post_vertex(
+    session: aiohttp.ClientSession, url: str, tag: str = "one traced vertex"
+) -> dict[str, object]:
+    body = {"payload": base64.b64encode(tag.encode()).decode(), "parents": []}
     for _ in range(50):  # 503 while the cluster connects
         async with session.post(url, json=body) as resp:
             reply = await resp.json(content_type=None)
@@ -152,27 +188,7 @@ async def test_one_vertex_one_trace_across_four_nodes(
             reply = await post_vertex(session, f"http://{node1.gateway.http}/v1/vertices?wait=true")
             assert reply["status"] == "finalized", reply
 
-            def is_post(s: ReceivedSpan) -> bool:
-                return (
-                    s.service_name == "cretoai-gateway"
-                    and s.node == "node1"
-                    and s.name == "POST /v1/vertices"
-                )
-
-            def complete(spans: list[ReceivedSpan]) -> bool:
-                root = next((s for s in spans if is_post(s)), None)
-                return root is not None and not problems(trace_of(spans, root), root)
-
-            try:
-                spans = await asyncio.to_thread(receiver.wait_for, complete, 30)
-            except TimeoutError:
-                spans = receiver.spans()
-                root = next((s for s in spans if is_post(s)), None)
-                assert root is not None, "no gateway span for POST /v1/vertices"
-                ours = trace_of(spans, root)
-                pytest.fail(f"{problems(ours, root)}\n{tree(ours)}")
-            [root] = [s for s in spans if is_post(s)]
-            ours = trace_of(spans, root)
+            [(root, ours)] = await vertex_traces(receiver, "node1")
             print(tree(ours))
             assert root.parent_span_id == ""
             assert root.attributes["http.response.status_code"] == 200
@@ -183,6 +199,34 @@ async def test_one_vertex_one_trace_across_four_nodes(
             assert len({s.attributes["pbft.seq"] for s in batches}) == 1
             for phase in ("pbft.pre_prepare", "pbft.prepare", "pbft.commit", "consensus.notify"):
                 assert any(s.name == phase for s in ours), f"no {phase}\n{tree(ours)}"
+
+            # a vertex submitted to a backup is forwarded with its context: the primary's
+            # batch span joins that vertex's trace
+            receiver.clear()
+            reply = await post_vertex(
+                session, f"http://{configs[1].gateway.http}/v1/vertices?wait=true"
+            )
+            assert reply["status"] == "finalized", reply
+            [(_, forwarded)] = await vertex_traces(receiver, "node2")
+            print(tree(forwarded))
+            assert any(
+                s.name == "consensus.batch"
+                and s.node == "node1"
+                and s.attributes["pbft.role"] == "primary"
+                for s in forwarded
+            ), tree(forwarded)
+
+            # vertices batched together: each one's trace reaches the batch (a child of
+            # the first one's context, linked to the others')
+            receiver.clear()
+            url = f"http://{node1.gateway.http}/v1/vertices?wait=true"
+            replies = await asyncio.gather(*(post_vertex(session, url, f"v{i}") for i in range(3)))
+            assert [r["status"] for r in replies] == ["finalized"] * 3, replies
+            for _, spans in await vertex_traces(receiver, "node1", 3):
+                assert any(s.name == "consensus.batch" and s.node == "node1" for s in spans), tree(
+                    spans
+                )
+            print("seqs of the three:", [r["seq"] for r in replies])
 
             counts = await stage_counts(session, f"http://{node1.consensus.metrics}/metrics")
             missing = [stage for stage in STAGES if counts.get(stage, 0) < 1]
