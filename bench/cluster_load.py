@@ -79,8 +79,9 @@ from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import get_backend
 from cretoai.crypto.keys import NodeKey
+from cretoai.telemetry import DEFAULT_SAMPLING_RATIO
 from cretoai.vertex import make_vertex, vertex_hash
-from devkit.ports import free_base_port
+from devkit.ports import free_base_port, free_tcp_port
 from node.clusterinit import init_cluster
 from node.supervisor import Supervisor
 
@@ -117,6 +118,8 @@ OTHER_LOAD_WARNING = 0.15
 #: Submissions outstanding at once, at most (beyond it the generator counts a
 #: "generator_cap" miss instead of sending; the open file limit is the real bound).
 INFLIGHT_CAP = 12_000
+#: The per-stage histogram of the consensus service (absent in older builds: tolerated).
+STAGE_METRIC = "cretoai_consensus_stage_seconds"
 STATUS_RE = re.compile(rb'"status":\s*"([a-z_]+)"')
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -324,6 +327,91 @@ def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     return extra
 
 
+class TraceSink:
+    """``python -m devkit.otlp_receiver`` as a process on loopback ports: where the nodes
+    export their spans when tracing is on (standing in for Jaeger; its CPU is reported
+    apart). Stopped by its pid."""
+
+    def __init__(self) -> None:
+        self.grpc_port = free_tcp_port()
+        self.http_port = free_tcp_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def launch(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "devkit.otlp_receiver",
+                "--listen", f"127.0.0.1:{self.grpc_port}",
+                "--query", f"127.0.0.1:{self.http_port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 30) -> None:
+        """Until its HTTP side answers (bounded); fails at once if it exited."""
+        assert self.process is not None, "not launched"
+        deadline = time.perf_counter() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"otlp receiver exited ({self.process.returncode})")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"http://127.0.0.1:{self.http_port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"otlp receiver not answering after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        if self.process is None:
+            return 0.0
+        return proc_cpu_seconds(self.process.pid) or 0.0
+
+    async def spans(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        """How many spans and traces it received, by service."""
+        try:
+            async with session.get(
+                f"http://127.0.0.1:{self.http_port}/spans", timeout=aiohttp.ClientTimeout(total=60)
+            ) as resp:
+                spans = (await resp.json())["spans"]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            return {"error": repr(exc)}
+        by_service = Counter(s["service_name"] for s in spans)
+        return {
+            "spans": len(spans),
+            "traces": len({s["trace_id"] for s in spans}),
+            "by_service": dict(sorted(by_service.items())),
+        }
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tracing_overrides(args: argparse.Namespace, sink: TraceSink | None) -> dict[str, Any]:
+    """The ``[telemetry]`` settings of ``--tracing``: off (ratio 0, no exporter), on (the
+    ratio ``--sampling``, exported to ``sink``), default (the config's defaults)."""
+    if args.tracing == "off":
+        return {"sampling_ratio": 0.0, "otlp_endpoint": ""}
+    if args.tracing == "on":
+        assert sink is not None
+        return {"sampling_ratio": args.sampling, "otlp_endpoint": sink.endpoint}
+    return {}
+
+
 class Cluster:
     """A real local cluster under a temporary directory: ``async with Cluster(...) as c``.
 
@@ -346,6 +434,8 @@ class Cluster:
         self.events: list[str] = []
         self.incarnations = 0
         self.logs: dict[str, Any] = {}
+        #: The OTLP receiver the nodes export to (tracing on), else None.
+        self.sink: TraceSink | None = None
 
     async def start(self) -> None:
         self.incarnations += 1
@@ -556,6 +646,66 @@ def histogram(before: Scrape, after: Scrape, name: str) -> dict[str, Any]:
     return result
 
 
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of cumulative ``le`` buckets, interpolated linearly inside
+    the bucket it falls in, as PromQL's histogram_quantile does; None without samples.
+    In the +Inf bucket: the highest finite bound."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in ordered:
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower
+            if cumulative == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower
+
+
+def histogram_by_label(
+    pairs: Iterable[tuple[Scrape, Scrape]], name: str, label: str
+) -> dict[str, dict[str, Any]]:
+    """A labelled histogram's delta over one or more (before, after) scrapes (summed, e.g.
+    over nodes), per value of ``label``: count, mean and p50/p99 (from the buckets)."""
+    buckets: dict[str, dict[float, float]] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for before, after in pairs:
+        for key, value in after.items():
+            base, _, labels = key.partition("{")
+            if base not in (f"{name}_bucket", f"{name}_sum", f"{name}_count"):
+                continue
+            pairs_ = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
+            which = pairs_.get(label, "")
+            delta = value - before.get(key, 0.0)
+            if base.endswith("_bucket"):
+                bound = float(pairs_["le"])
+                per = buckets.setdefault(which, {})
+                per[bound] = per.get(bound, 0.0) + delta
+            elif base.endswith("_sum"):
+                sums[which] = sums.get(which, 0.0) + delta
+            else:
+                counts[which] = counts.get(which, 0.0) + delta
+    out: dict[str, dict[str, Any]] = {}
+    for which, count in sorted(counts.items()):
+        if count <= 0:
+            out[which] = {"count": 0}
+            continue
+        p50 = bucket_quantile(buckets.get(which, {}), 0.50)
+        p99 = bucket_quantile(buckets.get(which, {}), 0.99)
+        out[which] = {
+            "count": int(count),
+            "mean_ms": round(sums.get(which, 0.0) / count * 1e3, 3),
+            "p50_ms": None if p50 is None else round(p50 * 1e3, 3),
+            "p99_ms": None if p99 is None else round(p99 * 1e3, 3),
+        }
+    return out
+
+
 def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any]:
     def delta(name: str, **match: str) -> float:
         return total(after, name, **match) - total(before, name, **match)
@@ -578,6 +728,7 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
         "consensus_finality": histogram(before, after, "cretoai_consensus_finality_seconds"),
         "execute": histogram(before, after, "cretoai_consensus_execute_seconds"),
         "persist": histogram(before, after, "cretoai_consensus_persist_seconds"),
+        "stages": histogram_by_label([(before, after)], STAGE_METRIC, "stage"),
         "gateway_finality_wait": histogram(before, after, "cretoai_gateway_finality_wait_seconds"),
         "signature_verifications": by_label(
             before, after, "cretoai_consensus_signature_verifications_total", "kind"
@@ -634,6 +785,8 @@ class Snapshot:
     machine_busy: float
     own_cpu: float
     metrics: dict[str, Scrape]
+    #: CPU seconds of the trace receiver (tracing on), else 0.
+    sink_cpu: float = 0.0
 
 
 async def snapshot(cluster: Cluster, session: aiohttp.ClientSession) -> Snapshot:
@@ -650,6 +803,7 @@ async def snapshot(cluster: Cluster, session: aiohttp.ClientSession) -> Snapshot
         machine_busy=machine_busy_seconds()[0],
         own_cpu=time.process_time(),
         metrics=metrics,
+        sink_cpu=cluster.sink.cpu_seconds() if cluster.sink is not None else 0.0,
     )
 
 
@@ -910,7 +1064,9 @@ async def run_step(
         )
     cluster_cores = sum(n["cpu_cores"] for n in nodes.values())
     own_cores = (end.own_cpu - start.own_cpu) / seconds
+    sink_cores = (end.sink_cpu - start.sink_cpu) / seconds
     busy_cores = (end.machine_busy - start.machine_busy) / seconds
+    others = busy_cores - cluster_cores - own_cores - sink_cores
     finalized_share = len(finalized_in_window) / len(in_window) if in_window else 0.0
     latency = summary_ms(latencies)
     p99 = latency["p99_ms"]
@@ -973,11 +1129,17 @@ async def run_step(
             "cluster_cores": round(cluster_cores, 3),
             "generator_cores": round(own_cores, 3),
             "machine_busy_cores": round(busy_cores, 3),
-            "other_processes_cores": round(max(0.0, busy_cores - cluster_cores - own_cores), 3),
+            "trace_receiver_cores": round(sink_cores, 3),
+            "other_processes_cores": round(max(0.0, others), 3),
             "load_average_1m_before": round(load_before, 2),
             "load_average_1m_after": round(os.getloadavg()[0], 2),
         },
-        "machine_shared": busy_cores - cluster_cores - own_cores > OTHER_LOAD_WARNING,
+        "machine_shared": others > OTHER_LOAD_WARNING,
+        "stages": histogram_by_label(
+            [(start.metrics.get(n, {}), end.metrics.get(n, {})) for n in cluster.names],
+            STAGE_METRIC,
+            "stage",
+        ),
         "nodes": nodes,
         "quiesce": quiet,
         "restarts": cluster.restarts(),
@@ -1136,12 +1298,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline = started + args.max_seconds
     load_start = os.getloadavg()
     extra = parse_overrides(args.set)
+    sink = TraceSink() if args.tracing == "on" else None
+    telemetry = tracing_overrides(args, sink)
+    if telemetry:
+        extra.setdefault("telemetry", {}).update(telemetry)
+    # The SDK's own variables would override the config (the services inherit them).
+    env_dropped = {}
+    if args.tracing != "default":
+        for name in (
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_TRACES_SAMPLER_ARG",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ):
+            if name in os.environ:
+                env_dropped[name] = os.environ.pop(name)
+    tracing: dict[str, Any] = {"mode": args.tracing, **telemetry, "env_dropped": env_dropped}
     signer = Signer(args.sign_workers, keys=args.nodes)
     steps: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     try:
+        if sink is not None:
+            sink.launch()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as probe:
+                await sink.wait_ready(probe)
         with tempfile.TemporaryDirectory(prefix="cretoai-cluster-load-") as tmp:
             async with Cluster(Path(tmp), args.nodes, extra, args.keep_logs) as cluster:
+                cluster.sink = sink
                 startup_s = time.perf_counter() - started
                 connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
                 wait_s = cluster.configs[0].gateway.wait_timeout_ms / 1000
@@ -1198,12 +1380,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             await cluster.restart_fresh()
                             await wait_ready(cluster, session, timeout=60)
                             parents, _ = await anchors(cluster, session, signer)
+                    if sink is not None:
+                        await asyncio.sleep(6)  # the services export spans every 5 s
+                        tracing["received"] = await sink.spans(session)
                 settings = cluster.settings()
                 events = cluster.events
             logs = cluster.logs
             clusters_started = cluster.incarnations
     finally:
         signer.close()
+        if sink is not None:
+            sink.stop()
     passing = [s["offered_rate"] for s in steps if s["sustained"]]
     sustained = float(max(passing)) if passing else None
     return {
@@ -1228,6 +1415,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "signing": f"ML-DSA-87 client signatures, pre-signed before each step by "
             f"{args.sign_workers} processes; one client key per gateway",
             "settings": settings,
+            "tracing": tracing,
         },
         "definitions": {
             "latency": "vertex due time (open-loop schedule) -> 200 answer read by the client, "
@@ -1456,6 +1644,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-logs", type=Path, default=None, metavar="DIR", help="copy the services' logs here"
     )
+    parser.add_argument(
+        "--tracing",
+        choices=("default", "off", "on"),
+        default="default",
+        help="default: the nodes' default [telemetry] settings; off: sampling_ratio 0, no "
+        "exporter; on: --sampling, exported over OTLP to a devkit.otlp_receiver process",
+    )
+    parser.add_argument(
+        "--sampling",
+        type=float,
+        default=DEFAULT_SAMPLING_RATIO,
+        help=f"with --tracing on: the sampling ratio (default {DEFAULT_SAMPLING_RATIO:g}, "
+        "the nodes' default)",
+    )
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument(
         "--plot", default=None, help="PNG path (default: beside --output; '' for none)"
@@ -1481,6 +1683,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--nodes must be within [1, 7]")
     if not 1 <= args.sign_workers <= 16:
         parser.error("--sign-workers must be within [1, 16]")
+    if not 0.0 <= args.sampling <= 1.0:
+        parser.error("--sampling must be within [0, 1]")
     if not 30 <= args.max_seconds <= 7200:
         parser.error("--max-seconds must be within [30, 7200]")
     try:

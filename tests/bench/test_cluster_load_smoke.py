@@ -1,4 +1,6 @@
-"""Smoke run of bench/cluster_load.py: a real 4-node cluster, one tiny step (--quick)."""
+"""Smoke run of bench/cluster_load.py: a real 4-node cluster, one tiny step (--quick), with
+tracing on (every trace sampled, exported to a devkit.otlp_receiver process): spans arrive
+and the step has its per-stage breakdown."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from services.consensus.tracing import STAGES
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(420)]
@@ -29,6 +32,10 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
         "5",
         "--max-seconds",
         "300",
+        "--tracing",
+        "on",
+        "--sampling",
+        "1.0",
         "--output",
         str(output),
         "--plot",
@@ -62,4 +69,21 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
         "cpu_cores_per_node_at_200",
     }
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    tracing = result["parameters"]["tracing"]
+    assert tracing["mode"] == "on" and tracing["sampling_ratio"] == 1.0
+    assert (
+        tracing["otlp_endpoint"] == result["parameters"]["settings"]["telemetry"]["otlp_endpoint"]
+    )
+    received = tracing["received"]
+    assert received["spans"] > 0 and received["traces"] > 0, received
+    assert {"cretoai-gateway", "cretoai-consensus"} <= set(received["by_service"]), received
+    assert step["cpu"]["trace_receiver_cores"] >= 0
+    # the per-stage breakdown (cretoai_consensus_stage_seconds) over the window
+    assert set(STAGES) <= set(step["stages"]), step["stages"]
+    for name in STAGES:
+        stage = step["stages"][name]
+        assert stage["count"] > 0, (name, stage)
+        assert 0 <= stage["p50_ms"] <= stage["p99_ms"], (name, stage)
+    for node in step["nodes"].values():
+        assert node["metrics"]["stages"]["commit"]["count"] > 0
     assert plot.stat().st_size > 10_000
