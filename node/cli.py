@@ -36,7 +36,7 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
     from node.clusterinit import init_cluster
 
     host = args.host or ("0.0.0.0" if args.service_host else "127.0.0.1")
-    reuse = args.reuse_keys and (Path(args.dir) / "cluster.json").exists()
+    reuse = args.reuse_keys and any(Path(args.dir).glob("*/node.key"))
     layout = init_cluster(
         Path(args.dir),
         args.nodes,

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages some tests need, when they are missing:
 #   prometheus   /usr/bin/promtool and /usr/bin/prometheus (tests/test_metrics_promtool.py,
-#                tests/cluster/test_prometheus.py)
+#                tests/cluster/test_prometheus.py; tests/deployment/test_compose.py builds
+#                its Prometheus image from it)
+#   docker.io    dockerd and docker: tests/deployment/test_compose.py runs compose.yaml
+#                on an engine of its own (its own data root and socket)
+#   debootstrap  that test's base image (no image registry needed)
 # Idempotent: a package already installed is skipped, and `apt-get update` runs only
 # when something is missing. Never fails the caller: without root (or sudo without a
 # password) or without apt-get it prints a warning and exits 0, and the tests that need
@@ -20,6 +24,8 @@ set -euo pipefail
 # One package per line: what the tests need. (Add to this list, in this one place.)
 PACKAGES=(
     prometheus
+    docker.io
+    debootstrap
 )
 
 say() { echo "==> system-deps: $*"; }
