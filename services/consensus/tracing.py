@@ -92,6 +92,8 @@ tracer = trace.get_tracer("cretoai.consensus")
 FORWARD_CONTEXTS_MAX = 64
 #: Links from one batch span to its other vertices.
 LINKS_MAX = 128
+#: Batches followed at once (more are not timed nor traced until older ones execute).
+BATCHES_MAX = 1024
 
 
 def now_ns() -> int:
@@ -121,8 +123,9 @@ class _Batch:
 class BatchTraces:
     """What the driver knows of vertices and batches for spans and stage timings."""
 
-    def __init__(self, replica_id: int, *, max_vertices: int = 100_000) -> None:
+    def __init__(self, replica_id: int, n: int, *, max_vertices: int = 100_000) -> None:
         self._me = replica_id
+        self._n = n
         self._offset = time.time_ns() - time.monotonic_ns()
         self._vertices: OrderedDict[bytes, _Vertex] = OrderedDict()
         self._max_vertices = max_vertices
@@ -184,6 +187,8 @@ class BatchTraces:
         msg = envelope.signed.msg
         if not isinstance(msg, PrePrepare) or msg.seq <= self._executed:
             return
+        if envelope.signed.signer != msg.view % self._n:
+            return  # not from its view's primary: the replica drops it too
         known = self._batches.get(msg.seq)
         if known is not None and known.digest == msg.digest:
             return
@@ -219,6 +224,8 @@ class BatchTraces:
         if old is not None and old.span is not None:  # re-proposed in a new view
             old.span.set_attribute("pbft.superseded", True)
             old.span.end()
+        if len(self._batches) >= BATCHES_MAX:
+            return
         batch = _Batch(seq=msg.seq, digest=msg.digest, started=started)
         self._batches[msg.seq] = batch
         contexts: list[SpanContext] = []

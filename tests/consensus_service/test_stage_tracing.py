@@ -18,7 +18,7 @@ from services.consensus.core.messages import (
     Signed,
     SignedEnvelope,
 )
-from services.consensus.tracing import STAGES, BatchTraces, now_ns
+from services.consensus.tracing import BATCHES_MAX, STAGES, BatchTraces, now_ns
 
 H1, H2 = b"\x01" * 32, b"\x02" * 32
 DIGEST = b"\xdd" * 32
@@ -46,7 +46,7 @@ def observed(before: dict[str, float]) -> dict[str, float]:
 
 
 def test_a_batch_cut_here_observes_every_stage_once() -> None:
-    traces = BatchTraces(replica_id=0)
+    traces = BatchTraces(replica_id=0, n=4)
     before = counts()
     traces.submitted(H1)
     traces.pooled(H1, accepted=True)
@@ -71,7 +71,7 @@ def test_a_batch_cut_here_observes_every_stage_once() -> None:
 
 
 def test_a_backup_starts_at_the_pre_prepare_and_ignores_a_garbage_context() -> None:
-    traces = BatchTraces(replica_id=1)
+    traces = BatchTraces(replica_id=1, n=4)
     before = counts()
     pre_prepare = signed(PrePrepare(view=0, seq=1, digest=DIGEST, request_hashes=(H1,)), 0)
     for garbage in ({"traceparent": "zz"}, {"traceparent": "00-" + "f" * 5000}, {"x": "y"}):
@@ -86,7 +86,7 @@ def test_a_backup_starts_at_the_pre_prepare_and_ignores_a_garbage_context() -> N
 
 
 def test_forwarded_requests_carry_each_sampled_vertex_context() -> None:
-    backup, primary = BatchTraces(replica_id=1), BatchTraces(replica_id=0)
+    backup, primary = BatchTraces(replica_id=1, n=4), BatchTraces(replica_id=0, n=4)
     with trace.use_span(NonRecordingSpan(SAMPLED)):
         backup.submitted(H2)
     backup.submitted(H1)  # no span: not sampled
@@ -115,3 +115,20 @@ def test_traceparent_parsing_is_strict() -> None:
         good.replace("-", "_"),
     ):
         assert parse_traceparent(bad) is None, bad
+
+
+def test_pre_prepares_not_from_the_primary_or_beyond_the_bound_are_not_followed() -> None:
+    traces = BatchTraces(replica_id=1, n=4)
+    before = counts()
+    forged = signed(PrePrepare(view=0, seq=1, digest=DIGEST, request_hashes=()), 2)
+    traces.received(forged, now_ns(), {})
+    traces.sending(signed(Prepare(view=0, seq=1, digest=DIGEST), 1), None)
+    assert observed(before) == {}
+    for seq in range(2, 2 + BATCHES_MAX + 10):  # a flood of (validly signed) PRE-PREPAREs
+        pre_prepare = signed(PrePrepare(view=0, seq=seq, digest=DIGEST, request_hashes=()), 0)
+        traces.received(pre_prepare, now_ns(), {})
+    last = 1 + BATCHES_MAX + 10
+    traces.sending(signed(Prepare(view=0, seq=last, digest=DIGEST), 1), None)
+    assert observed(before) == {}
+    traces.sending(signed(Prepare(view=0, seq=2, digest=DIGEST), 1), None)
+    assert observed(before) == {"pre_prepare": 1}
