@@ -134,6 +134,8 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 RETRY_STATUSES = {429, 503, 504}
 #: What the consensus service logs when it starts on storage older than its signing mark.
 FLOOR_WARNING = "storage is older than what this replica signed"
+#: Consensus log lines that tell how a replica reached its view (with view= and seq=).
+VIEW_MESSAGES = ("view change", "new view active", "replica restored")
 #: How long a service may take to stop on SIGTERM before it counts as an unclean stop.
 STOP_GRACE_S = 15.0
 
@@ -786,6 +788,7 @@ class ClusterRun:
         await self.check_reputation(nodes)
         await self.check_no_evidence(nodes)
         await self.check_signing_floor(nodes)
+        await self.check_logs(nodes)
         return {
             "batches": len(reference),
             "vertices": len(hashes),
@@ -809,6 +812,34 @@ class ClusterRun:
                 raise ScenarioFailed(
                     f"{tag}: vertex {h[:16]}… is not finalized at one seq on every node: {outcomes}"
                 )
+
+    async def check_logs(self, nodes: list[str]) -> None:
+        """Every log line of every service names its node and service; each node's
+        consensus log says how it reached its current view, with the view and a seq."""
+        for cfg in self.configs:
+            for path in sorted((cfg.data_dir.parent / "logs").glob("*.log")):
+                tag = f"node={cfg.node.name} service={path.stem} "
+                for line in path.read_text(errors="replace").splitlines():
+                    if line.startswith("ts=") and tag not in line:
+                        raise ScenarioFailed(f"{path}: a line without {tag!r}: {line}")
+        for node in nodes:
+            view = int((await self.status(node))["view"])
+            if view == 0:
+                continue
+            log_file = self.config_of(node).data_dir.parent / "logs" / "consensus.log"
+            how = [
+                line
+                for line in log_file.read_text(errors="replace").splitlines()
+                if any(f'msg="{m}"' in line for m in VIEW_MESSAGES)
+                and f" view={view} " in f"{line} "
+                and " seq=" in line
+            ]
+            if not how:
+                raise ScenarioFailed(
+                    f"{node} is in view {view}, but {log_file} has no line of "
+                    f"{VIEW_MESSAGES} with view={view} and a seq"
+                )
+            self.events.append(f"{node}: {how[-1]}")
 
     async def check_reputation(self, nodes: list[str]) -> None:
         """No honest node charged or banned an honest peer."""
