@@ -34,6 +34,10 @@ What it does:
   every second; the maximum is reported) and CPU (``utime + stime`` delta over the window,
   in cores); the generator's own CPU and what the rest of the machine used meanwhile (from
   ``/proc/stat``), since everything shares the same cores.
+* **stages** — per step, p50/p99 of each stage of ``cretoai_consensus_stage_seconds`` (the
+  window's bucket deltas over all nodes, interpolated as ``histogram_quantile`` does).
+* **tracing** — ``--tracing default|off|on`` (``on``: ``--sampling``, exported over OTLP to
+  a ``devkit.otlp_receiver`` process, whose CPU is reported apart).
 * **errors** — HTTP status and error codes, client-side failures, consensus / transport /
   gateway counters from each node's Prometheus endpoints, warning and error lines of the
   services' logs.
