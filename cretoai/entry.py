@@ -22,6 +22,24 @@ Builder = Callable[[NodeConfig], Awaitable[GrpcService]]
 log = logging.getLogger(__name__)
 
 
+def _log_crypto_backend(cfg: NodeConfig) -> None:
+    """Say which ML-DSA-87 backend this process uses (liboqs or cryptography), and why."""
+    from cretoai.crypto import BackendUnavailable, get_backend
+    from cretoai.crypto.backend import available_backends
+
+    requested = cfg.crypto.backend
+    try:
+        backend = get_backend(requested).name
+    except BackendUnavailable as exc:  # the service reports it when it loads its key
+        reason = {"requested": requested, "reason": str(exc)}
+        log.warning("crypto backend unavailable", extra={"fields": reason})
+        return
+    fields = {"backend": backend, "requested": requested}
+    if requested == "auto" and "oqs" not in available_backends():
+        fields["reason"] = "liboqs not installed"
+    log.info("crypto backend", extra={"fields": fields})
+
+
 def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{name}", description=f"Run the {name} service of one node."
@@ -39,6 +57,7 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
         level=cfg.telemetry.log_level,
         log_format=cfg.telemetry.log_format,
     )
+    _log_crypto_backend(cfg)
 
     async def main() -> None:
         service = await build(cfg)
