@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cretoai import registry
 from cretoai.config import load_config
 from devkit.prometheus import promtool_check, tool
+from services.consensus.tracing import STAGES
 from tests.conftest import REPO, cli
 from tests.support.processes import Process, wait_serving
 from tests.test_services_alone import init_one_node
@@ -134,9 +135,15 @@ async def test_every_metrics_page_passes_promtool(tmp_path: Path) -> None:
         # The pages held what traffic makes: labelled series and histograms with samples.
         by = {name: samples(page) for name, page in pages.items()}
         waited = sum(1 for a in answers if a.get("status") == "finalized")
+        assert waited == VERTICES // 2, answers
         assert total(by["consensus"], "cretoai_consensus_finality_seconds_count") >= waited
         assert total(by["consensus"], "cretoai_consensus_vertices_executed_total") >= waited
         assert total(by["storage"], "cretoai_storage_commit_seconds_count") >= 1
+        stage = "cretoai_consensus_stage_seconds_count{{stage={}}}"
+        assert all(stage.format(name) in by["consensus"] for name in STAGES), by["consensus"]
+        assert by["consensus"][stage.format("queue")] >= VERTICES  # once per vertex
+        for name in ("execute", "storage_commit", "notify"):  # once per batch
+            assert by["consensus"][stage.format(name)] >= 1, name
         assert (
             by["gateway"][
                 "cretoai_gateway_http_requests_total{method=POST,route=/v1/vertices,status=400}"
