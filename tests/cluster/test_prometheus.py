@@ -6,7 +6,8 @@ from its ``cluster.json`` (``devkit.prometheus.scrape_config``, one job per serv
 ``node`` label) and checked with ``promtool check config``; ``/usr/bin/prometheus`` runs
 with its own TSDB in the test's directory, on a free loopback port, scraping every second,
 and is stopped at the end. Everything is asserted through its HTTP API
-(``/api/v1/targets``, ``/api/v1/query``), each wait bounded.
+(``/api/v1/targets``, ``/api/v1/query``), each wait bounded. Then the 16 pages (with
+per-peer series, which a one-node cluster lacks) go through ``promtool check metrics``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from typing import Any, TypeVar
 import pytest
 
 from devkit.ports import free_base_port
-from devkit.prometheus import PrometheusServer, promtool_check_config, scrape_config, tool
+from devkit.prometheus import (
+    PrometheusServer,
+    promtool_check,
+    promtool_check_config,
+    scrape_config,
+    tool,
+)
 from tests.cluster.runner import ClusterRun, Scenario
 
 pytestmark = [
@@ -135,6 +142,20 @@ async def test_a_real_prometheus_scrapes_every_service(tmp_path: Path) -> None:
             # A range function over the scraped series: the scrapes were stored over time.
             rate = await prom.query("sum(rate(cretoai_transport_messages_total[30s]))")
             assert rate and next(iter(rate.values())) > 0, rate
+
+        # The 16 pages of a cluster with peers (per-peer series, RTT histograms), as
+        # promtool sees them: no warning (the one-node test has no peers).
+        assert run.session is not None
+        dirty = {}
+        for node in cluster["nodes"]:
+            for service, address in node["metrics"].items():
+                async with run.session.get(f"http://{address}/metrics") as reply:
+                    page = await reply.text()
+                assert 'peer="' in page or service != "transport", page
+                code, output = await asyncio.to_thread(promtool_check, page)
+                if (code, output) != (0, ""):
+                    dirty[f"{node['name']}/{service}"] = f"exit {code}: {output}"
+        assert not dirty, dirty
         assert prom.process is None  # stopped: the server this test started is gone
     timings["total_s"] = time.monotonic() - started
     print(json.dumps({"timings": {k: round(v, 1) for k, v in timings.items()}, "final": final}))
