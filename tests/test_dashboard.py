@@ -147,6 +147,7 @@ def test_the_issue_asks_for_these_panels() -> None:
         "cretoai_storage_commit_seconds_bucket",
         "cretoai_consensus_byzantine_events_total",
         "cretoai_consensus_bans_total",
+        "histogram_quantile(0.99, sum by (le, stage) (rate(cretoai_consensus_stage_seconds_bucket",
     ):
         assert needed in text, needed
 

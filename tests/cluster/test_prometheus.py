@@ -30,6 +30,7 @@ from devkit.prometheus import (
     tool,
 )
 from tests.cluster.runner import ClusterRun, Scenario
+from tests.test_dashboard import dashboard, panels
 
 pytestmark = [
     pytest.mark.cluster,
@@ -43,6 +44,8 @@ pytestmark = [
 ]
 
 T = TypeVar("T")
+#: Dashboard panels that show nothing without faults (labelled counters never incremented).
+MAY_BE_EMPTY = {"Transport drops", "Byzantine events", "Equivocation evidence and write errors"}
 NODES = ("node1", "node2", "node3", "node4")
 JOBS = ("cretoai-gateway", "cretoai-consensus", "cretoai-transport", "cretoai-storage")
 SCENARIO = Scenario(
@@ -54,6 +57,16 @@ SCENARIO = Scenario(
     timeout_s=60,
     steps=(),
 )
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every panel target, with Grafana's variables filled in."""
+    out = []
+    for panel in panels(dashboard()):
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$instance", ".*").replace("$__rate_interval", "30s")
+            out.append((panel["title"], expr))
+    return out
 
 
 async def until(what: str, probe: Callable[[], Awaitable[tuple[bool, T]]], timeout: float) -> T:
@@ -143,6 +156,15 @@ async def test_a_real_prometheus_scrapes_every_service(tmp_path: Path) -> None:
             rate = await prom.query("sum(rate(cretoai_transport_messages_total[30s]))")
             assert rate and next(iter(rate.values())) > 0, rate
 
+            # Every query of the Grafana dashboard is valid PromQL here; every panel has
+            # data except those of faults this cluster did not have.
+            empty = []
+            for where, expr in dashboard_queries():
+                result = await prom.api("query", query=expr)  # raises on a PromQL error
+                if not result["result"]:
+                    empty.append(where)
+            assert set(empty) <= MAY_BE_EMPTY, sorted(set(empty) - MAY_BE_EMPTY)
+
         # The 16 pages of a cluster with peers (per-peer series, RTT histograms), as
         # promtool sees them: no warning (the one-node test has no peers).
         assert run.session is not None
@@ -158,4 +180,5 @@ async def test_a_real_prometheus_scrapes_every_service(tmp_path: Path) -> None:
         assert not dirty, dirty
         assert prom.process is None  # stopped: the server this test started is gone
     timings["total_s"] = time.monotonic() - started
-    print(json.dumps({"timings": {k: round(v, 1) for k, v in timings.items()}, "final": final}))
+    timings = {k: round(v, 1) for k, v in timings.items()}
+    print(json.dumps({"timings": timings, "final": final, "empty_panels": sorted(set(empty))}))
