@@ -55,6 +55,7 @@ if [ "${1:-}" = "--check" ]; then
     warn "missing: ${missing[*]}"
     exit 1
 fi
+say "missing: ${missing[*]}"
 
 SUDO=()
 if [ "$(id -u)" != 0 ]; then
