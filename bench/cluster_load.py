@@ -1717,6 +1717,10 @@ def main(argv: list[str] | None = None) -> int:
             "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
             "status": s["http_status"],
             "sustained": s["sustained"],
+            "stages_p50_p99_ms": {
+                name: [stage.get("p50_ms"), stage.get("p99_ms")]
+                for name, stage in s["stages"].items()
+            },
         }
         for s in result["steps"]
     ]
