@@ -33,16 +33,17 @@ RUN set -eu; \
 
 FROM ${BASE_IMAGE} AS runtime
 # The fixed uid/gid the services (and the compose init job) run as: files in the
-# volumes, private keys included (0600), belong to it.
+# volumes, private keys included (0600), belong to it. /cluster/nodeN and /keys/nodeN
+# are the mount points of compose.yaml's volumes (a fresh volume takes their owner).
 ARG UID=10001
 RUN set -eu; \
     groupadd --system --gid "$UID" cretoai; \
     useradd --system --uid "$UID" --gid "$UID" --home-dir /var/lib/cretoai \
         --no-create-home --shell /usr/sbin/nologin cretoai; \
-    mkdir -p /var/lib/cretoai /cluster; \
-    for i in 1 2 3 4 5 6 7; do mkdir -p "/cluster/node$i"; done; \
-    chown -R "$UID:$UID" /var/lib/cretoai /cluster; \
-    chmod 0700 /var/lib/cretoai /cluster/node*
+    mkdir -p /var/lib/cretoai /cluster /keys; \
+    for i in 1 2 3 4 5 6 7; do mkdir -p "/cluster/node$i" "/keys/node$i"; done; \
+    chown -R "$UID:$UID" /var/lib/cretoai /cluster /keys; \
+    chmod 0700 /var/lib/cretoai /cluster/node* /keys/node*
 COPY --from=builder /opt/liboqs/lib/ /usr/local/lib/
 COPY --from=builder /opt/venv /opt/venv
 RUN ldconfig

@@ -36,7 +36,7 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
     from node.clusterinit import init_cluster
 
     host = args.host or ("0.0.0.0" if args.service_host else "127.0.0.1")
-    reuse = args.reuse_keys and any(Path(args.dir).glob("*/node.key"))
+    reuse = args.reuse_keys and any(Path(args.dir).glob("*/tls/node.key"))
     layout = init_cluster(
         Path(args.dir),
         args.nodes,
@@ -47,6 +47,7 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
         reuse_keys=args.reuse_keys,
         service_host=args.service_host,
         data_dir=args.data_dir,
+        key_dir=args.key_dir,
     )
     done = "reused the keys of" if reuse else "initialised"
     print(f"{done} a {len(layout.nodes)}-node cluster in {layout.directory}")
@@ -271,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="every node's data directory (default: data, next to its config); an absolute "
         "path suits containers, where it is a volume",
+    )
+    p.add_argument(
+        "--key-dir",
+        metavar="TEMPLATE",
+        help="put each node's validator key pair (node.key, node.pub) in TEMPLATE, a "
+        "directory named with {node} (relative: to --dir), e.g. '/keys/{node}': a volume "
+        "only the services that sign (consensus, transport) mount",
     )
     p.set_defaults(func=_cmd_cluster_init)
     p = csub.add_parser("up", help="run a whole local cluster in the foreground (Ctrl-C stops)")

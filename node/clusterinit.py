@@ -180,6 +180,7 @@ def init_cluster(
     tls: bool = True,
     service_host: str | None = None,
     data_dir: str | None = None,
+    key_dir: str | None = None,
 ) -> ClusterLayout:
     """Write keys, one config per node and ``cluster.json`` for an ``nodes``-node cluster.
 
@@ -190,7 +191,10 @@ def init_cluster(
     services (``<node>/tls/``); kept as they are with ``reuse_keys``.
     ``service_host``: a template such as ``"{node}-{service}"``: each service is its own
     host (containers; see the module docstring); needs ``tls``. ``data_dir``: every
-    node's ``node.data_dir`` (default ``data``, next to its config).
+    node's ``node.data_dir`` (default ``data``, next to its config). ``key_dir``: where
+    each node's validator key pair goes instead of its directory, a template with
+    ``{node}`` (relative: to ``directory``), e.g. a volume only consensus and transport
+    mount.
     """
     if nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {nodes}")
@@ -207,14 +211,15 @@ def init_cluster(
     if cluster_file.exists() and not (force or reuse_keys):
         raise ConfigError(f"{cluster_file}: already exists (use --force to overwrite)")
     names = [f"node{i}" for i in range(1, nodes + 1)]
+    key_dirs = {name: _validator_key_dir(directory, key_dir, name) for name in names}
     public_keys: list[bytes] = []
     for name in names:
-        node_dir = directory / name
-        if reuse_keys and (node_dir / PRIVATE_KEY_FILE).exists():
-            public_keys.append(read_public_key(node_dir / PUBLIC_KEY_FILE))
+        kdir = key_dirs[name]
+        if reuse_keys and (kdir / PRIVATE_KEY_FILE).exists():
+            public_keys.append(read_public_key(kdir / PUBLIC_KEY_FILE))
             continue
-        write_keypair(node_dir, force=force)
-        public_keys.append(read_public_key(node_dir / PUBLIC_KEY_FILE))
+        write_keypair(kdir, force=force)
+        public_keys.append(read_public_key(kdir / PUBLIC_KEY_FILE))
     for name in names:  # the gateways' own keys for unsigned submissions (not validators)
         node_dir = directory / name
         if not (reuse_keys and (node_dir / SUBMITTER_KEY_FILE).exists()):
@@ -256,6 +261,8 @@ def init_cluster(
             hostnames = sorted({service_hostname(service_host, name, s) for s in registry.NAMES})
         if data_dir is not None:
             data["node"]["data_dir"] = data_dir
+        if key_dir is not None:
+            data["node"]["key"] = str(key_dirs[name] / PRIVATE_KEY_FILE)
         data["validators"] = validators
         if tls:
             data.setdefault("tls", {}).update(
@@ -276,6 +283,19 @@ def init_cluster(
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, cluster_file)
     return ClusterLayout(directory=directory, nodes=tuple(layouts))
+
+
+def _validator_key_dir(directory: Path, template: str | None, name: str) -> Path:
+    """Where node ``name``'s validator key pair lives (``template``: see init_cluster)."""
+    if template is None:
+        return directory / name
+    if "{node}" not in template:
+        raise ConfigError(f"--key-dir {template!r}: must contain {{node}}")
+    try:
+        path = Path(template.format(node=name))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"--key-dir {template!r}: use only {{node}} ({exc})") from None
+    return path if path.is_absolute() else directory / path
 
 
 def _node_tls(

@@ -88,6 +88,12 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
     assert services["init"]["build"]["context"] == str(REPO)
     assert services["init"]["command"][:2] == ["cluster", "init"]
     assert "--reuse-keys" in services["init"]["command"]  # a second up reuses the keys
+    assert "--key-dir=/keys/{node}" in services["init"]["command"]
+    init_mounts = {v["target"]: v["source"] for v in services["init"]["volumes"]}
+    assert init_mounts == {
+        **{f"/cluster/node{i}": f"node{i}-config" for i in range(1, NODES + 1)},
+        **{f"/keys/node{i}": f"node{i}-key" for i in range(1, NODES + 1)},
+    }
     assert "--service-host={node}-{service}" in services["init"]["command"]
     for i in range(1, NODES + 1):
         for svc in SERVICES:
@@ -115,6 +121,13 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
                 if svc in ("storage", "consensus"):
                     assert mounts["/var/lib/cretoai"]["source"] == f"node{i}-{svc}"
                     assert mounts["/var/lib/cretoai"]["type"] == "volume"
+                # the validator key only where it signs; the gateway has its submitter key
+                key = mounts.get(f"/keys/node{i}")
+                if svc in ("consensus", "transport"):
+                    assert key is not None and key["source"] == f"node{i}-key", name
+                    assert key["read_only"] is True, name
+                else:
+                    assert key is None and len(mounts) <= 2, name
         ports = services[f"node{i}-gateway"]["ports"]
         assert [(p["host_ip"], p["published"], p["target"]) for p in ports] == [
             ("127.0.0.1", str(8079 + i), 8080)
@@ -131,7 +144,7 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
     assert all(p["host_ip"] == "127.0.0.1" for s in services.values() for p in s.get("ports", []))
     assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one:")
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
-    kinds = ("config", "storage", "consensus")
+    kinds = ("config", "key", "storage", "consensus")
     assert {f"node{i}-{v}" for i in range(1, NODES + 1) for v in kinds} <= set(m["volumes"])
 
 
@@ -190,11 +203,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+def _http(
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 30,
+    headers: dict[str, str] | None = None,
+) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as reply:
         return json.loads(reply.read())
 
@@ -239,10 +257,13 @@ def engine(timings: eng.Timings) -> Iterator[eng.Engine]:
             started.stop()
 
 
-def _submit(port: int, payload: bytes) -> dict[str, Any]:
+def _submit(port: int, payload: bytes, trace_id: str | None = None) -> dict[str, Any]:
+    """POST a vertex (signed by the gateway's submitter key) and wait for finality;
+    ``trace_id``: as a client asking for a trace of it (a sampled ``traceparent``)."""
     body = {"payload": base64.b64encode(payload).decode(), "parents": []}
+    headers = {"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"} if trace_id else {}
     reply: dict[str, Any] = _http(
-        "POST", f"http://127.0.0.1:{port}/v1/vertices?wait=true", body, timeout=60
+        "POST", f"http://127.0.0.1:{port}/v1/vertices?wait=true", body, 60, headers
     )
     return reply
 
@@ -312,9 +333,17 @@ def test_compose_end_to_end(
         assert running["node1-gateway-pool"]["Health"] == "healthy"
         init_log = engine.docker("logs", f"{env['COMPOSE_PROJECT_NAME']}-init-1").stdout
         assert "initialised a 4-node cluster" in init_log, init_log
+        for svc in ("gateway", "storage"):  # no validator key where nothing signs with it
+            where = f"{env['COMPOSE_PROJECT_NAME']}-node1-{svc}-1"
+            found = engine.docker("exec", where, "find", "/cluster", "/keys", "-name", "node.key",
+                                  "-not", "-path", "*/tls/*", check=False)  # fmt: skip
+            assert found.stdout.strip() == "", (svc, found.stdout)
+        backend = engine.docker("logs", f"{env['COMPOSE_PROJECT_NAME']}-node1-consensus-1")
+        assert 'msg="crypto backend" backend=cryptography' in backend.stdout + backend.stderr
 
         with timings.phase("first vertex finalized on 4 nodes"):
-            first = _submit(http[1], b"compose end to end")
+            trace_id = os.urandom(16).hex()
+            first = _submit(http[1], b"compose end to end", trace_id)
             assert first["status"] == "finalized", first
             for i in range(1, NODES + 1):
                 _until(
@@ -326,17 +355,14 @@ def test_compose_end_to_end(
 
             def traced() -> bool:
                 spans = _http("GET", spans_url)["spans"]
-                seen = {(s["node"], s["service_name"]) for s in spans}
-                want = {(f"node{i}", f"cretoai-{s}") for i in range(1, NODES + 1) for s in SERVICES}
-                by_trace: dict[str, set[str]] = {}
-                for s in spans:
-                    by_trace.setdefault(s["trace_id"], set()).add(s["service_name"])
-                crossing = any(
-                    {"cretoai-gateway", "cretoai-consensus"} <= names for names in by_trace.values()
-                )
-                return want <= seen and crossing
+                ours = {(s["node"], s["service_name"]) for s in spans if s["trace_id"] == trace_id}
+                # node 1 took the submission: its trace runs through all four of node 1's
+                # services and every node's consensus ordered it
+                want = {("node1", f"cretoai-{s}") for s in SERVICES}
+                want |= {(f"node{i}", "cretoai-consensus") for i in range(1, NODES + 1)}
+                return want <= ours
 
-            _until("spans of every service of every node, one trace gateway->consensus",
+            _until("one trace from node 1's gateway through its services and every consensus",
                    traced, 90, interval=2)  # fmt: skip
 
         with timings.phase("prometheus: every target up"):

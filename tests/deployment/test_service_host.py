@@ -119,3 +119,24 @@ async def test_health_of_one_service_on_its_own_host(tmp_path: Path) -> None:
         assert down.returncode == 1 and "UNREACHABLE" in down.stdout
     finally:
         await storage.stop()
+
+
+def test_key_dir_keeps_the_validator_key_apart(tmp_path: Path) -> None:
+    cluster, keys = tmp_path / "cluster", tmp_path / "keys"
+    proc = init(cluster, "--key-dir", f"{keys}/{{node}}")
+    assert proc.returncode == 0, proc.stderr
+    for i in range(1, 5):
+        name = f"node{i}"
+        assert not (cluster / name / "node.key").exists()
+        assert (cluster / name / "submitter.key").exists()  # the gateway's own key stays
+        key = keys / name / "node.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        cfg = load_config(cluster / name / "node.toml", environ={})
+        assert cfg.key_path == key
+        assert cfg.validators[i - 1].public_key == (keys / name / "node.pub").read_text().strip()
+    before = (keys / "node1" / "node.key").read_bytes()
+    again = init(cluster, "--key-dir", f"{keys}/{{node}}", "--reuse-keys")
+    assert again.returncode == 0 and "reused the keys" in again.stdout, again.stderr
+    assert (keys / "node1" / "node.key").read_bytes() == before
+    bad = init(tmp_path / "other", "--key-dir", str(keys))
+    assert bad.returncode == 2 and "must contain {node}" in bad.stderr
