@@ -192,8 +192,10 @@ def start_engine(root: Path = DEFAULT_ROOT, timeout: float = 90) -> Engine:
     if _root_in_use(root):
         # another run's engine: leave it alone and start a cold one of our own
         root = Path(f"{root}-{os.getpid()}")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "cli-config").mkdir(exist_ok=True)
+    try:
+        (root / "cli-config").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineUnavailable(f"cannot make the engine's data root {root}: {exc}") from None
     reasons = []
     for driver in ("", "vfs"):
         log = root / "dockerd.log"
