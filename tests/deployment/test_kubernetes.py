@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.37.0"
 NODES = 4
+IMAGE = "cretoai/node:0.1.0"
 
 
 def _resources(path: Path) -> list[dict[str, Any]]:
@@ -157,6 +158,7 @@ def test_every_container_is_probed_limited_and_unprivileged(
         assert spec["automountServiceAccountToken"] is False, owner
         for c in spec.get("initContainers", []) + spec["containers"]:
             where = f"{owner}/{c['name']}"
+            assert c["image"] == IMAGE, where  # one image, named in the kustomization
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
             assert {"cpu", "memory"} <= set(c["resources"]["limits"]), where
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
