@@ -5,17 +5,34 @@ from __future__ import annotations
 import os
 import random
 import socket
+from pathlib import Path
 
 from node.clusterinit import ports_free
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; else IANA's)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_base_port(count: int = 20 * 8) -> int:
     """A base port whose next ``count`` TCP+UDP loopback ports are free right now
-    (``cluster init --base-port``: a cluster takes about 20 ports per node)."""
+    (``cluster init --base-port``: a cluster takes about 20 ports per node).
+
+    The range lies below the kernel's ephemeral ports: a port handed to an outgoing
+    connection (a gRPC client, a QUIC socket, a scraper) between this check and the
+    service's bind would otherwise make the service fail to start."""
+    low, high = ephemeral_range()
+    ranges = [(r0, r1) for r0, r1 in ((10000, low), (high + 1, 65536)) if r1 - r0 > count]
     rng = random.Random(os.getpid() ^ os.urandom(2)[0])
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count, 20)
-        if not ports_free("127.0.0.1", list(range(base, base + count, 7))):
+        start, end = rng.choice(ranges)
+        base = rng.randrange(start, end - count, 20)
+        if not ports_free("127.0.0.1", list(range(base, base + count))):
             return base
     raise RuntimeError("no free port range on loopback")
 
