@@ -106,6 +106,8 @@ class Engine:
     proc: subprocess.Popen[bytes]
     docker_cli: str
     log: Path
+    #: A data root of this run only (another run held the shared one): removed at stop.
+    scratch: bool = False
 
     @property
     def socket(self) -> Path:
@@ -148,8 +150,9 @@ class Engine:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def stop(self) -> None:
-        """SIGTERM to the dockerd we started (it stops its containers and containerd)."""
+    def stop(self, *, keep_root: bool = False) -> None:
+        """SIGTERM to the dockerd we started (it stops its containers and containerd);
+        a scratch data root is removed unless ``keep_root``."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -157,6 +160,8 @@ class Engine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self.scratch and not keep_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _docker_cli() -> str | None:
@@ -189,7 +194,8 @@ def start_engine(root: Path = DEFAULT_ROOT, timeout: float = 90) -> Engine:
         raise EngineUnavailable(
             "dockerd or docker not installed (scripts/system-deps.sh installs docker.io)"
         )
-    if _root_in_use(root):
+    scratch = _root_in_use(root)
+    if scratch:
         # another run's engine: leave it alone and start a cold one of our own
         root = Path(f"{root}-{os.getpid()}")
     try:
@@ -217,7 +223,7 @@ def start_engine(root: Path = DEFAULT_ROOT, timeout: float = 90) -> Engine:
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
-        engine = Engine(root=root, proc=proc, docker_cli=cli, log=log)
+        engine = Engine(root=root, proc=proc, docker_cli=cli, log=log, scratch=scratch)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if engine.socket.exists():
@@ -225,8 +231,10 @@ def start_engine(root: Path = DEFAULT_ROOT, timeout: float = 90) -> Engine:
                     if engine.docker("version", check=False, timeout=10).returncode == 0:
                         return engine
             time.sleep(0.5)
-        engine.stop()
+        engine.stop(keep_root=True)
         reasons.append(f"dockerd {' '.join(argv[1:])}: {engine.log_tail(5) or 'no output'}")
+    if scratch:
+        shutil.rmtree(root, ignore_errors=True)
     raise EngineUnavailable("docker engine could not start:\n" + "\n".join(reasons))
 
 
