@@ -414,8 +414,9 @@ class Driver:
         if rd.signed_mark is not None and self._mark_file is not None:
             await asyncio.to_thread(self._mark_file.store, rd.signed_mark)
         if rd.persist or rd.signed_mark is not None:
-            PERSIST.observe(time.perf_counter() - started)
-            BatchTraces.persisted(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            PERSIST.observe(elapsed)
+            BatchTraces.persisted(elapsed)
         if persist_span is not None and token is not None:
             otel_context.detach(token)
             persist_span.end()
@@ -470,14 +471,17 @@ class Driver:
         """Execute ``committed``; when its batch is traced, in a ``consensus.execute`` span
         that starts when it was committed-local."""
         parent, committed_at = self.traces.execute_parent(committed.seq)
-        if parent is None:
-            return await self._executor.execute(committed)
-        with tracer.start_as_current_span(
-            "consensus.execute",
-            context=parent,
-            start_time=self.traces.epoch(committed_at),
-            attributes={"pbft.seq": committed.seq},
-        ):
+        span = (
+            contextlib.nullcontext()
+            if parent is None
+            else tracer.start_as_current_span(
+                "consensus.execute",
+                context=parent,
+                start_time=self.traces.epoch(committed_at),
+                attributes={"pbft.seq": committed.seq},
+            )
+        )
+        with span:
             return await self._executor.execute(committed)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:

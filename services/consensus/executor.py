@@ -7,6 +7,7 @@ signature verdicts), extends the state digest over the outcomes, and commits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -130,14 +131,14 @@ class Executor:
         )
         request = storage_pb2.CommitBatchRequest(batch=batch, results=results)
         storage_started = now_ns()
-        if trace.get_current_span().is_recording():  # a traced batch (driver.py)
-            with tracer.start_as_current_span(
+        span = (
+            tracer.start_as_current_span(
                 "consensus.storage_commit", attributes={"pbft.seq": committed.seq}
-            ):
-                response = await call_until_done(
-                    lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
-                )
-        else:
+            )
+            if trace.get_current_span().is_recording()  # a traced batch (driver.py)
+            else contextlib.nullcontext()
+        )
+        with span:
             response = await call_until_done(
                 lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
             )
