@@ -14,6 +14,7 @@ import grpc
 import tomli_w
 
 from cretoai import registry
+from cretoai.channels import service_channel
 from cretoai.config import NodeConfig, parse_config, to_toml_dict
 from cretoai.crypto import write_keypair
 from cretoai.crypto.keys import read_public_key
@@ -149,13 +150,7 @@ async def start_transport(cfg: NodeConfig, *, metrics: bool = False) -> RunningT
     service = await build(cfg)
     service.grace = 1.0
     await service.start()
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{service.port}",
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
-    )
+    channel = service_channel(f"127.0.0.1:{service.port}", max_message_bytes=64 * 1024 * 1024)
     return RunningTransport(
         cfg=cfg,
         node=service.transport,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.otlp_receiver import OtlpReceiver
 from devkit.ports import free_base_port
 from node.clusterinit import ClusterLayout, init_cluster
 
@@ -28,6 +29,15 @@ def cluster_factory(tmp_path: Path):
         )
 
     return make
+
+
+@pytest.fixture
+def receiver():
+    """An OTLP/gRPC trace receiver on a free loopback port (in place of Jaeger)."""
+    r = OtlpReceiver()
+    r.start()
+    yield r
+    r.stop()
 
 
 def cli(*args: str) -> list[str]:

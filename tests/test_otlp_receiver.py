@@ -32,14 +32,6 @@ def _provider(endpoint: str, service: str = "cretoai-test", node: str = "node9")
     return provider
 
 
-@pytest.fixture
-def receiver():
-    r = OtlpReceiver()
-    r.start()
-    yield r
-    r.stop()
-
-
 def test_receives_spans_with_parents_links_attributes_and_resource(receiver: OtlpReceiver) -> None:
     provider = _provider(receiver.endpoint)
     tracer = provider.get_tracer("t")

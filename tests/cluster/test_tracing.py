@@ -138,14 +138,6 @@ async def vertex_traces(
     return [(r, trace_of(spans, r)) for r in posts(spans)]
 
 
-@pytest.fixture
-def receiver():
-    r = OtlpReceiver()
-    r.start()
-    yield r
-    r.stop()
-
-
 async def post_vertex(
     session: aiohttp.ClientSession, url: str, tag: str = "one traced vertex"
 ) -> dict[str, object]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from cretoai.channels import service_channel
 from cretoai.config import NodeConfig
 from cretoai.serving import GrpcService
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
@@ -87,13 +88,7 @@ async def start_service(cfg: NodeConfig) -> Running:
     service = await build(cfg)
     service.grace = 1.0
     await service.start()
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{service.port}",
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
-    )
+    channel = service_channel(f"127.0.0.1:{service.port}", max_message_bytes=64 * 1024 * 1024)
     return Running(
         service=service, channel=channel, stub=storage_pb2_grpc.StorageStub(channel), cfg=cfg
     )
