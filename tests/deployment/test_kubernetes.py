@@ -127,13 +127,21 @@ def test_each_node_has_a_stable_replica_with_its_own_volume_and_scalable_gateway
     ]
     for sts in statefulsets:
         assert sts["spec"]["replicas"] == 1
-        (claim,) = sts["spec"]["volumeClaimTemplates"]
+        claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
+        assert claims == {"storage", "consensus"}
         mounts = {
             c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
             for c in sts["spec"]["template"]["spec"]["containers"]
         }
-        assert mounts["storage"][claim["metadata"]["name"]] == "/var/lib/cretoai"
-        assert mounts["consensus"][claim["metadata"]["name"]] == "/var/lib/cretoai"
+        # the database and the signing mark on volumes of their own, each mounted only by
+        # its service: restoring a snapshot of the database does not roll back the mark
+        assert {n: set(m) & claims for n, m in mounts.items()} == {
+            "storage": {"storage"},
+            "consensus": {"consensus"},
+            "transport": set(),
+        }
+        data_dir = "/var/lib/cretoai"
+        assert mounts["storage"]["storage"] == mounts["consensus"]["consensus"] == data_dir
         assert sts["spec"]["serviceName"] == sts["metadata"]["name"].replace("replica", "consensus")
     gateways = _of_kind(rendered, "Deployment")
     assert [g["metadata"]["name"] for g in gateways] == [
