@@ -205,7 +205,9 @@ class Driver:
         self._pending_max = pending_max
         self._submitted_at: dict[bytes, float] = {}
         #: Span contexts and stage timestamps of vertices and batches (tracing.py).
-        self.traces = BatchTraces(replica.id, replica.config.n)
+        self.traces = BatchTraces(
+            replica.id, replica.config.n, window=replica.config.watermark_window
+        )
         self.halted: str | None = None
         self.view_changes = 0
         self._last_view = replica.view

@@ -92,7 +92,8 @@ tracer = trace.get_tracer("cretoai.consensus")
 FORWARD_CONTEXTS_MAX = 64
 #: Links from one batch span to its other vertices.
 LINKS_MAX = 128
-#: Batches followed at once (more are not timed nor traced until older ones execute).
+#: Batches followed at once (more are not timed nor traced until older ones execute);
+#: the window bounds them first, this bounds a window set larger than it.
 BATCHES_MAX = 1024
 
 
@@ -123,9 +124,15 @@ class _Batch:
 class BatchTraces:
     """What the driver knows of vertices and batches for spans and stage timings."""
 
-    def __init__(self, replica_id: int, n: int, *, max_vertices: int = 100_000) -> None:
+    def __init__(
+        self, replica_id: int, n: int, *, window: int = 256, max_vertices: int = 100_000
+    ) -> None:
         self._me = replica_id
         self._n = n
+        #: Batches beyond the last executed seq + ``window`` (the replica's watermark
+        #: window) are not followed: the replica drops their PRE-PREPAREs too, and a
+        #: Byzantine primary could otherwise hold every slot with seqs never executed.
+        self._window = window
         self._offset = time.time_ns() - time.monotonic_ns()
         self._vertices: OrderedDict[bytes, _Vertex] = OrderedDict()
         self._max_vertices = max_vertices
@@ -185,7 +192,7 @@ class BatchTraces:
         if not isinstance(envelope, SignedEnvelope):
             return
         msg = envelope.signed.msg
-        if not isinstance(msg, PrePrepare) or msg.seq <= self._executed:
+        if not isinstance(msg, PrePrepare) or not self._in_window(msg.seq):
             return
         if envelope.signed.signer != msg.view % self._n:
             return  # not from its view's primary: the replica drops it too
@@ -202,7 +209,7 @@ class BatchTraces:
         for envelope in send:
             if isinstance(envelope, SignedEnvelope) and envelope.signed.signer == self._me:
                 msg = envelope.signed.msg
-                if isinstance(msg, PrePrepare) and msg.seq > self._executed:
+                if isinstance(msg, PrePrepare) and self._in_window(msg.seq):
                     known = self._batches.get(msg.seq)
                     if known is None or known.digest != msg.digest:
                         now = now or now_ns()
@@ -216,6 +223,9 @@ class BatchTraces:
             if batch.prepared:
                 _OBSERVE["commit"]((now - batch.prepared) / 1e9)
                 self._phase(batch, "pbft.commit", batch.prepared, now)
+
+    def _in_window(self, seq: int) -> bool:
+        return self._executed < seq <= self._executed + self._window
 
     def _start(
         self, msg: PrePrepare, started: int, parent: otel_context.Context | None, *, role: str

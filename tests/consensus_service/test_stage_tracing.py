@@ -132,3 +132,19 @@ def test_pre_prepares_not_from_the_primary_or_beyond_the_bound_are_not_followed(
     assert observed(before) == {}
     traces.sending(signed(Prepare(view=0, seq=2, digest=DIGEST), 1), None)
     assert observed(before) == {"pre_prepare": 1}
+
+
+def test_a_byzantine_primary_cannot_take_every_slot_with_seqs_never_executed() -> None:
+    traces = BatchTraces(replica_id=1, n=4, window=256)
+    before = counts()
+    for seq in range(1_000, 1_000 + 2 * BATCHES_MAX):  # validly signed, far beyond the window
+        pre_prepare = signed(PrePrepare(view=0, seq=seq, digest=DIGEST, request_hashes=()), 0)
+        traces.received(pre_prepare, now_ns(), {})
+    traces.sending(signed(Prepare(view=0, seq=1_000, digest=DIGEST), 1), None)
+    assert observed(before) == {}
+    # the batches the cluster does execute are still followed
+    traces.received(
+        signed(PrePrepare(view=0, seq=1, digest=DIGEST, request_hashes=()), 0), now_ns(), {}
+    )
+    traces.sending(signed(Prepare(view=0, seq=1, digest=DIGEST), 1), None)
+    assert observed(before) == {"pre_prepare": 1}
