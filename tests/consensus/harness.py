@@ -123,6 +123,12 @@ class Cluster:
         self.drain(i)
         return result
 
+    def propose_burst(self, i: int, reqs: list[Request]) -> list[object]:
+        """Several requests in one driver burst: all proposed, then one drain."""
+        results = [self.nodes[i].replica.propose(r) for r in reqs]
+        self.drain(i)
+        return results
+
     def isolate(self, i: int) -> None:
         for j in range(self.n):
             if j != i:

@@ -57,8 +57,7 @@ def test_backups_forward_requests_to_the_primary() -> None:
 
 def test_batches_are_bounded_by_count() -> None:
     c = Cluster(4, batch_max_count=4)
-    for i in range(10):
-        c.propose(0, request(i))
+    c.propose_burst(0, [request(i) for i in range(10)])
     c.tick(5)
     assert [len(x.requests) for x in c.log(1)] == [4, 4, 2]
 
@@ -68,16 +67,37 @@ def test_batches_are_bounded_by_bytes() -> None:
     big = [
         Request(hash=fast_request_hash(bytes([i]) * 1500), body=bytes([i]) * 1500) for i in range(5)
     ]
-    for r in big:
-        c.propose(0, r)
+    c.propose_burst(0, big)
     c.tick(5)
     assert [len(x.requests) for x in c.log(3)] == [2, 2, 1]
     huge = b"x" * 5000
     assert c.propose(0, Request(fast_request_hash(huge), huge)) is ProposeResult.TOO_LARGE
 
 
-def test_a_partial_batch_waits_for_the_batch_timeout() -> None:
-    c = Cluster(4, batch_timeout=5, batch_max_count=8)
+def test_an_idle_primary_orders_a_burst_at_once_as_one_batch() -> None:
+    """Nothing in flight: no batch timeout; the whole burst goes in one PRE-PREPARE."""
+    c = Cluster(4, batch_timeout=50, batch_max_count=8)
+    c.propose_burst(0, [request(i) for i in range(3)])
+    assert sent_kinds(c, 0) == ["PrePrepare"]
+    c.deliver()
+    assert [len(x.requests) for x in c.log(1)] == [3]  # before any tick
+
+
+def test_a_partial_batch_waits_for_the_batch_timeout_while_one_is_in_flight() -> None:
+    c = Cluster(4, batch_timeout=5, batch_max_count=8, max_inflight=2)
+    c.isolate(0)  # the first batch stays in flight
+    c.propose(0, request("first"))
+    assert sent_kinds(c, 0).count("PrePrepare") == 1
+    c.propose(0, request("second"))
+    for _ in range(4):
+        c.tick()
+        assert sent_kinds(c, 0).count("PrePrepare") == 1
+    c.tick()
+    assert sent_kinds(c, 0).count("PrePrepare") == 2
+
+
+def test_without_cut_when_idle_a_partial_batch_waits_for_the_batch_timeout() -> None:
+    c = Cluster(4, batch_timeout=5, batch_max_count=8, cut_when_idle=False)
     c.propose(0, request("lonely"))
     for _ in range(4):
         c.tick()

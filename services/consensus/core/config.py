@@ -23,6 +23,9 @@ class Config:
     batch_max_bytes: int = 1_048_576
     #: The primary cuts a partial batch once its oldest pending request waited this long.
     batch_timeout: int = 2
+    #: ... or at once when no batch is in flight and the driver has no more input (the
+    #: end of a burst): an idle cluster then orders a request without waiting.
+    cut_when_idle: bool = True
     #: Pipelining depth: the primary cuts a partial batch only while fewer than this
     #: many of its batches are unexecuted (full batches go out within the window). Under
     #: load, requests then gather into larger batches instead of many tiny ones.

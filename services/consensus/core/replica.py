@@ -385,7 +385,15 @@ class Replica:
         self._skip_banned_primary()
 
     def ready(self) -> Ready:
-        """Drain the accumulated output (persist, then send, then execute)."""
+        """Drain the accumulated output (persist, then send, then execute).
+
+        The caller drains once it has applied every input it had (the driver after each
+        burst), so a primary with no batch in flight cuts the pending requests into one
+        here: waiting for the batch timeout would only add latency, and whatever arrived
+        in the burst goes in the same batch.
+        """
+        if self.config.cut_when_idle and self._pool.pending_count:
+            self._maybe_propose(idle=True)
         if not (
             self._mark_out
             or self._send
@@ -846,8 +854,13 @@ class Replica:
                 )
             self._transfer = None
 
-    def _maybe_propose(self) -> None:
-        """The primary packs pending requests into batches while the window has room."""
+    def _maybe_propose(self, *, idle: bool = False) -> None:
+        """The primary packs pending requests into batches while the window has room.
+
+        A partial batch goes once its oldest request waited ``batch_timeout`` with fewer
+        than ``max_inflight`` batches unexecuted, or at once when ``idle`` (the caller has
+        no more input) and none is.
+        """
         if not self._active or self.primary != self.id or self._transfer is not None:
             return
         # Seqs below a signing floor were (or may have been) pre-prepared before a
@@ -865,7 +878,9 @@ class Replica:
                 or self._pool.pending_bytes >= cfg.batch_max_bytes
             )
             inflight = self._next_seq - 1 - self._last_exec
-            due = oldest is not None and self._now - oldest >= cfg.batch_timeout
+            due = oldest is not None and (
+                self._now - oldest >= cfg.batch_timeout or (idle and inflight == 0)
+            )
             if inflight >= cfg.max_inflight_full or not (
                 full or (due and inflight < cfg.max_inflight)
             ):
