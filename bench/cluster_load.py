@@ -70,7 +70,7 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -79,6 +79,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.verify_bound import measure as measure_verify_bound
+from bench.verify_bound import ratio as verify_ratio
 from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import get_backend
@@ -116,6 +118,12 @@ SUSTAIN_FINALIZED_SHARE = 0.99
 SATURATED_SHARE = 0.5
 ALWAYS_RUN_UP_TO = max(TARGET_P99_AT_RATE, TARGET_CORES_AT_RATE)
 
+#: The highest offered load a step may have (vertices/s).
+MAX_RATE = 5000
+#: An overload step "shed at once": at least this share of what was not finalized was
+#: answered 429, with a p99 time to that answer (from sending) at most this many ms.
+SHED_SHARE = 0.99
+SHED_AT_ONCE_MS = 100.0
 #: A step during which other processes used more than this many cores is flagged
 #: ("machine_shared"): its figures say less about the node.
 OTHER_LOAD_WARNING = 0.15
@@ -514,6 +522,7 @@ class Cluster:
                 "gateway": f"http://{c.gateway.metrics}/metrics",
                 "consensus": f"http://{c.consensus.metrics}/metrics",
                 "transport": f"http://{c.transport.metrics}/metrics",
+                "storage": f"http://{c.storage.metrics}/metrics",
             }
             for c in self.configs
         }
@@ -757,6 +766,36 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
         "transport_dropped": by_label(before, after, "cretoai_transport_dropped_total", "reason"),
         "transport_reconnects": int(delta("cretoai_transport_reconnects_total")),
         "send_queue_depth_end": int(total(after, "cretoai_transport_send_queue_depth")),
+        "storage": storage_metrics(before, after, batches),
+    }
+
+
+def storage_metrics(before: Scrape, after: Scrape, batches: float) -> dict[str, Any]:
+    """Synced writes of one node over the window: the storage writer's WAL syncs (one per
+    group of writes, ``cretoai_storage_wal_sync_seconds``), its writes by kind, and the
+    consensus persists (``cretoai_consensus_persist_seconds``: each one synced WriteState
+    and/or one fdatasync of the signing mark), per executed batch. The mark-file syncs
+    alone are not exposed by any metric (None)."""
+
+    def delta(name: str) -> float:
+        return total(after, name) - total(before, name)
+
+    syncs = delta("cretoai_storage_wal_sync_seconds_count")
+    grouped = delta("cretoai_storage_writes_per_sync_sum")
+    groups = delta("cretoai_storage_writes_per_sync_count")
+    persists = delta("cretoai_consensus_persist_seconds_count")
+    scraped = any(k.startswith("cretoai_storage_") for k in after)
+    return {
+        "scraped": scraped,
+        "wal_syncs": int(syncs),
+        "wal_syncs_per_batch": round(syncs / batches, 2) if batches and scraped else None,
+        "writes_per_sync_mean": round(grouped / groups, 2) if groups else None,
+        "writes_by_op": by_label(before, after, "cretoai_storage_write_apply_seconds_count", "op"),
+        "wal_sync": histogram(before, after, "cretoai_storage_wal_sync_seconds"),
+        "commit": histogram(before, after, "cretoai_storage_commit_seconds"),
+        "consensus_persists": int(persists),
+        "consensus_persists_per_batch": round(persists / batches, 2) if batches else None,
+        "mark_file_syncs_per_batch": None,
     }
 
 
@@ -972,6 +1011,7 @@ async def run_step(
     parents: Sequence[str],
     drain_timeout: float,
     quiesce_timeout: float,
+    verify_bound: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """One offered load. Returns the step's figures and hashes usable as the next parents."""
     count = math.ceil(rate * (warmup + duration))
@@ -1062,10 +1102,7 @@ async def run_step(
                 start.metrics.get(node, {}), end.metrics.get(node, {}), seconds
             ),
         }
-    for figures in nodes.values():
-        figures["cpu_ms_per_finalized_vertex"] = (
-            round(figures["cpu_cores"] / throughput * 1e3, 2) if throughput else None
-        )
+    per_vertex = per_finalized_vertex(nodes, throughput, seconds)
     cluster_cores = sum(n["cpu_cores"] for n in nodes.values())
     own_cores = (end.own_cpu - start.own_cpu) / seconds
     sink_cores = (end.sink_cpu - start.sink_cpu) / seconds
@@ -1120,6 +1157,14 @@ async def run_step(
         "errors_429": statuses.get("429", 0),
         "errors_503": statuses.get("503", 0),
         "errors_504": statuses.get("504", 0),
+        "time_to_429_ms": summary_ms(
+            [out.done[i] - out.sent[i] for i in in_window if out.status[i] == 429]
+        ),
+        "time_to_429_from_due_ms": summary_ms(
+            [out.done[i] - out.due[i] for i in in_window if out.status[i] == 429]
+        ),
+        **per_vertex,
+        "verify_bound_ratio": verify_ratio(throughput, verify_bound),
         "generator": {
             "presign_s": round(sign_s, 2),
             "presigned": count,
@@ -1152,6 +1197,63 @@ async def run_step(
     }
     final_hashes = [signed[i][1] for i in range(count) if out.outcome[i] == "finalized"]
     return step, final_hashes[-64:]
+
+
+def per_finalized_vertex(
+    nodes: dict[str, Any], throughput: float, seconds: float
+) -> dict[str, Any]:
+    """What each finalized vertex cost: CPU ms per node and service (also set in ``nodes``),
+    bytes the transports sent, synced writes per executed batch. Per node in ``nodes``;
+    returns the step-level figures (cluster totals, per service summed over the nodes)."""
+
+    def per(value: float | None, scale: float = 1.0) -> float | None:
+        return round(value / throughput * scale, 2) if value is not None and throughput else None
+
+    by_service_total: dict[str, float] = {}
+    unknown: set[str] = set()
+    wire: dict[str, float | None] = {}
+    for name, figures in nodes.items():
+        figures["cpu_ms_per_finalized_vertex"] = per(figures["cpu_cores"], 1e3)
+        figures["cpu_ms_per_finalized_vertex_by_service"] = {
+            service: per(cores, 1e3) for service, cores in figures["cpu_cores_by_service"].items()
+        }
+        for service, cores in figures["cpu_cores_by_service"].items():
+            if cores is None:
+                unknown.add(service)
+            else:
+                by_service_total[service] = by_service_total.get(service, 0.0) + cores
+        sent = figures["metrics"]["transport_bytes_out_per_s"]
+        figures["transport_bytes_out_per_finalized_vertex"] = wire[name] = (
+            round(sent / throughput) if throughput and sent is not None else None
+        )
+    storage = {n: f["metrics"]["storage"] for n, f in nodes.items()}
+    syncs = [s["wal_syncs_per_batch"] for s in storage.values()]
+    persists = [s["consensus_persists_per_batch"] for s in storage.values()]
+    known_syncs = [x for x in syncs if x is not None]
+    known_persists = [x for x in persists if x is not None]
+    cluster_cores = sum(f["cpu_cores"] for f in nodes.values())
+    return {
+        "cpu_ms_per_finalized_vertex_cluster": per(cluster_cores, 1e3),
+        "cpu_ms_per_finalized_vertex_by_service": {
+            service: None if service in unknown else per(cores, 1e3)
+            for service, cores in by_service_total.items()
+        },
+        "wire_bytes_per_finalized_vertex": {
+            "cluster": sum(v for v in wire.values() if v is not None) if throughput else None,
+            "by_node": wire,
+        },
+        "synced_writes_per_batch": {
+            "storage_wal_syncs_mean": round(sum(known_syncs) / len(known_syncs), 2)
+            if known_syncs
+            else None,
+            "storage_wal_syncs_by_node": dict(zip(storage, syncs, strict=True)),
+            "consensus_persists_mean": round(sum(known_persists) / len(known_persists), 2)
+            if known_persists
+            else None,
+            "consensus_persists_by_node": dict(zip(storage, persists, strict=True)),
+            "mark_file_syncs": None,
+        },
+    }
 
 
 async def anchors(
@@ -1297,6 +1399,78 @@ def targets(steps: list[dict[str, Any]], sustained: float | None) -> dict[str, A
     }
 
 
+def overload_summary(step: dict[str, Any], base: float, factor: float) -> dict[str, Any]:
+    """An overload step (``factor`` x the sustained maximum ``base``): the finalized throughput
+    as a share of ``base``, and whether what was not finalized was answered 429, at once."""
+    finalized = step["outcomes"].get("finalized", 0)
+    submitted = step["submitted_in_window"]
+    not_finalized = max(0, submitted - finalized)
+    answered_429 = step["http_status"].get("429", 0)
+    share_429 = answered_429 / not_finalized if not_finalized else None
+    p99_429 = step["time_to_429_ms"]["p99_ms"]
+    others = {
+        status: count
+        for status, count in step["http_status"].items()
+        if status not in ("200", "429") and count
+    }
+    return {
+        "factor": factor,
+        "sustained_max": base,
+        "offered_rate": step["offered_rate"],
+        "finalized_throughput": step["finalized_throughput"],
+        "finalized_share_of_sustained_max": round(step["finalized_throughput"] / base, 3)
+        if base
+        else None,
+        "submitted_in_window": submitted,
+        "not_finalized": not_finalized,
+        "answered_429": answered_429,
+        "answered_429_share_of_not_finalized": None if share_429 is None else round(share_429, 4),
+        "other_statuses": others,
+        "time_to_429_p50_ms": step["time_to_429_ms"]["p50_ms"],
+        "time_to_429_p99_ms": p99_429,
+        # None: everything was finalized, nothing to shed (not an overload after all)
+        "shed_at_once": None
+        if share_429 is None
+        else bool(share_429 >= SHED_SHARE and p99_429 is not None and p99_429 <= SHED_AT_ONCE_MS),
+        "latency_p99_ms_of_finalized": step["latency"]["p99_ms"],
+    }
+
+
+async def overload_step(
+    args: argparse.Namespace,
+    steps: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    latest_start: float,
+    one_step: Callable[[float, bool], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """``--overload FACTOR``: one more step at FACTOR x the sustained maximum (this run's, or
+    ``--overload-base``); its summary is also the step's ``overload``."""
+    factor = args.overload
+    if args.overload_base is not None:
+        base, source = float(args.overload_base), "--overload-base"
+    else:
+        passing = [s["offered_rate"] for s in steps if s["sustained"]]
+        if not passing:
+            reason = "overload: no step was sustained, nothing to multiply (see --overload-base)"
+            skipped.append({"offered_rate": None, "reason": reason})
+            return {"factor": factor, "skipped": reason}
+        base, source = float(max(passing)), "max_sustained_throughput of this run's steps"
+    rate: float = round(base * factor, 1)
+    if rate.is_integer():
+        rate = int(rate)
+    if not 1 <= rate <= MAX_RATE:
+        reason = f"overload: {rate:g}/s is outside [1, {MAX_RATE}]"
+        skipped.append({"offered_rate": rate, "reason": reason})
+        return {"factor": factor, "sustained_max": base, "skipped": reason}
+    if time.perf_counter() > latest_start:
+        skipped.append({"offered_rate": rate, "reason": "overload: time budget"})
+        return {"factor": factor, "sustained_max": base, "skipped": "time budget"}
+    step = await one_step(rate, False)
+    summary = {**overload_summary(step, base, factor), "sustained_max_from": source}
+    step["overload"] = summary
+    return summary
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     deadline = started + args.max_seconds
@@ -1317,9 +1491,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if name in os.environ:
                 env_dropped[name] = os.environ.pop(name)
     tracing: dict[str, Any] = {"mode": args.tracing, **telemetry, "env_dropped": env_dropped}
+    bound: dict[str, Any] | None = None
+    if args.verify_seconds > 0:
+        # before anything else starts (the signing pool's imports would take CPU from it)
+        print(f"verify bound ({args.verify_seconds:g} s) …", file=sys.stderr, flush=True)
+        bound = await asyncio.to_thread(
+            measure_verify_bound,
+            args.verify_seconds,
+            args.nodes,
+            str(extra.get("crypto", {}).get("backend", "auto")),
+        )
+        bound["measured"] = "before the cluster started (nothing else of this run running)"
+        print(
+            f"  {bound['verifications_per_s']:g} verifications/s ({bound['bound_config']}): "
+            f"{bound['vertices_per_s']:g} vertices/s for {args.nodes} nodes",
+            file=sys.stderr,
+            flush=True,
+        )
     signer = Signer(args.sign_workers, keys=args.nodes)
     steps: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
+    overload: dict[str, Any] | None = None
     try:
         if sink is not None:
             sink.launch()
@@ -1337,15 +1529,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     parents, anchor_info = await anchors(cluster, session, signer)
                     idle = await idle_baseline(cluster, session, args.idle)
                     generator_priority = raise_priority(args.generator_priority)
-                    saturated = False
-                    for rate in args.rates:
-                        needed = args.warmup + args.duration + wait_s + args.quiesce_timeout
-                        if saturated and rate > ALWAYS_RUN_UP_TO and not args.no_skip:
-                            skipped.append({"offered_rate": rate, "reason": "saturated below"})
-                            continue
-                        if time.perf_counter() + needed > deadline:
-                            skipped.append({"offered_rate": rate, "reason": "time budget"})
-                            continue
+                    needed = args.warmup + args.duration + wait_s + args.quiesce_timeout
+
+                    async def one_step(rate: float, more_to_come: bool) -> dict[str, Any]:
+                        """Run one step; a fresh cluster after it if it left a backlog and
+                        another step follows."""
+                        nonlocal parents
                         print(f"step {rate} vertices/s …", file=sys.stderr, flush=True)
                         step, last = await run_step(
                             cluster,
@@ -1357,6 +1546,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             parents=parents,
                             drain_timeout=wait_s + 5,
                             quiesce_timeout=args.quiesce_timeout,
+                            verify_bound=bound,
                         )
                         steps.append(step)
                         print(
@@ -1364,6 +1554,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"p50 {step['latency']['p50_ms']} ms, "
                             f"p99 {step['latency']['p99_ms']} ms, "
                             f"cpu/node {max(n['cpu_cores'] for n in step['nodes'].values())}, "
+                            f"cpu ms/vertex {step['cpu_ms_per_finalized_vertex_cluster']}, "
+                            f"verify-bound ratio {step['verify_bound_ratio']}, "
                             f"statuses {step['http_status']}, other processes "
                             f"{step['cpu']['other_processes_cores']} cores",
                             file=sys.stderr,
@@ -1371,19 +1563,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                         if last:
                             parents = last
-                        if step["finalized_share_of_offered"] < SATURATED_SHARE:
-                            saturated = True
-                        later = args.rates[args.rates.index(rate) + 1 :]
-                        runs_again = any(
-                            not saturated or args.no_skip or r <= ALWAYS_RUN_UP_TO for r in later
-                        )
-                        if not step["quiesce"]["quiet"] and runs_again:
+                        if not step["quiesce"]["quiet"] and more_to_come:
                             # a backlog would spill into the next step: start afresh
                             print("  backlog left: fresh cluster", file=sys.stderr, flush=True)
                             step["fresh_cluster_after"] = True
                             await cluster.restart_fresh()
                             await wait_ready(cluster, session, timeout=60)
                             parents, _ = await anchors(cluster, session, signer)
+                        return step
+
+                    saturated = False
+                    for position, rate in enumerate(args.rates):
+                        if saturated and rate > ALWAYS_RUN_UP_TO and not args.no_skip:
+                            skipped.append({"offered_rate": rate, "reason": "saturated below"})
+                            continue
+                        if time.perf_counter() + needed > deadline:
+                            skipped.append({"offered_rate": rate, "reason": "time budget"})
+                            continue
+                        later = args.rates[position + 1 :]
+                        step = await one_step(
+                            rate,
+                            bool(args.overload)
+                            or any(
+                                not saturated or args.no_skip or r <= ALWAYS_RUN_UP_TO
+                                for r in later
+                            ),
+                        )
+                        if step["finalized_share_of_offered"] < SATURATED_SHARE:
+                            saturated = True
+                    if args.overload:
+                        overload = await overload_step(
+                            args, steps, skipped, deadline - needed, one_step
+                        )
                     if sink is not None:
                         await asyncio.sleep(6)  # the services export spans every 5 s
                         tracing["received"] = await sink.spans(session)
@@ -1420,6 +1631,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.sign_workers} processes; one client key per gateway",
             "settings": settings,
             "tracing": tracing,
+            "verify_seconds": args.verify_seconds,
+            "overload": {"factor": args.overload, "base": args.overload_base}
+            if args.overload
+            else None,
         },
         "definitions": {
             "latency": "vertex due time (open-loop schedule) -> 200 answer read by the client, "
@@ -1432,6 +1647,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load that meets all three",
             "cpu_cores": "utime+stime of the node's 4 service processes over the window / window",
             "rss_mb_max": "max over 1 s samples of the sum of the 4 processes' VmRSS",
+            "cpu_ms_per_finalized_vertex": "CPU cores / finalized throughput, in ms: per node "
+            "(nodes.*), per node and service (nodes.*.cpu_ms_per_finalized_vertex_by_service), "
+            "the cluster's total (cpu_ms_per_finalized_vertex_cluster) and per service summed "
+            "over the nodes (step-level cpu_ms_per_finalized_vertex_by_service)",
+            "wire_bytes_per_finalized_vertex": "cretoai_transport_bytes_total{direction=out} "
+            "delta over the window / finalized vertices in it, per node and summed over the "
+            "nodes: MSG frame bytes, without QUIC/UDP/IP headers, ACKs or retransmissions",
+            "synced_writes_per_batch": "per executed batch of the node: storage WAL syncs "
+            "(count of cretoai_storage_wal_sync_seconds) and consensus persists (count of "
+            "cretoai_consensus_persist_seconds: one synced WriteState and/or one fdatasync of "
+            "the signing mark each); the mark-file syncs alone are not exposed (null)",
+            "verify_bound": "ML-DSA-87 verifications/s of 1 KB-payload vertex signatures on 2 "
+            "workers (bench.verify_bound, measured before the cluster started) / nodes; "
+            "verify_bound_ratio = finalized throughput / that",
+            "time_to_429_ms": "sending -> 429 answer read, over the window's 429 answers",
+            "overload": f"a step at --overload x the sustained maximum; shed_at_once: >= "
+            f"{SHED_SHARE:.0%} of the window's submissions not finalized answered 429 with p99 "
+            f"time_to_429 <= {SHED_AT_ONCE_MS:g} ms",
         },
         "startup_s": round(startup_s, 1),
         "clusters_started": clusters_started,
@@ -1440,6 +1673,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps,
         "skipped": skipped,
         "max_sustained_throughput": sustained,
+        "verify_bound": bound,
+        "overload": overload,
         "targets": targets(steps, sustained),
         "supervisor_events": events,
         "service_logs": logs,
@@ -1460,7 +1695,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     steps = result["steps"]
     rates = [s["offered_rate"] for s in steps]
     names = sorted({n for s in steps for n in s["nodes"]})
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5))
 
     def offered_axis(ax: Any) -> None:
         ax.set_xscale("log")
@@ -1489,6 +1724,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         mark, colour = ("pass", "green") if step["sustained"] else ("fail", "red")
         if step["machine_shared"]:
             mark += "\n(busy machine)"
+        if "overload" in step:
+            mark += f"\n({step['overload']['factor']:g}x overload)"
         ax.annotate(
             mark,
             (rate, max(step["finalized_throughput"], 0.1)),
@@ -1506,10 +1743,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
         linestyle="-.",
         label=f"target sustained {TARGET_SUSTAINED:g}/s",
     )
+    bound = (result.get("verify_bound") or {}).get("vertices_per_s")
+    if bound:
+        ax.axhline(
+            bound,
+            color="purple",
+            alpha=0.6,
+            linestyle="--",
+            label=f"ML-DSA-87 verify bound {bound:g}/s (2 workers / {len(names)} nodes)",
+        )
     best = result["max_sustained_throughput"]
     ax.set_title(f"Throughput (max sustained: {f'{best:g}/s' if best else 'none'})")
     ax.set_yscale("log")
-    ax.set_ylim(min(finalized) / 4, TARGET_SUSTAINED * 2)
+    ax.set_ylim(min(finalized) / 4, max(TARGET_SUSTAINED, bound or 0) * 2)
     ax.set_ylabel("vertices/s")
     offered_axis(ax)
     ax.legend(fontsize=8, loc="upper left")
@@ -1590,6 +1836,60 @@ def plot(result: dict[str, Any], path: Path) -> None:
     offered_axis(ax)
     ax.legend(fontsize=8, loc="lower right")
 
+    ax = axes[0][2]
+    services = sorted(
+        {k for s in steps for k in s.get("cpu_ms_per_finalized_vertex_by_service", {})}
+    )
+    for service in services:
+        points = [
+            (r, s["cpu_ms_per_finalized_vertex_by_service"].get(service))
+            for r, s in zip(rates, steps, strict=True)
+        ]
+        points = [(r, v) for r, v in points if v]
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", label=service, markersize=4)
+    points = [
+        (r, s.get("cpu_ms_per_finalized_vertex_cluster")) for r, s in zip(rates, steps, strict=True)
+    ]
+    points = [(r, v) for r, v in points if v]
+    if points:
+        ax.plot(*zip(*points, strict=True), "ks-", label="all (cluster)")
+    ax.set_yscale("log")
+    ax.set_ylabel("CPU ms per finalized vertex")
+    ax.set_title("CPU per finalized vertex, per service (summed over the nodes)")
+    offered_axis(ax)
+    ax.legend(fontsize=8, loc="upper right")
+
+    ax = axes[1][2]
+    points = [
+        (r, s.get("wire_bytes_per_finalized_vertex", {}).get("cluster"))
+        for r, s in zip(rates, steps, strict=True)
+    ]
+    points = [(r, v / 1024) for r, v in points if v]
+    if points:
+        ax.plot(*zip(*points, strict=True), "o-", color="C0", label="transport bytes out (KB)")
+    ax.set_ylabel("KB sent per finalized vertex (cluster)", color="C0")
+    ax.set_ylim(bottom=0)
+    offered_axis(ax)
+    twin = ax.twinx()
+    for key, style, label in (
+        ("storage_wal_syncs_mean", "s--", "storage WAL syncs / batch"),
+        ("consensus_persists_mean", "^:", "consensus persists / batch"),
+    ):
+        points = [
+            (r, s.get("synced_writes_per_batch", {}).get(key))
+            for r, s in zip(rates, steps, strict=True)
+        ]
+        points = [(r, v) for r, v in points if v is not None]
+        if points:
+            twin.plot(*zip(*points, strict=True), style, color="C3", label=label)
+    twin.set_ylabel("synced writes per executed batch (per node, mean)", color="C3")
+    twin.set_ylim(bottom=0)
+    ax.set_title("Per finalized vertex: bytes on the wire; per batch: syncs")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
+
     m = result["machine"]
     p = result["parameters"]
     fig.suptitle(
@@ -1602,6 +1902,40 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per step: what is printed at the end."""
+
+    def kb(value: float | None) -> float | None:
+        return None if value is None else round(value / 1024, 1)
+
+    return [
+        {
+            "offered": s["offered_rate"],
+            "finalized/s": s["finalized_throughput"],
+            "p50": s["latency"]["p50_ms"],
+            "p99": s["latency"]["p99_ms"],
+            "max": s["latency"]["max_ms"],
+            "cpu/node": max(n["cpu_cores"] for n in s["nodes"].values()),
+            "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
+            "status": s["http_status"],
+            "sustained": s["sustained"],
+            "cpu_ms/vertex": s.get("cpu_ms_per_finalized_vertex_cluster"),
+            "cpu_ms/vertex_by_service": s.get("cpu_ms_per_finalized_vertex_by_service"),
+            "wire_KB/vertex": kb(s.get("wire_bytes_per_finalized_vertex", {}).get("cluster")),
+            "wal_syncs/batch": s.get("synced_writes_per_batch", {}).get("storage_wal_syncs_mean"),
+            "persists/batch": s.get("synced_writes_per_batch", {}).get("consensus_persists_mean"),
+            "verify_bound_ratio": s.get("verify_bound_ratio"),
+            "time_to_429_p99": s.get("time_to_429_ms", {}).get("p99_ms"),
+            "stages_p50_p99_ms": {
+                name: [stage.get("p50_ms"), stage.get("p99_ms")]
+                for name, stage in s["stages"].items()
+            },
+            **({"overload": True} if "overload" in s else {}),
+        }
+        for s in result["steps"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1662,6 +1996,27 @@ def main(argv: list[str] | None = None) -> int:
         help=f"with --tracing on: the sampling ratio (default {DEFAULT_SAMPLING_RATIO:g}, "
         "the nodes' default)",
     )
+    parser.add_argument(
+        "--verify-seconds",
+        type=float,
+        default=3.0,
+        help="s to measure the ML-DSA-87 verify bound before the cluster starts (0: skip)",
+    )
+    parser.add_argument(
+        "--overload",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="after the steps, one more at FACTOR x the highest sustained offered load (e.g. "
+        "5): finalized share of it, 429s and time to 429",
+    )
+    parser.add_argument(
+        "--overload-base",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="with --overload: the sustained maximum to multiply (default: this run's)",
+    )
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument(
         "--plot", default=None, help="PNG path (default: beside --output; '' for none)"
@@ -1679,8 +2034,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--idle must be within [1, 60] and --generator-priority within [0, 19]")
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 3.0
-    if not args.rates or any(not 1 <= r <= 5000 for r in args.rates):
-        parser.error("--rates must be within [1, 5000]")
+    if not args.rates or any(not 1 <= r <= MAX_RATE for r in args.rates):
+        parser.error(f"--rates must be within [1, {MAX_RATE}]")
+    if args.overload is not None and not 1 < args.overload <= 20:
+        parser.error("--overload must be within (1, 20]")
+    if args.overload_base is not None and (
+        args.overload is None or not 1 <= args.overload_base <= MAX_RATE
+    ):
+        parser.error(f"--overload-base needs --overload and must be within [1, {MAX_RATE}]")
+    if not 0 <= args.verify_seconds <= 30:
+        parser.error("--verify-seconds must be within [0, 30]")
     if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--duration must be within [1, 600] and --warmup within [0, 60]")
     if not 1 <= args.nodes <= 7:
@@ -1706,26 +2069,22 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = args.output.with_suffix(".png") if args.plot is None else args.plot
     if plot_path and result["steps"]:
         plot(result, Path(plot_path))
-    table = [
-        {
-            "offered": s["offered_rate"],
-            "finalized/s": s["finalized_throughput"],
-            "p50": s["latency"]["p50_ms"],
-            "p99": s["latency"]["p99_ms"],
-            "max": s["latency"]["max_ms"],
-            "cpu/node": max(n["cpu_cores"] for n in s["nodes"].values()),
-            "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
-            "status": s["http_status"],
-            "sustained": s["sustained"],
-            "stages_p50_p99_ms": {
-                name: [stage.get("p50_ms"), stage.get("p99_ms")]
-                for name, stage in s["stages"].items()
-            },
-        }
-        for s in result["steps"]
-    ]
-    for row in table:
+    for row in summary_table(result):
         print(json.dumps(row))
+    if result.get("verify_bound"):
+        bound = result["verify_bound"]
+        print(
+            json.dumps(
+                {
+                    "verify_bound_vertices_per_s": bound["vertices_per_s"],
+                    "verifications_per_s": bound["verifications_per_s"],
+                    "config": bound["bound_config"],
+                    "speedup_2_workers": bound["speedup_2_workers"],
+                }
+            )
+        )
+    if result.get("overload"):
+        print(json.dumps({"overload": result["overload"]}))
     print(json.dumps({"max_sustained_throughput": result["max_sustained_throughput"]}))
     print(json.dumps(result["targets"], indent=2))
     return 0

@@ -1,6 +1,7 @@
 """Smoke run of bench/cluster_load.py: a real 4-node cluster, one tiny step (--quick), with
-tracing on (every trace sampled, exported to a devkit.otlp_receiver process): spans arrive
-and the step has its per-stage breakdown."""
+tracing on (every trace sampled, exported to a devkit.otlp_receiver process): spans arrive,
+the step has its per-stage breakdown and its costs per finalized vertex (CPU per service,
+bytes sent, synced writes per batch, the share of the ML-DSA-87 verify bound)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,8 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
         "5",
         "--max-seconds",
         "300",
+        "--verify-seconds",
+        "1.5",
         "--tracing",
         "on",
         "--sampling",
@@ -86,4 +90,36 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
         assert 0 <= stage["p50_ms"] <= stage["p99_ms"], (name, stage)
     for node in step["nodes"].values():
         assert node["metrics"]["stages"]["commit"]["count"] > 0
+    assert_cost_figures(result, step)
     assert plot.stat().st_size > 10_000
+
+
+def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
+    """CPU, bytes and synced writes per finalized vertex or batch; the verify bound."""
+    services = {"gateway", "consensus", "transport", "storage"}
+    by_service = step["cpu_ms_per_finalized_vertex_by_service"]
+    assert set(by_service) == services
+    assert all(0 < v < 10_000 for v in by_service.values()), by_service
+    assert step["cpu_ms_per_finalized_vertex_cluster"] == pytest.approx(
+        sum(by_service.values()), rel=0.02
+    )
+    for node in step["nodes"].values():
+        assert set(node["cpu_ms_per_finalized_vertex_by_service"]) == services
+        # a vertex is ~8.3 KB inside the cluster and every node sends something per vertex
+        assert 500 < node["transport_bytes_out_per_finalized_vertex"] < 10_000_000
+        storage = node["metrics"]["storage"]
+        assert storage["scraped"] and storage["wal_syncs"] > 0
+        assert 0 < storage["wal_syncs_per_batch"] < 50, storage
+        assert storage["writes_by_op"].get("commit", 0) > 0
+    wire = step["wire_bytes_per_finalized_vertex"]
+    assert wire["cluster"] == sum(wire["by_node"].values()) and wire["cluster"] > 8000
+    writes = step["synced_writes_per_batch"]
+    assert 1 <= writes["storage_wal_syncs_mean"] < 50
+    assert 0 < writes["consensus_persists_mean"] < 50
+    bound = result["verify_bound"]
+    assert bound["vertices_per_s"] > 10 and bound["nodes"] == 4
+    assert set(bound["configs"]) == {"threads_1", "threads_2", "processes_2"}
+    assert step["verify_bound_ratio"] == pytest.approx(
+        step["finalized_throughput"] / bound["vertices_per_s"], abs=0.002
+    )
+    assert step["time_to_429_ms"]["count"] == step["http_status"].get("429", 0)
