@@ -560,7 +560,8 @@ class Cluster:
             for path in sorted((cfg.data_dir.parent / "logs").glob("*.log")):
                 counts: Counter[str] = Counter()
                 seen: Counter[str] = Counter()
-                for line in path.read_text(errors="replace").splitlines():
+                lines = path.read_text(errors="replace").splitlines()
+                for number, line in enumerate(lines):
                     if "level=error" in line or "Traceback" in line:
                         level = "error"
                     elif "level=warning" in line:
@@ -569,13 +570,25 @@ class Cluster:
                         continue
                     counts[level] += 1
                     match = msg_re.search(line)
-                    seen[f"{level}: {match.group(1) if match else line[:160]}"] += 1
+                    text = match.group(1) if match else line[:160]
+                    if line.startswith("Traceback"):  # name it by its exception line
+                        text = "Traceback: " + traceback_exception(lines, number)[:160]
+                    seen[f"{level}: {text}"] += 1
                 if counts:
                     out[f"{cfg.node.name}/{path.stem}"] = {
                         **counts,
                         "top": [f"{n} x {m}" for m, n in seen.most_common(samples)],
                     }
         return out
+
+
+def traceback_exception(lines: Sequence[str], start: int, limit: int = 200) -> str:
+    """The exception line of the traceback starting at ``lines[start]``: the first line
+    after it that is not indented (within ``limit`` lines), else ''."""
+    for line in lines[start + 1 : start + 1 + limit]:
+        if line and not line[0].isspace():
+            return line.strip()
+    return ""
 
 
 # -- metrics ----------------------------------------------------------------------------

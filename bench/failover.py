@@ -383,7 +383,8 @@ async def trial(
     started = time.perf_counter()
     sig = SIGNALS[mode]
     result: dict[str, Any] = {"mode": mode, "repeat": repeat, "signal": sig.name}
-    async with Cluster(root / f"{mode}{repeat}", args.nodes, extra) as cluster:
+    keep = args.keep_logs / f"{mode}{repeat}" if args.keep_logs is not None else None
+    async with Cluster(root / f"{mode}{repeat}", args.nodes, extra, keep) as cluster:
         result["startup_s"] = round(time.perf_counter() - started, 1)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         wait_s = cluster.configs[0].gateway.wait_timeout_ms / 1000
@@ -642,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SECTION.FIELD=VALUE",
         help="a node setting for every node (repeatable)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, metavar="DIR", help="copy the services' logs here"
     )
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from bench.cluster_load import (
     overload_summary,
     per_finalized_vertex,
     storage_metrics,
+    traceback_exception,
 )
 from bench.verify_bound import ratio, summarise
 from tests.bench.test_stage_breakdown import scrape_of
@@ -164,3 +165,17 @@ def test_the_verify_bound_measures_real_verifications() -> None:
         assert 0 < figures["cpu_cores"] <= 2.5
     assert bound["vertices_per_s"] == pytest.approx(bound["verifications_per_s"] / 4, abs=0.1)
     assert 50 < bound["verifications_per_s"] < 1_000_000
+
+
+def test_a_traceback_is_named_by_its_exception_line() -> None:
+    lines = [
+        'ts=1 level=info msg="started"',
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "    main()",
+        "",
+        "ConnectionError: storage unavailable",
+        "later line",
+    ]
+    assert traceback_exception(lines, 1) == "ConnectionError: storage unavailable"
+    assert traceback_exception(lines[:4], 1) == ""
