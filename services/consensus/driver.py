@@ -235,6 +235,14 @@ class Driver:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.link.close()
+        # Envelopes still being checked, and side effects, end here: after this the
+        # service closes the verifier's pool, which they would otherwise still use.
+        pending = list(self._side_tasks)
+        while not self._verifying.empty():
+            pending.append(self._verifying.get_nowait())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     @property
     def ready(self) -> bool:
