@@ -23,6 +23,38 @@ class SubmitVertexResponse(_message.Message):
     duplicate: bool
     def __init__(self, hash: _Optional[bytes] = ..., status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
+class SubmitVerticesRequest(_message.Message):
+    __slots__ = ("vertices", "traceparents")
+    VERTICES_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENTS_FIELD_NUMBER: _ClassVar[int]
+    vertices: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.Vertex]
+    traceparents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vertices: _Optional[_Iterable[_Union[_vertex_pb2.Vertex, _Mapping]]] = ..., traceparents: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SubmitVertexError(_message.Message):
+    __slots__ = ("code", "message", "error_code")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    error_code: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+
+class SubmitVertexResult(_message.Message):
+    __slots__ = ("accepted", "error")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    accepted: SubmitVertexResponse
+    error: SubmitVertexError
+    def __init__(self, accepted: _Optional[_Union[SubmitVertexResponse, _Mapping]] = ..., error: _Optional[_Union[SubmitVertexError, _Mapping]] = ...) -> None: ...
+
+class SubmitVerticesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubmitVertexResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitVertexResult, _Mapping]]] = ...) -> None: ...
+
 class GetPendingRequest(_message.Message):
     __slots__ = ("hash",)
     HASH_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class ConsensusStub:
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.FromString,
                 _registered_method=True)
+        self.SubmitVertices = channel.unary_unary(
+                '/cretoai.v1.Consensus/SubmitVertices',
+                request_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVerticesRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVerticesResponse.FromString,
+                _registered_method=True)
         self.GetPending = channel.unary_unary(
                 '/cretoai.v1.Consensus/GetPending',
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.GetPendingRequest.SerializeToString,
@@ -65,6 +70,21 @@ class ConsensusServicer:
         Errors: INVALID_ARGUMENT (malformed, bad signature), FAILED_PRECONDITION
         (a parent is neither finalized nor pending), RESOURCE_EXHAUSTED (pool
         full), UNAVAILABLE (not ready, e.g. catching up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitVertices(self, request, context):
+        """Admit several vertices in one call (what the gateway sends): each is
+        checked and admitted as by SubmitVertex, in the order given (a vertex may
+        name an earlier one of the same call as a parent), and answered on its own
+        in `results`: one refused vertex never fails the others. The call itself
+        fails with INVALID_ARGUMENT when it is malformed (no vertices, more than
+        256, more than 8 MiB of vertices, `traceparents` neither empty nor one per
+        vertex), and with the status SubmitVertex would give every vertex alike
+        when the node refuses them all before any per-vertex work: UNAVAILABLE (not
+        ready; storage unavailable) or RESOURCE_EXHAUSTED (overloaded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +118,11 @@ def add_ConsensusServicer_to_server(servicer, server):
                     servicer.SubmitVertex,
                     request_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.SerializeToString,
+            ),
+            'SubmitVertices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitVertices,
+                    request_deserializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVerticesRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_consensus__pb2.SubmitVerticesResponse.SerializeToString,
             ),
             'GetPending': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPending,
@@ -142,6 +167,33 @@ class Consensus:
             '/cretoai.v1.Consensus/SubmitVertex',
             cretoai_dot_v1_dot_consensus__pb2.SubmitVertexRequest.SerializeToString,
             cretoai_dot_v1_dot_consensus__pb2.SubmitVertexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitVertices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Consensus/SubmitVertices',
+            cretoai_dot_v1_dot_consensus__pb2.SubmitVerticesRequest.SerializeToString,
+            cretoai_dot_v1_dot_consensus__pb2.SubmitVerticesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,14 +6,25 @@ the gateway reports)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, cast
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span
 
 from cretoai.config import NodeConfig
 from cretoai.crypto.keys import node_id
-from cretoai.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from cretoai.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from cretoai.telemetry import parse_traceparent
 from cretoai.v1 import (
     consensus_pb2,
     consensus_pb2_grpc,
@@ -38,10 +49,43 @@ Context = grpc.aio.ServicerContext[Any, Any]
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
 PENDING = vertex_pb2.VERTEX_STATUS_PENDING
+#: Most vertices, and bytes of vertices, in one SubmitVertices call.
+MAX_SUBMIT_VERTICES = 256
+MAX_SUBMIT_BYTES = 8 * 1024 * 1024
+#: Most hashes storage's GetVertexStatuses takes in one request.
+STATUS_LOOKUP = 1024
 OVERLOADED_MESSAGE = (
     "this node is behind its offered load (a pending vertex waited longer than "
     "consensus.admission_max_wait_ms); retry later"
 )
+
+
+Outcome = consensus_pb2.SubmitVertexResponse | ServiceError
+
+
+def _done(outcomes: list[Outcome | None]) -> list[Outcome]:
+    assert all(o is not None for o in outcomes)
+    return cast(list[Outcome], outcomes)
+
+
+def _proposed(digest: bytes, result: ProposeResult) -> Outcome:
+    if result == ProposeResult.POOL_FULL:
+        return ResourceExhausted("the request pool is full")
+    if result == ProposeResult.OVERLOADED:
+        return ResourceExhausted(OVERLOADED_MESSAGE)
+    if result == ProposeResult.TOO_LARGE:
+        return InvalidArgument("vertex exceeds the batch size")
+    return consensus_pb2.SubmitVertexResponse(
+        hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE
+    )
+
+
+def _span_of(traceparent: str) -> Span:
+    """The submitter's span of one vertex (the driver keeps it when sampled); a span
+    that is not recording and not sampled when there is none, so that the call's own
+    context (another vertex's) is not taken for this one's."""
+    span_context = parse_traceparent(traceparent) if traceparent else None
+    return NonRecordingSpan(span_context if span_context is not None else INVALID_SPAN_CONTEXT)
 
 
 class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
@@ -56,57 +100,155 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
     async def SubmitVertex(
         self, request: consensus_pb2.SubmitVertexRequest, context: Context
     ) -> consensus_pb2.SubmitVertexResponse:
-        vertex = request.vertex
-        problem = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
-        if problem is not None:
-            raise InvalidArgument(f"malformed vertex: {problem}")
+        [outcome] = await self._submit([request.vertex], ())
+        if isinstance(outcome, ServiceError):
+            raise outcome
+        return outcome
+
+    async def SubmitVertices(
+        self, request: consensus_pb2.SubmitVerticesRequest, context: Context
+    ) -> consensus_pb2.SubmitVerticesResponse:
+        count = len(request.vertices)
+        if count == 0:
+            raise InvalidArgument(f"no vertices: send 1 to {MAX_SUBMIT_VERTICES} per call")
+        if count > MAX_SUBMIT_VERTICES:
+            raise InvalidArgument(
+                f"{count} vertices; at most {MAX_SUBMIT_VERTICES} per call: split them"
+            )
+        size = sum(v.ByteSize() for v in request.vertices)
+        if size > MAX_SUBMIT_BYTES:
+            raise InvalidArgument(
+                f"{size} bytes of vertices; at most {MAX_SUBMIT_BYTES} per call: split them"
+            )
+        if request.traceparents and len(request.traceparents) != count:
+            raise InvalidArgument(
+                f"{len(request.traceparents)} traceparents for {count} vertices: "
+                "send none or one per vertex"
+            )
+        outcomes = await self._submit(list(request.vertices), request.traceparents)
+        response = consensus_pb2.SubmitVerticesResponse()
+        for outcome in outcomes:
+            result = response.results.add()
+            if isinstance(outcome, ServiceError):
+                result.error.code = outcome.grpc_status.value[0]
+                result.error.message = outcome.grpc_details()
+                result.error.error_code = outcome.error_code or ""
+            else:
+                result.accepted.CopyFrom(outcome)
+        return response
+
+    async def _submit(
+        self, vertices: list[vertex_pb2.Vertex], traceparents: Sequence[str]
+    ) -> list[Outcome]:
+        """Each vertex checked and admitted as SubmitVertex does, in order.
+
+        A refusal that is the same for every vertex and comes before any work on them
+        (not ready, overloaded, storage unavailable) is raised for the whole call; the
+        others are each vertex's outcome.
+        """
+        outcomes: list[Outcome | None] = [None] * len(vertices)
+        for i, vertex in enumerate(vertices):
+            problem = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
+            if problem is not None:
+                outcomes[i] = InvalidArgument(f"malformed vertex: {problem}")
+        live = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if not live:
+            return _done(outcomes)
         if not self._driver.ready:
             raise Unavailable("consensus is not ready")
         if self._driver.replica.overloaded():  # before any work: shedding must be cheap
             raise ResourceExhausted(OVERLOADED_MESSAGE)
-        digest = vertex_hash(vertex)
-        if not await self._driver.verify_vertex(vertex, digest):
-            raise InvalidArgument(BAD_SIGNATURE_MESSAGE, error_code="bad_signature")
-        lookup = [digest, *vertex.parents]
+        digests = {i: vertex_hash(vertices[i]) for i in live}
+        # Each signed copy verified once, all of them at once (the verifier's threads).
+        checks: dict[tuple[bytes, bytes], Awaitable[bool]] = {}
+        for i in live:
+            key = (digests[i], vertices[i].signature)
+            if key not in checks:
+                checks[key] = asyncio.ensure_future(
+                    self._driver.verify_vertex(vertices[i], digests[i])
+                )
+        verdicts = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+        verified = []
+        for i in live:
+            if verdicts[(digests[i], vertices[i].signature)]:
+                verified.append(i)
+            else:
+                outcomes[i] = InvalidArgument(BAD_SIGNATURE_MESSAGE, error_code="bad_signature")
+        records = await self._statuses(
+            dict.fromkeys(h for i in verified for h in (digests[i], *vertices[i].parents))
+        )
+        proposals: list[tuple[int, asyncio.Task[ProposeResult]]] = []
+        proposed: set[bytes] = set()  # earlier vertices of this call: pending once proposed
+        for i in verified:
+            vertex, digest = vertices[i], digests[i]
+            own = records.get(digest)
+            if own is not None and own.status == FINALIZED:
+                outcomes[i] = consensus_pb2.SubmitVertexResponse(
+                    hash=digest, status=own.status, duplicate=True
+                )
+                continue
+            # A REJECTED record does not answer for this copy: validity is a function of
+            # the exact signed bytes, and another copy of the content may have been the one
+            # rejected (a bad signature), so this one is ordered and decided on its own.
+            refusal = self._parent_refusal(vertex, records, proposed)
+            if refusal is not None:
+                outcomes[i] = refusal
+                continue
+            # Proposed in order (each task reaches the driver's inbox in creation order),
+            # each under its submitter's trace context when the call carries them.
+            span = _span_of(traceparents[i]) if traceparents else None
+            token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
+            try:
+                task = asyncio.create_task(self._driver.propose(vertex, digest))
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+            proposals.append((i, task))
+            proposed.add(digest)
+        if proposals:
+            results = await asyncio.gather(*(task for _, task in proposals))
+            for (i, _), result in zip(proposals, results, strict=True):
+                outcomes[i] = _proposed(digests[i], result)
+        return _done(outcomes)
+
+    async def _statuses(self, hashes: dict[bytes, None]) -> dict[bytes, vertex_pb2.VertexRecord]:
+        """Storage's records of ``hashes`` (in requests of at most STATUS_LOOKUP hashes)."""
+        lookup = list(hashes)
+        chunks = [lookup[i : i + STATUS_LOOKUP] for i in range(0, len(lookup), STATUS_LOOKUP)]
         try:
-            statuses = await self._storage.GetVertexStatuses(
-                storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=10
+            replies = await asyncio.gather(
+                *(
+                    self._storage.GetVertexStatuses(
+                        storage_pb2.GetVertexStatusesRequest(hashes=chunk), timeout=10
+                    )
+                    for chunk in chunks
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(
                 f"storage is unavailable: {exc.details()}", error_code="storage_unavailable"
             ) from None
-        records = {r.hash: r for r in statuses.records}
-        own = records.get(digest)
-        if own is not None and own.status == FINALIZED:
-            return consensus_pb2.SubmitVertexResponse(
-                hash=digest, status=own.status, duplicate=True
-            )
-        # A REJECTED record does not answer for this copy: validity is a function of
-        # the exact signed bytes, and another copy of the content may have been the one
-        # rejected (a bad signature), so this one is ordered and decided on its own.
+        return {r.hash: r for reply in replies for r in reply.records}
+
+    def _parent_refusal(
+        self,
+        vertex: vertex_pb2.Vertex,
+        records: dict[bytes, vertex_pb2.VertexRecord],
+        proposed: set[bytes],
+    ) -> ServiceError | None:
         for parent in vertex.parents:
             record = records.get(parent)
             if record is not None and record.status == REJECTED:
-                raise FailedPrecondition(
+                return FailedPrecondition(
                     f"parent {parent.hex()} was rejected at execution ({record.reject_reason}); "
                     "a parent must be finalized or pending"
                 )
             finalized = record is not None and record.status == FINALIZED
-            if not finalized and parent not in self._driver.pending:
-                raise FailedPrecondition(
+            if not finalized and parent not in self._driver.pending and parent not in proposed:
+                return FailedPrecondition(
                     f"parent {parent.hex()} is neither finalized nor pending at this node"
                 )
-        result = await self._driver.propose(vertex, digest)
-        if result == ProposeResult.POOL_FULL:
-            raise ResourceExhausted("the request pool is full")
-        if result == ProposeResult.OVERLOADED:
-            raise ResourceExhausted(OVERLOADED_MESSAGE)
-        if result == ProposeResult.TOO_LARGE:
-            raise InvalidArgument("vertex exceeds the batch size")
-        return consensus_pb2.SubmitVertexResponse(
-            hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE
-        )
+        return None
 
     async def GetPending(
         self, request: consensus_pb2.GetPendingRequest, context: Context

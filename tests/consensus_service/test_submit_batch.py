@@ -1,0 +1,193 @@
+"""Consensus ``SubmitVertices``: several vertices in one call, each answered on its own.
+
+Real processes (storage, transport, consensus of a one-validator node, which orders
+alone), real RocksDB, real gRPC with the node's internal TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from cretoai import registry
+from cretoai.config import NodeConfig, load_config
+from cretoai.errors import ERROR_CODE_KEY
+from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
+from cretoai.vertex import BAD_SIGNATURE_MESSAGE, vertex_hash
+from devkit.ports import free_base_port
+from node.clusterinit import init_cluster
+from services.consensus.servicer import MAX_SUBMIT_BYTES, MAX_SUBMIT_VERTICES
+from tests.consensus_service.test_failure import channel_to, start_service
+from tests.gateway.support import client_key, signed_body
+from tests.support.processes import Process
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+PENDING = vertex_pb2.VERTEX_STATUS_PENDING
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+KEY = client_key()
+
+
+def vertex(payload: bytes, parents: list[bytes] | None = None) -> vertex_pb2.Vertex:
+    _, v = signed_body(KEY, payload, parents or [])
+    return v
+
+
+def unique(label: bytes) -> bytes:
+    return label + b" " + os.urandom(8).hex().encode()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def consensus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[consensus_pb2_grpc.ConsensusStub]:
+    """The consensus of a one-validator node (with its storage and transport), ready."""
+    directory: Path = tmp_path_factory.mktemp("submit-batch")
+    base = free_base_port(40)
+    layout = init_cluster(directory / "cluster", 1, http_port=base + 20, base_port=base)
+    config = layout.nodes[0].config
+    cfg: NodeConfig = load_config(config)
+    started: list[Process] = []
+    try:
+        for service in registry.NAMES[:-1]:  # storage, transport, consensus (no gateway)
+            started.append(await start_service(config, cfg, service))
+        async with channel_to(cfg, "consensus") as channel:
+            stub = consensus_pb2_grpc.ConsensusStub(channel)
+            deadline = time.monotonic() + 60
+            while not (await stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=5)).ready:
+                assert time.monotonic() < deadline, "consensus not ready within 60s"
+                await asyncio.sleep(0.1)  # no event tells readiness; GetStatus is polled
+            yield stub
+    finally:
+        for proc in reversed(started):
+            await proc.stop()
+
+
+async def submit(
+    stub: consensus_pb2_grpc.ConsensusStub, vertices: list[vertex_pb2.Vertex], **kwargs: object
+) -> list[consensus_pb2.SubmitVertexResult]:
+    reply = await stub.SubmitVertices(
+        consensus_pb2.SubmitVerticesRequest(vertices=vertices, **kwargs),  # type: ignore[arg-type]
+        timeout=30,
+    )
+    assert len(reply.results) == len(vertices)
+    return list(reply.results)
+
+
+def accepted(result: consensus_pb2.SubmitVertexResult) -> consensus_pb2.SubmitVertexResponse:
+    assert result.WhichOneof("outcome") == "accepted", result
+    return result.accepted
+
+
+def refused(result: consensus_pb2.SubmitVertexResult) -> consensus_pb2.SubmitVertexError:
+    assert result.WhichOneof("outcome") == "error", result
+    return result.error
+
+
+async def finalized(
+    stub: consensus_pb2_grpc.ConsensusStub, hashes: set[bytes]
+) -> dict[bytes, tuple[int, bool]]:
+    """(seq, rejected) of each of ``hashes`` once executed (the finalized stream from seq 1)."""
+    seen: dict[bytes, tuple[int, bool]] = {}
+    call = stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1), timeout=60)
+    try:
+        async for batch in call:
+            rejected = set(batch.rejected)
+            for v in batch.vertices:
+                h = vertex_hash(v)
+                if h in hashes:
+                    seen[h] = (batch.seq, h in rejected)
+            if set(seen) == hashes:
+                return seen
+    finally:
+        call.cancel()
+    raise AssertionError("the finalized stream ended")
+
+
+async def test_a_batch_is_admitted_in_order_with_a_parent_earlier_in_it(
+    consensus: consensus_pb2_grpc.ConsensusStub,
+) -> None:
+    root = vertex(unique(b"root"))
+    child = vertex(unique(b"child"), [vertex_hash(root)])
+    grandchild = vertex(unique(b"grandchild"), [vertex_hash(child), vertex_hash(root)])
+    batch = [root, child, grandchild]
+    results = await submit(consensus, batch)
+    for v, result in zip(batch, results, strict=True):
+        reply = accepted(result)
+        assert reply.hash == vertex_hash(v) and reply.status == PENDING and not reply.duplicate
+    # the same again: each is a duplicate (pending, or finalized by now)
+    for result in await submit(consensus, batch):
+        assert accepted(result).duplicate
+    outcomes = await finalized(consensus, {vertex_hash(v) for v in batch})
+    assert not any(rejected for _, rejected in outcomes.values()), outcomes
+    order = [outcomes[vertex_hash(v)] for v in batch]
+    assert order == sorted(order), order  # executed parent first
+
+
+async def test_one_bad_vertex_never_fails_the_others(
+    consensus: consensus_pb2_grpc.ConsensusStub,
+) -> None:
+    good = vertex(unique(b"good"))
+    forged = vertex(unique(b"forged"))
+    forged.signature = bytes([forged.signature[0] ^ 1]) + forged.signature[1:]
+    orphan = vertex(unique(b"orphan"), [os.urandom(32)])
+    malformed = vertex(unique(b"malformed"))
+    malformed.creator = b"short"
+    last = vertex(unique(b"last"), [vertex_hash(good)])
+    results = await submit(consensus, [good, forged, orphan, malformed, last])
+
+    assert accepted(results[0]).hash == vertex_hash(good)
+    error = refused(results[1])
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert error.error_code == "bad_signature" and error.message == BAD_SIGNATURE_MESSAGE
+    error = refused(results[2])
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and not error.error_code
+    assert "is neither finalized nor pending at this node" in error.message
+    error = refused(results[3])
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert error.message.startswith("malformed vertex: ")
+    assert accepted(results[4]).status == PENDING
+
+    # SubmitVertex (the batch of one) refuses the same way, as before
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await consensus.SubmitVertex(consensus_pb2.SubmitVertexRequest(vertex=forged), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == BAD_SIGNATURE_MESSAGE
+    assert (ERROR_CODE_KEY, "bad_signature") in tuple(raised.value.trailing_metadata() or ())
+
+
+async def test_a_malformed_call_is_refused_whole(
+    consensus: consensus_pb2_grpc.ConsensusStub,
+) -> None:
+    one = vertex(unique(b"one"))
+    too_many = [one] * (MAX_SUBMIT_VERTICES + 1)
+    big = [
+        vertex(unique(b"big %d" % i) + bytes(1_000_000))
+        for i in range(MAX_SUBMIT_BYTES // 1_000_000 + 1)
+    ]
+    for vertices, traceparents, needle in [
+        ([], [], "no vertices"),
+        (too_many, [], f"at most {MAX_SUBMIT_VERTICES} per call"),
+        (big, [], f"at most {MAX_SUBMIT_BYTES} per call"),
+        ([one], ["", ""], "2 traceparents for 1 vertices"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await submit(consensus, vertices, traceparents=traceparents)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in (raised.value.details() or ""), raised.value.details()
+    # nothing of them was admitted
+    reply = await consensus.GetPending(
+        consensus_pb2.GetPendingRequest(hash=vertex_hash(one)), timeout=10
+    )
+    assert not reply.found
