@@ -26,7 +26,7 @@ from cretoai.v1 import consensus_pb2 as cretoai_dot_v1_dot_consensus__pb2
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63retoai/v1/gateway.proto\x12\ncretoai.v1\x1a\x1a\x63retoai/v1/consensus.proto\x1a\x17\x63retoai/v1/vertex.proto\"H\n\x14GatewaySubmitRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"y\n\x15GatewaySubmitResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12(\n\x06record\x18\x03 \x01(\x0b\x32\x18.cretoai.v1.VertexRecord\"\'\n\x17GatewayGetVertexRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x32\xc0\x02\n\x07Gateway\x12S\n\x0cSubmitVertex\x12 .cretoai.v1.GatewaySubmitRequest\x1a!.cretoai.v1.GatewaySubmitResponse\x12J\n\tGetVertex\x12#.cretoai.v1.GatewayGetVertexRequest\x1a\x18.cretoai.v1.VertexRecord\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63retoai/v1/gateway.proto\x12\ncretoai.v1\x1a\x1a\x63retoai/v1/consensus.proto\x1a\x17\x63retoai/v1/vertex.proto\"H\n\x14GatewaySubmitRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"y\n\x15GatewaySubmitResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12(\n\x06record\x18\x03 \x01(\x0b\x32\x18.cretoai.v1.VertexRecord\"O\n\x19GatewaySubmitBatchRequest\x12$\n\x08vertices\x18\x01 \x03(\x0b\x32\x12.cretoai.v1.Vertex\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"=\n\x0cGatewayError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\r\"\xb3\x01\n\x13GatewaySubmitResult\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12(\n\x06record\x18\x03 \x01(\x0b\x32\x18.cretoai.v1.VertexRecord\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.cretoai.v1.GatewayError\"N\n\x1aGatewaySubmitBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.cretoai.v1.GatewaySubmitResult\"\'\n\x17GatewayGetVertexRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x32\xa1\x03\n\x07Gateway\x12S\n\x0cSubmitVertex\x12 .cretoai.v1.GatewaySubmitRequest\x1a!.cretoai.v1.GatewaySubmitResponse\x12_\n\x0eSubmitVertices\x12%.cretoai.v1.GatewaySubmitBatchRequest\x1a&.cretoai.v1.GatewaySubmitBatchResponse\x12J\n\tGetVertex\x12#.cretoai.v1.GatewayGetVertexRequest\x1a\x18.cretoai.v1.VertexRecord\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYSUBMITREQUEST']._serialized_end=165
   _globals['_GATEWAYSUBMITRESPONSE']._serialized_start=167
   _globals['_GATEWAYSUBMITRESPONSE']._serialized_end=288
-  _globals['_GATEWAYGETVERTEXREQUEST']._serialized_start=290
-  _globals['_GATEWAYGETVERTEXREQUEST']._serialized_end=329
-  _globals['_GATEWAY']._serialized_start=332
-  _globals['_GATEWAY']._serialized_end=652
+  _globals['_GATEWAYSUBMITBATCHREQUEST']._serialized_start=290
+  _globals['_GATEWAYSUBMITBATCHREQUEST']._serialized_end=369
+  _globals['_GATEWAYERROR']._serialized_start=371
+  _globals['_GATEWAYERROR']._serialized_end=432
+  _globals['_GATEWAYSUBMITRESULT']._serialized_start=435
+  _globals['_GATEWAYSUBMITRESULT']._serialized_end=614
+  _globals['_GATEWAYSUBMITBATCHRESPONSE']._serialized_start=616
+  _globals['_GATEWAYSUBMITBATCHRESPONSE']._serialized_end=694
+  _globals['_GATEWAYGETVERTEXREQUEST']._serialized_start=696
+  _globals['_GATEWAYGETVERTEXREQUEST']._serialized_end=735
+  _globals['_GATEWAY']._serialized_start=738
+  _globals['_GATEWAY']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

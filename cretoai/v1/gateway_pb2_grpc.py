@@ -41,6 +41,11 @@ class GatewayStub:
                 request_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitVertices = channel.unary_unary(
+                '/cretoai.v1.Gateway/SubmitVertices',
+                request_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitBatchRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitBatchResponse.FromString,
+                _registered_method=True)
         self.GetVertex = channel.unary_unary(
                 '/cretoai.v1.Gateway/GetVertex',
                 request_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewayGetVertexRequest.SerializeToString,
@@ -65,6 +70,19 @@ class GatewayServicer:
         """Submit a vertex. A vertex without `signature` (and `creator`) is signed by
         the node's key. With `wait`, answers once the vertex is final (or
         DEADLINE_EXCEEDED after the configured bounded wait).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitVertices(self, request, context):
+        """Submit up to 256 vertices at once, each as by SubmitVertex, in the order
+        given (a vertex may name an earlier one of the same request as a parent),
+        each answered on its own in `results` (one refused vertex never fails the
+        others). The call fails as a whole when the request is malformed
+        (INVALID_ARGUMENT: no vertices, too many, too large, the same vertex
+        twice) or when every vertex was refused alike for a reason of the node's
+        (RESOURCE_EXHAUSTED overloaded, UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +113,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.SubmitVertex,
                     request_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitResponse.SerializeToString,
+            ),
+            'SubmitVertices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitVertices,
+                    request_deserializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitBatchRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitBatchResponse.SerializeToString,
             ),
             'GetVertex': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVertex,
@@ -139,6 +162,33 @@ class Gateway:
             '/cretoai.v1.Gateway/SubmitVertex',
             cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitRequest.SerializeToString,
             cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitVertices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cretoai.v1.Gateway/SubmitVertices',
+            cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitBatchRequest.SerializeToString,
+            cretoai_dot_v1_dot_gateway__pb2.GatewaySubmitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

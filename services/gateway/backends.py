@@ -7,6 +7,8 @@ Every call has a deadline, and every gRPC failure becomes an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,7 +19,7 @@ from cretoai.v1 import (
     storage_pb2_grpc,
     vertex_pb2,
 )
-from services.gateway.errors import from_backend
+from services.gateway.errors import ApiError, from_backend, from_status, status_of
 
 #: Deadline of one call to consensus or storage.
 CALL_TIMEOUT_S = 5.0
@@ -25,6 +27,10 @@ CALL_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 1.0
 
 WatchCall = grpc.aio.UnaryStreamCall[consensus_pb2.WatchFinalizedRequest, vertex_pb2.FinalizedBatch]
+
+
+class BatchUnsupported(Exception):
+    """The consensus service has no ``SubmitVertices`` (an older one): submit one by one."""
 
 
 class ConsensusClient:
@@ -39,6 +45,43 @@ class ConsensusClient:
         except grpc.aio.AioRpcError as exc:
             raise from_backend(exc, "consensus") from None
         return reply
+
+    async def submit_many(
+        self, vertices: Sequence[vertex_pb2.Vertex], traceparents: Sequence[str] = ()
+    ) -> list[consensus_pb2.SubmitVertexResponse | ApiError]:
+        """One ``SubmitVertices`` call: each vertex's answer or refusal, in order.
+
+        Raises :class:`BatchUnsupported` when consensus does not have the call, and an
+        ApiError when it refused the call as a whole.
+        """
+        request = consensus_pb2.SubmitVerticesRequest(vertices=vertices, traceparents=traceparents)
+        try:
+            reply: consensus_pb2.SubmitVerticesResponse = await self._stub.SubmitVertices(
+                request, timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise BatchUnsupported(exc.details() or "UNIMPLEMENTED") from None
+            raise from_backend(exc, "consensus") from None
+        if len(reply.results) != len(vertices):
+            raise ApiError(
+                "backend_error",
+                f"consensus answered {len(reply.results)} results for {len(vertices)} vertices",
+            )
+        answers: list[consensus_pb2.SubmitVertexResponse | ApiError] = []
+        for result in reply.results:
+            kind = result.WhichOneof("outcome")
+            if kind == "accepted":
+                answers.append(result.accepted)
+            elif kind == "error":
+                error = result.error
+                code = status_of(error.code)
+                answers.append(
+                    from_status(code, error.message or code.name, error.error_code, "consensus")
+                )
+            else:
+                answers.append(ApiError("backend_error", "consensus answered an empty result"))
+        return answers
 
     async def pending(self, h: bytes) -> vertex_pb2.Vertex | None:
         """The vertex if this node holds it and has not finalized it yet."""

@@ -23,6 +23,7 @@ STATUS_NAMES = {
 }
 SIGNING_FIELDS = ("public_key", "signature", "timestamp_ms")
 SUBMIT_FIELDS = frozenset({"payload", "parents", *SIGNING_FIELDS})
+BATCH_FIELDS = frozenset({"vertices"})
 MAX_TIMESTAMP = 2**64 - 1
 
 
@@ -138,6 +139,43 @@ def parse_submission(data: Any) -> Draft:
     )
 
 
+def parse_batch(data: Any, *, max_vertices: int) -> list[Draft]:
+    """The body of ``POST /v1/vertices:batch``, ``{"vertices": [...]}``, each entry as the
+    body of ``POST /v1/vertices`` (ApiError 400 when malformed, naming the entry)."""
+    if not isinstance(data, dict):
+        raise ApiError(
+            "bad_request",
+            f'the body must be a JSON object {{"vertices": [...]}}, got {_kind(data)}',
+        )
+    unknown = sorted(set(data) - BATCH_FIELDS)
+    if unknown:
+        raise ApiError("bad_request", f"unknown field {unknown[0]!r} (known: vertices)")
+    if "vertices" not in data:
+        raise ApiError("bad_request", "vertices: missing (an array of vertices)")
+    entries = data["vertices"]
+    if not isinstance(entries, list):
+        raise ApiError("bad_request", f"vertices: expected an array, got {_kind(entries)}")
+    if not entries:
+        raise ApiError("bad_request", f"vertices: empty; send 1 to {max_vertices} per batch")
+    if len(entries) > max_vertices:
+        raise ApiError(
+            "bad_request", f"vertices: {len(entries)} of them; at most {max_vertices} per batch"
+        )
+    drafts = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ApiError(
+                "bad_request",
+                f"vertices[{i}]: expected an object (as the body of POST /v1/vertices), "
+                f"got {_kind(entry)}",
+            )
+        try:
+            drafts.append(parse_submission(entry))
+        except ApiError as exc:
+            raise ApiError(exc.code, f"vertices[{i}]: {exc.message}") from None
+    return drafts
+
+
 def parse_seq(value: str | None, what: str, *, default: int | None) -> int | None:
     """A query parameter holding a non-negative integer."""
     if value is None or value == "":
@@ -206,6 +244,16 @@ def record_json(record: vertex_pb2.VertexRecord) -> dict[str, Any]:
         **vertex_json(record.vertex),
         "certificate": certificate_json(record.certificate),
     }
+
+
+def submitted_json(h: bytes, status: vertex_pb2.VertexStatus, duplicate: bool) -> dict[str, Any]:
+    """The answer to a submission not (yet) executed: ``202`` of ``POST /v1/vertices``."""
+    return {"hash": h.hex(), "status": STATUS_NAMES.get(status, "pending"), "duplicate": duplicate}
+
+
+def refused_json(h: bytes | None, body: dict[str, Any]) -> dict[str, Any]:
+    """A refused vertex of a batch: its hash when it had one, and the error ``body``."""
+    return {"hash": h.hex() if h is not None else None, **body}
 
 
 def batch_json(entry: storage_pb2.FinalizedEntry) -> dict[str, Any]:

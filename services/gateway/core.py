@@ -12,9 +12,12 @@ and its parents (each finalized or pending at this node, else 422
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -23,9 +26,12 @@ from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, shape_error, signed_digest, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
+from services.gateway.coalesce import MAX_CALL_VERTICES, Coalescer
 from services.gateway.codec import Draft
 from services.gateway.errors import ApiError
 from services.gateway.finality import FinalityHub, Outcome
+
+T = TypeVar("T")
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
@@ -59,8 +65,81 @@ class Submitted:
     record: vertex_pb2.VertexRecord | None = None
 
 
+Answer = Submitted | ApiError
+
+#: Most vertices in one batch submission (REST ``POST /v1/vertices:batch``, gRPC
+#: ``SubmitVertices``); a batch goes to consensus in one call, whose bound this is.
+MAX_BATCH_VERTICES = MAX_CALL_VERTICES
+#: Refusals of the node rather than of a vertex: a batch whose every vertex got the
+#: same one is answered with it as a whole (429 overloaded, 503 ...).
+NODE_REFUSALS = frozenset(
+    {"overloaded", "consensus_unavailable", "storage_unavailable", "shutting_down", "not_ready"}
+)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A vertex of a batch that was refused: why, and its hash when it had one."""
+
+    error: ApiError
+    hash: bytes | None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _count(api: str, answer: Answer) -> None:
+    if isinstance(answer, ApiError):
+        outcome = answer.code
+    else:
+        outcome = "duplicate" if answer.duplicate else "accepted"
+    metrics.SUBMISSIONS.labels(api, outcome).inc()
+
+
+def _all(answers: list[Answer | None]) -> list[Answer]:
+    assert all(answer is not None for answer in answers)
+    return cast(list[Answer], answers)
+
+
+async def _settled(work: Awaitable[T]) -> T | ApiError:
+    """``work``'s result, or the ApiError it raised (anything else propagates)."""
+    try:
+        return await work
+    except ApiError as exc:
+        return exc
+
+
+async def _each(works: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every one of ``works`` at once (a lone one awaited in place: no task for it)."""
+    if len(works) == 1:
+        return [await works[0]]
+    return list(await asyncio.gather(*works))
+
+
+def _check_distinct(drafts: Sequence[Draft]) -> None:
+    """A batch may not hold the same vertex twice: a client-signed one by its hash, a
+    node-signed one by its payload and parents (before anything is signed)."""
+    seen: dict[object, int] = {}
+    for i, draft in enumerate(drafts):
+        key: object
+        if draft.signed:
+            key = vertex_hash(
+                vertex_pb2.Vertex(
+                    payload=draft.payload,
+                    parents=draft.parents,
+                    creator=draft.creator,
+                    timestamp_ms=draft.timestamp_ms,
+                )
+            )
+        else:
+            key = (draft.payload, tuple(draft.parents))
+        first = seen.setdefault(key, i)
+        if first != i:
+            raise ApiError(
+                "bad_request",
+                f"vertices[{i}] is the same vertex as vertices[{first}]; send each vertex once",
+            )
 
 
 class Gateway:
@@ -74,9 +153,12 @@ class Gateway:
         pool: Executor,
         limits: Limits,
         probes: dict[str, grpc.aio.Channel],
+        coalescer: Coalescer | None = None,
     ) -> None:
         self._key = key
         self._consensus = consensus
+        #: Every submission to consensus goes through it (few calls for many vertices).
+        self._coalescer = coalescer or Coalescer(consensus)
         self._storage = storage
         self._pool = pool
         self._limits = limits
@@ -92,57 +174,147 @@ class Gateway:
     async def submit(self, draft: Draft, *, wait: bool, api: str) -> Submitted:
         """Validate, sign or verify, and hand a vertex to consensus (counted by outcome)."""
         try:
-            result = await self._submit(draft, wait=wait)
+            [answer], _ = await self._submit_all([draft], wait=wait)
         except ApiError as exc:
-            metrics.SUBMISSIONS.labels(api, exc.code).inc()
-            raise
-        metrics.SUBMISSIONS.labels(api, "duplicate" if result.duplicate else "accepted").inc()
-        return result
+            answer = exc
+        _count(api, answer)
+        if isinstance(answer, ApiError):
+            raise answer
+        return answer
 
-    async def _submit(self, draft: Draft, *, wait: bool) -> Submitted:
-        limit = self._limits.max_payload_bytes
-        if len(draft.payload) > limit:
+    async def submit_batch(
+        self, drafts: Sequence[Draft], *, wait: bool, api: str
+    ) -> list[Submitted | Refused]:
+        """Each draft as :meth:`submit` would take it, in order: its answer, or why it was
+        refused. A draft may name an earlier one of the batch as a parent.
+
+        Raises ApiError for the batch as a whole when it is malformed (``bad_request``:
+        empty, more than MAX_BATCH_VERTICES, the same vertex twice), refused before any
+        work (``overloaded``, ``shutting_down``), or when every vertex was refused alike
+        for a reason of the node's (:data:`NODE_REFUSALS`).
+        """
+        if not drafts:
             raise ApiError(
-                "payload_too_large", f"payload is {len(draft.payload)} bytes; the limit is {limit}"
+                "bad_request", f"vertices: empty; send 1 to {MAX_BATCH_VERTICES} per batch"
             )
+        if len(drafts) > MAX_BATCH_VERTICES:
+            raise ApiError(
+                "bad_request",
+                f"vertices: {len(drafts)} of them; at most {MAX_BATCH_VERTICES} per batch",
+            )
+        _check_distinct(drafts)
+        try:
+            answers, hashes = await self._submit_all(drafts, wait=wait)
+        except ApiError as exc:
+            for _ in drafts:
+                _count(api, exc)
+            raise
+        for answer in answers:
+            _count(api, answer)
+        first = answers[0]
+        if (
+            isinstance(first, ApiError)
+            and first.code in NODE_REFUSALS
+            and all(isinstance(a, ApiError) and a.code == first.code for a in answers)
+        ):
+            raise first
+        return [
+            Refused(error=answer, hash=h) if isinstance(answer, ApiError) else answer
+            for answer, h in zip(answers, hashes, strict=True)
+        ]
+
+    async def _submit_all(
+        self, drafts: Sequence[Draft], *, wait: bool
+    ) -> tuple[list[Answer], list[bytes | None]]:
+        """The checks of docs/gateway.md, cheapest first; then one submission to consensus
+        for every vertex that passed them, waiting for finality when asked. Returns each
+        draft's answer and its vertex's hash (None when it was refused before it had one)."""
+        answers: list[Answer | None] = [None] * len(drafts)
+        hashes: list[bytes | None] = [None] * len(drafts)
+        limit = self._limits.max_payload_bytes
+        for i, draft in enumerate(drafts):
+            if len(draft.payload) > limit:
+                answers[i] = ApiError(
+                    "payload_too_large",
+                    f"payload is {len(draft.payload)} bytes; the limit is {limit}",
+                )
+        live = [i for i, answer in enumerate(answers) if answer is None]
+        if not live:
+            return _all(answers), hashes
         if time.monotonic() < self._shed_until:
             raise ApiError(
                 "overloaded",
                 "consensus at this node is behind its offered load; retry with backoff",
             )
-        if self._in_progress >= self._limits.max_in_progress:
+        most = self._limits.max_in_progress
+        if self._in_progress >= most or (
+            self._in_progress and self._in_progress + len(live) > most
+        ):
             raise ApiError(
                 "overloaded",
                 f"{self._in_progress} submissions are being validated here "
                 "(gateway.max_submissions_in_progress); retry with backoff",
             )
-        self._in_progress += 1
+        self._in_progress += len(live)
         try:
-            vertex, h = await self._vertex_of(draft)
+            built = await _each([_settled(self._vertex_of(drafts[i])) for i in live])
         finally:
-            self._in_progress -= 1
-        if not wait:
-            reply = await self._submit_to_consensus(vertex)
-            record = await self._stored(h) if reply.status in (FINALIZED, REJECTED) else None
-            return Submitted(hash=h, status=reply.status, duplicate=reply.duplicate, record=record)
-        started = time.perf_counter()
-        with self.hub.waiter(h, signed_digest(vertex)) as final:
-            reply = await self._submit_to_consensus(vertex)
-            if reply.status in (FINALIZED, REJECTED):
-                record = await self._stored(h)
+            self._in_progress -= len(live)
+        vertices: dict[int, tuple[vertex_pb2.Vertex, bytes]] = {}
+        for i, made in zip(live, built, strict=True):
+            if isinstance(made, ApiError):
+                answers[i] = made
             else:
-                record = await self._await_final(h, final, started)
+                vertices[i] = made
+                hashes[i] = made[1]
+        if not vertices:
+            return _all(answers), hashes
+        started = time.perf_counter()
+        with contextlib.ExitStack() as waiting:
+            finals = {
+                i: waiting.enter_context(self.hub.waiter(h, signed_digest(vertex)))
+                for i, (vertex, h) in vertices.items()
+                if wait
+            }
+            replies = await self._submit_to_consensus([vertex for vertex, _ in vertices.values()])
+            settled = await _each(
+                [
+                    _settled(self._settle(h, reply, finals.get(i), started))
+                    for (i, (_, h)), reply in zip(vertices.items(), replies, strict=True)
+                ]
+            )
+        for i, answer in zip(vertices, settled, strict=True):
+            answers[i] = answer
+        return _all(answers), hashes
+
+    async def _settle(
+        self,
+        h: bytes,
+        reply: consensus_pb2.SubmitVertexResponse | ApiError,
+        final: asyncio.Future[Outcome] | None,
+        started: float,
+    ) -> Submitted:
+        """One vertex once consensus answered: its refusal raised, else what the caller
+        learns (``final`` is its waiter when it waits for finality)."""
+        if isinstance(reply, ApiError):
+            raise reply
+        executed = reply.status in (FINALIZED, REJECTED)
+        if final is None:
+            record = await self._stored(h) if executed else None
+            return Submitted(hash=h, status=reply.status, duplicate=reply.duplicate, record=record)
+        if executed:
+            record = await self._stored(h)
+        else:
+            record = await self._await_final(h, final, started)
         return Submitted(hash=h, status=record.status, duplicate=reply.duplicate, record=record)
 
     async def _submit_to_consensus(
-        self, vertex: vertex_pb2.Vertex
-    ) -> consensus_pb2.SubmitVertexResponse:
-        try:
-            return await self._consensus.submit(vertex)
-        except ApiError as exc:
-            if exc.code == "overloaded":
-                self._shed_until = time.monotonic() + self._limits.shed_hold_s
-            raise
+        self, vertices: list[vertex_pb2.Vertex]
+    ) -> list[consensus_pb2.SubmitVertexResponse | ApiError]:
+        replies = await self._coalescer.submit(vertices)
+        if any(isinstance(r, ApiError) and r.code == "overloaded" for r in replies):
+            self._shed_until = time.monotonic() + self._limits.shed_hold_s
+        return replies
 
     async def _vertex_of(self, draft: Draft) -> tuple[vertex_pb2.Vertex, bytes]:
         loop = asyncio.get_running_loop()
@@ -209,17 +381,32 @@ class Gateway:
                     f"{timeout:g}s; poll GET /v1/vertices/{h.hex()}",
                 ) from None
         else:
-            record = await self._stored(h)
             # A rejected copy says nothing of the content: another copy may be (or have
-            # been) finalized, and the stored record tells. A finalized one must match.
-            if not outcome.rejected and (record.status != FINALIZED or outcome.seq != record.seq):
-                raise ApiError(
-                    "backend_error",
-                    f"vertex {h.hex()}: finalized at seq {outcome.seq}, stored at {record.seq}",
-                )
+            # been) finalized, and the stored record tells. A finalized one is the batch's.
+            record = None if outcome.rejected else await self._finalized_record(h, outcome)
+            if record is None:
+                record = await self._stored(h)
+                if not outcome.rejected and (
+                    record.status != FINALIZED or outcome.seq != record.seq
+                ):
+                    raise ApiError(
+                        "backend_error",
+                        f"vertex {h.hex()}: finalized at seq {outcome.seq}, stored at {record.seq}",
+                    )
         label = "rejected" if record.status == REJECTED else "finalized"
         metrics.FINALITY_WAIT.labels(label).observe(time.perf_counter() - started)
         return record
+
+    async def _finalized_record(self, h: bytes, outcome: Outcome) -> vertex_pb2.VertexRecord | None:
+        """The record of a vertex its batch finalized, from that batch and its stored entry
+        (one storage read per batch, shared by its waiters); None: read the record itself."""
+        if outcome.entry is None:
+            return None
+        try:
+            stored = await self.hub.stored_entry(outcome.entry)
+        except ApiError:
+            return None
+        return outcome.entry.record(h, stored)
 
     # ------------------------------------------------------------------ reads
 

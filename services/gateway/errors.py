@@ -76,11 +76,22 @@ def from_backend(exc: grpc.aio.AioRpcError, backend: Backend) -> ApiError:
     INVALID_ARGUMENT means the vertex is invalid (consensus) or the read was
     malformed (storage); FAILED_PRECONDITION from consensus is an unknown parent.
     """
-    code = exc.code()
-    detail = exc.details() or code.name
+    error_code = None
     for key, value in exc.trailing_metadata() or ():
         if key == ERROR_CODE_KEY and value in CODES:
-            return ApiError(str(value), detail)
+            error_code = str(value)
+            break
+    return from_status(exc.code(), exc.details() or exc.code().name, error_code, backend)
+
+
+def from_status(
+    code: grpc.StatusCode, detail: str, error_code: str | None, backend: Backend
+) -> ApiError:
+    """:func:`from_backend` of a status given as its parts (e.g. one vertex's refusal in a
+    consensus ``SubmitVertices`` answer): ``error_code`` is the backend's client-facing
+    code, when it sent one."""
+    if error_code in CODES:
+        return ApiError(str(error_code), detail)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ApiError("invalid_vertex" if backend == "consensus" else "bad_request", detail)
     if code == grpc.StatusCode.FAILED_PRECONDITION and backend == "consensus":
@@ -97,3 +108,12 @@ def from_backend(exc: grpc.aio.AioRpcError, backend: Backend) -> ApiError:
     ):
         return ApiError(f"{backend}_unavailable", f"{backend} is unavailable: {detail}")
     return ApiError("backend_error", f"{backend} failed: {code.name}: {detail}")
+
+
+#: gRPC status codes by number (google.rpc.Code).
+STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def status_of(number: int) -> grpc.StatusCode:
+    """The gRPC status code numbered ``number`` (UNKNOWN when there is none)."""
+    return STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)

@@ -44,10 +44,18 @@ CATCH_UP_PAGE = 8
 
 @dataclass(frozen=True)
 class Outcome:
-    """What execution decided about a vertex a caller waits for."""
+    """What execution decided about a vertex a caller waits for, and the batch that did."""
 
     seq: int
     rejected: bool
+    #: The finalized batch (shared by every caller waiting for one of its vertices).
+    entry: Entry | None = None
+
+
+def _retrieve(read: asyncio.Future[storage_pb2.FinalizedEntry]) -> None:
+    """Mark a shared read's failure as seen (its askers may all have gone)."""
+    if not read.cancelled():
+        read.exception()
 
 
 class SlowConsumer(ResourceExhausted):
@@ -64,12 +72,14 @@ class Entry:
     Shared by every subscriber it is offered to; its JSON text is built once.
     """
 
-    __slots__ = ("_text", "entry", "size")
+    __slots__ = ("_text", "entry", "size", "stored")
 
     def __init__(self, entry: storage_pb2.FinalizedEntry) -> None:
         self.entry = entry
         self.size = entry.ByteSize()
         self._text: str | None = None
+        #: The read of this batch's stored entry (FinalityHub.stored_entry), once started.
+        self.stored: asyncio.Future[storage_pb2.FinalizedEntry] | None = None
 
     @property
     def seq(self) -> int:
@@ -83,6 +93,36 @@ class Entry:
         if self._text is None:
             self._text = dumps(batch_json(self.entry))
         return self._text
+
+    def record(
+        self, h: bytes, stored: storage_pb2.FinalizedEntry
+    ) -> vertex_pb2.VertexRecord | None:
+        """Vertex ``h``'s record if this batch finalized it, as storage's GetVertex answers
+        it: the executed copy, the height and the certificate as stored (``stored`` is
+        this batch's stored entry, without vertices). None if it did not, or ``stored``
+        does not match the batch."""
+        batch = self.entry.batch
+        if stored.batch.seq != batch.seq or len(stored.results) != len(batch.vertices):
+            return None
+        for vertex, result in zip(batch.vertices, stored.results, strict=True):
+            if result.hash != h or result.status != vertex_pb2.VERTEX_STATUS_FINALIZED:
+                continue
+            return vertex_pb2.VertexRecord(
+                hash=h,
+                # the fields storage keeps (a copy with unknown fields is stored without them)
+                vertex=vertex_pb2.Vertex(
+                    payload=vertex.payload,
+                    parents=vertex.parents,
+                    creator=vertex.creator,
+                    timestamp_ms=vertex.timestamp_ms,
+                    signature=vertex.signature,
+                ),
+                status=vertex_pb2.VERTEX_STATUS_FINALIZED,
+                seq=batch.seq,
+                height=result.height,
+                certificate=stored.batch.certificate,
+            )
+        return None
 
 
 class Stream:
@@ -288,14 +328,24 @@ class FinalityHub:
 
     async def with_results(self, entry: Entry) -> Entry:
         """``entry`` with the results of execution read from storage."""
-        page = await self.storage.finalized(
-            entry.seq, limit=1, to_seq=entry.seq + 1, omit_vertices=True
-        )
+        stored = await self.stored_entry(entry)
+        return Entry(storage_pb2.FinalizedEntry(batch=entry.entry.batch, results=stored.results))
+
+    async def stored_entry(self, entry: Entry) -> storage_pb2.FinalizedEntry:
+        """The stored entry of ``entry``'s batch (header and results, no vertices): one
+        storage read per batch, however many waiters and subscribers ask for it (a
+        failed read is tried again by the next one who asks)."""
+        read = entry.stored
+        if read is None or (read.done() and (read.cancelled() or read.exception() is not None)):
+            read = entry.stored = asyncio.ensure_future(self._read_stored(entry.seq))
+            read.add_done_callback(_retrieve)
+        return await asyncio.shield(read)
+
+    async def _read_stored(self, seq: int) -> storage_pb2.FinalizedEntry:
+        page = await self.storage.finalized(seq, limit=1, to_seq=seq + 1, omit_vertices=True)
         if not page:
-            raise ApiError(
-                "storage_unavailable", f"finalized batch {entry.seq} is not in storage yet"
-            )
-        return Entry(storage_pb2.FinalizedEntry(batch=entry.entry.batch, results=page[0].results))
+            raise ApiError("storage_unavailable", f"finalized batch {seq} is not in storage yet")
+        return page[0]
 
     async def _run(self) -> None:
         backoff = RECONNECT_MIN_S
@@ -341,6 +391,9 @@ class FinalityHub:
             log.warning("gap in the finalized stream", extra={"fields": fields})
         self._next_seq = batch.seq + 1
         metrics.WATCH_SEQ.set(batch.seq)
+        if not self._waiters and not self._streams:
+            return
+        entry = Entry(storage_pb2.FinalizedEntry(batch=batch))
         if self._waiters:
             # One content can come as several copies: it is finalized by this batch when
             # fewer of its copies were rejected than it has in the batch.
@@ -358,10 +411,10 @@ class FinalityHub:
                     resolve = [f for f, c in waiting.items() if c == copy]
                 for future in resolve:
                     if not future.done():
-                        future.set_result(Outcome(seq=batch.seq, rejected=finalized[h] <= 0))
+                        outcome = Outcome(seq=batch.seq, rejected=finalized[h] <= 0, entry=entry)
+                        future.set_result(outcome)
         if not self._streams:
             return
-        entry = Entry(storage_pb2.FinalizedEntry(batch=batch))
         if not entry.complete and any(s.needs_results for s in self._streams):
             try:
                 entry = await self.with_results(entry)

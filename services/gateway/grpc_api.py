@@ -17,7 +17,7 @@ from cretoai.v1 import consensus_pb2, gateway_pb2, gateway_pb2_grpc, vertex_pb2
 from cretoai.vertex import HASH_SIZE
 from services.gateway import metrics
 from services.gateway.codec import Draft
-from services.gateway.core import Gateway
+from services.gateway.core import MAX_BATCH_VERTICES, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer
 
@@ -54,8 +54,10 @@ def draft_of(vertex: vertex_pb2.Vertex) -> Draft:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, max_batch_bytes: int) -> None:
         self._gw = gateway
+        #: The largest SubmitVertices request (serialized), as REST's batch body limit.
+        self._max_batch_bytes = max_batch_bytes
 
     async def SubmitVertex(
         self, request: gateway_pb2.GatewaySubmitRequest, context: Context
@@ -64,6 +66,45 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         reply = gateway_pb2.GatewaySubmitResponse(hash=result.hash, status=result.status)
         if result.record is not None:
             reply.record.CopyFrom(result.record)
+        return reply
+
+    async def SubmitVertices(
+        self, request: gateway_pb2.GatewaySubmitBatchRequest, context: Context
+    ) -> gateway_pb2.GatewaySubmitBatchResponse:
+        if len(request.vertices) > MAX_BATCH_VERTICES:  # before any work on them
+            raise ApiError(
+                "bad_request",
+                f"vertices: {len(request.vertices)} of them; "
+                f"at most {MAX_BATCH_VERTICES} per batch",
+            )
+        if request.ByteSize() > self._max_batch_bytes:
+            raise ApiError(
+                "body_too_large",
+                f"the request is {request.ByteSize()} bytes; the limit is {self._max_batch_bytes}",
+            )
+        drafts = []
+        for i, vertex in enumerate(request.vertices):
+            try:
+                drafts.append(draft_of(vertex))
+            except ApiError as exc:
+                raise ApiError(exc.code, f"vertices[{i}]: {exc.message}") from None
+        answers = await self._gw.submit_batch(drafts, wait=request.wait, api="grpc")
+        reply = gateway_pb2.GatewaySubmitBatchResponse()
+        for answer in answers:
+            result = reply.results.add()
+            if isinstance(answer, Refused):
+                if answer.hash is not None:
+                    result.hash = answer.hash
+                error = answer.error
+                result.error.code = error.code
+                result.error.message = error.message
+                result.error.status = error.grpc_status.value[0]
+                continue
+            result.hash = answer.hash
+            result.status = answer.status
+            result.duplicate = answer.duplicate
+            if answer.record is not None:
+                result.record.CopyFrom(answer.record)
         return reply
 
     async def GetVertex(

@@ -47,3 +47,14 @@ WATCH_RECONNECTS = Counter(
     "cretoai_gateway_watch_reconnects_total",
     "Times the gateway re-subscribed to the consensus finalized stream",
 )
+CONSENSUS_SUBMIT_CALLS = Counter(
+    "cretoai_gateway_consensus_submit_calls_total",
+    "Calls submitting vertices to the consensus service, by RPC (SubmitVertices; "
+    "SubmitVertex only with a consensus service that lacks it)",
+    ["rpc"],
+)
+CONSENSUS_SUBMIT_CALL_VERTICES = Histogram(
+    "cretoai_gateway_consensus_submit_call_vertices",
+    "Vertices per call submitting vertices to the consensus service",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

@@ -24,18 +24,20 @@ from opentelemetry import trace
 from cretoai.telemetry import extract_context
 from services.gateway import metrics
 from services.gateway.codec import (
-    STATUS_NAMES,
     batch_json,
     decode_hash,
     dumps,
+    parse_batch,
     parse_bool,
     parse_json,
     parse_seq,
     parse_submission,
     record_json,
+    refused_json,
     status_json,
+    submitted_json,
 )
-from services.gateway.core import MAX_PAGE, Gateway
+from services.gateway.core import MAX_BATCH_VERTICES, MAX_PAGE, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer, Stream
 
@@ -57,6 +59,11 @@ WS_CLOSE_CODES = {
     "storage_unavailable": WSCloseCode.TRY_AGAIN_LATER,
     "consensus_unavailable": WSCloseCode.TRY_AGAIN_LATER,
 }
+#: What a 429 ``overloaded`` answer asks clients to wait before retrying (seconds).
+RETRY_AFTER_S = "1"
+#: A batch body may be this many times ``gateway.max_body_bytes``, up to BATCH_BODY_MAX.
+BATCH_BODY_FACTOR = 4
+BATCH_BODY_MAX = 8 * 1024 * 1024
 _AIOHTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
@@ -69,7 +76,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 def error_response(exc: ApiError, **extra: Any) -> web.Response:
-    return json_response({**exc.body(), **extra}, exc.http_status)
+    response = json_response({**exc.body(), **extra}, exc.http_status)
+    if exc.code == "overloaded":
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
 
 
 def route_of(request: web.Request) -> str:
@@ -152,12 +162,17 @@ class RestApi:
     def __init__(self, gateway: Gateway, *, max_body_bytes: int) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
+        #: A batch's body limit (its vertices, binary, then fit one call to consensus).
+        self.max_batch_body = max(
+            max_body_bytes, min(BATCH_BODY_FACTOR * max_body_bytes, BATCH_BODY_MAX)
+        )
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._openapi = _resource("openapi.json")
         self._docs = _resource("docs.html")
-        app = web.Application(middlewares=[observe, errors], client_max_size=max_body_bytes)
+        app = web.Application(middlewares=[observe, errors], client_max_size=self.max_batch_body)
         app.router.add_post("/v1/vertices", self.submit)
+        app.router.add_post("/v1/vertices:batch", self.submit_batch)
         app.router.add_get("/v1/vertices/{hash}", self.vertex)
         app.router.add_get("/v1/finalized", self.finalized)
         app.router.add_get("/v1/status", self.status)
@@ -191,27 +206,48 @@ class RestApi:
 
     # ------------------------------------------------------------------ REST
 
-    async def submit(self, request: web.Request) -> web.Response:
-        wait = parse_bool(request.query.get("wait"), "wait")
-        too_large = ApiError("body_too_large", f"the body exceeds {self._max_body} bytes")
-        if request.content_length is not None and request.content_length > self._max_body:
+    @staticmethod
+    async def _body(request: web.Request, limit: int) -> bytes:
+        """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond)."""
+        too_large = ApiError("body_too_large", f"the body exceeds {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
             raise too_large
+        chunks = []
+        size = 0
         try:
-            raw = await request.read()
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
-        draft = parse_submission(parse_json(raw))
+        return b"".join(chunks)
+
+    async def submit(self, request: web.Request) -> web.Response:
+        wait = parse_bool(request.query.get("wait"), "wait")
+        draft = parse_submission(parse_json(await self._body(request, self._max_body)))
         result = await self._gw.submit(draft, wait=wait, api="http")
         if result.record is not None:
             return json_response(record_json(result.record))
-        return json_response(
-            {
-                "hash": result.hash.hex(),
-                "status": STATUS_NAMES.get(result.status, "pending"),
-                "duplicate": result.duplicate,
-            },
-            202,
-        )
+        return json_response(submitted_json(result.hash, result.status, result.duplicate), 202)
+
+    async def submit_batch(self, request: web.Request) -> web.Response:
+        """Up to MAX_BATCH_VERTICES vertices: ``200 {"results": [...]}``, one per vertex in
+        order, each what ``POST /v1/vertices`` would answer in its body."""
+        wait = parse_bool(request.query.get("wait"), "wait")
+        raw = await self._body(request, self.max_batch_body)
+        drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
+        answers = await self._gw.submit_batch(drafts, wait=wait, api="http")
+        results = []
+        for answer in answers:
+            if isinstance(answer, Refused):
+                results.append(refused_json(answer.hash, answer.error.body()))
+            elif answer.record is not None:
+                results.append(record_json(answer.record))
+            else:
+                results.append(submitted_json(answer.hash, answer.status, answer.duplicate))
+        return json_response({"results": results})
 
     async def vertex(self, request: web.Request) -> web.Response:
         h = decode_hash(request.match_info["hash"], "hash")

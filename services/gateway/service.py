@@ -91,7 +91,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
             await channel.close()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    servicer = GatewayServicer(gateway)
+    servicer = GatewayServicer(gateway, max_batch_bytes=rest.max_batch_body)
     # public (cretoai.registry): the client API; it calls the internal services with TLS
     service = GatewayService.for_node(
         cfg,

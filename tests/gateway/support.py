@@ -96,6 +96,15 @@ def raw_vertex(payload: bytes) -> vertex_pb2.Vertex:
     )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why the fake consensus refuses a vertex: the status SubmitVertex ends with."""
+
+    code: grpc.StatusCode
+    message: str
+    error_code: str = ""
+
+
 class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
     """The tests' stand-in for the consensus service (see the module docstring)."""
 
@@ -112,6 +121,14 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         self.batches: list[vertex_pb2.FinalizedBatch] = []
         self.watch_requests: list[int] = []
         self.submit_error: grpc.StatusCode | None = None
+        #: Vertices per submitting call (SubmitVertex: 1), and each SubmitVertices call's
+        #: traceparents.
+        self.submit_calls: list[int] = []
+        self.submit_traceparents: list[list[str]] = []
+        #: While set (and not yet fired), submitting calls wait for it.
+        self.hold: asyncio.Event | None = None
+        #: Answer SubmitVertices with UNIMPLEMENTED, as an older consensus service.
+        self.batch_unimplemented = False
         self.ready = True
         self._watchers: set[asyncio.Queue[bool]] = set()
         self._changed = asyncio.Condition()
@@ -131,21 +148,60 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
 
     # ------------------------------------------------------------------ RPCs
 
-    async def SubmitVertex(
-        self, request: consensus_pb2.SubmitVertexRequest, context: Any
-    ) -> consensus_pb2.SubmitVertexResponse:
+    async def _call_started(self, context: Any, vertices: int) -> None:
         self.submit_metadata.append(
             {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         )
+        self.submit_calls.append(vertices)
+        await self._notify()
+        if self.hold is not None:
+            await self.hold.wait()
+
+    async def SubmitVertex(
+        self, request: consensus_pb2.SubmitVertexRequest, context: Any
+    ) -> consensus_pb2.SubmitVertexResponse:
+        await self._call_started(context, 1)
         if self.submit_error is not None:
             await context.abort(self.submit_error, "set by the test")
-        vertex = request.vertex
-        if not verify_vertex(vertex, self._backend):  # as the real one: once per node
+        outcome = await self._admit(request.vertex)
+        if isinstance(outcome, Refusal):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                BAD_SIGNATURE_MESSAGE,
-                trailing_metadata=((ERROR_CODE_KEY, "bad_signature"),),
+                outcome.code,
+                outcome.message,
+                trailing_metadata=((ERROR_CODE_KEY, outcome.error_code),)
+                if outcome.error_code
+                else (),
             )
+        assert isinstance(outcome, consensus_pb2.SubmitVertexResponse)
+        return outcome
+
+    async def SubmitVertices(
+        self, request: consensus_pb2.SubmitVerticesRequest, context: Any
+    ) -> consensus_pb2.SubmitVerticesResponse:
+        """As the real one: each vertex as SubmitVertex, in order, answered on its own."""
+        await self._call_started(context, len(request.vertices))
+        self.submit_traceparents.append(list(request.traceparents))
+        if self.batch_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if self.submit_error is not None:
+            await context.abort(self.submit_error, "set by the test")
+        response = consensus_pb2.SubmitVerticesResponse()
+        for vertex in request.vertices:
+            outcome = await self._admit(vertex)
+            result = response.results.add()
+            if isinstance(outcome, Refusal):
+                result.error.code = outcome.code.value[0]
+                result.error.message = outcome.message
+                result.error.error_code = outcome.error_code
+            else:
+                result.accepted.CopyFrom(outcome)
+        return response
+
+    async def _admit(
+        self, vertex: vertex_pb2.Vertex
+    ) -> consensus_pb2.SubmitVertexResponse | Refusal:
+        if not verify_vertex(vertex, self._backend):  # as the real one: once per node
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, BAD_SIGNATURE_MESSAGE, "bad_signature")
         h = vertex_hash(vertex)
         if h in self.executed:
             return consensus_pb2.SubmitVertexResponse(
@@ -157,14 +213,14 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
                     storage_pb2.GetVertexStatusesRequest(hashes=list(vertex.parents))
                 )
             except grpc.aio.AioRpcError as exc:
-                await context.abort(
+                return Refusal(
                     grpc.StatusCode.UNAVAILABLE,
                     f"storage is unavailable: {exc.details()}",
-                    trailing_metadata=((ERROR_CODE_KEY, "storage_unavailable"),),
+                    "storage_unavailable",
                 )
             for parent, record in zip(vertex.parents, reply.records, strict=True):
                 if record.status == vertex_pb2.VERTEX_STATUS_REJECTED:
-                    await context.abort(
+                    return Refusal(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"parent {parent.hex()} was rejected at execution ({record.reject_reason})",
                     )
@@ -172,7 +228,7 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
                     record.status != vertex_pb2.VERTEX_STATUS_FINALIZED
                     and parent not in self.pending
                 ):
-                    await context.abort(
+                    return Refusal(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"parent {parent.hex()} is neither finalized nor pending at this node",
                     )

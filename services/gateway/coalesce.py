@@ -1,0 +1,199 @@
+"""The gateway's submissions to its consensus service, coalesced into few calls.
+
+Every submission (a REST or gRPC vertex, or a whole batch) is queued as one
+*group*; the sender runs at the next turn of the event loop and sends what is
+queued then as one ``SubmitVertices`` call (several when it exceeds a call's
+bounds), each group whole and in order, so a vertex whose parent is earlier in
+its own batch reaches consensus after it. There is no timer: with nothing in
+flight, a lone vertex goes out at once in a call of its own. At most
+:data:`MAX_CALLS_IN_FLIGHT` calls are in flight; what arrives meanwhile waits
+for one of them to end and then goes out together, so that the calls per vertex
+fall as the load rises (each call costs CPU in both processes, whatever its
+size). Each submitter gets its own vertices' answers.
+
+Trace context: a call carries the first group's context (as a single
+submission's call did), and, when it holds several groups of which one is
+sampled, each vertex's ``traceparent`` (``SubmitVerticesRequest.traceparents``),
+so that consensus keeps every vertex in its own trace.
+
+A consensus service without ``SubmitVertices`` (an older version) is sent
+``SubmitVertex`` calls instead, one vertex after the other within a group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from cretoai.telemetry import format_traceparent
+from cretoai.v1 import consensus_pb2, vertex_pb2
+from services.gateway import metrics
+from services.gateway.backends import BatchUnsupported, ConsensusClient
+from services.gateway.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+Reply = consensus_pb2.SubmitVertexResponse
+Answer = Reply | ApiError
+
+#: Most vertices, and bytes of vertices, in one call (the consensus service's bounds:
+#: services/consensus/servicer.py MAX_SUBMIT_VERTICES and MAX_SUBMIT_BYTES).
+MAX_CALL_VERTICES = 256
+MAX_CALL_BYTES = 8 * 1024 * 1024
+#: Calls to consensus in flight at once; later submissions wait and go out together.
+MAX_CALLS_IN_FLIGHT = 2
+
+
+@dataclass(eq=False)
+class _Group:
+    """One submitter's vertices, sent together in one call."""
+
+    vertices: Sequence[vertex_pb2.Vertex]
+    size: int
+    future: asyncio.Future[list[Answer]]
+    context: otel_context.Context
+    #: The submitter's sampled trace context ("" when not sampled).
+    traceparent: str = field(default="")
+
+
+class Coalescer:
+    def __init__(
+        self,
+        consensus: ConsensusClient,
+        *,
+        max_vertices: int = MAX_CALL_VERTICES,
+        max_bytes: int = MAX_CALL_BYTES,
+        max_in_flight: int = MAX_CALLS_IN_FLIGHT,
+    ) -> None:
+        self._consensus = consensus
+        self._max_vertices = max_vertices
+        self._max_bytes = max_bytes
+        self._max_in_flight = max_in_flight
+        self._queue: deque[_Group] = deque()
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batch_supported = True
+
+    async def submit(self, vertices: Sequence[vertex_pb2.Vertex]) -> list[Answer]:
+        """Each vertex's answer from consensus (or why it was refused), in order."""
+        if not vertices:
+            return []
+        size = sum(v.ByteSize() for v in vertices)
+        if len(vertices) > self._max_vertices or size > self._max_bytes:
+            # The APIs bound a batch below this; a group always fits in one call.
+            raise ApiError(
+                "bad_request",
+                f"{len(vertices)} vertices of {size} bytes exceed one call to consensus "
+                f"({self._max_vertices} vertices, {self._max_bytes} bytes)",
+            )
+        span_context = trace.get_current_span().get_span_context()
+        loop = asyncio.get_running_loop()
+        group = _Group(
+            vertices=vertices,
+            size=size,
+            future=loop.create_future(),
+            context=otel_context.get_current(),
+            traceparent=format_traceparent(span_context)
+            if span_context.trace_flags.sampled
+            else "",
+        )
+        self._queue.append(group)
+        self._schedule()
+        return await group.future
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._queue and self._in_flight < self._max_in_flight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what is queued, in as few calls as its bounds allow (up to the in-flight
+        limit; the rest goes when a call ends)."""
+        self._scheduled = False
+        while self._queue and self._in_flight < self._max_in_flight:
+            groups: list[_Group] = []
+            count = size = 0
+            while self._queue:
+                group = self._queue[0]
+                if group.future.done():  # its submitter has gone
+                    self._queue.popleft()
+                    continue
+                if groups and (
+                    count + len(group.vertices) > self._max_vertices
+                    or size + group.size > self._max_bytes
+                ):
+                    break
+                groups.append(self._queue.popleft())
+                count += len(group.vertices)
+                size += group.size
+            if not groups:
+                return
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(groups), name="gateway-submit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, groups: list[_Group]) -> None:
+        token = otel_context.attach(groups[0].context)
+        try:
+            answers = await self._call(groups)
+        except ApiError as exc:  # the call failed: every vertex of it alike
+            answers = [ApiError(exc.code, exc.message) for g in groups for _ in g.vertices]
+        except Exception as exc:  # a bug: tell the submitters rather than leave them waiting
+            log.exception("submitting to consensus failed")
+            for group in groups:
+                if not group.future.done():
+                    group.future.set_exception(exc)
+            return
+        finally:
+            otel_context.detach(token)
+            self._in_flight -= 1
+            self._schedule()
+        at = 0
+        for group in groups:
+            mine = answers[at : at + len(group.vertices)]
+            at += len(group.vertices)
+            if not group.future.done():
+                group.future.set_result(mine)
+
+    async def _call(self, groups: list[_Group]) -> list[Answer]:
+        vertices = [v for group in groups for v in group.vertices]
+        if self._batch_supported:
+            traceparents: list[str] = []
+            if len(groups) > 1 and any(group.traceparent for group in groups):
+                traceparents = [group.traceparent for group in groups for _ in group.vertices]
+            metrics.CONSENSUS_SUBMIT_CALLS.labels("SubmitVertices").inc()
+            metrics.CONSENSUS_SUBMIT_CALL_VERTICES.observe(len(vertices))
+            try:
+                return await self._consensus.submit_many(vertices, traceparents)
+            except BatchUnsupported as exc:
+                self._batch_supported = False
+                log.warning(
+                    "consensus has no SubmitVertices; submitting one vertex per call",
+                    extra={"fields": {"detail": str(exc)}},
+                )
+        answers = await asyncio.gather(*(self._one_by_one(group) for group in groups))
+        return [answer for group_answers in answers for answer in group_answers]
+
+    async def _one_by_one(self, group: _Group) -> list[Answer]:
+        """A group as SubmitVertex calls, in order (under its own trace context)."""
+        token = otel_context.attach(group.context)
+        try:
+            answers: list[Answer] = []
+            for vertex in group.vertices:
+                metrics.CONSENSUS_SUBMIT_CALLS.labels("SubmitVertex").inc()
+                metrics.CONSENSUS_SUBMIT_CALL_VERTICES.observe(1)
+                try:
+                    answers.append(await self._consensus.submit(vertex))
+                except ApiError as exc:
+                    answers.append(exc)
+            return answers
+        finally:
+            otel_context.detach(token)
