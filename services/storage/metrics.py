@@ -54,6 +54,11 @@ WRITER_WAIT = Histogram(
 WAL_SYNC = Histogram(
     "cretoai_storage_wal_sync_seconds", "Time of one WAL sync (once per group)", buckets=_FAST
 )
+BARRIER_WRITES = Counter(
+    "cretoai_storage_barrier_writes_total",
+    "Writes run alone after a synced group (checkpoints for backups); each makes files of "
+    "its own durable (a memtable flush, the checkpoint's files), not a WAL sync",
+)
 GROUP_SIZE = Histogram(
     "cretoai_storage_writes_per_sync",
     "Writes made durable by one WAL sync",

@@ -138,6 +138,43 @@ async def test_a_failed_sync_fails_every_write_of_its_group() -> None:
         await writer.stop()
 
 
+async def test_a_barrier_is_counted_apart_from_the_wal_syncs(
+    store_and_writer: tuple[Store, Writer], tmp_path: Path
+) -> None:
+    store, writer = store_and_writer
+
+    def put() -> None:
+        store.write_state(
+            storage_pb2.WriteStateRequest(puts=[storage_pb2.StateEntry(key=b"k", value=b"v")])
+        )
+
+    await writer.submit(put, kind="state")
+    syncs = sample("cretoai_storage_wal_sync_seconds_count")
+    barriers = sample("cretoai_storage_barrier_writes_total")
+    await writer.submit(lambda: store.checkpoint(tmp_path / "backup"), kind="backup", barrier=True)
+    assert sample("cretoai_storage_barrier_writes_total") - barriers == 1
+    # the group before it was synced: no WAL sync of its own
+    assert sample("cretoai_storage_wal_sync_seconds_count") == syncs
+
+
+async def test_a_barrier_after_a_failed_sync_times_its_own_sync() -> None:
+    store = FailingSyncStore()
+    writer = Writer(store)  # type: ignore[arg-type]
+    writer.start()
+    try:
+        with pytest.raises(WriteFailed):
+            await writer.submit(store.write, kind="test")
+        syncs = sample("cretoai_storage_wal_sync_seconds_count")
+        barriers = sample("cretoai_storage_barrier_writes_total")
+        with pytest.raises(WriteFailed):
+            await writer.submit(lambda: "checkpoint", kind="backup", barrier=True)
+        # the barrier's sync, then the group's (the store is still dirty): both attempted
+        assert sample("cretoai_storage_wal_sync_seconds_count") - syncs == 2
+        assert sample("cretoai_storage_barrier_writes_total") == barriers  # it did not run
+    finally:
+        await writer.stop()
+
+
 async def test_stop_finishes_queued_writes_then_refuses_new_ones(
     store_and_writer: tuple[Store, Writer],
 ) -> None:
