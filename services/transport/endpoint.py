@@ -27,6 +27,12 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 from services.transport import stun
 from services.transport.connection import Authority, ConnectionSettings, PeerConnection
+from services.transport.metrics import (
+    DATAGRAM_BYTES_RECEIVED,
+    DATAGRAM_BYTES_SENT,
+    DATAGRAMS_RECEIVED,
+    DATAGRAMS_SENT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +142,19 @@ class QuicEndpoint:
         return conn
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._send(data, self._target(addr))
+        self._send_counted(data, self._target(addr))
+
+    def _send_counted(self, data: bytes, addr: NetworkAddress) -> bool:
+        """One datagram off the hot path, counted (``transmit`` counts its own per call)."""
+        if not self._send(data, addr):
+            return False
+        DATAGRAMS_SENT.inc()
+        DATAGRAM_BYTES_SENT.inc(len(data))
+        return True
 
     def _send(self, data: bytes, addr: NetworkAddress) -> bool:
+        """One ``sendto``; True when the kernel took the datagram. Not counted here: the
+        callers count (once per transmit, not once per datagram)."""
         sock = self._sock
         if sock is None:
             return False
@@ -177,9 +193,15 @@ class QuicEndpoint:
         """
         sent = 0
         if self._sock is not None:
+            taken = taken_bytes = 0
             for data, addr in conn.datagrams_to_send(now=self._loop.time()):
-                self._send(data, addr)
+                if self._send(data, addr):
+                    taken += 1
+                    taken_bytes += len(data)
                 sent += 1
+            if taken:
+                DATAGRAMS_SENT.inc(taken)
+                DATAGRAM_BYTES_SENT.inc(taken_bytes)
         self._sync_cids(conn)
         if conn.terminated:
             self._forget(conn)
@@ -208,6 +230,7 @@ class QuicEndpoint:
         if sock is None:
             return
         touched: dict[PeerConnection, bool] = {}
+        read = read_bytes = 0
         for _ in range(READ_BURST):
             try:
                 data, addr = sock.recvfrom(RECV_BUFFER_BYTES)
@@ -216,9 +239,14 @@ class QuicEndpoint:
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp receive error: %s", exc)
                 continue
+            read += 1
+            read_bytes += len(data)
             conn, accepted = self._route(data, addr)
             if conn is not None:
                 touched[conn] = touched.get(conn, False) or accepted
+        if read:
+            DATAGRAMS_RECEIVED.inc(read)
+            DATAGRAM_BYTES_RECEIVED.inc(read_bytes)
         for conn, accepted in touched.items():
             self._on_activity(conn)
             # Acknowledge every message taken in this burst. Without it a sender whose
@@ -310,7 +338,7 @@ class QuicEndpoint:
         elif self.pending_count >= max(1, self._max_pending // 2):
             source_cid = os.urandom(8)
             self._count("retry_sent")
-            self._send(
+            self._send_counted(
                 encode_quic_retry(
                     version=header.version,
                     source_cid=source_cid,

@@ -23,6 +23,23 @@ MESSAGES = Counter(
 BYTES = Counter(
     "cretoai_transport_bytes_total", "MSG frame bytes carried, per peer", ["peer", "direction"]
 )
+# Every datagram through the endpoint's UDP socket (QUIC packets of every kind, ACK-only and
+# retransmissions included; STUN; Retry): UDP payload bytes, without the IP and UDP headers
+# (28 bytes per datagram over IPv4, 48 over IPv6). Not per peer: one socket serves them all.
+DATAGRAMS_SENT = Counter(
+    "cretoai_transport_datagrams_sent_total", "UDP datagrams handed to the kernel by sendto"
+)
+DATAGRAM_BYTES_SENT = Counter(
+    "cretoai_transport_datagram_bytes_sent_total",
+    "UDP payload bytes of the datagrams sent (IP and UDP headers not included)",
+)
+DATAGRAMS_RECEIVED = Counter(
+    "cretoai_transport_datagrams_received_total", "UDP datagrams read from the socket"
+)
+DATAGRAM_BYTES_RECEIVED = Counter(
+    "cretoai_transport_datagram_bytes_received_total",
+    "UDP payload bytes of the datagrams read (IP and UDP headers not included)",
+)
 SEND_QUEUE_DEPTH = Gauge(
     "cretoai_transport_send_queue_depth", "Messages waiting in a peer's send queue", ["peer"]
 )
