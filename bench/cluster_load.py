@@ -766,16 +766,17 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
         "gateway_submissions": by_label(
             before, after, "cretoai_gateway_submissions_total", "outcome"
         ),
-        "transport_bytes_out_per_s": round(sent / seconds),
-        "transport_bytes_out_per_vertex": round(sent / vertices) if vertices else None,
+        "msg_frame_bytes_out_per_s": round(sent / seconds),
+        "msg_frame_bytes_out_per_executed_vertex": round(sent / vertices) if vertices else None,
         "transport_messages_out_per_s": round(
             delta("cretoai_transport_messages_total", direction="out") / seconds, 1
         ),
-        "transport_bytes_per_message_out": round(
+        "msg_frame_bytes_per_message_out": round(
             sent / delta("cretoai_transport_messages_total", direction="out")
         )
         if delta("cretoai_transport_messages_total", direction="out")
         else None,
+        **datagram_metrics(before, after, seconds),
         "transport_dropped": by_label(before, after, "cretoai_transport_dropped_total", "reason"),
         "transport_reconnects": int(delta("cretoai_transport_reconnects_total")),
         "send_queue_depth_end": int(total(after, "cretoai_transport_send_queue_depth")),
@@ -783,12 +784,50 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
     }
 
 
+#: IPv4 (20) + UDP (8) header bytes of one datagram: not in the datagram byte counters.
+IPV4_UDP_HEADER_BYTES = 28
+
+
+def datagram_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any]:
+    """What one node's transport endpoint put on (and read from) its UDP socket over the
+    window: every QUIC packet (ACK-only, retransmissions, handshakes), STUN and Retry, as
+    UDP payload bytes (``cretoai_transport_datagram*_total``); None for a transport that
+    does not expose them."""
+    known = any(k.startswith("cretoai_transport_datagrams_sent_total") for k in after)
+    if not known or seconds <= 0:
+        return {
+            "udp_datagrams_out_per_s": None,
+            "udp_payload_bytes_out_per_s": None,
+            "udp_datagrams_in_per_s": None,
+            "udp_payload_bytes_in_per_s": None,
+            "udp_payload_bytes_per_datagram_out": None,
+        }
+
+    def delta(name: str) -> float:
+        return total(after, name) - total(before, name)
+
+    sent = delta("cretoai_transport_datagrams_sent_total")
+    sent_bytes = delta("cretoai_transport_datagram_bytes_sent_total")
+    return {
+        "udp_datagrams_out_per_s": round(sent / seconds, 1),
+        "udp_payload_bytes_out_per_s": round(sent_bytes / seconds),
+        "udp_datagrams_in_per_s": round(
+            delta("cretoai_transport_datagrams_received_total") / seconds, 1
+        ),
+        "udp_payload_bytes_in_per_s": round(
+            delta("cretoai_transport_datagram_bytes_received_total") / seconds
+        ),
+        "udp_payload_bytes_per_datagram_out": round(sent_bytes / sent) if sent else None,
+    }
+
+
 def storage_metrics(before: Scrape, after: Scrape, batches: float) -> dict[str, Any]:
     """Synced writes of one node over the window: the storage writer's WAL syncs (one per
-    group of writes, ``cretoai_storage_wal_sync_seconds``), its writes by kind, and the
+    group of writes, ``cretoai_storage_wal_sync_seconds``), its barrier writes
+    (checkpoints, ``cretoai_storage_barrier_writes_total``), its writes by kind, the
     consensus persists (``cretoai_consensus_persist_seconds``: each one synced WriteState
-    and/or one fdatasync of the signing mark), per executed batch. The mark-file syncs
-    alone are not exposed by any metric (None)."""
+    and/or one fdatasync of the signing mark) and the signing-mark syncs alone (count of
+    ``cretoai_consensus_mark_sync_seconds``), per executed batch."""
 
     def delta(name: str) -> float:
         return total(after, name) - total(before, name)
@@ -797,7 +836,10 @@ def storage_metrics(before: Scrape, after: Scrape, batches: float) -> dict[str, 
     grouped = delta("cretoai_storage_writes_per_sync_sum")
     groups = delta("cretoai_storage_writes_per_sync_count")
     persists = delta("cretoai_consensus_persist_seconds_count")
+    marks = delta("cretoai_consensus_mark_sync_seconds_count")
     scraped = any(k.startswith("cretoai_storage_") for k in after)
+    # a consensus without the mark-sync metric (older build, or no mark file) says nothing
+    marks_known = any(k.startswith("cretoai_consensus_mark_sync_seconds_count") for k in after)
     return {
         "scraped": scraped,
         "wal_syncs": int(syncs),
@@ -808,7 +850,10 @@ def storage_metrics(before: Scrape, after: Scrape, batches: float) -> dict[str, 
         "commit": histogram(before, after, "cretoai_storage_commit_seconds"),
         "consensus_persists": int(persists),
         "consensus_persists_per_batch": round(persists / batches, 2) if batches else None,
-        "mark_file_syncs_per_batch": None,
+        "mark_file_syncs": int(marks) if marks_known else None,
+        "mark_file_syncs_per_batch": round(marks / batches, 2) if batches and marks_known else None,
+        "mark_sync": histogram(before, after, "cretoai_consensus_mark_sync_seconds"),
+        "barrier_writes": int(delta("cretoai_storage_barrier_writes_total")) if scraped else None,
     }
 
 
@@ -911,7 +956,7 @@ class Sampler:
         self.loop_lag: list[float] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._previous: dict[str, tuple[float, float]] = {}
+        self._previous: dict[str, tuple[float, float, float]] = {}
 
     def start(self) -> None:
         self._tasks = [
@@ -961,8 +1006,9 @@ class Sampler:
                     row[node] = None
                     continue
                 sent = total(snap, "cretoai_transport_bytes_total", direction="out")
-                last_t, last_sent = self._previous.get(node, (now, sent))
-                self._previous[node] = (now, sent)
+                wire = total(snap, "cretoai_transport_datagram_bytes_sent_total")
+                last_t, last_sent, last_wire = self._previous.get(node, (now, sent, wire))
+                self._previous[node] = (now, sent, wire)
                 row[node] = {
                     "seq": int(total(snap, "cretoai_consensus_last_executed_seq")),
                     "view": int(total(snap, "cretoai_consensus_view")),
@@ -973,6 +1019,9 @@ class Sampler:
                         total(snap, "cretoai_transport_send_queue_bytes") / 1e6, 1
                     ),
                     "out_mb_s": round((sent - last_sent) / (now - last_t) / 1e6, 2)
+                    if now > last_t
+                    else None,
+                    "wire_out_mb_s": round((wire - last_wire) / (now - last_t) / 1e6, 2)
                     if now > last_t
                     else None,
                     "dropped_total": int(total(snap, "cretoai_transport_dropped_total")),
@@ -1212,11 +1261,35 @@ async def run_step(
     return step, final_hashes[-64:]
 
 
+def per_vertex(per_s: float | None, throughput: float, places: int = 0) -> float | None:
+    """A rate per second over the finalized throughput; None without either."""
+    if per_s is None or not throughput:
+        return None
+    value = round(per_s / throughput, places)
+    return value if places else int(value)
+
+
+def cluster_sum(by_node: dict[str, float | None], places: int = 0) -> float | None:
+    """The sum over the nodes; None when a node has no figure (a partial sum would mislead)."""
+    values = list(by_node.values())
+    if not values or any(v is None for v in values):
+        return None
+    value = round(sum(v for v in values if v is not None), places)
+    return value if places else int(value)
+
+
+def mean_known(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None, rounded to 2 places; None when none is."""
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 2) if known else None
+
+
 def per_finalized_vertex(
     nodes: dict[str, Any], throughput: float, seconds: float
 ) -> dict[str, Any]:
     """What each finalized vertex cost: CPU ms per node and service (also set in ``nodes``),
-    bytes the transports sent, synced writes per executed batch. Per node in ``nodes``;
+    bytes and datagrams the transports put on the wire (UDP payloads, and the MSG frames
+    inside them), synced writes per executed batch. Per node in ``nodes``;
     returns the step-level figures (cluster totals, per service summed over the nodes)."""
 
     def per(value: float | None, scale: float = 1.0) -> float | None:
@@ -1225,6 +1298,8 @@ def per_finalized_vertex(
     by_service_total: dict[str, float] = {}
     unknown: set[str] = set()
     wire: dict[str, float | None] = {}
+    datagrams: dict[str, float | None] = {}
+    frames: dict[str, float | None] = {}
     for name, figures in nodes.items():
         figures["cpu_ms_per_finalized_vertex"] = per(figures["cpu_cores"], 1e3)
         figures["cpu_ms_per_finalized_vertex_by_service"] = {
@@ -1235,16 +1310,23 @@ def per_finalized_vertex(
                 unknown.add(service)
             else:
                 by_service_total[service] = by_service_total.get(service, 0.0) + cores
-        sent = figures["metrics"]["transport_bytes_out_per_s"]
-        figures["transport_bytes_out_per_finalized_vertex"] = wire[name] = (
-            round(sent / throughput) if throughput and sent is not None else None
+        metrics = figures["metrics"]
+        figures["wire_bytes_out_per_finalized_vertex"] = wire[name] = per_vertex(
+            metrics.get("udp_payload_bytes_out_per_s"), throughput
+        )
+        figures["datagrams_out_per_finalized_vertex"] = datagrams[name] = per_vertex(
+            metrics.get("udp_datagrams_out_per_s"), throughput, places=2
+        )
+        figures["msg_frame_bytes_out_per_finalized_vertex"] = frames[name] = per_vertex(
+            metrics.get("msg_frame_bytes_out_per_s"), throughput
         )
     storage = {n: f["metrics"]["storage"] for n, f in nodes.items()}
     syncs = [s["wal_syncs_per_batch"] for s in storage.values()]
     persists = [s["consensus_persists_per_batch"] for s in storage.values()]
-    known_syncs = [x for x in syncs if x is not None]
-    known_persists = [x for x in persists if x is not None]
+    marks = [s.get("mark_file_syncs_per_batch") for s in storage.values()]
     cluster_cores = sum(f["cpu_cores"] for f in nodes.values())
+    wire_total = cluster_sum(wire)
+    datagram_total = cluster_sum(datagrams, places=2)
     return {
         "cpu_ms_per_finalized_vertex_cluster": per(cluster_cores, 1e3),
         "cpu_ms_per_finalized_vertex_by_service": {
@@ -1252,19 +1334,22 @@ def per_finalized_vertex(
             for service, cores in by_service_total.items()
         },
         "wire_bytes_per_finalized_vertex": {
-            "cluster": sum(v for v in wire.values() if v is not None) if throughput else None,
+            "cluster": wire_total,
+            "cluster_with_ipv4_udp_headers": None
+            if wire_total is None or datagram_total is None
+            else round(wire_total + IPV4_UDP_HEADER_BYTES * datagram_total),
             "by_node": wire,
         },
+        "datagrams_per_finalized_vertex": {"cluster": datagram_total, "by_node": datagrams},
+        "msg_frame_bytes_per_finalized_vertex": {"cluster": cluster_sum(frames), "by_node": frames},
         "synced_writes_per_batch": {
-            "storage_wal_syncs_mean": round(sum(known_syncs) / len(known_syncs), 2)
-            if known_syncs
-            else None,
+            "storage_wal_syncs_mean": mean_known(syncs),
             "storage_wal_syncs_by_node": dict(zip(storage, syncs, strict=True)),
-            "consensus_persists_mean": round(sum(known_persists) / len(known_persists), 2)
-            if known_persists
-            else None,
+            "consensus_persists_mean": mean_known(persists),
             "consensus_persists_by_node": dict(zip(storage, persists, strict=True)),
-            "mark_file_syncs": None,
+            "mark_file_syncs_mean": mean_known(marks),
+            "mark_file_syncs_by_node": dict(zip(storage, marks, strict=True)),
+            "storage_barrier_writes": sum(s.get("barrier_writes") or 0 for s in storage.values()),
         },
     }
 
@@ -1664,13 +1749,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "(nodes.*), per node and service (nodes.*.cpu_ms_per_finalized_vertex_by_service), "
             "the cluster's total (cpu_ms_per_finalized_vertex_cluster) and per service summed "
             "over the nodes (step-level cpu_ms_per_finalized_vertex_by_service)",
-            "wire_bytes_per_finalized_vertex": "cretoai_transport_bytes_total{direction=out} "
+            "wire_bytes_per_finalized_vertex": "cretoai_transport_datagram_bytes_sent_total "
             "delta over the window / finalized vertices in it, per node and summed over the "
-            "nodes: MSG frame bytes, without QUIC/UDP/IP headers, ACKs or retransmissions",
+            "nodes: UDP payload bytes of every datagram sent (QUIC headers, ACK-only packets, "
+            "retransmissions, handshakes included; IP and UDP headers not: "
+            "cluster_with_ipv4_udp_headers adds 28 bytes per datagram)",
+            "datagrams_per_finalized_vertex": "cretoai_transport_datagrams_sent_total delta / "
+            "finalized vertices, per node and summed",
+            "msg_frame_bytes_per_finalized_vertex": "cretoai_transport_bytes_total{direction=out} "
+            "delta / finalized vertices: the transport's MSG frames only (what the wire bytes "
+            "carry)",
             "synced_writes_per_batch": "per executed batch of the node: storage WAL syncs "
-            "(count of cretoai_storage_wal_sync_seconds) and consensus persists (count of "
+            "(count of cretoai_storage_wal_sync_seconds), consensus persists (count of "
             "cretoai_consensus_persist_seconds: one synced WriteState and/or one fdatasync of "
-            "the signing mark each); the mark-file syncs alone are not exposed (null)",
+            "the signing mark each) and the signing-mark fdatasyncs alone (count of "
+            "cretoai_consensus_mark_sync_seconds); storage_barrier_writes: checkpoints "
+            "(cretoai_storage_barrier_writes_total) in the window, summed over the nodes",
             "verify_bound": "ML-DSA-87 verifications/s of 1 KB-payload vertex signatures on 2 "
             "workers (bench.verify_bound, measured before the cluster started) / nodes; "
             "verify_bound_ratio = finalized throughput / that",
@@ -1874,13 +1968,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8, loc="upper right")
 
     ax = axes[1][2]
-    points = [
-        (r, s.get("wire_bytes_per_finalized_vertex", {}).get("cluster"))
-        for r, s in zip(rates, steps, strict=True)
-    ]
-    points = [(r, v / 1024) for r, v in points if v]
-    if points:
-        ax.plot(*zip(*points, strict=True), "o-", color="C0", label="transport bytes out (KB)")
+    for key, style, label in (
+        ("wire_bytes_per_finalized_vertex", "o-", "UDP payload bytes sent (KB)"),
+        ("msg_frame_bytes_per_finalized_vertex", "x:", "of which MSG frames (KB)"),
+    ):
+        points = [(r, s.get(key, {}).get("cluster")) for r, s in zip(rates, steps, strict=True)]
+        points = [(r, v / 1024) for r, v in points if v]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, color="C0", label=label)
     ax.set_ylabel("KB sent per finalized vertex (cluster)", color="C0")
     ax.set_ylim(bottom=0)
     offered_axis(ax)
@@ -1888,6 +1983,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for key, style, label in (
         ("storage_wal_syncs_mean", "s--", "storage WAL syncs / batch"),
         ("consensus_persists_mean", "^:", "consensus persists / batch"),
+        ("mark_file_syncs_mean", "v-.", "signing-mark syncs / batch"),
     ):
         points = [
             (r, s.get("synced_writes_per_batch", {}).get(key))
@@ -1937,8 +2033,11 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "cpu_ms/vertex": s.get("cpu_ms_per_finalized_vertex_cluster"),
             "cpu_ms/vertex_by_service": s.get("cpu_ms_per_finalized_vertex_by_service"),
             "wire_KB/vertex": kb(s.get("wire_bytes_per_finalized_vertex", {}).get("cluster")),
+            "frame_KB/vertex": kb(s.get("msg_frame_bytes_per_finalized_vertex", {}).get("cluster")),
+            "datagrams/vertex": s.get("datagrams_per_finalized_vertex", {}).get("cluster"),
             "wal_syncs/batch": s.get("synced_writes_per_batch", {}).get("storage_wal_syncs_mean"),
             "persists/batch": s.get("synced_writes_per_batch", {}).get("consensus_persists_mean"),
+            "mark_syncs/batch": s.get("synced_writes_per_batch", {}).get("mark_file_syncs_mean"),
             "verify_bound_ratio": s.get("verify_bound_ratio"),
             "time_to_429_p99": s.get("time_to_429_ms", {}).get("p99_ms"),
             "stages_p50_p99_ms": {

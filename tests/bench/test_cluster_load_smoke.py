@@ -106,16 +106,28 @@ def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
     for node in step["nodes"].values():
         assert set(node["cpu_ms_per_finalized_vertex_by_service"]) == services
         # a vertex is ~8.3 KB inside the cluster and every node sends something per vertex
-        assert 500 < node["transport_bytes_out_per_finalized_vertex"] < 10_000_000
+        assert 500 < node["msg_frame_bytes_out_per_finalized_vertex"] < 10_000_000
+        # the UDP payloads carry the MSG frames and QUIC's headers and ACKs beside them
+        assert (
+            node["wire_bytes_out_per_finalized_vertex"]
+            > (node["msg_frame_bytes_out_per_finalized_vertex"])
+        )
+        assert node["datagrams_out_per_finalized_vertex"] > 0
         storage = node["metrics"]["storage"]
         assert storage["scraped"] and storage["wal_syncs"] > 0
         assert 0 < storage["wal_syncs_per_batch"] < 50, storage
         assert storage["writes_by_op"].get("commit", 0) > 0
     wire = step["wire_bytes_per_finalized_vertex"]
     assert wire["cluster"] == sum(wire["by_node"].values()) and wire["cluster"] > 8000
+    frames = step["msg_frame_bytes_per_finalized_vertex"]
+    assert wire["cluster"] > frames["cluster"] > 8000
+    assert wire["cluster_with_ipv4_udp_headers"] > wire["cluster"]
+    assert step["datagrams_per_finalized_vertex"]["cluster"] > 0
     writes = step["synced_writes_per_batch"]
     assert 1 <= writes["storage_wal_syncs_mean"] < 50
     assert 0 < writes["consensus_persists_mean"] < 50
+    # a signing-mark sync is one kind of consensus persist
+    assert 0 < writes["mark_file_syncs_mean"] <= writes["consensus_persists_mean"]
     bound = result["verify_bound"]
     assert bound["vertices_per_s"] > 10 and bound["nodes"] == 4
     assert set(bound["configs"]) == {"threads_1", "threads_2", "processes_2"}

@@ -9,10 +9,11 @@ import sys
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bench.cluster_load import (
     SHED_AT_ONCE_MS,
+    datagram_metrics,
     overload_summary,
     per_finalized_vertex,
     storage_metrics,
@@ -24,23 +25,50 @@ from tests.conftest import REPO
 
 
 def node(
-    cores: dict[str, float | None], bytes_out_per_s: float, syncs: float | None
+    cores: dict[str, float | None],
+    bytes_out_per_s: float,
+    syncs: float | None,
+    *,
+    udp_bytes_out_per_s: float | None = None,
+    datagrams_out_per_s: float | None = None,
+    marks: float | None = 1.0,
 ) -> dict[str, Any]:
     known = [c for c in cores.values() if c is not None]
     return {
         "cpu_cores": sum(known),
         "cpu_cores_by_service": cores,
         "metrics": {
-            "transport_bytes_out_per_s": bytes_out_per_s,
-            "storage": {"wal_syncs_per_batch": syncs, "consensus_persists_per_batch": 2.0},
+            "msg_frame_bytes_out_per_s": bytes_out_per_s,
+            "udp_payload_bytes_out_per_s": udp_bytes_out_per_s,
+            "udp_datagrams_out_per_s": datagrams_out_per_s,
+            "storage": {
+                "wal_syncs_per_batch": syncs,
+                "consensus_persists_per_batch": 2.0,
+                "mark_file_syncs_per_batch": marks,
+                "barrier_writes": 0 if syncs is not None else None,
+            },
         },
     }
 
 
 def test_cost_per_finalized_vertex_per_node_and_service() -> None:
     nodes = {
-        "node1": node({"gateway": 0.05, "consensus": 0.2}, 400_000, 3.0),
-        "node2": node({"gateway": 0.05, "consensus": None}, 100_000, None),  # restarted
+        "node1": node(
+            {"gateway": 0.05, "consensus": 0.2},
+            400_000,
+            3.0,
+            udp_bytes_out_per_s=450_000,
+            datagrams_out_per_s=100,
+            marks=1.5,
+        ),
+        "node2": node(  # restarted
+            {"gateway": 0.05, "consensus": None},
+            100_000,
+            None,
+            udp_bytes_out_per_s=120_000,
+            datagrams_out_per_s=60,
+            marks=None,
+        ),
     }
     figures = per_finalized_vertex(nodes, throughput=50.0, seconds=10.0)
     assert nodes["node1"]["cpu_ms_per_finalized_vertex"] == 5.0  # 0.25 core / 50 per s
@@ -49,19 +77,68 @@ def test_cost_per_finalized_vertex_per_node_and_service() -> None:
         "consensus": 4.0,
     }
     assert nodes["node2"]["cpu_ms_per_finalized_vertex_by_service"]["consensus"] is None
-    assert nodes["node1"]["transport_bytes_out_per_finalized_vertex"] == 8000
+    assert nodes["node1"]["msg_frame_bytes_out_per_finalized_vertex"] == 8000
+    assert nodes["node1"]["wire_bytes_out_per_finalized_vertex"] == 9000
+    assert nodes["node1"]["datagrams_out_per_finalized_vertex"] == 2.0
     assert figures["cpu_ms_per_finalized_vertex_cluster"] == 6.0
     # a service restarted on one node has no cluster-wide figure
     assert figures["cpu_ms_per_finalized_vertex_by_service"] == {"gateway": 2.0, "consensus": None}
-    assert figures["wire_bytes_per_finalized_vertex"] == {
+    assert figures["msg_frame_bytes_per_finalized_vertex"] == {
         "cluster": 10_000,
         "by_node": {"node1": 8000, "node2": 2000},
+    }
+    # UDP payloads: 450 + 120 KB/s over 50 vertices/s; 28 header bytes per datagram beside
+    assert figures["wire_bytes_per_finalized_vertex"] == {
+        "cluster": 11_400,
+        "cluster_with_ipv4_udp_headers": round(11_400 + 28 * 3.2),
+        "by_node": {"node1": 9000, "node2": 2400},
+    }
+    assert figures["datagrams_per_finalized_vertex"] == {
+        "cluster": 3.2,
+        "by_node": {"node1": 2.0, "node2": 1.2},
     }
     writes = figures["synced_writes_per_batch"]
     assert writes["storage_wal_syncs_mean"] == 3.0  # the node without figures left out
     assert writes["storage_wal_syncs_by_node"] == {"node1": 3.0, "node2": None}
     assert writes["consensus_persists_mean"] == 2.0
-    assert writes["mark_file_syncs"] is None
+    assert writes["mark_file_syncs_mean"] == 1.5
+    assert writes["mark_file_syncs_by_node"] == {"node1": 1.5, "node2": None}
+    assert writes["storage_barrier_writes"] == 0
+
+
+def test_a_transport_without_datagram_counters_gives_no_wire_figure() -> None:
+    nodes = {
+        "node1": node({"gateway": 0.05}, 400_000, 1.0, udp_bytes_out_per_s=450_000),
+        "node2": node({"gateway": 0.05}, 400_000, 1.0),  # an older transport
+    }
+    figures = per_finalized_vertex(nodes, throughput=50.0, seconds=10.0)
+    wire = figures["wire_bytes_per_finalized_vertex"]
+    assert wire["cluster"] is None and wire["by_node"] == {"node1": 9000, "node2": None}
+    assert wire["cluster_with_ipv4_udp_headers"] is None
+    assert figures["msg_frame_bytes_per_finalized_vertex"]["cluster"] == 16_000
+
+
+def test_datagram_figures_come_from_the_endpoint_counters() -> None:
+    registry = CollectorRegistry()
+    sent = Counter("cretoai_transport_datagrams_sent", "d", registry=registry)
+    sent_bytes = Counter("cretoai_transport_datagram_bytes_sent", "b", registry=registry)
+    got = Counter("cretoai_transport_datagrams_received", "d", registry=registry)
+    got_bytes = Counter("cretoai_transport_datagram_bytes_received", "b", registry=registry)
+    sent.inc(7)  # before the window
+    before = scrape_of(registry)
+    sent.inc(200)
+    sent_bytes.inc(1_000_000)
+    got.inc(100)
+    got_bytes.inc(400_000)
+    figures = datagram_metrics(before, scrape_of(registry), seconds=10.0)
+    assert figures == {
+        "udp_datagrams_out_per_s": 20.0,
+        "udp_payload_bytes_out_per_s": 100_000,
+        "udp_datagrams_in_per_s": 10.0,
+        "udp_payload_bytes_in_per_s": 40_000,
+        "udp_payload_bytes_per_datagram_out": 5000,
+    }
+    assert set(datagram_metrics({}, {}, seconds=10.0).values()) == {None}
 
 
 def test_nothing_finalized_gives_no_cost_figures() -> None:
@@ -69,7 +146,8 @@ def test_nothing_finalized_gives_no_cost_figures() -> None:
     figures = per_finalized_vertex(nodes, throughput=0.0, seconds=10.0)
     assert figures["cpu_ms_per_finalized_vertex_cluster"] is None
     assert figures["wire_bytes_per_finalized_vertex"]["cluster"] is None
-    assert nodes["node1"]["transport_bytes_out_per_finalized_vertex"] is None
+    assert nodes["node1"]["msg_frame_bytes_out_per_finalized_vertex"] is None
+    assert figures["datagrams_per_finalized_vertex"]["cluster"] is None
 
 
 def test_synced_writes_are_counted_from_the_storage_and_consensus_metrics() -> None:
@@ -78,11 +156,16 @@ def test_synced_writes_are_counted_from_the_storage_and_consensus_metrics() -> N
     group = Histogram("cretoai_storage_writes_per_sync", "g", registry=registry, buckets=(1, 4))
     apply = Histogram("cretoai_storage_write_apply_seconds", "a", ["op"], registry=registry)
     persist = Histogram("cretoai_consensus_persist_seconds", "p", registry=registry)
+    mark = Histogram("cretoai_consensus_mark_sync_seconds", "m", registry=registry)
+    barrier = Counter("cretoai_storage_barrier_writes", "b", registry=registry)
     sync.observe(0.001)  # before the window
     before = scrape_of(registry)
-    for _ in range(5):
+    for i in range(5):
         sync.observe(0.002)
         persist.observe(0.004)
+        if i % 2:
+            mark.observe(0.001)
+    barrier.inc()
     group.observe(1)
     group.observe(3)
     apply.labels("commit").observe(0.001)
@@ -94,9 +177,13 @@ def test_synced_writes_are_counted_from_the_storage_and_consensus_metrics() -> N
     assert figures["writes_per_sync_mean"] == 2.0
     assert figures["writes_by_op"] == {"commit": 1, "state": 2}
     assert figures["consensus_persists_per_batch"] == 2.5
-    assert figures["mark_file_syncs_per_batch"] is None
-    # a node whose storage did not answer its metrics endpoint
-    assert storage_metrics({}, {}, batches=2)["wal_syncs_per_batch"] is None
+    assert figures["mark_file_syncs"] == 2 and figures["mark_file_syncs_per_batch"] == 1.0
+    assert figures["mark_sync"]["count"] == 2
+    assert figures["barrier_writes"] == 1
+    # a node whose storage and consensus did not answer their metrics endpoints
+    missing = storage_metrics({}, {}, batches=2)
+    assert missing["wal_syncs_per_batch"] is None and missing["barrier_writes"] is None
+    assert missing["mark_file_syncs_per_batch"] is None and missing["mark_file_syncs"] is None
 
 
 def overload_step(statuses: dict[str, int], p99_429: float | None) -> dict[str, Any]:
