@@ -7,8 +7,8 @@ the gateway reports)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, TypeVar, cast
 
 import grpc
 from opentelemetry import context as otel_context
@@ -45,6 +45,7 @@ from services.consensus.driver import Driver
 from services.consensus.feed import WatcherTooSlow
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
@@ -78,6 +79,13 @@ def _proposed(digest: bytes, result: ProposeResult) -> Outcome:
     return consensus_pb2.SubmitVertexResponse(
         hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE
     )
+
+
+async def _all_of(works: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every one of ``works`` at once, in order (a lone one awaited in place: no task)."""
+    if len(works) == 1:
+        return [await works[0]]
+    return list(await asyncio.gather(*works))
 
 
 def _span_of(traceparent: str) -> Span:
@@ -160,14 +168,12 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).
-        checks: dict[tuple[bytes, bytes], Awaitable[bool]] = {}
+        checks: dict[tuple[bytes, bytes], Coroutine[Any, Any, bool]] = {}
         for i in live:
             key = (digests[i], vertices[i].signature)
             if key not in checks:
-                checks[key] = asyncio.ensure_future(
-                    self._driver.verify_vertex(vertices[i], digests[i])
-                )
-        verdicts = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+                checks[key] = self._driver.verify_vertex(vertices[i], digests[i])
+        verdicts = dict(zip(checks, await _all_of(list(checks.values())), strict=True))
         verified = []
         for i in live:
             if verdicts[(digests[i], vertices[i].signature)]:
@@ -177,7 +183,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         records = await self._statuses(
             dict.fromkeys(h for i in verified for h in (digests[i], *vertices[i].parents))
         )
-        proposals: list[tuple[int, asyncio.Task[ProposeResult]]] = []
+        proposals: list[tuple[int, Coroutine[Any, Any, ProposeResult]]] = []
         proposed: set[bytes] = set()  # earlier vertices of this call: pending once proposed
         for i in verified:
             vertex, digest = vertices[i], digests[i]
@@ -194,22 +200,28 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             if refusal is not None:
                 outcomes[i] = refusal
                 continue
-            # Proposed in order (each task reaches the driver's inbox in creation order),
-            # each under its submitter's trace context when the call carries them.
             span = _span_of(traceparents[i]) if traceparents else None
-            token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
-            try:
-                task = asyncio.create_task(self._driver.propose(vertex, digest))
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
-            proposals.append((i, task))
+            proposals.append((i, self._propose(vertex, digest, span)))
             proposed.add(digest)
-        if proposals:
-            results = await asyncio.gather(*(task for _, task in proposals))
-            for (i, _), result in zip(proposals, results, strict=True):
-                outcomes[i] = _proposed(digests[i], result)
+        # All at once; each reaches the driver's inbox in this order (tasks start in the
+        # order they are created).
+        results = await _all_of([proposal for _, proposal in proposals])
+        for (i, _), result in zip(proposals, results, strict=True):
+            outcomes[i] = _proposed(digests[i], result)
         return _done(outcomes)
+
+    async def _propose(
+        self, vertex: vertex_pb2.Vertex, digest: bytes, span: Span | None
+    ) -> ProposeResult:
+        """The driver's ``propose``, under the submitter's span when the call carries one
+        per vertex (the driver keeps a sampled one with the pending vertex)."""
+        if span is None:
+            return await self._driver.propose(vertex, digest)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            return await self._driver.propose(vertex, digest)
+        finally:
+            otel_context.detach(token)
 
     async def _statuses(self, hashes: dict[bytes, None]) -> dict[bytes, vertex_pb2.VertexRecord]:
         """Storage's records of ``hashes`` (in requests of at most STATUS_LOOKUP hashes)."""

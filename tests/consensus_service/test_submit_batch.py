@@ -11,19 +11,24 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
 import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.errors import ERROR_CODE_KEY
-from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
+from cretoai.telemetry import format_traceparent
+from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, vertex_pb2
 from cretoai.vertex import BAD_SIGNATURE_MESSAGE, vertex_hash
 from devkit.ports import free_base_port
 from node.clusterinit import init_cluster
-from services.consensus.servicer import MAX_SUBMIT_BYTES, MAX_SUBMIT_VERTICES
+from services.consensus.core.replica import ProposeResult
+from services.consensus.servicer import MAX_SUBMIT_BYTES, MAX_SUBMIT_VERTICES, ConsensusServicer
 from tests.consensus_service.test_failure import channel_to, start_service
 from tests.gateway.support import client_key, signed_body
 from tests.support.processes import Process
@@ -191,3 +196,62 @@ async def test_a_malformed_call_is_refused_whole(
         consensus_pb2.GetPendingRequest(hash=vertex_hash(one)), timeout=10
     )
     assert not reply.found
+
+
+class _Driver:
+    """Just what ConsensusServicer's submit path uses of the driver; records each
+    proposal with the span context current when it reached the driver."""
+
+    ready = True
+
+    def __init__(self) -> None:
+        self.pending: dict[bytes, vertex_pb2.Vertex] = {}
+        self.proposed: list[tuple[bytes, SpanContext]] = []
+        self.replica = self
+
+    def overloaded(self) -> bool:
+        return False
+
+    async def verify_vertex(self, vertex: vertex_pb2.Vertex, content: bytes) -> bool:
+        return True
+
+    async def propose(self, vertex: vertex_pb2.Vertex, content: bytes) -> ProposeResult:
+        self.proposed.append((content, trace.get_current_span().get_span_context()))
+        self.pending[content] = vertex
+        await asyncio.sleep(0)
+        return ProposeResult.ACCEPTED
+
+
+class _Storage:
+    async def GetVertexStatuses(
+        self, request: storage_pb2.GetVertexStatusesRequest, timeout: float
+    ) -> storage_pb2.GetVertexStatusesResponse:
+        return storage_pb2.GetVertexStatusesResponse(
+            records=[vertex_pb2.VertexRecord(hash=h) for h in request.hashes]
+        )
+
+
+async def test_each_vertex_is_proposed_under_its_own_trace_context(
+    cluster_factory: Any,
+) -> None:
+    """A call carrying several submitters' vertices: the driver sees each one's sampled
+    context (kept with the pending vertex), and none for a vertex without one."""
+    cfg = load_config(cluster_factory(1).nodes[0].config)
+    driver = _Driver()
+    servicer = ConsensusServicer(cfg, cast(Any, driver), cast(Any, _Storage()))
+    sampled = SpanContext(
+        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        0x00F067AA0BA902B7,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    first, second, third = (vertex(unique(b"traced %d" % i)) for i in range(3))
+    request = consensus_pb2.SubmitVerticesRequest(
+        vertices=[first, second, third], traceparents=[format_traceparent(sampled), "", "garbage"]
+    )
+    reply = await servicer.SubmitVertices(request, cast(Any, None))
+    assert all(r.WhichOneof("outcome") == "accepted" for r in reply.results)
+    assert [h for h, _ in driver.proposed] == [vertex_hash(v) for v in (first, second, third)]
+    contexts = [context for _, context in driver.proposed]
+    assert contexts[0].trace_id == sampled.trace_id and contexts[0].trace_flags.sampled
+    assert not contexts[1].is_valid and not contexts[2].is_valid
