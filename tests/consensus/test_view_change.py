@@ -133,6 +133,27 @@ def test_without_a_quorum_of_view_changes_no_timer_runs() -> None:
     assert c.executed_hashes(2) == [request("r").hash]  # relayed while waiting
 
 
+def test_a_new_primary_that_left_its_view_unseen_does_not_stall_the_others() -> None:
+    """Replica 1 gathers q VIEW-CHANGEs for view 1 and enters it, but its VIEW-CHANGE and
+    NEW-VIEW never reach 2 and 3; cut off, it leaves view 1 by its request timers. Then 2
+    and 3 hold two VIEW-CHANGEs for view 1 (fewer than q) and one for view 2 (fewer than
+    f+1): only a NEW-VIEW timer started by q replicas wanting view 1 *or later* moves
+    them on (simulator seed 1834 at n=4 found it with the progress timer's timings)."""
+    c = Cluster(4, request_timeout=10)
+    c.crash(0)
+    for j in (1, 2, 3):
+        c.propose(j, request(f"r{j}"))
+    c.blocked = lambda src, dst, env: src == 1
+    c.tick(45)
+    assert (c.replica(1).view, c.replica(1).active) == (2, False)
+    assert all((c.replica(j).view, c.replica(j).active) == (1, False) for j in (2, 3))
+    assert sorted(c.replica(2)._vcs[1]) == [2, 3]
+    c.blocked = None
+    c.tick(60)
+    assert all((c.replica(j).view, c.replica(j).active) == (2, True) for j in (1, 2, 3))
+    assert all(len(c.executed_hashes(j)) == 3 for j in (1, 2, 3))
+
+
 def test_a_replica_joins_when_f_plus_1_others_want_a_higher_view() -> None:
     c = Cluster(4)
     replica = c.replica(3)

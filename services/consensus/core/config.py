@@ -38,7 +38,8 @@ class Config:
     checkpoint_interval: int = 64
     #: L: sequence numbers accepted lie in (h, h + L], h = the stable checkpoint.
     watermark_window: int = 256
-    #: Base wait for a NEW-VIEW once q VIEW-CHANGEs are in; doubles per failed view.
+    #: Base wait for a NEW-VIEW once q replicas want this view (or a later one);
+    #: doubles per failed view.
     view_change_timeout: int = 200
     #: The doubling stops after this many consecutive failed view changes.
     max_backoff: int = 6

@@ -1271,11 +1271,15 @@ class Replica:
         if self._active:
             return
         support = list(self._vcs.get(self._view, {}).values())
-        if len(support) < self._q:
-            return
-        if self.primary == self.id:
+        if len(support) >= self._q and self.primary == self.id:
             self._send_new_view(sorted(support, key=lambda s: s.signer)[: self._q])
-        elif self._nv_deadline is None:
+            return
+        # The NEW-VIEW timer runs once q replicas want this view or a later one: some
+        # of them may have moved past it (a new primary that entered it and then left
+        # by its own timers while its NEW-VIEW was lost), so that q VIEW-CHANGEs for
+        # exactly this view never come, and fewer than f+1 want any one view above it.
+        wanting = {j for view, by in self._vcs.items() if view >= self._view for j in by}
+        if len(wanting) >= self._q and self._nv_deadline is None:
             failed = min(max(0, self._view - self._progress_view - 1), self.config.max_backoff)
             timeout = self.config.view_change_timeout << failed
             self._nv_deadline = self._now + timeout
