@@ -237,7 +237,7 @@ class Driver:
         await self.link.close()
         # Envelopes still being checked, and side effects, end here: after this the
         # service closes the verifier's pool, which they would otherwise still use.
-        pending = list(self._side_tasks)
+        pending: list[asyncio.Task[Any]] = list(self._side_tasks)
         while not self._verifying.empty():
             pending.append(self._verifying.get_nowait())
         for task in pending:
