@@ -94,6 +94,11 @@ class ConsensusSection:
     watermark_window: int = 256
     view_change_timeout_ms: int = 2_000
     request_timeout_ms: int = 4_000
+    #: A backup suspects the primary when requests wait and nothing executed for this
+    #: long (from the last executed batch, the oldest waiting request's arrival or the
+    #: view's start, whichever is latest); at half of it the oldest waiting requests
+    #: go to every replica. At most request_timeout_ms.
+    progress_timeout_ms: int = 1_500
     #: New submissions get 429 while a pending request waited longer than this
     #: (admission control: below request_timeout_ms, so overload sheds load instead
     #: of ending in relays and view changes). 0: a quarter of request_timeout_ms.
@@ -425,6 +430,7 @@ def _validate(cfg: NodeConfig) -> None:
         "watermark_window",
         "view_change_timeout_ms",
         "request_timeout_ms",
+        "progress_timeout_ms",
         "pool_max",
         "verify_threads",
         "max_inflight_batches",
@@ -436,6 +442,11 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(
             f"{src}: consensus.admission_max_wait_ms: must be within [0, request_timeout_ms) "
             f"(request_timeout_ms is {c.request_timeout_ms}; 0 means a quarter of it)"
+        )
+    if c.progress_timeout_ms > c.request_timeout_ms:
+        raise ConfigError(
+            f"{src}: consensus.progress_timeout_ms: must be at most request_timeout_ms "
+            f"({c.request_timeout_ms})"
         )
     if c.watermark_window < c.checkpoint_interval:
         raise ConfigError(

@@ -50,6 +50,7 @@ def core_config(cfg: NodeConfig) -> Config:
         watermark_window=c.watermark_window,
         view_change_timeout=ticks(c.view_change_timeout_ms),
         request_timeout=ticks(c.request_timeout_ms),
+        progress_timeout=ticks(c.progress_timeout_ms),
         admission_max_wait=min(
             ticks(c.admission_max_wait_ms or c.request_timeout_ms // 4),
             ticks(c.request_timeout_ms) - 1,

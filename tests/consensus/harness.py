@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from services.consensus.core.codec import encode_body, encode_envelope
 from services.consensus.core.config import Config
@@ -26,6 +26,7 @@ from services.consensus.core.messages import (
     ViewChange,
 )
 from services.consensus.core.ready import Committed, Ready
+from services.consensus.core.replica import ProposeResult
 from services.consensus.sim.crypto import FastScheme, Scheme, fast_request_hash
 from services.consensus.sim.node import Node, Wire
 
@@ -40,6 +41,7 @@ BASE = Config(
     view_change_timeout=20,
     max_backoff=3,
     request_timeout=30,
+    progress_timeout=12,
     status_interval=10,
 )
 
@@ -50,7 +52,7 @@ def request(i: int | str) -> Request:
 
 
 class Cluster:
-    def __init__(self, n: int = 4, *, scheme: Scheme | None = None, **overrides: int) -> None:
+    def __init__(self, n: int = 4, *, scheme: Scheme | None = None, **overrides: Any) -> None:
         self.n = n
         self.scheme = scheme or FastScheme(n, seed=1)
         self.nodes = [
@@ -123,7 +125,7 @@ class Cluster:
         self.drain(i)
         return result
 
-    def propose_burst(self, i: int, reqs: list[Request]) -> list[object]:
+    def propose_burst(self, i: int, reqs: list[Request]) -> list[ProposeResult]:
         """Several requests in one driver burst: all proposed, then one drain."""
         results = [self.nodes[i].replica.propose(r) for r in reqs]
         self.drain(i)

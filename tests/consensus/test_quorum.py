@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -79,6 +80,6 @@ def test_config_exposes_the_arithmetic() -> None:
         {"n": 4, "replica_id": 0, "reputation_threshold": 5},
     ],
 )
-def test_config_rejects_nonsense(bad: dict[str, int]) -> None:
+def test_config_rejects_nonsense(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Config(**bad)

@@ -139,7 +139,7 @@ def test_a_new_primary_that_left_its_view_unseen_does_not_stall_the_others() -> 
     and 3 hold two VIEW-CHANGEs for view 1 (fewer than q) and one for view 2 (fewer than
     f+1): only a NEW-VIEW timer started by q replicas wanting view 1 *or later* moves
     them on (simulator seed 1834 at n=4 found it with the progress timer's timings)."""
-    c = Cluster(4, request_timeout=10)
+    c = Cluster(4, request_timeout=10, progress_timeout=None)
     c.crash(0)
     for j in (1, 2, 3):
         c.propose(j, request(f"r{j}"))

@@ -41,11 +41,22 @@ class Config:
     #: Base wait for a NEW-VIEW once q replicas want this view (or a later one);
     #: doubles per failed view.
     view_change_timeout: int = 200
-    #: The doubling stops after this many consecutive failed view changes.
+    #: The doubling (of this and of ``progress_timeout``) stops after this many
+    #: consecutive failed view changes.
     max_backoff: int = 6
     #: A request unexecuted this long is relayed to every replica; after as
     #: long again the replica suspects the primary and starts a view change.
     request_timeout: int = 400
+    #: A backup suspects the primary (and starts a view change) when requests wait
+    #: in its pool and nothing executed for this long, counted from the later of
+    #: its last executed batch, the arrival of the oldest request still waiting and
+    #: the start of the view (PBFT's single timer, restarted whenever a request
+    #: executes). At half of it the replica relays its oldest waiting requests to
+    #: every replica once (a lost forward, and the other backups start their timers).
+    #: Doubles per view since the last one that executed (as ``view_change_timeout``).
+    #: The request timers above stay: they catch a primary that makes progress but
+    #: leaves one request out. None: off (only the request timers).
+    progress_timeout: int | None = 150
     #: Local requests are refused (OVERLOADED) while a pending request has waited
     #: (since it arrived) longer than this; None: never (only ``pool_max`` bounds it).
     admission_max_wait: int | None = None
@@ -91,6 +102,8 @@ class Config:
                 f"watermark_window ({self.watermark_window}) must be >= "
                 f"checkpoint_interval ({self.checkpoint_interval})"
             )
+        if self.progress_timeout is not None and self.progress_timeout < 1:
+            raise ValueError(f"progress_timeout must be >= 1 or None, got {self.progress_timeout}")
         if self.admission_max_wait is not None and not (
             1 <= self.admission_max_wait < self.request_timeout
         ):

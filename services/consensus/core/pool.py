@@ -3,7 +3,8 @@
 Each entry remembers when its timer started: a request unexecuted for one
 request timeout is relayed to every replica; after another, the replica
 suspects the primary (paper §4.4, "a backup starts a timer when it receives a
-request"). Entries stay until executed; the primary batches only those not
+request"). The replica's progress timer reads the arrival of the oldest entry
+(:meth:`Pool.oldest_waiting_since`). Entries stay until executed; the primary batches only those not
 yet assigned to a sequence number.
 """
 
@@ -88,6 +89,17 @@ class Pool:
         for entry in self._by_arrival.values():
             return entry.arrived
         return None
+
+    def oldest(self, *, max_count: int, max_bytes: int) -> tuple[Request, ...]:
+        """The requests that waited longest (assigned or not), at most a batch's worth."""
+        out: list[Request] = []
+        size = 0
+        for entry in self._by_arrival.values():
+            if len(out) == max_count or (out and size + entry.request.size > max_bytes):
+                break
+            out.append(entry.request)
+            size += entry.request.size
+        return tuple(out)
 
     def oldest_arrival(self) -> int | None:
         """Arrival tick of the oldest unassigned request."""

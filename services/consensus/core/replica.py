@@ -204,6 +204,13 @@ class Replica:
         #: The last view in which this replica executed a batch ordered in that view;
         #: the NEW-VIEW wait doubles with every view since (exponential backoff).
         self._progress_view = 0
+        #: The tick this replica last executed a batch, and the tick its current view
+        #: became active: the progress timer runs from the later of them and the
+        #: oldest waiting request's arrival (see :meth:`_check_progress`).
+        self._executed_at = 0
+        self._view_since = 0
+        #: The start of the stall whose oldest requests were already relayed.
+        self._stall_relayed: int | None = None
         self._nv_deadline: int | None = None
         self._new_view_msg: Signed[NewView] | None = None
         #: VIEW-CHANGEs by new view, then signer (a few views per signer at most).
@@ -350,6 +357,7 @@ class Replica:
             self._start_view_change(self._view + 1)
         if self._transfer is None:
             if len(self._pool):
+                self._check_progress()
                 self._check_request_timers()
             if self._pool.pending_count:
                 self._maybe_propose()
@@ -806,6 +814,7 @@ class Replica:
     def _execute(self, seq: int, cert: Certificate, requests: tuple[Request, ...]) -> None:
         """Hand the batch at ``seq`` to the application (which reports back with ``applied``)."""
         self._last_exec = seq
+        self._executed_at = self._now
         if seq > self._low:
             slot = self._slot(seq)
             if slot.committed is None:
@@ -917,6 +926,55 @@ class Replica:
             if self._active and self.primary != self.id:
                 self._forward.append(request)
         self._maybe_propose()
+
+    def _check_progress(self) -> None:
+        """Suspect a primary that makes no progress while requests wait (PBFT's timer).
+
+        A backup active in its view suspects the primary once requests wait in its
+        pool and nothing executed for ``progress_timeout`` ticks, counted from the
+        later of its last executed batch, the oldest waiting request's arrival and
+        the start of the view: a primary that executes something now and then keeps
+        it running, and a new view starts it again. At half the timeout, once per
+        stall, the oldest waiting requests (a batch's worth) go to every replica:
+        a forward the primary lost is repaired, and the other backups, which may
+        hold no request at all, start their own timers (a view change needs f+1 of
+        them). A replica that f+1 peers report ahead of it in this view is lagging,
+        not watching a stuck primary: it waits to catch up (pushes, state transfer).
+
+        The timeout doubles with every view since the last one that executed a batch,
+        like the NEW-VIEW wait: when a round takes longer than the timeout (a slow
+        network, large batches), views stop failing once it is long enough, instead of
+        changing for ever.
+        """
+        timeout = self.config.progress_timeout
+        if timeout is None or not self._active or self.primary == self.id:
+            return
+        timeout <<= self._failed_views()
+        oldest = self._pool.oldest_waiting_since()
+        if oldest is None:
+            return
+        since = max(self._executed_at, oldest, self._view_since)
+        waited = self._now - since
+        if waited >= timeout:
+            if not self._lagging():
+                self._start_view_change(self._view + 1)
+            return
+        if waited >= max(1, timeout // 2) and self._stall_relayed != since:
+            self._stall_relayed = since
+            cfg = self.config
+            oldest_requests = self._pool.oldest(
+                max_count=cfg.batch_max_count, max_bytes=cfg.batch_max_bytes
+            )
+            self._send.append(Outbound(None, RequestsEnvelope(oldest_requests)))
+
+    def _lagging(self) -> bool:
+        """Whether f+1 peers (one honest at least) executed beyond us in our view."""
+        ahead = sum(
+            1
+            for st in self._peer_status.values()
+            if st.view == self._view and st.active and st.last_executed > self._last_exec
+        )
+        return ahead >= quorum.weak_quorum_size(self._n)
 
     def _check_request_timers(self) -> None:
         """Relay requests unexecuted for a request timeout; suspect the primary after two.
@@ -1280,9 +1338,14 @@ class Replica:
         # exactly this view never come, and fewer than f+1 want any one view above it.
         wanting = {j for view, by in self._vcs.items() if view >= self._view for j in by}
         if len(wanting) >= self._q and self._nv_deadline is None:
-            failed = min(max(0, self._view - self._progress_view - 1), self.config.max_backoff)
-            timeout = self.config.view_change_timeout << failed
-            self._nv_deadline = self._now + timeout
+            self._nv_deadline = self._now + (
+                self.config.view_change_timeout << self._failed_views()
+            )
+
+    def _failed_views(self) -> int:
+        """Views since the last one in which this replica executed a batch ordered in it
+        (capped): the timeouts of view changes double with each (PBFT's backoff)."""
+        return min(max(0, self._view - self._progress_view - 1), self.config.max_backoff)
 
     def _send_new_view(self, view_changes: list[Signed[ViewChange]]) -> None:
         view = self._view
@@ -1335,6 +1398,7 @@ class Replica:
         self._view = view
         self._active = True
         self._active_view = view
+        self._view_since = self._now
         self._nv_deadline = None
         self._vcs = {v: by for v, by in self._vcs.items() if v > view}
         self._new_view_msg = nv

@@ -61,6 +61,7 @@ def sim_config(n: int, replica_id: int) -> Config:
         view_change_timeout=40,
         max_backoff=3,
         request_timeout=40,
+        progress_timeout=30,
         status_interval=8,
         pool_max=256,
         transfer_max_batches=8,
