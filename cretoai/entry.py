@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,26 @@ def _log_crypto_backend(cfg: NodeConfig) -> None:
     log.info("crypto backend", extra={"fields": fields})
 
 
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _settle_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path of a started service.
+
+    Profiles of a loaded cluster showed CPython's collector taking a quarter to half of
+    a service's CPU: every full collection walked the hundreds of thousands of objects
+    the imports (gRPC, protobuf, OpenTelemetry) and the start-up made, none of which is
+    ever garbage. They are frozen (moved to a generation the collector skips), and young
+    collections run every :data:`GC_YOUNG_THRESHOLD` allocations instead of 700. Cycles
+    made later are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{name}", description=f"Run the {name} service of one node."
@@ -61,6 +82,7 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
 
     async def main() -> None:
         service = await build(cfg)
+        _settle_gc()
         await service.run()
 
     try:
