@@ -934,6 +934,59 @@ async def submit(
     out.done[index] = time.perf_counter()
 
 
+def _vertex_status(batch_status: int, outcome: str) -> int:
+    """A vertex's HTTP status inside a batch answer: the batch's unless it was 200; then
+    200 for an accepted vertex, 429 for an overloaded refusal, 0 for another refusal
+    (its code is the outcome)."""
+    if batch_status != 200:
+        return batch_status
+    if outcome in ("finalized", "rejected", "pending"):
+        return 200
+    return 429 if outcome == "overloaded" else 0
+
+
+async def submit_batch(
+    session: aiohttp.ClientSession, url: str, bodies: list[bytes], indices: list[int], out: Outcomes
+) -> None:
+    """Several vertices in one ``POST /v1/vertices:batch?wait=true``: each gets the batch's
+    answer time and its own outcome (the per-vertex result, in order)."""
+    sent = time.perf_counter()
+    for index in indices:
+        out.sent[index] = sent
+        out.outcome[index] = "in_flight"
+    outcomes: list[str]
+    status = 0
+    try:
+        async with session.post(
+            url, data=b'{"vertices":[' + b",".join(bodies) + b"]}",
+            headers={"Content-Type": "application/json"},
+        ) as resp:  # fmt: skip
+            raw = await resp.read()
+            status = resp.status
+            if resp.status == 200:
+                results = json.loads(raw)["results"]
+                outcomes = [
+                    str(r["error"]["code"]) if "error" in r else str(r.get("status"))
+                    for r in results
+                ]
+            else:
+                try:
+                    outcomes = [str(json.loads(raw)["error"]["code"])] * len(indices)
+                except (ValueError, KeyError, TypeError):
+                    outcomes = [f"http_{resp.status}"] * len(indices)
+    except TimeoutError:
+        outcomes = ["client_timeout"] * len(indices)
+    except aiohttp.ClientError as exc:
+        outcomes = [f"client_{type(exc).__name__}"] * len(indices)
+    except (ValueError, KeyError, TypeError):
+        outcomes = ["unparsed_200"] * len(indices)
+    done = time.perf_counter()
+    for index, outcome in zip(indices, outcomes, strict=False):
+        out.outcome[index] = outcome
+        out.status[index] = _vertex_status(status, outcome)
+        out.done[index] = done
+
+
 def runqueue_wait_s() -> float:
     """Time this process's main thread spent runnable but waiting for a CPU (schedstat)."""
     try:
@@ -1074,8 +1127,15 @@ async def run_step(
     drain_timeout: float,
     quiesce_timeout: float,
     verify_bound: dict[str, Any] | None = None,
+    client_batch: int = 1,
+    client_linger: float = 0.02,
 ) -> tuple[dict[str, Any], list[str]]:
-    """One offered load. Returns the step's figures and hashes usable as the next parents."""
+    """One offered load. Returns the step's figures and hashes usable as the next parents.
+
+    ``client_batch`` > 1: each gateway's vertices go ``client_batch`` at a time in
+    ``POST /v1/vertices:batch?wait=true``, sent when the last is due or when the first
+    has waited ``client_linger`` s (the wait counts in the latency: it is from due time).
+    """
     count = math.ceil(rate * (warmup + duration))
     t_sign = time.perf_counter()
     signed = await signer.sign(count, cluster.nodes, parents)
@@ -1101,6 +1161,19 @@ async def run_step(
     tasks: set[asyncio.Task[None]] = set()
     lag: list[float] = []
     capped = 0
+    batch_urls = [cluster.gateway(i) + "/v1/vertices:batch?wait=true" for i in range(cluster.nodes)]
+    buffers: list[list[int]] = [[] for _ in range(cluster.nodes)]
+
+    def flush(gateway: int) -> None:
+        indices, buffers[gateway] = buffers[gateway], []
+        task = asyncio.create_task(
+            submit_batch(
+                session, batch_urls[gateway], [signed[i][0] for i in indices], indices, out
+            )
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     for index, (body, _) in enumerate(signed):
         delay = out.due[index] - time.perf_counter()
         if delay > 0:
@@ -1110,9 +1183,20 @@ async def run_step(
             out.outcome[index] = "generator_cap"
             capped += 1
             continue
+        if client_batch > 1:
+            gateway = index % len(urls)
+            buffers[gateway].append(index)
+            now = time.perf_counter()
+            for g, held in enumerate(buffers):
+                if held and (len(held) >= client_batch or now - out.due[held[0]] >= client_linger):
+                    flush(g)
+            continue
         task = asyncio.create_task(submit(session, urls[index % len(urls)], body, index, out))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+    for g, held in enumerate(buffers):
+        if held:
+            flush(g)
     await edges
     if tasks:
         _, still = await asyncio.wait(set(tasks), timeout=drain_timeout)
@@ -1645,6 +1729,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             drain_timeout=wait_s + 5,
                             quiesce_timeout=args.quiesce_timeout,
                             verify_bound=bound,
+                            client_batch=args.client_batch,
+                            client_linger=args.client_linger_ms / 1000,
                         )
                         steps.append(step)
                         print(
@@ -1723,7 +1809,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "payload_bytes": PAYLOAD_BYTES,
             "parents_per_vertex": PARENTS,
             "client": "aiohttp, POST /v1/vertices?wait=true, open loop, round-robin over "
-            "every gateway, no connection limit",
+            "every gateway, no connection limit"
+            if args.client_batch == 1
+            else f"aiohttp, POST /v1/vertices:batch?wait=true with up to {args.client_batch} "
+            f"vertices per request per gateway (sent when full or when the first has waited "
+            f"{args.client_linger_ms:g} ms), open loop, no connection limit",
+            "client_batch": args.client_batch,
+            "client_linger_ms": args.client_linger_ms,
             "generator_priority": generator_priority,
             "signing": f"ML-DSA-87 client signatures, pre-signed before each step by "
             f"{args.sign_workers} processes; one client key per gateway",
@@ -2113,6 +2205,20 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=3.0,
         help="s to measure the ML-DSA-87 verify bound before the cluster starts (0: skip)",
+    )
+    parser.add_argument(
+        "--client-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="submit N vertices per request (POST /v1/vertices:batch) per gateway (1: one "
+        "POST /v1/vertices per vertex)",
+    )
+    parser.add_argument(
+        "--client-linger-ms",
+        type=float,
+        default=20.0,
+        help="with --client-batch: send a partial batch once its first vertex waited this long",
     )
     parser.add_argument(
         "--overload",
