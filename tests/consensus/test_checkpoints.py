@@ -93,6 +93,25 @@ def test_the_primary_stops_at_the_high_watermark_until_a_checkpoint_is_stable() 
     assert len(c.executed_hashes(0)) == 6
 
 
+def test_lost_checkpoints_are_resent_to_a_stalled_peer() -> None:
+    """Every CHECKPOINT at 4 and 8 is lost: nobody has a stable checkpoint (so no proof to
+    send), the window (8) is full and no primary can go on. Peers whose STATUS stays
+    below one's own CHECKPOINTs get them again, and the window moves (simulator seed
+    5518 at n=4: without the resend, views changed for ever and nothing executed)."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+
+    def checkpoints(src: int, dst: int, env: object) -> bool:
+        return isinstance(env, SignedEnvelope) and isinstance(env.signed.msg, Checkpoint)
+
+    c.blocked = checkpoints
+    run(c, 10)
+    assert all((c.replica(j).last_executed, c.replica(j).stable_seq) == (8, 0) for j in range(4))
+    c.blocked = None
+    c.tick(3 * c.nodes[0].replica.config.status_interval)
+    assert all(c.replica(j).stable_seq == 8 for j in range(4))
+    assert all(len(c.executed_hashes(j)) == 10 for j in range(4))
+
+
 def test_a_checkpoint_needs_a_quorum_of_matching_digests() -> None:
     c = Cluster(4, checkpoint_interval=4, watermark_window=8)
     replica = c.replica(3)

@@ -1172,6 +1172,13 @@ class Replica:
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
         if stalled and self._low <= st.last_executed < self._last_exec:
             self._push_batches(sender, st.last_executed, settled)
+        if stalled:
+            # Our CHECKPOINTs above its stable one, in case it lost them: while no
+            # checkpoint is stable anywhere, nobody has a proof to send, and a full
+            # watermark window would stall every primary for good.
+            for kind, _, seq in list(self._own):
+                if kind == "checkpoint" and seq > max(st.stable_seq, self._low):
+                    self._send.append(Outbound(sender, SignedEnvelope(self._own[kind, 0, seq])))
         if not st.active and sender == self.config.primary(st.view):
             # A new primary still waiting: relay the VIEW-CHANGEs we hold for its view.
             for signer, vc in self._vcs.get(st.view, {}).items():
