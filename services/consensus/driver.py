@@ -319,11 +319,14 @@ class Driver:
             # so a copy that fails here is the sender's own fault.
             if carrier:
                 self.traces.forwarded(env.requests, carrier)
+            vertices = [vertex_pb2.Vertex.FromString(r.body) for r in env.requests]
+            contents = [vertex_hash(v) for v in vertices]
+            verdicts = await self._verify_all(env.requests, vertices, contents)
             valid = []
-            for request in env.requests:
-                vertex = vertex_pb2.Vertex.FromString(request.body)
-                content = vertex_hash(vertex)
-                if await self._verifier.verify_vertex(vertex, request.hash, content):
+            for request, vertex, content, ok in zip(
+                env.requests, vertices, contents, verdicts, strict=True
+            ):
+                if ok:
                     valid.append(request)
                     self._remember(content, vertex)
             if len(valid) < len(env.requests):
@@ -334,12 +337,31 @@ class Driver:
         elif isinstance(env, SignedEnvelope | BatchEnvelope):
             # Pre-verify batch bodies so execution hits the cache (validity is decided
             # there; a primary may order an invalid copy, which is then rejected).
-            for request in env.requests:
-                vertex = vertex_pb2.Vertex.FromString(request.body)
-                content = vertex_hash(vertex)
+            vertices = [vertex_pb2.Vertex.FromString(r.body) for r in env.requests]
+            contents = [vertex_hash(v) for v in vertices]
+            for vertex, content in zip(vertices, contents, strict=True):
                 self._remember(content, vertex)
-                await self._verifier.verify_vertex(vertex, request.hash, content)
+            await self._verify_all(env.requests, vertices, contents)
         return _Step(sender, env, arrived, carrier)
+
+    async def _verify_all(
+        self,
+        requests: Sequence[Request],
+        vertices: Sequence[vertex_pb2.Vertex],
+        contents: Sequence[bytes],
+    ) -> list[bool]:
+        """The verdicts of a message's requests, verified at once on the verifier's
+        threads (one after the other, a 256-vertex PRE-PREPARE took one core's time)."""
+        if len(requests) == 1:
+            return [await self._verifier.verify_vertex(vertices[0], requests[0].hash, contents[0])]
+        return list(
+            await asyncio.gather(
+                *(
+                    self._verifier.verify_vertex(v, r.hash, c)
+                    for r, v, c in zip(requests, vertices, contents, strict=True)
+                )
+            )
+        )
 
     async def _deliver_verified(self) -> None:
         while True:
