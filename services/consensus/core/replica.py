@@ -209,6 +209,8 @@ class Replica:
         #: oldest waiting request's arrival (see :meth:`_check_progress`).
         self._executed_at = 0
         self._view_since = 0
+        #: The tick the progress timer last expired without a suspicion (restarted).
+        self._progress_restarted = 0
         #: The start of the stall whose oldest requests were already relayed.
         self._stall_relayed: int | None = None
         self._nv_deadline: int | None = None
@@ -231,8 +233,10 @@ class Replica:
         self._evidence: dict[int, EvidenceEnvelope] = {}
         self._future: dict[int, deque[SignedEnvelope]] = {}
         self._transfer: _Transfer | None = None
-        #: Each peer's last STATUS (to resend only to peers that stopped progressing).
+        #: Each peer's last STATUS (to resend only to peers that stopped progressing),
+        #: and the tick it came.
         self._peer_status: dict[int, StatusEnvelope] = {}
+        self._peer_status_at: dict[int, int] = {}
         #: Backoff of resends to each peer stuck at its last STATUS (reset when it moves).
         self._resend: dict[int, _Resend] = {}
         executed = executed or ExecutedState()
@@ -939,7 +943,9 @@ class Replica:
         a forward the primary lost is repaired, and the other backups, which may
         hold no request at all, start their own timers (a view change needs f+1 of
         them). A replica that f+1 peers report ahead of it in this view is lagging,
-        not watching a stuck primary: it waits to catch up (pushes, state transfer).
+        not watching a stuck primary: it waits to catch up (pushes, state transfer);
+        one that heard from fewer than f other backups lately is cut off and waits too.
+        Either restarts the timer: half a timeout later its requests go out again.
 
         The timeout doubles with every view since the last one that executed a batch,
         like the NEW-VIEW wait: when a round takes longer than the timeout (a slow
@@ -953,10 +959,12 @@ class Replica:
         oldest = self._pool.oldest_waiting_since()
         if oldest is None:
             return
-        since = max(self._executed_at, oldest, self._view_since)
+        since = max(self._executed_at, oldest, self._view_since, self._progress_restarted)
         waited = self._now - since
         if waited >= timeout:
-            if not self._lagging():
+            if self._lagging() or self._cut_off():
+                self._progress_restarted = self._now  # relay again at half, check again
+            else:
                 self._start_view_change(self._view + 1)
             return
         if waited >= max(1, timeout // 2) and self._stall_relayed != since:
@@ -966,6 +974,19 @@ class Replica:
                 max_count=cfg.batch_max_count, max_bytes=cfg.batch_max_bytes
             )
             self._send.append(Outbound(None, RequestsEnvelope(oldest_requests)))
+
+    def _cut_off(self) -> bool:
+        """Whether fewer than f backups besides us were heard from lately (STATUS).
+
+        A VIEW-CHANGE needs f+1 replicas to spread: one that cannot reach f others is
+        cut off itself, not watching a stuck primary, and would only leave the view
+        alone (for good: it cannot go back) while the others carry on.
+        """
+        recent = self._now - 2 * self.config.status_interval
+        heard = sum(
+            1 for peer, at in self._peer_status_at.items() if at >= recent and peer != self.primary
+        )
+        return heard < quorum.max_faulty(self._n)
 
     def _lagging(self) -> bool:
         """Whether f+1 peers (one honest at least) executed beyond us in our view."""
@@ -1164,6 +1185,7 @@ class Replica:
         """
         previous = self._peer_status.get(sender)
         self._peer_status[sender] = st
+        self._peer_status_at[sender] = self._now
         if previous != st:
             self._resend.pop(sender, None)
         stalled = previous == st and self._may_resend(sender)
