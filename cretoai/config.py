@@ -90,7 +90,11 @@ class ConsensusSection:
     max_inflight_batches: int = 1
     #: ... and full batches only while fewer than this many are unexecuted.
     max_inflight_full_batches: int = 4
-    checkpoint_interval: int = 64
+    #: A checkpoint every this many seqs. A VIEW-CHANGE carries a prepared certificate
+    #: per seq above the stable checkpoint, each checked by every replica: 16 keeps a
+    #: view change under a second on a loaded 2-core machine (64 took 0.3-0.8 s more);
+    #: a checkpoint costs one signature and n-1 verifications per replica.
+    checkpoint_interval: int = 16
     watermark_window: int = 256
     view_change_timeout_ms: int = 2_000
     request_timeout_ms: int = 4_000
