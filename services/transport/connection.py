@@ -13,7 +13,11 @@ dialer opens:
 * the application window: MSG bytes sent minus the bytes the peer reported as
   taken (ACK frames); the owner only hands over a message when it fits
   (:meth:`can_send`), which is the backpressure aioquic's buffers lack;
-* keep-alive PINGs under the idle timeout, RTT from PONGs, a liveness deadline.
+* keep-alive PINGs under the idle timeout, RTT from PONGs, a liveness deadline;
+* the acknowledgement policy (both levels): an ACK frame rides on the next frame
+  to the peer, or goes :data:`APP_ACK_DELAY` after the bytes were taken (at once
+  past ``inflight_max_bytes / 8``); QUIC's own ACKs wait up to
+  :data:`QUIC_ACK_DELAY` for a packet of ours to ride on.
 
 The owner drives it: :meth:`receive_datagram` / :meth:`handle_timer`, then
 drains :meth:`next_event` and sends :meth:`datagrams_to_send`; it re-arms one
@@ -33,6 +37,7 @@ from typing import Protocol
 
 from aioquic.quic import events as qe
 from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.tls import Epoch
 from google.protobuf.message import DecodeError
 
 from cretoai.v1 import transport_pb2
@@ -44,8 +49,23 @@ from services.transport.tls import ChannelBindingUnavailable, channel_binding
 STREAM_ID = 0
 #: Frames before authentication (HELLO, AUTH) are small; a larger one is a fault.
 UNAUTHENTICATED_MAX_FRAME = 16 * 1024
-#: QUIC error code for closes that are not ours (transport errors, idle timeout).
+#: An ACK frame goes at once when the taken, unacknowledged MSG bytes reach
+#: ``inflight_max_bytes / _ACK_DIVISOR``: a sender filling its window is never held back.
 _ACK_DIVISOR = 8
+#: Seconds a receiver holds an ACK frame for fewer bytes than that, waiting for a
+#: frame of its own to the peer (a MSG, PONG, PEERS) to carry it in the same packet.
+#: Consensus answers most messages within a few milliseconds; an ACK sent alone costs
+#: two datagrams (its packet, which is ack-eliciting, and the peer's QUIC ACK of it).
+#: It bounds the extra wait of a sender whose window holds a few unacknowledged bytes
+#: and whose next message needs the whole window (keep it well below a keep-alive).
+APP_ACK_DELAY = 0.005
+#: Seconds aioquic waits before it acknowledges an ack-eliciting 1-RTT packet with a
+#: QUIC ACK of its own; a packet of ours leaving before that carries the ACK (see
+#: :func:`_quic_ack_now`). aioquic's default is 1 ms (K_GRANULARITY), so its ACKs almost
+#: always went alone. It must stay below the max_ack_delay aioquic advertises (25 ms):
+#: the peer's PTO (srtt + 4 rttvar + max_ack_delay) allows for that much, and the ACK
+#: reports the delay it waited, so the peer's RTT estimate does not grow.
+QUIC_ACK_DELAY = 0.010
 
 
 class Authority(Protocol):
@@ -143,6 +163,7 @@ class PeerConnection:
         expected_peer: str | None = None,
     ) -> None:
         self.quic = quic
+        _set_quic_ack_delay(quic, QUIC_ACK_DELAY)
         self.is_client: bool = quic.configuration.is_client
         self.authority = authority
         self.settings = settings
@@ -174,6 +195,12 @@ class PeerConnection:
         self.acked_msg_bytes = 0
         self.consumed_msg_bytes = 0
         self._ack_sent_for = 0
+        #: When a held-back ACK frame goes (None: nothing held back).
+        self._ack_due_at: float | None = None
+        #: Stream data handed to QUIC since the last datagrams_to_send.
+        self._stream_written = False
+        #: Stream data arrived in the datagram being processed.
+        self._stream_received = False
         self._close_reported = False
 
     # ---- properties -------------------------------------------------------
@@ -206,8 +233,15 @@ class PeerConnection:
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         if self.address is None:
             self.address = addr
-        self.quic.receive_datagram(data, addr, now=now)
+        quic = self.quic
+        ack_was_pending = _quic_ack_pending(quic)
+        self._stream_received = False
+        quic.receive_datagram(data, addr, now=now)
         self._process(now)
+        if ack_was_pending and self._stream_received:
+            # a second ack-eliciting packet while a QUIC ACK waits: acknowledge with the
+            # next transmit (RFC 9000 §13.2.2), so a bulk sender's ACK clock keeps up
+            _quic_ack_now(quic, now)
 
     def handle_timer(self, now: float) -> None:
         if self.terminated:  # aioquic's timer must not run once it has terminated
@@ -230,21 +264,21 @@ class PeerConnection:
                 self.close(CloseCode.KEEPALIVE_TIMEOUT, "no frames from peer", now=now)
                 return
             if self._next_ping_at is not None and now >= self._next_ping_at:
-                self.send_ping(now)
+                self.send_ping(now)  # carries a held-back ACK frame
+            if self._ack_due_at is not None and now >= self._ack_due_at:
+                self._maybe_ack(force=True)
 
     def send_message(self, frame: bytes) -> None:
         """Hand one encoded MSG frame to QUIC (the caller checked :meth:`can_send`)."""
-        if not self.authenticated:
-            raise RuntimeError("send_message before authentication")
-        self.sent_msg_bytes += len(frame)
-        self.quic.send_stream_data(STREAM_ID, frame)
+        self.send_messages([frame])
 
     def send_messages(self, frames: list[bytes]) -> None:
+        """Hand encoded MSG frames to QUIC, with a held-back ACK frame ahead of them."""
         if not self.authenticated:
             raise RuntimeError("send_messages before authentication")
         data = b"".join(frames)
         self.sent_msg_bytes += len(data)
-        self.quic.send_stream_data(STREAM_ID, data)
+        self._write(data)
 
     def send_peers(self, body: bytes) -> None:
         if self.authenticated:
@@ -275,6 +309,10 @@ class PeerConnection:
             return None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        if self._stream_written:
+            # our packet leaves now: let it carry the QUIC ACK that would go alone later
+            self._stream_written = False
+            _quic_ack_now(self.quic, now)
         return self.quic.datagrams_to_send(now=now)
 
     def get_timer(self) -> float | None:
@@ -286,6 +324,8 @@ class PeerConnection:
                 timers.append(self._last_rx + self.settings.liveness_timeout)
                 if self._next_ping_at is not None:
                     timers.append(self._next_ping_at)
+                if self._ack_due_at is not None:
+                    timers.append(self._ack_due_at)
         present = [t for t in timers if t is not None]
         return min(present) if present else None
 
@@ -354,6 +394,7 @@ class PeerConnection:
             self._fail(PeerFault(reason="early_data", detail="stream data before handshake"))
             return
         self._last_rx = now
+        self._stream_received = True
         decoder = self._decoder
         decoder.receive(event.data)
         while (item := decoder.next_frame()) is not None:
@@ -365,6 +406,8 @@ class PeerConnection:
                 return
         if self.authenticated:
             self._maybe_ack(force=False)
+            if self._ack_due_at is None and self.consumed_msg_bytes > self._ack_sent_for:
+                self._ack_due_at = now + APP_ACK_DELAY
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if self.state is State.AUTHENTICATED:
@@ -495,8 +538,7 @@ class PeerConnection:
         elif kind == FrameType.PING:
             ping = self._parse_ping(frame.body)
             if ping is not None:
-                self._maybe_ack(force=True)
-                self._send_frame(FrameType.PONG, frame.body)
+                self._send_frame(FrameType.PONG, frame.body)  # with every ACK owed
         elif kind == FrameType.PONG:
             pong = self._parse_ping(frame.body)
             if pong is not None:
@@ -540,25 +582,34 @@ class PeerConnection:
         return ping
 
     def _maybe_ack(self, *, force: bool) -> None:
+        """Send an ACK frame now if one is owed and ``force`` or past the threshold."""
         pending = self.consumed_msg_bytes - self._ack_sent_for
         if pending <= 0:
             return
         if force or pending >= max(1, self.settings.inflight_max_bytes // _ACK_DIVISOR):
-            self._ack_sent_for = self.consumed_msg_bytes
-            self._send_frame(
-                FrameType.ACK,
-                transport_pb2.WireAck(consumed=self.consumed_msg_bytes).SerializeToString(),
-            )
+            self._write(b"")
 
-    def flush_acks(self) -> None:
-        """Acknowledge everything taken so far (called when a burst of input is done)."""
-        if self.authenticated:
-            self._maybe_ack(force=True)
+    def _owed_ack(self) -> bytes:
+        """The ACK frame owed to the peer (b"" when none), then counted as sent."""
+        if not self.authenticated or self.consumed_msg_bytes <= self._ack_sent_for:
+            return b""
+        self._ack_sent_for = self.consumed_msg_bytes
+        self._ack_due_at = None
+        return encode_frame(
+            FrameType.ACK,
+            transport_pb2.WireAck(consumed=self.consumed_msg_bytes).SerializeToString(),
+            max_frame_bytes=self.settings.max_frame_bytes,
+        )
+
+    def _write(self, data: bytes) -> None:
+        """Every frame to the peer goes through here: an owed ACK frame rides along."""
+        data = self._owed_ack() + data
+        if data:
+            self._stream_written = True
+            self.quic.send_stream_data(STREAM_ID, data)
 
     def _send_frame(self, kind: FrameType, body: bytes) -> None:
-        self.quic.send_stream_data(
-            STREAM_ID, encode_frame(kind, body, max_frame_bytes=self.settings.max_frame_bytes)
-        )
+        self._write(encode_frame(kind, body, max_frame_bytes=self.settings.max_frame_bytes))
 
     def _fail(self, fault: PeerFault) -> None:
         self._close(fault.close, fault.reason, by_peer=False, fault=fault)
@@ -581,3 +632,44 @@ class PeerConnection:
                 was_authenticated=was_authenticated,
             )
         )
+
+
+# ---- aioquic internals --------------------------------------------------------
+# aioquic has no public setting for its ACK timing. These are the only places the
+# transport touches the private state involved; tests/transport/test_ack_policy.py
+# fails loudly if an aioquic upgrade renames or stops using it (the defaults would
+# silently come back: an ACK-only datagram 1 ms after nearly every packet).
+
+_OVERDUE = 1e-6
+
+
+def _set_quic_ack_delay(quic: QuicConnection, delay: float) -> None:
+    """How long aioquic waits before acknowledging an ack-eliciting packet.
+
+    ``QuicConnection._ack_delay`` (K_GRANULARITY, 1 ms, by default): receiving such a
+    packet sets ``space.ack_at = now + _ack_delay``. Initial and Handshake ACKs are not
+    held by it: aioquic writes them with every handshake packet it builds.
+    """
+    if not hasattr(quic, "_ack_delay"):
+        raise RuntimeError("aioquic.QuicConnection has no _ack_delay: see connection.py")
+    quic._ack_delay = delay
+
+
+def _quic_ack_pending(quic: QuicConnection) -> bool:
+    """True while aioquic holds a 1-RTT ACK (``space.ack_at`` set, not yet sent)."""
+    space = quic._spaces.get(Epoch.ONE_RTT)
+    return space is not None and space.ack_at is not None
+
+
+def _quic_ack_now(quic: QuicConnection, now: float) -> None:
+    """Make a held 1-RTT ACK overdue, so the next packet built carries it.
+
+    aioquic writes an ACK frame into a 1-RTT packet only once ``space.ack_at <= now``;
+    until then a data packet leaves without it and the ACK follows alone. Strictly
+    before ``now``: aioquic lets a packet with an ACK past due through its pacer
+    (``ack_at < now``, as for any ACK whose timer ran out); at ``ack_at == now`` a
+    paced connection would hold the ACK back and ask for a timer at ``now``, at once.
+    """
+    space = quic._spaces.get(Epoch.ONE_RTT)
+    if space is not None and space.ack_at is not None and space.ack_at >= now:
+        space.ack_at = now - _OVERDUE

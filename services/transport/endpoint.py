@@ -249,10 +249,9 @@ class QuicEndpoint:
             DATAGRAM_BYTES_RECEIVED.inc(read_bytes)
         for conn, accepted in touched.items():
             self._on_activity(conn)
-            # Acknowledge every message taken in this burst. Without it a sender whose
-            # window holds a few unacknowledged bytes could not send a message that
-            # needs the whole window until the next keep-alive PING (seconds).
-            conn.flush_acks()
+            # The messages taken in this burst are acknowledged by the connection:
+            # with the next frame to the peer or at its ACK timer, which transmit
+            # re-arms (connection.APP_ACK_DELAY), never later.
             sent = self.transmit(conn)
             if accepted and not sent:
                 # an Initial that did not decrypt (garbage with a plausible header):
@@ -267,7 +266,6 @@ class QuicEndpoint:
         if conn is None:
             return
         self._on_activity(conn)
-        conn.flush_acks()
         sent = self.transmit(conn)
         if accepted and not sent:
             self._count("bad_initial")
