@@ -134,6 +134,36 @@ def test_a_primary_that_keeps_executing_is_not_suspected_by_the_progress_timer()
     assert r.hash in c.executed_hashes(2)
 
 
+def test_a_primary_still_ordering_under_overload_is_not_suspected() -> None:
+    """Rounds slower than the progress timeout (no COMMIT gets through, so nothing
+    executes) while the primary keeps sending new PRE-PREPAREs: the backups vote for
+    each, which restarts their timers; no view change before the request timers."""
+    c = cluster(max_inflight=64, batch_max_count=1)
+    c.blocked = lambda src, dst, env: (
+        isinstance(env, SignedEnvelope) and type(env.signed.msg).__name__ == "Commit"
+    )
+    c.propose(1, request("waits"))
+    for i in range(REQUEST - 2):
+        if i % 4 == 0:
+            c.propose(0, request(i))
+        c.tick()
+    assert all(len(c.executed_hashes(j)) == 0 for j in range(4))  # nothing executed
+    assert all(view_changes(c, j) == [] for j in range(4))
+    assert all(c.replica(j).view == 0 for j in range(4))
+
+
+def test_a_primary_that_orders_nothing_new_is_suspected_even_when_it_once_did() -> None:
+    """The same with the primary's PRE-PREPAREs stopping: suspected a timeout later."""
+    c = cluster(max_inflight=64, batch_max_count=1)
+    c.blocked = lambda src, dst, env: (
+        isinstance(env, SignedEnvelope) and type(env.signed.msg).__name__ == "Commit"
+    )
+    c.propose(1, request("waits"))
+    c.propose(0, request("last"))
+    c.tick(PROGRESS + 1)
+    assert view_changes(c, 1) != []
+
+
 def test_a_lost_forward_is_repaired_at_half_the_timeout_without_a_view_change() -> None:
     lost: list[int] = []
 

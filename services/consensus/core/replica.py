@@ -209,6 +209,10 @@ class Replica:
         #: oldest waiting request's arrival (see :meth:`_check_progress`).
         self._executed_at = 0
         self._view_since = 0
+        #: The tick this backup last voted for a new PRE-PREPARE of its view's primary:
+        #: a primary that keeps ordering is alive even while its rounds are slower than
+        #: the timeout (overload), so this restarts the progress timer too.
+        self._ordered_at = 0
         #: The tick the progress timer last expired without a suspicion (restarted).
         self._progress_restarted = 0
         #: The start of the stall whose oldest requests were already relayed.
@@ -716,6 +720,7 @@ class Replica:
         self._store_batch(pp.msg.digest)
         signed = self._sign_once(Prepare(view=self._view, seq=seq, digest=pp.msg.digest))
         if signed is not None:
+            self._ordered_at = self._now
             self._add_prepare(seq, slot, signed)
 
     def _store_batch(self, digest: bytes) -> None:
@@ -936,9 +941,12 @@ class Replica:
 
         A backup active in its view suspects the primary once requests wait in its
         pool and nothing executed for ``progress_timeout`` ticks, counted from the
-        later of its last executed batch, the oldest waiting request's arrival and
-        the start of the view: a primary that executes something now and then keeps
-        it running, and a new view starts it again. At half the timeout, once per
+        later of its last executed batch, its last PREPARE for a new PRE-PREPARE of
+        the primary, the oldest waiting request's arrival and the start of the view:
+        a primary that executes or orders something now and then keeps it running (a
+        round slower than the timeout under overload is not a stuck primary; one that
+        orders batches that never commit is still caught by the request timers), and
+        a new view starts it again. At half the timeout, once per
         stall, the oldest waiting requests (a batch's worth) go to every replica:
         a forward the primary lost is repaired, and the other backups, which may
         hold no request at all, start their own timers (a view change needs f+1 of
@@ -959,7 +967,9 @@ class Replica:
         oldest = self._pool.oldest_waiting_since()
         if oldest is None:
             return
-        since = max(self._executed_at, oldest, self._view_since, self._progress_restarted)
+        since = max(
+            self._executed_at, self._ordered_at, oldest, self._view_since, self._progress_restarted
+        )
         waited = self._now - since
         if waited >= timeout:
             if self._lagging() or self._cut_off():
