@@ -78,7 +78,11 @@ async def test_submit_same_vertex_twice_is_a_duplicate(node: Node) -> None:
 TAMPERINGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "payload": lambda b: {**b, "payload": b64(b"other")},
     "timestamp": lambda b: {**b, "timestamp_ms": b["timestamp_ms"] + 1},
-    "signature": lambda b: {**b, "signature": "00" + b["signature"][2:]},
+    # the first byte flipped (writing "00" was no change for 1 signature in 256)
+    "signature": lambda b: {
+        **b,
+        "signature": f"{int(b['signature'][:2], 16) ^ 0xFF:02x}" + b["signature"][2:],
+    },
     "key": lambda b: {**b, "public_key": signed_body(client_key(), b"x")[0]["public_key"]},
 }
 
