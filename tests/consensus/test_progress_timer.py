@@ -152,6 +152,24 @@ def test_a_primary_still_ordering_under_overload_is_not_suspected() -> None:
     assert all(c.replica(j).view == 0 for j in range(4))
 
 
+def test_a_primary_ordering_batches_that_never_commit_is_caught_by_the_request_timers() -> None:
+    """The adversary's side of the rule above: a primary that keeps the backups voting
+    for PRE-PREPAREs that never commit holds the progress timer off, but not the request
+    timers, which change the view by 60 at the latest (here sooner: once the watermark
+    window is full the primary can order nothing new and the progress timer runs)."""
+    c = cluster(max_inflight=64, batch_max_count=1)
+    c.blocked = lambda src, dst, env: (
+        isinstance(env, SignedEnvelope) and type(env.signed.msg).__name__ == "Commit"
+    )
+    c.propose(1, request("waits"))
+    for i in range(2 * REQUEST + 1):
+        if i % 4 == 0:
+            c.propose(0, request(i))
+        c.tick()
+    first = view_changes(c, 1)[:1]
+    assert first and first[0][1] == 1 and first[0][0] <= 2 * REQUEST
+
+
 def test_a_primary_that_orders_nothing_new_is_suspected_even_when_it_once_did() -> None:
     """The same with the primary's PRE-PREPAREs stopping: suspected a timeout later."""
     c = cluster(max_inflight=64, batch_max_count=1)
