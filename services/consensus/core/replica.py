@@ -285,6 +285,15 @@ class Replica:
         return self.config.primary(self._view)
 
     @property
+    def now(self) -> int:
+        """Logical time: the ticks seen so far."""
+        return self._now
+
+    def oldest_pending_since(self) -> int | None:
+        """The tick at which the oldest request in the pool arrived (None when empty)."""
+        return self._pool.oldest_waiting_since()
+
+    @property
     def last_executed(self) -> int:
         return self._last_exec
 
@@ -352,7 +361,7 @@ class Replica:
         collapses instead of staying at capacity.
         """
         limit = self.config.admission_max_wait
-        oldest = self._pool.oldest_waiting_since()
+        oldest = self.oldest_pending_since()
         return limit is not None and oldest is not None and self._now - oldest > limit
 
     def tick(self) -> None:
