@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import Counter as Tally
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,8 +178,10 @@ class Driver:
         byzantine: Byzantine | None = None,
         on_fatal: Callable[[str], None] | None = None,
         peer_names: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.replica = replica
+        self._clock = clock
         self.byzantine = byzantine
         self._keys = tuple(public_keys)
         self.node_ids = tuple(node_id(k) for k in self._keys)
@@ -194,6 +196,13 @@ class Driver:
         self.feed = feed
         self.link = TransportLink(transport_target, self._on_inbound, tls=tls)
         self._tick_s = tick_ms / 1000
+        limit = replica.config.admission_max_wait
+        #: Admission on the wall clock: the replica counts a request's wait in ticks,
+        #: which run slow when this process is starved (a tick is never queued behind
+        #: another), so under overload "admission_max_wait ticks" lasts seconds.
+        self._admission_wait_s = None if limit is None else limit * self._tick_s
+        #: When each of the latest ticks began (monotonic); the last is ``replica.now``.
+        self._tick_began: deque[float] = deque([clock()], maxlen=(limit or 0) + 2)
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
         self._tick_pending = False
         self._verifying: asyncio.Queue[asyncio.Task[_Input | None]] = asyncio.Queue(512)
@@ -247,6 +256,28 @@ class Driver:
     @property
     def ready(self) -> bool:
         return self.halted is None and self.link.connected.is_set()
+
+    def overloaded(self) -> bool:
+        """Whether new local requests are refused (admission control): the replica's own
+        check, or its oldest pending request waited longer than ``admission_max_wait``
+        on the wall clock.
+
+        The wait counts from when the tick the request is stamped with began. A tick
+        that lasts long is itself the replica task falling behind (ticks are applied
+        in order with everything else it has to do), so it counts as waiting. One
+        stamped before the ticks remembered here arrived more than
+        ``admission_max_wait`` ticks ago, each at least a tick period long.
+        """
+        if self.replica.overloaded():
+            return True
+        arrived = self.replica.oldest_pending_since()
+        if arrived is None or self._admission_wait_s is None:
+            return False
+        began = self._tick_began
+        index = arrived - (self.replica.now - len(began) + 1)
+        if index < 0:
+            return True
+        return self._clock() - began[index] > self._admission_wait_s
 
     async def verify_vertex(self, vertex: vertex_pb2.Vertex, content: bytes) -> bool:
         """Whether this exact signed copy verifies (``content`` is its vertex hash)."""
@@ -376,11 +407,17 @@ class Driver:
         if isinstance(item, _Tick):
             self._tick_pending = False
             self.replica.tick()
+            self._tick_began.append(self._clock())
         elif isinstance(item, _Step):
             self.traces.received(item.envelope, item.arrived, item.carrier)
             self.replica.step(item.sender, item.envelope)
         elif isinstance(item, _Propose):
-            result = self.replica.propose(item.request)
+            # The wait for the inbox may have been long: admission is decided now.
+            result = (
+                ProposeResult.OVERLOADED
+                if self.overloaded()
+                else self.replica.propose(item.request)
+            )
             self.traces.pooled(item.request.hash, result == ProposeResult.ACCEPTED)
             if not item.result.done():  # the caller may have given up (its deadline passed)
                 item.result.set_result(result)

@@ -164,7 +164,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             return _done(outcomes)
         if not self._driver.ready:
             raise Unavailable("consensus is not ready")
-        if self._driver.replica.overloaded():  # before any work: shedding must be cheap
+        if self._driver.overloaded():  # before any work: shedding must be cheap
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).
