@@ -9,7 +9,8 @@ flight, a lone vertex goes out at once in a call of its own. At most
 :data:`MAX_CALLS_IN_FLIGHT` calls are in flight; what arrives meanwhile waits
 for one of them to end and then goes out together, so that the calls per vertex
 fall as the load rises (each call costs CPU in both processes, whatever its
-size). Each submitter gets its own vertices' answers.
+size). At most :data:`MAX_PENDING_VERTICES` vertices wait for an answer; more
+are refused at once (429 overloaded). Each submitter gets its own vertices' answers.
 
 Trace context: a call carries the first group's context (as a single
 submission's call did), and, when it holds several groups of which one is
@@ -48,6 +49,10 @@ MAX_CALL_VERTICES = 256
 MAX_CALL_BYTES = 8 * 1024 * 1024
 #: Calls to consensus in flight at once; later submissions wait and go out together.
 MAX_CALLS_IN_FLIGHT = 2
+#: Vertices handed to the coalescer and not yet answered by consensus (queued or in a
+#: call); a submission beyond it is refused at once (429 overloaded) rather than
+#: queued behind a consensus service that is not keeping up.
+MAX_PENDING_VERTICES = 4 * MAX_CALL_VERTICES
 
 
 @dataclass(eq=False)
@@ -70,8 +75,12 @@ class Coalescer:
         max_vertices: int = MAX_CALL_VERTICES,
         max_bytes: int = MAX_CALL_BYTES,
         max_in_flight: int = MAX_CALLS_IN_FLIGHT,
+        max_pending: int = MAX_PENDING_VERTICES,
     ) -> None:
         self._consensus = consensus
+        self._max_pending = max_pending
+        #: Vertices submitted here and not answered yet.
+        self._pending = 0
         self._max_vertices = max_vertices
         self._max_bytes = max_bytes
         self._max_in_flight = max_in_flight
@@ -93,6 +102,13 @@ class Coalescer:
                 f"{len(vertices)} vertices of {size} bytes exceed one call to consensus "
                 f"({self._max_vertices} vertices, {self._max_bytes} bytes)",
             )
+        if self._pending and self._pending + len(vertices) > self._max_pending:
+            metrics.CONSENSUS_SUBMIT_SHED.inc(len(vertices))
+            raise ApiError(
+                "overloaded",
+                f"{self._pending} vertices are waiting for consensus at this node; "
+                "retry with backoff",
+            )
         span_context = trace.get_current_span().get_span_context()
         loop = asyncio.get_running_loop()
         group = _Group(
@@ -105,8 +121,12 @@ class Coalescer:
             else "",
         )
         self._queue.append(group)
+        self._pending += len(vertices)
         self._schedule()
-        return await group.future
+        try:
+            return await group.future
+        finally:
+            self._pending -= len(vertices)
 
     def _schedule(self) -> None:
         if not self._scheduled and self._queue and self._in_flight < self._max_in_flight:

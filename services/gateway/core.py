@@ -311,7 +311,12 @@ class Gateway:
     async def _submit_to_consensus(
         self, vertices: list[vertex_pb2.Vertex]
     ) -> list[consensus_pb2.SubmitVertexResponse | ApiError]:
-        replies = await self._coalescer.submit(vertices)
+        try:
+            replies = await self._coalescer.submit(vertices)
+        except ApiError as exc:
+            if exc.code == "overloaded":
+                self._shed_until = time.monotonic() + self._limits.shed_hold_s
+            raise
         if any(isinstance(r, ApiError) and r.code == "overloaded" for r in replies):
             self._shed_until = time.monotonic() + self._limits.shed_hold_s
         return replies

@@ -53,6 +53,11 @@ CONSENSUS_SUBMIT_CALLS = Counter(
     "SubmitVertex only with a consensus service that lacks it)",
     ["rpc"],
 )
+CONSENSUS_SUBMIT_SHED = Counter(
+    "cretoai_gateway_consensus_submit_shed_total",
+    "Vertices refused (429 overloaded) without a call to consensus, because too many "
+    "were already waiting for its answer (services/gateway/coalesce.py)",
+)
 CONSENSUS_SUBMIT_CALL_VERTICES = Histogram(
     "cretoai_gateway_consensus_submit_call_vertices",
     "Vertices per call submitting vertices to the consensus service",

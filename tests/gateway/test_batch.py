@@ -397,3 +397,30 @@ async def test_a_batch_refused_as_a_whole_is_counted_per_vertex(
             gateway._in_progress = 0
         assert_error(status, reply, 429, "overloaded", "max_submissions_in_progress")
         assert sample("cretoai_gateway_submissions_total", labels) == before + 2
+
+
+async def test_submissions_beyond_the_pending_bound_are_refused_at_once(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consensus service that does not answer holds at most max_pending vertices here;
+    the next submission gets 429 at once (no call, no queueing), and the held ones are
+    answered when consensus is."""
+    fake = node.consensus
+    fake.hold = asyncio.Event()
+    coalescer = node.gateway.gateway._coalescer
+    monkeypatch.setattr(coalescer, "_max_pending", 4)
+    shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
+    bodies = [signed(b"held %d" % i)[0] for i in range(4)]
+    held = asyncio.create_task(node.post(BATCH, {"vertices": bodies}))
+    await fake.wait_for(lambda: fake.submit_calls == [4])  # one call, held by consensus
+    calls = len(fake.submit_calls)
+    status, reply, resp = await post_raw(node, "/v1/vertices", b'{"payload": "b3Zlcg=="}')
+    assert_error(status, reply, 429, "overloaded", "4 vertices are waiting for consensus")
+    assert resp.headers["Retry-After"] == "1"
+    assert len(fake.submit_calls) == calls  # refused without a call
+    assert sample("cretoai_gateway_consensus_submit_shed_total") == shed_before + 1
+    assert not held.done()
+    fake.hold.set()
+    status, reply = await held
+    assert status == 200 and [r["status"] for r in reply["results"]] == ["pending"] * 4, reply
+    assert coalescer._pending == 0
