@@ -19,12 +19,14 @@ class ExecutionResult(_message.Message):
     def __init__(self, hash: _Optional[bytes] = ..., rejected: _Optional[bool] = ..., reject_reason: _Optional[str] = ...) -> None: ...
 
 class CommitBatchRequest(_message.Message):
-    __slots__ = ("batch", "results")
+    __slots__ = ("batch", "results", "voted_batch_key")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    VOTED_BATCH_KEY_FIELD_NUMBER: _ClassVar[int]
     batch: _vertex_pb2.FinalizedBatch
     results: _containers.RepeatedCompositeFieldContainer[ExecutionResult]
-    def __init__(self, batch: _Optional[_Union[_vertex_pb2.FinalizedBatch, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ExecutionResult, _Mapping]]] = ...) -> None: ...
+    voted_batch_key: bytes
+    def __init__(self, batch: _Optional[_Union[_vertex_pb2.FinalizedBatch, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ExecutionResult, _Mapping]]] = ..., voted_batch_key: _Optional[bytes] = ...) -> None: ...
 
 class CommitBatchResponse(_message.Message):
     __slots__ = ("last_seq", "already_committed", "heights")

@@ -112,7 +112,10 @@ class StorageServicer:
         (FAILED_PRECONDITION otherwise, so the finalized log never has a gap); an
         identical batch re-sent at a seq already committed succeeds again with
         `already_committed` (idempotent). Heights are computed here from the
-        parents (one more than the highest parent, 0 without parents).
+        parents (one more than the highest parent, 0 without parents). The
+        vertices come in `batch.vertices`, or by reference to a VotedBatch the
+        consensus already wrote with WriteState (`voted_batch_key`): the same
+        checks either way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -17,7 +17,15 @@ its caller: a batch is written only if
 
 Each failure is a :class:`Refused` (``INVALID_ARGUMENT``) naming the check,
 counted in ``cretoai_storage_commit_refusals_total{check}`` and logged once;
-nothing is written. Checks 2 and 3 cost milliseconds (for 100 vertices of
+nothing is written.
+
+A request may name its vertices by reference (``voted_batch_key``: a
+``VotedBatch`` the consensus wrote with ``WriteState`` before it voted):
+:func:`resolve_reference` puts the record's vertices into the request first,
+and then the same checks run on them. A reference to no record is refused with
+``FAILED_PRECONDITION`` (the caller sends the vertices instead), one to a record
+that is no VotedBatch of vertices with ``INVALID_ARGUMENT``; both are counted
+under ``check="reference"``. Checks 2 and 3 cost milliseconds (for 100 vertices of
 ~8 KB, SHA3 over every copy ~2-3 ms; ~0.3-0.5 ms per signature) and run at the
 same time on two worker threads of their own: off the event loop, and off the
 writer thread, whose other writes (the consensus's durable state) must not wait
@@ -34,15 +42,19 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from cretoai.v1 import vertex_pb2
+import grpc
+from google.protobuf.message import DecodeError
+
+from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import signed_digest
 from services.consensus.core.certificate import InvalidCertificate, check_certificate
 from services.consensus.core.crypto import MlDsaVerifier, Verifier, batch_digest
 from services.storage import metrics
 from services.storage.errors import InvalidArgument
+from services.storage.validate import MAX_STATE_KEY_BYTES
 
 if TYPE_CHECKING:
     from cretoai.crypto.backend import Backend
@@ -51,11 +63,88 @@ log = logging.getLogger(__name__)
 
 
 class Refused(InvalidArgument):
-    """A batch without a valid proof of finality; ``check`` names what failed (a metric label)."""
+    """A batch without a valid proof of finality; ``check`` names what failed (a metric label).
 
-    def __init__(self, check: str, message: str) -> None:
-        super().__init__(message)
+    ``INVALID_ARGUMENT`` unless ``status`` says otherwise (a reference to a record that
+    is not there is ``FAILED_PRECONDITION``: the caller can send the vertices instead).
+    """
+
+    def __init__(self, check: str, message: str, *, status: grpc.StatusCode | None = None) -> None:
+        super().__init__(message, status=status)
         self.check = check
+
+
+def _count(exc: Refused, seq: int, level: int = logging.WARNING) -> None:
+    metrics.COMMIT_REFUSALS.labels(exc.check).inc()
+    log.log(
+        level,
+        "finalized batch refused: no valid proof of finality",
+        extra={"fields": {"seq": seq, "check": exc.check, "error": str(exc)}},
+    )
+
+
+def _printable(key: bytes) -> str:
+    text = key.decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def resolve_reference(
+    request: storage_pb2.CommitBatchRequest, get_state: Callable[[bytes], bytes | None]
+) -> str:
+    """Put the vertices of the VotedBatch at ``request.voted_batch_key`` into ``request.batch``.
+
+    ``get_state`` reads the consensus durable-state space. Nothing in the record is
+    trusted: the request then goes through :func:`check_commit` and :meth:`Certifier.check`
+    as a request that carried the vertices. Returns where the vertices came from (for
+    the messages of those checks). Raises :class:`InvalidArgument` for a malformed
+    reference, :class:`Refused` (counted, ``check="reference"``) for a missing record
+    (``FAILED_PRECONDITION``) or one that holds no vertices (``INVALID_ARGUMENT``).
+    """
+    key = request.voted_batch_key
+    if not request.HasField("batch"):
+        raise InvalidArgument("batch: missing")
+    if len(key) > MAX_STATE_KEY_BYTES:
+        raise InvalidArgument(
+            f"voted_batch_key: {len(key)} bytes; the limit is {MAX_STATE_KEY_BYTES}"
+        )
+    batch = request.batch
+    if batch.vertices:
+        raise InvalidArgument(
+            f"batch.vertices: {len(batch.vertices)} vertices beside voted_batch_key; "
+            "send the vertices or name them by reference, not both"
+        )
+    origin = f"the voted batch at voted_batch_key {_printable(key)}"
+    raw = get_state(key)
+    if raw is None:
+        refusal = Refused(
+            "reference",
+            f"voted_batch_key: no voted batch at {_printable(key)} in the consensus state "
+            "(never written, or deleted since); send the batch with its vertices",
+            status=grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        # expected after state transfer or a checkpoint's garbage collection: the
+        # caller falls back to the full form, so not a warning each time
+        _count(refusal, batch.seq, logging.DEBUG)
+        raise refusal
+    try:
+        voted = pbft_pb2.VotedBatch.FromString(raw)
+        vertices = batch.vertices
+        for i, body in enumerate(voted.request_bodies):
+            try:
+                vertices.add().ParseFromString(body)
+            except DecodeError as exc:
+                raise Refused(
+                    "reference", f"{origin}: request_bodies[{i}] is not a vertex ({exc})"
+                ) from None
+    except DecodeError as exc:
+        refusal = Refused("reference", f"{origin}: not a VotedBatch ({exc})")
+    except Refused as exc:
+        refusal = exc
+    else:
+        return origin
+    del batch.vertices[:]
+    _count(refusal, batch.seq)
+    raise refusal
 
 
 def check_certificate_fields(batch: vertex_pb2.FinalizedBatch) -> None:
@@ -76,12 +165,12 @@ def vertices_digest(batch: vertex_pb2.FinalizedBatch) -> bytes:
     return batch_digest(signed_digest(v) for v in batch.vertices)
 
 
-def check_digest(batch: vertex_pb2.FinalizedBatch) -> None:
-    """Check 2: the batch's digest is the digest of exactly its vertices."""
+def check_digest(batch: vertex_pb2.FinalizedBatch, origin: str = "batch.vertices") -> None:
+    """Check 2: the batch's digest is the digest of exactly its vertices (from ``origin``)."""
     if vertices_digest(batch) != batch.batch_digest:
         raise Refused(
             "digest",
-            "batch.batch_digest: not the digest of batch.vertices (SHA3-256 over the signed "
+            f"batch.batch_digest: not the digest of {origin} (SHA3-256 over the signed "
             "digest of each vertex, in order); the certificate proves another batch",
         )
 
@@ -122,8 +211,10 @@ class Certifier:
         #: Done when the previous batch's check is: each waits for its predecessor.
         self._tail: asyncio.Future[None] | None = None
 
-    async def check(self, batch: vertex_pb2.FinalizedBatch) -> None:
-        """Raise :class:`Refused` unless ``batch`` is proven final (counted and logged)."""
+    async def check(self, batch: vertex_pb2.FinalizedBatch, origin: str = "batch.vertices") -> None:
+        """Raise :class:`Refused` unless ``batch`` is proven final (counted and logged).
+
+        ``origin`` says where the vertices came from (:func:`resolve_reference`)."""
         loop = asyncio.get_running_loop()
         previous, done = self._tail, loop.create_future()
         self._tail = done
@@ -131,7 +222,7 @@ class Certifier:
         try:
             check_certificate_fields(batch)
             digest, quorum = await asyncio.gather(
-                loop.run_in_executor(self._pool, check_digest, batch),
+                loop.run_in_executor(self._pool, check_digest, batch, origin),
                 loop.run_in_executor(
                     self._pool,
                     functools.partial(check_quorum, batch, n=self.n, verifier=self._verifier),
@@ -142,11 +233,7 @@ class Certifier:
                 if isinstance(outcome, BaseException):
                     raise outcome
         except Refused as exc:
-            metrics.COMMIT_REFUSALS.labels(exc.check).inc()
-            log.warning(
-                "finalized batch refused: no valid proof of finality",
-                extra={"fields": {"seq": batch.seq, "check": exc.check, "error": str(exc)}},
-            )
+            _count(exc, batch.seq)
             raise
         finally:
             # keep the arrival order on to the writer: return after the previous batch did

@@ -77,8 +77,15 @@ PROOF_CHECK = Histogram(
 COMMIT_REFUSALS = Counter(
     "cretoai_storage_commit_refusals_total",
     "CommitBatch requests refused for want of a valid proof of finality (nothing written), "
-    "by the check that failed: missing, seq, digest, certificate",
+    "by the check that failed: missing, seq, digest, certificate, reference (voted_batch_key "
+    "names no record, or one that holds no vertices)",
     ["check"],
+)
+COMMITS = Counter(
+    "cretoai_storage_commits_total",
+    "CommitBatch requests answered OK, by how the vertices came: full (in the request) or "
+    "reference (from the consensus's VotedBatch record, voted_batch_key)",
+    ["form"],
 )
 HALTED = Gauge("cretoai_storage_halted", "1 while writes are refused after a write error")
 LOOP_LAG = Histogram(

@@ -20,7 +20,7 @@ import grpc
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from services.storage import keys, metrics
-from services.storage.certify import Certifier
+from services.storage.certify import Certifier, resolve_reference
 from services.storage.errors import InvalidArgument, NotFound, WriteFailed
 from services.storage.store import Store, dir_bytes, now_ms, write_backup_manifest
 from services.storage.validate import (
@@ -112,11 +112,15 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self, request: storage_pb2.CommitBatchRequest, context: Context
     ) -> storage_pb2.CommitBatchResponse:
         started = time.perf_counter()
+        origin = "batch.vertices"
+        if request.voted_batch_key:  # the vertices from the consensus's VotedBatch record
+            origin = resolve_reference(request, self._store.get_state)
         check_commit(request)
-        await self._certifier.check(request.batch)  # the proof of finality, off the loop
+        await self._certifier.check(request.batch, origin)  # the proof of finality, off the loop
         store = self._store
         outcome = await self._writer.submit(lambda: store.commit_batch(request), kind="commit")
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
+        metrics.COMMITS.labels("reference" if request.voted_batch_key else "full").inc()
         if not outcome.already_committed:
             metrics.BATCH_VERTICES.observe(outcome.vertices)
             metrics.BATCH_BYTES.observe(outcome.bytes)

@@ -961,6 +961,11 @@ class Store:
             )
         return entry
 
+    def get_state(self, key: bytes) -> bytes | None:
+        """One consensus-state value (read directly, as :meth:`scan_state` reads)."""
+        value: bytes | None = self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read)
+        return value
+
     def scan_state(
         self, prefix: bytes, *, after: bytes | None, limit: int
     ) -> list[storage_pb2.StateEntry]:
