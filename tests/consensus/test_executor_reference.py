@@ -1,0 +1,266 @@
+"""The executor commits a batch it voted for by reference to its VotedBatch record, and
+falls back to sending the vertices when storage refuses the reference.
+
+Real components: the real storage service (gRPC on port 0, RocksDB in a temp dir, the
+test validator set), the real executor and signature verifier, real ML-DSA-87
+signatures on the vertices and on the certificates' COMMITs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from cretoai.crypto import get_backend
+from cretoai.crypto.keys import NodeKey
+from cretoai.v1 import storage_pb2, vertex_pb2
+from cretoai.vertex import make_vertex, signed_digest, vertex_hash
+from devkit.storage import certificate, make_config
+from services.consensus.core import durable
+from services.consensus.core.codec import certificate_from_pb
+from services.consensus.core.crypto import batch_digest
+from services.consensus.core.durable import ExecutedState
+from services.consensus.core.messages import Request
+from services.consensus.core.ready import Committed
+from services.consensus.executor import Executed, Executor
+from services.consensus.retry import StorageCallFailed
+from services.consensus.verify import Verifier
+from tests.storage.support import Running, collect, start_service
+
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
+
+_BACKEND = get_backend("cryptography")
+CLIENT = NodeKey(
+    private=_BACKEND.private_key_from_seed(hashlib.sha3_256(b"executor test client").digest()),
+    path=Path("client.key"),
+)
+
+
+def _value(name: str, labels: dict[str, str]) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def counts() -> dict[str, float]:
+    """The executor's commits by form and storage's refusals of references."""
+    forms = ("reference", "full", "fallback")
+    out = {f: _value("cretoai_consensus_storage_commits_total", {"form": f}) for f in forms}
+    out["refused"] = _value("cretoai_storage_commit_refusals_total", {"check": "reference"})
+    out["digest_refused"] = _value("cretoai_storage_commit_refusals_total", {"check": "digest"})
+    return out
+
+
+def delta(before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before[k] for k, v in counts().items() if v != before[k]}
+
+
+@dataclass
+class Node:
+    """The executor of one node and that node's storage service."""
+
+    storage: Running
+    executor: Executor
+    verifier: Verifier
+
+    async def vote(self, committed: Committed) -> None:
+        """What the replica persists before its first vote (the driver's WriteState)."""
+        await self.write(durable.batch_key(committed.digest), committed.requests)
+
+    async def write(self, key: str, requests: Sequence[Request]) -> None:
+        value = durable.encode_batch(tuple(requests))
+        await self.storage.stub.WriteState(
+            storage_pb2.WriteStateRequest(
+                puts=[storage_pb2.StateEntry(key=key.encode(), value=value)]
+            )
+        )
+
+    async def record(self, h: bytes) -> vertex_pb2.VertexRecord:
+        reply = await self.storage.stub.GetVertex(storage_pb2.GetVertexRequest(hash=h))
+        assert reply.found
+        record: vertex_pb2.VertexRecord = reply.record
+        return record
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    storage = await start_service(make_config(tmp_path))
+    verifier = Verifier(_BACKEND, threads=2)
+    executor = Executor(storage.stub, verifier, executed=ExecutedState())
+    try:
+        yield Node(storage, executor, verifier)
+    finally:
+        verifier.close()
+        await storage.stop()
+
+
+class Chain:
+    """Committed batches of signed vertices, each vertex a child of the previous batch's
+    first vertex; certificates are real quorums of the test validator set."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.tip: list[bytes] = []
+
+    def vertices(self, count: int) -> list[vertex_pb2.Vertex]:
+        now = int(time.time() * 1000)
+        out = [
+            make_vertex(CLIENT, f"payload {self.seq} {i}".encode() * 50, self.tip, now)
+            for i in range(count)
+        ]
+        if out:
+            self.tip = [vertex_hash(out[0])]
+        return out
+
+    def committed(self, vertices: Sequence[vertex_pb2.Vertex]) -> Committed:
+        self.seq += 1
+        requests = tuple(
+            Request(hash=signed_digest(v), body=v.SerializeToString()) for v in vertices
+        )
+        digest = batch_digest(r.hash for r in requests)
+        cert = certificate_from_pb(certificate(self.seq, digest))
+        return Committed(seq=self.seq, digest=digest, requests=requests, certificate=cert)
+
+    def next(self, count: int = 3) -> Committed:
+        return self.committed(self.vertices(count))
+
+
+async def check_stored(node: Node, committed: Committed, executed: Executed) -> None:
+    """The batch as executed is in storage: every vertex finalized at its seq, the log
+    entry with the exact copies."""
+    vertices = [vertex_pb2.Vertex.FromString(r.body) for r in committed.requests]
+    assert list(executed.batch.vertices) == vertices
+    assert executed.batch.seq == committed.seq
+    for vertex in vertices:
+        record = await node.record(vertex_hash(vertex))
+        assert (record.status, record.seq) == (FINALIZED, committed.seq)
+        assert record.vertex == vertex
+    [entry] = await collect(
+        node.storage.stub.GetFinalized(
+            storage_pb2.GetFinalizedRequest(from_seq=committed.seq, to_seq=committed.seq + 1)
+        )
+    )
+    assert entry.batch == executed.batch
+
+
+async def test_a_batch_the_replica_voted_for_is_committed_by_reference(node: Node) -> None:
+    chain = Chain()
+    for _ in range(3):
+        committed = chain.next(4)
+        await node.vote(committed)
+        before = counts()
+        executed = await node.executor.execute(committed)
+        assert delta(before) == {"reference": 1}
+        await check_stored(node, committed, executed)
+        assert not executed.batch.rejected
+    assert node.executor.seq == 3
+
+
+async def test_a_batch_without_a_voted_record_is_sent_with_its_vertices(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """State transfer, or a replica that committed without voting: no record, storage
+    refuses the reference, and the executor sends the vertices."""
+    chain = Chain()
+    voted = chain.next()
+    await node.vote(voted)
+    await node.executor.execute(voted)
+    not_voted = chain.next()
+    before = counts()
+    with caplog.at_level(logging.DEBUG, logger="services.consensus.executor"):
+        executed = await node.executor.execute(not_voted)
+    assert delta(before) == {"fallback": 1, "refused": 1}
+    await check_stored(node, not_voted, executed)
+    [line] = [r for r in caplog.records if r.name == "services.consensus.executor"]
+    assert line.levelno == logging.DEBUG
+    assert line.fields["code"] == "FAILED_PRECONDITION"  # type: ignore[attr-defined]
+    assert "no voted batch" in line.fields["error"]  # type: ignore[attr-defined]
+    # the state digest chain goes on as after a full commit; the next voted batch by reference
+    after = chain.next()
+    await node.vote(after)
+    before = counts()
+    await node.executor.execute(after)
+    assert delta(before) == {"reference": 1}
+    assert node.executor.seq == 3
+
+
+async def test_a_record_deleted_by_garbage_collection_before_execution_falls_back(
+    node: Node,
+) -> None:
+    """A stable checkpoint in the same Ready as the execution deletes ``batch/`` records
+    (persisted before the Ready executes): the reference finds nothing, the bodies go."""
+    chain = Chain()
+    committed = chain.next()
+    await node.vote(committed)
+    await node.storage.stub.WriteState(
+        storage_pb2.WriteStateRequest(deletes=[durable.batch_key(committed.digest).encode()])
+    )
+    before = counts()
+    executed = await node.executor.execute(committed)
+    assert delta(before) == {"fallback": 1, "refused": 1}
+    await check_stored(node, committed, executed)
+
+
+async def test_a_record_that_does_not_match_the_batch_falls_back_with_a_warning(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another local process wrote other requests under the batch's key (storage's port is
+    reachable): storage refuses them by the digest, and the executor sends the vertices."""
+    chain = Chain()
+    committed = chain.next(2)
+    # another copy of the same contents (signed again: ML-DSA signatures are randomized)
+    copies = [
+        make_vertex(CLIENT, v.payload, list(v.parents), v.timestamp_ms)
+        for v in (vertex_pb2.Vertex.FromString(r.body) for r in committed.requests)
+    ]
+    forged = [Request(hash=signed_digest(v), body=v.SerializeToString()) for v in copies]
+    assert [r.hash for r in forged] != [r.hash for r in committed.requests]
+    await node.write(durable.batch_key(committed.digest), forged)
+    before = counts()
+    with caplog.at_level(logging.WARNING, logger="services.consensus.executor"):
+        executed = await node.executor.execute(committed)
+    assert delta(before) == {"fallback": 1, "digest_refused": 1}
+    await check_stored(node, committed, executed)
+    [line] = [r for r in caplog.records if r.name == "services.consensus.executor"]
+    assert line.levelno == logging.WARNING
+    assert "not the digest of the voted batch" in line.fields["error"]  # type: ignore[attr-defined]
+
+
+async def test_an_empty_batch_is_sent_in_full(node: Node) -> None:
+    chain = Chain()
+    before = counts()
+    executed = await node.executor.execute(chain.committed([]))
+    assert delta(before) == {"full": 1}
+    assert executed.batch.seq == 1 and not executed.batch.vertices
+
+
+async def test_a_refusal_the_vertices_cannot_cure_is_not_masked(tmp_path: Path) -> None:
+    """The executor believes it executed seq 1, storage is empty: by reference and in full,
+    FAILED_PRECONDITION (a gap); the full form's answer is raised."""
+    storage = await start_service(make_config(tmp_path))
+    verifier = Verifier(_BACKEND, threads=1)
+    try:
+        executor = Executor(storage.stub, verifier, executed=ExecutedState(seq=1))
+        chain = Chain()
+        chain.seq = 1
+        committed = chain.next()
+        node = Node(storage, executor, verifier)
+        await node.vote(committed)
+        before = counts()
+        with pytest.raises(StorageCallFailed) as info:
+            await executor.execute(committed)
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "does not follow last_seq 0" in info.value.details
+        assert delta(before) == {}
+        assert executor.seq == 1
+    finally:
+        verifier.close()
+        await storage.stop()
