@@ -17,15 +17,7 @@ its caller: a batch is written only if
 
 Each failure is a :class:`Refused` (``INVALID_ARGUMENT``) naming the check,
 counted in ``cretoai_storage_commit_refusals_total{check}`` and logged once;
-nothing is written.
-
-A request may name its vertices by reference (``voted_batch_key``: a
-``VotedBatch`` the consensus wrote with ``WriteState`` before it voted):
-:func:`resolve_reference` puts the record's vertices into the request first,
-and then the same checks run on them. A reference to no record is refused with
-``FAILED_PRECONDITION`` (the caller sends the vertices instead), one to a record
-that is no VotedBatch of vertices with ``INVALID_ARGUMENT``; both are counted
-under ``check="reference"``. Checks 2 and 3 cost milliseconds (for 100 vertices of
+nothing is written. Checks 2 and 3 cost milliseconds (for 100 vertices of
 ~8 KB, SHA3 over every copy ~2-3 ms; ~0.3-0.5 ms per signature) and run at the
 same time on two worker threads of their own: off the event loop, and off the
 writer thread, whose other writes (the consensus's durable state) must not wait
@@ -33,6 +25,14 @@ behind them; OpenSSL releases the GIL while it verifies a signature. Batches
 leave the check in the order they arrived, on to the writer. A forged batch
 costs at most ``n`` signature checks (a duplicate or out-of-set signer ends
 the check).
+
+A request may name its vertices by reference (``voted_batch_key``: a
+``VotedBatch`` the consensus wrote with ``WriteState`` before it voted):
+:func:`resolve_reference` puts the record's vertices into the request first,
+and then the same checks run on them. A reference to no record is refused with
+``FAILED_PRECONDITION`` (the caller sends the vertices instead), one to a record
+that is no VotedBatch of vertices with ``INVALID_ARGUMENT``; both are counted
+under ``check="reference"``.
 """
 
 from __future__ import annotations
