@@ -62,6 +62,12 @@ class Config:
     admission_max_wait: int | None = None
     #: Period of STATUS broadcasts (retransmission) and of VIEW-CHANGE resends.
     status_interval: int = 20
+    #: While the replica is quiet (nothing pending or in progress, and every peer heard
+    #: from lately reported the same status as its own), an unchanged STATUS goes out
+    #: only every this many status intervals (a heartbeat); a changed one at the next
+    #: interval, and every interval again as soon as anything is pending or out of
+    #: step. 1: every interval, always.
+    status_quiet_intervals: int = 5
     #: At most this many requests wait in the pool.
     pool_max: int = 20_000
     #: Largest number of batches served or fetched per state-transfer request ...
@@ -85,6 +91,7 @@ class Config:
             "view_change_timeout",
             "request_timeout",
             "status_interval",
+            "status_quiet_intervals",
             "pool_max",
             "transfer_max_batches",
             "transfer_max_bytes",

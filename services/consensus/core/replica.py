@@ -243,6 +243,9 @@ class Replica:
         self._peer_status_at: dict[int, int] = {}
         #: Backoff of resends to each peer stuck at its last STATUS (reset when it moves).
         self._resend: dict[int, _Resend] = {}
+        #: The last STATUS this replica sent, and the tick it went (quiet heartbeats).
+        self._status_sent: StatusEnvelope | None = None
+        self._status_sent_at = 0
         executed = executed or ExecutedState()
         #: The last seq handed to the application (``Committed``) and the last it applied.
         self._last_exec = executed.seq
@@ -381,6 +384,33 @@ class Replica:
         if self._transfer is not None and now >= self._transfer.next_at:
             self._request_state(None)
         self._skip_banned_primary()
+
+    def quiet_ticks(self) -> int:
+        """How many of the next ticks only count time, unless an input comes first.
+
+        Nothing is timed before them: a :meth:`tick` among them produces no output and
+        changes nothing but logical time (and, at a status interval where no STATUS is
+        due, the flood-accounting window), so :meth:`ready` stays empty. A driver may
+        apply those ticks without draining a Ready for each; the tick after them is a
+        real one. 0 while requests wait, a view change or a state transfer runs, or the
+        primary is banned (every tick counts then).
+        """
+        if (
+            not self._active
+            or self._transfer is not None
+            or len(self._pool)
+            or (self._rep.banned and self.primary in self._rep.banned)
+        ):
+            return 0
+        interval = self.config.status_interval
+        # The next status interval; while quiet, the one the heartbeat is due at (STATUS
+        # is sent at multiples of the interval only, so ``_status_sent_at`` is one).
+        boundary = self._now - self._now % interval + interval
+        st = self._status()
+        if st == self._status_sent and self._quiet(st):
+            due = self._status_sent_at + interval * self.config.status_quiet_intervals
+            boundary = max(boundary, due)
+        return boundary - self._now - 1
 
     def report_fault(self, peer: int, kind: FaultKind) -> None:
         """A fault the driver detected (bad outer signature, undecodable bytes)."""
@@ -1177,23 +1207,62 @@ class Replica:
 
     # --- retransmission -----------------------------------------------------------------
 
-    def _status_tick(self) -> None:
-        self._send.append(
-            Outbound(
-                None,
-                StatusEnvelope(
-                    view=self._view,
-                    active=self._active,
-                    last_executed=self._last_exec,
-                    stable_seq=self._low,
-                ),
-            )
+    def _status(self) -> StatusEnvelope:
+        return StatusEnvelope(
+            view=self._view,
+            active=self._active,
+            last_executed=self._last_exec,
+            stable_seq=self._low,
         )
+
+    def _status_tick(self) -> None:
+        """Every status interval: a new flood window, and STATUS to every peer, unless
+        the replica is quiet and sent this same STATUS less than ``status_quiet_intervals``
+        intervals ago (an idle cluster then exchanges only heartbeats)."""
+        self._rep.new_window()
+        st = self._status()
+        quiet_period = self.config.status_interval * self.config.status_quiet_intervals
+        if (
+            st == self._status_sent
+            and self._now - self._status_sent_at < quiet_period
+            and self._quiet(st)
+        ):
+            return
+        self._status_sent, self._status_sent_at = st, self._now
+        self._send.append(Outbound(None, st))
         if not self._active:
             own_vc = self._own.get(("view_change", self._view, 0))
             if own_vc is not None:
                 self._send.append(Outbound(None, SignedEnvelope(own_vc)))
-        self._rep.new_window()
+
+    def _quiet(self, st: StatusEnvelope) -> bool:
+        """Whether nothing needs repeating: no request waits, nothing is in progress
+        (every slot known was executed and applied, the last checkpoint is stable, no
+        view change, no transfer), and every peer heard from lately reported ``st``.
+
+        Any difference turns the STATUS rate back up on both sides: a peer that lags,
+        restarted or missed messages is repaired from its STATUS (``_on_status``), and
+        learns that it lags from ours. A peer silent for three heartbeats (down, or cut
+        off) is left out until it speaks again; a peer never heard from counts as
+        silent once this replica has run that long.
+        """
+        if (
+            not self._active
+            or self._transfer is not None
+            or len(self._pool)
+            or self._applied < self._last_exec
+            or self._last_exec >= self._low + self._k
+        ):
+            return False
+        silent = self._now - 3 * self.config.status_interval * self.config.status_quiet_intervals
+        for peer in range(self._n):
+            if peer == self.id or peer in self._rep.banned:
+                continue
+            if self._peer_status_at.get(peer, 0) < silent:
+                continue
+            if self._peer_status.get(peer) != st:
+                return False
+        return not any(seq > self._last_exec for seq in self._slots)
 
     def _on_status(self, sender: int, st: StatusEnvelope) -> None:
         """Send a peer what its status shows it lacks (lost messages, restarts, lag).
@@ -1203,16 +1272,20 @@ class Replica:
         extra, so an overloaded cluster is not buried under retransmissions.
         """
         previous = self._peer_status.get(sender)
+        previous_at = self._peer_status_at.get(sender)
         self._peer_status[sender] = st
         self._peer_status_at[sender] = self._now
         if previous != st:
             self._resend.pop(sender, None)
-        stalled = previous == st and self._may_resend(sender)
+        elif sender == self.primary and previous_at is not None:
+            self._answer_busy_primary(sender, self._now - previous_at)
+        stalled = previous == st and self._resend_due(sender)
+        resent = False
         settled = self._now - self.config.status_interval
         if st.stable_seq < self._low:
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
         if stalled and self._low <= st.last_executed < self._last_exec:
-            self._push_batches(sender, st.last_executed, settled)
+            resent = self._push_batches(sender, st.last_executed, settled)
         if stalled:
             # Our CHECKPOINTs above its stable one, in case it lost them: while no
             # checkpoint is stable anywhere, nobody has a proof to send, and a full
@@ -1220,18 +1293,40 @@ class Replica:
             for kind, _, seq in list(self._own):
                 if kind == "checkpoint" and seq > max(st.stable_seq, self._low):
                     self._send.append(Outbound(sender, SignedEnvelope(self._own[kind, 0, seq])))
+                    resent = True
         if not st.active and sender == self.config.primary(st.view):
             # A new primary still waiting: relay the VIEW-CHANGEs we hold for its view.
             for signer, vc in self._vcs.get(st.view, {}).items():
                 if signer != sender:
                     self._send.append(Outbound(sender, SignedEnvelope(vc)))
-        if not self._active:
+        if self._active:
+            behind = st.view < self._view or (st.view == self._view and not st.active)
+            if behind and self._new_view_msg is not None:
+                self._send.append(Outbound(sender, SignedEnvelope(self._new_view_msg)))
+            if stalled and st.view == self._view and st.active:
+                resent = self._resend_slots(sender, st, settled) or resent
+        if resent:
+            self._resent(sender)
+
+    def _answer_busy_primary(self, primary: int, gap: int) -> None:
+        """Our primary repeated its STATUS after ``gap`` ticks: if that is the busy rate
+        (an interval, not a heartbeat), it waits for something (a batch in flight), and
+        only our STATUS tells it what we miss. A quiet backup answers it at once instead
+        of at its next heartbeat. (The primary never answers a backup this way, and the
+        answer goes to the primary only, so answers never set off more answers.)"""
+        cfg = self.config
+        if cfg.status_quiet_intervals < 2:
             return
-        behind = st.view < self._view or (st.view == self._view and not st.active)
-        if behind and self._new_view_msg is not None:
-            self._send.append(Outbound(sender, SignedEnvelope(self._new_view_msg)))
-        if st.view != self._view or not st.active or not stalled:
+        if 2 * gap >= cfg.status_interval * (1 + cfg.status_quiet_intervals):
             return
+        st = self._status()
+        if self._quiet(st):
+            self._send.append(Outbound(primary, st))
+
+    def _resend_slots(self, peer: int, st: StatusEnvelope, settled: int) -> bool:
+        """Resend a stalled peer of our view the unexecuted slots above its STATUS
+        (PRE-PREPARE with bodies, our PREPARE and COMMIT); whether anything went."""
+        sent = len(self._send)
         first = max(st.last_executed, self._low) + 1
         last = min(
             max(self._slots, default=0),
@@ -1249,33 +1344,42 @@ class Replica:
                 # (the peer may hold the requests in its pool; if not, the next resend).
                 bodies = self._batches.get(pp.msg.digest, ()) if budget > 0 else ()
                 budget -= sum(r.size for r in bodies)
-                self._send.append(Outbound(sender, SignedEnvelope(pp, bodies)))
+                self._send.append(Outbound(peer, SignedEnvelope(pp, bodies)))
             for kind in ("prepare", "commit"):
                 own = self._own.get((kind, self._view, seq))
                 if own is not None:
-                    self._send.append(Outbound(sender, SignedEnvelope(own)))
+                    self._send.append(Outbound(peer, SignedEnvelope(own)))
+        return len(self._send) > sent
 
-    def _may_resend(self, peer: int) -> bool:
-        """Whether to resend to ``peer``, stalled at its last STATUS, now.
+    def _resend_due(self, peer: int) -> bool:
+        """Whether resending to ``peer``, stalled at its last STATUS, is allowed now.
 
         The first time at once; while it stays stuck at the same place, after 2, 4,
-        ... up to :data:`RESEND_MAX_BACKOFF` status intervals. A peer that is only
-        overloaded (its CPU, not the network, is short) is then not buried under
-        copies of what it already has queued, which would starve it further.
+        ... up to :data:`RESEND_MAX_BACKOFF` status intervals (see :meth:`_resent`). A
+        peer that is only overloaded (its CPU, not the network, is short) is then not
+        buried under copies of what it already has queued, which would starve it
+        further.
+        """
+        entry = self._resend.get(peer)
+        return entry is None or self._now >= entry.next_at
+
+    def _resent(self, peer: int) -> None:
+        """Something was resent to ``peer``: back off before the next resend.
+
+        Only a resend backs off: a STATUS that asked for nothing (an idle peer's
+        heartbeat repeats itself) leaves the next real stall to be repaired at once.
         """
         interval = self.config.status_interval
         entry = self._resend.get(peer)
         if entry is None:
             self._resend[peer] = _Resend(next_at=self._now + interval, backoff=interval)
-            return True
-        if self._now < entry.next_at:
-            return False
+            return
         entry.backoff = min(entry.backoff * 2, RESEND_MAX_BACKOFF * interval)
         entry.next_at = self._now + entry.backoff
-        return True
 
-    def _push_batches(self, peer: int, after: int, settled: int) -> None:
-        """Send a lagging peer the batches it misses, with their certificates.
+    def _push_batches(self, peer: int, after: int, settled: int) -> bool:
+        """Send a lagging peer the batches it misses, with their certificates; whether
+        anything went.
 
         From memory where the log still holds them; batches executed before a
         restart are only in storage, so the driver serves those.
@@ -1296,12 +1400,14 @@ class Replica:
                 if not batches:
                     last = min(self._last_exec, seq + limit - 1)
                     self._serve.append(ServeState(peer=peer, from_seq=seq, to_seq=last))
+                    return True
                 break
             assert slot.committed is not None
             batches.append(TransferBatch(requests=requests, certificate=slot.committed))
             budget -= sum(r.size for r in requests)
         if batches:
             self._send.append(Outbound(peer, StateResponseEnvelope(tuple(batches))))
+        return bool(batches)
 
     # --- view change (§4.4) -----------------------------------------------------------
 
