@@ -49,14 +49,6 @@ EXECUTE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
-STORAGE_COMMITS = Counter(
-    "cretoai_consensus_storage_commits_total",
-    "CommitBatch calls that stored a batch, by form: reference (the vertices named by "
-    "their VotedBatch record), full (sent; an empty batch), fallback (sent after storage "
-    "refused the reference)",
-    ["form"],
-)
-
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 #: Storage's answers to a reference that sending the vertices may get past.
 REFERENCE_REFUSED = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT}
@@ -212,14 +204,9 @@ class Executor:
                     },
                 )
             else:
-                STORAGE_COMMITS.labels("reference").inc()
                 return response
-            form = "fallback"
-        else:
-            form = "full"
         request = storage_pb2.CommitBatchRequest(batch=batch, results=results)
-        response = await call_until_done(
+        full: storage_pb2.CommitBatchResponse = await call_until_done(
             lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
         )
-        STORAGE_COMMITS.labels(form).inc()
-        return response
+        return full

@@ -81,12 +81,6 @@ COMMIT_REFUSALS = Counter(
     "names no record, or one that holds no vertices)",
     ["check"],
 )
-COMMITS = Counter(
-    "cretoai_storage_commits_total",
-    "CommitBatch requests answered OK, by how the vertices came: full (in the request) or "
-    "reference (from the consensus's VotedBatch record, voted_batch_key)",
-    ["form"],
-)
 HALTED = Gauge("cretoai_storage_halted", "1 while writes are refused after a write error")
 LOOP_LAG = Histogram(
     "cretoai_storage_event_loop_lag_seconds",

@@ -120,7 +120,6 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         store = self._store
         outcome = await self._writer.submit(lambda: store.commit_batch(request), kind="commit")
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
-        metrics.COMMITS.labels("reference" if request.voted_batch_key else "full").inc()
         if not outcome.already_committed:
             metrics.BATCH_VERTICES.observe(outcome.vertices)
             metrics.BATCH_BYTES.observe(outcome.bytes)

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from cretoai.crypto import get_backend
 from cretoai.crypto.keys import NodeKey
-from cretoai.v1 import storage_pb2, vertex_pb2
+from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest, vertex_hash
 from devkit.storage import certificate, make_config
 from services.consensus.core import durable
@@ -45,22 +46,45 @@ CLIENT = NodeKey(
 )
 
 
-def _value(name: str, labels: dict[str, str]) -> float:
-    value = REGISTRY.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-def counts() -> dict[str, float]:
-    """The executor's commits by form and storage's refusals of references."""
-    forms = ("reference", "full", "fallback")
-    out = {f: _value("cretoai_consensus_storage_commits_total", {"form": f}) for f in forms}
-    out["refused"] = _value("cretoai_storage_commit_refusals_total", {"check": "reference"})
-    out["digest_refused"] = _value("cretoai_storage_commit_refusals_total", {"check": "digest"})
+def refusals() -> dict[str, float]:
+    out = {}
+    for check in ("reference", "digest"):
+        value = REGISTRY.get_sample_value("cretoai_storage_commit_refusals_total", {"check": check})
+        out[check] = 0.0 if value is None else value
     return out
 
 
-def delta(before: dict[str, float]) -> dict[str, float]:
-    return {k: v - before[k] for k, v in counts().items() if v != before[k]}
+class Calls:
+    """The real storage stub, remembering each CommitBatch the executor makes and how it
+    ended: "reference" or "full", and the status code (OK or the refusal)."""
+
+    def __init__(self, stub: storage_pb2_grpc.StorageStub) -> None:
+        self._stub = stub
+        self.commits: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def CommitBatch(self, request: storage_pb2.CommitBatchRequest, **kwargs: Any) -> Any:
+        form = "reference" if request.voted_batch_key else "full"
+        if form == "reference":
+            assert not request.batch.vertices
+        call = self._stub.CommitBatch(request, **kwargs)
+
+        async def recorded() -> storage_pb2.CommitBatchResponse:
+            try:
+                reply: storage_pb2.CommitBatchResponse = await call
+            except grpc.aio.AioRpcError as exc:
+                self.commits.append((form, exc.code().name))
+                raise
+            self.commits.append((form, "OK"))
+            return reply
+
+        return recorded()
+
+    def take(self) -> list[tuple[str, str]]:
+        out, self.commits = self.commits, []
+        return out
 
 
 @dataclass
@@ -70,6 +94,7 @@ class Node:
     storage: Running
     executor: Executor
     verifier: Verifier
+    calls: Calls
 
     async def vote(self, committed: Committed) -> None:
         """What the replica persists before its first vote (the driver's WriteState)."""
@@ -94,9 +119,10 @@ class Node:
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     storage = await start_service(make_config(tmp_path))
     verifier = Verifier(_BACKEND, threads=2)
-    executor = Executor(storage.stub, verifier, executed=ExecutedState())
+    calls = Calls(storage.stub)
+    executor = Executor(cast(Any, calls), verifier, executed=ExecutedState())
     try:
-        yield Node(storage, executor, verifier)
+        yield Node(storage, executor, verifier, calls)
     finally:
         verifier.close()
         await storage.stop()
@@ -156,9 +182,10 @@ async def test_a_batch_the_replica_voted_for_is_committed_by_reference(node: Nod
     for _ in range(3):
         committed = chain.next(4)
         await node.vote(committed)
-        before = counts()
+        before = refusals()
         executed = await node.executor.execute(committed)
-        assert delta(before) == {"reference": 1}
+        assert node.calls.take() == [("reference", "OK")]
+        assert refusals() == before
         await check_stored(node, committed, executed)
         assert not executed.batch.rejected
     assert node.executor.seq == 3
@@ -174,10 +201,12 @@ async def test_a_batch_without_a_voted_record_is_sent_with_its_vertices(
     await node.vote(voted)
     await node.executor.execute(voted)
     not_voted = chain.next()
-    before = counts()
+    node.calls.take()
+    before = refusals()
     with caplog.at_level(logging.DEBUG, logger="services.consensus.executor"):
         executed = await node.executor.execute(not_voted)
-    assert delta(before) == {"fallback": 1, "refused": 1}
+    assert node.calls.take() == [("reference", "FAILED_PRECONDITION"), ("full", "OK")]
+    assert refusals() == {**before, "reference": before["reference"] + 1}
     await check_stored(node, not_voted, executed)
     [line] = [r for r in caplog.records if r.name == "services.consensus.executor"]
     assert line.levelno == logging.DEBUG
@@ -186,9 +215,8 @@ async def test_a_batch_without_a_voted_record_is_sent_with_its_vertices(
     # the state digest chain goes on as after a full commit; the next voted batch by reference
     after = chain.next()
     await node.vote(after)
-    before = counts()
     await node.executor.execute(after)
-    assert delta(before) == {"reference": 1}
+    assert node.calls.take() == [("reference", "OK")]
     assert node.executor.seq == 3
 
 
@@ -203,9 +231,10 @@ async def test_a_record_deleted_by_garbage_collection_before_execution_falls_bac
     await node.storage.stub.WriteState(
         storage_pb2.WriteStateRequest(deletes=[durable.batch_key(committed.digest).encode()])
     )
-    before = counts()
+    before = refusals()
     executed = await node.executor.execute(committed)
-    assert delta(before) == {"fallback": 1, "refused": 1}
+    assert node.calls.take() == [("reference", "FAILED_PRECONDITION"), ("full", "OK")]
+    assert refusals() == {**before, "reference": before["reference"] + 1}
     await check_stored(node, committed, executed)
 
 
@@ -224,10 +253,11 @@ async def test_a_record_that_does_not_match_the_batch_falls_back_with_a_warning(
     forged = [Request(hash=signed_digest(v), body=v.SerializeToString()) for v in copies]
     assert [r.hash for r in forged] != [r.hash for r in committed.requests]
     await node.write(durable.batch_key(committed.digest), forged)
-    before = counts()
+    before = refusals()
     with caplog.at_level(logging.WARNING, logger="services.consensus.executor"):
         executed = await node.executor.execute(committed)
-    assert delta(before) == {"fallback": 1, "digest_refused": 1}
+    assert node.calls.take() == [("reference", "INVALID_ARGUMENT"), ("full", "OK")]
+    assert refusals() == {**before, "digest": before["digest"] + 1}
     await check_stored(node, committed, executed)
     [line] = [r for r in caplog.records if r.name == "services.consensus.executor"]
     assert line.levelno == logging.WARNING
@@ -236,9 +266,8 @@ async def test_a_record_that_does_not_match_the_batch_falls_back_with_a_warning(
 
 async def test_an_empty_batch_is_sent_in_full(node: Node) -> None:
     chain = Chain()
-    before = counts()
     executed = await node.executor.execute(chain.committed([]))
-    assert delta(before) == {"full": 1}
+    assert node.calls.take() == [("full", "OK")]
     assert executed.batch.seq == 1 and not executed.batch.vertices
 
 
@@ -248,18 +277,21 @@ async def test_a_refusal_the_vertices_cannot_cure_is_not_masked(tmp_path: Path) 
     storage = await start_service(make_config(tmp_path))
     verifier = Verifier(_BACKEND, threads=1)
     try:
-        executor = Executor(storage.stub, verifier, executed=ExecutedState(seq=1))
+        calls = Calls(storage.stub)
+        executor = Executor(cast(Any, calls), verifier, executed=ExecutedState(seq=1))
         chain = Chain()
         chain.seq = 1
         committed = chain.next()
-        node = Node(storage, executor, verifier)
+        node = Node(storage, executor, verifier, calls)
         await node.vote(committed)
-        before = counts()
         with pytest.raises(StorageCallFailed) as info:
             await executor.execute(committed)
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert "does not follow last_seq 0" in info.value.details
-        assert delta(before) == {}
+        assert calls.take() == [
+            ("reference", "FAILED_PRECONDITION"),
+            ("full", "FAILED_PRECONDITION"),
+        ]
         assert executor.seq == 1
     finally:
         verifier.close()
