@@ -205,6 +205,12 @@ class Driver:
         self._tick_began: deque[float] = deque([clock()], maxlen=(limit or 0) + 2)
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
         self._tick_pending = False
+        #: While the replica is idle the ticker sleeps through the ticks that only count
+        #: time (``Replica.quiet_ticks``): at most ``_idle_ticks`` of them from
+        #: ``_idle_from`` (clock). An input counts those already due first, and wakes it.
+        self._idle_from: float | None = None
+        self._idle_ticks = 0
+        self._idle_wake = asyncio.Event()
         self._verifying: asyncio.Queue[asyncio.Task[_Input | None]] = asyncio.Queue(512)
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -306,9 +312,39 @@ class Driver:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self._tick_s)
-            if not self._tick_pending:  # never let ticks pile up behind a slow Ready
+            if self._tick_pending:  # never let ticks pile up behind a slow Ready
+                continue
+            idle = self.replica.quiet_ticks() if self._inbox.empty() else 0
+            if not idle:
                 self._tick_pending = True
                 self._inbox.put_nowait(_TICK)
+                continue
+            # Idle: this tick and the ``idle - 1`` after it only count time. Count them
+            # here and sleep through them (an idle node wakes a few times a second, not a
+            # hundred), unless an input comes first: ``_apply`` then counts those due
+            # and wakes us to decide again.
+            self.replica.tick()
+            self._tick_began.append(self._clock())
+            if idle > 1:
+                self._idle_from, self._idle_ticks = self._clock(), idle - 1
+                self._idle_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle_wake.wait(), (idle - 1) * self._tick_s)
+                if self._idle_from is not None:  # slept them all through
+                    self._count_idle_ticks(every=True)
+
+    def _count_idle_ticks(self, *, every: bool = False) -> None:
+        """Apply the idle ticks due so far (``every``: all of them), each of which only
+        counts time (see ``_ticker``); the ticker's idle sleep ends."""
+        start = self._idle_from
+        assert start is not None
+        due = self._idle_ticks
+        if not every:
+            due = min(due, int((self._clock() - start) / self._tick_s))
+        for i in range(1, due + 1):
+            self.replica.tick()
+            self._tick_began.append(start + i * self._tick_s)
+        self._idle_from = None
 
     async def _on_inbound(self, envelope: transport_pb2.Envelope) -> None:
         sender = self._index.get(envelope.__getattribute__("from"))
@@ -404,6 +440,9 @@ class Driver:
     # --- the replica task ------------------------------------------------------------
 
     def _apply(self, item: _Input) -> None:
+        if self._idle_from is not None:  # the ticker sleeps: bring the clock up to date
+            self._count_idle_ticks()
+            self._idle_wake.set()
         if isinstance(item, _Tick):
             self._tick_pending = False
             self.replica.tick()
