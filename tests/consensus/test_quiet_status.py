@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from services.consensus.core.messages import StatusEnvelope
+from services.consensus.core.messages import RequestsEnvelope, StatusEnvelope
 from tests.consensus.harness import BASE, Cluster, request
 
 INTERVAL = BASE.status_interval
@@ -151,6 +151,28 @@ def test_a_silent_peer_does_not_keep_the_others_loud() -> None:
     c.restart(3)
     c.tick(3 * INTERVAL)
     assert len(c.log(3)) == 1
+
+
+def test_a_censoring_primary_is_replaced_as_fast_in_a_quiet_cluster() -> None:
+    """The progress timer's "cut off" guard counts peers heard from lately (STATUS): in
+    a quiet cluster the half-timeout relay of the waiting request makes the other
+    backups loud again in time, so the view change comes as fast as with a STATUS
+    every interval, wherever the heartbeats are."""
+
+    def time_to_execute(quiet_intervals: int, offset: int) -> int:
+        c = Cluster(4, status_quiet_intervals=quiet_intervals)
+        c.tick(10 * HEARTBEAT + offset)
+        c.blocked = lambda src, dst, env: dst == 0 and isinstance(env, RequestsEnvelope)
+        c.propose(1, request(0))
+        start = c.now
+        while not all(c.log(i) for i in range(1, 4)):
+            assert c.now - start < 20 * INTERVAL
+            c.tick(1)
+        assert all(c.replica(i).view == 1 for i in range(4))
+        return c.now - start
+
+    for offset in range(0, HEARTBEAT, INTERVAL // 2):
+        assert time_to_execute(5, offset) == time_to_execute(1, offset), offset
 
 
 def test_quiet_ticks_only_count_time() -> None:
