@@ -168,6 +168,28 @@ class Gateway:
         self._in_progress = 0
         #: Monotonic time until which submissions are shed (consensus said overloaded).
         self._shed_until = 0.0
+        #: Consensus said overloaded and has not admitted a probe since: after the hold,
+        #: one submission at a time goes to consensus (the probe) and the others are
+        #: refused at once, not queued behind it.
+        self._shedding = False
+        self._probing = False
+
+    def shedding(self) -> ApiError | None:
+        """The 429 to answer at once, without any work, while this gateway sheds load."""
+        if self._probing or time.monotonic() < self._shed_until:
+            return ApiError(
+                "overloaded",
+                "consensus at this node is behind its offered load; retry with backoff",
+            )
+        return None
+
+    def refuse_if_shedding(self, api: str) -> None:
+        """Raise (and count) the 429 of :meth:`shedding` for one submission, if any: the
+        REST handler asks before it reads the body."""
+        refusal = self.shedding()
+        if refusal is not None:
+            _count(api, refusal)
+            raise refusal
 
     # ------------------------------------------------------------------ submit
 
@@ -241,11 +263,9 @@ class Gateway:
         live = [i for i, answer in enumerate(answers) if answer is None]
         if not live:
             return _all(answers), hashes
-        if time.monotonic() < self._shed_until:
-            raise ApiError(
-                "overloaded",
-                "consensus at this node is behind its offered load; retry with backoff",
-            )
+        refusal = self.shedding()
+        if refusal is not None:
+            raise refusal
         most = self._limits.max_in_progress
         if self._in_progress >= most or (
             self._in_progress and self._in_progress + len(live) > most
@@ -311,15 +331,30 @@ class Gateway:
     async def _submit_to_consensus(
         self, vertices: list[vertex_pb2.Vertex]
     ) -> list[consensus_pb2.SubmitVertexResponse | ApiError]:
+        refusal = self.shedding()  # again: a probe may have started meanwhile
+        if refusal is not None:
+            raise refusal
+        probe = self._shedding
+        if probe:
+            self._probing = True
         try:
             replies = await self._coalescer.submit(vertices)
         except ApiError as exc:
             if exc.code == "overloaded":
-                self._shed_until = time.monotonic() + self._limits.shed_hold_s
+                self._shed()
             raise
+        finally:
+            if probe:
+                self._probing = False
         if any(isinstance(r, ApiError) and r.code == "overloaded" for r in replies):
-            self._shed_until = time.monotonic() + self._limits.shed_hold_s
+            self._shed()
+        elif probe:
+            self._shedding = False
         return replies
+
+    def _shed(self) -> None:
+        self._shedding = True
+        self._shed_until = time.monotonic() + self._limits.shed_hold_s
 
     async def _vertex_of(self, draft: Draft) -> tuple[vertex_pb2.Vertex, bytes]:
         loop = asyncio.get_running_loop()

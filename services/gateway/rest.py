@@ -226,6 +226,7 @@ class RestApi:
 
     async def submit(self, request: web.Request) -> web.Response:
         wait = parse_bool(request.query.get("wait"), "wait")
+        self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
         draft = parse_submission(parse_json(await self._body(request, self._max_body)))
         result = await self._gw.submit(draft, wait=wait, api="http")
         if result.record is not None:

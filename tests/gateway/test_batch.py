@@ -424,3 +424,36 @@ async def test_submissions_beyond_the_pending_bound_are_refused_at_once(
     status, reply = await held
     assert status == 200 and [r["status"] for r in reply["results"]] == ["pending"] * 4, reply
     assert coalescer._pending == 0
+
+
+async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_429_at_once(
+    node: Node,
+) -> None:
+    """Consensus said overloaded: for the hold, submissions are refused without reading
+    their body; then one submission (the probe) goes to consensus while the others are
+    refused at once instead of queueing behind it; once the probe is admitted, the gate
+    opens."""
+    fake = node.consensus
+    gateway = node.gateway.gateway
+    fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"refused")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert len(fake.submit_calls) == 1
+    # within the hold: refused before the body is read (a malformed one is not a 400)
+    status, reply, _ = await post_raw(node, "/v1/vertices", b"not json")
+    assert_error(status, reply, 429, "overloaded", "behind its offered load")
+    assert len(fake.submit_calls) == 1
+    # the hold is over (ended here rather than slept through); consensus recovered
+    gateway._shed_until = 0.0
+    fake.submit_error = None
+    fake.hold = asyncio.Event()
+    probe = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"probe")}))
+    await fake.wait_for(lambda: len(fake.submit_calls) == 2)
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"behind the probe")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert len(fake.submit_calls) == 2 and not probe.done()
+    fake.hold.set()
+    status, _ = await probe
+    assert status == 202
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"open again")})
+    assert status == 202 and len(fake.submit_calls) == 3
