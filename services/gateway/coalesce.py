@@ -10,7 +10,10 @@ flight, a lone vertex goes out at once in a call of its own. At most
 for one of them to end and then goes out together, so that the calls per vertex
 fall as the load rises (each call costs CPU in both processes, whatever its
 size). At most :data:`MAX_PENDING_VERTICES` vertices wait for an answer; more
-are refused at once (429 overloaded). Each submitter gets its own vertices' answers.
+are refused at once (429 overloaded), and so is every submission while a call
+has waited :data:`SLOW_CALL_S` for its answer (the gateway asks
+:meth:`Coalescer.oldest_call_age`) and every group still queued after as long.
+Each submitter gets its own vertices' answers.
 
 Trace context: a call carries the first group's context (as a single
 submission's call did), and, when it holds several groups of which one is
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +53,10 @@ MAX_CALL_VERTICES = 256
 MAX_CALL_BYTES = 8 * 1024 * 1024
 #: Calls to consensus in flight at once; later submissions wait and go out together.
 MAX_CALLS_IN_FLIGHT = 2
+#: A call to consensus unanswered for this long means consensus is behind (an answer
+#: only says whether the vertices were admitted to its pool, which takes milliseconds
+#: when it keeps up): new submissions are refused at once until it answers.
+SLOW_CALL_S = 0.25
 #: Vertices handed to the coalescer and not yet answered by consensus (queued or in a
 #: call); a submission beyond it is refused at once (429 overloaded) rather than
 #: queued behind a consensus service that is not keeping up.
@@ -65,6 +73,8 @@ class _Group:
     context: otel_context.Context
     #: The submitter's sampled trace context ("" when not sampled).
     traceparent: str = field(default="")
+    #: In a call (no longer refused for waiting too long in the queue).
+    sent: bool = False
 
 
 class Coalescer:
@@ -76,8 +86,11 @@ class Coalescer:
         max_bytes: int = MAX_CALL_BYTES,
         max_in_flight: int = MAX_CALLS_IN_FLIGHT,
         max_pending: int = MAX_PENDING_VERTICES,
+        max_queue_wait_s: float = SLOW_CALL_S,
     ) -> None:
         self._consensus = consensus
+        #: A group still queued (both calls in flight) after this long is refused (429).
+        self._max_queue_wait_s = max_queue_wait_s
         self._max_pending = max_pending
         #: Vertices submitted here and not answered yet.
         self._pending = 0
@@ -86,6 +99,8 @@ class Coalescer:
         self._max_in_flight = max_in_flight
         self._queue: deque[_Group] = deque()
         self._in_flight = 0
+        #: When each call in flight started (monotonic), oldest first.
+        self._calls_started: list[float] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_supported = True
@@ -123,10 +138,32 @@ class Coalescer:
         self._queue.append(group)
         self._pending += len(vertices)
         self._schedule()
+        expiry = loop.call_later(self._max_queue_wait_s, self._expire, group)
         try:
             return await group.future
         finally:
+            expiry.cancel()
             self._pending -= len(vertices)
+
+    def _expire(self, group: _Group) -> None:
+        """A group that waited its time in the queue without a call: refused (the
+        sender skips it)."""
+        if group.sent or group.future.done():
+            return
+        metrics.CONSENSUS_SUBMIT_SHED.inc(len(group.vertices))
+        group.future.set_exception(
+            ApiError(
+                "overloaded",
+                f"waited {self._max_queue_wait_s * 1000:.0f} ms at this node for a call to "
+                "consensus; retry with backoff",
+            )
+        )
+
+    def oldest_call_age(self) -> float:
+        """Seconds the oldest call in flight has waited for consensus (0 when none)."""
+        if not self._calls_started:
+            return 0.0
+        return time.monotonic() - self._calls_started[0]
 
     def _schedule(self) -> None:
         if not self._scheduled and self._queue and self._in_flight < self._max_in_flight:
@@ -150,6 +187,7 @@ class Coalescer:
                     or size + group.size > self._max_bytes
                 ):
                     break
+                group.sent = True
                 groups.append(self._queue.popleft())
                 count += len(group.vertices)
                 size += group.size
@@ -162,6 +200,8 @@ class Coalescer:
 
     async def _send(self, groups: list[_Group]) -> None:
         token = otel_context.attach(groups[0].context)
+        started = time.monotonic()
+        self._calls_started.append(started)
         try:
             answers = await self._call(groups)
         except ApiError as exc:  # the call failed: every vertex of it alike
@@ -174,6 +214,7 @@ class Coalescer:
             return
         finally:
             otel_context.detach(token)
+            self._calls_started.remove(started)
             self._in_flight -= 1
             self._schedule()
         at = 0

@@ -26,7 +26,7 @@ from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, shape_error, signed_digest, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
-from services.gateway.coalesce import MAX_CALL_VERTICES, Coalescer
+from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer
 from services.gateway.codec import Draft
 from services.gateway.errors import ApiError
 from services.gateway.finality import FinalityHub, Outcome
@@ -54,6 +54,9 @@ class Limits:
     #: After consensus refused a vertex as overloaded, new submissions are refused
     #: here for this long without any work (no signing, no call to consensus).
     shed_hold_s: float = 0.1
+    #: While a call to consensus has waited this long for its answer, new submissions
+    #: are refused at once (429 overloaded) instead of queueing behind it.
+    slow_call_s: float = SLOW_CALL_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +183,13 @@ class Gateway:
             return ApiError(
                 "overloaded",
                 "consensus at this node is behind its offered load; retry with backoff",
+            )
+        waited = self._coalescer.oldest_call_age()
+        if waited > self._limits.slow_call_s:
+            return ApiError(
+                "overloaded",
+                f"consensus at this node has not answered a submission for {waited * 1000:.0f} "
+                "ms; retry with backoff",
             )
         return None
 

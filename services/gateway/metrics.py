@@ -56,7 +56,8 @@ CONSENSUS_SUBMIT_CALLS = Counter(
 CONSENSUS_SUBMIT_SHED = Counter(
     "cretoai_gateway_consensus_submit_shed_total",
     "Vertices refused (429 overloaded) without a call to consensus, because too many "
-    "were already waiting for its answer (services/gateway/coalesce.py)",
+    "were already waiting for its answer, or because they waited SLOW_CALL_S in the queue "
+    "for a call (services/gateway/coalesce.py)",
 )
 CONSENSUS_SUBMIT_CALL_VERTICES = Histogram(
     "cretoai_gateway_consensus_submit_call_vertices",

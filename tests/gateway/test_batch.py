@@ -12,6 +12,7 @@ import base64
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -77,6 +78,14 @@ async def post_raw(node: Node, path: str, data: bytes) -> tuple[int, Any, aiohtt
         timeout=aiohttp.ClientTimeout(total=TIMEOUT),
     ) as resp:
         return resp.status, await resp.json(), resp
+
+
+def patient(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway waits for a consensus call held by the test however long it takes (it
+    would otherwise refuse new submissions once the call is slow)."""
+    gateway = node.gateway.gateway
+    monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=3600.0))
+    monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 3600.0)
 
 
 # ---------------------------------------------------------------------------- REST
@@ -285,6 +294,7 @@ async def test_submissions_arriving_while_calls_are_in_flight_go_out_together(
     """At most two calls in flight: the HTTP submissions arriving meanwhile wait and then
     share the next call(s)."""
     fake = node.consensus
+    patient(node, monkeypatch)
     fake.hold = asyncio.Event()
     coalescer = node.gateway.gateway._coalescer
     queued = asyncio.Event()
@@ -406,6 +416,7 @@ async def test_submissions_beyond_the_pending_bound_are_refused_at_once(
     the next submission gets 429 at once (no call, no queueing), and the held ones are
     answered when consensus is."""
     fake = node.consensus
+    patient(node, monkeypatch)
     fake.hold = asyncio.Event()
     coalescer = node.gateway.gateway._coalescer
     monkeypatch.setattr(coalescer, "_max_pending", 4)
@@ -427,7 +438,7 @@ async def test_submissions_beyond_the_pending_bound_are_refused_at_once(
 
 
 async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_429_at_once(
-    node: Node,
+    node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Consensus said overloaded: for the hold, submissions are refused without reading
     their body; then one submission (the probe) goes to consensus while the others are
@@ -435,6 +446,7 @@ async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_42
     opens."""
     fake = node.consensus
     gateway = node.gateway.gateway
+    patient(node, monkeypatch)
     fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
     status, reply = await node.post("/v1/vertices", {"payload": b64(b"refused")})
     assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
@@ -457,3 +469,56 @@ async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_42
     assert status == 202
     status, _ = await node.post("/v1/vertices", {"payload": b64(b"open again")})
     assert status == 202 and len(fake.submit_calls) == 3
+
+
+async def test_while_a_call_to_consensus_is_slow_new_submissions_get_429_at_once(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consensus that has not answered a call for slow_call_s is behind: the next
+    submission is refused at once (no call, no queueing), and once the call is
+    answered submissions go through again."""
+    fake = node.consensus
+    gateway = node.gateway.gateway
+    monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=0.05))
+    fake.hold = asyncio.Event()
+    held = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held")}))
+    await fake.wait_for(lambda: len(fake.submit_calls) == 1)
+    coalescer = gateway._coalescer
+    await asyncio.sleep(0.06)  # the threshold is time itself: let it pass
+    assert coalescer.oldest_call_age() > 0.05
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"behind a slow call")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert "has not answered a submission for" in reply["error"]["message"]
+    assert len(fake.submit_calls) == 1 and not held.done()
+    fake.hold.set()
+    assert (await held)[0] == 202
+    assert coalescer.oldest_call_age() == 0.0
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"answered again")})
+    assert status == 202 and len(fake.submit_calls) == 2
+
+
+async def test_a_submission_queued_behind_calls_that_do_not_end_is_refused_in_time(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both calls in flight and held: a submission queued behind them gets 429 once it
+    waited max_queue_wait_s, without a call; the held ones are still answered."""
+    fake = node.consensus
+    patient(node, monkeypatch)
+    coalescer = node.gateway.gateway._coalescer
+    monkeypatch.setattr(coalescer, "_max_queue_wait_s", 0.05)
+    fake.hold = asyncio.Event()
+    held = []
+    for i in range(2):
+        held.append(
+            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
+        )
+        await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
+    shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"queued")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert "waited 50 ms at this node for a call to consensus" in reply["error"]["message"]
+    assert len(fake.submit_calls) == 2 and not any(task.done() for task in held)
+    assert sample("cretoai_gateway_consensus_submit_shed_total") == shed_before + 1
+    fake.hold.set()
+    assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
+    assert len(fake.submit_calls) == 2  # the refused one was never sent
