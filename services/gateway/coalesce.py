@@ -10,9 +10,10 @@ flight, a lone vertex goes out at once in a call of its own. At most
 for one of them to end and then goes out together, so that the calls per vertex
 fall as the load rises (each call costs CPU in both processes, whatever its
 size). At most :data:`MAX_PENDING_VERTICES` vertices wait for an answer; more
-are refused at once (429 overloaded), and so is every submission while a call
-has waited :data:`SLOW_CALL_S` for its answer (the gateway asks
-:meth:`Coalescer.oldest_call_age`) and every group still queued after as long.
+are refused at once (429 overloaded), and, while consensus said overloaded
+lately, so is every submission while a call has waited :data:`SLOW_CALL_S` for
+its answer (the gateway asks :meth:`Coalescer.oldest_call_age`) and every group
+still queued after as long.
 Each submitter gets its own vertices' answers.
 
 Trace context: a call carries the first group's context (as a single
@@ -30,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
@@ -75,6 +76,8 @@ class _Group:
     traceparent: str = field(default="")
     #: In a call (no longer refused for waiting too long in the queue).
     sent: bool = False
+    #: The timer that refuses it if it waits too long in the queue.
+    expiry: asyncio.TimerHandle | None = None
 
 
 class Coalescer:
@@ -87,10 +90,14 @@ class Coalescer:
         max_in_flight: int = MAX_CALLS_IN_FLIGHT,
         max_pending: int = MAX_PENDING_VERTICES,
         max_queue_wait_s: float = SLOW_CALL_S,
+        impatient: Callable[[], bool] = lambda: True,
     ) -> None:
         self._consensus = consensus
-        #: A group still queued (both calls in flight) after this long is refused (429).
+        #: A group still queued (both calls in flight) after this long is refused (429),
+        #: while ``impatient()`` (consensus said overloaded lately): otherwise a long
+        #: wait is a load spike, and the group waits on.
         self._max_queue_wait_s = max_queue_wait_s
+        self._impatient = impatient
         self._max_pending = max_pending
         #: Vertices submitted here and not answered yet.
         self._pending = 0
@@ -138,17 +145,22 @@ class Coalescer:
         self._queue.append(group)
         self._pending += len(vertices)
         self._schedule()
-        expiry = loop.call_later(self._max_queue_wait_s, self._expire, group)
+        group.expiry = loop.call_later(self._max_queue_wait_s, self._expire, group)
         try:
             return await group.future
         finally:
-            expiry.cancel()
+            group.expiry.cancel()
             self._pending -= len(vertices)
 
     def _expire(self, group: _Group) -> None:
         """A group that waited its time in the queue without a call: refused (the
         sender skips it)."""
         if group.sent or group.future.done():
+            return
+        if not self._impatient():
+            group.expiry = asyncio.get_running_loop().call_later(
+                self._max_queue_wait_s, self._expire, group
+            )
             return
         metrics.CONSENSUS_SUBMIT_SHED.inc(len(group.vertices))
         group.future.set_exception(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import Executor
@@ -43,6 +44,10 @@ MAX_PAGE = 100
 PAGE_BYTES = 4 * 1024 * 1024
 #: Batches read from storage per request while filling a page.
 READ_CHUNK = 16
+
+
+#: How long after consensus answered overloaded a slow call means overload too.
+IMPATIENT_S = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,7 +166,7 @@ class Gateway:
         self._key = key
         self._consensus = consensus
         #: Every submission to consensus goes through it (few calls for many vertices).
-        self._coalescer = coalescer or Coalescer(consensus)
+        self._coalescer = coalescer or Coalescer(consensus, impatient=self._impatient)
         self._storage = storage
         self._pool = pool
         self._limits = limits
@@ -176,6 +181,8 @@ class Gateway:
         #: refused at once, not queued behind it.
         self._shedding = False
         self._probing = False
+        #: When consensus last answered overloaded (monotonic).
+        self._overloaded_at = -math.inf
 
     def shedding(self) -> ApiError | None:
         """The 429 to answer at once, without any work, while this gateway sheds load."""
@@ -185,13 +192,19 @@ class Gateway:
                 "consensus at this node is behind its offered load; retry with backoff",
             )
         waited = self._coalescer.oldest_call_age()
-        if waited > self._limits.slow_call_s:
+        if waited > self._limits.slow_call_s and self._impatient():
             return ApiError(
                 "overloaded",
                 f"consensus at this node has not answered a submission for {waited * 1000:.0f} "
                 "ms; retry with backoff",
             )
         return None
+
+    def _impatient(self) -> bool:
+        """Whether consensus answered overloaded within the last IMPATIENT_S: a slow
+        call, or a long wait for one, then means the same; at other times it is a load
+        spike, and refusing would only cost throughput."""
+        return time.monotonic() - self._overloaded_at < IMPATIENT_S
 
     def refuse_if_shedding(self, api: str) -> None:
         """Raise (and count) the 429 of :meth:`shedding` for one submission, if any: the
@@ -357,6 +370,7 @@ class Gateway:
             if probe:
                 self._probing = False
         if any(isinstance(r, ApiError) and r.code == "overloaded" for r in replies):
+            self._overloaded_at = time.monotonic()
             self._shed()
         elif probe:
             self._shedding = False

@@ -80,6 +80,20 @@ async def post_raw(node: Node, path: str, data: bytes) -> tuple[int, Any, aiohtt
         return resp.status, await resp.json(), resp
 
 
+async def said_overloaded(node: Node) -> None:
+    """Consensus answers one submission overloaded (the gateway is impatient for a while
+    after); the hold that follows is ended here rather than slept through, and the
+    probe after it is admitted."""
+    fake = node.consensus
+    fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"said overloaded")})
+    assert status == 429
+    fake.submit_error = None
+    node.gateway.gateway._shed_until = 0.0
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"probe admitted")})
+    assert status == 202
+
+
 def patient(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway waits for a consensus call held by the test however long it takes (it
     would otherwise refuse new submissions once the call is slow)."""
@@ -474,38 +488,69 @@ async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_42
 async def test_while_a_call_to_consensus_is_slow_new_submissions_get_429_at_once(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A consensus that has not answered a call for slow_call_s is behind: the next
-    submission is refused at once (no call, no queueing), and once the call is
-    answered submissions go through again."""
+    """Right after consensus said overloaded, a call it has not answered for slow_call_s
+    means it is behind: the next submission is refused at once (no call, no queueing),
+    and once the call is answered submissions go through again."""
     fake = node.consensus
     gateway = node.gateway.gateway
     monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=0.05))
+    await said_overloaded(node)
     fake.hold = asyncio.Event()
     held = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held")}))
-    await fake.wait_for(lambda: len(fake.submit_calls) == 1)
+    await fake.wait_for(lambda: len(fake.submit_calls) == 3)
     coalescer = gateway._coalescer
     await asyncio.sleep(0.06)  # the threshold is time itself: let it pass
     assert coalescer.oldest_call_age() > 0.05
     status, reply = await node.post("/v1/vertices", {"payload": b64(b"behind a slow call")})
     assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
     assert "has not answered a submission for" in reply["error"]["message"]
-    assert len(fake.submit_calls) == 1 and not held.done()
+    assert len(fake.submit_calls) == 3 and not held.done()
     fake.hold.set()
     assert (await held)[0] == 202
     assert coalescer.oldest_call_age() == 0.0
     status, _ = await node.post("/v1/vertices", {"payload": b64(b"answered again")})
-    assert status == 202 and len(fake.submit_calls) == 2
+    assert status == 202 and len(fake.submit_calls) == 4
 
 
 async def test_a_submission_queued_behind_calls_that_do_not_end_is_refused_in_time(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both calls in flight and held: a submission queued behind them gets 429 once it
-    waited max_queue_wait_s, without a call; the held ones are still answered."""
+    """Right after consensus said overloaded, with both calls in flight and held: a
+    submission queued behind them gets 429 once it waited max_queue_wait_s, without a
+    call; the held ones are still answered."""
     fake = node.consensus
     patient(node, monkeypatch)
     coalescer = node.gateway.gateway._coalescer
     monkeypatch.setattr(coalescer, "_max_queue_wait_s", 0.05)
+    await said_overloaded(node)
+    fake.hold = asyncio.Event()
+    held = []
+    for i in range(2):
+        held.append(
+            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
+        )
+        await fake.wait_for(lambda: len(fake.submit_calls) == 2 + len(held))
+    shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"queued")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert "waited 50 ms at this node for a call to consensus" in reply["error"]["message"]
+    assert len(fake.submit_calls) == 4 and not any(task.done() for task in held)
+    assert sample("cretoai_gateway_consensus_submit_shed_total") == shed_before + 1
+    fake.hold.set()
+    assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
+    assert len(fake.submit_calls) == 4  # the refused one was never sent
+
+
+async def test_a_slow_call_without_an_overload_is_waited_for(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consensus has not said overloaded: a slow call is a load spike. A submission
+    arriving meanwhile is not refused, and one queued behind held calls waits past
+    max_queue_wait_s for its call."""
+    fake = node.consensus
+    gateway = node.gateway.gateway
+    monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=0.02))
+    monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 0.02)
     fake.hold = asyncio.Event()
     held = []
     for i in range(2):
@@ -513,12 +558,10 @@ async def test_a_submission_queued_behind_calls_that_do_not_end_is_refused_in_ti
             asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
         )
         await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
-    shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
-    status, reply = await node.post("/v1/vertices", {"payload": b64(b"queued")})
-    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
-    assert "waited 50 ms at this node for a call to consensus" in reply["error"]["message"]
-    assert len(fake.submit_calls) == 2 and not any(task.done() for task in held)
-    assert sample("cretoai_gateway_consensus_submit_shed_total") == shed_before + 1
+    queued = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"queued")}))
+    await asyncio.sleep(0.1)  # five times both thresholds: time itself is the condition
+    assert gateway._coalescer.oldest_call_age() > 0.02 and not queued.done()
     fake.hold.set()
-    assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
-    assert len(fake.submit_calls) == 2  # the refused one was never sent
+    replies = await asyncio.gather(*held, queued)
+    assert [status for status, _ in replies] == [202] * 3, replies
+    assert len(fake.submit_calls) == 3
