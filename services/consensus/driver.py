@@ -64,7 +64,7 @@ from services.consensus.core.messages import (
 )
 from services.consensus.core.ready import Committed, Ready, ServeState
 from services.consensus.core.replica import ConsensusHalted, ProposeResult, Replica
-from services.consensus.core.reputation import FaultKind
+from services.consensus.core.reputation import PENALTY, FaultKind
 from services.consensus.executor import Executed, Executor
 from services.consensus.feed import FinalizedFeed
 from services.consensus.link import TransportLink
@@ -567,7 +567,7 @@ class Driver:
             self._background(self._record_evidence(evidence))
         for fault in rd.faults:
             BYZANTINE.labels(self.names[fault.peer], fault.kind.value).inc()
-            self._log_fault(fault.peer, fault.kind.value)
+            self._log_fault(fault.peer, fault.kind)
         for peer in rd.bans:
             BANS.inc()
             log.warning(
@@ -611,12 +611,15 @@ class Driver:
         """The log fields of where the replica is: its view and last executed seq."""
         return {"view": self.replica.view, "seq": self.replica.last_executed}
 
-    def _log_fault(self, peer: int, kind: str) -> None:
-        """A fault charged to ``peer``: logged at its 1st, 2nd, 4th, 8th... occurrence."""
-        seen = self._faults_seen[peer, kind] = self._faults_seen[peer, kind] + 1
+    def _log_fault(self, peer: int, kind: FaultKind) -> None:
+        """A fault charged to ``peer``: logged at its 1st, 2nd, 4th, 8th... occurrence; as a
+        warning when it costs reputation, else (a stale or out-of-window message, which
+        honest peers send when retransmissions cross) at info."""
+        seen = self._faults_seen[peer, kind.value] = self._faults_seen[peer, kind.value] + 1
         if seen & (seen - 1) == 0:
-            fields = {**self._where(), "peer": self.names[peer], "kind": kind, "count": seen}
-            log.warning("fault charged to peer", extra={"fields": fields})
+            fields = {**self._where(), "peer": self.names[peer], "kind": kind.value, "count": seen}
+            level = logging.WARNING if PENALTY[kind] else logging.INFO
+            log.log(level, "fault charged to peer", extra={"fields": fields})
 
     def _log_state_request(self, peer: int | None, request: StateRequestEnvelope) -> None:
         fields = {
