@@ -48,6 +48,13 @@ EXECUTE_SECONDS = Histogram(
     "Time to execute one batch (validity checks and the storage write)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+STORAGE_COMMITS = Counter(
+    "cretoai_consensus_storage_commits_total",
+    "Batches committed to storage, by form: reference (named by the voted record), "
+    "full (an empty batch), fallback (the vertices sent after storage refused the "
+    "reference)",
+    ["form"],
+)
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 #: Storage's answers to a reference that sending the vertices may get past.
@@ -204,9 +211,11 @@ class Executor:
                     },
                 )
             else:
+                STORAGE_COMMITS.labels("reference").inc()
                 return response
         request = storage_pb2.CommitBatchRequest(batch=batch, results=results)
         full: storage_pb2.CommitBatchResponse = await call_until_done(
             lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
         )
+        STORAGE_COMMITS.labels("fallback" if committed.requests else "full").inc()
         return full

@@ -46,6 +46,15 @@ CLIENT = NodeKey(
 )
 
 
+def commits() -> dict[str, float]:
+    """The executor's count of commits by form."""
+    out = {}
+    for form in ("reference", "full", "fallback"):
+        value = REGISTRY.get_sample_value("cretoai_consensus_storage_commits_total", {"form": form})
+        out[form] = 0.0 if value is None else value
+    return out
+
+
 def refusals() -> dict[str, float]:
     out = {}
     for check in ("reference", "digest"):
@@ -182,10 +191,11 @@ async def test_a_batch_the_replica_voted_for_is_committed_by_reference(node: Nod
     for _ in range(3):
         committed = chain.next(4)
         await node.vote(committed)
-        before = refusals()
+        before, counted = refusals(), commits()
         executed = await node.executor.execute(committed)
         assert node.calls.take() == [("reference", "OK")]
         assert refusals() == before
+        assert commits() == {**counted, "reference": counted["reference"] + 1}
         await check_stored(node, committed, executed)
         assert not executed.batch.rejected
     assert node.executor.seq == 3
@@ -231,10 +241,11 @@ async def test_a_record_deleted_by_garbage_collection_before_execution_falls_bac
     await node.storage.stub.WriteState(
         storage_pb2.WriteStateRequest(deletes=[durable.batch_key(committed.digest).encode()])
     )
-    before = refusals()
+    before, counted = refusals(), commits()
     executed = await node.executor.execute(committed)
     assert node.calls.take() == [("reference", "FAILED_PRECONDITION"), ("full", "OK")]
     assert refusals() == {**before, "reference": before["reference"] + 1}
+    assert commits() == {**counted, "fallback": counted["fallback"] + 1}
     await check_stored(node, committed, executed)
 
 
@@ -266,8 +277,10 @@ async def test_a_record_that_does_not_match_the_batch_falls_back_with_a_warning(
 
 async def test_an_empty_batch_is_sent_in_full(node: Node) -> None:
     chain = Chain()
+    counted = commits()
     executed = await node.executor.execute(chain.committed([]))
     assert node.calls.take() == [("full", "OK")]
+    assert commits() == {**counted, "full": counted["full"] + 1}
     assert executed.batch.seq == 1 and not executed.batch.vertices
 
 
