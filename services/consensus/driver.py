@@ -323,8 +323,7 @@ class Driver:
             # here and sleep through them (an idle node wakes a few times a second, not a
             # hundred), unless an input comes first: ``_apply`` then counts those due
             # and wakes us to decide again.
-            self.replica.tick()
-            self._tick_began.append(self._clock())
+            self._tick(self._clock())
             if idle > 1:
                 self._idle_from, self._idle_ticks = self._clock(), idle - 1
                 self._idle_wake.clear()
@@ -342,9 +341,14 @@ class Driver:
         if not every:
             due = min(due, int((self._clock() - start) / self._tick_s))
         for i in range(1, due + 1):
-            self.replica.tick()
-            self._tick_began.append(start + i * self._tick_s)
+            self._tick(start + i * self._tick_s)
         self._idle_from = None
+
+    def _tick(self, began: float) -> None:
+        """One tick of the replica, which began at ``began`` (clock), remembered for
+        :meth:`overloaded`."""
+        self.replica.tick()
+        self._tick_began.append(began)
 
     async def _on_inbound(self, envelope: transport_pb2.Envelope) -> None:
         sender = self._index.get(envelope.__getattribute__("from"))
@@ -445,8 +449,7 @@ class Driver:
             self._idle_wake.set()
         if isinstance(item, _Tick):
             self._tick_pending = False
-            self.replica.tick()
-            self._tick_began.append(self._clock())
+            self._tick(self._clock())
         elif isinstance(item, _Step):
             self.traces.received(item.envelope, item.arrived, item.carrier)
             self.replica.step(item.sender, item.envelope)

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import DecodeError
 
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
@@ -126,25 +127,29 @@ def resolve_reference(
         # caller falls back to the full form, so not a warning each time
         _count(refusal, batch.seq, logging.DEBUG)
         raise refusal
-    try:
-        voted = pbft_pb2.VotedBatch.FromString(raw)
-        vertices = batch.vertices
-        for i, body in enumerate(voted.request_bodies):
-            try:
-                vertices.add().ParseFromString(body)
-            except DecodeError as exc:
-                raise Refused(
-                    "reference", f"{origin}: request_bodies[{i}] is not a vertex ({exc})"
-                ) from None
-    except DecodeError as exc:
-        refusal = Refused("reference", f"{origin}: not a VotedBatch ({exc})")
-    except Refused as exc:
-        refusal = exc
-    else:
+    unreadable = _parse_voted_into(batch.vertices, raw, origin)
+    if unreadable is None:
         return origin
     del batch.vertices[:]
-    _count(refusal, batch.seq)
-    raise refusal
+    _count(unreadable, batch.seq)
+    raise unreadable
+
+
+def _parse_voted_into(
+    vertices: RepeatedCompositeFieldContainer[vertex_pb2.Vertex], raw: bytes, origin: str
+) -> Refused | None:
+    """Parse the VotedBatch ``raw`` into ``vertices`` (a repeated field, in place: no copy
+    of the bodies); why it is not a batch of vertices, if it is not."""
+    try:
+        bodies = pbft_pb2.VotedBatch.FromString(raw).request_bodies
+    except DecodeError as exc:
+        return Refused("reference", f"{origin}: not a VotedBatch ({exc})")
+    for i, body in enumerate(bodies):
+        try:
+            vertices.add().ParseFromString(body)
+        except DecodeError as exc:
+            return Refused("reference", f"{origin}: request_bodies[{i}] is not a vertex ({exc})")
+    return None
 
 
 def check_certificate_fields(batch: vertex_pb2.FinalizedBatch) -> None:

@@ -10,42 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 
-import grpc
-
-from cretoai.crypto.backend import get_backend
-from cretoai.v1 import storage_pb2_grpc
 from services.consensus.core.config import Config
-from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
 from services.consensus.core.messages import Request
-from services.consensus.core.replica import ProposeResult, Replica
+from services.consensus.core.replica import ProposeResult
 from services.consensus.driver import Driver, _Propose, _Tick
-from services.consensus.feed import FinalizedFeed
-from services.consensus.verify import Verifier
+from tests.support.driver import unstarted_driver
 
 TICK_MS = 10
 
 
 def make_driver() -> Driver:
-    backend = get_backend("auto")
-    keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(4)]
-    public = [key.public_key for key in keys]
     # Replica 1, a backup: a request it takes stays pending (its primary never answers).
-    config = Config(n=4, replica_id=1, status_interval=20)
-    replica = Replica(config, signer=MlDsaSigner(keys[1]), verifier=MlDsaVerifier(public, backend))
-    storage = storage_pb2_grpc.StorageStub(grpc.aio.insecure_channel("127.0.0.1:9"))
-    return Driver(
-        replica=replica,
-        public_keys=public,
-        storage=storage,
-        transport_target="127.0.0.1:9",
-        verifier=Verifier(backend, threads=1),
-        feed=FinalizedFeed(storage),
-        tick_ms=TICK_MS,
-        pending_max=100,
-    )
+    return unstarted_driver(Config(n=4, replica_id=1, status_interval=20), tick_ms=TICK_MS)
 
 
 class Harness:

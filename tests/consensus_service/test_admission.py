@@ -12,19 +12,12 @@ are applied as its task would apply them, and the wall clock is the test's.
 from __future__ import annotations
 
 import asyncio
-import os
 
-import grpc
-
-from cretoai.crypto.backend import get_backend
-from cretoai.v1 import storage_pb2_grpc
 from services.consensus.core.config import Config
-from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
 from services.consensus.core.messages import Request
-from services.consensus.core.replica import ProposeResult, Replica
+from services.consensus.core.replica import ProposeResult
 from services.consensus.driver import _TICK, Driver, _Propose
-from services.consensus.feed import FinalizedFeed
-from services.consensus.verify import Verifier
+from tests.support.driver import unstarted_driver
 
 TICK_MS = 10
 ADMISSION_TICKS = 100  # 1 s
@@ -39,24 +32,9 @@ class Clock:
 
 
 def make_driver(clock: Clock) -> Driver:
-    backend = get_backend("auto")
-    keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(4)]
-    public = [key.public_key for key in keys]
     # Replica 1 is a backup in view 0: a request it takes stays pending (forwarded).
     config = Config(n=4, replica_id=1, request_timeout=400, admission_max_wait=ADMISSION_TICKS)
-    replica = Replica(config, signer=MlDsaSigner(keys[1]), verifier=MlDsaVerifier(public, backend))
-    storage = storage_pb2_grpc.StorageStub(grpc.aio.insecure_channel("127.0.0.1:9"))
-    return Driver(
-        replica=replica,
-        public_keys=public,
-        storage=storage,
-        transport_target="127.0.0.1:9",
-        verifier=Verifier(backend, threads=1),
-        feed=FinalizedFeed(storage),
-        tick_ms=TICK_MS,
-        pending_max=100,
-        clock=clock,
-    )
+    return unstarted_driver(config, tick_ms=TICK_MS, clock=clock)
 
 
 def propose(driver: Driver, name: bytes) -> ProposeResult:

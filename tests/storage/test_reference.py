@@ -13,19 +13,15 @@ from prometheus_client import REGISTRY
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import signed_digest
 from devkit.storage import certificate, commit_request, make_config, vertex_hash
+from services.storage import keys
 from tests.storage.support import Dag, RawDb, Running, collect, make_vertex, start_service
 from tests.storage.test_commit import Forgery, _forgeries, expect, get, stats
 
 #: Every column family but the consensus state (where the by-reference side holds the
-#: VotedBatch records the full side never wrote).
+#: VotedBatch records the full side never wrote) and the evidence.
 BATCH_CFS = (
-    "default",
-    "vertices",
-    "metadata",
-    "edges",
-    "index_height",
-    "index_timestamp",
-    "finalized",
+    keys.DEFAULT,
+    *(cf for cf in keys.COLUMN_FAMILIES if cf not in (keys.CONSENSUS_STATE, keys.EVIDENCE)),
 )
 
 

@@ -1,0 +1,50 @@
+"""A consensus driver that is not started, around a real replica with real ML-DSA-87 keys.
+
+Tests apply its inputs as the replica task would; its storage and transport targets are
+never called (the channel connects lazily, to a port nothing listens on).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+
+from cretoai.crypto.backend import get_backend
+from cretoai.v1 import storage_pb2_grpc
+from services.consensus.core.config import Config
+from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
+from services.consensus.core.replica import Replica
+from services.consensus.driver import Driver
+from services.consensus.feed import FinalizedFeed
+from services.consensus.verify import Verifier
+
+NOWHERE = "127.0.0.1:9"
+
+
+def unstarted_driver(
+    config: Config, *, tick_ms: int, clock: Callable[[], float] = time.monotonic
+) -> Driver:
+    """A driver for replica ``config.replica_id`` of ``config.n``, each with a fresh key."""
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(config.n)]
+    public = [key.public_key for key in keys]
+    replica = Replica(
+        config,
+        signer=MlDsaSigner(keys[config.replica_id]),
+        verifier=MlDsaVerifier(public, backend),
+    )
+    storage = storage_pb2_grpc.StorageStub(grpc.aio.insecure_channel(NOWHERE))
+    return Driver(
+        replica=replica,
+        public_keys=public,
+        storage=storage,
+        transport_target=NOWHERE,
+        verifier=Verifier(backend, threads=1),
+        feed=FinalizedFeed(storage),
+        tick_ms=tick_ms,
+        pending_max=100,
+        clock=clock,
+    )
