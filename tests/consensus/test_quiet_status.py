@@ -8,7 +8,7 @@ import random
 from dataclasses import replace
 
 from services.consensus.core.messages import RequestsEnvelope, StatusEnvelope
-from tests.consensus.harness import BASE, Cluster, request
+from tests.consensus.harness import BASE, Cluster, request, wire
 
 INTERVAL = BASE.status_interval
 HEARTBEAT = INTERVAL * BASE.status_quiet_intervals
@@ -218,3 +218,25 @@ def test_status_quiet_intervals_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="status_quiet_intervals"):
         replace(BASE, status_quiet_intervals=0)
+
+
+def test_a_byzantine_peer_lying_in_its_status_cannot_quiet_or_flood_the_others() -> None:
+    """Replica 2 claims, every tick, to have executed far ahead. The others stay loud (a
+    STATUS every interval, never more: lies do not multiply their traffic), and a lagging
+    honest replica is still repaired: a lie can keep them from being quiet, never make
+    them quiet when one of them needs repair."""
+    c = Cluster(4)
+    c.tick(2 * HEARTBEAT)
+    lie = wire(StatusEnvelope(view=0, active=True, last_executed=10_000, stable_seq=0))
+    c.blocked = lambda src, dst, env: dst == 3  # replica 3 misses the batch
+    c.propose(0, request(0))
+    c.tick(1)
+    c.blocked = None
+    start = c.now
+    for _ in range(3 * INTERVAL):
+        for dst in (0, 1, 3):
+            c.inject(2, dst, lie)
+        c.tick(1)
+    assert len(c.log(3)) == 1
+    for honest in (0, 1, 3):
+        assert 1 <= len(statuses(c, honest, since=start + 1)) <= 3
