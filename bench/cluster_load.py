@@ -185,6 +185,13 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
+def machine_steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to others while this VM wanted them, since boot
+    (/proc/stat steal; part of what :func:`machine_busy_seconds` counts as busy)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return int(fields[7]) / CLK_TCK if len(fields) > 7 else 0.0
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     with contextlib.suppress(OSError):
@@ -888,6 +895,8 @@ class Snapshot:
     metrics: dict[str, Scrape]
     #: CPU seconds of the trace receiver (tracing on), else 0.
     sink_cpu: float = 0.0
+    #: The machine's steal time (a VM: CPU its host gave to others), seconds since boot.
+    machine_steal: float = 0.0
 
 
 async def snapshot(cluster: Cluster, session: aiohttp.ClientSession) -> Snapshot:
@@ -905,6 +914,7 @@ async def snapshot(cluster: Cluster, session: aiohttp.ClientSession) -> Snapshot
         own_cpu=time.process_time(),
         metrics=metrics,
         sink_cpu=cluster.sink.cpu_seconds() if cluster.sink is not None else 0.0,
+        machine_steal=machine_steal_seconds(),
     )
 
 
@@ -1010,6 +1020,7 @@ class Sampler:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._previous: dict[str, tuple[float, float, float]] = {}
+        self._machine: tuple[float, float, float] | None = None  # (at, busy s, steal s)
 
     def start(self) -> None:
         self._tasks = [
@@ -1053,6 +1064,14 @@ class Sampler:
             scrapes = await scrape_all(self.session, urls)
             now = time.perf_counter()
             row: dict[str, Any] = {"t": round(now - self.t0, 1)}
+            busy, steal = machine_busy_seconds()[0], machine_steal_seconds()
+            if self._machine is not None and now > self._machine[0]:
+                span = now - self._machine[0]
+                row["machine"] = {
+                    "busy_cores": round((busy - self._machine[1]) / span, 2),
+                    "steal_cores": round((steal - self._machine[2]) / span, 2),
+                }
+            self._machine = (now, busy, steal)
             pids = self.cluster.pids()
             for node, snap in scrapes.items():
                 if not snap:
@@ -1253,7 +1272,8 @@ async def run_step(
     own_cores = (end.own_cpu - start.own_cpu) / seconds
     sink_cores = (end.sink_cpu - start.sink_cpu) / seconds
     busy_cores = (end.machine_busy - start.machine_busy) / seconds
-    others = busy_cores - cluster_cores - own_cores - sink_cores
+    steal_cores = (end.machine_steal - start.machine_steal) / seconds
+    others = busy_cores - steal_cores - cluster_cores - own_cores - sink_cores
     finalized_share = len(finalized_in_window) / len(in_window) if in_window else 0.0
     latency = summary_ms(latencies)
     p99 = latency["p99_ms"]
@@ -1324,6 +1344,7 @@ async def run_step(
             "cluster_cores": round(cluster_cores, 3),
             "generator_cores": round(own_cores, 3),
             "machine_busy_cores": round(busy_cores, 3),
+            "steal_cores": round(steal_cores, 3),
             "trace_receiver_cores": round(sink_cores, 3),
             "other_processes_cores": round(max(0.0, others), 3),
             "load_average_1m_before": round(load_before, 2),
@@ -1489,13 +1510,15 @@ async def idle_baseline(
         }
     cluster_cores = sum(n["cpu_cores"] for n in nodes.values())
     busy = (end.machine_busy - start.machine_busy) / elapsed
+    steal = (end.machine_steal - start.machine_steal) / elapsed
     own = (end.own_cpu - start.own_cpu) / elapsed
     return {
         "seconds": round(elapsed, 2),
         "nodes": nodes,
         "cluster_cores": round(cluster_cores, 3),
         "machine_busy_cores": round(busy, 3),
-        "other_processes_cores": round(max(0.0, busy - cluster_cores - own), 3),
+        "steal_cores": round(steal, 3),
+        "other_processes_cores": round(max(0.0, busy - steal - cluster_cores - own), 3),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -1836,6 +1859,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "window's submissions finalized; max_sustained_throughput is the highest offered "
             "load that meets all three",
             "cpu_cores": "utime+stime of the node's 4 service processes over the window / window",
+            "steal_cores": "the machine's steal time over the window / window (/proc/stat: CPU "
+            "the VM wanted and its host gave to others; counted in machine_busy_cores, not in "
+            "other_processes_cores); per second in cluster_series_per_s[*].machine",
             "rss_mb_max": "max over 1 s samples of the sum of the 4 processes' VmRSS",
             "cpu_ms_per_finalized_vertex": "CPU cores / finalized throughput, in ms: per node "
             "(nodes.*), per node and service (nodes.*.cpu_ms_per_finalized_vertex_by_service), "

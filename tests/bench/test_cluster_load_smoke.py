@@ -82,6 +82,11 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     assert received["spans"] > 0 and received["traces"] > 0, received
     assert {"cretoai-gateway", "cretoai-consensus"} <= set(received["by_service"]), received
     assert step["cpu"]["trace_receiver_cores"] >= 0
+    # the VM's steal time, over the step and per second (a stall can be the host's)
+    assert 0 <= step["cpu"]["steal_cores"] <= step["cpu"]["machine_busy_cores"]
+    assert result["idle_baseline"]["steal_cores"] >= 0
+    seconds = [row["machine"] for row in step["cluster_series_per_s"] if "machine" in row]
+    assert seconds and all(0 <= m["steal_cores"] <= m["busy_cores"] + 0.05 for m in seconds)
     # the per-stage breakdown (cretoai_consensus_stage_seconds) over the window
     assert set(STAGES) <= set(step["stages"]), step["stages"]
     for name in STAGES:
