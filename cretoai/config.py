@@ -103,6 +103,12 @@ class ConsensusSection:
     #: view's start, whichever is latest); at half of it the oldest waiting requests
     #: go to every replica. At most request_timeout_ms.
     progress_timeout_ms: int = 1_500
+    #: Period of STATUS (what a replica has executed; peers resend what it misses) and
+    #: of VIEW-CHANGE resends. Below progress_timeout_ms.
+    status_interval_ms: int = 200
+    #: A quiet replica (nothing pending, in step with every peer heard from lately)
+    #: sends an unchanged STATUS only every this many intervals (a heartbeat).
+    status_quiet_intervals: int = 5
     #: New submissions get 429 while a pending request waited longer than this
     #: (admission control: below request_timeout_ms, so overload sheds load instead
     #: of ending in relays and view changes). 0: a quarter of request_timeout_ms.
@@ -435,6 +441,8 @@ def _validate(cfg: NodeConfig) -> None:
         "view_change_timeout_ms",
         "request_timeout_ms",
         "progress_timeout_ms",
+        "status_interval_ms",
+        "status_quiet_intervals",
         "pool_max",
         "verify_threads",
         "max_inflight_batches",
@@ -451,6 +459,13 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(
             f"{src}: consensus.progress_timeout_ms: must be at most request_timeout_ms "
             f"({c.request_timeout_ms})"
+        )
+    if not c.tick_ms <= c.status_interval_ms < c.progress_timeout_ms:
+        raise ConfigError(
+            f"{src}: consensus.status_interval_ms: must be within [tick_ms, "
+            f"progress_timeout_ms) (tick_ms is {c.tick_ms}, progress_timeout_ms is "
+            f"{c.progress_timeout_ms}): a lost message is repaired through STATUS, which "
+            "must happen before the progress timer suspects an honest primary"
         )
     if c.watermark_window < c.checkpoint_interval:
         raise ConfigError(

@@ -70,6 +70,15 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["consensus"].update(progress_timeout_ms=4001),  # > request timeout
             "consensus.progress_timeout_ms",
         ),
+        (lambda d: d["consensus"].update(status_interval_ms=0), "consensus.status_interval_ms"),
+        (
+            lambda d: d["consensus"].update(status_interval_ms=1500),  # = progress timeout
+            "consensus.status_interval_ms",
+        ),
+        (
+            lambda d: d["consensus"].update(status_quiet_intervals=0),
+            "consensus.status_quiet_intervals",
+        ),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
     ],
 )
@@ -157,11 +166,16 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
     assert core.progress_timeout == 150  # the default 1.5 s (at most the request timeout)
     assert core.admission_max_wait == 38  # 0: a quarter of the request timeout, 375 ms
     assert core.transfer_max_bytes == 2 * 65536
+    assert (core.status_interval, core.status_quiet_intervals) == (20, 5)  # 200 ms, defaults
     _rewrite(
         node_config,
         lambda d: (
             d["consensus"].update(
-                admission_max_wait_ms=300, progress_timeout_ms=995, batch_max_bytes=1_048_576
+                admission_max_wait_ms=300,
+                progress_timeout_ms=995,
+                batch_max_bytes=1_048_576,
+                status_interval_ms=95,
+                status_quiet_intervals=1,
             ),
             d["transport"].update(max_frame_bytes=1_048_576 + FRAME_MARGIN_BYTES),
         ),
@@ -169,4 +183,5 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
     core = core_config(load_config(node_config, environ={}))
     assert core.admission_max_wait == 30
     assert core.progress_timeout == 100  # 995 ms in ticks of 10 ms, rounded up
+    assert (core.status_interval, core.status_quiet_intervals) == (10, 1)
     assert core.transfer_max_bytes == 1_048_576  # bounded by the transport's frame limit

@@ -56,7 +56,8 @@ def core_config(cfg: NodeConfig) -> Config:
             ticks(c.request_timeout_ms) - 1,
         )
         or None,
-        status_interval=ticks(200),
+        status_interval=ticks(c.status_interval_ms),
+        status_quiet_intervals=c.status_quiet_intervals,
         pool_max=c.pool_max,
         # two batches per transfer message, within the transport's frame limit
         transfer_max_bytes=max(
