@@ -64,7 +64,7 @@ message and call wakes a process, and that is what a batch pays. The gap between
 and the measured figure is what the model does not count (Python around the events in
 consensus and the gateway, HTTP, timers, metrics, tracing) or counts too cheaply.
 
-Every loop is bounded in count and time; about 75 s with the default ``--seconds 6``.
+Every loop is bounded in count and time; about 70 s with the default ``--seconds 6``.
 Writes ``bench/results/event_costs.json`` and prints the tables.
 """
 
