@@ -33,6 +33,10 @@ instead of the 10 ms tick; falls back to ``/proc/<pid>/stat``):
    persist; keys are consensus records' keys). Paced at ``--rate`` (every call wakes both
    processes) and closed loop. Per call: client CPU, storage CPU, latency p50/p99. The
    requests are built before the clock starts: the hop, not the protobuf building.
+   Beside it, the library's own floor: a **bare grpc.aio hop** (a server process with one
+   generic method, ``--bare-server``; 300 B in, 8 B out; no interceptors, no TLS) called
+   paced from the same client, with the context switches of all the server's threads per
+   call. Not in the model: it shows how much of a storage hop is grpc.aio itself.
 4. **A transport message** between two ``python -m services.transport`` processes over
    QUIC (``devkit.transport``), paced at ``--rate``: the client process writes one envelope
    per gRPC message on A's ``ExchangeBatches`` stream (as consensus's link does at low load)
@@ -85,6 +89,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from bench.transport_throughput import cpu_seconds as stat_cpu_seconds
 
@@ -168,6 +174,8 @@ LARGE_BYTES = 9_000
 STATUS_HASHES = 3
 MESSAGE_BYTES = {"5KB": 5_120, "8.3KB": 8_300}
 CLOSED_LOOP_MAX_CALLS = 5_000
+#: The bare server's one method (``--bare-server``).
+BARE_METHOD = "/bench.Bare/Call"
 WARMUP = 20
 #: How long the client may take to answer a command beyond its own time bound.
 CLIENT_SLACK_S = 60.0
@@ -634,6 +642,71 @@ async def _client_storage(command: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _client_bare(command: Mapping[str, Any]) -> dict[str, Any]:
+    """Calls to the bare server (``--bare-server``): grpc.aio itself, no interceptors, no
+    TLS, a 300-B request and an 8-byte answer."""
+    rate = float(command["rate"])
+    seconds = float(command["seconds"])
+    count = int(command["count"])
+    payload = os.urandom(SMALL_BYTES)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{command['port']}")
+    try:
+        call: Any = channel.unary_unary(BARE_METHOD)
+        for _ in range(WARMUP):
+            await call(payload, timeout=10)
+        _say("ready")
+        await _stdin_line()
+        latencies: list[float] = []
+        cpu0 = time.process_time()
+        started = time.perf_counter()
+        until = started + seconds
+        for i in range(count):
+            if rate > 0:
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if time.perf_counter() > until:
+                break
+            t0 = time.perf_counter()
+            await call(payload, timeout=10)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+    finally:
+        await channel.close()
+    return {
+        "calls": len(latencies),
+        "elapsed_s": elapsed,
+        "client_cpu_s": cpu,
+        "latency_ms": latency_ms(latencies),
+        "request_bytes": len(payload),
+    }
+
+
+async def bare_server_main() -> int:
+    """A grpc.aio server with one generic unary method (bytes in, 8 bytes out): prints its
+    port, serves until stdin closes."""
+
+    async def handle(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return b"answered"
+
+    server = grpc.aio.server()
+    service, method = BARE_METHOD.strip("/").split("/")
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service, {method: grpc.unary_unary_rpc_method_handler(handle)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    _say(str(port))
+    await _stdin_line()
+    await server.stop(0)
+    return 0
+
+
 async def _client_transport(command: Mapping[str, Any]) -> dict[str, Any]:
     from cretoai.channels import service_channel
     from cretoai.v1 import transport_pb2, transport_pb2_grpc
@@ -731,6 +804,8 @@ async def client_main() -> int:
             _say(await _client_storage(command))
         elif command["op"] == "transport":
             _say(await _client_transport(command))
+        elif command["op"] == "bare":
+            _say(await _client_bare(command))
         else:
             raise ValueError(f"unknown command {command['op']!r}")
 
@@ -870,6 +945,77 @@ async def storage_costs(base: Path, client: Client, seconds: float, rate: float)
         return result
     finally:
         proc.terminate()
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread a process has now."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+    return total
+
+
+async def bare_grpc_costs(client: Client, seconds: float, rate: float) -> dict[str, Any]:
+    """The library's own cost of a paced unary hop: a bare grpc.aio server process (this
+    module, ``--bare-server``) called by the client process, no interceptors, no TLS."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.event_costs",
+        "--bare-server",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        port = int((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())
+        threads = len(os.listdir(f"/proc/{proc.pid}/task"))
+        command = {
+            "op": "bare",
+            "port": port,
+            "rate": rate,
+            "seconds": seconds,
+            "count": max(1, int(rate * seconds)),
+        }
+
+        async def around() -> dict[str, float]:
+            return {"server": float(context_switches(proc.pid))}
+
+        reply, cpu, others, delta = await measured_phase(
+            client, command, {"server": proc.pid}, around=around
+        )
+        calls = max(1, int(reply["calls"]))
+        switches: dict[str, float] = {k: round(v / calls, 1) for k, v in (delta or {}).items()}
+        return {
+            "calls": reply["calls"],
+            "rate_per_s": rate,
+            "cpu_ms_per_call": {
+                "client": round(reply["client_cpu_s"] * 1e3 / calls, 4),
+                "server": round(cpu["server"] * 1e3 / calls, 4),
+            },
+            "latency_ms": reply["latency_ms"],
+            "server_threads": threads,
+            "server_context_switches_per_call": switches.get("server"),
+            "other_processes_cores": others,
+            "how": "grpc.aio server with one generic unary method in a process of its own "
+            "(python -m bench.event_costs --bare-server), called from the client process "
+            "on grpc.aio.insecure_channel: 300 B in, 8 B out, paced; context switches of "
+            "all the server's threads (/proc/<pid>/task/*/status) over the phase",
+        }
+    finally:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError, ConnectionError):
+                proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 # -- 4. transport messages ----------------------------------------------------------------
@@ -1052,6 +1198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         client = await Client.start()
         try:
             measured["storage_calls"] = await storage_costs(base, client, args.seconds, args.rate)
+            measured["bare_grpc"] = await bare_grpc_costs(client, args.seconds, args.rate)
             measured["transport"] = await transport_costs(base, client, args.seconds, args.rate)
         finally:
             await client.close()
@@ -1138,6 +1285,15 @@ def report(result: Mapping[str, Any]) -> list[str]:
                 f"  {kind:30s} {mode:11s} {cpu['client']:7.3f} {cpu['storage']:8.3f} "
                 f"{lat.get('p50', 0):8.3f} {lat.get('p99', 0):8.3f}   ({phase['calls']} calls)"
             )
+    bare = m.get("bare_grpc")
+    if bare:
+        cpu, lat = bare["cpu_ms_per_call"], bare["latency_ms"]
+        lines.append(
+            f"  {'bare grpc.aio hop, 300 B':30s} {'paced':11s} {cpu['client']:7.3f} "
+            f"{cpu['server']:8.3f} {lat.get('p50', 0):8.3f} {lat.get('p99', 0):8.3f}   "
+            f"({bare['calls']} calls; server: {bare['server_threads']} threads, "
+            f"{bare['server_context_switches_per_call']} context switches per call)"
+        )
     lines.append("")
     lines.append(
         f"  {'transport message (paced)':30s} {'A':>7s} {'B':>7s} {'client':>7s} "
@@ -1204,9 +1360,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=RESULT, help="the JSON result file")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
         return asyncio.run(client_main())
+    if args.bare_server:
+        return asyncio.run(bare_server_main())
     if not 0.2 <= args.seconds <= 60:
         parser.error("--seconds must be within [0.2, 60]")
     if not 1 <= args.rate <= 1000:

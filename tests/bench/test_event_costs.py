@@ -228,6 +228,12 @@ def test_a_short_real_measurement(tmp_path: Path) -> None:
     assert set(result["unit_costs_ms"]) == set(UNIT_KEYS)
     for name, cost in result["unit_costs_ms"].items():
         assert math.isfinite(cost) and cost > 0, name
+    # the library's own hop, beside ours: positive CPU on both sides, and the server's
+    # threads switched at least once per call (it has to wake up to answer)
+    bare = result["measurements"]["bare_grpc"]
+    assert bare["calls"] > 0 and bare["server_threads"] >= 1
+    assert all(math.isfinite(v) and v > 0 for v in bare["cpu_ms_per_call"].values()), bare
+    assert bare["server_context_switches_per_call"] >= 1, bare
     transport = result["measurements"]["transport"]["paced"]
     for phase in transport.values():
         assert phase["received"] == phase["sent"] > 0 and phase["in_order"]
