@@ -82,6 +82,7 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     assert received["spans"] > 0 and received["traces"] > 0, received
     assert {"cretoai-gateway", "cretoai-consensus"} <= set(received["by_service"]), received
     assert step["cpu"]["trace_receiver_cores"] >= 0
+    assert step["generator"]["vertices_per_request"] == 1.0  # no --client-batch
     # the VM's steal time, over the step and per second (a stall can be the host's)
     assert 0 <= step["cpu"]["steal_cores"] <= step["cpu"]["machine_busy_cores"]
     assert result["idle_baseline"]["steal_cores"] >= 0
@@ -140,3 +141,26 @@ def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
         step["finalized_throughput"] / bound["vertices_per_s"], abs=0.002
     )
     assert step["time_to_429_ms"]["count"] == step["http_status"].get("429", 0)
+
+
+def test_cluster_load_batched_client(tmp_path: Path) -> None:
+    """--client-batch with a linger longer than the gap between one gateway's vertices:
+    requests carry several vertices (POST /v1/vertices:batch), all are finalized, and the
+    step says how many vertices a request held."""
+    output = tmp_path / "cluster_load.json"
+    argv = [
+        sys.executable, "-m", "bench.cluster_load",
+        "--quick", "--rates", "20", "--duration", "4", "--max-seconds", "240",
+        "--verify-seconds", "0",
+        "--client-batch", "8", "--client-linger-ms", "400",
+        "--output", str(output), "--plot", "",
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (step,) = json.loads(output.read_text())["steps"]
+    # 20/s over 4 gateways is one vertex per gateway every 200 ms: a 400-ms linger
+    # gathers about 2-3 per request (a 20-ms one would send them alone)
+    assert step["generator"]["vertices_per_request"] > 1.5, step["generator"]
+    assert step["outcomes_whole_step"].get("finalized", 0) > 0
+    assert set(step["outcomes_whole_step"]) == {"finalized"}, step["outcomes_whole_step"]
+    assert step["latency"]["count"] > 0
