@@ -70,7 +70,7 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -190,6 +190,22 @@ def machine_steal_seconds() -> float:
     (/proc/stat steal; part of what :func:`machine_busy_seconds` counts as busy)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     return int(fields[7]) / CLK_TCK if len(fields) > 7 else 0.0
+
+
+def client_batch_warning(
+    client_batch: int, linger_ms: float, rate: float, nodes: int, step: Mapping[str, Any]
+) -> str | None:
+    """What to say when ``--client-batch`` did not batch: each gateway's client gets a
+    vertex every ``nodes / rate`` s, so a shorter linger sends them (almost) alone."""
+    achieved = step.get("generator", {}).get("vertices_per_request")
+    if client_batch <= 1 or achieved is None or achieved >= client_batch / 2:
+        return None
+    gap_ms = nodes / rate * 1000
+    return (
+        f"--client-batch {client_batch} sent {achieved:g} vertices per request: each "
+        f"gateway's client gets one every {gap_ms:.0f} ms, so a {linger_ms:g}-ms linger "
+        f"cannot fill a request (about {client_batch * gap_ms:.0f} ms would)"
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -1776,6 +1792,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             file=sys.stderr,
                             flush=True,
                         )
+                        warning = client_batch_warning(
+                            args.client_batch, args.client_linger_ms, rate, args.nodes, step
+                        )
+                        if warning:
+                            print(f"  note: {warning}", file=sys.stderr, flush=True)
                         if last:
                             parents = last
                         if not step["quiesce"]["quiet"] and more_to_come:
