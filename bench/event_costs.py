@@ -93,6 +93,8 @@ from typing import Any
 import grpc
 
 from bench.transport_throughput import cpu_seconds as stat_cpu_seconds
+from bench.transport_throughput import percentile
+from bench.verify_bound import machine_busy_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULT = RESULTS / "event_costs.json"
@@ -374,18 +376,6 @@ def cpu_seconds(pid: int) -> float:
         return stat_cpu_seconds(pid)
 
 
-def machine_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine since boot (/proc/stat, idle and iowait out)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def latency_ms(seconds: Sequence[float]) -> dict[str, float]:
     if not seconds:
         return {}
@@ -582,6 +572,33 @@ def _say(message: Mapping[str, Any] | str) -> None:
     sys.stdout.flush()
 
 
+async def _paced_calls(
+    call: Callable[..., Awaitable[Any]], requests: Sequence[Any], *, rate: float, seconds: float
+) -> dict[str, Any]:
+    """``call`` each request in turn, paced at ``rate``/s (0: closed loop), for at most
+    ``seconds``: calls made, elapsed, this process's CPU over the loop, latencies."""
+    latencies: list[float] = []
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    until = started + seconds
+    for i, request in enumerate(requests):
+        if rate > 0:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if time.perf_counter() > until:
+            break
+        t0 = time.perf_counter()
+        await call(request, timeout=10)
+        latencies.append(time.perf_counter() - t0)
+    return {
+        "calls": len(latencies),
+        "elapsed_s": time.perf_counter() - started,
+        "client_cpu_s": time.process_time() - cpu0,
+        "latency_ms": latency_ms(latencies),
+    }
+
+
 async def _client_storage(command: Mapping[str, Any]) -> dict[str, Any]:
     from cretoai.channels import service_channel
     from cretoai.v1 import storage_pb2, storage_pb2_grpc
@@ -615,31 +632,10 @@ async def _client_storage(command: Mapping[str, Any]) -> dict[str, Any]:
         requests = [request(i) for i in range(count)]
         _say("ready")
         await _stdin_line()
-        latencies: list[float] = []
-        cpu0 = time.process_time()
-        started = time.perf_counter()
-        until = started + seconds
-        for i, req in enumerate(requests):
-            if rate > 0:
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if time.perf_counter() > until:
-                break
-            t0 = time.perf_counter()
-            await call(req, timeout=10)
-            latencies.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu0
+        result = await _paced_calls(call, requests, rate=rate, seconds=seconds)
     finally:
         await channel.close()
-    return {
-        "calls": len(latencies),
-        "elapsed_s": elapsed,
-        "client_cpu_s": cpu,
-        "latency_ms": latency_ms(latencies),
-        "request_bytes": requests[0].ByteSize() if requests else 0,
-    }
+    return {**result, "request_bytes": requests[0].ByteSize() if requests else 0}
 
 
 async def _client_bare(command: Mapping[str, Any]) -> dict[str, Any]:
@@ -656,31 +652,10 @@ async def _client_bare(command: Mapping[str, Any]) -> dict[str, Any]:
             await call(payload, timeout=10)
         _say("ready")
         await _stdin_line()
-        latencies: list[float] = []
-        cpu0 = time.process_time()
-        started = time.perf_counter()
-        until = started + seconds
-        for i in range(count):
-            if rate > 0:
-                delay = started + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if time.perf_counter() > until:
-                break
-            t0 = time.perf_counter()
-            await call(payload, timeout=10)
-            latencies.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu0
+        result = await _paced_calls(call, [payload] * count, rate=rate, seconds=seconds)
     finally:
         await channel.close()
-    return {
-        "calls": len(latencies),
-        "elapsed_s": elapsed,
-        "client_cpu_s": cpu,
-        "latency_ms": latency_ms(latencies),
-        "request_bytes": len(payload),
-    }
+    return {**result, "request_bytes": len(payload)}
 
 
 async def bare_server_main() -> int:
