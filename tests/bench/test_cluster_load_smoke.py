@@ -100,6 +100,11 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     assert plot.stat().st_size > 10_000
 
 
+#: UDP payload bytes over MSG frame bytes sent, at least: above 1 in steady state (QUIC's
+#: headers and ACKs), a little below it when the step ends with frames queued in QUIC.
+WIRE_OVER_FRAMES_AT_LEAST = 0.9
+
+
 def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
     """CPU, bytes and synced writes per finalized vertex or batch; the verify bound."""
     services = {"gateway", "consensus", "transport", "storage"}
@@ -113,10 +118,13 @@ def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
         assert set(node["cpu_ms_per_finalized_vertex_by_service"]) == services
         # a vertex is ~8.3 KB inside the cluster and every node sends something per vertex
         assert 500 < node["msg_frame_bytes_out_per_finalized_vertex"] < 10_000_000
-        # the UDP payloads carry the MSG frames and QUIC's headers and ACKs beside them
+        # the UDP payloads carry the MSG frames and QUIC's headers and ACKs beside them; the
+        # frame counter counts a frame when it is handed to QUIC, so frames still buffered
+        # under the congestion window at the last scrape are counted on one side only
+        # (CI saw wire at 0.986 x frames in a 5-s step)
         assert (
             node["wire_bytes_out_per_finalized_vertex"]
-            > (node["msg_frame_bytes_out_per_finalized_vertex"])
+            > WIRE_OVER_FRAMES_AT_LEAST * node["msg_frame_bytes_out_per_finalized_vertex"]
         )
         assert node["datagrams_out_per_finalized_vertex"] > 0
         storage = node["metrics"]["storage"]
@@ -126,7 +134,8 @@ def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
     wire = step["wire_bytes_per_finalized_vertex"]
     assert wire["cluster"] == sum(wire["by_node"].values()) and wire["cluster"] > 8000
     frames = step["msg_frame_bytes_per_finalized_vertex"]
-    assert wire["cluster"] > frames["cluster"] > 8000
+    assert wire["cluster"] > WIRE_OVER_FRAMES_AT_LEAST * frames["cluster"]
+    assert frames["cluster"] > 8000
     assert wire["cluster_with_ipv4_udp_headers"] > wire["cluster"]
     assert step["datagrams_per_finalized_vertex"]["cluster"] > 0
     writes = step["synced_writes_per_batch"]
