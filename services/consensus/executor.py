@@ -109,18 +109,30 @@ class Executor:
                 what="read vertex statuses",
             )
             finalized = {r.hash for r in reply.records if r.status == FINALIZED}
-        candidates = []
-        for req, vertex, content in zip(committed.requests, vertices, contents, strict=True):
-            malformed = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
-            ok = malformed is None and await self._verifier.verify_vertex(vertex, req.hash, content)
-            candidates.append(
-                Candidate(
-                    content=content,
-                    parents=tuple(vertex.parents),
-                    malformed=malformed,
-                    signature_ok=ok,
-                )
+        problems = [shape_error(v, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES) for v in vertices]
+        shaped = [i for i, problem in enumerate(problems) if problem is None]
+        verdicts = dict(
+            zip(
+                shaped,
+                await self._verifier.verify_vertices(
+                    [vertices[i] for i in shaped],
+                    [committed.requests[i].hash for i in shaped],
+                    [contents[i] for i in shaped],
+                ),
+                strict=True,
             )
+        )
+        candidates = [
+            Candidate(
+                content=content,
+                parents=tuple(vertex.parents),
+                malformed=malformed,
+                signature_ok=verdicts.get(i, False),
+            )
+            for i, (vertex, content, malformed) in enumerate(
+                zip(vertices, contents, problems, strict=True)
+            )
+        ]
         reasons = decide(candidates, finalized)
         results = []
         rejected = []

@@ -168,15 +168,12 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).
-        checks: dict[tuple[bytes, bytes], Coroutine[Any, Any, bool]] = {}
-        for i in live:
-            key = (digests[i], vertices[i].signature)
-            if key not in checks:
-                checks[key] = self._driver.verify_vertex(vertices[i], digests[i])
-        verdicts = dict(zip(checks, await _all_of(list(checks.values())), strict=True))
+        verdicts = await self._driver.verify_vertices(
+            [vertices[i] for i in live], [digests[i] for i in live]
+        )
         verified = []
-        for i in live:
-            if verdicts[(digests[i], vertices[i].signature)]:
+        for i, ok in zip(live, verdicts, strict=True):
+            if ok:
                 verified.append(i)
             else:
                 outcomes[i] = InvalidArgument(BAD_SIGNATURE_MESSAGE, error_code="bad_signature")

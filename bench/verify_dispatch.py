@@ -1,0 +1,131 @@
+"""What handing ML-DSA-87 verifications to a thread pool costs in CPU, per verification.
+
+    .venv/bin/python -m bench.verify_dispatch [--vertices 100] [--repeats 15] [--output F]
+
+The consensus service verifies the vertices of a message on its verifier's threads
+(``services.consensus.verify``). Each job handed to the pool costs the process a
+future, a GIL hand-off and a wake-up of the event loop, beside the verification. This
+measures the process's CPU time (user + system, all threads) per verification of
+``--vertices`` realistic vertices (as ``bench.verify_bound`` signs them) in one event
+loop, three ways:
+
+* ``inline`` — verified one after the other on the event loop (the floor);
+* ``job_per_vertex`` — one ``run_in_executor`` job per vertex on 2 threads (the
+  verifier until 2026-12-02);
+* ``job_per_thread`` — the vertices split into one job per thread
+  (``Verifier.verify_vertices``).
+
+Each way runs ``--repeats`` times, interleaved; the result has the median CPU µs per
+verification and its ratio to ``inline`` measured in the same run (the machine is shared:
+the ratios are what compare across runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.verify_bound import KEYS, PARENTS, PAYLOAD_BYTES
+from cretoai.crypto import get_backend
+from cretoai.crypto.keys import NodeKey
+from cretoai.v1 import vertex_pb2
+from cretoai.vertex import make_vertex, signed_digest, verify_vertex, vertex_hash
+from services.consensus.verify import Verifier
+
+THREADS = 2
+WAYS = ("inline", "job_per_vertex", "job_per_thread")
+
+
+def sample(count: int, backend_name: str) -> list[vertex_pb2.Vertex]:
+    backend = get_backend(backend_name)
+    keys = [
+        NodeKey(private=backend.private_key_from_seed(os.urandom(32)), path=Path("<bench>"))
+        for _ in range(KEYS)
+    ]
+    now = int(time.time() * 1000)
+    return [
+        make_vertex(
+            keys[i % KEYS],
+            os.urandom(PAYLOAD_BYTES),
+            [os.urandom(32) for _ in range(PARENTS)],
+            now + i,
+        )
+        for i in range(count)
+    ]
+
+
+async def _one_way(way: str, vertices: list[vertex_pb2.Vertex], backend_name: str) -> float:
+    """CPU µs per verification of ``vertices`` verified ``way`` (a fresh cache)."""
+    backend = get_backend(backend_name)
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=THREADS)
+    verifier = Verifier(backend, threads=THREADS, cache_size=len(vertices) + 1)
+    copies = [signed_digest(v) for v in vertices]
+    contents = [vertex_hash(v) for v in vertices]
+    try:
+        cpu = time.process_time()
+        if way == "inline":
+            verdicts = [verify_vertex(v, backend) for v in vertices]
+        elif way == "job_per_vertex":
+            verdicts = list(
+                await asyncio.gather(
+                    *(loop.run_in_executor(pool, verify_vertex, v, backend) for v in vertices)
+                )
+            )
+        else:
+            verdicts = await verifier.verify_vertices(vertices, copies, contents)
+        used = time.process_time() - cpu
+    finally:
+        pool.shutdown()
+        verifier.close()
+    if not all(verdicts):
+        raise RuntimeError(f"{way}: a freshly signed vertex did not verify")
+    return used / len(vertices) * 1e6
+
+
+def measure(count: int, repeats: int, backend_name: str) -> dict[str, Any]:
+    vertices = sample(count, backend_name)
+    runs: dict[str, list[float]] = {way: [] for way in WAYS}
+    for _ in range(repeats):
+        for way in WAYS:
+            runs[way].append(asyncio.run(_one_way(way, vertices, backend_name)))
+    medians = {way: statistics.median(values) for way, values in runs.items()}
+    return {
+        "benchmark": "verify_dispatch",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parameters": {
+            "vertices": count,
+            "repeats": repeats,
+            "threads": THREADS,
+            "backend": backend_name,
+        },
+        "cpu_us_per_verification_median": {w: round(v, 1) for w, v in medians.items()},
+        "ratio_to_inline": {w: round(v / medians["inline"], 3) for w, v in medians.items()},
+        "runs_cpu_us": {w: [round(v, 1) for v in values] for w, values in runs.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--vertices", type=int, default=100, help="per message (100)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--backend", default="cryptography")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    result = measure(args.vertices, args.repeats, args.backend)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
