@@ -190,7 +190,9 @@ class Driver:
         self.names = tuple(peer_names) or tuple(str(i) for i in range(len(self._keys)))
         self._storage = storage
         self._verifier = verifier
-        self._executor = Executor(storage, verifier, executed=executed or ExecutedState())
+        self._executor = Executor(
+            storage, verifier, executed=executed or ExecutedState(), contents_max=pending_max
+        )
         self.on_fatal = on_fatal
         self._mark_file = mark_file
         self.feed = feed
@@ -303,6 +305,7 @@ class Driver:
         self._remember(content, vertex)
         future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
         request = Request(hash=signed_digest(vertex), body=vertex.SerializeToString())
+        self._executor.note_content(request.hash, content)
         self.traces.submitted(request.hash)
         self._inbox.put_nowait(_Propose(request, future))
         result = await future
@@ -311,6 +314,7 @@ class Driver:
         return result
 
     def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex) -> None:
+        """Keep a vertex that arrived (by content ``digest``) until it is executed."""
         self.pending[digest] = vertex
         self.pending.move_to_end(digest)
         while len(self.pending) > self._pending_max:
@@ -407,6 +411,7 @@ class Driver:
                 if ok:
                     valid.append(request)
                     self._remember(content, vertex)
+                    self._executor.note_content(request.hash, content)
             if len(valid) < len(env.requests):
                 self._inbox.put_nowait(_Fault(sender, FaultKind.INVALID_SIGNATURE))
             if not valid:
@@ -417,8 +422,9 @@ class Driver:
             # there; a primary may order an invalid copy, which is then rejected).
             vertices = [vertex_pb2.Vertex.FromString(r.body) for r in env.requests]
             contents = [vertex_hash(v) for v in vertices]
-            for vertex, content in zip(vertices, contents, strict=True):
+            for request, vertex, content in zip(env.requests, vertices, contents, strict=True):
                 self._remember(content, vertex)
+                self._executor.note_content(request.hash, content)
             await self._verify_all(env.requests, vertices, contents)
         return _Step(sender, env, arrived, carrier)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import grpc
@@ -87,18 +88,35 @@ class Executor:
         verifier: Verifier,
         *,
         executed: ExecutedState,
+        contents_max: int = 100_000,
     ) -> None:
         self._storage = storage
         self._verifier = verifier
         self.seq = executed.seq
         self.state_digest = executed.state_digest
+        self._contents: OrderedDict[bytes, bytes] = OrderedDict()
+        self._contents_max = contents_max
+
+    def note_content(self, request_hash: bytes, content: bytes) -> None:
+        """The vertex hash of the copy whose signed digest is ``request_hash``, as the
+        driver computed it from the copy's bytes when it arrived: execution then does not
+        hash the copy again (a signed digest names one copy, so one content)."""
+        self._contents[request_hash] = content
+        if len(self._contents) > self._contents_max:
+            self._contents.popitem(last=False)
+
+    def _content_of(self, request_hash: bytes, vertex: vertex_pb2.Vertex) -> bytes:
+        content = self._contents.pop(request_hash, None)
+        return content if content is not None else vertex_hash(vertex)
 
     async def execute(self, committed: Committed) -> Executed:
         if committed.seq != self.seq + 1:
             raise RuntimeError(f"execute({committed.seq}) after {self.seq}: out of order")
         started = time.perf_counter()
         vertices = [vertex_pb2.Vertex.FromString(r.body) for r in committed.requests]
-        contents = [vertex_hash(v) for v in vertices]
+        contents = [
+            self._content_of(r.hash, v) for r, v in zip(committed.requests, vertices, strict=True)
+        ]
         lookup = sorted(set(contents) | {p for v in vertices for p in v.parents})
         finalized: set[bytes] = set()
         if lookup:

@@ -309,3 +309,27 @@ async def test_a_refusal_the_vertices_cannot_cure_is_not_masked(tmp_path: Path) 
     finally:
         verifier.close()
         await storage.stop()
+
+
+async def test_contents_noted_on_arrival_are_used_once_and_bounded(node: Node) -> None:
+    """The driver notes each arriving copy's vertex hash: execution takes it instead of
+    hashing the copy again (and drops it), and the notes are bounded."""
+    chain = Chain()
+    committed = chain.next(3)
+    for request in committed.requests:
+        vertex = vertex_pb2.Vertex.FromString(request.body)
+        node.executor.note_content(request.hash, vertex_hash(vertex))
+    assert len(node.executor._contents) == 3
+    await node.vote(committed)
+    executed = await node.executor.execute(committed)
+    assert node.executor._contents == {}
+    assert executed.contents == tuple(
+        vertex_hash(vertex_pb2.Vertex.FromString(r.body)) for r in committed.requests
+    )
+    await check_stored(node, committed, executed)
+    bounded = Executor(
+        cast(Any, node.calls), node.verifier, executed=ExecutedState(), contents_max=2
+    )
+    for i in range(3):
+        bounded.note_content(bytes([i]) * 32, bytes([i]) * 32)
+    assert list(bounded._contents) == [bytes([1]) * 32, bytes([2]) * 32]
