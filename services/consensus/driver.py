@@ -292,19 +292,26 @@ class Driver:
         return await self._verifier.verify_vertex(vertex, signed_digest(vertex), content)
 
     async def verify_vertices(
-        self, vertices: Sequence[vertex_pb2.Vertex], contents: Sequence[bytes]
+        self,
+        vertices: Sequence[vertex_pb2.Vertex],
+        copies: Sequence[bytes],
+        contents: Sequence[bytes],
     ) -> list[bool]:
-        """:meth:`verify_vertex` of each, at once (a copy that comes twice verified once)."""
-        copies = [signed_digest(v) for v in vertices]
+        """:meth:`verify_vertex` of each, at once (``copies``: their signed digests;
+        a copy that comes twice is verified once)."""
         return await self._verifier.verify_vertices(vertices, copies, contents)
 
     # --- inputs ----------------------------------------------------------------------
 
-    async def propose(self, vertex: vertex_pb2.Vertex, content: bytes) -> ProposeResult:
-        """A local client's vertex (already validated and verified); ``content`` its hash."""
+    async def propose(
+        self, vertex: vertex_pb2.Vertex, content: bytes, copy: bytes | None = None
+    ) -> ProposeResult:
+        """A local client's vertex (already validated and verified); ``content`` its hash,
+        ``copy`` its signed digest when the caller has it."""
         self._remember(content, vertex)
         future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
-        request = Request(hash=signed_digest(vertex), body=vertex.SerializeToString())
+        copy = copy if copy is not None else signed_digest(vertex)
+        request = Request(hash=copy, body=vertex.SerializeToString())
         self._executor.note_content(request.hash, content)
         self.traces.submitted(request.hash)
         self._inbox.put_nowait(_Propose(request, future))

@@ -38,6 +38,7 @@ from cretoai.vertex import (
     HASH_SIZE,
     PROTOCOL_MAX_PAYLOAD_BYTES,
     shape_error,
+    signed_digest,
     vertex_hash,
 )
 from services.consensus.core.replica import ProposeResult
@@ -168,8 +169,9 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).
+        copies = {i: signed_digest(vertices[i]) for i in live}
         verdicts = await self._driver.verify_vertices(
-            [vertices[i] for i in live], [digests[i] for i in live]
+            [vertices[i] for i in live], [copies[i] for i in live], [digests[i] for i in live]
         )
         verified = []
         for i, ok in zip(live, verdicts, strict=True):
@@ -198,7 +200,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                 outcomes[i] = refusal
                 continue
             span = _span_of(traceparents[i]) if traceparents else None
-            proposals.append((i, self._propose(vertex, digest, span)))
+            proposals.append((i, self._propose(vertex, digest, copies[i], span)))
             proposed.add(digest)
         # All at once; each reaches the driver's inbox in this order (tasks start in the
         # order they are created).
@@ -208,15 +210,15 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         return _done(outcomes)
 
     async def _propose(
-        self, vertex: vertex_pb2.Vertex, digest: bytes, span: Span | None
+        self, vertex: vertex_pb2.Vertex, digest: bytes, copy: bytes, span: Span | None
     ) -> ProposeResult:
         """The driver's ``propose``, under the submitter's span when the call carries one
         per vertex (the driver keeps a sampled one with the pending vertex)."""
         if span is None:
-            return await self._driver.propose(vertex, digest)
+            return await self._driver.propose(vertex, digest, copy)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            return await self._driver.propose(vertex, digest)
+            return await self._driver.propose(vertex, digest, copy)
         finally:
             otel_context.detach(token)
 
