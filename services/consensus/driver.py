@@ -287,10 +287,6 @@ class Driver:
             return True
         return self._clock() - began[index] > self._admission_wait_s
 
-    async def verify_vertex(self, vertex: vertex_pb2.Vertex, content: bytes) -> bool:
-        """Whether this exact signed copy verifies (``content`` is its vertex hash)."""
-        return await self._verifier.verify_vertex(vertex, signed_digest(vertex), content)
-
     async def verify_vertices(
         self,
         vertices: Sequence[vertex_pb2.Vertex],

@@ -212,10 +212,14 @@ class _Driver:
     def overloaded(self) -> bool:
         return False
 
-    async def verify_vertex(self, vertex: vertex_pb2.Vertex, content: bytes) -> bool:
-        return True
+    async def verify_vertices(
+        self, vertices: list[vertex_pb2.Vertex], copies: list[bytes], contents: list[bytes]
+    ) -> list[bool]:
+        return [True] * len(vertices)
 
-    async def propose(self, vertex: vertex_pb2.Vertex, content: bytes) -> ProposeResult:
+    async def propose(
+        self, vertex: vertex_pb2.Vertex, content: bytes, copy: bytes | None = None
+    ) -> ProposeResult:
         self.proposed.append((content, trace.get_current_span().get_span_context()))
         self.pending[content] = vertex
         await asyncio.sleep(0)
