@@ -1,14 +1,16 @@
-"""Signature verification off the event loop, with a cache of verdicts.
+"""Signature verification, with a cache of verdicts.
 
-ML-DSA-87 verification (about 0.3 ms) releases the GIL inside OpenSSL, so a
-small thread pool lets both cores work while the event loop keeps serving.
+ML-DSA-87 verification (about 0.3 ms) releases the GIL inside OpenSSL, so the
+vertices of a message (a PRE-PREPARE's batch, a forward, a submission) go to a
+small thread pool: both cores work on a large batch while the event loop keeps
+serving. They go as at most one job per thread: each job costs the process a
+future, a GIL hand-off and a wake-up of the loop, and one per vertex cost 1.3 x
+the verifications themselves in CPU. A single signature (a consensus message, a
+lone vertex) is verified on the event loop: a job for it cost 1.5 x
+(``bench/verify_dispatch.py``).
+
 A signed copy of a vertex is checked once per node: verdicts are cached by the
 copy's signed digest (``execution.Verdicts``), never by content alone.
-
-The vertices of one message go to the pool as at most one job per thread
-(:meth:`Verifier.verify_vertices`): a job per vertex cost about 40 % more CPU than
-the verification itself (a future, a GIL hand-off and a wake-up of the loop each;
-``bench/verify_dispatch.py``).
 """
 
 from __future__ import annotations
@@ -53,11 +55,7 @@ class Verifier:
     async def verify(
         self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes, kind: str
     ) -> bool:
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(
-            self._pool,
-            lambda: self._backend.verify(public_key, message, signature, context=context),
-        )
+        ok = self._backend.verify(public_key, message, signature, context=context)
         VERIFICATIONS.labels(kind, "ok" if ok else "bad").inc()
         return ok
 
@@ -75,9 +73,8 @@ class Verifier:
         if cached is not None:
             CACHE_HITS.inc()
             return cached
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._pool, verify_vertex, vertex, self._backend)
-        VERIFICATIONS.labels("vertex", "ok" if ok else "bad").inc()
+        ok = verify_vertex(vertex, self._backend)
+        (VERTEX_OK if ok else VERTEX_BAD).inc()
         self._verdicts.put(copy, content, ok)
         return ok
 
@@ -89,7 +86,8 @@ class Verifier:
     ) -> list[bool]:
         """:meth:`verify_vertex` of each vertex (``copies`` their signed digests,
         ``contents`` their hashes): verdicts from the cache, the rest verified in at most
-        one job per thread, a copy that comes twice verified once."""
+        one job per thread (a single one on the event loop), a copy that comes twice
+        verified once."""
         verdicts: list[bool | None] = []
         misses: dict[bytes, list[int]] = {}
         for i, (copy, content) in enumerate(zip(copies, contents, strict=True)):
@@ -103,15 +101,18 @@ class Verifier:
             todo = [indexes[0] for indexes in misses.values()]
             jobs = min(self._threads, len(todo))
             chunks = [todo[j::jobs] for j in range(jobs)]
-            loop = asyncio.get_running_loop()
-            results = await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        self._pool, verify_each, [vertices[i] for i in chunk], self._backend
+            if len(todo) == 1:
+                results = [verify_each([vertices[todo[0]]], self._backend)]
+            else:
+                loop = asyncio.get_running_loop()
+                results = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(
+                            self._pool, verify_each, [vertices[i] for i in chunk], self._backend
+                        )
+                        for chunk in chunks
                     )
-                    for chunk in chunks
                 )
-            )
             for chunk, oks in zip(chunks, results, strict=True):
                 for i, ok in zip(chunk, oks, strict=True):
                     (VERTEX_OK if ok else VERTEX_BAD).inc()
