@@ -4,7 +4,7 @@ machine could finalize if verifying the client signatures were all it did.
     .venv/bin/python -m bench.verify_bound [--seconds 3] [--nodes 4] [--backend auto]
 
 Every node checks the client's ML-DSA-87 signature of every vertex once (consensus,
-``services.consensus.verify.Verifier.verify_vertex`` → ``cretoai.vertex.verify_vertex``),
+``services.consensus.verify.Verifier.verify_vertices`` → ``cretoai.vertex.verify_vertex``),
 so with every node on the same machine the cluster cannot finalize more than
 ``verifications/s on the machine / n`` vertices/s. This measures that rate with the
 project's own verify path on realistic vertices (1 KB payload, two parents, signed by one

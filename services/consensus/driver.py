@@ -293,8 +293,8 @@ class Driver:
         copies: Sequence[bytes],
         contents: Sequence[bytes],
     ) -> list[bool]:
-        """:meth:`verify_vertex` of each, at once (``copies``: their signed digests;
-        a copy that comes twice is verified once)."""
+        """Whether each signed copy verifies (``copies``: their signed digests,
+        ``contents``: their hashes), all at once; a copy that comes twice verified once."""
         return await self._verifier.verify_vertices(vertices, copies, contents)
 
     # --- inputs ----------------------------------------------------------------------

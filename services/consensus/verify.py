@@ -23,7 +23,7 @@ from prometheus_client import Counter
 
 from cretoai.crypto import Backend
 from cretoai.v1 import vertex_pb2
-from cretoai.vertex import signed_digest, verify_vertex, vertex_hash
+from cretoai.vertex import verify_vertex
 from services.consensus.execution import Verdicts
 
 VERIFICATIONS = Counter(
@@ -59,35 +59,16 @@ class Verifier:
         VERIFICATIONS.labels(kind, "ok" if ok else "bad").inc()
         return ok
 
-    async def verify_vertex(
-        self, vertex: vertex_pb2.Vertex, copy: bytes | None = None, content: bytes | None = None
-    ) -> bool:
-        """Whether this signed copy's signature is valid; computed once per copy on this node.
-
-        ``copy`` is the vertex's :func:`signed_digest` and ``content`` its hash, when
-        the caller has them already.
-        """
-        copy = copy if copy is not None else signed_digest(vertex)
-        content = content if content is not None else vertex_hash(vertex)
-        cached = self._verdicts.get(copy, content)
-        if cached is not None:
-            CACHE_HITS.inc()
-            return cached
-        ok = verify_vertex(vertex, self._backend)
-        (VERTEX_OK if ok else VERTEX_BAD).inc()
-        self._verdicts.put(copy, content, ok)
-        return ok
-
     async def verify_vertices(
         self,
         vertices: Sequence[vertex_pb2.Vertex],
         copies: Sequence[bytes],
         contents: Sequence[bytes],
     ) -> list[bool]:
-        """:meth:`verify_vertex` of each vertex (``copies`` their signed digests,
-        ``contents`` their hashes): verdicts from the cache, the rest verified in at most
-        one job per thread (a single one on the event loop), a copy that comes twice
-        verified once."""
+        """Whether each signed copy's signature is valid, computed once per copy on this
+        node (``copies``: their signed digests, ``contents``: their hashes): verdicts from
+        the cache, the rest verified in at most one job per thread (a single one on the
+        event loop), a copy that comes twice verified once."""
         verdicts: list[bool | None] = []
         misses: dict[bytes, list[int]] = {}
         for i, (copy, content) in enumerate(zip(copies, contents, strict=True)):
