@@ -785,6 +785,19 @@ async def client_main() -> int:
             raise ValueError(f"unknown command {command['op']!r}")
 
 
+async def _start_self(mode: str) -> asyncio.subprocess.Process:
+    """This module in a process of its own (``--client``, ``--bare-server``), on pipes."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.event_costs",
+        mode,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+
+
 class Client:
     """The client process (``python -m bench.event_costs --client``), driven by JSON lines."""
 
@@ -793,16 +806,7 @@ class Client:
 
     @classmethod
     async def start(cls) -> Client:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.event_costs",
-            "--client",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=REPO,
-        )
-        return cls(proc)
+        return cls(await _start_self("--client"))
 
     @property
     def pid(self) -> int:
@@ -937,15 +941,7 @@ def context_switches(pid: int) -> int:
 async def bare_grpc_costs(client: Client, seconds: float, rate: float) -> dict[str, Any]:
     """The library's own cost of a paced unary hop: a bare grpc.aio server process (this
     module, ``--bare-server``) called by the client process, no interceptors, no TLS."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.event_costs",
-        "--bare-server",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
+    proc = await _start_self("--bare-server")
     try:
         assert proc.stdout is not None and proc.stdin is not None
         port = int((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())
