@@ -133,6 +133,7 @@ INFLIGHT_CAP = 12_000
 #: The per-stage histogram of the consensus service (absent in older builds: tolerated).
 STAGE_METRIC = "cretoai_consensus_stage_seconds"
 STATUS_RE = re.compile(rb'"status":\s*"([a-z_]+)"')
+NUMBER_RE = re.compile(r"\d+(\.\d+)?")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -143,6 +144,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[index]
+
+
+def refusal_kind(error: Any) -> str:
+    """An API error's message with its numbers elided, so that refusals group by the part of
+    the node that answered ("… waited N ms …")."""
+    message = error.get("message", "") if isinstance(error, dict) else ""
+    return NUMBER_RE.sub("N", str(message))[:120]
+
+
+def time_to_429_by_refusal(out: Outcomes, indices: Iterable[int]) -> dict[str, Any]:
+    """The window's 429s grouped by their message (see :func:`refusal_kind`): which part of
+    the node refused late, most frequent first."""
+    times: dict[str, list[float]] = {}
+    for i in indices:
+        if out.status[i] == 429:
+            times.setdefault(out.refusal[i], []).append(out.done[i] - out.sent[i])
+    ranked = sorted(times.items(), key=lambda kv: -len(kv[1]))
+    return {kind: summary_ms(seconds) for kind, seconds in ranked}
 
 
 def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
@@ -892,6 +911,8 @@ class Outcomes:
     done: list[float] = field(default_factory=list)
     status: list[int] = field(default_factory=list)  # HTTP status; 0 = no answer
     outcome: list[str] = field(default_factory=list)
+    #: A refusal's message with its numbers elided (which part of the node refused).
+    refusal: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.due)
@@ -899,6 +920,7 @@ class Outcomes:
         self.done = [math.nan] * n
         self.status = [0] * n
         self.outcome = ["not_sent"] * n
+        self.refusal = [""] * n
 
 
 @dataclass
@@ -950,7 +972,9 @@ async def submit(
                 out.outcome[index] = match.group(1).decode() if match else "unparsed_200"
             else:
                 try:
-                    out.outcome[index] = str(json.loads(raw)["error"]["code"])
+                    error = json.loads(raw)["error"]
+                    out.outcome[index] = str(error["code"])
+                    out.refusal[index] = refusal_kind(error)
                 except (ValueError, KeyError, TypeError):
                     out.outcome[index] = f"http_{resp.status}"
     except TimeoutError:
@@ -981,6 +1005,7 @@ async def submit_batch(
         out.sent[index] = sent
         out.outcome[index] = "in_flight"
     outcomes: list[str]
+    refusals: list[str] = []
     status = 0
     try:
         async with session.post(
@@ -995,9 +1020,12 @@ async def submit_batch(
                     str(r["error"]["code"]) if "error" in r else str(r.get("status"))
                     for r in results
                 ]
+                refusals = [refusal_kind(r.get("error")) for r in results]
             else:
                 try:
-                    outcomes = [str(json.loads(raw)["error"]["code"])] * len(indices)
+                    error = json.loads(raw)["error"]
+                    outcomes = [str(error["code"])] * len(indices)
+                    refusals = [refusal_kind(error)] * len(indices)
                 except (ValueError, KeyError, TypeError):
                     outcomes = [f"http_{resp.status}"] * len(indices)
     except TimeoutError:
@@ -1011,6 +1039,8 @@ async def submit_batch(
         out.outcome[index] = outcome
         out.status[index] = _vertex_status(status, outcome)
         out.done[index] = done
+    for index, refusal in zip(indices, refusals, strict=False):
+        out.refusal[index] = refusal
 
 
 def runqueue_wait_s() -> float:
@@ -1348,6 +1378,7 @@ async def run_step(
         "time_to_429_from_due_ms": summary_ms(
             [out.done[i] - out.due[i] for i in in_window if out.status[i] == 429]
         ),
+        "time_to_429_by_refusal": time_to_429_by_refusal(out, in_window),
         **per_vertex,
         "verify_bound_ratio": verify_ratio(throughput, verify_bound),
         "generator": {
@@ -1657,6 +1688,7 @@ def overload_summary(step: dict[str, Any], base: float, factor: float) -> dict[s
         "other_statuses": others,
         "time_to_429_p50_ms": step["time_to_429_ms"]["p50_ms"],
         "time_to_429_p99_ms": p99_429,
+        "time_to_429_by_refusal": step.get("time_to_429_by_refusal", {}),
         # None: everything was finalized, nothing to shed (not an overload after all)
         "shed_at_once": None
         if share_429 is None
