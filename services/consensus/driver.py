@@ -300,21 +300,51 @@ class Driver:
     # --- inputs ----------------------------------------------------------------------
 
     async def propose(
-        self, vertex: vertex_pb2.Vertex, content: bytes, copy: bytes | None = None
+        self,
+        vertex: vertex_pb2.Vertex,
+        content: bytes,
+        copy: bytes | None = None,
+        *,
+        admitted: bool = False,
     ) -> ProposeResult:
         """A local client's vertex (already validated and verified); ``content`` its hash,
-        ``copy`` its signed digest when the caller has it."""
-        self._remember(content, vertex)
-        future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
+        ``copy`` its signed digest when the caller has it.
+
+        Admission is decided here, at once (:meth:`_admit`), unless the caller decided it
+        already (``admitted``: :meth:`overloaded` said no when its call arrived, before the
+        work of checking the vertex); the replica task then decides the rest (duplicate,
+        pool full, accepted).
+        """
         copy = copy if copy is not None else signed_digest(vertex)
         request = Request(hash=copy, body=vertex.SerializeToString())
-        self._executor.note_content(request.hash, content)
-        self.traces.submitted(request.hash)
-        self._inbox.put_nowait(_Propose(request, future))
+        future = self._admit(request, admitted=admitted)
+        if not future.done():
+            self._remember(content, vertex)
+            self._executor.note_content(request.hash, content)
+            self.traces.submitted(request.hash)
         result = await future
         if result == ProposeResult.ACCEPTED:
             self._submitted_at.setdefault(content, time.monotonic())
         return result
+
+    def _admit(self, request: Request, *, admitted: bool = False) -> asyncio.Future[ProposeResult]:
+        """The answer to a local request: OVERLOADED at once when :meth:`overloaded` says
+        so (unless ``admitted`` already), else the replica task's (the request is queued
+        for it).
+
+        Admission is decided at the door and binds: the replica task does not refuse an
+        admitted request for overload. It may be busy for a while (a synced write, a
+        batch's execution) with requests queued for it, during which the wait it would
+        judge them by grows; judged there, they would be refused late, after the caller
+        had waited for nothing, which an overloaded client needs least. What may queue
+        meanwhile is what arrives in that while, and the pool's own bound still holds.
+        """
+        future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
+        if not admitted and self.overloaded():
+            future.set_result(ProposeResult.OVERLOADED)
+        else:
+            self._inbox.put_nowait(_Propose(request, future))
+        return future
 
     def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex) -> None:
         """Keep a vertex that arrived (by content ``digest``) until it is executed."""
@@ -461,12 +491,7 @@ class Driver:
             self.traces.received(item.envelope, item.arrived, item.carrier)
             self.replica.step(item.sender, item.envelope)
         elif isinstance(item, _Propose):
-            # The wait for the inbox may have been long: admission is decided now.
-            result = (
-                ProposeResult.OVERLOADED
-                if self.overloaded()
-                else self.replica.propose(item.request)
-            )
+            result = self.replica.propose(item.request, admitted=True)  # see _admit
             self.traces.pooled(item.request.hash, result == ProposeResult.ACCEPTED)
             if not item.result.done():  # the caller may have given up (its deadline passed)
                 item.result.set_result(result)

@@ -165,7 +165,10 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             return _done(outcomes)
         if not self._driver.ready:
             raise Unavailable("consensus is not ready")
-        if self._driver.overloaded():  # before any work: shedding must be cheap
+        # Admission, for the whole call, before any work on it (shedding must be cheap);
+        # it binds: what is admitted here is not refused later for overload (the checks
+        # below take a while on a busy node; see Driver._admit).
+        if self._driver.overloaded():
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).
@@ -215,10 +218,10 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         """The driver's ``propose``, under the submitter's span when the call carries one
         per vertex (the driver keeps a sampled one with the pending vertex)."""
         if span is None:
-            return await self._driver.propose(vertex, digest, copy)
+            return await self._driver.propose(vertex, digest, copy, admitted=True)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            return await self._driver.propose(vertex, digest, copy)
+            return await self._driver.propose(vertex, digest, copy, admitted=True)
         finally:
             otel_context.detach(token)
 

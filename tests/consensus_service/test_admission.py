@@ -16,7 +16,7 @@ import asyncio
 from services.consensus.core.config import Config
 from services.consensus.core.messages import Request
 from services.consensus.core.replica import ProposeResult
-from services.consensus.driver import _TICK, Driver, _Propose
+from services.consensus.driver import _TICK, Driver
 from tests.support.driver import unstarted_driver
 
 TICK_MS = 10
@@ -37,9 +37,21 @@ def make_driver(clock: Clock) -> Driver:
     return unstarted_driver(config, tick_ms=TICK_MS, clock=clock)
 
 
+def admit(driver: Driver, name: bytes) -> asyncio.Future[ProposeResult]:
+    """A local request at the door (``Driver.propose``'s admission): answered at once when
+    refused, else queued for the replica task."""
+    return driver._admit(Request(hash=name.ljust(32, b"."), body=name))
+
+
+def apply_inbox(driver: Driver) -> None:
+    """What the replica task would apply now."""
+    while not driver._inbox.empty():
+        driver._apply(driver._inbox.get_nowait())
+
+
 def propose(driver: Driver, name: bytes) -> ProposeResult:
-    future: asyncio.Future[ProposeResult] = asyncio.get_running_loop().create_future()
-    driver._apply(_Propose(Request(hash=name.ljust(32, b"."), body=name), future))
+    future = admit(driver, name)
+    apply_inbox(driver)
     return future.result()
 
 
@@ -97,3 +109,49 @@ async def test_a_request_older_than_the_remembered_ticks_is_overdue() -> None:
     assert propose(driver, b"first") is ProposeResult.ACCEPTED
     ticks(driver, clock, 2 * ADMISSION_TICKS, period_ms=TICK_MS)
     assert driver.overloaded()
+
+
+async def test_a_refusal_is_answered_at_the_door_without_the_replica_task() -> None:
+    """Overloaded: the answer needs no turn of the replica task (which may be busy for a
+    while with a synced write or an execution)."""
+    clock = Clock()
+    driver = make_driver(clock)
+    assert propose(driver, b"first") is ProposeResult.ACCEPTED
+    clock.now += 1.5
+    refused = admit(driver, b"second")
+    assert refused.done() and refused.result() is ProposeResult.OVERLOADED
+    assert driver._inbox.empty()  # nothing queued for the replica task
+
+
+async def test_admission_at_the_door_binds_while_the_replica_task_is_busy() -> None:
+    """Admitted while the oldest request had waited 0.9 s; the replica task comes to it
+    after 0.5 s more (it was busy): accepted, not refused late for the wait that grew
+    meanwhile."""
+    clock = Clock()
+    driver = make_driver(clock)
+    assert propose(driver, b"first") is ProposeResult.ACCEPTED
+    ticks(driver, clock, 90, period_ms=TICK_MS)
+    admitted = admit(driver, b"second")
+    assert not admitted.done()
+    clock.now += 0.5  # the replica task is busy; no tick is applied meanwhile
+    assert driver.overloaded()  # a new request now would be refused at the door
+    apply_inbox(driver)
+    assert admitted.result() is ProposeResult.ACCEPTED
+    # Only admission is decided at the door; the replica's other answers stand.
+    clock.now = 1000.0 + 0.9  # as if the wait had not grown: admitted again
+    assert propose(driver, b"second") is ProposeResult.DUPLICATE
+
+
+async def test_a_call_admitted_when_it_arrived_is_not_refused_at_the_door() -> None:
+    """The servicer decides admission for a whole call when it arrives, before verifying
+    and looking up its vertices (which take a while on a busy node): its vertices pass
+    the door even if the wait grew past the limit meanwhile."""
+    clock = Clock()
+    driver = make_driver(clock)
+    assert propose(driver, b"first") is ProposeResult.ACCEPTED
+    clock.now += 1.5
+    assert driver.overloaded()
+    admitted = driver._admit(Request(hash=b"second".ljust(32, b"."), body=b"x"), admitted=True)
+    assert not admitted.done()
+    apply_inbox(driver)
+    assert admitted.result() is ProposeResult.ACCEPTED

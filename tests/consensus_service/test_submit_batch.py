@@ -218,8 +218,14 @@ class _Driver:
         return [True] * len(vertices)
 
     async def propose(
-        self, vertex: vertex_pb2.Vertex, content: bytes, copy: bytes | None = None
+        self,
+        vertex: vertex_pb2.Vertex,
+        content: bytes,
+        copy: bytes | None = None,
+        *,
+        admitted: bool = False,
     ) -> ProposeResult:
+        assert admitted  # the servicer decided admission when the call arrived
         self.proposed.append((content, trace.get_current_span().get_span_context()))
         self.pending[content] = vertex
         await asyncio.sleep(0)

@@ -336,15 +336,19 @@ class Replica:
             banned=self.banned,
         )
 
-    def propose(self, request: Request) -> ProposeResult:
-        """A client request submitted to this replica."""
+    def propose(self, request: Request, *, admitted: bool = False) -> ProposeResult:
+        """A client request submitted to this replica.
+
+        ``admitted``: the caller already decided admission control (:meth:`overloaded`,
+        or its own measure of it) when the request arrived; the pool's bound still holds.
+        """
         if request.size > self.config.batch_max_bytes:
             return ProposeResult.TOO_LARGE
         if request.hash in self._pool or request.hash in self._recent:
             return ProposeResult.DUPLICATE
         if self._pool.full_for(None):
             return ProposeResult.POOL_FULL
-        if self.overloaded():
+        if not admitted and self.overloaded():
             return ProposeResult.OVERLOADED
         self._pool.add(request, now=self._now, origin=None, relayed=False)
         if self._active:
