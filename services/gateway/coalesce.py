@@ -13,7 +13,8 @@ size). At most :data:`MAX_PENDING_VERTICES` vertices wait for an answer; more
 are refused at once (429 overloaded), and, while consensus said overloaded
 lately, so is every submission while a call has waited :data:`SLOW_CALL_S` for
 its answer (the gateway asks :meth:`Coalescer.oldest_call_age`) and every group
-still queued after as long.
+still queued after as long. When consensus answers overloaded, the groups still
+queued are refused at once (:meth:`Coalescer.refuse_queued`), not sent after it.
 Each submitter gets its own vertices' answers.
 
 Trace context: a call carries the first group's context (as a single
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -62,6 +64,13 @@ SLOW_CALL_S = 0.25
 #: call); a submission beyond it is refused at once (429 overloaded) rather than
 #: queued behind a consensus service that is not keeping up.
 MAX_PENDING_VERTICES = 4 * MAX_CALL_VERTICES
+
+
+def behind() -> ApiError:
+    """The refusal of a submission not sent to consensus because it is behind its load."""
+    return ApiError(
+        "overloaded", "consensus at this node is behind its offered load; retry with backoff"
+    )
 
 
 @dataclass(eq=False)
@@ -171,6 +180,20 @@ class Coalescer:
             )
         )
 
+    def refuse_queued(self) -> int:
+        """Refuse every group still queued (not in a call yet) with :func:`behind`; how
+        many vertices. Done when a call comes back overloaded: those groups would reach
+        consensus behind the calls in flight, only to be refused there, later."""
+        refused = 0
+        for group in self._queue:
+            if not group.future.done():
+                refused += len(group.vertices)
+                group.future.set_exception(behind())
+        self._queue.clear()
+        if refused:
+            metrics.CONSENSUS_SUBMIT_SHED.inc(refused)
+        return refused
+
     def oldest_call_age(self) -> float:
         """Seconds the oldest call in flight has waited for consensus (0 when none)."""
         if not self._calls_started:
@@ -223,12 +246,17 @@ class Coalescer:
             for group in groups:
                 if not group.future.done():
                     group.future.set_exception(exc)
+            self._schedule()
             return
         finally:
             otel_context.detach(token)
             self._calls_started.remove(started)
             self._in_flight -= 1
-            self._schedule()
+            if sys.exc_info()[0] is not None:  # cancelled: the rest still goes
+                self._schedule()
+        if any(isinstance(a, ApiError) and a.code == "overloaded" for a in answers):
+            self.refuse_queued()
+        self._schedule()
         at = 0
         for group in groups:
             mine = answers[at : at + len(group.vertices)]

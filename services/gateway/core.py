@@ -27,7 +27,7 @@ from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, shape_error, signed_digest, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
-from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer
+from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer, behind
 from services.gateway.codec import Draft
 from services.gateway.errors import ApiError
 from services.gateway.finality import FinalityHub, Outcome
@@ -187,10 +187,7 @@ class Gateway:
     def shedding(self) -> ApiError | None:
         """The 429 to answer at once, without any work, while this gateway sheds load."""
         if self._probing or time.monotonic() < self._shed_until:
-            return ApiError(
-                "overloaded",
-                "consensus at this node is behind its offered load; retry with backoff",
-            )
+            return behind()
         waited = self._coalescer.oldest_call_age()
         if waited > self._limits.slow_call_s and self._impatient():
             return ApiError(

@@ -541,6 +541,46 @@ async def test_a_submission_queued_behind_calls_that_do_not_end_is_refused_in_ti
     assert len(fake.submit_calls) == 4  # the refused one was never sent
 
 
+async def test_what_is_queued_when_consensus_says_overloaded_is_refused_at_once(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both calls in flight, a submission queued behind them: the calls come back
+    overloaded, and the queued one is refused then, without a call of its own (it would
+    only reach consensus to be refused there, later)."""
+    fake = node.consensus
+    patient(node, monkeypatch)
+    coalescer = node.gateway.gateway._coalescer
+    fake.hold = asyncio.Event()
+    held = []
+    for i in range(2):
+        held.append(
+            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
+        )
+        await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
+    queued_here = asyncio.Event()
+    schedule = coalescer._schedule
+
+    def noting_the_queue() -> None:  # the coalescer schedules right after it queues
+        schedule()
+        if coalescer._queue:
+            queued_here.set()
+
+    monkeypatch.setattr(coalescer, "_schedule", noting_the_queue)
+    queued = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"queued")}))
+    await asyncio.wait_for(queued_here.wait(), TIMEOUT)
+    shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
+    fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    fake.hold.set()
+    for status, reply in await asyncio.gather(*held):
+        assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    status, reply = await queued
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert "behind its offered load" in reply["error"]["message"], reply
+    assert len(fake.submit_calls) == 2  # never sent
+    assert sample("cretoai_gateway_consensus_submit_shed_total") == shed_before + 1
+    assert not coalescer._queue and coalescer._pending == 0
+
+
 async def test_a_slow_call_without_an_overload_is_waited_for(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
