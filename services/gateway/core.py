@@ -132,14 +132,8 @@ def _check_distinct(drafts: Sequence[Draft]) -> None:
     for i, draft in enumerate(drafts):
         key: object
         if draft.signed:
-            key = vertex_hash(
-                vertex_pb2.Vertex(
-                    payload=draft.payload,
-                    parents=draft.parents,
-                    creator=draft.creator,
-                    timestamp_ms=draft.timestamp_ms,
-                )
-            )
+            # The fields the vertex hash covers (no hash here: _vertex_of computes it once).
+            key = (draft.payload, tuple(draft.parents), draft.creator, draft.timestamp_ms)
         else:
             key = (draft.payload, tuple(draft.parents))
         first = seen.setdefault(key, i)

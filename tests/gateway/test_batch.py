@@ -202,6 +202,20 @@ async def test_malformed_and_hostile_batches_are_refused_whole(node: Node) -> No
             "vertices[1] is the same vertex as vertices[0]",
         ),
     ]
+    # One content signed twice (ML-DSA-87 signing is randomized: two signatures) is the
+    # same vertex; the same payload at another timestamp is not.
+    copy_1, _ = signed_body(KEY, b"twice", timestamp_ms=1_767_225_600_000)
+    copy_2, _ = signed_body(KEY, b"twice", timestamp_ms=1_767_225_600_000)
+    later, _ = signed_body(KEY, b"twice", timestamp_ms=1_767_225_600_001)
+    assert copy_1["signature"] != copy_2["signature"]
+    cases.append(
+        (
+            {"vertices": [later, copy_1, copy_2]},
+            400,
+            "bad_request",
+            "vertices[2] is the same vertex as vertices[1]",
+        )
+    )
     for body, status_code, code, needle in cases:
         status, reply = await node.post(BATCH, body)
         assert_error(status, reply, status_code, code, needle)
