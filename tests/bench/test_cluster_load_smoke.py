@@ -88,6 +88,17 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     assert result["idle_baseline"]["steal_cores"] >= 0
     seconds = [row["machine"] for row in step["cluster_series_per_s"] if "machine" in row]
     assert seconds and all(0 <= m["steal_cores"] <= m["busy_cores"] + 0.05 for m in seconds)
+    # the series' own scrapes (only the samples it reads): each node's executed seq grows,
+    # and its transport sent bytes
+    last = step["cluster_series_per_s"][-1]
+    for node in step["nodes"]:
+        assert last[node]["seq"] > 0 and last[node]["out_mb_s"] is not None, last
+    assert any(
+        row[n]["out_mb_s"]
+        for row in step["cluster_series_per_s"]
+        for n in step["nodes"]
+        if row.get(n)
+    ), step["cluster_series_per_s"]
     # the per-stage breakdown (cretoai_consensus_stage_seconds) over the window
     assert set(STAGES) <= set(step["stages"]), step["stages"]
     for name in STAGES:
