@@ -94,6 +94,23 @@ async def said_overloaded(node: Node) -> None:
     assert status == 202
 
 
+async def hold_both_calls(
+    node: Node,
+) -> tuple[list[asyncio.Task[tuple[int, Any]]], asyncio.Event]:
+    """Two submissions whose calls consensus holds until the event returned is set: both
+    calls in flight."""
+    fake = node.consensus
+    hold = fake.hold = asyncio.Event()
+    calls = len(fake.submit_calls)
+    held: list[asyncio.Task[tuple[int, Any]]] = []
+    for i in range(2):
+        held.append(
+            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
+        )
+        await fake.wait_for(lambda: len(fake.submit_calls) == calls + len(held))
+    return held, hold
+
+
 def patient(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway waits for a consensus call held by the test however long it takes (it
     would otherwise refuse new submissions once the call is slow)."""
@@ -537,20 +554,14 @@ async def test_a_submission_queued_behind_calls_that_do_not_end_is_refused_in_ti
     coalescer = node.gateway.gateway._coalescer
     monkeypatch.setattr(coalescer, "_max_queue_wait_s", 0.05)
     await said_overloaded(node)
-    fake.hold = asyncio.Event()
-    held = []
-    for i in range(2):
-        held.append(
-            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
-        )
-        await fake.wait_for(lambda: len(fake.submit_calls) == 2 + len(held))
+    held, hold = await hold_both_calls(node)
     shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
     status, reply = await node.post("/v1/vertices", {"payload": b64(b"queued")})
     assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
     assert "waited 50 ms at this node for a call to consensus" in reply["error"]["message"]
     assert len(fake.submit_calls) == 4 and not any(task.done() for task in held)
     assert sample("cretoai_gateway_consensus_submit_shed_total") == shed_before + 1
-    fake.hold.set()
+    hold.set()
     assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
     assert len(fake.submit_calls) == 4  # the refused one was never sent
 
@@ -564,13 +575,7 @@ async def test_what_is_queued_when_consensus_says_overloaded_is_refused_at_once(
     fake = node.consensus
     patient(node, monkeypatch)
     coalescer = node.gateway.gateway._coalescer
-    fake.hold = asyncio.Event()
-    held = []
-    for i in range(2):
-        held.append(
-            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
-        )
-        await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
+    held, hold = await hold_both_calls(node)
     queued_here = asyncio.Event()
     schedule = coalescer._schedule
 
@@ -584,7 +589,7 @@ async def test_what_is_queued_when_consensus_says_overloaded_is_refused_at_once(
     await asyncio.wait_for(queued_here.wait(), TIMEOUT)
     shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
     fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
-    fake.hold.set()
+    hold.set()
     for status, reply in await asyncio.gather(*held):
         assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
     status, reply = await queued
@@ -605,17 +610,11 @@ async def test_a_slow_call_without_an_overload_is_waited_for(
     gateway = node.gateway.gateway
     monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=0.02))
     monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 0.02)
-    fake.hold = asyncio.Event()
-    held = []
-    for i in range(2):
-        held.append(
-            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
-        )
-        await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
+    held, hold = await hold_both_calls(node)
     queued = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"queued")}))
     await asyncio.sleep(0.1)  # five times both thresholds: time itself is the condition
     assert gateway._coalescer.oldest_call_age() > 0.02 and not queued.done()
-    fake.hold.set()
+    hold.set()
     replies = await asyncio.gather(*held, queued)
     assert [status for status, _ in replies] == [202] * 3, replies
     assert len(fake.submit_calls) == 3
