@@ -72,12 +72,15 @@ class Entry:
     Shared by every subscriber it is offered to; its JSON text is built once.
     """
 
-    __slots__ = ("_text", "entry", "size", "stored")
+    __slots__ = ("_finalized_at", "_text", "entry", "size", "stored")
 
     def __init__(self, entry: storage_pb2.FinalizedEntry) -> None:
         self.entry = entry
         self.size = entry.ByteSize()
         self._text: str | None = None
+        #: For the stored entry last asked about: the position in the batch of each hash
+        #: it finalized (the first one's, when a content came as several copies).
+        self._finalized_at: tuple[storage_pb2.FinalizedEntry, dict[bytes, int]] | None = None
         #: The read of this batch's stored entry (FinalityHub.stored_entry), once started.
         self.stored: asyncio.Future[storage_pb2.FinalizedEntry] | None = None
 
@@ -104,9 +107,16 @@ class Entry:
         batch = self.entry.batch
         if stored.batch.seq != batch.seq or len(stored.results) != len(batch.vertices):
             return None
-        for vertex, result in zip(batch.vertices, stored.results, strict=True):
-            if result.hash != h or result.status != vertex_pb2.VERTEX_STATUS_FINALIZED:
-                continue
+        # Every waiter of the batch asks: index it once, not once per waiter.
+        if self._finalized_at is None or self._finalized_at[0] is not stored:
+            positions: dict[bytes, int] = {}
+            for i, result in enumerate(stored.results):
+                if result.status == vertex_pb2.VERTEX_STATUS_FINALIZED:
+                    positions.setdefault(result.hash, i)
+            self._finalized_at = (stored, positions)
+        at = self._finalized_at[1].get(h)
+        if at is not None:
+            vertex, result = batch.vertices[at], stored.results[at]
             return vertex_pb2.VertexRecord(
                 hash=h,
                 # the fields storage keeps (a copy with unknown fields is stored without them)
