@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -246,17 +245,14 @@ class Coalescer:
             for group in groups:
                 if not group.future.done():
                     group.future.set_exception(exc)
-            self._schedule()
             return
         finally:
             otel_context.detach(token)
             self._calls_started.remove(started)
             self._in_flight -= 1
-            if sys.exc_info()[0] is not None:  # cancelled: the rest still goes
-                self._schedule()
+            self._schedule()  # the next call goes on a later turn: after what follows
         if any(isinstance(a, ApiError) and a.code == "overloaded" for a in answers):
             self.refuse_queued()
-        self._schedule()
         at = 0
         for group in groups:
             mine = answers[at : at + len(group.vertices)]
