@@ -155,3 +155,21 @@ async def test_a_call_admitted_when_it_arrived_is_not_refused_at_the_door() -> N
     assert not admitted.done()
     apply_inbox(driver)
     assert admitted.result() is ProposeResult.ACCEPTED
+
+
+async def test_an_admitted_call_still_meets_the_pools_bound() -> None:
+    """Binding admission lifts only the wait limit: a caller that keeps calls coming
+    (a process holding the node's certificate, say) fills the pool up to ``pool_max``
+    and no further."""
+    clock = Clock()
+    config = Config(
+        n=4, replica_id=1, request_timeout=400, admission_max_wait=ADMISSION_TICKS, pool_max=3
+    )
+    driver = unstarted_driver(config, tick_ms=TICK_MS, clock=clock)
+    answers = []
+    for i in range(5):
+        name = b"flood %d" % i
+        admitted = driver._admit(Request(hash=name.ljust(32, b"."), body=name), admitted=True)
+        apply_inbox(driver)
+        answers.append(admitted.result())
+    assert answers == [ProposeResult.ACCEPTED] * 3 + [ProposeResult.POOL_FULL] * 2
