@@ -26,7 +26,7 @@ from services.gateway import metrics
 from services.gateway.codec import (
     batch_json,
     decode_hash,
-    dumps,
+    dumps_bytes,
     parse_batch,
     parse_bool,
     parse_json,
@@ -72,7 +72,9 @@ def _resource(name: str) -> bytes:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(data), status=status, content_type="application/json")
+    return web.Response(
+        body=dumps_bytes(data), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 def error_response(exc: ApiError, **extra: Any) -> web.Response:
