@@ -55,6 +55,60 @@ def test_backups_forward_requests_to_the_primary() -> None:
     assert c.executed_hashes(0) == [request("fwd").hash]
 
 
+def _pre_prepare_bodies(c: Cluster) -> dict[int | None, set[bytes]]:
+    """The bodies the primary (0) sent beside its PRE-PREPAREs, by destination (None:
+    multicast)."""
+    out: dict[int | None, set[bytes]] = {}
+    for who, w in c.sent:
+        env = w.envelope
+        if who == 0 and isinstance(env, SignedEnvelope) and isinstance(env.signed.msg, PrePrepare):
+            out.setdefault(w.to, set()).update(r.hash for r in env.requests)
+    return out
+
+
+def _bodies_to(c: Cluster, peer: int) -> set[bytes]:
+    bodies = _pre_prepare_bodies(c)
+    return bodies.get(peer, set()) | bodies.get(None, set())
+
+
+def test_the_primary_does_not_send_a_backup_back_the_bodies_it_forwarded() -> None:
+    c = Cluster(4)
+    forwarded, local = request("from-2"), request("at-0")
+    c.propose(2, forwarded)
+    c.deliver()  # the forward reaches the primary before its own request arrives
+    c.propose(0, local)
+    c.tick(3)
+    assert forwarded.hash not in _bodies_to(c, 2)
+    assert forwarded.hash in _bodies_to(c, 1) and forwarded.hash in _bodies_to(c, 3)
+    assert all(local.hash in _bodies_to(c, peer) for peer in (1, 2, 3))
+    for i in range(4):  # replica 2 took the body from its pool, and prepared
+        assert sorted(c.executed_hashes(i)) == sorted([forwarded.hash, local.hash])
+    assert_agreement(c)
+
+
+def test_requests_of_no_peer_go_out_as_one_multicast() -> None:
+    c = Cluster(4)
+    c.propose(0, request("local"))
+    c.tick(3)
+    assert set(_pre_prepare_bodies(c)) == {None}
+
+
+def test_a_backup_that_lost_its_forwarded_request_gets_the_body_by_retransmission() -> None:
+    c = Cluster(4)
+    forwarded = request("lost")
+    c.blocked = lambda src, dst, env: src == 0 and dst == 2
+    c.propose(2, forwarded)
+    c.tick(2)
+    assert forwarded.hash in c.executed_hashes(0)  # the others finalized it without 2
+    c.crash(2)
+    c.restart(2)  # its pool is gone, and the primary never sent it the body
+    assert c.executed_hashes(2) == []
+    c.blocked = None
+    c.tick(60)
+    assert c.executed_hashes(2) == [forwarded.hash]
+    assert_agreement(c)
+
+
 def test_batches_are_bounded_by_count() -> None:
     c = Cluster(4, batch_max_count=4)
     c.propose_burst(0, [request(i) for i in range(10)])

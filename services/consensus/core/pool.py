@@ -54,6 +54,11 @@ class Pool:
         entry = self._entries.get(request_hash)
         return None if entry is None else entry.request
 
+    def origin(self, request_hash: bytes) -> int | None:
+        """The peer a pooled request came from (None: a local client, or not pooled)."""
+        entry = self._entries.get(request_hash)
+        return None if entry is None else entry.origin
+
     @property
     def pending_count(self) -> int:
         return len(self._pending)
