@@ -71,30 +71,34 @@ class Byzantine:
             return
         if (
             self.mode == "equivocate"
-            and out.to is None
             and isinstance(env, SignedEnvelope)
             and isinstance(env.signed.msg, PrePrepare)
-            and env.requests
+            and env.signed.msg.request_hashes
         ):
-            yield from self._equivocate(env, env.signed.msg, honest)
+            yield from self._equivocate(env, env.signed.msg, honest, out.to)
             return
         yield out.to, honest
 
     def _equivocate(
-        self, env: SignedEnvelope, pp: PrePrepare, honest: bytes
+        self, env: SignedEnvelope, pp: PrePrepare, honest: bytes, to: int | None
     ) -> Iterator[tuple[int | None, bytes]]:
-        requests = env.requests[:-1] if len(env.requests) > 1 else ()
-        hashes = tuple(r.hash for r in requests)
+        """The PRE-PREPARE goes out as one multicast (``to`` None) or once per peer
+        (each with the bodies that peer lacks): either way the victims get the
+        conflicting one, with the bodies at hand that it names."""
+        hashes = pp.request_hashes[:-1] if len(pp.request_hashes) > 1 else ()
+        kept = set(hashes)
         alt = PrePrepare(
             view=pp.view, seq=pp.seq, digest=batch_digest(hashes), request_hashes=hashes
         )
-        alt_env: Envelope = SignedEnvelope(self._sign(alt), requests)
+        alt_env: Envelope = SignedEnvelope(
+            self._sign(alt), tuple(r for r in env.requests if r.hash in kept)
+        )
         commit: Envelope = SignedEnvelope(
             self._sign(Commit(view=pp.view, seq=pp.seq, digest=alt.digest))
         )
         others = [j for j in range(self._n) if j != self._id]
         victims = set(others[: max(1, len(others) // 2)])
-        for j in others:
+        for j in others if to is None else [to]:
             if j in victims:
                 yield j, encode_envelope(alt_env)
                 yield j, encode_envelope(commit)
