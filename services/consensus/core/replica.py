@@ -525,14 +525,13 @@ class Replica:
         with the PRE-PREPARE's retransmission). Under load most requests reach the
         primary as forwards, so this saves about one copy of every body in four.
         """
-        origins = {self._pool.origin(r.hash) for r in requests}
-        origins.discard(None)
-        if not origins:
+        origins = [self._pool.origin(r.hash) for r in requests]
+        if all(origin is None for origin in origins):
             self._send.append(Outbound(None, SignedEnvelope(signed, requests)))
             return
         for peer in range(self._n):
             if peer != self.id:
-                lacks = tuple(r for r in requests if self._pool.origin(r.hash) != peer)
+                lacks = tuple(r for r, o in zip(requests, origins, strict=True) if o != peer)
                 self._send.append(Outbound(peer, SignedEnvelope(signed, lacks)))
 
     def _init_mark(self, state: durable.DurableState, file_mark: SigningMark | None) -> None:
