@@ -86,6 +86,19 @@ def test_the_primary_does_not_send_a_backup_back_the_bodies_it_forwarded() -> No
     assert_agreement(c)
 
 
+def test_a_peer_that_relays_anothers_request_first_deprives_only_itself() -> None:
+    c = Cluster(4)
+    r = request("from-2")
+    c.propose(2, r)  # its forward to the primary is queued, not yet delivered
+    c.inject(3, 0, wire(RequestsEnvelope((r,))))  # replica 3 relays the same copy first
+    assert r.hash not in _bodies_to(c, 3)  # the primary takes 3 for its holder: 3 is spared
+    assert r.hash in _bodies_to(c, 1) and r.hash in _bodies_to(c, 2)
+    c.tick(3)
+    for i in (0, 1, 2):  # a quorum without 3, which lacks the body
+        assert c.executed_hashes(i) == [r.hash]
+    assert_agreement(c)
+
+
 def test_requests_of_no_peer_go_out_as_one_multicast() -> None:
     c = Cluster(4)
     c.propose(0, request("local"))
