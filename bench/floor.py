@@ -10,9 +10,9 @@ design of this architecture must do with a client's vertex, and nothing else:
 * **gateway** (``G``): takes batches of vertices from a client's gRPC stream and passes
   their bytes on to its consensus process over a gRPC stream, unparsed;
 * **consensus** (``C``): parses a batch (protobuf), verifies every vertex's ML-DSA-87
-  signature once (two threads, one job per thread, as the consensus verifier), hands the
-  batch's bytes to its transport (entry node only) and writes them to its storage; a
-  batch from a peer is parsed, verified and stored the same way;
+  signature once (``--verify-threads`` threads, 2 as the consensus verifier, a job per
+  thread), hands the batch's bytes to its transport (entry node only) and writes them to
+  its storage; a batch from a peer is parsed, verified and stored the same way;
 * **transport** (``T``): sends the bytes it is handed to the three other transports over
   QUIC (aioquic's asyncio API, one stream per peer, 15000-byte datagrams as the node's
   loopback default), and hands what it receives to its consensus process;
@@ -268,7 +268,8 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
     from cretoai.vertex import verify_vertex
 
     backend = get_backend("auto")
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+    threads = int(spec["verify_threads"])
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
     loop = asyncio.get_running_loop()
     counts = {"stored_vertices": 0, "entry_vertices": 0, "peer_vertices": 0, "bad": 0,
               "verify_thread_cpu_s": 0.0}  # fmt: skip
@@ -280,8 +281,8 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
         return bad, time.thread_time() - cpu
 
     async def verify(vertices: Sequence[Any]) -> None:
-        half = (len(vertices) + 1) // 2
-        jobs = [vertices[:half], vertices[half:]] if len(vertices) > 1 else [vertices]
+        step = -(-len(vertices) // threads)  # a job per thread, as the node's Verifier
+        jobs = [vertices[i : i + step] for i in range(0, len(vertices), step)]
         done = await asyncio.gather(*(loop.run_in_executor(pool, verify_each, j) for j in jobs))
         counts["bad"] += sum(bad for bad, _ in done)
         counts["verify_thread_cpu_s"] += sum(cpu for _, cpu in done)
@@ -699,6 +700,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "window_s": args.seconds,
             "windows": args.windows,
+            "verify_threads_per_consensus": args.verify_threads,
             "datagram_bytes": DATAGRAM_BYTES,
             "vertex": f"{PAYLOAD_BYTES} B payload, 2 parents, ML-DSA-87 (about 8.3 KB)",
         },
@@ -711,6 +713,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ports = free_ports(len(names) * NODES)
         spec = {
             "dir": tmp,
+            "verify_threads": args.verify_threads,
             "cert": cert,
             "key": key,
             "ports": {n: ports[i * NODES : (i + 1) * NODES] for i, n in enumerate(names)},
@@ -762,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="before the windows (5)")
     parser.add_argument("--batch", type=int, default=64, help="vertices per batch (64)")
     parser.add_argument("--window", type=int, default=6, help="batches in flight per gateway")
+    parser.add_argument(
+        "--verify-threads", type=int, default=2, help="per consensus stand-in (2, as the node)"
+    )
     parser.add_argument("--bound-seconds", type=float, default=3.0, help="verify bound (3)")
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument("--role", choices=[*ROLES, "L"], help=argparse.SUPPRESS)
@@ -779,9 +785,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (0.5 <= args.seconds <= 120 and 1 <= args.windows <= 20 and 1 <= args.batch <= 512
             and 1 <= args.window <= 64 and 0 <= args.warmup <= 60
-            and 0.6 <= args.bound_seconds <= 60):  # fmt: skip
+            and 0.6 <= args.bound_seconds <= 60 and 1 <= args.verify_threads <= 8):  # fmt: skip
         parser.error("bounds: --seconds [0.5, 120], --windows [1, 20], --batch [1, 512], "
-                     "--window [1, 64], --warmup [0, 60], --bound-seconds [0.6, 60]")  # fmt: skip
+                     "--window [1, 64], --warmup [0, 60], --bound-seconds [0.6, 60], "
+                     "--verify-threads [1, 8]")  # fmt: skip
     result = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
