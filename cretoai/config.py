@@ -113,7 +113,12 @@ class ConsensusSection:
     #: (admission control: below request_timeout_ms, so overload sheds load instead
     #: of ending in relays and view changes). 0: a quarter of request_timeout_ms.
     admission_max_wait_ms: int = 0
+    #: Requests waiting in the pool, at most: this many ...
     pool_max: int = 20_000
+    #: ... and this many bytes (a peer's forwards at most a validator's share of it, or
+    #: one batch's worth): bounds the memory a Byzantine peer or a flood of large
+    #: vertices can hold. At least batch_max_bytes.
+    pool_max_bytes: int = 67_108_864
     #: Peers whose reputation falls below this score are banned.
     reputation_threshold: int = -100
     #: Threads that verify ML-DSA-87 signatures (verification releases the GIL).
@@ -444,12 +449,18 @@ def _validate(cfg: NodeConfig) -> None:
         "status_interval_ms",
         "status_quiet_intervals",
         "pool_max",
+        "pool_max_bytes",
         "verify_threads",
         "max_inflight_batches",
         "max_inflight_full_batches",
     ):
         if getattr(c, name) <= 0:
             raise ConfigError(f"{src}: consensus.{name}: must be positive")
+    if c.pool_max_bytes < c.batch_max_bytes:
+        raise ConfigError(
+            f"{src}: consensus.pool_max_bytes: must be at least batch_max_bytes "
+            f"({c.batch_max_bytes}): the largest request must fit in an empty pool"
+        )
     if not 0 <= c.admission_max_wait_ms < c.request_timeout_ms:
         raise ConfigError(
             f"{src}: consensus.admission_max_wait_ms: must be within [0, request_timeout_ms) "

@@ -79,6 +79,11 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["consensus"].update(status_quiet_intervals=0),
             "consensus.status_quiet_intervals",
         ),
+        (lambda d: d["consensus"].update(pool_max_bytes=0), "consensus.pool_max_bytes"),
+        (
+            lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
+            "consensus.pool_max_bytes",
+        ),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
     ],
 )
@@ -166,6 +171,8 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
     assert core.progress_timeout == 150  # the default 1.5 s (at most the request timeout)
     assert core.admission_max_wait == 38  # 0: a quarter of the request timeout, 375 ms
     assert core.transfer_max_bytes == 2 * 65536
+    assert core.pool_max_bytes == 64 * 1024 * 1024  # the default: a peer's share 16 MiB
+    assert core.pool_per_peer_bytes == 16 * 1024 * 1024
     assert (core.status_interval, core.status_quiet_intervals) == (20, 5)  # 200 ms, defaults
     _rewrite(
         node_config,

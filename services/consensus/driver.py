@@ -79,6 +79,7 @@ VIEW = Gauge("cretoai_consensus_view", "Current view")
 LAST_EXECUTED = Gauge("cretoai_consensus_last_executed_seq", "Last executed sequence number")
 STABLE = Gauge("cretoai_consensus_stable_checkpoint_seq", "Stable checkpoint sequence number")
 POOL = Gauge("cretoai_consensus_pool_requests", "Requests waiting in the pool")
+POOL_BYTES = Gauge("cretoai_consensus_pool_bytes", "Bytes of the requests waiting in the pool")
 INBOX = Gauge("cretoai_consensus_inbox_depth", "Inputs waiting for the replica task")
 VIEW_CHANGES = Counter("cretoai_consensus_view_changes_total", "Views this replica moved to")
 BYZANTINE = Counter(
@@ -173,6 +174,7 @@ class Driver:
         feed: FinalizedFeed,
         tick_ms: int,
         pending_max: int,
+        pending_max_bytes: int | None = None,
         executed: ExecutedState | None = None,
         mark_file: MarkFile | None = None,
         byzantine: Byzantine | None = None,
@@ -216,10 +218,16 @@ class Driver:
         self._verifying: asyncio.Queue[asyncio.Task[_Input | None]] = asyncio.Queue(512)
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
-        #: Vertices known here but not executed (for GetPending and parent checks), bounded;
-        #: by content hash.
+        #: Vertices known here but not executed (for GetPending and parent checks), by
+        #: content hash; bounded in count and in bytes (the oldest go first): they come
+        #: from peers too, and a vertex may be as large as a batch.
         self.pending: OrderedDict[bytes, vertex_pb2.Vertex] = OrderedDict()
         self._pending_max = pending_max
+        self._pending_max_bytes = (
+            2 * replica.config.pool_max_bytes if pending_max_bytes is None else pending_max_bytes
+        )
+        self._pending_sizes: dict[bytes, int] = {}
+        self.pending_bytes = 0
         self._submitted_at: dict[bytes, float] = {}
         #: Span contexts and stage timestamps of vertices and batches (tracing.py).
         self.traces = BatchTraces(
@@ -348,10 +356,20 @@ class Driver:
 
     def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex) -> None:
         """Keep a vertex that arrived (by content ``digest``) until it is executed."""
+        self._forget(digest)
+        size = vertex.ByteSize()
         self.pending[digest] = vertex
-        self.pending.move_to_end(digest)
-        while len(self.pending) > self._pending_max:
-            self.pending.popitem(last=False)
+        self._pending_sizes[digest] = size
+        self.pending_bytes += size
+        while len(self.pending) > self._pending_max or (
+            self.pending_bytes > self._pending_max_bytes and len(self.pending) > 1
+        ):
+            oldest, _ = self.pending.popitem(last=False)
+            self.pending_bytes -= self._pending_sizes.pop(oldest)
+
+    def _forget(self, digest: bytes) -> None:
+        if self.pending.pop(digest, None) is not None:
+            self.pending_bytes -= self._pending_sizes.pop(digest)
 
     async def _ticker(self) -> None:
         while True:
@@ -579,7 +597,7 @@ class Driver:
             self.replica.applied(committed.seq, executed.state_digest)
             now = time.monotonic()
             for content in executed.contents:
-                self.pending.pop(content, None)
+                self._forget(content)
                 submitted = self._submitted_at.pop(content, None)
                 if submitted is not None:
                     FINALITY.observe(now - submitted)
@@ -693,6 +711,7 @@ class Driver:
         LAST_EXECUTED.set(status.last_executed)
         STABLE.set(status.stable_seq)
         POOL.set(status.pool_size)
+        POOL_BYTES.set(status.pool_bytes)
         floor = self.replica.signing_floor
         SIGNING_FLOOR.set(0 if floor is None else floor.seq)
         refused = self.replica.refused_by_floor

@@ -59,6 +59,7 @@ def core_config(cfg: NodeConfig) -> Config:
         status_interval=ticks(c.status_interval_ms),
         status_quiet_intervals=c.status_quiet_intervals,
         pool_max=c.pool_max,
+        pool_max_bytes=c.pool_max_bytes,
         # two batches per transfer message, within the transport's frame limit
         transfer_max_bytes=max(
             1, min(2 * c.batch_max_bytes, cfg.transport.max_frame_bytes - FRAME_MARGIN_BYTES)

@@ -25,7 +25,11 @@ NOWHERE = "127.0.0.1:9"
 
 
 def unstarted_driver(
-    config: Config, *, tick_ms: int, clock: Callable[[], float] = time.monotonic
+    config: Config,
+    *,
+    tick_ms: int,
+    clock: Callable[[], float] = time.monotonic,
+    pending_max_bytes: int | None = None,
 ) -> Driver:
     """A driver for replica ``config.replica_id`` of ``config.n``, each with a fresh key."""
     backend = get_backend("auto")
@@ -46,5 +50,6 @@ def unstarted_driver(
         feed=FinalizedFeed(storage),
         tick_ms=tick_ms,
         pending_max=100,
+        pending_max_bytes=pending_max_bytes,
         clock=clock,
     )

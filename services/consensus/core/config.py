@@ -68,8 +68,11 @@ class Config:
     #: interval, and every interval again as soon as anything is pending or out of
     #: step. 1: every interval, always.
     status_quiet_intervals: int = 5
-    #: At most this many requests wait in the pool.
+    #: At most this many requests wait in the pool ...
     pool_max: int = 20_000
+    #: ... and at most this many bytes of them (each peer's share: this / n, or a
+    #: batch's worth when that is more).
+    pool_max_bytes: int = 64 * 1024 * 1024
     #: Largest number of batches served or fetched per state-transfer request ...
     transfer_max_batches: int = 64
     #: ... and request bytes per transfer or resend message (one batch always goes):
@@ -93,6 +96,7 @@ class Config:
             "status_interval",
             "status_quiet_intervals",
             "pool_max",
+            "pool_max_bytes",
             "transfer_max_batches",
             "transfer_max_bytes",
             "max_inflight",
@@ -104,6 +108,11 @@ class Config:
         for name in ("batch_timeout", "max_backoff"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.pool_max_bytes < self.batch_max_bytes:
+            raise ValueError(
+                f"pool_max_bytes ({self.pool_max_bytes}) must be >= batch_max_bytes "
+                f"({self.batch_max_bytes}): the largest request must fit in an empty pool"
+            )
         if self.watermark_window < self.checkpoint_interval:
             raise ValueError(
                 f"watermark_window ({self.watermark_window}) must be >= "
@@ -119,6 +128,11 @@ class Config:
             )
         if self.reputation_threshold >= 0:
             raise ValueError("reputation_threshold must be negative (scores start at 0)")
+
+    @property
+    def pool_per_peer_bytes(self) -> int:
+        """The pool bytes requests from one peer may hold."""
+        return max(self.batch_max_bytes, self.pool_max_bytes // self.n)
 
     @property
     def f(self) -> int:

@@ -1,5 +1,9 @@
 """The request pool: pending client requests, deduplicated by hash and bounded.
 
+Bounded in count and in bytes, in all and per peer: a request may be as large as a
+batch (1 MiB by default), so a count alone would let one Byzantine replica, forwarding
+its share of validly signed large vertices, hold gigabytes in every honest replica.
+
 Each entry remembers when its timer started: a request unexecuted for one
 request timeout is relayed to every replica; after another, the replica
 suspects the primary (paper §4.4, "a backup starts a timer when it receives a
@@ -32,9 +36,13 @@ class Entry:
 
 
 class Pool:
-    def __init__(self, *, capacity: int, per_peer: int) -> None:
+    def __init__(
+        self, *, capacity: int, per_peer: int, capacity_bytes: int, per_peer_bytes: int
+    ) -> None:
         self._capacity = capacity
         self._per_peer = per_peer
+        self._capacity_bytes = capacity_bytes
+        self._per_peer_bytes = per_peer_bytes
         #: Every entry, oldest timer first.
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         #: Unassigned entries in arrival order (what the primary batches).
@@ -42,7 +50,10 @@ class Pool:
         #: Every entry in arrival order (timers restart; arrivals do not).
         self._by_arrival: OrderedDict[bytes, Entry] = OrderedDict()
         self.pending_bytes = 0
+        #: Bytes of every entry (assigned or not).
+        self.total_bytes = 0
         self._from_peer: dict[int, int] = {}
+        self._bytes_from_peer: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -63,10 +74,17 @@ class Pool:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    def full_for(self, origin: int | None) -> bool:
-        if len(self._entries) >= self._capacity:
+    def full_for(self, origin: int | None, size: int = 0) -> bool:
+        """Whether a request of ``size`` bytes from ``origin`` (None: a local client)
+        would exceed the pool's bounds, or that peer's share of them."""
+        if len(self._entries) >= self._capacity or self.total_bytes + size > self._capacity_bytes:
             return True
-        return origin is not None and self._from_peer.get(origin, 0) >= self._per_peer
+        if origin is None:
+            return False
+        return (
+            self._from_peer.get(origin, 0) >= self._per_peer
+            or self._bytes_from_peer.get(origin, 0) + size > self._per_peer_bytes
+        )
 
     def add(self, request: Request, *, now: int, origin: int | None, relayed: bool) -> None:
         entry = Entry(request=request, arrived=now, timer=now, relayed=relayed, origin=origin)
@@ -74,8 +92,10 @@ class Pool:
         self._by_arrival[request.hash] = entry
         self._pending[request.hash] = entry
         self.pending_bytes += request.size
+        self.total_bytes += request.size
         if origin is not None:
             self._from_peer[origin] = self._from_peer.get(origin, 0) + 1
+            self._bytes_from_peer[origin] = self._bytes_from_peer.get(origin, 0) + request.size
 
     def remove(self, hashes: Iterable[bytes]) -> None:
         for h in hashes:
@@ -86,8 +106,10 @@ class Pool:
             if not entry.assigned:
                 del self._pending[h]
                 self.pending_bytes -= entry.request.size
+            self.total_bytes -= entry.request.size
             if entry.origin is not None:
                 self._from_peer[entry.origin] -= 1
+                self._bytes_from_peer[entry.origin] -= entry.request.size
 
     def oldest_waiting_since(self) -> int | None:
         """Arrival tick of the oldest entry, assigned or not (relays do not reset it)."""

@@ -86,6 +86,8 @@ class ReplicaStatus:
     last_executed: int
     stable_seq: int
     pool_size: int
+    #: Bytes of the requests in the pool (bounded by ``Config.pool_max_bytes``).
+    pool_bytes: int
     banned: frozenset[int]
 
 
@@ -197,7 +199,12 @@ class Replica:
             threshold=config.reputation_threshold,
             flood_allowance=64 + 4 * config.watermark_window,
         )
-        self._pool = Pool(capacity=config.pool_max, per_peer=max(1, config.pool_max // config.n))
+        self._pool = Pool(
+            capacity=config.pool_max,
+            per_peer=max(1, config.pool_max // config.n),
+            capacity_bytes=config.pool_max_bytes,
+            per_peer_bytes=config.pool_per_peer_bytes,
+        )
         self._now = 0
         self._view = 0
         self._active = True
@@ -333,6 +340,7 @@ class Replica:
             last_executed=self._last_exec,
             stable_seq=self._low,
             pool_size=len(self._pool),
+            pool_bytes=self._pool.total_bytes,
             banned=self.banned,
         )
 
@@ -346,7 +354,7 @@ class Replica:
             return ProposeResult.TOO_LARGE
         if request.hash in self._pool or request.hash in self._recent:
             return ProposeResult.DUPLICATE
-        if self._pool.full_for(None):
+        if self._pool.full_for(None, request.size):
             return ProposeResult.POOL_FULL
         if not admitted and self.overloaded():
             return ProposeResult.OVERLOADED
@@ -989,8 +997,8 @@ class Replica:
             if request.size > self.config.batch_max_bytes:
                 self._fault(sender, FaultKind.PROTOCOL)
                 continue
-            if self._pool.full_for(sender):
-                break
+            if self._pool.full_for(sender, request.size):
+                continue  # a smaller one may still fit the sender's share
             self._pool.add(request, now=self._now, origin=sender, relayed=True)
             if self._active and self.primary != self.id:
                 self._forward.append(request)
