@@ -115,6 +115,13 @@ PERSIST = Histogram(
 
 #: Inputs taken per burst before the Ready is drained (bounds latency under load).
 BURST = 256
+#: Messages from peers being decoded and verified at once, at most (back-pressure on the
+#: transport stream beyond) ...
+VERIFYING_MAX = 512
+#: ... and their bytes at most (one larger message goes alone): 512 frames of 4 MiB would
+#: be 2 GiB, which a Byzantine peer sending large valid vertices faster than they verify
+#: could otherwise make this process hold.
+VERIFYING_MAX_BYTES = 64 * 1024 * 1024
 
 
 def request_hash(body: bytes) -> bytes:
@@ -215,7 +222,11 @@ class Driver:
         self._idle_from: float | None = None
         self._idle_ticks = 0
         self._idle_wake = asyncio.Event()
-        self._verifying: asyncio.Queue[asyncio.Task[_Input | None]] = asyncio.Queue(512)
+        self._verifying: asyncio.Queue[tuple[asyncio.Task[_Input | None], int]] = asyncio.Queue(
+            VERIFYING_MAX
+        )
+        self.verifying_bytes = 0
+        self._verifying_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         #: Vertices known here but not executed (for GetPending and parent checks), by
@@ -264,7 +275,7 @@ class Driver:
         # service closes the verifier's pool, which they would otherwise still use.
         pending: list[asyncio.Task[Any]] = list(self._side_tasks)
         while not self._verifying.empty():
-            pending.append(self._verifying.get_nowait())
+            pending.append(self._verifying.get_nowait()[0])
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -417,8 +428,14 @@ class Driver:
         if sender is None:
             return  # the transport delivers only authenticated members
         carrier = dict(envelope.trace_context) if envelope.trace_context else _NO_CARRIER
+        size = len(envelope.payload)
+        # bounded in count and bytes: back-pressure on the transport stream
+        while self.verifying_bytes and self.verifying_bytes + size > VERIFYING_MAX_BYTES:
+            self._verifying_freed.clear()
+            await self._verifying_freed.wait()
+        self.verifying_bytes += size
         task = asyncio.create_task(self._check(sender, envelope.payload, now_ns(), carrier))
-        await self._verifying.put(task)  # bounded: back-pressure on the transport stream
+        await self._verifying.put((task, size))
 
     async def _check(
         self,
@@ -491,10 +508,18 @@ class Driver:
 
     async def _deliver_verified(self) -> None:
         while True:
-            task = await self._verifying.get()
+            await self._deliver_one_verified()
+
+    async def _deliver_one_verified(self) -> None:
+        """The oldest message being checked, to the replica task in arrival order."""
+        task, size = await self._verifying.get()
+        try:
             item = await task
-            if item is not None:
-                self._inbox.put_nowait(item)
+        finally:
+            self.verifying_bytes -= size
+            self._verifying_freed.set()
+        if item is not None:
+            self._inbox.put_nowait(item)
 
     # --- the replica task ------------------------------------------------------------
 

@@ -1,17 +1,22 @@
-"""The driver's cache of vertices not yet executed (``Driver.pending``: parent checks,
-``GetPending``) is bounded in bytes: a peer forwarding large, validly signed vertices
-evicts the oldest instead of growing the process. A real driver, not started, with real
-ML-DSA-87 keys; the forwards go through its decode-and-verify path."""
+"""What the consensus driver holds for peers is bounded in bytes: its cache of vertices
+not yet executed (``Driver.pending``: parent checks, ``GetPending``), where a peer
+forwarding large, validly signed vertices evicts the oldest instead of growing the
+process; and the messages being decoded and verified, beyond which the transport stream
+waits. A real driver, not started, with real ML-DSA-87 keys."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from cretoai.crypto.backend import get_backend
 from cretoai.crypto.keys import NodeKey
+from cretoai.v1 import transport_pb2
 from cretoai.vertex import make_vertex, vertex_hash
+from services.consensus import driver as driver_module
 from services.consensus.core.codec import encode_envelope
 from services.consensus.core.config import Config
 from services.consensus.core.messages import Request, RequestsEnvelope
@@ -38,3 +43,31 @@ async def test_large_forwards_evict_the_oldest_pending_vertices() -> None:
     # the newest four stay (4 x ~107 KB); the oldest went first
     assert kept == contents[-4:]
     assert driver.pending_bytes == sum(len(b) for b in bodies[-4:])
+
+
+async def test_messages_being_verified_are_bounded_in_bytes(monkeypatch: Any) -> None:
+    monkeypatch.setattr(driver_module, "VERIFYING_MAX_BYTES", 1000)
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+
+    def envelope(size: int) -> transport_pb2.Envelope:
+        message = transport_pb2.Envelope(payload=b"\x07" * size)
+        setattr(message, "from", driver.node_ids[3])  # a Python keyword
+        return message
+
+    await driver._on_inbound(envelope(600))
+    blocked = asyncio.create_task(driver._on_inbound(envelope(600)))
+    for _ in range(5):  # let it run until it waits (yields, no timing)
+        await asyncio.sleep(0)
+    assert not blocked.done()
+    assert driver.verifying_bytes == 600
+    await driver._deliver_one_verified()  # the first is checked and handed on
+    await blocked
+    assert driver.verifying_bytes == 600
+    await driver._deliver_one_verified()
+    assert driver.verifying_bytes == 0
+    # one message larger than the bound still goes, alone
+    await driver._on_inbound(envelope(5000))
+    assert driver.verifying_bytes == 5000
+    await driver._deliver_one_verified()
+    # what was checked reached the replica task, in order (undecodable: a fault each)
+    assert driver._inbox.qsize() == 3
