@@ -81,6 +81,10 @@ def test_generated_config_loads(node_config: Path) -> None:
         ),
         (lambda d: d["consensus"].update(pool_max_bytes=0), "consensus.pool_max_bytes"),
         (
+            lambda d: d["gateway"].update(max_request_bytes_in_progress=0),
+            "gateway.max_request_bytes_in_progress",
+        ),
+        (
             lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
             "consensus.pool_max_bytes",
         ),

@@ -27,6 +27,10 @@ FINALITY_WAIT = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 WAITERS = Gauge("cretoai_gateway_finality_waiters", "Callers waiting for a vertex to be final")
+REQUEST_BYTES = Gauge(
+    "cretoai_gateway_request_bytes_in_progress",
+    "Bytes of submission bodies held by HTTP requests in progress (reserved before reading)",
+)
 SUBSCRIBERS = Gauge(
     "cretoai_gateway_stream_subscribers", "Subscribers of the finalized stream", ["api"]
 )

@@ -13,7 +13,7 @@ import contextlib
 import importlib.resources
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,9 +161,17 @@ class Closing:
 class RestApi:
     """The aiohttp application of one gateway and its listening site."""
 
-    def __init__(self, gateway: Gateway, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        max_body_bytes: int,
+        max_bytes_in_progress: int = 64 * 1024 * 1024,
+    ) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
+        self._max_in_progress = max_bytes_in_progress
+        self.bytes_in_progress = 0
         #: A batch's body limit (its vertices, binary, then fit one call to consensus).
         self.max_batch_body = max(
             max_body_bytes, min(BATCH_BODY_FACTOR * max_body_bytes, BATCH_BODY_MAX)
@@ -208,6 +216,29 @@ class RestApi:
 
     # ------------------------------------------------------------------ REST
 
+    @contextlib.contextmanager
+    def _reserve(self, request: web.Request, limit: int) -> Iterator[None]:
+        """Count a submission's body against ``gateway.max_request_bytes_in_progress``
+        until its answer: what it declares (``limit`` when it declares nothing, or more
+        than that: it is refused with 413 later), 429 at once when that would exceed the
+        bound; one request alone always fits."""
+        declared = request.content_length
+        size = limit if declared is None else min(declared, limit)
+        held = self.bytes_in_progress
+        if held and held + size > self._max_in_progress:
+            raise ApiError(
+                "overloaded",
+                f"{held} bytes of requests are in progress at this gateway "
+                "(gateway.max_request_bytes_in_progress); retry with backoff",
+            )
+        self.bytes_in_progress += size
+        metrics.REQUEST_BYTES.set(self.bytes_in_progress)
+        try:
+            yield
+        finally:
+            self.bytes_in_progress -= size
+            metrics.REQUEST_BYTES.set(self.bytes_in_progress)
+
     @staticmethod
     async def _body(request: web.Request, limit: int) -> bytes:
         """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond)."""
@@ -229,28 +260,31 @@ class RestApi:
     async def submit(self, request: web.Request) -> web.Response:
         wait = parse_bool(request.query.get("wait"), "wait")
         self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
-        draft = parse_submission(parse_json(await self._body(request, self._max_body)))
-        result = await self._gw.submit(draft, wait=wait, api="http")
-        if result.record is not None:
-            return json_response(record_json(result.record))
-        return json_response(submitted_json(result.hash, result.status, result.duplicate), 202)
+        with self._reserve(request, self._max_body):
+            draft = parse_submission(parse_json(await self._body(request, self._max_body)))
+            result = await self._gw.submit(draft, wait=wait, api="http")
+            if result.record is not None:
+                return json_response(record_json(result.record))
+            return json_response(submitted_json(result.hash, result.status, result.duplicate), 202)
 
     async def submit_batch(self, request: web.Request) -> web.Response:
         """Up to MAX_BATCH_VERTICES vertices: ``200 {"results": [...]}``, one per vertex in
         order, each what ``POST /v1/vertices`` would answer in its body."""
         wait = parse_bool(request.query.get("wait"), "wait")
-        raw = await self._body(request, self.max_batch_body)
-        drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
-        answers = await self._gw.submit_batch(drafts, wait=wait, api="http")
-        results = []
-        for answer in answers:
-            if isinstance(answer, Refused):
-                results.append(refused_json(answer.hash, answer.error.body()))
-            elif answer.record is not None:
-                results.append(record_json(answer.record))
-            else:
-                results.append(submitted_json(answer.hash, answer.status, answer.duplicate))
-        return json_response({"results": results})
+        with self._reserve(request, self.max_batch_body):
+            raw = await self._body(request, self.max_batch_body)
+            drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
+            del raw
+            answers = await self._gw.submit_batch(drafts, wait=wait, api="http")
+            results = []
+            for answer in answers:
+                if isinstance(answer, Refused):
+                    results.append(refused_json(answer.hash, answer.error.body()))
+                elif answer.record is not None:
+                    results.append(record_json(answer.record))
+                else:
+                    results.append(submitted_json(answer.hash, answer.status, answer.duplicate))
+            return json_response({"results": results})
 
     async def vertex(self, request: web.Request) -> web.Response:
         h = decode_hash(request.match_info["hash"], "hash")

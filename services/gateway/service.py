@@ -82,7 +82,11 @@ async def build(cfg: NodeConfig) -> GatewayService:
         ),
         probes=channels,
     )
-    rest = RestApi(gateway, max_body_bytes=cfg.gateway.max_body_bytes)
+    rest = RestApi(
+        gateway,
+        max_body_bytes=cfg.gateway.max_body_bytes,
+        max_bytes_in_progress=cfg.gateway.max_request_bytes_in_progress,
+    )
 
     async def cleanup() -> None:
         await hub.close()

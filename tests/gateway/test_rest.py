@@ -15,6 +15,7 @@ import pytest
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend
 from cretoai.vertex import verify_vertex, vertex_hash
+from services.gateway import metrics
 from services.gateway.errors import CODES
 from tests.gateway.support import (
     TIMEOUT,
@@ -505,3 +506,48 @@ async def test_a_validator_key_as_submitter_key_is_refused(
     with pytest.raises(ConfigError, match="is a validator key"):
         async with start_node(bad):
             pass
+
+
+async def test_slow_uploads_hold_a_bounded_number_of_bytes(
+    make_config: Callable[..., NodeConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that declares a large body and sends it slowly holds its share of
+    ``gateway.max_request_bytes_in_progress`` from the start: a request beyond it gets
+    429 at once (before its body is read), and the bytes are given back when the slow
+    one is answered."""
+    held: list[float] = []
+    reserved = asyncio.Event()
+    gauge = metrics.REQUEST_BYTES
+    set_gauge = gauge.set
+
+    def observe(value: float) -> None:  # the gateway runs in this process
+        set_gauge(value)
+        held.append(value)
+        reserved.set()
+
+    monkeypatch.setattr(gauge, "set", observe)
+    async with start_node(make_config(max_request_bytes_in_progress=200_000)) as node:
+        body = json.dumps({"payload": b64(b"slow" * 30_000)}).encode()  # ~160 KB
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.gateway.http_port)
+        head = (
+            "POST /v1/vertices HTTP/1.1\r\nHost: gateway\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[:1000])  # the rest later
+        await writer.drain()
+        await asyncio.wait_for(reserved.wait(), TIMEOUT)  # the slow one reached its handler
+        assert held == [len(body)]
+        status, reply = await node.post("/v1/vertices", {"payload": b64(b"x" * 40_000)})
+        assert_error(status, reply, 429, "overloaded")
+        assert "max_request_bytes_in_progress" in reply["error"]["message"]
+        assert held == [len(body)]  # refused before anything was reserved or read
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"small")})
+        assert status == 202  # a small one still fits beside it
+        writer.write(body[1000:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert answer.startswith(b"HTTP/1.1 202")
+        writer.close()
+        assert held[-1] == 0  # given back before the answer was sent
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"x" * 40_000)})
+        assert status == 202
