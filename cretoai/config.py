@@ -152,8 +152,11 @@ class TransportSection:
     send_queue_max_bytes: int = 64 * 1024 * 1024
     #: Bytes sent to one peer but not yet acknowledged by its transport (backpressure window).
     inflight_max_bytes: int = 1_048_576
-    #: Inbound messages buffered per peer for consensus before the oldest are dropped.
+    #: Inbound messages buffered per peer for consensus before the oldest are dropped ...
     recv_queue_max: int = 4096
+    #: ... and their bytes per peer (at least max_frame_bytes): 4096 frames of 4 MiB
+    #: would be 16 GiB from one peer while consensus is slow.
+    recv_queue_max_bytes: int = 32 * 1024 * 1024
     #: Deadline for the QUIC handshake plus the ML-DSA-87 peer authentication.
     handshake_timeout_ms: int = 5_000
     #: Connections not yet authenticated, at most (a flood bound).

@@ -196,3 +196,14 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
     assert core.progress_timeout == 100  # 995 ms in ticks of 10 ms, rounded up
     assert (core.status_interval, core.status_quiet_intervals) == (10, 1)
     assert core.transfer_max_bytes == 1_048_576  # bounded by the transport's frame limit
+
+
+def test_the_transports_inbound_bytes_bound_holds_a_frame(node_config: Path) -> None:
+    from services.transport.settings import settings_from_config
+
+    assert settings_from_config(load_config(node_config, environ={})).recv_queue_max_bytes == (
+        32 * 1024 * 1024
+    )
+    _rewrite(node_config, lambda d: d["transport"].update(recv_queue_max_bytes=1024))
+    with pytest.raises(ConfigError, match=r"transport\.recv_queue_max_bytes"):
+        settings_from_config(load_config(node_config, environ={}))

@@ -247,7 +247,9 @@ class TransportNode:
             if m.node_id != self._node_id
         }
         self._inbound: InboundMux[transport_pb2.Envelope] = InboundMux(
-            max_per_source=settings.recv_queue_max
+            max_per_source=settings.recv_queue_max,
+            max_bytes_per_source=settings.recv_queue_max_bytes,
+            size=_envelope_size,
         )
         self._consumer: Consumer | None = None
         self.stats = metrics.Stats()
@@ -795,8 +797,9 @@ class TransportNode:
         peer.bytes_in += event.wire_size
         peer.m.messages_in.inc()
         peer.m.bytes_in.inc(event.wire_size)
-        if self._inbound.push(peer.node_id, envelope):
-            self._drop(peer, "recv_queue_full")
+        dropped = self._inbound.push(peer.node_id, envelope)
+        if dropped:
+            self._drop(peer, "recv_queue_full", dropped)
             self._limiter.warning(
                 f"recv-full-{peer.name}",
                 "inbound queue full (consensus is slow or absent): dropped the oldest",

@@ -7,9 +7,10 @@
   the most recent traffic; older state is recovered by PBFT's retransmission,
   view change and state transfer). Each entry carries the time before which it
   must not be sent (fault injection's delay).
-* :class:`InboundMux` — one bounded FIFO per peer of messages for consensus,
-  drained round-robin so that a flooding peer cannot starve the others; also
-  drop-oldest.
+* :class:`InboundMux` — one bounded FIFO per peer of messages for consensus
+  (by count and, with a size function, by bytes: 4096 frames of 4 MiB would be
+  16 GiB from one peer), drained round-robin so that a flooding peer cannot starve
+  the others; also drop-oldest.
 """
 
 from __future__ import annotations
@@ -77,13 +78,35 @@ class SendQueue:
 class InboundMux(Generic[T]):
     """Per-source bounded FIFOs, taken round-robin across sources."""
 
-    def __init__(self, *, max_per_source: int) -> None:
-        if max_per_source < 1:
-            raise ValueError("max_per_source must be positive")
+    def __init__(
+        self,
+        *,
+        max_per_source: int,
+        max_bytes_per_source: int = 0,
+        size: Callable[[T], int] | None = None,
+    ) -> None:
+        if max_per_source < 1 or max_bytes_per_source < 0:
+            raise ValueError("max_per_source must be positive, max_bytes_per_source >= 0")
+        if max_bytes_per_source and size is None:
+            raise ValueError("a bytes bound needs a size function")
         self.max_per_source = max_per_source
+        #: 0: no bound in bytes.
+        self.max_bytes_per_source = max_bytes_per_source
+        self._size = size
         self._queues: dict[str, deque[T]] = {}
+        self._bytes: dict[str, int] = {}
         self._ready: OrderedDict[str, None] = OrderedDict()
         self._total = 0
+
+    def bytes_of(self, source: str) -> int:
+        return self._bytes.get(source, 0)
+
+    def _pop(self, source: str, queue: deque[T]) -> T:
+        item = queue.popleft()
+        self._total -= 1
+        if self._size is not None:
+            self._bytes[source] -= self._size(item)
+        return item
 
     def __len__(self) -> int:
         return self._total
@@ -93,17 +116,27 @@ class InboundMux(Generic[T]):
         return len(queue) if queue is not None else 0
 
     def push(self, source: str, item: T) -> int:
-        """Queue ``item``; return how many (0 or 1) of the source's oldest were dropped."""
+        """Queue ``item``; return how many of the source's oldest were dropped for it
+        (to stay within the count and, with a size function, the bytes bound; the new
+        item itself always stays)."""
         queue = self._queues.get(source)
         if queue is None:
             queue = self._queues[source] = deque()
+        size = self._size(item) if self._size is not None else 0
         dropped = 0
-        if len(queue) >= self.max_per_source:
-            queue.popleft()
-            self._total -= 1
-            dropped = 1
+        while queue and (
+            len(queue) >= self.max_per_source
+            or (
+                self.max_bytes_per_source
+                and self._bytes.get(source, 0) + size > self.max_bytes_per_source
+            )
+        ):
+            self._pop(source, queue)
+            dropped += 1
         queue.append(item)
         self._total += 1
+        if self._size is not None:
+            self._bytes[source] = self._bytes.get(source, 0) + size
         self._ready[source] = None
         return dropped
 
@@ -124,8 +157,7 @@ class InboundMux(Generic[T]):
                 total += size(queue[0])
                 if out and total > max_bytes:
                     break
-            out.append(queue.popleft())
-            self._total -= 1
+            out.append(self._pop(source, queue))
             if queue:
                 self._ready.move_to_end(source)
             else:
@@ -135,6 +167,7 @@ class InboundMux(Generic[T]):
     def clear(self, source: str) -> int:
         queue = self._queues.pop(source, None)
         self._ready.pop(source, None)
+        self._bytes.pop(source, None)
         if queue is None:
             return 0
         self._total -= len(queue)

@@ -31,6 +31,7 @@ class TransportSettings:
     send_queue_max_bytes: int = 64 * 1024 * 1024
     inflight_max_bytes: int = 1_048_576
     recv_queue_max: int = 4096
+    recv_queue_max_bytes: int = 32 * 1024 * 1024
     handshake_timeout: float = 5.0
     idle_timeout: float = 30.0
     keepalive: float = 5.0
@@ -92,6 +93,7 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         "send_queue_max_bytes",
         "inflight_max_bytes",
         "recv_queue_max",
+        "recv_queue_max_bytes",
         "idle_timeout_ms",
         "keepalive_ms",
         "reconnect_min_ms",
@@ -112,6 +114,8 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         )
     if t.send_queue_max_bytes < t.max_frame_bytes:
         raise ConfigError(f"{src}: transport.send_queue_max_bytes: must be >= max_frame_bytes")
+    if t.recv_queue_max_bytes < t.max_frame_bytes:
+        raise ConfigError(f"{src}: transport.recv_queue_max_bytes: must be >= max_frame_bytes")
     listen = parse_host_port(cfg.quic_listen) if not cfg.quic_listen.endswith(":0") else None
     if listen is None:
         host, _, port = cfg.quic_listen.rpartition(":")
@@ -133,6 +137,7 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         send_queue_max_bytes=t.send_queue_max_bytes,
         inflight_max_bytes=t.inflight_max_bytes,
         recv_queue_max=t.recv_queue_max,
+        recv_queue_max_bytes=t.recv_queue_max_bytes,
         handshake_timeout=t.handshake_timeout_ms / 1000,
         idle_timeout=t.idle_timeout_ms / 1000,
         keepalive=t.keepalive_ms / 1000,

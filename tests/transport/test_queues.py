@@ -57,3 +57,19 @@ def test_inbound_mux_take_respects_a_byte_budget() -> None:
     huge.push("a", b"x" * 1000)
     assert len(huge.take(10, max_bytes=10, size=len)) == 1  # one always goes
     assert mux.clear("a") == 3 and len(mux) == 0
+
+
+def test_inbound_mux_bounds_each_source_in_bytes_too() -> None:
+    # a peer sending large frames while consensus is slow: the count bound (100) is far
+    # off, the bytes bound keeps only its newest 1,000 bytes; the others are unaffected
+    mux: InboundMux[bytes] = InboundMux(max_per_source=100, max_bytes_per_source=1000, size=len)
+    dropped = [mux.push("flood", bytes([i]) * 300) for i in range(10)]
+    assert dropped == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert mux.depth("flood") == 3 and mux.bytes_of("flood") == 900
+    assert mux.push("quiet", b"q" * 1000) == 0
+    assert mux.push("flood", b"x" * 1000) == 3  # one frame alone always stays
+    assert mux.bytes_of("flood") == 1000
+    assert mux.take(10) == [b"x" * 1000, b"q" * 1000]
+    assert mux.bytes_of("flood") == 0 and mux.bytes_of("quiet") == 0
+    mux.push("flood", b"y" * 10)
+    assert mux.clear("flood") == 1 and mux.bytes_of("flood") == 0
