@@ -66,10 +66,10 @@ class GatewaySection:
     #: Submissions being prepared (shape checked, node-signed when unsigned) at once;
     #: more get 429 at once instead of queueing without bound in front of the node.
     max_submissions_in_progress: int = 256
-    #: Bytes of submission bodies (declared, or the limit when undeclared) that HTTP
-    #: requests in progress may hold at once, from before the body is read until the
-    #: answer; a request beyond gets 429 at once (one alone always fits). Bounds what
-    #: many slow or large uploads can make the gateway hold.
+    #: Bytes that submission requests in progress may hold at once, until their answer
+    #: (HTTP: the declared body, or the limit when undeclared, from before it is read;
+    #: gRPC: the message); one beyond gets 429 / RESOURCE_EXHAUSTED at once (one alone
+    #: always fits). Bounds what many slow, large or waiting submissions make it hold.
     max_request_bytes_in_progress: int = 67_108_864
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).

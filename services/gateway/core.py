@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -56,6 +56,9 @@ class Limits:
     wait_timeout_s: float
     #: Submissions prepared at once (shape, node signature); more get 429 overloaded.
     max_in_progress: int = 256
+    #: Bytes the submission requests in progress (HTTP bodies, gRPC messages) may hold
+    #: at once, from before an HTTP body is read until the answer; more get 429 at once.
+    max_request_bytes: int = 64 * 1024 * 1024
     #: After consensus refused a vertex as overloaded, new submissions are refused
     #: here for this long without any work (no signing, no call to consensus).
     shed_hold_s: float = 0.1
@@ -168,6 +171,8 @@ class Gateway:
         self._probes = probes
         self.hub = hub
         self._in_progress = 0
+        #: Bytes held by submission requests in progress (:meth:`hold_request_bytes`).
+        self.request_bytes = 0
         #: Monotonic time until which submissions are shed (consensus said overloaded).
         self._shed_until = 0.0
         #: Consensus said overloaded and has not admitted a probe since: after the hold,
@@ -196,6 +201,28 @@ class Gateway:
         call, or a long wait for one, then means the same; at other times it is a load
         spike, and refusing would only cost throughput."""
         return time.monotonic() - self._overloaded_at < IMPATIENT_S
+
+    @contextlib.contextmanager
+    def hold_request_bytes(self, size: int, *, api: str) -> Iterator[None]:
+        """Count ``size`` bytes of a submission request against
+        ``gateway.max_request_bytes_in_progress`` until the block ends: 429 overloaded at
+        once when that would exceed it (one request alone always fits). Bounds what many
+        slow or large uploads, or many waiting ones, make the gateway hold."""
+        held = self.request_bytes
+        if held and held + size > self._limits.max_request_bytes:
+            metrics.SUBMISSIONS.labels(api, "overloaded").inc()
+            raise ApiError(
+                "overloaded",
+                f"{held} bytes of requests are in progress at this gateway "
+                "(gateway.max_request_bytes_in_progress); retry with backoff",
+            )
+        self.request_bytes += size
+        metrics.REQUEST_BYTES.set(self.request_bytes)
+        try:
+            yield
+        finally:
+            self.request_bytes -= size
+            metrics.REQUEST_BYTES.set(self.request_bytes)
 
     def refuse_if_shedding(self, api: str) -> None:
         """Raise (and count) the 429 of :meth:`shedding` for one submission, if any: the

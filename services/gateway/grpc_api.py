@@ -62,11 +62,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def SubmitVertex(
         self, request: gateway_pb2.GatewaySubmitRequest, context: Context
     ) -> gateway_pb2.GatewaySubmitResponse:
-        result = await self._gw.submit(draft_of(request.vertex), wait=request.wait, api="grpc")
-        reply = gateway_pb2.GatewaySubmitResponse(hash=result.hash, status=result.status)
-        if result.record is not None:
-            reply.record.CopyFrom(result.record)
-        return reply
+        with self._gw.hold_request_bytes(request.ByteSize(), api="grpc"):
+            draft = draft_of(request.vertex)
+            result = await self._gw.submit(draft, wait=request.wait, api="grpc")
+            reply = gateway_pb2.GatewaySubmitResponse(hash=result.hash, status=result.status)
+            if result.record is not None:
+                reply.record.CopyFrom(result.record)
+            return reply
 
     async def SubmitVertices(
         self, request: gateway_pb2.GatewaySubmitBatchRequest, context: Context
@@ -77,11 +79,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 f"vertices: {len(request.vertices)} of them; "
                 f"at most {MAX_BATCH_VERTICES} per batch",
             )
-        if request.ByteSize() > self._max_batch_bytes:
+        size = request.ByteSize()
+        if size > self._max_batch_bytes:
             raise ApiError(
                 "body_too_large",
-                f"the request is {request.ByteSize()} bytes; the limit is {self._max_batch_bytes}",
+                f"the request is {size} bytes; the limit is {self._max_batch_bytes}",
             )
+        with self._gw.hold_request_bytes(size, api="grpc"):
+            return await self._submit_batch(request)
+
+    async def _submit_batch(
+        self, request: gateway_pb2.GatewaySubmitBatchRequest
+    ) -> gateway_pb2.GatewaySubmitBatchResponse:
         drafts = []
         for i, vertex in enumerate(request.vertices):
             try:

@@ -29,7 +29,7 @@ FINALITY_WAIT = Histogram(
 WAITERS = Gauge("cretoai_gateway_finality_waiters", "Callers waiting for a vertex to be final")
 REQUEST_BYTES = Gauge(
     "cretoai_gateway_request_bytes_in_progress",
-    "Bytes of submission bodies held by HTTP requests in progress (reserved before reading)",
+    "Bytes held by submission requests in progress, HTTP and gRPC (reserved before reading)",
 )
 SUBSCRIBERS = Gauge(
     "cretoai_gateway_stream_subscribers", "Subscribers of the finalized stream", ["api"]

@@ -13,7 +13,7 @@ import contextlib
 import importlib.resources
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,17 +161,9 @@ class Closing:
 class RestApi:
     """The aiohttp application of one gateway and its listening site."""
 
-    def __init__(
-        self,
-        gateway: Gateway,
-        *,
-        max_body_bytes: int,
-        max_bytes_in_progress: int = 64 * 1024 * 1024,
-    ) -> None:
+    def __init__(self, gateway: Gateway, *, max_body_bytes: int) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
-        self._max_in_progress = max_bytes_in_progress
-        self.bytes_in_progress = 0
         #: A batch's body limit (its vertices, binary, then fit one call to consensus).
         self.max_batch_body = max(
             max_body_bytes, min(BATCH_BODY_FACTOR * max_body_bytes, BATCH_BODY_MAX)
@@ -216,28 +208,13 @@ class RestApi:
 
     # ------------------------------------------------------------------ REST
 
-    @contextlib.contextmanager
-    def _reserve(self, request: web.Request, limit: int) -> Iterator[None]:
-        """Count a submission's body against ``gateway.max_request_bytes_in_progress``
-        until its answer: what it declares (``limit`` when it declares nothing, or more
-        than that: it is refused with 413 later), 429 at once when that would exceed the
-        bound; one request alone always fits."""
+    def _reserve(self, request: web.Request, limit: int) -> contextlib.AbstractContextManager[None]:
+        """Hold a submission's body against ``gateway.max_request_bytes_in_progress``
+        (:meth:`Gateway.hold_request_bytes`) before reading it: what it declares, or
+        ``limit`` when it declares nothing or more (it is refused with 413 then)."""
         declared = request.content_length
         size = limit if declared is None else min(declared, limit)
-        held = self.bytes_in_progress
-        if held and held + size > self._max_in_progress:
-            raise ApiError(
-                "overloaded",
-                f"{held} bytes of requests are in progress at this gateway "
-                "(gateway.max_request_bytes_in_progress); retry with backoff",
-            )
-        self.bytes_in_progress += size
-        metrics.REQUEST_BYTES.set(self.bytes_in_progress)
-        try:
-            yield
-        finally:
-            self.bytes_in_progress -= size
-            metrics.REQUEST_BYTES.set(self.bytes_in_progress)
+        return self._gw.hold_request_bytes(size, api="http")
 
     @staticmethod
     async def _body(request: web.Request, limit: int) -> bytes:

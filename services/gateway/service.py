@@ -79,14 +79,11 @@ async def build(cfg: NodeConfig) -> GatewayService:
             max_payload_bytes=cfg.gateway.max_payload_bytes,
             wait_timeout_s=cfg.gateway.wait_timeout_ms / 1000,
             max_in_progress=cfg.gateway.max_submissions_in_progress,
+            max_request_bytes=cfg.gateway.max_request_bytes_in_progress,
         ),
         probes=channels,
     )
-    rest = RestApi(
-        gateway,
-        max_body_bytes=cfg.gateway.max_body_bytes,
-        max_bytes_in_progress=cfg.gateway.max_request_bytes_in_progress,
-    )
+    rest = RestApi(gateway, max_body_bytes=cfg.gateway.max_body_bytes)
 
     async def cleanup() -> None:
         await hub.close()

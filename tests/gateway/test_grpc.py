@@ -165,3 +165,33 @@ async def test_slow_watcher_gets_resource_exhausted(make_config: Callable[..., N
         assert details.startswith("slow consumer; resume with from_seq=")
         assert seqs == list(range(2, len(seqs) + 2))
         assert int(details.rsplit("=", 1)[1]) == len(seqs) + 2
+
+
+async def test_waiting_submissions_hold_a_bounded_number_of_bytes(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """A submission waiting for finality holds its message's bytes against
+    ``gateway.max_request_bytes_in_progress`` (shared with REST): one more that would
+    exceed it gets RESOURCE_EXHAUSTED at once, and the bytes come back with the answer."""
+    async with start_node(make_config(max_request_bytes_in_progress=150_000)) as node:
+        big = gateway_pb2.GatewaySubmitRequest(
+            vertex=vertex_pb2.Vertex(payload=os.urandom(100_000)), wait=True
+        )
+        waiting = asyncio.ensure_future(node.stub.SubmitVertex(big, timeout=TIMEOUT))
+        await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+        held = REGISTRY.get_sample_value("cretoai_gateway_request_bytes_in_progress")
+        assert held == big.ByteSize()
+        another = gateway_pb2.GatewaySubmitBatchRequest(
+            vertices=[vertex_pb2.Vertex(payload=os.urandom(60_000))]
+        )
+        error = await grpc_error(node.stub.SubmitVertices(another, timeout=TIMEOUT))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_request_bytes_in_progress" in (error.details() or "")
+        small = gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"small"))
+        assert (await node.stub.SubmitVertex(small, timeout=TIMEOUT)).status == PENDING
+        await node.consensus.finalize_pending()
+        assert (await waiting).status == FINALIZED
+        assert REGISTRY.get_sample_value("cretoai_gateway_request_bytes_in_progress") == 0
+        assert len(node.consensus.submissions) == 2  # the refused one never reached consensus
+        reply = await node.stub.SubmitVertices(another, timeout=TIMEOUT)
+        assert reply.results[0].status == PENDING
