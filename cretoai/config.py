@@ -502,9 +502,10 @@ def _validate(cfg: NodeConfig) -> None:
     if cfg.crypto.backend not in ("auto", "cryptography", "oqs"):
         raise ConfigError(f"{src}: crypto.backend: expected auto, cryptography or oqs")
     fi = cfg.fault_injection
-    if fi.byzantine and fi.byzantine not in ("equivocate", "forge", "flood"):
+    if fi.byzantine and fi.byzantine not in ("equivocate", "forge", "flood", "hoard"):
         raise ConfigError(
-            f"{src}: fault_injection.byzantine: expected equivocate, forge or flood (or empty)"
+            f"{src}: fault_injection.byzantine: expected equivocate, forge, flood or hoard "
+            "(or empty)"
         )
     if fi.byzantine and not fi.enabled:
         raise ConfigError(f"{src}: fault_injection.byzantine: requires fault_injection.enabled")

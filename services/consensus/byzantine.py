@@ -7,13 +7,19 @@ act on what the honest replica would send:
 - ``equivocate``: as primary, send half the replicas a conflicting PRE-PREPARE
   (a different batch for the same view and seq) and a COMMIT for it;
 - ``forge``: corrupt the signature of every other signed message;
-- ``flood``: besides the honest traffic, send each peer garbage and replays.
+- ``flood``: besides the honest traffic, send each peer garbage and replays;
+- ``hoard``: besides the honest traffic, forward every peer fresh, validly signed
+  vertices of 200 KB (a client key of its own): requests an honest replica must
+  verify and may order, sent faster than a batch executes, to fill its memory.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from services.consensus.core.codec import encode_body, encode_envelope
 from services.consensus.core.crypto import Signer, batch_digest
@@ -22,13 +28,20 @@ from services.consensus.core.messages import (
     Envelope,
     Message,
     PrePrepare,
+    Request,
+    RequestsEnvelope,
     Signed,
     SignedEnvelope,
 )
 from services.consensus.core.ready import Outbound
 
-MODES = ("equivocate", "forge", "flood")
+MODES = ("equivocate", "forge", "flood", "hoard")
 FLOOD_COPIES = 20
+#: ``hoard``: vertices per burst, their payload, and the bursts in all (one per
+#: outbound envelope): 60 x 4 x 200 KB = 48 MB of valid requests at most.
+HOARD_VERTICES = 4
+HOARD_PAYLOAD_BYTES = 200_000
+HOARD_BURSTS = 60
 
 
 class Byzantine:
@@ -43,6 +56,7 @@ class Byzantine:
         self._signer = signer
         self._rng = random.Random(replica_id)
         self._count = 0
+        self._hoarded = 0
 
     def _sign(self, msg: Message) -> Signed[Message]:
         body = encode_body(msg)
@@ -63,6 +77,12 @@ class Byzantine:
             )
             yield out.to, encode_envelope(SignedEnvelope(forged, env.requests))
             return
+        if self.mode == "hoard":
+            yield out.to, honest
+            if self._hoarded < HOARD_BURSTS:
+                self._hoarded += 1
+                yield None, encode_envelope(RequestsEnvelope(self._hoard()))
+            return
         if self.mode == "flood":
             yield out.to, honest
             for _ in range(FLOOD_COPIES):
@@ -78,6 +98,23 @@ class Byzantine:
             yield from self._equivocate(env, env.signed.msg, honest, out.to)
             return
         yield out.to, honest
+
+    def _hoard(self) -> tuple[Request, ...]:
+        """Fresh vertices, validly signed by a client key of this replica's own."""
+        from cretoai.crypto import get_backend
+        from cretoai.crypto.keys import NodeKey
+        from cretoai.vertex import make_vertex, signed_digest
+
+        key = NodeKey(
+            private=get_backend("auto").private_key_from_seed(os.urandom(32)),
+            path=Path("<hoard>"),
+        )
+        now = int(time.time() * 1000)
+        vertices = [
+            make_vertex(key, self._rng.randbytes(HOARD_PAYLOAD_BYTES), [], now + i)
+            for i in range(HOARD_VERTICES)
+        ]
+        return tuple(Request(hash=signed_digest(v), body=v.SerializeToString()) for v in vertices)
 
     def _equivocate(
         self, env: SignedEnvelope, pp: PrePrepare, honest: bytes, to: int | None

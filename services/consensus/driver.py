@@ -97,6 +97,10 @@ FLOOR_REFUSALS = Counter(
     "cretoai_consensus_signing_floor_refusals_total",
     "Messages not signed because of the signing floor",
 )
+PEER_REQUESTS_DROPPED = Counter(
+    "cretoai_consensus_peer_requests_dropped_total",
+    "Requests forwarded or relayed by peers and dropped: the pool, or that peer's share, was full",
+)
 FAILURES = Counter(
     "cretoai_consensus_replica_failures_total",
     "Times the replica task stopped (halted, or an unexpected error)",
@@ -248,6 +252,7 @@ class Driver:
         self.view_changes = 0
         self._last_view = replica.view
         self._floor_refusals = 0
+        self._peer_requests_dropped = 0
         self._last_active = replica.active
         self._last_stable = replica.stable_seq
         #: Faults per (peer, kind): logged at the 1st, 2nd, 4th, 8th, ... (bounded lines).
@@ -743,6 +748,10 @@ class Driver:
         if refused > self._floor_refusals:
             FLOOR_REFUSALS.inc(refused - self._floor_refusals)
             self._floor_refusals = refused
+        dropped = self.replica.peer_requests_dropped
+        if dropped > self._peer_requests_dropped:
+            PEER_REQUESTS_DROPPED.inc(dropped - self._peer_requests_dropped)
+            self._peer_requests_dropped = dropped
 
     # --- side effects that need not hold up the replica ------------------------------
 

@@ -90,6 +90,10 @@ stopped)::
                              #   it reaches the others' last seq
     floor_refusals = true    # ... and cretoai_consensus_signing_floor_refusals_total > 0: it did
                              #   decline to sign something at or below the floor
+    pool_bounded = true      # every honest node dropped some of the Byzantine node's forwarded
+                             #   requests for its share of the pool
+                             #   (cretoai_consensus_peer_requests_dropped_total > 0), and its
+                             #   pool holds at most consensus.pool_max_bytes
 """
 
 from __future__ import annotations
@@ -241,6 +245,8 @@ class Scenario:
     expect_signing_floor: bool = False
     #: ... and declined to sign something because of it.
     expect_floor_refusals: bool = False
+    #: Every honest node dropped forwards for a peer's pool share, within the pool bound.
+    expect_pool_bounded: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -275,6 +281,7 @@ class Scenario:
             expect_no_evidence=not isinstance(evidence, bool) and evidence == 0,
             expect_signing_floor=bool(expect.get("signing_floor", False)),
             expect_floor_refusals=bool(expect.get("floor_refusals", False)),
+            expect_pool_bounded=bool(expect.get("pool_bounded", False)),
         )
 
 
@@ -324,6 +331,7 @@ class ClusterRun:
         self.backups: dict[str, Backup] = {}  # node -> its last backup
         self.restored: dict[str, Restored] = {}  # node -> its last restore
         self.extra_vertices = 0  # finalized by off_checkpoint (outside the scenario's count)
+        self.pool_figures: dict[str, dict[str, float]] = {}  # by check_pool_bounded
 
     # -- setup / start / stop ---------------------------------------------------------
 
@@ -788,6 +796,7 @@ class ClusterRun:
         await self.check_reputation(nodes)
         await self.check_no_evidence(nodes)
         await self.check_signing_floor(nodes)
+        await self.check_pool_bounded(nodes)
         await self.check_logs(nodes)
         return {
             "batches": len(reference),
@@ -798,6 +807,7 @@ class ClusterRun:
             "rejected": sum(len(batch["rejected"]) for batch in reference),
             "restored": {node: r.backup.last_seq for node, r in self.restored.items()},
             "views": {node: (await self.status(node))["view"] for node in nodes},
+            **({"pool": self.pool_figures} if self.pool_figures else {}),
             "events": self.events,
         }
 
@@ -876,6 +886,25 @@ class ClusterRun:
                 name, _, value = line.rpartition(" ")
                 samples[name] = float(value)
         return samples
+
+    async def check_pool_bounded(self, nodes: list[str]) -> None:
+        """Every honest node dropped forwarded requests for a peer's share of its pool (the
+        flooding one's: honest nodes forward little here), and holds at most the bound."""
+        if not self.scenario.expect_pool_bounded:
+            return
+        bound = self.configs[0].consensus.pool_max_bytes
+        found = {}
+        for node in nodes:
+            samples = await self.metrics(node)
+            dropped = samples.get("cretoai_consensus_peer_requests_dropped_total", 0.0)
+            held = samples.get("cretoai_consensus_pool_bytes", 0.0)
+            found[node] = {"dropped": dropped, "pool_bytes": held}
+        self.pool_figures = found
+        if any(f["dropped"] <= 0 or f["pool_bytes"] > bound for f in found.values()):
+            raise ScenarioFailed(
+                f"expected every honest node to drop forwards beyond a peer's share and to "
+                f"hold at most {bound} pool bytes: {found}; events: {self.events}"
+            )
 
     async def check_no_evidence(self, nodes: list[str], *, strict: bool = True) -> None:
         """No node holds or counted equivocation evidence, and none bans anyone (not

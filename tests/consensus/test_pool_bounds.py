@@ -67,6 +67,7 @@ def test_a_byzantine_replica_flooding_large_forwards_holds_only_its_share() -> N
     status = backup.status()
     assert status.pool_bytes <= 256 * KIB
     assert status.pool_size == 4  # 4 x 60 KiB: the count bound (20,000 / 4) is far off
+    assert backup.peer_requests_dropped == 196  # counted (cretoai_consensus_peer_requests_...)
     # an honest peer's relay and a local client's request still get in
     relayed = sized("honest-relay", 60 * KIB)
     backup.step(2, RequestsEnvelope((relayed,)))

@@ -56,3 +56,33 @@ def test_a_per_peer_pre_prepare_to_a_victim_conflicts_too() -> None:
     assert [to for to, _ in to_victim] == [1, 1]
     honest = _sent(byz, Outbound(2, SignedEnvelope(pp, REQUESTS)))
     assert honest == [(2, pp.msg)]
+
+
+def test_a_hoarder_adds_bursts_of_large_valid_forwards_and_stops_after_its_budget() -> None:
+    from cretoai.crypto import get_backend
+    from cretoai.v1 import vertex_pb2
+    from cretoai.vertex import verify_vertex
+    from services.consensus import byzantine as module
+    from services.consensus.core.messages import Commit as CommitMsg
+    from services.consensus.core.messages import RequestsEnvelope
+    from services.consensus.driver import request_hash
+
+    hoarder = Byzantine("hoard", replica_id=3, n=4, signer=SCHEME.signer(3))
+    msg = CommitMsg(view=0, seq=1, digest=b"d" * 32)
+    body = encode_body(msg)
+    honest = SignedEnvelope(
+        Signed(body=body, signature=SCHEME.signer(3).sign(body), signer=3, msg=msg)
+    )
+    sent = list(hoarder.rewrite(Outbound(1, honest)))
+    assert len(sent) == 2 and sent[0][0] == 1  # the honest message first, to its peer
+    to, data = sent[1]
+    assert to is None  # the burst to every peer
+    env = decode_envelope(data, request_hash=request_hash)
+    assert isinstance(env, RequestsEnvelope) and len(env.requests) == module.HOARD_VERTICES
+    backend = get_backend("auto")
+    for forwarded in env.requests:
+        vertex = vertex_pb2.Vertex.FromString(forwarded.body)
+        assert len(vertex.payload) == module.HOARD_PAYLOAD_BYTES
+        assert verify_vertex(vertex, backend)  # valid: an honest node must verify and keep it
+    hoarder._hoarded = module.HOARD_BURSTS
+    assert len(list(hoarder.rewrite(Outbound(1, honest)))) == 1  # its budget is spent

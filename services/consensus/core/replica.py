@@ -274,6 +274,9 @@ class Replica:
         self._floor: SigningMark | None = None
         #: Messages not signed because of the floor (for status and tests).
         self.refused_by_floor = 0
+        #: Requests forwarded or relayed by peers and dropped: the pool, or that peer's
+        #: share of it, was full (a peer that keeps hitting it is flooding).
+        self.peer_requests_dropped = 0
         state = parse_records(records) if records else durable.DurableState()
         self._init_mark(state, signing_mark)
         if records:
@@ -998,6 +1001,7 @@ class Replica:
                 self._fault(sender, FaultKind.PROTOCOL)
                 continue
             if self._pool.full_for(sender, request.size):
+                self.peer_requests_dropped += 1
                 continue  # a smaller one may still fit the sender's share
             self._pool.add(request, now=self._now, origin=sender, relayed=True)
             if self._active and self.primary != self.id:
