@@ -50,7 +50,6 @@ import os
 import platform
 import signal
 import socket
-import ssl
 import statistics
 import struct
 import subprocess
@@ -173,22 +172,17 @@ async def storage_main(spec: dict[str, Any], node: int) -> None:
 # -- transport ------------------------------------------------------------------------------
 
 
-def _quic_config(spec: dict[str, Any], *, is_client: bool) -> Any:
-    from aioquic.quic.configuration import QuicConfiguration
+def _quic_config(identity: Any, *, is_client: bool) -> Any:
+    """The node transport's QUIC configuration (its TLS identity, flow windows)."""
+    from services.transport.tls import quic_configuration
 
-    config = QuicConfiguration(
+    return quic_configuration(
         is_client=is_client,
-        alpn_protocols=["floor"],
+        identity=None if is_client else identity,
         idle_timeout=120.0,
         max_datagram_size=DATAGRAM_BYTES,
-        max_data=FLOW_WINDOW,
-        max_stream_data=FLOW_WINDOW,
+        flow_window=FLOW_WINDOW,
     )
-    if is_client:
-        config.verify_mode = ssl.CERT_NONE
-    else:
-        config.load_cert_chain(spec["cert"], spec["key"])
-    return config
 
 
 def _grow_buffers(transport: Any) -> None:
@@ -200,6 +194,10 @@ def _grow_buffers(transport: Any) -> None:
 async def transport_main(spec: dict[str, Any], node: int) -> None:
     from aioquic.asyncio.client import connect
     from aioquic.asyncio.server import serve
+
+    from services.transport.tls import ephemeral_identity
+
+    identity = ephemeral_identity()  # as the node's transport: a fresh Ed25519 certificate
 
     inbound: asyncio.Queue[bytes] = asyncio.Queue()
     outbound: list[asyncio.StreamWriter] = []
@@ -216,7 +214,7 @@ async def transport_main(spec: dict[str, Any], node: int) -> None:
     server = await serve(
         "127.0.0.1",
         spec["ports"]["Q"][node],
-        configuration=_quic_config(spec, is_client=False),
+        configuration=_quic_config(identity, is_client=False),
         stream_handler=stream_handler,
     )
     _grow_buffers(server._transport)
@@ -248,7 +246,7 @@ async def transport_main(spec: dict[str, Any], node: int) -> None:
                 connect(
                     "127.0.0.1",
                     spec["ports"]["Q"][peer],
-                    configuration=_quic_config(spec, is_client=True),
+                    configuration=_quic_config(identity, is_client=True),
                 )
             )
             _grow_buffers(protocol._transport)
@@ -517,38 +515,6 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def self_signed(directory: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "floor")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return str(cert_path), str(key_path)
-
-
 class Process:
     def __init__(self, role: str, node: int, spec_path: Path, extra: Sequence[str] = ()) -> None:
         self.role, self.node = role, node
@@ -708,14 +674,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["verify_bound"] = verify_bound.measure(args.bound_seconds, nodes=NODES)
     with tempfile.TemporaryDirectory(prefix="cretoai-floor-") as tmp:
         directory = Path(tmp)
-        cert, key = self_signed(directory)
         names = ["S", "T", "Q", "C", "G"]
         ports = free_ports(len(names) * NODES)
         spec = {
             "dir": tmp,
             "verify_threads": args.verify_threads,
-            "cert": cert,
-            "key": key,
             "ports": {n: ports[i * NODES : (i + 1) * NODES] for i, n in enumerate(names)},
         }
         spec_path = directory / "spec.json"
