@@ -343,7 +343,7 @@ class Driver:
         request = Request(hash=copy, body=vertex.SerializeToString())
         future = self._admit(request, admitted=admitted)
         if not future.done():
-            self._remember(content, vertex)
+            self._remember(content, vertex, request.size)
             self._executor.note_content(request.hash, content)
             self.traces.submitted(request.hash)
         result = await future
@@ -370,10 +370,10 @@ class Driver:
             self._inbox.put_nowait(_Propose(request, future))
         return future
 
-    def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex) -> None:
-        """Keep a vertex that arrived (by content ``digest``) until it is executed."""
+    def _remember(self, digest: bytes, vertex: vertex_pb2.Vertex, size: int) -> None:
+        """Keep a vertex that arrived (by content ``digest``; ``size``: its serialized
+        bytes) until it is executed."""
         self._forget(digest)
-        size = vertex.ByteSize()
         self.pending[digest] = vertex
         self._pending_sizes[digest] = size
         self.pending_bytes += size
@@ -483,7 +483,7 @@ class Driver:
             ):
                 if ok:
                     valid.append(request)
-                    self._remember(content, vertex)
+                    self._remember(content, vertex, request.size)
                     self._executor.note_content(request.hash, content)
             if len(valid) < len(env.requests):
                 self._inbox.put_nowait(_Fault(sender, FaultKind.INVALID_SIGNATURE))
@@ -496,7 +496,7 @@ class Driver:
             vertices = [vertex_pb2.Vertex.FromString(r.body) for r in env.requests]
             contents = [vertex_hash(v) for v in vertices]
             for request, vertex, content in zip(env.requests, vertices, contents, strict=True):
-                self._remember(content, vertex)
+                self._remember(content, vertex, request.size)
                 self._executor.note_content(request.hash, content)
             await self._verify_all(env.requests, vertices, contents)
         return _Step(sender, env, arrived, carrier)

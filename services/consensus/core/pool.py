@@ -74,7 +74,7 @@ class Pool:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    def full_for(self, origin: int | None, size: int = 0) -> bool:
+    def full_for(self, origin: int | None, size: int) -> bool:
         """Whether a request of ``size`` bytes from ``origin`` (None: a local client)
         would exceed the pool's bounds, or that peer's share of them."""
         if len(self._entries) >= self._capacity or self.total_bytes + size > self._capacity_bytes:
