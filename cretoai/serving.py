@@ -376,8 +376,10 @@ class GrpcService:
         log.info("shutting down", extra={"fields": {"grace_s": self.grace}})
         await self._health.enter_graceful_shutdown()
         SERVING.labels(self.name).set(0)
+        deadline = time.monotonic() + self.grace
         if self._server is not None:
             await self._server.stop(self.grace)
+            await self._wait_for_handlers(deadline)
         for cleanup in self.cleanup:
             try:
                 await cleanup()
@@ -387,6 +389,32 @@ class GrpcService:
             self._telemetry.shutdown()
         log.info("stopped")
         self._stopped.set()
+
+    async def _wait_for_handlers(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for RPC handlers still running after the server stopped.
+
+        gRPC's core counts a call finished once its status is sent, so ``server.stop``
+        can return while a handler still runs (its ``finally``, or our interceptors'
+        bookkeeping after an abort; grpc/grpc#37239). Cleanup must not pull resources
+        from under them, and the loop's end would cancel them mid-way. gRPC keeps its
+        per-call tasks private; they are found by their coroutine, ``_schedule_rpc_coro``.
+        """
+        current = asyncio.current_task()
+        running = [
+            task
+            for task in asyncio.all_tasks()
+            if task is not current
+            and not task.done()
+            and getattr(task.get_coro(), "__name__", "") == "_schedule_rpc_coro"
+        ]
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
+        if late:
+            log.warning(
+                "handlers still running after the grace period",
+                extra={"fields": {"handlers": len(late)}},
+            )
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

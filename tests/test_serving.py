@@ -126,6 +126,32 @@ async def test_graceful_shutdown_drains_then_cleans_up() -> None:
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_stop_waits_for_handlers_that_outlive_their_status() -> None:
+    """gRPC's core counts a call done once its status is sent (grpc/grpc#37239); a
+    handler may still be running then. stop() must not return (and the process end)
+    before it finishes: the loop would cancel it and gRPC log a traceback."""
+    events: list[str] = []
+
+    async def cleanup() -> None:
+        events.append("cleanup")
+
+    service = GrpcService(
+        name="echo",
+        bind="127.0.0.1:0",
+        servicers=[echo_servicer(events)],
+        grace=5.0,
+        cleanup=[cleanup],
+    )
+    await service.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        abort = channel.unary_unary(f"/{SERVICE}/AbortThenFinish")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await abort(_slow_request(300), timeout=5)
+        assert err.value.code() == grpc.StatusCode.ABORTED
+        await service.stop()
+    assert events == ["finished after abort", "cleanup"]
+
+
 async def test_not_serving_during_drain() -> None:
     service = GrpcService(name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()], grace=3.0)
     await service.start()
@@ -150,8 +176,16 @@ async def test_port_in_use_is_a_clear_error() -> None:
         await first.stop()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_process_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "call"),
+    [
+        (signal.SIGTERM, "in flight"),
+        (signal.SIGINT, "in flight"),
+        # A handler still in its finally after its status went out (grpc/grpc#37239).
+        (signal.SIGTERM, "outlives its status"),
+    ],
+)
+def test_process_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals, call: str) -> None:
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.echo_service", str(port_file)],
@@ -171,17 +205,26 @@ def test_process_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) ->
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            echo = channel.unary_unary(f"/{SERVICE}/Slow")
-            future = echo.future(_slow_request(500), timeout=10)
-            time.sleep(0.1)
-            proc.send_signal(sig)
-            assert future.result() == _slow_request(500)
+            if call == "in flight":
+                echo = channel.unary_unary(f"/{SERVICE}/Slow")
+                future = echo.future(_slow_request(500), timeout=10)
+                time.sleep(0.1)
+                proc.send_signal(sig)
+                assert future.result() == _slow_request(500)
+            else:
+                abort = channel.unary_unary(f"/{SERVICE}/AbortThenFinish")
+                with pytest.raises(grpc.RpcError) as err:
+                    abort(_slow_request(400), timeout=5)
+                assert err.value.code() == grpc.StatusCode.ABORTED
+                proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
     assert "cleanup-ran" in stdout
+    if call == "outlives its status":  # cleanup came after the handler's finally
+        assert "cleanup-ran after: finished after abort" in stdout
     lines = stderr.splitlines()
     order = [
         next(i for i, line in enumerate(lines) if marker in line)

@@ -1,10 +1,12 @@
 """A minimal real gRPC service built on cretoai.serving, run as a process by tests.
 
 It serves ``/test.Echo/Slow``: waits for the requested milliseconds, then echoes
-the request bytes; its cleanup writes a marker line to stdout so tests can
-check shutdown order. ``/test.Echo/Fail`` (unary) and ``/test.Echo/FailLater``
-(a stream: one message, then the failure) fail as the request names (see
-:data:`FAILURES`). Usage: python -m tests.support.echo_service PORTFILE
+the request bytes. ``/test.Echo/AbortThenFinish`` aborts at once, then spends the
+requested milliseconds in its ``finally`` (a handler that outlives its status).
+``/test.Echo/Fail`` (unary) and ``/test.Echo/FailLater`` (a stream: one message,
+then the failure) fail as the request names (see :data:`FAILURES`). Its cleanup
+writes a marker line to stdout, with the handler events seen so far, so tests can
+check shutdown order. Usage: python -m tests.support.echo_service PORTFILE
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ def echo_servicer(events: list[str] | None = None) -> Servicer:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted by the servicer")
         raise FAILURES[request]
 
+    async def abort_then_finish(request: bytes, context: Any) -> bytes:
+        # The status is on the wire at abort(); the handler still runs its finally.
+        try:
+            await context.abort(grpc.StatusCode.ABORTED, "aborted early")
+        finally:
+            await asyncio.sleep(int.from_bytes(request[:4], "big") / 1000)
+            if events is not None:
+                events.append("finished after abort")
+        return request  # not reached
+
     async def fail_later(request: bytes, context: Any) -> Any:
         yield request
         raise FAILURES[request]
@@ -55,6 +67,7 @@ def echo_servicer(events: list[str] | None = None) -> Servicer:
             "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
             "FailLater": grpc.unary_stream_rpc_method_handler(fail_later),
+            "AbortThenFinish": grpc.unary_unary_rpc_method_handler(abort_then_finish),
         },
     )
     return Servicer(
@@ -63,14 +76,16 @@ def echo_servicer(events: list[str] | None = None) -> Servicer:
 
 
 async def _main(port_file: Path) -> None:
+    events: list[str] = []
+
     async def cleanup() -> None:
-        print("cleanup-ran", flush=True)
+        print(f"cleanup-ran after: {', '.join(events)}", flush=True)
 
     service = GrpcService(
         name="echo",
         bind="127.0.0.1:0",
         metrics_bind="127.0.0.1:0",
-        servicers=[echo_servicer()],
+        servicers=[echo_servicer(events)],
         grace=5.0,
         cleanup=[cleanup],
     )
