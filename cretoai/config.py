@@ -71,6 +71,11 @@ class GatewaySection:
     #: gRPC: the message); one beyond gets 429 / RESOURCE_EXHAUSTED at once (one alone
     #: always fits). Bounds what many slow, large or waiting submissions make it hold.
     max_request_bytes_in_progress: int = 67_108_864
+    #: Public gRPC calls handled at once (WatchFinalized streams included); more get
+    #: RESOURCE_EXHAUSTED before their message is read. gRPC reads a whole message
+    #: before the handler runs, so with the request size limit (a batch body) this
+    #: bounds what anonymous callers make the gateway hold before any other check.
+    grpc_max_concurrent_rpcs: int = 32
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).
     stream_buffer_bytes: int = 16 * 1_048_576
@@ -440,6 +445,7 @@ def _validate(cfg: NodeConfig) -> None:
         "wait_timeout_ms",
         "max_submissions_in_progress",
         "max_request_bytes_in_progress",
+        "grpc_max_concurrent_rpcs",
         "stream_buffer_bytes",
     ):
         if getattr(cfg.gateway, name) <= 0:

@@ -264,6 +264,15 @@ class GrpcService:
     sampling_ratio: float = DEFAULT_SAMPLING_RATIO
     grace: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
+    #: Largest message received (None: ``max_message_bytes``). gRPC reads a request's
+    #: whole message before any handler runs, so a public server sets its API's limit.
+    max_receive_bytes: int | None = None
+    #: RPCs handled at once (streams included); beyond it gRPC answers RESOURCE_EXHAUSTED
+    #: before reading the request. Such a bounded server also keeps HTTP/2 stream windows
+    #: at their initial 64 KiB (no BDP probing), so a call not yet handled holds at most
+    #: that. With ``max_receive_bytes`` it bounds what callers make the server hold.
+    #: None: unbounded (internal services: their callers are this node's own).
+    max_concurrent_rpcs: int | None = None
     cleanup: list[Cleanup] = field(default_factory=list)
     #: Mutual TLS with the node's certificates; None: plain, and then only on loopback
     #: unless ``public`` (the gateway's client API is public by design).
@@ -318,6 +327,13 @@ class GrpcService:
             sampling_ratio=self.sampling_ratio,
         )
         self._telemetry = Telemetry(tracer_provider=provider)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", self.max_receive_bytes or self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if self.max_concurrent_rpcs is not None:
+            options.append(("grpc.http2.bdp_probe", 0))
         server = grpc.aio.server(
             # Outermost first: the span covers the metrics and the log line.
             interceptors=[
@@ -325,11 +341,8 @@ class GrpcService:
                 MetricsInterceptor(self.name),
                 AccessLogInterceptor(),
             ],
-            options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
+            options=options,
         )
         for servicer in self.servicers:
             servicer.register(server)

@@ -85,6 +85,10 @@ def test_generated_config_loads(node_config: Path) -> None:
             "gateway.max_request_bytes_in_progress",
         ),
         (
+            lambda d: d["gateway"].update(grpc_max_concurrent_rpcs=0),
+            "gateway.grpc_max_concurrent_rpcs",
+        ),
+        (
             lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
             "consensus.pool_max_bytes",
         ),

@@ -54,10 +54,10 @@ def draft_of(vertex: vertex_pb2.Vertex) -> Draft:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, gateway: Gateway, *, max_batch_bytes: int) -> None:
+    def __init__(self, gateway: Gateway) -> None:
+        # The largest request (REST's batch body limit) is the server's receive limit:
+        # gRPC refuses a larger one (RESOURCE_EXHAUSTED) before it reaches a handler.
         self._gw = gateway
-        #: The largest SubmitVertices request (serialized), as REST's batch body limit.
-        self._max_batch_bytes = max_batch_bytes
 
     async def SubmitVertex(
         self, request: gateway_pb2.GatewaySubmitRequest, context: Context
@@ -79,13 +79,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 f"vertices: {len(request.vertices)} of them; "
                 f"at most {MAX_BATCH_VERTICES} per batch",
             )
-        size = request.ByteSize()
-        if size > self._max_batch_bytes:
-            raise ApiError(
-                "body_too_large",
-                f"the request is {size} bytes; the limit is {self._max_batch_bytes}",
-            )
-        with self._gw.hold_request_bytes(size, api="grpc"):
+        with self._gw.hold_request_bytes(request.ByteSize(), api="grpc"):
             return await self._submit_batch(request)
 
     async def _submit_batch(

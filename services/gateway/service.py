@@ -92,7 +92,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
             await channel.close()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    servicer = GatewayServicer(gateway, max_batch_bytes=rest.max_batch_body)
+    servicer = GatewayServicer(gateway)
     # public (cretoai.registry): the client API; it calls the internal services with TLS
     service = GatewayService.for_node(
         cfg,
@@ -106,6 +106,10 @@ async def build(cfg: NodeConfig) -> GatewayService:
             )
         ],
         cleanup=[cleanup],
+        # gRPC reads a whole request before the handler: the API's largest, and a bounded
+        # number at once, so anonymous callers hold at most their product.
+        max_receive_bytes=rest.max_batch_body,
+        max_concurrent_rpcs=cfg.gateway.grpc_max_concurrent_rpcs,
         rest=rest,
         gateway=gateway,
     )

@@ -195,3 +195,55 @@ async def test_waiting_submissions_hold_a_bounded_number_of_bytes(
         assert len(node.consensus.submissions) == 2  # the refused one never reached consensus
         reply = await node.stub.SubmitVertices(another, timeout=TIMEOUT)
         assert reply.results[0].status == PENDING
+
+
+async def test_a_request_over_the_limit_is_refused_before_any_handler(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """gRPC reads a whole message before a handler runs: the server's receive limit is
+    the API's (a batch body), not the 16 MiB of the internal services."""
+    async with start_node(make_config(max_body_bytes=16_384)) as node:
+        limit = node.gateway.rest.max_batch_body
+        assert limit == 65_536
+        fits = gateway_pb2.GatewaySubmitBatchRequest(
+            vertices=[vertex_pb2.Vertex(payload=os.urandom(8_000)) for _ in range(7)]
+        )
+        assert fits.ByteSize() <= limit
+        reply = await node.stub.SubmitVertices(fits, timeout=TIMEOUT)
+        assert [r.status for r in reply.results] == [PENDING] * 7
+        over = gateway_pb2.GatewaySubmitBatchRequest(
+            vertices=[vertex_pb2.Vertex(payload=os.urandom(8_000)) for _ in range(9)]
+        )
+        assert over.ByteSize() > limit
+        error = await grpc_error(node.stub.SubmitVertices(over, timeout=TIMEOUT))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in (error.details() or "")
+        assert len(node.consensus.submissions) == 7  # the refused one never got further
+
+
+async def test_calls_beyond_the_concurrency_bound_are_refused_at_once(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """``gateway.grpc_max_concurrent_rpcs`` calls are handled at once (waiting ones
+    included); one more gets RESOURCE_EXHAUSTED before its message is read, and a slot
+    is free again once a call is answered."""
+    async with start_node(make_config(grpc_max_concurrent_rpcs=2)) as node:
+        waiting = [
+            asyncio.ensure_future(
+                node.stub.SubmitVertex(
+                    gateway_pb2.GatewaySubmitRequest(
+                        vertex=vertex_pb2.Vertex(payload=b"wait %d" % i), wait=True
+                    ),
+                    timeout=TIMEOUT,
+                )
+            )
+            for i in range(2)
+        ]
+        await node.consensus.wait_for(lambda: len(node.consensus.pending) == 2)
+        third = gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"third"))
+        error = await grpc_error(node.stub.SubmitVertex(third, timeout=TIMEOUT))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(node.consensus.submissions) == 2
+        await node.consensus.finalize_pending()
+        assert [(await call).status for call in waiting] == [FINALIZED, FINALIZED]
+        assert (await node.stub.SubmitVertex(third, timeout=TIMEOUT)).status == PENDING

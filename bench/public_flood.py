@@ -1,0 +1,171 @@
+"""A hostile client floods a gateway's public gRPC API: what it makes the gateway hold.
+
+    .venv/bin/python -m bench.public_flood [--connections 8,32] [--calls 100]
+                                           [--message-bytes 4000000] [--set SECTION.FIELD=VALUE]
+
+What it does:
+
+* **node** — a one-node cluster (``init_cluster`` + ``Supervisor``, as ``cretoai-node
+  cluster up`` does) on free loopback ports, default settings (``--set`` overrides one,
+  e.g. ``--set gateway.grpc_max_concurrent_rpcs=64``).
+* **flood** — per step, ``--connections`` gRPC channels (one HTTP/2 connection each), each
+  sending ``--calls`` concurrent ``SubmitVertices`` calls of a ``--message-bytes`` request
+  at once, with no credentials: payloads over ``gateway.max_payload_bytes``, so each is
+  read, parsed and refused per vertex, as an anonymous client can. Bounded: every call
+  has a 60 s deadline.
+* **measured** — the gateway process's peak RSS (``VmHWM``) over the step, beside its RSS
+  before; the calls' outcomes (OK, RESOURCE_EXHAUSTED, ...); then that a well-formed
+  submission still gets its answer and the gateway is ready.
+
+A bounded gateway's peak stays flat as the flood grows (more connections); an unbounded
+one grows with it. Writes ``bench/results/public_flood.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from bench.cluster_load import Cluster, git_revision, machine, parse_overrides
+from cretoai.v1 import gateway_pb2, gateway_pb2_grpc, vertex_pb2
+
+RESULTS = Path(__file__).parent / "results"
+DEADLINE_S = 60.0
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def flood_request(message_bytes: int, payload_bytes: int) -> gateway_pb2.GatewaySubmitBatchRequest:
+    """About ``message_bytes`` of vertices whose payloads are each over the payload limit."""
+    count = max(1, message_bytes // payload_bytes)
+    return gateway_pb2.GatewaySubmitBatchRequest(
+        vertices=[vertex_pb2.Vertex(payload=os.urandom(payload_bytes)) for _ in range(count)]
+    )
+
+
+async def _call(stub: gateway_pb2_grpc.GatewayStub, request: Any) -> str:
+    try:
+        await stub.SubmitVertices(request, timeout=DEADLINE_S)
+        return "OK"
+    except grpc.aio.AioRpcError as exc:
+        return str(exc.code().name)
+
+
+async def flood(target: str, connections: int, calls: int, request: Any) -> dict[str, Any]:
+    channels = [
+        grpc.aio.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 2 * request.ByteSize())]
+        )
+        for _ in range(connections)
+    ]
+    try:
+        stubs = [gateway_pb2_grpc.GatewayStub(channel) for channel in channels]
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *[_call(stub, request) for stub in stubs for _ in range(calls)]
+        )
+        return {"seconds": round(time.monotonic() - started, 1), "outcomes": Counter(outcomes)}
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def still_serves(target: str, http: str) -> dict[str, Any]:
+    """After the flood: a small submission is answered, and /readyz says ready."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        reply = await stub.SubmitVertex(
+            gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"after")),
+            timeout=10,
+        )
+    async with aiohttp.ClientSession() as session, session.get(f"{http}/readyz") as response:
+        ready = response.status
+    return {"submit_status": int(reply.status), "readyz": ready}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    extra = parse_overrides(args.set)
+    steps = []
+    with tempfile.TemporaryDirectory(prefix="cretoai-public-flood-") as tmp:
+        async with Cluster(Path(tmp), 1, extra=extra) as cluster:
+            cfg = cluster.configs[0]
+            target = cfg.gateway.grpc
+            pid = cluster.pids()[cfg.node.name]["gateway"]
+            request = flood_request(args.message_bytes, cfg.gateway.max_payload_bytes + 1024)
+            for connections in args.connections:
+                before = status_kb(pid, "VmRSS")
+                # VmHWM is the peak since start: compare the step's peak with the previous.
+                previous_peak = status_kb(pid, "VmHWM")
+                result = await flood(target, connections, args.calls, request)
+                peak = status_kb(pid, "VmHWM")
+                step = {
+                    "connections": connections,
+                    "calls": connections * args.calls,
+                    "message_bytes": request.ByteSize(),
+                    "rss_before_mb": round(before / 1024, 1),
+                    "peak_rss_mb": round(peak / 1024, 1),
+                    "peak_grew": peak > previous_peak,
+                    "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
+                    **result,
+                    "after": await still_serves(target, cluster.gateway(0)),
+                }
+                print(json.dumps(step), flush=True)
+                steps.append(step)
+            settings = {
+                # None: a revision without the bound (to compare with one)
+                "grpc_max_concurrent_rpcs": getattr(cfg.gateway, "grpc_max_concurrent_rpcs", None),
+                "max_body_bytes": cfg.gateway.max_body_bytes,
+                "overrides": extra,
+            }
+    return {
+        "benchmark": "public_flood",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "revision": git_revision(),
+        "settings": settings,
+        "steps": steps,
+        "note": "peak_rss_mb is the gateway process's VmHWM after the step (a peak since "
+        "start: peak_grew says whether this step raised it)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--connections",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[8, 32],
+        help="flood steps: connections per step, comma-separated (default 8,32)",
+    )
+    parser.add_argument("--calls", type=int, default=100, help="concurrent calls per connection")
+    parser.add_argument("--message-bytes", type=int, default=4_000_000)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--output", type=Path, default=RESULTS / "public_flood.json")
+    args = parser.parse_args(argv)
+    if args.calls < 1 or args.calls > 1000 or min(args.connections) < 1:
+        parser.error("--calls must be 1..1000 and --connections positive")
+    result = asyncio.run(run(args))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

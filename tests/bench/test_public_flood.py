@@ -1,0 +1,47 @@
+"""bench/public_flood.py: a short real run against a one-node cluster (real processes), with
+a concurrency bound small enough that the flood meets it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_a_small_flood_is_refused_beyond_the_bound_and_the_gateway_still_serves(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "flood.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.public_flood",
+            "--connections",
+            "2",
+            "--calls",
+            "20",
+            "--message-bytes",
+            "600000",
+            "--set",
+            "gateway.grpc_max_concurrent_rpcs=2",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        check=True,
+        timeout=180,
+        capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    assert result["settings"]["grpc_max_concurrent_rpcs"] == 2
+    [step] = result["steps"]
+    assert step["calls"] == 40 and sum(step["outcomes"].values()) == 40
+    assert step["message_bytes"] > 500_000
+    # 40 calls at once against 2 slots: some are refused before they are read
+    assert step["outcomes"].get("RESOURCE_EXHAUSTED", 0) > 0
+    assert step["peak_rss_mb"] >= step["rss_before_mb"] > 0
+    assert step["after"] == {"submit_status": 1, "readyz": 200}
