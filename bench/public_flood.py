@@ -13,18 +13,24 @@ What it does:
   at once, with no credentials: payloads over ``gateway.max_payload_bytes``, so each is
   read, parsed and refused per vertex, as an anonymous client can. Bounded: every call
   has a 60 s deadline.
-* **measured** — the gateway process's peak RSS (``VmHWM``) over the step, beside its RSS
-  before; the calls' outcomes (OK, RESOURCE_EXHAUSTED, ...); then that a well-formed
-  submission still gets its answer and the gateway is ready.
+* **subscribers** — then (``--subscribers N``, 0: skip) ``--history-batches`` batches of
+  5 x 200-KB vertices are finalized, and the client opens N WebSocket subscriptions from
+  seq 1 (a catch-up from storage each) that never read, holds them ``--hold`` seconds,
+  and closes them.
+* **measured** — the gateway process's peak RSS (``VmHWM``) over each step, beside its RSS
+  before; the calls' outcomes (OK, RESOURCE_EXHAUSTED, ...) or subscriptions (open,
+  refused with 429); then that a well-formed submission still gets its answer and the
+  gateway is ready.
 
-A bounded gateway's peak stays flat as the flood grows (more connections); an unbounded
-one grows with it. Writes ``bench/results/public_flood.json``.
+A bounded gateway's peak stays flat as the flood grows (more connections, more
+subscribers); an unbounded one grows with it. Writes ``bench/results/public_flood.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -49,6 +55,16 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux: ``5 > clear_refs``), so that a
+    step's peak is its own; False where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def flood_request(message_bytes: int, payload_bytes: int) -> gateway_pb2.GatewaySubmitBatchRequest:
@@ -99,6 +115,45 @@ async def still_serves(target: str, http: str) -> dict[str, Any]:
     return {"submit_status": int(reply.status), "readyz": ready}
 
 
+async def fill_history(http: str, batches: int) -> int:
+    """``batches`` finalized batches of 5 x 200-KB node-signed vertices; the last seq."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(batches):
+            body = {
+                "vertices": [
+                    {"payload": base64.b64encode(os.urandom(200_000)).decode()} for _ in range(5)
+                ]
+            }
+            url = f"{http}/v1/vertices:batch?wait=true"
+            async with session.post(url, json=body) as response:
+                if response.status != 200:
+                    raise RuntimeError(
+                        f"filling history: {response.status} {await response.text()}"
+                    )
+        async with session.get(f"{http}/v1/status") as response:
+            return int((await response.json())["last_executed_seq"])
+
+
+async def subscribe(http: str, count: int, hold_s: float) -> dict[str, Any]:
+    """``count`` WebSocket subscriptions from seq 1 that never read, held ``hold_s``."""
+    url = http.replace("http://", "ws://") + "/v1/stream?from_seq=1"
+    outcomes: Counter[str] = Counter()
+    async with aiohttp.ClientSession() as session:
+        sockets = []
+        try:
+            for _ in range(count):
+                try:
+                    sockets.append(await session.ws_connect(url, max_msg_size=0))
+                    outcomes["open"] += 1
+                except aiohttp.WSServerHandshakeError as exc:
+                    outcomes[f"refused {exc.status}"] += 1
+            await asyncio.sleep(hold_s)  # the gateway fills what it holds for them
+        finally:
+            for ws in sockets:
+                await ws.close()
+    return {"outcomes": outcomes}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     extra = parse_overrides(args.set)
     steps = []
@@ -109,8 +164,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             pid = cluster.pids()[cfg.node.name]["gateway"]
             request = flood_request(args.message_bytes, cfg.gateway.max_payload_bytes + 1024)
             for connections in args.connections:
+                peak_reset = reset_peak(pid)
                 before = status_kb(pid, "VmRSS")
-                # VmHWM is the peak since start: compare the step's peak with the previous.
                 previous_peak = status_kb(pid, "VmHWM")
                 result = await flood(target, connections, args.calls, request)
                 peak = status_kb(pid, "VmHWM")
@@ -120,6 +175,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "message_bytes": request.ByteSize(),
                     "rss_before_mb": round(before / 1024, 1),
                     "peak_rss_mb": round(peak / 1024, 1),
+                    "peak_reset": peak_reset,
+                    "peak_grew": peak > previous_peak,
+                    "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
+                    **result,
+                    "after": await still_serves(target, cluster.gateway(0)),
+                }
+                print(json.dumps(step), flush=True)
+                steps.append(step)
+            if args.subscribers:
+                last_seq = await fill_history(cluster.gateway(0), args.history_batches)
+                peak_reset = reset_peak(pid)
+                before = status_kb(pid, "VmRSS")
+                previous_peak = status_kb(pid, "VmHWM")
+                result = await subscribe(cluster.gateway(0), args.subscribers, args.hold)
+                peak = status_kb(pid, "VmHWM")
+                step = {
+                    "subscribers": args.subscribers,
+                    "history_seq": last_seq,
+                    "rss_before_mb": round(before / 1024, 1),
+                    "peak_rss_mb": round(peak / 1024, 1),
+                    "peak_reset": peak_reset,
                     "peak_grew": peak > previous_peak,
                     "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
                     **result,
@@ -131,6 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # None: a revision without the bound (to compare with one)
                 "grpc_max_concurrent_rpcs": getattr(cfg.gateway, "grpc_max_concurrent_rpcs", None),
                 "max_body_bytes": cfg.gateway.max_body_bytes,
+                "max_streams": getattr(cfg.gateway, "max_streams", None),
                 "overrides": extra,
             }
     return {
@@ -140,8 +217,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "revision": git_revision(),
         "settings": settings,
         "steps": steps,
-        "note": "peak_rss_mb is the gateway process's VmHWM after the step (a peak since "
-        "start: peak_grew says whether this step raised it)",
+        "note": "peak_rss_mb is the gateway process's VmHWM after the step: the step's own "
+        "peak where peak_reset (VmHWM reset before it), else the peak since start "
+        "(peak_grew then says whether this step raised it)",
     }
 
 
@@ -155,11 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--calls", type=int, default=100, help="concurrent calls per connection")
     parser.add_argument("--message-bytes", type=int, default=4_000_000)
+    parser.add_argument(
+        "--subscribers", type=int, default=100, help="WebSocket subscribers step (0: skip)"
+    )
+    parser.add_argument("--history-batches", type=int, default=150)
+    parser.add_argument("--hold", type=float, default=10.0, help="s the subscribers stay")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--output", type=Path, default=RESULTS / "public_flood.json")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.calls > 1000 or min(args.connections) < 1:
         parser.error("--calls must be 1..1000 and --connections positive")
+    if not 0 <= args.subscribers <= 1000 or not 1 <= args.history_batches <= 1000:
+        parser.error("--subscribers must be 0..1000 and --history-batches 1..1000")
+    if not 0 <= args.hold <= 60:
+        parser.error("--hold must be 0..60 s")
     result = asyncio.run(run(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

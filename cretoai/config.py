@@ -79,6 +79,10 @@ class GatewaySection:
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).
     stream_buffer_bytes: int = 16 * 1_048_576
+    #: Finalized-batch subscribers at once (WebSocket and gRPC WatchFinalized); more get
+    #: 429 / RESOURCE_EXHAUSTED. Each may hold a page of batches read from storage
+    #: (catching up) and its buffer: their number bounds what subscribers make it hold.
+    max_streams: int = 16
     #: ML-DSA-87 key file (0600) the gateway signs *unsigned* submissions with: a client
     #: identity of this gateway, never a validator key. Empty: unsigned submissions are
     #: refused (422 signature_required); clients then sign their vertices themselves.
@@ -447,6 +451,7 @@ def _validate(cfg: NodeConfig) -> None:
         "max_request_bytes_in_progress",
         "grpc_max_concurrent_rpcs",
         "stream_buffer_bytes",
+        "max_streams",
     ):
         if getattr(cfg.gateway, name) <= 0:
             raise ConfigError(f"{src}: gateway.{name}: must be positive")

@@ -88,6 +88,7 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["gateway"].update(grpc_max_concurrent_rpcs=0),
             "gateway.grpc_max_concurrent_rpcs",
         ),
+        (lambda d: d["gateway"].update(max_streams=0), "gateway.max_streams"),
         (
             lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
             "consensus.pool_max_bytes",

@@ -264,11 +264,19 @@ class FinalityHub:
     """The gateway's one ``WatchFinalized`` subscription, for waiters and subscribers."""
 
     def __init__(
-        self, consensus: ConsensusClient, storage: StorageClient, *, buffer_bytes: int
+        self,
+        consensus: ConsensusClient,
+        storage: StorageClient,
+        *,
+        buffer_bytes: int,
+        max_streams: int = 16,
     ) -> None:
         self.consensus = consensus
         self.storage = storage
         self._buffer_bytes = buffer_bytes
+        #: Subscribers at once (WebSocket and gRPC): each may hold a page of batches
+        #: read from storage and its buffer, so their number bounds the memory.
+        self._max_streams = max_streams
         #: Content hash -> the futures waiting for it, each with the signed copy it submitted.
         self._waiters: dict[bytes, dict[asyncio.Future[Outcome], bytes]] = {}
         self._streams: set[Stream] = set()
@@ -326,6 +334,13 @@ class FinalityHub:
         """Subscribe; call :meth:`Stream.close` when done. ``from_seq`` None: live batches only."""
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
+        if len(self._streams) >= self._max_streams:
+            metrics.STREAMS_REFUSED.labels(api).inc()
+            raise ApiError(
+                "overloaded",
+                f"{len(self._streams)} finalized-batch streams are open here "
+                "(gateway.max_streams); retry later",
+            )
         stream = Stream(
             self, from_seq=from_seq, complete=complete, limit_bytes=self._buffer_bytes, api=api
         )

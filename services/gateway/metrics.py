@@ -39,6 +39,11 @@ STREAM_OVERFLOWS = Counter(
     "Live subscribers whose buffer overflowed (they are disconnected, to resume by seq)",
     ["api"],
 )
+STREAMS_REFUSED = Counter(
+    "cretoai_gateway_streams_refused_total",
+    "Subscriptions refused because gateway.max_streams subscribers were open",
+    ["api"],
+)
 STREAM_CLOSED = Counter(
     "cretoai_gateway_stream_disconnects_total",
     "Finalized-stream subscribers disconnected by the gateway, by reason",

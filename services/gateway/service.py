@@ -68,7 +68,12 @@ async def build(cfg: NodeConfig) -> GatewayService:
     channels = {name: internal_channel(cfg, name) for name in ("consensus", "transport", "storage")}
     consensus = ConsensusClient(channels["consensus"])
     storage = StorageClient(channels["storage"])
-    hub = FinalityHub(consensus, storage, buffer_bytes=cfg.gateway.stream_buffer_bytes)
+    hub = FinalityHub(
+        consensus,
+        storage,
+        buffer_bytes=cfg.gateway.stream_buffer_bytes,
+        max_streams=cfg.gateway.max_streams,
+    )
     gateway = Gateway(
         key=key,
         consensus=consensus,

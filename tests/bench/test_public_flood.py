@@ -1,5 +1,5 @@
 """bench/public_flood.py: a short real run against a one-node cluster (real processes), with
-a concurrency bound small enough that the flood meets it."""
+bounds small enough that the flood and the subscribers meet them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 
-def test_a_small_flood_is_refused_beyond_the_bound_and_the_gateway_still_serves(
+def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "flood.json"
@@ -26,8 +26,16 @@ def test_a_small_flood_is_refused_beyond_the_bound_and_the_gateway_still_serves(
             "20",
             "--message-bytes",
             "600000",
+            "--subscribers",
+            "3",
+            "--history-batches",
+            "2",
+            "--hold",
+            "0",
             "--set",
             "gateway.grpc_max_concurrent_rpcs=2",
+            "--set",
+            "gateway.max_streams=2",
             "--output",
             str(out),
         ],
@@ -38,10 +46,14 @@ def test_a_small_flood_is_refused_beyond_the_bound_and_the_gateway_still_serves(
     )
     result = json.loads(out.read_text())
     assert result["settings"]["grpc_max_concurrent_rpcs"] == 2
-    [step] = result["steps"]
+    step, subscribers = result["steps"]
     assert step["calls"] == 40 and sum(step["outcomes"].values()) == 40
     assert step["message_bytes"] > 500_000
     # 40 calls at once against 2 slots: some are refused before they are read
     assert step["outcomes"].get("RESOURCE_EXHAUSTED", 0) > 0
     assert step["peak_rss_mb"] >= step["rss_before_mb"] > 0
     assert step["after"] == {"submit_status": 1, "readyz": 200}
+    # 3 subscribers from seq 1 against 2 slots: the third is refused before its upgrade
+    assert subscribers["history_seq"] >= 2
+    assert subscribers["outcomes"] == {"open": 2, "refused 429": 1}
+    assert subscribers["after"] == {"submit_status": 1, "readyz": 200}

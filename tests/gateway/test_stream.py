@@ -9,10 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import grpc
+import pytest
 from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
-from cretoai.v1 import vertex_pb2
+from cretoai.v1 import consensus_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
 from services.gateway.rest import WS_SLOW_CONSUMER
 from tests.gateway.support import (
@@ -175,3 +177,46 @@ async def test_stream_bad_requests(node: Node) -> None:
         assert exc.status == 400
     else:
         raise AssertionError("the handshake should fail")
+
+
+def _refused(api: str) -> float:
+    value = REGISTRY.get_sample_value("cretoai_gateway_streams_refused_total", {"api": api})
+    return value or 0.0
+
+
+async def test_subscribers_are_bounded_across_websocket_and_grpc(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """``gateway.max_streams`` subscribers at once, WebSocket and gRPC together (each may
+    hold a page of stored batches): one more is refused before any work (429 before the
+    upgrade, RESOURCE_EXHAUSTED), and a slot is free again once one ends."""
+    async with start_node(make_config(max_streams=2)) as node:
+        await finalize(node, b"first")
+        ws = await node.http.ws_connect(node.url + "/v1/stream?from_seq=1")
+        watch = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        assert (await receive_batch(ws))["seq"] == 1
+        assert (await asyncio.wait_for(watch.read(), TIMEOUT)).seq == 1  # both are open
+        before = _refused("websocket"), _refused("grpc")
+        try:
+            await node.http.ws_connect(node.url + "/v1/stream?from_seq=1")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 429
+        else:
+            raise AssertionError("a third subscriber should be refused")
+        status, reply = await node.get("/v1/stream")  # not an upgrade: still a 400
+        assert (status, reply["error"]["code"]) == (400, "bad_request")
+        third = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(third.read(), TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "gateway.max_streams" in (caught.value.details() or "")
+        assert (_refused("websocket"), _refused("grpc")) == (before[0] + 1, before[1] + 1)
+        await ws.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while REGISTRY.get_sample_value("cretoai_gateway_stream_subscribers", {"api": "websocket"}):
+            assert loop.time() < deadline, "the closed subscriber still counts"
+            await asyncio.sleep(0.01)
+        async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as again:
+            assert (await receive_batch(again))["seq"] == 1
+        watch.cancel()
