@@ -24,7 +24,7 @@ import grpc
 
 from cretoai.crypto import SIGNATURE_SIZE, NodeKey
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
-from cretoai.vertex import make_vertex, shape_error, signed_digest, vertex_hash
+from cretoai.vertex import make_vertex, shape_error, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
 from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer, behind
@@ -333,7 +333,7 @@ class Gateway:
         started = time.perf_counter()
         with contextlib.ExitStack() as waiting:
             finals = {
-                i: waiting.enter_context(self.hub.waiter(h, signed_digest(vertex)))
+                i: waiting.enter_context(self.hub.waiter(h, vertex))
                 for i, (vertex, h) in vertices.items()
                 if wait
             }

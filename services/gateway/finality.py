@@ -28,7 +28,7 @@ import grpc
 
 from cretoai.errors import ResourceExhausted
 from cretoai.v1 import storage_pb2, vertex_pb2
-from cretoai.vertex import signed_digest, vertex_hash
+from cretoai.vertex import vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import ConsensusClient, StorageClient, WatchCall
 from services.gateway.codec import batch_json, dumps
@@ -260,6 +260,11 @@ class Stream:
             self.next_seq = entry.seq + 1
 
 
+def _fingerprint(vertex: vertex_pb2.Vertex) -> tuple[bytes, int]:
+    """What every copy of a content shares, cheaply (no hashing of the payload)."""
+    return vertex.creator, vertex.timestamp_ms
+
+
 class FinalityHub:
     """The gateway's one ``WatchFinalized`` subscription, for waiters and subscribers."""
 
@@ -277,8 +282,12 @@ class FinalityHub:
         #: Subscribers at once (WebSocket and gRPC): each may hold a page of batches
         #: read from storage and its buffer, so their number bounds the memory.
         self._max_streams = max_streams
-        #: Content hash -> the futures waiting for it, each with the signed copy it submitted.
+        #: Content hash -> the futures waiting for it, each with the signature of the copy
+        #: it submitted.
         self._waiters: dict[bytes, dict[asyncio.Future[Outcome], bytes]] = {}
+        #: (creator, timestamp) of the waited contents, with their waiter counts: a batch
+        #: vertex without one of them cannot be waited for, and is not hashed.
+        self._fingerprints: Counter[tuple[bytes, int]] = Counter()
         self._streams: set[Stream] = set()
         self._next_seq: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -307,16 +316,20 @@ class FinalityHub:
             stream.shut()
 
     @contextlib.contextmanager
-    def waiter(self, h: bytes, copy: bytes) -> Iterator[asyncio.Future[Outcome]]:
-        """A future resolved when vertex ``h`` is finalized, or the submitted ``copy``
-        (its signed digest) is rejected. Register before submitting.
+    def waiter(self, h: bytes, vertex: vertex_pb2.Vertex) -> Iterator[asyncio.Future[Outcome]]:
+        """A future resolved when ``vertex`` (whose hash is ``h``) is finalized, as this
+        copy or another, or when this copy is rejected. Register before submitting.
 
         Another copy of the content being rejected (a bad signature) does not resolve it.
+        Copies of one content have the same canonical bytes (the hash covers them), so
+        they differ only in their signature: that tells this copy from the others.
         """
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(h, {})[future] = copy
+        self._waiters.setdefault(h, {})[future] = vertex.signature
+        fingerprint = _fingerprint(vertex)
+        self._fingerprints[fingerprint] += 1
         metrics.WAITERS.inc()
         try:
             yield future
@@ -324,6 +337,9 @@ class FinalityHub:
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: the caller may not have awaited it
             metrics.WAITERS.dec()
+            self._fingerprints[fingerprint] -= 1
+            if self._fingerprints[fingerprint] <= 0:
+                del self._fingerprints[fingerprint]
             futures = self._waiters.get(h)
             if futures is not None:
                 futures.pop(future, None)
@@ -420,20 +436,23 @@ class FinalityHub:
             return
         entry = Entry(storage_pb2.FinalizedEntry(batch=batch))
         if self._waiters:
+            # Only vertices that may be waited for are hashed (8 KB of SHA3 each): every
+            # copy of a waited content has its creator and timestamp.
+            candidates = [v for v in batch.vertices if _fingerprint(v) in self._fingerprints]
+            hashes = [vertex_hash(v) for v in candidates]
             # One content can come as several copies: it is finalized by this batch when
             # fewer of its copies were rejected than it has in the batch.
-            hashes = [vertex_hash(v) for v in batch.vertices]  # each once (8 KB of SHA3)
             finalized = Counter(hashes)
             finalized.subtract(batch.rejected)
-            for vertex, h in zip(batch.vertices, hashes, strict=True):
+            for vertex, h in zip(candidates, hashes, strict=True):
                 waiting = self._waiters.get(h)
                 if not waiting:
                     continue
                 if finalized[h] > 0:
                     resolve = list(waiting)
                 else:
-                    copy = signed_digest(vertex)
-                    resolve = [f for f, c in waiting.items() if c == copy]
+                    signature = vertex.signature
+                    resolve = [f for f, sig in waiting.items() if sig == signature]
                 for future in resolve:
                     if not future.done():
                         outcome = Outcome(seq=batch.seq, rejected=finalized[h] <= 0, entry=entry)
