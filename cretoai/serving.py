@@ -246,6 +246,19 @@ def _wrap_handler(
     )
 
 
+#: At least this long, after the server stopped, for handlers to finish (cancelled ones
+#: to unwind) before cleanup goes on without them.
+HANDLER_UNWIND_S = 1.0
+#: The coroutine of the task grpc.aio runs a call's handler in.
+HANDLER_CORO = "_handle_exceptions"
+
+
+def _handler_service(task_name: str) -> str:
+    """The service of grpc.aio's handler task named ``HandleExceptions[/svc/Method]``."""
+    _, _, method = task_name.partition("[/")
+    return method.partition("/")[0]
+
+
 @dataclass(kw_only=True)
 class GrpcService:
     """A gRPC server with health, reflection, observability and ordered shutdown.
@@ -404,30 +417,36 @@ class GrpcService:
         self._stopped.set()
 
     async def _wait_for_handlers(self, deadline: float) -> None:
-        """Wait (until ``deadline``) for RPC handlers still running after the server stopped.
+        """Wait (until ``deadline``, or HANDLER_UNWIND_S) for RPC handlers still running
+        after the server stopped.
 
         gRPC's core counts a call finished once its status is sent, so ``server.stop``
         can return while a handler still runs (its ``finally``, or our interceptors'
         bookkeeping after an abort; grpc/grpc#37239). Cleanup must not pull resources
-        from under them, and the loop's end would cancel them mid-way. gRPC keeps its
-        per-call tasks private; they are found by their coroutine, ``_schedule_rpc_coro``.
+        from under them, and the loop's end would cancel them mid-way (and gRPC, whose
+        per-call task awaits the handler's, log the cancellation as an error). gRPC keeps
+        those tasks private; a handler's is found by its coroutine, ``_handle_exceptions``,
+        and its name, ``HandleExceptions[/<service>/<method>]``, names one of this
+        server's services (tests run several servers on one loop).
         """
-        current = asyncio.current_task()
+        services = {s.name for s in self.servicers} | {HEALTH_SERVICE, reflection.SERVICE_NAME}
         running = [
             task
             for task in asyncio.all_tasks()
-            if task is not current
-            and not task.done()
-            and getattr(task.get_coro(), "__name__", "") == "_schedule_rpc_coro"
+            if not task.done()
+            and getattr(task.get_coro(), "__name__", "") == HANDLER_CORO
+            and _handler_service(task.get_name()) in services
         ]
-        if not running:
-            return
-        _, late = await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
-        if late:
-            log.warning(
-                "handlers still running after the grace period",
-                extra={"fields": {"handlers": len(late)}},
-            )
+        if running:
+            # Calls still running at the grace's end were cancelled: let them unwind.
+            timeout = max(HANDLER_UNWIND_S, deadline - time.monotonic())
+            _, late = await asyncio.wait(running, timeout=timeout)
+            if late:
+                log.warning(
+                    "handlers still running after the grace period",
+                    extra={"fields": {"handlers": len(late)}},
+                )
+        await asyncio.sleep(0)  # gRPC's per-call tasks collect the finished handlers
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
