@@ -17,6 +17,10 @@ What it does:
   5 x 200-KB vertices are finalized, and the client opens N WebSocket subscriptions from
   seq 1 (a catch-up from storage each) that never read, holds them ``--hold`` seconds,
   and closes them.
+* **readers** — then (``--readers N``, 0: skip; after the history above) N concurrent
+  ``GET /v1/finalized?from_seq=1`` (a page of up to 4 MiB each) whose answers are read
+  only after ``--hold`` seconds, then 10 x N concurrent ``GET /v1/vertices/{hash}`` of a
+  200-KB vertex, read the same way.
 * **measured** — the gateway process's peak RSS (``VmHWM``) over each step, beside its RSS
   before; the calls' outcomes (OK, RESOURCE_EXHAUSTED, ...) or subscriptions (open,
   refused with 429); then that a well-formed submission still gets its answer and the
@@ -154,6 +158,32 @@ async def subscribe(http: str, count: int, hold_s: float) -> dict[str, Any]:
     return {"outcomes": outcomes}
 
 
+async def read_slowly(urls: list[str], hold_s: float) -> dict[str, Any]:
+    """GET every URL at once; read each answer only after ``hold_s`` (it waits in buffers)."""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=DEADLINE_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(url: str) -> str:
+            try:
+                async with session.get(url) as response:
+                    await asyncio.sleep(hold_s)
+                    await response.read()
+                    return str(response.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return type(exc).__name__
+
+        return {"outcomes": Counter(await asyncio.gather(*[one(u) for u in urls]))}
+
+
+async def a_vertex_hash(http: str, seq: int) -> str:
+    async with aiohttp.ClientSession() as session:
+        url = f"{http}/v1/finalized?from_seq={seq}&limit=1"
+        async with session.get(url) as response:
+            page = await response.json()
+    return str(page["batches"][0]["vertices"][0]["hash"])
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     extra = parse_overrides(args.set)
     steps = []
@@ -183,8 +213,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 print(json.dumps(step), flush=True)
                 steps.append(step)
-            if args.subscribers:
+            last_seq = 0
+            if args.subscribers or args.readers:
                 last_seq = await fill_history(cluster.gateway(0), args.history_batches)
+            if args.subscribers:
                 peak_reset = reset_peak(pid)
                 before = status_kb(pid, "VmRSS")
                 previous_peak = status_kb(pid, "VmHWM")
@@ -203,11 +235,36 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 print(json.dumps(step), flush=True)
                 steps.append(step)
+            if args.readers:
+                http = cluster.gateway(0)
+                vertex = await a_vertex_hash(http, last_seq)
+                for kind, urls in (
+                    ("pages", [f"{http}/v1/finalized?from_seq=1&limit=100"] * args.readers),
+                    ("vertices", [f"{http}/v1/vertices/{vertex}"] * (10 * args.readers)),
+                ):
+                    peak_reset = reset_peak(pid)
+                    before = status_kb(pid, "VmRSS")
+                    result = await read_slowly(urls, args.hold)
+                    step = {
+                        "readers": len(urls),
+                        "reads": kind,
+                        "rss_before_mb": round(before / 1024, 1),
+                        "peak_rss_mb": round(status_kb(pid, "VmHWM") / 1024, 1),
+                        "peak_reset": peak_reset,
+                        "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
+                        **result,
+                        "after": await still_serves(target, http),
+                    }
+                    print(json.dumps(step), flush=True)
+                    steps.append(step)
             settings = {
                 # None: a revision without the bound (to compare with one)
                 "grpc_max_concurrent_rpcs": getattr(cfg.gateway, "grpc_max_concurrent_rpcs", None),
                 "max_body_bytes": cfg.gateway.max_body_bytes,
                 "max_streams": getattr(cfg.gateway, "max_streams", None),
+                "max_answer_bytes_in_progress": getattr(
+                    cfg.gateway, "max_answer_bytes_in_progress", None
+                ),
                 "overrides": extra,
             }
     return {
@@ -236,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--subscribers", type=int, default=100, help="WebSocket subscribers step (0: skip)"
     )
+    parser.add_argument("--readers", type=int, default=100, help="slow page readers step (0: skip)")
     parser.add_argument("--history-batches", type=int, default=150)
     parser.add_argument("--hold", type=float, default=10.0, help="s the subscribers stay")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -245,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--calls must be 1..1000 and --connections positive")
     if not 0 <= args.subscribers <= 1000 or not 1 <= args.history_batches <= 1000:
         parser.error("--subscribers must be 0..1000 and --history-batches 1..1000")
+    if not 0 <= args.readers <= 200:
+        parser.error("--readers must be 0..200")
     if not 0 <= args.hold <= 60:
         parser.error("--hold must be 0..60 s")
     result = asyncio.run(run(args))

@@ -76,6 +76,11 @@ class GatewaySection:
     #: before the handler runs, so with the request size limit (a batch body) this
     #: bounds what anonymous callers make the gateway hold before any other check.
     grpc_max_concurrent_rpcs: int = 32
+    #: Bytes that read answers in progress (GET a vertex, a page of finalized batches)
+    #: may hold at once, reserved before they are read until they are sent; more get
+    #: 429 at once (one alone always fits). Bounds what many concurrent or slowly read
+    #: reads make the gateway hold.
+    max_answer_bytes_in_progress: int = 67_108_864
     #: Finalized batches buffered for one stream subscriber (WebSocket or gRPC), in bytes;
     #: a subscriber that falls further behind is disconnected (it resumes by seq).
     stream_buffer_bytes: int = 16 * 1_048_576
@@ -450,6 +455,7 @@ def _validate(cfg: NodeConfig) -> None:
         "max_submissions_in_progress",
         "max_request_bytes_in_progress",
         "grpc_max_concurrent_rpcs",
+        "max_answer_bytes_in_progress",
         "stream_buffer_bytes",
         "max_streams",
     ):

@@ -27,6 +27,7 @@ from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, shape_error, vertex_hash
 from services.gateway import metrics
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
+from services.gateway.budget import ByteBudget, Reservation
 from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer, behind
 from services.gateway.codec import Draft
 from services.gateway.errors import ApiError
@@ -40,6 +41,9 @@ PENDING = vertex_pb2.VERTEX_STATUS_PENDING
 
 #: Most finalized batches in one page of ``GET /v1/finalized``.
 MAX_PAGE = 100
+#: A vertex record beside its payload, at most: creator key, signature, parents, and a
+#: certificate of COMMIT signatures (about 20 KB for 4 validators).
+RECORD_OVERHEAD_BYTES = 64 * 1024
 #: A page stops early once its batches reach this many bytes (at least one batch).
 PAGE_BYTES = 4 * 1024 * 1024
 #: Batches read from storage per request while filling a page.
@@ -59,6 +63,9 @@ class Limits:
     #: Bytes the submission requests in progress (HTTP bodies, gRPC messages) may hold
     #: at once, from before an HTTP body is read until the answer; more get 429 at once.
     max_request_bytes: int = 64 * 1024 * 1024
+    #: Bytes the read answers in progress (a vertex, a page of batches) may hold at once,
+    #: from before they are fetched until they are sent; more get 429 at once.
+    max_answer_bytes: int = 64 * 1024 * 1024
     #: After consensus refused a vertex as overloaded, new submissions are refused
     #: here for this long without any work (no signing, no call to consensus).
     shed_hold_s: float = 0.1
@@ -172,7 +179,19 @@ class Gateway:
         self.hub = hub
         self._in_progress = 0
         #: Bytes held by submission requests in progress (:meth:`hold_request_bytes`).
-        self.request_bytes = 0
+        self._request_bytes = ByteBudget(
+            limits.max_request_bytes,
+            setting="gateway.max_request_bytes_in_progress",
+            what="requests",
+            gauge=metrics.REQUEST_BYTES,
+        )
+        #: Bytes held by read answers in progress (:meth:`hold_answer_bytes`).
+        self._answer_bytes = ByteBudget(
+            limits.max_answer_bytes,
+            setting="gateway.max_answer_bytes_in_progress",
+            what="answers",
+            gauge=metrics.ANSWER_BYTES,
+        )
         #: Monotonic time until which submissions are shed (consensus said overloaded).
         self._shed_until = 0.0
         #: Consensus said overloaded and has not admitted a probe since: after the hold,
@@ -208,21 +227,30 @@ class Gateway:
         ``gateway.max_request_bytes_in_progress`` until the block ends: 429 overloaded at
         once when that would exceed it (one request alone always fits). Bounds what many
         slow or large uploads, or many waiting ones, make the gateway hold."""
-        held = self.request_bytes
-        if held and held + size > self._limits.max_request_bytes:
+        budget = self._request_bytes
+        try:
+            budget.take(size, alone=budget.held == 0)
+        except ApiError:
             metrics.SUBMISSIONS.labels(api, "overloaded").inc()
-            raise ApiError(
-                "overloaded",
-                f"{held} bytes of requests are in progress at this gateway "
-                "(gateway.max_request_bytes_in_progress); retry with backoff",
-            )
-        self.request_bytes += size
-        metrics.REQUEST_BYTES.set(self.request_bytes)
+            raise
         try:
             yield
         finally:
-            self.request_bytes -= size
-            metrics.REQUEST_BYTES.set(self.request_bytes)
+            budget.release(size)
+
+    @property
+    def vertex_answer_bytes(self) -> int:
+        """What answering one vertex may hold at its peak, reserved before it is read:
+        the record (a payload up to ``gateway.max_payload_bytes``, its keys, signature
+        and certificate), its JSON objects and its encoding."""
+        return 4 * (self._limits.max_payload_bytes + RECORD_OVERHEAD_BYTES)
+
+    def hold_answer_bytes(self, size: int) -> contextlib.AbstractContextManager[Reservation]:
+        """Reserve ``size`` bytes for a read's answer, from before it is fetched until it
+        is sent, against ``gateway.max_answer_bytes_in_progress``: 429 overloaded at once
+        beyond (one alone always fits). :meth:`Reservation.resize` to the answer's size
+        once it is known. Bounds what many concurrent (or slowly read) reads hold."""
+        return self._answer_bytes.hold(size)
 
     def refuse_if_shedding(self, api: str) -> None:
         """Raise (and count) the 429 of :meth:`shedding` for one submission, if any: the

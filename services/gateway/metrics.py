@@ -31,6 +31,10 @@ REQUEST_BYTES = Gauge(
     "cretoai_gateway_request_bytes_in_progress",
     "Bytes held by submission requests in progress, HTTP and gRPC (reserved before reading)",
 )
+ANSWER_BYTES = Gauge(
+    "cretoai_gateway_answer_bytes_in_progress",
+    "Bytes reserved by read answers in progress (a vertex, a page of batches), until sent",
+)
 SUBSCRIBERS = Gauge(
     "cretoai_gateway_stream_subscribers", "Subscribers of the finalized stream", ["api"]
 )

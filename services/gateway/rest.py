@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from cretoai.telemetry import extract_context
 from services.gateway import metrics
+from services.gateway.budget import Reservation
 from services.gateway.codec import (
     batch_json,
     decode_hash,
@@ -37,7 +38,7 @@ from services.gateway.codec import (
     status_json,
     submitted_json,
 )
-from services.gateway.core import MAX_BATCH_VERTICES, MAX_PAGE, Gateway, Refused
+from services.gateway.core import MAX_BATCH_VERTICES, MAX_PAGE, PAGE_BYTES, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer, Stream
 
@@ -71,10 +72,28 @@ def _resource(name: str) -> bytes:
     return importlib.resources.files("services.gateway").joinpath(name).read_bytes()
 
 
+#: What answering a page of finalized batches may hold at its peak, reserved before it is
+#: read: the page (about PAGE_BYTES), its JSON objects and its encoding (base64 makes
+#: each about a third larger than the page).
+PAGE_ANSWER_BYTES = 4 * PAGE_BYTES
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=dumps_bytes(data), status=status, content_type="application/json", charset="utf-8"
     )
+
+
+async def _send(
+    request: web.Request, response: web.Response, held: Reservation, fetched: int
+) -> web.Response:
+    """Send a read's answer while its bytes are still reserved (a client that reads
+    slowly keeps them held); ``fetched`` is what it was built from."""
+    assert isinstance(response.body, bytes)  # json_response's
+    held.resize(fetched + len(response.body))  # what it was built from, and the answer
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 def error_response(exc: ApiError, **extra: Any) -> web.Response:
@@ -265,17 +284,24 @@ class RestApi:
 
     async def vertex(self, request: web.Request) -> web.Response:
         h = decode_hash(request.match_info["hash"], "hash")
-        return json_response(record_json(await self._gw.vertex(h)))
+        with self._gw.hold_answer_bytes(self._gw.vertex_answer_bytes) as held:
+            record = await self._gw.vertex(h)
+            response = json_response(record_json(record))
+            return await _send(request, response, held, record.ByteSize())
 
     async def finalized(self, request: web.Request) -> web.Response:
         from_seq = parse_seq(request.query.get("from_seq"), "from_seq", default=1)
         limit = parse_seq(request.query.get("limit"), "limit", default=MAX_PAGE)
         assert from_seq is not None and limit is not None
-        entries = await self._gw.finalized(from_seq, limit)
-        next_seq = entries[-1].batch.seq + 1 if entries else max(from_seq, 1)
-        return json_response(
-            {"batches": [batch_json(e) for e in entries], "next_from_seq": next_seq}
-        )
+        with self._gw.hold_answer_bytes(PAGE_ANSWER_BYTES) as held:
+            entries = await self._gw.finalized(from_seq, limit)
+            next_seq = entries[-1].batch.seq + 1 if entries else max(from_seq, 1)
+            response = json_response(
+                {"batches": [batch_json(e) for e in entries], "next_from_seq": next_seq}
+            )
+            fetched = sum(e.ByteSize() for e in entries)
+            del entries
+            return await _send(request, response, held, fetched)
 
     async def status(self, request: web.Request) -> web.Response:
         services = asyncio.ensure_future(self._gw.services())

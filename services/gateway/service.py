@@ -85,6 +85,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
             wait_timeout_s=cfg.gateway.wait_timeout_ms / 1000,
             max_in_progress=cfg.gateway.max_submissions_in_progress,
             max_request_bytes=cfg.gateway.max_request_bytes_in_progress,
+            max_answer_bytes=cfg.gateway.max_answer_bytes_in_progress,
         ),
         probes=channels,
     )

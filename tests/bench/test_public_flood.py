@@ -30,12 +30,16 @@ def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
             "3",
             "--history-batches",
             "2",
+            "--readers",
+            "3",
             "--hold",
             "0",
             "--set",
             "gateway.grpc_max_concurrent_rpcs=2",
             "--set",
             "gateway.max_streams=2",
+            "--set",
+            "gateway.max_answer_bytes_in_progress=1",
             "--output",
             str(out),
         ],
@@ -46,7 +50,7 @@ def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
     )
     result = json.loads(out.read_text())
     assert result["settings"]["grpc_max_concurrent_rpcs"] == 2
-    step, subscribers = result["steps"]
+    step, subscribers, pages, vertices = result["steps"]
     assert step["calls"] == 40 and sum(step["outcomes"].values()) == 40
     assert step["message_bytes"] > 500_000
     # 40 calls at once against 2 slots: some are refused before they are read
@@ -57,3 +61,9 @@ def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
     assert subscribers["history_seq"] >= 2
     assert subscribers["outcomes"] == {"open": 2, "refused 429": 1}
     assert subscribers["after"] == {"submit_status": 1, "readyz": 200}
+    # reads: one at a time fits the 1-byte answer budget; the others at once get 429
+    assert (pages["reads"], pages["readers"], vertices["readers"]) == ("pages", 3, 30)
+    for reads in (pages, vertices):
+        assert set(reads["outcomes"]) <= {"200", "429"} and reads["outcomes"]["200"] >= 1
+        assert sum(reads["outcomes"].values()) == reads["readers"]
+    assert vertices["outcomes"]["429"] >= 1

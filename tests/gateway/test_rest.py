@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
+import os
+import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend
 from cretoai.vertex import verify_vertex, vertex_hash
 from services.gateway import metrics
 from services.gateway.errors import CODES
+from services.gateway.rest import PAGE_ANSWER_BYTES
 from tests.gateway.support import (
     TIMEOUT,
     Node,
     client_key,
     node_config,
+    raw_vertex,
     signed_body,
     start_node,
 )
@@ -551,3 +559,47 @@ async def test_slow_uploads_hold_a_bounded_number_of_bytes(
         assert held[-1] == 0  # given back before the answer was sent
         status, _ = await node.post("/v1/vertices", {"payload": b64(b"x" * 40_000)})
         assert status == 202
+
+
+async def test_slowly_read_answers_hold_a_bounded_number_of_bytes(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """A read reserves its answer's bytes against ``gateway.max_answer_bytes_in_progress``
+    from before it is fetched until it is sent: while a client that does not read holds
+    a 5-MB page of batches (its JSON), another read gets 429 at once; once it is gone,
+    reads pass."""
+    async with start_node(make_config(max_answer_bytes_in_progress=8 * 1024 * 1024)) as node:
+        for _ in range(20):
+            batch = await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
+        h = vertex_hash(batch.vertices[0]).hex()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", node.gateway.http_port))
+        request = "GET /v1/finalized?from_seq=1&limit=100 HTTP/1.1\r\nHost: gateway\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        try:
+            deadline = loop.time() + TIMEOUT
+            while _unread_bytes(sock) == 0:  # the answer is being sent: fetched and built
+                assert loop.time() < deadline, "the page was not sent"
+                await asyncio.sleep(0.01)
+            # reserved before the read (alone, it fits), then resized to the page and its JSON
+            held = REGISTRY.get_sample_value("cretoai_gateway_answer_bytes_in_progress")
+            assert held is not None and 8_000_000 < held < PAGE_ANSWER_BYTES
+            status, reply = await node.get(f"/v1/vertices/{h}")
+            assert_error(status, reply, 429, "overloaded")
+            assert "max_answer_bytes_in_progress" in reply["error"]["message"]
+        finally:
+            sock.close()
+        while REGISTRY.get_sample_value("cretoai_gateway_answer_bytes_in_progress"):
+            assert loop.time() < deadline + TIMEOUT, "the gone reader's bytes are still held"
+            await asyncio.sleep(0.01)
+        status, reply = await node.get(f"/v1/vertices/{h}")
+        assert status == 200 and reply["hash"] == h
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes waiting in the socket's receive buffer (FIONREAD)."""
+    (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))
+    return int(count)
