@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,78 +185,82 @@ async def a_vertex_hash(http: str, seq: int) -> str:
     return str(page["batches"][0]["vertices"][0]["hash"])
 
 
+async def measured(
+    pid: int,
+    work: Awaitable[dict[str, Any]],
+    after: Callable[[], Awaitable[dict[str, Any]]],
+    **fields: Any,
+) -> dict[str, Any]:
+    """One step: ``work`` against the gateway process ``pid``, with its RSS before, its
+    peak (VmHWM, reset first where allowed) and after, then ``after`` (does it still
+    serve?). Printed as a JSON line, and returned."""
+    peak_reset = reset_peak(pid)
+    before = status_kb(pid, "VmRSS")
+    previous_peak = status_kb(pid, "VmHWM")
+    result = await work
+    peak = status_kb(pid, "VmHWM")
+    step = {
+        **fields,
+        "rss_before_mb": round(before / 1024, 1),
+        "peak_rss_mb": round(peak / 1024, 1),
+        "peak_reset": peak_reset,
+        "peak_grew": peak > previous_peak,
+        "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
+        **result,
+        "after": await after(),
+    }
+    print(json.dumps(step), flush=True)
+    return step
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     extra = parse_overrides(args.set)
     steps = []
     with tempfile.TemporaryDirectory(prefix="cretoai-public-flood-") as tmp:
         async with Cluster(Path(tmp), 1, extra=extra) as cluster:
             cfg = cluster.configs[0]
-            target = cfg.gateway.grpc
+            target, http = cfg.gateway.grpc, cluster.gateway(0)
             pid = cluster.pids()[cfg.node.name]["gateway"]
             request = flood_request(args.message_bytes, cfg.gateway.max_payload_bytes + 1024)
+
+            def serves() -> Awaitable[dict[str, Any]]:
+                return still_serves(target, http)
+
             for connections in args.connections:
-                peak_reset = reset_peak(pid)
-                before = status_kb(pid, "VmRSS")
-                previous_peak = status_kb(pid, "VmHWM")
-                result = await flood(target, connections, args.calls, request)
-                peak = status_kb(pid, "VmHWM")
-                step = {
-                    "connections": connections,
-                    "calls": connections * args.calls,
-                    "message_bytes": request.ByteSize(),
-                    "rss_before_mb": round(before / 1024, 1),
-                    "peak_rss_mb": round(peak / 1024, 1),
-                    "peak_reset": peak_reset,
-                    "peak_grew": peak > previous_peak,
-                    "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
-                    **result,
-                    "after": await still_serves(target, cluster.gateway(0)),
-                }
-                print(json.dumps(step), flush=True)
+                step = await measured(
+                    pid,
+                    flood(target, connections, args.calls, request),
+                    serves,
+                    connections=connections,
+                    calls=connections * args.calls,
+                    message_bytes=request.ByteSize(),
+                )
                 steps.append(step)
             last_seq = 0
             if args.subscribers or args.readers:
-                last_seq = await fill_history(cluster.gateway(0), args.history_batches)
+                last_seq = await fill_history(http, args.history_batches)
             if args.subscribers:
-                peak_reset = reset_peak(pid)
-                before = status_kb(pid, "VmRSS")
-                previous_peak = status_kb(pid, "VmHWM")
-                result = await subscribe(cluster.gateway(0), args.subscribers, args.hold)
-                peak = status_kb(pid, "VmHWM")
-                step = {
-                    "subscribers": args.subscribers,
-                    "history_seq": last_seq,
-                    "rss_before_mb": round(before / 1024, 1),
-                    "peak_rss_mb": round(peak / 1024, 1),
-                    "peak_reset": peak_reset,
-                    "peak_grew": peak > previous_peak,
-                    "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
-                    **result,
-                    "after": await still_serves(target, cluster.gateway(0)),
-                }
-                print(json.dumps(step), flush=True)
+                step = await measured(
+                    pid,
+                    subscribe(http, args.subscribers, args.hold),
+                    serves,
+                    subscribers=args.subscribers,
+                    history_seq=last_seq,
+                )
                 steps.append(step)
             if args.readers:
-                http = cluster.gateway(0)
                 vertex = await a_vertex_hash(http, last_seq)
                 for kind, urls in (
                     ("pages", [f"{http}/v1/finalized?from_seq=1&limit=100"] * args.readers),
                     ("vertices", [f"{http}/v1/vertices/{vertex}"] * (10 * args.readers)),
                 ):
-                    peak_reset = reset_peak(pid)
-                    before = status_kb(pid, "VmRSS")
-                    result = await read_slowly(urls, args.hold)
-                    step = {
-                        "readers": len(urls),
-                        "reads": kind,
-                        "rss_before_mb": round(before / 1024, 1),
-                        "peak_rss_mb": round(status_kb(pid, "VmHWM") / 1024, 1),
-                        "peak_reset": peak_reset,
-                        "rss_after_mb": round(status_kb(pid, "VmRSS") / 1024, 1),
-                        **result,
-                        "after": await still_serves(target, http),
-                    }
-                    print(json.dumps(step), flush=True)
+                    step = await measured(
+                        pid,
+                        read_slowly(urls, args.hold),
+                        serves,
+                        readers=len(urls),
+                        reads=kind,
+                    )
                     steps.append(step)
             settings = {
                 # None: a revision without the bound (to compare with one)

@@ -100,19 +100,24 @@ async def test_raised_errors_become_statuses_in_one_place() -> None:
         await service.stop()
 
 
-async def test_graceful_shutdown_drains_then_cleans_up() -> None:
-    events: list[str] = []
+def _echo_recording(events: list[str]) -> GrpcService:
+    """The echo service, its handlers and its cleanup appending to ``events``."""
 
     async def cleanup() -> None:
         events.append("cleanup")
 
-    service = GrpcService(
+    return GrpcService(
         name="echo",
         bind="127.0.0.1:0",
         servicers=[echo_servicer(events)],
         grace=5.0,
         cleanup=[cleanup],
     )
+
+
+async def test_graceful_shutdown_drains_then_cleans_up() -> None:
+    events: list[str] = []
+    service = _echo_recording(events)
     await service.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         echo = channel.unary_unary(f"/{SERVICE}/Slow")
@@ -131,17 +136,7 @@ async def test_stop_waits_for_handlers_that_outlive_their_status() -> None:
     handler may still be running then. stop() must not return (and the process end)
     before it finishes: the loop would cancel it and gRPC log a traceback."""
     events: list[str] = []
-
-    async def cleanup() -> None:
-        events.append("cleanup")
-
-    service = GrpcService(
-        name="echo",
-        bind="127.0.0.1:0",
-        servicers=[echo_servicer(events)],
-        grace=5.0,
-        cleanup=[cleanup],
-    )
+    service = _echo_recording(events)
     await service.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         abort = channel.unary_unary(f"/{SERVICE}/AbortThenFinish")
