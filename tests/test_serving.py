@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cretoai.errors import ERROR_CODE_KEY
-from cretoai.serving import GrpcService
+from cretoai.serving import HANDLER_UNWIND_S, GrpcService
 from tests.conftest import REPO
 from tests.support.echo_service import SERVICE, echo_servicer
 
@@ -145,6 +145,27 @@ async def test_stop_waits_for_handlers_that_outlive_their_status() -> None:
         assert err.value.code() == grpc.StatusCode.ABORTED
         await service.stop()
     assert events == ["finished after abort", "cleanup"]
+
+
+async def test_a_handler_that_does_not_finish_cannot_hold_the_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler still busy long after its status went out is waited for within the
+    grace (at least HANDLER_UNWIND_S), not for ever: stop goes on, and says so."""
+    events: list[str] = []
+    service = _echo_recording(events)
+    service.grace = 0.2
+    await service.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        abort = channel.unary_unary(f"/{SERVICE}/AbortThenFinish")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await abort(_slow_request(30_000), timeout=5)  # 30 s in its finally
+        started = time.monotonic()
+        await service.stop()
+        took = time.monotonic() - started
+    assert HANDLER_UNWIND_S <= took < HANDLER_UNWIND_S + 5
+    assert events == ["cleanup"]  # went on without the handler
+    assert "handlers still running after the grace period" in caplog.text
 
 
 async def test_not_serving_during_drain() -> None:
