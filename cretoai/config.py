@@ -88,6 +88,19 @@ class GatewaySection:
     #: 429 / RESOURCE_EXHAUSTED. Each may hold a page of batches read from storage
     #: (catching up) and its buffer: their number bounds what subscribers make it hold.
     max_streams: int = 16
+    #: Connections open at once on each public listener (HTTP, gRPC). An HTTP connection
+    #: beyond gets 429 and is closed; gRPC closes one beyond before its handshake. Keeps
+    #: a flood of idle or slow connections from using up the file descriptors (the
+    #: gateway raises its open files limit to what this needs, within the hard limit).
+    max_connections: int = 1024
+    #: An HTTP connection that has not sent a whole request head this long after it
+    #: opened or after its last answer is closed (slowly sent headers, idle keep-alive);
+    #: a gRPC connection that has not finished its handshake in this time, or has had
+    #: no call for this long, too.
+    idle_timeout_ms: int = 15_000
+    #: An HTTP request body must arrive whole within this long after its head; else
+    #: 408 ``request_timeout`` and the connection is closed.
+    body_timeout_ms: int = 30_000
     #: ML-DSA-87 key file (0600) the gateway signs *unsigned* submissions with: a client
     #: identity of this gateway, never a validator key. Empty: unsigned submissions are
     #: refused (422 signature_required); clients then sign their vertices themselves.
@@ -458,6 +471,9 @@ def _validate(cfg: NodeConfig) -> None:
         "max_answer_bytes_in_progress",
         "stream_buffer_bytes",
         "max_streams",
+        "max_connections",
+        "idle_timeout_ms",
+        "body_timeout_ms",
     ):
         if getattr(cfg.gateway, name) <= 0:
             raise ConfigError(f"{src}: gateway.{name}: must be positive")

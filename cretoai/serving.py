@@ -286,6 +286,13 @@ class GrpcService:
     #: that. With ``max_receive_bytes`` it bounds what callers make the server hold.
     #: None: unbounded (internal services: their callers are this node's own).
     max_concurrent_rpcs: int | None = None
+    #: Connections open at once (gRPC closes one beyond before its handshake); None:
+    #: unbounded.
+    max_connections: int | None = None
+    #: A connection that has not finished its HTTP/2 handshake this long after it
+    #: opened, or has had no call for this long, is closed (a client reconnects by
+    #: itself); None: gRPC's defaults (120 s for the handshake, idle forever).
+    idle_timeout_ms: int | None = None
     cleanup: list[Cleanup] = field(default_factory=list)
     #: Mutual TLS with the node's certificates; None: plain, and then only on loopback
     #: unless ``public`` (the gateway's client API is public by design).
@@ -347,6 +354,11 @@ class GrpcService:
         ]
         if self.max_concurrent_rpcs is not None:
             options.append(("grpc.http2.bdp_probe", 0))
+        if self.max_connections is not None:
+            options.append(("grpc.max_allowed_incoming_connections", self.max_connections))
+        if self.idle_timeout_ms is not None:
+            options.append(("grpc.server_handshake_timeout_ms", self.idle_timeout_ms))
+            options.append(("grpc.max_connection_idle_ms", self.idle_timeout_ms))
         server = grpc.aio.server(
             # Outermost first: the span covers the metrics and the log line.
             interceptors=[

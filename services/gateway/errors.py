@@ -26,6 +26,8 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     "partial_signature": (400, grpc.StatusCode.INVALID_ARGUMENT),
     "not_found": (404, grpc.StatusCode.NOT_FOUND),
     "method_not_allowed": (405, grpc.StatusCode.UNIMPLEMENTED),
+    # 408: the request did not arrive in time
+    "request_timeout": (408, grpc.StatusCode.DEADLINE_EXCEEDED),
     # 413: too large
     "body_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),
     "payload_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),

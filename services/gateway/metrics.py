@@ -48,6 +48,18 @@ STREAMS_REFUSED = Counter(
     "Subscriptions refused because gateway.max_streams subscribers were open",
     ["api"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "cretoai_gateway_connections_refused_total",
+    "Connections refused because gateway.max_connections were open (HTTP)",
+    ["api"],
+)
+HTTP_CONNECTIONS = Gauge(
+    "cretoai_gateway_http_connections", "HTTP connections open (WebSocket ones included)"
+)
+REQUEST_TIMEOUTS = Counter(
+    "cretoai_gateway_request_timeouts_total",
+    "HTTP requests whose body did not arrive within gateway.body_timeout_ms",
+)
 STREAM_CLOSED = Counter(
     "cretoai_gateway_stream_disconnects_total",
     "Finalized-stream subscribers disconnected by the gateway, by reason",

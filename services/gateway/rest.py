@@ -38,6 +38,7 @@ from services.gateway.codec import (
     status_json,
     submitted_json,
 )
+from services.gateway.connections import LimitedSite
 from services.gateway.core import MAX_BATCH_VERTICES, MAX_PAGE, PAGE_BYTES, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer, Stream
@@ -100,6 +101,8 @@ def error_response(exc: ApiError, **extra: Any) -> web.Response:
     response = json_response({**exc.body(), **extra}, exc.http_status)
     if exc.code == "overloaded":
         response.headers["Retry-After"] = RETRY_AFTER_S
+    elif exc.code == "request_timeout":
+        response.force_close()  # the rest of a slow body is not waited for
     return response
 
 
@@ -180,9 +183,20 @@ class Closing:
 class RestApi:
     """The aiohttp application of one gateway and its listening site."""
 
-    def __init__(self, gateway: Gateway, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        max_body_bytes: int,
+        max_connections: int = 1024,
+        idle_timeout_s: float = 15.0,
+        body_timeout_s: float = 30.0,
+    ) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
+        self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
+        self._body_timeout_s = body_timeout_s
         #: A batch's body limit (its vertices, binary, then fit one call to consensus).
         self.max_batch_body = max(
             max_body_bytes, min(BATCH_BODY_FACTOR * max_body_bytes, BATCH_BODY_MAX)
@@ -207,16 +221,28 @@ class RestApi:
     async def start(self, bind: str) -> None:
         host, _, port = bind.rpartition(":")
         runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handle_signals=False
+            self.app,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            handle_signals=False,
+            # closes a connection waiting for a whole request head this long after it
+            # opened or after its last answer (aiohttp's default: an hour)
+            keepalive_timeout=self._idle_timeout_s,
         )
         await runner.setup()
+        site = LimitedSite(
+            runner, host.strip("[]"), int(port), max_connections=self._max_connections
+        )
         try:
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise OSError(f"gateway: cannot listen on {bind}: {exc.strerror}") from None
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        server = runner.server
+        assert server is not None
+        metrics.HTTP_CONNECTIONS.set_function(lambda: len(server.connections))
         log.info("http serving", extra={"fields": {"address": f"{host}:{self.port}"}})
 
     async def stop(self) -> None:
@@ -235,22 +261,31 @@ class RestApi:
         size = limit if declared is None else min(declared, limit)
         return self._gw.hold_request_bytes(size, api="http")
 
-    @staticmethod
-    async def _body(request: web.Request, limit: int) -> bytes:
-        """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond)."""
+    async def _body(self, request: web.Request, limit: int) -> bytes:
+        """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond),
+        whole within ``gateway.body_timeout_ms`` (408 ``request_timeout``: a client that
+        sends its body slowly, or not at all, holds its reservation no longer)."""
         too_large = ApiError("body_too_large", f"the body exceeds {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
         chunks = []
         size = 0
         try:
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
+            async with asyncio.timeout(self._body_timeout_s):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except TimeoutError:
+            metrics.REQUEST_TIMEOUTS.inc()
+            raise ApiError(
+                "request_timeout",
+                f"the body did not arrive within {self._body_timeout_s:g} s "
+                f"(gateway.body_timeout_ms; {size} bytes came)",
+            ) from None
         return b"".join(chunks)
 
     async def submit(self, request: web.Request) -> web.Response:

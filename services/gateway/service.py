@@ -10,6 +10,7 @@ crypto pool shut down) → telemetry flushed.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,10 +21,13 @@ from cretoai.crypto.backend import Backend
 from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import gateway_pb2_grpc
 from services.gateway.backends import ConsensusClient, StorageClient
+from services.gateway.connections import RESERVED_FDS, ensure_open_files
 from services.gateway.core import Gateway, Limits
 from services.gateway.finality import FinalityHub
 from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer
 from services.gateway.rest import RestApi
+
+log = logging.getLogger(__name__)
 
 #: Threads that sign unsigned vertices with the submitter key (signing releases the GIL).
 CRYPTO_THREADS = 2
@@ -62,6 +66,14 @@ class GatewayService(GrpcService):
 async def build(cfg: NodeConfig) -> GatewayService:
     """The gateway for ``cfg`` with its HTTP site listening (KeyFileError, OSError); its
     cleanup stops the HTTP site."""
+    needed = 2 * cfg.gateway.max_connections + RESERVED_FDS  # HTTP and gRPC listeners
+    open_files = ensure_open_files(needed)
+    if open_files < needed:
+        log.warning(
+            "the open files limit is below what gateway.max_connections needs: a flood of "
+            "connections can use up the gateway's file descriptors",
+            extra={"fields": {"limit": open_files, "needed": needed}},
+        )
     backend = get_backend(cfg.crypto.backend)
     key = submitter_key(cfg, backend)
     pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
@@ -89,7 +101,13 @@ async def build(cfg: NodeConfig) -> GatewayService:
         ),
         probes=channels,
     )
-    rest = RestApi(gateway, max_body_bytes=cfg.gateway.max_body_bytes)
+    rest = RestApi(
+        gateway,
+        max_body_bytes=cfg.gateway.max_body_bytes,
+        max_connections=cfg.gateway.max_connections,
+        idle_timeout_s=cfg.gateway.idle_timeout_ms / 1000,
+        body_timeout_s=cfg.gateway.body_timeout_ms / 1000,
+    )
 
     async def cleanup() -> None:
         await hub.close()
@@ -116,6 +134,8 @@ async def build(cfg: NodeConfig) -> GatewayService:
         # number at once, so anonymous callers hold at most their product.
         max_receive_bytes=rest.max_batch_body,
         max_concurrent_rpcs=cfg.gateway.grpc_max_concurrent_rpcs,
+        max_connections=cfg.gateway.max_connections,
+        idle_timeout_ms=cfg.gateway.idle_timeout_ms,
         rest=rest,
         gateway=gateway,
     )

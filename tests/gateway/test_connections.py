@@ -1,0 +1,215 @@
+"""The public listeners against connections that are idle, slow or too many (slowloris).
+
+Each test holds raw sockets or gRPC channels of its own against a real gateway and
+fails when its bound is missing: aiohttp keeps a connection that never completes
+its request head for an hour, waits for a body forever, and accepts connections
+until the process runs out of file descriptors; gRPC waits 120 s for a handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from cretoai.config import NodeConfig
+from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
+from tests.gateway.support import TIMEOUT, start_node
+
+
+async def _connect(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def _read_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
+    """Everything the server sends until it closes the connection (bounded)."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                chunk = await loop.sock_recv(sock, 65536)
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+
+
+async def _exchange(sock: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one request on a kept-alive connection and read its whole answer."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, request)
+    received = b""
+    async with asyncio.timeout(TIMEOUT):
+        while b"\r\n\r\n" not in received:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, f"closed before an answer: {received!r}"
+            received += chunk
+        status, headers, body = _parse(received)
+        while len(body) < int(headers["content-length"]):
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "closed in the middle of an answer"
+            body += chunk
+    return status, headers, body
+
+
+def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    """Until ``check()`` holds (a metric the gateway sets as it goes; bounded)."""
+    async with asyncio.timeout(TIMEOUT):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def sockets() -> AsyncIterator[list[socket.socket]]:
+    held: list[socket.socket] = []
+    yield held
+    for sock in held:
+        sock.close()
+
+
+async def test_a_connection_that_never_completes_its_head_is_closed(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """Half a request head, then nothing: closed once ``gateway.idle_timeout_ms`` has
+    passed, and so is a kept-alive connection idle that long after its answer; one
+    that sends its next request in time is served."""
+    async with start_node(make_config(idle_timeout_ms=600)) as node:
+        loop = asyncio.get_running_loop()
+        slow = await _connect(node.gateway.http_port)
+        sockets.append(slow)
+        await loop.sock_sendall(slow, b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")
+        idle = await _connect(node.gateway.http_port)
+        sockets.append(idle)
+        assert (await _exchange(idle, HEALTH))[0] == 200
+        busy = await _connect(node.gateway.http_port)
+        sockets.append(busy)
+        started = loop.time()
+        for _ in range(4):  # 1.2 s in all, each request within the idle timeout
+            assert (await _exchange(busy, HEALTH))[0] == 200
+            await asyncio.sleep(0.3)
+        assert await _read_until_closed(slow) == b""
+        assert await _read_until_closed(idle) == b""
+        assert loop.time() - started >= 0.3  # closed by the timeout, not at once
+        assert (await _exchange(busy, HEALTH))[0] == 200
+
+
+async def test_a_body_that_does_not_arrive_in_time_gets_408(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """A submission that declares 100 KB and sends 1: 408 ``request_timeout`` after
+    ``gateway.body_timeout_ms``, the connection closed, its bytes no longer held."""
+    async with start_node(make_config(body_timeout_ms=500)) as node:
+        loop = asyncio.get_running_loop()
+        timeouts = _sample("cretoai_gateway_request_timeouts_total")
+        sock = await _connect(node.gateway.http_port)
+        sockets.append(sock)
+        head = (
+            "POST /v1/vertices HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n{"
+        )
+        started = loop.time()
+        await loop.sock_sendall(sock, head.encode())
+        await _until(lambda: _sample("cretoai_gateway_request_bytes_in_progress") == 100_000)
+        status, headers, body = _parse(await _read_until_closed(sock))
+        assert loop.time() - started >= 0.45
+        assert status == 408
+        assert headers["connection"] == "close"
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_timeout" and "body_timeout_ms" in error["message"]
+        assert _sample("cretoai_gateway_request_timeouts_total") == timeouts + 1
+        assert _sample("cretoai_gateway_request_bytes_in_progress") == 0
+
+
+async def test_http_connections_beyond_the_limit_get_429_and_are_closed(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """With ``gateway.max_connections`` kept-alive connections open, another gets 429
+    ``overloaded`` and is closed; once one of them is gone, a new one is served."""
+    async with start_node(make_config(max_connections=3)) as node:
+        refused = _sample("cretoai_gateway_connections_refused_total", api="http")
+        for _ in range(3):
+            sockets.append(await _connect(node.gateway.http_port))
+            assert (await _exchange(sockets[-1], HEALTH))[0] == 200
+        assert _sample("cretoai_gateway_http_connections") == 3
+        extra = await _connect(node.gateway.http_port)
+        sockets.append(extra)
+        await asyncio.get_running_loop().sock_sendall(extra, HEALTH)
+        status, headers, body = _parse(await _read_until_closed(extra))
+        assert status == 429 and headers["retry-after"] == "1"
+        error = json.loads(body)["error"]
+        assert error["code"] == "overloaded" and "max_connections" in error["message"]
+        assert _sample("cretoai_gateway_connections_refused_total", api="http") == refused + 1
+        sockets.pop(0).close()
+        await _until(lambda: _sample("cretoai_gateway_http_connections") == 2)
+        sockets.append(await _connect(node.gateway.http_port))
+        assert (await _exchange(sockets[-1], HEALTH))[0] == 200
+
+
+async def test_grpc_connections_are_bounded_and_must_handshake_in_time(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """A TCP connection that never starts HTTP/2 is closed after
+    ``gateway.idle_timeout_ms``; with ``gateway.max_connections`` channels connected,
+    another cannot call until one of them is gone."""
+    async with start_node(make_config(max_connections=2, idle_timeout_ms=1000)) as node:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        silent = await _connect(node.gateway.port)
+        sockets.append(silent)
+        await _read_until_closed(silent)  # gRPC may say why first (a GOAWAY frame)
+        assert loop.time() - started >= 0.9
+        sockets.remove(silent)
+        silent.close()
+
+        target = f"127.0.0.1:{node.gateway.port}"
+        # a connection each (channels of one process share connections by default)
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(target, options=own) for _ in range(3)]
+        try:
+            for channel in channels[:2]:
+                status = await gateway_pb2_grpc.GatewayStub(channel).GetStatus(
+                    consensus_pb2.GetStatusRequest(), timeout=TIMEOUT
+                )
+                assert status.node_id
+            third = gateway_pb2_grpc.GatewayStub(channels[2])
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await third.GetStatus(consensus_pb2.GetStatusRequest(), timeout=1.0)
+            assert refused.value.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            await channels[0].close()
+            status = await third.GetStatus(
+                consensus_pb2.GetStatusRequest(), timeout=TIMEOUT, wait_for_ready=True
+            )
+            assert status.node_id
+        finally:
+            for channel in channels:
+                await channel.close()
