@@ -21,6 +21,13 @@ What it does:
   ``GET /v1/finalized?from_seq=1`` (a page of up to 4 MiB each) whose answers are read
   only after ``--hold`` seconds, then 10 x N concurrent ``GET /v1/vertices/{hash}`` of a
   200-KB vertex, read the same way.
+* **idle connections** — then (``--idle-connections N``, 0: skip) N TCP connections to
+  the HTTP port, opened one after the other, each sending half a request head and then
+  nothing (slowloris); how each ends (429 at once beyond ``gateway.max_connections``,
+  closed at once unanswered in a flood of refusals, closed by the gateway after being
+  held ``gateway.idle_timeout_ms``, or still open after ``--hold`` + that timeout (at
+  most 60 s) + 5 s), the gateway's open file descriptors once all are open, and
+  whether a new client is served while they are held.
 * **measured** — the gateway process's peak RSS (``VmHWM``) over each step, beside its RSS
   before; the calls' outcomes (OK, RESOURCE_EXHAUSTED, ...) or subscriptions (open,
   refused with 429); then that a well-formed submission still gets its answer and the
@@ -177,6 +184,69 @@ async def read_slowly(urls: list[str], hold_s: float) -> dict[str, Any]:
         return {"outcomes": Counter(await asyncio.gather(*[one(u) for u in urls]))}
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _half_head(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")  # and never the rest
+    await writer.drain()
+    return reader, writer
+
+
+async def _ending(reader: asyncio.StreamReader, limit_s: float) -> tuple[str, float]:
+    """How one idle connection ended, and how long after it opened."""
+    opened = time.monotonic()
+    try:
+        data = await asyncio.wait_for(reader.read(), limit_s)
+    except TimeoutError:
+        return "still open", limit_s
+    except ConnectionError:
+        data = b""
+    held = time.monotonic() - opened
+    if data.startswith(b"HTTP/1.1 429"):
+        return "refused 429", held
+    return ("closed at once" if held < 2.0 else "closed after being held"), held
+
+
+async def hold_idle(http: str, pid: int, count: int, limit_s: float) -> dict[str, Any]:
+    """``count`` slowloris connections: their outcomes, the gateway's fds at their peak, and
+    whether a new client is served while they are held."""
+    host, _, port = http.removeprefix("http://").rpartition(":")
+    fds_before = open_fds(pid)
+    started = time.monotonic()
+    writers = []
+    endings = []
+    try:
+        for _ in range(count):
+            reader, writer = await _half_head(host, int(port))
+            writers.append(writer)
+            endings.append(asyncio.ensure_future(_ending(reader, limit_s)))
+        fds_held = open_fds(pid)
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"{http}/readyz") as r:
+                while_held: int | str = r.status
+        except aiohttp.ClientError as exc:
+            while_held = type(exc).__name__
+        ended = await asyncio.gather(*endings)
+    finally:
+        for writer in writers:
+            writer.close()
+    closed_at = sorted(t for outcome, t in ended if outcome == "closed after being held")
+    return {
+        "seconds": round(time.monotonic() - started, 1),
+        "outcomes": Counter(outcome for outcome, _ in ended),
+        "gateway_fds_before": fds_before,
+        "gateway_fds_held": fds_held,
+        "readyz_while_held": while_held,
+        "held_until_closed_s": {
+            "first": round(closed_at[0], 1) if closed_at else None,
+            "last": round(closed_at[-1], 1) if closed_at else None,
+        },
+    }
+
+
 async def a_vertex_hash(http: str, seq: int) -> str:
     async with aiohttp.ClientSession() as session:
         url = f"{http}/v1/finalized?from_seq={seq}&limit=1"
@@ -262,6 +332,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         reads=kind,
                     )
                     steps.append(step)
+            if args.idle_connections:
+                idle_s = getattr(cfg.gateway, "idle_timeout_ms", 3_630_000) / 1000
+                step = await measured(
+                    pid,
+                    hold_idle(http, pid, args.idle_connections, args.hold + min(idle_s, 60) + 5),
+                    serves,
+                    idle_connections=args.idle_connections,
+                )
+                steps.append(step)
             settings = {
                 # None: a revision without the bound (to compare with one)
                 "grpc_max_concurrent_rpcs": getattr(cfg.gateway, "grpc_max_concurrent_rpcs", None),
@@ -270,6 +349,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max_answer_bytes_in_progress": getattr(
                     cfg.gateway, "max_answer_bytes_in_progress", None
                 ),
+                "max_connections": getattr(cfg.gateway, "max_connections", None),
+                "idle_timeout_ms": getattr(cfg.gateway, "idle_timeout_ms", None),
                 "overrides": extra,
             }
     return {
@@ -299,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         "--subscribers", type=int, default=100, help="WebSocket subscribers step (0: skip)"
     )
     parser.add_argument("--readers", type=int, default=100, help="slow page readers step (0: skip)")
+    parser.add_argument(
+        "--idle-connections", type=int, default=2000, help="slowloris step (0: skip)"
+    )
     parser.add_argument("--history-batches", type=int, default=150)
     parser.add_argument("--hold", type=float, default=10.0, help="s the subscribers stay")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -310,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subscribers must be 0..1000 and --history-batches 1..1000")
     if not 0 <= args.readers <= 200:
         parser.error("--readers must be 0..200")
+    if not 0 <= args.idle_connections <= 10_000:
+        parser.error("--idle-connections must be 0..10000")
     if not 0 <= args.hold <= 60:
         parser.error("--hold must be 0..60 s")
     result = asyncio.run(run(args))

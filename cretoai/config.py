@@ -93,6 +93,10 @@ class GatewaySection:
     #: a flood of idle or slow connections from using up the file descriptors (the
     #: gateway raises its open files limit to what this needs, within the hard limit).
     max_connections: int = 1024
+    #: HTTP connections open at once from one client address: one client cannot take
+    #: every slot of ``max_connections`` (more get 429 and are closed). Clients behind
+    #: one proxy or NAT share an address: raise it for them.
+    max_connections_per_client: int = 128
     #: An HTTP connection that has not sent a whole request head this long after it
     #: opened or after its last answer is closed (slowly sent headers, idle keep-alive);
     #: a gRPC connection that has not finished its handshake in this time, or has had
@@ -472,6 +476,7 @@ def _validate(cfg: NodeConfig) -> None:
         "stream_buffer_bytes",
         "max_streams",
         "max_connections",
+        "max_connections_per_client",
         "idle_timeout_ms",
         "body_timeout_ms",
     ):

@@ -3,11 +3,12 @@
 aiohttp keeps a connection that never completes a request head for its keep-alive
 timeout (an hour by default), and accepts connections until the process runs
 out of file descriptors; then nobody gets in, the gateway's own calls to its
-node included. :class:`LimitedSite` listens like ``web.TCPSite`` but answers a
-connection beyond ``max_connections`` with 429 ``overloaded`` and closes it,
-and the runner's keep-alive timeout (``gateway.idle_timeout_ms``) closes a
-connection that has not sent a whole request head that long after it opened or
-after its last answer.
+node included. :class:`LimitedSite` listens like ``web.TCPSite`` but answers
+429 ``overloaded`` and closes a connection beyond ``max_connections`` in all,
+or beyond ``max_per_client`` from one client address (so that one client
+cannot take every slot), and the runner's keep-alive timeout
+(``gateway.idle_timeout_ms``) closes a connection that has not sent a whole
+request head that long after it opened or after its last answer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections import Counter
 
 from aiohttp import web
 
@@ -24,20 +26,17 @@ from services.gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-#: How long a refused connection may take to read its answer before it is aborted.
+#: How long a refused connection may take to read its answer before it is aborted, and
+#: how many may do so at once (more are aborted at once, unanswered).
 REFUSAL_LINGER_S = 1.0
+MAX_LINGERING_REFUSALS = 64
 #: File descriptors the gateway keeps beside its public connections: its channels to
-#: the node's services, the listeners, logs, metrics scrapes.
-RESERVED_FDS = 256
+#: the node's services, the listeners, logs, metrics scrapes, lingering refusals.
+RESERVED_FDS = 256 + MAX_LINGERING_REFUSALS
 
 
-def _refusal(max_connections: int) -> bytes:
-    exc = ApiError(
-        "overloaded",
-        f"the gateway holds gateway.max_connections ({max_connections}) HTTP connections; "
-        "retry with backoff",
-    )
-    body = dumps_bytes(exc.body())
+def _answer_429(message: str) -> bytes:
+    body = dumps_bytes(ApiError("overloaded", message).body())
     head = (
         "HTTP/1.1 429 Too Many Requests\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"
@@ -56,18 +55,18 @@ class _Refuse(asyncio.Protocol):
     def __init__(self, answer: bytes, lingering: set[_Refuse]) -> None:
         self._answer = answer
         self._lingering = lingering
-        self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        if len(self._lingering) >= MAX_LINGERING_REFUSALS:  # a flood: no answer, no linger
+            transport.abort()
+            return
         transport.write(self._answer)
         if transport.can_write_eof():
             transport.write_eof()
         self._lingering.add(self)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(REFUSAL_LINGER_S, transport.abort)
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.abort)
 
     def data_received(self, data: bytes) -> None:
         pass  # the refused request: not read
@@ -81,45 +80,116 @@ class _Refuse(asyncio.Protocol):
             self._timer.cancel()
 
 
-class LimitedSite(web.BaseSite):
-    """A TCP listener for ``runner`` holding at most ``max_connections`` connections."""
+class _Admission(asyncio.Protocol):
+    """One connection: once its client's address is known, aiohttp's handler for it
+    (counted against that client) or a refusal; then every event goes to that one."""
 
-    __slots__ = ("_answer", "_host", "_lingering", "_max", "_port")
+    def __init__(self, site: LimitedSite) -> None:
+        self._site = site
+        self._inner: asyncio.Protocol | None = None
+        self._client: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        site = self._site
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
+        if site.per_client[client] >= site.max_per_client:
+            metrics.CONNECTIONS_REFUSED.labels(api="http", limit="per_client").inc()
+            self._inner = _Refuse(site.per_client_answer, site.lingering)
+        else:
+            site.per_client[client] += 1
+            self._client = client
+            server = site.runner_server()
+            self._inner = server()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._inner is not None
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        assert self._inner is not None
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        assert self._inner is not None
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self._inner is not None
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is not None:
+            counts = self._site.per_client
+            counts[self._client] -= 1
+            if counts[self._client] <= 0:
+                del counts[self._client]
+            self._client = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+
+class LimitedSite(web.BaseSite):
+    """A TCP listener for ``runner`` holding at most ``max_connections`` connections,
+    and at most ``max_per_client`` from one client address."""
+
+    __slots__ = (
+        "_host",
+        "_max",
+        "_port",
+        "_total_answer",
+        "lingering",
+        "max_per_client",
+        "per_client",
+        "per_client_answer",
+    )
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        max_per_client: int,
     ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._max = max_connections
-        self._answer = _refusal(max_connections)
-        self._lingering: set[_Refuse] = set()
+        self.max_per_client = max_per_client
+        self._total_answer = _answer_429(
+            f"the gateway holds gateway.max_connections ({max_connections}) HTTP "
+            "connections; retry with backoff"
+        )
+        self.per_client_answer = _answer_429(
+            f"this client holds gateway.max_connections_per_client ({max_per_client}) HTTP "
+            "connections; close one, or retry with backoff"
+        )
+        #: Open connections by client address (those handed to aiohttp).
+        self.per_client: Counter[str] = Counter()
+        self.lingering: set[_Refuse] = set()
 
     @property
     def name(self) -> str:
         return f"http://{self._host}:{self._port}"
 
-    def _protocol(self) -> asyncio.Protocol:
+    def runner_server(self) -> web.Server:
         server = self._runner.server
         assert server is not None
-        if len(server.connections) < self._max:
-            return server()
-        metrics.CONNECTIONS_REFUSED.labels(api="http").inc()
-        if len(self._lingering) >= self._max:  # a flood of refusals: no answer, no linger
-            return _Abort()
-        return _Refuse(self._answer, self._lingering)
+        return server
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self.runner_server().connections) >= self._max:
+            metrics.CONNECTIONS_REFUSED.labels(api="http", limit="total").inc()
+            return _Refuse(self._total_answer, self.lingering)
+        return _Admission(self)
 
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, self._host, self._port)
-
-
-class _Abort(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()
 
 
 def ensure_open_files(needed: int) -> int:

@@ -50,8 +50,9 @@ STREAMS_REFUSED = Counter(
 )
 CONNECTIONS_REFUSED = Counter(
     "cretoai_gateway_connections_refused_total",
-    "Connections refused because gateway.max_connections were open (HTTP)",
-    ["api"],
+    "HTTP connections refused: gateway.max_connections were open in all (limit total), "
+    "or gateway.max_connections_per_client from its address (limit per_client)",
+    ["api", "limit"],
 )
 HTTP_CONNECTIONS = Gauge(
     "cretoai_gateway_http_connections", "HTTP connections open (WebSocket ones included)"

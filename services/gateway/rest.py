@@ -189,12 +189,14 @@ class RestApi:
         *,
         max_body_bytes: int,
         max_connections: int = 1024,
+        max_connections_per_client: int = 128,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
     ) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
         self._max_connections = max_connections
+        self._max_per_client = max_connections_per_client
         self._idle_timeout_s = idle_timeout_s
         self._body_timeout_s = body_timeout_s
         #: A batch's body limit (its vertices, binary, then fit one call to consensus).
@@ -231,7 +233,11 @@ class RestApi:
         )
         await runner.setup()
         site = LimitedSite(
-            runner, host.strip("[]"), int(port), max_connections=self._max_connections
+            runner,
+            host.strip("[]"),
+            int(port),
+            max_connections=self._max_connections,
+            max_per_client=self._max_per_client,
         )
         try:
             await site.start()

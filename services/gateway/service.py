@@ -105,6 +105,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
         gateway,
         max_body_bytes=cfg.gateway.max_body_bytes,
         max_connections=cfg.gateway.max_connections,
+        max_connections_per_client=cfg.gateway.max_connections_per_client,
         idle_timeout_s=cfg.gateway.idle_timeout_ms / 1000,
         body_timeout_s=cfg.gateway.body_timeout_ms / 1000,
     )

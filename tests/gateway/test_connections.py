@@ -22,9 +22,10 @@ from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
 from tests.gateway.support import TIMEOUT, start_node
 
 
-async def _connect(port: int) -> socket.socket:
+async def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
+    sock.bind((source, 0))  # another loopback address: another client
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     return sock
 
@@ -155,7 +156,7 @@ async def test_http_connections_beyond_the_limit_get_429_and_are_closed(
     """With ``gateway.max_connections`` kept-alive connections open, another gets 429
     ``overloaded`` and is closed; once one of them is gone, a new one is served."""
     async with start_node(make_config(max_connections=3)) as node:
-        refused = _sample("cretoai_gateway_connections_refused_total", api="http")
+        refused = _sample("cretoai_gateway_connections_refused_total", api="http", limit="total")
         for _ in range(3):
             sockets.append(await _connect(node.gateway.http_port))
             assert (await _exchange(sockets[-1], HEALTH))[0] == 200
@@ -167,10 +168,44 @@ async def test_http_connections_beyond_the_limit_get_429_and_are_closed(
         assert status == 429 and headers["retry-after"] == "1"
         error = json.loads(body)["error"]
         assert error["code"] == "overloaded" and "max_connections" in error["message"]
-        assert _sample("cretoai_gateway_connections_refused_total", api="http") == refused + 1
+        assert (
+            _sample("cretoai_gateway_connections_refused_total", api="http", limit="total")
+            == refused + 1
+        )
         sockets.pop(0).close()
         await _until(lambda: _sample("cretoai_gateway_http_connections") == 2)
         sockets.append(await _connect(node.gateway.http_port))
+        assert (await _exchange(sockets[-1], HEALTH))[0] == 200
+
+
+async def test_one_client_cannot_take_every_http_connection(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """With ``gateway.max_connections_per_client`` connections open from one address,
+    another from it gets 429 and is closed, while another client is still served."""
+    async with start_node(make_config(max_connections=10, max_connections_per_client=2)) as node:
+        port = node.gateway.http_port
+        refused = _sample(
+            "cretoai_gateway_connections_refused_total", api="http", limit="per_client"
+        )
+        for _ in range(2):
+            sockets.append(await _connect(port))
+            assert (await _exchange(sockets[-1], HEALTH))[0] == 200
+        extra = await _connect(port)
+        sockets.append(extra)
+        await asyncio.get_running_loop().sock_sendall(extra, HEALTH)
+        status, _, body = _parse(await _read_until_closed(extra))
+        assert status == 429
+        assert "max_connections_per_client" in json.loads(body)["error"]["message"]
+        assert (
+            _sample("cretoai_gateway_connections_refused_total", api="http", limit="per_client")
+            == refused + 1
+        )
+        sockets.append(await _connect(port, source="127.0.0.2"))
+        assert (await _exchange(sockets[-1], HEALTH))[0] == 200
+        sockets.pop(0).close()  # its slot comes back to the first client
+        await _until(lambda: _sample("cretoai_gateway_http_connections") == 2)
+        sockets.append(await _connect(port))
         assert (await _exchange(sockets[-1], HEALTH))[0] == 200
 
 
