@@ -27,7 +27,8 @@ What it does:
   closed at once unanswered in a flood of refusals, closed by the gateway after being
   held ``gateway.idle_timeout_ms``, or still open after ``--hold`` + that timeout (at
   most 60 s) + 5 s), the gateway's open file descriptors once all are open, and
-  whether a new client is served while they are held.
+  whether another client is served while they are held. ``--idle-sources K`` spreads
+  them over K loopback addresses (127.0.0.1 on), as K clients.
 * **measured** — the gateway process's peak RSS (``VmHWM``) over each step, beside its RSS
   before; the calls' outcomes (OK, RESOURCE_EXHAUSTED, ...) or subscriptions (open,
   refused with 429); then that a well-formed submission still gets its answer and the
@@ -188,8 +189,10 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def _half_head(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(host, port)
+async def _half_head(
+    host: str, port: int, source: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n")  # and never the rest
     await writer.drain()
     return reader, writer
@@ -210,22 +213,33 @@ async def _ending(reader: asyncio.StreamReader, limit_s: float) -> tuple[str, fl
     return ("closed at once" if held < 2.0 else "closed after being held"), held
 
 
-async def hold_idle(http: str, pid: int, count: int, limit_s: float) -> dict[str, Any]:
-    """``count`` slowloris connections: their outcomes, the gateway's fds at their peak, and
-    whether a new client is served while they are held."""
+#: Where a client that is not flooding connects from while the flood is held.
+BYSTANDER = "127.0.1.1"
+
+
+async def hold_idle(
+    http: str, pid: int, count: int, sources: int, limit_s: float
+) -> dict[str, Any]:
+    """``count`` slowloris connections from ``sources`` loopback addresses (127.0.0.1 and
+    on): their outcomes, the gateway's fds once all are open, and whether another
+    client (BYSTANDER) is served while they are held."""
     host, _, port = http.removeprefix("http://").rpartition(":")
     fds_before = open_fds(pid)
     started = time.monotonic()
     writers = []
     endings = []
     try:
-        for _ in range(count):
-            reader, writer = await _half_head(host, int(port))
+        for i in range(count):
+            reader, writer = await _half_head(host, int(port), f"127.0.0.{1 + i % sources}")
             writers.append(writer)
             endings.append(asyncio.ensure_future(_ending(reader, limit_s)))
         fds_held = open_fds(pid)
         try:
-            async with aiohttp.ClientSession() as session, session.get(f"{http}/readyz") as r:
+            connector = aiohttp.TCPConnector(local_addr=(BYSTANDER, 0))
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(f"{http}/readyz") as r,
+            ):
                 while_held: int | str = r.status
         except aiohttp.ClientError as exc:
             while_held = type(exc).__name__
@@ -336,9 +350,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 idle_s = getattr(cfg.gateway, "idle_timeout_ms", 3_630_000) / 1000
                 step = await measured(
                     pid,
-                    hold_idle(http, pid, args.idle_connections, args.hold + min(idle_s, 60) + 5),
+                    hold_idle(
+                        http,
+                        pid,
+                        args.idle_connections,
+                        args.idle_sources,
+                        args.hold + min(idle_s, 60) + 5,
+                    ),
                     serves,
                     idle_connections=args.idle_connections,
+                    idle_sources=args.idle_sources,
                 )
                 steps.append(step)
             settings = {
@@ -383,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--idle-connections", type=int, default=2000, help="slowloris step (0: skip)"
     )
+    parser.add_argument(
+        "--idle-sources",
+        type=int,
+        default=1,
+        help="loopback addresses the idle connections come from, 127.0.0.1 on (clients)",
+    )
     parser.add_argument("--history-batches", type=int, default=150)
     parser.add_argument("--hold", type=float, default=10.0, help="s the subscribers stay")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -396,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--readers must be 0..200")
     if not 0 <= args.idle_connections <= 10_000:
         parser.error("--idle-connections must be 0..10000")
+    if not 1 <= args.idle_sources <= 254:
+        parser.error("--idle-sources must be 1..254")
     if not 0 <= args.hold <= 60:
         parser.error("--hold must be 0..60 s")
     result = asyncio.run(run(args))

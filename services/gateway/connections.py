@@ -91,6 +91,7 @@ class _Admission(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         site = self._site
+        site.arriving -= 1
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         if site.per_client[client] >= site.max_per_client:
@@ -139,6 +140,7 @@ class LimitedSite(web.BaseSite):
         "_max",
         "_port",
         "_total_answer",
+        "arriving",
         "lingering",
         "max_per_client",
         "per_client",
@@ -170,6 +172,9 @@ class LimitedSite(web.BaseSite):
         #: Open connections by client address (those handed to aiohttp).
         self.per_client: Counter[str] = Counter()
         self.lingering: set[_Refuse] = set()
+        #: Connections accepted and not yet handed to aiohttp (asyncio accepts several
+        #: in one turn of the loop, and tells each protocol of its connection later).
+        self.arriving = 0
 
     @property
     def name(self) -> str:
@@ -181,9 +186,10 @@ class LimitedSite(web.BaseSite):
         return server
 
     def _protocol(self) -> asyncio.Protocol:
-        if len(self.runner_server().connections) >= self._max:
+        if len(self.runner_server().connections) + self.arriving >= self._max:
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="total").inc()
             return _Refuse(self._total_answer, self.lingering)
+        self.arriving += 1
         return _Admission(self)
 
     async def start(self) -> None:

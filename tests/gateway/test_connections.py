@@ -178,6 +178,26 @@ async def test_http_connections_beyond_the_limit_get_429_and_are_closed(
         assert (await _exchange(sockets[-1], HEALTH))[0] == 200
 
 
+async def test_a_burst_of_connections_cannot_overshoot_the_limit(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """20 connections at once against ``gateway.max_connections`` 3: asyncio accepts
+    several in one turn of its loop, before aiohttp counts any; 3 are served."""
+    async with start_node(make_config(max_connections=3)) as node:
+        burst = await asyncio.gather(*[_connect(node.gateway.http_port) for _ in range(20)])
+        sockets.extend(burst)
+
+        async def status(sock: socket.socket) -> int:
+            try:
+                return (await _exchange(sock, HEALTH))[0]
+            except (AssertionError, ConnectionError):
+                return 0  # closed unanswered
+
+        statuses = await asyncio.gather(*[status(sock) for sock in burst])
+        assert statuses.count(200) == 3
+        assert set(statuses) <= {200, 429, 0}
+
+
 async def test_one_client_cannot_take_every_http_connection(
     make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
 ) -> None:
