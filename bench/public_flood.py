@@ -198,8 +198,9 @@ async def _half_head(
     return reader, writer
 
 
-async def _ending(reader: asyncio.StreamReader, limit_s: float) -> tuple[str, float]:
-    """How one idle connection ended, and how long after it opened."""
+async def _ending(reader: asyncio.StreamReader, idle_s: float, limit_s: float) -> tuple[str, float]:
+    """How one idle connection ended, and how long after it opened (``idle_s``: the
+    gateway's idle timeout)."""
     opened = time.monotonic()
     try:
         data = await asyncio.wait_for(reader.read(), limit_s)
@@ -210,7 +211,7 @@ async def _ending(reader: asyncio.StreamReader, limit_s: float) -> tuple[str, fl
     held = time.monotonic() - opened
     if data.startswith(b"HTTP/1.1 429"):
         return "refused 429", held
-    return ("closed at once" if held < 2.0 else "closed after being held"), held
+    return ("closed at once" if held < 0.9 * idle_s else "closed after being held"), held
 
 
 #: Where a client that is not flooding connects from while the flood is held.
@@ -218,7 +219,7 @@ BYSTANDER = "127.0.1.1"
 
 
 async def hold_idle(
-    http: str, pid: int, count: int, sources: int, limit_s: float
+    http: str, pid: int, count: int, sources: int, idle_s: float, limit_s: float
 ) -> dict[str, Any]:
     """``count`` slowloris connections from ``sources`` loopback addresses (127.0.0.1 and
     on): their outcomes, the gateway's fds once all are open, and whether another
@@ -232,7 +233,7 @@ async def hold_idle(
         for i in range(count):
             reader, writer = await _half_head(host, int(port), f"127.0.0.{1 + i % sources}")
             writers.append(writer)
-            endings.append(asyncio.ensure_future(_ending(reader, limit_s)))
+            endings.append(asyncio.ensure_future(_ending(reader, idle_s, limit_s)))
         fds_held = open_fds(pid)
         try:
             connector = aiohttp.TCPConnector(local_addr=(BYSTANDER, 0))
@@ -355,6 +356,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         pid,
                         args.idle_connections,
                         args.idle_sources,
+                        idle_s,
                         args.hold + min(idle_s, 60) + 5,
                     ),
                     serves,

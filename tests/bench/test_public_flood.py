@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 
-def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
+def test_a_small_flood_subscribers_readers_and_idle_connections_meet_the_bounds(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "flood.json"
@@ -34,6 +34,16 @@ def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
             "3",
             "--hold",
             "0",
+            "--idle-connections",
+            "6",
+            "--idle-sources",
+            "2",
+            "--set",
+            "gateway.max_connections=3",
+            "--set",
+            "gateway.max_connections_per_client=2",
+            "--set",
+            "gateway.idle_timeout_ms=500",
             "--set",
             "gateway.grpc_max_concurrent_rpcs=2",
             "--set",
@@ -50,7 +60,7 @@ def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
     )
     result = json.loads(out.read_text())
     assert result["settings"]["grpc_max_concurrent_rpcs"] == 2
-    step, subscribers, pages, vertices = result["steps"]
+    step, subscribers, pages, vertices, idle = result["steps"]
     assert step["calls"] == 40 and sum(step["outcomes"].values()) == 40
     assert step["message_bytes"] > 500_000
     # 40 calls at once against 2 slots: some are refused before they are read
@@ -67,3 +77,10 @@ def test_a_small_flood_and_subscribers_are_refused_beyond_the_bounds(
         assert set(reads["outcomes"]) <= {"200", "429"} and reads["outcomes"]["200"] >= 1
         assert sum(reads["outcomes"].values()) == reads["readers"]
     assert vertices["outcomes"]["429"] >= 1
+    # 6 half request heads from 2 addresses, 3 connections at most: 3 held until the idle
+    # timeout closes them, 3 refused at once; the gateway serves afterwards
+    assert (idle["idle_connections"], idle["idle_sources"]) == (6, 2)
+    assert idle["outcomes"] == {"closed after being held": 3, "refused 429": 3}
+    assert 0.45 <= idle["held_until_closed_s"]["first"] <= idle["held_until_closed_s"]["last"]
+    assert idle["gateway_fds_held"] - idle["gateway_fds_before"] <= 6
+    assert idle["after"] == {"submit_status": 1, "readyz": 200}
