@@ -101,7 +101,7 @@ class GatewaySection:
     #: opened or after its last answer is closed (slowly sent headers, idle keep-alive);
     #: a gRPC connection that has not finished its handshake in this time, or has had
     #: no call for this long, too.
-    idle_timeout_ms: int = 15_000
+    idle_timeout_ms: int = 30_000
     #: An HTTP request body must arrive whole within this long after its head; else
     #: 408 ``request_timeout`` and the connection is closed.
     body_timeout_ms: int = 30_000
