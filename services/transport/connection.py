@@ -174,6 +174,9 @@ class PeerConnection:
         self.created_at = now
         self.authenticated_at: float | None = None
         self.address: NetworkAddress | None = None
+        #: The peer is known to receive at ``address``: it echoed a Retry token or
+        #: completed the QUIC handshake (a spoofed source address can do neither).
+        self.address_validated = False
         #: Connection ids the endpoint must route to this connection / forget.
         self.cids_issued: list[bytes] = [quic.host_cid]
         self.cids_retired: list[bytes] = []
@@ -367,6 +370,7 @@ class PeerConnection:
             self.close(CloseCode.AUTH_FAILED, str(exc))
             return
         self.state = State.AWAIT_HELLO
+        self.address_validated = True
         if self.is_client:
             self._client_hello = self._hello_body()
             self._send_frame(FrameType.HELLO, self._client_hello)

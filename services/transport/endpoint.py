@@ -37,6 +37,9 @@ from services.transport.metrics import (
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+#: Unauthenticated connections one validated address may hold at least (a node allows
+#: as many as it has members: members may share an address).
+MIN_PENDING_PER_ADDRESS = 4
 #: Datagrams read per wake-up before the connections act (bounded work per turn).
 READ_BURST = 64
 RECV_BUFFER_BYTES = 65536
@@ -59,6 +62,7 @@ class QuicEndpoint:
         on_activity: Activity,
         count: Counter,
         max_pending: int,
+        max_pending_per_address: int | None = None,
     ) -> None:
         self._server_config = server_config
         self._client_config = client_config
@@ -70,6 +74,7 @@ class QuicEndpoint:
         self._on_activity = on_activity
         self._count = count
         self._max_pending = max_pending
+        self._max_per_address = max_pending_per_address or max_pending
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
         self._by_cid: dict[bytes, PeerConnection] = {}
@@ -122,6 +127,19 @@ class QuicEndpoint:
     @property
     def pending_count(self) -> int:
         return sum(1 for c in self._connections if not c.authenticated and not c.closed)
+
+    def _pending_from(self, host: str, *, validated_only: bool = False) -> int:
+        """Unauthenticated connections this endpoint accepted from ``host``."""
+        return sum(
+            1
+            for c in self._connections
+            if not c.is_client
+            and not c.authenticated
+            and not c.closed
+            and c.address is not None
+            and str(c.address[0]) == host
+            and (c.address_validated or not validated_only)
+        )
 
     # ---- sending ------------------------------------------------------------
 
@@ -315,9 +333,13 @@ class QuicEndpoint:
     def _accept_initial(self, header: Any, addr: NetworkAddress) -> PeerConnection | None:
         """A new connection for a client Initial, with address validation under pressure.
 
-        Once half of ``max_pending`` connections are unauthenticated, a client
+        Once half of ``max_pending`` connections are unauthenticated, or
+        ``max_pending_per_address`` of them come from the client's address, a client
         must first echo a Retry token (RFC 9000 §8.1.2): a flood from spoofed
-        addresses then holds no connection state at all.
+        addresses then holds no connection state at all. A validated address may
+        hold at most ``max_pending_per_address`` unauthenticated connections, so
+        that one stranger cannot take every pending slot and keep members from
+        reconnecting (spoofed connections in its name do not count against it).
         """
         retry_scid: bytes | None = None
         original_dcid: bytes = header.destination_cid
@@ -333,7 +355,10 @@ class QuicEndpoint:
                 self._count("bad_retry_token")
                 return None
             retry_scid = header.destination_cid
-        elif self.pending_count >= max(1, self._max_pending // 2):
+        elif (
+            self.pending_count >= max(1, self._max_pending // 2)
+            or self._pending_from(str(addr[0])) >= self._max_per_address
+        ):
             source_cid = os.urandom(8)
             self._count("retry_sent")
             self._send_counted(
@@ -364,6 +389,11 @@ class QuicEndpoint:
         if self.pending_count >= self._max_pending:
             self._count("pending_limit")
             return None
+        validated = retry_scid is not None
+        host = str(addr[0])
+        if validated and self._pending_from(host, validated_only=True) >= self._max_per_address:
+            self._count("address_pending_limit")
+            return None
         loopback = _is_loopback(str(addr[0]))
         quic = QuicConnection(
             configuration=self._loopback_server_config if loopback else self._server_config,
@@ -373,6 +403,7 @@ class QuicEndpoint:
         conn = PeerConnection(
             quic=quic, authority=self._authority, settings=self._settings, now=self._loop.time()
         )
+        conn.address_validated = validated
         self._register(conn)
         self._by_cid[dcid] = conn
         return conn

@@ -47,7 +47,7 @@ from services.transport.connection import (
     PongReceived,
     WindowOpened,
 )
-from services.transport.endpoint import QuicEndpoint
+from services.transport.endpoint import MIN_PENDING_PER_ADDRESS, QuicEndpoint
 from services.transport.errors import (
     CloseCode,
     FaultInjectionDisabled,
@@ -343,6 +343,8 @@ class TransportNode:
             on_activity=self._on_activity,
             count=self.stats.protocol_error,
             max_pending=s.max_pending_connections,
+            # members may share an address (one host, one NAT): each may be pending
+            max_pending_per_address=max(MIN_PENDING_PER_ADDRESS, len(self._members)),
         )
         await endpoint.bind(s.quic_host, s.quic_port)
         endpoint.stun_handler = self._on_stun

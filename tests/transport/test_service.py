@@ -451,3 +451,59 @@ async def test_handshakes_that_never_authenticate_trigger_address_validation(
         # a member still gets in (aioquic answers the Retry), and authenticates
         assert await a.node._dial_once(a.node._peers[b.node_id])
         assert (await b.peers())[a.node_id].connected
+
+
+async def test_one_stranger_cannot_take_every_pending_slot(transports: Starter) -> None:
+    """A stranger at one address that completes QUIC and then says nothing holds at
+    most ``max(MIN_PENDING_PER_ADDRESS, members)`` (4) pending connections: its next
+    one is refused after the Retry, and a member still gets in. Without the bound it
+    would hold all 8 of ``max_pending_connections`` and the member would be refused."""
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic.connection import QuicConnection
+
+    from services.transport.tls import quic_configuration
+
+    _, nodes = await transports(
+        2,
+        transport={
+            "max_pending_connections": 8,
+            "handshake_timeout_ms": 20_000,
+            "reconnect_min_ms": 60_000,
+            "reconnect_max_ms": 60_000,
+        },
+    )
+    a, b = nodes
+    host, port = b.node.quic_address
+    config = quic_configuration(
+        is_client=True, identity=None, idle_timeout=30, max_datagram_size=1350, flow_window=1 << 20
+    )
+    loop = asyncio.get_running_loop()
+    strangers: list[QuicConnectionProtocol] = []
+
+    async def stranger() -> bool:
+        """One connection from 127.0.0.2 (another address than the members'): whether
+        the QUIC handshake completed within 2 s."""
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: QuicConnectionProtocol(QuicConnection(configuration=config)),
+            local_addr=("127.0.0.2", 0),
+        )
+        strangers.append(protocol)
+        protocol.connect((host, port))
+        try:
+            await asyncio.wait_for(protocol.wait_connected(), 2.0)
+        except TimeoutError:
+            return False
+        return True
+
+    try:
+        for _ in range(4):
+            assert await stranger()
+        assert not await stranger()  # retried, then refused: its address holds 4
+        counters = await b.counters()
+        assert counters["pending_connections"] == 4
+        assert counters.get("protocol_errors.address_pending_limit", 0) >= 1
+        assert await a.node._dial_once(a.node._peers[b.node_id])
+        assert (await b.peers())[a.node_id].connected
+    finally:
+        for protocol in strangers:
+            protocol.close()
