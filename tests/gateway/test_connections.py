@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -19,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
+from tests.conftest import REPO
 from tests.gateway.support import TIMEOUT, start_node
 
 
@@ -270,3 +273,20 @@ async def test_grpc_connections_are_bounded_and_must_handshake_in_time(
         finally:
             for channel in channels:
                 await channel.close()
+
+
+def test_the_open_files_limit_is_raised_to_what_the_bounds_need() -> None:
+    """In a process whose soft limit is 256 (hard 4096): raised to the 1,000 needed;
+    capped at the hard limit when more is needed (the gateway then warns at start)."""
+    script = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
+        "from services.gateway.connections import ensure_open_files\n"
+        "print(ensure_open_files(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "print(ensure_open_files(100000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split("\n")
+    assert out[0] == "1000 1000"
+    assert out[1] == "4096 4096"
