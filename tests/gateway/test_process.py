@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -36,7 +37,15 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def spawn(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    config: Path, env: dict[str, str], log: Path, open_files: int | None = None
+) -> subprocess.Popen[bytes]:
+    """The gateway process; ``open_files``: its soft and hard limit of open files."""
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with log.open("wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "services.gateway", "--config", str(config)],
@@ -44,6 +53,7 @@ def spawn(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[byte
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            preexec_fn=limit,
         )
 
 
@@ -110,6 +120,40 @@ async def test_gateway_process_serves_and_stops_cleanly_without_a_validator_key(
             assert probe.connect_ex(("127.0.0.1", http)) != 0
         text = log.read_text()
         assert "http serving" in text and "stopped" in text and "Traceback" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+
+
+async def test_a_gateway_short_of_file_descriptors_warns_at_start(cluster_factory: Any) -> None:
+    """With a hard limit of 1,024 open files, below what the default connection bounds
+    need (two listeners of 1,024 and a reserve), the gateway serves and says so."""
+    config = cluster_factory(1).nodes[0].config
+    http, grpc_port, consensus, storage = free_ports(4)
+    env = {
+        **os.environ,
+        "CRETOAI_GATEWAY_HTTP": f"127.0.0.1:{http}",
+        "CRETOAI_GATEWAY_GRPC": f"127.0.0.1:{grpc_port}",
+        "CRETOAI_GATEWAY_METRICS": "",
+        "CRETOAI_CONSENSUS_LISTEN": f"127.0.0.1:{consensus}",
+        "CRETOAI_STORAGE_LISTEN": f"127.0.0.1:{storage}",
+    }
+    log = config.parent / "gateway.log"
+    proc = spawn(config, env, log, open_files=1024)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as client:
+
+            async def healthy() -> bool:
+                async with client.get(f"http://127.0.0.1:{http}/healthz") as resp:
+                    return resp.status == 200
+
+            await until(healthy, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()
+        text = log.read_text()
+        assert "the open files limit is below what gateway.max_connections needs" in text
+        assert "limit=1024 needed=2368" in text
     finally:
         if proc.poll() is None:
             proc.kill()
