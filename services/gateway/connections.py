@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import weakref
 from collections import Counter
 
 from aiohttp import web
@@ -91,7 +92,7 @@ class _Admission(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         site = self._site
-        site.arriving -= 1
+        site.arriving.discard(self)
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         if site.per_client[client] >= site.max_per_client:
@@ -173,8 +174,9 @@ class LimitedSite(web.BaseSite):
         self.per_client: Counter[str] = Counter()
         self.lingering: set[_Refuse] = set()
         #: Connections accepted and not yet handed to aiohttp (asyncio accepts several
-        #: in one turn of the loop, and tells each protocol of its connection later).
-        self.arriving = 0
+        #: in one turn of the loop, and tells each protocol of its connection later);
+        #: weak, so that one whose transport failed to start is not counted for ever.
+        self.arriving: weakref.WeakSet[_Admission] = weakref.WeakSet()
 
     @property
     def name(self) -> str:
@@ -186,11 +188,12 @@ class LimitedSite(web.BaseSite):
         return server
 
     def _protocol(self) -> asyncio.Protocol:
-        if len(self.runner_server().connections) + self.arriving >= self._max:
+        if len(self.runner_server().connections) + len(self.arriving) >= self._max:
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="total").inc()
             return _Refuse(self._total_answer, self.lingering)
-        self.arriving += 1
-        return _Admission(self)
+        admission = _Admission(self)
+        self.arriving.add(admission)
+        return admission
 
     async def start(self) -> None:
         await super().start()
