@@ -79,8 +79,10 @@ class Authority(Protocol):
 
     def member_key(self, node_id: str) -> bytes | None: ...
 
-    def refusal(self, node_id: str) -> CloseCode | None:
-        """BANNED or PARTITIONED when this peer must not connect now, else None."""
+    def refusal(self, node_id: str, address: NetworkAddress | None = None) -> CloseCode | None:
+        """BANNED or PARTITIONED when this peer must not connect now; AUTH_COOLDOWN when
+        ``address`` (an inbound connection's) failed to prove this member's key too often
+        lately; else None."""
 
     def sign(self, message: bytes) -> bytes: ...
 
@@ -475,7 +477,8 @@ class PeerConnection:
                 )
             )
             return
-        refusal = self.authority.refusal(claimed)
+        # inbound: before any signature work for a claim this address keeps failing
+        refusal = self.authority.refusal(claimed, None if self.is_client else self.address)
         if refusal is not None:
             self._fail(PeerFault(reason=refusal.name.lower(), detail="refused", close=refusal))
             return

@@ -65,6 +65,8 @@ class CloseCode(enum.IntEnum):
     WRONG_PEER = 11
     UNSUPPORTED_VERSION = 12
     SELF_CONNECTION = 13
+    #: This address failed to prove this member's key too often lately: try later.
+    AUTH_COOLDOWN = 14
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,10 +26,12 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aioquic.quic.connection import NetworkAddress
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
@@ -101,7 +103,17 @@ AUTH_CLOSE_CODES = {
     CloseCode.UNSUPPORTED_VERSION,
     CloseCode.HANDSHAKE_TIMEOUT,
 }
-REFUSAL_CODES = {CloseCode.BANNED, CloseCode.PARTITIONED}
+REFUSAL_CODES = {CloseCode.BANNED, CloseCode.PARTITIONED, CloseCode.AUTH_COOLDOWN}
+#: An address whose inbound connections claiming one member failed to prove its key
+#: AUTH_FAILURES_BEFORE_COOLDOWN times within AUTH_FAILURE_WINDOW_S has that claim
+#: refused for AUTH_COOLDOWN_S, at its HELLO, before any signature work: each failure
+#: costs an ML-DSA-87 verification, and a stranger could otherwise make a node spend
+#: them without bound. Keyed by (address, member) so that a stranger cannot get a
+#: member refused from another address; at most COOLDOWN_KEYS are tracked.
+AUTH_FAILURES_BEFORE_COOLDOWN = 8
+AUTH_FAILURE_WINDOW_S = 60.0
+AUTH_COOLDOWN_S = 60.0
+COOLDOWN_KEYS = 4096
 
 
 #: Bytes of envelopes in one inbound batch (gRPC messages are limited to 16 MiB).
@@ -230,6 +242,9 @@ class TransportNode:
         self._node_id = key.node_id
         self._boot_id = os.urandom(auth.BOOT_ID_SIZE)
         self._members = {m.node_id: m for m in members}
+        #: (address, member) -> recent failed proofs; -> when its cooldown ends.
+        self._auth_failures: dict[tuple[str, str], deque[float]] = {}
+        self._auth_cooldowns: dict[tuple[str, str], float] = {}
         me = self._members.get(self._node_id)
         if me is None or me.name != self_name:
             raise InvalidRequest("this node's key is not the member key of node.name")
@@ -280,10 +295,16 @@ class TransportNode:
         member = self._members.get(node_id)
         return member.public_key if member is not None else None
 
-    def refusal(self, node_id: str) -> CloseCode | None:
+    def refusal(self, node_id: str, address: NetworkAddress | None = None) -> CloseCode | None:
         peer = self._peers.get(node_id)
         if peer is None:
             return None
+        if address is not None:
+            until = self._auth_cooldowns.get((str(address[0]), node_id))
+            if until is not None:
+                if asyncio.get_running_loop().time() < until:
+                    return CloseCode.AUTH_COOLDOWN
+                del self._auth_cooldowns[(str(address[0]), node_id)]
         if self._is_banned(peer):
             return CloseCode.BANNED
         if peer.faults.partitioned:
@@ -712,6 +733,38 @@ class TransportNode:
         peer.wake.set()
         self._pump(peer)
 
+    def _note_auth_failure(self, conn: PeerConnection) -> None:
+        """Count an inbound connection that claimed a member and failed to prove its key;
+        start its (address, member) cooldown at the threshold."""
+        if conn.peer_id is None or conn.address is None:
+            return
+        key = (str(conn.address[0]), conn.peer_id)
+        now = asyncio.get_running_loop().time()
+        failures = self._auth_failures.pop(key, None) or deque()
+        failures.append(now)
+        while failures and failures[0] <= now - AUTH_FAILURE_WINDOW_S:
+            failures.popleft()
+        if len(failures) >= AUTH_FAILURES_BEFORE_COOLDOWN:
+            failures.clear()
+            self._auth_cooldowns.pop(key, None)
+            self._auth_cooldowns[key] = now + AUTH_COOLDOWN_S
+            while len(self._auth_cooldowns) > COOLDOWN_KEYS:
+                del self._auth_cooldowns[next(iter(self._auth_cooldowns))]
+            log.warning(
+                "refusing a member's claim from an address that keeps failing to prove it",
+                extra={
+                    "fields": {
+                        "address": key[0],
+                        "peer": self._labels.get(conn.peer_id, "-"),
+                        "seconds": AUTH_COOLDOWN_S,
+                    }
+                },
+            )
+        else:
+            self._auth_failures[key] = failures  # the most recent last
+            while len(self._auth_failures) > COOLDOWN_KEYS:
+                del self._auth_failures[next(iter(self._auth_failures))]
+
     def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
         self._resolve_dial(conn, False)
         for key in [k for k in self._ping_waiters if k[0] is conn]:
@@ -730,6 +783,8 @@ class TransportNode:
             if fault.close in AUTH_CLOSE_CODES and not event.was_authenticated:
                 self.stats.auth_failure(fault.reason)
                 self._limiter.warning(f"auth-{fault.reason}", "peer failed authentication", fields)
+                if fault.close == CloseCode.AUTH_FAILED and not conn.is_client:
+                    self._note_auth_failure(conn)
             elif fault.close in REFUSAL_CODES:
                 self.stats.refused(fault.reason)
                 self._limiter.warning(f"refused-{fault.reason}", "refused a peer", fields)

@@ -63,7 +63,7 @@ class FakeAuthority:
     def member_key(self, nid: str) -> bytes | None:
         return self.members.get(nid)
 
-    def refusal(self, nid: str) -> CloseCode | None:
+    def refusal(self, nid: str, address: object = None) -> CloseCode | None:
         return self.refused.get(nid)
 
     def sign(self, message: bytes) -> bytes:

@@ -507,3 +507,68 @@ async def test_one_stranger_cannot_take_every_pending_slot(transports: Starter) 
     finally:
         for protocol in strangers:
             protocol.close()
+
+
+async def test_an_address_that_keeps_failing_a_members_proof_is_refused_for_a_while(
+    transports: Starter,
+) -> None:
+    """A stranger at 127.0.0.2 claims member a's id and sends a garbage proof: each try
+    costs b an ML-DSA-87 verification, until the 8th failure within a minute; then b
+    refuses that claim from that address at its HELLO (AUTH_COOLDOWN), with no
+    verification, while a itself, from its own address, still gets in."""
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic.connection import QuicConnection
+
+    from cretoai.crypto import SIGNATURE_SIZE
+    from services.transport import auth
+    from services.transport.connection import STREAM_ID
+    from services.transport.node import AUTH_FAILURES_BEFORE_COOLDOWN
+    from services.transport.tls import quic_configuration
+
+    _, nodes = await transports(
+        2, transport={"reconnect_min_ms": 60_000, "reconnect_max_ms": 60_000}
+    )
+    a, b = nodes
+    host, port = b.node.quic_address
+    config = quic_configuration(
+        is_client=True, identity=None, idle_timeout=10, max_datagram_size=1350, flow_window=1 << 20
+    )
+    loop = asyncio.get_running_loop()
+
+    async def impostor() -> None:
+        """One connection claiming a's id with a garbage proof, until b closes it."""
+        quic = QuicConnection(configuration=config)
+        kept: list[object] = []  # b's HELLO opens a stream writer here: a dropped one ends it
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: QuicConnectionProtocol(quic, stream_handler=lambda r, w: kept.append(w)),
+            local_addr=("127.0.0.2", 0),
+        )
+        try:
+            protocol.connect((host, port))
+            await asyncio.wait_for(protocol.wait_connected(), 10)
+            hello = transport_pb2.WireHello(
+                version=auth.PROTOCOL_VERSION,
+                node_id=a.node_id,
+                nonce=os.urandom(auth.NONCE_SIZE),
+                boot_id=os.urandom(auth.BOOT_ID_SIZE),
+            )
+            proof = transport_pb2.WireAuth(signature=os.urandom(SIGNATURE_SIZE))
+            for kind, body in ((FrameType.HELLO, hello), (FrameType.AUTH, proof)):
+                frame = encode_frame(kind, body.SerializeToString(), max_frame_bytes=1 << 20)
+                quic.send_stream_data(STREAM_ID, frame)
+            protocol.transmit()
+            await asyncio.wait_for(protocol.wait_closed(), 10)
+        finally:
+            protocol.close()
+
+    for _ in range(AUTH_FAILURES_BEFORE_COOLDOWN):
+        await impostor()
+    counters = await b.counters()
+    assert counters["auth_failures.bad_signature"] == AUTH_FAILURES_BEFORE_COOLDOWN
+    assert counters.get("refused.auth_cooldown", 0) == 0
+    await impostor()
+    counters = await b.counters()
+    assert counters["auth_failures.bad_signature"] == AUTH_FAILURES_BEFORE_COOLDOWN  # no work
+    assert counters["refused.auth_cooldown"] == 1
+    assert await a.node._dial_once(a.node._peers[b.node_id])
+    assert (await b.peers())[a.node_id].connected
