@@ -351,6 +351,7 @@ def test_close_codes_are_stable() -> None:
         "WRONG_PEER": 11,
         "UNSUPPORTED_VERSION": 12,
         "SELF_CONNECTION": 13,
+        "AUTH_COOLDOWN": 14,
     }
 
 
