@@ -109,7 +109,9 @@ REFUSAL_CODES = {CloseCode.BANNED, CloseCode.PARTITIONED, CloseCode.AUTH_COOLDOW
 #: refused for AUTH_COOLDOWN_S, at its HELLO, before any signature work: each failure
 #: costs an ML-DSA-87 verification, and a stranger could otherwise make a node spend
 #: them without bound. Keyed by (address, member) so that a stranger cannot get a
-#: member refused from another address; at most COOLDOWN_KEYS are tracked.
+#: member refused from another address; not counted from an address an authenticated
+#: member connects from (a shared host or NAT: a member there, even a faulty one,
+#: could otherwise get another member refused); at most COOLDOWN_KEYS are tracked.
 AUTH_FAILURES_BEFORE_COOLDOWN = 8
 AUTH_FAILURE_WINDOW_S = 60.0
 AUTH_COOLDOWN_S = 60.0
@@ -733,12 +735,24 @@ class TransportNode:
         peer.wake.set()
         self._pump(peer)
 
+    def _hosts_a_member(self, host: str) -> bool:
+        """Whether an authenticated member connection comes from ``host``."""
+        return any(
+            p.conn is not None
+            and p.conn.authenticated
+            and p.conn.address is not None
+            and str(p.conn.address[0]) == host
+            for p in self._peers.values()
+        )
+
     def _note_auth_failure(self, conn: PeerConnection) -> None:
         """Count an inbound connection that claimed a member and failed to prove its key;
         start its (address, member) cooldown at the threshold."""
         if conn.peer_id is None or conn.address is None:
             return
         key = (str(conn.address[0]), conn.peer_id)
+        if self._hosts_a_member(key[0]):
+            return  # a member's host (one machine, one NAT): its members answer for it
         now = asyncio.get_running_loop().time()
         failures = self._auth_failures.pop(key, None) or deque()
         failures.append(now)

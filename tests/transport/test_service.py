@@ -516,7 +516,8 @@ async def test_an_address_that_keeps_failing_a_members_proof_is_refused_for_a_wh
     """A stranger at 127.0.0.2 claims member a's id and sends a garbage proof: each try
     costs b an ML-DSA-87 verification, until the 8th failure within a minute; then b
     refuses that claim from that address at its HELLO (AUTH_COOLDOWN), with no
-    verification, while a itself, from its own address, still gets in."""
+    verification, while a itself, from its own address, still gets in. From a
+    member's own address, failures are not held against the address."""
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.quic.connection import QuicConnection
 
@@ -536,13 +537,13 @@ async def test_an_address_that_keeps_failing_a_members_proof_is_refused_for_a_wh
     )
     loop = asyncio.get_running_loop()
 
-    async def impostor() -> None:
+    async def impostor(source: str = "127.0.0.2") -> None:
         """One connection claiming a's id with a garbage proof, until b closes it."""
         quic = QuicConnection(configuration=config)
         kept: list[object] = []  # b's HELLO opens a stream writer here: a dropped one ends it
         _, protocol = await loop.create_datagram_endpoint(
             lambda: QuicConnectionProtocol(quic, stream_handler=lambda r, w: kept.append(w)),
-            local_addr=("127.0.0.2", 0),
+            local_addr=(source, 0),
         )
         try:
             protocol.connect((host, port))
@@ -573,3 +574,10 @@ async def test_an_address_that_keeps_failing_a_members_proof_is_refused_for_a_wh
     assert counters["refused.auth_cooldown"] == 1
     assert await a.node._dial_once(a.node._peers[b.node_id])
     assert (await b.peers())[a.node_id].connected
+    # from the address a member connects from (127.0.0.1), failures are not held against
+    # the address: a member there could otherwise get another member refused
+    for _ in range(AUTH_FAILURES_BEFORE_COOLDOWN + 1):
+        await impostor("127.0.0.1")
+    counters = await b.counters()
+    assert counters["auth_failures.bad_signature"] == 2 * AUTH_FAILURES_BEFORE_COOLDOWN + 1
+    assert counters["refused.auth_cooldown"] == 1
