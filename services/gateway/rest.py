@@ -188,10 +188,10 @@ class RestApi:
         gateway: Gateway,
         *,
         max_body_bytes: int,
-        max_connections: int = 1024,
-        max_connections_per_client: int = 128,
-        idle_timeout_s: float = 15.0,
-        body_timeout_s: float = 30.0,
+        max_connections: int,
+        max_connections_per_client: int,
+        idle_timeout_s: float,
+        body_timeout_s: float,
     ) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 from cretoai.config import parse_config
 from cretoai.crypto import write_keypair
@@ -20,6 +23,7 @@ from devkit.transport import RunningTransport, all_connected, eventually
 from services.transport.errors import CloseCode, InvalidRequest, UnknownPeer
 from services.transport.framing import FrameType, encode_frame
 from services.transport.service import build_node
+from services.transport.tls import quic_configuration
 from tests.transport.conftest import Starter
 
 
@@ -420,32 +424,45 @@ async def test_prometheus_metrics_are_exported(tmp_path: Path) -> None:
         await b.stop()
 
 
+#: A node that waits long for handshakes and never redials on its own (the test dials).
+QUIET = {"handshake_timeout_ms": 20_000, "reconnect_min_ms": 60_000, "reconnect_max_ms": 60_000}
+
+
+def stranger_config() -> QuicConfiguration:
+    """A QUIC client with no identity: it completes the handshake, then proves nothing."""
+    return quic_configuration(
+        is_client=True, identity=None, idle_timeout=30, max_datagram_size=1350, flow_window=1 << 20
+    )
+
+
+async def stranger(
+    target: tuple[str, int], source: str, kept: list[object] | None = None
+) -> tuple[QuicConnection, QuicConnectionProtocol]:
+    """A stranger's connection from the loopback address ``source``, connecting; with
+    ``kept``, the stream writers a peer's stream opens are kept there (aioquic's writer
+    ends its stream when it is dropped)."""
+    quic = QuicConnection(configuration=stranger_config())
+    handler = None if kept is None else (lambda r, w: kept.append(w))
+    _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: QuicConnectionProtocol(quic, stream_handler=handler), local_addr=(source, 0)
+    )
+    protocol.connect(target)
+    return quic, protocol
+
+
 async def test_handshakes_that_never_authenticate_trigger_address_validation(
     transports: Starter,
 ) -> None:
     from aioquic.asyncio.client import connect
 
-    from services.transport.tls import quic_configuration
-
     # b accepts at most 4 unauthenticated connections; from 2 on it demands a Retry
-    _, nodes = await transports(
-        2,
-        transport={
-            "max_pending_connections": 4,
-            "handshake_timeout_ms": 20_000,
-            "reconnect_min_ms": 60_000,
-            "reconnect_max_ms": 60_000,
-        },
-    )
+    _, nodes = await transports(2, transport={"max_pending_connections": 4, **QUIET})
     a, b = nodes
     host, port = b.node.quic_address
-    config = quic_configuration(
-        is_client=True, identity=None, idle_timeout=10, max_datagram_size=1350, flow_window=1 << 20
-    )
     async with contextlib.AsyncExitStack() as stack:
         # strangers that complete QUIC and then say nothing
         for _ in range(3):
-            await stack.enter_async_context(connect(host, port, configuration=config))
+            await stack.enter_async_context(connect(host, port, configuration=stranger_config()))
         counters = await b.counters()
         assert counters.get("protocol_errors.retry_sent", 0) >= 1  # the 3rd had to retry
         assert counters["pending_connections"] == 3
@@ -459,37 +476,15 @@ async def test_one_stranger_cannot_take_every_pending_slot(transports: Starter) 
     most ``max(MIN_PENDING_PER_ADDRESS, members)`` (4) pending connections: its next
     one is refused after the Retry, and a member still gets in. Without the bound it
     would hold all 8 of ``max_pending_connections`` and the member would be refused."""
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.quic.connection import QuicConnection
-
-    from services.transport.tls import quic_configuration
-
-    _, nodes = await transports(
-        2,
-        transport={
-            "max_pending_connections": 8,
-            "handshake_timeout_ms": 20_000,
-            "reconnect_min_ms": 60_000,
-            "reconnect_max_ms": 60_000,
-        },
-    )
+    _, nodes = await transports(2, transport={"max_pending_connections": 8, **QUIET})
     a, b = nodes
-    host, port = b.node.quic_address
-    config = quic_configuration(
-        is_client=True, identity=None, idle_timeout=30, max_datagram_size=1350, flow_window=1 << 20
-    )
-    loop = asyncio.get_running_loop()
     strangers: list[QuicConnectionProtocol] = []
 
-    async def stranger() -> bool:
+    async def connects() -> bool:
         """One connection from 127.0.0.2 (another address than the members'): whether
         the QUIC handshake completed within 2 s."""
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: QuicConnectionProtocol(QuicConnection(configuration=config)),
-            local_addr=("127.0.0.2", 0),
-        )
+        _, protocol = await stranger(b.node.quic_address, "127.0.0.2")
         strangers.append(protocol)
-        protocol.connect((host, port))
         try:
             await asyncio.wait_for(protocol.wait_connected(), 2.0)
         except TimeoutError:
@@ -498,8 +493,8 @@ async def test_one_stranger_cannot_take_every_pending_slot(transports: Starter) 
 
     try:
         for _ in range(4):
-            assert await stranger()
-        assert not await stranger()  # retried, then refused: its address holds 4
+            assert await connects()
+        assert not await connects()  # retried, then refused: its address holds 4
         counters = await b.counters()
         assert counters["pending_connections"] == 4
         assert counters.get("protocol_errors.address_pending_limit", 0) >= 1
@@ -518,35 +513,19 @@ async def test_an_address_that_keeps_failing_a_members_proof_is_refused_for_a_wh
     refuses that claim from that address at its HELLO (AUTH_COOLDOWN), with no
     verification, while a itself, from its own address, still gets in. From a
     member's own address, failures are not held against the address."""
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.quic.connection import QuicConnection
-
     from cretoai.crypto import SIGNATURE_SIZE
     from services.transport import auth
     from services.transport.connection import STREAM_ID
     from services.transport.node import AUTH_FAILURES_BEFORE_COOLDOWN
-    from services.transport.tls import quic_configuration
 
-    _, nodes = await transports(
-        2, transport={"reconnect_min_ms": 60_000, "reconnect_max_ms": 60_000}
-    )
+    _, nodes = await transports(2, transport=QUIET)
     a, b = nodes
-    host, port = b.node.quic_address
-    config = quic_configuration(
-        is_client=True, identity=None, idle_timeout=10, max_datagram_size=1350, flow_window=1 << 20
-    )
-    loop = asyncio.get_running_loop()
 
     async def impostor(source: str = "127.0.0.2") -> None:
         """One connection claiming a's id with a garbage proof, until b closes it."""
-        quic = QuicConnection(configuration=config)
         kept: list[object] = []  # b's HELLO opens a stream writer here: a dropped one ends it
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: QuicConnectionProtocol(quic, stream_handler=lambda r, w: kept.append(w)),
-            local_addr=(source, 0),
-        )
+        quic, protocol = await stranger(b.node.quic_address, source, kept)
         try:
-            protocol.connect((host, port))
             await asyncio.wait_for(protocol.wait_connected(), 10)
             hello = transport_pb2.WireHello(
                 version=auth.PROTOCOL_VERSION,
