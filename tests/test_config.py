@@ -93,6 +93,13 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["gateway"].update(max_answer_bytes_in_progress=0),
             "gateway.max_answer_bytes_in_progress",
         ),
+        (lambda d: d["gateway"].update(max_connections=0), "gateway.max_connections"),
+        (
+            lambda d: d["gateway"].update(max_connections_per_client=-1),
+            "gateway.max_connections_per_client",
+        ),
+        (lambda d: d["gateway"].update(idle_timeout_ms=0), "gateway.idle_timeout_ms"),
+        (lambda d: d["gateway"].update(body_timeout_ms=0), "gateway.body_timeout_ms"),
         (
             lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
             "consensus.pool_max_bytes",
