@@ -88,6 +88,10 @@ class GatewaySection:
     #: 429 / RESOURCE_EXHAUSTED. Each may hold a page of batches read from storage
     #: (catching up) and its buffer: their number bounds what subscribers make it hold.
     max_streams: int = 16
+    #: Of those, subscribers at once from one client address (WebSocket and gRPC
+    #: together): one client cannot take every slot. Clients behind one proxy or NAT
+    #: share an address: raise it for them.
+    max_streams_per_client: int = 4
     #: Connections open at once on each public listener (HTTP, gRPC). An HTTP connection
     #: beyond gets 429 and is closed; gRPC closes one beyond before its handshake. Keeps
     #: a flood of idle or slow connections from using up the file descriptors (the
@@ -475,6 +479,7 @@ def _validate(cfg: NodeConfig) -> None:
         "max_answer_bytes_in_progress",
         "stream_buffer_bytes",
         "max_streams",
+        "max_streams_per_client",
         "max_connections",
         "max_connections_per_client",
         "idle_timeout_ms",

@@ -90,6 +90,10 @@ def test_generated_config_loads(node_config: Path) -> None:
         ),
         (lambda d: d["gateway"].update(max_streams=0), "gateway.max_streams"),
         (
+            lambda d: d["gateway"].update(max_streams_per_client=0),
+            "gateway.max_streams_per_client",
+        ),
+        (
             lambda d: d["gateway"].update(max_answer_bytes_in_progress=0),
             "gateway.max_answer_bytes_in_progress",
         ),

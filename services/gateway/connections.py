@@ -14,6 +14,7 @@ request head that long after it opened or after its last answer.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import resource
 import weakref
@@ -81,6 +82,18 @@ class _Refuse(asyncio.Protocol):
             self._timer.cancel()
 
 
+def client_key(host: str) -> str:
+    """What per-client limits count by: the client's address, an IPv4 client on a
+    dual-stack listener (``::ffff:127.0.0.2``) as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class _Admission(asyncio.Protocol):
     """One connection: once its client's address is known, aiohttp's handler for it
     (counted against that client) or a refusal; then every event goes to that one."""
@@ -94,7 +107,7 @@ class _Admission(asyncio.Protocol):
         site = self._site
         site.arriving.discard(self)
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if peer else ""
+        client = client_key(str(peer[0])) if peer else ""
         if site.per_client[client] >= site.max_per_client:
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="per_client").inc()
             self._inner = _Refuse(site.per_client_answer, site.lingering)

@@ -277,6 +277,7 @@ class FinalityHub:
         *,
         buffer_bytes: int,
         max_streams: int = 16,
+        max_streams_per_client: int = 4,
     ) -> None:
         self.consensus = consensus
         self.storage = storage
@@ -284,13 +285,17 @@ class FinalityHub:
         #: Subscribers at once (WebSocket and gRPC): each may hold a page of batches
         #: read from storage and its buffer, so their number bounds the memory.
         self._max_streams = max_streams
+        #: Of those, at once from one client address: one client cannot take them all.
+        self._max_streams_per_client = max_streams_per_client
         #: Content hash -> the futures waiting for it, each with the signature of the copy
         #: it submitted.
         self._waiters: dict[bytes, dict[asyncio.Future[Outcome], bytes]] = {}
         #: (creator, timestamp) of the waited contents, with their waiter counts: a batch
         #: vertex without one of them cannot be waited for, and is not hashed.
         self._fingerprints: Counter[tuple[bytes, int]] = Counter()
-        self._streams: set[Stream] = set()
+        #: Open subscribers, each with its client's address.
+        self._streams: dict[Stream, str] = {}
+        self._streams_by_client: Counter[str] = Counter()
         self._next_seq: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -348,26 +353,39 @@ class FinalityHub:
                 if not futures:
                     del self._waiters[h]
 
-    def open_stream(self, from_seq: int | None, *, complete: bool, api: str) -> Stream:
-        """Subscribe; call :meth:`Stream.close` when done. ``from_seq`` None: live batches only."""
+    def open_stream(self, from_seq: int | None, *, complete: bool, api: str, client: str) -> Stream:
+        """Subscribe for ``client`` (its address); call :meth:`Stream.close` when done.
+        ``from_seq`` None: live batches only."""
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
         if len(self._streams) >= self._max_streams:
-            metrics.STREAMS_REFUSED.labels(api).inc()
+            metrics.STREAMS_REFUSED.labels(api, "max_streams").inc()
             raise ApiError(
                 "overloaded",
                 f"{len(self._streams)} finalized-batch streams are open here "
                 "(gateway.max_streams); retry later",
             )
+        if self._streams_by_client[client] >= self._max_streams_per_client:
+            metrics.STREAMS_REFUSED.labels(api, "per_client").inc()
+            raise ApiError(
+                "overloaded",
+                f"this client has {self._streams_by_client[client]} finalized-batch streams "
+                "open here (gateway.max_streams_per_client); close one or retry later",
+            )
         stream = Stream(
             self, from_seq=from_seq, complete=complete, limit_bytes=self._buffer_bytes, api=api
         )
-        self._streams.add(stream)
+        self._streams[stream] = client
+        self._streams_by_client[client] += 1
         metrics.SUBSCRIBERS.labels(api).inc()
         return stream
 
     def unsubscribe(self, stream: Stream) -> None:
-        self._streams.discard(stream)
+        client = self._streams.pop(stream, None)
+        if client is not None:
+            self._streams_by_client[client] -= 1
+            if self._streams_by_client[client] <= 0:
+                del self._streams_by_client[client]
 
     async def with_results(self, entry: Entry) -> Entry:
         """``entry`` with the results of execution read from storage."""

@@ -8,6 +8,7 @@ given by :data:`services.gateway.errors.CODES`, with details ``"<code>: <message
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from cretoai.v1 import consensus_pb2, gateway_pb2, gateway_pb2_grpc, vertex_pb2
 from cretoai.vertex import HASH_SIZE
 from services.gateway import metrics
 from services.gateway.codec import Draft
+from services.gateway.connections import client_key
 from services.gateway.core import MAX_BATCH_VERTICES, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer
@@ -24,6 +26,17 @@ from services.gateway.finality import SlowConsumer
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def client_address(peer: str) -> str:
+    """The address part of a gRPC peer (``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``,
+    ``ipv6:[::1]:5000`` or its %-encoded form -> ``::1``, as :func:`client_key`);
+    anything else as it is."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return peer
+    host = urllib.parse.unquote(rest).rpartition(":")[0]
+    return client_key(host.removeprefix("[").removesuffix("]"))
 
 
 def draft_of(vertex: vertex_pb2.Vertex) -> Draft:
@@ -128,7 +141,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: consensus_pb2.WatchFinalizedRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
         """Finalized batches with seq >= from_seq (0 reads as 1), then each new one."""
-        stream = self._gw.hub.open_stream(request.from_seq, complete=False, api="grpc")
+        stream = self._gw.hub.open_stream(
+            request.from_seq, complete=False, api="grpc", client=client_address(context.peer())
+        )
         try:
             async with contextlib.aclosing(stream.entries()) as entries:
                 async for entry in entries:

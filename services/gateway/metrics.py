@@ -45,8 +45,10 @@ STREAM_OVERFLOWS = Counter(
 )
 STREAMS_REFUSED = Counter(
     "cretoai_gateway_streams_refused_total",
-    "Subscriptions refused because gateway.max_streams subscribers were open",
-    ["api"],
+    "Subscriptions refused because gateway.max_streams subscribers were open (limit "
+    "max_streams), or gateway.max_streams_per_client from the client's address (limit "
+    "per_client)",
+    ["api", "limit"],
 )
 CONNECTIONS_REFUSED = Counter(
     "cretoai_gateway_connections_refused_total",

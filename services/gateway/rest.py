@@ -38,7 +38,7 @@ from services.gateway.codec import (
     status_json,
     submitted_json,
 )
-from services.gateway.connections import LimitedSite
+from services.gateway.connections import LimitedSite, client_key
 from services.gateway.core import MAX_BATCH_VERTICES, MAX_PAGE, PAGE_BYTES, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer, Stream
@@ -381,7 +381,9 @@ class RestApi:
         )
         if not ws.can_prepare(request).ok:
             raise ApiError("bad_request", "/v1/stream is a WebSocket: send an Upgrade request")
-        stream = self._gw.hub.open_stream(from_seq, complete=True, api="websocket")
+        stream = self._gw.hub.open_stream(
+            from_seq, complete=True, api="websocket", client=client_key(request.remote or "")
+        )
         try:
             await ws.prepare(request)
             reader = asyncio.create_task(self._read_until_closed(ws))

@@ -85,6 +85,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
         storage,
         buffer_bytes=cfg.gateway.stream_buffer_bytes,
         max_streams=cfg.gateway.max_streams,
+        max_streams_per_client=cfg.gateway.max_streams_per_client,
     )
     gateway = Gateway(
         key=key,

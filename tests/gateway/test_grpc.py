@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
+from services.gateway.grpc_api import client_address
 from tests.gateway.support import (
     FINALIZED,
     PENDING,
@@ -247,3 +248,18 @@ async def test_calls_beyond_the_concurrency_bound_are_refused_at_once(
         await node.consensus.finalize_pending()
         assert [(await call).status for call in waiting] == [FINALIZED, FINALIZED]
         assert (await node.stub.SubmitVertex(third, timeout=TIMEOUT)).status == PENDING
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("ipv4:127.0.0.1:5000", "127.0.0.1"),
+        ("ipv6:[::1]:5000", "::1"),
+        ("ipv6:%5B::1%5D:5000", "::1"),
+        ("ipv6:[::ffff:127.0.0.2]:5000", "127.0.0.2"),  # an IPv4 client on a dual stack
+        ("unix:/run/gateway.sock", "unix:/run/gateway.sock"),
+    ],
+)
+def test_per_client_limits_count_by_the_peer_address(peer: str, client: str) -> None:
+    """The address gRPC reports a call's peer by, as the REST side counts it."""
+    assert client_address(peer) == client

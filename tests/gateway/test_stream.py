@@ -179,8 +179,10 @@ async def test_stream_bad_requests(node: Node) -> None:
         raise AssertionError("the handshake should fail")
 
 
-def _refused(api: str) -> float:
-    value = REGISTRY.get_sample_value("cretoai_gateway_streams_refused_total", {"api": api})
+def _refused(api: str, limit: str = "max_streams") -> float:
+    value = REGISTRY.get_sample_value(
+        "cretoai_gateway_streams_refused_total", {"api": api, "limit": limit}
+    )
     return value or 0.0
 
 
@@ -217,3 +219,50 @@ async def test_subscribers_are_bounded_across_websocket_and_grpc(
         async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as again:
             assert (await receive_batch(again))["seq"] == 1
         watch.cancel()
+
+
+async def test_one_client_cannot_take_every_subscriber_slot(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """``gateway.max_streams_per_client`` subscribers at once from one client address,
+    WebSocket and gRPC together: that client's next is refused (429 before the upgrade,
+    RESOURCE_EXHAUSTED) while another address still subscribes, and a slot of its own
+    is free again once one of its streams ends."""
+    async with start_node(make_config(max_streams=8, max_streams_per_client=2)) as node:
+        await finalize(node, b"first")
+        ws = await node.http.ws_connect(node.url + "/v1/stream?from_seq=1")
+        watch = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        assert (await receive_batch(ws))["seq"] == 1
+        assert (await asyncio.wait_for(watch.read(), TIMEOUT)).seq == 1  # both are open
+        before = _refused("websocket", "per_client"), _refused("grpc", "per_client")
+
+        third = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(third.read(), TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "gateway.max_streams_per_client" in (caught.value.details() or "")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await node.http.ws_connect(node.url + "/v1/stream?from_seq=1")
+        assert refused.value.status == 429
+        assert (_refused("websocket", "per_client"), _refused("grpc", "per_client")) == (
+            before[0] + 1,
+            before[1] + 1,
+        )
+
+        # another client address (127.0.0.2 is loopback too) is not held back by it
+        other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=other) as elsewhere,
+            elsewhere.ws_connect(node.url + "/v1/stream?from_seq=1") as stranger,
+        ):
+            assert (await receive_batch(stranger))["seq"] == 1
+
+        watch.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while REGISTRY.get_sample_value("cretoai_gateway_stream_subscribers", {"api": "grpc"}):
+            assert loop.time() < deadline, "the cancelled subscriber still counts"
+            await asyncio.sleep(0.01)
+        async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as again:
+            assert (await receive_batch(again))["seq"] == 1
+        await ws.close()
