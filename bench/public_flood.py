@@ -16,7 +16,9 @@ What it does:
 * **subscribers** — then (``--subscribers N``, 0: skip) ``--history-batches`` batches of
   5 x 200-KB vertices are finalized, and the client opens N WebSocket subscriptions from
   seq 1 (a catch-up from storage each) that never read, holds them ``--hold`` seconds,
-  and closes them.
+  and closes them. ``--subscriber-sources K`` spreads them over K loopback addresses
+  (127.0.0.1 on; default 25, so that ``gateway.max_streams_per_client`` (4) does not
+  stop 100 subscribers before ``gateway.max_streams`` does).
 * **readers** — then (``--readers N``, 0: skip; after the history above) N concurrent
   ``GET /v1/finalized?from_seq=1`` (a page of up to 4 MiB each) whose answers are read
   only after ``--hold`` seconds, then 10 x N concurrent ``GET /v1/vertices/{hash}`` of a
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -147,16 +150,26 @@ async def fill_history(http: str, batches: int) -> int:
             return int((await response.json())["last_executed_seq"])
 
 
-async def subscribe(http: str, count: int, hold_s: float) -> dict[str, Any]:
-    """``count`` WebSocket subscriptions from seq 1 that never read, held ``hold_s``."""
+async def subscribe(http: str, count: int, hold_s: float, sources: int = 1) -> dict[str, Any]:
+    """``count`` WebSocket subscriptions from seq 1 that never read, held ``hold_s``, from
+    ``sources`` loopback addresses (127.0.0.1 on) in turn."""
     url = http.replace("http://", "ws://") + "/v1/stream?from_seq=1"
     outcomes: Counter[str] = Counter()
-    async with aiohttp.ClientSession() as session:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(local_addr=(f"127.0.0.{1 + i}", 0))
+                )
+            )
+            for i in range(min(sources, count))
+        ]
         sockets = []
         try:
-            for _ in range(count):
+            for i in range(count):
                 try:
-                    sockets.append(await session.ws_connect(url, max_msg_size=0))
+                    ws = await sessions[i % len(sessions)].ws_connect(url, max_msg_size=0)
+                    sockets.append(ws)
                     outcomes["open"] += 1
                 except aiohttp.WSServerHandshakeError as exc:
                     outcomes[f"refused {exc.status}"] += 1
@@ -327,9 +340,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.subscribers:
                 step = await measured(
                     pid,
-                    subscribe(http, args.subscribers, args.hold),
+                    subscribe(http, args.subscribers, args.hold, args.subscriber_sources),
                     serves,
                     subscribers=args.subscribers,
+                    subscriber_sources=args.subscriber_sources,
                     history_seq=last_seq,
                 )
                 steps.append(step)
@@ -402,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--subscribers", type=int, default=100, help="WebSocket subscribers step (0: skip)"
     )
+    parser.add_argument(
+        "--subscriber-sources",
+        type=int,
+        default=25,
+        help="loopback addresses the subscribers come from, 127.0.0.1 on (clients)",
+    )
     parser.add_argument("--readers", type=int, default=100, help="slow page readers step (0: skip)")
     parser.add_argument(
         "--idle-connections", type=int, default=2000, help="slowloris step (0: skip)"
@@ -425,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--readers must be 0..200")
     if not 0 <= args.idle_connections <= 10_000:
         parser.error("--idle-connections must be 0..10000")
-    if not 1 <= args.idle_sources <= 254:
-        parser.error("--idle-sources must be 1..254")
+    if not 1 <= args.idle_sources <= 254 or not 1 <= args.subscriber_sources <= 254:
+        parser.error("--idle-sources and --subscriber-sources must be 1..254")
     if not 0 <= args.hold <= 60:
         parser.error("--hold must be 0..60 s")
     result = asyncio.run(run(args))
