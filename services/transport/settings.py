@@ -9,7 +9,8 @@ from cretoai.crypto import node_id
 from services.transport.auth import parse_host_port
 
 LOOPBACK_DATAGRAM_BYTES = 15000
-#: aioquic writes packet lengths as 2-byte varints: larger packets corrupt.
+#: aioquic writes packet and STREAM frame lengths as 2-byte varints: larger packets
+#: corrupt (61,440-byte 1-RTT packets were tried: peers saw unknown frame types).
 MAX_DATAGRAM_BYTES = 16000
 
 
