@@ -82,16 +82,24 @@ class _Refuse(asyncio.Protocol):
             self._timer.cancel()
 
 
+#: An IPv6 client is counted by its network of this prefix length: a single host
+#: commonly holds a whole /64 and can pick a new address in it for every connection.
+IPV6_CLIENT_PREFIX = 64
+
+
 def client_key(host: str) -> str:
-    """What per-client limits count by: the client's address, an IPv4 client on a
-    dual-stack listener (``::ffff:127.0.0.2``) as its IPv4 address."""
+    """What per-client limits count by: an IPv4 client's address (also when it arrives
+    on a dual-stack listener, as ``::ffff:127.0.0.2``), an IPv6 client's /64 network
+    (:data:`IPV6_CLIENT_PREFIX`); anything else as it is."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
-    return str(address)
+    return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
 
 
 class _Admission(asyncio.Protocol):

@@ -30,7 +30,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def client_address(peer: str) -> str:
     """The address part of a gRPC peer (``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``,
-    ``ipv6:[::1]:5000`` or its %-encoded form -> ``::1``, as :func:`client_key`);
+    ``ipv6:[2001:db8::1]:5000`` or its %-encoded form -> ``2001:db8::/64``, as
+    :func:`client_key`);
     anything else as it is."""
     scheme, _, rest = peer.partition(":")
     if scheme not in ("ipv4", "ipv6"):

@@ -254,8 +254,12 @@ async def test_calls_beyond_the_concurrency_bound_are_refused_at_once(
     ("peer", "client"),
     [
         ("ipv4:127.0.0.1:5000", "127.0.0.1"),
-        ("ipv6:[::1]:5000", "::1"),
-        ("ipv6:%5B::1%5D:5000", "::1"),
+        ("ipv6:[::1]:5000", "::/64"),
+        ("ipv6:%5B::1%5D:5000", "::/64"),
+        # one host can hold a whole /64: its addresses count as one client
+        ("ipv6:[2001:db8:1:2::1]:5000", "2001:db8:1:2::/64"),
+        ("ipv6:[2001:db8:1:2:ffff:ffff:ffff:ffff]:5000", "2001:db8:1:2::/64"),
+        ("ipv6:[2001:db8:1:3::1]:5000", "2001:db8:1:3::/64"),
         ("ipv6:[::ffff:127.0.0.2]:5000", "127.0.0.2"),  # an IPv4 client on a dual stack
         ("unix:/run/gateway.sock", "unix:/run/gateway.sock"),
     ],
