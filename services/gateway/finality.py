@@ -295,7 +295,6 @@ class FinalityHub:
         self._fingerprints: Counter[tuple[bytes, int]] = Counter()
         #: Open subscribers, each with its client's address.
         self._streams: dict[Stream, str] = {}
-        self._streams_by_client: Counter[str] = Counter()
         self._next_seq: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -365,27 +364,23 @@ class FinalityHub:
                 f"{len(self._streams)} finalized-batch streams are open here "
                 "(gateway.max_streams); retry later",
             )
-        if self._streams_by_client[client] >= self._max_streams_per_client:
+        held = sum(1 for other in self._streams.values() if other == client)
+        if held >= self._max_streams_per_client:
             metrics.STREAMS_REFUSED.labels(api, "per_client").inc()
             raise ApiError(
                 "overloaded",
-                f"this client has {self._streams_by_client[client]} finalized-batch streams "
-                "open here (gateway.max_streams_per_client); close one or retry later",
+                f"this client has {held} finalized-batch streams open here "
+                "(gateway.max_streams_per_client); close one or retry later",
             )
         stream = Stream(
             self, from_seq=from_seq, complete=complete, limit_bytes=self._buffer_bytes, api=api
         )
         self._streams[stream] = client
-        self._streams_by_client[client] += 1
         metrics.SUBSCRIBERS.labels(api).inc()
         return stream
 
     def unsubscribe(self, stream: Stream) -> None:
-        client = self._streams.pop(stream, None)
-        if client is not None:
-            self._streams_by_client[client] -= 1
-            if self._streams_by_client[client] <= 0:
-                del self._streams_by_client[client]
+        self._streams.pop(stream, None)
 
     async def with_results(self, entry: Entry) -> Entry:
         """``entry`` with the results of execution read from storage."""

@@ -29,10 +29,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def client_address(peer: str) -> str:
-    """The address part of a gRPC peer (``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``,
-    ``ipv6:[2001:db8::1]:5000`` or its %-encoded form -> ``2001:db8::/64``, as
-    :func:`client_key`);
-    anything else as it is."""
+    """What per-client limits count a gRPC peer by (:func:`client_key` of its host):
+    ``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``, ``ipv6:[2001:db8::1]:5000`` or its
+    %-encoded form -> ``2001:db8::/64``; a peer of another kind as it is."""
     scheme, _, rest = peer.partition(":")
     if scheme not in ("ipv4", "ipv6"):
         return peer

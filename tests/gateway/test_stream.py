@@ -179,6 +179,15 @@ async def test_stream_bad_requests(node: Node) -> None:
         raise AssertionError("the handshake should fail")
 
 
+async def until_unsubscribed(api: str) -> None:
+    """Wait until no ``api`` subscriber counts any more (its handler has finished)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while REGISTRY.get_sample_value("cretoai_gateway_stream_subscribers", {"api": api}):
+        assert loop.time() < deadline, f"a closed {api} subscriber still counts"
+        await asyncio.sleep(0.01)
+
+
 def _refused(api: str, limit: str = "max_streams") -> float:
     value = REGISTRY.get_sample_value(
         "cretoai_gateway_streams_refused_total", {"api": api, "limit": limit}
@@ -211,11 +220,7 @@ async def test_subscribers_are_bounded_across_websocket_and_grpc(
         assert "gateway.max_streams" in (caught.value.details() or "")
         assert (_refused("websocket"), _refused("grpc")) == (before[0] + 1, before[1] + 1)
         await ws.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while REGISTRY.get_sample_value("cretoai_gateway_stream_subscribers", {"api": "websocket"}):
-            assert loop.time() < deadline, "the closed subscriber still counts"
-            await asyncio.sleep(0.01)
+        await until_unsubscribed("websocket")
         async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as again:
             assert (await receive_batch(again))["seq"] == 1
         watch.cancel()
@@ -258,11 +263,7 @@ async def test_one_client_cannot_take_every_subscriber_slot(
             assert (await receive_batch(stranger))["seq"] == 1
 
         watch.cancel()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while REGISTRY.get_sample_value("cretoai_gateway_stream_subscribers", {"api": "grpc"}):
-            assert loop.time() < deadline, "the cancelled subscriber still counts"
-            await asyncio.sleep(0.01)
+        await until_unsubscribed("grpc")
         async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as again:
             assert (await receive_batch(again))["seq"] == 1
         await ws.close()
