@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai import registry
 from cretoai.config import NodeConfig
-from cretoai.errors import ServiceError
+from cretoai.errors import InvalidArgument, ServiceError
 from cretoai.telemetry import (
     DEFAULT_SAMPLING_RATIO,
     Telemetry,
@@ -189,9 +189,64 @@ async def _call_status(exc: Exception, ctx: Any) -> NoReturn:
     raise AssertionError("unreachable")  # abort raises
 
 
+class _Undecodable:
+    """What a request message that is not valid protobuf deserializes to (see _lenient)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Any) -> Any:
+    """``deserializer``, returning :class:`_Undecodable` instead of raising.
+
+    grpc.aio deserializes a request before any handler runs, and answers a
+    ``DecodeError`` there UNKNOWN with an error log line per call; the handler
+    turns the marker into INVALID_ARGUMENT (:func:`_checked`) instead.
+    """
+    if deserializer is None or getattr(deserializer, "lenient", False):
+        return deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    deserialize.lenient = True  # type: ignore[attr-defined]
+    return deserialize
+
+
+def _refuse(request: _Undecodable) -> NoReturn:
+    raise InvalidArgument(
+        f"request: not a valid protobuf message for this method ({request.error})",
+        error_code="bad_request",
+    )
+
+
+def _checked(request: Any, streaming: bool) -> Any:
+    """The request (or, for a client stream, the stream of them) with undecodable
+    messages refused as INVALID_ARGUMENT."""
+    if not streaming:
+        if isinstance(request, _Undecodable):
+            _refuse(request)
+        return request
+
+    async def messages() -> Any:
+        async for item in request:
+            if isinstance(item, _Undecodable):
+                _refuse(item)
+            yield item
+
+    return messages()
+
+
 def _wrap_handler(
     handler: Any, icpt: _CallInterceptor, method: str, metadata: dict[str, str]
 ) -> Any:
+    deserializer = _lenient(handler.request_deserializer)
+    streaming = bool(handler.stream_unary or handler.stream_stream)
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
 
@@ -199,7 +254,7 @@ def _wrap_handler(
             state = icpt.begin(method, metadata)
             try:
                 try:
-                    result = await inner(request, ctx)
+                    result = await inner(_checked(request, streaming), ctx)
                 except Exception as exc:
                     await _call_status(exc, ctx)
             except BaseException as exc:
@@ -215,7 +270,7 @@ def _wrap_handler(
         )
         return factory(
             unary_response,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -225,7 +280,7 @@ def _wrap_handler(
         state = icpt.begin(method, metadata)
         try:
             try:
-                async for item in inner_stream(request, ctx):
+                async for item in inner_stream(_checked(request, streaming), ctx):
                     yield item
             except Exception as exc:
                 await _call_status(exc, ctx)
@@ -241,7 +296,7 @@ def _wrap_handler(
     )
     return factory(
         stream_response,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
 

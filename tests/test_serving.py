@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cretoai.errors import ERROR_CODE_KEY
-from cretoai.serving import HANDLER_UNWIND_S, GrpcService
+from cretoai.serving import HANDLER_UNWIND_S, GrpcService, Servicer
+from cretoai.v1 import transport_pb2, transport_pb2_grpc
 from tests.conftest import REPO
 from tests.support.echo_service import SERVICE, echo_servicer
 
@@ -317,3 +320,56 @@ async def test_service_channel_propagates_the_current_span() -> None:
     server = next(s for s in exporter.get_finished_spans() if s.name == f"/{SERVICE}/Slow")
     assert server.parent is not None
     assert server.parent.span_id == client_span.get_span_context().span_id
+
+
+class _Peers(transport_pb2_grpc.TransportServicer):
+    """A servicer of a real contract, for requests that are not its messages."""
+
+    async def ListPeers(self, request: Any, context: Any) -> transport_pb2.ListPeersResponse:
+        return transport_pb2.ListPeersResponse()
+
+    async def ExchangeBatches(self, request_iterator: Any, context: Any) -> Any:
+        async for batch in request_iterator:
+            yield batch
+
+
+async def test_a_request_that_is_not_the_methods_message_is_invalid_argument(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpc.aio decodes a request before any handler: a DecodeError there was UNKNOWN,
+    with an error log line per call. It is the caller's fault: INVALID_ARGUMENT."""
+    name = transport_pb2.DESCRIPTOR.services_by_name["Transport"].full_name
+    servicer = Servicer(
+        name=name,
+        register=lambda server: transport_pb2_grpc.add_TransportServicer_to_server(
+            _Peers(), server
+        ),
+    )
+    service = GrpcService(name="peers", bind="127.0.0.1:0", servicers=[servicer])
+    await service.start()
+    garbage = b"\xff\xff\xff\xff"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            list_peers = channel.unary_unary(f"/{name}/ListPeers")
+            with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AioRpcError) as info:
+                await list_peers(garbage, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid protobuf message" in (info.value.details() or "")
+            assert dict(info.value.trailing_metadata() or ()).get(ERROR_CODE_KEY) == "bad_request"
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert await list_peers(b"", timeout=5) == b""  # still serving
+
+            # a client stream: the messages before the bad one are served, then it fails
+            exchange = channel.stream_stream(f"/{name}/ExchangeBatches")
+            good = transport_pb2.EnvelopeBatch(
+                envelopes=[transport_pb2.Envelope(payload=b"x")]
+            ).SerializeToString()
+            call = exchange(timeout=5)
+            await call.write(good)
+            assert await call.read() == good
+            await call.write(garbage)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call.read()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await service.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ import orjson
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import HASH_SIZE
 from services.gateway.errors import ApiError
+
+#: What a hex field may hold (ASCII digits only: no whitespace, no other scripts' digits).
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
 
 STATUS_NAMES = {
     vertex_pb2.VERTEX_STATUS_PENDING: "pending",
@@ -60,10 +64,10 @@ def parse_json(raw: bytes) -> Any:
 def decode_hex(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise ApiError("bad_request", f"{what}: expected a hex string, got {_kind(value)}")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ApiError("bad_hex", f"{what}: not a hex string") from None
+    # bytes.fromhex alone would skip whitespace between the digits
+    if len(value) % 2 or not _HEX_DIGITS.fullmatch(value):
+        raise ApiError("bad_hex", f"{what}: not a hex string (an even number of 0-9a-f digits)")
+    return bytes.fromhex(value)
 
 
 def decode_hash(value: Any, what: str) -> bytes:

@@ -24,6 +24,7 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     "bad_base64": (400, grpc.StatusCode.INVALID_ARGUMENT),
     "bad_hex": (400, grpc.StatusCode.INVALID_ARGUMENT),
     "partial_signature": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "incomplete_body": (400, grpc.StatusCode.INVALID_ARGUMENT),
     "not_found": (404, grpc.StatusCode.NOT_FOUND),
     "method_not_allowed": (405, grpc.StatusCode.UNIMPLEMENTED),
     # 408: the request did not arrive in time
@@ -31,6 +32,8 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     # 413: too large
     "body_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),
     "payload_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),
+    # 415: a body the gateway does not read
+    "unsupported_encoding": (415, grpc.StatusCode.INVALID_ARGUMENT),
     # 422: well-formed but invalid
     "invalid_vertex": (422, grpc.StatusCode.INVALID_ARGUMENT),
     "bad_signature": (422, grpc.StatusCode.INVALID_ARGUMENT),

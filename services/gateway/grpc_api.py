@@ -75,6 +75,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def SubmitVertex(
         self, request: gateway_pb2.GatewaySubmitRequest, context: Context
     ) -> gateway_pb2.GatewaySubmitResponse:
+        if not request.HasField("vertex"):  # a client's bug, not an empty node-signed vertex
+            raise ApiError(
+                "bad_request", "vertex: missing (send vertex {} for an empty node-signed one)"
+            )
         with self._gw.hold_request_bytes(request.ByteSize(), api="grpc"):
             draft = draft_of(request.vertex)
             result = await self._gw.submit(draft, wait=request.wait, api="grpc")

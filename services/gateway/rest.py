@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, hdrs, web
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -67,6 +67,14 @@ RETRY_AFTER_S = "1"
 BATCH_BODY_FACTOR = 4
 BATCH_BODY_MAX = 8 * 1024 * 1024
 _AIOHTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    """A query parameter given at most once (a repeated one is ambiguous: 400)."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ApiError("bad_request", f"{name}: given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def _resource(name: str) -> bytes:
@@ -213,7 +221,8 @@ class RestApi:
         app.router.add_get("/v1/vertices/{hash}", self.vertex)
         app.router.add_get("/v1/finalized", self.finalized)
         app.router.add_get("/v1/status", self.status)
-        app.router.add_get("/v1/stream", self.stream)
+        # a WebSocket upgrade is a GET (RFC 6455), never a HEAD
+        app.router.add_get("/v1/stream", self.stream, allow_head=False)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/openapi.json", self.openapi)
@@ -230,6 +239,8 @@ class RestApi:
             # closes a connection waiting for a whole request head this long after it
             # opened or after its last answer (aiohttp's default: an hour)
             keepalive_timeout=self._idle_timeout_s,
+            # bodies are read as sent: a compressed one is refused (415), never inflated
+            auto_decompress=False,
         )
         await runner.setup()
         site = LimitedSite(
@@ -271,6 +282,13 @@ class RestApi:
         """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond),
         whole within ``gateway.body_timeout_ms`` (408 ``request_timeout``: a client that
         sends its body slowly, or not at all, holds its reservation no longer)."""
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding != "identity":
+            # aiohttp would inflate it while the reservation counts the compressed bytes
+            raise ApiError(
+                "unsupported_encoding",
+                f"Content-Encoding {encoding[:40]!r}: send the body uncompressed",
+            )
         too_large = ApiError("body_too_large", f"the body exceeds {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
@@ -285,6 +303,9 @@ class RestApi:
                     chunks.append(chunk)
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except (ConnectionResetError, web.RequestPayloadError) as exc:
+            # the client went away or broke off its body: its fault, not a 500
+            raise ApiError("incomplete_body", f"the body ended after {size} bytes: {exc}") from None
         except TimeoutError:
             metrics.REQUEST_TIMEOUTS.inc()
             raise ApiError(
@@ -295,7 +316,7 @@ class RestApi:
         return b"".join(chunks)
 
     async def submit(self, request: web.Request) -> web.Response:
-        wait = parse_bool(request.query.get("wait"), "wait")
+        wait = parse_bool(_query(request, "wait"), "wait")
         self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
         with self._reserve(request, self._max_body):
             draft = parse_submission(parse_json(await self._body(request, self._max_body)))
@@ -307,7 +328,7 @@ class RestApi:
     async def submit_batch(self, request: web.Request) -> web.Response:
         """Up to MAX_BATCH_VERTICES vertices: ``200 {"results": [...]}``, one per vertex in
         order, each what ``POST /v1/vertices`` would answer in its body."""
-        wait = parse_bool(request.query.get("wait"), "wait")
+        wait = parse_bool(_query(request, "wait"), "wait")
         with self._reserve(request, self.max_batch_body):
             raw = await self._body(request, self.max_batch_body)
             drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
@@ -331,8 +352,8 @@ class RestApi:
             return await _send(request, response, held, record.ByteSize())
 
     async def finalized(self, request: web.Request) -> web.Response:
-        from_seq = parse_seq(request.query.get("from_seq"), "from_seq", default=1)
-        limit = parse_seq(request.query.get("limit"), "limit", default=MAX_PAGE)
+        from_seq = parse_seq(_query(request, "from_seq"), "from_seq", default=1)
+        limit = parse_seq(_query(request, "limit"), "limit", default=MAX_PAGE)
         assert from_seq is not None and limit is not None
         with self._gw.hold_answer_bytes(PAGE_ANSWER_BYTES) as held:
             entries = await self._gw.finalized(from_seq, limit)
@@ -372,7 +393,7 @@ class RestApi:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """Finalized batches as JSON text messages, from ``from_seq`` (else live ones)."""
-        from_seq = parse_seq(request.query.get("from_seq"), "from_seq", default=None)
+        from_seq = parse_seq(_query(request, "from_seq"), "from_seq", default=None)
         ws = web.WebSocketResponse(
             heartbeat=WS_HEARTBEAT_S,
             max_msg_size=WS_MAX_CLIENT_MESSAGE,

@@ -83,9 +83,17 @@ async def test_errors_have_grpc_status_codes(node: Node) -> None:
             node.stub.SubmitVertex(gateway_pb2.GatewaySubmitRequest(vertex=bad), timeout=TIMEOUT)
         )
         assert exc.code() == code and (exc.details() or "").startswith(prefix), exc
-    node.consensus.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    # no vertex at all is a client's bug, not an empty node-signed vertex (that is vertex {})
     exc = await grpc_error(
         node.stub.SubmitVertex(gateway_pb2.GatewaySubmitRequest(), timeout=TIMEOUT)
+    )
+    assert exc.code() == INVALID and (exc.details() or "").startswith("bad_request: vertex"), exc
+    assert node.consensus.submissions == []
+    node.consensus.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    exc = await grpc_error(
+        node.stub.SubmitVertex(
+            gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex()), timeout=TIMEOUT
+        )
     )
     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     for h, code in (
@@ -101,7 +109,10 @@ async def test_errors_have_grpc_status_codes(node: Node) -> None:
 async def test_wait_deadline(make_config: Callable[..., NodeConfig]) -> None:
     async with start_node(make_config(wait_timeout_ms=200)) as node:
         exc = await grpc_error(
-            node.stub.SubmitVertex(gateway_pb2.GatewaySubmitRequest(wait=True), timeout=TIMEOUT)
+            node.stub.SubmitVertex(
+                gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(), wait=True),
+                timeout=TIMEOUT,
+            )
         )
         assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert (exc.details() or "").startswith("wait_timeout: ")

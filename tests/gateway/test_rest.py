@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import fcntl
+import gzip
 import json
+import logging
 import os
 import socket
 import struct
 import termios
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -144,6 +147,10 @@ MALFORMED = [
     (b'{"payload": "", "parents": "ab"}', "bad_request"),
     (b'{"payload": "", "parents": [1]}', "bad_request"),
     (b'{"payload": "", "parents": ["zz"]}', "bad_hex"),
+    # bytes.fromhex skips whitespace: a field with any is not hex
+    (b'{"payload": "", "parents": ["' + b"ab " * 31 + b'ab"]}', "bad_hex"),
+    (b'{"payload": "", "parents": ["\\t' + b"ab" * 32 + b'"]}', "bad_hex"),
+    (b'{"payload": "", "parents": ["' + "\u0661".encode() * 64 + b'"]}', "bad_hex"),
     (b'{"payload": "", "public_key": "ab"}', "partial_signature"),
     (b'{"payload": "", "public_key": "ab", "signature": "cd"}', "partial_signature"),
     (b'{"payload": "", "timestamp_ms": 5}', "partial_signature"),
@@ -186,6 +193,88 @@ async def test_malformed_bodies_are_400(node: Node) -> None:
 async def test_bad_wait_parameter_is_400(node: Node) -> None:
     status, reply = await node.post("/v1/vertices?wait=maybe", {"payload": ""})
     assert_error(status, reply, 400, "bad_request")
+    # a repeated parameter is ambiguous, whichever copy is valid
+    status, reply = await node.post("/v1/vertices?wait=false&wait=bogus", {"payload": ""})
+    assert_error(status, reply, 400, "bad_request")
+    status, reply = await node.get("/v1/finalized?limit=1&limit=2")
+    assert_error(status, reply, 400, "bad_request")
+    assert node.consensus.submissions == []
+
+
+async def test_compressed_bodies_are_refused_before_they_are_read(node: Node) -> None:
+    """aiohttp inflates a compressed body while the gateway's reservation
+    (``gateway.max_request_bytes_in_progress``) counts the bytes on the wire: a 4-KB
+    gzip body held up to 4 MiB uncounted. Compressed bodies are refused with 415, and
+    one that is not what its Content-Encoding says is no 500 either."""
+    raw = json.dumps({"payload": b64(bytes(200_000))}).encode()
+    for path, body in (
+        ("/v1/vertices", raw),
+        ("/v1/vertices:batch", b'{"vertices": [' + raw + b"]}"),
+    ):
+        for encoding, data in (
+            ("gzip", gzip.compress(body)),
+            ("deflate", zlib.compress(body)),
+            ("gzip", body),  # says gzip, is not
+            ("br", body),
+        ):
+            status, reply = await node.post(
+                path,
+                data=data,
+                headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+            )
+            assert_error(status, reply, 415, "unsupported_encoding")
+    assert node.consensus.submissions == []
+    status, _ = await node.post("/v1/vertices", data=raw, headers={"Content-Encoding": "identity"})
+    assert status == 202
+
+
+def _http_count(status: str) -> float:
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name == "cretoai_gateway_http_requests":
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels["status"] == status:
+                    total += sample.value
+    return total
+
+
+async def test_a_client_that_hangs_up_mid_body_is_no_server_error(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes its connection before its body ended is answered (to no one)
+    400 ``incomplete_body``: counted as a client error, no 500 and no traceback."""
+    before_400, before_500 = _http_count("400"), _http_count("500")
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", node.gateway.http_port)
+        writer.write(
+            b"POST /v1/vertices HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n" + b'{"payload": "'
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    deadline = time.monotonic() + TIMEOUT
+    while _http_count("400") < before_400 + 3:  # the gateway notices in its own time
+        assert time.monotonic() < deadline, "the aborted requests were never answered"
+        await asyncio.sleep(0.01)
+    assert _http_count("500") == before_500
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert node.consensus.submissions == []
+
+
+async def test_a_websocket_upgrade_is_a_get(node: Node) -> None:
+    status, reply = await node.request(
+        "HEAD",
+        "/v1/stream",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        },
+    )
+    assert status == 405, reply
+    assert not REGISTRY.get_sample_value("cretoai_gateway_stream_subscribers", {"api": "websocket"})
 
 
 async def test_oversized_body_and_payload_are_413(make_config: Callable[..., NodeConfig]) -> None:
@@ -387,7 +476,7 @@ async def test_get_vertex_pending_finalized_and_unknown(node: Node) -> None:
     assert (await node.get(f"/v1/vertices/{child.hex()}"))[1]["status"] == "finalized"
     status, reply = await node.get("/v1/vertices/" + "cd" * 32)
     assert_error(status, reply, 404, "not_found")
-    for bad in ("xyz", "ab" * 31, "ab" * 33):
+    for bad in ("xyz", "ab" * 31, "ab" * 33, "%20".join(["ab" * 16] * 2), "%0A" + "cd" * 32):
         status, reply = await node.get(f"/v1/vertices/{bad}")
         assert_error(status, reply, 400, "bad_hex")
 
