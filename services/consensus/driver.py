@@ -43,7 +43,6 @@ from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, v
 from cretoai.vertex import signed_digest, vertex_hash
 from services.consensus.byzantine import Byzantine
 from services.consensus.core.codec import (
-    DecodeError,
     certificate_from_pb,
     decode_envelope,
     encode_envelope,
@@ -267,7 +266,21 @@ class Driver:
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._deliver_verified(), name="verified"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._core_task_done)
         self._publish_gauges()
+
+    def _core_task_done(self, task: asyncio.Task[None]) -> None:
+        """A core task runs until stop: one that ended otherwise (a peer's message that
+        broke delivery, say) leaves the replica deaf or frozen, so it is fatal, loudly."""
+        if task.cancelled() or self.halted is not None:
+            return
+        exc = task.exception()
+        reason = f"task {task.get_name()} ended"
+        if exc is not None:
+            log.critical(f"consensus {reason}", exc_info=exc, extra={"fields": self._where()})
+            reason += f": {type(exc).__name__}: {exc}"
+        self._fail("error", reason)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -452,10 +465,15 @@ class Driver:
         """Decode and verify one envelope from ``sender``; a fault instead when it is bad."""
         try:
             env = decode_envelope(payload, request_hash=request_hash)
-        except DecodeError as exc:
+        except Exception as exc:  # a peer's bytes: whatever fails, it is malformed input
             log.info(
                 "undecodable envelope",
-                extra={"fields": {"peer": self.names[sender], "error": str(exc)}},
+                extra={
+                    "fields": {
+                        "peer": self.names[sender],
+                        "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                    }
+                },
             )
             return _Fault(sender, FaultKind.MALFORMED)
         if isinstance(env, SignedEnvelope):
@@ -473,7 +491,10 @@ class Driver:
             # verified itself, and a verdict is a function of the copy's exact bytes,
             # so a copy that fails here is the sender's own fault.
             if carrier:
-                self.traces.forwarded(env.requests, carrier)
+                try:
+                    self.traces.forwarded(env.requests, carrier)
+                except Exception:  # a peer's trace context is no reason to drop requests
+                    log.debug("unusable trace context", exc_info=True)
             vertices = [vertex_pb2.Vertex.FromString(r.body) for r in env.requests]
             contents = [vertex_hash(v) for v in vertices]
             verdicts = await self._verify_all(env.requests, vertices, contents)
@@ -520,6 +541,14 @@ class Driver:
         task, size = await self._verifying.get()
         try:
             item = await task
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug met by one peer's message: that message is lost, delivery goes on
+            # (a Byzantine peer must not be able to silence or restart the replica).
+            FAILURES.labels("check").inc()
+            log.error("checking a peer's message failed", exc_info=True)
+            item = None
         finally:
             self.verifying_bytes -= size
             self._verifying_freed.set()

@@ -175,7 +175,8 @@ class BatchTraces:
     def forwarded(self, requests: tuple[Request, ...], carrier: Mapping[str, str]) -> None:
         """Requests forwarded by a peer: keep each one's trace context (``r<i>`` keys)."""
         for key, value in carrier.items():
-            if key[:1] != "r" or not key[1:].isdigit():
+            # ASCII digits only: "²".isdigit() is true, and int("²") raises
+            if key[:1] != "r" or not (key[1:].isascii() and key[1:].isdigit()):
                 continue
             index = int(key[1:])
             span_context = parse_traceparent(value)

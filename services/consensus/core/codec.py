@@ -104,13 +104,33 @@ def _digest(value: bytes, what: str) -> bytes:
     return bytes(value)
 
 
-def decode_body(body: bytes) -> Message:
-    """The protocol message in signed bytes ``body``."""
+#: The message class of each ``PbftMessage`` kind.
+_KINDS: dict[str, type[Message]] = {
+    "pre_prepare": PrePrepare,
+    "prepare": Prepare,
+    "commit": Commit,
+    "checkpoint": Checkpoint,
+    "view_change": ViewChange,
+    "new_view": NewView,
+}
+
+
+def decode_body(body: bytes, expected: type[Message] | None = None) -> Message:
+    """The protocol message in signed bytes ``body`` (of kind ``expected``, if given).
+
+    The kind is checked before any nested message is decoded: nested signed messages
+    are ``bytes`` fields, so protobuf's own recursion limit does not apply, and a NEW-VIEW
+    nested in a NEW-VIEW a few hundred times deep would otherwise exhaust the stack.
+    With the check, nesting stops at NEW-VIEW > VIEW-CHANGE > PRE-PREPARE.
+    """
     try:
         pb = pbft_pb2.PbftMessage.FromString(body)
     except _ProtobufDecodeError as exc:
         raise DecodeError(f"not a PbftMessage: {exc}") from None
     kind = pb.WhichOneof("kind")
+    if expected is not None and (kind is None or _KINDS[kind] is not expected):
+        got = "no kind" if kind is None else _KINDS[kind].__name__
+        raise DecodeError(f"expected a signed {expected.__name__}, got {got}")
     if kind == "pre_prepare":
         pp = pb.pre_prepare
         return PrePrepare(
@@ -154,7 +174,7 @@ def signed_to_pb(signed: Signed[Message]) -> vertex_pb2.SignedMessage:
 
 def signed_from_pb(pb: vertex_pb2.SignedMessage, expected: type[M]) -> Signed[M]:
     """A nested signed message whose body must be of kind ``expected``."""
-    msg = decode_body(pb.body)
+    msg = decode_body(pb.body, expected)
     if not isinstance(msg, expected):
         raise DecodeError(f"expected a signed {expected.__name__}, got {type(msg).__name__}")
     return Signed(body=bytes(pb.body), signature=bytes(pb.signature), signer=pb.signer, msg=msg)

@@ -1,0 +1,133 @@
+"""A Byzantine peer's messages cannot silence or stop an honest replica's driver.
+
+The driver decodes and verifies each peer envelope in a task of its own and hands
+the results to the replica in arrival order (``_deliver_verified``). A message that
+made that delivery task fail would leave the replica deaf for good, with health
+still SERVING: every such message must become a fault of its sender instead, and a
+core task that ends anyway is fatal (the process exits and is restarted), never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cretoai.v1 import pbft_pb2, transport_pb2, vertex_pb2
+from services.consensus.core.codec import DecodeError, decode_envelope, encode_envelope
+from services.consensus.core.config import Config
+from services.consensus.core.messages import RequestsEnvelope, StatusEnvelope
+from services.consensus.core.reputation import FaultKind
+from services.consensus.driver import Driver, request_hash
+from tests.support.driver import unstarted_driver
+
+TIMEOUT = 10
+SAMPLED = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
+BYZANTINE = 3
+
+
+def nested_new_views(depth: int) -> bytes:
+    """A signed NEW-VIEW whose VIEW-CHANGE is a NEW-VIEW, ``depth`` times (about 13 B a level)."""
+    body = pbft_pb2.PbftMessage(new_view=pbft_pb2.NewView(view=1)).SerializeToString()
+    for _ in range(depth):
+        inner = vertex_pb2.SignedMessage(body=body, signer=BYZANTINE)
+        body = pbft_pb2.PbftMessage(
+            new_view=pbft_pb2.NewView(view=1, view_changes=[inner])
+        ).SerializeToString()
+    signed = vertex_pb2.SignedMessage(body=body, signer=BYZANTINE)
+    return pbft_pb2.ConsensusEnvelope(signed=signed).SerializeToString()
+
+
+def _from(driver: Driver, payload: bytes, carrier: dict[str, str] | None = None) -> Any:
+    envelope = transport_pb2.Envelope(payload=payload)
+    setattr(envelope, "from", driver.node_ids[BYZANTINE])
+    envelope.trace_context.update(carrier or {})
+    return envelope
+
+
+STATUS = encode_envelope(StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=0))
+
+
+async def _next(driver: Driver) -> Any:
+    return await asyncio.wait_for(driver._inbox.get(), TIMEOUT)
+
+
+@pytest.fixture
+async def driver() -> Any:
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+    fatal: list[str] = []
+    driver.on_fatal = fatal.append
+    deliver = asyncio.create_task(driver._deliver_verified(), name="verified")
+    deliver.add_done_callback(driver._core_task_done)
+    yield driver
+    assert not deliver.done(), deliver  # delivery never stopped
+    assert fatal == [] and driver.halted is None
+    deliver.cancel()
+    await asyncio.gather(deliver, return_exceptions=True)
+
+
+def test_nested_signed_messages_are_checked_for_their_kind_before_they_are_decoded() -> None:
+    with pytest.raises(DecodeError, match="expected a signed ViewChange, got NewView"):
+        decode_envelope(nested_new_views(2), request_hash=request_hash)
+    # a few KB that once recursed until the interpreter's stack limit
+    with pytest.raises(DecodeError):
+        decode_envelope(nested_new_views(2000), request_hash=request_hash)
+
+
+async def test_deep_nesting_is_a_malformed_message_and_delivery_goes_on(driver: Driver) -> None:
+    await driver._on_inbound(_from(driver, nested_new_views(2000)))
+    fault = await _next(driver)
+    assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.MALFORMED)
+    await driver._on_inbound(_from(driver, STATUS))  # the next message still arrives
+    assert isinstance((await _next(driver)).envelope, StatusEnvelope)
+
+
+async def test_a_trace_context_key_that_is_no_ascii_number_is_ignored(driver: Driver) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a request's trace context key
+    (``r<index>``) must be ASCII digits, or it is skipped."""
+    carrier = {"traceparent": SAMPLED, "r²": SAMPLED, "r①": SAMPLED}
+    driver.traces.forwarded((), carrier)  # no ValueError
+    await driver._on_inbound(_from(driver, encode_envelope(RequestsEnvelope(())), carrier))
+    await driver._on_inbound(_from(driver, STATUS))
+    assert isinstance((await _next(driver)).envelope, StatusEnvelope)
+
+
+async def test_a_bug_met_checking_one_message_drops_it_and_is_counted(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = driver._check
+    broken = [True]
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if broken.pop() if broken else False:
+            raise RuntimeError("a bug")
+        return await check(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "_check", fails_once)
+    before = REGISTRY.get_sample_value(
+        "cretoai_consensus_replica_failures_total", {"kind": "check"}
+    )
+    await driver._on_inbound(_from(driver, STATUS))  # meets the bug: dropped
+    await driver._on_inbound(_from(driver, STATUS))
+    assert isinstance((await _next(driver)).envelope, StatusEnvelope)
+    assert driver._inbox.empty()
+    after = REGISTRY.get_sample_value("cretoai_consensus_replica_failures_total", {"kind": "check"})
+    assert after == (before or 0) + 1
+
+
+async def test_a_core_task_that_ends_is_fatal_never_silent() -> None:
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+    fatal: list[str] = []
+    driver.on_fatal = fatal.append
+
+    async def dies() -> None:
+        raise RuntimeError("lost")
+
+    task = asyncio.create_task(dies(), name="verified")
+    task.add_done_callback(driver._core_task_done)
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+    assert driver.halted is not None and "task verified ended: RuntimeError: lost" in driver.halted
+    assert fatal == [driver.halted]
