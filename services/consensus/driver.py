@@ -130,12 +130,22 @@ VERIFYING_MAX_BYTES = 64 * 1024 * 1024
 def request_hash(body: bytes) -> bytes:
     """The hash the core uses for a request: the signed digest of the serialized vertex.
 
-    It covers the signature, so a batch digest commits to the exact signed copies.
+    It covers the signature, so a batch digest commits to the exact signed copies. The
+    body must be the vertex's canonical encoding (its fields in order, once, no unknown
+    ones): the digest covers the fields, not the bytes, so a copy padded with an unknown
+    field would keep its request hash while being other bytes, which replicas would then
+    store differently (and a relayer could make a PRE-PREPARE's bodies oversized in its
+    signer's name).
     """
     try:
         vertex = vertex_pb2.Vertex.FromString(body)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ValueError(f"not a vertex: {exc}") from None
+    vertex.DiscardUnknownFields()
+    if vertex.SerializeToString() != body:
+        raise ValueError(
+            "not the canonical encoding of its vertex (unknown, repeated or reordered fields)"
+        )
     return signed_digest(vertex)
 
 

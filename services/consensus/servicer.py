@@ -157,6 +157,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         """
         outcomes: list[Outcome | None] = [None] * len(vertices)
         for i, vertex in enumerate(vertices):
+            vertex.DiscardUnknownFields()  # the body ordered is its canonical encoding
             problem = shape_error(vertex, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES)
             if problem is not None:
                 outcomes[i] = InvalidArgument(f"malformed vertex: {problem}")

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from cretoai.crypto.backend import get_backend
 from cretoai.v1 import pbft_pb2, transport_pb2, vertex_pb2
+from cretoai.vertex import make_vertex, signed_digest
 from services.consensus.core.codec import DecodeError, decode_envelope, encode_envelope
 from services.consensus.core.config import Config
-from services.consensus.core.messages import RequestsEnvelope, StatusEnvelope
+from services.consensus.core.messages import Request, RequestsEnvelope, StatusEnvelope
 from services.consensus.core.reputation import FaultKind
 from services.consensus.driver import Driver, request_hash
 from tests.support.driver import unstarted_driver
@@ -131,3 +133,40 @@ async def test_a_core_task_that_ends_is_fatal_never_silent() -> None:
     await asyncio.sleep(0)  # done callbacks run on the next loop iteration
     assert driver.halted is not None and "task verified ended: RuntimeError: lost" in driver.halted
     assert fatal == [driver.halted]
+
+
+def _vertex_body() -> bytes:
+    key = get_backend("auto").private_key_from_seed(bytes(32))
+    return make_vertex(key, b"payload", [], 1_000).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda body: body + b"\x7a\x03pad",  # an unknown field 15
+        lambda body: body + b"\x20\x01",  # timestamp_ms (field 4) again: the last one wins
+        lambda body: b"\x20\x01" + body,  # a field out of order
+    ],
+    ids=["unknown-field", "repeated-field", "reordered"],
+)
+def test_a_request_body_must_be_its_vertexs_canonical_encoding(change: Any) -> None:
+    """The request hash covers the vertex's fields, not the bytes: a padded or re-encoded
+    copy parses to a vertex with the same hash but is other bytes (honest replicas would
+    store different bytes for one batch). Such a body is no request."""
+    body = _vertex_body()
+    vertex = vertex_pb2.Vertex.FromString(body)
+    assert request_hash(body) == signed_digest(vertex)
+    other = change(body)
+    assert other != body
+    with pytest.raises(ValueError, match="canonical"):
+        request_hash(other)
+
+
+async def test_padded_request_bodies_are_the_senders_fault(driver: Driver) -> None:
+    body = _vertex_body()
+    padded = body + b"\x7a\x03pad"
+    envelope = RequestsEnvelope((Request(hash=request_hash(body), body=padded),))
+    await driver._on_inbound(_from(driver, encode_envelope(envelope)))
+    fault = await _next(driver)
+    assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.MALFORMED)
+    assert driver._inbox.empty()
