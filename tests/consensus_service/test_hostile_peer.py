@@ -10,11 +10,13 @@ core task that ends anyway is fatal (the process exits and is restarted), never 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
+from cretoai.crypto import NodeKey
 from cretoai.crypto.backend import get_backend
 from cretoai.v1 import pbft_pb2, transport_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest
@@ -136,7 +138,7 @@ async def test_a_core_task_that_ends_is_fatal_never_silent() -> None:
 
 
 def _vertex_body() -> bytes:
-    key = get_backend("auto").private_key_from_seed(bytes(32))
+    key = NodeKey(private=get_backend("auto").private_key_from_seed(bytes(32)), path=Path("<c>"))
     return make_vertex(key, b"payload", [], 1_000).SerializeToString()
 
 
