@@ -22,7 +22,13 @@ from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from services.storage import keys, metrics
 from services.storage.certify import Certifier, resolve_reference
 from services.storage.errors import InvalidArgument, NotFound, WriteFailed
-from services.storage.store import Store, dir_bytes, now_ms, write_backup_manifest
+from services.storage.store import (
+    STATE_PAGE_ENTRIES,
+    Store,
+    dir_bytes,
+    now_ms,
+    write_backup_manifest,
+)
 from services.storage.validate import (
     MAX_STATE_KEY_BYTES,
     check_commit,
@@ -229,12 +235,16 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     async def ScanState(
         self, request: storage_pb2.ScanStateRequest, context: Context
     ) -> AsyncIterator[storage_pb2.ScanStateResponse]:
+        # Pages of at most STATE_PAGE_ENTRIES entries and STATE_PAGE_BYTES of keys and
+        # values (one larger entry goes alone): a message is never more than 1 MiB or one
+        # record, however many large records the prefix holds (the node's channels take
+        # 16 MiB). A short page is not the end; an empty one is.
         _check_state_bytes(request.prefix, "prefix")
         _check_state_bytes(request.after, "after")
         remaining = request.limit or None
         after = request.after or None
         while remaining is None or remaining > 0:
-            page = min(remaining or 256, 256)
+            page = min(remaining or STATE_PAGE_ENTRIES, STATE_PAGE_ENTRIES)
             entries = self._store.scan_state(request.prefix, after=after, limit=page)
             if not entries:
                 break

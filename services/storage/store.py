@@ -969,13 +969,21 @@ class Store:
     def scan_state(
         self, prefix: bytes, *, after: bytes | None, limit: int
     ) -> list[storage_pb2.StateEntry]:
-        """One page (at most ``limit`` entries and about 1 MiB) of the keys under ``prefix``."""
+        """One page of the keys under ``prefix``: at most ``limit`` entries, and at most
+        :data:`STATE_PAGE_BYTES` of keys and values, or one entry alone when it is larger
+        by itself (so a page is at most the bound or a single entry, and every entry can be
+        read). Never empty while keys remain: the caller resumes after the last key
+        returned."""
         start = keys.successor(after) if after and after >= prefix else prefix
         end = keys.prefix_end(prefix) if prefix else None
-        out, size = [], 0
+        out: list[storage_pb2.StateEntry] = []
+        size = 0
         for key, value in self._scan(keys.CONSENSUS_STATE, start, end, limit):
+            entry_size = len(key) + len(value)
+            if out and size + entry_size > STATE_PAGE_BYTES:
+                break  # it starts the next page
             out.append(storage_pb2.StateEntry(key=key, value=value))
-            size += len(key) + len(value)
+            size += entry_size
             if size >= STATE_PAGE_BYTES:
                 break
         return out
