@@ -115,6 +115,12 @@ class GatewaySection:
     submitter_key: str = ""
 
 
+#: The largest batch a node may be configured for (see validate: frames and persists).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+#: What a PRE-PREPARE's frame holds besides its bodies: hashes, signature, framing.
+BATCH_FRAME_OVERHEAD = 64 * 1024
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsensusSection:
     #: Bind address of the internal gRPC service.
@@ -554,6 +560,15 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"{src}: fault_injection.byzantine: requires fault_injection.enabled")
     if cfg.transport.max_frame_bytes < 1024:
         raise ConfigError(f"{src}: transport.max_frame_bytes: must be at least 1024")
+    # A PRE-PREPARE carries its batch's bodies in one transport frame, and a replica
+    # persists them in one storage record (channels take 16 MiB; persists go in 8).
+    most = min(cfg.transport.max_frame_bytes - BATCH_FRAME_OVERHEAD, MAX_BATCH_BYTES)
+    if cfg.consensus.batch_max_bytes > most:
+        raise ConfigError(
+            f"{src}: consensus.batch_max_bytes: at most {most} (transport.max_frame_bytes "
+            f"less {BATCH_FRAME_OVERHEAD} for a PRE-PREPARE's own bytes, and at most "
+            f"{MAX_BATCH_BYTES})"
+        )
 
 
 def parse_config(data: Mapping[str, Any], source: Path) -> NodeConfig:

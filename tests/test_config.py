@@ -108,6 +108,20 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
             "consensus.pool_max_bytes",
         ),
+        (
+            # its PRE-PREPARE would not fit a transport frame (4 MiB by default)
+            lambda d: d["consensus"].update(batch_max_bytes=4 * 1024 * 1024),
+            "consensus.batch_max_bytes: at most",
+        ),
+        (
+            lambda d: (
+                d["transport"].update(max_frame_bytes=64 * 1024 * 1024),
+                d["consensus"].update(
+                    batch_max_bytes=9 * 1024 * 1024, pool_max_bytes=64 * 1024 * 1024
+                ),
+            ),
+            "consensus.batch_max_bytes: at most",
+        ),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
     ],
 )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter as Tally
@@ -61,7 +62,7 @@ from services.consensus.core.messages import (
     StateResponseEnvelope,
     TransferBatch,
 )
-from services.consensus.core.ready import Committed, Ready, ServeState
+from services.consensus.core.ready import Committed, Ready, Record, ServeState
 from services.consensus.core.replica import ConsensusHalted, ProposeResult, Replica
 from services.consensus.core.reputation import PENALTY, FaultKind
 from services.consensus.executor import Executed, Executor
@@ -147,6 +148,56 @@ def request_hash(body: bytes) -> bytes:
             "not the canonical encoding of its vertex (unknown, repeated or reordered fields)"
         )
     return signed_digest(vertex)
+
+
+#: The most a persist sends in one WriteState: well under the storage channel's 16-MiB
+#: message limit (cretoai.channels), whatever a burst of PRE-PREPAREs makes a Ready hold.
+PERSIST_MAX_BYTES = 8 * 1024 * 1024
+
+
+def persist_writes(
+    records: Sequence[Record], max_bytes: int = PERSIST_MAX_BYTES
+) -> list[storage_pb2.WriteStateRequest]:
+    """A Ready's records as WriteState requests: one atomic write when they fit in
+    ``max_bytes`` (the usual case: storage applies its deletes, then its puts).
+
+    Otherwise the puts go in consecutive runs in their order, each of at most
+    ``max_bytes`` (a larger record alone), and the deletes with the last run (minus keys
+    this Ready also puts, which one write would have kept): the same end state. A crash
+    between two writes leaves some of the new records and none of the deletes, a
+    superset of a state the replica had: the replica emits a batch's bodies before its
+    vote for it, and its records below a new stable checkpoint go only once that is
+    written. Nothing of the Ready is sent before the last write is done.
+    """
+    size = sum(len(r.key) + len(r.value or b"") + 16 for r in records)
+    if size <= max_bytes:
+        return [_write_request(records)] if records else []
+    puts = [r for r in records if r.value is not None]
+    kept = {r.key for r in puts}
+    deletes = [r for r in records if r.value is None and r.key not in kept]
+    writes: list[storage_pb2.WriteStateRequest] = []
+    run: list[Record] = []
+    held = 0
+    for record in puts:
+        record_size = len(record.key) + len(record.value or b"") + 16
+        if run and held + record_size > max_bytes:
+            writes.append(_write_request(run))
+            run, held = [], 0
+        run.append(record)
+        held += record_size
+    writes.append(_write_request(run + deletes))
+    return writes
+
+
+def _write_request(records: Sequence[Record]) -> storage_pb2.WriteStateRequest:
+    return storage_pb2.WriteStateRequest(
+        puts=[
+            storage_pb2.StateEntry(key=r.key.encode(), value=r.value)
+            for r in records
+            if r.value is not None
+        ],
+        deletes=[r.key.encode() for r in records if r.value is None],
+    )
 
 
 _NO_CARRIER: Mapping[str, str] = {}
@@ -608,6 +659,9 @@ class Driver:
             log.critical("replica task failed", exc_info=True, extra={"fields": self._where()})
             self._fail("error", f"{type(exc).__name__}: {exc}")
 
+    async def _write_state(self, write: storage_pb2.WriteStateRequest) -> None:
+        await self._storage.WriteState(write, timeout=30)
+
     def _fail(self, kind: str, reason: str) -> None:
         """Stop for good: NOT ready (health NOT_SERVING), counted, and the process told."""
         reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
@@ -629,18 +683,8 @@ class Driver:
         token = None
         if persist_span is not None:
             token = otel_context.attach(trace.set_span_in_context(persist_span))
-        if rd.persist:
-            write = storage_pb2.WriteStateRequest(
-                puts=[
-                    storage_pb2.StateEntry(key=r.key.encode(), value=r.value)
-                    for r in rd.persist
-                    if r.value is not None
-                ],
-                deletes=[r.key.encode() for r in rd.persist if r.value is None],
-            )
-            await call_until_done(
-                lambda: self._storage.WriteState(write, timeout=30), what="persist"
-            )
+        for write in persist_writes(rd.persist):
+            await call_until_done(functools.partial(self._write_state, write), what="persist")
         if rd.signed_mark is not None and self._mark_file is not None:
             await asyncio.to_thread(self._mark_file.store, rd.signed_mark)
         if rd.persist or rd.signed_mark is not None:

@@ -47,6 +47,13 @@ class StorageCallFailed(Exception):
         super().__init__(f"storage call {what!r} failed: {self.code.name}: {details}")
 
 
+def _too_large(exc: grpc.aio.AioRpcError) -> bool:
+    """A message over a channel's size limit: the same call fails the same way forever."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (
+        exc.details() or ""
+    )
+
+
 async def call_until_done(call: Callable[[], Awaitable[T]], *, what: str) -> T:
     """Await ``call()``, retrying transient gRPC errors with capped exponential backoff.
 
@@ -57,7 +64,7 @@ async def call_until_done(call: Callable[[], Awaitable[T]], *, what: str) -> T:
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in TRANSIENT:
+            if exc.code() not in TRANSIENT or _too_large(exc):
                 raise StorageCallFailed(what, exc) from exc
             RETRIES.labels(what).inc()
             log.warning(

@@ -10,21 +10,43 @@ core task that ends anyway is fatal (the process exits and is restarted), never 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from cretoai.channels import service_channel
 from cretoai.crypto import NodeKey
 from cretoai.crypto.backend import get_backend
-from cretoai.v1 import pbft_pb2, transport_pb2, vertex_pb2
+from cretoai.v1 import pbft_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest
-from services.consensus.core.codec import DecodeError, decode_envelope, encode_envelope
+from devkit.storage import make_config as storage_config
+from services.consensus.core.codec import (
+    DecodeError,
+    decode_envelope,
+    encode_body,
+    encode_envelope,
+)
 from services.consensus.core.config import Config
-from services.consensus.core.messages import Request, RequestsEnvelope, StatusEnvelope
+from services.consensus.core.crypto import CONTEXT, MlDsaSigner, MlDsaVerifier, batch_digest
+from services.consensus.core.messages import (
+    PrePrepare,
+    Request,
+    RequestsEnvelope,
+    Signed,
+    SignedEnvelope,
+    StatusEnvelope,
+)
+from services.consensus.core.ready import Record
+from services.consensus.core.replica import Replica
 from services.consensus.core.reputation import FaultKind
-from services.consensus.driver import Driver, request_hash
+from services.consensus.driver import PERSIST_MAX_BYTES, Driver, persist_writes, request_hash
+from services.consensus.retry import StorageCallFailed, call_until_done
+from services.consensus.service import load_records
+from tests.storage.support import start_service
 from tests.support.driver import unstarted_driver
 
 TIMEOUT = 10
@@ -172,3 +194,106 @@ async def test_padded_request_bodies_are_the_senders_fault(driver: Driver) -> No
     fault = await _next(driver)
     assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.MALFORMED)
     assert driver._inbox.empty()
+
+
+def _burst(keys: list[Any], count: int) -> list[SignedEnvelope]:
+    """``count`` PRE-PREPAREs of replica 0 in view 0, each a rotation of the same ~1 MiB
+    of bodies (a digest of its own, bodies that cost the primary nothing)."""
+    bodies = [vertex_pb2.Vertex(payload=os.urandom(7_000)).SerializeToString() for _ in range(140)]
+    requests = [Request(hash=request_hash(b), body=b) for b in bodies]
+    out = []
+    for seq in range(1, count + 1):
+        order = requests[seq:] + requests[:seq]
+        hashes = tuple(r.hash for r in order)
+        pp = PrePrepare(view=0, seq=seq, digest=batch_digest(hashes), request_hashes=hashes)
+        body = encode_body(pp)
+        signed = Signed(body=body, signature=keys[0].sign(body, context=CONTEXT), signer=0, msg=pp)
+        out.append(SignedEnvelope(signed, tuple(order)))
+    return out
+
+
+async def test_a_burst_of_pre_prepares_is_persisted_in_writes_the_channel_takes(
+    tmp_path: Path,
+) -> None:
+    """A (Byzantine) primary's burst of full PRE-PREPAREs makes one Ready persist ~20 MiB of
+    batch bodies: one WriteState of that size was refused by the storage channel (16 MiB)
+    and retried forever, the replica silently wedged. It goes in writes under the limit,
+    bodies first, against the real storage service over the channel consensus uses."""
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(bytes([i]) * 32) for i in range(4)]
+    public = [k.public_key for k in keys]
+    driver = unstarted_driver(Config(n=4, replica_id=1), tick_ms=10)
+    driver.replica = Replica(
+        Config(n=4, replica_id=1),
+        signer=MlDsaSigner(keys[1]),
+        verifier=MlDsaVerifier(public, backend),
+    )
+    storage = await start_service(storage_config(tmp_path))
+    channel = service_channel(f"127.0.0.1:{storage.service.port}")  # consensus's limits
+    try:
+        driver._storage = storage_pb2_grpc.StorageStub(channel)
+        for envelope in _burst(keys, 20):
+            driver.replica.step(0, envelope)
+        ready = driver.replica.ready()
+        batches = [r for r in ready.persist if r.key.startswith("batch/")]
+        assert len(batches) == 20 and sum(len(r.value or b"") for r in batches) > 16 * 2**20
+        writes = persist_writes(ready.persist)
+        assert len(writes) > 1 and all(w.ByteSize() <= PERSIST_MAX_BYTES + 2**20 for w in writes)
+        assert [e.key for w in writes for e in w.puts] == [
+            r.key.encode() for r in ready.persist if r.value is not None
+        ]
+        await asyncio.wait_for(driver._carry_out(ready), TIMEOUT)
+        stored = await load_records(driver._storage)
+        final = {r.key: r.value for r in ready.persist}  # a key written twice: the last value
+        assert {k: stored.get(k) for k in final} == final
+    finally:
+        await channel.close()
+        await storage.stop()
+
+
+def test_a_message_over_the_channel_limit_is_not_retried_forever() -> None:
+    async def too_large() -> None:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="CLIENT: Sent message larger than max (17825811 vs. 16777216)",
+        )
+
+    with pytest.raises(StorageCallFailed, match="larger than max"):
+        asyncio.run(call_until_done(too_large, what="persist"))
+
+
+def test_a_split_persist_ends_in_the_state_one_write_would_make() -> None:
+    """One WriteState applies its deletes, then its puts; split, deletes go last, minus
+    the keys the Ready also puts."""
+    records = [
+        Record("batch/a", b"x" * 600),
+        Record("own/prepare/1", b"p"),
+        Record("batch/old", None),
+        Record("batch/b", b"y" * 600),
+        Record("batch/a", None),  # deleted after its put, in one Ready: the put wins
+    ]
+    one = persist_writes(records, max_bytes=10_000)
+    split = persist_writes(records, max_bytes=700)
+    assert len(one) == 1 and len(split) == 2
+
+    def apply(writes: list[Any]) -> dict[bytes, bytes]:
+        state = {b"batch/old": b"old", b"batch/a": b"older"}
+        for write in writes:
+            for key in write.deletes:
+                state.pop(key, None)
+            for entry in write.puts:
+                state[entry.key] = entry.value
+        return state
+
+    assert (
+        apply(split)
+        == apply(one)
+        == {
+            b"batch/a": b"x" * 600,
+            b"own/prepare/1": b"p",
+            b"batch/b": b"y" * 600,
+        }
+    )
+    assert not any(w.deletes for w in split[:-1])
