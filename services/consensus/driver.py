@@ -101,6 +101,10 @@ PEER_REQUESTS_DROPPED = Counter(
     "cretoai_consensus_peer_requests_dropped_total",
     "Requests forwarded or relayed by peers and dropped: the pool, or that peer's share, was full",
 )
+STATE_REQUESTS_DROPPED = Counter(
+    "cretoai_consensus_state_requests_dropped_total",
+    "State requests dropped because the same peer's previous one was still being served",
+)
 FAILURES = Counter(
     "cretoai_consensus_replica_failures_total",
     "Times the replica task stopped (halted, or an unexpected error)",
@@ -317,6 +321,8 @@ class Driver:
         self._last_stable = replica.stable_seq
         #: Faults per (peer, kind): logged at the 1st, 2nd, 4th, 8th, ... (bounded lines).
         self._faults_seen: Tally[tuple[int, str]] = Tally()
+        #: Peers whose state transfer is being read and sent (one each at a time).
+        self._serving: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -728,6 +734,12 @@ class Driver:
                 },
             )
         for serve in rd.serve:
+            # One transfer per peer at a time: an honest peer waits for its answer
+            # before it asks again; a flood of requests must not start a read each.
+            if serve.peer in self._serving:
+                STATE_REQUESTS_DROPPED.inc()
+                continue
+            self._serving.add(serve.peer)
             self._background(self._serve_state(serve))
         for evidence in rd.evidence:
             self._background(self._record_evidence(evidence))
@@ -840,6 +852,12 @@ class Driver:
 
     async def _serve_state(self, serve: ServeState) -> None:
         """Send finalized batches ``from_seq..to_seq`` (with certificates) to a lagging peer."""
+        try:
+            await self._read_and_send_state(serve)
+        finally:
+            self._serving.discard(serve.peer)
+
+    async def _read_and_send_state(self, serve: ServeState) -> None:
         batches = []
         budget = self.replica.config.transfer_max_bytes
         async with contextlib.aclosing(self.feed.read(serve.from_seq, serve.to_seq)) as read:

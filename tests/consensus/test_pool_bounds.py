@@ -6,10 +6,21 @@ from __future__ import annotations
 
 import pytest
 
+from cretoai.crypto.backend import get_backend
+from cretoai.v1 import vertex_pb2
+from services.consensus.core.codec import decode_envelope, encode_body, encode_envelope
 from services.consensus.core.config import Config
-from services.consensus.core.messages import Request, RequestsEnvelope
+from services.consensus.core.crypto import CONTEXT, MlDsaSigner, MlDsaVerifier
+from services.consensus.core.messages import (
+    PrePrepare,
+    Request,
+    RequestsEnvelope,
+    Signed,
+    SignedEnvelope,
+)
 from services.consensus.core.pool import Pool
-from services.consensus.core.replica import ProposeResult
+from services.consensus.core.replica import ProposeResult, Replica
+from services.consensus.driver import request_hash
 from services.consensus.sim.crypto import fast_request_hash
 from tests.consensus.harness import Cluster
 
@@ -89,3 +100,34 @@ def test_the_pool_must_hold_at_least_one_batch() -> None:
     with pytest.raises(ValueError, match="pool_max_bytes"):
         Config(n=4, replica_id=0, batch_max_bytes=2 * 1024 * KIB, pool_max_bytes=1024 * KIB)
     assert Config(n=4, replica_id=0, batch_max_bytes=64 * KIB).pool_per_peer_bytes == 16 * KIB**2
+
+
+def test_messages_for_a_future_view_hold_a_bounded_number_of_body_bytes() -> None:
+    """A replica defers a PRE-PREPARE for a view it has not entered with the bodies beside
+    it. A Byzantine replica signing PRE-PREPAREs for a view it would lead (nonsense ones:
+    they are deferred before any other check) could park 2L+16 frames of bodies per
+    sender, gigabytes; the bodies a sender's deferred messages hold are bounded by what
+    an honest primary pipelines (``max_inflight_full`` + 1 batches)."""
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(bytes([i]) * 32) for i in range(4)]
+    cfg = Config(n=4, replica_id=1, batch_max_bytes=64 * KIB)
+    replica = Replica(
+        cfg,
+        signer=MlDsaSigner(keys[1]),
+        verifier=MlDsaVerifier([k.public_key for k in keys], backend),
+    )
+    pp = PrePrepare(view=3, seq=2**64 - 1, digest=b"\0" * 32, request_hashes=())
+    body = encode_body(pp)
+    signed = Signed(body=body, signature=keys[3].sign(body, context=CONTEXT), signer=3, msg=pp)
+    sent = 200
+    for i in range(sent):
+        junk = vertex_pb2.Vertex(payload=i.to_bytes(4, "big") + bytes(60 * KIB))
+        wire = encode_envelope(SignedEnvelope(signed, (Request(b"", junk.SerializeToString()),)))
+        replica.step(3, decode_envelope(wire, request_hash=request_hash))
+    deferred = replica._future[3]
+    held = sum(r.size for env in deferred for r in env.requests)
+    assert held <= cfg.batch_max_bytes * (cfg.max_inflight_full + 1)
+    assert 0 < len(deferred) < sent
+    # the newest are kept (the oldest go first)
+    newest = vertex_pb2.Vertex.FromString(deferred[-1].requests[0].body).payload[:4]
+    assert int.from_bytes(newest, "big") == sent - 1

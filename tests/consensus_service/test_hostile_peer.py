@@ -33,11 +33,14 @@ from services.consensus.core.codec import (
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import CONTEXT, MlDsaSigner, MlDsaVerifier, batch_digest
 from services.consensus.core.messages import (
+    Checkpoint,
+    CheckpointProofEnvelope,
     PrePrepare,
     Request,
     RequestsEnvelope,
     Signed,
     SignedEnvelope,
+    StateRequestEnvelope,
     StatusEnvelope,
 )
 from services.consensus.core.ready import Record
@@ -297,3 +300,70 @@ def test_a_split_persist_ends_in_the_state_one_write_would_make() -> None:
         }
     )
     assert not any(w.deletes for w in split[:-1])
+
+
+async def test_a_flood_of_state_requests_is_served_one_at_a_time_per_peer() -> None:
+    """Each STATE-REQUEST became a background read of up to 64 batches: 2,000 requests of a
+    few bytes started 2,000 reads. A peer's next transfer starts once its last is sent."""
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+    replica = driver.replica
+    replica._applied = replica._last_exec = 64  # as if it executed 64 batches
+    gate = asyncio.Event()
+    reads: list[int] = []
+
+    async def slow_read(from_seq: int, to_seq: int = 0) -> Any:  # storage under load
+        reads.append(from_seq)
+        await gate.wait()
+        return
+        yield
+
+    driver.feed.read = slow_read  # type: ignore[method-assign]
+    for _ in range(200):
+        replica.step(BYZANTINE, StateRequestEnvelope(from_seq=1, to_seq=2**64 - 1))
+    replica.step(2, StateRequestEnvelope(from_seq=1, to_seq=10))
+    ready = replica.ready()
+    assert len(ready.serve) == 201
+    before = REGISTRY.get_sample_value("cretoai_consensus_state_requests_dropped_total") or 0
+    await driver._carry_out(ready)
+    await asyncio.sleep(0)
+    assert len(driver._side_tasks) == 2 and len(reads) == 2  # one per peer
+    dropped = REGISTRY.get_sample_value("cretoai_consensus_state_requests_dropped_total")
+    assert dropped == before + 199
+    gate.set()
+    await asyncio.gather(*list(driver._side_tasks))
+    assert driver._serving == set()  # the next request is served again
+
+
+def test_a_flood_of_status_draws_one_checkpoint_proof_per_interval() -> None:
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(bytes([i]) * 32) for i in range(4)]
+    replica = Replica(
+        Config(n=4, replica_id=1),
+        signer=MlDsaSigner(keys[1]),
+        verifier=MlDsaVerifier([k.public_key for k in keys], backend),
+    )
+    checkpoint = Checkpoint(seq=64, state_digest=b"\1" * 32)
+    body = encode_body(checkpoint)
+    proof = tuple(
+        Signed(body=body, signature=keys[i].sign(body, context=CONTEXT), signer=i, msg=checkpoint)
+        for i in (0, 2, 3)
+    )
+    replica.step(0, CheckpointProofEnvelope(proof))
+    replica.ready()
+
+    def proofs_sent() -> int:
+        return sum(
+            1
+            for out in replica.ready().send
+            if isinstance(out.envelope, CheckpointProofEnvelope) and out.to == BYZANTINE
+        )
+
+    for i in range(200):
+        replica.step(
+            BYZANTINE, StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=i % 2)
+        )
+    assert proofs_sent() == 1
+    for _ in range(replica.config.status_interval):
+        replica.tick()
+    replica.step(BYZANTINE, StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=0))
+    assert proofs_sent() == 1  # a peer still behind gets it again next interval

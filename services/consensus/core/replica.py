@@ -137,6 +137,10 @@ RESEND_MAX_SLOTS = 16
 _NOTHING = Ready()
 
 
+def _body_bytes(env: SignedEnvelope) -> int:
+    return sum(r.size for r in env.requests)
+
+
 def _typed(signed: Signed[Message], kind: type[M]) -> Signed[M]:
     """``signed`` as a signed ``kind`` (checked)."""
     if not isinstance(signed.msg, kind):
@@ -243,6 +247,10 @@ class Replica:
         self._own: dict[tuple[str, int, int], Signed[Message]] = {}
         self._evidence: dict[int, EvidenceEnvelope] = {}
         self._future: dict[int, deque[SignedEnvelope]] = {}
+        #: The stable checkpoint proof last sent to each peer, and when (_proof_due).
+        self._proof_sent: dict[int, tuple[int, int]] = {}
+        #: Request-body bytes of each sender's deferred messages (bounded: _defer).
+        self._future_bytes: dict[int, int] = {}
         self._transfer: _Transfer | None = None
         #: Each peer's last STATUS (to resend only to peers that stopped progressing),
         #: and the tick it came.
@@ -612,6 +620,7 @@ class Replica:
         if banned:
             self._bans.append(peer)
             self._future.pop(peer, None)
+            self._future_bytes.pop(peer, None)
 
     def _skip_banned_primary(self) -> None:
         """Never wait on a primary this replica banned: move on to the next view."""
@@ -661,11 +670,20 @@ class Replica:
         return True
 
     def _defer(self, sender: int, env: SignedEnvelope) -> None:
-        """Keep a message for a view this replica has not entered yet (bounded per sender)."""
+        """Keep a message for a view this replica has not entered yet, bounded per sender
+        in count and in the request bodies it carries (a PRE-PREPARE's): the oldest go
+        first. An honest new primary pipelines at most ``max_inflight_full`` batches; a
+        Byzantine one signing PRE-PREPAREs for a view it would lead could otherwise park
+        2L+16 frames of bodies (gigabytes) in every replica."""
         queue = self._future.get(sender)
         if queue is None:
-            queue = self._future[sender] = deque(maxlen=2 * self._window + 16)
+            queue = self._future[sender] = deque()
         queue.append(env)
+        held = self._future_bytes.get(sender, 0) + _body_bytes(env)
+        most = self.config.batch_max_bytes * (self.config.max_inflight_full + 1)
+        while queue and (len(queue) > 2 * self._window + 16 or held > most):
+            held -= _body_bytes(queue.popleft())
+        self._future_bytes[sender] = held
 
     def _persist_view(self) -> None:
         self._persist.append(
@@ -1315,7 +1333,7 @@ class Replica:
         stalled = previous == st and self._resend_due(sender)
         resent = False
         settled = self._now - self.config.status_interval
-        if st.stable_seq < self._low:
+        if st.stable_seq < self._low and self._proof_due(sender):
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
         if stalled and self._low <= st.last_executed < self._last_exec:
             resent = self._push_batches(sender, st.last_executed, settled)
@@ -1340,6 +1358,20 @@ class Replica:
                 resent = self._resend_slots(sender, st, settled) or resent
         if resent:
             self._resent(sender)
+
+    def _proof_due(self, peer: int) -> bool:
+        """Whether ``peer``, behind our stable checkpoint, may get our proof of it now: at
+        most once a status interval for one checkpoint (an honest peer sends its STATUS
+        that often; a flood of STATUS must not draw a proof each)."""
+        sent = self._proof_sent.get(peer)
+        if (
+            sent is not None
+            and sent[0] == self._low
+            and self._now - sent[1] < self.config.status_interval
+        ):
+            return False
+        self._proof_sent[peer] = (self._low, self._now)
+        return True
 
     def _answer_busy_primary(self, primary: int, gap: int) -> None:
         """Our primary repeated its STATUS after ``gap`` ticks: if that is the busy rate
@@ -1633,6 +1665,7 @@ class Replica:
     def _replay_deferred(self) -> None:
         deferred = self._future
         self._future = {}
+        self._future_bytes = {}
         for sender, queue in deferred.items():
             for env in queue:
                 msg = env.signed.msg
