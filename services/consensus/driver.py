@@ -49,12 +49,13 @@ from services.consensus.core.codec import (
     encode_envelope,
     signed_to_pb,
 )
-from services.consensus.core.crypto import CONTEXT
+from services.consensus.core.crypto import CONTEXT, batch_digest
 from services.consensus.core.durable import ExecutedState
 from services.consensus.core.messages import (
     BatchEnvelope,
     Envelope,
     EvidenceEnvelope,
+    PrePrepare,
     Request,
     RequestsEnvelope,
     SignedEnvelope,
@@ -580,13 +581,28 @@ class Driver:
             env = RequestsEnvelope(tuple(valid))
         elif isinstance(env, SignedEnvelope | BatchEnvelope):
             # Pre-verify batch bodies so execution hits the cache (validity is decided
-            # there; a primary may order an invalid copy, which is then rejected).
-            vertices = [vertex_pb2.Vertex.FromString(r.body) for r in env.requests]
+            # there; a primary may order an invalid copy, which is then rejected). Only
+            # bodies the replica may use: a PRE-PREPARE's own, a BATCH some slot waits
+            # for (an honest relayer may carry invalid copies a primary ordered, so a bad
+            # signature is nobody's fault here; unwanted bodies cost no verification).
+            # Execution verifies whatever was not verified ahead.
+            if isinstance(env, BatchEnvelope):
+                wanted = self.replica.awaits_batch(
+                    batch_digest(tuple(r.hash for r in env.requests))
+                )
+                useful = env.requests if wanted else ()
+            else:
+                msg = env.signed.msg
+                listed = set(msg.request_hashes) if isinstance(msg, PrePrepare) else set()
+                useful = tuple(r for r in env.requests if r.hash in listed)
+            if not useful:
+                return _Step(sender, env, arrived, carrier)
+            vertices = [vertex_pb2.Vertex.FromString(r.body) for r in useful]
             contents = [vertex_hash(v) for v in vertices]
-            for request, vertex, content in zip(env.requests, vertices, contents, strict=True):
+            for request, vertex, content in zip(useful, vertices, contents, strict=True):
                 self._remember(content, vertex, request.size)
                 self._executor.note_content(request.hash, content)
-            await self._verify_all(env.requests, vertices, contents)
+            await self._verify_all(useful, vertices, contents)
         return _Step(sender, env, arrived, carrier)
 
     async def _verify_all(

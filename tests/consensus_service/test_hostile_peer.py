@@ -33,6 +33,7 @@ from services.consensus.core.codec import (
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import CONTEXT, MlDsaSigner, MlDsaVerifier, batch_digest
 from services.consensus.core.messages import (
+    BatchEnvelope,
     Checkpoint,
     CheckpointProofEnvelope,
     PrePrepare,
@@ -367,3 +368,48 @@ def test_a_flood_of_status_draws_one_checkpoint_proof_per_interval() -> None:
         replica.tick()
     replica.step(BYZANTINE, StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=0))
     assert proofs_sent() == 1  # a peer still behind gets it again next interval
+
+
+async def test_bodies_the_replica_cannot_use_cost_no_verification(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A BATCH's bodies are verified ahead only when a slot waits for that batch, and a
+    PRE-PREPARE's only for the hashes it lists: bodies nobody asked for (4 MiB of them
+    cost hundreds of ML-DSA-87 verifications) are not verified. An honest relayer may
+    carry copies with bad signatures that a primary ordered, so they are no one's fault."""
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(bytes([i]) * 32) for i in range(4)]
+    driver = unstarted_driver(Config(n=4, replica_id=1), tick_ms=10)
+    driver.replica = Replica(
+        Config(n=4, replica_id=1),
+        signer=MlDsaSigner(keys[1]),
+        verifier=MlDsaVerifier([k.public_key for k in keys], backend),
+    )
+    driver._keys = tuple(k.public_key for k in keys)  # the PRE-PREPARE signers
+    verified: list[bytes] = []
+    verify_all = driver._verify_all
+
+    async def counting(requests: Any, vertices: Any, contents: Any) -> list[bool]:
+        verified.extend(r.hash for r in requests)
+        result: list[bool] = await verify_all(requests, vertices, contents)
+        return result
+
+    monkeypatch.setattr(driver, "_verify_all", counting)
+    [pre_prepare] = _burst(keys, 1)
+    bodies = pre_prepare.requests[:3]
+    # a BATCH no slot waits for: delivered (the replica ignores it), not verified
+    step = await driver._check(BYZANTINE, encode_envelope(BatchEnvelope(bodies)))
+    assert step is not None and verified == []
+    # the PRE-PREPARE alone, its bodies to come: then the batch's bodies are wanted
+    pp_only = SignedEnvelope(pre_prepare.signed, ())
+    driver.replica.step(0, pp_only)
+    pp = pre_prepare.signed.msg
+    assert isinstance(pp, PrePrepare) and driver.replica.awaits_batch(pp.digest)
+    await driver._check(BYZANTINE, encode_envelope(BatchEnvelope(pre_prepare.requests)))
+    assert verified == [r.hash for r in pre_prepare.requests]
+    # bodies beside a PRE-PREPARE that it does not list are not verified
+    verified.clear()
+    stranger = Request(hash=request_hash(_vertex_body()), body=_vertex_body())
+    padded = SignedEnvelope(pre_prepare.signed, (*bodies, stranger))
+    await driver._check(0, encode_envelope(padded))
+    assert verified == [r.hash for r in bodies]

@@ -775,6 +775,17 @@ class Replica:
             return
         self._batches[digest] = tuple(requests)
 
+    def awaits_batch(self, digest: bytes) -> bool:
+        """Whether some slot waits for the bodies of batch ``digest`` (a read-only query:
+        the driver verifies a BATCH's bodies ahead only then)."""
+        if digest in self._batches:
+            return False
+        return any(
+            (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
+            or (slot.committed is not None and slot.committed.digest == digest)
+            for slot in self._slots.values()
+        )
+
     def _on_batch(self, requests: tuple[Request, ...]) -> None:
         """Bodies of a batch some slot is waiting for (self-verifying: digest of the hashes)."""
         hashes = tuple(r.hash for r in requests)
