@@ -88,7 +88,8 @@ async def test_a_stalled_peer_blocks_nobody_and_memory_stays_bounded(tmp_path: P
             "send_queue_max": queue_max,
             "send_queue_max_bytes": queue_bytes,
             "inflight_max_bytes": window,
-            "max_frame_bytes": 1024 * 1024,
+            # 1 MiB frames, and room for a PRE-PREPARE of the default 1-MiB batch
+            "max_frame_bytes": 1024 * 1024 + 64 * 1024,
             "keepalive_ms": 2_000,
             "idle_timeout_ms": 20_000,
         },
