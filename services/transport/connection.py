@@ -184,6 +184,9 @@ class PeerConnection:
         self.cids_retired: list[bytes] = []
         #: Set once aioquic has fully terminated the connection (endpoint forgets it).
         self.terminated = False
+        #: Set when it closes: whether it had authenticated (else the endpoint forgets it
+        #: at once instead of keeping it through QUIC's closing period).
+        self.was_authenticated = False
         self._decoder = FrameDecoder(max_frame_bytes=UNAUTHENTICATED_MAX_FRAME)
         self._events: deque[ConnectionEvent] = deque()
         self._nonce = os.urandom(auth.NONCE_SIZE)
@@ -362,6 +365,9 @@ class PeerConnection:
             self._on_stream_data(event, now)
         elif isinstance(event, qe.StreamReset) and event.stream_id == STREAM_ID:
             self._fail(PeerFault(reason="stream_reset", detail="peer reset the stream"))
+        elif isinstance(event, qe.StopSendingReceived) and event.stream_id == STREAM_ID:
+            # aioquic has reset our side of the stream: nothing more can be written on it
+            self._fail(PeerFault(reason="stop_sending", detail="peer asked us to stop sending"))
 
     def _on_handshake_completed(self, now: float) -> None:
         if self.state is not State.QUIC_HANDSHAKE:
@@ -609,11 +615,20 @@ class PeerConnection:
         )
 
     def _write(self, data: bytes) -> None:
-        """Every frame to the peer goes through here: an owed ACK frame rides along."""
+        """Every frame to the peer goes through here: an owed ACK frame rides along.
+
+        Never raises: a stream the peer made unwritable (a STOP_SENDING or a reset that
+        reached aioquic before its event reached us) closes the connection, its fault.
+        """
+        if self.state is State.CLOSED:
+            return
         data = self._owed_ack() + data
         if data:
             self._stream_written = True
-            self.quic.send_stream_data(STREAM_ID, data)
+            try:
+                self.quic.send_stream_data(STREAM_ID, data)
+            except Exception as exc:  # aioquic: "Cannot send data after the stream was reset"
+                self._fail(PeerFault(reason="stream_unwritable", detail=str(exc)[:100]))
 
     def _send_frame(self, kind: FrameType, body: bytes) -> None:
         self._write(encode_frame(kind, body, max_frame_bytes=self.settings.max_frame_bytes))
@@ -625,6 +640,7 @@ class PeerConnection:
         if self.state is State.CLOSED:
             return
         was_authenticated = self.authenticated
+        self.was_authenticated = was_authenticated
         self.state = State.CLOSED
         self._pings.clear()
         if not by_peer:

@@ -221,7 +221,12 @@ class QuicEndpoint:
                 DATAGRAMS_SENT.inc(taken)
                 DATAGRAM_BYTES_SENT.inc(taken_bytes)
         self._sync_cids(conn)
-        if conn.terminated:
+        if conn.terminated or (conn.closed and not conn.was_authenticated):
+            # A connection closed before it authenticated is dropped once its CONNECTION_CLOSE
+            # is out, not kept through QUIC's closing period (3 PTO, with the peer's own
+            # max_ack_delay: about 49 s) with its buffers: strangers that open and get
+            # closed cannot pile them up outside the pending bounds.
+            self._on_activity(conn)  # its Closed event reaches the owner first
             self._forget(conn)
             return sent
         timer_at = conn.get_timer()

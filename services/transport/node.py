@@ -474,6 +474,11 @@ class TransportNode:
             self._limiter.warning(
                 f"exchange-{reason}", "dropped an outbound envelope", {"error": str(exc)}
             )
+        except Exception as exc:  # a bug: lose this envelope, never consensus's outbound stream
+            self.stats.dropped("-", "error")
+            log.exception(
+                "sending an outbound envelope failed", extra={"fields": {"error": str(exc)}}
+            )
 
     def _encode_outbound(self, envelope: transport_pb2.Envelope) -> bytes:
         wire = transport_pb2.Envelope(payload=envelope.payload)
@@ -806,8 +811,10 @@ class TransportNode:
                 self.stats.protocol_error(fault.reason)
                 self._limiter.warning(f"proto-{fault.reason}", "peer protocol violation", fields)
         elif event.by_peer and event.code not in (0, CloseCode.DUPLICATE, CloseCode.SHUTDOWN):
+            # one key for every code: the code is the peer's choice (a key per code let
+            # strangers grow the limiter and log a line per code)
             self._limiter.warning(
-                f"closed-by-peer-{event.code}",
+                "closed-by-peer",
                 "peer closed the connection",
                 {"peer": peer_name, "code": event.code, "reason": event.reason},
             )

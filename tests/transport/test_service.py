@@ -560,3 +560,61 @@ async def test_an_address_that_keeps_failing_a_members_proof_is_refused_for_a_wh
     counters = await b.counters()
     assert counters["auth_failures.bad_signature"] == 2 * AUTH_FAILURES_BEFORE_COOLDOWN + 1
     assert counters["refused.auth_cooldown"] == 1
+
+
+async def test_a_members_stop_sending_closes_only_that_connection(transports: Starter) -> None:
+    """A member that sends STOP_SENDING on the stream makes aioquic reset our side of it:
+    the next write raised, which killed the task reading consensus's Exchange stream (so
+    nothing more went to any peer) and the peer-exchange task, silently. Now it closes
+    that one connection as the member's fault; traffic to the others goes on."""
+    _, nodes = await transports(3, transport={"peer_exchange_ms": 500})
+    await all_connected(nodes)
+    a, b, c = nodes  # a: Byzantine member; b: the victim
+    conn = a.node._peers[b.node_id].conn
+    assert conn is not None and a.node._endpoint is not None
+    conn.quic.stop_stream(0, 0)
+    a.node._endpoint.transmit(conn)
+    await eventually(lambda: _has(b, "protocol_errors.stop_sending"), what="stop_sending counted")
+    call = b.stub.Exchange()
+    c_in = c.stub.Exchange()
+    try:
+        await call.write(transport_pb2.Envelope(to="", payload=b"broadcast"))
+        for i in range(5):
+            await call.write(transport_pb2.Envelope(to=c.node_id, payload=b"to-c-%d" % i))
+        got = [(await asyncio.wait_for(c_in.read(), 10)).payload for _ in range(6)]
+        assert got == [b"broadcast"] + [b"to-c-%d" % i for i in range(5)]
+        assert not [t for t in b.node._tasks if t.done()]  # no task of b's died
+        await eventually(lambda: _connected(b, a.node_id), what="a and b reconnected")
+    finally:
+        call.cancel()
+        c_in.cancel()
+
+
+async def test_a_strangers_closed_connections_are_dropped_at_once(transports: Starter) -> None:
+    """A connection closed before it authenticated was kept through QUIC's closing period
+    (3 PTO with the peer's max_ack_delay: up to ~49 s) with its buffers, outside the
+    pending bounds: strangers opening connections that get closed piled up hundreds of
+    MiB. It is forgotten once its CONNECTION_CLOSE is sent."""
+    _, nodes = await transports(2, transport={"max_pending_connections": 8, **QUIET})
+    _, b = nodes
+    assert b.node._endpoint is not None
+    before = len(b.node._endpoint.connections)
+    strangers = []
+    try:
+        for _ in range(12):  # more than max_pending_connections, from one address
+            quic, protocol = await stranger(b.node.quic_address, "127.0.0.2")
+            strangers.append(protocol)
+            await asyncio.wait_for(protocol.wait_connected(), 5)
+            # a frame before authenticating is a protocol violation: b closes at once
+            quic.send_stream_data(0, encode_frame(FrameType.MSG, b"x", max_frame_bytes=1 << 20))
+            protocol.transmit()
+            await eventually(
+                lambda: _has(b, "protocol_errors.unauthenticated_frame", len(strangers)),
+                what="closed",
+            )
+        assert len(b.node._endpoint.connections) == before  # none kept
+        counters = await b.counters()
+        assert counters.get("protocol_errors.address_pending_limit", 0) == 0  # never full
+    finally:
+        for protocol in strangers:
+            protocol.close()
