@@ -364,7 +364,7 @@ class TransportNode:
             authority=self,
             settings=conn_settings,
             on_activity=self._on_activity,
-            count=self.stats.protocol_error,
+            count=self._endpoint_rejection,
             max_pending=s.max_pending_connections,
             # members may share an address (one host, one NAT): each may be pending
             max_pending_per_address=max(MIN_PENDING_PER_ADDRESS, len(self._members)),
@@ -523,6 +523,13 @@ class TransportNode:
             )
         self._pump(peer)
         return True
+
+    def _endpoint_rejection(self, reason: str) -> None:
+        """What the endpoint refused before any connection (garbage, unknown connection
+        ids, bad Initials, Retry refusals, full send buffers): counted, and logged at
+        most once per 5 s per reason (docs/transport.md, "Bad input")."""
+        self.stats.protocol_error(reason)
+        self._limiter.warning(f"endpoint-{reason}", "datagram refused or dropped", {"reason": reason})
 
     def _drop(self, peer: Peer, reason: str, count: int = 1) -> None:
         peer.dropped += count

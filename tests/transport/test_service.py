@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -103,8 +104,9 @@ async def test_member_presenting_the_wrong_key_is_rejected(
 
 
 async def test_garbage_datagrams_and_floods_are_counted_and_harmless(
-    transports: Starter,
+    transports: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="services.transport.node")
     _, nodes = await transports(2)
     await all_connected(nodes)
     a, b = nodes
@@ -127,6 +129,11 @@ async def test_garbage_datagrams_and_floods_are_counted_and_harmless(
     counters = await b.counters()
     bad = sum(v for k, v in counters.items() if k.startswith("protocol_errors."))
     assert bad > 100, counters
+    # logged too, but at most once per reason in 5 s: a few lines for thousands
+    refused = [r for r in caplog.records if r.getMessage() == "datagram refused or dropped"]
+    reasons = [getattr(r, "fields", {}).get("reason") for r in refused]
+    assert "garbage_datagram" in reasons or "unknown_connection_datagram" in reasons, reasons
+    assert len(reasons) == len(set(reasons)) <= 8, reasons
     # still alive and delivering, connection intact
     call = b.stub.Exchange()
     await a.send(transport_pb2.Envelope(to=b.node_id, payload=b"after the storm"))
