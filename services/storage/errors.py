@@ -53,6 +53,13 @@ class DiskFull(WriteFailed):
     STATUS = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class ReadFailed(Internal):
+    """A read met damaged data (a table block that fails its checksum): never a shorter
+    answer. DATA_LOSS: restore the node from a backup or let it catch up from peers."""
+
+    STATUS = grpc.StatusCode.DATA_LOSS
+
+
 class BackupFailed(Internal):
     """A checkpoint could not be written (the target, not the database, is at fault)."""
 

@@ -39,6 +39,7 @@ from services.storage.errors import (
     FailedPrecondition,
     Halted,
     InvalidArgument,
+    ReadFailed,
     WriteFailed,
     write_error,
 )
@@ -259,6 +260,16 @@ def _check_existing(path: Path, entries: list[str]) -> list[str]:
     return existing
 
 
+def _check_iterator(it: Any, where: str) -> None:
+    """Raise :class:`ReadFailed` when an iterator stopped on damaged data, not at the end:
+    a scan must fail, never come back shorter (docs/security.md §5)."""
+    try:
+        it.status()
+    except Exception as exc:
+        log.error("damaged data read", extra={"fields": {"where": where, "error": str(exc)}})
+        raise ReadFailed(f"the database at {where} is damaged: {exc}") from None
+
+
 def dir_bytes(path: Path) -> int:
     """Bytes of every file under ``path`` (files deleted meanwhile are skipped)."""
     total = 0
@@ -427,6 +438,11 @@ class Store:
             it = source.iter(self._read)
             it.seek_to_first()
             found = it.valid()
+            if not found:
+                try:
+                    _check_iterator(it, str(self.path))
+                except ReadFailed as exc:
+                    raise DatabaseCorrupt(str(exc)) from None
             del it
             if found:
                 return True
@@ -865,6 +881,8 @@ class Store:
             yield key, it.value()
             count += 1
             it.next()
+        if not it.valid():  # the end, or a block it could not read: RocksDB tells which
+            _check_iterator(it, f"{self.path}, column family {cf_name}")
         del it
 
     def children(

@@ -13,7 +13,7 @@ import pytest
 
 from cretoai.v1 import storage_pb2
 from devkit.storage import ServiceProcess, make_config
-from services.storage.errors import DatabaseCorrupt, DatabaseError, DatabaseLocked
+from services.storage.errors import DatabaseCorrupt, DatabaseError, DatabaseLocked, ReadFailed
 from services.storage.keys import FINALIZED, SCHEMA_VERSION_KEY, seq_key, u32
 from services.storage.service import build
 from services.storage.store import Store, inspect
@@ -265,3 +265,44 @@ async def test_data_without_a_schema_version_is_refused(tmp_path: Path) -> None:
         raw.db.delete(SCHEMA_VERSION_KEY)
     with pytest.raises(DatabaseCorrupt, match="holds data but no schema version"):
         Store.open(db)
+
+
+def test_a_damaged_table_block_fails_a_scan_instead_of_shortening_it(
+    tmp_path: Path,
+) -> None:
+    """One flipped byte in a table file passes the open (RocksDB checks blocks as it reads
+    them): a point read of a key in the bad block fails, but a range scan used to stop
+    at the block and return the keys before it, with no error. The consensus loads its
+    records with such a scan at start; a shorter answer is a silent loss."""
+    import os
+
+    db = tmp_path / "db"
+    store = Store.open(db)
+    for i in range(100):
+        store.write_state(
+            storage_pb2.WriteStateRequest(
+                puts=[
+                    storage_pb2.StateEntry(key=b"k/%08d/%03d" % (i, j), value=os.urandom(512))
+                    for j in range(50)
+                ]
+            )
+        )
+        store.sync()
+    store._db.flush()
+    assert sum(1 for _ in store._scan("consensus_state", b"k/", None, 10_000)) == 5000
+    store.close()
+    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
+    size = table.stat().st_size
+    with open(table, "r+b") as f:
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    store = Store.open(db)
+    try:
+        with pytest.raises(ReadFailed, match="damaged"):
+            after = None
+            while page := store.scan_state(b"k/", after=after, limit=256):
+                after = page[-1].key
+    finally:
+        store.close()
