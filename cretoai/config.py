@@ -560,6 +560,15 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"{src}: fault_injection.byzantine: requires fault_injection.enabled")
     if cfg.transport.max_frame_bytes < 1024:
         raise ConfigError(f"{src}: transport.max_frame_bytes: must be at least 1024")
+    # The signing mark must stay outside the database: a restore or a reset moves the
+    # database directory aside, and a mark moved with it lets the node sign twice.
+    database = cfg.storage_path.resolve()
+    mark = cfg.signing_mark_path.resolve()
+    if mark.is_relative_to(database):
+        raise ConfigError(
+            f"{src}: storage.path: {database} holds the consensus signing mark ({mark}); "
+            "give the database a directory of its own (the default is <data_dir>/db)"
+        )
     # A PRE-PREPARE carries its batch's bodies in one transport frame, and a replica
     # persists them in one storage record (channels take 16 MiB; persists go in 8).
     most = min(cfg.transport.max_frame_bytes - BATCH_FRAME_OVERHEAD, MAX_BATCH_BYTES)

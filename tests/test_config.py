@@ -122,6 +122,10 @@ def test_generated_config_loads(node_config: Path) -> None:
             ),
             "consensus.batch_max_bytes: at most",
         ),
+        # the signing mark (<data_dir>/consensus/...) inside the database: a restore would
+        # move it aside with the old database, and the node could sign twice
+        (lambda d: d["storage"].update(path="data"), "holds the consensus signing mark"),
+        (lambda d: d["storage"].update(path="."), "storage.path"),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
     ],
 )
