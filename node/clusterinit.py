@@ -167,6 +167,23 @@ def _node_sections(
     return data
 
 
+def _refuse_old_data(directory: Path, names: list[str], data_dir: str | None) -> None:
+    """New keys make a new cluster: a node's old database and signing mark belong to the
+    old one (their certificates fail under the new keys), so ``--force`` does not run
+    over them. With ``reuse_keys`` they stay valid and are kept."""
+    relative = Path(data_dir or "data")
+    if relative.is_absolute():
+        return  # outside the cluster directory (a container volume): the operator's
+    for name in names:
+        data = directory / name / relative
+        if data.is_dir() and any(data.iterdir()):
+            raise ConfigError(
+                f"{data}: holds {name}'s database and signing mark, made under its old "
+                "keys; --force writes new keys (a new cluster), which cannot use them. "
+                "Move the data directories away first, or keep the keys with --reuse-keys"
+            )
+
+
 def init_cluster(
     directory: Path,
     nodes: int,
@@ -211,6 +228,8 @@ def init_cluster(
     if cluster_file.exists() and not (force or reuse_keys):
         raise ConfigError(f"{cluster_file}: already exists (use --force to overwrite)")
     names = [f"node{i}" for i in range(1, nodes + 1)]
+    if force and not reuse_keys:
+        _refuse_old_data(directory, names, data_dir)
     key_dirs = {name: _validator_key_dir(directory, key_dir, name) for name in names}
     public_keys: list[bytes] = []
     for name in names:

@@ -35,7 +35,14 @@ from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import load_private_key
 from cretoai.tls import InternalTls
-from node.clusterinit import CLUSTER_FILE, describe_node, init_cluster, load_cluster
+from node.clusterinit import (
+    CLUSTER_FILE,
+    DEFAULT_BASE_PORT,
+    DEFAULT_HTTP_PORT,
+    describe_node,
+    init_cluster,
+    load_cluster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +359,12 @@ def cluster_up(args: argparse.Namespace) -> int:
     if not (directory / CLUSTER_FILE).exists():
         print(f"initialising a {args.nodes}-node cluster in {directory}", flush=True)
         init_cluster(directory, args.nodes, http_port=args.http_port, base_port=args.base_port)
+    elif (args.http_port, args.base_port) != (DEFAULT_HTTP_PORT, DEFAULT_BASE_PORT):
+        print(
+            f"note: {directory} holds a cluster already; it keeps the ports it was "
+            "initialised with (--http-port and --base-port apply to a new one)",
+            flush=True,
+        )
     configs = [load_config(p) for p in load_cluster(directory)]
     if len(configs) != args.nodes:
         raise ConfigError(

@@ -87,7 +87,19 @@ def test_cluster_init_refuses_to_overwrite(tmp_path: Path) -> None:
         "cluster", "init", "--nodes", "1", "--dir", str(tmp_path), "--base-port", base, "--force"
     )
     assert forced.returncode == 0, forced.stderr
-    assert (tmp_path / "node1" / "node.pub").read_text() != first
+    second = (tmp_path / "node1" / "node.pub").read_text()
+    assert second != first
+    # once a node has data (its database, its signing mark), new keys would make them
+    # another cluster's: --force refuses, and nothing is changed
+    data = tmp_path / "node1" / "data" / "consensus"
+    data.mkdir(parents=True)
+    (data / "signing-mark.json").write_text("{}")
+    again = run(
+        "cluster", "init", "--nodes", "1", "--dir", str(tmp_path), "--base-port", base, "--force"
+    )
+    assert again.returncode == 2 and "--reuse-keys" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    assert (tmp_path / "node1" / "node.pub").read_text() == second
 
 
 @pytest.mark.parametrize(
@@ -110,3 +122,16 @@ def test_health_fails_when_services_are_down(cluster_factory: object) -> None:
     report = json.loads(proc.stdout)
     assert list(report["services"]) == list(registry.NAMES)  # every service, in start order
     assert all(status != "SERVING" for status in report["services"].values())
+
+
+def test_a_path_that_cannot_be_used_is_one_error_line(tmp_path: Path) -> None:
+    """An OSError (a file where a directory must be) is one ``error:`` line, exit 1."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for args in (
+        ("keygen", "--output", str(a_file / "node.key")),
+        ("cluster", "init", "--nodes", "1", "--dir", str(a_file), "--base-port", "20000"),
+    ):
+        proc = run(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr

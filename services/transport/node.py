@@ -529,7 +529,9 @@ class TransportNode:
         ids, bad Initials, Retry refusals, full send buffers): counted, and logged at
         most once per 5 s per reason (docs/transport.md, "Bad input")."""
         self.stats.protocol_error(reason)
-        self._limiter.warning(f"endpoint-{reason}", "datagram refused or dropped", {"reason": reason})
+        self._limiter.warning(
+            f"endpoint-{reason}", "datagram refused or dropped", {"reason": reason}
+        )
 
     def _drop(self, peer: Peer, reason: str, count: int = 1) -> None:
         peer.dropped += count
