@@ -447,7 +447,15 @@ class GrpcService:
             raise OSError(f"{self.name}: cannot listen on {self.bind} (address in use?)")
         await server.start()
         self._server = server
-        started = start_metrics(self.metrics_bind)
+        try:
+            started = start_metrics(self.metrics_bind)
+        except OSError as exc:
+            await server.stop(None)
+            self._server = None
+            raise OSError(
+                f"{self.name}: cannot serve metrics on {self.metrics_bind} "
+                f"([{self.name}] metrics in the config): {exc.strerror or exc}"
+            ) from None
         if started is not None:
             self._telemetry.metrics_server, self._telemetry.metrics_thread = started
             self.metrics_port = self._telemetry.metrics_port

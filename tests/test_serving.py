@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,6 +194,20 @@ async def test_port_in_use_is_a_clear_error() -> None:
             await second.start()
     finally:
         await first.stop()
+
+
+async def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+    """It named neither the service nor the setting: ``[Errno 98] Address already in use``."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        service = GrpcService(
+            name="storage", bind="127.0.0.1:0", metrics_bind=f"127.0.0.1:{port}", servicers=[]
+        )
+        with pytest.raises(OSError, match=rf"storage: cannot serve metrics on 127.0.0.1:{port}"):
+            await service.start()
+        assert service._server is None  # the gRPC server it started was stopped again
 
 
 @pytest.mark.parametrize(
