@@ -213,6 +213,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _check_certified_here(cfg: NodeConfig, source: Path, last_seq: int) -> None:
+    """Refuse a backup whose finalized batches this node's validator set did not certify:
+    another cluster's, or this one's from before its keys changed. Its certificates would
+    not verify for any client, and the node would build on a history that is not its
+    cluster's. The first and the last batch are checked (a quorum of COMMITs each)."""
+    if last_seq == 0:
+        return
+    from cretoai.crypto import get_backend
+    from services.consensus.core.certificate import InvalidCertificate, check_certificate
+    from services.consensus.core.crypto import MlDsaVerifier
+
+    verifier = MlDsaVerifier(cfg.validator_public_keys, get_backend(cfg.crypto.backend))
+    store = Store.open(source, create=False, read_only=True)
+    try:
+        for seq in sorted({1, last_seq}):
+            certificate = store._certificate(seq)
+            try:
+                check_certificate(certificate, n=len(cfg.validators), verifier=verifier)
+            except InvalidCertificate as exc:
+                raise BackupError(
+                    f"{source}: finalized batch {seq} is not certified by this node's "
+                    f"validator set ({exc}): a backup of another cluster, or of this one "
+                    "under other keys; nothing was changed"
+                ) from None
+    except DatabaseError as exc:
+        raise BackupError(f"{source} is not a usable backup: {exc}") from None
+    finally:
+        store.close()
+
+
 def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
     """Replace the node's database with a copy of the backup ``source``."""
     source = _absolute(source)
@@ -225,6 +255,7 @@ def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
         wanted = inspect(source)
     except DatabaseError as exc:
         raise BackupError(f"{source} is not a usable backup: {exc}") from None
+    _check_certified_here(cfg, source, wanted.last_seq)
     has_db = target.exists() and any(target.iterdir())
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     aside = target.with_name(f"{target.name}.before-restore-{stamp}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cretoai.config import parse_config
+from cretoai.crypto import get_backend
 from cretoai.v1 import storage_pb2
 from devkit.ports import free_tcp_port
-from devkit.storage import ServiceProcess, make_config
+from devkit.storage import ServiceProcess, config_dict, make_config
 from services.storage import backup as backup_module
 from services.storage.backup import (
     BackupError,
@@ -279,3 +282,27 @@ async def test_the_cli_backs_up_a_running_node_and_restores_a_stopped_one(
     assert again.returncode == 0 and "last_seq 3" in again.stdout  # offline this time
     bad = run_cli("backup", "--config", str(tmp_path / "missing.toml"), "--output", "x")
     assert bad.returncode == 2 and "config file not found" in bad.stderr
+
+
+async def test_restore_refuses_a_backup_another_validator_set_certified(tmp_path: Path) -> None:
+    """Another cluster's backup (or this one's under other keys) was restored without a
+    word: the node then served certificates no client could verify, lost its own history
+    and finalized on top of the foreign one. Its batches must be certified by this node's
+    validator set; nothing is changed otherwise."""
+    source_cfg = make_config(tmp_path / "source")
+    running = await start_service(source_cfg)
+    try:
+        await fill(running, Dag(), 3)
+        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b3")))
+    finally:
+        await running.stop()
+    raw = config_dict(tmp_path / "other")
+    for validator in raw["validators"]:  # the same names and addresses, other keys
+        key = get_backend("cryptography").private_key_from_seed(os.urandom(32))
+        validator["public_key"] = key.public_key.hex()
+    other = parse_config(raw, tmp_path / "other" / "node.toml")
+    with pytest.raises(BackupError, match="finalized batch 1 is not certified by this node"):
+        restore(other, tmp_path / "b3", force=True)
+    assert not other.storage_path.exists()  # nothing changed
+    info = restore(make_config(tmp_path / "mine"), tmp_path / "b3", force=False)
+    assert info.last_seq == 3  # this validator set's own backup is restored
