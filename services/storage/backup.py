@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from cretoai.config import NodeConfig
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.errors import DatabaseError, DatabaseLocked
 from services.storage.store import (
+    BACKUP_MANIFEST,
     Store,
     dir_bytes,
     inspect,
@@ -213,6 +215,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _check_same_node(cfg: NodeConfig, source: Path) -> None:
+    """Refuse another node's backup: its consensus records are what *that* node signed,
+    and this one would load them as its own. (A backup without a manifest, copied by
+    hand, is taken as it is.)"""
+    try:
+        manifest = json.loads((source / BACKUP_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    node = manifest.get("node") if isinstance(manifest, dict) else None
+    if isinstance(node, str) and node and node != cfg.node.name:
+        raise BackupError(
+            f"{source} is a backup of {node}; this node is {cfg.node.name}. A node's "
+            "consensus records are its own: restore one of its own backups, or start it "
+            "with an empty database to catch up from its peers; nothing was changed"
+        )
+
+
 def _check_certified_here(cfg: NodeConfig, source: Path, last_seq: int) -> None:
     """Refuse a backup whose finalized batches this node's validator set did not certify:
     another cluster's, or this one's from before its keys changed. Its certificates would
@@ -255,6 +274,7 @@ def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
         wanted = inspect(source)
     except DatabaseError as exc:
         raise BackupError(f"{source} is not a usable backup: {exc}") from None
+    _check_same_node(cfg, source)
     _check_certified_here(cfg, source, wanted.last_seq)
     has_db = target.exists() and any(target.iterdir())
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"

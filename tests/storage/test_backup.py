@@ -306,3 +306,22 @@ async def test_restore_refuses_a_backup_another_validator_set_certified(tmp_path
     assert not other.storage_path.exists()  # nothing changed
     info = restore(make_config(tmp_path / "mine"), tmp_path / "b3", force=False)
     assert info.last_seq == 3  # this validator set's own backup is restored
+
+
+async def test_restore_refuses_another_nodes_backup(tmp_path: Path) -> None:
+    """A backup holds its node's consensus records (what that node signed): another node
+    would load them as its own. The manifest names the node; nothing is changed."""
+    source_cfg = make_config(tmp_path / "source")
+    running = await start_service(source_cfg)
+    try:
+        await fill(running, Dag(), 2)
+        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b2")))
+    finally:
+        await running.stop()
+    assert json.loads((tmp_path / "b2" / BACKUP_MANIFEST).read_text())["node"] == "node1"
+    raw = config_dict(tmp_path / "node2")
+    raw["node"]["name"] = "node2"
+    node2 = parse_config(raw, tmp_path / "node2" / "node.toml")
+    with pytest.raises(BackupError, match="is a backup of node1; this node is node2"):
+        restore(node2, tmp_path / "b2", force=True)
+    assert not node2.storage_path.exists()
