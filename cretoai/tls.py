@@ -161,12 +161,16 @@ def generate_node_tls(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A new file of mode 0600 renamed over the old one: writing into an existing key file
+    # (O_TRUNC) kept its mode, so a 0644 one held the new key readable until the chmod.
+    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, pem)
+        os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(key_path, 0o600)
+    os.replace(tmp, key_path)
     return ca_path, cert_path, key_path
 
 

@@ -153,3 +153,30 @@ def test_tls_paths_resolve_next_to_the_config(
     cfg = load_config(layout.nodes[0].config)
     assert cfg.tls.ca == "tls/ca.crt"
     assert cfg.internal_tls is not None  # read relative to the config file, from anywhere
+
+
+def test_new_tls_material_never_leaves_the_key_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a node's TLS key into an existing file kept that file's mode: a 0644 one
+    (an operator's copy, say) held the new private key readable to every user until the
+    chmod after it. The key is written to a new 0600 file and renamed over the old."""
+    from cretoai.tls import KEY_FILE, generate_node_tls
+
+    generate_node_tls(tmp_path, "node1")
+    key = tmp_path / KEY_FILE
+    key.chmod(0o644)
+    old = key.read_bytes()
+    seen: list[int] = []
+    real_write = os.write
+
+    def watching(fd: int, data: bytes) -> int:  # the mode of the file the key goes into
+        seen.append(os.fstat(fd).st_mode & 0o777)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", watching)
+    generate_node_tls(tmp_path, "node1")
+    monkeypatch.undo()
+    assert seen == [0o600]
+    assert key.stat().st_mode & 0o777 == 0o600 and key.read_bytes() != old
+    assert not list(tmp_path.glob(".*.tmp"))
