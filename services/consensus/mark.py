@@ -13,6 +13,7 @@ exactly what lets a rolled-back replica sign twice.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -40,6 +41,29 @@ class MarkFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Hold the mark for this process (an exclusive lock on a file beside it, kept
+        until :meth:`close` or exit). Two consensus processes on one data directory (two
+        nodes configured with the same ``data_dir``, say) would overwrite each other's
+        mark, which is what keeps a rolled-back replica from signing twice."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise MarkFileError(f"cannot lock the signing mark {self.path}: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MarkFileError(
+                f"the signing mark {self.path} is in use by another consensus process: two "
+                f"nodes (or two consensus processes of one node) share the data directory "
+                f"{self.path.parent.parent}; each node needs its own node.data_dir"
+            ) from None
+        self._lock_fd = fd
 
     def load(self) -> SigningMark | None:
         """The stored mark; None when there is no file yet (a new replica)."""
@@ -103,3 +127,6 @@ class MarkFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None

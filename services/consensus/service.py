@@ -117,6 +117,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
     mark_file = MarkFile(cfg.signing_mark_path)
     try:
+        mark_file.acquire()
         signing_mark = mark_file.load()
     except MarkFileError as exc:
         raise ConfigError(str(exc)) from None

@@ -43,3 +43,30 @@ def test_a_damaged_mark_is_refused_with_advice(tmp_path: Path, content: str) -> 
     path.write_text(content)
     with pytest.raises(MarkFileError, match="is damaged"):
         MarkFile(path).load()
+
+
+def test_one_mark_is_held_by_one_consensus_process(tmp_path: Path) -> None:
+    """Two consensus processes on one data directory would overwrite each other's mark:
+    the second is refused, naming the directory, until the first lets go."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "data" / "consensus" / "signing-mark.json"
+    first = MarkFile(path)
+    first.acquire()
+    holder = (
+        "import sys; from pathlib import Path; from services.consensus.mark import MarkFile, "
+        "MarkFileError\ntry:\n    MarkFile(Path(sys.argv[1])).acquire()\nexcept MarkFileError "
+        "as exc:\n    print(exc); sys.exit(3)"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", holder, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert other.returncode == 3, other.stderr
+    assert "in use by another consensus process" in other.stdout
+    assert str(tmp_path / "data") in other.stdout
+    first.close()
+    again = subprocess.run(
+        [sys.executable, "-c", holder, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
