@@ -819,6 +819,23 @@ class TransportNode:
             else:
                 self.stats.protocol_error(fault.reason)
                 self._limiter.warning(f"proto-{fault.reason}", "peer protocol violation", fields)
+        elif (
+            event.by_peer
+            and not event.was_authenticated
+            and event.code not in (CloseCode.DUPLICATE, CloseCode.SHUTDOWN)
+        ):
+            # Ended before it authenticated, by the peer or inside QUIC (aioquic's own
+            # refusals, e.g. no common ALPN, and its idle timeout come here too): counted.
+            self.stats.auth_failure("closed_before_auth")
+            self._limiter.warning(
+                "closed-before-auth",
+                "connection ended before authentication",
+                {
+                    "code": event.code,
+                    "reason": event.reason[:100],
+                    "address": _fmt_addr(conn.address),
+                },
+            )
         elif event.by_peer and event.code not in (0, CloseCode.DUPLICATE, CloseCode.SHUTDOWN):
             # one key for every code: the code is the peer's choice (a key per code let
             # strangers grow the limiter and log a line per code)

@@ -625,3 +625,22 @@ async def test_a_strangers_closed_connections_are_dropped_at_once(transports: St
     finally:
         for protocol in strangers:
             protocol.close()
+
+
+async def test_handshakes_that_end_inside_quic_are_counted(transports: Starter) -> None:
+    """A handshake aioquic refuses itself (no common ALPN) ended with no counter moved and
+    was logged as closed by the peer: every connection that ends before it authenticates
+    is counted (``auth_failures.closed_before_auth``)."""
+    import ssl
+
+    from aioquic.asyncio.client import connect
+
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    host, port = b.node.quic_address
+    wrong = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE)
+    for _ in range(2):
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(5), connect(host, port, configuration=wrong):
+                pass
+    await eventually(lambda: _has(b, "auth_failures.closed_before_auth", 2), what="both counted")
