@@ -155,6 +155,8 @@ class Peer:
     dialing: PeerConnection | None = None
     #: An unauthenticated address hint (mDNS) to try on the next dial.
     candidate: str = ""
+    #: Whether the last dial went to a hint: the next one goes to the known address.
+    dialed_candidate: bool = False
     pump_handle: asyncio.TimerHandle | None = None
     messages_out: int = 0
     messages_in: int = 0
@@ -1036,7 +1038,12 @@ class TransportNode:
     async def _dial_once(self, peer: Peer) -> bool:
         endpoint = self._endpoint
         assert endpoint is not None
-        address, peer.candidate = peer.candidate or peer.address, ""
+        # A hint and the known address take turns: forged hints cannot keep the node
+        # from trying the member's real address.
+        if peer.candidate and not peer.dialed_candidate:
+            address, peer.candidate, peer.dialed_candidate = peer.candidate, "", True
+        else:
+            address, peer.dialed_candidate = peer.address, False
         from_candidate = address != peer.address
         parsed = auth.parse_host_port(address)
         if parsed is None:
@@ -1205,9 +1212,14 @@ class TransportNode:
         self.stats.inc("mdns.seen")
         if peer.connected or address == peer.address:
             return
+        fresh = not peer.candidate
         peer.candidate = address
-        peer.attempts = 0
-        peer.wake.set()
+        if fresh:
+            # Only the first hint since the last dial cuts the back-off short: each wake
+            # re-arms the dial delay, so a stream of forged hints kept a node from ever
+            # dialing (docs/transport.md, "Discovery").
+            peer.attempts = 0
+            peer.wake.set()
 
     @property
     def self_record(self) -> transport_pb2.AddressRecord | None:

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -644,3 +645,33 @@ async def test_handshakes_that_end_inside_quic_are_counted(transports: Starter) 
             async with asyncio.timeout(5), connect(host, port, configuration=wrong):
                 pass
     await eventually(lambda: _has(b, "auth_failures.closed_before_auth", 2), what="both counted")
+
+
+async def test_forged_address_hints_cannot_keep_a_member_undialed(transports: Starter) -> None:
+    """mDNS hints are unauthenticated. Each one reset the back-off and re-armed the dial
+    delay, and a dial took the hint over the known address: a hint every 10 ms meant the
+    member's real address was never dialed. Only the first hint since a dial wakes the
+    dialer, and a hint and the known address take turns."""
+    spec, nodes = await transports(2, extra_members=1)  # the third member is down
+    a = nodes[0]
+    assert a.node._endpoint is not None
+    member = spec.node_ids[2]
+    known = a.node._peers[member].address
+    dialed: list[str] = []
+    connect = a.node._endpoint.connect
+
+    def recording(addr: tuple[str, int], expected_peer: str) -> Any:
+        if expected_peer == member:
+            dialed.append(f"{addr[0]}:{addr[1]}")
+        return connect(addr, expected_peer)
+
+    a.node._endpoint.connect = recording  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 8
+    i = 0
+    while loop.time() < deadline and known not in dialed[1:]:  # bounded in time
+        a.node.mdns_candidate(member, f"127.0.0.9:{20000 + i}")
+        i += 1
+        await asyncio.sleep(0.01)
+    assert known in dialed, dialed  # the real address is still tried during the flood
+    assert any(d.startswith("127.0.0.9:") for d in dialed)  # and so are hints, in turn
