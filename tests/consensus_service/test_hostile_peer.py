@@ -10,6 +10,7 @@ core task that ends anyway is fatal (the process exits and is restarted), never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -413,3 +414,28 @@ async def test_bodies_the_replica_cannot_use_cost_no_verification(
     padded = SignedEnvelope(pre_prepare.signed, (*bodies, stranger))
     await driver._check(0, encode_envelope(padded))
     assert verified == [r.hash for r in bodies]
+
+
+async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's ``wait_for`` can lose a cancellation that races its timeout (the
+    ticker waits in one): stop cancels again instead of waiting on it for ever, which
+    held a container's stop until it was killed (exit 137)."""
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # as a wait_for that lost the race returns instead
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn())
+    driver._tasks = [task]
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(driver.stop(), 6)
+    assert loop.time() - started < 4  # cancelled again after a second, not waited on
+    assert swallowed.is_set() and task.cancelled()
