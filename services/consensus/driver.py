@@ -174,8 +174,7 @@ def persist_writes(
     vote for it, and its records below a new stable checkpoint go only once that is
     written. Nothing of the Ready is sent before the last write is done.
     """
-    size = sum(len(r.key) + len(r.value or b"") + 16 for r in records)
-    if size <= max_bytes:
+    if sum(_record_bytes(r) for r in records) <= max_bytes:
         return [_write_request(records)] if records else []
     puts = [r for r in records if r.value is not None]
     kept = {r.key for r in puts}
@@ -184,7 +183,7 @@ def persist_writes(
     run: list[Record] = []
     held = 0
     for record in puts:
-        record_size = len(record.key) + len(record.value or b"") + 16
+        record_size = _record_bytes(record)
         if run and held + record_size > max_bytes:
             writes.append(_write_request(run))
             run, held = [], 0
@@ -192,6 +191,11 @@ def persist_writes(
         held += record_size
     writes.append(_write_request(run + deletes))
     return writes
+
+
+def _record_bytes(record: Record) -> int:
+    """About what ``record`` adds to a WriteState request."""
+    return len(record.key) + len(record.value or b"") + 16
 
 
 def _write_request(records: Sequence[Record]) -> storage_pb2.WriteStateRequest:

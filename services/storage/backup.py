@@ -247,9 +247,11 @@ def _check_certified_here(cfg: NodeConfig, source: Path, last_seq: int) -> None:
     store = Store.open(source, create=False, read_only=True)
     try:
         for seq in sorted({1, last_seq}):
-            certificate = store._certificate(seq)
+            entry = store.finalized_entry(seq, vertices=False)
+            if entry is None:
+                raise BackupError(f"{source}: finalized batch {seq} is missing")
             try:
-                check_certificate(certificate, n=len(cfg.validators), verifier=verifier)
+                check_certificate(entry.batch.certificate, n=len(cfg.validators), verifier=verifier)
             except InvalidCertificate as exc:
                 raise BackupError(
                     f"{source}: finalized batch {seq} is not certified by this node's "

@@ -106,6 +106,19 @@ async def fill(running: Running, dag: Dag, batches: int) -> list[storage_pb2.Com
     return requests
 
 
+async def backup_of_a_node(tmp_path: Path, *, batches: int) -> Path:
+    """``batches`` finalized batches on a node of their own (under ``tmp_path/source``),
+    backed up by its running service into ``tmp_path/b<batches>``."""
+    running = await start_service(make_config(tmp_path / "source"))
+    try:
+        await fill(running, Dag(), batches)
+        path = tmp_path / f"b{batches}"
+        await running.stub.Backup(storage_pb2.BackupRequest(path=str(path)))
+    finally:
+        await running.stop()
+    return path
+
+
 async def test_backup_functions_online_offline_and_the_fallback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,13 +205,7 @@ async def test_restore_refuses_bad_sources_and_restores_into_an_empty_node(
         restore(cfg, junk, force=True)
     assert not cfg.storage_path.exists()
 
-    source_cfg = make_config(tmp_path / "source")
-    running = await start_service(source_cfg)
-    try:
-        await fill(running, Dag(), 3)
-        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b3")))
-    finally:
-        await running.stop()
+    await backup_of_a_node(tmp_path, batches=3)
     info = restore(cfg, tmp_path / "b3", force=False)
     assert (info.last_seq, info.previous) == (3, None)
     check_whole(cfg.storage_path, 3)
@@ -289,13 +296,7 @@ async def test_restore_refuses_a_backup_another_validator_set_certified(tmp_path
     word: the node then served certificates no client could verify, lost its own history
     and finalized on top of the foreign one. Its batches must be certified by this node's
     validator set; nothing is changed otherwise."""
-    source_cfg = make_config(tmp_path / "source")
-    running = await start_service(source_cfg)
-    try:
-        await fill(running, Dag(), 3)
-        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b3")))
-    finally:
-        await running.stop()
+    await backup_of_a_node(tmp_path, batches=3)
     raw = config_dict(tmp_path / "other")
     for validator in raw["validators"]:  # the same names and addresses, other keys
         key = get_backend("cryptography").private_key_from_seed(os.urandom(32))
@@ -311,13 +312,7 @@ async def test_restore_refuses_a_backup_another_validator_set_certified(tmp_path
 async def test_restore_refuses_another_nodes_backup(tmp_path: Path) -> None:
     """A backup holds its node's consensus records (what that node signed): another node
     would load them as its own. The manifest names the node; nothing is changed."""
-    source_cfg = make_config(tmp_path / "source")
-    running = await start_service(source_cfg)
-    try:
-        await fill(running, Dag(), 2)
-        await running.stub.Backup(storage_pb2.BackupRequest(path=str(tmp_path / "b2")))
-    finally:
-        await running.stop()
+    await backup_of_a_node(tmp_path, batches=2)
     assert json.loads((tmp_path / "b2" / BACKUP_MANIFEST).read_text())["node"] == "node1"
     raw = config_dict(tmp_path / "node2")
     raw["node"]["name"] = "node2"

@@ -778,13 +778,16 @@ class Replica:
     def awaits_batch(self, digest: bytes) -> bool:
         """Whether some slot waits for the bodies of batch ``digest`` (a read-only query:
         the driver verifies a BATCH's bodies ahead only then)."""
-        if digest in self._batches:
-            return False
-        return any(
-            (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
+        return digest not in self._batches and bool(self._waiting_for(digest))
+
+    def _waiting_for(self, digest: bytes) -> list[tuple[int, _Slot]]:
+        """The slots whose PRE-PREPARE or commit is for batch ``digest``."""
+        return [
+            (seq, slot)
+            for seq, slot in self._slots.items()
+            if (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
             or (slot.committed is not None and slot.committed.digest == digest)
-            for slot in self._slots.values()
-        )
+        ]
 
     def _on_batch(self, requests: tuple[Request, ...]) -> None:
         """Bodies of a batch some slot is waiting for (self-verifying: digest of the hashes)."""
@@ -792,12 +795,7 @@ class Replica:
         digest = batch_digest(hashes)
         if digest in self._batches:
             return
-        waiting = [
-            (seq, slot)
-            for seq, slot in self._slots.items()
-            if (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
-            or (slot.committed is not None and slot.committed.digest == digest)
-        ]
+        waiting = self._waiting_for(digest)
         if not waiting or len(hashes) != len(set(hashes)):
             return
         if sum(r.size for r in requests) > self.config.batch_max_bytes:
