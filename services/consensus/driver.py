@@ -85,7 +85,13 @@ INBOX = Gauge("cretoai_consensus_inbox_depth", "Inputs waiting for the replica t
 VIEW_CHANGES = Counter("cretoai_consensus_view_changes_total", "Views this replica moved to")
 BYZANTINE = Counter(
     "cretoai_consensus_byzantine_events_total",
-    "Faults charged to peers (peer: the member's name, as in the transport's metrics)",
+    "Faults that cost a peer reputation (peer: the member's name, as in the transport's metrics)",
+    ["peer", "kind"],
+)
+LATE_MESSAGES = Counter(
+    "cretoai_consensus_late_messages_total",
+    "Peers' messages for a view or seq left behind or above the window: honest peers send "
+    "them when retransmissions cross, so they cost no reputation (peer, kind as above)",
     ["peer", "kind"],
 )
 BANS = Counter("cretoai_consensus_bans_total", "Peers banned")
@@ -780,7 +786,8 @@ class Driver:
         for evidence in rd.evidence:
             self._background(self._record_evidence(evidence))
         for fault in rd.faults:
-            BYZANTINE.labels(self.names[fault.peer], fault.kind.value).inc()
+            counter = BYZANTINE if PENALTY[fault.kind] else LATE_MESSAGES
+            counter.labels(self.names[fault.peer], fault.kind.value).inc()
             self._log_fault(fault.peer, fault.kind)
         for peer in rd.bans:
             BANS.inc()

@@ -45,9 +45,9 @@ from services.consensus.core.messages import (
     StateRequestEnvelope,
     StatusEnvelope,
 )
-from services.consensus.core.ready import Record
+from services.consensus.core.ready import Ready, Record
 from services.consensus.core.replica import Replica
-from services.consensus.core.reputation import FaultKind
+from services.consensus.core.reputation import Fault, FaultKind
 from services.consensus.driver import PERSIST_MAX_BYTES, Driver, persist_writes, request_hash
 from services.consensus.retry import StorageCallFailed, call_until_done
 from services.consensus.service import load_records
@@ -439,3 +439,26 @@ async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
         await asyncio.wait_for(driver.stop(), 6)
     assert loop.time() - started < 4  # cancelled again after a second, not waited on
     assert swallowed.is_set() and task.cancelled()
+
+
+async def test_only_faults_that_cost_reputation_count_as_byzantine_events() -> None:
+    """Honest peers send stale and out-of-window messages when retransmissions cross: a
+    healthy cluster must not show them as Byzantine events, but they are still counted."""
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+    peer = driver.names[BYZANTINE]
+
+    def sample(name: str, kind: FaultKind) -> float:
+        return REGISTRY.get_sample_value(name, {"peer": peer, "kind": kind.value}) or 0.0
+
+    byzantine = "cretoai_consensus_byzantine_events_total"
+    late = "cretoai_consensus_late_messages_total"
+    kinds = (FaultKind.STALE, FaultKind.OUT_OF_WINDOW, FaultKind.PROTOCOL)
+    before = {(name, kind): sample(name, kind) for name in (byzantine, late) for kind in kinds}
+    faults = tuple(Fault(BYZANTINE, kind, score=0) for kind in kinds)
+    await driver._carry_out(Ready(faults=faults))
+    moved = {key for key, value in before.items() if sample(*key) != value}
+    assert moved == {
+        (late, FaultKind.STALE),
+        (late, FaultKind.OUT_OF_WINDOW),
+        (byzantine, FaultKind.PROTOCOL),
+    }
