@@ -84,6 +84,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 FRAME = struct.Struct(">I")
 #: Consensus stand-ins' messages through the transport: a batch, a peer stored one.
 BATCH, STORED = b"B", b"S"
+#: A message handed to the transport stand-in that starts with this and a peer's index
+#: goes to that peer alone (``bench.latency_floor``); any other goes to every peer.
+TO_ONE = b"@"
 
 
 def _method(name: str) -> str:
@@ -200,7 +203,7 @@ async def transport_main(spec: dict[str, Any], node: int) -> None:
     identity = ephemeral_identity()  # as the node's transport: a fresh Ed25519 certificate
 
     inbound: asyncio.Queue[bytes] = asyncio.Queue()
-    outbound: list[asyncio.StreamWriter] = []
+    outbound: dict[int, asyncio.StreamWriter] = {}
 
     async def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -222,8 +225,11 @@ async def transport_main(spec: dict[str, Any], node: int) -> None:
     async def exchange(requests: AsyncIterator[bytes], context: Any) -> None:
         async def send() -> None:
             async for data in requests:
+                to: Sequence[asyncio.StreamWriter] = tuple(outbound.values())
+                if data[:1] == TO_ONE:  # b"@" + the peer's index: to that peer alone
+                    data, to = data[2:], (outbound[data[1]],)
                 frame = FRAME.pack(len(data)) + data
-                for writer in outbound:
+                for writer in to:
                     writer.write(frame)
 
         sender = asyncio.create_task(send())
@@ -251,7 +257,7 @@ async def transport_main(spec: dict[str, Any], node: int) -> None:
             )
             _grow_buffers(protocol._transport)
             _, writer = await protocol.create_stream()
-            outbound.append(writer)
+            outbound[peer] = writer
         _say("ready")
         await _until_terminated(grpc_server)
     server.close()
@@ -516,10 +522,17 @@ def free_ports(count: int) -> list[int]:
 
 
 class Process:
-    def __init__(self, role: str, node: int, spec_path: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        role: str,
+        node: int,
+        spec_path: Path,
+        extra: Sequence[str] = (),
+        module: str = "bench.floor",
+    ) -> None:
         self.role, self.node = role, node
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor", "--role", role, "--node", str(node),
+            [sys.executable, "-m", module, "--role", role, "--node", str(node),
              "--spec", str(spec_path), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

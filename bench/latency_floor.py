@@ -1,0 +1,467 @@
+"""The architecture's latency floor: how fast one vertex can be final in the node's
+mandated shape at low load, with PBFT's three phases and nothing else, in real processes.
+
+    .venv/bin/python -m bench.latency_floor [--rate 10] [--seconds 20] [--entry all|primary]
+                                            [--no-persist]
+
+Issue #14 asks for finality p50 <= 25 ms and p99 <= 50 ms at 10 vertices/s. ``bench.floor``
+measures the shape's floor at saturation; this measures its floor for latency. Four nodes of
+four processes each on loopback, built from the node's libraries (grpc.aio, aioquic,
+rocksdict, ``cryptography``'s ML-DSA-87), the gateway, transport and storage stand-ins of
+``bench.floor``, and a consensus stand-in that runs the normal case of PBFT with nothing
+around it:
+
+* the entry node forwards a client's vertex to the primary (node 1) unless it is the primary;
+* the primary verifies the vertex's signature, signs a PRE-PREPARE (seq, SHA3-256 of the
+  vertex) and sends it with the vertex to every backup;
+* a backup verifies the PRE-PREPARE's signature and the vertex's, signs a PREPARE and sends
+  it to every replica;
+* a replica with the PRE-PREPARE and 2f matching PREPAREs (each signature verified) writes
+  the vertex and its prepared state to its storage, synced (``--no-persist``: not at all),
+  then signs a COMMIT and sends it to every replica;
+* with 2f + 1 matching COMMITs (each verified) the entry node answers the client.
+
+What a real node does beyond this is left out, so that the figure is a lower bound: the
+signing-mark fsync, the synced write before a PREPARE, execution (parents, heights,
+indexes) and its synced write before the answer, certificates and their checks, dedup,
+admission, TLS on the internal hops, metrics, tracing; and its messages are protobuf, these
+are a few packed fields. Every signature is ML-DSA-87 and checked on the event loop, as the
+node checks a lone signature.
+
+A load process sends pre-signed 1 KB vertices (as ``bench.cluster_load``'s, about 8.3 KB)
+at ``--rate`` per second on an open-loop schedule, round-robin over the four gateways
+(``--entry primary``: to the primary's only, no forwarding), each on a gRPC stream of its
+own. Latency is measured from each vertex's due time to its answer, over the vertices due
+in the measured window after ``--warmup``; the CPU of every process over the same window.
+Writes ``bench/results/latency_floor.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import floor
+
+RESULT = floor.ROOT / "bench" / "results" / "latency_floor.json"
+NODES = floor.NODES
+F = (NODES - 1) // 3
+PRIMARY = 0
+PAYLOAD_BYTES = 1024
+#: Consensus stand-ins' messages: a forwarded request, PRE-PREPARE, PREPARE, COMMIT.
+REQUEST, PRE_PREPARE, PREPARE, COMMIT = b"F", b"P", b"R", b"C"
+CONTEXT = b"cretoai.bench.latency_floor"
+ID_BYTES = 8
+
+
+@dataclass
+class Slot:
+    """What one replica knows of one sequence number."""
+
+    digest: bytes | None = None
+    vertex: bytes = b""
+    entry: int = 0
+    request_id: bytes = b""
+    prepares: dict[int, bytes] = field(default_factory=dict)  # sender -> digest
+    commits: dict[int, bytes] = field(default_factory=dict)
+    committing: bool = False
+    done: bool = False
+
+    def votes(self, kind: dict[int, bytes]) -> int:
+        return sum(digest == self.digest for digest in kind.values())
+
+
+def _vote_body(kind: bytes, seq: int, digest: bytes) -> bytes:
+    return kind + seq.to_bytes(8, "big") + digest
+
+
+async def consensus_main(spec: dict[str, Any], node: int) -> None:
+    from cretoai.crypto import get_backend
+    from cretoai.v1 import vertex_pb2
+    from cretoai.vertex import verify_vertex
+
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(bytes.fromhex(seed)) for seed in spec["seeds"]]
+    public = [key.public_key for key in keys]
+    me = keys[node]
+    persist = bool(spec["persist"])
+    loop = asyncio.get_running_loop()
+    store_call: Any = floor._channel(spec["ports"]["S"][node]).stream_stream(
+        floor._method("Store")
+    )(wait_for_ready=True)
+    exchange: Any = floor._channel(spec["ports"]["T"][node]).stream_stream(
+        floor._method("Exchange")
+    )(wait_for_ready=True)
+    store_lock, exchange_lock = asyncio.Lock(), asyncio.Lock()
+    stored: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+    slots: dict[int, Slot] = {}
+    next_seq = [0]
+    counts = {"committed": 0, "bad": 0}
+
+    def verified(signer: int, body: bytes, signature: bytes) -> bool:
+        ok = backend.verify(public[signer], body, signature, context=CONTEXT)
+        counts["bad"] += not ok
+        return ok
+
+    async def send(message: bytes) -> None:
+        async with exchange_lock:
+            await exchange.write(message)
+
+    async def store(data: bytes) -> None:
+        done = loop.create_future()
+        async with store_lock:
+            stored.put_nowait(done)
+            await store_call.write(data)
+        await done
+
+    async def store_acks() -> None:
+        async for _ in store_call:
+            stored.get_nowait().set_result(None)
+
+    def slot(seq: int) -> Slot:
+        return slots.setdefault(seq, Slot())
+
+    async def propose(entry: int, request_id: bytes, vertex: bytes) -> None:
+        """The primary: order a request."""
+        if not verify_vertex(vertex_pb2.Vertex.FromString(vertex), backend):
+            counts["bad"] += 1
+            return
+        next_seq[0] += 1
+        seq = next_seq[0]
+        s = slot(seq)
+        s.digest, s.vertex, s.entry, s.request_id = (
+            hashlib.sha3_256(vertex).digest(), vertex, entry, request_id)  # fmt: skip
+        signature = me.sign(_vote_body(PRE_PREPARE, seq, s.digest), context=CONTEXT)
+        header = seq.to_bytes(8, "big") + bytes([entry]) + request_id
+        await send(PRE_PREPARE + header + len(signature).to_bytes(2, "big") + signature + vertex)
+        await progress(seq)
+
+    async def on_pre_prepare(message: bytes) -> None:
+        seq = int.from_bytes(message[1:9], "big")
+        entry, request_id = message[9], message[10 : 10 + ID_BYTES]
+        at = 10 + ID_BYTES
+        size = int.from_bytes(message[at : at + 2], "big")
+        signature, vertex = message[at + 2 : at + 2 + size], message[at + 2 + size :]
+        digest = hashlib.sha3_256(vertex).digest()
+        if not verified(PRIMARY, _vote_body(PRE_PREPARE, seq, digest), signature):
+            return
+        if not verify_vertex(vertex_pb2.Vertex.FromString(vertex), backend):
+            counts["bad"] += 1
+            return
+        s = slot(seq)
+        s.digest, s.vertex, s.entry, s.request_id = digest, vertex, entry, request_id
+        await vote(PREPARE, seq, s)
+
+    async def vote(kind: bytes, seq: int, s: Slot) -> None:
+        assert s.digest is not None
+        signature = me.sign(_vote_body(kind, seq, s.digest), context=CONTEXT)
+        (s.prepares if kind == PREPARE else s.commits)[node] = s.digest
+        await send(kind + bytes([node]) + seq.to_bytes(8, "big") + s.digest + signature)
+        await progress(seq)
+
+    async def on_vote(message: bytes) -> None:
+        kind, sender, seq = message[:1], message[1], int.from_bytes(message[2:10], "big")
+        digest, signature = message[10:42], message[42:]
+        if sender == node or not verified(sender, _vote_body(kind, seq, digest), signature):
+            return
+        s = slot(seq)
+        (s.prepares if kind == PREPARE else s.commits)[sender] = digest
+        await progress(seq)
+
+    async def progress(seq: int) -> None:
+        s = slot(seq)
+        if s.digest is None:
+            return
+        if not s.committing and s.votes(s.prepares) >= 2 * F:  # prepared
+            s.committing = True
+            if persist:
+                await store(seq.to_bytes(8, "big") + s.digest + s.vertex)
+            await vote(COMMIT, seq, s)
+            return
+        if not s.done and s.votes(s.commits) >= 2 * F + 1:  # committed
+            s.done = True
+            counts["committed"] += 1
+            if s.entry == node:
+                answers.put_nowait(s.request_id)
+            slots.pop(seq - 64, None)  # bounded: old slots are never needed again
+
+    running: set[asyncio.Task[None]] = set()
+
+    def spawn(work: Any) -> None:
+        task = loop.create_task(work)
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def from_peers() -> None:
+        async for message in exchange:
+            kind = message[:1]
+            if kind == REQUEST:
+                spawn(propose(message[1], message[2 : 2 + ID_BYTES], message[2 + ID_BYTES :]))
+            elif kind == PRE_PREPARE:
+                spawn(on_pre_prepare(message))
+            elif kind in (PREPARE, COMMIT):
+                spawn(on_vote(message))
+
+    async def ingest(requests: AsyncIterator[bytes], context: Any) -> None:
+        async def read() -> None:
+            async for data in requests:
+                request_id, vertex = data[:ID_BYTES], data[ID_BYTES:]
+                if node == PRIMARY:
+                    spawn(propose(node, request_id, vertex))
+                else:
+                    spawn(send(floor.TO_ONE + bytes([PRIMARY]) + REQUEST + bytes([node]) + data))
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                await context.write(await answers.get())
+        finally:
+            reader.cancel()
+
+    async def stats(request: bytes, context: Any) -> bytes:
+        return json.dumps(counts).encode()
+
+    tasks = [loop.create_task(store_acks()), loop.create_task(from_peers())]
+    server = await floor._serve(
+        spec["ports"]["C"][node],
+        {
+            "Ingest": grpc.stream_stream_rpc_method_handler(ingest),
+            "Stats": grpc.unary_unary_rpc_method_handler(stats),
+        },
+    )
+    floor._say("ready")
+    try:
+        await floor._until_terminated(server)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def signed_vertices(count: int) -> list[bytes]:
+    """``count`` distinct client-signed vertices, as cluster_load's (1 KB payload, 2 parents)."""
+    from cretoai.crypto import get_backend
+    from cretoai.crypto.keys import NodeKey
+    from cretoai.vertex import make_vertex
+
+    backend = get_backend("auto")
+    keys = [
+        NodeKey(private=backend.private_key_from_seed(os.urandom(32)), path=Path("<bench>"))
+        for _ in range(NODES)
+    ]
+    now = int(time.time() * 1000)
+    return [
+        make_vertex(
+            keys[i % NODES], os.urandom(PAYLOAD_BYTES), [os.urandom(32) for _ in range(2)], now
+        ).SerializeToString()
+        for i in range(count)
+    ]
+
+
+def percentiles(latencies_ms: list[float]) -> dict[str, float | int | None]:
+    """Nearest-rank percentiles (pure: unit-tested)."""
+    if not latencies_ms:
+        return {"count": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(latencies_ms)
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * q) - 1))], 2)
+
+    return {
+        "count": len(ordered),
+        "p50_ms": rank(0.50),
+        "p90_ms": rank(0.90),
+        "p99_ms": rank(0.99),
+        "max_ms": round(ordered[-1], 2),
+        "mean_ms": round(statistics.fmean(ordered), 2),
+    }
+
+
+async def load_main(spec: dict[str, Any]) -> None:
+    """Send at ``rate`` on an open-loop schedule; report each measured vertex's latency."""
+    rate, warmup, seconds = spec["rate"], spec["warmup"], spec["seconds"]
+    count = int(rate * (warmup + seconds))
+    vertices = signed_vertices(count)
+    entries = list(range(NODES)) if spec["entry"] == "all" else [PRIMARY]
+    due: dict[bytes, float] = {}
+    answered: dict[bytes, float] = {}
+    calls: list[Any] = []
+    for node in entries:
+        channel = floor._channel(spec["ports"]["G"][node])
+        calls.append(channel.stream_stream(floor._method("Submit"))(wait_for_ready=True))
+
+    all_answered = asyncio.Event()
+
+    async def answers(call: Any) -> None:
+        async for request_id in call:
+            answered[request_id] = time.perf_counter()
+            if len(answered) == count:
+                all_answered.set()
+
+    readers = [asyncio.create_task(answers(call)) for call in calls]
+    floor._say("ready")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # go
+    start = time.perf_counter() + 0.1
+    floor._say(json.dumps({"window_starts_in_s": round(start + warmup - time.perf_counter(), 3)}))
+    for i, vertex in enumerate(vertices):
+        at = start + i / rate
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        request_id = i.to_bytes(ID_BYTES, "big")
+        due[request_id] = at
+        await calls[i % len(calls)].write(request_id + vertex)
+    with contextlib.suppress(TimeoutError):  # the last answers, for at most 5 s
+        await asyncio.wait_for(all_answered.wait(), 5.0)
+    for reader in readers:
+        reader.cancel()
+    measured = [rid for rid, at in due.items() if at >= start + warmup]
+    latencies = [1000 * (answered[rid] - due[rid]) for rid in measured if rid in answered]
+    floor._say(json.dumps({
+        "sent": len(due),
+        "measured": len(measured),
+        "unanswered_in_window": sum(rid not in answered for rid in measured),
+        "latency": percentiles(latencies),
+    }))  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "benchmark": "latency_floor",
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": floor.machine(),
+        "parameters": {
+            "nodes": NODES,
+            "rate_per_s": args.rate,
+            "warmup_s": args.warmup,
+            "window_s": args.seconds,
+            "entry": args.entry,
+            "persist_before_commit": not args.no_persist,
+            "vertex": f"{PAYLOAD_BYTES} B payload, 2 parents, ML-DSA-87 (about 8.3 KB)",
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="cretoai-latency-floor-") as tmp:
+        names = ["S", "T", "Q", "C", "G"]
+        ports = floor.free_ports(len(names) * NODES)
+        spec = {
+            "dir": tmp,
+            "verify_threads": 1,
+            "ports": {n: ports[i * NODES : (i + 1) * NODES] for i, n in enumerate(names)},
+            "seeds": [os.urandom(32).hex() for _ in range(NODES)],
+            "persist": not args.no_persist,
+            "rate": args.rate,
+            "warmup": args.warmup,
+            "seconds": args.seconds,
+            "entry": args.entry,
+        }
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        spec_path.chmod(0o600)  # it holds the stand-ins' signing seeds
+        processes: list[floor.Process] = []
+        try:
+            for role in floor.ROLES:
+                now = [
+                    floor.Process(role, n, spec_path, module="bench.latency_floor")
+                    for n in range(NODES)
+                ]
+                processes += now
+                for p in now:
+                    p.expect("listening" if role == "T" else "ready")
+                if role == "T":
+                    for p in now:
+                        p.tell()
+                    for p in now:
+                        p.expect("ready")
+            load = floor.Process("L", 0, spec_path, module="bench.latency_floor")
+            processes.append(load)
+            load.expect("ready")
+            load.tell()  # go
+            assert load.popen.stdout is not None
+            starts_in = json.loads(load.popen.stdout.readline())["window_starts_in_s"]
+            time.sleep(max(0.0, starts_in))  # to the window's start: the load's own schedule
+            before = {f"{p.role}{p.node}": floor.cpu_seconds(p.popen.pid) for p in processes}
+            busy_before, t0 = floor.machine_busy_seconds(), time.perf_counter()
+            time.sleep(args.seconds)
+            after = {f"{p.role}{p.node}": floor.cpu_seconds(p.popen.pid) for p in processes}
+            busy, window = floor.machine_busy_seconds() - busy_before, time.perf_counter() - t0
+            result["load"] = json.loads(load.popen.stdout.readline())
+            result["consensus_counts"] = floor.stats(spec)  # committed, bad signatures
+        finally:
+            for p in reversed(processes):
+                p.stop()
+    by_role: dict[str, float] = {}
+    for name, cpu in after.items():
+        role = floor.ROLE_NAMES[name[0]]
+        by_role[role] = by_role.get(role, 0.0) + (cpu - before[name]) / window
+    nodes_cores = sum(v for k, v in by_role.items() if k != "load")
+    result["cpu"] = {
+        "cores_by_role": {k: round(v, 3) for k, v in sorted(by_role.items())},
+        "cores_per_node": round(nodes_cores / NODES, 3),
+        "cluster_ms_per_vertex": round(1000 * nodes_cores / args.rate, 2),
+        "machine_busy_cores": round(busy / window, 3),
+    }
+    latency = result["load"]["latency"]
+    result["targets"] = {
+        "p50_le_25_ms": None if latency["p50_ms"] is None else latency["p50_ms"] <= 25,
+        "p99_le_50_ms": None if latency["p99_ms"] is None else latency["p99_ms"] <= 50,
+    }
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rate", type=float, default=10.0, help="vertices per second (10)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window (20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="before the window (3)")
+    parser.add_argument("--entry", choices=("all", "primary"), default="all",
+                        help="gateways to send to (all: round-robin, as cluster_load)")  # fmt: skip
+    parser.add_argument("--no-persist", action="store_true",
+                        help="no synced write before the COMMIT")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument("--role", choices=[*floor.ROLES, "L"], help=argparse.SUPPRESS)
+    parser.add_argument("--node", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role:
+        spec = json.loads(args.spec.read_text())
+        mains = {
+            "S": floor.storage_main,
+            "T": floor.transport_main,
+            "C": consensus_main,
+            "G": floor.gateway_main,
+        }
+        with contextlib.suppress(KeyboardInterrupt):
+            if args.role == "L":
+                asyncio.run(load_main(spec))
+            else:
+                asyncio.run(mains[args.role](spec, args.node))
+        return 0
+    if not (0.5 <= args.rate <= 200 and 1 <= args.seconds <= 300 and 0 <= args.warmup <= 60):
+        parser.error("bounds: --rate [0.5, 200], --seconds [1, 300], --warmup [0, 60]")
+    result = run(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("load", "cpu", "targets")}, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
