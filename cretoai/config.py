@@ -475,6 +475,14 @@ def _validate(cfg: NodeConfig) -> None:
                     f"{src}: {section}.listen: {listen} is not a loopback address; an internal "
                     "service listens beyond loopback only with mutual TLS ([tls] ca, cert, key)"
                 )
+            # Without TLS a caller would send plaintext there and trust whoever answers.
+            advertise = getattr(cfg, section).advertise
+            if advertise and not is_loopback(advertise):
+                raise ConfigError(
+                    f"{src}: {section}.advertise: {advertise} is not a loopback address; the "
+                    "other services dial an internal service beyond loopback only with mutual "
+                    "TLS ([tls] ca, cert, key)"
+                )
     for name in (
         "max_body_bytes",
         "max_payload_bytes",

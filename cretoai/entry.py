@@ -79,6 +79,11 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
         log_format=cfg.telemetry.log_format,
     )
     _log_crypto_backend(cfg)
+    if not cfg.tls.ca and name != "gateway":
+        log.warning(
+            "no [tls] in the config: this internal service speaks plaintext on loopback, and "
+            "any local process can call it (cluster init writes [tls]; docs/security.md)"
+        )
 
     async def main() -> None:
         service = await build(cfg)

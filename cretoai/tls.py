@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cretoai.files import foreign_problem, write_atomically
 
 #: The name every internal certificate is issued to and every client checks.
 SERVER_NAME = "cretoai-internal"
@@ -65,14 +66,18 @@ class InternalTls:
 def load_internal_tls(ca: Path, cert: Path, key: Path) -> InternalTls:
     """Read the three files; the key must not be readable by group or others."""
     try:
-        mode = key.stat().st_mode
+        st = key.stat()
     except OSError as exc:
         raise TlsError(f"internal TLS key {key}: {exc.strerror or exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TlsError(
             f"internal TLS key {key} is readable by group or others "
-            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {key}"
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {key}"
         )
+    for path in (key, ca):  # the key and the CA decide whom the node's services trust
+        foreign = foreign_problem(path)
+        if foreign is not None:
+            raise TlsError(f"internal TLS file {path} {foreign}")
     parts = []
     for what, path in (("CA certificate", ca), ("certificate", cert), ("key", key)):
         try:
@@ -154,8 +159,8 @@ def generate_node_tls(
         .sign(ca_key, hashes.SHA256())
     )
     ca_path, cert_path, key_path = (directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE))
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -163,14 +168,7 @@ def generate_node_tls(
     )
     # A new file of mode 0600 renamed over the old one: writing into an existing key file
     # (O_TRUNC) kept its mode, so a 0644 one held the new key readable until the chmod.
-    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, key_path)
+    write_atomically(key_path, pem, 0o600)
     return ca_path, cert_path, key_path
 
 

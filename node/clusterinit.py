@@ -25,7 +25,6 @@ the node's certificate names every one of them.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from cretoai.crypto.keys import (
     read_public_key,
     write_keypair,
 )
+from cretoai.files import check_directories, write_atomically
 from cretoai.tls import CA_FILE, CERT_FILE, KEY_FILE, generate_node_tls
 
 DEFAULT_HTTP_PORT = 8080
@@ -231,6 +231,19 @@ def init_cluster(
     if force and not reuse_keys:
         _refuse_old_data(directory, names, data_dir)
     key_dirs = {name: _validator_key_dir(directory, key_dir, name) for name in names}
+    problem = check_directories(
+        [
+            directory,
+            *(directory / n for n in names),
+            *(directory / n / "tls" for n in names),
+            *key_dirs.values(),
+        ]
+    )
+    if problem is not None:
+        raise ConfigError(
+            f"{problem}: another user could replace the keys, certificates or configs "
+            "written there; use a directory only you can write"
+        )
     public_keys: list[bytes] = []
     for name in names:
         kdir = key_dirs[name]
@@ -289,18 +302,14 @@ def init_cluster(
             )
         config_path = node_dir / CONFIG_FILE
         cfg = parse_config(data, config_path)  # validate before writing
-        tmp = config_path.with_suffix(".toml.tmp")
-        tmp.write_bytes(tomli_w.dumps(to_toml_dict(cfg)).encode())
-        os.replace(tmp, config_path)
+        write_atomically(config_path, tomli_w.dumps(to_toml_dict(cfg)).encode())
         nid = node_id(public_keys[i])
         layouts.append(NodeLayout(name=name, directory=node_dir, config=config_path, node_id=nid))
         gateway_host = (
             None if service_host is None else service_hostname(service_host, name, "gateway")
         )
         summary["nodes"].append(describe_node(cfg, nid, gateway_host=gateway_host))
-    tmp = cluster_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, cluster_file)
+    write_atomically(cluster_file, (json.dumps(summary, indent=2) + "\n").encode())
     return ClusterLayout(directory=directory, nodes=tuple(layouts))
 
 

@@ -34,6 +34,7 @@ from cretoai import registry
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import load_private_key
+from cretoai.files import write_atomically
 from cretoai.tls import InternalTls
 from node.clusterinit import (
     CLUSTER_FILE,
@@ -385,7 +386,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         summary = {"nodes": [describe_node(c, "") for c in configs]}
         for node, cfg in zip(summary["nodes"], configs, strict=True):
             node["node_id"] = load_private_key(cfg.key_path, cfg.crypto.backend).node_id
-        (directory / CLUSTER_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomically(directory / CLUSTER_FILE, (json.dumps(summary, indent=2) + "\n").encode())
         print("cluster ready:")
         for node in summary["nodes"]:
             print(f"  {node['name']}  {node['gateway_url']}")

@@ -126,6 +126,14 @@ def test_a_config_with_a_public_internal_address_needs_tls(
     data["tls"] = {"ca": "tls/ca.crt"}
     with pytest.raises(ConfigError, match="set ca, cert and key together"):
         parse_config(data, cfg.source)
+    # nor may the others dial one off loopback: plaintext, trusting whoever answers there
+    data.pop("tls")
+    data["storage"]["listen"] = "127.0.0.1:7003"
+    data["storage"]["advertise"] = "203.0.113.7:7003"
+    with pytest.raises(ConfigError, match=r"storage.advertise: 203.0.113.7:7003 is not a loop"):
+        parse_config(data, cfg.source)
+    data["storage"]["advertise"] = "127.0.0.2:7003"
+    parse_config(data, cfg.source)
 
 
 def test_cluster_init_gives_each_node_its_own_ca_and_a_private_key(
@@ -168,13 +176,14 @@ def test_new_tls_material_never_leaves_the_key_readable(
     key.chmod(0o644)
     old = key.read_bytes()
     seen: list[int] = []
-    real_write = os.write
+    real_fchmod = os.fchmod
 
-    def watching(fd: int, data: bytes) -> int:  # the mode of the file the key goes into
-        seen.append(os.fstat(fd).st_mode & 0o777)
-        return real_write(fd, data)
+    def watching(fd: int, mode: int) -> None:  # the key's bytes are in: the file's mode then
+        if os.pread(fd, 64, 0).startswith(b"-----BEGIN PRIVATE KEY"):
+            seen.append(os.fstat(fd).st_mode & 0o777)
+        real_fchmod(fd, mode)
 
-    monkeypatch.setattr(os, "write", watching)
+    monkeypatch.setattr(os, "fchmod", watching)
     generate_node_tls(tmp_path, "node1")
     monkeypatch.undo()
     assert seen == [0o600]

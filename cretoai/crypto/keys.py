@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cretoai.crypto.backend import SEED_SIZE, Backend, PrivateKey, get_backend
+from cretoai.files import foreign_problem, write_atomically
 
 PRIVATE_KEY_FILE = "node.key"
 PUBLIC_KEY_FILE = "node.pub"
@@ -94,16 +95,10 @@ def write_keypair(directory: Path, *, force: bool = False, stem: str = "node") -
     seed = os.urandom(SEED_SIZE)
     pem = _seed_to_pem(seed)
     public = get_backend("cryptography").private_key_from_seed(seed).public_key
-    # Create the private key 0600 from the start: never world-readable, not even briefly.
-    tmp = private_path.with_name(private_path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, private_path)
-    public_path.write_text(public.hex() + "\n")
+    # A new file, 0600 from the start (never readable by others, not even briefly), created
+    # under a random name without following links, then renamed into place.
+    write_atomically(private_path, pem, 0o600)
+    write_atomically(public_path, (public.hex() + "\n").encode())
     return private_path, node_id(public)
 
 
@@ -122,6 +117,9 @@ def load_private_key(path: Path, backend: Backend | str = "auto") -> NodeKey:
             f"{path}: private key is accessible by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
         )
+    foreign = foreign_problem(path, st)
+    if foreign is not None:  # another user's key, e.g. swapped into a directory they write
+        raise KeyFileError(f"{path}: private key {foreign}")
     try:
         pem = path.read_bytes()
     except OSError as exc:

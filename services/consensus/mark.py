@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prometheus_client import Histogram
 
+from cretoai.files import foreign_problem
 from services.consensus.core.durable import SigningMark
 
 MARK_SYNC = Histogram(
@@ -51,7 +52,13 @@ class MarkFile:
         lock = self.path.with_name(self.path.name + ".lock")
         try:
             lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            foreign = foreign_problem(lock.parent)
+            if foreign is not None:  # another user could swap or remove the mark
+                raise MarkFileError(
+                    f"the signing mark's directory {lock.parent} {foreign}: only the node's "
+                    "user may write it"
+                )
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise MarkFileError(f"cannot lock the signing mark {self.path}: {exc}") from None
         try:
@@ -110,7 +117,7 @@ class MarkFile:
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         if created:
             os.ftruncate(fd, RECORD_BYTES)
             os.fsync(fd)

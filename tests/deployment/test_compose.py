@@ -192,6 +192,8 @@ def test_dockerfile_shape() -> None:
     assert FALLBACK_LINE in script
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".venv", ".git", "cluster"} <= set(ignored)
+    # private keys at any depth (deploy/k8s/node1/tls/node.key once slipped through)
+    assert "**/*.key" in ignored
 
 
 # ---------------------------------------------------------------- end to end
