@@ -234,3 +234,53 @@ def test_request_hashes_are_recomputed_on_decode() -> None:
     decoded = codec.decode_envelope(data, request_hash=fast_request_hash)
     assert isinstance(decoded, RequestsEnvelope)
     assert decoded.requests[0].hash == fast_request_hash(b"payload")
+
+
+def _varint(value: int) -> bytes:
+    out = b""
+    while value >= 0x80:
+        out += bytes([value & 0x7F | 0x80])
+        value >>= 7
+    return out + bytes([value])
+
+
+def _padded(body: bytes, size: int = 1000) -> bytes:
+    """``body`` with an unknown length-delimited field (number 1000) of ``size`` bytes."""
+    return body + _varint(1000 << 3 | 2) + _varint(size) + b"\x00" * size
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages)
+def test_a_signed_body_must_be_its_canonical_encoding(msg) -> None:
+    """A signer padding its own messages (unknown fields, a field repeated) must not get
+    them copied into certificates, VIEW-CHANGEs and NEW-VIEWs that honest replicas send:
+    megabytes of padding made those larger than a transport frame (an audit found one
+    padded VIEW-CHANGE blocked every later view change, and padded COMMITs state transfer)."""
+    body = codec.encode_body(msg)
+    with pytest.raises(codec.DecodeError, match="not its canonical encoding"):
+        codec.decode_body(_padded(body))
+    pb = pbft_pb2.PbftMessage.FromString(body)
+    kind = pb.WhichOneof("kind")
+    inner = getattr(pb, kind)
+    repeated = pbft_pb2.PbftMessage()
+    getattr(repeated, kind).CopyFrom(inner)
+    twice = body + repeated.SerializeToString()  # the same message, its fields given twice
+    if twice != body:
+        with pytest.raises(codec.DecodeError):
+            codec.decode_body(twice)
+
+
+def test_padding_nested_in_a_view_change_is_refused() -> None:
+    commit = Commit(view=0, seq=1, digest=b"\x01" * 32)
+    pp = PrePrepare(view=0, seq=1, digest=batch_digest(()), request_hashes=())
+    padded_pp = Signed(_padded(codec.encode_body(pp)), b"s", 0, pp)
+    vc = ViewChange(
+        new_view=1,
+        stable_seq=0,
+        checkpoint_proof=(),
+        prepared=(PreparedCert(pre_prepare=padded_pp, prepares=()),),
+    )
+    with pytest.raises(codec.DecodeError, match="PrePrepare that is not its canonical"):
+        codec.decode_body(codec.encode_body(vc))
+    with pytest.raises(codec.DecodeError, match="Commit that is not its canonical"):
+        codec.decode_signed(vertex_pb2.SignedMessage(body=_padded(codec.encode_body(commit))))

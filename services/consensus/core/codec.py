@@ -122,7 +122,20 @@ def decode_body(body: bytes, expected: type[Message] | None = None) -> Message:
     are ``bytes`` fields, so protobuf's own recursion limit does not apply, and a NEW-VIEW
     nested in a NEW-VIEW a few hundred times deep would otherwise exhaust the stack.
     With the check, nesting stops at NEW-VIEW > VIEW-CHANGE > PRE-PREPARE.
+
+    ``body`` must be exactly the message's canonical encoding (:func:`encode_body`, what
+    an honest replica signs): protobuf would accept unknown fields, repeated scalars and
+    other encodings of the same values, and a signer padding its own messages (a COMMIT
+    or VIEW-CHANGE of megabytes) would have them copied into certificates, VIEW-CHANGEs
+    and NEW-VIEWs that honest replicas must then send, over the transport's frame limit.
     """
+    msg = _decode_body(body, expected)
+    if encode_body(msg) != body:
+        raise DecodeError(f"a signed {type(msg).__name__} that is not its canonical encoding")
+    return msg
+
+
+def _decode_body(body: bytes, expected: type[Message] | None) -> Message:
     try:
         pb = pbft_pb2.PbftMessage.FromString(body)
     except _ProtobufDecodeError as exc:
