@@ -247,8 +247,10 @@ class Replica:
         self._own: dict[tuple[str, int, int], Signed[Message]] = {}
         self._evidence: dict[int, EvidenceEnvelope] = {}
         self._future: dict[int, deque[SignedEnvelope]] = {}
-        #: The stable checkpoint proof last sent to each peer, and when (_proof_due).
-        self._proof_sent: dict[int, tuple[int, int]] = {}
+        #: What was last sent to each peer in answer to its STATUS (a checkpoint proof,
+        #: our NEW-VIEW, the VIEW-CHANGEs we hold), for which checkpoint or view, and when
+        #: (_answer_due).
+        self._answered: dict[tuple[str, int], tuple[int, int]] = {}
         #: Request-body bytes of each sender's deferred messages (bounded: _defer).
         self._future_bytes: dict[int, int] = {}
         self._transfer: _Transfer | None = None
@@ -1342,7 +1344,7 @@ class Replica:
         stalled = previous == st and self._resend_due(sender)
         resent = False
         settled = self._now - self.config.status_interval
-        if st.stable_seq < self._low and self._proof_due(sender):
+        if st.stable_seq < self._low and self._answer_due("proof", sender, self._low):
             self._send.append(Outbound(sender, CheckpointProofEnvelope(self._stable_proof)))
         if stalled and self._low <= st.last_executed < self._last_exec:
             resent = self._push_batches(sender, st.last_executed, settled)
@@ -1354,32 +1356,42 @@ class Replica:
                 if kind == "checkpoint" and seq > max(st.stable_seq, self._low):
                     self._send.append(Outbound(sender, SignedEnvelope(self._own[kind, 0, seq])))
                     resent = True
-        if not st.active and sender == self.config.primary(st.view):
+        if (
+            not st.active
+            and sender == self.config.primary(st.view)
+            and st.view in self._vcs
+            and self._answer_due("view_changes", sender, st.view)
+        ):
             # A new primary still waiting: relay the VIEW-CHANGEs we hold for its view.
-            for signer, vc in self._vcs.get(st.view, {}).items():
+            for signer, vc in self._vcs[st.view].items():
                 if signer != sender:
                     self._send.append(Outbound(sender, SignedEnvelope(vc)))
         if self._active:
             behind = st.view < self._view or (st.view == self._view and not st.active)
-            if behind and self._new_view_msg is not None:
+            if (
+                behind
+                and self._new_view_msg is not None
+                and self._answer_due("new_view", sender, self._view)
+            ):
                 self._send.append(Outbound(sender, SignedEnvelope(self._new_view_msg)))
             if stalled and st.view == self._view and st.active:
                 resent = self._resend_slots(sender, st, settled) or resent
         if resent:
             self._resent(sender)
 
-    def _proof_due(self, peer: int) -> bool:
-        """Whether ``peer``, behind our stable checkpoint, may get our proof of it now: at
-        most once a status interval for one checkpoint (an honest peer sends its STATUS
-        that often; a flood of STATUS must not draw a proof each)."""
-        sent = self._proof_sent.get(peer)
+    def _answer_due(self, what: str, peer: int, about: int) -> bool:
+        """Whether ``peer``'s STATUS may draw ``what`` (our proof of checkpoint ``about``,
+        our NEW-VIEW or held VIEW-CHANGEs for view ``about``) now: at most once a status
+        interval for one ``about`` (an honest peer sends its STATUS that often; a flood of
+        STATUS, a few bytes each, must not draw a proof or a NEW-VIEW of megabytes each)."""
+        sent = self._answered.get((what, peer))
         if (
             sent is not None
-            and sent[0] == self._low
+            and sent[0] == about
             and self._now - sent[1] < self.config.status_interval
         ):
             return False
-        self._proof_sent[peer] = (self._low, self._now)
+        self._answered[what, peer] = (about, self._now)
         return True
 
     def _answer_busy_primary(self, primary: int, gap: int) -> None:
@@ -1539,6 +1551,8 @@ class Replica:
             if view < held[0]:
                 return
             del self._vcs[held[0]][signer]
+            if not self._vcs[held[0]]:  # no empty entry per view ever seen: views are unbounded
+                del self._vcs[held[0]]
         self._vcs.setdefault(view, {})[signer] = signed
         self._view_change_progress()
 
