@@ -114,7 +114,15 @@ def inject_context() -> dict[str, str]:
 
 
 def extract_context(carrier: Mapping[str, str]) -> object:
-    return propagate.extract(dict(carrier))
+    """The trace context a caller (a client, or another service) asks to continue: its W3C
+    ``traceparent`` alone, validated, or none. Its ``tracestate`` and ``baggage`` are not
+    carried on: every call made for it would repeat them, and a client's 8-KB
+    ``tracestate`` once pushed the internal calls of a whole combined submission over
+    gRPC's 8-KiB metadata limit (other clients' vertices refused as "overloaded")."""
+    span_context = parse_traceparent(carrier.get("traceparent"))
+    if span_context is None:
+        return otel_context.Context()
+    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
 
 
 # --- trace context from untrusted carriers ------------------------------------------

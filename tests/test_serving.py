@@ -388,3 +388,26 @@ async def test_a_request_that_is_not_the_methods_message_is_invalid_argument(
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await service.stop()
+
+
+def test_only_a_callers_traceparent_is_continued() -> None:
+    """A caller's ``tracestate`` and ``baggage`` are not carried on: every internal call
+    made for it would repeat them, and a client's 8-KB ``tracestate`` pushed the internal
+    calls of a combined submission over gRPC's 8-KiB metadata limit (other clients'
+    vertices refused as overloaded)."""
+    from opentelemetry import trace
+
+    from cretoai.telemetry import extract_context, inject_context
+
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    carrier = {
+        "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+        "tracestate": ",".join(f"k{i}={'v' * 240}" for i in range(32)),  # 8 KB, valid
+        "baggage": "user=" + "x" * 4000,
+    }
+    context = extract_context(carrier)
+    with trace.get_tracer("test").start_as_current_span("gateway", context=context):  # type: ignore[arg-type]
+        out = inject_context()
+    assert set(out) == {"traceparent"}
+    assert out["traceparent"].split("-")[1] == trace_id  # the same trace goes on
+    assert trace.get_current_span(extract_context({"traceparent": "garbage"})) is trace.INVALID_SPAN  # type: ignore[arg-type]
