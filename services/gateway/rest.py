@@ -464,7 +464,7 @@ class RestApi:
             return Closing(WS_SLOW_CONSUMER, str(exc), "slow_consumer")
         except ApiError as exc:
             return Closing.of(exc)
-        except ConnectionResetError:
+        except ConnectionError:  # a reset, or aiohttp's "Connection lost" while blocked
             return None  # the client is gone
         except Exception:
             log.exception("finalized stream failed")

@@ -267,3 +267,28 @@ async def test_one_client_cannot_take_every_subscriber_slot(
         async with node.http.ws_connect(node.url + "/v1/stream?from_seq=1") as again:
             assert (await receive_batch(again))["seq"] == 1
         await ws.close()
+
+
+async def test_a_subscriber_that_drops_mid_send_is_gone_not_an_internal_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp raises ``ConnectionError("Connection lost")`` (not ConnectionResetError)
+    when a subscriber resets while the gateway is blocked sending to it: any client could
+    fill the log with ERROR tracebacks that way."""
+    from services.gateway.rest import RestApi
+
+    class Entry:
+        def text(self) -> str:
+            return "{}"
+
+    class Stream:
+        async def entries(self) -> Any:
+            yield Entry()
+
+    class DroppedSocket:
+        async def send_str(self, text: str) -> None:
+            raise ConnectionError("Connection lost")
+
+    with caplog.at_level("ERROR"):
+        assert await RestApi._pump(DroppedSocket(), Stream()) is None  # type: ignore[arg-type]
+    assert "finalized stream failed" not in caplog.text
