@@ -121,6 +121,31 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 BATCH_FRAME_OVERHEAD = 64 * 1024
 
 
+def new_view_bytes_bound(n: int, window: int, batch_max_count: int) -> int:
+    """An upper bound on the bytes of a NEW-VIEW envelope (ML-DSA-87 signatures).
+
+    A VIEW-CHANGE carries the stable checkpoint's proof and a prepared certificate (a
+    PRE-PREPARE with up to ``batch_max_count`` hashes and q-1 PREPAREs) for every seq of
+    the watermark window; a NEW-VIEW carries q VIEW-CHANGEs and a PRE-PREPARE per seq. A
+    Byzantine primary can fill the window with PRE-PREPAREs that honest replicas prepare
+    and never execute, so every honest VIEW-CHANGE then holds ``window`` certificates: it
+    and the NEW-VIEW must still fit a transport frame, or no view change ever completes.
+    Framing is over-counted (tags, lengths, varints): tests check it against the codec.
+    """
+    from cretoai.crypto.backend import SIGNATURE_SIZE
+
+    q = 2 * ((n - 1) // 3) + 1
+
+    def signed(body: int) -> int:  # body, signature, signer and their framing
+        return body + SIGNATURE_SIZE + 32
+
+    vote = signed(64)  # PREPARE, COMMIT, CHECKPOINT: view, seq, a 32-byte digest
+    pre_prepare = signed(64 + 35 * batch_max_count)
+    certificate = pre_prepare + (q - 1) * vote + 16
+    view_change = signed(32 + q * vote + window * certificate)
+    return signed(32 + q * view_change + window * pre_prepare) + 1024
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsensusSection:
     #: Bind address of the internal gRPC service.
@@ -141,7 +166,11 @@ class ConsensusSection:
     #: view change under a second on a loaded 2-core machine (64 took 0.3-0.8 s more);
     #: a checkpoint costs one signature and n-1 verifications per replica.
     checkpoint_interval: int = 16
-    watermark_window: int = 256
+    #: Seqs above the stable checkpoint a primary may use. Bounded by
+    #: transport.max_frame_bytes: a NEW-VIEW may carry q x window prepared certificates
+    #: (new_view_bytes_bound). 0 (the default): the largest multiple of
+    #: checkpoint_interval, at most 256, that fits (48 at n = 4, 16 at n = 7).
+    watermark_window: int = 0
     view_change_timeout_ms: int = 2_000
     request_timeout_ms: int = 4_000
     #: A backup suspects the primary when requests wait and nothing executed for this
@@ -280,6 +309,23 @@ class NodeConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     #: The file this was loaded from (for messages and relative paths).
     source: Path = Path("<memory>")
+
+    @property
+    def watermark_window(self) -> int:
+        """consensus.watermark_window, or the largest multiple of checkpoint_interval (at
+        most 256, at least one interval) whose NEW-VIEW fits a transport frame."""
+        c = self.consensus
+        if c.watermark_window:
+            return c.watermark_window
+        window = c.checkpoint_interval
+        while window + c.checkpoint_interval <= 256 and (
+            new_view_bytes_bound(
+                len(self.validators), window + c.checkpoint_interval, c.batch_max_count
+            )
+            <= self.transport.max_frame_bytes
+        ):
+            window += c.checkpoint_interval
+        return window
 
     @property
     def replica_index(self) -> int:
@@ -508,7 +554,6 @@ def _validate(cfg: NodeConfig) -> None:
         "batch_max_bytes",
         "batch_timeout_ms",
         "checkpoint_interval",
-        "watermark_window",
         "view_change_timeout_ms",
         "request_timeout_ms",
         "progress_timeout_ms",
@@ -544,7 +589,9 @@ def _validate(cfg: NodeConfig) -> None:
             f"{c.progress_timeout_ms}): a lost message is repaired through STATUS, which "
             "must happen before the progress timer suspects an honest primary"
         )
-    if c.watermark_window < c.checkpoint_interval:
+    if c.watermark_window < 0:
+        raise ConfigError(f"{src}: consensus.watermark_window: must be 0 (automatic) or more")
+    if c.watermark_window and c.watermark_window < c.checkpoint_interval:
         raise ConfigError(
             f"{src}: consensus.watermark_window: must be >= checkpoint_interval "
             f"({c.checkpoint_interval})"
@@ -585,6 +632,18 @@ def _validate(cfg: NodeConfig) -> None:
             f"{src}: consensus.batch_max_bytes: at most {most} (transport.max_frame_bytes "
             f"less {BATCH_FRAME_OVERHEAD} for a PRE-PREPARE's own bytes, and at most "
             f"{MAX_BATCH_BYTES})"
+        )
+    c = cfg.consensus
+    frame, window = cfg.transport.max_frame_bytes, cfg.watermark_window
+    needed = new_view_bytes_bound(len(cfg.validators), window, c.batch_max_count)
+    if needed > frame:
+        raise ConfigError(
+            f"{src}: consensus.watermark_window: {window} needs NEW-VIEWs of up to {needed} "
+            f"bytes, over transport.max_frame_bytes ({frame}) with {len(cfg.validators)} "
+            f"validators and batch_max_count {c.batch_max_count}: a VIEW-CHANGE carries a "
+            "prepared certificate per seq of the window and a NEW-VIEW q of them, and one "
+            "that does not fit a frame is never sent (no view change would complete); lower "
+            "the window (at least checkpoint_interval) or batch_max_count, or raise the frame"
         )
 
 

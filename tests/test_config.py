@@ -127,6 +127,12 @@ def test_generated_config_loads(node_config: Path) -> None:
         (lambda d: d["storage"].update(path="data"), "holds the consensus signing mark"),
         (lambda d: d["storage"].update(path="."), "storage.path"),
         (lambda d: d.update(validators=[]), "[[validators]] is empty"),
+        # a NEW-VIEW of 256 prepared certificates x q would not fit a 4-MiB frame
+        (
+            lambda d: d["consensus"].update(watermark_window=256),
+            "consensus.watermark_window: 256 needs NEW-VIEWs of up to",
+        ),
+        (lambda d: d["consensus"].update(watermark_window=-1), "consensus.watermark_window"),
     ],
 )
 def test_bad_field_is_named_with_file(node_config: Path, mutate: Any, expected: str) -> None:
@@ -223,6 +229,7 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
                 admission_max_wait_ms=300,
                 progress_timeout_ms=995,
                 batch_max_bytes=1_048_576,
+                batch_max_count=64,  # a window of NEW-VIEWs that fit the smaller frame
                 status_interval_ms=95,
                 status_quiet_intervals=1,
             ),
@@ -245,3 +252,21 @@ def test_the_transports_inbound_bytes_bound_holds_a_frame(node_config: Path) -> 
     _rewrite(node_config, lambda d: d["transport"].update(recv_queue_max_bytes=1024))
     with pytest.raises(ConfigError, match=r"transport\.recv_queue_max_bytes"):
         settings_from_config(load_config(node_config, environ={}))
+
+
+def test_the_watermark_window_fits_a_new_view_in_a_frame(
+    cluster_factory: Any,
+) -> None:
+    """By default the window is the largest multiple of checkpoint_interval whose
+    worst-case NEW-VIEW fits a transport frame: a Byzantine primary could otherwise make
+    every honest VIEW-CHANGE too large to send, and no view change would complete."""
+    from cretoai.config import new_view_bytes_bound
+
+    four = load_config(cluster_factory(4).nodes[0].config, environ={})
+    seven = load_config(cluster_factory(7).nodes[0].config, environ={})
+    assert (four.watermark_window, seven.watermark_window) == (48, 16)
+    for cfg in (four, seven):
+        k = cfg.consensus.checkpoint_interval
+        fits = new_view_bytes_bound(len(cfg.validators), cfg.watermark_window, 256)
+        larger = new_view_bytes_bound(len(cfg.validators), cfg.watermark_window + k, 256)
+        assert fits <= cfg.transport.max_frame_bytes < larger

@@ -47,7 +47,7 @@ def core_config(cfg: NodeConfig) -> Config:
         max_inflight=c.max_inflight_batches,
         max_inflight_full=c.max_inflight_full_batches,
         checkpoint_interval=c.checkpoint_interval,
-        watermark_window=c.watermark_window,
+        watermark_window=cfg.watermark_window,
         view_change_timeout=ticks(c.view_change_timeout_ms),
         request_timeout=ticks(c.request_timeout_ms),
         progress_timeout=ticks(c.progress_timeout_ms),

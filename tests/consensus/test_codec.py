@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -284,3 +285,45 @@ def test_padding_nested_in_a_view_change_is_refused() -> None:
         codec.decode_body(codec.encode_body(vc))
     with pytest.raises(codec.DecodeError, match="Commit that is not its canonical"):
         codec.decode_signed(vertex_pb2.SignedMessage(body=_padded(codec.encode_body(commit))))
+
+
+@pytest.mark.parametrize(("n", "window", "hashes"), [(4, 8, 256), (7, 4, 64), (1, 4, 1)])
+def test_the_new_view_bound_holds_a_worst_case_new_view(n: int, window: int, hashes: int) -> None:
+    """cretoai.config.new_view_bytes_bound, which bounds the watermark window by the
+    transport frame, against a real worst case: every seq of the window prepared, full
+    PRE-PREPAREs, ML-DSA-87-sized signatures, q VIEW-CHANGEs."""
+    from cretoai.config import new_view_bytes_bound
+    from cretoai.crypto.backend import SIGNATURE_SIZE
+
+    q = 2 * ((n - 1) // 3) + 1
+    big = 2**63  # varints at their longest
+
+    def sign(msg: Any, signer: int = 2**31) -> Signed[Any]:
+        return Signed(codec.encode_body(msg), b"\xab" * SIGNATURE_SIZE, signer, msg)
+
+    def pre_prepare(seq: int) -> PrePrepare:
+        hs = tuple(bytes([seq % 256, i % 256]) * 16 for i in range(hashes))
+        return PrePrepare(view=big, seq=big + seq, digest=batch_digest(hs), request_hashes=hs)
+
+    def certificate(seq: int) -> PreparedCert:
+        pp = pre_prepare(seq)
+        votes = tuple(
+            sign(Prepare(view=big, seq=big + seq, digest=pp.digest)) for _ in range(q - 1)
+        )
+        return PreparedCert(pre_prepare=sign(pp), prepares=votes)
+
+    proof = tuple(sign(Checkpoint(seq=big, state_digest=b"\x05" * 32)) for _ in range(q))
+    vc = ViewChange(
+        new_view=big,
+        stable_seq=big,
+        checkpoint_proof=proof,
+        prepared=tuple(certificate(s) for s in range(window)),
+    )
+    nv = NewView(
+        view=big,
+        view_changes=tuple(sign(vc) for _ in range(q)),
+        pre_prepares=tuple(sign(pre_prepare(s)) for s in range(window)),
+    )
+    actual = len(codec.encode_envelope(SignedEnvelope(sign(nv))))
+    bound = new_view_bytes_bound(n, window, hashes)
+    assert actual <= bound <= actual * 1.05 + 2048  # a bound, and not a loose one
