@@ -1215,7 +1215,8 @@ class Replica:
     ) -> None:
         if self._transfer is not None and self._transfer.seq >= seq:
             return
-        candidates = tuple(c.signer for c in proof if c.signer != self.id)
+        # in replica order, not in the order the proof's sender chose
+        candidates = tuple(sorted(c.signer for c in proof if c.signer != self.id))
         if not candidates:
             raise ConsensusHalted(
                 f"storage is behind this replica's own stable checkpoint {seq}, and no peer has it"
@@ -1265,7 +1266,10 @@ class Replica:
         if progressed:
             self._try_execute()
             if self._transfer is not None:
-                self._request_state(sender)
+                # The next candidate, not ``sender`` again: a Byzantine responder answering
+                # each request with one batch just before the retry timer would otherwise
+                # keep every request (the honest signers never asked).
+                self._request_state(None)
 
     # --- retransmission -----------------------------------------------------------------
 
