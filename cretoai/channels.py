@@ -106,7 +106,10 @@ def service_endpoint(cfg: NodeConfig, service: str) -> tuple[str, InternalTls | 
     return spec.target(cfg), None if spec.public else cfg.internal_tls
 
 
-def internal_channel(cfg: NodeConfig, service: str) -> grpc.aio.Channel:
-    """A channel to another service of the node of ``cfg`` (see :func:`service_endpoint`)."""
-    target, tls = service_endpoint(cfg, service)
-    return service_channel(target, tls=tls)
+def internal_channel(
+    cfg: NodeConfig, service: str, *, tls: InternalTls | None = None
+) -> grpc.aio.Channel:
+    """A channel to another service of the node of ``cfg`` (see :func:`service_endpoint`),
+    presenting ``tls`` (e.g. the gateway's certificate) instead of the services' own."""
+    target, own = service_endpoint(cfg, service)
+    return service_channel(target, tls=own if tls is None or own is None else tls)

@@ -266,6 +266,12 @@ class TlsSection:
     #: The certificate and key (PEM, key mode 0600) this node's services present.
     cert: str = ""
     key: str = ""
+    #: The gateway's own client certificate and key (both, or neither): the internal
+    #: services let it call only what a gateway needs. Without them the gateway presents
+    #: the services' certificate, which every internal service obeys (configs written
+    #: before 2026-12-03; ``cluster init --reuse-keys`` issues them).
+    gateway_cert: str = ""
+    gateway_key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +374,22 @@ class NodeConfig:
         try:
             return load_internal_tls(
                 self._resolve(Path(t.ca)), self._resolve(Path(t.cert)), self._resolve(Path(t.key))
+            )
+        except TlsError as exc:
+            raise ConfigError(f"{self.source}: tls: {exc}") from None
+
+    @functools.cached_property
+    def gateway_tls(self) -> InternalTls | None:
+        """What the gateway presents to the node's internal services: its own certificate
+        when configured, else the services' (:attr:`internal_tls`)."""
+        t = self.tls
+        if not (t.ca and t.gateway_cert):
+            return self.internal_tls
+        try:
+            return load_internal_tls(
+                self._resolve(Path(t.ca)),
+                self._resolve(Path(t.gateway_cert)),
+                self._resolve(Path(t.gateway_key)),
             )
         except TlsError as exc:
             raise ConfigError(f"{self.source}: tls: {exc}") from None
@@ -513,6 +535,12 @@ def _validate(cfg: NodeConfig) -> None:
     tls = [cfg.tls.ca, cfg.tls.cert, cfg.tls.key]
     if any(tls) and not all(tls):
         raise ConfigError(f"{src}: tls: set ca, cert and key together (or none of them)")
+    if bool(cfg.tls.gateway_cert) != bool(cfg.tls.gateway_key) or (
+        cfg.tls.gateway_cert and not all(tls)
+    ):
+        raise ConfigError(
+            f"{src}: tls: set gateway_cert and gateway_key together, with ca, cert and key"
+        )
     if not all(tls):
         for section in ("consensus", "transport", "storage"):
             listen = getattr(cfg, section).listen

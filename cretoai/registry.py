@@ -37,6 +37,9 @@ class ServiceSpec:
     #: Its gRPC API is for clients (plaintext, any address); an internal service uses the
     #: node's mutual TLS when configured, and listens only on loopback without it.
     public: bool = False
+    #: What a caller presenting the gateway's certificate may call here (method names;
+    #: health and reflection always): None, anything. See cretoai/tls.py.
+    gateway_may_call: frozenset[str] | None = None
 
     @property
     def module(self) -> str:
@@ -66,9 +69,23 @@ class ServiceSpec:
 
 #: In start order: each service needs only those before it (a node stops in reverse).
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("storage"),
-    ServiceSpec("transport"),
-    ServiceSpec("consensus"),
+    ServiceSpec(
+        "storage",
+        gateway_may_call=frozenset(
+            {
+                "GetVertex",
+                "GetVertexStatuses",
+                "ListParents",
+                "ListChildren",
+                "GetFinalized",
+                "ListVerticesByHeight",
+                "ListVerticesByTime",
+                "GetStats",
+            }
+        ),
+    ),
+    ServiceSpec("transport", gateway_may_call=frozenset({"ListPeers", "PingPeer", "GetStats"})),
+    ServiceSpec("consensus"),  # its API is the gateway's
     ServiceSpec("gateway", listen_field="grpc", public=True),
 )
 

@@ -40,7 +40,7 @@ from cretoai.telemetry import (
     setup_tracing,
     start_metrics,
 )
-from cretoai.tls import InternalTls, is_loopback
+from cretoai.tls import GATEWAY_COMMON_NAME, InternalTls, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,81 @@ def _checked(request: Any, streaming: bool) -> Any:
     return messages()
 
 
+def caller_is_gateway(context: Any) -> bool:
+    """Whether the caller presented the node's gateway certificate (mutual TLS)."""
+    names = context.auth_context().get("x509_common_name") or ()
+    return any(name == GATEWAY_COMMON_NAME.encode() for name in names)
+
+
+class GatewayRoleInterceptor(grpc.aio.ServerInterceptor):
+    """Lets a caller holding the gateway's certificate call only ``allowed`` (method
+    names) and health and reflection; anything else is PERMISSION_DENIED, counted and
+    logged like every call. The other services' certificate may call everything."""
+
+    def __init__(self, service: str, allowed: frozenset[str]) -> None:
+        self._service, self._allowed = service, allowed
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if (
+            handler is None
+            or method.startswith(("/grpc.health.v1.", "/grpc.reflection."))
+            or method.rpartition("/")[2] in self._allowed
+        ):
+            return handler
+        return _guarded(handler, method)
+
+
+def _guarded(handler: Any, method: str) -> Any:
+    """``handler``, refusing a caller that holds the gateway's certificate."""
+
+    async def refuse(context: Any) -> None:
+        if caller_is_gateway(context):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"the gateway may not call {method}"
+            )
+
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: Any) -> Any:
+            await refuse(context)
+            return await inner(request, context)
+
+        factory = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return factory(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    inner_stream = handler.unary_stream or handler.stream_stream
+
+    async def stream(request: Any, context: Any) -> Any:
+        await refuse(context)
+        async for item in inner_stream(request, context):
+            yield item
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(
+        stream,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 def _wrap_handler(
     handler: Any, icpt: _CallInterceptor, method: str, metadata: dict[str, str]
 ) -> Any:
@@ -341,6 +416,9 @@ class GrpcService:
     #: that. With ``max_receive_bytes`` it bounds what callers make the server hold.
     #: None: unbounded (internal services: their callers are this node's own).
     max_concurrent_rpcs: int | None = None
+    #: With ``tls``: the methods a caller holding the gateway's certificate may call
+    #: (GatewayRoleInterceptor); None: every method.
+    gateway_may_call: frozenset[str] | None = None
     #: Connections open at once (gRPC closes one beyond before its handshake); None:
     #: unbounded.
     max_connections: int | None = None
@@ -376,6 +454,7 @@ class GrpcService:
             sampling_ratio=cfg.telemetry.sampling_ratio,
             tls=None if spec.public else cfg.internal_tls,
             public=spec.public,
+            gateway_may_call=spec.gateway_may_call,
             **options,
         )
 
@@ -420,6 +499,11 @@ class GrpcService:
                 TracingInterceptor(roots=self.public),
                 MetricsInterceptor(self.name),
                 AccessLogInterceptor(),
+                *(
+                    [GatewayRoleInterceptor(self.name, self.gateway_may_call)]
+                    if self.tls is not None and self.gateway_may_call is not None
+                    else []
+                ),
             ],
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             options=options,

@@ -32,6 +32,11 @@ from cretoai.files import foreign_problem, write_atomically
 #: The name every internal certificate is issued to and every client checks.
 SERVER_NAME = "cretoai-internal"
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "node.crt", "node.key"
+#: The gateway's own client certificate: the internal services let its holder call only
+#: what a gateway needs (cretoai.registry: ``gateway_may_call``), so the process that
+#: faces the internet cannot write storage, take over the transport or ban peers.
+GATEWAY_CERT_FILE, GATEWAY_KEY_FILE = "gateway.crt", "gateway.key"
+GATEWAY_COMMON_NAME = "cretoai gateway"
 VALIDITY = datetime.timedelta(days=3650)
 
 
@@ -126,50 +131,69 @@ def generate_node_tls(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"cretoai {node_name} services")])
+    key, cert = _issue(
+        ca_key,
+        ca_name,
+        f"cretoai {node_name} services",
+        [
+            x509.DNSName(SERVER_NAME),
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+            *(x509.DNSName(h) for h in hostnames if h not in (SERVER_NAME, "localhost")),
+        ],
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    # client only: a gateway serves no internal API
+    gateway_key, gateway_cert = _issue(
+        ca_key, ca_name, GATEWAY_COMMON_NAME, [], [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    ca_path, cert_path, key_path = (directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE))
+    write_atomically(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM))
+    for path, pem_cert, private in (
+        (cert_path, cert, key),
+        (directory / GATEWAY_CERT_FILE, gateway_cert, gateway_key),
+    ):
+        write_atomically(path, pem_cert.public_bytes(serialization.Encoding.PEM))
+        # A new file of mode 0600 renamed over the old one: writing into an existing key
+        # file (O_TRUNC) kept its mode, so a 0644 one held the new key readable a while.
+        key_file = key_path if path == cert_path else directory / GATEWAY_KEY_FILE
+        write_atomically(
+            key_file,
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            0o600,
         )
+    return ca_path, cert_path, key_path
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    common_name: str,
+    names: list[x509.GeneralName],
+    usages: list[x509.ObjectIdentifier],
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new key and a certificate for it, signed by the node's CA."""
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(SERVER_NAME),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                    *(x509.DNSName(h) for h in hostnames if h not in (SERVER_NAME, "localhost")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     )
-    ca_path, cert_path, key_path = (directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE))
-    write_atomically(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    # A new file of mode 0600 renamed over the old one: writing into an existing key file
-    # (O_TRUNC) kept its mode, so a 0644 one held the new key readable until the chmod.
-    write_atomically(key_path, pem, 0o600)
-    return ca_path, cert_path, key_path
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
 
 
 def is_loopback_host(host: str) -> bool:

@@ -43,7 +43,14 @@ from cretoai.crypto.keys import (
     write_keypair,
 )
 from cretoai.files import check_directories, write_atomically
-from cretoai.tls import CA_FILE, CERT_FILE, KEY_FILE, generate_node_tls
+from cretoai.tls import (
+    CA_FILE,
+    CERT_FILE,
+    GATEWAY_CERT_FILE,
+    GATEWAY_KEY_FILE,
+    KEY_FILE,
+    generate_node_tls,
+)
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_BASE_PORT = 17000
@@ -331,13 +338,16 @@ def _node_tls(
 ) -> dict[str, str]:
     """The node's internal TLS files (made unless ``reuse`` finds them), relative paths."""
     tls_dir = node_dir / TLS_DIR
-    files = (tls_dir / CA_FILE, tls_dir / CERT_FILE, tls_dir / KEY_FILE)
-    if not (reuse and all(f.exists() for f in files)):
+    names = (CA_FILE, CERT_FILE, KEY_FILE, GATEWAY_CERT_FILE, GATEWAY_KEY_FILE)
+    # all anew when one is missing (no CA key is kept to issue the missing one with)
+    if not (reuse and all((tls_dir / n).exists() for n in names)):
         generate_node_tls(tls_dir, name, hostnames=hostnames or ())
     return {
         "ca": f"{TLS_DIR}/{CA_FILE}",
         "cert": f"{TLS_DIR}/{CERT_FILE}",
         "key": f"{TLS_DIR}/{KEY_FILE}",
+        "gateway_cert": f"{TLS_DIR}/{GATEWAY_CERT_FILE}",
+        "gateway_key": f"{TLS_DIR}/{GATEWAY_KEY_FILE}",
     }
 
 

@@ -100,6 +100,78 @@ async def test_every_internal_service_refuses_a_caller_without_the_nodes_certifi
         assert await _health(target, stranger) == "UNAVAILABLE", service
 
 
+@pytest.mark.slow
+async def test_the_gateways_certificate_may_call_only_what_a_gateway_needs(
+    node1_services: tuple[NodeConfig, NodeConfig, dict[str, subprocess.Popen[bytes]]],
+    tmp_path: Path,
+) -> None:
+    """The gateway faces the internet: a compromised one must not rewrite the node's
+    consensus records, back its database up anywhere, take over the transport's Exchange
+    stream or ban the node's peers. Its own certificate is refused all of that."""
+    from cretoai.v1 import (
+        consensus_pb2,
+        consensus_pb2_grpc,
+        storage_pb2,
+        storage_pb2_grpc,
+        transport_pb2,
+        transport_pb2_grpc,
+    )
+
+    cfg, _, _ = node1_services
+    gateway, node = cfg.gateway_tls, cfg.internal_tls
+    assert gateway is not None and node is not None and gateway.cert != node.cert
+    put = storage_pb2.WriteStateRequest(puts=[storage_pb2.StateEntry(key=b"x/1", value=b"v")])
+    scan = storage_pb2.ScanStateRequest(prefix=b"x/")
+    denied = grpc.StatusCode.PERMISSION_DENIED
+
+    async def code(call: object) -> grpc.StatusCode:
+        try:
+            await call  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    async with service_channel(service_endpoint(cfg, "storage")[0], tls=gateway) as channel:
+        storage = storage_pb2_grpc.StorageStub(channel)
+        assert await code(storage.GetVertex(storage_pb2.GetVertexRequest(hash=b"\1" * 32))) == (
+            grpc.StatusCode.OK
+        )
+        assert await code(storage.WriteState(put)) == denied
+        elsewhere = tmp_path / "elsewhere"
+        backup = storage_pb2.BackupRequest(path=str(elsewhere))
+        assert await code(storage.Backup(backup)) == denied
+        assert not elsewhere.exists()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in storage.ScanState(scan):
+                pass
+        assert refused.value.code() == denied
+    async with service_channel(service_endpoint(cfg, "transport")[0], tls=gateway) as channel:
+        transport = transport_pb2_grpc.TransportStub(channel)
+        assert await code(transport.ListPeers(transport_pb2.ListPeersRequest())) == (
+            grpc.StatusCode.OK
+        )
+        ban = transport_pb2.BanPeerRequest(node_id="x", reason="audit")
+        assert await code(transport.BanPeer(ban)) == denied
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in transport.Exchange(iter(())):
+                pass
+        assert refused.value.code() == denied
+    async with service_channel(service_endpoint(cfg, "consensus")[0], tls=gateway) as channel:
+        status = consensus_pb2_grpc.ConsensusStub(channel).GetStatus(
+            consensus_pb2.GetStatusRequest()
+        )
+        assert await code(status) == grpc.StatusCode.OK
+    for service in INTERNAL:  # health probes stay open to it
+        assert await _health(service_endpoint(cfg, service)[0], gateway) == "SERVING"
+    # the services' own certificate may do all of it; the gateway's write left nothing
+    async with service_channel(service_endpoint(cfg, "storage")[0], tls=node) as channel:
+        storage = storage_pb2_grpc.StorageStub(channel)
+        assert [
+            e for page in [p async for p in storage.ScanState(scan)] for e in page.entries
+        ] == []
+        assert await code(storage.WriteState(put)) == grpc.StatusCode.OK
+
+
 async def test_an_internal_service_refuses_a_public_address_without_tls() -> None:
     service = GrpcService(name="storage", bind="0.0.0.0:0", servicers=[])
     with pytest.raises(OSError, match=r"refusing to listen on 0\.0\.0\.0:0 without TLS"):
@@ -186,6 +258,6 @@ def test_new_tls_material_never_leaves_the_key_readable(
     monkeypatch.setattr(os, "fchmod", watching)
     generate_node_tls(tmp_path, "node1")
     monkeypatch.undo()
-    assert seen == [0o600]
+    assert seen == [0o600, 0o600]  # the services' key and the gateway's
     assert key.stat().st_mode & 0o777 == 0o600 and key.read_bytes() != old
     assert not list(tmp_path.glob(".*.tmp"))

@@ -77,7 +77,16 @@ async def build(cfg: NodeConfig) -> GatewayService:
     backend = get_backend(cfg.crypto.backend)
     key = submitter_key(cfg, backend)
     pool = ThreadPoolExecutor(max_workers=CRYPTO_THREADS, thread_name_prefix="gateway-crypto")
-    channels = {name: internal_channel(cfg, name) for name in ("consensus", "transport", "storage")}
+    channels = {
+        name: internal_channel(cfg, name, tls=cfg.gateway_tls)
+        for name in ("consensus", "transport", "storage")
+    }
+    if cfg.tls.ca and not cfg.tls.gateway_cert:
+        log.warning(
+            "no tls.gateway_cert: the gateway presents the services' certificate, which "
+            "every internal service obeys in full (cretoai-node cluster init --reuse-keys "
+            "issues the gateway its own; docs/security.md)"
+        )
     consensus = ConsensusClient(channels["consensus"])
     storage = StorageClient(channels["storage"])
     hub = FinalityHub(

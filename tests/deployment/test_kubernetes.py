@@ -194,9 +194,18 @@ def test_no_key_in_a_config_map_and_the_validator_key_only_where_it_signs(
             if "secret" in v
         }
         node = owner.split("-")[0]
+        tls_files = {
+            item["path"]
+            for v in pod["spec"]["volumes"]
+            if v.get("secret", {}).get("secretName", "").rsplit("-", 1)[0] == f"{node}-tls"
+            for item in v["secret"]["items"]
+        }
         if owner.endswith("-gateway"):
             assert secrets == {f"{node}-submitter", f"{node}-tls"}, owner
+            # its own certificate only: the services' would let it write storage, ban peers
+            assert tls_files == {"ca.crt", "gateway.crt", "gateway.key"}, owner
         else:
+            assert tls_files == {"ca.crt", "node.crt", "node.key"}, owner
             assert secrets == {f"{node}-validator", f"{node}-tls"}, owner
             mounts = {
                 c["name"]: {m["name"] for m in c["volumeMounts"]} for c in pod["spec"]["containers"]
@@ -245,7 +254,9 @@ def test_every_address_a_config_dials_is_a_service_of_the_cluster(
         for member in config["validators"]:
             host, port = member["address"].rsplit(":", 1)
             assert (int(port), "UDP") in services[host], member
-        assert set(config["tls"]) == {"ca", "cert", "key"}, "internal TLS is a must off loopback"
+        assert set(config["tls"]) == {"ca", "cert", "key", "gateway_cert", "gateway_key"}, (
+            "internal TLS is a must off loopback, and the gateway holds its own certificate"
+        )
 
 
 def test_every_port_a_service_binds_is_a_port_of_its_container(
