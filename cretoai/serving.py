@@ -253,8 +253,8 @@ class GatewayRoleInterceptor(grpc.aio.ServerInterceptor):
     names) and health and reflection; anything else is PERMISSION_DENIED, counted and
     logged like every call. The other services' certificate may call everything."""
 
-    def __init__(self, service: str, allowed: frozenset[str]) -> None:
-        self._service, self._allowed = service, allowed
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self._allowed = allowed
 
     async def intercept_service(
         self,
@@ -500,7 +500,7 @@ class GrpcService:
                 MetricsInterceptor(self.name),
                 AccessLogInterceptor(),
                 *(
-                    [GatewayRoleInterceptor(self.name, self.gateway_may_call)]
+                    [GatewayRoleInterceptor(self.gateway_may_call)]
                     if self.tls is not None and self.gateway_may_call is not None
                     else []
                 ),
