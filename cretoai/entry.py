@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -67,6 +68,9 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
     )
     parser.add_argument("--config", required=True, help="the node's TOML config file")
     args = parser.parse_args(argv)
+    # What a service creates (the database, backups, the signing mark's directory) is
+    # for the node's user and group, not for every user of the host.
+    os.umask(0o027)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -375,6 +376,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         )
     for cfg in configs:
         load_private_key(cfg.key_path, cfg.crypto.backend)
+    os.umask(0o027)  # the services' logs, like their data, are not for every user
     supervisor = Supervisor(configs, log_dir=lambda cfg: cfg.data_dir.parent / "logs")
     supervisor.on_event = lambda message: print(f"  {message}", flush=True)
     print(

@@ -85,6 +85,9 @@ def test_single_node_cluster_up_submit_status_restart_stop(tmp_path: Path) -> No
         report = json.loads(status_json.stdout)
         assert report["last_executed_seq"] >= 1 and report["n"] == 1 and report["ready"]
 
+        logs = list((directory / "node1" / "logs").iterdir())
+        assert logs and all(not p.stat().st_mode & 0o007 for p in logs)  # not every user's
+
         bad = _run("submit", "--config", str(config), "--payload", "x", "--parent", "ab")
         assert bad.returncode == 1 and "HTTP 422" in bad.stderr
 

@@ -59,6 +59,14 @@ async def test_the_four_services_run_each_on_its_own(tmp_path: Path) -> None:
         assert answer["status"] == "finalized" and answer["seq"] >= 1, answer
         assert answer["hash"] == vertex_hash(vertex).hex()
 
+        # what the services wrote is not for every user of the host (umask 027)
+        readable = [
+            path
+            for path in cfg.data_dir.rglob("*")
+            if path.stat().st_mode & 0o007 and not path.is_symlink()
+        ]
+        assert readable == [], readable
+
         codes = {}
         for proc in reversed(running):  # the gateway first
             codes[proc.name] = await proc.stop(signal.SIGTERM, timeout=30)
