@@ -239,6 +239,17 @@ def _service_ports(rendered: dict[Any, dict[str, Any]]) -> dict[str, set[tuple[i
     return ports
 
 
+def test_the_public_gateway_service_exposes_only_the_api(
+    rendered: dict[Any, dict[str, Any]],
+) -> None:
+    """An Ingress or LoadBalancer exposes Service nodeN-gateway: its metrics (unauthenticated)
+    are on a Service of their own, for scraping inside the cluster."""
+    ports = _service_ports(rendered)
+    for i in range(1, NODES + 1):
+        assert ports[f"node{i}-gateway"] == {(8080, "TCP"), (17004, "TCP")}
+        assert ports[f"node{i}-gateway-metrics"] == {(17010, "TCP")}
+
+
 def test_every_address_a_config_dials_is_a_service_of_the_cluster(
     rendered: dict[Any, dict[str, Any]],
 ) -> None:
