@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -199,10 +200,15 @@ def test_dockerfile_shape() -> None:
 # ---------------------------------------------------------------- end to end
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: every socket is held until all are bound
+    (one at a time, the kernel may hand out the same port twice: compose then failed
+    with "port is already allocated")."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def _http(
@@ -301,9 +307,9 @@ def test_compose_end_to_end(
         except eng.EngineUnavailable as exc:
             pytest.skip(str(exc))
 
-    http = {i: _free_port() for i in range(1, NODES + 1)}
-    ports = {"PROMETHEUS_PORT": _free_port(), "JAEGER_UI_PORT": _free_port()}
-    ports["OTLP_PORT"] = _free_port()
+    free = _free_ports(NODES + 3)
+    http = {i: free[i - 1] for i in range(1, NODES + 1)}
+    ports = dict(zip(("PROMETHEUS_PORT", "JAEGER_UI_PORT", "OTLP_PORT"), free[NODES:], strict=True))
     env = engine.env(
         COMPOSE_PROJECT_NAME=f"cretoai-e2e-{os.getpid()}",
         CRETOAI_IMAGE=tag,
