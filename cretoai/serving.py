@@ -92,7 +92,7 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> Any:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(("/grpc.health.v1.", "/grpc.reflection.")):
+        if handler is None or _is_plumbing(method):
             return handler
         metadata = {
             key: value
@@ -263,17 +263,14 @@ class GatewayRoleInterceptor(grpc.aio.ServerInterceptor):
     ) -> Any:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if (
-            handler is None
-            or method.startswith(("/grpc.health.v1.", "/grpc.reflection."))
-            or method.rpartition("/")[2] in self._allowed
-        ):
+        if handler is None or _is_plumbing(method) or method.rpartition("/")[2] in self._allowed:
             return handler
         return _guarded(handler, method)
 
 
 def _guarded(handler: Any, method: str) -> Any:
     """``handler``, refusing a caller that holds the gateway's certificate."""
+    inner = _behaviour(handler)
 
     async def refuse(context: Any) -> None:
         if caller_is_gateway(context):
@@ -281,38 +278,52 @@ def _guarded(handler: Any, method: str) -> Any:
                 grpc.StatusCode.PERMISSION_DENIED, f"the gateway may not call {method}"
             )
 
-    if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
+    if _streams_responses(handler):
 
-        async def unary(request: Any, context: Any) -> Any:
+        async def stream(request: Any, context: Any) -> Any:
             await refuse(context)
-            return await inner(request, context)
+            async for item in inner(request, context):
+                yield item
 
-        factory = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return factory(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    inner_stream = handler.unary_stream or handler.stream_stream
+        return _rebuilt(handler, stream, handler.request_deserializer)
 
-    async def stream(request: Any, context: Any) -> Any:
+    async def unary(request: Any, context: Any) -> Any:
         await refuse(context)
-        async for item in inner_stream(request, context):
-            yield item
+        return await inner(request, context)
 
-    factory = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
+    return _rebuilt(handler, unary, handler.request_deserializer)
+
+
+def _is_plumbing(method: str) -> bool:
+    """Health and reflection: open to every caller, outside the interceptors' concerns."""
+    return method.startswith(("/grpc.health.v1.", "/grpc.reflection."))
+
+
+def _behaviour(handler: Any) -> Any:
+    """The coroutine or async generator of ``handler``, whatever its kind."""
+    return (
+        handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
     )
+
+
+def _streams_responses(handler: Any) -> bool:
+    return bool(handler.unary_stream or handler.stream_stream)
+
+
+def _rebuilt(handler: Any, behaviour: Any, request_deserializer: Any) -> Any:
+    """A handler of ``handler``'s kind (unary or streaming requests and responses) that
+    runs ``behaviour``."""
+    if handler.unary_unary:
+        factory = grpc.unary_unary_rpc_method_handler
+    elif handler.stream_unary:
+        factory = grpc.stream_unary_rpc_method_handler
+    elif handler.unary_stream:
+        factory = grpc.unary_stream_rpc_method_handler
+    else:
+        factory = grpc.stream_stream_rpc_method_handler
     return factory(
-        stream,
-        request_deserializer=handler.request_deserializer,
+        behaviour,
+        request_deserializer=request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
@@ -322,8 +333,8 @@ def _wrap_handler(
 ) -> Any:
     deserializer = _lenient(handler.request_deserializer)
     streaming = bool(handler.stream_unary or handler.stream_stream)
-    if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
+    inner = _behaviour(handler)
+    if not _streams_responses(handler):
 
         async def unary_response(request: Any, ctx: Any) -> Any:
             state = icpt.begin(method, metadata)
@@ -338,24 +349,13 @@ def _wrap_handler(
             icpt.end(state, method, _code_of(None, ctx), None)
             return result
 
-        factory = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return factory(
-            unary_response,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    inner_stream = handler.unary_stream or handler.stream_stream
+        return _rebuilt(handler, unary_response, deserializer)
 
     async def stream_response(request: Any, ctx: Any) -> Any:
         state = icpt.begin(method, metadata)
         try:
             try:
-                async for item in inner_stream(_checked(request, streaming), ctx):
+                async for item in inner(_checked(request, streaming), ctx):
                     yield item
             except Exception as exc:
                 await _call_status(exc, ctx)
@@ -364,16 +364,7 @@ def _wrap_handler(
             raise
         icpt.end(state, method, _code_of(None, ctx), None)
 
-    factory = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return factory(
-        stream_response,
-        request_deserializer=deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return _rebuilt(handler, stream_response, deserializer)
 
 
 #: At least this long, after the server stopped, for handlers to finish (cancelled ones
