@@ -72,6 +72,10 @@ class Cluster:
         self.sent_at: list[int] = []
         #: Drops a message when it returns True for (from, to, envelope).
         self.blocked: Callable[[int, int, Envelope | None], bool] | None = None
+        #: As the transport: a message larger than this is never sent (None: no limit);
+        #: each is listed in ``oversized`` as (from, message kind, bytes).
+        self.max_frame: int | None = None
+        self.oversized: list[tuple[int, str, int]] = []
         self.now = 0
 
     def replica(self, i: int):
@@ -87,6 +91,11 @@ class Cluster:
         for w in wires:
             self.sent.append((i, w))
             self.sent_at.append(self.now)
+            if self.max_frame is not None and len(w.data) > self.max_frame:
+                env = w.envelope
+                kind = type(env.signed.msg if isinstance(env, SignedEnvelope) else env).__name__
+                self.oversized.append((i, kind, len(w.data)))
+                continue
             targets = range(self.n) if w.to is None else [w.to]
             for j in targets:
                 if j != i and not (self.blocked and self.blocked(i, j, w.envelope)):

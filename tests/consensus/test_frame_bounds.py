@@ -1,16 +1,11 @@
 """A Byzantine primary cannot make honest VIEW-CHANGEs too large to send, and a Byzantine
 responder cannot throttle a lagging replica's state transfer.
 
-``FramedCluster`` is the harness with the transport's frame limit (a larger message is
+The harness here has the transport's frame limit (``max_frame``: a larger message is
 never sent, as ``TransportNode`` refuses it) and signatures as large as ML-DSA-87's.
 """
 
 from __future__ import annotations
-
-import hashlib
-import hmac
-from collections.abc import Sequence
-from typing import Any
 
 from cretoai.config import new_view_bytes_bound
 from cretoai.crypto.backend import SIGNATURE_SIZE
@@ -24,60 +19,10 @@ from services.consensus.core.messages import (
     StateResponseEnvelope,
     TransferBatch,
 )
-from services.consensus.sim.crypto import Scheme, fast_request_hash
+from services.consensus.sim.crypto import FastScheme, fast_request_hash
 from tests.consensus.harness import Cluster, request, sign, wire
 
 MAX_FRAME = 4 * 1024 * 1024  # transport.max_frame_bytes, the default
-
-
-class _Signer:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def sign(self, message: bytes) -> bytes:
-        digest = hashlib.blake2b(message, key=self._key, digest_size=32).digest()
-        return digest.ljust(SIGNATURE_SIZE, b"\1")
-
-
-class _Verifier:
-    def __init__(self, keys: Sequence[bytes]) -> None:
-        self._keys = tuple(keys)
-
-    def verify(self, signer: int, message: bytes, signature: bytes) -> bool:
-        if not 0 <= signer < len(self._keys):
-            return False
-        return hmac.compare_digest(_Signer(self._keys[signer]).sign(message), signature)
-
-
-class SizedScheme(Scheme):
-    """The harness's keyed-BLAKE2b stand-in, with signatures as large as ML-DSA-87's."""
-
-    def __init__(self, n: int) -> None:
-        keys = [hashlib.blake2b(f"k/{i}".encode(), digest_size=32).digest() for i in range(n)]
-        super().__init__([_Signer(k) for k in keys], _Verifier(keys))
-
-
-class FramedCluster(Cluster):
-    """The harness, where a message larger than a transport frame is never delivered."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.oversized: list[tuple[int, str, int]] = []
-
-    def drain(self, i: int) -> None:
-        rd, wires = self.nodes[i].drain()
-        self.readies[i].append(rd)
-        for w in wires:
-            self.sent.append((i, w))
-            self.sent_at.append(self.now)
-            if len(w.data) > MAX_FRAME:
-                env = w.envelope
-                kind = type(env.signed.msg if isinstance(env, SignedEnvelope) else env).__name__
-                self.oversized.append((i, kind, len(w.data)))
-                continue
-            for j in range(self.n) if w.to is None else [w.to]:
-                if j != i and not (self.blocked and self.blocked(i, j, w.envelope)):
-                    self.queue.append((i, j, w.data))
 
 
 def test_a_primary_filling_the_window_cannot_block_the_view_change() -> None:
@@ -88,15 +33,16 @@ def test_a_primary_filling_the_window_cannot_block_the_view_change() -> None:
     no view change ever completed."""
     window, count = 48, 256  # cretoai.config picks 48 for 4 validators (test_config.py)
     assert new_view_bytes_bound(4, window, count) <= MAX_FRAME
-    c = FramedCluster(
+    c = Cluster(
         4,
-        scheme=SizedScheme(4),
+        scheme=FastScheme(4, seed=1, signature_size=SIGNATURE_SIZE),
         request_timeout=10,
         checkpoint_interval=16,
         watermark_window=window,
         batch_max_count=count,
         batch_max_bytes=1_048_576,
     )
+    c.max_frame = MAX_FRAME
     byzantine = 0
     c.crash(byzantine)  # hears nothing; what it "sends" is injected
     for seq in range(2, window + 1):
