@@ -150,23 +150,19 @@ def generate_node_tls(
     )
     ca_path, cert_path, key_path = (directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE))
     write_atomically(ca_path, ca_cert.public_bytes(serialization.Encoding.PEM))
-    for path, pem_cert, private in (
-        (cert_path, cert, key),
-        (directory / GATEWAY_CERT_FILE, gateway_cert, gateway_key),
+    for cert_file, key_file, issued, private in (
+        (cert_path, key_path, cert, key),
+        (directory / GATEWAY_CERT_FILE, directory / GATEWAY_KEY_FILE, gateway_cert, gateway_key),
     ):
-        write_atomically(path, pem_cert.public_bytes(serialization.Encoding.PEM))
+        write_atomically(cert_file, issued.public_bytes(serialization.Encoding.PEM))
         # A new file of mode 0600 renamed over the old one: writing into an existing key
         # file (O_TRUNC) kept its mode, so a 0644 one held the new key readable a while.
-        key_file = key_path if path == cert_path else directory / GATEWAY_KEY_FILE
-        write_atomically(
-            key_file,
-            private.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-            0o600,
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
+        write_atomically(key_file, pem, 0o600)
     return ca_path, cert_path, key_path
 
 
