@@ -562,6 +562,29 @@ class Process:
                 self.popen.wait()
 
 
+def node_ports() -> dict[str, list[int]]:
+    """Free loopback ports by role for the stand-ins: gRPC (S, T, C, G) and QUIC (Q)."""
+    names = ["S", "T", "Q", "C", "G"]
+    ports = free_ports(len(names) * NODES)
+    return {n: ports[i * NODES : (i + 1) * NODES] for i, n in enumerate(names)}
+
+
+def start_nodes(spec_path: Path, processes: list[Process], module: str = "bench.floor") -> None:
+    """Start every node's stand-ins, role by role (storage, transport, consensus,
+    gateway), each role once the one before is ready; the transports dial each other once
+    all listen. Each process goes into ``processes`` as it starts (for the caller to stop)."""
+    for role in ROLES:
+        started = [Process(role, n, spec_path, module=module) for n in range(NODES)]
+        processes += started
+        for p in started:
+            p.expect("listening" if role == "T" else "ready")
+        if role == "T":
+            for p in started:
+                p.tell()
+            for p in started:
+                p.expect("ready")
+
+
 def stats(spec: dict[str, Any]) -> list[dict[str, int]]:
     async def ask() -> list[dict[str, int]]:
         out = []
@@ -687,27 +710,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["verify_bound"] = verify_bound.measure(args.bound_seconds, nodes=NODES)
     with tempfile.TemporaryDirectory(prefix="cretoai-floor-") as tmp:
         directory = Path(tmp)
-        names = ["S", "T", "Q", "C", "G"]
-        ports = free_ports(len(names) * NODES)
-        spec = {
-            "dir": tmp,
-            "verify_threads": args.verify_threads,
-            "ports": {n: ports[i * NODES : (i + 1) * NODES] for i, n in enumerate(names)},
-        }
+        spec = {"dir": tmp, "verify_threads": args.verify_threads, "ports": node_ports()}
         spec_path = directory / "spec.json"
         spec_path.write_text(json.dumps(spec))
         processes: list[Process] = []
         try:
-            for role in ROLES:
-                started_now = [Process(role, n, spec_path) for n in range(NODES)]
-                processes += started_now
-                for p in started_now:
-                    p.expect("listening" if role == "T" else "ready")
-                if role == "T":
-                    for p in started_now:
-                        p.tell()
-                    for p in started_now:
-                        p.expect("ready")
+            start_nodes(spec_path, processes)
             load = Process("L", 0, spec_path, ["--batch", str(args.batch),
                                                "--window", str(args.window)])  # fmt: skip
             load.expect("ready")

@@ -415,12 +415,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     with tempfile.TemporaryDirectory(prefix="cretoai-latency-floor-") as tmp:
-        names = ["S", "T", "Q", "C", "G"]
-        ports = floor.free_ports(len(names) * NODES)
         spec = {
             "dir": tmp,
             "verify_threads": 1,
-            "ports": {n: ports[i * NODES : (i + 1) * NODES] for i, n in enumerate(names)},
+            "ports": floor.node_ports(),
             "seeds": [os.urandom(32).hex() for _ in range(NODES)],
             "persist": not args.no_persist,
             "rate": args.rate,
@@ -435,19 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec_path.chmod(0o600)  # it holds the stand-ins' signing seeds
         processes: list[floor.Process] = []
         try:
-            for role in floor.ROLES:
-                now = [
-                    floor.Process(role, n, spec_path, module="bench.latency_floor")
-                    for n in range(NODES)
-                ]
-                processes += now
-                for p in now:
-                    p.expect("listening" if role == "T" else "ready")
-                if role == "T":
-                    for p in now:
-                        p.tell()
-                    for p in now:
-                        p.expect("ready")
+            floor.start_nodes(spec_path, processes, module="bench.latency_floor")
             load = floor.Process("L", 0, spec_path, module="bench.latency_floor")
             processes.append(load)
             load.expect("ready")
