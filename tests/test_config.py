@@ -270,3 +270,7 @@ def test_the_watermark_window_fits_a_new_view_in_a_frame(
         fits = new_view_bytes_bound(len(cfg.validators), cfg.watermark_window, 256)
         larger = new_view_bytes_bound(len(cfg.validators), cfg.watermark_window + k, 256)
         assert fits <= cfg.transport.max_frame_bytes < larger
+    # at 10 validators not even one checkpoint interval fits a 4-MiB frame: refused, with
+    # the size a frame would need, never a window whose view changes cannot be sent
+    with pytest.raises(ConfigError, match=r"watermark_window: 16 needs NEW-VIEWs of up to \d+"):
+        cluster_factory(10)
