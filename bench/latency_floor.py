@@ -3,6 +3,7 @@ mandated shape at low load, with PBFT's three phases and nothing else, in real p
 
     .venv/bin/python -m bench.latency_floor [--rate 10] [--seconds 20] [--entry all|primary]
                                             [--no-persist]
+    .venv/bin/python -m bench.latency_floor --window 4 --client-batch 64 --batch-max 128
 
 Issue #14 asks for finality p50 <= 25 ms and p99 <= 50 ms at 10 vertices/s, and p99 <= 100 ms
 at 200/s (``--rate 200``: the primary batches what waits, as the node). ``bench.floor``
@@ -16,7 +17,8 @@ around it:
 * the primary verifies the vertex's signature; while fewer than ``--max-inflight`` (1, the
   node's default) of its batches are uncommitted it cuts a batch of the vertices waiting
   (at most ``--batch-max``), signs a PRE-PREPARE (seq, SHA3-256 over the vertices'
-  SHA3-256) and sends it with the vertices to every backup;
+  SHA3-256) and sends it with the vertices to every backup, less the vertices that backup
+  forwarded (as the node: bodies cross the network once per node);
 * a backup verifies the PRE-PREPARE's signature and the vertices' (on 2 threads, a job
   each, as the node; one vertex inline), signs a PREPARE and sends it to every replica;
 * a replica with the PRE-PREPARE and 2f matching PREPAREs (each signature verified) writes
@@ -37,6 +39,13 @@ at ``--rate`` per second on an open-loop schedule, round-robin over the four gat
 own. Latency is measured from each vertex's due time to its answer, over the vertices due
 in the measured window after ``--warmup``; the CPU of every process over the same window.
 Writes ``bench/results/latency_floor.json``.
+
+``--window N`` measures the same protocol at saturation instead, for the throughput target
+(>= 40 % of the ML-DSA-87 verify bound; ``bench.floor`` is the floor without PBFT): a closed
+loop keeps N messages of ``--client-batch`` vertices in flight at every gateway, a message's
+credit returning once each of its vertices is answered. It reports the vertices answered in
+the window per second, each role's CPU per vertex, and the verify bound measured in the same
+run with the share of it reached.
 """
 
 from __future__ import annotations
@@ -117,6 +126,22 @@ def decode_requests(data: bytes) -> tuple[tuple[int, bytes, bytes], ...]:
     return tuple(out)
 
 
+def encode_submission(vertices: list[tuple[bytes, bytes]]) -> bytes:
+    """A client's message: one or more (request id, vertex), as the gateway passes it on."""
+    return b"".join(rid + len(vertex).to_bytes(4, "big") + vertex for rid, vertex in vertices)
+
+
+def decode_submission(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, at = [], 0
+    while at < len(data):
+        rid = data[at : at + ID_BYTES]
+        size = int.from_bytes(data[at + ID_BYTES : at + ID_BYTES + 4], "big")
+        at += ID_BYTES + 4
+        out.append((rid, data[at : at + size]))
+        at += size
+    return out
+
+
 async def consensus_main(spec: dict[str, Any], node: int) -> None:
     from cretoai.crypto import get_backend
     from cretoai.v1 import vertex_pb2
@@ -136,8 +161,9 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
     )(wait_for_ready=True)
     store_lock, exchange_lock = asyncio.Lock(), asyncio.Lock()
     stored: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
-    answers: asyncio.Queue[bytes] = asyncio.Queue()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()  # request ids, 8 bytes each
     slots: dict[int, Slot] = {}
+    own: dict[bytes, bytes] = {}  # this backup's forwarded vertices, by request id
     next_seq = [0]
     counts = {"committed": 0, "batches": 0, "bad": 0}
 
@@ -184,10 +210,10 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
         counts["bad"] += not ok
         return ok
 
-    async def propose(entry: int, request_id: bytes, vertex: bytes) -> None:
-        """The primary: take a request; cut a batch when none is in flight."""
-        if await verify([vertex]):
-            pending.append((entry, request_id, vertex))
+    async def propose(entry: int, submitted: list[tuple[bytes, bytes]]) -> None:
+        """The primary: take a client's message; cut a batch when none is in flight."""
+        if await verify([vertex for _, vertex in submitted]):
+            pending.extend((entry, rid, vertex) for rid, vertex in submitted)
             await cut()
 
     async def cut() -> None:
@@ -202,14 +228,21 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
         s.digest, s.requests = batch_digest([v for _, _, v in requests]), requests
         signature = me.sign(_vote_body(PRE_PREPARE, seq, s.digest), context=CONTEXT)
         header = seq.to_bytes(8, "big") + len(signature).to_bytes(2, "big") + signature
-        await send(PRE_PREPARE + header + encode_requests(requests))
+        for peer in range(NODES):  # as the node: a backup's own vertices are not sent back
+            if peer != node:
+                bodies = tuple((e, rid, b"" if e == peer else v) for e, rid, v in requests)
+                await send(floor.TO_ONE + bytes([peer]) + PRE_PREPARE + header
+                           + encode_requests(bodies))  # fmt: skip
         await progress(seq)
 
     async def on_pre_prepare(message: bytes) -> None:
         seq = int.from_bytes(message[1:9], "big")
         size = int.from_bytes(message[9:11], "big")
         signature = message[11 : 11 + size]
-        requests = decode_requests(message[11 + size :])
+        requests = tuple(
+            (e, rid, own.pop(rid, b"") if e == node and not v else v)
+            for e, rid, v in decode_requests(message[11 + size :])
+        )
         vertices = [v for _, _, v in requests]
         digest = batch_digest(vertices)
         if not verified(PRIMARY, _vote_body(PRE_PREPARE, seq, digest), signature):
@@ -250,9 +283,9 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
             s.done = True
             counts["committed"] += len(s.requests)
             counts["batches"] += 1
-            for entry, request_id, _ in s.requests:
-                if entry == node:
-                    answers.put_nowait(request_id)
+            mine = b"".join(rid for entry, rid, _ in s.requests if entry == node)
+            if mine:
+                answers.put_nowait(mine)
             slots.pop(seq - 64, None)  # bounded: old slots are never needed again
             if node == PRIMARY:
                 in_flight[0] -= 1
@@ -269,7 +302,7 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
         async for message in exchange:
             kind = message[:1]
             if kind == REQUEST:
-                spawn(propose(message[1], message[2 : 2 + ID_BYTES], message[2 + ID_BYTES :]))
+                spawn(propose(message[1], decode_submission(message[2:])))
             elif kind == PRE_PREPARE:
                 spawn(on_pre_prepare(message))
             elif kind in (PREPARE, COMMIT):
@@ -278,10 +311,11 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
     async def ingest(requests: AsyncIterator[bytes], context: Any) -> None:
         async def read() -> None:
             async for data in requests:
-                request_id, vertex = data[:ID_BYTES], data[ID_BYTES:]
+                submitted = decode_submission(data)
                 if node == PRIMARY:
-                    spawn(propose(node, request_id, vertex))
+                    spawn(propose(node, submitted))
                 else:
+                    own.update(submitted)
                     spawn(send(floor.TO_ONE + bytes([PRIMARY]) + REQUEST + bytes([node]) + data))
 
         reader = asyncio.create_task(read())
@@ -365,8 +399,10 @@ async def load_main(spec: dict[str, Any]) -> None:
     all_answered = asyncio.Event()
 
     async def answers(call: Any) -> None:
-        async for request_id in call:
-            answered[request_id] = time.perf_counter()
+        async for request_ids in call:
+            now = time.perf_counter()
+            for at in range(0, len(request_ids), ID_BYTES):
+                answered[request_ids[at : at + ID_BYTES]] = now
             if len(answered) == count:
                 all_answered.set()
 
@@ -381,7 +417,7 @@ async def load_main(spec: dict[str, Any]) -> None:
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
         request_id = i.to_bytes(ID_BYTES, "big")
         due[request_id] = at
-        await calls[i % len(calls)].write(request_id + vertex)
+        await calls[i % len(calls)].write(encode_submission([(request_id, vertex)]))
     with contextlib.suppress(TimeoutError):  # the last answers, for at most 5 s
         await asyncio.wait_for(all_answered.wait(), 5.0)
     for reader in readers:
@@ -393,6 +429,76 @@ async def load_main(spec: dict[str, Any]) -> None:
         "measured": len(measured),
         "unanswered_in_window": sum(rid not in answered for rid in measured),
         "latency": percentiles(latencies),
+    }))  # fmt: skip
+
+
+async def saturate_main(spec: dict[str, Any]) -> None:
+    """Closed loop: ``window`` messages of ``client_batch`` vertices in flight at every
+    gateway; a message's credit returns once each of its vertices is answered."""
+    batch, window, warmup, seconds = (
+        spec["client_batch"],
+        spec["window"],
+        spec["warmup"],
+        spec["seconds"],
+    )
+    vertices = signed_vertices(floor.DISTINCT)
+    entries = list(range(NODES)) if spec["entry"] == "all" else [PRIMARY]
+    answered_at: list[float] = []
+    message_latencies: list[tuple[float, float]] = []  # (sent, fully answered)
+    stop = asyncio.Event()
+    serial = iter(range(1, 1 << 40))
+
+    async def drive(node: int) -> None:
+        channel = floor._channel(spec["ports"]["G"][node])
+        call: Any = channel.stream_stream(floor._method("Submit"))(wait_for_ready=True)
+        credit = asyncio.Semaphore(window)
+        remaining: dict[int, int] = {}
+        sent: dict[int, float] = {}
+
+        async def answers() -> None:
+            async for request_ids in call:
+                now = time.perf_counter()
+                for at in range(0, len(request_ids), ID_BYTES):
+                    message = int.from_bytes(request_ids[at : at + ID_BYTES - 2], "big")
+                    answered_at.append(now)
+                    remaining[message] -= 1
+                    if not remaining[message]:
+                        del remaining[message]
+                        message_latencies.append((sent.pop(message), now))
+                        credit.release()
+
+        reader = asyncio.create_task(answers())
+        i = node * batch
+        while not stop.is_set():
+            await credit.acquire()
+            message = next(serial)
+            remaining[message], sent[message] = batch, time.perf_counter()
+            chunk = [
+                ((message << 16 | j).to_bytes(ID_BYTES, "big"), vertices[(i + j) % len(vertices)])
+                for j in range(batch)
+            ]
+            i += batch
+            await call.write(encode_submission(chunk))
+        reader.cancel()
+
+    floor._say("ready")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # go
+    start = time.perf_counter()
+    floor._say(json.dumps({"window_starts_in_s": warmup}))
+    drivers = [asyncio.create_task(drive(n)) for n in entries]
+    await asyncio.sleep(warmup + seconds)  # the load's own schedule, not a wait for an event
+    stop.set()
+    for task in drivers:
+        task.cancel()
+    begin, end = start + warmup, start + warmup + seconds
+    in_window = sum(begin <= t < end for t in answered_at)
+    floor._say(json.dumps({
+        "answered_in_window": in_window,
+        "throughput_per_s": round(in_window / seconds, 1),
+        "message_latency": percentiles(
+            [1000 * (done - at) for at, done in message_latencies if begin <= done < end]
+        ),
     }))  # fmt: skip
 
 
@@ -411,9 +517,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "persist_before_commit": not args.no_persist,
             "max_inflight_batches": args.max_inflight,
             "batch_max_vertices": args.batch_max,
+            "client_batch": args.client_batch,
+            "messages_in_flight_per_gateway": args.window or None,
             "vertex": f"{PAYLOAD_BYTES} B payload, 2 parents, ML-DSA-87 (about 8.3 KB)",
         },
     }
+    saturate = args.window > 0
+    if saturate:
+        from bench import verify_bound
+
+        result["verify_bound"] = verify_bound.measure(args.bound_seconds, nodes=NODES)
     with tempfile.TemporaryDirectory(prefix="cretoai-latency-floor-") as tmp:
         spec = {
             "dir": tmp,
@@ -427,6 +540,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "entry": args.entry,
             "max_inflight": args.max_inflight,
             "batch_max": args.batch_max,
+            "client_batch": args.client_batch,
+            "window": args.window,
         }
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -456,12 +571,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         role = floor.ROLE_NAMES[name[0]]
         by_role[role] = by_role.get(role, 0.0) + (cpu - before[name]) / window
     nodes_cores = sum(v for k, v in by_role.items() if k != "load")
+    per_s = result["load"]["throughput_per_s"] if saturate else args.rate
     result["cpu"] = {
         "cores_by_role": {k: round(v, 3) for k, v in sorted(by_role.items())},
         "cores_per_node": round(nodes_cores / NODES, 3),
-        "cluster_ms_per_vertex": round(1000 * nodes_cores / args.rate, 2),
+        "cluster_ms_per_vertex": round(1000 * nodes_cores / per_s, 2) if per_s else None,
+        "cluster_ms_per_vertex_by_role": {
+            k: round(1000 * v / per_s, 3) for k, v in sorted(by_role.items()) if per_s
+        },
         "machine_busy_cores": round(busy / window, 3),
     }
+    if saturate:
+        bound = result["verify_bound"]["vertices_per_s"]
+        share = round(per_s / bound, 3) if bound else None
+        result["targets"] = {"share_of_verify_bound": share, "share_ge_40_percent": (
+            None if share is None else share >= 0.40)}  # fmt: skip
+        result["total_s"] = round(time.perf_counter() - started, 1)
+        return result
     latency = result["load"]["latency"]
     result["targets"] = {
         "p50_le_25_ms": None if latency["p50_ms"] is None else latency["p50_ms"] <= 25,
@@ -485,6 +611,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the primary's uncommitted batches (1, as the node)")  # fmt: skip
     parser.add_argument("--batch-max", type=int, default=256,
                         help="vertices per batch at most (256, as the node)")  # fmt: skip
+    parser.add_argument("--client-batch", type=int, default=1,
+                        help="vertices per client message (1)")  # fmt: skip
+    parser.add_argument("--window", type=int, default=0,
+                        help="saturate instead: a closed loop with this many messages in "
+                        "flight per gateway (0: the open loop at --rate)")  # fmt: skip
+    parser.add_argument("--bound-seconds", type=float, default=3.0,
+                        help="with --window: the verify bound's measurement (3)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULT)
     parser.add_argument("--role", choices=[*floor.ROLES, "L"], help=argparse.SUPPRESS)
     parser.add_argument("--node", type=int, default=0, help=argparse.SUPPRESS)
@@ -500,18 +633,22 @@ def main(argv: list[str] | None = None) -> int:
         }
         with contextlib.suppress(KeyboardInterrupt):
             if args.role == "L":
-                asyncio.run(load_main(spec))
+                asyncio.run(saturate_main(spec) if spec["window"] else load_main(spec))
             else:
                 asyncio.run(mains[args.role](spec, args.node))
         return 0
     if not (0.5 <= args.rate <= 400 and 1 <= args.seconds <= 300 and 0 <= args.warmup <= 60
-            and 1 <= args.max_inflight <= 16 and 1 <= args.batch_max <= 1024):  # fmt: skip
+            and 1 <= args.max_inflight <= 16 and 1 <= args.batch_max <= 1024
+            and 1 <= args.client_batch <= 512 and 0 <= args.window <= 64
+            and 0.6 <= args.bound_seconds <= 60):  # fmt: skip
         parser.error("bounds: --rate [0.5, 400], --seconds [1, 300], --warmup [0, 60], "
-                     "--max-inflight [1, 16], --batch-max [1, 1024]")  # fmt: skip
+                     "--max-inflight [1, 16], --batch-max [1, 1024], --client-batch [1, 512], "
+                     "--window [0, 64], --bound-seconds [0.6, 60]")  # fmt: skip
     result = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("load", "cpu", "targets")}, indent=2))
+    shown = ("verify_bound", "load", "cpu", "targets")[0 if args.window else 1 :]
+    print(json.dumps({k: result[k] for k in shown if k in result}, indent=2))
     print(f"wrote {args.output}")
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency_floor import percentiles
+from bench.latency_floor import decode_submission, encode_submission, percentiles
 from tests.conftest import REPO
 
 
@@ -50,3 +50,37 @@ def test_a_short_run_commits_and_answers_every_vertex(
         assert max(c["batches"] for c in counts) < sent
     assert result["cpu"]["cores_by_role"]["consensus"] > 0
     assert set(result["targets"]) == {"p50_le_25_ms", "p99_le_50_ms", "p99_le_100_ms"}
+
+
+def test_a_client_message_round_trips() -> None:
+    vertices = [(i.to_bytes(8, "big"), bytes([i]) * (100 + i)) for i in range(3)]
+    assert decode_submission(encode_submission(vertices)) == vertices
+    assert decode_submission(encode_submission([])) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "latency_floor.json"
+    argv = [
+        sys.executable, "-m", "bench.latency_floor", "--window", "2", "--client-batch", "16",
+        "--batch-max", "32", "--seconds", "2", "--warmup", "1", "--bound-seconds", "0.6",
+        "--output", str(output),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(output.read_text())
+    load, counts = result["load"], result["consensus_counts"]
+    assert load["answered_in_window"] > 0 and load["message_latency"]["count"] > 0
+    assert load["throughput_per_s"] == round(load["answered_in_window"] / 2, 1)
+    assert [c["bad"] for c in counts] == [0, 0, 0, 0]
+    # what was answered was committed everywhere (a node may trail by a batch)
+    assert min(c["committed"] for c in counts) >= load["answered_in_window"] - 32
+    assert max(c["batches"] for c in counts) < max(c["committed"] for c in counts)
+    cpu = result["cpu"]
+    assert cpu["cluster_ms_per_vertex"] > 0
+    assert cpu["cluster_ms_per_vertex_by_role"]["consensus"] > 0
+    bound = result["verify_bound"]["vertices_per_s"]
+    assert result["targets"]["share_of_verify_bound"] == round(load["throughput_per_s"] / bound, 3)
