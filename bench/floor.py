@@ -98,10 +98,28 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def _serve(port: int, handlers: dict[str, Any]) -> grpc.aio.Server:
+#: The internal hops' mutual TLS (``--tls``: one CA and certificate for every stand-in, as
+#: a node's services share theirs); None: plaintext. Set by :func:`use_internal_tls`.
+_internal_tls: Any = None
+
+
+def use_internal_tls(spec: dict[str, Any]) -> None:
+    """Secure every internal hop (not the load's, as the node's clients) when ``spec`` says."""
+    global _internal_tls
+    paths = spec.get("tls")
+    if paths and _internal_tls is None:
+        from cretoai.tls import load_internal_tls
+
+        _internal_tls = load_internal_tls(*(Path(p) for p in paths))
+
+
+async def _serve(port: int, handlers: dict[str, Any], *, public: bool = False) -> grpc.aio.Server:
     server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if _internal_tls is not None and not public:
+        server.add_secure_port(f"127.0.0.1:{port}", _internal_tls.server_credentials())
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server
 
@@ -114,8 +132,15 @@ async def _until_terminated(server: grpc.aio.Server) -> None:
     await server.stop(None)
 
 
-def _channel(port: int) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+def _channel(port: int, *, public: bool = False) -> grpc.aio.Channel:
+    target = f"127.0.0.1:{port}"
+    if _internal_tls is not None and not public:
+        return grpc.aio.secure_channel(
+            target,
+            _internal_tls.channel_credentials(),
+            options=GRPC_OPTIONS + _internal_tls.channel_options(),
+        )
+    return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
 
 
 # -- storage --------------------------------------------------------------------------------
@@ -426,7 +451,9 @@ async def gateway_main(spec: dict[str, Any], node: int) -> None:
             forwarder.cancel()
 
     server = await _serve(
-        spec["ports"]["G"][node], {"Submit": grpc.stream_stream_rpc_method_handler(submit)}
+        spec["ports"]["G"][node],
+        {"Submit": grpc.stream_stream_rpc_method_handler(submit)},
+        public=True,
     )
     _say("ready")
     await _until_terminated(server)
@@ -467,7 +494,7 @@ async def load_main(spec: dict[str, Any], batch: int, window: int) -> None:
     stop = asyncio.Event()
 
     async def drive(node: int) -> None:
-        channel = _channel(spec["ports"]["G"][node])
+        channel = _channel(spec["ports"]["G"][node], public=True)
         call: Any = channel.stream_stream(_method("Submit"))(wait_for_ready=True)
         credit = asyncio.Semaphore(window)
 
@@ -586,6 +613,8 @@ def start_nodes(spec_path: Path, processes: list[Process], module: str = "bench.
 
 
 def stats(spec: dict[str, Any]) -> list[dict[str, int]]:
+    use_internal_tls(spec)
+
     async def ask() -> list[dict[str, int]]:
         out = []
         for node in range(NODES):
@@ -760,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role:
         spec = json.loads(args.spec.read_text())
+        use_internal_tls(spec)
         mains = {"S": storage_main, "T": transport_main, "C": consensus_main, "G": gateway_main}
         with contextlib.suppress(KeyboardInterrupt):
             if args.role == "L":

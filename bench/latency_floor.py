@@ -165,7 +165,7 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
     slots: dict[int, Slot] = {}
     own: dict[bytes, bytes] = {}  # this backup's forwarded vertices, by request id
     next_seq = [0]
-    counts = {"committed": 0, "batches": 0, "bad": 0}
+    counts = {"committed": 0, "batches": 0, "bad": 0, "tls": floor._internal_tls is not None}
 
     def verified(signer: int, body: bytes, signature: bytes) -> bool:
         ok = backend.verify(public[signer], body, signature, context=CONTEXT)
@@ -190,6 +190,7 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
     def slot(seq: int) -> Slot:
         return slots.setdefault(seq, Slot())
 
+    running: set[asyncio.Task[None]] = set()
     pending: list[tuple[int, bytes, bytes]] = []
     in_flight = [0]  # the primary's batches not committed yet
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
@@ -283,15 +284,25 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
             s.done = True
             counts["committed"] += len(s.requests)
             counts["batches"] += 1
-            mine = b"".join(rid for entry, rid, _ in s.requests if entry == node)
-            if mine:
-                answers.put_nowait(mine)
             slots.pop(seq - 64, None)  # bounded: old slots are never needed again
             if node == PRIMARY:
                 in_flight[0] -= 1
-                await cut()
+                spawn(cut())
+            if spec.get("execute_write"):  # the executed batch's record, synced, first
+                await executed(seq, s)
+            mine = b"".join(rid for entry, rid, _ in s.requests if entry == node)
+            if mine:
+                answers.put_nowait(mine)
 
-    running: set[asyncio.Task[None]] = set()
+    execution = asyncio.Lock()
+
+    async def executed(seq: int, s: Slot) -> None:
+        """In seq order, as the node executes: a small record of the batch (its seq,
+        digest and request ids; the bodies are stored already), synced."""
+        assert s.digest is not None
+        async with execution:
+            await store(b"E" + seq.to_bytes(8, "big") + s.digest
+                        + b"".join(rid for _, rid, _ in s.requests))  # fmt: skip
 
     def spawn(work: Any) -> None:
         task = loop.create_task(work)
@@ -393,7 +404,7 @@ async def load_main(spec: dict[str, Any]) -> None:
     answered: dict[bytes, float] = {}
     calls: list[Any] = []
     for node in entries:
-        channel = floor._channel(spec["ports"]["G"][node])
+        channel = floor._channel(spec["ports"]["G"][node], public=True)
         calls.append(channel.stream_stream(floor._method("Submit"))(wait_for_ready=True))
 
     all_answered = asyncio.Event()
@@ -449,7 +460,7 @@ async def saturate_main(spec: dict[str, Any]) -> None:
     serial = iter(range(1, 1 << 40))
 
     async def drive(node: int) -> None:
-        channel = floor._channel(spec["ports"]["G"][node])
+        channel = floor._channel(spec["ports"]["G"][node], public=True)
         call: Any = channel.stream_stream(floor._method("Submit"))(wait_for_ready=True)
         credit = asyncio.Semaphore(window)
         remaining: dict[int, int] = {}
@@ -518,6 +529,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_inflight_batches": args.max_inflight,
             "batch_max_vertices": args.batch_max,
             "client_batch": args.client_batch,
+            "internal_tls": args.tls,
+            "execute_write": args.execute_write,
             "messages_in_flight_per_gateway": args.window or None,
             "vertex": f"{PAYLOAD_BYTES} B payload, 2 parents, ML-DSA-87 (about 8.3 KB)",
         },
@@ -542,7 +555,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_max": args.batch_max,
             "client_batch": args.client_batch,
             "window": args.window,
+            "execute_write": args.execute_write,
         }
+        if args.tls:
+            from cretoai.tls import generate_node_tls
+
+            spec["tls"] = [str(p) for p in generate_node_tls(Path(tmp) / "tls", "floor")]
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         spec_path.chmod(0o600)  # it holds the stand-ins' signing seeds
@@ -616,6 +634,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=0,
                         help="saturate instead: a closed loop with this many messages in "
                         "flight per gateway (0: the open loop at --rate)")  # fmt: skip
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on the internal gRPC hops, as the node's services",
+    )
+    parser.add_argument("--execute-write", action="store_true",
+                        help="after the commit, a small synced write of the executed batch "
+                        "before the answer, as the node's execution")  # fmt: skip
     parser.add_argument("--bound-seconds", type=float, default=3.0,
                         help="with --window: the verify bound's measurement (3)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULT)
@@ -625,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role:
         spec = json.loads(args.spec.read_text())
+        floor.use_internal_tls(spec)
         mains = {
             "S": floor.storage_main,
             "T": floor.transport_main,

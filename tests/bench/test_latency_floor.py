@@ -67,7 +67,7 @@ def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
     argv = [
         sys.executable, "-m", "bench.latency_floor", "--window", "2", "--client-batch", "16",
         "--batch-max", "32", "--seconds", "2", "--warmup", "1", "--bound-seconds", "0.6",
-        "--output", str(output),
+        "--tls", "--execute-write", "--output", str(output),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -76,6 +76,7 @@ def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
     assert load["answered_in_window"] > 0 and load["message_latency"]["count"] > 0
     assert load["throughput_per_s"] == round(load["answered_in_window"] / 2, 1)
     assert [c["bad"] for c in counts] == [0, 0, 0, 0]
+    assert all(c["tls"] for c in counts)  # the internal hops were mutual TLS
     # what was answered was committed everywhere (a node may trail by a batch)
     assert min(c["committed"] for c in counts) >= load["answered_in_window"] - 32
     assert max(c["batches"] for c in counts) < max(c["committed"] for c in counts)
