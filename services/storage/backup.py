@@ -35,6 +35,7 @@ from cretoai.v1 import storage_pb2, storage_pb2_grpc
 from services.storage.errors import DatabaseError, DatabaseLocked
 from services.storage.store import (
     BACKUP_MANIFEST,
+    Owner,
     Store,
     dir_bytes,
     inspect,
@@ -138,7 +139,7 @@ def backup_offline(cfg: NodeConfig, output: Path) -> BackupInfo:
     if target.exists():
         raise BackupError(f"{target} already exists; a backup goes into a new directory")
     try:
-        store = Store.open(cfg.storage_path, create=False)
+        store = Store.open(cfg.storage_path, create=False, owner=Owner.of_node(cfg))
     except DatabaseLocked as exc:
         raise BackupError(
             f"{exc}. While the storage service runs, back up through it "
@@ -232,6 +233,31 @@ def _check_same_node(cfg: NodeConfig, source: Path) -> None:
         )
 
 
+def _check_same_owner(cfg: NodeConfig, source: Path) -> None:
+    """Refuse a database another validator wrote, whatever its manifest says (a copied
+    data directory has none; a manifest is a file anyone can edit): the stamp is inside
+    the database, written by the storage service of the node it belongs to."""
+    try:
+        store = Store.open(source, create=False, read_only=True)
+    except DatabaseError as exc:
+        raise BackupError(f"{source} is not a usable backup: {exc}") from None
+    try:
+        stamped = store.owner()
+    except DatabaseError as exc:
+        raise BackupError(f"{source} is not a usable backup: {exc}") from None
+    finally:
+        store.close()
+    mine = Owner.of_node(cfg)
+    if stamped is not None and stamped.key_fingerprint != mine.key_fingerprint:
+        raise BackupError(
+            f"{source} holds the database of {stamped.node} (validator key "
+            f"{stamped.key_fingerprint}); this node is {mine.node} (key "
+            f"{mine.key_fingerprint}). A node's consensus records are what that node "
+            "signed; restore a backup of this node, or start it with an empty database to "
+            "catch up by state transfer. Nothing was changed"
+        )
+
+
 def _check_certified_here(cfg: NodeConfig, source: Path, last_seq: int) -> None:
     """Refuse a backup whose finalized batches this node's validator set did not certify:
     another cluster's, or this one's from before its keys changed. Its certificates would
@@ -277,6 +303,7 @@ def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
     except DatabaseError as exc:
         raise BackupError(f"{source} is not a usable backup: {exc}") from None
     _check_same_node(cfg, source)
+    _check_same_owner(cfg, source)
     _check_certified_here(cfg, source, wanted.last_seq)
     has_db = target.exists() and any(target.iterdir())
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"

@@ -33,6 +33,7 @@ __all__ = [
     "DatabaseCorrupt",
     "DatabaseError",
     "DatabaseLocked",
+    "DatabaseOfAnotherNode",
     "DiskFull",
     "FailedPrecondition",
     "Halted",
@@ -90,3 +91,7 @@ class DatabaseLocked(DatabaseError):
 
 class DatabaseCorrupt(DatabaseError):
     pass
+
+
+class DatabaseOfAnotherNode(DatabaseError):
+    """The database was written by another validator (copied from its node)."""

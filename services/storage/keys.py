@@ -52,6 +52,8 @@ COLUMN_FAMILIES = (
 
 SCHEMA_VERSION_KEY = b"schema_version"
 COUNTERS_KEY = b"counters"
+#: The validator whose database this is (:class:`services.storage.store.Owner`, JSON).
+OWNER_KEY = b"owner"
 
 CREATOR_PREFIX = b"creator/"
 #: Creator keys at least this long are stored once and referenced (shorter ones inline).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from grpc_health.v1 import health_pb2
@@ -15,7 +16,7 @@ from cretoai.v1 import storage_pb2_grpc
 from services.storage import metrics
 from services.storage.certify import Certifier
 from services.storage.servicer import SERVICE_NAME, StorageServicer
-from services.storage.store import Store
+from services.storage.store import Owner, Store
 from services.storage.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ async def refresh_gauges(store: Store, servicer: StorageServicer, interval: floa
 
 async def build(cfg: NodeConfig) -> GrpcService:
     """The storage service for ``cfg`` (raises :class:`DatabaseError`, an OSError, at start)."""
-    store = await asyncio.to_thread(Store.open, cfg.storage_path)
+    store = await asyncio.to_thread(
+        functools.partial(Store.open, cfg.storage_path, owner=Owner.of_node(cfg))
+    )
     writer = Writer(store)
     writer.start()
     service: GrpcService | None = None

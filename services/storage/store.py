@@ -24,11 +24,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
 
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
+
+if TYPE_CHECKING:
+    from cretoai.config import NodeConfig
 from services.storage import keys
 from services.storage.errors import (
     AlreadyExists,
@@ -36,6 +39,7 @@ from services.storage.errors import (
     DatabaseCorrupt,
     DatabaseError,
     DatabaseLocked,
+    DatabaseOfAnotherNode,
     FailedPrecondition,
     Halted,
     InvalidArgument,
@@ -313,13 +317,24 @@ class Store:
     # ------------------------------------------------------------------ open/close
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True, read_only: bool = False) -> Store:
+    def open(
+        cls,
+        path: Path,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        owner: Owner | None = None,
+    ) -> Store:
         """Open the database at ``path``; :class:`DatabaseError`.
 
         With ``create``, a missing or empty directory gets a new, empty database. A directory
         that holds anything else must hold an intact database of this service, checked
         before RocksDB touches it (:func:`_check_existing`): a damaged one fails every open
-        and is left exactly as it is."""
+        and is left exactly as it is.
+
+        With ``owner`` (the storage service passes its node's), a database stamped with
+        another validator's key is refused (:class:`DatabaseOfAnotherNode`), and one not
+        stamped yet (new, or written before stamps) is stamped, unless ``read_only``."""
         path = Path(path).absolute()
         if path.exists() and not path.is_dir():
             raise DatabaseError(f"the database path {path} exists and is not a directory")
@@ -339,6 +354,10 @@ class Store:
                 raise DatabaseError(f"cannot create the database directory {path}: {exc}") from None
         else:
             existing = _check_existing(path, entries)
+            if owner is not None and not read_only:
+                # another node's database is refused before a read-write open, which
+                # would already change its files (a new MANIFEST, the WAL replayed)
+                cls.open(path, create=False, read_only=True, owner=owner).close()
         with _OPEN_LOCK:
             if path in _OPEN_PATHS and not read_only:
                 raise DatabaseLocked(
@@ -363,6 +382,8 @@ class Store:
             store = cls(path, db, read_only=read_only)
             try:
                 store._load(is_new)
+                if owner is not None:
+                    store._check_owner(owner)
             except DatabaseError:
                 store.close()
                 raise
@@ -385,6 +406,40 @@ class Store:
             },
         )
         return store
+
+    def owner(self) -> Owner | None:
+        """The validator this database belongs to, if it was stamped."""
+        raw = self._db.get(keys.OWNER_KEY, read_opt=self._read)
+        if raw is None:
+            return None
+        try:
+            return Owner.from_bytes(raw)
+        except ValueError as exc:
+            raise DatabaseCorrupt(f"the database at {self.path}: unreadable owner: {exc}") from None
+
+    def _check_owner(self, owner: Owner) -> None:
+        stamped = self.owner()
+        if stamped is None:
+            if self.read_only:
+                return
+            self._db.put(keys.OWNER_KEY, owner.to_bytes(), self._write)
+            self._db.flush_wal(True)
+            log.info(
+                "database stamped with its node",
+                extra={"fields": {"path": str(self.path), "node": owner.node,
+                                  "key": owner.key_fingerprint}},
+            )  # fmt: skip
+            return
+        if stamped.key_fingerprint != owner.key_fingerprint:  # read-only opens too
+            raise DatabaseOfAnotherNode(
+                f"the database at {self.path} belongs to {stamped.node} (validator key "
+                f"{stamped.key_fingerprint}), not to this node, {owner.node} (key "
+                f"{owner.key_fingerprint}): it was copied from another node. Its consensus "
+                "records are what that node signed, and this node would take them for its own. "
+                "Restore this node's own backup (cretoai-node restore --from DIR --force) or "
+                "move the directory aside to start with an empty database (the node then "
+                "rejoins the cluster by state transfer)"
+            )
 
     def _load_counters(self) -> Counters:
         raw = self._db.get(keys.COUNTERS_KEY, read_opt=self._read)
@@ -1041,6 +1096,38 @@ def open_in_this_process(path: Path) -> bool:
         return Path(path).absolute() in _OPEN_PATHS
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The validator a database belongs to: its node's name (for messages) and a
+    fingerprint of its public key (what is compared: a renamed node keeps its database)."""
+
+    node: str
+    key_fingerprint: str
+
+    @classmethod
+    def of(cls, node: str, public_key: bytes) -> Owner:
+        return cls(node, hashlib.sha3_256(public_key).hexdigest()[:32])
+
+    @classmethod
+    def of_node(cls, cfg: NodeConfig) -> Owner:
+        """The node of ``cfg``: its name and its validator key."""
+        return cls.of(cfg.node.name, cfg.validators[cfg.replica_index].public_key_bytes)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"node": self.node, "key_sha3": self.key_fingerprint}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Owner:
+        try:
+            value = json.loads(raw)
+            node, fingerprint = value["node"], value["key_sha3"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"not an owner record ({exc})") from None
+        if not isinstance(node, str) or not isinstance(fingerprint, str):
+            raise ValueError("not an owner record (node and key_sha3 must be strings)")
+        return cls(node, fingerprint)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -1073,6 +1160,7 @@ __all__ = [
     "CommitOutcome",
     "Counters",
     "DatabaseInfo",
+    "Owner",
     "Store",
     "WriteFailed",
     "decode_vertex",

@@ -298,7 +298,9 @@ async def test_restore_refuses_a_backup_another_validator_set_certified(tmp_path
     validator set; nothing is changed otherwise."""
     await backup_of_a_node(tmp_path, batches=3)
     raw = config_dict(tmp_path / "other")
-    for validator in raw["validators"]:  # the same names and addresses, other keys
+    for validator in raw["validators"]:  # the same names and addresses, others' keys
+        if validator["name"] == raw["node"]["name"]:
+            continue  # this node's own key is the same (another key: test_..._of_another_node)
         key = get_backend("cryptography").private_key_from_seed(os.urandom(32))
         validator["public_key"] = key.public_key.hex()
     other = parse_config(raw, tmp_path / "other" / "node.toml")
@@ -320,3 +322,22 @@ async def test_restore_refuses_another_nodes_backup(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="is a backup of node1; this node is node2"):
         restore(node2, tmp_path / "b2", force=True)
     assert not node2.storage_path.exists()
+
+
+async def test_restore_refuses_another_nodes_database_without_a_manifest(tmp_path: Path) -> None:
+    """A hand copy of node1's data directory (no manifest, or one edited to say node2):
+    the stamp inside the database still says whose it is; nothing is changed."""
+    await backup_of_a_node(tmp_path, batches=2)
+    (tmp_path / "b2" / BACKUP_MANIFEST).unlink()
+    raw = config_dict(tmp_path / "node2")
+    raw["node"]["name"] = "node2"
+    node2 = parse_config(raw, tmp_path / "node2" / "node.toml")
+    with pytest.raises(BackupError, match=r"holds the database of node1 .* this node is node2"):
+        restore(node2, tmp_path / "b2", force=True)
+    assert not node2.storage_path.exists()
+    # renamed, node1 (the same validator key) still restores its own
+    raw = config_dict(tmp_path / "renamed")
+    raw["node"]["name"] = "node2"
+    raw["validators"][0]["name"], raw["validators"][1]["name"] = "node2", "node1"
+    renamed = parse_config(raw, tmp_path / "renamed" / "node.toml")
+    assert restore(renamed, tmp_path / "b2", force=False).last_seq == 2

@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from cretoai.config import NodeConfig, parse_config
 from cretoai.v1 import storage_pb2
-from devkit.storage import ServiceProcess, make_config
-from services.storage.errors import DatabaseCorrupt, DatabaseError, DatabaseLocked, ReadFailed
+from devkit.storage import ServiceProcess, config_dict, make_config
+from services.storage.errors import (
+    DatabaseCorrupt,
+    DatabaseError,
+    DatabaseLocked,
+    DatabaseOfAnotherNode,
+    ReadFailed,
+)
 from services.storage.keys import FINALIZED, SCHEMA_VERSION_KEY, seq_key, u32
 from services.storage.service import build
-from services.storage.store import Store, inspect
+from services.storage.store import Owner, Store, inspect
 from tests.conftest import cli
 from tests.storage.support import REPO, Dag, RawDb, snapshot, start_service
 
@@ -306,3 +313,66 @@ def test_a_damaged_table_block_fails_a_scan_instead_of_shortening_it(
                 after = page[-1].key
     finally:
         store.close()
+
+
+def _node2(tmp: Path, db: Path) -> NodeConfig:
+    """The config of another validator of the same cluster (node2), on ``db``."""
+    raw = config_dict(tmp, db=db)
+    raw["node"]["name"] = "node2"
+    return parse_config(raw, tmp / "node.toml")
+
+
+async def test_a_database_of_another_node_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    """An operator copied node1's data directory to node2 (or mounted the wrong volume): node2
+    would take node1's consensus records, what node1 signed, for its own. The database
+    carries its validator's stamp; another validator's storage refuses it, touching nothing."""
+    db = tmp_path / "db"
+    await fill(db, batches=1)  # by node1's storage service: stamped as node1's
+    node1 = Owner.of_node(make_config(tmp_path, db=db))
+    node2 = Owner.of_node(_node2(tmp_path / "n2", db))
+    store = Store.open(db, read_only=True)
+    try:
+        assert store.owner() == node1 != node2
+    finally:
+        store.close()
+    before = snapshot(db)
+    with pytest.raises(DatabaseOfAnotherNode) as info:
+        Store.open(db, owner=node2)
+    message = str(info.value)
+    assert f"belongs to node1 (validator key {node1.key_fingerprint})" in message
+    assert f"not to this node, node2 (key {node2.key_fingerprint})" in message
+    assert "Restore this node's own backup (cretoai-node restore --from DIR --force)" in message
+    assert "move the directory aside to start with an empty database" in message
+    assert snapshot(db) == before
+    Store.open(db, owner=node1).close()  # its own node opens it
+    # a renamed node keeps its database: the key is compared, not the name
+    Store.open(db, owner=Owner("renamed", node1.key_fingerprint)).close()
+
+
+async def test_the_storage_process_of_another_node_exits_with_the_reason(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    Store.open(db, owner=Owner.of_node(_node2(tmp_path / "n2", db))).close()
+    proc = ServiceProcess.create(tmp_path / "proc", db=db)  # node1's storage
+    proc.spawn()
+    assert proc.wait_exit(60) == 1
+    assert f"error: the database at {db} belongs to node2" in proc.stderr()
+    assert "Traceback" not in proc.stderr()
+
+
+def test_an_unstamped_database_is_stamped_by_its_node_not_by_a_reader(tmp_path: Path) -> None:
+    """Databases written before stamps: the first read-write open by the storage service
+    stamps it; a read-only open (inspection, restore) writes nothing."""
+    db = tmp_path / "db"
+    Store.open(db).close()  # no owner: as before stamps
+    owner = Owner.of("node1", b"\x01" * 2592)
+    reader = Store.open(db, read_only=True, owner=owner)
+    try:
+        assert reader.owner() is None
+    finally:
+        reader.close()
+    Store.open(db, owner=owner).close()
+    reader = Store.open(db, read_only=True)
+    try:
+        assert reader.owner() == owner
+    finally:
+        reader.close()
