@@ -9,6 +9,9 @@ or beyond ``max_per_client`` from one client address (so that one client
 cannot take every slot), and the runner's keep-alive timeout
 (``gateway.idle_timeout_ms``) closes a connection that has not sent a whole
 request head that long after it opened or after its last answer.
+
+Each connection's aiohttp handler is a :class:`JsonErrorHandler`: what aiohttp answers
+itself, before the application (a request it cannot parse), is the API's JSON error too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import weakref
 from collections import Counter
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from services.gateway import metrics
 from services.gateway.codec import dumps_bytes
@@ -102,6 +107,50 @@ def client_key(host: str) -> str:
     return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
 
 
+#: The API's error codes for what aiohttp's parser refuses, by status (else bad_request).
+PARSER_ERROR_CODES = {413: "body_too_large", 431: "headers_too_large"}
+#: The longest parser message an answer repeats (it may quote the client's bytes).
+PARSER_MESSAGE_CHARS = 200
+
+
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's handler of one connection, but what aiohttp answers on its own (a request
+    it cannot parse, a handler that fails outside the application) is the API's
+    ``{"error": {"code", "message"}}`` JSON instead of aiohttp's text. aiohttp still logs
+    and closes the connection."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, server: web.Server) -> JsonErrorHandler:
+        """The handler ``server()`` would make (aiohttp builds it from the server's
+        arguments, which it keeps as ``_kwargs``)."""
+        return cls(server, loop=asyncio.get_running_loop(), **server._kwargs)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; raises if too late
+        if status >= 500:
+            code, text = ("timeout", "the request timed out") if status == 504 else (
+                "internal", "internal error")  # fmt: skip
+        else:
+            code = PARSER_ERROR_CODES.get(status, "bad_request")
+            text = " ".join((message or "").split())[:PARSER_MESSAGE_CHARS] or "bad request"
+        response = web.Response(
+            body=dumps_bytes({"error": {"code": code, "message": text}}),
+            status=status,
+            content_type="application/json",
+            charset="utf-8",
+        )
+        response.force_close()
+        return response
+
+
 class _Admission(asyncio.Protocol):
     """One connection: once its client's address is known, aiohttp's handler for it
     (counted against that client) or a refusal; then every event goes to that one."""
@@ -122,8 +171,7 @@ class _Admission(asyncio.Protocol):
         else:
             site.per_client[client] += 1
             self._client = client
-            server = site.runner_server()
-            self._inner = server()
+            self._inner = JsonErrorHandler.of(site.runner_server())
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:

@@ -290,3 +290,40 @@ def test_the_open_files_limit_is_raised_to_what_the_bounds_need() -> None:
     ).stdout.split("\n")
     assert out[0] == "1000 1000"
     assert out[1] == "4096 4096"
+
+
+MALFORMED = {
+    "a request line that is not HTTP": b"HELLO\r\n\r\n",
+    "a bad method": b"G\x01T / HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "a header line too long": b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX: "
+    + b"a" * 9000
+    + b"\r\n\r\n",
+    "a bad chunked body": b"POST /v1/vertices HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "two content lengths": b"POST /v1/vertices HTTP/1.1\r\nHost: gateway\r\n"
+    b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("what", MALFORMED)
+async def test_a_request_aiohttp_cannot_parse_gets_the_apis_json_error(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket], what: str
+) -> None:
+    """aiohttp answers what its parser refuses itself, before the application's error
+    middleware: it used to be ``text/plain`` ("400, message: ..."), unlike every other
+    error of the API. Now the same ``{"error": {"code", "message"}}`` JSON, and the
+    connection is closed; the gateway goes on serving."""
+    async with start_node(make_config()) as node:
+        sock = await _connect(node.gateway.http_port)
+        sockets.append(sock)
+        await asyncio.get_running_loop().sock_sendall(sock, MALFORMED[what])
+        raw = await _read_until_closed(sock)
+        status, headers, body = _parse(raw)
+        assert 400 <= status < 500, raw[:300]
+        assert headers["content-type"].startswith("application/json"), raw[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] == ("headers_too_large" if status == 431 else "bad_request")
+        assert error["message"] and len(error["message"]) <= 300
+        fresh = await _connect(node.gateway.http_port)
+        sockets.append(fresh)
+        assert (await _exchange(fresh, HEALTH))[0] == 200
