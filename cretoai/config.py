@@ -76,6 +76,11 @@ class GatewaySection:
     #: before the handler runs, so with the request size limit (a batch body) this
     #: bounds what anonymous callers make the gateway hold before any other check.
     grpc_max_concurrent_rpcs: int = 32
+    #: Of those, calls in progress from one client address (streams included); more get
+    #: RESOURCE_EXHAUSTED at once: one client cannot hold every call slot (e.g. with
+    #: submissions that wait for finality). Clients behind one proxy or NAT share an
+    #: address: raise it for them (at most grpc_max_concurrent_rpcs).
+    grpc_max_concurrent_rpcs_per_client: int = 8
     #: Bytes that read answers in progress (GET a vertex, a page of finalized batches)
     #: may hold at once, reserved before they are read until they are sent; more get
     #: 429 at once (one alone always fits). Bounds what many concurrent or slowly read
@@ -564,6 +569,7 @@ def _validate(cfg: NodeConfig) -> None:
         "max_submissions_in_progress",
         "max_request_bytes_in_progress",
         "grpc_max_concurrent_rpcs",
+        "grpc_max_concurrent_rpcs_per_client",
         "max_answer_bytes_in_progress",
         "stream_buffer_bytes",
         "max_streams",
@@ -575,6 +581,11 @@ def _validate(cfg: NodeConfig) -> None:
     ):
         if getattr(cfg.gateway, name) <= 0:
             raise ConfigError(f"{src}: gateway.{name}: must be positive")
+    if cfg.gateway.grpc_max_concurrent_rpcs_per_client > cfg.gateway.grpc_max_concurrent_rpcs:
+        raise ConfigError(
+            f"{src}: gateway.grpc_max_concurrent_rpcs_per_client: must be at most "
+            f"grpc_max_concurrent_rpcs ({cfg.gateway.grpc_max_concurrent_rpcs})"
+        )
     c = cfg.consensus
     for name in (
         "tick_ms",

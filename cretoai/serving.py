@@ -16,6 +16,7 @@ the one place that turns it into the call's status is :func:`_call_status`
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
 import time
@@ -294,6 +295,76 @@ def _guarded(handler: Any, method: str) -> Any:
     return _rebuilt(handler, unary, handler.request_deserializer)
 
 
+class PerClientLimitInterceptor(grpc.aio.ServerInterceptor):
+    """At most ``limit`` calls in progress from one client (``client_of(peer)``, the key
+    its per-client limits count it by); one more is RESOURCE_EXHAUSTED at once, before its
+    handler runs (``on_refused`` is told). Without it one client could hold every call a
+    server bounded by ``max_concurrent_rpcs`` takes. Health and reflection are exempt."""
+
+    def __init__(
+        self,
+        limit: int,
+        client_of: Callable[[str], str],
+        *,
+        setting: str,
+        on_refused: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._limit = limit
+        self._client_of = client_of
+        self._refusal = (
+            f"this client has {limit} calls in progress ({setting}); wait for one to "
+            "finish, or retry later"
+        )
+        self._on_refused = on_refused
+        self.in_progress: collections.Counter[str] = collections.Counter()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or _is_plumbing(handler_call_details.method):
+            return handler
+        return self._limited(handler)
+
+    async def _enter(self, context: Any) -> str:
+        client = self._client_of(context.peer())
+        if self.in_progress[client] >= self._limit:
+            self._on_refused()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
+        self.in_progress[client] += 1
+        return client
+
+    def _leave(self, client: str) -> None:
+        self.in_progress[client] -= 1
+        if self.in_progress[client] <= 0:
+            del self.in_progress[client]
+
+    def _limited(self, handler: Any) -> Any:
+        inner = _behaviour(handler)
+        if _streams_responses(handler):
+
+            async def stream(request: Any, context: Any) -> Any:
+                client = await self._enter(context)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                finally:
+                    self._leave(client)
+
+            return _rebuilt(handler, stream, handler.request_deserializer)
+
+        async def unary(request: Any, context: Any) -> Any:
+            client = await self._enter(context)
+            try:
+                return await inner(request, context)
+            finally:
+                self._leave(client)
+
+        return _rebuilt(handler, unary, handler.request_deserializer)
+
+
 def _is_plumbing(method: str) -> bool:
     """Health and reflection: open to every caller, outside the interceptors' concerns."""
     return method.startswith(("/grpc.health.v1.", "/grpc.reflection."))
@@ -407,6 +478,9 @@ class GrpcService:
     #: that. With ``max_receive_bytes`` it bounds what callers make the server hold.
     #: None: unbounded (internal services: their callers are this node's own).
     max_concurrent_rpcs: int | None = None
+    #: Innermost interceptors of this server's own (after tracing, metrics and the
+    #: access log, so what they refuse is counted and logged like any call).
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
     #: With ``tls``: the methods a caller holding the gateway's certificate may call
     #: (GatewayRoleInterceptor); None: every method.
     gateway_may_call: frozenset[str] | None = None
@@ -495,6 +569,7 @@ class GrpcService:
                     if self.tls is not None and self.gateway_may_call is not None
                     else []
                 ),
+                *self.interceptors,
             ],
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             options=options,

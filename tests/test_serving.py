@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cretoai.errors import ERROR_CODE_KEY
-from cretoai.serving import HANDLER_UNWIND_S, GrpcService, Servicer
+from cretoai.serving import HANDLER_UNWIND_S, GrpcService, PerClientLimitInterceptor, Servicer
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 from tests.conftest import REPO
 from tests.support.echo_service import SERVICE, echo_servicer
@@ -411,3 +411,56 @@ def test_only_a_callers_traceparent_is_continued() -> None:
     assert set(out) == {"traceparent"}
     assert out["traceparent"].split("-")[1] == trace_id  # the same trace goes on
     assert trace.get_current_span(extract_context({"traceparent": "garbage"})) is trace.INVALID_SPAN  # type: ignore[arg-type]
+
+
+async def test_calls_in_progress_are_bounded_per_client_and_released_however_they_end() -> None:
+    """PerClientLimitInterceptor on a real server. Here a client is a connection (the peer's
+    whole address): one channel's second call in progress is RESOURCE_EXHAUSTED at once,
+    another channel's is served; every call gives its slot back when it ends, whether it
+    answered, failed (unary or streaming) or was refused."""
+    refused: list[str] = []
+    limit = PerClientLimitInterceptor(
+        1, lambda peer: peer, setting="test.per_client", on_refused=lambda: refused.append("x")
+    )
+    service = GrpcService(
+        name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()], interceptors=[limit]
+    )
+    await service.start()
+    target = f"127.0.0.1:{service.port}"
+    try:
+        own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each, not a shared one
+        async with (
+            grpc.aio.insecure_channel(target, options=own) as a,
+            grpc.aio.insecure_channel(target, options=own) as b,
+        ):
+            slow_a = a.unary_unary(f"/{SERVICE}/Slow")
+            waiting = asyncio.ensure_future(slow_a(_slow_request(3000), timeout=10))
+            while sum(limit.in_progress.values()) < 1:  # bounded by the call's own timeout
+                assert not waiting.done(), await waiting
+                await asyncio.sleep(0.01)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await slow_a(_slow_request(1), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (err.value.details() or "").startswith(
+                "this client has 1 calls in progress (test.per_client)"
+            )
+            assert refused == ["x"]
+            assert await _health(a) == health_pb2.HealthCheckResponse.SERVING  # exempt
+            assert await b.unary_unary(f"/{SERVICE}/Slow")(_slow_request(1), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await b.unary_unary(f"/{SERVICE}/Fail")(b"bug", timeout=5)
+            stream = b.unary_stream(f"/{SERVICE}/FailLater")(b"not-found", timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for _ in stream:
+                    pass
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            deadline = time.monotonic() + 5
+            while limit.in_progress:  # the cancelled call's handler unwinds on the server
+                assert time.monotonic() < deadline, dict(limit.in_progress)
+                await asyncio.sleep(0.01)
+            assert await slow_a(_slow_request(1), timeout=5)
+            assert not limit.in_progress
+    finally:
+        await service.stop()

@@ -43,6 +43,12 @@ STREAM_OVERFLOWS = Counter(
     "Live subscribers whose buffer overflowed (they are disconnected, to resume by seq)",
     ["api"],
 )
+GRPC_CALLS_REFUSED = Counter(
+    "cretoai_gateway_grpc_calls_refused_total",
+    "Public gRPC calls refused at once because their client already had "
+    "gateway.grpc_max_concurrent_rpcs_per_client calls in progress (limit per_client)",
+    ["limit"],
+)
 STREAMS_REFUSED = Counter(
     "cretoai_gateway_streams_refused_total",
     "Subscriptions refused because gateway.max_streams subscribers were open (limit "

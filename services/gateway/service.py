@@ -18,13 +18,14 @@ from cretoai.channels import internal_channel
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import NodeKey, get_backend, load_private_key
 from cretoai.crypto.backend import Backend
-from cretoai.serving import GrpcService, Servicer
+from cretoai.serving import GrpcService, PerClientLimitInterceptor, Servicer
 from cretoai.v1 import gateway_pb2_grpc
+from services.gateway import metrics
 from services.gateway.backends import ConsensusClient, StorageClient
 from services.gateway.connections import RESERVED_FDS, ensure_open_files
 from services.gateway.core import Gateway, Limits
 from services.gateway.finality import FinalityHub
-from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer
+from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer, client_address
 from services.gateway.rest import RestApi
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,14 @@ async def build(cfg: NodeConfig) -> GatewayService:
         # number at once, so anonymous callers hold at most their product.
         max_receive_bytes=rest.max_batch_body,
         max_concurrent_rpcs=cfg.gateway.grpc_max_concurrent_rpcs,
+        interceptors=[
+            PerClientLimitInterceptor(
+                cfg.gateway.grpc_max_concurrent_rpcs_per_client,
+                client_address,
+                setting="gateway.grpc_max_concurrent_rpcs_per_client",
+                on_refused=metrics.GRPC_CALLS_REFUSED.labels("per_client").inc,
+            )
+        ],
         max_connections=cfg.gateway.max_connections,
         idle_timeout_ms=cfg.gateway.idle_timeout_ms,
         rest=rest,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -278,3 +279,54 @@ async def test_calls_beyond_the_concurrency_bound_are_refused_at_once(
 def test_per_client_limits_count_by_the_peer_address(peer: str, client: str) -> None:
     """The address gRPC reports a call's peer by, as the REST side counts it."""
     assert client_address(peer) == client
+
+
+def calls_refused() -> float:
+    value = REGISTRY.get_sample_value(
+        "cretoai_gateway_grpc_calls_refused_total", {"limit": "per_client"}
+    )
+    return value or 0.0
+
+
+async def test_one_client_cannot_hold_every_call_slot(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """The server takes ``grpc_max_concurrent_rpcs`` calls at once (32), and calls that
+    wait (streams, submissions waiting for finality) could all be one client's: then no
+    other client got in. One client's calls in progress are bounded at
+    ``grpc_max_concurrent_rpcs_per_client``; one more is RESOURCE_EXHAUSTED at once,
+    counted, and once one of its calls ends it is served again. Health is exempt."""
+    cfg = make_config(grpc_max_concurrent_rpcs_per_client=3, max_streams_per_client=4)
+    async with start_node(cfg) as node:
+        first = await node.consensus.finalize([vertex_pb2.Vertex(payload=b"a")])
+        streams = []
+        for _ in range(3):  # in progress: each has answered its first batch
+            call = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=0))
+            streams.append(call)
+            assert await asyncio.wait_for(call.read(), TIMEOUT) == first
+        try:
+            before = calls_refused()
+            error = await grpc_error(
+                node.stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=TIMEOUT)
+            )
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "this client has 3 calls in progress" in (error.details() or "")
+            assert "gateway.grpc_max_concurrent_rpcs_per_client" in (error.details() or "")
+            assert calls_refused() == before + 1
+            health = health_pb2_grpc.HealthStub(node.channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            streams.pop().cancel()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TIMEOUT
+            while True:  # the cancelled stream's handler ends soon after: then a slot is free
+                try:
+                    await node.stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=TIMEOUT)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert loop.time() < deadline, "the cancelled stream kept its slot"
+                    await asyncio.sleep(0.02)
+        finally:
+            for call in streams:
+                call.cancel()
