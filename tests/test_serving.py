@@ -446,10 +446,12 @@ async def test_calls_in_progress_are_bounded_per_client_and_released_however_the
             )
             assert refused == ["x"]
             assert await _health(a) == health_pb2.HealthCheckResponse.SERVING  # exempt
-            assert await b.unary_unary(f"/{SERVICE}/Slow")(_slow_request(1), timeout=5)
+            slow_b, fail_b = b.unary_unary(f"/{SERVICE}/Slow"), b.unary_unary(f"/{SERVICE}/Fail")
+            assert await slow_b(_slow_request(1), timeout=5)
             with pytest.raises(grpc.aio.AioRpcError):
-                await b.unary_unary(f"/{SERVICE}/Fail")(b"bug", timeout=5)
-            stream = b.unary_stream(f"/{SERVICE}/FailLater")(b"not-found", timeout=5)
+                await fail_b(b"bug", timeout=5)
+            fail_later = b.unary_stream(f"/{SERVICE}/FailLater")
+            stream = fail_later(b"not-found", timeout=5)
             with pytest.raises(grpc.aio.AioRpcError):
                 async for _ in stream:
                     pass
