@@ -37,6 +37,7 @@ from cretoai.errors import InvalidArgument, ServiceError
 from cretoai.telemetry import (
     DEFAULT_SAMPLING_RATIO,
     Telemetry,
+    extract_client_context,
     extract_context,
     setup_tracing,
     start_metrics,
@@ -117,14 +118,20 @@ class TracingInterceptor(_CallInterceptor):
     start a trace of their own; calls made on behalf of a vertex carry its context.
     """
 
-    def __init__(self, *, roots: bool = True) -> None:
+    def __init__(self, *, roots: bool = True, client_sampling_ratio: float | None = None) -> None:
         self._tracer = trace.get_tracer("cretoai.serving")
         self._roots = roots
+        #: A public server's: callers are clients (:func:`extract_client_context`).
+        self._client_ratio = client_sampling_ratio
 
     def begin(self, method: str, metadata: dict[str, str]) -> Any:
         if not self._roots and "traceparent" not in metadata:
             return None
-        parent = extract_context(metadata)
+        parent = (
+            extract_context(metadata)
+            if self._client_ratio is None
+            else extract_client_context(metadata, self._client_ratio)
+        )
         span = self._tracer.start_span(
             method,
             context=parent,  # type: ignore[arg-type]
@@ -561,7 +568,10 @@ class GrpcService:
         server = grpc.aio.server(
             # Outermost first: the span covers the metrics and the log line.
             interceptors=[
-                TracingInterceptor(roots=self.public),
+                TracingInterceptor(
+                    roots=self.public,
+                    client_sampling_ratio=self.sampling_ratio if self.public else None,
+                ),
                 MetricsInterceptor(self.name),
                 AccessLogInterceptor(),
                 *(

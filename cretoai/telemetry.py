@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -123,6 +125,65 @@ def extract_context(carrier: Mapping[str, str]) -> object:
     if span_context is None:
         return otel_context.Context()
     return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+
+
+#: Clients' requests for a trace (a sampled ``traceparent``) honoured per second by one
+#: process beyond ``sampling_ratio``, and at most this many at once after a quiet while.
+CLIENT_TRACES_PER_S = 1.0
+CLIENT_TRACES_BURST = 10
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` held (starts full); not thread-safe."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self._rate, self._burst, self._clock = rate, float(burst), clock
+        self._tokens, self._at = float(burst), clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+_client_traces = TokenBucket(CLIENT_TRACES_PER_S, CLIENT_TRACES_BURST)
+_coin = random.SystemRandom()
+
+
+def extract_client_context(
+    carrier: Mapping[str, str], sampling_ratio: float, honoured: TokenBucket | None = None
+) -> object:
+    """:func:`extract_context` for a carrier from outside the node (a public API's
+    client): its trace is continued (the same trace id), but how many are recorded stays
+    this node's choice. A client's "sampled" flag is honoured while ``honoured`` (the
+    process's :data:`CLIENT_TRACES_PER_S`, burst :data:`CLIENT_TRACES_BURST`) has a token,
+    so that one asking for a trace of a request gets it; beyond, it is kept with
+    probability ``sampling_ratio``, by a coin of our own (not the trace id, which the
+    client picks). Otherwise any client could have every request traced, some 60-100
+    spans each across the cluster, 1/``sampling_ratio`` times the cost tracing was sized
+    for. An unsampled flag is kept (a client may ask not to be traced). With
+    ``OTEL_TRACES_SAMPLER`` set the operator chose the sampler: the flag is left as sent."""
+    context = extract_context(carrier)
+    span_context = trace.get_current_span(context).get_span_context()  # type: ignore[arg-type]
+    if (
+        span_context.is_valid
+        and span_context.trace_flags.sampled
+        and not os.environ.get("OTEL_TRACES_SAMPLER", "").strip()
+        and not (honoured or _client_traces).take()
+        and _coin.random() >= sampling_ratio
+    ):
+        unsampled = SpanContext(
+            span_context.trace_id,
+            span_context.span_id,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT),
+        )
+        return trace.set_span_in_context(NonRecordingSpan(unsampled), otel_context.Context())
+    return context
 
 
 # --- trace context from untrusted carriers ------------------------------------------

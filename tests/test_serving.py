@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -466,3 +467,87 @@ async def test_calls_in_progress_are_bounded_per_client_and_released_however_the
             assert not limit.in_progress
     finally:
         await service.stop()
+
+
+def test_a_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    from cretoai.telemetry import TokenBucket
+
+    now = [100.0]
+    bucket = TokenBucket(2.0, 3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5  # one token
+    assert [bucket.take(), bucket.take()] == [True, False]
+    now[0] += 60  # never more than the burst
+    assert sum(bucket.take() for _ in range(10)) == 3
+
+
+def test_a_clients_request_for_a_trace_is_honoured_within_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's sampled ``traceparent`` used to have every request traced (60-100 spans
+    each across the cluster): any client could multiply tracing's cost by 1/ratio. Within
+    the budget it is honoured (one asking for a trace of a request gets it); beyond, only
+    at the sampling ratio. The trace id goes on either way; an unsampled flag stays."""
+    from opentelemetry import trace
+
+    from cretoai.telemetry import TokenBucket, extract_client_context
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    sampled = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+
+    def parent(carrier: dict[str, str], ratio: float, budget: TokenBucket) -> Any:
+        context = extract_client_context(carrier, ratio, budget)
+        return trace.get_current_span(context).get_span_context()  # type: ignore[arg-type]
+
+    budget = TokenBucket(0.0, 2, clock=lambda: 0.0)  # two, never refilled
+    got = [parent(sampled, 0.0, budget) for _ in range(5)]
+    assert [c.trace_flags.sampled for c in got] == [True, True, False, False, False]
+    assert {f"{c.trace_id:032x}" for c in got} == {trace_id}  # the trace goes on
+    assert all(parent(sampled, 1.0, budget).trace_flags.sampled for _ in range(20))
+    unsampled = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"}
+    assert not parent(unsampled, 1.0, TokenBucket(1.0, 5)).trace_flags.sampled
+    assert not parent({"traceparent": "garbage"}, 1.0, budget).is_valid
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")  # the operator's own sampler
+    assert parent(sampled, 0.0, budget).trace_flags.sampled
+
+
+async def test_a_public_servers_clients_cannot_have_every_call_traced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A public GrpcService (the gateway's) records a client's sampled calls only within
+    the budget and the ratio (0 here); an internal one follows its caller (the node's own
+    services), as one trace must follow a vertex across them."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cretoai import telemetry
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.setattr(telemetry, "_client_traces", telemetry.TokenBucket(0.0, 3))
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorded = {}
+    for public in (True, False):
+        service = GrpcService(
+            name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()], public=public,
+            sampling_ratio=0.0,
+        )  # fmt: skip
+        await service.start()
+        exporter.clear()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+                echo = channel.unary_unary(f"/{SERVICE}/Slow")
+                for _ in range(10):
+                    metadata = (("traceparent", f"00-{os.urandom(16).hex()}-{'1' * 16}-01"),)
+                    await echo(_slow_request(0), metadata=metadata, timeout=5)
+        finally:
+            await service.stop()
+        recorded[public] = len(
+            [s for s in exporter.get_finished_spans() if s.name == f"/{SERVICE}/Slow"]
+        )
+    assert recorded == {True: 3, False: 10}

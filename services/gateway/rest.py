@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, hdrs, web
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from cretoai.telemetry import extract_context
+from cretoai.telemetry import DEFAULT_SAMPLING_RATIO, extract_client_context
 from services.gateway import metrics
 from services.gateway.budget import Reservation
 from services.gateway.codec import (
@@ -120,13 +120,24 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+def observing(sampling_ratio: float) -> Any:
+    """The :func:`observe` middleware of a gateway tracing ``sampling_ratio`` of requests."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await observe(request, handler, sampling_ratio=sampling_ratio)
+
+    return middleware
+
+
+async def observe(
+    request: web.Request, handler: Handler, *, sampling_ratio: float
+) -> web.StreamResponse:
     route = route_of(request)
     carrier = {key.lower(): value for key, value in request.headers.items()}
     span = trace.get_tracer("cretoai.gateway").start_span(
         f"{request.method} {route}",
-        context=extract_context(carrier),  # type: ignore[arg-type]
+        context=extract_client_context(carrier, sampling_ratio),  # type: ignore[arg-type]
         kind=trace.SpanKind.SERVER,
         attributes={"http.request.method": request.method, "http.route": route},
     )
@@ -200,6 +211,7 @@ class RestApi:
         max_connections_per_client: int,
         idle_timeout_s: float,
         body_timeout_s: float,
+        sampling_ratio: float = DEFAULT_SAMPLING_RATIO,
     ) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
@@ -215,7 +227,9 @@ class RestApi:
         self.port = 0
         self._openapi = _resource("openapi.json")
         self._docs = _resource("docs.html")
-        app = web.Application(middlewares=[observe, errors], client_max_size=self.max_batch_body)
+        app = web.Application(
+            middlewares=[observing(sampling_ratio), errors], client_max_size=self.max_batch_body
+        )
         app.router.add_post("/v1/vertices", self.submit)
         app.router.add_post("/v1/vertices:batch", self.submit_batch)
         app.router.add_get("/v1/vertices/{hash}", self.vertex)

@@ -119,6 +119,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
         max_connections_per_client=cfg.gateway.max_connections_per_client,
         idle_timeout_s=cfg.gateway.idle_timeout_ms / 1000,
         body_timeout_s=cfg.gateway.body_timeout_ms / 1000,
+        sampling_ratio=cfg.telemetry.sampling_ratio,
     )
 
     async def cleanup() -> None:

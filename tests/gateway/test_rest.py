@@ -582,6 +582,46 @@ async def test_trace_context_continues_into_consensus(node: Node) -> None:
     assert got_trace == trace_id and parent != "00f067aa0ba902b7"
 
 
+async def test_a_clients_sampled_traceparent_is_honoured_only_within_a_budget(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REST's server span follows :func:`extract_client_context`: a client asking for a
+    trace of every request gets the budget's worth (2 here), then the sampling ratio's
+    (our coin says no here); the trace id is carried on to consensus either way."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cretoai import telemetry
+
+    class Never:
+        def random(self) -> float:
+            return 0.999999
+
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.setattr(telemetry, "_client_traces", telemetry.TokenBucket(0.0, 2))
+    monkeypatch.setattr(telemetry, "_coin", Never())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_ids = [os.urandom(16).hex() for _ in range(6)]
+    for trace_id in trace_ids:
+        headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+        status, _ = await node.post("/v1/vertices", {"payload": ""}, headers=headers)
+        assert status == 202
+    recorded = [
+        f"{s.context.trace_id:032x}"
+        for s in exporter.get_finished_spans()
+        if s.name == "POST /v1/vertices" and s.context is not None
+    ]
+    assert recorded == trace_ids[:2]
+    sent = [m["traceparent"].split("-") for m in node.consensus.submit_metadata]
+    assert [t for _, t, _, _ in sent] == trace_ids
+    assert [flags for *_, flags in sent] == ["01", "01", "00", "00", "00", "00"]
+
+
 async def test_unsigned_submissions_can_be_turned_off(
     make_config: Callable[..., NodeConfig],
 ) -> None:
