@@ -79,7 +79,7 @@ class GatewaySection:
     #: Of those, calls in progress from one client address (streams included); more get
     #: RESOURCE_EXHAUSTED at once: one client cannot hold every call slot (e.g. with
     #: submissions that wait for finality). Clients behind one proxy or NAT share an
-    #: address: raise it for them (at most grpc_max_concurrent_rpcs).
+    #: address: raise it for them (above grpc_max_concurrent_rpcs it is that).
     grpc_max_concurrent_rpcs_per_client: int = 8
     #: Bytes that read answers in progress (GET a vertex, a page of finalized batches)
     #: may hold at once, reserved before they are read until they are sent; more get
@@ -581,11 +581,6 @@ def _validate(cfg: NodeConfig) -> None:
     ):
         if getattr(cfg.gateway, name) <= 0:
             raise ConfigError(f"{src}: gateway.{name}: must be positive")
-    if cfg.gateway.grpc_max_concurrent_rpcs_per_client > cfg.gateway.grpc_max_concurrent_rpcs:
-        raise ConfigError(
-            f"{src}: gateway.grpc_max_concurrent_rpcs_per_client: must be at most "
-            f"grpc_max_concurrent_rpcs ({cfg.gateway.grpc_max_concurrent_rpcs})"
-        )
     c = cfg.consensus
     for name in (
         "tick_ms",

@@ -92,11 +92,6 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["gateway"].update(grpc_max_concurrent_rpcs_per_client=0),
             "gateway.grpc_max_concurrent_rpcs_per_client: must be positive",
         ),
-        (
-            lambda d: d["gateway"].update(grpc_max_concurrent_rpcs_per_client=33),
-            "gateway.grpc_max_concurrent_rpcs_per_client: must be at most "
-            "grpc_max_concurrent_rpcs (32)",
-        ),
         (lambda d: d["gateway"].update(max_streams=0), "gateway.max_streams"),
         (
             lambda d: d["gateway"].update(max_streams_per_client=0),

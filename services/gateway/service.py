@@ -149,7 +149,10 @@ async def build(cfg: NodeConfig) -> GatewayService:
         max_concurrent_rpcs=cfg.gateway.grpc_max_concurrent_rpcs,
         interceptors=[
             PerClientLimitInterceptor(
-                cfg.gateway.grpc_max_concurrent_rpcs_per_client,
+                min(
+                    cfg.gateway.grpc_max_concurrent_rpcs_per_client,
+                    cfg.gateway.grpc_max_concurrent_rpcs,
+                ),
                 client_address,
                 setting="gateway.grpc_max_concurrent_rpcs_per_client",
                 on_refused=metrics.GRPC_CALLS_REFUSED.labels("per_client").inc,
