@@ -286,3 +286,45 @@ def test_every_port_a_service_binds_is_a_port_of_its_container(
             if c["name"] == "transport":
                 expected.add((int(section["quic_listen"].rsplit(":", 1)[1]), "UDP"))
             assert declared == expected, (owner, c["name"])
+
+
+def _admitted(policy: dict[str, Any], port: int, protocol: str) -> list[list[dict[str, Any]]]:
+    """The ``from`` lists (``[]``: anyone) of ``policy``'s rules that admit a port."""
+    return [
+        rule.get("from", [])
+        for rule in policy["spec"]["ingress"]
+        if any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in rule["ports"])
+    ]
+
+
+def test_network_policies_keep_internal_services_to_their_node(
+    rendered: dict[Any, dict[str, Any]],
+) -> None:
+    """Each pod is selected by one policy that admits every port its containers declare
+    (none blocked by mistake): the internal gRPC services only from the node's own pods,
+    metrics only from inside the cluster, the public API and QUIC from anywhere."""
+    policies = _of_kind(rendered, "NetworkPolicy")
+    for owner, pod in _pods(rendered):
+        node = owner.split("-")[0]
+        labels = pod["metadata"]["labels"]
+        (policy,) = [
+            p
+            for p in policies
+            if p["spec"]["policyTypes"] == ["Ingress"]
+            and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert policy["spec"]["podSelector"]["matchLabels"]["cretoai.io/node"] == node
+        for container in pod["spec"]["containers"]:
+            for declared in container["ports"]:
+                port, protocol = declared["containerPort"], declared.get("protocol", "TCP")
+                admitted = _admitted(policy, port, protocol)
+                assert len(admitted) == 1, (owner, port, protocol)
+                (sources,) = admitted
+                name = declared["name"]
+                if name.startswith("metrics"):
+                    assert sources == [{"namespaceSelector": {}}], (owner, name)
+                elif name.startswith("grpc-"):  # consensus, transport, storage
+                    own = {"app.kubernetes.io/name": "cretoai", "cretoai.io/node": node}
+                    assert sources == [{"podSelector": {"matchLabels": own}}], (owner, name)
+                else:  # the gateway's API, the transport's QUIC
+                    assert name in {"http", "grpc", "quic"} and sources == [], (owner, name)
