@@ -431,10 +431,15 @@ class Store:
             )  # fmt: skip
             return
         if stamped.key_fingerprint != owner.key_fingerprint:  # read-only opens too
+            how = (
+                "the node's validator key was changed since"
+                if stamped.node == owner.node
+                else "it was copied from another node"
+            )
             raise DatabaseOfAnotherNode(
                 f"the database at {self.path} belongs to {stamped.node} (validator key "
                 f"{stamped.key_fingerprint}), not to this node, {owner.node} (key "
-                f"{owner.key_fingerprint}): it was copied from another node. Its consensus "
+                f"{owner.key_fingerprint}): {how}. Its consensus "
                 "records are what that node signed, and this node would take them for its own. "
                 "Restore this node's own backup (cretoai-node restore --from DIR --force) or "
                 "move the directory aside to start with an empty database (the node then "

@@ -347,6 +347,8 @@ async def test_a_database_of_another_node_is_refused_and_left_unchanged(tmp_path
     Store.open(db, owner=node1).close()  # its own node opens it
     # a renamed node keeps its database: the key is compared, not the name
     Store.open(db, owner=Owner("renamed", node1.key_fingerprint)).close()
+    with pytest.raises(DatabaseOfAnotherNode, match="the node's validator key was changed since"):
+        Store.open(db, owner=Owner("node1", node2.key_fingerprint))  # its key swapped
 
 
 async def test_the_storage_process_of_another_node_exits_with_the_reason(tmp_path: Path) -> None:
