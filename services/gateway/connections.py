@@ -116,8 +116,9 @@ PARSER_MESSAGE_CHARS = 200
 class JsonErrorHandler(RequestHandler):
     """aiohttp's handler of one connection, but what aiohttp answers on its own (a request
     it cannot parse, a handler that fails outside the application) is the API's
-    ``{"error": {"code", "message"}}`` JSON instead of aiohttp's text. aiohttp still logs
-    and closes the connection."""
+    ``{"error": {"code", "message"}}`` JSON instead of aiohttp's text, and a request it
+    cannot parse is counted and logged at debug level, not with a traceback at error
+    level (any client could flood the log with those). The connection is closed."""
 
     __slots__ = ()
 
@@ -134,7 +135,16 @@ class JsonErrorHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs it; raises if too late
+        if request.writer.output_size > 0:  # as aiohttp: the answer has begun, too late
+            raise ConnectionError("an answer was sent already, cannot send an error")
+        if status >= 500:
+            log.error("http: aiohttp failed a request", exc_info=exc)
+        else:
+            metrics.HTTP_UNPARSABLE.labels(str(status)).inc()
+            log.debug(
+                "http: unparsable request",
+                extra={"fields": {"status": status, "error": (message or "")[:200]}},
+            )
         if status >= 500:
             code, text = ("timeout", "the request timed out") if status == 504 else (
                 "internal", "internal error")  # fmt: skip

@@ -9,6 +9,12 @@ HTTP_REQUESTS = Counter(
     "HTTP requests by route, method and status",
     ["route", "method", "status"],
 )
+HTTP_UNPARSABLE = Counter(
+    "cretoai_gateway_http_unparsable_requests_total",
+    "HTTP requests aiohttp's parser refused before the API saw them (a malformed request "
+    "line or header, a bad chunk), answered with a JSON error and closed, by status",
+    ["status"],
+)
 HTTP_LATENCY = Histogram(
     "cretoai_gateway_http_request_seconds",
     "Time to answer an HTTP request (to the upgrade for WebSockets)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -307,13 +308,19 @@ MALFORMED = {
 
 @pytest.mark.parametrize("what", MALFORMED)
 async def test_a_request_aiohttp_cannot_parse_gets_the_apis_json_error(
-    make_config: Callable[..., NodeConfig], sockets: list[socket.socket], what: str
+    make_config: Callable[..., NodeConfig],
+    sockets: list[socket.socket],
+    what: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """aiohttp answers what its parser refuses itself, before the application's error
     middleware: it used to be ``text/plain`` ("400, message: ..."), unlike every other
     error of the API. Now the same ``{"error": {"code", "message"}}`` JSON, and the
     connection is closed; the gateway goes on serving."""
     async with start_node(make_config()) as node:
+        before = {s: _sample("cretoai_gateway_http_unparsable_requests_total", status=s)
+                  for s in ("400", "431")}  # fmt: skip
+        caplog.clear()  # what the node logged as it started
         sock = await _connect(node.gateway.http_port)
         sockets.append(sock)
         await asyncio.get_running_loop().sock_sendall(sock, MALFORMED[what])
@@ -324,6 +331,9 @@ async def test_a_request_aiohttp_cannot_parse_gets_the_apis_json_error(
         error = json.loads(body)["error"]
         assert error["code"] == ("headers_too_large" if status == 431 else "bad_request")
         assert error["message"] and len(error["message"]) <= 300
+        counted = _sample("cretoai_gateway_http_unparsable_requests_total", status=str(status))
+        assert counted == before.get(str(status), 0.0) + 1
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
         fresh = await _connect(node.gateway.http_port)
         sockets.append(fresh)
         assert (await _exchange(fresh, HEALTH))[0] == 200
