@@ -110,6 +110,12 @@ def internal_channel(
     cfg: NodeConfig, service: str, *, tls: InternalTls | None = None
 ) -> grpc.aio.Channel:
     """A channel to another service of the node of ``cfg`` (see :func:`service_endpoint`),
-    presenting ``tls`` (e.g. the gateway's certificate) instead of the services' own."""
-    target, own = service_endpoint(cfg, service)
-    return service_channel(target, tls=own if tls is None or own is None else tls)
+    presenting ``tls`` (e.g. the gateway's certificate) instead of the services' own.
+
+    With ``tls``, the services' key is never read: a gateway is given only its own
+    certificate (Kubernetes mounts it alone, compose copies it alone), and reading the
+    services' key stopped it at start."""
+    spec = registry.service(service)
+    if spec.public:
+        return service_channel(spec.target(cfg), tls=None)
+    return service_channel(spec.target(cfg), tls=tls if tls is not None else cfg.internal_tls)

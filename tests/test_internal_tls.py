@@ -172,6 +172,49 @@ async def test_the_gateways_certificate_may_call_only_what_a_gateway_needs(
         assert await code(storage.WriteState(put)) == grpc.StatusCode.OK
 
 
+@pytest.mark.slow
+def test_a_gateway_given_only_its_own_certificate_serves(
+    node1_services: tuple[NodeConfig, NodeConfig, dict[str, subprocess.Popen[bytes]]],
+    tmp_path: Path,
+) -> None:
+    """Kubernetes mounts a gateway only the CA and the gateway's certificate, and compose
+    copies it only those: the gateway read the services' key at start all the same, and
+    every gateway of both stopped with "internal TLS key .../tls/node.key: No such file".
+    Given only its own files, it serves and reaches consensus with its own certificate."""
+    import shutil
+
+    from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
+
+    cfg, _, _ = node1_services
+    own = tmp_path / "gateway"
+    (own / "tls").mkdir(parents=True, mode=0o700)
+    shutil.copy2(cfg.source, own / "node.toml")
+    shutil.copy2(cfg.source.parent / "submitter.key", own / "submitter.key")
+    for name in ("ca.crt", "gateway.crt", "gateway.key"):
+        shutil.copy2(cfg.source.parent / "tls" / name, own / "tls" / name)
+    assert not (own / "tls" / "node.key").exists()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway", "--config", str(own / "node.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "gateway.err").open("wb"),
+    )
+
+    async def status() -> consensus_pb2.NodeStatus:
+        await _wait_serving(cfg, "gateway", proc)
+        async with service_channel(service_endpoint(cfg, "gateway")[0], tls=None) as channel:
+            reply: consensus_pb2.NodeStatus = await gateway_pb2_grpc.GatewayStub(channel).GetStatus(
+                consensus_pb2.GetStatusRequest(), timeout=10
+            )
+            return reply
+
+    try:
+        assert asyncio.run(status()).node_name == cfg.node.name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert "node.key" not in (tmp_path / "gateway.err").read_text()
+
+
 async def test_an_internal_service_refuses_a_public_address_without_tls() -> None:
     service = GrpcService(name="storage", bind="0.0.0.0:0", servicers=[])
     with pytest.raises(OSError, match=r"refusing to listen on 0\.0\.0\.0:0 without TLS"):
