@@ -87,15 +87,22 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
     assert set(services) == {"init", "jaeger", "prometheus"} | node_services | pools
     image = services["init"]["image"]
     assert services["init"]["build"]["context"] == str(REPO)
-    assert services["init"]["command"][:2] == ["cluster", "init"]
-    assert "--reuse-keys" in services["init"]["command"]  # a second up reuses the keys
-    assert "--key-dir=/keys/{node}" in services["init"]["command"]
+    assert services["init"]["entrypoint"] == ["sh", "-ec"]
+    (script,) = services["init"]["command"]
+    init = " ".join(script.replace("\\\n", " ").split())
+    assert init.startswith("cretoai-node cluster init --nodes=4 --dir=/cluster ")
+    assert "--reuse-keys" in init  # a second up reuses the keys
+    assert "--key-dir='/keys/{node}'" in init
+    assert "--service-host='{node}-{service}'" in init
+    # a gateway's copy: the config, CA, its certificate and the submitter key, not tls/node.key
+    assert "for f in ca.crt gateway.crt gateway.key; do" in script
+    assert not [line for line in script.splitlines() if "cp " in line and "node.key" in line]
     init_mounts = {v["target"]: v["source"] for v in services["init"]["volumes"]}
     assert init_mounts == {
         **{f"/cluster/node{i}": f"node{i}-config" for i in range(1, NODES + 1)},
         **{f"/keys/node{i}": f"node{i}-key" for i in range(1, NODES + 1)},
+        **{f"/gateway/node{i}": f"node{i}-gateway" for i in range(1, NODES + 1)},
     }
-    assert "--service-host={node}-{service}" in services["init"]["command"]
     for i in range(1, NODES + 1):
         for svc in SERVICES:
             pool = [f"node{i}-gateway-pool"] if svc == "gateway" else []
@@ -116,7 +123,8 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
                     assert deps[f"node{i}-{d}"]["condition"] == "service_healthy", name
                 mounts = {v["target"]: v for v in s["volumes"]}
                 config = mounts[f"/cluster/node{i}"]
-                assert config["source"] == f"node{i}-config" and config["read_only"] is True
+                own = f"node{i}-gateway" if svc == "gateway" else f"node{i}-config"
+                assert config["source"] == own and config["read_only"] is True, name
                 others = tuple(f"node{j}-" for j in range(1, NODES + 1) if j != i)
                 assert not any(v["source"].startswith(others) for v in s["volumes"])
                 if svc in ("storage", "consensus"):
@@ -145,7 +153,7 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
     assert all(p["host_ip"] == "127.0.0.1" for s in services.values() for p in s.get("ports", []))
     assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one:")
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
-    kinds = ("config", "key", "storage", "consensus")
+    kinds = ("config", "key", "storage", "consensus", "gateway")
     assert {f"node{i}-{v}" for i in range(1, NODES + 1) for v in kinds} <= set(m["volumes"])
 
 
@@ -330,8 +338,23 @@ def test_compose_end_to_end(
 
     try:
         with timings.phase("compose up --wait", "16 services + init + receiver + prometheus"):
-            dc("up", "--detach", "--no-build", "--wait", "--wait-timeout", "400",
-               "--scale", "node1-gateway-pool=1", timeout=480)  # fmt: skip
+            try:
+                dc("up", "--detach", "--no-build", "--wait", "--wait-timeout", "400",
+                   "--scale", "node1-gateway-pool=1", timeout=480)  # fmt: skip
+            except AssertionError as exc:  # say why: the logs of what is not healthy
+                sick = [c["Name"] for c in containers() if c.get("Health") not in ("healthy", "")]
+                logs = {n: engine.docker("logs", "--tail", "30", n, check=False) for n in sick}
+                raise AssertionError(
+                    "\n".join(
+                        [
+                            str(exc)[-2000:],
+                            *(
+                                f"--- {n}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+                                for n, r in logs.items()
+                            ),
+                        ]
+                    )
+                ) from None
         running = {c["Service"]: c for c in containers() if c["State"] == "running"}
         for i in range(1, NODES + 1):
             for svc in SERVICES:
@@ -346,6 +369,14 @@ def test_compose_end_to_end(
             found = engine.docker("exec", where, "find", "/cluster", "/keys", "-name", "node.key",
                                   "-not", "-path", "*/tls/*", check=False)  # fmt: skip
             assert found.stdout.strip() == "", (svc, found.stdout)
+        for svc in ("gateway", "gateway-pool"):  # nor the services' TLS key in a gateway
+            where = f"{env['COMPOSE_PROJECT_NAME']}-node1-{svc}-1"
+            found = engine.docker("exec", where, "find", "/cluster", "-name", "*.key",
+                                  check=False)  # fmt: skip
+            keys = sorted(found.stdout.split())
+            assert keys == ["/cluster/node1/submitter.key", "/cluster/node1/tls/gateway.key"], (
+                svc, found.stdout, found.stderr,
+            )  # fmt: skip
         backend = engine.docker("logs", f"{env['COMPOSE_PROJECT_NAME']}-node1-consensus-1")
         assert 'msg="crypto backend" backend=cryptography' in backend.stdout + backend.stderr
 
