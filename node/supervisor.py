@@ -59,6 +59,28 @@ STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 90.0
 
 
+#: What :func:`last_error` reads of a log, at most, and repeats of its line.
+LAST_ERROR_TAIL_BYTES = 16384
+LAST_ERROR_CHARS = 800
+
+
+def last_error(log_file: Path | None) -> str:
+    """The last ``error: …`` line a service wrote to ``log_file`` (what it said when it
+    could not start: a corrupt database, another node's, a port in use), or ""."""
+    if log_file is None:
+        return ""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - LAST_ERROR_TAIL_BYTES))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        if line.startswith("error: "):
+            return line if len(line) <= LAST_ERROR_CHARS else line[: LAST_ERROR_CHARS - 1] + "…"
+    return ""
+
+
 class GaveUp(Exception):
     """A child failed to start too many times in a row; the supervisor no longer restarts it."""
 
@@ -213,19 +235,21 @@ class Supervisor:
                 child.failed_starts += 1
             else:  # it did start: only consecutive failed starts count
                 child.failed_starts = 0
+            said = last_error(child.log_file)
             if child.failed_starts >= self.max_failed_starts:
                 where = child.log_file or "its output above"
                 child.gave_up = (
                     f"{child.label} failed to start {child.failed_starts} times in a row "
-                    f"(last exit code {code} after {uptime:.1f}s); giving up, not restarting it "
+                    f"(last exit code {code} after {uptime:.1f}s"
+                    f"{f', saying: {said}' if said else ''}); giving up, not restarting it "
                     f"(see {where})"
                 )
                 self.on_event(child.gave_up)
                 self.gave_up.set()
                 return
             self.on_event(
-                f"{child.label} exited with code {code} after {uptime:.1f}s; "
-                f"restarting in {backoff:.1f}s"
+                f"{child.label} exited with code {code} after {uptime:.1f}s"
+                f"{f' ({said})' if said else ''}; restarting in {backoff:.1f}s"
             )
             await asyncio.sleep(backoff)
             if self._stopping:

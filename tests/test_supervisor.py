@@ -42,7 +42,7 @@ def assert_gave_up_on_storage(event: str, logs: Path) -> None:
     assert event.startswith(
         f"node1/storage failed to start {MAX_FAILED_STARTS} times in a row (last exit code 1 after "
     ), event
-    assert event.endswith(f"s); giving up, not restarting it (see {logs / 'storage.log'})"), event
+    assert event.endswith(f"); giving up, not restarting it (see {logs / 'storage.log'})"), event
 
 
 async def test_a_service_that_never_starts_is_given_up_and_the_node_stops(
@@ -76,7 +76,10 @@ async def test_a_service_that_never_starts_is_given_up_and_the_node_stops(
     for event in events[:-1]:
         assert event.startswith("node1/storage exited with code 1 after "), event
         assert "; restarting in " in event
+        # what the service said as it exited, not only where to look
+        assert f"s (error: the database at {db} is corrupt: " in event, event
     assert_gave_up_on_storage(events[-1], logs)
+    assert f", saying: error: the database at {db} is corrupt: " in events[-1]
     assert supervisor.given_up == [storage] and storage.gave_up == events[-1]
     # nothing was started after storage
     assert [c.service for c in supervisor.children if c.process is not None] == ["storage"]
@@ -131,3 +134,17 @@ async def test_a_running_node_whose_storage_cannot_restart_stops_with_an_error(
     err = capsys.readouterr().err
     assert f"error: {info.value}" in err and "stopped" in err
     assert snapshot(db) == before
+
+
+def test_last_error_is_the_last_error_line_of_a_log_tail(tmp_path: Path) -> None:
+    from node.supervisor import LAST_ERROR_CHARS, LAST_ERROR_TAIL_BYTES, last_error
+
+    log = tmp_path / "storage.log"
+    assert last_error(None) == "" and last_error(log) == ""  # no log, a missing log
+    log.write_text("ts=1 level=info msg=start\nerror: first\nts=2 msg=x\nerror: second\nts=3\n")
+    assert last_error(log) == "error: second"
+    log.write_bytes(b"error: " + b"x" * (2 * LAST_ERROR_TAIL_BYTES) + b"\nnothing more\n")
+    assert last_error(log) == ""  # the line starts before the tail read
+    log.write_bytes(b"\xff\xfe\nerror: " + b"y" * 1000 + b"\n")
+    said = last_error(log)
+    assert said.startswith("error: yyy") and said.endswith("y…") and len(said) == LAST_ERROR_CHARS
