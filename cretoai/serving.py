@@ -80,12 +80,9 @@ def _code_of(exc: BaseException | None, context: Any) -> str:
     return "OK" if exc is None else "UNKNOWN"
 
 
-class _CallInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every application call (health and reflection excluded) in ``begin``/``end``.
-
-    Subclasses implement one concern each; ``begin`` runs just before the
-    handler and returns a state that ``end`` receives with the status code.
-    """
+class _ApplicationInterceptor(grpc.aio.ServerInterceptor):
+    """Intercepts the application's calls: :meth:`wrap` gets each one's handler; health
+    and reflection (:func:`_is_plumbing`) pass untouched."""
 
     async def intercept_service(
         self,
@@ -93,15 +90,26 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or _is_plumbing(method):
+        if handler is None or _is_plumbing(handler_call_details.method):
             return handler
+        return self.wrap(handler, handler_call_details)
+
+    def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
+        raise NotImplementedError
+
+
+class _CallInterceptor(_ApplicationInterceptor):
+    """Wraps every application call in ``begin``/``end``.
+
+    Subclasses implement one concern each; ``begin`` runs just before the
+    handler and returns a state that ``end`` receives with the status code.
+    """
+
+    def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
         metadata = {
-            key: value
-            for key, value in handler_call_details.invocation_metadata or ()
-            if isinstance(value, str)
+            key: value for key, value in details.invocation_metadata or () if isinstance(value, str)
         }
-        return _wrap_handler(handler, self, method, metadata)
+        return _wrap_handler(handler, self, details.method, metadata)
 
     def begin(self, method: str, metadata: dict[str, str]) -> Any:
         raise NotImplementedError
@@ -256,7 +264,7 @@ def caller_is_gateway(context: Any) -> bool:
     return any(name == GATEWAY_COMMON_NAME.encode() for name in names)
 
 
-class GatewayRoleInterceptor(grpc.aio.ServerInterceptor):
+class GatewayRoleInterceptor(_ApplicationInterceptor):
     """Lets a caller holding the gateway's certificate call only ``allowed`` (method
     names) and health and reflection; anything else is PERMISSION_DENIED, counted and
     logged like every call. The other services' certificate may call everything."""
@@ -264,45 +272,53 @@ class GatewayRoleInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, allowed: frozenset[str]) -> None:
         self._allowed = allowed
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or _is_plumbing(method) or method.rpartition("/")[2] in self._allowed:
+    def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
+        method: str = details.method
+        if method.rpartition("/")[2] in self._allowed:
             return handler
-        return _guarded(handler, method)
+
+        async def refuse(context: Any) -> None:
+            if caller_is_gateway(context):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"the gateway may not call {method}"
+                )
+
+        return _around(handler, refuse)
 
 
-def _guarded(handler: Any, method: str) -> Any:
-    """``handler``, refusing a caller that holds the gateway's certificate."""
+def _around(
+    handler: Any,
+    enter: Callable[[Any], Awaitable[Any]],
+    leave: Callable[[Any], None] | None = None,
+) -> Any:
+    """``handler`` run between ``enter(context)`` (which may abort the call) and
+    ``leave(what enter returned)``, however the handler ends."""
     inner = _behaviour(handler)
-
-    async def refuse(context: Any) -> None:
-        if caller_is_gateway(context):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"the gateway may not call {method}"
-            )
-
     if _streams_responses(handler):
 
         async def stream(request: Any, context: Any) -> Any:
-            await refuse(context)
-            async for item in inner(request, context):
-                yield item
+            state = await enter(context)
+            try:
+                async for item in inner(request, context):
+                    yield item
+            finally:
+                if leave is not None:
+                    leave(state)
 
         return _rebuilt(handler, stream, handler.request_deserializer)
 
     async def unary(request: Any, context: Any) -> Any:
-        await refuse(context)
-        return await inner(request, context)
+        state = await enter(context)
+        try:
+            return await inner(request, context)
+        finally:
+            if leave is not None:
+                leave(state)
 
     return _rebuilt(handler, unary, handler.request_deserializer)
 
 
-class PerClientLimitInterceptor(grpc.aio.ServerInterceptor):
+class PerClientLimitInterceptor(_ApplicationInterceptor):
     """At most ``limit`` calls in progress from one client (``client_of(peer)``, the key
     its per-client limits count it by); one more is RESOURCE_EXHAUSTED at once, before its
     handler runs (``on_refused`` is told). Without it one client could hold every call a
@@ -325,15 +341,8 @@ class PerClientLimitInterceptor(grpc.aio.ServerInterceptor):
         self._on_refused = on_refused
         self.in_progress: collections.Counter[str] = collections.Counter()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or _is_plumbing(handler_call_details.method):
-            return handler
-        return self._limited(handler)
+    def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
+        return _around(handler, self._enter, self._leave)
 
     async def _enter(self, context: Any) -> str:
         client = self._client_of(context.peer())
@@ -347,29 +356,6 @@ class PerClientLimitInterceptor(grpc.aio.ServerInterceptor):
         self.in_progress[client] -= 1
         if self.in_progress[client] <= 0:
             del self.in_progress[client]
-
-    def _limited(self, handler: Any) -> Any:
-        inner = _behaviour(handler)
-        if _streams_responses(handler):
-
-            async def stream(request: Any, context: Any) -> Any:
-                client = await self._enter(context)
-                try:
-                    async for item in inner(request, context):
-                        yield item
-                finally:
-                    self._leave(client)
-
-            return _rebuilt(handler, stream, handler.request_deserializer)
-
-        async def unary(request: Any, context: Any) -> Any:
-            client = await self._enter(context)
-            try:
-                return await inner(request, context)
-            finally:
-                self._leave(client)
-
-        return _rebuilt(handler, unary, handler.request_deserializer)
 
 
 def _is_plumbing(method: str) -> bool:
