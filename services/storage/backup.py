@@ -32,7 +32,7 @@ import grpc
 from cretoai.channels import blocking_channel, service_endpoint
 from cretoai.config import NodeConfig
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
-from services.storage.errors import DatabaseError, DatabaseLocked
+from services.storage.errors import DatabaseError, DatabaseLocked, DatabaseOfAnotherNode
 from services.storage.store import (
     BACKUP_MANIFEST,
     Owner,
@@ -238,24 +238,17 @@ def _check_same_owner(cfg: NodeConfig, source: Path) -> None:
     data directory has none; a manifest is a file anyone can edit): the stamp is inside
     the database, written by the storage service of the node it belongs to."""
     try:
-        store = Store.open(source, create=False, read_only=True)
-    except DatabaseError as exc:
-        raise BackupError(f"{source} is not a usable backup: {exc}") from None
-    try:
-        stamped = store.owner()
-    except DatabaseError as exc:
-        raise BackupError(f"{source} is not a usable backup: {exc}") from None
-    finally:
-        store.close()
-    mine = Owner.of_node(cfg)
-    if stamped is not None and stamped.key_fingerprint != mine.key_fingerprint:
+        Store.open(source, create=False, read_only=True, owner=Owner.of_node(cfg)).close()
+    except DatabaseOfAnotherNode as exc:
         raise BackupError(
-            f"{source} holds the database of {stamped.node} (validator key "
-            f"{stamped.key_fingerprint}); this node is {mine.node} (key "
-            f"{mine.key_fingerprint}). A node's consensus records are what that node "
-            "signed; restore a backup of this node, or start it with an empty database to "
-            "catch up by state transfer. Nothing was changed"
-        )
+            f"{source} holds the database of {exc.stamped_node} (validator key "
+            f"{exc.stamped_key}); this node is {exc.node} (key {exc.key}). A node's "
+            "consensus records are what that node signed; restore a backup of this node, "
+            "or start it with an empty database to catch up by state transfer. Nothing "
+            "was changed"
+        ) from None
+    except DatabaseError as exc:
+        raise BackupError(f"{source} is not a usable backup: {exc}") from None
 
 
 def _check_certified_here(cfg: NodeConfig, source: Path, last_seq: int) -> None:

@@ -94,4 +94,12 @@ class DatabaseCorrupt(DatabaseError):
 
 
 class DatabaseOfAnotherNode(DatabaseError):
-    """The database was written by another validator (copied from its node)."""
+    """The database was written by another validator (copied from its node): the names
+    and key fingerprints of the one it belongs to (``stamped_*``) and of this node."""
+
+    def __init__(
+        self, message: str, *, stamped_node: str, stamped_key: str, node: str, key: str
+    ) -> None:
+        super().__init__(message)
+        self.stamped_node, self.stamped_key = stamped_node, stamped_key
+        self.node, self.key = node, key

@@ -443,7 +443,11 @@ class Store:
                 "records are what that node signed, and this node would take them for its own. "
                 "Restore this node's own backup (cretoai-node restore --from DIR --force) or "
                 "move the directory aside to start with an empty database (the node then "
-                "rejoins the cluster by state transfer)"
+                "rejoins the cluster by state transfer)",
+                stamped_node=stamped.node,
+                stamped_key=stamped.key_fingerprint,
+                node=owner.node,
+                key=owner.key_fingerprint,
             )
 
     def _load_counters(self) -> Counters:
