@@ -139,18 +139,14 @@ class JsonErrorHandler(RequestHandler):
             raise ConnectionError("an answer was sent already, cannot send an error")
         if status >= 500:
             log.error("http: aiohttp failed a request", exc_info=exc)
-        else:
-            metrics.HTTP_UNPARSABLE.labels(str(status)).inc()
-            log.debug(
-                "http: unparsable request",
-                extra={"fields": {"status": status, "error": (message or "")[:200]}},
-            )
-        if status >= 500:
             code, text = ("timeout", "the request timed out") if status == 504 else (
                 "internal", "internal error")  # fmt: skip
         else:
             code = PARSER_ERROR_CODES.get(status, "bad_request")
             text = " ".join((message or "").split())[:PARSER_MESSAGE_CHARS] or "bad request"
+            metrics.HTTP_UNPARSABLE.labels(str(status)).inc()
+            fields = {"status": status, "error": text}
+            log.debug("http: unparsable request", extra={"fields": fields})
         response = web.Response(
             body=dumps_bytes({"error": {"code": code, "message": text}}),
             status=status,
