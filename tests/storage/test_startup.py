@@ -21,7 +21,7 @@ from services.storage.errors import (
     DatabaseOfAnotherNode,
     ReadFailed,
 )
-from services.storage.keys import FINALIZED, SCHEMA_VERSION_KEY, seq_key, u32
+from services.storage.keys import FINALIZED, OWNER_KEY, SCHEMA_VERSION_KEY, seq_key, u32
 from services.storage.service import build
 from services.storage.store import Owner, Store, inspect
 from tests.conftest import cli
@@ -378,3 +378,21 @@ def test_an_unstamped_database_is_stamped_by_its_node_not_by_a_reader(tmp_path: 
         assert reader.owner() == owner
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("record", [b"\xff not json", b'{"node": 1}', b"[]"])
+async def test_a_damaged_stamp_is_reported_as_corruption_not_taken_for_none(
+    tmp_path: Path, record: bytes
+) -> None:
+    """A damaged stamp must not read as "not stamped yet": the next open would stamp the
+    database anew as whoever opens it, whichever node it belonged to."""
+    db = tmp_path / "db"
+    await fill(db, batches=1)
+    with RawDb(db) as raw:
+        raw.db.put(OWNER_KEY, record)
+    before = snapshot(db)
+    owner = Owner.of_node(make_config(tmp_path, db=db))
+    for read_only in (True, False):
+        with pytest.raises(DatabaseCorrupt, match="unreadable owner: not an owner record"):
+            Store.open(db, read_only=read_only, owner=owner)
+    assert snapshot(db) == before
