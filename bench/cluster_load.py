@@ -132,6 +132,8 @@ OTHER_LOAD_WARNING = 0.15
 INFLIGHT_CAP = 12_000
 #: The per-stage histogram of the consensus service (absent in older builds: tolerated).
 STAGE_METRIC = "cretoai_consensus_stage_seconds"
+#: Every service's event-loop lag (cretoai.serving.watch_loop_lag), by ``service``.
+LOOP_LAG_METRIC = "cretoai_event_loop_lag_seconds"
 STATUS_RE = re.compile(rb'"status":\s*"([a-z_]+)"')
 NUMBER_RE = re.compile(r"\d+(\.\d+)?")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -817,6 +819,7 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
         "execute": histogram(before, after, "cretoai_consensus_execute_seconds"),
         "persist": histogram(before, after, "cretoai_consensus_persist_seconds"),
         "stages": histogram_by_label([(before, after)], STAGE_METRIC, "stage"),
+        "event_loop_lag": histogram_by_label([(before, after)], LOOP_LAG_METRIC, "service"),
         "gateway_finality_wait": histogram(before, after, "cretoai_gateway_finality_wait_seconds"),
         "signature_verifications": by_label(
             before, after, "cretoai_consensus_signature_verifications_total", "kind"
@@ -1431,6 +1434,11 @@ async def run_step(
             [(start.metrics.get(n, {}), end.metrics.get(n, {})) for n in cluster.names],
             STAGE_METRIC,
             "stage",
+        ),
+        "event_loop_lag": histogram_by_label(
+            [(start.metrics.get(n, {}), end.metrics.get(n, {})) for n in cluster.names],
+            LOOP_LAG_METRIC,
+            "service",
         ),
         "nodes": nodes,
         "quiesce": quiet,

@@ -37,7 +37,7 @@ own histograms).
 
 During the service phases, a reader calls ``GetVertex`` every 5 ms: its latency
 is what the GIL-holding RocksDB writes cost the service's other callers. The
-service's own event-loop lag (``cretoai_storage_event_loop_lag_seconds``, a 10 ms
+service's own event-loop lag (``cretoai_event_loop_lag_seconds{service="storage"}``, a 50 ms
 timer's lateness), WAL-sync and apply times are read from its Prometheus
 endpoint. For scale, the cost of appending and fsyncing one batch's bytes to a
 plain file on the same filesystem is measured first; and the service's checks
@@ -388,25 +388,31 @@ def scrape(port: int) -> dict[str, float]:
         text = reply.read().decode()
     out = {}
     for line in text.splitlines():
-        if line.startswith("cretoai_storage_"):
+        if line.startswith(("cretoai_storage_", "cretoai_event_loop_lag_")):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+def _series(key: str) -> tuple[str, dict[str, str]]:
+    """A scraped series' name and labels: ``x_bucket{le="1.0",op="a"}`` → (x_bucket, {...})."""
+    name, _, rest = key.partition("{")
+    return name, dict(re.findall(r'(\w+)="([^"]*)"', rest))
 
 
 def histogram_delta(
     before: dict[str, float], after: dict[str, float], name: str, labels: str = ""
 ) -> dict[str, Any]:
     """Bucket counts of a histogram between two scrapes; upper-bound percentiles in ms.
-    ``labels``: the series' other labels as exposed, e.g. ``op="commit"``."""
-    pattern = re.compile(
-        rf'^{name}_bucket{{{re.escape(labels + "," if labels else "")}le="([^"]+)"}}$'
-    )
+    ``labels``: the series' other labels as exposed, e.g. ``op="commit"`` (in any order
+    with ``le``, which prometheus_client writes first)."""
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', labels))
     buckets = []
     for key, value in after.items():
-        match = pattern.match(key)
-        if match:
-            bound = float("inf") if match.group(1) == "+Inf" else float(match.group(1))
+        series, found = _series(key)
+        bound_text = found.pop("le", None)
+        if series == f"{name}_bucket" and bound_text is not None and found == wanted:
+            bound = float("inf") if bound_text == "+Inf" else float(bound_text)
             buckets.append((bound, value - before.get(key, 0.0)))
     buckets.sort()
     suffix = f"{{{labels}}}" if labels else ""
@@ -507,7 +513,7 @@ async def phase(
         "meets_target_p99": commit.get("p99", float("inf")) <= TARGET_P99_MS,
         "read_latency_during_commits_ms": summary_ms(reads),
         "service_event_loop_lag": histogram_delta(
-            before, after, "cretoai_storage_event_loop_lag_seconds"
+            before, after, "cretoai_event_loop_lag_seconds", 'service="storage"'
         ),
         "service_commit_latency": histogram_delta(before, after, "cretoai_storage_commit_seconds"),
         "service_proof_check": histogram_delta(

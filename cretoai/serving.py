@@ -56,6 +56,15 @@ RPC_TOTAL = Counter(
     "cretoai_grpc_server_handled_total", "gRPC calls handled", ["service", "method", "code"]
 )
 SERVING = Gauge("cretoai_service_serving", "1 while the service reports SERVING", ["service"])
+LOOP_LAG = Histogram(
+    "cretoai_event_loop_lag_seconds",
+    "How late the service's event loop wakes a timer: the time it was blocked (a "
+    "callback that ran long, a GIL holder) or the process waited for a core",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+#: How often the event loop's lag is observed (LOOP_LAG): a timer this long.
+LOOP_LAG_INTERVAL_S = 0.05
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -524,6 +533,7 @@ class GrpcService:
         self._stopping = False
         self._failed = asyncio.Event()
         self._fail_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         #: Why the service failed (see :meth:`fail`), or None.
         self.failure: str | None = None
 
@@ -608,6 +618,9 @@ class GrpcService:
         for name in ("", *names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         SERVING.labels(self.name).set(1)
+        self._lag_task = asyncio.create_task(
+            watch_loop_lag(self.name), name=f"{self.name}-loop-lag"
+        )
         host = self.bind.rpartition(":")[0]
         log.info(
             "serving",
@@ -627,6 +640,8 @@ class GrpcService:
         if self._server is not None:
             await self._server.stop(self.grace)
             await self._wait_for_handlers(deadline)
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         for cleanup in self.cleanup:
             try:
                 await cleanup()
@@ -705,6 +720,17 @@ class GrpcService:
         await self.stop()
         if self.failure is not None:
             raise ServiceFailed(f"{self.name} failed: {self.failure}")
+
+
+async def watch_loop_lag(service: str, interval: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observe, every ``interval``, how late the event loop wakes a timer (LOOP_LAG):
+    whatever else the service answers meanwhile (a 429, a health check) waits as long."""
+    loop = asyncio.get_running_loop()
+    observe = LOOP_LAG.labels(service).observe
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval)
+        observe(max(0.0, loop.time() - before - interval))
 
 
 class ServiceFailed(Exception):

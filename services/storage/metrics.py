@@ -82,11 +82,6 @@ COMMIT_REFUSALS = Counter(
     ["check"],
 )
 HALTED = Gauge("cretoai_storage_halted", "1 while writes are refused after a write error")
-LOOP_LAG = Histogram(
-    "cretoai_storage_event_loop_lag_seconds",
-    "How late the event loop wakes a 10 ms timer (time the loop was blocked)",
-    buckets=_FAST,
-)
 LAST_SEQ = Gauge("cretoai_storage_last_seq", "Highest committed (synced) sequence number")
 VERTICES = Gauge("cretoai_storage_vertices", "Vertices stored, by status", ["status"])
 EDGES = Gauge("cretoai_storage_edges", "Parent-child edges of finalized vertices")

@@ -21,19 +21,9 @@ from services.storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
-LAG_INTERVAL_S = 0.05
 GAUGE_INTERVAL_S = 10.0
 #: The largest request: a batch of up to consensus.batch_max_bytes plus certificates.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-async def watch_loop_lag(interval: float = LAG_INTERVAL_S) -> None:
-    """Observe how late the loop wakes a timer: the time it was blocked (e.g. by a GIL holder)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        before = loop.time()
-        await asyncio.sleep(interval)
-        metrics.LOOP_LAG.observe(max(0.0, loop.time() - before - interval))
 
 
 async def refresh_gauges(store: Store, servicer: StorageServicer, interval: float) -> None:
@@ -67,7 +57,6 @@ async def build(cfg: NodeConfig) -> GrpcService:
         store, writer, certifier=certifier, node=cfg.node.name, on_halt=halted
     )
     tasks = [
-        asyncio.create_task(watch_loop_lag(), name="storage-loop-lag"),
         asyncio.create_task(
             refresh_gauges(store, servicer, GAUGE_INTERVAL_S), name="storage-gauges"
         ),
