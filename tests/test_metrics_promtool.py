@@ -151,6 +151,9 @@ async def test_every_metrics_page_passes_promtool(tmp_path: Path) -> None:
             == 1
         )
         assert total(by["transport"], "cretoai_grpc_server_handled_total") >= 1
+        # the gateway follows consensus's admission state (WatchAdmission)
+        assert by["gateway"]["cretoai_gateway_admission_live{}"] == 1
+        assert by["gateway"]["cretoai_gateway_consensus_overloaded{}"] == 0
         for name, page in by.items():
             assert page[f"cretoai_service_serving{{service={name}}}"] == 1, name
             # every service's loop is watched (a 50 ms timer: several samples by now)

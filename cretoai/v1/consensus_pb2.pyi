@@ -7,6 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WatchAdmissionRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdmissionState(_message.Message):
+    __slots__ = ("overloaded",)
+    OVERLOADED_FIELD_NUMBER: _ClassVar[int]
+    overloaded: bool
+    def __init__(self, overloaded: _Optional[bool] = ...) -> None: ...
+
 class SubmitVertexRequest(_message.Message):
     __slots__ = ("vertex",)
     VERTEX_FIELD_NUMBER: _ClassVar[int]

@@ -60,6 +60,11 @@ class ConsensusStub:
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.FromString,
                 _registered_method=True)
+        self.WatchAdmission = channel.unary_stream(
+                '/cretoai.v1.Consensus/WatchAdmission',
+                request_serializer=cretoai_dot_v1_dot_consensus__pb2.WatchAdmissionRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_consensus__pb2.AdmissionState.FromString,
+                _registered_method=True)
 
 
 class ConsensusServicer:
@@ -111,6 +116,16 @@ class ConsensusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAdmission(self, request, context):
+        """This node's admission state now, then each change of it: whether new
+        submissions are refused as overloaded (RESOURCE_EXHAUSTED), as a
+        SubmitVertices call arriving then would be. The gateway follows it to
+        refuse such submissions at once, without a call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsensusServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +153,11 @@ def add_ConsensusServicer_to_server(servicer, server):
                     servicer.WatchFinalized,
                     request_deserializer=cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.SerializeToString,
+            ),
+            'WatchAdmission': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAdmission,
+                    request_deserializer=cretoai_dot_v1_dot_consensus__pb2.WatchAdmissionRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_consensus__pb2.AdmissionState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +295,33 @@ class Consensus:
             '/cretoai.v1.Consensus/WatchFinalized',
             cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.SerializeToString,
             cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAdmission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Consensus/WatchAdmission',
+            cretoai_dot_v1_dot_consensus__pb2.WatchAdmissionRequest.SerializeToString,
+            cretoai_dot_v1_dot_consensus__pb2.AdmissionState.FromString,
             options,
             channel_credentials,
             insecure,

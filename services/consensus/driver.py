@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,9 @@ PERSIST = Histogram(
 
 #: Inputs taken per burst before the Ready is drained (bounds latency under load).
 BURST = 256
+#: How often :meth:`Driver.watch_admission` re-checks :meth:`Driver.overloaded` while
+#: requests are pending (the state changes with the wall clock then).
+ADMISSION_POLL_S = 0.02
 #: Messages from peers being decoded and verified at once, at most (back-pressure on the
 #: transport stream beyond) ...
 VERIFYING_MAX = 512
@@ -316,6 +319,8 @@ class Driver:
         #: When each of the latest ticks began (monotonic); the last is ``replica.now``.
         self._tick_began: deque[float] = deque([clock()], maxlen=(limit or 0) + 2)
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
+        #: Set when an input is applied (wakes :meth:`watch_admission`).
+        self._applied = asyncio.Event()
         self._tick_pending = False
         #: While the replica is idle the ticker sleeps through the ticks that only count
         #: time (``Replica.quiet_ticks``): at most ``_idle_ticks`` of them from
@@ -417,6 +422,23 @@ class Driver:
         if index < 0:
             return True
         return self._clock() - began[index] > self._admission_wait_s
+
+    async def watch_admission(self) -> AsyncGenerator[bool, None]:
+        """:meth:`overloaded` now, then each time it changes: re-checked every
+        ADMISSION_POLL_S while a request is pending (its wait grows with the clock),
+        and otherwise only after the replica task has applied inputs (with nothing
+        pending it cannot become overloaded), so an idle node does not wake for it."""
+        last: bool | None = None
+        while True:
+            state = self.overloaded()
+            if state != last:
+                last = state
+                yield state
+            if self.replica.oldest_pending_since() is None:
+                self._applied.clear()
+                await self._applied.wait()
+            else:
+                await asyncio.sleep(ADMISSION_POLL_S)
 
     async def verify_vertices(
         self,
@@ -683,6 +705,7 @@ class Driver:
                 item.result.set_result(result)
         else:
             self.replica.report_fault(item.sender, item.kind)
+        self._applied.set()
 
     async def _run(self) -> None:
         try:

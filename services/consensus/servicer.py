@@ -330,6 +330,12 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             view_changing=not status.active,
         )
 
+    async def WatchAdmission(
+        self, request: consensus_pb2.WatchAdmissionRequest, context: Context
+    ) -> AsyncIterator[consensus_pb2.AdmissionState]:
+        async for overloaded in self._driver.watch_admission():
+            yield consensus_pb2.AdmissionState(overloaded=overloaded)
+
     async def WatchFinalized(
         self, request: consensus_pb2.WatchFinalizedRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:

@@ -27,6 +27,9 @@ CALL_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 1.0
 
 WatchCall = grpc.aio.UnaryStreamCall[consensus_pb2.WatchFinalizedRequest, vertex_pb2.FinalizedBatch]
+AdmissionCall = grpc.aio.UnaryStreamCall[
+    consensus_pb2.WatchAdmissionRequest, consensus_pb2.AdmissionState
+]
 
 
 class BatchUnsupported(Exception):
@@ -101,6 +104,11 @@ class ConsensusClient:
         except grpc.aio.AioRpcError as exc:
             raise from_backend(exc, "consensus") from None
         return reply
+
+    def watch_admission(self) -> AdmissionCall:
+        """Consensus's admission state, then each change (the caller handles errors)."""
+        call: AdmissionCall = self._stub.WatchAdmission(consensus_pb2.WatchAdmissionRequest())
+        return call
 
     def watch(self, from_seq: int) -> WatchCall:
         """The raw finalized stream (the caller handles its errors: it reconnects)."""

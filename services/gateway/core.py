@@ -26,6 +26,7 @@ from cretoai.crypto import SIGNATURE_SIZE, NodeKey
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, shape_error, vertex_hash
 from services.gateway import metrics
+from services.gateway.admission import AdmissionWatch, overloaded
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
 from services.gateway.budget import ByteBudget, Reservation
 from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer, behind
@@ -171,6 +172,8 @@ class Gateway:
         self._consensus = consensus
         #: Every submission to consensus goes through it (few calls for many vertices).
         self._coalescer = coalescer or Coalescer(consensus, impatient=self._impatient)
+        #: Consensus's admission state, followed live (start it with ``admission.start()``).
+        self.admission = AdmissionWatch(consensus, on_overloaded=self._consensus_overloaded)
         self._storage = storage
         self._pool = pool
         self._limits = limits
@@ -204,6 +207,8 @@ class Gateway:
 
     def shedding(self) -> ApiError | None:
         """The 429 to answer at once, without any work, while this gateway sheds load."""
+        if self.admission.overloaded:
+            return overloaded()
         if self._probing or time.monotonic() < self._shed_until:
             return behind()
         waited = self._coalescer.oldest_call_age()
@@ -214,6 +219,12 @@ class Gateway:
                 "ms; retry with backoff",
             )
         return None
+
+    def _consensus_overloaded(self) -> None:
+        """Consensus turned overloaded (its admission stream): what is queued for it would
+        only be refused there, after the calls ahead of it."""
+        self._overloaded_at = time.monotonic()
+        self._coalescer.refuse_queued()
 
     def _impatient(self) -> bool:
         """Whether consensus answered overloaded within the last IMPATIENT_S: a slow
@@ -409,7 +420,7 @@ class Gateway:
         try:
             replies = await self._coalescer.submit(vertices)
         except ApiError as exc:
-            if exc.code == "overloaded":
+            if exc.code == "overloaded" and not self.admission.live:
                 self._shed()
             raise
         finally:
@@ -417,7 +428,8 @@ class Gateway:
                 self._probing = False
         if any(isinstance(r, ApiError) and r.code == "overloaded" for r in replies):
             self._overloaded_at = time.monotonic()
-            self._shed()
+            if not self.admission.live:  # else the stream says when consensus admits again
+                self._shed()
         elif probe:
             self._shedding = False
         return replies

@@ -104,3 +104,13 @@ CONSENSUS_SUBMIT_CALL_VERTICES = Histogram(
     "Vertices per call submitting vertices to the consensus service",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+CONSENSUS_OVERLOADED = Gauge(
+    "cretoai_gateway_consensus_overloaded",
+    "1 while consensus says it is overloaded (WatchAdmission): submissions are refused "
+    "here at once, 429",
+)
+ADMISSION_LIVE = Gauge(
+    "cretoai_gateway_admission_live",
+    "1 while the gateway follows consensus's admission state (its WatchAdmission stream "
+    "is up); 0: overloaded submissions are refused by consensus, after their wait",
+)

@@ -123,6 +123,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
     )
 
     async def cleanup() -> None:
+        await gateway.admission.close()
         await hub.close()
         await rest.stop()
         for channel in channels.values():
@@ -171,4 +172,5 @@ async def build(cfg: NodeConfig) -> GatewayService:
         pool.shutdown(wait=False)
         raise
     hub.start()
+    gateway.admission.start()
     return service

@@ -130,6 +130,13 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         #: Answer SubmitVertices with UNIMPLEMENTED, as an older consensus service.
         self.batch_unimplemented = False
         self.ready = True
+        #: Answer WatchAdmission with UNIMPLEMENTED, as a consensus service older than it
+        #: (the default here: the gateway then leaves admission to consensus's answers,
+        #: which most tests script; tests of the stream turn it off and restart the watch).
+        self.admission_unimplemented = True
+        #: What WatchAdmission says: whether new submissions would be refused (overloaded).
+        self.overloaded = False
+        self._admission_watchers: set[asyncio.Queue[bool | None]] = set()
         self._watchers: set[asyncio.Queue[bool]] = set()
         self._changed = asyncio.Condition()
 
@@ -287,7 +294,40 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
             self._watchers.discard(wake)
             await self._notify()
 
+    async def WatchAdmission(
+        self, request: consensus_pb2.WatchAdmissionRequest, context: Any
+    ) -> AsyncIterator[consensus_pb2.AdmissionState]:
+        if self.admission_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        changes: asyncio.Queue[bool | None] = asyncio.Queue()
+        self._admission_watchers.add(changes)
+        await self._notify()
+        try:
+            state: bool | None = self.overloaded
+            while state is not None:
+                yield consensus_pb2.AdmissionState(overloaded=state)
+                state = await changes.get()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "dropped by the test")
+        finally:
+            self._admission_watchers.discard(changes)
+            await self._notify()
+
     # ------------------------------------------------------------------ test controls
+
+    @property
+    def admission_watchers(self) -> int:
+        return len(self._admission_watchers)
+
+    def set_overloaded(self, overloaded: bool) -> None:
+        """Say on every WatchAdmission stream that consensus is (no longer) overloaded."""
+        self.overloaded = overloaded
+        for changes in self._admission_watchers:
+            changes.put_nowait(overloaded)
+
+    def drop_admission_watchers(self) -> None:
+        """Fail every WatchAdmission stream (UNAVAILABLE)."""
+        for changes in self._admission_watchers:
+            changes.put_nowait(None)
 
     def drop_watchers(self) -> None:
         """Fail every WatchFinalized stream (UNAVAILABLE)."""

@@ -1,0 +1,173 @@
+"""The gateway follows consensus's admission state (``WatchAdmission``) and refuses what
+consensus would refuse, as it arrives, instead of after the calls ahead of it.
+
+Real gateway and storage over real HTTP and gRPC; the stand-in consensus of support.py,
+whose admission stream the tests turn on (it starts as an older consensus without it)
+and drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from cretoai.v1 import gateway_pb2, vertex_pb2
+from tests.gateway.support import TIMEOUT, Node
+
+OVERLOADED = "consensus at this node is overloaded"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+async def follow_admission(node: Node) -> None:
+    """Give the fake consensus its admission stream and have the gateway follow it."""
+    fake, admission = node.consensus, node.gateway.gateway.admission
+    await admission.close()  # it gave up at start: the fake had no WatchAdmission
+    fake.admission_unimplemented = False
+    admission.start()
+    await asyncio.wait_for(admission.wait_until(overloaded=False, live=True), TIMEOUT)
+
+
+async def turn(node: Node, *, overloaded: bool) -> None:
+    node.consensus.set_overloaded(overloaded)
+    await asyncio.wait_for(
+        node.gateway.gateway.admission.wait_until(overloaded=overloaded), TIMEOUT
+    )
+
+
+async def post_text(node: Node, path: str, data: bytes) -> tuple[int, Any]:
+    async with node.http.post(
+        node.url + path, data=data, headers={"Content-Type": "application/json"}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_an_older_consensus_without_the_stream_is_left_to_decide(node: Node) -> None:
+    """The node fixture's consensus has no WatchAdmission: the gateway says so in a gauge
+    and sends every submission to consensus."""
+    admission = node.gateway.gateway.admission
+    await asyncio.wait_for(admission.wait_until(overloaded=False, live=False), TIMEOUT)
+    assert gauge("cretoai_gateway_admission_live") == 0
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"sent")})
+    assert status == 202 and len(node.consensus.submit_calls) == 1
+
+
+async def test_while_consensus_is_overloaded_submissions_get_429_without_a_call(
+    node: Node,
+) -> None:
+    fake = node.consensus
+    await follow_admission(node)
+    assert gauge("cretoai_gateway_admission_live") == 1
+    await turn(node, overloaded=True)
+    assert gauge("cretoai_gateway_consensus_overloaded") == 1
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"refused here")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert OVERLOADED in reply["error"]["message"]
+    # refused before the body is read: a malformed one is not a 400
+    status, reply = await post_text(node, "/v1/vertices", b"not json")
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    status, reply = await node.post(
+        "/v1/vertices:batch", {"vertices": [{"payload": b64(b"a")}, {"payload": b64(b"b")}]}
+    )
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await node.stub.SubmitVertex(
+            gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"grpc")),
+            timeout=TIMEOUT,
+        )
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert OVERLOADED in (refused.value.details() or "")
+    assert fake.submit_calls == []  # none of them reached consensus
+    # consensus admits again: so does the gateway, at once (no hold, no probe)
+    await turn(node, overloaded=False)
+    assert gauge("cretoai_gateway_consensus_overloaded") == 0
+    for i in range(3):
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"admitted %d" % i)})
+        assert status == 202
+    assert len(fake.submit_calls) == 3
+
+
+async def test_what_is_queued_when_consensus_turns_overloaded_is_refused_then(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both calls in flight and held by consensus, one submission queued behind them: when
+    consensus turns overloaded, the queued one is answered 429 then, without waiting for
+    the held calls (nor for the queue's own time limit) and without a call of its own;
+    the held ones are still answered."""
+    fake = node.consensus
+    gateway = node.gateway.gateway
+    monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=3600.0))
+    monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 3600.0)
+    await follow_admission(node)
+    hold = fake.hold = asyncio.Event()
+    held = []
+    for i in range(2):
+        held.append(asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"h%d" % i)})))
+        await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
+    coalescer = gateway._coalescer
+    queued_here = asyncio.Event()
+    schedule = coalescer._schedule
+
+    def noting_the_queue() -> None:  # the coalescer schedules right after it queues
+        schedule()
+        if coalescer._queue:
+            queued_here.set()
+
+    monkeypatch.setattr(coalescer, "_schedule", noting_the_queue)
+    queued = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"queued")}))
+    await asyncio.wait_for(queued_here.wait(), TIMEOUT)
+    await turn(node, overloaded=True)
+    status, reply = await asyncio.wait_for(queued, TIMEOUT)
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert "behind its offered load" in reply["error"]["message"], reply
+    assert not any(task.done() for task in held)  # it did not wait for them
+    hold.set()
+    assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
+    assert len(fake.submit_calls) == 2  # the queued one was never sent
+
+
+async def test_a_refusal_by_consensus_while_following_does_not_hold_the_gateway(
+    node: Node,
+) -> None:
+    """A call refused at consensus's door (it turned overloaded as the call arrived) is
+    answered 429; the stream, not a hold of the gateway's, says when to send again."""
+    fake = node.consensus
+    await follow_admission(node)
+    fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"refused there")})
+    assert status == 429
+    fake.submit_error = None
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"next")})
+    assert status == 202 and len(fake.submit_calls) == 2
+
+
+async def test_when_the_stream_drops_the_gateway_sends_to_consensus_and_follows_again(
+    node: Node,
+) -> None:
+    """An overloaded state is not kept once the stream that said it is gone: consensus
+    decides until the gateway follows it again (it re-subscribes by itself)."""
+    fake = node.consensus
+    admission = node.gateway.gateway.admission
+    await follow_admission(node)
+    await turn(node, overloaded=True)
+    fake.set_overloaded(False)  # as it will say when the gateway re-subscribes
+    fake.drop_admission_watchers()
+    await asyncio.wait_for(admission.wait_until(overloaded=False, live=False), TIMEOUT)
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"decided by consensus")})
+    assert status == 202 and len(fake.submit_calls) == 1
+    await asyncio.wait_for(admission.wait_until(overloaded=False, live=True), TIMEOUT)
+    await turn(node, overloaded=True)
+    status, _ = await node.post("/v1/vertices", {"payload": b64(b"refused again")})
+    assert status == 429 and len(fake.submit_calls) == 1
