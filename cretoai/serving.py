@@ -207,6 +207,7 @@ async def _call_status(exc: Exception, ctx: Any) -> NoReturn:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if isinstance(exc, ServiceError):
+        exc.settled()  # see ServiceError.settled (the AbortError below still holds it)
         await ctx.abort(exc.grpc_status, exc.grpc_details(), exc.trailing_metadata())
     else:
         log.error("call failed", exc_info=exc)

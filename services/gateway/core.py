@@ -126,7 +126,7 @@ async def _settled(work: Awaitable[T]) -> T | ApiError:
     try:
         return await work
     except ApiError as exc:
-        return exc
+        return exc.settled()
 
 
 async def _each(works: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -278,7 +278,7 @@ class Gateway:
         try:
             [answer], _ = await self._submit_all([draft], wait=wait)
         except ApiError as exc:
-            answer = exc
+            answer = exc.settled()
         _count(api, answer)
         if isinstance(answer, ApiError):
             raise answer

@@ -171,7 +171,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc)
+        return error_response(exc.settled())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
