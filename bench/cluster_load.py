@@ -179,6 +179,26 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def mean_by_service(nodes: dict[str, Any], key: str) -> dict[str, float | None]:
+    """The mean over the nodes of ``nodes[*][key][service]`` (None where none has it)."""
+    values: dict[str, list[float]] = {}
+    for figures in nodes.values():
+        for service, value in (figures.get(key) or {}).items():
+            values.setdefault(service, [])
+            if value is not None:
+                values[service].append(value)
+    return {s: round(sum(v) / len(v), 1) if v else None for s, v in sorted(values.items())}
+
+
+def proc_runqueue_seconds(pid: int) -> float | None:
+    """Time the main thread of ``pid`` (a service's event loop) was runnable but waited
+    for a CPU, from /proc/<pid>/schedstat; None when it is gone or the kernel lacks it."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a process, from /proc/<pid>/stat; None when it is gone."""
     try:
@@ -954,6 +974,8 @@ class Snapshot:
     machine_busy: float
     own_cpu: float
     metrics: dict[str, Scrape]
+    #: Per node and service: its main thread's runqueue wait, seconds (schedstat).
+    runqueue: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: CPU seconds of the trace receiver (tracing on), else 0.
     sink_cpu: float = 0.0
     #: The machine's steal time (a VM: CPU its host gave to others), seconds since boot.
@@ -967,9 +989,14 @@ async def snapshot(cluster: Cluster, session: aiohttp.ClientSession) -> Snapshot
         node: {s: proc_cpu_seconds(pid) or 0.0 for s, pid in services.items()}
         for node, services in pids.items()
     }
+    runqueue = {
+        node: {s: proc_runqueue_seconds(pid) for s, pid in services.items()}
+        for node, services in pids.items()
+    }
     return Snapshot(
         at=time.perf_counter(),
         cpu=cpu,
+        runqueue=runqueue,
         pids=pids,
         machine_busy=machine_busy_seconds()[0],
         own_cpu=time.process_time(),
@@ -1330,9 +1357,19 @@ async def run_step(
             s: round(proc_rss_mb(pid) or 0.0, 1) for s, pid in end.pids.get(node, {}).items()
         }
         known = [v for v in cpu_by_service.values() if v is not None]
+        waited: dict[str, float | None] = {}
+        for service, before in start.runqueue.get(node, {}).items():
+            after = end.runqueue.get(node, {}).get(service)
+            same = start.pids.get(node, {}).get(service) == end.pids.get(node, {}).get(service)
+            waited[service] = (
+                round((after - before) / seconds * 1e3, 1)
+                if before is not None and after is not None and same
+                else None
+            )
         nodes[node] = {
             "cpu_cores": round(sum(known), 3),
             "cpu_cores_by_service": cpu_by_service,
+            "runqueue_wait_ms_per_s_by_service": waited,
             "rss_mb_max": round(rss_peak.get(node, 0.0), 1),
             "rss_mb_end": round(sum(rss_by_service.values()), 1),
             "rss_mb_end_by_service": rss_by_service,
@@ -1440,6 +1477,7 @@ async def run_step(
             LOOP_LAG_METRIC,
             "service",
         ),
+        "runqueue_wait_ms_per_s": mean_by_service(nodes, "runqueue_wait_ms_per_s_by_service"),
         "nodes": nodes,
         "quiesce": quiet,
         "restarts": cluster.restarts(),
