@@ -60,6 +60,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +70,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import grpc
 from rocksdict import AccessType, Rdict, WriteBatch
 
 from cretoai.crypto import get_backend
@@ -302,15 +304,145 @@ def raw_phase(
     }
 
 
+COMMIT_METHOD = "/cretoai.v1.Storage/CommitBatch"
+
+
+async def serve_floor(directory: Path, port_file: Path) -> None:
+    """The process floor's server: the least a storage process must do with a batch.
+
+    A gRPC server (the service's message bounds, plaintext loopback as the benchmark's
+    service) whose CommitBatch takes the request's bytes undecoded, puts them under
+    one key of a RocksDB database (the service's options), syncs the WAL, and answers
+    an empty response: no decoding, no checks, no reads, no index, one key.
+    """
+    db = Rdict(
+        str(directory),
+        db_options(create=True),
+        column_families=column_families([]),
+        access_type=AccessType.read_write(),
+    )
+    options = unsynced_write()
+    count = 0
+
+    def commit(request: bytes, context: Any) -> bytes:
+        nonlocal count
+        count += 1
+        batch = WriteBatch(raw_mode=True)
+        batch.put(count.to_bytes(8, "big"), request)
+        db.write(batch, options)
+        db.flush_wal(True)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "cretoai.v1.Storage",
+        {"CommitBatch": grpc.unary_unary_rpc_method_handler(commit)},
+    )
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await asyncio.to_thread(port_file.write_text, str(port))
+    try:
+        await server.wait_for_termination()
+    finally:
+        db.close()
+
+
+class FloorProcess:
+    """:func:`serve_floor` in a process of its own (``--serve-floor``), as the service is."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port_file = directory / "floor.port"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.storage_commit",
+                "--serve-floor",
+                str(directory / "floor-db"),
+                "--port-file",
+                str(self.port_file),
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    async def port(self, timeout: float = 30.0) -> int:
+        end = time.monotonic() + timeout
+        while not self.port_file.exists() or not self.port_file.read_text():
+            if self.process.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("the process floor's server did not start")
+            await asyncio.sleep(0.05)
+        return int(self.port_file.read_text())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def floor_phase(
+    name: str,
+    call: Any,
+    requests: Sequence[storage_pb2.CommitBatchRequest],
+    rate: float,
+    deadline: float,
+) -> dict[str, Any]:
+    """The same requests through the process floor, closed loop or paced, as :func:`phase`
+    sends them to the service (serialised by the same stub code)."""
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for i, request in enumerate(requests):
+        if time.monotonic() > deadline:
+            break
+        if rate > 0:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        t0 = time.perf_counter()
+        await call(request, timeout=30)
+        latencies.append(time.perf_counter() - t0)
+    return {
+        "phase": name,
+        "batches": len(latencies),
+        "elapsed_s": round(time.perf_counter() - started, 2),
+        "commit_latency_ms": summary_ms(latencies),
+    }
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
-def compare_phase(service: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
-    """Service over raw per percentile, the target, and the gap's parts (means, ms)."""
+def compare_phase(
+    service: dict[str, Any], raw: dict[str, Any], process: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Service over raw per percentile, the target, and the gap's parts (means, ms); with
+    ``process`` (the process floor's phase), that floor over raw, and whether the target
+    is below it."""
     svc, floor = service["commit_latency_ms"], raw["commit_latency_ms"]
     over = {q: ratio(svc.get(q), floor.get(q)) for q in ("p50", "p99", "p99_9")}
     p99_ratio = over["p99"]
+    process_figures: dict[str, Any] = {}
+    if process is not None:
+        least = process["commit_latency_ms"]
+        floor_over_raw = {q: ratio(least.get(q), floor.get(q)) for q in ("p50", "p99", "p99_9")}
+        process_figures = {
+            "process_floor": process,
+            "process_floor_over_raw": floor_over_raw,
+            "service_over_process_floor": {
+                q: ratio(svc.get(q), least.get(q)) for q in ("p50", "p99", "p99_9")
+            },
+            "target_below_process_floor": floor_over_raw["p99"] is not None
+            and floor_over_raw["p99"] > TARGET_OVER_RAW_P99,
+        }
     client = svc.get("mean")
     server = service["service_commit_latency"].get("mean_ms")
     parts = {
@@ -343,6 +475,7 @@ def compare_phase(service: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any
         "service_over_raw": over,
         "meets_raw_floor_target": p99_ratio is not None and p99_ratio <= TARGET_OVER_RAW_P99,
         "gap_mean_ms": parts,
+        **process_figures,
         "service": service,
         "raw": raw,
     }
@@ -590,9 +723,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raw = RawDatabase(base / "raw-db")
         proc = ServiceProcess.create(base / "node", db=base / "db", metrics=True)
         proc.spawn()
+        least = FloorProcess(base)
         runs = []
         try:
             await proc.wait_serving(timeout=60)
+            floor_channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{await least.port()}",
+                options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+            )
+            commit_least = floor_channel.unary_unary(
+                COMMIT_METHOD,
+                request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
+                response_deserializer=storage_pb2.CommitBatchResponse.FromString,
+            )
             async with proc.channel() as channel:
                 stub = storage_pb2_grpc.StorageStub(channel)
                 seq = 0
@@ -603,6 +746,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         request = batches.next()
                         await stub.CommitBatch(request, timeout=30)
                         raw.commit(raw.write_batch(request))
+                        await commit_least(request, timeout=30)
                     probe = batches.tips[0]
                     phases = []
                     checks: dict[str, Any] = {}
@@ -613,8 +757,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         service = await phase(
                             name, stub, requests, probe, rate, proc.metrics_port, deadline
                         )
-                        floor = raw_phase(name, raw, requests[: service["batches"]], rate, deadline)
-                        phases.append(compare_phase(service, floor))
+                        done = requests[: service["batches"]]
+                        floor = raw_phase(name, raw, done, rate, deadline)
+                        process = await floor_phase(name, commit_least, done, rate, deadline)
+                        phases.append(compare_phase(service, floor, process))
                         if not checks:
                             checks = checks_in_process(requests)
                         del requests
@@ -629,8 +775,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                 stats = await stub.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
+            await floor_channel.close()
         finally:
             proc.terminate()
+            least.stop()
             raw.close()
         return {
             "benchmark": "storage_commit",
@@ -648,6 +796,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "raw_floor": "the service's puts for each batch (raw_writes) in one WriteBatch, "
                 "written unsynced then flush_wal(sync=True), service DB options, a database "
                 "of its own in the same directory; write + sync timed",
+                "process_floor": "the same requests, sent the same way over gRPC to a process "
+                "that puts each request's bytes undecoded under one key and syncs the WAL "
+                "(serve_floor): the least a storage process must do; client-observed",
             },
             "target": {
                 "commit_p99_ms": TARGET_P99_MS,
@@ -692,7 +843,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=240.0, help="overall time bound")
     parser.add_argument("--dir", default=None, help="where the databases go (default: /tmp)")
     parser.add_argument("--output", type=Path, default=RESULT, help="the JSON result file")
+    parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor is not None:  # the process floor's server (FloorProcess)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_floor(args.serve_floor, args.port_file))
+        return 0
     result = asyncio.run(run(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
@@ -721,6 +878,14 @@ def report(result: dict[str, Any]) -> list[str]:
                 f" | p99 x{over['p99']} ({'met' if p['meets_raw_floor_target'] else 'not met'}"
                 f" <= {TARGET_OVER_RAW_P99})"
             )
+            if "process_floor" in p:
+                least = p["process_floor"]["commit_latency_ms"]
+                lines.append(
+                    "  " + " " * 12 + f" process floor p50 {least['p50']} p99 {least['p99']} ms: "
+                    f"x{p['process_floor_over_raw']['p99']} raw at p99"
+                    + (" (the target is below it)" if p["target_below_process_floor"] else "")
+                    + f"; the service x{p['service_over_process_floor']['p99']} it"
+                )
             lines.append(
                 "  "
                 + " " * 12

@@ -4,22 +4,29 @@ writes, and the comparison of the service with it."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import pytest
 from rocksdict import AccessType, Rdict
 
 from bench.storage_commit import (
+    COMMIT_METHOD,
     TARGET_OVER_RAW_P99,
     Batches,
+    FloorProcess,
     RawDatabase,
     batches_for,
     compare_phase,
+    floor_phase,
+    histogram_delta,
     raw_phase,
     sizes,
 )
+from cretoai.v1 import storage_pb2
 from services.storage import keys
 from services.storage.options import column_families, db_options
 from services.storage.store import Store
@@ -147,3 +154,64 @@ def test_batch_sizes_and_default_counts() -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         sizes("0")
     assert batches_for(100) == 300 and batches_for(1) == 600
+
+
+def test_the_process_floor_stores_each_request_durably_as_sent(tmp_path: Path) -> None:
+    """The process floor's server, a real process over real gRPC: each CommitBatch's bytes
+    end up, undecoded, under a key of its own, and the phase times every request."""
+
+    async def go() -> dict[str, Any]:
+        least = FloorProcess(tmp_path)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{await least.port()}") as channel:
+                call = channel.unary_unary(
+                    COMMIT_METHOD,
+                    request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
+                    response_deserializer=storage_pb2.CommitBatchResponse.FromString,
+                )
+                return await floor_phase("paced", call, requests, 100.0, time.monotonic() + 60)
+        finally:
+            least.stop()
+
+    batches = Batches(3, 64)
+    requests = [batches.next() for _ in range(4)]
+    figures = asyncio.run(go())
+    assert figures["batches"] == 4 and figures["commit_latency_ms"]["count"] == 4
+    assert figures["elapsed_s"] >= 3 / 100  # paced: the fourth is due 30 ms after the first
+    db = Rdict(str(tmp_path / "floor-db"), access_type=AccessType.read_only())
+    try:
+        stored = [cast(bytes, db[(i + 1).to_bytes(8, "big")]) for i in range(4)]
+    finally:
+        db.close()
+    assert stored == [r.SerializeToString() for r in requests]
+
+
+def test_the_target_is_judged_against_the_process_floor() -> None:
+    process = {"phase": "closed_loop", "commit_latency_ms": latency(4.0, 15.0, 25.0, 5.0)}
+    below = compare_phase(service_phase(30.0), raw_result(), process)
+    assert below["process_floor_over_raw"]["p99"] == 1.5  # 15 ms against the raw 10
+    assert below["target_below_process_floor"] is True
+    assert below["service_over_process_floor"]["p99"] == 2.0
+    process["commit_latency_ms"] = latency(2.0, 11.0, 21.0, 2.6)
+    reachable = compare_phase(service_phase(30.0), raw_result(), process)
+    assert reachable["target_below_process_floor"] is False
+    assert "process_floor" not in compare_phase(service_phase(30.0), raw_result())
+
+
+def test_a_labelled_histogram_is_read_whatever_the_order_of_its_labels() -> None:
+    """prometheus_client writes ``le`` first: a series named with its other labels (op,
+    service) must still be found (it was not, and its percentiles read as unknown)."""
+    before = {'x_bucket{le="0.001",op="commit"}': 0.0, 'x_count{op="commit"}': 0.0}
+    after = {
+        'x_bucket{le="0.001",op="commit"}': 1.0,
+        'x_bucket{le="0.01",op="commit"}': 3.0,
+        'x_bucket{le="0.1",op="commit"}': 4.0,
+        'x_bucket{le="+Inf",op="commit"}': 4.0,
+        'x_bucket{le="0.01",op="other"}': 9.0,
+        'x_count{op="commit"}': 4.0,
+        'x_sum{op="commit"}': 0.02,
+    }
+    figures = histogram_delta(before, after, "x", 'op="commit"')
+    assert figures["count"] == 4 and figures["mean_ms"] == 5.0
+    assert figures["p50_at_most_ms"] == 10.0 and figures["p99_at_most_ms"] == 100.0
+    assert figures["share_over_5ms"] == 0.25  # above the first bound of 5 ms or more
