@@ -130,7 +130,7 @@ PERSIST = Histogram(
 
 #: Inputs taken per burst before the Ready is drained (bounds latency under load).
 BURST = 256
-#: How often :meth:`Driver.watch_admission` re-checks :meth:`Driver.overloaded` while
+#: How often :meth:`Driver._follow_admission` re-checks :meth:`Driver.overloaded` while
 #: requests are pending (the state changes with the wall clock then).
 ADMISSION_POLL_S = 0.02
 #: Messages from peers being decoded and verified at once, at most (back-pressure on the
@@ -319,8 +319,11 @@ class Driver:
         #: When each of the latest ticks began (monotonic); the last is ``replica.now``.
         self._tick_began: deque[float] = deque([clock()], maxlen=(limit or 0) + 2)
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
-        #: Set when an input is applied (wakes :meth:`watch_admission`).
+        #: Set when an input is applied (wakes :meth:`_follow_admission`).
         self._applied = asyncio.Event()
+        #: :meth:`overloaded` as last checked by :meth:`_follow_admission`.
+        self.admission_overloaded = False
+        self._admission_changed = asyncio.Condition()
         self._tick_pending = False
         #: While the replica is idle the ticker sleeps through the ticks that only count
         #: time (``Replica.quiet_ticks``): at most ``_idle_ticks`` of them from
@@ -370,6 +373,7 @@ class Driver:
             asyncio.create_task(self._run(), name="replica"),
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._deliver_verified(), name="verified"),
+            asyncio.create_task(self._follow_admission(), name="admission"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._core_task_done)
@@ -423,22 +427,38 @@ class Driver:
             return True
         return self._clock() - began[index] > self._admission_wait_s
 
-    async def watch_admission(self) -> AsyncGenerator[bool, None]:
-        """:meth:`overloaded` now, then each time it changes: re-checked every
-        ADMISSION_POLL_S while a request is pending (its wait grows with the clock),
-        and otherwise only after the replica task has applied inputs (with nothing
-        pending it cannot become overloaded), so an idle node does not wake for it."""
-        last: bool | None = None
+    async def _follow_admission(self) -> None:
+        """Keep :attr:`admission_overloaded` equal to :meth:`overloaded`, and tell
+        :meth:`watch_admission`'s watchers when it changes. Re-checked every
+        ADMISSION_POLL_S while a request is pending (its wait grows with the clock), and
+        otherwise only after the replica task has applied inputs (with nothing pending
+        it cannot become overloaded), so an idle node does not wake for it. One task
+        whatever the number of watchers: a watcher costs nothing until a change."""
         while True:
             state = self.overloaded()
-            if state != last:
-                last = state
-                yield state
+            if state != self.admission_overloaded:
+                self.admission_overloaded = state
+                async with self._admission_changed:
+                    self._admission_changed.notify_all()
             if self.replica.oldest_pending_since() is None:
                 self._applied.clear()
                 await self._applied.wait()
             else:
                 await asyncio.sleep(ADMISSION_POLL_S)
+
+    def _admission_differs(self, state: bool) -> Callable[[], bool]:
+        return lambda: self.admission_overloaded != state
+
+    async def watch_admission(self) -> AsyncGenerator[bool, None]:
+        """:attr:`admission_overloaded` now, then each time it changes."""
+        last: bool | None = None
+        while True:
+            state = self.admission_overloaded
+            if state != last:
+                last = state
+                yield state
+            async with self._admission_changed:
+                await self._admission_changed.wait_for(self._admission_differs(state))
 
     async def verify_vertices(
         self,

@@ -176,18 +176,25 @@ async def test_an_admitted_call_still_meets_the_pools_bound() -> None:
 
 
 async def test_the_admission_state_is_told_at_once_and_again_when_it_changes() -> None:
-    """``watch_admission`` (the WatchAdmission stream): the state now, then each change.
-    Idle, it waits for an input rather than polling the clock."""
+    """``watch_admission`` (the WatchAdmission stream): the state now, then each change,
+    to every watcher, from the one task that follows it. Idle, that task waits for an
+    input rather than polling the clock."""
     clock = Clock()
     driver = make_driver(clock)
-    states = driver.watch_admission()
-    assert await anext(states) is False
-    turned = asyncio.ensure_future(anext(states))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert not turned.done() and not driver._applied.is_set()  # idle: waiting for an input
-    assert propose(driver, b"first") is ProposeResult.ACCEPTED  # wakes it
-    clock.now += 1.5  # the request is overdue: the next check, within a poll, says so
-    assert await asyncio.wait_for(turned, 5) is True
-    assert propose(driver, b"second") is ProposeResult.OVERLOADED  # as the door decides
-    await states.aclose()
+    follower = asyncio.create_task(driver._follow_admission())
+    watchers = [driver.watch_admission() for _ in range(3)]
+    try:
+        assert [await anext(w) for w in watchers] == [False] * 3
+        turned = [asyncio.ensure_future(anext(w)) for w in watchers]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not any(t.done() for t in turned)
+        assert not driver._applied.is_set()  # idle: the follower waits for an input
+        assert propose(driver, b"first") is ProposeResult.ACCEPTED  # wakes it
+        clock.now += 1.5  # the request is overdue: the next check, within a poll, says so
+        assert await asyncio.wait_for(asyncio.gather(*turned), 5) == [True] * 3
+        assert propose(driver, b"second") is ProposeResult.OVERLOADED  # as the door decides
+    finally:
+        follower.cancel()
+        for w in watchers:
+            await w.aclose()
