@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai import registry
 from cretoai.config import NodeConfig
-from cretoai.errors import InvalidArgument, ServiceError
+from cretoai.errors import InvalidArgument, ResourceExhausted, ServiceError
 from cretoai.telemetry import (
     DEFAULT_SAMPLING_RATIO,
     Telemetry,
@@ -197,22 +197,31 @@ class AccessLogInterceptor(_CallInterceptor):
         log.log(level, "rpc", extra={"fields": fields})
 
 
-async def _call_status(exc: Exception, ctx: Any) -> NoReturn:
+async def _call_status(exc: Exception, ctx: Any) -> None:
     """The one place where what a servicer raised becomes the status of its call.
 
-    A :class:`~cretoai.errors.ServiceError` aborts with its status, details and error
-    code; an abort already made (by the servicer, or by an inner layer) goes on as
-    it is; anything else is a bug: logged with its traceback, INTERNAL to the caller.
+    A :class:`~cretoai.errors.ServiceError` sets its status, details and error code on
+    the call, which then ends with them (the handler returns: no response is sent);
+    an abort already made (by the servicer, or by an inner layer) goes on as it is;
+    anything else is a bug: logged with its traceback, INTERNAL to the caller.
+
+    Setting the status rather than aborting matters under load: grpcio keeps an
+    ``AbortError`` in the call's state, and its traceback holds the call's frames,
+    which hold that state: a reference cycle per refused call, left to the cyclic
+    collector's pauses (see :meth:`ServiceError.settled`).
     """
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if isinstance(exc, ServiceError):
-        exc.settled()  # see ServiceError.settled (the AbortError below still holds it)
-        await ctx.abort(exc.grpc_status, exc.grpc_details(), exc.trailing_metadata())
-    else:
-        log.error("call failed", exc_info=exc)
-        await ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-    raise AssertionError("unreachable")  # abort raises
+        exc.settled()
+        ctx.set_code(exc.grpc_status)
+        ctx.set_details(exc.grpc_details())
+        metadata = exc.trailing_metadata()
+        if metadata:
+            ctx.set_trailing_metadata(metadata)
+        return
+    log.error("call failed", exc_info=exc)
+    await ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
 class _Undecodable:
@@ -289,8 +298,9 @@ class GatewayRoleInterceptor(_ApplicationInterceptor):
 
         async def refuse(context: Any) -> None:
             if caller_is_gateway(context):
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, f"the gateway may not call {method}"
+                raise ServiceError(
+                    f"the gateway may not call {method}",
+                    status=grpc.StatusCode.PERMISSION_DENIED,
                 )
 
         return _around(handler, refuse)
@@ -358,7 +368,7 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
         client = self._client_of(context.peer())
         if self.in_progress[client] >= self._limit:
             self._on_refused()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal)
+            raise ResourceExhausted(self._refusal)
         self.in_progress[client] += 1
         return client
 
@@ -417,6 +427,7 @@ def _wrap_handler(
                     result = await inner(_checked(request, streaming), ctx)
                 except Exception as exc:
                     await _call_status(exc, ctx)
+                    result = None  # the call ends with the status set
             except BaseException as exc:
                 icpt.end(state, method, _code_of(exc, ctx), exc)
                 raise

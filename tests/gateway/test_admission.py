@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import types
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,6 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from cretoai.v1 import gateway_pb2, vertex_pb2
-from services.gateway.errors import ApiError
 from tests.gateway.support import TIMEOUT, Node
 
 OVERLOADED = "consensus at this node is overloaded"
@@ -182,20 +182,25 @@ async def test_a_refusal_leaves_nothing_for_the_cyclic_collector(node: Node) -> 
     through its traceback, the frames it went through (and the request they hold) in a
     reference cycle. Under overload such cycles made the collector pause the gateway's
     event loop for 50-100 ms at a time, and every answer, a 429 too, waited for it.
-
-    REST only: a gRPC refusal still leaves a small cycle inside grpcio (the call's state
-    keeps the AbortError whose traceback holds the call's frames)."""
+    Over gRPC the call ends with its status set rather than by an abort, whose error
+    grpcio keeps in the call's state (another cycle through the frames)."""
     await follow_admission(node)
     await turn(node, overloaded=True)
+    request = gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"grpc"))
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept in gc.garbage
     try:
         for i in range(10):
             status, _ = await node.post("/v1/vertices", {"payload": b64(b"r%d" % i)})
             assert status == 429
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await node.stub.SubmitVertex(request, timeout=TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         gc.collect()
         left = Counter(
-            type(o).__name__ for o in gc.garbage if isinstance(o, (ApiError, web.Request))
+            type(o).__name__
+            for o in gc.garbage
+            if isinstance(o, (BaseException, web.Request, types.FrameType))
         )
     finally:
         gc.set_debug(0)
