@@ -133,7 +133,7 @@ INFLIGHT_CAP = 12_000
 #: The per-stage histogram of the consensus service (absent in older builds: tolerated).
 STAGE_METRIC = "cretoai_consensus_stage_seconds"
 #: Every service's event-loop lag (cretoai.serving.watch_loop_lag), by ``service``.
-LOOP_LAG_METRIC = "cretoai_event_loop_lag_seconds"
+LOOP_LAG_METRIC = "cretoai_service_event_loop_lag_seconds"
 STATUS_RE = re.compile(rb'"status":\s*"([a-z_]+)"')
 NUMBER_RE = re.compile(r"\d+(\.\d+)?")
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -37,7 +37,7 @@ own histograms).
 
 During the service phases, a reader calls ``GetVertex`` every 5 ms: its latency
 is what the GIL-holding RocksDB writes cost the service's other callers. The
-service's own event-loop lag (``cretoai_event_loop_lag_seconds{service="storage"}``, a 50 ms
+service's own event-loop lag (``cretoai_service_event_loop_lag_seconds{service="storage"}``, a 50 ms
 timer's lateness), WAL-sync and apply times are read from its Prometheus
 endpoint. For scale, the cost of appending and fsyncing one batch's bytes to a
 plain file on the same filesystem is measured first; and the service's checks
@@ -521,7 +521,7 @@ def scrape(port: int) -> dict[str, float]:
         text = reply.read().decode()
     out = {}
     for line in text.splitlines():
-        if line.startswith(("cretoai_storage_", "cretoai_event_loop_lag_")):
+        if line.startswith(("cretoai_storage_", "cretoai_service_event_loop_lag_")):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
@@ -646,7 +646,7 @@ async def phase(
         "meets_target_p99": commit.get("p99", float("inf")) <= TARGET_P99_MS,
         "read_latency_during_commits_ms": summary_ms(reads),
         "service_event_loop_lag": histogram_delta(
-            before, after, "cretoai_event_loop_lag_seconds", 'service="storage"'
+            before, after, "cretoai_service_event_loop_lag_seconds", 'service="storage"'
         ),
         "service_commit_latency": histogram_delta(before, after, "cretoai_storage_commit_seconds"),
         "service_proof_check": histogram_delta(

@@ -57,7 +57,7 @@ RPC_TOTAL = Counter(
 )
 SERVING = Gauge("cretoai_service_serving", "1 while the service reports SERVING", ["service"])
 LOOP_LAG = Histogram(
-    "cretoai_event_loop_lag_seconds",
+    "cretoai_service_event_loop_lag_seconds",
     "How late the service's event loop wakes a timer: the time it was blocked (a "
     "callback that ran long, a GIL holder) or the process waited for a core",
     ["service"],

@@ -157,7 +157,8 @@ async def test_every_metrics_page_passes_promtool(tmp_path: Path) -> None:
         for name, page in by.items():
             assert page[f"cretoai_service_serving{{service={name}}}"] == 1, name
             # every service's loop is watched (a 50 ms timer: several samples by now)
-            assert page[f"cretoai_event_loop_lag_seconds_count{{service={name}}}"] >= 2, name
+            lag_samples = page[f"cretoai_service_event_loop_lag_seconds_count{{service={name}}}"]
+            assert lag_samples >= 2, name
     finally:
         for proc in reversed(running):
             await proc.stop(signal.SIGTERM, timeout=30)

@@ -20,6 +20,8 @@ from services.storage.store import Store
 from services.storage.writer import Writer
 from tests.storage.support import Dag, Running, start_service
 
+LAG_COUNT = "cretoai_service_event_loop_lag_seconds_count"
+
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     value = REGISTRY.get_sample_value(name, labels or {})
@@ -215,7 +217,7 @@ async def test_reads_are_served_while_large_batches_commit(running: Running) -> 
     first = dag.next_batch(100)
     await running.stub.CommitBatch(first)
     probe = storage_pb2.GetVertexRequest(hash=first.results[0].hash)
-    lag_before = sample("cretoai_event_loop_lag_seconds_count", {"service": "storage"})
+    lag_before = sample(LAG_COUNT, {"service": "storage"})
     commits_done = asyncio.Event()
     reads = 0
     slowest = 0.0
@@ -236,7 +238,7 @@ async def test_reads_are_served_while_large_batches_commit(running: Running) -> 
     await reader
     assert reads >= 15, f"reads starved by writes: {reads} reads during 15 commits"
     assert slowest < 1.0
-    assert sample("cretoai_event_loop_lag_seconds_count", {"service": "storage"}) > lag_before
+    assert sample(LAG_COUNT, {"service": "storage"}) > lag_before
 
 
 async def test_metrics_endpoint_exposes_the_storage_metrics(tmp_path: Path) -> None:
@@ -265,4 +267,4 @@ async def test_metrics_endpoint_exposes_the_storage_metrics(tmp_path: Path) -> N
     assert values['cretoai_storage_vertices{status="finalized"}'] == 21
     assert values["cretoai_storage_db_bytes"] > 0
     assert values['cretoai_storage_keys{column_family="vertices"}'] == 21
-    assert 'cretoai_event_loop_lag_seconds_bucket{le="0.0005",service="storage"}' in text
+    assert 'cretoai_service_event_loop_lag_seconds_bucket{le="0.0005",service="storage"}' in text
