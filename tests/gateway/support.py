@@ -524,3 +524,53 @@ def small_rcvbuf_connector() -> aiohttp.TCPConnector:
         return sock
 
     return aiohttp.TCPConnector(socket_factory=make)
+
+
+# ---------------------------------------------------------------- holding the coalescer
+
+
+def patient(node: Node, monkeypatch: Any) -> None:
+    """The gateway waits for a consensus call held by the test however long it takes (it
+    would otherwise refuse new submissions once the call is slow)."""
+    gateway = node.gateway.gateway
+    monkeypatch.setattr(
+        gateway, "_limits", dataclasses.replace(gateway._limits, slow_call_s=3600.0)
+    )
+    monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 3600.0)
+
+
+async def hold_both_calls(
+    node: Node,
+) -> tuple[list[asyncio.Task[tuple[int, Any]]], asyncio.Event]:
+    """Two submissions whose calls consensus holds until the event returned is set: both
+    calls in flight."""
+    fake = node.consensus
+    hold = fake.hold = asyncio.Event()
+    calls = len(fake.submit_calls)
+    held: list[asyncio.Task[tuple[int, Any]]] = []
+    for i in range(2):
+        payload = base64.b64encode(b"held %d" % i).decode()
+        held.append(asyncio.create_task(node.post("/v1/vertices", {"payload": payload})))
+        await fake.wait_for(lambda: len(fake.submit_calls) == calls + len(held))
+    return held, hold
+
+
+async def queue_behind_the_calls(
+    node: Node, monkeypatch: Any, payload: bytes
+) -> asyncio.Task[tuple[int, Any]]:
+    """A submission of ``payload``, returned once it waits in the coalescer's queue (both
+    calls in flight: :func:`hold_both_calls`)."""
+    coalescer = node.gateway.gateway._coalescer
+    queued_here = asyncio.Event()
+    schedule = coalescer._schedule
+
+    def noting_the_queue() -> None:  # the coalescer schedules right after it queues
+        schedule()
+        if coalescer._queue:
+            queued_here.set()
+
+    monkeypatch.setattr(coalescer, "_schedule", noting_the_queue)
+    body = {"payload": base64.b64encode(payload).decode()}
+    queued = asyncio.create_task(node.post("/v1/vertices", body))
+    await asyncio.wait_for(queued_here.wait(), TIMEOUT)
+    return queued

@@ -13,7 +13,6 @@ import base64
 import gc
 import types
 from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -22,7 +21,13 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from cretoai.v1 import gateway_pb2, vertex_pb2
-from tests.gateway.support import TIMEOUT, Node
+from tests.gateway.support import (
+    TIMEOUT,
+    Node,
+    hold_both_calls,
+    patient,
+    queue_behind_the_calls,
+)
 
 OVERLOADED = "consensus at this node is overloaded"
 
@@ -111,27 +116,10 @@ async def test_what_is_queued_when_consensus_turns_overloaded_is_refused_then(
     the held calls (nor for the queue's own time limit) and without a call of its own;
     the held ones are still answered."""
     fake = node.consensus
-    gateway = node.gateway.gateway
-    monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=3600.0))
-    monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 3600.0)
+    patient(node, monkeypatch)
     await follow_admission(node)
-    hold = fake.hold = asyncio.Event()
-    held = []
-    for i in range(2):
-        held.append(asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"h%d" % i)})))
-        await fake.wait_for(lambda: len(fake.submit_calls) == len(held))
-    coalescer = gateway._coalescer
-    queued_here = asyncio.Event()
-    schedule = coalescer._schedule
-
-    def noting_the_queue() -> None:  # the coalescer schedules right after it queues
-        schedule()
-        if coalescer._queue:
-            queued_here.set()
-
-    monkeypatch.setattr(coalescer, "_schedule", noting_the_queue)
-    queued = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"queued")}))
-    await asyncio.wait_for(queued_here.wait(), TIMEOUT)
+    held, hold = await hold_both_calls(node)
+    queued = await queue_behind_the_calls(node, monkeypatch, b"queued")
     await turn(node, overloaded=True)
     status, reply = await asyncio.wait_for(queued, TIMEOUT)
     assert (status, reply["error"]["code"]) == (429, "overloaded"), reply

@@ -34,6 +34,9 @@ from tests.gateway.support import (
     TIMEOUT,
     Node,
     client_key,
+    hold_both_calls,
+    patient,
+    queue_behind_the_calls,
     signed_body,
     start_node,
 )
@@ -92,31 +95,6 @@ async def said_overloaded(node: Node) -> None:
     node.gateway.gateway._shed_until = 0.0
     status, _ = await node.post("/v1/vertices", {"payload": b64(b"probe admitted")})
     assert status == 202
-
-
-async def hold_both_calls(
-    node: Node,
-) -> tuple[list[asyncio.Task[tuple[int, Any]]], asyncio.Event]:
-    """Two submissions whose calls consensus holds until the event returned is set: both
-    calls in flight."""
-    fake = node.consensus
-    hold = fake.hold = asyncio.Event()
-    calls = len(fake.submit_calls)
-    held: list[asyncio.Task[tuple[int, Any]]] = []
-    for i in range(2):
-        held.append(
-            asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"held %d" % i)}))
-        )
-        await fake.wait_for(lambda: len(fake.submit_calls) == calls + len(held))
-    return held, hold
-
-
-def patient(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gateway waits for a consensus call held by the test however long it takes (it
-    would otherwise refuse new submissions once the call is slow)."""
-    gateway = node.gateway.gateway
-    monkeypatch.setattr(gateway, "_limits", replace(gateway._limits, slow_call_s=3600.0))
-    monkeypatch.setattr(gateway._coalescer, "_max_queue_wait_s", 3600.0)
 
 
 # ---------------------------------------------------------------------------- REST
@@ -576,17 +554,7 @@ async def test_what_is_queued_when_consensus_says_overloaded_is_refused_at_once(
     patient(node, monkeypatch)
     coalescer = node.gateway.gateway._coalescer
     held, hold = await hold_both_calls(node)
-    queued_here = asyncio.Event()
-    schedule = coalescer._schedule
-
-    def noting_the_queue() -> None:  # the coalescer schedules right after it queues
-        schedule()
-        if coalescer._queue:
-            queued_here.set()
-
-    monkeypatch.setattr(coalescer, "_schedule", noting_the_queue)
-    queued = asyncio.create_task(node.post("/v1/vertices", {"payload": b64(b"queued")}))
-    await asyncio.wait_for(queued_here.wait(), TIMEOUT)
+    queued = await queue_behind_the_calls(node, monkeypatch, b"queued")
     shed_before = sample("cretoai_gateway_consensus_submit_shed_total")
     fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
     hold.set()
