@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -388,6 +388,21 @@ class FloorProcess:
             self.process.kill()
 
 
+async def paced(
+    requests: Sequence[storage_pb2.CommitBatchRequest], rate: float, deadline: float, started: float
+) -> AsyncIterator[storage_pb2.CommitBatchRequest]:
+    """``requests`` one after the other (closed loop, ``rate`` 0), or each at its due time
+    ``started + i / rate`` (perf_counter), until ``deadline`` (monotonic)."""
+    for i, request in enumerate(requests):
+        if time.monotonic() > deadline:
+            return
+        if rate > 0:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield request
+
+
 async def floor_phase(
     name: str,
     call: Any,
@@ -399,13 +414,7 @@ async def floor_phase(
     sends them to the service (serialised by the same stub code)."""
     latencies: list[float] = []
     started = time.perf_counter()
-    for i, request in enumerate(requests):
-        if time.monotonic() > deadline:
-            break
-        if rate > 0:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    async for request in paced(requests, rate, deadline, started):
         t0 = time.perf_counter()
         await call(request, timeout=30)
         latencies.append(time.perf_counter() - t0)
@@ -615,13 +624,7 @@ async def phase(
     read_task = asyncio.create_task(reader(stub, probe, stop, reads))
     load_before = os.getloadavg()
     started = time.perf_counter()
-    for i, request in enumerate(requests):
-        if time.monotonic() > deadline:
-            break
-        if rate > 0:
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    async for request in paced(requests, rate, deadline, started):
         sizes.append(request.ByteSize())
         t0 = time.perf_counter()
         reply = await stub.CommitBatch(request, timeout=30)
