@@ -451,12 +451,9 @@ class Driver:
 
     async def watch_admission(self) -> AsyncGenerator[bool, None]:
         """:attr:`admission_overloaded` now, then each time it changes."""
-        last: bool | None = None
         while True:
             state = self.admission_overloaded
-            if state != last:
-                last = state
-                yield state
+            yield state
             async with self._admission_changed:
                 await self._admission_changed.wait_for(self._admission_differs(state))
 
