@@ -40,6 +40,11 @@ class ServiceSpec:
     #: What a caller presenting the gateway's certificate may call here (method names;
     #: health and reflection always): None, anything. See cretoai/tls.py.
     gateway_may_call: frozenset[str] | None = None
+    #: The nice value of its scheduling group when the supervisor runs it (each child
+    #: runs in a session of its own, and with the kernel's autogroups the CPU is shared
+    #: between sessions first: see :func:`node.supervisor.favour`). Below 0: it gets a
+    #: core before the others when the machine is busy.
+    autogroup_nice: int = 0
 
     @property
     def module(self) -> str:
@@ -86,7 +91,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     ServiceSpec("transport", gateway_may_call=frozenset({"ListPeers", "PingPeer", "GetStats"})),
     ServiceSpec("consensus"),  # its API is the gateway's
-    ServiceSpec("gateway", listen_field="grpc", public=True),
+    # The node's door: a refusal (429) or an answer waits for its event loop, and it
+    # spends little CPU per vertex; favoured, it answers while the others keep the cores
+    # busy (docs/benchmarks.md "Overload: the door's share of the cores").
+    ServiceSpec("gateway", listen_field="grpc", public=True, autogroup_nice=-5),
 )
 
 #: The services' names, in start order.

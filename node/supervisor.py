@@ -81,6 +81,23 @@ def last_error(log_file: Path | None) -> str:
     return ""
 
 
+def favour(pid: int, nice: int) -> str | None:
+    """Set the nice value of process ``pid``'s autogroup; None when done, else why not.
+
+    With the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``),
+    the CPU is shared between sessions first and a thread's own nice value only counts
+    inside its session; every child runs in a session of its own, so its session's
+    (autogroup's) nice value is what gives it a core before the others. Lowering it
+    needs CAP_SYS_NICE (root); without, the child keeps the default.
+    """
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    try:
+        autogroup.write_text(f"{nice}\n")
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
+
+
 class GaveUp(Exception):
     """A child failed to start too many times in a row; the supervisor no longer restarts it."""
 
@@ -117,6 +134,9 @@ class Child:
     gave_up: str | None = None
     #: While held, an exit is not restarted (tests kill a service and restart it later).
     held: bool = False
+    #: Why its scheduling priority (``ServiceSpec.autogroup_nice``) could not be set at
+    #: its last start; None when it was, or when it has none.
+    not_favoured: str | None = None
     _log_handle: IO[bytes] | None = field(default=None, repr=False)
     released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -137,6 +157,9 @@ class Child:
             start_new_session=True,
         )
         self.started_at = time.monotonic()
+        nice = registry.service(self.service).autogroup_nice
+        if nice:
+            self.not_favoured = favour(self.process.pid, nice)
 
     def close_log(self) -> None:
         if self._log_handle is not None:
@@ -193,6 +216,13 @@ class Supervisor:
                 self._watchers.append(asyncio.create_task(self._watch(child)))
             await self._wait_serving(batch, timeout)
             self.on_event(f"{service:<10} serving on {len(batch)} node(s)")
+            nice = registry.service(service).autogroup_nice
+            refused = next((c.not_favoured for c in batch if c.not_favoured), None)
+            if nice and refused:
+                self.on_event(
+                    f"{service:<10} runs at the default scheduling priority: its autogroup "
+                    f"nice {nice} was not applied ({refused}; it needs CAP_SYS_NICE)"
+                )
 
     async def _wait_serving(self, children: list[Child], timeout: float) -> None:
         deadline = time.monotonic() + timeout

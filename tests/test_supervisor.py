@@ -4,7 +4,10 @@ stops: real service processes, a storage service on a damaged database as the fa
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,3 +151,85 @@ def test_last_error_is_the_last_error_line_of_a_log_tail(tmp_path: Path) -> None
     log.write_bytes(b"\xff\xfe\nerror: " + b"y" * 1000 + b"\n")
     said = last_error(log)
     assert said.startswith("error: yyy") and said.endswith("y…") and len(said) == LAST_ERROR_CHARS
+
+
+def autogroup(pid: int) -> tuple[str, int]:
+    """Process ``pid``'s autogroup and its nice value (``/autogroup-12 nice -5``)."""
+    group, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+    return group, int(nice)
+
+
+needs_autogroup = pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(),
+    reason="this kernel has no autogroup scheduling (CONFIG_SCHED_AUTOGROUP)",
+)
+
+
+@needs_autogroup
+@pytest.mark.slow
+async def test_the_gateway_is_favoured_by_the_scheduler_at_every_start(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path
+) -> None:
+    """Each service runs in a session (an autogroup) of its own; the gateway's is favoured
+    (registry ``autogroup_nice``), also when it is started again."""
+    if os.geteuid() != 0:
+        pytest.skip("lowering a nice value needs CAP_SYS_NICE (the unprivileged case is below)")
+    cfg = one_node(cluster_factory)
+    events: list[str] = []
+    supervisor = supervise(cfg, tmp_path / "logs", events)
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    try:
+        readiness = asyncio.create_task(ready.wait())
+        await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        readiness.cancel()
+        assert ready.is_set(), events
+        groups = {}
+        for child in supervisor.children:
+            assert child.process is not None
+            groups[child.service] = autogroup(child.process.pid)
+        assert {s: nice for s, (_, nice) in groups.items()} == {
+            "storage": 0,
+            "transport": 0,
+            "consensus": 0,
+            "gateway": -5,
+        }
+        mine = autogroup(os.getpid())[0]
+        assert len({g for g, _ in groups.values()} | {mine}) == 5, groups  # one each
+        assert not [e for e in events if "default scheduling priority" in e], events
+
+        gateway = supervisor.children_of("node1", "gateway")[0]
+        supervisor.signal("node1", signal.SIGKILL, "gateway")
+        await supervisor.wait_exited("node1", "gateway")
+        await supervisor.release("node1", "gateway", timeout=120)
+        assert gateway.process is not None and gateway.process.returncode is None
+        assert autogroup(gateway.process.pid)[1] == -5
+        assert gateway.not_favoured is None
+    finally:
+        await finish(run, stop)
+
+
+@needs_autogroup
+def test_without_the_privilege_a_service_keeps_the_default_priority_and_is_told_why() -> None:
+    """Unprivileged, ``favour`` cannot lower a nice value (it says why) but can raise it."""
+    script = (
+        "import subprocess\n"
+        "from node.supervisor import favour\n"
+        "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        "try:\n"
+        "    print(favour(child.pid, -5))\n"
+        "    print(favour(child.pid, 3))\n"
+        "    print(open(f'/proc/{child.pid}/autogroup').read().split()[-1])\n"
+        "finally:\n"
+        "    child.kill()\n"
+    )
+    command = [sys.executable, "-c", script]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    lowered, raised, nice = out.stdout.split("\n")[:3]
+    assert lowered.startswith("PermissionError: "), lowered
+    assert raised == "None"
+    assert nice == "3"

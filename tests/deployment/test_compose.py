@@ -116,6 +116,8 @@ def test_compose_yaml_is_valid_and_shaped_as_documented() -> None:
                 assert s["environment"]["CRETOAI_CONFIG"] == f"/cluster/node{i}/node.toml"
                 assert s["environment"]["CRETOAI_TELEMETRY_OTLP_ENDPOINT"] == "http://jaeger:4317"
                 assert "cretoai-node health" in " ".join(s["healthcheck"]["test"]), name
+                # the node's door gets a core first on a busy host (registry.autogroup_nice)
+                assert s.get("cpu_shares") == (3072 if svc == "gateway" else None), name
                 deps = s["depends_on"]
                 assert deps["init"]["condition"] == "service_completed_successfully"
                 before = {"consensus": ["storage", "transport"], "gateway": ["consensus"]}
