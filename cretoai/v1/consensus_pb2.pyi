@@ -34,12 +34,14 @@ class SubmitVertexResponse(_message.Message):
     def __init__(self, hash: _Optional[bytes] = ..., status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class SubmitVerticesRequest(_message.Message):
-    __slots__ = ("vertices", "traceparents")
+    __slots__ = ("vertices", "traceparents", "admitted")
     VERTICES_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENTS_FIELD_NUMBER: _ClassVar[int]
+    ADMITTED_FIELD_NUMBER: _ClassVar[int]
     vertices: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.Vertex]
     traceparents: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, vertices: _Optional[_Iterable[_Union[_vertex_pb2.Vertex, _Mapping]]] = ..., traceparents: _Optional[_Iterable[str]] = ...) -> None: ...
+    admitted: bool
+    def __init__(self, vertices: _Optional[_Iterable[_Union[_vertex_pb2.Vertex, _Mapping]]] = ..., traceparents: _Optional[_Iterable[str]] = ..., admitted: _Optional[bool] = ...) -> None: ...
 
 class SubmitVertexError(_message.Message):
     __slots__ = ("code", "message", "error_code")

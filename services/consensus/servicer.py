@@ -134,7 +134,9 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                 f"{len(request.traceparents)} traceparents for {count} vertices: "
                 "send none or one per vertex"
             )
-        outcomes = await self._submit(list(request.vertices), request.traceparents)
+        outcomes = await self._submit(
+            list(request.vertices), request.traceparents, admitted=request.admitted
+        )
         response = consensus_pb2.SubmitVerticesResponse()
         for outcome in outcomes:
             result = response.results.add()
@@ -147,13 +149,19 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         return response
 
     async def _submit(
-        self, vertices: list[vertex_pb2.Vertex], traceparents: Sequence[str]
+        self,
+        vertices: list[vertex_pb2.Vertex],
+        traceparents: Sequence[str],
+        *,
+        admitted: bool = False,
     ) -> list[Outcome]:
         """Each vertex checked and admitted as SubmitVertex does, in order.
 
         A refusal that is the same for every vertex and comes before any work on them
         (not ready, overloaded, storage unavailable) is raised for the whole call; the
-        others are each vertex's outcome.
+        others are each vertex's outcome. ``admitted``: the gateway admitted them as they
+        arrived (``SubmitVerticesRequest.admitted``), so they are not refused as
+        overloaded here.
         """
         outcomes: list[Outcome | None] = [None] * len(vertices)
         for i, vertex in enumerate(vertices):
@@ -168,8 +176,10 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             raise Unavailable("consensus is not ready")
         # Admission, for the whole call, before any work on it (shedding must be cheap);
         # it binds: what is admitted here is not refused later for overload (the checks
-        # below take a while on a busy node; see Driver._admit).
-        if self._driver.overloaded():
+        # below take a while on a busy node; see Driver._admit). What the gateway admitted
+        # as it arrived is not judged again: it may have waited for the calls ahead of it
+        # since, and a refusal now would come after that wait.
+        if not admitted and self._driver.overloaded():
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).

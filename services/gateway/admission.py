@@ -3,10 +3,12 @@
 While consensus says it is overloaded, a submission sent to it is refused there
 (RESOURCE_EXHAUSTED), but only after it has waited for the calls ahead of it,
 which on an overloaded node take hundreds of milliseconds. Following the state,
-the gateway refuses such a submission as it arrives (429), and the vertices
-already queued for a call when the state turns. The decision stays consensus's:
-the gateway only learns it earlier. A call already on its way is still decided
-at consensus's door.
+the gateway refuses such a submission as it arrives (429). The state is
+consensus's: the gateway only learns it earlier. And what the gateway admitted
+as it arrived stays admitted: when the state turns, the submissions queued for a
+call or in one are carried through (their calls say so,
+``SubmitVerticesRequest.admitted``, and consensus does not refuse them as
+overloaded), so that a client is refused at once or not for overload at all.
 
 When the stream is down (consensus restarting, an older consensus without the
 call), the state is unknown and counts as not overloaded: submissions go to

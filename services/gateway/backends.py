@@ -50,14 +50,22 @@ class ConsensusClient:
         return reply
 
     async def submit_many(
-        self, vertices: Sequence[vertex_pb2.Vertex], traceparents: Sequence[str] = ()
+        self,
+        vertices: Sequence[vertex_pb2.Vertex],
+        traceparents: Sequence[str] = (),
+        *,
+        admitted: bool = False,
     ) -> list[consensus_pb2.SubmitVertexResponse | ApiError]:
-        """One ``SubmitVertices`` call: each vertex's answer or refusal, in order.
+        """One ``SubmitVertices`` call: each vertex's answer or refusal, in order
+        (``admitted``: this gateway admitted them as they arrived, following consensus's
+        admission stream; ``SubmitVerticesRequest.admitted``).
 
         Raises :class:`BatchUnsupported` when consensus does not have the call, and an
         ApiError when it refused the call as a whole.
         """
-        request = consensus_pb2.SubmitVerticesRequest(vertices=vertices, traceparents=traceparents)
+        request = consensus_pb2.SubmitVerticesRequest(
+            vertices=vertices, traceparents=traceparents, admitted=admitted
+        )
         try:
             reply: consensus_pb2.SubmitVerticesResponse = await self._stub.SubmitVertices(
                 request, timeout=CALL_TIMEOUT_S

@@ -17,6 +17,14 @@ still queued after as long. When consensus answers overloaded, the groups still
 queued are refused at once (:meth:`Coalescer.refuse_queued`), not sent after it.
 Each submitter gets its own vertices' answers.
 
+A group the gateway *admitted* as it arrived (it followed consensus's admission
+stream, which said consensus was not overloaded) is exempt from all of that: it
+is neither refused for its wait in the queue nor when consensus turns
+overloaded, and its call says so (``SubmitVerticesRequest.admitted``), so that
+consensus does not refuse it as overloaded either. A client is refused at once,
+as it arrives, or not for overload at all: a refusal after a wait costs it the
+wait and the node the work so far. Admitted and other groups never share a call.
+
 Trace context: a call carries the first group's context (as a single
 submission's call did), and, when it holds several groups of which one is
 sampled, each vertex's ``traceparent`` (``SubmitVerticesRequest.traceparents``),
@@ -84,6 +92,8 @@ class _Group:
     traceparent: str = field(default="")
     #: In a call (no longer refused for waiting too long in the queue).
     sent: bool = False
+    #: Admitted by the gateway as it arrived: never refused for overload (module doc).
+    admitted: bool = False
     #: The timer that refuses it if it waits too long in the queue.
     expiry: asyncio.TimerHandle | None = None
 
@@ -120,8 +130,11 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_supported = True
 
-    async def submit(self, vertices: Sequence[vertex_pb2.Vertex]) -> list[Answer]:
-        """Each vertex's answer from consensus (or why it was refused), in order."""
+    async def submit(
+        self, vertices: Sequence[vertex_pb2.Vertex], *, admitted: bool = False
+    ) -> list[Answer]:
+        """Each vertex's answer from consensus (or why it was refused), in order;
+        ``admitted``: the gateway admitted them as they arrived (module doc)."""
         if not vertices:
             return []
         size = sum(v.ByteSize() for v in vertices)
@@ -149,15 +162,18 @@ class Coalescer:
             traceparent=format_traceparent(span_context)
             if span_context.trace_flags.sampled
             else "",
+            admitted=admitted,
         )
         self._queue.append(group)
         self._pending += len(vertices)
         self._schedule()
-        group.expiry = loop.call_later(self._max_queue_wait_s, self._expire, group)
+        if not admitted:
+            group.expiry = loop.call_later(self._max_queue_wait_s, self._expire, group)
         try:
             return await group.future
         finally:
-            group.expiry.cancel()
+            if group.expiry is not None:
+                group.expiry.cancel()
             self._pending -= len(vertices)
 
     def _expire(self, group: _Group) -> None:
@@ -180,15 +196,19 @@ class Coalescer:
         )
 
     def refuse_queued(self) -> int:
-        """Refuse every group still queued (not in a call yet) with :func:`behind`; how
-        many vertices. Done when a call comes back overloaded: those groups would reach
-        consensus behind the calls in flight, only to be refused there, later."""
+        """Refuse every group still queued (not in a call yet) with :func:`behind`, but
+        those admitted as they arrived; how many vertices. Done when consensus turns
+        overloaded: those groups would reach consensus behind the calls in flight, only
+        to be refused there, later."""
         refused = 0
+        kept: deque[_Group] = deque()
         for group in self._queue:
-            if not group.future.done():
+            if group.admitted:
+                kept.append(group)
+            elif not group.future.done():
                 refused += len(group.vertices)
                 group.future.set_exception(behind())
-        self._queue.clear()
+        self._queue = kept
         if refused:
             metrics.CONSENSUS_SUBMIT_SHED.inc(refused)
         return refused
@@ -219,6 +239,7 @@ class Coalescer:
                 if groups and (
                     count + len(group.vertices) > self._max_vertices
                     or size + group.size > self._max_bytes
+                    or group.admitted != groups[0].admitted
                 ):
                     break
                 group.sent = True
@@ -269,7 +290,9 @@ class Coalescer:
             metrics.CONSENSUS_SUBMIT_CALLS.labels("SubmitVertices").inc()
             metrics.CONSENSUS_SUBMIT_CALL_VERTICES.observe(len(vertices))
             try:
-                return await self._consensus.submit_many(vertices, traceparents)
+                return await self._consensus.submit_many(
+                    vertices, traceparents, admitted=groups[0].admitted
+                )
             except BatchUnsupported as exc:
                 self._batch_supported = False
                 log.warning(

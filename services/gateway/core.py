@@ -221,8 +221,9 @@ class Gateway:
         return None
 
     def _consensus_overloaded(self) -> None:
-        """Consensus turned overloaded (its admission stream): what is queued for it would
-        only be refused there, after the calls ahead of it."""
+        """Consensus turned overloaded (its admission stream): what is queued for it and
+        was not admitted as it arrived (the stream was down then) would only be refused
+        there, after the calls ahead of it."""
         self._overloaded_at = time.monotonic()
         self._coalescer.refuse_queued()
 
@@ -346,6 +347,9 @@ class Gateway:
         refusal = self.shedding()
         if refusal is not None:
             raise refusal
+        # Admitted now, following consensus's own state: not refused for overload later
+        # (services/gateway/coalesce.py). Without the stream, consensus decides.
+        admitted = self.admission.live
         most = self._limits.max_in_progress
         if self._in_progress >= most or (
             self._in_progress and self._in_progress + len(live) > most
@@ -376,7 +380,9 @@ class Gateway:
                 for i, (vertex, h) in vertices.items()
                 if wait
             }
-            replies = await self._submit_to_consensus([vertex for vertex, _ in vertices.values()])
+            replies = await self._submit_to_consensus(
+                [vertex for vertex, _ in vertices.values()], admitted=admitted
+            )
             settled = await _each(
                 [
                     _settled(self._settle(h, reply, finals.get(i), started))
@@ -409,16 +415,19 @@ class Gateway:
         return Submitted(hash=h, status=record.status, duplicate=reply.duplicate, record=record)
 
     async def _submit_to_consensus(
-        self, vertices: list[vertex_pb2.Vertex]
+        self, vertices: list[vertex_pb2.Vertex], *, admitted: bool
     ) -> list[consensus_pb2.SubmitVertexResponse | ApiError]:
-        refusal = self.shedding()  # again: a probe may have started meanwhile
-        if refusal is not None:
-            raise refusal
+        """Consensus's answer for each vertex. ``admitted``: admitted as they arrived,
+        following consensus's admission stream (else consensus decides)."""
+        if not admitted:
+            refusal = self.shedding()  # again: a probe may have started meanwhile
+            if refusal is not None:
+                raise refusal
         probe = self._shedding
         if probe:
             self._probing = True
         try:
-            replies = await self._coalescer.submit(vertices)
+            replies = await self._coalescer.submit(vertices, admitted=admitted)
         except ApiError as exc:
             if exc.code == "overloaded" and not self.admission.live:
                 self._shed()

@@ -12,11 +12,22 @@ are applied as its task would apply them, and the wall clock is the test's.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, cast
 
+import pytest
+
+from cretoai.config import load_config
+from cretoai.errors import ResourceExhausted
+from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
+from cretoai.vertex import vertex_hash
+from node.clusterinit import ClusterLayout
 from services.consensus.core.config import Config
 from services.consensus.core.messages import Request
 from services.consensus.core.replica import ProposeResult
 from services.consensus.driver import _TICK, Driver
+from services.consensus.servicer import ConsensusServicer
+from tests.gateway.support import client_key, signed_body
 from tests.support.driver import unstarted_driver
 
 TICK_MS = 10
@@ -198,3 +209,55 @@ async def test_the_admission_state_is_told_at_once_and_again_when_it_changes() -
         follower.cancel()
         for w in watchers:
             await w.aclose()
+
+
+class _Statuses:
+    """Storage's answer to the servicer's status lookups: nothing stored yet."""
+
+    async def GetVertexStatuses(
+        self, request: storage_pb2.GetVertexStatusesRequest, timeout: float
+    ) -> storage_pb2.GetVertexStatusesResponse:
+        return storage_pb2.GetVertexStatusesResponse(
+            records=[vertex_pb2.VertexRecord(hash=h) for h in request.hashes]
+        )
+
+
+async def test_a_call_the_gateway_admitted_is_not_refused_as_overloaded(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    """``SubmitVerticesRequest.admitted``: the gateway admitted the vertices as they
+    arrived, following the admission stream; consensus, overloaded since, does not refuse
+    them (they may have waited behind other calls), but refuses a call without it."""
+    cfg = load_config(cluster_factory(1).nodes[0].config)
+    clock = Clock()
+    driver = make_driver(clock)
+    driver.link.connected.set()  # ready, as once its transport stream is up
+    servicer = ConsensusServicer(cfg, driver, cast(Any, _Statuses()))
+    assert propose(driver, b"first") is ProposeResult.ACCEPTED
+    clock.now += 1.5
+    assert driver.overloaded()
+    key = client_key()
+    late = [signed_body(key, b"late %d" % i, [])[1] for i in range(2)]
+
+    with pytest.raises(ResourceExhausted, match="behind its offered load"):
+        await servicer.SubmitVertices(
+            consensus_pb2.SubmitVerticesRequest(vertices=late[:1]), cast(Any, None)
+        )
+    call = asyncio.create_task(
+        servicer.SubmitVertices(
+            consensus_pb2.SubmitVerticesRequest(vertices=late, admitted=True), cast(Any, None)
+        )
+    )
+    for _ in range(1000):  # verified and looked up, then queued for the replica task
+        if driver._inbox.qsize() == 2 or call.done():
+            break
+        await asyncio.sleep(0)
+    apply_inbox(driver)
+    reply = await asyncio.wait_for(call, 10)
+    assert [r.WhichOneof("outcome") for r in reply.results] == ["accepted", "accepted"]
+    assert [r.accepted.hash for r in reply.results] == [vertex_hash(v) for v in late]
+    assert driver.overloaded()  # still: a call without the flag is refused
+    with pytest.raises(ResourceExhausted):
+        await servicer.SubmitVertices(
+            consensus_pb2.SubmitVerticesRequest(vertices=late[:1]), cast(Any, None)
+        )

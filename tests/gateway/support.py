@@ -52,6 +52,7 @@ from cretoai.vertex import (
 from services.consensus.core.codec import encode_body
 from services.consensus.core.crypto import MlDsaSigner, batch_digest
 from services.consensus.core.messages import Commit
+from services.consensus.servicer import OVERLOADED_MESSAGE
 from services.gateway.service import GatewayService
 from services.gateway.service import build as build_gateway
 from services.storage.service import build as build_storage
@@ -125,6 +126,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         #: traceparents.
         self.submit_calls: list[int] = []
         self.submit_traceparents: list[list[str]] = []
+        #: Each SubmitVertices call's ``admitted`` (the gateway admitted its vertices).
+        self.submit_admitted: list[bool] = []
         #: While set (and not yet fired), submitting calls wait for it.
         self.hold: asyncio.Event | None = None
         #: Answer SubmitVertices with UNIMPLEMENTED, as an older consensus service.
@@ -155,12 +158,14 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
 
     # ------------------------------------------------------------------ RPCs
 
-    async def _call_started(self, context: Any, vertices: int) -> None:
+    async def _call_started(self, context: Any, vertices: int, *, admitted: bool = False) -> None:
         self.submit_metadata.append(
             {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         )
         self.submit_calls.append(vertices)
         await self._notify()
+        if self.overloaded and not admitted:  # as the real one: at the door, at once
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_MESSAGE)
         if self.hold is not None:
             await self.hold.wait()
 
@@ -186,7 +191,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         self, request: consensus_pb2.SubmitVerticesRequest, context: Any
     ) -> consensus_pb2.SubmitVerticesResponse:
         """As the real one: each vertex as SubmitVertex, in order, answered on its own."""
-        await self._call_started(context, len(request.vertices))
+        self.submit_admitted.append(request.admitted)
+        await self._call_started(context, len(request.vertices), admitted=request.admitted)
         self.submit_traceparents.append(list(request.traceparents))
         if self.batch_unimplemented:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")

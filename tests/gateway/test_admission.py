@@ -108,26 +108,49 @@ async def test_while_consensus_is_overloaded_submissions_get_429_without_a_call(
     assert len(fake.submit_calls) == 3
 
 
-async def test_what_is_queued_when_consensus_turns_overloaded_is_refused_then(
+async def test_what_was_admitted_as_it_arrived_is_carried_through_when_consensus_turns(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both calls in flight and held by consensus, one submission queued behind them: when
-    consensus turns overloaded, the queued one is answered 429 then, without waiting for
-    the held calls (nor for the queue's own time limit) and without a call of its own;
-    the held ones are still answered."""
+    """Both calls in flight and held by consensus, one submission queued behind them, all
+    admitted as they arrived (the stream said consensus admitted): when consensus turns
+    overloaded, a new submission is refused at once, but the queued one is not refused
+    after its wait. It goes to consensus once a call ends, in a call that says the gateway
+    admitted it, and consensus (overloaded still) takes it."""
     fake = node.consensus
     patient(node, monkeypatch)
     await follow_admission(node)
     held, hold = await hold_both_calls(node)
     queued = await queue_behind_the_calls(node, monkeypatch, b"queued")
     await turn(node, overloaded=True)
+    status, reply = await node.post("/v1/vertices", {"payload": b64(b"arrived after")})
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
+    assert OVERLOADED in reply["error"]["message"]
+    assert len(fake.submit_calls) == 2  # refused at the gateway's door, without a call
+    hold.set()
+    assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
+    status, reply = await asyncio.wait_for(queued, TIMEOUT)
+    assert status == 202, reply
+    assert fake.submit_calls == [1, 1, 1] and fake.submit_admitted == [True, True, True]
+    assert fake.overloaded
+
+
+async def test_without_the_stream_what_is_queued_is_refused_when_consensus_refuses(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older consensus (no admission stream): nothing is admitted by the gateway, so the
+    calls do not say so, consensus decides at its door, and when a call comes back
+    overloaded the submission queued behind it is refused then, without a call."""
+    fake = node.consensus
+    patient(node, monkeypatch)
+    held, hold = await hold_both_calls(node)
+    queued = await queue_behind_the_calls(node, monkeypatch, b"queued")
+    fake.submit_error = grpc.StatusCode.RESOURCE_EXHAUSTED
+    hold.set()
+    assert [status for status, _ in await asyncio.gather(*held)] == [429, 429]
     status, reply = await asyncio.wait_for(queued, TIMEOUT)
     assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
     assert "behind its offered load" in reply["error"]["message"], reply
-    assert not any(task.done() for task in held)  # it did not wait for them
-    hold.set()
-    assert [status for status, _ in await asyncio.gather(*held)] == [202, 202]
-    assert len(fake.submit_calls) == 2  # the queued one was never sent
+    assert fake.submit_calls == [1, 1] and fake.submit_admitted == [False, False]
 
 
 async def test_a_refusal_by_consensus_while_following_does_not_hold_the_gateway(
