@@ -130,6 +130,10 @@ PERSIST = Histogram(
 
 #: Inputs taken per burst before the Ready is drained (bounds latency under load).
 BURST = 256
+#: A request a gateway admitted as it arrived (``SubmitVerticesRequest.admitted``) is
+#: refused as overloaded only once the oldest pending one waited this many times
+#: ``admission_max_wait`` (2 x 1 s by default: half of ``request_timeout``).
+ADMITTED_WAIT_FACTOR = 2
 #: How often :meth:`Driver._follow_admission` re-checks :meth:`Driver.overloaded` while
 #: requests are pending (the state changes with the wall clock then).
 ADMISSION_POLL_S = 0.02
@@ -317,7 +321,9 @@ class Driver:
         #: another), so under overload "admission_max_wait ticks" lasts seconds.
         self._admission_wait_s = None if limit is None else limit * self._tick_s
         #: When each of the latest ticks began (monotonic); the last is ``replica.now``.
-        self._tick_began: deque[float] = deque([clock()], maxlen=(limit or 0) + 2)
+        self._tick_began: deque[float] = deque(
+            [clock()], maxlen=ADMITTED_WAIT_FACTOR * (limit or 0) + 2
+        )
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
         #: Set when an input is applied (wakes :meth:`_follow_admission`).
         self._applied = asyncio.Event()
@@ -416,16 +422,29 @@ class Driver:
         stamped before the ticks remembered here arrived more than
         ``admission_max_wait`` ticks ago, each at least a tick period long.
         """
-        if self.replica.overloaded():
-            return True
+        return self.replica.overloaded() or self._waited_longer(1)
+
+    def too_far_behind_for_admitted(self) -> bool:
+        """Whether even requests a gateway admitted as they arrived are refused: the
+        oldest pending request waited ADMITTED_WAIT_FACTOR x ``admission_max_wait`` on
+        the wall clock. What a gateway admitted before it learnt of an overload is
+        bounded by its own limits, but several gateways' worth could still keep the
+        pool's requests waiting towards ``request_timeout`` (then relays and view
+        changes); past this line they are refused after all."""
+        return self._waited_longer(ADMITTED_WAIT_FACTOR)
+
+    def _waited_longer(self, factor: int) -> bool:
+        """The oldest pending request waited longer than ``factor`` x
+        ``admission_max_wait`` on the wall clock (see :meth:`overloaded`; ``factor`` at
+        most ADMITTED_WAIT_FACTOR: that many limits' worth of ticks are remembered)."""
         arrived = self.replica.oldest_pending_since()
         if arrived is None or self._admission_wait_s is None:
             return False
         began = self._tick_began
         index = arrived - (self.replica.now - len(began) + 1)
-        if index < 0:
+        if index < 0:  # more ticks ago than remembered, each at least a tick period long
             return True
-        return self._clock() - began[index] > self._admission_wait_s
+        return self._clock() - began[index] > factor * self._admission_wait_s
 
     async def _follow_admission(self) -> None:
         """Keep :attr:`admission_overloaded` equal to :meth:`overloaded`, and tell

@@ -177,9 +177,14 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         # Admission, for the whole call, before any work on it (shedding must be cheap);
         # it binds: what is admitted here is not refused later for overload (the checks
         # below take a while on a busy node; see Driver._admit). What the gateway admitted
-        # as it arrived is not judged again: it may have waited for the calls ahead of it
-        # since, and a refusal now would come after that wait.
-        if not admitted and self._driver.overloaded():
+        # as it arrived is not judged again by the same line: it may have waited for the
+        # calls ahead of it since, and a refusal now would come after that wait. Only
+        # when the pool is twice as far behind is it refused all the same, so that the
+        # pool's requests stay well within request_timeout.
+        if admitted:
+            if self._driver.too_far_behind_for_admitted():
+                raise ResourceExhausted(OVERLOADED_MESSAGE)
+        elif self._driver.overloaded():
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
         # Each signed copy verified once, all of them at once (the verifier's threads).

@@ -60,6 +60,12 @@ def apply_inbox(driver: Driver) -> None:
         driver._apply(driver._inbox.get_nowait())
 
 
+async def apply_as_they_come(driver: Driver) -> None:
+    """The replica task's part: apply each input as it is queued (until cancelled)."""
+    while True:
+        driver._apply(await driver._inbox.get())
+
+
 def propose(driver: Driver, name: bytes) -> ProposeResult:
     future = admit(driver, name)
     apply_inbox(driver)
@@ -243,17 +249,17 @@ async def test_a_call_the_gateway_admitted_is_not_refused_as_overloaded(
         await servicer.SubmitVertices(
             consensus_pb2.SubmitVerticesRequest(vertices=late[:1]), cast(Any, None)
         )
-    call = asyncio.create_task(
-        servicer.SubmitVertices(
-            consensus_pb2.SubmitVerticesRequest(vertices=late, admitted=True), cast(Any, None)
+    replica_task = asyncio.create_task(apply_as_they_come(driver))
+    try:
+        reply = await asyncio.wait_for(
+            servicer.SubmitVertices(
+                consensus_pb2.SubmitVerticesRequest(vertices=late, admitted=True),
+                cast(Any, None),
+            ),
+            10,
         )
-    )
-    for _ in range(1000):  # verified and looked up, then queued for the replica task
-        if driver._inbox.qsize() == 2 or call.done():
-            break
-        await asyncio.sleep(0)
-    apply_inbox(driver)
-    reply = await asyncio.wait_for(call, 10)
+    finally:
+        replica_task.cancel()
     assert [r.WhichOneof("outcome") for r in reply.results] == ["accepted", "accepted"]
     assert [r.accepted.hash for r in reply.results] == [vertex_hash(v) for v in late]
     assert driver.overloaded()  # still: a call without the flag is refused
@@ -261,3 +267,32 @@ async def test_a_call_the_gateway_admitted_is_not_refused_as_overloaded(
         await servicer.SubmitVertices(
             consensus_pb2.SubmitVerticesRequest(vertices=late[:1]), cast(Any, None)
         )
+    # Twice the limit behind: refused whatever the gateway said, so that the pool's
+    # requests stay well within request_timeout.
+    clock.now += 0.6
+    with pytest.raises(ResourceExhausted, match="behind its offered load"):
+        await asyncio.wait_for(  # (accepted, it would wait for the replica task: no more)
+            servicer.SubmitVertices(
+                consensus_pb2.SubmitVerticesRequest(
+                    vertices=[signed_body(key, b"too late", [])[1]], admitted=True
+                ),
+                cast(Any, None),
+            ),
+            10,
+        )
+
+
+async def test_admitted_requests_are_refused_only_twice_as_far_behind() -> None:
+    """The line for what a gateway admitted (``ADMITTED_WAIT_FACTOR`` x the limit), with
+    ticks on time: the driver remembers enough ticks to tell."""
+    clock = Clock()
+    driver = make_driver(clock)
+    assert propose(driver, b"first") is ProposeResult.ACCEPTED
+    ticks(driver, clock, 150, period_ms=TICK_MS)  # 1.5 s
+    assert driver.overloaded() and not driver.too_far_behind_for_admitted()
+    ticks(driver, clock, 49, period_ms=TICK_MS)  # 1.99 s
+    assert not driver.too_far_behind_for_admitted()
+    ticks(driver, clock, 2, period_ms=TICK_MS)  # 2.01 s
+    assert driver.too_far_behind_for_admitted()
+    ticks(driver, clock, 500, period_ms=TICK_MS)  # older than every remembered tick
+    assert driver.too_far_behind_for_admitted()
