@@ -93,7 +93,9 @@ def favour(pid: int, nice: int) -> str | None:
     autogroup = Path(f"/proc/{pid}/autogroup")
     try:
         autogroup.write_text(f"{nice}\n")
-    except OSError as exc:
+    except PermissionError as exc:
+        return f"PermissionError: {exc.strerror or exc}; lowering it needs root or CAP_SYS_NICE"
+    except OSError as exc:  # no such file: a kernel without autogroups
         return f"{type(exc).__name__}: {exc.strerror or exc}"
     return None
 
@@ -221,7 +223,7 @@ class Supervisor:
             if nice and refused:
                 self.on_event(
                     f"{service:<10} runs at the default scheduling priority: its autogroup "
-                    f"nice {nice} was not applied ({refused}; it needs CAP_SYS_NICE)"
+                    f"nice {nice} was not applied ({refused})"
                 )
 
     async def _wait_serving(self, children: list[Child], timeout: float) -> None:

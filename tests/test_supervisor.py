@@ -4,6 +4,7 @@ stops: real service processes, a storage service on a damaged database as the fa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -231,5 +232,48 @@ def test_without_the_privilege_a_service_keeps_the_default_priority_and_is_told_
     assert out.returncode == 0, out.stderr
     lowered, raised, nice = out.stdout.split("\n")[:3]
     assert lowered.startswith("PermissionError: "), lowered
+    assert lowered.endswith("; lowering it needs root or CAP_SYS_NICE"), lowered
     assert raised == "None"
     assert nice == "3"
+
+
+@needs_autogroup
+@pytest.mark.slow
+async def test_a_service_that_cannot_be_favoured_starts_all_the_same_and_it_is_said(
+    cluster_factory: Callable[..., ClusterLayout],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A nice value the kernel refuses (below -20: refused even to root) leaves the gateway
+    at the default priority; the node starts, and the start says so once, with why."""
+    from cretoai import registry
+
+    gateway = registry.service("gateway")
+    monkeypatch.setattr(
+        registry,
+        "SERVICES",
+        tuple(
+            dataclasses.replace(s, autogroup_nice=-21) if s is gateway else s
+            for s in registry.SERVICES
+        ),
+    )
+    cfg = one_node(cluster_factory)
+    events: list[str] = []
+    supervisor = supervise(cfg, tmp_path / "logs", events)
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    try:
+        readiness = asyncio.create_task(ready.wait())
+        await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        readiness.cancel()
+        assert ready.is_set(), events
+        said = [e for e in events if "default scheduling priority" in e]
+        assert said == [
+            "gateway    runs at the default scheduling priority: its autogroup nice -21 was "
+            "not applied (OSError: Invalid argument)"
+        ], events
+        child = supervisor.children_of("node1", "gateway")[0]
+        assert child.process is not None and autogroup(child.process.pid)[1] == 0
+    finally:
+        await finish(run, stop)
