@@ -1941,6 +1941,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         signer.close()
         if sink is not None:
             sink.stop()
+    bound_after: dict[str, Any] | None = None
+    if bound is not None:
+        # Again once the cluster has stopped: the machine's speed drifts (the bound moved by
+        # up to 30 % between runs minutes apart), and the ratio is only as good as its bound.
+        print(f"verify bound again ({args.verify_seconds:g} s) …", file=sys.stderr, flush=True)
+        bound_after = await asyncio.to_thread(
+            measure_verify_bound,
+            args.verify_seconds,
+            args.nodes,
+            str(extra.get("crypto", {}).get("backend", "auto")),
+        )
+        bound_after["measured"] = "after the cluster stopped (nothing else of this run running)"
+        for step in steps:
+            step["verify_bound_ratio_after"] = verify_ratio(
+                step["finalized_throughput"], bound_after
+            )
+        print(
+            f"  {bound_after['vertices_per_s']:g} vertices/s for {args.nodes} nodes "
+            f"(before: {bound['vertices_per_s']:g})",
+            file=sys.stderr,
+            flush=True,
+        )
     passing = [s["offered_rate"] for s in steps if s["sustained"]]
     sustained = float(max(passing)) if passing else None
     return {
@@ -2013,7 +2035,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "(cretoai_storage_barrier_writes_total) in the window, summed over the nodes",
             "verify_bound": "ML-DSA-87 verifications/s of 1 KB-payload vertex signatures on 2 "
             "workers (bench.verify_bound, measured before the cluster started) / nodes; "
-            "verify_bound_ratio = finalized throughput / that",
+            "verify_bound_ratio = finalized throughput / that; verify_bound_after and "
+            "verify_bound_ratio_after: the same measured again once the cluster stopped (the "
+            "machine's speed drifts: the two say how far)",
             "time_to_429_ms": "sending -> 429 answer read, over the window's 429 answers",
             "overload": f"a step at --overload x the sustained maximum; shed_at_once: >= "
             f"{SHED_SHARE:.0%} of the window's submissions not finalized answered 429 with p99 "
@@ -2027,6 +2051,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "skipped": skipped,
         "max_sustained_throughput": sustained,
         "verify_bound": bound,
+        "verify_bound_after": bound_after,
         "overload": overload,
         "targets": targets(steps, sustained),
         "supervisor_events": events,
@@ -2285,6 +2310,7 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "persists/batch": s.get("synced_writes_per_batch", {}).get("consensus_persists_mean"),
             "mark_syncs/batch": s.get("synced_writes_per_batch", {}).get("mark_file_syncs_mean"),
             "verify_bound_ratio": s.get("verify_bound_ratio"),
+            "verify_bound_ratio_after": s.get("verify_bound_ratio_after"),
             "time_to_429_p99": s.get("time_to_429_ms", {}).get("p99_ms"),
             "stages_p50_p99_ms": {
                 name: [stage.get("p50_ms"), stage.get("p99_ms")]
@@ -2452,6 +2478,9 @@ def main(argv: list[str] | None = None) -> int:
                     "verifications_per_s": bound["verifications_per_s"],
                     "config": bound["bound_config"],
                     "speedup_2_workers": bound["speedup_2_workers"],
+                    "after_the_run_vertices_per_s": (result.get("verify_bound_after") or {}).get(
+                        "vertices_per_s"
+                    ),
                 }
             )
         )

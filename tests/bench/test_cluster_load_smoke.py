@@ -160,6 +160,12 @@ def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
     assert step["verify_bound_ratio"] == pytest.approx(
         step["finalized_throughput"] / bound["vertices_per_s"], abs=0.002
     )
+    # measured again once the cluster stopped, and the step's ratio to that too
+    after = result["verify_bound_after"]
+    assert after["vertices_per_s"] > 10 and after["measured"].startswith("after the cluster")
+    assert step["verify_bound_ratio_after"] == pytest.approx(
+        step["finalized_throughput"] / after["vertices_per_s"], abs=0.002
+    )
     assert step["time_to_429_ms"]["count"] == step["http_status"].get("429", 0)
 
 
