@@ -1645,6 +1645,14 @@ async def idle_baseline(
     }
 
 
+async def verify_bound_now(args: argparse.Namespace, backend: str, when: str) -> dict[str, Any]:
+    """The verify bound measured now (off the event loop), saying ``when`` in the result."""
+    print(f"verify bound, {when} ({args.verify_seconds:g} s) …", file=sys.stderr, flush=True)
+    bound = await asyncio.to_thread(measure_verify_bound, args.verify_seconds, args.nodes, backend)
+    bound["measured"] = f"{when} (nothing else of this run running)"
+    return bound
+
+
 def raise_priority(step: int) -> dict[str, Any]:
     """Favour the generator's main thread by ``step`` nice levels (after the cluster started,
     so that the services keep the default), so that its open-loop schedule holds.
@@ -1819,17 +1827,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if name in os.environ:
                 env_dropped[name] = os.environ.pop(name)
     tracing: dict[str, Any] = {"mode": args.tracing, **telemetry, "env_dropped": env_dropped}
+    backend = str(extra.get("crypto", {}).get("backend", "auto"))
     bound: dict[str, Any] | None = None
     if args.verify_seconds > 0:
         # before anything else starts (the signing pool's imports would take CPU from it)
-        print(f"verify bound ({args.verify_seconds:g} s) …", file=sys.stderr, flush=True)
-        bound = await asyncio.to_thread(
-            measure_verify_bound,
-            args.verify_seconds,
-            args.nodes,
-            str(extra.get("crypto", {}).get("backend", "auto")),
-        )
-        bound["measured"] = "before the cluster started (nothing else of this run running)"
+        bound = await verify_bound_now(args, backend, "before the cluster started")
         print(
             f"  {bound['verifications_per_s']:g} verifications/s ({bound['bound_config']}): "
             f"{bound['vertices_per_s']:g} vertices/s for {args.nodes} nodes",
@@ -1945,14 +1947,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if bound is not None:
         # Again once the cluster has stopped: the machine's speed drifts (the bound moved by
         # up to 30 % between runs minutes apart), and the ratio is only as good as its bound.
-        print(f"verify bound again ({args.verify_seconds:g} s) …", file=sys.stderr, flush=True)
-        bound_after = await asyncio.to_thread(
-            measure_verify_bound,
-            args.verify_seconds,
-            args.nodes,
-            str(extra.get("crypto", {}).get("backend", "auto")),
-        )
-        bound_after["measured"] = "after the cluster stopped (nothing else of this run running)"
+        bound_after = await verify_bound_now(args, backend, "after the cluster stopped")
         for step in steps:
             step["verify_bound_ratio_after"] = verify_ratio(
                 step["finalized_throughput"], bound_after

@@ -42,6 +42,23 @@ async def finish(run: asyncio.Task[int], stop: asyncio.Event) -> None:
     await asyncio.wait_for(run, 120)
 
 
+async def start_node(
+    supervisor: Supervisor, events: list[str]
+) -> tuple[asyncio.Task[int], asyncio.Event]:
+    """Run the supervisor until the returned event is set; returns once every service
+    serves (the run task and the event, for :func:`finish`)."""
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    readiness = asyncio.create_task(ready.wait())
+    await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    readiness.cancel()
+    if not ready.is_set():
+        await finish(run, stop)
+    assert ready.is_set(), events
+    return run, stop
+
+
 def assert_gave_up_on_storage(event: str, logs: Path) -> None:
     assert event.startswith(
         f"node1/storage failed to start {MAX_FAILED_STARTS} times in a row (last exit code 1 after "
@@ -104,14 +121,8 @@ async def test_a_running_node_whose_storage_cannot_restart_stops_with_an_error(
     logs = tmp_path / "logs"
     events: list[str] = []
     supervisor = supervise(cfg, logs, events)
-    ready = asyncio.Event()
-    stop = asyncio.Event()
-    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    run, stop = await start_node(supervisor, events)
     try:
-        readiness = asyncio.create_task(ready.wait())
-        await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        readiness.cancel()
-        assert ready.is_set(), events
         # storage dies (held: not restarted yet) and its database loses CURRENT meanwhile
         supervisor.signal("node1", signal.SIGKILL, "storage")
         await supervisor.wait_exited("node1", "storage")
@@ -178,14 +189,8 @@ async def test_the_gateway_is_favoured_by_the_scheduler_at_every_start(
     cfg = one_node(cluster_factory)
     events: list[str] = []
     supervisor = supervise(cfg, tmp_path / "logs", events)
-    ready = asyncio.Event()
-    stop = asyncio.Event()
-    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    run, stop = await start_node(supervisor, events)
     try:
-        readiness = asyncio.create_task(ready.wait())
-        await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        readiness.cancel()
-        assert ready.is_set(), events
         groups = {}
         for child in supervisor.children:
             assert child.process is not None
@@ -260,14 +265,8 @@ async def test_a_service_that_cannot_be_favoured_starts_all_the_same_and_it_is_s
     cfg = one_node(cluster_factory)
     events: list[str] = []
     supervisor = supervise(cfg, tmp_path / "logs", events)
-    ready = asyncio.Event()
-    stop = asyncio.Event()
-    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=True))
+    run, stop = await start_node(supervisor, events)
     try:
-        readiness = asyncio.create_task(ready.wait())
-        await asyncio.wait({run, readiness}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        readiness.cancel()
-        assert ready.is_set(), events
         said = [e for e in events if "default scheduling priority" in e]
         assert said == [
             "gateway    runs at the default scheduling priority: its autogroup nice -21 was "

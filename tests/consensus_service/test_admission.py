@@ -19,7 +19,7 @@ import pytest
 
 from cretoai.config import load_config
 from cretoai.errors import ResourceExhausted
-from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
+from cretoai.v1 import consensus_pb2
 from cretoai.vertex import vertex_hash
 from node.clusterinit import ClusterLayout
 from services.consensus.core.config import Config
@@ -27,6 +27,7 @@ from services.consensus.core.messages import Request
 from services.consensus.core.replica import ProposeResult
 from services.consensus.driver import _TICK, Driver
 from services.consensus.servicer import ConsensusServicer
+from tests.consensus_service.support import NothingStored
 from tests.gateway.support import client_key, signed_body
 from tests.support.driver import unstarted_driver
 
@@ -217,17 +218,6 @@ async def test_the_admission_state_is_told_at_once_and_again_when_it_changes() -
             await w.aclose()
 
 
-class _Statuses:
-    """Storage's answer to the servicer's status lookups: nothing stored yet."""
-
-    async def GetVertexStatuses(
-        self, request: storage_pb2.GetVertexStatusesRequest, timeout: float
-    ) -> storage_pb2.GetVertexStatusesResponse:
-        return storage_pb2.GetVertexStatusesResponse(
-            records=[vertex_pb2.VertexRecord(hash=h) for h in request.hashes]
-        )
-
-
 async def test_a_call_the_gateway_admitted_is_not_refused_as_overloaded(
     cluster_factory: Callable[..., ClusterLayout],
 ) -> None:
@@ -238,7 +228,7 @@ async def test_a_call_the_gateway_admitted_is_not_refused_as_overloaded(
     clock = Clock()
     driver = make_driver(clock)
     driver.link.connected.set()  # ready, as once its transport stream is up
-    servicer = ConsensusServicer(cfg, driver, cast(Any, _Statuses()))
+    servicer = ConsensusServicer(cfg, driver, cast(Any, NothingStored()))
     assert propose(driver, b"first") is ProposeResult.ACCEPTED
     clock.now += 1.5
     assert driver.overloaded()

@@ -23,12 +23,13 @@ from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.errors import ERROR_CODE_KEY
 from cretoai.telemetry import format_traceparent
-from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, vertex_pb2
+from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
 from cretoai.vertex import BAD_SIGNATURE_MESSAGE, vertex_hash
 from devkit.ports import free_base_port
 from node.clusterinit import init_cluster
 from services.consensus.core.replica import ProposeResult
 from services.consensus.servicer import MAX_SUBMIT_BYTES, MAX_SUBMIT_VERTICES, ConsensusServicer
+from tests.consensus_service.support import NothingStored
 from tests.consensus_service.test_failure import channel_to, start_service
 from tests.gateway.support import client_key, signed_body
 from tests.support.processes import Process
@@ -232,15 +233,6 @@ class _Driver:
         return ProposeResult.ACCEPTED
 
 
-class _Storage:
-    async def GetVertexStatuses(
-        self, request: storage_pb2.GetVertexStatusesRequest, timeout: float
-    ) -> storage_pb2.GetVertexStatusesResponse:
-        return storage_pb2.GetVertexStatusesResponse(
-            records=[vertex_pb2.VertexRecord(hash=h) for h in request.hashes]
-        )
-
-
 async def test_each_vertex_is_proposed_under_its_own_trace_context(
     cluster_factory: Any,
 ) -> None:
@@ -248,7 +240,7 @@ async def test_each_vertex_is_proposed_under_its_own_trace_context(
     context (kept with the pending vertex), and none for a vertex without one."""
     cfg = load_config(cluster_factory(1).nodes[0].config)
     driver = _Driver()
-    servicer = ConsensusServicer(cfg, cast(Any, driver), cast(Any, _Storage()))
+    servicer = ConsensusServicer(cfg, cast(Any, driver), cast(Any, NothingStored()))
     sampled = SpanContext(
         0x4BF92F3577B34DA6A3CE929D0E0E4736,
         0x00F067AA0BA902B7,
