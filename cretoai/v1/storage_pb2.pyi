@@ -319,17 +319,19 @@ class StoredResult(_message.Message):
     def __init__(self, hash: _Optional[bytes] = ..., rejected: _Optional[bool] = ..., height: _Optional[int] = ..., reject_reason: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class StoredCounters(_message.Message):
-    __slots__ = ("last_seq", "vertices", "finalized_vertices", "rejected_vertices", "edges", "evidence")
+    __slots__ = ("last_seq", "vertices", "finalized_vertices", "rejected_vertices", "edges", "evidence", "writes")
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     VERTICES_FIELD_NUMBER: _ClassVar[int]
     FINALIZED_VERTICES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_VERTICES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
     last_seq: int
     vertices: int
     finalized_vertices: int
     rejected_vertices: int
     edges: int
     evidence: int
-    def __init__(self, last_seq: _Optional[int] = ..., vertices: _Optional[int] = ..., finalized_vertices: _Optional[int] = ..., rejected_vertices: _Optional[int] = ..., edges: _Optional[int] = ..., evidence: _Optional[int] = ...) -> None: ...
+    writes: int
+    def __init__(self, last_seq: _Optional[int] = ..., vertices: _Optional[int] = ..., finalized_vertices: _Optional[int] = ..., rejected_vertices: _Optional[int] = ..., edges: _Optional[int] = ..., evidence: _Optional[int] = ..., writes: _Optional[int] = ...) -> None: ...

@@ -42,6 +42,7 @@ from services.storage.store import (
     open_in_this_process,
     write_backup_manifest,
 )
+from services.storage.synced import MARK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,9 @@ def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.restoring-{stamp}")
         try:
-            shutil.copytree(source, staging, symlinks=False)
+            # a copy's synced mark speaks for the directory it came from, not for this one
+            ignore = shutil.ignore_patterns(MARK_FILE)
+            shutil.copytree(source, staging, symlinks=False, ignore=ignore)
             _fsync_tree(staging)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)

@@ -48,6 +48,7 @@ from services.storage.errors import (
     write_error,
 )
 from services.storage.options import column_families, db_options, read_options, unsynced_write
+from services.storage.synced import MARK_FILE, MarkWriter, SyncedMark, identity_of, read_mark
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Counters:
     rejected_vertices: int = 0
     edges: int = 0
     evidence: int = 0
+    #: Atomic writes applied so far (each :meth:`Store._apply` adds one); see ``synced``.
+    writes: int = 0
 
     def to_bytes(self) -> bytes:
         return storage_pb2.StoredCounters(**dataclasses.asdict(self)).SerializeToString()
@@ -188,7 +191,7 @@ def evidence_digest(evidence: pbft_pb2.Evidence) -> bytes:
 
 def _is_rocksdb_file(name: str) -> bool:
     return (
-        name == BACKUP_MANIFEST
+        name in (BACKUP_MANIFEST, MARK_FILE)
         or name in _ROCKSDB_FILES
         or name.startswith(_ROCKSDB_PREFIXES)
         or name.endswith(_ROCKSDB_SUFFIXES)
@@ -307,12 +310,38 @@ class Store:
         self._creators: dict[bytes, bytes] = {}
         self._written = Counters()
         self.published = Counters()
+        self._mark: MarkWriter | None = None
 
-    def _load(self, is_new: bool) -> None:
+    def _load(self, is_new: bool, mark: SyncedMark | None) -> None:
         counters = self._load_counters()
         self._written = counters
         self.published = counters
         self._check_schema(is_new)
+        identity = identity_of(self.path)
+        self._check_synced(mark, identity)
+        if not self.read_only:
+            self._mark = MarkWriter(self.path, identity)
+
+    def _check_synced(self, mark: SyncedMark | None, identity: bytes) -> None:
+        """Refuse a database that opens behind what was synced (module ``synced``)."""
+        if mark is None:
+            return
+        if mark.identity != identity:
+            log.info(
+                "the synced mark belongs to another database; not checked",
+                extra={"fields": {"path": str(self.path)}},
+            )
+            return
+        opened = self.published
+        if opened.writes < mark.writes:
+            raise _corrupt(
+                self.path,
+                f"synced writes are missing: write {mark.writes} (last_seq {mark.last_seq}) "
+                f"was synced, but the database opens at write {opened.writes} (last_seq "
+                f"{opened.last_seq}). Its write-ahead log is damaged (RocksDB recovered up to "
+                "the damage and dropped the rest), or its files were replaced by older ones "
+                f"({MARK_FILE} records the last synced write)",
+            )
 
     # ------------------------------------------------------------------ open/close
 
@@ -344,6 +373,8 @@ class Store:
             raise DatabaseError(f"cannot read the database directory {path}: {exc}") from None
         # a new database only where nothing is: never beside the files of a damaged one
         is_new = not entries
+        # read before RocksDB replays the WAL: a live service may sync more meanwhile
+        mark = None if is_new else read_mark(path)
         existing: list[str] = []
         if is_new:
             if not create or read_only:
@@ -381,7 +412,7 @@ class Store:
                 raise _classify_open_error(path, exc) from None
             store = cls(path, db, read_only=read_only)
             try:
-                store._load(is_new)
+                store._load(is_new, mark)
                 if owner is not None:
                     store._check_owner(owner)
             except DatabaseError:
@@ -525,6 +556,8 @@ class Store:
                 errors.append(str(exc))
         self._cf.clear()
         self._handle.clear()
+        if self._mark is not None:
+            self._mark.close()
         try:
             self._db.close()
         except Exception as exc:
@@ -559,6 +592,7 @@ class Store:
             raise Halted(f"the database at {self.path} is open read-only")
 
     def _apply(self, batch: WriteBatch, written: Counters) -> None:
+        written = dataclasses.replace(written, writes=written.writes + 1)
         batch.put(keys.COUNTERS_KEY, written.to_bytes())
         try:
             self._db.write(batch, self._write)
@@ -581,6 +615,8 @@ class Store:
             raise failure from None
         self.dirty = False
         self.published = self._written
+        if self._mark is not None:
+            self._mark.write(self._written.writes, self._written.last_seq)
 
     def halt(self, reason: str) -> None:
         if self.halt_reason is None:

@@ -92,6 +92,18 @@ def _batches() -> list[storage_pb2.CommitBatchRequest]:
     return [first, second, third, fourth]
 
 
+def _batch_items(db: RawDb, cf: str) -> list[tuple[bytes, bytes]]:
+    """The column family's records, the counters without their count of writes (the side
+    that commits by reference also wrote the voted batches)."""
+    items = db.items(cf)
+    for i, (key, value) in enumerate(items):
+        if key == keys.COUNTERS_KEY and cf == keys.DEFAULT:
+            counters = storage_pb2.StoredCounters.FromString(value)
+            counters.ClearField("writes")
+            items[i] = (key, counters.SerializeToString())
+    return items
+
+
 async def test_a_batch_by_reference_writes_exactly_what_the_full_form_writes(
     tmp_path: Path,
 ) -> None:
@@ -131,7 +143,7 @@ async def test_a_batch_by_reference_writes_exactly_what_the_full_form_writes(
     # ... and on disk, key for key, every column family of the batches is the same
     with RawDb(full_side.cfg.storage_path) as full_db, RawDb(ref_side.cfg.storage_path) as ref_db:
         for cf in BATCH_CFS:
-            assert ref_db.items(cf) == full_db.items(cf), cf
+            assert _batch_items(ref_db, cf) == _batch_items(full_db, cf), cf
         assert full_db.items("consensus_state") == []
         assert [k for k, _ in ref_db.items("consensus_state")] == sorted(
             voted_key(r.batch.batch_digest) for r in batches
