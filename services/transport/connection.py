@@ -45,6 +45,7 @@ from services.transport import auth
 from services.transport.errors import CloseCode, PeerFault
 from services.transport.framing import Frame, FrameDecoder, FrameError, FrameType, encode_frame
 from services.transport.tls import ChannelBindingUnavailable, channel_binding
+from services.transport.window import SlidingWindowConnection
 
 STREAM_ID = 0
 #: Frames before authentication (HELLO, AUTH) are small; a larger one is a fault.
@@ -96,6 +97,9 @@ class ConnectionSettings:
     handshake_timeout: float
     keepalive_interval: float
     liveness_timeout: float
+    #: QUIC receive window (per stream and connection) past the data delivered, once the
+    #: peer authenticated (before: ``window.UNAUTHENTICATED_RECEIVE_WINDOW``).
+    receive_window: int
 
 
 # ---- events -----------------------------------------------------------------
@@ -158,7 +162,7 @@ class PeerConnection:
     def __init__(
         self,
         *,
-        quic: QuicConnection,
+        quic: SlidingWindowConnection,
         authority: Authority,
         settings: ConnectionSettings,
         now: float,
@@ -539,6 +543,7 @@ class PeerConnection:
         self.state = State.AUTHENTICATED
         self.authenticated_at = now
         self._decoder.max_frame_bytes = self.settings.max_frame_bytes
+        self.quic.open_receive_window(self.settings.receive_window)
         self._next_ping_at = now  # a first RTT sample right away, then every keepalive
         self._events.append(Authenticated(peer_id=self.peer_id))
 

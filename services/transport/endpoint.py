@@ -21,7 +21,7 @@ from typing import Any
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 
@@ -33,6 +33,7 @@ from services.transport.metrics import (
     DATAGRAMS_RECEIVED,
     DATAGRAMS_SENT,
 )
+from services.transport.window import SlidingWindowConnection
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class QuicEndpoint:
     def connect(self, addr: tuple[str, int], expected_peer: str) -> PeerConnection:
         now = self._loop.time()
         config = self._loopback_client_config if _is_loopback(addr[0]) else self._client_config
-        quic = QuicConnection(configuration=config)
+        quic = SlidingWindowConnection(configuration=config)
         conn = PeerConnection(
             quic=quic,
             authority=self._authority,
@@ -400,7 +401,7 @@ class QuicEndpoint:
             self._count("address_pending_limit")
             return None
         loopback = _is_loopback(str(addr[0]))
-        quic = QuicConnection(
+        quic = SlidingWindowConnection(
             configuration=self._loopback_server_config if loopback else self._server_config,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,

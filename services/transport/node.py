@@ -62,6 +62,7 @@ from services.transport.framing import FrameTooLarge, FrameType, encode_frame
 from services.transport.queues import InboundMux, SendQueue
 from services.transport.settings import Member, TransportSettings
 from services.transport.tls import ephemeral_identity, quic_configuration
+from services.transport.window import UNAUTHENTICATED_RECEIVE_WINDOW
 
 if TYPE_CHECKING:
     from services.transport.mdns import MdnsDiscovery
@@ -346,6 +347,7 @@ class TransportNode:
             handshake_timeout=s.handshake_timeout,
             keepalive_interval=s.keepalive,
             liveness_timeout=s.liveness_timeout,
+            receive_window=s.quic_flow_window,
         )
         configs = {
             (is_client, size): quic_configuration(
@@ -353,7 +355,8 @@ class TransportNode:
                 identity=None if is_client else identity,
                 idle_timeout=s.idle_timeout,
                 max_datagram_size=size,
-                flow_window=s.quic_flow_window,
+                # the peer's first frames only: the window opens once it authenticates
+                flow_window=UNAUTHENTICATED_RECEIVE_WINDOW,
             )
             for is_client in (False, True)
             for size in {s.max_datagram_bytes, s.loopback_datagram_bytes}

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
 
 from cretoai.crypto import get_backend, node_id
@@ -31,6 +30,7 @@ from services.transport.connection import (
 from services.transport.errors import CloseCode
 from services.transport.framing import FrameType, encode_frame
 from services.transport.tls import ephemeral_identity, quic_configuration
+from services.transport.window import UNAUTHENTICATED_RECEIVE_WINDOW, SlidingWindowConnection
 
 BACKEND = get_backend("cryptography")
 SETTINGS = ConnectionSettings(
@@ -39,6 +39,7 @@ SETTINGS = ConnectionSettings(
     handshake_timeout=2.0,
     keepalive_interval=1.0,
     liveness_timeout=3.0,
+    receive_window=1 << 20,
 )
 CLIENT_ADDR = ("127.0.0.1", 1001)
 SERVER_ADDR = ("127.0.0.1", 1002)
@@ -79,7 +80,7 @@ def qconfig(*, is_client: bool) -> QuicConfiguration:
         identity=None if is_client else ephemeral_identity(),
         idle_timeout=30.0,
         max_datagram_size=1350,
-        flow_window=1 << 20,
+        flow_window=UNAUTHENTICATED_RECEIVE_WINDOW,  # as the node: opened once authenticated
     )
 
 
@@ -91,7 +92,7 @@ class Link:
     ) -> None:
         self.now = 100.0
         self.client = PeerConnection(
-            quic=QuicConnection(configuration=qconfig(is_client=True)),
+            quic=SlidingWindowConnection(configuration=qconfig(is_client=True)),
             authority=client,
             settings=SETTINGS,
             now=self.now,
@@ -128,7 +129,7 @@ class Link:
             if self.server is None:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=8)
                 self.server = PeerConnection(
-                    quic=QuicConnection(
+                    quic=SlidingWindowConnection(
                         configuration=self._server_config,
                         original_destination_connection_id=header.destination_cid,
                     ),
@@ -343,3 +344,52 @@ def test_handshake_deadline() -> None:
     link.client.handle_timer(link.now)
     event = link.client.next_event()
     assert isinstance(event, Closed) and event.code == CloseCode.HANDSHAKE_TIMEOUT
+
+
+def _send_at_the_end_of_the_window(link: Link) -> int:
+    """The client sends one byte at the very end of the server's stream window, the bytes
+    before it left out (a Byzantine member growing the server's buffer); returns the
+    window it aimed at."""
+    quic = link.client.quic
+    stream = quic._streams[0]
+    window = min(stream.max_stream_data_remote, quic._remote_max_data)
+    sender = stream.sender
+    sender._buffer = bytearray()
+    sender._buffer_start = sender._buffer_stop = window - 1
+    sender.write(b"x")
+    link.pump()
+    return window
+
+
+def test_a_peer_grows_no_buffer_beyond_the_window_past_what_was_delivered() -> None:
+    """aioquic doubled the window whenever the highest offset passed half of it, out of
+    order included: one byte at its end per round trip doubled what the receiver buffered.
+    The window ends ``receive_window`` past the delivered bytes: 64 KiB before the peer
+    authenticated (tests/transport/test_service.py), ``receive_window`` after."""
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    assert link.server is not None and link.server.authenticated
+    # the window opened with authentication: a burst well past 64 KiB goes through
+    frames = [encode_frame(FrameType.MSG, b"y" * 30_000, max_frame_bytes=1 << 16)] * 12
+    for frame in frames:
+        link.client.send_messages([frame])
+    link.pump()
+
+    def received() -> int:
+        return sum(isinstance(e, MessageReceived) for e in link.events["server"])
+
+    for _ in range(10):  # QUIC's pacing and congestion window, on the fake clock
+        if received() == len(frames):
+            break
+        link.advance(0.5)
+    assert received() == len(frames)
+    delivered = link.server.quic._streams[0].receiver._buffer_start
+    assert delivered > 5 * UNAUTHENTICATED_RECEIVE_WINDOW
+    granted = link.client.quic._streams[0].max_stream_data_remote - delivered
+    assert granted > SETTINGS.receive_window // 2  # what the client was told: the flow window
+    aimed = [_send_at_the_end_of_the_window(link) for _ in range(6)]
+    assert aimed[-1] <= delivered + SETTINGS.receive_window  # never raised past it
+    assert link.server.quic.buffered_out_of_order() < SETTINGS.receive_window
+    limit = link.server.quic._local_max_data.value
+    assert limit <= link.server.quic._local_max_data.used + SETTINGS.receive_window

@@ -26,6 +26,7 @@ from services.transport.errors import CloseCode, InvalidRequest, UnknownPeer
 from services.transport.framing import FrameType, encode_frame
 from services.transport.service import build_node
 from services.transport.tls import quic_configuration
+from services.transport.window import UNAUTHENTICATED_RECEIVE_WINDOW
 from tests.transport.conftest import Starter
 
 
@@ -675,3 +676,58 @@ async def test_forged_address_hints_cannot_keep_a_member_undialed(transports: St
         await asyncio.sleep(0.01)
     assert known in dialed, dialed  # the real address is still tried during the flood
     assert any(d.startswith("127.0.0.9:") for d in dialed)  # and so are hints, in turn
+
+
+def _buffered(node: RunningTransport) -> int:
+    """Bytes aioquic holds for ``node``'s unauthenticated connections: out-of-order
+    stream data waiting for its gap to fill."""
+    assert node.node._endpoint is not None
+    return sum(
+        len(stream.receiver._buffer)
+        for conn in node.node._endpoint.connections
+        if not conn.authenticated
+        for stream in conn.quic._streams.values()
+    )
+
+
+async def test_a_stranger_cannot_grow_its_receive_window_with_data_out_of_order(
+    transports: Starter,
+) -> None:
+    """aioquic doubles a stream's and a connection's receive window whenever data reaches
+    half of it, out of order included, and buffers the gap below it: a stranger that had
+    completed the QUIC handshake could send one byte at the end of the window, get it
+    doubled, and again, and make the node allocate gigabytes before it ever authenticated.
+    Before authentication the window is small and does not move; the gap it can open is
+    at most that."""
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    quic, protocol = await stranger(b.node.quic_address, "127.0.0.2")
+    try:
+        await asyncio.wait_for(protocol.wait_connected(), 5)
+        stream_id = quic.get_next_available_stream_id()
+        quic.send_stream_data(stream_id, b"")
+        stream = quic._streams[stream_id]
+        largest = 0
+        for _ in range(12):
+            window = min(stream.max_stream_data_remote, quic._remote_max_data)
+            if window - 1 < stream.sender.highest_offset:  # not raised: nothing to send
+                break
+            # one byte at the very end of the window, everything before it left out
+            stream.sender._buffer = bytearray()
+            stream.sender._buffer_start = stream.sender._buffer_stop = window - 1
+            stream.sender.write(b"x")
+            protocol.transmit()
+
+            async def raised(w: int = window) -> bool:
+                return min(stream.max_stream_data_remote, quic._remote_max_data) > w
+
+            with contextlib.suppress(AssertionError):  # not raised: the loop ends above
+                await eventually(raised, what="a larger window", timeout=0.5)
+            largest = max(largest, _buffered(b))
+        # the stranger did open a gap (the attack ran), and no larger than the window
+        assert UNAUTHENTICATED_RECEIVE_WINDOW // 2 < largest <= UNAUTHENTICATED_RECEIVE_WINDOW
+        assert min(stream.max_stream_data_remote, quic._remote_max_data) <= (
+            UNAUTHENTICATED_RECEIVE_WINDOW
+        )
+    finally:
+        protocol.close()
