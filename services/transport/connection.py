@@ -250,6 +250,14 @@ class PeerConnection:
         self._stream_received = False
         quic.receive_datagram(data, addr, now=now)
         self._process(now)
+        if quic.fragmented() and self.state is not State.CLOSED:
+            self._fail(
+                PeerFault(
+                    reason="stream_fragmented",
+                    detail=f"more than {quic.max_gaps} gaps in the stream data it sent",
+                )
+            )
+            return
         if ack_was_pending and self._stream_received:
             # a second ack-eliciting packet while a QUIC ACK waits: acknowledge with the
             # next transmit (RFC 9000 §13.2.2), so a bulk sender's ACK clock keeps up

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.rangeset import RangeSet
 
 from cretoai.crypto import get_backend, node_id
 from cretoai.crypto.backend import PrivateKey
@@ -30,7 +31,12 @@ from services.transport.connection import (
 from services.transport.errors import CloseCode
 from services.transport.framing import FrameType, encode_frame
 from services.transport.tls import ephemeral_identity, quic_configuration
-from services.transport.window import UNAUTHENTICATED_RECEIVE_WINDOW, SlidingWindowConnection
+from services.transport.window import (
+    AUTHENTICATED_MAX_GAPS,
+    UNAUTHENTICATED_RECEIVE_WINDOW,
+    GapSet,
+    SlidingWindowConnection,
+)
 
 BACKEND = get_backend("cryptography")
 SETTINGS = ConnectionSettings(
@@ -393,3 +399,35 @@ def test_a_peer_grows_no_buffer_beyond_the_window_past_what_was_delivered() -> N
     assert link.server.quic.buffered_out_of_order() < SETTINGS.receive_window
     limit = link.server.quic._local_max_data.value
     assert limit <= link.server.quic._local_max_data.used + SETTINGS.receive_window
+
+
+def _send_gapped_bytes(link: Link, count: int) -> None:
+    """The client sends ``count`` one-byte frames, each after a one-byte gap: it writes
+    twice ``count`` bytes and marks only every second one as to be sent."""
+    sender = link.client.quic._streams[0].sender
+    base = sender._buffer_stop
+    sender.write(b"x" * (2 * count))
+    pending = RangeSet()
+    for i in range(count):
+        pending.add(base + 2 * i + 1, base + 2 * i + 2)
+    sender._pending = pending
+    for _ in range(20):  # a frame per packet: the congestion window paces them
+        link.pump()
+        if len(sender._pending) == 0 or (link.server and not link.server.authenticated):
+            break
+
+
+def test_a_member_leaving_more_gaps_than_lost_packets_would_is_closed() -> None:
+    """Gaps are what lost packets leave; a hundred of them is a bad path, more than
+    AUTHENTICATED_MAX_GAPS a peer keeping the receiver's books busy: a fault."""
+    client, server = two_members()
+    link = Link(client, server)
+    link.pump()
+    assert link.server is not None and link.server.authenticated
+    _send_gapped_bytes(link, 100)
+    received = link.server.quic._streams[0].receiver._ranges
+    assert isinstance(received, GapSet)  # bisected, not scanned (tests/transport/test_window.py)
+    assert link.server.authenticated and len(received) == 100
+    _send_gapped_bytes(link, AUTHENTICATED_MAX_GAPS - 100 + 1)
+    closed = link.closed("server")
+    assert closed.fault is not None and closed.fault.reason == "stream_fragmented"

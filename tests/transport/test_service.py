@@ -731,3 +731,29 @@ async def test_a_stranger_cannot_grow_its_receive_window_with_data_out_of_order(
         )
     finally:
         protocol.close()
+
+
+async def test_a_stranger_that_leaves_gaps_in_its_stream_is_closed(transports: Starter) -> None:
+    """One-byte frames with a gap before each, within the 64-KiB window: aioquic kept them
+    in a list it scanned from the front at every insertion (32,767 of them took 33 s of
+    the event loop). More than 16 gaps before authentication is a fault: closed and
+    counted, nothing kept."""
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    assert b.node._endpoint is not None
+    before = len(b.node._endpoint.connections)
+    quic, protocol = await stranger(b.node.quic_address, "127.0.0.2")
+    try:
+        await asyncio.wait_for(protocol.wait_connected(), 5)
+        stream_id = quic.get_next_available_stream_id()
+        for i in range(1, 40):  # offsets 2, 4, 6, ...: a gap before each byte
+            quic._get_or_create_stream_for_send(stream_id).sender._buffer_start = 2 * i
+            sender = quic._streams[stream_id].sender
+            sender._buffer = bytearray()
+            sender._buffer_stop = 2 * i
+            sender.write(b"x")
+            protocol.transmit()
+        await eventually(lambda: _has(b, "protocol_errors.stream_fragmented"), what="closed")
+        assert len(b.node._endpoint.connections) == before
+    finally:
+        protocol.close()
