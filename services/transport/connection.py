@@ -42,10 +42,10 @@ from google.protobuf.message import DecodeError
 
 from cretoai.v1 import transport_pb2
 from services.transport import auth
+from services.transport.bounded_quic import BoundedQuicConnection
 from services.transport.errors import CloseCode, PeerFault
 from services.transport.framing import Frame, FrameDecoder, FrameError, FrameType, encode_frame
 from services.transport.tls import ChannelBindingUnavailable, channel_binding
-from services.transport.window import SlidingWindowConnection
 
 STREAM_ID = 0
 #: Frames before authentication (HELLO, AUTH) are small; a larger one is a fault.
@@ -162,7 +162,7 @@ class PeerConnection:
     def __init__(
         self,
         *,
-        quic: SlidingWindowConnection,
+        quic: BoundedQuicConnection,
         authority: Authority,
         settings: ConnectionSettings,
         now: float,
@@ -250,13 +250,9 @@ class PeerConnection:
         self._stream_received = False
         quic.receive_datagram(data, addr, now=now)
         self._process(now)
-        if quic.fragmented() and self.state is not State.CLOSED:
-            self._fail(
-                PeerFault(
-                    reason="stream_fragmented",
-                    detail=f"more than {quic.max_gaps} gaps in the stream data it sent",
-                )
-            )
+        fault = _beyond_bounds(quic)
+        if fault is not None and self.state is not State.CLOSED:
+            self._fail(fault)
             return
         if ack_was_pending and self._stream_received:
             # a second ack-eliciting packet while a QUIC ACK waits: acknowledge with the
@@ -677,6 +673,18 @@ class PeerConnection:
 # silently come back: an ACK-only datagram 1 ms after nearly every packet).
 
 _OVERDUE = 1e-6
+
+
+def _beyond_bounds(quic: BoundedQuicConnection) -> PeerFault | None:
+    """What the peer did past :mod:`~services.transport.bounded_quic`'s bounds, if anything."""
+    if quic.refused is not None:  # aioquic is already closing it
+        return PeerFault(reason=quic.refused, detail="a frame past what a peer may send")
+    if quic.fragmented():
+        return PeerFault(
+            reason="stream_fragmented",
+            detail=f"more than {quic.max_gaps} gaps in the stream data it sent",
+        )
+    return None
 
 
 def _set_quic_ack_delay(quic: QuicConnection, delay: float) -> None:

@@ -26,6 +26,7 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_hea
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from services.transport import stun
+from services.transport.bounded_quic import BoundedQuicConnection
 from services.transport.connection import Authority, ConnectionSettings, PeerConnection
 from services.transport.metrics import (
     DATAGRAM_BYTES_RECEIVED,
@@ -33,7 +34,7 @@ from services.transport.metrics import (
     DATAGRAMS_RECEIVED,
     DATAGRAMS_SENT,
 )
-from services.transport.window import SlidingWindowConnection
+from services.transport.settings import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class QuicEndpoint:
     def connect(self, addr: tuple[str, int], expected_peer: str) -> PeerConnection:
         now = self._loop.time()
         config = self._loopback_client_config if _is_loopback(addr[0]) else self._client_config
-        quic = SlidingWindowConnection(configuration=config)
+        quic = BoundedQuicConnection(configuration=config)
         conn = PeerConnection(
             quic=quic,
             authority=self._authority,
@@ -265,6 +266,9 @@ class QuicEndpoint:
                 continue
             read += 1
             read_bytes += len(data)
+            if len(data) > MAX_DATAGRAM_BYTES:  # no node sends one: work for nothing
+                self._count("oversized_datagram")
+                continue
             conn, accepted = self._route(data, addr)
             if conn is not None:
                 touched[conn] = touched.get(conn, False) or accepted
@@ -401,7 +405,7 @@ class QuicEndpoint:
             self._count("address_pending_limit")
             return None
         loopback = _is_loopback(str(addr[0]))
-        quic = SlidingWindowConnection(
+        quic = BoundedQuicConnection(
             configuration=self._loopback_server_config if loopback else self._server_config,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,

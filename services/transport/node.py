@@ -39,6 +39,7 @@ from cretoai.crypto import Backend, NodeKey
 from cretoai.telemetry import format_traceparent, remote_parent, sanitize_carrier
 from cretoai.v1 import transport_pb2
 from services.transport import auth, metrics, stun
+from services.transport.bounded_quic import UNAUTHENTICATED_RECEIVE_WINDOW
 from services.transport.connection import (
     Authenticated,
     Closed,
@@ -62,7 +63,6 @@ from services.transport.framing import FrameTooLarge, FrameType, encode_frame
 from services.transport.queues import InboundMux, SendQueue
 from services.transport.settings import Member, TransportSettings
 from services.transport.tls import ephemeral_identity, quic_configuration
-from services.transport.window import UNAUTHENTICATED_RECEIVE_WINDOW
 
 if TYPE_CHECKING:
     from services.transport.mdns import MdnsDiscovery

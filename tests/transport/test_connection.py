@@ -18,6 +18,12 @@ from aioquic.quic.rangeset import RangeSet
 from cretoai.crypto import get_backend, node_id
 from cretoai.crypto.backend import PrivateKey
 from services.transport import auth
+from services.transport.bounded_quic import (
+    AUTHENTICATED_MAX_GAPS,
+    UNAUTHENTICATED_RECEIVE_WINDOW,
+    BoundedQuicConnection,
+    GapSet,
+)
 from services.transport.connection import (
     Authenticated,
     Closed,
@@ -31,12 +37,6 @@ from services.transport.connection import (
 from services.transport.errors import CloseCode
 from services.transport.framing import FrameType, encode_frame
 from services.transport.tls import ephemeral_identity, quic_configuration
-from services.transport.window import (
-    AUTHENTICATED_MAX_GAPS,
-    UNAUTHENTICATED_RECEIVE_WINDOW,
-    GapSet,
-    SlidingWindowConnection,
-)
 
 BACKEND = get_backend("cryptography")
 SETTINGS = ConnectionSettings(
@@ -98,7 +98,7 @@ class Link:
     ) -> None:
         self.now = 100.0
         self.client = PeerConnection(
-            quic=SlidingWindowConnection(configuration=qconfig(is_client=True)),
+            quic=BoundedQuicConnection(configuration=qconfig(is_client=True)),
             authority=client,
             settings=SETTINGS,
             now=self.now,
@@ -135,7 +135,7 @@ class Link:
             if self.server is None:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=8)
                 self.server = PeerConnection(
-                    quic=SlidingWindowConnection(
+                    quic=BoundedQuicConnection(
                         configuration=self._server_config,
                         original_destination_connection_id=header.destination_cid,
                     ),
@@ -426,7 +426,7 @@ def test_a_member_leaving_more_gaps_than_lost_packets_would_is_closed() -> None:
     assert link.server is not None and link.server.authenticated
     _send_gapped_bytes(link, 100)
     received = link.server.quic._streams[0].receiver._ranges
-    assert isinstance(received, GapSet)  # bisected, not scanned (tests/transport/test_window.py)
+    assert isinstance(received, GapSet)  # bisected, not scanned (test_bounded_quic.py)
     assert link.server.authenticated and len(received) == 100
     _send_gapped_bytes(link, AUTHENTICATED_MAX_GAPS - 100 + 1)
     closed = link.closed("server")

@@ -16,17 +16,18 @@ import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.rangeset import RangeSet
 
 from cretoai.config import parse_config
 from cretoai.crypto import write_keypair
 from cretoai.crypto.keys import read_public_key
 from cretoai.v1 import transport_pb2
 from devkit.transport import RunningTransport, all_connected, eventually
+from services.transport.bounded_quic import UNAUTHENTICATED_RECEIVE_WINDOW
 from services.transport.errors import CloseCode, InvalidRequest, UnknownPeer
 from services.transport.framing import FrameType, encode_frame
 from services.transport.service import build_node
 from services.transport.tls import quic_configuration
-from services.transport.window import UNAUTHENTICATED_RECEIVE_WINDOW
 from tests.transport.conftest import Starter
 
 
@@ -757,3 +758,94 @@ async def test_a_stranger_that_leaves_gaps_in_its_stream_is_closed(transports: S
         assert len(b.node._endpoint.connections) == before
     finally:
         protocol.close()
+
+
+async def test_a_stranger_sending_an_ack_frame_of_many_ranges_is_closed_before_it_is_parsed(
+    transports: Starter,
+) -> None:
+    """aioquic parsed an ACK frame's ranges into a list it inserted each at the front of:
+    the 32,000 ranges of a 64-KB datagram cost 205 ms of CPU, and Initial packets, whose
+    keys anyone can derive, may carry ACKs. More than MAX_ACK_RANGES close the
+    connection before it is parsed, counted; fewer (aioquic's own ACKs) go on."""
+    from aioquic.quic.packet import QuicFrameType
+    from aioquic.tls import Epoch
+
+    from services.transport.bounded_quic import MAX_ACK_RANGES
+
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    assert b.node._endpoint is not None
+    before = len(b.node._endpoint.connections)
+    quic, protocol = await stranger(b.node.quic_address, "127.0.0.2")
+    try:
+        await asyncio.wait_for(protocol.wait_connected(), 5)
+        ranges = MAX_ACK_RANGES + 1
+
+        def crafted(builder: Any, space: Any, now: float) -> None:
+            """An ACK frame of ``ranges`` one-packet ranges, one packet apart."""
+            del quic._write_ack_frame  # once
+            buf = builder.start_frame(QuicFrameType.ACK, capacity=2 * ranges + 16)
+            buf.push_uint_var(4 * ranges)  # largest acknowledged
+            buf.push_uint_var(0)  # ACK delay
+            buf.push_uint_var(ranges - 1)  # ranges after the first
+            buf.push_uint_var(0)  # the first range: one packet
+            for _ in range(ranges - 1):
+                buf.push_uint_var(0)  # gap: one packet
+                buf.push_uint_var(0)  # range: one packet
+            space.ack_at = None
+
+        quic._write_ack_frame = crafted  # type: ignore[method-assign]
+        quic._spaces[Epoch.ONE_RTT].ack_at = 0.0  # an ACK is due: ours goes out
+        protocol.transmit()
+        await eventually(lambda: _has(b, "protocol_errors.ack_ranges"), what="closed")
+        assert len(b.node._endpoint.connections) == before
+    finally:
+        protocol.close()
+
+
+async def test_a_stranger_that_leaves_gaps_in_its_tls_stream_is_closed(
+    transports: Starter,
+) -> None:
+    """The TLS handshake's CRYPTO streams were kept in aioquic's front-scanned ranges too,
+    up to 512 KiB of them, and Initial packets (keys anyone can derive) carry them. Their
+    gaps count as a stream's: more than 16 before authentication close the connection."""
+    from aioquic.tls import Epoch
+
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    assert b.node._endpoint is not None
+    before = len(b.node._endpoint.connections)
+    quic, protocol = await stranger(b.node.quic_address, "127.0.0.2")
+    try:
+        await asyncio.wait_for(protocol.wait_connected(), 5)
+        sender = quic._crypto_streams[Epoch.ONE_RTT].sender
+        base = sender._buffer_stop
+        sender.write(b"\x00" * 80)
+        pending = RangeSet()
+        for i in range(40):  # one byte of every two: a gap before each
+            pending.add(base + 2 * i + 1, base + 2 * i + 2)
+        sender._pending = pending
+        protocol.transmit()
+        await eventually(lambda: _has(b, "protocol_errors.stream_fragmented"), what="closed")
+        assert len(b.node._endpoint.connections) == before
+    finally:
+        protocol.close()
+
+
+async def test_a_datagram_larger_than_any_node_sends_is_dropped_unread(
+    transports: Starter,
+) -> None:
+    """Up to 64 KiB were read and handed to aioquic; no node sends more than
+    MAX_DATAGRAM_BYTES, and the work of a larger one (its frames) only serves an attacker."""
+    from services.transport.settings import MAX_DATAGRAM_BYTES
+
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.2", 0))
+        sock.sendto(b"\xc0" + os.urandom(MAX_DATAGRAM_BYTES), b.node.quic_address)
+        await eventually(lambda: _has(b, "protocol_errors.oversized_datagram"), what="dropped")
+        assert await counter(b, "protocol_errors.bad_initial") == 0  # never parsed
+    finally:
+        sock.close()

@@ -1,5 +1,9 @@
-"""QUIC receive windows that slide with the data delivered, never with the data announced.
+"""aioquic's QuicConnection with bounds on what a peer can make it hold or compute.
 
+Three things a peer could do to a node through aioquic before it ever authenticated,
+each found on 2026-12-03 and each bounded here (docs/security.md, "Network attackers").
+
+**Receive windows that slide with the data delivered, never with the data announced.**
 aioquic raises a stream's receive window (MAX_STREAM_DATA), and the connection's
 (MAX_DATA), by doubling it whenever the highest offset received passes half of it,
 out-of-order data included, and it buffers the whole gap below the highest byte
@@ -9,21 +13,32 @@ the QUIC handshake made a node allocate 2 GiB in 12 round trips, before it ever
 authenticated (``tests/transport/test_service.py::
 test_a_stranger_cannot_grow_its_receive_window_with_data_out_of_order``).
 
-:class:`SlidingWindowConnection` grants instead at most ``receive_window`` bytes beyond
+:class:`BoundedQuicConnection` grants instead at most ``receive_window`` bytes beyond
 what the stream (or the connection) has delivered in order, so what a peer can make it
 buffer is bounded by that window: :data:`UNAUTHENTICATED_RECEIVE_WINDOW` until the peer
 authenticates (the HELLO and AUTH frames are a few KiB), then the node's flow window
-(:meth:`SlidingWindowConnection.open_receive_window`). It relies on aioquic's private
+(:meth:`BoundedQuicConnection.open_receive_window`). It relies on aioquic's private
 flow-control fields (``_local_max_data``, ``QuicStream.max_stream_data_local``, the
 receiver's ``_buffer_start`` and ``highest_offset``); the test above fails if they change.
 
-It also replaces each stream receiver's record of the ranges received (aioquic's
-``RangeSet``, which scans its list from the front on every insertion) with
-:class:`GapSet`, found by bisection: one-byte frames at increasing offsets with a gap
-between each made aioquic spend 33 s of the event loop on the 32,768 ranges that fit
-in 64 KiB. And a connection whose streams hold more gaps than :attr:`max_gaps` (16
-before authentication, :data:`AUTHENTICATED_MAX_GAPS` after: far more than the packets
-lost at once on any working path) is a peer fault (:meth:`fragmented`).
+**Gaps kept by bisection, and counted.** It also replaces each stream receiver's
+record of the ranges received (aioquic's ``RangeSet``, which scans its list from the
+front on every insertion) with :class:`GapSet`, found by bisection: one-byte frames at
+increasing offsets with a gap between each made aioquic spend 33 s of the event loop on
+the 32,768 ranges that fit in 64 KiB. The same holds for the CRYPTO streams of the TLS
+handshake (aioquic lets them hold 512 KiB, and Initial packets, whose keys anyone can
+derive, carry them). And a connection whose streams hold more gaps than
+:attr:`max_gaps` (16 before authentication, :data:`AUTHENTICATED_MAX_GAPS` after: far
+more than the packets lost at once on any working path) is a peer fault
+(:meth:`fragmented`).
+
+**ACK frames of a bounded size.** aioquic parses an ACK frame's ranges into a
+``RangeSet`` before it checks them, each inserted at the front of a list: the 32,000
+ranges a 64-KB datagram can hold cost 205 ms of CPU, and ACK frames are allowed in
+Initial packets, whose keys anyone can derive: a spoofed datagram needs no handshake.
+An ACK frame with more than :data:`MAX_ACK_RANGES` ranges closes the connection before
+it is parsed (aioquic's own ACKs carry at most 64); :attr:`BoundedQuicConnection.refused`
+says why.
 """
 
 from __future__ import annotations
@@ -32,7 +47,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import Any
 
-from aioquic.quic.connection import QuicConnection
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicReceiveContext
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.stream import QuicStream
 
@@ -43,6 +60,8 @@ UNAUTHENTICATED_RECEIVE_WINDOW = 64 * 1024
 #: hold: before authentication the few frames of HELLO and AUTH; after, lost packets.
 UNAUTHENTICATED_MAX_GAPS = 16
 AUTHENTICATED_MAX_GAPS = 1024
+#: Ranges an ACK frame may carry (its range count + 1). aioquic sends at most 64.
+MAX_ACK_RANGES = 256
 
 
 class GapSet:
@@ -86,7 +105,7 @@ class GapSet:
         return map(range, self._starts, self._stops)
 
 
-class SlidingWindowConnection(QuicConnection):
+class BoundedQuicConnection(QuicConnection):
     """A :class:`QuicConnection` whose receive windows end ``receive_window`` bytes past
     what was delivered in order (module docstring). Create it with a configuration whose
     ``max_data`` and ``max_stream_data`` are :data:`UNAUTHENTICATED_RECEIVE_WINDOW`."""
@@ -95,6 +114,13 @@ class SlidingWindowConnection(QuicConnection):
         super().__init__(*args, **kwargs)
         self.receive_window = UNAUTHENTICATED_RECEIVE_WINDOW
         self.max_gaps = UNAUTHENTICATED_MAX_GAPS
+        #: Why this connection closed itself on the peer's frame (a metric label), if so.
+        self.refused: str | None = None
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        for crypto in self._crypto_streams.values():  # TLS's own streams, one per epoch
+            crypto.receiver._ranges = GapSet()  # type: ignore[assignment]
 
     def open_receive_window(self, window: int) -> None:
         """Grant ``window`` bytes past what was delivered (once the peer authenticated);
@@ -105,7 +131,8 @@ class SlidingWindowConnection(QuicConnection):
     def fragmented(self) -> bool:
         """Whether the peer left more gaps in its streams than :attr:`max_gaps` (each range
         held beyond a stream's delivered bytes follows a gap)."""
-        return sum(len(s.receiver._ranges) for s in self._streams.values()) > self.max_gaps
+        streams = (*self._streams.values(), *self._crypto_streams.values())
+        return sum(len(s.receiver._ranges) for s in streams) > self.max_gaps
 
     def _with_gap_sets(self, stream: QuicStream) -> QuicStream:
         """Give ``stream``, and the lower ones opened with it, a :class:`GapSet`."""
@@ -115,6 +142,21 @@ class SlidingWindowConnection(QuicConnection):
                 if not isinstance(receiver._ranges, GapSet):
                     receiver._ranges = GapSet(receiver._ranges)  # type: ignore[assignment]
         return stream
+
+    def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+        start = buf.tell()
+        buf.pull_uint_var()  # largest acknowledged
+        buf.pull_uint_var()  # ACK delay
+        ranges = buf.pull_uint_var() + 1  # the first range and the counted others
+        buf.seek(start)
+        if ranges > MAX_ACK_RANGES:
+            self.refused = "ack_ranges"
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=frame_type,
+                reason_phrase=f"ACK frame with {ranges} ranges (at most {MAX_ACK_RANGES})",
+            )
+        super()._handle_ack_frame(context, frame_type, buf)
 
     def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
         return self._with_gap_sets(super()._get_or_create_stream(frame_type, stream_id))

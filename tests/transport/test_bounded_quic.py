@@ -1,4 +1,4 @@
-"""services/transport/window.py: the ranges a stream received, kept by bisection."""
+"""services/transport/bounded_quic.py: the ranges a stream received, kept by bisection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 from aioquic.quic.rangeset import RangeSet
 
-from services.transport.window import GapSet
+from services.transport.bounded_quic import GapSet
 
 
 @pytest.mark.parametrize("seed", range(200))
