@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -34,7 +36,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,64 @@ def setup_tracing(
     return provider
 
 
+#: A scrape is one short request: a connection that has not sent it, or has not read
+#: the answer, within this many seconds is closed (the handler thread ends with it).
+METRICS_TIMEOUT_S = 10.0
+#: Connections served at once; more are closed unanswered (and counted). Prometheus
+#: holds one per scrape.
+METRICS_MAX_CONNECTIONS = 16
+
+METRICS_REFUSED = Counter(
+    "cretoai_service_metrics_connections_refused",
+    "Connections to the /metrics endpoint closed unanswered: "
+    "METRICS_MAX_CONNECTIONS were being served",
+)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log."""
+
+
+class BoundedMetricsServer(ThreadingWSGIServer):
+    """prometheus_client's thread-per-connection server, bounded. It had no bound and no
+    timeout: each connection that never sent its request kept a thread of the service
+    forever, so any process that can reach the port (on the host, or in the container
+    network) could pile up thousands of threads in a consensus process. Now at most
+    :data:`METRICS_MAX_CONNECTIONS` are served at once, each for at most
+    :data:`METRICS_TIMEOUT_S` of silence."""
+
+    timeout_s = METRICS_TIMEOUT_S
+    #: socketserver's backlog is 5: connections beyond it wait in the kernel, unseen
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(METRICS_MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            METRICS_REFUSED.inc()
+            self.shutdown_request(request)
+            return
+        try:
+            request.settimeout(self.timeout_s)
+            super().process_request(request, client_address)  # a thread, which releases
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: not worth a traceback on stderr."""
+        log.debug("metrics connection ended", extra={"fields": {"client": str(client_address)}})
+
+
 def start_metrics(
     bind: str | None, registry: CollectorRegistry = REGISTRY
 ) -> tuple[WSGIServer, threading.Thread] | None:
@@ -104,7 +165,18 @@ def start_metrics(
         return None
     host, _, port = bind.rpartition(":")
     addr = host.strip("[]") or "127.0.0.1"
-    server, thread = start_http_server(int(port), addr=addr, registry=registry)
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        addr, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(BoundedMetricsServer):
+        address_family = family
+
+    server = make_server(
+        str(sockaddr[0]), int(port), make_wsgi_app(registry), Server, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return server, thread
 
 
