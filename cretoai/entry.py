@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import KeyFileError
 from cretoai.logs import setup_logging
-from cretoai.serving import GrpcService, ServiceFailed
+from cretoai.serving import SERVICE_OPEN_FILES, GrpcService, ServiceFailed, ensure_open_files
 
 Builder = Callable[[NodeConfig], Awaitable[GrpcService]]
 
@@ -83,6 +83,9 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
         log_format=cfg.telemetry.log_format,
     )
     _log_crypto_backend(cfg)
+    # the usual soft limit (1,024) was as many idle connections to a port away from a
+    # service that can open no file (storage then halts its writes)
+    ensure_open_files(SERVICE_OPEN_FILES)
     if not cfg.tls.ca and name != "gateway":
         log.warning(
             "no [tls] in the config: this internal service speaks plaintext on loopback, and "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,6 +46,10 @@ from cretoai.telemetry import (
 from cretoai.tls import GATEWAY_COMMON_NAME, InternalTls, is_loopback
 
 log = logging.getLogger(__name__)
+
+#: A connection to a service that has not completed its TLS and HTTP/2 handshake this
+#: many ms after it opened is closed (the node's own callers take milliseconds).
+HANDSHAKE_TIMEOUT_MS = 10_000
 
 RPC_LATENCY = Histogram(
     "cretoai_grpc_server_handling_seconds",
@@ -503,7 +508,7 @@ class GrpcService:
     max_connections: int | None = None
     #: A connection that has not finished its HTTP/2 handshake this long after it
     #: opened, or has had no call for this long, is closed (a client reconnects by
-    #: itself); None: gRPC's defaults (120 s for the handshake, idle forever).
+    #: itself); None: the handshake within :data:`HANDSHAKE_TIMEOUT_MS`, idle forever.
     idle_timeout_ms: int | None = None
     cleanup: list[Cleanup] = field(default_factory=list)
     #: Mutual TLS with the node's certificates; None: plain, and then only on loopback
@@ -570,8 +575,13 @@ class GrpcService:
             options.append(("grpc.http2.bdp_probe", 0))
         if self.max_connections is not None:
             options.append(("grpc.max_allowed_incoming_connections", self.max_connections))
+        # gRPC's own default is 120 s: any local process could hold a descriptor of an
+        # internal service per connection it opens and never handshakes on
+        handshake_ms = (
+            HANDSHAKE_TIMEOUT_MS if self.idle_timeout_ms is None else self.idle_timeout_ms
+        )
+        options.append(("grpc.server_handshake_timeout_ms", handshake_ms))
         if self.idle_timeout_ms is not None:
-            options.append(("grpc.server_handshake_timeout_ms", self.idle_timeout_ms))
             options.append(("grpc.max_connection_idle_ms", self.idle_timeout_ms))
         server = grpc.aio.server(
             # Outermost first: the span covers the metrics and the log line.
@@ -747,3 +757,22 @@ async def watch_loop_lag(service: str, interval: float = LOOP_LAG_INTERVAL_S) ->
 
 class ServiceFailed(Exception):
     """A service stopped because it could not go on (the process exits non-zero)."""
+
+
+#: Open files every service asks for at start (up to the hard limit): the usual soft
+#: limit, 1,024, was used up by as many idle connections to one of its ports.
+SERVICE_OPEN_FILES = 65_536
+
+
+def ensure_open_files(needed: int) -> int:
+    """Raise this process's soft limit of open files to ``needed`` (up to the hard
+    limit) when it is lower; the limit in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit", extra={"fields": {"error": str(exc)}})
+    return int(soft)

@@ -551,3 +551,35 @@ async def test_a_public_servers_clients_cannot_have_every_call_traced(
             [s for s in exporter.get_finished_spans() if s.name == f"/{SERVICE}/Slow"]
         )
     assert recorded == {True: 3, False: 10}
+
+
+async def test_a_connection_that_never_handshakes_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC held a connection that never began its TLS handshake for 120 s, so any local
+    process could keep one descriptor of an internal service per connection it opened.
+    Every service closes it after HANDSHAKE_TIMEOUT_MS (1 s here); the node's own callers
+    are unaffected."""
+    from cretoai import serving
+    from cretoai.tls import generate_node_tls, load_internal_tls
+
+    monkeypatch.setattr(serving, "HANDSHAKE_TIMEOUT_MS", 1000)
+    tls = load_internal_tls(*generate_node_tls(tmp_path / "tls", "node1"))
+    service = GrpcService(name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()], tls=tls)
+    await service.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+        half = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+        half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # half a ClientHello
+        try:
+            for sock in (silent, half):  # EOF from the server, not our own 30-s timeout
+                assert await asyncio.to_thread(sock.recv, 1) == b""
+        finally:
+            silent.close()
+            half.close()
+        options = [*tls.channel_options()]
+        target = f"127.0.0.1:{service.port}"
+        async with grpc.aio.secure_channel(target, tls.channel_credentials(), options) as channel:
+            assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await service.stop()

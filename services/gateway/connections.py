@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import resource
 import weakref
 from collections import Counter
 
@@ -274,17 +273,3 @@ class LimitedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, self._host, self._port)
-
-
-def ensure_open_files(needed: int) -> int:
-    """Raise this process's soft limit of open files to ``needed`` (up to the hard
-    limit) when it is lower; the limit in force afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open files limit", extra={"fields": {"error": str(exc)}})
-    return int(soft)

@@ -18,11 +18,11 @@ from cretoai.channels import internal_channel
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import NodeKey, get_backend, load_private_key
 from cretoai.crypto.backend import Backend
-from cretoai.serving import GrpcService, PerClientLimitInterceptor, Servicer
+from cretoai.serving import GrpcService, PerClientLimitInterceptor, Servicer, ensure_open_files
 from cretoai.v1 import gateway_pb2_grpc
 from services.gateway import metrics
 from services.gateway.backends import ConsensusClient, StorageClient
-from services.gateway.connections import RESERVED_FDS, ensure_open_files
+from services.gateway.connections import RESERVED_FDS
 from services.gateway.core import Gateway, Limits
 from services.gateway.finality import FinalityHub
 from services.gateway.grpc_api import SERVICE_NAME, GatewayServicer, client_address

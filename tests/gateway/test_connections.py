@@ -282,7 +282,7 @@ def test_the_open_files_limit_is_raised_to_what_the_bounds_need() -> None:
     script = (
         "import resource\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
-        "from services.gateway.connections import ensure_open_files\n"
+        "from cretoai.serving import ensure_open_files\n"
         "print(ensure_open_files(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
         "print(ensure_open_files(100000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
     )
