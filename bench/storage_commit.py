@@ -215,6 +215,7 @@ def raw_writes(request: storage_pb2.CommitBatchRequest, state: RawState) -> list
         vertices=written.vertices + len(results),
         finalized_vertices=written.finalized_vertices + len(results),
         edges=written.edges + edges,
+        writes=written.writes + 1,  # each write counts itself (services/storage/synced.py)
     )
     puts.append((None, keys.COUNTERS_KEY, state.counters.to_bytes()))
     return puts
