@@ -1,7 +1,8 @@
 """aioquic's QuicConnection with bounds on what a peer can make it hold or compute.
 
-Three things a peer could do to a node through aioquic before it ever authenticated,
-each found on 2026-12-03 and each bounded here (docs/security.md, "Network attackers").
+Three things a peer could do to a node through aioquic before it ever authenticated
+(some with a spoofed datagram and no handshake at all), each found on 2026-12-03 and
+each bounded here (docs/security.md, "Network attackers").
 
 **Receive windows that slide with the data delivered, never with the data announced.**
 aioquic raises a stream's receive window (MAX_STREAM_DATA), and the connection's
@@ -54,7 +55,8 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.stream import QuicStream
 
 #: Receive window (per stream and per connection) of a connection that has not
-#: authenticated: above the two 16-KiB frames of HELLO and AUTH frames, far below a flow window.
+#: authenticated: room for its HELLO and AUTH frames (at most 16 KiB each), far below a
+#: flow window.
 UNAUTHENTICATED_RECEIVE_WINDOW = 64 * 1024
 #: Gaps (ranges received beyond the first missing byte) the streams of a connection may
 #: hold: before authentication the few frames of HELLO and AUTH; after, lost packets.
