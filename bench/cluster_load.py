@@ -845,6 +845,9 @@ def node_metrics(before: Scrape, after: Scrape, seconds: float) -> dict[str, Any
             before, after, "cretoai_consensus_signature_verifications_total", "kind"
         ),
         "verify_cache_hits": int(delta("cretoai_consensus_vertex_verify_cache_hits_total")),
+        "vertex_verify_cpu_cores": round(
+            delta("cretoai_consensus_vertex_verify_cpu_seconds_total") / seconds, 4
+        ),
         "storage_retries": int(delta("cretoai_consensus_storage_retries_total")),
         "outbound_dropped": int(delta("cretoai_consensus_outbound_dropped_total")),
         "byzantine_events": int(delta("cretoai_consensus_byzantine_events_total")),
@@ -1552,6 +1555,8 @@ def per_finalized_vertex(
     persists = [s["consensus_persists_per_batch"] for s in storage.values()]
     marks = [s.get("mark_file_syncs_per_batch") for s in storage.values()]
     cluster_cores = sum(f["cpu_cores"] for f in nodes.values())
+    verify_cores = [f["metrics"].get("vertex_verify_cpu_cores") for f in nodes.values()]
+    verify_total = None if None in verify_cores else sum(verify_cores)
     wire_total = cluster_sum(wire)
     datagram_total = cluster_sum(datagrams, places=2)
     return {
@@ -1560,6 +1565,13 @@ def per_finalized_vertex(
             service: None if service in unknown else per(cores, 1e3)
             for service, cores in by_service_total.items()
         },
+        # Verification's share of the cluster's CPU, over the same seconds: what the
+        # share of the verify bound would be with the bound measured in place and at
+        # the same moments (the bound before the run drifts with the machine).
+        "vertex_verify_cpu_ms_per_finalized_vertex": per(verify_total, 1e3),
+        "vertex_verify_share_of_cpu": round(verify_total / cluster_cores, 3)
+        if verify_total is not None and cluster_cores
+        else None,
         "wire_bytes_per_finalized_vertex": {
             "cluster": wire_total,
             "cluster_with_ipv4_udp_headers": None
@@ -1888,6 +1900,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"cpu/node {max(n['cpu_cores'] for n in step['nodes'].values())}, "
                             f"cpu ms/vertex {step['cpu_ms_per_finalized_vertex_cluster']}, "
                             f"verify-bound ratio {step['verify_bound_ratio']}, "
+                            f"verification's share of the CPU "
+                            f"{step.get('vertex_verify_share_of_cpu')}, "
                             f"statuses {step['http_status']}, other processes "
                             f"{step['cpu']['other_processes_cores']} cores",
                             file=sys.stderr,
@@ -2012,6 +2026,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "(nodes.*), per node and service (nodes.*.cpu_ms_per_finalized_vertex_by_service), "
             "the cluster's total (cpu_ms_per_finalized_vertex_cluster) and per service summed "
             "over the nodes (step-level cpu_ms_per_finalized_vertex_by_service)",
+            "vertex_verify_share_of_cpu": "cretoai_consensus_vertex_verify_cpu_seconds_total "
+            "delta summed over the nodes (the verifying threads' CPU time) / the cluster's "
+            "CPU over the same window: the share of the verify bound the step would reach "
+            "with the bound measured in place and at the same moments "
+            "(vertex_verify_cpu_ms_per_finalized_vertex: that CPU per finalized vertex)",
             "wire_bytes_per_finalized_vertex": "cretoai_transport_datagram_bytes_sent_total "
             "delta over the window / finalized vertices in it, per node and summed over the "
             "nodes: UDP payload bytes of every datagram sent (QUIC headers, ACK-only packets, "
@@ -2297,6 +2316,7 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "status": s["http_status"],
             "sustained": s["sustained"],
             "cpu_ms/vertex": s.get("cpu_ms_per_finalized_vertex_cluster"),
+            "verify_share_of_cpu": s.get("vertex_verify_share_of_cpu"),
             "cpu_ms/vertex_by_service": s.get("cpu_ms_per_finalized_vertex_by_service"),
             "wire_KB/vertex": kb(s.get("wire_bytes_per_finalized_vertex", {}).get("cluster")),
             "frame_KB/vertex": kb(s.get("msg_frame_bytes_per_finalized_vertex", {}).get("cluster")),

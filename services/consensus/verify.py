@@ -16,6 +16,7 @@ copy's signed digest (``execution.Verdicts``), never by content alone.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +32,13 @@ VERIFICATIONS = Counter(
     "ML-DSA-87 verifications by kind and result",
     ["kind", "result"],
 )
+#: CPU time spent verifying vertex signatures, in whichever thread: with the process's CPU
+#: time it gives the share of a node's work that is verification, measured over the same
+#: seconds (``bench.cluster_load``'s ``vertex_verify_share_of_cpu``).
+VERTEX_VERIFY_CPU = Counter(
+    "cretoai_consensus_vertex_verify_cpu_seconds",
+    "CPU seconds of this process's threads spent verifying vertex signatures (ML-DSA-87)",
+)
 CACHE_HITS = Counter(
     "cretoai_consensus_vertex_verify_cache_hits_total", "Vertex signatures served from the cache"
 )
@@ -42,7 +50,10 @@ VERTEX_BAD = VERIFICATIONS.labels("vertex", "bad")
 
 def verify_each(vertices: Sequence[vertex_pb2.Vertex], backend: Backend) -> list[bool]:
     """The verdict of each vertex's signature, one after the other (one pool job)."""
-    return [verify_vertex(vertex, backend) for vertex in vertices]
+    started = time.thread_time()
+    verdicts = [verify_vertex(vertex, backend) for vertex in vertices]
+    VERTEX_VERIFY_CPU.inc(time.thread_time() - started)
+    return verdicts
 
 
 class Verifier:

@@ -106,6 +106,22 @@ def test_cost_per_finalized_vertex_per_node_and_service() -> None:
     assert writes["storage_barrier_writes"] == 0
 
 
+def test_verifications_share_of_the_cpu_over_the_same_window() -> None:
+    nodes = {
+        "node1": node({"consensus": 0.4, "storage": 0.1}, 1, 1.0),
+        "node2": node({"consensus": 0.3, "storage": 0.2}, 1, 1.0),
+    }
+    nodes["node1"]["metrics"]["vertex_verify_cpu_cores"] = 0.15
+    nodes["node2"]["metrics"]["vertex_verify_cpu_cores"] = 0.1
+    figures = per_finalized_vertex(nodes, throughput=100.0, seconds=10.0)
+    assert figures["vertex_verify_share_of_cpu"] == 0.25  # 0.25 of 1.0 core
+    assert figures["vertex_verify_cpu_ms_per_finalized_vertex"] == 2.5
+    # a node without the counter (an older consensus) leaves the share unknown
+    del nodes["node2"]["metrics"]["vertex_verify_cpu_cores"]
+    figures = per_finalized_vertex(nodes, throughput=100.0, seconds=10.0)
+    assert figures["vertex_verify_share_of_cpu"] is None
+
+
 def test_a_transport_without_datagram_counters_gives_no_wire_figure() -> None:
     nodes = {
         "node1": node({"gateway": 0.05}, 400_000, 1.0, udp_bytes_out_per_s=450_000),

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from cretoai.crypto import NodeKey, get_backend
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest, vertex_hash
-from services.consensus.verify import VERTEX_BAD, VERTEX_OK, Verifier
+from services.consensus.verify import VERTEX_BAD, VERTEX_OK, VERTEX_VERIFY_CPU, Verifier
 
 _BACKEND = get_backend("cryptography")
 
@@ -82,3 +83,26 @@ def test_more_vertices_than_threads_all_verified() -> None:
     finally:
         verifier.close()
     assert verdicts == [i != 4 for i in range(9)]
+
+
+def test_the_cpu_spent_verifying_is_counted_in_every_thread() -> None:
+    """The counter grows by the verifying threads' CPU time: more than nothing, no more
+    than the whole process spent meanwhile; a cached verdict costs no verification."""
+    key = _key()
+    vertices = [make_vertex(key, os.urandom(64), [], i) for i in range(12)]
+    lone = make_vertex(key, b"alone", [], 99)  # verified on the event loop
+    verifier = Verifier(_BACKEND, threads=2)
+    try:
+        counted, spent = VERTEX_VERIFY_CPU._value.get(), time.process_time()
+        assert _verify(verifier, vertices) == [True] * 12
+        assert _verify(verifier, [lone]) == [True]
+        counted_after, spent_after = VERTEX_VERIFY_CPU._value.get(), time.process_time()
+        assert _verify(verifier, [*vertices, lone]) == [True] * 13  # all from the cache
+        counted_cached = VERTEX_VERIFY_CPU._value.get()
+    finally:
+        verifier.close()
+    verifying = counted_after - counted
+    assert 0 < verifying <= spent_after - spent
+    # 13 ML-DSA-87 verifications take well over a millisecond on any CPU this runs on
+    assert verifying > 0.001
+    assert counted_cached == counted_after
