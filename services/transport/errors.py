@@ -67,6 +67,9 @@ class CloseCode(enum.IntEnum):
     SELF_CONNECTION = 13
     #: This address failed to prove this member's key too often lately: try later.
     AUTH_COOLDOWN = 14
+    #: A process of this member whose connection a newer process with the same key took
+    #: is still alive and came back: two processes run with one member's key.
+    IDENTITY_IN_USE = 15
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,13 @@ REFUSED = Counter(
     "cretoai_transport_refused_total", "Connections refused (banned, partitioned)", ["reason"]
 )
 BANS = Counter("cretoai_transport_bans_total", "Bans requested by consensus")
+IDENTITY_CONFLICTS = Counter(
+    "cretoai_transport_identity_conflicts_total",
+    "Signs that two processes run with one member's key: a member's replaced process came "
+    "back while its replacement is connected (whose=member), or a peer said so of this "
+    "node (whose=this_node)",
+    ["whose"],
+)
 
 
 class PeerMetrics:
@@ -107,6 +114,10 @@ class Stats:
     def dropped(self, peer: str, reason: str, count: int = 1) -> None:
         self.counters[f"dropped.{reason}"] += count
         DROPPED.labels(peer, reason).inc(count)
+
+    def identity_conflict(self, whose: str) -> None:
+        self.counters[f"identity_conflicts.{whose}"] += 1
+        IDENTITY_CONFLICTS.labels(whose).inc()
 
     def inc(self, name: str, count: int = 1) -> None:
         self.counters[name] += count

@@ -113,6 +113,10 @@ REFUSAL_CODES = {CloseCode.BANNED, CloseCode.PARTITIONED, CloseCode.AUTH_COOLDOW
 #: member refused from another address; not counted from an address an authenticated
 #: member connects from (a shared host or NAT: a member there, even a faulty one,
 #: could otherwise get another member refused); at most COOLDOWN_KEYS are tracked.
+#: Boot ids of a member's replaced processes remembered (see ``Peer.replaced_boots``).
+REPLACED_BOOTS = 8
+#: Close codes with which a peer says that another process holds this node's key.
+IDENTITY_CLOSE_CODES = {CloseCode.PEER_RESTARTED, CloseCode.IDENTITY_IN_USE}
 AUTH_FAILURES_BEFORE_COOLDOWN = 8
 AUTH_FAILURE_WINDOW_S = 60.0
 AUTH_COOLDOWN_S = 60.0
@@ -165,6 +169,12 @@ class Peer:
     bytes_in: int = 0
     dropped: int = 0
     reconnects: int = 0
+    #: Boot ids of this member's processes whose connection a newer process took (a
+    #: restart): a genuine restart never brings one back (:meth:`TransportNode._on_authenticated`).
+    replaced_boots: deque[bytes] = field(default_factory=lambda: deque(maxlen=REPLACED_BOOTS))
+    #: The boot id of the process kept when two processes presented this member's key
+    #: (b"": none).
+    kept_boot: bytes = b""
 
     @property
     def node_id(self) -> str:
@@ -219,6 +229,12 @@ class _LogLimiter:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, fields: dict[str, object]) -> None:
+        self._log(logging.WARNING, key, msg, fields)
+
+    def error(self, key: str, msg: str, fields: dict[str, object]) -> None:
+        self._log(logging.ERROR, key, msg, fields)
+
+    def _log(self, level: int, key: str, msg: str, fields: dict[str, object]) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
@@ -228,7 +244,7 @@ class _LogLimiter:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             fields = {**fields, "suppressed": suppressed}
-        log.warning(msg, extra={"fields": fields})
+        log.log(level, msg, extra={"fields": fields})
 
 
 class TransportNode:
@@ -705,9 +721,10 @@ class TransportNode:
             conn.close(refusal or CloseCode.SHUTDOWN, "refused")
             return
         existing = peer.conn
-        if existing is not None and existing is not conn and not existing.closed:
+        live = existing is not None and existing is not conn and not existing.closed
+        if live and existing is not None:
             if existing.peer_boot_id != conn.peer_boot_id:
-                winner, loser, code = conn, existing, CloseCode.PEER_RESTARTED
+                winner, loser, code = self._restart_or_twin(peer, existing, conn)
             else:
                 dialer_new = self._node_id if conn.is_client else peer.node_id
                 dialer_old = self._node_id if existing.is_client else peer.node_id
@@ -732,6 +749,8 @@ class TransportNode:
             if winner is not conn:
                 return
         peer.conn = conn
+        if peer.kept_boot and peer.kept_boot != conn.peer_boot_id and not live:
+            peer.kept_boot = b""  # the process kept in a conflict is gone: start afresh
         if peer.ever_connected:
             peer.reconnects += 1
             metrics.RECONNECTS.labels(peer.name).inc()
@@ -753,6 +772,42 @@ class TransportNode:
             conn.send_peers(self._peers_body())
         peer.wake.set()
         self._pump(peer)
+
+    def _restart_or_twin(
+        self, peer: Peer, existing: PeerConnection, conn: PeerConnection
+    ) -> tuple[PeerConnection, PeerConnection, CloseCode]:
+        """Which of two live connections of one member, from processes with different
+        boot ids, to keep: (winner, loser, the loser's close code).
+
+        A new boot id is a restart: the new process's connection replaces the old one's.
+        A replaced process coming back means it never died (a restart never brings an
+        old boot id back): two processes hold the member's key, an operator's mistake
+        (a node started twice, a copied data directory). The process that was there
+        first is kept from then on and the other refused at every redial, instead of the
+        two taking the link from each other; consensus treats whatever both sign as one
+        member's (equivocation is a Byzantine fault).
+        """
+        new, old = conn.peer_boot_id, existing.peer_boot_id
+        if peer.kept_boot in (new, old):  # a conflict seen before: keep the same process
+            winner, loser = (conn, existing) if peer.kept_boot == new else (existing, conn)
+            code = CloseCode.IDENTITY_IN_USE
+        elif new in peer.replaced_boots:
+            peer.kept_boot = new
+            winner, loser, code = conn, existing, CloseCode.IDENTITY_IN_USE
+        else:
+            peer.replaced_boots.append(old)
+            return conn, existing, CloseCode.PEER_RESTARTED
+        self.stats.identity_conflict("member")
+        self._limiter.warning(
+            f"identity-{peer.name}",
+            "two processes present one member's key; keeping the one that came first",
+            {
+                "peer": peer.name,
+                "kept": _fmt_addr(winner.address),
+                "refused": _fmt_addr(loser.address),
+            },
+        )
+        return winner, loser, code
 
     def _hosts_a_member(self, host: str) -> bool:
         """Whether an authenticated member connection comes from ``host``."""
@@ -824,6 +879,21 @@ class TransportNode:
             else:
                 self.stats.protocol_error(fault.reason)
                 self._limiter.warning(f"proto-{fault.reason}", "peer protocol violation", fields)
+        elif event.by_peer and event.code in IDENTITY_CLOSE_CODES:
+            # A peer took this connection for a newer process's (PEER_RESTARTED) or
+            # refused it for a connected one's (IDENTITY_IN_USE): this process did not
+            # restart, so another one runs with this node's key.
+            self.stats.identity_conflict("this_node")
+            self._limiter.error(
+                "identity-this-node",
+                "another process is connected to a peer with this node's key: two "
+                "processes run as this node; stop one (docs/transport.md)",
+                {
+                    "node": self._self_member.name,
+                    "peer": peer_name,
+                    "code": CloseCode(event.code).name,
+                },
+            )
         elif (
             event.by_peer
             and not event.was_authenticated

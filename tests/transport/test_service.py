@@ -349,6 +349,61 @@ async def test_exchange_sends_outbound_and_carries_trace_context(transports: Sta
     outbound.cancel()
 
 
+async def test_two_processes_with_one_members_key_are_told_and_stop_taking_turns(
+    transports: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator starts node1 a second time (a copied config and key, another port).
+    The twin's connection to node2 looks like node1's restart and takes over; when the
+    original, alive, comes back (a restart never brings an old boot id back), node2
+    takes it back and from then on keeps it and refuses the twin at every redial,
+    instead of letting the two take turns; node2 and both processes say what is wrong.
+    Once the original stops, the twin is let in: a restart after a conflict works."""
+    caplog.set_level(logging.WARNING, logger="services.transport.node")
+    spec, nodes = await transports(2)
+    original, node2 = nodes
+    await all_connected(nodes)
+    data = spec.data[0] | {"transport": {**spec.data[0]["transport"], "quic_listen": "127.0.0.1:0"}}
+    twin = await build_node(parse_config(data, tmp_path / "twin" / "node.toml"))
+    try:
+        assert twin.node_id == original.node_id and twin.boot_id != original.node.boot_id
+        await eventually(
+            lambda: _has(node2, "identity_conflicts.member"), what="node2 sees two processes"
+        )
+        await eventually(
+            lambda: _has(original, "identity_conflicts.this_node"), what="the original is told"
+        )
+
+        async def twin_told() -> bool:
+            return twin.stats.counters["identity_conflicts.this_node"] >= 1
+
+        await eventually(twin_told, what="the twin is told")
+        assert any(
+            r.levelno == logging.ERROR and "two processes run as this node" in r.getMessage()
+            for r in caplog.records
+        )
+        # node2 keeps the original's connection: the twin's next tries are refused
+        refusals = await counter(node2, "identity_conflicts.member")
+        await eventually(
+            lambda: _has(node2, "identity_conflicts.member", refusals + 2),
+            what="the twin's next tries refused",
+        )
+        link = node2.node._peers[original.node_id].conn
+        assert link is not None and link.peer_boot_id == original.node.boot_id
+        assert (await node2.peers())[original.node_id].connected
+    finally:
+        await original.stop()
+
+    async def twin_connected() -> bool:
+        return any(p.connected for p in twin.peers())
+
+    try:
+        await eventually(twin_connected, what="the twin let in once the original stopped")
+        link = node2.node._peers[original.node_id].conn
+        assert link is not None and link.peer_boot_id == twin.boot_id
+    finally:
+        await twin.stop()
+
+
 def test_close_codes_are_stable() -> None:
     # part of the wire protocol (docs/transport.md): never renumber
     assert {code.name: int(code) for code in CloseCode} == {
@@ -367,6 +422,7 @@ def test_close_codes_are_stable() -> None:
         "UNSUPPORTED_VERSION": 12,
         "SELF_CONNECTION": 13,
         "AUTH_COOLDOWN": 14,
+        "IDENTITY_IN_USE": 15,
     }
 
 
