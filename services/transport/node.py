@@ -782,25 +782,29 @@ class TransportNode:
         A new boot id is a restart: the new process's connection replaces the old one's.
         A replaced process coming back means it never died (a restart never brings an
         old boot id back): two processes hold the member's key, an operator's mistake
-        (a node started twice, a copied data directory). The process that was there
-        first is kept from then on and the other refused at every redial, instead of the
-        two taking the link from each other; consensus treats whatever both sign as one
-        member's (equivocation is a Byzantine fault).
+        (a node started twice, a copied data directory). From then on the one with the
+        lower boot id is kept and the other refused at every redial, instead of the two
+        taking the link from each other; every peer picks the same one, so the other is
+        cut off from all of them. Consensus treats whatever both signed as one member's
+        (equivocation is a Byzantine fault).
         """
         new, old = conn.peer_boot_id, existing.peer_boot_id
         if peer.kept_boot in (new, old):  # a conflict seen before: keep the same process
             winner, loser = (conn, existing) if peer.kept_boot == new else (existing, conn)
             code = CloseCode.IDENTITY_IN_USE
         elif new in peer.replaced_boots:
-            peer.kept_boot = new
-            winner, loser, code = conn, existing, CloseCode.IDENTITY_IN_USE
+            # the lower boot id: a choice every peer makes alike, whatever order it saw
+            # the two processes in, so that one of them is cut off from all of them
+            peer.kept_boot = min(new, old)
+            winner, loser = (conn, existing) if peer.kept_boot == new else (existing, conn)
+            code = CloseCode.IDENTITY_IN_USE
         else:
             peer.replaced_boots.append(old)
             return conn, existing, CloseCode.PEER_RESTARTED
         self.stats.identity_conflict("member")
         self._limiter.warning(
             f"identity-{peer.name}",
-            "two processes present one member's key; keeping the one that came first",
+            "two processes present one member's key; keeping the one with the lower boot id",
             {
                 "peer": peer.name,
                 "kept": _fmt_addr(winner.address),

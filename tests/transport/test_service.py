@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -353,55 +354,61 @@ async def test_two_processes_with_one_members_key_are_told_and_stop_taking_turns
     transports: Starter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An operator starts node1 a second time (a copied config and key, another port).
-    The twin's connection to node2 looks like node1's restart and takes over; when the
-    original, alive, comes back (a restart never brings an old boot id back), node2
-    takes it back and from then on keeps it and refuses the twin at every redial,
-    instead of letting the two take turns; node2 and both processes say what is wrong.
-    Once the original stops, the twin is let in: a restart after a conflict works."""
+    The twin's connections look like node1's restart and take over; when the original,
+    alive, comes back (a restart never brings an old boot id back), node2 and node3 both
+    keep the process with the lower boot id and refuse the other at every redial,
+    instead of letting the two take turns; the peers and the processes say what is
+    wrong. Once the kept one stops, the other is let in."""
     caplog.set_level(logging.WARNING, logger="services.transport.node")
-    spec, nodes = await transports(2)
-    original, node2 = nodes
+    spec, nodes = await transports(3)
+    original, node2, node3 = nodes
     await all_connected(nodes)
     data = spec.data[0] | {"transport": {**spec.data[0]["transport"], "quic_listen": "127.0.0.1:0"}}
     twin = await build_node(parse_config(data, tmp_path / "twin" / "node.toml"))
+    twin_kept = twin.boot_id < original.node.boot_id
+    kept, refused = (twin, original.node) if twin_kept else (original.node, twin)
+
+    def told(node: Any) -> int:
+        return int(node.stats.counters["identity_conflicts.this_node"])
+
+    async def peers_kept(node: Any) -> bool:
+        """Whether node2 and node3 both hold a connection to ``node`` for node1."""
+        for peer in (node2, node3):
+            link = peer.node._peers[original.node_id].conn
+            if link is None or link.closed or link.peer_boot_id != node.boot_id:
+                return False
+        return True
+
     try:
         assert twin.node_id == original.node_id and twin.boot_id != original.node.boot_id
-        await eventually(
-            lambda: _has(node2, "identity_conflicts.member"), what="node2 sees two processes"
-        )
-        await eventually(
-            lambda: _has(original, "identity_conflicts.this_node"), what="the original is told"
-        )
+        for peer in (node2, node3):
+            await eventually(
+                functools.partial(_has, peer, "identity_conflicts.member"),
+                what="a peer sees two processes",
+            )
 
-        async def twin_told() -> bool:
-            return twin.stats.counters["identity_conflicts.this_node"] >= 1
+        async def refused_told() -> bool:
+            return told(refused) >= 1
 
-        await eventually(twin_told, what="the twin is told")
+        await eventually(refused_told, what="the refused process is told")
+        assert told(original.node) >= 1  # replaced by the twin's connection: told at once
         assert any(
             r.levelno == logging.ERROR and "two processes run as this node" in r.getMessage()
             for r in caplog.records
         )
-        # node2 keeps the original's connection: the twin's next tries are refused
+        # both peers keep the same process: the other's next tries are refused
         refusals = await counter(node2, "identity_conflicts.member")
         await eventually(
             lambda: _has(node2, "identity_conflicts.member", refusals + 2),
-            what="the twin's next tries refused",
+            what="the other's next tries refused",
         )
-        link = node2.node._peers[original.node_id].conn
-        assert link is not None and link.peer_boot_id == original.node.boot_id
-        assert (await node2.peers())[original.node_id].connected
+        await eventually(lambda: peers_kept(kept), what="both peers keep the same process")
     finally:
-        await original.stop()
-
-    async def twin_connected() -> bool:
-        return any(p.connected for p in twin.peers())
-
+        await (twin.stop() if twin_kept else original.stop())
     try:
-        await eventually(twin_connected, what="the twin let in once the original stopped")
-        link = node2.node._peers[original.node_id].conn
-        assert link is not None and link.peer_boot_id == twin.boot_id
+        await eventually(lambda: peers_kept(refused), what="the other let in once one stopped")
     finally:
-        await twin.stop()
+        await (original.stop() if twin_kept else twin.stop())
 
 
 def test_close_codes_are_stable() -> None:
