@@ -25,7 +25,6 @@ the node's certificate names every one of them.
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from cretoai.tls import (
     KEY_FILE,
     generate_node_tls,
 )
+from node.ports import Listener, in_use
 
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_BASE_PORT = 17000
@@ -84,17 +84,13 @@ TLS_DIR = "tls"
 
 
 def ports_free(host: str, ports: list[int]) -> list[int]:
-    """The subset of ``ports`` that cannot be bound on ``host`` right now (TCP or UDP)."""
-    busy = []
-    for port in ports:
-        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    busy.append(port)
-                    break
-    return busy
+    """The subset of ``ports`` that something holds on ``host`` right now (TCP or UDP)."""
+    return [
+        port
+        for port in ports
+        if in_use(Listener("", "", f"{host}:{port}"))
+        or in_use(Listener("", "", f"{host}:{port}", udp=True))
+    ]
 
 
 def service_hostname(template: str, node: str, service: str) -> str:

@@ -37,6 +37,7 @@ from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import load_private_key
 from cretoai.files import write_atomically
 from cretoai.tls import InternalTls
+from node import ports
 from node.clusterinit import (
     CLUSTER_FILE,
     DEFAULT_BASE_PORT,
@@ -401,6 +402,11 @@ async def _run_until_signal(
 def start_node(cfg: NodeConfig) -> int:
     """``cretoai-node start --config FILE``: the node's four services, in the foreground."""
     load_private_key(cfg.key_path, cfg.crypto.backend)  # fail now, clearly, not in four children
+    taken = ports.busy([cfg])
+    if taken:
+        hint = f"give this node other addresses in {cfg.source}"
+        print(f"error: {ports.busy_message(taken, move_hint=hint)}", file=sys.stderr)
+        return 1
     supervisor = Supervisor([cfg], log_dir=lambda _: None)
     supervisor.on_event = lambda message: print(f"  {message}", flush=True)
 
@@ -432,6 +438,14 @@ def cluster_up(args: argparse.Namespace) -> int:
         )
     for cfg in configs:
         load_private_key(cfg.key_path, cfg.crypto.backend)
+    taken = ports.busy(configs)
+    if taken:
+        hint = (
+            f"move this cluster to other ports: cretoai-node cluster init --dir {directory} "
+            f"--nodes {len(configs)} --reuse-keys --http-port PORT --base-port PORT"
+        )
+        print(f"error: {ports.busy_message(taken, move_hint=hint)}", file=sys.stderr)
+        return 1
     os.umask(0o027)  # the services' logs, like their data, are not for every user
     supervisor = Supervisor(configs, log_dir=lambda cfg: cfg.data_dir.parent / "logs")
     supervisor.on_event = lambda message: print(f"  {message}", flush=True)
