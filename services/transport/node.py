@@ -172,9 +172,9 @@ class Peer:
     #: Boot ids of this member's processes whose connection a newer process took (a
     #: restart): a genuine restart never brings one back (:meth:`TransportNode._on_authenticated`).
     replaced_boots: deque[bytes] = field(default_factory=lambda: deque(maxlen=REPLACED_BOOTS))
-    #: The boot id of the process kept when two processes presented this member's key
-    #: (b"": none).
-    kept_boot: bytes = b""
+    #: The two boot ids of the last conflict (two processes presenting this member's
+    #: key): the one kept, then the one refused.
+    conflict: tuple[bytes, bytes] | None = None
 
     @property
     def node_id(self) -> str:
@@ -749,8 +749,6 @@ class TransportNode:
             if winner is not conn:
                 return
         peer.conn = conn
-        if peer.kept_boot and peer.kept_boot != conn.peer_boot_id and not live:
-            peer.kept_boot = b""  # the process kept in a conflict is gone: start afresh
         if peer.ever_connected:
             peer.reconnects += 1
             metrics.RECONNECTS.labels(peer.name).inc()
@@ -789,18 +787,20 @@ class TransportNode:
         (equivocation is a Byzantine fault).
         """
         new, old = conn.peer_boot_id, existing.peer_boot_id
-        if peer.kept_boot in (new, old):  # a conflict seen before: keep the same process
-            winner, loser = (conn, existing) if peer.kept_boot == new else (existing, conn)
-            code = CloseCode.IDENTITY_IN_USE
+        if peer.conflict is not None and {new, old} == set(peer.conflict):
+            kept = peer.conflict[0]  # the same two again: keep the same one
         elif new in peer.replaced_boots:
             # the lower boot id: a choice every peer makes alike, whatever order it saw
             # the two processes in, so that one of them is cut off from all of them
-            peer.kept_boot = min(new, old)
-            winner, loser = (conn, existing) if peer.kept_boot == new else (existing, conn)
-            code = CloseCode.IDENTITY_IN_USE
+            kept = min(new, old)
+            peer.conflict = (kept, max(new, old))
         else:
+            # a restart (of either process of a past conflict too: only the pair in
+            # conflict is held to its choice)
             peer.replaced_boots.append(old)
             return conn, existing, CloseCode.PEER_RESTARTED
+        winner, loser = (conn, existing) if kept == new else (existing, conn)
+        code = CloseCode.IDENTITY_IN_USE
         self.stats.identity_conflict("member")
         self._limiter.warning(
             f"identity-{peer.name}",

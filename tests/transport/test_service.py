@@ -411,6 +411,59 @@ async def test_two_processes_with_one_members_key_are_told_and_stop_taking_turns
         await (original.stop() if twin_kept else twin.stop())
 
 
+async def test_after_two_processes_a_restart_of_the_kept_one_is_let_in_at_once(
+    transports: Starter, tmp_path: Path
+) -> None:
+    """Once two processes of node1 have met (one kept, one refused) and the refused one
+    is stopped, the kept one crashes (its socket closed, nothing sent: node2's link to
+    it still looks alive) and node1 restarts. The restart is not the pair held to its
+    choice: it is let in at once as a restart, not refused as a third process."""
+    spec, nodes = await transports(2)
+    original, node2 = nodes
+    await all_connected(nodes)
+
+    def twin_config(name: str) -> Any:
+        data = spec.data[0] | {
+            "transport": {**spec.data[0]["transport"], "quic_listen": "127.0.0.1:0"}
+        }
+        return parse_config(data, tmp_path / name / "node.toml")
+
+    def link_boot() -> bytes | None:
+        link = node2.node._peers[original.node_id].conn
+        return None if link is None or link.closed else link.peer_boot_id
+
+    twin = await build_node(twin_config("twin"))
+    restarted = None
+    try:
+        await eventually(
+            lambda: _has(node2, "identity_conflicts.member"), what="node2 sees two processes"
+        )
+        twin_kept = twin.boot_id < original.node.boot_id
+        kept = twin if twin_kept else original.node
+
+        async def kept_linked() -> bool:
+            return link_boot() == kept.boot_id
+
+        await eventually(kept_linked, what="node2 keeps one of the two")
+        await (original.stop() if twin_kept else twin.stop())  # the refused one, cleanly
+        assert kept._endpoint is not None
+        kept._endpoint.close()  # the kept one crashes: no CONNECTION_CLOSE is sent
+        assert link_boot() == kept.boot_id  # node2 has not noticed
+        conflicts = await counter(node2, "identity_conflicts.member")
+        restarted = await build_node(twin_config("restarted"))
+
+        async def restart_linked() -> bool:
+            return link_boot() == restarted.boot_id
+
+        await eventually(restart_linked, what="the restart let in")
+        assert restarted.stats.counters["identity_conflicts.this_node"] == 0
+        assert await counter(node2, "identity_conflicts.member") == conflicts
+    finally:
+        for process in (twin, restarted):
+            if process is not None:
+                await process.stop()
+
+
 def test_close_codes_are_stable() -> None:
     # part of the wire protocol (docs/transport.md): never renumber
     assert {code.name: int(code) for code in CloseCode} == {
