@@ -170,7 +170,7 @@ class Peer:
     dropped: int = 0
     reconnects: int = 0
     #: Boot ids of this member's processes whose connection a newer process took (a
-    #: restart): a genuine restart never brings one back (:meth:`TransportNode._on_authenticated`).
+    #: restart): a genuine restart never brings one back (``TransportNode._restart_or_twin``).
     replaced_boots: deque[bytes] = field(default_factory=lambda: deque(maxlen=REPLACED_BOOTS))
     #: The two boot ids of the last conflict (two processes presenting this member's
     #: key): the one kept, then the one refused.
