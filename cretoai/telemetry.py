@@ -105,11 +105,14 @@ METRICS_TIMEOUT_S = 10.0
 #: Connections served at once; more are closed unanswered (and counted). Prometheus
 #: holds one per scrape.
 METRICS_MAX_CONNECTIONS = 16
+#: Of those, from one client address at once: one client (a hostile process on the
+#: container network, a stuck scraper) cannot hold every slot and blind Prometheus.
+METRICS_MAX_PER_CLIENT = 4
 
 METRICS_REFUSED = Counter(
     "cretoai_service_metrics_connections_refused",
     "Connections to the /metrics endpoint closed unanswered: "
-    "METRICS_MAX_CONNECTIONS were being served",
+    "METRICS_MAX_CONNECTIONS were being served, or METRICS_MAX_PER_CLIENT from that address",
 )
 
 
@@ -123,34 +126,56 @@ class BoundedMetricsServer(ThreadingWSGIServer):
     timeout: each connection that never sent its request kept a thread of the service
     forever, so any process that can reach the port (on the host, or in the container
     network) could pile up thousands of threads in a consensus process. Now at most
-    :data:`METRICS_MAX_CONNECTIONS` are served at once, each for at most
+    :data:`METRICS_MAX_CONNECTIONS` are served at once, at most
+    :data:`METRICS_MAX_PER_CLIENT` of them from one address, each for at most
     :data:`METRICS_TIMEOUT_S` of silence."""
 
     timeout_s = METRICS_TIMEOUT_S
+    max_connections = METRICS_MAX_CONNECTIONS
+    max_per_client = METRICS_MAX_PER_CLIENT
     #: socketserver's backlog is 5: connections beyond it wait in the kernel, unseen
     request_queue_size = 64
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(METRICS_MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._served = 0
+        self._by_client: dict[str, int] = {}
+
+    def _take(self, client: str) -> bool:
+        with self._lock:
+            held = self._by_client.get(client, 0)
+            if self._served >= self.max_connections or held >= self.max_per_client:
+                return False
+            self._served += 1
+            self._by_client[client] = held + 1
+            return True
+
+    def _give_back(self, client: str) -> None:
+        with self._lock:
+            self._served -= 1
+            held = self._by_client.pop(client) - 1
+            if held:
+                self._by_client[client] = held
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        client = str(client_address[0])
+        if not self._take(client):
             METRICS_REFUSED.inc()
             self.shutdown_request(request)
             return
         try:
             request.settimeout(self.timeout_s)
-            super().process_request(request, client_address)  # a thread, which releases
+            super().process_request(request, client_address)  # a thread, which gives back
         except BaseException:
-            self._slots.release()
+            self._give_back(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._give_back(str(client_address[0]))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out or went away: not worth a traceback on stderr."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -37,11 +38,21 @@ def scrape(port: int) -> str:
         return str(answer.read().decode())
 
 
-def idle_connection(port: int) -> socket.socket:
-    """A client that connects, starts a request and never finishes it."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+def idle_connection(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A client at ``source`` (any loopback address) that connects, starts a request and
+    never finishes it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
     sock.sendall(b"GET /metrics HTTP/1.1\r\n")
     return sock
+
+
+def scrape_from(port: int, source: str) -> bytes:
+    """A whole scrape from ``source``: the answer's first bytes (b"" when refused)."""
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(source, 0)
+    ) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return sock.recv(64)
 
 
 def test_idle_connections_hold_a_bounded_number_of_threads_and_are_closed(
@@ -50,7 +61,11 @@ def test_idle_connections_hold_a_bounded_number_of_threads_and_are_closed(
     assert "cretoai_test_up 1.0" in scrape(endpoint)
     threads_before = threading.active_count()
     refused_before = telemetry.METRICS_REFUSED._value.get()
-    idle = [idle_connection(endpoint) for _ in range(3 * telemetry.METRICS_MAX_CONNECTIONS)]
+    # from as many addresses as it takes to fill every slot (METRICS_MAX_PER_CLIENT each)
+    idle = [
+        idle_connection(endpoint, f"127.0.0.{2 + i // telemetry.METRICS_MAX_PER_CLIENT}")
+        for i in range(3 * telemetry.METRICS_MAX_CONNECTIONS)
+    ]
     try:
         # each held connection has a thread; the others are closed unanswered, at once
         closed_at_once = 0
@@ -66,3 +81,30 @@ def test_idle_connections_hold_a_bounded_number_of_threads_and_are_closed(
         for sock in idle:
             sock.close()
     assert "cretoai_test_up 1.0" in scrape(endpoint)  # served again
+
+
+def test_one_client_cannot_take_every_slot(endpoint: int) -> None:
+    """A client holding METRICS_MAX_PER_CLIENT idle connections gets no more, while a
+    scraper at another address is served; once they end, the client is served again."""
+    refused_before = telemetry.METRICS_REFUSED._value.get()
+    held = [idle_connection(endpoint, "127.0.0.7") for _ in range(telemetry.METRICS_MAX_PER_CLIENT)]
+    try:
+        extra = [idle_connection(endpoint, "127.0.0.7") for _ in range(3)]
+        try:
+            assert [sock.recv(1) for sock in extra] == [b"", b"", b""]  # closed unanswered
+        finally:
+            for sock in extra:
+                sock.close()
+        assert telemetry.METRICS_REFUSED._value.get() - refused_before == 3
+        assert scrape_from(endpoint, "127.0.0.8").startswith(b"HTTP/1.0 200")
+    finally:
+        for sock in held:
+            sock.close()
+
+    def served_again() -> bool:
+        return scrape_from(endpoint, "127.0.0.7").startswith(b"HTTP/1.0 200")
+
+    deadline = time.monotonic() + 10
+    while not served_again():  # the server notices the closed connections in its threads
+        assert time.monotonic() < deadline, "127.0.0.7 not served after its connections ended"
+        time.sleep(0.05)
