@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import tomllib
 import typing
@@ -406,6 +407,29 @@ class NodeConfig:
     @property
     def validator_public_keys(self) -> tuple[bytes, ...]:
         return tuple(v.public_key_bytes for v in self.validators)
+
+    @property
+    def cluster_parameters(self) -> tuple[tuple[str, str], ...]:
+        """What every node of the cluster must run with, as (name, value) pairs.
+
+        Replica ids are positions in the validator set, and a replica judges its peers'
+        PBFT messages by these limits: a node whose values differ takes honest peers
+        for faulty ones (a batch over its ``batch_max_count`` is charged to the primary,
+        which it then bans) or is taken for one. The transports compare them when they
+        connect and refuse a peer that differs (docs/config.md, "Cluster parameters").
+        The validator set counts by its keys, in order (names and addresses are local).
+        """
+        validators = hashlib.sha3_256(
+            b"cretoai.v1.validator-set\x00" + b"".join(self.validator_public_keys)
+        ).hexdigest()
+        return (
+            ("validators", f"{len(self.validators)} keys, set digest {validators[:16]}"),
+            ("consensus.batch_max_count", str(self.consensus.batch_max_count)),
+            ("consensus.batch_max_bytes", str(self.consensus.batch_max_bytes)),
+            ("consensus.checkpoint_interval", str(self.consensus.checkpoint_interval)),
+            ("consensus.watermark_window", str(self.watermark_window)),
+            ("transport.max_frame_bytes", str(self.transport.max_frame_bytes)),
+        )
 
     def _resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else self.source.parent / path

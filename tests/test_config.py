@@ -247,6 +247,57 @@ def test_replica_parameters_derive_from_the_node_config(node_config: Path) -> No
     assert core.transfer_max_bytes == 1_048_576  # bounded by the transport's frame limit
 
 
+def test_every_node_of_a_cluster_has_the_same_cluster_parameters(cluster_factory: Any) -> None:
+    """What the transports compare (docs/config.md, "Cluster parameters"): the same on
+    every node that cluster init wrote, whatever is local to a node (its name, ports,
+    timeouts, data), and different as soon as one of them or the validators' order is."""
+    layout: ClusterLayout = cluster_factory(4)
+    paths = [n.config for n in layout.nodes]
+    parameters = {load_config(p, environ={}).cluster_parameters for p in paths}
+    assert len(parameters) == 1
+    (reference,) = parameters
+    assert [name for name, _ in reference] == [
+        "validators",
+        "consensus.batch_max_count",
+        "consensus.batch_max_bytes",
+        "consensus.checkpoint_interval",
+        "consensus.watermark_window",
+        "transport.max_frame_bytes",
+    ]
+    _rewrite(
+        paths[0],
+        lambda d: (
+            d["consensus"].update(progress_timeout_ms=900, verify_threads=1, pool_max=100),
+            d["transport"].update(keepalive_ms=1000, send_queue_max=10),
+            d["validators"][1].update(address="127.0.0.1:1", name="renamed"),
+        ),
+    )
+    assert load_config(paths[0], environ={}).cluster_parameters == reference
+
+    def differing(mutate: Any) -> set[str]:
+        _rewrite(paths[1], mutate)
+        try:
+            changed = load_config(paths[1], environ={}).cluster_parameters
+        finally:
+            _rewrite(paths[1], lambda d: d.update(original))
+        return {name for (name, a), (_, b) in zip(reference, changed, strict=True) if a != b}
+
+    original = tomllib.loads(paths[1].read_text())
+    assert differing(lambda d: d["validators"].reverse()) == {"validators"}
+    assert differing(lambda d: d["consensus"].update(checkpoint_interval=8)) == {
+        "consensus.checkpoint_interval"
+    }
+    assert differing(lambda d: d["consensus"].update(batch_max_bytes=65536)) == {
+        "consensus.batch_max_bytes"
+    }
+    assert differing(lambda d: d["consensus"].update(watermark_window=32)) == {
+        "consensus.watermark_window"
+    }
+    assert differing(lambda d: d["transport"].update(max_frame_bytes=8 * 1024 * 1024)) >= {
+        "transport.max_frame_bytes"
+    }
+
+
 def test_the_transports_inbound_bytes_bound_holds_a_frame(node_config: Path) -> None:
     from services.transport.settings import settings_from_config
 

@@ -146,16 +146,26 @@ class SetFaultsResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class WireHello(_message.Message):
-    __slots__ = ("version", "node_id", "nonce", "boot_id")
+    __slots__ = ("version", "node_id", "nonce", "boot_id", "parameters")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: str
     nonce: bytes
     boot_id: bytes
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., boot_id: _Optional[bytes] = ...) -> None: ...
+    parameters: _containers.RepeatedCompositeFieldContainer[ClusterParameter]
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., boot_id: _Optional[bytes] = ..., parameters: _Optional[_Iterable[_Union[ClusterParameter, _Mapping]]] = ...) -> None: ...
+
+class ClusterParameter(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class WireAuth(_message.Message):
     __slots__ = ("signature",)

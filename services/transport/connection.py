@@ -48,6 +48,29 @@ from services.transport.framing import Frame, FrameDecoder, FrameError, FrameTyp
 from services.transport.tls import ChannelBindingUnavailable, channel_binding
 
 STREAM_ID = 0
+#: Bounds of the cluster parameters a HELLO may carry (this version sends 6).
+MAX_CLUSTER_PARAMETERS = 32
+MAX_PARAMETER_CHARS = 128
+
+
+def parameters_differ(
+    ours: tuple[tuple[str, str], ...], theirs: tuple[tuple[str, str], ...]
+) -> str | None:
+    """What differs between two sides' cluster parameters (``name: theirs there, ours
+    here; ...``), or None when they agree. A side that sent none (a transport older
+    than the check) or that has none configured is not compared; a parameter only
+    one side knows (another version) is not either."""
+    if not ours or not theirs:
+        return None
+    mine = dict(ours)
+    differences = [
+        f"{name}: {value} there, {mine[name]} here"
+        for name, value in theirs
+        if name in mine and mine[name] != value
+    ]
+    return "; ".join(differences) or None
+
+
 #: Frames before authentication (HELLO, AUTH) are small; a larger one is a fault.
 UNAUTHENTICATED_MAX_FRAME = 16 * 1024
 #: An ACK frame goes at once when the taken, unacknowledged MSG bytes reach
@@ -100,6 +123,8 @@ class ConnectionSettings:
     #: QUIC receive window (per stream and connection) past the data delivered, once the
     #: peer authenticated (before: ``window.UNAUTHENTICATED_RECEIVE_WINDOW``).
     receive_window: int
+    #: This node's cluster parameters, sent in the HELLO and compared with the peer's.
+    cluster_parameters: tuple[tuple[str, str], ...] = ()
 
 
 # ---- events -----------------------------------------------------------------
@@ -177,6 +202,8 @@ class PeerConnection:
         self.state = State.QUIC_HANDSHAKE
         self.peer_id: str | None = None
         self.peer_boot_id: bytes = b""
+        #: The cluster parameters the peer's HELLO announced (empty: none sent).
+        self.peer_parameters: tuple[tuple[str, str], ...] = ()
         self.created_at = now
         self.authenticated_at: float | None = None
         self.address: NetworkAddress | None = None
@@ -397,6 +424,10 @@ class PeerConnection:
             node_id=self.authority.node_id,
             nonce=self._nonce,
             boot_id=self.authority.boot_id,
+            parameters=[
+                transport_pb2.ClusterParameter(name=name, value=value)
+                for name, value in self.settings.cluster_parameters
+            ],
         ).SerializeToString()
 
     def _on_stream_data(self, event: qe.StreamDataReceived, now: float) -> None:
@@ -463,6 +494,12 @@ class PeerConnection:
         if len(hello.nonce) != auth.NONCE_SIZE or len(hello.boot_id) != auth.BOOT_ID_SIZE:
             self._fail(PeerFault(reason="malformed_hello", detail="bad nonce or boot id size"))
             return
+        if len(hello.parameters) > MAX_CLUSTER_PARAMETERS or any(
+            len(p.name) > MAX_PARAMETER_CHARS or len(p.value) > MAX_PARAMETER_CHARS
+            for p in hello.parameters
+        ):
+            self._fail(PeerFault(reason="malformed_hello", detail="parameters out of bounds"))
+            return
         claimed = hello.node_id
         if claimed == self.authority.node_id:
             self._fail(
@@ -498,6 +535,7 @@ class PeerConnection:
             return
         self.peer_id = claimed
         self.peer_boot_id = hello.boot_id
+        self.peer_parameters = tuple((p.name, p.value) for p in hello.parameters)
         self.state = State.AWAIT_AUTH
         if self.is_client:
             self._server_hello = body
@@ -544,6 +582,15 @@ class PeerConnection:
             self._send_frame(
                 FrameType.AUTH, transport_pb2.WireAuth(signature=signature).SerializeToString()
             )
+        differ = parameters_differ(self.settings.cluster_parameters, self.peer_parameters)
+        if differ is not None:
+            # authenticated (the HELLOs are in the signed transcript): a member's mistake
+            self._fail(
+                PeerFault(
+                    reason="parameters_differ", detail=differ, close=CloseCode.PARAMETERS_DIFFER
+                )
+            )
+            return
         self.state = State.AUTHENTICATED
         self.authenticated_at = now
         self._decoder.max_frame_bytes = self.settings.max_frame_bytes

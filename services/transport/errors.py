@@ -70,6 +70,9 @@ class CloseCode(enum.IntEnum):
     #: A process of this member whose connection a newer process with the same key took
     #: is still alive and came back: two processes run with one member's key.
     IDENTITY_IN_USE = 15
+    #: The peer runs with other cluster parameters (validator set order, PBFT limits):
+    #: a configuration mistake on one side; the reason names what differs.
+    PARAMETERS_DIFFER = 16
 
 
 @dataclass(frozen=True, slots=True)

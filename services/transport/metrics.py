@@ -70,6 +70,13 @@ REFUSED = Counter(
     "cretoai_transport_refused_total", "Connections refused (banned, partitioned)", ["reason"]
 )
 BANS = Counter("cretoai_transport_bans_total", "Bans requested by consensus")
+PARAMETERS_DIFFER = Counter(
+    "cretoai_transport_parameters_differ_total",
+    "Connections refused because the member runs with other cluster parameters (the "
+    "validator set's order, PBFT's limits): a configuration mistake on one of the two "
+    "nodes",
+    ["peer"],
+)
 IDENTITY_CONFLICTS = Counter(
     "cretoai_transport_identity_conflicts_total",
     "Signs that two processes run with one member's key: a member's replaced process came "
@@ -118,6 +125,10 @@ class Stats:
     def identity_conflict(self, whose: str) -> None:
         self.counters[f"identity_conflicts.{whose}"] += 1
         IDENTITY_CONFLICTS.labels(whose).inc()
+
+    def parameters_differ(self, peer: str) -> None:
+        self.counters["parameters_differ"] += 1
+        PARAMETERS_DIFFER.labels(peer).inc()
 
     def inc(self, name: str, count: int = 1) -> None:
         self.counters[name] += count

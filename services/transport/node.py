@@ -49,6 +49,7 @@ from services.transport.connection import (
     PeersReceived,
     PongReceived,
     WindowOpened,
+    parameters_differ,
 )
 from services.transport.endpoint import MIN_PENDING_PER_ADDRESS, QuicEndpoint
 from services.transport.errors import (
@@ -117,6 +118,12 @@ REFUSAL_CODES = {CloseCode.BANNED, CloseCode.PARTITIONED, CloseCode.AUTH_COOLDOW
 REPLACED_BOOTS = 8
 #: Close codes with which a peer says that another process holds this node's key.
 IDENTITY_CLOSE_CODES = {CloseCode.PEER_RESTARTED, CloseCode.IDENTITY_IN_USE}
+#: Logged (an error, per peer at most every 5 s) when a member's cluster parameters differ.
+PARAMETERS_DIFFER_MESSAGE = (
+    "a member runs with other cluster parameters and is refused: every node of a cluster "
+    "needs the same validator set, in the same order, and the same limits; fix the "
+    "config of the node that is wrong and restart it (docs/config.md, 'Cluster parameters')"
+)
 AUTH_FAILURES_BEFORE_COOLDOWN = 8
 AUTH_FAILURE_WINDOW_S = 60.0
 AUTH_COOLDOWN_S = 60.0
@@ -364,6 +371,7 @@ class TransportNode:
             keepalive_interval=s.keepalive,
             liveness_timeout=s.liveness_timeout,
             receive_window=s.quic_flow_window,
+            cluster_parameters=s.cluster_parameters,
         )
         configs = {
             (is_client, size): quic_configuration(
@@ -880,6 +888,13 @@ class TransportNode:
             elif fault.close in REFUSAL_CODES:
                 self.stats.refused(fault.reason)
                 self._limiter.warning(f"refused-{fault.reason}", "refused a peer", fields)
+            elif fault.close == CloseCode.PARAMETERS_DIFFER:
+                self.stats.parameters_differ(peer_name)
+                self._limiter.error(
+                    f"parameters-{peer_name}",
+                    PARAMETERS_DIFFER_MESSAGE,
+                    {"peer": peer_name, "differ": fault.detail, "address": fields["address"]},
+                )
             else:
                 self.stats.protocol_error(fault.reason)
                 self._limiter.warning(f"proto-{fault.reason}", "peer protocol violation", fields)
@@ -897,6 +912,15 @@ class TransportNode:
                     "peer": peer_name,
                     "code": CloseCode(event.code).name,
                 },
+            )
+        elif event.by_peer and event.code == CloseCode.PARAMETERS_DIFFER:
+            # the peer compared first, or this side has nothing to compare with
+            # (its AUTH may not have arrived: compare with its HELLO's here)
+            differ = parameters_differ(self.settings.cluster_parameters, conn.peer_parameters)
+            self._limiter.error(
+                f"parameters-{peer_name}",
+                PARAMETERS_DIFFER_MESSAGE,
+                {"peer": peer_name, "differ": differ or "not sent", "told_by": "peer"},
             )
         elif (
             event.by_peer

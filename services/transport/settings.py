@@ -47,6 +47,9 @@ class TransportSettings:
     mdns: bool = False
     mdns_interfaces: tuple[str, ...] = ()
     fault_injection: bool = False
+    #: What every member must run with (``NodeConfig.cluster_parameters``), sent in
+    #: the HELLO; a peer whose differ is refused. Empty: nothing is compared.
+    cluster_parameters: tuple[tuple[str, str], ...] = ()
 
     @property
     def loopback_datagram_bytes(self) -> int:
@@ -153,4 +156,5 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         mdns=t.mdns,
         mdns_interfaces=interfaces,
         fault_injection=cfg.fault_injection.enabled,
+        cluster_parameters=cfg.cluster_parameters,
     )

@@ -24,8 +24,9 @@ from cretoai.config import parse_config
 from cretoai.crypto import write_keypair
 from cretoai.crypto.keys import read_public_key
 from cretoai.v1 import transport_pb2
-from devkit.transport import RunningTransport, all_connected, eventually
+from devkit.transport import RunningTransport, all_connected, eventually, start_transport
 from services.transport.bounded_quic import UNAUTHENTICATED_RECEIVE_WINDOW
+from services.transport.connection import parameters_differ
 from services.transport.errors import CloseCode, InvalidRequest, UnknownPeer
 from services.transport.framing import FrameType, encode_frame
 from services.transport.service import build_node
@@ -464,6 +465,75 @@ async def test_after_two_processes_a_restart_of_the_kept_one_is_let_in_at_once(
                 await process.stop()
 
 
+def _other_batch_limit(data: dict[str, Any]) -> dict[str, Any]:
+    return data | {"consensus": {**data.get("consensus", {}), "batch_max_count": 2}}
+
+
+def _validators_reordered(data: dict[str, Any]) -> dict[str, Any]:
+    return data | {"validators": list(reversed(data["validators"]))}
+
+
+@pytest.mark.parametrize(
+    ("mistake", "named"),
+    [
+        (_other_batch_limit, "consensus.batch_max_count: 2 there, 256 here"),
+        (_validators_reordered, "validators: 3 keys, set digest"),
+    ],
+    ids=["batch_max_count", "validator_order"],
+)
+async def test_a_member_with_other_cluster_parameters_is_refused_with_what_differs(
+    transports: Starter,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mistake: Any,
+    named: str,
+) -> None:
+    """node3's operator set another consensus.batch_max_count, or listed the validators
+    in another order (so other replica ids and primaries). Before the check the links
+    came up: in a real 4-node cluster whose primary allowed 256 vertices a batch and the
+    others 2, the others charged its 20-vertex batch as a protocol fault, banned it for
+    good and left its 20 accepted vertices pending. Now every link to node3 is refused
+    once it authenticated, on both sides, with an error that names what differs; node1
+    and node2 stay connected."""
+    caplog.set_level(logging.ERROR, logger="services.transport.node")
+    spec, nodes = await transports(2, extra_members=1)
+    node1, node2 = nodes
+    odd = await start_transport(
+        parse_config(mistake(spec.data[2]), spec.directory / "node3" / "node.toml")
+    )
+    try:
+        for node in (node1, node2, odd):
+            await eventually(
+                functools.partial(_has, node, "parameters_differ"),
+                what=f"{node.cfg.node.name} refuses a link for other parameters",
+            )
+        assert await _connected(node1, node2.node_id)
+        for node in (node1, node2):
+            assert not await _connected(node, odd.node_id)
+            assert not await _connected(odd, node.node_id)
+        errors = [
+            (r.getMessage(), str(getattr(r, "fields", {}).get("differ")))
+            for r in caplog.records
+            if r.levelno == logging.ERROR
+        ]
+        assert any("other cluster parameters" in m and named in d for m, d in errors), errors
+    finally:
+        await odd.stop()
+
+
+def test_what_differs_is_named_and_what_one_side_lacks_is_not_compared() -> None:
+    ours = (("validators", "4 keys, set digest aa"), ("consensus.batch_max_count", "256"))
+    assert parameters_differ(ours, ours) is None
+    assert (
+        parameters_differ(ours, (("consensus.batch_max_count", "2"),))
+        == "consensus.batch_max_count: 2 there, 256 here"
+    )
+    # a transport older than the check sends none; a newer one may send more
+    assert parameters_differ(ours, ()) is None
+    assert parameters_differ((), ours) is None
+    assert parameters_differ(ours, (*ours, ("consensus.new_limit", "1"))) is None
+
+
 def test_close_codes_are_stable() -> None:
     # part of the wire protocol (docs/transport.md): never renumber
     assert {code.name: int(code) for code in CloseCode} == {
@@ -483,6 +553,7 @@ def test_close_codes_are_stable() -> None:
         "SELF_CONNECTION": 13,
         "AUTH_COOLDOWN": 14,
         "IDENTITY_IN_USE": 15,
+        "PARAMETERS_DIFFER": 16,
     }
 
 
