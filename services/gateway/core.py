@@ -155,6 +155,15 @@ def _check_distinct(drafts: Sequence[Draft]) -> None:
             )
 
 
+def quorum_state(status: consensus_pb2.NodeStatus) -> str:
+    """``connected`` when this node and the peers it is connected to (and has not
+    banned) make a quorum of ``status.n`` replicas (q = ceil((n + f + 1) / 2)), else
+    ``cut_off``."""
+    quorum = (status.n + status.f + 2) // 2
+    peers = sum(1 for p in status.peers if p.connected and not p.banned)
+    return "connected" if 1 + peers >= quorum else "cut_off"
+
+
 class Gateway:
     def __init__(
         self,
@@ -585,15 +594,19 @@ class Gateway:
         return {"gateway": "serving", **dict(zip(names, states, strict=True))}
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Ready when consensus reports ready and storage serves."""
+        """Ready when consensus reports ready, storage serves, and this node is connected
+        to enough peers to make a quorum with them (else nothing it is given can be
+        finalized until it reconnects: a load balancer should send clients elsewhere)."""
 
-        async def consensus_state() -> str:
+        async def consensus_state() -> tuple[str, str]:
             try:
                 status = await self._consensus.status(timeout=PROBE_TIMEOUT_S)
             except ApiError:
-                return "unreachable"
-            return "ready" if status.ready else "not_ready"
+                return "unreachable", "unknown"
+            return ("ready" if status.ready else "not_ready"), quorum_state(status)
 
-        consensus, storage = await asyncio.gather(consensus_state(), probe(self._probes["storage"]))
-        checks = {"consensus": consensus, "storage": storage}
-        return consensus == "ready" and storage == "serving", checks
+        (consensus, quorum), storage = await asyncio.gather(
+            consensus_state(), probe(self._probes["storage"])
+        )
+        checks = {"consensus": consensus, "storage": storage, "quorum": quorum}
+        return consensus == "ready" and storage == "serving" and quorum == "connected", checks

@@ -699,6 +699,31 @@ class ClusterRun:
                         timeout=10,
                     )
         (self.partitioned.add if cut else self.partitioned.discard)(node)
+        await self.expect_readiness(node, cut)
+
+    async def expect_readiness(self, node: str, cut: bool, timeout: float = 20.0) -> None:
+        """``node``'s /readyz: 503 with ``quorum`` ``cut_off`` once its links are cut
+        (it can finalize nothing: a load balancer should send clients elsewhere), 200
+        again once healed; the other live nodes stay ready (they still make a quorum)."""
+        assert self.session is not None
+        others = [n for n in self.honest if n != node and n not in self.down | self.partitioned]
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self.session.get(self.url(node, "/readyz")) as resp:
+                reply = await resp.json(content_type=None)
+                quorum = reply.get("checks", {}).get("quorum")
+                if (resp.status, quorum) == ((503, "cut_off") if cut else (200, "connected")):
+                    break
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(
+                    f"/readyz of {node} {'cut off' if cut else 'healed'}: {resp.status} {reply}"
+                )
+            await asyncio.sleep(0.1)
+        for other in others:
+            async with self.session.get(self.url(other, "/readyz")) as resp:
+                if resp.status != 200:
+                    body = await resp.text()
+                    raise ScenarioFailed(f"/readyz of {other} while {node} is cut: {body}")
 
     # -- load, wait, check --------------------------------------------------------------
 

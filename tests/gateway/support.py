@@ -133,6 +133,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         #: Answer SubmitVertices with UNIMPLEMENTED, as an older consensus service.
         self.batch_unimplemented = False
         self.ready = True
+        #: Peers (of 3) this node reports connected: 2 or more make a quorum with it.
+        self.connected_peers = 3
         #: Answer WatchAdmission with UNIMPLEMENTED, as a consensus service older than it
         #: (the default here: the gateway then leaves admission to consensus's answers,
         #: which most tests script; tests of the stream turn it off and restart the watch).
@@ -276,8 +278,13 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
             evidence=2,
             peers=[
                 consensus_pb2.PeerStatus(
-                    name="node2", node_id="peer", replica=1, connected=True, rtt_ms=0.5
+                    name=f"node{i + 2}",
+                    node_id=f"peer{i + 1}",
+                    replica=i + 1,
+                    connected=i < self.connected_peers,
+                    rtt_ms=0.5,
                 )
+                for i in range(3)
             ],
         )
 

@@ -368,7 +368,11 @@ async def test_consensus_down_is_503_and_not_ready(node: Node) -> None:
     status, reply = await node.get("/readyz")
     assert_error(status, reply, 503, "not_ready")
     assert reply["ready"] is False
-    assert reply["checks"] == {"consensus": "unreachable", "storage": "serving"}
+    assert reply["checks"] == {
+        "consensus": "unreachable",
+        "storage": "serving",
+        "quorum": "unknown",
+    }
     status, reply = await node.get("/v1/status")
     assert_error(status, reply, 503, "consensus_unavailable")
     assert reply["services"]["consensus"] == "unreachable"
@@ -531,12 +535,28 @@ async def test_healthz_and_readyz(node: Node) -> None:
     assert await node.get("/healthz") == (200, {"status": "ok"})
     assert await node.get("/readyz") == (
         200,
-        {"ready": True, "checks": {"consensus": "ready", "storage": "serving"}},
+        {
+            "ready": True,
+            "checks": {"consensus": "ready", "storage": "serving", "quorum": "connected"},
+        },
     )
     node.consensus.ready = False
     status, reply = await node.get("/readyz")
     assert_error(status, reply, 503, "not_ready")
     assert reply["checks"]["consensus"] == "not_ready"
+
+
+async def test_a_node_cut_off_from_a_quorum_is_not_ready(node: Node) -> None:
+    """With 1 of its 3 peers connected, a node of 4 cannot finalize anything it is
+    given: /readyz says so, so that a load balancer (the Kubernetes readiness probe)
+    sends clients to a node that can; 2 peers make a quorum with it again."""
+    node.consensus.connected_peers = 1
+    status, reply = await node.get("/readyz")
+    assert_error(status, reply, 503, "not_ready")
+    assert reply["checks"] == {"consensus": "ready", "storage": "serving", "quorum": "cut_off"}
+    assert "quorum cut_off" in reply["error"]["message"]
+    node.consensus.connected_peers = 2
+    assert (await node.get("/readyz"))[0] == 200
 
 
 async def test_unknown_routes_and_methods_are_json(node: Node) -> None:
