@@ -24,7 +24,7 @@ import grpc
 
 from cretoai.crypto import SIGNATURE_SIZE, NodeKey
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
-from cretoai.vertex import make_vertex, shape_error, vertex_hash
+from cretoai.vertex import MAX_PARENTS, make_vertex, shape_error, vertex_hash
 from services.gateway import metrics
 from services.gateway.admission import AdmissionWatch, overloaded
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
@@ -458,6 +458,9 @@ class Gateway:
 
     async def _vertex_of(self, draft: Draft) -> tuple[vertex_pb2.Vertex, bytes]:
         loop = asyncio.get_running_loop()
+        if draft.excess_parents:
+            count = len(draft.parents) + draft.excess_parents
+            raise ApiError("invalid_vertex", f"{count} parents; the limit is {MAX_PARENTS}")
         if draft.signed:
             vertex = vertex_pb2.Vertex(
                 payload=draft.payload,
