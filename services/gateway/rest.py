@@ -93,15 +93,38 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
+#: Set on a request whose client stopped reading, or went away, mid-answer.
+CLIENT_GONE = web.RequestKey("cretoai.client_gone", str)
+
+
 async def _send(
-    request: web.Request, response: web.Response, held: Reservation, fetched: int
+    request: web.Request,
+    response: web.Response,
+    held: Reservation,
+    fetched: int,
+    *,
+    timeout_s: float,
 ) -> web.Response:
     """Send a read's answer while its bytes are still reserved (a client that reads
-    slowly keeps them held); ``fetched`` is what it was built from."""
+    slowly keeps them held); ``fetched`` is what it was built from.
+
+    A client that has not taken the whole answer within ``timeout_s`` loses its
+    connection: a few that never read held the answer budget, and every other
+    client's pages were refused (429) for as long as they kept their sockets open.
+    One that resets the connection mid-answer is a client gone (logged as 499), not
+    a failure of the gateway (it was logged as an error with a traceback, as a 500).
+    """
     assert isinstance(response.body, bytes)  # json_response's
     held.resize(fetched + len(response.body))  # what it was built from, and the answer
-    await response.prepare(request)
-    await response.write_eof()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await response.prepare(request)
+            await response.write_eof()
+    except (TimeoutError, ConnectionError) as exc:
+        if request.transport is not None:
+            request.transport.abort()  # the rest of the answer is not sent
+        request[CLIENT_GONE] = type(exc).__name__  # (aiohttp's own write then fails quietly)
+        log.debug("client gone mid-answer", extra={"fields": {"how": request[CLIENT_GONE]}})
     return response
 
 
@@ -146,7 +169,7 @@ async def observe(
     status = 499  # the client went away before an answer
     try:
         response = await handler(request)
-        status = response.status
+        status = 499 if CLIENT_GONE in request else response.status
         return response
     finally:
         elapsed = time.perf_counter() - started
@@ -363,7 +386,9 @@ class RestApi:
         with self._gw.hold_answer_bytes(self._gw.vertex_answer_bytes) as held:
             record = await self._gw.vertex(h)
             response = json_response(record_json(record))
-            return await _send(request, response, held, record.ByteSize())
+            return await _send(
+                request, response, held, record.ByteSize(), timeout_s=self._body_timeout_s
+            )
 
     async def finalized(self, request: web.Request) -> web.Response:
         from_seq = parse_seq(_query(request, "from_seq"), "from_seq", default=1)
@@ -377,7 +402,7 @@ class RestApi:
             )
             fetched = sum(e.ByteSize() for e in entries)
             del entries
-            return await _send(request, response, held, fetched)
+            return await _send(request, response, held, fetched, timeout_s=self._body_timeout_s)
 
     async def status(self, request: web.Request) -> web.Response:
         services = asyncio.ensure_future(self._gw.services())

@@ -767,6 +767,54 @@ async def test_slowly_read_answers_hold_a_bounded_number_of_bytes(
         assert status == 200 and reply["hash"] == h
 
 
+@pytest.mark.parametrize("client", ["never_reads", "resets"])
+async def test_a_reader_that_stalls_or_resets_mid_answer_loses_its_connection_quietly(
+    make_config: Callable[..., NodeConfig], caplog: pytest.LogCaptureFixture, client: str
+) -> None:
+    """Found by an audit: a few clients that never read their pages held the answer
+    budget, and every other client's pages got 429 for as long as they kept their
+    sockets open; a client resetting its connection mid-answer was logged as an error
+    with a traceback and counted as a 500. Now an answer not taken within
+    ``gateway.body_timeout_ms`` is cut (its bytes given back while the client still
+    holds its socket), and a reset is a client gone: 499, no error logged."""
+    caplog.set_level(logging.ERROR, logger="services.gateway")
+    config = make_config(max_answer_bytes_in_progress=8 * 1024 * 1024, body_timeout_ms=1000)
+    async with start_node(config) as node:
+        for _ in range(20):
+            batch = await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
+        h = vertex_hash(batch.vertices[0]).hex()
+        before = {code: _http_count(code) for code in ("499", "500")}
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", node.gateway.http_port))
+        request = "GET /v1/finalized?from_seq=1&limit=100 HTTP/1.1\r\nHost: gateway\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        try:
+            deadline = loop.time() + TIMEOUT
+            while _unread_bytes(sock) == 0:  # the answer is being sent
+                assert loop.time() < deadline, "the page was not sent"
+                await asyncio.sleep(0.01)
+            assert (await node.get(f"/v1/vertices/{h}"))[0] == 429  # the budget is held
+            if client == "resets":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            # the stalled one still holds its socket open: cut after the timeout
+            while REGISTRY.get_sample_value("cretoai_gateway_answer_bytes_in_progress"):
+                assert loop.time() < deadline + TIMEOUT, "the stalled answer is still held"
+                await asyncio.sleep(0.01)
+            status, reply = await node.get(f"/v1/vertices/{h}")
+            assert status == 200 and reply["hash"] == h
+        finally:
+            sock.close()
+        while _http_count("499") == before["499"]:
+            assert loop.time() < deadline + 2 * TIMEOUT, "the gone client was not counted"
+            await asyncio.sleep(0.01)
+        assert _http_count("500") == before["500"]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def _unread_bytes(sock: socket.socket) -> int:
     """Bytes waiting in the socket's receive buffer (FIONREAD)."""
     (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))
