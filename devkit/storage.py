@@ -64,6 +64,7 @@ def validator_public_keys() -> tuple[bytes, ...]:
 def config_dict(
     tmp: Path, *, port: int = 0, db: Path | None = None, metrics: bool | int = False
 ) -> dict[str, Any]:
+    (tmp / "data").mkdir(mode=0o700, parents=True, exist_ok=True)  # as cluster init does
     return {
         "node": {"name": "node1", "key": "node.key", "data_dir": str(tmp / "data")},
         "validators": [

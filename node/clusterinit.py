@@ -306,6 +306,10 @@ def init_cluster(
         config_path = node_dir / CONFIG_FILE
         cfg = parse_config(data, config_path)  # validate before writing
         write_atomically(config_path, tomli_w.dumps(to_toml_dict(cfg)).encode())
+        if not Path(cfg.node.data_dir).is_absolute():
+            # the node never creates it (a missing one is an unmounted volume or a wrong
+            # path); an absolute one is the operator's (a container volume)
+            cfg.data_dir.mkdir(mode=0o700, exist_ok=True)
         nid = node_id(public_keys[i])
         layouts.append(NodeLayout(name=name, directory=node_dir, config=config_path, node_id=nid))
         gateway_host = (

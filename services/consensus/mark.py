@@ -50,8 +50,16 @@ class MarkFile:
         nodes configured with the same ``data_dir``, say) would overwrite each other's
         mark, which is what keeps a rolled-back replica from signing twice."""
         lock = self.path.with_name(self.path.name + ".lock")
+        if not lock.parent.parent.is_dir():
+            # as storage: a missing data directory is a volume not mounted or a wrong
+            # path, where a new mark would let this key sign a second history
+            raise MarkFileError(
+                f"the data directory {lock.parent.parent} does not exist (a volume not "
+                "mounted, or a wrong data_dir?): consensus creates its signing mark only "
+                f"inside an existing one. For a new node: mkdir -m 700 {lock.parent.parent}"
+            )
         try:
-            lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock.parent.mkdir(exist_ok=True, mode=0o700)
             foreign = foreign_problem(lock.parent)
             if foreign is not None:  # another user could swap or remove the mark
                 raise MarkFileError(
@@ -115,7 +123,7 @@ class MarkFile:
 
     def _open(self) -> None:
         directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(exist_ok=True, mode=0o700)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         if created:

@@ -379,8 +379,18 @@ class Store:
         if is_new:
             if not create or read_only:
                 raise DatabaseError(f"there is no database at {path}")
+            if not path.parent.is_dir():
+                # an unmounted volume or a wrong path: a new database there would start a
+                # new history under keys that signed the old one (with every node so, a
+                # second seq 1 with a valid certificate: a fork)
+                raise DatabaseError(
+                    f"the database's directory {path.parent} does not exist (a volume not "
+                    "mounted, or a wrong data_dir / storage.path?): storage creates a new "
+                    "database only inside an existing directory. For a new node, create "
+                    f"it (cluster init does): mkdir -m 700 {path.parent}"
+                )
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                path.mkdir(exist_ok=True)
             except OSError as exc:
                 raise DatabaseError(f"cannot create the database directory {path}: {exc}") from None
         else:

@@ -52,6 +52,7 @@ def test_one_mark_is_held_by_one_consensus_process(tmp_path: Path) -> None:
     import sys
 
     path = tmp_path / "data" / "consensus" / "signing-mark.json"
+    (tmp_path / "data").mkdir()
     first = MarkFile(path)
     first.acquire()
     holder = (
@@ -70,3 +71,13 @@ def test_one_mark_is_held_by_one_consensus_process(tmp_path: Path) -> None:
         [sys.executable, "-c", holder, str(path)], capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_mark_is_never_made_where_the_data_directory_is_missing(tmp_path: Path) -> None:
+    """A missing data directory is a volume not mounted or a wrong path: a new mark there
+    would let this key sign a second history (with every node so, a second seq 1 with a
+    valid certificate). Refused, naming the directory; nothing is created."""
+    path = tmp_path / "unmounted" / "consensus" / "signing-mark.json"
+    with pytest.raises(MarkFileError, match=f"{tmp_path / 'unmounted'} does not exist"):
+        MarkFile(path).acquire()
+    assert not (tmp_path / "unmounted").exists()

@@ -88,8 +88,22 @@ async def test_a_damaged_database_fails_every_open_and_is_left_unchanged(
     assert snapshot(db) == before
 
 
+def test_a_database_is_never_created_where_its_parent_directory_is_missing(
+    tmp_path: Path,
+) -> None:
+    """A missing parent is a volume not mounted or a wrong path (found by an audit:
+    every node pointed at a missing data_dir made new databases and signing marks,
+    and the cluster finalized a second seq 1 with a valid certificate): refused,
+    naming the directory, and nothing is created."""
+    db = tmp_path / "unmounted" / "db"
+    with pytest.raises(DatabaseError, match=f"directory {tmp_path / 'unmounted'} does not exist"):
+        Store.open(db)
+    assert not (tmp_path / "unmounted").exists()
+
+
 async def test_a_missing_database_directory_is_created(tmp_path: Path) -> None:
     db = tmp_path / "deep" / "er" / "db"
+    db.parent.mkdir(parents=True)  # the data directory exists (cluster init makes it)
     running = await start_service(make_config(tmp_path, db=db))
     try:
         assert (db / "CURRENT").exists()
