@@ -409,6 +409,14 @@ class NodeConfig:
         return tuple(v.public_key_bytes for v in self.validators)
 
     @property
+    def validator_set_digest(self) -> str:
+        """SHA3-256 (hex) of the validators' public keys, in order: the cluster's identity
+        (replica ids are positions in it). Names and addresses are not part of it."""
+        return hashlib.sha3_256(
+            b"cretoai.v1.validator-set\x00" + b"".join(self.validator_public_keys)
+        ).hexdigest()
+
+    @property
     def cluster_parameters(self) -> tuple[tuple[str, str], ...]:
         """What every node of the cluster must run with, as (name, value) pairs.
 
@@ -419,9 +427,7 @@ class NodeConfig:
         connect and refuse a peer that differs (docs/config.md, "Cluster parameters").
         The validator set counts by its keys, in order (names and addresses are local).
         """
-        validators = hashlib.sha3_256(
-            b"cretoai.v1.validator-set\x00" + b"".join(self.validator_public_keys)
-        ).hexdigest()
+        validators = self.validator_set_digest
         return (
             ("validators", f"{len(self.validators)} keys, set digest {validators[:16]}"),
             ("consensus.batch_max_count", str(self.consensus.batch_max_count)),

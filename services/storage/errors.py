@@ -33,6 +33,7 @@ __all__ = [
     "DatabaseCorrupt",
     "DatabaseError",
     "DatabaseLocked",
+    "DatabaseOfAnotherCluster",
     "DatabaseOfAnotherNode",
     "DiskFull",
     "FailedPrecondition",
@@ -91,6 +92,10 @@ class DatabaseLocked(DatabaseError):
 
 class DatabaseCorrupt(DatabaseError):
     pass
+
+
+class DatabaseOfAnotherCluster(DatabaseError):
+    """The database was written under another validator set (list, order or keys)."""
 
 
 class DatabaseOfAnotherNode(DatabaseError):

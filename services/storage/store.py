@@ -39,6 +39,7 @@ from services.storage.errors import (
     DatabaseCorrupt,
     DatabaseError,
     DatabaseLocked,
+    DatabaseOfAnotherCluster,
     DatabaseOfAnotherNode,
     FailedPrecondition,
     Halted,
@@ -458,8 +459,37 @@ class Store:
         except ValueError as exc:
             raise DatabaseCorrupt(f"the database at {self.path}: unreadable owner: {exc}") from None
 
+    def _check_validator_set(self, stamped: Owner, owner: Owner) -> None:
+        """The database was written by this node in a cluster of ``stamped.validator_set``;
+        refuse to go on under another set, or stamp the set on an older stamp.
+
+        Found by an audit: node4 started once with a config listing only itself finalized
+        batches alone on the cluster's data, and served a history of its own for good;
+        ``cluster init --nodes 1 --reuse-keys`` over a 4-node cluster did the same. A
+        cluster's validator set cannot change (there is no reconfiguration)."""
+        if not owner.validator_set or stamped.validator_set == owner.validator_set:
+            return
+        if not stamped.validator_set:
+            if not self.read_only:
+                self._db.put(keys.OWNER_KEY, owner.to_bytes(), self._write)
+                self._db.flush_wal(True)
+            return
+        raise DatabaseOfAnotherCluster(
+            f"the database at {self.path} was written by {stamped.node} in a cluster of "
+            f"{stamped.validators} validators (set {stamped.validator_set[:16]}), but this "
+            f"config lists {owner.validators} (set {owner.validator_set[:16]}): another "
+            "validator list, order or key. A cluster's validator set cannot change: its "
+            "certificates name replicas by their place in it, and the node would finalize "
+            "a history of its own. Start with the cluster's own config (cluster init "
+            "--reuse-keys with the cluster's --nodes), or, for a new cluster, move the "
+            "data directory aside"
+        )
+
     def _check_owner(self, owner: Owner) -> None:
         stamped = self.owner()
+        if stamped is not None and stamped.key_fingerprint == owner.key_fingerprint:
+            self._check_validator_set(stamped, owner)
+            return
         if stamped is None:
             if self.read_only:
                 return
@@ -1158,6 +1188,11 @@ class Owner:
 
     node: str
     key_fingerprint: str
+    #: The cluster's validator set (``NodeConfig.validator_set_digest``, 32 hex digits):
+    #: empty in stamps written before 2026-12-04 and where a caller does not know it.
+    validator_set: str = ""
+    #: How many validators that set has (for messages).
+    validators: int = 0
 
     @classmethod
     def of(cls, node: str, public_key: bytes) -> Owner:
@@ -1165,11 +1200,17 @@ class Owner:
 
     @classmethod
     def of_node(cls, cfg: NodeConfig) -> Owner:
-        """The node of ``cfg``: its name and its validator key."""
-        return cls.of(cfg.node.name, cfg.validators[cfg.replica_index].public_key_bytes)
+        """The node of ``cfg``: its name, its validator key and its validator set."""
+        owner = cls.of(cfg.node.name, cfg.validators[cfg.replica_index].public_key_bytes)
+        return dataclasses.replace(
+            owner, validator_set=cfg.validator_set_digest[:32], validators=len(cfg.validators)
+        )
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"node": self.node, "key_sha3": self.key_fingerprint}).encode()
+        record: dict[str, object] = {"node": self.node, "key_sha3": self.key_fingerprint}
+        if self.validator_set:
+            record |= {"validator_set": self.validator_set, "validators": self.validators}
+        return json.dumps(record).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Owner:
@@ -1180,7 +1221,10 @@ class Owner:
             raise ValueError(f"not an owner record ({exc})") from None
         if not isinstance(node, str) or not isinstance(fingerprint, str):
             raise ValueError("not an owner record (node and key_sha3 must be strings)")
-        return cls(node, fingerprint)
+        validator_set, validators = value.get("validator_set", ""), value.get("validators", 0)
+        if not isinstance(validator_set, str) or not isinstance(validators, int):
+            raise ValueError("not an owner record (validator_set, validators)")
+        return cls(node, fingerprint, validator_set, validators)
 
 
 def now_ms() -> int:

@@ -4,12 +4,15 @@ or foreign — and a refused directory is left exactly as it was."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from cretoai.config import NodeConfig, parse_config
 from cretoai.v1 import storage_pb2
@@ -18,6 +21,7 @@ from services.storage.errors import (
     DatabaseCorrupt,
     DatabaseError,
     DatabaseLocked,
+    DatabaseOfAnotherCluster,
     DatabaseOfAnotherNode,
     ReadFailed,
 )
@@ -373,6 +377,51 @@ async def test_the_storage_process_of_another_node_exits_with_the_reason(tmp_pat
     assert proc.wait_exit(60) == 1
     assert f"error: the database at {db} belongs to node2" in proc.stderr()
     assert "Traceback" not in proc.stderr()
+
+
+async def test_a_database_is_refused_under_another_validator_set(tmp_path: Path) -> None:
+    """Found by an audit: node4 started once with a config listing only itself finalized
+    alone on the cluster's data and served a history of its own for good (and cluster
+    init --nodes 1 --reuse-keys over a 4-node cluster did the same). The database holds
+    its cluster's validator set since: the storage process under another list, order or
+    key exits with the reason and leaves the files as they were."""
+    db = tmp_path / "db"
+    cfg = make_config(tmp_path, db=db)
+    four = Owner.of_node(cfg)
+    assert four.validators == 4 and len(four.validator_set) == 32
+    Store.open(db, owner=four).close()
+    before = snapshot(db)
+    solo = dataclasses.replace(cfg, validators=cfg.validators[:1])
+    with pytest.raises(DatabaseOfAnotherCluster) as info:
+        Store.open(db, owner=Owner.of_node(solo))
+    message = str(info.value)
+    assert "in a cluster of 4 validators" in message and "this config lists 1" in message
+    assert snapshot(db) == before
+    reordered = dataclasses.replace(cfg, validators=(cfg.validators[0], *cfg.validators[:0:-1]))
+    with pytest.raises(DatabaseOfAnotherCluster):
+        Store.open(db, owner=Owner.of_node(reordered))
+    Store.open(db, owner=four).close()  # its own cluster's config opens it
+    # the storage process, as the operator sees it
+    proc = ServiceProcess.create(tmp_path / "proc", db=db)
+    data = tomllib.loads(proc.config.read_text())
+    data["validators"] = data["validators"][:1]  # a config listing only this node
+    proc.config.write_text(tomli_w.dumps(data))
+    proc.spawn()
+    assert proc.wait_exit(60) == 1
+    assert "in a cluster of 4 validators" in proc.stderr()
+    assert "Traceback" not in proc.stderr()
+
+
+def test_a_stamp_from_before_the_validator_set_gets_it(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    owner = Owner.of_node(make_config(tmp_path, db=db))
+    Store.open(db, owner=Owner(owner.node, owner.key_fingerprint)).close()  # an older stamp
+    Store.open(db, owner=owner).close()
+    reader = Store.open(db, read_only=True)
+    try:
+        assert reader.owner() == owner
+    finally:
+        reader.close()
 
 
 def test_an_unstamped_database_is_stamped_by_its_node_not_by_a_reader(tmp_path: Path) -> None:
