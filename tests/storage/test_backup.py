@@ -306,7 +306,7 @@ async def test_restore_refuses_a_backup_another_validator_set_certified(tmp_path
     other = parse_config(raw, tmp_path / "other" / "node.toml")
     # the database's stamp names its validator set (since 2026-12-04): refused by it
     # before the certificates are checked
-    with pytest.raises(BackupError, match="in a cluster of 4 validators .* this config lists 4"):
+    with pytest.raises(BackupError, match=r"in a cluster of 4 validators .* this config lists 4"):
         restore(other, tmp_path / "b3", force=True)
     assert not other.storage_path.exists()  # nothing changed
     info = restore(make_config(tmp_path / "mine"), tmp_path / "b3", force=False)
