@@ -243,21 +243,23 @@ class Gateway:
         return time.monotonic() - self._overloaded_at < IMPATIENT_S
 
     @contextlib.contextmanager
-    def hold_request_bytes(self, size: int, *, api: str) -> Iterator[None]:
+    def hold_request_bytes(
+        self, size: int, *, api: str, client: str | None = None
+    ) -> Iterator[None]:
         """Count ``size`` bytes of a submission request against
         ``gateway.max_request_bytes_in_progress`` until the block ends: 429 overloaded at
         once when that would exceed it (one request alone always fits). Bounds what many
         slow or large uploads, or many waiting ones, make the gateway hold."""
         budget = self._request_bytes
         try:
-            budget.take(size, alone=budget.held == 0)
+            budget.take(size, alone=budget.held == 0, client=client)
         except ApiError:
             metrics.SUBMISSIONS.labels(api, "overloaded").inc()
             raise
         try:
             yield
         finally:
-            budget.release(size)
+            budget.release(size, client=client)
 
     @property
     def vertex_answer_bytes(self) -> int:
@@ -266,12 +268,14 @@ class Gateway:
         and certificate), its JSON objects and its encoding."""
         return 4 * (self._limits.max_payload_bytes + RECORD_OVERHEAD_BYTES)
 
-    def hold_answer_bytes(self, size: int) -> contextlib.AbstractContextManager[Reservation]:
+    def hold_answer_bytes(
+        self, size: int, *, client: str | None = None
+    ) -> contextlib.AbstractContextManager[Reservation]:
         """Reserve ``size`` bytes for a read's answer, from before it is fetched until it
         is sent, against ``gateway.max_answer_bytes_in_progress``: 429 overloaded at once
         beyond (one alone always fits). :meth:`Reservation.resize` to the answer's size
         once it is known. Bounds what many concurrent (or slowly read) reads hold."""
-        return self._answer_bytes.hold(size)
+        return self._answer_bytes.hold(size, client=client)
 
     def refuse_if_shedding(self, api: str) -> None:
         """Raise (and count) the 429 of :meth:`shedding` for one submission, if any: the

@@ -79,7 +79,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise ApiError(
                 "bad_request", "vertex: missing (send vertex {} for an empty node-signed one)"
             )
-        with self._gw.hold_request_bytes(request.ByteSize(), api="grpc"):
+        with self._gw.hold_request_bytes(
+            request.ByteSize(), api="grpc", client=client_address(context.peer())
+        ):
             draft = draft_of(request.vertex)
             result = await self._gw.submit(draft, wait=request.wait, api="grpc")
             reply = gateway_pb2.GatewaySubmitResponse(hash=result.hash, status=result.status)
@@ -96,7 +98,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 f"vertices: {len(request.vertices)} of them; "
                 f"at most {MAX_BATCH_VERTICES} per batch",
             )
-        with self._gw.hold_request_bytes(request.ByteSize(), api="grpc"):
+        with self._gw.hold_request_bytes(
+            request.ByteSize(), api="grpc", client=client_address(context.peer())
+        ):
             return await self._submit_batch(request)
 
     async def _submit_batch(

@@ -313,7 +313,7 @@ class RestApi:
         ``limit`` when it declares nothing or more (it is refused with 413 then)."""
         declared = request.content_length
         size = limit if declared is None else min(declared, limit)
-        return self._gw.hold_request_bytes(size, api="http")
+        return self._gw.hold_request_bytes(size, api="http", client=request.remote)
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond),
@@ -383,7 +383,9 @@ class RestApi:
 
     async def vertex(self, request: web.Request) -> web.Response:
         h = decode_hash(request.match_info["hash"], "hash")
-        with self._gw.hold_answer_bytes(self._gw.vertex_answer_bytes) as held:
+        with self._gw.hold_answer_bytes(
+            self._gw.vertex_answer_bytes, client=request.remote
+        ) as held:
             record = await self._gw.vertex(h)
             response = json_response(record_json(record))
             return await _send(
@@ -394,7 +396,7 @@ class RestApi:
         from_seq = parse_seq(_query(request, "from_seq"), "from_seq", default=1)
         limit = parse_seq(_query(request, "limit"), "limit", default=MAX_PAGE)
         assert from_seq is not None and limit is not None
-        with self._gw.hold_answer_bytes(PAGE_ANSWER_BYTES) as held:
+        with self._gw.hold_answer_bytes(PAGE_ANSWER_BYTES, client=request.remote) as held:
             entries = await self._gw.finalized(from_seq, limit)
             next_seq = entries[-1].batch.seq + 1 if entries else max(from_seq, 1)
             response = json_response(

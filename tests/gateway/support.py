@@ -444,6 +444,19 @@ class Node:
     async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
         return await self.request("GET", path, **kwargs)
 
+    async def post_from(self, source: str, path: str, body: Any) -> tuple[int, Any]:
+        """POST from another loopback source address (another client, to the gateway's
+        per-address limits)."""
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(
+                self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            ) as resp,
+        ):
+            raw = await resp.read()
+            return resp.status, json.loads(raw) if raw else None
+
     async def stop_consensus(self) -> None:
         await self.consensus_server.stop(0)
 

@@ -200,12 +200,18 @@ async def test_waiting_submissions_hold_a_bounded_number_of_bytes(
         error = await grpc_error(node.stub.SubmitVertices(another, timeout=TIMEOUT))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_request_bytes_in_progress" in (error.details() or "")
+        # this client used its share (a quarter): even a small one is refused; another
+        # client's (REST, another address: the budget is shared) still fits beside it
         small = gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"small"))
-        assert (await node.stub.SubmitVertex(small, timeout=TIMEOUT)).status == PENDING
+        error = await grpc_error(node.stub.SubmitVertex(small, timeout=TIMEOUT))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "from your address" in (error.details() or "")
+        status, _ = await node.post_from("127.0.0.2", "/v1/vertices", {"payload": "c21hbGw="})
+        assert status == 202
         await node.consensus.finalize_pending()
         assert (await waiting).status == FINALIZED
         assert REGISTRY.get_sample_value("cretoai_gateway_request_bytes_in_progress") == 0
-        assert len(node.consensus.submissions) == 2  # the refused one never reached consensus
+        assert len(node.consensus.submissions) == 2  # the refused ones never reached consensus
         reply = await node.stub.SubmitVertices(another, timeout=TIMEOUT)
         assert reply.results[0].status == PENDING
 
