@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -92,7 +93,39 @@ def load_internal_tls(ca: Path, cert: Path, key: Path) -> InternalTls:
         if b"-----BEGIN" not in data:
             raise TlsError(f"internal TLS {what} {path}: not a PEM file")
         parts.append(data)
+    _check_pair(parts[0], parts[1], parts[2], ca=ca, cert=cert, key=key)
     return InternalTls(ca=parts[0], cert=parts[1], key=parts[2])
+
+
+def _check_pair(
+    ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *, ca: Path, cert: Path, key: Path
+) -> None:
+    """The certificate is the key's and was issued by the CA: a mismatch was reported by
+    gRPC as "cannot listen ... Failed to bind", and another CA's certificate as endless
+    handshake failures of the node's own health checks, with no error (audit,
+    2026-12-04)."""
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise TlsError(f"internal TLS files {ca}, {cert}, {key}: unreadable ({exc})") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if private_key.public_key().public_bytes(
+        encoding, public
+    ) != certificate.public_key().public_bytes(encoding, public):
+        raise TlsError(
+            f"internal TLS certificate {cert} is not the certificate of the key {key} "
+            "(a file of another node or cluster?)"
+        )
+    try:
+        certificate.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise TlsError(
+            f"internal TLS certificate {cert} was not issued by the CA {ca} (a file of "
+            "another node or cluster?): the node's services would refuse each other"
+        ) from None
 
 
 def generate_node_tls(

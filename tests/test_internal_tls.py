@@ -21,6 +21,7 @@ from cretoai.config import ConfigError, NodeConfig, load_config, parse_config, t
 from cretoai.serving import GrpcService
 from cretoai.tls import InternalTls
 from node.clusterinit import ClusterLayout
+from tests.conftest import cli
 
 INTERNAL = ("storage", "transport", "consensus")
 
@@ -267,6 +268,35 @@ def test_cluster_init_gives_each_node_its_own_ca_and_a_private_key(
     os.chmod(key, 0o640)
     with pytest.raises(ConfigError, match="chmod 600"):
         _ = load_config(layout.nodes[0].config).internal_tls
+
+
+def test_another_nodes_certificate_or_ca_is_one_clear_error(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    """Found by an audit: node2's certificate beside node1's key was reported by gRPC as
+    "cannot listen ... Failed to bind" (a port problem), and another cluster's CA made
+    the node's own health checks fail their handshakes for ever with no error. The
+    config now refuses both, naming the file, before any service starts."""
+    layout = cluster_factory(2)
+    one, two = (n.directory / "tls" for n in layout.nodes)
+    load_config(layout.nodes[0].config).internal_tls  # noqa: B018 - its own files load
+    original = (one / "node.crt").read_bytes()
+    (one / "node.crt").write_bytes((two / "node.crt").read_bytes())
+    with pytest.raises(ConfigError, match="is not the certificate of the key"):
+        _ = load_config(layout.nodes[0].config).internal_tls
+    (one / "node.crt").write_bytes(original)
+    (one / "ca.crt").write_bytes((two / "ca.crt").read_bytes())
+    with pytest.raises(ConfigError, match="was not issued by the CA"):
+        _ = load_config(layout.nodes[0].config).internal_tls
+    result = subprocess.run(
+        cli("start", "--config", str(layout.nodes[0].config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "was not issued by the CA" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_tls_paths_resolve_next_to_the_config(
