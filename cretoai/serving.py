@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import resource
 import signal
@@ -319,6 +320,18 @@ def _around(
     """``handler`` run between ``enter(context)`` (which may abort the call) and
     ``leave(what enter returned)``, however the handler ends."""
     inner = _behaviour(handler)
+    if _streams_responses(handler) and not inspect.isasyncgenfunction(inner):
+        # a streaming handler that writes with context.write (grpc's health Watch)
+
+        async def writes(request: Any, context: Any) -> Any:
+            state = await enter(context)
+            try:
+                return await inner(request, context)
+            finally:
+                if leave is not None:
+                    leave(state)
+
+        return _rebuilt(handler, writes, handler.request_deserializer)
     if _streams_responses(handler):
 
         async def stream(request: Any, context: Any) -> Any:
@@ -343,11 +356,17 @@ def _around(
     return _rebuilt(handler, unary, handler.request_deserializer)
 
 
+#: Health and reflection calls in progress from one client, at most (apart from its
+#: application calls): a health ``Watch`` stream lasts as long as its client wants.
+PLUMBING_PER_CLIENT = 4
+
+
 class PerClientLimitInterceptor(_ApplicationInterceptor):
     """At most ``limit`` calls in progress from one client (``client_of(peer)``, the key
     its per-client limits count it by); one more is RESOURCE_EXHAUSTED at once, before its
     handler runs (``on_refused`` is told). Without it one client could hold every call a
-    server bounded by ``max_concurrent_rpcs`` takes. Health and reflection are exempt."""
+    server bounded by ``max_concurrent_rpcs`` takes. Health and reflection calls count
+    apart, at most :data:`PLUMBING_PER_CLIENT` at once."""
 
     def __init__(
         self,
@@ -365,6 +384,42 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
         )
         self._on_refused = on_refused
         self.in_progress: collections.Counter[str] = collections.Counter()
+        self.plumbing_in_progress: collections.Counter[str] = collections.Counter()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """Health and reflection count apart, at most :data:`PLUMBING_PER_CLIENT` per
+        client: a client at its limit can still check health, but uncounted, 40 health
+        ``Watch`` streams (which never end by themselves) from one client took every call
+        the server allows, and every other client, health checks included, got
+        RESOURCE_EXHAUSTED (an audit, 2026-12-04)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if _is_plumbing(handler_call_details.method):
+            return _around(handler, self._enter_plumbing, self._leave_plumbing)
+        return self.wrap(handler, handler_call_details)
+
+    async def _enter_plumbing(self, context: Any) -> str:
+        client = self._client_of(context.peer())
+        if self.plumbing_in_progress[client] >= PLUMBING_PER_CLIENT:
+            self._on_refused()
+            # (plumbing passes no error-mapping interceptor: the status is set here)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this client has {PLUMBING_PER_CLIENT} health or reflection calls in "
+                "progress; wait for one to finish",
+            )
+        self.plumbing_in_progress[client] += 1
+        return client
+
+    def _leave_plumbing(self, client: str) -> None:
+        self.plumbing_in_progress[client] -= 1
+        if self.plumbing_in_progress[client] <= 0:
+            del self.plumbing_in_progress[client]
 
     def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
         return _around(handler, self._enter, self._leave)

@@ -301,7 +301,7 @@ async def test_one_client_cannot_hold_every_call_slot(
     wait (streams, submissions waiting for finality) could all be one client's: then no
     other client got in. One client's calls in progress are bounded at
     ``grpc_max_concurrent_rpcs_per_client``; one more is RESOURCE_EXHAUSTED at once,
-    counted, and once one of its calls ends it is served again. Health is exempt."""
+    counted, and once one of its calls ends it is served again. Health counts apart."""
     cfg = make_config(grpc_max_concurrent_rpcs_per_client=3, max_streams_per_client=4)
     async with start_node(cfg) as node:
         first = await node.consensus.finalize([vertex_pb2.Vertex(payload=b"a")])
@@ -322,6 +322,28 @@ async def test_one_client_cannot_hold_every_call_slot(
             health = health_pb2_grpc.HealthStub(node.channel)
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # health counts apart, and at most PLUMBING_PER_CLIENT of it at once: 40
+            # Watch streams from one client took every call slot (audit, 2026-12-04)
+            watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(4)]
+            for watch in watches:
+                assert (await asyncio.wait_for(watch.read(), TIMEOUT)).status == (
+                    health_pb2.HealthCheckResponse.SERVING
+                )
+            error = await grpc_error(health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "4 health or reflection calls in progress" in (error.details() or "")
+            watches.pop().cancel()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while True:  # the cancelled Watch gives its place back
+                try:
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert asyncio.get_running_loop().time() < deadline, "the Watch kept it"
+                    await asyncio.sleep(0.02)
+            for watch in watches:
+                watch.cancel()
             streams.pop().cancel()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + TIMEOUT
