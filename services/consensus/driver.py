@@ -68,7 +68,7 @@ from services.consensus.core.replica import ConsensusHalted, ProposeResult, Repl
 from services.consensus.core.reputation import PENALTY, FaultKind
 from services.consensus.executor import Executed, Executor
 from services.consensus.feed import FinalizedFeed
-from services.consensus.link import TransportLink
+from services.consensus.link import SESSION_METADATA, TransportLink
 from services.consensus.mark import MarkFile
 from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
@@ -1007,4 +1007,5 @@ class Driver:
             await self.link.stub.BanPeer(
                 transport_pb2.BanPeerRequest(node_id=self.node_ids[peer], reason="reputation"),
                 timeout=10,
+                metadata=SESSION_METADATA,
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -37,6 +38,13 @@ LINK_RECONNECTS = Counter(
 BATCH_MAX = 256
 
 Inbound = Callable[[transport_pb2.Envelope], Awaitable[None]]
+
+
+#: Metadata naming this consensus process to its transport (random per process start):
+#: the bans it asks for last as long as it runs (a restarted consensus starts every
+#: peer's reputation again; see TransportNode.consensus_session).
+SESSION_HEADER = "cretoai-consensus-session"
+SESSION_METADATA = ((SESSION_HEADER, os.urandom(8).hex()),)
 
 
 class TransportLink:
@@ -106,7 +114,7 @@ class TransportLink:
         backoff = 0.1
         while True:
             try:
-                call = self.stub.ExchangeBatches(self._outbound_stream())
+                call = self.stub.ExchangeBatches(self._outbound_stream(), metadata=SESSION_METADATA)
                 self.connected.set()
                 LINK_UP.set(1)
                 log.info("transport stream open", extra={"fields": {"target": self._target}})

@@ -160,6 +160,8 @@ class Peer:
     conn: PeerConnection | None = None
     banned_until: float | None = None
     ban_reason: str = ""
+    #: The consensus process (its session id) that asked for a ban without an end.
+    ban_session: str = ""
     faults: Faults = field(default_factory=Faults)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     attempts: int = 0
@@ -308,6 +310,8 @@ class TransportNode:
         self._mdns: MdnsDiscovery | None = None
         self._rng = random.Random()
         self._labels = {p.node_id: p.name for p in self._peers.values()}
+        #: The consensus process attached last (``consensus_session``), if it said.
+        self._consensus_session: str | None = None
 
     # ---- Authority (used by connections) -----------------------------------
 
@@ -605,11 +609,35 @@ class TransportNode:
             raise UnknownPeer(f"{node_id[:16]!r} is not a member")
         return peer
 
-    def ban(self, node_id: str, *, duration: float | None, reason: str) -> None:
+    def consensus_session(self, session: str) -> None:
+        """A consensus process opened its stream: if it is another process than the one
+        before (a restart), lift the bans without an end that the old one asked for.
+
+        Reputation lives in the consensus process, so a restarted one starts every peer
+        again and reports none banned; its transport kept refusing them until it was
+        restarted too (found by an audit, 2026-12-04). Bans the new process asks for
+        (evidence it reloads, say) come again through BanPeer."""
+        if not session:
+            return
+        previous, self._consensus_session = self._consensus_session, session
+        if previous is None or previous == session:
+            return
+        for peer in self._peers.values():
+            if peer.banned_until == math.inf and peer.ban_session and peer.ban_session != session:
+                peer.banned_until = None
+                peer.ban_session = ""
+                log.info(
+                    "ban lifted: the consensus process that asked for it restarted",
+                    extra={"fields": {"peer": peer.name, "reason": peer.ban_reason}},
+                )
+                peer.wake.set()
+
+    def ban(self, node_id: str, *, duration: float | None, reason: str, session: str = "") -> None:
         peer = self._peer(node_id)
         loop = asyncio.get_running_loop()
         peer.banned_until = math.inf if duration is None else loop.time() + duration
         peer.ban_reason = reason
+        peer.ban_session = session if duration is None else ""
         metrics.BANS.inc()
         self.stats.inc("bans")
         log.warning(

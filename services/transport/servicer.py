@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = transport_pb2.DESCRIPTOR.services_by_name["Transport"].full_name
 DEFAULT_PING_TIMEOUT = 2.0
 SUPERSEDED_MESSAGE = "superseded by a newer Exchange stream"
+#: Metadata naming the calling consensus process (services/consensus/link.py).
+SESSION_HEADER = "cretoai-consensus-session"
+
+
+def _session_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The consensus process's session id from the call's metadata ("" if none)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_HEADER and isinstance(value, str):
+            return value[:64]
+    return ""
 
 
 class TransportServicer(transport_pb2_grpc.TransportServicer):
@@ -62,6 +72,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
         request_iterator: AsyncIterator[transport_pb2.EnvelopeBatch],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[transport_pb2.EnvelopeBatch]:
+        self._node.consensus_session(_session_of(context))
         consumer = self._node.attach_consumer()
         reader = asyncio.create_task(self._read_batches(request_iterator), name="exchange-in")
         try:
@@ -101,6 +112,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
             request.node_id,
             duration=request.duration_ms / 1000 if request.duration_ms else None,
             reason=request.reason or "requested by consensus",
+            session=_session_of(context),
         )
         return transport_pb2.BanPeerResponse()
 

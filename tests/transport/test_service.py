@@ -202,6 +202,43 @@ async def test_ban_closes_at_once_and_refuses_reconnects(transports: Starter) ->
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_ban_lasts_as_long_as_the_consensus_process_that_asked_for_it(
+    transports: Starter,
+) -> None:
+    """Reputation lives in the consensus process: a restarted one starts every peer again
+    and reports none banned, but its transport kept refusing a peer banned by the old
+    one until the transport restarted too (found by an audit, 2026-12-04). A ban without
+    an end now belongs to the consensus session that asked for it: the same session's
+    stream again (a reconnect) keeps it, another session's (a restart) lifts it, and b
+    is let in again."""
+    _, nodes = await transports(2)
+    await all_connected(nodes)
+    a, b = nodes
+    old = (("cretoai-consensus-session", "old-process"),)
+    await a.stub.BanPeer(
+        transport_pb2.BanPeerRequest(node_id=b.node_id, reason="reputation"),
+        timeout=5,
+        metadata=old,
+    )
+    assert (await a.peers())[b.node_id].banned
+
+    async def stream_of(session: tuple[tuple[str, str], ...]) -> Any:
+        call = a.stub.ExchangeBatches(metadata=session)
+        await call.wait_for_connection()
+        return call
+
+    reconnect = await stream_of(old)  # the same process's link reconnecting
+    await eventually(lambda: _has(a, "refused.banned", 1), what="b refused")
+    assert (await a.peers())[b.node_id].banned
+    reconnect.cancel()
+    restarted = await stream_of((("cretoai-consensus-session", "new-process"),))
+    try:
+        await eventually(lambda: _connected(a, b.node_id), what="b let in after the restart")
+        assert not (await a.peers())[b.node_id].banned
+    finally:
+        restarted.cancel()
+
+
 async def test_timed_ban_expires(transports: Starter) -> None:
     _, nodes = await transports(2)
     await all_connected(nodes)
