@@ -9,15 +9,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from cretoai.config import parse_config
+from cretoai.config import load_config, parse_config
 from cretoai.crypto import get_backend
 from cretoai.v1 import storage_pb2
 from devkit.ports import free_tcp_port
 from devkit.storage import ServiceProcess, config_dict, make_config
+from services.consensus.core.durable import SigningMark
+from services.consensus.mark import MarkFile
 from services.storage import backup as backup_module
 from services.storage.backup import (
     BackupError,
@@ -26,7 +29,8 @@ from services.storage.backup import (
     backup_via_service,
     restore,
 )
-from services.storage.store import BACKUP_MANIFEST, inspect
+from services.storage.store import BACKUP_MANIFEST, Store, inspect
+from tests.conftest import cli
 from tests.storage.support import REPO, Dag, RawDb, Running, collect, snapshot, start_service
 from tests.storage.test_commit import expect, stats
 
@@ -343,3 +347,29 @@ async def test_restore_refuses_another_nodes_database_without_a_manifest(tmp_pat
     raw["validators"][0]["name"], raw["validators"][1]["name"] = "node2", "node1"
     renamed = parse_config(raw, tmp_path / "renamed" / "node.toml")
     assert restore(renamed, tmp_path / "b2", force=False).last_seq == 2
+
+
+def test_restore_refuses_to_roll_a_single_node_cluster_back_behind_its_mark(
+    cluster_factory: Any, tmp_path: Path
+) -> None:
+    """A replica restored behind its signing mark fetches the seqs above the backup from
+    its peers; a node alone has none, and stayed in a view change for good after such a
+    restore (found by an audit, 2026-12-04). Refused, saying why; nothing is changed."""
+    layout = cluster_factory(1)
+    config = layout.nodes[0].config
+    cfg = load_config(config, environ={})
+    mark = MarkFile(cfg.signing_mark_path)
+    mark.store(SigningMark(0, 10))
+    mark.close()
+    backup_dir = tmp_path / "backup"
+    Store.open(backup_dir).close()  # a database that ends at seq 0
+    result = subprocess.run(
+        cli("restore", "--config", str(config), "--from", str(backup_dir), "--force"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "this single-node cluster signed up to seq 10" in result.stderr
+    assert "fetch seqs 1..10" in result.stderr and "Nothing was changed" in result.stderr
+    assert not cfg.storage_path.exists()
