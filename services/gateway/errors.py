@@ -34,6 +34,8 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     "payload_too_large": (413, grpc.StatusCode.INVALID_ARGUMENT),
     # 415: a body the gateway does not read
     "unsupported_encoding": (415, grpc.StatusCode.INVALID_ARGUMENT),
+    # 417: an Expect header other than 100-continue
+    "expectation_failed": (417, grpc.StatusCode.INVALID_ARGUMENT),
     # 422: well-formed but invalid
     "invalid_vertex": (422, grpc.StatusCode.INVALID_ARGUMENT),
     "bad_signature": (422, grpc.StatusCode.INVALID_ARGUMENT),

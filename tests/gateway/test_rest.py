@@ -825,3 +825,38 @@ def _unread_bytes(sock: socket.socket) -> int:
     """Bytes waiting in the socket's receive buffer (FIONREAD)."""
     (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))
     return int(count)
+
+
+async def test_an_unknown_expectation_gets_the_apis_json_error(node: Node) -> None:
+    """aiohttp answered ``Expect: foo`` with a plain-text 417, before any middleware (an
+    audit, 2026-12-04); ``100-continue`` must still work."""
+    for path in ("/v1/vertices", "/v1/status"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.gateway.http_port)
+        method = "POST" if path == "/v1/vertices" else "GET"
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nExpect: foo\r\n"
+            "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 417"), answer
+        assert b"application/json" in head
+        error = json.loads(body)["error"]
+        assert error["code"] == "expectation_failed" and "100-continue" in error["message"]
+    body = json.dumps({"payload": b64(b"continued")}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.gateway.http_port)
+    writer.write(
+        b"POST /v1/vertices HTTP/1.1\r\nHost: gateway\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)).startswith(
+        b"HTTP/1.1 100"
+    )
+    writer.write(body)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 202"), head
