@@ -65,14 +65,17 @@ LAST_ERROR_TAIL_BYTES = 16384
 LAST_ERROR_CHARS = 800
 
 
-def last_error(log_file: Path | None) -> str:
-    """The last ``error: …`` line a service wrote to ``log_file`` (what it said when it
-    could not start: a corrupt database, another node's, a port in use), or ""."""
+def last_error(log_file: Path | None, since: int = 0) -> str:
+    """The last ``error: …`` line a service wrote to ``log_file`` at or after byte
+    ``since`` (what it said when it could not start: a corrupt database, another node's,
+    a port in use), or "". ``since``: the log's size when this run of the service began,
+    so that a line of an earlier run is not quoted for this one (an audit, 2026-12-04:
+    a clean exit was reported with a long-fixed key error)."""
     if log_file is None:
         return ""
     try:
         with log_file.open("rb") as f:
-            f.seek(max(0, f.seek(0, 2) - LAST_ERROR_TAIL_BYTES))
+            f.seek(max(since, f.seek(0, 2) - LAST_ERROR_TAIL_BYTES))
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
@@ -153,6 +156,8 @@ class Child:
     #: its last start; None when it was, or when it has none.
     not_favoured: str | None = None
     _log_handle: IO[bytes] | None = field(default=None, repr=False)
+    #: The log's size when the current run began (what ``last_error`` reads from).
+    log_offset: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -163,6 +168,9 @@ class Child:
         if self.log_file is not None and self._log_handle is None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self.log_file.open("ab")
+        if self._log_handle is not None:
+            self._log_handle.flush()
+            self.log_offset = self._log_handle.tell()  # where this run's output begins
         out = self._log_handle if self._log_handle is not None else None
         self.process = await asyncio.create_subprocess_exec(
             *registry.service(self.service).command(self.config),
@@ -281,7 +289,7 @@ class Supervisor:
                 child.failed_starts += 1
             else:  # it did start: only consecutive failed starts count
                 child.failed_starts = 0
-            said = last_error(child.log_file)
+            said = last_error(child.log_file, child.log_offset)
             if child.failed_starts >= self.max_failed_starts:
                 where = child.log_file or "its output above"
                 child.gave_up = (

@@ -163,6 +163,15 @@ def test_last_error_is_the_last_error_line_of_a_log_tail(tmp_path: Path) -> None
     log.write_bytes(b"\xff\xfe\nerror: " + b"y" * 1000 + b"\n")
     said = last_error(log)
     assert said.startswith("error: yyy") and said.endswith("y…") and len(said) == LAST_ERROR_CHARS
+    # an earlier run's error is not this run's (a clean exit quoted a long-fixed one)
+    log.write_text("error: the key is not node4's\n")
+    this_run = log.stat().st_size
+    with log.open("a") as f:
+        f.write("ts=9 level=info msg=serving\n")
+    assert last_error(log, this_run) == ""
+    with log.open("a") as f:
+        f.write("error: disk full\n")
+    assert last_error(log, this_run) == "error: disk full"
 
 
 ROOT_AUTOGROUP = ("/", 0)
