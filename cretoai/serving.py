@@ -320,19 +320,9 @@ def _around(
     """``handler`` run between ``enter(context)`` (which may abort the call) and
     ``leave(what enter returned)``, however the handler ends."""
     inner = _behaviour(handler)
-    if _streams_responses(handler) and not inspect.isasyncgenfunction(inner):
-        # a streaming handler that writes with context.write (grpc's health Watch)
-
-        async def writes(request: Any, context: Any) -> Any:
-            state = await enter(context)
-            try:
-                return await inner(request, context)
-            finally:
-                if leave is not None:
-                    leave(state)
-
-        return _rebuilt(handler, writes, handler.request_deserializer)
-    if _streams_responses(handler):
+    # a streaming handler that writes with context.write (grpc's health Watch) is a
+    # coroutine, run as a unary one is
+    if _streams_responses(handler) and inspect.isasyncgenfunction(inner):
 
         async def stream(request: Any, context: Any) -> Any:
             state = await enter(context)
@@ -345,7 +335,7 @@ def _around(
 
         return _rebuilt(handler, stream, handler.request_deserializer)
 
-    async def unary(request: Any, context: Any) -> Any:
+    async def coroutine(request: Any, context: Any) -> Any:
         state = await enter(context)
         try:
             return await inner(request, context)
@@ -353,12 +343,31 @@ def _around(
             if leave is not None:
                 leave(state)
 
-    return _rebuilt(handler, unary, handler.request_deserializer)
+    return _rebuilt(handler, coroutine, handler.request_deserializer)
 
 
 #: Health and reflection calls in progress from one client, at most (apart from its
 #: application calls): a health ``Watch`` stream lasts as long as its client wants.
 PLUMBING_PER_CLIENT = 4
+
+
+class _InProgress:
+    """Calls in progress by client; only clients with some are kept."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def take(self, client: str, limit: int) -> bool:
+        """Count one more call of ``client``, unless it has ``limit`` already."""
+        if self.counts[client] >= limit:
+            return False
+        self.counts[client] += 1
+        return True
+
+    def give_back(self, client: str) -> None:
+        self.counts[client] -= 1
+        if self.counts[client] <= 0:
+            del self.counts[client]
 
 
 class PerClientLimitInterceptor(_ApplicationInterceptor):
@@ -383,8 +392,10 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
             "finish, or retry later"
         )
         self._on_refused = on_refused
-        self.in_progress: collections.Counter[str] = collections.Counter()
-        self.plumbing_in_progress: collections.Counter[str] = collections.Counter()
+        self._calls = _InProgress()
+        self._plumbing = _InProgress()
+        #: Application calls in progress, by client.
+        self.in_progress = self._calls.counts
 
     async def intercept_service(
         self,
@@ -400,12 +411,12 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
         if handler is None:
             return handler
         if _is_plumbing(handler_call_details.method):
-            return _around(handler, self._enter_plumbing, self._leave_plumbing)
+            return _around(handler, self._enter_plumbing, self._plumbing.give_back)
         return self.wrap(handler, handler_call_details)
 
     async def _enter_plumbing(self, context: Any) -> str:
         client = self._client_of(context.peer())
-        if self.plumbing_in_progress[client] >= PLUMBING_PER_CLIENT:
+        if not self._plumbing.take(client, PLUMBING_PER_CLIENT):
             self._on_refused()
             # (plumbing passes no error-mapping interceptor: the status is set here)
             await context.abort(
@@ -413,29 +424,17 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
                 f"this client has {PLUMBING_PER_CLIENT} health or reflection calls in "
                 "progress; wait for one to finish",
             )
-        self.plumbing_in_progress[client] += 1
         return client
 
-    def _leave_plumbing(self, client: str) -> None:
-        self.plumbing_in_progress[client] -= 1
-        if self.plumbing_in_progress[client] <= 0:
-            del self.plumbing_in_progress[client]
-
     def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
-        return _around(handler, self._enter, self._leave)
+        return _around(handler, self._enter, self._calls.give_back)
 
     async def _enter(self, context: Any) -> str:
         client = self._client_of(context.peer())
-        if self.in_progress[client] >= self._limit:
+        if not self._calls.take(client, self._limit):
             self._on_refused()
             raise ResourceExhausted(self._refusal)
-        self.in_progress[client] += 1
         return client
-
-    def _leave(self, client: str) -> None:
-        self.in_progress[client] -= 1
-        if self.in_progress[client] <= 0:
-            del self.in_progress[client]
 
 
 def _is_plumbing(method: str) -> bool:
