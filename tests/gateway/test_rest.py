@@ -743,21 +743,11 @@ async def test_slowly_read_answers_hold_a_bounded_number_of_bytes(
     a 5-MB page of batches (its JSON), another read gets 429 at once; once it is gone,
     reads pass."""
     async with start_node(make_config(max_answer_bytes_in_progress=8 * 1024 * 1024)) as node:
-        for _ in range(20):
-            batch = await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
-        h = vertex_hash(batch.vertices[0]).hex()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
-        sock.setblocking(False)
+        h = await _fill_with_large_batches(node)
         loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", node.gateway.http_port))
-        request = "GET /v1/finalized?from_seq=1&limit=100 HTTP/1.1\r\nHost: gateway\r\n\r\n"
-        await loop.sock_sendall(sock, request.encode())
+        deadline = loop.time() + TIMEOUT
+        sock = await _page_reader_that_never_reads(node, deadline)
         try:
-            deadline = loop.time() + TIMEOUT
-            while _unread_bytes(sock) == 0:  # the answer is being sent: fetched and built
-                assert loop.time() < deadline, "the page was not sent"
-                await asyncio.sleep(0.01)
             # reserved before the read (alone, it fits), then resized to the page and its JSON
             held = REGISTRY.get_sample_value("cretoai_gateway_answer_bytes_in_progress")
             assert held is not None and 8_000_000 < held < PAGE_ANSWER_BYTES
@@ -786,22 +776,12 @@ async def test_a_reader_that_stalls_or_resets_mid_answer_loses_its_connection_qu
     caplog.set_level(logging.ERROR, logger="services.gateway")
     config = make_config(max_answer_bytes_in_progress=8 * 1024 * 1024, body_timeout_ms=1000)
     async with start_node(config) as node:
-        for _ in range(20):
-            batch = await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
-        h = vertex_hash(batch.vertices[0]).hex()
+        h = await _fill_with_large_batches(node)
         before = {code: _http_count(code) for code in ("499", "500")}
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
-        sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", node.gateway.http_port))
-        request = "GET /v1/finalized?from_seq=1&limit=100 HTTP/1.1\r\nHost: gateway\r\n\r\n"
-        await loop.sock_sendall(sock, request.encode())
+        deadline = loop.time() + TIMEOUT
+        sock = await _page_reader_that_never_reads(node, deadline)
         try:
-            deadline = loop.time() + TIMEOUT
-            while _unread_bytes(sock) == 0:  # the answer is being sent
-                assert loop.time() < deadline, "the page was not sent"
-                await asyncio.sleep(0.01)
             assert (await node.get(f"/v1/vertices/{h}"))[0] == 429  # the budget is held
             if client == "resets":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -819,6 +799,33 @@ async def test_a_reader_that_stalls_or_resets_mid_answer_loses_its_connection_qu
             await asyncio.sleep(0.01)
         assert _http_count("500") == before["500"]
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _fill_with_large_batches(node: Node) -> str:
+    """20 finalized batches of a 200-KB vertex each; the last vertex's hash."""
+    for _ in range(20):
+        batch = await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
+    return vertex_hash(batch.vertices[0]).hex()
+
+
+async def _page_reader_that_never_reads(node: Node, deadline: float) -> socket.socket:
+    """A client that asks for a page of 100 batches and reads none of it; returned once
+    the answer is being sent (fetched and built)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", node.gateway.http_port))
+        request = "GET /v1/finalized?from_seq=1&limit=100 HTTP/1.1\r\nHost: gateway\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        while _unread_bytes(sock) == 0:
+            assert loop.time() < deadline, "the page was not sent"
+            await asyncio.sleep(0.01)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _unread_bytes(sock: socket.socket) -> int:
