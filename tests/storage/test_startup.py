@@ -412,16 +412,21 @@ async def test_a_database_is_refused_under_another_validator_set(tmp_path: Path)
     assert "Traceback" not in proc.stderr()
 
 
+def stamp_of(db: Path, owner: Owner | None = None) -> Owner | None:
+    """The database's stamp, read by a read-only open (as ``owner``, if given)."""
+    reader = Store.open(db, read_only=True, owner=owner)
+    try:
+        return reader.owner()
+    finally:
+        reader.close()
+
+
 def test_a_stamp_from_before_the_validator_set_gets_it(tmp_path: Path) -> None:
     db = tmp_path / "db"
     owner = Owner.of_node(make_config(tmp_path, db=db))
     Store.open(db, owner=Owner(owner.node, owner.key_fingerprint)).close()  # an older stamp
     Store.open(db, owner=owner).close()
-    reader = Store.open(db, read_only=True)
-    try:
-        assert reader.owner() == owner
-    finally:
-        reader.close()
+    assert stamp_of(db) == owner
 
 
 def test_an_unstamped_database_is_stamped_by_its_node_not_by_a_reader(tmp_path: Path) -> None:
@@ -430,17 +435,9 @@ def test_an_unstamped_database_is_stamped_by_its_node_not_by_a_reader(tmp_path: 
     db = tmp_path / "db"
     Store.open(db).close()  # no owner: as before stamps
     owner = Owner.of("node1", b"\x01" * 2592)
-    reader = Store.open(db, read_only=True, owner=owner)
-    try:
-        assert reader.owner() is None
-    finally:
-        reader.close()
+    assert stamp_of(db, owner) is None
     Store.open(db, owner=owner).close()
-    reader = Store.open(db, read_only=True)
-    try:
-        assert reader.owner() == owner
-    finally:
-        reader.close()
+    assert stamp_of(db) == owner
 
 
 @pytest.mark.parametrize("record", [b"\xff not json", b'{"node": 1}', b"[]"])
