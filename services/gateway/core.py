@@ -25,6 +25,7 @@ import grpc
 from cretoai.crypto import SIGNATURE_SIZE, NodeKey
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import MAX_PARENTS, make_vertex, shape_error, vertex_hash
+from services.consensus.core.quorum import quorum_size
 from services.gateway import metrics
 from services.gateway.admission import AdmissionWatch, overloaded
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
@@ -157,11 +158,9 @@ def _check_distinct(drafts: Sequence[Draft]) -> None:
 
 def quorum_state(status: consensus_pb2.NodeStatus) -> str:
     """``connected`` when this node and the peers it is connected to (and has not
-    banned) make a quorum of ``status.n`` replicas (q = ceil((n + f + 1) / 2)), else
-    ``cut_off``."""
-    quorum = (status.n + status.f + 2) // 2
+    banned) make a quorum of ``status.n`` replicas, else ``cut_off``."""
     peers = sum(1 for p in status.peers if p.connected and not p.banned)
-    return "connected" if 1 + peers >= quorum else "cut_off"
+    return "connected" if 1 + peers >= quorum_size(max(status.n, 1)) else "cut_off"
 
 
 class Gateway:
