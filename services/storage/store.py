@@ -470,9 +470,7 @@ class Store:
         if not owner.validator_set or stamped.validator_set == owner.validator_set:
             return
         if not stamped.validator_set:
-            if not self.read_only:
-                self._db.put(keys.OWNER_KEY, owner.to_bytes(), self._write)
-                self._db.flush_wal(True)
+            self._stamp(owner)
             return
         raise DatabaseOfAnotherCluster(
             f"the database at {self.path} was written by {stamped.node} in a cluster of "
@@ -485,23 +483,26 @@ class Store:
             "data directory aside"
         )
 
+    def _stamp(self, owner: Owner) -> None:
+        """Write ``owner`` as the database's stamp (read-write opens only), synced."""
+        if self.read_only:
+            return
+        self._db.put(keys.OWNER_KEY, owner.to_bytes(), self._write)
+        self._db.flush_wal(True)
+        log.info(
+            "database stamped with its node",
+            extra={"fields": {"path": str(self.path), "node": owner.node,
+                              "key": owner.key_fingerprint,
+                              "validators": owner.validators}},
+        )  # fmt: skip
+
     def _check_owner(self, owner: Owner) -> None:
         stamped = self.owner()
-        if stamped is not None and stamped.key_fingerprint == owner.key_fingerprint:
-            self._check_validator_set(stamped, owner)
-            return
         if stamped is None:
-            if self.read_only:
-                return
-            self._db.put(keys.OWNER_KEY, owner.to_bytes(), self._write)
-            self._db.flush_wal(True)
-            log.info(
-                "database stamped with its node",
-                extra={"fields": {"path": str(self.path), "node": owner.node,
-                                  "key": owner.key_fingerprint}},
-            )  # fmt: skip
-            return
-        if stamped.key_fingerprint != owner.key_fingerprint:  # read-only opens too
+            self._stamp(owner)
+        elif stamped.key_fingerprint == owner.key_fingerprint:
+            self._check_validator_set(stamped, owner)
+        else:  # read-only opens too
             how = (
                 "the node's validator key was changed since"
                 if stamped.node == owner.node
