@@ -7,9 +7,11 @@ application window and keep-alive — all driven with an explicit clock.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
+import pytest
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import pull_quic_header
@@ -25,6 +27,8 @@ from services.transport.bounded_quic import (
     GapSet,
 )
 from services.transport.connection import (
+    MAX_CLUSTER_PARAMETERS,
+    MAX_PARAMETER_CHARS,
     Authenticated,
     Closed,
     ConnectionEvent,
@@ -94,13 +98,18 @@ class Link:
     """A client and a server PeerConnection, pumped by hand with a fake clock."""
 
     def __init__(
-        self, client: FakeAuthority, server: FakeAuthority, *, expected: str | None = None
+        self,
+        client: FakeAuthority,
+        server: FakeAuthority,
+        *,
+        expected: str | None = None,
+        client_settings: ConnectionSettings = SETTINGS,
     ) -> None:
         self.now = 100.0
         self.client = PeerConnection(
             quic=BoundedQuicConnection(configuration=qconfig(is_client=True)),
             authority=client,
-            settings=SETTINGS,
+            settings=client_settings,
             now=self.now,
             expected_peer=expected if expected is not None else server.node_id,
         )
@@ -308,6 +317,34 @@ def test_garbage_hello_is_a_fault() -> None:
     link.pump()
     closed = link.closed("server")
     assert closed.fault is not None and closed.fault.reason == "malformed_hello"
+
+
+@pytest.mark.parametrize(
+    ("count", "chars", "accepted"),
+    [
+        (MAX_CLUSTER_PARAMETERS, MAX_PARAMETER_CHARS, True),
+        (MAX_CLUSTER_PARAMETERS + 1, 8, False),
+        (1, MAX_PARAMETER_CHARS + 1, False),
+    ],
+    ids=["at_the_bounds", "one_parameter_too_many", "one_character_too_long"],
+)
+def test_cluster_parameters_in_a_hello_are_bounded(count: int, chars: int, accepted: bool) -> None:
+    """A HELLO's parameters are read before the peer proved its key: at most 32 of at
+    most 128 characters each (name and value), else the HELLO is malformed."""
+    client, server = two_members()
+    parameters = tuple((f"p{i}".ljust(chars, "x"), "v".ljust(chars, "9")) for i in range(count))
+    settings = dataclasses.replace(SETTINGS, cluster_parameters=parameters)
+    link = Link(client, server, client_settings=settings)
+    link.pump()
+    assert link.server is not None
+    if accepted:
+        assert link.server.authenticated
+        assert link.server.peer_parameters == parameters
+    else:
+        closed = link.closed("server")
+        assert closed.fault is not None and closed.fault.reason == "malformed_hello"
+        assert closed.fault.detail == "parameters out of bounds"
+        assert not link.server.authenticated
 
 
 def test_data_on_another_stream_is_a_fault() -> None:
