@@ -13,8 +13,10 @@ exactly what lets a rolled-back replica sign twice.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from prometheus_client import Histogram
 
 from cretoai.files import foreign_problem
 from services.consensus.core.durable import SigningMark
+
+log = logging.getLogger(__name__)
 
 MARK_SYNC = Histogram(
     "cretoai_consensus_mark_sync_seconds",
@@ -43,6 +47,8 @@ class MarkFile:
         self.path = path
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        #: The last mark written (written again at :meth:`close` if the file went away).
+        self._last: SigningMark | None = None
 
     def acquire(self) -> None:
         """Hold the mark for this process (an exclusive lock on a file beside it, kept
@@ -112,6 +118,18 @@ class MarkFile:
         body = json.dumps({"view": mark.view, "seq": mark.seq}).encode()
         record = body.ljust(RECORD_BYTES - 1) + b"\n"
         try:
+            if self._fd is not None and not self._is_the_file():
+                # deleted or replaced while we run: writing on to the old inode would leave
+                # no mark (or someone else's) for the next start, which would then sign again
+                log.error(
+                    "the signing mark was deleted or replaced while consensus runs; "
+                    "writing it again (never delete or restore it)",
+                    extra={"fields": {"path": str(self.path), "view": mark.view, "seq": mark.seq}},
+                )
+                os.close(self._fd)
+                self._fd = None
+                with contextlib.suppress(FileNotFoundError):  # made anew, the node's own
+                    self.path.unlink()
             if self._fd is None:
                 self._open()
             assert self._fd is not None
@@ -120,6 +138,17 @@ class MarkFile:
                 os.fdatasync(self._fd)
         except OSError as exc:
             raise MarkFileError(f"cannot write the signing mark {self.path}: {exc}") from None
+        self._last = mark
+
+    def _is_the_file(self) -> bool:
+        """Whether the open descriptor is still the file at :attr:`path`."""
+        assert self._fd is not None
+        try:
+            at_path = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        ours = os.fstat(self._fd)
+        return (at_path.st_dev, at_path.st_ino) == (ours.st_dev, ours.st_ino)
 
     def _open(self) -> None:
         directory = self.path.parent
@@ -139,6 +168,9 @@ class MarkFile:
         self._fd = fd
 
     def close(self) -> None:
+        if self._fd is not None and self._last is not None and not self._is_the_file():
+            with contextlib.suppress(MarkFileError):  # logged by store; closing goes on
+                self.store(self._last)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

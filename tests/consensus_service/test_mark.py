@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,37 @@ def test_marks_round_trip_in_place(tmp_path: Path) -> None:
     assert path.stat().st_size == RECORD_BYTES
     assert (path.stat().st_mode & 0o777) == 0o600
     assert json.loads(path.read_text()) == {"view": 3, "seq": 10_000_000_000}
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_mark_deleted_or_replaced_while_consensus_runs_is_written_again(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mark is written through a descriptor kept open: without a check, a mark
+    deleted (or swapped for an older copy) while the replica runs would get every later
+    mark in a file nobody can read, and the next start would trust the records alone."""
+    path = tmp_path / "consensus" / "signing-mark.json"
+    mark = MarkFile(path)
+    mark.store(SigningMark(2, 40))
+
+    def take_away() -> None:
+        if how == "deleted":
+            path.unlink()
+        else:  # an older copy moved over it (a new inode)
+            older = path.with_name("old-copy.json")
+            older.write_text('{"view": 1, "seq": 7}')
+            os.replace(older, path)
+
+    take_away()
+    with caplog.at_level(logging.ERROR, logger="services.consensus.mark"):
+        mark.store(SigningMark(2, 41))
+    assert MarkFile(path).load() == SigningMark(2, 41)
+    assert "deleted or replaced while consensus runs" in caplog.text
+    # gone again after the last mark: closing writes it back
+    take_away()
+    mark.close()
+    assert MarkFile(path).load() == SigningMark(2, 41)
+    assert (path.stat().st_mode & 0o777) == 0o600
 
 
 def test_a_hand_written_mark_is_read_and_then_rewritten_in_place(tmp_path: Path) -> None:
