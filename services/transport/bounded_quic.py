@@ -40,6 +40,13 @@ Initial packets, whose keys anyone can derive: a spoofed datagram needs no hands
 An ACK frame with more than :data:`MAX_ACK_RANGES` ranges closes the connection before
 it is parsed (aioquic's own ACKs carry at most 64); :attr:`BoundedQuicConnection.refused`
 says why.
+
+**CRYPTO streams of a bounded size.** aioquic lets each of the TLS handshake's three
+CRYPTO streams hold 512 KiB ahead of what TLS read, so one byte at offset 512 KiB - 1
+(one gap, far below :attr:`max_gaps`) made it allocate half a MiB per connection: 32 MiB
+over the pending connections, 8 times what their stream windows allow. A CRYPTO frame
+ending more than :data:`MAX_PENDING_CRYPTO` past what TLS read closes the connection
+(``crypto_buffering``), as aioquic's own check would at 512 KiB.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ UNAUTHENTICATED_MAX_GAPS = 16
 AUTHENTICATED_MAX_GAPS = 1024
 #: Ranges an ACK frame may carry (its range count + 1). aioquic sends at most 64.
 MAX_ACK_RANGES = 256
+#: Bytes a TLS CRYPTO stream may hold beyond what TLS has read, per epoch. aioquic allows
+#: 512 KiB; the node's handshake messages are a few KiB (an Ed25519 certificate).
+MAX_PENDING_CRYPTO = 16 * 1024
 
 
 class GapSet:
@@ -159,6 +169,23 @@ class BoundedQuicConnection(QuicConnection):
                 reason_phrase=f"ACK frame with {ranges} ranges (at most {MAX_ACK_RANGES})",
             )
         super()._handle_ack_frame(context, frame_type, buf)
+
+    def _handle_crypto_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        start = buf.tell()
+        offset = buf.pull_uint_var()
+        length = buf.pull_uint_var()
+        buf.seek(start)
+        stream = self._crypto_streams[context.epoch]
+        if offset + length - stream.receiver.starting_offset() > MAX_PENDING_CRYPTO:
+            self.refused = "crypto_buffering"
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
+                frame_type=frame_type,
+                reason_phrase=f"CRYPTO data past {MAX_PENDING_CRYPTO} bytes of buffering",
+            )
+        super()._handle_crypto_frame(context, frame_type, buf)
 
     def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
         return self._with_gap_sets(super()._get_or_create_stream(frame_type, stream_id))

@@ -1049,6 +1049,28 @@ async def test_a_stranger_that_leaves_gaps_in_its_tls_stream_is_closed(
         await eventually(lambda: _has(b, "protocol_errors.stream_fragmented"), what="closed")
 
 
+async def test_a_stranger_cannot_make_a_tls_stream_buffer_past_its_bound(
+    transports: Starter,
+) -> None:
+    """aioquic let a CRYPTO stream hold 512 KiB ahead of what TLS read: one byte at a high
+    offset (one gap) allocated that much per connection, 32 MiB over the pending slots.
+    A CRYPTO frame past MAX_PENDING_CRYPTO closes the connection, counted."""
+    from aioquic.quic.rangeset import RangeSet
+    from aioquic.tls import Epoch
+
+    from services.transport.bounded_quic import MAX_PENDING_CRYPTO
+
+    async with stranger_at(transports) as (b, quic, protocol):
+        sender = quic._crypto_streams[Epoch.ONE_RTT].sender
+        base = sender._buffer_stop
+        sender.write(b"\x00" * (MAX_PENDING_CRYPTO + 1))
+        pending = RangeSet()
+        pending.add(base + MAX_PENDING_CRYPTO, base + MAX_PENDING_CRYPTO + 1)  # its last byte
+        sender._pending = pending
+        protocol.transmit()
+        await eventually(lambda: _has(b, "protocol_errors.crypto_buffering"), what="closed")
+
+
 async def test_a_datagram_larger_than_any_node_sends_is_dropped_unread(
     transports: Starter,
 ) -> None:
