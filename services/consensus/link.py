@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
@@ -34,8 +35,16 @@ LINK_RECONNECTS = Counter(
     "cretoai_consensus_transport_reconnects_total", "Transport stream reconnections"
 )
 
-#: Envelopes per gRPC message on the batched stream.
+#: Envelopes per gRPC message on the batched stream, and their bytes (a larger envelope
+#: goes alone): far below the channel's 16-MiB message limit, which a batch of large
+#: envelopes (state-transfer answers, NEW-VIEWs) once passed, failing the stream for
+#: every peer's traffic.
 BATCH_MAX = 256
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+#: Envelopes and bytes waiting for the transport; beyond either, new ones are dropped
+#: and counted (consensus recovers lost messages through its timers).
+QUEUE_MAX = 10_000
+QUEUE_MAX_BYTES = 64 * 1024 * 1024
 
 Inbound = Callable[[transport_pb2.Envelope], Awaitable[None]]
 
@@ -55,13 +64,18 @@ class TransportLink:
         target: str,
         on_inbound: Inbound,
         *,
-        queue_max: int = 10_000,
+        queue_max: int = QUEUE_MAX,
+        queue_max_bytes: int = QUEUE_MAX_BYTES,
         tls: InternalTls | None = None,
     ) -> None:
         self._tls = tls
         self._target = target
         self._on_inbound = on_inbound
-        self._outbound: asyncio.Queue[transport_pb2.Envelope] = asyncio.Queue(queue_max)
+        self._queue_max = queue_max
+        self._queue_max_bytes = queue_max_bytes
+        self._outbound: deque[tuple[transport_pb2.Envelope, int]] = deque()
+        self._outbound_bytes = 0
+        self._queued = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self.connected = asyncio.Event()
@@ -73,14 +87,20 @@ class TransportLink:
         ``trace_context``: the trace it continues (a traced batch's or vertices'; see
         tracing.py), none otherwise.
 
-        Never blocks: when the queue is full the envelope is dropped and counted
-        (consensus recovers lost messages through its timers).
+        Never blocks: when the queue is full (in envelopes or in bytes) the envelope is
+        dropped and counted (consensus recovers lost messages through its timers).
         """
-        envelope = transport_pb2.Envelope(to=to, payload=payload, trace_context=trace_context)
-        try:
-            self._outbound.put_nowait(envelope)
-        except asyncio.QueueFull:
+        size = len(payload) + len(to) + 64
+        if (
+            len(self._outbound) >= self._queue_max
+            or self._outbound_bytes + size > self._queue_max_bytes
+        ):
             LINK_DROPS.inc()
+            return
+        envelope = transport_pb2.Envelope(to=to, payload=payload, trace_context=trace_context)
+        self._outbound.append((envelope, size))
+        self._outbound_bytes += size
+        self._queued.set()
 
     @property
     def stub(self) -> transport_pb2_grpc.TransportStub:
@@ -100,15 +120,27 @@ class TransportLink:
             await self._channel.close()
 
     async def _outbound_stream(self) -> AsyncIterator[transport_pb2.EnvelopeBatch]:
-        """Everything queued so far, as one batch per gRPC message (per-message cost is high)."""
+        """What is queued, in batches of at most BATCH_MAX envelopes and BATCH_MAX_BYTES
+        (per-message cost is high)."""
         while True:
-            envelopes = [await self._outbound.get()]
-            while len(envelopes) < BATCH_MAX:
-                try:
-                    envelopes.append(self._outbound.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            yield transport_pb2.EnvelopeBatch(envelopes=envelopes)
+            while not self._outbound:
+                self._queued.clear()
+                await self._queued.wait()
+            yield transport_pb2.EnvelopeBatch(envelopes=self._take_batch())
+
+    def _take_batch(self) -> list[transport_pb2.Envelope]:
+        envelopes: list[transport_pb2.Envelope] = []
+        held = 0
+        queue = self._outbound
+        while queue and len(envelopes) < BATCH_MAX:
+            envelope, size = queue[0]
+            if envelopes and held + size > BATCH_MAX_BYTES:
+                break
+            queue.popleft()
+            envelopes.append(envelope)
+            held += size
+        self._outbound_bytes -= held
+        return envelopes
 
     async def _run(self) -> None:
         backoff = 0.1
