@@ -560,6 +560,11 @@ class GrpcService:
     #: Connections open at once (gRPC closes one beyond before its handshake); None:
     #: unbounded.
     max_connections: int | None = None
+    #: Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS;
+    #: gRPC resets those beyond). Without it, one connection opening streams and resetting
+    #: each at once ("rapid reset") got every other client's calls CANCELLED. None:
+    #: unbounded (internal services).
+    max_streams_per_connection: int | None = None
     #: A connection that has not finished its HTTP/2 handshake this long after it
     #: opened, or has had no call for this long, is closed (a client reconnects by
     #: itself); None: the handshake within :data:`HANDSHAKE_TIMEOUT_MS`, idle forever.
@@ -629,6 +634,8 @@ class GrpcService:
             options.append(("grpc.http2.bdp_probe", 0))
         if self.max_connections is not None:
             options.append(("grpc.max_allowed_incoming_connections", self.max_connections))
+        if self.max_streams_per_connection is not None:
+            options.append(("grpc.max_concurrent_streams", self.max_streams_per_connection))
         # gRPC's own default is 120 s: any local process could hold a descriptor of an
         # internal service per connection it opens and never handshakes on
         handshake_ms = (

@@ -18,7 +18,13 @@ from cretoai.channels import internal_channel
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import NodeKey, get_backend, load_private_key
 from cretoai.crypto.backend import Backend
-from cretoai.serving import GrpcService, PerClientLimitInterceptor, Servicer, ensure_open_files
+from cretoai.serving import (
+    PLUMBING_PER_CLIENT,
+    GrpcService,
+    PerClientLimitInterceptor,
+    Servicer,
+    ensure_open_files,
+)
 from cretoai.v1 import gateway_pb2_grpc
 from services.gateway import metrics
 from services.gateway.backends import ConsensusClient, StorageClient
@@ -160,6 +166,11 @@ async def build(cfg: NodeConfig) -> GatewayService:
             )
         ],
         max_connections=cfg.gateway.max_connections,
+        # room for one client's calls (application and plumbing) on one connection, and
+        # one more, to be told RESOURCE_EXHAUSTED rather than wait for a stream
+        max_streams_per_connection=cfg.gateway.grpc_max_concurrent_rpcs_per_client
+        + PLUMBING_PER_CLIENT
+        + 1,
         idle_timeout_ms=cfg.gateway.idle_timeout_ms,
         rest=rest,
         gateway=gateway,

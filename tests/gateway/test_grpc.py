@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
 from collections.abc import Callable
 
 import grpc
@@ -358,3 +360,41 @@ async def test_one_client_cannot_hold_every_call_slot(
         finally:
             for call in streams:
                 call.cancel()
+
+
+async def test_a_connection_resetting_streams_as_fast_as_it_opens_them_locks_nobody_out(
+    node: Node,
+) -> None:
+    """HTTP/2 "rapid reset": one anonymous connection opening gRPC streams and cancelling
+    each at once (tens of thousands a second) got every other client's calls CANCELLED
+    for as long as it went on; the streams never reached the per-client limits (audit,
+    2026-12-04). The public server now bounds a connection's concurrent streams."""
+    flood = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "devkit.h2flood",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(node.gateway.port),
+        "--seconds",
+        "8",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(1.0)  # the flood is under way
+        codes = []
+        for _ in range(5):
+            try:
+                await node.stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=3)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        assert flood.returncode is None  # measured while the flood went on
+        assert codes == [grpc.StatusCode.OK] * 5
+        out, _ = await asyncio.wait_for(flood.communicate(), 30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            flood.kill()
+    opened = int(out.split()[1])
+    assert opened >= 10_000, out  # a flood indeed
