@@ -70,6 +70,7 @@ from services.consensus.executor import Executed, Executor
 from services.consensus.feed import FinalizedFeed
 from services.consensus.link import SESSION_METADATA, TransportLink
 from services.consensus.mark import MarkFile
+from services.consensus.repair import RepairBudget
 from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
 from services.consensus.verify import Verifier
@@ -110,7 +111,14 @@ PEER_REQUESTS_DROPPED = Counter(
 )
 STATE_REQUESTS_DROPPED = Counter(
     "cretoai_consensus_state_requests_dropped_total",
-    "State requests dropped because the same peer's previous one was still being served",
+    "State requests dropped because the same peer's previous one was still being served "
+    "or the peer drew its repair budget",
+)
+REPAIR_THROTTLED = Counter(
+    "cretoai_consensus_repair_throttled_total",
+    "State-transfer answers and resent batches not sent because the peer drew more "
+    "repair bytes than its budget (services/consensus/repair.py)",
+    ["peer"],
 )
 FAILURES = Counter(
     "cretoai_consensus_replica_failures_total",
@@ -315,6 +323,12 @@ class Driver:
         self.feed = feed
         self.link = TransportLink(transport_target, self._on_inbound, tls=tls)
         self._tick_s = tick_ms / 1000
+        transfer = replica.config.transfer_max_bytes
+        self._repair = RepairBudget(
+            rate=transfer / (replica.config.status_interval * self._tick_s),
+            burst=2 * transfer,
+            clock=clock,
+        )
         limit = replica.config.admission_max_wait
         #: Admission on the wall clock: the replica counts a request's wait in ticks,
         #: which run slow when this process is starved (a tick is never queued behind
@@ -802,6 +816,13 @@ class Driver:
             otel_context.detach(token)
             persist_span.end()
         for out in rd.send:
+            payload = None
+            if out.repair and out.to is not None:
+                if not self._repair.allows(out.to):
+                    REPAIR_THROTTLED.labels(self.names[out.to]).inc()
+                    continue
+                payload = encode_envelope(out.envelope)
+                self._repair.charge(out.to, len(payload))
             carrier = self.traces.sending(out.envelope, out.to)
             if isinstance(out.envelope, StateRequestEnvelope):
                 self._log_state_request(out.to, out.envelope)
@@ -811,7 +832,9 @@ class Driver:
                     self.link.send(payload, to=to, trace_context=carrier)
                 continue
             to = "" if out.to is None else self.node_ids[out.to]
-            self.link.send(encode_envelope(out.envelope), to=to, trace_context=carrier)
+            if payload is None:
+                payload = encode_envelope(out.envelope)
+            self.link.send(payload, to=to, trace_context=carrier)
         for committed in rd.execute:
             executed = await self._execute(committed)
             self.replica.applied(committed.seq, executed.state_digest)
@@ -839,6 +862,10 @@ class Driver:
             # before it asks again; a flood of requests must not start a read each.
             if serve.peer in self._serving:
                 STATE_REQUESTS_DROPPED.inc()
+                continue
+            if not self._repair.allows(serve.peer):  # before any storage read
+                STATE_REQUESTS_DROPPED.inc()
+                REPAIR_THROTTLED.labels(self.names[serve.peer]).inc()
                 continue
             self._serving.add(serve.peer)
             self._background(self._serve_state(serve))
@@ -982,6 +1009,7 @@ class Driver:
             }
             log.info("state transfer served", extra={"fields": fields})
             payload = encode_envelope(StateResponseEnvelope(tuple(batches)))
+            self._repair.charge(serve.peer, len(payload))
             self.link.send(payload, to=self.node_ids[serve.peer])
 
     async def _record_evidence(self, evidence: EvidenceEnvelope) -> None:

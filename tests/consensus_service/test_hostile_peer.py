@@ -45,7 +45,7 @@ from services.consensus.core.messages import (
     StateRequestEnvelope,
     StatusEnvelope,
 )
-from services.consensus.core.ready import Ready, Record
+from services.consensus.core.ready import Outbound, Ready, Record, ServeState
 from services.consensus.core.replica import Replica
 from services.consensus.core.reputation import Fault, FaultKind
 from services.consensus.driver import PERSIST_MAX_BYTES, Driver, persist_writes, request_hash
@@ -334,6 +334,66 @@ async def test_a_flood_of_state_requests_is_served_one_at_a_time_per_peer() -> N
     gate.set()
     await asyncio.gather(*list(driver._side_tasks))
     assert driver._serving == set()  # the next request is served again
+
+
+async def test_a_peer_draws_repair_no_faster_than_its_budget() -> None:
+    """A STATE-REQUEST or a STATUS that shows a peer behind draws megabytes for a few
+    bytes: a Byzantine member asking thousands of times drew 232 MB in 20 s and grew
+    every honest consensus process to about 2 GB (audit, 2026-12-04). Each peer may now
+    draw twice ``transfer_max_bytes`` at once, then that much per status interval;
+    others are not held back, nor is what is not repair."""
+    now = [1000.0]
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10, clock=lambda: now[0])
+    config = driver.replica.config
+    body = b"x" * (config.transfer_max_bytes // 2 - 4096)  # a bit under 1 MiB
+    answer = RequestsEnvelope((Request(hash=bytes(32), body=body),))
+    size = len(encode_envelope(answer))
+
+    def flood(count: int) -> Ready:
+        return Ready(
+            send=(
+                *(Outbound(BYZANTINE, answer, repair=True) for _ in range(count)),
+                Outbound(2, answer, repair=True),  # an honest peer catching up
+                Outbound(BYZANTINE, answer),  # not repair: a forward, a PRE-PREPARE's bodies
+            )
+        )
+
+    def queued() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        while driver.link._outbound:
+            envelope, _ = driver.link._outbound.popleft()
+            counts[envelope.to] = counts.get(envelope.to, 0) + 1
+        driver.link._outbound_bytes = 0
+        return counts
+
+    def throttled() -> float:
+        name = driver.names[BYZANTINE]
+        sample = "cretoai_consensus_repair_throttled_total"
+        return REGISTRY.get_sample_value(sample, {"peer": name}) or 0.0
+
+    byzantine, honest = driver.node_ids[BYZANTINE], driver.node_ids[2]
+    before = throttled()
+    await driver._carry_out(flood(200))
+    at_once = -(-2 * config.transfer_max_bytes // size)  # the burst, the last one whole
+    assert queued() == {byzantine: at_once + 1, honest: 1}
+    assert throttled() == before + 200 - at_once
+    # one status interval later: about transfer_max_bytes more, not 200 answers
+    now[0] += config.status_interval * driver._tick_s
+    await driver._carry_out(flood(200))
+    assert queued()[byzantine] - 1 <= -(-config.transfer_max_bytes // size)
+    # state requests too: dropped before any storage read while the budget is spent
+    reads: list[int] = []
+
+    async def read(from_seq: int, to_seq: int = 0) -> Any:
+        reads.append(from_seq)
+        return
+        yield
+
+    driver.feed.read = read  # type: ignore[method-assign]
+    serve = (ServeState(peer=BYZANTINE, from_seq=1, to_seq=64), ServeState(2, 1, 64))
+    await driver._carry_out(Ready(serve=serve))
+    await asyncio.gather(*list(driver._side_tasks))
+    assert reads == [1]  # the honest peer's
 
 
 def test_a_flood_of_status_draws_one_checkpoint_proof_per_interval() -> None:

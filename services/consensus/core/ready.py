@@ -26,10 +26,15 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """An envelope for replica ``to``, or for every other replica when ``to`` is None."""
+    """An envelope for replica ``to``, or for every other replica when ``to`` is None.
+
+    ``repair``: it repeats what ``to`` should already have (batches, resent slots), drawn
+    by that peer's own STATUS or request; the driver bounds such bytes per peer, so a
+    peer cannot draw them faster than it could use them."""
 
     to: int | None
     envelope: Envelope
+    repair: bool = False
 
 
 @dataclass(frozen=True, slots=True)

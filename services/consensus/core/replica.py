@@ -1434,7 +1434,7 @@ class Replica:
                 # (the peer may hold the requests in its pool; if not, the next resend).
                 bodies = self._batches.get(pp.msg.digest, ()) if budget > 0 else ()
                 budget -= sum(r.size for r in bodies)
-                self._send.append(Outbound(peer, SignedEnvelope(pp, bodies)))
+                self._send.append(Outbound(peer, SignedEnvelope(pp, bodies), repair=bool(bodies)))
             for kind in ("prepare", "commit"):
                 own = self._own.get((kind, self._view, seq))
                 if own is not None:
@@ -1496,7 +1496,7 @@ class Replica:
             batches.append(TransferBatch(requests=requests, certificate=slot.committed))
             budget -= sum(r.size for r in requests)
         if batches:
-            self._send.append(Outbound(peer, StateResponseEnvelope(tuple(batches))))
+            self._send.append(Outbound(peer, StateResponseEnvelope(tuple(batches)), repair=True))
         return bool(batches)
 
     # --- view change (§4.4) -----------------------------------------------------------
