@@ -23,6 +23,7 @@ import weakref
 from collections import Counter
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -112,6 +113,13 @@ PARSER_ERROR_CODES = {413: "body_too_large", 431: "headers_too_large"}
 PARSER_MESSAGE_CHARS = 200
 
 
+def _head_too_large(exc: BaseException | None) -> bool:
+    """Whether aiohttp refused a request for its head's size (it answers those 400)."""
+    if isinstance(exc, LineTooLong):
+        return True
+    return isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message)
+
+
 class JsonErrorHandler(RequestHandler):
     """aiohttp's handler of one connection, but what aiohttp answers on its own (a request
     it cannot parse, a handler that fails outside the application) is the API's
@@ -141,6 +149,8 @@ class JsonErrorHandler(RequestHandler):
             code, text = ("timeout", "the request timed out") if status == 504 else (
                 "internal", "internal error")  # fmt: skip
         else:
+            if status == 400 and _head_too_large(exc):
+                status = 431
             code = PARSER_ERROR_CODES.get(status, "bad_request")
             text = " ".join((message or "").split())[:PARSER_MESSAGE_CHARS] or "bad request"
             metrics.HTTP_UNPARSABLE.labels(str(status)).inc()

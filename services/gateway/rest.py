@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: A request head's bounds: its request line and each header field at most this many
+#: bytes, and at most this many fields (trace context, auth and the usual client
+#: headers fit; the whole head is then at most 128 KiB).
+MAX_HEADER_BYTES = 4096
+MAX_HEADERS = 32
+
 #: Close code sent to a WebSocket subscriber that fell too far behind (it may resume by seq).
 WS_SLOW_CONSUMER = 4008
 #: How long a closing WebSocket may take before its connection is aborted.
@@ -303,6 +309,11 @@ class RestApi:
             keepalive_timeout=self._idle_timeout_s,
             # bodies are read as sent: a compressed one is refused (415), never inflated
             auto_decompress=False,
+            # a head of at most 32 fields of 4 KiB (aiohttp's defaults, 128 of 8 KiB,
+            # let 1,024 connections each hold a 1-MB head: 2 GB of gateway memory)
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
         )
         await runner.setup()
         site = LimitedSite(

@@ -22,8 +22,9 @@ from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
+from services.gateway.rest import MAX_HEADER_BYTES, MAX_HEADERS
 from tests.conftest import REPO
-from tests.gateway.support import TIMEOUT, start_node
+from tests.gateway.support import TIMEOUT, Node, start_node
 
 
 async def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -337,3 +338,26 @@ async def test_a_request_aiohttp_cannot_parse_gets_the_apis_json_error(
         fresh = await _connect(node.gateway.http_port)
         sockets.append(fresh)
         assert (await _exchange(fresh, HEALTH))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "size", "status"),
+    [(MAX_HEADERS - 2, MAX_HEADER_BYTES - 16, 200), (MAX_HEADERS, 16, 431), (1, 5000, 431)],
+    ids=["at_the_bounds", "too_many_fields", "a_field_too_long"],
+)
+async def test_a_request_head_is_bounded(
+    node: Node, sockets: list[socket.socket], fields: int, size: int, status: int
+) -> None:
+    """aiohttp's defaults took heads of 128 fields of 8 KiB: 1,024 connections each
+    holding a 1-MB head grew the gateway from 131 MB to 2 GB (audit, 2026-12-04). Now
+    at most 32 fields (Host among them) of at most 4 KiB; beyond, a JSON 431 and the
+    connection closed."""
+    extra = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * size) for i in range(fields))
+    sock = await _connect(node.gateway.http_port)
+    sockets.append(sock)
+    request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n" + extra + b"\r\n"
+    got, _, body = await _exchange(sock, request)
+    assert got == status, body
+    if status != 200:
+        assert json.loads(body)["error"]["code"] == "headers_too_large"
+        assert await _read_until_closed(sock) == b""
