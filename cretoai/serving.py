@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import inspect
 import logging
 import resource
@@ -170,6 +172,19 @@ class TracingInterceptor(_CallInterceptor):
         if exc is not None and not isinstance(exc, asyncio.CancelledError):
             span.record_exception(exc)
         span.end()
+        _detach(token)
+
+
+def _detach(token: Any) -> None:
+    """``otel_context.detach``, but quiet when the call ends in another Context than the
+    one it began in: a stream's handler is an async generator, which gRPC may close from
+    another task (a client's reset), and OpenTelemetry then logged "Failed to detach
+    context" with a traceback at error level, which any client could repeat at will. The
+    attachment ends with the Context it was made in."""
+    if isinstance(token, contextvars.Token):  # OpenTelemetry's default runtime context
+        with contextlib.suppress(ValueError, RuntimeError):
+            token.var.reset(token)
+    else:
         otel_context.detach(token)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -20,7 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cretoai.errors import ERROR_CODE_KEY
-from cretoai.serving import HANDLER_UNWIND_S, GrpcService, PerClientLimitInterceptor, Servicer
+from cretoai.serving import (
+    HANDLER_UNWIND_S,
+    GrpcService,
+    PerClientLimitInterceptor,
+    Servicer,
+    TracingInterceptor,
+)
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 from tests.conftest import REPO
 from tests.support.echo_service import SERVICE, echo_servicer
@@ -583,3 +590,23 @@ async def test_a_connection_that_never_handshakes_is_closed(
             assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
     finally:
         await service.stop()
+
+
+def test_a_call_ending_in_another_context_than_it_began_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream's handler is an async generator that gRPC may close from another task
+    (a client's reset): its span's context was then detached in another Context than
+    the one it was attached in, and OpenTelemetry logged "Failed to detach context" with
+    a traceback at error level, which any client could repeat (audit, 2026-12-04)."""
+    interceptor = TracingInterceptor()
+    began_elsewhere = contextvars.copy_context().run(interceptor.begin, "/svc/Watch", {})
+    assert began_elsewhere is not None
+    with caplog.at_level(logging.DEBUG):
+        interceptor.end(began_elsewhere, "/svc/Watch", "CANCELLED", None)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not began_elsewhere[0].is_recording()  # the span still ended
+    # in the same Context: detached as usual
+    state = interceptor.begin("/svc/Get", {})
+    interceptor.end(state, "/svc/Get", "OK", None)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
