@@ -49,10 +49,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are each given once: with a repeated name, what a proxy,
+    a log or a client library reading the first value sees would not be what the node
+    stores (the last one)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise ValueError(f"the name {_shown(repeated)} is repeated in an object")
+    return obj
+
+
+def _shown(name: str, limit: int = 64) -> str:
+    """A client's field name in a message, shortened (it may be megabytes long)."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name)} chars)"
+
+
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (UTF-8, no NaN/Infinity); ApiError ``malformed_json`` otherwise."""
+    """Strict JSON (UTF-8, no NaN/Infinity, no name twice in an object); ApiError
+    ``malformed_json`` otherwise."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_object_once
+        )
     except UnicodeDecodeError:
         raise ApiError("malformed_json", "the body is not UTF-8") from None
     except RecursionError:
@@ -105,7 +125,7 @@ def parse_submission(data: Any) -> Draft:
     if unknown:
         raise ApiError(
             "bad_request",
-            f"unknown field {unknown[0]!r} (known: {', '.join(sorted(SUBMIT_FIELDS))})",
+            f"unknown field {_shown(unknown[0])} (known: {', '.join(sorted(SUBMIT_FIELDS))})",
         )
     if "payload" not in data:
         raise ApiError("bad_request", "payload: missing (base64; may be empty)")
@@ -167,7 +187,7 @@ def parse_batch(data: Any, *, max_vertices: int) -> list[Draft]:
         )
     unknown = sorted(set(data) - BATCH_FIELDS)
     if unknown:
-        raise ApiError("bad_request", f"unknown field {unknown[0]!r} (known: vertices)")
+        raise ApiError("bad_request", f"unknown field {_shown(unknown[0])} (known: vertices)")
     if "vertices" not in data:
         raise ApiError("bad_request", "vertices: missing (an array of vertices)")
     entries = data["vertices"]

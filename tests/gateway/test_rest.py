@@ -155,6 +155,9 @@ MALFORMED = [
     (b'{"payload": NaN}', "malformed_json"),
     (b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
     (b"", "malformed_json"),
+    # a repeated name: a proxy or log reading the first value would see another vertex
+    (b'{"payload": "aGVsbG8=", "payload": "d29ybGQ="}', "malformed_json"),
+    (b'{"payload": "", "parents": [], "parents": ["' + b"ab" * 32 + b'"]}', "malformed_json"),
     (b"[]", "bad_request"),
     (b'"payload"', "bad_request"),
     (b"{}", "bad_request"),
@@ -207,6 +210,21 @@ async def test_malformed_bodies_are_400(node: Node) -> None:
         assert (status, reply["error"]["code"]) == (400, code), raw[:80]
         assert reply["error"]["message"]
     assert node.consensus.submissions == []
+
+
+async def test_a_long_unknown_field_is_named_shortened(node: Node) -> None:
+    """An unknown field's name is quoted in the error: a 500,000-character one was, whole."""
+    name = "x" * 500_000
+    status, reply = await node.post("/v1/vertices", {"payload": "", name: 1})
+    assert (status, reply["error"]["code"]) == (400, "bad_request")
+    assert "(500000 chars)" in reply["error"]["message"]
+    assert len(reply["error"]["message"]) < 300
+    long = b"y" * 100_000
+    raw = b'{"payload": "", "' + long + b'": 1, "' + long + b'": 2}'
+    status, reply = await node.post("/v1/vertices", data=raw)
+    assert (status, reply["error"]["code"]) == (400, "malformed_json")
+    assert "repeated" in reply["error"]["message"]
+    assert len(reply["error"]["message"]) < 300
 
 
 async def test_bad_wait_parameter_is_400(node: Node) -> None:
