@@ -56,8 +56,10 @@ def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
-        raise ValueError(f"the name {_shown(repeated)} is repeated in an object")
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"the name {_shown(name)} is repeated in an object")
+            seen.add(name)
     return obj
 
 
