@@ -119,6 +119,13 @@ class GatewaySection:
     #: identity of this gateway, never a validator key. Empty: unsigned submissions are
     #: refused (422 signature_required); clients then sign their vertices themselves.
     submitter_key: str = ""
+    #: Web origins (``scheme://host[:port]``) whose pages may submit and subscribe. A
+    #: browser names the page's origin in ``Origin``; a submission or stream request
+    #: carrying any other origin gets 403 ``origin_not_allowed``: else any web page its
+    #: visitor opens could make the browser submit vertices the gateway signs, to a
+    #: gateway only the visitor's machine reaches. Clients that are not browsers send no
+    #: ``Origin`` and are not affected.
+    allowed_origins: tuple[str, ...] = ()
 
 
 #: The largest batch a node may be configured for (see validate: frames and persists).
@@ -457,6 +464,8 @@ T = TypeVar("T")
 
 
 def _type_name(tp: Any) -> str:
+    if tp == tuple[str, ...]:
+        return "an array of strings"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, "a path string" if tp is Path else str(tp)
     )
@@ -477,6 +486,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is Path and isinstance(value, str) and value:
         return Path(value)
+    elif (
+        tp == tuple[str, ...] and isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        return tuple(value)
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
@@ -611,6 +624,13 @@ def _validate(cfg: NodeConfig) -> None:
     ):
         if getattr(cfg.gateway, name) <= 0:
             raise ConfigError(f"{src}: gateway.{name}: must be positive")
+    for origin in cfg.gateway.allowed_origins:
+        scheme, sep, host = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not host or "/" in host:
+            raise ConfigError(
+                f"{src}: gateway.allowed_origins: {origin!r} is not an origin "
+                "(scheme://host[:port], e.g. https://explorer.example.org)"
+            )
     c = cfg.consensus
     for name in (
         "tick_ms",

@@ -109,6 +109,14 @@ def test_generated_config_loads(node_config: Path) -> None:
         (lambda d: d["gateway"].update(idle_timeout_ms=0), "gateway.idle_timeout_ms"),
         (lambda d: d["gateway"].update(body_timeout_ms=0), "gateway.body_timeout_ms"),
         (
+            lambda d: d["gateway"].update(allowed_origins=["evil.example"]),
+            "gateway.allowed_origins: 'evil.example' is not an origin",
+        ),
+        (
+            lambda d: d["gateway"].update(allowed_origins="https://a.example"),
+            "gateway.allowed_origins: expected an array of strings",
+        ),
+        (
             lambda d: d["consensus"].update(pool_max_bytes=1_048_575),  # < batch_max_bytes
             "consensus.pool_max_bytes",
         ),

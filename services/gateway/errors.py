@@ -25,6 +25,8 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     "bad_hex": (400, grpc.StatusCode.INVALID_ARGUMENT),
     "partial_signature": (400, grpc.StatusCode.INVALID_ARGUMENT),
     "incomplete_body": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    # 403: a web page of an origin not allowed (gateway.allowed_origins)
+    "origin_not_allowed": (403, grpc.StatusCode.PERMISSION_DENIED),
     "not_found": (404, grpc.StatusCode.NOT_FOUND),
     "method_not_allowed": (405, grpc.StatusCode.UNIMPLEMENTED),
     # 408: the request did not arrive in time

@@ -157,6 +157,35 @@ async def expect_continue(request: web.Request) -> web.Response | None:
     return response
 
 
+#: Requests a web page must not make in a visitor's name (submissions, stream
+#: subscriptions): refused when their ``Origin`` is not in ``gateway.allowed_origins``.
+_GUARDED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def origin_guard(allowed: tuple[str, ...]) -> Any:
+    """The middleware refusing submissions and stream subscriptions from web pages of
+    other origins than ``allowed`` (403 ``origin_not_allowed``)."""
+    permitted = frozenset(origin.lower().rstrip("/") for origin in allowed)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        guarded = request.method in _GUARDED_METHODS or (
+            request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+        )
+        if origin is not None and guarded and origin.lower() not in permitted:
+            return error_response(
+                ApiError(
+                    "origin_not_allowed",
+                    f"a web page of origin {origin[:100]!r} may not submit or subscribe "
+                    "here; gateway.allowed_origins lists the origins that may",
+                )
+            )
+        return await handler(request)
+
+    return middleware
+
+
 def error_response(exc: ApiError, **extra: Any) -> web.Response:
     response = json_response({**exc.body(), **extra}, exc.http_status)
     if exc.code == "overloaded":
@@ -264,6 +293,7 @@ class RestApi:
         idle_timeout_s: float,
         body_timeout_s: float,
         sampling_ratio: float = DEFAULT_SAMPLING_RATIO,
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self._gw = gateway
         self._max_body = max_body_bytes
@@ -280,7 +310,8 @@ class RestApi:
         self._openapi = _resource("openapi.json")
         self._docs = _resource("docs.html")
         app = web.Application(
-            middlewares=[observing(sampling_ratio), errors], client_max_size=self.max_batch_body
+            middlewares=[observing(sampling_ratio), errors, origin_guard(allowed_origins)],
+            client_max_size=self.max_batch_body,
         )
         post = functools.partial(app.router.add_post, expect_handler=expect_continue)
         get = functools.partial(app.router.add_get, expect_handler=expect_continue)

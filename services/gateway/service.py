@@ -126,6 +126,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
         idle_timeout_s=cfg.gateway.idle_timeout_ms / 1000,
         body_timeout_s=cfg.gateway.body_timeout_ms / 1000,
         sampling_ratio=cfg.telemetry.sampling_ratio,
+        allowed_origins=cfg.gateway.allowed_origins,
     )
 
     async def cleanup() -> None:

@@ -885,3 +885,36 @@ async def test_an_unknown_expectation_gets_the_apis_json_error(node: Node) -> No
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     writer.close()
     assert head.startswith(b"HTTP/1.1 202"), head
+
+
+async def test_web_pages_of_other_origins_may_not_submit_or_subscribe(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """A page any visitor opens could make the browser POST a JSON body as text/plain
+    (no CORS preflight) to a gateway only the visitor's machine reaches, and have the
+    gateway sign it (audit, 2026-12-04). A submission or a stream subscription naming an
+    Origin not in ``gateway.allowed_origins`` is 403; without Origin (not a browser), or
+    from a listed origin, it goes; reads are not guarded."""
+    cfg = make_config(allowed_origins=("https://explorer.example.org",))
+    async with start_node(cfg) as node:
+        evil = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        for path in ("/v1/vertices", "/v1/vertices:batch"):
+            status, reply = await node.post(path, data=b'{"payload": ""}', headers=evil)
+            assert (status, reply["error"]["code"]) == (403, "origin_not_allowed")
+        upgrade = {
+            "Origin": "https://evil.example",
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        status, reply = await node.get("/v1/stream", headers=upgrade)
+        assert (status, reply["error"]["code"]) == (403, "origin_not_allowed")
+        assert node.consensus.submissions == []
+        status, _ = await node.get("/v1/status", headers={"Origin": "https://evil.example"})
+        assert status == 200
+        allowed = {"Origin": "https://Explorer.example.org"}
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"ok")}, headers=allowed)
+        assert status == 202
+        status, _ = await node.post("/v1/vertices", {"payload": b64(b"curl")})
+        assert status == 202
