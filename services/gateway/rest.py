@@ -386,7 +386,14 @@ class RestApi:
         """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond),
         whole within ``gateway.body_timeout_ms`` (408 ``request_timeout``: a client that
         sends its body slowly, or not at all, holds its reservation no longer)."""
-        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        # every Content-Encoding header, every coding in each: one saying identity
+        # beside another saying gzip was read as identity
+        codings = [
+            coding.strip().lower()
+            for header in request.headers.getall(hdrs.CONTENT_ENCODING, ())
+            for coding in header.split(",")
+        ]
+        encoding = next((c for c in codings if c != "identity"), "identity")
         if encoding != "identity":
             # aiohttp would inflate it while the reservation counts the compressed bytes
             raise ApiError(

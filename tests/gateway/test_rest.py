@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
 from cretoai.config import ConfigError, NodeConfig
@@ -260,6 +261,15 @@ async def test_compressed_bodies_are_refused_before_they_are_read(node: Node) ->
                 headers={"Content-Type": "application/json", "Content-Encoding": encoding},
             )
             assert_error(status, reply, 415, "unsupported_encoding")
+    # every header and every coding counts, not only the first
+    for headers in (
+        [("Content-Encoding", "identity"), ("Content-Encoding", "gzip")],
+        [("Content-Encoding", "identity, gzip")],
+    ):
+        status, reply = await node.post(
+            "/v1/vertices", data=gzip.compress(raw), headers=CIMultiDict(headers)
+        )
+        assert_error(status, reply, 415, "unsupported_encoding")
     assert node.consensus.submissions == []
     status, _ = await node.post("/v1/vertices", data=raw, headers={"Content-Encoding": "identity"})
     assert status == 202
