@@ -291,6 +291,7 @@ class Replica:
         self._init_mark(state, signing_mark)
         if records:
             self._restore(state)
+            self._leave_a_recovered_view()
 
     # --- public surface ---------------------------------------------------------------
 
@@ -1561,7 +1562,17 @@ class Replica:
         self._view_change_progress()
 
     def _view_change_progress(self) -> None:
-        # Join: f+1 replicas want a view above ours, so at least one honest does.
+        # Join: our primary hands its view on (it restarted), or f+1 replicas want a
+        # view above ours, so at least one honest does.
+        primary = self.config.primary(self._view)
+        if (
+            self._active
+            and primary != self.id
+            and self._view + 1 in self._vcs
+            and primary in self._vcs[self._view + 1]
+        ):
+            self._start_view_change(self._view + 1)
+            return
         highest: dict[int, int] = {}
         for view, by in self._vcs.items():
             for j in by:
@@ -1701,6 +1712,15 @@ class Replica:
                     self._on_signed(sender, env)
 
     # --- restart ------------------------------------------------------------------------
+
+    def _leave_a_recovered_view(self) -> None:
+        """A restarted primary never proposes in the view it recovered: its records (and
+        the signing mark beside them) may have been restored from an older copy and miss
+        PRE-PREPAREs it sent in this view, and proposing those seqs again would
+        equivocate (the signing floor catches a rollback only when the mark outlived
+        it). It hands the view on; its backups join at once (:meth:`_view_change_progress`)."""
+        if self._active and self.primary == self.id and self._n > 1:
+            self._start_view_change(self._view + 1)
 
     def _restore(self, state: durable.DurableState) -> None:
         if state.stable_proof:
