@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -262,6 +263,8 @@ class _Step:
     #: When the envelope reached this process (monotonic ns), and its trace context.
     arrived: int
     carrier: Mapping[str, str]
+    #: Its bytes on the wire, counted in ``Driver.verifying_bytes`` until it is applied.
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -720,21 +723,32 @@ class Driver:
     async def _deliver_one_verified(self) -> None:
         """The oldest message being checked, to the replica task in arrival order."""
         task, size = await self._verifying.get()
+        item: _Input | None = None
         try:
             item = await task
         except asyncio.CancelledError:
+            self._release(size)
             raise
         except Exception:
             # A bug met by one peer's message: that message is lost, delivery goes on
             # (a Byzantine peer must not be able to silence or restart the replica).
             FAILURES.labels("check").inc()
             log.error("checking a peer's message failed", exc_info=True)
-            item = None
-        finally:
-            self.verifying_bytes -= size
-            self._verifying_freed.set()
+        if isinstance(item, _Step):
+            # its bytes stay counted until the replica task applies it: while that task
+            # waits (a full disk, a storage that is down) peers' messages once piled up
+            # here without bound (99 -> 329 MB in 4.5 min, still growing)
+            self._inbox.put_nowait(dataclasses.replace(item, size=size))
+            INBOX.set(self._inbox.qsize())
+            return
+        self._release(size)
         if item is not None:
             self._inbox.put_nowait(item)
+
+    def _release(self, size: int) -> None:
+        """``size`` bytes of peers' messages are no longer held (checked and applied)."""
+        self.verifying_bytes -= size
+        self._verifying_freed.set()
 
     # --- the replica task ------------------------------------------------------------
 
@@ -746,6 +760,7 @@ class Driver:
             self._tick_pending = False
             self._tick(self._clock())
         elif isinstance(item, _Step):
+            self._release(item.size)
             self.traces.received(item.envelope, item.arrived, item.carrier)
             self.replica.step(item.sender, item.envelope)
         elif isinstance(item, _Propose):

@@ -19,7 +19,7 @@ from cretoai.vertex import make_vertex, vertex_hash
 from services.consensus import driver as driver_module
 from services.consensus.core.codec import encode_envelope
 from services.consensus.core.config import Config
-from services.consensus.core.messages import Request, RequestsEnvelope
+from services.consensus.core.messages import Request, RequestsEnvelope, StatusEnvelope
 from services.consensus.driver import request_hash
 from tests.support.driver import unstarted_driver
 
@@ -71,3 +71,28 @@ async def test_messages_being_verified_are_bounded_in_bytes(monkeypatch: Any) ->
     await driver._deliver_one_verified()
     # what was checked reached the replica task, in order (undecodable: a fault each)
     assert driver._inbox.qsize() == 3
+
+
+async def test_messages_waiting_for_the_replica_task_stay_counted(monkeypatch: Any) -> None:
+    """Checked messages wait in the replica task's inbox while it waits itself (a persist
+    to a full disk, a storage that is down): they were no longer counted there, and a
+    consensus process grew from 99 to 329 MB in 4.5 minutes (audit, 2026-12-04). Their
+    bytes now count until the replica task applies them: beyond the bound, the
+    transport stream is not read."""
+    status = encode_envelope(StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=0))
+    monkeypatch.setattr(driver_module, "VERIFYING_MAX_BYTES", 3 * len(status))
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+    message = transport_pb2.Envelope(payload=status)
+    setattr(message, "from", driver.node_ids[3])
+    for _ in range(3):
+        await driver._on_inbound(message)
+        await driver._deliver_one_verified()
+    assert driver._inbox.qsize() == 3  # checked, valid, waiting for the replica task
+    assert driver.verifying_bytes == 3 * len(status)
+    blocked = asyncio.create_task(driver._on_inbound(message))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not blocked.done()  # the stream is not read on
+    driver._apply(driver._inbox.get_nowait())  # the replica task takes one
+    await asyncio.wait_for(blocked, 5)
+    assert driver.verifying_bytes == 3 * len(status)
