@@ -136,6 +136,18 @@ async def build(cfg: NodeConfig) -> GrpcService:
         executed=executed,
         signing_mark=signing_mark,
     )
+    if signing_mark is None and records:
+        # records of a replica that has run, and no mark: deleted (or a new volume for
+        # it). Safe while the records are whole (they hold what was signed, and the mark
+        # is written again from them); it is what lets an old copy of the records sign
+        # twice, so say so.
+        log.warning(
+            "the signing mark is missing but storage holds this replica's records "
+            "(deleted, or its volume replaced?); writing it again from the records. Never "
+            "delete it: with records restored from an older copy it is what stops this "
+            "replica signing twice",
+            extra={"fields": {"mark_file": str(mark_file.path), "storage_seq": executed.seq}},
+        )
     if replica.signing_floor is not None:
         floor = replica.signing_floor
         log.warning(

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import load_config
-from cretoai.v1 import storage_pb2, storage_pb2_grpc
+from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc
 from node.clusterinit import ClusterLayout
 
 pytestmark = pytest.mark.slow
@@ -74,5 +74,67 @@ async def test_damaged_consensus_records_stop_the_consensus_with_one_line(
         last = err.decode().strip().splitlines()[-1]
         assert last.startswith("error: consensus failed: CorruptState: unreadable consensus record")
     finally:
+        storage.terminate()
+        await asyncio.wait_for(storage.wait(), 30)
+
+
+async def test_a_missing_signing_mark_beside_records_is_warned_about(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    """The mark deleted (or its volume replaced) while storage keeps the replica's
+    records: safe while the records are whole, but it was re-created without a word."""
+    layout = cluster_factory(1)
+    node = layout.nodes[0]
+    cfg = load_config(node.config)
+    assert not cfg.signing_mark_path.exists()
+    storage = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.storage",
+        "--config",
+        str(node.config),
+        cwd=node.directory,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    consensus = None
+    try:
+        target, tls = service_endpoint(cfg, "storage")
+        deadline = time.monotonic() + 60
+        while not await _serving(target, tls):
+            assert storage.returncode is None and time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        async with service_channel(target, tls=tls) as channel:
+            view = pbft_pb2.ViewState(view=2, active=True).SerializeToString()
+            await storage_pb2_grpc.StorageStub(channel).WriteState(
+                storage_pb2.WriteStateRequest(
+                    puts=[storage_pb2.StateEntry(key=b"view", value=view)]
+                ),
+                timeout=10,
+            )
+        consensus = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.consensus",
+            "--config",
+            str(node.config),
+            cwd=node.directory,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert consensus.stderr is not None
+
+        async def warned() -> None:
+            assert consensus is not None and consensus.stderr is not None
+            while line := await consensus.stderr.readline():
+                if b"the signing mark is missing" in line:
+                    return
+            raise AssertionError("consensus ended without the warning")
+
+        await asyncio.wait_for(warned(), 60)
+    finally:
+        if consensus is not None and consensus.returncode is None:
+            consensus.terminate()
+            await asyncio.wait_for(consensus.wait(), 30)
         storage.terminate()
         await asyncio.wait_for(storage.wait(), 30)
