@@ -65,7 +65,9 @@ class GatewaySection:
     #: How long POST /v1/vertices?wait=true waits for finality before answering 504.
     wait_timeout_ms: int = 10_000
     #: Submissions being prepared (shape checked, node-signed when unsigned) at once;
-    #: more get 429 at once instead of queueing without bound in front of the node.
+    #: more get 429 at once instead of queueing without bound in front of the node. A
+    #: request prepares a quarter of them at a time, and one client address holds at
+    #: most a quarter while another request of its is in progress.
     max_submissions_in_progress: int = 256
     #: Bytes that submission requests in progress may hold at once, until their answer
     #: (HTTP: the declared body, or the limit when undeclared, from before it is read;

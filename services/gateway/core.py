@@ -29,7 +29,7 @@ from services.consensus.core.quorum import quorum_size
 from services.gateway import metrics
 from services.gateway.admission import AdmissionWatch, overloaded
 from services.gateway.backends import PROBE_TIMEOUT_S, ConsensusClient, StorageClient, probe
-from services.gateway.budget import ByteBudget, Reservation
+from services.gateway.budget import PER_CLIENT_SHARE, ByteBudget, Reservation
 from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer, behind
 from services.gateway.codec import Draft
 from services.gateway.errors import ApiError
@@ -189,6 +189,8 @@ class Gateway:
         self._probes = probes
         self.hub = hub
         self._in_progress = 0
+        #: Submission slots held by each client address.
+        self._in_progress_by: dict[str, int] = {}
         #: Bytes held by submission requests in progress (:meth:`hold_request_bytes`).
         self._request_bytes = ByteBudget(
             limits.max_request_bytes,
@@ -286,10 +288,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, draft: Draft, *, wait: bool, api: str) -> Submitted:
-        """Validate, sign or verify, and hand a vertex to consensus (counted by outcome)."""
+    async def submit(
+        self, draft: Draft, *, wait: bool, api: str, client: str | None = None
+    ) -> Submitted:
+        """Validate, sign or verify, and hand a vertex to consensus (counted by outcome);
+        ``client``: the caller's address (its share of the submission slots)."""
         try:
-            [answer], _ = await self._submit_all([draft], wait=wait)
+            [answer], _ = await self._submit_all([draft], wait=wait, client=client)
         except ApiError as exc:
             answer = exc.settled()
         _count(api, answer)
@@ -298,7 +303,7 @@ class Gateway:
         return answer
 
     async def submit_batch(
-        self, drafts: Sequence[Draft], *, wait: bool, api: str
+        self, drafts: Sequence[Draft], *, wait: bool, api: str, client: str | None = None
     ) -> list[Submitted | Refused]:
         """Each draft as :meth:`submit` would take it, in order: its answer, or why it was
         refused. A draft may name an earlier one of the batch as a parent.
@@ -319,7 +324,7 @@ class Gateway:
             )
         _check_distinct(drafts)
         try:
-            answers, hashes = await self._submit_all(drafts, wait=wait)
+            answers, hashes = await self._submit_all(drafts, wait=wait, client=client)
         except ApiError as exc:
             for _ in drafts:
                 _count(api, exc)
@@ -338,8 +343,39 @@ class Gateway:
             for answer, h in zip(answers, hashes, strict=True)
         ]
 
+    def _slots_refusal(self, count: int, client: str | None) -> ApiError | None:
+        """Why ``count`` more submissions of ``client`` may not be validated now, if so:
+        the node's slots (``gateway.max_submissions_in_progress``; a lone request always
+        fits an empty node) or the client's share of them (a quarter; its first always
+        fits)."""
+        most = self._limits.max_in_progress
+        if self._in_progress >= most or (self._in_progress and self._in_progress + count > most):
+            return ApiError(
+                "overloaded",
+                f"{self._in_progress} submissions are being validated here "
+                "(gateway.max_submissions_in_progress); retry with backoff",
+            )
+        mine = self._in_progress_by.get(client, 0) if client is not None else 0
+        if mine and mine + count > max(1, most // PER_CLIENT_SHARE):
+            return ApiError(
+                "overloaded",
+                f"this client has {mine} submissions being validated here (a quarter of "
+                "gateway.max_submissions_in_progress); retry with backoff",
+            )
+        return None
+
+    def _hold_slots(self, count: int, client: str | None) -> None:
+        """Take ``count`` submission slots for ``client`` (give them back: negative)."""
+        self._in_progress += count
+        if client is not None:
+            held = self._in_progress_by.get(client, 0) + count
+            if held:
+                self._in_progress_by[client] = held
+            else:
+                self._in_progress_by.pop(client, None)
+
     async def _submit_all(
-        self, drafts: Sequence[Draft], *, wait: bool
+        self, drafts: Sequence[Draft], *, wait: bool, client: str | None = None
     ) -> tuple[list[Answer], list[bytes | None]]:
         """The checks of docs/gateway.md, cheapest first; then one submission to consensus
         for every vertex that passed them, waiting for finality when asked. Returns each
@@ -362,20 +398,24 @@ class Gateway:
         # Admitted now, following consensus's own state: not refused for overload later
         # (services/gateway/coalesce.py). Without the stream, consensus decides.
         admitted = self.admission.live
-        most = self._limits.max_in_progress
-        if self._in_progress >= most or (
-            self._in_progress and self._in_progress + len(live) > most
-        ):
-            raise ApiError(
-                "overloaded",
-                f"{self._in_progress} submissions are being validated here "
-                "(gateway.max_submissions_in_progress); retry with backoff",
-            )
-        self._in_progress += len(live)
-        try:
-            built = await _each([_settled(self._vertex_of(drafts[i])) for i in live])
-        finally:
-            self._in_progress -= len(live)
+        # A request validates its vertices a share of the slots at a time: one batch of
+        # 256 node-signed vertices (whose parents consensus then refused) held every slot
+        # for a second, back to back, and other clients got 429 (audit, 2026-12-04).
+        share = max(1, self._limits.max_in_progress // PER_CLIENT_SHARE)
+        built: list[tuple[vertex_pb2.Vertex, bytes] | ApiError] = []
+        for start in range(0, len(live), share):
+            chunk = live[start : start + share]
+            refusal = self._slots_refusal(len(chunk), client)
+            if refusal is not None:
+                if start == 0:
+                    raise refusal
+                built += [refusal] * (len(live) - start)
+                break
+            self._hold_slots(len(chunk), client)
+            try:
+                built += await _each([_settled(self._vertex_of(drafts[i])) for i in chunk])
+            finally:
+                self._hold_slots(-len(chunk), client)
         vertices: dict[int, tuple[vertex_pb2.Vertex, bytes]] = {}
         for i, made in zip(live, built, strict=True):
             if isinstance(made, ApiError):

@@ -83,7 +83,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             request.ByteSize(), api="grpc", client=client_address(context.peer())
         ):
             draft = draft_of(request.vertex)
-            result = await self._gw.submit(draft, wait=request.wait, api="grpc")
+            result = await self._gw.submit(
+                draft, wait=request.wait, api="grpc", client=client_address(context.peer())
+            )
             reply = gateway_pb2.GatewaySubmitResponse(hash=result.hash, status=result.status)
             if result.record is not None:
                 reply.record.CopyFrom(result.record)
@@ -101,10 +103,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         with self._gw.hold_request_bytes(
             request.ByteSize(), api="grpc", client=client_address(context.peer())
         ):
-            return await self._submit_batch(request)
+            return await self._submit_batch(request, client_address(context.peer()))
 
     async def _submit_batch(
-        self, request: gateway_pb2.GatewaySubmitBatchRequest
+        self, request: gateway_pb2.GatewaySubmitBatchRequest, client: str
     ) -> gateway_pb2.GatewaySubmitBatchResponse:
         drafts = []
         for i, vertex in enumerate(request.vertices):
@@ -112,7 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 drafts.append(draft_of(vertex))
             except ApiError as exc:
                 raise ApiError(exc.code, f"vertices[{i}]: {exc.message}") from None
-        answers = await self._gw.submit_batch(drafts, wait=request.wait, api="grpc")
+        answers = await self._gw.submit_batch(drafts, wait=request.wait, api="grpc", client=client)
         reply = gateway_pb2.GatewaySubmitBatchResponse()
         for answer in answers:
             result = reply.results.add()

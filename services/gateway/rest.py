@@ -431,7 +431,7 @@ class RestApi:
         self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
         with self._reserve(request, self._max_body):
             draft = parse_submission(parse_json(await self._body(request, self._max_body)))
-            result = await self._gw.submit(draft, wait=wait, api="http")
+            result = await self._gw.submit(draft, wait=wait, api="http", client=request.remote)
             if result.record is not None:
                 return json_response(record_json(result.record))
             return json_response(submitted_json(result.hash, result.status, result.duplicate), 202)
@@ -444,7 +444,9 @@ class RestApi:
             raw = await self._body(request, self.max_batch_body)
             drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
             del raw
-            answers = await self._gw.submit_batch(drafts, wait=wait, api="http")
+            answers = await self._gw.submit_batch(
+                drafts, wait=wait, api="http", client=request.remote
+            )
             results = []
             for answer in answers:
                 if isinstance(answer, Refused):

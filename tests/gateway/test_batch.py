@@ -586,3 +586,45 @@ async def test_a_slow_call_without_an_overload_is_waited_for(
     replies = await asyncio.gather(*held, queued)
     assert [status for status, _ in replies] == [202] * 3, replies
     assert len(fake.submit_calls) == 3
+
+
+async def test_one_client_cannot_take_every_submission_slot(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """One client sending batches of node-signed vertices back to back (whose parents
+    consensus then refused) held every validation slot for a second each time, and
+    other clients got 429 (audit, 2026-12-04). A request validates a quarter of the
+    slots at a time, and one client holds at most a quarter while another request of
+    its is in progress; other addresses still get in."""
+    async with start_node(make_config(max_submissions_in_progress=8)) as node:
+        core = node.gateway.gateway
+        gate = asyncio.Event()
+        original = core._vertex_of
+
+        async def held_back(draft: Draft) -> Any:
+            await gate.wait()
+            return await original(draft)
+
+        core._vertex_of = held_back  # type: ignore[method-assign]
+        batch = {"vertices": [{"payload": b64(b"heavy %d" % i)} for i in range(8)]}
+        heavy = asyncio.create_task(node.post_from("127.0.0.2", "/v1/vertices:batch", batch))
+        for _ in range(200):  # until its first chunk is being validated (yields only)
+            if core._in_progress:
+                break
+            await asyncio.sleep(0)
+        assert core._in_progress == 2  # a quarter of 8, not all 8
+        again = await node.post_from("127.0.0.2", "/v1/vertices", {"payload": b64(b"more")})
+        assert again[0] == 429 and "this client has 2" in again[1]["error"]["message"]
+        other = asyncio.create_task(
+            node.post_from("127.0.0.3", "/v1/vertices", {"payload": b64(b"light")})
+        )
+        for _ in range(200):
+            if core._in_progress == 3:
+                break
+            await asyncio.sleep(0)
+        assert core._in_progress == 3  # the other client got in
+        gate.set()
+        status, reply = await asyncio.wait_for(heavy, TIMEOUT)
+        assert status == 200 and [r["status"] for r in reply["results"]] == ["pending"] * 8
+        assert (await asyncio.wait_for(other, TIMEOUT))[0] == 202
+        assert core._in_progress == 0 and core._in_progress_by == {}
