@@ -129,6 +129,34 @@ def test_a_checkpoint_needs_a_quorum_of_matching_digests() -> None:
     )
 
 
+def test_a_checkpoint_contradicting_the_stable_one_is_charged_to_its_signer() -> None:
+    """A CHECKPOINT whose state digest differs from the one a quorum proved for that seq
+    was ignored without a word: a lying or diverged replica went unnoticed (audit,
+    2026-12-04). Before the proof and after it, it is a fault of its signer."""
+    c = Cluster(4, checkpoint_interval=4, watermark_window=8)
+    replica = c.replica(3)
+    good, bad = bytes(32), b"\x01" * 32
+    for j, digest in ((2, bad), (0, good), (1, good)):  # the divergent one first
+        c.inject(j, 3, wire(SignedEnvelope(sign(c, j, Checkpoint(seq=4, state_digest=digest)))))
+    replica._add_checkpoint(sign(c, 3, Checkpoint(seq=4, state_digest=good)))
+    assert replica.stable_seq == 4
+    faults = replica.fault_counts()
+    assert faults[2, FaultKind.DIVERGENT_CHECKPOINT] == 1
+    assert (0, FaultKind.DIVERGENT_CHECKPOINT) not in faults
+    # one arriving once the checkpoint is stable: charged too; a matching one is not
+    c2 = Cluster(4, checkpoint_interval=4, watermark_window=8)
+    late = c2.replica(3)
+    for j in (0, 1):
+        c2.inject(j, 3, wire(SignedEnvelope(sign(c2, j, Checkpoint(seq=4, state_digest=good)))))
+    late._add_checkpoint(sign(c2, 3, Checkpoint(seq=4, state_digest=good)))
+    assert late.stable_seq == 4
+    c2.inject(2, 3, wire(SignedEnvelope(sign(c2, 2, Checkpoint(seq=4, state_digest=bad)))))
+    c2.inject(1, 3, wire(SignedEnvelope(sign(c2, 1, Checkpoint(seq=4, state_digest=good)))))
+    faults = late.fault_counts()
+    assert faults[2, FaultKind.DIVERGENT_CHECKPOINT] == 1
+    assert (1, FaultKind.DIVERGENT_CHECKPOINT) not in faults
+
+
 def test_a_checkpoint_off_the_interval_is_a_protocol_fault() -> None:
     c = Cluster(4, checkpoint_interval=4, watermark_window=8)
     c.inject(2, 3, wire(SignedEnvelope(sign(c, 2, Checkpoint(seq=3, state_digest=bytes(32))))))

@@ -1131,6 +1131,11 @@ class Replica:
         if cp.seq % self._k:
             self._fault(signed.signer, FaultKind.PROTOCOL)
             return
+        stable = self._stable_proof[0].msg if self._stable_proof else None
+        if stable is not None and cp.seq == stable.seq and cp.state_digest != stable.state_digest:
+            # signed another state than a quorum proved for this seq: lying, or diverged
+            self._fault(signed.signer, FaultKind.DIVERGENT_CHECKPOINT)
+            return
         if self._in_window(sender, cp.seq):
             self._add_checkpoint(signed)
 
@@ -1180,6 +1185,12 @@ class Replica:
         """Make ``seq`` the stable checkpoint: advance the watermarks, collect garbage."""
         if seq <= self._low:
             return
+        digest = proof[0].msg.state_digest
+        for signer, vote in self._checkpoints.get(seq, {}).items():
+            # a replica that signed another state at this seq than a quorum proved: lying,
+            # or diverged (it halts itself once it sees the proof); either way, say so
+            if signer != self.id and vote.msg.state_digest != digest:
+                self._fault(signer, FaultKind.DIVERGENT_CHECKPOINT)
         self._low = seq
         self._stable_proof = proof
         self._persist.append(Record(durable.STABLE_KEY, durable.encode_stable(proof)))

@@ -33,6 +33,9 @@ class FaultKind(enum.Enum):
     STALE = "stale"
     #: Above the high watermark.
     OUT_OF_WINDOW = "out_of_window"
+    #: A CHECKPOINT whose state digest contradicts the one a quorum proved for that seq
+    #: (a lying or diverged replica).
+    DIVERGENT_CHECKPOINT = "divergent_checkpoint"
     #: Too many free rejections within one status interval.
     FLOODING = "flooding"
 
@@ -46,6 +49,7 @@ PENALTY: dict[FaultKind, int] = {
     FaultKind.EQUIVOCATION: 1_000_000,
     FaultKind.STALE: 0,
     FaultKind.OUT_OF_WINDOW: 0,
+    FaultKind.DIVERGENT_CHECKPOINT: 25,
     FaultKind.FLOODING: 10,
 }
 
