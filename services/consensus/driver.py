@@ -35,6 +35,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequen
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
@@ -153,6 +154,10 @@ VERIFYING_MAX = 512
 #: be 2 GiB, which a Byzantine peer sending large valid vertices faster than they verify
 #: could otherwise make this process hold.
 VERIFYING_MAX_BYTES = 64 * 1024 * 1024
+
+
+#: gRPC codes of a side task's call that mean a service restarting, not a bug.
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def request_hash(body: bytes) -> bytes:
@@ -925,8 +930,17 @@ class Driver:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
-            FAILURES.labels("side_task").inc()
+        if exc is None:
+            return
+        FAILURES.labels("side_task").inc()
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _TRANSIENT:
+            # a storage or transport restarting (a state transfer served meanwhile is
+            # asked for again): not a bug, no traceback
+            fields = {"code": exc.code().name, "detail": (exc.details() or "")[:200]}
+            log.warning(
+                "background task failed: a service is unavailable", extra={"fields": fields}
+            )
+        else:
             log.error("background task failed", exc_info=exc)
 
     def _where(self) -> dict[str, int]:

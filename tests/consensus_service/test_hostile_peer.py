@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -522,3 +523,34 @@ async def test_only_faults_that_cost_reputation_count_as_byzantine_events() -> N
         (late, FaultKind.OUT_OF_WINDOW),
         (byzantine, FaultKind.PROTOCOL),
     }
+
+
+async def test_a_side_task_failing_on_an_unavailable_service_is_a_warning_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A storage killed while a state transfer was being served logged "background task
+    failed" at error level with a full traceback (crash audit, 2026-12-04): a service
+    restarting is not a bug. A bug still is one."""
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10)
+
+    async def storage_restarting() -> None:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="Connection refused",
+        )
+
+    async def a_bug() -> None:
+        raise ValueError("a bug")
+
+    with caplog.at_level(logging.WARNING, logger="services.consensus.driver"):
+        driver._background(storage_restarting())
+        driver._background(a_bug())
+        await asyncio.gather(*list(driver._side_tasks), return_exceptions=True)
+        await asyncio.sleep(0)
+    records = [r for r in caplog.records if "background task failed" in r.getMessage()]
+    assert [(r.levelno, r.exc_info is not None) for r in records] == [
+        (logging.WARNING, False),
+        (logging.ERROR, True),
+    ]
