@@ -201,8 +201,14 @@ class Supervisor:
         log_dir: Callable[[NodeConfig], Path | None],
         max_failed_starts: int = MAX_FAILED_STARTS,
         failed_start_uptime: float = FAILED_START_UPTIME_S,
+        tolerate_down: int = 0,
     ):
+        """``tolerate_down``: nodes whose service is given up while they start that the
+        start goes on without (``cluster up``: the cluster's f); one more fails it."""
         self.configs = configs
+        self.tolerate_down = tolerate_down
+        #: Nodes left down during the start (a service given up), and why.
+        self.down: dict[str, str] = {}
         self.max_failed_starts = max_failed_starts
         self.failed_start_uptime = failed_start_uptime
         #: Set once any child is given up (see :attr:`given_up`).
@@ -234,7 +240,7 @@ class Supervisor:
         """Start every child in dependency order (per node, nodes in parallel); wait until all
         serve. Raises TimeoutError naming what is not serving, GaveUp when a child is given up."""
         for service in registry.NAMES:
-            batch = [c for c in self.children if c.service == service]
+            batch = [c for c in self.children if c.service == service and c.node not in self.down]
             for child in batch:
                 await child.spawn()
                 self._watchers.append(asyncio.create_task(self._watch(child)))
@@ -252,8 +258,14 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         pending = list(children)
         while pending:
-            if self.given_up:
+            for child in self.given_up:
+                if child.node not in self.down:
+                    self._leave_down(child)
+            if len(self.down) > self.tolerate_down:
                 raise GaveUp(self.given_up[0].gave_up)
+            pending = [c for c in pending if c.node not in self.down]
+            if not pending:
+                return
             results = await asyncio.gather(
                 *(check_health(health_target(self._cfg(c), c.service)) for c in pending)
             )
@@ -265,6 +277,26 @@ class Supervisor:
                 hint = f" (see {pending[0].log_file})" if pending[0].log_file else ""
                 raise TimeoutError(f"not serving after {timeout:.0f}s: {names}{hint}")
             await asyncio.sleep(0.2)
+
+    def _leave_down(self, child: Child) -> None:
+        """``child`` was given up while its node started: the node stays down (its other
+        services are stopped), and the start goes on without it if it may."""
+        assert child.gave_up is not None
+        self.down[child.node] = child.gave_up
+        for sibling in self.children_of(child.node):
+            if sibling is not child and sibling.process is not None:
+                sibling.held = True  # not restarted
+                if sibling.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        sibling.process.terminate()
+        if len(self.down) <= self.tolerate_down:
+            running = len(self.configs) - len(self.down)
+            self.on_event(
+                f"{child.node} stays down; the cluster starts on {running} of "
+                f"{len(self.configs)} nodes, which tolerates "
+                f"{self.tolerate_down - len(self.down)} more faulty node(s). Fix its "
+                "cause and run cluster up again to bring it back"
+            )
 
     async def _watch(self, child: Child) -> None:
         backoff = BACKOFF_MIN_S
@@ -468,7 +500,13 @@ def cluster_up(args: argparse.Namespace) -> int:
         print(f"error: {ports.busy_message(taken, move_hint=hint)}", file=sys.stderr)
         return 1
     os.umask(0o027)  # the services' logs, like their data, are not for every user
-    supervisor = Supervisor(configs, log_dir=lambda cfg: cfg.data_dir.parent / "logs")
+    # BFT: the cluster starts without up to f nodes whose service cannot start (a
+    # damaged database on one node once stopped all four)
+    supervisor = Supervisor(
+        configs,
+        log_dir=lambda cfg: cfg.data_dir.parent / "logs",
+        tolerate_down=(len(configs) - 1) // 3,
+    )
     supervisor.on_event = lambda message: print(f"  {message}", flush=True)
     print(
         f"starting {len(configs)} node(s), {len(registry.SERVICES)} services each "
@@ -482,7 +520,8 @@ def cluster_up(args: argparse.Namespace) -> int:
         write_atomically(directory / CLUSTER_FILE, (json.dumps(summary, indent=2) + "\n").encode())
         print("cluster ready:")
         for node in summary["nodes"]:
-            print(f"  {node['name']}  {node['gateway_url']}")
+            down = " (DOWN: see above)" if node["name"] in supervisor.down else ""
+            print(f"  {node['name']}  {node['gateway_url']}{down}")
         print(f"endpoints: {directory / CLUSTER_FILE}")
         print("press Ctrl-C to stop", flush=True)
 

@@ -307,3 +307,57 @@ def test_services_run_with_grpcs_own_logging_off_unless_the_operator_asks() -> N
     env = service_environment({"PATH": "/bin"})
     assert env == {"GRPC_VERBOSITY": "NONE", "PATH": "/bin"}
     assert service_environment({"GRPC_VERBOSITY": "debug"})["GRPC_VERBOSITY"] == "debug"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damaged", [1, 2], ids=["f_nodes", "more_than_f"])
+async def test_cluster_up_starts_without_up_to_f_nodes_whose_storage_cannot_start(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path, damaged: int
+) -> None:
+    """A damaged database on one node made `cluster up` stop all four (crash audit,
+    2026-12-04): a 4-node cluster tolerates one node down. That node stays down, the
+    others start; with more than f down, the start fails as before."""
+    layout = cluster_factory(4)
+    configs = [load_config(n.config) for n in layout.nodes]
+    for cfg in configs[-damaged:]:
+        db = cfg.storage_path
+        db.parent.mkdir(parents=True, exist_ok=True)
+        Store.open(db).close()
+        (db / "CURRENT").unlink()
+    events: list[str] = []
+    supervisor = Supervisor(
+        configs,
+        log_dir=lambda cfg: tmp_path / cfg.node.name,
+        max_failed_starts=MAX_FAILED_STARTS,
+        tolerate_down=1,
+    )
+    supervisor.on_event = events.append
+    readied: list[bool] = []
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        run_until(supervisor, lambda: readied.append(True), stop, stop_on_give_up=False)
+    )
+    try:
+        if damaged == 1:
+            deadline = asyncio.get_running_loop().time() + 180
+            while not readied:
+                assert not run.done(), events
+                assert asyncio.get_running_loop().time() < deadline, events
+                await asyncio.sleep(0.2)
+            assert list(supervisor.down) == ["node4"]
+            assert any(
+                e.startswith("node4 stays down; the cluster starts on 3 of 4") for e in events
+            )
+            for child in supervisor.children:
+                if child.node == "node4":
+                    assert child.service == "storage" or child.process is None, child.label
+                else:
+                    assert child.process is not None and child.process.returncode is None
+        else:
+            code = await asyncio.wait_for(asyncio.shield(run), 180)
+            assert code == 1 and not readied
+            assert set(supervisor.down) == {"node3", "node4"}
+    finally:
+        await finish(run, stop)
+    if damaged == 1:
+        assert run.result() == 0
