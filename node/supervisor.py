@@ -245,7 +245,8 @@ class Supervisor:
                 await child.spawn()
                 self._watchers.append(asyncio.create_task(self._watch(child)))
             await self._wait_serving(batch, timeout)
-            self.on_event(f"{service:<10} serving on {len(batch)} node(s)")
+            serving = sum(1 for c in batch if c.node not in self.down)
+            self.on_event(f"{service:<10} serving on {serving} node(s)")
             nice = registry.service(service).autogroup_nice
             refused = next((c.not_favoured for c in batch if c.not_favoured), None)
             if nice and refused:
