@@ -348,6 +348,7 @@ async def test_cluster_up_starts_without_up_to_f_nodes_whose_storage_cannot_star
             assert any(
                 e.startswith("node4 stays down; the cluster starts on 3 of 4") for e in events
             )
+            assert "storage    serving on 3 node(s)" in events, events
             for child in supervisor.children:
                 if child.node == "node4":
                     assert child.service == "storage" or child.process is None, child.label
