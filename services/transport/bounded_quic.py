@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicReceiveContext
@@ -155,6 +155,12 @@ class BoundedQuicConnection(QuicConnection):
                     receiver._ranges = GapSet(receiver._ranges)  # type: ignore[assignment]
         return stream
 
+    def _refuse(self, reason: str, error: int, frame_type: int, phrase: str) -> NoReturn:
+        """Close the connection on the peer's frame, before aioquic parses it;
+        :attr:`refused` says why (a metric label)."""
+        self.refused = reason
+        raise QuicConnectionError(error_code=error, frame_type=frame_type, reason_phrase=phrase)
+
     def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
         start = buf.tell()
         buf.pull_uint_var()  # largest acknowledged
@@ -162,11 +168,11 @@ class BoundedQuicConnection(QuicConnection):
         ranges = buf.pull_uint_var() + 1  # the first range and the counted others
         buf.seek(start)
         if ranges > MAX_ACK_RANGES:
-            self.refused = "ack_ranges"
-            raise QuicConnectionError(
-                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
-                frame_type=frame_type,
-                reason_phrase=f"ACK frame with {ranges} ranges (at most {MAX_ACK_RANGES})",
+            self._refuse(
+                "ack_ranges",
+                QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type,
+                f"ACK frame with {ranges} ranges (at most {MAX_ACK_RANGES})",
             )
         super()._handle_ack_frame(context, frame_type, buf)
 
@@ -179,11 +185,11 @@ class BoundedQuicConnection(QuicConnection):
         buf.seek(start)
         stream = self._crypto_streams[context.epoch]
         if offset + length - stream.receiver.starting_offset() > MAX_PENDING_CRYPTO:
-            self.refused = "crypto_buffering"
-            raise QuicConnectionError(
-                error_code=QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
-                frame_type=frame_type,
-                reason_phrase=f"CRYPTO data past {MAX_PENDING_CRYPTO} bytes of buffering",
+            self._refuse(
+                "crypto_buffering",
+                QuicErrorCode.CRYPTO_BUFFER_EXCEEDED,
+                frame_type,
+                f"CRYPTO data past {MAX_PENDING_CRYPTO} bytes of buffering",
             )
         super()._handle_crypto_frame(context, frame_type, buf)
 
