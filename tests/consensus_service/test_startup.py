@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import load_config
 from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc
-from node.clusterinit import ClusterLayout
+from node.clusterinit import ClusterLayout, NodeLayout
 
 pytestmark = pytest.mark.slow
 
@@ -30,63 +31,14 @@ async def _serving(target: str, tls: object) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def test_damaged_consensus_records_stop_the_consensus_with_one_line(
-    cluster_factory: Callable[..., ClusterLayout],
-) -> None:
-    layout = cluster_factory(1)
-    node = layout.nodes[0]
+@contextlib.asynccontextmanager
+async def consensus_over_record(
+    node: NodeLayout, view_record: bytes
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Node ``node``'s real storage holding ``view_record`` under the consensus key
+    ``view``, then its consensus process started over it (stderr piped); both stopped
+    at the end."""
     cfg = load_config(node.config)
-    storage = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.storage",
-        "--config",
-        str(node.config),
-        cwd=node.directory,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        target, tls = service_endpoint(cfg, "storage")
-        deadline = time.monotonic() + 60
-        while not await _serving(target, tls):
-            assert storage.returncode is None and time.monotonic() < deadline
-            await asyncio.sleep(0.2)
-        async with service_channel(target, tls=tls) as channel:
-            await storage_pb2_grpc.StorageStub(channel).WriteState(
-                storage_pb2.WriteStateRequest(
-                    puts=[storage_pb2.StateEntry(key=b"view", value=b"\xff\xff not a ViewState")]
-                ),
-                timeout=10,
-            )
-        consensus = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.consensus",
-            "--config",
-            str(node.config),
-            cwd=node.directory,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await asyncio.wait_for(consensus.communicate(), 60)
-        assert consensus.returncode == 1
-        last = err.decode().strip().splitlines()[-1]
-        assert last.startswith("error: consensus failed: CorruptState: unreadable consensus record")
-    finally:
-        storage.terminate()
-        await asyncio.wait_for(storage.wait(), 30)
-
-
-async def test_a_missing_signing_mark_beside_records_is_warned_about(
-    cluster_factory: Callable[..., ClusterLayout],
-) -> None:
-    """The mark deleted (or its volume replaced) while storage keeps the replica's
-    records: safe while the records are whole, but it was re-created without a word."""
-    layout = cluster_factory(1)
-    node = layout.nodes[0]
-    cfg = load_config(node.config)
-    assert not cfg.signing_mark_path.exists()
     storage = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -105,10 +57,9 @@ async def test_a_missing_signing_mark_beside_records_is_warned_about(
             assert storage.returncode is None and time.monotonic() < deadline
             await asyncio.sleep(0.2)
         async with service_channel(target, tls=tls) as channel:
-            view = pbft_pb2.ViewState(view=2, active=True).SerializeToString()
             await storage_pb2_grpc.StorageStub(channel).WriteState(
                 storage_pb2.WriteStateRequest(
-                    puts=[storage_pb2.StateEntry(key=b"view", value=view)]
+                    puts=[storage_pb2.StateEntry(key=b"view", value=view_record)]
                 ),
                 timeout=10,
             )
@@ -122,19 +73,42 @@ async def test_a_missing_signing_mark_beside_records_is_warned_about(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        assert consensus.stderr is not None
-
-        async def warned() -> None:
-            assert consensus is not None and consensus.stderr is not None
-            while line := await consensus.stderr.readline():
-                if b"the signing mark is missing" in line:
-                    return
-            raise AssertionError("consensus ended without the warning")
-
-        await asyncio.wait_for(warned(), 60)
+        yield consensus
     finally:
         if consensus is not None and consensus.returncode is None:
             consensus.terminate()
             await asyncio.wait_for(consensus.wait(), 30)
         storage.terminate()
         await asyncio.wait_for(storage.wait(), 30)
+
+
+async def test_damaged_consensus_records_stop_the_consensus_with_one_line(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    node = cluster_factory(1).nodes[0]
+    async with consensus_over_record(node, b"\xff\xff not a ViewState") as consensus:
+        _, err = await asyncio.wait_for(consensus.communicate(), 60)
+    assert consensus.returncode == 1
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("error: consensus failed: CorruptState: unreadable consensus record")
+
+
+async def test_a_missing_signing_mark_beside_records_is_warned_about(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    """The mark deleted (or its volume replaced) while storage keeps the replica's
+    records: safe while the records are whole, but it was re-created without a word."""
+    node = cluster_factory(1).nodes[0]
+    assert not load_config(node.config).signing_mark_path.exists()
+    view = pbft_pb2.ViewState(view=2, active=True).SerializeToString()
+    async with consensus_over_record(node, view) as consensus:
+        assert consensus.stderr is not None
+
+        async def warned() -> None:
+            assert consensus.stderr is not None
+            while line := await consensus.stderr.readline():
+                if b"the signing mark is missing" in line:
+                    return
+            raise AssertionError("consensus ended without the warning")
+
+        await asyncio.wait_for(warned(), 60)
