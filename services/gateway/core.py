@@ -75,6 +75,11 @@ class Limits:
     #: are refused at once (429 overloaded) instead of queueing behind it.
     slow_call_s: float = SLOW_CALL_S
 
+    @property
+    def in_progress_per_client(self) -> int:
+        """Submissions one client prepares at once (a request's chunk, too)."""
+        return max(1, self.max_in_progress // PER_CLIENT_SHARE)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Submitted:
@@ -356,7 +361,7 @@ class Gateway:
                 "(gateway.max_submissions_in_progress); retry with backoff",
             )
         mine = self._in_progress_by.get(client, 0) if client is not None else 0
-        if mine and mine + count > max(1, most // PER_CLIENT_SHARE):
+        if mine and mine + count > self._limits.in_progress_per_client:
             return ApiError(
                 "overloaded",
                 f"this client has {mine} submissions being validated here (a quarter of "
@@ -401,7 +406,7 @@ class Gateway:
         # A request validates its vertices a share of the slots at a time: one batch of
         # 256 node-signed vertices (whose parents consensus then refused) held every slot
         # for a second, back to back, and other clients got 429 (audit, 2026-12-04).
-        share = max(1, self._limits.max_in_progress // PER_CLIENT_SHARE)
+        share = self._limits.in_progress_per_client
         built: list[tuple[vertex_pb2.Vertex, bytes] | ApiError] = []
         for start in range(0, len(live), share):
             chunk = live[start : start + share]
