@@ -186,6 +186,12 @@ def origin_guard(allowed: tuple[str, ...]) -> Any:
     return middleware
 
 
+def client_of(request: web.Request) -> str:
+    """What per-client limits count a request by: its address, an IPv6 one by its /64
+    (:func:`client_key`, as connections and the gRPC API count them)."""
+    return client_key(request.remote or "")
+
+
 def error_response(exc: ApiError, **extra: Any) -> web.Response:
     response = json_response({**exc.body(), **extra}, exc.http_status)
     if exc.code == "overloaded":
@@ -380,7 +386,7 @@ class RestApi:
         ``limit`` when it declares nothing or more (it is refused with 413 then)."""
         declared = request.content_length
         size = limit if declared is None else min(declared, limit)
-        return self._gw.hold_request_bytes(size, api="http", client=request.remote)
+        return self._gw.hold_request_bytes(size, api="http", client=client_of(request))
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond),
@@ -431,7 +437,7 @@ class RestApi:
         self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
         with self._reserve(request, self._max_body):
             draft = parse_submission(parse_json(await self._body(request, self._max_body)))
-            result = await self._gw.submit(draft, wait=wait, api="http", client=request.remote)
+            result = await self._gw.submit(draft, wait=wait, api="http", client=client_of(request))
             if result.record is not None:
                 return json_response(record_json(result.record))
             return json_response(submitted_json(result.hash, result.status, result.duplicate), 202)
@@ -445,7 +451,7 @@ class RestApi:
             drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
             del raw
             answers = await self._gw.submit_batch(
-                drafts, wait=wait, api="http", client=request.remote
+                drafts, wait=wait, api="http", client=client_of(request)
             )
             results = []
             for answer in answers:
@@ -460,7 +466,7 @@ class RestApi:
     async def vertex(self, request: web.Request) -> web.Response:
         h = decode_hash(request.match_info["hash"], "hash")
         with self._gw.hold_answer_bytes(
-            self._gw.vertex_answer_bytes, client=request.remote
+            self._gw.vertex_answer_bytes, client=client_of(request)
         ) as held:
             record = await self._gw.vertex(h)
             response = json_response(record_json(record))
@@ -472,7 +478,7 @@ class RestApi:
         from_seq = parse_seq(_query(request, "from_seq"), "from_seq", default=1)
         limit = parse_seq(_query(request, "limit"), "limit", default=MAX_PAGE)
         assert from_seq is not None and limit is not None
-        with self._gw.hold_answer_bytes(PAGE_ANSWER_BYTES, client=request.remote) as held:
+        with self._gw.hold_answer_bytes(PAGE_ANSWER_BYTES, client=client_of(request)) as held:
             entries = await self._gw.finalized(from_seq, limit)
             next_seq = entries[-1].batch.seq + 1 if entries else max(from_seq, 1)
             response = json_response(
@@ -520,7 +526,7 @@ class RestApi:
         if not ws.can_prepare(request).ok:
             raise ApiError("bad_request", "/v1/stream is a WebSocket: send an Upgrade request")
         stream = self._gw.hub.open_stream(
-            from_seq, complete=True, api="websocket", client=client_key(request.remote or "")
+            from_seq, complete=True, api="websocket", client=client_of(request)
         )
         try:
             await ws.prepare(request)

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
-from services.gateway.rest import MAX_HEADER_BYTES, MAX_HEADERS
+from services.gateway.rest import MAX_HEADER_BYTES, MAX_HEADERS, client_of
 from tests.conftest import REPO
 from tests.gateway.support import TIMEOUT, Node, start_node
 
@@ -361,3 +362,25 @@ async def test_a_request_head_is_bounded(
     if status != 200:
         assert json.loads(body)["error"]["code"] == "headers_too_large"
         assert await _read_until_closed(sock) == b""
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("127.0.0.2", "127.0.0.2"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+        ("::ffff:127.0.0.3", "127.0.0.3"),
+    ],
+)
+def test_rest_limits_count_a_client_as_connections_and_grpc_do(peer: str, client: str) -> None:
+    """The byte budgets and the submission slots counted a REST client by its exact
+    address, while connections and the gRPC API count an IPv6 one by its /64: a client
+    holding a /64 was that many clients to them."""
+
+    class Transport:
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return (peer, 5000) if name == "peername" else default
+
+    request = make_mocked_request("POST", "/v1/vertices", transport=Transport())
+    assert client_of(request) == client
