@@ -164,6 +164,22 @@ def test_a_replica_joins_when_f_plus_1_others_want_a_higher_view() -> None:
     assert (replica.view, replica.active) == (5, False)
 
 
+def test_only_the_primary_handing_its_view_on_is_joined_alone() -> None:
+    """A restarted primary asks for the next view and its backups join at once; one
+    other replica asking for that view (possibly faulty) moves nobody, nor does the
+    primary asking for a view beyond the next."""
+
+    def alone(signer: int, new_view: int) -> tuple[int, bool]:
+        c = Cluster(4)
+        vc = ViewChange(new_view=new_view, stable_seq=0, checkpoint_proof=(), prepared=())
+        c.inject(signer, 3, wire(SignedEnvelope(sign(c, signer, vc))))
+        return c.replica(3).view, c.replica(3).active
+
+    assert alone(1, 1) == (0, True)  # a backup
+    assert alone(0, 2) == (0, True)  # the primary, past the next view
+    assert alone(0, 1) == (1, False)  # the primary hands its view on: joined
+
+
 def test_a_censoring_primary_is_voted_out() -> None:
     r = next(request(i) for i in range(100) if censored(request(i).hash))
 
