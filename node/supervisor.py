@@ -226,6 +226,8 @@ class Supervisor:
                     )
                 )
         self._stopping = False
+        #: Set once every child served: a child given up after that takes its node down.
+        self._started = False
         self._watchers: list[asyncio.Task[None]] = []
         self.on_event: Callable[[str], None] = lambda message: log.info(message)
 
@@ -254,6 +256,7 @@ class Supervisor:
                     f"{service:<10} runs at the default scheduling priority: its autogroup "
                     f"nice {nice} was not applied ({refused})"
                 )
+        self._started = True
 
     async def _wait_serving(self, children: list[Child], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -279,9 +282,9 @@ class Supervisor:
                 raise TimeoutError(f"not serving after {timeout:.0f}s: {names}{hint}")
             await asyncio.sleep(0.2)
 
-    def _leave_down(self, child: Child) -> None:
-        """``child`` was given up while its node started: the node stays down (its other
-        services are stopped), and the start goes on without it if it may."""
+    def _stop_node(self, child: Child) -> None:
+        """``child`` was given up: its node is down, its other services are stopped and
+        not restarted (a consensus without its storage only retried, forever)."""
         assert child.gave_up is not None
         self.down[child.node] = child.gave_up
         for sibling in self.children_of(child.node):
@@ -290,6 +293,25 @@ class Supervisor:
                 if sibling.process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         sibling.process.terminate()
+
+    def _take_down(self, child: Child) -> None:
+        """``child`` was given up while the cluster ran: its node goes down whole."""
+        self._stop_node(child)
+        running = len(self.configs) - len(self.down)
+        if len(self.down) <= self.tolerate_down:
+            spare = f"tolerates {self.tolerate_down - len(self.down)} more faulty node(s)"
+        else:
+            spare = "are too few to finalize anything until enough of them are back"
+        self.on_event(
+            f"{child.node} is down (its other services were stopped); the cluster runs on "
+            f"{running} of {len(self.configs)} nodes, which {spare}. Fix its cause and run "
+            "cluster up again to bring it back"
+        )
+
+    def _leave_down(self, child: Child) -> None:
+        """``child`` was given up while its node started: the node stays down (its other
+        services are stopped), and the start goes on without it if it may."""
+        self._stop_node(child)
         if len(self.down) <= self.tolerate_down:
             running = len(self.configs) - len(self.down)
             self.on_event(
@@ -332,6 +354,8 @@ class Supervisor:
                     f"(see {where})"
                 )
                 self.on_event(child.gave_up)
+                if self._started and len(self.configs) > 1 and child.node not in self.down:
+                    self._take_down(child)  # a single node is stopped whole by run_until
                 self.gave_up.set()
                 return
             self.on_event(

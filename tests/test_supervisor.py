@@ -362,3 +362,58 @@ async def test_cluster_up_starts_without_up_to_f_nodes_whose_storage_cannot_star
         await finish(run, stop)
     if damaged == 1:
         assert run.result() == 0
+
+
+@pytest.mark.slow
+async def test_a_node_whose_storage_is_given_up_while_the_cluster_runs_goes_down_whole(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path
+) -> None:
+    """Crash audit (2026-12-04): a storage given up while the cluster ran left its node's
+    consensus retrying against it forever, its gateway taking requests. Now the node
+    goes down whole (its other services stopped and not restarted) and the event says how
+    many faulty nodes the cluster still tolerates; the other nodes run on."""
+    layout = cluster_factory(4)
+    configs = [load_config(n.config) for n in layout.nodes]
+    events: list[str] = []
+    supervisor = Supervisor(
+        configs,
+        log_dir=lambda cfg: tmp_path / cfg.node.name,
+        max_failed_starts=MAX_FAILED_STARTS,
+        tolerate_down=1,
+    )
+    supervisor.on_event = events.append
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=False))
+    try:
+        await asyncio.wait_for(ready.wait(), 180)
+        # node4's database loses CURRENT and its storage dies: every restart now fails
+        (configs[3].storage_path / "CURRENT").unlink()
+        storage = supervisor.children_of("node4", "storage")[0]
+        assert storage.process is not None
+        os.kill(storage.process.pid, signal.SIGKILL)
+        await asyncio.wait_for(supervisor.gave_up.wait(), 180)
+        for child in supervisor.children_of("node4"):
+            assert child.process is not None
+            await asyncio.wait_for(child.process.wait(), 60)
+        assert not run.done()
+    finally:
+        await finish(run, stop)
+
+    assert run.result() == 0
+    assert list(supervisor.down) == ["node4"]
+    assert supervisor.down["node4"] == storage.gave_up
+    assert (
+        "node4 is down (its other services were stopped); the cluster runs on 3 of 4 nodes, "
+        "which tolerates 0 more faulty node(s). Fix its cause and run cluster up again to "
+        "bring it back"
+    ) in events, events
+    for child in supervisor.children_of("node4"):
+        if child.service != "storage":
+            # stopped by SIGTERM (exit 0), not killed, and never restarted
+            assert child.process is not None and child.process.returncode == 0, child.label
+            assert child.held and child.restarts == 0, child.label
+    # the other nodes ran on until the end of the test: nothing of theirs was restarted
+    for child in supervisor.children:
+        if child.node != "node4":
+            assert child.restarts == 0 and child.gave_up is None, child.label
