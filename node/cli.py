@@ -335,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing database")
     p.set_defaults(func=_delegate("services.storage.admin", "restore_command"))
 
+    p = sub.add_parser(
+        "evidence",
+        help="validators this node bans for equivocation; --forgive lifts a ban (node stopped)",
+    )
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument(
+        "--forgive", metavar="NAME", help="lift the ban of this validator (its cause gone)"
+    )
+    p.set_defaults(func=_delegate("services.storage.admin", "evidence_command"))
+
     sub.add_parser(
         "sim",
         help="run the deterministic PBFT simulator (see: cretoai-node sim --help)",

@@ -1,4 +1,4 @@
-"""``cretoai-node backup`` and ``cretoai-node restore`` (mounted by node/cli.py).
+"""``cretoai-node backup``, ``restore`` and ``evidence`` (mounted by node/cli.py).
 
 A failure prints one ``error: ...`` line and returns 1; a bad config raises
 ConfigError, which the CLI reports with exit code 2.
@@ -10,11 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from cretoai.config import NodeConfig, load_config
+from cretoai.v1 import pbft_pb2, storage_pb2
 from services.storage.backup import BackupError, backup, restore
-from services.storage.errors import DatabaseError
-from services.storage.store import inspect
+from services.storage.errors import DatabaseError, DatabaseLocked
+from services.storage.store import Owner, Store, inspect
 
 
 def backup_command(args: argparse.Namespace) -> int:
@@ -98,3 +100,99 @@ def signing_mark_notice(path: Path, last_seq: int) -> str:
         f"seqs {last_seq + 1}..{seq} and later from its peers by state transfer, and votes "
         f"again above seq {seq}. Keep {path}: never delete it or restore it from a backup."
     )
+
+
+def _describe(signed: Any) -> str:
+    msg = signed.msg
+    where = ", ".join(f"{f} {getattr(msg, f)}" for f in ("view", "seq") if hasattr(msg, f))
+    return f"{type(msg).__name__} ({where})" if where else type(msg).__name__
+
+
+def held_evidence(store: Store) -> dict[int, str]:
+    """Validator index -> what its equivocation evidence in the consensus records shows."""
+    from services.consensus.core.codec import decode_signed
+    from services.consensus.core.durable import evidence_key
+
+    prefix = evidence_key(0).split("/")[0].encode() + b"/"
+    entries: list[storage_pb2.StateEntry] = []
+    while page := store.scan_state(prefix, after=entries[-1].key if entries else None, limit=64):
+        entries += page
+    held: dict[int, str] = {}
+    for entry in entries:
+        signer = int(entry.key.decode().split("/")[1])
+        try:
+            ev = pbft_pb2.Evidence.FromString(entry.value)
+            first, second = decode_signed(ev.first), decode_signed(ev.second)
+        except Exception as exc:  # consensus drops an unproven record itself at start
+            held[signer] = f"an unreadable record ({type(exc).__name__})"
+            continue
+        held[signer] = (
+            f"signed two conflicting messages: {_describe(first)} and {_describe(second)}"
+        )
+    return held
+
+
+def evidence_command(args: argparse.Namespace) -> int:
+    """``evidence --config F [--forgive NAME]``: the validators this node's consensus bans
+    for equivocation; ``--forgive`` lifts one ban (the storage service must be stopped).
+
+    A ban by evidence outlives restarts, and with no way to lift it the cluster ran one
+    fault short for good, whatever the cause (an audit, 2026-12-04: a whole data directory
+    restored on a primary, or two instances of one node, equivocate). Forgiving removes
+    the ban record from this node's consensus records only; storage's evidence log (appended
+    when the evidence was found) keeps what happened."""
+    cfg = load_config(args.config)
+    names = [v.name for v in cfg.validators]
+    forgive: str | None = args.forgive
+    if forgive is not None and forgive not in names:
+        print(
+            f"error: {forgive} is not a validator of this cluster ({', '.join(names)})",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        store = Store.open(
+            cfg.storage_path, create=False, read_only=forgive is None, owner=Owner.of_node(cfg)
+        )
+    except DatabaseLocked as exc:
+        print(
+            f"error: {exc}. Stop this node's services first (cretoai-node start, or cluster "
+            "up, stops them on Ctrl-C): consensus holds its bans in memory while it runs",
+            file=sys.stderr,
+        )
+        return 1
+    except DatabaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        held = held_evidence(store)
+
+        def name(i: int) -> str:
+            return names[i] if 0 <= i < len(names) else f"validator #{i} (not in this config)"
+
+        if forgive is None:
+            if not held:
+                print(f"{cfg.node.name} bans no validator for equivocation")
+            for i, what in sorted(held.items()):
+                print(f"{name(i)}: banned for equivocation; it {what}")
+            return 0
+        index = names.index(forgive)
+        if index not in held:
+            print(
+                f"{cfg.node.name} holds no equivocation evidence against {forgive}: nothing to do"
+            )
+            return 0
+        from services.consensus.core.durable import evidence_key
+
+        store.write_state(storage_pb2.WriteStateRequest(deletes=[evidence_key(index).encode()]))
+        store.sync()
+    finally:
+        store.close()
+    print(
+        f"{cfg.node.name} forgave {forgive} (it {held[index]}): its consensus no longer bans "
+        f"{forgive} once it starts again. Storage's evidence log keeps the record. Do the same on "
+        "every node: a node that still holds the evidence goes on banning it. Forgive only "
+        f"once the cause is gone (a second process running {forgive}'s key, a data directory "
+        "restored whole): a key that signs conflicting messages again is banned again"
+    )
+    return 0
