@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
-from services.consensus.core.crypto import batch_digest
+from services.consensus.core.crypto import NULL_DIGEST, batch_digest
 from services.consensus.core.messages import (
+    PrePrepare,
+    SignedEnvelope,
     StateRequestEnvelope,
     StateResponseEnvelope,
     TransferBatch,
 )
 from services.consensus.core.reputation import FaultKind
-from tests.consensus.harness import Cluster, request, wire
+from tests.consensus.harness import Cluster, request, sign, wire
 
 
 def envelopes(c: Cluster, src: int, kind: type) -> list[object]:
@@ -93,3 +96,85 @@ def test_forged_or_mismatched_transfers_are_rejected_and_charged() -> None:
     c.inject(2, 3, wire(StateResponseEnvelope((TransferBatch(good.requests, good.certificate),))))
     assert replica.last_executed == 1
     assert c.log(3)[0].digest == batch_digest(r.hash for r in good.requests)
+
+
+def _asked(c: Cluster, since: int = 0) -> dict[int, int]:
+    """STATE-REQUESTs replica 3 sent after ``since`` messages, per peer asked."""
+    asked: dict[int, int] = {}
+    for who, w in c.sent[since:]:
+        if who == 3 and isinstance(w.envelope, StateRequestEnvelope):
+            asked[w.to] = asked.get(w.to, 0) + 1
+    return asked
+
+
+def _never_serves_state_to_3(byzantine: int) -> Callable[[int, int, object], bool]:
+    return lambda src, dst, env: (
+        src == byzantine and dst == 3 and isinstance(env, StateResponseEnvelope)
+    )
+
+
+def test_a_peer_that_never_serves_state_cannot_keep_a_lagging_replica_behind() -> None:
+    """Audit (2026-12-04): each new stable checkpoint restarted the transfer at the lowest
+    signer, so a replica that takes part in consensus but never answers STATE-REQUESTs
+    (replica 0 here) was asked again and again, and while checkpoints came faster than
+    the retry (2 status intervals) replica 3 never caught up: 100 of 100 requests to
+    replica 0, 420 seqs behind after 400 ticks of load. A peer that let a request time
+    out is now asked after those that answer, and a higher target does not re-ask."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+    c.isolate(3)
+    n = 0
+    for _ in range(20):
+        c.propose(1, request(n))
+        n += 1
+        c.tick()
+    c.tick(3)
+    assert c.replica(3).last_executed == 0
+    c.heal()
+    c.blocked = _never_serves_state_to_3(0)
+    behind = []
+    for _ in range(400):  # a request a tick: a checkpoint every 4 ticks, retry after 40
+        c.propose(1, request(n))
+        n += 1
+        c.tick()
+        behind.append(c.replica(1).last_executed - c.replica(3).last_executed)
+    assert max(behind[-50:]) <= 8, behind[-50:]
+    asked = _asked(c)
+    assert asked.get(0, 0) <= 1, asked  # asked once, timed out, then asked last
+    assert c.digests(3) == c.digests(1)[: len(c.digests(3))]
+
+
+def test_a_byzantine_primary_making_checkpoints_fast_cannot_starve_a_lagging_replica() -> None:
+    """The same without client load: a Byzantine primary (replica 0) proposes a null
+    batch every 2 ticks (free checkpoints every 32) and never serves state; replica 3
+    had executed nothing after 2,000 ticks, every request sent to replica 0."""
+    c = Cluster(
+        4,
+        batch_max_count=1,
+        checkpoint_interval=16,
+        watermark_window=48,
+        status_interval=20,
+        progress_timeout=150,
+        request_timeout=400,
+        view_change_timeout=200,
+    )
+    c.isolate(3)
+    for i in range(40):
+        c.propose(1, request(i))
+        c.tick()
+    c.tick(5)
+    c.heal()
+    c.blocked = _never_serves_state_to_3(0)
+    seq = c.replica(0)._next_seq
+    since = len(c.sent)
+    for t in range(2000):
+        if t % 2 == 0:
+            pp = sign(c, 0, PrePrepare(view=0, seq=seq, digest=NULL_DIGEST, request_hashes=()))
+            c.nodes[0].replica._next_seq = seq + 1  # the primary's own count follows
+            for j in (1, 2, 3):
+                c.queue.append((0, j, wire(SignedEnvelope(pp))))
+            seq += 1
+        c.tick()
+    executed = [c.replica(i).last_executed for i in range(4)]
+    assert executed[1] > 900, executed  # the null batches did execute
+    assert executed[3] >= executed[1] - 48, (executed, _asked(c, since))
+    assert _asked(c, since).get(0, 0) <= 1

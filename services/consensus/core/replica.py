@@ -118,6 +118,8 @@ class _Transfer:
     candidates: tuple[int, ...]
     attempt: int = 0
     next_at: int = 0
+    #: The peer whose answer the transfer waits for (charged a miss when the retry fires).
+    asked: int | None = None
 
 
 @dataclass(slots=True)
@@ -254,6 +256,12 @@ class Replica:
         #: Request-body bytes of each sender's deferred messages (bounded: _defer).
         self._future_bytes: dict[int, int] = {}
         self._transfer: _Transfer | None = None
+        #: Per peer: STATE-REQUESTs in a row it let time out. A transfer asks the peers
+        #: with the fewest first, so one that never serves state is asked once, not at
+        #: every new checkpoint (an audit, 2026-12-04: a silent replica of the lowest id,
+        #: asked first each time, kept a lagging replica from catching up while
+        #: checkpoints came faster than the retry).
+        self._state_misses: dict[int, int] = {}
         #: Each peer's last STATUS (to resend only to peers that stopped progressing),
         #: and the tick it came.
         self._peer_status: dict[int, StatusEnvelope] = {}
@@ -408,6 +416,9 @@ class Replica:
             if self._pool.pending_count:
                 self._maybe_propose()
         if self._transfer is not None and now >= self._transfer.next_at:
+            missed = self._transfer.asked
+            if missed is not None and self._last_exec < self._transfer.seq:
+                self._state_misses[missed] = self._state_misses.get(missed, 0) + 1
             self._request_state(None)
         self._skip_banned_primary()
 
@@ -1225,7 +1236,8 @@ class Replica:
     def _start_transfer(
         self, seq: int, digest: bytes, proof: tuple[Signed[Checkpoint], ...]
     ) -> None:
-        if self._transfer is not None and self._transfer.seq >= seq:
+        running = self._transfer
+        if running is not None and running.seq >= seq:
             return
         # in replica order, not in the order the proof's sender chose
         candidates = tuple(sorted(c.signer for c in proof if c.signer != self.id))
@@ -1234,6 +1246,16 @@ class Replica:
                 f"storage is behind this replica's own stable checkpoint {seq}, and no peer has it"
             )
         self._transfer = _Transfer(seq=seq, digest=digest, proof=proof, candidates=candidates)
+        if running is not None and self._now < running.next_at and self._last_exec < running.seq:
+            # a higher target while a request is out: keep waiting for its answer (or its
+            # retry), and the rotation where it was; asking again at once would let
+            # checkpoints coming faster than the retry keep the transfer on one peer
+            self._transfer.attempt = running.attempt
+            self._transfer.next_at = running.next_at
+            self._transfer.asked = running.asked
+            return
+        if running is not None:
+            self._transfer.attempt = running.attempt
         self._request_state(None)
 
     def _request_state(self, peer: int | None) -> None:
@@ -1243,8 +1265,11 @@ class Replica:
             return
         if peer is None:
             eligible = [c for c in t.candidates if c not in self._rep.banned] or list(t.candidates)
+            fewest = min(self._state_misses.get(c, 0) for c in eligible)
+            eligible = [c for c in eligible if self._state_misses.get(c, 0) == fewest]
             peer = eligible[t.attempt % len(eligible)]
             t.attempt += 1
+        t.asked = peer
         t.next_at = self._now + 2 * self.config.status_interval
         first = self._last_exec + 1
         last = min(t.seq, self._last_exec + self.config.transfer_max_batches)
@@ -1276,6 +1301,7 @@ class Replica:
             self._execute(cert.seq, cert, batch.requests)
             progressed = True
         if progressed:
+            self._state_misses.pop(sender, None)
             self._try_execute()
             if self._transfer is not None:
                 # The next candidate, not ``sender`` again: a Byzantine responder answering
