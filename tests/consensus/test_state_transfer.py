@@ -103,6 +103,7 @@ def _asked(c: Cluster, since: int = 0) -> dict[int, int]:
     asked: dict[int, int] = {}
     for who, w in c.sent[since:]:
         if who == 3 and isinstance(w.envelope, StateRequestEnvelope):
+            assert w.to is not None  # a STATE-REQUEST goes to one peer
             asked[w.to] = asked.get(w.to, 0) + 1
     return asked
 
