@@ -308,6 +308,19 @@ ATTACKS = (
 )
 
 
+class Withholder(Actor):
+    """Takes part in consensus as an honest replica, but never serves state: a lagging
+    replica that asks it gets no answer (an audit, 2026-12-04: asked first at every new
+    checkpoint, such a replica kept a lagging one from catching up)."""
+
+    kind = "withhold"
+    honest = False
+
+    def drain(self) -> tuple[Ready, list[Wire]]:
+        rd, wires = self.node.drain()
+        return rd, [w for w in wires if not isinstance(w.envelope, StateResponseEnvelope)]
+
+
 class Twin(Actor):
     """One of two honest instances sharing a key and an index (together: one faulty replica)."""
 
@@ -321,4 +334,5 @@ BYZANTINE: dict[str, type[Actor]] = {
     "forge": Forger,
     "silent": Silent,
     "twin": Twin,
+    "withhold": Withholder,
 }

@@ -93,9 +93,9 @@ class Scenario:
         return kinds
 
 
-BYZANTINE_KINDS = ("equivocate", "censor", "forge", "silent", "twin")
+BYZANTINE_KINDS = ("equivocate", "censor", "forge", "silent", "twin", "withhold")
 #: Kinds that matter most as the primary of view 0.
-_PRIMARY_KINDS = ("equivocate", "censor", "silent", "twin")
+_PRIMARY_KINDS = ("equivocate", "censor", "silent", "twin", "withhold")
 
 
 def make_scenario(seed: int, n: int) -> Scenario:
