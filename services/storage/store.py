@@ -499,15 +499,35 @@ class Store:
     def _check_owner(self, owner: Owner) -> None:
         stamped = self.owner()
         if stamped is None:
+            held = self.published.last_seq > 0 or any(
+                self._scan(keys.CONSENSUS_STATE, b"", None, 1)
+            )
+            if not self.read_only and held:
+                # stamps exist since 2026-12-04: data without one is an older database,
+                # or one whose stamp was removed (a storage audit moved node2's under node3;
+                # consensus now refuses records another replica signed)
+                log.warning(
+                    "the database holds data but no identity stamp: stamped now as this "
+                    "node's; if it is another node's, consensus will refuse its records",
+                    extra={"fields": {"path": str(self.path), "node": owner.node}},
+                )
             self._stamp(owner)
         elif stamped.key_fingerprint == owner.key_fingerprint:
             self._check_validator_set(stamped, owner)
         else:  # read-only opens too
-            how = (
-                "the node's validator key was changed since"
-                if stamped.node == owner.node
-                else "it was copied from another node"
-            )
+            if stamped.node != owner.node:
+                how = "it was copied from another node"
+            elif (
+                stamped.validator_set
+                and owner.validator_set
+                and stamped.validator_set != owner.validator_set
+            ):
+                how = (
+                    "it comes from another cluster with a node of the same name (its "
+                    "validator set differs too), or every key was replaced since"
+                )
+            else:
+                how = "the node's validator key was changed since"
             raise DatabaseOfAnotherNode(
                 f"the database at {self.path} belongs to {stamped.node} (validator key "
                 f"{stamped.key_fingerprint}), not to this node, {owner.node} (key "

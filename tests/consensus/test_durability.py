@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.consensus.core import durable
@@ -290,3 +292,31 @@ def test_intact_storage_or_no_mark_file_sets_no_floor() -> None:
     c.restart(2)
     assert c.replica(2).signing_floor is None
     assert node.mark_file == c.replica(2).signed_mark == SigningMark(0, 3)
+
+
+def test_records_signed_by_another_replica_are_refused() -> None:
+    """Storage audit (2026-12-04): node2's database put under node3 with its identity
+    stamp removed was adopted: node3's replica resumed node2's signed records and became
+    primary on them. Its own records say whose they are."""
+    from services.consensus.core.replica import Replica
+
+    c = Cluster(4, batch_max_count=1)
+    for i in range(3):
+        c.propose(0, request(i))
+    c.tick(5)
+    records = dict(c.nodes[1].records)
+    assert any(key.startswith("own/") for key in records)
+    with pytest.raises(CorruptState, match=r"signed by replica 1, not by this one \(2\)"):
+        Replica(
+            replace(BASE, replica_id=2),
+            signer=c.scheme.signer(2),
+            verifier=c.scheme.verifier,
+            records=records,
+        )
+    # its own node takes them back
+    Replica(
+        replace(BASE, replica_id=1),
+        signer=c.scheme.signer(1),
+        verifier=c.scheme.verifier,
+        records=records,
+    )

@@ -456,3 +456,38 @@ async def test_a_damaged_stamp_is_reported_as_corruption_not_taken_for_none(
         with pytest.raises(DatabaseCorrupt, match="unreadable owner: not an owner record"):
             Store.open(db, read_only=read_only, owner=owner)
     assert snapshot(db) == before
+
+
+async def test_a_database_with_data_but_no_stamp_is_stamped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Storage audit (2026-12-04): node2's database put under node3 with its stamp removed
+    was stamped as node3's with an info line only. Now it is said (and consensus refuses
+    records another replica signed, tests/consensus/test_durability.py); a new database
+    is stamped quietly."""
+    db = tmp_path / "db"
+    owner = Owner.of_node(make_config(tmp_path, db=db))
+    with caplog.at_level(logging.WARNING, logger="services.storage.store"):
+        Store.open(db, owner=owner).close()
+    assert "no identity stamp" not in caplog.text
+    await fill(db, batches=1)
+    with RawDb(db) as raw:
+        raw.db.delete(OWNER_KEY)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="services.storage.store"):
+        Store.open(db, owner=owner).close()
+    assert "the database holds data but no identity stamp: stamped now" in caplog.text
+    assert stamp_of(db) == owner
+
+
+async def test_a_database_of_another_cluster_with_the_same_node_name_is_named_so(
+    tmp_path: Path,
+) -> None:
+    """Storage audit (2026-12-04): another cluster's node1 database was refused as "the
+    node's validator key was changed since", though its validator set differs too."""
+    db = tmp_path / "db"
+    await fill(db, batches=1)
+    theirs = Owner("node1", "f" * 32, validator_set="e" * 32, validators=4)
+    with pytest.raises(DatabaseOfAnotherNode, match="it comes from another cluster"):
+        Store.open(db, owner=theirs)
+    # the same key under another set is the validator-set check's (DatabaseOfAnotherCluster)

@@ -25,7 +25,12 @@ from services.consensus.core.crypto import (
     Verifier,
     batch_digest,
 )
-from services.consensus.core.durable import ExecutedState, SigningMark, parse_records
+from services.consensus.core.durable import (
+    CorruptState,
+    ExecutedState,
+    SigningMark,
+    parse_records,
+)
 from services.consensus.core.messages import (
     BatchEnvelope,
     Certificate,
@@ -1760,6 +1765,15 @@ class Replica:
             self._start_view_change(self._view + 1)
 
     def _restore(self, state: durable.DurableState) -> None:
+        others = sorted({signed.signer for signed in state.own.values()} - {self.id})
+        if others:
+            # another node's database (its storage stamp lost or removed): its records
+            # would make this replica resume, and sign on from, what another one signed
+            raise CorruptState(
+                f"the consensus records hold messages signed by replica "
+                f"{', '.join(map(str, others))}, not by this one ({self.id}): the database "
+                "of another node? Give this node its own database back"
+            )
         if state.stable_proof:
             self._low = state.stable_proof[0].msg.seq
             self._stable_proof = state.stable_proof
