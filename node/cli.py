@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_delegate("services.storage.admin", "restore_command"))
 
     p = sub.add_parser(
+        "verify", help="read a node's database (or a backup) whole, every block's checksum"
+    )
+    p.add_argument("--config", default="node.toml", help="the node's TOML config")
+    p.add_argument("--path", metavar="DIR", help="a backup or database instead of the node's")
+    p.set_defaults(func=_delegate("services.storage.admin", "verify_command"))
+
+    p = sub.add_parser(
         "evidence",
         help="validators this node bans for equivocation; --forgive lifts a ban (node stopped)",
     )

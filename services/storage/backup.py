@@ -22,8 +22,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,12 @@ import grpc
 from cretoai.channels import blocking_channel, service_endpoint
 from cretoai.config import NodeConfig
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
-from services.storage.errors import DatabaseError, DatabaseLocked, DatabaseOfAnotherNode
+from services.storage.errors import (
+    DatabaseCorrupt,
+    DatabaseError,
+    DatabaseLocked,
+    DatabaseOfAnotherNode,
+)
 from services.storage.store import (
     BACKUP_MANIFEST,
     Owner,
@@ -40,6 +46,7 @@ from services.storage.store import (
     dir_bytes,
     inspect,
     open_in_this_process,
+    verify,
     write_backup_manifest,
 )
 from services.storage.synced import MARK_FILE
@@ -93,10 +100,23 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+def _progress(what: str) -> Callable[[int], None]:
+    def say(keys_read: int) -> None:
+        print(f"  {what}: {keys_read:,} keys read…", file=sys.stderr, flush=True)
+
+    return say
+
+
 def _verify(path: Path, last_seq: int) -> None:
-    """The backup opens, and holds what the service said it holds."""
+    """The backup opens, every block of it reads back (checksums), and it holds what the
+    service said it holds."""
     try:
-        info = inspect(path)
+        info, _ = verify(path, _progress(f"verifying {path}"))
+    except DatabaseCorrupt as exc:
+        raise BackupError(
+            f"the backup at {path} is damaged, and so most likely is the node's database it "
+            f"was taken from (check it: cretoai-node verify --config FILE): {exc}"
+        ) from None
     except DatabaseError as exc:
         raise BackupError(f"the backup at {path} does not open: {exc}") from None
     if info.last_seq != last_seq:
@@ -171,8 +191,9 @@ def backup(cfg: NodeConfig, output: Path) -> BackupInfo:
 
 
 @contextlib.contextmanager
-def _exclusive(db: Path) -> Iterator[None]:
-    """Hold the database's RocksDB LOCK (fcntl) so no storage service opens it meanwhile."""
+def exclusive(db: Path, doing: str = "restoring") -> Iterator[None]:
+    """Hold the database's RocksDB LOCK (fcntl) so no storage service opens it meanwhile;
+    :class:`BackupError` when one has it open, saying to stop it before ``doing``."""
     if open_in_this_process(db):
         raise BackupError(f"the database at {db} is in use (open in this process)")
     lock_file = db / "LOCK"
@@ -186,7 +207,7 @@ def _exclusive(db: Path) -> Iterator[None]:
         except OSError:
             raise BackupError(
                 f"the database at {db} is in use (its RocksDB LOCK is held): "
-                "stop the node's storage service before restoring"
+                f"stop the node's storage service before {doing}"
             ) from None
         yield
     finally:
@@ -293,16 +314,16 @@ def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
     if source == target:
         raise BackupError(f"{source} is the node's database itself")
     try:
-        wanted = inspect(source)
+        wanted, _ = verify(source, _progress(f"verifying {source}"))
     except DatabaseError as exc:
-        raise BackupError(f"{source} is not a usable backup: {exc}") from None
+        raise BackupError(f"{source} is not a usable backup: {exc}; nothing was changed") from None
     _check_same_node(cfg, source)
     _check_same_owner(cfg, source)
     _check_certified_here(cfg, source, wanted.last_seq)
     has_db = target.exists() and any(target.iterdir())
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     aside = target.with_name(f"{target.name}.before-restore-{stamp}")
-    with _exclusive(target) if target.is_dir() else contextlib.nullcontext():
+    with exclusive(target) if target.is_dir() else contextlib.nullcontext():
         if has_db and not force:
             try:
                 current = f"last_seq {inspect(target).last_seq}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from cretoai.config import load_config, parse_config
 from cretoai.crypto import get_backend
 from cretoai.v1 import storage_pb2
 from devkit.ports import free_tcp_port
-from devkit.storage import ServiceProcess, config_dict, make_config
+from devkit.storage import ServiceProcess, config_dict, make_config, write_config
 from services.consensus.core.durable import SigningMark
 from services.consensus.mark import MarkFile
 from services.storage import backup as backup_module
@@ -29,7 +30,7 @@ from services.storage.backup import (
     backup_via_service,
     restore,
 )
-from services.storage.store import BACKUP_MANIFEST, Store, inspect
+from services.storage.store import BACKUP_MANIFEST, Owner, Store, inspect
 from tests.conftest import cli
 from tests.storage.support import REPO, Dag, RawDb, Running, collect, snapshot, start_service
 from tests.storage.test_commit import expect, stats
@@ -373,3 +374,72 @@ def test_restore_refuses_to_roll_a_single_node_cluster_back_behind_its_mark(
     assert "this single-node cluster signed up to seq 10" in result.stderr
     assert "fetch seqs 1..10" in result.stderr and "Nothing was changed" in result.stderr
     assert not cfg.storage_path.exists()
+
+
+def _damage_a_table_block(db: Path) -> None:
+    """Flip a byte in the middle of the largest table file: the open still succeeds
+    (RocksDB reads data blocks only when asked for them). The file is rewritten, not
+    changed in place, so a backup sharing it by a hard link keeps the intact one."""
+    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged = table.with_suffix(".damaged")
+    damaged.write_bytes(bytes(data))
+    os.replace(damaged, table)
+
+
+@pytest.mark.slow
+def test_a_damaged_table_block_fails_verify_backup_and_restore(tmp_path: Path) -> None:
+    """Storage audit (2026-12-04): a flipped byte in a table block passed `backup` and
+    `restore` (both "verified" a database by opening it, which reads no data block), and
+    the restored node went down at its first read of the block. Both now read every
+    block, and `verify` does it on demand."""
+    config = write_config(tmp_path / "node", port=free_tcp_port())
+    cfg = load_config(config)
+    store = Store.open(cfg.storage_path, owner=Owner.of_node(cfg))
+    for i in range(40):
+        store.write_state(
+            storage_pb2.WriteStateRequest(
+                puts=[
+                    storage_pb2.StateEntry(key=b"k/%04d/%03d" % (i, j), value=os.urandom(512))
+                    for j in range(50)
+                ]
+            )
+        )
+    store.sync()
+    store._db.flush()
+    store.close()
+    intact = run_cli("verify", "--config", str(config))
+    assert intact.returncode == 0, intact.stderr
+    assert f"{cfg.storage_path}: intact, every block's checksum verified (" in intact.stdout
+    good = run_cli("backup", "--config", str(config), "--output", str(tmp_path / "good"))
+    assert good.returncode == 0, good.stderr
+
+    _damage_a_table_block(cfg.storage_path)
+    found = run_cli("verify", "--config", str(config))
+    assert found.returncode == 1
+    assert found.stderr.startswith(f"error: the database at {cfg.storage_path}, column family ")
+    assert ", is damaged: Corruption: block checksum mismatch" in found.stderr
+    assert "restore it from a backup (cretoai-node restore --from DIR --force)" in found.stderr
+    refused = run_cli("backup", "--config", str(config), "--output", str(tmp_path / "bad"))
+    assert refused.returncode == 1
+    assert "is damaged, and so most likely is the node's database it was taken from" in (
+        refused.stderr
+    )
+    # a damaged copy of the good backup is refused before anything is touched
+    before = snapshot(cfg.storage_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "good", copy)
+    _damage_a_table_block(copy)
+    assert run_cli("verify", "--config", str(config), "--path", str(copy)).returncode == 1
+    unusable = run_cli("restore", "--config", str(config), "--from", str(copy), "--force")
+    assert unusable.returncode == 1
+    assert f"error: {copy} is not a usable backup: " in unusable.stderr
+    assert "nothing was changed" in unusable.stderr
+    assert snapshot(cfg.storage_path) == before
+    # the good backup brings the node back
+    restored = run_cli(
+        "restore", "--config", str(config), "--from", str(tmp_path / "good"), "--force"
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert run_cli("verify", "--config", str(config)).returncode == 0
