@@ -10,11 +10,19 @@ translation of a consensus or storage gRPC error into an :class:`ApiError`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import grpc
 
 from cretoai.errors import ERROR_CODE_KEY, ServiceError
+
+log = logging.getLogger(__name__)
+
+#: A backend's failures whose details are for the operator (the node's log), not the
+#: client: a storage audit (2026-12-04) had RocksDB's words, with the database's path
+#: on the server, answered to any HTTP client reading a damaged block.
+_PRIVATE = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
 
 #: code -> (HTTP status, gRPC status of the public API)
 CODES: dict[str, tuple[int, grpc.StatusCode]] = {
@@ -116,6 +124,12 @@ def from_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     ):
         return ApiError(f"{backend}_unavailable", f"{backend} is unavailable: {detail}")
+    if code in _PRIVATE:
+        log.warning(
+            "backend failed",
+            extra={"fields": {"backend": backend, "code": code.name, "detail": detail}},
+        )
+        return ApiError("backend_error", f"{backend} failed ({code.name}); the node's log says why")
     return ApiError("backend_error", f"{backend} failed: {code.name}: {detail}")
 
 

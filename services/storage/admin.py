@@ -16,8 +16,8 @@ from typing import Any
 from cretoai.config import NodeConfig, load_config
 from cretoai.v1 import pbft_pb2, storage_pb2
 from services.storage.backup import BackupError, backup, exclusive, restore
-from services.storage.errors import DatabaseCorrupt, DatabaseError, DatabaseLocked
-from services.storage.store import REMEDY, Owner, Store, inspect, verify
+from services.storage.errors import REMEDY, DatabaseCorrupt, DatabaseError, DatabaseLocked
+from services.storage.store import Owner, Store, inspect, verify
 
 
 def backup_command(args: argparse.Namespace) -> int:

@@ -28,9 +28,11 @@ from cretoai.errors import (
 )
 
 __all__ = [
+    "REMEDY",
     "AlreadyExists",
     "BackupFailed",
     "DatabaseCorrupt",
+    "DatabaseDamaged",
     "DatabaseError",
     "DatabaseLocked",
     "DatabaseOfAnotherCluster",
@@ -40,15 +42,37 @@ __all__ = [
     "Halted",
     "InvalidArgument",
     "NotFound",
+    "ReadFailed",
     "ServiceError",
     "ShuttingDown",
     "WriteFailed",
+    "is_damage",
     "write_error",
 ]
 
 
+#: What an operator can do about a damaged database (in every such error).
+REMEDY = (
+    "restore it from a backup (cretoai-node restore --from DIR --force) or move the directory "
+    "aside to start with an empty database (the node then rejoins the cluster by state transfer)"
+)
+
+
+def is_damage(message: str) -> bool:
+    """Whether a RocksDB error says the data on disk is damaged (a checksum mismatch, a
+    corrupt block), as opposed to the disk refusing a write."""
+    return "corruption" in message.lower()
+
+
 class WriteFailed(Internal):
     """RocksDB or the disk failed a write. The store halts writes afterwards."""
+
+
+class DatabaseDamaged(WriteFailed):
+    """A write (a compaction, a lookup it needed) met damaged data: restarting does not
+    help, the database must be restored or rebuilt."""
+
+    STATUS = grpc.StatusCode.DATA_LOSS
 
 
 class DiskFull(WriteFailed):
@@ -79,6 +103,8 @@ def write_error(message: str) -> WriteFailed:
     lowered = message.lower()
     if "no space left" in lowered or "enospc" in lowered or "disk quota" in lowered:
         return DiskFull(f"disk full: {message}")
+    if is_damage(message):
+        return DatabaseDamaged(f"the database is damaged: {message}")
     return WriteFailed(f"write failed: {message}")
 
 

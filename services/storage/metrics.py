@@ -82,6 +82,11 @@ COMMIT_REFUSALS = Counter(
     ["check"],
 )
 HALTED = Gauge("cretoai_storage_halted", "1 while writes are refused after a write error")
+DAMAGED_READS = Counter(
+    "cretoai_storage_damaged_reads_total",
+    "Reads that met damaged data (a table block failing its checksum); the service then "
+    "reports NOT_SERVING: restore the database or move it aside",
+)
 LAST_SEQ = Gauge("cretoai_storage_last_seq", "Highest committed (synced) sequence number")
 VERTICES = Gauge("cretoai_storage_vertices", "Vertices stored, by status", ["status"])
 EDGES = Gauge("cretoai_storage_edges", "Parent-child edges of finalized vertices")

@@ -51,6 +51,21 @@ async def build(cfg: NodeConfig) -> GrpcService:
             for name in ("", SERVICE_NAME):
                 await service.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    loop = asyncio.get_running_loop()
+    damage_said = False
+
+    def damaged(message: str) -> None:
+        """A read met damaged data (any thread): counted, said once, and the service no
+        longer serving: its database must be restored or moved aside."""
+        nonlocal damage_said
+        metrics.DAMAGED_READS.inc()
+        if not damage_said:
+            damage_said = True
+            log.error("damaged data read", extra={"fields": {"error": message}})
+            loop.call_soon_threadsafe(lambda: loop.create_task(halted()))
+
+    store.on_damage = damaged
+
     # a finalized batch is stored only with a certificate of this validator set
     certifier = Certifier(cfg.validator_public_keys, get_backend(cfg.crypto.backend))
     servicer = StorageServicer(

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from cretoai.config import NodeConfig
 from services.storage import keys
 from services.storage.errors import (
+    REMEDY,
     AlreadyExists,
     BackupFailed,
     DatabaseCorrupt,
@@ -45,7 +46,9 @@ from services.storage.errors import (
     Halted,
     InvalidArgument,
     ReadFailed,
+    ServiceError,
     WriteFailed,
+    is_damage,
     write_error,
 )
 from services.storage.options import column_families, db_options, read_options, unsynced_write
@@ -67,11 +70,6 @@ _ROCKSDB_SUFFIXES = (".log", ".sst", ".blob", ".dbtmp")
 #: What RocksDB writes into CURRENT: the name of the live MANIFEST and a newline.
 _CURRENT = re.compile(rb"MANIFEST-[0-9]+\n")
 
-#: What an operator can do about a database that does not open (in every such error).
-REMEDY = (
-    "restore it from a backup (cretoai-node restore --from DIR --force) or move the directory "
-    "aside to start with an empty database (the node then rejoins the cluster by state transfer)"
-)
 
 #: :meth:`Store.verify` reports its progress every this many keys.
 VERIFY_PROGRESS_KEYS = 200_000
@@ -278,7 +276,36 @@ def _check_iterator(it: Any, where: str) -> None:
         it.status()
     except Exception as exc:
         log.error("damaged data read", extra={"fields": {"where": where, "error": str(exc)}})
-        raise ReadFailed(f"the database at {where} is damaged: {exc}") from None
+        raise ReadFailed(f"the database at {where} is damaged: {exc}; {REMEDY}") from None
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _reading(method: _Method) -> _Method:
+    """A :class:`Store` method that reads the database: RocksDB's error for a damaged
+    block (a bare ``Exception`` saying "Corruption: block checksum mismatch ...") becomes
+    :class:`ReadFailed` (DATA_LOSS) saying what to do, and :attr:`Store.on_damage` is
+    told. A storage audit (2026-12-04) had such reads answer INTERNAL "internal error",
+    uncounted, with the service healthy, and a write meeting the block halt the store
+    with "free disk space" as the hint."""
+
+    @functools.wraps(method)
+    def read(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ReadFailed as exc:
+            self._damaged(str(exc))
+            raise
+        except ServiceError:
+            raise
+        except Exception as exc:
+            if not is_damage(str(exc)):
+                raise
+            message = self._damaged(f"the database at {self.path} is damaged: {exc}")
+            raise ReadFailed(message) from None
+
+    return read  # type: ignore[return-value]
 
 
 def dir_bytes(path: Path) -> int:
@@ -304,6 +331,8 @@ class Store:
         self._handle = {name: db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES}
         self._closed = False
         self.halt_reason: str | None = None
+        #: Called (from any thread) with the message of each read that met damaged data.
+        self.on_damage: Callable[[str], None] | None = None
         #: True when something was written since the last sync.
         self.dirty = False
         self.schema_version = keys.SCHEMA_VERSION
@@ -648,6 +677,8 @@ class Store:
 
     def _check_writable(self) -> None:
         if self.halt_reason is not None:
+            if is_damage(self.halt_reason):  # a restart would halt again at the same block
+                raise Halted(f"writes are halted: {self.halt_reason}; {REMEDY}")
             raise Halted(
                 f"writes are halted after a write error ({self.halt_reason}); fix the cause "
                 "(e.g. free disk space) and restart the storage service"
@@ -682,11 +713,20 @@ class Store:
         if self._mark is not None:
             self._mark.write(self._written.writes, self._written.last_seq)
 
+    def _damaged(self, message: str) -> str:
+        """Tell :attr:`on_damage` of damaged data a read met; the message, with the remedy."""
+        if REMEDY not in message:
+            message = f"{message}; {REMEDY}"
+        if self.on_damage is not None:
+            self.on_damage(message)
+        return message
+
     def halt(self, reason: str) -> None:
         if self.halt_reason is None:
             self.halt_reason = reason
             log.error("storage writes halted", extra={"fields": {"reason": reason}})
 
+    @_reading
     def commit_batch(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
         """Write one executed batch (unsynced). The request passed :func:`check_commit`."""
         self._check_writable()
@@ -874,6 +914,7 @@ class Store:
             bytes=0,
         )
 
+    @_reading
     def write_state(self, request: storage_pb2.WriteStateRequest) -> None:
         """Consensus durable state, one atomic write (the request passed check_write_state)."""
         self._check_writable()
@@ -891,6 +932,7 @@ class Store:
             wb.put(entry.key, entry.value, cf)
         self._apply(wb, self._written)
 
+    @_reading
     def append_evidence(
         self, request: storage_pb2.AppendEvidenceRequest, *, now_ms: int
     ) -> tuple[int, bool]:
@@ -972,6 +1014,7 @@ class Store:
         """Certificates of published batches (immutable, so cached: see __init__)."""
         return {seq: self._certificate_cache(seq) for seq in set(seqs)}
 
+    @_reading
     def exists(self, h: bytes) -> bool:
         """Whether a vertex is stored (and published)."""
         return self._visible(self._metas([h])[0])
@@ -1015,15 +1058,18 @@ class Store:
             out.append(record)
         return out
 
+    @_reading
     def get_vertex(self, h: bytes, *, certificate: bool = True) -> vertex_pb2.VertexRecord | None:
         metas = self._metas([h])
         if not self._visible(metas[0]):
             return None
         return self._records([h], metas, bodies=True, certificates=certificate)[0]
 
+    @_reading
     def vertex_statuses(self, hashes: Sequence[bytes]) -> list[vertex_pb2.VertexRecord]:
         return self._records(hashes, self._metas(hashes), bodies=False, certificates=False)
 
+    @_reading
     def parents(self, h: bytes, *, certificates: bool) -> list[vertex_pb2.VertexRecord] | None:
         record = self.get_vertex(h, certificate=False)
         if record is None:
@@ -1049,6 +1095,7 @@ class Store:
             _check_iterator(it, f"{self.path}, column family {cf_name}")
         del it
 
+    @_reading
     def children(
         self, h: bytes, *, after: bytes | None, limit: int, certificates: bool
     ) -> list[vertex_pb2.VertexRecord]:
@@ -1086,6 +1133,7 @@ class Store:
         more = keys.successor(last_key) if last_key is not None and seen == limit else None
         return [r for r in records if r.status != UNSPECIFIED], more
 
+    @_reading
     def by_height(
         self,
         *,
@@ -1096,6 +1144,7 @@ class Store:
     ) -> tuple[list[vertex_pb2.VertexRecord], bytes | None]:
         return self._by_index(keys.INDEX_HEIGHT, start, end, limit, certificates)
 
+    @_reading
     def by_time(
         self,
         *,
@@ -1106,10 +1155,12 @@ class Store:
     ) -> tuple[list[vertex_pb2.VertexRecord], bytes | None]:
         return self._by_index(keys.INDEX_TIMESTAMP, start, end, limit, certificates)
 
+    @_reading
     def height_cursor(self, after: bytes) -> bytes:
         height, seq, index = self._position_of(after, "after")
         return keys.successor(keys.position_key(height, seq, index))
 
+    @_reading
     def time_cursor(self, after: bytes) -> bytes:
         _, seq, index = self._position_of(after, "after")
         body = self._cf[keys.VERTICES].get(after, read_opt=self._read)
@@ -1117,6 +1168,7 @@ class Store:
         timestamp = self.decode_vertex(body).timestamp_ms
         return keys.successor(keys.position_key(timestamp, seq, index))
 
+    @_reading
     def finalized_entry(self, seq: int, *, vertices: bool) -> storage_pb2.FinalizedEntry | None:
         if seq < 1 or seq > self.published.last_seq:
             return None
@@ -1143,11 +1195,13 @@ class Store:
             )
         return entry
 
+    @_reading
     def get_state(self, key: bytes) -> bytes | None:
         """One consensus-state value (read directly, as :meth:`scan_state` reads)."""
         value: bytes | None = self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read)
         return value
 
+    @_reading
     def scan_state(
         self, prefix: bytes, *, after: bytes | None, limit: int
     ) -> list[storage_pb2.StateEntry]:

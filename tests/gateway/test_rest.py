@@ -406,6 +406,13 @@ async def test_consensus_refusals_are_mapped(node: Node) -> None:
         node.consensus.submit_error = code
         got, reply = await node.post("/v1/vertices", {"payload": ""})
         assert_error(got, reply, status, error)
+        if code == grpc.StatusCode.INTERNAL:
+            # a backend's internal failure is the operator's to read (its log), not the
+            # client's: a storage audit had a database's path answered to HTTP clients
+            assert "set by the test" not in str(reply), reply
+            assert reply["error"]["message"] == (
+                "consensus failed (INTERNAL); the node's log says why"
+            ), reply
 
 
 async def test_consensus_down_is_503_and_not_ready(node: Node) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import subprocess
+import tomllib
 from pathlib import Path
 
 import grpc
@@ -144,3 +145,81 @@ async def test_a_full_disk_is_resource_exhausted(tmp_path: Path) -> None:
         assert proc.terminate() == 0
     finally:
         proc.terminate()
+
+
+async def test_a_damaged_table_block_met_by_a_read_is_data_loss_counted_and_not_serving(
+    tmp_path: Path,
+) -> None:
+    """Storage audit (2026-12-04): reads of a vertex in a damaged table block answered
+    INTERNAL "internal error: Exception: Corruption: ..." (the gateway passed it, with the
+    database's path, to HTTP clients), counted nowhere, the service still SERVING. Now
+    DATA_LOSS saying what to do, counted, and the service NOT_SERVING."""
+    proc = ServiceProcess.create(tmp_path / "node", metrics=True)
+    proc.spawn()
+    hashes: list[bytes] = []
+    try:
+        await proc.wait_serving()
+        async with proc.channel() as channel:
+            stub = storage_pb2_grpc.StorageStub(channel)
+            dag = Dag()
+            for _ in range(6):
+                request = dag.next_batch(100)
+                await stub.CommitBatch(request, timeout=30)
+                hashes += [r.hash for r in request.results]
+    finally:
+        assert proc.terminate() == 0  # closing flushes the memtables into table files
+    db = Path(tomllib.loads(proc.config.read_text())["node"]["data_dir"]) / "db"
+    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    table.write_bytes(bytes(data))
+
+    again = ServiceProcess(proc.config, proc.port, metrics_port=proc.metrics_port)
+    again.spawn()
+    try:
+        await again.wait_serving()  # an open reads no data block
+        codes: dict[grpc.StatusCode, list[str]] = {}
+        async with again.channel() as channel:
+            stub = storage_pb2_grpc.StorageStub(channel)
+            for h in hashes:
+                try:
+                    await stub.GetVertex(storage_pb2.GetVertexRequest(hash=h), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    codes.setdefault(exc.code(), []).append(exc.details() or "")
+        assert list(codes) == [grpc.StatusCode.DATA_LOSS], {c: d[:1] for c, d in codes.items()}
+        detail = codes[grpc.StatusCode.DATA_LOSS][0]
+        assert f"the database at {db} is damaged: Corruption: block checksum mismatch" in detail
+        assert "restore it from a backup (cretoai-node restore --from DIR --force)" in detail
+        assert await again.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        damaged = len(codes[grpc.StatusCode.DATA_LOSS])
+        assert f"cretoai_storage_damaged_reads_total {float(damaged)}" in again.metrics()
+        assert again.terminate() == 0
+        assert again.stderr().count("damaged data read") == 1  # said once, counted each time
+    finally:
+        again.terminate()
+
+
+def test_a_write_meeting_damaged_data_halts_with_the_remedy_not_a_disk_hint(
+    tmp_path: Path,
+) -> None:
+    """Storage audit (2026-12-04): a compaction over a damaged block halted writes with
+    "fix the cause (e.g. free disk space) and restart the storage service"; the restart
+    opened cleanly (an open reads no data block) and halted again at the next compaction."""
+    from services.storage.errors import DatabaseDamaged, Halted, write_error
+    from services.storage.store import Store
+
+    failure = write_error("Corruption: block checksum mismatch: stored = 1, computed = 2")
+    assert isinstance(failure, DatabaseDamaged)
+    assert failure.grpc_status == grpc.StatusCode.DATA_LOSS
+    assert type(write_error("IO error: No space left on device")).__name__ == "DiskFull"
+    store = Store.open(tmp_path / "db")
+    try:
+        store.halt(str(failure))
+        with pytest.raises(Halted) as info:
+            store.write_state(storage_pb2.WriteStateRequest(puts=[]))
+        message = str(info.value)
+        assert message.startswith("writes are halted: the database is damaged: Corruption:")
+        assert "restore it from a backup (cretoai-node restore --from DIR --force)" in message
+        assert "free disk space" not in message
+    finally:
+        store.close()
