@@ -246,6 +246,14 @@ def _check_existing(path: Path, entries: list[str]) -> list[str]:
     try:
         with (path / "CURRENT").open("rb") as f:
             current = f.read(256)
+    except PermissionError as exc:
+        # not damage: moving the database aside, as a corrupt one's remedy says, would
+        # throw a whole history away for a mode bit (a storage audit, 2026-12-04)
+        raise DatabaseError(
+            f"cannot read the database at {path}: {exc.strerror} ({path / 'CURRENT'}): the "
+            "storage service's user must own the database directory and its files (mode "
+            f"0700 for the directory, 0600 for files; e.g. chown -R USER {path})"
+        ) from None
     except OSError as exc:
         raise _corrupt(path, f"its CURRENT file cannot be read ({exc})") from None
     if not _CURRENT.fullmatch(current):
@@ -349,9 +357,11 @@ class Store:
         counters = self._load_counters()
         self._written = counters
         self.published = counters
-        self._check_schema(is_new)
+        # what was synced first: a young database whose write-ahead log was deleted
+        # holds nothing, not even its schema version, and said only "never initialised"
         identity = identity_of(self.path)
         self._check_synced(mark, identity)
+        self._check_schema(is_new)
         if not self.read_only:
             self._mark = MarkWriter(self.path, identity)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import subprocess
 import tomllib
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 import tomli_w
 
 from cretoai.config import NodeConfig, parse_config
-from cretoai.v1 import storage_pb2
+from cretoai.v1 import storage_pb2, storage_pb2_grpc
 from devkit.storage import ServiceProcess, config_dict, make_config
 from services.storage.errors import (
     DatabaseCorrupt,
@@ -491,3 +492,57 @@ async def test_a_database_of_another_cluster_with_the_same_node_name_is_named_so
     with pytest.raises(DatabaseOfAnotherNode, match="it comes from another cluster"):
         Store.open(db, owner=theirs)
     # the same key under another set is the validator-set check's (DatabaseOfAnotherCluster)
+
+
+async def test_an_unreadable_current_file_is_a_permission_error_not_corruption(
+    tmp_path: Path,
+) -> None:
+    """Storage audit (2026-12-04): CURRENT at mode 000 was reported as a corrupt database,
+    whose remedy (restore a backup, or move the directory aside) throws a history away for
+    a mode bit. Root ignores mode bits: the process runs without that capability."""
+    db = tmp_path / "db"
+    await fill(db, batches=1)
+    (db / "CURRENT").chmod(0)
+    before = snapshot(db)
+    proc = ServiceProcess.create(tmp_path / "proc", db=db)
+    without_override = (
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    )
+    proc.spawn(wrapper=without_override)
+    assert proc.wait_exit(60) == 1
+    err = proc.stderr()
+    assert f"error: cannot read the database at {db}: Permission denied" in err, err
+    assert "must own the database directory and its files" in err
+    assert "corrupt" not in err and "move the directory aside" not in err
+    (db / "CURRENT").chmod(0o600)
+    assert snapshot(db) == before
+
+
+async def test_a_young_database_whose_write_ahead_log_was_deleted_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Storage audit (2026-12-04): everything still in the write-ahead log, the *.log
+    files deleted ("they're logs"): the service said only "the database ... was never
+    initialised". The synced mark is checked first now: it says what is missing."""
+    proc = ServiceProcess.create(tmp_path / "node")
+    proc.spawn()
+    try:
+        await proc.wait_serving()
+        async with proc.channel() as channel:
+            stub = storage_pb2_grpc.StorageStub(channel)
+            dag = Dag()
+            for _ in range(3):
+                await stub.CommitBatch(dag.next_batch(10), timeout=30)
+    finally:
+        proc.kill()  # no flush at close: everything is in the write-ahead log
+    db = Path(tomllib.loads(proc.config.read_text())["node"]["data_dir"]) / "db"
+    logs = list(db.glob("*.log"))
+    assert logs and not list(db.glob("*.sst"))
+    for log_file in logs:
+        log_file.unlink()
+    again = ServiceProcess(proc.config, proc.port)
+    again.spawn()
+    assert again.wait_exit(60) == 1
+    err = again.stderr()
+    assert "synced writes are missing: write " in err and "(last_seq 3) was synced" in err, err
+    assert "never initialised" not in err
