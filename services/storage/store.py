@@ -224,6 +224,15 @@ def _classify_open_error(path: Path, exc: Exception) -> DatabaseError:
     return DatabaseError(f"cannot open the database at {path}: {message}")
 
 
+def _unreachable_mark(path: Path, doing: str, exc: OSError) -> DatabaseError:
+    return DatabaseError(
+        f"cannot {doing} the database's synced mark {path / MARK_FILE}: "
+        f"{exc.strerror or exc}; without it the storage service cannot tell synced writes "
+        "lost at its next start. The storage service's user must own the database directory "
+        "and its files (mode 0700 for the directory, 0600 for files)"
+    )
+
+
 def _check_existing(path: Path, entries: list[str]) -> list[str]:
     """Check, reading only, that the non-empty directory ``path`` holds a database of this
     service: a CURRENT naming a MANIFEST that exists and that RocksDB reads, and every column
@@ -364,6 +373,10 @@ class Store:
         self._check_schema(is_new)
         if not self.read_only:
             self._mark = MarkWriter(self.path, identity)
+            try:
+                self._mark.open()
+            except OSError as exc:
+                raise _unreachable_mark(self.path, "write", exc) from None
 
     def _check_synced(self, mark: SyncedMark | None, identity: bytes) -> None:
         """Refuse a database that opens behind what was synced (module ``synced``)."""
@@ -417,7 +430,10 @@ class Store:
         # a new database only where nothing is: never beside the files of a damaged one
         is_new = not entries
         # read before RocksDB replays the WAL: a live service may sync more meanwhile
-        mark = None if is_new else read_mark(path)
+        try:
+            mark = None if is_new else read_mark(path, strict=not read_only)
+        except OSError as exc:
+            raise _unreachable_mark(path, "read", exc) from None
         existing: list[str] = []
         if is_new:
             if not create or read_only:

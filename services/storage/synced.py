@@ -56,13 +56,18 @@ def identity_of(path: Path) -> bytes:
         return b""
 
 
-def read_mark(path: Path) -> SyncedMark | None:
-    """The mark in the database directory ``path``; None when missing or unreadable."""
+def read_mark(path: Path, *, strict: bool = False) -> SyncedMark | None:
+    """The mark in the database directory ``path``; None when missing or unreadable.
+    ``strict`` (the storage service's own open): a mark the file system refuses to read
+    raises the OSError, which would otherwise turn the check off without a word but a
+    warning (a storage audit, 2026-12-04: a mark at mode 000 or 0400)."""
     try:
         raw = (path / MARK_FILE).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if strict:
+            raise
         fields = {"path": str(path), "error": str(exc)}
         log.warning("cannot read the synced mark; not checked", extra={"fields": fields})
         return None
@@ -88,6 +93,12 @@ class MarkWriter:
         self._identity = identity
         self._fd: int | None = None
         self._failed = False
+
+    def open(self) -> None:
+        """Open the mark for writing now (the service's start): OSError when it cannot be,
+        rather than a warning at the first write and no check at the next open."""
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def write(self, writes: int, last_seq: int) -> None:
         """Record that write ``writes`` is durable. Never raises: a mark that cannot be

@@ -29,6 +29,7 @@ from services.storage.errors import (
 from services.storage.keys import FINALIZED, OWNER_KEY, SCHEMA_VERSION_KEY, seq_key, u32
 from services.storage.service import build
 from services.storage.store import Owner, Store, inspect
+from services.storage.synced import MARK_FILE
 from tests.conftest import cli
 from tests.storage.support import REPO, Dag, RawDb, snapshot, start_service
 
@@ -546,3 +547,25 @@ async def test_a_young_database_whose_write_ahead_log_was_deleted_says_what_is_m
     err = again.stderr()
     assert "synced writes are missing: write " in err and "(last_seq 3) was synced" in err, err
     assert "never initialised" not in err
+
+
+@pytest.mark.parametrize(("mode", "doing"), [(0, "read"), (0o400, "write")])
+async def test_a_synced_mark_the_service_cannot_use_stops_it_instead_of_the_check(
+    tmp_path: Path, mode: int, doing: str
+) -> None:
+    """Storage audit (2026-12-04): with CRETOAI-SYNCED at mode 000 or 0400 the service
+    served with a warning and the check for synced writes lost at the next start off."""
+    db = tmp_path / "db"
+    await fill(db, batches=1)
+    (db / MARK_FILE).chmod(mode)
+    proc = ServiceProcess.create(tmp_path / "proc", db=db)
+    without_override = (
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    )
+    proc.spawn(wrapper=without_override)
+    assert proc.wait_exit(60) == 1
+    err = proc.stderr()
+    assert f"error: cannot {doing} the database's synced mark {db / MARK_FILE}: " in err, err
+    assert "Permission denied" in err and "must own the database directory" in err
+    # read-only inspection still works (an operator's tool, maybe as another user)
+    assert inspect(db).last_seq == 1
