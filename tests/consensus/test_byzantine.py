@@ -10,6 +10,7 @@ from services.consensus.core.crypto import batch_digest
 from services.consensus.core.messages import (
     Commit,
     EvidenceEnvelope,
+    NewView,
     Prepare,
     PrePrepare,
     SignedEnvelope,
@@ -147,3 +148,49 @@ def test_evidence_in_the_records_is_checked_again_on_restart() -> None:
     for signer in (2, 3):  # dropped from the records too
         assert durable.evidence_key(signer) not in node.records
     assert durable.evidence_key(0) in node.records
+
+
+def test_a_signer_keeps_commits_for_one_seq_in_a_bounded_number_of_views() -> None:
+    """Audit (2026-12-04): after 41 views, one Byzantine replica had an honest one keep a
+    validly signed COMMIT per (old view, seq in the window), 294 of them, without end
+    (about 4.6 KB each with ML-DSA-87). A signer's COMMITs for a seq are kept for its
+    COMMIT_VIEWS_PER_SIGNER highest views, and none once the seq committed."""
+    from services.consensus.core.replica import COMMIT_VIEWS_PER_SIGNER
+
+    byzantine, victim = 2, 1
+    c = Cluster(
+        4,
+        request_timeout=6,
+        progress_timeout=6,
+        view_change_timeout=4,
+        max_backoff=0,
+        checkpoint_interval=4,
+        watermark_window=8,
+    )
+    # no primary gets anything done: the views go by
+    c.blocked = lambda s, d, e: (
+        isinstance(e, SignedEnvelope) and isinstance(e.signed.msg, (NewView, PrePrepare))
+    )
+    c.propose(1, request("x"))
+    for _ in range(400):
+        c.tick()
+        if min(c.replica(j).view for j in range(4)) >= 40:
+            break
+    c.blocked = None
+    c.tick(200)
+    v = c.replica(victim)
+    seqs = range(v.last_executed + 1, v.stable_seq + 9)
+    for view in range(v.view + 1):
+        for seq in seqs:
+            digest = bytes([view % 256, seq % 256]) + bytes(30)
+            commit = sign(c, byzantine, Commit(view=view, seq=seq, digest=digest))
+            c.inject(byzantine, victim, wire(SignedEnvelope(commit)))
+    held = sum(
+        1
+        for seq in seqs
+        if seq in v._slots
+        for by in v._slots[seq].commits.values()
+        if byzantine in by
+    )
+    assert v.view >= 40
+    assert 0 < held <= COMMIT_VIEWS_PER_SIGNER * len(seqs), held

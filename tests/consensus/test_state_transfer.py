@@ -179,3 +179,22 @@ def test_a_byzantine_primary_making_checkpoints_fast_cannot_starve_a_lagging_rep
     assert executed[1] > 900, executed  # the null batches did execute
     assert executed[3] >= executed[1] - 48, (executed, _asked(c, since))
     assert _asked(c, since).get(0, 0) <= 1
+
+
+def test_a_replica_that_caught_up_keeps_no_more_request_hashes_than_its_peers() -> None:
+    """Audit (2026-12-04): the hashes of batches executed by state transfer, below the
+    stable checkpoint already, were trimmed only at the next checkpoint, which an idle
+    cluster does not make: a replica that caught up 200 seqs kept 200 against 8."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
+    c.isolate(3)
+    for i in range(200):
+        c.propose(0, request(i))
+        c.tick()
+    c.tick(5)
+    c.heal()
+    c.tick(300)
+    assert c.replica(3).last_executed == c.replica(0).last_executed == 200
+    assert len(c.replica(3)._recent) <= len(c.replica(0)._recent) + 8, (
+        len(c.replica(3)._recent),
+        len(c.replica(0)._recent),
+    )

@@ -135,6 +135,9 @@ class _Resend:
     backoff: int
 
 
+#: Views in which one signer's COMMITs for one seq are kept (its highest).
+COMMIT_VIEWS_PER_SIGNER = 4
+
 #: Resends to a peer stuck at one place back off up to this many status intervals.
 RESEND_MAX_BACKOFF = 8
 #: At most this many unexecuted slots are resent to a stalled peer at once (it
@@ -906,13 +909,26 @@ class Replica:
     def _add_commit(self, seq: int, slot: _Slot, signed: Signed[Commit]) -> None:
         view = signed.msg.view
         votes = slot.commits.get(view)
-        if votes is None:
-            votes = slot.commits[view] = {}
-        old = votes.get(signed.signer)
+        old = None if votes is None else votes.get(signed.signer)
         if old is not None:
             if old.msg.digest != signed.msg.digest:
                 self._equivocation(old, signed)
             return
+        if slot.committed is not None:
+            return  # nothing left to commit: a later vote is kept only to compare with
+        # A signer's COMMITs for one seq are kept for its COMMIT_VIEWS_PER_SIGNER highest
+        # views: a quorum forms within one view, and an audit (2026-12-04) had one
+        # Byzantine replica keep a validly signed COMMIT per (old view, seq), without end.
+        mine = [v for v, by in slot.commits.items() if signed.signer in by]
+        if len(mine) >= COMMIT_VIEWS_PER_SIGNER:
+            lowest = min(mine)
+            if view < lowest:
+                return
+            del slot.commits[lowest][signed.signer]
+            if not slot.commits[lowest]:
+                del slot.commits[lowest]
+        if votes is None:
+            votes = slot.commits[view] = {}
         votes[signed.signer] = signed
         if slot.committed is None:
             matching = [votes[s] for s in sorted(votes) if votes[s].msg.digest == signed.msg.digest]
@@ -955,6 +971,10 @@ class Replica:
         for h in hashes:
             self._recent[h] = seq
         self._recent_order.append((seq, hashes))
+        # batches executed by state transfer lie below the stable checkpoint already: an
+        # idle cluster makes no next one to trim them at (an audit, 2026-12-04: a replica
+        # that caught up 200 seqs kept every one of their hashes)
+        self._forget_recent(self._low)
         if self._active and cert.view == self._view:
             self._progress_view = self._view
 
@@ -1230,11 +1250,15 @@ class Replica:
         for digest in self._stored - keep:
             self._stored.discard(digest)
             self._persist.append(Record(durable.batch_key(digest), None))
-        while self._recent_order and self._recent_order[0][0] <= seq - self._window:
+        self._forget_recent(seq)
+        self._next_seq = max(self._next_seq, seq + 1)
+
+    def _forget_recent(self, stable: int) -> None:
+        """Drop the executed requests' hashes more than a window below ``stable``."""
+        while self._recent_order and self._recent_order[0][0] <= stable - self._window:
             _, hashes = self._recent_order.popleft()
             for h in hashes:
                 self._recent.pop(h, None)
-        self._next_seq = max(self._next_seq, seq + 1)
 
     # --- state transfer -----------------------------------------------------------------
 
