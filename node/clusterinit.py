@@ -24,7 +24,11 @@ the node's certificate names every one of them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +191,60 @@ def _refuse_old_data(directory: Path, names: list[str], data_dir: str | None) ->
             )
 
 
+#: Held (flock) by ``cluster up`` for as long as it runs, and by ``cluster init`` over an
+#: existing cluster: two supervisors on one directory each took the other's ports and
+#: databases for their own and gave every node up (an audit, 2026-12-04).
+LOCK_FILE = ".cluster.lock"
+
+
+@contextlib.contextmanager
+def cluster_lock(directory: Path, doing: str) -> Iterator[None]:
+    """Hold ``directory``'s cluster lock; :class:`ConfigError` when another process does."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(
+                f"{directory}: a cretoai-node cluster up (or init) runs on this directory "
+                f"(it holds {directory / LOCK_FILE}); stop it before {doing}"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refuse_another_size(directory: Path, nodes: int, data_dir: str | None) -> None:
+    """``--reuse-keys`` with another ``--nodes`` over a cluster that holds data: every node
+    would run under another validator set than its database's (there is no
+    reconfiguration). An audit (2026-12-04) rewrote a running 4-node cluster's configs
+    for 7 nodes: a consensus restarted after it banned its three honest peers."""
+    try:
+        held = json.loads((directory / CLUSTER_FILE).read_text())["nodes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(held, list) or len(held) == nodes:
+        return
+    relative = Path(data_dir or "data")
+    names = [n.get("name") for n in held if isinstance(n, dict)]
+    with_data = [
+        name
+        for name in names
+        if isinstance(name, str)
+        and not relative.is_absolute()
+        and (directory / name / relative).is_dir()
+        and any((directory / name / relative).iterdir())
+    ]
+    if with_data:
+        raise ConfigError(
+            f"{directory} holds a {len(held)}-node cluster whose nodes hold its history "
+            f"({', '.join(with_data)}); --nodes {nodes} would run them under another "
+            "validator set, which a cluster cannot change. Use another --dir for a "
+            f"{nodes}-node cluster, or move the data directories away first"
+        )
+
+
 def init_cluster(
     directory: Path,
     nodes: int,
@@ -231,6 +289,44 @@ def init_cluster(
     if cluster_file.exists() and not (force or reuse_keys):
         raise ConfigError(f"{cluster_file}: already exists (use --force to overwrite)")
     names = [f"node{i}" for i in range(1, nodes + 1)]
+    with contextlib.ExitStack() as held:
+        if cluster_file.exists():
+            held.enter_context(cluster_lock(directory, "initialising it again"))
+            _refuse_another_size(directory, nodes, data_dir)
+        return _init_cluster(
+            directory,
+            nodes,
+            names,
+            host=host,
+            http_port=http_port,
+            base_port=base_port,
+            force=force,
+            reuse_keys=reuse_keys,
+            extra=extra,
+            tls=tls,
+            service_host=service_host,
+            data_dir=data_dir,
+            key_dir=key_dir,
+        )
+
+
+def _init_cluster(
+    directory: Path,
+    nodes: int,
+    names: list[str],
+    *,
+    host: str,
+    http_port: int,
+    base_port: int,
+    force: bool,
+    reuse_keys: bool,
+    extra: dict[str, Any] | None,
+    tls: bool,
+    service_host: str | None,
+    data_dir: str | None,
+    key_dir: str | None,
+) -> ClusterLayout:
+    cluster_file = directory / CLUSTER_FILE
     if force and not reuse_keys:
         _refuse_old_data(directory, names, data_dir)
     key_dirs = {name: _validator_key_dir(directory, key_dir, name) for name in names}
@@ -391,4 +487,11 @@ def load_cluster(directory: Path) -> list[Path]:
     return configs
 
 
-__all__ = ["ClusterLayout", "KeyFileError", "NodeLayout", "init_cluster", "load_cluster"]
+__all__ = [
+    "ClusterLayout",
+    "KeyFileError",
+    "NodeLayout",
+    "cluster_lock",
+    "init_cluster",
+    "load_cluster",
+]

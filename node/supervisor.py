@@ -42,6 +42,7 @@ from node.clusterinit import (
     CLUSTER_FILE,
     DEFAULT_BASE_PORT,
     DEFAULT_HTTP_PORT,
+    cluster_lock,
     describe_node,
     init_cluster,
     load_cluster,
@@ -498,6 +499,11 @@ def start_node(cfg: NodeConfig) -> int:
 def cluster_up(args: argparse.Namespace) -> int:
     """``cretoai-node cluster up``: init the cluster if needed, run it, stop on Ctrl-C."""
     directory = Path(args.dir).resolve()
+    with cluster_lock(directory, "running cluster up on it again"):
+        return _cluster_up(args, directory)
+
+
+def _cluster_up(args: argparse.Namespace, directory: Path) -> int:
     if not (directory / CLUSTER_FILE).exists():
         print(f"initialising a {args.nodes}-node cluster in {directory}", flush=True)
         init_cluster(directory, args.nodes, http_port=args.http_port, base_port=args.base_port)

@@ -88,6 +88,15 @@ def test_single_node_cluster_up_submit_status_restart_stop(tmp_path: Path) -> No
         logs = list((directory / "node1" / "logs").iterdir())
         assert logs and all(not p.stat().st_mode & 0o007 for p in logs)  # not every user's
 
+        # A second cluster up, or an init, on the running cluster's directory is refused at
+        # once: two supervisors took each other's ports and databases for their own and
+        # both ended with every node given up (an audit, 2026-12-04).
+        second = _run("cluster", "up", "--nodes", "1", "--dir", str(directory))
+        assert second.returncode == 2, second.stderr
+        assert "a cretoai-node cluster up (or init) runs on this directory" in second.stderr
+        reinit = _run("cluster", "init", "--nodes", "1", "--dir", str(directory), "--reuse-keys")
+        assert reinit.returncode == 2 and "stop it before initialising it again" in reinit.stderr
+
         bad = _run("submit", "--config", str(config), "--payload", "x", "--parent", "ab")
         assert bad.returncode == 1 and "HTTP 422" in bad.stderr
 
@@ -140,3 +149,22 @@ def test_cluster_up_refuses_a_different_size(tmp_path: Path) -> None:
     proc = _run("cluster", "up", "--nodes", "4", "--dir", str(tmp_path))
     assert proc.returncode == 2
     assert "holds 1 nodes, not 4" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cluster_init_refuses_another_size_over_a_cluster_that_holds_data(tmp_path: Path) -> None:
+    """An audit (2026-12-04) rewrote a running 4-node cluster's configs for 7 nodes with
+    --reuse-keys: a restarted consensus ran under 7 validators and banned its honest peers.
+    A cluster's validator set cannot change while its nodes hold its history."""
+    base = free_base_port(100)
+    made = _run("cluster", "init", "--nodes", "4", "--dir", str(tmp_path), "--base-port", str(base))
+    assert made.returncode == 0, made.stderr
+    same = _run("cluster", "init", "--nodes", "4", "--dir", str(tmp_path), "--reuse-keys")
+    assert same.returncode == 0, same.stderr  # rewriting the configs of the same cluster
+    (tmp_path / "node2" / "data" / "db").mkdir(parents=True)
+    (tmp_path / "node2" / "data" / "db" / "CURRENT").write_text("MANIFEST-000001\n")
+    before = {p: p.read_bytes() for p in tmp_path.glob("node*/node.toml")}
+    other = _run("cluster", "init", "--nodes", "7", "--dir", str(tmp_path), "--reuse-keys")
+    assert other.returncode == 2
+    assert "holds a 4-node cluster whose nodes hold its history (node2)" in other.stderr
+    assert "--nodes 7 would run them under another validator set" in other.stderr
+    assert {p: p.read_bytes() for p in tmp_path.glob("node*/node.toml")} == before
