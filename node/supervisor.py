@@ -149,6 +149,10 @@ class Child:
     started_at: float = 0.0
     #: Consecutive runs shorter than the supervisor's ``failed_start_uptime``.
     failed_starts: int = 0
+    #: Consecutive runs shorter than STABLE_UPTIME_S that ended with the same ``error:``
+    #: line, and that line.
+    same_errors: int = 0
+    last_said: str = ""
     #: Why the supervisor gave up on it (no more restarts); None while supervised.
     gave_up: str | None = None
     #: While held, an exit is not restarted (tests kill a service and restart it later).
@@ -346,10 +350,26 @@ class Supervisor:
             else:  # it did start: only consecutive failed starts count
                 child.failed_starts = 0
             said = last_error(child.log_file, child.log_offset)
-            if child.failed_starts >= self.max_failed_starts:
+            # a run that starts, then fails the same way every time (an audit, 2026-12-04:
+            # a consensus under another validator set halted after 17-20 s, for good) is
+            # not helped by restarts either, however long each run lasts
+            if said and said == child.last_said and uptime < STABLE_UPTIME_S:
+                child.same_errors += 1
+            else:
+                child.same_errors = 1 if said and uptime < STABLE_UPTIME_S else 0
+            child.last_said = said
+            if (
+                child.failed_starts >= self.max_failed_starts
+                or child.same_errors >= self.max_failed_starts
+            ):
                 where = child.log_file or "its output above"
+                how = (
+                    f"failed to start {child.failed_starts} times in a row"
+                    if child.failed_starts >= self.max_failed_starts
+                    else f"exited {child.same_errors} times in a row with the same error"
+                )
                 child.gave_up = (
-                    f"{child.label} failed to start {child.failed_starts} times in a row "
+                    f"{child.label} {how} "
                     f"(last exit code {code} after {uptime:.1f}s"
                     f"{f', saying: {said}' if said else ''}); giving up, not restarting it "
                     f"(see {where})"

@@ -417,3 +417,36 @@ async def test_a_node_whose_storage_is_given_up_while_the_cluster_runs_goes_down
     for child in supervisor.children:
         if child.node != "node4":
             assert child.restarts == 0 and child.gave_up is None, child.label
+
+
+async def test_a_service_failing_the_same_way_after_each_start_is_given_up_too(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path
+) -> None:
+    """An audit (2026-12-04): a consensus under another validator set halted 17-20 s
+    after each start, longer than a failed start, and was restarted for good. Runs that
+    end with the same error line count like failed starts (here every run is long enough
+    to count as started: failed_start_uptime 0)."""
+    cfg = one_node(cluster_factory)
+    db = cfg.storage_path
+    Store.open(db).close()
+    (db / "CURRENT").unlink()
+    logs = tmp_path / "logs"
+    events: list[str] = []
+    supervisor = Supervisor(
+        [cfg], log_dir=lambda _: logs, max_failed_starts=MAX_FAILED_STARTS, failed_start_uptime=0
+    )
+    supervisor.on_event = events.append
+    stop = asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, lambda: None, stop, stop_on_give_up=True))
+    try:
+        code = await asyncio.wait_for(asyncio.shield(run), 120)
+    finally:
+        await finish(run, stop)
+    assert code == 1
+    storage = supervisor.children_of("node1", "storage")[0]
+    assert storage.failed_starts == 0 and storage.same_errors == MAX_FAILED_STARTS
+    assert storage.gave_up is not None
+    assert storage.gave_up.startswith(
+        f"node1/storage exited {MAX_FAILED_STARTS} times in a row with the same error "
+    ), storage.gave_up
+    assert f"saying: error: the database at {db} is corrupt: " in storage.gave_up
