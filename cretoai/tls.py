@@ -39,6 +39,10 @@ CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "node.crt", "node.key"
 GATEWAY_CERT_FILE, GATEWAY_KEY_FILE = "gateway.crt", "gateway.key"
 GATEWAY_COMMON_NAME = "cretoai gateway"
 VALIDITY = datetime.timedelta(days=3650)
+#: Certificates are valid from this long before they are made: a host whose clock is
+#: behind the one that ran ``cluster init`` (by more than the 5 minutes this was until an
+#: audit, 2026-12-04) refused its own services' certificates as "not yet valid".
+BACKDATE = datetime.timedelta(days=1)
 
 
 class TlsError(Exception):
@@ -119,6 +123,18 @@ def _check_pair(
             f"internal TLS certificate {cert} is not the certificate of the key {key} "
             "(a file of another node or cluster?)"
         )
+    now = datetime.datetime.now(datetime.UTC)
+    for what, path, c in (("CA certificate", ca, ca_cert), ("certificate", cert, certificate)):
+        if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
+            stamp = "%Y-%m-%d %H:%M"
+            raise TlsError(
+                f"internal TLS {what} {path} is valid from "
+                f"{c.not_valid_before_utc.strftime(stamp)} to "
+                f"{c.not_valid_after_utc.strftime(stamp)} UTC, and this host's clock says "
+                f"{now.strftime(stamp)} UTC: set the clock right (NTP), or make new "
+                "certificates (cluster init --reuse-keys keeps them; remove the node's tls/ "
+                "directory first)"
+            )
     try:
         certificate.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
@@ -145,7 +161,7 @@ def generate_node_tls(
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -215,7 +231,7 @@ def _issue(
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)

@@ -334,3 +334,30 @@ def test_new_tls_material_never_leaves_the_key_readable(
     assert seen == [0o600, 0o600]  # the services' key and the gateway's
     assert key.stat().st_mode & 0o777 == 0o600 and key.read_bytes() != old
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_certificates_outside_their_validity_are_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit (2026-12-04): a node whose clock was an hour behind the host that ran
+    cluster init never started (its certificates were valid from 5 minutes before init),
+    and all it said was "not serving after 90s" among hundreds of gRPC lines. They are
+    valid from a day before now, and one outside its period is refused naming it."""
+    import datetime
+
+    from cretoai import tls
+
+    ca, cert, key = tls.generate_node_tls(tmp_path / "now", "node1")
+    loaded = tls.load_internal_tls(ca, cert, key)
+    from cryptography import x509
+
+    start = x509.load_pem_x509_certificate(loaded.cert).not_valid_before_utc
+    assert datetime.datetime.now(datetime.UTC) - start >= datetime.timedelta(hours=23)
+    # made on a host whose clock is two hours ahead of this one
+    monkeypatch.setattr(tls, "BACKDATE", -datetime.timedelta(hours=2))
+    ca, cert, key = tls.generate_node_tls(tmp_path / "ahead", "node1")
+    with pytest.raises(tls.TlsError) as info:
+        tls.load_internal_tls(ca, cert, key)
+    message = str(info.value)
+    assert f"internal TLS CA certificate {ca} is valid from " in message
+    assert "and this host's clock says" in message and "set the clock right (NTP)" in message
