@@ -161,6 +161,10 @@ def new_view_bytes_bound(n: int, window: int, batch_max_count: int) -> int:
     return signed(32 + q * view_change + window * pre_prepare) + 1024
 
 
+#: The shortest consensus timeout a config may set (view change, request, progress).
+MIN_CONSENSUS_TIMEOUT_MS = 100
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsensusSection:
     #: Bind address of the internal gRPC service.
@@ -662,6 +666,20 @@ def _validate(cfg: NodeConfig) -> None:
         raise ConfigError(
             f"{src}: consensus.admission_max_wait_ms: must be within [0, request_timeout_ms) "
             f"(request_timeout_ms is {c.request_timeout_ms}; 0 means a quarter of it)"
+        )
+    for name in ("view_change_timeout_ms", "request_timeout_ms", "progress_timeout_ms"):
+        if getattr(c, name) < MIN_CONSENSUS_TIMEOUT_MS:
+            # an audit (2026-12-04): a node with 30-60 ms timeouts moved on to a view of its
+            # own and stayed there, the cluster one fault short, without a word
+            raise ConfigError(
+                f"{src}: consensus.{name}: must be at least {MIN_CONSENSUS_TIMEOUT_MS} (a "
+                "replica that times out before its peers can answer leaves them for a view "
+                "of its own)"
+            )
+    if c.reputation_threshold >= 0:
+        raise ConfigError(
+            f"{src}: consensus.reputation_threshold: must be negative (scores start at 0; "
+            f"default {ConsensusSection.reputation_threshold})"
         )
     if c.progress_timeout_ms > c.request_timeout_ms:
         raise ConfigError(

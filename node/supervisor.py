@@ -498,9 +498,45 @@ async def _run_until_signal(
     return await run_until(supervisor, ready, stop, stop_on_give_up=stop_on_give_up)
 
 
+def preflight(cfg: NodeConfig) -> None:
+    """What the node's services would each find wrong only once started, some after others
+    had joined the cluster (an audit, 2026-12-04: another node's key failed transport five
+    times after storage had made a database; a missing submitter key stopped the node after
+    three services had joined): checked before any starts. KeyFileError, ConfigError."""
+    key = load_private_key(cfg.key_path, cfg.crypto.backend)
+    if key.public_key != cfg.validators[cfg.replica_index].public_key_bytes:
+        raise ConfigError(
+            f"{cfg.key_path}: is not the key [[validators]] lists for {cfg.node.name} in "
+            f"{cfg.source} (node id {key.node_id[:16]}…): another node's key, or a key made "
+            "again? Give the node its own key"
+        )
+    if cfg.submitter_key_path is not None:
+        load_private_key(cfg.submitter_key_path, cfg.crypto.backend)
+
+
+def check_same_parameters(configs: list[NodeConfig]) -> None:
+    """Every node of one cluster runs with the same cluster parameters: the transports
+    refuse a peer that differs, and ``cluster up`` said "cluster ready" all the same
+    (an audit, 2026-12-04: node4 alone with another checkpoint_interval was cut off)."""
+    first = configs[0]
+    for cfg in configs[1:]:
+        differ = [
+            f"{name} = {theirs} ({first.node.name}: {ours})"
+            for (name, ours), (_, theirs) in zip(
+                first.cluster_parameters, cfg.cluster_parameters, strict=True
+            )
+            if ours != theirs
+        ]
+        if differ:
+            raise ConfigError(
+                f"{cfg.source}: {'; '.join(differ)}: every node of a cluster must run with "
+                'the same cluster parameters (docs/config.md, "Cluster parameters")'
+            )
+
+
 def start_node(cfg: NodeConfig) -> int:
     """``cretoai-node start --config FILE``: the node's four services, in the foreground."""
-    load_private_key(cfg.key_path, cfg.crypto.backend)  # fail now, clearly, not in four children
+    preflight(cfg)  # fail now, clearly, not in four children
     taken = ports.busy([cfg])
     if taken:
         hint = f"give this node other addresses in {cfg.source}"
@@ -541,7 +577,8 @@ def _cluster_up(args: argparse.Namespace, directory: Path) -> int:
             f"--dir {directory} --force')"
         )
     for cfg in configs:
-        load_private_key(cfg.key_path, cfg.crypto.backend)
+        preflight(cfg)
+    check_same_parameters(configs)
     taken = ports.busy(configs)
     if taken:
         hint = (

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from cretoai import registry
 from cretoai.config import load_config
@@ -135,3 +137,44 @@ def test_a_path_that_cannot_be_used_is_one_error_line(tmp_path: Path) -> None:
         proc = run(*args)
         assert proc.returncode == 1, (args, proc.stderr)
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_node_with_another_nodes_key_or_no_submitter_key_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """An audit (2026-12-04): node3 running with node2's key started storage (which made a
+    database) before transport failed five times; a missing submitter key stopped the node
+    after three services had joined the cluster. Both are refused before anything starts."""
+    base = free_base_port(100)
+    made = run("cluster", "init", "--nodes", "4", "--dir", str(tmp_path), "--base-port", str(base))
+    assert made.returncode == 0, made.stderr
+    node3 = tmp_path / "node3"
+    (node3 / "node.key").write_bytes((tmp_path / "node2" / "node.key").read_bytes())
+    wrong = run("start", "--config", str(node3 / "node.toml"))
+    assert wrong.returncode == 2, wrong.stderr
+    assert f"{node3 / 'node.key'}: is not the key [[validators]] lists for node3" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    assert not (node3 / "data" / "db").exists()  # nothing was started
+    node4 = tmp_path / "node4"
+    (node4 / "submitter.key").unlink()
+    missing = run("start", "--config", str(node4 / "node.toml"))
+    assert missing.returncode == 2, missing.stderr
+    assert "submitter.key: private key file not found" in missing.stderr
+    assert not (node4 / "data" / "db").exists()
+
+
+def test_cluster_up_refuses_nodes_with_different_cluster_parameters(tmp_path: Path) -> None:
+    """An audit (2026-12-04): node4 alone with checkpoint_interval 8 was refused by every
+    peer's transport, and cluster up said "cluster ready" on 4 nodes."""
+    base = free_base_port(100)
+    made = run("cluster", "init", "--nodes", "4", "--dir", str(tmp_path), "--base-port", str(base))
+    assert made.returncode == 0, made.stderr
+    config = tmp_path / "node4" / "node.toml"
+    data = tomllib.loads(config.read_text())
+    data.setdefault("consensus", {})["checkpoint_interval"] = 8
+    config.write_text(tomli_w.dumps(data))
+    proc = run("cluster", "up", "--nodes", "4", "--dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{config}: consensus.checkpoint_interval = 8 (node1: " in proc.stderr
+    assert "every node of a cluster must run with the same cluster parameters" in proc.stderr
+    assert not (tmp_path / "node1" / "data" / "db").exists()

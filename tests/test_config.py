@@ -71,6 +71,19 @@ def test_generated_config_loads(node_config: Path) -> None:
             "consensus.progress_timeout_ms",
         ),
         (lambda d: d["consensus"].update(status_interval_ms=0), "consensus.status_interval_ms"),
+        # timeouts too short for peers to answer: a node alone in a view of its own
+        (
+            lambda d: d["consensus"].update(progress_timeout_ms=30, status_interval_ms=10),
+            "consensus.progress_timeout_ms: must be at least 100",
+        ),
+        (
+            lambda d: d["consensus"].update(view_change_timeout_ms=60),
+            "consensus.view_change_timeout_ms: must be at least 100",
+        ),
+        (
+            lambda d: d["consensus"].update(reputation_threshold=0),
+            "consensus.reputation_threshold: must be negative",
+        ),
         (
             lambda d: d["consensus"].update(status_interval_ms=1500),  # = progress timeout
             "consensus.status_interval_ms",
