@@ -207,11 +207,13 @@ class Supervisor:
         max_failed_starts: int = MAX_FAILED_STARTS,
         failed_start_uptime: float = FAILED_START_UPTIME_S,
         tolerate_down: int = 0,
+        ready_timeout: float = READY_TIMEOUT_S,
     ):
         """``tolerate_down``: nodes whose service is given up while they start that the
         start goes on without (``cluster up``: the cluster's f); one more fails it."""
         self.configs = configs
         self.tolerate_down = tolerate_down
+        self.ready_timeout = ready_timeout
         #: Nodes left down during the start (a service given up), and why.
         self.down: dict[str, str] = {}
         self.max_failed_starts = max_failed_starts
@@ -243,15 +245,17 @@ class Supervisor:
     def _cfg(self, child: Child) -> NodeConfig:
         return next(c for c in self.configs if c.node.name == child.node)
 
-    async def start(self, *, timeout: float = READY_TIMEOUT_S) -> None:
+    async def start(self, *, timeout: float | None = None) -> None:
         """Start every child in dependency order (per node, nodes in parallel); wait until all
-        serve. Raises TimeoutError naming what is not serving, GaveUp when a child is given up."""
+        serve. Raises TimeoutError naming what is not serving, GaveUp when a child is given up
+        (each only past ``tolerate_down`` nodes: up to that many stay down instead)."""
+        timeout = self.ready_timeout if timeout is None else timeout
         for service in registry.NAMES:
             batch = [c for c in self.children if c.service == service and c.node not in self.down]
             for child in batch:
                 await child.spawn()
                 self._watchers.append(asyncio.create_task(self._watch(child)))
-            await self._wait_serving(batch, timeout)
+            await self._wait_serving(batch, timeout, starting=True)
             serving = sum(1 for c in batch if c.node not in self.down)
             self.on_event(f"{service:<10} serving on {serving} node(s)")
             nice = registry.service(service).autogroup_nice
@@ -263,7 +267,9 @@ class Supervisor:
                 )
         self._started = True
 
-    async def _wait_serving(self, children: list[Child], timeout: float) -> None:
+    async def _wait_serving(
+        self, children: list[Child], timeout: float, *, starting: bool = False
+    ) -> None:
         deadline = time.monotonic() + timeout
         pending = list(children)
         while pending:
@@ -282,6 +288,15 @@ class Supervisor:
             if not pending:
                 return
             if time.monotonic() > deadline:
+                late = {c.node for c in pending}
+                if starting and len(self.down) + len(late) <= self.tolerate_down:
+                    # a service that runs but never answers its health check (a wrong
+                    # advertise address, a certificate its host's clock rejects) stopped
+                    # every node's start (an audit, 2026-12-04): like one given up, its
+                    # node stays down, up to the cluster's f
+                    for child in pending:
+                        self._leave_late(child, timeout)
+                    return
                 names = ", ".join(c.label for c in pending)
                 hint = f" (see {pending[0].log_file})" if pending[0].log_file else ""
                 raise TimeoutError(f"not serving after {timeout:.0f}s: {names}{hint}")
@@ -312,6 +327,20 @@ class Supervisor:
             f"{running} of {len(self.configs)} nodes, which {spare}. Fix its cause and run "
             "cluster up again to bring it back"
         )
+
+    def _leave_late(self, child: Child, timeout: float) -> None:
+        """``child`` runs but did not serve within ``timeout`` while its node started."""
+        where = child.log_file or "its output above"
+        child.gave_up = (
+            f"{child.label} did not serve within {timeout:.0f}s (its health check got no "
+            f"answer: a wrong advertise address, or TLS refused?); stopping it (see {where})"
+        )
+        self.on_event(child.gave_up)
+        child.held = True
+        if child.process is not None and child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.terminate()
+        self._leave_down(child)
 
     def _leave_down(self, child: Child) -> None:
         """``child`` was given up while its node started: the node stays down (its other

@@ -18,6 +18,7 @@ from cretoai.config import NodeConfig, load_config
 from node.clusterinit import ClusterLayout
 from node.supervisor import GaveUp, Supervisor, run_until
 from services.storage.store import Store
+from tests.conftest import REPO
 from tests.storage.support import snapshot
 
 pytestmark = pytest.mark.timeout(300)
@@ -307,6 +308,14 @@ def test_services_run_with_grpcs_own_logging_off_unless_the_operator_asks() -> N
     env = service_environment({"PATH": "/bin"})
     assert env == {"GRPC_VERBOSITY": "NONE", "PATH": "/bin"}
     assert service_environment({"GRPC_VERBOSITY": "debug"})["GRPC_VERBOSITY"] == "debug"
+    # the command line itself too (its health checks wrote hundreds of gRPC lines to the
+    # terminal for one node with a wrong address), set before grpc is first imported
+    probe = "import node.cli, grpc, os; print(os.environ['GRPC_VERBOSITY'])"
+    clean = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=clean, capture_output=True, text=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "NONE", out.stderr
 
 
 @pytest.mark.slow
@@ -450,3 +459,48 @@ async def test_a_service_failing_the_same_way_after_each_start_is_given_up_too(
         f"node1/storage exited {MAX_FAILED_STARTS} times in a row with the same error "
     ), storage.gave_up
     assert f"saying: error: the database at {db} is corrupt: " in storage.gave_up
+
+
+@pytest.mark.slow
+async def test_a_node_whose_service_never_answers_its_health_check_stays_down_alone(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path
+) -> None:
+    """An audit (2026-12-04): node4's storage.advertise copied from node3's (the health
+    check then reaches node3's storage, which refuses node4's certificate) made every
+    node's start fail after 90 s. A node whose service runs but never serves stays down
+    like one given up, up to f; the others start."""
+    import tomllib
+
+    import tomli_w
+
+    layout = cluster_factory(4)
+    node3, node4 = (n.config for n in layout.nodes[2:])
+    data = tomllib.loads(node4.read_text())
+    data["storage"]["advertise"] = load_config(node3).storage.listen
+    node4.write_text(tomli_w.dumps(data))
+    configs = [load_config(n.config) for n in layout.nodes]
+    events: list[str] = []
+    supervisor = Supervisor(
+        configs, log_dir=lambda cfg: tmp_path / cfg.node.name, tolerate_down=1, ready_timeout=15
+    )
+    supervisor.on_event = events.append
+    ready, stop = asyncio.Event(), asyncio.Event()
+    run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=False))
+    try:
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({run, waiting}, timeout=180, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        assert ready.is_set(), events
+        assert list(supervisor.down) == ["node4"]
+        assert any(e.startswith("node4/storage did not serve within 15s") for e in events), events
+        assert any(e.startswith("node4 stays down; the cluster starts on 3 of 4") for e in events)
+        storage = supervisor.children_of("node4", "storage")[0]
+        assert storage.process is not None
+        await asyncio.wait_for(storage.process.wait(), 30)  # stopped, not left running
+        for child in supervisor.children:
+            if child.node != "node4":
+                assert child.process is not None and child.process.returncode is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 120)
+    assert run.result() == 0
