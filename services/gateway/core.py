@@ -54,6 +54,9 @@ READ_CHUNK = 16
 
 #: How long after consensus answered overloaded a slow call means overload too.
 IMPATIENT_S = 1.0
+#: While consensus says overloaded, whether this node is cut off from a quorum of its
+#: peers is checked again at most this often (a consensus status call).
+QUORUM_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,11 +222,21 @@ class Gateway:
         self._probing = False
         #: When consensus last answered overloaded (monotonic).
         self._overloaded_at = -math.inf
+        #: The refusal to answer while consensus says overloaded because this node is cut
+        #: off from a quorum of its peers (None: it is not, or not known), and when that
+        #: was last checked (:meth:`_check_quorum`).
+        self._cut_off: ApiError | None = None
+        self._quorum_checked_at = -math.inf
+        self._quorum_check: asyncio.Task[None] | None = None
 
     def shedding(self) -> ApiError | None:
-        """The 429 to answer at once, without any work, while this gateway sheds load."""
+        """The 429 to answer at once, without any work, while this gateway sheds load (a
+        503 when consensus's requests wait because this node is cut off, see
+        :meth:`_check_quorum`)."""
         if self.admission.overloaded:
-            return overloaded()
+            self._check_quorum_soon()
+            fresh = time.monotonic() - self._quorum_checked_at <= 2 * QUORUM_CHECK_S
+            return self._cut_off if self._cut_off is not None and fresh else overloaded()
         if self._probing or time.monotonic() < self._shed_until:
             return behind()
         waited = self._coalescer.oldest_call_age()
@@ -241,6 +254,44 @@ class Gateway:
         there, after the calls ahead of it."""
         self._overloaded_at = time.monotonic()
         self._coalescer.refuse_queued()
+        self._check_quorum_soon()
+
+    async def close(self) -> None:
+        """Cancel a quorum check still running (the service stops)."""
+        if self._quorum_check is not None:
+            self._quorum_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quorum_check
+
+    def _check_quorum_soon(self) -> None:
+        if self._quorum_check is not None and not self._quorum_check.done():
+            return
+        if time.monotonic() - self._quorum_checked_at < QUORUM_CHECK_S:
+            return
+        self._quorum_checked_at = time.monotonic()
+        self._quorum_check = asyncio.get_running_loop().create_task(self._check_quorum())
+
+    async def _check_quorum(self) -> None:
+        """Whether this node is connected to enough peers to make a quorum with them, as
+        ``/readyz`` judges it. A node cut off (or refused by its peers) said "429
+        overloaded, retry with backoff" to every client, since its requests wait; a
+        client should go to another node instead (an audit, 2026-12-04)."""
+        try:
+            status = await self._consensus.status(timeout=PROBE_TIMEOUT_S)
+        except ApiError:
+            return
+        finally:
+            self._quorum_checked_at = time.monotonic()
+        if quorum_state(status) == "connected":
+            self._cut_off = None
+            return
+        peers = sum(1 for p in status.peers if p.connected and not p.banned)
+        self._cut_off = ApiError(
+            "not_ready",
+            f"this node is cut off from the cluster: it is connected to {peers} of its "
+            f"{max(status.n - 1, 0)} peers, and a quorum needs "
+            f"{quorum_size(max(status.n, 1)) - 1}; submit through another node",
+        )
 
     def _impatient(self) -> bool:
         """Whether consensus answered overloaded within the last IMPATIENT_S: a slow

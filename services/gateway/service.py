@@ -131,6 +131,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
 
     async def cleanup() -> None:
         await gateway.admission.close()
+        await gateway.close()
         await hub.close()
         await rest.stop()
         for channel in channels.values():

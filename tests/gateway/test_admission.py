@@ -217,3 +217,47 @@ async def test_a_refusal_leaves_nothing_for_the_cyclic_collector(node: Node) -> 
         gc.set_debug(0)
         gc.garbage.clear()
     assert not left, f"refusals left in reference cycles: {dict(left)}"
+
+
+async def test_a_node_cut_off_from_its_peers_sends_clients_elsewhere_instead_of_429(
+    node: Node,
+) -> None:
+    """An audit (2026-12-04): a node cut off from the cluster (or refused by its peers)
+    answered "429 overloaded, retry with backoff" to every client, since its requests
+    wait, while its /readyz said cut off. While consensus says overloaded, the gateway
+    checks the node's quorum as /readyz does: cut off, it answers 503 not_ready naming
+    the reason, so that a client goes to another node; connected again, 429 as before."""
+    fake = node.consensus
+    await follow_admission(node)
+    fake.connected_peers = 1  # of 3: with itself, 2 of the 3 a quorum of 4 needs
+    await turn(node, overloaded=True)
+
+    async def answer() -> tuple[int, Any]:
+        return await node.post("/v1/vertices", {"payload": b64(b"cut off")})
+
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    status, reply = await answer()
+    while status == 429:  # until the quorum check (a status call) has answered
+        assert asyncio.get_running_loop().time() < deadline, reply
+        await asyncio.sleep(0.05)
+        status, reply = await answer()
+    assert (status, reply["error"]["code"]) == (503, "not_ready"), reply
+    assert reply["error"]["message"] == (
+        "this node is cut off from the cluster: it is connected to 1 of its 3 peers, and a "
+        "quorum needs 2; submit through another node"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await node.stub.SubmitVertex(
+            gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"grpc")),
+            timeout=TIMEOUT,
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert fake.submit_calls == []
+    # connected again, and still overloaded: 429 once the next check has answered
+    fake.connected_peers = 3
+    status, reply = await answer()
+    while status == 503:
+        assert asyncio.get_running_loop().time() < deadline + TIMEOUT, reply
+        await asyncio.sleep(0.1)
+        status, reply = await answer()
+    assert (status, reply["error"]["code"]) == (429, "overloaded"), reply
