@@ -7,6 +7,7 @@ Every command prints a one-line ``error: ...`` and exits non-zero on bad input
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -33,22 +34,30 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_init(args: argparse.Namespace) -> int:
-    from node.clusterinit import init_cluster
+    from node.clusterinit import CLUSTER_FILE, cluster_lock, init_cluster
 
     host = args.host or ("0.0.0.0" if args.service_host else "127.0.0.1")
-    reuse = args.reuse_keys and any(Path(args.dir).glob("*/tls/node.key"))
-    layout = init_cluster(
-        Path(args.dir),
-        args.nodes,
-        host=host,
-        http_port=args.http_port,
-        base_port=args.base_port,
-        force=args.force,
-        reuse_keys=args.reuse_keys,
-        service_host=args.service_host,
-        data_dir=args.data_dir,
-        key_dir=args.key_dir,
+    directory = Path(args.dir)
+    reuse = args.reuse_keys and any(directory.glob("*/tls/node.key"))
+    # not over a cluster that a cluster up runs (a new directory has nobody to race with)
+    held = (
+        cluster_lock(directory, "initialising it again")
+        if (directory / CLUSTER_FILE).exists()
+        else contextlib.nullcontext()
     )
+    with held:
+        layout = init_cluster(
+            directory,
+            args.nodes,
+            host=host,
+            http_port=args.http_port,
+            base_port=args.base_port,
+            force=args.force,
+            reuse_keys=args.reuse_keys,
+            service_host=args.service_host,
+            data_dir=args.data_dir,
+            key_dir=args.key_dir,
+        )
     done = "reused the keys of" if reuse else "initialised"
     print(f"{done} a {len(layout.nodes)}-node cluster in {layout.directory}")
     for node in layout.nodes:

@@ -191,9 +191,9 @@ def _refuse_old_data(directory: Path, names: list[str], data_dir: str | None) ->
             )
 
 
-#: Held (flock) by ``cluster up`` for as long as it runs, and by ``cluster init`` over an
-#: existing cluster: two supervisors on one directory each took the other's ports and
-#: databases for their own and gave every node up (an audit, 2026-12-04).
+#: Held (flock) by ``cluster up`` for as long as it runs, and by the ``cluster init``
+#: command over an existing cluster: two supervisors on one directory each took the
+#: other's ports and databases for their own and gave every node up (an audit, 2026-12-04).
 LOCK_FILE = ".cluster.lock"
 
 
@@ -289,44 +289,8 @@ def init_cluster(
     if cluster_file.exists() and not (force or reuse_keys):
         raise ConfigError(f"{cluster_file}: already exists (use --force to overwrite)")
     names = [f"node{i}" for i in range(1, nodes + 1)]
-    with contextlib.ExitStack() as held:
-        if cluster_file.exists():
-            held.enter_context(cluster_lock(directory, "initialising it again"))
-            _refuse_another_size(directory, nodes, data_dir)
-        return _init_cluster(
-            directory,
-            nodes,
-            names,
-            host=host,
-            http_port=http_port,
-            base_port=base_port,
-            force=force,
-            reuse_keys=reuse_keys,
-            extra=extra,
-            tls=tls,
-            service_host=service_host,
-            data_dir=data_dir,
-            key_dir=key_dir,
-        )
-
-
-def _init_cluster(
-    directory: Path,
-    nodes: int,
-    names: list[str],
-    *,
-    host: str,
-    http_port: int,
-    base_port: int,
-    force: bool,
-    reuse_keys: bool,
-    extra: dict[str, Any] | None,
-    tls: bool,
-    service_host: str | None,
-    data_dir: str | None,
-    key_dir: str | None,
-) -> ClusterLayout:
-    cluster_file = directory / CLUSTER_FILE
+    if cluster_file.exists():
+        _refuse_another_size(directory, nodes, data_dir)
     if force and not reuse_keys:
         _refuse_old_data(directory, names, data_dir)
     key_dirs = {name: _validator_key_dir(directory, key_dir, name) for name in names}

@@ -164,11 +164,15 @@ def _check_distinct(drafts: Sequence[Draft]) -> None:
             )
 
 
+def usable_peers(status: consensus_pb2.NodeStatus) -> int:
+    """The peers this node is connected to and has not banned."""
+    return sum(1 for p in status.peers if p.connected and not p.banned)
+
+
 def quorum_state(status: consensus_pb2.NodeStatus) -> str:
     """``connected`` when this node and the peers it is connected to (and has not
     banned) make a quorum of ``status.n`` replicas, else ``cut_off``."""
-    peers = sum(1 for p in status.peers if p.connected and not p.banned)
-    return "connected" if 1 + peers >= quorum_size(max(status.n, 1)) else "cut_off"
+    return "connected" if 1 + usable_peers(status) >= quorum_size(max(status.n, 1)) else "cut_off"
 
 
 class Gateway:
@@ -285,11 +289,10 @@ class Gateway:
         if quorum_state(status) == "connected":
             self._cut_off = None
             return
-        peers = sum(1 for p in status.peers if p.connected and not p.banned)
         self._cut_off = ApiError(
             "not_ready",
-            f"this node is cut off from the cluster: it is connected to {peers} of its "
-            f"{max(status.n - 1, 0)} peers, and a quorum needs "
+            "this node is cut off from the cluster: it is connected to "
+            f"{usable_peers(status)} of its {max(status.n - 1, 0)} peers, and a quorum needs "
             f"{quorum_size(max(status.n, 1)) - 1}; submit through another node",
         )
 

@@ -11,11 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from cretoai.config import NodeConfig, load_config
-from cretoai.v1 import pbft_pb2, storage_pb2
-from services.storage.backup import BackupError, backup, exclusive, restore
+from cretoai.v1 import storage_pb2
+from services.consensus.core.durable import CorruptState, evidence_key, parse_records
+from services.consensus.core.messages import Message, Signed
+from services.storage.backup import BackupError, backup, exclusive, progress_printer, restore
 from services.storage.errors import REMEDY, DatabaseCorrupt, DatabaseError, DatabaseLocked
 from services.storage.store import Owner, Store, inspect, verify
 
@@ -103,33 +104,29 @@ def signing_mark_notice(path: Path, last_seq: int) -> str:
     )
 
 
-def _describe(signed: Any) -> str:
+def _describe(signed: Signed[Message]) -> str:
     msg = signed.msg
     where = ", ".join(f"{f} {getattr(msg, f)}" for f in ("view", "seq") if hasattr(msg, f))
     return f"{type(msg).__name__} ({where})" if where else type(msg).__name__
 
 
 def held_evidence(store: Store) -> dict[int, str]:
-    """Validator index -> what its equivocation evidence in the consensus records shows."""
-    from services.consensus.core.codec import decode_signed
-    from services.consensus.core.durable import evidence_key
-
-    prefix = evidence_key(0).split("/")[0].encode() + b"/"
+    """Validator index -> what its equivocation evidence in the consensus records shows
+    (read as the replica reads its records, :func:`parse_records`)."""
+    prefix = evidence_key(0).encode().rpartition(b"/")[0] + b"/"
     entries: list[storage_pb2.StateEntry] = []
     while page := store.scan_state(prefix, after=entries[-1].key if entries else None, limit=64):
         entries += page
     held: dict[int, str] = {}
     for entry in entries:
-        signer = int(entry.key.decode().split("/")[1])
+        key = entry.key.decode()
         try:
-            ev = pbft_pb2.Evidence.FromString(entry.value)
-            first, second = decode_signed(ev.first), decode_signed(ev.second)
-        except Exception as exc:  # consensus drops an unproven record itself at start
-            held[signer] = f"an unreadable record ({type(exc).__name__})"
+            (signer, evidence), *_ = parse_records({key: entry.value}).evidence.items()
+        except (CorruptState, ValueError):  # the replica drops an unproven record at start
+            held[int(key.rpartition("/")[2])] = "left an unreadable record"
             continue
-        held[signer] = (
-            f"signed two conflicting messages: {_describe(first)} and {_describe(second)}"
-        )
+        first, second = _describe(evidence.first), _describe(evidence.second)
+        held[signer] = f"signed two conflicting messages: {first} and {second}"
     return held
 
 
@@ -183,8 +180,6 @@ def evidence_command(args: argparse.Namespace) -> int:
                 f"{cfg.node.name} holds no equivocation evidence against {forgive}: nothing to do"
             )
             return 0
-        from services.consensus.core.durable import evidence_key
-
         store.write_state(storage_pb2.WriteStateRequest(deletes=[evidence_key(index).encode()]))
         store.sync()
     finally:
@@ -206,13 +201,9 @@ def verify_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     path = Path(args.path).absolute() if args.path else cfg.storage_path
     started = time.monotonic()
-
-    def progress(keys_read: int) -> None:
-        print(f"  {keys_read:,} keys read…", file=sys.stderr, flush=True)
-
     try:
         with exclusive(path, "verifying it (or verify a backup: backup checks every block)"):
-            info, keys_read = verify(path, progress)
+            info, keys_read = verify(path, progress_printer(f"verifying {path}"))
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -100,7 +100,9 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _progress(what: str) -> Callable[[int], None]:
+def progress_printer(what: str) -> Callable[[int], None]:
+    """A :meth:`Store.verify` progress callback that says on stderr how far ``what`` is."""
+
     def say(keys_read: int) -> None:
         print(f"  {what}: {keys_read:,} keys read…", file=sys.stderr, flush=True)
 
@@ -111,7 +113,7 @@ def _verify(path: Path, last_seq: int) -> None:
     """The backup opens, every block of it reads back (checksums), and it holds what the
     service said it holds."""
     try:
-        info, _ = verify(path, _progress(f"verifying {path}"))
+        info, _ = verify(path, progress_printer(f"verifying {path}"))
     except DatabaseCorrupt as exc:
         raise BackupError(
             f"the backup at {path} is damaged, and so most likely is the node's database it "
@@ -314,7 +316,7 @@ def restore(cfg: NodeConfig, source: Path, *, force: bool) -> RestoreInfo:
     if source == target:
         raise BackupError(f"{source} is the node's database itself")
     try:
-        wanted, _ = verify(source, _progress(f"verifying {source}"))
+        wanted, _ = verify(source, progress_printer(f"verifying {source}"))
     except DatabaseError as exc:
         raise BackupError(f"{source} is not a usable backup: {exc}; nothing was changed") from None
     _check_same_node(cfg, source)

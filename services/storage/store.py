@@ -291,8 +291,7 @@ def _check_iterator(it: Any, where: str) -> None:
     a scan must fail, never come back shorter (docs/security.md §5)."""
     try:
         it.status()
-    except Exception as exc:
-        log.error("damaged data read", extra={"fields": {"where": where, "error": str(exc)}})
+    except Exception as exc:  # said and counted by the reader (Store.on_damage)
         raise ReadFailed(f"the database at {where} is damaged: {exc}; {REMEDY}") from None
 
 
@@ -319,7 +318,8 @@ def _reading(method: _Method) -> _Method:
         except Exception as exc:
             if not is_damage(str(exc)):
                 raise
-            message = self._damaged(f"the database at {self.path} is damaged: {exc}")
+            message = f"the database at {self.path} is damaged: {exc}; {REMEDY}"
+            self._damaged(message)
             raise ReadFailed(message) from None
 
     return read  # type: ignore[return-value]
@@ -557,10 +557,9 @@ class Store:
     def _check_owner(self, owner: Owner) -> None:
         stamped = self.owner()
         if stamped is None:
-            held = self.published.last_seq > 0 or any(
-                self._scan(keys.CONSENSUS_STATE, b"", None, 1)
-            )
-            if not self.read_only and held:
+            if not self.read_only and (
+                self.published.last_seq > 0 or any(self._scan(keys.CONSENSUS_STATE, b"", None, 1))
+            ):
                 # stamps exist since 2026-12-04: data without one is an older database,
                 # or one whose stamp was removed (a storage audit moved node2's under node3;
                 # consensus now refuses records another replica signed)
@@ -739,13 +738,10 @@ class Store:
         if self._mark is not None:
             self._mark.write(self._written.writes, self._written.last_seq)
 
-    def _damaged(self, message: str) -> str:
-        """Tell :attr:`on_damage` of damaged data a read met; the message, with the remedy."""
-        if REMEDY not in message:
-            message = f"{message}; {REMEDY}"
+    def _damaged(self, message: str) -> None:
+        """Tell :attr:`on_damage` of damaged data a read met."""
         if self.on_damage is not None:
             self.on_damage(message)
-        return message
 
     def halt(self, reason: str) -> None:
         if self.halt_reason is None:

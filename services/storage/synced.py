@@ -107,8 +107,8 @@ class MarkWriter:
         if self._failed:
             return
         try:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.open()
+            assert self._fd is not None
             os.pwrite(self._fd, SyncedMark(writes, last_seq, self._identity).to_bytes(), 0)
         except OSError as exc:
             self._failed = True

@@ -930,16 +930,15 @@ class Replica:
         if votes is None:
             votes = slot.commits[view] = {}
         votes[signed.signer] = signed
-        if slot.committed is None:
-            matching = [votes[s] for s in sorted(votes) if votes[s].msg.digest == signed.msg.digest]
-            if len(matching) >= self._q:
-                slot.committed = Certificate(
-                    view=view,
-                    seq=seq,
-                    digest=signed.msg.digest,
-                    commits=tuple(matching[: self._q]),
-                )
-                self._try_execute()
+        matching = [votes[s] for s in sorted(votes) if votes[s].msg.digest == signed.msg.digest]
+        if len(matching) >= self._q:
+            slot.committed = Certificate(
+                view=view,
+                seq=seq,
+                digest=signed.msg.digest,
+                commits=tuple(matching[: self._q]),
+            )
+            self._try_execute()
 
     def _try_execute(self) -> None:
         """Execute committed batches strictly in sequence order."""
@@ -1274,17 +1273,14 @@ class Replica:
             raise ConsensusHalted(
                 f"storage is behind this replica's own stable checkpoint {seq}, and no peer has it"
             )
-        self._transfer = _Transfer(seq=seq, digest=digest, proof=proof, candidates=candidates)
-        if running is not None and self._now < running.next_at and self._last_exec < running.seq:
-            # a higher target while a request is out: keep waiting for its answer (or its
-            # retry), and the rotation where it was; asking again at once would let
-            # checkpoints coming faster than the retry keep the transfer on one peer
-            self._transfer.attempt = running.attempt
-            self._transfer.next_at = running.next_at
-            self._transfer.asked = running.asked
-            return
+        t = self._transfer = _Transfer(seq=seq, digest=digest, proof=proof, candidates=candidates)
         if running is not None:
-            self._transfer.attempt = running.attempt
+            t.attempt = running.attempt  # the rotation goes on where it was
+            if self._now < running.next_at and self._last_exec < running.seq:
+                # a request is out: wait for its answer (or its retry); asking again at
+                # once let checkpoints coming faster than the retry keep it on one peer
+                t.next_at, t.asked = running.next_at, running.asked
+                return
         self._request_state(None)
 
     def _request_state(self, peer: int | None) -> None:
