@@ -37,6 +37,22 @@ def supervise(cfg: NodeConfig, logs: Path, events: list[str]) -> Supervisor:
     return supervisor
 
 
+def supervise_cluster(
+    configs: list[NodeConfig], logs: Path, events: list[str], **options: float
+) -> Supervisor:
+    """A supervisor of a 4-node cluster, as ``cluster up`` makes it (one node may stay
+    down), logging each node under ``logs`` and its events into ``events``."""
+    supervisor = Supervisor(
+        configs,
+        log_dir=lambda cfg: logs / cfg.node.name,
+        max_failed_starts=MAX_FAILED_STARTS,
+        tolerate_down=1,
+        **options,
+    )
+    supervisor.on_event = events.append
+    return supervisor
+
+
 async def finish(run: asyncio.Task[int], stop: asyncio.Event) -> None:
     """However the test went, stop every service the supervisor started."""
     stop.set()
@@ -334,13 +350,7 @@ async def test_cluster_up_starts_without_up_to_f_nodes_whose_storage_cannot_star
         Store.open(db).close()
         (db / "CURRENT").unlink()
     events: list[str] = []
-    supervisor = Supervisor(
-        configs,
-        log_dir=lambda cfg: tmp_path / cfg.node.name,
-        max_failed_starts=MAX_FAILED_STARTS,
-        tolerate_down=1,
-    )
-    supervisor.on_event = events.append
+    supervisor = supervise_cluster(configs, tmp_path, events)
     readied: list[bool] = []
     stop = asyncio.Event()
     run = asyncio.create_task(
@@ -384,13 +394,7 @@ async def test_a_node_whose_storage_is_given_up_while_the_cluster_runs_goes_down
     layout = cluster_factory(4)
     configs = [load_config(n.config) for n in layout.nodes]
     events: list[str] = []
-    supervisor = Supervisor(
-        configs,
-        log_dir=lambda cfg: tmp_path / cfg.node.name,
-        max_failed_starts=MAX_FAILED_STARTS,
-        tolerate_down=1,
-    )
-    supervisor.on_event = events.append
+    supervisor = supervise_cluster(configs, tmp_path, events)
     ready = asyncio.Event()
     stop = asyncio.Event()
     run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=False))
@@ -480,10 +484,7 @@ async def test_a_node_whose_service_never_answers_its_health_check_stays_down_al
     node4.write_text(tomli_w.dumps(data))
     configs = [load_config(n.config) for n in layout.nodes]
     events: list[str] = []
-    supervisor = Supervisor(
-        configs, log_dir=lambda cfg: tmp_path / cfg.node.name, tolerate_down=1, ready_timeout=15
-    )
-    supervisor.on_event = events.append
+    supervisor = supervise_cluster(configs, tmp_path, events, ready_timeout=15)
     ready, stop = asyncio.Event(), asyncio.Event()
     run = asyncio.create_task(run_until(supervisor, ready.set, stop, stop_on_give_up=False))
     try:

@@ -21,6 +21,17 @@ def envelopes(c: Cluster, src: int, kind: type) -> list[object]:
     return [w.envelope for who, w in c.sent if who == src and isinstance(w.envelope, kind)]
 
 
+def leave_3_behind(c: Cluster, requests: int, *, via: int = 0, settle: int = 5) -> None:
+    """Replica 3 cut off while ``requests`` requests (one a tick, through ``via``) are
+    ordered by the others, then ``settle`` more ticks; it is reconnected after."""
+    c.isolate(3)
+    for i in range(requests):
+        c.propose(via, request(i))
+        c.tick()
+    c.tick(settle)
+    c.heal()
+
+
 def test_a_cut_off_replica_catches_up_through_checkpoints_and_certificates() -> None:
     c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
     c.isolate(3)
@@ -42,12 +53,7 @@ def test_transfers_are_bounded_in_bytes_and_still_complete() -> None:
     c = Cluster(
         4, batch_max_count=1, checkpoint_interval=4, watermark_window=8, transfer_max_bytes=1
     )
-    c.isolate(3)
-    for i in range(10):
-        c.propose(0, request(i))
-        c.tick()
-    c.tick(5)
-    c.heal()
+    leave_3_behind(c, 10)
     c.tick(60)
     assert c.digests(3) == c.digests(0)
     sent = [env for src in (0, 1, 2) for env in envelopes(c, src, StateResponseEnvelope)]
@@ -122,15 +128,9 @@ def test_a_peer_that_never_serves_state_cannot_keep_a_lagging_replica_behind() -
     replica 0, 420 seqs behind after 400 ticks of load. A peer that let a request time
     out is now asked after those that answer, and a higher target does not re-ask."""
     c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
-    c.isolate(3)
-    n = 0
-    for _ in range(20):
-        c.propose(1, request(n))
-        n += 1
-        c.tick()
-    c.tick(3)
+    leave_3_behind(c, 20, via=1, settle=3)
     assert c.replica(3).last_executed == 0
-    c.heal()
+    n = 20
     c.blocked = _never_serves_state_to_3(0)
     behind = []
     for _ in range(400):  # a request a tick: a checkpoint every 4 ticks, retry after 40
@@ -158,12 +158,7 @@ def test_a_byzantine_primary_making_checkpoints_fast_cannot_starve_a_lagging_rep
         request_timeout=400,
         view_change_timeout=200,
     )
-    c.isolate(3)
-    for i in range(40):
-        c.propose(1, request(i))
-        c.tick()
-    c.tick(5)
-    c.heal()
+    leave_3_behind(c, 40, via=1)
     c.blocked = _never_serves_state_to_3(0)
     seq = c.replica(0)._next_seq
     since = len(c.sent)
@@ -186,12 +181,7 @@ def test_a_replica_that_caught_up_keeps_no_more_request_hashes_than_its_peers() 
     stable checkpoint already, were trimmed only at the next checkpoint, which an idle
     cluster does not make: a replica that caught up 200 seqs kept 200 against 8."""
     c = Cluster(4, batch_max_count=1, checkpoint_interval=4, watermark_window=8)
-    c.isolate(3)
-    for i in range(200):
-        c.propose(0, request(i))
-        c.tick()
-    c.tick(5)
-    c.heal()
+    leave_3_behind(c, 200)
     c.tick(300)
     assert c.replica(3).last_executed == c.replica(0).last_executed == 200
     assert len(c.replica(3)._recent) <= len(c.replica(0)._recent) + 8, (

@@ -148,3 +148,38 @@ class RawDb:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: A command prefix that runs a process without root's override of file modes (a mode-000
+#: file is then refused to root too); none is needed when the tests are not root.
+WITHOUT_DAC_OVERRIDE = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+)
+
+
+def write_flushed_state(store: Any, rows: int, per_row: int = 50) -> None:
+    """``rows`` x ``per_row`` consensus-state records of 512 random bytes under ``k/``,
+    synced and flushed into table files (so that damaging one damages data blocks)."""
+    for i in range(rows):
+        store.write_state(
+            storage_pb2.WriteStateRequest(
+                puts=[
+                    storage_pb2.StateEntry(key=b"k/%08d/%03d" % (i, j), value=os.urandom(512))
+                    for j in range(per_row)
+                ]
+            )
+        )
+        store.sync()
+    store._db.flush()
+
+
+def damage_a_table_block(db: Path) -> None:
+    """Flip a byte in the middle of ``db``'s largest table file: the open still succeeds
+    (RocksDB reads data blocks only when asked for them). The file is rewritten, not
+    changed in place, so a backup sharing it by a hard link keeps the intact one."""
+    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged = table.with_suffix(".damaged")
+    damaged.write_bytes(bytes(data))
+    os.replace(damaged, table)

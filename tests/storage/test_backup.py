@@ -32,7 +32,17 @@ from services.storage.backup import (
 )
 from services.storage.store import BACKUP_MANIFEST, Owner, Store, inspect
 from tests.conftest import cli
-from tests.storage.support import REPO, Dag, RawDb, Running, collect, snapshot, start_service
+from tests.storage.support import (
+    REPO,
+    Dag,
+    RawDb,
+    Running,
+    collect,
+    damage_a_table_block,
+    snapshot,
+    start_service,
+    write_flushed_state,
+)
 from tests.storage.test_commit import expect, stats
 
 
@@ -376,18 +386,6 @@ def test_restore_refuses_to_roll_a_single_node_cluster_back_behind_its_mark(
     assert not cfg.storage_path.exists()
 
 
-def _damage_a_table_block(db: Path) -> None:
-    """Flip a byte in the middle of the largest table file: the open still succeeds
-    (RocksDB reads data blocks only when asked for them). The file is rewritten, not
-    changed in place, so a backup sharing it by a hard link keeps the intact one."""
-    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
-    data = bytearray(table.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged = table.with_suffix(".damaged")
-    damaged.write_bytes(bytes(data))
-    os.replace(damaged, table)
-
-
 @pytest.mark.slow
 def test_a_damaged_table_block_fails_verify_backup_and_restore(tmp_path: Path) -> None:
     """Storage audit (2026-12-04): a flipped byte in a table block passed `backup` and
@@ -397,17 +395,7 @@ def test_a_damaged_table_block_fails_verify_backup_and_restore(tmp_path: Path) -
     config = write_config(tmp_path / "node", port=free_tcp_port())
     cfg = load_config(config)
     store = Store.open(cfg.storage_path, owner=Owner.of_node(cfg))
-    for i in range(40):
-        store.write_state(
-            storage_pb2.WriteStateRequest(
-                puts=[
-                    storage_pb2.StateEntry(key=b"k/%04d/%03d" % (i, j), value=os.urandom(512))
-                    for j in range(50)
-                ]
-            )
-        )
-    store.sync()
-    store._db.flush()
+    write_flushed_state(store, rows=40)
     store.close()
     intact = run_cli("verify", "--config", str(config))
     assert intact.returncode == 0, intact.stderr
@@ -415,7 +403,7 @@ def test_a_damaged_table_block_fails_verify_backup_and_restore(tmp_path: Path) -
     good = run_cli("backup", "--config", str(config), "--output", str(tmp_path / "good"))
     assert good.returncode == 0, good.stderr
 
-    _damage_a_table_block(cfg.storage_path)
+    damage_a_table_block(cfg.storage_path)
     found = run_cli("verify", "--config", str(config))
     assert found.returncode == 1
     assert found.stderr.startswith(f"error: the database at {cfg.storage_path}, column family ")
@@ -430,7 +418,7 @@ def test_a_damaged_table_block_fails_verify_backup_and_restore(tmp_path: Path) -
     before = snapshot(cfg.storage_path)
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "good", copy)
-    _damage_a_table_block(copy)
+    damage_a_table_block(copy)
     assert run_cli("verify", "--config", str(config), "--path", str(copy)).returncode == 1
     unusable = run_cli("restore", "--config", str(config), "--from", str(copy), "--force")
     assert unusable.returncode == 1

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 
 from cretoai.v1 import storage_pb2, storage_pb2_grpc
 from devkit.storage import ServiceProcess
-from tests.storage.support import Dag, collect
+from tests.storage.support import Dag, collect, damage_a_table_block
 from tests.storage.test_commit import expect
 
 pytestmark = pytest.mark.slow
@@ -169,10 +169,7 @@ async def test_a_damaged_table_block_met_by_a_read_is_data_loss_counted_and_not_
     finally:
         assert proc.terminate() == 0  # closing flushes the memtables into table files
     db = Path(tomllib.loads(proc.config.read_text())["node"]["data_dir"]) / "db"
-    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
-    data = bytearray(table.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    table.write_bytes(bytes(data))
+    damage_a_table_block(db)
 
     again = ServiceProcess(proc.config, proc.port, metrics_port=proc.metrics_port)
     again.spawn()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import subprocess
 import tomllib
 from collections.abc import Callable
@@ -31,7 +30,16 @@ from services.storage.service import build
 from services.storage.store import Owner, Store, inspect
 from services.storage.synced import MARK_FILE
 from tests.conftest import cli
-from tests.storage.support import REPO, Dag, RawDb, snapshot, start_service
+from tests.storage.support import (
+    REPO,
+    WITHOUT_DAC_OVERRIDE,
+    Dag,
+    RawDb,
+    damage_a_table_block,
+    snapshot,
+    start_service,
+    write_flushed_state,
+)
 
 
 async def fill(db: Path, batches: int = 3) -> None:
@@ -301,30 +309,12 @@ def test_a_damaged_table_block_fails_a_scan_instead_of_shortening_it(
     them): a point read of a key in the bad block fails, but a range scan used to stop
     at the block and return the keys before it, with no error. The consensus loads its
     records with such a scan at start; a shorter answer is a silent loss."""
-    import os
-
     db = tmp_path / "db"
     store = Store.open(db)
-    for i in range(100):
-        store.write_state(
-            storage_pb2.WriteStateRequest(
-                puts=[
-                    storage_pb2.StateEntry(key=b"k/%08d/%03d" % (i, j), value=os.urandom(512))
-                    for j in range(50)
-                ]
-            )
-        )
-        store.sync()
-    store._db.flush()
+    write_flushed_state(store, rows=100)
     assert sum(1 for _ in store._scan("consensus_state", b"k/", None, 10_000)) == 5000
     store.close()
-    table = max(db.glob("*.sst"), key=lambda p: p.stat().st_size)
-    size = table.stat().st_size
-    with open(table, "r+b") as f:
-        f.seek(size // 2)
-        byte = f.read(1)
-        f.seek(size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    damage_a_table_block(db)
     store = Store.open(db)
     try:
         with pytest.raises(ReadFailed, match="damaged"):
@@ -506,10 +496,7 @@ async def test_an_unreadable_current_file_is_a_permission_error_not_corruption(
     (db / "CURRENT").chmod(0)
     before = snapshot(db)
     proc = ServiceProcess.create(tmp_path / "proc", db=db)
-    without_override = (
-        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
-    )
-    proc.spawn(wrapper=without_override)
+    proc.spawn(wrapper=WITHOUT_DAC_OVERRIDE)
     assert proc.wait_exit(60) == 1
     err = proc.stderr()
     assert f"error: cannot read the database at {db}: Permission denied" in err, err
@@ -559,10 +546,7 @@ async def test_a_synced_mark_the_service_cannot_use_stops_it_instead_of_the_chec
     await fill(db, batches=1)
     (db / MARK_FILE).chmod(mode)
     proc = ServiceProcess.create(tmp_path / "proc", db=db)
-    without_override = (
-        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
-    )
-    proc.spawn(wrapper=without_override)
+    proc.spawn(wrapper=WITHOUT_DAC_OVERRIDE)
     assert proc.wait_exit(60) == 1
     err = proc.stderr()
     assert f"error: cannot {doing} the database's synced mark {db / MARK_FILE}: " in err, err
