@@ -175,10 +175,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     assert isinstance(status, dict)
+    alone = " [alone in this view: its peers are in a lower one]"
     print(
         f"{status['node_name']} (replica {status['replica']} of n={status['n']}, f={status['f']}) "
         f"view {status['view']} primary {status['primary']}"
         f"{' [view change]' if status['view_changing'] else ''}"
+        f"{alone if status.get('alone_in_view') else ''}"
     )
     print(
         f"executed seq {status['last_executed_seq']}, stable checkpoint "

@@ -104,7 +104,7 @@ class PeerStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., replica: _Optional[int] = ..., connected: _Optional[bool] = ..., banned: _Optional[bool] = ..., reputation: _Optional[int] = ..., rtt_ms: _Optional[float] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "replica", "view", "primary", "last_executed_seq", "stable_checkpoint", "pool_size", "banned", "node_name", "n", "f", "ready", "view_changes", "peers", "view_changing", "evidence")
+    __slots__ = ("node_id", "replica", "view", "primary", "last_executed_seq", "stable_checkpoint", "pool_size", "banned", "node_name", "n", "f", "ready", "view_changes", "peers", "view_changing", "evidence", "alone_in_view")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class NodeStatus(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     VIEW_CHANGING_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ALONE_IN_VIEW_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     replica: int
     view: int
@@ -137,7 +138,8 @@ class NodeStatus(_message.Message):
     peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
     view_changing: bool
     evidence: int
-    def __init__(self, node_id: _Optional[str] = ..., replica: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., last_executed_seq: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., pool_size: _Optional[int] = ..., banned: _Optional[_Iterable[str]] = ..., node_name: _Optional[str] = ..., n: _Optional[int] = ..., f: _Optional[int] = ..., ready: _Optional[bool] = ..., view_changes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., view_changing: _Optional[bool] = ..., evidence: _Optional[int] = ...) -> None: ...
+    alone_in_view: bool
+    def __init__(self, node_id: _Optional[str] = ..., replica: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., last_executed_seq: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., pool_size: _Optional[int] = ..., banned: _Optional[_Iterable[str]] = ..., node_name: _Optional[str] = ..., n: _Optional[int] = ..., f: _Optional[int] = ..., ready: _Optional[bool] = ..., view_changes: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., view_changing: _Optional[bool] = ..., evidence: _Optional[int] = ..., alone_in_view: _Optional[bool] = ...) -> None: ...
 
 class WatchFinalizedRequest(_message.Message):
     __slots__ = ("from_seq",)

@@ -343,6 +343,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             view_changes=self._driver.view_changes,
             peers=peers,
             view_changing=not status.active,
+            alone_in_view=status.alone_in_view,
         )
 
     async def WatchAdmission(

@@ -322,6 +322,7 @@ def status_json(status: consensus_pb2.NodeStatus, services: dict[str, str]) -> d
         "view": status.view,
         "primary": status.primary,
         "view_changing": status.view_changing,
+        "alone_in_view": status.alone_in_view,
         "view_changes": status.view_changes,
         "last_executed_seq": status.last_executed_seq,
         "stable_checkpoint": status.stable_checkpoint,

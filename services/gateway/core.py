@@ -171,8 +171,11 @@ def usable_peers(status: consensus_pb2.NodeStatus) -> int:
 
 def quorum_state(status: consensus_pb2.NodeStatus) -> str:
     """``connected`` when this node and the peers it is connected to (and has not
-    banned) make a quorum of ``status.n`` replicas, else ``cut_off``."""
-    return "connected" if 1 + usable_peers(status) >= quorum_size(max(status.n, 1)) else "cut_off"
+    banned) make a quorum of ``status.n`` replicas, else ``cut_off``; ``alone_in_view``
+    when connected but waiting for a view its peers are not in."""
+    if 1 + usable_peers(status) < quorum_size(max(status.n, 1)):
+        return "cut_off"
+    return "alone_in_view" if status.alone_in_view else "connected"
 
 
 class Gateway:
@@ -286,8 +289,16 @@ class Gateway:
             return
         finally:
             self._quorum_checked_at = time.monotonic()
-        if quorum_state(status) == "connected":
+        state = quorum_state(status)
+        if state == "connected":
             self._cut_off = None
+            return
+        if state == "alone_in_view":
+            self._cut_off = ApiError(
+                "not_ready",
+                f"this node waits for view {status.view}, which its peers have not "
+                "entered: it orders nothing until they do; submit through another node",
+            )
             return
         self._cut_off = ApiError(
             "not_ready",

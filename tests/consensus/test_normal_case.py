@@ -263,6 +263,17 @@ def test_pre_prepare_from_a_backup_is_a_protocol_fault() -> None:
     assert "Prepare" not in sent_kinds(c, 1)
 
 
+def test_the_null_batch_outside_a_new_view_is_a_protocol_fault() -> None:
+    """An honest primary orders the empty batch only in a NEW-VIEW, to fill gaps; one
+    on its own would give a Byzantine primary checkpoints and signatures at its will."""
+    c = Cluster(4)
+    pp = sign(c, 0, PrePrepare(view=0, seq=1, digest=NULL_DIGEST, request_hashes=()))
+    c.inject(0, 1, wire(SignedEnvelope(pp)))
+    assert c.replica(1).fault_counts()[0, FaultKind.PROTOCOL] == 1
+    assert "Prepare" not in sent_kinds(c, 1)
+    assert c.replica(1).last_executed == 0
+
+
 def test_pre_prepare_with_a_wrong_digest_is_a_protocol_fault() -> None:
     c = Cluster(4)
     r = request("x")

@@ -89,6 +89,12 @@ def test_gaps_in_the_new_view_are_filled_with_null_requests() -> None:
         assert [x.seq for x in log] == [1, 2, 3]
         assert [x.digest for x in log[:2]] == [NULL_DIGEST, NULL_DIGEST]
         assert c.executed_hashes(j) == [r.hash]
+    # A re-issued null PRE-PREPARE resent on its own (to a peer that lost it) is no fault.
+    nv = c.replica(1)._new_view_msg
+    assert nv is not None
+    null = next(pp for pp in nv.msg.pre_prepares if pp.msg.digest == NULL_DIGEST)
+    c.inject(1, 2, wire(SignedEnvelope(null)))
+    assert (1, FaultKind.PROTOCOL) not in c.replica(2).fault_counts()
 
 
 def blocks(kind: type, *sources: int):
@@ -122,15 +128,42 @@ def test_the_new_view_wait_doubles_after_each_failed_view_change() -> None:
 
 
 def test_without_a_quorum_of_view_changes_no_timer_runs() -> None:
-    """An isolated replica suspects the primary once, then waits: views do not race ahead."""
+    """A replica whose messages are lost suspects the primary once, then waits: views
+    do not race ahead."""
     c = Cluster(4, request_timeout=10, view_change_timeout=5)
-    c.isolate(2)
+    c.blocked = lambda src, dst, env: src == 2
     c.propose(2, request("r"))
     c.tick(200)
     assert (c.replica(2).view, c.replica(2).active) == (1, False)
-    c.heal()
+    # it hears the others, active in view 0: its node reports it is not ready
+    assert c.replica(2).status().alone_in_view
+    assert not any(c.replica(j).status().alone_in_view for j in (0, 1, 3))
+    c.blocked = None
     c.tick(30)
     assert c.executed_hashes(2) == [request("r").hash]  # relayed while waiting
+    assert c.replica(2).status().alone_in_view  # still: it cannot go back to view 0
+
+
+def test_a_cut_off_replica_does_not_leave_the_view_by_its_request_timers() -> None:
+    """Isolated with a request of its own, replica 2 hears no peer: its VIEW-CHANGE could
+    not spread, and once healed it would be alone in a view the others are not in, for
+    good. It relays instead; healed, its request executes in view 0, nobody changed
+    views."""
+    c = Cluster(4, request_timeout=10, view_change_timeout=5, progress_timeout=None)
+    c.isolate(2)
+    c.propose(2, request("r"))
+    c.tick(200)
+    assert (c.replica(2).view, c.replica(2).active) == (0, True)
+    assert not any(
+        who == 2
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, ViewChange)
+        for who, w in c.sent
+    )
+    c.heal()
+    c.tick(30)
+    assert all(c.executed_hashes(j) == [request("r").hash] for j in range(4))
+    assert all((c.replica(j).view, c.replica(j).active) == (0, True) for j in range(4))
 
 
 def test_a_new_primary_that_left_its_view_unseen_does_not_stall_the_others() -> None:

@@ -135,6 +135,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         self.ready = True
         #: Peers (of 3) this node reports connected: 2 or more make a quorum with it.
         self.connected_peers = 3
+        #: Report waiting for a view the peers are not in.
+        self.alone_in_view = False
         #: Answer WatchAdmission with UNIMPLEMENTED, as a consensus service older than it
         #: (the default here: the gateway then leaves admission to consensus's answers,
         #: which most tests script; tests of the stream turn it off and restart the watch).
@@ -276,6 +278,7 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
             f=1,
             ready=self.ready,
             evidence=2,
+            alone_in_view=self.alone_in_view,
             peers=[
                 consensus_pb2.PeerStatus(
                     name=f"node{i + 2}",

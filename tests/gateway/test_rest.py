@@ -614,6 +614,19 @@ async def test_a_node_cut_off_from_a_quorum_is_not_ready(node: Node) -> None:
     assert (await node.get("/readyz"))[0] == 200
 
 
+async def test_a_node_alone_in_a_view_its_peers_are_not_in_is_not_ready(node: Node) -> None:
+    """Connected, but waiting for a view its peers have not entered, a node orders
+    nothing until they change views too: /readyz and /v1/status say so."""
+    node.consensus.alone_in_view = True
+    status, reply = await node.get("/readyz")
+    assert_error(status, reply, 503, "not_ready")
+    assert reply["checks"]["quorum"] == "alone_in_view"
+    assert (await node.get("/v1/status"))[1]["alone_in_view"] is True
+    node.consensus.alone_in_view = False
+    assert (await node.get("/readyz"))[0] == 200
+    assert (await node.get("/v1/status"))[1]["alone_in_view"] is False
+
+
 async def test_unknown_routes_and_methods_are_json(node: Node) -> None:
     status, reply = await node.get("/v2/nothing")
     assert_error(status, reply, 404, "not_found")

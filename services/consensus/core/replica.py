@@ -94,6 +94,8 @@ class ReplicaStatus:
     #: Bytes of the requests in the pool (bounded by ``Config.pool_max_bytes``).
     pool_bytes: int
     banned: frozenset[int]
+    #: Waiting for a NEW-VIEW the peers are not waiting for (:meth:`Replica.alone_in_view`).
+    alone_in_view: bool = False
 
 
 @dataclass(slots=True)
@@ -372,6 +374,7 @@ class Replica:
             pool_size=len(self._pool),
             pool_bytes=self._pool.total_bytes,
             banned=self.banned,
+            alone_in_view=self.alone_in_view(),
         )
 
     def propose(self, request: Request, *, admitted: bool = False) -> ProposeResult:
@@ -763,6 +766,11 @@ class Replica:
         ):
             self._fault(signed.signer, FaultKind.PROTOCOL)
             return
+        if not hashes and not self._reissued_null(pp):
+            # An honest primary orders the null batch only in a NEW-VIEW (to fill gaps);
+            # others would be free checkpoints and signatures at its will.
+            self._fault(signed.signer, FaultKind.PROTOCOL)
+            return
         slot = self._slot(pp.seq)
         if slot.pre_prepare is not None:
             if slot.pre_prepare.msg.digest != pp.digest:
@@ -776,6 +784,18 @@ class Replica:
             self._learn_batch(pp.digest, hashes, bodies, blame=signed.signer)
         self._try_prepare(pp.seq, slot)
         self._check_prepared(pp.seq, slot)
+
+    def _reissued_null(self, pp: PrePrepare) -> bool:
+        """Whether the NEW-VIEW of ``pp``'s view re-issued the null batch at its seq (a
+        resend of it comes on its own)."""
+        nv = self._new_view_msg
+        return (
+            nv is not None
+            and nv.msg.view == pp.view
+            and any(
+                p.msg.seq == pp.seq and p.msg.digest == NULL_DIGEST for p in nv.msg.pre_prepares
+            )
+        )
 
     def _learn_batch(
         self,
@@ -1135,6 +1155,22 @@ class Replica:
         )
         return heard < quorum.max_faulty(self._n)
 
+    def alone_in_view(self) -> bool:
+        """Whether this replica waits for a NEW-VIEW while f+1 peers heard from lately
+        (one honest at least) are active in a lower view: it left their view without
+        them and cannot go back, so it orders nothing until they change views too, and
+        learns what they finalize only at checkpoints (state transfer). Its node then
+        tells load balancers it is not ready."""
+        if self._active:
+            return False
+        silent = self._now - 3 * self.config.status_interval * self.config.status_quiet_intervals
+        below = sum(
+            1
+            for peer, st in self._peer_status.items()
+            if st.active and st.view < self._view and self._peer_status_at.get(peer, 0) >= silent
+        )
+        return below >= quorum.weak_quorum_size(self._n)
+
     def _lagging(self) -> bool:
         """Whether f+1 peers (one honest at least) executed beyond us in our view."""
         ahead = sum(
@@ -1148,12 +1184,14 @@ class Replica:
         """Relay requests unexecuted for a request timeout; suspect the primary after two.
 
         While waiting for a NEW-VIEW the replica only relays (the primary of the
-        view the others are in, if any, then orders them).
+        view the others are in, if any, then orders them). A replica cut off from its
+        peers relays too instead of suspecting: its VIEW-CHANGE could not spread, and
+        it would be left alone in a view it cannot leave once the network heals.
         """
         expired = self._pool.expired(self._now, self.config.request_timeout)
         if not expired:
             return
-        if self._active and any(e.relayed for e in expired):
+        if self._active and any(e.relayed for e in expired) and not self._cut_off():
             self._start_view_change(self._view + 1)
             return
         self._send.append(Outbound(None, RequestsEnvelope(tuple(e.request for e in expired))))
