@@ -191,6 +191,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         flags = "connected" if peer["connected"] else "DISCONNECTED"
         if peer["banned"]:
             flags += " BANNED"
+        if peer.get("refuses_this_node"):
+            flags += " REFUSES-US"
         print(
             f"  peer {peer['name']:<8} {flags:<20} reputation {peer['reputation']:>5} "
             f"rtt {peer['rtt_ms']:.2f} ms"

@@ -86,7 +86,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerStatus(_message.Message):
-    __slots__ = ("name", "node_id", "replica", "connected", "banned", "reputation", "rtt_ms")
+    __slots__ = ("name", "node_id", "replica", "connected", "banned", "reputation", "rtt_ms", "refuses_this_node")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class PeerStatus(_message.Message):
     BANNED_FIELD_NUMBER: _ClassVar[int]
     REPUTATION_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    REFUSES_THIS_NODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     node_id: str
     replica: int
@@ -101,7 +102,8 @@ class PeerStatus(_message.Message):
     banned: bool
     reputation: int
     rtt_ms: float
-    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., replica: _Optional[int] = ..., connected: _Optional[bool] = ..., banned: _Optional[bool] = ..., reputation: _Optional[int] = ..., rtt_ms: _Optional[float] = ...) -> None: ...
+    refuses_this_node: bool
+    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., replica: _Optional[int] = ..., connected: _Optional[bool] = ..., banned: _Optional[bool] = ..., reputation: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., refuses_this_node: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node_id", "replica", "view", "primary", "last_executed_seq", "stable_checkpoint", "pool_size", "banned", "node_name", "n", "f", "ready", "view_changes", "peers", "view_changing", "evidence", "alone_in_view")

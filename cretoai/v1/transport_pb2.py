@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/transport.proto\x12\ncretoai.v1\"\xa9\x01\n\x08\x45nvelope\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.cretoai.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.cretoai.v1.Envelope\"\x12\n\x10ListPeersRequest\"\xea\x02\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x04 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x11\n\tdirection\x18\x07 \x01(\t\x12\x18\n\x10send_queue_depth\x18\x08 \x01(\r\x12\x18\n\x10send_queue_bytes\x18\t \x01(\x04\x12\x16\n\x0einflight_bytes\x18\n \x01(\x04\x12\x14\n\x0cmessages_out\x18\x0b \x01(\x04\x12\x13\n\x0bmessages_in\x18\x0c \x01(\x04\x12\x11\n\tbytes_out\x18\r \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0e \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x13\n\x0bpartitioned\x18\x11 \x01(\x08\x12\x16\n\x0e\x61\x64\x64ress_source\x18\x12 \x01(\t\"f\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.cretoai.v1.Peer\x12\x14\n\x0cself_node_id\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64vertised_address\x18\x03 \x01(\t\"F\n\x0e\x42\x61nPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x04\"\x11\n\x0f\x42\x61nPeerResponse\"6\n\x0fPingPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\"\n\x10PingPeerResponse\x12\x0e\n\x06rtt_ms\x18\x01 \x01(\x01\"\x1a\n\x18GetTransportStatsRequest\"}\n\x0eTransportStats\x12:\n\x08\x63ounters\x18\x01 \x03(\x0b\x32(.cretoai.v1.TransportStats.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"]\n\x10SetFaultsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdrop_rate\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0bpartitioned\x18\x04 \x01(\x08\"\x13\n\x11SetFaultsResponse\"\x7f\n\tWireHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\x0c\x12\x30\n\nparameters\x18\x05 \x03(\x0b\x32\x1c.cretoai.v1.ClusterParameter\"/\n\x10\x43lusterParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x1d\n\x08WireAuth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x16\n\x08WirePing\x12\n\n\x02id\x18\x01 \x01(\x04\"\x1b\n\x07WireAck\x12\x10\n\x08\x63onsumed\x18\x01 \x01(\x04\"\\\n\rAddressRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"7\n\tWirePeers\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.AddressRecord2\x81\x04\n\tTransport\x12:\n\x08\x45xchange\x12\x14.cretoai.v1.Envelope\x1a\x14.cretoai.v1.Envelope(\x01\x30\x01\x12K\n\x0f\x45xchangeBatches\x12\x19.cretoai.v1.EnvelopeBatch\x1a\x19.cretoai.v1.EnvelopeBatch(\x01\x30\x01\x12H\n\tListPeers\x12\x1c.cretoai.v1.ListPeersRequest\x1a\x1d.cretoai.v1.ListPeersResponse\x12\x42\n\x07\x42\x61nPeer\x12\x1a.cretoai.v1.BanPeerRequest\x1a\x1b.cretoai.v1.BanPeerResponse\x12\x45\n\x08PingPeer\x12\x1b.cretoai.v1.PingPeerRequest\x1a\x1c.cretoai.v1.PingPeerResponse\x12L\n\x08GetStats\x12$.cretoai.v1.GetTransportStatsRequest\x1a\x1a.cretoai.v1.TransportStats\x12H\n\tSetFaults\x12\x1c.cretoai.v1.SetFaultsRequest\x1a\x1d.cretoai.v1.SetFaultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/transport.proto\x12\ncretoai.v1\"\xa9\x01\n\x08\x45nvelope\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.cretoai.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.cretoai.v1.Envelope\"\x12\n\x10ListPeersRequest\"\xfe\x02\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x04 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x11\n\tdirection\x18\x07 \x01(\t\x12\x18\n\x10send_queue_depth\x18\x08 \x01(\r\x12\x18\n\x10send_queue_bytes\x18\t \x01(\x04\x12\x16\n\x0einflight_bytes\x18\n \x01(\x04\x12\x14\n\x0cmessages_out\x18\x0b \x01(\x04\x12\x13\n\x0bmessages_in\x18\x0c \x01(\x04\x12\x11\n\tbytes_out\x18\r \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0e \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x13\n\x0bpartitioned\x18\x11 \x01(\x08\x12\x16\n\x0e\x61\x64\x64ress_source\x18\x12 \x01(\t\x12\x12\n\nrefuses_us\x18\x13 \x01(\x08\"f\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.cretoai.v1.Peer\x12\x14\n\x0cself_node_id\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64vertised_address\x18\x03 \x01(\t\"F\n\x0e\x42\x61nPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x04\"\x11\n\x0f\x42\x61nPeerResponse\"6\n\x0fPingPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\"\n\x10PingPeerResponse\x12\x0e\n\x06rtt_ms\x18\x01 \x01(\x01\"\x1a\n\x18GetTransportStatsRequest\"}\n\x0eTransportStats\x12:\n\x08\x63ounters\x18\x01 \x03(\x0b\x32(.cretoai.v1.TransportStats.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"]\n\x10SetFaultsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdrop_rate\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0bpartitioned\x18\x04 \x01(\x08\"\x13\n\x11SetFaultsResponse\"\x7f\n\tWireHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\x0c\x12\x30\n\nparameters\x18\x05 \x03(\x0b\x32\x1c.cretoai.v1.ClusterParameter\"/\n\x10\x43lusterParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x1d\n\x08WireAuth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x16\n\x08WirePing\x12\n\n\x02id\x18\x01 \x01(\x04\"\x1b\n\x07WireAck\x12\x10\n\x08\x63onsumed\x18\x01 \x01(\x04\"\\\n\rAddressRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"7\n\tWirePeers\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.AddressRecord2\x81\x04\n\tTransport\x12:\n\x08\x45xchange\x12\x14.cretoai.v1.Envelope\x1a\x14.cretoai.v1.Envelope(\x01\x30\x01\x12K\n\x0f\x45xchangeBatches\x12\x19.cretoai.v1.EnvelopeBatch\x1a\x19.cretoai.v1.EnvelopeBatch(\x01\x30\x01\x12H\n\tListPeers\x12\x1c.cretoai.v1.ListPeersRequest\x1a\x1d.cretoai.v1.ListPeersResponse\x12\x42\n\x07\x42\x61nPeer\x12\x1a.cretoai.v1.BanPeerRequest\x1a\x1b.cretoai.v1.BanPeerResponse\x12\x45\n\x08PingPeer\x12\x1b.cretoai.v1.PingPeerRequest\x1a\x1c.cretoai.v1.PingPeerResponse\x12L\n\x08GetStats\x12$.cretoai.v1.GetTransportStatsRequest\x1a\x1a.cretoai.v1.TransportStats\x12H\n\tSetFaults\x12\x1c.cretoai.v1.SetFaultsRequest\x1a\x1d.cretoai.v1.SetFaultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,41 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPEERSREQUEST']._serialized_start=272
   _globals['_LISTPEERSREQUEST']._serialized_end=290
   _globals['_PEER']._serialized_start=293
-  _globals['_PEER']._serialized_end=655
-  _globals['_LISTPEERSRESPONSE']._serialized_start=657
-  _globals['_LISTPEERSRESPONSE']._serialized_end=759
-  _globals['_BANPEERREQUEST']._serialized_start=761
-  _globals['_BANPEERREQUEST']._serialized_end=831
-  _globals['_BANPEERRESPONSE']._serialized_start=833
-  _globals['_BANPEERRESPONSE']._serialized_end=850
-  _globals['_PINGPEERREQUEST']._serialized_start=852
-  _globals['_PINGPEERREQUEST']._serialized_end=906
-  _globals['_PINGPEERRESPONSE']._serialized_start=908
-  _globals['_PINGPEERRESPONSE']._serialized_end=942
-  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_start=944
-  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_end=970
-  _globals['_TRANSPORTSTATS']._serialized_start=972
-  _globals['_TRANSPORTSTATS']._serialized_end=1097
-  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_start=1050
-  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_end=1097
-  _globals['_SETFAULTSREQUEST']._serialized_start=1099
-  _globals['_SETFAULTSREQUEST']._serialized_end=1192
-  _globals['_SETFAULTSRESPONSE']._serialized_start=1194
-  _globals['_SETFAULTSRESPONSE']._serialized_end=1213
-  _globals['_WIREHELLO']._serialized_start=1215
-  _globals['_WIREHELLO']._serialized_end=1342
-  _globals['_CLUSTERPARAMETER']._serialized_start=1344
-  _globals['_CLUSTERPARAMETER']._serialized_end=1391
-  _globals['_WIREAUTH']._serialized_start=1393
-  _globals['_WIREAUTH']._serialized_end=1422
-  _globals['_WIREPING']._serialized_start=1424
-  _globals['_WIREPING']._serialized_end=1446
-  _globals['_WIREACK']._serialized_start=1448
-  _globals['_WIREACK']._serialized_end=1475
-  _globals['_ADDRESSRECORD']._serialized_start=1477
-  _globals['_ADDRESSRECORD']._serialized_end=1569
-  _globals['_WIREPEERS']._serialized_start=1571
-  _globals['_WIREPEERS']._serialized_end=1626
-  _globals['_TRANSPORT']._serialized_start=1629
-  _globals['_TRANSPORT']._serialized_end=2142
+  _globals['_PEER']._serialized_end=675
+  _globals['_LISTPEERSRESPONSE']._serialized_start=677
+  _globals['_LISTPEERSRESPONSE']._serialized_end=779
+  _globals['_BANPEERREQUEST']._serialized_start=781
+  _globals['_BANPEERREQUEST']._serialized_end=851
+  _globals['_BANPEERRESPONSE']._serialized_start=853
+  _globals['_BANPEERRESPONSE']._serialized_end=870
+  _globals['_PINGPEERREQUEST']._serialized_start=872
+  _globals['_PINGPEERREQUEST']._serialized_end=926
+  _globals['_PINGPEERRESPONSE']._serialized_start=928
+  _globals['_PINGPEERRESPONSE']._serialized_end=962
+  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_start=964
+  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_end=990
+  _globals['_TRANSPORTSTATS']._serialized_start=992
+  _globals['_TRANSPORTSTATS']._serialized_end=1117
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_start=1070
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_end=1117
+  _globals['_SETFAULTSREQUEST']._serialized_start=1119
+  _globals['_SETFAULTSREQUEST']._serialized_end=1212
+  _globals['_SETFAULTSRESPONSE']._serialized_start=1214
+  _globals['_SETFAULTSRESPONSE']._serialized_end=1233
+  _globals['_WIREHELLO']._serialized_start=1235
+  _globals['_WIREHELLO']._serialized_end=1362
+  _globals['_CLUSTERPARAMETER']._serialized_start=1364
+  _globals['_CLUSTERPARAMETER']._serialized_end=1411
+  _globals['_WIREAUTH']._serialized_start=1413
+  _globals['_WIREAUTH']._serialized_end=1442
+  _globals['_WIREPING']._serialized_start=1444
+  _globals['_WIREPING']._serialized_end=1466
+  _globals['_WIREACK']._serialized_start=1468
+  _globals['_WIREACK']._serialized_end=1495
+  _globals['_ADDRESSRECORD']._serialized_start=1497
+  _globals['_ADDRESSRECORD']._serialized_end=1589
+  _globals['_WIREPEERS']._serialized_start=1591
+  _globals['_WIREPEERS']._serialized_end=1646
+  _globals['_TRANSPORT']._serialized_start=1649
+  _globals['_TRANSPORT']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

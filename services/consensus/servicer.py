@@ -319,6 +319,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                     banned=index in status.banned or bool(tp and tp.banned),
                     reputation=replica.reputation(index),
                     rtt_ms=tp.rtt_ms if tp else 0.0,
+                    refuses_this_node=bool(tp and tp.refuses_us),
                 )
             )
         try:

@@ -339,6 +339,7 @@ def status_json(status: consensus_pb2.NodeStatus, services: dict[str, str]) -> d
                 "banned": p.banned,
                 "reputation": p.reputation,
                 "rtt_ms": p.rtt_ms,
+                "refuses_this_node": p.refuses_this_node,
             }
             for p in status.peers
         ],

@@ -300,11 +300,13 @@ class Gateway:
                 "entered: it orders nothing until they do; submit through another node",
             )
             return
+        refusing = sum(1 for p in status.peers if p.refuses_this_node)
+        why = f" ({refusing} of them ban this node)" if refusing else ""
         self._cut_off = ApiError(
             "not_ready",
             "this node is cut off from the cluster: it is connected to "
-            f"{usable_peers(status)} of its {max(status.n - 1, 0)} peers, and a quorum needs "
-            f"{quorum_size(max(status.n, 1)) - 1}; submit through another node",
+            f"{usable_peers(status)} of its {max(status.n - 1, 0)} peers{why}, and a quorum "
+            f"needs {quorum_size(max(status.n, 1)) - 1}; submit through another node",
         )
 
     def _impatient(self) -> bool:

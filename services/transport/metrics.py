@@ -70,6 +70,12 @@ REFUSED = Counter(
     "cretoai_transport_refused_total", "Connections refused (banned, partitioned)", ["reason"]
 )
 BANS = Counter("cretoai_transport_bans_total", "Bans requested by consensus")
+REFUSED_BY_PEER = Counter(
+    "cretoai_transport_refused_by_peer_total",
+    "Connections a peer closed because it bans this node (it holds evidence of this "
+    "node's equivocation, or this node's reputation fell too low there)",
+    ["peer"],
+)
 PARAMETERS_DIFFER = Counter(
     "cretoai_transport_parameters_differ_total",
     "Connections refused because the member runs with other cluster parameters (the "
@@ -125,6 +131,10 @@ class Stats:
     def identity_conflict(self, whose: str) -> None:
         self.counters[f"identity_conflicts.{whose}"] += 1
         IDENTITY_CONFLICTS.labels(whose).inc()
+
+    def refused_by_peer(self, peer: str) -> None:
+        self.counters["refused_by_peer"] += 1
+        REFUSED_BY_PEER.labels(peer).inc()
 
     def parameters_differ(self, peer: str) -> None:
         self.counters["parameters_differ"] += 1

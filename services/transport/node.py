@@ -184,6 +184,10 @@ class Peer:
     #: The two boot ids of the last conflict (two processes presenting this member's
     #: key): the one kept, then the one refused.
     conflict: tuple[bytes, bytes] | None = None
+    #: The peer closed our last connection because it bans this node; cleared when a
+    #: connection authenticates. (A close before authentication is not authenticated
+    #: itself: this is for the operator's eyes, nothing acts on it.)
+    refuses_us: bool = False
 
     @property
     def node_id(self) -> str:
@@ -583,6 +587,7 @@ class TransportNode:
                     address_source=peer.address_source,
                     connected=connected,
                     banned=self._is_banned(peer),
+                    refuses_us=peer.refuses_us,
                     partitioned=peer.faults.partitioned,
                     rtt_ms=(conn.srtt or 0.0) * 1000 if conn is not None and connected else 0.0,
                     direction=("outbound" if conn.is_client else "inbound")
@@ -748,9 +753,26 @@ class TransportNode:
             elif isinstance(event, Closed):
                 self._on_closed(conn, event)
 
+    def _refused_by(self, conn: PeerConnection) -> None:
+        """A peer closed ``conn`` saying it bans this node: the operator must hear it,
+        or the node looks merely disconnected (its /v1/status listed nobody banned)."""
+        peer = self._peers.get(conn.peer_id or conn.expected_peer or "")
+        if peer is None:
+            return
+        peer.refuses_us = True
+        self.stats.refused_by_peer(peer.name)
+        self._limiter.error(
+            f"refused-by-{peer.name}",
+            "a peer refuses this node: it bans it (it holds evidence that this node's key "
+            "signed two conflicting messages, or this node's reputation fell too low "
+            "there); `cretoai-node evidence` on that node says which, and lifts it",
+            {"peer": peer.name, "address": _fmt_addr(conn.address)},
+        )
+
     def _on_authenticated(self, conn: PeerConnection) -> None:
         assert conn.peer_id is not None
         peer = self._peers[conn.peer_id]
+        peer.refuses_us = False
         self._resolve_dial(conn, True)
         refusal = self.refusal(peer.node_id)
         if refusal is not None or self._closing:
@@ -941,6 +963,8 @@ class TransportNode:
                     "code": CloseCode(event.code).name,
                 },
             )
+        elif event.by_peer and event.code == CloseCode.BANNED:
+            self._refused_by(conn)
         elif event.by_peer and event.code == CloseCode.PARAMETERS_DIFFER:
             # the peer compared first, or this side has nothing to compare with
             # (its AUTH may not have arrived: compare with its HELLO's here)

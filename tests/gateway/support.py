@@ -137,6 +137,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         self.connected_peers = 3
         #: Report waiting for a view the peers are not in.
         self.alone_in_view = False
+        #: Of the peers not connected, how many refuse this node (ban it).
+        self.refusing_peers = 0
         #: Answer WatchAdmission with UNIMPLEMENTED, as a consensus service older than it
         #: (the default here: the gateway then leaves admission to consensus's answers,
         #: which most tests script; tests of the stream turn it off and restart the watch).
@@ -285,6 +287,7 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
                     node_id=f"peer{i + 1}",
                     replica=i + 1,
                     connected=i < self.connected_peers,
+                    refuses_this_node=i >= 3 - self.refusing_peers,
                     rtt_ms=0.5,
                 )
                 for i in range(3)

@@ -230,6 +230,7 @@ async def test_a_node_cut_off_from_its_peers_sends_clients_elsewhere_instead_of_
     fake = node.consensus
     await follow_admission(node)
     fake.connected_peers = 1  # of 3: with itself, 2 of the 3 a quorum of 4 needs
+    fake.refusing_peers = 2  # the other two ban it
     await turn(node, overloaded=True)
 
     async def answer() -> tuple[int, Any]:
@@ -243,9 +244,11 @@ async def test_a_node_cut_off_from_its_peers_sends_clients_elsewhere_instead_of_
         status, reply = await answer()
     assert (status, reply["error"]["code"]) == (503, "not_ready"), reply
     assert reply["error"]["message"] == (
-        "this node is cut off from the cluster: it is connected to 1 of its 3 peers, and a "
-        "quorum needs 2; submit through another node"
+        "this node is cut off from the cluster: it is connected to 1 of its 3 peers (2 of "
+        "them ban this node), and a quorum needs 2; submit through another node"
     )
+    status, reply = await node.get("/v1/status")
+    assert [p["refuses_this_node"] for p in reply["peers"]] == [False, True, True]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await node.stub.SubmitVertex(
             gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"grpc")),

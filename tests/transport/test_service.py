@@ -189,6 +189,10 @@ async def test_ban_closes_at_once_and_refuses_reconnects(transports: Starter) ->
     # b keeps trying (its dialer backs off) and is refused every time
     await eventually(lambda: _has(a, "refused.banned", 2), what="b's reconnects refused")
     assert not (await a.peers())[b.node_id].connected
+    # b hears why (it looked merely disconnected): counted, said, listed
+    await eventually(lambda: _has(b, "refused_by_peer"), what="b told that a refuses it")
+    assert (await b.peers())[a.node_id].refuses_us
+    assert not (await b.peers())[c.node_id].refuses_us
     reply = await a.send(transport_pb2.Envelope(to=b.node_id, payload=b"x"))
     assert not reply.queued
     # a and c still talk
@@ -250,6 +254,9 @@ async def test_timed_ban_expires(transports: Starter) -> None:
     assert (await a.peers())[b.node_id].banned
     await eventually(lambda: _connected(a, b.node_id), what="reconnected after the ban expired")
     assert time.monotonic() - started >= 0.5
+    assert await _has(b, "refused_by_peer")  # b was told, when its connection was cut
+    await eventually(lambda: _connected(b, a.node_id), what="b sees the connection too")
+    assert not (await b.peers())[a.node_id].refuses_us  # cleared once let in again
 
 
 async def test_fault_injection_is_refused_unless_enabled(transports: Starter) -> None:
