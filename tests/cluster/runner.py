@@ -131,7 +131,8 @@ from services.storage.store import BACKUP_MANIFEST
 COPY_ACTIONS = {"split_copies", "twin_copies"}
 #: Steps of an operator: back up a running node, stop it cleanly, restore, start it again.
 OPERATOR_ACTIONS = {"backup", "stop_node", "restore", "start_node"}
-ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal", *COPY_ACTIONS}
+ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal", "mute", "unmute"}
+ACTIONS |= COPY_ACTIONS
 ACTIONS |= OPERATOR_ACTIONS
 SCENARIOS = Path(__file__).parent / "scenarios"
 #: Answers after which a POST is sent again (the node sheds load, or is briefly down).
@@ -494,6 +495,10 @@ class ClusterRun:
             self.down.discard(node)
         elif step.action in ("partition", "heal"):
             await self.set_partition(node, step.action == "partition")
+        elif step.action == "mute":
+            await self.set_muted(node, True)
+        elif step.action == "unmute":
+            await self.unmute(node)
 
     def unfinished_at(self, node: str) -> set[str]:
         """Vertices given to ``node`` not yet acknowledged final (lost if it goes down)."""
@@ -700,6 +705,44 @@ class ClusterRun:
                     )
         (self.partitioned.add if cut else self.partitioned.discard)(node)
         await self.expect_readiness(node, cut)
+
+    async def set_muted(self, node: str, muted: bool) -> None:
+        """Drop everything ``node``'s transport sends (it still hears its peers)."""
+        from cretoai.channels import service_channel, service_endpoint
+        from cretoai.v1 import transport_pb2, transport_pb2_grpc
+
+        target, tls = service_endpoint(self.config_of(node), "transport")
+        async with service_channel(target, tls=tls) as channel:
+            stub = transport_pb2_grpc.TransportStub(channel)
+            await stub.SetFaults(
+                transport_pb2.SetFaultsRequest(drop_rate=1.0 if muted else 0.0), timeout=10
+            )
+
+    async def unmute(self, node: str, timeout: float = 30.0) -> None:
+        """Once muted ``node`` suspected its primary (its VIEW-CHANGE lost, its requests
+        never ordered), let it be heard again: it is alone in a view its peers are not
+        in and cannot go back, so its /readyz says ``alone_in_view`` while the others
+        stay ready; its relayed requests are finalized by them all the same."""
+        assert self.session is not None
+        deadline = time.monotonic() + timeout
+        while not (await self.status(node))["view_changing"]:
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(f"muted {node} never left its view: {await self.status(node)}")
+            await asyncio.sleep(0.1)
+        await self.set_muted(node, False)
+        while True:
+            async with self.session.get(self.url(node, "/readyz")) as resp:
+                reply = await resp.json(content_type=None)
+                if (resp.status, reply.get("checks", {}).get("quorum")) == (503, "alone_in_view"):
+                    break
+            if time.monotonic() > deadline:
+                raise ScenarioFailed(f"/readyz of {node} alone in its view: {resp.status} {reply}")
+            await asyncio.sleep(0.1)
+        self.events.append(f"{node} alone in view {(await self.status(node))['view']}")
+        for other in [n for n in self.honest if n != node and n not in self.down]:
+            async with self.session.get(self.url(other, "/readyz")) as resp:
+                if resp.status != 200:
+                    raise ScenarioFailed(f"/readyz of {other}: {await resp.text()}")
 
     async def expect_readiness(self, node: str, cut: bool, timeout: float = 20.0) -> None:
         """``node``'s /readyz: 503 with ``quorum`` ``cut_off`` once its links are cut
