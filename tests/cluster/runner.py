@@ -75,6 +75,9 @@ stopped)::
     action = "restore"       # cretoai-node restore --force from the node's last backup (the
     node = "restored"        #   node must be stopped); its output is kept for [expect]
 
+    (or action = "wipe": delete the stopped node's whole data directory, database and
+    signing mark, keeping its key and config: a disk replaced)
+
     [[step]]
     after = 40
     action = "start_node"    # start the stopped services again, in start order; wait serving
@@ -103,6 +106,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -130,7 +134,7 @@ from services.storage.store import BACKUP_MANIFEST
 #: Steps that post client-signed copies of a vertex (they need ``to``).
 COPY_ACTIONS = {"split_copies", "twin_copies"}
 #: Steps of an operator: back up a running node, stop it cleanly, restore, start it again.
-OPERATOR_ACTIONS = {"backup", "stop_node", "restore", "start_node"}
+OPERATOR_ACTIONS = {"backup", "stop_node", "restore", "wipe", "start_node"}
 ACTIONS = {"kill", "restart", "stop", "cont", "partition", "heal", "mute", "unmute"}
 ACTIONS |= COPY_ACTIONS
 ACTIONS |= OPERATOR_ACTIONS
@@ -463,6 +467,8 @@ class ClusterRun:
                 await self.stop_node(node, step.service)
             elif step.action == "restore":
                 await self.restore(node)
+            elif step.action == "wipe":
+                await self.wipe(node)
             else:
                 await self.supervisor.release(node, step.service)
                 self.down.discard(node)
@@ -560,6 +566,20 @@ class ClusterRun:
                         f"{child.label} did not stop within {STOP_GRACE_S:.0f}s of SIGTERM"
                     ) from None
                 self.events.append(f"{child.label} stopped (exit code {code})")
+
+    async def wipe(self, node: str) -> None:
+        """Delete the stopped node's whole data directory (database and signing mark: a
+        disk replaced, its key and config kept): it starts again on an empty one."""
+        assert self.supervisor is not None
+        if any(
+            c.process is not None and c.process.returncode is None
+            for c in self.supervisor.children_of(node)
+        ):
+            raise ScenarioFailed(f"wipe {node}: still running")
+        data_dir = self.config_of(node).data_dir
+        shutil.rmtree(data_dir)
+        data_dir.mkdir(mode=0o700)
+        self.events.append(f"wiped {data_dir}")
 
     async def restore(self, node: str) -> None:
         """``cretoai-node restore --force`` of the node's last backup (node stopped)."""

@@ -43,6 +43,9 @@ BASE = Config(
     request_timeout=30,
     progress_timeout=12,
     status_interval=10,
+    # a fresh primary would wait for its peers' STATUS before proposing; the tests that
+    # start a cluster and propose at once would wait a status interval for nothing
+    fresh_start_asks_peers=False,
 )
 
 

@@ -17,6 +17,7 @@ from services.consensus.core.messages import (
 )
 from services.consensus.core.replica import _own_key
 from services.consensus.sim.crypto import FastScheme
+from services.consensus.sim.node import Application
 from tests.consensus.harness import BASE, Cluster, request, sign, wire
 
 
@@ -320,3 +321,59 @@ def test_records_signed_by_another_replica_are_refused() -> None:
         verifier=c.scheme.verifier,
         records=records,
     )
+
+
+def wipe(c: Cluster, i: int) -> None:
+    """Replica ``i`` loses its whole data directory (records, executed log, signing
+    mark: a disk replaced, or a second process of the node on an empty directory) and
+    starts again with its key alone."""
+    node = c.nodes[i]
+    node.crash()
+    node.records, node.app, node.mark_file = {}, Application(), None
+    node.config = replace(node.config, fresh_start_asks_peers=True)
+    c.restart(i)
+
+
+def test_a_primary_started_with_nothing_does_not_propose_again_in_a_view_with_a_history() -> None:
+    """An audit (2026-12-04): a second node1 on an empty data directory proposed seqs of
+    view 0 again with other batches, and its peers banned the node for equivocation.
+    Started with no records and no mark, the primary of view 0 asks its peers' STATUS
+    first: they report progress, so it hands view 0 on instead of proposing, and the
+    cluster goes on in view 1 with it, nobody banned."""
+    c = Cluster(4)
+    for i in range(2):
+        c.propose(1, request(f"before-{i}"))
+        c.tick(3)
+    assert c.replica(1).last_executed >= 1 and c.replica(1).stable_seq == 0
+    wipe(c, 0)
+    since = len(c.sent)
+    after = [request(f"after-{i}") for i in range(3)]
+    for r in after:
+        c.propose(0, r)  # given to the fresh primary itself
+    c.tick(80)
+    proposed = [
+        w.envelope.signed.msg
+        for who, w in c.sent[since:]
+        if who == 0
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, PrePrepare)
+    ]
+    assert all(pp.view > 0 for pp in proposed), proposed
+    assert all(not c.replica(j).banned for j in range(4))
+    assert all(not rd.evidence for j in range(4) for rd in c.readies[j])
+    for j in range(4):
+        assert {r.hash for r in after} <= set(c.executed_hashes(j)), j
+        assert c.replica(j).view >= 1
+
+
+def test_a_new_cluster_starts_in_view_0_when_its_primary_asks_its_peers_first() -> None:
+    """At a cluster's first start every replica has nothing: the primary of view 0 hears
+    q-1 peers report no progress and proposes in view 0 (within a status interval)."""
+    c = Cluster(4, fresh_start_asks_peers=True)
+    r = request("first")
+    c.propose(0, r)
+    c.tick(3)
+    assert c.executed_hashes(1) == []  # no STATUS heard yet
+    c.tick(BASE.status_interval + 3)
+    assert all(c.executed_hashes(j) == [r.hash] for j in range(4))
+    assert all((c.replica(j).view, c.replica(j).active) == (0, True) for j in range(4))

@@ -80,6 +80,10 @@ class Config:
     transfer_max_bytes: int = 2_097_152
     #: A peer whose reputation falls below this score is banned.
     reputation_threshold: int = -100
+    #: A replica started with no records and no signing mark proposes nothing until its
+    #: peers' STATUS shows whether the cluster is new (see ``Replica._may_lead``). Off
+    #: only in unit tests that start a cluster and propose at once.
+    fresh_start_asks_peers: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -305,6 +305,16 @@ class Replica:
         #: Requests forwarded or relayed by peers and dropped: the pool, or that peer's
         #: share of it, was full (a peer that keeps hitting it is flooding).
         self.peer_requests_dropped = 0
+        #: Whether the cluster had a history before this replica started (None: not
+        #: known yet). Only a replica started with no records and no signing mark has
+        #: to ask: its key may have signed anything before (a data directory wiped or
+        #: replaced, a second process of this node on an empty one), and as a primary
+        #: it would propose again seqs it proposed before with other batches.
+        fresh = not records and signing_mark is None and self._n > 1
+        self._history: bool | None = None if fresh and config.fresh_start_asks_peers else False
+        #: The views whose NEW-VIEW this process signed: with a history, the only views
+        #: it may lead (see :meth:`_may_lead`).
+        self._led_here: set[int] = set()
         state = parse_records(records) if records else durable.DurableState()
         self._init_mark(state, signing_mark)
         if records:
@@ -785,6 +795,35 @@ class Replica:
         self._try_prepare(pp.seq, slot)
         self._check_prepared(pp.seq, slot)
 
+    def _may_lead(self) -> bool:
+        """Whether this primary may propose in its view.
+
+        A replica started with no records and no signing mark does not know what its
+        key signed before. In a new cluster nothing; in one with a history it may have
+        led this very view and proposed batches at the seqs it would use again (an
+        audit, 2026-12-04: a second node1 started on an empty data directory did, and
+        its peers banned the node for equivocation). It waits until q-1 peers sent their
+        STATUS: if f+1 of them (one honest at least) report progress, the cluster has a
+        history, and it leads only views whose NEW-VIEW it signs itself; it hands this
+        one on at once (its backups join the primary's own VIEW-CHANGE without delay).
+        """
+        if self._history is None:
+            heard = list(self._peer_status.values())
+            progressed = sum(
+                1 for st in heard if st.view > 0 or st.last_executed > 0 or st.stable_seq > 0
+            )
+            if progressed >= quorum.weak_quorum_size(self._n) or self._last_exec > 0:
+                self._history = True
+            elif len(heard) >= self._q - 1:
+                self._history = False
+            else:
+                return False
+        if not self._history or self._view in self._led_here:
+            return True
+        if self._active and self.primary == self.id:
+            self._start_view_change(self._view + 1)
+        return False
+
     def _reissued_null(self, pp: PrePrepare) -> bool:
         """Whether the NEW-VIEW of ``pp``'s view re-issued the null batch at its seq (a
         resend of it comes on its own)."""
@@ -1036,6 +1075,8 @@ class Replica:
         no more input) and none is.
         """
         if not self._active or self.primary != self.id or self._transfer is not None:
+            return
+        if not self._may_lead():
             return
         # Seqs below a signing floor were (or may have been) pre-prepared before a
         # rollback and are with the others: go on after them instead of stalling.
@@ -1442,6 +1483,8 @@ class Replica:
         previous_at = self._peer_status_at.get(sender)
         self._peer_status[sender] = st
         self._peer_status_at[sender] = self._now
+        if self._history is None and self._pool.pending_count:
+            self._maybe_propose()  # a fresh primary may know now whether it may lead
         if previous != st:
             self._resend.pop(sender, None)
         elif sender == self.primary and previous_at is not None:
@@ -1725,6 +1768,7 @@ class Replica:
             own = self._sign_once(nv)
             if own is None:  # refused below the signing floor: the others move on
                 return
+            self._led_here.add(view)
         else:
             plan = self._proofs.plan_new_view(_typed(own, NewView).msg.view_changes)
             self._send.append(Outbound(None, SignedEnvelope(own)))
