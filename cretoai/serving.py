@@ -245,13 +245,19 @@ async def _call_status(exc: Exception, ctx: Any) -> None:
     await ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
+class RequestRefused(Exception):
+    """A deserializer's refusal of a request before it builds it (a bound the wire
+    already shows exceeded): INVALID_ARGUMENT with this message."""
+
+
 class _Undecodable:
     """What a request message that is not valid protobuf deserializes to (see _lenient)."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "refused")
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, *, refused: bool = False) -> None:
         self.error = error
+        self.refused = refused
 
 
 def _lenient(deserializer: Any) -> Any:
@@ -267,6 +273,8 @@ def _lenient(deserializer: Any) -> Any:
     def deserialize(raw: bytes) -> Any:
         try:
             return deserializer(raw)
+        except RequestRefused as exc:
+            return _Undecodable(str(exc), refused=True)
         except Exception as exc:
             return _Undecodable(f"{type(exc).__name__}: {exc}")
 
@@ -275,6 +283,8 @@ def _lenient(deserializer: Any) -> Any:
 
 
 def _refuse(request: _Undecodable) -> NoReturn:
+    if request.refused:
+        raise InvalidArgument(request.error, error_code="bad_request")
     raise InvalidArgument(
         f"request: not a valid protobuf message for this method ({request.error})",
         error_code="bad_request",

@@ -16,7 +16,7 @@ import grpc
 
 from cretoai.v1 import consensus_pb2, gateway_pb2, gateway_pb2_grpc, vertex_pb2
 from cretoai.vertex import HASH_SIZE
-from services.gateway import metrics
+from services.gateway import bounds, metrics
 from services.gateway.codec import Draft
 from services.gateway.connections import client_key
 from services.gateway.core import MAX_BATCH_VERTICES, Gateway, Refused
@@ -64,6 +64,39 @@ def draft_of(vertex: vertex_pb2.Vertex) -> Draft:
         timestamp_ms=vertex.timestamp_ms,
         signed=True,
     )
+
+
+class _Handlers:
+    """Stands in for a server to catch the method handlers a generated adder makes."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.handlers = dict(handlers)
+
+
+def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
+    """Mount ``servicer`` as the generated adder does, with the submissions' requests
+    counted on the wire before protobuf builds them (:mod:`services.gateway.bounds`)."""
+    caught = _Handlers()
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, caught)
+    handlers = caught.handlers
+    handlers["SubmitVertex"] = grpc.unary_unary_rpc_method_handler(
+        servicer.SubmitVertex,
+        request_deserializer=bounds.submit_request,
+        response_serializer=gateway_pb2.GatewaySubmitResponse.SerializeToString,
+    )
+    handlers["SubmitVertices"] = grpc.unary_unary_rpc_method_handler(
+        servicer.SubmitVertices,
+        request_deserializer=lambda raw: bounds.submit_batch_request(raw, MAX_BATCH_VERTICES),
+        response_serializer=gateway_pb2.GatewaySubmitBatchResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):

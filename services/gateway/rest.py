@@ -24,6 +24,7 @@ from opentelemetry import trace
 
 from cretoai.telemetry import DEFAULT_SAMPLING_RATIO, extract_client_context
 from services.gateway import metrics
+from services.gateway.bounds import check_json_size
 from services.gateway.budget import Reservation
 from services.gateway.codec import (
     batch_json,
@@ -448,6 +449,7 @@ class RestApi:
         wait = parse_bool(_query(request, "wait"), "wait")
         with self._reserve(request, self.max_batch_body):
             raw = await self._body(request, self.max_batch_body)
+            check_json_size(raw, vertices=MAX_BATCH_VERTICES)
             drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
             del raw
             answers = await self._gw.submit_batch(

@@ -25,8 +25,7 @@ from cretoai.serving import (
     Servicer,
     ensure_open_files,
 )
-from cretoai.v1 import gateway_pb2_grpc
-from services.gateway import metrics
+from services.gateway import grpc_api, metrics
 from services.gateway.backends import ConsensusClient, StorageClient
 from services.gateway.connections import RESERVED_FDS
 from services.gateway.core import Gateway, Limits
@@ -146,9 +145,7 @@ async def build(cfg: NodeConfig) -> GatewayService:
         servicers=[
             Servicer(
                 name=SERVICE_NAME,
-                register=lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(
-                    servicer, server
-                ),
+                register=lambda server: grpc_api.register(servicer, server),
             )
         ],
         cleanup=[cleanup],
