@@ -75,9 +75,10 @@ class GatewaySection:
     #: always fits). Bounds what many slow, large or waiting submissions make it hold.
     max_request_bytes_in_progress: int = 67_108_864
     #: Public gRPC calls handled at once (WatchFinalized streams included); more get
-    #: RESOURCE_EXHAUSTED before their message is read. gRPC reads a whole message
-    #: before the handler runs, so with the request size limit (a batch body) this
-    #: bounds what anonymous callers make the gateway hold before any other check.
+    #: RESOURCE_EXHAUSTED before their message is read. With the request size limit (a
+    #: batch body) this bounds what anonymous callers make the gateway hold before any
+    #: other check. A call is counted per client as it arrives, and its message must
+    #: come within ``body_timeout_ms``.
     grpc_max_concurrent_rpcs: int = 32
     #: Of those, calls in progress from one client address (streams included); more get
     #: RESOURCE_EXHAUSTED at once: one client cannot hold every call slot (e.g. with
@@ -115,7 +116,8 @@ class GatewaySection:
     #: no call for this long, too.
     idle_timeout_ms: int = 30_000
     #: An HTTP request body must arrive whole within this long after its head; else
-    #: 408 ``request_timeout`` and the connection is closed.
+    #: 408 ``request_timeout`` and the connection is closed. A public gRPC call's
+    #: message likewise, after its headers; else DEADLINE_EXCEEDED.
     body_timeout_ms: int = 30_000
     #: ML-DSA-87 key file (0600) the gateway signs *unsigned* submissions with: a client
     #: identity of this gateway, never a validator key. Empty: unsigned submissions are

@@ -371,6 +371,67 @@ def _around(
     return _rebuilt(handler, coroutine, handler.request_deserializer)
 
 
+class ArrivalInterceptor(grpc.aio.ServerInterceptor):
+    """Runs every call's handler, and the interceptors listed before this one, when the
+    call arrives, not once its request message has: a unary request is read as a stream
+    of one message, which must come within ``message_timeout_s`` (else
+    DEADLINE_EXCEEDED). List it last, so that it turns the service's own handler.
+
+    grpc.aio reads a unary call's whole message before any handler runs, and counts the
+    call against ``maximum_concurrent_rpcs`` from its headers: one client address that
+    sent headers and never a message held every call slot of the public server, health
+    checks included, for as long as it liked, past the idle timeout and uncounted by
+    the per-client limit, which runs in the handler (an audit, 2026-12-04). The wire
+    is the same: a client cannot tell."""
+
+    def __init__(self, message_timeout_s: float) -> None:
+        self._timeout = message_timeout_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        return self._on_arrival(handler)
+
+    async def _message(self, requests: Any, context: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                async for request in requests:
+                    return request
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within {self._timeout:g} s of its call",
+            )
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message")
+
+    def _on_arrival(self, handler: Any) -> Any:
+        inner = handler.unary_unary or handler.unary_stream
+        options = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None or not inspect.isasyncgenfunction(inner):
+            # (a streaming handler that writes with context.write is a coroutine)
+
+            async def coroutine(requests: Any, context: Any) -> Any:
+                return await inner(await self._message(requests, context), context)
+
+            if handler.unary_unary is not None:
+                return grpc.stream_unary_rpc_method_handler(coroutine, **options)
+            return grpc.stream_stream_rpc_method_handler(coroutine, **options)
+
+        async def stream(requests: Any, context: Any) -> Any:
+            async for item in inner(await self._message(requests, context), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream, **options)
+
+
 #: Health and reflection calls in progress from one client, at most (apart from its
 #: application calls): a health ``Watch`` stream lasts as long as its client wants.
 PLUMBING_PER_CLIENT = 4

@@ -20,6 +20,7 @@ from cretoai.crypto import NodeKey, get_backend, load_private_key
 from cretoai.crypto.backend import Backend
 from cretoai.serving import (
     PLUMBING_PER_CLIENT,
+    ArrivalInterceptor,
     GrpcService,
     PerClientLimitInterceptor,
     Servicer,
@@ -162,7 +163,9 @@ async def build(cfg: NodeConfig) -> GatewayService:
                 client_address,
                 setting="gateway.grpc_max_concurrent_rpcs_per_client",
                 on_refused=metrics.GRPC_CALLS_REFUSED.labels("per_client").inc,
-            )
+            ),
+            # last: the handlers above run when a call arrives, not once its message has
+            ArrivalInterceptor(cfg.gateway.body_timeout_ms / 1000),
         ],
         max_connections=cfg.gateway.max_connections,
         # room for one client's calls (application and plumbing) on one connection, and

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
+from cretoai.serving import PerClientLimitInterceptor
 from cretoai.v1 import consensus_pb2, gateway_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
 from services.gateway.grpc_api import client_address
@@ -398,3 +400,47 @@ async def test_a_connection_resetting_streams_as_fast_as_it_opens_them_locks_nob
             flood.kill()
     opened = int(out.split()[1])
     assert opened >= 10_000, out  # a flood indeed
+
+
+async def test_calls_whose_message_never_comes_are_counted_at_once_and_end(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """An audit (2026-12-04): calls that send their headers and never their message
+    held every call slot of the public server (health checks included) from one
+    address, uncounted by its per-client limit (counted in the handler, which ran once
+    the message came) and never ended. Now the handler runs at arrival: a client's
+    calls past its limit are refused at once, and a missing message ends its call
+    (DEADLINE_EXCEEDED) after gateway.body_timeout_ms."""
+    async with start_node(
+        make_config(grpc_max_concurrent_rpcs_per_client=2, body_timeout_ms=1500)
+    ) as node:
+        never = asyncio.Event()
+
+        async def no_message() -> Any:
+            await never.wait()
+            yield gateway_pb2.GatewayGetVertexRequest()  # pragma: no cover
+
+        stall = node.channel.stream_unary(
+            "/cretoai.v1.Gateway/GetVertex",
+            request_serializer=gateway_pb2.GatewayGetVertexRequest.SerializeToString,
+            response_deserializer=vertex_pb2.VertexRecord.FromString,
+        )
+        held = [stall(no_message(), timeout=TIMEOUT) for _ in range(2)]
+        [limiter] = [
+            i for i in node.gateway.interceptors if isinstance(i, PerClientLimitInterceptor)
+        ]
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while sum(limiter.in_progress.values()) < 2:  # both counted, before any message
+            assert asyncio.get_running_loop().time() < deadline, "never counted"
+            await asyncio.sleep(0.01)
+        third = await grpc_error(stall(no_message(), timeout=TIMEOUT))
+        assert third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # counted on arrival
+        health = health_pb2_grpc.HealthStub(node.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for call in held:
+            error = await grpc_error(call)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "did not arrive within 1.5 s" in (error.details() or "")
+        status = await node.stub.GetStatus(consensus_pb2.GetStatusRequest(), timeout=TIMEOUT)
+        assert status.node_id  # the slots are free again
