@@ -21,6 +21,9 @@ import grpc
 #: Trailing metadata key with the client-facing error code of a refusal (e.g.
 #: ``bad_signature``), for a caller that must report more than the gRPC status.
 ERROR_CODE_KEY = "cretoai-error-code"
+#: Trailing metadata of every :class:`ServiceError`: its details are the service's own
+#: words, not gRPC's (whose UNAVAILABLE names internal addresses).
+ERROR_ORIGIN_KEY = "cretoai-error-origin"
 
 
 class ServiceError(Exception):
@@ -45,7 +48,8 @@ class ServiceError(Exception):
         return str(self)
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return () if self.error_code is None else ((ERROR_CODE_KEY, self.error_code),)
+        origin = ((ERROR_ORIGIN_KEY, "service"),)
+        return origin if self.error_code is None else ((ERROR_CODE_KEY, self.error_code), *origin)
 
     def settled(self) -> Self:
         """This error without its traceback, once it is an answer (a value or a status).

@@ -11,11 +11,13 @@ translation of a consensus or storage gRPC error into an :class:`ApiError`.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any, Literal
 
 import grpc
 
-from cretoai.errors import ERROR_CODE_KEY, ServiceError
+from cretoai.errors import ERROR_CODE_KEY, ERROR_ORIGIN_KEY, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,16 @@ log = logging.getLogger(__name__)
 #: client: a storage audit (2026-12-04) had RocksDB's words, with the database's path
 #: on the server, answered to any HTTP client reading a damaged block.
 _PRIVATE = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
+#: Codes gRPC itself ends a call with (a backend down, a deadline, a reset connection).
+_GRPCS_OWN = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+#: gRPC's own details of an unreachable backend are logged at most this often.
+UNREACHABLE_LOG_S = 10.0
+_unreachable_said: dict[str, float] = {}
 
 #: code -> (HTTP status, gRPC status of the public API)
 CODES: dict[str, tuple[int, grpc.StatusCode]] = {
@@ -94,11 +106,24 @@ def from_backend(exc: grpc.aio.AioRpcError, backend: Backend) -> ApiError:
     malformed (storage); FAILED_PRECONDITION from consensus is an unknown parent.
     """
     error_code = None
+    said = False  # the details are the service's words, not gRPC's own
     for key, value in exc.trailing_metadata() or ():
         if key == ERROR_CODE_KEY and value in CODES:
             error_code = str(value)
-            break
-    return from_status(exc.code(), exc.details() or exc.code().name, error_code, backend)
+        said = said or key == ERROR_ORIGIN_KEY
+    detail = exc.details() or exc.code().name
+    if not said and exc.code() in _GRPCS_OWN:
+        # gRPC's own words (a connection refused, a deadline) name internal addresses
+        # and ports: the operator's to read, not an anonymous client's
+        now = time.monotonic()
+        if now - _unreachable_said.get(backend, -math.inf) >= UNREACHABLE_LOG_S:
+            _unreachable_said[backend] = now
+            log.warning(
+                "backend unreachable",
+                extra={"fields": {"backend": backend, "code": exc.code().name, "detail": detail}},
+            )
+        detail = exc.code().name
+    return from_status(exc.code(), detail, error_code, backend)
 
 
 def from_status(

@@ -420,6 +420,9 @@ async def test_consensus_down_is_503_and_not_ready(node: Node) -> None:
     await node.stop_consensus()
     status, reply = await node.post("/v1/vertices", {"payload": ""})
     assert_error(status, reply, 503, "consensus_unavailable")
+    # gRPC's own words name the internal address: the node's log has them, not clients
+    # (an audit, 2026-12-04)
+    assert reply["error"]["message"] == "consensus is unavailable: UNAVAILABLE", reply
     status, reply = await node.get("/readyz")
     assert_error(status, reply, 503, "not_ready")
     assert reply["ready"] is False
@@ -632,6 +635,25 @@ async def test_unknown_routes_and_methods_are_json(node: Node) -> None:
     assert_error(status, reply, 404, "not_found")
     status, reply = await node.request("DELETE", "/v1/vertices")
     assert_error(status, reply, 405, "method_not_allowed")
+
+
+async def test_methods_a_client_invents_are_one_metric_label(node: Node) -> None:
+    """An audit (2026-12-04): each method the HTTP parser takes became a label value
+    on every route (about 885 series from one anonymous client)."""
+
+    def methods() -> set[str]:
+        return {
+            sample.labels["method"]
+            for metric in REGISTRY.collect()
+            if metric.name == "cretoai_gateway_http_requests"
+            for sample in metric.samples
+        }
+
+    for invented in ("PROPFIND", "MKCOL", "LOCK", "SEARCH"):
+        status, _ = await node.request(invented, "/v1/vertices")
+        assert status == 405
+    seen = methods()
+    assert "other" in seen and not seen & {"PROPFIND", "MKCOL", "LOCK", "SEARCH"}, seen
 
 
 async def test_openapi_document_lists_every_route(node: Node) -> None:
