@@ -127,7 +127,11 @@ from cretoai.vertex import CONTEXT as VERTEX_CONTEXT
 from cretoai.vertex import canonical_bytes, make_vertex, vertex_hash
 from node.clusterinit import ClusterLayout, init_cluster
 from node.supervisor import Supervisor
-from services.consensus.core.certificate import InvalidCertificate, verify_certificate
+from services.consensus.core.certificate import (
+    InvalidCertificate,
+    verify_certificate,
+    verify_inclusion,
+)
 from services.consensus.core.reputation import Reputation
 from services.storage.store import BACKUP_MANIFEST
 
@@ -186,6 +190,29 @@ def batch_outcome(batch: dict[str, Any]) -> dict[str, Any]:
         "vertices": [v["hash"] for v in batch["vertices"]],
         "rejected": batch["rejected"],
     }
+
+
+def vertex_from_json(data: dict[str, Any]) -> vertex_pb2.Vertex:
+    """The gateway's JSON form of a vertex (a record, or an entry of a batch)."""
+    return vertex_pb2.Vertex(
+        payload=base64.b64decode(data["payload"]),
+        parents=[bytes.fromhex(p) for p in data["parents"]],
+        creator=bytes.fromhex(data["public_key"]),
+        timestamp_ms=int(data["timestamp_ms"]),
+        signature=bytes.fromhex(data["signature"]),
+    )
+
+
+def batch_from_json(data: dict[str, Any]) -> vertex_pb2.FinalizedBatch:
+    """The gateway's JSON form of a finalized batch (``/v1/finalized``)."""
+    return vertex_pb2.FinalizedBatch(
+        seq=int(data["seq"]),
+        batch_digest=bytes.fromhex(data["batch_digest"]),
+        vertices=[vertex_from_json(v) for v in data["vertices"]],
+        rejected=[bytes.fromhex(h) for h in data["rejected"]],
+        certificate=certificate_from_json(data["certificate"]),
+        state_digest=bytes.fromhex(data["state_digest"]),
+    )
 
 
 def certificate_from_json(data: dict[str, Any]) -> vertex_pb2.FinalityCertificate:
@@ -879,6 +906,7 @@ class ClusterRun:
                 raise ScenarioFailed(f"the certificate of seq {batch['seq']}: {exc}") from None
             if cert.seq != int(batch["seq"]) or cert.digest.hex() != batch["batch_digest"]:
                 raise ScenarioFailed(f"the certificate of seq {batch['seq']} is for another batch")
+        await self.check_inclusion(nodes[0], reference)
         await self.check_byzantine_detected(nodes)
         await self.check_copies(nodes)
         await self.check_reputation(nodes)
@@ -898,6 +926,31 @@ class ClusterRun:
             **({"pool": self.pool_figures} if self.pool_figures else {}),
             "events": self.events,
         }
+
+    async def check_inclusion(self, node: str, log: list[dict[str, Any]]) -> None:
+        """Every vertex acknowledged final, as a client checks it without trusting the
+        node: its record names a seq, and the batch at that seq (``/v1/finalized``) holds
+        it under a certificate of the validator set (``verify_inclusion``); the batch
+        of another seq does not, though its certificate is as genuine (an audit,
+        2026-12-04: a record's certificate alone proves only that some batch at its seq
+        was final)."""
+        keys = self.configs[0].validator_public_keys
+        batches = {int(b["seq"]): batch_from_json(b) for b in log}
+        for h in sorted(self.ledger.final):
+            record = await self.get_json(node, f"/v1/vertices/{h}")
+            vertex, seq = vertex_from_json(record), int(record["seq"])
+            try:
+                verify_inclusion(vertex, batches[seq], keys)
+            except InvalidCertificate as exc:
+                raise ScenarioFailed(f"vertex {h[:16]} in the batch at seq {seq}: {exc}") from None
+            other = next((s for s in batches if s != seq), None)
+            if other is None:
+                continue
+            try:
+                verify_inclusion(vertex, batches[other], keys)
+            except InvalidCertificate:
+                continue
+            raise ScenarioFailed(f"vertex {h[:16]} passed for the batch at seq {other} too")
 
     async def check_copies(self, nodes: list[str]) -> None:
         """Every vertex of a copies step is finalized at one seq on every node."""

@@ -12,6 +12,7 @@ from services.consensus.core.certificate import (
     InvalidCertificate,
     check_certificate,
     verify_certificate,
+    verify_inclusion,
 )
 from services.consensus.core.codec import (
     DecodeError,
@@ -84,4 +85,5 @@ __all__ = [
     "outcome_bytes",
     "quorum_size",
     "verify_certificate",
+    "verify_inclusion",
 ]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from cretoai.v1 import vertex_pb2
 from services.consensus.core import quorum
 from services.consensus.core.codec import DecodeError, certificate_from_pb
-from services.consensus.core.crypto import MlDsaVerifier, Verifier
+from services.consensus.core.crypto import MlDsaVerifier, Verifier, batch_digest
 from services.consensus.core.messages import Certificate, Message, Signed
 from services.consensus.core.proofs import ProofError, check_commits
 
@@ -64,3 +64,39 @@ def verify_certificate(
         backend = get_backend("auto")
     verifier = MlDsaVerifier(validator_public_keys, backend)
     return check_certificate(cert, n=len(validator_public_keys), verifier=verifier)
+
+
+def verify_inclusion(
+    vertex: vertex_pb2.Vertex,
+    batch: vertex_pb2.FinalizedBatch,
+    validator_public_keys: Sequence[bytes],
+    *,
+    backend: Backend | None = None,
+) -> int:
+    """Check that ``vertex`` was ordered in ``batch`` and that the batch is final;
+    return its index in the batch, or raise InvalidCertificate.
+
+    A vertex record's certificate alone proves only that *a* batch at its seq was
+    final, not that the vertex is in it: any record could carry another batch's
+    genuine certificate (an audit, 2026-12-04). Checked here, from the validator set
+    alone: the certificate verifies and is for the batch's seq and digest, the digest
+    is over the signed digests of the batch's vertices in order (so the batch is
+    complete and unaltered), and one of them is ``vertex``'s. Whether execution
+    finalized or rejected it (``batch.rejected``) is not in the certificate: it follows
+    from the log, which the state digest chain commits to (checkpoints sign it).
+    """
+    from cretoai.vertex import signed_digest
+
+    cert = verify_certificate(batch.certificate, validator_public_keys, backend=backend)
+    if cert.seq != batch.seq or cert.digest != batch.batch_digest:
+        raise InvalidCertificate(
+            f"the certificate is for seq {cert.seq}, digest {cert.digest.hex()[:16]}…, "
+            f"not for this batch (seq {batch.seq}, digest {batch.batch_digest.hex()[:16]}…)"
+        )
+    digests = [signed_digest(v) for v in batch.vertices]
+    if batch_digest(digests) != batch.batch_digest:
+        raise InvalidCertificate("the batch's vertices do not hash to its batch digest")
+    mine = signed_digest(vertex)
+    if mine not in digests:
+        raise InvalidCertificate(f"this vertex is not in the batch at seq {batch.seq}")
+    return digests.index(mine)
