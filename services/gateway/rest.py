@@ -359,6 +359,8 @@ class RestApi:
             int(port),
             max_connections=self._max_connections,
             max_per_client=self._max_per_client,
+            # a connection whose client takes nothing sent to it for as long is aborted
+            write_timeout_s=self._idle_timeout_s,
         )
         try:
             await site.start()
