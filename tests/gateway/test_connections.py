@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
+from services.gateway import rest
 from services.gateway.rest import MAX_HEADER_BYTES, MAX_HEADERS, client_of
 from tests.conftest import REPO
 from tests.gateway.support import TIMEOUT, Node, raw_vertex, start_node
@@ -381,6 +382,29 @@ async def test_a_websocket_subscriber_that_never_reads_is_cut(
         assert await _held_then_dropped(before) >= 0.9
         assert _sample(WRITE_TIMEOUTS) == timeouts + 1
         await _until(lambda: _sample("cretoai_gateway_stream_subscribers", api="websocket") == 0)
+        assert (await _read_until_closed(sock)).startswith(b"HTTP/1.1 101 ")
+
+
+async def test_a_websocket_whose_heartbeat_failed_is_aborted(
+    make_config: Callable[..., NodeConfig],
+    sockets: list[socket.socket],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However a stream ends, its connection is aborted WS_CLOSE_TIMEOUT_S later: when
+    aiohttp's heartbeat gave up on a subscriber that never reads, it only closed the
+    connection, which waits for the unsent bytes, for ever (only the gateway's own 4008
+    close was followed by an abort). The write deadline is far off here."""
+    monkeypatch.setattr(rest, "WS_HEARTBEAT_S", 0.4)
+    monkeypatch.setattr(rest, "WS_CLOSE_TIMEOUT_S", 0.5)
+    async with start_node(make_config(idle_timeout_ms=60_000)) as node:
+        await _finalize_history(node, 40)
+        loop = asyncio.get_running_loop()
+        before, timeouts = _sample(CONNECTIONS), _sample(WRITE_TIMEOUTS)
+        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
+        sockets.append(sock)
+        await loop.sock_sendall(sock, UPGRADE)
+        await _held_then_dropped(before)
+        assert _sample(WRITE_TIMEOUTS) == timeouts  # not the write deadline
         assert (await _read_until_closed(sock)).startswith(b"HTTP/1.1 101 ")
 
 
