@@ -111,9 +111,10 @@ class GatewaySection:
     #: one proxy or NAT share an address: raise it for them.
     max_connections_per_client: int = 128
     #: An HTTP connection that has not sent a whole request head this long after it
-    #: opened or after its last answer is closed (slowly sent headers, idle keep-alive);
-    #: a gRPC connection that has not finished its handshake in this time, or has had
-    #: no call for this long, too.
+    #: opened or after its last answer is closed (slowly sent headers, idle keep-alive),
+    #: and one whose client has taken nothing the gateway sends it (an answer, WebSocket
+    #: messages) for this long is aborted; a gRPC connection that has not finished its
+    #: handshake in this time, or has had no call for this long, too.
     idle_timeout_ms: int = 30_000
     #: An HTTP request body must arrive whole within this long after its head; else
     #: 408 ``request_timeout`` and the connection is closed. A public gRPC call's

@@ -8,7 +8,11 @@ node included. :class:`LimitedSite` listens like ``web.TCPSite`` but answers
 or beyond ``max_per_client`` from one client address (so that one client
 cannot take every slot), and the runner's keep-alive timeout
 (``gateway.idle_timeout_ms``) closes a connection that has not sent a whole
-request head that long after it opened or after its last answer.
+request head that long after it opened or after its last answer. A connection whose
+client takes none of what the gateway sends it for that long too is aborted (the
+write deadline): aiohttp waits for a client to take its answer without a bound, and
+closing a connection waits for its unsent bytes, so a client that never reads held
+its connection, and its slot of ``max_connections``, for as long as it liked.
 
 Each connection's aiohttp handler is a :class:`JsonErrorHandler`: what aiohttp answers
 itself, before the application (a request it cannot parse), is the API's JSON error too.
@@ -17,8 +21,12 @@ itself, before the application (a request it cannot parse), is the API's JSON er
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import logging
+import sys
+import termios
+import time
 import weakref
 from collections import Counter
 
@@ -40,6 +48,11 @@ MAX_LINGERING_REFUSALS = 64
 #: File descriptors the gateway keeps beside its public connections: its channels to
 #: the node's services, the listeners, logs, metrics scrapes, lingering refusals.
 RESERVED_FDS = 256 + MAX_LINGERING_REFUSALS
+#: How often a connection with unsent bytes is checked against its write deadline, at
+#: most (a quarter of the deadline when that is shorter).
+WRITE_CHECK_INTERVAL_S = 1.0
+#: Connections aborted for their write deadline are logged at most this often.
+WRITE_TIMEOUT_LOG_INTERVAL_S = 60.0
 
 
 def _answer_429(message: str) -> bytes:
@@ -166,14 +179,37 @@ class JsonErrorHandler(RequestHandler):
         return response
 
 
+def _unacknowledged(transport: asyncio.Transport) -> int:
+    """Bytes sent on the connection that its client has not acknowledged yet: what the
+    kernel holds of them (Linux's SIOCOUTQ); 0 where it cannot tell."""
+    sock = transport.get_extra_info("socket")
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError):
+        return 0
+    return int.from_bytes(raw, sys.byteorder)
+
+
 class _Admission(asyncio.Protocol):
     """One connection: once its client's address is known, aiohttp's handler for it
-    (counted against that client) or a refusal; then every event goes to that one."""
+    (counted against that client) or a refusal; then every event goes to that one.
+
+    An admitted connection is checked every so often against the write deadline
+    (``write_timeout_s``): while the gateway has bytes for it that the socket does not
+    take, what its client has not acknowledged must shrink within that time, else the
+    connection is aborted. A slow reader makes progress and is not cut; one that reads
+    nothing at all is."""
 
     def __init__(self, site: LimitedSite) -> None:
         self._site = site
         self._inner: asyncio.Protocol | None = None
         self._client: str | None = None
+        self._transport: asyncio.Transport | None = None
+        self._check: asyncio.TimerHandle | None = None
+        #: Bytes waiting for the client at the last check (0: none), and since when
+        #: none of them has been taken.
+        self._waiting = 0
+        self._stalled_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         site = self._site
@@ -187,7 +223,33 @@ class _Admission(asyncio.Protocol):
             site.per_client[client] += 1
             self._client = client
             self._inner = JsonErrorHandler.of(site.runner_server())
+            assert isinstance(transport, asyncio.Transport)
+            self._transport = transport
+            self._schedule_check()
         self._inner.connection_made(transport)
+
+    def _schedule_check(self) -> None:
+        interval = min(WRITE_CHECK_INTERVAL_S, self._site.write_timeout_s / 4)
+        self._check = asyncio.get_running_loop().call_later(interval, self._check_writes)
+
+    def _check_writes(self) -> None:
+        """Aborts the connection if its client has taken nothing for the write deadline."""
+        transport = self._transport
+        assert transport is not None
+        now = time.monotonic()
+        unsent = transport.get_write_buffer_size()  # what the socket did not take
+        if unsent == 0:
+            self._waiting = 0
+        else:
+            waiting = unsent + _unacknowledged(transport)
+            if self._waiting == 0 or waiting < self._waiting:  # it began, or moved
+                self._stalled_since = now
+            self._waiting = waiting
+            if now - self._stalled_since >= self._site.write_timeout_s:
+                self._site.write_timed_out(self._client or "", waiting)
+                transport.abort()  # connection_lost follows, soon
+                return
+        self._schedule_check()
 
     def data_received(self, data: bytes) -> None:
         assert self._inner is not None
@@ -206,6 +268,10 @@ class _Admission(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+        self._transport = None
         if self._client is not None:
             counts = self._site.per_client
             counts[self._client] -= 1
@@ -218,18 +284,22 @@ class _Admission(asyncio.Protocol):
 
 class LimitedSite(web.BaseSite):
     """A TCP listener for ``runner`` holding at most ``max_connections`` connections,
-    and at most ``max_per_client`` from one client address."""
+    and at most ``max_per_client`` from one client address; one whose client takes
+    nothing the gateway sends it for ``write_timeout_s`` is aborted."""
 
     __slots__ = (
         "_host",
         "_max",
         "_port",
         "_total_answer",
+        "_unlogged_write_timeouts",
+        "_write_timeouts_logged_at",
         "arriving",
         "lingering",
         "max_per_client",
         "per_client",
         "per_client_answer",
+        "write_timeout_s",
     )
 
     def __init__(
@@ -240,12 +310,16 @@ class LimitedSite(web.BaseSite):
         *,
         max_connections: int,
         max_per_client: int,
+        write_timeout_s: float,
     ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._max = max_connections
         self.max_per_client = max_per_client
+        self.write_timeout_s = write_timeout_s
+        self._unlogged_write_timeouts = 0
+        self._write_timeouts_logged_at = -WRITE_TIMEOUT_LOG_INTERVAL_S
         self._total_answer = _answer_429(
             f"the gateway holds gateway.max_connections ({max_connections}) HTTP "
             "connections; retry with backoff"
@@ -265,6 +339,27 @@ class LimitedSite(web.BaseSite):
     @property
     def name(self) -> str:
         return f"http://{self._host}:{self._port}"
+
+    def write_timed_out(self, client: str, waiting: int) -> None:
+        """Counts a connection aborted for its write deadline; logs at most once every
+        WRITE_TIMEOUT_LOG_INTERVAL_S (any client can make the gateway abort them)."""
+        metrics.HTTP_WRITE_TIMEOUTS.inc()
+        self._unlogged_write_timeouts += 1
+        now = time.monotonic()
+        if now - self._write_timeouts_logged_at < WRITE_TIMEOUT_LOG_INTERVAL_S:
+            return
+        fields = {
+            "aborted": self._unlogged_write_timeouts,  # since the last such line
+            "last_client": client,
+            "last_waiting_bytes": waiting,
+        }
+        log.warning(
+            "http: connections aborted: their clients took nothing sent to them for "
+            f"gateway.idle_timeout_ms ({self.write_timeout_s:g} s)",
+            extra={"fields": fields},
+        )
+        self._unlogged_write_timeouts = 0
+        self._write_timeouts_logged_at = now
 
     def runner_server(self) -> web.Server:
         server = self._runner.server

@@ -71,6 +71,11 @@ CONNECTIONS_REFUSED = Counter(
 HTTP_CONNECTIONS = Gauge(
     "cretoai_gateway_http_connections", "HTTP connections open (WebSocket ones included)"
 )
+HTTP_WRITE_TIMEOUTS = Counter(
+    "cretoai_gateway_http_write_timeouts_total",
+    "HTTP connections (WebSocket ones included) aborted because their client took "
+    "nothing the gateway sent it for gateway.idle_timeout_ms",
+)
 REQUEST_TIMEOUTS = Counter(
     "cretoai_gateway_request_timeouts_total",
     "HTTP requests whose body did not arrive within gateway.body_timeout_ms",

@@ -136,6 +136,13 @@ async def _send(
     return response
 
 
+def _abort_later(transport: asyncio.Transport | None) -> asyncio.TimerHandle | None:
+    """Aborts ``transport`` WS_CLOSE_TIMEOUT_S from now (if still open then)."""
+    if transport is None:
+        return None
+    return asyncio.get_running_loop().call_later(WS_CLOSE_TIMEOUT_S, transport.abort)
+
+
 async def expect_continue(request: web.Request) -> web.Response | None:
     """``Expect: 100-continue`` is answered 100 Continue, as aiohttp does; any other
     expectation gets the API's JSON error (417). aiohttp's own answer was a plain-text
@@ -367,6 +374,8 @@ class RestApi:
             int(port),
             max_connections=self._max_connections,
             max_per_client=self._max_per_client,
+            # a connection whose client takes nothing sent to it for as long is aborted
+            write_timeout_s=self._idle_timeout_s,
         )
         try:
             await site.start()
@@ -537,6 +546,12 @@ class RestApi:
         stream = self._gw.hub.open_stream(
             from_seq, complete=True, api="websocket", client=client_of(request)
         )
+        # However the stream ends (closed by the gateway, aiohttp's heartbeat, the
+        # client), its connection is aborted WS_CLOSE_TIMEOUT_S later: closing it waits
+        # for the bytes its client has not taken, and one that reads nothing (not even
+        # its close frame) kept its connection for ever.
+        transport = request.transport
+        abort: asyncio.TimerHandle | None = None
         try:
             await ws.prepare(request)
             reader = asyncio.create_task(self._read_until_closed(ws))
@@ -544,11 +559,7 @@ class RestApi:
                 closing = await self._pump_until_ended(ws, stream, reader)
                 if closing is not None and not ws.closed:
                     metrics.STREAM_CLOSED.labels(closing.label).inc()
-                    if closing.code == WS_SLOW_CONSUMER and request.transport is not None:
-                        # It may not read its close frame either: abort the connection then.
-                        asyncio.get_running_loop().call_later(
-                            WS_CLOSE_TIMEOUT_S, request.transport.abort
-                        )
+                    abort = _abort_later(transport)  # sending the close frame may block
                     await ws.close(
                         code=closing.code, message=closing.reason.encode()[:123], drain=False
                     )
@@ -557,6 +568,8 @@ class RestApi:
                 await asyncio.wait((reader,))
         finally:
             stream.close()
+            if abort is None:
+                _abort_later(transport)
         return ws
 
     @staticmethod

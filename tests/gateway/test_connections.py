@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -23,13 +24,18 @@ from prometheus_client import REGISTRY
 
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, gateway_pb2_grpc
+from services.gateway import rest
 from services.gateway.rest import MAX_HEADER_BYTES, MAX_HEADERS, client_of
 from tests.conftest import REPO
-from tests.gateway.support import TIMEOUT, Node, start_node
+from tests.gateway.support import TIMEOUT, Node, raw_vertex, start_node
 
 
-async def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+async def _connect(
+    port: int, source: str = "127.0.0.1", *, rcvbuf: int | None = None
+) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:  # before connecting: it sets the window the client offers
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     sock.bind((source, 0))  # another loopback address: another client
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
@@ -276,6 +282,130 @@ async def test_grpc_connections_are_bounded_and_must_handshake_in_time(
         finally:
             for channel in channels:
                 await channel.close()
+
+
+#: 200 pipelined requests for the 40-KB OpenAPI document: 8 MB of answers, more than the
+#: kernel buffers of a loopback connection hold.
+PIPELINED = b"GET /openapi.json HTTP/1.1\r\nHost: gateway\r\n\r\n" * 200
+OPENAPI = (REPO / "services" / "gateway" / "openapi.json").read_bytes()
+UPGRADE = (
+    b"GET /v1/stream?from_seq=1 HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+CONNECTIONS = "cretoai_gateway_http_connections"
+WRITE_TIMEOUTS = "cretoai_gateway_http_write_timeouts_total"
+
+
+async def _held_then_dropped(before: float) -> float:
+    """Until the gateway counts one connection more than ``before``, then until it
+    counts ``before`` again; how long the second wait took (bounded)."""
+    loop = asyncio.get_running_loop()
+    await _until(lambda: _sample(CONNECTIONS) == before + 1)
+    started = loop.time()
+    await _until(lambda: _sample(CONNECTIONS) == before)
+    return loop.time() - started
+
+
+async def test_a_client_that_never_reads_its_answers_is_cut(
+    make_config: Callable[..., NodeConfig],
+    sockets: list[socket.socket],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pipelined requests from a client that never reads (a 4-KB receive buffer): aiohttp
+    waited for it to take the answers without a bound, and the idle timeout only runs
+    between requests, so the connection stayed open, and counted, for as long as the
+    client liked (audit, 2026-12-04). Now aborted once it has taken nothing for
+    ``gateway.idle_timeout_ms``, counted and no longer held."""
+    async with start_node(make_config(idle_timeout_ms=1000)) as node:
+        loop = asyncio.get_running_loop()
+        before, timeouts = _sample(CONNECTIONS), _sample(WRITE_TIMEOUTS)
+        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
+        sockets.append(sock)
+        await loop.sock_sendall(sock, PIPELINED)
+        assert await _held_then_dropped(before) >= 0.9  # by the deadline, not at once
+        assert _sample(WRITE_TIMEOUTS) == timeouts + 1
+        assert "http: connections aborted" in caplog.text
+        received = await _read_until_closed(sock)  # what the kernel had taken, then the end
+        assert received.count(b"HTTP/1.1 200 OK\r\n") < 200
+        fresh = await _connect(node.gateway.http_port)
+        sockets.append(fresh)
+        assert (await _exchange(fresh, HEALTH))[0] == 200
+
+
+async def test_a_client_that_reads_slowly_is_not_cut(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """The write deadline is on no progress, not on the whole answer: a client reading
+    4 KiB every 0.2 s, far slower than the gateway sends, through four deadlines (the
+    socket takes none of the gateway's next answer that long: the kernel's buffer of
+    MBs drains by a third first), keeps its connection and gets every answer."""
+    async with start_node(make_config(idle_timeout_ms=1000)) as node:
+        loop = asyncio.get_running_loop()
+        timeouts = _sample(WRITE_TIMEOUTS)
+        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
+        sockets.append(sock)
+        await loop.sock_sendall(sock, PIPELINED)
+        received = b""
+        for _ in range(20):  # a slow reader: 4 s
+            await asyncio.sleep(0.2)
+            received += await asyncio.wait_for(loop.sock_recv(sock, 4096), TIMEOUT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # then the rest, fast
+        async with asyncio.timeout(TIMEOUT):
+            while not received.endswith(OPENAPI) or received.count(b" 200 OK\r\n") < 200:
+                chunk = await loop.sock_recv(sock, 65536)
+                assert chunk, "the connection was closed before the last answer"
+                received += chunk
+        assert _sample(WRITE_TIMEOUTS) == timeouts
+
+
+async def _finalize_history(node: Node, batches: int) -> None:
+    """``batches`` finalized batches of 200 KB (about 270 KB each as JSON)."""
+    for _ in range(batches):
+        await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
+
+
+async def test_a_websocket_subscriber_that_never_reads_is_cut(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """A subscriber from seq 1 of 10 MB of history that never reads: aiohttp's heartbeat
+    freed its stream slot after about 30 s, but its connection stayed open, and counted,
+    for as long as the client liked (audit, 2026-12-04). Now aborted once it has taken
+    nothing for ``gateway.idle_timeout_ms``; its slot is free again."""
+    async with start_node(make_config(idle_timeout_ms=1000)) as node:
+        await _finalize_history(node, 40)
+        loop = asyncio.get_running_loop()
+        before, timeouts = _sample(CONNECTIONS), _sample(WRITE_TIMEOUTS)
+        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
+        sockets.append(sock)
+        await loop.sock_sendall(sock, UPGRADE)
+        assert await _held_then_dropped(before) >= 0.9
+        assert _sample(WRITE_TIMEOUTS) == timeouts + 1
+        await _until(lambda: _sample("cretoai_gateway_stream_subscribers", api="websocket") == 0)
+        assert (await _read_until_closed(sock)).startswith(b"HTTP/1.1 101 ")
+
+
+async def test_a_websocket_whose_heartbeat_failed_is_aborted(
+    make_config: Callable[..., NodeConfig],
+    sockets: list[socket.socket],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However a stream ends, its connection is aborted WS_CLOSE_TIMEOUT_S later: when
+    aiohttp's heartbeat gave up on a subscriber that never reads, it only closed the
+    connection, which waits for the unsent bytes, for ever (only the gateway's own 4008
+    close was followed by an abort). The write deadline is far off here."""
+    monkeypatch.setattr(rest, "WS_HEARTBEAT_S", 0.4)
+    monkeypatch.setattr(rest, "WS_CLOSE_TIMEOUT_S", 0.5)
+    async with start_node(make_config(idle_timeout_ms=60_000)) as node:
+        await _finalize_history(node, 40)
+        loop = asyncio.get_running_loop()
+        before, timeouts = _sample(CONNECTIONS), _sample(WRITE_TIMEOUTS)
+        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
+        sockets.append(sock)
+        await loop.sock_sendall(sock, UPGRADE)
+        await _held_then_dropped(before)
+        assert _sample(WRITE_TIMEOUTS) == timeouts  # not the write deadline
+        assert (await _read_until_closed(sock)).startswith(b"HTTP/1.1 101 ")
 
 
 def test_the_open_files_limit_is_raised_to_what_the_bounds_need() -> None:
