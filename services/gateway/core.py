@@ -318,21 +318,31 @@ class Gateway:
     @contextlib.contextmanager
     def hold_request_bytes(
         self, size: int, *, api: str, client: str | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[Reservation]:
         """Count ``size`` bytes of a submission request against
         ``gateway.max_request_bytes_in_progress`` until the block ends: 429 overloaded at
         once when that would exceed it (one request alone always fits). Bounds what many
-        slow or large uploads, or many waiting ones, make the gateway hold."""
+        slow or large uploads, or many waiting ones, make the gateway hold. The
+        reservation grows with :meth:`grow_request_bytes` (a body as it arrives)."""
         budget = self._request_bytes
         try:
             budget.take(size, alone=budget.held == 0, client=client)
         except ApiError:
             metrics.SUBMISSIONS.labels(api, "overloaded").inc()
             raise
+        reservation = Reservation(budget, size, client)
         try:
-            yield
+            yield reservation
         finally:
-            budget.release(size, client=client)
+            budget.release(reservation.size, client=client)
+
+    def grow_request_bytes(self, reservation: Reservation, size: int, *, api: str) -> None:
+        """Hold ``size`` bytes in all for a request (429 overloaded when they do not fit)."""
+        try:
+            reservation.resize(size)
+        except ApiError:
+            metrics.SUBMISSIONS.labels(api, "overloaded").inc()
+            raise
 
     @property
     def vertex_answer_bytes(self) -> int:

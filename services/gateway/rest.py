@@ -301,6 +301,10 @@ class Closing:
         return cls(code, f"{exc.code}: {exc.message}", exc.code)
 
 
+#: What a submission's body reservation starts at; it grows as the body arrives.
+FIRST_BODY_RESERVATION = 64 * 1024
+
+
 class RestApi:
     """The aiohttp application of one gateway and its listening site."""
 
@@ -397,18 +401,27 @@ class RestApi:
 
     # ------------------------------------------------------------------ REST
 
-    def _reserve(self, request: web.Request, limit: int) -> contextlib.AbstractContextManager[None]:
+    def _reserve(
+        self, request: web.Request, limit: int
+    ) -> contextlib.AbstractContextManager[Reservation]:
         """Hold a submission's body against ``gateway.max_request_bytes_in_progress``
-        (:meth:`Gateway.hold_request_bytes`) before reading it: what it declares, or
-        ``limit`` when it declares nothing or more (it is refused with 413 then)."""
+        (:meth:`Gateway.hold_request_bytes`) before reading it: what it declares, up to
+        FIRST_BODY_RESERVATION; :meth:`_body` holds more as more arrives.
+
+        The whole declared size was held from the start until an audit (2026-12-04):
+        uploads that declared 4 MiB and sent nothing, from 4 addresses at their share
+        each, held the whole budget, and every submission on the node got 429 for as
+        long as they were renewed. Now a silent upload holds 64 KiB: filling the budget
+        takes every connection 8 addresses may open, or sending the bytes."""
         declared = request.content_length
-        size = limit if declared is None else min(declared, limit)
+        size = min(limit, FIRST_BODY_RESERVATION, declared if declared is not None else limit)
         return self._gw.hold_request_bytes(size, api="http", client=client_of(request))
 
-    async def _body(self, request: web.Request, limit: int) -> bytes:
+    async def _body(self, request: web.Request, limit: int, reservation: Reservation) -> bytes:
         """The request body, at most ``limit`` bytes (413 ``body_too_large`` beyond),
         whole within ``gateway.body_timeout_ms`` (408 ``request_timeout``: a client that
-        sends its body slowly, or not at all, holds its reservation no longer)."""
+        sends its body slowly, or not at all, holds its reservation no longer); the
+        reservation grows ahead of what arrives (429 when the budget has no room)."""
         # every Content-Encoding header, every coding in each: one saying identity
         # beside another saying gzip was read as identity
         codings = [
@@ -426,6 +439,7 @@ class RestApi:
         too_large = ApiError("body_too_large", f"the body exceeds {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
+        declared = limit if request.content_length is None else request.content_length
         chunks = []
         size = 0
         try:
@@ -434,6 +448,9 @@ class RestApi:
                     size += len(chunk)
                     if size > limit:
                         raise too_large
+                    if size > reservation.size:  # doubling: a few resizes per body
+                        more = min(declared, max(size, 2 * reservation.size))
+                        self._gw.grow_request_bytes(reservation, more, api="http")
                     chunks.append(chunk)
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
@@ -452,8 +469,9 @@ class RestApi:
     async def submit(self, request: web.Request) -> web.Response:
         wait = parse_bool(_query(request, "wait"), "wait")
         self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
-        with self._reserve(request, self._max_body):
-            draft = parse_submission(parse_json(await self._body(request, self._max_body)))
+        with self._reserve(request, self._max_body) as reservation:
+            raw = await self._body(request, self._max_body, reservation)
+            draft = parse_submission(parse_json(raw))
             result = await self._gw.submit(draft, wait=wait, api="http", client=client_of(request))
             if result.record is not None:
                 return json_response(record_json(result.record))
@@ -463,8 +481,8 @@ class RestApi:
         """Up to MAX_BATCH_VERTICES vertices: ``200 {"results": [...]}``, one per vertex in
         order, each what ``POST /v1/vertices`` would answer in its body."""
         wait = parse_bool(_query(request, "wait"), "wait")
-        with self._reserve(request, self.max_batch_body):
-            raw = await self._body(request, self.max_batch_body)
+        with self._reserve(request, self.max_batch_body) as reservation:
+            raw = await self._body(request, self.max_batch_body, reservation)
             check_json_size(raw, vertices=MAX_BATCH_VERTICES)
             drafts = parse_batch(parse_json(raw), max_vertices=MAX_BATCH_VERTICES)
             del raw

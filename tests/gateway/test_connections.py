@@ -151,7 +151,8 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408(
         )
         started = loop.time()
         await loop.sock_sendall(sock, head.encode())
-        await _until(lambda: _sample("cretoai_gateway_request_bytes_in_progress") == 100_000)
+        # held: what it sent, in a first reservation of 64 KiB (not the 100 KB declared)
+        await _until(lambda: _sample("cretoai_gateway_request_bytes_in_progress") == 65_536)
         status, headers, body = _parse(await _read_until_closed(sock))
         assert loop.time() - started >= 0.45
         assert status == 408

@@ -27,7 +27,7 @@ from cretoai.crypto import get_backend
 from cretoai.vertex import verify_vertex, vertex_hash
 from services.gateway import metrics
 from services.gateway.errors import CODES
-from services.gateway.rest import PAGE_ANSWER_BYTES
+from services.gateway.rest import FIRST_BODY_RESERVATION, PAGE_ANSWER_BYTES
 from tests.gateway.support import (
     TIMEOUT,
     Node,
@@ -758,10 +758,13 @@ async def test_a_validator_key_as_submitter_key_is_refused(
 async def test_slow_uploads_hold_a_bounded_number_of_bytes(
     make_config: Callable[..., NodeConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A client that declares a large body and sends it slowly holds its share of
-    ``gateway.max_request_bytes_in_progress`` from the start: a request beyond it gets
-    429 at once (before its body is read), and the bytes are given back when the slow
-    one is answered."""
+    """A client that declares a large body and sends it slowly holds
+    ``gateway.max_request_bytes_in_progress`` for what it sent: 64 KiB at first, more as
+    its body arrives. Until an audit (2026-12-04) it held what it declared from the
+    start, and uploads that declared 4 MiB and sent nothing, from 4 addresses, held the
+    whole budget: every submission on the node got 429. A body that outgrows the room
+    left gets 429 as it arrives; one client's holdings stay within its share; the bytes
+    are given back when the slow one is answered."""
     held: list[float] = []
     reserved = asyncio.Event()
     gauge = metrics.REQUEST_BYTES
@@ -783,25 +786,26 @@ async def test_slow_uploads_hold_a_bounded_number_of_bytes(
         writer.write(head.encode() + body[:1000])  # the rest later
         await writer.drain()
         await asyncio.wait_for(reserved.wait(), TIMEOUT)  # the slow one reached its handler
-        assert held == [len(body)]
-        status, reply = await node.post("/v1/vertices", {"payload": b64(b"x" * 40_000)})
-        assert_error(status, reply, 429, "overloaded")
-        assert "max_request_bytes_in_progress" in reply["error"]["message"]
-        assert held == [len(body)]  # refused before anything was reserved or read
-        # its client has used its share (a quarter of the budget): refused, even small;
-        # another client's small one still fits beside it (audit, 2026-12-04: 16 such
-        # uploads from one client held the whole budget for as long as it liked)
+        assert held == [FIRST_BODY_RESERVATION]  # not the 160 KB it declared
+        # its client is at its share (a quarter of the budget): refused, even small
         status, reply = await node.post("/v1/vertices", {"payload": b64(b"small")})
         assert_error(status, reply, 429, "overloaded")
         assert "from your address" in reply["error"]["message"]
-        status, _ = await node.post_from("127.0.0.2", "/v1/vertices", {"payload": b64(b"small")})
+        # another client's 53-KB submission fits beside it (it did not before)
+        payload = {"payload": b64(b"x" * 40_000)}
+        status, _ = await node.post_from("127.0.0.2", "/v1/vertices", payload)
         assert status == 202
+        # a third client's 160-KB body outgrows the room left as it arrives
+        big = {"payload": b64(b"slow" * 30_000)}
+        status, reply = await node.post_from("127.0.0.3", "/v1/vertices", big)
+        assert_error(status, reply, 429, "overloaded")
+        assert "max_request_bytes_in_progress" in reply["error"]["message"]
         writer.write(body[1000:])
         await writer.drain()
         answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert answer.startswith(b"HTTP/1.1 202")
         writer.close()
-        assert held[-1] == 0  # given back before the answer was sent
+        assert max(held) <= 200_000 and held[-1] == 0  # given back before the answer
         status, _ = await node.post("/v1/vertices", {"payload": b64(b"x" * 40_000)})
         assert status == 202
 
