@@ -40,6 +40,7 @@ from cretoai.config import NodeConfig
 from cretoai.errors import InvalidArgument, ResourceExhausted, ServiceError
 from cretoai.telemetry import (
     DEFAULT_SAMPLING_RATIO,
+    HEARTBEAT,
     Telemetry,
     extract_client_context,
     extract_context,
@@ -897,6 +898,7 @@ async def watch_loop_lag(service: str, interval: float = LOOP_LAG_INTERVAL_S) ->
     loop = asyncio.get_running_loop()
     observe = LOOP_LAG.labels(service).observe
     while True:
+        HEARTBEAT.beat()  # /healthz on the metrics port: the loop runs
         before = loop.time()
         await asyncio.sleep(interval)
         observe(max(0.0, loop.time() - before - interval))

@@ -186,6 +186,50 @@ class CachedMetricsApp:
         return [body]
 
 
+#: ``/healthz`` on the metrics port answers 503 once the event loop has not run its
+#: heartbeat (``serving.watch_loop_lag``, every second) for this long.
+LIVENESS_STALL_S = 10.0
+
+
+class LoopHeartbeat:
+    """When the service's event loop last ran its heartbeat. ``/healthz`` on the metrics
+    port (a thread of its own) says from it whether the loop is alive, apart from the
+    public listeners: their limits answer a flood of connections 429, /healthz included,
+    and an orchestrator probing there restarted a live gateway (an audit, 2026-12-04)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()  # a loop stuck before its first beat is caught too
+
+    def beat(self) -> None:
+        self.at = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.at
+
+
+#: The heartbeat of this process's service (one service per process).
+HEARTBEAT = LoopHeartbeat()
+
+
+class _WithLiveness:
+    """``/healthz`` from ``heartbeat``; every other path to ``app``."""
+
+    def __init__(self, app: Callable[..., Any], heartbeat: LoopHeartbeat, stall_s: float):
+        self._app = app
+        self._heartbeat = heartbeat
+        self._stall_s = stall_s
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return list(self._app(environ, start_response))
+        age = self._heartbeat.age()
+        if age < self._stall_s:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [f"the event loop has not run for {age:.1f} s\n".encode()]
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """No access log."""
@@ -253,9 +297,14 @@ class BoundedMetricsServer(ThreadingWSGIServer):
 
 
 def start_metrics(
-    bind: str | None, registry: CollectorRegistry = REGISTRY
+    bind: str | None,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    heartbeat: LoopHeartbeat = HEARTBEAT,
+    stall_s: float = LIVENESS_STALL_S,
 ) -> tuple[WSGIServer, threading.Thread] | None:
-    """Serve Prometheus ``/metrics`` on ``host:port`` (port 0 picks one); None disables."""
+    """Serve Prometheus ``/metrics`` on ``host:port`` (port 0 picks one), and ``/healthz``
+    (200 while ``heartbeat`` beat within ``stall_s``, else 503); None disables."""
     if not bind:
         return None
     host, _, port = bind.rpartition(":")
@@ -270,7 +319,7 @@ def start_metrics(
     server = make_server(
         str(sockaddr[0]),
         int(port),
-        CachedMetricsApp(make_wsgi_app(registry)),
+        _WithLiveness(CachedMetricsApp(make_wsgi_app(registry)), heartbeat, stall_s),
         Server,
         handler_class=_QuietHandler,
     )

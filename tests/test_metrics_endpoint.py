@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -148,3 +149,47 @@ def test_scraping_faster_than_the_renders_allow_costs_no_more_renders() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_healthz_on_the_metrics_port_says_whether_the_event_loop_runs() -> None:
+    """/healthz beside /metrics: 200 while the loop's heartbeat is recent, 503 once it is
+    older than the stall limit (a stuck loop), apart from the public listeners, whose
+    own limits answered a connection flood 429, /healthz included (an audit, 2026-12-04:
+    an orchestrator probing there would restart a live gateway)."""
+    heartbeat = telemetry.LoopHeartbeat()
+    started = telemetry.start_metrics(
+        "127.0.0.1:0", CollectorRegistry(), heartbeat=heartbeat, stall_s=5.0
+    )
+    assert started is not None
+    server, thread = started
+    url = f"http://127.0.0.1:{server.server_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert (answer.status, answer.read()) == (200, b"ok\n")
+        heartbeat.at -= 6.0  # the loop has not beaten for 6 s
+        with pytest.raises(urllib.error.HTTPError) as stalled:
+            urllib.request.urlopen(url, timeout=10)
+        assert stalled.value.code == 503
+        assert b"has not run for 6." in stalled.value.read()
+        heartbeat.beat()
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def test_a_running_service_beats_its_heartbeat() -> None:
+    """The services' loop-lag watcher is the heartbeat: a stall is what it measures."""
+    import asyncio
+
+    from cretoai.serving import watch_loop_lag
+
+    telemetry.HEARTBEAT.at -= 60.0
+    task = asyncio.create_task(watch_loop_lag("test", interval=0.01))
+    try:
+        await asyncio.sleep(0)  # one turn of the loop: the watcher's first beat
+        assert telemetry.HEARTBEAT.age() < 1.0
+    finally:
+        task.cancel()
