@@ -229,7 +229,7 @@ class ColumnFamilyStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., estimated_keys: _Optional[int] = ..., sst_bytes: _Optional[int] = ..., memtable_bytes: _Optional[int] = ...) -> None: ...
 
 class StorageStats(_message.Message):
-    __slots__ = ("last_seq", "vertices", "finalized_vertices", "rejected_vertices", "edges", "evidence", "disk_bytes", "column_families", "path", "schema_version", "halted", "halt_reason")
+    __slots__ = ("last_seq", "vertices", "finalized_vertices", "rejected_vertices", "edges", "evidence", "disk_bytes", "column_families", "path", "schema_version", "halted", "halt_reason", "owner_node", "owner_key", "owner_validator_set")
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     VERTICES_FIELD_NUMBER: _ClassVar[int]
     FINALIZED_VERTICES_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,9 @@ class StorageStats(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     HALTED_FIELD_NUMBER: _ClassVar[int]
     HALT_REASON_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NODE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_KEY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_VALIDATOR_SET_FIELD_NUMBER: _ClassVar[int]
     last_seq: int
     vertices: int
     finalized_vertices: int
@@ -254,7 +257,10 @@ class StorageStats(_message.Message):
     schema_version: int
     halted: bool
     halt_reason: str
-    def __init__(self, last_seq: _Optional[int] = ..., vertices: _Optional[int] = ..., finalized_vertices: _Optional[int] = ..., rejected_vertices: _Optional[int] = ..., edges: _Optional[int] = ..., evidence: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., column_families: _Optional[_Iterable[_Union[ColumnFamilyStats, _Mapping]]] = ..., path: _Optional[str] = ..., schema_version: _Optional[int] = ..., halted: _Optional[bool] = ..., halt_reason: _Optional[str] = ...) -> None: ...
+    owner_node: str
+    owner_key: str
+    owner_validator_set: str
+    def __init__(self, last_seq: _Optional[int] = ..., vertices: _Optional[int] = ..., finalized_vertices: _Optional[int] = ..., rejected_vertices: _Optional[int] = ..., edges: _Optional[int] = ..., evidence: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., column_families: _Optional[_Iterable[_Union[ColumnFamilyStats, _Mapping]]] = ..., path: _Optional[str] = ..., schema_version: _Optional[int] = ..., halted: _Optional[bool] = ..., halt_reason: _Optional[str] = ..., owner_node: _Optional[str] = ..., owner_key: _Optional[str] = ..., owner_validator_set: _Optional[str] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("path",)

@@ -8,6 +8,7 @@ import math
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend, load_private_key
+from cretoai.crypto.keys import node_id
 from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, storage_pb2_grpc
 from services.consensus.byzantine import Byzantine
@@ -84,6 +85,33 @@ async def load_records(storage: storage_pb2_grpc.StorageStub) -> dict[str, bytes
             return records
 
 
+async def check_storage_owner(storage: storage_pb2_grpc.StorageStub, cfg: NodeConfig) -> None:
+    """Refuse to run over a storage service whose database belongs to another node or
+    another validator set than this config's (ConfigError naming both).
+
+    Storage checks its stamp against its own config when it opens the database, but
+    each service reads the config when it starts: a node.toml edited while the node
+    ran (validators reordered, replaced, added) and then a restart of consensus alone
+    ran the replica under another set than its storage's."""
+    stats = await storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
+    key = node_id(cfg.validator_public_keys[cfg.replica_index])[:32]
+    if stats.owner_key and stats.owner_key != key:
+        raise ConfigError(
+            f"{cfg.source}: the storage service's database ({stats.path}) belongs to "
+            f"{stats.owner_node} (key {stats.owner_key[:16]}), not to this node's key "
+            f"({cfg.node.name}, {key[:16]}): every service of a node runs with its config"
+        )
+    validator_set = cfg.validator_set_digest[:32]
+    if stats.owner_validator_set and stats.owner_validator_set != validator_set:
+        raise ConfigError(
+            f"{cfg.source}: lists a validator set (digest {validator_set[:16]}, "
+            f"{len(cfg.validators)} keys) other than the one the storage service's database "
+            f"was written under ({stats.owner_validator_set[:16]}): was [[validators]] "
+            "edited while the node ran? Every service of a node must run with the same "
+            "config: put the cluster's validator list back, or restart the whole node"
+        )
+
+
 async def load_executed(storage: storage_pb2_grpc.StorageStub) -> ExecutedState:
     """The last executed seq and the state digest after it (from the finalized log)."""
     stats = await storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
@@ -113,6 +141,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
     storage_channel = service_channel(storage_target, tls=tls)
     storage = storage_pb2_grpc.StorageStub(storage_channel)
     log.info("restoring from storage", extra={"fields": {"storage": storage_target}})
+    await call_until_done(lambda: check_storage_owner(storage, cfg), what="check storage")
     records = await call_until_done(lambda: load_records(storage), what="load records")
     executed = await call_until_done(lambda: load_executed(storage), what="load executed")
     mark_file = MarkFile(cfg.signing_mark_path)

@@ -1296,6 +1296,11 @@ class Store:
             halted=self.halt_reason is not None,
             halt_reason=self.halt_reason or "",
         )
+        owner = self.owner()
+        if owner is not None:
+            stats.owner_node = owner.node
+            stats.owner_key = owner.key_fingerprint
+            stats.owner_validator_set = owner.validator_set
         for name in keys.COLUMN_FAMILIES:
             cf = self._cf[name]
             stats.column_families.add(

@@ -112,3 +112,36 @@ async def test_a_missing_signing_mark_beside_records_is_warned_about(
             raise AssertionError("consensus ended without the warning")
 
         await asyncio.wait_for(warned(), 60)
+
+
+async def test_a_consensus_whose_config_lists_another_validator_set_than_storage_refuses(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    """Each service reads node.toml when it starts: [[validators]] edited while the node
+    ran (here two entries swapped), then consensus restarted alone, ran the replica under
+    another validator set than its storage's database was written under. Consensus
+    compares its set with the database's stamp first and refuses, naming both."""
+    node = cluster_factory(4).nodes[0]
+    original = node.config.read_text()
+    async with consensus_over_record(
+        node, pbft_pb2.ViewState(view=0, active=True).SerializeToString()
+    ) as first:
+        first.terminate()  # storage stamped the database with the original set
+        await asyncio.wait_for(first.wait(), 30)
+        head, *blocks = original.split("[[validators]]")
+        blocks[1], blocks[2] = blocks[2], blocks[1]  # node2 and node3 swapped
+        node.config.write_text("[[validators]]".join([head, *blocks]))
+        edited = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.consensus",
+            "--config",
+            str(node.config),
+            cwd=node.directory,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(edited.communicate(), 60)
+    assert edited.returncode == 1
+    last = err.decode().strip().splitlines()[-1]
+    assert "lists a validator set" in last and "other than the one the storage service" in last
