@@ -10,9 +10,12 @@ from services.consensus.core import durable
 from services.consensus.core.crypto import batch_digest
 from services.consensus.core.durable import CorruptState, SigningMark
 from services.consensus.core.messages import (
+    Commit,
+    NewView,
     Prepare,
     PrePrepare,
     SignedEnvelope,
+    StatusEnvelope,
     ViewChange,
 )
 from services.consensus.core.replica import _own_key
@@ -366,14 +369,99 @@ def test_a_primary_started_with_nothing_does_not_propose_again_in_a_view_with_a_
         assert c.replica(j).view >= 1
 
 
-def test_a_new_cluster_starts_in_view_0_when_its_primary_asks_its_peers_first() -> None:
-    """At a cluster's first start every replica has nothing: the primary of view 0 hears
-    q-1 peers report no progress and proposes in view 0 (within a status interval)."""
+def test_a_new_cluster_s_primary_hands_view_0_on_once_it_heard_its_peers() -> None:
+    """At a cluster's first start every replica has nothing, as a wiped one: the primary
+    of view 0 cannot tell, so it hands view 0 on once q-1 peers told it their view (it
+    signs no VIEW-CHANGE before), and the first request executes in view 1."""
     c = Cluster(4, fresh_start_asks_peers=True)
     r = request("first")
     c.propose(0, r)
     c.tick(3)
-    assert c.executed_hashes(1) == []  # no STATUS heard yet
-    c.tick(BASE.status_interval + 3)
+    assert c.executed_hashes(1) == []  # no STATUS heard yet: no VIEW-CHANGE either
+    c.tick(BASE.status_interval + 10)
     assert all(c.executed_hashes(j) == [r.hash] for j in range(4))
-    assert all((c.replica(j).view, c.replica(j).active) == (0, True) for j in range(4))
+    assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in range(4))
+
+
+def _evidence(c: Cluster, replicas: tuple[int, ...]) -> list[object]:
+    return [e for j in replicas for rd in c.readies[j] for e in rd.evidence]
+
+
+def test_a_wiped_primary_does_not_propose_again_a_batch_prepared_but_executed_nowhere() -> None:
+    """Review (2026-12-04): with a history told by STATUS alone, a batch the wiped
+    primary had proposed, prepared at two replicas and executed nowhere, went unseen (its
+    peers reported nothing executed), and it proposed seq 1 again with another batch."""
+    c = Cluster(4)
+    c.crash(3)  # a batch needs node 0's COMMIT to execute
+    c.blocked = lambda s, d, env: (
+        s == 0 and isinstance(env, SignedEnvelope) and isinstance(env.signed.msg, Commit)
+    )
+    c.propose(0, request("A"))
+    c.tick(3)
+    assert all(c.executed_hashes(j) == [] for j in (1, 2))
+    c.blocked = None
+    wipe(c, 0)
+    for i in range(3):
+        c.propose(0, request(f"B{i}"))
+    c.tick(60)
+    assert not _evidence(c, (1, 2))
+    assert not any(c.replica(j).banned for j in (0, 1, 2))
+    assert all(request("B0").hash in c.executed_hashes(j) for j in (1, 2))
+
+
+def test_one_byzantine_status_cannot_make_a_wiped_primary_propose_again() -> None:
+    """Review (2026-12-04): one Byzantine STATUS ("view 0, nothing") beside one honest
+    one was taken for a new cluster."""
+    c = Cluster(4)
+    for i in range(2):
+        c.propose(1, request(f"before-{i}"))
+        c.tick(3)
+    assert c.replica(1).last_executed >= 1
+    c.crash(2)
+    wipe(c, 0)
+    c.inject(3, 0, wire(StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=0)))
+    for i in range(3):
+        c.propose(0, request(f"B{i}"))
+    c.tick(60)
+    assert not _evidence(c, (1, 3))
+    assert not any(c.replica(j).banned for j in (1, 3))
+
+
+def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_again() -> None:
+    """Review (2026-12-04): node 1 led view 1 and was wiped; a Byzantine peer replayed the
+    view's VIEW-CHANGEs to it, and it signed a VIEW-CHANGE and a NEW-VIEW for view 1
+    again, which conflict with its first (evidence, a ban). It now signs none at or below
+    the view f+1 of its peers are in."""
+    c = Cluster(4)
+    c.propose(1, request("x"))
+    c.tick(5)
+    c.crash(0)
+    c.propose(1, request("y"))
+    c.tick(60)
+    assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in (1, 2, 3))
+    vcs: dict[int, SignedEnvelope] = {}
+    for _, w in c.sent:
+        env = w.envelope
+        if (
+            isinstance(env, SignedEnvelope)
+            and isinstance(env.signed.msg, ViewChange)
+            and env.signed.msg.new_view == 1
+        ):
+            vcs.setdefault(env.signed.signer, env)
+    assert {2, 3} <= set(vcs)
+    since = len(c.sent)
+    wipe(c, 1)
+    c.tick(BASE.status_interval + 1)  # its peers' STATUS: they are in view 1
+    for signer in (2, 3):  # node 3, Byzantine, replays what it holds
+        c.inject(3, 1, wire(vcs[signer]))
+    c.deliver()
+    resigned = [
+        w.envelope.signed.msg
+        for who, w in c.sent[since:]
+        if who == 1
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, ViewChange | NewView)
+    ]
+    assert not [
+        m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
+    ], resigned

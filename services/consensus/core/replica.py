@@ -305,15 +305,17 @@ class Replica:
         #: Requests forwarded or relayed by peers and dropped: the pool, or that peer's
         #: share of it, was full (a peer that keeps hitting it is flooding).
         self.peer_requests_dropped = 0
-        #: Whether the cluster had a history before this replica started (None: not
-        #: known yet). Only a replica started with no records and no signing mark has
-        #: to ask: its key may have signed anything before (a data directory wiped or
-        #: replaced, a second process of this node on an empty one), and as a primary
-        #: it would propose again seqs it proposed before with other batches.
-        fresh = not records and signing_mark is None and self._n > 1
-        self._history: bool | None = None if fresh and config.fresh_start_asks_peers else False
-        #: The views whose NEW-VIEW this process signed: with a history, the only views
-        #: it may lead (see :meth:`_may_lead`).
+        #: Started with no records and no signing mark: its key may have signed anything
+        #: before (a data directory wiped or replaced, a second process of this node on
+        #: an empty one), or nothing (a new cluster); nothing here tells which. Such a
+        #: replica leads only views whose NEW-VIEW it signs itself (:meth:`_may_lead`),
+        #: and, once q-1 peers told it their view (:meth:`_learn_view_floor`), signs no
+        #: VIEW-CHANGE or NEW-VIEW at or below the view f+1 of them are active in.
+        self._fresh = (
+            not records and signing_mark is None and self._n > 1 and config.fresh_start_asks_peers
+        )
+        self._view_floor_pending = self._fresh
+        #: The views whose NEW-VIEW this process signed.
         self._led_here: set[int] = set()
         state = parse_records(records) if records else durable.DurableState()
         self._init_mark(state, signing_mark)
@@ -798,31 +800,51 @@ class Replica:
     def _may_lead(self) -> bool:
         """Whether this primary may propose in its view.
 
-        A replica started with no records and no signing mark does not know what its
-        key signed before. In a new cluster nothing; in one with a history it may have
-        led this very view and proposed batches at the seqs it would use again (an
-        audit, 2026-12-04: a second node1 started on an empty data directory did, and
-        its peers banned the node for equivocation). It waits until q-1 peers sent their
-        STATUS: if f+1 of them (one honest at least) report progress, the cluster has a
-        history, and it leads only views whose NEW-VIEW it signs itself; it hands this
-        one on at once (its backups join the primary's own VIEW-CHANGE without delay).
+        A replica started with no records and no signing mark may have led this very
+        view before and would propose its seqs again with other batches: a node1 wiped
+        (or a second process of it on an empty directory) did, and its peers banned it
+        for equivocation (found 2026-12-04). What its peers report cannot rule it out
+        (a batch it proposed may be prepared and executed nowhere yet), so it leads only
+        views whose NEW-VIEW it signed itself, and hands its starting view on once it may
+        sign a VIEW-CHANGE (its backups join their primary's at once): a new cluster
+        starts with one view change.
         """
-        if self._history is None:
-            heard = list(self._peer_status.values())
-            progressed = sum(
-                1 for st in heard if st.view > 0 or st.last_executed > 0 or st.stable_seq > 0
-            )
-            if progressed >= quorum.weak_quorum_size(self._n) or self._last_exec > 0:
-                self._history = True
-            elif len(heard) >= self._q - 1:
-                self._history = False
-            else:
-                return False
-        if not self._history or self._view in self._led_here:
+        if not self._fresh or self._view in self._led_here:
             return True
-        if self._active and self.primary == self.id:
+        if self._view_floor_pending:
+            return False
+        floor = self._floor.view if self._floor is not None else 0
+        if self._active and self.primary == self.id and self._view + 1 > floor:
             self._start_view_change(self._view + 1)
         return False
+
+    def _learn_view_floor(self) -> None:
+        """A fresh replica (``_fresh``) that heard q-1 peers' STATUS: it signs no
+        VIEW-CHANGE or NEW-VIEW at or below the view f+1 of them are *active* in (its key
+        may have signed one there, and peers holding it would take a new one for
+        equivocation: a replayed VIEW-CHANGE of such a view made a wiped primary sign its
+        NEW-VIEW again). A view they are active in needs no VIEW-CHANGE any more, so the
+        floor costs no liveness; one they are still changing to does, and is not below
+        it. The (f+1)-th highest: one honest peer at least is that far, and f Byzantine
+        peers cannot raise it. (Before it heard them it signs as any replica: refusing
+        then stalled clusters in the simulator, where a replica restarted before it
+        signed anything is honest; a replay in that first status interval is not
+        covered.)"""
+        if len(self._peer_status) < self._q - 1:
+            return
+        self._view_floor_pending = False
+        active = sorted((st.view for st in self._peer_status.values() if st.active), reverse=True)
+        weak = quorum.weak_quorum_size(self._n)
+        view = active[weak - 1] if len(active) >= weak else 0
+        if view > 0:
+            self._set_view_floor(view)
+
+    def _set_view_floor(self, view: int) -> None:
+        floor = (
+            SigningMark(view, 0) if self._floor is None else self._floor.join(SigningMark(view, 0))
+        )
+        self._floor = floor
+        self._persist.append(Record(durable.SIGNING_FLOOR_KEY, floor.encode()))
 
     def _reissued_null(self, pp: PrePrepare) -> bool:
         """Whether the NEW-VIEW of ``pp``'s view re-issued the null batch at its seq (a
@@ -1483,8 +1505,10 @@ class Replica:
         previous_at = self._peer_status_at.get(sender)
         self._peer_status[sender] = st
         self._peer_status_at[sender] = self._now
-        if self._history is None and self._pool.pending_count:
-            self._maybe_propose()  # a fresh primary may know now whether it may lead
+        if self._view_floor_pending:
+            self._learn_view_floor()
+            if not self._view_floor_pending and self._pool.pending_count:
+                self._maybe_propose()  # a fresh primary may hand its view on now
         if previous != st:
             self._resend.pop(sender, None)
         elif sender == self.primary and previous_at is not None:
