@@ -24,7 +24,7 @@ from opentelemetry import trace
 
 from cretoai.telemetry import DEFAULT_SAMPLING_RATIO, extract_client_context
 from services.gateway import metrics
-from services.gateway.bounds import check_json_size
+from services.gateway.bounds import check_json_objects, check_json_size
 from services.gateway.budget import Reservation
 from services.gateway.codec import (
     batch_json,
@@ -471,6 +471,7 @@ class RestApi:
         self._gw.refuse_if_shedding("http")  # before reading the body: shedding is cheap
         with self._reserve(request, self._max_body) as reservation:
             raw = await self._body(request, self._max_body, reservation)
+            check_json_objects(raw)
             draft = parse_submission(parse_json(raw))
             result = await self._gw.submit(draft, wait=wait, api="http", client=client_of(request))
             if result.record is not None:

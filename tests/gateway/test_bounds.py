@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.message import DecodeError
 
 from cretoai.serving import RequestRefused
 from cretoai.v1 import gateway_pb2, vertex_pb2
@@ -40,8 +39,21 @@ def test_requests_within_the_bounds_parse_as_protobuf_parses_them() -> None:
         assert bounds.submit_batch_request(raw, MAX_BATCH_VERTICES) == request
     single = gateway_pb2.GatewaySubmitRequest(vertex=batch(1, MAX_PARENTS).vertices[0])
     assert bounds.submit_request(single.SerializeToString()) == single
-    with pytest.raises(DecodeError):  # not protobuf: the parser says so, as before
+    with pytest.raises(RequestRefused, match="truncated"):  # not protobuf: refused too
         bounds.submit_batch_request(b"\x0a\xff", MAX_BATCH_VERTICES)
+
+
+def test_a_group_cannot_hide_a_bomb_from_the_walk() -> None:
+    """A review (2026-12-04): an empty group (field 15, wire types 3 and 4) in front of
+    2 million empty vertices made the walk hand the whole request to the parser, which
+    skips groups as unknown fields and built them all; inside a vertex, the same let
+    1,000 parents through."""
+    group = b"\x7b\x7c"
+    with pytest.raises(RequestRefused, match="wire type 3"):
+        bounds.submit_batch_request(group + b"\x0a\x00" * 100_000, MAX_BATCH_VERTICES)
+    vertex = group + b"\x12\x00" * 1_000
+    with pytest.raises(RequestRefused, match="wire type 3"):
+        bounds.submit_request(b"\x0a" + _varint(len(vertex)) + vertex)
 
 
 def test_too_many_vertices_or_parents_are_refused_before_they_are_built() -> None:
@@ -116,4 +128,9 @@ async def test_a_rest_batch_of_millions_of_json_values_is_refused_before_it_is_p
         headers={"Content-Type": "application/json"},
     )
     assert_bad_request(status, reply, "(1000000 commas, at most 20496)")
+    single = b'{"payload": "", "parents": [' + b",".join([b"{}"] * 300_000) + b"]}"
+    status, reply = await node.post(
+        "/v1/vertices", data=single, headers={"Content-Type": "application/json"}
+    )
+    assert_bad_request(status, reply, "the body holds 300001 JSON objects; a vertex is one")
     assert node.consensus.submissions == []
