@@ -408,7 +408,15 @@ class ArrivalInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the request message did not arrive within {self._timeout:g} s of its call",
             )
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message")
+        try:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message")
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # gRPC had ended the call itself (a message over the size limit: the client
+            # got RESOURCE_EXHAUSTED): nothing to answer, and nothing to log as an error
+            # per call, which any client could make happen (a review, 2026-12-04)
+            raise asyncio.CancelledError from None
 
     def _on_arrival(self, handler: Any) -> Any:
         inner = handler.unary_unary or handler.unary_stream
