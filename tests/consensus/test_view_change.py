@@ -324,3 +324,21 @@ def test_messages_for_a_left_view_are_stale() -> None:
     counts = replica.fault_counts()
     assert counts[3, FaultKind.STALE] == 1 and counts[3, FaultKind.PROTOCOL] == 1
     assert replica.reputation(3) == -25
+
+
+def test_the_first_replica_of_an_ordinary_view_change_is_not_alone() -> None:
+    """A review (2026-12-04): the first replica to send its VIEW-CHANGE saw its peers
+    still active in the old view and reported alone_in_view (its node not ready) for
+    ticks, though they all followed within the view change."""
+    c = Cluster(4)
+    c.propose(1, request("x"))
+    c.tick(5)
+    c.crash(0)
+    c.propose(1, request("y"))  # only replica 1 has it
+    flagged = []
+    for _ in range(200):
+        c.tick(1)
+        if c.replica(1).alone_in_view():
+            flagged.append(c.now)
+    assert flagged == []
+    assert all(request("y").hash in c.executed_hashes(j) for j in (1, 2, 3))

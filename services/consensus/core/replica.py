@@ -315,6 +315,8 @@ class Replica:
             not records and signing_mark is None and self._n > 1 and config.fresh_start_asks_peers
         )
         self._view_floor_pending = self._fresh
+        #: The tick this replica last left a view (started a view change).
+        self._left_view_at = 0
         #: The views whose NEW-VIEW this process signed.
         self._led_here: set[int] = set()
         state = parse_records(records) if records else durable.DurableState()
@@ -1223,14 +1225,25 @@ class Replica:
         (one honest at least) are active in a lower view: it left their view without
         them and cannot go back, so it orders nothing until they change views too, and
         learns what they finalize only at checkpoints (state transfer). Its node then
-        tells load balancers it is not ready."""
+        tells load balancers it is not ready.
+
+        Only once a view change would be over (``view_change_timeout`` since it left its
+        view), by STATUS sent after the peers heard its VIEW-CHANGE: the first replica
+        of every ordinary view change saw its peers still in the old view (a review,
+        2026-12-04)."""
         if self._active:
             return False
-        silent = self._now - 3 * self.config.status_interval * self.config.status_quiet_intervals
+        cfg = self.config
+        if self._now - self._left_view_at < cfg.view_change_timeout:
+            return False
+        since = max(
+            self._now - 3 * cfg.status_interval * cfg.status_quiet_intervals,
+            self._left_view_at + cfg.status_interval,
+        )
         below = sum(
             1
             for peer, st in self._peer_status.items()
-            if st.active and st.view < self._view and self._peer_status_at.get(peer, 0) >= silent
+            if st.active and st.view < self._view and self._peer_status_at.get(peer, 0) >= since
         )
         return below >= quorum.weak_quorum_size(self._n)
 
@@ -1687,6 +1700,8 @@ class Replica:
             own = self._sign_once(vc)
         else:
             self._send.append(Outbound(None, SignedEnvelope(own)))
+        if self._active or target != self._view:
+            self._left_view_at = self._now
         self._view = target
         self._active = False
         self._nv_deadline = None
