@@ -753,11 +753,18 @@ class TransportNode:
             elif isinstance(event, Closed):
                 self._on_closed(conn, event)
 
-    def _refused_by(self, conn: PeerConnection) -> None:
+    def _refused_by(self, conn: PeerConnection, *, authenticated: bool) -> None:
         """A peer closed ``conn`` saying it bans this node: the operator must hear it,
-        or the node looks merely disconnected (its /v1/status listed nobody banned)."""
-        peer = self._peers.get(conn.peer_id or conn.expected_peer or "")
-        if peer is None:
+        or the node looks merely disconnected (its /v1/status listed nobody banned).
+
+        Only on a connection this node dialed to the peer's address (or one that had
+        authenticated): anyone can connect, claim a member in its HELLO and close with
+        BANNED (a review, 2026-12-04); and not while an authenticated connection to the
+        peer is up."""
+        if not (conn.is_client or authenticated):
+            return
+        peer = self._peers.get(conn.expected_peer or conn.peer_id or "")
+        if peer is None or peer.connected:
             return
         peer.refuses_us = True
         self.stats.refused_by_peer(peer.name)
@@ -964,7 +971,7 @@ class TransportNode:
                 },
             )
         elif event.by_peer and event.code == CloseCode.BANNED:
-            self._refused_by(conn)
+            self._refused_by(conn, authenticated=event.was_authenticated)
         elif event.by_peer and event.code == CloseCode.PARAMETERS_DIFFER:
             # the peer compared first, or this side has nothing to compare with
             # (its AUTH may not have arrived: compare with its HELLO's here)
