@@ -85,7 +85,7 @@ async def load_records(storage: storage_pb2_grpc.StorageStub) -> dict[str, bytes
             return records
 
 
-async def check_storage_owner(storage: storage_pb2_grpc.StorageStub, cfg: NodeConfig) -> None:
+def check_storage_owner(stats: storage_pb2.StorageStats, cfg: NodeConfig) -> None:
     """Refuse to run over a storage service whose database belongs to another node or
     another validator set than this config's (ConfigError naming both).
 
@@ -93,7 +93,6 @@ async def check_storage_owner(storage: storage_pb2_grpc.StorageStub, cfg: NodeCo
     each service reads the config when it starts: a node.toml edited while the node
     ran (validators reordered, replaced, added) and then a restart of consensus alone
     ran the replica under another set than its storage's."""
-    stats = await storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
     key = node_id(cfg.validator_public_keys[cfg.replica_index])[:32]
     if stats.owner_key and stats.owner_key != key:
         raise ConfigError(
@@ -112,9 +111,10 @@ async def check_storage_owner(storage: storage_pb2_grpc.StorageStub, cfg: NodeCo
         )
 
 
-async def load_executed(storage: storage_pb2_grpc.StorageStub) -> ExecutedState:
+async def load_executed(
+    storage: storage_pb2_grpc.StorageStub, stats: storage_pb2.StorageStats
+) -> ExecutedState:
     """The last executed seq and the state digest after it (from the finalized log)."""
-    stats = await storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
     if stats.last_seq == 0:
         return ExecutedState()
     request = storage_pb2.GetFinalizedRequest(
@@ -141,9 +141,12 @@ async def build(cfg: NodeConfig) -> GrpcService:
     storage_channel = service_channel(storage_target, tls=tls)
     storage = storage_pb2_grpc.StorageStub(storage_channel)
     log.info("restoring from storage", extra={"fields": {"storage": storage_target}})
-    await call_until_done(lambda: check_storage_owner(storage, cfg), what="check storage")
+    stats = await call_until_done(
+        lambda: storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30), what="storage stats"
+    )
+    check_storage_owner(stats, cfg)
     records = await call_until_done(lambda: load_records(storage), what="load records")
-    executed = await call_until_done(lambda: load_executed(storage), what="load executed")
+    executed = await call_until_done(lambda: load_executed(storage, stats), what="load executed")
     mark_file = MarkFile(cfg.signing_mark_path)
     try:
         mark_file.acquire()

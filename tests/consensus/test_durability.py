@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,17 @@ from services.consensus.core.replica import _own_key
 from services.consensus.sim.crypto import FastScheme
 from services.consensus.sim.node import Application
 from tests.consensus.harness import BASE, Cluster, request, sign, wire
+
+
+def signed_by(c: Cluster, who: int, kind: Any, *, since: int = 0) -> list[Any]:
+    """The messages of ``kind`` replica ``who`` sent from ``c.sent[since]`` on."""
+    return [
+        w.envelope.signed.msg
+        for sender, w in c.sent[since:]
+        if sender == who
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, kind)
+    ]
 
 
 def test_every_signed_message_is_persisted_before_it_is_sent() -> None:
@@ -80,13 +92,7 @@ def test_a_restarted_primary_never_reuses_a_sequence_number() -> None:
     c.heal()
     c.propose(1, request("new"))
     c.tick(60)
-    pre_prepares = [
-        w.envelope.signed.msg
-        for who, w in c.sent[after_restart:]
-        if who == 0
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, PrePrepare)
-    ]
+    pre_prepares = signed_by(c, 0, PrePrepare, since=after_restart)
     assert all(pp.view > 0 for pp in pre_prepares), "nothing proposed again in view 0"
     assert c.replica(2).view >= 1
     assert c.executed_hashes(2) == [request("new").hash]
@@ -354,13 +360,7 @@ def test_a_primary_started_with_nothing_does_not_propose_again_in_a_view_with_a_
     for r in after:
         c.propose(0, r)  # given to the fresh primary itself
     c.tick(80)
-    proposed = [
-        w.envelope.signed.msg
-        for who, w in c.sent[since:]
-        if who == 0
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, PrePrepare)
-    ]
+    proposed = signed_by(c, 0, PrePrepare, since=since)
     assert all(pp.view > 0 for pp in proposed), proposed
     assert all(not c.replica(j).banned for j in range(4))
     assert all(not rd.evidence for j in range(4) for rd in c.readies[j])
@@ -455,13 +455,7 @@ def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_aga
     for signer in (2, 3):  # node 3, Byzantine, replays what it holds
         c.inject(3, 1, wire(vcs[signer]))
     c.deliver()
-    resigned = [
-        w.envelope.signed.msg
-        for who, w in c.sent[since:]
-        if who == 1
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, ViewChange | NewView)
-    ]
+    resigned = signed_by(c, 1, ViewChange | NewView, since=since)
     assert not [
         m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
     ], resigned

@@ -31,6 +31,20 @@ async def _serving(target: str, tls: object) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+async def start_consensus(node: NodeLayout) -> asyncio.subprocess.Process:
+    """Node ``node``'s consensus process (stderr piped)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.consensus",
+        "--config",
+        str(node.config),
+        cwd=node.directory,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 @contextlib.asynccontextmanager
 async def consensus_over_record(
     node: NodeLayout, view_record: bytes
@@ -63,16 +77,7 @@ async def consensus_over_record(
                 ),
                 timeout=10,
             )
-        consensus = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.consensus",
-            "--config",
-            str(node.config),
-            cwd=node.directory,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        consensus = await start_consensus(node)
         yield consensus
     finally:
         if consensus is not None and consensus.returncode is None:
@@ -131,16 +136,7 @@ async def test_a_consensus_whose_config_lists_another_validator_set_than_storage
         head, *blocks = original.split("[[validators]]")
         blocks[1], blocks[2] = blocks[2], blocks[1]  # node2 and node3 swapped
         node.config.write_text("[[validators]]".join([head, *blocks]))
-        edited = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.consensus",
-            "--config",
-            str(node.config),
-            cwd=node.directory,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        edited = await start_consensus(node)
         _, err = await asyncio.wait_for(edited.communicate(), 60)
     assert edited.returncode == 1
     last = err.decode().strip().splitlines()[-1]

@@ -366,6 +366,16 @@ async def _finalize_history(node: Node, batches: int) -> None:
         await node.consensus.finalize([raw_vertex(os.urandom(200_000))])
 
 
+async def _subscriber_that_never_reads(node: Node, sockets: list[socket.socket]) -> socket.socket:
+    """A WebSocket subscriber from seq 1 of 40 batches of history, with a 4-KB window,
+    that never reads."""
+    await _finalize_history(node, 40)
+    sock = await _connect(node.gateway.http_port, rcvbuf=4096)
+    sockets.append(sock)
+    await asyncio.get_running_loop().sock_sendall(sock, UPGRADE)
+    return sock
+
+
 async def test_a_websocket_subscriber_that_never_reads_is_cut(
     make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
 ) -> None:
@@ -374,12 +384,8 @@ async def test_a_websocket_subscriber_that_never_reads_is_cut(
     for as long as the client liked (audit, 2026-12-04). Now aborted once it has taken
     nothing for ``gateway.idle_timeout_ms``; its slot is free again."""
     async with start_node(make_config(idle_timeout_ms=1000)) as node:
-        await _finalize_history(node, 40)
-        loop = asyncio.get_running_loop()
         before, timeouts = _sample(CONNECTIONS), _sample(WRITE_TIMEOUTS)
-        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
-        sockets.append(sock)
-        await loop.sock_sendall(sock, UPGRADE)
+        sock = await _subscriber_that_never_reads(node, sockets)
         assert await _held_then_dropped(before) >= 0.9
         assert _sample(WRITE_TIMEOUTS) == timeouts + 1
         await _until(lambda: _sample("cretoai_gateway_stream_subscribers", api="websocket") == 0)
@@ -398,12 +404,8 @@ async def test_a_websocket_whose_heartbeat_failed_is_aborted(
     monkeypatch.setattr(rest, "WS_HEARTBEAT_S", 0.4)
     monkeypatch.setattr(rest, "WS_CLOSE_TIMEOUT_S", 0.5)
     async with start_node(make_config(idle_timeout_ms=60_000)) as node:
-        await _finalize_history(node, 40)
-        loop = asyncio.get_running_loop()
         before, timeouts = _sample(CONNECTIONS), _sample(WRITE_TIMEOUTS)
-        sock = await _connect(node.gateway.http_port, rcvbuf=4096)
-        sockets.append(sock)
-        await loop.sock_sendall(sock, UPGRADE)
+        sock = await _subscriber_that_never_reads(node, sockets)
         await _held_then_dropped(before)
         assert _sample(WRITE_TIMEOUTS) == timeouts  # not the write deadline
         assert (await _read_until_closed(sock)).startswith(b"HTTP/1.1 101 ")

@@ -838,15 +838,11 @@ class Replica:
         active = sorted((st.view for st in self._peer_status.values() if st.active), reverse=True)
         weak = quorum.weak_quorum_size(self._n)
         view = active[weak - 1] if len(active) >= weak else 0
-        if view > 0:
-            self._set_view_floor(view)
-
-    def _set_view_floor(self, view: int) -> None:
-        floor = (
-            SigningMark(view, 0) if self._floor is None else self._floor.join(SigningMark(view, 0))
-        )
-        self._floor = floor
-        self._persist.append(Record(durable.SIGNING_FLOOR_KEY, floor.encode()))
+        if view == 0:
+            return
+        floor = SigningMark(view, 0)
+        self._floor = floor if self._floor is None else self._floor.join(floor)
+        self._persist.append(Record(durable.SIGNING_FLOOR_KEY, self._floor.encode()))
 
     def _reissued_null(self, pp: PrePrepare) -> bool:
         """Whether the NEW-VIEW of ``pp``'s view re-issued the null batch at its seq (a
