@@ -459,3 +459,63 @@ def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_aga
     assert not [
         m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
     ], resigned
+
+
+def test_view_changes_replayed_before_a_wiped_primary_heard_its_peers_are_not_signed_again() -> (
+    None
+):
+    """Found 2026-12-04: the same replay as above, but at once after the restart, before
+    any peer's STATUS came, made the wiped replica sign view 1's VIEW-CHANGE and NEW-VIEW
+    again. It now defers both until it heard q-1 peers, then signs none at or below
+    their view; and the cluster still goes on."""
+    c = Cluster(4)
+    c.propose(1, request("x"))
+    c.tick(5)
+    c.crash(0)
+    c.propose(1, request("y"))
+    c.tick(60)
+    assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in (1, 2, 3))
+    vcs = {
+        w.envelope.signed.signer: w.envelope
+        for _, w in reversed(c.sent)
+        if isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, ViewChange)
+        and w.envelope.signed.msg.new_view == 1
+    }
+    assert {2, 3} <= set(vcs)
+    since = len(c.sent)
+    wipe(c, 1)
+    for signer in (2, 3):  # at once: no STATUS has reached it yet
+        c.inject(3, 1, wire(vcs[signer]))
+    c.deliver()
+    c.tick(BASE.status_interval * 3)
+    resigned = signed_by(c, 1, ViewChange | NewView, since=since)
+    assert not [
+        m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
+    ], resigned
+    assert not _evidence(c, (2, 3))
+    assert not any(c.replica(j).banned for j in (2, 3))
+    c.propose(2, request("z"))
+    c.tick(60)
+    assert all(request("z").hash in c.executed_hashes(j) for j in (1, 2, 3))
+
+
+def test_a_view_change_deferred_while_fresh_is_signed_after_a_restart() -> None:
+    """The simulator (seed 1535): a fresh replica joined a view change before it heard
+    its peers (its VIEW-CHANGE deferred), crashed, and came back with records: no longer
+    fresh, in a view change it had never signed for, it waited for ever, and the others
+    lacked its VIEW-CHANGE for a quorum. Recovered so, it signs it now."""
+    c = Cluster(4, fresh_start_asks_peers=True)
+    c.crash(0)  # the primary of view 0 is gone; the others need each other for view 1
+    c.blocked = lambda s, d, env: d == 3 and isinstance(env, StatusEnvelope)
+    r = request("r")
+    c.propose(1, r)
+    c.tick(BASE.status_interval * 6)
+    assert (c.replica(3).view, c.replica(3).active) == (1, False)
+    assert not signed_by(c, 3, ViewChange)  # deferred: it never heard its peers
+    c.crash(3)
+    c.blocked = None
+    c.restart(3)
+    c.tick(BASE.status_interval * 6)
+    assert [m.new_view for m in signed_by(c, 3, ViewChange)] == [1]
+    assert all(r.hash in c.executed_hashes(j) for j in (1, 2, 3))

@@ -622,7 +622,13 @@ class Replica:
         VIEW-CHANGE or NEW-VIEW at view <= V, nor at all until the stable checkpoint
         reaches S (a VIEW-CHANGE must carry every prepared certificate above the
         stable checkpoint, and those at or below S may be among what was lost).
+
+        A fresh replica (``_fresh``) signs no VIEW-CHANGE or NEW-VIEW before it knows
+        its view floor: a replay of an old view's VIEW-CHANGEs would otherwise make it
+        sign that view's messages again at once (:meth:`_learn_view_floor`).
         """
+        if self._view_floor_pending and isinstance(msg, ViewChange | NewView):
+            return True  # deferred: signed once the floor is known (:meth:`_learn_view_floor`)
         floor = self._floor
         if floor is None:
             return False
@@ -828,21 +834,25 @@ class Replica:
         NEW-VIEW again). A view they are active in needs no VIEW-CHANGE any more, so the
         floor costs no liveness; one they are still changing to does, and is not below
         it. The (f+1)-th highest: one honest peer at least is that far, and f Byzantine
-        peers cannot raise it. (Before it heard them it signs as any replica: refusing
-        then stalled clusters in the simulator, where a replica restarted before it
-        signed anything is honest; a replay in that first status interval is not
-        covered.)"""
+        peers cannot raise it.
+
+        Until then it defers every VIEW-CHANGE and NEW-VIEW (:meth:`_forbidden`: a replay
+        in that first status interval made it sign them again at once), and here signs
+        the view change it joined meanwhile, if the floor allows. Deferring, not
+        refusing: a replica restarted before it signed anything is honest, and the
+        simulator's clusters stalled without its VIEW-CHANGE."""
         if len(self._peer_status) < self._q - 1:
             return
         self._view_floor_pending = False
         active = sorted((st.view for st in self._peer_status.values() if st.active), reverse=True)
         weak = quorum.weak_quorum_size(self._n)
         view = active[weak - 1] if len(active) >= weak else 0
-        if view == 0:
-            return
-        floor = SigningMark(view, 0)
-        self._floor = floor if self._floor is None else self._floor.join(floor)
-        self._persist.append(Record(durable.SIGNING_FLOOR_KEY, self._floor.encode()))
+        if view > 0:
+            floor = SigningMark(view, 0)
+            self._floor = floor if self._floor is None else self._floor.join(floor)
+            self._persist.append(Record(durable.SIGNING_FLOOR_KEY, self._floor.encode()))
+        if not self._active:  # a view change it joined meanwhile: sign it now, if allowed
+            self._start_view_change(self._view)
 
     def _reissued_null(self, pp: PrePrepare) -> bool:
         """Whether the NEW-VIEW of ``pp``'s view re-issued the null batch at its seq (a
@@ -1897,9 +1907,15 @@ class Replica:
         the signing mark beside them) may have been restored from an older copy and miss
         PRE-PREPAREs it sent in this view, and proposing those seqs again would
         equivocate (the signing floor catches a rollback only when the mark outlived
-        it). It hands the view on; its backups join at once (:meth:`_view_change_progress`)."""
+        it). It hands the view on; its backups join at once (:meth:`_view_change_progress`).
+
+        A replica recovered in a view change it never signed a VIEW-CHANGE for (one it
+        deferred while fresh, :meth:`_forbidden`) signs it now, if it may: the others may
+        need it for their quorum (found by the simulator, seed 1535)."""
         if self._active and self.primary == self.id and self._n > 1:
             self._start_view_change(self._view + 1)
+        elif not self._active and ("view_change", self._view, 0) not in self._own:
+            self._start_view_change(self._view)
 
     def _restore(self, state: durable.DurableState) -> None:
         others = sorted({signed.signer for signed in state.own.values()} - {self.id})
