@@ -519,3 +519,38 @@ def test_a_view_change_deferred_while_fresh_is_signed_after_a_restart() -> None:
     c.tick(BASE.status_interval * 6)
     assert [m.new_view for m in signed_by(c, 3, ViewChange)] == [1]
     assert all(r.hash in c.executed_hashes(j) for j in (1, 2, 3))
+
+
+def test_a_wiped_primary_restarted_before_it_heard_its_peers_is_still_fresh() -> None:
+    """A wiped replica took replayed VIEW-CHANGEs of view 1 (it joined, deferring its
+    own), wrote records, and restarted before any peer's STATUS came: with records it
+    was no longer fresh, and signed view 1's VIEW-CHANGE again. It now keeps a record
+    that its view floor is pending, and stays fresh across the restart."""
+    c = Cluster(4)
+    c.propose(1, request("x"))
+    c.tick(5)
+    c.crash(0)
+    c.propose(1, request("y"))
+    c.tick(60)
+    vcs = {
+        w.envelope.signed.signer: w.envelope
+        for _, w in reversed(c.sent)
+        if isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, ViewChange)
+        and w.envelope.signed.msg.new_view == 1
+    }
+    since = len(c.sent)
+    wipe(c, 1)
+    for signer in (2, 3):
+        c.inject(3, 1, wire(vcs[signer]))
+    c.deliver()
+    assert durable.VIEW_FLOOR_PENDING_KEY in c.nodes[1].records
+    c.crash(1)
+    c.restart(1)
+    c.tick(BASE.status_interval * 3)
+    resigned = signed_by(c, 1, ViewChange | NewView, since=since)
+    assert not [
+        m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
+    ], resigned
+    assert durable.VIEW_FLOOR_PENDING_KEY not in c.nodes[1].records  # learned since
+    assert not _evidence(c, (2, 3))

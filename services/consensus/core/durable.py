@@ -11,6 +11,8 @@ Keys (ASCII, fixed-width numbers so that they sort)::
     evidence/<signer:010>                 Evidence against a replica
     signed_mark                           SigningMark: the highest view and seq signed
     signing_floor                         SigningMark: never sign at or below (a rollback)
+    view_floor_pending                    present while a fresh replica has not yet learned
+                                          its view floor from its peers (``Replica._fresh``)
 
 ``kind`` is pre_prepare, prepare, commit, checkpoint, view_change or new_view
 (seq 0 for the last two).
@@ -52,6 +54,7 @@ STABLE_KEY = "stable"
 NEW_VIEW_KEY = "new_view"
 SIGNED_MARK_KEY = "signed_mark"
 SIGNING_FLOOR_KEY = "signing_floor"
+VIEW_FLOOR_PENDING_KEY = "view_floor_pending"
 
 _KINDS: dict[type, str] = {
     PrePrepare: "pre_prepare",
@@ -170,6 +173,7 @@ class DurableState:
     batches: dict[bytes, tuple[Request, ...]] = field(default_factory=dict)
     signed_mark: SigningMark | None = None
     signing_floor: SigningMark | None = None
+    view_floor_pending: bool = False
 
 
 def parse_records(records: Mapping[str, bytes]) -> DurableState:
@@ -212,6 +216,8 @@ def _parse_one(state: DurableState, key: str, value: bytes) -> None:
         state.signed_mark = SigningMark.decode(value)
     elif key == SIGNING_FLOOR_KEY:
         state.signing_floor = SigningMark.decode(value)
+    elif key == VIEW_FLOOR_PENDING_KEY:
+        state.view_floor_pending = True
     elif key.startswith("evidence/"):
         ev = pbft_pb2.Evidence.FromString(value)
         state.evidence[int(key.split("/")[1])] = EvidenceEnvelope(

@@ -321,6 +321,11 @@ class Replica:
         self._led_here: set[int] = set()
         state = parse_records(records) if records else durable.DurableState()
         self._init_mark(state, signing_mark)
+        if self._fresh:
+            # kept until the floor is learned: a restart before that is still fresh
+            self._persist.append(Record(durable.VIEW_FLOOR_PENDING_KEY, b"\x01"))
+        elif state.view_floor_pending and config.fresh_start_asks_peers:
+            self._fresh = self._view_floor_pending = True
         if records:
             self._restore(state)
             self._leave_a_recovered_view()
@@ -844,6 +849,7 @@ class Replica:
         if len(self._peer_status) < self._q - 1:
             return
         self._view_floor_pending = False
+        self._persist.append(Record(durable.VIEW_FLOOR_PENDING_KEY, None))
         active = sorted((st.view for st in self._peer_status.values() if st.active), reverse=True)
         weak = quorum.weak_quorum_size(self._n)
         view = active[weak - 1] if len(active) >= weak else 0
