@@ -12,6 +12,16 @@ gap from storage. While it catches up, a full buffer drops its oldest batches
 (storage has them); once it is live, a full buffer means it cannot keep up:
 :attr:`Stream.overflowed` turns true, :attr:`Stream.ended` is set, and the API
 disconnects it, to resume by seq.
+
+Slots are shared max-min fairly between client addresses: when every one of
+``max_streams`` is taken, a client holding fewer streams than the largest holder
+by two or more takes the oldest stream of that holder (:meth:`Stream.evict`; the
+evicted client may resume by seq). A few addresses can no longer keep every
+other subscriber out by filling the slots.
+
+A stream the gateway ends must close within :data:`END_GRACE_S`, else its call
+is aborted (:attr:`Stream.abort`): a subscriber that reads nothing keeps its
+handler blocked in a write, and held its slot for good (found 2026-12-04).
 """
 
 from __future__ import annotations
@@ -20,8 +30,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -42,6 +53,10 @@ RECONNECT_MAX_S = 5.0
 #: subscriber holds its page while sending it (2 batches: about 6 MB with 1-MB batches
 #: and their encoding, against 13 with 8; a storage read per 2 MB costs little).
 CATCH_UP_PAGE = 2
+#: How long a stream the gateway ended (overflowed, evicted) may take to close before
+#: its call is aborted.
+END_GRACE_S = 5.0
+ABORT_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -156,14 +171,19 @@ class Stream:
         self._wake = asyncio.Event()
         self._closed = False
         self._registered = True
-        self._api = api
         #: Whether entries need results (heights, statuses) from storage.
         self.needs_results = complete
         #: Set once the subscriber follows live batches (overflow is then fatal).
         self.live = False
         self.overflowed = False
-        #: Set when the stream cannot go on: overflowed, or the gateway shuts down.
+        #: Why the gateway ended it, other than overflow (eviction, shutdown).
+        self.end_error: ApiError | None = None
+        #: Set when the stream cannot go on: overflowed, evicted, or the gateway shuts down.
         self.ended = asyncio.Event()
+        #: Ends the subscriber's call at once (its API sets it): used when the stream
+        #: was ended and its handler did not close it within :data:`END_GRACE_S`.
+        self.abort: Callable[[], object] | None = None
+        self.api = api
         #: The next seq this subscriber needs (None: the first live one).
         self.next_seq = max(from_seq, 1) if from_seq is not None else hub.next_seq
 
@@ -172,18 +192,41 @@ class Stream:
             return
         while self._items and self._bytes + entry.size > self._limit:
             if self.live:
-                metrics.STREAM_OVERFLOWS.labels(self._api).inc()
+                metrics.STREAM_OVERFLOWS.labels(self.api).inc()
                 self.overflowed = True
-                self._items.clear()
-                self._bytes = 0
-                self._wake.set()
-                self.ended.set()
+                self._end()
                 return
             dropped = self._items.popleft()  # catching up: storage has it
             self._bytes -= dropped.size
         self._items.append(entry)
         self._bytes += entry.size
         self._wake.set()
+
+    def _end(self) -> None:
+        """The gateway ends the stream: its handler must close it within END_GRACE_S."""
+        self._items.clear()
+        self._bytes = 0
+        self._wake.set()
+        self.ended.set()
+        if self._registered:
+            self._hub.abort_later(self)
+
+    def evict(self) -> None:
+        """End the stream to give its slot to another client (it may resume by seq)."""
+        if self.overflowed or self.end_error is not None:
+            return
+        metrics.STREAMS_EVICTED.labels(self.api).inc()
+        self.end_error = ApiError(
+            "overloaded",
+            "stream slots all taken and this client holds the most; "
+            f"resume with from_seq={self.next_seq}",
+        )
+        self._end()
+
+    @property
+    def closed(self) -> bool:
+        """Closed by its handler (it no longer holds anything)."""
+        return not self._registered
 
     def shut(self) -> None:
         """The gateway is shutting down: end the stream."""
@@ -198,11 +241,13 @@ class Stream:
         if self._registered:
             self._registered = False
             self._hub.unsubscribe(self)
-            metrics.SUBSCRIBERS.labels(self._api).dec()
+            metrics.SUBSCRIBERS.labels(self.api).dec()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
+        if self.end_error is not None:
+            raise self.end_error
 
     async def _next_live(self) -> Entry:
         while True:
@@ -293,8 +338,13 @@ class FinalityHub:
         #: (creator, timestamp) of the waited contents, with their waiter counts: a batch
         #: vertex without one of them cannot be waited for, and is not hashed.
         self._fingerprints: Counter[tuple[bytes, int]] = Counter()
-        #: Open subscribers, each with its client's address.
+        #: Open subscribers, each with its client's address (oldest first).
         self._streams: dict[Stream, str] = {}
+        #: Evicted subscribers not yet closed by their handlers: out of the slots, but
+        #: each may still hold an answer being sent; at most ``max_streams`` of them.
+        self._ending: set[Stream] = set()
+        self._unlogged_aborts = 0
+        self._aborts_logged_at = -ABORT_LOG_INTERVAL_S
         self._next_seq: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -318,7 +368,7 @@ class FinalityHub:
             for future in futures:
                 if not future.done():
                     future.set_exception(ApiError("shutting_down", "the gateway is shutting down"))
-        for stream in list(self._streams):
+        for stream in [*self._streams, *self._ending]:
             stream.shut()
 
     @contextlib.contextmanager
@@ -357,20 +407,20 @@ class FinalityHub:
         ``from_seq`` None: live batches only."""
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
-        if len(self._streams) >= self._max_streams:
+        held = Counter(self._streams.values())
+        if held[client] >= self._max_streams_per_client:
+            metrics.STREAMS_REFUSED.labels(api, "per_client").inc()
+            raise ApiError(
+                "overloaded",
+                f"this client has {held[client]} finalized-batch streams open here "
+                "(gateway.max_streams_per_client); close one or retry later",
+            )
+        if len(self._streams) >= self._max_streams and not self._make_room(client, held):
             metrics.STREAMS_REFUSED.labels(api, "max_streams").inc()
             raise ApiError(
                 "overloaded",
                 f"{len(self._streams)} finalized-batch streams are open here "
                 "(gateway.max_streams); retry later",
-            )
-        held = sum(1 for other in self._streams.values() if other == client)
-        if held >= self._max_streams_per_client:
-            metrics.STREAMS_REFUSED.labels(api, "per_client").inc()
-            raise ApiError(
-                "overloaded",
-                f"this client has {held} finalized-batch streams open here "
-                "(gateway.max_streams_per_client); close one or retry later",
             )
         stream = Stream(
             self, from_seq=from_seq, complete=complete, limit_bytes=self._buffer_bytes, api=api
@@ -379,8 +429,41 @@ class FinalityHub:
         metrics.SUBSCRIBERS.labels(api).inc()
         return stream
 
+    def _make_room(self, client: str, held: Counter[str]) -> bool:
+        """Evict the oldest stream of the client holding the most, if it holds at least
+        two more than ``client`` (max-min fairness) and few evicted ones are still
+        closing."""
+        (top, most), *_ = held.most_common(1)
+        if most < held[client] + 2 or len(self._ending) >= self._max_streams:
+            return False
+        victim = next(stream for stream, owner in self._streams.items() if owner == top)
+        del self._streams[victim]
+        self._ending.add(victim)
+        victim.evict()
+        return True
+
+    def abort_later(self, stream: Stream) -> None:
+        """Abort ``stream``'s call unless its handler closed it within END_GRACE_S."""
+        asyncio.get_running_loop().call_later(END_GRACE_S, self._abort_if_open, stream)
+
+    def _abort_if_open(self, stream: Stream) -> None:
+        if stream.closed or stream.abort is None:
+            return
+        metrics.STREAMS_ABORTED.labels(stream.api).inc()
+        self._unlogged_aborts += 1
+        now = time.monotonic()
+        if now - self._aborts_logged_at >= ABORT_LOG_INTERVAL_S:  # any client can cause it
+            log.warning(
+                "finalized-stream subscribers aborted: they took nothing for "
+                f"{END_GRACE_S:g} s after their stream ended",
+                extra={"fields": {"aborted": self._unlogged_aborts, "last_api": stream.api}},
+            )
+            self._unlogged_aborts, self._aborts_logged_at = 0, now
+        stream.abort()
+
     def unsubscribe(self, stream: Stream) -> None:
         self._streams.pop(stream, None)
+        self._ending.discard(stream)
 
     async def with_results(self, entry: Entry) -> Entry:
         """``entry`` with the results of execution read from storage."""

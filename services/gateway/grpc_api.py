@@ -7,6 +7,7 @@ given by :data:`services.gateway.errors.CODES`, with details ``"<code>: <message
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -187,6 +188,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         stream = self._gw.hub.open_stream(
             request.from_seq, complete=False, api="grpc", client=client_address(context.peer())
         )
+        # the handler's task: cancelled if the gateway ended the stream and this call is
+        # still blocked in a write to a client that reads nothing (finality.END_GRACE_S)
+        handler = asyncio.current_task()
+        stream.abort = handler.cancel if handler is not None else None
         try:
             async with contextlib.aclosing(stream.entries()) as entries:
                 async for entry in entries:

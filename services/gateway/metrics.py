@@ -49,6 +49,18 @@ STREAM_OVERFLOWS = Counter(
     "Live subscribers whose buffer overflowed (they are disconnected, to resume by seq)",
     ["api"],
 )
+STREAMS_EVICTED = Counter(
+    "cretoai_gateway_stream_evictions_total",
+    "Subscribers ended to give their slot to a client holding fewer streams, when "
+    "gateway.max_streams were open (the evicted client held the most; it may resume by seq)",
+    ["api"],
+)
+STREAMS_ABORTED = Counter(
+    "cretoai_gateway_stream_aborts_total",
+    "Subscriber calls aborted because their client took nothing for "
+    "END_GRACE_S after the gateway ended the stream (overflowed or evicted)",
+    ["api"],
+)
 GRPC_CALLS_REFUSED = Counter(
     "cretoai_gateway_grpc_calls_refused_total",
     "Public gRPC calls refused at once because their client already had "

@@ -68,6 +68,7 @@ WS_CLOSE_CODES = {
     "shutting_down": WSCloseCode.GOING_AWAY,
     "storage_unavailable": WSCloseCode.TRY_AGAIN_LATER,
     "consensus_unavailable": WSCloseCode.TRY_AGAIN_LATER,
+    "overloaded": WSCloseCode.TRY_AGAIN_LATER,  # evicted for a client holding fewer streams
 }
 #: What a 429 ``overloaded`` answer asks clients to wait before retrying (seconds).
 RETRY_AFTER_S = "1"
@@ -614,6 +615,8 @@ class RestApi:
         if stream.overflowed:
             reason = f"slow consumer; resume with from_seq={stream.next_seq}"
             return Closing(WS_SLOW_CONSUMER, reason, "slow_consumer")
+        if stream.end_error is not None:
+            return Closing.of(stream.end_error)
         if not pump.cancelled():
             return pump.result()
         return Closing.of(ApiError("shutting_down", "the gateway is shutting down"))

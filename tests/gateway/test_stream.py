@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from cretoai.config import NodeConfig
 from cretoai.v1 import consensus_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
+from services.gateway import finality
 from services.gateway.rest import WS_SLOW_CONSUMER
 from tests.gateway.support import (
     TIMEOUT,
@@ -292,3 +293,78 @@ async def test_a_subscriber_that_drops_mid_send_is_gone_not_an_internal_error(
     with caplog.at_level("ERROR"):
         assert await RestApi._pump(DroppedSocket(), Stream()) is None  # type: ignore[arg-type]
     assert "finalized stream failed" not in caplog.text
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_client_holding_fewer_streams_takes_a_slot_from_the_one_holding_the_most(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """Every ``max_streams`` slot taken by one address kept every other subscriber out
+    (with 4 per address, 4 addresses did it). Now a client holding two fewer streams
+    than the largest holder takes that holder's oldest stream, which ends with a reason
+    to resume by seq; the holder cannot take it back, and slots end up shared."""
+    async with (
+        start_node(make_config(max_streams=3, max_streams_per_client=3)) as node,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        ) as holder,
+    ):
+        await finalize(node, b"first")
+        held = []
+        for _ in range(3):
+            ws = await holder.ws_connect(node.url + "/v1/stream?from_seq=1")
+            assert (await receive_batch(ws))["seq"] == 1
+            held.append(ws)
+        evictions = _sample("cretoai_gateway_stream_evictions_total", api="websocket")
+        watch = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        assert (await asyncio.wait_for(watch.read(), TIMEOUT)).seq == 1  # it got a slot
+        closed = await held[0].receive(timeout=TIMEOUT)  # the holder's oldest gave way
+        assert closed.type == aiohttp.WSMsgType.CLOSE
+        assert closed.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+        assert (closed.extra or "").endswith("this client holds the most; resume with from_seq=2")
+        assert _sample("cretoai_gateway_stream_evictions_total", api="websocket") == (evictions + 1)
+        refused = _refused("websocket")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:  # not back for it
+            await holder.ws_connect(node.url + "/v1/stream?from_seq=1")
+        assert caught.value.status == 429
+        assert _refused("websocket") == refused + 1
+        await finalize(node, b"second")
+        for ws in held[1:]:  # the others go on
+            assert (await receive_batch(ws))["seq"] == 2
+        assert (await asyncio.wait_for(watch.read(), TIMEOUT)).seq == 2
+        # 2 against 1: one apart is fair, so a second stream of the newcomer is refused
+        second = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        with pytest.raises(grpc.aio.AioRpcError) as refusal:
+            await asyncio.wait_for(second.read(), TIMEOUT)
+        assert refusal.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "gateway.max_streams" in (refusal.value.details() or "")
+        watch.cancel()
+        for ws in held:
+            await ws.close()
+
+
+async def test_a_grpc_subscriber_that_never_reads_gives_its_slot_back(
+    make_config: Callable[..., NodeConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gRPC subscriber that stops reading overflows its buffer, but its handler stayed
+    blocked in a write for as long as the client kept the call: it held its stream slot
+    (and its call slot) for good (found 2026-12-04: still counted 20 s on). A stream the
+    gateway ended is now aborted END_GRACE_S later if its handler has not closed it."""
+    monkeypatch.setattr(finality, "END_GRACE_S", 0.5)
+    async with start_node(make_config(stream_buffer_bytes=256 * 1024)) as node:
+        aborts = _sample("cretoai_gateway_stream_aborts_total", api="grpc")
+        call = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+        await node.consensus.finalize([vertex_pb2.Vertex(payload=b"first")])
+        assert (await asyncio.wait_for(call.read(), TIMEOUT)).seq == 1  # then never again
+        overflows = _sample("cretoai_gateway_stream_overflows_total", api="grpc")
+        payload = os.urandom(200_000)
+        for _ in range(300):  # HTTP/2 flow control, then the subscriber's buffer fill up
+            await finalize(node, payload)
+            if _sample("cretoai_gateway_stream_overflows_total", api="grpc") > overflows:
+                break
+        await until_unsubscribed("grpc")
+        assert _sample("cretoai_gateway_stream_aborts_total", api="grpc") == aborts + 1
+        call.cancel()
