@@ -6,7 +6,10 @@ out of file descriptors; then nobody gets in, the gateway's own calls to its
 node included. :class:`LimitedSite` listens like ``web.TCPSite`` but answers
 429 ``overloaded`` and closes a connection beyond ``max_connections`` in all,
 or beyond ``max_per_client`` from one client address (so that one client
-cannot take every slot), and the runner's keep-alive timeout
+cannot take every slot; when all are taken, a client holding at least two fewer
+connections than the address holding the most is admitted and that address's oldest
+connection closed, so that a few addresses cannot keep everyone else out), and the
+runner's keep-alive timeout
 (``gateway.idle_timeout_ms``) closes a connection that has not sent a whole
 request head that long after it opened or after its last answer. A connection whose
 client takes none of what the gateway sends it for that long too is aborted (the
@@ -219,8 +222,12 @@ class _Admission(asyncio.Protocol):
         if site.per_client[client] >= site.max_per_client:
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="per_client").inc()
             self._inner = _Refuse(site.per_client_answer, site.lingering)
+        elif site.full() and not site.make_room(client):
+            metrics.CONNECTIONS_REFUSED.labels(api="http", limit="total").inc()
+            self._inner = _Refuse(site.total_answer, site.lingering)
         else:
             site.per_client[client] += 1
+            site.by_client.setdefault(client, {})[self] = None
             self._client = client
             self._inner = JsonErrorHandler.of(site.runner_server())
             assert isinstance(transport, asyncio.Transport)
@@ -267,17 +274,34 @@ class _Admission(asyncio.Protocol):
         assert self._inner is not None
         self._inner.resume_writing()
 
+    def evict(self) -> None:
+        """Close the connection at once for a client holding fewer (its slot is free now)."""
+        self._release()
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows, soon
+
+    def _release(self) -> None:
+        """Give the connection's slot back (once)."""
+        client = self._client
+        if client is None:
+            return
+        self._client = None
+        site = self._site
+        site.per_client[client] -= 1
+        if site.per_client[client] <= 0:
+            del site.per_client[client]
+        held = site.by_client.get(client)
+        if held is not None:
+            held.pop(self, None)
+            if not held:
+                del site.by_client[client]
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._check is not None:
             self._check.cancel()
             self._check = None
         self._transport = None
-        if self._client is not None:
-            counts = self._site.per_client
-            counts[self._client] -= 1
-            if counts[self._client] <= 0:
-                del counts[self._client]
-            self._client = None
+        self._release()
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
@@ -291,14 +315,15 @@ class LimitedSite(web.BaseSite):
         "_host",
         "_max",
         "_port",
-        "_total_answer",
         "_unlogged_write_timeouts",
         "_write_timeouts_logged_at",
         "arriving",
+        "by_client",
         "lingering",
         "max_per_client",
         "per_client",
         "per_client_answer",
+        "total_answer",
         "write_timeout_s",
     )
 
@@ -320,7 +345,7 @@ class LimitedSite(web.BaseSite):
         self.write_timeout_s = write_timeout_s
         self._unlogged_write_timeouts = 0
         self._write_timeouts_logged_at = -WRITE_TIMEOUT_LOG_INTERVAL_S
-        self._total_answer = _answer_429(
+        self.total_answer = _answer_429(
             f"the gateway holds gateway.max_connections ({max_connections}) HTTP "
             "connections; retry with backoff"
         )
@@ -330,6 +355,8 @@ class LimitedSite(web.BaseSite):
         )
         #: Open connections by client address (those handed to aiohttp).
         self.per_client: Counter[str] = Counter()
+        #: The same connections, oldest first, by client address.
+        self.by_client: dict[str, dict[_Admission, None]] = {}
         self.lingering: set[_Refuse] = set()
         #: Connections accepted and not yet handed to aiohttp (asyncio accepts several
         #: in one turn of the loop, and tells each protocol of its connection later);
@@ -366,10 +393,31 @@ class LimitedSite(web.BaseSite):
         assert server is not None
         return server
 
+    def full(self) -> bool:
+        """Whether every one of ``max_connections`` is held (evicted ones not counted)."""
+        return sum(self.per_client.values()) >= self._max
+
+    def make_room(self, client: str) -> bool:
+        """Close the oldest connection of the client holding the most, if it holds at
+        least two more than ``client`` (max-min fairness between client addresses)."""
+        if not self.per_client:
+            return False
+        (top, most), *_ = self.per_client.most_common(1)
+        if most < self.per_client[client] + 2:
+            return False
+        victim = next(iter(self.by_client[top]))
+        metrics.CONNECTIONS_EVICTED.inc()
+        victim.evict()
+        return True
+
     def _protocol(self) -> asyncio.Protocol:
-        if len(self.runner_server().connections) + len(self.arriving) >= self._max:
+        # who the client is is known only once connected (_Admission decides then); here
+        # only a flood beyond what lingering refusals may add is turned away unanswered
+        if len(self.runner_server().connections) + len(self.arriving) >= (
+            self._max + MAX_LINGERING_REFUSALS
+        ):
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="total").inc()
-            return _Refuse(self._total_answer, self.lingering)
+            return _Refuse(self.total_answer, self.lingering)
         admission = _Admission(self)
         self.arriving.add(admission)
         return admission

@@ -80,6 +80,11 @@ CONNECTIONS_REFUSED = Counter(
     "or gateway.max_connections_per_client from its address (limit per_client)",
     ["api", "limit"],
 )
+CONNECTIONS_EVICTED = Counter(
+    "cretoai_gateway_connections_evicted_total",
+    "HTTP connections closed to admit a client holding at least two fewer, when "
+    "gateway.max_connections were open (the evicted connection's client held the most)",
+)
 HTTP_CONNECTIONS = Gauge(
     "cretoai_gateway_http_connections", "HTTP connections open (WebSocket ones included)"
 )

@@ -517,3 +517,41 @@ def test_rest_limits_count_a_client_as_connections_and_grpc_do(peer: str, client
 
     request = make_mocked_request("POST", "/v1/vertices", transport=Transport())
     assert client_of(request) == client
+
+
+async def test_a_client_holding_fewer_connections_is_admitted_when_all_are_taken(
+    make_config: Callable[..., NodeConfig], sockets: list[socket.socket]
+) -> None:
+    """``max_connections`` filled from a few addresses (8 of 128 each by default) kept every
+    other client out. Now, with every slot taken, a client holding at least two fewer
+    connections than the address holding the most is served, and that address's oldest
+    connection is closed; the holder is not served again for it, and slots end up
+    shared."""
+    async with start_node(make_config(max_connections=4, max_connections_per_client=4)) as node:
+        port = node.gateway.http_port
+        evicted = _sample("cretoai_gateway_connections_evicted_total")
+        held = []
+        for _ in range(4):
+            held.append(await _connect(port, source="127.0.0.2"))
+            assert (await _exchange(held[-1], HEALTH))[0] == 200
+        sockets.extend(held)
+        newcomer = await _connect(port)
+        sockets.append(newcomer)
+        assert (await _exchange(newcomer, HEALTH))[0] == 200
+        assert await _read_until_closed(held[0]) == b""  # the holder's oldest, closed
+        assert _sample("cretoai_gateway_connections_evicted_total") == evicted + 1
+        for sock in held[1:]:  # the others are still served
+            assert (await _exchange(sock, HEALTH))[0] == 200
+        again = await _connect(port, source="127.0.0.2")
+        sockets.append(again)
+        await asyncio.get_running_loop().sock_sendall(again, HEALTH)
+        status, _, body = _parse(await _read_until_closed(again))
+        assert status == 429 and "gateway.max_connections" in body.decode()
+        second = await _connect(port)  # 1 against 3: room is made again
+        sockets.append(second)
+        assert (await _exchange(second, HEALTH))[0] == 200
+        third = await _connect(port)  # 2 against 2: fair; refused
+        sockets.append(third)
+        await asyncio.get_running_loop().sock_sendall(third, HEALTH)
+        assert _parse(await _read_until_closed(third))[0] == 429
+        assert _sample("cretoai_gateway_connections_evicted_total") == evicted + 2
