@@ -18,6 +18,7 @@ oversized instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -125,6 +126,13 @@ METRICS_CACHE_S = 0.2
 #: and more than double finality latency.
 METRICS_RENDERS_PER_S = 5.0
 METRICS_RENDER_BURST = 10
+
+METRICS_EVICTED = Counter(
+    "cretoai_service_metrics_connections_evicted",
+    "Connections to the /metrics endpoint closed to serve a client holding at least two "
+    "fewer, all METRICS_MAX_CONNECTIONS being served (the oldest of the address holding "
+    "the most)",
+)
 
 METRICS_THROTTLED = Counter(
     "cretoai_service_metrics_scrapes_throttled",
@@ -242,7 +250,10 @@ class BoundedMetricsServer(ThreadingWSGIServer):
     network) could pile up thousands of threads in a consensus process. Now at most
     :data:`METRICS_MAX_CONNECTIONS` are served at once, at most
     :data:`METRICS_MAX_PER_CLIENT` of them from one address, each for at most
-    :data:`METRICS_TIMEOUT_S` of silence."""
+    :data:`METRICS_TIMEOUT_S` of silence. With every slot taken, a client holding at
+    least two fewer than the address holding the most is served, and that address's
+    oldest connection shut: a few addresses cannot keep a scraper or a liveness probe
+    (``/healthz``) out."""
 
     timeout_s = METRICS_TIMEOUT_S
     max_connections = METRICS_MAX_CONNECTIONS
@@ -254,27 +265,44 @@ class BoundedMetricsServer(ThreadingWSGIServer):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._served = 0
-        self._by_client: dict[str, int] = {}
+        #: The connections served, oldest first, by client address.
+        self._by_client: dict[str, dict[socket.socket, None]] = {}
 
-    def _take(self, client: str) -> bool:
+    def _take(self, client: str, request: socket.socket) -> bool:
         with self._lock:
-            held = self._by_client.get(client, 0)
-            if self._served >= self.max_connections or held >= self.max_per_client:
+            held = len(self._by_client.get(client, ()))
+            if held >= self.max_per_client:
                 return False
+            if self._served >= self.max_connections:
+                top = max(self._by_client, key=lambda c: len(self._by_client[c]))
+                if len(self._by_client[top]) < held + 2:
+                    return False
+                victim = next(iter(self._by_client[top]))
+                self._release(top, victim)
+                METRICS_EVICTED.inc()
+                with contextlib.suppress(OSError):  # its thread sees the end and finishes
+                    victim.shutdown(socket.SHUT_RDWR)
             self._served += 1
-            self._by_client[client] = held + 1
+            self._by_client.setdefault(client, {})[request] = None
             return True
 
-    def _give_back(self, client: str) -> None:
+    def _release(self, client: str, request: socket.socket) -> None:
+        """Give a connection's slot back, once (under the lock)."""
+        held = self._by_client.get(client)
+        if held is None or request not in held:
+            return
+        del held[request]
+        self._served -= 1
+        if not held:
+            del self._by_client[client]
+
+    def _give_back(self, client: str, request: socket.socket) -> None:
         with self._lock:
-            self._served -= 1
-            held = self._by_client.pop(client) - 1
-            if held:
-                self._by_client[client] = held
+            self._release(client, request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         client = str(client_address[0])
-        if not self._take(client):
+        if not self._take(client, request):
             METRICS_REFUSED.inc()
             self.shutdown_request(request)
             return
@@ -282,14 +310,14 @@ class BoundedMetricsServer(ThreadingWSGIServer):
             request.settimeout(self.timeout_s)
             super().process_request(request, client_address)  # a thread, which gives back
         except BaseException:
-            self._give_back(client)
+            self._give_back(client, request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._give_back(str(client_address[0]))
+            self._give_back(str(client_address[0]), request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out or went away: not worth a traceback on stderr."""
