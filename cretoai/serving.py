@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Self
@@ -338,13 +339,22 @@ class GatewayRoleInterceptor(_ApplicationInterceptor):
         return _around(handler, refuse)
 
 
+#: Why a call was ended for another client's (PerClientLimitInterceptor's ``total``).
+EVICTED = (
+    "every call slot here is taken and this client holds the most; its oldest call "
+    "gave way to another client's; retry later"
+)
+
+
 def _around(
     handler: Any,
     enter: Callable[[Any], Awaitable[Any]],
     leave: Callable[[Any], None] | None = None,
+    evicted: Callable[[], bool] = lambda: False,
 ) -> Any:
     """``handler`` run between ``enter(context)`` (which may abort the call) and
-    ``leave(what enter returned)``, however the handler ends."""
+    ``leave(what enter returned)``, however the handler ends. A call cancelled while
+    ``evicted()`` holds ends RESOURCE_EXHAUSTED (:data:`EVICTED`)."""
     inner = _behaviour(handler)
     # a streaming handler that writes with context.write (grpc's health Watch) is a
     # coroutine, run as a unary one is
@@ -365,6 +375,10 @@ def _around(
         state = await enter(context)
         try:
             return await inner(request, context)
+        except asyncio.CancelledError:
+            if not evicted():
+                raise
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, EVICTED)
         finally:
             if leave is not None:
                 leave(state)
@@ -470,7 +484,15 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
     its per-client limits count it by); one more is RESOURCE_EXHAUSTED at once, before its
     handler runs (``on_refused`` is told). Without it one client could hold every call a
     server bounded by ``max_concurrent_rpcs`` takes. Health and reflection calls count
-    apart, at most :data:`PLUMBING_PER_CLIENT` at once."""
+    apart, at most :data:`PLUMBING_PER_CLIENT` at once.
+
+    With ``total``, at most that many application calls are in progress in all, shared
+    max-min fairly between clients: with all taken, a call of a client holding at least
+    two fewer than the client holding the most ends that client's oldest call
+    (RESOURCE_EXHAUSTED, or CANCELLED when it was sending; ``on_evicted`` is told), else
+    it is refused (``on_refused_total``). A few client addresses then cannot keep every
+    other client out (four did, at 8 calls each). Give the server's
+    ``max_concurrent_rpcs`` room above it, for health checks and calls ending."""
 
     def __init__(
         self,
@@ -479,6 +501,10 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
         *,
         setting: str,
         on_refused: Callable[[], None] = lambda: None,
+        total: int | None = None,
+        total_setting: str = "",
+        on_refused_total: Callable[[], None] = lambda: None,
+        on_evicted: Callable[[], None] = lambda: None,
     ) -> None:
         self._limit = limit
         self._client_of = client_of
@@ -487,10 +513,18 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
             "finish, or retry later"
         )
         self._on_refused = on_refused
+        self._total = total
+        self._total_refusal = f"{total} calls are in progress here ({total_setting}); retry later"
+        self._on_refused_total = on_refused_total
+        self._on_evicted = on_evicted
         self._calls = _InProgress()
         self._plumbing = _InProgress()
         #: Application calls in progress, by client.
         self.in_progress = self._calls.counts
+        #: The tasks of those calls, oldest first, by client (when ``total`` is set).
+        self._tasks: dict[str, dict[asyncio.Task[Any], None]] = {}
+        #: Calls ended for a client holding fewer, until their handlers see it.
+        self._evicted: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     async def intercept_service(
         self,
@@ -522,7 +556,9 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
         return client
 
     def wrap(self, handler: Any, details: grpc.HandlerCallDetails) -> Any:
-        return _around(handler, self._enter, self._calls.give_back)
+        if self._total is None:
+            return _around(handler, self._enter, self._calls.give_back)
+        return _around(handler, self._enter_shared, self._leave_shared, self._was_evicted)
 
     async def _enter(self, context: Any) -> str:
         client = self._client_of(context.peer())
@@ -530,6 +566,52 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
             self._on_refused()
             raise ResourceExhausted(self._refusal)
         return client
+
+    async def _enter_shared(self, context: Any) -> tuple[str, asyncio.Task[Any] | None]:
+        client = self._client_of(context.peer())
+        counts = self._calls.counts
+        if counts[client] >= self._limit:
+            self._on_refused()
+            raise ResourceExhausted(self._refusal)
+        assert self._total is not None
+        if sum(counts.values()) >= self._total and not self._make_room(client):
+            self._on_refused_total()
+            raise ResourceExhausted(self._total_refusal)
+        self._calls.take(client, self._limit)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.setdefault(client, {})[task] = None
+        return client, task
+
+    def _make_room(self, client: str) -> bool:
+        """End the oldest call of the client holding the most, if it holds at least two
+        more than ``client``."""
+        counts = self._calls.counts
+        (top, most), *_ = counts.most_common(1)
+        tasks = self._tasks.get(top)
+        if most < counts[client] + 2 or not tasks:
+            return False
+        victim = next(iter(tasks))
+        self._leave_shared((top, victim))
+        self._evicted.add(victim)
+        self._on_evicted()
+        victim.cancel()
+        return True
+
+    def _leave_shared(self, state: tuple[str, asyncio.Task[Any] | None]) -> None:
+        client, task = state
+        tasks = self._tasks.get(client)
+        if task is not None and (tasks is None or task not in tasks):
+            return  # evicted: given back then
+        if tasks is not None and task is not None:
+            del tasks[task]
+            if not tasks:
+                del self._tasks[client]
+        self._calls.give_back(client)
+
+    def _was_evicted(self) -> bool:
+        task = asyncio.current_task()
+        return task is not None and task in self._evicted
 
 
 def _is_plumbing(method: str) -> bool:

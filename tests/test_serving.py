@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cretoai.errors import ERROR_CODE_KEY
 from cretoai.serving import (
+    EVICTED,
     HANDLER_UNWIND_S,
     GrpcService,
     PerClientLimitInterceptor,
@@ -610,3 +611,68 @@ def test_a_call_ending_in_another_context_than_it_began_logs_no_error(
     state = interceptor.begin("/svc/Get", {})
     interceptor.end(state, "/svc/Get", "OK", None)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_total_of_calls_is_shared_fairly_between_clients() -> None:
+    """PerClientLimitInterceptor with ``total`` on a real server (a client is a connection
+    here): with every call slot taken by one client, a call of a client holding two
+    fewer ends that client's oldest call (RESOURCE_EXHAUSTED, EVICTED) and is served;
+    the first client's next call is refused, and so is the second client's once they
+    are one apart. Without it four gateway clients at 8 calls kept every other out."""
+    refused: list[str] = []
+    evicted: list[str] = []
+    limit = PerClientLimitInterceptor(
+        3,
+        lambda peer: peer,
+        setting="test.per_client",
+        total=3,
+        total_setting="test.total",
+        on_refused_total=lambda: refused.append("total"),
+        on_evicted=lambda: evicted.append("x"),
+    )
+    service = GrpcService(
+        name="echo", bind="127.0.0.1:0", servicers=[echo_servicer()], interceptors=[limit]
+    )
+    await service.start()
+    target = f"127.0.0.1:{service.port}"
+    try:
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        async with (
+            grpc.aio.insecure_channel(target, options=own) as a,
+            grpc.aio.insecure_channel(target, options=own) as b,
+        ):
+            slow_a, slow_b = a.unary_unary(f"/{SERVICE}/Slow"), b.unary_unary(f"/{SERVICE}/Slow")
+            held = []
+            for i in range(3):  # one after the other: the first is the oldest
+                held.append(asyncio.ensure_future(slow_a(_slow_request(8000), timeout=10)))
+                while sum(limit.in_progress.values()) < i + 1:
+                    assert not held[-1].done(), await held[-1]
+                    await asyncio.sleep(0.01)
+            newcomer = asyncio.ensure_future(slow_b(_slow_request(300), timeout=10))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await held[0]
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.value.details() == EVICTED
+            assert evicted == ["x"]
+            assert await newcomer  # served
+            assert not held[1].done() and not held[2].done()
+            newcomer = asyncio.ensure_future(slow_b(_slow_request(8000), timeout=10))
+            while sum(limit.in_progress.values()) < 3:  # all 3 taken again: a 2, b 1
+                assert not newcomer.done(), await newcomer
+                await asyncio.sleep(0.01)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await slow_a(_slow_request(1), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (err.value.details() or "").startswith("3 calls are in progress here")
+            assert refused == ["total"]
+            with pytest.raises(grpc.aio.AioRpcError):  # b holds 1 against a's 2: fair
+                await slow_b(_slow_request(1), timeout=5)
+            assert refused == ["total", "total"] and evicted == ["x"]
+            for call in (*held[1:], newcomer):
+                call.cancel()
+            deadline = time.monotonic() + 5
+            while limit.in_progress:
+                assert time.monotonic() < deadline, dict(limit.in_progress)
+                await asyncio.sleep(0.01)
+    finally:
+        await service.stop()

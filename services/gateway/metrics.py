@@ -64,8 +64,15 @@ STREAMS_ABORTED = Counter(
 GRPC_CALLS_REFUSED = Counter(
     "cretoai_gateway_grpc_calls_refused_total",
     "Public gRPC calls refused at once because their client already had "
-    "gateway.grpc_max_concurrent_rpcs_per_client calls in progress (limit per_client)",
+    "gateway.grpc_max_concurrent_rpcs_per_client calls in progress (limit per_client), or "
+    "gateway.grpc_max_concurrent_rpcs were in progress and no client held two more than "
+    "this one (limit total)",
     ["limit"],
+)
+GRPC_CALLS_EVICTED = Counter(
+    "cretoai_gateway_grpc_calls_evicted_total",
+    "Public gRPC calls ended (RESOURCE_EXHAUSTED) to admit a call of a client holding at "
+    "least two fewer, all gateway.grpc_max_concurrent_rpcs being in progress",
 )
 STREAMS_REFUSED = Counter(
     "cretoai_gateway_streams_refused_total",

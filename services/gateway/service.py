@@ -153,7 +153,9 @@ async def build(cfg: NodeConfig) -> GatewayService:
         # gRPC reads a whole request before the handler: the API's largest, and a bounded
         # number at once, so anonymous callers hold at most their product.
         max_receive_bytes=rest.max_batch_body,
-        max_concurrent_rpcs=cfg.gateway.grpc_max_concurrent_rpcs,
+        # the application calls' bound is the interceptor's (shared fairly between
+        # clients); gRPC's own leaves room for health checks and calls being ended
+        max_concurrent_rpcs=cfg.gateway.grpc_max_concurrent_rpcs * 3 // 2 + PLUMBING_PER_CLIENT,
         interceptors=[
             PerClientLimitInterceptor(
                 min(
@@ -163,6 +165,10 @@ async def build(cfg: NodeConfig) -> GatewayService:
                 client_address,
                 setting="gateway.grpc_max_concurrent_rpcs_per_client",
                 on_refused=metrics.GRPC_CALLS_REFUSED.labels("per_client").inc,
+                total=cfg.gateway.grpc_max_concurrent_rpcs,
+                total_setting="gateway.grpc_max_concurrent_rpcs",
+                on_refused_total=metrics.GRPC_CALLS_REFUSED.labels("total").inc,
+                on_evicted=metrics.GRPC_CALLS_EVICTED.inc,
             ),
             # last: the handlers above run when a call arrives, not once its message has
             ArrivalInterceptor(cfg.gateway.body_timeout_ms / 1000),
