@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from cretoai import registry
 from cretoai.config import NodeConfig
 from cretoai.errors import InvalidArgument, ResourceExhausted, ServiceError
+from cretoai.fairness import holder_to_evict
 from cretoai.telemetry import (
     DEFAULT_SAMPLING_RATIO,
     HEARTBEAT,
@@ -586,11 +587,10 @@ class PerClientLimitInterceptor(_ApplicationInterceptor):
     def _make_room(self, client: str) -> bool:
         """End the oldest call of the client holding the most, if it holds at least two
         more than ``client``."""
-        counts = self._calls.counts
-        (top, most), *_ = counts.most_common(1)
-        tasks = self._tasks.get(top)
-        if most < counts[client] + 2 or not tasks:
+        top = holder_to_evict(self._calls.counts, client)
+        if top is None or not self._tasks.get(top):
             return False
+        tasks = self._tasks[top]
         victim = next(iter(tasks))
         self._leave_shared((top, victim))
         self._evicted.add(victim)

@@ -40,6 +40,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from cretoai.fairness import holder_to_evict
+
 log = logging.getLogger(__name__)
 
 
@@ -274,8 +276,8 @@ class BoundedMetricsServer(ThreadingWSGIServer):
             if held >= self.max_per_client:
                 return False
             if self._served >= self.max_connections:
-                top = max(self._by_client, key=lambda c: len(self._by_client[c]))
-                if len(self._by_client[top]) < held + 2:
+                top = holder_to_evict({c: len(r) for c, r in self._by_client.items()}, client)
+                if top is None:
                     return False
                 victim = next(iter(self._by_client[top]))
                 self._release(top, victim)

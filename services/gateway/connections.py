@@ -38,6 +38,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from cretoai.fairness import holder_to_evict
 from services.gateway import metrics
 from services.gateway.codec import dumps_bytes
 from services.gateway.errors import ApiError
@@ -400,10 +401,8 @@ class LimitedSite(web.BaseSite):
     def make_room(self, client: str) -> bool:
         """Close the oldest connection of the client holding the most, if it holds at
         least two more than ``client`` (max-min fairness between client addresses)."""
-        if not self.per_client:
-            return False
-        (top, most), *_ = self.per_client.most_common(1)
-        if most < self.per_client[client] + 2:
+        top = holder_to_evict(self.per_client, client)
+        if top is None:
             return False
         victim = next(iter(self.by_client[top]))
         metrics.CONNECTIONS_EVICTED.inc()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import grpc
 
 from cretoai.errors import ResourceExhausted
+from cretoai.fairness import holder_to_evict
 from cretoai.v1 import storage_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
 from services.gateway import metrics
@@ -433,8 +434,8 @@ class FinalityHub:
         """Evict the oldest stream of the client holding the most, if it holds at least
         two more than ``client`` (max-min fairness) and few evicted ones are still
         closing."""
-        (top, most), *_ = held.most_common(1)
-        if most < held[client] + 2 or len(self._ending) >= self._max_streams:
+        top = holder_to_evict(held, client)
+        if top is None or len(self._ending) >= self._max_streams:
             return False
         victim = next(stream for stream, owner in self._streams.items() if owner == top)
         del self._streams[victim]
