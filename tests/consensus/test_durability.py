@@ -427,11 +427,9 @@ def test_one_byzantine_status_cannot_make_a_wiped_primary_propose_again() -> Non
     assert not any(c.replica(j).banned for j in (1, 3))
 
 
-def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_again() -> None:
-    """Review (2026-12-04): node 1 led view 1 and was wiped; a Byzantine peer replayed the
-    view's VIEW-CHANGEs to it, and it signed a VIEW-CHANGE and a NEW-VIEW for view 1
-    again, which conflict with its first (evidence, a ban). It now signs none at or below
-    the view f+1 of its peers are in."""
+def _in_view_1_with_its_view_changes() -> tuple[Cluster, dict[int, SignedEnvelope]]:
+    """Node 0 crashed and the others went on in view 1, led by node 1; with the
+    VIEW-CHANGE for view 1 each replica sent (what a Byzantine peer can replay)."""
     c = Cluster(4)
     c.propose(1, request("x"))
     c.tick(5)
@@ -440,25 +438,34 @@ def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_aga
     c.tick(60)
     assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in (1, 2, 3))
     vcs: dict[int, SignedEnvelope] = {}
-    for _, w in c.sent:
-        env = w.envelope
-        if (
-            isinstance(env, SignedEnvelope)
-            and isinstance(env.signed.msg, ViewChange)
-            and env.signed.msg.new_view == 1
-        ):
+    for env in (w.envelope for _, w in c.sent):
+        if not isinstance(env, SignedEnvelope):
+            continue
+        if isinstance(env.signed.msg, ViewChange) and env.signed.msg.new_view == 1:
             vcs.setdefault(env.signed.signer, env)
     assert {2, 3} <= set(vcs)
+    return c, vcs
+
+
+def _view_change_signed_again(c: Cluster, who: int, *, up_to: int, since: int) -> list[Any]:
+    """The VIEW-CHANGEs and NEW-VIEWs of views <= ``up_to`` ``who`` signed since ``since``."""
+    signed = signed_by(c, who, ViewChange | NewView, since=since)
+    return [m for m in signed if (m.new_view if isinstance(m, ViewChange) else m.view) <= up_to]
+
+
+def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_again() -> None:
+    """Review (2026-12-04): node 1 led view 1 and was wiped; a Byzantine peer replayed the
+    view's VIEW-CHANGEs to it, and it signed a VIEW-CHANGE and a NEW-VIEW for view 1
+    again, which conflict with its first (evidence, a ban). It now signs none at or below
+    the view f+1 of its peers are in."""
+    c, vcs = _in_view_1_with_its_view_changes()
     since = len(c.sent)
     wipe(c, 1)
     c.tick(BASE.status_interval + 1)  # its peers' STATUS: they are in view 1
     for signer in (2, 3):  # node 3, Byzantine, replays what it holds
         c.inject(3, 1, wire(vcs[signer]))
     c.deliver()
-    resigned = signed_by(c, 1, ViewChange | NewView, since=since)
-    assert not [
-        m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
-    ], resigned
+    assert not _view_change_signed_again(c, 1, up_to=1, since=since)
 
 
 def test_view_changes_replayed_before_a_wiped_primary_heard_its_peers_are_not_signed_again() -> (
@@ -468,31 +475,14 @@ def test_view_changes_replayed_before_a_wiped_primary_heard_its_peers_are_not_si
     any peer's STATUS came, made the wiped replica sign view 1's VIEW-CHANGE and NEW-VIEW
     again. It now defers both until it heard q-1 peers, then signs none at or below
     their view; and the cluster still goes on."""
-    c = Cluster(4)
-    c.propose(1, request("x"))
-    c.tick(5)
-    c.crash(0)
-    c.propose(1, request("y"))
-    c.tick(60)
-    assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in (1, 2, 3))
-    vcs = {
-        w.envelope.signed.signer: w.envelope
-        for _, w in reversed(c.sent)
-        if isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, ViewChange)
-        and w.envelope.signed.msg.new_view == 1
-    }
-    assert {2, 3} <= set(vcs)
+    c, vcs = _in_view_1_with_its_view_changes()
     since = len(c.sent)
     wipe(c, 1)
     for signer in (2, 3):  # at once: no STATUS has reached it yet
         c.inject(3, 1, wire(vcs[signer]))
     c.deliver()
     c.tick(BASE.status_interval * 3)
-    resigned = signed_by(c, 1, ViewChange | NewView, since=since)
-    assert not [
-        m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
-    ], resigned
+    assert not _view_change_signed_again(c, 1, up_to=1, since=since)
     assert not _evidence(c, (2, 3))
     assert not any(c.replica(j).banned for j in (2, 3))
     c.propose(2, request("z"))
@@ -526,19 +516,7 @@ def test_a_wiped_primary_restarted_before_it_heard_its_peers_is_still_fresh() ->
     own), wrote records, and restarted before any peer's STATUS came: with records it
     was no longer fresh, and signed view 1's VIEW-CHANGE again. It now keeps a record
     that its view floor is pending, and stays fresh across the restart."""
-    c = Cluster(4)
-    c.propose(1, request("x"))
-    c.tick(5)
-    c.crash(0)
-    c.propose(1, request("y"))
-    c.tick(60)
-    vcs = {
-        w.envelope.signed.signer: w.envelope
-        for _, w in reversed(c.sent)
-        if isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, ViewChange)
-        and w.envelope.signed.msg.new_view == 1
-    }
+    c, vcs = _in_view_1_with_its_view_changes()
     since = len(c.sent)
     wipe(c, 1)
     for signer in (2, 3):
@@ -548,9 +526,6 @@ def test_a_wiped_primary_restarted_before_it_heard_its_peers_is_still_fresh() ->
     c.crash(1)
     c.restart(1)
     c.tick(BASE.status_interval * 3)
-    resigned = signed_by(c, 1, ViewChange | NewView, since=since)
-    assert not [
-        m for m in resigned if (m.new_view if isinstance(m, ViewChange) else m.view) <= 1
-    ], resigned
+    assert not _view_change_signed_again(c, 1, up_to=1, since=since)
     assert durable.VIEW_FLOOR_PENDING_KEY not in c.nodes[1].records  # learned since
     assert not _evidence(c, (2, 3))
