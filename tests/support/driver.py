@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 
@@ -31,7 +32,12 @@ def unstarted_driver(
     clock: Callable[[], float] = time.monotonic,
     pending_max_bytes: int | None = None,
 ) -> Driver:
-    """A driver for replica ``config.replica_id`` of ``config.n``, each with a fresh key."""
+    """A driver for replica ``config.replica_id`` of ``config.n``, each with a fresh key.
+
+    There is no storage behind it, so its replica does not start as a fresh one that
+    asks its peers for its view floor: that writes a record with its first Ready, and
+    carrying such a Ready out here would retry the write for ever."""
+    config = replace(config, fresh_start_asks_peers=False)
     backend = get_backend("auto")
     keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(config.n)]
     public = [key.public_key for key in keys]
