@@ -31,7 +31,6 @@ import sys
 import termios
 import time
 import weakref
-from collections import Counter
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -220,14 +219,13 @@ class _Admission(asyncio.Protocol):
         site.arriving.discard(self)
         peer = transport.get_extra_info("peername")
         client = client_key(str(peer[0])) if peer else ""
-        if site.per_client[client] >= site.max_per_client:
+        if len(site.by_client.get(client, ())) >= site.max_per_client:
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="per_client").inc()
             self._inner = _Refuse(site.per_client_answer, site.lingering)
         elif site.full() and not site.make_room(client):
             metrics.CONNECTIONS_REFUSED.labels(api="http", limit="total").inc()
             self._inner = _Refuse(site.total_answer, site.lingering)
         else:
-            site.per_client[client] += 1
             site.by_client.setdefault(client, {})[self] = None
             self._client = client
             self._inner = JsonErrorHandler.of(site.runner_server())
@@ -288,9 +286,6 @@ class _Admission(asyncio.Protocol):
             return
         self._client = None
         site = self._site
-        site.per_client[client] -= 1
-        if site.per_client[client] <= 0:
-            del site.per_client[client]
         held = site.by_client.get(client)
         if held is not None:
             held.pop(self, None)
@@ -322,7 +317,6 @@ class LimitedSite(web.BaseSite):
         "by_client",
         "lingering",
         "max_per_client",
-        "per_client",
         "per_client_answer",
         "total_answer",
         "write_timeout_s",
@@ -354,9 +348,7 @@ class LimitedSite(web.BaseSite):
             f"this client holds gateway.max_connections_per_client ({max_per_client}) HTTP "
             "connections; close one, or retry with backoff"
         )
-        #: Open connections by client address (those handed to aiohttp).
-        self.per_client: Counter[str] = Counter()
-        #: The same connections, oldest first, by client address.
+        #: Open connections (those handed to aiohttp), oldest first, by client address.
         self.by_client: dict[str, dict[_Admission, None]] = {}
         self.lingering: set[_Refuse] = set()
         #: Connections accepted and not yet handed to aiohttp (asyncio accepts several
@@ -396,12 +388,12 @@ class LimitedSite(web.BaseSite):
 
     def full(self) -> bool:
         """Whether every one of ``max_connections`` is held (evicted ones not counted)."""
-        return sum(self.per_client.values()) >= self._max
+        return sum(map(len, self.by_client.values())) >= self._max
 
     def make_room(self, client: str) -> bool:
         """Close the oldest connection of the client holding the most, if it holds at
         least two more than ``client`` (max-min fairness between client addresses)."""
-        top = holder_to_evict(self.per_client, client)
+        top = holder_to_evict({c: len(held) for c, held in self.by_client.items()}, client)
         if top is None:
             return False
         victim = next(iter(self.by_client[top]))

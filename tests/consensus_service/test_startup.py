@@ -31,18 +31,25 @@ async def _serving(target: str, tls: object) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def start_consensus(node: NodeLayout) -> asyncio.subprocess.Process:
-    """Node ``node``'s consensus process (stderr piped)."""
+async def start_service(
+    node: NodeLayout, service: str, *, stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """Node ``node``'s ``service`` process (``services.<service>``; stderr piped)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.consensus",
+        f"services.{service}",
         "--config",
         str(node.config),
         cwd=node.directory,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=stderr,
     )
+
+
+async def start_consensus(node: NodeLayout) -> asyncio.subprocess.Process:
+    """Node ``node``'s consensus process (stderr piped)."""
+    return await start_service(node, "consensus")
 
 
 @contextlib.asynccontextmanager
@@ -53,16 +60,7 @@ async def consensus_over_record(
     ``view``, then its consensus process started over it (stderr piped); both stopped
     at the end."""
     cfg = load_config(node.config)
-    storage = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.storage",
-        "--config",
-        str(node.config),
-        cwd=node.directory,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    storage = await start_service(node, "storage", stderr=asyncio.subprocess.DEVNULL)
     consensus = None
     try:
         target, tls = service_endpoint(cfg, "storage")
