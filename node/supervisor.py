@@ -164,10 +164,21 @@ class Child:
     #: The log's size when the current run began (what ``last_error`` reads from).
     log_offset: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    #: SIGTERM was sent to the current run (a second one, arriving after the service
+    #: closed its event loop and with it its handler, killed it mid-exit: code -15).
+    terminating: bool = False
 
     @property
     def label(self) -> str:
         return f"{self.node}/{self.service}"
+
+    def terminate(self) -> None:
+        """Ask the current run to stop (SIGTERM), once: the service stops gracefully."""
+        if self.process is None or self.process.returncode is not None or self.terminating:
+            return
+        self.terminating = True
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
 
     async def spawn(self) -> None:
         if self.log_file is not None and self._log_handle is None:
@@ -177,6 +188,7 @@ class Child:
             self._log_handle.flush()
             self.log_offset = self._log_handle.tell()  # where this run's output begins
         out = self._log_handle if self._log_handle is not None else None
+        self.terminating = False
         self.process = await asyncio.create_subprocess_exec(
             *registry.service(self.service).command(self.config),
             stdin=asyncio.subprocess.DEVNULL,
@@ -310,9 +322,7 @@ class Supervisor:
         for sibling in self.children_of(child.node):
             if sibling is not child and sibling.process is not None:
                 sibling.held = True  # not restarted
-                if sibling.process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        sibling.process.terminate()
+                sibling.terminate()
 
     def _take_down(self, child: Child) -> None:
         """``child`` was given up while the cluster ran: its node goes down whole."""
@@ -337,9 +347,7 @@ class Supervisor:
         )
         self.on_event(child.gave_up)
         child.held = True
-        if child.process is not None and child.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.terminate()
+        child.terminate()
         self._leave_down(child)
 
     def _leave_down(self, child: Child) -> None:
@@ -432,6 +440,9 @@ class Supervisor:
         for child in self.children_of(node, service):
             if sig == signal.SIGKILL:
                 child.held = True
+            if sig == signal.SIGTERM:
+                child.terminate()
+                continue
             if child.process is not None and child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(sig)
@@ -466,9 +477,7 @@ class Supervisor:
                 if c.service == service and c.process and c.process.returncode is None
             ]
             for child in batch:
-                assert child.process is not None
-                with contextlib.suppress(ProcessLookupError):
-                    child.process.send_signal(signal.SIGTERM)
+                child.terminate()  # not again to one already stopping (given up, late)
             for child in batch:
                 assert child.process is not None
                 try:

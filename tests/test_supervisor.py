@@ -168,6 +168,46 @@ async def test_a_running_node_whose_storage_cannot_restart_stops_with_an_error(
     assert snapshot(db) == before
 
 
+#: A child that, like a service, handles its first SIGTERM and then exits a moment later
+#: with the default action back in place (a service's event loop, closed, no longer
+#: handles the signal): a second SIGTERM meanwhile kills it (-15).
+STOPPING_CHILD = """
+import signal, sys, time
+def on_term(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print("stopping", flush=True)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+signal.pause()
+time.sleep(1)
+"""
+
+
+async def test_a_child_already_stopping_is_not_sent_sigterm_again(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path
+) -> None:
+    """A node's services stopped because one was given up were sent SIGTERM again by the
+    node's stop, which killed the gateway mid-exit (CI, 2026-12-05: code -15)."""
+    supervisor = Supervisor([one_node(cluster_factory)], log_dir=lambda _: None)
+    gateway = supervisor.children_of("node1", "gateway")[0]
+    gateway.process = process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STOPPING_CHILD, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
+        gateway.terminate()  # as when its node goes down
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"stopping\n"
+        gateway.terminate()
+        supervisor.signal("node1", signal.SIGTERM, "gateway")
+        await asyncio.wait_for(supervisor.stop(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+
+
 def test_last_error_is_the_last_error_line_of_a_log_tail(tmp_path: Path) -> None:
     from node.supervisor import LAST_ERROR_CHARS, LAST_ERROR_TAIL_BYTES, last_error
 
