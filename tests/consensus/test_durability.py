@@ -468,6 +468,30 @@ def test_replayed_view_changes_cannot_make_a_wiped_primary_sign_its_new_view_aga
     assert not _view_change_signed_again(c, 1, up_to=1, since=since)
 
 
+def test_one_byzantine_status_cannot_lower_a_wiped_primarys_view_floor() -> None:
+    """Review (2026-12-05): the floor was learned from the first q-1 STATUS; one Byzantine
+    "view 0" beside one honest "view 1" set it to 0, and replayed VIEW-CHANGEs of view 1
+    then made the wiped leader of view 1 sign them again. It now waits for every peer
+    (or a grace): two honest reports of view 1 outweigh the lie."""
+    c, vcs = _in_view_1_with_its_view_changes()
+    c.restart(0)
+    c.tick(BASE.status_interval * 6)
+    assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in range(4))
+    since = len(c.sent)
+    wipe(c, 1)
+    # node 3, Byzantine, says view 0 at once and nothing true after
+    c.blocked = lambda s, d, env: s == 3 and d == 1 and isinstance(env, StatusEnvelope)
+    c.inject(3, 1, wire(StatusEnvelope(view=0, active=True, last_executed=0, stable_seq=0)))
+    c.deliver()
+    c.tick(BASE.status_interval * 4)  # the honest peers' STATUS come
+    for signer in (2, 3):
+        c.inject(3, 1, wire(vcs[signer]))
+    c.deliver()
+    c.tick(BASE.status_interval * 2)
+    assert not _view_change_signed_again(c, 1, up_to=1, since=since)
+    assert not _evidence(c, (0, 2))
+
+
 def test_view_changes_replayed_before_a_wiped_primary_heard_its_peers_are_not_signed_again() -> (
     None
 ):
@@ -507,7 +531,8 @@ def test_a_view_change_deferred_while_fresh_is_signed_after_a_restart() -> None:
     c.blocked = None
     c.restart(3)
     c.tick(BASE.status_interval * 6)
-    assert [m.new_view for m in signed_by(c, 3, ViewChange)] == [1]
+    signed = signed_by(c, 3, ViewChange)
+    assert [m.new_view for m in signed[:1]] == [1] and all(m == signed[0] for m in signed)
     assert all(r.hash in c.executed_hashes(j) for j in (1, 2, 3))
 
 

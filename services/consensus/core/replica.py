@@ -140,6 +140,9 @@ class _Resend:
 #: Views in which one signer's COMMITs for one seq are kept (its highest).
 COMMIT_VIEWS_PER_SIGNER = 4
 
+#: A fresh replica that heard q-1 peers waits this many status intervals more for the
+#: others' STATUS before it learns its view floor (:meth:`Replica._learn_view_floor`).
+VIEW_FLOOR_GRACE_INTERVALS = 2
 #: Resends to a peer stuck at one place back off up to this many status intervals.
 RESEND_MAX_BACKOFF = 8
 #: At most this many unexecuted slots are resent to a stalled peer at once (it
@@ -315,6 +318,9 @@ class Replica:
             not records and signing_mark is None and self._n > 1 and config.fresh_start_asks_peers
         )
         self._view_floor_pending = self._fresh
+        #: The tick q-1 peers' STATUS had come by while the floor was pending: the rest
+        #: are awaited until VIEW_FLOOR_GRACE_INTERVALS status intervals after it.
+        self._view_floor_quorum_at: int | None = None
         #: The tick this replica last left a view (started a view change).
         self._left_view_at = 0
         #: The views whose NEW-VIEW this process signed.
@@ -437,6 +443,8 @@ class Replica:
         now = self._now
         if now % self.config.status_interval == 0:
             self._status_tick()
+        if self._view_floor_pending and self._view_floor_quorum_at is not None:
+            self._learn_view_floor()  # the grace for the last peers' STATUS may be over
         if not self._active and self._nv_deadline is not None and now >= self._nv_deadline:
             self._start_view_change(self._view + 1)
         if self._transfer is None:
@@ -841,13 +849,25 @@ class Replica:
         it. The (f+1)-th highest: one honest peer at least is that far, and f Byzantine
         peers cannot raise it.
 
+        It waits for every peer's STATUS, or VIEW_FLOOR_GRACE_INTERVALS status intervals
+        once q-1 came: of q-1 reports, f may be Byzantine, and one that said "view 0"
+        beside one honest report set the floor to 0 (a review, 2026-12-05). Of all n-1,
+        f low ones cannot take it below the (f+1)-th highest of the honest ones.
+
         Until then it defers every VIEW-CHANGE and NEW-VIEW (:meth:`_forbidden`: a replay
         in that first status interval made it sign them again at once), and here signs
         the view change it joined meanwhile, if the floor allows. Deferring, not
         refusing: a replica restarted before it signed anything is honest, and the
         simulator's clusters stalled without its VIEW-CHANGE."""
-        if len(self._peer_status) < self._q - 1:
+        heard = len(self._peer_status)
+        if heard < self._q - 1:
             return
+        if heard < self._n - 1:
+            if self._view_floor_quorum_at is None:
+                self._view_floor_quorum_at = self._now
+            grace = VIEW_FLOOR_GRACE_INTERVALS * self.config.status_interval
+            if self._now < self._view_floor_quorum_at + grace:
+                return  # every live peer answers within an interval or two
         self._view_floor_pending = False
         self._persist.append(Record(durable.VIEW_FLOOR_PENDING_KEY, None))
         active = sorted((st.view for st in self._peer_status.values() if st.active), reverse=True)
