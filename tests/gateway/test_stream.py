@@ -346,6 +346,43 @@ async def test_a_client_holding_fewer_streams_takes_a_slot_from_the_one_holding_
             await ws.close()
 
 
+async def test_a_grpc_subscriber_holding_the_most_gives_its_oldest_stream_up(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    """The same between a gRPC holder and a WebSocket newcomer at another address: the
+    holder's oldest ``WatchFinalized`` ends RESOURCE_EXHAUSTED with where to resume,
+    counted as an eviction of the gRPC API, and its other streams go on."""
+    async with (
+        start_node(make_config(max_streams=3, max_streams_per_client=3)) as node,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        ) as newcomer,
+    ):
+        await finalize(node, b"first")
+        held = []
+        for _ in range(3):
+            call = node.stub.WatchFinalized(consensus_pb2.WatchFinalizedRequest(from_seq=1))
+            assert (await asyncio.wait_for(call.read(), TIMEOUT)).seq == 1
+            held.append(call)
+        evictions = _sample("cretoai_gateway_stream_evictions_total", api="grpc")
+        ws = await newcomer.ws_connect(node.url + "/v1/stream?from_seq=1")
+        assert (await receive_batch(ws))["seq"] == 1  # it got a slot
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(held[0].read(), TIMEOUT)
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (ended.value.details() or "").endswith(
+            "this client holds the most; resume with from_seq=2"
+        )
+        assert _sample("cretoai_gateway_stream_evictions_total", api="grpc") == evictions + 1
+        await finalize(node, b"second")
+        for call in held[1:]:
+            assert (await asyncio.wait_for(call.read(), TIMEOUT)).seq == 2
+        assert (await receive_batch(ws))["seq"] == 2
+        for call in held:
+            call.cancel()
+        await ws.close()
+
+
 async def test_a_grpc_subscriber_that_never_reads_gives_its_slot_back(
     make_config: Callable[..., NodeConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
