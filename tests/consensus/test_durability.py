@@ -19,7 +19,7 @@ from services.consensus.core.messages import (
     StatusEnvelope,
     ViewChange,
 )
-from services.consensus.core.replica import _own_key
+from services.consensus.core.replica import VIEW_FLOOR_GRACE_INTERVALS, _own_key
 from services.consensus.sim.crypto import FastScheme
 from services.consensus.sim.node import Application
 from tests.consensus.harness import BASE, Cluster, request, sign, wire
@@ -490,6 +490,24 @@ def test_one_byzantine_status_cannot_lower_a_wiped_primarys_view_floor() -> None
     c.tick(BASE.status_interval * 2)
     assert not _view_change_signed_again(c, 1, up_to=1, since=since)
     assert not _evidence(c, (0, 2))
+
+
+def test_the_grace_for_the_last_peers_status_is_timed_by_real_ticks() -> None:
+    """A fresh replica that heard q-1 peers waits a grace for the others, timed by ticks:
+    ticks a driver applies as quiet (``quiet_ticks``, no Ready drained) must not end it,
+    or what ending it writes and sends waits for the next real tick."""
+    c = Cluster(4, fresh_start_asks_peers=True)
+    c.crash(3)  # never answers
+    r = c.replica(1)
+    for _ in range(BASE.status_interval * 3):
+        c.tick()
+        if len(r._peer_status) >= 2:
+            break
+    assert len(r._peer_status) == 2 and r.active
+    assert durable.VIEW_FLOOR_PENDING_KEY in c.nodes[1].records
+    assert r.quiet_ticks() == 0
+    c.tick(VIEW_FLOOR_GRACE_INTERVALS * BASE.status_interval + 1)
+    assert durable.VIEW_FLOOR_PENDING_KEY not in c.nodes[1].records
 
 
 def test_view_changes_replayed_before_a_wiped_primary_heard_its_peers_are_not_signed_again() -> (

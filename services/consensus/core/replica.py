@@ -467,14 +467,16 @@ class Replica:
         changes nothing but logical time (and, at a status interval where no STATUS is
         due, the flood-accounting window), so :meth:`ready` stays empty. A driver may
         apply those ticks without draining a Ready for each; the tick after them is a
-        real one. 0 while requests wait, a view change or a state transfer runs, or the
-        primary is banned (every tick counts then).
+        real one. 0 while requests wait, a view change or a state transfer runs, the
+        primary is banned, or a fresh replica's grace for its last peers' STATUS runs
+        (every tick counts then).
         """
         if (
             not self._active
             or self._transfer is not None
             or len(self._pool)
             or (self._rep.banned and self.primary in self._rep.banned)
+            or (self._view_floor_pending and self._view_floor_quorum_at is not None)
         ):
             return 0
         interval = self.config.status_interval
