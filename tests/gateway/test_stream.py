@@ -26,6 +26,14 @@ from tests.gateway.support import (
     start_node,
 )
 
+#: Another client address than the tests' own (127.0.0.1): loopback too.
+ANOTHER_ADDRESS = "127.0.0.2"
+
+
+def session_from(source: str) -> aiohttp.ClientSession:
+    """An HTTP client connecting from the loopback address ``source``."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)))
+
 
 async def finalize(node: Node, payload: bytes = b"x") -> vertex_pb2.FinalizedBatch:
     return await node.consensus.finalize([raw_vertex(payload)])
@@ -256,9 +264,8 @@ async def test_one_client_cannot_take_every_subscriber_slot(
         )
 
         # another client address (127.0.0.2 is loopback too) is not held back by it
-        other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
         async with (
-            aiohttp.ClientSession(connector=other) as elsewhere,
+            session_from(ANOTHER_ADDRESS) as elsewhere,
             elsewhere.ws_connect(node.url + "/v1/stream?from_seq=1") as stranger,
         ):
             assert (await receive_batch(stranger))["seq"] == 1
@@ -308,9 +315,7 @@ async def test_a_client_holding_fewer_streams_takes_a_slot_from_the_one_holding_
     to resume by seq; the holder cannot take it back, and slots end up shared."""
     async with (
         start_node(make_config(max_streams=3, max_streams_per_client=3)) as node,
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-        ) as holder,
+        session_from(ANOTHER_ADDRESS) as holder,
     ):
         await finalize(node, b"first")
         held = []
@@ -354,9 +359,7 @@ async def test_a_grpc_subscriber_holding_the_most_gives_its_oldest_stream_up(
     counted as an eviction of the gRPC API, and its other streams go on."""
     async with (
         start_node(make_config(max_streams=3, max_streams_per_client=3)) as node,
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-        ) as newcomer,
+        session_from(ANOTHER_ADDRESS) as newcomer,
     ):
         await finalize(node, b"first")
         held = []
