@@ -492,6 +492,29 @@ def test_one_byzantine_status_cannot_lower_a_wiped_primarys_view_floor() -> None
     assert not _evidence(c, (0, 2))
 
 
+def test_one_byzantine_status_cannot_raise_a_wiped_replicas_view_floor() -> None:
+    """The other way: a Byzantine "view 1,000,000" would keep the wiped replica from
+    every view change up to it. Beside two honest reports of view 1 the floor is 1, and
+    the replica still signs the VIEW-CHANGE for view 2 when its primary goes."""
+    c, _ = _in_view_1_with_its_view_changes()
+    c.restart(0)
+    c.tick(BASE.status_interval * 6)
+    assert all((c.replica(j).view, c.replica(j).active) == (1, True) for j in range(4))
+    wipe(c, 2)
+    c.blocked = lambda s, d, env: s == 3 and d == 2 and isinstance(env, StatusEnvelope)
+    lie = StatusEnvelope(view=1_000_000, active=True, last_executed=0, stable_seq=0)
+    c.inject(3, 2, wire(lie))
+    c.deliver()
+    c.tick(BASE.status_interval * 4)
+    assert durable.VIEW_FLOOR_PENDING_KEY not in c.nodes[2].records  # learned
+    since = len(c.sent)
+    c.crash(1)  # the primary of view 1
+    c.propose(2, request("after"))
+    c.tick(120)
+    assert 2 in {m.new_view for m in signed_by(c, 2, ViewChange, since=since)}
+    assert all(request("after").hash in c.executed_hashes(j) for j in (0, 2, 3))
+
+
 def test_the_grace_for_the_last_peers_status_is_timed_by_real_ticks() -> None:
     """A fresh replica that heard q-1 peers waits a grace for the others, timed by ticks:
     ticks a driver applies as quiet (``quiet_ticks``, no Ready drained) must not end it,
