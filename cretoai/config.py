@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import tomllib
 import typing
@@ -69,6 +70,15 @@ class GatewaySection:
     #: request prepares a quarter of them at a time, and one client address holds at
     #: most a quarter while another request of its is in progress.
     max_submissions_in_progress: int = 256
+    #: Vertices one client address may submit per second, on average (REST and gRPC
+    #: together; an IPv6 address counted by its /64), with bursts of up to
+    #: ``client_burst_vertices``; beyond, 429 ``rate_limited`` (gRPC RESOURCE_EXHAUSTED)
+    #: with the seconds to wait, before any work is done. One client sending as fast as
+    #: the node refuses cannot take everyone else's share of it. Clients behind one proxy
+    #: or NAT share an address: raise it for them.
+    client_vertices_per_s: float = 200.0
+    #: The burst: at least one largest batch (256 vertices, MAX_BATCH_VERTICES).
+    client_burst_vertices: int = 512
     #: Bytes that submission requests in progress may hold at once, until their answer
     #: (HTTP: the declared body, or the limit when undeclared, from before it is read;
     #: gRPC: the message); one beyond gets 429 / RESOURCE_EXHAUSTED at once (one alone
@@ -133,6 +143,9 @@ class GatewaySection:
     allowed_origins: tuple[str, ...] = ()
 
 
+#: Most vertices in one batch submission (the gateway's REST and gRPC batches, and
+#: consensus's SubmitVertices).
+MAX_SUBMISSION_VERTICES = 256
 #: The largest batch a node may be configured for (see validate: frames and persists).
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 #: What a PRE-PREPARE's frame holds besides its bodies: hashes, signature, framing.
@@ -619,6 +632,8 @@ def _validate(cfg: NodeConfig) -> None:
         "max_payload_bytes",
         "wait_timeout_ms",
         "max_submissions_in_progress",
+        "client_vertices_per_s",
+        "client_burst_vertices",
         "max_request_bytes_in_progress",
         "grpc_max_concurrent_rpcs",
         "grpc_max_concurrent_rpcs_per_client",
@@ -633,6 +648,14 @@ def _validate(cfg: NodeConfig) -> None:
     ):
         if getattr(cfg.gateway, name) <= 0:
             raise ConfigError(f"{src}: gateway.{name}: must be positive")
+    if not math.isfinite(cfg.gateway.client_vertices_per_s):
+        raise ConfigError(f"{src}: gateway.client_vertices_per_s: must be a finite number")
+    if cfg.gateway.client_burst_vertices < MAX_SUBMISSION_VERTICES:
+        raise ConfigError(
+            f"{src}: gateway.client_burst_vertices: {cfg.gateway.client_burst_vertices} is "
+            f"less than the largest batch ({MAX_SUBMISSION_VERTICES} vertices), which could then "
+            "never be submitted"
+        )
     for origin in cfg.gateway.allowed_origins:
         scheme, sep, host = origin.partition("://")
         if not sep or scheme not in ("http", "https") or not host or "/" in host:

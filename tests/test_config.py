@@ -61,6 +61,15 @@ def test_generated_config_loads(node_config: Path) -> None:
             lambda d: d["gateway"].update(max_submissions_in_progress=0),
             "gateway.max_submissions_in_progress",
         ),
+        (lambda d: d["gateway"].update(client_vertices_per_s=0), "client_vertices_per_s"),
+        (
+            lambda d: d["gateway"].update(client_vertices_per_s=float("nan")),
+            "gateway.client_vertices_per_s: must be a finite number",
+        ),
+        (
+            lambda d: d["gateway"].update(client_burst_vertices=255),  # < the largest batch
+            "gateway.client_burst_vertices: 255 is less than the largest batch",
+        ),
         (
             lambda d: d["consensus"].update(admission_max_wait_ms=4000),  # = request timeout
             "consensus.admission_max_wait_ms",

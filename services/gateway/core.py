@@ -34,6 +34,7 @@ from services.gateway.coalesce import MAX_CALL_VERTICES, SLOW_CALL_S, Coalescer,
 from services.gateway.codec import Draft
 from services.gateway.errors import ApiError
 from services.gateway.finality import FinalityHub, Outcome
+from services.gateway.ratelimit import ClientRateLimit, RateLimited
 
 T = TypeVar("T")
 
@@ -71,6 +72,10 @@ class Limits:
     #: Bytes the read answers in progress (a vertex, a page of batches) may hold at once,
     #: from before they are fetched until they are sent; more get 429 at once.
     max_answer_bytes: int = 64 * 1024 * 1024
+    #: Vertices one client address may submit per second, and its burst
+    #: (services/gateway/ratelimit.py); None: no per-client rate limit.
+    client_vertices_per_s: float | None = None
+    client_burst_vertices: int = 512
     #: After consensus refused a vertex as overloaded, new submissions are refused
     #: here for this long without any work (no signing, no call to consensus).
     shed_hold_s: float = 0.1
@@ -203,6 +208,11 @@ class Gateway:
         #: Channels to the node's other services, by name, for health probes.
         self._probes = probes
         self.hub = hub
+        self._rate_limit = (
+            ClientRateLimit(limits.client_vertices_per_s, limits.client_burst_vertices)
+            if limits.client_vertices_per_s is not None
+            else None
+        )
         self._in_progress = 0
         #: Submission slots held by each client address.
         self._in_progress_by: dict[str, int] = {}
@@ -425,6 +435,24 @@ class Gateway:
             for answer, h in zip(answers, hashes, strict=True)
         ]
 
+    def _take_tokens(self, count: int, client: str | None) -> None:
+        """Charge ``count`` vertices to ``client``'s rate (gateway.client_vertices_per_s),
+        or raise 429 ``rate_limited`` before any work is done for them."""
+        if self._rate_limit is None or client is None:
+            return
+        try:
+            self._rate_limit.take(client, count)
+        except RateLimited as exc:
+            limit = self._rate_limit
+            raise ApiError(
+                "rate_limited",
+                f"this client address may submit {limit.rate:g} vertices a second, "
+                f"{limit.burst} at once (gateway.client_vertices_per_s, "
+                f"gateway.client_burst_vertices); {count} would pass in "
+                f"{exc.retry_after_s:.2f} s",
+                retry_after_s=exc.retry_after_s,
+            ) from None
+
     def _slots_refusal(self, count: int, client: str | None) -> ApiError | None:
         """Why ``count`` more submissions of ``client`` may not be validated now, if so:
         the node's slots (``gateway.max_submissions_in_progress``; a lone request always
@@ -474,6 +502,7 @@ class Gateway:
         live = [i for i, answer in enumerate(answers) if answer is None]
         if not live:
             return _all(answers), hashes
+        self._take_tokens(len(live), client)
         refusal = self.shedding()
         if refusal is not None:
             raise refusal

@@ -65,6 +65,8 @@ CODES: dict[str, tuple[int, grpc.StatusCode]] = {
     "unknown_parent": (422, grpc.StatusCode.FAILED_PRECONDITION),
     # 429, 5xx: the node cannot take it now
     "overloaded": (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # this client's address sent more vertices than gateway.client_vertices_per_s allows
+    "rate_limited": (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     "internal": (500, grpc.StatusCode.INTERNAL),
     "backend_error": (502, grpc.StatusCode.INTERNAL),
     "not_ready": (503, grpc.StatusCode.UNAVAILABLE),
@@ -80,12 +82,14 @@ Backend = Literal["consensus", "storage"]
 class ApiError(ServiceError):
     """A failure reported to the client as ``{"error": {"code": ..., "message": ...}}``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after_s: float | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message, status=CODES[code][1])
         self.code = code
         self.message = message
+        #: When the same request would pass (``rate_limited``), for ``Retry-After``.
+        self.retry_after_s = retry_after_s
 
     @property
     def http_status(self) -> int:

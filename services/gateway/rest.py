@@ -44,6 +44,7 @@ from services.gateway.connections import LimitedSite, client_key
 from services.gateway.core import MAX_BATCH_VERTICES, MAX_PAGE, PAGE_BYTES, Gateway, Refused
 from services.gateway.errors import ApiError
 from services.gateway.finality import SlowConsumer, Stream
+from services.gateway.ratelimit import retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,9 @@ def client_of(request: web.Request) -> str:
 
 def error_response(exc: ApiError, **extra: Any) -> web.Response:
     response = json_response({**exc.body(), **extra}, exc.http_status)
-    if exc.code == "overloaded":
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+    elif exc.code == "overloaded":
         response.headers["Retry-After"] = RETRY_AFTER_S
     elif exc.code == "request_timeout":
         response.force_close()  # the rest of a slow body is not waited for

@@ -113,6 +113,8 @@ async def build(cfg: NodeConfig) -> GatewayService:
             max_payload_bytes=cfg.gateway.max_payload_bytes,
             wait_timeout_s=cfg.gateway.wait_timeout_ms / 1000,
             max_in_progress=cfg.gateway.max_submissions_in_progress,
+            client_vertices_per_s=cfg.gateway.client_vertices_per_s,
+            client_burst_vertices=cfg.gateway.client_burst_vertices,
             max_request_bytes=cfg.gateway.max_request_bytes_in_progress,
             max_answer_bytes=cfg.gateway.max_answer_bytes_in_progress,
         ),
