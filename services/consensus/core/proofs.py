@@ -6,6 +6,7 @@ A failed check raises :class:`ProofError`; the caller decides whom to blame.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ from services.consensus.core.messages import (
     Signed,
     ViewChange,
 )
+
+#: Domain of the keys of the verified-signature cache (:func:`_verified_key`).
+_VERIFIED_DOMAIN = b"cretoai.v1.pbft.verified\x00"
 
 
 class ProofError(ValueError):
@@ -85,11 +89,27 @@ def check_commits(
         raise ProofError(f"certificate has {len(signers)} COMMITs, need {q}")
 
 
+def _verified_key(signed: Signed[Message]) -> bytes:
+    """What the cache of verified signatures keeps of one: SHA3-256 of the signer, the
+    exact body and the signature (collision resistant, so a key found stands for these
+    very bytes). Keeping the bytes themselves held up to 8192 ML-DSA-87 signatures of
+    4.6 KB, about 40 MB per consensus process, filled in minutes by ordinary traffic
+    (the node's RSS rose for 8 minutes under load, 2026-12-05)."""
+    return hashlib.sha3_256(
+        _VERIFIED_DOMAIN
+        + signed.signer.to_bytes(4, "big")
+        + len(signed.body).to_bytes(4, "big")
+        + signed.body
+        + signed.signature
+    ).digest()
+
+
 class Proofs:
     """Checks signed proofs for a validator set of ``n`` replicas.
 
-    Successful signature checks are remembered (bounded), so a message seen
-    directly and again inside a VIEW-CHANGE or NEW-VIEW is verified once.
+    Successful signature checks are remembered (bounded, by digest:
+    :func:`_verified_key`), so a message seen directly and again inside a VIEW-CHANGE
+    or NEW-VIEW is verified once.
     """
 
     _CACHE_MAX = 8192
@@ -102,23 +122,26 @@ class Proofs:
         self._verifier = verifier
         self._k = checkpoint_interval
         self._window = window
-        self._verified: set[tuple[int, bytes, bytes]] = set()
+        self._verified: set[bytes] = set()
 
     def remember(self, signed: Signed[Message]) -> None:
         """Record a signature that was verified elsewhere (the driver's outer check)."""
+        self._remember(_verified_key(signed))
+
+    def _remember(self, key: bytes) -> None:
         if len(self._verified) >= self._CACHE_MAX:
             self._verified.clear()
-        self._verified.add((signed.signer, signed.body, signed.signature))
+        self._verified.add(key)
 
     def signature_ok(self, signed: Signed[Message]) -> bool:
         if not 0 <= signed.signer < self.n:
             return False
-        key = (signed.signer, signed.body, signed.signature)
+        key = _verified_key(signed)
         if key in self._verified:
             return True
         if not self._verifier.verify(signed.signer, signed.body, signed.signature):
             return False
-        self.remember(signed)
+        self._remember(key)
         return True
 
     def _signed(self, signed: Signed[Message], what: str) -> None:
