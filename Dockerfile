@@ -47,9 +47,11 @@ RUN set -eu; \
 COPY --from=builder /opt/liboqs/lib/ /usr/local/lib/
 COPY --from=builder /opt/venv /opt/venv
 RUN ldconfig
+# MALLOC_ARENA_MAX: as node/supervisor.py MALLOC_ARENAS (each container runs one service)
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2
 USER ${UID}:${UID}
 WORKDIR /var/lib/cretoai
 # gRPC health of this container's own service: CRETOAI_SERVICE of the node whose config

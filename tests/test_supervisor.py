@@ -292,6 +292,35 @@ async def test_the_gateway_is_favoured_by_the_scheduler_at_every_start(
         await finish(run, stop)
 
 
+def environ_of(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+@pytest.mark.slow
+async def test_every_service_runs_with_glibcs_malloc_arenas_bounded(
+    cluster_factory: Callable[..., ClusterLayout], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """glibc makes up to 8 malloc arenas per core as threads allocate, each keeping what
+    it freed; the services run with two (about 20 MB less per node under load)."""
+    from cretoai import registry
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    cfg = one_node(cluster_factory)
+    events: list[str] = []
+    supervisor = supervise(cfg, tmp_path / "logs", events)
+    run, stop = await start_node(supervisor, events)
+    try:
+        arenas = {}
+        for child in supervisor.children:
+            assert child.process is not None
+            arenas[child.service] = [
+                v for v in environ_of(child.process.pid) if v.startswith(b"MALLOC_ARENA_MAX=")
+            ]
+        assert arenas == {s: [b"MALLOC_ARENA_MAX=2"] for s in registry.NAMES}, arenas
+    finally:
+        await finish(run, stop)
+
+
 @needs_autogroup
 def test_without_the_privilege_a_service_keeps_the_default_priority_and_is_told_why() -> None:
     """Unprivileged, ``favour`` cannot lower a nice value (it says why) but can raise it."""
@@ -362,8 +391,9 @@ def test_services_run_with_grpcs_own_logging_off_unless_the_operator_asks() -> N
     from node.supervisor import service_environment
 
     env = service_environment({"PATH": "/bin"})
-    assert env == {"GRPC_VERBOSITY": "NONE", "PATH": "/bin"}
+    assert env == {"GRPC_VERBOSITY": "NONE", "MALLOC_ARENA_MAX": "2", "PATH": "/bin"}
     assert service_environment({"GRPC_VERBOSITY": "debug"})["GRPC_VERBOSITY"] == "debug"
+    assert service_environment({"MALLOC_ARENA_MAX": "8"})["MALLOC_ARENA_MAX"] == "8"
     # the command line itself too (its health checks wrote hundreds of gRPC lines to the
     # terminal for one node with a wrong address), set before grpc is first imported
     probe = "import node.cli, grpc, os; print(os.environ['GRPC_VERBOSITY'])"
