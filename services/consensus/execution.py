@@ -93,3 +93,10 @@ class Verdicts:
         self._cache[self.key(request_hash, content)] = ok
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
+
+    def forget(self, request_hash: bytes, content: bytes) -> None:
+        """Drop a copy's verdict (its batch is executed: the cache is for what is in flight)."""
+        self._cache.pop(self.key(request_hash, content), None)
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -129,17 +129,18 @@ class Executor:
             finalized = {r.hash for r in reply.records if r.status == FINALIZED}
         problems = [shape_error(v, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES) for v in vertices]
         shaped = [i for i, problem in enumerate(problems) if problem is None]
+        copies = [committed.requests[i].hash for i in shaped]
+        shaped_contents = [contents[i] for i in shaped]
         verdicts = dict(
             zip(
                 shaped,
                 await self._verifier.verify_vertices(
-                    [vertices[i] for i in shaped],
-                    [committed.requests[i].hash for i in shaped],
-                    [contents[i] for i in shaped],
+                    [vertices[i] for i in shaped], copies, shaped_contents
                 ),
                 strict=True,
             )
         )
+        self._verifier.forget(copies, shaped_contents)
         candidates = [
             Candidate(
                 content=content,

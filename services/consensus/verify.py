@@ -113,5 +113,22 @@ class Verifier:
                         verdicts[j] = ok
         return [bool(v) for v in verdicts]
 
+    def forget(self, copies: Sequence[bytes], contents: Sequence[bytes]) -> None:
+        """Drop the verdicts of executed copies.
+
+        The cache serves a copy verified when it arrived (a client's submission, a peer's
+        PRE-PREPARE or forward) at its execution; after that a verdict is not needed (the
+        same copy ordered again is a duplicate, and whatever is not cached is verified
+        again). Kept until evicted, 100,000 verdicts held about 17 MB in every consensus
+        process, filled at the finalization rate (2026-12-05).
+        """
+        for copy, content in zip(copies, contents, strict=True):
+            self._verdicts.forget(copy, content)
+
+    @property
+    def cached(self) -> int:
+        """How many verdicts the cache holds."""
+        return len(self._verdicts)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

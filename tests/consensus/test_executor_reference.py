@@ -333,3 +333,25 @@ async def test_contents_noted_on_arrival_are_used_once_and_bounded(node: Node) -
     for i in range(3):
         bounded.note_content(bytes([i]) * 32, bytes([i]) * 32)
     assert list(bounded._contents) == [bytes([1]) * 32, bytes([2]) * 32]
+
+
+def cache_hits() -> float:
+    return REGISTRY.get_sample_value("cretoai_consensus_vertex_verify_cache_hits_total") or 0.0
+
+
+async def test_verdicts_of_executed_copies_leave_the_cache(node: Node) -> None:
+    """Copies verified on arrival are served from the cache at their execution, then
+    dropped from it: the cache holds what is in flight, not every finalized copy."""
+    chain = Chain()
+    committed = chain.next(5)
+    vertices = [vertex_pb2.Vertex.FromString(r.body) for r in committed.requests]
+    copies = [r.hash for r in committed.requests]
+    contents = [vertex_hash(v) for v in vertices]
+    assert await node.verifier.verify_vertices(vertices, copies, contents) == [True] * 5
+    assert node.verifier.cached == 5
+    await node.vote(committed)
+    hits = cache_hits()
+    executed = await node.executor.execute(committed)
+    assert cache_hits() - hits == 5  # none verified again at execution
+    assert not executed.batch.rejected
+    assert node.verifier.cached == 0
