@@ -64,6 +64,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -2343,6 +2344,39 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_T = TypeVar("_T")
+#: The exit status of a run ended by SIGTERM or SIGHUP (as the shell reports a kill).
+TERMINATED_EXIT = 128 + signal.SIGTERM
+
+
+async def until_terminated(main: Awaitable[_T]) -> _T:
+    """``main``, cancelled by SIGTERM or SIGHUP as asyncio cancels it on Ctrl-C, so that
+    its cleanup runs (the cluster's supervisor stopping every service).
+
+    Those signals' default action ends the process at once; a benchmark is a session
+    leader (``os.setsid``) whose services run in sessions of their own, and a run killed
+    while its cluster started left all 16 of them running, orphaned (2026-12-04)."""
+    task = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    stopping = (signal.SIGTERM, signal.SIGHUP)
+    for sig in stopping:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in stopping:
+            loop.remove_signal_handler(sig)
+
+
+def run_until_terminated(main: Awaitable[_T]) -> _T | None:
+    """:func:`until_terminated` in a new event loop; None when a signal ended it."""
+    try:
+        return asyncio.run(until_terminated(main))
+    except asyncio.CancelledError:
+        print("terminated: the cluster was stopped, no results written", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -2480,7 +2514,9 @@ def main(argv: list[str] | None = None) -> int:
     args.rates = [int(r) if float(r).is_integer() else r for r in args.rates]
     with contextlib.suppress(OSError):
         os.setsid()  # an autogroup of its own (see raise_priority); fails if a group leader
-    result = asyncio.run(run(args))
+    result = run_until_terminated(run(args))
+    if result is None:
+        return TERMINATED_EXIT
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")

@@ -64,6 +64,7 @@ from typing import Any
 import aiohttp
 
 from bench.cluster_load import (
+    TERMINATED_EXIT,
     Cluster,
     Outcomes,
     Signer,
@@ -72,6 +73,7 @@ from bench.cluster_load import (
     parse_overrides,
     percentile,
     raise_priority,
+    run_until_terminated,
     scrape,
     submit,
     summary_ms,
@@ -673,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     with contextlib.suppress(OSError):
         os.setsid()  # an autogroup of its own (see cluster_load.raise_priority)
-    result = asyncio.run(run(args))
+    result = run_until_terminated(run(args))
+    if result is None:
+        return TERMINATED_EXIT
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
