@@ -1183,6 +1183,10 @@ class Sampler:
                     continue
                 sent = total(snap, "cretoai_transport_bytes_total", direction="out")
                 wire = total(snap, "cretoai_transport_datagram_bytes_sent_total")
+                rss = {
+                    service: round(proc_rss_mb(pid) or 0.0, 1)
+                    for service, pid in pids.get(node, {}).items()
+                }
                 last_t, last_sent, last_wire = self._previous.get(node, (now, sent, wire))
                 self._previous[node] = (now, sent, wire)
                 row[node] = {
@@ -1201,9 +1205,8 @@ class Sampler:
                     if now > last_t
                     else None,
                     "dropped_total": int(total(snap, "cretoai_transport_dropped_total")),
-                    "rss_mb": round(
-                        sum(proc_rss_mb(pid) or 0.0 for pid in pids.get(node, {}).values()), 1
-                    ),
+                    "rss_mb": round(sum(rss.values()), 1),
+                    "rss_mb_by_service": rss,
                 }
             self.series.append(row)
             await self._pause(started)

@@ -93,6 +93,11 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     last = step["cluster_series_per_s"][-1]
     for node in step["nodes"]:
         assert last[node]["seq"] > 0 and last[node]["out_mb_s"] is not None, last
+        # each service's RSS every second, summing to the node's
+        by_service = last[node]["rss_mb_by_service"]
+        assert set(by_service) == {"gateway", "consensus", "transport", "storage"}, by_service
+        assert all(mb > 0 for mb in by_service.values()), by_service
+        assert abs(sum(by_service.values()) - last[node]["rss_mb"]) < 0.5, last[node]
     assert any(
         row[n]["out_mb_s"]
         for row in step["cluster_series_per_s"]
