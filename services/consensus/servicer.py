@@ -70,6 +70,10 @@ def _done(outcomes: list[Outcome | None]) -> list[Outcome]:
     return cast(list[Outcome], outcomes)
 
 
+def _is_finalized(record: vertex_pb2.VertexRecord | None) -> bool:
+    return record is not None and record.status == FINALIZED
+
+
 def _proposed(digest: bytes, result: ProposeResult) -> Outcome:
     if result == ProposeResult.POOL_FULL:
         return ResourceExhausted("the request pool is full")
@@ -187,6 +191,20 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         elif self._driver.overloaded():
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
+        records = await self._statuses(
+            dict.fromkeys(h for i in live for h in (digests[i], *vertices[i].parents))
+        )
+        # A finalized copy sent again is answered without verifying it again: its bytes
+        # were verified at execution. Anyone can replay finalized copies (they are public),
+        # at no cost to them, so each once cost every node a verification for nothing.
+        replayed = await self._finalized_copies(
+            [i for i in live if _is_finalized(records.get(digests[i]))], vertices, digests
+        )
+        for i in replayed:
+            outcomes[i] = consensus_pb2.SubmitVertexResponse(
+                hash=digests[i], status=FINALIZED, duplicate=True
+            )
+        live = [i for i in live if i not in replayed]
         # Each signed copy verified once, all of them at once (the verifier's threads).
         copies = {i: signed_digest(vertices[i]) for i in live}
         verdicts = await self._driver.verify_vertices(
@@ -198,9 +216,6 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                 verified.append(i)
             else:
                 outcomes[i] = InvalidArgument(BAD_SIGNATURE_MESSAGE, error_code="bad_signature")
-        records = await self._statuses(
-            dict.fromkeys(h for i in verified for h in (digests[i], *vertices[i].parents))
-        )
         proposals: list[tuple[int, Coroutine[Any, Any, ProposeResult]]] = []
         proposed: set[bytes] = set()  # earlier vertices of this call: pending once proposed
         for i in verified:
@@ -240,6 +255,37 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             return await self._driver.propose(vertex, digest, copy, admitted=True)
         finally:
             otel_context.detach(token)
+
+    async def _finalized_copies(
+        self, indexes: list[int], vertices: list[vertex_pb2.Vertex], digests: dict[int, bytes]
+    ) -> set[int]:
+        """Which of ``indexes`` (vertices whose content is finalized) are the very copy
+        storage finalized: the same content and the same signature, so the same bytes.
+
+        Another copy of a finalized content (another signature, valid or not) is verified
+        as any copy is, and answered as before. A copy storage cannot show is verified."""
+        if not indexes:
+            return set()
+        replies = await asyncio.gather(
+            *(
+                self._storage.GetVertex(storage_pb2.GetVertexRequest(hash=digests[i]), timeout=10)
+                for i in indexes
+            ),
+            return_exceptions=True,
+        )
+        same = set()
+        for i, reply in zip(indexes, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, grpc.aio.AioRpcError):
+                    raise reply
+                continue
+            if (
+                reply.found
+                and _is_finalized(reply.record)
+                and reply.record.vertex.signature == vertices[i].signature
+            ):
+                same.add(i)
+        return same
 
     async def _statuses(self, hashes: dict[bytes, None]) -> dict[bytes, vertex_pb2.VertexRecord]:
         """Storage's records of ``hashes`` (in requests of at most STATUS_LOOKUP hashes)."""

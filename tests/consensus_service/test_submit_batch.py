@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -18,11 +19,12 @@ import pytest
 import pytest_asyncio
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags
+from prometheus_client.parser import text_string_to_metric_families
 
 from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.errors import ERROR_CODE_KEY
-from cretoai.telemetry import format_traceparent
+from cretoai.telemetry import METRICS_CACHE_S, format_traceparent
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
 from cretoai.vertex import BAD_SIGNATURE_MESSAGE, vertex_hash
 from devkit.ports import free_base_port
@@ -54,16 +56,22 @@ def unique(label: bytes) -> bytes:
     return label + b" " + os.urandom(8).hex().encode()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def consensus(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[consensus_pb2_grpc.ConsensusStub]:
-    """The consensus of a one-validator node (with its storage and transport), ready."""
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NodeConfig]:
+    """A one-validator node's config file and config."""
     directory: Path = tmp_path_factory.mktemp("submit-batch")
     base = free_base_port(40)
     layout = init_cluster(directory / "cluster", 1, http_port=base + 20, base_port=base)
     config = layout.nodes[0].config
-    cfg: NodeConfig = load_config(config)
+    return config, load_config(config)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def consensus(
+    node: tuple[Path, NodeConfig],
+) -> AsyncIterator[consensus_pb2_grpc.ConsensusStub]:
+    """The consensus of a one-validator node (with its storage and transport), ready."""
+    config, cfg = node
     started: list[Process] = []
     try:
         for service in registry.NAMES[:-1]:  # storage, transport, consensus (no gateway)
@@ -171,6 +179,49 @@ async def test_one_bad_vertex_never_fails_the_others(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == BAD_SIGNATURE_MESSAGE
     assert (ERROR_CODE_KEY, "bad_signature") in tuple(raised.value.trailing_metadata() or ())
+
+
+def vertex_verifications(cfg: NodeConfig) -> float:
+    """The consensus process's count of vertex signature verifications (its metrics)."""
+    with urllib.request.urlopen(f"http://{cfg.consensus.metrics}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "cretoai_consensus_signature_verifications_total"
+        and sample.labels.get("kind") == "vertex"
+    )
+
+
+async def test_a_finalized_copy_sent_again_is_not_verified_again(
+    consensus: consensus_pb2_grpc.ConsensusStub, node: tuple[Path, NodeConfig]
+) -> None:
+    """Finalized copies are public; replaying them must not cost a verification each.
+    Another copy of the same content (another signature) is still verified on its own."""
+    _, cfg = node
+    batch = [vertex(unique(b"replayed")) for _ in range(3)]
+    for result in await submit(consensus, batch):
+        assert not accepted(result).duplicate
+    await finalized(consensus, {vertex_hash(v) for v in batch})
+
+    before = vertex_verifications(cfg)
+    for v, result in zip(batch, await submit(consensus, batch), strict=True):
+        reply = accepted(result)
+        assert (reply.hash, reply.status, reply.duplicate) == (vertex_hash(v), FINALIZED, True)
+
+    forged = vertex_pb2.Vertex()
+    forged.CopyFrom(batch[0])
+    forged.signature = bytes([forged.signature[0] ^ 1]) + forged.signature[1:]
+    error = refused((await submit(consensus, [forged]))[0])
+    assert error.error_code == "bad_signature"
+    # The endpoint serves a render for up to METRICS_CACHE_S: wait for one made after
+    # both calls. One verification in all, the forged copy's; none for the replay.
+    deadline = time.monotonic() + 10
+    while (after := vertex_verifications(cfg)) == before:
+        assert time.monotonic() < deadline, "no fresh render of the metrics within 10 s"
+        await asyncio.sleep(METRICS_CACHE_S)
+    assert after == before + 1
 
 
 async def test_a_malformed_call_is_refused_whole(
