@@ -74,6 +74,11 @@ def _is_finalized(record: vertex_pb2.VertexRecord | None) -> bool:
     return record is not None and record.status == FINALIZED
 
 
+def _is_settled(record: vertex_pb2.VertexRecord | None) -> bool:
+    """Executed: finalized or rejected (storage knows no other status for good)."""
+    return record is not None and record.status in (FINALIZED, REJECTED)
+
+
 def _proposed(digest: bytes, result: ProposeResult) -> Outcome:
     if result == ProposeResult.POOL_FULL:
         return ResourceExhausted("the request pool is full")
@@ -216,6 +221,18 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                 verified.append(i)
             else:
                 outcomes[i] = InvalidArgument(BAD_SIGNATURE_MESSAGE, error_code="bad_signature")
+        # The statuses were read before verifying, which takes a while on a busy node: a
+        # parent pending then may have been executed since (and left the pending set
+        # only once storage had it). Those parents are read again.
+        ours = {digests[i] for i in verified}
+        since = {
+            p
+            for i in verified
+            for p in vertices[i].parents
+            if not _is_settled(records.get(p)) and p not in self._driver.pending and p not in ours
+        }
+        if since:
+            records.update(await self._statuses(dict.fromkeys(since)))
         proposals: list[tuple[int, Coroutine[Any, Any, ProposeResult]]] = []
         proposed: set[bytes] = set()  # earlier vertices of this call: pending once proposed
         for i in verified:

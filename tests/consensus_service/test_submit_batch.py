@@ -25,7 +25,7 @@ from cretoai import registry
 from cretoai.config import NodeConfig, load_config
 from cretoai.errors import ERROR_CODE_KEY
 from cretoai.telemetry import METRICS_CACHE_S, format_traceparent
-from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, vertex_pb2
+from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, vertex_pb2
 from cretoai.vertex import BAD_SIGNATURE_MESSAGE, vertex_hash
 from devkit.ports import free_base_port
 from node.clusterinit import init_cluster
@@ -44,6 +44,7 @@ pytestmark = [
 
 PENDING = vertex_pb2.VERTEX_STATUS_PENDING
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+UNKNOWN = vertex_pb2.VERTEX_STATUS_UNSPECIFIED
 KEY = client_key()
 
 
@@ -308,3 +309,62 @@ async def test_each_vertex_is_proposed_under_its_own_trace_context(
     contexts = [context for _, context in driver.proposed]
     assert contexts[0].trace_id == sampled.trace_id and contexts[0].trace_flags.sampled
     assert not contexts[1].is_valid and not contexts[2].is_valid
+
+
+class _Storage(NothingStored):
+    """Storage's status lookups: whatever ``finalized`` holds is FINALIZED."""
+
+    def __init__(self) -> None:
+        self.finalized: set[bytes] = set()
+        self.lookups = 0
+
+    async def GetVertexStatuses(
+        self, request: storage_pb2.GetVertexStatusesRequest, timeout: float
+    ) -> storage_pb2.GetVertexStatusesResponse:
+        self.lookups += 1
+        return storage_pb2.GetVertexStatusesResponse(
+            records=[
+                vertex_pb2.VertexRecord(
+                    hash=h, status=FINALIZED if h in self.finalized else UNKNOWN
+                )
+                for h in request.hashes
+            ]
+        )
+
+
+class _ExecutingDriver(_Driver):
+    """While the servicer verifies, the parent pending at the call's arrival is executed:
+    storage has it finalized, then it leaves the pending set (the driver's order)."""
+
+    def __init__(self, storage: _Storage, parent: bytes) -> None:
+        super().__init__()
+        self.storage, self.parent = storage, parent
+
+    async def verify_vertices(
+        self, vertices: list[vertex_pb2.Vertex], copies: list[bytes], contents: list[bytes]
+    ) -> list[bool]:
+        self.storage.finalized.add(self.parent)
+        self.pending.pop(self.parent, None)
+        return [True] * len(vertices)
+
+
+async def test_a_parent_executed_while_its_child_is_verified_is_found(
+    cluster_factory: Any,
+) -> None:
+    """The statuses are read before verifying (a replayed finalized copy is answered
+    without a verification); a parent pending then and executed during the verification
+    is neither pending nor, in that first answer, finalized: it is read again."""
+    cfg = load_config(cluster_factory(1).nodes[0].config)
+    parent = vertex(unique(b"parent"))
+    child = vertex(unique(b"child"), [vertex_hash(parent)])
+    storage = _Storage()
+    driver = _ExecutingDriver(storage, vertex_hash(parent))
+    driver.pending[vertex_hash(parent)] = parent
+    servicer = ConsensusServicer(cfg, cast(Any, driver), cast(Any, storage))
+    reply = await servicer.SubmitVertices(
+        consensus_pb2.SubmitVerticesRequest(vertices=[child]), cast(Any, None)
+    )
+    (result,) = reply.results
+    assert result.WhichOneof("outcome") == "accepted", result
+    assert [h for h, _ in driver.proposed] == [vertex_hash(child)]
+    assert storage.lookups == 2  # the first, and the parent's again
