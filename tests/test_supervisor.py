@@ -53,6 +53,15 @@ def supervise_cluster(
     return supervisor
 
 
+def service_pids(supervisor: Supervisor) -> dict[str, int]:
+    """The pid of each service of a one-node supervisor, all of them running."""
+    pids = {}
+    for child in supervisor.children:
+        assert child.process is not None
+        pids[child.service] = child.process.pid
+    return pids
+
+
 async def finish(run: asyncio.Task[int], stop: asyncio.Event) -> None:
     """However the test went, stop every service the supervisor started."""
     stop.set()
@@ -267,10 +276,7 @@ async def test_the_gateway_is_favoured_by_the_scheduler_at_every_start(
     supervisor = supervise(cfg, tmp_path / "logs", events)
     run, stop = await start_node(supervisor, events)
     try:
-        groups = {}
-        for child in supervisor.children:
-            assert child.process is not None
-            groups[child.service] = autogroup(child.process.pid)
+        groups = {service: autogroup(pid) for service, pid in service_pids(supervisor).items()}
         assert {s: nice for s, (_, nice) in groups.items()} == {
             "storage": 0,
             "transport": 0,
@@ -310,12 +316,10 @@ async def test_every_service_runs_with_glibcs_malloc_arenas_bounded(
     supervisor = supervise(cfg, tmp_path / "logs", events)
     run, stop = await start_node(supervisor, events)
     try:
-        arenas = {}
-        for child in supervisor.children:
-            assert child.process is not None
-            arenas[child.service] = [
-                v for v in environ_of(child.process.pid) if v.startswith(b"MALLOC_ARENA_MAX=")
-            ]
+        arenas = {
+            service: [v for v in environ_of(pid) if v.startswith(b"MALLOC_ARENA_MAX=")]
+            for service, pid in service_pids(supervisor).items()
+        }
         assert arenas == {s: [b"MALLOC_ARENA_MAX=2"] for s in registry.NAMES}, arenas
     finally:
         await finish(run, stop)

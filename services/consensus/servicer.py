@@ -237,10 +237,9 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         proposed: set[bytes] = set()  # earlier vertices of this call: pending once proposed
         for i in verified:
             vertex, digest = vertices[i], digests[i]
-            own = records.get(digest)
-            if own is not None and own.status == FINALIZED:
+            if _is_finalized(records.get(digest)):
                 outcomes[i] = consensus_pb2.SubmitVertexResponse(
-                    hash=digest, status=own.status, duplicate=True
+                    hash=digest, status=FINALIZED, duplicate=True
                 )
                 continue
             # A REJECTED record does not answer for this copy: validity is a function of
