@@ -65,6 +65,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,15 @@ TARGET_SUSTAINED = 1000.0
 TARGET_RSS_MB = 400.0
 TARGET_CORES = 0.25
 TARGET_CORES_AT_RATE = 200
+#: Issue #14's memory target: RSS <= TARGET_RSS_MB per node, *flat* over a step of at least
+#: RSS_FLAT_MIN_STEP_S at half the maximum rate. "Flat" here: the least-squares slope of the
+#: node's 1-s RSS samples over the second half of the step's window is at most
+#: RSS_FLAT_MB_PER_MIN (60 MB an hour at most, if it went on).
+RSS_FLAT_MIN_STEP_S = 600.0
+RSS_FLAT_MB_PER_MIN = 1.0
+#: A step is "at half the maximum rate" when its finalized throughput is within this share
+#: of half the sustained maximum measured in the same run.
+HALF_MAX_TOLERANCE = 0.2
 
 #: What "sustained" means.
 SUSTAIN_SHARE = 0.95
@@ -177,6 +187,108 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
         "p99_ms": round(percentile(seconds, 99) * 1e3, 2),
         "max_ms": round(max(seconds) * 1e3, 2),
         "mean_ms": round(sum(seconds) / len(seconds) * 1e3, 2),
+    }
+
+
+def rss_trend(
+    series: Sequence[Mapping[str, Any]], node: str, start_t: float, end_t: float
+) -> dict[str, Any] | None:
+    """How ``node``'s RSS moved over a step's window (``series``: the sampler's rows, ``t``
+    in seconds from the step's start): its maximum, and over the window's second half the
+    least-squares slope in MB a minute and the growth from the median of its first minute
+    to that of its last. None with fewer than 10 samples in the second half."""
+    rows = [
+        (float(row["t"]), float(row[node]["rss_mb"]))
+        for row in series
+        if start_t <= row["t"] < end_t and row.get(node)
+    ]
+    middle = (start_t + end_t) / 2
+    second = [(t, mb) for t, mb in rows if t >= middle]
+    if len(second) < 10 or second[-1][0] <= second[0][0]:
+        return None
+    times = [t for t, _ in second]
+    slope, _ = statistics.linear_regression(times, [mb for _, mb in second])
+    first_minute = [mb for t, mb in second if t < second[0][0] + 60]
+    last_minute = [mb for t, mb in second if t >= second[-1][0] - 60]
+    by_service: dict[str, list[tuple[float, float]]] = {}
+    for row in series:
+        if middle <= row["t"] < end_t and row.get(node):
+            for service, mb in (row[node].get("rss_mb_by_service") or {}).items():
+                by_service.setdefault(service, []).append((float(row["t"]), float(mb)))
+    return {
+        "max_mb": round(max(mb for _, mb in rows), 1),
+        "second_half_s": round(second[-1][0] - second[0][0], 1),
+        "second_half_slope_mb_per_min": round(slope * 60, 2),
+        "second_half_growth_mb": round(
+            statistics.median(last_minute) - statistics.median(first_minute), 1
+        ),
+        # which process grows
+        "second_half_slope_mb_per_min_by_service": {
+            service: round(
+                statistics.linear_regression([t for t, _ in p], [mb for _, mb in p])[0] * 60, 2
+            )
+            for service, p in by_service.items()
+            if len(p) >= 10 and p[-1][0] > p[0][0]
+        },
+        "samples": len(rows),
+    }
+
+
+def rss_flat_at_half_max(
+    steps: Sequence[Mapping[str, Any]], maximum: float | None
+) -> dict[str, Any]:
+    """Issue #14's memory target, read from the run's steps: every node at most
+    TARGET_RSS_MB and flat (RSS_FLAT_MB_PER_MIN) over a step of at least
+    RSS_FLAT_MIN_STEP_S whose finalized throughput is half ``maximum`` (the maximum
+    finalized rate; within HALF_MAX_TOLERANCE). ``met`` is None when the run has no such
+    step: the long steps are then reported, not judged."""
+    target = (
+        f"<= {TARGET_RSS_MB:g} MB per node and slope <= {RSS_FLAT_MB_PER_MIN:g} MB/min over the "
+        f"second half of a >= {RSS_FLAT_MIN_STEP_S:g}-s step at half the maximum rate"
+    )
+    long_steps = [
+        s
+        for s in steps
+        if s["window_s"] >= RSS_FLAT_MIN_STEP_S * 0.99
+        and all(n.get("rss_trend") for n in s["nodes"].values())
+    ]
+    measured = [
+        {
+            "offered_rate": s["offered_rate"],
+            "finalized_throughput": s["finalized_throughput"],
+            "max_mb": max(n["rss_trend"]["max_mb"] for n in s["nodes"].values()),
+            "slope_mb_per_min": max(
+                n["rss_trend"]["second_half_slope_mb_per_min"] for n in s["nodes"].values()
+            ),
+            "growth_mb": max(n["rss_trend"]["second_half_growth_mb"] for n in s["nodes"].values()),
+        }
+        for s in long_steps
+    ]
+    for m in measured:
+        m["flat_and_under"] = bool(
+            m["max_mb"] <= TARGET_RSS_MB and m["slope_mb_per_min"] <= RSS_FLAT_MB_PER_MIN
+        )
+    if not measured:
+        note = f"no step of >= {RSS_FLAT_MIN_STEP_S:g} s (--duration)"
+        return {"target": target, "measured": None, "met": None, "note": note}
+    if not maximum:
+        note = "no maximum rate (--maximum-rate: the finalized/s of a saturation run)"
+        return {"target": target, "measured": measured, "met": None, "note": note}
+    half = maximum / 2
+    at_half = [
+        m for m in measured if abs(m["finalized_throughput"] - half) <= HALF_MAX_TOLERANCE * half
+    ]
+    if not at_half:
+        note = (
+            f"no long step finalized within {HALF_MAX_TOLERANCE:.0%} of {half:g}/s, half of "
+            f"{maximum:g}/s (--maximum-rate: the finalized/s of a saturation run)"
+        )
+        return {"target": target, "measured": measured, "met": None, "note": note}
+    return {
+        "target": target,
+        "maximum_rate": maximum,
+        "measured": measured,
+        "met": all(m["flat_and_under"] for m in at_half),
     }
 
 
@@ -1383,6 +1495,7 @@ async def run_step(
             "rss_mb_max": round(rss_peak.get(node, 0.0), 1),
             "rss_mb_end": round(sum(rss_by_service.values()), 1),
             "rss_mb_end_by_service": rss_by_service,
+            "rss_trend": rss_trend(sampler.series, node, window[0] - t0, window[1] - t0),
             "metrics": node_metrics(
                 start.metrics.get(node, {}), end.metrics.get(node, {}), seconds
             ),
@@ -1714,7 +1827,11 @@ async def wait_ready(cluster: Cluster, session: aiohttp.ClientSession, timeout: 
 # -- the run ----------------------------------------------------------------------------
 
 
-def targets(steps: list[dict[str, Any]], sustained: float | None) -> dict[str, Any]:
+def targets(
+    steps: list[dict[str, Any]], sustained: float | None, maximum: float | None = None
+) -> dict[str, Any]:
+    """The targets, from the run's steps. ``maximum``: the maximum finalized rate, for the
+    memory target at half of it."""
     by_rate = {s["offered_rate"]: s for s in steps}
     at_p99 = by_rate.get(TARGET_P99_AT_RATE)
     at_cpu = by_rate.get(TARGET_CORES_AT_RATE)
@@ -1744,6 +1861,7 @@ def targets(steps: list[dict[str, Any]], sustained: float | None) -> dict[str, A
             "measured": rss,
             "met": rss is not None and rss <= TARGET_RSS_MB,
         },
+        "rss_mb_flat_at_half_max": rss_flat_at_half_max(steps, maximum),
         "cpu_cores_per_node_at_200": {
             "target": f"<= {TARGET_CORES:g} core per node at {TARGET_CORES_AT_RATE} vertices/s",
             "measured": cores,
@@ -2008,6 +2126,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.client_linger_ms:g} ms), open loop, no connection limit",
             "client_batch": args.client_batch,
             "client_linger_ms": args.client_linger_ms,
+            "maximum_rate": args.maximum_rate,
             "generator_priority": generator_priority,
             "signing": f"ML-DSA-87 client signatures, pre-signed before each step by "
             f"{args.sign_workers} processes; one client key per gateway",
@@ -2032,6 +2151,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "the VM wanted and its host gave to others; counted in machine_busy_cores, not in "
             "other_processes_cores); per second in cluster_series_per_s[*].machine",
             "rss_mb_max": "max over 1 s samples of the sum of the 4 processes' VmRSS",
+            "rss_trend": "over the window's 1-s series: max_mb; over its second half the "
+            "least-squares slope (MB/min) and the growth from the median of its first minute "
+            "to that of its last",
             "cpu_ms_per_finalized_vertex": "CPU cores / finalized throughput, in ms: per node "
             "(nodes.*), per node and service (nodes.*.cpu_ms_per_finalized_vertex_by_service), "
             "the cluster's total (cpu_ms_per_finalized_vertex_cluster) and per service summed "
@@ -2077,7 +2199,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "verify_bound": bound,
         "verify_bound_after": bound_after,
         "overload": overload,
-        "targets": targets(steps, sustained),
+        "targets": targets(
+            steps,
+            sustained,
+            args.maximum_rate or max((s["finalized_throughput"] for s in steps), default=None),
+        ),
         "supervisor_events": events,
         "service_logs": logs,
         "total_s": round(time.perf_counter() - started, 1),
@@ -2397,6 +2523,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short steps")
     parser.add_argument("--no-skip", action="store_true", help="run steps above saturation too")
+    parser.add_argument(
+        "--maximum-rate",
+        type=float,
+        default=None,
+        help="finalized vertices/s of a saturation run, for the memory target at half the "
+        "maximum rate (default: the highest finalized throughput of this run's steps)",
+    )
     parser.add_argument("--sign-workers", type=int, default=2)
     parser.add_argument(
         "--quiesce-timeout",
