@@ -92,4 +92,11 @@ VERTICES = Gauge("cretoai_storage_vertices", "Vertices stored, by status", ["sta
 EDGES = Gauge("cretoai_storage_edges", "Parent-child edges of finalized vertices")
 EVIDENCE = Gauge("cretoai_storage_evidence", "Evidence records stored")
 DB_BYTES = Gauge("cretoai_storage_db_bytes", "Bytes of every file in the database directory")
+MEMTABLE_BYTES = Gauge(
+    "cretoai_storage_memtable_bytes",
+    "Bytes of RocksDB's memtables, every column family (capped by the write buffer manager)",
+)
+BLOCK_CACHE_BYTES = Gauge(
+    "cretoai_storage_block_cache_bytes", "Bytes in RocksDB's block cache (capped at its capacity)"
+)
 KEYS = Gauge("cretoai_storage_keys", "Keys per column family (RocksDB estimate)", ["column_family"])

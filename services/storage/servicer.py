@@ -110,6 +110,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         metrics.VERTICES.labels("rejected").set(counters.rejected_vertices)
         metrics.EDGES.set(counters.edges)
         metrics.EVIDENCE.set(counters.evidence)
+        memtables, cache = self._store.memory_bytes()
+        metrics.MEMTABLE_BYTES.set(memtables)
+        metrics.BLOCK_CACHE_BYTES.set(cache)
 
     # ------------------------------------------------------------------ writes
 

@@ -1311,6 +1311,19 @@ class Store:
             )
         return stats
 
+    def memory_bytes(self) -> tuple[int, int]:
+        """RocksDB's memory: all memtables (every column family's, under the write buffer
+        manager's cap) and the block cache's usage (one cache for every column family);
+        (0, 0) once closed."""
+        if self._closed:
+            return 0, 0
+        memtables = sum(
+            self._cf[name].property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            for name in keys.COLUMN_FAMILIES
+        )
+        cache = self._db.property_int_value("rocksdb.block-cache-usage") or 0
+        return memtables, cache
+
 
 def open_in_this_process(path: Path) -> bool:
     """Whether this process holds ``path`` open for writing (RocksDB's LOCK cannot tell)."""

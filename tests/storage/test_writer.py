@@ -266,5 +266,22 @@ async def test_metrics_endpoint_exposes_the_storage_metrics(tmp_path: Path) -> N
     assert values["cretoai_storage_last_seq"] == 3
     assert values['cretoai_storage_vertices{status="finalized"}'] == 21
     assert values["cretoai_storage_db_bytes"] > 0
+    # RocksDB's own memory (an empty memtable is already an arena block)
+    assert values["cretoai_storage_memtable_bytes"] > 0
+    assert values["cretoai_storage_block_cache_bytes"] >= 0
     assert values['cretoai_storage_keys{column_family="vertices"}'] == 21
     assert 'cretoai_service_event_loop_lag_seconds_bucket{le="0.0005",service="storage"}' in text
+
+
+def test_rocksdbs_memory_is_measured(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    try:
+        memtables, cache = store.memory_bytes()
+        puts = [storage_pb2.StateEntry(key=b"k%06d" % i, value=bytes(1000)) for i in range(2000)]
+        store.write_state(storage_pb2.WriteStateRequest(puts=puts))
+        grown, _ = store.memory_bytes()
+        assert grown >= memtables + 1_900_000  # the 2 MB just written, in a memtable
+        assert cache >= 0
+    finally:
+        store.close()
+    assert store.memory_bytes() == (0, 0)
