@@ -43,6 +43,10 @@ from services.storage.keys import COLUMN_FAMILIES
 log = logging.getLogger(__name__)
 
 BYTES_PER_SYNC = 256 * 1024
+#: glibc's mmap threshold in the storage process, fixed (cretoai/allocator.py): below
+#: RocksDB's 1-MiB memtable arena blocks, so a flushed memtable's memory leaves the
+#: process instead of staying in the heap.
+MMAP_THRESHOLD_BYTES = 512 * 1024
 WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 #: All memtables together (RocksDB's write buffer manager): bounds the service's memory.
 DB_WRITE_BUFFER_BYTES = 48 * 1024 * 1024
