@@ -117,7 +117,7 @@ TARGET_CORES_AT_RATE = 200
 RSS_FLAT_MIN_STEP_S = 600.0
 RSS_FLAT_MB_PER_MIN = 1.0
 #: A step is "at half the maximum rate" when its finalized throughput is within this share
-#: of half the sustained maximum measured in the same run.
+#: of half the maximum finalized rate (``--maximum-rate``, else the run's highest).
 HALF_MAX_TOLERANCE = 0.2
 
 #: What "sustained" means.
@@ -2643,6 +2643,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sampling must be within [0, 1]")
     if not 30 <= args.max_seconds <= 7200:
         parser.error("--max-seconds must be within [30, 7200]")
+    if args.maximum_rate is not None and not 0 < args.maximum_rate <= MAX_RATE:
+        parser.error(f"--maximum-rate must be within (0, {MAX_RATE}]")
     try:
         parse_overrides(args.set)
     except ValueError as exc:
