@@ -197,22 +197,18 @@ def rss_trend(
     in seconds from the step's start): its maximum, and over the window's second half the
     least-squares slope in MB a minute and the growth from the median of its first minute
     to that of its last. None with fewer than 10 samples in the second half."""
-    rows = [
-        (float(row["t"]), float(row[node]["rss_mb"]))
-        for row in series
-        if start_t <= row["t"] < end_t and row.get(node)
-    ]
+    window = [row for row in series if start_t <= row["t"] < end_t and row.get(node)]
+    rows = [(float(row["t"]), float(row[node]["rss_mb"])) for row in window]
     middle = (start_t + end_t) / 2
     second = [(t, mb) for t, mb in rows if t >= middle]
     if len(second) < 10 or second[-1][0] <= second[0][0]:
         return None
-    times = [t for t, _ in second]
-    slope, _ = statistics.linear_regression(times, [mb for _, mb in second])
+    slope, _ = statistics.linear_regression([t for t, _ in second], [mb for _, mb in second])
     first_minute = [mb for t, mb in second if t < second[0][0] + 60]
     last_minute = [mb for t, mb in second if t >= second[-1][0] - 60]
     by_service: dict[str, list[tuple[float, float]]] = {}
-    for row in series:
-        if middle <= row["t"] < end_t and row.get(node):
+    for row in window:
+        if row["t"] >= middle:
             for service, mb in (row[node].get("rss_mb_by_service") or {}).items():
                 by_service.setdefault(service, []).append((float(row["t"]), float(mb)))
     return {
