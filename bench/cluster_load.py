@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.verify_bound import measure as measure_verify_bound
@@ -88,6 +89,7 @@ from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import get_backend
 from cretoai.crypto.keys import NodeKey
 from cretoai.telemetry import DEFAULT_SAMPLING_RATIO
+from cretoai.v1 import gateway_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, vertex_hash
 from devkit.ports import free_base_port, free_tcp_port
 from node.clusterinit import init_cluster
@@ -440,10 +442,12 @@ class SignJob:
     count: int
     targets: int
     parents: tuple[str, ...]
+    #: "json": a REST body; "protobuf": a serialized ``Vertex`` (the public gRPC API).
+    encoding: str = "json"
 
 
 def _sign_chunk(job: SignJob) -> list[tuple[bytes, str]]:
-    """Vertices ``start .. start+count`` of a step: (JSON body, hash hex). In a worker."""
+    """Vertices ``start .. start+count`` of a step: (body, hash hex). In a worker."""
     out = []
     for index in range(job.start, job.start + job.count):
         rng = random.Random(job.nonce * 1_000_003 + index)
@@ -454,6 +458,9 @@ def _sign_chunk(job: SignJob) -> list[tuple[bytes, str]]:
         vertex = make_vertex(
             key, payload, [bytes.fromhex(p) for p in parents], int(time.time() * 1000)
         )
+        if job.encoding == "protobuf":
+            out.append((vertex.SerializeToString(), vertex_hash(vertex).hex()))
+            continue
         body = {
             "payload": base64.b64encode(payload).decode(),
             "parents": parents,
@@ -476,12 +483,12 @@ class Signer:
         self.nonce = int.from_bytes(os.urandom(6), "big")
 
     async def sign(
-        self, count: int, targets: int, parents: Sequence[str]
+        self, count: int, targets: int, parents: Sequence[str], encoding: str = "json"
     ) -> list[tuple[bytes, str]]:
         self.nonce += 1
         chunk = 100
         jobs = [
-            SignJob(self.nonce, start, min(chunk, count - start), targets, tuple(parents))
+            SignJob(self.nonce, start, min(chunk, count - start), targets, tuple(parents), encoding)
             for start in range(0, count, chunk)
         ]
         loop = asyncio.get_running_loop()
@@ -497,6 +504,9 @@ class Signer:
 
 #: gateway.client_vertices_per_s of the benchmark's clusters: far above any rate offered.
 BENCH_CLIENT_RATE = 1_000_000.0
+#: gateway.grpc_max_concurrent_rpcs (and per client) of the benchmark's clusters with
+#: ``--api grpc``: the generator's calls in flight, not the listener's bound, are measured.
+BENCH_GRPC_CALLS = 1024
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -1208,6 +1218,82 @@ async def submit_batch(
         out.refusal[index] = refusal
 
 
+#: A refused call's gRPC code as the HTTP status the REST API gives for it (docs/gateway.md).
+GRPC_TO_HTTP = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+#: A per-vertex error's gRPC status (google.rpc.Code numbering) as an HTTP status.
+_CODE_TO_HTTP = {code.value[0]: status for code, status in GRPC_TO_HTTP.items()}
+
+
+SubmitCall = grpc.aio.UnaryUnaryMultiCallable[bytes, gateway_pb2.GatewaySubmitBatchResponse]
+
+
+def grpc_batch_request(bodies: Sequence[bytes]) -> bytes:
+    """A ``GatewaySubmitBatchRequest`` with ``wait`` set, from serialized vertices (their
+    bytes go on the wire as they are: no parse and re-serialisation in the generator)."""
+    parts = []
+    for body in bodies:
+        parts.append(b"\x0a" + _varint(len(body)) + body)  # field 1, length-delimited
+    parts.append(b"\x10\x01")  # field 2 (wait) = true
+    return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def grpc_outcome(result: gateway_pb2.GatewaySubmitResult) -> tuple[str, int]:
+    """One vertex's outcome in a ``SubmitVertices`` answer and its HTTP-like status (the
+    REST outcome names: "finalized", "rejected", "pending", or the error's code)."""
+    if result.HasField("error"):
+        status = _CODE_TO_HTTP.get(result.error.status, 0)
+        return result.error.code, status
+    name = vertex_pb2.VertexStatus.Name(result.status).removeprefix("VERTEX_STATUS_").lower()
+    return name, 200
+
+
+async def submit_batch_grpc(
+    call: SubmitCall,
+    bodies: list[bytes],
+    indices: list[int],
+    out: Outcomes,
+    timeout: float,
+) -> None:
+    """Several vertices in one public gRPC ``SubmitVertices`` with ``wait``: each gets the
+    call's answer time and its own outcome, as :func:`submit_batch`."""
+    sent = time.perf_counter()
+    for index in indices:
+        out.sent[index] = sent
+        out.outcome[index] = "in_flight"
+    try:
+        reply = await call(grpc_batch_request(bodies), timeout=timeout)
+        pairs = [grpc_outcome(r) for r in reply.results]
+        outcomes = [o for o, _ in pairs]
+        statuses = [s for _, s in pairs]
+        refusals = [refusal_kind({"message": r.error.message}) for r in reply.results]
+    except grpc.aio.AioRpcError as exc:
+        status = GRPC_TO_HTTP.get(exc.code(), 0)
+        kind = "overloaded" if status == 429 else f"grpc_{exc.code().name.lower()}"
+        outcomes = [kind] * len(indices)
+        statuses = [status] * len(indices)
+        refusals = [refusal_kind({"message": exc.details() or ""})] * len(indices)
+    done = time.perf_counter()
+    for index, outcome, status, refusal in zip(indices, outcomes, statuses, refusals, strict=False):
+        out.outcome[index] = outcome
+        out.status[index] = status
+        out.refusal[index] = refusal
+        out.done[index] = done
+
+
 def runqueue_wait_s() -> float:
     """Time this process's main thread spent runnable but waiting for a CPU (schedstat)."""
     try:
@@ -1363,16 +1449,20 @@ async def run_step(
     verify_bound: dict[str, Any] | None = None,
     client_batch: int = 1,
     client_linger: float = 0.02,
+    api: str = "rest",
 ) -> tuple[dict[str, Any], list[str]]:
     """One offered load. Returns the step's figures and hashes usable as the next parents.
 
     ``client_batch`` > 1: each gateway's vertices go ``client_batch`` at a time in
     ``POST /v1/vertices:batch?wait=true``, sent when the last is due or when the first
     has waited ``client_linger`` s (the wait counts in the latency: it is from due time).
+    ``api="grpc"``: the same, each request a public gRPC ``SubmitVertices`` with ``wait``
+    (one vertex per call when ``client_batch`` is 1).
     """
     count = math.ceil(rate * (warmup + duration))
     t_sign = time.perf_counter()
-    signed = await signer.sign(count, cluster.nodes, parents)
+    encoding = "protobuf" if api == "grpc" else "json"
+    signed = await signer.sign(count, cluster.nodes, parents, encoding)
     sign_s = time.perf_counter() - t_sign
     urls = [cluster.gateway(i) + "/v1/vertices?wait=true" for i in range(cluster.nodes)]
     load_before = os.getloadavg()[0]
@@ -1398,14 +1488,29 @@ async def run_step(
     batch_urls = [cluster.gateway(i) + "/v1/vertices:batch?wait=true" for i in range(cluster.nodes)]
     buffers: list[list[int]] = [[] for _ in range(cluster.nodes)]
     request_sizes: list[int] = []  # vertices per request sent
+    channels = (
+        [grpc.aio.insecure_channel(c.gateway.grpc) for c in cluster.configs]
+        if api == "grpc"
+        else []
+    )
+    calls: list[SubmitCall] = [
+        ch.unary_unary(
+            "/cretoai.v1.Gateway/SubmitVertices",
+            request_serializer=None,
+            response_deserializer=gateway_pb2.GatewaySubmitBatchResponse.FromString,
+        )
+        for ch in channels
+    ]
+    call_timeout = cluster.configs[0].gateway.wait_timeout_ms / 1000 + 10
 
     def flush(gateway: int) -> None:
         indices, buffers[gateway] = buffers[gateway], []
         request_sizes.append(len(indices))
+        bodies = [signed[i][0] for i in indices]
         task = asyncio.create_task(
-            submit_batch(
-                session, batch_urls[gateway], [signed[i][0] for i in indices], indices, out
-            )
+            submit_batch_grpc(calls[gateway], bodies, indices, out, call_timeout)
+            if calls
+            else submit_batch(session, batch_urls[gateway], bodies, indices, out)
         )
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -1419,7 +1524,7 @@ async def run_step(
             out.outcome[index] = "generator_cap"
             capped += 1
             continue
-        if client_batch > 1:
+        if client_batch > 1 or calls:
             gateway = index % len(urls)
             buffers[gateway].append(index)
             now = time.perf_counter()
@@ -1440,6 +1545,8 @@ async def run_step(
         for task in still:
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
     out.outcome = ["no_answer_in_drain" if o == "in_flight" else o for o in out.outcome]
     await sampler.stop()
     runqueue = runqueue_wait_s() - runqueue_before
@@ -1948,6 +2055,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # The generator is one client address standing for many clients: the per-client
     # rate limit would measure itself, not the node (an explicit --set wins).
     extra.setdefault("gateway", {}).setdefault("client_vertices_per_s", BENCH_CLIENT_RATE)
+    if args.api == "grpc":  # likewise the public gRPC listener's calls per client address
+        extra["gateway"].setdefault("grpc_max_concurrent_rpcs", BENCH_GRPC_CALLS)
+        extra["gateway"].setdefault("grpc_max_concurrent_rpcs_per_client", BENCH_GRPC_CALLS)
     sink = TraceSink() if args.tracing == "on" else None
     telemetry = tracing_overrides(args, sink)
     if telemetry:
@@ -2015,6 +2125,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             verify_bound=bound,
                             client_batch=args.client_batch,
                             client_linger=args.client_linger_ms / 1000,
+                            api=args.api,
                         )
                         steps.append(step)
                         print(
@@ -2114,7 +2225,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "quick": args.quick,
             "payload_bytes": PAYLOAD_BYTES,
             "parents_per_vertex": PARENTS,
-            "client": "aiohttp, POST /v1/vertices?wait=true, open loop, round-robin over "
+            "client": f"grpc.aio, the public gRPC SubmitVertices with wait, up to "
+            f"{args.client_batch} vertices per call per gateway (sent when full or when the "
+            f"first has waited {args.client_linger_ms:g} ms), open loop, one channel per gateway"
+            if args.api == "grpc"
+            else "aiohttp, POST /v1/vertices?wait=true, open loop, round-robin over "
             "every gateway, no connection limit"
             if args.client_batch == 1
             else f"aiohttp, POST /v1/vertices:batch?wait=true with up to {args.client_batch} "
@@ -2122,6 +2237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.client_linger_ms:g} ms), open loop, no connection limit",
             "client_batch": args.client_batch,
             "client_linger_ms": args.client_linger_ms,
+            "api": args.api,
             "maximum_rate": args.maximum_rate,
             "generator_priority": generator_priority,
             "signing": f"ML-DSA-87 client signatures, pre-signed before each step by "
@@ -2580,6 +2696,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="submit N vertices per request (POST /v1/vertices:batch) per gateway (1: one "
         "POST /v1/vertices per vertex)",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("rest", "grpc"),
+        default="rest",
+        help="the public API the load uses: REST (JSON) or gRPC (SubmitVertices with wait, "
+        "--client-batch vertices per call)",
     )
     parser.add_argument(
         "--client-linger-ms",
