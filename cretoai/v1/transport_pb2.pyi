@@ -148,18 +148,20 @@ class SetFaultsResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class WireHello(_message.Message):
-    __slots__ = ("version", "node_id", "nonce", "boot_id", "parameters")
+    __slots__ = ("version", "node_id", "nonce", "boot_id", "parameters", "features")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: str
     nonce: bytes
     boot_id: bytes
     parameters: _containers.RepeatedCompositeFieldContainer[ClusterParameter]
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., boot_id: _Optional[bytes] = ..., parameters: _Optional[_Iterable[_Union[ClusterParameter, _Mapping]]] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., boot_id: _Optional[bytes] = ..., parameters: _Optional[_Iterable[_Union[ClusterParameter, _Mapping]]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterParameter(_message.Message):
     __slots__ = ("name", "value")

@@ -41,7 +41,7 @@ from aioquic.tls import Epoch
 from google.protobuf.message import DecodeError
 
 from cretoai.v1 import transport_pb2
-from services.transport import auth
+from services.transport import auth, compression
 from services.transport.bounded_quic import BoundedQuicConnection
 from services.transport.errors import CloseCode, PeerFault
 from services.transport.framing import Frame, FrameDecoder, FrameError, FrameType, encode_frame
@@ -50,6 +50,8 @@ from services.transport.tls import ChannelBindingUnavailable, channel_binding
 STREAM_ID = 0
 #: Bounds of the cluster parameters a HELLO may carry (this version sends 6).
 MAX_CLUSTER_PARAMETERS = 32
+#: Optional feature names a HELLO may offer, at most.
+MAX_FEATURES = 16
 MAX_PARAMETER_CHARS = 128
 
 
@@ -125,6 +127,8 @@ class ConnectionSettings:
     receive_window: int
     #: This node's cluster parameters, sent in the HELLO and compared with the peer's.
     cluster_parameters: tuple[tuple[str, str], ...] = ()
+    #: Optional features offered in the HELLO (``TransportSettings.features``).
+    features: tuple[str, ...] = ()
 
 
 # ---- events -----------------------------------------------------------------
@@ -204,6 +208,8 @@ class PeerConnection:
         self.peer_boot_id: bytes = b""
         #: The cluster parameters the peer's HELLO announced (empty: none sent).
         self.peer_parameters: tuple[tuple[str, str], ...] = ()
+        #: Optional features the peer's HELLO offered (compression.FEATURE, ...).
+        self.peer_features: frozenset[str] = frozenset()
         self.created_at = now
         self.authenticated_at: float | None = None
         self.address: NetworkAddress | None = None
@@ -428,6 +434,7 @@ class PeerConnection:
                 transport_pb2.ClusterParameter(name=name, value=value)
                 for name, value in self.settings.cluster_parameters
             ],
+            features=self.settings.features,
         ).SerializeToString()
 
     def _on_stream_data(self, event: qe.StreamDataReceived, now: float) -> None:
@@ -500,6 +507,11 @@ class PeerConnection:
         ):
             self._fail(PeerFault(reason="malformed_hello", detail="parameters out of bounds"))
             return
+        if len(hello.features) > MAX_FEATURES or any(
+            len(f) > MAX_PARAMETER_CHARS for f in hello.features
+        ):
+            self._fail(PeerFault(reason="malformed_hello", detail="features out of bounds"))
+            return
         claimed = hello.node_id
         if claimed == self.authority.node_id:
             self._fail(
@@ -536,6 +548,7 @@ class PeerConnection:
         self.peer_id = claimed
         self.peer_boot_id = hello.boot_id
         self.peer_parameters = tuple((p.name, p.value) for p in hello.parameters)
+        self.peer_features = frozenset(hello.features)
         self.state = State.AWAIT_AUTH
         if self.is_client:
             self._server_hello = body
@@ -604,6 +617,17 @@ class PeerConnection:
             size = frame.wire_size
             self.consumed_msg_bytes += size
             self._events.append(MessageReceived(body=frame.body, wire_size=size))
+        elif kind == FrameType.MSG_ZSTD:
+            size = frame.wire_size
+            self.consumed_msg_bytes += size  # the window counts wire bytes, as the sender
+            try:
+                body = compression.decompress(
+                    frame.body, max_bytes=self.settings.max_frame_bytes - 1
+                )
+            except compression.CompressionError as exc:
+                self._fail(PeerFault(reason="malformed_compressed", detail=str(exc)))
+                return
+            self._events.append(MessageReceived(body=body, wire_size=size))
         elif kind == FrameType.PING:
             ping = self._parse_ping(frame.body)
             if ping is not None:

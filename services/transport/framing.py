@@ -27,6 +27,8 @@ HEADER = struct.Struct(">IB")
 LENGTH = struct.Struct(">I")
 #: Bytes of framing around a body.
 OVERHEAD = HEADER.size
+#: Where an encoded frame's type byte is.
+TYPE_OFFSET = LENGTH.size
 
 
 class FrameType(enum.IntEnum):
@@ -37,6 +39,9 @@ class FrameType(enum.IntEnum):
     PONG = 5
     ACK = 6
     PEERS = 7
+    #: A MSG frame's body compressed with zstd (services/transport/compression.py); sent
+    #: only to a peer whose HELLO offered the "zstd" feature.
+    MSG_ZSTD = 8
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,13 @@ MESSAGES = Counter(
 BYTES = Counter(
     "cretoai_transport_bytes_total", "MSG frame bytes carried, per peer", ["peer", "direction"]
 )
+# Compressed MSG frames (compression.py): the message bytes before compression and the
+# compressed bytes sent, once per message (a broadcast compresses once for every peer).
+COMPRESSED_BYTES = Counter(
+    "cretoai_transport_compressed_bytes_total",
+    "Bytes of messages compressed for peers (zstd), before and after compression",
+    ["stage"],
+)
 # Every datagram through the endpoint's UDP socket (QUIC packets of every kind, ACK-only and
 # retransmissions included; STUN; Retry): UDP payload bytes, without the IP and UDP headers
 # (28 bytes per datagram over IPv4, 48 over IPv6). Not per peer: one socket serves them all.

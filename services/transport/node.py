@@ -38,7 +38,7 @@ from opentelemetry import trace
 from cretoai.crypto import Backend, NodeKey
 from cretoai.telemetry import format_traceparent, remote_parent, sanitize_carrier
 from cretoai.v1 import transport_pb2
-from services.transport import auth, metrics, stun
+from services.transport import auth, compression, metrics, stun
 from services.transport.bounded_quic import UNAUTHENTICATED_RECEIVE_WINDOW
 from services.transport.connection import (
     Authenticated,
@@ -60,7 +60,13 @@ from services.transport.errors import (
     PeerUnavailable,
     UnknownPeer,
 )
-from services.transport.framing import FrameTooLarge, FrameType, encode_frame
+from services.transport.framing import (
+    OVERHEAD,
+    TYPE_OFFSET,
+    FrameTooLarge,
+    FrameType,
+    encode_frame,
+)
 from services.transport.queues import InboundMux, SendQueue
 from services.transport.settings import Member, TransportSettings
 from services.transport.tls import ephemeral_identity, quic_configuration
@@ -380,6 +386,7 @@ class TransportNode:
             liveness_timeout=s.liveness_timeout,
             receive_window=s.quic_flow_window,
             cluster_parameters=s.cluster_parameters,
+            features=s.features,
         )
         configs = {
             (is_client, size): quic_configuration(
@@ -494,12 +501,45 @@ class TransportNode:
             targets = [peer]
         else:
             targets = list(self._peers.values())
-        frame = self._encode_outbound(envelope)
+        frame, body = self._encode_outbound(envelope)
+        compressed: bytes | None = None
+        tried = False
         queued = 0
         for peer in targets:
-            if self._enqueue(peer, frame):
+            chosen = frame
+            if self._takes_compressed(peer.conn):
+                if not tried:  # once for every peer of a broadcast
+                    compressed, tried = self._compressed_frame(body), True
+                chosen = compressed or frame
+            if self._enqueue(peer, chosen):
                 queued += 1
         return queued == len(targets), queued
+
+    def _takes_compressed(self, conn: PeerConnection | None) -> bool:
+        """Whether MSG_ZSTD frames go on ``conn``: both sides offered them. Not yet known
+        (no connection): plain frames."""
+        return (
+            self.settings.compress_messages
+            and conn is not None
+            and conn.authenticated
+            and compression.FEATURE in conn.peer_features
+        )
+
+    def _compressed_frame(self, body: bytes) -> bytes | None:
+        packed = compression.compress(body)
+        if packed is None:
+            return None
+        metrics.COMPRESSED_BYTES.labels("before").inc(len(body))
+        metrics.COMPRESSED_BYTES.labels("after").inc(len(packed))
+        return encode_frame(
+            FrameType.MSG_ZSTD, packed, max_frame_bytes=self.settings.max_frame_bytes
+        )
+
+    def _plain_frame(self, frame: bytes) -> bytes:
+        """A queued MSG_ZSTD frame as a MSG frame, for a peer that reconnected without the
+        feature (an older transport) before the frame went."""
+        body = compression.decompress(frame[OVERHEAD:], max_bytes=self.settings.max_frame_bytes)
+        return encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
 
     def send_quietly(self, envelope: transport_pb2.Envelope) -> None:
         """:meth:`send` for the Exchange stream: errors are counted and logged, not raised."""
@@ -517,7 +557,8 @@ class TransportNode:
                 "sending an outbound envelope failed", extra={"fields": {"error": str(exc)}}
             )
 
-    def _encode_outbound(self, envelope: transport_pb2.Envelope) -> bytes:
+    def _encode_outbound(self, envelope: transport_pb2.Envelope) -> tuple[bytes, bytes]:
+        """The MSG frame for ``envelope`` and its body."""
         wire = transport_pb2.Envelope(payload=envelope.payload)
         if envelope.trace_context:  # only sampled envelopes carry one
             _continue_trace(
@@ -529,12 +570,13 @@ class TransportNode:
             )
         body = wire.SerializeToString()
         try:
-            return encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
+            frame = encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
         except FrameTooLarge:
             raise InvalidRequest(
                 f"message of {len(body)} bytes exceeds max_frame_bytes "
                 f"({self.settings.max_frame_bytes})"
             ) from None
+        return frame, body
 
     def _enqueue(self, peer: Peer, frame: bytes) -> bool:
         faults = peer.faults
@@ -1115,12 +1157,15 @@ class TransportNode:
                 if head.ready_at > now:
                     self._schedule_pump(peer, head.ready_at)
                     break
-            size = len(head.frame)
+            frame = head.frame
+            if frame[TYPE_OFFSET] == FrameType.MSG_ZSTD and not self._takes_compressed(conn):
+                frame = self._plain_frame(frame)
+            size = len(frame)
             pending = inflight + batch_bytes
             if pending and pending + size > window:
                 break
             queue.pop()
-            batch.append(head.frame)
+            batch.append(frame)
             batch_bytes += size
             if batch_bytes >= PUMP_CHUNK:
                 self._hand_over(peer, conn, batch, batch_bytes)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import node_id
+from services.transport import compression
 from services.transport.auth import parse_host_port
 
 LOOPBACK_DATAGRAM_BYTES = 15000
@@ -50,6 +51,14 @@ class TransportSettings:
     #: What every member must run with (``NodeConfig.cluster_parameters``), sent in
     #: the HELLO; a peer whose differ is refused. Empty: nothing is compared.
     cluster_parameters: tuple[tuple[str, str], ...] = ()
+    #: zstd-compressed MSG frames (compression.py): offered in the HELLO, and used
+    #: towards a peer that offers them too.
+    compress_messages: bool = True
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The optional features this transport offers in its HELLO."""
+        return (compression.FEATURE,) if self.compress_messages else ()
 
     @property
     def loopback_datagram_bytes(self) -> int:
@@ -157,4 +166,5 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         mdns_interfaces=interfaces,
         fault_injection=cfg.fault_injection.enabled,
         cluster_parameters=cfg.cluster_parameters,
+        compress_messages=t.compress_messages,
     )

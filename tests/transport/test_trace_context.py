@@ -32,9 +32,11 @@ def hostile_sender(node: RunningTransport, carrier: dict[str, str]) -> None:
     transport = node.node
     max_frame = transport.settings.max_frame_bytes
 
-    def encode(envelope: transport_pb2.Envelope) -> bytes:
-        wire = transport_pb2.Envelope(payload=envelope.payload, trace_context=carrier)
-        return encode_frame(FrameType.MSG, wire.SerializeToString(), max_frame_bytes=max_frame)
+    def encode(envelope: transport_pb2.Envelope) -> tuple[bytes, bytes]:
+        body = transport_pb2.Envelope(
+            payload=envelope.payload, trace_context=carrier
+        ).SerializeToString()
+        return encode_frame(FrameType.MSG, body, max_frame_bytes=max_frame), body
 
     transport._encode_outbound = encode  # type: ignore[method-assign]
 
