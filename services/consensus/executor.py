@@ -156,16 +156,18 @@ class Executor:
         results = []
         rejected = []
         for content, reason in zip(contents, reasons, strict=True):
-            if reason is None:
-                EXECUTED_VERTICES.labels("finalized").inc()
-            else:
+            if reason is not None:
                 rejected.append(content)
-                EXECUTED_VERTICES.labels("rejected").inc()
             results.append(
                 storage_pb2.ExecutionResult(
                     hash=content, rejected=reason is not None, reject_reason=reason or ""
                 )
             )
+        # counted once per batch (a labelled counter's inc per vertex cost 1-2 % of the loop)
+        if len(rejected) < len(contents):
+            EXECUTED_VERTICES.labels("finalized").inc(len(contents) - len(rejected))
+        if rejected:
+            EXECUTED_VERTICES.labels("rejected").inc(len(rejected))
         state = next_state_digest(
             self.state_digest,
             committed.seq,

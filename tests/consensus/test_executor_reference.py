@@ -355,3 +355,32 @@ async def test_verdicts_of_executed_copies_leave_the_cache(node: Node) -> None:
     assert cache_hits() - hits == 5  # none verified again at execution
     assert not executed.batch.rejected
     assert node.verifier.cached == 0
+
+
+def executed_vertices() -> dict[str, float]:
+    out = {}
+    for outcome in ("finalized", "rejected"):
+        value = REGISTRY.get_sample_value(
+            "cretoai_consensus_vertices_executed_total", {"outcome": outcome}
+        )
+        out[outcome] = 0.0 if value is None else value
+    return out
+
+
+async def test_executed_vertices_are_counted_by_outcome(node: Node) -> None:
+    """The counters move by the batch's vertices, finalized and rejected (counted once per
+    batch, not once per vertex)."""
+    chain = Chain()
+    vertices = chain.vertices(5)
+    forged = vertex_pb2.Vertex()
+    forged.CopyFrom(vertices[2])
+    forged.signature = bytes(len(forged.signature))  # its creator never signed this
+    vertices[2] = forged
+    committed = chain.committed(vertices)
+    await node.vote(committed)
+    before = executed_vertices()
+    executed = await node.executor.execute(committed)
+    assert list(executed.batch.rejected) == [vertex_hash(forged)]
+    after = executed_vertices()
+    assert after["finalized"] - before["finalized"] == 4
+    assert after["rejected"] - before["rejected"] == 1
