@@ -52,6 +52,26 @@ def compose(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     return proc.stdout
 
 
+def _stall_report(engine: eng.Engine, exc: subprocess.TimeoutExpired) -> str:
+    """Why a compose command timed out: its output, the cluster's processes with their
+    state and kernel wait channel (a D state is the kernel's, not ours), the engine's log."""
+    states = subprocess.run(
+        ["ps", "-eo", "pid,stat,wchan:32,etime,args"], capture_output=True, text=True, timeout=30
+    ).stdout.splitlines()
+    ours = [line for line in states if "cretoai" in line or "python" in line][:60]
+    output = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+    return "\n".join(
+        [
+            f"{' '.join(map(str, exc.cmd))} timed out after {exc.timeout} s",
+            (output or "")[-2000:],
+            "--- processes (pid, state, wait channel, elapsed, command):",
+            *ours,
+            "--- engine log:",
+            engine.log_tail(30),
+        ]
+    )
+
+
 def model(*files: Path) -> dict[str, Any]:
     extra = [a for f in files for a in ("-f", str(f))]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_"))}
@@ -435,7 +455,12 @@ def test_compose_end_to_end(
             assert state == "exited", state
 
         with timings.phase("compose stop (clean exits)"):
-            dc("stop", timeout=180)
+            try:
+                dc("stop", timeout=180)
+            except subprocess.TimeoutExpired as exc:
+                # once (2026-12-05) the engine itself stalled here for minutes, no container
+                # signalled or killed in its log: say what each process was doing
+                raise AssertionError(_stall_report(engine, exc)) from None
             exits = {c["Service"]: c["ExitCode"] for c in containers()}
             bad = {s: code for s, code in exits.items() if code != 0 and s != "node2-consensus"}
             assert not bad, f"services that did not stop cleanly: {bad}"
