@@ -92,6 +92,7 @@ from cretoai.telemetry import DEFAULT_SAMPLING_RATIO
 from cretoai.v1 import gateway_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, vertex_hash
 from devkit.ports import free_base_port, free_tcp_port
+from devkit.wire import length_delimited
 from node.clusterinit import init_cluster
 from node.supervisor import Supervisor
 
@@ -1235,20 +1236,9 @@ SubmitCall = grpc.aio.UnaryUnaryMultiCallable[bytes, gateway_pb2.GatewaySubmitBa
 def grpc_batch_request(bodies: Sequence[bytes]) -> bytes:
     """A ``GatewaySubmitBatchRequest`` with ``wait`` set, from serialized vertices (their
     bytes go on the wire as they are: no parse and re-serialisation in the generator)."""
-    parts = []
-    for body in bodies:
-        parts.append(b"\x0a" + _varint(len(body)) + body)  # field 1, length-delimited
+    parts = [length_delimited(1, body) for body in bodies]  # field 1: vertices
     parts.append(b"\x10\x01")  # field 2 (wait) = true
     return b"".join(parts)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def grpc_outcome(result: gateway_pb2.GatewaySubmitResult) -> tuple[str, int]:

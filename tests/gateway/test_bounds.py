@@ -15,6 +15,7 @@ import pytest
 from cretoai.serving import RequestRefused
 from cretoai.v1 import gateway_pb2, vertex_pb2
 from cretoai.vertex import MAX_PARENTS
+from devkit.wire import varint
 from services.gateway import bounds
 from services.gateway.core import MAX_BATCH_VERTICES
 from tests.gateway.support import TIMEOUT, Node
@@ -53,7 +54,7 @@ def test_a_group_cannot_hide_a_bomb_from_the_walk() -> None:
         bounds.submit_batch_request(group + b"\x0a\x00" * 100_000, MAX_BATCH_VERTICES)
     vertex = group + b"\x12\x00" * 1_000
     with pytest.raises(RequestRefused, match="wire type 3"):
-        bounds.submit_request(b"\x0a" + _varint(len(vertex)) + vertex)
+        bounds.submit_request(b"\x0a" + varint(len(vertex)) + vertex)
 
 
 def test_too_many_vertices_or_parents_are_refused_before_they_are_built() -> None:
@@ -63,7 +64,7 @@ def test_too_many_vertices_or_parents_are_refused_before_they_are_built() -> Non
         bounds.submit_batch_request(batch(1, 65).SerializeToString(), MAX_BATCH_VERTICES)
     with pytest.raises(RequestRefused, match="more than 272 fields"):
         bounds.submit_batch_request(b"\x0a\x00" * (BOMB_BYTES // 2), MAX_BATCH_VERTICES)
-    parents_bomb = b"\x0a" + _varint(BOMB_BYTES) + b"\x12\x00" * (BOMB_BYTES // 2)
+    parents_bomb = b"\x0a" + varint(BOMB_BYTES) + b"\x12\x00" * (BOMB_BYTES // 2)
     with pytest.raises(RequestRefused, match="vertex: more than 81 fields"):
         bounds.submit_request(parents_bomb)
     twice = gateway_pb2.GatewaySubmitRequest(vertex=vertex_pb2.Vertex(payload=b"x"))
@@ -74,15 +75,6 @@ def test_too_many_vertices_or_parents_are_refused_before_they_are_built() -> Non
 def assert_bad_request(status: int, reply: dict[str, Any], needle: str) -> None:
     assert (status, reply["error"]["code"]) == (400, "bad_request"), reply
     assert needle in reply["error"]["message"], reply
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 async def test_a_grpc_batch_of_millions_of_empty_vertices_is_refused_as_invalid(
@@ -102,7 +94,7 @@ async def test_a_grpc_batch_of_millions_of_empty_vertices_is_refused_as_invalid(
         request_serializer=None,
         response_deserializer=gateway_pb2.GatewaySubmitResponse.FromString,
     )
-    parents_bomb = b"\x0a" + _varint(BOMB_BYTES) + b"\x12\x00" * (BOMB_BYTES // 2)
+    parents_bomb = b"\x0a" + varint(BOMB_BYTES) + b"\x12\x00" * (BOMB_BYTES // 2)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await single(parents_bomb, timeout=TIMEOUT)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
