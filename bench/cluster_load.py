@@ -1284,6 +1284,25 @@ async def submit_batch_grpc(
         out.done[index] = done
 
 
+def client_description(args: argparse.Namespace) -> str:
+    """How the run's load generator sends (recorded in the result's parameters)."""
+    grouped = (
+        f"up to {args.client_batch} vertices per request per gateway (sent when full or "
+        f"when the first has waited {args.client_linger_ms:g} ms), open loop"
+    )
+    if args.api == "grpc":
+        return (
+            f"grpc.aio, the public gRPC SubmitVertices with wait, {grouped}, "
+            "one channel per gateway"
+        )
+    if args.client_batch == 1:
+        return (
+            "aiohttp, POST /v1/vertices?wait=true, open loop, round-robin over every gateway, "
+            "no connection limit"
+        )
+    return f"aiohttp, POST /v1/vertices:batch?wait=true with {grouped}, no connection limit"
+
+
 def runqueue_wait_s() -> float:
     """Time this process's main thread spent runnable but waiting for a CPU (schedstat)."""
     try:
@@ -2215,16 +2234,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "quick": args.quick,
             "payload_bytes": PAYLOAD_BYTES,
             "parents_per_vertex": PARENTS,
-            "client": f"grpc.aio, the public gRPC SubmitVertices with wait, up to "
-            f"{args.client_batch} vertices per call per gateway (sent when full or when the "
-            f"first has waited {args.client_linger_ms:g} ms), open loop, one channel per gateway"
-            if args.api == "grpc"
-            else "aiohttp, POST /v1/vertices?wait=true, open loop, round-robin over "
-            "every gateway, no connection limit"
-            if args.client_batch == 1
-            else f"aiohttp, POST /v1/vertices:batch?wait=true with up to {args.client_batch} "
-            f"vertices per request per gateway (sent when full or when the first has waited "
-            f"{args.client_linger_ms:g} ms), open loop, no connection limit",
+            "client": client_description(args),
             "client_batch": args.client_batch,
             "client_linger_ms": args.client_linger_ms,
             "api": args.api,
