@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 import pytest
+import zstandard
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import pull_quic_header
@@ -276,13 +277,19 @@ def test_refused_peer_is_closed_with_the_refusal_code() -> None:
     assert link.closed("client").code == CloseCode.BANNED
 
 
-def test_frames_before_authentication_close_the_connection() -> None:
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (FrameType.MSG, b"sneaky"),
+        # a stranger cannot make a transport decompress anything either
+        (FrameType.MSG_ZSTD, zstandard.ZstdCompressor().compress(b"\0" * 100_000)),
+    ],
+)
+def test_frames_before_authentication_close_the_connection(kind: FrameType, body: bytes) -> None:
     client, server = two_members()
     link = Link(client, server)
     # finish only the QUIC handshake, then push a MSG frame instead of waiting for AUTH
-    link.client.quic.send_stream_data(
-        0, encode_frame(FrameType.MSG, b"sneaky", max_frame_bytes=1024)
-    )
+    link.client.quic.send_stream_data(0, encode_frame(kind, body, max_frame_bytes=1024))
     link.pump()
     closed = link.closed("server")
     assert closed.fault is not None and closed.fault.reason == "unauthenticated_frame"
