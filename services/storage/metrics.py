@@ -99,4 +99,9 @@ MEMTABLE_BYTES = Gauge(
 BLOCK_CACHE_BYTES = Gauge(
     "cretoai_storage_block_cache_bytes", "Bytes in RocksDB's block cache (capped at its capacity)"
 )
+TABLE_READERS_BYTES = Gauge(
+    "cretoai_storage_table_readers_bytes",
+    "Bytes RocksDB's SST readers hold outside the block cache (index and filter blocks "
+    "live in the cache; this stays small however large the database grows)",
+)
 KEYS = Gauge("cretoai_storage_keys", "Keys per column family (RocksDB estimate)", ["column_family"])

@@ -21,6 +21,12 @@ Why these settings (measured on the development VM, see docs/storage.md):
   file-size metadata commit in the filesystem journal.
 * ``max_total_wal_size`` forces the small column families (consensus state,
   evidence) to flush, so old WAL files do not pile up.
+* Index and filter blocks live in the block cache, partitioned, with only the small
+  top-level index of each file (and level 0's blocks) pinned there. RocksDB's default
+  keeps every SST's whole index and Bloom filter in memory outside the cache: about
+  22 bytes per stored vertex, a memory that grows with the database forever (2.2 MB
+  per 100,000 vertices; 380 MB a day at 200 vertices/s). Partitions keep a large
+  database's index from crowding out the data blocks.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from rocksdict import (
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     DBRecoveryMode,
@@ -104,6 +111,12 @@ def cf_options(cache: Cache) -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(cache)
     table.set_bloom_filter(10, False)
+    # index and filters in the cache, not beside it (see the module docstring)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     return options

@@ -110,9 +110,10 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         metrics.VERTICES.labels("rejected").set(counters.rejected_vertices)
         metrics.EDGES.set(counters.edges)
         metrics.EVIDENCE.set(counters.evidence)
-        memtables, cache = self._store.memory_bytes()
-        metrics.MEMTABLE_BYTES.set(memtables)
-        metrics.BLOCK_CACHE_BYTES.set(cache)
+        memory = self._store.memory_bytes()
+        metrics.MEMTABLE_BYTES.set(memory.memtables)
+        metrics.BLOCK_CACHE_BYTES.set(memory.block_cache)
+        metrics.TABLE_READERS_BYTES.set(memory.table_readers)
 
     # ------------------------------------------------------------------ writes
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
 
@@ -1311,18 +1311,31 @@ class Store:
             )
         return stats
 
-    def memory_bytes(self) -> tuple[int, int]:
+    def memory_bytes(self) -> RocksMemory:
         """RocksDB's memory: all memtables (every column family's, under the write buffer
-        manager's cap) and the block cache's usage (one cache for every column family);
-        (0, 0) once closed."""
+        manager's cap), the block cache's usage (one cache shared by our column families,
+        which holds their index and filter blocks too) and what the SST readers hold
+        outside the cache; zeros once closed."""
         if self._closed:
-            return 0, 0
+            return RocksMemory(0, 0, 0)
+        families = [self._cf[name] for name in keys.COLUMN_FAMILIES]
         memtables = sum(
-            self._cf[name].property_int_value("rocksdb.cur-size-all-mem-tables") or 0
-            for name in keys.COLUMN_FAMILIES
+            cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0 for cf in families
         )
-        cache = self._db.property_int_value("rocksdb.block-cache-usage") or 0
-        return memtables, cache
+        readers = sum(
+            cf.property_int_value("rocksdb.estimate-table-readers-mem") or 0 for cf in families
+        )
+        # the default column family has a cache of its own: ask one that shares ours
+        cache = families[0].property_int_value("rocksdb.block-cache-usage") or 0
+        return RocksMemory(memtables, cache, readers)
+
+
+class RocksMemory(NamedTuple):
+    """Bytes of RocksDB's memory (:meth:`Store.memory_bytes`)."""
+
+    memtables: int
+    block_cache: int
+    table_readers: int
 
 
 def open_in_this_process(path: Path) -> bool:
