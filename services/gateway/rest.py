@@ -484,8 +484,12 @@ class RestApi:
 
     async def submit_batch(self, request: web.Request) -> web.Response:
         """Up to MAX_BATCH_VERTICES vertices: ``200 {"results": [...]}``, one per vertex in
-        order, each what ``POST /v1/vertices`` would answer in its body."""
+        order, each what ``POST /v1/vertices`` would answer in its body.
+
+        While the gateway sheds load the whole batch gets the 429 before its body is read
+        (up to 64 vertices of hex JSON, ~1 MB, to parse for nothing), counted once."""
         wait = parse_bool(_query(request, "wait"), "wait")
+        self._gw.refuse_if_shedding("http")
         with self._reserve(request, self.max_batch_body) as reservation:
             raw = await self._body(request, self.max_batch_body, reservation)
             check_json_size(raw, vertices=MAX_BATCH_VERTICES)

@@ -477,6 +477,9 @@ async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_42
     # within the hold: refused before the body is read (a malformed one is not a 400)
     status, reply, _ = await post_raw(node, "/v1/vertices", b"not json")
     assert_error(status, reply, 429, "overloaded", "behind its offered load")
+    # so is a batch: the whole of it, before its ~1 MB of JSON is parsed
+    status, reply, _ = await post_raw(node, BATCH, b'{"vertices": [not json')
+    assert_error(status, reply, 429, "overloaded", "behind its offered load")
     assert len(fake.submit_calls) == 1
     # the hold is over (ended here rather than slept through); consensus recovered
     gateway._shed_until = 0.0
