@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import resource
 import threading
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from cretoai.v1 import storage_pb2
 from devkit.storage import make_config
-from services.storage import keys
+from services.storage import keys, options
 from services.storage.errors import InvalidArgument, ShuttingDown, WriteFailed
 from services.storage.store import Store
 from services.storage.writer import Writer
@@ -307,3 +308,26 @@ def test_index_and_filter_blocks_live_in_the_bounded_block_cache(tmp_path: Path)
         assert store.memory_bytes().block_cache > 100_000  # ~34 data blocks, index, filter
     finally:
         store.close()
+
+
+def test_rocksdb_keeps_a_bounded_number_of_table_files_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RocksDB's default (max_open_files -1) keeps every table file open, a count that grows
+    with the database until the service runs out of file descriptors. The options RocksDB
+    recorded for the open database say the bound: MAX_OPEN_TABLE_FILES, or half a lower
+    open-files limit."""
+
+    def recorded_max_open_files(db: Path) -> int:
+        latest = max(db.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+        lines = [line.strip() for line in latest.read_text().splitlines()]
+        [value] = [line.split("=")[1] for line in lines if line.startswith("max_open_files=")]
+        return int(value)
+
+    Store.open(tmp_path / "db").close()
+    assert recorded_max_open_files(tmp_path / "db") == options.max_open_table_files()
+    assert 64 <= options.max_open_table_files() <= options.MAX_OPEN_TABLE_FILES
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
+    assert options.max_open_table_files() == 512
+    Store.open(tmp_path / "db").close()
+    assert recorded_max_open_files(tmp_path / "db") == 512
