@@ -499,11 +499,12 @@ class RestApi:
                 drafts, wait=wait, api="http", client=client_of(request)
             )
             results = []
+            certificates: dict[bytes, Any] = {}  # shared by the vertices of a PBFT batch
             for answer in answers:
                 if isinstance(answer, Refused):
                     results.append(refused_json(answer.hash, answer.error.body()))
                 elif answer.record is not None:
-                    results.append(record_json(answer.record))
+                    results.append(record_json(answer.record, certificates))
                 else:
                     results.append(submitted_json(answer.hash, answer.status, answer.duplicate))
             return json_response({"results": results})

@@ -1,11 +1,14 @@
-"""The gateway's JSON writer (orjson, with the standard library as the fallback)."""
+"""The gateway's JSON writer (orjson, with the standard library as the fallback), and its
+records' encoding."""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
-from services.gateway.codec import dumps, dumps_bytes
+from cretoai.v1 import vertex_pb2
+from services.gateway.codec import dumps, dumps_bytes, record_json
 
 
 def _record(seq: int) -> dict[str, object]:
@@ -41,3 +44,34 @@ def test_a_lone_surrogate_is_escaped_not_an_error() -> None:
     out = dumps_bytes(data)
     assert out == b'{"message":"field \\ud800"}'
     assert json.loads(out) == data
+
+
+def test_a_batch_answer_encodes_a_shared_certificate_once_and_keeps_each_records_own() -> None:
+    """The vertices of one PBFT batch share a certificate, encoded once per answer; a
+    record of another batch (or another quorum's certificate for it) keeps its own."""
+
+    def certificate(seq: int, signers: tuple[int, ...]) -> vertex_pb2.FinalityCertificate:
+        cert = vertex_pb2.FinalityCertificate(view=0, seq=seq, batch_digest=bytes([seq]) * 32)
+        for signer in signers:
+            cert.commits.add(signer=signer, body=b"b%d" % signer, signature=bytes([signer]) * 64)
+        return cert
+
+    certs = [certificate(1, (0, 1, 2)), certificate(1, (0, 1, 2)), certificate(1, (1, 2, 3))]
+    certs.append(certificate(2, (0, 1, 2)))
+    records = [
+        vertex_pb2.VertexRecord(
+            hash=bytes([i]) * 32,
+            vertex=vertex_pb2.Vertex(payload=b"p%d" % i, creator=b"k", signature=b"s"),
+            status=vertex_pb2.VERTEX_STATUS_FINALIZED,
+            seq=cert.seq,
+            certificate=cert,
+        )
+        for i, cert in enumerate(certs)
+    ]
+    shared: dict[bytes, Any] = {}
+    answers = [record_json(record, shared) for record in records]
+    assert answers == [record_json(record) for record in records]
+    assert answers[0]["certificate"] is answers[1]["certificate"]  # encoded once
+    assert len(shared) == 3
+    assert [a["certificate"]["commits"][0]["signer"] for a in answers] == [0, 0, 1, 0]
+    assert [a["certificate"]["seq"] for a in answers] == [1, 1, 1, 2]
