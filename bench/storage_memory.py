@@ -12,8 +12,9 @@ signatures; the service's certificate check comes before it and is not measured 
 Every ``--report-every`` vertices it records RocksDB's memory (``Store.memory_bytes``:
 memtables, the block cache's usage, and what the table readers hold outside the cache),
 the table files' size, the process's RSS, and the median and p99 of 1,000 ``get_vertex``
-reads of vertices stored so far (uniformly over all of them: the index and filter blocks
-of old files are read too).
+reads of vertices stored so far (a uniform sample of 20,000 of them, kept by reservoir
+sampling so that the benchmark's own memory stays flat: the index and filter blocks of
+old files are read too).
 
 ``--rocksdb-defaults`` runs the same with RocksDB's default table options instead of the
 node's (index and filter blocks beside the block cache, not partitioned): the figure that
@@ -49,6 +50,9 @@ PAYLOAD_BYTES = 1024
 CREATOR_BYTES = 2592
 SIGNATURE_BYTES = 4627
 READS = 1000
+#: Hashes kept to read back: a uniform sample of every vertex stored (reservoir sampling),
+#: so that the benchmark's own memory does not grow with the database it measures.
+KEPT = 20_000
 
 
 def rocksdb_default_cf_options(cache: rocksdict.Cache) -> rocksdict.Options:
@@ -97,9 +101,19 @@ def table_bytes(store: Store) -> int:
     )
 
 
-def read_latency_ms(store: Store, stored: list[bytes]) -> dict[str, float]:
+def keep(kept: list[bytes], seen: int, h: bytes) -> None:
+    """Reservoir sampling: after ``seen`` hashes, ``kept`` is a uniform sample of them."""
+    if len(kept) < KEPT:
+        kept.append(h)
+    else:
+        slot = random.randrange(seen)
+        if slot < KEPT:
+            kept[slot] = h
+
+
+def read_latency_ms(store: Store, kept: list[bytes]) -> dict[str, float]:
     times = []
-    for h in random.sample(stored, min(READS, len(stored))):
+    for h in random.sample(kept, min(READS, len(kept))):
         started = time.perf_counter()
         record = store.get_vertex(h, certificate=False)
         times.append((time.perf_counter() - started) * 1000)
@@ -126,25 +140,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         storage_options.cf_options = rocksdb_default_cf_options
     creator, signature = os.urandom(CREATOR_BYTES), os.urandom(SIGNATURE_BYTES)
     samples: list[dict[str, Any]] = []
-    stored: list[bytes] = []
+    kept: list[bytes] = []
+    stored = 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cretoai-storage-memory-", dir=args.dir) as tmp:
         store = Store.open(Path(tmp) / "db")
         try:
             parents: list[bytes] = []
             seq = 0
-            while len(stored) < args.vertices and time.monotonic() - started < args.max_seconds:
+            while stored < args.vertices and time.monotonic() - started < args.max_seconds:
                 seq += 1
                 request = make_batch(seq, parents, creator, signature)
                 store.commit_batch(request)
                 store.sync()
                 parents = [r.hash for r in request.results]
-                stored += parents
-                if len(stored) % args.report_every == 0:
+                for h in parents:
+                    stored += 1
+                    keep(kept, stored, h)
+                if stored % args.report_every == 0:
                     memory = store.memory_bytes()
-                    reads = read_latency_ms(store, stored)
+                    reads = read_latency_ms(store, kept)
                     sample: dict[str, Any] = {
-                        "vertices": len(stored),
+                        "vertices": stored,
                         "s": round(time.monotonic() - started, 1),
                         "table_bytes": table_bytes(store),
                         "memtables_bytes": memory.memtables,
