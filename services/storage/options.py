@@ -24,9 +24,9 @@ Why these settings (measured on the development VM, see docs/storage.md):
 * Index and filter blocks live in the block cache, partitioned, with only the small
   top-level index of each file (and level 0's blocks) pinned there. RocksDB's default
   keeps every SST's whole index and Bloom filter in memory outside the cache: about
-  22 bytes per stored vertex, a memory that grows with the database forever (2.2 MB
-  per 100,000 vertices; 380 MB a day at 200 vertices/s). Partitions keep a large
-  database's index from crowding out the data blocks.
+  25 bytes per stored vertex, a memory that grows with the database forever (2.5 MB
+  per 100,000 vertices, ``bench.storage_memory``; 420 MB a day at 200 vertices/s).
+  Partitions keep a large database's index from crowding out the data blocks.
 * At most :data:`MAX_OPEN_TABLE_FILES` table files are kept open (half the process's
   open-files limit when that is lower). RocksDB's default keeps every one open, a count
   that grows with the database (64-MiB files: about 1,500 a day at 200 vertices/s)

@@ -291,7 +291,7 @@ def test_rocksdbs_memory_is_measured(tmp_path: Path) -> None:
 def test_index_and_filter_blocks_live_in_the_bounded_block_cache(tmp_path: Path) -> None:
     """RocksDB's default keeps each table file's whole index and Bloom filter beside the
     block cache, a memory that grows with the database forever (26 KB for these 2.6 MB;
-    2.2 MB per 100,000 vertices). Here they are cached: what the readers hold outside the
+    2.5 MB per 100,000 vertices). Here they are cached: what the readers hold outside the
     cache is a small fixed cost per file, and the cache's gauge sees the blocks read (the
     default column family's own cache, which it once read, stays empty)."""
     store = Store.open(tmp_path / "db")
