@@ -96,9 +96,7 @@ def make_batch(
 
 
 def table_bytes(store: Store) -> int:
-    return sum(
-        cf.property_int_value("rocksdb.total-sst-files-size") or 0 for cf in store._cf.values()
-    )
+    return sum(family.sst_bytes for family in store.stats().column_families)
 
 
 def keep(kept: list[bytes], seen: int, h: bytes) -> None:
