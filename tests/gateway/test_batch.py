@@ -480,6 +480,9 @@ async def test_after_an_overload_one_probe_goes_to_consensus_and_the_rest_get_42
     # so is a batch: the whole of it, before its ~1 MB of JSON is parsed
     status, reply, _ = await post_raw(node, BATCH, b'{"vertices": [not json')
     assert_error(status, reply, 429, "overloaded", "behind its offered load")
+    # a full-size body too: answered, unread, and the gateway's next answer comes as usual
+    status, reply, _ = await post_raw(node, BATCH, b'{"vertices": ["' + b"0" * 1_000_000)
+    assert_error(status, reply, 429, "overloaded", "behind its offered load")
     assert len(fake.submit_calls) == 1
     # the hold is over (ended here rather than slept through); consensus recovered
     gateway._shed_until = 0.0

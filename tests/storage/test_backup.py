@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from devkit.storage import ServiceProcess, config_dict, make_config, write_confi
 from services.consensus.core.durable import SigningMark
 from services.consensus.mark import MarkFile
 from services.storage import backup as backup_module
+from services.storage import keys
 from services.storage.backup import (
     BackupError,
     backup,
@@ -30,7 +32,9 @@ from services.storage.backup import (
     backup_via_service,
     restore,
 )
+from services.storage.errors import DatabaseCorrupt
 from services.storage.store import BACKUP_MANIFEST, Owner, Store, inspect
+from services.storage.store import verify as verify_database
 from tests.conftest import cli
 from tests.storage.support import (
     REPO,
@@ -431,3 +435,32 @@ def test_a_damaged_table_block_fails_verify_backup_and_restore(tmp_path: Path) -
     )
     assert restored.returncode == 0, restored.stderr
     assert run_cli("verify", "--config", str(config)).returncode == 0
+
+
+def test_damage_in_a_tables_index_or_filter_partitions_fails_verify(tmp_path: Path) -> None:
+    """Index and filter blocks live in the block cache, partitioned (services/storage/
+    options.py), so an open no longer reads them whole: a flipped byte anywhere after a
+    table's data blocks (filter partitions, index partitions, the top-level index) is
+    still found by `verify`, as a data block's is."""
+    db = tmp_path / "db"
+    store = Store.open(db)
+    write_flushed_state(store, rows=40)
+    state = store._cf[keys.CONSENSUS_STATE]
+    state.flush()
+    properties = state.property_value("rocksdb.aggregated-table-properties") or ""
+    store.close()
+    [table] = [p for p in db.glob("*.sst") if p.stat().st_size > 500_000]
+    data_end = int(re.search(r"data block size=(\d+)", properties).group(1))  # type: ignore[union-attr]
+    assert "# index partitions=" in properties  # the partitioned layout
+    intact = table.read_bytes()
+    end = len(intact) - 64  # the footer is checked at open anyway
+    offsets = range(data_end + 8, end, max(1, (end - data_end) // 10))
+    for offset in offsets:
+        copy = tmp_path / f"copy{offset}"
+        shutil.copytree(db, copy)
+        flipped = bytearray(intact)
+        flipped[offset] ^= 0xFF
+        (copy / table.name).write_bytes(bytes(flipped))
+        with pytest.raises(DatabaseCorrupt):
+            verify_database(copy)
+    assert len(offsets) >= 10
