@@ -18,7 +18,7 @@ from cretoai.v1 import storage_pb2
 from devkit.storage import make_config
 from services.storage import keys, options
 from services.storage.errors import InvalidArgument, ShuttingDown, WriteFailed
-from services.storage.store import Store
+from services.storage.store import Store, verify
 from services.storage.writer import Writer
 from tests.storage.support import Dag, Running, start_service, write_flushed_state
 
@@ -331,3 +331,29 @@ def test_rocksdb_keeps_a_bounded_number_of_table_files_open(
     assert options.max_open_table_files() == 512
     Store.open(tmp_path / "db").close()
     assert recorded_max_open_files(tmp_path / "db") == 512
+
+
+def test_a_database_written_with_rocksdbs_default_table_options_opens_and_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's database from before index and filter blocks moved into the cache (or an
+    old backup of it) keeps its table files as they were written: it opens with today's
+    options, every record reads back, and `verify` passes; new tables get the new layout."""
+    from bench.storage_memory import rocksdb_default_cf_options
+
+    db = tmp_path / "db"
+    with monkeypatch.context() as old:
+        old.setattr(options, "cf_options", rocksdb_default_cf_options)
+        store = Store.open(db)
+        write_flushed_state(store, rows=40)
+        store._cf[keys.CONSENSUS_STATE].flush()
+        assert store.memory_bytes().table_readers > 8_000  # the old layout: beside the cache
+        store.close()
+    store = Store.open(db)
+    try:
+        assert all(store.get_state(b"k/%08d/%03d" % (i, 9)) is not None for i in range(40))
+        write_flushed_state(store, rows=1)
+    finally:
+        store.close()
+    _, read = verify(db)
+    assert read >= 40 * 50
