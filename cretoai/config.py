@@ -233,6 +233,10 @@ class ConsensusSection:
     reputation_threshold: int = -100
     #: Threads that verify ML-DSA-87 signatures (verification releases the GIL).
     verify_threads: int = 2
+    #: Vouched verification: vouch to peers for the vertex copies this node verified,
+    #: and take a copy as valid without verifying it when f+1 members vouched for it
+    #: (docs/consensus.md). Off: every copy is verified here, and nothing is vouched.
+    vouch: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -739,9 +743,9 @@ def _validate(cfg: NodeConfig) -> None:
     if cfg.crypto.backend not in ("auto", "cryptography", "oqs"):
         raise ConfigError(f"{src}: crypto.backend: expected auto, cryptography or oqs")
     fi = cfg.fault_injection
-    if fi.byzantine and fi.byzantine not in ("equivocate", "forge", "flood", "hoard"):
+    if fi.byzantine and fi.byzantine not in ("equivocate", "forge", "flood", "hoard", "vouch"):
         raise ConfigError(
-            f"{src}: fault_injection.byzantine: expected equivocate, forge, flood or hoard "
+            f"{src}: fault_injection.byzantine: expected equivocate, forge, flood, hoard or vouch "
             "(or empty)"
         )
     if fi.byzantine and not fi.enabled:

@@ -10,7 +10,10 @@ act on what the honest replica would send:
 - ``flood``: besides the honest traffic, send each peer garbage and replays;
 - ``hoard``: besides the honest traffic, forward every peer fresh, validly signed
   vertices of 200 KB (a client key of its own): requests an honest replica must
-  verify and may order, sent faster than a batch executes, to fill its memory.
+  verify and may order, sent faster than a batch executes, to fill its memory;
+- ``vouch``: as primary, add to every PRE-PREPARE a copy of a fresh vertex whose
+  signature does not verify, and vouch for every copy it sends (a lie about that
+  one): one member's claim must never make a copy valid (f+1 are needed).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from services.consensus.core.codec import encode_body, encode_envelope
+from services.consensus.core.codec import encode_body, encode_envelope, envelope_to_pb
 from services.consensus.core.crypto import Signer, batch_digest
 from services.consensus.core.messages import (
     Commit,
@@ -35,7 +39,7 @@ from services.consensus.core.messages import (
 )
 from services.consensus.core.ready import Outbound
 
-MODES = ("equivocate", "forge", "flood", "hoard")
+MODES = ("equivocate", "forge", "flood", "hoard", "vouch")
 FLOOD_COPIES = 20
 #: ``hoard``: vertices per burst, their payload, and the bursts in all (one per
 #: outbound envelope): 60 x 4 x 200 KB = 48 MB of valid requests at most.
@@ -57,6 +61,11 @@ class Byzantine:
         self._rng = random.Random(replica_id)
         self._count = 0
         self._hoarded = 0
+        self._lie: (
+            tuple[tuple[int, int, tuple[bytes, ...]], Signed[Message], Request, tuple[bytes, ...]]
+            | None
+        ) = None
+        self._garbage_key: Any = None
 
     def _sign(self, msg: Message) -> Signed[Message]:
         body = encode_body(msg)
@@ -90,6 +99,14 @@ class Byzantine:
                 yield out.to, self._rng.randbytes(self._rng.randint(1, 512))  # garbage
             return
         if (
+            self.mode == "vouch"
+            and isinstance(env, SignedEnvelope)
+            and isinstance(env.signed.msg, PrePrepare)
+            and env.signed.msg.request_hashes
+        ):
+            yield out.to, self._vouch_garbage(env, env.signed.msg)
+            return
+        if (
             self.mode == "equivocate"
             and isinstance(env, SignedEnvelope)
             and isinstance(env.signed.msg, PrePrepare)
@@ -98,6 +115,41 @@ class Byzantine:
             yield from self._equivocate(env, env.signed.msg, honest, out.to)
             return
         yield out.to, honest
+
+    def _vouch_garbage(self, env: SignedEnvelope, pp: PrePrepare) -> bytes:
+        """``pp`` with one badly signed copy more (the same for every peer), its bodies,
+        and this replica's claim that every copy in it is valid."""
+        key = (pp.view, pp.seq, pp.request_hashes)
+        if self._lie is None or self._lie[0] != key:
+            garbage = self._garbage()
+            hashes = (*pp.request_hashes, garbage.hash)
+            lie = PrePrepare(
+                view=pp.view, seq=pp.seq, digest=batch_digest(hashes), request_hashes=hashes
+            )
+            self._lie = (key, self._sign(lie), garbage, hashes)
+        _, signed, garbage, hashes = self._lie
+        pb = envelope_to_pb(SignedEnvelope(signed, (*env.requests, garbage)))
+        pb.vouched.extend(hashes)
+        return pb.SerializeToString()
+
+    def _garbage(self) -> Request:
+        """A fresh vertex of a key of this replica's own, its signature corrupted."""
+        from cretoai.crypto import get_backend
+        from cretoai.crypto.keys import NodeKey
+        from cretoai.vertex import make_vertex, signed_digest
+
+        if self._garbage_key is None:
+            self._garbage_key = NodeKey(
+                private=get_backend("auto").private_key_from_seed(os.urandom(32)),
+                path=Path("<vouch>"),
+            )
+        vertex = make_vertex(
+            self._garbage_key, self._rng.randbytes(64), [], int(time.time() * 1000)
+        )
+        signature = bytearray(vertex.signature)
+        signature[len(signature) // 2] ^= 0xFF
+        vertex.signature = bytes(signature)
+        return Request(hash=signed_digest(vertex), body=vertex.SerializeToString())
 
     def _hoard(self) -> tuple[Request, ...]:
         """Fresh vertices, validly signed by a client key of this replica's own."""

@@ -45,9 +45,11 @@ from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, v
 from cretoai.vertex import signed_digest, vertex_hash
 from services.consensus.byzantine import Byzantine
 from services.consensus.core.codec import (
+    DecodeError,
     certificate_from_pb,
-    decode_envelope,
     encode_envelope,
+    envelope_from_pb,
+    envelope_to_pb,
     signed_to_pb,
 )
 from services.consensus.core.crypto import CONTEXT, batch_digest
@@ -75,6 +77,7 @@ from services.consensus.repair import RepairBudget
 from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
 from services.consensus.verify import Verifier
+from services.consensus.vouches import MAX_VOUCHED, check_vouched
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +220,15 @@ def persist_writes(
         held += record_size
     writes.append(_write_request(run + deletes))
     return writes
+
+
+def _encode(envelope: Envelope, vouched: Sequence[bytes] = ()) -> bytes:
+    """The bytes of ``envelope`` for the transport, with this node's claims of validity."""
+    if not vouched:
+        return encode_envelope(envelope)
+    pb = envelope_to_pb(envelope)
+    pb.vouched.extend(vouched)
+    return pb.SerializeToString()
 
 
 def _record_bytes(record: Record) -> int:
@@ -637,7 +649,12 @@ class Driver:
     ) -> _Input | None:
         """Decode and verify one envelope from ``sender``; a fault instead when it is bad."""
         try:
-            env = decode_envelope(payload, request_hash=request_hash)
+            pb = pbft_pb2.ConsensusEnvelope.FromString(payload)
+            env = envelope_from_pb(pb, request_hash=request_hash)
+            vouched = list(pb.vouched)
+            problem = check_vouched(vouched) if vouched else None
+            if problem is not None:
+                raise DecodeError(problem)
         except Exception as exc:  # a peer's bytes: whatever fails, it is malformed input
             log.info(
                 "undecodable envelope",
@@ -659,7 +676,13 @@ class Driver:
             )  # fmt: skip
             if not ok:
                 return _Fault(sender, FaultKind.INVALID_SIGNATURE)
+        if vouched and self._verifier.vouches is not None:
+            # the sender's claims, before this envelope's own bodies are checked: a
+            # primary vouches for the bodies beside its PRE-PREPARE
+            self._verifier.vouches.add(sender, vouched)
         if isinstance(env, RequestsEnvelope):
+            if not env.requests:  # a peer's claims alone (recorded above)
+                return None
             # Forwarded or relayed requests: an honest replica sends only copies it
             # verified itself, and a verdict is a function of the copy's exact bytes,
             # so a copy that fails here is the sender's own fault.
@@ -851,9 +874,12 @@ class Driver:
                     self.link.send(payload, to=to, trace_context=carrier)
                 continue
             to = "" if out.to is None else self.node_ids[out.to]
+            vouched = self._vouched_for(out.envelope)
             if payload is None:
-                payload = encode_envelope(out.envelope)
+                payload = _encode(out.envelope, vouched)
             self.link.send(payload, to=to, trace_context=carrier)
+            if vouched and isinstance(out.envelope, RequestsEnvelope) and out.to is not None:
+                self._vouch_to_others(vouched, out.to)
         for committed in rd.execute:
             executed = await self._execute(committed)
             self.replica.applied(committed.seq, executed.state_digest)
@@ -900,6 +926,24 @@ class Driver:
                 "banning peer", extra={"fields": {**self._where(), "peer": self.names[peer]}}
             )
             self._background(self._ban(peer))
+
+    def _vouched_for(self, envelope: Envelope) -> list[bytes]:
+        """The copies among ``envelope``'s bodies this node vouches for (it holds a valid
+        verdict): a PRE-PREPARE's bodies, and the requests it forwards."""
+        if self._verifier.vouches is None:
+            return []
+        if isinstance(envelope, SignedEnvelope | RequestsEnvelope) and envelope.requests:
+            return self._verifier.valid_copies([r.hash for r in envelope.requests])
+        return []
+
+    def _vouch_to_others(self, vouched: list[bytes], sent_to: int) -> None:
+        """Vouch for forwarded copies to the replicas the forward did not go to: with the
+        primary's vouch beside its PRE-PREPARE, they hold f+1 claims at n = 4."""
+        for start in range(0, len(vouched), MAX_VOUCHED):
+            payload = _encode(RequestsEnvelope(()), vouched[start : start + MAX_VOUCHED])
+            for peer, nid in enumerate(self.node_ids):
+                if peer not in (self.replica.id, sent_to):
+                    self.link.send(payload, to=nid)
 
     async def _execute(self, committed: Committed) -> Executed:
         """Execute ``committed``; when its batch is traced, in a ``consensus.execute`` span

@@ -12,6 +12,7 @@ from cretoai.crypto.keys import node_id
 from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, storage_pb2_grpc
 from services.consensus.byzantine import Byzantine
+from services.consensus.core import quorum
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
 from services.consensus.core.durable import ExecutedState
@@ -22,6 +23,7 @@ from services.consensus.mark import MarkFile, MarkFileError
 from services.consensus.retry import call_until_done
 from services.consensus.servicer import ConsensusServicer
 from services.consensus.verify import Verifier
+from services.consensus.vouches import Vouches
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,13 @@ async def build(cfg: NodeConfig) -> GrpcService:
             }
         },
     )
-    verifier = Verifier(backend, threads=cfg.consensus.verify_threads)
+    n = len(cfg.validators)
+    vouches = (
+        Vouches(n, adopt_at=quorum.weak_quorum_size(n), per_member=cfg.consensus.pool_max)
+        if cfg.consensus.vouch
+        else None
+    )
+    verifier = Verifier(backend, threads=cfg.consensus.verify_threads, vouches=vouches)
     driver = Driver(
         replica=replica,
         public_keys=cfg.validator_public_keys,

@@ -10,7 +10,9 @@ lone vertex) is verified on the event loop: a job for it cost 1.5 x
 (``bench/verify_dispatch.py``).
 
 A signed copy of a vertex is checked once per node: verdicts are cached by the
-copy's signed digest (``execution.Verdicts``), never by content alone.
+copy's signed digest (``execution.Verdicts``), never by content alone. A copy that
+f+1 members vouched for (:mod:`services.consensus.vouches`) is valid without
+being verified here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cretoai.crypto import Backend
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import verify_vertex
 from services.consensus.execution import Verdicts
+from services.consensus.vouches import VOUCHED_ADOPTED, Vouches
 
 VERIFICATIONS = Counter(
     "cretoai_consensus_signature_verifications_total",
@@ -57,11 +60,20 @@ def verify_each(vertices: Sequence[vertex_pb2.Vertex], backend: Backend) -> list
 
 
 class Verifier:
-    def __init__(self, backend: Backend, *, threads: int, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        threads: int,
+        cache_size: int = 100_000,
+        vouches: Vouches | None = None,
+    ) -> None:
         self._backend = backend
         self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify")
         self._verdicts = Verdicts(cache_size)
+        #: Peers' claims of validity; None: every copy is verified here.
+        self.vouches = vouches
 
     async def verify(
         self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes, kind: str
@@ -90,6 +102,10 @@ class Verifier:
         hits = len(verdicts) - sum(len(indexes) for indexes in misses.values())
         if hits:  # counted once per call: a counter's inc per vertex was 1-2 % of the loop
             CACHE_HITS.inc(hits)
+        if misses and self.vouches is not None:
+            adopted = self._adopt_vouched(misses, copies, contents, verdicts)
+            if adopted:
+                VOUCHED_ADOPTED.inc(adopted)
         if misses:
             todo = [indexes[0] for indexes in misses.values()]
             jobs = min(self._threads, len(todo))
@@ -122,6 +138,33 @@ class Verifier:
                 VERTEX_BAD.inc(bad)
         return [bool(v) for v in verdicts]
 
+    def _adopt_vouched(
+        self,
+        misses: dict[bytes, list[int]],
+        copies: Sequence[bytes],
+        contents: Sequence[bytes],
+        verdicts: list[bool | None],
+    ) -> int:
+        """Take as valid the missed copies f+1 members vouched for (removed from
+        ``misses``, cached as verdicts); how many."""
+        vouches = self.vouches
+        assert vouches is not None
+        adopted = 0
+        for key, indexes in list(misses.items()):
+            first = indexes[0]
+            if vouches.vouched(copies[first]):
+                self._verdicts.put(copies[first], contents[first], True)
+                for j in indexes:
+                    verdicts[j] = True
+                del misses[key]
+                adopted += 1
+        return adopted
+
+    def valid_copies(self, copies: Sequence[bytes]) -> list[bytes]:
+        """The copies (signed digests) this node holds a valid verdict for: verified here,
+        or vouched for by f+1 members (what this node may vouch for in turn)."""
+        return [copy for copy in copies if self._verdicts.get(copy, b"")]
+
     def forget(self, copies: Sequence[bytes], contents: Sequence[bytes]) -> None:
         """Drop the verdicts of executed copies.
 
@@ -133,6 +176,8 @@ class Verifier:
         """
         for copy, content in zip(copies, contents, strict=True):
             self._verdicts.forget(copy, content)
+        if self.vouches is not None:
+            self.vouches.forget(copies)
 
     @property
     def cached(self) -> int:

@@ -97,6 +97,11 @@ stopped)::
                              #   requests for its share of the pool
                              #   (cretoai_consensus_peer_requests_dropped_total > 0), and its
                              #   pool holds at most consensus.pool_max_bytes
+    vouched = true           # the honest nodes verified fewer vertex signatures than one per
+                             #   node per finalized vertex, and took some copies as valid
+                             #   because f+1 members vouched for them
+    invalid_rejected = true  # badly signed copies were ordered; like every scenario, it checks
+                             #   that each finalized vertex has a validly signed copy
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ from cretoai.config import NodeConfig, load_config
 from cretoai.crypto import NodeKey, get_backend
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import CONTEXT as VERTEX_CONTEXT
-from cretoai.vertex import canonical_bytes, make_vertex, vertex_hash
+from cretoai.vertex import canonical_bytes, make_vertex, verify_vertex, vertex_hash
 from node.clusterinit import ClusterLayout, init_cluster
 from node.supervisor import Supervisor
 from services.consensus.core.certificate import (
@@ -279,6 +284,11 @@ class Scenario:
     expect_floor_refusals: bool = False
     #: Every honest node dropped forwards for a peer's pool share, within the pool bound.
     expect_pool_bounded: bool = False
+    #: Vouched verification saved verifications (fewer than n per vertex, some vouched).
+    expect_vouched: bool = False
+    #: Badly signed copies were ordered (and, as every finalized vertex must have a validly
+    #: signed copy, rejected).
+    expect_invalid_rejected: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -314,6 +324,8 @@ class Scenario:
             expect_signing_floor=bool(expect.get("signing_floor", False)),
             expect_floor_refusals=bool(expect.get("floor_refusals", False)),
             expect_pool_bounded=bool(expect.get("pool_bounded", False)),
+            expect_vouched=bool(expect.get("vouched", False)),
+            expect_invalid_rejected=bool(expect.get("invalid_rejected", False)),
         )
 
 
@@ -364,6 +376,8 @@ class ClusterRun:
         self.restored: dict[str, Restored] = {}  # node -> its last restore
         self.extra_vertices = 0  # finalized by off_checkpoint (outside the scenario's count)
         self.pool_figures: dict[str, dict[str, float]] = {}  # by check_pool_bounded
+        self.verification_figures: dict[str, float] = {}  # by check_verifications
+        self.invalid_copies_ordered = 0  # by check_signatures
 
     # -- setup / start / stop ---------------------------------------------------------
 
@@ -893,6 +907,7 @@ class ClusterRun:
         if twice:
             raise ScenarioFailed(f"{len(twice)} vertices were finalized twice: {twice[:3]}")
         hashes = [h for h, times in finalized.items() if times == 1]
+        self.check_signatures(reference, set(hashes))
         lost = self.required() - set(hashes)
         if lost:
             raise ScenarioFailed(
@@ -913,6 +928,7 @@ class ClusterRun:
         await self.check_no_evidence(nodes)
         await self.check_signing_floor(nodes)
         await self.check_pool_bounded(nodes)
+        await self.check_verifications(nodes, len(hashes))
         await self.check_logs(nodes)
         return {
             "batches": len(reference),
@@ -924,8 +940,57 @@ class ClusterRun:
             "restored": {node: r.backup.last_seq for node, r in self.restored.items()},
             "views": {node: (await self.status(node))["view"] for node in nodes},
             **({"pool": self.pool_figures} if self.pool_figures else {}),
+            **({"verifications": self.verification_figures} if self.verification_figures else {}),
+            "invalid_copies_ordered": self.invalid_copies_ordered,
             "events": self.events,
         }
+
+    def check_signatures(self, log: list[dict[str, Any]], finalized: set[str]) -> None:
+        """Validity: every finalized content has a copy in the log whose signature verifies
+        (what the nodes took as valid, checked here from the bytes alone)."""
+        backend = get_backend("auto")
+        valid: set[str] = set()
+        bad = 0
+        for batch in log:
+            rejected = set(batch["rejected"])
+            for v in batch["vertices"]:
+                h = v["hash"]
+                if (h in finalized and h not in valid) or h in rejected:
+                    if verify_vertex(vertex_from_json(v), backend):
+                        valid.add(h)
+                    else:
+                        bad += 1
+        self.invalid_copies_ordered = bad
+        unsigned = finalized - valid
+        if unsigned:
+            raise ScenarioFailed(
+                f"{len(unsigned)} finalized vertices have no validly signed copy: "
+                f"{sorted(unsigned)[:3]}"
+            )
+        if self.scenario.expect_invalid_rejected and not bad:
+            raise ScenarioFailed("expected badly signed copies ordered (and rejected)")
+
+    async def check_verifications(self, nodes: list[str], vertices: int) -> None:
+        """Vouched verification: the cluster verified fewer vertex signatures than one per
+        node per vertex, and some node took vouched copies as valid unverified."""
+        if not self.scenario.expect_vouched:
+            return
+        verified = adopted = 0.0
+        for node in nodes:
+            samples = await self.metrics(node)
+            verified += sum(
+                value
+                for name, value in samples.items()
+                if name.startswith("cretoai_consensus_signature_verifications_total{")
+                and 'kind="vertex"' in name
+            )
+            adopted += samples.get("cretoai_consensus_vertex_verifications_vouched_total", 0.0)
+        self.verification_figures = {"verified": verified, "vouched": adopted}
+        if adopted <= 0 or verified >= len(nodes) * vertices:
+            raise ScenarioFailed(
+                f"expected vouched copies and fewer than {len(nodes)} verifications per "
+                f"vertex ({vertices} vertices): {self.verification_figures}"
+            )
 
     async def check_inclusion(self, node: str, log: list[dict[str, Any]]) -> None:
         """Every vertex acknowledged final, as a client checks it without trusting the

@@ -554,3 +554,28 @@ async def test_a_side_task_failing_on_an_unavailable_service_is_a_warning_withou
         (logging.WARNING, False),
         (logging.ERROR, True),
     ]
+
+
+@pytest.mark.parametrize(
+    "vouched",
+    [[b"\x01" * 31], [os.urandom(32) for _ in range(4097)]],
+    ids=["short_digest", "too_many"],
+)
+async def test_malformed_claims_of_validity_are_the_senders_fault(vouched: list[bytes]) -> None:
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10, vouches=True)
+    deliver = asyncio.create_task(driver._deliver_verified())
+    try:
+        bad = pbft_pb2.ConsensusEnvelope(requests=pbft_pb2.Requests(), vouched=vouched)
+        await driver._on_inbound(_from(driver, bad.SerializeToString()))
+        fault = await _next(driver)
+        assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.MALFORMED)
+        assert driver._verifier.vouches is not None and len(driver._verifier.vouches) == 0
+        # claims alone (a `requests` envelope without bodies) are recorded, nothing stepped
+        good = pbft_pb2.ConsensusEnvelope(requests=pbft_pb2.Requests(), vouched=[b"\x02" * 32])
+        await driver._on_inbound(_from(driver, good.SerializeToString()))
+        await driver._on_inbound(_from(driver, STATUS))  # delivered in order after it
+        assert isinstance((await _next(driver)).envelope, StatusEnvelope)
+        assert driver._verifier.vouches.count(b"\x02" * 32) == 1
+    finally:
+        deliver.cancel()
+        await asyncio.gather(deliver, return_exceptions=True)

@@ -17,10 +17,12 @@ from cretoai.crypto.backend import get_backend
 from cretoai.v1 import storage_pb2_grpc
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
+from services.consensus.core.quorum import weak_quorum_size
 from services.consensus.core.replica import Replica
 from services.consensus.driver import Driver
 from services.consensus.feed import FinalizedFeed
 from services.consensus.verify import Verifier
+from services.consensus.vouches import Vouches
 
 NOWHERE = "127.0.0.1:9"
 
@@ -31,6 +33,7 @@ def unstarted_driver(
     tick_ms: int,
     clock: Callable[[], float] = time.monotonic,
     pending_max_bytes: int | None = None,
+    vouches: bool = False,
 ) -> Driver:
     """A driver for replica ``config.replica_id`` of ``config.n``, each with a fresh key.
 
@@ -52,7 +55,11 @@ def unstarted_driver(
         public_keys=public,
         storage=storage,
         transport_target=NOWHERE,
-        verifier=Verifier(backend, threads=1),
+        verifier=Verifier(
+            backend,
+            threads=1,
+            vouches=Vouches(config.n, adopt_at=weak_quorum_size(config.n)) if vouches else None,
+        ),
         feed=FinalizedFeed(storage),
         tick_ms=tick_ms,
         pending_max=100,

@@ -1,0 +1,96 @@
+"""Vouches: which members said they verified a signed copy of a vertex and found it valid.
+
+A vertex's ML-DSA-87 signature is the node's largest cost per vertex, and verifying
+it at every replica is more than safety needs: a verdict is a function of the copy's
+exact bytes, so f+1 members that each claim "I verified this copy, it is valid"
+include an honest one, whose claim is the truth. A replica holding f+1 such claims
+for a copy (by its signed digest, never by content) takes it as valid without
+verifying it; with fewer it verifies, as before.
+
+Who claims (``Driver``): the entry node, when it forwards a client's copies to the
+primary, vouches for them to the other replicas; the primary vouches for the bodies
+it sends beside a PRE-PREPARE. A backup that holds both takes the batch's copies as
+valid: at n = 4 a vertex is verified twice in the cluster instead of four times.
+An invalid copy is never vouched for by an honest member, so it is always verified
+(and rejected) where it matters.
+
+A claim's authenticity is the transport's: the envelope came over the sender's
+authenticated connection. Claims are not evidence to anyone else and are never
+relayed. Each member's claims are bounded (the oldest go first), so a member that
+floods claims only evicts its own, and claims are dropped when their copy executes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import Counter
+
+#: At most this many claims in one envelope (a batch holds at most 256 requests at the
+#: default settings; a larger claim is malformed).
+MAX_VOUCHED = 4096
+HASH_SIZE = 32
+
+VOUCHED_ADOPTED = Counter(
+    "cretoai_consensus_vertex_verifications_vouched_total",
+    "Vertex signatures taken as valid without verifying them: f+1 members vouched "
+    "for the exact copy",
+)
+VOUCHES_RECEIVED = Counter(
+    "cretoai_consensus_vouches_received_total",
+    "Claims received from peers that they verified a vertex copy and found it valid",
+)
+
+
+class Vouches:
+    """Claims of validity by member, each member's bounded (oldest evicted first)."""
+
+    def __init__(self, members: int, *, adopt_at: int, per_member: int = 20_000) -> None:
+        if adopt_at < 1:
+            raise ValueError("adopt_at must be at least 1")
+        self._claims: list[OrderedDict[bytes, None]] = [OrderedDict() for _ in range(members)]
+        self._per_member = per_member
+        #: Distinct members whose claims make a copy valid here (f+1).
+        self.adopt_at = adopt_at
+
+    def add(self, member: int, hashes: Iterable[bytes]) -> None:
+        """``member`` claims each copy of ``hashes`` (signed digests) valid."""
+        claims = self._claims[member]
+        count = 0
+        for h in hashes:
+            claims[h] = None
+            claims.move_to_end(h)
+            count += 1
+        while len(claims) > self._per_member:
+            claims.popitem(last=False)
+        if count:
+            VOUCHES_RECEIVED.inc(count)
+
+    def count(self, h: bytes) -> int:
+        """How many distinct members claimed the copy ``h`` valid."""
+        return sum(1 for claims in self._claims if h in claims)
+
+    def vouched(self, h: bytes) -> bool:
+        """Whether f+1 distinct members claimed the copy ``h`` valid."""
+        return self.count(h) >= self.adopt_at
+
+    def forget(self, hashes: Sequence[bytes]) -> None:
+        """Drop the claims on executed copies."""
+        for claims in self._claims:
+            if claims:
+                for h in hashes:
+                    claims.pop(h, None)
+
+    def __len__(self) -> int:
+        return sum(len(claims) for claims in self._claims)
+
+
+def check_vouched(hashes: Sequence[bytes]) -> str | None:
+    """Why a received claim list is malformed, or None."""
+    if len(hashes) > MAX_VOUCHED:
+        return f"{len(hashes)} vouched copies; at most {MAX_VOUCHED}"
+    for h in hashes:
+        if len(h) != HASH_SIZE:
+            return f"a vouched digest of {len(h)} bytes"
+    return None
