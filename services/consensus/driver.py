@@ -66,6 +66,7 @@ from services.consensus.core.messages import (
     StateResponseEnvelope,
     TransferBatch,
 )
+from services.consensus.core.quorum import weak_quorum_size
 from services.consensus.core.ready import Committed, Ready, Record, ServeState
 from services.consensus.core.replica import ConsensusHalted, ProposeResult, Replica
 from services.consensus.core.reputation import PENALTY, FaultKind
@@ -730,8 +731,45 @@ class Driver:
             for request, vertex, content in zip(useful, vertices, contents, strict=True):
                 self._remember(content, vertex, request.size)
                 self._executor.note_content(request.hash, content)
-            await self._verify_all(useful, vertices, contents)
+            vouches = self._verifier.vouches
+            if vouches is None or not isinstance(env, SignedEnvelope):
+                await self._verify_all(useful, vertices, contents)
+            elif self._co_verifies(env.signed.signer):
+                # a copy the primary's own clients sent has its claim only: verify and
+                # vouch for it to the other backups, who wait for that claim
+                lacking = [not vouches.vouched(r.hash) for r in useful]
+                verdicts = await self._verify_all(useful, vertices, contents)
+                mine = [
+                    r.hash
+                    for r, lacked, ok in zip(useful, lacking, verdicts, strict=True)
+                    if lacked and ok
+                ]
+                if mine:
+                    self._vouch_to_others(mine, env.signed.signer)
+            else:
+                # Copies some member vouched for wait for their f+1-th claim (a forward's
+                # entry node, a co-verifier): execution takes them as valid then, or
+                # verifies them. Copies nobody vouched for are verified now.
+                now = [
+                    i
+                    for i, r in enumerate(useful)
+                    if vouches.vouched(r.hash) or vouches.count(r.hash) == 0
+                ]
+                if now:
+                    await self._verify_all(
+                        [useful[i] for i in now],
+                        [vertices[i] for i in now],
+                        [contents[i] for i in now],
+                    )
         return _Step(sender, env, arrived, carrier, len(payload))
+
+    def _co_verifies(self, primary: int) -> bool:
+        """Whether this replica verifies and vouches for the bodies beside ``primary``'s
+        PRE-PREPAREs: the f replicas after the primary do, so that a copy that entered at
+        the primary has f+1 claims too."""
+        n = self.replica.config.n
+        followers = {(primary + k) % n for k in range(1, weak_quorum_size(n))}
+        return self.replica.id in followers
 
     async def _verify_all(
         self,
@@ -937,8 +975,10 @@ class Driver:
         return []
 
     def _vouch_to_others(self, vouched: list[bytes], sent_to: int) -> None:
-        """Vouch for forwarded copies to the replicas the forward did not go to: with the
-        primary's vouch beside its PRE-PREPARE, they hold f+1 claims at n = 4."""
+        """Vouch for copies to every replica but ``sent_to``: the entry node for the copies
+        it forwarded to the primary (``sent_to``), a co-verifier for the bodies beside the
+        PRE-PREPARE of the primary (``sent_to``). With the primary's vouch the backups
+        then hold f+1 claims at n = 4."""
         for start in range(0, len(vouched), MAX_VOUCHED):
             payload = _encode(RequestsEnvelope(()), vouched[start : start + MAX_VOUCHED])
             for peer, nid in enumerate(self.node_ids):

@@ -97,9 +97,9 @@ stopped)::
                              #   requests for its share of the pool
                              #   (cretoai_consensus_peer_requests_dropped_total > 0), and its
                              #   pool holds at most consensus.pool_max_bytes
-    vouched = true           # the honest nodes verified fewer vertex signatures than one per
-                             #   node per finalized vertex, and took some copies as valid
-                             #   because f+1 members vouched for them
+    vouched = true           # the nodes verified at most 1.2 (f+1) vertex signatures per
+                             #   finalized vertex (n without vouching), and took some copies
+                             #   as valid because f+1 members vouched for them
     invalid_rejected = true  # badly signed copies were ordered; like every scenario, it checks
                              #   that each finalized vertex has a validly signed copy
 """
@@ -986,10 +986,13 @@ class ClusterRun:
             )
             adopted += samples.get("cretoai_consensus_vertex_verifications_vouched_total", 0.0)
         self.verification_figures = {"verified": verified, "vouched": adopted}
-        if adopted <= 0 or verified >= len(nodes) * vertices:
+        # f+1 per vertex (its entry node, the primary or its co-verifier), and a few more
+        # where a claim came after the execution that needed it
+        most = 1.2 * ((len(self.configs) - 1) // 3 + 1)
+        if adopted <= 0 or verified > most * vertices:
             raise ScenarioFailed(
-                f"expected vouched copies and fewer than {len(nodes)} verifications per "
-                f"vertex ({vertices} vertices): {self.verification_figures}"
+                f"expected vouched copies and at most {most:.1f} verifications per vertex "
+                f"in the cluster ({vertices} vertices): {self.verification_figures}"
             )
 
     async def check_inclusion(self, node: str, log: list[dict[str, Any]]) -> None:
