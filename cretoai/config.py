@@ -237,6 +237,10 @@ class ConsensusSection:
     #: and take a copy as valid without verifying it when f+1 members vouched for it
     #: (docs/consensus.md). Off: every copy is verified here, and nothing is vouched.
     vouch: bool = True
+    #: ... for groups of at least this many copies: an entry node's forward, a batch. For
+    #: fewer, claims are not sent on their own nor waited for (a message costs more than
+    #: the verifications it saves); claims beside bodies always go.
+    vouch_min_copies: int = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -685,6 +689,7 @@ def _validate(cfg: NodeConfig) -> None:
         "pool_max",
         "pool_max_bytes",
         "verify_threads",
+        "vouch_min_copies",
         "max_inflight_batches",
         "max_inflight_full_batches",
     ):

@@ -732,7 +732,13 @@ class Driver:
                 self._remember(content, vertex, request.size)
                 self._executor.note_content(request.hash, content)
             vouches = self._verifier.vouches
-            if vouches is None or not isinstance(env, SignedEnvelope):
+            if (
+                vouches is None
+                or not isinstance(env, SignedEnvelope)
+                or not isinstance(env.signed.msg, PrePrepare)
+                or len(env.signed.msg.request_hashes) < vouches.min_copies
+            ):
+                # a small batch: claims are not worth their messages, verify it now
                 await self._verify_all(useful, vertices, contents)
             elif self._co_verifies(env.signed.signer):
                 # a copy the primary's own clients sent has its claim only: verify and
@@ -916,7 +922,13 @@ class Driver:
             if payload is None:
                 payload = _encode(out.envelope, vouched)
             self.link.send(payload, to=to, trace_context=carrier)
-            if vouched and isinstance(out.envelope, RequestsEnvelope) and out.to is not None:
+            vouches = self._verifier.vouches
+            if (
+                vouches is not None
+                and len(vouched) >= vouches.min_copies
+                and isinstance(out.envelope, RequestsEnvelope)
+                and out.to is not None
+            ):
                 self._vouch_to_others(vouched, out.to)
         for committed in rd.execute:
             executed = await self._execute(committed)

@@ -210,7 +210,12 @@ async def build(cfg: NodeConfig) -> GrpcService:
     )
     n = len(cfg.validators)
     vouches = (
-        Vouches(n, adopt_at=quorum.weak_quorum_size(n), per_member=cfg.consensus.pool_max)
+        Vouches(
+            n,
+            adopt_at=quorum.weak_quorum_size(n),
+            per_member=cfg.consensus.pool_max,
+            min_copies=cfg.consensus.vouch_min_copies,
+        )
         if cfg.consensus.vouch
         else None
     )

@@ -9,8 +9,12 @@ verifying it; with fewer it verifies, as before.
 
 Who claims (``Driver``): the entry node, when it forwards a client's copies to the
 primary, vouches for them to the other replicas; the primary vouches for the bodies
-it sends beside a PRE-PREPARE. A backup that holds both takes the batch's copies as
-valid: at n = 4 a vertex is verified twice in the cluster instead of four times.
+it sends beside a PRE-PREPARE, and the f replicas after the primary for its own
+clients' copies. A backup that holds f+1 claims takes the batch's copies as valid: at
+n = 4 a vertex is verified twice in the cluster instead of four times. For small
+groups (``Vouches.min_copies``, ``consensus.vouch_min_copies``) nothing is sent on
+its own and every copy is verified as before: the extra messages cost more than the
+verifications they save (one-vertex requests at 200/s: p50 +40 %).
 An invalid copy is never vouched for by an honest member, so it is always verified
 (and rejected) where it matters.
 
@@ -46,9 +50,14 @@ VOUCHES_RECEIVED = Counter(
 class Vouches:
     """Claims of validity by member, each member's bounded (oldest evicted first)."""
 
-    def __init__(self, members: int, *, adopt_at: int, per_member: int = 20_000) -> None:
+    def __init__(
+        self, members: int, *, adopt_at: int, per_member: int = 20_000, min_copies: int = 8
+    ) -> None:
         if adopt_at < 1:
             raise ValueError("adopt_at must be at least 1")
+        #: Claims go in a message of their own (an entry node's, a co-verifier's), and
+        #: backups wait for them, only for groups of at least this many copies.
+        self.min_copies = min_copies
         self._claims: list[OrderedDict[bytes, None]] = [OrderedDict() for _ in range(members)]
         self._per_member = per_member
         #: Distinct members whose claims make a copy valid here (f+1).
