@@ -154,7 +154,7 @@ class StateResponse(_message.Message):
     def __init__(self, batches: _Optional[_Iterable[_Union[TransferBatch, _Mapping]]] = ...) -> None: ...
 
 class ConsensusEnvelope(_message.Message):
-    __slots__ = ("signed", "requests", "batch", "evidence", "status", "checkpoint_proof", "state_request", "state_response", "request_bodies", "vouched")
+    __slots__ = ("signed", "requests", "batch", "evidence", "status", "checkpoint_proof", "state_request", "state_response", "request_bodies", "vouch")
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -164,7 +164,7 @@ class ConsensusEnvelope(_message.Message):
     STATE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_BODIES_FIELD_NUMBER: _ClassVar[int]
-    VOUCHED_FIELD_NUMBER: _ClassVar[int]
+    VOUCH_FIELD_NUMBER: _ClassVar[int]
     signed: _vertex_pb2.SignedMessage
     requests: Requests
     batch: BatchBodies
@@ -174,8 +174,18 @@ class ConsensusEnvelope(_message.Message):
     state_request: StateRequest
     state_response: StateResponse
     request_bodies: _containers.RepeatedScalarFieldContainer[bytes]
-    vouched: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, signed: _Optional[_Union[_vertex_pb2.SignedMessage, _Mapping]] = ..., requests: _Optional[_Union[Requests, _Mapping]] = ..., batch: _Optional[_Union[BatchBodies, _Mapping]] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., checkpoint_proof: _Optional[_Union[CheckpointProof, _Mapping]] = ..., state_request: _Optional[_Union[StateRequest, _Mapping]] = ..., state_response: _Optional[_Union[StateResponse, _Mapping]] = ..., request_bodies: _Optional[_Iterable[bytes]] = ..., vouched: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    vouch: Vouch
+    def __init__(self, signed: _Optional[_Union[_vertex_pb2.SignedMessage, _Mapping]] = ..., requests: _Optional[_Union[Requests, _Mapping]] = ..., batch: _Optional[_Union[BatchBodies, _Mapping]] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., checkpoint_proof: _Optional[_Union[CheckpointProof, _Mapping]] = ..., state_request: _Optional[_Union[StateRequest, _Mapping]] = ..., state_response: _Optional[_Union[StateResponse, _Mapping]] = ..., request_bodies: _Optional[_Iterable[bytes]] = ..., vouch: _Optional[_Union[Vouch, _Mapping]] = ...) -> None: ...
+
+class Vouch(_message.Message):
+    __slots__ = ("copies", "signer", "signature")
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    copies: _containers.RepeatedScalarFieldContainer[bytes]
+    signer: int
+    signature: bytes
+    def __init__(self, copies: _Optional[_Iterable[bytes]] = ..., signer: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ViewState(_message.Message):
     __slots__ = ("view", "active")

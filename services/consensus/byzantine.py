@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from services.consensus.core.messages import (
     SignedEnvelope,
 )
 from services.consensus.core.ready import Outbound
+from services.consensus.vouches import claim_message
 
 MODES = ("equivocate", "forge", "flood", "hoard", "vouch")
 FLOOD_COPIES = 20
@@ -51,13 +52,22 @@ HOARD_BURSTS = 60
 class Byzantine:
     """Rewrites a replica's outbound envelopes into ``(to, payload)`` pairs that lie."""
 
-    def __init__(self, mode: str, *, replica_id: int, n: int, signer: Signer) -> None:
+    def __init__(
+        self,
+        mode: str,
+        *,
+        replica_id: int,
+        n: int,
+        signer: Signer,
+        vouch_signer: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown byzantine mode {mode!r} (expected one of {MODES})")
         self.mode = mode
         self._id = replica_id
         self._n = n
         self._signer = signer
+        self._vouch_signer = vouch_signer
         self._rng = random.Random(replica_id)
         self._count = 0
         self._hoarded = 0
@@ -129,7 +139,10 @@ class Byzantine:
             self._lie = (key, self._sign(lie), garbage, hashes)
         _, signed, garbage, hashes = self._lie
         pb = envelope_to_pb(SignedEnvelope(signed, (*env.requests, garbage)))
-        pb.vouched.extend(hashes)
+        if self._vouch_signer is not None:  # a valid signature on a lie
+            pb.vouch.copies.extend(hashes)
+            pb.vouch.signer = self._id
+            pb.vouch.signature = self._vouch_signer(claim_message(hashes))
         return pb.SerializeToString()
 
     def _garbage(self) -> Request:

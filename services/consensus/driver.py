@@ -78,7 +78,12 @@ from services.consensus.repair import RepairBudget
 from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
 from services.consensus.verify import Verifier
-from services.consensus.vouches import MAX_VOUCHED, check_vouched
+from services.consensus.vouches import (
+    MAX_VOUCHED,
+    VOUCH_CONTEXT,
+    check_vouched,
+    claim_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +228,12 @@ def persist_writes(
     return writes
 
 
-def _encode(envelope: Envelope, vouched: Sequence[bytes] = ()) -> bytes:
-    """The bytes of ``envelope`` for the transport, with this node's claims of validity."""
-    if not vouched:
+def _encode(envelope: Envelope, vouch: pbft_pb2.Vouch | None = None) -> bytes:
+    """The bytes of ``envelope`` for the transport, with this node's signed claim."""
+    if vouch is None:
         return encode_envelope(envelope)
     pb = envelope_to_pb(envelope)
-    pb.vouched.extend(vouched)
+    pb.vouch.CopyFrom(vouch)
     return pb.SerializeToString()
 
 
@@ -321,6 +326,7 @@ class Driver:
         executed: ExecutedState | None = None,
         mark_file: MarkFile | None = None,
         byzantine: Byzantine | None = None,
+        vouch_signer: Callable[[bytes], bytes] | None = None,
         on_fatal: Callable[[str], None] | None = None,
         peer_names: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -328,6 +334,10 @@ class Driver:
         self.replica = replica
         self._clock = clock
         self.byzantine = byzantine
+        #: Signs this replica's claims of validity (context ``cretoai.v1.vouch``); None:
+        #: it vouches for nothing.
+        self._vouch_signer = vouch_signer
+        self._last_vouch: tuple[bytes, pbft_pb2.Vouch | None] | None = None
         self._keys = tuple(public_keys)
         self.node_ids = tuple(node_id(k) for k in self._keys)
         self._index = {nid: i for i, nid in enumerate(self.node_ids)}
@@ -652,8 +662,11 @@ class Driver:
         try:
             pb = pbft_pb2.ConsensusEnvelope.FromString(payload)
             env = envelope_from_pb(pb, request_hash=request_hash)
-            vouched = list(pb.vouched)
-            problem = check_vouched(vouched) if vouched else None
+            vouch = pb.vouch if pb.HasField("vouch") else None
+            vouched: list[bytes] = list(vouch.copies) if vouch is not None else []
+            problem = check_vouched(vouched) if vouch is not None else None
+            if problem is None and vouch is not None and vouch.signer >= len(self._keys):
+                problem = f"a claim by validator {vouch.signer} of {len(self._keys)}"
             if problem is not None:
                 raise DecodeError(problem)
         except Exception as exc:  # a peer's bytes: whatever fails, it is malformed input
@@ -677,10 +690,16 @@ class Driver:
             )  # fmt: skip
             if not ok:
                 return _Fault(sender, FaultKind.INVALID_SIGNATURE)
-        if vouched and self._verifier.vouches is not None:
-            # the sender's claims, before this envelope's own bodies are checked: a
-            # primary vouches for the bodies beside its PRE-PREPARE
-            self._verifier.vouches.add(sender, vouched)
+        if vouch is not None and vouched and self._verifier.vouches is not None:
+            # the claims, before this envelope's own bodies are checked: a primary
+            # vouches for the bodies beside its PRE-PREPARE
+            ok = await self._verifier.verify(
+                self._keys[vouch.signer], claim_message(vouched), vouch.signature,
+                context=VOUCH_CONTEXT, kind="vouch",
+            )  # fmt: skip
+            if not ok:
+                return _Fault(sender, FaultKind.INVALID_SIGNATURE)
+            self._verifier.vouches.add(vouch.signer, vouched)
         if isinstance(env, RequestsEnvelope):
             if not env.requests:  # a peer's claims alone (recorded above)
                 return None
@@ -918,18 +937,19 @@ class Driver:
                     self.link.send(payload, to=to, trace_context=carrier)
                 continue
             to = "" if out.to is None else self.node_ids[out.to]
-            vouched = self._vouched_for(out.envelope)
             if payload is None:
-                payload = _encode(out.envelope, vouched)
+                payload = _encode(out.envelope, self._pre_prepare_vouch(out.envelope))
             self.link.send(payload, to=to, trace_context=carrier)
             vouches = self._verifier.vouches
             if (
                 vouches is not None
-                and len(vouched) >= vouches.min_copies
                 and isinstance(out.envelope, RequestsEnvelope)
                 and out.to is not None
+                and len(out.envelope.requests) >= vouches.min_copies
             ):
-                self._vouch_to_others(vouched, out.to)
+                self._vouch_to_others(
+                    self._verifier.valid_copies([r.hash for r in out.envelope.requests]), out.to
+                )
         for committed in rd.execute:
             executed = await self._execute(committed)
             self.replica.applied(committed.seq, executed.state_digest)
@@ -977,22 +997,48 @@ class Driver:
             )
             self._background(self._ban(peer))
 
-    def _vouched_for(self, envelope: Envelope) -> list[bytes]:
-        """The copies among ``envelope``'s bodies this node vouches for (it holds a valid
-        verdict): a PRE-PREPARE's bodies, and the requests it forwards."""
-        if self._verifier.vouches is None:
-            return []
-        if isinstance(envelope, SignedEnvelope | RequestsEnvelope) and envelope.requests:
-            return self._verifier.valid_copies([r.hash for r in envelope.requests])
-        return []
+    def _sign_vouch(self, copies: Sequence[bytes]) -> pbft_pb2.Vouch:
+        """This replica's signed claim that ``copies`` are valid."""
+        assert self._vouch_signer is not None
+        return pbft_pb2.Vouch(
+            copies=copies,
+            signer=self.replica.id,
+            signature=self._vouch_signer(claim_message(copies)),
+        )
+
+    def _pre_prepare_vouch(self, envelope: Envelope) -> pbft_pb2.Vouch | None:
+        """The primary's claim beside a PRE-PREPARE of at least ``min_copies`` requests:
+        every copy of the batch it holds a valid verdict for, signed once per batch (the
+        envelopes to different peers carry different bodies, the same claim)."""
+        vouches = self._verifier.vouches
+        if (
+            vouches is None
+            or self._vouch_signer is None
+            or not isinstance(envelope, SignedEnvelope)
+            or not envelope.requests
+            or not isinstance(envelope.signed.msg, PrePrepare)
+        ):
+            return None
+        hashes = envelope.signed.msg.request_hashes
+        if len(hashes) < vouches.min_copies:
+            return None
+        if self._last_vouch is not None and self._last_vouch[0] == envelope.signed.msg.digest:
+            return self._last_vouch[1]
+        copies = self._verifier.valid_copies(hashes)
+        vouch = self._sign_vouch(copies[:MAX_VOUCHED]) if copies else None
+        self._last_vouch = (envelope.signed.msg.digest, vouch)
+        return vouch
 
     def _vouch_to_others(self, vouched: list[bytes], sent_to: int) -> None:
         """Vouch for copies to every replica but ``sent_to``: the entry node for the copies
         it forwarded to the primary (``sent_to``), a co-verifier for the bodies beside the
         PRE-PREPARE of the primary (``sent_to``). With the primary's vouch the backups
         then hold f+1 claims at n = 4."""
+        if not vouched or self._verifier.vouches is None or self._vouch_signer is None:
+            return
         for start in range(0, len(vouched), MAX_VOUCHED):
-            payload = _encode(RequestsEnvelope(()), vouched[start : start + MAX_VOUCHED])
+            vouch = self._sign_vouch(vouched[start : start + MAX_VOUCHED])
+            payload = _encode(RequestsEnvelope(()), vouch)
             for peer, nid in enumerate(self.node_ids):
                 if peer not in (self.replica.id, sent_to):
                     self.link.send(payload, to=nid)

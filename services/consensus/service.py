@@ -23,7 +23,7 @@ from services.consensus.mark import MarkFile, MarkFileError
 from services.consensus.retry import call_until_done
 from services.consensus.servicer import ConsensusServicer
 from services.consensus.verify import Verifier
-from services.consensus.vouches import Vouches
+from services.consensus.vouches import VOUCH_CONTEXT, Vouches
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,19 @@ async def build(cfg: NodeConfig) -> GrpcService:
     except MarkFileError as exc:
         raise ConfigError(str(exc)) from None
     signer = MlDsaSigner(key.private)
+    private = key.private
+
+    def sign_vouch(message: bytes) -> bytes:
+        return private.sign(message, context=VOUCH_CONTEXT)
+
     byzantine = None
     if cfg.fault_injection.enabled and cfg.fault_injection.byzantine:
         byzantine = Byzantine(
-            cfg.fault_injection.byzantine, replica_id=index, n=len(cfg.validators), signer=signer
+            cfg.fault_injection.byzantine,
+            replica_id=index,
+            n=len(cfg.validators),
+            signer=signer,
+            vouch_signer=sign_vouch,
         )
         log.warning("BYZANTINE TEST MODE", extra={"fields": {"mode": byzantine.mode}})
     replica = Replica(
@@ -233,6 +242,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         executed=executed,
         mark_file=mark_file,
         byzantine=byzantine,
+        vouch_signer=sign_vouch if cfg.consensus.vouch else None,
         peer_names=[v.name for v in cfg.validators],
     )
     servicer = ConsensusServicer(cfg, driver, storage)

@@ -18,10 +18,12 @@ verifications they save (one-vertex requests at 200/s: p50 +40 %).
 An invalid copy is never vouched for by an honest member, so it is always verified
 (and rejected) where it matters.
 
-A claim's authenticity is the transport's: the envelope came over the sender's
-authenticated connection. Claims are not evidence to anyone else and are never
-relayed. Each member's claims are bounded (the oldest go first), so a member that
-floods claims only evicts its own, and claims are dropped when their copy executes.
+A claim is signed by its claimant (ML-DSA-87, context ``cretoai.v1.vouch``, over the
+concatenated digests): it does not rest on the local transport's word about who sent
+it, so a compromised transport process cannot make its consensus take a copy as
+valid by inventing f+1 claimants. Claims are never relayed. Each member's claims are
+bounded (the oldest go first), so a member that floods claims only evicts its own, and
+claims are dropped when their copy executes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter
 
+#: ML-DSA-87 context string of a claim's signature.
+VOUCH_CONTEXT = b"cretoai.v1.vouch"
 #: At most this many claims in one envelope (a batch holds at most 256 requests at the
 #: default settings; a larger claim is malformed).
 MAX_VOUCHED = 4096
@@ -93,6 +97,11 @@ class Vouches:
 
     def __len__(self) -> int:
         return sum(len(claims) for claims in self._claims)
+
+
+def claim_message(copies: Sequence[bytes]) -> bytes:
+    """What a claim's signature covers: the digests, concatenated (32 bytes each)."""
+    return b"".join(copies)
 
 
 def check_vouched(hashes: Sequence[bytes]) -> str | None:

@@ -52,6 +52,7 @@ from services.consensus.core.reputation import Fault, FaultKind
 from services.consensus.driver import PERSIST_MAX_BYTES, Driver, persist_writes, request_hash
 from services.consensus.retry import StorageCallFailed, call_until_done
 from services.consensus.service import load_records
+from services.consensus.vouches import VOUCH_CONTEXT
 from tests.storage.support import start_service
 from tests.support.driver import unstarted_driver
 
@@ -565,17 +566,48 @@ async def test_malformed_claims_of_validity_are_the_senders_fault(vouched: list[
     driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10, vouches=True)
     deliver = asyncio.create_task(driver._deliver_verified())
     try:
-        bad = pbft_pb2.ConsensusEnvelope(requests=pbft_pb2.Requests(), vouched=vouched)
+        vouch = pbft_pb2.Vouch(copies=vouched, signer=BYZANTINE, signature=b"\x00" * 4627)
+        bad = pbft_pb2.ConsensusEnvelope(requests=pbft_pb2.Requests(), vouch=vouch)
         await driver._on_inbound(_from(driver, bad.SerializeToString()))
         fault = await _next(driver)
         assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.MALFORMED)
         assert driver._verifier.vouches is not None and len(driver._verifier.vouches) == 0
-        # claims alone (a `requests` envelope without bodies) are recorded, nothing stepped
-        good = pbft_pb2.ConsensusEnvelope(requests=pbft_pb2.Requests(), vouched=[b"\x02" * 32])
-        await driver._on_inbound(_from(driver, good.SerializeToString()))
-        await driver._on_inbound(_from(driver, STATUS))  # delivered in order after it
+    finally:
+        deliver.cancel()
+        await asyncio.gather(deliver, return_exceptions=True)
+
+
+async def test_a_claim_counts_for_the_member_whose_signature_it_carries() -> None:
+    """A claim is the signer's, verified with its key: the transport's word on who sent
+    it is not enough (a compromised transport could name any member), and a claim that
+    does not verify is its sender's fault and records nothing."""
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(4)]
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10, vouches=True, keys=keys)
+    deliver = asyncio.create_task(driver._deliver_verified())
+    copy = b"\x02" * 32
+
+    def claim(signer: int, key_index: int) -> bytes:
+        signature = keys[key_index].sign(copy, context=VOUCH_CONTEXT)
+        vouch = pbft_pb2.Vouch(copies=[copy], signer=signer, signature=signature)
+        return pbft_pb2.ConsensusEnvelope(
+            requests=pbft_pb2.Requests(), vouch=vouch
+        ).SerializeToString()
+
+    try:
+        vouches = driver._verifier.vouches
+        assert vouches is not None
+        # sent by BYZANTINE, naming member 2, signed with BYZANTINE's own key: a forgery
+        await driver._on_inbound(_from(driver, claim(2, BYZANTINE)))
+        fault = await _next(driver)
+        assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.INVALID_SIGNATURE)
+        assert vouches.count(copy) == 0
+        # member 2's real claim, whoever carried it, counts for member 2
+        await driver._on_inbound(_from(driver, claim(2, 2)))
+        await driver._on_inbound(_from(driver, claim(BYZANTINE, BYZANTINE)))
+        await driver._on_inbound(_from(driver, STATUS))  # delivered in order after them
         assert isinstance((await _next(driver)).envelope, StatusEnvelope)
-        assert driver._verifier.vouches.count(b"\x02" * 32) == 1
+        assert vouches.count(copy) == 2 and vouches.vouched(copy)
     finally:
         deliver.cancel()
         await asyncio.gather(deliver, return_exceptions=True)

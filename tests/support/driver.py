@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import grpc
 
-from cretoai.crypto.backend import get_backend
+from cretoai.crypto.backend import PrivateKey, get_backend
 from cretoai.v1 import storage_pb2_grpc
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
@@ -34,6 +34,7 @@ def unstarted_driver(
     clock: Callable[[], float] = time.monotonic,
     pending_max_bytes: int | None = None,
     vouches: bool = False,
+    keys: Sequence[PrivateKey] | None = None,
 ) -> Driver:
     """A driver for replica ``config.replica_id`` of ``config.n``, each with a fresh key.
 
@@ -42,7 +43,8 @@ def unstarted_driver(
     carrying such a Ready out here would retry the write for ever."""
     config = replace(config, fresh_start_asks_peers=False)
     backend = get_backend("auto")
-    keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(config.n)]
+    if keys is None:
+        keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(config.n)]
     public = [key.public_key for key in keys]
     replica = Replica(
         config,
