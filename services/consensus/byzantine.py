@@ -6,7 +6,9 @@ act on what the honest replica would send:
 
 - ``equivocate``: as primary, send half the replicas a conflicting PRE-PREPARE
   (a different batch for the same view and seq) and a COMMIT for it;
-- ``forge``: corrupt the signature of every other signed message;
+- ``forge``: corrupt the signature of every other signed message, and send a forged
+  copy of its last signed message beside each STATUS (a forger that fell behind keeps
+  forging);
 - ``flood``: besides the honest traffic, send each peer garbage and replays;
 - ``hoard``: besides the honest traffic, forward every peer fresh, validly signed
   vertices of 200 KB (a client key of its own): requests an honest replica must
@@ -36,6 +38,7 @@ from services.consensus.core.messages import (
     RequestsEnvelope,
     Signed,
     SignedEnvelope,
+    StatusEnvelope,
 )
 from services.consensus.core.ready import Outbound
 from services.consensus.vouches import claim_message
@@ -47,6 +50,15 @@ FLOOD_COPIES = 20
 HOARD_VERTICES = 4
 HOARD_PAYLOAD_BYTES = 200_000
 HOARD_BURSTS = 60
+
+
+def _forged(signed: Signed[Message]) -> Signed[Message]:
+    """``signed`` with its signature corrupted."""
+    signature = bytearray(signed.signature)
+    signature[len(signature) // 2] ^= 0xFF
+    return Signed(
+        body=signed.body, signature=bytes(signature), signer=signed.signer, msg=signed.msg
+    )
 
 
 class Byzantine:
@@ -71,6 +83,7 @@ class Byzantine:
         self._rng = random.Random(replica_id)
         self._count = 0
         self._hoarded = 0
+        self._last_signed: Signed[Message] | None = None
         self._lie: (
             tuple[tuple[int, int, tuple[bytes, ...]], Signed[Message], Request, tuple[bytes, ...]]
             | None
@@ -85,16 +98,16 @@ class Byzantine:
         env = out.envelope
         honest = encode_envelope(env)
         self._count += 1
-        if self.mode == "forge" and isinstance(env, SignedEnvelope) and self._count % 2:
-            signature = bytearray(env.signed.signature)
-            signature[len(signature) // 2] ^= 0xFF
-            forged = Signed(
-                body=env.signed.body,
-                signature=bytes(signature),
-                signer=env.signed.signer,
-                msg=env.signed.msg,
-            )
-            yield out.to, encode_envelope(SignedEnvelope(forged, env.requests))
+        if self.mode == "forge" and isinstance(env, SignedEnvelope):
+            self._last_signed = env.signed
+            if self._count % 2:
+                yield out.to, encode_envelope(SignedEnvelope(_forged(env.signed), env.requests))
+                return
+        if self.mode == "forge" and isinstance(env, StatusEnvelope) and self._last_signed:
+            # a forger that fell behind (banned by one peer, it gets no PRE-PREPARE from
+            # it) signs little: it keeps forging beside its STATUS, so every peer sees it
+            yield out.to, honest
+            yield out.to, encode_envelope(SignedEnvelope(_forged(self._last_signed)))
             return
         if self.mode == "hoard":
             yield out.to, honest
