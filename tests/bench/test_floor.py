@@ -81,8 +81,10 @@ def test_a_short_run_stores_every_batch_on_every_node(tmp_path: Path) -> None:
         roles = figures["cpu_ms_per_vertex_by_role"]
         assert set(roles) == {"consensus", "gateway", "load", "storage", "transport"}
         assert all(ms > 0 for ms in roles.values()), roles
-        # every node verified every vertex: the verifying threads' CPU is part of consensus's
-        assert 0 < figures["verify_ms_per_vertex_cluster"] < roles["consensus"]
+        # every node verified every vertex: the verifying threads' CPU is part of
+        # consensus's (thread CPU against the process's CPU sampled at the window's edges:
+        # where consensus does little else the two differ by a few per cent either way)
+        assert 0 < figures["verify_ms_per_vertex_cluster"] < 1.1 * roles["consensus"]
     assert result["load"]["acked_batches"] > 0
     summary = result["summary"]
     assert summary["verify_bound_vertices_per_s"] > 0
