@@ -5,13 +5,10 @@ it is verified here as before."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from pathlib import Path
 
 import pytest
 
-from cretoai.crypto import NodeKey, get_backend
 from cretoai.v1 import vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest, vertex_hash
 from services.consensus.verify import VERTEX_BAD, VERTEX_OK, Verifier
@@ -21,29 +18,13 @@ from services.consensus.vouches import (
     Vouches,
     check_vouched,
 )
+from tests.consensus.test_verify import _BACKEND, _forged, _key, _verify
 
-_BACKEND = get_backend("cryptography")
 N, F = 4, 1
 
 
 def _vertex(seed: int) -> vertex_pb2.Vertex:
-    key = NodeKey(_BACKEND.private_key_from_seed(os.urandom(32)), Path("/unused"))
-    return make_vertex(key, os.urandom(64), [], 1_000 + seed)
-
-
-def _forged(vertex: vertex_pb2.Vertex) -> vertex_pb2.Vertex:
-    bad = vertex_pb2.Vertex()
-    bad.CopyFrom(vertex)
-    bad.signature = bytes(b ^ 0xFF for b in vertex.signature[:8]) + vertex.signature[8:]
-    return bad
-
-
-def _verify(verifier: Verifier, vertices: list[vertex_pb2.Vertex]) -> list[bool]:
-    return asyncio.run(
-        verifier.verify_vertices(
-            vertices, [signed_digest(v) for v in vertices], [vertex_hash(v) for v in vertices]
-        )
-    )
+    return make_vertex(_key(), os.urandom(64), [], 1_000 + seed)
 
 
 def _counts() -> tuple[float, float, float]:
