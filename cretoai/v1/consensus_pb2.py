@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cretoai.v1 import vertex_pb2 as cretoai_dot_v1_dot_vertex__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/consensus.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"\x17\n\x15WatchAdmissionRequest\"$\n\x0e\x41\x64missionState\x12\x12\n\noverloaded\x18\x01 \x01(\x08\"9\n\x13SubmitVertexRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"a\n\x14SubmitVertexResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"e\n\x15SubmitVerticesRequest\x12$\n\x08vertices\x18\x01 \x03(\x0b\x32\x12.cretoai.v1.Vertex\x12\x14\n\x0ctraceparents\x18\x02 \x03(\t\x12\x10\n\x08\x61\x64mitted\x18\x03 \x01(\x08\"F\n\x11SubmitVertexError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\"\x85\x01\n\x12SubmitVertexResult\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32 .cretoai.v1.SubmitVertexResponseH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.cretoai.v1.SubmitVertexErrorH\x00\x42\t\n\x07outcome\"I\n\x16SubmitVerticesResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.cretoai.v1.SubmitVertexResult\"!\n\x11GetPendingRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\"G\n\x12GetPendingResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\"\n\x06vertex\x18\x02 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"\x12\n\x10GetStatusRequest\"\x9e\x01\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x05 \x01(\x08\x12\x12\n\nreputation\x18\x06 \x01(\x03\x12\x0e\n\x06rtt_ms\x18\x07 \x01(\x01\x12\x19\n\x11refuses_this_node\x18\x08 \x01(\x08\"\xdb\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0c\n\x04view\x18\x03 \x01(\x04\x12\x0f\n\x07primary\x18\x04 \x01(\r\x12\x19\n\x11last_executed_seq\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x11\n\tpool_size\x18\x07 \x01(\r\x12\x0e\n\x06\x62\x61nned\x18\x08 \x03(\t\x12\x11\n\tnode_name\x18\t \x01(\t\x12\t\n\x01n\x18\n \x01(\r\x12\t\n\x01\x66\x18\x0b \x01(\r\x12\r\n\x05ready\x18\x0c \x01(\x08\x12\x14\n\x0cview_changes\x18\r \x01(\x04\x12%\n\x05peers\x18\x0e \x03(\x0b\x32\x16.cretoai.v1.PeerStatus\x12\x15\n\rview_changing\x18\x0f \x01(\x08\x12\x10\n\x08\x65vidence\x18\x10 \x01(\x04\x12\x15\n\ralone_in_view\x18\x11 \x01(\x08\")\n\x15WatchFinalizedRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x32\xed\x03\n\tConsensus\x12Q\n\x0cSubmitVertex\x12\x1f.cretoai.v1.SubmitVertexRequest\x1a .cretoai.v1.SubmitVertexResponse\x12W\n\x0eSubmitVertices\x12!.cretoai.v1.SubmitVerticesRequest\x1a\".cretoai.v1.SubmitVerticesResponse\x12K\n\nGetPending\x12\x1d.cretoai.v1.GetPendingRequest\x1a\x1e.cretoai.v1.GetPendingResponse\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatus\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12Q\n\x0eWatchAdmission\x12!.cretoai.v1.WatchAdmissionRequest\x1a\x1a.cretoai.v1.AdmissionState0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/consensus.proto\x12\ncretoai.v1\x1a\x17\x63retoai/v1/vertex.proto\"\x17\n\x15WatchAdmissionRequest\"$\n\x0e\x41\x64missionState\x12\x12\n\noverloaded\x18\x01 \x01(\x08\"9\n\x13SubmitVertexRequest\x12\"\n\x06vertex\x18\x01 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"o\n\x14SubmitVertexResponse\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cretoai.v1.VertexStatus\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0c\n\x04\x63opy\x18\x04 \x01(\x0c\"e\n\x15SubmitVerticesRequest\x12$\n\x08vertices\x18\x01 \x03(\x0b\x32\x12.cretoai.v1.Vertex\x12\x14\n\x0ctraceparents\x18\x02 \x03(\t\x12\x10\n\x08\x61\x64mitted\x18\x03 \x01(\x08\"F\n\x11SubmitVertexError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\"\x85\x01\n\x12SubmitVertexResult\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32 .cretoai.v1.SubmitVertexResponseH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.cretoai.v1.SubmitVertexErrorH\x00\x42\t\n\x07outcome\"I\n\x16SubmitVerticesResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.cretoai.v1.SubmitVertexResult\"!\n\x11GetPendingRequest\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\"G\n\x12GetPendingResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\"\n\x06vertex\x18\x02 \x01(\x0b\x32\x12.cretoai.v1.Vertex\"\x12\n\x10GetStatusRequest\"\x9e\x01\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x05 \x01(\x08\x12\x12\n\nreputation\x18\x06 \x01(\x03\x12\x0e\n\x06rtt_ms\x18\x07 \x01(\x01\x12\x19\n\x11refuses_this_node\x18\x08 \x01(\x08\"\xdb\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0c\n\x04view\x18\x03 \x01(\x04\x12\x0f\n\x07primary\x18\x04 \x01(\r\x12\x19\n\x11last_executed_seq\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x11\n\tpool_size\x18\x07 \x01(\r\x12\x0e\n\x06\x62\x61nned\x18\x08 \x03(\t\x12\x11\n\tnode_name\x18\t \x01(\t\x12\t\n\x01n\x18\n \x01(\r\x12\t\n\x01\x66\x18\x0b \x01(\r\x12\r\n\x05ready\x18\x0c \x01(\x08\x12\x14\n\x0cview_changes\x18\r \x01(\x04\x12%\n\x05peers\x18\x0e \x03(\x0b\x32\x16.cretoai.v1.PeerStatus\x12\x15\n\rview_changing\x18\x0f \x01(\x08\x12\x10\n\x08\x65vidence\x18\x10 \x01(\x04\x12\x15\n\ralone_in_view\x18\x11 \x01(\x08\")\n\x15WatchFinalizedRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\"w\n\x0f\x46inalizedNotice\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.cretoai.v1.FinalizedBatch\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.cretoai.v1.VertexRecord\x12\x0e\n\x06\x63opies\x18\x03 \x03(\x0c\x32\xc8\x04\n\tConsensus\x12Q\n\x0cSubmitVertex\x12\x1f.cretoai.v1.SubmitVertexRequest\x1a .cretoai.v1.SubmitVertexResponse\x12W\n\x0eSubmitVertices\x12!.cretoai.v1.SubmitVerticesRequest\x1a\".cretoai.v1.SubmitVerticesResponse\x12K\n\nGetPending\x12\x1d.cretoai.v1.GetPendingRequest\x1a\x1e.cretoai.v1.GetPendingResponse\x12\x41\n\tGetStatus\x12\x1c.cretoai.v1.GetStatusRequest\x1a\x16.cretoai.v1.NodeStatus\x12Q\n\x0eWatchFinalized\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1a.cretoai.v1.FinalizedBatch0\x01\x12Y\n\x15WatchFinalizedNotices\x12!.cretoai.v1.WatchFinalizedRequest\x1a\x1b.cretoai.v1.FinalizedNotice0\x01\x12Q\n\x0eWatchAdmission\x12!.cretoai.v1.WatchAdmissionRequest\x1a\x1a.cretoai.v1.AdmissionState0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITVERTEXREQUEST']._serialized_start=130
   _globals['_SUBMITVERTEXREQUEST']._serialized_end=187
   _globals['_SUBMITVERTEXRESPONSE']._serialized_start=189
-  _globals['_SUBMITVERTEXRESPONSE']._serialized_end=286
-  _globals['_SUBMITVERTICESREQUEST']._serialized_start=288
-  _globals['_SUBMITVERTICESREQUEST']._serialized_end=389
-  _globals['_SUBMITVERTEXERROR']._serialized_start=391
-  _globals['_SUBMITVERTEXERROR']._serialized_end=461
-  _globals['_SUBMITVERTEXRESULT']._serialized_start=464
-  _globals['_SUBMITVERTEXRESULT']._serialized_end=597
-  _globals['_SUBMITVERTICESRESPONSE']._serialized_start=599
-  _globals['_SUBMITVERTICESRESPONSE']._serialized_end=672
-  _globals['_GETPENDINGREQUEST']._serialized_start=674
-  _globals['_GETPENDINGREQUEST']._serialized_end=707
-  _globals['_GETPENDINGRESPONSE']._serialized_start=709
-  _globals['_GETPENDINGRESPONSE']._serialized_end=780
-  _globals['_GETSTATUSREQUEST']._serialized_start=782
-  _globals['_GETSTATUSREQUEST']._serialized_end=800
-  _globals['_PEERSTATUS']._serialized_start=803
-  _globals['_PEERSTATUS']._serialized_end=961
-  _globals['_NODESTATUS']._serialized_start=964
-  _globals['_NODESTATUS']._serialized_end=1311
-  _globals['_WATCHFINALIZEDREQUEST']._serialized_start=1313
-  _globals['_WATCHFINALIZEDREQUEST']._serialized_end=1354
-  _globals['_CONSENSUS']._serialized_start=1357
-  _globals['_CONSENSUS']._serialized_end=1850
+  _globals['_SUBMITVERTEXRESPONSE']._serialized_end=300
+  _globals['_SUBMITVERTICESREQUEST']._serialized_start=302
+  _globals['_SUBMITVERTICESREQUEST']._serialized_end=403
+  _globals['_SUBMITVERTEXERROR']._serialized_start=405
+  _globals['_SUBMITVERTEXERROR']._serialized_end=475
+  _globals['_SUBMITVERTEXRESULT']._serialized_start=478
+  _globals['_SUBMITVERTEXRESULT']._serialized_end=611
+  _globals['_SUBMITVERTICESRESPONSE']._serialized_start=613
+  _globals['_SUBMITVERTICESRESPONSE']._serialized_end=686
+  _globals['_GETPENDINGREQUEST']._serialized_start=688
+  _globals['_GETPENDINGREQUEST']._serialized_end=721
+  _globals['_GETPENDINGRESPONSE']._serialized_start=723
+  _globals['_GETPENDINGRESPONSE']._serialized_end=794
+  _globals['_GETSTATUSREQUEST']._serialized_start=796
+  _globals['_GETSTATUSREQUEST']._serialized_end=814
+  _globals['_PEERSTATUS']._serialized_start=817
+  _globals['_PEERSTATUS']._serialized_end=975
+  _globals['_NODESTATUS']._serialized_start=978
+  _globals['_NODESTATUS']._serialized_end=1325
+  _globals['_WATCHFINALIZEDREQUEST']._serialized_start=1327
+  _globals['_WATCHFINALIZEDREQUEST']._serialized_end=1368
+  _globals['_FINALIZEDNOTICE']._serialized_start=1370
+  _globals['_FINALIZEDNOTICE']._serialized_end=1489
+  _globals['_CONSENSUS']._serialized_start=1492
+  _globals['_CONSENSUS']._serialized_end=2076
 # @@protoc_insertion_point(module_scope)

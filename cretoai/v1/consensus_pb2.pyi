@@ -24,14 +24,16 @@ class SubmitVertexRequest(_message.Message):
     def __init__(self, vertex: _Optional[_Union[_vertex_pb2.Vertex, _Mapping]] = ...) -> None: ...
 
 class SubmitVertexResponse(_message.Message):
-    __slots__ = ("hash", "status", "duplicate")
+    __slots__ = ("hash", "status", "duplicate", "copy")
     HASH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
     hash: bytes
     status: _vertex_pb2.VertexStatus
     duplicate: bool
-    def __init__(self, hash: _Optional[bytes] = ..., status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    copy: bytes
+    def __init__(self, hash: _Optional[bytes] = ..., status: _Optional[_Union[_vertex_pb2.VertexStatus, str]] = ..., duplicate: _Optional[bool] = ..., copy: _Optional[bytes] = ...) -> None: ...
 
 class SubmitVerticesRequest(_message.Message):
     __slots__ = ("vertices", "traceparents", "admitted")
@@ -148,3 +150,13 @@ class WatchFinalizedRequest(_message.Message):
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     from_seq: int
     def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
+
+class FinalizedNotice(_message.Message):
+    __slots__ = ("batch", "results", "copies")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    batch: _vertex_pb2.FinalizedBatch
+    results: _containers.RepeatedCompositeFieldContainer[_vertex_pb2.VertexRecord]
+    copies: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, batch: _Optional[_Union[_vertex_pb2.FinalizedBatch, _Mapping]] = ..., results: _Optional[_Iterable[_Union[_vertex_pb2.VertexRecord, _Mapping]]] = ..., copies: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -60,6 +60,11 @@ class ConsensusStub:
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.SerializeToString,
                 response_deserializer=cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.FromString,
                 _registered_method=True)
+        self.WatchFinalizedNotices = channel.unary_stream(
+                '/cretoai.v1.Consensus/WatchFinalizedNotices',
+                request_serializer=cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.SerializeToString,
+                response_deserializer=cretoai_dot_v1_dot_consensus__pb2.FinalizedNotice.FromString,
+                _registered_method=True)
         self.WatchAdmission = channel.unary_stream(
                 '/cretoai.v1.Consensus/WatchAdmission',
                 request_serializer=cretoai_dot_v1_dot_consensus__pb2.WatchAdmissionRequest.SerializeToString,
@@ -116,6 +121,15 @@ class ConsensusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchFinalizedNotices(self, request, context):
+        """The same batches without their vertex bodies, each with what execution
+        decided about every vertex (what the gateway follows: a batch's bodies are
+        ~1 MiB that the clients waiting for its vertices already sent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchAdmission(self, request, context):
         """This node's admission state now, then each change of it: whether new
         submissions are refused as overloaded (RESOURCE_EXHAUSTED), as a
@@ -153,6 +167,11 @@ def add_ConsensusServicer_to_server(servicer, server):
                     servicer.WatchFinalized,
                     request_deserializer=cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.FromString,
                     response_serializer=cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.SerializeToString,
+            ),
+            'WatchFinalizedNotices': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFinalizedNotices,
+                    request_deserializer=cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.FromString,
+                    response_serializer=cretoai_dot_v1_dot_consensus__pb2.FinalizedNotice.SerializeToString,
             ),
             'WatchAdmission': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAdmission,
@@ -295,6 +314,33 @@ class Consensus:
             '/cretoai.v1.Consensus/WatchFinalized',
             cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.SerializeToString,
             cretoai_dot_v1_dot_vertex__pb2.FinalizedBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFinalizedNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cretoai.v1.Consensus/WatchFinalizedNotices',
+            cretoai_dot_v1_dot_consensus__pb2.WatchFinalizedRequest.SerializeToString,
+            cretoai_dot_v1_dot_consensus__pb2.FinalizedNotice.FromString,
             options,
             channel_credentials,
             insecure,

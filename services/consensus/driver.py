@@ -959,7 +959,7 @@ class Driver:
                 submitted = self._submitted_at.pop(content, None)
                 if submitted is not None:
                     FINALITY.observe(now - submitted)
-            self.feed.publish(executed.batch)
+            self.feed.publish(executed)
             self.traces.executed(committed.seq, executed.storage_started, executed.storage_done)
             log.debug(
                 "batch executed",

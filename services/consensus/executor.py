@@ -70,6 +70,10 @@ class Executed:
     heights: tuple[int, ...]
     #: The content hash of each vertex, in batch order.
     contents: tuple[bytes, ...]
+    #: The signed digest of each vertex's copy, in batch order.
+    copies: tuple[bytes, ...] = ()
+    #: What execution decided about each vertex, in batch order.
+    results: tuple[storage_pb2.ExecutionResult, ...] = ()
     #: When storage's CommitBatch was called and answered (monotonic ns).
     storage_started: int = 0
     storage_done: int = 0
@@ -202,6 +206,8 @@ class Executor:
             batch=batch,
             heights=tuple(response.heights),
             contents=tuple(contents),
+            copies=tuple(r.hash for r in committed.requests),
+            results=tuple(results),
             storage_started=storage_started,
             storage_done=storage_done,
         )

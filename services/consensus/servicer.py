@@ -79,7 +79,7 @@ def _is_settled(record: vertex_pb2.VertexRecord | None) -> bool:
     return record is not None and record.status in (FINALIZED, REJECTED)
 
 
-def _proposed(digest: bytes, result: ProposeResult) -> Outcome:
+def _proposed(digest: bytes, copy: bytes, result: ProposeResult) -> Outcome:
     if result == ProposeResult.POOL_FULL:
         return ResourceExhausted("the request pool is full")
     if result == ProposeResult.OVERLOADED:
@@ -87,7 +87,7 @@ def _proposed(digest: bytes, result: ProposeResult) -> Outcome:
     if result == ProposeResult.TOO_LARGE:
         return InvalidArgument("vertex exceeds the batch size")
     return consensus_pb2.SubmitVertexResponse(
-        hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE
+        hash=digest, status=PENDING, duplicate=result == ProposeResult.DUPLICATE, copy=copy
     )
 
 
@@ -256,7 +256,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         # order they are created).
         results = await _all_of([proposal for _, proposal in proposals])
         for (i, _), result in zip(proposals, results, strict=True):
-            outcomes[i] = _proposed(digests[i], result)
+            outcomes[i] = _proposed(digests[i], copies[i], result)
         return _done(outcomes)
 
     async def _propose(
@@ -421,5 +421,14 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         try:
             async for batch in self._driver.feed.watch(request.from_seq):
                 yield batch
+        except WatcherTooSlow as exc:
+            raise ResourceExhausted(f"{exc}; resume from your last seq") from None
+
+    async def WatchFinalizedNotices(
+        self, request: consensus_pb2.WatchFinalizedRequest, context: Context
+    ) -> AsyncIterator[consensus_pb2.FinalizedNotice]:
+        try:
+            async for notice in self._driver.feed.watch_notices(request.from_seq):
+                yield notice
         except WatcherTooSlow as exc:
             raise ResourceExhausted(f"{exc}; resume from your last seq") from None

@@ -26,7 +26,9 @@ CALL_TIMEOUT_S = 5.0
 #: Deadline of a health or readiness probe.
 PROBE_TIMEOUT_S = 1.0
 
-WatchCall = grpc.aio.UnaryStreamCall[consensus_pb2.WatchFinalizedRequest, vertex_pb2.FinalizedBatch]
+WatchCall = grpc.aio.UnaryStreamCall[
+    consensus_pb2.WatchFinalizedRequest, consensus_pb2.FinalizedNotice
+]
 AdmissionCall = grpc.aio.UnaryStreamCall[
     consensus_pb2.WatchAdmissionRequest, consensus_pb2.AdmissionState
 ]
@@ -118,9 +120,10 @@ class ConsensusClient:
         call: AdmissionCall = self._stub.WatchAdmission(consensus_pb2.WatchAdmissionRequest())
         return call
 
-    def watch(self, from_seq: int) -> WatchCall:
-        """The raw finalized stream (the caller handles its errors: it reconnects)."""
-        call: WatchCall = self._stub.WatchFinalized(
+    def watch_notices(self, from_seq: int) -> WatchCall:
+        """The finalized stream, as notices without the vertex bodies (the caller handles
+        its errors: it reconnects)."""
+        call: WatchCall = self._stub.WatchFinalizedNotices(
             consensus_pb2.WatchFinalizedRequest(from_seq=from_seq)
         )
         return call

@@ -548,8 +548,8 @@ class Gateway:
             )
             settled = await _each(
                 [
-                    _settled(self._settle(h, reply, finals.get(i), started))
-                    for (i, (_, h)), reply in zip(vertices.items(), replies, strict=True)
+                    _settled(self._settle(h, vertex, reply, finals.get(i), started))
+                    for (i, (vertex, h)), reply in zip(vertices.items(), replies, strict=True)
                 ]
             )
         for i, answer in zip(vertices, settled, strict=True):
@@ -559,6 +559,7 @@ class Gateway:
     async def _settle(
         self,
         h: bytes,
+        vertex: vertex_pb2.Vertex,
         reply: consensus_pb2.SubmitVertexResponse | ApiError,
         final: asyncio.Future[Outcome] | None,
         started: float,
@@ -574,7 +575,7 @@ class Gateway:
         if executed:
             record = await self._stored(h)
         else:
-            record = await self._await_final(h, final, started)
+            record = await self._await_final(h, vertex, reply.copy, final, started)
         return Submitted(hash=h, status=record.status, duplicate=reply.duplicate, record=record)
 
     async def _submit_to_consensus(
@@ -662,8 +663,16 @@ class Gateway:
         return record
 
     async def _await_final(
-        self, h: bytes, final: asyncio.Future[Outcome], started: float
+        self,
+        h: bytes,
+        vertex: vertex_pb2.Vertex,
+        copy: bytes,
+        final: asyncio.Future[Outcome],
+        started: float,
     ) -> vertex_pb2.VertexRecord:
+        """``h``'s record once final: built from the caller's own copy (``vertex``, whose
+        signed digest consensus answered as ``copy``) when the batch finalized that very
+        copy, else read from storage."""
         timeout = self._limits.wait_timeout_s
         try:
             outcome = await asyncio.wait_for(final, timeout)
@@ -680,7 +689,11 @@ class Gateway:
         else:
             # A rejected copy says nothing of the content: another copy may be (or have
             # been) finalized, and the stored record tells. A finalized one is the batch's.
-            record = None if outcome.rejected else await self._finalized_record(h, outcome)
+            record = (
+                None
+                if outcome.rejected or outcome.notice is None
+                else outcome.notice.record(h, vertex, copy)
+            )
             if record is None:
                 record = await self._stored(h)
                 if not outcome.rejected and (
@@ -693,17 +706,6 @@ class Gateway:
         label = "rejected" if record.status == REJECTED else "finalized"
         metrics.FINALITY_WAIT.labels(label).observe(time.perf_counter() - started)
         return record
-
-    async def _finalized_record(self, h: bytes, outcome: Outcome) -> vertex_pb2.VertexRecord | None:
-        """The record of a vertex its batch finalized, from that batch and its stored entry
-        (one storage read per batch, shared by its waiters); None: read the record itself."""
-        if outcome.entry is None:
-            return None
-        try:
-            stored = await self.hub.stored_entry(outcome.entry)
-        except ApiError:
-            return None
-        return outcome.entry.record(h, stored)
 
     # ------------------------------------------------------------------ reads
 

@@ -1,10 +1,14 @@
 """One subscription to the consensus service's finalized stream, fanned out in the gateway.
 
-The :class:`FinalityHub` holds the gateway process's only ``WatchFinalized``
-call. Each finalized batch resolves the callers waiting for one of its
-vertices and is offered to every stream subscriber (WebSocket or gRPC). When
-the call fails or ends, the hub subscribes again with backoff, from the seq
-after the last one it saw, so no batch is skipped.
+The :class:`FinalityHub` holds the gateway process's only
+``WatchFinalizedNotices`` call: each finalized batch without its vertex bodies,
+with what execution decided about every vertex and the signed digest of each
+copy. A notice resolves the callers waiting for one of its vertices (their
+answers are built from the copy they sent, when it is the one finalized), and
+while stream subscribers (WebSocket or gRPC) are open, the whole batch is read
+from storage once and offered to each. When the call fails or ends, the hub
+subscribes again with backoff, from the seq after the last one it saw, so no
+batch is skipped.
 
 A subscriber (:class:`Stream`) first catches up from storage, from the seq it
 asked for, then follows the live batches in its bounded buffer, filling any
@@ -39,8 +43,8 @@ import grpc
 
 from cretoai.errors import ResourceExhausted
 from cretoai.fairness import holder_to_evict
-from cretoai.v1 import storage_pb2, vertex_pb2
-from cretoai.vertex import vertex_hash
+from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
+from cretoai.vertex import signed_digest
 from services.gateway import metrics
 from services.gateway.backends import ConsensusClient, StorageClient, WatchCall
 from services.gateway.codec import batch_json, dumps
@@ -48,6 +52,7 @@ from services.gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
 
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 5.0
 #: Finalized batches read from storage at once while a subscriber catches up: each
@@ -67,13 +72,7 @@ class Outcome:
     seq: int
     rejected: bool
     #: The finalized batch (shared by every caller waiting for one of its vertices).
-    entry: Entry | None = None
-
-
-def _retrieve(read: asyncio.Future[storage_pb2.FinalizedEntry]) -> None:
-    """Mark a shared read's failure as seen (its askers may all have gone)."""
-    if not read.cancelled():
-        read.exception()
+    notice: Notice | None = None
 
 
 class SlowConsumer(ResourceExhausted):
@@ -85,72 +84,79 @@ class SlowConsumer(ResourceExhausted):
 
 
 class Entry:
-    """A finalized batch and, once known, what execution decided about each vertex.
+    """A finalized batch with what execution decided about each vertex, as storage
+    answers ``GetFinalized``.
 
     Shared by every subscriber it is offered to; its JSON text is built once.
     """
 
-    __slots__ = ("_finalized_at", "_text", "entry", "size", "stored")
+    __slots__ = ("_text", "entry", "size")
 
     def __init__(self, entry: storage_pb2.FinalizedEntry) -> None:
         self.entry = entry
         self.size = entry.ByteSize()
         self._text: str | None = None
-        #: For the stored entry last asked about: the position in the batch of each hash
-        #: it finalized (the first one's, when a content came as several copies).
-        self._finalized_at: tuple[storage_pb2.FinalizedEntry, dict[bytes, int]] | None = None
-        #: The read of this batch's stored entry (FinalityHub.stored_entry), once started.
-        self.stored: asyncio.Future[storage_pb2.FinalizedEntry] | None = None
 
     @property
     def seq(self) -> int:
         return self.entry.batch.seq
-
-    @property
-    def complete(self) -> bool:
-        return len(self.entry.results) == len(self.entry.batch.vertices)
 
     def text(self) -> str:
         if self._text is None:
             self._text = dumps(batch_json(self.entry))
         return self._text
 
+
+class Notice:
+    """A finalized batch as consensus announces it: the header, each vertex's result and
+    the signed digest of each copy, without the bodies (``FinalizedNotice``)."""
+
+    __slots__ = ("_finalized_at", "notice")
+
+    def __init__(self, notice: consensus_pb2.FinalizedNotice) -> None:
+        self.notice = notice
+        #: The position of each hash the batch finalized (the first, when a content came
+        #: as several copies).
+        self._finalized_at: dict[bytes, int] = {}
+        for i, result in enumerate(notice.results):
+            if result.status == FINALIZED:
+                self._finalized_at.setdefault(result.hash, i)
+
+    @property
+    def seq(self) -> int:
+        return self.notice.batch.seq
+
+    def finalized(self, h: bytes) -> bool:
+        return h in self._finalized_at
+
     def record(
-        self, h: bytes, stored: storage_pb2.FinalizedEntry
+        self, h: bytes, vertex: vertex_pb2.Vertex, copy: bytes
     ) -> vertex_pb2.VertexRecord | None:
-        """Vertex ``h``'s record if this batch finalized it, as storage's GetVertex answers
-        it: the executed copy, the height and the certificate as stored (``stored`` is
-        this batch's stored entry, without vertices). None if it did not, or ``stored``
-        does not match the batch."""
-        batch = self.entry.batch
-        if stored.batch.seq != batch.seq or len(stored.results) != len(batch.vertices):
+        """Vertex ``h``'s record, as storage's GetVertex answers it, if this batch
+        finalized it as the very copy ``vertex`` (whose signed digest is ``copy``): that
+        copy, the height and the certificate. None if the batch did not finalize ``h``, or
+        finalized another copy of it (or the notice names no copies): read it then."""
+        at = self._finalized_at.get(h)
+        copies = self.notice.copies
+        if at is None or not copy or len(copies) != len(self.notice.results):
             return None
-        # Every waiter of the batch asks: index it once, not once per waiter.
-        if self._finalized_at is None or self._finalized_at[0] is not stored:
-            positions: dict[bytes, int] = {}
-            for i, result in enumerate(stored.results):
-                if result.status == vertex_pb2.VERTEX_STATUS_FINALIZED:
-                    positions.setdefault(result.hash, i)
-            self._finalized_at = (stored, positions)
-        at = self._finalized_at[1].get(h)
-        if at is not None:
-            vertex, result = batch.vertices[at], stored.results[at]
-            return vertex_pb2.VertexRecord(
-                hash=h,
-                # the fields storage keeps (a copy with unknown fields is stored without them)
-                vertex=vertex_pb2.Vertex(
-                    payload=vertex.payload,
-                    parents=vertex.parents,
-                    creator=vertex.creator,
-                    timestamp_ms=vertex.timestamp_ms,
-                    signature=vertex.signature,
-                ),
-                status=vertex_pb2.VERTEX_STATUS_FINALIZED,
-                seq=batch.seq,
-                height=result.height,
-                certificate=stored.batch.certificate,
-            )
-        return None
+        if copies[at] != copy:
+            return None
+        return vertex_pb2.VertexRecord(
+            hash=h,
+            # the fields storage keeps (a copy with unknown fields is stored without them)
+            vertex=vertex_pb2.Vertex(
+                payload=vertex.payload,
+                parents=vertex.parents,
+                creator=vertex.creator,
+                timestamp_ms=vertex.timestamp_ms,
+                signature=vertex.signature,
+            ),
+            status=FINALIZED,
+            seq=self.seq,
+            height=self.notice.results[at].height,
+            certificate=self.notice.batch.certificate,
+        )
 
 
 class Stream:
@@ -161,7 +167,6 @@ class Stream:
         hub: FinalityHub,
         *,
         from_seq: int | None,
-        complete: bool,
         limit_bytes: int,
         api: str,
     ) -> None:
@@ -172,8 +177,6 @@ class Stream:
         self._wake = asyncio.Event()
         self._closed = False
         self._registered = True
-        #: Whether entries need results (heights, statuses) from storage.
-        self.needs_results = complete
         #: Set once the subscriber follows live batches (overflow is then fatal).
         self.live = False
         self.overflowed = False
@@ -301,16 +304,9 @@ class Stream:
                         "storage_unavailable",
                         f"finalized batches from seq {self.next_seq} are not in storage yet",
                     )
-            if self.needs_results and not entry.complete:
-                entry = await self._hub.with_results(entry)
             self._check_open()
             yield entry
             self.next_seq = entry.seq + 1
-
-
-def _fingerprint(vertex: vertex_pb2.Vertex) -> tuple[bytes, int]:
-    """What every copy of a content shares, cheaply (no hashing of the payload)."""
-    return vertex.creator, vertex.timestamp_ms
 
 
 class FinalityHub:
@@ -333,12 +329,8 @@ class FinalityHub:
         self._max_streams = max_streams
         #: Of those, at once from one client address: one client cannot take them all.
         self._max_streams_per_client = max_streams_per_client
-        #: Content hash -> the futures waiting for it, each with the signature of the copy
-        #: it submitted.
-        self._waiters: dict[bytes, dict[asyncio.Future[Outcome], bytes]] = {}
-        #: (creator, timestamp) of the waited contents, with their waiter counts: a batch
-        #: vertex without one of them cannot be waited for, and is not hashed.
-        self._fingerprints: Counter[tuple[bytes, int]] = Counter()
+        #: Content hash -> the futures waiting for it, each with the copy it submitted.
+        self._waiters: dict[bytes, dict[asyncio.Future[Outcome], vertex_pb2.Vertex]] = {}
         #: Open subscribers, each with its client's address (oldest first).
         self._streams: dict[Stream, str] = {}
         #: Evicted subscribers not yet closed by their handlers: out of the slots, but
@@ -377,16 +369,14 @@ class FinalityHub:
         """A future resolved when ``vertex`` (whose hash is ``h``) is finalized, as this
         copy or another, or when this copy is rejected. Register before submitting.
 
-        Another copy of the content being rejected (a bad signature) does not resolve it.
-        Copies of one content have the same canonical bytes (the hash covers them), so
-        they differ only in their signature: that tells this copy from the others.
+        Another copy of the content being rejected (a bad signature) does not resolve it:
+        copies of one content differ only in their signature, and the signed digests of
+        the batch's copies tell this copy from the others.
         """
         if self._closed:
             raise ApiError("shutting_down", "the gateway is shutting down")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(h, {})[future] = vertex.signature
-        fingerprint = _fingerprint(vertex)
-        self._fingerprints[fingerprint] += 1
+        self._waiters.setdefault(h, {})[future] = vertex
         metrics.WAITERS.inc()
         try:
             yield future
@@ -394,16 +384,13 @@ class FinalityHub:
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: the caller may not have awaited it
             metrics.WAITERS.dec()
-            self._fingerprints[fingerprint] -= 1
-            if self._fingerprints[fingerprint] <= 0:
-                del self._fingerprints[fingerprint]
             futures = self._waiters.get(h)
             if futures is not None:
                 futures.pop(future, None)
                 if not futures:
                     del self._waiters[h]
 
-    def open_stream(self, from_seq: int | None, *, complete: bool, api: str, client: str) -> Stream:
+    def open_stream(self, from_seq: int | None, *, api: str, client: str) -> Stream:
         """Subscribe for ``client`` (its address); call :meth:`Stream.close` when done.
         ``from_seq`` None: live batches only."""
         if self._closed:
@@ -423,9 +410,7 @@ class FinalityHub:
                 f"{len(self._streams)} finalized-batch streams are open here "
                 "(gateway.max_streams); retry later",
             )
-        stream = Stream(
-            self, from_seq=from_seq, complete=complete, limit_bytes=self._buffer_bytes, api=api
-        )
+        stream = Stream(self, from_seq=from_seq, limit_bytes=self._buffer_bytes, api=api)
         self._streams[stream] = client
         metrics.SUBSCRIBERS.labels(api).inc()
         return stream
@@ -466,26 +451,12 @@ class FinalityHub:
         self._streams.pop(stream, None)
         self._ending.discard(stream)
 
-    async def with_results(self, entry: Entry) -> Entry:
-        """``entry`` with the results of execution read from storage."""
-        stored = await self.stored_entry(entry)
-        return Entry(storage_pb2.FinalizedEntry(batch=entry.entry.batch, results=stored.results))
-
-    async def stored_entry(self, entry: Entry) -> storage_pb2.FinalizedEntry:
-        """The stored entry of ``entry``'s batch (header and results, no vertices): one
-        storage read per batch, however many waiters and subscribers ask for it (a
-        failed read is tried again by the next one who asks)."""
-        read = entry.stored
-        if read is None or (read.done() and (read.cancelled() or read.exception() is not None)):
-            read = entry.stored = asyncio.ensure_future(self._read_stored(entry.seq))
-            read.add_done_callback(_retrieve)
-        return await asyncio.shield(read)
-
-    async def _read_stored(self, seq: int) -> storage_pb2.FinalizedEntry:
-        page = await self.storage.finalized(seq, limit=1, to_seq=seq + 1, omit_vertices=True)
+    async def _stored_entry(self, seq: int) -> Entry:
+        """Finalized batch ``seq`` as storage has it: vertices and results."""
+        page = await self.storage.finalized(seq, limit=1, to_seq=seq + 1)
         if not page:
             raise ApiError("storage_unavailable", f"finalized batch {seq} is not in storage yet")
-        return page[0]
+        return Entry(page[0])
 
     async def _run(self) -> None:
         backoff = RECONNECT_MIN_S
@@ -498,13 +469,14 @@ class FinalityHub:
                     self._next_seq = status.last_executed_seq + 1
                 if failing:
                     metrics.WATCH_RECONNECTS.inc()
-                call = self.consensus.watch(self._next_seq)
-                async for batch in call:
+                call = self.consensus.watch_notices(self._next_seq)
+                async for notice in call:
                     if failing:
-                        log.info("finalized stream resumed", extra={"fields": {"seq": batch.seq}})
+                        fields = {"seq": notice.batch.seq}
+                        log.info("finalized stream resumed", extra={"fields": fields})
                     failing = False
                     backoff = RECONNECT_MIN_S
-                    await self._on_batch(batch)
+                    await self._on_batch(notice)
                 log.info("consensus ended the finalized stream; subscribing again")
             except (grpc.aio.AioRpcError, ApiError) as exc:
                 level = logging.DEBUG if failing else logging.WARNING
@@ -522,49 +494,70 @@ class FinalityHub:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, RECONNECT_MAX_S)
 
-    async def _on_batch(self, batch: vertex_pb2.FinalizedBatch) -> None:
+    async def _on_batch(self, pb: consensus_pb2.FinalizedNotice) -> None:
+        seq = pb.batch.seq
         expected = self._next_seq
-        if expected is not None and batch.seq < expected:
+        if expected is not None and seq < expected:
             return  # already seen before a reconnect
-        if expected is not None and batch.seq > expected:
-            fields = {"expected": expected, "got": batch.seq}
+        if expected is not None and seq > expected:
+            fields = {"expected": expected, "got": seq}
             log.warning("gap in the finalized stream", extra={"fields": fields})
-        self._next_seq = batch.seq + 1
-        metrics.WATCH_SEQ.set(batch.seq)
-        if not self._waiters and not self._streams:
-            return
-        entry = Entry(storage_pb2.FinalizedEntry(batch=batch))
+        self._next_seq = seq + 1
+        metrics.WATCH_SEQ.set(seq)
         if self._waiters:
-            # Only vertices that may be waited for are hashed (8 KB of SHA3 each): every
-            # copy of a waited content has its creator and timestamp.
-            candidates = [v for v in batch.vertices if _fingerprint(v) in self._fingerprints]
-            hashes = [vertex_hash(v) for v in candidates]
-            # One content can come as several copies: it is finalized by this batch when
-            # fewer of its copies were rejected than it has in the batch.
-            finalized = Counter(hashes)
-            finalized.subtract(batch.rejected)
-            for vertex, h in zip(candidates, hashes, strict=True):
-                waiting = self._waiters.get(h)
-                if not waiting:
-                    continue
-                if finalized[h] > 0:
-                    resolve = list(waiting)
-                else:
-                    signature = vertex.signature
-                    resolve = [f for f, sig in waiting.items() if sig == signature]
-                for future in resolve:
-                    if not future.done():
-                        outcome = Outcome(seq=batch.seq, rejected=finalized[h] <= 0, entry=entry)
-                        future.set_result(outcome)
+            await self._resolve(Notice(pb))
         if not self._streams:
             return
-        if not entry.complete and any(s.needs_results for s in self._streams):
-            try:
-                entry = await self.with_results(entry)
-            except ApiError as exc:  # each subscriber retries, or closes
-                log.warning(
-                    "cannot read execution results",
-                    extra={"fields": {"seq": batch.seq, "error": exc.message}},
-                )
+        try:
+            entry = await self._stored_entry(seq)
+        except ApiError as exc:  # each subscriber fills the gap from storage, or closes
+            log.warning(
+                "cannot read a finalized batch for the streams",
+                extra={"fields": {"seq": seq, "error": exc.message}},
+            )
+            return
         for stream in list(self._streams):
             stream.offer(entry)
+
+    async def _resolve(self, notice: Notice) -> None:
+        """Answer the callers waiting for a vertex of ``notice``'s batch."""
+        pb = notice.notice
+        waited = {r.hash for r in pb.results if r.hash in self._waiters}
+        if not waited:
+            return
+        # A content the batch finalized (as any copy) is final for all its waiters.
+        for h in [h for h in waited if notice.finalized(h)]:
+            for future in list(self._waiters.get(h, ())):
+                if not future.done():
+                    future.set_result(Outcome(seq=notice.seq, rejected=False, notice=notice))
+        # A content the batch only rejected: final for the waiters of the copies rejected,
+        # not for those of another copy (it may still be ordered and finalized).
+        rejected = [h for h in waited if not notice.finalized(h)]
+        if not rejected:
+            return
+        copies = await self._rejected_copies(pb, set(rejected))
+        for h in rejected:
+            for future, vertex in list(self._waiters.get(h, {}).items()):
+                if not future.done() and signed_digest(vertex) in copies:
+                    future.set_result(Outcome(seq=notice.seq, rejected=True, notice=notice))
+
+    async def _rejected_copies(
+        self, pb: consensus_pb2.FinalizedNotice, hashes: set[bytes]
+    ) -> set[bytes]:
+        """The signed digests of the copies of ``hashes`` the batch rejected: from the
+        notice, or, for one read back from storage (no copies), from the stored batch."""
+        if len(pb.copies) == len(pb.results):
+            return {copy for r, copy in zip(pb.results, pb.copies, strict=True) if r.hash in hashes}
+        try:
+            stored = (await self._stored_entry(pb.batch.seq)).entry
+        except ApiError as exc:  # the waiters' own timeout reads their records
+            log.warning(
+                "cannot read a finalized batch's rejected copies",
+                extra={"fields": {"seq": pb.batch.seq, "error": exc.message}},
+            )
+            return set()
+        return {
+            signed_digest(v)
+            for r, v in zip(stored.results, stored.batch.vertices, strict=True)
+            if r.hash in hashes
+        }

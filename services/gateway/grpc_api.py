@@ -186,7 +186,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
         """Finalized batches with seq >= from_seq (0 reads as 1), then each new one."""
         stream = self._gw.hub.open_stream(
-            request.from_seq, complete=False, api="grpc", client=client_address(context.peer())
+            request.from_seq, api="grpc", client=client_address(context.peer())
         )
         # the handler's task: cancelled if the gateway ended the stream and this call is
         # still blocked in a write to a client that reads nothing (finality.END_GRACE_S)

@@ -571,9 +571,7 @@ class RestApi:
         )
         if not ws.can_prepare(request).ok:
             raise ApiError("bad_request", "/v1/stream is a WebSocket: send an Upgrade request")
-        stream = self._gw.hub.open_stream(
-            from_seq, complete=True, api="websocket", client=client_of(request)
-        )
+        stream = self._gw.hub.open_stream(from_seq, api="websocket", client=client_of(request))
         # However the stream ends (closed by the gateway, aiohttp's heartbeat, the
         # client), its connection is aborted WS_CLOSE_TIMEOUT_S later: closing it waits
         # for the bytes its client has not taken, and one that reads nothing (not even

@@ -26,7 +26,7 @@ from cretoai.config import NodeConfig, load_config
 from cretoai.errors import ERROR_CODE_KEY
 from cretoai.telemetry import METRICS_CACHE_S, format_traceparent
 from cretoai.v1 import consensus_pb2, consensus_pb2_grpc, storage_pb2, vertex_pb2
-from cretoai.vertex import BAD_SIGNATURE_MESSAGE, vertex_hash
+from cretoai.vertex import BAD_SIGNATURE_MESSAGE, signed_digest, vertex_hash
 from devkit.ports import free_base_port
 from node.clusterinit import init_cluster
 from services.consensus.core.replica import ProposeResult
@@ -180,6 +180,54 @@ async def test_one_bad_vertex_never_fails_the_others(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details() == BAD_SIGNATURE_MESSAGE
     assert (ERROR_CODE_KEY, "bad_signature") in tuple(raised.value.trailing_metadata() or ())
+
+
+async def test_notices_carry_each_vertexs_result_and_copy_without_bodies(
+    consensus: consensus_pb2_grpc.ConsensusStub,
+) -> None:
+    """WatchFinalizedNotices, what the gateway follows: a live notice has the batch's
+    header, each vertex's result (hash, status, height) and the signed digest of the copy
+    ordered, and no bodies; the same batch read back from storage has the same results
+    and no copies. SubmitVertices names the copy it accepted."""
+    status = await consensus.GetStatus(consensus_pb2.GetStatusRequest(), timeout=10)
+    start = status.last_executed_seq + 1
+    live = consensus.WatchFinalizedNotices(
+        consensus_pb2.WatchFinalizedRequest(from_seq=start), timeout=60
+    )
+    root = vertex(unique(b"noticed root"))
+    child = vertex(unique(b"noticed child"), [vertex_hash(root)])
+    results = await submit(consensus, [root, child])
+    assert [accepted(r).copy for r in results] == [signed_digest(root), signed_digest(child)]
+    wanted = {vertex_hash(root): root, vertex_hash(child): child}
+    notices: list[consensus_pb2.FinalizedNotice] = []
+    try:
+        async for notice in live:
+            notices.append(notice)
+            if wanted.keys() <= {r.hash for n in notices for r in n.results}:
+                break
+    finally:
+        live.cancel()
+    heights = {}
+    for notice in notices:
+        assert not notice.batch.vertices and notice.batch.certificate.seq == notice.batch.seq
+        assert len(notice.copies) == len(notice.results)
+        for result, copy in zip(notice.results, notice.copies, strict=True):
+            assert result.status == FINALIZED and result.seq == notice.batch.seq
+            if result.hash in wanted:
+                assert copy == signed_digest(wanted[result.hash])
+                heights[result.hash] = result.height
+    assert heights == {vertex_hash(root): 0, vertex_hash(child): 1}
+    # read back from storage: the same results, no copies
+    again = consensus.WatchFinalizedNotices(
+        consensus_pb2.WatchFinalizedRequest(from_seq=start), timeout=60
+    )
+    try:
+        stored = [await anext(aiter(again)) for _ in notices]
+    finally:
+        again.cancel()
+    for notice, read in zip(notices, stored, strict=True):
+        assert list(read.results) == list(notice.results) and not read.copies
+        assert read.batch.batch_digest == notice.batch.batch_digest
 
 
 def vertex_verifications(cfg: NodeConfig) -> float:

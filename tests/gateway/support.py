@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -63,6 +63,9 @@ REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
 
 #: Every wait in these tests is bounded by this (seconds).
 TIMEOUT = 15.0
+
+
+T = TypeVar("T")
 
 
 def client_key() -> NodeKey:
@@ -120,6 +123,11 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         self.pending: dict[bytes, vertex_pb2.Vertex] = {}
         self.executed: dict[bytes, vertex_pb2.VertexStatus] = {}
         self.batches: list[vertex_pb2.FinalizedBatch] = []
+        #: Each batch's notice (WatchFinalizedNotices), as the real one builds it.
+        self.notices: list[consensus_pb2.FinalizedNotice] = []
+        #: Whether notices name their copies (the real one's do not when read back from
+        #: storage, after the gateway subscribed again).
+        self.notice_copies = True
         self.watch_requests: list[int] = []
         self.submit_error: grpc.StatusCode | None = None
         #: Vertices per submitting call (SubmitVertex: 1), and each SubmitVertices call's
@@ -255,7 +263,9 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         self.pending[h] = vertex
         self.submissions.append(vertex)
         await self._notify()
-        return consensus_pb2.SubmitVertexResponse(hash=h, status=PENDING, duplicate=duplicate)
+        return consensus_pb2.SubmitVertexResponse(
+            hash=h, status=PENDING, duplicate=duplicate, copy=signed_digest(vertex)
+        )
 
     async def GetPending(
         self, request: consensus_pb2.GetPendingRequest, context: Any
@@ -297,6 +307,18 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
     async def WatchFinalized(
         self, request: consensus_pb2.WatchFinalizedRequest, context: Any
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
+        async for batch in self._watch(request, context, self.batches):
+            yield batch
+
+    async def WatchFinalizedNotices(
+        self, request: consensus_pb2.WatchFinalizedRequest, context: Any
+    ) -> AsyncIterator[consensus_pb2.FinalizedNotice]:
+        async for notice in self._watch(request, context, self.notices):
+            yield notice
+
+    async def _watch(
+        self, request: consensus_pb2.WatchFinalizedRequest, context: Any, items: list[T]
+    ) -> AsyncIterator[T]:
         self.watch_requests.append(request.from_seq)
         wake: asyncio.Queue[bool] = asyncio.Queue()
         self._watchers.add(wake)
@@ -304,8 +326,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         try:
             seq = max(request.from_seq, 1)
             while True:
-                while seq <= len(self.batches):
-                    yield self.batches[seq - 1]
+                while seq <= len(items):
+                    yield items[seq - 1]
                     seq += 1
                 if not await wake.get():
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "dropped by the test")
@@ -386,13 +408,32 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
             )
             for h in hashes
         ]
-        await self._storage.CommitBatch(
+        committed = await self._storage.CommitBatch(
             storage_pb2.CommitBatchRequest(batch=batch, results=results), timeout=TIMEOUT
         )
         for h in hashes:
             self.pending.pop(h, None)
             self.executed[h] = REJECTED if h in rejected else FINALIZED
         self.batches.append(batch)
+        header = vertex_pb2.FinalizedBatch()
+        header.CopyFrom(batch)
+        header.ClearField("vertices")
+        self.notices.append(
+            consensus_pb2.FinalizedNotice(
+                batch=header,
+                results=[
+                    vertex_pb2.VertexRecord(
+                        hash=h,
+                        status=REJECTED if h in rejected else FINALIZED,
+                        seq=seq,
+                        height=height,
+                        reject_reason=r.reject_reason,
+                    )
+                    for h, r, height in zip(hashes, results, committed.heights, strict=True)
+                ],
+                copies=[signed_digest(v) for v in vertices] if self.notice_copies else [],
+            )
+        )
         for wake in self._watchers:
             wake.put_nowait(True)
         await self._notify()

@@ -396,11 +396,12 @@ async def test_a_consensus_without_submit_vertices_gets_one_call_per_vertex(
 # ---------------------------------------------------------------------------- wait
 
 
-async def test_waiting_callers_are_answered_from_the_batch_with_one_storage_read(
+async def test_waiting_callers_are_answered_from_the_notice_without_a_storage_read(
     node: Node,
 ) -> None:
-    """Ten callers waiting for vertices of one batch: no GetVertex per caller, one read
-    of the batch's stored results (the heights) for all of them."""
+    """Ten callers waiting for vertices of one batch: the batch's notice (results and the
+    signed digest of each copy) and each caller's own copy make every answer, with no
+    storage read; each answer is the record storage then returns."""
     bodies = [{"payload": b64(b"waiting %d" % i)} for i in range(10)]
     waiting = [asyncio.create_task(node.post("/v1/vertices?wait=true", b)) for b in bodies]
     await node.consensus.wait_for(lambda: len(node.consensus.pending) == 10)
@@ -408,10 +409,24 @@ async def test_waiting_callers_are_answered_from_the_batch_with_one_storage_read
     batch = await node.consensus.finalize_pending()
     replies = await asyncio.gather(*waiting)
     assert storage_calls("GetVertex") == get_vertex
-    assert storage_calls("GetFinalized") == get_finalized + 1
+    assert storage_calls("GetFinalized") == get_finalized
     for status, record in replies:
         assert status == 200 and record["status"] == "finalized" and record["seq"] == batch.seq
         assert (await node.get(f"/v1/vertices/{record['hash']}")) == (200, record)
+
+
+async def test_wait_reports_a_rejection_from_a_notice_without_copies(node: Node) -> None:
+    """A notice read back from storage names no copies: the gateway reads the batch to tell
+    whose copy was rejected, and answers the waiter all the same."""
+    node.consensus.notice_copies = False
+    reads = storage_calls("GetFinalized")
+    waiting = asyncio.create_task(node.post("/v1/vertices?wait=true", {"payload": b64(b"r2")}))
+    await node.consensus.wait_for(lambda: len(node.consensus.pending) == 1)
+    [h] = node.consensus.pending
+    await node.consensus.finalize_pending(rejected=[h])
+    status, record = await asyncio.wait_for(waiting, TIMEOUT)
+    assert (status, record["status"], record["hash"]) == (200, "rejected", h.hex())
+    assert storage_calls("GetFinalized") == reads + 1
 
 
 async def test_a_batch_refused_as_a_whole_is_counted_per_vertex(

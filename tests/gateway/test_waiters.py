@@ -12,13 +12,15 @@ from typing import Any, cast
 
 import pytest
 
-from cretoai.v1 import vertex_pb2
-from cretoai.vertex import make_vertex, vertex_hash
+from cretoai.v1 import consensus_pb2, vertex_pb2
+from cretoai.vertex import make_vertex, signed_digest, vertex_hash
 from services.gateway import finality
 from services.gateway.finality import FinalityHub
 from tests.gateway.support import client_key
 
 KEY = client_key()
+FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
 
 
 def _copies() -> tuple[vertex_pb2.Vertex, vertex_pb2.Vertex]:
@@ -29,8 +31,20 @@ def _copies() -> tuple[vertex_pb2.Vertex, vertex_pb2.Vertex]:
     return good, bad
 
 
-def _batch(seq: int, vertices: list[vertex_pb2.Vertex], rejected: list[bytes]) -> Any:
-    return vertex_pb2.FinalizedBatch(seq=seq, vertices=vertices, rejected=rejected)
+def _notice(seq: int, copies: list[tuple[vertex_pb2.Vertex, bool]]) -> Any:
+    """The notice of a batch of ``copies`` (each with whether it was rejected)."""
+    return consensus_pb2.FinalizedNotice(
+        batch=vertex_pb2.FinalizedBatch(
+            seq=seq, rejected=[vertex_hash(v) for v, rejected in copies if rejected]
+        ),
+        results=[
+            vertex_pb2.VertexRecord(
+                hash=vertex_hash(v), status=REJECTED if rejected else FINALIZED, seq=seq
+            )
+            for v, rejected in copies
+        ],
+        copies=[signed_digest(v) for v, _ in copies],
+    )
 
 
 async def test_another_copys_rejection_does_not_answer_the_waiter() -> None:
@@ -38,11 +52,11 @@ async def test_another_copys_rejection_does_not_answer_the_waiter() -> None:
     h = vertex_hash(good)
     hub = FinalityHub(cast(Any, None), cast(Any, None), buffer_bytes=1 << 20)
     with hub.waiter(h, good) as mine, hub.waiter(h, bad) as theirs:
-        await hub._on_batch(_batch(1, [bad], [h]))  # the bad copy, rejected
+        await hub._on_batch(_notice(1, [(bad, True)]))  # the bad copy, rejected
         assert theirs.done() and theirs.result().rejected
         assert not mine.done()
         # Both copies in one batch, the bad one first and rejected: the content is final.
-        await hub._on_batch(_batch(2, [bad, good], [h]))
+        await hub._on_batch(_notice(2, [(bad, True), (good, False)]))
         assert mine.done() and mine.result().seq == 2 and not mine.result().rejected
 
 
@@ -51,7 +65,7 @@ async def test_a_duplicate_copy_rejected_answers_its_own_waiter() -> None:
     h = vertex_hash(good)
     hub = FinalityHub(cast(Any, None), cast(Any, None), buffer_bytes=1 << 20)
     with hub.waiter(h, good) as mine:
-        await hub._on_batch(_batch(1, [good], [h]))  # e.g. already finalized before
+        await hub._on_batch(_notice(1, [(good, True)]))  # e.g. already finalized before
         outcome = await asyncio.wait_for(mine, 1)
         assert outcome.rejected and outcome.seq == 1
 
@@ -62,33 +76,34 @@ async def test_another_valid_copy_finalized_answers_the_waiter() -> None:
     assert other.signature != good.signature and vertex_hash(other) == vertex_hash(good)
     hub = FinalityHub(cast(Any, None), cast(Any, None), buffer_bytes=1 << 20)
     with hub.waiter(vertex_hash(good), good) as mine:
-        await hub._on_batch(_batch(1, [other], []))
+        await hub._on_batch(_notice(1, [(other, False)]))
         outcome = await asyncio.wait_for(mine, 1)
         assert outcome.seq == 1 and not outcome.rejected
+        assert outcome.notice is not None
+        # the record is the executed copy's, not the caller's: read from storage
+        assert outcome.notice.record(vertex_hash(good), good, signed_digest(good)) is None
 
 
-async def test_only_vertices_that_may_be_waited_for_are_hashed(
+async def test_finalized_batches_cost_the_gateway_no_hashing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A batch vertex whose creator and timestamp no waiter has cannot be waited for: the
-    hub does not spend 8 KB of SHA3 on it. One with them (the waited content, or another
-    content of the same creator and time) is hashed and told apart by its hash."""
-    good, _ = _copies()
-    same_time = make_vertex(KEY, b"another payload", [], good.timestamp_ms)
-    strangers = [make_vertex(KEY, b"x%d" % i, [], 1_600_000_000_000) for i in range(3)]
-    strangers += [make_vertex(client_key(), b"y", [], good.timestamp_ms)]  # another creator
+    """The notice names each copy by its signed digest: a finalized content answers its
+    waiters without hashing anything; only a content the batch rejected has its waiters'
+    copies hashed, to tell whose copy it was."""
+    good, bad = _copies()
     hashed: list[bytes] = []
 
-    def counting_hash(vertex: vertex_pb2.Vertex) -> bytes:
-        hashed.append(vertex.payload)
-        return vertex_hash(vertex)
+    def counting_digest(vertex: vertex_pb2.Vertex) -> bytes:
+        hashed.append(vertex.signature)
+        return signed_digest(vertex)
 
-    monkeypatch.setattr(finality, "vertex_hash", counting_hash)
+    monkeypatch.setattr(finality, "signed_digest", counting_digest)
+    strangers = [make_vertex(KEY, b"x%d" % i, [], 1_600_000_000_000) for i in range(3)]
     hub = FinalityHub(cast(Any, None), cast(Any, None), buffer_bytes=1 << 20)
     with hub.waiter(vertex_hash(good), good) as mine:
-        await hub._on_batch(_batch(1, [*strangers, same_time], []))
-        assert hashed == [b"another payload"] and not mine.done()
-        await hub._on_batch(_batch(2, [*strangers, good], []))
-        assert hashed == [b"another payload", b"payload"]
-        assert (await asyncio.wait_for(mine, 1)).seq == 2
-    assert not hub._fingerprints  # forgotten with the waiter
+        await hub._on_batch(_notice(1, [(s, False) for s in strangers]))
+        assert not mine.done() and hashed == []
+        await hub._on_batch(_notice(2, [(bad, True)]))
+        assert not mine.done() and hashed == [good.signature]
+        await hub._on_batch(_notice(3, [*((s, False) for s in strangers), (good, False)]))
+        assert (await asyncio.wait_for(mine, 1)).seq == 3 and len(hashed) == 1
