@@ -24,7 +24,9 @@ from cretoai.v1 import consensus_pb2, storage_pb2, storage_pb2_grpc, vertex_pb2
 if TYPE_CHECKING:
     from services.consensus.executor import Executed
 
-WATCHERS = Gauge("cretoai_consensus_finalized_watchers", "Open WatchFinalized streams")
+WATCHERS = Gauge(
+    "cretoai_consensus_finalized_watchers", "Open WatchFinalized and WatchFinalizedNotices streams"
+)
 
 PAGE = 128
 REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
