@@ -29,6 +29,9 @@ PROBE_TIMEOUT_S = 1.0
 WatchCall = grpc.aio.UnaryStreamCall[
     consensus_pb2.WatchFinalizedRequest, consensus_pb2.FinalizedNotice
 ]
+BatchWatchCall = grpc.aio.UnaryStreamCall[
+    consensus_pb2.WatchFinalizedRequest, vertex_pb2.FinalizedBatch
+]
 AdmissionCall = grpc.aio.UnaryStreamCall[
     consensus_pb2.WatchAdmissionRequest, consensus_pb2.AdmissionState
 ]
@@ -118,6 +121,14 @@ class ConsensusClient:
     def watch_admission(self) -> AdmissionCall:
         """Consensus's admission state, then each change (the caller handles errors)."""
         call: AdmissionCall = self._stub.WatchAdmission(consensus_pb2.WatchAdmissionRequest())
+        return call
+
+    def watch(self, from_seq: int) -> BatchWatchCall:
+        """The finalized stream, whole batches (what a consensus without
+        ``WatchFinalizedNotices`` offers; the caller handles its errors)."""
+        call: BatchWatchCall = self._stub.WatchFinalized(
+            consensus_pb2.WatchFinalizedRequest(from_seq=from_seq)
+        )
         return call
 
     def watch_notices(self, from_seq: int) -> WatchCall:

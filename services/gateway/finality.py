@@ -36,7 +36,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -44,15 +44,16 @@ import grpc
 from cretoai.errors import ResourceExhausted
 from cretoai.fairness import holder_to_evict
 from cretoai.v1 import consensus_pb2, storage_pb2, vertex_pb2
-from cretoai.vertex import signed_digest
+from cretoai.vertex import signed_digest, vertex_hash
 from services.gateway import metrics
-from services.gateway.backends import ConsensusClient, StorageClient, WatchCall
+from services.gateway.backends import BatchWatchCall, ConsensusClient, StorageClient, WatchCall
 from services.gateway.codec import batch_json, dumps
 from services.gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
+REJECTED = vertex_pb2.VERTEX_STATUS_REJECTED
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 5.0
 #: Finalized batches read from storage at once while a subscriber catches up: each
@@ -157,6 +158,27 @@ class Notice:
             height=self.notice.results[at].height,
             certificate=self.notice.batch.certificate,
         )
+
+
+def notice_of_batch(batch: vertex_pb2.FinalizedBatch) -> consensus_pb2.FinalizedNotice:
+    """A whole batch, as a consensus without ``WatchFinalizedNotices`` sends it, as a
+    notice: each vertex's hash, and which were rejected (``batch.rejected`` lists their
+    hashes in batch order; matched in order, so how many copies of a content were
+    finalized is exact). It names no copies and no heights: answers are read from
+    storage."""
+    rejected = batch.rejected
+    at = 0
+    results = []
+    for vertex in batch.vertices:
+        h = vertex_hash(vertex)
+        status = FINALIZED
+        if at < len(rejected) and rejected[at] == h:
+            status, at = REJECTED, at + 1
+        results.append(vertex_pb2.VertexRecord(hash=h, status=status, seq=batch.seq))
+    header = vertex_pb2.FinalizedBatch()
+    header.CopyFrom(batch)
+    header.ClearField("vertices")
+    return consensus_pb2.FinalizedNotice(batch=header, results=results)
 
 
 class Stream:
@@ -339,6 +361,9 @@ class FinalityHub:
         self._unlogged_aborts = 0
         self._aborts_logged_at = -ABORT_LOG_INTERVAL_S
         self._next_seq: int | None = None
+        #: Consensus answered WatchFinalizedNotices UNIMPLEMENTED (an older one): follow
+        #: WatchFinalized's whole batches instead.
+        self._whole_batches = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -462,15 +487,21 @@ class FinalityHub:
         backoff = RECONNECT_MIN_S
         failing = False
         while True:
-            call: WatchCall | None = None
+            call: WatchCall | BatchWatchCall | None = None
             try:
                 if self._next_seq is None:
                     status = await self.consensus.status()
                     self._next_seq = status.last_executed_seq + 1
                 if failing:
                     metrics.WATCH_RECONNECTS.inc()
-                call = self.consensus.watch_notices(self._next_seq)
-                async for notice in call:
+                notices: AsyncIterator[consensus_pb2.FinalizedNotice]
+                if self._whole_batches:
+                    call = self.consensus.watch(self._next_seq)
+                    notices = (notice_of_batch(batch) async for batch in call)
+                else:
+                    call = self.consensus.watch_notices(self._next_seq)
+                    notices = (notice async for notice in call)
+                async for notice in notices:
                     if failing:
                         fields = {"seq": notice.batch.seq}
                         log.info("finalized stream resumed", extra={"fields": fields})
@@ -478,13 +509,15 @@ class FinalityHub:
                     backoff = RECONNECT_MIN_S
                     await self._on_batch(notice)
                 log.info("consensus ended the finalized stream; subscribing again")
-            except (grpc.aio.AioRpcError, ApiError) as exc:
-                level = logging.DEBUG if failing else logging.WARNING
-                log.log(
-                    level,
-                    "finalized stream unavailable; retrying",
-                    extra={"fields": {"error": str(exc), "resume_seq": self._next_seq}},
-                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED and not self._whole_batches:
+                    log.info("consensus has no WatchFinalizedNotices; following whole batches")
+                    self._whole_batches = True
+                    continue
+                self._whole_batches = False  # consensus may come back upgraded
+                self._log_unavailable(exc, failing)
+            except ApiError as exc:
+                self._log_unavailable(exc, failing)
             except Exception:  # a bug must not end finality for the whole gateway
                 log.exception("finalized stream failed; retrying")
             finally:
@@ -493,6 +526,13 @@ class FinalityHub:
             failing = True
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, RECONNECT_MAX_S)
+
+    def _log_unavailable(self, exc: Exception, failing: bool) -> None:
+        log.log(
+            logging.DEBUG if failing else logging.WARNING,
+            "finalized stream unavailable; retrying",
+            extra={"fields": {"error": str(exc), "resume_seq": self._next_seq}},
+        )
 
     async def _on_batch(self, pb: consensus_pb2.FinalizedNotice) -> None:
         seq = pb.batch.seq

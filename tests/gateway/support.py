@@ -128,6 +128,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
         #: Whether notices name their copies (the real one's do not when read back from
         #: storage, after the gateway subscribed again).
         self.notice_copies = True
+        #: Answer WatchFinalizedNotices UNIMPLEMENTED, as a consensus service older than it.
+        self.notices_unimplemented = False
         self.watch_requests: list[int] = []
         self.submit_error: grpc.StatusCode | None = None
         #: Vertices per submitting call (SubmitVertex: 1), and each SubmitVertices call's
@@ -313,6 +315,8 @@ class FakeConsensus(consensus_pb2_grpc.ConsensusServicer):
     async def WatchFinalizedNotices(
         self, request: consensus_pb2.WatchFinalizedRequest, context: Any
     ) -> AsyncIterator[consensus_pb2.FinalizedNotice]:
+        if self.notices_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         async for notice in self._watch(request, context, self.notices):
             yield notice
 

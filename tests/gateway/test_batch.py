@@ -429,6 +429,32 @@ async def test_wait_reports_a_rejection_from_a_notice_without_copies(node: Node)
     assert storage_calls("GetFinalized") == reads + 1
 
 
+async def test_an_older_consensus_without_notices_is_followed_by_whole_batches(
+    node: Node,
+) -> None:
+    """A consensus that answers WatchFinalizedNotices UNIMPLEMENTED (a rolling upgrade
+    that reached the gateway first): the gateway follows WatchFinalized's whole batches,
+    and waiting callers are answered, finalized and rejected alike, from storage."""
+    fake = node.consensus
+    fake.notices_unimplemented = True
+    subscribed = len(fake.watch_requests)
+    fake.drop_watchers()  # consensus "restarts": the gateway subscribes again
+    await fake.wait_for(lambda: len(fake.watch_requests) > subscribed and fake.watchers == 1)
+    bodies = [{"payload": b64(b"old %d" % i)} for i in range(3)]
+    waiting = [asyncio.create_task(node.post("/v1/vertices?wait=true", b)) for b in bodies]
+    await fake.wait_for(lambda: len(fake.pending) == 3)
+    rejected = list(fake.pending)[1]
+    batch = await fake.finalize_pending(rejected=[rejected])
+    replies = await asyncio.gather(*waiting)
+    statuses = {record["hash"]: record["status"] for _, record in replies}
+    assert statuses == {
+        h.hex(): "rejected" if h == rejected else "finalized" for h in fake.executed
+    }
+    for status, record in replies:
+        assert status == 200 and record["seq"] == batch.seq
+        assert (await node.get(f"/v1/vertices/{record['hash']}")) == (200, record)
+
+
 async def test_a_batch_refused_as_a_whole_is_counted_per_vertex(
     make_config: Callable[..., NodeConfig],
 ) -> None:

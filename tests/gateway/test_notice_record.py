@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cretoai.v1 import consensus_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest, vertex_hash
-from services.gateway.finality import Notice
+from services.gateway.finality import Notice, notice_of_batch
 from tests.gateway.support import client_key
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
@@ -77,3 +77,22 @@ def test_without_copies_nothing_is_taken_for_the_executed_copy() -> None:
     does not name its copy has none: the record is read from storage then."""
     assert notice(copies=False).record(vertex_hash(B), B, signed_digest(B)) is None
     assert notice().record(vertex_hash(B), B, b"") is None
+
+
+def test_a_whole_batch_of_an_older_consensus_reads_as_a_notice_without_copies() -> None:
+    """``notice_of_batch``: the rejected hashes are matched in batch order, so a content
+    with a rejected copy and a finalized one is finalized; no copies, so every answer is
+    read from storage."""
+    batch = vertex_pb2.FinalizedBatch(
+        seq=9,
+        vertices=[BAD_A, GOOD_A, B, C],
+        rejected=[vertex_hash(BAD_A), vertex_hash(C)],
+        certificate=vertex_pb2.FinalityCertificate(seq=9),
+    )
+    pb = notice_of_batch(batch)
+    assert not pb.batch.vertices and not pb.copies and pb.batch.certificate.seq == 9
+    assert [r.status for r in pb.results] == [REJECTED, FINALIZED, FINALIZED, REJECTED]
+    n = Notice(pb)
+    assert n.finalized(vertex_hash(GOOD_A)) and n.finalized(vertex_hash(B))
+    assert not n.finalized(vertex_hash(C))
+    assert n.record(vertex_hash(B), B, signed_digest(B)) is None
