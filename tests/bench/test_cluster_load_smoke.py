@@ -177,6 +177,8 @@ def assert_cost_figures(result: dict[str, Any], step: dict[str, Any]) -> None:
         step["finalized_throughput"] / after["vertices_per_s"], abs=0.002
     )
     assert step["time_to_429_ms"]["count"] == step["http_status"].get("429", 0)
+    # the bound's per-verification cost taken from the run: positive, and a fraction
+    assert 0 < step["verify_bound_ratio_in_run"] < 1
 
 
 def test_cluster_load_batched_client(tmp_path: Path) -> None:

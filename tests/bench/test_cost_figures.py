@@ -116,10 +116,19 @@ def test_verifications_share_of_the_cpu_over_the_same_window() -> None:
     figures = per_finalized_vertex(nodes, throughput=100.0, seconds=10.0)
     assert figures["vertex_verify_share_of_cpu"] == 0.25  # 0.25 of 1.0 core
     assert figures["vertex_verify_cpu_ms_per_finalized_vertex"] == 2.5
+    # no verification counts: no in-run ratio
+    assert figures["verify_bound_ratio_in_run"] is None
+    # 1,000 and 1,500 vertex verifications in the 10 s: 2.5 core-s / 2,500 = 1 ms each;
+    # the cluster spends 10 ms per finalized vertex, so 2 nodes x 1 / 10 = 0.2 of the bound
+    nodes["node1"]["metrics"]["signature_verifications"] = {"vertex": 1000, "consensus": 7}
+    nodes["node2"]["metrics"]["signature_verifications"] = {"vertex": 1500}
+    figures = per_finalized_vertex(nodes, throughput=100.0, seconds=10.0)
+    assert figures["verify_bound_ratio_in_run"] == 0.2
     # a node without the counter (an older consensus) leaves the share unknown
     del nodes["node2"]["metrics"]["vertex_verify_cpu_cores"]
     figures = per_finalized_vertex(nodes, throughput=100.0, seconds=10.0)
     assert figures["vertex_verify_share_of_cpu"] is None
+    assert figures["verify_bound_ratio_in_run"] is None
 
 
 def test_a_transport_without_datagram_counters_gives_no_wire_figure() -> None:
