@@ -755,7 +755,7 @@ class Driver:
                 vouches is None
                 or not isinstance(env, SignedEnvelope)
                 or not isinstance(env.signed.msg, PrePrepare)
-                or len(env.signed.msg.request_hashes) < vouches.min_copies
+                or not vouches.worth_claims(len(env.signed.msg.request_hashes))
             ):
                 # a small batch: claims are not worth their messages, verify it now
                 await self._verify_all(useful, vertices, contents)
@@ -945,7 +945,7 @@ class Driver:
                 vouches is not None
                 and isinstance(out.envelope, RequestsEnvelope)
                 and out.to is not None
-                and len(out.envelope.requests) >= vouches.min_copies
+                and vouches.worth_claims(len(out.envelope.requests))
             ):
                 self._vouch_to_others(
                     self._verifier.valid_copies([r.hash for r in out.envelope.requests]), out.to
@@ -1020,7 +1020,7 @@ class Driver:
         ):
             return None
         hashes = envelope.signed.msg.request_hashes
-        if len(hashes) < vouches.min_copies:
+        if not vouches.worth_claims(len(hashes)):
             return None
         if self._last_vouch is not None and self._last_vouch[0] == envelope.signed.msg.digest:
             return self._last_vouch[1]

@@ -67,6 +67,11 @@ class Vouches:
         #: Distinct members whose claims make a copy valid here (f+1).
         self.adopt_at = adopt_at
 
+    def worth_claims(self, copies: int) -> bool:
+        """Whether a group of ``copies`` (a forward, a batch) is vouched for in messages of
+        its own and waited for: at least :attr:`min_copies`."""
+        return copies >= self.min_copies
+
     def add(self, member: int, hashes: Iterable[bytes]) -> None:
         """``member`` claims each copy of ``hashes`` (signed digests) valid."""
         claims = self._claims[member]
