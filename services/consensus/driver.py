@@ -79,6 +79,7 @@ from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
 from services.consensus.verify import Verifier
 from services.consensus.vouches import (
+    FALSE_CLAIMS,
     MAX_VOUCHED,
     VOUCH_CONTEXT,
     check_vouched,
@@ -369,6 +370,8 @@ class Driver:
             [clock()], maxlen=ADMITTED_WAIT_FACTOR * (limit or 0) + 2
         )
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
+        if verifier.vouches is not None:
+            verifier.on_false_claim = self._false_claim
         #: Set when an input is applied (wakes :meth:`_follow_admission`).
         self._applied = asyncio.Event()
         #: :meth:`overloaded` as last checked by :meth:`_follow_admission`.
@@ -699,6 +702,11 @@ class Driver:
             )  # fmt: skip
             if not ok:
                 return _Fault(sender, FaultKind.INVALID_SIGNATURE)
+            false = self._verifier.known_invalid(vouched)
+            if false:  # copies this node already found invalid: a lie, signed
+                for copy in false:
+                    self._false_claim(vouch.signer, copy)
+                vouched = [copy for copy in vouched if copy not in set(false)]
             self._verifier.vouches.add(vouch.signer, vouched)
         if isinstance(env, RequestsEnvelope):
             if not env.requests:  # a peer's claims alone (recorded above)
@@ -787,6 +795,17 @@ class Driver:
                         [contents[i] for i in now],
                     )
         return _Step(sender, env, arrived, carrier, len(payload))
+
+    def _false_claim(self, member: int, copy: bytes) -> None:
+        """``member`` signed a claim that ``copy`` is valid, and it is not: its fault."""
+        if member == self.replica.id:
+            return
+        FALSE_CLAIMS.inc()
+        log.info(
+            "a peer vouched for an invalid copy",
+            extra={"fields": {"peer": self.names[member], "copy": copy.hex()[:16]}},
+        )
+        self._inbox.put_nowait(_Fault(member, FaultKind.INVALID_SIGNATURE))
 
     def _co_verifies(self, primary: int) -> bool:
         """Whether this replica verifies and vouches for the bodies beside ``primary``'s

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Counter
@@ -74,6 +74,11 @@ class Verifier:
         self._verdicts = Verdicts(cache_size)
         #: Peers' claims of validity; None: every copy is verified here.
         self.vouches = vouches
+        #: Called with each member that claimed valid a copy this node found invalid, and
+        #: the copy: an honest member vouches only for copies it verified (or adopted on
+        #: f+1 claims), and a verdict is a function of the copy's bytes, so a signed claim
+        #: on an invalid copy is proof of its claimant's fault.
+        self.on_false_claim: Callable[[int, bytes], None] | None = None
 
     async def verify(
         self, public_key: bytes, message: bytes, signature: bytes, *, context: bytes, kind: str
@@ -136,7 +141,22 @@ class Verifier:
                 VERTEX_OK.inc(good)
             if bad:
                 VERTEX_BAD.inc(bad)
+                self._blame_claimants([copies[i] for i in todo if verdicts[i] is False])
         return [bool(v) for v in verdicts]
+
+    def _blame_claimants(self, invalid: Sequence[bytes]) -> None:
+        """Report the members that vouched for these invalid copies, once per claim."""
+        vouches = self.vouches
+        if vouches is None or self.on_false_claim is None:
+            return
+        for copy in invalid:
+            for member in vouches.claimants(copy):
+                self.on_false_claim(member, copy)
+            vouches.retract(copy)
+
+    def known_invalid(self, copies: Sequence[bytes]) -> list[bytes]:
+        """The copies (signed digests) this node holds an invalid verdict for."""
+        return [copy for copy in copies if self._verdicts.get(copy, b"") is False]
 
     def _adopt_vouched(
         self,

@@ -49,6 +49,11 @@ VOUCHES_RECEIVED = Counter(
     "cretoai_consensus_vouches_received_total",
     "Claims received from peers that they verified a vertex copy and found it valid",
 )
+FALSE_CLAIMS = Counter(
+    "cretoai_consensus_false_vouches_total",
+    "Peers' signed claims of validity on a vertex copy this node found invalid, each "
+    "charged to its claimant as a fault",
+)
 
 
 class Vouches:
@@ -88,6 +93,15 @@ class Vouches:
     def count(self, h: bytes) -> int:
         """How many distinct members claimed the copy ``h`` valid."""
         return sum(1 for claims in self._claims if h in claims)
+
+    def claimants(self, h: bytes) -> list[int]:
+        """The members that claimed the copy ``h`` valid."""
+        return [member for member, claims in enumerate(self._claims) if h in claims]
+
+    def retract(self, h: bytes) -> None:
+        """Drop every claim on the copy ``h`` (found invalid: its claimants were blamed)."""
+        for claims in self._claims:
+            claims.pop(h, None)
 
     def vouched(self, h: bytes) -> bool:
         """Whether f+1 distinct members claimed the copy ``h`` valid."""

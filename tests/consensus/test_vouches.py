@@ -61,6 +61,29 @@ def test_f_claims_on_a_badly_signed_copy_are_not_enough() -> None:
     assert (after[1] - before[1], after[2] - before[2]) == (1, 0)  # verified, not adopted
 
 
+def test_a_claim_on_a_copy_found_invalid_is_its_claimants_fault_once() -> None:
+    """A member vouched for a badly signed copy: when this node verifies it and finds it
+    invalid, the claimant is reported (a signed lie: an honest member vouches only for
+    copies it found valid), once; the copy is then known invalid here."""
+    forged, good = _forged(_vertex(5)), _vertex(6)
+    vouches = Vouches(N, adopt_at=F + 1)
+    vouches.add(3, [signed_digest(forged), signed_digest(good)])
+    verifier = Verifier(_BACKEND, threads=2, vouches=vouches)
+    blamed: list[tuple[int, bytes]] = []
+    verifier.on_false_claim = lambda member, copy: blamed.append((member, copy))
+    try:
+        assert _verify(verifier, [forged, good]) == [False, True]
+        assert blamed == [(3, signed_digest(forged))]  # not for the valid copy
+        assert _verify(verifier, [forged]) == [False]  # the cached verdict
+        assert blamed == [(3, signed_digest(forged))]
+        assert vouches.count(signed_digest(forged)) == 0 and vouches.count(signed_digest(good))
+        assert verifier.known_invalid([signed_digest(forged), signed_digest(good)]) == [
+            signed_digest(forged)
+        ]
+    finally:
+        verifier.close()
+
+
 def test_f_plus_one_claims_make_a_copy_valid_unverified_and_only_that_copy() -> None:
     good = _vertex(2)
     twin = _forged(good)  # the same content under another signature

@@ -24,7 +24,7 @@ from cretoai.channels import service_channel
 from cretoai.crypto import NodeKey
 from cretoai.crypto.backend import get_backend
 from cretoai.v1 import pbft_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
-from cretoai.vertex import make_vertex, signed_digest
+from cretoai.vertex import make_vertex, signed_digest, vertex_hash
 from devkit.storage import make_config as storage_config
 from services.consensus.core.codec import (
     DecodeError,
@@ -608,6 +608,55 @@ async def test_a_claim_counts_for_the_member_whose_signature_it_carries() -> Non
         await driver._on_inbound(_from(driver, STATUS))  # delivered in order after them
         assert isinstance((await _next(driver)).envelope, StatusEnvelope)
         assert vouches.count(copy) == 2 and vouches.vouched(copy)
+    finally:
+        deliver.cancel()
+        await asyncio.gather(deliver, return_exceptions=True)
+
+
+async def test_a_claim_on_a_copy_found_invalid_is_charged_to_its_claimant() -> None:
+    """A member's signed claim that a badly signed copy is valid is a lie an honest member
+    never tells (it vouches only for copies it verified): charged to the claimant, whether
+    the claim arrives after this node found the copy invalid or before, and never counted."""
+    backend = get_backend("auto")
+    keys = [backend.private_key_from_seed(os.urandom(32)) for _ in range(4)]
+    driver = unstarted_driver(Config(n=4, replica_id=0), tick_ms=10, vouches=True, keys=keys)
+    deliver = asyncio.create_task(driver._deliver_verified())
+    client = NodeKey(private=backend.private_key_from_seed(os.urandom(32)), path=Path("<c>"))
+    first, second = (make_vertex(client, b"lie %d" % i, [], 1_700_000_000_000) for i in (1, 2))
+    for vertex in (first, second):
+        vertex.signature = bytes(len(vertex.signature))  # no valid signature
+
+    def claim(vertex: vertex_pb2.Vertex) -> bytes:
+        copies = [signed_digest(vertex)]
+        signature = keys[BYZANTINE].sign(copies[0], context=VOUCH_CONTEXT)
+        vouch = pbft_pb2.Vouch(copies=copies, signer=BYZANTINE, signature=signature)
+        return pbft_pb2.ConsensusEnvelope(
+            requests=pbft_pb2.Requests(), vouch=vouch
+        ).SerializeToString()
+
+    async def verify(vertex: vertex_pb2.Vertex) -> list[bool]:
+        return await driver._verifier.verify_vertices(
+            [vertex], [signed_digest(vertex)], [vertex_hash(vertex)]
+        )
+
+    try:
+        vouches = driver._verifier.vouches
+        assert vouches is not None
+        # found invalid first, then the claim arrives
+        assert await verify(first) == [False]
+        await driver._on_inbound(_from(driver, claim(first)))
+        fault = await _next(driver)
+        assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.INVALID_SIGNATURE)
+        assert vouches.count(signed_digest(first)) == 0
+        # the claim first (f claims: not adopted), then the copy is verified and found invalid
+        await driver._on_inbound(_from(driver, claim(second)))
+        await driver._on_inbound(_from(driver, STATUS))
+        assert isinstance((await _next(driver)).envelope, StatusEnvelope)
+        assert vouches.count(signed_digest(second)) == 1
+        assert await verify(second) == [False]
+        fault = await _next(driver)
+        assert (fault.sender, fault.kind) == (BYZANTINE, FaultKind.INVALID_SIGNATURE)
+        assert vouches.count(signed_digest(second)) == 0
     finally:
         deliver.cancel()
         await asyncio.gather(deliver, return_exceptions=True)
