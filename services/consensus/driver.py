@@ -702,11 +702,11 @@ class Driver:
             )  # fmt: skip
             if not ok:
                 return _Fault(sender, FaultKind.INVALID_SIGNATURE)
-            false = self._verifier.known_invalid(vouched)
+            false = set(self._verifier.known_invalid(vouched))
             if false:  # copies this node already found invalid: a lie, signed
                 for copy in false:
                     self._false_claim(vouch.signer, copy)
-                vouched = [copy for copy in vouched if copy not in set(false)]
+                vouched = [copy for copy in vouched if copy not in false]
             self._verifier.vouches.add(vouch.signer, vouched)
         if isinstance(env, RequestsEnvelope):
             if not env.requests:  # a peer's claims alone (recorded above)
@@ -987,7 +987,7 @@ class Driver:
                         "view": committed.certificate.view,
                         "seq": committed.seq,
                         "vertices": len(committed.requests),
-                        "rejected": len(executed.batch.rejected),
+                        "rejected": len(executed.header.rejected),
                     }
                 },
             )

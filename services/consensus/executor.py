@@ -18,9 +18,11 @@ answer is final.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -66,7 +68,10 @@ REFERENCE_REFUSED = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALI
 class Executed:
     """A batch as executed: what the feed publishes and waiting clients learn."""
 
-    batch: vertex_pb2.FinalizedBatch
+    #: The finalized batch without its vertices: seq, digest, rejected, certificate,
+    #: state digest.
+    header: vertex_pb2.FinalizedBatch
+    vertices: tuple[vertex_pb2.Vertex, ...]
     heights: tuple[int, ...]
     #: The content hash of each vertex, in batch order.
     contents: tuple[bytes, ...]
@@ -80,7 +85,22 @@ class Executed:
 
     @property
     def state_digest(self) -> bytes:
-        return self.batch.state_digest
+        return self.header.state_digest
+
+    @functools.cached_property
+    def batch(self) -> vertex_pb2.FinalizedBatch:
+        """The whole batch, vertices included: built only when asked for (a whole-batch
+        watcher; the gateway follows notices), not for every execution."""
+        return _whole(self.header, self.vertices)
+
+
+def _whole(
+    header: vertex_pb2.FinalizedBatch, vertices: Sequence[vertex_pb2.Vertex]
+) -> vertex_pb2.FinalizedBatch:
+    batch = vertex_pb2.FinalizedBatch()
+    batch.CopyFrom(header)
+    batch.vertices.extend(vertices)
+    return batch
 
 
 class Executor:
@@ -185,9 +205,6 @@ class Executor:
             certificate=certificate_to_pb(committed.certificate),
             state_digest=state,
         )
-        batch = vertex_pb2.FinalizedBatch()
-        batch.CopyFrom(header)
-        batch.vertices.extend(vertices)
         storage_started = now_ns()
         span = (
             tracer.start_as_current_span(
@@ -197,13 +214,14 @@ class Executor:
             else contextlib.nullcontext()
         )
         with span:
-            response = await self._commit(committed, header, batch, results)
+            response = await self._commit(committed, header, vertices, results)
         storage_done = now_ns()
         self.seq, self.state_digest = committed.seq, state
         EXECUTED_BATCHES.inc()
         EXECUTE_SECONDS.observe(time.perf_counter() - started)
         return Executed(
-            batch=batch,
+            header=header,
+            vertices=tuple(vertices),
             heights=tuple(response.heights),
             contents=tuple(contents),
             copies=tuple(r.hash for r in committed.requests),
@@ -216,11 +234,11 @@ class Executor:
         self,
         committed: Committed,
         header: vertex_pb2.FinalizedBatch,
-        batch: vertex_pb2.FinalizedBatch,
+        vertices: Sequence[vertex_pb2.Vertex],
         results: list[storage_pb2.ExecutionResult],
     ) -> storage_pb2.CommitBatchResponse:
         """CommitBatch by reference to the replica's VotedBatch record; if storage refuses
-        the reference, with the vertices (``batch``)."""
+        the reference, with the vertices."""
         if committed.requests:  # an empty (null) batch has no record, and nothing to send
             key = batch_key(committed.digest).encode()
             by_reference = storage_pb2.CommitBatchRequest(
@@ -252,7 +270,7 @@ class Executor:
             else:
                 STORAGE_COMMITS.labels("reference").inc()
                 return response
-        request = storage_pb2.CommitBatchRequest(batch=batch, results=results)
+        request = storage_pb2.CommitBatchRequest(batch=_whole(header, vertices), results=results)
         full: storage_pb2.CommitBatchResponse = await call_until_done(
             lambda: self._storage.CommitBatch(request, timeout=30), what="commit batch"
         )

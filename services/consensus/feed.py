@@ -55,16 +55,9 @@ def notice_of_entry(entry: storage_pb2.FinalizedEntry) -> consensus_pb2.Finalize
 
 def notice_of(executed: Executed) -> consensus_pb2.FinalizedNotice:
     """The notice of a batch just executed: its header, results and copies."""
-    batch = executed.batch
-    seq = batch.seq
+    seq = executed.header.seq
     return consensus_pb2.FinalizedNotice(
-        batch=vertex_pb2.FinalizedBatch(
-            seq=seq,
-            batch_digest=batch.batch_digest,
-            rejected=batch.rejected,
-            certificate=batch.certificate,
-            state_digest=batch.state_digest,
-        ),
+        batch=executed.header,
         results=[
             vertex_pb2.VertexRecord(
                 hash=result.hash,
@@ -107,8 +100,10 @@ class FinalizedFeed:
         self._notices: _Watchers[consensus_pb2.FinalizedNotice] = _Watchers()
 
     def publish(self, executed: Executed) -> None:
-        self._batches.offer(executed.batch)
-        if self._notices.queues:  # built only when someone follows notices
+        # each form built only when someone follows it
+        if self._batches.queues:
+            self._batches.offer(executed.batch)
+        if self._notices.queues:
             self._notices.offer(notice_of(executed))
 
     async def _read_entries(

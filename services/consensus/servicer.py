@@ -98,6 +98,15 @@ async def _all_of(works: list[Coroutine[Any, Any, T]]) -> list[T]:
     return list(await asyncio.gather(*works))
 
 
+async def _resumable(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """A finalized stream whose watcher fell too far behind ends RESOURCE_EXHAUSTED."""
+    try:
+        async for item in items:
+            yield item
+    except WatcherTooSlow as exc:
+        raise ResourceExhausted(f"{exc}; resume from your last seq") from None
+
+
 def _span_of(traceparent: str) -> Span:
     """The submitter's span of one vertex (the driver keeps it when sampled); a span
     that is not recording and not sampled when there is none, so that the call's own
@@ -418,17 +427,11 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
     async def WatchFinalized(
         self, request: consensus_pb2.WatchFinalizedRequest, context: Context
     ) -> AsyncIterator[vertex_pb2.FinalizedBatch]:
-        try:
-            async for batch in self._driver.feed.watch(request.from_seq):
-                yield batch
-        except WatcherTooSlow as exc:
-            raise ResourceExhausted(f"{exc}; resume from your last seq") from None
+        async for batch in _resumable(self._driver.feed.watch(request.from_seq)):
+            yield batch
 
     async def WatchFinalizedNotices(
         self, request: consensus_pb2.WatchFinalizedRequest, context: Context
     ) -> AsyncIterator[consensus_pb2.FinalizedNotice]:
-        try:
-            async for notice in self._driver.feed.watch_notices(request.from_seq):
-                yield notice
-        except WatcherTooSlow as exc:
-            raise ResourceExhausted(f"{exc}; resume from your last seq") from None
+        async for notice in _resumable(self._driver.feed.watch_notices(request.from_seq)):
+            yield notice
