@@ -8,8 +8,19 @@ heap's top). The storage service allocates RocksDB's memtables in 1-MiB arena bl
 frees them by the dozen at every flush: with the dynamic threshold its RSS crept up by
 1.5 to 2 MB a minute over 10 minutes at half the node's maximum rate while its memtables
 cycled between 10 and 36 MB (docs/benchmarks.md, "The memory target, judged by the
-run"). ``mallopt(M_MMAP_THRESHOLD, n)`` fixes the threshold (and the trim threshold
-with it), so those blocks go back to the kernel with their memtable.
+run"). ``mallopt(M_MMAP_THRESHOLD, n)`` fixes the threshold, so those blocks go back
+to the kernel with their memtable.
+
+The other side of a low threshold: every block above it is a fresh ``mmap``, and each of
+its pages costs a page fault (and zeroing) when first written. The storage service
+receives and builds a batch's ~1-MiB buffers several times per batch (the gRPC message,
+its bytes, the voted record read back, the write batch): with the threshold at 512 KiB
+that was 2-3 % of the whole cluster's CPU at saturation in the kernel's page-fault path
+(perf, docs/benchmarks.md). So the threshold can be set between the two sizes, with
+the memtables' blocks made larger than it, and the trim threshold (how much free memory
+at the top of the heap glibc keeps instead of handing back) set above the buffers, so
+that a buffer freed at the top of the heap is not given back only to be faulted in
+again by the next one.
 """
 
 from __future__ import annotations
@@ -21,17 +32,23 @@ import sys
 
 log = logging.getLogger(__name__)
 
-#: mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+#: mallopt's parameter numbers for the mmap and trim thresholds (glibc's malloc.h).
 M_MMAP_THRESHOLD = -3
+M_TRIM_THRESHOLD = -1
 #: The environment variable by which an operator sets the threshold instead (glibc reads
 #: it at start); when it is set, :func:`fix_mmap_threshold` leaves the threshold alone.
 ENV = "MALLOC_MMAP_THRESHOLD_"
+#: ... and the trim threshold's (then the trim threshold is left alone).
+TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 
 
-def fix_mmap_threshold(threshold: int) -> bool:
-    """Fix this process's mmap threshold at ``threshold`` bytes. False, and nothing done,
-    without glibc or when the operator set :data:`ENV`."""
+def fix_mmap_threshold(threshold: int, *, trim_threshold: int | None = None) -> bool:
+    """Fix this process's mmap threshold at ``threshold`` bytes, and with
+    ``trim_threshold`` its trim threshold. False, and nothing done, without glibc or
+    when the operator set :data:`ENV` (or :data:`TRIM_ENV`, with ``trim_threshold``)."""
     if ENV in os.environ or not sys.platform.startswith("linux"):
+        return False
+    if trim_threshold is not None and TRIM_ENV in os.environ:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -41,5 +58,10 @@ def fix_mmap_threshold(threshold: int) -> bool:
     mallopt.restype = ctypes.c_int
     if mallopt(M_MMAP_THRESHOLD, threshold) != 1:
         log.warning("mallopt(M_MMAP_THRESHOLD) refused", extra={"fields": {"bytes": threshold}})
+        return False
+    if trim_threshold is not None and mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1:
+        log.warning(
+            "mallopt(M_TRIM_THRESHOLD) refused", extra={"fields": {"bytes": trim_threshold}}
+        )
         return False
     return True

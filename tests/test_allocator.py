@@ -1,5 +1,7 @@
 """cretoai.allocator: with glibc's mmap threshold fixed, large blocks freed among live
-small objects leave the process; with glibc's dynamic threshold they stay resident."""
+small objects leave the process; with glibc's dynamic threshold they stay resident. With
+the threshold above a block size (and the trim threshold too), blocks of that size are
+reused from the heap instead of being faulted in again each time."""
 
 from __future__ import annotations
 
@@ -67,3 +69,57 @@ def test_an_operators_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     result = churn("fix", **{allocator.ENV: "131072"})
     assert result["fixed"] is False
     assert result["freed"] < result["filled"] - 180, result  # 131072 < 1 MiB: mmapped
+
+
+#: In a fresh interpreter (argv[1]: "low" or "high"): 50 rounds of a 1-MiB buffer written
+#: whole and freed, as storage's per-batch buffers; the page faults those rounds cost.
+REUSE = """
+import json, resource, sys
+from cretoai.allocator import fix_mmap_threshold
+if sys.argv[1] == "low":
+    fixed = fix_mmap_threshold(512 * 1024)
+else:
+    fixed = fix_mmap_threshold(2 << 20, trim_threshold=8 << 20)
+keep = []
+for _ in range(3):
+    buf = b"\\x01" * (1 << 20)
+    keep.append(bytearray(1000))
+    del buf
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    buf = b"\\x01" * (1 << 20)
+    keep.append(bytearray(1000))
+    del buf
+after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print(json.dumps({"fixed": fixed, "faults": after - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_buffer_below_the_threshold_is_reused_without_page_faults() -> None:
+    """storage's thresholds (services/storage/options.py): a batch-sized buffer made and
+    freed again and again costs no page faults; below a 512-KiB threshold each one was a
+    fresh mapping, 256 faults a MiB."""
+
+    def faults(mode: str) -> dict[str, int]:
+        done = subprocess.run(
+            [sys.executable, "-c", REUSE, mode],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2"},
+        )
+        assert done.returncode == 0, done.stderr
+        result: dict[str, int] = json.loads(done.stdout)
+        return result
+
+    low, high = faults("low"), faults("high")
+    assert low["fixed"] is True and high["fixed"] is True
+    assert low["faults"] > 50 * 200, low  # every round: a fresh mapping, every page faulted
+    assert high["faults"] < 100, high  # without the trim threshold: ~240
+
+
+def test_an_operators_trim_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(allocator.TRIM_ENV, "131072")
+    assert allocator.fix_mmap_threshold(2 << 20, trim_threshold=8 << 20) is False

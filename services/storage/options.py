@@ -56,9 +56,17 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_SYNC = 256 * 1024
 #: glibc's mmap threshold in the storage process, fixed (cretoai/allocator.py): below
-#: RocksDB's 1-MiB memtable arena blocks, so a flushed memtable's memory leaves the
-#: process instead of staying in the heap.
-MMAP_THRESHOLD_BYTES = 512 * 1024
+#: the memtables' arena blocks, so a flushed memtable's memory leaves the process instead
+#: of staying in the heap; above a batch's buffers (a batch is at most 1 MiB of vertices
+#: by default), so that each is not a fresh mapping whose every page faults.
+MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
+#: glibc's trim threshold, fixed with it: free memory at the heap's top kept for the
+#: next batch's buffers instead of handed back and faulted in again.
+TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
+#: RocksDB's memtable arena block (its default: 1 MiB at these memtable sizes): above
+#: the mmap threshold, so that every block is a mapping of its own, unmapped with its
+#: memtable.
+ARENA_BLOCK_BYTES = 4 * 1024 * 1024
 WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 #: All memtables together (RocksDB's write buffer manager): bounds the service's memory.
 DB_WRITE_BUFFER_BYTES = 48 * 1024 * 1024
@@ -120,6 +128,7 @@ def db_options(*, create: bool) -> Options:
     options.set_keep_log_file_num(4)
     options.set_max_log_file_size(16 * 1024 * 1024)
     options.set_max_open_files(max_open_table_files())
+    options.set_arena_block_size(ARENA_BLOCK_BYTES)
     return options
 
 
@@ -136,6 +145,7 @@ def cf_options(cache: Cache) -> Options:
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_arena_block_size(ARENA_BLOCK_BYTES)
     return options
 
 

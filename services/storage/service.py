@@ -16,7 +16,7 @@ from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import storage_pb2_grpc
 from services.storage import metrics
 from services.storage.certify import Certifier
-from services.storage.options import MMAP_THRESHOLD_BYTES
+from services.storage.options import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
 from services.storage.servicer import SERVICE_NAME, StorageServicer
 from services.storage.store import Owner, Store
 from services.storage.writer import Writer
@@ -42,8 +42,11 @@ async def refresh_gauges(store: Store, servicer: StorageServicer, interval: floa
 async def build(cfg: NodeConfig) -> GrpcService:
     """The storage service for ``cfg`` (raises :class:`DatabaseError`, an OSError, at start)."""
     # before RocksDB allocates: its memtables' arena blocks then leave with each flush
-    if fix_mmap_threshold(MMAP_THRESHOLD_BYTES):
-        log.info("glibc mmap threshold fixed", extra={"fields": {"bytes": MMAP_THRESHOLD_BYTES}})
+    if fix_mmap_threshold(MMAP_THRESHOLD_BYTES, trim_threshold=TRIM_THRESHOLD_BYTES):
+        log.info(
+            "glibc mmap and trim thresholds fixed",
+            extra={"fields": {"bytes": MMAP_THRESHOLD_BYTES, "trim_bytes": TRIM_THRESHOLD_BYTES}},
+        )
     store = await asyncio.to_thread(
         functools.partial(Store.open, cfg.storage_path, owner=Owner.of_node(cfg))
     )

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from cretoai.config import ConsensusSection
 from cretoai.v1 import storage_pb2
 from devkit.storage import make_config
 from services.storage import keys, options
@@ -331,6 +332,25 @@ def test_rocksdb_keeps_a_bounded_number_of_table_files_open(
     assert options.max_open_table_files() == 512
     Store.open(tmp_path / "db").close()
     assert recorded_max_open_files(tmp_path / "db") == 512
+
+
+def test_memtable_arena_blocks_are_above_the_mmap_threshold_and_batches_below(
+    tmp_path: Path,
+) -> None:
+    """The storage process fixes glibc's mmap threshold between a batch's buffers and the
+    memtables' arena blocks (cretoai/allocator.py): every column family RocksDB recorded
+    for the open database allocates its memtable in blocks above the threshold (each a
+    mapping of its own, unmapped with its memtable), while a default batch's buffers come
+    from the heap."""
+    Store.open(tmp_path / "db").close()
+    latest = max((tmp_path / "db").glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    lines = [line.strip() for line in latest.read_text().splitlines()]
+    arenas = [int(line.split("=")[1]) for line in lines if line.startswith("arena_block_size=")]
+    assert len(arenas) >= len(keys.COLUMN_FAMILIES), arenas
+    assert all(a == options.ARENA_BLOCK_BYTES for a in arenas), arenas
+    assert options.ARENA_BLOCK_BYTES > options.MMAP_THRESHOLD_BYTES
+    assert 1.5 * ConsensusSection().batch_max_bytes < options.MMAP_THRESHOLD_BYTES
+    assert options.TRIM_THRESHOLD_BYTES > options.MMAP_THRESHOLD_BYTES
 
 
 def test_a_database_written_with_rocksdbs_default_table_options_opens_and_verifies(
