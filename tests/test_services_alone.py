@@ -73,8 +73,8 @@ async def test_the_four_services_run_each_on_its_own(tmp_path: Path) -> None:
         assert codes == {name: 0 for name in reversed(registry.NAMES)}, "\n".join(
             p.output() for p in running
         )
-        # storage fixed glibc's mmap threshold (cretoai/allocator.py); the others did not
-        said = {p.name: "glibc mmap threshold fixed" in p.output() for p in running}
+        # storage fixed glibc's mmap and trim thresholds (cretoai/allocator.py); the others did not
+        said = {p.name: "glibc mmap and trim thresholds fixed" in p.output() for p in running}
         assert said == {name: name == "storage" for name in registry.NAMES}, said
     finally:
         for proc in reversed(running):
