@@ -38,9 +38,10 @@ print(json.dumps({"fixed": fixed, "filled": filled, "freed": rss_mb()}))
 """
 
 
-def churn(mode: str, **env: str) -> dict[str, float]:
+def in_fresh_interpreter(code: str, mode: str, **env: str) -> dict[str, float]:
+    """What ``code`` prints (JSON), run with ``mode`` in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", CHURN, mode],
+        [sys.executable, "-c", code, mode],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -50,6 +51,10 @@ def churn(mode: str, **env: str) -> dict[str, float]:
     assert done.returncode == 0, done.stderr
     result: dict[str, float] = json.loads(done.stdout)
     return result
+
+
+def churn(mode: str, **env: str) -> dict[str, float]:
+    return in_fresh_interpreter(CHURN, mode, **env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
@@ -101,20 +106,7 @@ def test_a_buffer_below_the_threshold_is_reused_without_page_faults() -> None:
     freed again and again costs no page faults; below a 512-KiB threshold each one was a
     fresh mapping, 256 faults a MiB."""
 
-    def faults(mode: str) -> dict[str, int]:
-        done = subprocess.run(
-            [sys.executable, "-c", REUSE, mode],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2"},
-        )
-        assert done.returncode == 0, done.stderr
-        result: dict[str, int] = json.loads(done.stdout)
-        return result
-
-    low, high = faults("low"), faults("high")
+    low, high = in_fresh_interpreter(REUSE, "low"), in_fresh_interpreter(REUSE, "high")
     assert low["fixed"] is True and high["fixed"] is True
     assert low["faults"] > 50 * 200, low  # every round: a fresh mapping, every page faulted
     assert high["faults"] < 100, high  # without the trim threshold: ~240
