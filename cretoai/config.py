@@ -287,6 +287,9 @@ class TransportSection:
     #: Compress large messages to peers that offer it too (zstd; docs/transport.md):
     #: about a third fewer bytes for a PRE-PREPARE whose clients send several vertices.
     compress_messages: bool = True
+    #: Packets of up to 60,000 bytes (instead of 15,000) to members on this host that
+    #: offer it too (docs/transport.md): aioquic's cost is per packet.
+    large_loopback_datagrams: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

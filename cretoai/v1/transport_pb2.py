@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/transport.proto\x12\ncretoai.v1\"\xa9\x01\n\x08\x45nvelope\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.cretoai.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.cretoai.v1.Envelope\"\x12\n\x10ListPeersRequest\"\xfe\x02\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x04 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x11\n\tdirection\x18\x07 \x01(\t\x12\x18\n\x10send_queue_depth\x18\x08 \x01(\r\x12\x18\n\x10send_queue_bytes\x18\t \x01(\x04\x12\x16\n\x0einflight_bytes\x18\n \x01(\x04\x12\x14\n\x0cmessages_out\x18\x0b \x01(\x04\x12\x13\n\x0bmessages_in\x18\x0c \x01(\x04\x12\x11\n\tbytes_out\x18\r \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0e \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x13\n\x0bpartitioned\x18\x11 \x01(\x08\x12\x16\n\x0e\x61\x64\x64ress_source\x18\x12 \x01(\t\x12\x12\n\nrefuses_us\x18\x13 \x01(\x08\"f\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.cretoai.v1.Peer\x12\x14\n\x0cself_node_id\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64vertised_address\x18\x03 \x01(\t\"F\n\x0e\x42\x61nPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x04\"\x11\n\x0f\x42\x61nPeerResponse\"6\n\x0fPingPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\"\n\x10PingPeerResponse\x12\x0e\n\x06rtt_ms\x18\x01 \x01(\x01\"\x1a\n\x18GetTransportStatsRequest\"}\n\x0eTransportStats\x12:\n\x08\x63ounters\x18\x01 \x03(\x0b\x32(.cretoai.v1.TransportStats.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"]\n\x10SetFaultsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdrop_rate\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0bpartitioned\x18\x04 \x01(\x08\"\x13\n\x11SetFaultsResponse\"\x91\x01\n\tWireHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\x0c\x12\x30\n\nparameters\x18\x05 \x03(\x0b\x32\x1c.cretoai.v1.ClusterParameter\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\"/\n\x10\x43lusterParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x1d\n\x08WireAuth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x16\n\x08WirePing\x12\n\n\x02id\x18\x01 \x01(\x04\"\x1b\n\x07WireAck\x12\x10\n\x08\x63onsumed\x18\x01 \x01(\x04\"\\\n\rAddressRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"7\n\tWirePeers\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.AddressRecord2\x81\x04\n\tTransport\x12:\n\x08\x45xchange\x12\x14.cretoai.v1.Envelope\x1a\x14.cretoai.v1.Envelope(\x01\x30\x01\x12K\n\x0f\x45xchangeBatches\x12\x19.cretoai.v1.EnvelopeBatch\x1a\x19.cretoai.v1.EnvelopeBatch(\x01\x30\x01\x12H\n\tListPeers\x12\x1c.cretoai.v1.ListPeersRequest\x1a\x1d.cretoai.v1.ListPeersResponse\x12\x42\n\x07\x42\x61nPeer\x12\x1a.cretoai.v1.BanPeerRequest\x1a\x1b.cretoai.v1.BanPeerResponse\x12\x45\n\x08PingPeer\x12\x1b.cretoai.v1.PingPeerRequest\x1a\x1c.cretoai.v1.PingPeerResponse\x12L\n\x08GetStats\x12$.cretoai.v1.GetTransportStatsRequest\x1a\x1a.cretoai.v1.TransportStats\x12H\n\tSetFaults\x12\x1c.cretoai.v1.SetFaultsRequest\x1a\x1d.cretoai.v1.SetFaultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63retoai/v1/transport.proto\x12\ncretoai.v1\"\xa9\x01\n\x08\x45nvelope\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12=\n\rtrace_context\x18\x04 \x03(\x0b\x32&.cretoai.v1.Envelope.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rEnvelopeBatch\x12\'\n\tenvelopes\x18\x01 \x03(\x0b\x32\x14.cretoai.v1.Envelope\"\x12\n\x10ListPeersRequest\"\x9a\x03\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0e\n\x06\x62\x61nned\x18\x04 \x01(\x08\x12\x0e\n\x06rtt_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x11\n\tdirection\x18\x07 \x01(\t\x12\x18\n\x10send_queue_depth\x18\x08 \x01(\r\x12\x18\n\x10send_queue_bytes\x18\t \x01(\x04\x12\x16\n\x0einflight_bytes\x18\n \x01(\x04\x12\x14\n\x0cmessages_out\x18\x0b \x01(\x04\x12\x13\n\x0bmessages_in\x18\x0c \x01(\x04\x12\x11\n\tbytes_out\x18\r \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x0e \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x13\n\x0bpartitioned\x18\x11 \x01(\x08\x12\x16\n\x0e\x61\x64\x64ress_source\x18\x12 \x01(\t\x12\x12\n\nrefuses_us\x18\x13 \x01(\x08\x12\x1a\n\x12max_datagram_bytes\x18\x14 \x01(\r\"f\n\x11ListPeersResponse\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.cretoai.v1.Peer\x12\x14\n\x0cself_node_id\x18\x02 \x01(\t\x12\x1a\n\x12\x61\x64vertised_address\x18\x03 \x01(\t\"F\n\x0e\x42\x61nPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x04\"\x11\n\x0f\x42\x61nPeerResponse\"6\n\x0fPingPeerRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\"\n\x10PingPeerResponse\x12\x0e\n\x06rtt_ms\x18\x01 \x01(\x01\"\x1a\n\x18GetTransportStatsRequest\"}\n\x0eTransportStats\x12:\n\x08\x63ounters\x18\x01 \x03(\x0b\x32(.cretoai.v1.TransportStats.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"]\n\x10SetFaultsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdrop_rate\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0bpartitioned\x18\x04 \x01(\x08\"\x13\n\x11SetFaultsResponse\"\x91\x01\n\tWireHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\x0c\x12\x30\n\nparameters\x18\x05 \x03(\x0b\x32\x1c.cretoai.v1.ClusterParameter\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\"/\n\x10\x43lusterParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x1d\n\x08WireAuth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x16\n\x08WirePing\x12\n\n\x02id\x18\x01 \x01(\x04\"\x1b\n\x07WireAck\x12\x10\n\x08\x63onsumed\x18\x01 \x01(\x04\"\\\n\rAddressRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x04\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"7\n\tWirePeers\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.cretoai.v1.AddressRecord2\x81\x04\n\tTransport\x12:\n\x08\x45xchange\x12\x14.cretoai.v1.Envelope\x1a\x14.cretoai.v1.Envelope(\x01\x30\x01\x12K\n\x0f\x45xchangeBatches\x12\x19.cretoai.v1.EnvelopeBatch\x1a\x19.cretoai.v1.EnvelopeBatch(\x01\x30\x01\x12H\n\tListPeers\x12\x1c.cretoai.v1.ListPeersRequest\x1a\x1d.cretoai.v1.ListPeersResponse\x12\x42\n\x07\x42\x61nPeer\x12\x1a.cretoai.v1.BanPeerRequest\x1a\x1b.cretoai.v1.BanPeerResponse\x12\x45\n\x08PingPeer\x12\x1b.cretoai.v1.PingPeerRequest\x1a\x1c.cretoai.v1.PingPeerResponse\x12L\n\x08GetStats\x12$.cretoai.v1.GetTransportStatsRequest\x1a\x1a.cretoai.v1.TransportStats\x12H\n\tSetFaults\x12\x1c.cretoai.v1.SetFaultsRequest\x1a\x1d.cretoai.v1.SetFaultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,41 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPEERSREQUEST']._serialized_start=272
   _globals['_LISTPEERSREQUEST']._serialized_end=290
   _globals['_PEER']._serialized_start=293
-  _globals['_PEER']._serialized_end=675
-  _globals['_LISTPEERSRESPONSE']._serialized_start=677
-  _globals['_LISTPEERSRESPONSE']._serialized_end=779
-  _globals['_BANPEERREQUEST']._serialized_start=781
-  _globals['_BANPEERREQUEST']._serialized_end=851
-  _globals['_BANPEERRESPONSE']._serialized_start=853
-  _globals['_BANPEERRESPONSE']._serialized_end=870
-  _globals['_PINGPEERREQUEST']._serialized_start=872
-  _globals['_PINGPEERREQUEST']._serialized_end=926
-  _globals['_PINGPEERRESPONSE']._serialized_start=928
-  _globals['_PINGPEERRESPONSE']._serialized_end=962
-  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_start=964
-  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_end=990
-  _globals['_TRANSPORTSTATS']._serialized_start=992
-  _globals['_TRANSPORTSTATS']._serialized_end=1117
-  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_start=1070
-  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_end=1117
-  _globals['_SETFAULTSREQUEST']._serialized_start=1119
-  _globals['_SETFAULTSREQUEST']._serialized_end=1212
-  _globals['_SETFAULTSRESPONSE']._serialized_start=1214
-  _globals['_SETFAULTSRESPONSE']._serialized_end=1233
-  _globals['_WIREHELLO']._serialized_start=1236
-  _globals['_WIREHELLO']._serialized_end=1381
-  _globals['_CLUSTERPARAMETER']._serialized_start=1383
-  _globals['_CLUSTERPARAMETER']._serialized_end=1430
-  _globals['_WIREAUTH']._serialized_start=1432
-  _globals['_WIREAUTH']._serialized_end=1461
-  _globals['_WIREPING']._serialized_start=1463
-  _globals['_WIREPING']._serialized_end=1485
-  _globals['_WIREACK']._serialized_start=1487
-  _globals['_WIREACK']._serialized_end=1514
-  _globals['_ADDRESSRECORD']._serialized_start=1516
-  _globals['_ADDRESSRECORD']._serialized_end=1608
-  _globals['_WIREPEERS']._serialized_start=1610
-  _globals['_WIREPEERS']._serialized_end=1665
-  _globals['_TRANSPORT']._serialized_start=1668
-  _globals['_TRANSPORT']._serialized_end=2181
+  _globals['_PEER']._serialized_end=703
+  _globals['_LISTPEERSRESPONSE']._serialized_start=705
+  _globals['_LISTPEERSRESPONSE']._serialized_end=807
+  _globals['_BANPEERREQUEST']._serialized_start=809
+  _globals['_BANPEERREQUEST']._serialized_end=879
+  _globals['_BANPEERRESPONSE']._serialized_start=881
+  _globals['_BANPEERRESPONSE']._serialized_end=898
+  _globals['_PINGPEERREQUEST']._serialized_start=900
+  _globals['_PINGPEERREQUEST']._serialized_end=954
+  _globals['_PINGPEERRESPONSE']._serialized_start=956
+  _globals['_PINGPEERRESPONSE']._serialized_end=990
+  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_start=992
+  _globals['_GETTRANSPORTSTATSREQUEST']._serialized_end=1018
+  _globals['_TRANSPORTSTATS']._serialized_start=1020
+  _globals['_TRANSPORTSTATS']._serialized_end=1145
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_start=1098
+  _globals['_TRANSPORTSTATS_COUNTERSENTRY']._serialized_end=1145
+  _globals['_SETFAULTSREQUEST']._serialized_start=1147
+  _globals['_SETFAULTSREQUEST']._serialized_end=1240
+  _globals['_SETFAULTSRESPONSE']._serialized_start=1242
+  _globals['_SETFAULTSRESPONSE']._serialized_end=1261
+  _globals['_WIREHELLO']._serialized_start=1264
+  _globals['_WIREHELLO']._serialized_end=1409
+  _globals['_CLUSTERPARAMETER']._serialized_start=1411
+  _globals['_CLUSTERPARAMETER']._serialized_end=1458
+  _globals['_WIREAUTH']._serialized_start=1460
+  _globals['_WIREAUTH']._serialized_end=1489
+  _globals['_WIREPING']._serialized_start=1491
+  _globals['_WIREPING']._serialized_end=1513
+  _globals['_WIREACK']._serialized_start=1515
+  _globals['_WIREACK']._serialized_end=1542
+  _globals['_ADDRESSRECORD']._serialized_start=1544
+  _globals['_ADDRESSRECORD']._serialized_end=1636
+  _globals['_WIREPEERS']._serialized_start=1638
+  _globals['_WIREPEERS']._serialized_end=1693
+  _globals['_TRANSPORT']._serialized_start=1696
+  _globals['_TRANSPORT']._serialized_end=2209
 # @@protoc_insertion_point(module_scope)

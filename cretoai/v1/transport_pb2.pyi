@@ -35,7 +35,7 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node_id", "address", "connected", "banned", "rtt_ms", "name", "direction", "send_queue_depth", "send_queue_bytes", "inflight_bytes", "messages_out", "messages_in", "bytes_out", "bytes_in", "dropped", "reconnects", "partitioned", "address_source", "refuses_us")
+    __slots__ = ("node_id", "address", "connected", "banned", "rtt_ms", "name", "direction", "send_queue_depth", "send_queue_bytes", "inflight_bytes", "messages_out", "messages_in", "bytes_out", "bytes_in", "dropped", "reconnects", "partitioned", "address_source", "refuses_us", "max_datagram_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class Peer(_message.Message):
     PARTITIONED_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     REFUSES_US_FIELD_NUMBER: _ClassVar[int]
+    MAX_DATAGRAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     connected: bool
@@ -74,7 +75,8 @@ class Peer(_message.Message):
     partitioned: bool
     address_source: str
     refuses_us: bool
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., banned: _Optional[bool] = ..., rtt_ms: _Optional[float] = ..., name: _Optional[str] = ..., direction: _Optional[str] = ..., send_queue_depth: _Optional[int] = ..., send_queue_bytes: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., messages_out: _Optional[int] = ..., messages_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., partitioned: _Optional[bool] = ..., address_source: _Optional[str] = ..., refuses_us: _Optional[bool] = ...) -> None: ...
+    max_datagram_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., banned: _Optional[bool] = ..., rtt_ms: _Optional[float] = ..., name: _Optional[str] = ..., direction: _Optional[str] = ..., send_queue_depth: _Optional[int] = ..., send_queue_bytes: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., messages_out: _Optional[int] = ..., messages_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., dropped: _Optional[int] = ..., reconnects: _Optional[int] = ..., partitioned: _Optional[bool] = ..., address_source: _Optional[str] = ..., refuses_us: _Optional[bool] = ..., max_datagram_bytes: _Optional[int] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers", "self_node_id", "advertised_address")

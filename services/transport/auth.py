@@ -64,6 +64,17 @@ def address_record_message(*, node_id: str, address: str, issued_unix_ms: int) -
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (IPv4-mapped IPv6 included)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
 def parse_host_port(address: str) -> tuple[str, int] | None:
     """``host:port`` or ``[v6]:port`` → (host, port); None when malformed."""
     if not address or len(address) > MAX_ADDRESS_LENGTH:

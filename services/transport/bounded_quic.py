@@ -47,6 +47,14 @@ CRYPTO streams hold 512 KiB ahead of what TLS read, so one byte at offset 512 Ki
 over the pending connections, 8 times what their stream windows allow. A CRYPTO frame
 ending more than :data:`MAX_PENDING_CRYPTO` past what TLS read closes the connection
 (``crypto_buffering``), as aioquic's own check would at 512 KiB.
+
+**Packets larger than 16 KiB, on loopback.** aioquic writes each STREAM frame's length on
+two bytes, so a frame carries at most 16,383 bytes, and it writes one STREAM frame per
+stream per packet: a packet larger than that corrupts (peers saw unknown frame types).
+:meth:`BoundedQuicConnection._write_stream_frame` fills a packet with several frames of at
+most :data:`MAX_STREAM_FRAME_DATA` bytes each, which lets a connection to a peer on this
+host send :data:`LARGE_LOOPBACK_DATAGRAM_BYTES`-byte packets once both offered the feature
+(:meth:`BoundedQuicConnection.raise_datagram_size`): aioquic's cost is per packet.
 """
 
 from __future__ import annotations
@@ -74,6 +82,14 @@ MAX_ACK_RANGES = 256
 #: Bytes a TLS CRYPTO stream may hold beyond what TLS has read, per epoch. aioquic allows
 #: 512 KiB; the node's handshake messages are a few KiB (an Ed25519 certificate).
 MAX_PENDING_CRYPTO = 16 * 1024
+#: The most data aioquic can put in one STREAM frame (its length is a 2-byte varint).
+MAX_STREAM_FRAME_DATA = 16383
+#: Datagram size towards a peer on this host once both offered
+#: :data:`LARGE_DATAGRAMS_FEATURE`: under the 65,507-byte UDP payload of IPv4 loopback.
+LARGE_LOOPBACK_DATAGRAM_BYTES = 60_000
+#: The HELLO feature saying "I take datagrams of up to LARGE_LOOPBACK_DATAGRAM_BYTES from
+#: a peer on this host" (an older transport drops any over 16,000 bytes unread).
+LARGE_DATAGRAMS_FEATURE = "large-loopback-datagrams"
 
 
 class GapSet:
@@ -211,6 +227,31 @@ class BoundedQuicConnection(QuicConnection):
         window (fewer MAX_DATA frames), never lower than it was (QUIC limits only grow)."""
         wanted = delivered + self.receive_window
         return wanted if wanted - limit >= self.receive_window // 4 else limit
+
+    @property
+    def datagram_size(self) -> int:
+        """The largest datagram this connection sends."""
+        return int(self._max_datagram_size)
+
+    def raise_datagram_size(self, size: int) -> None:
+        """Send packets of up to ``size`` bytes from now on (the handshake is over: its
+        long-header packets, whose lengths aioquic also writes on two bytes, are not
+        built again). Congestion control and pacing keep the size they started with."""
+        self._max_datagram_size = max(self._max_datagram_size, size)
+
+    def _write_stream_frame(
+        self, builder: QuicPacketBuilder, space: Any, stream: QuicStream, max_offset: int
+    ) -> int:
+        """As many STREAM frames of ``stream`` as fit in the packet, each at most
+        :data:`MAX_STREAM_FRAME_DATA` bytes (aioquic writes one, whatever its size).
+        ``max_offset`` is an absolute flow-control bound, the same for every frame."""
+        used = 0
+        while True:
+            room = builder.remaining_flight_space
+            bound = min(max_offset, stream.sender.next_offset + MAX_STREAM_FRAME_DATA)
+            used += super()._write_stream_frame(builder, space, stream, bound)
+            if builder.remaining_flight_space == room:  # nothing more was written
+                return used
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
         max_data = self._local_max_data

@@ -42,7 +42,11 @@ from google.protobuf.message import DecodeError
 
 from cretoai.v1 import transport_pb2
 from services.transport import auth, compression
-from services.transport.bounded_quic import BoundedQuicConnection
+from services.transport.bounded_quic import (
+    LARGE_DATAGRAMS_FEATURE,
+    LARGE_LOOPBACK_DATAGRAM_BYTES,
+    BoundedQuicConnection,
+)
 from services.transport.errors import CloseCode, PeerFault
 from services.transport.framing import Frame, FrameDecoder, FrameError, FrameType, encode_frame
 from services.transport.tls import ChannelBindingUnavailable, channel_binding
@@ -561,6 +565,22 @@ class PeerConnection:
             self._server_hello = self._hello_body()
             self._send_frame(FrameType.HELLO, self._server_hello)
 
+    @property
+    def max_datagram_bytes(self) -> int:
+        """The largest datagram this connection sends."""
+        return self.quic.datagram_size
+
+    @property
+    def sends_large_datagrams(self) -> bool:
+        """Whether packets to this peer may be LARGE_LOOPBACK_DATAGRAM_BYTES: it is on this
+        host and both HELLOs offered the feature (signed, like the rest of the HELLO)."""
+        return (
+            LARGE_DATAGRAMS_FEATURE in self.settings.features
+            and LARGE_DATAGRAMS_FEATURE in self.peer_features
+            and self.address is not None
+            and auth.is_loopback(str(self.address[0]))
+        )
+
     def _transcript(self, role: bytes) -> bytes:
         return auth.auth_transcript(
             role=role,
@@ -608,6 +628,8 @@ class PeerConnection:
         self.authenticated_at = now
         self._decoder.max_frame_bytes = self.settings.max_frame_bytes
         self.quic.open_receive_window(self.settings.receive_window)
+        if self.sends_large_datagrams:
+            self.quic.raise_datagram_size(LARGE_LOOPBACK_DATAGRAM_BYTES)
         self._next_ping_at = now  # a first RTT sample right away, then every keepalive
         self._events.append(Authenticated(peer_id=self.peer_id))
 

@@ -12,7 +12,6 @@ what a connection means is the owner's business (``on_activity``).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
@@ -26,7 +25,8 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_hea
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from services.transport import stun
-from services.transport.bounded_quic import BoundedQuicConnection
+from services.transport.auth import is_loopback
+from services.transport.bounded_quic import LARGE_LOOPBACK_DATAGRAM_BYTES, BoundedQuicConnection
 from services.transport.connection import Authority, ConnectionSettings, PeerConnection
 from services.transport.metrics import (
     DATAGRAM_BYTES_RECEIVED,
@@ -49,6 +49,14 @@ RECV_BUFFER_BYTES = 65536
 Activity = Callable[[PeerConnection], None]
 Counter = Callable[[str], None]
 StunHandler = Callable[[bytes, NetworkAddress], None]
+
+
+def oversized(size: int, host: str) -> bool:
+    """Whether a datagram of ``size`` bytes from ``host`` is larger than any node sends:
+    MAX_DATAGRAM_BYTES, or LARGE_LOOPBACK_DATAGRAM_BYTES from this host."""
+    if size <= MAX_DATAGRAM_BYTES:
+        return False
+    return size > LARGE_LOOPBACK_DATAGRAM_BYTES or not is_loopback(host)
 
 
 class QuicEndpoint:
@@ -147,7 +155,7 @@ class QuicEndpoint:
 
     def connect(self, addr: tuple[str, int], expected_peer: str) -> PeerConnection:
         now = self._loop.time()
-        config = self._loopback_client_config if _is_loopback(addr[0]) else self._client_config
+        config = self._loopback_client_config if is_loopback(addr[0]) else self._client_config
         quic = BoundedQuicConnection(configuration=config)
         conn = PeerConnection(
             quic=quic,
@@ -266,7 +274,7 @@ class QuicEndpoint:
                 continue
             read += 1
             read_bytes += len(data)
-            if len(data) > MAX_DATAGRAM_BYTES:  # no node sends one: work for nothing
+            if oversized(len(data), addr[0]):  # no node sends one: work for nothing
                 self._count("oversized_datagram")
                 continue
             conn, accepted = self._route(data, addr)
@@ -404,7 +412,7 @@ class QuicEndpoint:
         if validated and self._pending_from(host, validated_only=True) >= self._max_per_address:
             self._count("address_pending_limit")
             return None
-        loopback = _is_loopback(str(addr[0]))
+        loopback = is_loopback(str(addr[0]))
         quic = BoundedQuicConnection(
             configuration=self._loopback_server_config if loopback else self._server_config,
             original_destination_connection_id=original_dcid,
@@ -458,13 +466,3 @@ class QuicEndpoint:
         self._timer_at.pop(conn, None)
         for cid in [c for c, owner in self._by_cid.items() if owner is conn]:
             del self._by_cid[cid]
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback

@@ -638,6 +638,9 @@ class TransportNode:
                     send_queue_depth=len(peer.queue),
                     send_queue_bytes=peer.queue.bytes,
                     inflight_bytes=conn.inflight if conn is not None and connected else 0,
+                    max_datagram_bytes=conn.max_datagram_bytes
+                    if conn is not None and connected
+                    else 0,
                     messages_out=peer.messages_out,
                     messages_in=peer.messages_in,
                     bytes_out=peer.bytes_out,

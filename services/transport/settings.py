@@ -8,10 +8,12 @@ from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import node_id
 from services.transport import compression
 from services.transport.auth import parse_host_port
+from services.transport.bounded_quic import LARGE_DATAGRAMS_FEATURE
 
 LOOPBACK_DATAGRAM_BYTES = 15000
-#: aioquic writes packet and STREAM frame lengths as 2-byte varints: larger packets
-#: corrupt (61,440-byte 1-RTT packets were tried: peers saw unknown frame types).
+#: The largest ``max_datagram_bytes``, and the largest datagram taken from a peer not on
+#: this host: aioquic writes long-header packet lengths as 2-byte varints (and STREAM
+#: frame lengths, which bounded_quic splits; see LARGE_LOOPBACK_DATAGRAM_BYTES).
 MAX_DATAGRAM_BYTES = 16000
 
 
@@ -54,11 +56,16 @@ class TransportSettings:
     #: zstd-compressed MSG frames (compression.py): offered in the HELLO, and used
     #: towards a peer that offers them too.
     compress_messages: bool = True
+    #: Packets of up to LARGE_LOOPBACK_DATAGRAM_BYTES to peers on this host that offer it.
+    large_loopback_datagrams: bool = True
 
     @property
     def features(self) -> tuple[str, ...]:
         """The optional features this transport offers in its HELLO."""
-        return (compression.FEATURE,) if self.compress_messages else ()
+        features: tuple[str, ...] = (compression.FEATURE,) if self.compress_messages else ()
+        if self.large_loopback_datagrams:
+            features += (LARGE_DATAGRAMS_FEATURE,)
+        return features
 
     @property
     def loopback_datagram_bytes(self) -> int:
@@ -167,4 +174,5 @@ def settings_from_config(cfg: NodeConfig) -> TransportSettings:
         fault_injection=cfg.fault_injection.enabled,
         cluster_parameters=cfg.cluster_parameters,
         compress_messages=t.compress_messages,
+        large_loopback_datagrams=t.large_loopback_datagrams,
     )

@@ -23,6 +23,8 @@ from cretoai.crypto.backend import PrivateKey
 from services.transport import auth
 from services.transport.bounded_quic import (
     AUTHENTICATED_MAX_GAPS,
+    LARGE_DATAGRAMS_FEATURE,
+    LARGE_LOOPBACK_DATAGRAM_BYTES,
     UNAUTHENTICATED_RECEIVE_WINDOW,
     BoundedQuicConnection,
     GapSet,
@@ -85,12 +87,12 @@ class FakeAuthority:
         return BACKEND.verify(public_key, message, signature, context=auth.AUTH_CONTEXT)
 
 
-def qconfig(*, is_client: bool) -> QuicConfiguration:
+def qconfig(*, is_client: bool, max_datagram_size: int = 1350) -> QuicConfiguration:
     return quic_configuration(
         is_client=is_client,
         identity=None if is_client else ephemeral_identity(),
         idle_timeout=30.0,
-        max_datagram_size=1350,
+        max_datagram_size=max_datagram_size,
         flow_window=UNAUTHENTICATED_RECEIVE_WINDOW,  # as the node: opened once authenticated
     )
 
@@ -105,20 +107,29 @@ class Link:
         *,
         expected: str | None = None,
         client_settings: ConnectionSettings = SETTINGS,
+        server_settings: ConnectionSettings = SETTINGS,
+        max_datagram_size: int = 1350,
+        addresses: tuple[tuple[str, int], tuple[str, int]] = (CLIENT_ADDR, SERVER_ADDR),
     ) -> None:
         self.now = 100.0
+        self.client_addr, self.server_addr = addresses
         self.client = PeerConnection(
-            quic=BoundedQuicConnection(configuration=qconfig(is_client=True)),
+            quic=BoundedQuicConnection(
+                configuration=qconfig(is_client=True, max_datagram_size=max_datagram_size)
+            ),
             authority=client,
             settings=client_settings,
             now=self.now,
             expected_peer=expected if expected is not None else server.node_id,
         )
         self._server_auth = server
-        self._server_config = qconfig(is_client=False)
+        self._server_settings = server_settings
+        self._server_config = qconfig(is_client=False, max_datagram_size=max_datagram_size)
         self.server: PeerConnection | None = None
         self.events: dict[str, list[ConnectionEvent]] = {"client": [], "server": []}
-        self.client.connect(SERVER_ADDR, self.now)
+        #: The size of every datagram each side sent.
+        self.sizes: dict[str, list[int]] = {"client": [], "server": []}
+        self.client.connect(self.server_addr, self.now)
 
     def pump(self, rounds: int = 400) -> None:
         """Exchange datagrams until quiet; short timers (pacing, delayed ACKs) are run."""
@@ -142,6 +153,7 @@ class Link:
         moved = False
         for data, _ in self.client.datagrams_to_send(self.now):
             moved = True
+            self.sizes["client"].append(len(data))
             if self.server is None:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=8)
                 self.server = PeerConnection(
@@ -150,14 +162,15 @@ class Link:
                         original_destination_connection_id=header.destination_cid,
                     ),
                     authority=self._server_auth,
-                    settings=SETTINGS,
+                    settings=self._server_settings,
                     now=self.now,
                 )
-            self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+            self.server.receive_datagram(data, self.client_addr, self.now)
         if self.server is not None:
             for data, _ in self.server.datagrams_to_send(self.now):
                 moved = True
-                self.client.receive_datagram(data, SERVER_ADDR, self.now)
+                self.sizes["server"].append(len(data))
+                self.client.receive_datagram(data, self.server_addr, self.now)
         self._drain()
         return moved
 
@@ -475,3 +488,73 @@ def test_a_member_leaving_more_gaps_than_lost_packets_would_is_closed() -> None:
     _send_gapped_bytes(link, AUTHENTICATED_MAX_GAPS - 100 + 1)
     closed = link.closed("server")
     assert closed.fault is not None and closed.fault.reason == "stream_fragmented"
+
+
+# ---- packets larger than 16 KiB between members on one host -------------------------
+
+LARGE = dataclasses.replace(
+    SETTINGS,
+    max_frame_bytes=1 << 20,
+    inflight_max_bytes=4 << 20,
+    receive_window=4 << 20,
+    features=(LARGE_DATAGRAMS_FEATURE,),
+)
+
+
+def _send_and_collect(link: Link, count: int) -> list[bytes]:
+    """``count`` 150-KB messages from the client (random: incompressible), as received."""
+    sent = [os.urandom(150_000) for _ in range(count)]
+    link.client.send_messages(
+        [encode_frame(FrameType.MSG, body, max_frame_bytes=1 << 20) for body in sent]
+    )
+    link.sizes["client"].clear()
+    link.pump(4000)
+    got = [e.body for e in link.events["server"] if isinstance(e, MessageReceived)]
+    assert got == sent  # every byte, in order: the frames within each packet parse
+    return got
+
+
+def test_members_on_one_host_that_both_offer_it_send_packets_over_16_kib() -> None:
+    """aioquic writes one STREAM frame per packet with a 2-byte length: a packet over
+    16 KiB corrupted. Several frames per packet carry 60,000-byte packets intact."""
+    client, server = two_members()
+    link = Link(
+        client, server, client_settings=LARGE, server_settings=LARGE, max_datagram_size=15000
+    )
+    link.pump()
+    assert link.client.sends_large_datagrams and link.server is not None
+    assert link.server.sends_large_datagrams
+    _send_and_collect(link, 8)
+    sizes = link.sizes["client"]
+    assert max(sizes) == LARGE_LOOPBACK_DATAGRAM_BYTES
+    assert sum(sizes) / len(sizes) > 2 * 16384, sizes  # most packets are large
+    assert not any(
+        isinstance(e, Closed) for side in ("client", "server") for e in link.events[side]
+    )
+
+
+@pytest.mark.parametrize(
+    ("client_features", "addresses"),
+    [
+        ((), (CLIENT_ADDR, SERVER_ADDR)),  # a peer that does not offer it (an older one)
+        ((LARGE_DATAGRAMS_FEATURE,), (("10.1.0.1", 1001), ("10.1.0.2", 1002))),  # not this host
+    ],
+    ids=["not-offered", "not-loopback"],
+)
+def test_packets_stay_at_the_configured_size_otherwise(
+    client_features: tuple[str, ...], addresses: tuple[tuple[str, int], tuple[str, int]]
+) -> None:
+    client, server = two_members()
+    link = Link(
+        client,
+        server,
+        client_settings=dataclasses.replace(LARGE, features=client_features),
+        server_settings=LARGE,
+        max_datagram_size=15000,
+        addresses=addresses,
+    )
+    link.pump()
+    assert link.client.authenticated and link.server is not None and link.server.authenticated
+    assert not link.client.sends_large_datagrams and not link.server.sends_large_datagrams
+    _send_and_collect(link, 4)
+    assert max(link.sizes["client"]) <= 15000

@@ -1082,15 +1082,16 @@ async def test_a_datagram_larger_than_any_node_sends_is_dropped_unread(
     transports: Starter,
 ) -> None:
     """Up to 64 KiB were read and handed to aioquic; no node sends more than
-    MAX_DATAGRAM_BYTES, and the work of a larger one (its frames) only serves an attacker."""
-    from services.transport.settings import MAX_DATAGRAM_BYTES
+    LARGE_LOOPBACK_DATAGRAM_BYTES on loopback (MAX_DATAGRAM_BYTES elsewhere), and the work
+    of a larger one (its frames) only serves an attacker."""
+    from services.transport.bounded_quic import LARGE_LOOPBACK_DATAGRAM_BYTES
 
     _, nodes = await transports(2, transport=QUIET)
     _, b = nodes
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.bind(("127.0.0.2", 0))
-        sock.sendto(b"\xc0" + os.urandom(MAX_DATAGRAM_BYTES), b.node.quic_address)
+        sock.sendto(b"\xc0" + os.urandom(LARGE_LOOPBACK_DATAGRAM_BYTES), b.node.quic_address)
         await eventually(lambda: _has(b, "protocol_errors.oversized_datagram"), what="dropped")
         assert await counter(b, "protocol_errors.bad_initial") == 0  # never parsed
     finally:
