@@ -190,12 +190,16 @@ class ConsensusSection:
     metrics: str = "127.0.0.1:9181"
     tick_ms: int = 10
     batch_max_count: int = 256
-    batch_max_bytes: int = 1_048_576
+    #: A cluster parameter (docs/config.md). 2 MiB: at saturation the PBFT messages'
+    #: signatures, storage's certificate checks and the internal calls are paid once per
+    #: ~240 vertices instead of ~120 (docs/benchmarks.md; 1 MiB before 2026-12-06).
+    batch_max_bytes: int = 2_097_152
     batch_timeout_ms: int = 20
     #: Pipelining depth: partial batches are cut only while fewer are unexecuted.
     max_inflight_batches: int = 1
-    #: ... and full batches only while fewer than this many are unexecuted.
-    max_inflight_full_batches: int = 4
+    #: ... and full batches only while fewer than this many are unexecuted (4 MiB of
+    #: bodies multicast and not executed, as four 1-MiB batches were).
+    max_inflight_full_batches: int = 2
     #: A checkpoint every this many seqs. A VIEW-CHANGE carries a prepared certificate
     #: per seq above the stable checkpoint, each checked by every replica: 16 keeps a
     #: view change under a second on a loaded 2-core machine (64 took 0.3-0.8 s more);

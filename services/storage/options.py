@@ -57,15 +57,16 @@ log = logging.getLogger(__name__)
 BYTES_PER_SYNC = 256 * 1024
 #: glibc's mmap threshold in the storage process, fixed (cretoai/allocator.py): below
 #: the memtables' arena blocks, so a flushed memtable's memory leaves the process instead
-#: of staying in the heap; above a batch's buffers (a batch is at most 1 MiB of vertices
+#: of staying in the heap; above a batch's buffers (a batch is at most 2 MiB of vertices
 #: by default), so that each is not a fresh mapping whose every page faults.
-MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
+MMAP_THRESHOLD_BYTES = 3584 * 1024
 #: glibc's trim threshold, fixed with it: free memory at the heap's top kept for the
 #: next batch's buffers instead of handed back and faulted in again.
 TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 #: RocksDB's memtable arena block (its default: 1 MiB at these memtable sizes): above
 #: the mmap threshold, so that every block is a mapping of its own, unmapped with its
-#: memtable.
+#: memtable. Not larger: RocksDB's write buffer manager counts each column family's
+#: blocks as they are allocated, and seven 8-MiB ones made it flush nearly empty memtables.
 ARENA_BLOCK_BYTES = 4 * 1024 * 1024
 WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 #: All memtables together (RocksDB's write buffer manager): bounds the service's memory.
