@@ -88,12 +88,14 @@ async def test_a_stalled_peer_blocks_nobody_and_memory_stays_bounded(tmp_path: P
             "send_queue_max": queue_max,
             "send_queue_max_bytes": queue_bytes,
             "inflight_max_bytes": window,
-            # 1 MiB frames, and room for a PRE-PREPARE of the default 1-MiB batch
+            # 1 MiB frames, and room for a PRE-PREPARE of a 1-MiB batch (below)
             "max_frame_bytes": 1024 * 1024 + 64 * 1024,
             "keepalive_ms": 2_000,
             "idle_timeout_ms": 20_000,
         },
     )
+    for data in spec.data:  # the config check: a batch's PRE-PREPARE must fit a frame
+        data["consensus"] = {"batch_max_bytes": 1024 * 1024}
     stalled: TransportProcess = spawnable(spec, 2)
     a = await start_transport(spec.config(0))
     b = await start_transport(spec.config(1))
