@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 BYTES_PER_SYNC = 256 * 1024
 #: glibc's mmap threshold in the storage process, fixed (cretoai/allocator.py): below
 #: the memtables' arena blocks, so a flushed memtable's memory leaves the process instead
-#: of staying in the heap; above a batch's buffers (a batch is at most 2 MiB of vertices
-#: by default), so that each is not a fresh mapping whose every page faults.
-MMAP_THRESHOLD_BYTES = 3584 * 1024
+#: of staying in the heap; above most of a batch's buffers, so that each is not a fresh
+#: mapping whose every page faults. A full 2-MiB batch's largest ones are above it: 3.5 MiB
+#: kept them in the heap too, and storage ended 10-15 MB larger (docs/storage.md).
+MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
 #: glibc's trim threshold, fixed with it: free memory at the heap's top kept for the
 #: next batch's buffers instead of handed back and faulted in again.
 TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
