@@ -59,7 +59,7 @@ BYTES_PER_SYNC = 256 * 1024
 #: the memtables' arena blocks, so a flushed memtable's memory leaves the process instead
 #: of staying in the heap; above most of a batch's buffers, so that each is not a fresh
 #: mapping whose every page faults. A full 2-MiB batch's largest ones are above it: 3.5 MiB
-#: kept them in the heap too, and storage ended 10-15 MB larger (docs/storage.md).
+#: kept them in the heap too, and storage ended ~10 MB larger at saturation (docs/storage.md).
 MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
 #: glibc's trim threshold, fixed with it: free memory at the heap's top kept for the
 #: next batch's buffers instead of handed back and faulted in again.
