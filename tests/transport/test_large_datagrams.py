@@ -19,6 +19,7 @@ from devkit.transport import RunningTransport, all_connected, make_cluster, star
 from services.transport.bounded_quic import LARGE_LOOPBACK_DATAGRAM_BYTES
 from services.transport.endpoint import oversized
 from services.transport.settings import LOOPBACK_DATAGRAM_BYTES, MAX_DATAGRAM_BYTES
+from tests.transport.conftest import Starter
 from tests.transport.test_service import read_n
 
 MESSAGE = 1_000_000  # incompressible: random bytes
@@ -50,19 +51,14 @@ async def _datagram_sizes(a: RunningTransport, b: RunningTransport) -> tuple[int
     )
 
 
-async def test_transports_on_one_host_send_60000_byte_datagrams(tmp_path: Path) -> None:
-    spec = make_cluster(tmp_path, 2)
-    nodes = [await start_transport(spec.config(i)) for i in range(2)]
-    try:
-        await all_connected(nodes)
-        a, b = nodes
-        assert await _datagram_sizes(a, b) == (LARGE_LOOPBACK_DATAGRAM_BYTES,) * 2
-        datagrams = await _send_one(a, b)
-        # at 15,000 bytes the data alone needs MESSAGE / 15,000 = 67 datagrams
-        assert datagrams < MESSAGE / LOOPBACK_DATAGRAM_BYTES, datagrams
-    finally:
-        for node in nodes:
-            await node.stop()
+async def test_transports_on_one_host_send_60000_byte_datagrams(transports: Starter) -> None:
+    _, nodes = await transports(2)
+    await all_connected(nodes)
+    a, b = nodes
+    assert await _datagram_sizes(a, b) == (LARGE_LOOPBACK_DATAGRAM_BYTES,) * 2
+    datagrams = await _send_one(a, b)
+    # at 15,000 bytes the data alone needs MESSAGE / 15,000 = 67 datagrams
+    assert datagrams < MESSAGE / LOOPBACK_DATAGRAM_BYTES, datagrams
 
 
 async def test_a_peer_that_does_not_offer_them_gets_15000_byte_datagrams(
