@@ -82,6 +82,7 @@ import aiohttp
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.resident import distinct_resident_mb
 from bench.verify_bound import measure as measure_verify_bound
 from bench.verify_bound import ratio as verify_ratio
 from cretoai import registry
@@ -1607,6 +1608,8 @@ async def run_step(
             "rss_mb_max": round(rss_peak.get(node, 0.0), 1),
             "rss_mb_end": round(sum(rss_by_service.values()), 1),
             "rss_mb_end_by_service": rss_by_service,
+            # the same moment, each physical page counted once (shared code once)
+            "resident_mb_end_distinct": distinct_resident_mb(end.pids.get(node, {}).values()),
             "rss_trend": rss_trend(sampler.series, node, window[0] - t0, window[1] - t0),
             "metrics": node_metrics(
                 start.metrics.get(node, {}), end.metrics.get(node, {}), seconds
@@ -2279,6 +2282,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "the VM wanted and its host gave to others; counted in machine_busy_cores, not in "
             "other_processes_cores); per second in cluster_series_per_s[*].machine",
             "rss_mb_max": "max over 1 s samples of the sum of the 4 processes' VmRSS",
+            "resident_mb_end_distinct": "at the step's end, the physical pages the node's 4 "
+            "processes map, each counted once (/proc/PID/pagemap, root only, else null): "
+            "VmRSS counts the shared library code in every process; rss_mb_end minus this is "
+            "what the sum counts more than once",
             "rss_trend": "over the window's 1-s series: max_mb; over its second half the "
             "least-squares slope (MB/min) and the growth from the median of its first minute "
             "to that of its last",
@@ -2583,6 +2590,10 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "max": s["latency"]["max_ms"],
             "cpu/node": max(n["cpu_cores"] for n in s["nodes"].values()),
             "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
+            "distinct_end/node": max(
+                (n.get("resident_mb_end_distinct") or 0.0 for n in s["nodes"].values()),
+                default=None,
+            ),
             "status": s["http_status"],
             "sustained": s["sustained"],
             "cpu_ms/vertex": s.get("cpu_ms_per_finalized_vertex_cluster"),
