@@ -261,6 +261,12 @@ def rss_flat_at_half_max(
                 n["rss_trend"]["second_half_slope_mb_per_min"] for n in s["nodes"].values()
             ),
             "growth_mb": max(n["rss_trend"]["second_half_growth_mb"] for n in s["nodes"].values()),
+            # reported beside, not judged: the node's RAM with shared pages counted once
+            "end_mb_each_page_once": max(
+                (n.get("resident_mb_end_distinct") or 0.0 for n in s["nodes"].values()),
+                default=None,
+            )
+            or None,
         }
         for s in long_steps
     ]
