@@ -263,10 +263,13 @@ def rss_flat_at_half_max(
             "growth_mb": max(n["rss_trend"]["second_half_growth_mb"] for n in s["nodes"].values()),
             # reported beside, not judged: the node's RAM with shared pages counted once
             "end_mb_each_page_once": max(
-                (n.get("resident_mb_end_distinct") or 0.0 for n in s["nodes"].values()),
+                (
+                    n["resident_mb_end_distinct"]
+                    for n in s["nodes"].values()
+                    if n.get("resident_mb_end_distinct") is not None
+                ),
                 default=None,
-            )
-            or None,
+            ),
         }
         for s in long_steps
     ]
@@ -2597,7 +2600,11 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "cpu/node": max(n["cpu_cores"] for n in s["nodes"].values()),
             "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
             "distinct_end/node": max(
-                (n.get("resident_mb_end_distinct") or 0.0 for n in s["nodes"].values()),
+                (
+                    n["resident_mb_end_distinct"]
+                    for n in s["nodes"].values()
+                    if n.get("resident_mb_end_distinct") is not None
+                ),
                 default=None,
             ),
             "status": s["http_status"],

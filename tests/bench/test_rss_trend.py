@@ -100,3 +100,16 @@ def test_the_target_is_judged_only_at_half_the_maximum() -> None:
     short = step(series(130, {"node1": lambda t: 350, "node2": lambda t: 999}), 10, 120, 135.0)
     unjudged = rss_flat_at_half_max([short], 270.0)
     assert unjudged["met"] is None and unjudged["measured"] is None
+
+
+def test_the_node_memory_each_page_once_is_reported_not_judged() -> None:
+    rows = series(630, {"node1": lambda t: 350, "node2": lambda t: 420})
+    over = step(rows, 30, 600, 135.0)
+    # unreadable frame numbers (not root): nothing reported
+    assert rss_flat_at_half_max([over], 270.0)["measured"][0]["end_mb_each_page_once"] is None
+    over["nodes"]["node1"]["resident_mb_end_distinct"] = 240.5
+    over["nodes"]["node2"]["resident_mb_end_distinct"] = 290.0
+    verdict = rss_flat_at_half_max([over], 270.0)
+    assert verdict["measured"][0]["end_mb_each_page_once"] == 290.0
+    # the sum of RSS is what is judged: 420 MB fails though each page once is under 400
+    assert verdict["met"] is False
