@@ -234,6 +234,12 @@ def rss_trend(
     }
 
 
+def largest_distinct_resident_mb(nodes: Mapping[str, Any]) -> float | None:
+    """The largest node's ``resident_mb_end_distinct``; None when no node's could be read."""
+    known = [n.get("resident_mb_end_distinct") for n in nodes.values()]
+    return max((mb for mb in known if mb is not None), default=None)
+
+
 def rss_flat_at_half_max(
     steps: Sequence[Mapping[str, Any]], maximum: float | None
 ) -> dict[str, Any]:
@@ -262,14 +268,7 @@ def rss_flat_at_half_max(
             ),
             "growth_mb": max(n["rss_trend"]["second_half_growth_mb"] for n in s["nodes"].values()),
             # reported beside, not judged: the node's RAM with shared pages counted once
-            "end_mb_each_page_once": max(
-                (
-                    n["resident_mb_end_distinct"]
-                    for n in s["nodes"].values()
-                    if n.get("resident_mb_end_distinct") is not None
-                ),
-                default=None,
-            ),
+            "end_mb_each_page_once": largest_distinct_resident_mb(s["nodes"]),
         }
         for s in long_steps
     ]
@@ -2599,14 +2598,7 @@ def summary_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "max": s["latency"]["max_ms"],
             "cpu/node": max(n["cpu_cores"] for n in s["nodes"].values()),
             "rss/node": max(n["rss_mb_max"] for n in s["nodes"].values()),
-            "distinct_end/node": max(
-                (
-                    n["resident_mb_end_distinct"]
-                    for n in s["nodes"].values()
-                    if n.get("resident_mb_end_distinct") is not None
-                ),
-                default=None,
-            ),
+            "distinct_end/node": largest_distinct_resident_mb(s["nodes"]),
             "status": s["http_status"],
             "sustained": s["sustained"],
             "cpu_ms/vertex": s.get("cpu_ms_per_finalized_vertex_cluster"),
