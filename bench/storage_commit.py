@@ -472,7 +472,7 @@ def compare_phase(
         "raw_wal_sync": raw["wal_sync_ms"].get("mean"),
         "raw_total": floor.get("mean"),
     }
-    # the rest of the service's time: check_commit (each vertex's hash, on the event loop),
+    # the rest of the service's time: check_commit_shape (on the event loop),
     # the hops between the loop and the threads
     known = [parts[k] for k in ("proof_check", "writer_wait", "apply", "wal_sync")]
     parts["service_other"] = (
@@ -493,10 +493,10 @@ def compare_phase(
 
 def checks_in_process(requests: Sequence[storage_pb2.CommitBatchRequest]) -> dict[str, Any]:
     """The service's checks of a CommitBatch timed here, one thread, on a few batches:
-    ``validate`` (``check_commit``: the request's shape and each vertex's hash, on the
-    service's event loop), then the proof's two parts, which the service runs at the same
-    time on two threads: the digest over the vertices' signed copies and the quorum's
-    ML-DSA-87 COMMIT signatures."""
+    ``validate`` (``check_commit``: the request's shape and each vertex's hash; the
+    service runs only the shape on its event loop and hashes each vertex with the digest),
+    then the proof's two parts, which the service runs on two threads: the digest over
+    the vertices' signed copies and the quorum's ML-DSA-87 COMMIT signatures."""
     backend = get_backend()
     n = len(validator_public_keys())
     verifier = MlDsaVerifier(validator_public_keys(), backend)

@@ -56,18 +56,29 @@ def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
     return hashlib.sha3_256(_HASH_DOMAIN + canonical_bytes(vertex)).digest()
 
 
+def _signed(canonical: bytes, signature: bytes) -> bytes:
+    return hashlib.sha3_256(
+        _SIGNED_DOMAIN + canonical + struct.pack(">I", len(signature)) + signature
+    ).digest()
+
+
 def signed_digest(vertex: vertex_pb2.Vertex) -> bytes:
     """The identity of one signed copy of a vertex: its content and its signature.
 
     SHA3-256("cretoai.v1.signed-vertex\\0" ‖ canonical ‖ u32 len(signature) ‖ signature).
     Consensus batches and signature verdicts are keyed by it.
     """
-    return hashlib.sha3_256(
-        _SIGNED_DOMAIN
-        + canonical_bytes(vertex)
-        + struct.pack(">I", len(vertex.signature))
-        + vertex.signature
-    ).digest()
+    return _signed(canonical_bytes(vertex), vertex.signature)
+
+
+def hash_and_signed_digest(vertex: vertex_pb2.Vertex) -> tuple[bytes, bytes]:
+    """``(vertex_hash(vertex), signed_digest(vertex))`` with the canonical encoding built
+    once: where both are needed (storage checks each executed copy against both)."""
+    canonical = canonical_bytes(vertex)
+    return (
+        hashlib.sha3_256(_HASH_DOMAIN + canonical).digest(),
+        _signed(canonical, vertex.signature),
+    )
 
 
 def make_vertex(

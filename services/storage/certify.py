@@ -18,13 +18,18 @@ its caller: a batch is written only if
 Each failure is a :class:`Refused` (``INVALID_ARGUMENT``) naming the check,
 counted in ``cretoai_storage_commit_refusals_total{check}`` and logged once;
 nothing is written. Checks 2 and 3 cost milliseconds (for 100 vertices of
-~8 KB, SHA3 over every copy ~2-3 ms; ~0.3-0.5 ms per signature) and run at the
-same time on two worker threads of their own: off the event loop, and off the
-writer thread, whose other writes (the consensus's durable state) must not wait
-behind them; OpenSSL releases the GIL while it verifies a signature. Batches
-leave the check in the order they arrived, on to the writer. A forged batch
-costs at most ``n`` signature checks (a duplicate or out-of-set signer ends
-the check).
+~8 KB, SHA3 over every copy ~2-3 ms; ~0.3-0.5 ms per signature) and run on two
+worker threads of their own: off the event loop, and off the writer thread, whose
+other writes (the consensus's durable state) must not wait behind them. The
+signatures are one job; the vertices are hashed in slices of :data:`HASH_SLICE`,
+jobs the two threads share, each vertex's canonical encoding built once for its
+signed digest and for its vertex hash, which a ``CommitBatch``'s results must
+name (:func:`~services.storage.validate.check_result_hashes`: that failure is an
+``INVALID_ARGUMENT`` of its own, not a refusal, and comes first). OpenSSL
+releases the GIL while it verifies a signature, and hashlib while it hashes more
+than 2 KiB. Batches leave the check in the order they arrived, on to the writer.
+A forged batch costs at most ``n`` signature checks (a duplicate or out-of-set
+signer ends the check).
 
 A request may name its vertices by reference (``voted_batch_key``: a
 ``VotedBatch`` the consensus wrote with ``WriteState`` before it voted):
@@ -50,17 +55,21 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import DecodeError
 
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
-from cretoai.vertex import signed_digest
+from cretoai.vertex import hash_and_signed_digest, signed_digest
 from services.consensus.core.certificate import InvalidCertificate, check_certificate
 from services.consensus.core.crypto import MlDsaVerifier, Verifier, batch_digest
 from services.storage import metrics
 from services.storage.errors import InvalidArgument
-from services.storage.validate import MAX_STATE_KEY_BYTES
+from services.storage.validate import MAX_STATE_KEY_BYTES, hash_mismatch
 
 if TYPE_CHECKING:
     from cretoai.crypto.backend import Backend
 
 log = logging.getLogger(__name__)
+
+#: Vertices hashed per job on the two threads: a 100-vertex batch in 4 slices (~0.8 ms
+#: each) that the threads share with the quorum's signatures; one job for a small batch.
+HASH_SLICE = 32
 
 
 class Refused(InvalidArgument):
@@ -173,11 +182,31 @@ def vertices_digest(batch: vertex_pb2.FinalizedBatch) -> bytes:
 def check_digest(batch: vertex_pb2.FinalizedBatch, origin: str = "batch.vertices") -> None:
     """Check 2: the batch's digest is the digest of exactly its vertices (from ``origin``)."""
     if vertices_digest(batch) != batch.batch_digest:
-        raise Refused(
-            "digest",
-            f"batch.batch_digest: not the digest of {origin} (SHA3-256 over the signed "
-            "digest of each vertex, in order); the certificate proves another batch",
-        )
+        raise Refused("digest", digest_mismatch(origin))
+
+
+def digest_mismatch(origin: str) -> str:
+    return (
+        f"batch.batch_digest: not the digest of {origin} (SHA3-256 over the signed "
+        "digest of each vertex, in order); the certificate proves another batch"
+    )
+
+
+def _hash_slice(
+    vertices: Sequence[vertex_pb2.Vertex],
+    results: Sequence[storage_pb2.ExecutionResult] | None,
+    start: int,
+    stop: int,
+) -> list[bytes]:
+    """The signed digests of ``vertices[start:stop]``; with ``results``, each vertex's
+    hash checked against its result's on the way (one canonical encoding for both)."""
+    digests = []
+    for i in range(start, min(stop, len(vertices))):
+        content, copy = hash_and_signed_digest(vertices[i])
+        if results is not None and results[i].hash != content:
+            raise InvalidArgument(hash_mismatch(i))
+        digests.append(copy)
+    return digests
 
 
 def check_quorum(batch: vertex_pb2.FinalizedBatch, *, n: int, verifier: Verifier) -> None:
@@ -216,27 +245,62 @@ class Certifier:
         #: Done when the previous batch's check is: each waits for its predecessor.
         self._tail: asyncio.Future[None] | None = None
 
-    async def check(self, batch: vertex_pb2.FinalizedBatch, origin: str = "batch.vertices") -> None:
+    async def check(
+        self,
+        batch: vertex_pb2.FinalizedBatch,
+        origin: str = "batch.vertices",
+        *,
+        results: Sequence[storage_pb2.ExecutionResult] | None = None,
+    ) -> None:
         """Raise :class:`Refused` unless ``batch`` is proven final (counted and logged).
 
-        ``origin`` says where the vertices came from (:func:`resolve_reference`)."""
+        ``origin`` says where the vertices came from (:func:`resolve_reference`). With
+        ``results`` (a CommitBatch's, one per vertex), each result's hash is checked too,
+        as :func:`~services.storage.validate.check_result_hashes` does, and its failure
+        (an :class:`InvalidArgument`, not a refusal) comes before the proof's: the
+        vertices are hashed once for both, in slices shared by the two threads."""
         loop = asyncio.get_running_loop()
         previous, done = self._tail, loop.create_future()
         self._tail = done
         started = time.perf_counter()
         try:
-            check_certificate_fields(batch)
-            digest, quorum = await asyncio.gather(
-                loop.run_in_executor(self._pool, check_digest, batch, origin),
-                loop.run_in_executor(
+            fields: Refused | None = None
+            try:
+                check_certificate_fields(batch)
+            except Refused as exc:
+                fields = exc
+            quorum = (
+                None
+                if fields is not None
+                else loop.run_in_executor(
                     self._pool,
                     functools.partial(check_quorum, batch, n=self.n, verifier=self._verifier),
-                ),
-                return_exceptions=True,
+                )
             )
-            for outcome in (digest, quorum):  # the digest's verdict first
+            vertices = batch.vertices
+            slices = [
+                loop.run_in_executor(
+                    self._pool, _hash_slice, vertices, results, start, start + HASH_SLICE
+                )
+                for start in range(0, max(len(vertices), 1), HASH_SLICE)
+            ]
+            # one gather: a cancelled caller leaves no job's outcome unretrieved
+            outcomes = await asyncio.gather(
+                *slices, *([quorum] if quorum is not None else []), return_exceptions=True
+            )
+            signatures = outcomes[len(slices)] if quorum is not None else None
+            digests: list[bytes] = []
+            for outcome in outcomes[: len(slices)]:
                 if isinstance(outcome, BaseException):
-                    raise outcome
+                    raise outcome  # a result's hash: the first slice's failure first
+                assert outcome is not None
+                digests.extend(outcome)
+            if fields is not None:
+                raise fields
+            if batch_digest(digests) != batch.batch_digest:
+                raise Refused("digest", digest_mismatch(origin))
+            if isinstance(signatures, BaseException):
+                raise signatures
         except Refused as exc:
             _count(exc, batch.seq)
             raise

@@ -31,7 +31,7 @@ from services.storage.store import (
 )
 from services.storage.validate import (
     MAX_STATE_KEY_BYTES,
-    check_commit,
+    check_commit_shape,
     check_evidence,
     check_hash,
     check_keys,
@@ -125,8 +125,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         origin = "batch.vertices"
         if request.voted_batch_key:  # the vertices from the consensus's VotedBatch record
             origin = resolve_reference(request, self._store.get_state)
-        check_commit(request)
-        await self._certifier.check(request.batch, origin)  # the proof of finality, off the loop
+        check_commit_shape(request)
+        # each result's hash and the proof of finality, off the loop
+        await self._certifier.check(request.batch, origin, results=request.results)
         store = self._store
         outcome = await self._writer.submit(lambda: store.commit_batch(request), kind="commit")
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)

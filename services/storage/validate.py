@@ -5,7 +5,9 @@ What needs the database (a seq gap, an unknown parent) is checked by the store.
 
 from __future__ import annotations
 
-from cretoai.v1 import pbft_pb2, storage_pb2
+from collections.abc import Sequence
+
+from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 from cretoai.vertex import vertex_hash
 from services.storage.errors import InvalidArgument
 from services.storage.keys import HASH_SIZE
@@ -39,8 +41,34 @@ def limit_of(value: int, what: str = "limit") -> int:
 
 
 def check_commit(request: storage_pb2.CommitBatchRequest) -> None:
-    """The shape of a CommitBatch request. Its proof of finality (the certificate, and the
-    digest of the vertices) is checked next, by :mod:`services.storage.certify`."""
+    """The shape of a CommitBatch request and each result's hash (the vertex hash of its
+    vertex), on one thread: :func:`check_commit_shape` and :func:`check_result_hashes`.
+    The service runs the second on :class:`services.storage.certify.Certifier`'s threads,
+    with the proof of finality."""
+    check_commit_shape(request)
+    check_result_hashes(request.results, request.batch.vertices)
+
+
+def check_result_hashes(
+    results: Sequence[storage_pb2.ExecutionResult],
+    vertices: Sequence[vertex_pb2.Vertex],
+    start: int = 0,
+) -> None:
+    """Each result names its vertex by the vertex's hash (``results[i]`` for
+    ``vertices[i]``; ``start`` numbers the first in messages)."""
+    for i, (result, vertex) in enumerate(zip(results, vertices, strict=True), start):
+        if vertex_hash(vertex) != result.hash:
+            raise InvalidArgument(hash_mismatch(i))
+
+
+def hash_mismatch(index: int) -> str:
+    return f"results[{index}].hash: not the hash of batch.vertices[{index}]"
+
+
+def check_commit_shape(request: storage_pb2.CommitBatchRequest) -> None:
+    """The shape of a CommitBatch request, without hashing anything. The results' hashes
+    and the proof of finality (the certificate, and the digest of the vertices) are
+    checked next, by :mod:`services.storage.certify`."""
     if not request.HasField("batch"):
         raise InvalidArgument("batch: missing")
     batch = request.batch
@@ -69,8 +97,6 @@ def check_commit(request: storage_pb2.CommitBatchRequest) -> None:
                 raise InvalidArgument(f"results[{i}].reject_reason: set on an accepted vertex")
             for j, parent in enumerate(vertex.parents):
                 check_hash(parent, f"batch.vertices[{i}].parents[{j}]")
-        if vertex_hash(vertex) != result.hash:
-            raise InvalidArgument(f"results[{i}].hash: not the hash of batch.vertices[{i}]")
     if rejected != list(batch.rejected):
         raise InvalidArgument(
             "batch.rejected: must list the hashes of the rejected results, in batch order"

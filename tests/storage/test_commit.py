@@ -279,6 +279,36 @@ async def test_a_result_hash_must_be_its_vertex_hash(running: Running) -> None:
     )
 
 
+async def test_a_wrong_result_hash_is_found_in_any_slice_of_a_large_batch(
+    running: Running,
+) -> None:
+    """Results' hashes are checked with the digest, in slices on two threads: a wrong one
+    in the last slice is named by its index, the batch is not written, and it is a bad
+    request, not a refused proof (its certificate and digest are genuine)."""
+    from services.storage.certify import HASH_SLICE
+
+    vertices = [make_vertex() for _ in range(2 * HASH_SLICE + 5)]
+    hashes = [vertex_hash(v) for v in vertices]
+    wrong = 2 * HASH_SLICE + 3
+    hashes[wrong] = os.urandom(32)
+    refused_before = {
+        check: REGISTRY.get_sample_value("cretoai_storage_commit_refusals_total", {"check": check})
+        for check in ("digest", "certificate")
+    }
+    await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        running.stub.CommitBatch(commit_request(1, vertices, hashes=hashes)),
+        f"results[{wrong}].hash: not the hash of batch.vertices[{wrong}]",
+    )
+    assert (await stats(running)).last_seq == 0
+    assert await get(running, vertex_hash(vertices[0])) is None
+    for check, before in refused_before.items():
+        after = REGISTRY.get_sample_value("cretoai_storage_commit_refusals_total", {"check": check})
+        assert after == before, check
+    # the same batch with its own hashes is written
+    assert (await running.stub.CommitBatch(commit_request(1, vertices))).last_seq == 1
+
+
 def _mutations() -> list[tuple[str, Callable[[storage_pb2.CommitBatchRequest], None], str]]:
     def no_batch(r: storage_pb2.CommitBatchRequest) -> None:
         r.ClearField("batch")
