@@ -74,6 +74,7 @@ from services.consensus.executor import Executed, Executor
 from services.consensus.feed import FinalizedFeed
 from services.consensus.link import SESSION_METADATA, TransportLink
 from services.consensus.mark import MarkFile
+from services.consensus.recent import RecentFinalized
 from services.consensus.repair import RepairBudget
 from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
@@ -346,9 +347,10 @@ class Driver:
         self.names = tuple(peer_names) or tuple(str(i) for i in range(len(self._keys)))
         self._storage = storage
         self._verifier = verifier
-        self._executor = Executor(
-            storage, verifier, executed=executed or ExecutedState(), contents_max=pending_max
-        )
+        executed = executed or ExecutedState()
+        self._executor = Executor(storage, verifier, executed=executed, contents_max=pending_max)
+        #: What this process finalized lately, for admission (recent.py).
+        self.recent = RecentFinalized(watermark=executed.seq)
         self.on_fatal = on_fatal
         self._mark_file = mark_file
         self.feed = feed
@@ -971,6 +973,7 @@ class Driver:
                 )
         for committed in rd.execute:
             executed = await self._execute(committed)
+            self.recent.add(committed.seq, (r.hash for r in executed.results if not r.rejected))
             self.replica.applied(committed.seq, executed.state_digest)
             now = time.monotonic()
             for content in executed.contents:

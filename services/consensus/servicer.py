@@ -14,6 +14,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span
+from prometheus_client import Counter
 
 from cretoai.config import NodeConfig
 from cretoai.crypto.keys import node_id
@@ -56,6 +57,13 @@ MAX_SUBMIT_VERTICES = 256
 MAX_SUBMIT_BYTES = 8 * 1024 * 1024
 #: Most hashes storage's GetVertexStatuses takes in one request.
 STATUS_LOOKUP = 1024
+
+ADMISSION_LOOKUPS = Counter(
+    "cretoai_consensus_admission_lookups_total",
+    "Vertices whose finalized status (and their parents') admission took from what this "
+    "process finalized lately (source=recent) or read from storage (source=storage)",
+    ["source"],
+)
 OVERLOADED_MESSAGE = (
     "this node is behind its offered load (a pending vertex waited longer than "
     "consensus.admission_max_wait_ms); retry later"
@@ -205,9 +213,27 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
         elif self._driver.overloaded():
             raise ResourceExhausted(OVERLOADED_MESSAGE)
         digests = {i: vertex_hash(vertices[i]) for i in live}
-        records = await self._statuses(
-            dict.fromkeys(h for i in live for h in (digests[i], *vertices[i].parents))
-        )
+        # What this process finalized lately decides most vertices (recent.py); storage is
+        # asked about the others
+        recent = self._driver.recent
+        records: dict[bytes, vertex_pb2.VertexRecord] = {}
+        asked = []
+        for i in live:
+            parents = vertices[i].parents
+            if recent.decides(digests[i], parents):
+                for parent in parents:
+                    records[parent] = vertex_pb2.VertexRecord(hash=parent, status=FINALIZED)
+            else:
+                asked.append(i)
+        if len(asked) < len(live):
+            ADMISSION_LOOKUPS.labels("recent").inc(len(live) - len(asked))
+        if asked:
+            ADMISSION_LOOKUPS.labels("storage").inc(len(asked))
+            records.update(
+                await self._statuses(
+                    dict.fromkeys(h for i in asked for h in (digests[i], *vertices[i].parents))
+                )
+            )
         # A finalized copy sent again is answered without verifying it again: its bytes
         # were verified at execution. Anyone can replay finalized copies (they are public),
         # at no cost to them, so each once cost every node a verification for nothing.

@@ -30,6 +30,7 @@ from cretoai.vertex import BAD_SIGNATURE_MESSAGE, signed_digest, vertex_hash
 from devkit.ports import free_base_port
 from node.clusterinit import init_cluster
 from services.consensus.core.replica import ProposeResult
+from services.consensus.recent import RecentFinalized
 from services.consensus.servicer import MAX_SUBMIT_BYTES, MAX_SUBMIT_VERTICES, ConsensusServicer
 from tests.consensus_service.support import NothingStored
 from tests.consensus_service.test_failure import channel_to, start_service
@@ -273,6 +274,57 @@ async def test_a_finalized_copy_sent_again_is_not_verified_again(
     assert after == before + 1
 
 
+def admission_lookups(cfg: NodeConfig) -> dict[str, float]:
+    """The consensus process's admission lookups by source (recent, storage)."""
+    with urllib.request.urlopen(f"http://{cfg.consensus.metrics}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        sample.labels["source"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "cretoai_consensus_admission_lookups_total"
+    }
+
+
+async def test_a_child_of_vertices_finalized_here_is_admitted_without_asking_storage(
+    consensus: consensus_pb2_grpc.ConsensusStub, node: tuple[Path, NodeConfig]
+) -> None:
+    """Admission asks storage whether a vertex is finalized and whether its parents are;
+    for a vertex whose parents this process finalized lately it need not (recent.py): it
+    is admitted from what the executor finalized. A replay of a finalized copy and a vertex
+    with a parent nobody knows are still asked about, and answered as before."""
+    _, cfg = node
+    before = admission_lookups(cfg)  # a render from before any of this test's calls
+    root = vertex(unique(b"recent root"))
+    assert not accepted((await submit(consensus, [root]))[0]).duplicate
+    await finalized(consensus, {vertex_hash(root)})
+
+    child = vertex(unique(b"recent child"), [vertex_hash(root)])
+    orphan = vertex(unique(b"recent orphan"), [vertex_hash(root), os.urandom(32)])
+    results = await submit(consensus, [child, orphan, root])
+    reply = accepted(results[0])
+    assert (reply.status, reply.duplicate) == (PENDING, False)
+    error = refused(results[1])
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "is neither finalized nor pending at this node" in error.message
+    reply = accepted(results[2])
+    assert (reply.status, reply.duplicate) == (FINALIZED, True)
+    # The endpoint serves a render for up to METRICS_CACHE_S: wait for one made after
+    # the second call (its lookups are counted together). The root (no parents), the
+    # orphan and the replay from storage; the child from what was finalized here.
+    deadline = time.monotonic() + 10
+    while (after := admission_lookups(cfg)).get("recent", 0) == before.get("recent", 0):
+        assert time.monotonic() < deadline, "no fresh render of the metrics within 10 s"
+        await asyncio.sleep(METRICS_CACHE_S)
+    assert after.get("recent", 0) - before.get("recent", 0) == 1
+    assert after.get("storage", 0) - before.get("storage", 0) == 3
+    outcome = await finalized(consensus, {vertex_hash(child)})
+    assert outcome[vertex_hash(child)][1] is False  # executed and finalized, not rejected
+    # the child, finalized here since: a replay, which storage answers copy by copy
+    reply = accepted((await submit(consensus, [child]))[0])
+    assert (reply.status, reply.duplicate) == (FINALIZED, True)
+
+
 async def test_a_malformed_call_is_refused_whole(
     consensus: consensus_pb2_grpc.ConsensusStub,
 ) -> None:
@@ -309,6 +361,7 @@ class _Driver:
         self.pending: dict[bytes, vertex_pb2.Vertex] = {}
         self.proposed: list[tuple[bytes, SpanContext]] = []
         self.replica = self
+        self.recent = RecentFinalized(watermark=0)  # knows nothing: storage is asked
 
     def overloaded(self) -> bool:
         return False

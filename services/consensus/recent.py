@@ -1,0 +1,75 @@
+"""The contents this process finalized lately: what admission may know without storage.
+
+Admitting a vertex needs two facts: whether its content is already finalized (then it is
+answered as a duplicate, not ordered again) and whether each parent is finalized (or
+pending). Storage knows both; asking costs a gRPC round trip to another process on every
+``SubmitVertices`` call, which with one vertex per request is about a quarter of the
+cluster's CPU per vertex at 200 vertices/s (docs/benchmarks.md). :class:`RecentFinalized`
+answers most of those calls here.
+
+**What it holds.** Every content that this process's executor finalized, with its seq,
+newest last, as far back as ``watermark``: the executor adds each batch in seq order, and
+the oldest entries go first when it is full, each eviction raising the watermark to the
+seq it drops. At start the watermark is the last seq storage had executed (the executor
+starts after it), so the invariant holds from the first batch:
+
+    *every content finalized at a seq above the watermark is here.*
+
+**Why a miss can mean "not finalized".** A vertex is finalized only after each of its
+parents (execution accepts it only with every parent finalized, earlier in the log or
+earlier in the same batch, and storage refuses a batch that says otherwise). So if every
+parent of a vertex is here at a seq above the watermark, the vertex, were it finalized,
+would be at a seq at least as high, hence here too. A vertex without parents, or with a
+parent not here (older, or not finalized), is not decided here: storage is asked, as
+before. A positive answer ("finalized") never goes stale: nothing un-finalizes.
+
+Only admission uses it. Execution, whose decisions every replica must make alike, still
+reads storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+#: Contents kept (about 130 bytes each: a 32-byte key in a dict, and its seq).
+DEFAULT_CAPACITY = 32_768
+
+
+class RecentFinalized:
+    def __init__(self, watermark: int, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        #: Every content finalized at a seq above it is in ``_seq_of``.
+        self.watermark = watermark
+        self._capacity = capacity
+        self._seq_of: dict[bytes, int] = {}  # insertion order is seq order
+
+    def __len__(self) -> int:
+        return len(self._seq_of)
+
+    def add(self, seq: int, contents: Iterable[bytes]) -> None:
+        """The contents finalized by batch ``seq`` (batches in seq order, each once)."""
+        seq_of = self._seq_of
+        for content in contents:
+            seq_of.setdefault(content, seq)
+        while len(seq_of) > self._capacity:
+            oldest = next(iter(seq_of))
+            self.watermark = max(self.watermark, seq_of.pop(oldest))
+
+    def finalized(self, content: bytes) -> bool:
+        """True: finalized (for good). False: not known here, which says nothing alone."""
+        return content in self._seq_of
+
+    def decides(self, content: bytes, parents: Sequence[bytes]) -> bool:
+        """Whether ``content`` (with ``parents``) is answered here: not finalized, and
+        every parent finalized. False when storage must be asked (a parent not here above
+        the watermark, no parents, or the content itself here: a duplicate, which storage
+        compares copy by copy)."""
+        if not parents or content in self._seq_of:
+            return False
+        watermark, seq_of = self.watermark, self._seq_of
+        for parent in parents:
+            seq = seq_of.get(parent)
+            if seq is None or seq <= watermark:
+                return False
+        return True
