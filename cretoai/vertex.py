@@ -53,7 +53,11 @@ def canonical_bytes(vertex: vertex_pb2.Vertex) -> bytes:
 
 
 def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
-    return hashlib.sha3_256(_HASH_DOMAIN + canonical_bytes(vertex)).digest()
+    return _hashed(canonical_bytes(vertex))
+
+
+def _hashed(canonical: bytes) -> bytes:
+    return hashlib.sha3_256(_HASH_DOMAIN + canonical).digest()
 
 
 def _signed(canonical: bytes, signature: bytes) -> bytes:
@@ -75,10 +79,7 @@ def hash_and_signed_digest(vertex: vertex_pb2.Vertex) -> tuple[bytes, bytes]:
     """``(vertex_hash(vertex), signed_digest(vertex))`` with the canonical encoding built
     once: where both are needed (storage checks each executed copy against both)."""
     canonical = canonical_bytes(vertex)
-    return (
-        hashlib.sha3_256(_HASH_DOMAIN + canonical).digest(),
-        _signed(canonical, vertex.signature),
-    )
+    return _hashed(canonical), _signed(canonical, vertex.signature)
 
 
 def make_vertex(

@@ -282,7 +282,7 @@ class Certifier:
                 loop.run_in_executor(
                     self._pool, _hash_slice, vertices, results, start, start + HASH_SLICE
                 )
-                for start in range(0, max(len(vertices), 1), HASH_SLICE)
+                for start in range(0, len(vertices), HASH_SLICE)
             ]
             # one gather: a cancelled caller leaves no job's outcome unretrieved
             outcomes = await asyncio.gather(

@@ -50,13 +50,10 @@ def check_commit(request: storage_pb2.CommitBatchRequest) -> None:
 
 
 def check_result_hashes(
-    results: Sequence[storage_pb2.ExecutionResult],
-    vertices: Sequence[vertex_pb2.Vertex],
-    start: int = 0,
+    results: Sequence[storage_pb2.ExecutionResult], vertices: Sequence[vertex_pb2.Vertex]
 ) -> None:
-    """Each result names its vertex by the vertex's hash (``results[i]`` for
-    ``vertices[i]``; ``start`` numbers the first in messages)."""
-    for i, (result, vertex) in enumerate(zip(results, vertices, strict=True), start):
+    """Each result names its vertex by the vertex's hash (``results[i]`` for ``vertices[i]``)."""
+    for i, (result, vertex) in enumerate(zip(results, vertices, strict=True)):
         if vertex_hash(vertex) != result.hash:
             raise InvalidArgument(hash_mismatch(i))
 
