@@ -245,6 +245,12 @@ class ConsensusSection:
     #: fewer, claims are not sent on their own nor waited for (a message costs more than
     #: the verifications it saves); claims beside bodies always go.
     vouch_min_copies: int = 8
+    #: Execution decides most batches' vertex statuses from what this process finalized
+    #: lately, without a storage read (docs/consensus.md). On: it reads storage as well,
+    #: uses storage's answer, and logs and counts any difference
+    #: (cretoai_consensus_recent_mismatches_total). A check for tests and audits: one
+    #: storage read more per batch.
+    cross_check_recent: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -332,6 +332,7 @@ class Driver:
         on_fatal: Callable[[str], None] | None = None,
         peer_names: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        cross_check_recent: bool = False,
     ) -> None:
         self.replica = replica
         self._clock = clock
@@ -348,9 +349,15 @@ class Driver:
         self._storage = storage
         self._verifier = verifier
         executed = executed or ExecutedState()
-        self._executor = Executor(storage, verifier, executed=executed, contents_max=pending_max)
-        #: What this process finalized lately, for admission (recent.py).
-        self.recent = RecentFinalized(watermark=executed.seq)
+        self._executor = Executor(
+            storage,
+            verifier,
+            executed=executed,
+            contents_max=pending_max,
+            cross_check_recent=cross_check_recent,
+        )
+        #: What this process finalized lately, for admission and execution (recent.py).
+        self.recent: RecentFinalized = self._executor.recent
         self.on_fatal = on_fatal
         self._mark_file = mark_file
         self.feed = feed
@@ -973,7 +980,6 @@ class Driver:
                 )
         for committed in rd.execute:
             executed = await self._execute(committed)
-            self.recent.add(committed.seq, (r.hash for r in executed.results if not r.rejected))
             self.replica.applied(committed.seq, executed.state_digest)
             now = time.monotonic()
             for content in executed.contents:

@@ -1,8 +1,10 @@
 """Execution of committed batches: deterministic validity, then one atomic storage write.
 
 The decisions are :mod:`services.consensus.execution`'s (pure, shared with the
-simulator). This module gathers their inputs (finalized statuses from storage,
-signature verdicts), extends the state digest over the outcomes, and commits.
+simulator). This module gathers their inputs (finalized statuses, signature verdicts),
+extends the state digest over the outcomes, and commits. The statuses come from what
+this process finalized lately (:class:`~services.consensus.recent.RecentFinalized`) when
+it decides them all, else from storage (one GetVertexStatuses).
 
 A batch this replica voted for is already in storage: the replica wrote its
 bodies (a ``VotedBatch`` under ``batch/<digest hex>``, ``core.durable``) before
@@ -36,6 +38,7 @@ from services.consensus.core.crypto import next_state_digest, outcome_bytes
 from services.consensus.core.durable import ExecutedState, batch_key
 from services.consensus.core.ready import Committed
 from services.consensus.execution import Candidate, decide
+from services.consensus.recent import RecentFinalized
 from services.consensus.retry import StorageCallFailed, call_until_done
 from services.consensus.tracing import now_ns, tracer
 from services.consensus.verify import Verifier
@@ -57,6 +60,18 @@ STORAGE_COMMITS = Counter(
     "full (an empty batch), fallback (the vertices sent after storage refused the "
     "reference)",
     ["form"],
+)
+
+STATUS_LOOKUPS = Counter(
+    "cretoai_consensus_execution_lookups_total",
+    "Batches executed whose vertices' statuses were decided by what this process "
+    "finalized lately (source=recent) or read from storage (source=storage)",
+    ["source"],
+)
+RECENT_MISMATCHES = Counter(
+    "cretoai_consensus_recent_mismatches_total",
+    "Batches whose statuses from what this process finalized lately differed from "
+    "storage's (consensus.cross_check_recent; always 0 unless there is a bug)",
 )
 
 FINALIZED = vertex_pb2.VERTEX_STATUS_FINALIZED
@@ -113,11 +128,16 @@ class Executor:
         *,
         executed: ExecutedState,
         contents_max: int = 100_000,
+        cross_check_recent: bool = False,
     ) -> None:
         self._storage = storage
         self._verifier = verifier
         self.seq = executed.seq
         self.state_digest = executed.state_digest
+        #: What this process finalized, from the seq storage had executed at start.
+        self.recent = RecentFinalized(watermark=executed.seq)
+        #: Read storage even when ``recent`` decides, and count any difference.
+        self._cross_check = cross_check_recent
         self._contents: OrderedDict[bytes, bytes] = OrderedDict()
         self._contents_max = contents_max
 
@@ -141,18 +161,9 @@ class Executor:
         contents = [
             self._content_of(r.hash, v) for r, v in zip(committed.requests, vertices, strict=True)
         ]
-        lookup = sorted(set(contents) | {p for v in vertices for p in v.parents})
-        finalized: set[bytes] = set()
-        if lookup:
-            reply = await call_until_done(
-                lambda: self._storage.GetVertexStatuses(
-                    storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=30
-                ),
-                what="read vertex statuses",
-            )
-            finalized = {r.hash for r in reply.records if r.status == FINALIZED}
         problems = [shape_error(v, max_payload_bytes=PROTOCOL_MAX_PAYLOAD_BYTES) for v in vertices]
         shaped = [i for i, problem in enumerate(problems) if problem is None]
+        finalized = await self._finalized(committed.seq, vertices, contents, shaped)
         copies = [committed.requests[i].hash for i in shaped]
         shaped_contents = [contents[i] for i in shaped]
         verdicts = dict(
@@ -217,6 +228,7 @@ class Executor:
             response = await self._commit(committed, header, vertices, results)
         storage_done = now_ns()
         self.seq, self.state_digest = committed.seq, state
+        self.recent.add(committed.seq, (r.hash for r in results if not r.rejected))
         EXECUTED_BATCHES.inc()
         EXECUTE_SECONDS.observe(time.perf_counter() - started)
         return Executed(
@@ -229,6 +241,48 @@ class Executor:
             storage_started=storage_started,
             storage_done=storage_done,
         )
+
+    async def _finalized(
+        self,
+        seq: int,
+        vertices: Sequence[vertex_pb2.Vertex],
+        contents: Sequence[bytes],
+        shaped: Sequence[int],
+    ) -> set[bytes]:
+        """The finalized ones among the contents and parents that :func:`decide` reads:
+        every well-shaped vertex's (a malformed one is rejected for its shape alone)."""
+        known = self.recent.statuses((contents[i], vertices[i].parents) for i in shaped)
+        if known is not None and not self._cross_check:
+            STATUS_LOOKUPS.labels("recent").inc()
+            return known
+        lookup = sorted(set(contents) | {p for v in vertices for p in v.parents})
+        if not lookup:
+            return set()
+        reply = await call_until_done(
+            lambda: self._storage.GetVertexStatuses(
+                storage_pb2.GetVertexStatusesRequest(hashes=lookup), timeout=30
+            ),
+            what="read vertex statuses",
+        )
+        stored = {r.hash for r in reply.records if r.status == FINALIZED}
+        if known is None:
+            STATUS_LOOKUPS.labels("storage").inc()
+            return stored
+        STATUS_LOOKUPS.labels("recent").inc()
+        asked = {h for i in shaped for h in (contents[i], *vertices[i].parents)}
+        if known != stored & asked:
+            RECENT_MISMATCHES.inc()
+            log.error(
+                "what this process finalized lately disagrees with storage; using storage's",
+                extra={
+                    "fields": {
+                        "seq": seq,
+                        "recent_only": ",".join(sorted(h.hex() for h in known - stored)),
+                        "storage_only": ",".join(sorted(h.hex() for h in (stored & asked) - known)),
+                    }
+                },
+            )
+        return stored
 
     async def _commit(
         self,

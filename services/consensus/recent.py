@@ -24,8 +24,14 @@ would be at a seq at least as high, hence here too. A vertex without parents, or
 parent not here (older, or not finalized), is not decided here: storage is asked, as
 before. A positive answer ("finalized") never goes stale: nothing un-finalizes.
 
-Only admission uses it. Execution, whose decisions every replica must make alike, still
-reads storage.
+**Execution** asks it too (:meth:`RecentFinalized.statuses`): a batch whose vertices'
+statuses are all decided here needs no storage read before its CommitBatch. The answers
+are facts, the same on every replica whatever its watermark (a content here *is*
+finalized; one decided absent *is not*), so execution stays deterministic; a batch with
+anything undecided reads storage, as before. Storage still checks what execution decided
+(it refuses a duplicate accepted or a parent not finalized), and
+``consensus.cross_check_recent`` reads storage as well and counts any difference (the
+cluster scenarios run with it).
 """
 
 from __future__ import annotations
@@ -75,3 +81,37 @@ class RecentFinalized:
             if seq is None or seq <= watermark:
                 return False
         return True
+
+    def statuses(self, vertices: Iterable[tuple[bytes, Sequence[bytes]]]) -> set[bytes] | None:
+        """For execution: which of these vertices' contents and parents are finalized, or
+        None when that is not all decided here (storage must be asked).
+
+        ``vertices`` are (content, parents) pairs of one batch, in batch order. A content
+        here is finalized. A content not here is not finalized when one of its parents
+        is here above the watermark (it would be here too), or is a content of an earlier
+        vertex of the batch already found not finalized (a vertex is never finalized
+        before its parents). A parent is decided when it is here (finalized) or is such a
+        content (not finalized).
+        """
+        seq_of, watermark = self._seq_of, self.watermark
+        finalized: set[bytes] = set()
+        absent: set[bytes] = set()
+        batch = list(vertices)
+        for content, parents in batch:
+            if content in seq_of:
+                finalized.add(content)
+                continue
+            for parent in parents:
+                seq = seq_of.get(parent)
+                if (seq is not None and seq > watermark) or parent in absent:
+                    absent.add(content)
+                    break
+            else:
+                return None
+        for _, parents in batch:
+            for parent in parents:
+                if parent in seq_of:
+                    finalized.add(parent)
+                elif parent not in absent:
+                    return None
+        return finalized

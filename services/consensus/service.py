@@ -244,6 +244,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
         byzantine=byzantine,
         vouch_signer=sign_vouch if cfg.consensus.vouch else None,
         peer_names=[v.name for v in cfg.validators],
+        cross_check_recent=cfg.consensus.cross_check_recent,
     )
     servicer = ConsensusServicer(cfg, driver, storage)
     driver.start()

@@ -154,6 +154,8 @@ RETRY_STATUSES = {429, 503, 504}
 FLOOR_WARNING = "storage is older than what this replica signed"
 #: Consensus log lines that tell how a replica reached its view (with view= and seq=).
 VIEW_MESSAGES = ("view change", "new view active", "replica restored")
+#: Execution's log line when what it finalized lately disagrees with storage.
+RECENT_MISMATCH = "what this process finalized lately disagrees with storage"
 #: How long a service may take to stop on SIGTERM before it counts as an unclean stop.
 STOP_GRACE_S = 15.0
 
@@ -378,12 +380,18 @@ class ClusterRun:
         self.pool_figures: dict[str, dict[str, float]] = {}  # by check_pool_bounded
         self.verification_figures: dict[str, float] = {}  # by check_verifications
         self.invalid_copies_ordered = 0  # by check_signatures
+        self.recent_decided = 0  # by check_recent: batches whose statuses recent decided
 
     # -- setup / start / stop ---------------------------------------------------------
 
     async def __aenter__(self) -> ClusterRun:
         s = self.scenario
-        extra: dict[str, Any] = {"fault_injection": {"enabled": True}}
+        # Execution's statuses from what each process finalized lately are checked
+        # against storage's in every scenario (check_recent).
+        extra: dict[str, Any] = {
+            "fault_injection": {"enabled": True},
+            "consensus": {"cross_check_recent": True},
+        }
         for section, values in s.settings.items():
             extra.setdefault(section, {}).update(values)
         self.layout = init_cluster(
@@ -929,6 +937,7 @@ class ClusterRun:
         await self.check_signing_floor(nodes)
         await self.check_pool_bounded(nodes)
         await self.check_verifications(nodes, len(hashes))
+        await self.check_recent(nodes)
         await self.check_logs(nodes)
         return {
             "batches": len(reference),
@@ -942,6 +951,7 @@ class ClusterRun:
             **({"pool": self.pool_figures} if self.pool_figures else {}),
             **({"verifications": self.verification_figures} if self.verification_figures else {}),
             "invalid_copies_ordered": self.invalid_copies_ordered,
+            "recent_decided": self.recent_decided,
             "events": self.events,
         }
 
@@ -1059,6 +1069,24 @@ class ClusterRun:
                     f"{VIEW_MESSAGES} with view={view} and a seq"
                 )
             self.events.append(f"{node}: {how[-1]}")
+
+    async def check_recent(self, nodes: list[str]) -> None:
+        """Execution's statuses from what each process finalized lately never differed
+        from storage's (the logs: they outlive restarts), and decided batches here."""
+        for cfg in self.configs:
+            log_file = cfg.data_dir.parent / "logs" / "consensus.log"
+            if not log_file.exists():
+                continue
+            for line in log_file.read_text(errors="replace").splitlines():
+                if RECENT_MISMATCH in line:
+                    raise ScenarioFailed(f"{log_file}: {line}")
+        decided = 0.0
+        for node in nodes:
+            samples = await self.metrics(node)
+            decided += samples.get('cretoai_consensus_execution_lookups_total{source="recent"}', 0)
+            if samples.get("cretoai_consensus_recent_mismatches_total", 0):
+                raise ScenarioFailed(f"{node}: cretoai_consensus_recent_mismatches_total > 0")
+        self.recent_decided = int(decided)
 
     async def check_reputation(self, nodes: list[str]) -> None:
         """No honest node charged or banned an honest peer."""

@@ -29,3 +29,5 @@ async def test_scenario(path: Path, tmp_path: Path) -> None:
     print(json.dumps({"scenario": path.stem, **summary}, indent=1))
     assert summary["vertices"] >= summary["acknowledged_final"] > 0
     assert summary["batches"] > 0
+    # execution decided statuses from what it finalized lately, cross-checked with storage
+    assert summary["recent_decided"] > 0

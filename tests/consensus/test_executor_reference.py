@@ -70,6 +70,7 @@ class Calls:
     def __init__(self, stub: storage_pb2_grpc.StorageStub) -> None:
         self._stub = stub
         self.commits: list[tuple[str, str]] = []
+        self.status_reads = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stub, name)
@@ -94,6 +95,12 @@ class Calls:
     def take(self) -> list[tuple[str, str]]:
         out, self.commits = self.commits, []
         return out
+
+    def GetVertexStatuses(
+        self, request: storage_pb2.GetVertexStatusesRequest, **kwargs: Any
+    ) -> Any:
+        self.status_reads += 1
+        return self._stub.GetVertexStatuses(request, **kwargs)
 
 
 @dataclass
@@ -384,3 +391,100 @@ async def test_executed_vertices_are_counted_by_outcome(node: Node) -> None:
     after = executed_vertices()
     assert after["finalized"] - before["finalized"] == 4
     assert after["rejected"] - before["rejected"] == 1
+
+
+def status_lookups() -> dict[str, float]:
+    out = {}
+    for source in ("recent", "storage"):
+        value = REGISTRY.get_sample_value(
+            "cretoai_consensus_execution_lookups_total", {"source": source}
+        )
+        out[source] = 0.0 if value is None else value
+    mismatches = REGISTRY.get_sample_value("cretoai_consensus_recent_mismatches_total")
+    out["mismatches"] = 0.0 if mismatches is None else mismatches
+    return out
+
+
+async def execute(node: Node, committed: Committed) -> tuple[Executed, int, dict[str, float]]:
+    """Execute a voted batch: what came out, the storage status reads it made, and how the
+    lookup counters moved."""
+    await node.vote(committed)
+    before, reads = status_lookups(), node.calls.status_reads
+    executed = await node.executor.execute(committed)
+    after = status_lookups()
+    return executed, node.calls.status_reads - reads, {k: after[k] - before[k] for k in after}
+
+
+async def test_a_batch_on_vertices_finalized_here_is_executed_without_a_status_read(
+    node: Node, tmp_path: Path
+) -> None:
+    """Roots read storage; their children, a replay and a child of the replayed vertex are
+    decided from what the executor finalized; an unknown parent, and after a restart a
+    parent older than the watermark, read storage again. Every outcome is stored."""
+    chain = Chain()
+    roots = chain.next(3)  # no parents: nothing bounds their seq
+    executed, reads, moved = await execute(node, roots)
+    assert (reads, moved["storage"], moved["recent"]) == (1, 1, 0)
+    await check_stored(node, roots, executed)
+
+    children = chain.vertices(3)
+    executed, reads, moved = await execute(node, chain.committed(children))
+    assert (reads, moved["storage"], moved["recent"]) == (0, 0, 1)
+    assert not executed.batch.rejected
+
+    # the same copy again, and a new vertex on it: a duplicate and a finalized vertex
+    grandchild = make_vertex(CLIENT, b"on a replayed parent", [vertex_hash(children[1])], 1)
+    replay = chain.committed([children[1], grandchild])
+    executed, reads, moved = await execute(node, replay)
+    assert (reads, moved["recent"]) == (0, 1)
+    assert list(executed.batch.rejected) == [vertex_hash(children[1])]
+    assert executed.results[0].reject_reason == "duplicate: already finalized"
+    assert (await node.record(vertex_hash(grandchild))).status == FINALIZED
+
+    unknown = make_vertex(CLIENT, b"an orphan", [vertex_hash(grandchild), bytes(32)], 2)
+    executed, reads, moved = await execute(node, chain.committed([unknown]))
+    assert (reads, moved["storage"]) == (1, 1)
+    assert executed.results[0].reject_reason == f"unknown parent {bytes(32).hex()}"
+
+    # a restarted executor knows nothing it finalized before: its watermark is seq 4
+    restarted = Executor(
+        cast(Any, node.calls),
+        node.verifier,
+        executed=ExecutedState(seq=node.executor.seq, state_digest=node.executor.state_digest),
+    )
+    node.executor = restarted
+    late = make_vertex(CLIENT, b"on an older parent", [vertex_hash(grandchild)], 3)
+    executed, reads, moved = await execute(node, chain.committed([late]))
+    assert (reads, moved["storage"]) == (1, 1)
+    assert not executed.batch.rejected
+    sibling = make_vertex(CLIENT, b"on the new one", [vertex_hash(late)], 4)
+    executed, reads, moved = await execute(node, chain.committed([sibling]))
+    assert (reads, moved["recent"]) == (0, 1)
+    assert not executed.batch.rejected
+
+
+async def test_the_cross_check_counts_a_difference_and_executes_by_storage(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With cross_check_recent, storage is read even when the executor's memory decides;
+    a memory that is wrong (here: made wrong on purpose) is logged and counted, and
+    storage's answer is what executes."""
+    node.executor = Executor(
+        cast(Any, node.calls), node.verifier, executed=ExecutedState(), cross_check_recent=True
+    )
+    chain = Chain()
+    executed, reads, moved = await execute(node, chain.next(2))
+    children = chain.vertices(2)
+    executed, reads, moved = await execute(node, chain.committed(children))
+    assert (reads, moved["recent"], moved["mismatches"]) == (1, 1, 0)
+    assert not executed.batch.rejected
+
+    never = b"\x07" * 32  # finalized nowhere, but "remembered" here
+    node.executor.recent.add(node.executor.seq, [never])
+    child = make_vertex(CLIENT, b"on a vertex storage never had", [never], 5)
+    with caplog.at_level(logging.ERROR, logger="services.consensus.executor"):
+        executed, reads, moved = await execute(node, chain.committed([child]))
+    assert (reads, moved["recent"], moved["mismatches"]) == (1, 1, 1)
+    assert executed.results[0].reject_reason == f"unknown parent {never.hex()}"
+    [line] = [r for r in caplog.records if r.name == "services.consensus.executor"]
+    assert line.fields["recent_only"] == never.hex()  # type: ignore[attr-defined]

@@ -69,3 +69,65 @@ def test_a_decided_vertex_is_never_one_that_was_finalized(seed: int) -> None:
                 assert content not in done
                 assert all(p in done for p in parents)
     assert decided > 0
+
+
+def test_execution_statuses_are_decided_only_when_every_one_is_known() -> None:
+    recent = RecentFinalized(watermark=4)
+    recent.add(5, [h(1), h(2)])
+    # a new vertex on h(1), a child of it in the same batch, and a replay of h(2)
+    batch = [(h(10), [h(1)]), (h(11), [h(10), h(2)]), (h(2), [h(1)])]
+    assert recent.statuses(batch) == {h(1), h(2)}
+    assert recent.statuses([]) == set()
+    assert recent.statuses([(h(10), [])]) is None  # a root: nothing bounds its seq
+    assert recent.statuses([(h(10), [h(1), h(3)])]) is None  # a parent not known here
+    # a parent later in the batch is not decided yet when its child is
+    assert recent.statuses([(h(11), [h(10)]), (h(10), [h(1)])]) is None
+    old = RecentFinalized(watermark=5)
+    old.add(5, [h(1)])  # at the watermark: a child may have been finalized and dropped
+    assert old.statuses([(h(10), [h(1)])]) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_execution_statuses_are_the_finalized_ones_exactly(seed: int) -> None:
+    """A random DAG finalized batch by batch, a small capacity; random batches to execute
+    (replays, new vertices on recent or old parents, chains inside the batch, unknown
+    parents, roots): whenever ``statuses`` answers, it names exactly the finalized ones
+    among the contents and parents, which is what storage would answer."""
+    rng = random.Random(seed)
+    recent = RecentFinalized(watermark=0, capacity=rng.randint(1, 40))
+    finalized: list[bytes] = []
+    parents_of: dict[bytes, list[bytes]] = {}
+    answered = unanswered = 0
+    fresh = 10**6
+    for seq in range(1, 120):
+        batch = []
+        for _ in range(rng.randint(1, 6)):
+            content = h(len(parents_of) + 1)
+            pool = finalized[-30:] + batch
+            parents_of[content] = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
+            batch.append(content)
+        finalized.extend(batch)
+        recent.add(seq, batch)
+        done = set(finalized)
+        for _ in range(10):
+            candidates: list[tuple[bytes, list[bytes]]] = []
+            for _ in range(rng.randint(1, 5)):
+                kind = rng.random()
+                if kind < 0.3:  # a replay of a finalized vertex
+                    content = rng.choice(finalized)
+                    candidates.append((content, parents_of[content]))
+                    continue
+                fresh += 1
+                pool = finalized[-(rng.choice((5, 60))) :] + [c for c, _ in candidates]
+                parents = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
+                if kind > 0.9:
+                    parents.append(h(10**9 + fresh))  # never finalized anywhere
+                candidates.append((h(fresh), parents))
+            known = recent.statuses(candidates)
+            if known is None:
+                unanswered += 1
+                continue
+            answered += 1
+            asked = {x for content, parents in candidates for x in (content, *parents)}
+            assert known == asked & done
+    assert answered > 0 and unanswered > 0
