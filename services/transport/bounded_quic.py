@@ -48,6 +48,16 @@ over the pending connections, 8 times what their stream windows allow. A CRYPTO 
 ending more than :data:`MAX_PENDING_CRYPTO` past what TLS read closes the connection
 (``crypto_buffering``), as aioquic's own check would at 512 KiB.
 
+**A bounded number of frames per packet, and padding skipped at C speed.** aioquic
+handles each frame with a Python call: a packet full of one-byte PING frames cost it 1.2
+ms of CPU per 1,350-byte packet, 9.4 ms per 16,000-byte one and 29.5 ms per 60,000-byte
+one (about 0.6 us per byte, ten to twenty times what the same bytes cost as stream data),
+and anyone who completed the QUIC handshake may send them, before it authenticated. A
+packet with more than :data:`MAX_FRAMES_PER_PACKET` frames closes the connection
+(``frames``); aioquic's own packets carry a few (an ACK, the stream frames, flow-control
+updates, up to 8 new connection IDs). Its PADDING handler stepped over the zero bytes one
+by one in Python (2.7 ms for a 60,000-byte run); they are skipped with one ``lstrip``.
+
 **Packets larger than 16 KiB, on loopback.** aioquic writes each STREAM frame's length on
 two bytes, so a frame carries at most 16,383 bytes, and it writes one STREAM frame per
 stream per packet: a packet larger than that corrupts (peers saw unknown frame types).
@@ -82,6 +92,9 @@ MAX_ACK_RANGES = 256
 #: Bytes a TLS CRYPTO stream may hold beyond what TLS has read, per epoch. aioquic allows
 #: 512 KiB; the node's handshake messages are a few KiB (an Ed25519 certificate).
 MAX_PENDING_CRYPTO = 16 * 1024
+#: Frames a packet may carry (PADDING's run of zero bytes counts as one). aioquic's own
+#: packets carry a handful; a packet of one-byte frames is an attack on the CPU.
+MAX_FRAMES_PER_PACKET = 256
 #: The most data aioquic can put in one STREAM frame (its length is a 2-byte varint).
 MAX_STREAM_FRAME_DATA = 16383
 #: Datagram size towards a peer on this host once both offered
@@ -144,6 +157,40 @@ class BoundedQuicConnection(QuicConnection):
         self.max_gaps = UNAUTHENTICATED_MAX_GAPS
         #: Why this connection closed itself on the peer's frame (a metric label), if so.
         self.refused: str | None = None
+        #: Frames the packet being read may still carry (reset for each packet).
+        self._frames_left = MAX_FRAMES_PER_PACKET
+        handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+        for frame_type, (handler, epochs) in handlers.items():
+            handlers[frame_type] = (self._counted(handler), epochs)
+
+    def _counted(self, handler: Any) -> Any:
+        """``handler``, refusing the frame once the packet has carried too many."""
+
+        def counted(context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+            self._frames_left -= 1
+            if self._frames_left < 0:
+                self._refuse(
+                    "frames",
+                    QuicErrorCode.PROTOCOL_VIOLATION,
+                    frame_type,
+                    f"more than {MAX_FRAMES_PER_PACKET} frames in one packet",
+                )
+            handler(context, frame_type, buf)
+
+        return counted
+
+    def _payload_received(self, *args: Any, **kwargs: Any) -> Any:
+        self._frames_left = MAX_FRAMES_PER_PACKET
+        return super()._payload_received(*args, **kwargs)
+
+    def _handle_padding_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        start = buf.tell()
+        rest = buf.data_slice(start, buf.capacity)
+        buf.seek(start + len(rest) - len(rest.lstrip(b"\x00")))
+        if self._quic_logger is not None and context.quic_logger_frames is not None:
+            context.quic_logger_frames.append(self._quic_logger.encode_padding_frame())
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

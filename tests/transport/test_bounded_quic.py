@@ -56,3 +56,28 @@ def test_one_byte_ranges_with_a_gap_between_each_cost_no_scan() -> None:
         gaps.add(Counted(2 * i), Counted(2 * i + 1))
     assert len(gaps) == n
     assert calls < n * 2 * 14  # two bisections of log2(4096) = 12 steps each, and a margin
+
+
+def test_padding_is_skipped_up_to_the_next_frame_or_the_end() -> None:
+    """The PADDING handler steps over a run of zero bytes (at C speed, not byte by byte
+    in Python) and leaves the buffer at the next frame, or at its end."""
+    from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+
+    from services.transport.bounded_quic import BoundedQuicConnection
+
+    class Context:
+        quic_logger_frames: list[object] = []
+
+    class Connection:
+        _quic_logger = None
+
+    handle = BoundedQuicConnection._handle_padding_frame
+    for data, start, end in (
+        (b"\x00\x00\x00\x01\x00", 1, 3),  # stops at the PING
+        (bytes(60_000), 1, 60_000),  # a whole 60-KB packet of padding
+        (b"\x00\x07", 1, 1),  # no padding left: stays
+    ):
+        buf = Buffer(data=data)
+        buf.seek(start)
+        handle(Connection(), Context(), 0, buf)  # type: ignore[arg-type]
+        assert buf.tell() == end
