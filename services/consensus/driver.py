@@ -74,7 +74,6 @@ from services.consensus.executor import Executed, Executor
 from services.consensus.feed import FinalizedFeed
 from services.consensus.link import SESSION_METADATA, TransportLink
 from services.consensus.mark import MarkFile
-from services.consensus.recent import RecentFinalized
 from services.consensus.repair import RepairBudget
 from services.consensus.retry import call_until_done
 from services.consensus.tracing import BatchTraces, now_ns, tracer
@@ -348,16 +347,15 @@ class Driver:
         self.names = tuple(peer_names) or tuple(str(i) for i in range(len(self._keys)))
         self._storage = storage
         self._verifier = verifier
-        executed = executed or ExecutedState()
         self._executor = Executor(
             storage,
             verifier,
-            executed=executed,
+            executed=executed or ExecutedState(),
             contents_max=pending_max,
             cross_check_recent=cross_check_recent,
         )
         #: What this process finalized lately, for admission and execution (recent.py).
-        self.recent: RecentFinalized = self._executor.recent
+        self.recent = self._executor.recent
         self.on_fatal = on_fatal
         self._mark_file = mark_file
         self.feed = feed

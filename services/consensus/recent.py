@@ -77,12 +77,13 @@ class RecentFinalized:
         compares copy by copy)."""
         if not parents or content in self._seq_of:
             return False
-        watermark, seq_of = self.watermark, self._seq_of
-        for parent in parents:
-            seq = seq_of.get(parent)
-            if seq is None or seq <= watermark:
-                return False
-        return True
+        return all(self._above_watermark(parent) for parent in parents)
+
+    def _above_watermark(self, content: bytes) -> bool:
+        """Here, at a seq above the watermark: whatever names it as a parent and is
+        finalized is here too."""
+        seq = self._seq_of.get(content)
+        return seq is not None and seq > self.watermark
 
     def statuses(self, vertices: Iterable[tuple[bytes, Sequence[bytes]]]) -> set[bytes] | None:
         """For execution: which of these vertices' contents and parents are finalized, or
@@ -95,19 +96,15 @@ class RecentFinalized:
         before its parents). A parent is decided when it is here (finalized) or is such a
         content (not finalized).
         """
-        seq_of, watermark = self._seq_of, self.watermark
+        seq_of = self._seq_of
         finalized: set[bytes] = set()
         absent: set[bytes] = set()
         batch = list(vertices)
         for content, parents in batch:
             if content in seq_of:
                 finalized.add(content)
-                continue
-            for parent in parents:
-                seq = seq_of.get(parent)
-                if (seq is not None and seq > watermark) or parent in absent:
-                    absent.add(content)
-                    break
+            elif any(p in absent or self._above_watermark(p) for p in parents):
+                absent.add(content)
             else:
                 return None
         for _, parents in batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,6 +12,31 @@ from services.consensus.recent import RecentFinalized
 
 def h(i: int) -> bytes:
     return i.to_bytes(32, "big")
+
+
+class FinalizedDag:
+    """A random DAG finalized batch by batch into ``recent`` (a small capacity), each
+    vertex after its parents, as storage enforces."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.recent = RecentFinalized(watermark=0, capacity=rng.randint(1, 40))
+        self.finalized: list[bytes] = []
+        self.parents_of: dict[bytes, list[bytes]] = {}
+
+    def batches(self, count: int = 119) -> Iterator[set[bytes]]:
+        """Finalize ``count`` batches of 1-6 vertices; after each, what is finalized."""
+        rng, finalized, parents_of = self.rng, self.finalized, self.parents_of
+        for seq in range(1, count + 1):
+            batch: list[bytes] = []
+            for _ in range(rng.randint(1, 6)):
+                content = h(len(parents_of) + 1)
+                pool = finalized[-30:] + batch
+                parents_of[content] = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
+                batch.append(content)
+            finalized.extend(batch)
+            self.recent.add(seq, batch)
+            yield set(finalized)
 
 
 def test_a_vertex_is_decided_only_with_every_parent_finalized_here() -> None:
@@ -43,20 +69,10 @@ def test_a_decided_vertex_is_never_one_that_was_finalized(seed: int) -> None:
     enforces), a small capacity: whatever ``decides`` answers for, finalized vertices and
     vertices never finalized alike, is a vertex that was not finalized."""
     rng = random.Random(seed)
-    recent = RecentFinalized(watermark=0, capacity=rng.randint(1, 40))
-    finalized: list[bytes] = []
-    parents_of: dict[bytes, list[bytes]] = {}
+    dag = FinalizedDag(rng)
+    recent, finalized, parents_of = dag.recent, dag.finalized, dag.parents_of
     decided = 0
-    for seq in range(1, 120):
-        batch = []
-        for _ in range(rng.randint(1, 6)):
-            content = h(len(parents_of) + 1)
-            pool = finalized[-30:] + batch
-            parents_of[content] = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
-            batch.append(content)
-        finalized.extend(batch)
-        recent.add(seq, batch)
-        done = set(finalized)
+    for done in dag.batches():
         for _ in range(20):  # a finalized vertex, or a new one, with its parents
             if rng.random() < 0.5:
                 content = rng.choice(finalized)
@@ -94,21 +110,11 @@ def test_execution_statuses_are_the_finalized_ones_exactly(seed: int) -> None:
     parents, roots): whenever ``statuses`` answers, it names exactly the finalized ones
     among the contents and parents, which is what storage would answer."""
     rng = random.Random(seed)
-    recent = RecentFinalized(watermark=0, capacity=rng.randint(1, 40))
-    finalized: list[bytes] = []
-    parents_of: dict[bytes, list[bytes]] = {}
+    dag = FinalizedDag(rng)
+    recent, finalized, parents_of = dag.recent, dag.finalized, dag.parents_of
     answered = unanswered = 0
     fresh = 10**6
-    for seq in range(1, 120):
-        batch = []
-        for _ in range(rng.randint(1, 6)):
-            content = h(len(parents_of) + 1)
-            pool = finalized[-30:] + batch
-            parents_of[content] = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
-            batch.append(content)
-        finalized.extend(batch)
-        recent.add(seq, batch)
-        done = set(finalized)
+    for done in dag.batches():
         for _ in range(10):
             candidates: list[tuple[bytes, list[bytes]]] = []
             for _ in range(rng.randint(1, 5)):

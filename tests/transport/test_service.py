@@ -1084,24 +1084,14 @@ async def test_a_stranger_sending_a_packet_of_many_frames_is_closed(transports: 
         await eventually(lambda: _has(b, "protocol_errors.frames"), what="closed")
 
 
-async def test_a_datagram_of_many_coalesced_packets_is_dropped_before_decryption(
-    transports: Starter,
-) -> None:
-    """Each long-header packet costs aioquic a header unprotection and a decryption, and
-    anyone can build Initial packets: 200 tiny ones coalesced in a 16,000-byte datagram
-    cost it 4 ms of CPU. More than MAX_COALESCED_PACKETS in one datagram are dropped
-    unread, counted, and make no connection; an honest handshake coalesces at most four."""
+def coalesced_initials(packets: int, to: tuple[str, int] = ("127.0.0.1", 4433)) -> bytes:
+    """One datagram of ``packets`` tiny Initial packets (a PING each) from a new client
+    to ``to``: anyone can build them, since Initial keys derive from public values."""
     from aioquic.quic.packet import PACKET_TYPE_INITIAL, QuicFrameType
     from aioquic.quic.packet_builder import QuicPacketBuilder
 
-    from services.transport.endpoint import MAX_COALESCED_PACKETS
-
-    _, nodes = await transports(2, transport=QUIET)
-    _, b = nodes
-    assert b.node._endpoint is not None
-    before = len(b.node._endpoint.connections)
     client = QuicConnection(configuration=stranger_config())
-    client.connect(b.node.quic_address, now=time.monotonic())
+    client.connect(to, now=time.monotonic())
     assert client._version is not None
     builder = QuicPacketBuilder(
         host_cid=client.host_cid,
@@ -1110,10 +1100,28 @@ async def test_a_datagram_of_many_coalesced_packets_is_dropped_before_decryption
         is_client=True,
         max_datagram_size=16_000,
     )
-    for _ in range(MAX_COALESCED_PACKETS + 1):
+    for _ in range(packets):
         builder.start_packet(PACKET_TYPE_INITIAL, client._cryptos[Epoch.INITIAL])
         builder.start_frame(QuicFrameType.PING, capacity=1)
     [datagram], _ = builder.flush()
+    return bytes(datagram)
+
+
+async def test_a_datagram_of_many_coalesced_packets_is_dropped_before_decryption(
+    transports: Starter,
+) -> None:
+    """Each long-header packet costs aioquic a header unprotection and a decryption, and
+    anyone can build Initial packets: 200 tiny ones coalesced in a 16,000-byte datagram
+    cost it 4 ms of CPU. More than MAX_COALESCED_PACKETS in one datagram are dropped
+    unread, counted, and make no connection; an honest handshake coalesces at most four."""
+
+    from services.transport.endpoint import MAX_COALESCED_PACKETS
+
+    _, nodes = await transports(2, transport=QUIET)
+    _, b = nodes
+    assert b.node._endpoint is not None
+    before = len(b.node._endpoint.connections)
+    datagram = coalesced_initials(MAX_COALESCED_PACKETS + 1, to=b.node.quic_address)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.bind(("127.0.0.2", 0))
@@ -1127,33 +1135,14 @@ async def test_a_datagram_of_many_coalesced_packets_is_dropped_before_decryption
 def test_coalesced_packets_are_counted_from_their_headers() -> None:
     """MAX_COALESCED_PACKETS long-header packets pass, one more does not; a datagram that
     is not a sequence of long headers is left to aioquic."""
-    from aioquic.quic.packet import PACKET_TYPE_INITIAL, QuicFrameType
-    from aioquic.quic.packet_builder import QuicPacketBuilder
 
     from services.transport.endpoint import MAX_COALESCED_PACKETS, coalesces_too_many
 
-    def datagram(packets: int) -> bytes:
-        client = QuicConnection(configuration=stranger_config())
-        client.connect(("127.0.0.1", 4433), now=0.0)
-        assert client._version is not None
-        builder = QuicPacketBuilder(
-            host_cid=client.host_cid,
-            peer_cid=client._peer_cid.cid,
-            version=client._version,
-            is_client=True,
-            max_datagram_size=16_000,
-        )
-        for _ in range(packets):
-            builder.start_packet(PACKET_TYPE_INITIAL, client._cryptos[Epoch.INITIAL])
-            builder.start_frame(QuicFrameType.PING, capacity=1)
-        [data], _ = builder.flush()
-        return bytes(data)
-
-    assert not coalesces_too_many(datagram(1), 8)
-    assert not coalesces_too_many(datagram(MAX_COALESCED_PACKETS), 8)
-    assert coalesces_too_many(datagram(MAX_COALESCED_PACKETS + 1), 8)
+    assert not coalesces_too_many(coalesced_initials(1), 8)
+    assert not coalesces_too_many(coalesced_initials(MAX_COALESCED_PACKETS), 8)
+    assert coalesces_too_many(coalesced_initials(MAX_COALESCED_PACKETS + 1), 8)
     assert not coalesces_too_many(b"\x40" + os.urandom(1300), 8)  # a short header
-    assert not coalesces_too_many(datagram(2)[:60], 8)  # truncated: aioquic's to drop
+    assert not coalesces_too_many(coalesced_initials(2)[:60], 8)  # truncated: aioquic's to drop
 
 
 async def test_a_stranger_that_leaves_gaps_in_its_tls_stream_is_closed(
