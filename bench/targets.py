@@ -1,0 +1,461 @@
+"""Issue #14's targets in one run: each target's benchmark beside the floor of its shape,
+one after another, so that every figure and the floor it is judged against come from the
+same hour of the same machine.
+
+    .venv/bin/python -m bench.targets [--memory] [--keep DIR] [--output FILE]
+
+About 12 minutes (23 with ``--memory``). It runs, as subprocesses, one at a time:
+
+==============  ==========================================================================
+``floor_10``    ``latency_floor --rate 10``: PBFT's normal case alone in the node's shape
+``node_load``   ``cluster_load --rates 10,200 --overload 5``: the node at 10/s and 200/s
+                (one vertex per request), then 5 x the highest sustained of those
+``floor_200``   ``latency_floor --rate 200``
+``node_max``    ``cluster_load --rates 800 --client-batch 64``: the node saturated
+``floor_max``   ``latency_floor --window 4 --client-batch 64 --tls --execute-write``:
+                PBFT's floor saturated, with the node's internal TLS and execution write
+``failover``    ``failover``: the primary's consensus killed, then stopped (3 trials each)
+``storage``     ``storage_commit --vertices-per-batch 100``: CommitBatch against raw RocksDB
+``memory``      with ``--memory``: ``cluster_load`` for 600 s at half of ``node_max``'s rate
+==============  ==========================================================================
+
+and judges each target (:func:`judge`): **met**; **below the floor** when the floor of
+the node's shape, measured in this run, misses the target too (the node cannot meet it
+in this shape on this machine); **not met** when the floor meets it and the node does
+not; **not measured** when its benchmark failed or was not run. The table goes to
+stdout, the progress to stderr, everything to ``--output`` (default
+``bench/results/targets.json``); each benchmark's own result file is kept in ``--keep``
+(default: a temporary directory, removed). Loopback only; every run bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.cluster_load import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "targets.json"
+NODES = 4
+#: The issue's figures (issue #14).
+SHARE_OF_BOUND = 0.40
+P50_AT_10_MS = 25.0
+P99_AT_10_MS = 50.0
+P99_AT_200_MS = 100.0
+CORE_MS_PER_VERTEX_PER_NODE = 0.5
+FAILOVER_S = 3.0
+OVERLOAD_SHARE = 0.90
+STORAGE_OVER_RAW = 1.2
+
+MET, NOT_MET, BELOW_FLOOR, NOT_MEASURED = "met", "not met", "below the floor", "not measured"
+
+Results = dict[str, dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One benchmark run: ``python -m bench.<module> <args> --output <dir>/<name>.json``."""
+
+    name: str
+    module: str
+    args: tuple[str, ...]
+    #: What it usually takes on the 2-core development VM, for the progress line.
+    minutes: float
+    timeout_s: float
+
+    def command(self, output: Path) -> list[str]:
+        return [sys.executable, "-m", f"bench.{self.module}", *self.args, "--output", str(output)]
+
+
+def _args(line: str) -> tuple[str, ...]:
+    return tuple(line.split())
+
+
+def plan() -> list[Run]:
+    """The runs, in order (``memory`` comes after, from ``node_max``'s rate)."""
+    return [
+        Run("floor_10", "latency_floor", _args("--rate 10 --seconds 20"), 0.6, 300),
+        Run(
+            "node_load",
+            "cluster_load",
+            _args("--rates 10,200 --duration 20 --verify-seconds 0 --overload 5"),
+            3.5,
+            900,
+        ),
+        Run("floor_200", "latency_floor", _args("--rate 200 --seconds 20"), 0.6, 300),
+        Run(
+            "node_max",
+            "cluster_load",
+            _args(
+                "--rates 800 --duration 40 --client-batch 64 --client-linger-ms 1000 "
+                "--no-skip --verify-seconds 2"
+            ),
+            2.0,
+            900,
+        ),
+        Run(
+            "floor_max",
+            "latency_floor",
+            _args("--window 4 --client-batch 64 --tls --execute-write --seconds 15 --warmup 5"),
+            0.8,
+            300,
+        ),
+        Run("failover", "failover", (), 2.0, 900),
+        Run("storage", "storage_commit", _args("--vertices-per-batch 100"), 1.0, 600),
+    ]
+
+
+def memory_run(maximum_rate: float) -> Run:
+    """Ten minutes at half the saturated rate (the memory target's run)."""
+    rate = max(1, round(maximum_rate / 2))
+    return Run(
+        "memory",
+        "cluster_load",
+        _args(
+            f"--rates {rate} --duration 600 --client-batch 64 --client-linger-ms 1000 "
+            f"--verify-seconds 0 --maximum-rate {maximum_rate:g}"
+        ),
+        11.0,
+        1500,
+    )
+
+
+# ------------------------------------------------------------------------------ judging
+
+
+def verdict(node_ok: bool | None, floor_ok: bool | None) -> str:
+    """A node that misses a target its floor misses too is below the floor."""
+    if node_ok is None:
+        return NOT_MEASURED
+    if node_ok:
+        return MET
+    return BELOW_FLOOR if floor_ok is False else NOT_MET
+
+
+def _step(result: dict[str, Any] | None, rate: float) -> dict[str, Any] | None:
+    """The ``cluster_load`` step offered ``rate`` (not an overload step)."""
+    for step in (result or {}).get("steps", []):
+        if step["offered_rate"] == rate and "overload" not in step:
+            return dict(step)
+    return None
+
+
+def _latency(result: dict[str, Any] | None) -> dict[str, Any]:
+    return ((result or {}).get("load") or {}).get("latency") or {}
+
+
+def _at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _throughput(r: Results) -> dict[str, Any]:
+    step = _step(r.get("node_max"), 800)
+    share = None if step is None else step.get("verify_bound_ratio_in_run")
+    floor_max = r.get("floor_max")
+    floor_share = ((floor_max or {}).get("targets") or {}).get("share_of_verify_bound")
+    return {
+        "target": f">= {SHARE_OF_BOUND:.0%} of the ML-DSA-87 verify bound at saturation "
+        "(>= 1,000 finalized vertices/s)",
+        "node": None
+        if step is None
+        else {
+            "share_of_bound_in_run": share,
+            "share_of_bound_measured_before": step.get("verify_bound_ratio"),
+            "finalized_per_s": step["finalized_throughput"],
+        },
+        "floor": None
+        if floor_max is None
+        else {
+            "share_of_bound": floor_share,
+            "vertices_per_s": (floor_max.get("load") or {}).get("throughput_per_s"),
+        },
+        "verdict": verdict(
+            None if share is None else share >= SHARE_OF_BOUND,
+            None if floor_share is None else floor_share >= SHARE_OF_BOUND,
+        ),
+    }
+
+
+def _finality(r: Results, *, rate: float, figure: str, limit: float, floor: str) -> dict[str, Any]:
+    step = _step(r.get("node_load"), rate)
+    latency = (step or {}).get("latency") or {}
+    sustained = (step or {}).get("sustained")
+    node = latency.get(f"{figure}_ms")
+    floor_value = _latency(r.get(floor)).get(f"{figure}_ms")
+    node_ok = _at_most(node, limit)
+    return {
+        "target": f"finality {figure} <= {limit:g} ms at {rate:g} vertices/s",
+        "node": None if step is None else {f"{figure}_ms": node, "sustained": sustained},
+        "floor": None if r.get(floor) is None else {f"{figure}_ms": floor_value},
+        # an unsustained step's percentiles leave out what it never finalized
+        "verdict": verdict(node_ok and bool(sustained), _at_most(floor_value, limit)),
+    }
+
+
+def _core_ms(r: Results) -> dict[str, Any]:
+    step = _step(r.get("node_max"), 800)
+    node = None
+    if step is not None and step.get("cpu_ms_per_finalized_vertex_cluster") is not None:
+        node = step["cpu_ms_per_finalized_vertex_cluster"] / NODES
+    floor_cluster = ((r.get("floor_max") or {}).get("cpu") or {}).get("cluster_ms_per_vertex")
+    floor_value = None if floor_cluster is None else floor_cluster / NODES
+    return {
+        "target": f"<= {CORE_MS_PER_VERTEX_PER_NODE} core-ms per finalized vertex per node "
+        "(at saturation)",
+        "node": None if node is None else {"core_ms_per_vertex_per_node": round(node, 3)},
+        "floor": None
+        if floor_value is None
+        else {"core_ms_per_vertex_per_node": round(floor_value, 3)},
+        "verdict": verdict(
+            _at_most(node, CORE_MS_PER_VERTEX_PER_NODE),
+            _at_most(floor_value, CORE_MS_PER_VERTEX_PER_NODE),
+        ),
+    }
+
+
+def _memory(r: Results) -> dict[str, Any]:
+    result = r.get("memory")
+    judged = ((result or {}).get("targets") or {}).get("rss_mb_flat_at_half_max") or {}
+    node = None
+    if result is not None:
+        steps = result.get("steps") or [{}]
+        nodes = steps[0].get("nodes") or {}
+        node = {
+            "rss_mb_max_by_node": {n: v.get("rss_mb_max") for n, v in nodes.items()},
+            "second_half_slope_mb_per_min_by_node": {
+                n: (v.get("rss_trend") or {}).get("second_half_slope_mb_per_min")
+                for n, v in nodes.items()
+            },
+            "each_page_once_mb_end_by_node": {
+                n: v.get("resident_mb_end_distinct") for n, v in nodes.items()
+            },
+        }
+    return {
+        "target": "RSS <= 400 MB per node, flat (<= 1 MB/min) over 10 minutes at half the "
+        "maximum rate",
+        "node": node,
+        "floor": None,
+        "verdict": verdict(judged.get("met"), None),
+        "judged_by_cluster_load": judged or None,
+    }
+
+
+def _failover(r: Results) -> dict[str, Any]:
+    summary = (r.get("failover") or {}).get("summary") or {}
+    values = {
+        mode: (summary.get(mode) or {}).get("first_final_s", {}).get("values") for mode in summary
+    }
+    trials = [v for vs in values.values() for v in (vs or [])]
+    ok = None if not trials else all(v is not None and v <= FAILOVER_S for v in trials)
+    return {
+        "target": f"first finalization <= {FAILOVER_S:g} s after the primary is killed or "
+        "stops answering (every trial)",
+        "node": None if not trials else {"first_final_s": values},
+        "floor": None,
+        "verdict": verdict(ok, None),
+    }
+
+
+def _overload(r: Results) -> dict[str, Any]:
+    summary = next(
+        (s["overload"] for s in (r.get("node_load") or {}).get("steps", []) if "overload" in s),
+        None,
+    )
+    share = None if summary is None else summary.get("finalized_share_of_sustained_max")
+    ok = None
+    if summary is not None and share is not None:
+        ok = share >= OVERLOAD_SHARE and summary.get("shed_at_once") is True
+    return {
+        "target": f"5 x the sustained rate offered: >= {OVERLOAD_SHARE:.0%} of it finalized, "
+        "the excess refused at once with 429",
+        "node": None
+        if summary is None
+        else {
+            k: summary.get(k)
+            for k in (
+                "sustained_max",
+                "offered_rate",
+                "finalized_throughput",
+                "finalized_share_of_sustained_max",
+                "answered_429_share_of_not_finalized",
+                "time_to_429_p99_ms",
+                "shed_at_once",
+            )
+        },
+        "floor": None,
+        "verdict": verdict(ok, None),
+    }
+
+
+def _storage(r: Results) -> dict[str, Any]:
+    runs = [x for x in (r.get("storage") or {}).get("runs", []) if x["vertices_per_batch"] == 100]
+    phases = runs[0]["phases"] if runs else []
+    node = {p["phase"]: p["service_over_raw"]["p99"] for p in phases}
+    floor = {p["phase"]: (p.get("process_floor_over_raw") or {}).get("p99") for p in phases}
+    node_ok = None if not node else all(v <= STORAGE_OVER_RAW for v in node.values())
+    floor_values = [v for v in floor.values() if v is not None]
+    floor_ok = (
+        None
+        if not floor_values or len(floor_values) < len(floor)
+        else all(v <= STORAGE_OVER_RAW for v in floor_values)
+    )
+    return {
+        "target": f"storage commit p99 <= {STORAGE_OVER_RAW} x the raw RocksDB write + WAL "
+        "sync p99 (100 vertices per batch)",
+        "node": None if not node else {"service_over_raw_p99": node},
+        "floor": None if not floor else {"process_floor_over_raw_p99": floor},
+        "verdict": verdict(node_ok, floor_ok),
+    }
+
+
+JUDGES: tuple[Callable[[Results], dict[str, Any]], ...] = (
+    _throughput,
+    lambda r: _finality(r, rate=10, figure="p50", limit=P50_AT_10_MS, floor="floor_10"),
+    lambda r: _finality(r, rate=10, figure="p99", limit=P99_AT_10_MS, floor="floor_10"),
+    lambda r: _finality(r, rate=200, figure="p99", limit=P99_AT_200_MS, floor="floor_200"),
+    _core_ms,
+    _memory,
+    _failover,
+    _overload,
+    _storage,
+)
+
+
+def judge(results: Results) -> list[dict[str, Any]]:
+    """One row per target of issue #14, from the runs' results (None: the run failed or
+    was not made)."""
+    return [j(results) for j in JUDGES]
+
+
+def _figures(value: dict[str, Any] | None) -> str:
+    if value is None:
+        return "—"
+    return "; ".join(
+        f"{k} {json.dumps(v, separators=(', ', ': ')) if isinstance(v, dict) else v}"
+        for k, v in value.items()
+    )
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| target | the node | the floor of its shape | stands |", "|---|---|---|---|"]
+    for row in rows:
+        cells = [row["target"], _figures(row["node"]), _figures(row["floor"]), row["verdict"]]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def execute(run: Run, directory: Path) -> dict[str, Any]:
+    """Run one benchmark; its outcome (the result itself is read back from its file)."""
+    output = directory / f"{run.name}.json"
+    log = directory / f"{run.name}.log"
+    command = run.command(output)
+    shown = " ".join(["python -m", f"bench.{run.module}", *run.args])
+    print(f"{run.name}: {shown} (about {run.minutes:g} min) …", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    error = None
+    with log.open("w") as sink:
+        try:
+            done = subprocess.run(
+                command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, timeout=run.timeout_s
+            )
+            if done.returncode != 0:
+                error = f"exit status {done.returncode} (see {log})"
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {run.timeout_s:g} s (see {log})"
+    elapsed = time.monotonic() - started
+    if error is None and not output.exists():
+        error = f"wrote no {output.name} (see {log})"
+    print(f"  {'done' if error is None else error} in {elapsed:.0f} s", file=sys.stderr, flush=True)
+    return {
+        "command": shown,
+        "seconds": round(elapsed, 1),
+        "load_average_1m_before": round(load, 2),
+        "error": error,
+        "file": str(output),
+    }
+
+
+def read(outcome: dict[str, Any]) -> dict[str, Any] | None:
+    if outcome["error"] is not None:
+        return None
+    try:
+        value = json.loads(Path(outcome["file"]).read_text())
+    except (OSError, ValueError) as exc:
+        outcome["error"] = f"unreadable result: {exc}"
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def run_all(runs: Sequence[Run], directory: Path, *, memory: bool) -> dict[str, Any]:
+    outcomes: dict[str, dict[str, Any]] = {}
+    results: Results = {}
+    for run in runs:
+        outcomes[run.name] = execute(run, directory)
+        results[run.name] = read(outcomes[run.name])
+    if memory:
+        step = _step(results.get("node_max"), 800)
+        if step is None or not step.get("finalized_throughput"):
+            outcomes["memory"] = {"error": "no saturation rate to halve (node_max failed)"}
+            results["memory"] = None
+        else:
+            extra = memory_run(step["finalized_throughput"])
+            outcomes["memory"] = execute(extra, directory)
+            results["memory"] = read(outcomes["memory"])
+    return {"runs": outcomes, "rows": judge(results)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also the 10-minute memory run at half the saturated rate (+11 min)",
+    )
+    parser.add_argument("--keep", type=Path, help="keep each benchmark's result and log here")
+    parser.add_argument("--output", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="cretoai-targets-") as tmp:
+        directory = args.keep or Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        done = run_all(plan(), directory, memory=args.memory)
+    result = {
+        "benchmark": "targets",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime(started)),
+        "machine": machine(),
+        "definitions": {
+            MET: "the node meets the target",
+            BELOW_FLOOR: "the node misses it and so does the floor of its shape in this run",
+            NOT_MET: "the node misses it; the floor of its shape meets it",
+            NOT_MEASURED: "its benchmark failed or was not run (see runs)",
+        },
+        **done,
+        "total_s": round(time.time() - started, 1),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result["rows"]))
+    print(f"wrote {args.output}", file=sys.stderr)
+    failed = [name for name, o in done["runs"].items() if o.get("error")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""bench/targets.py: how it judges each target against its floor (on made-up results
+shaped as the benchmarks write them), that every option it passes still exists in the
+benchmark it runs, and that a benchmark that fails is reported, not judged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.targets import (
+    BELOW_FLOOR,
+    MET,
+    NOT_MEASURED,
+    NOT_MET,
+    Run,
+    execute,
+    judge,
+    memory_run,
+    plan,
+    read,
+    table,
+    verdict,
+)
+from tests.conftest import REPO
+
+
+def _row(rows: list[dict[str, Any]], starts: str) -> dict[str, Any]:
+    (row,) = [r for r in rows if r["target"].startswith(starts)]
+    return row
+
+
+def _step(rate: float, **figures: Any) -> dict[str, Any]:
+    step: dict[str, Any] = {"offered_rate": rate, "sustained": True, "latency": {}}
+    step.update(figures)
+    return step
+
+
+def test_a_target_the_floor_misses_too_is_below_the_floor() -> None:
+    assert verdict(True, False) == MET  # met, whatever the floor
+    assert verdict(False, True) == NOT_MET
+    assert verdict(False, None) == NOT_MET  # no floor measured: not excused
+    assert verdict(False, False) == BELOW_FLOOR
+    assert verdict(None, True) == NOT_MEASURED
+
+
+def test_the_throughput_is_judged_by_the_in_run_share_against_the_saturated_floor() -> None:
+    node_max = {
+        "steps": [
+            _step(
+                800,
+                verify_bound_ratio_in_run=0.39,
+                verify_bound_ratio=0.33,
+                finalized_throughput=570.0,
+                cpu_ms_per_finalized_vertex_cluster=3.2,
+            )
+        ]
+    }
+    floor_max = {
+        "targets": {"share_of_verify_bound": 0.45},
+        "load": {"throughput_per_s": 800.0},
+        "cpu": {"cluster_ms_per_vertex": 2.4},
+    }
+    rows = judge({"node_max": node_max, "floor_max": floor_max})
+    share = _row(rows, ">= 40%")
+    assert share["verdict"] == NOT_MET
+    assert share["node"]["share_of_bound_in_run"] == 0.39
+    assert share["floor"] == {"share_of_bound": 0.45, "vertices_per_s": 800.0}
+    core = _row(rows, "<= 0.5 core-ms")
+    assert core["node"] == {"core_ms_per_vertex_per_node": 0.8}
+    assert core["verdict"] == BELOW_FLOOR  # the floor's 0.6 ms misses 0.5 too
+    node_max["steps"][0]["verify_bound_ratio_in_run"] = 0.41
+    assert _row(judge({"node_max": node_max, "floor_max": None}), ">= 40%")["verdict"] == MET
+
+
+def test_finality_of_an_unsustained_step_is_not_met_whatever_its_percentiles() -> None:
+    node_load = {
+        "steps": [
+            _step(10, latency={"p50_ms": 20.0, "p99_ms": 60.0}),
+            _step(200, latency={"p50_ms": 40.0, "p99_ms": 90.0}, sustained=False),
+        ]
+    }
+    floors = {"load": {"latency": {"p50_ms": 30.0, "p99_ms": 40.0}}}
+    rows = judge({"node_load": node_load, "floor_10": floors, "floor_200": floors})
+    assert _row(rows, "finality p50 <= 25 ms at 10")["verdict"] == MET
+    assert _row(rows, "finality p99 <= 50 ms at 10")["verdict"] == NOT_MET
+    at_200 = _row(rows, "finality p99 <= 100 ms at 200")
+    assert at_200["node"] == {"p99_ms": 90.0, "sustained": False}
+    assert at_200["verdict"] == NOT_MET
+
+
+def test_overload_failover_storage_and_memory_rows() -> None:
+    overload = {
+        "finalized_share_of_sustained_max": 1.2,
+        "shed_at_once": True,
+        "sustained_max": 200.0,
+        "offered_rate": 1000,
+    }
+    node_load = {"steps": [_step(200), {**_step(1000), "overload": overload}]}
+    failover = {
+        "summary": {
+            "kill": {"first_final_s": {"values": [1.3, 1.4]}},
+            "stop": {"first_final_s": {"values": [2.0, 3.1]}},
+        }
+    }
+    phase = {"service_over_raw": {"p99": 1.7}, "process_floor_over_raw": {"p99": 0.9}}
+    storage = {
+        "runs": [
+            {"vertices_per_batch": 1, "phases": [{**phase, "phase": "closed_loop"}]},
+            {
+                "vertices_per_batch": 100,
+                "phases": [
+                    {**phase, "phase": "closed_loop"},
+                    {**phase, "phase": "paced", "service_over_raw": {"p99": 1.1}},
+                ],
+            },
+        ]
+    }
+    memory = {
+        "steps": [{"nodes": {"node1": {"rss_mb_max": 390.0, "resident_mb_end_distinct": 280}}}],
+        "targets": {"rss_mb_flat_at_half_max": {"met": True}},
+    }
+    rows = judge(
+        {"node_load": node_load, "failover": failover, "storage": storage, "memory": memory}
+    )
+    assert _row(rows, "5 x the sustained")["verdict"] == MET
+    assert _row(rows, "first finalization")["verdict"] == NOT_MET  # one trial took 3.1 s
+    stored = _row(rows, "storage commit")
+    assert stored["node"] == {"service_over_raw_p99": {"closed_loop": 1.7, "paced": 1.1}}
+    assert stored["verdict"] == NOT_MET  # the process floor meets it
+    assert _row(rows, "RSS <= 400 MB")["verdict"] == MET
+    overload["shed_at_once"] = False
+    assert _row(judge({"node_load": node_load}), "5 x the sustained")["verdict"] == NOT_MET
+
+
+def test_nothing_measured_is_judged_not_measured_and_still_tabled() -> None:
+    rows = judge({})
+    assert len(rows) == 9
+    assert {r["verdict"] for r in rows} == {NOT_MEASURED}
+    text = table(rows)
+    assert text.count("\n") == 10 and "| — | — | not measured |" in text
+
+
+def test_the_memory_run_is_at_half_the_saturated_rate() -> None:
+    args = memory_run(581.0).args
+    assert args[args.index("--rates") + 1] == "290"
+    assert args[args.index("--duration") + 1] == "600"
+    assert args[args.index("--maximum-rate") + 1] == "581"
+
+
+@pytest.mark.parametrize("run", [*plan(), memory_run(500.0)], ids=lambda r: r.name)
+def test_every_option_passed_exists_in_the_benchmark_it_runs(run: Run) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", f"bench.{run.module}", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for option in [a for a in run.args if a.startswith("--")] + ["--output"]:
+        assert f"{option} " in shown or f"{option}\n" in shown or f"{option}," in shown, option
+
+
+def test_a_benchmark_that_fails_is_reported_and_not_judged(tmp_path: Path) -> None:
+    broken = Run("storage", "storage_commit", ("--no-such-option",), 0.1, 60)
+    outcome = execute(broken, tmp_path)
+    assert outcome["error"] is not None and "exit status 2" in outcome["error"]
+    assert read(outcome) is None
+    assert "--no-such-option" in (tmp_path / "storage.log").read_text()
+    assert _row(judge({"storage": None}), "storage commit")["verdict"] == NOT_MEASURED
