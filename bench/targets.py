@@ -2,9 +2,10 @@
 one after another, so that every figure and the floor it is judged against come from the
 same hour of the same machine.
 
-    .venv/bin/python -m bench.targets [--memory] [--keep DIR] [--output FILE]
+    .venv/bin/python -m bench.targets [--memory] [--repeats N] [--keep DIR] [--output FILE]
 
-About 12 minutes (23 with ``--memory``). It runs, as subprocesses, one at a time:
+About 8 minutes on the 2-core development VM (19 with ``--memory``; each further round
+of ``--repeats`` 6). It runs, as subprocesses, one at a time:
 
 ==============  ==========================================================================
 ``floor_10``    ``latency_floor --rate 10``: PBFT's normal case alone in the node's shape
@@ -22,7 +23,9 @@ About 12 minutes (23 with ``--memory``). It runs, as subprocesses, one at a time
 and judges each target (:func:`judge`): **met**; **below the floor** when the floor of
 the node's shape, measured in this run, misses the target too (the node cannot meet it
 in this shape on this machine); **not met** when the floor meets it and the node does
-not; **not measured** when its benchmark failed or was not run. The table goes to
+not; **not measured** when its benchmark failed or was not run. With ``--repeats N``,
+N rounds of every run but failover and memory, and each target stands where most
+rounds put it (:func:`combine`). The table goes to
 stdout, the progress to stderr, everything to ``--output`` (default
 ``bench/results/targets.json``); each benchmark's own result file is kept in ``--keep``
 (default: a temporary directory, removed). Loopback only; every run bounded in time.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,15 +88,15 @@ def _args(line: str) -> tuple[str, ...]:
 def plan() -> list[Run]:
     """The runs, in order (``memory`` comes after, from ``node_max``'s rate)."""
     return [
-        Run("floor_10", "latency_floor", _args("--rate 10 --seconds 20"), 0.6, 300),
+        Run("floor_10", "latency_floor", _args("--rate 10 --seconds 20"), 0.5, 300),
         Run(
             "node_load",
             "cluster_load",
             _args("--rates 10,200 --duration 20 --verify-seconds 0 --overload 5"),
-            3.5,
+            2.0,
             900,
         ),
-        Run("floor_200", "latency_floor", _args("--rate 200 --seconds 20"), 0.6, 300),
+        Run("floor_200", "latency_floor", _args("--rate 200 --seconds 20"), 0.5, 300),
         Run(
             "node_max",
             "cluster_load",
@@ -100,18 +104,18 @@ def plan() -> list[Run]:
                 "--rates 800 --duration 40 --client-batch 64 --client-linger-ms 1000 "
                 "--no-skip --verify-seconds 2"
             ),
-            2.0,
+            1.5,
             900,
         ),
         Run(
             "floor_max",
             "latency_floor",
             _args("--window 4 --client-batch 64 --tls --execute-write --seconds 15 --warmup 5"),
-            0.8,
+            0.5,
             300,
         ),
-        Run("failover", "failover", (), 2.0, 900),
-        Run("storage", "storage_commit", _args("--vertices-per-batch 100"), 1.0, 600),
+        Run("failover", "failover", (), 1.7, 900),
+        Run("storage", "storage_commit", _args("--vertices-per-batch 100"), 0.7, 600),
     ]
 
 
@@ -337,9 +341,11 @@ def judge(results: Results) -> list[dict[str, Any]]:
     return [j(results) for j in JUDGES]
 
 
-def _figures(value: dict[str, Any] | None) -> str:
+def _figures(value: dict[str, Any] | list[dict[str, Any]] | None) -> str:
     if value is None:
         return "—"
+    if isinstance(value, list):  # one per round
+        return " / ".join(_figures(v) for v in value)
     return "; ".join(
         f"{k} {json.dumps(v, separators=(', ', ': ')) if isinstance(v, dict) else v}"
         for k, v in value.items()
@@ -350,7 +356,10 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = ["| target | the node | the floor of its shape | stands |", "|---|---|---|---|"]
     for row in rows:
-        cells = [row["target"], _figures(row["node"]), _figures(row["floor"]), row["verdict"]]
+        stands = row["verdict"]
+        if "verdicts" in row:
+            stands += f" ({', '.join(row['verdicts'])})"
+        cells = [row["target"], _figures(row["node"]), _figures(row["floor"]), stands]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -358,13 +367,15 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------ running
 
 
-def execute(run: Run, directory: Path) -> dict[str, Any]:
-    """Run one benchmark; its outcome (the result itself is read back from its file)."""
-    output = directory / f"{run.name}.json"
-    log = directory / f"{run.name}.log"
+def execute(run: Run, directory: Path, label: str = "") -> dict[str, Any]:
+    """Run one benchmark; its outcome (the result itself is read back from its file,
+    ``<directory>/<label or run.name>.json``)."""
+    label = label or run.name
+    output = directory / f"{label}.json"
+    log = directory / f"{label}.log"
     command = run.command(output)
     shown = " ".join(["python -m", f"bench.{run.module}", *run.args])
-    print(f"{run.name}: {shown} (about {run.minutes:g} min) …", file=sys.stderr, flush=True)
+    print(f"{label}: {shown} (about {run.minutes:g} min) …", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
     started = time.monotonic()
     error = None
@@ -401,22 +412,70 @@ def read(outcome: dict[str, Any]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def run_all(runs: Sequence[Run], directory: Path, *, memory: bool) -> dict[str, Any]:
-    outcomes: dict[str, dict[str, Any]] = {}
-    results: Results = {}
-    for run in runs:
-        outcomes[run.name] = execute(run, directory)
-        results[run.name] = read(outcomes[run.name])
-    if memory:
-        step = _step(results.get("node_max"), 800)
-        if step is None or not step.get("finalized_throughput"):
-            outcomes["memory"] = {"error": "no saturation rate to halve (node_max failed)"}
-            results["memory"] = None
+#: Verdicts from the least to the most favourable to the node: a tie between rounds goes
+#: to the earlier one.
+_VERDICT_ORDER = (NOT_MET, BELOW_FLOOR, MET)
+
+
+def combine(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per target from the rows of each round: the verdict most rounds that
+    measured it reached (a tie: the one less favourable to the node), each round's
+    verdict and, with more than one round, each measured round's figures."""
+    if len(rounds) == 1:
+        return [dict(row) for row in rounds[0]]
+    combined = []
+    for rows in zip(*rounds, strict=True):
+        measured = [row for row in rows if row["verdict"] != NOT_MEASURED]
+        verdicts = [row["verdict"] for row in measured]
+        if verdicts:
+            verdict = max(
+                _VERDICT_ORDER, key=lambda v: (verdicts.count(v), -_VERDICT_ORDER.index(v))
+            )
         else:
-            extra = memory_run(step["finalized_throughput"])
+            verdict = NOT_MEASURED
+        combined.append(
+            {
+                **rows[0],
+                "node": [row["node"] for row in measured] or None,
+                "floor": [row["floor"] for row in measured if row["floor"] is not None] or None,
+                "verdict": verdict,
+                "verdicts": [row["verdict"] for row in rows],
+            }
+        )
+    return combined
+
+
+def run_all(
+    runs: Sequence[Run], directory: Path, *, memory: bool, repeats: int = 1
+) -> dict[str, Any]:
+    """``runs`` ``repeats`` times in order (failover only in the first round: it makes
+    three trials of each fault itself), then the memory run once, at half the median
+    saturated rate; the rows of each round combined (:func:`combine`)."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    rounds: list[Results] = []
+    for round_ in range(1, repeats + 1):
+        results: Results = {}
+        for run in runs:
+            if run.name == "failover" and round_ > 1:
+                continue
+            label = run.name if repeats == 1 else f"{run.name}_{round_}"
+            outcomes[label] = execute(run, directory, label)
+            results[run.name] = read(outcomes[label])
+        rounds.append(results)
+    if memory:
+        rates = [
+            step["finalized_throughput"]
+            for results in rounds
+            if (step := _step(results.get("node_max"), 800)) and step.get("finalized_throughput")
+        ]
+        if not rates:
+            outcomes["memory"] = {"error": "no saturation rate to halve (node_max failed)"}
+            rounds[0]["memory"] = None
+        else:
+            extra = memory_run(statistics.median(rates))
             outcomes["memory"] = execute(extra, directory)
-            results["memory"] = read(outcomes["memory"])
-    return {"runs": outcomes, "rows": judge(results)}
+            rounds[0]["memory"] = read(outcomes["memory"])
+    return {"runs": outcomes, "rows": combine([judge(results) for results in rounds])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,14 +485,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the 10-minute memory run at half the saturated rate (+11 min)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of every run but failover and memory; each target is judged by the "
+        "verdict most rounds reach (1-5, default 1)",
+    )
     parser.add_argument("--keep", type=Path, help="keep each benchmark's result and log here")
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args(argv)
+    if not 1 <= args.repeats <= 5:
+        parser.error("--repeats: 1 to 5")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cretoai-targets-") as tmp:
         directory = args.keep or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
-        done = run_all(plan(), directory, memory=args.memory)
+        done = run_all(plan(), directory, memory=args.memory, repeats=args.repeats)
     result = {
         "benchmark": "targets",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime(started)),

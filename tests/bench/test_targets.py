@@ -17,8 +17,10 @@ from bench.targets import (
     NOT_MEASURED,
     NOT_MET,
     Run,
+    combine,
     execute,
     judge,
+    main,
     memory_run,
     plan,
     read,
@@ -172,3 +174,35 @@ def test_a_benchmark_that_fails_is_reported_and_not_judged(tmp_path: Path) -> No
     assert read(outcome) is None
     assert "--no-such-option" in (tmp_path / "storage.log").read_text()
     assert _row(judge({"storage": None}), "storage commit")["verdict"] == NOT_MEASURED
+
+
+def _round(*verdicts: str) -> list[dict[str, Any]]:
+    return [
+        {"target": f"t{i}", "node": {"x": i}, "floor": None, "verdict": v}
+        for i, v in enumerate(verdicts)
+    ]
+
+
+def test_rounds_are_combined_by_the_verdict_most_of_them_reached() -> None:
+    rounds = [
+        _round(MET, NOT_MET, MET, NOT_MEASURED),
+        _round(NOT_MET, BELOW_FLOOR, MET, NOT_MEASURED),
+        _round(MET, NOT_MET, NOT_MEASURED, NOT_MEASURED),
+    ]
+    rows = combine(rounds)
+    assert [r["verdict"] for r in rows] == [MET, NOT_MET, MET, NOT_MEASURED]
+    assert rows[0]["verdicts"] == [MET, NOT_MET, MET]
+    assert rows[2]["node"] == [{"x": 2}, {"x": 2}]  # the rounds that measured it
+    assert rows[3]["node"] is None
+    assert "met (met, not met, met)" in table(rows)
+    # a tie goes to the verdict less favourable to the node
+    assert combine([_round(MET), _round(NOT_MET)])[0]["verdict"] == NOT_MET
+    assert combine([_round(MET), _round(BELOW_FLOOR)])[0]["verdict"] == BELOW_FLOOR
+    # one round: its rows as they are
+    assert combine([_round(MET)]) == _round(MET)
+
+
+def test_repeats_are_bounded() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--repeats", "6"])
+    assert exited.value.code == 2
