@@ -4,6 +4,7 @@ benchmark it runs, and that a benchmark that fails is reported, not judged."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from bench.targets import (
     combine,
     execute,
     judge,
+    judge_kept,
     main,
     memory_run,
     plan,
@@ -95,7 +97,7 @@ def test_finality_of_an_unsustained_step_is_not_met_whatever_its_percentiles() -
 
 
 def test_overload_failover_storage_and_memory_rows() -> None:
-    overload = {
+    overload: dict[str, Any] = {
         "finalized_share_of_sustained_max": 1.2,
         "shed_at_once": True,
         "sustained_max": 200.0,
@@ -136,6 +138,9 @@ def test_overload_failover_storage_and_memory_rows() -> None:
     assert _row(rows, "RSS <= 400 MB")["verdict"] == MET
     overload["shed_at_once"] = False
     assert _row(judge({"node_load": node_load}), "5 x the sustained")["verdict"] == NOT_MET
+    # everything finalized, nothing shed: the step did not overload the node
+    overload["shed_at_once"] = None
+    assert _row(judge({"node_load": node_load}), "5 x the sustained")["verdict"] == NOT_MEASURED
 
 
 def test_nothing_measured_is_judged_not_measured_and_still_tabled() -> None:
@@ -206,3 +211,24 @@ def test_repeats_are_bounded() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--repeats", "6"])
     assert exited.value.code == 2
+
+
+def test_kept_results_are_judged_again_without_running_anything(tmp_path: Path) -> None:
+    def step(share: float) -> dict[str, Any]:
+        return {"steps": [_step(800, verify_bound_ratio_in_run=share, finalized_throughput=500)]}
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "node_max.json").write_text(json.dumps(step(0.41)))
+    (one / "floor_max.json").write_text("not json")  # unreadable: not measured
+    rows = judge_kept(one)["rows"]
+    assert _row(rows, ">= 40%")["verdict"] == MET
+    assert _row(rows, ">= 40%")["floor"] is None
+    rounds = tmp_path / "rounds"
+    rounds.mkdir()
+    for k, share in enumerate((0.38, 0.41, 0.39), start=1):
+        (rounds / f"node_max_{k}.json").write_text(json.dumps(step(share)))
+    row = _row(judge_kept(rounds)["rows"], ">= 40%")
+    assert row["verdicts"] == [NOT_MET, MET, NOT_MET] and row["verdict"] == NOT_MET
+    with pytest.raises(FileNotFoundError):
+        judge_kept(tmp_path / "empty")
