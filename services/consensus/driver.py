@@ -652,13 +652,14 @@ class Driver:
         if sender is None:
             return  # the transport delivers only authenticated members
         carrier = dict(envelope.trace_context) if envelope.trace_context else _NO_CARRIER
-        size = len(envelope.payload)
+        payload = envelope.payload  # each read of a bytes field is a copy of it
+        size = len(payload)
         # bounded in count and bytes: back-pressure on the transport stream
         while self.verifying_bytes and self.verifying_bytes + size > VERIFYING_MAX_BYTES:
             self._verifying_freed.clear()
             await self._verifying_freed.wait()
         self.verifying_bytes += size
-        task = asyncio.create_task(self._check(sender, envelope.payload, now_ns(), carrier))
+        task = asyncio.create_task(self._check(sender, payload, now_ns(), carrier))
         await self._verifying.put((task, size))
 
     async def _check(
