@@ -52,6 +52,8 @@ from bench.cluster_load import machine
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "targets.json"
 NODES = 4
+#: The offered rate of the saturated run (``node_max``): above what the node finalizes.
+SATURATION_RATE = 800
 #: The issue's figures (issue #14).
 SHARE_OF_BOUND = 0.40
 P50_AT_10_MS = 25.0
@@ -102,8 +104,8 @@ def plan() -> list[Run]:
             "node_max",
             "cluster_load",
             _args(
-                "--rates 800 --duration 40 --client-batch 64 --client-linger-ms 1000 "
-                "--no-skip --verify-seconds 2"
+                f"--rates {SATURATION_RATE} --duration 40 --client-batch 64 "
+                "--client-linger-ms 1000 --no-skip --verify-seconds 2"
             ),
             1.5,
             900,
@@ -164,7 +166,7 @@ def _at_most(value: float | None, limit: float) -> bool | None:
 
 
 def _throughput(r: Results) -> dict[str, Any]:
-    step = _step(r.get("node_max"), 800)
+    step = _step(r.get("node_max"), SATURATION_RATE)
     share = None if step is None else step.get("verify_bound_ratio_in_run")
     floor_max = r.get("floor_max")
     floor_share = ((floor_max or {}).get("targets") or {}).get("share_of_verify_bound")
@@ -208,7 +210,7 @@ def _finality(r: Results, *, rate: float, figure: str, limit: float, floor: str)
 
 
 def _core_ms(r: Results) -> dict[str, Any]:
-    step = _step(r.get("node_max"), 800)
+    step = _step(r.get("node_max"), SATURATION_RATE)
     node = None
     if step is not None and step.get("cpu_ms_per_finalized_vertex_cluster") is not None:
         node = step["cpu_ms_per_finalized_vertex_cluster"] / NODES
@@ -360,7 +362,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| target | the node | the floor of its shape | stands |", "|---|---|---|---|"]
     for row in rows:
         stands = row["verdict"]
-        if "verdicts" in row:
+        if len(row.get("verdicts", ())) > 1:
             stands += f" ({', '.join(row['verdicts'])})"
         cells = [row["target"], _figures(row["node"]), _figures(row["floor"]), stands]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
@@ -422,8 +424,8 @@ _VERDICT_ORDER = (NOT_MET, BELOW_FLOOR, MET)
 
 def combine(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per target from the rows of each round: the verdict most rounds that
-    measured it reached (a tie: the one less favourable to the node), each round's
-    verdict and, with more than one round, each measured round's figures."""
+    measured it reached (a tie: the one less favourable to the node), and the verdict
+    and figures of each round that measured it (failover and memory: the first only)."""
     if len(rounds) == 1:
         return [dict(row) for row in rounds[0]]
     combined = []
@@ -442,7 +444,7 @@ def combine(rounds: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
                 "node": [row["node"] for row in measured] or None,
                 "floor": [row["floor"] for row in measured if row["floor"] is not None] or None,
                 "verdict": verdict,
-                "verdicts": [row["verdict"] for row in rows],
+                "verdicts": verdicts,
             }
         )
     return combined
@@ -456,26 +458,35 @@ def run_all(
     saturated rate; the rows of each round combined (:func:`combine`)."""
     outcomes: dict[str, dict[str, Any]] = {}
     rounds: list[Results] = []
-    for round_ in range(1, repeats + 1):
-        results: Results = {}
-        for run in runs:
-            if run.name == "failover" and round_ > 1:
-                continue
-            label = run.name if repeats == 1 else f"{run.name}_{round_}"
-            outcomes[label] = execute(run, directory, label)
-            results[run.name] = read(outcomes[label])
-        rounds.append(results)
+    schedule = [
+        (round_, run)
+        for round_ in range(1, repeats + 1)
+        for run in runs
+        if not (run.name == "failover" and round_ > 1)
+    ]
+    total = len(schedule) + memory
+    minutes = sum(run.minutes for _, run in schedule) + (memory_run(1).minutes if memory else 0)
+    print(f"{total} runs, about {max(1, round(minutes))} min", file=sys.stderr, flush=True)
+    for index, (round_, run) in enumerate(schedule, start=1):
+        if round_ > len(rounds):
+            rounds.append({})
+        label = run.name if repeats == 1 else f"{run.name}_{round_}"
+        print(f"[{index}/{total}] ", end="", file=sys.stderr)
+        outcomes[label] = execute(run, directory, label)
+        rounds[-1][run.name] = read(outcomes[label])
     if memory:
         rates = [
             step["finalized_throughput"]
             for results in rounds
-            if (step := _step(results.get("node_max"), 800)) and step.get("finalized_throughput")
+            if (step := _step(results.get("node_max"), SATURATION_RATE))
+            and step.get("finalized_throughput")
         ]
         if not rates:
             outcomes["memory"] = {"error": "no saturation rate to halve (node_max failed)"}
             rounds[0]["memory"] = None
         else:
             extra = memory_run(statistics.median(rates))
+            print(f"[{total}/{total}] ", end="", file=sys.stderr)
             outcomes["memory"] = execute(extra, directory)
             rounds[0]["memory"] = read(outcomes["memory"])
     return {"runs": outcomes, "rows": combine([judge(results) for results in rounds])}

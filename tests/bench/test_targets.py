@@ -26,6 +26,7 @@ from bench.targets import (
     memory_run,
     plan,
     read,
+    run_all,
     table,
     verdict,
 )
@@ -198,8 +199,11 @@ def test_rounds_are_combined_by_the_verdict_most_of_them_reached() -> None:
     assert [r["verdict"] for r in rows] == [MET, NOT_MET, MET, NOT_MEASURED]
     assert rows[0]["verdicts"] == [MET, NOT_MET, MET]
     assert rows[2]["node"] == [{"x": 2}, {"x": 2}]  # the rounds that measured it
-    assert rows[3]["node"] is None
+    assert rows[2]["verdicts"] == [MET, MET]
+    assert rows[3]["node"] is None and rows[3]["verdicts"] == []
     assert "met (met, not met, met)" in table(rows)
+    once = combine([_round(MET), _round(NOT_MEASURED)])  # failover: the first round only
+    assert once[0]["verdicts"] == [MET] and "| met |" in table(once)
     # a tie goes to the verdict less favourable to the node
     assert combine([_round(MET), _round(NOT_MET)])[0]["verdict"] == NOT_MET
     assert combine([_round(MET), _round(BELOW_FLOOR)])[0]["verdict"] == BELOW_FLOOR
@@ -232,3 +236,32 @@ def test_kept_results_are_judged_again_without_running_anything(tmp_path: Path) 
     assert row["verdicts"] == [NOT_MET, MET, NOT_MET] and row["verdict"] == NOT_MET
     with pytest.raises(FileNotFoundError):
         judge_kept(tmp_path / "empty")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rounds_run_every_benchmark_but_failover_again_for_real(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two rounds of a real (short) storage_commit run and a failover run that fails at
+    once: storage runs twice, failover once, each round is judged, and the progress says
+    how far it is."""
+    short = _args_of("--vertices-per-batch 100 --batches 12 --warmup 2 --rate 100")
+    runs = [
+        Run("storage", "storage_commit", short, 0.2, 200),
+        Run("failover", "failover", ("--bad",), 0.1, 60),
+    ]
+    done = run_all(runs, tmp_path, memory=False, repeats=2)
+    assert set(done["runs"]) == {"storage_1", "failover_1", "storage_2"}
+    assert done["runs"]["storage_1"]["error"] is None and done["runs"]["storage_2"]["error"] is None
+    assert "exit status 2" in done["runs"]["failover_1"]["error"]
+    stored = _row(done["rows"], "storage commit")
+    assert stored["verdicts"][0] != NOT_MEASURED and stored["verdicts"][1] != NOT_MEASURED
+    assert len(stored["node"]) == 2  # each round's figures
+    assert _row(done["rows"], "first finalization")["verdict"] == NOT_MEASURED
+    progress = capsys.readouterr().err
+    assert "3 runs, about 1 min" in progress and "[3/3] storage_2:" in progress
+
+
+def _args_of(line: str) -> tuple[str, ...]:
+    return tuple(line.split())
