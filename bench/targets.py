@@ -169,7 +169,11 @@ def _throughput(r: Results) -> dict[str, Any]:
     step = _step(r.get("node_max"), SATURATION_RATE)
     share = None if step is None else step.get("verify_bound_ratio_in_run")
     floor_max = r.get("floor_max")
-    floor_share = ((floor_max or {}).get("targets") or {}).get("share_of_verify_bound")
+    floor_targets = (floor_max or {}).get("targets") or {}
+    # the floor's share measured as the node's (in-run) when it has it
+    floor_share = floor_targets.get("share_of_verify_bound_in_run")
+    if floor_share is None:
+        floor_share = floor_targets.get("share_of_verify_bound")
     return {
         "target": f">= {SHARE_OF_BOUND:.0%} of the ML-DSA-87 verify bound at saturation "
         "(>= 1,000 finalized vertices/s)",
@@ -183,7 +187,8 @@ def _throughput(r: Results) -> dict[str, Any]:
         "floor": None
         if floor_max is None
         else {
-            "share_of_bound": floor_share,
+            "share_of_bound_in_run": floor_targets.get("share_of_verify_bound_in_run"),
+            "share_of_bound_measured_before": floor_targets.get("share_of_verify_bound"),
             "vertices_per_s": (floor_max.get("load") or {}).get("throughput_per_s"),
         },
         "verdict": verdict(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency_floor import decode_submission, encode_submission, percentiles
+from bench.latency_floor import decode_submission, encode_submission, percentiles, share_in_run
 from tests.conftest import REPO
 
 
@@ -85,3 +85,16 @@ def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
     assert cpu["cluster_ms_per_vertex_by_role"]["consensus"] > 0
     bound = result["verify_bound"]["vertices_per_s"]
     assert result["targets"]["share_of_verify_bound"] == round(load["throughput_per_s"] / bound, 3)
+    # every node verified every vertex it stored, on its verifying threads' clocks
+    assert all(c["vertex_verifications"] >= c["committed"] for c in counts)
+    assert all(c["vertex_verify_cpu_ns"] > 0 for c in counts)
+    in_run = result["targets"]["share_of_verify_bound_in_run"]
+    assert in_run == share_in_run(counts, cpu["cluster_ms_per_vertex"]) and 0 < in_run < 1
+
+
+def test_the_in_run_share_is_four_verifications_of_the_cpu_per_vertex() -> None:
+    # 1,000 verifications at 0.3 ms each over the nodes; 2.4 ms of cluster CPU per vertex
+    counts = [{"vertex_verifications": 250, "vertex_verify_cpu_ns": 75_000_000}] * 4
+    assert share_in_run(counts, 2.4) == 0.5  # 4 x 0.3 / 2.4
+    assert share_in_run([{"committed": 1}] * 4, 2.4) is None  # an older stand-in
+    assert share_in_run(counts, None) is None
