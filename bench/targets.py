@@ -96,7 +96,7 @@ def plan() -> list[Run]:
             "node_load",
             "cluster_load",
             _args("--rates 10,100,200 --duration 20 --verify-seconds 0 --overload 5"),
-            2.0,
+            2.3,
             900,
         ),
         Run("floor_200", "latency_floor", _args("--rate 200 --seconds 20"), 0.5, 300),
@@ -107,7 +107,7 @@ def plan() -> list[Run]:
                 f"--rates {SATURATION_RATE} --duration 40 --client-batch 64 "
                 "--client-linger-ms 1000 --no-skip --verify-seconds 2"
             ),
-            1.5,
+            1.7,
             900,
         ),
         Run(
@@ -117,7 +117,7 @@ def plan() -> list[Run]:
             0.5,
             300,
         ),
-        Run("failover", "failover", (), 1.7, 900),
+        Run("failover", "failover", (), 1.8, 900),
         Run("storage", "storage_commit", _args("--vertices-per-batch 100"), 0.7, 600),
     ]
 
