@@ -347,8 +347,19 @@ JUDGES: tuple[Callable[[Results], dict[str, Any]], ...] = (
 
 def judge(results: Results) -> list[dict[str, Any]]:
     """One row per target of issue #14, from the runs' results (None: the run failed or
-    was not made)."""
-    return [j(results) for j in JUDGES]
+    was not made). A result not shaped as its benchmark writes it (an older benchmark, a
+    damaged or edited file given to ``--judge``) leaves its target not measured, with the
+    reason, and the other rows as they are."""
+    return [_judged(j, results) for j in JUDGES]
+
+
+def _judged(judge_one: Callable[[Results], dict[str, Any]], results: Results) -> dict[str, Any]:
+    try:
+        return judge_one(results)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        row = judge_one({})  # the target's row with nothing measured
+        row["error"] = f"a result not shaped as expected: {type(exc).__name__}: {exc}"
+        return row
 
 
 def _figures(value: dict[str, Any] | list[dict[str, Any]] | None) -> str:

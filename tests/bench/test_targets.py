@@ -162,6 +162,20 @@ def test_nothing_measured_is_judged_not_measured_and_still_tabled() -> None:
     assert text.count("\n") == 10 and "| — | — | not measured |" in text
 
 
+def test_a_result_not_shaped_as_its_benchmark_writes_it_is_not_measured_alone() -> None:
+    """An edited or damaged file given to --judge, or an older benchmark's: its target is
+    not measured, with the reason; the other targets are judged as they are."""
+    storage = {"runs": [{"vertices_per_batch": 100, "phases": [{"phase": "closed_loop"}]}]}
+    failover = {"summary": {"kill": {"first_final_s": {"values": [1.2, "soon"]}}}}
+    node_max = {"steps": [_step(800, verify_bound_ratio_in_run=0.41, finalized_throughput=1)]}
+    rows = judge({"storage": storage, "failover": failover, "node_max": node_max})
+    assert len(rows) == 9
+    stored = _row(rows, "storage commit")
+    assert stored["verdict"] == NOT_MEASURED and "KeyError" in stored["error"]
+    assert _row(rows, "first finalization")["verdict"] == NOT_MEASURED
+    assert _row(rows, ">= 40%")["verdict"] == MET
+
+
 def test_the_memory_run_is_at_half_the_saturated_rate() -> None:
     args = memory_run(581.0).args
     assert args[args.index("--rates") + 1] == "290"
