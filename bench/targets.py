@@ -394,6 +394,7 @@ def execute(run: Run, directory: Path, label: str = "") -> dict[str, Any]:
     label = label or run.name
     output = directory / f"{label}.json"
     log = directory / f"{label}.log"
+    output.unlink(missing_ok=True)  # a --keep directory's older result is not this run's
     command = run.command(output)
     shown = " ".join(["python -m", f"bench.{run.module}", *run.args])
     print(f"{label}: {shown} (about {run.minutes:g} min) …", file=sys.stderr, flush=True)

@@ -289,3 +289,12 @@ def test_rounds_run_every_benchmark_but_failover_again_for_real(
 
 def _args_of(line: str) -> tuple[str, ...]:
     return tuple(line.split())
+
+
+def test_an_older_result_in_the_kept_directory_is_not_taken_for_this_run(tmp_path: Path) -> None:
+    """--keep into a directory of an earlier run: a benchmark that exits 0 without writing
+    its result (here, one asked for --help) leaves nothing to judge, not the old file."""
+    (tmp_path / "storage.json").write_text(json.dumps({"runs": []}))
+    outcome = execute(Run("storage", "targets", ("--help",), 0.1, 60), tmp_path)
+    assert outcome["error"] is not None and "wrote no storage.json" in outcome["error"]
+    assert read(outcome) is None
