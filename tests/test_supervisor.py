@@ -180,14 +180,17 @@ async def test_a_running_node_whose_storage_cannot_restart_stops_with_an_error(
 #: A child that, like a service, handles its first SIGTERM and then exits a moment later
 #: with the default action back in place (a service's event loop, closed, no longer
 #: handles the signal): a second SIGTERM meanwhile kills it (-15).
+#: A service that takes a second to exit after its first SIGTERM, during which a second one
+#: kills it (code -15). SIGTERM is blocked until ``sigwait``: with a handler and
+#: ``signal.pause()``, a SIGTERM arriving between "ready" and the pause ran the handler
+#: first and the pause then waited for the grace's SIGKILL (code -9 under load, CI).
 STOPPING_CHILD = """
-import signal, sys, time
-def on_term(*_):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print("stopping", flush=True)
-signal.signal(signal.SIGTERM, on_term)
+import signal, time
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print("ready", flush=True)
-signal.pause()
+signal.sigwait({signal.SIGTERM})
+print("stopping", flush=True)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 time.sleep(1)
 """
 
