@@ -30,6 +30,14 @@ rounds put it (:func:`combine`). The table goes to
 stdout, the progress to stderr, everything to ``--output`` (default
 ``bench/results/targets.json``); each benchmark's own result file is kept in ``--keep``
 (default: a temporary directory, removed). Loopback only; every run bounded in time.
+
+Each run also records the CPU that processes other than its own used meanwhile (the
+machine's busy time from ``/proc/stat`` less the run's process tree's, which its
+processes hand up as they are waited for) and the time the hypervisor stole; past
+:data:`SHARED_CORES` of either the run is flagged ``machine_shared``, listed under the
+table: its figures, and the floor beside them, say less about the node. ``--judge``
+says how far apart in time the kept results were made (:data:`ONE_HOUR_S`): the
+verdicts assume one hour of one machine.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +72,12 @@ CORE_MS_PER_VERTEX_PER_NODE = 0.5
 FAILOVER_S = 3.0
 OVERLOAD_SHARE = 0.90
 STORAGE_OVER_RAW = 1.2
+
+#: Cores that other processes (or the hypervisor, as steal) may take during a run before
+#: it is flagged ``machine_shared`` (``cluster_load``'s threshold for a step).
+SHARED_CORES = 0.15
+#: Kept results made further apart than this are said to be (``--judge``).
+ONE_HOUR_S = 3600.0
 
 MET, NOT_MET, BELOW_FLOOR, NOT_MEASURED = "met", "not met", "below the floor", "not measured"
 
@@ -388,6 +403,58 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------ running
 
 
+@dataclass(frozen=True)
+class CpuClock:
+    """Seconds of CPU so far: the machine's (busy, stolen) and this process's children's."""
+
+    busy_s: float
+    steal_s: float
+    children_s: float
+
+    @classmethod
+    def now(cls) -> CpuClock:
+        hz = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+        times = os.times()
+        return cls(
+            busy_s=(user + nice + system + irq + softirq) / hz,
+            steal_s=steal / hz,
+            children_s=times.children_user + times.children_system,
+        )
+
+
+def sharing(before: CpuClock, after: CpuClock, elapsed: float) -> dict[str, Any]:
+    """What else used the machine while a run's subprocess ran (waited for, so that its
+    process tree's CPU is in ``children_s``): cores of other processes and of steal."""
+    if elapsed <= 0:
+        return {"other_processes_cores": None, "steal_cores": None, "machine_shared": None}
+    run_s = after.children_s - before.children_s
+    others = max(0.0, (after.busy_s - before.busy_s - run_s) / elapsed)
+    steal = max(0.0, (after.steal_s - before.steal_s) / elapsed)
+    return {
+        "other_processes_cores": round(others, 3),
+        "steal_cores": round(steal, 3),
+        "machine_shared": others > SHARED_CORES or steal > SHARED_CORES,
+    }
+
+
+def shared_runs(runs: dict[str, dict[str, Any]]) -> str | None:
+    """The line under the table naming the runs flagged ``machine_shared``, if any."""
+    flagged = [
+        f"{label} ({o['other_processes_cores']:g} core, steal {o['steal_cores']:g})"
+        for label, o in runs.items()
+        if o.get("machine_shared")
+    ]
+    if not flagged:
+        return None
+    return (
+        f"other processes or steal took more than {SHARED_CORES:g} core during: "
+        f"{', '.join(flagged)}; their figures say less about the node"
+    )
+
+
 def execute(run: Run, directory: Path, label: str = "") -> dict[str, Any]:
     """Run one benchmark; its outcome (the result itself is read back from its file,
     ``<directory>/<label or run.name>.json``)."""
@@ -399,6 +466,7 @@ def execute(run: Run, directory: Path, label: str = "") -> dict[str, Any]:
     shown = " ".join(["python -m", f"bench.{run.module}", *run.args])
     print(f"{label}: {shown} (about {run.minutes:g} min) …", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
+    clock = CpuClock.now()
     started = time.monotonic()
     error = None
     with log.open("w") as sink:
@@ -411,6 +479,7 @@ def execute(run: Run, directory: Path, label: str = "") -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             error = f"timed out after {run.timeout_s:g} s (see {log})"
     elapsed = time.monotonic() - started
+    shared = sharing(clock, CpuClock.now(), elapsed)
     if error is None and not output.exists():
         error = f"wrote no {output.name} (see {log})"
     print(f"  {'done' if error is None else error} in {elapsed:.0f} s", file=sys.stderr, flush=True)
@@ -418,6 +487,7 @@ def execute(run: Run, directory: Path, label: str = "") -> dict[str, Any]:
         "command": shown,
         "seconds": round(elapsed, 1),
         "load_average_1m_before": round(load, 2),
+        **shared,
         "error": error,
         "file": str(output),
     }
@@ -529,7 +599,66 @@ def judge_kept(directory: Path) -> dict[str, Any]:
             rounds[0]["memory"] = load(directory / "memory.json")
     if not rounds:
         raise FileNotFoundError(f"no kept results in {directory}")
-    return {"judged_from": str(directory), "runs": {}, "rows": combine([judge(r) for r in rounds])}
+    return {
+        "judged_from": str(directory),
+        "made": made(rounds),
+        "runs": {},
+        "rows": combine([judge(r) for r in rounds]),
+    }
+
+
+def _when(result: dict[str, Any] | None) -> datetime | None:
+    """A benchmark result's ``when`` (UTC; each benchmark writes one), if readable."""
+    value = result.get("when") if isinstance(result, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def made(rounds: Sequence[Results]) -> dict[str, Any]:
+    """When the kept results were made: the first and the last, the hours between, and
+    the results that say no time (absent, unreadable, or without ``when``)."""
+    times = {}
+    undated = []
+    for k, results in enumerate(rounds, start=1):
+        for name, result in results.items():
+            label = name if len(rounds) == 1 else f"{name}_{k}"
+            when = _when(result)
+            if when is None:
+                if result is not None:
+                    undated.append(label)
+            else:
+                times[label] = when
+    if not times:
+        return {"first": None, "last": None, "hours_apart": None, "undated": undated}
+    first, last = min(times.values()), max(times.values())
+    return {
+        "first": first.isoformat(),
+        "last": last.isoformat(),
+        "hours_apart": round((last - first).total_seconds() / 3600, 2),
+        "undated": undated,
+    }
+
+
+def apart(when: dict[str, Any] | None) -> str | None:
+    """The line under a ``--judge`` table when its results were not made within an hour
+    (or say no time): the floor beside a figure may then be another hour's."""
+    if not when:
+        return None
+    lines = []
+    hours = when.get("hours_apart")
+    if hours is not None and hours * 3600 > ONE_HOUR_S:
+        lines.append(
+            f"the kept results were made {hours:g} h apart ({when['first']} to "
+            f"{when['last']}): a figure and the floor beside it may be of different hours"
+        )
+    if when.get("undated"):
+        lines.append(f"results without a time: {', '.join(when['undated'])}")
+    return "; ".join(lines) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -584,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result["rows"]))
+    for warning in (shared_runs(done["runs"]), apart(done.get("made"))):
+        if warning is not None:
+            print(f"\n{warning}")
     print(f"wrote {args.output}", file=sys.stderr)
     failed = [name for name, o in done["runs"].items() if o.get("error")]
     if failed:

@@ -17,6 +17,7 @@ from bench.targets import (
     MET,
     NOT_MEASURED,
     NOT_MET,
+    SHARED_CORES,
     Run,
     combine,
     execute,
@@ -27,6 +28,7 @@ from bench.targets import (
     plan,
     read,
     run_all,
+    shared_runs,
     table,
     verdict,
 )
@@ -285,6 +287,8 @@ def test_rounds_run_every_benchmark_but_failover_again_for_real(
     assert _row(done["rows"], "first finalization")["verdict"] == NOT_MEASURED
     progress = capsys.readouterr().err
     assert "3 runs, about 1 min" in progress and "[3/3] storage_2:" in progress
+    # the run's own processes (storage_commit's storage service) are not "other processes"
+    assert done["runs"]["storage_1"]["other_processes_cores"] < 0.5, done["runs"]
 
 
 def _args_of(line: str) -> tuple[str, ...]:
@@ -298,3 +302,55 @@ def test_an_older_result_in_the_kept_directory_is_not_taken_for_this_run(tmp_pat
     outcome = execute(Run("storage", "targets", ("--help",), 0.1, 60), tmp_path)
     assert outcome["error"] is not None and "wrote no storage.json" in outcome["error"]
     assert read(outcome) is None
+
+
+HOG = """
+import time
+print("burning", flush=True)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    pass
+"""
+
+
+def test_a_run_while_another_process_takes_a_core_is_flagged_shared(tmp_path: Path) -> None:
+    """A process outside the run's tree burning a core meanwhile: the run says so, and the
+    line under the table names it."""
+    hog = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE, text=True)
+    try:
+        assert hog.stdout is not None and hog.stdout.readline() == "burning\n"
+        outcome = execute(Run("storage", "targets", ("--help",), 0.1, 60), tmp_path)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert outcome["machine_shared"] is True, outcome
+    assert outcome["other_processes_cores"] > SHARED_CORES, outcome
+    line = shared_runs({"storage": outcome, "failover": {"machine_shared": False}})
+    assert line is not None and "storage (" in line and "failover" not in line
+    assert shared_runs({"failover": {"machine_shared": False}}) is None
+
+
+def test_kept_results_made_hours_apart_are_said_to_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def kept(name: str, when: str | None) -> None:
+        step = _step(800, verify_bound_ratio_in_run=0.41, finalized_throughput=600)
+        result: dict[str, Any] = {"steps": [step]}
+        if when is not None:
+            result["when"] = when
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+
+    kept("node_max", "2026-12-06T15:49:07Z")
+    kept("floor_max", "2026-12-06T16:20:00+00:00")
+    output = tmp_path / "judged.json"
+    assert main(["--judge", str(tmp_path), "--output", str(output)]) == 0
+    assert "apart" not in capsys.readouterr().out  # within the hour: nothing to say
+    assert json.loads(output.read_text())["made"]["hours_apart"] == 0.51
+
+    kept("floor_max", "2026-12-06T18:49:07Z")
+    kept("storage", None)
+    assert main(["--judge", str(tmp_path), "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "made 3 h apart" in out and "results without a time: storage" in out
+    made = json.loads(output.read_text())["made"]
+    assert made["first"].startswith("2026-12-06T15:49:07") and made["undated"] == ["storage"]
