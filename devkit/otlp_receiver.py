@@ -232,6 +232,10 @@ def serve_query(receiver: OtlpReceiver, listen: str) -> ThreadingHTTPServer:
     return server
 
 
+#: How often the main thread wakes to run a signal handler another thread received.
+STOP_POLL_S = 0.2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.otlp_receiver", description=__doc__)
     parser.add_argument("--listen", default="0.0.0.0:4317", help="OTLP/gRPC address")
@@ -249,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         f"otlp receiver: grpc :{receiver.port}, http :{http.server_address[1]}",
         flush=True,
     )
-    stop.wait()
+    # A timed wait: a signal's Python handler runs on the main thread only when that thread
+    # runs Python code, and the kernel may hand SIGTERM to one of gRPC's or the HTTP
+    # server's threads instead. An untimed wait then slept through it until the
+    # container's SIGKILL (CI, 2026-12-06: the compose test's `jaeger` exited 137).
+    while not stop.wait(STOP_POLL_S):
+        pass
     http.shutdown()
     http.server_close()
     receiver.stop()

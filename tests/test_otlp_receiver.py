@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import signal
 import subprocess
 import sys
@@ -125,7 +128,8 @@ def test_http_query_serves_spans_and_health(receiver: OtlpReceiver) -> None:
 
 
 @pytest.mark.slow
-def test_cli_serves_and_stops_on_sigterm() -> None:
+def _cli() -> tuple[subprocess.Popen[str], int, int]:
+    """``python -m devkit.otlp_receiver`` on free loopback ports (its process, and them)."""
     grpc_port, http_port = free_tcp_port(), free_tcp_port()
     proc = subprocess.Popen(
         [
@@ -141,6 +145,11 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    return proc, grpc_port, http_port
+
+
+def test_cli_serves_and_stops_on_sigterm() -> None:
+    proc, grpc_port, http_port = _cli()
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()  # printed once both sides listen
@@ -152,6 +161,26 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/spans", timeout=5) as resp:
             assert [s["name"] for s in json.load(resp)["spans"]] == ["via-cli"]
         proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="SYS_tgkill is x86-64's number here")
+def test_cli_stops_on_a_sigterm_that_another_of_its_threads_receives() -> None:
+    """The kernel may deliver a process's SIGTERM to any of its threads that does not block
+    it (gRPC's, the HTTP server's): the main thread must still notice it. An untimed
+    ``Event.wait()`` slept through it until the container's SIGKILL (CI: exit 137)."""
+    proc, _, _ = _cli()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline()  # serving
+        others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+        assert others, "the receiver runs threads besides its main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        tgkill = 234  # x86-64's SYS_tgkill: a signal for one thread of the process
+        assert libc.syscall(tgkill, proc.pid, others[0], int(signal.SIGTERM)) == 0
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
