@@ -56,7 +56,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.cluster_load import machine
+from bench.cluster_load import machine, machine_busy_seconds, machine_steal_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "targets.json"
@@ -405,7 +405,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class CpuClock:
-    """Seconds of CPU so far: the machine's (busy, stolen) and this process's children's."""
+    """Seconds of CPU so far: the machine's (busy less steal, stolen) and this process's
+    children's."""
 
     busy_s: float
     steal_s: float
@@ -413,14 +414,11 @@ class CpuClock:
 
     @classmethod
     def now(cls) -> CpuClock:
-        hz = os.sysconf("SC_CLK_TCK")
-        with open("/proc/stat") as stat:
-            ticks = [int(field) for field in stat.readline().split()[1:]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+        steal = machine_steal_seconds()
         times = os.times()
         return cls(
-            busy_s=(user + nice + system + irq + softirq) / hz,
-            steal_s=steal / hz,
+            busy_s=machine_busy_seconds()[0] - steal,
+            steal_s=steal,
             children_s=times.children_user + times.children_system,
         )
 
@@ -428,8 +426,6 @@ class CpuClock:
 def sharing(before: CpuClock, after: CpuClock, elapsed: float) -> dict[str, Any]:
     """What else used the machine while a run's subprocess ran (waited for, so that its
     process tree's CPU is in ``children_s``): cores of other processes and of steal."""
-    if elapsed <= 0:
-        return {"other_processes_cores": None, "steal_cores": None, "machine_shared": None}
     run_s = after.children_s - before.children_s
     others = max(0.0, (after.busy_s - before.busy_s - run_s) / elapsed)
     steal = max(0.0, (after.steal_s - before.steal_s) / elapsed)
@@ -621,21 +617,21 @@ def _when(result: dict[str, Any] | None) -> datetime | None:
 
 def made(rounds: Sequence[Results]) -> dict[str, Any]:
     """When the kept results were made: the first and the last, the hours between, and
-    the results that say no time (absent, unreadable, or without ``when``)."""
-    times = {}
+    the results present without a readable ``when``."""
+    times: list[datetime] = []
     undated = []
     for k, results in enumerate(rounds, start=1):
         for name, result in results.items():
-            label = name if len(rounds) == 1 else f"{name}_{k}"
+            if result is None:
+                continue
             when = _when(result)
-            if when is None:
-                if result is not None:
-                    undated.append(label)
+            if when is not None:
+                times.append(when)
             else:
-                times[label] = when
+                undated.append(name if len(rounds) == 1 or name == "memory" else f"{name}_{k}")
     if not times:
         return {"first": None, "last": None, "hours_apart": None, "undated": undated}
-    first, last = min(times.values()), max(times.values())
+    first, last = min(times), max(times)
     return {
         "first": first.isoformat(),
         "last": last.isoformat(),

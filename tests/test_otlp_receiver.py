@@ -127,7 +127,6 @@ def test_http_query_serves_spans_and_health(receiver: OtlpReceiver) -> None:
         http.server_close()
 
 
-@pytest.mark.slow
 def _cli() -> tuple[subprocess.Popen[str], int, int]:
     """``python -m devkit.otlp_receiver`` on free loopback ports (its process, and them)."""
     grpc_port, http_port = free_tcp_port(), free_tcp_port()
@@ -148,6 +147,7 @@ def _cli() -> tuple[subprocess.Popen[str], int, int]:
     return proc, grpc_port, http_port
 
 
+@pytest.mark.slow
 def test_cli_serves_and_stops_on_sigterm() -> None:
     proc, grpc_port, http_port = _cli()
     try:
@@ -168,6 +168,7 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
             proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="SYS_tgkill is x86-64's number here")
 def test_cli_stops_on_a_sigterm_that_another_of_its_threads_receives() -> None:
     """The kernel may deliver a process's SIGTERM to any of its threads that does not block
