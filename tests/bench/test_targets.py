@@ -354,3 +354,16 @@ def test_kept_results_made_hours_apart_are_said_to_be(
     assert "made 3 h apart" in out and "results without a time: storage" in out
     made = json.loads(output.read_text())["made"]
     assert made["first"].startswith("2026-12-06T15:49:07") and made["undated"] == ["storage"]
+
+
+@pytest.mark.parametrize("when", ["yesterday", 1733500000, "2026-12-06T15:49:07", None, ["x"]])
+def test_a_kept_result_with_a_damaged_time_is_undated_not_a_crash(
+    tmp_path: Path, when: Any
+) -> None:
+    """A hand-edited or damaged ``when`` (not ISO, not a string, no time zone) makes that
+    result undated; the others still give the hours between them."""
+    step = _step(800, verify_bound_ratio_in_run=0.41, finalized_throughput=600)
+    (tmp_path / "node_max.json").write_text(json.dumps({"steps": [step], "when": when}))
+    (tmp_path / "floor_max.json").write_text(json.dumps({"when": "2026-12-06T16:00:00Z"}))
+    made = judge_kept(tmp_path)["made"]
+    assert made["undated"] == ["node_max"] and made["hours_apart"] == 0.0, made
