@@ -426,10 +426,13 @@ class CpuClock:
 def sharing(before: CpuClock, after: CpuClock, elapsed: float) -> dict[str, Any]:
     """What else used the machine while a run's subprocess ran (waited for, so that its
     process tree's CPU is in ``children_s``): cores of other processes and of steal."""
-    run_s = after.children_s - before.children_s
-    others = max(0.0, (after.busy_s - before.busy_s - run_s) / elapsed)
+    busy = (after.busy_s - before.busy_s) / elapsed
+    run = (after.children_s - before.children_s) / elapsed
+    others = max(0.0, busy - run)
     steal = max(0.0, (after.steal_s - before.steal_s) / elapsed)
     return {
+        "machine_busy_cores": round(busy, 3),
+        "run_cores": round(run, 3),
         "other_processes_cores": round(others, 3),
         "steal_cores": round(steal, 3),
         "machine_shared": others > SHARED_CORES or steal > SHARED_CORES,

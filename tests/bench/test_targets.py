@@ -287,8 +287,11 @@ def test_rounds_run_every_benchmark_but_failover_again_for_real(
     assert _row(done["rows"], "first finalization")["verdict"] == NOT_MEASURED
     progress = capsys.readouterr().err
     assert "3 runs, about 1 min" in progress and "[3/3] storage_2:" in progress
-    # the run's own processes (storage_commit's storage service) are not "other processes"
-    assert done["runs"]["storage_1"]["other_processes_cores"] < 0.5, done["runs"]
+    # the run's own processes (storage_commit's storage service) are its own, not "other
+    # processes", however busy the machine is meanwhile
+    storage = done["runs"]["storage_1"]
+    assert storage["run_cores"] > 0.1, storage
+    assert storage["other_processes_cores"] <= storage["machine_busy_cores"] - storage["run_cores"]
 
 
 def _args_of(line: str) -> tuple[str, ...]:
