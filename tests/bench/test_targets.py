@@ -291,7 +291,10 @@ def test_rounds_run_every_benchmark_but_failover_again_for_real(
     # processes", however busy the machine is meanwhile
     storage = done["runs"]["storage_1"]
     assert storage["run_cores"] > 0.1, storage
-    assert storage["other_processes_cores"] <= storage["machine_busy_cores"] - storage["run_cores"]
+    # each figure is rounded to 3 places on its own, so the difference may be off by 0.001
+    rounding = 0.0015
+    others, busy = storage["other_processes_cores"], storage["machine_busy_cores"]
+    assert others <= busy - storage["run_cores"] + rounding, storage
 
 
 def _args_of(line: str) -> tuple[str, ...]:
