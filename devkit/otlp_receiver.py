@@ -5,7 +5,10 @@ memory and lets tests wait for spans (``wait_for``, woken on every export). As a
 command it also serves ``GET /spans`` (``{"spans": [...]}``) and ``GET /healthz``
 over HTTP::
 
-    python -m devkit.otlp_receiver --listen 0.0.0.0:4317 --query 0.0.0.0:16686
+    python -m devkit.otlp_receiver [--listen 127.0.0.1:4317] [--query 127.0.0.1:16686]
+
+Both default to loopback; a container that others reach (compose's ``jaeger``) passes
+``0.0.0.0`` explicitly.
 """
 
 from __future__ import annotations
@@ -236,12 +239,16 @@ def serve_query(receiver: OtlpReceiver, listen: str) -> ThreadingHTTPServer:
 STOP_POLL_S = 0.2
 
 
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m devkit.otlp_receiver", description=__doc__)
+    cli.add_argument("--listen", default="127.0.0.1:4317", help="OTLP/gRPC address")
+    cli.add_argument("--query", default="127.0.0.1:16686", help="HTTP query address")
+    cli.add_argument("--max-spans", type=int, default=100_000)
+    return cli
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devkit.otlp_receiver", description=__doc__)
-    parser.add_argument("--listen", default="0.0.0.0:4317", help="OTLP/gRPC address")
-    parser.add_argument("--query", default="0.0.0.0:16686", help="HTTP query address")
-    parser.add_argument("--max-spans", type=int, default=100_000)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
 
     receiver = OtlpReceiver(args.listen, max_spans=args.max_spans)
     receiver.start()

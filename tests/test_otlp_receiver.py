@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from devkit.otlp_receiver import OtlpReceiver, ReceivedSpan, serve_query
+from devkit.otlp_receiver import OtlpReceiver, ReceivedSpan, parser, serve_query
 from devkit.ports import free_tcp_port
 
 from .conftest import REPO
@@ -187,3 +187,13 @@ def test_cli_stops_on_a_sigterm_that_another_of_its_threads_receives() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_command_listens_on_loopback_unless_told_otherwise() -> None:
+    """The network rule: a default never exposes a port beyond the host (compose's
+    ``jaeger`` passes 0.0.0.0 itself, tests/deployment/compose.otlp-receiver.yaml)."""
+    defaults = parser().parse_args([])
+    assert defaults.listen.rsplit(":", 1)[0] == "127.0.0.1"
+    assert defaults.query.rsplit(":", 1)[0] == "127.0.0.1"
+    override = (REPO / "tests/deployment/compose.otlp-receiver.yaml").read_text()
+    assert '--listen, "0.0.0.0:4317", --query, "0.0.0.0:16686"' in override
