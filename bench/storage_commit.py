@@ -78,7 +78,8 @@ from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from devkit.storage import ServiceProcess, commit_request, validator_public_keys, vertex_hash
 from services.consensus.core.crypto import MlDsaVerifier
 from services.storage import keys
-from services.storage.certify import check_digest, check_quorum
+from services.storage.certify import Certifier, check_digest, check_quorum
+from services.storage.errors import InvalidArgument
 from services.storage.options import column_families, db_options, unsynced_write
 from services.storage.store import Counters, batch_header, stored_vertex
 from services.storage.validate import check_commit
@@ -308,13 +309,21 @@ def raw_phase(
 COMMIT_METHOD = "/cretoai.v1.Storage/CommitBatch"
 
 
-async def serve_floor(directory: Path, port_file: Path) -> None:
+async def serve_floor(directory: Path, port_file: Path, *, check: bool = False) -> None:
     """The process floor's server: the least a storage process must do with a batch.
 
     A gRPC server (the service's message bounds, plaintext loopback as the benchmark's
     service) whose CommitBatch takes the request's bytes undecoded, puts them under
     one key of a RocksDB database (the service's options), syncs the WAL, and answers
     an empty response: no decoding, no checks, no reads, no index, one key.
+
+    With ``check`` (the **checked** floor): the least a storage process that trusts no
+    caller must do, as the node's does (docs/security.md): the request decoded and its
+    proof checked before the write, by the service's own :class:`Certifier` (each
+    vertex's hash against its result and the batch digest over the signed copies, with
+    the certificate's ML-DSA-87 COMMITs, on two threads at once); a batch without a valid
+    proof is refused with ``INVALID_ARGUMENT`` and nothing is written. Still no reads,
+    no index, one key.
     """
     db = Rdict(
         str(directory),
@@ -323,9 +332,10 @@ async def serve_floor(directory: Path, port_file: Path) -> None:
         access_type=AccessType.read_write(),
     )
     options = unsynced_write()
+    certifier = Certifier(validator_public_keys(), get_backend()) if check else None
     count = 0
 
-    def commit(request: bytes, context: Any) -> bytes:
+    def store(request: bytes) -> bytes:
         nonlocal count
         count += 1
         batch = WriteBatch(raw_mode=True)
@@ -334,9 +344,22 @@ async def serve_floor(directory: Path, port_file: Path) -> None:
         db.flush_wal(True)
         return b""
 
+    async def checked(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        assert certifier is not None
+        decoded = storage_pb2.CommitBatchRequest.FromString(request)
+        try:
+            await certifier.check(decoded.batch, results=decoded.results)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return store(request)
+
     handler = grpc.method_handlers_generic_handler(
         "cretoai.v1.Storage",
-        {"CommitBatch": grpc.unary_unary_rpc_method_handler(commit)},
+        {
+            "CommitBatch": grpc.unary_unary_rpc_method_handler(
+                checked if check else lambda request, context: store(request)
+            )
+        },
     )
     server = grpc.aio.server(
         options=[
@@ -352,23 +375,28 @@ async def serve_floor(directory: Path, port_file: Path) -> None:
     try:
         await server.wait_for_termination()
     finally:
+        if certifier is not None:
+            certifier.close()
         db.close()
 
 
 class FloorProcess:
-    """:func:`serve_floor` in a process of its own (``--serve-floor``), as the service is."""
+    """:func:`serve_floor` in a process of its own (``--serve-floor``), as the service is;
+    ``check``: the checked floor (``--check-proofs``), with a database of its own."""
 
-    def __init__(self, directory: Path) -> None:
-        self.port_file = directory / "floor.port"
+    def __init__(self, directory: Path, *, check: bool = False) -> None:
+        name = "checked-floor" if check else "floor"
+        self.port_file = directory / f"{name}.port"
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "bench.storage_commit",
                 "--serve-floor",
-                str(directory / "floor-db"),
+                str(directory / f"{name}-db"),
                 "--port-file",
                 str(self.port_file),
+                *(["--check-proofs"] if check else []),
             ],
             cwd=Path(__file__).resolve().parent.parent,
         )
@@ -431,28 +459,44 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
+def _against_floor(
+    name: str, service: dict[str, Any], raw: dict[str, Any], least: dict[str, Any]
+) -> dict[str, Any]:
+    """A floor process's phase ``least`` beside raw and the service, as ``<name>_*`` keys."""
+    svc, floor, mine = (
+        service["commit_latency_ms"],
+        raw["commit_latency_ms"],
+        least["commit_latency_ms"],
+    )
+    floor_over_raw = {q: ratio(mine.get(q), floor.get(q)) for q in ("p50", "p99", "p99_9")}
+    return {
+        name: least,
+        f"{name}_over_raw": floor_over_raw,
+        f"service_over_{name}": {
+            q: ratio(svc.get(q), mine.get(q)) for q in ("p50", "p99", "p99_9")
+        },
+        f"target_below_{name}": floor_over_raw["p99"] is not None
+        and floor_over_raw["p99"] > TARGET_OVER_RAW_P99,
+    }
+
+
 def compare_phase(
-    service: dict[str, Any], raw: dict[str, Any], process: dict[str, Any] | None = None
+    service: dict[str, Any],
+    raw: dict[str, Any],
+    process: dict[str, Any] | None = None,
+    checked: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Service over raw per percentile, the target, and the gap's parts (means, ms); with
-    ``process`` (the process floor's phase), that floor over raw, and whether the target
-    is below it."""
+    ``process`` (the process floor's phase) and ``checked`` (the checked floor's), each
+    floor over raw, the service over it, and whether the target is below it."""
     svc, floor = service["commit_latency_ms"], raw["commit_latency_ms"]
     over = {q: ratio(svc.get(q), floor.get(q)) for q in ("p50", "p99", "p99_9")}
     p99_ratio = over["p99"]
     process_figures: dict[str, Any] = {}
     if process is not None:
-        least = process["commit_latency_ms"]
-        floor_over_raw = {q: ratio(least.get(q), floor.get(q)) for q in ("p50", "p99", "p99_9")}
-        process_figures = {
-            "process_floor": process,
-            "process_floor_over_raw": floor_over_raw,
-            "service_over_process_floor": {
-                q: ratio(svc.get(q), least.get(q)) for q in ("p50", "p99", "p99_9")
-            },
-            "target_below_process_floor": floor_over_raw["p99"] is not None
-            and floor_over_raw["p99"] > TARGET_OVER_RAW_P99,
-        }
+        process_figures.update(_against_floor("process_floor", service, raw, process))
+    if checked is not None:
+        process_figures.update(_against_floor("checked_floor", service, raw, checked))
     client = svc.get("mean")
     server = service["service_commit_latency"].get("mean_ms")
     parts = {
@@ -728,6 +772,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         proc = ServiceProcess.create(base / "node", db=base / "db", metrics=True)
         proc.spawn()
         least = FloorProcess(base)
+        checking = FloorProcess(base, check=True)
         runs = []
         try:
             await proc.wait_serving(timeout=60)
@@ -736,6 +781,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
             )
             commit_least = floor_channel.unary_unary(
+                COMMIT_METHOD,
+                request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
+                response_deserializer=storage_pb2.CommitBatchResponse.FromString,
+            )
+            checked_channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{await checking.port()}",
+                options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+            )
+            commit_checked = checked_channel.unary_unary(
                 COMMIT_METHOD,
                 request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
                 response_deserializer=storage_pb2.CommitBatchResponse.FromString,
@@ -751,6 +805,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await stub.CommitBatch(request, timeout=30)
                         raw.commit(raw.write_batch(request))
                         await commit_least(request, timeout=30)
+                        await commit_checked(request, timeout=30)
                     probe = batches.tips[0]
                     phases = []
                     checks: dict[str, Any] = {}
@@ -764,7 +819,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         done = requests[: service["batches"]]
                         floor = raw_phase(name, raw, done, rate, deadline)
                         process = await floor_phase(name, commit_least, done, rate, deadline)
-                        phases.append(compare_phase(service, floor, process))
+                        checked = await floor_phase(name, commit_checked, done, rate, deadline)
+                        phases.append(compare_phase(service, floor, process, checked))
                         if not checks:
                             checks = checks_in_process(requests)
                         del requests
@@ -780,9 +836,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 stats = await stub.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
             await floor_channel.close()
+            await checked_channel.close()
         finally:
             proc.terminate()
             least.stop()
+            checking.stop()
             raw.close()
         return {
             "benchmark": "storage_commit",
@@ -803,6 +861,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "process_floor": "the same requests, sent the same way over gRPC to a process "
                 "that puts each request's bytes undecoded under one key and syncs the WAL "
                 "(serve_floor): the least a storage process must do; client-observed",
+                "checked_floor": "the process floor with the request decoded and its proof "
+                "checked first by the service's Certifier (vertex hashes, the digest over the "
+                "signed copies, the certificate's COMMIT signatures; two threads): the least a "
+                "storage process that trusts no caller must do; client-observed",
             },
             "target": {
                 "commit_p99_ms": TARGET_P99_MS,
@@ -849,10 +911,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULT, help="the JSON result file")
     parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--check-proofs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor is not None:  # the process floor's server (FloorProcess)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_floor(args.serve_floor, args.port_file))
+            asyncio.run(serve_floor(args.serve_floor, args.port_file, check=args.check_proofs))
         return 0
     result = asyncio.run(run(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -882,13 +945,15 @@ def report(result: dict[str, Any]) -> list[str]:
                 f" | p99 x{over['p99']} ({'met' if p['meets_raw_floor_target'] else 'not met'}"
                 f" <= {TARGET_OVER_RAW_P99})"
             )
-            if "process_floor" in p:
-                least = p["process_floor"]["commit_latency_ms"]
+            for name, label in (("process_floor", "process"), ("checked_floor", "checked")):
+                if name not in p:
+                    continue
+                least = p[name]["commit_latency_ms"]
                 lines.append(
-                    "  " + " " * 12 + f" process floor p50 {least['p50']} p99 {least['p99']} ms: "
-                    f"x{p['process_floor_over_raw']['p99']} raw at p99"
-                    + (" (the target is below it)" if p["target_below_process_floor"] else "")
-                    + f"; the service x{p['service_over_process_floor']['p99']} it"
+                    "  " + " " * 12 + f" {label} floor p50 {least['p50']} p99 {least['p99']} ms: "
+                    f"x{p[f'{name}_over_raw']['p99']} raw at p99"
+                    + (" (the target is below it)" if p[f"target_below_{name}"] else "")
+                    + f"; the service x{p[f'service_over_{name}']['p99']} it"
                 )
             lines.append(
                 "  "

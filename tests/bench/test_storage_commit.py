@@ -186,6 +186,53 @@ def test_the_process_floor_stores_each_request_durably_as_sent(tmp_path: Path) -
     assert stored == [r.SerializeToString() for r in requests]
 
 
+def test_the_checked_floor_stores_a_proven_batch_and_refuses_a_forged_one(
+    tmp_path: Path,
+) -> None:
+    """The checked floor, a real process over real gRPC, trusts no caller as the service:
+    a batch whose proof holds is stored as sent; one vertex's payload changed after the
+    batch was certified (the certificate then proves another batch) is refused with
+    INVALID_ARGUMENT, and so is a certificate with one COMMIT's signature damaged; neither
+    is stored."""
+    batches = Batches(3, 64)
+    good, forged, unsigned = (batches.next() for _ in range(3))
+    forged.batch.vertices[1].payload = b"not what was certified"
+    commit = unsigned.batch.certificate.commits[0]
+    commit.signature = bytes([commit.signature[0] ^ 1]) + commit.signature[1:]
+
+    async def go() -> list[grpc.StatusCode]:
+        checking = FloorProcess(tmp_path, check=True)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{await checking.port()}") as channel:
+                call = channel.unary_unary(
+                    COMMIT_METHOD,
+                    request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
+                    response_deserializer=storage_pb2.CommitBatchResponse.FromString,
+                )
+                codes = []
+                for request in (forged, unsigned, good):
+                    try:
+                        await call(request, timeout=30)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as exc:
+                        codes.append(exc.code())
+                return codes
+        finally:
+            checking.stop()
+
+    assert asyncio.run(go()) == [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OK,
+    ]
+    db = Rdict(str(tmp_path / "checked-floor-db"), access_type=AccessType.read_only())
+    try:
+        stored = [cast(bytes, v) for _, v in db.items()]
+    finally:
+        db.close()
+    assert stored == [good.SerializeToString()]
+
+
 def test_the_target_is_judged_against_the_process_floor() -> None:
     process = {"phase": "closed_loop", "commit_latency_ms": latency(4.0, 15.0, 25.0, 5.0)}
     below = compare_phase(service_phase(30.0), raw_result(), process)
@@ -196,6 +243,13 @@ def test_the_target_is_judged_against_the_process_floor() -> None:
     reachable = compare_phase(service_phase(30.0), raw_result(), process)
     assert reachable["target_below_process_floor"] is False
     assert "process_floor" not in compare_phase(service_phase(30.0), raw_result())
+    checked = {"phase": "closed_loop", "commit_latency_ms": latency(9.0, 20.0, 30.0, 9.5)}
+    both = compare_phase(service_phase(30.0), raw_result(), process, checked)
+    assert both["process_floor_over_raw"]["p99"] == 1.1 and not both["target_below_process_floor"]
+    assert both["checked_floor_over_raw"]["p99"] == 2.0  # 20 ms against the raw 10
+    assert both["target_below_checked_floor"] is True
+    assert both["service_over_checked_floor"]["p99"] == 1.5
+    assert "checked_floor" not in reachable
 
 
 def test_a_labelled_histogram_is_read_whatever_the_order_of_its_labels() -> None:

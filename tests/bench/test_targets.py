@@ -156,6 +156,32 @@ def test_overload_failover_storage_and_memory_rows() -> None:
     assert _row(judge({"node_load": node_load}), "5 x the sustained")["verdict"] == NOT_MEASURED
 
 
+def test_storage_is_judged_against_the_checked_floor_when_the_run_has_it() -> None:
+    """The node's storage trusts no caller, so the floor of its shape checks each batch's
+    proof before its write: against it, a target the bare process floor meets can be
+    below the floor. An older result without the checked floor is judged by the bare one."""
+    phase: dict[str, Any] = {
+        "service_over_raw": {"p99": 2.2},
+        "process_floor_over_raw": {"p99": 1.05},
+        "checked_floor_over_raw": {"p99": 1.6},
+    }
+    phases = [{**phase, "phase": "closed_loop"}, {**phase, "phase": "paced"}]
+    storage = {"runs": [{"vertices_per_batch": 100, "phases": phases}]}
+    stored = _row(judge({"storage": storage}), "storage commit")
+    assert stored["verdict"] == BELOW_FLOOR
+    assert stored["floor"]["judged_against"] == "checked_floor"
+    assert stored["floor"]["checked_floor_over_raw_p99"] == {"closed_loop": 1.6, "paced": 1.6}
+    assert stored["floor"]["process_floor_over_raw_p99"] == {"closed_loop": 1.05, "paced": 1.05}
+    phases[1]["checked_floor_over_raw"] = {"p99": 1.1}  # one phase still below it
+    assert _row(judge({"storage": storage}), "storage commit")["verdict"] == BELOW_FLOOR
+    phases[0]["checked_floor_over_raw"] = {"p99": 1.2}  # the checked floor meets it in both
+    assert _row(judge({"storage": storage}), "storage commit")["verdict"] == NOT_MET
+    for p in phases:
+        del p["checked_floor_over_raw"]
+    older = _row(judge({"storage": storage}), "storage commit")
+    assert older["verdict"] == NOT_MET and older["floor"]["judged_against"] == "process_floor"
+
+
 def test_nothing_measured_is_judged_not_measured_and_still_tabled() -> None:
     rows = judge({})
     assert len(rows) == 9
