@@ -27,10 +27,15 @@ around it:
 * with 2f + 1 matching COMMITs (each verified) the entry node answers the client.
 
 What a real node does beyond this is left out, so that the figure is a lower bound: the
-signing-mark fsync, the synced write before a PREPARE, execution (parents, heights,
-indexes) and its synced write before the answer, certificates and their checks, dedup,
-admission, TLS on the internal hops, metrics, tracing; and its messages are protobuf, these
-are a few packed fields. Every signature is ML-DSA-87 and checked on the event loop, as the
+synced write before a PREPARE, execution (parents, heights, indexes), certificates and their
+checks, dedup, admission, metrics, tracing; and its messages are protobuf, these are a few
+packed fields. Three things the node must do for its safety and durability are options, so
+that the floor of its shape can be measured with them (``bench.targets`` does): ``--tls``
+(mutual TLS on every internal gRPC hop: the services obey only their own node's),
+``--execute-write`` (the executed batch's record, synced, before the answer: nothing
+finalized is lost) and ``--mark-sync`` (before each signed message is sent, the signing
+mark rewritten and fdatasynced, on a thread: a restarted replica never signs a conflicting
+message). Every signature is ML-DSA-87 and checked on the event loop, as the
 node checks a lone signature.
 
 A load process sends pre-signed 1 KB vertices (as ``bench.cluster_load``'s, about 8.3 KB)
@@ -80,6 +85,8 @@ PAYLOAD_BYTES = 1024
 #: Consensus stand-ins' messages: a forwarded request, PRE-PREPARE, PREPARE, COMMIT.
 REQUEST, PRE_PREPARE, PREPARE, COMMIT = b"F", b"P", b"R", b"C"
 CONTEXT = b"cretoai.bench.latency_floor"
+#: The signing mark's record (as services/consensus/mark.py: one block, rewritten in place).
+MARK_RECORD_BYTES = 128
 ID_BYTES = 8
 
 
@@ -205,6 +212,25 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
     def slot(seq: int) -> Slot:
         return slots.setdefault(seq, Slot())
 
+    mark_fd = (
+        os.open(Path(spec["dir"]) / f"signing-mark-{node}", os.O_RDWR | os.O_CREAT, 0o600)
+        if spec.get("mark_sync")
+        else None
+    )
+    counts.update(mark_syncs=0)
+
+    def write_mark(seq: int) -> None:
+        assert mark_fd is not None
+        os.pwrite(mark_fd, seq.to_bytes(8, "big").ljust(MARK_RECORD_BYTES, b" "), 0)
+        os.fdatasync(mark_fd)
+
+    async def mark(seq: int) -> None:
+        """With ``mark_sync``, as the node's driver before it sends a new signature: the
+        signing mark, one block rewritten in place and fdatasynced, on a thread."""
+        if mark_fd is not None:
+            await asyncio.to_thread(write_mark, seq)
+            counts["mark_syncs"] += 1
+
     running: set[asyncio.Task[None]] = set()
     pending: list[tuple[int, bytes, bytes]] = []
     in_flight = [0]  # the primary's batches not committed yet
@@ -249,6 +275,7 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
         s = slot(seq)
         s.digest, s.requests = batch_digest([v for _, _, v in requests]), requests
         signature = me.sign(_vote_body(PRE_PREPARE, seq, s.digest), context=CONTEXT)
+        await mark(seq)
         header = seq.to_bytes(8, "big") + len(signature).to_bytes(2, "big") + signature
         for peer in range(NODES):  # as the node: a backup's own vertices are not sent back
             if peer != node:
@@ -279,6 +306,7 @@ async def consensus_main(spec: dict[str, Any], node: int) -> None:
         assert s.digest is not None
         signature = me.sign(_vote_body(kind, seq, s.digest), context=CONTEXT)
         (s.prepares if kind == PREPARE else s.commits)[node] = s.digest
+        await mark(seq)
         await send(kind + bytes([node]) + seq.to_bytes(8, "big") + s.digest + signature)
         await progress(seq)
 
@@ -552,6 +580,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "client_batch": args.client_batch,
             "internal_tls": args.tls,
             "execute_write": args.execute_write,
+            "mark_sync": args.mark_sync,
             "messages_in_flight_per_gateway": args.window or None,
             "vertex": f"{PAYLOAD_BYTES} B payload, 2 parents, ML-DSA-87 (about 8.3 KB)",
         },
@@ -577,6 +606,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "client_batch": args.client_batch,
             "window": args.window,
             "execute_write": args.execute_write,
+            "mark_sync": args.mark_sync,
         }
         if args.tls:
             from cretoai.tls import generate_node_tls
@@ -666,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--execute-write", action="store_true",
                         help="after the commit, a small synced write of the executed batch "
                         "before the answer, as the node's execution")  # fmt: skip
+    parser.add_argument("--mark-sync", action="store_true",
+                        help="before each signed message is sent, the signing mark "
+                        "fdatasynced, as the node's consensus")  # fmt: skip
     parser.add_argument("--bound-seconds", type=float, default=3.0,
                         help="with --window: the verify bound's measurement (3)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULT)

@@ -9,13 +9,15 @@ About 9 minutes on the 2-core development VM (20 with ``--memory``; each further
 of ``--repeats`` 6). It runs, as subprocesses, one at a time:
 
 ==============  ==========================================================================
-``floor_10``    ``latency_floor --rate 10``: PBFT's normal case alone in the node's shape
+``floor_10``    ``latency_floor --rate 10 --tls --execute-write --mark-sync``: PBFT's
+                normal case alone in the node's shape, with what its safety and
+                durability need (internal TLS, the execution write, the signing mark)
 ``node_load``   ``cluster_load --rates 10,100,200 --overload 5``: the node at 10, 100 and
                 200/s (one vertex per request), then 5 x the highest sustained of those
-``floor_200``   ``latency_floor --rate 200``
+``floor_200``   ``latency_floor --rate 200`` (the same options)
 ``node_max``    ``cluster_load --rates 800 --client-batch 64``: the node saturated
-``floor_max``   ``latency_floor --window 4 --client-batch 64 --tls --execute-write``:
-                PBFT's floor saturated, with the node's internal TLS and execution write
+``floor_max``   ``latency_floor --window 4 --client-batch 64`` (the same options):
+                PBFT's floor saturated
 ``failover``    ``failover``: the primary's consensus killed, then stopped (3 trials each)
 ``storage``     ``storage_commit --vertices-per-batch 100``: CommitBatch against raw RocksDB;
                 its floor is the checked process floor (a storage that trusts no caller)
@@ -77,6 +79,10 @@ STORAGE_OVER_RAW = 1.2
 #: Cores that other processes (or the hypervisor, as steal) may take during a run before
 #: it is flagged ``machine_shared`` (``cluster_load``'s threshold for a step).
 SHARED_CORES = 0.15
+#: What the node's shape must do for its safety and durability, in each PBFT floor
+#: (``latency_floor``): mutual TLS on the internal hops, the executed batch's synced
+#: write before the answer, the signing mark synced before each signature is sent.
+FLOOR_SHAPE = "--tls --execute-write --mark-sync"
 #: Kept results made further apart than this are said to be (``--judge``).
 ONE_HOUR_S = 3600.0
 
@@ -107,7 +113,7 @@ def _args(line: str) -> tuple[str, ...]:
 def plan() -> list[Run]:
     """The runs, in order (``memory`` comes after, from ``node_max``'s rate)."""
     return [
-        Run("floor_10", "latency_floor", _args("--rate 10 --seconds 20"), 0.5, 300),
+        Run("floor_10", "latency_floor", _args(f"--rate 10 --seconds 20 {FLOOR_SHAPE}"), 0.5, 300),
         Run(
             "node_load",
             "cluster_load",
@@ -115,7 +121,9 @@ def plan() -> list[Run]:
             2.3,
             900,
         ),
-        Run("floor_200", "latency_floor", _args("--rate 200 --seconds 20"), 0.5, 300),
+        Run(
+            "floor_200", "latency_floor", _args(f"--rate 200 --seconds 20 {FLOOR_SHAPE}"), 0.5, 300
+        ),
         Run(
             "node_max",
             "cluster_load",
@@ -129,7 +137,7 @@ def plan() -> list[Run]:
         Run(
             "floor_max",
             "latency_floor",
-            _args("--window 4 --client-batch 64 --tls --execute-write --seconds 15 --warmup 5"),
+            _args(f"--window 4 --client-batch 64 {FLOOR_SHAPE} --seconds 15 --warmup 5"),
             0.5,
             300,
         ),
@@ -335,7 +343,7 @@ def _storage(r: Results) -> dict[str, Any]:
     checked = {p["phase"]: (p.get("checked_floor_over_raw") or {}).get("p99") for p in phases}
     # The floor of the node's shape is the checked one: its storage trusts no caller, so
     # it checks each batch's proof before writing it (results from before 2026-12-06,
-    # 21:30 UTC have the bare process floor only).
+    # 21:00 UTC have the bare process floor only).
     use_checked = bool(checked) and None not in checked.values()
     floor = checked if use_checked else bare
     node_ok = None if not node else all(v <= STORAGE_OVER_RAW for v in node.values())

@@ -50,6 +50,7 @@ def test_a_short_run_commits_and_answers_every_vertex(
         assert max(c["batches"] for c in counts) < sent
     assert result["cpu"]["cores_by_role"]["consensus"] > 0
     assert set(result["targets"]) == {"p50_le_25_ms", "p99_le_50_ms", "p99_le_100_ms"}
+    assert [c["mark_syncs"] for c in counts] == [0, 0, 0, 0]  # not asked for
 
 
 def test_a_client_message_round_trips() -> None:
@@ -67,7 +68,7 @@ def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
     argv = [
         sys.executable, "-m", "bench.latency_floor", "--window", "2", "--client-batch", "16",
         "--batch-max", "32", "--seconds", "2", "--warmup", "1", "--bound-seconds", "0.6",
-        "--tls", "--execute-write", "--output", str(output),
+        "--tls", "--execute-write", "--mark-sync", "--output", str(output),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -77,6 +78,10 @@ def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
     assert load["throughput_per_s"] == round(load["answered_in_window"] / 2, 1)
     assert [c["bad"] for c in counts] == [0, 0, 0, 0]
     assert all(c["tls"] for c in counts)  # the internal hops were mutual TLS
+    assert result["parameters"]["mark_sync"] is True
+    # the signing mark synced before each signed message sent: a PRE-PREPARE or PREPARE
+    # and a COMMIT per batch (a few more for batches signed and not yet committed)
+    assert all(2 * c["batches"] <= c["mark_syncs"] <= 2 * c["batches"] + 8 for c in counts)
     # what was answered was committed everywhere (a node may trail by a batch)
     assert min(c["committed"] for c in counts) >= load["answered_in_window"] - 32
     assert max(c["batches"] for c in counts) < max(c["committed"] for c in counts)

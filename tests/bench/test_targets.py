@@ -399,3 +399,15 @@ def test_a_kept_result_with_a_damaged_time_is_undated_not_a_crash(
     (tmp_path / "floor_max.json").write_text(json.dumps({"when": "2026-12-06T16:00:00Z"}))
     made = judge_kept(tmp_path)["made"]
     assert made["undated"] == ["node_max"] and made["hours_apart"] == 0.0, made
+
+
+def test_every_pbft_floor_runs_with_what_the_nodes_safety_needs() -> None:
+    """A floor is of the node's shape only with what the node cannot drop: mutual TLS on
+    its internal hops, the execution's synced write, the signing mark synced before each
+    signature. Without them the floor would judge the node against a shape it may not take."""
+    floors = [r for r in plan() if r.module == "latency_floor"]
+    assert [r.name for r in floors] == ["floor_10", "floor_200", "floor_max"]
+    for run in floors:
+        assert {"--tls", "--execute-write", "--mark-sync"} <= set(run.args), run
+    storage = next(r for r in plan() if r.name == "storage")
+    assert storage.module == "storage_commit"  # whose judged floor checks each proof
