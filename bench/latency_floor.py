@@ -2,7 +2,7 @@
 mandated shape at low load, with PBFT's three phases and nothing else, in real processes.
 
     .venv/bin/python -m bench.latency_floor [--rate 10] [--seconds 20] [--entry all|primary]
-                                            [--no-persist]
+                                            [--no-persist] [--tls] [--execute-write] [--mark-sync]
     .venv/bin/python -m bench.latency_floor --window 4 --client-batch 64 --batch-max 128
 
 Issue #14 asks for finality p50 <= 25 ms and p99 <= 50 ms at 10 vertices/s, and p99 <= 100 ms
