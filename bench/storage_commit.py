@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from rocksdict import AccessType, Rdict, WriteBatch
 
 from cretoai.crypto import get_backend
@@ -346,10 +347,10 @@ async def serve_floor(directory: Path, port_file: Path, *, check: bool = False) 
 
     async def checked(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         assert certifier is not None
-        decoded = storage_pb2.CommitBatchRequest.FromString(request)
         try:
+            decoded = storage_pb2.CommitBatchRequest.FromString(request)
             await certifier.check(decoded.batch, results=decoded.results)
-        except InvalidArgument as exc:
+        except (InvalidArgument, DecodeError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return store(request)
 

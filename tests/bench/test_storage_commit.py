@@ -192,8 +192,8 @@ def test_the_checked_floor_stores_a_proven_batch_and_refuses_a_forged_one(
     """The checked floor, a real process over real gRPC, trusts no caller as the service:
     a batch whose proof holds is stored as sent; one vertex's payload changed after the
     batch was certified (the certificate then proves another batch) is refused with
-    INVALID_ARGUMENT, and so is a certificate with one COMMIT's signature damaged; neither
-    is stored."""
+    INVALID_ARGUMENT, and so are a certificate with one COMMIT's signature damaged and bytes
+    that are no request; none is stored."""
     batches = Batches(3, 64)
     good, forged, unsigned = (batches.next() for _ in range(3))
     forged.batch.vertices[1].payload = b"not what was certified"
@@ -209,22 +209,21 @@ def test_the_checked_floor_stores_a_proven_batch_and_refuses_a_forged_one(
                     request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
                     response_deserializer=storage_pb2.CommitBatchResponse.FromString,
                 )
+                raw = channel.unary_unary(COMMIT_METHOD)  # bytes as they are
+                sends = [call(forged, timeout=30), call(unsigned, timeout=30)]
                 codes = []
-                for request in (forged, unsigned, good):
+                for sent in [*sends, raw(b"\xff" * 9, timeout=30)]:
                     try:
-                        await call(request, timeout=30)
+                        await sent
                         codes.append(grpc.StatusCode.OK)
                     except grpc.aio.AioRpcError as exc:
                         codes.append(exc.code())
+                await call(good, timeout=30)
                 return codes
         finally:
             checking.stop()
 
-    assert asyncio.run(go()) == [
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.OK,
-    ]
+    assert asyncio.run(go()) == [grpc.StatusCode.INVALID_ARGUMENT] * 3
     db = Rdict(str(tmp_path / "checked-floor-db"), access_type=AccessType.read_only())
     try:
         stored = [cast(bytes, v) for _, v in db.items()]
