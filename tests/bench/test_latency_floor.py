@@ -80,8 +80,11 @@ def test_a_short_saturated_run_reports_throughput_per_vertex_cost_and_the_share(
     assert all(c["tls"] for c in counts)  # the internal hops were mutual TLS
     assert result["parameters"]["mark_sync"] is True
     # the signing mark synced before each signed message sent: a PRE-PREPARE or PREPARE
-    # and a COMMIT per batch (a few more for batches signed and not yet committed)
-    assert all(2 * c["batches"] <= c["mark_syncs"] <= 2 * c["batches"] + 8 for c in counts)
+    # and a COMMIT per batch. The counts are read while the last batches may be in flight:
+    # a few more for batches signed and not yet committed, and a few fewer for a batch the
+    # others' COMMITs committed here while this node's own COMMIT mark was still syncing.
+    marks = [(c["batches"], c["mark_syncs"]) for c in counts]
+    assert all(b > 8 and 2 * b - 4 <= m <= 2 * b + 8 for b, m in marks), marks
     # what was answered was committed everywhere (a node may trail by a batch)
     assert min(c["committed"] for c in counts) >= load["answered_in_window"] - 32
     assert max(c["batches"] for c in counts) < max(c["committed"] for c in counts)
