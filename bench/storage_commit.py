@@ -381,6 +381,19 @@ async def serve_floor(directory: Path, port_file: Path, *, check: bool = False) 
         db.close()
 
 
+def commit_method(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[
+    storage_pb2.CommitBatchRequest, storage_pb2.CommitBatchResponse
+]:
+    """``CommitBatch`` on ``channel`` as the service's stub sends it (the floors' calls)."""
+    return channel.unary_unary(
+        COMMIT_METHOD,
+        request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
+        response_deserializer=storage_pb2.CommitBatchResponse.FromString,
+    )
+
+
 class FloorProcess:
     """:func:`serve_floor` in a process of its own (``--serve-floor``), as the service is;
     ``check``: the checked floor (``--check-proofs``), with a database of its own."""
@@ -777,24 +790,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         try:
             await proc.wait_serving(timeout=60)
-            floor_channel = grpc.aio.insecure_channel(
-                f"127.0.0.1:{await least.port()}",
-                options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
-            )
-            commit_least = floor_channel.unary_unary(
-                COMMIT_METHOD,
-                request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
-                response_deserializer=storage_pb2.CommitBatchResponse.FromString,
-            )
-            checked_channel = grpc.aio.insecure_channel(
-                f"127.0.0.1:{await checking.port()}",
-                options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
-            )
-            commit_checked = checked_channel.unary_unary(
-                COMMIT_METHOD,
-                request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
-                response_deserializer=storage_pb2.CommitBatchResponse.FromString,
-            )
+            floor_channels = [
+                grpc.aio.insecure_channel(
+                    f"127.0.0.1:{await server.port()}",
+                    options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+                )
+                for server in (least, checking)
+            ]
+            commit_least, commit_checked = (commit_method(c) for c in floor_channels)
             async with proc.channel() as channel:
                 stub = storage_pb2_grpc.StorageStub(channel)
                 seq = 0
@@ -836,8 +839,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                 stats = await stub.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
-            await floor_channel.close()
-            await checked_channel.close()
+            for floor_channel in floor_channels:
+                await floor_channel.close()
         finally:
             proc.terminate()
             least.stop()

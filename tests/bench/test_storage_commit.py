@@ -20,13 +20,13 @@ from bench.storage_commit import (
     FloorProcess,
     RawDatabase,
     batches_for,
+    commit_method,
     compare_phase,
     floor_phase,
     histogram_delta,
     raw_phase,
     sizes,
 )
-from cretoai.v1 import storage_pb2
 from services.storage import keys
 from services.storage.options import column_families, db_options
 from services.storage.store import Store
@@ -164,11 +164,7 @@ def test_the_process_floor_stores_each_request_durably_as_sent(tmp_path: Path) -
         least = FloorProcess(tmp_path)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{await least.port()}") as channel:
-                call = channel.unary_unary(
-                    COMMIT_METHOD,
-                    request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
-                    response_deserializer=storage_pb2.CommitBatchResponse.FromString,
-                )
+                call = commit_method(channel)
                 return await floor_phase("paced", call, requests, 100.0, time.monotonic() + 60)
         finally:
             least.stop()
@@ -204,11 +200,7 @@ def test_the_checked_floor_stores_a_proven_batch_and_refuses_a_forged_one(
         checking = FloorProcess(tmp_path, check=True)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{await checking.port()}") as channel:
-                call = channel.unary_unary(
-                    COMMIT_METHOD,
-                    request_serializer=storage_pb2.CommitBatchRequest.SerializeToString,
-                    response_deserializer=storage_pb2.CommitBatchResponse.FromString,
-                )
+                call = commit_method(channel)
                 raw = channel.unary_unary(COMMIT_METHOD)  # bytes as they are
                 sends = [call(forged, timeout=30), call(unsigned, timeout=30)]
                 codes = []
