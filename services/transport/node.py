@@ -228,7 +228,7 @@ class Consumer:
         while True:
             if self.superseded:
                 raise Superseded
-            items = self._node._inbound.take(limit, max_bytes=BATCH_MAX_BYTES, size=_envelope_size)
+            items = self._node._inbound.take(limit, max_bytes=BATCH_MAX_BYTES)
             if items:
                 self._node._after_take(items)
                 return items

@@ -48,15 +48,37 @@ def test_inbound_mux_is_round_robin_and_bounded_per_source() -> None:
 
 
 def test_inbound_mux_take_respects_a_byte_budget() -> None:
-    mux: InboundMux[bytes] = InboundMux(max_per_source=10)
+    mux: InboundMux[bytes] = InboundMux(max_per_source=10, size=len)
     for i in range(5):
         mux.push("a", bytes([i]) * 100)
-    batch = mux.take(10, max_bytes=250, size=len)
+    batch = mux.take(10, max_bytes=250)
     assert len(batch) == 2
-    huge: InboundMux[bytes] = InboundMux(max_per_source=10)
+    huge: InboundMux[bytes] = InboundMux(max_per_source=10, size=len)
     huge.push("a", b"x" * 1000)
-    assert len(huge.take(10, max_bytes=10, size=len)) == 1  # one always goes
+    assert len(huge.take(10, max_bytes=10)) == 1  # one always goes
     assert mux.clear("a") == 3 and len(mux) == 0
+    with pytest.raises(ValueError):  # a budget in bytes without sizes
+        InboundMux[bytes](max_per_source=10).take(1, max_bytes=10)
+
+
+def test_inbound_mux_sizes_each_item_once() -> None:
+    # the node's size function serializes the envelope (protobuf ByteSize): the bytes
+    # bound, the drop of an old item and take's budget reuse the size taken at push
+    sized: list[bytes] = []
+
+    def size(item: bytes) -> int:
+        sized.append(item)
+        return len(item)
+
+    mux: InboundMux[bytes] = InboundMux(max_per_source=10, max_bytes_per_source=500, size=size)
+    items = [bytes([i]) * 200 for i in range(4)]
+    dropped = [mux.push("a", item) for item in items]
+    assert dropped == [0, 0, 1, 1]  # 500 bytes hold two of them
+    assert mux.bytes_of("a") == 400
+    assert mux.take(10, max_bytes=300) == [items[2]]
+    assert mux.take(10, max_bytes=300) == [items[3]]
+    assert mux.bytes_of("a") == 0
+    assert sized == items  # each once, when it was pushed
 
 
 def test_inbound_mux_bounds_each_source_in_bytes_too() -> None:
