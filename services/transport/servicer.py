@@ -54,8 +54,8 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
                     batch = await consumer.get_batch()
                 except Superseded:
                     raise Aborted(SUPERSEDED_MESSAGE) from None
-                for envelope in batch:
-                    yield envelope
+                for delivery in batch:
+                    yield delivery.envelope()
         finally:
             consumer.detach()
             reader.cancel()
@@ -81,7 +81,11 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
                     batch = await consumer.get_batch()
                 except Superseded:
                     raise Aborted(SUPERSEDED_MESSAGE) from None
-                yield transport_pb2.EnvelopeBatch(envelopes=batch)
+                message = transport_pb2.EnvelopeBatch()
+                add = message.envelopes.add
+                for delivery in batch:
+                    delivery.write_to(add())
+                yield message
         finally:
             consumer.detach()
             reader.cancel()

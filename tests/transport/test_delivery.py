@@ -56,8 +56,8 @@ async def test_a_message_needing_the_whole_window_follows_a_small_one_promptly(
     loop = asyncio.get_running_loop()
 
     async def take() -> transport_pb2.Envelope:
-        [envelope] = await asyncio.wait_for(consumer.get_batch(limit=1), 2)
-        return envelope
+        [delivery] = await asyncio.wait_for(consumer.get_batch(limit=1), 2)
+        return delivery.envelope()
 
     waits = []
     for i in range(5):

@@ -88,3 +88,44 @@ async def test_an_unsampled_context_is_not_continued(transports: Starter) -> Non
     finally:
         inbound.cancel()
         outbound.cancel()
+
+
+async def test_a_peers_to_and_from_are_replaced_in_a_batch(transports: Starter) -> None:
+    """What consensus's batch stream delivers is the peer's bytes parsed again with this
+    transport's fields: a peer that names another sender (or another receiver) in its
+    envelope, with a trace context, gets its own name and a sanitized context."""
+    _, nodes = await transports(3)
+    await all_connected(nodes)
+    a, b, c = nodes
+    max_frame = a.node.settings.max_frame_bytes
+    traced = {"traceparent": VALID, "tracestate": "vendor=1", "r0": "x"}
+    lies: dict[str, dict[str, str]] = {"plain": {}, "traced": traced}
+    inbound = b.stub.ExchangeBatches()
+    try:
+        for name, carrier in lies.items():
+
+            def encode(
+                envelope: transport_pb2.Envelope, carrier: dict[str, str] = carrier
+            ) -> tuple[bytes, bytes]:
+                lie = transport_pb2.Envelope(
+                    to=c.node_id, payload=envelope.payload, trace_context=carrier
+                )
+                setattr(lie, "from", c.node_id)
+                body = lie.SerializeToString()
+                return encode_frame(FrameType.MSG, body, max_frame_bytes=max_frame), body
+
+            a.node._encode_outbound = encode  # type: ignore[method-assign]
+            await a.send(transport_pb2.Envelope(to=b.node_id, payload=name.encode()))
+            batch = await asyncio.wait_for(inbound.read(), 10)
+            [got] = batch.envelopes
+            assert got.payload == name.encode()
+            assert (getattr(got, "from"), got.to) == (a.node_id, b.node_id), name
+            if carrier:  # the receive span's context; the peer's tracestate is not kept
+                assert set(got.trace_context) == {"traceparent", "r0"}, got.trace_context
+                assert got.trace_context["r0"] == "x"
+                assert got.trace_context["traceparent"].split("-")[1] == TRACE_ID
+                assert got.trace_context["traceparent"] != VALID
+            else:
+                assert dict(got.trace_context) == {}
+    finally:
+        inbound.cancel()
