@@ -16,6 +16,7 @@ import os
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import NamedTuple
 
 import grpc
 from prometheus_client import Counter, Gauge
@@ -56,6 +57,15 @@ SESSION_HEADER = "cretoai-consensus-session"
 SESSION_METADATA = ((SESSION_HEADER, os.urandom(8).hex()),)
 
 
+class Queued(NamedTuple):
+    """An outbound envelope's fields, waiting for the stream."""
+
+    to: str
+    payload: bytes
+    trace_context: Mapping[str, str] | None
+    size: int
+
+
 class TransportLink:
     """Send envelopes to peers and receive theirs through the local transport service."""
 
@@ -73,7 +83,7 @@ class TransportLink:
         self._on_inbound = on_inbound
         self._queue_max = queue_max
         self._queue_max_bytes = queue_max_bytes
-        self._outbound: deque[tuple[transport_pb2.Envelope, int]] = deque()
+        self._outbound: deque[Queued] = deque()
         self._outbound_bytes = 0
         self._queued = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -97,8 +107,7 @@ class TransportLink:
         ):
             LINK_DROPS.inc()
             return
-        envelope = transport_pb2.Envelope(to=to, payload=payload, trace_context=trace_context)
-        self._outbound.append((envelope, size))
+        self._outbound.append(Queued(to, payload, trace_context, size))
         self._outbound_bytes += size
         self._queued.set()
 
@@ -126,21 +135,25 @@ class TransportLink:
             while not self._outbound:
                 self._queued.clear()
                 await self._queued.wait()
-            yield transport_pb2.EnvelopeBatch(envelopes=self._take_batch())
+            yield self._take_batch()
 
-    def _take_batch(self) -> list[transport_pb2.Envelope]:
-        envelopes: list[transport_pb2.Envelope] = []
+    def _take_batch(self) -> transport_pb2.EnvelopeBatch:
+        """The next batch, each envelope built in place: an Envelope made first and then
+        put in the batch would be copied into it by protobuf (a serialization and a parse,
+        about 2 ms for a 2-MiB PRE-PREPARE when its buffers are faulted in)."""
+        batch = transport_pb2.EnvelopeBatch()
+        add = batch.envelopes.add
         held = 0
         queue = self._outbound
-        while queue and len(envelopes) < BATCH_MAX:
-            envelope, size = queue[0]
-            if envelopes and held + size > BATCH_MAX_BYTES:
+        while queue and len(batch.envelopes) < BATCH_MAX:
+            queued = queue[0]
+            if held and held + queued.size > BATCH_MAX_BYTES:
                 break
             queue.popleft()
-            envelopes.append(envelope)
-            held += size
+            add(to=queued.to, payload=queued.payload, trace_context=queued.trace_context)
+            held += queued.size
         self._outbound_bytes -= held
-        return envelopes
+        return batch
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -363,8 +363,8 @@ async def test_a_peer_draws_repair_no_faster_than_its_budget() -> None:
     def queued() -> dict[str, int]:
         counts: dict[str, int] = {}
         while driver.link._outbound:
-            envelope, _ = driver.link._outbound.popleft()
-            counts[envelope.to] = counts.get(envelope.to, 0) + 1
+            to = driver.link._outbound.popleft().to
+            counts[to] = counts.get(to, 0) + 1
         driver.link._outbound_bytes = 0
         return counts
 
