@@ -115,3 +115,40 @@ def test_a_buffer_below_the_threshold_is_reused_without_page_faults() -> None:
 def test_an_operators_trim_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(allocator.TRIM_ENV, "131072")
     assert allocator.fix_mmap_threshold(2 << 20, trim_threshold=8 << 20) is False
+
+
+#: In a fresh interpreter (argv[1]: "default" or "message"): 20 batches of one 2-MiB
+#: envelope built and serialized as consensus's link once did (an Envelope copied into
+#: an EnvelopeBatch: several 2-MiB buffers at once, freed together); the page faults
+#: those batches cost.
+BATCHES = """
+import json, resource, sys
+from cretoai.allocator import keep_message_buffers
+from cretoai.v1 import transport_pb2
+fixed = keep_message_buffers() if sys.argv[1] == "message" else None
+payload = b"\\x01" * (2 << 20)
+def batch():
+    envelope = transport_pb2.Envelope(to="node2", payload=payload)
+    return transport_pb2.EnvelopeBatch(envelopes=[envelope]).SerializeToString()
+for _ in range(3):
+    batch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    batch()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print(json.dumps({"fixed": fixed, "faults": after - before}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_message_services_reuse_a_batchs_buffers() -> None:
+    """The message services' thresholds (consensus, transport, gateway): a batch's
+    buffers, freed together, stay in the heap for the next batch. With glibc's dynamic
+    thresholds the free memory at the heap's top went back to the kernel after each batch,
+    and every page of the next batch's buffers was faulted in again."""
+    default = in_fresh_interpreter(BATCHES, "default")
+    message = in_fresh_interpreter(BATCHES, "message")
+    assert message["fixed"] is True
+    assert default["faults"] > 20 * 512, default  # at least a 2-MiB buffer a batch
+    assert message["faults"] < 100, message
+    assert allocator.MESSAGE_TRIM_THRESHOLD_BYTES < allocator.MESSAGE_MMAP_THRESHOLD_BYTES
