@@ -65,33 +65,3 @@ def fix_mmap_threshold(threshold: int, *, trim_threshold: int | None = None) -> 
         )
         return False
     return True
-
-
-#: The thresholds of the services that build, copy and parse whole batches as protobuf
-#: messages (consensus, transport, gateway). A batch's messages are 1-8 MiB and each is
-#: copied several times on its way (serialized, framed, compressed, parsed); freed together,
-#: they left glibc's heap with more free memory at its top than its dynamic trim threshold
-#: (twice the largest block freed so far), so glibc gave it back and the next batch's
-#: buffers were faulted in again, page by page: 2,000-6,000 page faults a second in
-#: consensus at saturation, about 4.5 us each on the development VM. Blocks below 32 MiB
-#: (glibc's largest threshold) come from the heap, and up to 16 MiB free at its top is
-#: kept for the next batch (docs/benchmarks.md, "Page faults of the message services").
-MESSAGE_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-MESSAGE_TRIM_THRESHOLD_BYTES = 16 * 1024 * 1024
-
-
-def fix_thresholds(threshold: int, trim_threshold: int) -> bool:
-    """:func:`fix_mmap_threshold` with ``trim_threshold``, and a log line saying so."""
-    fixed = fix_mmap_threshold(threshold, trim_threshold=trim_threshold)
-    if fixed:
-        log.info(
-            "glibc mmap and trim thresholds fixed",
-            extra={"fields": {"bytes": threshold, "trim_bytes": trim_threshold}},
-        )
-    return fixed
-
-
-def keep_message_buffers() -> bool:
-    """The message services' thresholds (:data:`MESSAGE_MMAP_THRESHOLD_BYTES`): call at
-    start, before the first batch."""
-    return fix_thresholds(MESSAGE_MMAP_THRESHOLD_BYTES, MESSAGE_TRIM_THRESHOLD_BYTES)

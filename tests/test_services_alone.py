@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cretoai import allocator, registry
+from cretoai import registry
 from cretoai.config import load_config
 from cretoai.vertex import vertex_hash
 from devkit.ports import free_base_port
@@ -73,13 +73,9 @@ async def test_the_four_services_run_each_on_its_own(tmp_path: Path) -> None:
         assert codes == {name: 0 for name in reversed(registry.NAMES)}, "\n".join(
             p.output() for p in running
         )
-        # each fixed glibc's mmap and trim thresholds (cretoai/allocator.py): storage its
-        # own, the others the message services'
+        # storage fixed glibc's mmap and trim thresholds (cretoai/allocator.py); the others did not
         said = {p.name: "glibc mmap and trim thresholds fixed" in p.output() for p in running}
-        assert said == {name: True for name in registry.NAMES}, said
-        message = f"bytes={allocator.MESSAGE_MMAP_THRESHOLD_BYTES} "
-        kept = {p.name: message in p.output() for p in running}
-        assert kept == {name: name != "storage" for name in registry.NAMES}, kept
+        assert said == {name: name == "storage" for name in registry.NAMES}, said
     finally:
         for proc in reversed(running):
             await proc.stop(signal.SIGKILL, timeout=10)

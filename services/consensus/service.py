@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 
-from cretoai.allocator import keep_message_buffers
 from cretoai.channels import service_channel, service_endpoint
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend, load_private_key
@@ -133,7 +132,6 @@ async def load_executed(
 async def build(cfg: NodeConfig) -> GrpcService:
     """The consensus service for ``cfg``: the replica restored from storage (waits for
     storage to answer), its driver started."""
-    keep_message_buffers()
     key = load_private_key(cfg.key_path, cfg.crypto.backend)
     index = cfg.replica_index
     if key.public_key != cfg.validator_public_keys[index]:

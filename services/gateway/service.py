@@ -14,7 +14,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cretoai.allocator import keep_message_buffers
 from cretoai.channels import internal_channel
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import NodeKey, get_backend, load_private_key
@@ -74,7 +73,6 @@ class GatewayService(GrpcService):
 async def build(cfg: NodeConfig) -> GatewayService:
     """The gateway for ``cfg`` with its HTTP site listening (KeyFileError, OSError); its
     cleanup stops the HTTP site."""
-    keep_message_buffers()
     needed = 2 * cfg.gateway.max_connections + RESERVED_FDS  # HTTP and gRPC listeners
     open_files = ensure_open_files(needed)
     if open_files < needed:

@@ -9,7 +9,7 @@ import logging
 
 from grpc_health.v1 import health_pb2
 
-from cretoai.allocator import fix_thresholds
+from cretoai.allocator import fix_mmap_threshold
 from cretoai.config import NodeConfig
 from cretoai.crypto import get_backend
 from cretoai.serving import GrpcService, Servicer
@@ -42,7 +42,11 @@ async def refresh_gauges(store: Store, servicer: StorageServicer, interval: floa
 async def build(cfg: NodeConfig) -> GrpcService:
     """The storage service for ``cfg`` (raises :class:`DatabaseError`, an OSError, at start)."""
     # before RocksDB allocates: its memtables' arena blocks then leave with each flush
-    fix_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
+    if fix_mmap_threshold(MMAP_THRESHOLD_BYTES, trim_threshold=TRIM_THRESHOLD_BYTES):
+        log.info(
+            "glibc mmap and trim thresholds fixed",
+            extra={"fields": {"bytes": MMAP_THRESHOLD_BYTES, "trim_bytes": TRIM_THRESHOLD_BYTES}},
+        )
     store = await asyncio.to_thread(
         functools.partial(Store.open, cfg.storage_path, owner=Owner.of_node(cfg))
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cretoai.allocator import keep_message_buffers
 from cretoai.config import ConfigError, NodeConfig
 from cretoai.crypto import get_backend, load_private_key
 from cretoai.serving import GrpcService
@@ -44,7 +43,6 @@ class TransportService(GrpcService):
 
 async def build(cfg: NodeConfig) -> TransportService:
     """The transport service for ``cfg``; its QUIC node is already bound and dialing."""
-    keep_message_buffers()
     # aioquic logs every handshake at INFO; our own lines say what matters.
     logging.getLogger("quic").setLevel(logging.WARNING)
     node = await build_node(cfg)
