@@ -176,9 +176,9 @@ class Delivery:
         return envelope
 
 
-#: What a delivery's size adds to its bytes: the node ids it sets, and room for
+#: What a delivery's size adds to its bytes beside the fields it sets: room for
 #: protobuf's tags and lengths.
-DELIVERY_OVERHEAD = 2 * 64 + 256
+DELIVERY_OVERHEAD = 256
 
 
 def _delivery_size(delivery: Delivery) -> int:
@@ -1143,7 +1143,7 @@ class TransportNode:
                 trace.SpanKind.CONSUMER,
                 {"messaging.source": peer.name},
             )
-        size = len(event.body) + DELIVERY_OVERHEAD
+        size = len(event.body) + len(self._node_id) + len(peer.node_id) + DELIVERY_OVERHEAD
         if trace_context:
             size += sum(len(k) + len(v) for k, v in trace_context.items())
         delivery = Delivery(event.body, self._node_id, peer.node_id, trace_context, size)
