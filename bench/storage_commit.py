@@ -788,6 +788,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         least = FloorProcess(base)
         checking = FloorProcess(base, check=True)
         runs = []
+        floor_channels: list[grpc.aio.Channel] = []
         try:
             await proc.wait_serving(timeout=60)
             floor_channels = [
@@ -839,9 +840,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                 stats = await stub.GetStats(storage_pb2.GetStatsRequest(), timeout=30)
-            for floor_channel in floor_channels:
-                await floor_channel.close()
         finally:
+            for floor_channel in floor_channels:  # on a failure too: no channel left open
+                await floor_channel.close()
             proc.terminate()
             least.stop()
             checking.stop()

@@ -447,6 +447,7 @@ class CpuClock:
 def sharing(before: CpuClock, after: CpuClock, elapsed: float) -> dict[str, Any]:
     """What else used the machine while a run's subprocess ran (waited for, so that its
     process tree's CPU is in ``children_s``): cores of other processes and of steal."""
+    elapsed = max(elapsed, 1e-6)  # a run that took no measurable time: no division by zero
     busy = (after.busy_s - before.busy_s) / elapsed
     run = (after.children_s - before.children_s) / elapsed
     others = max(0.0, busy - run)

@@ -18,6 +18,7 @@ from bench.targets import (
     NOT_MEASURED,
     NOT_MET,
     SHARED_CORES,
+    CpuClock,
     Run,
     combine,
     execute,
@@ -29,6 +30,7 @@ from bench.targets import (
     read,
     run_all,
     shared_runs,
+    sharing,
     table,
     verdict,
 )
@@ -414,3 +416,13 @@ def test_every_pbft_floor_runs_with_what_the_nodes_safety_needs() -> None:
         assert {"--tls", "--execute-write", "--mark-sync"} <= set(run.args), run
     storage = next(r for r in plan() if r.name == "storage")
     assert storage.module == "storage_commit"  # whose judged floor checks each proof
+
+
+def test_sharing_of_a_run_that_took_no_measurable_time_is_not_a_division_by_zero() -> None:
+    before = CpuClock(busy_s=10.0, steal_s=1.0, children_s=2.0)
+    after = CpuClock(busy_s=10.5, steal_s=1.0, children_s=2.5)
+    shared = sharing(before, after, 0.0)
+    assert shared["other_processes_cores"] == 0.0
+    assert shared["machine_shared"] is False
+    # and a real interval still gives cores
+    assert sharing(before, after, 1.0)["run_cores"] == 0.5
