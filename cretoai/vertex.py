@@ -43,24 +43,40 @@ MAX_PARENTS = 64
 PROTOCOL_MAX_PAYLOAD_BYTES = 1_048_576
 
 
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
 def canonical_bytes(vertex: vertex_pb2.Vertex) -> bytes:
-    parts = [struct.pack(">I", len(vertex.payload)), vertex.payload]
-    parts.append(struct.pack(">I", len(vertex.parents)))
-    parts.extend(vertex.parents)
-    parts += [struct.pack(">I", len(vertex.creator)), vertex.creator]
-    parts.append(struct.pack(">Q", vertex.timestamp_ms))
-    return b"".join(parts)
+    # each field read once: a protobuf bytes field is copied out at every read
+    payload, parents, creator = vertex.payload, vertex.parents, vertex.creator
+    return b"".join(
+        (
+            _U32.pack(len(payload)),
+            payload,
+            _U32.pack(len(parents)),
+            *parents,
+            _U32.pack(len(creator)),
+            creator,
+            _U64.pack(vertex.timestamp_ms),
+        )
+    )
 
 
 def vertex_hash(vertex: vertex_pb2.Vertex) -> bytes:
-    return _hashed(canonical_bytes(vertex))
+    return hash_of_canonical(canonical_bytes(vertex))
 
 
-def _hashed(canonical: bytes) -> bytes:
+def hash_of_canonical(canonical: bytes) -> bytes:
+    """:func:`vertex_hash` of the vertex whose canonical encoding is ``canonical``."""
     return hashlib.sha3_256(_HASH_DOMAIN + canonical).digest()
 
 
-def _signed(canonical: bytes, signature: bytes) -> bytes:
+def signed_digest_of_canonical(canonical: bytes, signature: bytes) -> bytes:
+    """:func:`signed_digest` of the copy whose canonical encoding is ``canonical``.
+
+    One concatenation, then one hash: measured faster than feeding the hash the parts
+    (each ``update`` of a few KB releases and takes back the GIL)."""
     return hashlib.sha3_256(
         _SIGNED_DOMAIN + canonical + struct.pack(">I", len(signature)) + signature
     ).digest()
@@ -72,14 +88,14 @@ def signed_digest(vertex: vertex_pb2.Vertex) -> bytes:
     SHA3-256("cretoai.v1.signed-vertex\\0" ‖ canonical ‖ u32 len(signature) ‖ signature).
     Consensus batches and signature verdicts are keyed by it.
     """
-    return _signed(canonical_bytes(vertex), vertex.signature)
+    return signed_digest_of_canonical(canonical_bytes(vertex), vertex.signature)
 
 
 def hash_and_signed_digest(vertex: vertex_pb2.Vertex) -> tuple[bytes, bytes]:
     """``(vertex_hash(vertex), signed_digest(vertex))`` with the canonical encoding built
     once: where both are needed (storage checks each executed copy against both)."""
     canonical = canonical_bytes(vertex)
-    return _hashed(canonical), _signed(canonical, vertex.signature)
+    return hash_of_canonical(canonical), signed_digest_of_canonical(canonical, vertex.signature)
 
 
 def make_vertex(

@@ -38,9 +38,10 @@ from cretoai.vertex import (
     BAD_SIGNATURE_MESSAGE,
     HASH_SIZE,
     PROTOCOL_MAX_PAYLOAD_BYTES,
+    canonical_bytes,
+    hash_of_canonical,
     shape_error,
-    signed_digest,
-    vertex_hash,
+    signed_digest_of_canonical,
 )
 from services.consensus.core.replica import ProposeResult
 from services.consensus.driver import Driver
@@ -212,7 +213,8 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
                 raise ResourceExhausted(OVERLOADED_MESSAGE)
         elif self._driver.overloaded():
             raise ResourceExhausted(OVERLOADED_MESSAGE)
-        digests = {i: vertex_hash(vertices[i]) for i in live}
+        canonicals = {i: canonical_bytes(vertices[i]) for i in live}  # encoded once
+        digests = {i: hash_of_canonical(canonicals[i]) for i in live}
         # What this process finalized lately decides most vertices (recent.py); storage is
         # asked about the others
         recent = self._driver.recent
@@ -246,7 +248,7 @@ class ConsensusServicer(consensus_pb2_grpc.ConsensusServicer):
             )
         live = [i for i in live if i not in replayed]
         # Each signed copy verified once, all of them at once (the verifier's threads).
-        copies = {i: signed_digest(vertices[i]) for i in live}
+        copies = {i: signed_digest_of_canonical(canonicals[i], vertices[i].signature) for i in live}
         verdicts = await self._driver.verify_vertices(
             [vertices[i] for i in live], [copies[i] for i in live], [digests[i] for i in live]
         )
