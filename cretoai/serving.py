@@ -437,7 +437,7 @@ class ArrivalInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary or handler.unary_stream
         options = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": _passing_bytes(handler.response_serializer),
         }
         if handler.unary_unary is not None or not inspect.isasyncgenfunction(inner):
             # (a streaming handler that writes with context.write is a coroutine)
@@ -630,6 +630,23 @@ def _streams_responses(handler: Any) -> bool:
     return bool(handler.unary_stream or handler.stream_stream)
 
 
+def _passing_bytes(serializer: Any) -> Any:
+    """``serializer``, passing on as they are the responses a handler yields already
+    encoded (``bytes``): a large message built by concatenation is not parsed into a
+    message only to be serialized again (services.transport.servicer's ExchangeBatches)."""
+    if serializer is None or getattr(serializer, "passes_bytes", False):
+        return serializer
+
+    def serialize(message: Any) -> bytes:
+        if type(message) is bytes:
+            return message
+        encoded: bytes = serializer(message)
+        return encoded
+
+    serialize.passes_bytes = True  # type: ignore[attr-defined]
+    return serialize
+
+
 def _rebuilt(handler: Any, behaviour: Any, request_deserializer: Any) -> Any:
     """A handler of ``handler``'s kind (unary or streaming requests and responses) that
     runs ``behaviour``."""
@@ -644,7 +661,7 @@ def _rebuilt(handler: Any, behaviour: Any, request_deserializer: Any) -> Any:
     return factory(
         behaviour,
         request_deserializer=request_deserializer,
-        response_serializer=handler.response_serializer,
+        response_serializer=_passing_bytes(handler.response_serializer),
     )
 
 

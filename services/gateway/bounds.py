@@ -12,6 +12,7 @@ most a few hundred steps whatever the size; a REST body's JSON separators with
 
 from __future__ import annotations
 
+from cretoai.protowire import read_varint
 from cretoai.serving import RequestRefused
 from cretoai.v1 import gateway_pb2
 from cretoai.vertex import MAX_PARENTS
@@ -32,16 +33,10 @@ class _Malformed(Exception):
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _Malformed("a truncated or overlong varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return read_varint(buf, pos)
+    except ValueError:
+        raise _Malformed("a truncated or overlong varint") from None
 
 
 def _fields(buf: bytes, start: int, end: int, limit: int, what: str) -> list[tuple[int, int, int]]:

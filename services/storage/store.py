@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
 
+from cretoai.protowire import varint
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 
 if TYPE_CHECKING:
@@ -124,21 +125,12 @@ class DatabaseInfo:
     schema_version: int
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def stored_vertex(body: bytes, creator_id: bytes = b"") -> bytes:
     """``StoredVertex(vertex=body, creator_id=creator_id)`` serialized, without copying the
     body through a message: field 1 and field 2, both length-delimited (wire type 2)."""
-    parts = [b"\x0a", _varint(len(body)), body] if body else []
+    parts = [b"\x0a", varint(len(body)), body] if body else []
     if creator_id:
-        parts += [b"\x12", _varint(len(creator_id)), creator_id]
+        parts += [b"\x12", varint(len(creator_id)), creator_id]
     return b"".join(parts)
 
 

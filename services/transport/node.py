@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from cretoai.crypto import Backend, NodeKey
+from cretoai.protowire import length_delimited, sole_field, tag, varint
 from cretoai.telemetry import format_traceparent, remote_parent, sanitize_carrier
 from cretoai.v1 import transport_pb2
 from services.transport import auth, compression, metrics, stun
@@ -162,6 +164,16 @@ class Delivery:
     #: What the queue counts: the bytes and the fields this transport sets.
     size: int
 
+    def wire_parts(self) -> tuple[bytes, bytes]:
+        """The Envelope as consensus receives it, encoded, in two parts to be sent one
+        after the other: without a trace context, the peer's bytes and then this
+        transport's ``to`` and ``from``, which a parser takes over any the peer put there
+        (it keeps a field's last value; :mod:`cretoai.protowire`), with no copy of the
+        body; with one, the message rebuilt (the peer's context must go, not merge)."""
+        if self.trace_context is None:
+            return self.body, _ids_field(self.to, self.source)
+        return self.envelope().SerializeToString(), b""
+
     def write_to(self, envelope: transport_pb2.Envelope) -> None:
         envelope.ParseFromString(self.body)
         envelope.to = self.to
@@ -179,6 +191,40 @@ class Delivery:
 #: What a delivery's size adds to its bytes beside the fields it sets: room for
 #: protobuf's tags and lengths.
 DELIVERY_OVERHEAD = 256
+#: Envelope's field numbers (cretoai/v1/transport.proto) that the transport writes by hand.
+_TO, _FROM, _PAYLOAD = 1, 2, 3
+#: EnvelopeBatch's ``envelopes``.
+_ENVELOPES = 1
+
+
+@functools.lru_cache(maxsize=64)
+def _ids_field(to: str, source: str) -> bytes:
+    """Envelope's ``to`` and ``from`` fields, encoded (the same few pairs over and over)."""
+    return length_delimited(_TO, to.encode()) + length_delimited(_FROM, source.encode())
+
+
+def envelope_batch_bytes(deliveries: Sequence[Delivery]) -> bytes:
+    """An EnvelopeBatch of ``deliveries``, encoded by concatenation: each peer's bytes are
+    copied once, into the result (building the message copied a 2-MiB PRE-PREPARE in,
+    and serializing it out again into growing buffers: 5 ms against 0.2)."""
+    key = tag(_ENVELOPES)
+    parts: list[bytes] = []
+    for delivery in deliveries:
+        body, tail = delivery.wire_parts()
+        parts += (key, varint(len(body) + len(tail)), body, tail)
+    return b"".join(parts)
+
+
+def payload_field(payload: bytes) -> bytes:
+    """An Envelope of ``payload`` alone, encoded (what a transport sends a peer when the
+    message is not traced)."""
+    return b"".join((tag(_PAYLOAD), varint(len(payload)), payload))
+
+
+def is_payload_only(body: bytes) -> bool:
+    """Whether a peer's ``body`` is an Envelope of its payload alone: valid whatever the
+    payload's bytes, so it needs no parse (the untraced messages of an honest peer)."""
+    return sole_field(body, _PAYLOAD)
 
 
 def _delivery_size(delivery: Delivery) -> int:
@@ -600,8 +646,8 @@ class TransportNode:
 
     def _encode_outbound(self, envelope: transport_pb2.Envelope) -> tuple[bytes, bytes]:
         """The MSG frame for ``envelope`` and its body."""
-        wire = transport_pb2.Envelope(payload=envelope.payload)
         if envelope.trace_context:  # only sampled envelopes carry one
+            wire = transport_pb2.Envelope(payload=envelope.payload)
             _continue_trace(
                 "transport.send",
                 envelope.trace_context,
@@ -609,7 +655,9 @@ class TransportNode:
                 trace.SpanKind.PRODUCER,
                 {"messaging.destination": envelope.to or "broadcast"},
             )
-        body = wire.SerializeToString()
+            body = wire.SerializeToString()
+        else:  # by concatenation: the payload copied once
+            body = payload_field(envelope.payload)
         try:
             frame = encode_frame(FrameType.MSG, body, max_frame_bytes=self.settings.max_frame_bytes)
         except FrameTooLarge:
@@ -1124,15 +1172,19 @@ class TransportNode:
         # (a losing duplicate connection may still deliver until the close reaches
         # its sender: those messages are authenticated and delivered too)
         envelope = transport_pb2.Envelope()
-        try:
-            envelope.ParseFromString(event.body)
-        except DecodeError:
-            self.stats.protocol_error("malformed_message")
-            self._drop(peer, "malformed")
-            self._limiter.warning(
-                f"malformed-{peer.name}", "undecodable message from peer", {"peer": peer.name}
-            )
-            return
+        # An untraced message is its payload field alone, and valid as it is; anything
+        # else is parsed, so that a malformed envelope is the peer's fault here and not
+        # an unparseable batch in consensus (and its trace context is read)
+        if not is_payload_only(event.body):
+            try:
+                envelope.ParseFromString(event.body)
+            except DecodeError:
+                self.stats.protocol_error("malformed_message")
+                self._drop(peer, "malformed")
+                self._limiter.warning(
+                    f"malformed-{peer.name}", "undecodable message from peer", {"peer": peer.name}
+                )
+                return
         trace_context: dict[str, str] | None = None
         if envelope.trace_context:  # a peer's: untrusted (garbage or oversized is dropped)
             trace_context = {}

@@ -18,7 +18,7 @@ import grpc
 from cretoai.errors import Aborted
 from cretoai.serving import Servicer
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
-from services.transport.node import Superseded, TransportNode
+from services.transport.node import Superseded, TransportNode, envelope_batch_bytes
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
         self,
         request_iterator: AsyncIterator[transport_pb2.EnvelopeBatch],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[transport_pb2.EnvelopeBatch]:
+    ) -> AsyncIterator[bytes]:  # an EnvelopeBatch, encoded
         self._node.consensus_session(_session_of(context))
         consumer = self._node.attach_consumer()
         reader = asyncio.create_task(self._read_batches(request_iterator), name="exchange-in")
@@ -81,11 +81,9 @@ class TransportServicer(transport_pb2_grpc.TransportServicer):
                     batch = await consumer.get_batch()
                 except Superseded:
                     raise Aborted(SUPERSEDED_MESSAGE) from None
-                message = transport_pb2.EnvelopeBatch()
-                add = message.envelopes.add
-                for delivery in batch:
-                    delivery.write_to(add())
-                yield message
+                # the EnvelopeBatch's bytes, which the server passes on as they are
+                # (cretoai.serving): no message built from the peers' bytes
+                yield envelope_batch_bytes(batch)
         finally:
             consumer.detach()
             reader.cancel()
