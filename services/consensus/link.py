@@ -22,6 +22,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from cretoai.channels import service_channel
+from cretoai.protowire import length_delimited, tag, varint
 from cretoai.tls import InternalTls
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 
@@ -55,6 +56,18 @@ Inbound = Callable[[transport_pb2.Envelope], Awaitable[None]]
 #: peer's reputation again; see TransportNode.consensus_session).
 SESSION_HEADER = "cretoai-consensus-session"
 SESSION_METADATA = ((SESSION_HEADER, os.urandom(8).hex()),)
+
+
+#: The method of :meth:`TransportLink._exchange` (cretoai/v1/transport.proto).
+EXCHANGE_BATCHES = "/cretoai.v1.Transport/ExchangeBatches"
+#: EnvelopeBatch's ``envelopes`` and Envelope's ``to`` and ``payload``, written by hand.
+_ENVELOPES_TAG = tag(1)
+_TO = 1
+_PAYLOAD_TAG = tag(3)
+
+
+def _as_is(encoded: bytes) -> bytes:
+    return encoded
 
 
 class Queued(NamedTuple):
@@ -128,38 +141,65 @@ class TransportLink:
         if self._channel is not None:
             await self._channel.close()
 
-    async def _outbound_stream(self) -> AsyncIterator[transport_pb2.EnvelopeBatch]:
+    async def _outbound_stream(self) -> AsyncIterator[bytes]:
         """What is queued, in batches of at most BATCH_MAX envelopes and BATCH_MAX_BYTES
-        (per-message cost is high)."""
+        (per-message cost is high), each an encoded EnvelopeBatch."""
         while True:
             while not self._outbound:
                 self._queued.clear()
                 await self._queued.wait()
             yield self._take_batch()
 
-    def _take_batch(self) -> transport_pb2.EnvelopeBatch:
-        """The next batch, each envelope built in place: an Envelope made first and then
-        put in the batch would be copied into it by protobuf (a serialization and a parse,
-        about 2 ms for a 2-MiB PRE-PREPARE when its buffers are faulted in)."""
-        batch = transport_pb2.EnvelopeBatch()
-        add = batch.envelopes.add
-        held = 0
+    def _take_batch(self) -> bytes:
+        """The next batch's bytes, concatenated: each payload is copied once, into them.
+        A batch message would copy each payload in and its serialization copy them out
+        again, into growing buffers (3.7-5.4 ms for a 2-MiB PRE-PREPARE when its buffers
+        are faulted in: docs/benchmarks.md, "A peer's message, passed on as bytes")."""
+        parts: list[bytes] = []
+        count = held = 0
         queue = self._outbound
-        while queue and len(batch.envelopes) < BATCH_MAX:
+        while queue and count < BATCH_MAX:
             queued = queue[0]
             if held and held + queued.size > BATCH_MAX_BYTES:
                 break
             queue.popleft()
-            add(to=queued.to, payload=queued.payload, trace_context=queued.trace_context)
+            head = length_delimited(_TO, queued.to.encode()) if queued.to else b""
+            tail = (
+                transport_pb2.Envelope(trace_context=queued.trace_context).SerializeToString()
+                if queued.trace_context
+                else b""
+            )
+            size = len(head) + len(_PAYLOAD_TAG) + len(varint(len(queued.payload)))
+            size += len(queued.payload) + len(tail)
+            parts += (
+                _ENVELOPES_TAG,
+                varint(size),
+                head,
+                _PAYLOAD_TAG,
+                varint(len(queued.payload)),
+                queued.payload,
+                tail,
+            )
+            count += 1
             held += queued.size
         self._outbound_bytes -= held
-        return batch
+        return b"".join(parts)
+
+    def _exchange(self) -> grpc.aio.StreamStreamMultiCallable[bytes, transport_pb2.EnvelopeBatch]:
+        """ExchangeBatches, its requests sent as the bytes :meth:`_take_batch` made."""
+        if self._channel is None:
+            self._channel = service_channel(self._target, tls=self._tls)
+        return self._channel.stream_stream(
+            EXCHANGE_BATCHES,
+            request_serializer=_as_is,
+            response_deserializer=transport_pb2.EnvelopeBatch.FromString,
+        )
 
     async def _run(self) -> None:
         backoff = 0.1
         while True:
             try:
-                call = self.stub.ExchangeBatches(self._outbound_stream(), metadata=SESSION_METADATA)
+                call = self._exchange()(self._outbound_stream(), metadata=SESSION_METADATA)
                 self.connected.set()
                 LINK_UP.set(1)
                 log.info("transport stream open", extra={"fields": {"target": self._target}})

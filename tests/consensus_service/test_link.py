@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from cretoai.v1 import transport_pb2
 from devkit.transport import RunningTransport, all_connected, make_cluster, start_transport
-from services.consensus.link import BATCH_MAX_BYTES, QUEUE_MAX_BYTES, TransportLink
+from services.consensus.link import BATCH_MAX, BATCH_MAX_BYTES, QUEUE_MAX_BYTES, TransportLink
 
 ENVELOPE = 3 * 1024 * 1024
 
@@ -74,4 +74,37 @@ async def test_the_queue_to_the_transport_is_bounded_in_bytes() -> None:
     for _ in range(fits + 5):
         link.send(b"x" * ENVELOPE, to="p")
     assert _dropped() - before == 5
+    await link.close()
+
+
+async def test_a_batchs_bytes_are_the_envelopes_as_a_message_would_hold_them() -> None:
+    """The link writes each batch by concatenation (no message built around 2-MiB
+    payloads): it must parse to the envelopes queued, in order, and stop at BATCH_MAX."""
+    link = TransportLink("127.0.0.1:9", _ignore)  # never started
+    traced = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "tracestate": "k=v"}
+    sent = [
+        ("p" * 64, b"to one peer" * 1000, None),
+        ("", b"to every peer", None),
+        ("q" * 64, b"", None),  # an empty payload
+        ("", b"traced", traced),
+    ]
+    for to, payload, context in sent:
+        link.send(payload, to=to, trace_context=context)
+    batch = transport_pb2.EnvelopeBatch.FromString(link._take_batch())
+    expected = transport_pb2.EnvelopeBatch(
+        envelopes=[
+            transport_pb2.Envelope(to=to, payload=payload, trace_context=context)
+            for to, payload, context in sent
+        ]
+    )
+    assert batch == expected
+    assert link._take_batch() == b""  # nothing left queued
+    for i in range(BATCH_MAX + 3):
+        link.send(b"%d" % i, to="p")
+    first = transport_pb2.EnvelopeBatch.FromString(link._take_batch())
+    rest = transport_pb2.EnvelopeBatch.FromString(link._take_batch())
+    assert [e.payload for e in first.envelopes] == [b"%d" % i for i in range(BATCH_MAX)]
+    assert [e.payload for e in rest.envelopes] == [
+        b"%d" % i for i in range(BATCH_MAX, BATCH_MAX + 3)
+    ]
     await link.close()
