@@ -40,6 +40,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai.crypto.keys import node_id
+from cretoai.protowire import length_delimited, tag, varint
 from cretoai.tls import InternalTls
 from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
 from cretoai.vertex import (
@@ -54,7 +55,6 @@ from services.consensus.core.codec import (
     certificate_from_pb,
     encode_envelope,
     envelope_from_pb,
-    envelope_to_pb,
     signed_to_pb,
 )
 from services.consensus.core.crypto import CONTEXT, batch_digest
@@ -236,13 +236,37 @@ class _Bodies:
 #: The most a persist sends in one WriteState: well under the storage channel's 16-MiB
 #: message limit (cretoai.channels), whatever a burst of PRE-PREPAREs makes a Ready hold.
 PERSIST_MAX_BYTES = 8 * 1024 * 1024
+#: Storage's WriteState (cretoai/v1/storage.proto), called with a request already encoded.
+WRITE_STATE = "/cretoai.v1.Storage/WriteState"
+#: WriteStateRequest's ``puts`` and ``deletes``, StateEntry's ``key`` and ``value``.
+_PUTS_TAG, _DELETES_TAG = tag(1), tag(2)
+_KEY_TAG, _VALUE_TAG = tag(1), tag(2)
+#: ConsensusEnvelope's ``vouch`` (cretoai/v1/pbft.proto).
+_VOUCH = 10
 
 
-def persist_writes(
-    records: Sequence[Record], max_bytes: int = PERSIST_MAX_BYTES
-) -> list[storage_pb2.WriteStateRequest]:
-    """A Ready's records as WriteState requests: one atomic write when they fit in
-    ``max_bytes`` (the usual case: storage applies its deletes, then its puts).
+def _as_is(encoded: bytes) -> bytes:
+    return encoded
+
+
+class StorageClient(storage_pb2_grpc.StorageStub):
+    """Storage's stub, and :attr:`write_encoded`: WriteState sending a request already
+    encoded (:func:`persist_writes`) as it is."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)  # type: ignore[no-untyped-call]
+        self.write_encoded: grpc.aio.UnaryUnaryMultiCallable[
+            bytes, storage_pb2.WriteStateResponse
+        ] = channel.unary_unary(
+            WRITE_STATE,
+            request_serializer=_as_is,
+            response_deserializer=storage_pb2.WriteStateResponse.FromString,
+        )
+
+
+def persist_writes(records: Sequence[Record], max_bytes: int = PERSIST_MAX_BYTES) -> list[bytes]:
+    """A Ready's records as encoded WriteState requests: one atomic write when they fit
+    in ``max_bytes`` (the usual case: storage applies its deletes, then its puts).
 
     Otherwise the puts go in consecutive runs in their order, each of at most
     ``max_bytes`` (a larger record alone), and the deletes with the last run (minus keys
@@ -257,7 +281,7 @@ def persist_writes(
     puts = [r for r in records if r.value is not None]
     kept = {r.key for r in puts}
     deletes = [r for r in records if r.value is None and r.key not in kept]
-    writes: list[storage_pb2.WriteStateRequest] = []
+    writes: list[bytes] = []
     run: list[Record] = []
     held = 0
     for record in puts:
@@ -275,9 +299,8 @@ def _encode(envelope: Envelope, vouch: pbft_pb2.Vouch | None = None) -> bytes:
     """The bytes of ``envelope`` for the transport, with this node's signed claim."""
     if vouch is None:
         return encode_envelope(envelope)
-    pb = envelope_to_pb(envelope)
-    pb.vouch.CopyFrom(vouch)
-    return pb.SerializeToString()
+    # the claim after the envelope's fields, where serializing the message puts it
+    return encode_envelope(envelope) + length_delimited(_VOUCH, vouch.SerializeToString())
 
 
 def _record_bytes(record: Record) -> int:
@@ -285,15 +308,23 @@ def _record_bytes(record: Record) -> int:
     return len(record.key) + len(record.value or b"") + 16
 
 
-def _write_request(records: Sequence[Record]) -> storage_pb2.WriteStateRequest:
-    return storage_pb2.WriteStateRequest(
-        puts=[
-            storage_pb2.StateEntry(key=r.key.encode(), value=r.value)
-            for r in records
-            if r.value is not None
-        ],
-        deletes=[r.key.encode() for r in records if r.value is None],
-    )
+def _write_request(records: Sequence[Record]) -> bytes:
+    """A WriteStateRequest of ``records``, encoded by concatenation: a batch's 2-MiB
+    record is copied once, into it (a request message would copy it in, and its
+    serialization out again into growing buffers; docs/benchmarks.md, "A slow hour")."""
+    parts: list[bytes] = []
+    for record in records:
+        if record.value is not None:
+            key, value = record.key.encode(), record.value
+            key_len, value_len = varint(len(key)), varint(len(value))
+            size = len(_KEY_TAG) + len(key_len) + len(key)
+            size += len(_VALUE_TAG) + len(value_len) + len(value)
+            parts += (_PUTS_TAG, varint(size), _KEY_TAG, key_len, key, _VALUE_TAG, value_len, value)
+    for record in records:
+        if record.value is None:
+            key = record.key.encode()
+            parts += (_DELETES_TAG, varint(len(key)), key)
+    return b"".join(parts)
 
 
 _NO_CARRIER: Mapping[str, str] = {}
@@ -358,7 +389,7 @@ class Driver:
         *,
         replica: Replica,
         public_keys: Sequence[bytes],
-        storage: storage_pb2_grpc.StorageStub,
+        storage: StorageClient,
         transport_target: str,
         tls: InternalTls | None = None,
         verifier: Verifier,
@@ -953,8 +984,8 @@ class Driver:
             log.critical("replica task failed", exc_info=True, extra={"fields": self._where()})
             self._fail("error", f"{type(exc).__name__}: {exc}")
 
-    async def _write_state(self, write: storage_pb2.WriteStateRequest) -> None:
-        await self._storage.WriteState(write, timeout=30)
+    async def _write_state(self, write: bytes) -> None:
+        await self._storage.write_encoded(write, timeout=30)
 
     def _fail(self, kind: str, reason: str) -> None:
         """Stop for good: NOT ready (health NOT_SERVING), counted, and the process told."""

@@ -17,7 +17,7 @@ from services.consensus.core.config import Config
 from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
 from services.consensus.core.durable import ExecutedState
 from services.consensus.core.replica import Replica
-from services.consensus.driver import Driver
+from services.consensus.driver import Driver, StorageClient
 from services.consensus.feed import FinalizedFeed
 from services.consensus.mark import MarkFile, MarkFileError
 from services.consensus.retry import call_until_done
@@ -141,7 +141,7 @@ async def build(cfg: NodeConfig) -> GrpcService:
     backend = get_backend(cfg.crypto.backend)
     storage_target, tls = service_endpoint(cfg, "storage")
     storage_channel = service_channel(storage_target, tls=tls)
-    storage = storage_pb2_grpc.StorageStub(storage_channel)
+    storage = StorageClient(storage_channel)
     log.info("restoring from storage", extra={"fields": {"storage": storage_target}})
     stats = await call_until_done(
         lambda: storage.GetStats(storage_pb2.GetStatsRequest(), timeout=30), what="storage stats"

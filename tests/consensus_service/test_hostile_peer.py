@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from cretoai.channels import service_channel
 from cretoai.crypto import NodeKey
 from cretoai.crypto.backend import get_backend
-from cretoai.v1 import pbft_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
+from cretoai.v1 import pbft_pb2, storage_pb2, transport_pb2, vertex_pb2
 from cretoai.vertex import make_vertex, signed_digest, vertex_hash
 from devkit.storage import make_config as storage_config
 from services.consensus.core.codec import (
@@ -49,7 +49,13 @@ from services.consensus.core.messages import (
 from services.consensus.core.ready import Outbound, Ready, Record, ServeState
 from services.consensus.core.replica import Replica
 from services.consensus.core.reputation import Fault, FaultKind
-from services.consensus.driver import PERSIST_MAX_BYTES, Driver, persist_writes, request_hash
+from services.consensus.driver import (
+    PERSIST_MAX_BYTES,
+    Driver,
+    StorageClient,
+    persist_writes,
+    request_hash,
+)
 from services.consensus.retry import StorageCallFailed, call_until_done
 from services.consensus.service import load_records
 from services.consensus.vouches import VOUCH_CONTEXT
@@ -238,14 +244,15 @@ async def test_a_burst_of_pre_prepares_is_persisted_in_writes_the_channel_takes(
     storage = await start_service(storage_config(tmp_path))
     channel = service_channel(f"127.0.0.1:{storage.service.port}")  # consensus's limits
     try:
-        driver._storage = storage_pb2_grpc.StorageStub(channel)
+        driver._storage = StorageClient(channel)
         for envelope in _burst(keys, 20):
             driver.replica.step(0, envelope)
         ready = driver.replica.ready()
         batches = [r for r in ready.persist if r.key.startswith("batch/")]
         assert len(batches) == 20 and sum(len(r.value or b"") for r in batches) > 16 * 2**20
-        writes = persist_writes(ready.persist)
-        assert len(writes) > 1 and all(w.ByteSize() <= PERSIST_MAX_BYTES + 2**20 for w in writes)
+        encoded = persist_writes(ready.persist)
+        writes = [storage_pb2.WriteStateRequest.FromString(w) for w in encoded]
+        assert len(writes) > 1 and all(len(w) <= PERSIST_MAX_BYTES + 2**20 for w in encoded)
         assert [e.key for w in writes for e in w.puts] == [
             r.key.encode() for r in ready.persist if r.value is not None
         ]
@@ -285,9 +292,9 @@ def test_a_split_persist_ends_in_the_state_one_write_would_make() -> None:
     split = persist_writes(records, max_bytes=700)
     assert len(one) == 1 and len(split) == 2
 
-    def apply(writes: list[Any]) -> dict[bytes, bytes]:
+    def apply(encoded: list[bytes]) -> dict[bytes, bytes]:
         state = {b"batch/old": b"old", b"batch/a": b"older"}
-        for write in writes:
+        for write in map(storage_pb2.WriteStateRequest.FromString, encoded):
             for key in write.deletes:
                 state.pop(key, None)
             for entry in write.puts:
@@ -303,7 +310,7 @@ def test_a_split_persist_ends_in_the_state_one_write_would_make() -> None:
             b"batch/b": b"y" * 600,
         }
     )
-    assert not any(w.deletes for w in split[:-1])
+    assert not any(storage_pb2.WriteStateRequest.FromString(w).deletes for w in split[:-1])
 
 
 async def test_a_flood_of_state_requests_is_served_one_at_a_time_per_peer() -> None:

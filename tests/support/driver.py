@@ -14,12 +14,11 @@ from dataclasses import replace
 import grpc
 
 from cretoai.crypto.backend import PrivateKey, get_backend
-from cretoai.v1 import storage_pb2_grpc
 from services.consensus.core.config import Config
 from services.consensus.core.crypto import MlDsaSigner, MlDsaVerifier
 from services.consensus.core.quorum import weak_quorum_size
 from services.consensus.core.replica import Replica
-from services.consensus.driver import Driver
+from services.consensus.driver import Driver, StorageClient
 from services.consensus.feed import FinalizedFeed
 from services.consensus.verify import Verifier
 from services.consensus.vouches import Vouches
@@ -51,7 +50,7 @@ def unstarted_driver(
         signer=MlDsaSigner(keys[config.replica_id]),
         verifier=MlDsaVerifier(public, backend),
     )
-    storage = storage_pb2_grpc.StorageStub(grpc.aio.insecure_channel(NOWHERE))
+    storage = StorageClient(grpc.aio.insecure_channel(NOWHERE))
     return Driver(
         replica=replica,
         public_keys=public,

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 
+from cretoai.protowire import length_delimited, tag, varint
 from cretoai.v1 import pbft_pb2, vertex_pb2
 from services.consensus.core.messages import (
     HASH_SIZE,
@@ -317,8 +318,34 @@ def envelope_to_pb(env: Envelope) -> pbft_pb2.ConsensusEnvelope:
 
 
 def encode_envelope(env: Envelope) -> bytes:
-    """The bytes of a ``ConsensusEnvelope`` to hand to the transport."""
+    """The bytes of a ``ConsensusEnvelope`` to hand to the transport.
+
+    An envelope of request bodies (a PRE-PREPARE's, forwarded requests, a batch's) is
+    written by concatenation, the bodies copied once, byte for byte what serializing its
+    message gives (a message copies them in and its serialization out again: two more
+    copies of a 2-MiB PRE-PREPARE, into buffers glibc may fault in anew each time)."""
+    if isinstance(env, SignedEnvelope):
+        head = length_delimited(_SIGNED, signed_to_pb(env.signed).SerializeToString())
+        return b"".join((head, *_bodies(_REQUEST_BODIES, env.requests)))
+    if isinstance(env, RequestsEnvelope | BatchEnvelope):
+        inner = _bodies(_BODIES, env.requests)
+        kind = _REQUESTS if isinstance(env, RequestsEnvelope) else _BATCH
+        return b"".join((tag(kind), varint(sum(map(len, inner))), *inner))
     return envelope_to_pb(env).SerializeToString()
+
+
+#: ConsensusEnvelope's ``signed``, ``requests``, ``batch`` and ``request_bodies``, and the
+#: ``bodies`` of Requests and BatchBodies (cretoai/v1/pbft.proto).
+_SIGNED, _REQUESTS, _BATCH, _REQUEST_BODIES, _BODIES = 1, 2, 3, 9, 1
+
+
+def _bodies(field: int, requests: tuple[Request, ...]) -> list[bytes]:
+    """Each request's body as field ``field``: key, length, bytes."""
+    key = tag(field)
+    parts: list[bytes] = []
+    for r in requests:
+        parts += (key, varint(len(r.body)), r.body)
+    return parts
 
 
 def decode_envelope(data: bytes, *, request_hash: RequestHasher) -> Envelope:

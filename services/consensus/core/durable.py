@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 
+from cretoai.protowire import tag, varint
 from cretoai.v1 import pbft_pb2, vertex_pb2
 from services.consensus.core.codec import (
     DecodeError,
@@ -87,9 +88,18 @@ def batch_key(digest: bytes) -> str:
 
 
 def encode_batch(requests: tuple[Request, ...]) -> bytes:
-    return pbft_pb2.VotedBatch(
-        request_hashes=[r.hash for r in requests], request_bodies=[r.body for r in requests]
-    ).SerializeToString()
+    """``VotedBatch(request_hashes=…, request_bodies=…)`` serialized, byte for byte, by
+    concatenation: each body copied once (a message copies them in, then out again)."""
+    parts: list[bytes] = []
+    for r in requests:
+        parts += (_HASHES_TAG, varint(len(r.hash)), r.hash)
+    for r in requests:
+        parts += (_BODIES_TAG, varint(len(r.body)), r.body)
+    return b"".join(parts)
+
+
+#: VotedBatch's ``request_hashes`` and ``request_bodies`` (cretoai/v1/pbft.proto).
+_HASHES_TAG, _BODIES_TAG = tag(1), tag(2)
 
 
 def evidence_key(signer: int) -> str:
