@@ -58,8 +58,11 @@ def length_delimited(field: int, data: bytes) -> bytes:
 
 
 def sole_field(data: bytes, field: int) -> bool:
-    """Whether ``data`` is exactly one length-delimited field ``field``: its key, its
-    length and that many bytes, nothing else."""
+    """Whether ``data`` is exactly one length-delimited field ``field``, encoded as
+    protobuf encodes it: its key, its length as a minimal varint and that many bytes,
+    nothing else. (A padded varint is refused: upb refuses some that this module's
+    reader would take, such as a length in ten bytes, and bytes this says yes to are
+    passed on unparsed.)"""
     key = tag(field)
     if not data.startswith(key):
         return False
@@ -67,4 +70,4 @@ def sole_field(data: bytes, field: int) -> bool:
         length, start = read_varint(data, len(key))
     except ValueError:
         return False
-    return start + length == len(data)
+    return start + length == len(data) and start - len(key) == len(varint(length))

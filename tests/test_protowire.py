@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from cretoai.protowire import length_delimited, read_varint, sole_field, varint
 from cretoai.v1 import transport_pb2
@@ -43,3 +44,12 @@ def test_sole_field_is_one_whole_field_and_nothing_else() -> None:
     assert not sole_field(body[:-1], 3)  # its bytes cut short
     assert not sole_field(body[:1], 3)  # its length missing
     assert not sole_field(b"", 3)
+
+
+def test_sole_field_refuses_a_padded_length_which_protobuf_may_refuse() -> None:
+    padded = b"\x1a" + bytes([0x85] + [0x80] * 8 + [0x00]) + b"hello"  # 5 in ten bytes
+    with pytest.raises(DecodeError):
+        transport_pb2.Envelope.FromString(padded)
+    assert not sole_field(padded, 3)
+    assert not sole_field(b"\x1a\x85\x00hello", 3)  # 5 in two bytes: parses, still not
+    assert sole_field(b"\x1a\x05hello", 3)
