@@ -154,7 +154,8 @@ class TransportLink:
         """The next batch's bytes, concatenated: each payload is copied once, into them.
         A batch message would copy each payload in and its serialization copy them out
         again, into growing buffers (3.7-5.4 ms for a 2-MiB PRE-PREPARE when its buffers
-        are faulted in: docs/benchmarks.md, "A peer's message, passed on as bytes")."""
+        are faulted in: docs/benchmarks.md, "A slow hour, and a peer's message passed on
+        as bytes")."""
         parts: list[bytes] = []
         count = held = 0
         queue = self._outbound

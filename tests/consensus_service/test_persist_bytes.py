@@ -6,9 +6,16 @@ from __future__ import annotations
 import os
 
 from cretoai.v1 import pbft_pb2, storage_pb2
-from services.consensus.core.codec import envelope_to_pb
+from services.consensus.core.codec import encode_body, envelope_to_pb
+from services.consensus.core.crypto import batch_digest
 from services.consensus.core.durable import encode_batch
-from services.consensus.core.messages import Request, RequestsEnvelope
+from services.consensus.core.messages import (
+    PrePrepare,
+    Request,
+    RequestsEnvelope,
+    Signed,
+    SignedEnvelope,
+)
 from services.consensus.core.ready import Record
 from services.consensus.driver import _encode, persist_writes
 
@@ -55,3 +62,16 @@ def test_a_claim_goes_after_the_envelope_as_its_message_puts_it() -> None:
     pb.vouch.CopyFrom(vouch)
     assert _encode(env, vouch) == pb.SerializeToString()
     assert _encode(env) == envelope_to_pb(env).SerializeToString()
+
+
+def test_a_claim_beside_a_pre_prepare_goes_where_its_message_puts_it() -> None:
+    requests = tuple(Request(hash=os.urandom(32), body=os.urandom(500)) for _ in range(3))
+    pp = PrePrepare(
+        view=1, seq=2, digest=batch_digest(tuple(r.hash for r in requests)),
+        request_hashes=tuple(r.hash for r in requests),
+    )  # fmt: skip
+    env = SignedEnvelope(Signed(encode_body(pp), b"sig", 1, pp), requests=requests)
+    vouch = pbft_pb2.Vouch(copies=[r.hash for r in requests], signer=0, signature=b"v" * 20)
+    pb = envelope_to_pb(env)
+    pb.vouch.CopyFrom(vouch)
+    assert _encode(env, vouch) == pb.SerializeToString()

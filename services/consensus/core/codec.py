@@ -317,8 +317,9 @@ def envelope_to_pb(env: Envelope) -> pbft_pb2.ConsensusEnvelope:
     )
 
 
-def encode_envelope(env: Envelope) -> bytes:
-    """The bytes of a ``ConsensusEnvelope`` to hand to the transport.
+def encode_envelope(env: Envelope, *, tail: bytes = b"") -> bytes:
+    """The bytes of a ``ConsensusEnvelope`` to hand to the transport; ``tail``: encoded
+    fields that follow the envelope's own (a member's claim), in the same concatenation.
 
     An envelope of request bodies (a PRE-PREPARE's, forwarded requests, a batch's) is
     written by concatenation, the bodies copied once, byte for byte what serializing its
@@ -326,12 +327,12 @@ def encode_envelope(env: Envelope) -> bytes:
     copies of a 2-MiB PRE-PREPARE, into buffers glibc may fault in anew each time)."""
     if isinstance(env, SignedEnvelope):
         head = length_delimited(_SIGNED, signed_to_pb(env.signed).SerializeToString())
-        return b"".join((head, *_bodies(_REQUEST_BODIES, env.requests)))
+        return b"".join((head, *_bodies(_REQUEST_BODIES, env.requests), tail))
     if isinstance(env, RequestsEnvelope | BatchEnvelope):
         inner = _bodies(_BODIES, env.requests)
         kind = _REQUESTS if isinstance(env, RequestsEnvelope) else _BATCH
-        return b"".join((tag(kind), varint(sum(map(len, inner))), *inner))
-    return envelope_to_pb(env).SerializeToString()
+        return b"".join((tag(kind), varint(sum(map(len, inner))), *inner, tail))
+    return envelope_to_pb(env).SerializeToString() + tail
 
 
 #: ConsensusEnvelope's ``signed``, ``requests``, ``batch`` and ``request_bodies``, and the
