@@ -40,7 +40,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from cretoai.crypto.keys import node_id
-from cretoai.protowire import length_delimited, tag, varint
+from cretoai.protowire import as_is, length_delimited, tag, varint
 from cretoai.tls import InternalTls
 from cretoai.v1 import pbft_pb2, storage_pb2, storage_pb2_grpc, transport_pb2, vertex_pb2
 from cretoai.vertex import (
@@ -245,10 +245,6 @@ _KEY_TAG, _VALUE_TAG = tag(1), tag(2)
 _VOUCH = 10
 
 
-def _as_is(encoded: bytes) -> bytes:
-    return encoded
-
-
 class StorageClient(storage_pb2_grpc.StorageStub):
     """Storage's stub, and :attr:`write_encoded`: WriteState sending a request already
     encoded (:func:`persist_writes`) as it is."""
@@ -259,7 +255,7 @@ class StorageClient(storage_pb2_grpc.StorageStub):
             bytes, storage_pb2.WriteStateResponse
         ] = channel.unary_unary(
             WRITE_STATE,
-            request_serializer=_as_is,
+            request_serializer=as_is,
             response_deserializer=storage_pb2.WriteStateResponse.FromString,
         )
 

@@ -22,7 +22,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from cretoai.channels import service_channel
-from cretoai.protowire import length_delimited, tag, varint
+from cretoai.protowire import as_is, length_delimited, tag, varint
 from cretoai.tls import InternalTls
 from cretoai.v1 import transport_pb2, transport_pb2_grpc
 
@@ -64,10 +64,6 @@ EXCHANGE_BATCHES = "/cretoai.v1.Transport/ExchangeBatches"
 _ENVELOPES_TAG = tag(1)
 _TO = 1
 _PAYLOAD_TAG = tag(3)
-
-
-def _as_is(encoded: bytes) -> bytes:
-    return encoded
 
 
 class Queued(NamedTuple):
@@ -192,7 +188,7 @@ class TransportLink:
             self._channel = service_channel(self._target, tls=self._tls)
         return self._channel.stream_stream(
             EXCHANGE_BATCHES,
-            request_serializer=_as_is,
+            request_serializer=as_is,
             response_deserializer=transport_pb2.EnvelopeBatch.FromString,
         )
 
