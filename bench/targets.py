@@ -59,6 +59,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import speed
 from bench.cluster_load import machine, machine_busy_seconds, machine_steal_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -708,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.repeats <= 5:
         parser.error("--repeats: 1 to 5")
     started = time.time()
+    measured: dict[str, Any] = {"cpu": speed.cpu()}
     if args.judge is not None:
         try:
             done = judge_kept(args.judge)
@@ -717,11 +719,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="cretoai-targets-") as tmp:
             directory = args.keep or Path(tmp)
             directory.mkdir(parents=True, exist_ok=True)
+            measured["before"] = speed.probe()
             done = run_all(plan(), directory, memory=args.memory, repeats=args.repeats)
+            measured["after"] = speed.probe()
     result = {
         "benchmark": "targets",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime(started)),
         "machine": machine(),
+        "speed": measured,
         "definitions": {
             MET: "the node meets the target",
             BELOW_FLOOR: "the node misses it and so does the floor of its shape in this run",
@@ -734,7 +739,13 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result["rows"]))
-    for warning in (shared_runs(done["runs"]), apart(done.get("made"))):
+    if "before" in measured:
+        print(
+            f"\n{measured['cpu']['model']}: before, {speed.describe(measured['before'])}; "
+            f"after, {speed.describe(measured['after'])}"
+        )
+    drifted = speed.drift(measured.get("before"), measured.get("after"))
+    for warning in (shared_runs(done["runs"]), apart(done.get("made")), drifted):
         if warning is not None:
             print(f"\n{warning}")
     print(f"wrote {args.output}", file=sys.stderr)
