@@ -535,6 +535,76 @@ def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     return extra
 
 
+#: The hand-offs between processes on a vertex's path, as (parent span, child span,
+#: whether the parent waits for the child's reply): how long the child took to start
+#: after its parent (the message or call on its way) and, for a call, how long the parent
+#: took to end after the child did (the reply on its way back). The spans are those of
+#: services/consensus/tracing.py and of the services' gRPC and transport instrumentation.
+HOPS = (
+    ("POST /v1/vertices", "/cretoai.v1.Consensus/SubmitVertices", False),
+    ("/cretoai.v1.Consensus/SubmitVertices", "transport.send", False),
+    ("pbft.send", "transport.send", False),
+    ("transport.send", "transport.receive", False),
+    ("transport.receive", "consensus.batch", False),
+    ("consensus.persist", "/cretoai.v1.Storage/WriteState", True),
+    ("consensus.storage_commit", "/cretoai.v1.Storage/CommitBatch", True),
+)
+#: Spans whose own duration is reported beside the hops.
+TIMED_SPANS = (
+    "pbft.pre_prepare",
+    "pbft.prepare",
+    "pbft.commit",
+    "consensus.persist",
+    "/cretoai.v1.Storage/WriteState",
+    "consensus.execute",
+    "/cretoai.v1.Storage/CommitBatch",
+)
+
+
+def span_hops(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per :data:`HOPS` pair, over every parent-child instance received: ``start_gap``
+    (the child's start after its parent's) and, for a call, ``reply_gap`` (the parent's
+    end after the child's), ms, p50 and p90; per :data:`TIMED_SPANS`, the span's own
+    duration. With every vertex sampled this is where a vertex's finality goes, hop by
+    hop (docs/benchmarks.md, "Where a vertex's time goes at 10/s")."""
+    by_id = {s["span_id"]: s for s in spans}
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        ordered = sorted(values)
+        return {
+            "count": len(ordered),
+            "p50_ms": round(statistics.median(ordered), 2),
+            "p90_ms": round(ordered[int(len(ordered) * 0.9)], 2),
+        }
+
+    calls = {(parent, child): call for parent, child, call in HOPS}
+    gaps: dict[tuple[str, str], tuple[list[float], list[float]]] = {
+        pair: ([], []) for pair in calls
+    }
+    durations: dict[str, list[float]] = {name: [] for name in TIMED_SPANS}
+    for span in spans:
+        if span["name"] in durations:
+            durations[span["name"]].append((span["end_ns"] - span["start_ns"]) / 1e6)
+        parent = by_id.get(span.get("parent_span_id") or "")
+        if parent is None or (parent["name"], span["name"]) not in gaps:
+            continue
+        starts, replies = gaps[(parent["name"], span["name"])]
+        starts.append((span["start_ns"] - parent["start_ns"]) / 1e6)
+        replies.append((parent["end_ns"] - span["end_ns"]) / 1e6)
+    hops = []
+    for (parent_name, child_name), (starts, replies) in gaps.items():
+        if not starts:
+            continue
+        hop: dict[str, Any] = {"from": parent_name, "to": child_name, "start_gap": summary(starts)}
+        if calls[(parent_name, child_name)]:
+            hop["reply_gap"] = summary(replies)
+        hops.append(hop)
+    return {
+        "hops": hops,
+        "durations": {name: summary(v) for name, v in durations.items() if v},
+    }
+
+
 class TraceSink:
     """``python -m devkit.otlp_receiver`` as a process on loopback ports: where the nodes
     export their spans when tracing is on (standing in for Jaeger; its CPU is reported
@@ -595,6 +665,7 @@ class TraceSink:
             "spans": len(spans),
             "traces": len({s["trace_id"] for s in spans}),
             "by_service": dict(sorted(by_service.items())),
+            "hops": span_hops(spans),
         }
 
     def stop(self) -> None:

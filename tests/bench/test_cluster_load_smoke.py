@@ -86,6 +86,16 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     received = tracing["received"]
     assert received["spans"] > 0 and received["traces"] > 0, received
     assert {"cretoai-gateway", "cretoai-consensus"} <= set(received["by_service"]), received
+    # every vertex sampled: its hand-offs between processes are timed, hop by hop
+    hops = {(h["from"], h["to"]): h for h in received["hops"]["hops"]}
+    for pair in (
+        ("transport.send", "transport.receive"),
+        ("consensus.persist", "/cretoai.v1.Storage/WriteState"),
+        ("consensus.storage_commit", "/cretoai.v1.Storage/CommitBatch"),
+    ):
+        assert hops[pair]["start_gap"]["count"] > 0, received["hops"]
+        assert hops[pair]["start_gap"]["p50_ms"] >= 0, received["hops"]
+    assert received["hops"]["durations"]["pbft.commit"]["count"] > 0
     assert step["cpu"]["trace_receiver_cores"] >= 0
     assert step["generator"]["vertices_per_request"] == 1.0  # no --client-batch
     # the VM's steal time, over the step and per second (a stall can be the host's)
