@@ -82,6 +82,7 @@ import aiohttp
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import speed
 from bench.resident import distinct_resident_mb
 from bench.verify_bound import measure as measure_verify_bound
 from bench.verify_bound import ratio as verify_ratio
@@ -2180,6 +2181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 env_dropped[name] = os.environ.pop(name)
     tracing: dict[str, Any] = {"mode": args.tracing, **telemetry, "env_dropped": env_dropped}
     backend = str(extra.get("crypto", {}).get("backend", "auto"))
+    speed_probes: dict[str, Any] = {"cpu": speed.cpu(), "before": speed.probe()}
     bound: dict[str, Any] | None = None
     if args.verify_seconds > 0:
         # before anything else starts (the signing pool's imports would take CPU from it)
@@ -2314,6 +2316,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    speed_probes["after"] = speed.probe()
+    drifted = speed.drift(speed_probes["before"], speed_probes["after"])
+    if drifted is not None:
+        print(f"  {drifted}", file=sys.stderr, flush=True)
     passing = [s["offered_rate"] for s in steps if s["sustained"]]
     sustained = float(max(passing)) if passing else None
     return {
@@ -2393,6 +2399,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "the signing mark each) and the signing-mark fdatasyncs alone (count of "
             "cretoai_consensus_mark_sync_seconds); storage_barrier_writes: checkpoints "
             "(cretoai_storage_barrier_writes_total) in the window, summed over the nodes",
+            "speed": "bench.speed's probe of the machine (SHA3-256 of 8.3 KB, one ML-DSA-87 "
+            "vertex verification, a fixed piece of Python; us each, medians of 5 batches) "
+            "before the cluster started and after it stopped, with the CPU's model and flags",
             "verify_bound_ratio_in_run": "nodes x (cretoai_consensus_vertex_verify_cpu_seconds_"
             "total / cretoai_consensus_signature_verifications_total{kind=vertex}, summed over "
             "the nodes: CPU per vertex verification in this run) / the cluster's CPU per "
@@ -2418,6 +2427,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_sustained_throughput": sustained,
         "verify_bound": bound,
         "verify_bound_after": bound_after,
+        "speed": speed_probes,
         "overload": overload,
         "targets": targets(
             steps,

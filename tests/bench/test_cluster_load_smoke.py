@@ -78,6 +78,9 @@ def test_cluster_load_quick(tmp_path: Path) -> None:
     assert flat["met"] is None and "600" in flat["note"], flat
     assert all(node["rss_trend"] is None for node in step["nodes"].values())
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    # the machine's speed probed before the cluster started and after it stopped
+    for probe in (result["speed"]["before"], result["speed"]["after"]):
+        assert 0 < probe["sha3_8k_us"] < probe["verify_us"], result["speed"]
     tracing = result["parameters"]["tracing"]
     assert tracing["mode"] == "on" and tracing["sampling_ratio"] == 1.0
     assert (
