@@ -372,12 +372,7 @@ def client_batch_warning(
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = speed.cpu()["model"] or platform.processor() or ""
     versions = {}
     for package in (
         "cretoai-node",

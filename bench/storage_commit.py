@@ -74,6 +74,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from rocksdict import AccessType, Rdict, WriteBatch
 
+from bench import speed
 from cretoai.crypto import get_backend
 from cretoai.v1 import storage_pb2, storage_pb2_grpc, vertex_pb2
 from devkit.storage import ServiceProcess, commit_request, validator_public_keys, vertex_hash
@@ -728,14 +729,7 @@ async def phase(
 
 
 def machine(directory: Path) -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = speed.cpu()["model"]
     memory = 0
     with contextlib.suppress(OSError, IndexError, ValueError):
         memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024

@@ -35,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import speed
 from cretoai.v1 import transport_pb2
 from devkit.transport import TransportProcess, eventually, make_cluster, spawnable
 
@@ -65,14 +66,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = speed.cpu()["model"] or platform.processor() or ""
     versions = {}
     for package in ("aioquic", "grpcio", "cryptography", "protobuf"):
         try:
