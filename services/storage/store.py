@@ -134,6 +134,18 @@ def stored_vertex(body: bytes, creator_id: bytes = b"") -> bytes:
     return b"".join(parts)
 
 
+def _fields(vertex: vertex_pb2.Vertex, creator: bytes) -> bytes:
+    """``vertex`` serialized with ``creator`` as its creator (b"": none) and without
+    unknown fields; ``vertex`` itself is not changed."""
+    return vertex_pb2.Vertex(
+        payload=vertex.payload,
+        parents=vertex.parents,
+        creator=creator,
+        timestamp_ms=vertex.timestamp_ms,
+        signature=vertex.signature,
+    ).SerializeToString()
+
+
 def decode_vertex(
     raw: bytes, creator_of: Callable[[bytes], bytes], into: vertex_pb2.Vertex | None = None
 ) -> vertex_pb2.Vertex:
@@ -871,10 +883,13 @@ class Store:
     def _encode_vertex(
         self, vertex: vertex_pb2.Vertex, wb: WriteBatch, new_creators: dict[bytes, bytes]
     ) -> bytes:
-        """The ``vertices`` value; a long creator key is written once and referenced."""
+        """The ``vertices`` value; a long creator key is written once and referenced.
+
+        Only the vertex's fields are stored: bytes of unknown fields are covered by no
+        proof (the signed digest is over the fields), and ``vertex`` is not changed."""
         creator = vertex.creator
         if len(creator) < keys.CREATOR_INTERN_BYTES:
-            return stored_vertex(vertex.SerializeToString())
+            return stored_vertex(_fields(vertex, creator))
         creator_id = self._creator_ids.get(creator) or new_creators.get(creator)
         if creator_id is None:
             creator_id = hashlib.sha3_256(creator).digest()
@@ -882,12 +897,7 @@ class Store:
             if self._db.get(key, read_opt=self._read) is None:
                 wb.put(key, creator)
             new_creators[creator] = creator_id
-        vertex.ClearField("creator")  # serialize without it, then put it back
-        try:
-            body = vertex.SerializeToString()
-        finally:
-            vertex.creator = creator
-        return stored_vertex(body, creator_id)
+        return stored_vertex(_fields(vertex, b""), creator_id)
 
     def _creator(self, creator_id: bytes) -> bytes:
         creator = self._creators.get(creator_id)
