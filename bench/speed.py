@@ -40,6 +40,8 @@ REPEATS = 5
 DRIFT = 0.2
 #: CPU flags that change what the node's native code costs (OpenSSL's ML-DSA and SHA3).
 FLAGS = ("avx2", "avx512f", "sha_ni", "bmi2")
+#: The figures a probe measures, µs each.
+FIGURES = ("sha3_8k_us", "verify_us", "python_us")
 
 
 def _per_call_us(work: Callable[[], object], calls: int) -> float:
@@ -104,7 +106,7 @@ def drift(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str | 
     if not before or not after:
         return None
     changed = []
-    for name in ("sha3_8k_us", "verify_us", "python_us"):
+    for name in FIGURES:
         b, a = before.get(name), after.get(name)
         if not (isinstance(b, int | float) and isinstance(a, int | float)) or b <= 0:
             continue
@@ -119,7 +121,7 @@ def describe(speed: dict[str, Any] | None) -> str:
     """One line for a table's heading."""
     if not speed:
         return "speed: not probed"
-    parts = [f"{k} {speed[k]:g}" for k in ("sha3_8k_us", "verify_us", "python_us") if k in speed]
+    parts = [f"{k} {speed[k]:g}" for k in FIGURES if k in speed]
     return "speed: " + ", ".join(parts)
 
 
