@@ -281,12 +281,14 @@ class BackupResponse(_message.Message):
     def __init__(self, path: _Optional[str] = ..., last_seq: _Optional[int] = ..., vertices: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class StoredVertex(_message.Message):
-    __slots__ = ("vertex", "creator_id")
+    __slots__ = ("vertex", "creator_id", "voted_body")
     VERTEX_FIELD_NUMBER: _ClassVar[int]
     CREATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    VOTED_BODY_FIELD_NUMBER: _ClassVar[int]
     vertex: bytes
     creator_id: bytes
-    def __init__(self, vertex: _Optional[bytes] = ..., creator_id: _Optional[bytes] = ...) -> None: ...
+    voted_body: bytes
+    def __init__(self, vertex: _Optional[bytes] = ..., creator_id: _Optional[bytes] = ..., voted_body: _Optional[bytes] = ...) -> None: ...
 
 class StoredVertexMeta(_message.Message):
     __slots__ = ("status", "seq", "height", "index", "reject_reason")

@@ -64,6 +64,7 @@ from services.storage.validate import MAX_STATE_KEY_BYTES, hash_mismatch
 
 if TYPE_CHECKING:
     from cretoai.crypto.backend import Backend
+    from services.storage.store import VotedRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,19 @@ def _printable(key: bytes) -> str:
 
 
 def resolve_reference(
-    request: storage_pb2.CommitBatchRequest, get_state: Callable[[bytes], bytes | None]
-) -> str:
+    request: storage_pb2.CommitBatchRequest,
+    read_voted: Callable[[bytes], VotedRecord | None],
+) -> tuple[str, list[bytes] | None]:
     """Put the vertices of the VotedBatch at ``request.voted_batch_key`` into ``request.batch``.
 
-    ``get_state`` reads the consensus durable-state space. Nothing in the record is
-    trusted: the request then goes through :func:`check_commit` and :meth:`Certifier.check`
-    as a request that carried the vertices. Returns where the vertices came from (for
-    the messages of those checks). Raises :class:`InvalidArgument` for a malformed
-    reference, :class:`Refused` (counted, ``check="reference"``) for a missing record
-    (``FAILED_PRECONDITION``) or one that holds no vertices (``INVALID_ARGUMENT``).
+    ``read_voted`` reads the consensus durable-state space (``Store.read_voted``). Nothing
+    in the record is trusted: the request then goes through :func:`check_commit` and
+    :meth:`Certifier.check` as a request that carried the vertices. Returns where the
+    vertices came from (for the messages of those checks) and, when the record is stored
+    split, the bodies as read (``Store.commit_batch`` points at those still the same).
+    Raises :class:`InvalidArgument` for a malformed reference, :class:`Refused` (counted,
+    ``check="reference"``) for a missing record (``FAILED_PRECONDITION``) or one that
+    holds no vertices (``INVALID_ARGUMENT``).
     """
     key = request.voted_batch_key
     if not request.HasField("batch"):
@@ -124,8 +128,8 @@ def resolve_reference(
             "send the vertices or name them by reference, not both"
         )
     origin = f"the voted batch at voted_batch_key {_printable(key)}"
-    raw = get_state(key)
-    if raw is None:
+    record = read_voted(key)
+    if record is None:
         refusal = Refused(
             "reference",
             f"voted_batch_key: no voted batch at {_printable(key)} in the consensus state "
@@ -136,9 +140,12 @@ def resolve_reference(
         # caller falls back to the full form, so not a warning each time
         _count(refusal, batch.seq, logging.DEBUG)
         raise refusal
-    unreadable = _parse_voted_into(batch.vertices, raw, origin)
+    if record.bodies is not None:
+        unreadable = _parse_bodies_into(batch.vertices, record.bodies, origin)
+    else:
+        unreadable = _parse_voted_into(batch.vertices, record.value, origin)
     if unreadable is None:
-        return origin
+        return origin, record.bodies
     del batch.vertices[:]
     _count(unreadable, batch.seq)
     raise unreadable
@@ -153,6 +160,14 @@ def _parse_voted_into(
         bodies = pbft_pb2.VotedBatch.FromString(raw).request_bodies
     except DecodeError as exc:
         return Refused("reference", f"{origin}: not a VotedBatch ({exc})")
+    return _parse_bodies_into(vertices, bodies, origin)
+
+
+def _parse_bodies_into(
+    vertices: RepeatedCompositeFieldContainer[vertex_pb2.Vertex],
+    bodies: Sequence[bytes],
+    origin: str,
+) -> Refused | None:
     for i, body in enumerate(bodies):
         try:
             vertices.add().ParseFromString(body)

@@ -9,6 +9,10 @@ column family           key                                      value
 ``default``             ``b"schema_version"``                    u32
 ``default``             ``b"counters"``                          ``StoredCounters``
 ``default``             ``b"creator/"`` ‖ SHA3-256(key) (32)     the creator's public key
+``default``             voted(K) ‖ ``00``                        u32: K is stored split
+``default``             voted(K) ‖ ``01`` ‖ index u32            a body of the record K
+``default``             voted(K) ‖ ``02``                        u64 seq: K's bodies are
+                                                                 finalized (kept for ever)
 ``vertices``            hash (32)                                ``StoredVertex``
 ``metadata``            hash (32)                                ``StoredVertexMeta``
 ``edges``               parent (32) ‖ child (32)                 empty
@@ -19,6 +23,12 @@ column family           key                                      value
 ``evidence``            ``b"e"`` ‖ id u64                        ``EvidenceRecord``
 ``evidence``            ``b"d"`` ‖ digest (32)                   id u64
 ======================  =======================================  ==========================
+
+``voted(K)`` is ``b"voted/"`` ‖ len(K) u16 ‖ K, for a consensus-state key K under
+``b"batch/"``: a voted batch's bodies are stored once, beside its record, and the
+vertices finalized from it point at them (docs/storage.md, "Bodies stored once").
+Schema version 2 has those keys and ``StoredVertex.voted_body``; version 1 databases
+are read as they are and marked 2 when opened for writing.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from __future__ import annotations
 import struct
 
 HASH_SIZE = 32
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this build opens (1: before bodies were stored once; nothing to convert).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 DEFAULT = "default"
 VERTICES = "vertices"
@@ -59,9 +71,17 @@ CREATOR_PREFIX = b"creator/"
 #: Creator keys at least this long are stored once and referenced (shorter ones inline).
 CREATOR_INTERN_BYTES = 64
 
+#: The consensus-state keys whose VotedBatch records are stored split (docs/storage.md).
+VOTED_RECORD_PREFIX = b"batch/"
+VOTED_PREFIX = b"voted/"
+_VOTED_SPLIT = b"\x00"
+_VOTED_BODY = b"\x01"
+_VOTED_FINAL = b"\x02"
+
 EVIDENCE_RECORD_PREFIX = b"e"
 EVIDENCE_DIGEST_PREFIX = b"d"
 
+_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _POSITION = struct.Struct(">QQI")
@@ -101,6 +121,23 @@ def position_key(leading: int, seq: int, index: int) -> bytes:
 
 def creator_key(creator_id: bytes) -> bytes:
     return CREATOR_PREFIX + creator_id
+
+
+def voted(record_key: bytes) -> bytes:
+    """The ``default`` prefix of everything stored for the consensus-state record."""
+    return VOTED_PREFIX + _U16.pack(len(record_key)) + record_key
+
+
+def voted_split_key(voted_prefix: bytes) -> bytes:
+    return voted_prefix + _VOTED_SPLIT
+
+
+def voted_body_key(voted_prefix: bytes, index: int) -> bytes:
+    return voted_prefix + _VOTED_BODY + _U32.pack(index)
+
+
+def voted_final_key(voted_prefix: bytes) -> bytes:
+    return voted_prefix + _VOTED_FINAL
 
 
 def evidence_key(evidence_id: int) -> bytes:

@@ -122,14 +122,16 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self, request: storage_pb2.CommitBatchRequest, context: Context
     ) -> storage_pb2.CommitBatchResponse:
         started = time.perf_counter()
-        origin = "batch.vertices"
+        origin, voted = "batch.vertices", None
         if request.voted_batch_key:  # the vertices from the consensus's VotedBatch record
-            origin = resolve_reference(request, self._store.get_state)
+            origin, voted = resolve_reference(request, self._store.read_voted)
         check_commit_shape(request)
         # each result's hash and the proof of finality, off the loop
         await self._certifier.check(request.batch, origin, results=request.results)
         store = self._store
-        outcome = await self._writer.submit(lambda: store.commit_batch(request), kind="commit")
+        outcome = await self._writer.submit(
+            lambda: store.commit_batch(request, voted), kind="commit"
+        )
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
         if not outcome.already_committed:
             metrics.BATCH_VERTICES.observe(outcome.vertices)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
 
-from cretoai.protowire import varint
+from cretoai.protowire import read_varint, varint
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 
 if TYPE_CHECKING:
@@ -117,6 +117,17 @@ class CommitOutcome:
     bytes: int
 
 
+class VotedRecord(NamedTuple):
+    """A consensus-state record as stored: ``value``, and ``bodies`` when it is a voted
+    batch stored split (``value`` is then the record without them)."""
+
+    value: bytes
+    bodies: list[bytes] | None
+
+    def whole(self) -> bytes:
+        return self.value if self.bodies is None else join_voted(self.value, self.bodies)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DatabaseInfo:
     path: Path
@@ -134,6 +145,49 @@ def stored_vertex(body: bytes, creator_id: bytes = b"") -> bytes:
     return b"".join(parts)
 
 
+def stored_pointer(body_key: bytes) -> bytes:
+    """``StoredVertex(voted_body=body_key)`` serialized: the vertex is the body stored
+    under ``body_key`` (a voted batch's, stored once)."""
+    return b"\x1a" + varint(len(body_key)) + body_key
+
+
+#: The key of a VotedBatch's ``request_hashes`` and ``request_bodies`` entries.
+_HASH_TAG, _BODY_TAG = 0x0A, 0x12
+
+
+def split_voted(value: bytes) -> tuple[bytes, list[bytes]] | None:
+    """A VotedBatch encoded as the consensus encodes it (``core.durable.encode_batch``):
+    its ``request_hashes``, then at least one of its ``request_bodies``, nothing else, each
+    body's length a minimal varint. Returns the bytes before the first body and the
+    bodies, so that ``join_voted(head, bodies) == value``; None for any other value
+    (stored whole)."""
+    pos, end = 0, len(value)
+    try:
+        while pos < end and value[pos] == _HASH_TAG:
+            length, pos = read_varint(value, pos + 1)
+            pos += length
+        head = pos
+        bodies: list[bytes] = []
+        while pos < end:
+            if value[pos] != _BODY_TAG:
+                return None
+            length, start = read_varint(value, pos + 1)
+            if start - pos - 1 != len(varint(length)):
+                return None
+            pos = start + length
+            bodies.append(value[start:pos])
+    except ValueError:
+        return None
+    if pos != end or not bodies:
+        return None
+    return value[:head], bodies
+
+
+def join_voted(head: bytes, bodies: Sequence[bytes]) -> bytes:
+    """The record :func:`split_voted` split, byte for byte."""
+    return b"".join([head, *(b"\x12" + varint(len(body)) + body for body in bodies)])
+
+
 def _fields(vertex: vertex_pb2.Vertex, creator: bytes) -> bytes:
     """``vertex`` serialized with ``creator`` as its creator (b"": none) and without
     unknown fields; ``vertex`` itself is not changed."""
@@ -147,11 +201,20 @@ def _fields(vertex: vertex_pb2.Vertex, creator: bytes) -> bytes:
 
 
 def decode_vertex(
-    raw: bytes, creator_of: Callable[[bytes], bytes], into: vertex_pb2.Vertex | None = None
+    raw: bytes,
+    creator_of: Callable[[bytes], bytes],
+    into: vertex_pb2.Vertex | None = None,
+    body_of: Callable[[bytes], bytes] | None = None,
 ) -> vertex_pb2.Vertex:
-    """A ``vertices`` value (``StoredVertex``) back into the vertex; ``creator_of`` resolves ids."""
+    """A ``vertices`` value (``StoredVertex``) back into the vertex; ``creator_of`` resolves
+    ids, ``body_of`` reads a body stored once (``voted_body``)."""
     stored = storage_pb2.StoredVertex.FromString(raw)
     vertex = vertex_pb2.Vertex() if into is None else into
+    if stored.voted_body:
+        if body_of is None:
+            raise ValueError("a vertex stored by reference, and no way to read its body")
+        vertex.ParseFromString(body_of(stored.voted_body))
+        return vertex
     vertex.ParseFromString(stored.vertex)
     if stored.creator_id:
         vertex.creator = creator_of(stored.creator_id)
@@ -632,10 +695,23 @@ class Store:
             return
         version = keys.read_u32(raw)
         self.schema_version = version
-        if version != keys.SCHEMA_VERSION:
+        if version not in keys.READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(str(v) for v in keys.READABLE_SCHEMA_VERSIONS)
             raise DatabaseError(
                 f"the database at {self.path} has schema version {version}; "
-                f"this build reads version {keys.SCHEMA_VERSION}"
+                f"this build reads versions {readable}"
+            )
+        if version != keys.SCHEMA_VERSION and not self.read_only:
+            # version 1 lacks only what version 2 adds (bodies stored once): nothing to
+            # convert, but a build that reads only version 1 must refuse it from now on
+            self._db.put(keys.SCHEMA_VERSION_KEY, keys.u32(keys.SCHEMA_VERSION), self._write)
+            self._db.flush_wal(True)
+            self.schema_version = keys.SCHEMA_VERSION
+            log.info(
+                "database schema upgraded",
+                extra={
+                    "fields": {"path": str(self.path), "from": version, "to": keys.SCHEMA_VERSION}
+                },
             )
         last = self.published.last_seq
         if last and self._cf[keys.FINALIZED].get(keys.seq_key(last), read_opt=self._read) is None:
@@ -753,8 +829,14 @@ class Store:
             log.error("storage writes halted", extra={"fields": {"reason": reason}})
 
     @_reading
-    def commit_batch(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
-        """Write one executed batch (unsynced). The request passed :func:`check_commit`."""
+    def commit_batch(
+        self, request: storage_pb2.CommitBatchRequest, voted: Sequence[bytes] | None = None
+    ) -> CommitOutcome:
+        """Write one executed batch (unsynced). The request passed :func:`check_commit`.
+
+        ``voted``: the bodies its vertices were read from, when the request named them by
+        reference to a record stored split; a vertex whose body is still exactly those
+        bytes, and canonical, then points at it instead of being written again."""
         self._check_writable()
         batch = request.batch
         written = self._written
@@ -785,6 +867,22 @@ class Store:
         stored_results = []
         size = 0
         new_creators: dict[bytes, bytes] = {}
+        voted_prefix = keys.voted(request.voted_batch_key)
+        pointers = self._voted_pointers(voted_prefix, voted, batch.vertices)
+        pointed = False
+
+        def body_of(index: int, vertex: vertex_pb2.Vertex) -> bytes:
+            nonlocal size, pointed
+            pointer = pointers[index]
+            if pointer is None:
+                body = self._encode_vertex(vertex, wb, new_creators)
+                size += len(body)
+                return body
+            assert voted is not None
+            size += len(voted[index])
+            pointed = True
+            return stored_pointer(pointer)
+
         for index, (result, vertex) in enumerate(zip(results, batch.vertices, strict=True)):
             h = result.hash
             previous = stored[h]
@@ -800,9 +898,7 @@ class Store:
                     )
                 )
                 if previous is None and not in_batch:
-                    body = self._encode_vertex(vertex, wb, new_creators)
-                    size += len(body)
-                    wb.put(h, body, h_vertices)
+                    wb.put(h, body_of(index, vertex), h_vertices)
                     meta = storage_pb2.StoredVertexMeta(
                         status=REJECTED, seq=seq, index=index, reject_reason=result.reject_reason
                     )
@@ -836,9 +932,7 @@ class Store:
                     parent_height = parent_meta.height
                 assert parent_height is not None
                 height = max(height, parent_height + 1)
-            body = self._encode_vertex(vertex, wb, new_creators)
-            size += len(body)
-            wb.put(h, body, h_vertices)
+            wb.put(h, body_of(index, vertex), h_vertices)
             meta = storage_pb2.StoredVertexMeta(
                 status=FINALIZED, seq=seq, height=height, index=index
             )
@@ -858,6 +952,8 @@ class Store:
             stored_results.append(storage_pb2.StoredResult(hash=h, height=height))
         record = storage_pb2.StoredBatch(header=batch_header(batch), results=stored_results)
         wb.put(keys.seq_key(seq), record.SerializeToString(), self._handle[keys.FINALIZED])
+        if pointed:  # the bodies outlive their record from now on
+            wb.put(keys.voted_final_key(voted_prefix), keys.u64(seq))
         if len(self._creator_ids) + len(new_creators) > CREATOR_CACHE:
             self._creator_ids.clear()
         self._apply(
@@ -879,6 +975,29 @@ class Store:
             vertices=len(results),
             bytes=size,
         )
+
+    def _voted_pointers(
+        self,
+        prefix: bytes,
+        voted: Sequence[bytes] | None,
+        vertices: Sequence[vertex_pb2.Vertex],
+    ) -> list[bytes | None]:
+        """Per vertex, the key of the body it can point at, or None (written whole).
+
+        Read on the writer thread, in the write's own turn: the checks passed on ``voted``
+        as read before, and a write since (the record deleted or put again) may have
+        changed the stored bodies; only a body that is still exactly those bytes is
+        pointed at. And only a canonical one: bytes that the vertex's fields do not
+        account for (unknown fields, a field twice) are covered by no proof, and the
+        vertex is stored as its fields instead (as a full batch's)."""
+        if voted is None:
+            return [None] * len(vertices)
+        body_keys = [keys.voted_body_key(prefix, i) for i in range(len(voted))]
+        stored = self._get_many(self._db, body_keys)
+        return [
+            key if now == body and body == _fields(vertex, vertex.creator) else None
+            for key, body, now, vertex in zip(body_keys, voted, stored, vertices, strict=True)
+        ]
 
     def _encode_vertex(
         self, vertex: vertex_pb2.Vertex, wb: WriteBatch, new_creators: dict[bytes, bytes]
@@ -914,7 +1033,16 @@ class Store:
 
     def decode_vertex(self, raw: bytes, into: vertex_pb2.Vertex | None = None) -> vertex_pb2.Vertex:
         """A ``vertices`` value back into the vertex as executed."""
-        return decode_vertex(raw, self._creator, into)
+        return decode_vertex(raw, self._creator, into, self._voted_body)
+
+    def _voted_body(self, body_key: bytes) -> bytes:
+        body: bytes | None = self._db.get(body_key, read_opt=self._read)
+        if body is None:
+            raise ReadFailed(
+                f"the database at {self.path} is damaged: the body of a finalized vertex "
+                f"({body_key!r}) is missing; {REMEDY}"
+            )
+        return body
 
     def _recommit(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
         batch = request.batch
@@ -946,15 +1074,90 @@ class Store:
         wb = WriteBatch(raw_mode=True)
         # keys are at most 1024 bytes, so this is above every key that starts with a prefix
         beyond = b"\xff" * 1026
+        dropped: set[bytes] = set()
         for key in request.deletes:
             wb.delete(key, cf)
-        for prefix in request.delete_prefixes:
-            wb.delete_range(prefix, keys.prefix_end(prefix) or prefix + beyond, cf)
-        for key_range in request.delete_ranges:
-            wb.delete_range(key_range.start, key_range.end or beyond, cf)
+            self._drop_voted(wb, key, dropped)
+        ranges = [(p, keys.prefix_end(p) or p + beyond) for p in request.delete_prefixes]
+        ranges += [(r.start, r.end or beyond) for r in request.delete_ranges]
+        for start, end in ranges:
+            for key in self._voted_records(start, end):
+                self._drop_voted(wb, key, dropped)
+            wb.delete_range(start, end, cf)
         for entry in request.puts:
-            wb.put(entry.key, entry.value, cf)
+            if entry.key.startswith(keys.VOTED_RECORD_PREFIX):
+                self._put_voted(wb, entry.key, entry.value, dropped)
+            else:
+                wb.put(entry.key, entry.value, cf)
         self._apply(wb, self._written)
+
+    # A voted batch's record (a consensus-state key under ``batch/``) is stored split: its
+    # bodies under voted(K) in ``default``, the rest under K. A vertex finalized from it
+    # points at its body, which is then kept when the record is deleted (docs/storage.md,
+    # "Bodies stored once"). Reads give back the record byte for byte.
+
+    def _put_voted(self, wb: WriteBatch, key: bytes, value: bytes, dropped: set[bytes]) -> None:
+        self._drop_voted(wb, key, dropped)
+        prefix = keys.voted(key)
+        split = split_voted(value)
+        final = self._db.get(keys.voted_final_key(prefix), read_opt=self._read) is not None
+        if split is None or final:  # not a voted batch, or its bodies are finalized (fixed)
+            wb.put(key, value, self._handle[keys.CONSENSUS_STATE])
+            return
+        head, bodies = split
+        wb.put(key, head, self._handle[keys.CONSENSUS_STATE])
+        wb.put(keys.voted_split_key(prefix), keys.u32(len(bodies)))
+        for index, body in enumerate(bodies):
+            wb.put(keys.voted_body_key(prefix, index), body)
+
+    def _drop_voted(self, wb: WriteBatch, key: bytes, dropped: set[bytes]) -> None:
+        """Remove what the record ``key`` stored apart, but bodies that vertices point at."""
+        if not key.startswith(keys.VOTED_RECORD_PREFIX) or key in dropped:
+            return
+        dropped.add(key)
+        prefix = keys.voted(key)
+        split_key = keys.voted_split_key(prefix)
+        if self._db.get(split_key, read_opt=self._read) is None:
+            return  # stored whole, or absent
+        final_key = keys.voted_final_key(prefix)
+        if self._db.get(final_key, read_opt=self._read) is not None:
+            wb.delete(split_key)
+        else:  # the split mark and every body; nothing points at them
+            wb.delete_range(split_key, final_key)
+
+    def _voted_records(self, start: bytes, end: bytes) -> list[bytes]:
+        """The voted batches' record keys in [start, end)."""
+        low = max(start, keys.VOTED_RECORD_PREFIX)
+        high = min(end, keys.prefix_end(keys.VOTED_RECORD_PREFIX) or end)
+        if low >= high:
+            return []
+        return [k for k, _ in self._scan(keys.CONSENSUS_STATE, low, high, 1 << 62)]
+
+    def _voted_bodies(self, key: bytes) -> list[bytes] | None:
+        """The bodies of the record ``key`` if it is stored split."""
+        if not key.startswith(keys.VOTED_RECORD_PREFIX):
+            return None
+        prefix = keys.voted(key)
+        raw = self._db.get(keys.voted_split_key(prefix), read_opt=self._read)
+        if raw is None:
+            return None
+        wanted = [keys.voted_body_key(prefix, i) for i in range(keys.read_u32(raw))]
+        bodies = self._get_many(self._db, wanted)
+        found = [body for body in bodies if body is not None]
+        if len(found) != len(wanted):
+            raise ReadFailed(
+                f"the database at {self.path} is damaged: a body of the voted batch "
+                f"{key!r} is missing; {REMEDY}"
+            )
+        return found
+
+    @_reading
+    def read_voted(self, key: bytes) -> VotedRecord | None:
+        """The consensus-state record ``key``, its bodies apart when it is stored split."""
+        value: bytes | None = self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read)
+        if value is None:
+            return None
+        return VotedRecord(value, self._voted_bodies(key))
 
     @_reading
     def append_evidence(
@@ -1015,9 +1218,12 @@ class Store:
         ]
 
     def _multi_get(self, cf_name: str, wanted: Sequence[bytes]) -> list[bytes | None]:
+        return self._get_many(self._cf[cf_name], wanted)
+
+    def _get_many(self, source: Rdict, wanted: Sequence[bytes]) -> list[bytes | None]:
         if not wanted:
             return []
-        got = self._cf[cf_name].get(list[Any](wanted), read_opt=self._read)
+        got = source.get(list[Any](wanted), read_opt=self._read)
         assert isinstance(got, list)
         return got
 
@@ -1222,8 +1428,8 @@ class Store:
     @_reading
     def get_state(self, key: bytes) -> bytes | None:
         """One consensus-state value (read directly, as :meth:`scan_state` reads)."""
-        value: bytes | None = self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read)
-        return value
+        record = self.read_voted(key)
+        return None if record is None else record.whole()
 
     @_reading
     def scan_state(
@@ -1239,6 +1445,9 @@ class Store:
         out: list[storage_pb2.StateEntry] = []
         size = 0
         for key, value in self._scan(keys.CONSENSUS_STATE, start, end, limit):
+            bodies = self._voted_bodies(key)
+            if bodies is not None:
+                value = join_voted(value, bodies)
             entry_size = len(key) + len(value)
             if out and size + entry_size > STATE_PAGE_BYTES:
                 break  # it starts the next page
@@ -1436,13 +1645,17 @@ __all__ = [
     "DatabaseInfo",
     "Owner",
     "Store",
+    "VotedRecord",
     "WriteFailed",
     "decode_vertex",
     "dir_bytes",
     "evidence_digest",
     "inspect",
+    "join_voted",
     "now_ms",
     "open_in_this_process",
+    "split_voted",
+    "stored_pointer",
     "stored_vertex",
     "verify",
     "write_backup_manifest",

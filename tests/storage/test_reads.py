@@ -278,7 +278,7 @@ async def test_list_vertices_by_time(running: Running) -> None:
 
 async def test_stats_count_everything(running: Running) -> None:
     empty = await running.stub.GetStats(storage_pb2.GetStatsRequest())
-    assert (empty.last_seq, empty.vertices, empty.halted, empty.schema_version) == (0, 0, False, 1)
+    assert (empty.last_seq, empty.vertices, empty.halted, empty.schema_version) == (0, 0, False, 2)
     assert {cf.name for cf in empty.column_families} == {
         "vertices",
         "metadata",

@@ -124,7 +124,7 @@ async def test_a_missing_database_directory_is_created(tmp_path: Path) -> None:
         from cretoai.v1 import storage_pb2
 
         stats = await running.stub.GetStats(storage_pb2.GetStatsRequest())
-        assert (stats.path, stats.last_seq, stats.schema_version) == (str(db), 0, 1)
+        assert (stats.path, stats.last_seq, stats.schema_version) == (str(db), 0, 2)
     finally:
         await running.stop()
 
@@ -258,8 +258,8 @@ async def test_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "db"
     await fill(db, batches=1)
     with RawDb(db) as raw:
-        raw.db.put(SCHEMA_VERSION_KEY, u32(2))
-    with pytest.raises(DatabaseError, match="has schema version 2; this build reads version 1"):
+        raw.db.put(SCHEMA_VERSION_KEY, u32(3))
+    with pytest.raises(DatabaseError, match="has schema version 3; this build reads versions 1, 2"):
         Store.open(db)
 
 

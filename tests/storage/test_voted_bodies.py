@@ -1,0 +1,266 @@
+"""Bodies stored once: a voted batch's record (consensus state under ``batch/``) is
+stored split, and the vertices finalized from it point at its bodies instead of copying
+them (docs/storage.md, "Bodies stored once"). Real gRPC, real RocksDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cretoai.protowire import varint
+from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
+from cretoai.vertex import signed_digest
+from devkit.storage import commit_request, make_config, vertex_hash
+from services.consensus.core.durable import encode_batch
+from services.consensus.core.messages import Request
+from services.storage import keys
+from services.storage.certify import resolve_reference
+from services.storage.store import Store, join_voted, split_voted
+from tests.storage.support import Dag, RawDb, Running, collect, make_vertex, start_service
+from tests.storage.test_commit import get
+from tests.storage.test_reference import by_reference, voted_key, voted_record, write_voted
+
+
+def voted_items(db: RawDb) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in db.items(keys.DEFAULT) if k.startswith(keys.VOTED_PREFIX)]
+
+
+def state_of(db: RawDb, key: bytes) -> bytes | None:
+    value = db.cfs[keys.CONSENSUS_STATE].get(key)
+    assert value is None or isinstance(value, bytes)
+    return value
+
+
+async def scan(running: Running) -> dict[bytes, bytes]:
+    pages = await collect(running.stub.ScanState(storage_pb2.ScanStateRequest()))
+    return {e.key: e.value for page in pages for e in page.entries}
+
+
+async def put(running: Running, key: bytes, value: bytes) -> None:
+    await running.stub.WriteState(
+        storage_pb2.WriteStateRequest(puts=[storage_pb2.StateEntry(key=key, value=value)])
+    )
+
+
+def test_the_consensus_encoding_splits_and_joins_byte_for_byte() -> None:
+    vertices = [make_vertex(payload_size=300 * i) for i in range(1, 4)]
+    requests = tuple(Request(hash=signed_digest(v), body=v.SerializeToString()) for v in vertices)
+    record = encode_batch(requests)
+    split = split_voted(record)
+    assert split is not None
+    head, bodies = split
+    assert bodies == [v.SerializeToString() for v in vertices]
+    assert join_voted(head, bodies) == record
+    assert pbft_pb2.VotedBatch.FromString(head).request_bodies == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"not a protobuf message at all",
+        pbft_pb2.VotedBatch(request_hashes=[b"h" * 32]).SerializeToString(),  # no body
+        b"\x12\x03abc\x0a\x01h",  # a hash after a body
+        b"\x12\x83\x00abc",  # a body's length padded (not minimal)
+        b"\x12\x05abc",  # a body longer than the value
+        b"\x12\x03abc\x1a\x01x",  # another field after the bodies
+        b"\x12\x03abc\x12",  # a truncated length
+    ],
+)
+async def test_a_value_not_shaped_as_a_voted_batch_is_stored_whole(
+    running: Running, value: bytes
+) -> None:
+    assert split_voted(value) is None
+    key = b"batch/odd"
+    await put(running, key, value)
+    assert (await scan(running))[key] == value
+    await running.stop()
+    with RawDb(running.cfg.storage_path) as db:
+        assert state_of(db, key) == value
+        assert voted_items(db) == []
+
+
+async def test_a_voted_record_is_stored_split_and_read_back_byte_for_byte(
+    running: Running,
+) -> None:
+    vertices = [make_vertex(payload_size=1024) for _ in range(3)]
+    key, value = b"batch/" + b"ab" * 32, voted_record(vertices)
+    other = (b"prepared/00000000000000000001", b"\x12\x03abc")  # not under batch/: as is
+    await put(running, key, value)
+    await put(running, *other)
+    assert await scan(running) == {key: value, other[0]: other[1]}
+    page = await collect(running.stub.ScanState(storage_pb2.ScanStateRequest(prefix=b"batch/")))
+    assert [(e.key, e.value) for p in page for e in p.entries] == [(key, value)]
+    await running.stop()
+    with RawDb(running.cfg.storage_path) as db:
+        head = state_of(db, key)
+        assert head is not None and len(head) < 200  # the hashes only
+        assert state_of(db, other[0]) == other[1]
+        bodies = {k: v for k, v in voted_items(db)}
+        prefix = keys.voted(key)
+        assert bodies[keys.voted_split_key(prefix)] == keys.u32(3)
+        for i, vertex in enumerate(vertices):
+            assert bodies[keys.voted_body_key(prefix, i)] == vertex.SerializeToString()
+        assert len(bodies) == 4
+
+
+async def test_finalized_vertices_keep_their_bodies_when_the_record_goes(tmp_path: Path) -> None:
+    dag = Dag(payload_size=512)
+    request = dag.next_batch(3)
+    key = voted_key(request.batch.batch_digest)
+    running = await start_service(make_config(tmp_path))
+    try:
+        await write_voted(running, key, list(request.batch.vertices))
+        await running.stub.CommitBatch(by_reference(request))
+        await running.stub.WriteState(storage_pb2.WriteStateRequest(deletes=[key]))
+        assert key not in await scan(running)
+    finally:
+        await running.stop()
+    with RawDb(running.cfg.storage_path) as db:
+        prefix = keys.voted(key)
+        left = {k for k, _ in voted_items(db)}
+        assert left == {keys.voted_final_key(prefix)} | {
+            keys.voted_body_key(prefix, i) for i in range(3)
+        }
+        assert db.db.get(keys.voted_final_key(prefix)) == keys.u64(1)
+    running = await start_service(make_config(tmp_path))  # and after a restart
+    try:
+        for vertex in request.batch.vertices:
+            record = await get(running, vertex_hash(vertex))
+            assert record is not None
+            assert record.vertex.SerializeToString() == vertex.SerializeToString()
+        [entry] = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+        assert list(entry.batch.vertices) == list(request.batch.vertices)
+        # the record put again (the consensus re-votes after a restart): stored whole, the
+        # finalized bodies are never rewritten
+        changed = voted_record([make_vertex(), make_vertex()])
+        await put(running, key, changed)
+        assert (await scan(running))[key] == changed
+        record = await get(running, vertex_hash(request.batch.vertices[0]))
+        assert record is not None and record.vertex == request.batch.vertices[0]
+    finally:
+        await running.stop()
+
+
+@pytest.mark.parametrize("how", ["deletes", "delete_prefixes", "delete_ranges"])
+async def test_a_record_never_finalized_leaves_nothing_when_deleted(
+    running: Running, how: str
+) -> None:
+    keep = b"batch/" + b"ff" * 32
+    keys_ = [b"batch/" + bytes([c]) * 32 for c in b"ab"]
+    for key in [*keys_, keep]:
+        await put(running, key, voted_record([make_vertex(), make_vertex()]))
+    request = {
+        "deletes": storage_pb2.WriteStateRequest(deletes=keys_),
+        "delete_prefixes": storage_pb2.WriteStateRequest(delete_prefixes=[b"batch/a", b"batch/b"]),
+        "delete_ranges": storage_pb2.WriteStateRequest(
+            delete_ranges=[storage_pb2.KeyRange(start=b"batch/", end=b"batch/c")]
+        ),
+    }[how]
+    await running.stub.WriteState(request)
+    assert list(await scan(running)) == [keep]
+    await running.stop()
+    with RawDb(running.cfg.storage_path) as db:
+        assert {k[: len(keys.voted(keep))] for k, _ in voted_items(db)} == {keys.voted(keep)}
+
+
+async def test_a_body_changed_after_the_check_is_not_pointed_at(tmp_path: Path) -> None:
+    """The record put again (or deleted) between the read of its bodies and the write:
+    the finalized vertex holds the bytes that were checked, not what is stored now."""
+    store = Store.open(tmp_path / "db")
+    try:
+        for seq, change in enumerate(["put again", "deleted", "unchanged"], start=1):
+            vertices = [make_vertex(), make_vertex()]
+            request = commit_request(seq, vertices)
+            key = voted_key(request.batch.batch_digest)
+            put_record = storage_pb2.StateEntry(key=key, value=voted_record(vertices))
+            store.write_state(storage_pb2.WriteStateRequest(puts=[put_record]))
+            reference = by_reference(request)
+            _, voted = resolve_reference(reference, store.read_voted)
+            assert voted == [v.SerializeToString() for v in vertices]
+            if change == "put again":
+                other = voted_record([vertices[0], make_vertex()])
+                entry = storage_pb2.StateEntry(key=key, value=other)
+                store.write_state(storage_pb2.WriteStateRequest(puts=[entry]))
+            elif change == "deleted":
+                store.write_state(storage_pb2.WriteStateRequest(deletes=[key]))
+            store.commit_batch(reference, voted)
+            store.sync()
+            pointers = [bool(stored_pointer_of(store, v)) for v in vertices]
+            assert (
+                pointers
+                == {
+                    "put again": [True, False],  # body 0 is the same bytes
+                    "deleted": [False, False],
+                    "unchanged": [True, True],
+                }[change]
+            )
+            for vertex in vertices:
+                record = store.get_vertex(vertex_hash(vertex), certificate=False)
+                assert record is not None
+                assert record.vertex.SerializeToString() == vertex.SerializeToString()
+    finally:
+        store.close()
+
+
+def stored_pointer_of(store: Store, vertex: vertex_pb2.Vertex) -> bytes:
+    raw = store._cf[keys.VERTICES].get(vertex_hash(vertex))
+    assert isinstance(raw, bytes)
+    return storage_pb2.StoredVertex.FromString(raw).voted_body
+
+
+async def test_a_padded_body_is_stored_as_its_fields(running: Running) -> None:
+    """A voted body with bytes no proof covers (an unknown field: the same signed digest)
+    is not pointed at: the vertex is stored as its five fields, as in a full batch."""
+    clean, other = make_vertex(), make_vertex()
+    padded = vertex_pb2.Vertex()
+    padded.CopyFrom(clean)
+    padded.MergeFromString(b"\x32\x05extra")
+    assert signed_digest(padded) == signed_digest(clean)
+    request = commit_request(1, [padded, other])
+    bodies = [padded.SerializeToString(), other.SerializeToString()]
+    record_value = b"".join(
+        [b"\x0a\x20" + signed_digest(v) for v in (padded, other)]
+        + [b"\x12" + varint(len(b)) + b for b in bodies]
+    )
+    key = voted_key(request.batch.batch_digest)
+    await write_voted(running, key, None, record_value)
+    assert (await scan(running))[key] == record_value
+    await running.stub.CommitBatch(by_reference(request))
+    for vertex in (clean, other):
+        got = await get(running, vertex_hash(vertex))
+        assert got is not None
+        assert got.vertex.SerializeToString() == vertex.SerializeToString()
+    await running.stop()
+    with RawDb(running.cfg.storage_path) as db:
+        stored = [
+            storage_pb2.StoredVertex.FromString(v)
+            for k, v in db.items(keys.VERTICES)
+            if k == vertex_hash(clean)
+        ]
+        assert [s.voted_body for s in stored] == [b""]
+
+
+async def test_a_version_1_database_opens_and_is_marked_version_2(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    running = await start_service(make_config(tmp_path, db=db))
+    request = commit_request(1, [make_vertex()])
+    await running.stub.CommitBatch(request)
+    await running.stop()
+    with RawDb(db) as raw:
+        raw.db.put(keys.SCHEMA_VERSION_KEY, keys.u32(1))
+    inspected = Store.open(db, read_only=True)
+    try:
+        assert inspected.schema_version == 1  # a read-only open changes nothing
+    finally:
+        inspected.close()
+    store = Store.open(db)
+    try:
+        assert store.schema_version == 2
+        record = store.get_vertex(request.results[0].hash, certificate=False)
+        assert record is not None and record.vertex == request.batch.vertices[0]
+    finally:
+        store.close()
+    with RawDb(db) as raw:
+        assert raw.db.get(keys.SCHEMA_VERSION_KEY) == keys.u32(2)
