@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch
+from rocksdict import AccessType, Checkpoint, Rdict, ReadOptions, WriteBatch
 
 from cretoai.protowire import read_varint, varint
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
@@ -74,6 +74,8 @@ _CURRENT = re.compile(rb"MANIFEST-[0-9]+\n")
 
 #: :meth:`Store.verify` reports its progress every this many keys.
 VERIFY_PROGRESS_KEYS = 200_000
+#: :meth:`Store.verify` looks up the bodies vertices point at this many at a time.
+VERIFY_POINTER_BATCH = 1024
 
 #: Databases opened by this process (RocksDB's LOCK only excludes other processes).
 _OPEN_PATHS: set[Path] = set()
@@ -1466,15 +1468,24 @@ class Store:
         Opening a database reads its MANIFEST, the table files' footers and indexes, never
         their data blocks: a storage audit (2026-12-04) had a backup of a database with a
         damaged block "verified" by opening it, restored, and the node down at its first
-        read of that block."""
+        read of that block.
+
+        A vertex stored as a pointer to its body ([bodies stored once]) must find that
+        body: one missing is damage too."""
         options = read_options()
         options.fill_cache(False)  # type: ignore[call-arg]  # rocksdict's stub lacks it
         keys_read = 0
+        pointers: list[bytes] = []
         for name, source in (("default", self._db), *self._cf.items()):
             it = source.iter(options)
             it.seek_to_first()
             while it.valid():
-                it.value()
+                value = it.value()
+                if name == keys.VERTICES and value[:1] == b"\x1a":  # voted_body only
+                    pointers.append(storage_pb2.StoredVertex.FromString(value).voted_body)
+                    if len(pointers) >= VERIFY_POINTER_BATCH:
+                        self._check_pointers(pointers, options)
+                        pointers.clear()
                 keys_read += 1
                 if progress is not None and keys_read % VERIFY_PROGRESS_KEYS == 0:
                     progress(keys_read)
@@ -1487,7 +1498,20 @@ class Store:
                 ) from None
             finally:
                 del it
+        self._check_pointers(pointers, options)
         return keys_read
+
+    def _check_pointers(self, body_keys: list[bytes], options: ReadOptions) -> None:
+        if not body_keys:
+            return
+        got = self._db.get(list[Any](body_keys), read_opt=options)
+        assert isinstance(got, list)
+        for key, body in zip(body_keys, got, strict=True):
+            if body is None:
+                raise DatabaseCorrupt(
+                    f"the database at {self.path} is damaged: a finalized vertex's body "
+                    f"({key!r}) is missing"
+                )
 
     def disk_bytes(self) -> int:
         return dir_bytes(self.path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cretoai.protowire import varint
@@ -16,7 +17,8 @@ from services.consensus.core.durable import encode_batch
 from services.consensus.core.messages import Request
 from services.storage import keys
 from services.storage.certify import resolve_reference
-from services.storage.store import Store, join_voted, split_voted
+from services.storage.errors import DatabaseCorrupt
+from services.storage.store import Store, join_voted, split_voted, verify
 from tests.storage.support import Dag, RawDb, Running, collect, make_vertex, start_service
 from tests.storage.test_commit import get
 from tests.storage.test_reference import by_reference, voted_key, voted_record, write_voted
@@ -264,3 +266,27 @@ async def test_a_version_1_database_opens_and_is_marked_version_2(tmp_path: Path
         store.close()
     with RawDb(db) as raw:
         assert raw.db.get(keys.SCHEMA_VERSION_KEY) == keys.u32(2)
+
+
+async def test_a_missing_body_is_damage_to_reads_and_to_verify(tmp_path: Path) -> None:
+    request = commit_request(1, [make_vertex(), make_vertex()])
+    key = voted_key(request.batch.batch_digest)
+    running = await start_service(make_config(tmp_path))
+    await write_voted(running, key, list(request.batch.vertices))
+    await running.stub.CommitBatch(by_reference(request))
+    await running.stop()
+    db = running.cfg.storage_path
+    assert verify(db)[1] > 0
+    with RawDb(db) as raw:
+        raw.db.delete(keys.voted_body_key(keys.voted(key), 1))
+    with pytest.raises(DatabaseCorrupt, match=r"a finalized vertex's body .* is missing"):
+        verify(db)
+    running = await start_service(make_config(tmp_path))
+    try:
+        assert await get(running, request.results[0].hash) is not None
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await get(running, request.results[1].hash)
+        assert failed.value.code() == grpc.StatusCode.DATA_LOSS
+        assert "is missing" in (failed.value.details() or "")
+    finally:
+        await running.stop()
