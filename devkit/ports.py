@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 from pathlib import Path
@@ -28,7 +27,9 @@ def free_base_port(count: int = 20 * 8) -> int:
     service's bind would otherwise make the service fail to start."""
     low, high = ephemeral_range()
     ranges = [(r0, r1) for r0, r1 in ((10000, low), (high + 1, 65536)) if r1 - r0 > count]
-    rng = random.Random(os.getpid() ^ os.urandom(2)[0])
+    # seeded from the OS each call: two calls in one process must not repeat a choice
+    # (a seed of the pid and one random byte did, one time in 256)
+    rng = random.SystemRandom()
     for _ in range(200):
         start, end = rng.choice(ranges)
         base = rng.randrange(start, end - count, 20)
