@@ -82,7 +82,7 @@ from services.consensus.core.crypto import MlDsaVerifier
 from services.storage import keys
 from services.storage.certify import Certifier, check_digest, check_quorum
 from services.storage.errors import InvalidArgument
-from services.storage.options import column_families, db_options, unsynced_write
+from services.storage.options import open_options, unsynced_write
 from services.storage.store import Counters, batch_header, stored_vertex
 from services.storage.validate import check_commit
 
@@ -231,11 +231,9 @@ class RawDatabase:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        options, families = open_options([], create=True)
         self.db = Rdict(
-            str(path),
-            db_options(create=True),
-            column_families=column_families([]),
-            access_type=AccessType.read_write(),
+            str(path), options, column_families=families, access_type=AccessType.read_write()
         )
         self.handles = {
             name: self.db.get_column_family_handle(name) for name in keys.COLUMN_FAMILIES
@@ -327,11 +325,9 @@ async def serve_floor(directory: Path, port_file: Path, *, check: bool = False) 
     proof is refused with ``INVALID_ARGUMENT`` and nothing is written. Still no reads,
     no index, one key.
     """
+    db_opts, families = open_options([], create=True)
     db = Rdict(
-        str(directory),
-        db_options(create=True),
-        column_families=column_families([]),
-        access_type=AccessType.read_write(),
+        str(directory), db_opts, column_families=families, access_type=AccessType.read_write()
     )
     options = unsynced_write()
     certifier = Certifier(validator_public_keys(), get_backend()) if check else None

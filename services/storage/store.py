@@ -52,7 +52,7 @@ from services.storage.errors import (
     is_damage,
     write_error,
 )
-from services.storage.options import column_families, db_options, read_options, unsynced_write
+from services.storage.options import open_options, read_options, unsynced_write
 from services.storage.synced import MARK_FILE, MarkWriter, SyncedMark, identity_of, read_mark
 
 log = logging.getLogger(__name__)
@@ -538,12 +538,8 @@ class Store:
                     if read_only
                     else AccessType.read_write()
                 )
-                db = Rdict(
-                    str(path),
-                    db_options(create=is_new),
-                    column_families=column_families(existing),
-                    access_type=access,
-                )
+                options, families = open_options(existing, create=is_new)
+                db = Rdict(str(path), options, column_families=families, access_type=access)
             except DatabaseError:
                 raise
             except Exception as exc:
@@ -1553,15 +1549,15 @@ class Store:
         outside the cache; zeros once closed."""
         if self._closed:
             return RocksMemory(0, 0, 0)
-        families = [self._cf[name] for name in keys.COLUMN_FAMILIES]
+        families = [self._db, *(self._cf[name] for name in keys.COLUMN_FAMILIES)]
         memtables = sum(
             cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0 for cf in families
         )
         readers = sum(
             cf.property_int_value("rocksdb.estimate-table-readers-mem") or 0 for cf in families
         )
-        # the default column family has a cache of its own: ask one that shares ours
-        cache = families[0].property_int_value("rocksdb.block-cache-usage") or 0
+        # one cache, shared by every column family (options.open_options)
+        cache = families[1].property_int_value("rocksdb.block-cache-usage") or 0
         return RocksMemory(memtables, cache, readers)
 
 

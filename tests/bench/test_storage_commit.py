@@ -28,16 +28,17 @@ from bench.storage_commit import (
     sizes,
 )
 from services.storage import keys
-from services.storage.options import column_families, db_options
+from services.storage.options import open_options
 from services.storage.store import Store
 
 
 def contents(path: Path) -> dict[str, dict[bytes, bytes]]:
     """Every key and value of every column family of the database at ``path``."""
+    options, families = open_options(Rdict.list_cf(str(path)), create=False)
     db = Rdict(
         str(path),
-        db_options(create=False),
-        column_families=column_families(Rdict.list_cf(str(path))),
+        options,
+        column_families=families,
         access_type=AccessType.read_only(error_if_log_file_exist=False),
     )
     try:
