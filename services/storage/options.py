@@ -169,7 +169,8 @@ def _with_tables(options: Options, cache: Cache) -> Options:
 
 def column_families(existing: list[str], cache: Cache | None = None) -> dict[str, Options]:
     """Options for our column families plus any other that already exists in the DB."""
-    cache = cache or Cache(BLOCK_CACHE_BYTES)
+    if cache is None:
+        cache = Cache(BLOCK_CACHE_BYTES)
     names = [*COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
     return {name: cf_options(cache) for name in names if name != "default"}
 
