@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from rocksdict import AccessType, Checkpoint, Rdict, ReadOptions, WriteBatch
 
-from cretoai.protowire import read_varint, varint
+from cretoai.protowire import length_delimited, read_varint, varint
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def stored_vertex(body: bytes, creator_id: bytes = b"") -> bytes:
 def stored_pointer(body_key: bytes) -> bytes:
     """``StoredVertex(voted_body=body_key)`` serialized: the vertex is the body stored
     under ``body_key`` (a voted batch's, stored once)."""
-    return b"\x1a" + varint(len(body_key)) + body_key
+    return length_delimited(3, body_key)
 
 
 #: The key of a VotedBatch's ``request_hashes`` and ``request_bodies`` entries.
@@ -187,7 +187,7 @@ def split_voted(value: bytes) -> tuple[bytes, list[bytes]] | None:
 
 def join_voted(head: bytes, bodies: Sequence[bytes]) -> bytes:
     """The record :func:`split_voted` split, byte for byte."""
-    return b"".join([head, *(b"\x12" + varint(len(body)) + body for body in bodies)])
+    return b"".join([head, *(length_delimited(2, body) for body in bodies)])
 
 
 def _fields(vertex: vertex_pb2.Vertex, creator: bytes) -> bytes:
@@ -1218,10 +1218,12 @@ class Store:
     def _multi_get(self, cf_name: str, wanted: Sequence[bytes]) -> list[bytes | None]:
         return self._get_many(self._cf[cf_name], wanted)
 
-    def _get_many(self, source: Rdict, wanted: Sequence[bytes]) -> list[bytes | None]:
+    def _get_many(
+        self, source: Rdict, wanted: Sequence[bytes], read_opt: ReadOptions | None = None
+    ) -> list[bytes | None]:
         if not wanted:
             return []
-        got = source.get(list[Any](wanted), read_opt=self._read)
+        got = source.get(list[Any](wanted), read_opt=read_opt or self._read)
         assert isinstance(got, list)
         return got
 
@@ -1498,10 +1500,7 @@ class Store:
         return keys_read
 
     def _check_pointers(self, body_keys: list[bytes], options: ReadOptions) -> None:
-        if not body_keys:
-            return
-        got = self._db.get(list[Any](body_keys), read_opt=options)
-        assert isinstance(got, list)
+        got = self._get_many(self._db, body_keys, options)
         for key, body in zip(body_keys, got, strict=True):
             if body is None:
                 raise DatabaseCorrupt(
