@@ -179,6 +179,8 @@ def new_view_bytes_bound(n: int, window: int, batch_max_count: int) -> int:
 
 #: The shortest consensus timeout a config may set (view change, request, progress).
 MIN_CONSENSUS_TIMEOUT_MS = 100
+#: The largest memtables_mb or block_cache_mb a config may set (MiB): a typo caught.
+STORAGE_BUDGET_MAX_MB = 65_536
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -311,6 +313,12 @@ class StorageSection:
     metrics: str = "127.0.0.1:9183"
     #: RocksDB directory; empty means <data_dir>/db.
     path: str = ""
+    #: RocksDB's memtables, every column family together (MiB; at least 8). A flush
+    #: starts when they reach it: less memory, more and smaller flushes.
+    memtables_mb: int = 48
+    #: RocksDB's block cache (MiB; at least 4): recently read table blocks, and the index
+    #: and filter blocks of every table file, shared by the column families.
+    block_cache_mb: int = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -751,6 +759,13 @@ def _validate(cfg: NodeConfig) -> None:
             f"{src}: consensus.watermark_window: must be >= checkpoint_interval "
             f"({c.checkpoint_interval})"
         )
+    for name, least in (("memtables_mb", 8), ("block_cache_mb", 4)):
+        value = getattr(cfg.storage, name)
+        if not least <= value <= STORAGE_BUDGET_MAX_MB:
+            raise ConfigError(
+                f"{src}: storage.{name}: must be within [{least}, {STORAGE_BUDGET_MAX_MB}] "
+                f"(MiB), got {value}"
+            )
     if not 0.0 <= cfg.telemetry.sampling_ratio <= 1.0:
         raise ConfigError(f"{src}: telemetry.sampling_ratio: must be within [0, 1]")
     if cfg.telemetry.log_format not in ("logfmt", "json"):

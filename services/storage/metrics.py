@@ -99,6 +99,12 @@ MEMTABLE_BYTES = Gauge(
 BLOCK_CACHE_BYTES = Gauge(
     "cretoai_storage_block_cache_bytes", "Bytes in RocksDB's block cache (capped at its capacity)"
 )
+MEMORY_BUDGET_BYTES = Gauge(
+    "cretoai_storage_memory_budget_bytes",
+    "RocksDB's memory as configured ([storage] memtables_mb, block_cache_mb): the cap of "
+    "every memtable together, and the block cache's capacity",
+    ["part"],
+)
 TABLE_READERS_BYTES = Gauge(
     "cretoai_storage_table_readers_bytes",
     "Bytes RocksDB's SST readers hold outside the block cache (index and filter blocks "

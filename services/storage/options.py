@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import resource
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from rocksdict import (
@@ -54,6 +55,7 @@ from services.storage.keys import COLUMN_FAMILIES
 
 log = logging.getLogger(__name__)
 
+MIB = 1024 * 1024
 BYTES_PER_SYNC = 256 * 1024
 #: glibc's mmap threshold in the storage process, fixed (cretoai/allocator.py): below
 #: the memtables' arena blocks, so a flushed memtable's memory leaves the process instead
@@ -74,6 +76,11 @@ WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 DB_WRITE_BUFFER_BYTES = 48 * 1024 * 1024
 MAX_TOTAL_WAL_BYTES = 256 * 1024 * 1024
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+#: The smallest budgets a node may set (``[storage] memtables_mb``, ``block_cache_mb``):
+#: below two arena blocks per memtable the write buffer manager flushes memtables that
+#: are nearly empty; the cache holds every table's pinned index and filter tops.
+MIN_DB_WRITE_BUFFER_BYTES = 2 * ARENA_BLOCK_BYTES
+MIN_BLOCK_CACHE_BYTES = 4 * 1024 * 1024
 RECYCLED_WAL_FILES = 4
 #: Table files RocksDB keeps open at most (see the module docstring).
 MAX_OPEN_TABLE_FILES = 4096
@@ -115,18 +122,47 @@ def max_open_table_files() -> int:
     return max(64, min(MAX_OPEN_TABLE_FILES, soft // 2))
 
 
-def open_options(existing: list[str], *, create: bool) -> tuple[Options, dict[str, Options]]:
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What RocksDB may hold in memory: all memtables together (the write buffer
+    manager; each one at most :data:`WRITE_BUFFER_BYTES`, or half the total when that is
+    less) and the block cache shared by every column family."""
+
+    memtables_bytes: int = DB_WRITE_BUFFER_BYTES
+    block_cache_bytes: int = BLOCK_CACHE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.memtables_bytes < MIN_DB_WRITE_BUFFER_BYTES:
+            raise ValueError(f"memtables: at least {MIN_DB_WRITE_BUFFER_BYTES} bytes")
+        if self.block_cache_bytes < MIN_BLOCK_CACHE_BYTES:
+            raise ValueError(f"block cache: at least {MIN_BLOCK_CACHE_BYTES} bytes")
+
+    @property
+    def memtable_bytes(self) -> int:
+        """One column family's memtable at most."""
+        return min(WRITE_BUFFER_BYTES, self.memtables_bytes // 2)
+
+
+DEFAULT_BUDGET = MemoryBudget()
+
+
+def open_options(
+    existing: list[str], *, create: bool, budget: MemoryBudget = DEFAULT_BUDGET
+) -> tuple[Options, dict[str, Options]]:
     """The database's options and its column families' (``Rdict(path, options,
     column_families=...)``), all sharing one block cache. The ``default`` column family
     takes the database's options, with the same table options as the others: it holds the
     bodies stored once (docs/storage.md), and RocksDB's defaults would give it a cache of
     its own and every table's whole index and filter in memory beside it (at `8d58b21`
     storage grew 9.5 MB/min at 306 vertices/s that way)."""
-    cache = Cache(BLOCK_CACHE_BYTES)
-    return _with_tables(db_options(create=create), cache), column_families(existing, cache)
+    cache = Cache(budget.block_cache_bytes)
+    return (
+        _with_tables(db_options(create=create, budget=budget), cache, budget),
+        column_families(existing, cache, budget),
+    )
 
 
-def db_options(*, create: bool) -> Options:
+def db_options(*, create: bool, budget: MemoryBudget = DEFAULT_BUDGET) -> Options:
     """``create`` only for a new database (a missing or empty directory): an existing one
     is opened as it is, never completed with an empty database or empty column families.
     The ``default`` column family's table options are :func:`open_options`'s."""
@@ -138,7 +174,7 @@ def db_options(*, create: bool) -> Options:
     options.set_recycle_log_file_num(RECYCLED_WAL_FILES)
     options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES)
     options.set_max_background_jobs(2)
-    options.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES)
+    options.set_db_write_buffer_size(budget.memtables_bytes)
     options.set_keep_log_file_num(4)
     options.set_max_log_file_size(16 * 1024 * 1024)
     options.set_max_open_files(max_open_table_files())
@@ -146,11 +182,11 @@ def db_options(*, create: bool) -> Options:
     return options
 
 
-def cf_options(cache: Cache) -> Options:
-    return _with_tables(Options(raw_mode=True), cache)
+def cf_options(cache: Cache, budget: MemoryBudget = DEFAULT_BUDGET) -> Options:
+    return _with_tables(Options(raw_mode=True), cache, budget)
 
 
-def _with_tables(options: Options, cache: Cache) -> Options:
+def _with_tables(options: Options, cache: Cache, budget: MemoryBudget) -> Options:
     """``options`` with the column families' table options, memtable and arena sizes."""
     table = BlockBasedOptions()
     table.set_block_cache(cache)
@@ -162,17 +198,19 @@ def _with_tables(options: Options, cache: Cache) -> Options:
     table.set_pin_top_level_index_and_filter(True)
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options.set_block_based_table_factory(table)
-    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_write_buffer_size(budget.memtable_bytes)
     options.set_arena_block_size(ARENA_BLOCK_BYTES)
     return options
 
 
-def column_families(existing: list[str], cache: Cache | None = None) -> dict[str, Options]:
+def column_families(
+    existing: list[str], cache: Cache | None = None, budget: MemoryBudget = DEFAULT_BUDGET
+) -> dict[str, Options]:
     """Options for our column families plus any other that already exists in the DB."""
     if cache is None:
-        cache = Cache(BLOCK_CACHE_BYTES)
+        cache = Cache(budget.block_cache_bytes)
     names = [*COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
-    return {name: cf_options(cache) for name in names if name != "default"}
+    return {name: cf_options(cache, budget) for name in names if name != "default"}
 
 
 def unsynced_write() -> WriteOptions:

@@ -16,7 +16,12 @@ from cretoai.serving import GrpcService, Servicer
 from cretoai.v1 import storage_pb2_grpc
 from services.storage import metrics
 from services.storage.certify import Certifier
-from services.storage.options import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
+from services.storage.options import (
+    MIB,
+    MMAP_THRESHOLD_BYTES,
+    TRIM_THRESHOLD_BYTES,
+    MemoryBudget,
+)
 from services.storage.servicer import SERVICE_NAME, StorageServicer
 from services.storage.store import Owner, Store
 from services.storage.writer import Writer
@@ -47,9 +52,15 @@ async def build(cfg: NodeConfig) -> GrpcService:
             "glibc mmap and trim thresholds fixed",
             extra={"fields": {"bytes": MMAP_THRESHOLD_BYTES, "trim_bytes": TRIM_THRESHOLD_BYTES}},
         )
-    store = await asyncio.to_thread(
-        functools.partial(Store.open, cfg.storage_path, owner=Owner.of_node(cfg))
+    budget = MemoryBudget(
+        memtables_bytes=cfg.storage.memtables_mb * MIB,
+        block_cache_bytes=cfg.storage.block_cache_mb * MIB,
     )
+    store = await asyncio.to_thread(
+        functools.partial(Store.open, cfg.storage_path, owner=Owner.of_node(cfg), budget=budget)
+    )
+    metrics.MEMORY_BUDGET_BYTES.labels("memtables").set(budget.memtables_bytes)
+    metrics.MEMORY_BUDGET_BYTES.labels("block_cache").set(budget.block_cache_bytes)
     writer = Writer(store)
     writer.start()
     service: GrpcService | None = None

@@ -52,7 +52,13 @@ from services.storage.errors import (
     is_damage,
     write_error,
 )
-from services.storage.options import open_options, read_options, unsynced_write
+from services.storage.options import (
+    DEFAULT_BUDGET,
+    MemoryBudget,
+    open_options,
+    read_options,
+    unsynced_write,
+)
 from services.storage.synced import MARK_FILE, MarkWriter, SyncedMark, identity_of, read_mark
 
 log = logging.getLogger(__name__)
@@ -478,6 +484,7 @@ class Store:
         create: bool = True,
         read_only: bool = False,
         owner: Owner | None = None,
+        budget: MemoryBudget = DEFAULT_BUDGET,
     ) -> Store:
         """Open the database at ``path``; :class:`DatabaseError`.
 
@@ -488,7 +495,9 @@ class Store:
 
         With ``owner`` (the storage service passes its node's), a database stamped with
         another validator's key is refused (:class:`DatabaseOfAnotherNode`), and one not
-        stamped yet (new, or written before stamps) is stamped, unless ``read_only``."""
+        stamped yet (new, or written before stamps) is stamped, unless ``read_only``.
+
+        ``budget``: RocksDB's memtables and block cache."""
         path = Path(path).absolute()
         if path.exists() and not path.is_dir():
             raise DatabaseError(f"the database path {path} exists and is not a directory")
@@ -538,7 +547,7 @@ class Store:
                     if read_only
                     else AccessType.read_write()
                 )
-                options, families = open_options(existing, create=is_new)
+                options, families = open_options(existing, create=is_new, budget=budget)
                 db = Rdict(str(path), options, column_families=families, access_type=access)
             except DatabaseError:
                 raise

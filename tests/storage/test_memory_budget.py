@@ -1,0 +1,78 @@
+"""RocksDB's memory budget: ``[storage] memtables_mb`` and ``block_cache_mb`` reach RocksDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cretoai.config import parse_config
+from devkit.storage import config_dict
+from services.storage.options import MIB, MemoryBudget
+from services.storage.store import Store
+from tests.storage.support import start_service
+
+
+def options_file(db: Path) -> dict[str, dict[str, str]]:
+    """The sections of the newest OPTIONS file RocksDB wrote for ``db``."""
+    options = sorted(db.glob("OPTIONS-*"))[-1]
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in options.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            current = sections.setdefault(line, {})
+        elif "=" in line:
+            name, _, value = line.partition("=")
+            current[name] = value
+    return sections
+
+
+def test_a_budget_sets_the_write_buffer_manager_each_memtable_and_the_cache(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "db", budget=MemoryBudget(12 * MIB, 6 * MIB))
+    try:
+        for family in (store._db, store._cf["vertices"]):
+            assert family.property_int_value("rocksdb.block-cache-capacity") == 6 * MIB
+    finally:
+        store.close()
+    sections = options_file(tmp_path / "db")
+    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(12 * MIB)
+    families = [name for name in sections if name.startswith("[CFOptions ")]
+    assert '[CFOptions "default"]' in families and len(families) > 2
+    for name in families:  # half the total each: two can fill before a flush
+        assert sections[name]["write_buffer_size"] == str(6 * MIB), name
+
+
+def test_the_default_budget_keeps_16_mib_memtables(tmp_path: Path) -> None:
+    Store.open(tmp_path / "db").close()
+    sections = options_file(tmp_path / "db")
+    budget = MemoryBudget()
+    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(budget.memtables_bytes)
+    assert sections['[CFOptions "vertices"]']["write_buffer_size"] == str(16 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("memtables", "cache"), [(8 * MIB - 1, 16 * MIB), (32 * MIB, 4 * MIB - 1), (0, 0)]
+)
+def test_a_budget_below_the_floors_is_refused(memtables: int, cache: int) -> None:
+    with pytest.raises(ValueError, match="at least"):
+        MemoryBudget(memtables, cache)
+
+
+async def test_the_service_opens_its_database_with_the_configured_budget(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path)
+    raw["storage"].update(memtables_mb=10, block_cache_mb=5)
+    cfg = parse_config(raw, tmp_path / "node.toml")
+    running = await start_service(cfg)
+    try:
+        for part, mib in (("memtables", 10), ("block_cache", 5)):
+            value = REGISTRY.get_sample_value("cretoai_storage_memory_budget_bytes", {"part": part})
+            assert value == mib * MIB, part
+    finally:
+        await running.stop()
+    sections = options_file(cfg.storage_path)
+    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(10 * MIB)
+    assert sections['[CFOptions "vertices"]']["write_buffer_size"] == str(5 * MIB)
