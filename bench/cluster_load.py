@@ -121,6 +121,9 @@ TARGET_CORES_AT_RATE = 200
 #: RSS_FLAT_MB_PER_MIN (60 MB an hour at most, if it went on).
 RSS_FLAT_MIN_STEP_S = 600.0
 RSS_FLAT_MB_PER_MIN = 1.0
+#: Seconds between samples of each node's resident pages counted once (bench.resident:
+#: ~0.05 CPU-s per node, so not every second).
+DISTINCT_EVERY_S = 10.0
 #: A step is "at half the maximum rate" when its finalized throughput is within this share
 #: of half the maximum finalized rate (``--maximum-rate``, else the run's highest).
 HALF_MAX_TOLERANCE = 0.2
@@ -235,10 +238,46 @@ def rss_trend(
     }
 
 
+def distinct_trend(
+    series: Sequence[Mapping[str, Any]], node: str, start_t: float, end_t: float
+) -> dict[str, Any] | None:
+    """:func:`rss_trend` of the node's resident pages counted once (the sampler's
+    ``distinct`` rows, every DISTINCT_EVERY_S): the maximum, and the least-squares slope
+    over the window's second half. None without at least 5 samples there (a step shorter
+    than about 100 s, or frame numbers hidden from a user other than root)."""
+    rows = [
+        (float(row["t"]), float(row[node]))
+        for row in series
+        if start_t <= row["t"] < end_t and row.get(node) is not None
+    ]
+    middle = (start_t + end_t) / 2
+    second = [(t, mb) for t, mb in rows if t >= middle]
+    if len(second) < 5 or second[-1][0] <= second[0][0]:
+        return None
+    slope, _ = statistics.linear_regression([t for t, _ in second], [mb for _, mb in second])
+    return {
+        "max_mb": round(max(mb for _, mb in rows), 1),
+        "second_half_slope_mb_per_min": round(slope * 60, 2),
+        "samples": len(rows),
+    }
+
+
 def largest_distinct_resident_mb(nodes: Mapping[str, Any]) -> float | None:
     """The largest node's ``resident_mb_end_distinct``; None when no node's could be read."""
     known = [n.get("resident_mb_end_distinct") for n in nodes.values()]
     return max((mb for mb in known if mb is not None), default=None)
+
+
+def each_page_once(nodes: Mapping[str, Any]) -> dict[str, float | None]:
+    """The largest node's maximum and slope of its resident pages counted once (None
+    when a node's could not be read)."""
+    trends = [n.get("resident_distinct_trend") for n in nodes.values()]
+    if not trends or any(t is None for t in trends):
+        return {"max_mb_each_page_once": None, "slope_mb_per_min_each_page_once": None}
+    return {
+        "max_mb_each_page_once": max(t["max_mb"] for t in trends),
+        "slope_mb_per_min_each_page_once": max(t["second_half_slope_mb_per_min"] for t in trends),
+    }
 
 
 def rss_flat_at_half_max(
@@ -270,6 +309,7 @@ def rss_flat_at_half_max(
             "growth_mb": max(n["rss_trend"]["second_half_growth_mb"] for n in s["nodes"].values()),
             # reported beside, not judged: the node's RAM with shared pages counted once
             "end_mb_each_page_once": largest_distinct_resident_mb(s["nodes"]),
+            **each_page_once(s["nodes"]),
         }
         for s in long_steps
     ]
@@ -277,6 +317,11 @@ def rss_flat_at_half_max(
         m["flat_and_under"] = bool(
             m["max_mb"] <= TARGET_RSS_MB and m["slope_mb_per_min"] <= RSS_FLAT_MB_PER_MIN
         )
+        if m["max_mb_each_page_once"] is not None:
+            m["flat_and_under_each_page_once"] = bool(
+                m["max_mb_each_page_once"] <= TARGET_RSS_MB
+                and m["slope_mb_per_min_each_page_once"] <= RSS_FLAT_MB_PER_MIN
+            )
     if not measured:
         note = f"no step of >= {RSS_FLAT_MIN_STEP_S:g} s (--duration)"
         return {"target": target, "measured": None, "met": None, "note": note}
@@ -1398,6 +1443,8 @@ class Sampler:
         self.t0 = t0
         self.rss_peak: dict[str, float] = {}
         self.series: list[dict[str, Any]] = []
+        #: Every DISTINCT_EVERY_S: ``{"t": s, node: MB each page once (None: unreadable)}``.
+        self.distinct: list[dict[str, Any]] = []
         self.loop_lag: list[float] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -1407,6 +1454,7 @@ class Sampler:
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._rss()),
+            asyncio.create_task(self._distinct()),
             asyncio.create_task(self._scrapes()),
             asyncio.create_task(self._lag()),
         ]
@@ -1434,6 +1482,20 @@ class Sampler:
                 rss = sum(proc_rss_mb(pid) or 0.0 for pid in services.values())
                 self.rss_peak[node] = max(self.rss_peak.get(node, 0.0), rss)
             await self._pause(now)
+
+    async def _distinct(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            row: dict[str, Any] = {}
+            for node, services in self.cluster.pids().items():
+                row[node] = await asyncio.to_thread(distinct_resident_mb, services.values())
+            row["t"] = round(time.perf_counter() - self.t0, 1)
+            self.distinct.append(row)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stop.wait(),
+                    max(0.05, DISTINCT_EVERY_S - (time.perf_counter() - started)),
+                )
 
     async def _scrapes(self) -> None:
         """The metrics endpoints answer late when a service is starved: rows are then sparse."""
@@ -1686,6 +1748,9 @@ async def run_step(
             # the same moment, each physical page counted once (shared code once)
             "resident_mb_end_distinct": distinct_resident_mb(end.pids.get(node, {}).values()),
             "rss_trend": rss_trend(sampler.series, node, window[0] - t0, window[1] - t0),
+            "resident_distinct_trend": distinct_trend(
+                sampler.distinct, node, window[0] - t0, window[1] - t0
+            ),
             "metrics": node_metrics(
                 start.metrics.get(node, {}), end.metrics.get(node, {}), seconds
             ),
@@ -2369,6 +2434,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_trend": "over the window's 1-s series: max_mb; over its second half the "
             "least-squares slope (MB/min) and the growth from the median of its first minute "
             "to that of its last",
+            "resident_distinct_trend": f"the node's resident pages each counted once (as "
+            f"resident_mb_end_distinct), sampled every {DISTINCT_EVERY_S:g} s over the "
+            "window: max_mb, and the least-squares slope over its second half (MB/min); "
+            "targets.rss_mb_flat_at_half_max reports it beside the judged sum of VmRSS "
+            "(max_mb_each_page_once, slope_mb_per_min_each_page_once)",
             "cpu_ms_per_finalized_vertex": "CPU cores / finalized throughput, in ms: per node "
             "(nodes.*), per node and service (nodes.*.cpu_ms_per_finalized_vertex_by_service), "
             "the cluster's total (cpu_ms_per_finalized_vertex_cluster) and per service summed "

@@ -276,6 +276,14 @@ def _memory(r: Results) -> dict[str, Any]:
             "each_page_once_mb_end_by_node": {
                 n: v.get("resident_mb_end_distinct") for n, v in nodes.items()
             },
+            # sampled over the window (not judged: the sum of VmRSS is)
+            "each_page_once_mb_max_by_node": {
+                n: (v.get("resident_distinct_trend") or {}).get("max_mb") for n, v in nodes.items()
+            },
+            "each_page_once_slope_mb_per_min_by_node": {
+                n: (v.get("resident_distinct_trend") or {}).get("second_half_slope_mb_per_min")
+                for n, v in nodes.items()
+            },
         }
     return {
         "target": "RSS <= 400 MB per node, flat (<= 1 MB/min) over 10 minutes at half the "

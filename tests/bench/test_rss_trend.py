@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from bench.cluster_load import RSS_FLAT_MB_PER_MIN, rss_flat_at_half_max, rss_trend
+from bench.cluster_load import (
+    DISTINCT_EVERY_S,
+    RSS_FLAT_MB_PER_MIN,
+    distinct_trend,
+    rss_flat_at_half_max,
+    rss_trend,
+)
 
 NODES = ("node1", "node2")
 
@@ -113,3 +119,50 @@ def test_the_node_memory_each_page_once_is_reported_not_judged() -> None:
     assert verdict["measured"][0]["end_mb_each_page_once"] == 290.0
     # the sum of RSS is what is judged: 420 MB fails though each page once is under 400
     assert verdict["met"] is False
+
+
+def distinct_series(seconds: int, mb_at: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sampler's ``distinct`` rows, one every DISTINCT_EVERY_S; node2's frame numbers
+    unreadable (None) in every third."""
+    rows = []
+    for i in range(int(seconds / DISTINCT_EVERY_S)):
+        t = i * DISTINCT_EVERY_S + 0.3
+        row: dict[str, Any] = {"t": t}
+        for node in NODES:
+            row[node] = None if node == "node2" and i % 3 == 0 else mb_at[node](t)
+        rows.append(row)
+    return rows
+
+
+def test_each_page_once_is_sampled_over_the_window_and_judged_beside() -> None:
+    # node1: a cache filling then flat; node2: 3 MB a minute, with a spike before the window
+    rows = distinct_series(
+        630,
+        {
+            "node1": lambda t: 250 + min(t, 120) / 4,
+            "node2": lambda t: 900 if t < 30 else 260 + 3 * t / 60,
+        },
+    )
+    flat, rising = distinct_trend(rows, "node1", 30, 630), distinct_trend(rows, "node2", 30, 630)
+    assert flat is not None and rising is not None
+    assert flat["max_mb"] == 280.0 and flat["second_half_slope_mb_per_min"] == 0.0
+    assert rising["second_half_slope_mb_per_min"] == pytest.approx(3.0, abs=0.01)
+    assert rising["max_mb"] < 300  # the warm-up's 900 is not the window's
+    assert distinct_trend(rows, "node1", 0, 80) is None  # 4 samples in the second half
+
+    level = series(630, {"node1": lambda t: 420, "node2": lambda t: 380})
+    over = step(level, 30, 600, 135.0)
+    over["nodes"]["node1"]["resident_distinct_trend"] = flat
+    over["nodes"]["node2"]["resident_distinct_trend"] = rising
+    (measured,) = rss_flat_at_half_max([over], 270.0)["measured"]
+    assert measured["max_mb_each_page_once"] == rising["max_mb"]
+    assert measured["slope_mb_per_min_each_page_once"] == rising["second_half_slope_mb_per_min"]
+    assert measured["flat_and_under_each_page_once"] is False  # node2 grows
+    over["nodes"]["node2"]["resident_distinct_trend"] = flat
+    verdict = rss_flat_at_half_max([over], 270.0)
+    assert verdict["measured"][0]["flat_and_under_each_page_once"] is True
+    assert verdict["met"] is False  # the sum (420 MB) is still what is judged
+    del over["nodes"]["node2"]["resident_distinct_trend"]  # a node unreadable: not reported
+    (measured,) = rss_flat_at_half_max([over], 270.0)["measured"]
+    assert measured["max_mb_each_page_once"] is None
+    assert "flat_and_under_each_page_once" not in measured

@@ -139,7 +139,20 @@ def test_overload_failover_storage_and_memory_rows() -> None:
         ]
     }
     memory = {
-        "steps": [{"nodes": {"node1": {"rss_mb_max": 390.0, "resident_mb_end_distinct": 280}}}],
+        "steps": [
+            {
+                "nodes": {
+                    "node1": {
+                        "rss_mb_max": 390.0,
+                        "resident_mb_end_distinct": 280,
+                        "resident_distinct_trend": {
+                            "max_mb": 291.5,
+                            "second_half_slope_mb_per_min": 0.4,
+                        },
+                    }
+                }
+            }
+        ],
         "targets": {"rss_mb_flat_at_half_max": {"met": True}},
     }
     rows = judge(
@@ -151,6 +164,9 @@ def test_overload_failover_storage_and_memory_rows() -> None:
     assert stored["node"] == {"service_over_raw_p99": {"closed_loop": 1.7, "paced": 1.1}}
     assert stored["verdict"] == NOT_MET  # the process floor meets it
     assert _row(rows, "RSS <= 400 MB")["verdict"] == MET
+    memory_node = _row(rows, "RSS <= 400 MB")["node"]
+    assert memory_node["each_page_once_mb_max_by_node"] == {"node1": 291.5}
+    assert memory_node["each_page_once_slope_mb_per_min_by_node"] == {"node1": 0.4}
     overload["shed_at_once"] = False
     assert _row(judge({"node_load": node_load}), "5 x the sustained")["verdict"] == NOT_MET
     # everything finalized, nothing shed: the step did not overload the node
