@@ -57,7 +57,7 @@ KEPT = 20_000
 
 def rocksdb_default_cf_options(
     cache: rocksdict.Cache, budget: storage_options.MemoryBudget = storage_options.DEFAULT_BUDGET
-) -> rocksdict.Options:
+) -> rocksdict.Options:  # budget: cf_options's signature (the memtable size is fixed)
     """The node's column family options with RocksDB's default table options (index and
     filter blocks held by the table readers, beside the cache)."""
     options = rocksdict.Options(raw_mode=True)
@@ -65,7 +65,7 @@ def rocksdb_default_cf_options(
     table.set_block_cache(cache)
     table.set_bloom_filter(10, False)
     options.set_block_based_table_factory(table)
-    options.set_write_buffer_size(budget.memtable_bytes)
+    options.set_write_buffer_size(storage_options.WRITE_BUFFER_BYTES)
     return options
 
 

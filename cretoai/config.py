@@ -313,8 +313,9 @@ class StorageSection:
     metrics: str = "127.0.0.1:9183"
     #: RocksDB directory; empty means <data_dir>/db.
     path: str = ""
-    #: RocksDB's memtables, every column family together (MiB; at least 8). A flush
-    #: starts when they reach it: less memory, more and smaller flushes.
+    #: RocksDB's memtables, every column family together (MiB; at least 48: each
+    #: column family holds 4 MiB from its first write, and below 48 the write buffer
+    #: manager flushes nearly empty memtables, at much more CPU). More: larger flushes.
     memtables_mb: int = 48
     #: RocksDB's block cache (MiB; at least 4): recently read table blocks, and the index
     #: and filter blocks of every table file, shared by the column families.
@@ -759,7 +760,7 @@ def _validate(cfg: NodeConfig) -> None:
             f"{src}: consensus.watermark_window: must be >= checkpoint_interval "
             f"({c.checkpoint_interval})"
         )
-    for name, least in (("memtables_mb", 8), ("block_cache_mb", 4)):
+    for name, least in (("memtables_mb", 48), ("block_cache_mb", 4)):
         value = getattr(cfg.storage, name)
         if not least <= value <= STORAGE_BUDGET_MAX_MB:
             raise ConfigError(

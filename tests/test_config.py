@@ -169,7 +169,7 @@ def test_generated_config_loads(node_config: Path) -> None:
         (lambda d: d["consensus"].update(watermark_window=-1), "consensus.watermark_window"),
         # RocksDB's memory: below the floors a node flushes nearly empty memtables or cannot
         # hold its tables' index tops; a huge value is a typo (a unit mistaken)
-        (lambda d: d["storage"].update(memtables_mb=7), "storage.memtables_mb: must be within"),
+        (lambda d: d["storage"].update(memtables_mb=47), "storage.memtables_mb: must be within"),
         (lambda d: d["storage"].update(block_cache_mb=3), "storage.block_cache_mb: must be"),
         (lambda d: d["storage"].update(block_cache_mb=32 << 20), "storage.block_cache_mb"),
     ],

@@ -32,30 +32,34 @@ def options_file(db: Path) -> dict[str, dict[str, str]]:
 def test_a_budget_sets_the_write_buffer_manager_each_memtable_and_the_cache(
     tmp_path: Path,
 ) -> None:
-    store = Store.open(tmp_path / "db", budget=MemoryBudget(12 * MIB, 6 * MIB))
+    store = Store.open(tmp_path / "db", budget=MemoryBudget(96 * MIB, 6 * MIB))
     try:
         for family in (store._db, store._cf["vertices"]):
             assert family.property_int_value("rocksdb.block-cache-capacity") == 6 * MIB
     finally:
         store.close()
     sections = options_file(tmp_path / "db")
-    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(12 * MIB)
+    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(96 * MIB)
     families = [name for name in sections if name.startswith("[CFOptions ")]
     assert '[CFOptions "default"]' in families and len(families) > 2
-    for name in families:  # half the total each: two can fill before a flush
-        assert sections[name]["write_buffer_size"] == str(6 * MIB), name
+    for name in families:  # each memtable 16 MiB whatever the total
+        assert sections[name]["write_buffer_size"] == str(16 * MIB), name
 
 
-def test_the_default_budget_keeps_16_mib_memtables(tmp_path: Path) -> None:
-    Store.open(tmp_path / "db").close()
-    sections = options_file(tmp_path / "db")
+def test_the_default_budget(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    try:
+        capacity = store._db.property_int_value("rocksdb.block-cache-capacity")
+    finally:
+        store.close()
     budget = MemoryBudget()
+    assert capacity == budget.block_cache_bytes
+    sections = options_file(tmp_path / "db")
     assert sections["[DBOptions]"]["db_write_buffer_size"] == str(budget.memtables_bytes)
-    assert sections['[CFOptions "vertices"]']["write_buffer_size"] == str(16 * MIB)
 
 
 @pytest.mark.parametrize(
-    ("memtables", "cache"), [(8 * MIB - 1, 16 * MIB), (32 * MIB, 4 * MIB - 1), (0, 0)]
+    ("memtables", "cache"), [(48 * MIB - 1, 16 * MIB), (48 * MIB, 4 * MIB - 1), (0, 0)]
 )
 def test_a_budget_below_the_floors_is_refused(memtables: int, cache: int) -> None:
     with pytest.raises(ValueError, match="at least"):
@@ -64,15 +68,14 @@ def test_a_budget_below_the_floors_is_refused(memtables: int, cache: int) -> Non
 
 async def test_the_service_opens_its_database_with_the_configured_budget(tmp_path: Path) -> None:
     raw = config_dict(tmp_path)
-    raw["storage"].update(memtables_mb=10, block_cache_mb=5)
+    raw["storage"].update(memtables_mb=80, block_cache_mb=5)
     cfg = parse_config(raw, tmp_path / "node.toml")
     running = await start_service(cfg)
     try:
-        for part, mib in (("memtables", 10), ("block_cache", 5)):
+        for part, mib in (("memtables", 80), ("block_cache", 5)):
             value = REGISTRY.get_sample_value("cretoai_storage_memory_budget_bytes", {"part": part})
             assert value == mib * MIB, part
     finally:
         await running.stop()
     sections = options_file(cfg.storage_path)
-    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(10 * MIB)
-    assert sections['[CFOptions "vertices"]']["write_buffer_size"] == str(5 * MIB)
+    assert sections["[DBOptions]"]["db_write_buffer_size"] == str(80 * MIB)
