@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from cretoai.config import parse_config
+from cretoai.config import StorageSection, parse_config
 from devkit.storage import config_dict
 from services.storage.options import MIB, MemoryBudget
 from services.storage.store import Store
@@ -79,3 +79,11 @@ async def test_the_service_opens_its_database_with_the_configured_budget(tmp_pat
         await running.stop()
     sections = options_file(cfg.storage_path)
     assert sections["[DBOptions]"]["db_write_buffer_size"] == str(80 * MIB)
+
+
+def test_the_configs_defaults_are_the_stores() -> None:
+    """A node started from a config without the two settings gets the budget a Store
+    opened without one has (the tools, the benchmarks)."""
+    section, budget = StorageSection(), MemoryBudget()
+    assert section.memtables_mb * MIB == budget.memtables_bytes
+    assert section.block_cache_mb * MIB == budget.block_cache_bytes
