@@ -107,7 +107,10 @@ async def test_a_voted_record_is_stored_split_and_read_back_byte_for_byte(
         assert len(bodies) == 4
 
 
-async def test_finalized_vertices_keep_their_bodies_when_the_record_goes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["deletes", "delete_prefixes", "delete_ranges"])
+async def test_finalized_vertices_keep_their_bodies_when_the_record_goes(
+    tmp_path: Path, how: str
+) -> None:
     dag = Dag(payload_size=512)
     request = dag.next_batch(3)
     key = voted_key(request.batch.batch_digest)
@@ -115,7 +118,15 @@ async def test_finalized_vertices_keep_their_bodies_when_the_record_goes(tmp_pat
     try:
         await write_voted(running, key, list(request.batch.vertices))
         await running.stub.CommitBatch(by_reference(request))
-        await running.stub.WriteState(storage_pb2.WriteStateRequest(deletes=[key]))
+        # as the consensus drops records below a stable checkpoint: by key, or all of them
+        delete = {
+            "deletes": storage_pb2.WriteStateRequest(deletes=[key]),
+            "delete_prefixes": storage_pb2.WriteStateRequest(delete_prefixes=[b"batch/"]),
+            "delete_ranges": storage_pb2.WriteStateRequest(
+                delete_ranges=[storage_pb2.KeyRange(start=b"batch/", end=b"batch0")]
+            ),
+        }[how]
+        await running.stub.WriteState(delete)
         assert key not in await scan(running)
     finally:
         await running.stop()
