@@ -319,7 +319,7 @@ class StorageSection:
     memtables_mb: int = 48
     #: RocksDB's block cache (MiB; at least 4): recently read table blocks, and the index
     #: and filter blocks of every table file, shared by the column families.
-    block_cache_mb: int = 16
+    block_cache_mb: int = 32
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,13 +6,13 @@ Why these settings (measured on the development VM, see docs/storage.md):
   releases the GIL), not with ``WriteOptions.sync`` (which holds it for the
   whole fsync).
 * Memtables are 16 MiB per column family and 48 MiB for all together (the write
-  buffer manager), the block cache 16 MiB (``[storage] memtables_mb``,
+  buffer manager), the block cache 32 MiB (``[storage] memtables_mb``,
   ``block_cache_mb``): the service's memory stays bounded (at 200 vertices/s its RSS
   was 185 MB with 64 MiB memtables and a 64 MiB cache, 121 MB with 48 and 32; the
   storage benchmark's commit latency was the same with both, back to back: p99
-  19.3 ms). At 306 vertices/s a 16-MiB cache left storage 25-30 MB smaller than a
-  32-MiB one for the same CPU; 32 MiB of memtables cost 60 % more of storage's CPU
-  (docs/storage.md).
+  19.3 ms). A 16-MiB cache saved 25-30 MB after 5 minutes at 306 vertices/s but
+  only 5-10 MB after 10, still growing; 32 MiB of memtables cost 60 % more of
+  storage's CPU (docs/storage.md).
 * A memtable flush writes an SST and fsyncs it at the end; a WAL sync that
   lands then waits behind it (~100 ms for 64 MiB). ``strict_bytes_per_sync`` makes the
   flush sync every 256 KiB instead, so a WAL sync waits for at most that much.
@@ -78,7 +78,7 @@ WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 #: All memtables together (RocksDB's write buffer manager): bounds the service's memory.
 DB_WRITE_BUFFER_BYTES = 48 * 1024 * 1024
 MAX_TOTAL_WAL_BYTES = 256 * 1024 * 1024
-BLOCK_CACHE_BYTES = 16 * 1024 * 1024
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024
 #: The smallest budgets a node may set (``[storage] memtables_mb``, ``block_cache_mb``).
 #: Each column family's memtable holds a 4-MiB arena block from its first write, and the
 #: write buffer manager counts them: below 48 MiB it flushes memtables that are nearly
