@@ -55,9 +55,7 @@ READS = 1000
 KEPT = 20_000
 
 
-def rocksdb_default_cf_options(
-    cache: rocksdict.Cache, budget: storage_options.MemoryBudget = storage_options.DEFAULT_BUDGET
-) -> rocksdict.Options:  # budget: cf_options's signature (the memtable size is fixed)
+def rocksdb_default_cf_options(cache: rocksdict.Cache) -> rocksdict.Options:
     """The node's column family options with RocksDB's default table options (index and
     filter blocks held by the table readers, beside the cache)."""
     options = rocksdict.Options(raw_mode=True)

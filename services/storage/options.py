@@ -158,8 +158,8 @@ def open_options(
     storage grew 9.5 MB/min at 306 vertices/s that way)."""
     cache = Cache(budget.block_cache_bytes)
     return (
-        _with_tables(db_options(create=create, budget=budget), cache, budget),
-        column_families(existing, cache, budget),
+        _with_tables(db_options(create=create, budget=budget), cache),
+        column_families(existing, cache),
     )
 
 
@@ -183,11 +183,11 @@ def db_options(*, create: bool, budget: MemoryBudget = DEFAULT_BUDGET) -> Option
     return options
 
 
-def cf_options(cache: Cache, budget: MemoryBudget = DEFAULT_BUDGET) -> Options:
-    return _with_tables(Options(raw_mode=True), cache, budget)
+def cf_options(cache: Cache) -> Options:
+    return _with_tables(Options(raw_mode=True), cache)
 
 
-def _with_tables(options: Options, cache: Cache, budget: MemoryBudget) -> Options:
+def _with_tables(options: Options, cache: Cache) -> Options:
     """``options`` with the column families' table options, memtable and arena sizes."""
     table = BlockBasedOptions()
     table.set_block_cache(cache)
@@ -204,14 +204,12 @@ def _with_tables(options: Options, cache: Cache, budget: MemoryBudget) -> Option
     return options
 
 
-def column_families(
-    existing: list[str], cache: Cache | None = None, budget: MemoryBudget = DEFAULT_BUDGET
-) -> dict[str, Options]:
+def column_families(existing: list[str], cache: Cache | None = None) -> dict[str, Options]:
     """Options for our column families plus any other that already exists in the DB."""
     if cache is None:
-        cache = Cache(budget.block_cache_bytes)
+        cache = Cache(BLOCK_CACHE_BYTES)
     names = [*COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
-    return {name: cf_options(cache, budget) for name in names if name != "default"}
+    return {name: cf_options(cache) for name in names if name != "default"}
 
 
 def unsynced_write() -> WriteOptions:
