@@ -204,10 +204,9 @@ def _with_tables(options: Options, cache: Cache) -> Options:
     return options
 
 
-def column_families(existing: list[str], cache: Cache | None = None) -> dict[str, Options]:
-    """Options for our column families plus any other that already exists in the DB."""
-    if cache is None:
-        cache = Cache(BLOCK_CACHE_BYTES)
+def column_families(existing: list[str], cache: Cache) -> dict[str, Options]:
+    """Options for our column families plus any other that already exists in the DB, all
+    with the block cache ``cache``."""
     names = [*COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
     return {name: cf_options(cache) for name in names if name != "default"}
 

@@ -1232,7 +1232,7 @@ class Store:
     ) -> list[bytes | None]:
         if not wanted:
             return []
-        got = source.get(list[Any](wanted), read_opt=read_opt or self._read)
+        got = source.get(list[Any](wanted), read_opt=self._read if read_opt is None else read_opt)
         assert isinstance(got, list)
         return got
 

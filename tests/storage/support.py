@@ -104,6 +104,21 @@ async def collect(call: Any, timeout: float = 30.0) -> list[Any]:
 # ---------------------------------------------------------------------------- raw RocksDB access
 
 
+def options_file(db: Path) -> dict[str, dict[str, str]]:
+    """The sections of the newest OPTIONS file RocksDB wrote for ``db``."""
+    options = sorted(db.glob("OPTIONS-*"))[-1]
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in options.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            current = sections.setdefault(line, {})
+        elif "=" in line:
+            name, _, value = line.partition("=")
+            current[name] = value
+    return sections
+
+
 def snapshot(directory: Path) -> dict[str, bytes | None]:
     """Every entry under ``directory``: a file's bytes, None for a directory (to check that
     a refused database was left exactly as it was)."""

@@ -11,22 +11,7 @@ from cretoai.config import StorageSection, parse_config
 from devkit.storage import config_dict
 from services.storage.options import MIB, MemoryBudget
 from services.storage.store import Store
-from tests.storage.support import start_service
-
-
-def options_file(db: Path) -> dict[str, dict[str, str]]:
-    """The sections of the newest OPTIONS file RocksDB wrote for ``db``."""
-    options = sorted(db.glob("OPTIONS-*"))[-1]
-    sections: dict[str, dict[str, str]] = {}
-    current: dict[str, str] = {}
-    for line in options.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            current = sections.setdefault(line, {})
-        elif "=" in line:
-            name, _, value = line.partition("=")
-            current[name] = value
-    return sections
+from tests.storage.support import options_file, start_service
 
 
 def test_a_budget_sets_the_write_buffer_manager_each_memtable_and_the_cache(

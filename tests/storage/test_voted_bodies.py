@@ -19,7 +19,15 @@ from services.storage import keys
 from services.storage.certify import resolve_reference
 from services.storage.errors import DatabaseCorrupt
 from services.storage.store import Store, join_voted, split_voted, verify
-from tests.storage.support import Dag, RawDb, Running, collect, make_vertex, start_service
+from tests.storage.support import (
+    Dag,
+    RawDb,
+    Running,
+    collect,
+    make_vertex,
+    options_file,
+    start_service,
+)
 from tests.storage.test_commit import get
 from tests.storage.test_reference import by_reference, voted_key, voted_record, write_voted
 
@@ -308,16 +316,7 @@ def test_the_default_column_family_has_the_tables_of_the_others(tmp_path: Path) 
     filter in memory beside a cache of its own (storage grew 9.5 MB/min that way)."""
     store = Store.open(tmp_path / "db")
     store.close()
-    [options_file] = sorted((tmp_path / "db").glob("OPTIONS-*"))[-1:]
-    sections: dict[str, dict[str, str]] = {}
-    current: dict[str, str] = {}
-    for line in options_file.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            current = sections.setdefault(line, {})
-        elif "=" in line:
-            name, _, value = line.partition("=")
-            current[name] = value
+    sections = options_file(tmp_path / "db")
     default = sections['[TableOptions/BlockBasedTable "default"]']
     vertices = sections['[TableOptions/BlockBasedTable "vertices"]']
     for name in ("index_type", "cache_index_and_filter_blocks", "partition_filters"):
