@@ -140,6 +140,11 @@ def voted_final_key(voted_prefix: bytes) -> bytes:
     return voted_prefix + _VOTED_FINAL
 
 
+def voted_prefix_of_body(body_key: bytes) -> bytes:
+    """The prefix of the record whose body is stored under ``body_key``."""
+    return body_key[: -len(_VOTED_BODY) - _U32.size]
+
+
 def evidence_key(evidence_id: int) -> bytes:
     return EVIDENCE_RECORD_PREFIX + _U64.pack(evidence_id)
 

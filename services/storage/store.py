@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from rocksdict import AccessType, Checkpoint, Rdict, ReadOptions, WriteBatch
 
+from cretoai.errors import Aborted
 from cretoai.protowire import length_delimited, read_varint, varint
 from cretoai.v1 import pbft_pb2, storage_pb2, vertex_pb2
 
@@ -123,6 +124,14 @@ class CommitOutcome:
     heights: list[int]
     vertices: int
     bytes: int
+
+
+class _BodyMissing(Exception):
+    """A vertex points at a body that is not there (see :meth:`Store.decode_vertex`)."""
+
+    def __init__(self, body_key: bytes) -> None:
+        super().__init__(body_key)
+        self.body_key = body_key
 
 
 class VotedRecord(NamedTuple):
@@ -925,6 +934,8 @@ class Store:
                     f"results[{index}]: vertex {h.hex()} is already finalized (seq {at}); "
                     "a duplicate must be rejected"
                 )
+            if previous is not None:  # rejected before: its copy is replaced below
+                self._release_body(h, wb)
             height = 0
             for parent in vertex.parents:
                 if local.get(parent) is not None:
@@ -1038,17 +1049,33 @@ class Store:
             self._creators[creator_id] = creator
         return creator
 
-    def decode_vertex(self, raw: bytes, into: vertex_pb2.Vertex | None = None) -> vertex_pb2.Vertex:
-        """A ``vertices`` value back into the vertex as executed."""
-        return decode_vertex(raw, self._creator, into, self._voted_body)
+    def decode_vertex(
+        self, h: bytes, raw: bytes, into: vertex_pb2.Vertex | None = None
+    ) -> vertex_pb2.Vertex:
+        """Vertex ``h``'s ``vertices`` value ``raw`` back into the vertex as executed.
+
+        Readers do not hold the writer back: the body ``raw`` points at may have been
+        deleted since ``raw`` was read, because a later batch finalized ``h`` and replaced
+        the value (:meth:`_release_body`). Then the value is read again. A body missing
+        while the value still points at it is damage."""
+        for _ in range(3):
+            try:
+                return decode_vertex(raw, self._creator, into, self._voted_body)
+            except _BodyMissing as missing:
+                now = self._cf[keys.VERTICES].get(h, read_opt=self._read)
+                if now is None or now == raw:
+                    raise ReadFailed(
+                        f"the database at {self.path} is damaged: the body of a finalized "
+                        f"vertex ({missing.body_key!r}) is missing; {REMEDY}"
+                    ) from None
+                raw = now
+        # a value changes once at most (a rejected copy replaced by the finalized one)
+        raise Aborted(f"vertex {h.hex()} changed while it was read; read it again")
 
     def _voted_body(self, body_key: bytes) -> bytes:
         body: bytes | None = self._db.get(body_key, read_opt=self._read)
         if body is None:
-            raise ReadFailed(
-                f"the database at {self.path} is damaged: the body of a finalized vertex "
-                f"({body_key!r}) is missing; {REMEDY}"
-            )
+            raise _BodyMissing(body_key)
         return body
 
     def _recommit(self, request: storage_pb2.CommitBatchRequest) -> CommitOutcome:
@@ -1124,13 +1151,51 @@ class Store:
         dropped.add(key)
         prefix = keys.voted(key)
         split_key = keys.voted_split_key(prefix)
-        if self._db.get(split_key, read_opt=self._read) is None:
+        count = self._db.get(split_key, read_opt=self._read)
+        if count is None:
             return  # stored whole, or absent
         final_key = keys.voted_final_key(prefix)
-        if self._db.get(final_key, read_opt=self._read) is not None:
-            wb.delete(split_key)
-        else:  # the split mark and every body; nothing points at them
+        final = self._db.get(final_key, read_opt=self._read)
+        if final is None:  # the split mark and every body; nothing points at them
             wb.delete_range(split_key, final_key)
+            return
+        wb.delete(split_key)
+        for index in self._unpointed(prefix, keys.read_u64(final), keys.read_u32(count)):
+            wb.delete(keys.voted_body_key(prefix, index))
+
+    def _release_body(self, h: bytes, wb: WriteBatch) -> None:
+        """Vertex ``h``'s stored copy is about to be replaced: delete the body it points at
+        if that body's record is gone (its count deleted), since nothing else points at it.
+        While the record is there, its deletion will find the body no longer pointed at
+        (:meth:`_unpointed`)."""
+        raw = self._cf[keys.VERTICES].get(h, read_opt=self._read)
+        if raw is None:
+            return
+        body_key = storage_pb2.StoredVertex.FromString(raw).voted_body
+        if not body_key:
+            return
+        split_key = keys.voted_split_key(keys.voted_prefix_of_body(body_key))
+        if self._db.get(split_key, read_opt=self._read) is None:
+            wb.delete(body_key)
+
+    def _unpointed(self, prefix: bytes, seq: int, count: int) -> list[int]:
+        """The bodies of the split record ``prefix``, finalized at ``seq``, that no vertex
+        points at any more: a copy rejected as a duplicate of its batch, one stored as its
+        fields, one whose content a later batch finalized (the vertex then points there).
+        Without them, a client sending copies of one content to several nodes would leave
+        a body on every replica's disk for ever. Read in the writer's turn: no write can
+        come between the check and the deletion, and a body once no longer pointed at is
+        never pointed at again (a record put again after ``seq`` is stored whole)."""
+        record = self._stored_batch(seq)
+        if record is None or len(record.results) != count:
+            return []  # not the batch it was finalized as: keep them all
+        hashes = [r.hash for r in record.results]
+        values = self._multi_get(keys.VERTICES, hashes)
+        return [
+            index
+            for index, value in enumerate(values)
+            if value != stored_pointer(keys.voted_body_key(prefix, index))
+        ]
 
     def _voted_records(self, start: bytes, end: bytes) -> list[bytes]:
         """The voted batches' record keys in [start, end)."""
@@ -1291,7 +1356,7 @@ class Store:
                 reject_reason=meta.reject_reason,
             )
             if raw is not None:
-                self.decode_vertex(raw, record.vertex)
+                self.decode_vertex(h, raw, record.vertex)
             if meta.seq in certs:
                 record.certificate.CopyFrom(certs[meta.seq])
             out.append(record)
@@ -1404,7 +1469,7 @@ class Store:
         _, seq, index = self._position_of(after, "after")
         body = self._cf[keys.VERTICES].get(after, read_opt=self._read)
         assert body is not None
-        timestamp = self.decode_vertex(body).timestamp_ms
+        timestamp = self.decode_vertex(after, body).timestamp_ms
         return keys.successor(keys.position_key(timestamp, seq, index))
 
     @_reading
@@ -1421,7 +1486,7 @@ class Store:
             raws = self._multi_get(keys.VERTICES, hashes)
             for raw, r in zip(raws, record.results, strict=True):
                 assert raw is not None, "a finalized batch's vertex is missing"
-                vertex = self.decode_vertex(raw, batch.vertices.add())
+                vertex = self.decode_vertex(r.hash, raw, batch.vertices.add())
                 if r.rejected and r.signature:  # the exact copy executed here
                     vertex.signature = r.signature
         for r in record.results:

@@ -324,3 +324,110 @@ def test_the_default_column_family_has_the_tables_of_the_others(tmp_path: Path) 
     assert default["cache_index_and_filter_blocks"] == "true"
     write_buffer = sections['[CFOptions "default"]']["write_buffer_size"]
     assert write_buffer == sections['[CFOptions "vertices"]']["write_buffer_size"]
+
+
+def copy_of(vertex: vertex_pb2.Vertex, signature: bytes) -> vertex_pb2.Vertex:
+    """Another copy of ``vertex``'s content: the same hash, another signature."""
+    copy = vertex_pb2.Vertex()
+    copy.CopyFrom(vertex)
+    copy.signature = signature
+    assert vertex_hash(copy) == vertex_hash(vertex)
+    return copy
+
+
+def bodies_left(db: RawDb, record_key: bytes) -> set[int]:
+    prefix = keys.voted(record_key)
+    return {
+        keys.read_u32(k[-4:])
+        for k, _ in voted_items(db)
+        if k.startswith(prefix) and k[len(prefix) : len(prefix) + 1] == b"\x01"
+    }
+
+
+@pytest.mark.parametrize("how", ["deletes", "delete_prefixes"])
+async def test_a_duplicate_copy_s_body_goes_with_its_record(tmp_path: Path, how: str) -> None:
+    """A client that sends differently signed copies of one content to two nodes gets one
+    finalized and the other rejected as a duplicate in the same batch. Nothing points at
+    the duplicate's body: it must not stay on every replica's disk for ever."""
+    good, other = make_vertex(), make_vertex()
+    again = copy_of(good, b"\x01" * len(good.signature))
+    request = commit_request(
+        1, [good, again, other], rejected=[1], reasons={1: "duplicate: already finalized"}
+    )
+    key = voted_key(request.batch.batch_digest)
+    running = await start_service(make_config(tmp_path))
+    try:
+        await write_voted(running, key, list(request.batch.vertices))
+        await running.stub.CommitBatch(by_reference(request))
+        delete = {
+            "deletes": storage_pb2.WriteStateRequest(deletes=[key]),
+            "delete_prefixes": storage_pb2.WriteStateRequest(delete_prefixes=[b"batch/"]),
+        }[how]
+        await running.stub.WriteState(delete)
+    finally:
+        await running.stop()
+    with RawDb(running.cfg.storage_path) as db:
+        assert bodies_left(db, key) == {0, 2}
+    verify(running.cfg.storage_path)  # no vertex points at a missing body
+    running = await start_service(make_config(tmp_path))
+    try:
+        [entry] = await collect(running.stub.GetFinalized(storage_pb2.GetFinalizedRequest()))
+        assert list(entry.batch.vertices) == [good, again, other]  # the exact copies
+        record = await get(running, vertex_hash(good))
+        assert record is not None and record.vertex == good
+    finally:
+        await running.stop()
+
+
+def commit_by_reference(store: Store, request: storage_pb2.CommitBatchRequest) -> None:
+    key = voted_key(request.batch.batch_digest)
+    entry = storage_pb2.StateEntry(key=key, value=voted_record(list(request.batch.vertices)))
+    store.write_state(storage_pb2.WriteStateRequest(puts=[entry]))
+    reference = by_reference(request)
+    _, voted = resolve_reference(reference, store.read_voted)
+    store.commit_batch(reference, voted)
+    store.sync()
+
+
+@pytest.mark.parametrize("record_goes", ["before the copy is replaced", "after"])
+def test_a_rejected_copy_s_body_goes_once_a_later_batch_finalizes_its_content(
+    tmp_path: Path, record_goes: str
+) -> None:
+    """Seq 1 rejects a copy (its vertex then points at that body), seq 2 finalizes the
+    content from another copy: the first body is pointed at by nothing any more, whether
+    seq 1's record was deleted before seq 2 or after."""
+    bad, filler = make_vertex(), make_vertex()
+    good = copy_of(bad, b"\x02" * len(bad.signature))
+    first = commit_request(1, [bad, filler], rejected=[0])
+    second = commit_request(2, [good])
+    first_key, second_key = (voted_key(r.batch.batch_digest) for r in (first, second))
+    damage: list[str] = []
+    store = Store.open(tmp_path / "db")
+    store.on_damage = damage.append
+    try:
+        commit_by_reference(store, first)
+        assert stored_pointer_of(store, bad) == keys.voted_body_key(keys.voted(first_key), 0)
+        drop = storage_pb2.WriteStateRequest(deletes=[first_key])
+        if record_goes == "after":
+            commit_by_reference(store, second)
+            store.write_state(drop)
+        else:
+            store.write_state(drop)
+            stale = store._cf[keys.VERTICES].get(vertex_hash(bad))  # a reader's, before seq 2
+            commit_by_reference(store, second)
+            # the body it points at is gone: the reader reads the value again, no damage
+            assert isinstance(stale, bytes)
+            assert store.decode_vertex(vertex_hash(bad), stale) == good
+        store.sync()
+        assert stored_pointer_of(store, good) == keys.voted_body_key(keys.voted(second_key), 0)
+        first_entry = store.finalized_entry(1, vertices=True)
+        assert first_entry is not None and list(first_entry.batch.vertices) == [bad, filler]
+        record = store.get_vertex(vertex_hash(good), certificate=False)
+        assert record is not None and record.vertex == good
+        assert damage == []
+    finally:
+        store.close()
+    with RawDb(tmp_path / "db") as db:
+        assert bodies_left(db, first_key) == {1}
+        assert bodies_left(db, second_key) == {0}
+    verify(tmp_path / "db")
