@@ -1217,19 +1217,45 @@ class Store:
         bodies = self._get_many(self._db, wanted)
         found = [body for body in bodies if body is not None]
         if len(found) != len(wanted):
-            raise ReadFailed(
-                f"the database at {self.path} is damaged: a body of the voted batch "
-                f"{key!r} is missing; {REMEDY}"
-            )
+            raise _BodyMissing(next(k for k, b in zip(wanted, bodies, strict=True) if b is None))
         return found
 
     @_reading
     def read_voted(self, key: bytes) -> VotedRecord | None:
         """The consensus-state record ``key``, its bodies apart when it is stored split."""
-        value: bytes | None = self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read)
-        if value is None:
+        return self._read_voted(key)
+
+    def _read_voted(self, key: bytes) -> VotedRecord | None:
+        for _ in range(3):
+            value: bytes | None = self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read)
+            if value is None:
+                return None
+            record = self._joined(key, value)
+            if record is not None:
+                return record
+        raise Aborted(f"the consensus-state record {key!r} changed while it was read; retry")
+
+    def _joined(self, key: bytes, value: bytes) -> VotedRecord | None:
+        """``value``, read under ``key``, with its bodies if it is stored split; None if
+        ``key`` changed in the meantime (the caller reads it again).
+
+        A record's value, its count and its bodies are written and deleted in one write,
+        but read one after the other: a write in between (the record deleted, put again,
+        or its batch's unneeded bodies removed) would join parts of two states, or make a
+        body look lost. Reading the value again after the bodies tells: a write that
+        changes the count or the bodies changes the value too (deleted, or put whole)."""
+        try:
+            bodies: list[bytes] | _BodyMissing | None = self._voted_bodies(key)
+        except _BodyMissing as missing:
+            bodies = missing
+        if self._cf[keys.CONSENSUS_STATE].get(key, read_opt=self._read) != value:
             return None
-        return VotedRecord(value, self._voted_bodies(key))
+        if isinstance(bodies, _BodyMissing):
+            raise ReadFailed(
+                f"the database at {self.path} is damaged: a body of the voted batch "
+                f"{key!r} is missing; {REMEDY}"
+            )
+        return VotedRecord(value, bodies)
 
     @_reading
     def append_evidence(
@@ -1502,7 +1528,7 @@ class Store:
     @_reading
     def get_state(self, key: bytes) -> bytes | None:
         """One consensus-state value (read directly, as :meth:`scan_state` reads)."""
-        record = self.read_voted(key)
+        record = self._read_voted(key)
         return None if record is None else record.whole()
 
     @_reading
@@ -1519,9 +1545,10 @@ class Store:
         out: list[storage_pb2.StateEntry] = []
         size = 0
         for key, value in self._scan(keys.CONSENSUS_STATE, start, end, limit):
-            bodies = self._voted_bodies(key)
-            if bodies is not None:
-                value = join_voted(value, bodies)
+            record = self._joined(key, value) or self._read_voted(key)
+            if record is None:
+                continue  # deleted since the scan began
+            value = record.whole()
             entry_size = len(key) + len(value)
             if out and size + entry_size > STATE_PAGE_BYTES:
                 break  # it starts the next page

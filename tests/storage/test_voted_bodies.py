@@ -17,7 +17,7 @@ from services.consensus.core.durable import encode_batch
 from services.consensus.core.messages import Request
 from services.storage import keys
 from services.storage.certify import resolve_reference
-from services.storage.errors import DatabaseCorrupt
+from services.storage.errors import DatabaseCorrupt, ReadFailed
 from services.storage.store import Store, join_voted, split_voted, verify
 from tests.storage.support import (
     Dag,
@@ -431,3 +431,58 @@ def test_a_rejected_copy_s_body_goes_once_a_later_batch_finalizes_its_content(
         assert bodies_left(db, first_key) == {1}
         assert bodies_left(db, second_key) == {0}
     verify(tmp_path / "db")
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "put again", "nothing"])
+def test_a_record_changed_while_it_is_read_is_read_again(tmp_path: Path, meanwhile: str) -> None:
+    """Its value, count and bodies are read one after the other: a write landing between
+    them (here: right before the bodies are read) must give the record as it was or as it
+    is, never a part of each, and never look like a lost body."""
+    key = b"batch/" + b"ab" * 32
+    old = voted_record([make_vertex(), make_vertex()])
+    new = voted_record([make_vertex()])
+    damage: list[str] = []
+    store = Store.open(tmp_path / "db")
+    store.on_damage = damage.append
+    read_bodies = store._voted_bodies
+    interleaved: list[bytes] = []
+
+    def write_first(record_key: bytes) -> list[bytes] | None:
+        if not interleaved:
+            interleaved.append(record_key)
+            write = {
+                "deleted": storage_pb2.WriteStateRequest(deletes=[key]),
+                "put again": storage_pb2.WriteStateRequest(
+                    puts=[storage_pb2.StateEntry(key=key, value=new)]
+                ),
+                "nothing": storage_pb2.WriteStateRequest(),
+            }[meanwhile]
+            store.write_state(write)
+        return read_bodies(record_key)
+
+    try:
+        for read in ("get", "scan"):
+            store.write_state(
+                storage_pb2.WriteStateRequest(puts=[storage_pb2.StateEntry(key=key, value=old)])
+            )
+            interleaved.clear()
+            store._voted_bodies = write_first  # type: ignore[method-assign,assignment]
+            if read == "get":
+                got = store.get_state(key)
+            else:
+                page = store.scan_state(b"batch/", after=None, limit=10)
+                got = page[0].value if page else None
+            store._voted_bodies = read_bodies  # type: ignore[method-assign]
+            assert interleaved == [key]
+            assert got == {"deleted": None, "put again": new, "nothing": old}[meanwhile], read
+        assert damage == []
+        # a body lost while the record stays is damage
+        store.write_state(
+            storage_pb2.WriteStateRequest(puts=[storage_pb2.StateEntry(key=key, value=old)])
+        )
+        store._db.delete(keys.voted_body_key(keys.voted(key), 1))
+        with pytest.raises(ReadFailed, match="a body of the voted batch"):
+            store.get_state(key)
+        assert len(damage) == 1
+    finally:
+        store.close()
