@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cretoai.config import StorageSection, parse_config
-from devkit.storage import config_dict
+from devkit.storage import config_dict, vertex_hash
 from services.storage.options import MIB, MemoryBudget
 from services.storage.store import Store
-from tests.storage.support import options_file, start_service
+from tests.storage.support import Dag, options_file, start_service
 
 
 def test_a_budget_sets_the_write_buffer_manager_each_memtable_and_the_cache(
@@ -72,3 +72,30 @@ def test_the_configs_defaults_are_the_stores() -> None:
     section, budget = StorageSection(), MemoryBudget()
     assert section.memtables_mb * MIB == budget.memtables_bytes
     assert section.block_cache_mb * MIB == budget.block_cache_bytes
+
+
+def test_a_database_reopened_with_another_budget_takes_it_and_keeps_its_data(
+    tmp_path: Path,
+) -> None:
+    """The budget is no on-disk format: an operator who changes it (down to the floors,
+    then back up) reopens the same database with the new sizes and every record."""
+    dag = Dag()
+    requests = [dag.next_batch(3) for _ in range(2)]
+    budgets = [MemoryBudget(128 * MIB, 64 * MIB), MemoryBudget(48 * MIB, 4 * MIB), MemoryBudget()]
+    for round_, budget in enumerate(budgets):
+        store = Store.open(tmp_path / "db", budget=budget)
+        try:
+            assert store._db.property_int_value("rocksdb.block-cache-capacity") == (
+                budget.block_cache_bytes
+            )
+            if round_ < len(requests):
+                store.commit_batch(requests[round_])
+                store.sync()
+            for request in requests[: round_ + 1]:
+                for vertex in request.batch.vertices:
+                    record = store.get_vertex(vertex_hash(vertex), certificate=False)
+                    assert record is not None and record.vertex == vertex
+        finally:
+            store.close()
+        sections = options_file(tmp_path / "db")
+        assert sections["[DBOptions]"]["db_write_buffer_size"] == str(budget.memtables_bytes)
