@@ -1244,6 +1244,8 @@ class Store:
         or its batch's unneeded bodies removed) would join parts of two states, or make a
         body look lost. Reading the value again after the bodies tells: a write that
         changes the count or the bodies changes the value too (deleted, or put whole)."""
+        if not key.startswith(keys.VOTED_RECORD_PREFIX):
+            return VotedRecord(value, None)  # stored whole: one read
         try:
             bodies: list[bytes] | _BodyMissing | None = self._voted_bodies(key)
         except _BodyMissing as missing:
