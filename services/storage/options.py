@@ -218,7 +218,11 @@ def unsynced_write() -> WriteOptions:
     return options
 
 
-def read_options() -> ReadOptions:
+def read_options(*, fill_cache: bool = True) -> ReadOptions:
+    """Checksums verified. ``fill_cache=False`` for the writer's own bookkeeping reads:
+    the blocks they read are not what clients read next, and would fill the block cache
+    (storage's memory) sooner."""
     options = ReadOptions()
     options.set_verify_checksums(True)
+    options.fill_cache(fill_cache)  # type: ignore[call-arg]  # the stub omits it
     return options
