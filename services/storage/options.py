@@ -88,6 +88,9 @@ BLOCK_CACHE_BYTES = 32 * 1024 * 1024
 MIN_DB_WRITE_BUFFER_BYTES = 48 * MIB
 MIN_BLOCK_CACHE_BYTES = 4 * MIB
 RECYCLED_WAL_FILES = 4
+#: How hard RocksDB erases a deleted table file's blocks from the block cache (0, its
+#: default: never; they wait for eviction). See the module docstring.
+UNCACHE_AGGRESSIVENESS = 1000
 #: Table files RocksDB keeps open at most (see the module docstring).
 MAX_OPEN_TABLE_FILES = 4096
 
@@ -99,16 +102,22 @@ _TEMPLATE = f"""\
   strict_bytes_per_sync=true
   bytes_per_sync={BYTES_PER_SYNC}
 [CFOptions "default"]
+  uncache_aggressiveness={UNCACHE_AGGRESSIVENESS}
 """
+
+
+def _load_template() -> tuple[Options, Options]:
+    """The database's options and a column family's, as :data:`_TEMPLATE` sets them."""
+    with tempfile.TemporaryDirectory(prefix="cretoai-rocksdb-options-") as tmp:
+        (Path(tmp) / "OPTIONS-000001").write_text(_TEMPLATE)
+        options, families = Options.load_latest(tmp)
+        return options, families["default"]
 
 
 def _template_options() -> Options:
     """Raw-mode options with strict_bytes_per_sync (see the module docstring)."""
     try:
-        with tempfile.TemporaryDirectory(prefix="cretoai-rocksdb-options-") as tmp:
-            (Path(tmp) / "OPTIONS-000001").write_text(_TEMPLATE)
-            options, _ = Options.load_latest(tmp)
-            return options
+        return _load_template()[0]
     except Exception as exc:  # an unexpected rocksdict: run without, but say so
         log.warning(
             "cannot load the RocksDB options template; flushes may delay WAL syncs",
@@ -117,6 +126,20 @@ def _template_options() -> Options:
         options = Options(raw_mode=True)
         options.set_bytes_per_sync(BYTES_PER_SYNC)
         return options
+
+
+def _template_cf_options() -> Options:
+    """A column family's options with ``uncache_aggressiveness`` (rocksdict has no
+    setter for it; see the module docstring)."""
+    try:
+        return _load_template()[1]
+    except Exception as exc:  # an unexpected rocksdict: run without, but say so
+        log.warning(
+            "cannot load the RocksDB options template; a deleted table file's blocks stay "
+            "in the block cache until evicted",
+            extra={"fields": {"error": str(exc)}},
+        )
+        return Options(raw_mode=True)
 
 
 def max_open_table_files() -> int:
@@ -184,7 +207,7 @@ def db_options(*, create: bool, budget: MemoryBudget = DEFAULT_BUDGET) -> Option
 
 
 def cf_options(cache: Cache) -> Options:
-    return _with_tables(Options(raw_mode=True), cache)
+    return _with_tables(_template_cf_options(), cache)
 
 
 def _with_tables(options: Options, cache: Cache) -> Options:
@@ -207,8 +230,8 @@ def _with_tables(options: Options, cache: Cache) -> Options:
 def column_families(existing: list[str], cache: Cache) -> dict[str, Options]:
     """Options for our column families plus any other that already exists in the DB, all
     with the block cache ``cache``."""
-    names = [*COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
-    return {name: cf_options(cache) for name in names if name != "default"}
+    names = ["default", *COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
+    return {name: cf_options(cache) for name in dict.fromkeys(names)}
 
 
 def unsynced_write() -> WriteOptions:
