@@ -55,12 +55,15 @@ READS = 1000
 KEPT = 20_000
 
 
-def rocksdb_default_cf_options(cache: rocksdict.Cache) -> rocksdict.Options:
+def rocksdb_default_cf_options(
+    cache: rocksdict.Cache, *, block_size: int = storage_options.TABLE_BLOCK_BYTES
+) -> rocksdict.Options:
     """The node's column family options with RocksDB's default table options (index and
     filter blocks held by the table readers, beside the cache)."""
     options = rocksdict.Options(raw_mode=True)
     table = rocksdict.BlockBasedOptions()
     table.set_block_cache(cache)
+    table.set_block_size(block_size)
     table.set_bloom_filter(10, False)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(storage_options.WRITE_BUFFER_BYTES)

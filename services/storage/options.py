@@ -30,6 +30,16 @@ Why these settings (measured on the development VM, see docs/storage.md):
   25 bytes per stored vertex, a memory that grows with the database forever (2.5 MB
   per 100,000 vertices, ``bench.storage_memory``; 420 MB a day at 200 vertices/s).
   Partitions keep a large database's index from crowding out the data blocks.
+* A table file that a compaction deletes takes its blocks out of the block cache
+  (``uncache_aggressiveness``, set from the OPTIONS template: rocksdict has no setter).
+  RocksDB's default leaves them to be evicted: the index and filter partitions it loads
+  when it opens each new file filled the cache with dead blocks at about 4 MB a minute
+  at 306 vertices/s, until the cache was full (storage's memory).
+* The ``default`` column family, which holds the bodies (about 8.5 KB each), has
+  32-KiB blocks: with 4 KiB each body was a block of its own, with an index entry of
+  its long key, most of the index. In 150-s runs at 306 vertices/s the cache held
+  10-15 MB at the end, 3.8-4.0 MB with the two changes above, 1.2-1.9 MB with both
+  (docs/storage.md).
 * At most :data:`MAX_OPEN_TABLE_FILES` table files are kept open (half the process's
   open-files limit when that is lower). RocksDB's default keeps every one open, a count
   that grows with the database (64-MiB files: about 1,500 a day at 200 vertices/s)
@@ -91,6 +101,11 @@ RECYCLED_WAL_FILES = 4
 #: How hard RocksDB erases a deleted table file's blocks from the block cache (0, its
 #: default: never; they wait for eviction). See the module docstring.
 UNCACHE_AGGRESSIVENESS = 1000
+#: A table block (RocksDB's default), and the ``default`` column family's, which holds the
+#: vertices' bodies (about 8.5 KB each): with 4-KiB blocks each body was a block of its
+#: own and an index entry of ~90 bytes (its long key), the largest part of the index.
+TABLE_BLOCK_BYTES = 4 * 1024
+BODY_BLOCK_BYTES = 32 * 1024
 #: Table files RocksDB keeps open at most (see the module docstring).
 MAX_OPEN_TABLE_FILES = 4096
 
@@ -181,7 +196,7 @@ def open_options(
     storage grew 9.5 MB/min at 306 vertices/s that way)."""
     cache = Cache(budget.block_cache_bytes)
     return (
-        _with_tables(db_options(create=create, budget=budget), cache),
+        _with_tables(db_options(create=create, budget=budget), cache, block_size=BODY_BLOCK_BYTES),
         column_families(existing, cache),
     )
 
@@ -206,14 +221,15 @@ def db_options(*, create: bool, budget: MemoryBudget = DEFAULT_BUDGET) -> Option
     return options
 
 
-def cf_options(cache: Cache) -> Options:
-    return _with_tables(_template_cf_options(), cache)
+def cf_options(cache: Cache, *, block_size: int = TABLE_BLOCK_BYTES) -> Options:
+    return _with_tables(_template_cf_options(), cache, block_size=block_size)
 
 
-def _with_tables(options: Options, cache: Cache) -> Options:
+def _with_tables(options: Options, cache: Cache, *, block_size: int = TABLE_BLOCK_BYTES) -> Options:
     """``options`` with the column families' table options, memtable and arena sizes."""
     table = BlockBasedOptions()
     table.set_block_cache(cache)
+    table.set_block_size(block_size)
     table.set_bloom_filter(10, False)
     # index and filters in the cache, not beside it (see the module docstring)
     table.set_cache_index_and_filter_blocks(True)
@@ -231,7 +247,11 @@ def column_families(existing: list[str], cache: Cache) -> dict[str, Options]:
     """Options for our column families plus any other that already exists in the DB, all
     with the block cache ``cache``."""
     names = ["default", *COLUMN_FAMILIES, *(n for n in existing if n not in COLUMN_FAMILIES)]
-    return {name: cf_options(cache) for name in dict.fromkeys(names)}
+    sizes = {"default": BODY_BLOCK_BYTES}
+    return {
+        name: cf_options(cache, block_size=sizes.get(name, TABLE_BLOCK_BYTES))
+        for name in dict.fromkeys(names)
+    }
 
 
 def unsynced_write() -> WriteOptions:
