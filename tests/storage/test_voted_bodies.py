@@ -53,6 +53,38 @@ async def put(running: Running, key: bytes, value: bytes) -> None:
     )
 
 
+DELETIONS = ["deletes", "delete_prefixes", "delete_ranges"]
+
+
+def deletion(how: str, key: bytes) -> storage_pb2.WriteStateRequest:
+    """A record deleted as the consensus drops records below a stable checkpoint: by key,
+    or all of them by prefix or range."""
+    return {
+        "deletes": storage_pb2.WriteStateRequest(deletes=[key]),
+        "delete_prefixes": storage_pb2.WriteStateRequest(delete_prefixes=[b"batch/"]),
+        "delete_ranges": storage_pb2.WriteStateRequest(
+            delete_ranges=[storage_pb2.KeyRange(start=b"batch/", end=b"batch0")]
+        ),
+    }[how]
+
+
+async def vote_commit_and_delete(
+    tmp_path: Path, request: storage_pb2.CommitBatchRequest, how: str
+) -> Running:
+    """A service that stores ``request``'s voted record, commits the batch by reference
+    to it and deletes the record (``how``); stopped."""
+    key = voted_key(request.batch.batch_digest)
+    running = await start_service(make_config(tmp_path))
+    try:
+        await write_voted(running, key, list(request.batch.vertices))
+        await running.stub.CommitBatch(by_reference(request))
+        await running.stub.WriteState(deletion(how, key))
+        assert key not in await scan(running)
+    finally:
+        await running.stop()
+    return running
+
+
 def test_the_consensus_encoding_splits_and_joins_byte_for_byte() -> None:
     vertices = [make_vertex(payload_size=300 * i) for i in range(1, 4)]
     requests = tuple(Request(hash=signed_digest(v), body=v.SerializeToString()) for v in vertices)
@@ -115,29 +147,14 @@ async def test_a_voted_record_is_stored_split_and_read_back_byte_for_byte(
         assert len(bodies) == 4
 
 
-@pytest.mark.parametrize("how", ["deletes", "delete_prefixes", "delete_ranges"])
+@pytest.mark.parametrize("how", DELETIONS)
 async def test_finalized_vertices_keep_their_bodies_when_the_record_goes(
     tmp_path: Path, how: str
 ) -> None:
     dag = Dag(payload_size=512)
     request = dag.next_batch(3)
     key = voted_key(request.batch.batch_digest)
-    running = await start_service(make_config(tmp_path))
-    try:
-        await write_voted(running, key, list(request.batch.vertices))
-        await running.stub.CommitBatch(by_reference(request))
-        # as the consensus drops records below a stable checkpoint: by key, or all of them
-        delete = {
-            "deletes": storage_pb2.WriteStateRequest(deletes=[key]),
-            "delete_prefixes": storage_pb2.WriteStateRequest(delete_prefixes=[b"batch/"]),
-            "delete_ranges": storage_pb2.WriteStateRequest(
-                delete_ranges=[storage_pb2.KeyRange(start=b"batch/", end=b"batch0")]
-            ),
-        }[how]
-        await running.stub.WriteState(delete)
-        assert key not in await scan(running)
-    finally:
-        await running.stop()
+    running = await vote_commit_and_delete(tmp_path, request, how)
     with RawDb(running.cfg.storage_path) as db:
         prefix = keys.voted(key)
         left = {k for k, _ in voted_items(db)}
@@ -344,7 +361,7 @@ def bodies_left(db: RawDb, record_key: bytes) -> set[int]:
     }
 
 
-@pytest.mark.parametrize("how", ["deletes", "delete_prefixes"])
+@pytest.mark.parametrize("how", DELETIONS)
 async def test_a_duplicate_copy_s_body_goes_with_its_record(tmp_path: Path, how: str) -> None:
     """A client that sends differently signed copies of one content to two nodes gets one
     finalized and the other rejected as a duplicate in the same batch. Nothing points at
@@ -355,17 +372,7 @@ async def test_a_duplicate_copy_s_body_goes_with_its_record(tmp_path: Path, how:
         1, [good, again, other], rejected=[1], reasons={1: "duplicate: already finalized"}
     )
     key = voted_key(request.batch.batch_digest)
-    running = await start_service(make_config(tmp_path))
-    try:
-        await write_voted(running, key, list(request.batch.vertices))
-        await running.stub.CommitBatch(by_reference(request))
-        delete = {
-            "deletes": storage_pb2.WriteStateRequest(deletes=[key]),
-            "delete_prefixes": storage_pb2.WriteStateRequest(delete_prefixes=[b"batch/"]),
-        }[how]
-        await running.stub.WriteState(delete)
-    finally:
-        await running.stop()
+    running = await vote_commit_and_delete(tmp_path, request, how)
     with RawDb(running.cfg.storage_path) as db:
         assert bodies_left(db, key) == {0, 2}
     verify(running.cfg.storage_path)  # no vertex points at a missing body
