@@ -190,10 +190,10 @@ def open_options(
 ) -> tuple[Options, dict[str, Options]]:
     """The database's options and its column families' (``Rdict(path, options,
     column_families=...)``), all sharing one block cache. The ``default`` column family
-    takes the database's options, with the same table options as the others: it holds the
-    bodies stored once (docs/storage.md), and RocksDB's defaults would give it a cache of
-    its own and every table's whole index and filter in memory beside it (at `8d58b21`
-    storage grew 9.5 MB/min at 306 vertices/s that way)."""
+    is among them, with the others' table options but larger blocks: it holds the bodies
+    stored once (docs/storage.md), and RocksDB's defaults would give it a cache of its own
+    and every table's whole index and filter in memory beside it (at `8d58b21` storage
+    grew 9.5 MB/min at 306 vertices/s that way)."""
     cache = Cache(budget.block_cache_bytes)
     return (
         _with_tables(db_options(create=create, budget=budget), cache, block_size=BODY_BLOCK_BYTES),
