@@ -1188,8 +1188,7 @@ class Store:
         a body on every replica's disk for ever. Read in the writer's turn: no write can
         come between the check and the deletion, and a body once no longer pointed at is
         never pointed at again (a record put again after ``seq`` is stored whole)."""
-        raw = self._cf[keys.FINALIZED].get(keys.seq_key(seq), read_opt=self._read_uncached)
-        record = None if raw is None else storage_pb2.StoredBatch.FromString(raw)
+        record = self._stored_batch(seq, self._read_uncached)
         if record is None or len(record.results) != count:
             return []  # not the batch it was finalized as: keep them all
         hashes = [r.hash for r in record.results]
@@ -1346,8 +1345,11 @@ class Store:
     def _visible(self, meta: storage_pb2.StoredVertexMeta | None) -> bool:
         return meta is not None and meta.seq <= self.published.last_seq
 
-    def _stored_batch(self, seq: int) -> storage_pb2.StoredBatch | None:
-        raw = self._cf[keys.FINALIZED].get(keys.seq_key(seq), read_opt=self._read)
+    def _stored_batch(
+        self, seq: int, read_opt: ReadOptions | None = None
+    ) -> storage_pb2.StoredBatch | None:
+        read = self._read if read_opt is None else read_opt
+        raw = self._cf[keys.FINALIZED].get(keys.seq_key(seq), read_opt=read)
         return None if raw is None else storage_pb2.StoredBatch.FromString(raw)
 
     def _certificate(self, seq: int) -> vertex_pb2.FinalityCertificate:

@@ -106,7 +106,7 @@ async def collect(call: Any, timeout: float = 30.0) -> list[Any]:
 
 def options_file(db: Path) -> dict[str, dict[str, str]]:
     """The sections of the newest OPTIONS file RocksDB wrote for ``db``."""
-    options = sorted(db.glob("OPTIONS-*"))[-1]
+    options = max(db.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] = {}
     for line in options.read_text().splitlines():

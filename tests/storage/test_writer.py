@@ -21,7 +21,7 @@ from services.storage import keys, options
 from services.storage.errors import InvalidArgument, ShuttingDown, WriteFailed
 from services.storage.store import Store, verify
 from services.storage.writer import Writer
-from tests.storage.support import Dag, Running, start_service, write_flushed_state
+from tests.storage.support import Dag, Running, options_file, start_service, write_flushed_state
 
 LAG_COUNT = "cretoai_service_event_loop_lag_seconds_count"
 
@@ -325,10 +325,7 @@ def test_rocksdb_keeps_a_bounded_number_of_table_files_open(
     open-files limit."""
 
     def recorded_max_open_files(db: Path) -> int:
-        latest = max(db.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
-        lines = [line.strip() for line in latest.read_text().splitlines()]
-        [value] = [line.split("=")[1] for line in lines if line.startswith("max_open_files=")]
-        return int(value)
+        return int(options_file(db)["[DBOptions]"]["max_open_files"])
 
     Store.open(tmp_path / "db").close()
     assert recorded_max_open_files(tmp_path / "db") == options.max_open_table_files()
