@@ -219,8 +219,26 @@ def rss_trend(
         if row["t"] >= middle:
             for service, mb in (row[node].get("rss_mb_by_service") or {}).items():
                 by_service.setdefault(service, []).append((float(row["t"]), float(mb)))
+    peak = max(window, key=lambda row: float(row[node]["rss_mb"]))
     return {
         "max_mb": round(max(mb for _, mb in rows), 1),
+        # which process holds the peak: the split at the sample of the maximum, and each
+        # process's own maximum over the window
+        "at_max_by_service": {
+            service: round(float(mb), 1)
+            for service, mb in (peak[node].get("rss_mb_by_service") or {}).items()
+        },
+        "at_max_t": round(float(peak["t"]) - start_t, 1),
+        "max_mb_by_service": {
+            service: round(
+                max(
+                    float((row[node].get("rss_mb_by_service") or {}).get(service, 0.0))
+                    for row in window
+                ),
+                1,
+            )
+            for service in (peak[node].get("rss_mb_by_service") or {})
+        },
         "second_half_s": round(second[-1][0] - second[0][0], 1),
         "second_half_slope_mb_per_min": round(slope * 60, 2),
         "second_half_growth_mb": round(

@@ -66,6 +66,13 @@ def test_a_flat_node_and_a_growing_one() -> None:
     by_service = growing["second_half_slope_mb_per_min_by_service"]
     assert by_service["storage"] == 0.0
     assert by_service["consensus"] == pytest.approx(2.0, abs=0.01)
+    # the peak is at the window's last sample, where the consensus holds all above 200 MB
+    assert growing["at_max_t"] == pytest.approx(599, abs=1)
+    assert growing["at_max_by_service"] == {
+        "storage": 200.0,
+        "consensus": round(growing["max_mb"] - 200, 1),
+    }
+    assert growing["max_mb_by_service"] == growing["at_max_by_service"]
     # warm-up samples are not the window's: a spike before it does not count
     spiky = series(630, {"node1": lambda t: 900 if t < 30 else 300, "node2": lambda t: 300})
     trend = rss_trend(spiky, "node1", 30, 630)
