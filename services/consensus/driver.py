@@ -98,6 +98,10 @@ LAST_EXECUTED = Gauge("cretoai_consensus_last_executed_seq", "Last executed sequ
 STABLE = Gauge("cretoai_consensus_stable_checkpoint_seq", "Stable checkpoint sequence number")
 POOL = Gauge("cretoai_consensus_pool_requests", "Requests waiting in the pool")
 POOL_BYTES = Gauge("cretoai_consensus_pool_bytes", "Bytes of the requests waiting in the pool")
+HELD_BATCHES = Gauge(
+    "cretoai_consensus_held_batches",
+    "Batches whose bodies the log holds in memory (proposed or voted, not yet applied)",
+)
 INBOX = Gauge("cretoai_consensus_inbox_depth", "Inputs waiting for the replica task")
 VIEW_CHANGES = Counter("cretoai_consensus_view_changes_total", "Views this replica moved to")
 BYZANTINE = Counter(
@@ -1231,6 +1235,7 @@ class Driver:
         STABLE.set(status.stable_seq)
         POOL.set(status.pool_size)
         POOL_BYTES.set(status.pool_bytes)
+        HELD_BATCHES.set(status.held_batches)
         floor = self.replica.signing_floor
         SIGNING_FLOOR.set(0 if floor is None else floor.seq)
         refused = self.replica.refused_by_floor

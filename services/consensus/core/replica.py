@@ -96,6 +96,8 @@ class ReplicaStatus:
     banned: frozenset[int]
     #: Waiting for a NEW-VIEW the peers are not waiting for (:meth:`Replica.alone_in_view`).
     alone_in_view: bool = False
+    #: Batches whose bodies the log holds in memory (proposed or voted, not yet applied).
+    held_batches: int = 0
 
 
 @dataclass(slots=True)
@@ -254,6 +256,8 @@ class Replica:
         self._low = 0
         self._stable_proof: tuple[Signed[Checkpoint], ...] = ()
         self._next_seq = 1
+        #: The bodies of the batches in the log, by digest, until their seq is applied
+        #: (then storage holds them finalized: see _release_bodies).
         self._batches: dict[bytes, tuple[Request, ...]] = {NULL_DIGEST: ()}
         #: Digests of the batches whose bodies are in the durable records.
         self._stored: set[bytes] = set()
@@ -400,6 +404,7 @@ class Replica:
             pool_bytes=self._pool.total_bytes,
             banned=self.banned,
             alone_in_view=self.alone_in_view(),
+            held_batches=len(self._batches) - (NULL_DIGEST in self._batches),
         )
 
     def propose(self, request: Request, *, admitted: bool = False) -> ProposeResult:
@@ -814,7 +819,7 @@ class Replica:
         else:
             slot.pre_prepare = signed
             self._pool.assign(hashes)
-        if pp.digest not in self._batches:
+        if not self._bodies_at_hand(slot, pp.digest):
             bodies = {r.hash: r for r in env.requests}
             self._learn_batch(pp.digest, hashes, bodies, blame=signed.signer)
         self._try_prepare(pp.seq, slot)
@@ -920,13 +925,51 @@ class Replica:
         return digest not in self._batches and bool(self._waiting_for(digest))
 
     def _waiting_for(self, digest: bytes) -> list[tuple[int, _Slot]]:
-        """The slots whose PRE-PREPARE or commit is for batch ``digest``."""
+        """The slots not executed yet whose PRE-PREPARE or commit is for batch ``digest``."""
         return [
             (seq, slot)
             for seq, slot in self._slots.items()
-            if (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
-            or (slot.committed is not None and slot.committed.digest == digest)
+            if slot.executed_at is None
+            and (
+                (slot.pre_prepare is not None and slot.pre_prepare.msg.digest == digest)
+                or (slot.committed is not None and slot.committed.digest == digest)
+            )
         ]
+
+    def _bodies_at_hand(self, slot: _Slot, digest: bytes) -> bool:
+        """Whether this replica may vote for batch ``digest`` at ``slot``: it holds the
+        bodies, or it executed that very batch there (a NEW-VIEW re-issues the seqs
+        prepared before it, executed ones too; their bodies may be gone from memory,
+        but storage holds them finalized)."""
+        return digest in self._batches or (
+            slot.executed_at is not None
+            and slot.committed is not None
+            and slot.committed.digest == digest
+        )
+
+    def _release_bodies(self, seq: int) -> None:
+        """Let go of the bodies of the batch applied at ``seq``: storage holds them
+        finalized now (a lagging peer is served from there, :class:`ServeState`).
+
+        Kept while a later seq names the same batch (only a faulty primary proposes one
+        batch twice; that seq needs the bodies to execute). Before, a replica kept every
+        batch's bodies until the next stable checkpoint: 16 to 32 batches, about 1 MB
+        each at 300 vertices/s, the largest part of the consensus process's memory
+        under load (docs/benchmarks.md)."""
+        slot = self._slots.get(seq)
+        if slot is None or slot.committed is None or slot.executed_at is None:
+            return
+        digest = slot.committed.digest
+        if digest == NULL_DIGEST or digest not in self._batches:
+            return
+        for later, other in self._slots.items():
+            if later > seq and digest in (
+                other.pre_prepare.msg.digest if other.pre_prepare is not None else None,
+                other.prepared.digest if other.prepared is not None else None,
+                other.committed.digest if other.committed is not None else None,
+            ):
+                return
+        del self._batches[digest]
 
     def _on_batch(self, requests: tuple[Request, ...]) -> None:
         """Bodies of a batch some slot is waiting for (self-verifying: digest of the hashes)."""
@@ -950,7 +993,7 @@ class Replica:
         pp = slot.pre_prepare
         if pp is None or not self._active or pp.msg.view != self._view:
             return
-        if self.primary == self.id or pp.msg.digest not in self._batches:
+        if self.primary == self.id or not self._bodies_at_hand(slot, pp.msg.digest):
             return
         if ("prepare", self._view, seq) in self._own and self.id in slot.prepares:
             return
@@ -967,6 +1010,10 @@ class Replica:
         survive their crashes, or its sequence number could never execute.
         """
         if digest in self._stored or digest == NULL_DIGEST:
+            return
+        if digest not in self._batches:
+            # executed here and applied (_bodies_at_hand): storage holds the batch
+            # finalized, and a restart resumes after it
             return
         self._stored.add(digest)
         value = durable.encode_batch(self._batches[digest])
@@ -999,7 +1046,7 @@ class Replica:
         if slot.prepared is not None and slot.prepared.view == self._view:
             return
         digest = pp.msg.digest
-        if digest not in self._batches:
+        if not self._bodies_at_hand(slot, digest):
             return
         votes = [slot.prepares[s] for s in sorted(slot.prepares)]
         matching = tuple(p for p in votes if p.msg.digest == digest)
@@ -1108,6 +1155,7 @@ class Replica:
             )
         self._applied = seq
         self._state_digest = state_digest
+        self._release_bodies(seq)
         stable = self._stable_proof[0].msg if self._stable_proof else None
         if stable is not None and stable.seq == seq and stable.state_digest != state_digest:
             raise ConsensusHalted(
@@ -1687,7 +1735,8 @@ class Replica:
         anything went.
 
         From memory where the log still holds them; batches executed before a
-        restart are only in storage, so the driver serves those.
+        restart, and those applied since (:meth:`_release_bodies`), are only in
+        storage, so the driver serves those.
         """
         batches: list[TransferBatch] = []
         limit = self.config.transfer_max_batches
@@ -1703,7 +1752,10 @@ class Replica:
                 requests = self._batches.get(slot.committed.digest)
             if slot is None or slot.executed_at is None or requests is None:
                 if not batches:
-                    last = min(self._last_exec, seq + limit - 1)
+                    released = slot is not None and slot.executed_at is not None
+                    # released bodies: storage has the seqs up to _applied
+                    top = self._applied if released else self._last_exec
+                    last = min(top, seq + limit - 1)
                     self._serve.append(ServeState(peer=peer, from_seq=seq, to_seq=last))
                     return True
                 break
