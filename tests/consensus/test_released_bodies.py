@@ -11,11 +11,13 @@ from services.consensus.core.messages import (
     StateResponseEnvelope,
 )
 from services.consensus.core.ready import ServeState
+from services.consensus.core.replica import ReplicaStatus
 from tests.consensus.harness import Cluster, request
 
 
 def held(c: Cluster, i: int) -> int:
-    return c.replica(i).status().held_batches
+    status: ReplicaStatus = c.replica(i).status()
+    return status.held_batches
 
 
 def test_applied_batches_are_let_go_before_the_checkpoint() -> None:
