@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from cretoai.allocator import trim_heap_every
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import KeyFileError
 from cretoai.logs import setup_logging
@@ -95,7 +96,11 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
     async def main() -> None:
         service = await build(cfg)
         _settle_gc()
-        await service.run()
+        trimmer = asyncio.create_task(trim_heap_every(), name="malloc-trim")
+        try:
+            await service.run()
+        finally:
+            trimmer.cancel()
 
     try:
         asyncio.run(main())

@@ -115,3 +115,44 @@ def test_a_buffer_below_the_threshold_is_reused_without_page_faults() -> None:
 def test_an_operators_trim_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(allocator.TRIM_ENV, "131072")
     assert allocator.fix_mmap_threshold(2 << 20, trim_threshold=8 << 20) is False
+
+
+#: In a fresh interpreter (argv[1]: "trim" or "wait"): 4,000 bodies of 8.5 KB, each
+#: followed by a small live object, then the bodies freed (a batch's bodies among what
+#: outlives them); then one round of :func:`trim_heap_every` at a short interval, or the
+#: same time asleep: RSS after the bodies were freed and at the end.
+FRAGMENTS = """
+import asyncio, json, sys
+from cretoai.allocator import trim_heap_every
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+bodies, keep = [], []
+for i in range(4000):
+    bodies.append(bytes([i % 256]) * 8500)
+    keep.append(bytearray(600))
+del bodies
+freed = rss_mb()
+async def main():
+    if sys.argv[1] == "trim":
+        task = asyncio.create_task(trim_heap_every(0.05))
+        await asyncio.sleep(0.5)
+        task.cancel()
+    else:
+        await asyncio.sleep(0.5)
+asyncio.run(main())
+print(json.dumps({"freed": freed, "end": rss_mb()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_free_pages_inside_the_heap_go_back_to_the_kernel() -> None:
+    """What freed bodies leave among live objects stays resident (glibc gives back only
+    the heap's top) until the trimmer hands it back: 34 MB of bodies, ~16 MB of it whole
+    free pages."""
+    waited = in_fresh_interpreter(FRAGMENTS, "wait")
+    assert waited["end"] > waited["freed"] - 2, waited
+    trimmed = in_fresh_interpreter(FRAGMENTS, "trim")
+    assert trimmed["end"] < trimmed["freed"] - 10, trimmed
