@@ -3,16 +3,18 @@ them finalized), not at the next stable checkpoint; what needed them still works
 
 from __future__ import annotations
 
+from services.consensus.core.crypto import batch_digest
 from services.consensus.core.messages import (
     Commit,
     Envelope,
     Prepare,
+    PrePrepare,
     SignedEnvelope,
     StateResponseEnvelope,
 )
 from services.consensus.core.ready import ServeState
 from services.consensus.core.replica import ReplicaStatus
-from tests.consensus.harness import Cluster, request
+from tests.consensus.harness import Cluster, request, sign, wire
 
 
 def held(c: Cluster, i: int) -> int:
@@ -93,3 +95,25 @@ def test_a_new_view_re_issuing_an_executed_batch_gets_the_executors_votes() -> N
         and w.envelope.signed.msg.view == 1
     ]
     assert [p.seq for p in prepares][:1] == [1]
+
+
+def test_a_batch_proposed_twice_keeps_its_bodies_for_the_later_seq() -> None:
+    """A faulty primary orders one batch at seq 1 and again at seq 2, the second
+    PRE-PREPARE without bodies. Applying seq 1 must not drop bodies that seq 2 needs:
+    the backups hold them, vote for seq 2 and execute it (its vertex a duplicate)."""
+    c = Cluster(4, batch_max_count=1, checkpoint_interval=8, watermark_window=16)
+    r = request("ordered twice")
+    c.propose(0, r)  # seq 1, bodies beside its PRE-PREPARE (queued, not delivered yet)
+    digest = batch_digest((r.hash,))
+    again = sign(c, 0, PrePrepare(view=0, seq=2, digest=digest, request_hashes=(r.hash,)))
+    for j in (1, 2, 3):
+        c.inject(0, j, wire(SignedEnvelope(again)))
+    c.tick(3)
+    for j in (1, 2, 3):
+        assert c.replica(j).last_executed == 1 and held(c, j) == 1, j
+    for j in (1, 2, 3):  # the faulty primary sends it again
+        c.inject(0, j, wire(SignedEnvelope(again)))
+    c.tick(3)
+    for j in (1, 2, 3):
+        assert c.digests(j) == [digest, digest], j
+        assert held(c, j) == 0, j
