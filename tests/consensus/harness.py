@@ -17,6 +17,7 @@ from services.consensus.core.messages import (
     Checkpoint,
     Commit,
     Envelope,
+    Message,
     NewView,
     Prepare,
     PrePrepare,
@@ -187,3 +188,25 @@ def sent_kinds(cluster: Cluster, src: int | None = None) -> list[str]:
         if (src is None or who == src) and isinstance(w.envelope, SignedEnvelope):
             out.append(type(w.envelope.signed.msg).__name__)
     return out
+
+
+def signed_messages(c: Cluster, src: int, kind: type) -> list[Signed[Message]]:
+    """The signed messages of ``kind`` replica ``src`` sent so far, in order."""
+    return [
+        w.envelope.signed
+        for who, w in c.sent
+        if who == src
+        and isinstance(w.envelope, SignedEnvelope)
+        and isinstance(w.envelope.signed.msg, kind)
+    ]
+
+
+def leave_3_behind(c: Cluster, requests: int, *, via: int = 0, settle: int = 5) -> None:
+    """Replica 3 cut off while ``requests`` requests (one a tick, through ``via``) are
+    ordered by the others, then ``settle`` more ticks; it is reconnected after."""
+    c.isolate(3)
+    for i in range(requests):
+        c.propose(via, request(i))
+        c.tick()
+    c.tick(settle)
+    c.heal()

@@ -14,7 +14,14 @@ from services.consensus.core.messages import (
 )
 from services.consensus.core.ready import ServeState
 from services.consensus.core.replica import ReplicaStatus
-from tests.consensus.harness import Cluster, request, sign, wire
+from tests.consensus.harness import (
+    Cluster,
+    leave_3_behind,
+    request,
+    sign,
+    signed_messages,
+    wire,
+)
 
 
 def held(c: Cluster, i: int) -> int:
@@ -43,13 +50,8 @@ def test_applied_batches_are_let_go_before_the_checkpoint() -> None:
 
 def test_a_lagging_replica_gets_released_batches_from_storage() -> None:
     c = Cluster(4, batch_max_count=1, checkpoint_interval=8, watermark_window=16)
-    c.isolate(3)
-    for i in range(5):
-        c.propose(0, request(i))
-        c.tick()
-    c.tick(3)
+    leave_3_behind(c, 5, settle=3)
     assert c.replica(3).last_executed == 0 and held(c, 0) == 0
-    c.heal()
     c.tick(30)
     assert c.digests(3) == c.digests(0) and len(c.digests(3)) == 5
     served = [s for i in (0, 1, 2) for rd in c.readies[i] for s in rd.serve if s.peer == 3]
@@ -87,12 +89,9 @@ def test_a_new_view_re_issuing_an_executed_batch_gets_the_executors_votes() -> N
     assert c.executed_hashes(3)[:1] == [first.hash]
     assert c.log(3)[0].certificate.view == 1
     prepares = [
-        w.envelope.signed.msg
-        for who, w in c.sent
-        if who == 2
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, Prepare)
-        and w.envelope.signed.msg.view == 1
+        p.msg
+        for p in signed_messages(c, 2, Prepare)
+        if isinstance(p.msg, Prepare) and p.msg.view == 1
     ]
     assert [p.seq for p in prepares][:1] == [1]
 

@@ -14,22 +14,11 @@ from services.consensus.core.messages import (
     TransferBatch,
 )
 from services.consensus.core.reputation import FaultKind
-from tests.consensus.harness import Cluster, request, sign, wire
+from tests.consensus.harness import Cluster, leave_3_behind, request, sign, wire
 
 
 def envelopes(c: Cluster, src: int, kind: type) -> list[object]:
     return [w.envelope for who, w in c.sent if who == src and isinstance(w.envelope, kind)]
-
-
-def leave_3_behind(c: Cluster, requests: int, *, via: int = 0, settle: int = 5) -> None:
-    """Replica 3 cut off while ``requests`` requests (one a tick, through ``via``) are
-    ordered by the others, then ``settle`` more ticks; it is reconnected after."""
-    c.isolate(3)
-    for i in range(requests):
-        c.propose(via, request(i))
-        c.tick()
-    c.tick(settle)
-    c.heal()
 
 
 def test_a_cut_off_replica_catches_up_through_checkpoints_and_certificates() -> None:

@@ -7,26 +7,14 @@ from dataclasses import replace
 from services.consensus.core.crypto import NULL_DIGEST, batch_digest
 from services.consensus.core.messages import (
     Commit,
-    Message,
     NewView,
     PrePrepare,
-    Signed,
     SignedEnvelope,
     ViewChange,
 )
 from services.consensus.core.reputation import FaultKind
 from services.consensus.sim.actors import censored
 from tests.consensus.harness import Cluster, request, sent_kinds, sign, wire
-
-
-def signed_messages(c: Cluster, src: int, kind: type) -> list[Signed[Message]]:
-    return [
-        w.envelope.signed
-        for who, w in c.sent
-        if who == src
-        and isinstance(w.envelope, SignedEnvelope)
-        and isinstance(w.envelope.signed.msg, kind)
-    ]
 
 
 def test_a_crashed_primary_is_replaced_by_view_mod_n() -> None:
