@@ -470,7 +470,29 @@ class Supervisor:
                     await self._wait_serving([child], timeout)
 
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM in reverse start order (gateway first), SIGKILL after ``grace``."""
+        """SIGTERM in reverse start order (gateway first), SIGKILL after ``grace``.
+
+        Cancelled on the way (a second Ctrl-C or SIGTERM to a benchmark already
+        stopping its cluster), it kills every child still running before it gives way:
+        a run stopped twice left its storage and transport services orphaned
+        (2026-12-08)."""
+        try:
+            await self._stop(grace)
+        except asyncio.CancelledError:
+            self._kill_all()
+            raise
+        finally:
+            for child in self.children:
+                child.close_log()
+
+    def _kill_all(self) -> None:
+        """SIGKILL to every child still running, awaiting nothing."""
+        for child in self.children:
+            if child.process is not None and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+
+    async def _stop(self, grace: float) -> None:
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()
@@ -495,8 +517,6 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         child.process.kill()
                     await child.process.wait()
-        for child in self.children:
-            child.close_log()
 
 
 async def run_until(

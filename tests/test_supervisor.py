@@ -177,9 +177,6 @@ async def test_a_running_node_whose_storage_cannot_restart_stops_with_an_error(
     assert snapshot(db) == before
 
 
-#: A child that, like a service, handles its first SIGTERM and then exits a moment later
-#: with the default action back in place (a service's event loop, closed, no longer
-#: handles the signal): a second SIGTERM meanwhile kills it (-15).
 #: A service that takes a second to exit after its first SIGTERM, during which a second one
 #: kills it (code -15). SIGTERM is blocked until ``sigwait``: with a handler and
 #: ``signal.pause()``, a SIGTERM arriving between "ready" and the pause ran the handler
@@ -218,6 +215,48 @@ async def test_a_child_already_stopping_is_not_sent_sigterm_again(
             process.kill()
             await process.wait()
     assert process.returncode == 0
+
+
+#: A service that never stops on SIGTERM (stuck in a long write, say), only says it got
+#: one: SIGKILL alone ends it.
+DEAF_CHILD = """
+import signal, time
+signal.signal(signal.SIGTERM, lambda *_: print("sigterm", flush=True))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_a_stop_cancelled_on_the_way_kills_every_service_left(
+    cluster_factory: Callable[..., ClusterLayout],
+) -> None:
+    """A benchmark sent a second signal while it stopped its cluster cancelled the stop
+    half way and left the storage and transport services running, orphaned (2026-12-08)."""
+    supervisor = Supervisor([one_node(cluster_factory)], log_dir=lambda _: None)
+    processes = []
+    for child in supervisor.children:
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", DEAF_CHILD, stdout=subprocess.PIPE
+        )
+        processes.append(child.process)
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
+        gateway = supervisor.children_of("node1", "gateway")[0].process
+        assert gateway is not None and gateway.stdout is not None
+        stopping = asyncio.create_task(supervisor.stop(grace=60))
+        assert await asyncio.wait_for(gateway.stdout.readline(), 30) == b"sigterm\n"
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        codes = [await asyncio.wait_for(p.wait(), 10) for p in processes]
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert codes == [-signal.SIGKILL] * len(processes)
 
 
 def test_last_error_is_the_last_error_line_of_a_log_tail(tmp_path: Path) -> None:
