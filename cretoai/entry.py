@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from cretoai.allocator import trim_heap_every
+from cretoai.allocator import fix_mmap_threshold, trim_heap_every
 from cretoai.config import ConfigError, NodeConfig, load_config
 from cretoai.crypto import KeyFileError
 from cretoai.logs import setup_logging
@@ -63,7 +63,12 @@ def _settle_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int:
+def run_service(
+    name: str, build: Builder, argv: list[str] | None = None, *, mmap_threshold: int = 0
+) -> int:
+    """Run service ``name`` until SIGTERM/SIGINT; its exit code. ``mmap_threshold``: fix
+    glibc's mmap threshold at that many bytes before the service is built (0: glibc's
+    dynamic threshold; an operator's ``MALLOC_MMAP_THRESHOLD_`` wins either way)."""
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{name}", description=f"Run the {name} service of one node."
     )
@@ -84,6 +89,8 @@ def run_service(name: str, build: Builder, argv: list[str] | None = None) -> int
         log_format=cfg.telemetry.log_format,
     )
     _log_crypto_backend(cfg)
+    if mmap_threshold and fix_mmap_threshold(mmap_threshold):
+        log.info("glibc mmap threshold fixed", extra={"fields": {"bytes": mmap_threshold}})
     # the usual soft limit (1,024) was as many idle connections to a port away from a
     # service that can open no file (storage then halts its writes)
     ensure_open_files(SERVICE_OPEN_FILES)
