@@ -50,4 +50,3 @@ def test_the_message_services_fix_the_mmap_threshold_before_they_are_built(
     assert module.main(["--config", str(layout.nodes[0].config)]) == 0
     assert calls == fixed
     assert built_after == [fixed]  # before the build, which allocates the first buffers
-
