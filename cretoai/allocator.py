@@ -74,10 +74,10 @@ def fix_mmap_threshold(threshold: int, *, trim_threshold: int | None = None) -> 
 #: (consensus, transport): a PRE-PREPARE with its bodies is about 1 MB, and the primary
 #: builds, copies and frames one for each of three peers. Each such buffer above the
 #: threshold is a mapping of its own, unmapped when freed, instead of a block that
-#: raises the dynamic threshold and leaves a hole in the heap. In 10-minute runs at 306
-#: vertices/s, one after another in one hour, the primary's transport peaked at 89 MB
-#: instead of 98 and every node 10-15 MB lower, for no more CPU (docs/benchmarks.md,
-#: "The message services' mmap threshold").
+#: raises the dynamic threshold and leaves a hole in the heap. In two pairs of 10-minute
+#: runs at 306 vertices/s the primary's transport peaked 8-12 MB lower (85-89 MB against
+#: 98) and the backups' nodes 7-15 MB lower, for no more CPU (docs/benchmarks.md, "The
+#: message services' mmap threshold").
 #: Below it, a buffer comes from the heap, reused: the messages of an idle cluster (a
 #: few KB) fault no pages.
 MESSAGE_MMAP_THRESHOLD_BYTES = 512 * 1024
